@@ -1,0 +1,157 @@
+"""One configuration file (TOML) with environment overrides.
+
+The file is found at ``--config``, else ``$GRIDCREDIT_CONFIG``, else ``./gridcredit.toml``,
+else ``~/.config/gridcredit/gridcredit.toml``; a missing file means defaults. Any setting can be
+overridden by ``GRIDCREDIT_<SECTION>_<KEY>`` (for example ``GRIDCREDIT_SERVER_PORT=9443``,
+``GRIDCREDIT_STORE_BACKEND=basex``). Lists in the environment are comma-separated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+ENV_PREFIX = "GRIDCREDIT_"
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "gridcredit"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8443
+    workers: int = 2                    # processes sharing the port (SO_REUSEPORT)
+    threads: int = 16                   # request threads per worker
+    client_cert: str = "optional"       # TLS client certificate: none | optional | required
+    request_bytes_max: int = 10_000_000
+    request_timeout_s: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    host_cert: str = ""                 # empty: a development CA and host certificate are made on first run
+    host_key: str = ""
+    cert_dir: str = ""                  # trust directory (CA certificates and CRLs), like /etc/grid-security/certificates
+    timestamp_ttl_s: int = 300
+    clock_skew_s: int = 60
+    allow_sha1: bool = False            # legacy interop only: accept SHA-1 digests and RSA-SHA1 signatures
+    xml_depth_max: int = 256
+    replay_cache: str = ""              # empty: <state_dir>/replay.sqlite
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    backend: str = "embedded"           # embedded | basex
+    path: str = ""                      # embedded store file / BaseX journal folder; empty: under state_dir
+    basex_host: str = "127.0.0.1"
+    basex_port: int = 1984
+    basex_user: str = "admin"
+    basex_password: str = "admin"
+    timeout_s: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class BankConfig:
+    admins: tuple[str, ...] = ()        # DNs of bank administrators, grid one-line form
+    approval_above: int = 0             # mints above this need a second administrator (0: never)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    state_dir: str = ""
+    log_level: str = "INFO"
+    server: ServerConfig = field(default_factory=ServerConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    bank: BankConfig = field(default_factory=BankConfig)
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir).expanduser() if self.state_dir else default_state_dir()
+
+
+def find_config_file(explicit: str | None = None) -> Path | None:
+    candidates = [explicit, os.environ.get(ENV_PREFIX + "CONFIG"), "gridcredit.toml",
+                  str(Path.home() / ".config" / "gridcredit" / "gridcredit.toml")]
+    for index, candidate in enumerate(candidates):
+        if not candidate:
+            continue
+        path = Path(candidate).expanduser()
+        if path.is_file():
+            return path
+        if index < 2:  # a file named explicitly must exist
+            raise ConfigError(f"configuration file {path} does not exist")
+    return None
+
+
+def _convert(value: str, kind: typing.Any, name: str) -> typing.Any:
+    try:
+        if kind is bool:
+            lowered = value.strip().lower()
+            if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ValueError(value)
+            return lowered in {"1", "true", "yes", "on"}
+        if kind is int:
+            return int(value)
+        if typing.get_origin(kind) is tuple:
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a valid {getattr(kind, '__name__', kind)}") from None
+
+
+def _build(cls: type, table: dict, env: dict[str, str], prefix: str, where: str) -> typing.Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))} in {where}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            sub = table.get(f.name, {})
+            if not isinstance(sub, dict):
+                raise ConfigError(f"[{f.name}] in {where} must be a table")
+            values[f.name] = _build(kind, sub, env, prefix + f.name.upper() + "_", f"[{f.name}] of {where}")
+            continue
+        env_name = prefix + f.name.upper()
+        if env_name in env:
+            values[f.name] = _convert(env[env_name], kind, env_name)
+        elif f.name in table:
+            value = table[f.name]
+            if typing.get_origin(kind) is tuple:
+                if not isinstance(value, list):
+                    raise ConfigError(f"{f.name} in {where} must be a list")
+                value = tuple(value)
+            elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ConfigError(f"{f.name} in {where} must be a {kind.__name__}, not {value!r}")
+            values[f.name] = value
+    return cls(**values)
+
+
+def load_config(path: str | None = None, env: dict[str, str] | None = None) -> Config:
+    """Read the configuration file (if any) and apply ``GRIDCREDIT_*`` environment overrides."""
+    env = dict(os.environ if env is None else env)
+    config_file = find_config_file(path)
+    table: dict = {}
+    where = "defaults"
+    if config_file is not None:
+        where = str(config_file)
+        try:
+            table = tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise ConfigError(f"cannot read {config_file}: {error}") from None
+    config = _build(Config, table, env, ENV_PREFIX, where)
+    if config.store.backend not in {"embedded", "basex"}:
+        raise ConfigError(f"store.backend must be 'embedded' or 'basex', not {config.store.backend!r}")
+    if config.server.client_cert not in {"none", "optional", "required"}:
+        raise ConfigError("server.client_cert must be none, optional or required")
+    return config

@@ -1,0 +1,73 @@
+"""The one exception tree of gridcredit.
+
+    GridcreditError                 base of every expected operating error
+    ├── ConfigError                 the configuration file or an override is wrong
+    ├── SecurityError               a message, certificate or credential is refused
+    │   ├── CredentialError         our own credential is missing or unreadable
+    │   └── CertificateError        a peer's certificate chain is refused (path validation)
+    ├── StoreError                  the XML store failed or refused an operation
+    │   ├── ConflictError           a transaction lost a race; retrying is safe
+    │   └── QueryError              an XPath expression is invalid or exceeded its limits
+    └── DomainError                 a service operation is refused (unknown account, short funds…)
+
+Security refusals carry a ``wsse:`` fault code (``code``) and a message a person understands;
+they are mapped to SOAP faults once, in the service host.
+"""
+from __future__ import annotations
+
+
+class GridcreditError(Exception):
+    """Base of every expected error; the CLI prints ``TypeName: message`` and exits non-zero."""
+
+
+class ConfigError(GridcreditError):
+    pass
+
+
+class SecurityError(GridcreditError):
+    """A refusal on security grounds.
+
+    ``code`` is the WS-Security 1.1 fault code (local name in the wsse namespace):
+    InvalidSecurity, InvalidSecurityToken, FailedAuthentication, FailedCheck,
+    SecurityTokenUnavailable, MessageExpired, UnsupportedAlgorithm.
+    """
+
+    def __init__(self, message: str, code: str = "InvalidSecurity") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CredentialError(SecurityError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="SecurityTokenUnavailable")
+
+
+class CertificateError(SecurityError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="InvalidSecurityToken")
+
+
+class StoreError(GridcreditError):
+    pass
+
+
+class ConflictError(StoreError):
+    pass
+
+
+class QueryError(StoreError):
+    pass
+
+
+class DomainError(GridcreditError):
+    """A refused service operation; ``code`` names the reason for clients (e.g. ``InsufficientFunds``)."""
+
+    def __init__(self, message: str, code: str = "Refused") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def invariant(condition: bool, message: str) -> None:
+    """Fail loudly when something that must always hold does not (unlike ``assert``, kept under -O)."""
+    if not condition:
+        raise AssertionError(f"invariant violated: {message}")
