@@ -1,0 +1,34 @@
+"""The XML store: documents in collections, XPath queries, atomic transactions; two backends.
+
+``open_store(config, state_dir)`` picks the backend from ``config.backend``:
+
+* ``embedded`` (default, nothing to install): SQLite in WAL mode with ``synchronous=FULL`` at
+  ``config.path`` or ``<state_dir>/store.sqlite``; XPath 1.0 evaluated by lxml.
+* ``basex``: one BaseX database per collection on the server in ``config``; our own fsynced
+  journal at ``config.path`` or ``<state_dir>/basex-journal/`` is the record, BaseX a checked
+  view rebuilt from it when damaged or behind (see ``_basex``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from gridcredit.config import StoreConfig
+from gridcredit.errors import StoreError
+
+from ._api import DEFAULT_LIMITS, Document, QueryPage, StoreLimits, Transaction, XmlStore
+
+__all__ = ["open_store", "Document", "QueryPage", "StoreLimits", "Transaction", "XmlStore", "DEFAULT_LIMITS"]
+
+
+def open_store(config: StoreConfig, state_dir: Path, *, limits: StoreLimits = DEFAULT_LIMITS) -> XmlStore:
+    state_dir = Path(state_dir)
+    if config.backend == "embedded":
+        from ._embedded import EmbeddedStore
+        path = Path(config.path).expanduser() if config.path else state_dir / "store.sqlite"
+        return EmbeddedStore(path, timeout_s=config.timeout_s, limits=limits)
+    if config.backend == "basex":
+        from ._basex import BaseXStore
+        journal_dir = Path(config.path).expanduser() if config.path else state_dir / "basex-journal"
+        return BaseXStore(journal_dir, host=config.basex_host, port=config.basex_port, user=config.basex_user,
+                          password=config.basex_password, timeout_s=config.timeout_s, limits=limits)
+    raise StoreError(f"unknown store backend {config.backend!r}")

@@ -1,0 +1,220 @@
+"""The store interface shared by both backends: documents, pages, transactions, limits.
+
+Documents live in *collections* under a *doc_id*; each write bumps the document's ``version``
+(versions continue after a delete: a deleted document leaves a tombstone that keeps its version).
+``Document.xml`` is the document as stored: UTF-8, no XML declaration, re-serialized by lxml on
+the way in, so both backends hand back the same bytes for the same document.
+"""
+from __future__ import annotations
+
+import abc
+import random
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping, TypeVar
+
+from lxml import etree
+
+from gridcredit.errors import ConflictError, QueryError, StoreError
+
+T = TypeVar("T")
+
+COLLECTION_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+DOC_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")  # XPath variable names and prefixes (NCName subset)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLimits:
+    """Every bound the store enforces, with defaults; pass one to a backend to change them."""
+    document_bytes_max: int = 4_000_000
+    transaction_writes_max: int = 10_000       # documents written by one transaction
+    transaction_bytes_max: int = 200_000_000
+    query_limit_max: int = 1_000               # documents returned by one query page
+    query_time_s_max: float = 60.0
+    scan_limit_default: int = 100_000          # documents an unindexed query may examine
+    variables_max: int = 64
+    xpath_chars_max: int = 10_000
+    retries_default: int = 5
+    pool_size: int = 16                        # BaseX sessions per store (one per thread in use)
+    xml_depth_max: int = 256
+
+
+DEFAULT_LIMITS = StoreLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    collection: str
+    doc_id: str
+    xml: bytes
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueryPage:
+    documents: list[Document]
+    next_offset: int | None      # None: no more matches
+
+
+def check_collection(collection: str) -> str:
+    if not isinstance(collection, str) or not COLLECTION_PATTERN.match(collection):
+        raise StoreError(f"invalid collection name {collection!r} (want [a-z][a-z0-9_]{{0,62}})")
+    return collection
+
+
+def check_doc_id(doc_id: str) -> str:
+    if not isinstance(doc_id, str) or not DOC_ID_PATTERN.match(doc_id):
+        raise StoreError(f"invalid document id {doc_id!r} (want [A-Za-z0-9][A-Za-z0-9._:@+=-]{{0,199}})")
+    return doc_id
+
+
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
+                          huge_tree=False, remove_blank_text=False, remove_comments=False)
+
+
+def parse_untrusted(xml: bytes, limits: StoreLimits = DEFAULT_LIMITS) -> etree._Element:
+    """The one parse of document bytes: no DTD, no entities, no network, no huge trees."""
+    if not isinstance(xml, (bytes, bytearray)):
+        raise StoreError("document xml must be bytes")
+    if len(xml) > limits.document_bytes_max:
+        raise StoreError(f"document of {len(xml)} bytes exceeds {limits.document_bytes_max}")
+    try:
+        root = etree.fromstring(bytes(xml), parser=_PARSER)
+    except etree.XMLSyntaxError as error:
+        raise StoreError(f"document is not well-formed XML: {error}") from None
+    tree = root.getroottree()
+    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
+        raise StoreError("documents with a DOCTYPE are refused")
+    depth, stack = 0, [(root, 1)]
+    while stack:
+        node, level = stack.pop()
+        depth = max(depth, level)
+        if depth > limits.xml_depth_max:
+            raise StoreError(f"document deeper than {limits.xml_depth_max} levels")
+        stack.extend((child, level + 1) for child in node)
+    return root
+
+
+def normalize(xml: bytes, limits: StoreLimits = DEFAULT_LIMITS) -> bytes:
+    """Validate and re-serialize: UTF-8, no declaration, no prolog comments or PIs."""
+    root = parse_untrusted(xml, limits)
+    data = etree.tostring(root, encoding="UTF-8", xml_declaration=False)
+    if len(data) > limits.document_bytes_max:
+        raise StoreError(f"document of {len(data)} bytes exceeds {limits.document_bytes_max}")
+    return data
+
+
+def check_query_args(xpath: str | None, variables: Mapping[str, str | int], namespaces: Mapping[str, str],
+                     offset: int, limit: int, time_limit_s: float, limits: StoreLimits) -> None:
+    if xpath is not None and (not isinstance(xpath, str) or not xpath.strip()):
+        raise QueryError("XPath expression must be a non-empty string")
+    if xpath is not None and len(xpath) > limits.xpath_chars_max:
+        raise QueryError(f"XPath expression longer than {limits.xpath_chars_max} characters")
+    if len(variables) > limits.variables_max:
+        raise QueryError(f"more than {limits.variables_max} variables")
+    for name, value in variables.items():
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            raise QueryError(f"invalid variable name {name!r}")
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise QueryError(f"variable ${name} must be a str or int, not {type(value).__name__}")
+    for prefix, uri in namespaces.items():
+        if not isinstance(prefix, str) or not NAME_PATTERN.match(prefix) or "." in prefix:
+            raise QueryError(f"invalid namespace prefix {prefix!r}")
+        if not isinstance(uri, str) or not uri or any(c in uri for c in "\"'&<>{}") or len(uri) > 1000:
+            raise QueryError(f"invalid namespace URI {uri!r}")
+    if not isinstance(offset, int) or offset < 0:
+        raise QueryError("offset must be a non-negative integer")
+    if not isinstance(limit, int) or not 1 <= limit <= limits.query_limit_max:
+        raise QueryError(f"limit must be between 1 and {limits.query_limit_max}")
+    if not 0 < time_limit_s <= limits.query_time_s_max:
+        raise QueryError(f"time_limit_s must be in (0, {limits.query_time_s_max}]")
+
+
+class Transaction(abc.ABC):
+    """What ``fn`` sees inside ``XmlStore.transact``: reads see the transaction's own writes.
+
+    ``query``/``count`` inside a transaction are NOT offered: read documents by id, or query
+    before the transaction and re-check by id inside it.
+    """
+
+    @abc.abstractmethod
+    def get(self, collection: str, doc_id: str) -> Document | None: ...
+
+    @abc.abstractmethod
+    def put(self, collection: str, doc_id: str, xml: bytes) -> int:
+        """Stage a write; returns the version the document will have."""
+
+    @abc.abstractmethod
+    def delete(self, collection: str, doc_id: str) -> bool:
+        """Stage a delete; returns whether the document existed."""
+
+    def exists(self, collection: str, doc_id: str) -> bool:
+        return self.get(collection, doc_id) is not None
+
+
+class XmlStore(abc.ABC):
+    """Safe to share between threads; several processes may open the same store at once."""
+
+    limits: StoreLimits
+
+    @abc.abstractmethod
+    def get(self, collection: str, doc_id: str) -> Document | None: ...
+
+    @abc.abstractmethod
+    def transact(self, fn: Callable[[Transaction], T], *, retries: int | None = None) -> T:
+        """Run ``fn(tx)`` as one serializable, atomic transaction, fsynced before returning.
+
+        ``fn`` may be run again after a ``ConflictError`` (raised by the store or by ``fn``): it
+        must have no effects outside ``tx``. Any other exception aborts with nothing written.
+        """
+
+    def put(self, collection: str, doc_id: str, xml: bytes) -> int:
+        return self.transact(lambda tx: tx.put(collection, doc_id, xml))
+
+    def delete(self, collection: str, doc_id: str) -> bool:
+        return self.transact(lambda tx: tx.delete(collection, doc_id))
+
+    @abc.abstractmethod
+    def query(self, collection: str, xpath: str, variables: Mapping[str, str | int] = {}, *,
+              namespaces: Mapping[str, str] = {}, offset: int = 0, limit: int = 100,
+              time_limit_s: float = 5.0, scan_limit: int | None = None) -> QueryPage:
+        """Documents of ``collection`` (ordered by doc_id) for which the XPath's boolean value is true."""
+
+    @abc.abstractmethod
+    def count(self, collection: str, xpath: str | None = None, variables: Mapping[str, str | int] = {}, *,
+              namespaces: Mapping[str, str] = {}, time_limit_s: float = 5.0,
+              scan_limit: int | None = None) -> int: ...
+
+    @abc.abstractmethod
+    def collections(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    def ids(self, collection: str, offset: int = 0, limit: int = 1000) -> list[str]: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "XmlStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_with_retries(attempt: Callable[[], T], retries: int) -> T:
+    """Call ``attempt`` until it does not raise ConflictError, at most ``retries + 1`` times."""
+    for number in range(retries + 1):
+        try:
+            return attempt()
+        except ConflictError:
+            if number == retries:
+                raise
+            time.sleep(random.uniform(0, 0.005 * (2 ** number)))
+    raise AssertionError("unreachable")
+
+
+__all__ = ["Document", "QueryPage", "StoreLimits", "DEFAULT_LIMITS", "Transaction", "XmlStore",
+           "check_collection", "check_doc_id", "normalize", "parse_untrusted", "check_query_args",
+           "run_with_retries"]
