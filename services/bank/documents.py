@@ -1,0 +1,211 @@
+"""The Bank's states and transactions as XML documents in namespace ``urn:gridcredit:bank:1``.
+
+One document per state, one element per field (camelCase of the Python name, units kept:
+``expires_at_us`` → ``expiresAtUs``), fields that are ``None`` left out, enums by their value,
+integers in decimal. An account's holders are ``<holders><holder role="owner">DN</holder>…``.
+A transaction therefore reads naturally in XPath, for example with ``t`` bound to the namespace::
+
+    /t:Transaction[t:kind='charge' and t:amount > 100 and t:accountId='vo-atlas']
+
+Decoding is strict (unknown or repeated elements, bad integers or enum values are refused with
+``StoreError``): the store is trusted, but a hand-edited document must not decode silently.
+The XML is not the hash input; the hash covers :func:`ledger.canonical_bytes` of the decoded
+transaction, so re-serializing (whitespace, prefixes) never breaks the chain.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import re
+import types
+import typing
+from typing import Iterable, Iterator
+
+from lxml import etree
+
+from gridcredit.errors import StoreError
+
+from . import ledger
+from .ledger import (Account, Holder, Hold, LedgerHead, MoneySupply, PendingMint, RequestRecord, Role,
+                     Transaction)
+
+NAMESPACE = "urn:gridcredit:bank:1"
+NAMESPACES = {"t": NAMESPACE}
+DOCUMENT_BYTES_MAX = 1_000_000
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
+
+DOCUMENT_TYPES: tuple[type, ...] = (Account, Hold, PendingMint, MoneySupply, LedgerHead, RequestRecord,
+                                    Transaction)
+_TYPE_BY_ROOT = {cls.__name__: cls for cls in DOCUMENT_TYPES}
+
+
+def _qualified(local_name: str) -> str:
+    return f"{{{NAMESPACE}}}{local_name}"
+
+
+def element_name(field_name: str) -> str:
+    head, *rest = field_name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+@functools.cache
+def _schema(cls: type) -> tuple[tuple[str, str, type, bool], ...]:
+    """(field name, element name, value type, optional) for each field of a document type."""
+    hints = typing.get_type_hints(cls, vars(ledger))
+    rows = []
+    for field in dataclasses.fields(cls):
+        hint = hints[field.name]
+        optional = False
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+            members = [member for member in typing.get_args(hint) if member is not type(None)]
+            optional = len(members) < len(typing.get_args(hint))
+            hint = members[0]
+        rows.append((field.name, element_name(field.name), hint, optional))
+    return tuple(rows)
+
+
+def _text(value: object) -> str:
+    if isinstance(value, enum.Enum):
+        return value.value
+    return str(value)
+
+
+def to_element(state: object) -> etree._Element:
+    cls = type(state)
+    root = etree.Element(_qualified(cls.__name__), nsmap={None: NAMESPACE})
+    for field_name, name, value_type, _optional in _schema(cls):
+        value = getattr(state, field_name)
+        if value is None:
+            continue
+        if field_name == "holders":
+            holders = etree.SubElement(root, _qualified(name))
+            for holder in value:
+                child = etree.SubElement(holders, _qualified("holder"), role=holder.role.value)
+                child.text = holder.dn
+            continue
+        etree.SubElement(root, _qualified(name)).text = _text(value)
+    return root
+
+
+def to_xml(state: object) -> bytes:
+    """Serialize an Account, Hold, PendingMint, MoneySupply, LedgerHead, RequestRecord or Transaction."""
+    return etree.tostring(to_element(state), encoding="UTF-8", xml_declaration=False)
+
+
+def _decode_value(value_type: type, text: str, where: str) -> object:
+    if value_type is int:
+        if not _INTEGER.fullmatch(text):
+            raise StoreError(f"{where}: not an integer: {text!r}")
+        return int(text)
+    if value_type is str:
+        return text
+    if isinstance(value_type, type) and issubclass(value_type, enum.Enum):
+        try:
+            return value_type(text)
+        except ValueError:
+            raise StoreError(f"{where}: {text!r} is not one of "
+                             f"{', '.join(member.value for member in value_type)}") from None
+    raise StoreError(f"{where}: cannot decode values of type {value_type!r}")
+
+
+def from_element(root: etree._Element, expected: type | None = None) -> object:
+    if not isinstance(root.tag, str) or not root.tag.startswith("{" + NAMESPACE + "}"):
+        raise StoreError(f"not a bank document: root element {root.tag!r}")
+    local_name = root.tag[len(NAMESPACE) + 2:]
+    cls = _TYPE_BY_ROOT.get(local_name)
+    if cls is None or (expected is not None and cls is not expected):
+        raise StoreError(f"expected a {expected.__name__ if expected else 'bank'} document, found {local_name}")
+    schema = {_qualified(name): (field_name, value_type) for field_name, name, value_type, _ in _schema(cls)}
+    values: dict[str, object] = {}
+    for child in root:
+        if not isinstance(child.tag, str):
+            continue                      # comments and processing instructions carry nothing
+        known = schema.get(child.tag)
+        if known is None:
+            raise StoreError(f"{local_name}: unknown element {child.tag}")
+        field_name, value_type = known
+        if field_name in values:
+            raise StoreError(f"{local_name}: element {child.tag} appears twice")
+        where = f"{local_name}/{element_name(field_name)}"
+        if field_name == "holders":
+            holders = []
+            for holder in child:
+                if not isinstance(holder.tag, str):
+                    continue
+                if holder.tag != _qualified("holder"):
+                    raise StoreError(f"{where}: unknown element {holder.tag}")
+                holders.append(Holder(holder.text or "", _decode_value(Role, holder.get("role", ""), where)))
+            values[field_name] = tuple(holders)
+        else:
+            values[field_name] = _decode_value(value_type, child.text or "", where)
+    for field_name, name, _value_type, optional in _schema(cls):
+        if field_name not in values:
+            if not optional:
+                raise StoreError(f"{local_name}: required element {name} is missing")
+            values[field_name] = None
+    return cls(**values)
+
+
+def _parser() -> etree.XMLParser:
+    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
+                           huge_tree=False, remove_blank_text=True, collect_ids=False)
+
+
+def parse(data: bytes) -> etree._Element:
+    if len(data) > DOCUMENT_BYTES_MAX:
+        raise StoreError(f"a bank document is {len(data)} bytes; at most {DOCUMENT_BYTES_MAX}")
+    try:
+        return etree.fromstring(data, parser=_parser())
+    except etree.XMLSyntaxError as error:
+        raise StoreError(f"a bank document is not well-formed XML: {error}") from None
+
+
+def from_xml(data: bytes, expected: type | None = None) -> object:
+    return from_element(parse(data), expected)
+
+
+def account_from_xml(data: bytes) -> Account:
+    return from_xml(data, Account)
+
+
+def hold_from_xml(data: bytes) -> Hold:
+    return from_xml(data, Hold)
+
+
+def pending_mint_from_xml(data: bytes) -> PendingMint:
+    return from_xml(data, PendingMint)
+
+
+def money_supply_from_xml(data: bytes) -> MoneySupply:
+    return from_xml(data, MoneySupply)
+
+
+def ledger_head_from_xml(data: bytes) -> LedgerHead:
+    return from_xml(data, LedgerHead)
+
+
+def request_record_from_xml(data: bytes) -> RequestRecord:
+    return from_xml(data, RequestRecord)
+
+
+def transaction_from_xml(data: bytes) -> Transaction:
+    return from_xml(data, Transaction)
+
+
+def transactions_from_xml(documents: Iterable[bytes]) -> Iterator[Transaction]:
+    """Decode a stream of transaction documents lazily (for :func:`ledger.audit`)."""
+    for data in documents:
+        yield transaction_from_xml(data)
+
+
+# Document ids in the store: one collection per type; ids that sort in ledger order.
+COLLECTIONS = {Account: "accounts", Hold: "holds", PendingMint: "pending-mints", MoneySupply: "bank",
+               LedgerHead: "bank", RequestRecord: "requests", Transaction: "transactions"}
+MONEY_SUPPLY_ID = "money-supply"
+LEDGER_HEAD_ID = "ledger-head"
+
+
+def transaction_document_id(seq: int) -> str:
+    """Zero-padded so that lexical order is ledger order."""
+    return f"{seq:020d}"

@@ -1,0 +1,1501 @@
+"""The Bank's pure core: the ledger state machine, its hash chain and its audit.
+
+No I/O, no SOAP, no store. Each operation is a pure function of the few documents it touches
+(accounts, a hold, a pending mint, the money supply, the ledger head, a request record), the
+request, the server-assigned time ``now_us`` and the caller's :class:`Principal`. It returns
+new states and ONE immutable :class:`Transaction`, or raises :class:`DomainError` with a
+precise ``code``. :func:`execute` wraps every operation with idempotency and hash-chaining;
+the service runs it inside one store transaction.
+
+Decisions (see also the module constants):
+
+* **Time** is integer microseconds since the Unix epoch (UTC), assigned by the server
+  (``now_us``). Field names end in ``_us``.
+* **Money** is a Python ``int`` in the smallest unit. Amounts in requests are 1..10**15;
+  balances and supply totals stay within ±10**18 (fits xs:long in BaseX). No floats.
+* **A hold is expired when** ``now_us >= hold.expires_at_us``. From that instant every
+  operation on it except :class:`ExpireHold` is refused with ``HoldExpired``, whether or not the
+  sweep has run; ``ExpireHold`` is refused before that instant with ``HoldNotExpired``. A hold
+  ends exactly once: charged out (its last credit charged), released, or expired.
+  Active holds always have at least one credit left, so ``account.held == 0`` iff the account
+  has no active hold.
+* **Idempotency** is scoped by caller: the record key is ``SHA-256(principal DN, request id)``,
+  and the request hash covers the operation, the caller's DN and every request field. A retry
+  returns the original transaction; a different request under a used id is ``RequestIdReused``.
+  Refused requests change nothing and are not recorded, so a retry is evaluated afresh.
+* **Hash chain**: ``hash = SHA-256(canonical_bytes(transaction))`` where the canonical bytes are
+  the JSON object of every field except ``hash`` and ``signature``, fields that are ``None``
+  left out, keys sorted, no whitespace, UTF-8 (``json.dumps(sort_keys=True,
+  separators=(",", ":"), ensure_ascii=False)``); it includes ``seq`` and ``prev_hash``. The
+  genesis ``prev_hash`` is 64 zeros.
+* **Signatures**: every transaction carries the bank's signature (base64) over
+  ``b"gridcredit-bank-transaction-v1:" + hash`` (ASCII hex), made by an injected ``sign``.
+  Because each hash covers its predecessor, one valid signature authenticates the whole chain
+  before it; :func:`audit` recomputes every hash (one SHA-256 each) and verifies signatures at
+  checkpoints (every ``signature_check_interval`` transactions and always the last), then, where a
+  checkpoint fails, every signature since the last good checkpoint to name the forged ones.
+  ``signature_check_interval=1`` verifies them all (Ed25519 verify is ~90 µs here: 1,000,000
+  transactions would take 90 s; checkpoints keep audit well under 60 s).
+
+Refusal precedence (one order for every operation, mirrored by the model test):
+request id → request shape (InvalidAmount, InvalidArgument, InvalidExpiry for the past) →
+existence (Unknown*) → authorization (NotAuthorized) → state (AccountClosed, AccountFrozen,
+HoldEnded, HoldExpired, …) → funds and limits (InsufficientFunds, ExceedsHold,
+SpendingLimitExceeded, overflow).
+
+Authorization (``R`` = the caller's role on the account; administrators get no spending power
+from their office, so "who controls the bank" cannot move users' money):
+
+==========================  =====================================================================
+create account              administrator
+set holder / remove holder  administrator; owner (any role); manager (member and viewer roles only)
+set status                  administrator (any change); owner (freeze, close); only
+                            administrators unfreeze; closed is final
+set credit limit            administrator
+set spending limit          administrator, owner, manager
+mint, retire, approve mint  administrator (an approval by a different administrator)
+transfer                    owner, manager, member of the paying account; not service identities
+create hold                 owner, manager, member (service identities too, if they hold the role)
+extend, charge, release     the hold's creator or named collector; owner and manager of the
+                            account (not service identities: those only act on holds they
+                            created or collect); release also administrators
+expire                      anyone, and only once due
+viewer, stranger            nothing that changes state
+==========================  =====================================================================
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import enum
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Protocol
+
+from gridcredit.errors import DomainError, invariant
+
+AMOUNT_MIN = 1
+AMOUNT_MAX = 10**15
+BALANCE_ABS_MAX = 10**18
+SUPPLY_MAX = 10**18
+TIME_MAX_US = 2**62
+GENESIS_HASH = "0" * 64
+SIGNING_PREFIX = b"gridcredit-bank-transaction-v1:"
+IDENTIFIER_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+DN_LENGTH_MAX = 1024
+REFERENCE_LENGTH_MAX = 256
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+SPENDING_PERIOD_MIN_US = 1_000_000
+SPENDING_PERIOD_MAX_US = 366 * 86_400 * 1_000_000
+AUDIT_FINDINGS_MAX = 1000
+AUDIT_HASH_WINDOW = 4096
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+# ---------------------------------------------------------------------------------------------
+# Domain types
+
+
+class Role(enum.Enum):
+    OWNER = "owner"
+    MANAGER = "manager"
+    MEMBER = "member"
+    VIEWER = "viewer"
+
+
+SPENDING_ROLES = frozenset({Role.OWNER, Role.MANAGER, Role.MEMBER})
+CONTROLLING_ROLES = frozenset({Role.OWNER, Role.MANAGER})
+
+
+class AccountStatus(enum.Enum):
+    OPEN = "open"
+    FROZEN = "frozen"
+    CLOSED = "closed"
+
+
+class HoldState(enum.Enum):
+    ACTIVE = "active"
+    CHARGED_OUT = "charged-out"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+class PendingMintState(enum.Enum):
+    PENDING = "pending"
+    APPROVED = "approved"
+
+
+class TransactionKind(enum.Enum):
+    CREATE_ACCOUNT = "create-account"
+    SET_HOLDER = "set-holder"
+    REMOVE_HOLDER = "remove-holder"
+    SET_STATUS = "set-status"
+    SET_CREDIT_LIMIT = "set-credit-limit"
+    SET_SPENDING_LIMIT = "set-spending-limit"
+    MINT_REQUEST = "mint-request"
+    MINT = "mint"
+    RETIRE = "retire"
+    TRANSFER = "transfer"
+    HOLD = "hold"
+    EXTEND = "extend"
+    CHARGE = "charge"
+    RELEASE = "release"
+    EXPIRE = "expire"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller: its end-entity subject DN and what configuration says of it."""
+
+    dn: str
+    is_administrator: bool = False
+    is_service: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    dn: str
+    role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    account_id: str
+    project: str
+    holders: tuple[Holder, ...]          # sorted by DN, one entry per DN
+    status: AccountStatus
+    balance: int
+    held: int                            # Σ (amount − charged) of the account's active holds
+    credit_limit: int                    # overdraft allowed: balance may go down to −credit_limit
+    spending_limit: int | None           # credits per period (charges + transfers out), None: no limit
+    spending_period_us: int | None
+    spending_period_index: int           # now_us // spending_period_us of the window `spent_in_period` counts
+    spent_in_period: int
+    created_at_us: int
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held + self.credit_limit
+
+    def role_of(self, dn: str) -> Role | None:
+        for holder in self.holders:
+            if holder.dn == dn:
+                return holder.role
+        return None
+
+    def spent_at(self, now_us: int) -> int:
+        if self.spending_period_us is None:
+            return 0
+        return self.spent_in_period if now_us // self.spending_period_us == self.spending_period_index else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    hold_id: str
+    account_id: str
+    amount: int
+    charged: int
+    expires_at_us: int
+    reference: str
+    creator_dn: str
+    collector_dn: str | None             # another identity that may charge, extend and release it
+    state: HoldState
+    created_at_us: int
+    created_seq: int
+    ended_seq: int | None                # the transaction that ended it, exactly one
+    ended_at_us: int | None
+
+    @property
+    def remaining(self) -> int:
+        return self.amount - self.charged
+
+    def is_expired_at(self, now_us: int) -> bool:
+        return now_us >= self.expires_at_us
+
+
+@dataclass(frozen=True, slots=True)
+class PendingMint:
+    pending_mint_id: str
+    account_id: str
+    amount: int
+    requester_dn: str
+    requested_at_us: int
+    state: PendingMintState
+    approver_dn: str | None
+    approved_seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MoneySupply:
+    issued: int = 0
+    retired: int = 0
+
+    @property
+    def outstanding(self) -> int:
+        return self.issued - self.retired
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerHead:
+    seq: int = 0                         # seq of the last transaction; 0 for an empty ledger
+    hash: str = GENESIS_HASH
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    key: str                             # request_record_key(principal_dn, request_id)
+    request_id: str
+    principal_dn: str
+    request_hash: str
+    transaction_seq: int                 # the first answer
+    recorded_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One immutable ledger entry. Money effects by kind (``account`` = ``account_id``):
+
+    mint: account += amount, issued += amount · retire: account −= amount, retired += amount ·
+    transfer and charge: account −= amount, counterparty += amount (a charge also lowers the
+    account's held by amount) · hold: held += amount · extend: held += amount (the increase; None
+    when only the expiry moves) · release, expire: held −= amount (the remainder returned).
+    ``hold_state`` is the hold's state after the transaction.
+    """
+
+    seq: int
+    kind: TransactionKind
+    at_us: int
+    request_id: str
+    principal_dn: str
+    account_id: str | None = None
+    counterparty_account_id: str | None = None
+    amount: int | None = None
+    hold_id: str | None = None
+    hold_amount: int | None = None
+    hold_state: HoldState | None = None
+    expires_at_us: int | None = None
+    reference: str | None = None
+    collector_dn: str | None = None
+    pending_mint_id: str | None = None
+    approver_dn: str | None = None
+    project: str | None = None
+    holder_dn: str | None = None
+    role: Role | None = None
+    status: AccountStatus | None = None
+    credit_limit: int | None = None
+    spending_limit: int | None = None
+    spending_period_us: int | None = None
+    prev_hash: str = ""
+    hash: str = ""
+    signature: str = ""                  # base64 of the bank's signature over signing_input()
+
+
+@dataclass(frozen=True, slots=True)
+class BankPolicy:
+    mint_approval_threshold: int | None = None   # mints above this need a second administrator
+    hold_duration_max_us: int = 31 * 86_400 * 1_000_000
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests: one frozen type per mutating operation; every one carries the client's request id.
+
+
+@dataclass(frozen=True, slots=True)
+class CreateAccount:
+    request_id: str
+    account_id: str
+    project: str
+    owner_dn: str
+    credit_limit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SetHolder:
+    """Add a holder, or change an existing holder's role."""
+
+    request_id: str
+    account_id: str
+    holder_dn: str
+    role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveHolder:
+    request_id: str
+    account_id: str
+    holder_dn: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetStatus:
+    request_id: str
+    account_id: str
+    status: AccountStatus
+
+
+@dataclass(frozen=True, slots=True)
+class SetCreditLimit:
+    request_id: str
+    account_id: str
+    credit_limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetSpendingLimit:
+    """Both ``None`` removes the limit."""
+
+    request_id: str
+    account_id: str
+    spending_limit: int | None
+    spending_period_us: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Mint:
+    request_id: str
+    account_id: str
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApproveMint:
+    request_id: str
+    pending_mint_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Retire:
+    request_id: str
+    account_id: str
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    request_id: str
+    from_account_id: str
+    to_account_id: str
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class CreateHold:
+    request_id: str
+    account_id: str
+    amount: int
+    expires_at_us: int
+    reference: str = ""
+    collector_dn: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExtendHold:
+    """A later expiry and/or a larger total amount (at least one)."""
+
+    request_id: str
+    hold_id: str
+    expires_at_us: int | None = None
+    amount: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeHold:
+    request_id: str
+    hold_id: str
+    payee_account_id: str
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseHold:
+    request_id: str
+    hold_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExpireHold:
+    request_id: str
+    hold_id: str
+
+
+Request = (CreateAccount | SetHolder | RemoveHolder | SetStatus | SetCreditLimit | SetSpendingLimit
+           | Mint | ApproveMint | Retire | Transfer | CreateHold | ExtendHold | ChargeHold
+           | ReleaseHold | ExpireHold)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation of request shape (bad input is an operating error, not an assertion)
+
+
+def _refuse(code: str, message: str) -> DomainError:
+    return DomainError(message, code)
+
+
+def check_amount(amount: object, what: str = "amount") -> int:
+    if type(amount) is not int:
+        raise _refuse("InvalidAmount", f"{what} must be an integer number of credits, not {amount!r}")
+    if amount < AMOUNT_MIN:
+        raise _refuse("InvalidAmount", f"{what} must be at least {AMOUNT_MIN} credit; got {amount}")
+    if amount > AMOUNT_MAX:
+        raise _refuse("InvalidAmount", f"{what} must be at most {AMOUNT_MAX} credits; got {amount}")
+    return amount
+
+
+def _check_limit(value: object, what: str) -> int:
+    """A limit: 0..AMOUNT_MAX."""
+    if type(value) is not int or value < 0 or value > AMOUNT_MAX:
+        raise _refuse("InvalidAmount", f"{what} must be an integer from 0 to {AMOUNT_MAX}; got {value!r}")
+    return value
+
+
+def check_identifier(value: object, what: str) -> str:
+    if type(value) is not str or not IDENTIFIER_PATTERN.fullmatch(value):
+        raise _refuse("InvalidArgument",
+                      f"{what} must be 1-128 characters of letters, digits and . _ : @ -, "
+                      f"starting with a letter or digit; got {value!r}")
+    return value
+
+
+def check_dn(value: object, what: str) -> str:
+    if (type(value) is not str or not value or len(value) > DN_LENGTH_MAX
+            or _CONTROL_CHARACTERS.search(value) or value != value.strip()):
+        raise _refuse("InvalidArgument", f"{what} must be a distinguished name of 1-{DN_LENGTH_MAX} "
+                                         f"printable characters; got {value!r}")
+    return value
+
+
+def _check_reference(value: object) -> str:
+    if type(value) is not str or len(value) > REFERENCE_LENGTH_MAX or _CONTROL_CHARACTERS.search(value):
+        raise _refuse("InvalidArgument", f"reference must be at most {REFERENCE_LENGTH_MAX} printable "
+                                         f"characters; got {value!r}")
+    return value
+
+
+def _check_time(value: object, what: str) -> int:
+    if type(value) is not int or value < 0 or value > TIME_MAX_US:
+        raise _refuse("InvalidArgument", f"{what} must be integer microseconds since the epoch; got {value!r}")
+    return value
+
+
+def _check_request_id(value: object) -> str:
+    if type(value) is not str or not REQUEST_ID_PATTERN.fullmatch(value):
+        raise _refuse("InvalidArgument", f"request id must be 1-128 characters of letters, digits and "
+                                         f". _ : @ -; got {value!r}")
+    return value
+
+
+def _check_enum(value: object, enum_type: type[enum.Enum], what: str) -> None:
+    if not isinstance(value, enum_type):
+        raise _refuse("InvalidArgument", f"{what} must be one of "
+                                         f"{', '.join(member.value for member in enum_type)}; got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Refusal helpers: state checks with messages a person understands
+
+
+def _require_account(account: Account | None, account_id: str) -> Account:
+    if account is None:
+        raise _refuse("UnknownAccount", f"there is no account {account_id}")
+    return account
+
+
+def _require_hold(hold: Hold | None, hold_id: str) -> Hold:
+    if hold is None:
+        raise _refuse("UnknownHold", f"there is no hold {hold_id}")
+    return hold
+
+
+def _not_authorized(principal: Principal, action: str, subject: str) -> DomainError:
+    return _refuse("NotAuthorized", f"{principal.dn} may not {action} {subject}")
+
+
+def _require_not_closed(account: Account) -> None:
+    if account.status is AccountStatus.CLOSED:
+        raise _refuse("AccountClosed", f"account {account.account_id} is closed")
+
+
+def _require_open(account: Account, action: str) -> None:
+    _require_not_closed(account)
+    if account.status is AccountStatus.FROZEN:
+        raise _refuse("AccountFrozen", f"account {account.account_id} is frozen: it refuses {action}")
+
+
+def _require_active_hold(hold: Hold, now_us: int) -> None:
+    if hold.state is not HoldState.ACTIVE:
+        raise _refuse("HoldEnded", f"hold {hold.hold_id} has already ended ({hold.state.value} "
+                                   f"in transaction {hold.ended_seq})")
+    if hold.is_expired_at(now_us):
+        raise _refuse("HoldExpired", f"hold {hold.hold_id} expired at {hold.expires_at_us} µs; "
+                                     f"it is now {now_us} µs")
+
+
+def _require_available(account: Account, needed: int, what: str) -> None:
+    if account.available < needed:
+        raise _refuse("InsufficientFunds",
+                      f"account {account.account_id} has {account.available} credits available; "
+                      f"{what} needs {needed} (short by {needed - account.available})")
+
+
+def _spend(account: Account, amount: int, now_us: int) -> Account:
+    """Count a charge or transfer out against the spending limit of the current period."""
+    if account.spending_limit is None or account.spending_period_us is None:
+        return account
+    spent = account.spent_at(now_us)
+    if spent + amount > account.spending_limit:
+        raise _refuse("SpendingLimitExceeded",
+                      f"account {account.account_id} may spend {account.spending_limit} credits per "
+                      f"{account.spending_period_us} µs period; {spent} already spent in this period, "
+                      f"so {amount} more would exceed it by {spent + amount - account.spending_limit}")
+    return dataclasses.replace(account, spending_period_index=now_us // account.spending_period_us,
+                               spent_in_period=spent + amount)
+
+
+def _credit(account: Account, amount: int) -> Account:
+    if account.balance + amount > BALANCE_ABS_MAX:
+        raise _refuse("InvalidAmount", f"crediting {amount} to account {account.account_id} would overflow "
+                                       f"its balance (at most {BALANCE_ABS_MAX})")
+    return dataclasses.replace(account, balance=account.balance + amount)
+
+
+def _debit(account: Account, amount: int) -> Account:
+    invariant(account.balance - amount >= -BALANCE_ABS_MAX, "a debit stays within the balance bound")
+    return dataclasses.replace(account, balance=account.balance - amount)
+
+
+def _entry(kind: TransactionKind, request: Request, principal: Principal, now_us: int, seq: int,
+           **fields: object) -> Transaction:
+    return Transaction(seq=seq, kind=kind, at_us=now_us, request_id=request.request_id,
+                       principal_dn=principal.dn, **fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# Authorization: one policy point
+
+
+def may_view(principal: Principal, account: Account) -> bool:
+    """Balances, holds, history and statements: administrators and every holder (viewer too)."""
+    return principal.is_administrator or account.role_of(principal.dn) is not None
+
+
+def _require_administrator(principal: Principal, action: str, subject: str) -> None:
+    if not principal.is_administrator:
+        raise _not_authorized(principal, action, subject)
+
+
+def _may_control_hold(principal: Principal, account: Account, hold: Hold) -> bool:
+    if principal.dn == hold.creator_dn or (hold.collector_dn is not None and principal.dn == hold.collector_dn):
+        return True
+    return not principal.is_service and account.role_of(principal.dn) in CONTROLLING_ROLES
+
+
+# ---------------------------------------------------------------------------------------------
+# Operations: pure functions of the loaded states; each returns the new states and one
+# unsealed Transaction (hash and signature are added by seal()).
+
+
+def create_account(existing: Account | None, request: CreateAccount, *, principal: Principal,
+                   now_us: int, seq: int) -> tuple[Account, Transaction]:
+    check_identifier(request.account_id, "account id")
+    check_identifier(request.project, "project")
+    check_dn(request.owner_dn, "owner DN")
+    _check_limit(request.credit_limit, "credit limit")
+    _require_administrator(principal, "create", f"account {request.account_id}")
+    if existing is not None:
+        raise _refuse("AccountExists", f"account {request.account_id} already exists")
+    account = Account(account_id=request.account_id, project=request.project,
+                      holders=(Holder(request.owner_dn, Role.OWNER),), status=AccountStatus.OPEN,
+                      balance=0, held=0, credit_limit=request.credit_limit, spending_limit=None,
+                      spending_period_us=None, spending_period_index=0, spent_in_period=0,
+                      created_at_us=now_us)
+    return account, _entry(TransactionKind.CREATE_ACCOUNT, request, principal, now_us, seq,
+                           account_id=account.account_id, project=account.project,
+                           holder_dn=request.owner_dn, role=Role.OWNER, credit_limit=request.credit_limit)
+
+
+def _may_manage_role(principal: Principal, account: Account, role: Role | None) -> bool:
+    if principal.is_administrator:
+        return True
+    caller_role = account.role_of(principal.dn)
+    if caller_role is Role.OWNER:
+        return True
+    return caller_role is Role.MANAGER and role in (None, Role.MEMBER, Role.VIEWER)
+
+
+def _owner_count(holders: Iterable[Holder]) -> int:
+    return sum(1 for holder in holders if holder.role is Role.OWNER)
+
+
+def set_holder(account: Account | None, request: SetHolder, *, principal: Principal, now_us: int,
+               seq: int) -> tuple[Account, Transaction]:
+    check_identifier(request.account_id, "account id")
+    check_dn(request.holder_dn, "holder DN")
+    _check_enum(request.role, Role, "role")
+    account = _require_account(account, request.account_id)
+    previous_role = account.role_of(request.holder_dn)
+    if not (_may_manage_role(principal, account, request.role)
+            and _may_manage_role(principal, account, previous_role)):
+        raise _not_authorized(principal, f"give the {request.role.value} role on", f"account {account.account_id}")
+    _require_not_closed(account)
+    if previous_role is request.role:
+        raise _refuse("HolderUnchanged", f"{request.holder_dn} already is {request.role.value} of "
+                                         f"account {account.account_id}")
+    holders = [holder for holder in account.holders if holder.dn != request.holder_dn]
+    holders.append(Holder(request.holder_dn, request.role))
+    if _owner_count(holders) == 0:
+        raise _refuse("LastOwner", f"{request.holder_dn} is the last owner of account {account.account_id}")
+    updated = dataclasses.replace(account, holders=tuple(sorted(holders, key=lambda holder: holder.dn)))
+    return updated, _entry(TransactionKind.SET_HOLDER, request, principal, now_us, seq,
+                           account_id=account.account_id, holder_dn=request.holder_dn, role=request.role)
+
+
+def remove_holder(account: Account | None, request: RemoveHolder, *, principal: Principal, now_us: int,
+                  seq: int) -> tuple[Account, Transaction]:
+    check_identifier(request.account_id, "account id")
+    check_dn(request.holder_dn, "holder DN")
+    account = _require_account(account, request.account_id)
+    previous_role = account.role_of(request.holder_dn)
+    if not _may_manage_role(principal, account, previous_role):
+        raise _not_authorized(principal, "remove holders of", f"account {account.account_id}")
+    _require_not_closed(account)
+    if previous_role is None:
+        raise _refuse("NotAHolder", f"{request.holder_dn} is not a holder of account {account.account_id}")
+    holders = tuple(holder for holder in account.holders if holder.dn != request.holder_dn)
+    if _owner_count(holders) == 0:
+        raise _refuse("LastOwner", f"{request.holder_dn} is the last owner of account {account.account_id}")
+    return dataclasses.replace(account, holders=holders), _entry(
+        TransactionKind.REMOVE_HOLDER, request, principal, now_us, seq, account_id=account.account_id,
+        holder_dn=request.holder_dn, role=previous_role)
+
+
+def set_status(account: Account | None, request: SetStatus, *, principal: Principal, now_us: int,
+               seq: int) -> tuple[Account, Transaction]:
+    check_identifier(request.account_id, "account id")
+    _check_enum(request.status, AccountStatus, "status")
+    account = _require_account(account, request.account_id)
+    owner_may = request.status in (AccountStatus.FROZEN, AccountStatus.CLOSED)
+    if not (principal.is_administrator or (owner_may and account.role_of(principal.dn) is Role.OWNER)):
+        raise _not_authorized(principal, f"set status {request.status.value} on", f"account {account.account_id}")
+    _require_not_closed(account)
+    if account.status is request.status:
+        raise _refuse("StatusUnchanged", f"account {account.account_id} already is {request.status.value}")
+    if request.status is AccountStatus.CLOSED and (account.balance != 0 or account.held != 0):
+        raise _refuse("AccountNotEmpty", f"account {account.account_id} cannot close: its balance is "
+                                         f"{account.balance} and {account.held} credits are held; "
+                                         f"both must be 0")
+    return dataclasses.replace(account, status=request.status), _entry(
+        TransactionKind.SET_STATUS, request, principal, now_us, seq, account_id=account.account_id,
+        status=request.status)
+
+
+def set_credit_limit(account: Account | None, request: SetCreditLimit, *, principal: Principal,
+                     now_us: int, seq: int) -> tuple[Account, Transaction]:
+    check_identifier(request.account_id, "account id")
+    _check_limit(request.credit_limit, "credit limit")
+    account = _require_account(account, request.account_id)
+    _require_administrator(principal, "set the credit limit of", f"account {account.account_id}")
+    _require_not_closed(account)
+    if account.held > account.balance + request.credit_limit:
+        raise _refuse("CreditLimitTooLow",
+                      f"account {account.account_id} has balance {account.balance} and {account.held} held; "
+                      f"a credit limit below {account.held - account.balance} would leave holds uncovered")
+    return dataclasses.replace(account, credit_limit=request.credit_limit), _entry(
+        TransactionKind.SET_CREDIT_LIMIT, request, principal, now_us, seq, account_id=account.account_id,
+        credit_limit=request.credit_limit)
+
+
+def set_spending_limit(account: Account | None, request: SetSpendingLimit, *, principal: Principal,
+                       now_us: int, seq: int) -> tuple[Account, Transaction]:
+    check_identifier(request.account_id, "account id")
+    if (request.spending_limit is None) != (request.spending_period_us is None):
+        raise _refuse("InvalidArgument", "a spending limit needs both an amount and a period (or neither, "
+                                         "to remove it)")
+    if request.spending_limit is not None:
+        _check_limit(request.spending_limit, "spending limit")
+        period = request.spending_period_us
+        if type(period) is not int or not SPENDING_PERIOD_MIN_US <= period <= SPENDING_PERIOD_MAX_US:
+            raise _refuse("InvalidArgument", f"spending period must be {SPENDING_PERIOD_MIN_US} to "
+                                             f"{SPENDING_PERIOD_MAX_US} µs; got {period!r}")
+    account = _require_account(account, request.account_id)
+    if not (principal.is_administrator or account.role_of(principal.dn) in CONTROLLING_ROLES):
+        raise _not_authorized(principal, "set the spending limit of", f"account {account.account_id}")
+    _require_not_closed(account)
+    if request.spending_period_us is None:
+        index, spent = 0, 0
+    elif request.spending_period_us == account.spending_period_us:
+        index, spent = now_us // request.spending_period_us, account.spent_at(now_us)
+    else:
+        index, spent = now_us // request.spending_period_us, 0
+    updated = dataclasses.replace(account, spending_limit=request.spending_limit,
+                                  spending_period_us=request.spending_period_us,
+                                  spending_period_index=index, spent_in_period=spent)
+    return updated, _entry(TransactionKind.SET_SPENDING_LIMIT, request, principal, now_us, seq,
+                           account_id=account.account_id, spending_limit=request.spending_limit,
+                           spending_period_us=request.spending_period_us)
+
+
+def _issue(account: Account, supply: MoneySupply, amount: int) -> tuple[Account, MoneySupply]:
+    if supply.issued + amount > SUPPLY_MAX:
+        raise _refuse("InvalidAmount", f"issuing {amount} would exceed the money supply bound {SUPPLY_MAX}")
+    return _credit(account, amount), dataclasses.replace(supply, issued=supply.issued + amount)
+
+
+def mint(account: Account | None, supply: MoneySupply, request: Mint, *, principal: Principal, now_us: int,
+         seq: int, policy: BankPolicy) -> tuple[Account, MoneySupply, PendingMint | None, Transaction]:
+    """Issue credits; above the policy threshold, record a pending mint for a second administrator."""
+    check_identifier(request.account_id, "account id")
+    check_amount(request.amount)
+    account = _require_account(account, request.account_id)
+    _require_administrator(principal, "mint credits into", f"account {account.account_id}")
+    _require_not_closed(account)
+    if policy.mint_approval_threshold is not None and request.amount > policy.mint_approval_threshold:
+        pending = PendingMint(pending_mint_id=f"mint-{seq}", account_id=account.account_id,
+                              amount=request.amount, requester_dn=principal.dn, requested_at_us=now_us,
+                              state=PendingMintState.PENDING, approver_dn=None, approved_seq=None)
+        return account, supply, pending, _entry(
+            TransactionKind.MINT_REQUEST, request, principal, now_us, seq, account_id=account.account_id,
+            amount=request.amount, pending_mint_id=pending.pending_mint_id)
+    account, supply = _issue(account, supply, request.amount)
+    return account, supply, None, _entry(TransactionKind.MINT, request, principal, now_us, seq,
+                                         account_id=account.account_id, amount=request.amount)
+
+
+def approve_mint(pending: PendingMint | None, account: Account | None, supply: MoneySupply,
+                 request: ApproveMint, *, principal: Principal, now_us: int,
+                 seq: int) -> tuple[PendingMint, Account, MoneySupply, Transaction]:
+    check_identifier(request.pending_mint_id, "pending mint id")
+    if pending is None:
+        raise _refuse("UnknownPendingMint", f"there is no pending mint {request.pending_mint_id}")
+    account = _require_account(account, pending.account_id)
+    _require_administrator(principal, "approve", f"mint {pending.pending_mint_id}")
+    if principal.dn == pending.requester_dn:
+        raise _refuse("SecondAdministratorRequired",
+                      f"mint {pending.pending_mint_id} was requested by {principal.dn}; a different "
+                      f"administrator must approve it")
+    if pending.state is not PendingMintState.PENDING:
+        raise _refuse("PendingMintEnded", f"mint {pending.pending_mint_id} was already approved "
+                                          f"(transaction {pending.approved_seq})")
+    _require_not_closed(account)
+    account, supply = _issue(account, supply, pending.amount)
+    approved = dataclasses.replace(pending, state=PendingMintState.APPROVED, approver_dn=principal.dn,
+                                   approved_seq=seq)
+    return approved, account, supply, _entry(
+        TransactionKind.MINT, request, principal, now_us, seq, account_id=account.account_id,
+        amount=pending.amount, pending_mint_id=pending.pending_mint_id, approver_dn=principal.dn)
+
+
+def retire(account: Account | None, supply: MoneySupply, request: Retire, *, principal: Principal,
+           now_us: int, seq: int) -> tuple[Account, MoneySupply, Transaction]:
+    """Take credits out of circulation; only from the account's own unheld balance (no overdraft)."""
+    check_identifier(request.account_id, "account id")
+    check_amount(request.amount)
+    account = _require_account(account, request.account_id)
+    _require_administrator(principal, "retire credits from", f"account {account.account_id}")
+    _require_not_closed(account)
+    unheld = account.balance - account.held
+    if unheld < request.amount:
+        raise _refuse("InsufficientFunds",
+                      f"account {account.account_id} has {max(unheld, 0)} unheld credits (credit limit not "
+                      f"counted); retiring {request.amount} needs {request.amount} "
+                      f"(short by {request.amount - max(unheld, 0)})")
+    return _debit(account, request.amount), dataclasses.replace(supply, retired=supply.retired + request.amount), \
+        _entry(TransactionKind.RETIRE, request, principal, now_us, seq, account_id=account.account_id,
+               amount=request.amount)
+
+
+def transfer(payer: Account | None, payee: Account | None, request: Transfer, *, principal: Principal,
+             now_us: int, seq: int) -> tuple[Account, Account, Transaction]:
+    check_identifier(request.from_account_id, "paying account id")
+    check_identifier(request.to_account_id, "receiving account id")
+    check_amount(request.amount)
+    if request.from_account_id == request.to_account_id:
+        raise _refuse("InvalidArgument", f"a transfer needs two different accounts; both are "
+                                         f"{request.from_account_id}")
+    payer = _require_account(payer, request.from_account_id)
+    payee = _require_account(payee, request.to_account_id)
+    if principal.is_service or payer.role_of(principal.dn) not in SPENDING_ROLES:
+        raise _not_authorized(principal, "transfer from", f"account {payer.account_id}")
+    _require_open(payer, "spending")
+    _require_not_closed(payee)
+    _require_available(payer, request.amount, "the transfer")
+    payer = _debit(_spend(payer, request.amount, now_us), request.amount)
+    payee = _credit(payee, request.amount)
+    return payer, payee, _entry(TransactionKind.TRANSFER, request, principal, now_us, seq,
+                                account_id=payer.account_id, counterparty_account_id=payee.account_id,
+                                amount=request.amount)
+
+
+def _check_expiry(expires_at_us: int, now_us: int, policy: BankPolicy) -> None:
+    if expires_at_us <= now_us:
+        raise _refuse("InvalidExpiry", f"expiry {expires_at_us} µs is not after now ({now_us} µs)")
+    if expires_at_us - now_us > policy.hold_duration_max_us:
+        raise _refuse("InvalidExpiry", f"expiry {expires_at_us} µs is more than "
+                                       f"{policy.hold_duration_max_us} µs after now ({now_us} µs)")
+
+
+def create_hold(account: Account | None, request: CreateHold, *, principal: Principal, now_us: int,
+                seq: int, policy: BankPolicy) -> tuple[Account, Hold, Transaction]:
+    check_identifier(request.account_id, "account id")
+    check_amount(request.amount)
+    _check_time(request.expires_at_us, "expiry")
+    _check_reference(request.reference)
+    if request.collector_dn is not None:
+        check_dn(request.collector_dn, "collector DN")
+    _check_expiry(request.expires_at_us, now_us, policy)
+    account = _require_account(account, request.account_id)
+    if account.role_of(principal.dn) not in SPENDING_ROLES:
+        raise _not_authorized(principal, "place holds on", f"account {account.account_id}")
+    _require_open(account, "new holds")
+    _require_available(account, request.amount, "the hold")
+    hold = Hold(hold_id=f"hold-{seq}", account_id=account.account_id, amount=request.amount, charged=0,
+                expires_at_us=request.expires_at_us, reference=request.reference, creator_dn=principal.dn,
+                collector_dn=request.collector_dn, state=HoldState.ACTIVE, created_at_us=now_us,
+                created_seq=seq, ended_seq=None, ended_at_us=None)
+    account = dataclasses.replace(account, held=account.held + request.amount)
+    return account, hold, _entry(TransactionKind.HOLD, request, principal, now_us, seq,
+                                 account_id=account.account_id, amount=request.amount, hold_id=hold.hold_id,
+                                 hold_amount=hold.amount, hold_state=hold.state,
+                                 expires_at_us=hold.expires_at_us, reference=hold.reference,
+                                 collector_dn=hold.collector_dn)
+
+
+def extend_hold(hold: Hold | None, account: Account | None, request: ExtendHold, *, principal: Principal,
+                now_us: int, seq: int, policy: BankPolicy) -> tuple[Account, Hold, Transaction]:
+    check_identifier(request.hold_id, "hold id")
+    if request.expires_at_us is None and request.amount is None:
+        raise _refuse("InvalidArgument", "an extension needs a later expiry, a larger amount, or both")
+    if request.amount is not None:
+        check_amount(request.amount)
+    if request.expires_at_us is not None:
+        _check_time(request.expires_at_us, "expiry")
+    hold = _require_hold(hold, request.hold_id)
+    invariant(account is not None and account.account_id == hold.account_id, "a hold's account is loaded")
+    if not _may_control_hold(principal, account, hold):
+        raise _not_authorized(principal, "extend", f"hold {hold.hold_id}")
+    _require_active_hold(hold, now_us)
+    _require_open(account, "extending holds")
+    expires_at_us = hold.expires_at_us
+    if request.expires_at_us is not None:
+        if request.expires_at_us <= hold.expires_at_us:
+            raise _refuse("InvalidExpiry", f"hold {hold.hold_id} already expires at {hold.expires_at_us} µs; "
+                                           f"an extension must be later, not {request.expires_at_us} µs")
+        _check_expiry(request.expires_at_us, now_us, policy)
+        expires_at_us = request.expires_at_us
+    increase = 0
+    if request.amount is not None:
+        if request.amount <= hold.amount:
+            raise _refuse("InvalidAmount", f"hold {hold.hold_id} already holds {hold.amount}; an extension "
+                                           f"must be larger, not {request.amount}")
+        increase = request.amount - hold.amount
+        _require_available(account, increase, "the larger hold")
+    extended = dataclasses.replace(hold, amount=hold.amount + increase, expires_at_us=expires_at_us)
+    account = dataclasses.replace(account, held=account.held + increase)
+    return account, extended, _entry(TransactionKind.EXTEND, request, principal, now_us, seq,
+                                     account_id=account.account_id, amount=increase or None,
+                                     hold_id=hold.hold_id, hold_amount=extended.amount,
+                                     hold_state=extended.state, expires_at_us=expires_at_us)
+
+
+def charge_hold(hold: Hold | None, account: Account | None, payee: Account | None, request: ChargeHold, *,
+                principal: Principal, now_us: int, seq: int) -> tuple[Account, Account, Hold, Transaction]:
+    check_identifier(request.hold_id, "hold id")
+    check_identifier(request.payee_account_id, "payee account id")
+    check_amount(request.amount)
+    hold = _require_hold(hold, request.hold_id)
+    invariant(account is not None and account.account_id == hold.account_id, "a hold's account is loaded")
+    payee = _require_account(payee, request.payee_account_id)
+    if not _may_control_hold(principal, account, hold):
+        raise _not_authorized(principal, "charge", f"hold {hold.hold_id}")
+    _require_active_hold(hold, now_us)
+    _require_open(account, "spending")
+    _require_not_closed(payee)
+    if payee.account_id == account.account_id:
+        raise _refuse("InvalidArgument", f"hold {hold.hold_id} cannot be charged to its own account "
+                                         f"{account.account_id}; release it instead")
+    if request.amount > hold.remaining:
+        raise _refuse("ExceedsHold", f"hold {hold.hold_id} has {hold.remaining} credits left; the charge "
+                                     f"is {request.amount} (over by {request.amount - hold.remaining})")
+    account = _spend(account, request.amount, now_us)
+    payee = _credit(payee, request.amount)
+    charged = hold.charged + request.amount
+    ended = charged == hold.amount
+    updated = dataclasses.replace(hold, charged=charged,
+                                  state=HoldState.CHARGED_OUT if ended else HoldState.ACTIVE,
+                                  ended_seq=seq if ended else None, ended_at_us=now_us if ended else None)
+    account = dataclasses.replace(_debit(account, request.amount), held=account.held - request.amount)
+    return account, payee, updated, _entry(
+        TransactionKind.CHARGE, request, principal, now_us, seq, account_id=account.account_id,
+        counterparty_account_id=payee.account_id, amount=request.amount, hold_id=hold.hold_id,
+        hold_amount=hold.amount, hold_state=updated.state)
+
+
+def _end_hold(hold: Hold, account: Account, state: HoldState, kind: TransactionKind, request: Request,
+              principal: Principal, now_us: int, seq: int) -> tuple[Account, Hold, Transaction]:
+    remainder = hold.remaining
+    invariant(remainder >= 1 and account.held >= remainder, "an active hold has credits left, all held")
+    ended = dataclasses.replace(hold, state=state, ended_seq=seq, ended_at_us=now_us)
+    account = dataclasses.replace(account, held=account.held - remainder)
+    return account, ended, _entry(kind, request, principal, now_us, seq, account_id=account.account_id,
+                                  amount=remainder, hold_id=hold.hold_id, hold_amount=hold.amount,
+                                  hold_state=state)
+
+
+def release_hold(hold: Hold | None, account: Account | None, request: ReleaseHold, *, principal: Principal,
+                 now_us: int, seq: int) -> tuple[Account, Hold, Transaction]:
+    check_identifier(request.hold_id, "hold id")
+    hold = _require_hold(hold, request.hold_id)
+    invariant(account is not None and account.account_id == hold.account_id, "a hold's account is loaded")
+    if not (principal.is_administrator or _may_control_hold(principal, account, hold)):
+        raise _not_authorized(principal, "release", f"hold {hold.hold_id}")
+    _require_active_hold(hold, now_us)
+    return _end_hold(hold, account, HoldState.RELEASED, TransactionKind.RELEASE, request, principal, now_us, seq)
+
+
+def expire_hold(hold: Hold | None, account: Account | None, request: ExpireHold, *, principal: Principal,
+                now_us: int, seq: int) -> tuple[Account, Hold, Transaction]:
+    check_identifier(request.hold_id, "hold id")
+    hold = _require_hold(hold, request.hold_id)
+    invariant(account is not None and account.account_id == hold.account_id, "a hold's account is loaded")
+    if hold.state is not HoldState.ACTIVE:
+        raise _refuse("HoldEnded", f"hold {hold.hold_id} has already ended ({hold.state.value} "
+                                   f"in transaction {hold.ended_seq})")
+    if not hold.is_expired_at(now_us):
+        raise _refuse("HoldNotExpired", f"hold {hold.hold_id} expires at {hold.expires_at_us} µs; "
+                                        f"it is now {now_us} µs")
+    return _end_hold(hold, account, HoldState.EXPIRED, TransactionKind.EXPIRE, request, principal, now_us, seq)
+
+
+# ---------------------------------------------------------------------------------------------
+# Canonical bytes, hashing, signing
+
+
+def _canonical_value(value: object) -> object:
+    if isinstance(value, enum.Enum):
+        return value.value
+    invariant(type(value) in (int, str), f"canonical values are int or str, not {type(value).__name__}")
+    return value
+
+
+_TRANSACTION_FIELDS = tuple(field.name for field in dataclasses.fields(Transaction)
+                            if field.name not in ("hash", "signature"))
+
+
+def canonical_bytes(transaction: Transaction) -> bytes:
+    """The exact bytes the hash covers (see the module docstring)."""
+    body = {}
+    for name in _TRANSACTION_FIELDS:
+        value = getattr(transaction, name)
+        if value is not None:
+            body[name] = value.value if isinstance(value, enum.Enum) else value
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def transaction_hash(transaction: Transaction) -> str:
+    return hashlib.sha256(canonical_bytes(transaction)).hexdigest()
+
+
+def signing_input(transaction_hash_hex: str) -> bytes:
+    return SIGNING_PREFIX + transaction_hash_hex.encode("ascii")
+
+
+def seal(entry: Transaction, head: LedgerHead, sign: Callable[[bytes], bytes]) -> tuple[Transaction, LedgerHead]:
+    """Chain an unsealed entry to the head, hash and sign it; return it and the new head."""
+    invariant(entry.seq == head.seq + 1 and entry.hash == "" and entry.signature == "",
+              "seal takes the next unsealed entry")
+    chained = dataclasses.replace(entry, prev_hash=head.hash)
+    digest = transaction_hash(chained)
+    signature = base64.b64encode(sign(signing_input(digest))).decode("ascii")
+    return dataclasses.replace(chained, hash=digest, signature=signature), LedgerHead(seq=entry.seq, hash=digest)
+
+
+def request_record_key(principal_dn: str, request_id: str) -> str:
+    return hashlib.sha256(json.dumps([principal_dn, request_id], ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def request_hash(request: Request, principal: Principal) -> str:
+    body: dict[str, object] = {"operation": type(request).__name__, "principal": principal.dn}
+    for field in dataclasses.fields(request):
+        value = getattr(request, field.name)
+        if isinstance(value, enum.Enum):
+            value = value.value
+        elif value is not None and type(value) not in (int, str):
+            value = repr(value)          # malformed input still hashes; validation refuses it later
+        body[field.name] = value
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
+                                     ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# execute(): idempotency + one operation + sealing
+
+
+class LedgerView(Protocol):
+    """Read access to the documents one operation may touch (the service backs it by one store
+    transaction; the model test by dictionaries). Every getter returns None when absent."""
+
+    def account(self, account_id: str) -> Account | None: ...
+    def hold(self, hold_id: str) -> Hold | None: ...
+    def pending_mint(self, pending_mint_id: str) -> PendingMint | None: ...
+    def money_supply(self) -> MoneySupply: ...
+    def head(self) -> LedgerHead: ...
+    def request_record(self, key: str) -> RequestRecord | None: ...
+    def transaction(self, seq: int) -> Transaction | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What to write (all in one store transaction) and what to answer."""
+
+    transaction: Transaction             # the answer; on a retry, the original transaction
+    replayed: bool
+    accounts: tuple[Account, ...] = ()
+    holds: tuple[Hold, ...] = ()
+    pending_mints: tuple[PendingMint, ...] = ()
+    money_supply: MoneySupply | None = None
+    head: LedgerHead | None = None
+    request_record: RequestRecord | None = None
+
+
+def _hold_and_account(view: LedgerView, hold_id: object) -> tuple[Hold | None, Account | None]:
+    if type(hold_id) is not str:
+        return None, None
+    hold = view.hold(hold_id)
+    return hold, (view.account(hold.account_id) if hold is not None else None)
+
+
+def _maybe_account(view: LedgerView, account_id: object) -> Account | None:
+    return view.account(account_id) if type(account_id) is str else None
+
+
+def _apply(view: LedgerView, request: Request, principal: Principal, now_us: int, seq: int,
+           policy: BankPolicy) -> tuple[Transaction, dict]:
+    common = {"principal": principal, "now_us": now_us, "seq": seq}
+    match request:
+        case CreateAccount():
+            account, entry = create_account(_maybe_account(view, request.account_id), request, **common)
+            return entry, {"accounts": (account,)}
+        case SetHolder():
+            account, entry = set_holder(_maybe_account(view, request.account_id), request, **common)
+            return entry, {"accounts": (account,)}
+        case RemoveHolder():
+            account, entry = remove_holder(_maybe_account(view, request.account_id), request, **common)
+            return entry, {"accounts": (account,)}
+        case SetStatus():
+            account, entry = set_status(_maybe_account(view, request.account_id), request, **common)
+            return entry, {"accounts": (account,)}
+        case SetCreditLimit():
+            account, entry = set_credit_limit(_maybe_account(view, request.account_id), request, **common)
+            return entry, {"accounts": (account,)}
+        case SetSpendingLimit():
+            account, entry = set_spending_limit(_maybe_account(view, request.account_id), request, **common)
+            return entry, {"accounts": (account,)}
+        case Mint():
+            account, supply, pending, entry = mint(_maybe_account(view, request.account_id), view.money_supply(),
+                                                   request, policy=policy, **common)
+            if pending is not None:
+                return entry, {"pending_mints": (pending,)}
+            return entry, {"accounts": (account,), "money_supply": supply}
+        case ApproveMint():
+            pending = view.pending_mint(request.pending_mint_id) if type(request.pending_mint_id) is str else None
+            account = view.account(pending.account_id) if pending is not None else None
+            pending, account, supply, entry = approve_mint(pending, account, view.money_supply(), request, **common)
+            return entry, {"pending_mints": (pending,), "accounts": (account,), "money_supply": supply}
+        case Retire():
+            account, supply, entry = retire(_maybe_account(view, request.account_id), view.money_supply(),
+                                            request, **common)
+            return entry, {"accounts": (account,), "money_supply": supply}
+        case Transfer():
+            payer, payee, entry = transfer(_maybe_account(view, request.from_account_id),
+                                           _maybe_account(view, request.to_account_id), request, **common)
+            return entry, {"accounts": (payer, payee)}
+        case CreateHold():
+            account, hold, entry = create_hold(_maybe_account(view, request.account_id), request,
+                                               policy=policy, **common)
+            return entry, {"accounts": (account,), "holds": (hold,)}
+        case ExtendHold():
+            account, hold, entry = extend_hold(*_hold_and_account(view, request.hold_id), request,
+                                               policy=policy, **common)
+            return entry, {"accounts": (account,), "holds": (hold,)}
+        case ChargeHold():
+            hold, account = _hold_and_account(view, request.hold_id)
+            payee = _maybe_account(view, request.payee_account_id)
+            account, payee, hold, entry = charge_hold(hold, account, payee, request, **common)
+            return entry, {"accounts": (account, payee), "holds": (hold,)}
+        case ReleaseHold():
+            account, hold, entry = release_hold(*_hold_and_account(view, request.hold_id), request, **common)
+            return entry, {"accounts": (account,), "holds": (hold,)}
+        case ExpireHold():
+            account, hold, entry = expire_hold(*_hold_and_account(view, request.hold_id), request, **common)
+            return entry, {"accounts": (account,), "holds": (hold,)}
+    raise _refuse("InvalidArgument", f"unknown operation {type(request).__name__}")
+
+
+def execute(view: LedgerView, request: Request, *, principal: Principal, now_us: int,
+            sign: Callable[[bytes], bytes], policy: BankPolicy = BankPolicy()) -> Outcome:
+    """Run one mutating request: a retry answers the original transaction, a reused id is refused,
+    a new request yields its new states, one sealed transaction, the new head and its record."""
+    invariant(type(now_us) is int and 0 <= now_us <= TIME_MAX_US, "the server's clock is sane")
+    check_dn(principal.dn, "caller DN")
+    _check_request_id(request.request_id)
+    key = request_record_key(principal.dn, request.request_id)
+    digest = request_hash(request, principal)
+    record = view.request_record(key)
+    if record is not None:
+        if record.request_hash != digest:
+            raise _refuse("RequestIdReused", f"request id {request.request_id} was already used by "
+                                             f"{principal.dn} for a different request "
+                                             f"(transaction {record.transaction_seq})")
+        original = view.transaction(record.transaction_seq)
+        invariant(original is not None and original.request_id == request.request_id,
+                  "a request record points at its transaction")
+        return Outcome(transaction=original, replayed=True)
+    head = view.head()
+    entry, changes = _apply(view, request, principal, now_us, head.seq + 1, policy)
+    transaction, new_head = seal(entry, head, sign)
+    return Outcome(transaction=transaction, replayed=False, head=new_head,
+                   request_record=RequestRecord(key=key, request_id=request.request_id, principal_dn=principal.dn,
+                                                request_hash=digest, transaction_seq=transaction.seq,
+                                                recorded_at_us=now_us),
+                   **changes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Queries (pure)
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    account_id: str
+    total: int
+    held: int
+    available: int
+    credit_limit: int
+
+
+def balance(account: Account | None, account_id: str, *, principal: Principal) -> Balance:
+    account = _require_account(account, account_id)
+    if not may_view(principal, account):
+        raise _not_authorized(principal, "view", f"account {account.account_id}")
+    return Balance(account.account_id, account.balance, account.held, account.available, account.credit_limit)
+
+
+# ---------------------------------------------------------------------------------------------
+# Audit
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFinding:
+    kind: str            # edited, deleted, reordered, inserted, chain-broken, bad-signature, invariant
+    seq: int | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    transaction_count: int
+    head: LedgerHead                     # of the last transaction read
+    issued: int                          # recomputed from the transactions
+    retired: int
+    signatures_checked: int
+    findings: tuple[AuditFinding, ...]
+    findings_omitted: int                # beyond AUDIT_FINDINGS_MAX
+
+    @property
+    def clean(self) -> bool:
+        return not self.findings and not self.findings_omitted
+
+    def seqs(self, kind: str) -> set[int]:
+        return {finding.seq for finding in self.findings if finding.kind == kind and finding.seq is not None}
+
+
+class _Findings:
+    def __init__(self) -> None:
+        self.items: list[AuditFinding] = []
+        self.omitted = 0
+
+    def add(self, kind: str, seq: int | None, message: str) -> None:
+        if len(self.items) < AUDIT_FINDINGS_MAX:
+            self.items.append(AuditFinding(kind, seq, message))
+        else:
+            self.omitted += 1
+
+
+def _verify(verify_signature: Callable[[bytes, bytes], bool], hash_hex: str, signature: str) -> bool:
+    try:
+        return bool(verify_signature(signing_input(hash_hex), base64.b64decode(signature, validate=True)))
+    except Exception:  # a malformed signature or key error is a failed check, reported as such
+        return False
+
+
+def audit(transactions: Iterable[Transaction], accounts: Iterable[Account], holds: Iterable[Hold],
+          supply: MoneySupply, verify_signature: Callable[[bytes, bytes], bool], *,
+          head: LedgerHead | None = None, signature_check_interval: int = 1000) -> AuditReport:
+    """Stream the transactions in stored order; check the chain, signatures and invariants.
+
+    ``verify_signature(message, signature) -> bool``. ``head``, if given, is the stored ledger
+    head, which must name the last transaction (detects deleting the tail).
+    """
+    invariant(signature_check_interval >= 1, "signature check interval is positive")
+    findings = _Findings()
+    kinds = TransactionKind
+    expected_seq = 1
+    hash_by_seq: dict[int, tuple[str, str]] = {}  # recent window: seq → (hash, prev_hash)
+    missing: set[int] = set()
+    seen_high = 0
+    unchecked: list[tuple[int, str, str]] = []  # since the last good signature checkpoint
+    signatures_checked = 0
+    count = 0
+    last: Transaction | None = None
+    balances: dict[str, int] = {}
+    held: dict[str, int] = {}
+    credit_limits: dict[str, int] = {}
+    hold_replay: dict[str, list] = {}           # hold_id → [account_id, amount, charged, state, ended_seq]
+    issued = retired = 0
+
+    def check_signatures() -> None:
+        nonlocal signatures_checked
+        seq, digest, signature = unchecked[-1]
+        signatures_checked += 1
+        if not _verify(verify_signature, digest, signature):
+            for earlier_seq, earlier_digest, earlier_signature in unchecked:
+                signatures_checked += 1
+                if not _verify(verify_signature, earlier_digest, earlier_signature):
+                    findings.add("bad-signature", earlier_seq,
+                                 f"transaction {earlier_seq}: the bank's signature does not verify "
+                                 f"(forged, or edited with its hash recomputed)")
+        unchecked.clear()
+
+    for transaction in transactions:
+        count += 1
+        seq = transaction.seq
+        recomputed = transaction_hash(transaction)
+        if recomputed != transaction.hash:
+            findings.add("edited", seq, f"transaction {seq}: its content does not match its hash (edited)")
+        duplicate = False
+        if seq > expected_seq:
+            if seq - expected_seq <= AUDIT_HASH_WINDOW:
+                missing.update(range(expected_seq, seq))
+            else:
+                findings.add("deleted", expected_seq, f"transactions {expected_seq}..{seq - 1} are missing")
+        elif seq < expected_seq:
+            if seq in missing:
+                missing.discard(seq)
+                findings.add("reordered", seq, f"transaction {seq} is stored after transaction {seen_high}")
+            else:
+                duplicate = True
+                findings.add("inserted", seq, f"transaction {seq} appears more than once (a copy was inserted)")
+        previous = hash_by_seq.get(seq - 1) if seq > 1 else (GENESIS_HASH, "")
+        if previous is not None and transaction.prev_hash != previous[0]:
+            findings.add("chain-broken", seq,
+                         f"transaction {seq}: its previous hash does not match transaction {seq - 1} "
+                         f"(transaction {seq - 1} was edited or replaced, or {seq} was inserted)")
+        follower = hash_by_seq.get(seq + 1)
+        if follower is not None and follower[1] != transaction.hash:
+            findings.add("chain-broken", seq + 1,
+                         f"transaction {seq + 1}: its previous hash does not match transaction {seq}")
+        if not duplicate:
+            hash_by_seq[seq] = (transaction.hash, transaction.prev_hash)
+            if len(hash_by_seq) > AUDIT_HASH_WINDOW:
+                del hash_by_seq[next(iter(hash_by_seq))]
+        seen_high = max(seen_high, seq)
+        expected_seq = max(expected_seq, seq + 1)
+        unchecked.append((seq, transaction.hash, transaction.signature))
+        if count % signature_check_interval == 0:
+            check_signatures()
+        last = transaction
+
+        # Replay the money effects.
+        kind = transaction.kind
+        account_id = transaction.account_id
+        amount = transaction.amount or 0
+        if kind is kinds.CREATE_ACCOUNT:
+            if account_id in balances:
+                findings.add("invariant", seq, f"transaction {seq}: account {account_id} created twice")
+            balances[account_id] = 0
+            held[account_id] = 0
+            credit_limits[account_id] = transaction.credit_limit or 0
+            continue
+        if account_id is not None and account_id not in balances:
+            findings.add("invariant", seq, f"transaction {seq}: names account {account_id}, never created")
+            balances[account_id] = held[account_id] = credit_limits[account_id] = 0
+        if kind is kinds.SET_CREDIT_LIMIT:
+            credit_limits[account_id] = transaction.credit_limit
+        elif kind is kinds.MINT:
+            balances[account_id] += amount
+            issued += amount
+        elif kind is kinds.RETIRE:
+            balances[account_id] -= amount
+            retired += amount
+        elif kind is kinds.TRANSFER or kind is kinds.CHARGE:
+            payee = transaction.counterparty_account_id
+            if payee not in balances:
+                findings.add("invariant", seq, f"transaction {seq}: pays account {payee}, never created")
+                balances[payee] = held[payee] = credit_limits[payee] = 0
+            balances[account_id] -= amount
+            balances[payee] += amount
+            if kind is kinds.CHARGE:
+                held[account_id] -= amount
+                replay = hold_replay.get(transaction.hold_id)
+                if replay is None or replay[3] is not HoldState.ACTIVE:
+                    findings.add("invariant", seq, f"transaction {seq}: charges hold {transaction.hold_id}, "
+                                                   f"which is not active")
+                else:
+                    replay[2] += amount
+                    if replay[2] > replay[1]:
+                        findings.add("invariant", seq, f"transaction {seq}: hold {transaction.hold_id} is "
+                                                       f"charged {replay[2]}, more than its {replay[1]}")
+                    if transaction.hold_state is HoldState.CHARGED_OUT:
+                        replay[3], replay[4] = HoldState.CHARGED_OUT, seq
+        elif kind is kinds.HOLD:
+            held[account_id] += amount
+            if transaction.hold_id in hold_replay:
+                findings.add("invariant", seq, f"transaction {seq}: hold {transaction.hold_id} created twice")
+            hold_replay[transaction.hold_id] = [account_id, amount, 0, HoldState.ACTIVE, None]
+        elif kind is kinds.EXTEND:
+            held[account_id] += amount
+            replay = hold_replay.get(transaction.hold_id)
+            if replay is None or replay[3] is not HoldState.ACTIVE:
+                findings.add("invariant", seq, f"transaction {seq}: extends hold {transaction.hold_id}, "
+                                               f"which is not active")
+            else:
+                replay[1] += amount
+        elif kind is kinds.RELEASE or kind is kinds.EXPIRE:
+            held[account_id] -= amount
+            replay = hold_replay.get(transaction.hold_id)
+            if replay is None or replay[3] is not HoldState.ACTIVE:
+                findings.add("invariant", seq, f"transaction {seq}: ends hold {transaction.hold_id} again "
+                                               f"(it ended in transaction {replay[4] if replay else None})")
+            else:
+                if amount != replay[1] - replay[2]:
+                    findings.add("invariant", seq, f"transaction {seq}: returns {amount} from hold "
+                                                   f"{transaction.hold_id}, whose remainder is {replay[1] - replay[2]}")
+                replay[3], replay[4] = transaction.hold_state, seq
+        if account_id is not None and held[account_id] > balances[account_id] + credit_limits[account_id]:
+            findings.add("invariant", seq, f"transaction {seq}: account {account_id} holds {held[account_id]}, "
+                                           f"more than balance {balances[account_id]} + credit limit "
+                                           f"{credit_limits[account_id]}")
+
+    if unchecked:
+        check_signatures()
+    for seq in sorted(missing):
+        findings.add("deleted", seq, f"transaction {seq} is missing (deleted)")
+    if head is not None and (last is None or head.seq != last.seq or head.hash != last.hash):
+        findings.add("deleted", (last.seq + 1) if last else 1,
+                     f"the ledger head names transaction {head.seq}, but the last stored is "
+                     f"{last.seq if last else 'none'} (transactions at the end deleted or replaced)")
+
+    # Invariants over the stored documents, against the replay.
+    if supply.issued != issued or supply.retired != retired:
+        findings.add("invariant", None, f"the money supply document says issued {supply.issued}, retired "
+                                        f"{supply.retired}; the transactions say {issued} and {retired}")
+    stored_total = 0
+    held_by_holds: dict[str, int] = {}
+    for hold in holds:
+        replay = hold_replay.pop(hold.hold_id, None)
+        if hold.charged > hold.amount or hold.charged < 0:
+            findings.add("invariant", None, f"hold {hold.hold_id} is charged {hold.charged} of {hold.amount}")
+        if hold.state is HoldState.ACTIVE:
+            held_by_holds[hold.account_id] = held_by_holds.get(hold.account_id, 0) + hold.remaining
+        if replay is None:
+            findings.add("invariant", None, f"hold {hold.hold_id} has no transaction that created it")
+        elif (replay[0], replay[1], replay[2], replay[3], replay[4]) != (
+                hold.account_id, hold.amount, hold.charged, hold.state, hold.ended_seq):
+            findings.add("invariant", None, f"hold {hold.hold_id} differs from its transactions: stored "
+                                            f"amount {hold.amount}, charged {hold.charged}, {hold.state.value}, "
+                                            f"ended in {hold.ended_seq}; replayed {replay[1]}, {replay[2]}, "
+                                            f"{replay[3].value}, ended in {replay[4]}")
+    for hold_id in sorted(hold_replay):
+        findings.add("invariant", None, f"hold {hold_id} is in the transactions but has no document")
+    for account in accounts:
+        stored_total += account.balance
+        account_id = account.account_id
+        if account.held > account.balance + account.credit_limit:
+            findings.add("invariant", None, f"account {account_id} holds {account.held}, more than balance "
+                                            f"{account.balance} + credit limit {account.credit_limit}")
+        if held_by_holds.get(account_id, 0) != account.held:
+            findings.add("invariant", None, f"account {account_id} says {account.held} held; its active "
+                                            f"holds add up to {held_by_holds.get(account_id, 0)}")
+        if account_id not in balances:
+            findings.add("invariant", None, f"account {account_id} has no transaction that created it")
+            continue
+        if (balances.pop(account_id), held.pop(account_id), credit_limits.pop(account_id)) != (
+                account.balance, account.held, account.credit_limit):
+            findings.add("invariant", None, f"account {account_id} differs from its transactions "
+                                            f"(balance, held or credit limit edited)")
+    for account_id in sorted(balances):
+        findings.add("invariant", None, f"account {account_id} is in the transactions but has no document")
+    if stored_total != supply.issued - supply.retired:
+        findings.add("invariant", None, f"the balances add up to {stored_total}; issued − retired is "
+                                        f"{supply.issued - supply.retired}")
+    return AuditReport(transaction_count=count,
+                       head=LedgerHead(last.seq, last.hash) if last is not None else LedgerHead(),
+                       issued=issued, retired=retired, signatures_checked=signatures_checked,
+                       findings=tuple(findings.items), findings_omitted=findings.omitted)
+
+
+# ---------------------------------------------------------------------------------------------
+# An in-memory ledger: the core over dictionaries (tests, offline tools, the model test)
+
+
+class MemoryLedger:
+    """A LedgerView over dictionaries that applies each Outcome; no I/O."""
+
+    def __init__(self, *, sign: Callable[[bytes], bytes], policy: BankPolicy = BankPolicy()) -> None:
+        self.sign = sign
+        self.policy = policy
+        self.accounts: dict[str, Account] = {}
+        self.holds: dict[str, Hold] = {}
+        self.pending_mints: dict[str, PendingMint] = {}
+        self.supply = MoneySupply()
+        self.ledger_head = LedgerHead()
+        self.request_records: dict[str, RequestRecord] = {}
+        self.transactions: list[Transaction] = []
+
+    def account(self, account_id: str) -> Account | None:
+        return self.accounts.get(account_id)
+
+    def hold(self, hold_id: str) -> Hold | None:
+        return self.holds.get(hold_id)
+
+    def pending_mint(self, pending_mint_id: str) -> PendingMint | None:
+        return self.pending_mints.get(pending_mint_id)
+
+    def money_supply(self) -> MoneySupply:
+        return self.supply
+
+    def head(self) -> LedgerHead:
+        return self.ledger_head
+
+    def request_record(self, key: str) -> RequestRecord | None:
+        return self.request_records.get(key)
+
+    def transaction(self, seq: int) -> Transaction | None:
+        return self.transactions[seq - 1] if 1 <= seq <= len(self.transactions) else None
+
+    def apply(self, outcome: Outcome) -> None:
+        if outcome.replayed:
+            return
+        for account in outcome.accounts:
+            self.accounts[account.account_id] = account
+        for hold in outcome.holds:
+            self.holds[hold.hold_id] = hold
+        for pending in outcome.pending_mints:
+            self.pending_mints[pending.pending_mint_id] = pending
+        if outcome.money_supply is not None:
+            self.supply = outcome.money_supply
+        invariant(outcome.head is not None and outcome.request_record is not None
+                  and outcome.head.seq == len(self.transactions) + 1, "a new outcome extends the ledger")
+        self.ledger_head = outcome.head
+        self.request_records[outcome.request_record.key] = outcome.request_record
+        self.transactions.append(outcome.transaction)
+
+    def run(self, request: Request, *, principal: Principal, now_us: int) -> Outcome:
+        outcome = execute(self, request, principal=principal, now_us=now_us, sign=self.sign, policy=self.policy)
+        self.apply(outcome)
+        return outcome
+
+    def audit(self, verify_signature: Callable[[bytes, bytes], bool], **options: object) -> AuditReport:
+        return audit(self.transactions, self.accounts.values(), self.holds.values(), self.supply,
+                     verify_signature, head=self.ledger_head, **options)
