@@ -22,7 +22,7 @@ T = TypeVar("T")
 
 COLLECTION_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 DOC_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199}$")
-NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")  # XPath variable names and prefixes (NCName subset)
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")  # XPath variable names and namespace prefixes
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,152 @@
+"""Our fsynced, append-only journal: the record of every BaseX-backend transaction.
+
+A frame is ``MAGIC (4) | payload length (u32 BE) | CRC-32 of payload (u32 BE) | payload``; the
+payload is JSON ``{"seq": n, "writes": [[collection, doc_id, version, xml-or-null], …]}``.
+Sequence numbers start at 1 and increase by one. A frame is durable once ``append`` returns
+(write + fsync). After a crash the last frame may be torn: a bad frame with no valid frame after
+it is cut off (by a process holding the lock); a bad frame followed by a good one is corruption
+and raises ``StoreError``.
+
+Locking: ``lock()`` takes a process-local mutex and ``flock`` on ``journal.lock`` (flock locks
+belong to the open file, so they also exclude the other processes sharing the store).
+
+TODO (documented, not done): checkpoint/compaction — write a snapshot of the current state and
+start a new journal, so that opening does not replay the whole history.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import struct
+import threading
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+from gridcredit.errors import StoreError, invariant
+
+MAGIC = b"GCJ1"
+HEADER = struct.Struct(">4sII")
+FRAME_BYTES_MAX = 512_000_000
+
+Write = tuple[str, str, int, "str | None"]   # collection, doc_id, version, xml (None: deleted)
+
+
+class Journal:
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / "journal.gcj"
+        created = not self.path.exists()
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        if created:
+            _fsync_directory(self.directory)
+        self._lock_path = self.directory / "journal.lock"
+        self._thread_lock = threading.Lock()
+        self._lock_fd: int | None = None
+        self._pid = os.getpid()
+        self.offset = 0        # bytes of the journal already read into the caller's state
+        self.last_seq = 0
+
+    def _lock_file(self) -> int:
+        if self._lock_fd is None or self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        return self._lock_fd
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        with self._thread_lock:
+            fd = self._lock_file()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def read_new(self, *, repair: bool) -> list[tuple[int, list[Write]]]:
+        """Frames appended since the last call; with ``repair`` (lock held) cut off a torn tail."""
+        size = os.fstat(self._fd).st_size
+        if size < self.offset:
+            raise StoreError(f"journal {self.path} shrank below what was already read")
+        data = os.pread(self._fd, size - self.offset, self.offset)
+        entries, position = [], 0
+        while position < len(data):
+            frame = _decode(data, position)
+            if frame is None:
+                if data.find(MAGIC, position + 1) >= 0 and _any_valid_after(data, position + 1):
+                    raise StoreError(f"journal {self.path} is corrupt at byte {self.offset + position}")
+                if repair:
+                    os.ftruncate(self._fd, self.offset + position)
+                    os.fsync(self._fd)
+                break
+            payload, length = frame
+            invariant(payload["seq"] == self.last_seq + 1,
+                      f"journal sequence {payload['seq']} follows {self.last_seq}")
+            self.last_seq = payload["seq"]
+            entries.append((payload["seq"], [tuple(w) for w in payload["writes"]]))
+            position += length
+        self.offset += position
+        return entries
+
+    def append(self, seq: int, writes: list[Write]) -> None:
+        """Append one frame and fsync it (the caller holds the lock and has read up to the end)."""
+        invariant(seq == self.last_seq + 1, "append out of sequence")
+        payload = json.dumps({"seq": seq, "writes": writes}, separators=(",", ":")).encode()
+        if len(payload) > FRAME_BYTES_MAX:
+            raise StoreError("transaction too large for one journal frame")
+        frame = HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+        size = os.fstat(self._fd).st_size
+        invariant(size == self.offset, "journal grew while we held the lock")
+        written = os.write(self._fd, frame)
+        if written != len(frame):
+            os.ftruncate(self._fd, size)
+            raise StoreError("short write to the journal")
+        os.fsync(self._fd)
+        self.offset += len(frame)
+        self.last_seq = seq
+
+    def close(self) -> None:
+        for fd in (self._fd, self._lock_fd):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+def _decode(data: bytes, position: int):
+    if len(data) - position < HEADER.size:
+        return None
+    magic, length, crc = HEADER.unpack_from(data, position)
+    if magic != MAGIC or length > FRAME_BYTES_MAX:
+        return None
+    end = position + HEADER.size + length
+    if end > len(data):
+        return None
+    payload = data[position + HEADER.size:end]
+    if zlib.crc32(payload) != crc:
+        return None
+    try:
+        return json.loads(payload), HEADER.size + length
+    except ValueError:
+        return None
+
+
+def _any_valid_after(data: bytes, start: int) -> bool:
+    position = data.find(MAGIC, start)
+    while position >= 0:
+        if _decode(data, position) is not None:
+            return True
+        position = data.find(MAGIC, position + 1)
+    return False
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
