@@ -8,7 +8,8 @@
     ├── StoreError                  the XML store failed or refused an operation
     │   ├── ConflictError           a transaction lost a race; retrying is safe
     │   └── QueryError              an XPath expression is invalid or exceeded its limits
-    └── DomainError                 a service operation is refused (unknown account, short funds…)
+    ├── DomainError                 a service operation is refused (unknown account, short funds…)
+    └── RemoteFault                 a service answered a call with a SOAP fault (client side)
 
 Security refusals carry a ``wsse:`` fault code (``code``) and a message a person understands;
 they are mapped to SOAP faults once, in the service host.
@@ -65,6 +66,16 @@ class DomainError(GridcreditError):
     def __init__(self, message: str, code: str = "Refused") -> None:
         super().__init__(message)
         self.code = code
+
+
+class RemoteFault(GridcreditError):
+    """A SOAP fault received by a client: ``faultcode`` as sent (e.g. ``wsse:FailedCheck``), ``code`` the reason."""
+
+    def __init__(self, faultcode: str, message: str, code: str | None = None) -> None:
+        super().__init__(f"{message} [{code or faultcode}]")
+        self.faultcode = faultcode
+        self.code = code or faultcode.split(":")[-1]
+        self.text = message
 
 
 def invariant(condition: bool, message: str) -> None:

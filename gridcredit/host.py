@@ -1,0 +1,311 @@
+"""The signed service host: one HTTPS server for /bank, /luts, /jarm and /auctioneer.
+
+One request path, in this order:
+    transport (method, path, size limit)  →  WS-Security verification of the raw bytes
+    →  the service operation (spyne sees only a fresh envelope holding the verified Body,
+       and the verified principal in its environment)  →  the response signed on the way out.
+Every failure leaves as a signed SOAP fault, never an HTML page or a stack trace.
+"""
+from __future__ import annotations
+
+import importlib
+import io
+import logging
+import os
+import signal
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lxml import etree
+from spyne import Application
+from spyne.interface.wsdl import Wsdl11
+from spyne.protocol.soap import Soap11
+from spyne.server.wsgi import WsgiApplication
+
+from .config import Config
+from .errors import SecurityError
+from .security.wssec import SOAP11_NS, Signer, VerifiedMessage, Verifier, VerifyPolicy
+from .security.xmlparse import ParseLimits
+from .soapfault import fault_envelope, security_fault
+from .services.common import PRINCIPAL_ENVIRON_KEY
+
+log = logging.getLogger("gridcredit.host")
+
+SERVICE_MODULES = {
+    "bank": "gridcredit.services.bank.service",
+    "luts": "gridcredit.services.luts.service",
+    "jarm": "gridcredit.services.jarm.service",
+    "auctioneer": "gridcredit.services.auctioneer.service",
+}
+SOAP_OVER_HTTP = "http://schemas.xmlsoap.org/soap/http"
+WSDL_PLACEHOLDER_ADDRESS = "https://localhost:8443"
+_SOAP_CONTENT_TYPE = "text/xml; charset=utf-8"
+
+
+def build_application(name: str) -> Application:
+    module = importlib.import_module(SERVICE_MODULES[name])
+    application = Application(module.SERVICES, tns=module.NAMESPACE, name=module.SERVICE_NAME,
+                              in_protocol=Soap11(validator="lxml"), out_protocol=Soap11())
+    application.transport = SOAP_OVER_HTTP  # spyne sets this only when a spyne server wraps the app
+    return application
+
+
+def wsdl_document(name: str, base_address: str = WSDL_PLACEHOLDER_ADDRESS, application: Application | None = None) -> bytes:
+    """The WSDL of service ``name`` with its soap:address at ``base_address``/``name``."""
+    document = Wsdl11((application or build_application(name)).interface)
+    document.build_interface_document(f"{base_address.rstrip('/')}/{name}")
+    text = document.get_interface_document()
+    # Pretty-printed so the checked-in copies under wsdl/ read well and diff cleanly.
+    return etree.tostring(etree.fromstring(text), pretty_print=True, xml_declaration=True, encoding="UTF-8")
+
+
+@dataclass
+class _Endpoint:
+    name: str
+    application: Application
+    wsgi: WsgiApplication
+    wsdl_by_address: dict[str, bytes]
+
+
+class SignedSoapHost:
+    """The WSGI application. ``signer`` signs responses; ``verifier`` checks requests."""
+
+    def __init__(self, *, signer: Signer, verifier: Verifier, request_bytes_max: int,
+                 services: tuple[str, ...] = tuple(SERVICE_MODULES)) -> None:
+        self._signer = signer
+        self._verifier = verifier
+        self._request_bytes_max = request_bytes_max
+        self._endpoints: dict[str, _Endpoint] = {}
+        for name in services:
+            application = build_application(name)
+            self._endpoints[name] = _Endpoint(name, application, WsgiApplication(application, max_content_length=request_bytes_max), {})
+        self._wsdl_lock = threading.Lock()
+
+    # -- WSGI entry point ------------------------------------------------------------------------
+    def __call__(self, environ, start_response):
+        started = time.perf_counter()
+        path = environ.get("PATH_INFO", "") or "/"
+        name = path.strip("/")
+        method = environ.get("REQUEST_METHOD", "GET")
+        endpoint = self._endpoints.get(name)
+        if endpoint is None:
+            known = ", ".join(f"/{n}" for n in self._endpoints)
+            return self._reply(start_response, "404 Not Found",
+                               fault_envelope("Client", f"there is no service at {path}; the services are {known}"))
+        if method == "GET" and environ.get("QUERY_STRING", "").lower() in ("wsdl", "wsdl="):
+            return self._wsdl(endpoint, environ, start_response)
+        if method != "POST":
+            return self._reply(start_response, "405 Method Not Allowed",
+                               fault_envelope("Client", f"{method} is not a SOAP request: POST a SOAP 1.1 envelope, or GET {path}?wsdl"),
+                               extra_headers=[("Allow", "GET, POST")])
+        outcome = "fault"
+        principal_dn = "-"
+        operation = "-"
+        try:
+            raw = self._read_body(environ)
+            verified = self._verifier.verify(raw)
+            principal_dn = getattr(verified.principal, "dn", "-")
+            operation = etree.QName(verified.body[0]).localname if len(verified.body) else "-"
+            status, envelope = self._call_service(endpoint, environ, verified)
+            outcome = "ok" if status.startswith("200") else "fault"
+            return self._reply(start_response, status, envelope, confirm=verified.signature_value)
+        except SecurityError as error:
+            outcome = f"refused wsse:{error.code} ({error})"
+            return self._reply(start_response, "500 Internal Server Error", security_fault(error.code, str(error)))
+        except Exception:  # noqa: BLE001 — the one place that turns our own failures into a fault
+            log.exception("internal error serving %s", path)
+            outcome = "internal error"
+            return self._reply(start_response, "500 Internal Server Error",
+                               fault_envelope("Server", "the service failed while handling the request; the server log has the details"))
+        finally:
+            log.info("%s %s principal=%r outcome=%s %.1fms", name, operation, principal_dn, outcome,
+                     (time.perf_counter() - started) * 1000)
+
+    # -- stages ------------------------------------------------------------------------------------
+    def _read_body(self, environ) -> bytes:
+        length_text = environ.get("CONTENT_LENGTH") or ""
+        stream = environ["wsgi.input"]
+        if length_text:
+            try:
+                length = int(length_text)
+            except ValueError:
+                raise SecurityError("the Content-Length header is not a number", "InvalidSecurity") from None
+            if length > self._request_bytes_max:
+                raise SecurityError(f"the message is {length:,} bytes; at most {self._request_bytes_max:,} are accepted", "InvalidSecurity")
+            return stream.read(length)
+        data = stream.read(self._request_bytes_max + 1)  # chunked: read at most one byte past the limit
+        if len(data) > self._request_bytes_max:
+            raise SecurityError(f"the message is larger than {self._request_bytes_max:,} bytes", "InvalidSecurity")
+        return data
+
+    def _call_service(self, endpoint: _Endpoint, environ, verified: VerifiedMessage) -> tuple[str, etree._Element]:
+        # spyne reads the first Header/Body it finds and follows href/id: hand it only the verified Body.
+        clean = (f'<soap:Envelope xmlns:soap="{SOAP11_NS}">'.encode() + etree.tostring(verified.body) + b"</soap:Envelope>")
+        inner = dict(environ)
+        inner["wsgi.input"] = io.BytesIO(clean)
+        inner["CONTENT_LENGTH"] = str(len(clean))
+        inner["CONTENT_TYPE"] = _SOAP_CONTENT_TYPE
+        inner["QUERY_STRING"] = ""
+        inner[PRINCIPAL_ENVIRON_KEY] = verified.principal
+        captured: dict = {}
+
+        def capture(status, headers, exc_info=None):
+            captured["status"] = status
+            return lambda chunk: None
+
+        chunks = endpoint.wsgi(inner, capture)
+        try:
+            payload = b"".join(chunk if isinstance(chunk, bytes) else chunk.encode() for chunk in chunks)
+        finally:
+            if hasattr(chunks, "close"):
+                chunks.close()
+        status = captured.get("status", "500 Internal Server Error")
+        try:
+            envelope = etree.fromstring(payload)  # our own framework's output: trusted
+        except etree.XMLSyntaxError:
+            log.error("service %s answered with something that is not XML (%s)", endpoint.name, status)
+            return "500 Internal Server Error", fault_envelope("Server", "the service failed while handling the request")
+        return status, envelope
+
+    def _reply(self, start_response, status: str, envelope: etree._Element, *, confirm: str | None = None,
+               extra_headers: list[tuple[str, str]] = ()):
+        self._signer.sign(envelope, confirm_signature_value=confirm)
+        payload = etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
+        start_response(status, [("Content-Type", _SOAP_CONTENT_TYPE), ("Content-Length", str(len(payload))), *extra_headers])
+        return [payload]
+
+    def _wsdl(self, endpoint: _Endpoint, environ, start_response):
+        scheme = environ.get("wsgi.url_scheme", "https")
+        host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', 'localhost')}:{environ.get('SERVER_PORT', '443')}"
+        address = f"{scheme}://{host}"
+        with self._wsdl_lock:
+            document = endpoint.wsdl_by_address.get(address)
+            if document is None:
+                if len(endpoint.wsdl_by_address) > 16:  # bounded: Host headers come from outside
+                    endpoint.wsdl_by_address.clear()
+                document = wsdl_document(endpoint.name, address, build_application(endpoint.name))
+                endpoint.wsdl_by_address[address] = document
+        start_response("200 OK", [("Content-Type", _SOAP_CONTENT_TYPE), ("Content-Length", str(len(document)))])
+        return [document]
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a host from the configuration, and running it
+
+
+@dataclass(frozen=True)
+class HostFiles:
+    host_cert: Path
+    host_key: Path
+    trust_dir: Path
+
+
+def build_host(config: Config, files: HostFiles) -> SignedSoapHost:
+    from .security.chain import TrustStore
+    from .security.credentials import load_credential
+    from .security.replay import SqliteReplayCache
+
+    credential = load_credential(cert_path=str(files.host_cert), key_path=str(files.host_key))
+    security = config.security
+    replay_path = Path(security.replay_cache) if security.replay_cache else config.state_path / "replay.sqlite"
+    policy = VerifyPolicy(ttl_s=security.timestamp_ttl_s, clock_skew_s=security.clock_skew_s, allow_sha1=security.allow_sha1,
+                          limits=ParseLimits(bytes_max=config.server.request_bytes_max, depth_max=min(security.xml_depth_max, 256)))
+    verifier = Verifier(trust=TrustStore.from_directory(files.trust_dir), policy=policy,
+                        replay_cache=SqliteReplayCache(replay_path))
+    return SignedSoapHost(signer=Signer(credential, ttl_s=security.timestamp_ttl_s), verifier=verifier,
+                          request_bytes_max=config.server.request_bytes_max)
+
+
+def tls_context(config: Config, files: HostFiles) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(files.host_cert), str(files.host_key))
+    mode = config.server.client_cert
+    if mode != "none":
+        context.load_verify_locations(capath=str(files.trust_dir))
+        context.verify_mode = ssl.CERT_REQUIRED if mode == "required" else ssl.CERT_OPTIONAL
+        # Grid users present RFC 3820 proxies; Python's ssl refuses them unless told otherwise.
+        context.verify_flags |= ssl.VERIFY_ALLOW_PROXY_CERTS
+    return context
+
+
+def run_worker(config: Config, files: HostFiles, ready: "threading.Event | None" = None) -> None:
+    """Run one server worker in this process until SIGTERM/SIGINT."""
+    from cheroot import wsgi
+    from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+    host = build_host(config, files)
+    server = wsgi.Server((config.server.host, config.server.port), host, numthreads=config.server.threads,
+                         timeout=config.server.request_timeout_s, reuse_port=True, server_name="gridcredit")
+    adapter = BuiltinSSLAdapter(str(files.host_cert), str(files.host_key))
+    adapter.context = tls_context(config, files)
+    server.ssl_adapter = adapter
+
+    def stop(signum, frame):
+        threading.Thread(target=server.stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server.prepare()
+    if ready is not None:
+        ready.set()
+    server.serve()
+
+
+def serve(config: Config, files: HostFiles) -> int:
+    """Start ``config.server.workers`` worker processes sharing the port; restart any that dies."""
+    workers_wanted = max(1, config.server.workers)
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 0
+            try:
+                run_worker(config, files)
+            except BaseException:  # noqa: BLE001 — a worker must never return into the parent's code
+                log.exception("worker %d failed", slot)
+                code = 1
+            finally:
+                os._exit(code)
+        children[pid] = slot
+
+    def stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for slot in range(workers_wanted):
+        spawn(slot)
+    restarts: list[float] = []
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        slot = children.pop(pid, None)
+        if slot is None or stopping:
+            continue
+        log.warning("worker %d (pid %d) ended with status %d; starting a new one", slot, pid, status)
+        now = time.monotonic()
+        restarts = [t for t in restarts if now - t < 60] + [now]
+        if len(restarts) > 10:  # bounded: a worker that cannot start should not spin forever
+            log.error("workers keep failing; stopping the server")
+            stop(signal.SIGTERM, None)
+            continue
+        spawn(slot)
+    return 0

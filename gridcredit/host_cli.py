@@ -1,0 +1,136 @@
+"""``gridcredit serve``, ``gridcredit whoami`` and ``gridcredit wsdl``."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .config import Config, load_config
+from .errors import ConfigError
+
+DEVELOPMENT_CA_DN = "/DC=org/DC=gridcredit/O=Development/CN=gridcredit development CA"
+
+
+def development_pki(state_dir: Path, hostname: str = "localhost") -> tuple[Path, Path, Path, list[str]]:
+    """A development CA, its trust directory and a host certificate under ``state_dir/pki``.
+
+    Made on first run when no host certificate is configured; returns (host cert, host key,
+    trust dir, lines telling the user what exists and how to get a user credential).
+    """
+    from .security.pki import CertificateAuthority
+
+    pki_dir = state_dir / "pki"
+    ca_dir, trust_dir, host_dir = pki_dir / "ca", pki_dir / "certificates", pki_dir / "host"
+    made = []
+    if (ca_dir / CertificateAuthority.CERT_FILE).exists():
+        ca = CertificateAuthority.load(ca_dir)
+    else:
+        ca = CertificateAuthority.create(ca_dir, DEVELOPMENT_CA_DN)
+        made.append(f"created a development CA in {ca_dir}")
+    ca.export_trust(trust_dir)
+    host_cert, host_key = host_dir / "hostcert.pem", host_dir / "hostkey.pem"
+    if not host_cert.exists():
+        host_cert, host_key = ca.issue_host(hostname, host_dir)
+        made.append(f"issued a host certificate for {hostname} in {host_dir}")
+    lines = made + [
+        f"trust directory (CA certificate and CRL): {trust_dir}",
+        "make a user certificate and a proxy with:",
+        f"  gridcredit pki user --ca {ca_dir} --cn 'Your Name' --out ~/.globus",
+        "  gridcredit pki proxy --hours 12",
+        f"  export X509_CERT_DIR={trust_dir}",
+    ]
+    return host_cert, host_key, trust_dir, lines
+
+
+def host_files(config: Config, announce=print):
+    from .host import HostFiles
+    from .security.credentials import trust_directory
+
+    security = config.security
+    if security.host_cert:
+        if not security.host_key:
+            raise ConfigError("security.host_cert is set but security.host_key is not")
+        trust = trust_directory(security.cert_dir or None)
+        return HostFiles(Path(security.host_cert), Path(security.host_key), trust)
+    host_cert, host_key, trust_dir, lines = development_pki(config.state_path)
+    if security.cert_dir:
+        trust_dir = Path(security.cert_dir)
+    for line in lines:
+        announce(line)
+    return HostFiles(host_cert, host_key, trust_dir)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .host import serve
+
+    config = load_config(args.config)
+    if args.port is not None or args.workers is not None:
+        import dataclasses
+        server = dataclasses.replace(config.server,
+                                     port=args.port if args.port is not None else config.server.port,
+                                     workers=args.workers if args.workers is not None else config.server.workers)
+        config = dataclasses.replace(config, server=server)
+    logging.getLogger().setLevel(config.log_level.upper())
+    files = host_files(config)
+    base = f"https://{config.server.host}:{config.server.port}"
+    print(f"gridcredit serving on {base}/bank, /luts, /jarm, /auctioneer (WSDL at ?wsdl) "
+          f"with {config.server.workers} workers, store: {config.store.backend}", flush=True)
+    sys.stdout.flush()
+    return serve(config, files)
+
+
+def _whoami(args: argparse.Namespace) -> int:
+    from .cli import print_result
+    from .client import ServiceClient
+    from .security.credentials import load_credential, trust_directory
+
+    credential = load_credential(cert_path=args.cert, key_path=args.key, proxy_path=args.proxy)
+    trust = trust_directory(args.trust)
+    identity = ServiceClient(args.url, args.service, credential=credential, trust_dir=trust).call("WhoAmI")
+    value = {"dn": identity.dn, "signer_dn": identity.signer_dn, "proxy": identity.proxy, "limited": identity.limited,
+             "credential_expires": identity.credential_expires, "service": identity.service,
+             "server_time": identity.server_time}
+    print_result(args, value, f"{args.service} at {args.url} knows you as {identity.dn}"
+                              + (" (through a proxy)" if identity.proxy else ""))
+    return 0
+
+
+def _wsdl(args: argparse.Namespace) -> int:
+    from .host import SERVICE_MODULES, wsdl_document
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in SERVICE_MODULES:
+        path = out / f"{name}.wsdl"
+        path.write_bytes(wsdl_document(name))
+        print(f"wrote {path}")
+    return 0
+
+
+def add_credential_arguments(parser: argparse.ArgumentParser) -> None:
+    """--url/--cert/--key/--proxy/--trust/--json: how every client command reaches a host."""
+    parser.add_argument("--url", default="https://localhost:8443", help="base URL of the gridcredit host (default %(default)s)")
+    parser.add_argument("--cert", help="certificate (default: grid conventions, X509_USER_PROXY / X509_USER_CERT)")
+    parser.add_argument("--key", help="private key for --cert")
+    parser.add_argument("--proxy", help="proxy certificate file (default $X509_USER_PROXY or /tmp/x509up_u<uid>)")
+    parser.add_argument("--trust", help="trust directory of CA certificates and CRLs (default $X509_CERT_DIR)")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def register(subparsers) -> None:
+    serve = subparsers.add_parser("serve", help="run the services over HTTPS",
+                                  description="Run /bank, /luts, /jarm and /auctioneer over HTTPS. With no host certificate "
+                                              "configured, a development CA and host certificate are made on first run.")
+    serve.add_argument("--port", type=int, help="TCP port (default from the configuration: 8443)")
+    serve.add_argument("--workers", type=int, help="worker processes (default from the configuration: 2)")
+    serve.set_defaults(handler=_serve)
+
+    whoami = subparsers.add_parser("whoami", help="make a signed call and show who the service thinks you are")
+    whoami.add_argument("--service", default="bank", choices=["bank", "luts", "jarm", "auctioneer"])
+    add_credential_arguments(whoami)
+    whoami.set_defaults(handler=_whoami)
+
+    wsdl = subparsers.add_parser("wsdl", help="write the services' WSDL documents")
+    wsdl.add_argument("--out", default="wsdl", help="folder (default %(default)s)")
+    wsdl.set_defaults(handler=_wsdl)

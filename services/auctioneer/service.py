@@ -1,0 +1,17 @@
+"""The SOAP face of the Auctioneer service: thin operations over its core (see SPEC)."""
+from __future__ import annotations
+
+from spyne import ServiceBase
+
+from ..common import whoami_operation
+
+NAMESPACE = "urn:gridcredit:auctioneer:1"
+SERVICE_NAME = "Auctioneer"
+
+
+class AuctioneerService(ServiceBase):
+    __service_name__ = SERVICE_NAME
+    WhoAmI = whoami_operation("auctioneer")
+
+
+SERVICES = [AuctioneerService]
