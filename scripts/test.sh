@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install what the tests need on a fresh Debian machine, then run the whole suite.
+#   scripts/test.sh [pytest arguments]
+# Debian packages: basex (XML database server), xmlsec1 (independent signature verifier),
+# globus-proxy-utils (grid-proxy-init, to prove real grid proxies are accepted).
+# Python packages go into .venv (created here); tests start the servers they need themselves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=(basex xmlsec1 globus-proxy-utils python3-venv)
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+for package in "${DEBIAN_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing Debian packages: ${missing[*]}"
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "== creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+echo "== installing gridcredit and its test requirements into .venv"
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[test]"
+
+echo "== running the tests"
+exec .venv/bin/python -m pytest "$@"
