@@ -1,0 +1,129 @@
+"""Shared fixtures: a session-wide test PKI (CA, exported trust directory, localhost host
+certificate, users made on demand). Keys are made once and reused from a small pool, so the
+whole session pays for a handful of RSA key generations.
+
+    def test_something(pki):
+        alice = pki.user("Alice")            # UserFiles(cert_path, key_path, credential)
+        proxy = pki.proxy("Alice")           # a Credential holding an RFC 3820 proxy
+        store = pki.trust_store()            # a TrustStore on pki.trust_dir
+        pki.host_cert, pki.host_key          # hostcert.pem / hostkey.pem for localhost
+
+Tests that revoke or expire things should use ``fresh_pki`` (a function-scoped CA of their own).
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from gridcredit.security import pki as pki_module
+from gridcredit.security.chain import TrustStore
+from gridcredit.security.credentials import Credential, load_credential
+
+TEST_CA_DN = "/DC=org/DC=example/O=gridcredit-test/CN=gridcredit Test CA"
+
+
+class KeyPool:
+    """Pre-made keys, handed out round-robin: ``fresh()`` gives a key no one else got yet (made on
+    demand), ``any()`` a shared one (for proxies, whose key identity rarely matters in tests)."""
+
+    def __init__(self, key_type: str = "rsa", shared_size: int = 4) -> None:
+        self.key_type = key_type
+        self._lock = threading.Lock()
+        self._shared = [pki_module.generate_key(key_type) for _ in range(shared_size)]
+        self._cycle = itertools.cycle(self._shared)
+
+    def fresh(self) -> pki_module.PrivateKey:
+        return pki_module.generate_key(self.key_type)
+
+    def any(self) -> pki_module.PrivateKey:
+        with self._lock:
+            return next(self._cycle)
+
+
+@dataclass(frozen=True)
+class UserFiles:
+    cert_path: Path
+    key_path: Path
+    credential: Credential
+
+    @property
+    def dn(self) -> str:
+        return self.credential.dn
+
+
+@dataclass
+class PkiFixture:
+    ca: pki_module.CertificateAuthority
+    root: Path
+    trust_dir: Path
+    host_cert: Path
+    host_key: Path
+    keys: KeyPool
+    _users: dict[str, UserFiles] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.ca.directory
+
+    def user(self, cn: str, **options) -> UserFiles:
+        """The user ``cn`` (made once per PKI, with its own key); ``options`` (days, not_before,
+        not_after, key) make a new certificate each call instead."""
+        with self._lock:
+            if cn in self._users and not options:
+                return self._users[cn]
+            out_dir = self.root / "users" / f"{cn}-{len(self._users)}"
+            key = options.pop("key", None) or self.keys.fresh()
+            cert_path, key_path = self.ca.issue_user(cn, out_dir, key=key, **options)
+            files = UserFiles(cert_path, key_path, load_credential(cert_path, key_path, allow_expired=True))
+            if not options:
+                self._users[cn] = files
+            return files
+
+    def proxy(self, cn_or_credential: str | Credential, *, hours: float = 12, limited: bool = False,
+              path_length: int | None = None) -> Credential:
+        """An RFC 3820 proxy of the user ``cn`` (or of a credential, e.g. another proxy)."""
+        issuer = (self.user(cn_or_credential).credential if isinstance(cn_or_credential, str)
+                  else cn_or_credential)
+        proxy, key = pki_module.make_proxy(issuer.cert, issuer.key, issuer.chain, hours=hours, limited=limited,
+                                           path_length=path_length, proxy_key=self.keys.any())
+        return Credential(proxy, key, issuer.certificates, "test proxy")
+
+    def publish(self) -> None:
+        """Re-export the CA certificate and current CRL into the trust directory."""
+        self.ca.export_trust(self.trust_dir)
+
+    def trust_store(self, **options) -> TrustStore:
+        return TrustStore.from_directory(self.trust_dir, **options)
+
+    def host_credential(self) -> Credential:
+        return load_credential(self.host_cert, self.host_key)
+
+
+def make_test_pki(root: Path, keys: KeyPool, dn: str = TEST_CA_DN) -> PkiFixture:
+    ca = pki_module.CertificateAuthority.create(root / "ca", dn, key=keys.fresh())
+    trust_dir = root / "certificates"
+    ca.export_trust(trust_dir)
+    host_cert, host_key = ca.issue_host("localhost", root / "host", key=keys.fresh())
+    return PkiFixture(ca, root, trust_dir, host_cert, host_key, keys)
+
+
+@pytest.fixture(scope="session")
+def key_pool() -> KeyPool:
+    return KeyPool("rsa")
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory, key_pool) -> PkiFixture:
+    """The session's test PKI (do not revoke or expire its shared users; use ``fresh_pki``)."""
+    return make_test_pki(tmp_path_factory.mktemp("pki"), key_pool)
+
+
+@pytest.fixture
+def fresh_pki(tmp_path, key_pool) -> PkiFixture:
+    """A CA of this test's own, for tests that revoke certificates or expire CRLs."""
+    return make_test_pki(tmp_path / "pki", key_pool, dn="/DC=org/DC=example/O=gridcredit-test/CN=Fresh Test CA")
