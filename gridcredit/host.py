@@ -232,12 +232,15 @@ def tls_context(config: Config, files: HostFiles) -> ssl.SSLContext:
     return context
 
 
-def run_worker(config: Config, files: HostFiles, ready: "threading.Event | None" = None) -> None:
-    """Run one server worker in this process until SIGTERM/SIGINT."""
+def run_worker(config: Config, files: HostFiles, ready: "threading.Event | None" = None, *, build=None) -> None:
+    """Run one server worker in this process until SIGTERM/SIGINT.
+
+    ``build(config, files)`` makes the WSGI application (default ``build_host``; benchmarks pass another).
+    """
     from cheroot import wsgi
     from cheroot.ssl.builtin import BuiltinSSLAdapter
 
-    host = build_host(config, files)
+    host = (build or build_host)(config, files)
     server = wsgi.Server((config.server.host, config.server.port), host, numthreads=config.server.threads,
                          timeout=config.server.request_timeout_s, reuse_port=True, server_name="gridcredit")
     adapter = BuiltinSSLAdapter(str(files.host_cert), str(files.host_key))
@@ -255,7 +258,7 @@ def run_worker(config: Config, files: HostFiles, ready: "threading.Event | None"
     server.serve()
 
 
-def serve(config: Config, files: HostFiles) -> int:
+def serve(config: Config, files: HostFiles, *, build=None) -> int:
     """Start ``config.server.workers`` worker processes sharing the port; restart any that dies."""
     workers_wanted = max(1, config.server.workers)
     children: dict[int, int] = {}
@@ -268,7 +271,7 @@ def serve(config: Config, files: HostFiles) -> int:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 0
             try:
-                run_worker(config, files)
+                run_worker(config, files, build=build)
             except BaseException:  # noqa: BLE001 — a worker must never return into the parent's code
                 log.exception("worker %d failed", slot)
                 code = 1
