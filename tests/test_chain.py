@@ -194,7 +194,7 @@ def test_validation_at_a_given_time(pki, store):
 
 def test_cached_validation_still_checks_expiry(pki):
     store = pki.trust_store(cache_ttl_s=3600)
-    proxy = pki.proxy("Alice", hours=2 / 3600)     # two seconds
+    proxy = pki.proxy("Alice", hours=3 / 3600)     # two to three seconds
     store.validate(proxy.certificates)
     refused(store, proxy.certificates, "proxy certificate .* expired", at=now() + dt.timedelta(seconds=5))
     time.sleep(max(0.0, (proxy.cert.not_valid_after_utc - dt.datetime.now(UTC)).total_seconds()) + 1.1)
