@@ -278,7 +278,10 @@ class BaseXStore(XmlStore):
 
     # -- verification and repair (journal lock held) --
     def _status(self, collection: str) -> tuple[str, int, set[str], dict[str, tuple[int, bool]]]:
-        text = self._run(Q_STATUS, {"$db": (self._db(collection), "")})
+        try:
+            text = self._run(Q_STATUS, {"$db": (self._db(collection), "")})
+        except ServerError as error:   # damage shows as errors XQuery cannot catch, e.g. "Java heap space"
+            text = f"damaged {error}"
         if text == "missing":
             return "missing", 0, set(), {}
         if not text.startswith("ok "):
