@@ -2,12 +2,12 @@
 # Install what the tests need on a fresh Debian machine, then run the whole suite.
 #   scripts/test.sh [pytest arguments]
 # Debian packages: basex (XML database server), xmlsec1 (independent signature verifier),
-# globus-proxy-utils (grid-proxy-init, to prove real grid proxies are accepted).
+# globus-proxy-utils and nordugrid-arc-client (grid-proxy-init, arcproxy: real grid proxies must be accepted).
 # Python packages go into .venv (created here); tests start the servers they need themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(basex xmlsec1 globus-proxy-utils python3-venv)
+DEBIAN_PACKAGES=(basex xmlsec1 globus-proxy-utils nordugrid-arc-client openssl python3-venv)
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
