@@ -316,6 +316,12 @@ class MemoryReplayCache(ReplayCacheProtocol):
             return True
 
 
+def replay_key(signer: x509.Certificate, signed_info_bytes: bytes) -> str:
+    """The replay-cache key of a verified message: SHA-256 over the signer's certificate and the
+    canonical SignedInfo it signed (the same for every spelling of the same signature)."""
+    return hashlib.sha256(signer.fingerprint(hashes.SHA256()) + signed_info_bytes).hexdigest()
+
+
 def _only(parent: etree._Element, tag: str, what: str, required: bool = True) -> etree._Element | None:
     found = [child for child in parent if child.tag == tag]
     if len(found) > 1:
@@ -370,12 +376,15 @@ class Verifier:
         signed_info = _only(signature, f"{{{DS_NS}}}SignedInfo", "ds:SignedInfo")
         signed = self._check_references(signed_info, identified, header, body, timestamp, security)
         signer, chain = self._signing_certificates(signature, security, identified)
-        signature_value = self._check_signature(signature, signed_info, signer)
+        signature_value, signed_bytes = self._check_signature(signature, signed_info, signer)
         principal = self._validate_signer(signer, chain, now)
         if expected_confirmation is not None:
             self._check_confirmation(security, signed, expected_confirmation)
         if self._replay_cache is not None:
-            key = hashlib.sha256(signature_value.encode()).hexdigest()
+            # Keyed on what was signed (the canonical SignedInfo, which holds the Timestamp's and the
+            # Body's digests) and by whom, not on the SignatureValue text: base64 has several spellings
+            # of one value and ECDSA signatures are malleable ((r, s) and (r, n - s) both verify).
+            key = replay_key(signer, signed_bytes)
             if not self._replay_cache.check_and_store(key, honoured_until + self._policy.clock_skew_s):
                 raise SecurityError("this message was already received once (replay refused)", "InvalidSecurity")
         return VerifiedMessage(body=body, envelope=envelope, signer=signer, chain=tuple(chain), principal=principal,
@@ -482,6 +491,10 @@ class Verifier:
                 sent = b""
             if not secrets.compare_digest(sent, actual):
                 raise SecurityError("the message was altered after it was signed (digest mismatch)", "FailedCheck")
+            # C14N drops comments, so a comment splitting a text node leaves the digest intact while a
+            # reader of the tree sees other text ("1<!---->00" reads as "1"): refuse them where it is signed.
+            if any(not isinstance(node.tag, str) for node in target.iterdescendants()):
+                raise SecurityError("comments and processing instructions are not accepted in signed content", "InvalidSecurity")
             signed.append(target)
         if not any(target is body for target in signed):
             raise SecurityError("the signature does not cover the SOAP Body", "FailedCheck")
@@ -568,7 +581,8 @@ class Verifier:
                 return certificate
         raise SecurityError("the signer named by issuer and serial is not known here", "SecurityTokenUnavailable")
 
-    def _check_signature(self, signature, signed_info, signer: x509.Certificate) -> str:
+    def _check_signature(self, signature, signed_info, signer: x509.Certificate) -> tuple[str, bytes]:
+        """Return (the SignatureValue as sent, the canonical SignedInfo bytes that it signs)."""
         method = _only(signed_info, f"{{{DS_NS}}}SignatureMethod", "ds:SignatureMethod").get("Algorithm")
         value_text = _only(signature, f"{{{DS_NS}}}SignatureValue", "ds:SignatureValue").text or ""
         try:
@@ -594,7 +608,7 @@ class Verifier:
                 public_key.verify(value, data, padding.PKCS1v15(), hash_algorithm)
         except InvalidSignature:
             raise SecurityError("the signature is not valid for the signer's key", "FailedCheck") from None
-        return "".join(value_text.split())
+        return "".join(value_text.split()), data
 
     def _validate_signer(self, signer: x509.Certificate, chain: list[x509.Certificate], now: float):
         if any(signer == pinned for pinned in self._pinned):
