@@ -233,6 +233,7 @@ class BaseXStore(XmlStore):
         self._state: dict[str, dict[str, tuple[int, str | None]]] = {}
         self._suspect = False
         self._broken_checked = 0
+        self._known_databases: set[str] = set()   # databases this process created or saw (skip db:create)
         self.recovery_log: list[str] = []    # what open/repair did, for operators and tests
         with self._journal.lock():
             self._read_journal()
@@ -296,6 +297,7 @@ class BaseXStore(XmlStore):
         return "ok", seq, live, versions
 
     def _verify_and_repair(self, collections: list[str], *, check_unknown: bool = False) -> None:
+        self._known_databases.clear()
         if check_unknown:
             names = self._run(Q_DATABASES, {"$prefix": (self.db_prefix, "")}).split()
             unknown = [n for n in names if n[len(self.db_prefix):] not in self._state]
@@ -340,8 +342,10 @@ class BaseXStore(XmlStore):
             self._apply(self._journal.last_seq, writes)
 
     def _apply(self, seq: int, writes: list) -> None:
-        names = sorted({self._db(w[0]) for w in writes})
-        self._run(Q_ENSURE, {"$names": (" ".join(names), "")})
+        names = sorted({self._db(w[0]) for w in writes} - self._known_databases)
+        if names:
+            self._run(Q_ENSURE, {"$names": (" ".join(names), "")})
+            self._known_databases.update(names)
         parts = [f'<ops seq="{seq}">']
         for collection, doc_id, version, xml in writes:
             db = self._db(collection)
@@ -412,6 +416,7 @@ class BaseXStore(XmlStore):
                 return self.rebuild(collection, _locked=True)
         for name in ([collection] if collection else sorted(self._state)):
             db = self._db(name)
+            self._known_databases.discard(db)
             try:
                 with self._pool.session() as session:
                     session.command(f"DROP DB {db}")   # db is a validated name
