@@ -1,0 +1,430 @@
+"""The attack corpus: each attack against the running host over HTTPS, and against ``Verifier``.
+
+Every attack must get a SOAP 1.1 fault (HTTP 500, text/xml, never HTML) whose faultcode is a
+``wsse:`` QName bound to the WS-Security namespace, with a sentence a person understands, signed
+by the host; and it must change no state: the replay cache gains nothing, and a fresh valid
+request right after it still succeeds.
+"""
+from __future__ import annotations
+
+import copy
+import http.client
+import os
+import sqlite3
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from lxml import etree
+
+from gridcredit.security.chain import TrustStore
+from gridcredit.security.credentials import Credential
+from gridcredit.security.replay import SqliteReplayCache
+from gridcredit.security.wssec import (SOAP11_NS, SOAP12_NS, WSSE_NS, WSU_NS, Signer, Verifier)
+
+from security_fixtures import (MD5, RSA_MD5, RSA_SHA1, SHA1, assert_wsse_fault, expired_proxy, find, host_process,
+                               https_session, parse, post_soap, read_fault_response, refusal, resign, self_made_ca,
+                               signed_request, trust_dir_of, whoami_envelope)
+
+BIG_BYTES = 50 * 1024 * 1024
+
+
+@dataclass
+class Cast:
+    """Who plays in the attacks."""
+    alice: Credential
+    untrusted: Credential
+    revoked: Credential
+    expired_proxy: Credential
+    host_trust_dir: Path
+
+
+@pytest.fixture(scope="module")
+def cast(pki, key_pool, tmp_path_factory) -> Cast:
+    root = tmp_path_factory.mktemp("attack-pki")
+    _, untrusted = self_made_ca(root / "mallory", key_pool)
+    # Revocation needs a CA of our own (the session CA's users are shared).
+    from gridcredit.security import pki as pki_module
+    from gridcredit.security.credentials import load_credential
+    revoking = pki_module.CertificateAuthority.create(root / "revoking-ca", "/DC=org/DC=example/O=gridcredit-test/CN=Revoking CA",
+                                                      key=key_pool.fresh())
+    cert, key = revoking.issue_user("Rita Revoked", root / "rita", key=key_pool.fresh())
+    revoked = load_credential(cert, key)
+    revoking.revoke(revoked.cert)
+    revoking.export_trust(root / "revoking-trust")
+    trust = trust_dir_of(pki.trust_dir, root / "revoking-trust", into=root / "host-trust")
+    alice = pki.user("Alice").credential
+    return Cast(alice, untrusted, revoked, expired_proxy(alice, key_pool.any()), trust)
+
+
+@pytest.fixture(scope="module")
+def host(pki, cast, tmp_path_factory):
+    state = tmp_path_factory.mktemp("attack-host")
+    with host_process(state, host_cert=pki.host_cert, host_key=pki.host_key, trust_dir=cast.host_trust_dir) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def session(pki):
+    return https_session(pki.trust_dir)
+
+
+# ------------------------------------------------------------------------------- the attacks
+
+def _signed(cast: Cast, **options) -> etree._Element:
+    return parse(signed_request(cast.alice, **options))
+
+
+def unsigned_body(cast):
+    return etree.tostring(whoami_envelope())
+
+
+def unsigned_with_timestamp_only(cast):
+    """A Security header with a Timestamp and a token, but no signature at all."""
+    envelope = _signed(cast)
+    signature = find(envelope, ".//ds:Signature")
+    signature.getparent().remove(signature)
+    return etree.tostring(envelope)
+
+
+def partly_signed(cast):
+    """Only the Timestamp is signed; the Body is whatever the attacker wants."""
+    envelope = _signed(cast)
+    timestamp_id = find(envelope, ".//wsu:Timestamp").get(f"{{{WSU_NS}}}Id")
+    resign(envelope, cast.alice.key, references=[f"#{timestamp_id}"])
+    return etree.tostring(envelope)
+
+
+def _forged_body() -> etree._Element:
+    body = etree.Element(f"{{{SOAP11_NS}}}Body")
+    etree.SubElement(body, "{urn:gridcredit:bank:1}Transfer").text = "everything to Mallory"
+    return body
+
+
+def body_moved_into_header(cast):
+    envelope = _signed(cast)
+    header, body = find(envelope, "soap:Header"), find(envelope, "soap:Body")
+    envelope.remove(body)
+    header.append(body)
+    envelope.append(_forged_body())
+    return etree.tostring(envelope)
+
+
+def body_moved_into_header_wrapper(cast):
+    envelope = _signed(cast)
+    header, body = find(envelope, "soap:Header"), find(envelope, "soap:Body")
+    envelope.remove(body)
+    etree.SubElement(header, "{urn:attacker}Wrapper").append(body)
+    envelope.append(_forged_body())
+    return etree.tostring(envelope)
+
+
+def body_wrapped_inside_new_body(cast):
+    envelope = _signed(cast)
+    body = find(envelope, "soap:Body")
+    envelope.remove(body)
+    forged = _forged_body()
+    etree.SubElement(forged, "{urn:attacker}Wrapper").append(body)
+    envelope.append(forged)
+    return etree.tostring(envelope)
+
+
+def duplicate_ids(cast):
+    """The signed Body goes into a header; a forged Body takes its Id."""
+    envelope = _signed(cast)
+    header, body = find(envelope, "soap:Header"), find(envelope, "soap:Body")
+    envelope.remove(body)
+    header.append(body)
+    forged = _forged_body()
+    forged.set(f"{{{WSU_NS}}}Id", body.get(f"{{{WSU_NS}}}Id"))
+    envelope.append(forged)
+    return etree.tostring(envelope)
+
+
+def second_timestamp(cast):
+    envelope = _signed(cast)
+    timestamp = find(envelope, ".//wsu:Timestamp")
+    twin = copy.deepcopy(timestamp)
+    twin.set(f"{{{WSU_NS}}}Id", "TS-forged")
+    timestamp.addnext(twin)
+    return etree.tostring(envelope)
+
+
+def timestamp_wrapping(cast):
+    """A captured, expired message: its signed Timestamp is moved out of the Security header and a
+    fresh (unsigned) one put in its place."""
+    envelope = _signed(cast, clock=lambda: time.time() - 3600)
+    security, header = find(envelope, ".//wsse:Security"), find(envelope, "soap:Header")
+    old = find(security, "wsu:Timestamp")
+    fresh = parse(signed_request(cast.alice)).find(f".//{{{WSU_NS}}}Timestamp")
+    fresh.set(f"{{{WSU_NS}}}Id", "TS-fresh")
+    old.addprevious(fresh)
+    security.remove(old)
+    header.append(old)
+    return etree.tostring(envelope)
+
+
+def security_header_duplicated(cast):
+    envelope = _signed(cast)
+    security = find(envelope, ".//wsse:Security")
+    twin = copy.deepcopy(security)
+    for node in twin.iter():
+        if node.get(f"{{{WSU_NS}}}Id"):
+            node.set(f"{{{WSU_NS}}}Id", "copy-" + node.get(f"{{{WSU_NS}}}Id"))
+    security.addnext(twin)
+    return etree.tostring(envelope)
+
+
+def expired_timestamp(cast):
+    return signed_request(cast.alice, clock=lambda: time.time() - 3600)
+
+
+def future_timestamp(cast):
+    return signed_request(cast.alice, clock=lambda: time.time() + 3600)
+
+
+def missing_timestamp(cast):
+    envelope = _signed(cast)
+    timestamp = find(envelope, ".//wsu:Timestamp")
+    timestamp.getparent().remove(timestamp)
+    resign(envelope, cast.alice.key, references=["#" + find(envelope, "soap:Body").get(f"{{{WSU_NS}}}Id")])
+    return etree.tostring(envelope)
+
+
+def wrong_key(cast):
+    """Alice's certificate in the token, the signature made with someone else's key."""
+    return signed_request(Credential(cast.alice.cert, cast.untrusted.key, ()))
+
+
+def untrusted_ca(cast):
+    return signed_request(cast.untrusted)
+
+
+def revoked_user(cast):
+    return signed_request(cast.revoked)
+
+
+def expired_proxy_signer(cast):
+    return signed_request(cast.expired_proxy)
+
+
+def _algorithm(digest_method=None, signature_method=None):
+    def attack(cast):
+        envelope = _signed(cast)
+        options = {}
+        if digest_method:
+            options["digest_method"] = digest_method
+        if signature_method:
+            options["signature_method"] = signature_method
+        resign(envelope, cast.alice.key, **options)
+        return etree.tostring(envelope)
+    attack.__name__ = f"algorithm_{(digest_method or signature_method).rsplit('#', 1)[-1]}"
+    return attack
+
+
+def xxe(cast):
+    data = signed_request(cast.alice).decode()
+    data = data.replace("<tns:WhoAmI", "<tns:WhoAmI><leak>&xxe;</leak></tns:WhoAmI><tns:Ignored", 1)
+    return ('<?xml version="1.0"?>\n<!DOCTYPE Envelope [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>\n' + data).encode()
+
+
+def billion_laughs(cast):
+    entities = ['<!ENTITY lol "lol">'] + [f'<!ENTITY lol{i} "{("&lol" + (str(i - 1) if i > 1 else "") + ";") * 10}">'
+                                            for i in range(1, 10)]
+    return (f'<?xml version="1.0"?><!DOCTYPE Envelope [{"".join(entities)}]>'
+            f'<soap:Envelope xmlns:soap="{SOAP11_NS}"><soap:Header/><soap:Body>&lol9;</soap:Body></soap:Envelope>').encode()
+
+
+def fifty_megabytes(cast):
+    data = signed_request(cast.alice)
+    return data.replace(b"</soap:Body>", b"<pad>" + b"A" * BIG_BYTES + b"</pad></soap:Body>")
+
+
+def nesting_100k(cast):
+    depth = 100_000
+    return (f'<soap:Envelope xmlns:soap="{SOAP11_NS}"><soap:Header/><soap:Body>'.encode()
+            + b"<a>" * depth + b"</a>" * depth + b"</soap:Body></soap:Envelope>")
+
+
+def garbage_bytes(cast):
+    return os.urandom(4096)
+
+
+def soap12(cast):
+    """A properly signed SOAP 1.2 envelope (the host speaks 1.1)."""
+    envelope = _signed(cast)
+    for node in (envelope, find(envelope, "soap:Header"), find(envelope, "soap:Body")):
+        node.tag = f"{{{SOAP12_NS}}}{etree.QName(node).localname}"
+    resign(envelope, cast.alice.key)
+    return etree.tostring(envelope)
+
+
+def _body_payload(attributes: str):
+    def attack(cast):
+        payload = etree.fromstring(f'<tns:WhoAmI xmlns:tns="urn:gridcredit:bank:1"><tns:x {attributes}/></tns:WhoAmI>')
+        return signed_request(cast.alice, payload=payload)
+    attack.__name__ = "body_" + attributes.split("=")[0]
+    return attack
+
+
+def token_outside_security(cast):
+    envelope = _signed(cast)
+    token = find(envelope, ".//wsse:BinarySecurityToken")
+    token.getparent().remove(token)
+    find(envelope, "soap:Header").append(token)
+    return etree.tostring(envelope)
+
+
+# (attack, wsse codes accepted, words the faultstring must contain)
+ATTACKS: list[tuple[Callable, tuple[str, ...], str | None]] = [
+    (unsigned_body, ("InvalidSecurity",), "Security"),
+    (unsigned_with_timestamp_only, ("InvalidSecurity",), "Signature"),
+    (partly_signed, ("FailedCheck",), "does not cover the SOAP Body"),
+    (body_moved_into_header, ("FailedCheck",), "does not cover the SOAP Body"),
+    (body_moved_into_header_wrapper, ("InvalidSecurity",), "outside the Body"),
+    (body_wrapped_inside_new_body, ("InvalidSecurity",), "outside the Body"),
+    (duplicate_ids, ("InvalidSecurity",), "more than once"),
+    (second_timestamp, ("InvalidSecurity",), "Timestamp"),
+    (timestamp_wrapping, ("FailedCheck",), "Timestamp"),
+    (security_header_duplicated, ("InvalidSecurity",), "Security"),
+    (expired_timestamp, ("MessageExpired",), "expired"),
+    (future_timestamp, ("MessageExpired",), "future"),
+    (missing_timestamp, ("InvalidSecurity",), "Timestamp"),
+    (wrong_key, ("FailedCheck",), "signature is not valid"),
+    (untrusted_ca, ("InvalidSecurityToken", "FailedAuthentication"), None),
+    (revoked_user, ("InvalidSecurityToken", "FailedAuthentication"), "revoked"),
+    (expired_proxy_signer, ("InvalidSecurityToken", "FailedAuthentication"), "expired"),
+    (_algorithm(digest_method=SHA1), ("UnsupportedAlgorithm",), "sha1"),
+    (_algorithm(signature_method=RSA_SHA1), ("UnsupportedAlgorithm",), "rsa-sha1"),
+    (_algorithm(digest_method=MD5), ("UnsupportedAlgorithm",), "md5"),
+    (_algorithm(signature_method=RSA_MD5), ("UnsupportedAlgorithm",), "rsa-md5"),
+    (xxe, ("InvalidSecurity",), "DTD"),
+    (billion_laughs, ("InvalidSecurity",), "DTD"),
+    (fifty_megabytes, ("InvalidSecurity",), "bytes"),
+    (nesting_100k, ("InvalidSecurity",), "nested deeper"),
+    (garbage_bytes, ("InvalidSecurity",), "XML"),
+    (soap12, ("InvalidSecurity",), "SOAP 1.2"),
+    (_body_payload('href="#x"'), ("InvalidSecurity",), "href"),
+    (_body_payload('id="x"'), ("InvalidSecurity",), "href/id"),
+    (token_outside_security, ("InvalidSecurityToken",), "Security header"),
+]
+IDS = [attack.__name__ for attack, _, _ in ATTACKS]
+
+
+def test_the_attack_helpers_are_sound(pki, cast):
+    """Controls: what the attacks are built from is valid, so each refusal is for its own reason."""
+    check = Verifier(trust=TrustStore.from_directory(cast.host_trust_dir))
+    check.verify(signed_request(cast.alice))
+    envelope = parse(signed_request(cast.alice))
+    resign(envelope, cast.alice.key)  # re-signing a genuine message with the defaults keeps it valid
+    check.verify(etree.tostring(envelope))
+    from gridcredit.security.wssec import VerifyPolicy
+    Verifier(trust=TrustStore.from_directory(cast.host_trust_dir), policy=VerifyPolicy(allow_sha1=True)).verify(
+        _algorithm(digest_method=SHA1)(cast))
+    Verifier(trust=TrustStore.from_directory(cast.host_trust_dir), policy=VerifyPolicy(allow_sha1=True)).verify(
+        _algorithm(signature_method=RSA_SHA1)(cast))
+    # The revoked user is valid apart from the revocation; the expired proxy's user is fine.
+    revoked_elsewhere = Verifier(pinned_certificates=[cast.revoked.cert])
+    revoked_elsewhere.verify(signed_request(cast.revoked))
+
+
+# --------------------------------------------------------------------------- direct Verifier
+
+@pytest.mark.parametrize("attack, codes, words", ATTACKS, ids=IDS)
+def test_verifier_refuses(cast, tmp_path, attack, codes, words):
+    cache = SqliteReplayCache(tmp_path / "replay.sqlite")
+    check = Verifier(trust=TrustStore.from_directory(cast.host_trust_dir), replay_cache=cache)
+    error = refusal(check, attack(cast))
+    assert error.code in codes, (error.code, str(error))
+    if words:
+        assert words.lower() in str(error).lower(), str(error)
+    assert "root:" not in str(error)
+    with sqlite3.connect(tmp_path / "replay.sqlite") as connection:
+        assert connection.execute("SELECT count(*) FROM seen").fetchone()[0] == 0, "a refused message entered the cache"
+
+
+def test_verifier_refuses_a_replay(cast, tmp_path):
+    check = Verifier(trust=TrustStore.from_directory(cast.host_trust_dir), replay_cache=SqliteReplayCache(tmp_path / "r.sqlite"))
+    data = signed_request(cast.alice)
+    check.verify(data)
+    assert "already received" in str(refusal(check, data))
+
+
+# ------------------------------------------------------------------------------ over HTTPS
+
+def _send(host, data: bytes) -> tuple[int, str, bytes]:
+    """POST raw bytes to /bank; a body the host refuses unread may end the upload early."""
+    context = ssl.create_default_context(capath=None)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    connection = http.client.HTTPSConnection("127.0.0.1", host.port, context=context, timeout=60)
+    try:
+        connection.putrequest("POST", "/bank")
+        connection.putheader("Content-Type", "text/xml; charset=utf-8")
+        connection.putheader("SOAPAction", '""')
+        connection.putheader("Content-Length", str(len(data)))
+        connection.endheaders()
+        try:
+            view = memoryview(data)
+            for start in range(0, len(data), 1 << 20):
+                connection.send(view[start:start + (1 << 20)])
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            pass  # the host answered and closed before reading it all
+        response = connection.getresponse()
+        return response.status, response.getheader("Content-Type") or "", response.read()
+    finally:
+        connection.close()
+
+
+def _valid_call_succeeds(host, pki, cast, session) -> None:
+    data = signed_request(cast.alice)
+    response = post_soap(session, f"{host.url}/bank", data)
+    assert response.status_code == 200, response.content[:500]
+    from gridcredit.security.wssec import Verifier as _Verifier
+    verified = _Verifier(trust=pki.trust_store()).verify(response.content,
+                                                         expected_confirmation="".join(
+                                                             find(parse(data), ".//ds:SignatureValue").text.split()))
+    assert verified.body.find(".//{urn:gridcredit:common:1}dn") is not None or b"Alice" in response.content
+
+
+def _check_refused_over_https(host, pki, cast, session, data: bytes, codes, words) -> None:
+    before = host.replay_entries()
+    status, content_type, body = _send(host, data)
+    fault = read_fault_response(status, content_type, body, Verifier(trust=pki.trust_store()))
+    assert_wsse_fault(fault, codes, words)
+    assert "root:" not in fault.message  # nothing of /etc/passwd leaks
+    assert host.replay_entries() == before, "a refused message entered the replay cache"
+    _valid_call_succeeds(host, pki, cast, session)
+    assert host.replay_entries() == before + 1
+
+
+@pytest.mark.parametrize("attack, codes, words", ATTACKS, ids=IDS)
+def test_host_refuses(host, pki, cast, session, attack, codes, words):
+    _check_refused_over_https(host, pki, cast, session, attack(cast), codes, words)
+
+
+def test_host_refuses_a_replayed_request(host, pki, cast, session):
+    data = signed_request(cast.alice)
+    first = post_soap(session, f"{host.url}/bank", data)
+    assert first.status_code == 200
+    _check_refused_over_https(host, pki, cast, session, data, ("InvalidSecurity",), "already received")
+
+
+def test_the_host_fault_is_signed_by_the_host(host, pki, cast):
+    status, content_type, body = _send(host, unsigned_body(cast))
+    verified = Verifier(trust=pki.trust_store()).verify(body)
+    assert verified.signer == pki.host_credential().cert
+    code = verified.body.find(f"{{{SOAP11_NS}}}Fault/faultcode")
+    assert code.nsmap[code.text.split(":")[0]] == WSSE_NS
+
+
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-be", "utf-32", "utf-32-le", "utf-7"])
+def test_xxe_in_other_encodings_is_refused(cast, codec):
+    declared = {"utf-16-be": "UTF-16BE", "utf-32-le": "UTF-32LE"}.get(codec, codec.upper())
+    text = (f'<?xml version="1.0" encoding="{declared}"?><!DOCTYPE Envelope [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
+            + signed_request(cast.alice).decode().replace("<tns:WhoAmI", "<tns:WhoAmI>&xxe;</tns:WhoAmI><tns:X", 1))
+    error = refusal(Verifier(trust=TrustStore.from_directory(cast.host_trust_dir)), text.encode(codec))
+    assert error.code == "InvalidSecurity" and "root:" not in str(error)
