@@ -1,0 +1,281 @@
+"""The service host over HTTPS: WhoAmI on every service (user certificate and proxy), the WSDL
+served and checked in, SOAP faults for every failure, the ``gridcredit serve`` command with two
+workers, and the client's checks of the host's signature and SignatureConfirmation."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import zeep
+from lxml import etree
+
+from gridcredit.client import ServiceClient, WsseClientPlugin, response_verifier
+from gridcredit.errors import RemoteFault, SecurityError
+from gridcredit.host import SERVICE_MODULES, SignedSoapHost, wsdl_document
+from gridcredit.security.credentials import load_credential
+from gridcredit.security.wssec import SOAP11_NS, MemoryReplayCache, Signer, Verifier
+
+from security_fixtures import (app_in_thread, free_port, host_process, https_session, read_fault_response,
+                               self_made_ca, wait_for_tls)
+
+WSDL_DIR = Path(__file__).resolve().parents[1] / "wsdl"
+SERVICES = tuple(SERVICE_MODULES)
+WSDL_NS = {"wsdl": "http://schemas.xmlsoap.org/wsdl/", "soap": "http://schemas.xmlsoap.org/wsdl/soap/"}
+
+
+@pytest.fixture(scope="module")
+def host(pki, tmp_path_factory):
+    state = tmp_path_factory.mktemp("host")
+    with host_process(state, host_cert=pki.host_cert, host_key=pki.host_key, trust_dir=pki.trust_dir) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def session(pki):
+    return https_session(pki.trust_dir)
+
+
+# ------------------------------------------------------------------------------------ WhoAmI
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_whoami_with_a_user_certificate(host, pki, service):
+    alice = pki.user("Alice")
+    identity = ServiceClient(host.url, service, credential=alice.credential, trust_dir=pki.trust_dir).call("WhoAmI")
+    assert identity.dn == alice.dn and identity.signer_dn == alice.dn
+    assert identity.proxy is False and identity.limited is False
+    assert identity.service == service
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_whoami_with_a_proxy(host, pki, service):
+    alice = pki.user("Alice")
+    proxy = pki.proxy("Alice")
+    identity = ServiceClient(host.url, service, credential=proxy, trust_dir=pki.trust_dir).call("WhoAmI")
+    assert identity.dn == alice.dn  # the end-entity DN, not the proxy's
+    assert identity.signer_dn == proxy.dn != alice.dn
+    assert identity.proxy is True
+
+
+def test_whoami_with_a_limited_proxy_of_a_proxy(host, pki):
+    proxy = pki.proxy(pki.proxy("Alice"), limited=True)
+    identity = ServiceClient(host.url, "bank", credential=proxy, trust_dir=pki.trust_dir).call("WhoAmI")
+    assert identity.dn == pki.user("Alice").dn and identity.proxy and identity.limited
+
+
+def test_a_security_refusal_reaches_the_client_as_a_wsse_fault(host, pki, key_pool, tmp_path):
+    _, stranger = self_made_ca(tmp_path, key_pool)
+    client = ServiceClient(host.url, "bank", credential=stranger, trust_dir=pki.trust_dir)
+    with pytest.raises(RemoteFault) as refused:
+        client.call("WhoAmI")
+    assert refused.value.faultcode.startswith("wsse:") and refused.value.code == "InvalidSecurityToken"
+    assert "not trusted" in refused.value.text
+
+
+# -------------------------------------------------------------------------------------- WSDL
+
+def _with_location(document: bytes, location: str) -> bytes:
+    root = etree.fromstring(document)
+    addresses = root.findall("wsdl:service/wsdl:port/soap:address", WSDL_NS)
+    assert len(addresses) == 1
+    return document.replace(f'location="{addresses[0].get("location")}"'.encode(), f'location="{location}"'.encode(), 1)
+
+
+def _location(document: bytes) -> str:
+    return etree.fromstring(document).find("wsdl:service/wsdl:port/soap:address", WSDL_NS).get("location")
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_served_wsdl_equals_the_checked_in_file(host, session, service):
+    response = session.get(f"{host.url}/{service}?wsdl", timeout=30)
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/xml")
+    served = response.content
+    assert _location(served) == f"{host.url}/{service}"  # https, this host and port
+    checked_in = (WSDL_DIR / f"{service}.wsdl").read_bytes()
+    assert _with_location(served, "X") == _with_location(checked_in, "X")
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_wsdl_document_regenerates_the_checked_in_file(service):
+    assert wsdl_document(service) == (WSDL_DIR / f"{service}.wsdl").read_bytes(), \
+        f"wsdl/{service}.wsdl is stale: run `gridcredit wsdl --out wsdl`"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_wsdl_is_document_literal_soap11(service):
+    root = etree.fromstring((WSDL_DIR / f"{service}.wsdl").read_bytes())
+    binding = root.find("wsdl:binding/soap:binding", WSDL_NS)
+    assert binding.get("style") == "document" and binding.get("transport") == "http://schemas.xmlsoap.org/soap/http"
+    assert all(body.get("use") == "literal" for body in root.iterfind(".//soap:body", WSDL_NS))
+    assert root.find("wsdl:binding/wsdl:operation[@name='WhoAmI']", WSDL_NS) is not None
+
+
+# ------------------------------------------------------------------------- faults for HTTP
+
+def _fault(pki, response, status):
+    return read_fault_response(response.status_code, response.headers.get("Content-Type", ""), response.content,
+                               Verifier(trust=pki.trust_store()), expected_status=status)
+
+
+def test_unknown_path_is_a_soap_fault_404(host, pki, session):
+    response = session.post(f"{host.url}/nowhere", data=b"<x/>", timeout=30, headers={"Content-Type": "text/xml"})
+    fault = _fault(pki, response, 404)
+    assert fault.namespace == SOAP11_NS and fault.code == "Client"
+    assert "/nowhere" in fault.message and "/bank" in fault.message
+    assert _fault(pki, session.get(f"{host.url}/", timeout=30), 404).code == "Client"
+
+
+def test_get_without_wsdl_is_a_soap_fault_405(host, pki, session):
+    response = session.get(f"{host.url}/bank", timeout=30)
+    fault = _fault(pki, response, 405)
+    assert fault.namespace == SOAP11_NS and fault.code == "Client" and "?wsdl" in fault.message
+    assert "POST" in response.headers.get("Allow", "")
+    assert _fault(pki, session.put(f"{host.url}/bank", data=b"x", timeout=30), 405).code == "Client"
+
+
+# --------------------------------------------------------------------- the serve command
+
+def _listening_socket_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                    inodes.add(fields[9])
+    return inodes
+
+
+def _sockets_of(pid: int) -> set[str]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            found.add(target[8:-1])
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+def test_gridcredit_serve_with_two_workers(tmp_path):
+    port = free_port()
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("GRIDCREDIT_", "X509_"))}
+    env.update(HOME=str(home), GRIDCREDIT_STATE_DIR=str(tmp_path / "state"), PYTHONUNBUFFERED="1")
+    log = (tmp_path / "serve.log").open("w+")
+    server = subprocess.Popen([sys.executable, "-m", "gridcredit.cli", "serve", "--port", str(port), "--workers", "2"],
+                              cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_tls(port, timeout_s=60)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            workers = _children(server.pid)
+            listening = _listening_socket_inodes(port)
+            owners = [pid for pid in workers if _sockets_of(pid) & listening]
+            if len(owners) == 2:
+                break
+            time.sleep(0.1)
+        # Two worker processes, each with its own listening socket on the one port (SO_REUSEPORT).
+        assert len(workers) == 2 and len(owners) == 2, (workers, open(log.name).read())
+        assert len(listening) >= 2
+        assert len({frozenset(_sockets_of(pid) & listening) for pid in owners}) == 2
+
+        from gridcredit.security.pki import CertificateAuthority
+        state = tmp_path / "state" / "pki"
+        ca = CertificateAuthority.load(state / "ca")
+        cert, key = ca.issue_user("Bob", tmp_path / "bob")
+        credential = load_credential(cert, key)
+        for attempt in range(6):  # new connections: the kernel spreads them over both workers
+            identity = ServiceClient(f"https://localhost:{port}", SERVICES[attempt % 4], credential=credential,
+                                     trust_dir=state / "certificates").call("WhoAmI")
+            assert identity.dn == credential.dn
+        output = open(log.name).read()
+        assert "created a development CA" in output and "gridcredit pki user" in output
+
+        # A worker that dies is replaced; the port keeps answering meanwhile.
+        os.kill(owners[0], signal.SIGKILL)
+        identity = ServiceClient(f"https://localhost:{port}", "bank", credential=credential,
+                                 trust_dir=state / "certificates").call("WhoAmI")
+        assert identity.dn == credential.dn
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (len(_children(server.pid)) == 2 and owners[0] not in _children(server.pid)):
+            time.sleep(0.1)
+        assert len(_children(server.pid)) == 2 and owners[0] not in _children(server.pid)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(5)
+        log.close()
+    assert server.returncode == 0
+
+
+# ---------------------------------------------------------------- the client checks the host
+
+def _fake_host(pki, signer_credential, host_class=SignedSoapHost):
+    verifier = Verifier(trust=pki.trust_store(), replay_cache=MemoryReplayCache())
+    return host_class(signer=Signer(signer_credential), verifier=verifier, request_bytes_max=1_000_000, services=("bank",))
+
+
+def test_client_refuses_a_response_signed_by_an_untrusted_host(pki, key_pool, tmp_path):
+    _, impostor = self_made_ca(tmp_path, key_pool, cn="Impostor CA")
+    app = _fake_host(pki, impostor)
+    with app_in_thread(app, host_cert=pki.host_cert, host_key=pki.host_key) as url:  # TLS itself is trusted
+        client = ServiceClient(url, "bank", credential=pki.user("Alice").credential, trust_dir=pki.trust_dir)
+        with pytest.raises(SecurityError) as refused:
+            client.call("WhoAmI")
+        assert refused.value.code == "InvalidSecurityToken" and "not trusted" in str(refused.value)
+    # The same fake host signing with the real host credential is accepted (the control).
+    with app_in_thread(_fake_host(pki, pki.host_credential()), host_cert=pki.host_cert, host_key=pki.host_key) as url:
+        client = ServiceClient(url, "bank", credential=pki.user("Alice").credential, trust_dir=pki.trust_dir)
+        assert client.call("WhoAmI").dn == pki.user("Alice").dn
+
+
+class _WrongConfirmationHost(SignedSoapHost):
+    def _reply(self, start_response, status, envelope, *, confirm=None, extra_headers=()):
+        return super()._reply(start_response, status, envelope,
+                              confirm=None if confirm is None else "d3Jvbmcgc2lnbmF0dXJlIHZhbHVl",
+                              extra_headers=extra_headers)
+
+
+class _NoConfirmationHost(SignedSoapHost):
+    def _reply(self, start_response, status, envelope, *, confirm=None, extra_headers=()):
+        return super()._reply(start_response, status, envelope, confirm=None, extra_headers=extra_headers)
+
+
+@pytest.mark.parametrize("host_class, words", [(_WrongConfirmationHost, "different request"),
+                                                (_NoConfirmationHost, "does not confirm")])
+def test_client_refuses_a_response_that_does_not_confirm_its_request(pki, host_class, words):
+    app = _fake_host(pki, pki.host_credential(), host_class)
+    with app_in_thread(app, host_cert=pki.host_cert, host_key=pki.host_key) as url:
+        client = ServiceClient(url, "bank", credential=pki.user("Alice").credential, trust_dir=pki.trust_dir)
+        with pytest.raises(SecurityError) as refused:
+            client.call("WhoAmI")
+        assert refused.value.code == "FailedCheck" and words in str(refused.value)
+
+
+# ------------------------------------------------------------------- zeep from the WSDL file
+
+def test_zeep_stubs_from_the_checked_in_wsdl_call_whoami(host, pki):
+    alice = pki.user("Alice").credential
+    settings = zeep.Settings(strict=True, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    transport = zeep.Transport(session=https_session(pki.trust_dir), timeout=30, operation_timeout=30)
+    plugin = WsseClientPlugin(Signer(alice), response_verifier(pki.trust_dir))
+    client = zeep.Client(str(WSDL_DIR / "bank.wsdl"), transport=transport, wsse=plugin, settings=settings)
+    service = client.create_service("{urn:gridcredit:bank:1}Bank", f"{host.url}/bank")
+    identity = service.WhoAmI()
+    assert identity.dn == alice.dn and identity.service == "bank" and identity.proxy is False
