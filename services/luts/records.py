@@ -1,0 +1,875 @@
+"""Usage records as they arrive from grid middleware: split, read leniently, normalize.
+
+This is the pure record layer of the LUTS (no store, no SOAP). Three steps:
+
+``split_records(data)``
+    Parses a posted document once (through ``parse_untrusted``) and returns one
+    :class:`RecordSource` per record. Accepted documents: a single record (``JobUsageRecord`` or
+    ``UsageRecord``) or a ``UsageRecords`` container, in any of the namespaces of ``FORMATS``:
+    OGF UR 1.0, OGF UR 2.0, OSG/Gratia's ``ur-wg`` and EMI Compute Accounting Records.
+
+``normalize(element)``
+    Reads one record element into a :class:`NormalizedRecord` (the view a store indexes).
+
+``parse_batch(data)``
+    Both, record by record: a :class:`BatchResult` with, for each record, either its view or an
+    error naming the record (by id when it could be read, else by its number in the batch).
+
+What "the original bytes, exactly" means (``RecordSource.data``)
+    * A document whose root is a record: ``data`` is the whole document as received, byte for byte
+      (XML declaration, comments, encoding and all).
+    * A record inside a container, in a UTF-8 (or ASCII) document: ``data`` is the byte range of
+      the record element in the received document, from the ``<`` of its start tag to the ``>``
+      of its end tag, unchanged, except that the namespace declarations in scope on the container
+      (declared on the container itself) and not re-declared on the record's start tag are added
+      to that start tag, just before its closing ``>`` (or ``/>``), as `` xmlns:p="uri"``, in
+      prefix order, the default namespace first. This makes the fragment a well-formed document
+      that means exactly what the record meant in the batch (prefixes used inside text or
+      attribute values, such as ``xsi:type``, keep working because every in-scope declaration is
+      carried, used or not). Nothing else changes: whitespace, attribute order and quoting, empty
+      element forms, character references and line ends inside the record are as received.
+    * A container in another encoding (UTF-16, ISO-8859-1, …): the record's characters are as
+      received, with the declarations added the same way, but encoded in UTF-8 (a fragment has no
+      XML declaration to name another encoding). ``RecordSource.transcoded`` says so.
+    * Inherited ``xml:lang``/``xml:space``/``xml:base`` of the container are not carried.
+
+Limits (:class:`BatchLimits`): bytes of the document, records in a batch, bytes of one record
+(refused per record, the rest of the batch is read), nesting depth and element counts.
+
+The normalized view (:class:`NormalizedRecord`) — units
+    * times: aware UTC ``datetime`` (a value without a time zone is taken as UTC, with a warning);
+    * durations: integer **microseconds** (``*_us``);
+    * memory: integer **bytes** (K, M, G… are powers of 1,024, as batch systems report them;
+      a lower-case ``b`` unit counts bits);
+    * charge: the decimal as written (``charge``, plain notation, exponent expanded) and integer
+      **millionths** of the charge unit (``charge_micro``), rounded half to even with a warning
+      when the record has more than six decimals;
+    * ``warnings``: one sentence per lenient reading (what was found, what was done).
+
+Reading rules (lenient but never guessing)
+    * Elements are looked up by namespace: the record's own namespace, plus the known extension
+      namespaces (SGAS ``vo:``, ``sgas:``, DEISA, XML-DSig ``KeyInfo``). Unknown extensions stay in
+      the original and are ignored in the view.
+    * Attributes (``recordId``, ``usageType``, ``storageUnit``…) are read qualified by the record's
+      namespace, else unqualified, else qualified by another known usage-record namespace.
+    * Empty or whitespace-only values count as absent (GFD.98 §2.3.4).
+    * A value present but unreadable (a bad duration, date-time, number) makes the record
+      unreadable: a per-record error names the element and the value. Exceptions, each with a
+      warning: memory with an unknown or missing unit is left out of the view (it is not summed);
+      a status outside the vocabulary becomes ``unknown``.
+    * A single-valued element given more than once: the first is used, with a warning.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation, ROUND_HALF_EVEN
+from lxml import etree
+
+from gridcredit.errors import DomainError, SecurityError, invariant
+from gridcredit.security.xmlparse import ParseLimits, parse_untrusted
+
+from .durations import (DurationError, datetime_from_us, datetime_to_us, format_datetime,
+                        parse_datetime, parse_duration)
+
+# -- namespaces and formats ---------------------------------------------------------------------
+
+NS_UR1 = "http://schema.ogf.org/urf/2003/09/urf"
+NS_UR2 = "http://schema.ogf.org/urf/2013/04/urf"
+NS_GRATIA = "http://www.gridforum.org/2003/ur-wg"
+NS_CAR = "http://eu-emi.eu/namespaces/2012/11/computerecord"
+NS_SGAS_VO = "http://www.sgas.se/namespaces/2009/05/ur/vo"
+NS_SGAS = "http://www.sgas.se/namespaces/2009/07/ur"
+NS_DEISA = "http://rmis.deisa.org/acct"
+NS_DSIG = "http://www.w3.org/2000/09/xmldsig#"
+NS_VIEW = "urn:gridcredit:luts:1"
+
+FORMATS = {NS_UR1: "ur1", NS_UR2: "ur2", NS_GRATIA: "gratia", NS_CAR: "car"}
+RECORD_NAMES = ("JobUsageRecord", "UsageRecord")
+CONTAINER_NAMES = ("UsageRecords",)
+
+STATUSES = ("completed", "failed", "aborted", "held", "queued", "started", "suspended", "unknown")
+_STATUS_SYNONYMS = {
+    "completed": "completed", "complete": "completed", "success": "completed", "succeeded": "completed",
+    "successful": "completed", "finished": "completed", "done": "completed", "ok": "completed",
+    "failed": "failed", "failure": "failed", "error": "failed",
+    "aborted": "aborted", "killed": "aborted", "cancelled": "aborted", "canceled": "aborted",
+    "held": "held", "hold": "held",
+    "queued": "queued", "pending": "queued", "waiting": "queued",
+    "started": "started", "running": "started",
+    "suspended": "suspended",
+}
+
+# Memory units: bytes per unit, as a fraction (numerator, denominator) to count bits exactly.
+_KIB = 1024
+_MEMORY_UNITS: dict[str, tuple[int, int]] = {"b": (1, 8), "B": (1, 1)}
+for _power, _letter in enumerate("KMGTPE", start=1):
+    for _spelling in (f"{_letter}B", f"{_letter}iB", _letter):
+        _MEMORY_UNITS[_spelling] = (_KIB**_power, 1)
+    _MEMORY_UNITS[f"{_letter}b"] = (_KIB**_power, 8)
+_MEMORY_UNITS["kB"] = _MEMORY_UNITS["k"] = (_KIB, 1)
+
+RECORD_ID_CHARS_MAX = 1024
+VALUE_CHARS_MAX = 4096
+COUNT_MAX = 10**9                       # processors, nodes
+CHARGE_DIGITS_MAX = 30
+CHARGE_SCALE = 10**6                    # charge_micro = charge × 10**6
+
+
+class RecordError(DomainError):
+    """A usage record (or a posted document) that cannot be read; the message says which and why."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="InvalidUsageRecord")
+
+
+# -- limits ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    document_bytes_max: int = 64 * 1_048_576    # a whole posted document (larger: refused whole)
+    records_max: int = 10_000                   # records in one document (more: refused whole)
+    record_bytes_max: int = 1_048_576           # one record (larger: that record refused)
+    depth_max: int = 64                         # element nesting, document and record
+    document_elements_max: int = 4_000_000
+    record_elements_max: int = 100_000
+
+    def document_parse_limits(self) -> ParseLimits:
+        return ParseLimits(bytes_max=self.document_bytes_max, depth_max=self.depth_max,
+                           elements_max=self.document_elements_max)
+
+    def record_parse_limits(self) -> ParseLimits:
+        return ParseLimits(bytes_max=self.record_bytes_max, depth_max=self.depth_max,
+                           elements_max=self.record_elements_max)
+
+
+DEFAULT_LIMITS = BatchLimits()
+
+
+# -- splitting ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSource:
+    index: int                   # 0-based position among the document's records
+    data: bytes                  # the record as received (see the module docstring)
+    tag: str                     # Clark name of the element, e.g. "{http://…/urf}JobUsageRecord"
+    record_id: str | None        # RecordIdentity/@recordId when readable, to name the record in errors
+    whole_document: bool         # data is the whole posted document
+    transcoded: bool = False     # data was re-encoded to UTF-8 (container in another encoding)
+
+    def name(self) -> str:
+        """How errors name this record: by id when known, else by its number (from 1)."""
+        if self.record_id:
+            return f"record {self.record_id!r} (number {self.index + 1} in the document)"
+        return f"record number {self.index + 1} in the document (no readable record id)"
+
+
+def _local(tag: object) -> str:
+    return etree.QName(tag).localname if isinstance(tag, str) else ""
+
+
+def _namespace(tag: object) -> str | None:
+    return etree.QName(tag).namespace if isinstance(tag, str) else None
+
+
+def _is_record_tag(tag: str) -> bool:
+    return _namespace(tag) in FORMATS and _local(tag) in RECORD_NAMES
+
+
+def _describe_tag(tag: str) -> str:
+    namespace = _namespace(tag)
+    return f"{_local(tag)} in namespace {namespace!r}" if namespace else f"{_local(tag)} in no namespace"
+
+
+def _record_id_hint(element: etree._Element) -> str | None:
+    """The record id of an element that looks like a record, without judging the rest of it."""
+    for child in element:
+        if _local(child.tag) == "RecordIdentity":
+            for name, value in child.attrib.items():
+                if _local(name) == "recordId" and value.strip():
+                    return value.strip()[:RECORD_ID_CHARS_MAX]
+    return None
+
+
+def split_records(data: bytes, limits: BatchLimits = DEFAULT_LIMITS) -> list[RecordSource]:
+    """One :class:`RecordSource` per record (or per unexpected element) of a posted document.
+
+    Raises ``SecurityError`` for a document that is unsafe or not well-formed, and
+    :class:`RecordError` for one that is not a usage-record document or has too many records.
+    Children of a container that are not records still get a source: ``parse_batch`` turns them
+    into per-record errors.
+    """
+    tree = parse_untrusted(bytes(data), limits.document_parse_limits())
+    root = tree.getroot()
+    if _is_record_tag(root.tag):
+        return [RecordSource(index=0, data=bytes(data), tag=root.tag, record_id=_record_id_hint(root),
+                             whole_document=True)]
+    if not (_namespace(root.tag) in FORMATS and _local(root.tag) in CONTAINER_NAMES):
+        known = ", ".join(FORMATS)
+        raise RecordError(
+            f"the document's root element is {_describe_tag(root.tag)}; expected a usage record "
+            f"({' or '.join(RECORD_NAMES)}) or a {CONTAINER_NAMES[0]} container in one of the namespaces {known}")
+    children = [child for child in root if isinstance(child.tag, str)]
+    if len(children) > limits.records_max:
+        raise RecordError(f"the document has {len(children):,} records; at most {limits.records_max:,} are accepted")
+    text, transcoded = _document_text(bytes(data), tree.docinfo.encoding)
+    spans = _child_element_spans(text)
+    invariant(len(spans) == len(children), "the byte scanner and the parser agree on the container's children")
+    sources = []
+    for index, (child, (start, start_tag_end, end)) in enumerate(zip(children, spans)):
+        sources.append(RecordSource(
+            index=index, data=_fragment(text, start, start_tag_end, end, root.nsmap, transcoded),
+            tag=child.tag, record_id=_record_id_hint(child), whole_document=False, transcoded=transcoded))
+    return sources
+
+
+_ASCII_COMPATIBLE_UTF8 = {"utf-8", "utf8", "us-ascii", "ascii"}
+
+
+def _document_text(data: bytes, encoding: str | None) -> tuple[str, bool]:
+    """The document as a str whose indices are byte offsets (UTF-8), or its decoded text.
+
+    A UTF-8 document is decoded as ISO-8859-1, which maps each byte to one character: every
+    markup character is ASCII and never part of a multi-byte UTF-8 sequence, so scanning the str
+    finds the same boundaries as scanning the bytes, and slices encode back to the exact bytes.
+    """
+    name = (encoding or "utf-8").lower()
+    if name in _ASCII_COMPATIBLE_UTF8 and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("latin-1"), False
+    try:
+        text = data.decode(name)
+    except (LookupError, UnicodeDecodeError) as error:
+        raise RecordError(f"the document's encoding {encoding!r} cannot be read: {error}") from None
+    return text.lstrip("\ufeff"), True
+
+
+_TAG_REST = re.compile(r"""(?:[^"'>]|"[^"]*"|'[^']*')*>""")
+_NS_DECLARATION = re.compile(r"""\sxmlns(?::([^\s=]+))?\s*=""")
+
+
+def _markup_end(text: str, start: int) -> tuple[str, int, int]:
+    """At a ``<``: (kind, end of the markup, end of the start tag) — kind: start/empty/end/other."""
+    if text.startswith("<!--", start):
+        return "other", text.index("-->", start + 4) + 3, 0
+    if text.startswith("<![CDATA[", start):
+        return "other", text.index("]]>", start + 9) + 3, 0
+    if text.startswith("<?", start):
+        return "other", text.index("?>", start + 2) + 2, 0
+    if text.startswith("</", start):
+        return "end", text.index(">", start) + 1, 0
+    match = _TAG_REST.match(text, start + 1)
+    invariant(match is not None, "a start tag in a well-formed document ends")
+    end = match.end()
+    return ("empty" if text[end - 2] == "/" else "start"), end, end
+
+
+def _child_element_spans(text: str) -> list[tuple[int, int, int]]:
+    """(start, end of start tag, end) of each child element of the root of a well-formed text."""
+    spans: list[tuple[int, int, int]] = []
+    depth = 0
+    position = text.find("<")
+    child_start = child_tag_end = 0
+    while position != -1:
+        kind, end, tag_end = _markup_end(text, position)
+        if kind == "start":
+            if depth == 1:
+                child_start, child_tag_end = position, tag_end
+            depth += 1
+        elif kind == "empty":
+            if depth == 0:
+                return spans                       # an empty root has no children
+            if depth == 1:
+                spans.append((position, tag_end, end))
+        elif kind == "end":
+            depth -= 1
+            if depth == 1:
+                spans.append((child_start, child_tag_end, end))
+            elif depth == 0:
+                return spans
+        position = text.find("<", end)
+    return spans
+
+
+def _escape_attribute(value: str) -> str:
+    return (value.replace("&", "&amp;").replace("<", "&lt;").replace('"', "&quot;")
+            .replace("\t", "&#9;").replace("\n", "&#10;").replace("\r", "&#13;"))
+
+
+def _fragment(text: str, start: int, start_tag_end: int, end: int, inherited: dict, transcoded: bool) -> bytes:
+    start_tag = text[start:start_tag_end]
+    declared = {prefix or None for prefix in _NS_DECLARATION.findall(start_tag)}
+    additions = "".join(
+        (f' xmlns:{prefix}="{_escape_attribute(uri)}"' if prefix else f' xmlns="{_escape_attribute(uri)}"')
+        for prefix, uri in sorted(inherited.items(), key=lambda item: item[0] or "")
+        if prefix not in declared)
+    close = len(start_tag) - (2 if start_tag.endswith("/>") else 1)
+    encoding = "utf-8" if transcoded else "latin-1"
+    return ((text[start:start + close]).encode(encoding) + additions.encode("utf-8")
+            + text[start + close:end].encode(encoding))
+
+
+# -- the normalized view --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizedRecord:
+    """What a store indexes and queries; the original record is kept beside it, unchanged."""
+
+    format: str                                  # "ur1", "ur2", "gratia" or "car"
+    record_id: str                               # RecordIdentity/@recordId
+    create_time: datetime | None = None          # RecordIdentity/@createTime
+    global_job_id: str | None = None
+    local_job_id: str | None = None
+    job_name: str | None = None
+    user_dn: str | None = None                   # grid identity (GlobalUserName / DN / KeyInfo)
+    local_user: str | None = None                # LocalUserId
+    local_group: str | None = None               # LocalGroup (UR 2.0, CAR)
+    vo: str | None = None                        # VO name (SGAS vo:Name, Group, ReportableVOName)
+    vo_group: str | None = None                  # primary VO group as written
+    vo_role: str | None = None                   # primary VO role as written
+    vo_fqans: tuple[str, ...] = ()               # VOMS FQANs, primary first
+    project: str | None = None                   # ProjectName
+    site: str | None = None                      # Site (UR 2.0, CAR) / SiteName (Gratia)
+    machine: str | None = None                   # MachineName
+    host: str | None = None                      # Host (the primary one, else the first)
+    submit_host: str | None = None
+    queue: str | None = None
+    status: str | None = None                    # one of STATUSES, or None when absent
+    status_original: str | None = None           # Status as written
+    exit_code: int | None = None                 # ExitStatus / sgas:ExitCode / a numeric Status
+    submit_time: datetime | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    wall_us: int | None = None                   # WallDuration
+    cpu_us: int | None = None                    # total CPU: usageType all/none, else user + system
+    cpu_user_us: int | None = None
+    cpu_system_us: int | None = None
+    processors: int | None = None
+    nodes: int | None = None                     # NodeCount
+    memory_bytes: int | None = None              # the chosen Memory reading (see _choose_memory)
+    memory_type: str | None = None               # its type attribute as written (Physical, virtual…)
+    memory_metric: str | None = None             # its metric attribute as written (max, average…)
+    charge: str | None = None                    # the decimal as written, in plain notation
+    charge_micro: int | None = None              # charge × 10**6, an integer
+    charge_unit: str | None = None               # Charge/@unit as written
+    warnings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        invariant(self.format in FORMATS.values(), f"format {self.format!r} is known")
+        invariant(bool(self.record_id), "a normalized record has a record id")
+        invariant(self.status is None or self.status in STATUSES, f"status {self.status!r} is in the vocabulary")
+
+
+class _Reader:
+    """Reads one record element; collects warnings; raises RecordError with the element named."""
+
+    def __init__(self, element: etree._Element) -> None:
+        self.element = element
+        self.ns = _namespace(element.tag) or ""
+        self.warnings: list[str] = []
+
+    # elements and attributes
+
+    def children(self, parent: etree._Element | None, name: str, ns: str | None = None) -> list[etree._Element]:
+        if parent is None:
+            return []
+        return parent.findall(f"{{{ns or self.ns}}}{name}")
+
+    def child(self, parent: etree._Element | None, name: str, ns: str | None = None) -> etree._Element | None:
+        found = self.children(parent, name, ns)
+        if len(found) > 1:
+            self.warnings.append(f"{name} is given {len(found)} times; the first is used")
+        return found[0] if found else None
+
+    def attribute(self, element: etree._Element | None, name: str) -> str | None:
+        if element is None:
+            return None
+        for key in (f"{{{self.ns}}}{name}", name):
+            value = element.get(key)
+            if value is not None:
+                return value.strip() or None
+        for other in FORMATS:
+            value = element.get(f"{{{other}}}{name}")
+            if value is not None:
+                self.warnings.append(f"attribute {name} of {_local(element.tag)} is in namespace {other!r}; it was read")
+                return value.strip() or None
+        return None
+
+    def text(self, element: etree._Element | None, what: str | None = None) -> str | None:
+        if element is None:
+            return None
+        value = element.xpath("string()").strip()
+        if len(value) > VALUE_CHARS_MAX:
+            raise RecordError(f"{what or _local(element.tag)} is longer than {VALUE_CHARS_MAX:,} characters")
+        return value or None
+
+    def value(self, parent: etree._Element | None, name: str, ns: str | None = None) -> str | None:
+        return self.text(self.child(parent, name, ns), name)
+
+    # typed values
+
+    def duration_us(self, element: etree._Element | None, what: str) -> int | None:
+        text = self.text(element, what)
+        if text is None:
+            return None
+        try:
+            duration = parse_duration(text)
+        except DurationError as error:
+            raise RecordError(f"{what}: {error}") from None
+        if duration.us < 0:
+            raise RecordError(f"{what}: the duration {text!r} is negative")
+        if duration.form == "seconds":
+            self.warnings.append(f"{what} {text!r} is a number of seconds, not an xsd:duration; it was read as seconds")
+        if duration.rounded:
+            self.warnings.append(f"{what} {text!r} has digits below a microsecond; it was rounded half to even")
+        return duration.us
+
+    def instant(self, text: str | None, what: str) -> datetime | None:
+        if text is None:
+            return None
+        try:
+            instant = parse_datetime(text)
+        except DurationError as error:
+            raise RecordError(f"{what}: {error}") from None
+        self.warnings.extend(f"{what}: {note}" for note in instant.notes)
+        return instant.value
+
+    def count(self, element: etree._Element | None, what: str) -> int | None:
+        text = self.text(element, what)
+        if text is None:
+            return None
+        match = re.fullmatch(r"\+?(\d{1,12})(\.0*)?", text)
+        if match is None:
+            raise RecordError(f"{what} {text!r} is not a whole number")
+        if match.group(2):
+            self.warnings.append(f"{what} {text!r} has a decimal point; it was read as {int(match.group(1))}")
+        number = int(match.group(1))
+        if number > COUNT_MAX:
+            raise RecordError(f"{what} {text!r} is larger than {COUNT_MAX:,}")
+        return number
+
+
+def normalize(element: etree._Element) -> NormalizedRecord:
+    """The normalized view of one record element; :class:`RecordError` when it cannot be read."""
+    if not isinstance(element.tag, str):
+        raise RecordError("a usage record must be an element")
+    namespace = _namespace(element.tag)
+    if namespace not in FORMATS:
+        raise RecordError(
+            f"the element is {_describe_tag(element.tag)}, which is not a usage-record namespace "
+            f"(known: {', '.join(FORMATS)})")
+    if _local(element.tag) not in RECORD_NAMES:
+        raise RecordError(f"the element is {_describe_tag(element.tag)}; a record is a {' or '.join(RECORD_NAMES)}")
+    read = _Reader(element)
+    values: dict[str, object] = {"format": FORMATS[namespace]}
+
+    identity = read.child(element, "RecordIdentity")
+    if identity is None:
+        raise RecordError("the record has no RecordIdentity (its record id is required)")
+    record_id = read.attribute(identity, "recordId")
+    if not record_id:
+        raise RecordError("the record's RecordIdentity has no recordId (it is required)")
+    if len(record_id) > RECORD_ID_CHARS_MAX:
+        raise RecordError(f"the record id is longer than {RECORD_ID_CHARS_MAX:,} characters")
+    values["record_id"] = record_id
+    values["create_time"] = read.instant(read.attribute(identity, "createTime"), "RecordIdentity/@createTime")
+
+    job = read.child(element, "JobIdentity")
+    values["global_job_id"] = read.value(job, "GlobalJobId")
+    values["local_job_id"] = read.value(job, "LocalJobId")
+    values["job_name"] = read.value(element, "JobName")
+
+    _read_user(read, element, values)
+
+    values["project"] = read.value(element, "ProjectName")
+    values["site"] = read.value(element, "Site") or read.value(element, "SiteName")
+    values["machine"] = read.value(element, "MachineName")
+    values["host"] = _read_host(read, element)
+    values["submit_host"] = read.value(element, "SubmitHost")
+    values["queue"] = read.value(element, "Queue")
+
+    _read_status(read, element, values)
+
+    submit = read.child(element, "SubmitTime")
+    if submit is None:
+        submit = read.child(element, "SubmitTime", NS_DEISA)
+    values["submit_time"] = read.instant(read.text(submit, "SubmitTime"), "SubmitTime")
+    values["start_time"] = read.instant(read.value(element, "StartTime"), "StartTime")
+    values["end_time"] = read.instant(read.value(element, "EndTime"), "EndTime")
+    values["wall_us"] = read.duration_us(read.child(element, "WallDuration"), "WallDuration")
+    _read_cpu(read, element, values)
+
+    values["processors"] = read.count(_choose_by_metric(read, read.children(element, "Processors")), "Processors")
+    values["nodes"] = read.count(read.child(element, "NodeCount"), "NodeCount")
+    _read_memory(read, element, values)
+    _read_charge(read, element, values)
+
+    _check_order(read, values)
+    return NormalizedRecord(**values, warnings=tuple(read.warnings))
+
+
+def _read_user(read: _Reader, element: etree._Element, values: dict) -> None:
+    user = read.child(element, "UserIdentity")
+    names = read.children(user, "GlobalUserName")
+    preferred = [name for name in names
+                 if (read.attribute(name, "type") or "opensslCompat").lower() in ("opensslcompat", "x509dn")]
+    dn = read.text((preferred or names or [None])[0], "GlobalUserName")
+    if dn is None:
+        dn = read.value(user, "DN")                                   # Gratia
+    if dn is None:
+        username = read.value(user, "GlobalUsername")                 # Gratia: a DN only when it looks like one
+        if username and username.startswith("/"):
+            dn = username
+    if dn is None and user is not None:
+        subject = user.find(f"{{{NS_DSIG}}}KeyInfo/{{{NS_DSIG}}}X509Data/{{{NS_DSIG}}}X509SubjectName")
+        dn = read.text(subject, "KeyInfo X509SubjectName")
+    values["user_dn"] = dn
+    values["local_user"] = read.value(user, "LocalUserId")
+    values["local_group"] = read.value(user, "LocalGroup")
+
+    vo = group = role = None
+    fqans: list[str] = []
+    sgas_vo = read.child(user, "VO", NS_SGAS_VO)
+    if sgas_vo is not None:
+        vo = read.value(sgas_vo, "Name", NS_SGAS_VO)
+        for attribute in read.children(sgas_vo, "Attribute", NS_SGAS_VO):
+            attribute_group = read.value(attribute, "Group", NS_SGAS_VO)
+            attribute_role = read.value(attribute, "Role", NS_SGAS_VO)
+            if attribute_group is None:
+                continue
+            if group is None:
+                group, role = attribute_group, attribute_role
+            fqan = "/" + attribute_group.lstrip("/")
+            if attribute_role and attribute_role.upper() != "NULL":
+                fqan += f"/Role={attribute_role}"
+            fqans.append(fqan)
+    for scope in (user, element):                                     # UR 2.0 / CAR, either place
+        if vo is None:
+            vo = read.value(scope, "Group")
+        for attribute in read.children(scope, "GroupAttribute"):
+            kind = (read.attribute(attribute, "type") or "").lower()
+            text = read.text(attribute, "GroupAttribute")
+            if text is None:
+                continue
+            if kind == "fqan":
+                fqans.append(text)
+            elif kind in ("vo-group", "group", "subgroup") and group is None:
+                group = text
+            elif kind in ("vo-role", "role") and role is None:
+                role = text
+    reportable = read.value(user, "ReportableVOName")                 # Gratia
+    gratia_vo = read.value(user, "VOName")
+    if gratia_vo and gratia_vo.startswith("/"):
+        fqans.append(gratia_vo)
+    if vo is None:
+        vo = reportable or (gratia_vo if gratia_vo and not gratia_vo.startswith("/") else None)
+    if vo is None and fqans:
+        vo = fqans[0].lstrip("/").split("/")[0] or None
+        if vo:
+            read.warnings.append(f"the VO name is not given; it was taken from the FQAN {fqans[0]!r}")
+    values.update(vo=vo, vo_group=group, vo_role=role, vo_fqans=tuple(dict.fromkeys(fqans)))
+
+
+def _read_host(read: _Reader, element: etree._Element) -> str | None:
+    hosts = read.children(element, "Host")
+    for host in hosts:
+        if (read.attribute(host, "primary") or "").lower() in ("true", "1"):
+            return read.text(host, "Host")
+    return read.text(hosts[0], "Host") if hosts else None
+
+
+def _read_status(read: _Reader, element: etree._Element, values: dict) -> None:
+    original = read.value(element, "Status")
+    exit_code = read.value(element, "ExitStatus") or read.value(element, "ExitCode", NS_SGAS)
+    status = None
+    if original is not None:
+        if re.fullmatch(r"-?\d{1,9}", original):
+            code = int(original)
+            status = "completed" if code == 0 else "failed"
+            read.warnings.append(f"Status {original!r} is a number; it was read as an exit code ({status})")
+            if exit_code is None:
+                exit_code = original
+        else:
+            status = _STATUS_SYNONYMS.get(original.lower())
+            if status is None:
+                status = "unknown"
+                read.warnings.append(f"Status {original!r} is not in the vocabulary; it was read as 'unknown'")
+    if exit_code is not None and not re.fullmatch(r"-?\d{1,9}", exit_code):
+        raise RecordError(f"the exit status {exit_code!r} is not a whole number")
+    values.update(status=status, status_original=original,
+                  exit_code=int(exit_code) if exit_code is not None else None)
+
+
+def _read_cpu(read: _Reader, element: etree._Element, values: dict) -> None:
+    by_type: dict[str, int] = {}
+    for cpu in read.children(element, "CpuDuration"):
+        kind = (read.attribute(cpu, "usageType") or "all").lower()
+        kind = {"kernel": "system", "total": "all"}.get(kind, kind)
+        if kind not in ("user", "system", "all"):
+            read.warnings.append(f"CpuDuration with usageType {kind!r} is not understood; it was ignored")
+            continue
+        us = read.duration_us(cpu, f"CpuDuration ({kind})")
+        if us is None:
+            continue
+        if kind in by_type:
+            read.warnings.append(f"CpuDuration ({kind}) is given more than once; the first is used")
+            continue
+        by_type[kind] = us
+    for kind, name in (("user", "UserTime"), ("system", "KernelTime")):   # SGAS extensions
+        if kind not in by_type:
+            us = read.duration_us(read.child(element, name, NS_SGAS), f"sgas:{name}")
+            if us is not None:
+                by_type[kind] = us
+    user, system, total = by_type.get("user"), by_type.get("system"), by_type.get("all")
+    if total is None and user is not None and system is not None:
+        total = user + system
+    elif total is None and (user is not None or system is not None):
+        total = user if user is not None else system
+        given = "user" if user is not None else "system"
+        read.warnings.append(f"only the {given} CPU time is given; the total CPU time was taken as that")
+    elif total is not None and user is not None and system is not None and user + system != total:
+        read.warnings.append(f"the total CPU time ({total} µs) differs from user + system ({user + system} µs); the total is used")
+    values.update(cpu_us=total, cpu_user_us=user, cpu_system_us=system)
+
+
+_METRIC_RANK = {"total": 0, "": 0, "max": 1, "average": 2, "avg": 2, "min": 3}
+
+
+def _choose_by_metric(read: _Reader, elements: list[etree._Element]) -> etree._Element | None:
+    """Of several readings (Processors), the total (or unqualified), else max, average, min."""
+    if not elements:
+        return None
+    ranked = sorted(elements, key=lambda e: _METRIC_RANK.get((read.attribute(e, "metric") or "").lower(), 4))
+    return ranked[0]
+
+
+_MEMORY_TYPE_RANK = {"physical": 0, "real": 0, "rss": 0, "": 1}
+_MEMORY_METRIC_RANK = {"max": 0, "": 1, "total": 1, "average": 2, "avg": 2, "min": 3}
+
+
+def _read_memory(read: _Reader, element: etree._Element, values: dict) -> None:
+    """The physical (else unqualified, else other) memory, its max (else total, average, min)."""
+    readings = []
+    for memory in read.children(element, "Memory"):
+        text = read.text(memory, "Memory")
+        if text is None:
+            continue
+        unit = read.attribute(memory, "storageUnit")
+        if unit is None:
+            read.warnings.append(f"Memory {text!r} has no storageUnit; it was left out of the view")
+            continue
+        if unit not in _MEMORY_UNITS:
+            read.warnings.append(f"Memory {text!r} has the unknown storageUnit {unit!r}; it was left out of the view")
+            continue
+        try:
+            amount = Decimal(text)
+        except InvalidOperation:
+            raise RecordError(f"Memory {text!r} is not a number") from None
+        if not amount.is_finite() or amount < 0 or amount.adjusted() > 30:
+            raise RecordError(f"Memory {text!r} is not a usable amount")
+        numerator, denominator = _MEMORY_UNITS[unit]
+        exact = amount * numerator / denominator
+        memory_bytes = int(exact.to_integral_value(rounding=ROUND_HALF_EVEN))
+        if memory_bytes != exact:
+            read.warnings.append(f"Memory {text} {unit} is not a whole number of bytes; it was rounded to {memory_bytes}")
+        kind = read.attribute(memory, "type")
+        metric = read.attribute(memory, "metric")
+        rank = (_MEMORY_TYPE_RANK.get((kind or "").lower(), 2), _MEMORY_METRIC_RANK.get((metric or "").lower(), 4))
+        readings.append((rank, memory_bytes, kind, metric))
+    if readings:
+        _, memory_bytes, kind, metric = min(readings, key=lambda reading: reading[0])
+        values.update(memory_bytes=memory_bytes, memory_type=kind, memory_metric=metric)
+
+
+_DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d{1,3})?")
+
+
+def _read_charge(read: _Reader, element: etree._Element, values: dict) -> None:
+    charge = read.child(element, "Charge")
+    text = read.text(charge, "Charge")
+    if text is None:
+        return
+    if not _DECIMAL.fullmatch(text):
+        raise RecordError(f"Charge {text!r} is not a decimal number")
+    amount = Decimal(text)
+    if amount.adjusted() >= CHARGE_DIGITS_MAX:
+        raise RecordError(f"Charge {text!r} is too large")
+    plain = format(amount, "f")
+    scaled = amount * CHARGE_SCALE
+    micro = int(scaled.to_integral_value(rounding=ROUND_HALF_EVEN))
+    if micro != scaled:
+        read.warnings.append(f"Charge {text!r} has more than 6 decimals; charge_micro was rounded half to even")
+    if amount < 0:
+        read.warnings.append(f"Charge {text!r} is negative")
+    values.update(charge=plain, charge_micro=micro, charge_unit=read.attribute(charge, "unit"))
+
+
+def _check_order(read: _Reader, values: dict) -> None:
+    start, end = values.get("start_time"), values.get("end_time")
+    if start is not None and end is not None and end < start:
+        read.warnings.append("EndTime is before StartTime")
+
+
+# -- batches --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RecordOutcome:
+    source: RecordSource
+    record: NormalizedRecord | None = None
+    error: str | None = None          # "record 'x' (number 3 in the document): <reason>"
+
+    def __post_init__(self) -> None:
+        invariant((self.record is None) != (self.error is None), "an outcome is a record or an error")
+
+    @property
+    def ok(self) -> bool:
+        return self.record is not None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    outcomes: tuple[RecordOutcome, ...]
+
+    @property
+    def records(self) -> tuple[NormalizedRecord, ...]:
+        return tuple(outcome.record for outcome in self.outcomes if outcome.record is not None)
+
+    @property
+    def errors(self) -> tuple[str, ...]:
+        return tuple(outcome.error for outcome in self.outcomes if outcome.error is not None)
+
+
+def read_source(source: RecordSource, limits: BatchLimits = DEFAULT_LIMITS) -> NormalizedRecord:
+    """Parse and normalize one split record; RecordError/SecurityError say why it cannot be read."""
+    if len(source.data) > limits.record_bytes_max:
+        raise RecordError(f"the record is {len(source.data):,} bytes; at most {limits.record_bytes_max:,} are accepted")
+    if not _is_record_tag(source.tag):
+        if _local(source.tag) in RECORD_NAMES:
+            raise RecordError(
+                f"the element is {_describe_tag(source.tag)}, which is not a usage-record namespace "
+                f"(known: {', '.join(FORMATS)})")
+        raise RecordError(f"the element {_describe_tag(source.tag)} is not a usage record")
+    root = parse_untrusted(source.data, limits.record_parse_limits()).getroot()
+    invariant(root.tag == source.tag, "a split record parses to the element it was split from")
+    return normalize(root)
+
+
+def parse_batch(data: bytes, limits: BatchLimits = DEFAULT_LIMITS) -> BatchResult:
+    """Every record of a posted document: its view, or an error naming it and saying why.
+
+    A document that cannot be read at all (unsafe, not well-formed, not usage records, too many
+    records) raises ``SecurityError`` or :class:`RecordError`: there are no records to name.
+    """
+    outcomes = []
+    for source in split_records(data, limits):
+        try:
+            outcomes.append(RecordOutcome(source=source, record=read_source(source, limits)))
+        except (RecordError, SecurityError) as error:
+            outcomes.append(RecordOutcome(source=source, error=f"{source.name()}: {error}"))
+    return BatchResult(outcomes=tuple(outcomes))
+
+
+# -- the view as XML ------------------------------------------------------------------------------
+
+_DATETIME_FIELDS = {"create_time", "submit_time", "start_time", "end_time"}
+_INT_FIELDS = {"exit_code", "wall_us", "cpu_us", "cpu_user_us", "cpu_system_us", "processors", "nodes",
+               "memory_bytes", "charge_micro"}
+_TUPLE_FIELDS = {"vo_fqans": "vo_fqan", "warnings": "warning"}
+VIEW_ELEMENT = f"{{{NS_VIEW}}}Usage"
+
+
+def to_element(record: NormalizedRecord) -> etree._Element:
+    """``<n:Usage xmlns:n="urn:gridcredit:luts:1">`` with one child per present field.
+
+    Children are named after the fields (``n:record_id``, ``n:wall_us``…), in field order; absent
+    fields have no element; tuples repeat a singular element (``n:vo_fqan``, ``n:warning``).
+    Integers are decimal text; date-times are ``YYYY-MM-DDThh:mm:ss[.ffffff]Z`` with an ``us``
+    attribute holding µs since the Unix epoch, for numeric range comparisons in XPath.
+    """
+    usage = etree.Element(VIEW_ELEMENT, nsmap={"n": NS_VIEW})
+    for spec in fields(record):
+        value = getattr(record, spec.name)
+        if spec.name in _TUPLE_FIELDS:
+            for item in value:
+                etree.SubElement(usage, f"{{{NS_VIEW}}}{_TUPLE_FIELDS[spec.name]}").text = item
+            continue
+        if value is None:
+            continue
+        child = etree.SubElement(usage, f"{{{NS_VIEW}}}{spec.name}")
+        if spec.name in _DATETIME_FIELDS:
+            child.text = format_datetime(value)
+            child.set("us", str(datetime_to_us(value)))
+        elif spec.name in _INT_FIELDS:
+            child.text = str(value)
+        else:
+            child.text = value
+    return usage
+
+
+def to_bytes(record: NormalizedRecord) -> bytes:
+    return etree.tostring(to_element(record), encoding="utf-8")
+
+
+def from_element(usage: etree._Element) -> NormalizedRecord:
+    """The record ``to_element`` wrote; :class:`RecordError` for anything else."""
+    if usage.tag != VIEW_ELEMENT:
+        raise RecordError(f"the element is {_describe_tag(usage.tag)}, not a {VIEW_ELEMENT}")
+    names = {spec.name for spec in fields(NormalizedRecord)}
+    singular = {item: name for name, item in _TUPLE_FIELDS.items()}
+    values: dict[str, object] = {name: [] for name in _TUPLE_FIELDS}
+    for child in usage:
+        if not isinstance(child.tag, str):
+            continue
+        name = etree.QName(child).localname
+        if _namespace(child.tag) != NS_VIEW or (name not in names and name not in singular) or name in _TUPLE_FIELDS:
+            raise RecordError(f"unexpected element {_describe_tag(child.tag)} in a usage view")
+        text = child.text or ""
+        if name in singular:
+            values[singular[name]].append(text)
+            continue
+        if name in values:
+            raise RecordError(f"{name} appears twice in a usage view")
+        if name in _DATETIME_FIELDS:
+            us = child.get("us")
+            if us is None or not re.fullmatch(r"-?\d{1,19}", us):
+                raise RecordError(f"{name} in a usage view has no readable 'us' attribute")
+            moment = datetime_from_us(int(us))
+            if format_datetime(moment) != text:
+                raise RecordError(f"{name} in a usage view: {text!r} and us={us} disagree")
+            values[name] = moment
+        elif name in _INT_FIELDS:
+            if not re.fullmatch(r"-?\d{1,19}", text):
+                raise RecordError(f"{name} in a usage view is not an integer: {text!r}")
+            values[name] = int(text)
+        else:
+            values[name] = text
+    for name in _TUPLE_FIELDS:
+        values[name] = tuple(values[name])
+    if "format" not in values or "record_id" not in values:
+        raise RecordError("a usage view needs format and record_id")
+    try:
+        return NormalizedRecord(**values)
+    except AssertionError as error:
+        raise RecordError(f"the usage view is not consistent: {error}") from None
+
+
+def from_bytes(data: bytes) -> NormalizedRecord:
+    return from_element(parse_untrusted(data).getroot())
+
+
+def record_month(record: NormalizedRecord) -> str | None:
+    """``YYYY-MM`` (UTC) a record counts in: its end time, else start time, else creation time."""
+    moment = record.end_time or record.start_time or record.create_time
+    return moment.astimezone(timezone.utc).strftime("%Y-%m") if moment else None
+
+
+__all__ = [
+    "BatchLimits", "BatchResult", "DEFAULT_LIMITS", "FORMATS", "NS_CAR", "NS_GRATIA", "NS_UR1", "NS_UR2",
+    "NS_VIEW", "NormalizedRecord", "RecordError", "RecordOutcome", "RecordSource", "STATUSES",
+    "from_bytes", "from_element", "normalize", "parse_batch", "read_source", "record_month",
+    "split_records", "to_bytes", "to_element",
+]
