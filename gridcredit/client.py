@@ -6,24 +6,29 @@ our trust directory accepts and must confirm the signature of the request it ans
 """
 from __future__ import annotations
 
+import ipaddress
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 import zeep
 import zeep.exceptions
+from cryptography import x509
 from lxml import etree
 
 from .errors import GridcreditError, RemoteFault, SecurityError
+from .security.pki import proxy_info
 from .security.wssec import SOAP11_NS, MemoryReplayCache, Signer, Verifier, VerifyPolicy
 
 
 class WsseClientPlugin:
     """zeep's wsse interface: sign what leaves, verify what arrives (before zeep reads it)."""
 
-    def __init__(self, signer: Signer, verifier: Verifier) -> None:
+    def __init__(self, signer: Signer, verifier: Verifier, *, host_name: str | None = None) -> None:
         self._signer = signer
         self._verifier = verifier
+        self._host_name = host_name  # when set, responses must be signed by that host's certificate
         self._sent = threading.local()
 
     def apply(self, envelope, headers):
@@ -38,8 +43,36 @@ class WsseClientPlugin:
         is_fault = body is not None and body.find(f"{{{SOAP11_NS}}}Fault") is not None
         # A fault refusing our request's security has no verified request to confirm; it must still be signed by the host.
         expected = None if is_fault else getattr(self._sent, "signature_value", None)
-        self._verifier.verify(raw, expected_confirmation=expected)
+        verified = self._verifier.verify(raw, expected_confirmation=expected)
+        if self._host_name is not None and not signed_by_host(verified.signer, self._host_name):
+            # Any certificate our CAs trust (a user's, a proxy) would otherwise pass as the host.
+            raise SecurityError(f"the response is not signed by the host {self._host_name}", "FailedAuthentication")
         return envelope
+
+
+def signed_by_host(certificate: x509.Certificate, host_name: str) -> bool:
+    """Whether ``certificate`` is a host certificate naming ``host_name`` in its subjectAltName (DNS
+    or IP, as TLS checks it; a CN is not enough, since a user's CN could read like a host name)."""
+    if proxy_info(certificate) is not None:
+        return False
+    try:
+        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        if x509.ExtendedKeyUsageOID.SERVER_AUTH not in usages:
+            return False
+    except x509.ExtensionNotFound:
+        pass
+    wanted = host_name.strip("[]").lower()
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    if any(name.lower() == wanted for name in names.get_values_for_type(x509.DNSName)):
+        return True
+    try:
+        address = ipaddress.ip_address(wanted)
+    except ValueError:
+        return False
+    return address in names.get_values_for_type(x509.IPAddress)
 
 
 def response_verifier(trust_dir: Path) -> Verifier:
@@ -59,7 +92,8 @@ class ServiceClient:
         session.trust_env = False
         transport = zeep.Transport(session=session, timeout=timeout_s, operation_timeout=timeout_s)
         settings = zeep.Settings(strict=True, forbid_dtd=True, forbid_entities=True, forbid_external=True, xml_huge_tree=False)
-        self._plugin = WsseClientPlugin(Signer(credential), response_verifier(trust_dir))
+        self._plugin = WsseClientPlugin(Signer(credential), response_verifier(trust_dir),
+                                        host_name=urlsplit(self.url).hostname)
         try:
             self._zeep = zeep.Client(f"{self.url}?wsdl", transport=transport, wsse=self._plugin, settings=settings)
         except requests.RequestException as error:

@@ -251,6 +251,26 @@ def test_client_refuses_a_response_signed_by_an_untrusted_host(pki, key_pool, tm
         assert client.call("WhoAmI").dn == pki.user("Alice").dn
 
 
+@pytest.mark.parametrize("who", ["user", "proxy"])
+def test_client_refuses_a_response_signed_by_a_trusted_certificate_that_is_not_the_host(pki, who):
+    """Our CAs also vouch for users and their proxies: only the host named in the URL may answer."""
+    signer = pki.user("Bob").credential if who == "user" else pki.proxy("Bob")
+    with app_in_thread(_fake_host(pki, signer), host_cert=pki.host_cert, host_key=pki.host_key) as url:
+        client = ServiceClient(url, "bank", credential=pki.user("Alice").credential, trust_dir=pki.trust_dir)
+        with pytest.raises(SecurityError) as refused:
+            client.call("WhoAmI")
+        assert refused.value.code == "FailedAuthentication" and "not signed by the host localhost" in str(refused.value)
+
+
+def test_the_host_name_check_follows_the_certificate_names(pki):
+    from gridcredit.client import signed_by_host
+    host = pki.host_credential().cert
+    assert signed_by_host(host, "localhost") and signed_by_host(host, "LOCALHOST") and signed_by_host(host, "127.0.0.1")
+    assert signed_by_host(host, "::1") and signed_by_host(host, "[::1]")
+    assert not signed_by_host(host, "example.org") and not signed_by_host(host, "10.0.0.1")
+    assert not signed_by_host(pki.user("Bob").credential.cert, "Bob")
+
+
 class _WrongConfirmationHost(SignedSoapHost):
     def _reply(self, start_response, status, envelope, *, confirm=None, extra_headers=()):
         return super()._reply(start_response, status, envelope,
