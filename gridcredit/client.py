@@ -19,7 +19,7 @@ from lxml import etree
 
 from .errors import GridcreditError, RemoteFault, SecurityError
 from .security.pki import proxy_info
-from .security.wssec import SOAP11_NS, MemoryReplayCache, Signer, Verifier, VerifyPolicy
+from .security.wssec import SOAP11_NS, WSSE_NS, MemoryReplayCache, Signer, Verifier, VerifyPolicy
 
 
 class WsseClientPlugin:
@@ -40,14 +40,23 @@ class WsseClientPlugin:
     def verify(self, envelope):
         raw = etree.tostring(envelope)
         body = envelope.find(f"{{{SOAP11_NS}}}Body")
-        is_fault = body is not None and body.find(f"{{{SOAP11_NS}}}Fault") is not None
-        # A fault refusing our request's security has no verified request to confirm; it must still be signed by the host.
-        expected = None if is_fault else getattr(self._sent, "signature_value", None)
+        fault = body.find(f"{{{SOAP11_NS}}}Fault") if body is not None else None
+        expected = getattr(self._sent, "signature_value", None)
+        if fault is not None and _is_security_fault(fault):
+            # The host refused our request's security, so it verified no signature it could confirm;
+            # such a fault must still be signed by the host, and it carries nothing to act upon.
+            expected = None
         verified = self._verifier.verify(raw, expected_confirmation=expected)
         if self._host_name is not None and not signed_by_host(verified.signer, self._host_name):
             # Any certificate our CAs trust (a user's, a proxy) would otherwise pass as the host.
             raise SecurityError(f"the response is not signed by the host {self._host_name}", "FailedAuthentication")
         return envelope
+
+
+def _is_security_fault(fault) -> bool:
+    code = (fault.findtext("faultcode") or "").strip()
+    prefix, _, _ = code.rpartition(":")
+    return bool(prefix) and fault.nsmap.get(prefix) == WSSE_NS
 
 
 def signed_by_host(certificate: x509.Certificate, host_name: str) -> bool:

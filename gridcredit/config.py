@@ -27,7 +27,7 @@ def default_state_dir() -> Path:
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8443
-    workers: int = 2                    # processes sharing the port (SO_REUSEPORT)
+    workers: int = 2                    # processes accepting on one shared listening socket
     threads: int = 16                   # request threads per worker
     client_cert: str = "optional"       # TLS client certificate: none | optional | required
     request_bytes_max: int = 10_000_000
@@ -41,6 +41,7 @@ class SecurityConfig:
     cert_dir: str = ""                  # trust directory (CA certificates and CRLs), like /etc/grid-security/certificates
     timestamp_ttl_s: int = 300
     clock_skew_s: int = 60
+    require_crl: bool = True            # refuse certificates of a CA whose CRL is missing from cert_dir
     allow_sha1: bool = False            # legacy interop only: accept SHA-1 digests and RSA-SHA1 signatures
     xml_depth_max: int = 256
     replay_cache: str = ""              # empty: <state_dir>/replay.sqlite

@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -213,7 +214,8 @@ def build_host(config: Config, files: HostFiles) -> SignedSoapHost:
     replay_path = Path(security.replay_cache) if security.replay_cache else config.state_path / "replay.sqlite"
     policy = VerifyPolicy(ttl_s=security.timestamp_ttl_s, clock_skew_s=security.clock_skew_s, allow_sha1=security.allow_sha1,
                           limits=ParseLimits(bytes_max=config.server.request_bytes_max, depth_max=min(security.xml_depth_max, 256)))
-    verifier = Verifier(trust=TrustStore.from_directory(files.trust_dir), policy=policy,
+    trust = TrustStore.from_directory(files.trust_dir, require_crl=security.require_crl)
+    verifier = Verifier(trust=trust, policy=policy,
                         replay_cache=SqliteReplayCache(replay_path))
     return SignedSoapHost(signer=Signer(credential, ttl_s=security.timestamp_ttl_s), verifier=verifier,
                           request_bytes_max=config.server.request_bytes_max)
@@ -232,17 +234,41 @@ def tls_context(config: Config, files: HostFiles) -> ssl.SSLContext:
     return context
 
 
-def run_worker(config: Config, files: HostFiles, ready: "threading.Event | None" = None, *, build=None) -> None:
+def listening_socket(config: Config) -> socket.socket:
+    """The one listening socket every worker process inherits and accepts on.
+
+    One socket (not SO_REUSEPORT, which gives each worker its own backlog) so that connections
+    queued while a worker dies are taken by the others instead of being reset.
+    """
+    family = socket.AF_INET6 if ":" in config.server.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((config.server.host, config.server.port))
+    listener.listen(1024)
+    return listener
+
+
+def run_worker(config: Config, files: HostFiles, ready: "threading.Event | None" = None, *, build=None,
+               listener: socket.socket | None = None) -> None:
     """Run one server worker in this process until SIGTERM/SIGINT.
 
-    ``build(config, files)`` makes the WSGI application (default ``build_host``; benchmarks pass another).
+    ``build(config, files)`` makes the WSGI application (default ``build_host``; benchmarks pass
+    another). ``listener``: an inherited listening socket (from ``serve``); else the worker binds its own.
     """
     from cheroot import wsgi
     from cheroot.ssl.builtin import BuiltinSSLAdapter
 
+    class _Server(wsgi.Server):
+        def bind(self, family, type, proto=0):
+            if listener is None:
+                return super().bind(family, type, proto)
+            self.socket = listener
+            self.bind_addr = listener.getsockname()[:2]
+            return listener
+
     host = (build or build_host)(config, files)
-    server = wsgi.Server((config.server.host, config.server.port), host, numthreads=config.server.threads,
-                         timeout=config.server.request_timeout_s, reuse_port=True, server_name="gridcredit")
+    server = _Server((config.server.host, config.server.port), host, numthreads=config.server.threads,
+                     timeout=config.server.request_timeout_s, server_name="gridcredit")
     adapter = BuiltinSSLAdapter(str(files.host_cert), str(files.host_key))
     adapter.context = tls_context(config, files)
     server.ssl_adapter = adapter
@@ -259,8 +285,9 @@ def run_worker(config: Config, files: HostFiles, ready: "threading.Event | None"
 
 
 def serve(config: Config, files: HostFiles, *, build=None) -> int:
-    """Start ``config.server.workers`` worker processes sharing the port; restart any that dies."""
+    """Start ``config.server.workers`` worker processes on one listening socket; restart any that dies."""
     workers_wanted = max(1, config.server.workers)
+    listener = listening_socket(config)
     children: dict[int, int] = {}
     stopping = False
 
@@ -271,7 +298,7 @@ def serve(config: Config, files: HostFiles, *, build=None) -> int:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 0
             try:
-                run_worker(config, files, build=build)
+                run_worker(config, files, build=build, listener=listener)
             except BaseException:  # noqa: BLE001 — a worker must never return into the parent's code
                 log.exception("worker %d failed", slot)
                 code = 1

@@ -1,6 +1,7 @@
 """A replay cache shared by every server worker process and surviving a restart.
 
-Keyed on a digest of the request's SignatureValue; an entry lives until the message's Timestamp
+Keyed on a digest of the signer's certificate and the signed SignedInfo (``wssec.replay_key``,
+which no re-spelling of the signature escapes); an entry lives until the message's Timestamp
 would be refused anyway (its honoured expiry plus the clock skew). SQLite in WAL mode gives one
 file that several processes can write at once; entries are bounded and purged as they expire.
 """
