@@ -78,8 +78,9 @@ class Config:
         return Path(self.state_dir).expanduser() if self.state_dir else default_state_dir()
 
 
-def find_config_file(explicit: str | None = None) -> Path | None:
-    candidates = [explicit, os.environ.get(ENV_PREFIX + "CONFIG"), "gridcredit.toml",
+def find_config_file(explicit: str | None = None, env: dict[str, str] | None = None) -> Path | None:
+    env = os.environ if env is None else env
+    candidates = [explicit, env.get(ENV_PREFIX + "CONFIG"), "gridcredit.toml",
                   str(Path.home() / ".config" / "gridcredit" / "gridcredit.toml")]
     for index, candidate in enumerate(candidates):
         if not candidate:
@@ -141,7 +142,7 @@ def _build(cls: type, table: dict, env: dict[str, str], prefix: str, where: str)
 def load_config(path: str | None = None, env: dict[str, str] | None = None) -> Config:
     """Read the configuration file (if any) and apply ``GRIDCREDIT_*`` environment overrides."""
     env = dict(os.environ if env is None else env)
-    config_file = find_config_file(path)
+    config_file = find_config_file(path, env)
     table: dict = {}
     where = "defaults"
     if config_file is not None:

@@ -1,0 +1,50 @@
+"""The one configuration file and its environment overrides."""
+import pytest
+
+from gridcredit.config import load_config
+from gridcredit.errors import ConfigError
+
+
+def test_defaults_without_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = load_config(env={})
+    assert config.server.port == 8443 and config.store.backend == "embedded"
+    assert config.security.require_crl is True and config.security.allow_sha1 is False
+
+
+def test_file_then_environment_overrides(tmp_path):
+    path = tmp_path / "gridcredit.toml"
+    path.write_text('state_dir = "/srv/gc"\n[server]\nport = 9000\nworkers = 3\n[bank]\nadmins = ["/CN=a"]\n')
+    config = load_config(str(path), env={"GRIDCREDIT_SERVER_PORT": "9443", "GRIDCREDIT_BANK_ADMINS": "/CN=x, /CN=y",
+                                         "GRIDCREDIT_SECURITY_ALLOW_SHA1": "yes"})
+    assert config.state_dir == "/srv/gc"
+    assert config.server.port == 9443 and config.server.workers == 3
+    assert config.bank.admins == ("/CN=x", "/CN=y")
+    assert config.security.allow_sha1 is True
+
+
+def test_config_file_named_by_environment(tmp_path):
+    path = tmp_path / "other.toml"
+    path.write_text("[store]\nbackend = 'basex'\n")
+    assert load_config(env={"GRIDCREDIT_CONFIG": str(path)}).store.backend == "basex"
+
+
+@pytest.mark.parametrize("text, env, message", [
+    ("[server]\nport = 'x'\n", {}, "port"),
+    ("[server]\nprot = 1\n", {}, "prot"),
+    ("[store]\nbackend = 'mysql'\n", {}, "backend"),
+    ("[server\n", {}, "cannot read"),
+    ("", {"GRIDCREDIT_SERVER_PORT": "eighty"}, "GRIDCREDIT_SERVER_PORT"),
+    ("", {"GRIDCREDIT_SECURITY_ALLOW_SHA1": "maybe"}, "GRIDCREDIT_SECURITY_ALLOW_SHA1"),
+])
+def test_mistakes_are_named(tmp_path, text, env, message):
+    path = tmp_path / "gridcredit.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(str(path), env=env)
+
+
+def test_missing_explicit_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "nope.toml"), env={})
