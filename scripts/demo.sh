@@ -21,11 +21,20 @@ server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT INT TERM
 
 echo "== waiting for the services"
-for _ in $(seq 1 60); do
-  if [ -f "$GRIDCREDIT_STATE_DIR/pki/host/hostcert.pem" ] && \
-     (exec 3<>/dev/tcp/127.0.0.1/$GRIDCREDIT_SERVER_PORT) 2>/dev/null; then break; fi
-  sleep 0.5
-done
+.venv/bin/python - "$GRIDCREDIT_SERVER_PORT" <<'PY'
+import socket, ssl, sys, time
+port = int(sys.argv[1])
+context = ssl.create_default_context()
+context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # only waiting for the port to answer TLS
+for _ in range(120):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as raw, context.wrap_socket(raw):
+            break
+    except OSError:
+        time.sleep(0.5)
+else:
+    sys.exit("the services did not start; see the messages above")
+PY
 
 user_dir="$GRIDCREDIT_STATE_DIR/demo-user"
 if [ ! -f "$user_dir/usercert.pem" ]; then
