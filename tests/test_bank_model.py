@@ -153,6 +153,8 @@ class BankMachine(RuleBasedStateMachine):
                 self.send(OWNER, ledger.SetHolder(self.next_request_id(), account_id, principal.dn, role),
                           "set_holder", account_id, principal.dn, role.value)
             self.send(ADMIN, ledger.Mint(self.next_request_id(), account_id, 1_000), "mint", account_id, 1_000)
+        self.send(ADMIN, ledger.CreateAccount(self.next_request_id(), "extra-0", "extra", OWNER.dn),
+                  "create_account", "extra-0", "extra", OWNER.dn, 0)
 
     # -- the clock ------------------------------------------------------------------------------
 
@@ -189,11 +191,23 @@ class BankMachine(RuleBasedStateMachine):
         self.send(principal, ledger.RemoveHolder(self.next_request_id(), account_id, holder.dn),
                   "remove_holder", account_id, holder.dn)
 
+    @rule(suffix=st.integers(0, 1), status=st.sampled_from([AccountStatus.CLOSED, AccountStatus.FROZEN]))
+    def owner_closes_or_freezes_extra_account(self, suffix, status) -> None:
+        account_id = f"extra-{suffix}"
+        self.send(OWNER, ledger.SetStatus(self.next_request_id(), account_id, status),
+                  "set_status", account_id, status.value)
+
     @rule(principal=st.sampled_from((ADMIN, ADMIN, OWNER, OWNER, MANAGER, STRANGER)), account_id=account_ids,
           status=st.sampled_from([AccountStatus.OPEN, AccountStatus.OPEN, AccountStatus.FROZEN,
                                   AccountStatus.CLOSED]))
     def set_status(self, principal, account_id, status) -> None:
         self.send(principal, ledger.SetStatus(self.next_request_id(), account_id, status),
+                  "set_status", account_id, status.value)
+
+    @rule(suffix=st.integers(0, 1), status=st.sampled_from([AccountStatus.CLOSED, AccountStatus.FROZEN]))
+    def owner_closes_or_freezes_extra_account(self, suffix, status) -> None:
+        account_id = f"extra-{suffix}"
+        self.send(OWNER, ledger.SetStatus(self.next_request_id(), account_id, status),
                   "set_status", account_id, status.value)
 
     @rule(principal=st.sampled_from((ADMIN, ADMIN, OWNER)), account_id=account_ids,
@@ -209,6 +223,12 @@ class BankMachine(RuleBasedStateMachine):
     def set_spending_limit(self, principal, account_id, limit_and_period_us) -> None:
         limit, period_us = limit_and_period_us
         self.send(principal, ledger.SetSpendingLimit(self.next_request_id(), account_id, limit, period_us),
+                  "set_spending_limit", account_id, limit, period_us)
+
+    @rule(account_id=st.sampled_from(ACCOUNTS), limit=st.integers(0, 500),
+          period_us=st.sampled_from([10 * SECOND_US, 30 * SECOND_US]))
+    def owner_sets_spending_limit(self, account_id, limit, period_us) -> None:
+        self.send(OWNER, ledger.SetSpendingLimit(self.next_request_id(), account_id, limit, period_us),
                   "set_spending_limit", account_id, limit, period_us)
 
     # -- money supply ---------------------------------------------------------------------------
@@ -308,6 +328,51 @@ class BankMachine(RuleBasedStateMachine):
         for hold_id, hold in sorted(self.model.holds.items()):
             if hold["state"] == "active" and self.now_us >= hold["expires"]:
                 self.send(ADMIN, ledger.ExpireHold(self.next_request_id(), hold_id), "expire_hold", hold_id)
+
+    @rule(principal=st.sampled_from((OWNER, MEMBER)), account_id=st.sampled_from(ACCOUNTS),
+          operation=st.sampled_from(["transfer", "create_hold", "retire"]),
+          bound=st.sampled_from(["available", "spending"]), delta=st.sampled_from([-1, 0, 1]))
+    def spend_at_the_boundary(self, principal, account_id, operation, bound, delta) -> None:
+        """Amounts of exactly the available funds or the rest of the spending limit, and one either side."""
+        limited = sorted(name for name in ACCOUNTS if self.model.accounts[name]["limit"] is not None)
+        if bound == "spending" and limited:
+            account_id = limited[delta % len(limited)]
+        model_account = self.model.accounts[account_id]
+        if bound == "spending" and model_account["limit"] is not None:
+            amount = model_account["limit"] - self.model.spent(account_id, self.now_us) + delta
+        else:
+            amount = self.model.available(account_id) + delta
+            if operation == "retire":
+                amount = model_account["balance"] - self.model.held(account_id) + delta
+        amount = max(amount, 1)
+        payee = "site-north" if account_id != "site-north" else "site-south"
+        request_id = self.next_request_id()
+        if operation == "transfer":
+            self.send(principal, ledger.Transfer(request_id, account_id, payee, amount),
+                      "transfer", account_id, payee, amount)
+        elif operation == "create_hold":
+            expires = self.now_us + 5 * SECOND_US
+            self.send(principal, ledger.CreateHold(request_id, account_id, amount, expires, "", None),
+                      "create_hold", account_id, amount, expires, "", None)
+        else:
+            self.send(ADMIN, ledger.Retire(request_id, account_id, amount), "retire", account_id, amount)
+
+    @precondition(lambda self: self.model.holds)
+    @rule(index=indices, delta=st.sampled_from([-1, 0, 1]), payee=st.sampled_from(ACCOUNTS))
+    def charge_at_the_boundary(self, index, delta, payee) -> None:
+        """The hold's creator charges its remainder or the rest of the spending limit, ±1."""
+        hold_id = self.hold_id_at(index)
+        principal = self.acting_for(STRANGER, hold_id, True)
+        amount = 1
+        if hold_id in self.model.holds:
+            hold = self.model.holds[hold_id]
+            amount = hold["amount"] - hold["charged"] + delta
+            account = self.model.accounts[hold["account"]]
+            if account["limit"] is not None and index % 2:
+                amount = account["limit"] - self.model.spent(hold["account"], self.now_us) + delta
+        amount = max(amount, 1)
+        self.send(principal, ledger.ChargeHold(self.next_request_id(), hold_id, payee, amount),
+                  "charge_hold", hold_id, payee, amount)
 
     @rule(principal=actors, index=indices, account_id=account_ids, amount=bad_amounts,
           operation=st.sampled_from(["mint", "retire", "transfer", "create_hold", "extend_hold", "charge_hold"]))
