@@ -1241,7 +1241,7 @@ def audit(transactions: Iterable[Transaction], accounts: Iterable[Account], hold
     findings = _Findings()
     kinds = TransactionKind
     expected_seq = 1
-    hash_by_seq: dict[int, tuple[str, str]] = {}  # recent window: seq → (hash, prev_hash)
+    hash_by_seq: dict[int, tuple[str, str, str]] = {}  # recent window: seq → (hash, prev_hash, signature)
     missing: set[int] = set()
     seen_high = 0
     unchecked: list[tuple[int, str, str]] = []  # since the last good signature checkpoint
@@ -1267,6 +1267,18 @@ def audit(transactions: Iterable[Transaction], accounts: Iterable[Account], hold
                                  f"(forged, or edited with its hash recomputed)")
         unchecked.clear()
 
+    def blame_signatures(previous_seq: int, previous: tuple[str, str, str], seq: int,
+                         transaction: Transaction) -> None:
+        """At a chain break, check both sides' signatures now to name the edited one."""
+        nonlocal signatures_checked
+        signatures_checked += 2
+        if previous_seq >= 1 and not _verify(verify_signature, previous[0], previous[2]):
+            findings.add("bad-signature", previous_seq,
+                         f"transaction {previous_seq}: the bank's signature does not verify "
+                         f"(edited with its hash recomputed)")
+        if not _verify(verify_signature, transaction.hash, transaction.signature):
+            findings.add("bad-signature", seq, f"transaction {seq}: the bank's signature does not verify")
+
     for transaction in transactions:
         count += 1
         seq = transaction.seq
@@ -1286,17 +1298,22 @@ def audit(transactions: Iterable[Transaction], accounts: Iterable[Account], hold
             else:
                 duplicate = True
                 findings.add("inserted", seq, f"transaction {seq} appears more than once (a copy was inserted)")
-        previous = hash_by_seq.get(seq - 1) if seq > 1 else (GENESIS_HASH, "")
+                signatures_checked += 1
+                if not _verify(verify_signature, transaction.hash, transaction.signature):
+                    findings.add("bad-signature", seq, f"transaction {seq}: the inserted copy is not signed "
+                                                       f"by the bank")
+        previous = hash_by_seq.get(seq - 1) if seq > 1 else (GENESIS_HASH, "", "")
         if previous is not None and transaction.prev_hash != previous[0]:
             findings.add("chain-broken", seq,
                          f"transaction {seq}: its previous hash does not match transaction {seq - 1} "
                          f"(transaction {seq - 1} was edited or replaced, or {seq} was inserted)")
+            blame_signatures(seq - 1, previous, seq, transaction)
         follower = hash_by_seq.get(seq + 1)
         if follower is not None and follower[1] != transaction.hash:
             findings.add("chain-broken", seq + 1,
                          f"transaction {seq + 1}: its previous hash does not match transaction {seq}")
         if not duplicate:
-            hash_by_seq[seq] = (transaction.hash, transaction.prev_hash)
+            hash_by_seq[seq] = (transaction.hash, transaction.prev_hash, transaction.signature)
             if len(hash_by_seq) > AUDIT_HASH_WINDOW:
                 del hash_by_seq[next(iter(hash_by_seq))]
         seen_high = max(seen_high, seq)

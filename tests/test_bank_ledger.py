@@ -1,0 +1,723 @@
+"""Unit tests of the Bank's pure core: operations, refusals, authorization, audit, documents."""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import hmac
+import json
+import time
+
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from lxml import etree
+
+from gridcredit.errors import DomainError, StoreError
+from gridcredit.services.bank import documents, ledger
+from gridcredit.services.bank.ledger import (AccountStatus, ApproveMint, BankPolicy, ChargeHold, CreateAccount,
+                                             CreateHold, ExpireHold, ExtendHold, HoldState, MemoryLedger, Mint,
+                                             Principal, ReleaseHold, RemoveHolder, Retire, Role, SetCreditLimit,
+                                             SetHolder, SetSpendingLimit, SetStatus, Transfer)
+
+KEY = b"unit-test-key"
+SECOND_US = 1_000_000
+NOW_US = 1_700_000_000 * SECOND_US
+
+
+def sign(message: bytes) -> bytes:
+    return hmac.new(KEY, message, hashlib.sha256).digest()
+
+
+def verify(message: bytes, signature: bytes) -> bool:
+    return hmac.compare_digest(sign(message), signature)
+
+
+ADMIN = Principal("/DC=org/DC=grid/CN=Ada Admin", is_administrator=True)
+ADMIN_TWO = Principal("/DC=org/DC=grid/CN=Bo Admin", is_administrator=True)
+OWNER = Principal("/DC=org/DC=grid/CN=Olga Owner")
+MANAGER = Principal("/DC=org/DC=grid/CN=Mona Manager")
+MEMBER = Principal("/DC=org/DC=grid/CN=Mel Member")
+VIEWER = Principal("/DC=org/DC=grid/CN=Vic Viewer")
+STRANGER = Principal("/DC=org/DC=grid/CN=Stan Stranger")
+SERVICE = Principal("/DC=org/DC=grid/CN=host/jarm.example.org", is_service=True)
+ROLES = {"owner": OWNER, "manager": MANAGER, "member": MEMBER, "viewer": VIEWER, "stranger": STRANGER,
+         "admin": ADMIN, "service": SERVICE}
+
+_counter = iter(range(10**9))
+
+
+def rid() -> str:
+    return f"r-{next(_counter)}"
+
+
+def refused(code: str, bank: MemoryLedger, request, principal: Principal, now_us: int = NOW_US) -> DomainError:
+    """Run a request that must be refused with `code` and change nothing."""
+    before = (dict(bank.accounts), dict(bank.holds), bank.supply, bank.ledger_head, len(bank.transactions))
+    with pytest.raises(DomainError) as caught:
+        bank.run(request, principal=principal, now_us=now_us)
+    assert caught.value.code == code, str(caught.value)
+    assert (dict(bank.accounts), dict(bank.holds), bank.supply, bank.ledger_head, len(bank.transactions)) == before
+    return caught.value
+
+
+@pytest.fixture
+def bank() -> MemoryLedger:
+    """vo-atlas (1000 credits; owner, manager, member, viewer) and site-north (owned by someone else)."""
+    bank = MemoryLedger(sign=sign, policy=BankPolicy(mint_approval_threshold=10_000,
+                                                     hold_duration_max_us=3600 * SECOND_US))
+    bank.run(CreateAccount(rid(), "vo-atlas", "atlas", OWNER.dn), principal=ADMIN, now_us=NOW_US)
+    for principal, role in ((MANAGER, Role.MANAGER), (MEMBER, Role.MEMBER), (VIEWER, Role.VIEWER)):
+        bank.run(SetHolder(rid(), "vo-atlas", principal.dn, role), principal=OWNER, now_us=NOW_US)
+    bank.run(CreateAccount(rid(), "site-north", "north", "/DC=org/CN=Site Admin"), principal=ADMIN, now_us=NOW_US)
+    bank.run(Mint(rid(), "vo-atlas", 1000), principal=ADMIN, now_us=NOW_US)
+    return bank
+
+
+def hold(bank: MemoryLedger, amount: int = 100, principal: Principal = MEMBER, lifetime_us: int = 60 * SECOND_US,
+         collector: str | None = None) -> str:
+    outcome = bank.run(CreateHold(rid(), "vo-atlas", amount, NOW_US + lifetime_us, "job-1", collector),
+                       principal=principal, now_us=NOW_US)
+    return outcome.transaction.hold_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Accounts
+
+
+def test_create_account_and_balance(bank):
+    account = bank.accounts["vo-atlas"]
+    assert (account.balance, account.held, account.available, account.status) == (1000, 0, 1000, AccountStatus.OPEN)
+    assert [(holder.dn, holder.role) for holder in account.holders] == sorted(
+        [(OWNER.dn, Role.OWNER), (MANAGER.dn, Role.MANAGER), (MEMBER.dn, Role.MEMBER), (VIEWER.dn, Role.VIEWER)])
+    assert ledger.balance(account, "vo-atlas", principal=VIEWER) == ledger.Balance("vo-atlas", 1000, 0, 1000, 0)
+    with pytest.raises(DomainError) as caught:
+        ledger.balance(account, "vo-atlas", principal=STRANGER)
+    assert caught.value.code == "NotAuthorized"
+    refused("AccountExists", bank, CreateAccount(rid(), "vo-atlas", "atlas", OWNER.dn), ADMIN)
+    refused("InvalidArgument", bank, CreateAccount(rid(), "bad id!", "atlas", OWNER.dn), ADMIN)
+    refused("InvalidArgument", bank, CreateAccount(rid(), "x", "atlas", "/CN=a\nb"), ADMIN)
+    refused("InvalidAmount", bank, CreateAccount(rid(), "x", "atlas", OWNER.dn, -1), ADMIN)
+
+
+def test_holders(bank):
+    bank.run(SetHolder(rid(), "vo-atlas", STRANGER.dn, Role.VIEWER), principal=MANAGER, now_us=NOW_US)
+    assert bank.accounts["vo-atlas"].role_of(STRANGER.dn) is Role.VIEWER
+    refused("HolderUnchanged", bank, SetHolder(rid(), "vo-atlas", STRANGER.dn, Role.VIEWER), OWNER)
+    refused("NotAuthorized", bank, SetHolder(rid(), "vo-atlas", STRANGER.dn, Role.MANAGER), MANAGER)
+    refused("NotAuthorized", bank, RemoveHolder(rid(), "vo-atlas", OWNER.dn), MANAGER)
+    refused("LastOwner", bank, RemoveHolder(rid(), "vo-atlas", OWNER.dn), OWNER)
+    refused("LastOwner", bank, SetHolder(rid(), "vo-atlas", OWNER.dn, Role.MEMBER), OWNER)
+    refused("NotAHolder", bank, RemoveHolder(rid(), "vo-atlas", "/CN=nobody"), OWNER)
+    refused("UnknownAccount", bank, RemoveHolder(rid(), "vo-nowhere", MEMBER.dn), OWNER)
+    bank.run(RemoveHolder(rid(), "vo-atlas", STRANGER.dn), principal=MANAGER, now_us=NOW_US)
+    assert bank.accounts["vo-atlas"].role_of(STRANGER.dn) is None
+
+
+def test_status_frozen_and_closed(bank):
+    hold_id = hold(bank, 100)
+    bank.run(SetStatus(rid(), "vo-atlas", AccountStatus.FROZEN), principal=OWNER, now_us=NOW_US)
+    refused("AccountFrozen", bank, CreateHold(rid(), "vo-atlas", 1, NOW_US + SECOND_US), MEMBER)
+    refused("AccountFrozen", bank, Transfer(rid(), "vo-atlas", "site-north", 1), MEMBER)
+    refused("AccountFrozen", bank, ChargeHold(rid(), hold_id, "site-north", 1), MEMBER)
+    refused("AccountFrozen", bank, ExtendHold(rid(), hold_id, amount=200), MEMBER)
+    refused("NotAuthorized", bank, SetStatus(rid(), "vo-atlas", AccountStatus.OPEN), OWNER)  # only admins unfreeze
+    refused("StatusUnchanged", bank, SetStatus(rid(), "vo-atlas", AccountStatus.FROZEN), ADMIN)
+    bank.run(ReleaseHold(rid(), hold_id), principal=MEMBER, now_us=NOW_US)      # release still works
+    refused("AccountNotEmpty", bank, SetStatus(rid(), "vo-atlas", AccountStatus.CLOSED), OWNER)
+    bank.run(Retire(rid(), "vo-atlas", 1000), principal=ADMIN, now_us=NOW_US)
+    bank.run(SetStatus(rid(), "vo-atlas", AccountStatus.CLOSED), principal=OWNER, now_us=NOW_US)
+    refused("AccountClosed", bank, SetStatus(rid(), "vo-atlas", AccountStatus.OPEN), ADMIN)
+    refused("AccountClosed", bank, Mint(rid(), "vo-atlas", 5), ADMIN)
+    refused("AccountClosed", bank, Transfer(rid(), "site-north", "vo-atlas", 1),
+            Principal("/DC=org/CN=Site Admin"))
+
+
+def test_close_refused_with_active_hold(bank):
+    bank.run(Retire(rid(), "vo-atlas", 900), principal=ADMIN, now_us=NOW_US)
+    hold_id = hold(bank, 100)
+    bank.run(ChargeHold(rid(), hold_id, "site-north", 50), principal=MEMBER, now_us=NOW_US)
+    assert (bank.accounts["vo-atlas"].balance, bank.accounts["vo-atlas"].held) == (50, 50)
+    error = refused("AccountNotEmpty", bank, SetStatus(rid(), "vo-atlas", AccountStatus.CLOSED), ADMIN)
+    assert "50 credits are held" in str(error)
+
+
+def test_credit_limit_allows_overdraft_and_cannot_uncover_holds(bank):
+    bank.run(SetCreditLimit(rid(), "vo-atlas", 500), principal=ADMIN, now_us=NOW_US)
+    hold(bank, 1400)
+    assert bank.accounts["vo-atlas"].available == 100
+    refused("CreditLimitTooLow", bank, SetCreditLimit(rid(), "vo-atlas", 399), ADMIN)
+    bank.run(SetCreditLimit(rid(), "vo-atlas", 400), principal=ADMIN, now_us=NOW_US)
+    refused("InvalidAmount", bank, SetCreditLimit(rid(), "vo-atlas", -1), ADMIN)
+
+
+def test_spending_limit_per_period(bank):
+    period_us = 86_400 * SECOND_US
+    day_start_us = (NOW_US // period_us) * period_us
+    bank.run(SetSpendingLimit(rid(), "vo-atlas", 300, period_us), principal=MANAGER, now_us=NOW_US)
+    bank.run(Transfer(rid(), "vo-atlas", "site-north", 200), principal=MEMBER, now_us=NOW_US)
+    hold_id = hold(bank, 200)
+    error = refused("SpendingLimitExceeded", bank, ChargeHold(rid(), hold_id, "site-north", 101), MEMBER)
+    assert "200 already spent" in str(error) and "exceed it by 1" in str(error)
+    bank.run(ChargeHold(rid(), hold_id, "site-north", 100), principal=MEMBER, now_us=NOW_US)
+    refused("SpendingLimitExceeded", bank, Transfer(rid(), "vo-atlas", "site-north", 1), MEMBER)
+    next_day_us = day_start_us + period_us
+    bank.run(Transfer(rid(), "vo-atlas", "site-north", 300), principal=MEMBER, now_us=next_day_us)
+    assert bank.accounts["vo-atlas"].spent_at(next_day_us) == 300
+    refused("InvalidArgument", bank, SetSpendingLimit(rid(), "vo-atlas", 300, None), OWNER)
+    refused("InvalidArgument", bank, SetSpendingLimit(rid(), "vo-atlas", 300, 5), OWNER)
+    bank.run(SetSpendingLimit(rid(), "vo-atlas", None, None), principal=OWNER, now_us=next_day_us)
+    bank.run(Transfer(rid(), "vo-atlas", "site-north", 10), principal=MEMBER, now_us=next_day_us)
+
+
+# ---------------------------------------------------------------------------------------------
+# Money supply
+
+
+def test_mint_retire_and_supply(bank):
+    assert (bank.supply.issued, bank.supply.retired, bank.supply.outstanding) == (1000, 0, 1000)
+    bank.run(Retire(rid(), "vo-atlas", 400), principal=ADMIN, now_us=NOW_US)
+    assert bank.supply.outstanding == 600 and bank.accounts["vo-atlas"].balance == 600
+    hold(bank, 500)
+    error = refused("InsufficientFunds", bank, Retire(rid(), "vo-atlas", 101), ADMIN)
+    assert "short by 1" in str(error)
+    transaction = bank.transactions[-1]
+    assert transaction.kind is ledger.TransactionKind.HOLD
+
+
+def test_mint_above_threshold_needs_a_second_administrator(bank):
+    outcome = bank.run(Mint(rid(), "vo-atlas", 10_001), principal=ADMIN, now_us=NOW_US)
+    assert outcome.transaction.kind is ledger.TransactionKind.MINT_REQUEST
+    pending_id = outcome.transaction.pending_mint_id
+    assert bank.supply.issued == 1000 and bank.accounts["vo-atlas"].balance == 1000
+    refused("SecondAdministratorRequired", bank, ApproveMint(rid(), pending_id), ADMIN)
+    refused("NotAuthorized", bank, ApproveMint(rid(), pending_id), OWNER)
+    refused("UnknownPendingMint", bank, ApproveMint(rid(), "mint-0"), ADMIN_TWO)
+    approved = bank.run(ApproveMint(rid(), pending_id), principal=ADMIN_TWO, now_us=NOW_US).transaction
+    assert (approved.kind, approved.amount, approved.approver_dn) == (ledger.TransactionKind.MINT, 10_001,
+                                                                      ADMIN_TWO.dn)
+    assert bank.supply.issued == 11_001 and bank.accounts["vo-atlas"].balance == 11_001
+    refused("PendingMintEnded", bank, ApproveMint(rid(), pending_id), ADMIN_TWO)
+    bank.run(Mint(rid(), "vo-atlas", 10_000), principal=ADMIN, now_us=NOW_US)   # at the threshold: direct
+
+
+def test_supply_and_balance_bounds(bank):
+    for _ in range(1000):
+        bank.run(Mint(rid(), "vo-atlas", 10_000), principal=ADMIN, now_us=NOW_US)
+    big = MemoryLedger(sign=sign)
+    big.run(CreateAccount(rid(), "a", "p", OWNER.dn), principal=ADMIN, now_us=NOW_US)
+    big.supply = ledger.MoneySupply(issued=ledger.SUPPLY_MAX - 5)
+    refused("InvalidAmount", big, Mint(rid(), "a", 6), ADMIN)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transfers
+
+
+def test_transfer(bank):
+    bank.run(Transfer(rid(), "vo-atlas", "site-north", 250), principal=MEMBER, now_us=NOW_US)
+    assert (bank.accounts["vo-atlas"].balance, bank.accounts["site-north"].balance) == (750, 250)
+    error = refused("InsufficientFunds", bank, Transfer(rid(), "vo-atlas", "site-north", 751), MEMBER)
+    assert str(error) == "account vo-atlas has 750 credits available; the transfer needs 751 (short by 1)"
+    refused("InvalidArgument", bank, Transfer(rid(), "vo-atlas", "vo-atlas", 1), MEMBER)
+    refused("UnknownAccount", bank, Transfer(rid(), "vo-atlas", "nowhere", 1), MEMBER)
+
+
+# ---------------------------------------------------------------------------------------------
+# Holds
+
+
+def test_hold_refused_naming_the_shortfall(bank):
+    bank.run(Retire(rid(), "vo-atlas", 880), principal=ADMIN, now_us=NOW_US)
+    error = refused("InsufficientFunds", bank, CreateHold(rid(), "vo-atlas", 200, NOW_US + SECOND_US), MEMBER)
+    assert str(error) == "account vo-atlas has 120 credits available; the hold needs 200 (short by 80)"
+
+
+def test_hold_partial_charges_then_charged_out(bank):
+    hold_id = hold(bank, 100)
+    assert bank.accounts["vo-atlas"].held == 100 and bank.accounts["vo-atlas"].available == 900
+    bank.run(ChargeHold(rid(), hold_id, "site-north", 30), principal=MEMBER, now_us=NOW_US)
+    error = refused("ExceedsHold", bank, ChargeHold(rid(), hold_id, "site-north", 71), MEMBER)
+    assert "70 credits left" in str(error)
+    outcome = bank.run(ChargeHold(rid(), hold_id, "site-north", 70), principal=MEMBER, now_us=NOW_US)
+    assert outcome.transaction.hold_state is HoldState.CHARGED_OUT
+    assert bank.holds[hold_id].state is HoldState.CHARGED_OUT and bank.holds[hold_id].ended_seq == outcome.transaction.seq
+    assert (bank.accounts["vo-atlas"].balance, bank.accounts["vo-atlas"].held) == (900, 0)
+    assert bank.accounts["site-north"].balance == 100
+    refused("HoldEnded", bank, ChargeHold(rid(), hold_id, "site-north", 1), MEMBER)
+    refused("HoldEnded", bank, ReleaseHold(rid(), hold_id), MEMBER)
+    refused("HoldEnded", bank, ExpireHold(rid(), hold_id), ADMIN, NOW_US + 3600 * SECOND_US)
+    refused("InvalidArgument", bank, ChargeHold(rid(), hold(bank, 5), "vo-atlas", 1), MEMBER)
+
+
+def test_release_returns_the_remainder_once(bank):
+    hold_id = hold(bank, 100)
+    bank.run(ChargeHold(rid(), hold_id, "site-north", 40), principal=MEMBER, now_us=NOW_US)
+    outcome = bank.run(ReleaseHold(rid(), hold_id), principal=MEMBER, now_us=NOW_US)
+    assert (outcome.transaction.kind, outcome.transaction.amount) == (ledger.TransactionKind.RELEASE, 60)
+    assert (bank.accounts["vo-atlas"].balance, bank.accounts["vo-atlas"].held) == (960, 0)
+    refused("HoldEnded", bank, ReleaseHold(rid(), hold_id), MEMBER)
+
+
+def test_expiry_rule_is_now_at_or_after_expires_at(bank):
+    hold_id = hold(bank, 100, lifetime_us=10 * SECOND_US)
+    expires_at_us = NOW_US + 10 * SECOND_US
+    bank.run(ChargeHold(rid(), hold_id, "site-north", 10), principal=MEMBER, now_us=expires_at_us - 1)
+    refused("HoldNotExpired", bank, ExpireHold(rid(), hold_id), STRANGER, expires_at_us - 1)
+    # The sweep has not run, but the hold is expired from expires_at on: charges are refused.
+    error = refused("HoldExpired", bank, ChargeHold(rid(), hold_id, "site-north", 10), MEMBER, expires_at_us)
+    assert "expired" in str(error)
+    refused("HoldExpired", bank, ReleaseHold(rid(), hold_id), MEMBER, expires_at_us)
+    refused("HoldExpired", bank, ExtendHold(rid(), hold_id, expires_at_us=expires_at_us + SECOND_US), MEMBER,
+            expires_at_us)
+    outcome = bank.run(ExpireHold(rid(), hold_id), principal=STRANGER, now_us=expires_at_us + 5)
+    assert (outcome.transaction.kind, outcome.transaction.amount) == (ledger.TransactionKind.EXPIRE, 90)
+    assert bank.holds[hold_id].state is HoldState.EXPIRED and bank.accounts["vo-atlas"].held == 0
+    refused("HoldEnded", bank, ExpireHold(rid(), hold_id), ADMIN, expires_at_us + 10)
+    refused("HoldEnded", bank, ChargeHold(rid(), hold_id, "site-north", 1), MEMBER, expires_at_us + 10)
+
+
+def test_hold_expiry_bounds(bank):
+    refused("InvalidExpiry", bank, CreateHold(rid(), "vo-atlas", 1, NOW_US), MEMBER)
+    refused("InvalidExpiry", bank, CreateHold(rid(), "vo-atlas", 1, NOW_US - 1), MEMBER)
+    refused("InvalidExpiry", bank, CreateHold(rid(), "vo-atlas", 1, NOW_US + 3600 * SECOND_US + 1), MEMBER)
+    refused("InvalidArgument", bank, CreateHold(rid(), "vo-atlas", 1, NOW_US + 1, "x" * 257), MEMBER)
+    refused("UnknownAccount", bank, CreateHold(rid(), "nowhere", 1, NOW_US + 1), MEMBER)
+    refused("UnknownHold", bank, ChargeHold(rid(), "hold-77", "site-north", 1), MEMBER)
+    refused("UnknownHold", bank, ReleaseHold(rid(), "hold-77"), MEMBER)
+    refused("UnknownHold", bank, ExpireHold(rid(), "hold-77"), MEMBER)
+    refused("UnknownHold", bank, ExtendHold(rid(), "hold-77", amount=5), MEMBER)
+
+
+def test_extend(bank):
+    hold_id = hold(bank, 100, lifetime_us=10 * SECOND_US)
+    outcome = bank.run(ExtendHold(rid(), hold_id, expires_at_us=NOW_US + 20 * SECOND_US, amount=150),
+                       principal=MEMBER, now_us=NOW_US)
+    assert (outcome.transaction.amount, outcome.transaction.hold_amount) == (50, 150)
+    assert bank.holds[hold_id].expires_at_us == NOW_US + 20 * SECOND_US and bank.accounts["vo-atlas"].held == 150
+    only_later = bank.run(ExtendHold(rid(), hold_id, expires_at_us=NOW_US + 30 * SECOND_US),
+                          principal=MEMBER, now_us=NOW_US)
+    assert only_later.transaction.amount is None
+    refused("InvalidExpiry", bank, ExtendHold(rid(), hold_id, expires_at_us=NOW_US + 30 * SECOND_US), MEMBER)
+    refused("InvalidAmount", bank, ExtendHold(rid(), hold_id, amount=150), MEMBER)
+    refused("InvalidArgument", bank, ExtendHold(rid(), hold_id), MEMBER)
+    error = refused("InsufficientFunds", bank, ExtendHold(rid(), hold_id, amount=1001), MEMBER)
+    assert "short by 1" in str(error)
+    refused("InvalidExpiry", bank, ExtendHold(rid(), hold_id, expires_at_us=NOW_US + 3601 * SECOND_US), MEMBER)
+
+
+# ---------------------------------------------------------------------------------------------
+# Idempotency
+
+
+def test_retry_answers_the_original_and_reuse_is_refused(bank):
+    request = Transfer("pay-1", "vo-atlas", "site-north", 100)
+    first = bank.run(request, principal=MEMBER, now_us=NOW_US)
+    again = bank.run(request, principal=MEMBER, now_us=NOW_US + 99 * SECOND_US)
+    assert again.replayed and again.transaction == first.transaction
+    assert bank.accounts["vo-atlas"].balance == 900 and len(bank.transactions) == first.transaction.seq
+    error = refused("RequestIdReused", bank, Transfer("pay-1", "vo-atlas", "site-north", 101), MEMBER)
+    assert "pay-1" in str(error)
+    refused("RequestIdReused", bank, Mint("pay-1", "vo-atlas", 100), MEMBER)
+    # Request ids are per caller: another caller's id does not collide (nor read the first answer).
+    other = bank.run(Transfer("pay-1", "vo-atlas", "site-north", 100), principal=OWNER, now_us=NOW_US)
+    assert not other.replayed and other.transaction.seq == first.transaction.seq + 1
+
+
+def test_refused_request_is_not_recorded(bank):
+    request = Transfer("pay-2", "vo-atlas", "site-north", 5000)
+    refused("InsufficientFunds", bank, request, MEMBER)
+    bank.run(Mint(rid(), "vo-atlas", 5000), principal=ADMIN, now_us=NOW_US)
+    assert not bank.run(request, principal=MEMBER, now_us=NOW_US).replayed
+
+
+def test_charge_retry_charges_once(bank):
+    hold_id = hold(bank, 100)
+    request = ChargeHold("charge-1", hold_id, "site-north", 60)
+    for _ in range(3):
+        bank.run(request, principal=MEMBER, now_us=NOW_US)
+    assert bank.holds[hold_id].charged == 60 and bank.accounts["site-north"].balance == 60
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad amounts: zero, negative, overflow, not an integer — refused for every operation that takes one
+
+BAD_AMOUNTS = [0, -1, -10**15, 10**15 + 1, 2**64, 2**200, 1.5, 100.0, True, "100", None]
+
+
+@pytest.mark.parametrize("amount", BAD_AMOUNTS, ids=repr)
+@pytest.mark.parametrize("operation", ["mint", "retire", "transfer", "hold", "extend", "charge"])
+def test_bad_amounts_are_refused(bank, operation, amount):
+    hold_id = hold(bank, 100)
+    request, principal = {
+        "mint": (Mint(rid(), "vo-atlas", amount), ADMIN),
+        "retire": (Retire(rid(), "vo-atlas", amount), ADMIN),
+        "transfer": (Transfer(rid(), "vo-atlas", "site-north", amount), MEMBER),
+        "hold": (CreateHold(rid(), "vo-atlas", amount, NOW_US + SECOND_US), MEMBER),
+        "extend": (ExtendHold(rid(), hold_id, amount=amount), MEMBER),
+        "charge": (ChargeHold(rid(), hold_id, "site-north", amount), MEMBER),
+    }[operation]
+    if operation == "extend" and amount is None:
+        refused("InvalidArgument", bank, request, principal)
+    else:
+        refused("InvalidAmount", bank, request, principal)
+
+
+def test_the_largest_amount_is_accepted(bank):
+    big = MemoryLedger(sign=sign)
+    big.run(CreateAccount(rid(), "a", "p", OWNER.dn), principal=ADMIN, now_us=NOW_US)
+    big.run(Mint(rid(), "a", ledger.AMOUNT_MAX), principal=ADMIN, now_us=NOW_US)
+    assert big.accounts["a"].balance == 10**15
+
+
+# ---------------------------------------------------------------------------------------------
+# Authorization matrix: every operation × every kind of caller
+
+ALL = set(ROLES)
+
+
+def _operation_cases():
+    """name → (allowed caller names, function(bank) -> request)."""
+
+    def unfreeze(bank):
+        bank.run(SetStatus(rid(), "vo-atlas", AccountStatus.FROZEN), principal=ADMIN, now_us=NOW_US)
+        return SetStatus(rid(), "vo-atlas", AccountStatus.OPEN)
+
+    def due_hold(bank):
+        hold_id = hold(bank, 10, lifetime_us=SECOND_US)
+        return ExpireHold(rid(), hold_id)
+
+    return {
+        "create-account": ({"admin"}, lambda bank: CreateAccount(rid(), "vo-new", "new", OWNER.dn)),
+        "set-holder-member": ({"owner", "manager", "admin"},
+                              lambda bank: SetHolder(rid(), "vo-atlas", "/CN=new", Role.MEMBER)),
+        "set-holder-manager": ({"owner", "admin"}, lambda bank: SetHolder(rid(), "vo-atlas", "/CN=new", Role.MANAGER)),
+        "promote-member-to-owner": ({"owner", "admin"},
+                                    lambda bank: SetHolder(rid(), "vo-atlas", MEMBER.dn, Role.OWNER)),
+        "remove-viewer": ({"owner", "manager", "admin"}, lambda bank: RemoveHolder(rid(), "vo-atlas", VIEWER.dn)),
+        "remove-manager": ({"owner", "admin"}, lambda bank: RemoveHolder(rid(), "vo-atlas", MANAGER.dn)),
+        "freeze": ({"owner", "admin"}, lambda bank: SetStatus(rid(), "vo-atlas", AccountStatus.FROZEN)),
+        "unfreeze": ({"admin"}, unfreeze),
+        "set-credit-limit": ({"admin"}, lambda bank: SetCreditLimit(rid(), "vo-atlas", 50)),
+        "set-spending-limit": ({"owner", "manager", "admin"},
+                               lambda bank: SetSpendingLimit(rid(), "vo-atlas", 50, 3600 * SECOND_US)),
+        "mint": ({"admin"}, lambda bank: Mint(rid(), "vo-atlas", 5)),
+        "retire": ({"admin"}, lambda bank: Retire(rid(), "vo-atlas", 5)),
+        "transfer": ({"owner", "manager", "member"}, lambda bank: Transfer(rid(), "vo-atlas", "site-north", 5)),
+        "hold": ({"owner", "manager", "member"},
+                 lambda bank: CreateHold(rid(), "vo-atlas", 5, NOW_US + SECOND_US)),
+        # A hold the member created: its creator and the account's owner and manager control it.
+        "extend": ({"owner", "manager", "member"}, lambda bank: ExtendHold(rid(), hold(bank), amount=150)),
+        "charge": ({"owner", "manager", "member"}, lambda bank: ChargeHold(rid(), hold(bank), "site-north", 5)),
+        "release": ({"owner", "manager", "member", "admin"}, lambda bank: ReleaseHold(rid(), hold(bank))),
+        "expire-when-due": (ALL, due_hold),
+    }
+
+
+OPERATIONS = _operation_cases()
+
+
+@pytest.mark.parametrize("caller", sorted(ROLES))
+@pytest.mark.parametrize("operation", sorted(OPERATIONS))
+def test_authorization_matrix(bank, operation, caller):
+    allowed, make = OPERATIONS[operation]
+    request = make(bank)
+    now_us = NOW_US + 2 * SECOND_US if operation == "expire-when-due" else NOW_US
+    if caller in allowed:
+        outcome = bank.run(request, principal=ROLES[caller], now_us=now_us)
+        assert outcome.transaction.principal_dn == ROLES[caller].dn
+    else:
+        error = refused("NotAuthorized", bank, request, ROLES[caller], now_us)
+        assert ROLES[caller].dn in str(error)
+
+
+def test_approve_mint_matrix(bank):
+    for caller in sorted(ROLES):
+        pending_id = bank.run(Mint(rid(), "vo-atlas", 20_000), principal=ADMIN_TWO,
+                              now_us=NOW_US).transaction.pending_mint_id
+        if caller == "admin":
+            bank.run(ApproveMint(rid(), pending_id), principal=ADMIN, now_us=NOW_US)
+        else:
+            refused("NotAuthorized", bank, ApproveMint(rid(), pending_id), ROLES[caller])
+
+
+def test_service_identity_controls_only_holds_it_created_or_collects(bank):
+    bank.run(SetHolder(rid(), "vo-atlas", SERVICE.dn, Role.MEMBER), principal=OWNER, now_us=NOW_US)
+    own = hold(bank, 100, principal=SERVICE)
+    bank.run(ChargeHold(rid(), own, "site-north", 10), principal=SERVICE, now_us=NOW_US)
+    bank.run(ReleaseHold(rid(), own), principal=SERVICE, now_us=NOW_US)
+    refused("NotAuthorized", bank, Transfer(rid(), "vo-atlas", "site-north", 1), SERVICE)  # pays only via holds
+    collected = hold(bank, 100, principal=MEMBER, collector=SERVICE.dn)
+    bank.run(ChargeHold(rid(), collected, "site-north", 100), principal=SERVICE, now_us=NOW_US)
+    others = hold(bank, 100, principal=MEMBER)
+    refused("NotAuthorized", bank, ChargeHold(rid(), others, "site-north", 1), SERVICE)
+    refused("NotAuthorized", bank, ReleaseHold(rid(), others), SERVICE)
+    # Even as an owner of the account, a service identity acts only on its own holds.
+    bank.run(SetHolder(rid(), "vo-atlas", SERVICE.dn, Role.OWNER), principal=OWNER, now_us=NOW_US)
+    refused("NotAuthorized", bank, ChargeHold(rid(), others, "site-north", 1), SERVICE)
+    # A member may not charge another member's hold; the manager may.
+    bank.run(SetHolder(rid(), "vo-atlas", STRANGER.dn, Role.MEMBER), principal=OWNER, now_us=NOW_US)
+    refused("NotAuthorized", bank, ChargeHold(rid(), others, "site-north", 1), STRANGER)
+    bank.run(ChargeHold(rid(), others, "site-north", 1), principal=MANAGER, now_us=NOW_US)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hash chain and canonical form
+
+
+def test_canonical_bytes_and_hash_are_as_documented(bank):
+    transaction = bank.transactions[-1]
+    body = {name: (value.value if hasattr(value, "value") else value)
+            for name, value in ((field.name, getattr(transaction, field.name))
+                                for field in dataclasses.fields(transaction))
+            if value is not None and name not in ("hash", "signature")}
+    expected = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    assert ledger.canonical_bytes(transaction) == expected
+    assert transaction.hash == hashlib.sha256(expected).hexdigest()
+    assert transaction.prev_hash == bank.transactions[-2].hash and bank.transactions[0].prev_hash == "0" * 64
+    assert verify(ledger.signing_input(transaction.hash), base64.b64decode(transaction.signature))
+    assert [transaction.seq for transaction in bank.transactions] == list(range(1, len(bank.transactions) + 1))
+
+
+def test_ed25519_signing_and_audit():
+    key = Ed25519PrivateKey.generate()
+    public = key.public_key()
+
+    def ed_verify(message: bytes, signature: bytes) -> bool:
+        try:
+            public.verify(signature, message)
+            return True
+        except InvalidSignature:
+            return False
+
+    bank = MemoryLedger(sign=key.sign)
+    bank.run(CreateAccount(rid(), "a", "p", OWNER.dn), principal=ADMIN, now_us=NOW_US)
+    bank.run(Mint(rid(), "a", 10), principal=ADMIN, now_us=NOW_US)
+    report = bank.audit(ed_verify, signature_check_interval=1)
+    assert report.clean and report.signatures_checked == 2
+    other_key = Ed25519PrivateKey.generate()
+    forged = dataclasses.replace(bank.transactions[1], signature=base64.b64encode(
+        other_key.sign(ledger.signing_input(bank.transactions[1].hash))).decode())
+    bank.transactions[1] = forged
+    assert bank.audit(ed_verify).seqs("bad-signature") == {2}
+
+
+# ---------------------------------------------------------------------------------------------
+# Audit: tampering behind the bank's back is named by seq
+
+
+@pytest.fixture
+def busy_bank(bank) -> MemoryLedger:
+    bank.run(SetCreditLimit(rid(), "vo-atlas", 100), principal=ADMIN, now_us=NOW_US)
+    for number in range(10):
+        hold_id = hold(bank, 50)
+        bank.run(ChargeHold(rid(), hold_id, "site-north", 20), principal=MEMBER, now_us=NOW_US)
+        if number % 2:
+            bank.run(ReleaseHold(rid(), hold_id), principal=MEMBER, now_us=NOW_US)
+        else:
+            bank.run(ChargeHold(rid(), hold_id, "site-north", 30), principal=MEMBER, now_us=NOW_US)
+        bank.run(Transfer(rid(), "vo-atlas", "site-north", 3), principal=MEMBER, now_us=NOW_US)
+    hold(bank, 40)
+    bank.run(Retire(rid(), "site-north", 5), principal=ADMIN, now_us=NOW_US)
+    report = bank.audit(verify)
+    assert report.clean, report.findings
+    assert report.transaction_count == len(bank.transactions) > 40
+    return bank
+
+
+def audit_of(bank: MemoryLedger, transactions=None, **options) -> ledger.AuditReport:
+    return ledger.audit(bank.transactions if transactions is None else transactions, bank.accounts.values(),
+                        bank.holds.values(), bank.supply, verify, head=bank.ledger_head, **options)
+
+
+def test_audit_names_an_edited_transaction(busy_bank):
+    transactions = list(busy_bank.transactions)
+    transactions[19] = dataclasses.replace(transactions[19], amount=transactions[19].amount + 1)
+    report = audit_of(busy_bank, transactions)
+    assert report.seqs("edited") == {20}
+    assert not report.clean
+
+
+def test_audit_names_an_edit_with_recomputed_hash(busy_bank):
+    transactions = list(busy_bank.transactions)
+    edited = dataclasses.replace(transactions[19], amount=transactions[19].amount + 1)
+    transactions[19] = dataclasses.replace(edited, hash=ledger.transaction_hash(edited))
+    report = audit_of(busy_bank, transactions, signature_check_interval=1000)
+    assert report.seqs("bad-signature") == {20}
+    assert report.seqs("chain-broken") == {21}
+    assert not report.seqs("edited")
+
+
+def test_audit_names_a_rechained_forgery_between_checkpoints(busy_bank):
+    """Edit one transaction and recompute every hash after it: only signatures can tell."""
+    transactions = list(busy_bank.transactions)
+    previous_hash = transactions[9].hash
+    for index in range(10, len(transactions)):
+        changed = dataclasses.replace(transactions[index], prev_hash=previous_hash, hash="")
+        if index == 10:
+            changed = dataclasses.replace(changed, principal_dn="/CN=Mallory")
+        digest = ledger.transaction_hash(changed)
+        transactions[index] = dataclasses.replace(changed, hash=digest)
+        previous_hash = digest
+    report = ledger.audit(transactions, busy_bank.accounts.values(), busy_bank.holds.values(), busy_bank.supply,
+                          verify, head=ledger.LedgerHead(transactions[-1].seq, transactions[-1].hash),
+                          signature_check_interval=1000)
+    assert report.seqs("bad-signature") == set(range(11, len(transactions) + 1))
+    assert not report.seqs("edited") and not report.seqs("chain-broken")
+
+
+def test_audit_names_a_deleted_transaction(busy_bank):
+    transactions = [transaction for transaction in busy_bank.transactions if transaction.seq != 17]
+    report = audit_of(busy_bank, transactions)
+    assert report.seqs("deleted") == {17}
+    assert not report.seqs("edited") and not report.seqs("reordered") and not report.seqs("inserted")
+
+
+def test_audit_names_deleted_transactions_at_the_end(busy_bank):
+    transactions = busy_bank.transactions[:-2]
+    report = audit_of(busy_bank, transactions)
+    assert report.seqs("deleted") == {len(busy_bank.transactions) - 1}
+    assert any("ledger head" in finding.message for finding in report.findings)
+
+
+def test_audit_names_reordered_transactions(busy_bank):
+    transactions = list(busy_bank.transactions)
+    transactions[24], transactions[25] = transactions[25], transactions[24]
+    report = audit_of(busy_bank, transactions)
+    assert report.seqs("reordered") == {25}
+    assert not report.seqs("deleted") and not report.seqs("edited")
+
+
+def test_audit_names_renumbered_reordering(busy_bank):
+    """Swap the contents of two documents and renumber them, as a store edit by id would."""
+    transactions = list(busy_bank.transactions)
+    first, second = transactions[24], transactions[25]
+    transactions[24] = dataclasses.replace(second, seq=first.seq)
+    transactions[25] = dataclasses.replace(first, seq=second.seq)
+    report = audit_of(busy_bank, transactions)
+    assert report.seqs("edited") == {25, 26}
+
+
+def test_audit_names_an_inserted_transaction(busy_bank):
+    transactions = list(busy_bank.transactions)
+    copy = dataclasses.replace(transactions[29], amount=1)
+    copy = dataclasses.replace(copy, hash=ledger.transaction_hash(copy))
+    transactions.insert(30, copy)
+    report = audit_of(busy_bank, transactions)
+    assert report.seqs("inserted") == {30}
+    assert 30 in report.seqs("bad-signature")
+
+
+def test_audit_names_a_forged_appended_transaction(busy_bank):
+    head = busy_bank.ledger_head
+    forged = ledger.Transaction(seq=head.seq + 1, kind=ledger.TransactionKind.MINT, at_us=NOW_US,
+                                request_id="x", principal_dn=ADMIN.dn, account_id="vo-atlas", amount=10**6)
+    forged, _ = ledger.seal(forged, head, lambda message: b"not the bank's key")
+    report = audit_of(busy_bank, [*busy_bank.transactions, forged])
+    assert report.seqs("bad-signature") == {forged.seq}
+
+
+def test_audit_detects_broken_invariants(busy_bank):
+    bank = busy_bank
+    account = bank.accounts["site-north"]
+    bank.accounts["site-north"] = dataclasses.replace(account, balance=account.balance + 1)
+    messages = [finding.message for finding in bank.audit(verify).findings]
+    assert any("differs from its transactions" in message for message in messages)
+    assert any("balances add up to" in message for message in messages)
+    bank.accounts["site-north"] = account
+
+    bank.supply = dataclasses.replace(bank.supply, issued=bank.supply.issued + 7)
+    assert any("money supply document" in finding.message for finding in bank.audit(verify).findings)
+    bank.supply = dataclasses.replace(bank.supply, issued=bank.supply.issued - 7)
+
+    some_hold = next(hold for hold in bank.holds.values() if hold.state is HoldState.RELEASED)
+    bank.holds[some_hold.hold_id] = dataclasses.replace(some_hold, charged=some_hold.amount + 1)
+    assert any(f"hold {some_hold.hold_id} is charged" in finding.message for finding in bank.audit(verify).findings)
+    bank.holds[some_hold.hold_id] = some_hold
+
+    atlas = bank.accounts["vo-atlas"]
+    bank.accounts["vo-atlas"] = dataclasses.replace(atlas, held=atlas.balance + atlas.credit_limit + 1)
+    assert any("more than balance" in finding.message for finding in bank.audit(verify).findings)
+    bank.accounts["vo-atlas"] = atlas
+    assert bank.audit(verify).clean
+
+
+def test_audit_detects_a_hold_ended_twice_even_when_signed(busy_bank):
+    """A buggy (or malicious) bank signs a second end of the same hold: the replay catches it."""
+    bank = busy_bank
+    released = next(hold for hold in bank.holds.values() if hold.state is HoldState.RELEASED)
+    again = ledger.Transaction(seq=bank.ledger_head.seq + 1, kind=ledger.TransactionKind.RELEASE, at_us=NOW_US,
+                               request_id="again", principal_dn=MEMBER.dn, account_id=released.account_id,
+                               amount=released.remaining, hold_id=released.hold_id,
+                               hold_state=HoldState.RELEASED)
+    again, head = ledger.seal(again, bank.ledger_head, sign)
+    report = ledger.audit([*bank.transactions, again], bank.accounts.values(), bank.holds.values(), bank.supply,
+                          verify, head=head)
+    assert any(finding.seq == again.seq and "again" in finding.message for finding in report.findings)
+
+
+def test_audit_over_xml_documents(busy_bank):
+    stored = [documents.to_xml(transaction) for transaction in busy_bank.transactions]
+    stored[5] = stored[5].replace(b"<amount>1000</amount>", b"<amount>1001</amount>")
+    report = ledger.audit(documents.transactions_from_xml(stored), busy_bank.accounts.values(),
+                          busy_bank.holds.values(), busy_bank.supply, verify, head=busy_bank.ledger_head)
+    assert report.seqs("edited") == {6}
+
+
+def test_audit_speed():
+    """Hashing dominates: well under 60 µs per transaction (1,000,000 in under 60 s)."""
+    bank = MemoryLedger(sign=sign)
+    bank.run(CreateAccount(rid(), "a", "p", OWNER.dn), principal=ADMIN, now_us=NOW_US)
+    bank.run(CreateAccount(rid(), "b", "p", OWNER.dn), principal=ADMIN, now_us=NOW_US)
+    bank.run(Mint(rid(), "a", 10**12), principal=ADMIN, now_us=NOW_US)
+    for _ in range(3000):
+        hold_id = bank.run(CreateHold(rid(), "a", 100, NOW_US + SECOND_US, "job"), principal=OWNER,
+                           now_us=NOW_US).transaction.hold_id
+        bank.run(ChargeHold(rid(), hold_id, "b", 60), principal=OWNER, now_us=NOW_US)
+        bank.run(ReleaseHold(rid(), hold_id), principal=OWNER, now_us=NOW_US)
+    started = time.perf_counter()
+    report = bank.audit(verify)
+    elapsed_s = time.perf_counter() - started
+    assert report.clean
+    assert elapsed_s / report.transaction_count < 30e-6, elapsed_s
+
+
+# ---------------------------------------------------------------------------------------------
+# Documents
+
+
+def test_documents_round_trip_and_xpath(busy_bank):
+    bank = busy_bank
+    bank.run(Mint(rid(), "vo-atlas", 20_000), principal=ADMIN, now_us=NOW_US)
+    bank.run(SetSpendingLimit(rid(), "vo-atlas", 10, 60 * SECOND_US), principal=OWNER, now_us=NOW_US)
+    states = [*bank.accounts.values(), *bank.holds.values(), *bank.pending_mints.values(), bank.supply,
+              bank.ledger_head, *bank.request_records.values(), *bank.transactions]
+    assert bank.pending_mints
+    for state in states:
+        data = documents.to_xml(state)
+        assert documents.from_xml(data) == state
+        assert documents.from_xml(data, type(state)) == state
+    charges = [etree.fromstring(documents.to_xml(transaction)) for transaction in bank.transactions]
+    matching = [element for element in charges
+                if element.xpath("/t:Transaction[t:kind='charge' and t:amount > 25]", namespaces=documents.NAMESPACES)]
+    assert len(matching) == 5
+    atlas = etree.fromstring(documents.to_xml(bank.accounts["vo-atlas"]))
+    assert atlas.xpath("string(t:holders/t:holder[@role='owner'])", namespaces=documents.NAMESPACES) == OWNER.dn
+
+
+def test_documents_decoding_is_strict(bank):
+    data = documents.to_xml(bank.accounts["vo-atlas"])
+    with pytest.raises(StoreError):
+        documents.from_xml(data.replace(b"<balance>1000</balance>", b"<balance>1e3</balance>"))
+    with pytest.raises(StoreError):
+        documents.from_xml(data.replace(b"<status>open</status>", b"<status>opened</status>"))
+    with pytest.raises(StoreError):
+        documents.from_xml(data.replace(b"<balance>", b"<extra>1</extra><balance>"))
+    with pytest.raises(StoreError):
+        documents.from_xml(data.replace(b"<balance>1000</balance>", b""))
+    with pytest.raises(StoreError):
+        documents.from_xml(data, ledger.Hold)
+    with pytest.raises(StoreError):
+        documents.from_xml(b"<!DOCTYPE x [<!ENTITY e 'boom'>]><x>&e;</x>")
+    with pytest.raises(StoreError):
+        documents.from_xml(b"<Account xmlns='urn:other'/>")
