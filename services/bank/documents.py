@@ -18,6 +18,7 @@ import dataclasses
 import enum
 import functools
 import re
+import threading
 import types
 import typing
 from typing import Iterable, Iterator
@@ -93,61 +94,104 @@ def to_xml(state: object) -> bytes:
     return etree.tostring(to_element(state), encoding="UTF-8", xml_declaration=False)
 
 
-def _decode_value(value_type: type, text: str, where: str) -> object:
+def _integer_decoder(text: str, where: str) -> int:
+    if not _INTEGER.fullmatch(text):
+        raise StoreError(f"{where}: not an integer: {text!r}")
+    return int(text)
+
+
+def _string_decoder(text: str, where: str) -> str:
+    return text
+
+
+def _enum_decoder(enum_type: type[enum.Enum]):
+    members = {member.value: member for member in enum_type}
+
+    def decode(text: str, where: str) -> enum.Enum:
+        member = members.get(text)
+        if member is None:
+            raise StoreError(f"{where}: {text!r} is not one of {', '.join(members)}")
+        return member
+    return decode
+
+
+def _decoder(value_type: type):
     if value_type is int:
-        if not _INTEGER.fullmatch(text):
-            raise StoreError(f"{where}: not an integer: {text!r}")
-        return int(text)
+        return _integer_decoder
     if value_type is str:
-        return text
+        return _string_decoder
     if isinstance(value_type, type) and issubclass(value_type, enum.Enum):
-        try:
-            return value_type(text)
-        except ValueError:
-            raise StoreError(f"{where}: {text!r} is not one of "
-                             f"{', '.join(member.value for member in value_type)}") from None
-    raise StoreError(f"{where}: cannot decode values of type {value_type!r}")
+        return _enum_decoder(value_type)
+    if typing.get_origin(value_type) is tuple:
+        return None                        # holders: decoded by hand
+    raise TypeError(f"no decoder for {value_type!r}")
+
+
+@functools.cache
+def _decoding_table(cls: type) -> tuple[dict, tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """(tag → (field name, decoder, where), required (field, element) pairs, optional fields)."""
+    table = {_qualified(name): (field_name, _decoder(value_type), f"{cls.__name__}/{name}")
+             for field_name, name, value_type, _optional in _schema(cls)}
+    required = tuple((field_name, name) for field_name, name, _type, optional in _schema(cls) if not optional)
+    optional = tuple(field_name for field_name, _name, _type, is_optional in _schema(cls) if is_optional)
+    return table, required, optional
+
+
+_ROLE_DECODER = _enum_decoder(Role)
+_HOLDER_TAG = _qualified("holder")
+_NAMESPACE_PREFIX = "{" + NAMESPACE + "}"
 
 
 def from_element(root: etree._Element, expected: type | None = None) -> object:
-    if not isinstance(root.tag, str) or not root.tag.startswith("{" + NAMESPACE + "}"):
-        raise StoreError(f"not a bank document: root element {root.tag!r}")
-    local_name = root.tag[len(NAMESPACE) + 2:]
+    tag = root.tag
+    if not isinstance(tag, str) or not tag.startswith(_NAMESPACE_PREFIX):
+        raise StoreError(f"not a bank document: root element {tag!r}")
+    local_name = tag[len(_NAMESPACE_PREFIX):]
     cls = _TYPE_BY_ROOT.get(local_name)
     if cls is None or (expected is not None and cls is not expected):
         raise StoreError(f"expected a {expected.__name__ if expected else 'bank'} document, found {local_name}")
-    schema = {_qualified(name): (field_name, value_type) for field_name, name, value_type, _ in _schema(cls)}
+    table, required, optional = _decoding_table(cls)
     values: dict[str, object] = {}
     for child in root:
-        if not isinstance(child.tag, str):
-            continue                      # comments and processing instructions carry nothing
-        known = schema.get(child.tag)
+        known = table.get(child.tag)
         if known is None:
+            if not isinstance(child.tag, str):
+                continue                  # comments and processing instructions carry nothing
             raise StoreError(f"{local_name}: unknown element {child.tag}")
-        field_name, value_type = known
+        field_name, decode, where = known
         if field_name in values:
-            raise StoreError(f"{local_name}: element {child.tag} appears twice")
-        where = f"{local_name}/{element_name(field_name)}"
-        if field_name == "holders":
+            raise StoreError(f"{where} appears twice")
+        if decode is None:
             holders = []
             for holder in child:
                 if not isinstance(holder.tag, str):
                     continue
-                if holder.tag != _qualified("holder"):
+                if holder.tag != _HOLDER_TAG:
                     raise StoreError(f"{where}: unknown element {holder.tag}")
-                holders.append(Holder(holder.text or "", _decode_value(Role, holder.get("role", ""), where)))
+                holders.append(Holder(holder.text or "", _ROLE_DECODER(holder.get("role", ""), where)))
             values[field_name] = tuple(holders)
         else:
-            values[field_name] = _decode_value(value_type, child.text or "", where)
-    for field_name, name, _value_type, optional in _schema(cls):
+            values[field_name] = decode(child.text or "", where)
+    for field_name, name in required:
         if field_name not in values:
-            if not optional:
-                raise StoreError(f"{local_name}: required element {name} is missing")
-            values[field_name] = None
+            raise StoreError(f"{local_name}: required element {name} is missing")
+    for field_name in optional:
+        values.setdefault(field_name, None)
     return cls(**values)
 
 
+_local = threading.local()
+
+
 def _parser() -> etree.XMLParser:
+    """One parser per thread (lxml parsers are not thread-safe; making one per call is slow)."""
+    parser = getattr(_local, "parser", None)
+    if parser is None:
+        parser = _local.parser = _new_parser()
+    return parser
+
+
+def _new_parser() -> etree.XMLParser:
     return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
                            huge_tree=False, remove_blank_text=True, collect_ids=False)
 

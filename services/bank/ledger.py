@@ -249,7 +249,8 @@ class RequestRecord:
     request_id: str
     principal_dn: str
     request_hash: str
-    transaction_seq: int                 # the first answer
+    transaction_seq: int                 # the first answer: that transaction, immutable
+    transaction_hash: str                # …and its hash, to check the answer loaded on a retry
     recorded_at_us: int
 
 
@@ -1148,8 +1149,8 @@ def execute(view: LedgerView, request: Request, *, principal: Principal, now_us:
                                              f"{principal.dn} for a different request "
                                              f"(transaction {record.transaction_seq})")
         original = view.transaction(record.transaction_seq)
-        invariant(original is not None and original.request_id == request.request_id,
-                  "a request record points at its transaction")
+        invariant(original is not None and original.hash == record.transaction_hash
+                  and original.request_id == request.request_id, "a request record points at its transaction")
         return Outcome(transaction=original, replayed=True)
     head = view.head()
     entry, changes = _apply(view, request, principal, now_us, head.seq + 1, policy)
@@ -1157,7 +1158,7 @@ def execute(view: LedgerView, request: Request, *, principal: Principal, now_us:
     return Outcome(transaction=transaction, replayed=False, head=new_head,
                    request_record=RequestRecord(key=key, request_id=request.request_id, principal_dn=principal.dn,
                                                 request_hash=digest, transaction_seq=transaction.seq,
-                                                recorded_at_us=now_us),
+                                                transaction_hash=transaction.hash, recorded_at_us=now_us),
                    **changes)
 
 
