@@ -399,12 +399,14 @@ class BankMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.sent)
     @rule(index=indices)
     def retry_same_request(self, index) -> None:
+        """A retry answers the original transaction and appends nothing; a refused one is re-evaluated."""
         principal, request, operation, arguments = self.sent[index % len(self.sent)]
+        key = (principal.dn, request.request_id)
+        answered_before = key in self.answers
         transactions_before = len(self.real.transactions)
         self.send(principal, request, operation, *arguments, remember=False)
-        key = (principal.dn, request.request_id)
-        if key in self.answers and len(self.real.transactions) == transactions_before:
-            pass  # answered from the record, nothing appended (checked in send)
+        if answered_before:
+            assert len(self.real.transactions) == transactions_before
 
     @precondition(lambda self: self.sent)
     @rule(index=indices, amount=good_amounts)

@@ -72,7 +72,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Protocol
+from typing import Callable, Iterable, Protocol
 
 from gridcredit.errors import DomainError, invariant
 
