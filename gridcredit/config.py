@@ -61,7 +61,11 @@ class StoreConfig:
 @dataclass(frozen=True, slots=True)
 class BankConfig:
     admins: tuple[str, ...] = ()        # DNs of bank administrators, grid one-line form
+    auditors: tuple[str, ...] = ()      # DNs that may run the online audit besides administrators
+    services: tuple[str, ...] = ()      # service identities (JARM, auctioneer hosts): act only on holds they made
     approval_above: int = 0             # mints above this need a second administrator (0: never)
+    hold_days_max: int = 31             # the longest a hold may run
+    expiry_sweep_s: int = 5             # how often expired holds are returned
 
 
 @dataclass(frozen=True, slots=True)

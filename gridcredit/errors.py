@@ -72,9 +72,10 @@ class RemoteFault(GridcreditError):
     """A SOAP fault received by a client: ``faultcode`` as sent (e.g. ``wsse:FailedCheck``), ``code`` the reason."""
 
     def __init__(self, faultcode: str, message: str, code: str | None = None) -> None:
-        super().__init__(f"{message} [{code or faultcode}]")
+        # faultcode "prefix:Client.InsufficientFunds" → code "InsufficientFunds"; "wsse:FailedCheck" → "FailedCheck"
+        self.code = code or faultcode.split(":")[-1].split(".")[-1]
+        super().__init__(f"{message} [{self.code}]")
         self.faultcode = faultcode
-        self.code = code or faultcode.split(":")[-1]
         self.text = message
 
 

@@ -31,9 +31,11 @@ from .errors import SecurityError
 from .security.wssec import SOAP11_NS, Signer, VerifiedMessage, Verifier, VerifyPolicy
 from .security.xmlparse import ParseLimits
 from .soapfault import fault_envelope, security_fault
-from .services.common import PRINCIPAL_ENVIRON_KEY
+from .services.common import PRINCIPAL_ENVIRON_KEY, RUNTIME_ENVIRON_KEY
 
 log = logging.getLogger("gridcredit.host")
+# spyne logs every client fault with a stack trace; our one line per request says what happened.
+logging.getLogger("spyne.application.client").setLevel(logging.CRITICAL)
 
 SERVICE_MODULES = {
     "bank": "gridcredit.services.bank.service",
@@ -74,8 +76,9 @@ class _Endpoint:
 class SignedSoapHost:
     """The WSGI application. ``signer`` signs responses; ``verifier`` checks requests."""
 
-    def __init__(self, *, signer: Signer, verifier: Verifier, request_bytes_max: int,
+    def __init__(self, *, signer: Signer, verifier: Verifier, request_bytes_max: int, runtime=None,
                  services: tuple[str, ...] = tuple(SERVICE_MODULES)) -> None:
+        self._runtime = runtime
         self._signer = signer
         self._verifier = verifier
         self._request_bytes_max = request_bytes_max
@@ -84,6 +87,10 @@ class SignedSoapHost:
             application = build_application(name)
             self._endpoints[name] = _Endpoint(name, application, WsgiApplication(application, max_content_length=request_bytes_max), {})
         self._wsdl_lock = threading.Lock()
+
+    def close(self) -> None:
+        if self._runtime is not None:
+            self._runtime.close()
 
     # -- WSGI entry point ------------------------------------------------------------------------
     def __call__(self, environ, start_response):
@@ -151,6 +158,7 @@ class SignedSoapHost:
         inner["CONTENT_TYPE"] = _SOAP_CONTENT_TYPE
         inner["QUERY_STRING"] = ""
         inner[PRINCIPAL_ENVIRON_KEY] = verified.principal
+        inner[RUNTIME_ENVIRON_KEY] = self._runtime
         captured: dict = {}
 
         def capture(status, headers, exc_info=None):
@@ -217,8 +225,12 @@ def build_host(config: Config, files: HostFiles) -> SignedSoapHost:
     trust = TrustStore.from_directory(files.trust_dir, require_crl=security.require_crl)
     verifier = Verifier(trust=trust, policy=policy,
                         replay_cache=SqliteReplayCache(replay_path))
+    from .runtime import build_runtime
+
+    runtime = build_runtime(config)
+    runtime.start_background_work()
     return SignedSoapHost(signer=Signer(credential, ttl_s=security.timestamp_ttl_s), verifier=verifier,
-                          request_bytes_max=config.server.request_bytes_max)
+                          request_bytes_max=config.server.request_bytes_max, runtime=runtime)
 
 
 def tls_context(config: Config, files: HostFiles) -> ssl.SSLContext:
@@ -281,13 +293,28 @@ def run_worker(config: Config, files: HostFiles, ready: "threading.Event | None"
     server.prepare()
     if ready is not None:
         ready.set()
-    server.serve()
+    try:
+        server.serve()
+    finally:
+        if hasattr(host, "close"):
+            host.close()
+
+
+def prepare_state(config: Config) -> None:
+    """Once, before the workers start: the ledger key exists and the store has recovered."""
+    from .runtime import ledger_key_path
+    from .services.bank.bank import LedgerKey
+    from .xmlstore import open_store
+
+    LedgerKey.load_or_create(ledger_key_path(config))
+    open_store(config.store, config.state_path).close()  # opening checks the store and repairs it
 
 
 def serve(config: Config, files: HostFiles, *, build=None) -> int:
     """Start ``config.server.workers`` worker processes on one listening socket; restart any that dies."""
     workers_wanted = max(1, config.server.workers)
     listener = listening_socket(config)
+    prepare_state(config)
     children: dict[int, int] = {}
     stopping = False
 

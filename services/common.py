@@ -5,9 +5,14 @@ into the WSGI environment after WS-Security verification, so no service parses h
 """
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 
-from spyne import Boolean, ComplexModel, DateTime, Unicode, rpc
+from spyne import Boolean, ComplexModel, DateTime, Fault, ServiceBase, Unicode, rpc
+
+from gridcredit.errors import DomainError, QueryError, StoreError
+
+log = logging.getLogger("gridcredit.services")
 
 COMMON_NS = "urn:gridcredit:common:1"
 PRINCIPAL_ENVIRON_KEY = "gridcredit.principal"
@@ -47,3 +52,48 @@ def whoami_operation(service_name: str):
                         service=service_name, server_time=datetime.now(timezone.utc))
 
     return whoami
+
+
+# ---------------------------------------------------------------------------------------------
+# What every operation shares: the runtime of this worker, the caller as the bank sees it, and
+# the one table that turns refusals into SOAP faults.
+
+RUNTIME_ENVIRON_KEY = "gridcredit.runtime"
+
+
+def runtime_of(ctx):
+    """This worker's ``gridcredit.runtime.Runtime`` (configuration, store, bank…)."""
+    return ctx.transport.req_env[RUNTIME_ENVIRON_KEY]
+
+
+def bank_principal_of(ctx, *, mutating: bool = False):
+    """The verified caller as the ledger sees it: administrator or service identity by configuration.
+
+    A limited proxy (made for data transfer, RFC 3820 / Globus) may read but never move money.
+    """
+    from gridcredit.services.bank.ledger import Principal as BankPrincipal
+
+    principal = principal_of(ctx)
+    if mutating and principal.limited:
+        raise DomainError("a limited proxy may not change the ledger; use a full proxy or your certificate",
+                          "NotAuthorized")
+    bank = runtime_of(ctx).config.bank
+    return BankPrincipal(dn=principal.dn, is_administrator=principal.dn in bank.admins,
+                         is_service=principal.dn in bank.services)
+
+
+class GridcreditService(ServiceBase):
+    """Base of our spyne services: refusals become client faults with their reason code."""
+
+    @classmethod
+    def call_wrapper(cls, ctx, args=None):
+        try:
+            return super().call_wrapper(ctx, args)
+        except DomainError as error:
+            raise Fault(faultcode=f"Client.{error.code}", faultstring=str(error)) from None
+        except QueryError as error:
+            raise Fault(faultcode="Client.InvalidQuery", faultstring=str(error)) from None
+        except StoreError as error:
+            log.error("store failure in %s: %s", ctx.method_name, error)
+            raise Fault(faultcode="Server.StoreUnavailable",
+                        faultstring="the service's store failed; the request was not applied, retry later") from None

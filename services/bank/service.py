@@ -1,17 +1,290 @@
-"""The SOAP face of the Bank service: thin operations over its core (see SPEC)."""
+"""The SOAP face of the Bank: thin operations over ``bank.Bank`` (see SPEC §2).
+
+Each operation decodes its arguments into a ledger request, runs it as the verified caller and
+maps the result. Response types are generated from the ledger's own dataclasses so the WSDL
+says exactly what the ledger stores (money as xs:long, times as microseconds since the epoch).
+"""
 from __future__ import annotations
 
-from spyne import ServiceBase
+import dataclasses
+import enum
+import typing
+from datetime import datetime, timezone
 
-from ..common import whoami_operation
+from spyne import Array, Boolean, ComplexModel, DateTime, Long, Unicode, rpc
+
+from gridcredit.errors import DomainError
+
+from . import ledger
+from .ledger import AccountStatus, Role
+from ..common import GridcreditService, bank_principal_of, runtime_of, whoami_operation
 
 NAMESPACE = "urn:gridcredit:bank:1"
 SERVICE_NAME = "Bank"
 
+Required = {"min_occurs": 1, "nillable": False}
 
-class BankService(ServiceBase):
+
+def _model_of(cls: type, name: str) -> type[ComplexModel]:
+    """A spyne type with the fields of ledger dataclass ``cls`` (int → xs:long, enum/str → xs:string)."""
+    hints = typing.get_type_hints(cls)
+    fields = []
+    for field in dataclasses.fields(cls):
+        kind = hints[field.name]
+        optional = typing.get_origin(kind) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in typing.get_args(kind)
+        base = next((arg for arg in typing.get_args(kind) if arg is not type(None)), kind) if optional else kind
+        if base is bool:
+            spyne_type = Boolean
+        elif base is int:
+            spyne_type = Long
+        else:
+            spyne_type = Unicode
+        fields.append((field.name, spyne_type(min_occurs=0) if optional else spyne_type(**Required)))
+    return type(name, (ComplexModel,), {"__namespace__": NAMESPACE, "_type_info": fields})
+
+
+class HolderInfo(ComplexModel):
+    __namespace__ = NAMESPACE
+    _type_info = [("dn", Unicode(**Required)), ("role", Unicode(**Required))]
+
+
+TransactionInfo = _model_of(ledger.Transaction, "TransactionInfo")
+HoldInfo = _model_of(ledger.Hold, "HoldInfo")
+
+
+class Receipt(ComplexModel):
+    """The answer to every mutating operation: the ledger transaction it made (or, on a retry, made before)."""
+
+    __namespace__ = NAMESPACE
+    _type_info = [("transaction", TransactionInfo.customize(**Required)), ("replayed", Boolean(**Required))]
+
+
+class BalanceInfo(ComplexModel):
+    __namespace__ = NAMESPACE
+    _type_info = [("account_id", Unicode(**Required)), ("total", Long(**Required)), ("held", Long(**Required)),
+                  ("available", Long(**Required)), ("credit_limit", Long(**Required))]
+
+
+class AccountInfo(ComplexModel):
+    __namespace__ = NAMESPACE
+    _type_info = [("account_id", Unicode(**Required)), ("project", Unicode(**Required)), ("status", Unicode(**Required)),
+                  ("balance", Long(**Required)), ("held", Long(**Required)), ("available", Long(**Required)),
+                  ("credit_limit", Long(**Required)), ("spending_limit", Long(min_occurs=0)),
+                  ("spending_period_us", Long(min_occurs=0)), ("spent_in_period", Long(**Required)),
+                  ("created_at_us", Long(**Required)), ("holders", Array(HolderInfo))]
+
+
+class HoldPage(ComplexModel):
+    __namespace__ = NAMESPACE
+    _type_info = [("holds", Array(HoldInfo)), ("next_offset", Long(min_occurs=0))]
+
+
+class TransactionPage(ComplexModel):
+    __namespace__ = NAMESPACE
+    _type_info = [("transactions", Array(TransactionInfo)), ("next_offset", Long(min_occurs=0))]
+
+
+class StatementInfo(ComplexModel):
+    __namespace__ = NAMESPACE
+    _type_info = [("account_id", Unicode(**Required)), ("from_us", Long(**Required)), ("to_us", Long(**Required)),
+                  ("opening_balance", Long(**Required)), ("closing_balance", Long(**Required)),
+                  ("transactions", Array(TransactionInfo)), ("truncated", Boolean(**Required))]
+
+
+class MoneySupplyInfo(ComplexModel):
+    __namespace__ = NAMESPACE
+    _type_info = [("issued", Long(**Required)), ("retired", Long(**Required)), ("outstanding", Long(**Required))]
+
+
+class AuditFindingInfo(ComplexModel):
+    __namespace__ = NAMESPACE
+    _type_info = [("kind", Unicode(**Required)), ("seq", Long(min_occurs=0)), ("message", Unicode(**Required))]
+
+
+class AuditInfo(ComplexModel):
+    __namespace__ = NAMESPACE
+    _type_info = [("clean", Boolean(**Required)), ("transaction_count", Long(**Required)),
+                  ("head_seq", Long(**Required)), ("head_hash", Unicode(**Required)),
+                  ("issued", Long(**Required)), ("retired", Long(**Required)),
+                  ("signatures_checked", Long(**Required)), ("findings", Array(AuditFindingInfo)),
+                  ("findings_omitted", Long(**Required))]
+
+
+# -- mapping ---------------------------------------------------------------------------------------
+
+
+def _plain(value):
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def _info(model: type[ComplexModel], state) -> ComplexModel:
+    return model(**{field.name: _plain(getattr(state, field.name)) for field in dataclasses.fields(state)})
+
+
+def _receipt(outcome: ledger.Outcome) -> Receipt:
+    return Receipt(transaction=_info(TransactionInfo, outcome.transaction), replayed=outcome.replayed)
+
+
+def _account_info(account: ledger.Account) -> AccountInfo:
+    return AccountInfo(account_id=account.account_id, project=account.project, status=account.status.value,
+                       balance=account.balance, held=account.held, available=account.available,
+                       credit_limit=account.credit_limit, spending_limit=account.spending_limit,
+                       spending_period_us=account.spending_period_us, spent_in_period=account.spent_in_period,
+                       created_at_us=account.created_at_us,
+                       holders=[HolderInfo(dn=h.dn, role=h.role.value) for h in account.holders])
+
+
+def _enum(enum_type: type[enum.Enum], value: str | None, what: str):
+    try:
+        return enum_type(value)
+    except ValueError:
+        choices = ", ".join(member.value for member in enum_type)
+        raise DomainError(f"{what} must be one of {choices}, not {value!r}", "InvalidArgument") from None
+
+
+def _microseconds(moment: datetime | None, what: str) -> int | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:  # xs:dateTime without a zone: read as UTC, as the ledger's clock is
+        moment = moment.replace(tzinfo=timezone.utc)
+    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _execute(ctx, request) -> Receipt:
+    bank = runtime_of(ctx).bank
+    return _receipt(bank.execute(request, bank_principal_of(ctx, mutating=True)))
+
+
+class BankService(GridcreditService):
     __service_name__ = SERVICE_NAME
     WhoAmI = whoami_operation("bank")
+
+    # -- accounts ----------------------------------------------------------------------------------
+    @rpc(Unicode(**Required), Unicode(**Required), Unicode(**Required), Unicode(**Required), Long(min_occurs=0),
+         _returns=Receipt, _operation_name="CreateAccount")
+    def create_account(ctx, request_id, account_id, project, owner_dn, credit_limit):
+        return _execute(ctx, ledger.CreateAccount(request_id, account_id, project, owner_dn,
+                                                  0 if credit_limit is None else credit_limit))
+
+    @rpc(Unicode(**Required), Unicode(**Required), Unicode(**Required), Unicode(**Required),
+         _returns=Receipt, _operation_name="SetHolder")
+    def set_holder(ctx, request_id, account_id, holder_dn, role):
+        return _execute(ctx, ledger.SetHolder(request_id, account_id, holder_dn, _enum(Role, role, "role")))
+
+    @rpc(Unicode(**Required), Unicode(**Required), Unicode(**Required), _returns=Receipt, _operation_name="RemoveHolder")
+    def remove_holder(ctx, request_id, account_id, holder_dn):
+        return _execute(ctx, ledger.RemoveHolder(request_id, account_id, holder_dn))
+
+    @rpc(Unicode(**Required), Unicode(**Required), Unicode(**Required), _returns=Receipt, _operation_name="SetStatus")
+    def set_status(ctx, request_id, account_id, status):
+        return _execute(ctx, ledger.SetStatus(request_id, account_id, _enum(AccountStatus, status, "status")))
+
+    @rpc(Unicode(**Required), Unicode(**Required), Long(**Required), _returns=Receipt, _operation_name="SetCreditLimit")
+    def set_credit_limit(ctx, request_id, account_id, credit_limit):
+        return _execute(ctx, ledger.SetCreditLimit(request_id, account_id, credit_limit))
+
+    @rpc(Unicode(**Required), Unicode(**Required), Long(min_occurs=0), Long(min_occurs=0),
+         _returns=Receipt, _operation_name="SetSpendingLimit")
+    def set_spending_limit(ctx, request_id, account_id, spending_limit, spending_period_s):
+        period_us = None if spending_period_s is None else spending_period_s * 1_000_000
+        return _execute(ctx, ledger.SetSpendingLimit(request_id, account_id, spending_limit, period_us))
+
+    # -- money supply ------------------------------------------------------------------------------
+    @rpc(Unicode(**Required), Unicode(**Required), Long(**Required), _returns=Receipt, _operation_name="Mint")
+    def mint(ctx, request_id, account_id, amount):
+        return _execute(ctx, ledger.Mint(request_id, account_id, amount))
+
+    @rpc(Unicode(**Required), Unicode(**Required), _returns=Receipt, _operation_name="ApproveMint")
+    def approve_mint(ctx, request_id, pending_mint_id):
+        return _execute(ctx, ledger.ApproveMint(request_id, pending_mint_id))
+
+    @rpc(Unicode(**Required), Unicode(**Required), Long(**Required), _returns=Receipt, _operation_name="Retire")
+    def retire(ctx, request_id, account_id, amount):
+        return _execute(ctx, ledger.Retire(request_id, account_id, amount))
+
+    # -- moving money ------------------------------------------------------------------------------
+    @rpc(Unicode(**Required), Unicode(**Required), Unicode(**Required), Long(**Required),
+         _returns=Receipt, _operation_name="Transfer")
+    def transfer(ctx, request_id, from_account_id, to_account_id, amount):
+        return _execute(ctx, ledger.Transfer(request_id, from_account_id, to_account_id, amount))
+
+    @rpc(Unicode(**Required), Unicode(**Required), Long(**Required), DateTime(**Required), Unicode(min_occurs=0),
+         Unicode(min_occurs=0), _returns=Receipt, _operation_name="CreateHold")
+    def create_hold(ctx, request_id, account_id, amount, expires, reference, collector_dn):
+        return _execute(ctx, ledger.CreateHold(request_id, account_id, amount, _microseconds(expires, "expires"),
+                                               reference or "", collector_dn))
+
+    @rpc(Unicode(**Required), Unicode(**Required), DateTime(min_occurs=0), Long(min_occurs=0),
+         _returns=Receipt, _operation_name="ExtendHold")
+    def extend_hold(ctx, request_id, hold_id, expires, amount):
+        return _execute(ctx, ledger.ExtendHold(request_id, hold_id, _microseconds(expires, "expires"), amount))
+
+    @rpc(Unicode(**Required), Unicode(**Required), Unicode(**Required), Long(**Required),
+         _returns=Receipt, _operation_name="ChargeHold")
+    def charge_hold(ctx, request_id, hold_id, payee_account_id, amount):
+        return _execute(ctx, ledger.ChargeHold(request_id, hold_id, payee_account_id, amount))
+
+    @rpc(Unicode(**Required), Unicode(**Required), _returns=Receipt, _operation_name="ReleaseHold")
+    def release_hold(ctx, request_id, hold_id):
+        return _execute(ctx, ledger.ReleaseHold(request_id, hold_id))
+
+    # -- queries -----------------------------------------------------------------------------------
+    @rpc(Unicode(**Required), _returns=BalanceInfo, _operation_name="GetBalance")
+    def get_balance(ctx, account_id):
+        balance = runtime_of(ctx).bank.balance(account_id, bank_principal_of(ctx))
+        return BalanceInfo(account_id=balance.account_id, total=balance.total, held=balance.held,
+                           available=balance.available, credit_limit=balance.credit_limit)
+
+    @rpc(Unicode(**Required), _returns=AccountInfo, _operation_name="GetAccount")
+    def get_account(ctx, account_id):
+        return _account_info(runtime_of(ctx).bank.account(account_id, bank_principal_of(ctx)))
+
+    @rpc(Unicode(**Required), _returns=HoldInfo, _operation_name="GetHold")
+    def get_hold(ctx, hold_id):
+        return _info(HoldInfo, runtime_of(ctx).bank.hold(hold_id, bank_principal_of(ctx)))
+
+    @rpc(Unicode(**Required), Boolean(min_occurs=0), Long(min_occurs=0), Long(min_occurs=0),
+         _returns=HoldPage, _operation_name="ListHolds")
+    def list_holds(ctx, account_id, ended, offset, limit):
+        page = runtime_of(ctx).bank.holds(account_id, bank_principal_of(ctx), ended=bool(ended), offset=offset or 0,
+                                          limit=limit or 100)
+        return HoldPage(holds=[_info(HoldInfo, hold) for hold in page.items], next_offset=page.next_offset)
+
+    @rpc(Unicode(**Required), Unicode(min_occurs=0), Long(min_occurs=0), Long(min_occurs=0),
+         _returns=TransactionPage, _operation_name="History")
+    def history(ctx, account_id, xpath_filter, offset, limit):
+        page = runtime_of(ctx).bank.history(account_id, bank_principal_of(ctx), xpath_filter=xpath_filter or "",
+                                            offset=offset or 0, limit=limit or 100)
+        return TransactionPage(transactions=[_info(TransactionInfo, t) for t in page.items], next_offset=page.next_offset)
+
+    @rpc(Unicode(**Required), DateTime(**Required), DateTime(**Required), _returns=StatementInfo, _operation_name="Statement")
+    def statement(ctx, account_id, period_start, period_end):
+        statement = runtime_of(ctx).bank.statement(account_id, bank_principal_of(ctx),
+                                                   from_us=_microseconds(period_start, "start"),
+                                                   to_us=_microseconds(period_end, "end"))
+        return StatementInfo(account_id=statement.account_id, from_us=statement.from_us, to_us=statement.to_us,
+                             opening_balance=statement.opening_balance, closing_balance=statement.closing_balance,
+                             transactions=[_info(TransactionInfo, t) for t in statement.transactions],
+                             truncated=statement.truncated)
+
+    @rpc(_returns=MoneySupplyInfo, _operation_name="MoneySupply")
+    def money_supply(ctx):
+        bank_principal_of(ctx)  # any authenticated caller may see how much money exists
+        supply = runtime_of(ctx).bank.money_supply()
+        return MoneySupplyInfo(issued=supply.issued, retired=supply.retired, outstanding=supply.outstanding)
+
+    @rpc(_returns=AuditInfo, _operation_name="Audit")
+    def audit(ctx):
+        principal = bank_principal_of(ctx)
+        if not principal.is_administrator and principal.dn not in runtime_of(ctx).config.bank.auditors:
+            raise DomainError("only bank administrators and auditors may run an audit", "NotAuthorized")
+        report = runtime_of(ctx).bank.audit()
+        return AuditInfo(clean=report.clean, transaction_count=report.transaction_count, head_seq=report.head.seq,
+                         head_hash=report.head.hash, issued=report.issued, retired=report.retired,
+                         signatures_checked=report.signatures_checked,
+                         findings=[AuditFindingInfo(kind=f.kind, seq=f.seq, message=f.message) for f in report.findings],
+                         findings_omitted=report.findings_omitted)
 
 
 SERVICES = [BankService]

@@ -1,0 +1,62 @@
+"""What one server worker holds for the services: configuration, the store, the Bank.
+
+Built after the worker process starts (an SQLite connection or a BaseX session must not cross a
+fork), handed to every operation through the WSGI environment, closed when the worker stops.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from .config import Config
+from .services.bank.bank import Bank, LedgerKey
+from .services.bank.ledger import BankPolicy
+from .xmlstore import XmlStore, open_store
+
+log = logging.getLogger("gridcredit.runtime")
+
+MICROSECONDS_PER_DAY = 86_400 * 1_000_000
+
+
+def ledger_key_path(config: Config):
+    return config.state_path / "bank" / "ledger-signing-key.pem"
+
+
+@dataclass
+class Runtime:
+    config: Config
+    store: XmlStore
+    bank: Bank
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def start_background_work(self) -> None:
+        """The hold-expiry sweep: every worker runs one; the ledger ends each hold once anyway."""
+        thread = threading.Thread(target=self._sweep_forever, name="hold-expiry", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _sweep_forever(self) -> None:
+        interval_s = max(1, self.config.bank.expiry_sweep_s)
+        while not self._stop.wait(interval_s):
+            try:
+                while self.bank.expire_due_holds() > 0 and not self._stop.is_set():
+                    pass
+            except Exception:  # noqa: BLE001 — a failed sweep is retried at the next interval
+                log.exception("the hold expiry sweep failed; retrying in %d s", interval_s)
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self.store.close()
+
+
+def build_runtime(config: Config) -> Runtime:
+    store = open_store(config.store, config.state_path)
+    bank_config = config.bank
+    policy = BankPolicy(mint_approval_threshold=bank_config.approval_above or None,
+                        hold_duration_max_us=bank_config.hold_days_max * MICROSECONDS_PER_DAY)
+    bank = Bank(store, LedgerKey.load_or_create(ledger_key_path(config)), policy=policy)
+    return Runtime(config=config, store=store, bank=bank)

@@ -1,0 +1,388 @@
+"""The Bank over the XML store: the pure ledger core run inside one store transaction per request.
+
+``Bank.execute(request, principal)`` loads the documents the operation touches through a
+``LedgerView`` backed by the store transaction, runs ``ledger.execute`` and writes everything
+it returns — the new states, the sealed transaction, the ledger head and the request record —
+in that same transaction: a request is applied entirely or not at all, and durable once it
+returns. Holds that ended live in their own collection so that the expiry sweep reads only
+active ones.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from lxml import etree
+
+from gridcredit.errors import DomainError, QueryError, StoreError
+from gridcredit.xmlstore import XmlStore
+
+from . import documents, ledger
+from .ledger import (Account, AuditReport, Balance, BankPolicy, ExpireHold, Hold, HoldState, LedgerHead,
+                     MoneySupply, Outcome, PendingMint, Principal, RequestRecord, Transaction)
+
+log = logging.getLogger("gridcredit.bank")
+
+ACCOUNTS = documents.COLLECTIONS[Account]
+HOLDS_ACTIVE = documents.COLLECTIONS[Hold]
+HOLDS_ENDED = "holds_ended"
+PENDING_MINTS = "pending_mints"
+BANK = documents.COLLECTIONS[LedgerHead]
+REQUESTS = documents.COLLECTIONS[RequestRecord]
+TRANSACTIONS = documents.COLLECTIONS[Transaction]
+NAMESPACES = documents.NAMESPACES
+PAGE_SIZE_MAX = 500
+FILTER_LENGTH_MAX = 2000
+SWEEP_BATCH_MAX = 200
+ACCOUNT_TRANSACTIONS = "/t:Transaction[t:accountId = $account or t:counterpartyAccountId = $account]"
+EXPIRY_SWEEPER_DN = "gridcredit bank expiry sweeper"   # not a certificate DN: no caller can be it
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+# ---------------------------------------------------------------------------------------------
+# The bank's signing key (Ed25519: fast to verify, so audits stay quick)
+
+
+class LedgerKey:
+    """The key that signs ledger transactions; made once, kept at mode 0600 beside the store."""
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._private = private_key
+        self.public: Ed25519PublicKey = private_key.public_key()
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> LedgerKey:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            for _ in range(50):  # another worker may be writing it right now
+                data = path.read_bytes()
+                if data:
+                    return cls(serialization.load_pem_private_key(data, password=None))
+                time.sleep(0.05)
+            raise StoreError(f"the ledger signing key {path} is empty")
+        key = Ed25519PrivateKey.generate()
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+            handle.flush()
+            os.fsync(handle.fileno())
+        log.info("created the ledger signing key %s", path)
+        return cls(key)
+
+    def sign(self, message: bytes) -> bytes:
+        return self._private.sign(message)
+
+    def public_pem(self) -> bytes:
+        return self.public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def signature_verifier(public_key: Ed25519PublicKey) -> Callable[[bytes, bytes], bool]:
+    def verify(message: bytes, signature: bytes) -> bool:
+        try:
+            public_key.verify(signature, message)
+            return True
+        except InvalidSignature:
+            return False
+    return verify
+
+
+# ---------------------------------------------------------------------------------------------
+# The ledger view over one store transaction
+
+
+class _StoreView(ledger.LedgerView):
+    def __init__(self, tx) -> None:
+        self._tx = tx
+
+    def _load(self, collection: str, doc_id: str, parse):
+        document = self._tx.get(collection, doc_id)
+        return parse(document.xml) if document is not None else None
+
+    def account(self, account_id: str) -> Account | None:
+        return self._load(ACCOUNTS, account_id, documents.account_from_xml)
+
+    def hold(self, hold_id: str) -> Hold | None:
+        return (self._load(HOLDS_ACTIVE, hold_id, documents.hold_from_xml)
+                or self._load(HOLDS_ENDED, hold_id, documents.hold_from_xml))
+
+    def pending_mint(self, pending_mint_id: str) -> PendingMint | None:
+        return self._load(PENDING_MINTS, pending_mint_id, documents.pending_mint_from_xml)
+
+    def money_supply(self) -> MoneySupply:
+        return self._load(BANK, documents.MONEY_SUPPLY_ID, documents.money_supply_from_xml) or MoneySupply()
+
+    def head(self) -> LedgerHead:
+        return self._load(BANK, documents.LEDGER_HEAD_ID, documents.ledger_head_from_xml) or LedgerHead()
+
+    def request_record(self, key: str) -> RequestRecord | None:
+        return self._load(REQUESTS, key, documents.request_record_from_xml)
+
+    def transaction(self, seq: int) -> Transaction | None:
+        return self._load(TRANSACTIONS, documents.transaction_document_id(seq), documents.transaction_from_xml)
+
+
+def _write(tx, outcome: Outcome) -> None:
+    for account in outcome.accounts:
+        tx.put(ACCOUNTS, account.account_id, documents.to_xml(account))
+    for hold in outcome.holds:
+        if hold.state is HoldState.ACTIVE:
+            tx.put(HOLDS_ACTIVE, hold.hold_id, documents.to_xml(hold))
+        else:
+            tx.delete(HOLDS_ACTIVE, hold.hold_id)
+            tx.put(HOLDS_ENDED, hold.hold_id, documents.to_xml(hold))
+    for pending in outcome.pending_mints:
+        tx.put(PENDING_MINTS, pending.pending_mint_id, documents.to_xml(pending))
+    if outcome.money_supply is not None:
+        tx.put(BANK, documents.MONEY_SUPPLY_ID, documents.to_xml(outcome.money_supply))
+    tx.put(TRANSACTIONS, documents.transaction_document_id(outcome.transaction.seq), documents.to_xml(outcome.transaction))
+    tx.put(BANK, documents.LEDGER_HEAD_ID, documents.to_xml(outcome.head))
+    tx.put(REQUESTS, outcome.request_record.key, documents.to_xml(outcome.request_record))
+
+
+# ---------------------------------------------------------------------------------------------
+# The Bank
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: tuple
+    next_offset: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    account_id: str
+    from_us: int
+    to_us: int
+    opening_balance: int
+    closing_balance: int
+    transactions: tuple[Transaction, ...]
+    truncated: bool
+
+
+class Bank:
+    def __init__(self, store: XmlStore, key: LedgerKey, *, policy: BankPolicy = BankPolicy(),
+                 clock: Callable[[], int] = now_us) -> None:
+        self.store = store
+        self.key = key
+        self.policy = policy
+        self._clock = clock
+
+    # -- mutations -------------------------------------------------------------------------------
+    def execute(self, request: ledger.Request, principal: Principal) -> Outcome:
+        """Apply one mutating request atomically; a retry of a used request id answers the original."""
+
+        def run(tx) -> Outcome:
+            outcome = ledger.execute(_StoreView(tx), request, principal=principal, now_us=self._clock(),
+                                     sign=self.key.sign, policy=self.policy)
+            if not outcome.replayed:
+                _write(tx, outcome)
+            return outcome
+
+        return self.store.transact(run)
+
+    def expire_due_holds(self, limit: int = SWEEP_BATCH_MAX) -> int:
+        """Expire active holds whose time has come; returns how many this call ended.
+
+        Each expiry is its own ledger transaction with request id ``expire-<hold>``, so a sweep
+        racing another (several workers) or a charge at the same instant ends the hold once:
+        the loser is refused by the core and skipped.
+        """
+        sweeper = Principal(dn=EXPIRY_SWEEPER_DN, is_service=True)
+        page = self.store.query(HOLDS_ACTIVE, "/t:Hold[number(t:expiresAtUs) <= $now]", {"now": self._clock()},
+                                namespaces=NAMESPACES, limit=limit)
+        ended = 0
+        for document in page.documents:
+            try:
+                outcome = self.execute(ExpireHold(request_id=f"expire-{document.doc_id}", hold_id=document.doc_id), sweeper)
+            except DomainError as error:
+                log.debug("hold %s not expired by the sweep: %s", document.doc_id, error)
+                continue
+            if not outcome.replayed:
+                ended += 1
+                log.info("expired hold %s (returned %s credits)", document.doc_id, outcome.transaction.amount)
+        return ended
+
+    # -- queries ---------------------------------------------------------------------------------
+    def _account_for_viewing(self, account_id: str, principal: Principal) -> Account:
+        document = self.store.get(ACCOUNTS, ledger.check_identifier(account_id, "account id"))
+        account = documents.account_from_xml(document.xml) if document else None
+        ledger.balance(account, account_id, principal=principal)  # raises UnknownAccount / NotAuthorized
+        return account
+
+    def balance(self, account_id: str, principal: Principal) -> Balance:
+        document = self.store.get(ACCOUNTS, ledger.check_identifier(account_id, "account id"))
+        return ledger.balance(documents.account_from_xml(document.xml) if document else None, account_id, principal=principal)
+
+    def account(self, account_id: str, principal: Principal) -> Account:
+        return self._account_for_viewing(account_id, principal)
+
+    def hold(self, hold_id: str, principal: Principal) -> Hold:
+        hold_id = ledger.check_identifier(hold_id, "hold id")
+        document = self.store.get(HOLDS_ACTIVE, hold_id) or self.store.get(HOLDS_ENDED, hold_id)
+        if document is None:
+            raise DomainError(f"there is no hold {hold_id}", "UnknownHold")
+        hold = documents.hold_from_xml(document.xml)
+        if principal.dn not in (hold.creator_dn, hold.collector_dn):
+            self._account_for_viewing(hold.account_id, principal)
+        return hold
+
+    def holds(self, account_id: str, principal: Principal, *, ended: bool = False, offset: int = 0,
+              limit: int = 100) -> Page:
+        self._account_for_viewing(account_id, principal)
+        page = self.store.query(HOLDS_ENDED if ended else HOLDS_ACTIVE, "/t:Hold[t:accountId = $account]",
+                                {"account": account_id}, namespaces=NAMESPACES, offset=_offset(offset),
+                                limit=_page_size(limit))
+        return Page(tuple(documents.hold_from_xml(d.xml) for d in page.documents), page.next_offset)
+
+    def history(self, account_id: str, principal: Principal, *, xpath_filter: str = "", variables: dict | None = None,
+                offset: int = 0, limit: int = 100, time_limit_s: float = 5.0) -> Page:
+        """Transactions touching the account, oldest first, optionally filtered by an XPath
+        predicate over the transaction document (prefix ``t:``, camelCase element names; e.g.
+        ``t:kind='charge' and t:amount > 100``)."""
+        self._account_for_viewing(account_id, principal)
+        scope = ACCOUNT_TRANSACTIONS
+        expression = scope if not xpath_filter.strip() else f"{scope}[boolean({checked_filter(xpath_filter)})]"
+        bound = dict(variables or {})
+        if "account" in bound:
+            raise QueryError("the variable $account is reserved")
+        bound["account"] = account_id
+        page = self.store.query(TRANSACTIONS, expression, bound, namespaces=NAMESPACES, offset=_offset(offset),
+                                limit=_page_size(limit), time_limit_s=min(time_limit_s, 10.0))
+        return Page(tuple(documents.transaction_from_xml(d.xml) for d in page.documents), page.next_offset)
+
+    def statement(self, account_id: str, principal: Principal, *, from_us: int, to_us: int,
+                  transactions_max: int = 10_000) -> Statement:
+        """Opening balance at ``from_us``, the transactions in [from_us, to_us), the closing balance."""
+        self._account_for_viewing(account_id, principal)
+        if to_us <= from_us:
+            raise DomainError("a statement period must end after it starts", "InvalidArgument")
+        opening = closing = 0
+        inside: list[Transaction] = []
+        truncated = False
+        for transaction in self._account_transactions(account_id):
+            effect = balance_effect(transaction, account_id)
+            if transaction.at_us < from_us:
+                opening += effect
+            if transaction.at_us < to_us:
+                closing += effect
+            if from_us <= transaction.at_us < to_us:
+                if len(inside) < transactions_max:
+                    inside.append(transaction)
+                else:
+                    truncated = True
+        return Statement(account_id, from_us, to_us, opening, closing, tuple(inside), truncated)
+
+    def _account_transactions(self, account_id: str) -> Iterator[Transaction]:
+        offset = 0
+        while True:
+            page = self.store.query(TRANSACTIONS, ACCOUNT_TRANSACTIONS,
+                                    {"account": account_id}, namespaces=NAMESPACES, offset=offset, limit=PAGE_SIZE_MAX,
+                                    time_limit_s=30.0)
+            for document in page.documents:
+                yield documents.transaction_from_xml(document.xml)
+            if page.next_offset is None:
+                return
+            offset = page.next_offset
+
+    def money_supply(self) -> MoneySupply:
+        document = self.store.get(BANK, documents.MONEY_SUPPLY_ID)
+        return documents.money_supply_from_xml(document.xml) if document else MoneySupply()
+
+    def audit(self, *, signature_check_interval: int = 1000) -> AuditReport:
+        return audit_store(self.store, self.key.public, signature_check_interval=signature_check_interval)
+
+
+def balance_effect(transaction: Transaction, account_id: str) -> int:
+    """How a transaction changed ``account_id``'s balance (holds change only what is held)."""
+    kind = transaction.kind
+    amount = transaction.amount or 0
+    if kind is ledger.TransactionKind.MINT and transaction.account_id == account_id:
+        return amount
+    if kind is ledger.TransactionKind.RETIRE and transaction.account_id == account_id:
+        return -amount
+    if kind in (ledger.TransactionKind.TRANSFER, ledger.TransactionKind.CHARGE):
+        effect = 0
+        if transaction.account_id == account_id:
+            effect -= amount
+        if transaction.counterparty_account_id == account_id:
+            effect += amount
+        return effect
+    return 0
+
+
+def checked_filter(expression: str) -> str:
+    """A client's XPath predicate, checked to be one complete XPath 1.0 expression on its own.
+
+    It is embedded as ``[boolean(…)]`` after the scope; an expression that compiles alone has
+    balanced brackets and closed literals, so it cannot reach outside that predicate.
+    """
+    if len(expression) > FILTER_LENGTH_MAX:
+        raise QueryError(f"the filter is {len(expression)} characters; at most {FILTER_LENGTH_MAX} are accepted")
+    try:
+        etree.XPath(expression, namespaces=NAMESPACES)
+    except etree.XPathSyntaxError as error:
+        raise QueryError(f"the filter is not a valid XPath expression: {error}") from None
+    except etree.XPathEvalError as error:  # e.g. an unknown namespace prefix
+        raise QueryError(f"the filter cannot be evaluated: {error}") from None
+    if "(:" in expression:  # an XQuery comment would read differently on BaseX
+        raise QueryError("the filter may not contain '(:'")
+    return expression
+
+
+def _page_size(limit: int) -> int:
+    if not 1 <= limit <= PAGE_SIZE_MAX:
+        raise DomainError(f"a page holds 1 to {PAGE_SIZE_MAX} items, not {limit}", "InvalidArgument")
+    return limit
+
+
+def _offset(offset: int) -> int:
+    if offset < 0:
+        raise DomainError("a page offset cannot be negative", "InvalidArgument")
+    return offset
+
+
+def _documents(store: XmlStore, collection: str) -> Iterator[bytes]:
+    offset = 0
+    while True:
+        ids = store.ids(collection, offset, 1000)
+        for doc_id in ids:
+            document = store.get(collection, doc_id)
+            if document is not None:
+                yield document.xml
+        if len(ids) < 1000:
+            return
+        offset += len(ids)
+
+
+def audit_store(store: XmlStore, public_key: Ed25519PublicKey, *, signature_check_interval: int = 1000) -> AuditReport:
+    """Verify the stored ledger: the chain, the signatures and the invariants (see ``ledger.audit``)."""
+    head_document = store.get(BANK, documents.LEDGER_HEAD_ID)
+    supply_document = store.get(BANK, documents.MONEY_SUPPLY_ID)
+    holds = [documents.hold_from_xml(xml) for collection in (HOLDS_ACTIVE, HOLDS_ENDED) for xml in _documents(store, collection)]
+    return ledger.audit(
+        documents.transactions_from_xml(_documents(store, TRANSACTIONS)),
+        (documents.account_from_xml(xml) for xml in _documents(store, ACCOUNTS)),
+        holds,
+        documents.money_supply_from_xml(supply_document.xml) if supply_document else MoneySupply(),
+        signature_verifier(public_key),
+        head=documents.ledger_head_from_xml(head_document.xml) if head_document else None,
+        signature_check_interval=signature_check_interval,
+    )
+
+
+def public_key_from_pem(data: bytes) -> Ed25519PublicKey:
+    return serialization.load_pem_public_key(data)
