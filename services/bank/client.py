@@ -1,0 +1,569 @@
+"""The typed Bank client: one method per SOAP operation, plain frozen results, safe retries.
+
+    bank = BankClient("https://bank.example.org:8443", credential=load_credential(), trust_dir=trust_directory())
+    bank.mint("vo-atlas", 1_000_000)                       # Receipt(transaction=Transaction(...), replayed=False)
+    hold = bank.create_hold("vo-atlas", amount=500, expires=timedelta(hours=2), reference="job 7")
+    bank.charge_hold(hold.transaction.hold_id, payee_account_id="site-x", amount=120)
+
+Retries. Every mutating method sends a client request id (``request_id=``, or a fresh
+``gc-<uuid4>``). When an attempt ends without an answer — the connection failed or was reset, the
+reply timed out, a gateway answered 502/503/504 — the outcome is unknown, so the method sends the
+*identical* request again under the *same* request id (at most ``retries`` more times, with
+exponential backoff): the bank answers a request id it has seen with the original transaction
+(``replayed=True``) and applies nothing twice. Refusals (:class:`RemoteFault`) and security
+failures are answers and are never retried. When every attempt failed after the request may
+have been sent, :class:`OutcomeUnknown` names the request id to repeat. Queries retry the same way.
+
+The zeep client is built from the service's ``?wsdl`` on first use; fetching it is retried like a
+call (nothing has been sent to the ledger then).
+
+Times on the wire are integer microseconds since the epoch (fields ending ``_us``); use
+:func:`datetime_from_us` to read them.
+
+Exceptions (all :class:`GridcreditError`)::
+
+    GridcreditError                 "cannot reach …" after the last attempt of a query
+    ├── RemoteFault                 the bank refused (``.code``: InsufficientFunds, NotAuthorized, …)
+    ├── SecurityError               the answer failed verification (not retried)
+    └── BankClientError
+        ├── InvalidRequest          refused here, before sending (bad request id, naive datetime…)
+        └── OutcomeUnknown          no answer to a mutating request; ``.request_id`` to repeat it
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import requests
+import zeep.exceptions
+from lxml import etree
+
+from gridcredit.errors import GridcreditError, RemoteFault, SecurityError
+
+from .ledger import REQUEST_ID_PATTERN
+
+log = logging.getLogger("gridcredit.bank.client")
+
+RETRIES_DEFAULT = 3
+RETRIES_MAX = 10
+BACKOFF_S_DEFAULT = 0.25
+BACKOFF_S_MAX = 5.0
+RETRYABLE_HTTP_STATUSES = frozenset({502, 503, 504})
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+class BankClientError(GridcreditError):
+    """Base of the errors this client raises itself."""
+
+
+class InvalidRequest(BankClientError):
+    """A request refused before anything was sent."""
+
+
+class OutcomeUnknown(BankClientError):
+    """No answer to a mutating request after every attempt; the bank may or may not have applied it.
+
+    Repeating the same operation with ``request_id=self.request_id`` is safe: the bank answers
+    with the original transaction if it applied it, and applies it now if it did not.
+    """
+
+    def __init__(self, message: str, request_id: str) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Results: plain frozen dataclasses mirroring the WSDL types (money int, times µs since the epoch)
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    seq: int
+    kind: str
+    at_us: int
+    request_id: str
+    principal_dn: str
+    account_id: str | None = None
+    counterparty_account_id: str | None = None
+    amount: int | None = None
+    hold_id: str | None = None
+    hold_amount: int | None = None
+    hold_state: str | None = None
+    expires_at_us: int | None = None
+    reference: str | None = None
+    collector_dn: str | None = None
+    pending_mint_id: str | None = None
+    approver_dn: str | None = None
+    project: str | None = None
+    holder_dn: str | None = None
+    role: str | None = None
+    status: str | None = None
+    credit_limit: int | None = None
+    spending_limit: int | None = None
+    spending_period_us: int | None = None
+    prev_hash: str = ""
+    hash: str = ""
+    signature: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The answer to a mutating operation; ``replayed``: the bank had applied this request id before."""
+
+    transaction: Transaction
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    hold_id: str
+    account_id: str
+    amount: int
+    charged: int
+    expires_at_us: int
+    reference: str
+    creator_dn: str
+    collector_dn: str | None
+    state: str
+    created_at_us: int
+    created_seq: int
+    ended_seq: int | None
+    ended_at_us: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    account_id: str
+    total: int
+    held: int
+    available: int
+    credit_limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    dn: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    account_id: str
+    project: str
+    status: str
+    balance: int
+    held: int
+    available: int
+    credit_limit: int
+    spending_limit: int | None
+    spending_period_us: int | None
+    spent_in_period: int
+    created_at_us: int
+    holders: tuple[Holder, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HoldPage:
+    holds: tuple[Hold, ...]
+    next_offset: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionPage:
+    transactions: tuple[Transaction, ...]
+    next_offset: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    account_id: str
+    from_us: int
+    to_us: int
+    opening_balance: int
+    closing_balance: int
+    transactions: tuple[Transaction, ...]
+    truncated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MoneySupply:
+    issued: int
+    retired: int
+    outstanding: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFinding:
+    kind: str
+    seq: int | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    clean: bool
+    transaction_count: int
+    head_seq: int
+    head_hash: str
+    issued: int
+    retired: int
+    signatures_checked: int
+    findings: tuple[AuditFinding, ...]
+    findings_omitted: int
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    dn: str
+    signer_dn: str
+    proxy: bool
+    limited: bool
+    credential_expires: datetime
+    service: str
+    server_time: datetime
+
+
+# ---------------------------------------------------------------------------------------------
+# Converting zeep's objects
+
+
+def _array(value, item_name: str) -> list:
+    """A spyne ``Array(X)`` as zeep reads it: None, or an object whose ``X`` is a list (or one item)."""
+    if value is None:
+        return []
+    items = getattr(value, item_name, value)
+    if items is None:
+        return []
+    return list(items) if isinstance(items, (list, tuple)) else [items]
+
+
+def _plain(cls, value):
+    return cls(**{field.name: getattr(value, field.name, None) for field in fields(cls)})
+
+
+def _transaction(value) -> Transaction:
+    return _plain(Transaction, value)
+
+
+def _receipt(value) -> Receipt:
+    return Receipt(transaction=_transaction(value.transaction), replayed=bool(value.replayed))
+
+
+def _hold(value) -> Hold:
+    return _plain(Hold, value)
+
+
+def _transactions(value) -> tuple[Transaction, ...]:
+    return tuple(_transaction(item) for item in _array(value, "TransactionInfo"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Times and request ids
+
+
+def datetime_from_us(microseconds: int) -> datetime:
+    """Microseconds since the epoch (the wire's ``*_us``) as an aware UTC datetime."""
+    return EPOCH + timedelta(microseconds=microseconds)
+
+
+def us_from_datetime(moment: datetime) -> int:
+    delta = _aware(moment, "time") - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _aware(moment: datetime, what: str) -> datetime:
+    if moment.tzinfo is None or moment.tzinfo.utcoffset(moment) is None:
+        raise InvalidRequest(f"{what} must be a timezone-aware datetime, not {moment.isoformat()} (naive)")
+    return moment.astimezone(timezone.utc)
+
+
+def expiry(expires: datetime | timedelta | int | float, *, now: Callable[[], datetime] | None = None) -> datetime:
+    """An absolute expiry in UTC from an aware datetime, a timedelta or seconds from now."""
+    if isinstance(expires, datetime):
+        return _aware(expires, "expires")
+    if isinstance(expires, bool) or not isinstance(expires, (timedelta, int, float)):
+        raise InvalidRequest(f"expires must be a datetime, a timedelta or seconds from now, not {expires!r}")
+    delta = expires if isinstance(expires, timedelta) else timedelta(seconds=expires)
+    return (now or (lambda: datetime.now(timezone.utc)))() + delta
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def new_request_id() -> str:
+    """A fresh client request id: ``gc-`` and 32 hex digits of a uuid4 (fits the ledger's pattern)."""
+    return f"gc-{uuid.uuid4().hex}"
+
+
+def _checked_request_id(request_id: str | None) -> str:
+    if request_id is None:
+        return new_request_id()
+    if not isinstance(request_id, str) or not REQUEST_ID_PATTERN.fullmatch(request_id):
+        raise InvalidRequest(f"request id {request_id!r} must match {REQUEST_ID_PATTERN.pattern}")
+    return request_id
+
+
+def _checked_amount(value, what: str) -> int:
+    # bool is an int in Python; the bank wants whole credits, and says so for the range
+    if type(value) is not int:
+        raise InvalidRequest(f"{what} must be an int number of credits, not {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# What counts as "no answer"
+
+
+def _no_answer(error: BaseException) -> bool:
+    """Whether an attempt ended without any answer from the bank (so the outcome is unknown)."""
+    if isinstance(error, (RemoteFault, SecurityError)):
+        return False  # an answer: a refusal, or a reply that failed verification
+    if isinstance(error, requests.HTTPError):
+        response = error.response
+        return response is None or response.status_code >= 500
+    if isinstance(error, requests.RequestException):  # refused, reset, timed out, TLS broken off
+        return True
+    if isinstance(error, zeep.exceptions.TransportError):
+        # A reply that is not SOAP (the bank answers everything in SOAP): an empty body, a gateway's page.
+        return error.status_code in RETRYABLE_HTTP_STATUSES or error.status_code >= 500 or not error.content
+    if isinstance(error, etree.XMLSyntaxError):  # a truncated WSDL
+        return True
+    if type(error) is GridcreditError:
+        # gridcredit.client.ServiceClient turns requests' errors into "cannot reach …" (from None,
+        # but the original stays the context)
+        return error.__context__ is not None and _no_answer(error.__context__)
+    return False
+
+
+class BankClient:
+    """The Bank's SOAP operations as typed methods (see the module docstring for retries)."""
+
+    def __init__(self, base_url: str, *, credential, trust_dir: Path | str, timeout_s: float = 30.0,
+                 retries: int = RETRIES_DEFAULT, backoff_s: float = BACKOFF_S_DEFAULT,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if not 0 <= retries <= RETRIES_MAX:
+            raise InvalidRequest(f"retries must be 0 to {RETRIES_MAX}, not {retries}")
+        if timeout_s <= 0:
+            raise InvalidRequest(f"timeout_s must be positive, not {timeout_s}")
+        self.base_url = base_url.rstrip("/")
+        self.url = f"{self.base_url}/bank"
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._credential = credential
+        self._trust_dir = Path(trust_dir)
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._service_client = None
+
+    # -- the wire ----------------------------------------------------------------------------------
+    def _service(self):
+        """The ServiceClient, built (WSDL fetched) on first use."""
+        with self._lock:
+            if self._service_client is None:
+                from gridcredit.client import ServiceClient
+
+                try:
+                    self._service_client = ServiceClient(self.base_url, "bank", credential=self._credential,
+                                                         trust_dir=self._trust_dir, timeout_s=self.timeout_s)
+                except (etree.XMLSyntaxError, zeep.exceptions.Error) as error:
+                    if _no_answer(error):
+                        raise
+                    raise GridcreditError(f"cannot read the WSDL of {self.url}: {error}") from None
+            return self._service_client
+
+    def _backoff(self, attempt: int) -> float:
+        delay = min(self.backoff_s * (2 ** attempt), BACKOFF_S_MAX)
+        return delay * random.uniform(0.5, 1.0)
+
+    def _attempts(self, operation: str, arguments: dict, *, request_id: str | None):
+        """Call ``operation`` until it answers; re-send the identical ``arguments`` on no answer."""
+        attempts = self.retries + 1
+        sent = False
+        last: BaseException | None = None
+        for attempt in range(attempts):
+            if attempt:
+                self._sleep(self._backoff(attempt - 1))
+            try:
+                service = self._service()
+                sent = True
+                return service.call(operation, **arguments)
+            except Exception as error:  # noqa: BLE001 — sorted by _no_answer; the rest propagates
+                if not _no_answer(error):
+                    raise _answered(error, operation, self.url) from None
+                last = error
+                log.info("%s%s: no answer (attempt %d of %d): %s", operation,
+                         f" {request_id}" if request_id else "", attempt + 1, attempts, _describe(error))
+        reason = _describe(last)
+        if request_id is not None and sent:
+            raise OutcomeUnknown(
+                f"{operation} request {request_id} got no answer from {self.url} after {attempts} attempt(s) "
+                f"({reason}); the bank may or may not have applied it: repeat it with request id {request_id} "
+                f"to find out (it will not be applied twice)", request_id)
+        if isinstance(last, GridcreditError):
+            raise last
+        raise GridcreditError(f"cannot reach {self.url} after {attempts} attempt(s): {reason}")
+
+    def _query(self, operation: str, **arguments):
+        return self._attempts(operation, arguments, request_id=None)
+
+    def _mutate(self, operation: str, request_id: str | None, **arguments) -> Receipt:
+        request_id = _checked_request_id(request_id)
+        return _receipt(self._attempts(operation, {"request_id": request_id, **arguments}, request_id=request_id))
+
+    # -- accounts ----------------------------------------------------------------------------------
+    def create_account(self, account_id: str, *, project: str, owner_dn: str, credit_limit: int | None = None,
+                       request_id: str | None = None) -> Receipt:
+        if credit_limit is not None:
+            _checked_amount(credit_limit, "credit limit")
+        return self._mutate("CreateAccount", request_id, account_id=account_id, project=project, owner_dn=owner_dn,
+                            credit_limit=credit_limit)
+
+    def set_holder(self, account_id: str, *, holder_dn: str, role: str, request_id: str | None = None) -> Receipt:
+        """Add a holder or change its role (owner, manager, member, viewer)."""
+        return self._mutate("SetHolder", request_id, account_id=account_id, holder_dn=holder_dn, role=role)
+
+    def remove_holder(self, account_id: str, *, holder_dn: str, request_id: str | None = None) -> Receipt:
+        return self._mutate("RemoveHolder", request_id, account_id=account_id, holder_dn=holder_dn)
+
+    def set_status(self, account_id: str, *, status: str, request_id: str | None = None) -> Receipt:
+        """open, frozen or closed."""
+        return self._mutate("SetStatus", request_id, account_id=account_id, status=status)
+
+    def set_credit_limit(self, account_id: str, *, credit_limit: int, request_id: str | None = None) -> Receipt:
+        return self._mutate("SetCreditLimit", request_id, account_id=account_id,
+                            credit_limit=_checked_amount(credit_limit, "credit limit"))
+
+    def set_spending_limit(self, account_id: str, *, spending_limit: int | None, period_s: int | None,
+                           request_id: str | None = None) -> Receipt:
+        """At most ``spending_limit`` credits per ``period_s`` seconds; both None removes the limit."""
+        if spending_limit is not None:
+            _checked_amount(spending_limit, "spending limit")
+        if period_s is not None:
+            _checked_amount(period_s, "spending period")
+        return self._mutate("SetSpendingLimit", request_id, account_id=account_id, spending_limit=spending_limit,
+                            spending_period_s=period_s)
+
+    # -- money supply ------------------------------------------------------------------------------
+    def mint(self, account_id: str, amount: int, *, request_id: str | None = None) -> Receipt:
+        return self._mutate("Mint", request_id, account_id=account_id, amount=_checked_amount(amount, "amount"))
+
+    def approve_mint(self, pending_mint_id: str, *, request_id: str | None = None) -> Receipt:
+        return self._mutate("ApproveMint", request_id, pending_mint_id=pending_mint_id)
+
+    def retire(self, account_id: str, amount: int, *, request_id: str | None = None) -> Receipt:
+        return self._mutate("Retire", request_id, account_id=account_id, amount=_checked_amount(amount, "amount"))
+
+    # -- moving money ------------------------------------------------------------------------------
+    def transfer(self, from_account_id: str, to_account_id: str, amount: int, *,
+                 request_id: str | None = None) -> Receipt:
+        return self._mutate("Transfer", request_id, from_account_id=from_account_id, to_account_id=to_account_id,
+                            amount=_checked_amount(amount, "amount"))
+
+    def create_hold(self, account_id: str, *, amount: int, expires: datetime | timedelta | int | float,
+                    reference: str | None = None, collector_dn: str | None = None,
+                    request_id: str | None = None) -> Receipt:
+        """Reserve ``amount``; ``expires``: an aware datetime, a timedelta or seconds from now
+        (made absolute once, so every attempt sends the same expiry)."""
+        return self._mutate("CreateHold", request_id, account_id=account_id, amount=_checked_amount(amount, "amount"),
+                            expires=expiry(expires), reference=reference, collector_dn=collector_dn)
+
+    def extend_hold(self, hold_id: str, *, expires: datetime | timedelta | int | float | None = None,
+                    amount: int | None = None, request_id: str | None = None) -> Receipt:
+        """A later expiry and/or a larger total amount."""
+        return self._mutate("ExtendHold", request_id, hold_id=hold_id,
+                            expires=None if expires is None else expiry(expires),
+                            amount=None if amount is None else _checked_amount(amount, "amount"))
+
+    def charge_hold(self, hold_id: str, *, payee_account_id: str, amount: int, request_id: str | None = None) -> Receipt:
+        return self._mutate("ChargeHold", request_id, hold_id=hold_id, payee_account_id=payee_account_id,
+                            amount=_checked_amount(amount, "amount"))
+
+    def release_hold(self, hold_id: str, *, request_id: str | None = None) -> Receipt:
+        return self._mutate("ReleaseHold", request_id, hold_id=hold_id)
+
+    # -- queries -----------------------------------------------------------------------------------
+    def get_balance(self, account_id: str) -> Balance:
+        return _plain(Balance, self._query("GetBalance", account_id=account_id))
+
+    def get_account(self, account_id: str) -> Account:
+        value = self._query("GetAccount", account_id=account_id)
+        holders = tuple(Holder(dn=h.dn, role=h.role) for h in _array(value.holders, "HolderInfo"))
+        return Account(**{f.name: getattr(value, f.name, None) for f in fields(Account) if f.name != "holders"},
+                       holders=holders)
+
+    def get_hold(self, hold_id: str) -> Hold:
+        return _hold(self._query("GetHold", hold_id=hold_id))
+
+    def list_holds(self, account_id: str, *, ended: bool = False, offset: int = 0, limit: int = 100) -> HoldPage:
+        value = self._query("ListHolds", account_id=account_id, ended=ended, offset=offset, limit=limit)
+        return HoldPage(holds=tuple(_hold(item) for item in _array(value.holds, "HoldInfo")),
+                        next_offset=value.next_offset)
+
+    def history(self, account_id: str, *, xpath_filter: str | None = None, offset: int = 0,
+                limit: int = 100) -> TransactionPage:
+        """Transactions touching the account, oldest first; ``xpath_filter`` a predicate over the
+        transaction document (prefix ``t:``), e.g. ``t:kind='charge' and t:amount > 100``."""
+        value = self._query("History", account_id=account_id, xpath_filter=xpath_filter, offset=offset, limit=limit)
+        return TransactionPage(transactions=_transactions(value.transactions), next_offset=value.next_offset)
+
+    def statement(self, account_id: str, *, start: datetime, end: datetime) -> Statement:
+        """Opening balance at ``start``, the transactions in [start, end), the closing balance."""
+        value = self._query("Statement", account_id=account_id, period_start=_aware(start, "start"),
+                            period_end=_aware(end, "end"))
+        return Statement(account_id=value.account_id, from_us=value.from_us, to_us=value.to_us,
+                         opening_balance=value.opening_balance, closing_balance=value.closing_balance,
+                         transactions=_transactions(value.transactions), truncated=bool(value.truncated))
+
+    def money_supply(self) -> MoneySupply:
+        return _plain(MoneySupply, self._query("MoneySupply"))
+
+    def audit(self) -> AuditReport:
+        """The bank's own audit of its stored ledger (administrators and auditors)."""
+        value = self._query("Audit")
+        findings = tuple(_plain(AuditFinding, item) for item in _array(value.findings, "AuditFindingInfo"))
+        return AuditReport(**{f.name: getattr(value, f.name) for f in fields(AuditReport) if f.name != "findings"},
+                           findings=findings)
+
+    def whoami(self) -> Identity:
+        identity = _plain(Identity, self._query("WhoAmI"))
+        return Identity(**{**{f.name: getattr(identity, f.name) for f in fields(Identity)},
+                           "credential_expires": _utc(identity.credential_expires),
+                           "server_time": _utc(identity.server_time)})
+
+
+def audit_report_of(report) -> AuditReport:
+    """The client's AuditReport from the core's (``ledger.AuditReport``), for the offline audit."""
+    return AuditReport(clean=report.clean, transaction_count=report.transaction_count, head_seq=report.head.seq,
+                       head_hash=report.head.hash, issued=report.issued, retired=report.retired,
+                       signatures_checked=report.signatures_checked,
+                       findings=tuple(AuditFinding(f.kind, f.seq, f.message) for f in report.findings),
+                       findings_omitted=report.findings_omitted)
+
+
+def _answered(error: Exception, operation: str, url: str) -> Exception:
+    """An error that is not "no answer", as a GridcreditError where it is one the caller should see."""
+    if isinstance(error, GridcreditError):
+        return error
+    if isinstance(error, zeep.exceptions.ValidationError):
+        return InvalidRequest(f"{operation}: {error}")
+    if isinstance(error, zeep.exceptions.TransportError):
+        return GridcreditError(f"{url} answered {operation} with HTTP {error.status_code} and no SOAP message")
+    if isinstance(error, zeep.exceptions.Error):
+        return GridcreditError(f"{operation}: the reply from {url} cannot be read: {error}")
+    return error
+
+
+def _describe(error: BaseException | None) -> str:
+    if error is None:
+        return "no attempt was made"
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
