@@ -97,18 +97,20 @@ class Caller:
         self.verifier = Verifier(trust=TrustStore.from_directory(trust_dir), replay_cache=MemoryReplayCache())
 
     def call(self) -> None:
-        envelope = etree.fromstring(REQUEST)
+        self.call_envelope(etree.fromstring(REQUEST))
+
+    def call_envelope(self, envelope: etree._Element) -> etree._Element:
+        """POST ``envelope`` (signed first when ``signed``); return the verified answer's Body."""
         if self.signed:
             self.signer.sign(envelope)
         body = etree.tostring(envelope)
-        reply = self.session.post(self.url, data=body, headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '"WhoAmI"'}, timeout=30)
+        reply = self.session.post(self.url, data=body, headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'}, timeout=30)
         if reply.status_code != 200:
             raise RuntimeError(f"HTTP {reply.status_code}: {reply.text[:300]}")
         if self.signed:
             sent = envelope.findtext(".//{http://www.w3.org/2000/09/xmldsig#}SignatureValue")
-            self.verifier.verify(reply.content, expected_confirmation=sent)
-        else:
-            etree.fromstring(reply.content)
+            return self.verifier.verify(reply.content, expected_confirmation=sent).body
+        return etree.fromstring(reply.content).find(f"{{{SOAP11_NS}}}Body")
 
 
 def _client_process(url, cert, key, trust_dir, signed, threads, seconds, rate_per_thread, queue):

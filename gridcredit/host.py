@@ -255,6 +255,9 @@ def listening_socket(config: Config) -> socket.socket:
     family = socket.AF_INET6 if ":" in config.server.host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted connections inherit it: without it Nagle's algorithm and delayed ACKs hold each
+    # reply ~40 ms (cheroot sets it on sockets it makes itself; this one is ours).
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     listener.bind((config.server.host, config.server.port))
     listener.listen(1024)
     return listener

@@ -308,3 +308,17 @@ def test_zeep_stubs_from_the_checked_in_wsdl_call_whoami(host, pki):
     service = client.create_service("{urn:gridcredit:bank:1}Bank", f"{host.url}/bank")
     identity = service.WhoAmI()
     assert identity.dn == alice.dn and identity.service == "bank" and identity.proxy is False
+
+
+def test_listening_socket_disables_nagle(tmp_path):
+    """Accepted connections inherit TCP_NODELAY; without it each reply waits ~40 ms for a delayed ACK."""
+    import socket as socket_module
+    from gridcredit.config import load_config
+    from gridcredit.host import listening_socket
+
+    config = load_config(env={"GRIDCREDIT_STATE_DIR": str(tmp_path), "GRIDCREDIT_SERVER_PORT": str(free_port())})
+    listener = listening_socket(config)
+    try:
+        assert listener.getsockopt(socket_module.IPPROTO_TCP, socket_module.TCP_NODELAY) != 0
+    finally:
+        listener.close()

@@ -9,6 +9,8 @@ versions stay monotonic. A per-collection extracted index can later be a second 
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import sqlite3
 import threading
@@ -99,8 +101,26 @@ class EmbeddedStore(XmlStore):
         self._trees = TreeCache()
         self._closed = False
         self._pid = os.getpid()
+        # Writers queue on a kernel lock (woken at once) rather than in SQLite's busy handler,
+        # which sleeps in steps of up to 100 ms and made concurrent writers slow and jittery.
+        self._writer_thread_lock = threading.Lock()
+        self._writer_lock_path = self.path.with_name(self.path.name + ".writelock")
+        self._writer_lock_fd: int | None = None
+        self._writer_lock_pid = 0
         connection = self._connection()
         connection.executescript(_SCHEMA)
+
+    @contextlib.contextmanager
+    def _writer_lock(self):
+        with self._writer_thread_lock:
+            if self._writer_lock_fd is None or self._writer_lock_pid != os.getpid():
+                self._writer_lock_fd = os.open(self._writer_lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+                self._writer_lock_pid = os.getpid()
+            fcntl.flock(self._writer_lock_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._writer_lock_fd, fcntl.LOCK_UN)
 
     # -- connections: one per thread (and per process: a forked child opens its own) --
     def _connection(self) -> sqlite3.Connection:
@@ -129,6 +149,9 @@ class EmbeddedStore(XmlStore):
                 except sqlite3.Error:
                     pass
             self._connections.clear()
+        if self._writer_lock_fd is not None and self._writer_lock_pid == os.getpid():
+            os.close(self._writer_lock_fd)
+            self._writer_lock_fd = None
 
     # -- reads --
     def get(self, collection: str, doc_id: str) -> Document | None:
@@ -206,6 +229,10 @@ class EmbeddedStore(XmlStore):
         retries = self.limits.retries_default if retries is None else retries
 
         def attempt() -> T:
+            with self._writer_lock():
+                return locked_attempt()
+
+        def locked_attempt() -> T:
             connection = self._connection()
             try:
                 connection.execute("BEGIN IMMEDIATE")
