@@ -43,6 +43,7 @@ SERVICE_MODULES = {
     "jarm": "gridcredit.services.jarm.service",
     "auctioneer": "gridcredit.services.auctioneer.service",
 }
+XSD_NS = "http://www.w3.org/2001/XMLSchema"
 SOAP_OVER_HTTP = "http://schemas.xmlsoap.org/soap/http"
 WSDL_PLACEHOLDER_ADDRESS = "https://localhost:8443"
 _SOAP_CONTENT_TYPE = "text/xml; charset=utf-8"
@@ -60,9 +61,16 @@ def wsdl_document(name: str, base_address: str = WSDL_PLACEHOLDER_ADDRESS, appli
     """The WSDL of service ``name`` with its soap:address at ``base_address``/``name``."""
     document = Wsdl11((application or build_application(name)).interface)
     document.build_interface_document(f"{base_address.rstrip('/')}/{name}")
-    text = document.get_interface_document()
+    root = etree.fromstring(document.get_interface_document())
+    # spyne emits some schema members in hash order (it varies with PYTHONHASHSEED): sort them so
+    # the document is the same on every run. Order inside an xs:schema carries no meaning.
+    for schema in root.iter(f"{{{XSD_NS}}}schema"):
+        imports = [child for child in schema if child.tag == f"{{{XSD_NS}}}import"]
+        members = sorted((child for child in schema if child.tag != f"{{{XSD_NS}}}import"),
+                         key=lambda child: (str(child.tag), child.get("name") or ""))
+        schema[:] = imports + members
     # Pretty-printed so the checked-in copies under wsdl/ read well and diff cleanly.
-    return etree.tostring(etree.fromstring(text), pretty_print=True, xml_declaration=True, encoding="UTF-8")
+    return etree.tostring(root, pretty_print=True, xml_declaration=True, encoding="UTF-8")
 
 
 @dataclass

@@ -322,3 +322,13 @@ def test_listening_socket_disables_nagle(tmp_path):
         assert listener.getsockopt(socket_module.IPPROTO_TCP, socket_module.TCP_NODELAY) != 0
     finally:
         listener.close()
+
+
+def test_wsdl_is_the_same_under_any_hash_seed(tmp_path):
+    """spyne orders some schema members by hash; the documents must not change with PYTHONHASHSEED."""
+    for seed in ("1", "2", "12345"):
+        out = tmp_path / seed
+        subprocess.run([sys.executable, "-m", "gridcredit.cli", "wsdl", "--out", str(out)], check=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True)
+        for name in SERVICES:
+            assert (out / f"{name}.wsdl").read_bytes() == (WSDL_DIR / f"{name}.wsdl").read_bytes(), (seed, name)
