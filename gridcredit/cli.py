@@ -19,6 +19,7 @@ from .errors import GridcreditError
 COMMAND_MODULES = (
     "gridcredit.host_cli",          # serve, whoami
     "gridcredit.security.pki_cli",  # pki …
+    "gridcredit.services.bank.cli",  # bank …
 )
 
 

@@ -1,0 +1,651 @@
+"""``gridcredit bank …``: every Bank operation from the shell, a thin layer over :class:`BankClient`.
+
+Each command signs with the user's certificate or proxy (``--cert/--key/--proxy``, grid
+conventions by default), prints readable text (amounts with thousands separators, times in ISO
+UTC) or, with ``--json``, the result as JSON (money as integers, times as microseconds since the
+epoch in fields ending ``_us``). Mutating commands take ``--request-id``; without one a fresh id
+is made, and it is retried under that same id when an attempt gets no answer, so nothing is
+applied twice. Exit codes: 0 done, 1 refused or failed (``TypeName: message`` on stderr), 2 usage.
+
+``gridcredit bank audit --offline`` reads the store of the local configuration directly
+(``--config``), with the ledger key beside it; it exits 1 and lists the findings when the ledger
+is not clean.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+from datetime import datetime, timedelta, timezone
+
+from gridcredit.errors import GridcreditError
+
+from .client import (RETRIES_DEFAULT, RETRIES_MAX, AuditReport, BankClient, Receipt, Transaction, audit_report_of,
+                     datetime_from_us)
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+
+_DURATION_PART = re.compile(r"(\d+)\s*([smhdw])")
+_DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+PERIODS_S = {"second": 1, "minute": 60, "hour": 3600, "day": 86_400, "week": 7 * 86_400}
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument types (a bad value is a usage error: exit 2)
+
+
+def amount_type(text: str) -> int:
+    """An integer number of credits; ``1_000_000`` and ``1,000,000`` read as 1000000."""
+    cleaned = text.replace(",", "").replace("_", "").strip()
+    if not re.fullmatch(r"-?\d+", cleaned):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of credits")
+    return int(cleaned)
+
+
+def duration_s(text: str) -> int:
+    """Seconds from ``90``, ``90s``, ``30m``, ``2h``, ``1d``, ``1w`` or ``1h30m``."""
+    cleaned = text.strip().lower()
+    if cleaned.isdigit():
+        seconds = int(cleaned)
+    else:
+        parts = _DURATION_PART.findall(cleaned)
+        if not parts or _DURATION_PART.sub("", cleaned).strip():
+            raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90s, 30m, 2h, 1d or 1h30m")
+        seconds = sum(int(number) * _DURATION_UNITS_S[unit] for number, unit in parts)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be positive")
+    return seconds
+
+
+def period_s(text: str) -> int:
+    """A spending period: second, minute, hour, day, week, or a duration (``3600``, ``12h``)."""
+    return PERIODS_S.get(text.strip().lower()) or duration_s(text)
+
+
+def moment_type(text: str) -> datetime:
+    """An ISO 8601 date or time; without a zone it is UTC (``2025-01-31``, ``2025-01-31T12:00:00Z``)."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time such as 2025-01-31T12:00:00Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def request_id_type(text: str) -> str:
+    from .ledger import REQUEST_ID_PATTERN
+
+    if not REQUEST_ID_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: a request id is 1-128 characters of letters, digits and ._:@- "
+                                         "starting with a letter or digit")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def money(amount: int | None) -> str:
+    return "-" if amount is None else f"{amount:,}"
+
+
+def when(microseconds: int | None) -> str:
+    if microseconds is None:
+        return "-"
+    return datetime_from_us(microseconds).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def period_text(period_us: int | None) -> str:
+    if period_us is None:
+        return "-"
+    seconds = period_us // 1_000_000
+    for name, length in sorted(PERIODS_S.items(), key=lambda item: -item[1]):
+        if seconds == length:
+            return name
+    return f"{seconds:,} s"
+
+
+def jsonable(value):
+    """Dataclasses as dicts, tuples as lists, datetimes as ISO text: what ``--json`` prints."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {field.name: jsonable(getattr(value, field.name)) for field in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def describe(t: Transaction) -> str:
+    """One line saying what a ledger transaction did."""
+    kind = t.kind
+    if kind == "create-account":
+        text = (f"account {t.account_id} created for project {t.project}, owner {t.holder_dn}, "
+                f"credit limit {money(t.credit_limit)}")
+    elif kind == "set-holder":
+        text = f"{t.holder_dn} is {t.role} of {t.account_id}"
+    elif kind == "remove-holder":
+        text = f"{t.holder_dn} removed from {t.account_id}"
+    elif kind == "set-status":
+        text = f"{t.account_id} is {t.status}"
+    elif kind == "set-credit-limit":
+        text = f"credit limit of {t.account_id} is {money(t.credit_limit)}"
+    elif kind == "set-spending-limit":
+        text = (f"spending limit of {t.account_id} removed" if t.spending_limit is None else
+                f"spending limit of {t.account_id} is {money(t.spending_limit)} per {period_text(t.spending_period_us)}")
+    elif kind == "mint-request":
+        text = (f"mint of {money(t.amount)} into {t.account_id} awaits a second administrator: "
+                f"pending mint {t.pending_mint_id}")
+    elif kind == "mint":
+        text = f"{money(t.amount)} minted into {t.account_id}"
+        if t.approver_dn:
+            text += f" (pending mint {t.pending_mint_id}, approved by {t.approver_dn})"
+    elif kind == "retire":
+        text = f"{money(t.amount)} retired from {t.account_id}"
+    elif kind == "transfer":
+        text = f"{money(t.amount)} from {t.account_id} to {t.counterparty_account_id}"
+    elif kind == "hold":
+        text = f"hold {t.hold_id}: {money(t.amount)} on {t.account_id} until {when(t.expires_at_us)}"
+        if t.reference:
+            text += f" ({t.reference})"
+    elif kind == "extend":
+        text = f"hold {t.hold_id} now {money(t.hold_amount)}"
+        if t.expires_at_us is not None:
+            text += f" until {when(t.expires_at_us)}"
+    elif kind == "charge":
+        text = (f"{money(t.amount)} charged on hold {t.hold_id} from {t.account_id} to {t.counterparty_account_id}"
+                f" (hold {t.hold_state})")
+    elif kind in ("release", "expire"):
+        text = f"hold {t.hold_id} {'released' if kind == 'release' else 'expired'}: {money(t.amount)} back to {t.account_id}"
+    else:
+        text = f"{kind} {t.account_id or ''} {money(t.amount)}".strip()
+    return text
+
+
+def transaction_line(t: Transaction) -> str:
+    return f"#{t.seq:<6} {when(t.at_us)}  {t.kind:<18} {describe(t)}"
+
+
+def receipt_text(receipt: Receipt) -> str:
+    t = receipt.transaction
+    lines = [f"{describe(t)}", f"  transaction #{t.seq} ({t.kind}) at {when(t.at_us)}, request id {t.request_id}"]
+    if receipt.replayed:
+        lines.append("  (a retry: the bank had already applied this request id; nothing changed now)")
+    return "\n".join(lines)
+
+
+def audit_text(report: AuditReport, where: str) -> str:
+    if report.clean:
+        return (f"{where}: clean — {report.transaction_count:,} transactions, head #{report.head_seq} "
+                f"{report.head_hash[:16]}…, issued {money(report.issued)}, retired {money(report.retired)}, "
+                f"{report.signatures_checked:,} signature checkpoint(s) verified")
+    count = len(report.findings) + report.findings_omitted
+    lines = [f"{where}: NOT clean — {count:,} finding(s) over {report.transaction_count:,} transactions"]
+    for finding in report.findings:
+        seq = "-" if finding.seq is None else f"#{finding.seq}"
+        lines.append(f"  {finding.kind:<14} {seq:<8} {finding.message}")
+    if report.findings_omitted:
+        lines.append(f"  … and {report.findings_omitted:,} more")
+    return "\n".join(lines)
+
+
+def _print(args, value, text: str) -> None:
+    from gridcredit.cli import print_result
+
+    print_result(args, jsonable(value), text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Handlers: (args, bank) -> exit code
+
+
+def _client(args) -> BankClient:
+    from gridcredit.security.credentials import load_credential, trust_directory
+
+    credential = load_credential(cert_path=args.cert, key_path=args.key, proxy_path=args.proxy)
+    return BankClient(args.url, credential=credential, trust_dir=trust_directory(args.trust),
+                      timeout_s=args.timeout, retries=args.retries)
+
+
+def _receipt(args, receipt: Receipt) -> int:
+    _print(args, receipt, receipt_text(receipt))
+    return EXIT_OK
+
+
+def _create_account(args, bank):
+    return _receipt(args, bank.create_account(args.account, project=args.project, owner_dn=args.owner,
+                                              credit_limit=args.credit_limit, request_id=args.request_id))
+
+
+def _set_holder(args, bank):
+    return _receipt(args, bank.set_holder(args.account, holder_dn=args.dn, role=args.role, request_id=args.request_id))
+
+
+def _remove_holder(args, bank):
+    return _receipt(args, bank.remove_holder(args.account, holder_dn=args.dn, request_id=args.request_id))
+
+
+def _set_status(args, bank):
+    return _receipt(args, bank.set_status(args.account, status=args.status, request_id=args.request_id))
+
+
+def _set_credit_limit(args, bank):
+    return _receipt(args, bank.set_credit_limit(args.account, credit_limit=args.amount, request_id=args.request_id))
+
+
+def _set_spending_limit(args, bank):
+    if args.remove:
+        if args.amount is not None or args.per is not None:
+            raise _usage(args, "--remove takes neither an amount nor --per")
+        limit = period = None
+    else:
+        if args.amount is None or args.per is None:
+            raise _usage(args, "give an amount and --per (or --remove)")
+        limit, period = args.amount, args.per
+    return _receipt(args, bank.set_spending_limit(args.account, spending_limit=limit, period_s=period,
+                                                  request_id=args.request_id))
+
+
+def _mint(args, bank):
+    return _receipt(args, bank.mint(args.account, args.amount, request_id=args.request_id))
+
+
+def _approve_mint(args, bank):
+    return _receipt(args, bank.approve_mint(args.pending_mint, request_id=args.request_id))
+
+
+def _retire(args, bank):
+    return _receipt(args, bank.retire(args.account, args.amount, request_id=args.request_id))
+
+
+def _transfer(args, bank):
+    return _receipt(args, bank.transfer(args.from_account, args.to_account, args.amount, request_id=args.request_id))
+
+
+def _expires(args, *, required: bool):
+    if args.expires is not None:
+        return args.expires
+    if args.expires_in is not None:
+        return timedelta(seconds=args.expires_in)  # made absolute once by the client, before any attempt
+    if required:
+        raise _usage(args, "give --expires-in (e.g. 2h) or --expires (ISO time)")
+    return None
+
+
+def _hold(args, bank):
+    return _receipt(args, bank.create_hold(args.account, amount=args.amount, expires=_expires(args, required=True),
+                                           reference=args.reference, collector_dn=args.collector,
+                                           request_id=args.request_id))
+
+
+def _extend_hold(args, bank):
+    expires = _expires(args, required=False)
+    if expires is None and args.amount is None:
+        raise _usage(args, "give a later expiry (--expires-in/--expires) and/or a larger --amount")
+    return _receipt(args, bank.extend_hold(args.hold, expires=expires, amount=args.amount, request_id=args.request_id))
+
+
+def _charge(args, bank):
+    return _receipt(args, bank.charge_hold(args.hold, payee_account_id=args.payee, amount=args.amount,
+                                           request_id=args.request_id))
+
+
+def _release(args, bank):
+    return _receipt(args, bank.release_hold(args.hold, request_id=args.request_id))
+
+
+def _balance(args, bank):
+    b = bank.get_balance(args.account)
+    _print(args, b, f"{b.account_id}: balance {money(b.total)}, held {money(b.held)}, available {money(b.available)}"
+                    f" (credit limit {money(b.credit_limit)})")
+    return EXIT_OK
+
+
+def _account(args, bank):
+    a = bank.get_account(args.account)
+    limit = ("none" if a.spending_limit is None else
+             f"{money(a.spending_limit)} per {period_text(a.spending_period_us)} ({money(a.spent_in_period)} spent)")
+    lines = [f"account {a.account_id} (project {a.project}), {a.status}, created {when(a.created_at_us)}",
+             f"  balance {money(a.balance)}, held {money(a.held)}, available {money(a.available)}",
+             f"  credit limit {money(a.credit_limit)}, spending limit {limit}",
+             "  holders:"] + [f"    {h.role:<8} {h.dn}" for h in a.holders]
+    _print(args, a, "\n".join(lines))
+    return EXIT_OK
+
+
+def _hold_line(h) -> str:
+    line = (f"{h.hold_id:<14} {h.state:<11} {money(h.charged)} of {money(h.amount)} charged, "
+            f"expires {when(h.expires_at_us)}")
+    if h.ended_seq is not None:
+        line += f", ended by #{h.ended_seq} at {when(h.ended_at_us)}"
+    return line + (f"  {h.reference}" if h.reference else "")
+
+
+def _show_hold(args, bank):
+    h = bank.get_hold(args.hold)
+    lines = [_hold_line(h), f"  account {h.account_id}, created {when(h.created_at_us)} by {h.creator_dn} (#{h.created_seq})"]
+    if h.collector_dn:
+        lines.append(f"  collector {h.collector_dn}")
+    _print(args, h, "\n".join(lines))
+    return EXIT_OK
+
+
+def _more(next_offset: int | None) -> list[str]:
+    return [] if next_offset is None else [f"(more: --offset {next_offset})"]
+
+
+def _holds(args, bank):
+    page = bank.list_holds(args.account, ended=args.ended, offset=args.offset, limit=args.limit)
+    what = "ended" if args.ended else "active"
+    lines = [_hold_line(h) for h in page.holds] or [f"no {what} holds on {args.account}"]
+    _print(args, page, "\n".join(lines + _more(page.next_offset)))
+    return EXIT_OK
+
+
+def _history(args, bank):
+    page = bank.history(args.account, xpath_filter=args.filter, offset=args.offset, limit=args.limit)
+    lines = [transaction_line(t) for t in page.transactions] or [f"no transactions on {args.account}"]
+    _print(args, page, "\n".join(lines + _more(page.next_offset)))
+    return EXIT_OK
+
+
+def _statement(args, bank):
+    start = args.period_start
+    end = args.period_end or datetime.now(timezone.utc)
+    s = bank.statement(args.account, start=start, end=end)
+    lines = [f"statement of {s.account_id} from {when(s.from_us)} to {when(s.to_us)}",
+             f"  opening balance {money(s.opening_balance)}"]
+    lines += [f"  {transaction_line(t)}" for t in s.transactions]
+    if s.truncated:
+        lines.append("  (truncated: more transactions in the period than a statement lists)")
+    lines.append(f"  closing balance {money(s.closing_balance)}")
+    _print(args, s, "\n".join(lines))
+    return EXIT_OK
+
+
+def _money_supply(args, bank):
+    m = bank.money_supply()
+    _print(args, m, f"issued {money(m.issued)}, retired {money(m.retired)}, outstanding {money(m.outstanding)}")
+    return EXIT_OK
+
+
+def _whoami(args, bank):
+    i = bank.whoami()
+    text = f"the bank at {args.url} knows you as {i.dn}"
+    if i.proxy:
+        text += f" (through {'a limited' if i.limited else 'a'} proxy {i.signer_dn})"
+    _print(args, i, text)
+    return EXIT_OK
+
+
+def _audit(args):
+    if args.offline:
+        report, where = offline_audit(args), "ledger (offline)"
+    else:
+        report, where = _client(args).audit(), f"ledger at {args.url}"
+    _print(args, report, audit_text(report, where))
+    return EXIT_OK if report.clean else EXIT_REFUSED
+
+
+def offline_audit(args) -> AuditReport:
+    """Audit the store of the local configuration directly, with the ledger key beside it."""
+    from pathlib import Path
+
+    from cryptography.hazmat.primitives import serialization
+
+    from gridcredit.config import load_config
+    from gridcredit.runtime import ledger_key_path
+    from gridcredit.xmlstore import open_store
+
+    from .bank import audit_store
+
+    config = load_config(args.config)
+    key_path = Path(args.public_key) if args.public_key else ledger_key_path(config)
+    try:
+        data = key_path.read_bytes()
+    except OSError as error:
+        raise GridcreditError(f"cannot read the ledger key {key_path}: {error.strerror}; "
+                              "give the bank's public key with --public-key") from None
+    try:
+        if b"PRIVATE KEY" in data:
+            public_key = serialization.load_pem_private_key(data, password=None).public_key()
+        else:
+            public_key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as error:
+        raise GridcreditError(f"{key_path} is not a PEM ledger key: {error}") from None
+    store = open_store(config.store, config.state_path)
+    try:
+        return audit_report_of(audit_store(store, public_key,
+                                           signature_check_interval=1 if args.every_signature else 1000))
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration
+
+
+class _UsageError(Exception):
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+def _usage(args, message: str) -> _UsageError:
+    return _UsageError(args.parser_of_command, message)
+
+
+class _LazyClient:
+    """The BankClient, made (credentials loaded) when a handler first uses it, after its usage checks."""
+
+    def __init__(self, args) -> None:
+        self._args = args
+        self._client: BankClient | None = None
+
+    def __getattr__(self, name: str):
+        if self._client is None:
+            self._client = _client(self._args)
+        return getattr(self._client, name)
+
+
+def _online(handler):
+    def run(args) -> int:
+        try:
+            return handler(args, _LazyClient(args))
+        except _UsageError as error:
+            error.parser.error(str(error))  # exits 2
+    return run
+
+
+def _offline_or_online(handler):
+    def run(args) -> int:
+        try:
+            return handler(args)
+        except _UsageError as error:
+            error.parser.error(str(error))
+    return run
+
+
+def _common(parser: argparse.ArgumentParser, *, mutating: bool) -> None:
+    from gridcredit.host_cli import add_credential_arguments
+
+    add_credential_arguments(parser)
+    parser.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                        help="seconds to wait for each attempt (default %(default)s)")
+    parser.add_argument("--retries", type=int, default=RETRIES_DEFAULT, choices=range(RETRIES_MAX + 1), metavar="N",
+                        help=f"attempts to repeat when there is no answer (0-{RETRIES_MAX}, default %(default)s)")
+    if mutating:
+        parser.add_argument("--request-id", type=request_id_type, metavar="ID",
+                            help="client request id (default: a new one); repeating a request under its id "
+                                 "answers the original and applies nothing twice")
+
+
+def _paging(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--offset", type=int, default=0, help="skip this many (default 0)")
+    parser.add_argument("--limit", type=int, default=100, help="at most this many, 1-500 (default 100)")
+
+
+def _expiry_options(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--expires-in", type=duration_s, metavar="DURATION", help="e.g. 90s, 30m, 2h, 1d, 1h30m")
+    group.add_argument("--expires", type=moment_type, metavar="TIME", help="ISO 8601 time, UTC unless a zone is given")
+
+
+def register(subparsers) -> None:
+    bank = subparsers.add_parser("bank", help="accounts, holds, charges and the ledger of the Bank",
+                                 description="Every Bank operation, signed with your certificate or proxy. "
+                                             "--json prints results for scripts. Exit codes: 0 done, "
+                                             "1 refused or failed, 2 usage.")
+    commands = bank.add_subparsers(dest="bank_command", metavar="COMMAND")
+    commands.required = True
+
+    def command(name: str, summary: str, example: str, handler, *, mutating: bool = False, aliases=(),
+                online: bool = True) -> argparse.ArgumentParser:
+        parser = commands.add_parser(name, help=summary, description=summary, aliases=list(aliases),
+                                     epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+        _common(parser, mutating=mutating)
+        parser.set_defaults(handler=_online(handler) if online else _offline_or_online(handler),
+                            parser_of_command=parser)
+        return parser
+
+    p = command("create-account", "create an account owned by a user (administrators)",
+                "gridcredit bank create-account vo-atlas --project atlas --owner '/DC=org/DC=example/CN=Alice'",
+                _create_account, mutating=True)
+    p.add_argument("account", help="account id")
+    p.add_argument("--project", required=True, help="the project or VO that owns it")
+    p.add_argument("--owner", required=True, metavar="DN", help="the owner's certificate subject DN")
+    p.add_argument("--credit-limit", type=amount_type, metavar="AMOUNT", help="overdraft allowed (default 0)")
+
+    p = command("set-holder", "add a holder or change a holder's role (owners, managers, administrators)",
+                "gridcredit bank add-holder vo-atlas '/DC=org/DC=example/CN=Bob' --role member",
+                _set_holder, mutating=True, aliases=("add-holder",))
+    p.add_argument("account")
+    p.add_argument("dn", help="the holder's certificate subject DN")
+    p.add_argument("--role", required=True, choices=["owner", "manager", "member", "viewer"])
+
+    p = command("remove-holder", "remove a holder from an account",
+                "gridcredit bank remove-holder vo-atlas '/DC=org/DC=example/CN=Bob'", _remove_holder, mutating=True)
+    p.add_argument("account")
+    p.add_argument("dn")
+
+    for name, status, summary in (("freeze", "frozen", "freeze an account: no new holds or spending"),
+                                  ("unfreeze", "open", "reopen a frozen account (administrators)"),
+                                  ("close", "closed", "close an account for good (zero balance, no active holds)")):
+        p = command(name, summary, f"gridcredit bank {name} vo-atlas", _set_status, mutating=True)
+        p.add_argument("account")
+        p.set_defaults(status=status)
+    p = command("set-status", "set an account's status", "gridcredit bank set-status vo-atlas frozen",
+                _set_status, mutating=True)
+    p.add_argument("account")
+    p.add_argument("status", choices=["open", "frozen", "closed"])
+
+    p = command("set-credit-limit", "set how far an account may go below zero (administrators)",
+                "gridcredit bank set-credit-limit vo-atlas 50,000", _set_credit_limit, mutating=True)
+    p.add_argument("account")
+    p.add_argument("amount", type=amount_type)
+
+    p = command("set-spending-limit", "limit what an account spends per period (charges and transfers out)",
+                "gridcredit bank set-spending-limit vo-atlas 10000 --per day", _set_spending_limit, mutating=True)
+    p.add_argument("account")
+    p.add_argument("amount", type=amount_type, nargs="?", help="credits per period")
+    p.add_argument("--per", type=period_s, metavar="PERIOD",
+                   help="second, minute, hour, day, week, or a duration such as 3600 or 12h")
+    p.add_argument("--remove", action="store_true", help="remove the spending limit")
+
+    p = command("mint", "issue new credits into an account (administrators; a ledger transaction naming you)",
+                "gridcredit bank mint vo-atlas 1,000,000", _mint, mutating=True)
+    p.add_argument("account")
+    p.add_argument("amount", type=amount_type)
+
+    p = command("approve-mint", "approve another administrator's mint above the approval threshold",
+                "gridcredit bank approve-mint mint-12", _approve_mint, mutating=True)
+    p.add_argument("pending_mint", metavar="PENDING_MINT_ID")
+
+    p = command("retire", "take credits out of circulation from an account (administrators)",
+                "gridcredit bank retire vo-atlas 5000", _retire, mutating=True)
+    p.add_argument("account")
+    p.add_argument("amount", type=amount_type)
+
+    command("money-supply", "credits issued, retired and outstanding", "gridcredit bank money-supply", _money_supply)
+
+    p = command("transfer", "move credits between accounts (members of the paying account)",
+                "gridcredit bank transfer vo-atlas vo-cms 2500", _transfer, mutating=True)
+    p.add_argument("from_account", metavar="FROM")
+    p.add_argument("to_account", metavar="TO")
+    p.add_argument("amount", type=amount_type)
+
+    p = command("hold", "reserve credits on an account until charged, released or expired",
+                "gridcredit bank hold vo-atlas --amount 500 --expires-in 2h --reference 'job 4711'",
+                _hold, mutating=True)
+    p.add_argument("account")
+    p.add_argument("--amount", type=amount_type, required=True)
+    _expiry_options(p, required=True)
+    p.add_argument("--reference", help="free text, e.g. the job it pays for")
+    p.add_argument("--collector", metavar="DN", help="another identity that may charge, extend and release it")
+
+    p = command("extend-hold", "give a hold a later expiry and/or a larger amount",
+                "gridcredit bank extend-hold hold-42 --expires-in 4h --amount 800", _extend_hold, mutating=True)
+    p.add_argument("hold", metavar="HOLD_ID")
+    p.add_argument("--amount", type=amount_type, help="the new, larger total amount")
+    _expiry_options(p)
+
+    p = command("charge", "charge part or all of a hold to a payee account",
+                "gridcredit bank charge hold-42 --payee site-x --amount 120", _charge, mutating=True)
+    p.add_argument("hold", metavar="HOLD_ID")
+    p.add_argument("--payee", required=True, metavar="ACCOUNT")
+    p.add_argument("--amount", type=amount_type, required=True)
+
+    p = command("release", "end a hold and return what is left of it", "gridcredit bank release hold-42",
+                _release, mutating=True)
+    p.add_argument("hold", metavar="HOLD_ID")
+
+    p = command("balance", "total, held and available credits of an account", "gridcredit bank balance vo-atlas",
+                _balance)
+    p.add_argument("account")
+
+    p = command("account", "an account: status, balances, limits and holders", "gridcredit bank account vo-atlas",
+                _account)
+    p.add_argument("account")
+
+    p = command("show-hold", "one hold", "gridcredit bank show-hold hold-42", _show_hold)
+    p.add_argument("hold", metavar="HOLD_ID")
+
+    p = command("holds", "an account's active holds (or ended ones)", "gridcredit bank holds vo-atlas --ended", _holds)
+    p.add_argument("account")
+    p.add_argument("--ended", action="store_true", help="holds that were charged out, released or expired")
+    _paging(p)
+
+    p = command("history", "transactions touching an account, oldest first",
+                "gridcredit bank history vo-atlas --filter \"t:kind='charge' and t:amount > 100\" --limit 20", _history)
+    p.add_argument("account")
+    p.add_argument("--filter", metavar="XPATH",
+                   help="XPath predicate over the transaction document (prefix t:, e.g. t:kind='transfer')")
+    _paging(p)
+
+    p = command("statement", "opening balance, the transactions of a period, closing balance",
+                "gridcredit bank statement vo-atlas --from 2025-01-01 --to 2025-02-01", _statement)
+    p.add_argument("account")
+    p.add_argument("--from", dest="period_start", type=moment_type, required=True, metavar="TIME",
+                   help="start (ISO 8601, UTC unless a zone is given), included")
+    p.add_argument("--to", dest="period_end", type=moment_type, metavar="TIME", help="end, excluded (default now)")
+
+    p = command("audit", "verify the ledger: hash chain, signatures, invariants (exit 1 when not clean)",
+                "gridcredit bank audit            # the bank audits itself (administrators, auditors)\n"
+                "  gridcredit --config /etc/gridcredit.toml bank audit --offline   # read the store directly",
+                _audit, online=False)
+    p.add_argument("--offline", action="store_true",
+                   help="read the store of the local configuration (--config) instead of asking the bank")
+    p.add_argument("--public-key", metavar="PEM", help="offline: the bank's ledger key (default: beside the store)")
+    p.add_argument("--every-signature", action="store_true",
+                   help="offline: verify every transaction's signature, not checkpoints")
+
+    command("whoami", "make a signed call and show who the bank thinks you are", "gridcredit bank whoami", _whoami)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from gridcredit.cli import main
+
+    sys.exit(main(["bank", *sys.argv[1:]]))
