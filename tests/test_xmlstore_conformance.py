@@ -267,3 +267,20 @@ def test_kill9_of_writer_mid_transaction(store_spec):
             check_pairs(reopened, acked)
             reopened.transact(lambda tx: (tx.delete("pairs", "a"), tx.delete("pairs", "b"),
                                           [tx.delete("log", d) for d in reopened.ids("log", 0, 100_000)]))
+
+
+def test_scan_reads_a_collection_in_pages(store):
+    store.transact(lambda tx: [tx.put("scanned", f"d{n:04d}", f"<d n='{n}'/>".encode()) for n in range(25)])
+    store.delete("scanned", "d0003")
+    seen, after = [], None
+    while True:
+        page = store.scan("scanned", after_id=after, limit=7)
+        seen += [document.doc_id for document in page]
+        if len(page) < 7:
+            break
+        after = page[-1].doc_id
+    assert seen == [f"d{n:04d}" for n in range(25) if n != 3]
+    assert store.scan("scanned", after_id="d0023", limit=5)[0].xml == b'<d n="24"/>'
+    assert store.scan("empty_collection") == []
+    with pytest.raises(QueryError):
+        store.scan("scanned", limit=0)

@@ -193,6 +193,29 @@ class XmlStore(abc.ABC):
     @abc.abstractmethod
     def ids(self, collection: str, offset: int = 0, limit: int = 1000) -> list[str]: ...
 
+    def scan(self, collection: str, *, after_id: str | None = None, limit: int = 1000) -> list[Document]:
+        """The next ``limit`` documents of ``collection`` in doc_id order after ``after_id``: reading
+        a whole collection page by page (audits, rebuilds) without a query per document."""
+        check_collection(collection)
+        if not 1 <= limit <= self.limits.query_limit_max:
+            raise QueryError(f"limit must be 1..{self.limits.query_limit_max}")
+        documents: list[Document] = []
+        offset = 0
+        while len(documents) < limit:  # generic version: page through the ids
+            ids = self.ids(collection, offset, 1000)
+            offset += len(ids)
+            for doc_id in ids:
+                if after_id is not None and doc_id <= after_id:
+                    continue
+                document = self.get(collection, doc_id)
+                if document is not None:
+                    documents.append(document)
+                    if len(documents) >= limit:
+                        break
+            if len(ids) < 1000:
+                break
+        return documents
+
     @abc.abstractmethod
     def close(self) -> None: ...
 

@@ -174,6 +174,15 @@ class EmbeddedStore(XmlStore):
             (collection, limit, offset))
         return [row[0] for row in rows]
 
+    def scan(self, collection: str, *, after_id: str | None = None, limit: int = 1000) -> list[Document]:
+        check_collection(collection)
+        if not 1 <= limit <= self.limits.query_limit_max:
+            raise QueryError(f"limit must be 1..{self.limits.query_limit_max}")
+        rows = self._connection().execute(
+            "SELECT doc_id, version, xml FROM documents WHERE collection=? AND doc_id > ? AND xml IS NOT NULL "
+            "ORDER BY doc_id LIMIT ?", (collection, after_id or "", limit))
+        return [Document(collection, doc_id, bytes(xml), version) for doc_id, version, xml in rows]
+
     def _scan(self, collection: str, xpath: str, variables: Mapping[str, str | int], namespaces: Mapping[str, str],
               time_limit_s: float, scan_limit: int | None, want: int):
         """Yield matching documents in doc_id order, at most ``want``."""

@@ -111,14 +111,22 @@ class _StoreView(ledger.LedgerView):
         document = self._tx.get(collection, doc_id)
         return parse(document.xml) if document is not None else None
 
+    # A malformed identifier names no document: answer None and let the operation refuse it
+    # (InvalidArgument) instead of the store (whose id check would fail as a StoreError).
     def account(self, account_id: str) -> Account | None:
+        if not ledger.IDENTIFIER_PATTERN.fullmatch(account_id):
+            return None
         return self._load(ACCOUNTS, account_id, documents.account_from_xml)
 
     def hold(self, hold_id: str) -> Hold | None:
+        if not ledger.IDENTIFIER_PATTERN.fullmatch(hold_id):
+            return None
         return (self._load(HOLDS_ACTIVE, hold_id, documents.hold_from_xml)
                 or self._load(HOLDS_ENDED, hold_id, documents.hold_from_xml))
 
     def pending_mint(self, pending_mint_id: str) -> PendingMint | None:
+        if not ledger.IDENTIFIER_PATTERN.fullmatch(pending_mint_id):
+            return None
         return self._load(PENDING_MINTS, pending_mint_id, documents.pending_mint_from_xml)
 
     def money_supply(self) -> MoneySupply:
@@ -356,16 +364,14 @@ def _offset(offset: int) -> int:
 
 
 def _documents(store: XmlStore, collection: str) -> Iterator[bytes]:
-    offset = 0
+    after_id = None
     while True:
-        ids = store.ids(collection, offset, 1000)
-        for doc_id in ids:
-            document = store.get(collection, doc_id)
-            if document is not None:
-                yield document.xml
-        if len(ids) < 1000:
+        page = store.scan(collection, after_id=after_id, limit=1000)
+        for document in page:
+            yield document.xml
+        if len(page) < 1000:
             return
-        offset += len(ids)
+        after_id = page[-1].doc_id
 
 
 def audit_store(store: XmlStore, public_key: Ed25519PublicKey, *, signature_check_interval: int = 1000) -> AuditReport:
