@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import multiprocessing
+import os
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -23,13 +24,12 @@ from lxml import etree
 
 from gridcredit.cli import main
 from gridcredit.config import BankConfig
-from gridcredit.errors import GridcreditError, RemoteFault
+from gridcredit.errors import GridcreditError
 from gridcredit.host import HostFiles, prepare_state, run_worker
-from gridcredit.services.bank import documents
+from gridcredit.services.bank import documents, ledger
 from gridcredit.services.bank.bank import TRANSACTIONS
 from gridcredit.services.bank.client import (BankClient, InvalidRequest, OutcomeUnknown, Transaction, expiry,
                                              new_request_id)
-from gridcredit.services.bank import ledger
 from gridcredit.xmlstore import open_store
 
 from security_fixtures import app_in_thread, free_port, host_config, https_session, wait_for_tls
@@ -274,6 +274,7 @@ def test_refusals_exit_1_with_the_fault_text(cli, users, accounts):
 @pytest.mark.parametrize("argv", [["mint", "vo", "abc"], ["hold", "vo", "--amount", "5"],
                                   ["hold", "vo", "--amount", "5", "--expires-in", "soon"],
                                   ["mint", "vo", "5", "--request-id", "bad id"], ["set-spending-limit", "vo", "5"],
+                                  ["balance", "vo", "--timeout", "0"], ["balance", "vo", "--retries", "99"],
                                   ["nonsense"]])
 def test_usage_errors_exit_2(cli, users, argv):
     with pytest.raises(SystemExit) as exited:
@@ -468,7 +469,7 @@ def test_the_client_result_types_follow_the_ledger():
 # ------------------------------------------------------------------------------ offline audit
 
 def test_offline_audit_is_clean_then_names_the_edited_transaction(pki, users, tmp_path, capsys, monkeypatch):
-    for name in [n for n in __import__("os").environ if n.startswith("GRIDCREDIT_")]:
+    for name in [n for n in os.environ if n.startswith("GRIDCREDIT_")]:
         monkeypatch.delenv(name)
     state = tmp_path / "state"
     admins = (users.admin.credential.identity_dn,)
@@ -509,7 +510,7 @@ def test_offline_audit_is_clean_then_names_the_edited_transaction(pki, users, tm
 
 
 def test_offline_audit_without_a_ledger_key_says_so(tmp_path, capsys, monkeypatch):
-    for name in [n for n in __import__("os").environ if n.startswith("GRIDCREDIT_")]:
+    for name in [n for n in os.environ if n.startswith("GRIDCREDIT_")]:
         monkeypatch.delenv(name)
     config_file = tmp_path / "gridcredit.toml"
     config_file.write_text(f'state_dir = "{tmp_path / "empty"}"\n')

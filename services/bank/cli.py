@@ -64,6 +64,16 @@ def period_s(text: str) -> int:
     return PERIODS_S.get(text.strip().lower()) or duration_s(text)
 
 
+def seconds_type(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0 < seconds <= 3600")
+    return seconds
+
+
 def moment_type(text: str) -> datetime:
     """An ISO 8601 date or time; without a zone it is UTC (``2025-01-31``, ``2025-01-31T12:00:00Z``)."""
     try:
@@ -473,7 +483,7 @@ def _common(parser: argparse.ArgumentParser, *, mutating: bool) -> None:
     from gridcredit.host_cli import add_credential_arguments
 
     add_credential_arguments(parser)
-    parser.add_argument("--timeout", type=float, default=30.0, metavar="S",
+    parser.add_argument("--timeout", type=seconds_type, default=30.0, metavar="S",
                         help="seconds to wait for each attempt (default %(default)s)")
     parser.add_argument("--retries", type=int, default=RETRIES_DEFAULT, choices=range(RETRIES_MAX + 1), metavar="N",
                         help=f"attempts to repeat when there is no answer (0-{RETRIES_MAX}, default %(default)s)")
