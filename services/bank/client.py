@@ -324,8 +324,12 @@ def _checked_amount(value, what: str) -> int:
 
 def _no_answer(error: BaseException) -> bool:
     """Whether an attempt ended without any answer from the bank (so the outcome is unknown)."""
-    if isinstance(error, (RemoteFault, SecurityError)):
-        return False  # an answer: a refusal, or a reply that failed verification
+    if isinstance(error, RemoteFault):
+        # The service's own "not applied, retry later" (its store failed) is safe to retry under
+        # the same request id; every other fault is a refusal, final.
+        return error.code == "StoreUnavailable"
+    if isinstance(error, SecurityError):
+        return False  # a reply that failed verification
     if isinstance(error, requests.HTTPError):
         response = error.response
         return response is None or response.status_code >= 500

@@ -247,15 +247,15 @@ class BankService(GridcreditService):
     @rpc(Unicode(**Required), Boolean(min_occurs=0), Long(min_occurs=0), Long(min_occurs=0),
          _returns=HoldPage, _operation_name="ListHolds")
     def list_holds(ctx, account_id, ended, offset, limit):
-        page = runtime_of(ctx).bank.holds(account_id, bank_principal_of(ctx), ended=bool(ended), offset=offset or 0,
-                                          limit=limit or 100)
+        page = runtime_of(ctx).bank.holds(account_id, bank_principal_of(ctx), ended=bool(ended),
+                                          offset=0 if offset is None else offset, limit=100 if limit is None else limit)
         return HoldPage(holds=[_info(HoldInfo, hold) for hold in page.items], next_offset=page.next_offset)
 
     @rpc(Unicode(**Required), Unicode(min_occurs=0), Long(min_occurs=0), Long(min_occurs=0),
          _returns=TransactionPage, _operation_name="History")
     def history(ctx, account_id, xpath_filter, offset, limit):
         page = runtime_of(ctx).bank.history(account_id, bank_principal_of(ctx), xpath_filter=xpath_filter or "",
-                                            offset=offset or 0, limit=limit or 100)
+                                            offset=0 if offset is None else offset, limit=100 if limit is None else limit)
         return TransactionPage(transactions=[_info(TransactionInfo, t) for t in page.items], next_offset=page.next_offset)
 
     @rpc(Unicode(**Required), DateTime(**Required), DateTime(**Required), _returns=StatementInfo, _operation_name="Statement")
