@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
-"$PY" bench/whoami.py --write "$@"
+"$PY" bench/whoami.py --write
+"$PY" bench/bank.py --write
+"$PY" bench/audit.py --write
