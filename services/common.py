@@ -90,10 +90,15 @@ class GridcreditService(ServiceBase):
         try:
             return super().call_wrapper(ctx, args)
         except DomainError as error:
-            raise Fault(faultcode=f"Client.{error.code}", faultstring=str(error)) from None
+            fault = Fault(faultcode=f"Client.{error.code}", faultstring=str(error))
         except QueryError as error:
-            raise Fault(faultcode="Client.InvalidQuery", faultstring=str(error)) from None
+            fault = Fault(faultcode="Client.InvalidQuery", faultstring=str(error))
         except StoreError as error:
             log.error("store failure in %s: %s", ctx.method_name, error)
-            raise Fault(faultcode="Server.StoreUnavailable",
-                        faultstring="the service's store failed; the request was not applied, retry later") from None
+            fault = Fault(faultcode="Server.StoreUnavailable",
+                          faultstring="the service's store failed; the request was not applied, retry later")
+        # Raised outside the handlers, so the fault chains no exception: a chained one keeps the
+        # failed operation's frames alive (spyne's context holds the fault in a cycle), and with
+        # them an open embedded-store cursor whose stale snapshot makes every later write of this
+        # thread fail with "database is locked".
+        raise fault
