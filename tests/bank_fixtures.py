@@ -307,3 +307,332 @@ def offline_audit(host: BankHost):
 def snapshot_of(host: BankHost) -> LedgerSnapshot:
     with host.open_store() as store:
         return ledger_snapshot(store)
+
+
+# ------------------------------------------------------------------------------- random load
+#
+# 16+ threads, each a signed client (its own identity, member of every load account; one thread
+# is the service identity), run random operations: holds (some short-lived, to race the sweep),
+# partial and full charges, releases, extensions, transfers, retries of an earlier request id
+# and requests sent twice at once. Every attempt is classified ok / refused / unknown.
+
+import random
+import threading
+from collections import Counter, defaultdict
+
+LOAD_ACCOUNTS = [f"load-{index}" for index in range(6)]
+LOAD_CREDIT_LIMITS = {"load-0": 3000, "load-1": 1000}
+LOAD_MINT = 20_000
+
+
+@dataclasses.dataclass
+class OpRecord:
+    principal_dn: str
+    request_id: str
+    operation: str
+    arguments: dict
+    attempts: list = dataclasses.field(default_factory=list)   # (outcome, value) per attempt
+
+    def add(self, outcome: str, value) -> None:
+        if outcome == OK:
+            transaction = value.transaction
+            value = {"seq": transaction.seq, "hash": transaction.hash, "kind": transaction.kind,
+                     "replayed": bool(value.replayed), "hold_id": transaction.hold_id}
+        self.attempts.append((outcome, value))
+
+    @property
+    def acknowledged(self) -> bool:
+        return any(outcome == OK for outcome, _ in self.attempts)
+
+    @property
+    def outcomes(self) -> set:
+        return {outcome for outcome, _ in self.attempts}
+
+
+def setup_load(host: BankHost, identities: list) -> int:
+    """Create the load accounts (every identity a member), mint; returns the money supply."""
+    admin = host.client(host.users.admin)
+    for account_id in LOAD_ACCOUNTS:
+        admin.call("CreateAccount", request_id=f"setup-{account_id}", account_id=account_id, project="load",
+                   owner_dn=host.users.owners[0].dn, credit_limit=LOAD_CREDIT_LIMITS.get(account_id, 0))
+        for index, who in enumerate(identities):
+            admin.call("SetHolder", request_id=f"setup-{account_id}-{index}", account_id=account_id,
+                       holder_dn=who.dn, role="member")
+        admin.call("Mint", request_id=f"setup-mint-{account_id}", account_id=account_id, amount=LOAD_MINT)
+    return admin.call("MoneySupply").outstanding
+
+
+class LoadThread(threading.Thread):
+    def __init__(self, host: BankHost, who, index: int, operations: int, stop: threading.Event, seed: int,
+                 *, timeout_s: float = 15.0) -> None:
+        super().__init__(name=f"load-{index}", daemon=True)
+        self.host, self.who, self.index, self.operations, self.stop = host, who, index, operations, stop
+        self.random = random.Random(seed)
+        self.records: list[OpRecord] = []
+        self.holds: dict[str, dict] = {}      # my active holds as I believe them
+        self.counter = 0
+        self.steps = 0                        # operations sent (a retry is one, a request sent twice at once is one)
+        self.requests = 0                     # requests sent
+        self.timeout_s = timeout_s
+        self.error: BaseException | None = None
+        self.is_service = who.dn in host.users.service.dn
+
+    def run(self) -> None:
+        try:
+            self.client = self.host.client(self.who, timeout_s=self.timeout_s)
+            self.twin = self.host.client(self.who, timeout_s=self.timeout_s)
+            while not self.stop.is_set() and self.steps < self.operations:
+                self.steps += 1
+                self.step()
+        except BaseException as error:  # noqa: BLE001 — reported by the test
+            self.error = error
+
+    # -- helpers --
+    def new_record(self, operation: str, **arguments) -> OpRecord:
+        self.counter += 1
+        record = OpRecord(self.who.dn, f"t{self.index}-{self.counter}", operation, arguments)
+        self.records.append(record)
+        return record
+
+    def send(self, record: OpRecord, client=None):
+        self.requests += 1
+        outcome, value = classify(lambda: (client or self.client).call(record.operation, request_id=record.request_id,
+                                                                        **record.arguments))
+        record.add(outcome, value)
+        if outcome == UNKNOWN and "cannot reach" in str(value):
+            time.sleep(0.05)  # the server is down: do not spin
+        return outcome, value
+
+    def send_twice_at_once(self, record: OpRecord):
+        results = []
+        other = threading.Thread(target=lambda: results.append(self.send(record, self.twin)))
+        other.start()
+        mine = self.send(record)
+        other.join()
+        return mine
+
+    def learn(self, record: OpRecord, outcome: str, value) -> None:
+        operation, arguments = record.operation, record.arguments
+        if outcome == OK:
+            if operation == "CreateHold":
+                self.holds[value.transaction.hold_id] = {"account": arguments["account_id"],
+                                                         "amount": arguments["amount"], "charged": 0,
+                                                         "expires": arguments["expires"]}
+            elif operation == "ChargeHold" and arguments["hold_id"] in self.holds:
+                hold = self.holds[arguments["hold_id"]]
+                if value.transaction.hold_state != "active":
+                    self.holds.pop(arguments["hold_id"], None)
+                else:
+                    hold["charged"] += arguments["amount"] if not value.replayed else 0
+            elif operation == "ReleaseHold":
+                self.holds.pop(arguments["hold_id"], None)
+            elif operation == "ExtendHold" and arguments["hold_id"] in self.holds:
+                hold = self.holds[arguments["hold_id"]]
+                if arguments.get("amount"):
+                    hold["amount"] = arguments["amount"]
+                if arguments.get("expires"):
+                    hold["expires"] = arguments["expires"]
+        elif outcome == REFUSED and value in ("HoldEnded", "HoldExpired", "UnknownHold"):
+            self.holds.pop(arguments.get("hold_id"), None)
+
+    def pick_hold(self):
+        now = datetime.now(timezone.utc)
+        for hold_id in [h for h, hold in self.holds.items() if hold["expires"] < now - timedelta(seconds=5)]:
+            self.holds.pop(hold_id)
+        if not self.holds:
+            return None, None
+        hold_id = self.random.choice(sorted(self.holds))
+        return hold_id, self.holds[hold_id]
+
+    def step(self) -> None:
+        rnd = self.random
+        roll = rnd.random()
+        accounts = LOAD_ACCOUNTS
+        hold_id, hold = self.pick_hold()
+        if roll < 0.06 and self.records:                       # retry an earlier request, same id and arguments
+            record = rnd.choice(self.records[-50:])
+            self.learn(record, *self.send(record))
+            return
+        if roll < 0.30 or hold is None:
+            short = rnd.random() < 0.5
+            seconds = rnd.uniform(1.0, 4.0) if short else rnd.uniform(8.0, 20.0)
+            record = self.new_record("CreateHold", account_id=rnd.choice(accounts), amount=rnd.randint(1, 400),
+                                     expires=utc_in(seconds), reference=f"job {self.counter}")
+        elif roll < 0.58:
+            remaining = hold["amount"] - hold["charged"]
+            amount = remaining if rnd.random() < 0.35 else rnd.randint(1, max(1, remaining + 20))
+            payee = rnd.choice([a for a in accounts if a != hold["account"]])
+            record = self.new_record("ChargeHold", hold_id=hold_id, payee_account_id=payee, amount=amount)
+        elif roll < 0.66:
+            record = self.new_record("ReleaseHold", hold_id=hold_id)
+        elif roll < 0.74:
+            arguments = {}
+            if rnd.random() < 0.6:
+                arguments["expires"] = hold["expires"] + timedelta(seconds=rnd.uniform(0.5, 5))
+            if rnd.random() < 0.6 or not arguments:
+                arguments["amount"] = hold["amount"] + rnd.randint(1, 100)
+            record = self.new_record("ExtendHold", hold_id=hold_id, **arguments)
+        else:
+            source, target = rnd.sample(accounts, 2)
+            record = self.new_record("Transfer", from_account_id=source, to_account_id=target,
+                                     amount=rnd.randint(1, 600))
+        if rnd.random() < 0.08:                                 # the same request twice, at once
+            outcome, value = self.send_twice_at_once(record)
+        else:
+            outcome, value = self.send(record)
+        self.learn(record, outcome, value)
+
+
+def run_load(host: BankHost, identities: list, operations_total: int, *, seed: int = 1, stop=None,
+             timeout_s: float = 15.0) -> list:
+    stop = stop or threading.Event()
+    per_thread = -(-operations_total // len(identities))
+    threads = [LoadThread(host, who, index, per_thread, stop, seed * 1000 + index, timeout_s=timeout_s)
+               for index, who in enumerate(identities)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def join_load(threads: list, timeout_s: float = 600) -> list:
+    deadline = time.monotonic() + timeout_s
+    for thread in threads:
+        thread.join(max(0.1, deadline - time.monotonic()))
+    stuck = [thread.name for thread in threads if thread.is_alive()]
+    assert not stuck, f"load threads still running: {stuck}"
+    errors = [f"{thread.name}: {thread.error!r}" for thread in threads if thread.error]
+    assert not errors, errors
+    return [record for thread in threads for record in thread.records]
+
+
+def attempt_counts(threads_records: list) -> Counter:
+    counts = Counter()
+    for record in threads_records:
+        for outcome, _ in record.attempts:
+            counts[outcome] += 1
+    return counts
+
+
+def retry_unknowns(host: BankHost, records: list, users_by_dn: dict) -> None:
+    """Send every request whose outcome is still unknown once more (same id, same arguments)."""
+    clients = {}
+    for record in records:
+        if record.acknowledged or REFUSED in record.outcomes or UNKNOWN not in record.outcomes:
+            continue
+        client = clients.get(record.principal_dn) or clients.setdefault(record.principal_dn,
+                                                                       host.client(users_by_dn[record.principal_dn]))
+        outcome, value = classify(lambda: client.call(record.operation, request_id=record.request_id,
+                                                      **record.arguments))
+        record.add(outcome, value)
+
+
+def wait_for_expiry_sweep(host: BankHost, margin_s: float = 4.0, timeout_s: float = 60.0) -> None:
+    """Wait until no active hold is more than ``margin_s`` past its expiry (the sweep runs every second)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        snapshot = snapshot_of(host)
+        now_us = time.time_ns() // 1000
+        late = [h.hold_id for h in snapshot.active_holds.values() if h.expires_at_us <= now_us - int(margin_s * 1e6)]
+        if not late:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"holds past their expiry by more than {margin_s} s are still active: {late[:10]}")
+        time.sleep(1)
+
+
+def verify_ledger(host: BankHost, records: list, supply_before: int, *, late_margin_s: float = 4.0) -> dict:
+    """Call after ``wait_for_expiry_sweep`` (which checks that holds past expiry were ended)."""
+    # Every check of the issue on the stored ledger; returns a summary for the test's report.
+    problems: list[str] = []
+    admin = host.client(host.users.admin)
+    # Audits read the store page by page, not as one snapshot: a sweep committing meanwhile shows as
+    # findings. So first make the ledger quiet: an administrator releases every hold still active.
+    for hold_id in sorted(snapshot_of(host).active_holds):
+        outcome, value = classify(lambda: admin.call("ReleaseHold", request_id=f"quiesce-{hold_id}", hold_id=hold_id))
+        assert outcome == OK or value in ("HoldExpired", "HoldEnded"), (hold_id, outcome, value)
+    deadline = time.monotonic() + 30
+    while snapshot_of(host).active_holds and time.monotonic() < deadline:
+        time.sleep(0.5)                       # those that expired meanwhile: the sweep ends them
+    online = admin.call("Audit")
+    if not online.clean:
+        problems.append(f"online audit: {[(f.kind, f.seq, f.message) for f in online.findings.AuditFindingInfo][:10]}")
+    report = offline_audit(host)
+    if not report.clean:
+        problems.append(f"offline audit: {report.findings[:10]}")
+    snapshot = snapshot_of(host)
+    # money: conserved, available never below zero (balance never below −credit limit)
+    total = sum(account.balance for account in snapshot.accounts.values())
+    if not (total == snapshot.supply.outstanding == supply_before):
+        problems.append(f"money: Σ balances {total}, outstanding {snapshot.supply.outstanding}, before {supply_before}")
+    for account in snapshot.accounts.values():
+        if account.available < 0 or account.balance < -account.credit_limit:
+            problems.append(f"{account.account_id}: balance {account.balance}, held {account.held}, "
+                            f"credit limit {account.credit_limit}")
+        held = sum(h.amount - h.charged for h in snapshot.active_holds.values() if h.account_id == account.account_id)
+        if held != account.held:
+            problems.append(f"{account.account_id}: held {account.held} but its active holds keep {held}")
+    # holds: ended at most once, ended iff one ending transaction, charges within the amount, none after expiry
+    endings, charges = defaultdict(list), defaultdict(list)
+    for transaction in snapshot.transactions:
+        kind = transaction.kind.value
+        if kind == "charge":
+            charges[transaction.hold_id].append(transaction)
+        if kind in ("release", "expire") or (kind == "charge" and transaction.hold_state.value == "charged-out"):
+            endings[transaction.hold_id].append(transaction)
+    both = set(snapshot.active_holds) & set(snapshot.ended_holds)
+    if both:
+        problems.append(f"holds both active and ended: {sorted(both)[:10]}")
+    for hold_id, ends in endings.items():
+        if len(ends) > 1:
+            problems.append(f"hold {hold_id} ended {len(ends)} times: {[(t.seq, t.kind.value) for t in ends]}")
+    for hold in snapshot.ended_holds.values():
+        ends = endings.get(hold.hold_id, [])
+        if len(ends) != 1 or ends[0].seq != hold.ended_seq:
+            problems.append(f"ended hold {hold.hold_id} ({hold.state.value}, seq {hold.ended_seq}) has endings "
+                            f"{[(t.seq, t.kind.value) for t in ends]}")
+        if hold.state.value == "expired" and hold.ended_at_us < hold.expires_at_us:
+            problems.append(f"hold {hold.hold_id} expired before its time")
+    for hold in list(snapshot.active_holds.values()) + list(snapshot.ended_holds.values()):
+        charged = sum(t.amount for t in charges.get(hold.hold_id, []))
+        if charged != hold.charged or hold.charged > hold.amount:
+            problems.append(f"hold {hold.hold_id}: charged {hold.charged} of {hold.amount}, charges sum {charged}")
+        late = [t.seq for t in charges.get(hold.hold_id, []) if t.at_us >= hold.expires_at_us]
+        if late:
+            problems.append(f"hold {hold.hold_id} charged at or after its expiry: {late}")
+    for hold_id in snapshot.active_holds:
+        if endings.get(hold_id):
+            problems.append(f"active hold {hold_id} has an ending transaction")
+    if snapshot.active_holds:
+        problems.append(f"holds still active after quiescing: {sorted(snapshot.active_holds)[:10]}")
+    # requests: each acknowledged one exactly once (with the answer it got), refused ones never
+    by_request = defaultdict(list)
+    for transaction in snapshot.transactions:
+        by_request[(transaction.principal_dn, transaction.request_id)].append(transaction)
+    for key, found in by_request.items():
+        if len(found) > 1:
+            problems.append(f"request {key[1]} of {key[0]} appears {len(found)} times")
+    outcomes = Counter()
+    for record in records:
+        found = by_request.get((record.principal_dn, record.request_id), [])
+        oks = [value for outcome, value in record.attempts if outcome == OK]
+        if oks:
+            outcomes["acknowledged"] += 1
+            fresh = [value for value in oks if not value["replayed"]]
+            if len(found) != 1:
+                problems.append(f"acknowledged {record.operation} {record.request_id} appears {len(found)} times")
+            elif any(value["seq"] != found[0].seq or value["hash"] != found[0].hash for value in oks):
+                problems.append(f"{record.request_id}: answers {oks} differ from the ledger's seq {found[0].seq}")
+            if len(fresh) > 1:
+                problems.append(f"{record.request_id}: applied {len(fresh)} times by its answers (not replayed)")
+        elif record.outcomes == {REFUSED}:
+            outcomes["refused"] += 1
+            if found:
+                problems.append(f"refused {record.operation} {record.request_id} is in the ledger (seq {found[0].seq})")
+        else:
+            outcomes["unknown"] += 1
+            if len(found) > 1:
+                problems.append(f"unknown {record.request_id} appears {len(found)} times")
+    assert not problems, "\n".join(problems[:40])
+    return {"transactions": len(snapshot.transactions), "holds": len(snapshot.active_holds) + len(snapshot.ended_holds),
+            "expired": sum(1 for h in snapshot.ended_holds.values() if h.state.value == "expired"),
+            "audited": report.transaction_count, **outcomes}
