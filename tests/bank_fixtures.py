@@ -524,6 +524,9 @@ def retry_unknowns(host: BankHost, records: list, users_by_dn: dict) -> None:
         outcome, value = classify(lambda: client.call(record.operation, request_id=record.request_id,
                                                       **record.arguments))
         record.add(outcome, value)
+        # refused now (not as a reused id): no request record exists, so the first attempt was never
+        # applied — and nothing of it can still be in flight (call this once earlier attempts ended)
+        record.settled = outcome == REFUSED and value != "RequestIdReused"
 
 
 def wait_for_expiry_sweep(host: BankHost, margin_s: float = 4.0, timeout_s: float = 60.0) -> None:
@@ -628,6 +631,11 @@ def verify_ledger(host: BankHost, records: list, supply_before: int, *, late_mar
             outcomes["refused"] += 1
             if found:
                 problems.append(f"refused {record.operation} {record.request_id} is in the ledger (seq {found[0].seq})")
+        elif getattr(record, "settled", False):
+            outcomes["unknown, then refused"] += 1
+            if found:
+                problems.append(f"{record.operation} {record.request_id}: refused when sent again, yet in the "
+                                f"ledger (seq {found[0].seq})")
         else:
             outcomes["unknown"] += 1
             if len(found) > 1:
