@@ -983,6 +983,10 @@ _TRANSACTION_FIELDS = tuple(field.name for field in dataclasses.fields(Transacti
                             if field.name not in ("hash", "signature"))
 
 
+# One encoder for every call: json.dumps with options builds a new encoder each time (audits hash millions).
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_bytes(transaction: Transaction) -> bytes:
     """The exact bytes the hash covers (see the module docstring)."""
     body = {}
@@ -990,7 +994,7 @@ def canonical_bytes(transaction: Transaction) -> bytes:
         value = getattr(transaction, name)
         if value is not None:
             body[name] = value.value if isinstance(value, enum.Enum) else value
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _CANONICAL_JSON.encode(body).encode("utf-8")
 
 
 def transaction_hash(transaction: Transaction) -> str:
