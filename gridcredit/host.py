@@ -220,6 +220,10 @@ class HostFiles:
     trust_dir: Path
 
 
+def replay_cache_path(config: Config) -> Path:
+    return Path(config.security.replay_cache) if config.security.replay_cache else config.state_path / "replay.sqlite"
+
+
 def build_host(config: Config, files: HostFiles) -> SignedSoapHost:
     from .security.chain import TrustStore
     from .security.credentials import load_credential
@@ -227,7 +231,7 @@ def build_host(config: Config, files: HostFiles) -> SignedSoapHost:
 
     credential = load_credential(cert_path=str(files.host_cert), key_path=str(files.host_key))
     security = config.security
-    replay_path = Path(security.replay_cache) if security.replay_cache else config.state_path / "replay.sqlite"
+    replay_path = replay_cache_path(config)
     policy = VerifyPolicy(ttl_s=security.timestamp_ttl_s, clock_skew_s=security.clock_skew_s, allow_sha1=security.allow_sha1,
                           limits=ParseLimits(bytes_max=config.server.request_bytes_max, depth_max=min(security.xml_depth_max, 256)))
     trust = TrustStore.from_directory(files.trust_dir, require_crl=security.require_crl)
@@ -317,8 +321,11 @@ def prepare_state(config: Config) -> None:
     from .services.bank.bank import LedgerKey
     from .xmlstore import open_store
 
+    from .security.replay import SqliteReplayCache
+
     LedgerKey.load_or_create(ledger_key_path(config))
     open_store(config.store, config.state_path).close()  # opening checks the store and repairs it
+    SqliteReplayCache(replay_cache_path(config))         # made once, so workers need not race to set it up
 
 
 def serve(config: Config, files: HostFiles, *, build=None) -> int:

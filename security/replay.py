@@ -28,8 +28,18 @@ class SqliteReplayCache(ReplayCacheProtocol):
         self._local = threading.local()
         self._next_purge = 0.0
         connection = self._connection()
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute(_SCHEMA)
+        # Several workers open the cache at once; switching to WAL needs a moment alone with the file
+        # and does not wait on the busy timeout, so try a few times (it persists once set).
+        for attempt in range(50):
+            try:
+                if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute(_SCHEMA)
+                break
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or attempt == 49:
+                    raise SecurityError(f"the replay cache {self._path} cannot be opened ({error})", "InvalidSecurity") from None
+                time.sleep(0.02 * (attempt + 1))
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)

@@ -190,6 +190,7 @@ class EmbeddedStore(XmlStore):
         scan_limit = self.limits.scan_limit_default if scan_limit is None else scan_limit
         connection = self._connection()
         connection.execute("BEGIN")   # one snapshot for count and scan
+        rows = None
         try:
             total = connection.execute("SELECT count(*) FROM documents WHERE collection=? AND xml IS NOT NULL",
                                        (collection,)).fetchone()[0]
@@ -210,6 +211,10 @@ class EmbeddedStore(XmlStore):
                     if found >= want:
                         return
         finally:
+            # A cursor left open (a query cut off by its time limit) would pin this thread's
+            # read snapshot and make every later write on the connection fail as "locked".
+            if rows is not None:
+                rows.close()
             connection.execute("COMMIT")
 
     def query(self, collection: str, xpath: str, variables: Mapping[str, str | int] = {}, *,

@@ -311,7 +311,8 @@ class Bank:
         return documents.money_supply_from_xml(document.xml) if document else MoneySupply()
 
     def audit(self, *, signature_check_interval: int = 1000) -> AuditReport:
-        return audit_store(self.store, self.key.public, signature_check_interval=signature_check_interval)
+        """The online audit, while the bank runs (see ``audit_store``)."""
+        return audit_store(self.store, self.key.public, signature_check_interval=signature_check_interval, live=True)
 
 
 def balance_effect(transaction: Transaction, account_id: str) -> int:
@@ -374,20 +375,51 @@ def _documents(store: XmlStore, collection: str) -> Iterator[bytes]:
         after_id = page[-1].doc_id
 
 
-def audit_store(store: XmlStore, public_key: Ed25519PublicKey, *, signature_check_interval: int = 1000) -> AuditReport:
-    """Verify the stored ledger: the chain, the signatures and the invariants (see ``ledger.audit``)."""
-    head_document = store.get(BANK, documents.LEDGER_HEAD_ID)
-    supply_document = store.get(BANK, documents.MONEY_SUPPLY_ID)
-    holds = [documents.hold_from_xml(xml) for collection in (HOLDS_ACTIVE, HOLDS_ENDED) for xml in _documents(store, collection)]
+def audit_store(store: XmlStore, public_key: Ed25519PublicKey, *, signature_check_interval: int = 1000,
+                live: bool = False, attempts: int = 10) -> AuditReport:
+    """Verify the stored ledger: the chain, the signatures and the invariants (see ``ledger.audit``).
+
+    The store gives no snapshot across many reads, so the states are read between two readings of
+    the ledger head and read again if a transaction committed meanwhile. ``live``: the bank may be
+    running — transactions after the head read are not audited (they are still being written);
+    offline (``live=False``) every stored transaction is, so one appended behind the head is found.
+    """
+    def read_head() -> LedgerHead | None:
+        document = store.get(BANK, documents.LEDGER_HEAD_ID)
+        return documents.ledger_head_from_xml(document.xml) if document else None
+
+    for _ in range(attempts):
+        head = read_head()
+        supply_document = store.get(BANK, documents.MONEY_SUPPLY_ID)
+        accounts = [documents.account_from_xml(xml) for xml in _documents(store, ACCOUNTS)]
+        holds = [documents.hold_from_xml(xml) for collection in (HOLDS_ACTIVE, HOLDS_ENDED)
+                 for xml in _documents(store, collection)]
+        if read_head() == head:
+            break
+    else:
+        raise StoreError("the ledger kept changing while the audit read it; audit again in a quieter moment")
+    transactions = _documents(store, TRANSACTIONS)
+    if live:
+        last_id = documents.transaction_document_id(head.seq if head else 0)
+        transactions = _documents_until(store, TRANSACTIONS, last_id)
     return ledger.audit(
-        documents.transactions_from_xml(_documents(store, TRANSACTIONS)),
-        (documents.account_from_xml(xml) for xml in _documents(store, ACCOUNTS)),
-        holds,
+        documents.transactions_from_xml(transactions), accounts, holds,
         documents.money_supply_from_xml(supply_document.xml) if supply_document else MoneySupply(),
-        signature_verifier(public_key),
-        head=documents.ledger_head_from_xml(head_document.xml) if head_document else None,
-        signature_check_interval=signature_check_interval,
+        signature_verifier(public_key), head=head, signature_check_interval=signature_check_interval,
     )
+
+
+def _documents_until(store: XmlStore, collection: str, last_id: str) -> Iterator[bytes]:
+    after_id = None
+    while True:
+        page = store.scan(collection, after_id=after_id, limit=1000)
+        for document in page:
+            if document.doc_id > last_id:
+                return
+            yield document.xml
+        if len(page) < 1000:
+            return
+        after_id = page[-1].doc_id
 
 
 def public_key_from_pem(data: bytes) -> Ed25519PublicKey:
