@@ -29,8 +29,12 @@ checkpoint (snapshot + new journal) to bound both memory and the replay at open.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
+import os
+import re
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -123,6 +127,16 @@ R_PAGE = """<r>{for $h in $hits let $id := db:path($h)
   return <d id="{$id}" v="{db:open($db, '.v/' || $id)/v/@n}">{$h}</d>}</r>"""
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _sha(xml: bytes) -> str:
     return hashlib.sha256(xml).hexdigest()
 
@@ -130,8 +144,10 @@ def _sha(xml: bytes) -> str:
 class _Pool:
     """At most ``size`` sessions; one thread uses a session at a time; broken sessions are dropped."""
 
-    def __init__(self, connect: Callable[[], Session], size: int, wait_s: float) -> None:
+    def __init__(self, connect: Callable[[], Session], size: int, wait_s: float,
+                 on_close: Callable[[Session], None] | None = None) -> None:
         self._connect = connect
+        self._on_close = on_close
         self._size = size
         self._wait_s = wait_s
         self._idle: list[Session] = []
@@ -159,20 +175,27 @@ class _Pool:
             yield session
         finally:
             with self._condition:
-                if session.broken:
+                broken = session.broken
+                if broken:
                     self._open -= 1
                     self.broken_seen += 1
                     session.close()
                 else:
                     self._idle.append(session)
                 self._condition.notify()
+            if broken and self._on_close is not None:
+                self._on_close(session)
 
     def close(self) -> None:
         with self._condition:
-            for session in self._idle:
+            closing = list(self._idle)
+            for session in closing:
                 session.close()
-            self._open -= len(self._idle)
+            self._open -= len(closing)
             self._idle.clear()
+        if self._on_close is not None:
+            for session in closing:
+                self._on_close(session)
 
 
 class _BaseXTransaction(Transaction):
@@ -228,6 +251,13 @@ class BaseXStore(XmlStore):
         self._timeout_s = float(timeout_s)
         self._address = (host, port, user, password)
         self._pool = _Pool(self._connect, limits.pool_size, wait_s=self._timeout_s)
+        # Sessions that evaluate callers' XPath, each logged in as a BaseX user of its own (see
+        # _connect_query_user): xquery:eval's 'permission' option lowers the permission of the
+        # *user*, for every session of that user, while it runs (BaseX 9.7) — so sandboxed queries
+        # on the shared admin user made other sessions' reads fail at random.
+        self._query_pool = _Pool(self._connect_query_user, limits.pool_size, wait_s=self._timeout_s,
+                                 on_close=self._drop_query_user)
+        self._query_users = itertools.count(1)
         self._journal = Journal(journal_dir)
         # collection -> doc_id -> (version, xml text or None for a tombstone): the journal's state
         self._state: dict[str, dict[str, tuple[int, str | None]]] = {}
@@ -238,6 +268,7 @@ class BaseXStore(XmlStore):
         with self._journal.lock():
             self._read_journal()
             self._verify_and_repair(list(self._state), check_unknown=True)
+        self._drop_stale_query_users()
 
     # -- sessions --
     def _connect(self) -> Session:
@@ -251,10 +282,58 @@ class BaseXStore(XmlStore):
             raise
         return session
 
-    def _run(self, text: str, bindings: dict[str, tuple[str, str]] | None = None, *,
-             timeout_s: float | None = None) -> str:
+    def _connect_query_user(self) -> Session:
+        host, port, _user, _password = self._address
+        name = f"{self.db_prefix}q{os.getpid()}n{next(self._query_users)}"
+        password = secrets.token_hex(16)
+        with self._pool.session() as admin:
+            admin.command(f"CREATE USER {name} {password}")
+            admin.command(f"GRANT admin TO {name}")  # xquery:eval's permission option needs admin
+        session = Session(host, port, name, password, timeout_s=self._timeout_s)
+        session.query_user = name
+        try:
+            session.command("SET CHOP false")
+            session.command("SET SERIALIZER indent=no")
+        except (ServerError, WireError):
+            session.close()
+            self._drop_query_user(session)
+            raise
+        return session
+
+    def _drop_query_user(self, session: Session) -> None:
+        name = getattr(session, "query_user", None)
+        if name is None:
+            return
+        try:
+            with self._pool.session() as admin:
+                admin.command(f"DROP USER {name}")
+        except (StoreError, ServerError, WireError):
+            pass  # BaseX down, or the user still logged in: dropped at the next open (stale pid)
+
+    def _drop_stale_query_users(self) -> None:
+        """Query users of processes that no longer run (killed before they could drop them)."""
+        pattern = re.compile(rf"{re.escape(self.db_prefix)}q(\d+)n\d+")
+        for name in self._run("string-join(user:list(), ' ')").split():
+            match = pattern.fullmatch(name)
+            if match is None or int(match.group(1)) == os.getpid() or _process_alive(int(match.group(1))):
+                continue
+            try:
+                self._run_command(f"DROP USER {name}")
+            except (StoreError, ServerError):
+                pass
+
+    def _run_command(self, command: str) -> str:
         try:
             with self._pool.session() as session:
+                return session.command(command)
+        except WireError as error:
+            self._suspect = True
+            raise StoreError(f"BaseX unavailable: {error}") from None
+
+    def _run(self, text: str, bindings: dict[str, tuple[str, str]] | None = None, *,
+             timeout_s: float | None = None, pool: "_Pool | None" = None) -> str:
+        try:
+            with (pool or self._pool).session() as session:
                 if timeout_s is not None:
                     session.settimeout(timeout_s)
                 try:
@@ -490,7 +569,7 @@ class BaseXStore(XmlStore):
             bindings[f"$v{i}"] = (str(value), "xs:integer" if isinstance(value, int) else "xs:string")
         self._ensure_current()
         try:
-            return self._run(text, bindings, timeout_s=time_limit_s + self._timeout_s)
+            return self._run(text, bindings, timeout_s=time_limit_s + self._timeout_s, pool=self._query_pool)
         except ServerError as error:
             message = str(error)
             if "gridcredit-scan-limit" in message:
@@ -554,5 +633,6 @@ class BaseXStore(XmlStore):
         return run_with_retries(attempt, retries)
 
     def close(self) -> None:
+        self._query_pool.close()
         self._pool.close()
         self._journal.close()
