@@ -51,8 +51,8 @@ class SqliteReplayCache(ReplayCacheProtocol):
             self._local.connection = connection
         return connection
 
-    def check_and_store(self, key: str, expires_at: float) -> bool:
-        now = time.time()
+    def check_and_store(self, key: str, expires_at: float, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
         connection = self._connection()
         try:
             if now >= self._next_purge:

@@ -291,7 +291,9 @@ class VerifiedMessage:
 
 
 class ReplayCacheProtocol:
-    def check_and_store(self, key: str, expires_at: float) -> bool:  # True when new
+    def check_and_store(self, key: str, expires_at: float, now: float | None = None) -> bool:
+        """Store ``key`` until ``expires_at``; True when it was not already stored (and unexpired at ``now``,
+        the verifier's clock; default the real time)."""
         raise NotImplementedError
 
 
@@ -303,8 +305,8 @@ class MemoryReplayCache(ReplayCacheProtocol):
         self._entries_max = entries_max
         self._lock = threading.Lock()
 
-    def check_and_store(self, key: str, expires_at: float) -> bool:
-        now = time.time()
+    def check_and_store(self, key: str, expires_at: float, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
         with self._lock:
             if key in self._entries and self._entries[key] > now:
                 return False
@@ -385,7 +387,7 @@ class Verifier:
             # Body's digests) and by whom, not on the SignatureValue text: base64 has several spellings
             # of one value and ECDSA signatures are malleable ((r, s) and (r, n - s) both verify).
             key = replay_key(signer, signed_bytes)
-            if not self._replay_cache.check_and_store(key, honoured_until + self._policy.clock_skew_s):
+            if not self._replay_cache.check_and_store(key, honoured_until + self._policy.clock_skew_s, now):
                 raise SecurityError("this message was already received once (replay refused)", "InvalidSecurity")
         return VerifiedMessage(body=body, envelope=envelope, signer=signer, chain=tuple(chain), principal=principal,
                                signature_value=signature_value, created=created, signed_elements=tuple(signed))

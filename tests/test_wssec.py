@@ -356,3 +356,15 @@ def test_sqlite_replay_entries_expire(tmp_path):
     assert not cache.check_and_store("k", time.time() + 60)
     assert cache.check_and_store("old", time.time() - 1)
     assert cache.check_and_store("old", time.time() + 60)  # an expired entry does not block a key
+
+
+def test_replay_cache_follows_the_verifiers_clock(pki, alice, tmp_path):
+    """Entries expire by the verifier's clock, not the wall clock: a verifier whose time is behind
+    (a test clock, or a slow suite) must still refuse the replay within its window."""
+    policy = VerifyPolicy(ttl_s=5, clock_skew_s=1)   # a short window, so "behind" fits the test PKI's validity
+    past = time.time() - 120
+    for cache in (MemoryReplayCache(), SqliteReplayCache(tmp_path / "replay.sqlite")):
+        data = signed_request(alice, clock=fixed_clock(past))
+        verifier(pki, replay_cache=cache, policy=policy, clock=fixed_clock(past + 1)).verify(data)
+        replayed = refusal(verifier(pki, replay_cache=cache, policy=policy, clock=fixed_clock(past + 2)), data)
+        assert "already received" in str(replayed)
