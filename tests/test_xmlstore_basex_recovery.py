@@ -1,16 +1,34 @@
-"""BaseX backend: the journal is the record; BaseX a checked view rebuilt after crashes and damage."""
+"""BaseX backend: the journal is the record; BaseX a checked view rebuilt after crashes and damage.
+
+Run as a script, this file is the child process of some tests here:
+``python tests/test_xmlstore_basex_recovery.py SPEC_JSON journal-only [DIE_AFTER|- [PAUSE_S]]`` — a
+writer of ``pairs`` transactions whose applier is stopped (its commits reach the journal and never
+BaseX); with DIE_AFTER it kills itself (-9) after the journal fsync of transaction DIE_AFTER + 1,
+before acknowledging it; PAUSE_S between transactions.
+"""
 from __future__ import annotations
 
+import itertools
+import json
 import os
+import signal
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 from lxml import etree
 
 from gridcredit.errors import StoreError
+from gridcredit.xmlstore._basex import Q_APPLY, BaseXStore
+from gridcredit.xmlstore._basex_wire import Session
 from store_fixtures import *  # noqa: F401,F403
-from store_fixtures import kill9, open_from_spec, read_acks, spawn_worker
+from store_fixtures import kill9, open_from_spec, pair_xml, read_acks, spawn_worker
 from test_xmlstore_conformance import check_pairs
+
+HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture
@@ -18,27 +36,163 @@ def spec(private_basex, tmp_path):
     return {"backend": "basex", "state_dir": str(tmp_path / "state"), "port": private_basex.port, "prefix": "gc_"}
 
 
-def test_writer_killed_between_journal_and_basex_update(spec):
-    child = spawn_worker(spec, "pairs-crash-after-journal")
-    out, _ = child.communicate(timeout=60)
-    assert child.returncode == -9
+def spawn_journal_only_writer(spec: dict, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), json.dumps(spec), "journal-only", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def applied_in_basex(port: int, prefix: str = "gc_") -> int:
+    session = Session("127.0.0.1", port, "admin", "admin", timeout_s=5)
+    try:
+        text = session.query(f"if (db:exists('{prefix}_meta')) then string(db:open('{prefix}_meta', '.seq')/seq/@n) "
+                             f"else '0'")
+    finally:
+        session.close()
+    return int(text or 0)
+
+
+def test_writer_killed_between_journal_and_basex_update(private_basex, spec):
+    child = spawn_journal_only_writer(spec, "30")
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == -9, err
     acked = [int(line.split()[1]) for line in out.splitlines() if line.startswith("ack ")]
-    assert len(acked) == 30
+    assert acked == list(range(1, 31))
+    assert applied_in_basex(private_basex.port) == 0       # nothing of it reached BaseX
     with open_from_spec(spec) as store:
+        assert any("31 committed transaction(s) not yet in BaseX" in line for line in store.recovery_log), \
+            store.recovery_log
         assert check_pairs(store, acked) == 31          # journaled, not acknowledged, but committed
-        assert any("behind the journal" in line for line in store.recovery_log)
+        assert store.count("log") == 31
         assert all(entry["ok"] for entry in store.check().values())
+    assert applied_in_basex(private_basex.port) == 31
 
 
-def test_another_process_repairs_what_a_dead_writer_left(spec):
+def test_another_process_applies_what_a_dead_writer_left(private_basex, spec):
     with open_from_spec(spec) as store:
         store.put("other", "w", b"<w/>")
-        child = spawn_worker(spec, "pairs-crash-after-journal")
+        child = spawn_journal_only_writer(spec, "30")
         child.communicate(timeout=60)
-        # this store was open all along: its next transaction sees the foreign frame and repairs
-        store.put("other", "x", b"<x/>")
+        assert child.returncode == -9
+        # this store was open all along: its applier picks the foreign frames up, and a query
+        # waits until BaseX holds them (no write needed from this process)
+        assert store.count("log") == 31
         assert check_pairs(store, list(range(1, 31))) == 31
+        assert applied_in_basex(private_basex.port) == 32
         assert all(entry["ok"] for entry in store.check().values())
+
+
+def test_query_reads_a_commit_of_another_process_whose_applier_is_stopped(private_basex, spec):
+    with open_from_spec(spec) as store:
+        child = spawn_journal_only_writer(spec, "-", "0.01")
+        try:
+            for number in read_acks(child, 15, timeout_s=60):
+                # committed by the child, in the journal only: this query must wait for our applier
+                assert store.count("log") >= number
+                page = store.query("log", "@n = $n", {"n": number})
+                assert [d.doc_id for d in page.documents] == [f"n{number:07d}"]
+                assert f"n{number:07d}" in store.ids("log", 0, 100_000)
+        finally:
+            kill9(child)
+        assert all(entry["ok"] for entry in store.check().values())
+
+
+def test_query_wait_is_bounded_with_a_clear_error(private_basex, spec, tmp_path):
+    store = BaseXStore(Path(spec["state_dir"]) / "journal", port=private_basex.port, timeout_s=1)
+    try:
+        store.put("acc", "a", b"<a/>")
+        assert store.count("acc") == 1
+        with open(Path(spec["state_dir"]) / "journal" / "apply.lock", "a+b") as wedged:
+            import fcntl
+            fcntl.flock(wedged, fcntl.LOCK_EX)      # an applier of another process that hangs
+            assert store.put("acc", "b", b"<b/>") == 1          # commits do not need BaseX
+            assert store.get("acc", "b").version == 1           # nor do reads by id
+            started = time.monotonic()
+            with pytest.raises(StoreError, match="not caught up within"):
+                store.count("acc")
+            assert time.monotonic() - started < 5
+            fcntl.flock(wedged, fcntl.LOCK_UN)
+        assert store.count("acc") == 2
+    finally:
+        store.close()
+
+
+def test_batch_apply_interrupted_by_basex_kill9_is_repaired(private_basex, spec):
+    store = open_from_spec(spec)
+    try:
+        stop_applier(store)
+        padding = "p" * 2000
+        for number in range(40):            # ~4 MB waiting for one batch
+            store.transact(lambda tx, n=number: [tx.put("bulk", f"b{n:03d}x{k:02d}",
+                                                        f"<b n='{n}' k='{k}'>{padding}</b>".encode())
+                                                 for k in range(50)])
+        assert applied_in_basex(private_basex.port) < 40
+        sent = threading.Event()
+        original_run = store._run
+
+        def run(text, bindings=None, **options):
+            if text == Q_APPLY:
+                sent.set()
+            return original_run(text, bindings, **options)
+        store._run = run
+        outcome = []
+        flusher = threading.Thread(target=lambda: outcome.append(_call(store.flush)))
+        flusher.start()
+        assert sent.wait(30)
+        time.sleep(0.05)
+        private_basex.kill()                 # kill -9 while the batch update runs
+        flusher.join(30)
+        assert outcome and isinstance(outcome[0], StoreError), outcome   # the batch did not complete
+        store._run = original_run
+        private_basex.start()
+        # the same store repairs (broken sessions make it verify) and its query sees everything
+        assert store.count("bulk") == 2000
+        assert all(entry["ok"] for entry in store.check().values())
+    finally:
+        store.close()
+    with open_from_spec(spec) as reopened:
+        assert reopened.count("bulk") == 2000
+        assert reopened.get("bulk", "b039x49").version == 1
+        assert all(entry["ok"] for entry in reopened.check().values())
+
+
+def test_concurrent_queries_do_not_lose_basex_permissions(private_basex, spec):
+    """BaseX 9.7 applies xquery:eval's permission option to the shared user: two sandboxed queries
+    at once could leave the user unable to read anything. The store runs them one at a time."""
+    with open_from_spec(spec) as store:
+        store.transact(lambda tx: [tx.put("h", f"d{n:02d}", f"<h n='{n}'/>".encode()) for n in range(40)])
+        errors = []
+
+        def ask():
+            try:
+                for _ in range(40):
+                    assert store.count("h", "@n > $x", {"x": 9}) == 30
+            except Exception as error:  # noqa: BLE001
+                errors.append(error)
+        askers = [threading.Thread(target=ask) for _ in range(4)]
+        for asker in askers:
+            asker.start()
+        for asker in askers:
+            asker.join(60)
+        assert not errors, errors[:3]
+        session = Session("127.0.0.1", private_basex.port, "admin", "admin", timeout_s=5)
+        try:
+            assert "gc_h" in session.query("string-join(db:list(), ' ')").split()
+        finally:
+            session.close()
+
+
+def _call(fn):
+    try:
+        return fn()
+    except Exception as error:  # noqa: BLE001
+        return error
+
+
+def stop_applier(store) -> None:
+    """Stop a BaseX store's background applier: its commits then stay in the journal."""
+    store._closing.set()
+    store._wake.set()
+    store._applier.join(10)
 
 
 def test_kill9_of_basex_server_during_writes(private_basex, spec):
@@ -113,13 +267,49 @@ def test_unknown_database_refused(private_basex, spec, tmp_path):
 def test_server_down_gives_store_error_not_a_hang(private_basex, spec):
     with open_from_spec(spec) as store:
         store.put("acc", "a", b"<a/>")
+        assert store.count("acc") == 1
         private_basex.kill()
         started = time.monotonic()
+        assert store.get("acc", "a").version == 1            # reads by id come from the journal's mirror
+        assert store.put("acc", "b", b"<b/>") == 1           # the journal is the record: commits go on
         with pytest.raises(StoreError):
-            store.get("acc", "a")
+            store.count("acc")                               # queries need BaseX
         with pytest.raises(StoreError):
-            store.put("acc", "b", b"<b/>")
+            store.query("acc", "true()")
+        store.backlog_max = 2                                # ... and commits stop at a bounded backlog
+        store.put("acc", "c", b"<c/>")
+        with pytest.raises(StoreError):
+            store.put("acc", "d", b"<d/>")
         assert time.monotonic() - started < 10
         private_basex.start()
-        assert store.get("acc", "a").version == 1          # the store reconnects and re-verifies
-        assert store.put("acc", "b", b"<b/>") == 1
+        assert store.count("acc") == 3                       # the store reconnects, re-verifies, applies
+        assert store.put("acc", "d", b"<d/>") == 1
+        assert store.query("acc", "true()").documents[-1].doc_id == "d"
+        assert all(entry["ok"] for entry in store.check().values())
+
+
+def _journal_only_worker(spec: dict, args: list[str]) -> None:
+    store = open_from_spec(spec)
+    stop_applier(store)
+    die_after = int(args[0]) if args and args[0] != "-" else None
+    pause_s = float(args[1]) if len(args) > 1 else 0.0
+    syncs = itertools.count(1)
+    original_sync = store._journal.sync
+
+    def sync():
+        original_sync()
+        if die_after is not None and next(syncs) > die_after:
+            os.kill(os.getpid(), signal.SIGKILL)     # after the fsync, before the ack and any apply
+    store._journal.sync = sync
+    for number in itertools.count(1):
+        def write(tx, n=number):
+            tx.put("pairs", "a", pair_xml(n, "a"))
+            tx.put("pairs", "b", pair_xml(n, "b"))
+            tx.put("log", f"n{n:07d}", f"<entry n='{n}'/>".encode())
+        store.transact(write)
+        print(f"ack {number}", flush=True)
+        time.sleep(pause_s)
+
+
+if __name__ == "__main__":
+    _journal_only_worker(json.loads(sys.argv[1]), sys.argv[3:])

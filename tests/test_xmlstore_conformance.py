@@ -241,6 +241,21 @@ def test_no_lost_updates_with_processes(store, store_spec):
     assert [value(store.get("counters", f"c{i}")) for i in range(3)] == [total] * 3
 
 
+def test_query_reads_a_commit_just_made_by_another_process(store, store_spec):
+    """Read-your-writes across processes: once a transaction of another process is acknowledged,
+    queries, counts and ids of this process include it (BaseX: they wait for the apply)."""
+    child = spawn_worker(store_spec, "pairs")
+    try:
+        for number in read_acks(child, 12, timeout_s=60):
+            assert store.count("log") >= number
+            page = store.query("log", "@n = $n", {"n": number})
+            assert [d.doc_id for d in page.documents] == [f"n{number:07d}"]
+            assert f"n{number:07d}" in store.ids("log", 0, 100_000)
+            assert int(etree.fromstring(store.get("pairs", "a").xml).get("n")) >= number
+    finally:
+        kill9(child)
+
+
 # -- crashes ----------------------------------------------------------------------------------
 
 def check_pairs(store, acked: list[int]) -> int:

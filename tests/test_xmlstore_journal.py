@@ -87,3 +87,47 @@ def test_appends_are_fsynced(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
     write_frames(tmp_path, 2)
     assert len(synced) >= 2
+
+
+def test_unsynced_append_then_sync(tmp_path, monkeypatch):
+    journal = Journal(tmp_path)
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    with journal.lock():
+        journal.read_new(repair=True)
+        journal.append(1, [("c", "d", 1, "<d/>")], sync=False)
+    assert synced == [] and journal.size() == journal.offset > 0
+    journal.sync()                        # the writer's acknowledgement point, after the lock
+    assert len(synced) == 1
+    journal.close()
+    assert [seq for seq, _ in read_all(tmp_path)] == [1]
+
+
+def test_reading_without_the_lock_stops_before_a_frame_being_written(tmp_path):
+    path = write_frames(tmp_path, 2)
+    complete = path.read_bytes()
+    frame2 = complete[len(complete) // 2:]          # frames are the same size here
+    with open(path, "r+b") as handle:
+        handle.truncate(len(complete) - 7)          # frame 2 half written by another process
+    reader = Journal(tmp_path)
+    assert [seq for seq, _ in reader.read_new(repair=False)] == [1]
+    assert path.stat().st_size == len(complete) - 7     # nothing cut without the lock
+    with open(path, "ab") as handle:
+        handle.write(frame2[-7:])                   # the writer finishes its frame
+    assert [seq for seq, _ in reader.read_new(repair=False)] == [2]
+    reader.close()
+
+
+def test_apply_lock_excludes_other_holders(tmp_path):
+    first, second = Journal(tmp_path), Journal(tmp_path)   # two opens: as two processes
+    with first.apply_lock() as taken:
+        assert taken
+        with second.apply_lock(blocking=False) as other:
+            assert not other
+        with second.lock():                          # the writer lock is a different lock
+            pass
+    with second.apply_lock(blocking=False) as other:
+        assert other
+    first.close()
+    second.close()

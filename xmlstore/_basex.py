@@ -1,40 +1,76 @@
 """BaseX backend: one database per collection, our own fsynced journal as the record.
 
 BaseX updates its files in place with no journal, so a kill -9 can leave a database behind or
-unreadable. Every transaction therefore runs under the journal's cross-process lock:
+unreadable. The journal (``_journal``) is therefore the commit point, and BaseX a view of it that
+lags by milliseconds and is checked and rebuilt from it.
 
-1. catch up: read frames other processes appended; if one of them was not applied to BaseX (its
-   writer died between fsync and apply) or a BaseX error was seen, verify and repair;
-2. run ``fn``; its reads come from the journal state (current under the lock);
-3. append the writes (full documents + versions + sequence number) to the journal and fsync —
-   from here the transaction is committed;
-4. apply them to BaseX in ONE updating query that also records the sequence number in each
-   database it touches (``.seq``) and the versions (``.v/<doc_id>``).
+Writes. ``transact`` runs under the journal's cross-process writer lock:
 
-If step 4 fails the transaction stays committed (``transact`` returns) and the store is marked
-suspect: the next operation verifies BaseX against the journal and repairs it first.
+1. catch up: read the frames other processes appended since this process's last offset into the
+   *mirror* (every document's current version and XML, kept in memory by each process);
+2. run ``fn``; ``tx.get`` reads the mirror (current under the lock: serializable across threads
+   and processes), never BaseX;
+3. append the writes (full documents + versions + sequence number) to the journal and update the
+   mirror; release the lock; fsync (group commit: see ``_journal``) — the transaction is committed
+   and acknowledged when ``transact`` returns. BaseX is not touched: a commit costs one write and
+   one fsync, and BaseX being down does not stop writes (until ``backlog_max`` transactions wait).
 
-On open, every database is verified: readable (every document read in full), and its live
-documents and versions equal the journal's; a lagging or half-applied database gets the missing
-writes re-applied, an unreadable or inconsistent one is dropped and rebuilt from the journal.
-``check()`` compares content hashes too; ``rebuild()`` rebuilds on demand.
+Applying. Committed frames are pushed to BaseX by whoever holds the journal's *applier* lock —
+a background thread in each process, woken by its own commits and every ``apply_interval_s``
+(so frames a dead writer left are picked up by any live process). It reads the frames not yet
+applied, fsyncs the journal, and applies up to ``apply_batch_max`` transactions (and about
+``apply_batch_bytes``) in ONE updating query, each document once (the last write wins within a
+batch), together with the versions (``.v/<doc_id>``) and the applied sequence number (and the
+batch's time) in the ``<prefix>_meta`` database — only if that number is still the one the batch
+starts from. A batch holds whole transactions, so BaseX never shows half of one. A BaseX update
+costs ~10 ms plus ~3 ms per database touched whatever its size, so under load commits gather for
+up to ``apply_delay_s`` after the previous batch (of any process) — unless a read is waiting for
+them, which makes its process's applier go at once. Idle, a commit is applied within milliseconds.
 
-Reads outside transactions go to BaseX. XPath runs inside ``xquery:eval`` with permission
-``none`` (no file, db, fetch or proc functions) and a timeout; variables are bound, never
-formatted into query text (only validated names, prefixes and integers are).
+Reads. ``get`` outside a transaction reads the mirror after catching up with the journal without
+the lock (complete frames only): it sees every acknowledged transaction, costs no round trip and
+works while BaseX is down. (It may see a frame that another writer has written and not yet
+fsynced: only an operating-system crash in that window loses it, and then nobody had acknowledged
+it.) ``query``, ``count``, ``ids``, ``collections`` and ``scan`` (ids from BaseX, documents from
+the mirror) read BaseX, so they first catch the mirror up and wait until BaseX's applied sequence
+number has reached the journal's last sequence number as of that moment: read-your-writes across
+threads and processes, and monotonic reads. The wait is bounded by the store's ``timeout_s``
+(``StoreError`` saying how far behind BaseX is and the applier's last error).
 
-Each process keeps the journal state (every document) in memory: fine for now; the TODO is a
-checkpoint (snapshot + new journal) to bound both memory and the replay at open.
+Recovery. A failed apply, a broken BaseX session or a regressed/unknown applied number marks the
+store suspect: the next apply or query (under both locks) verifies every database against the
+mirror and repairs it. On open, every database is verified: readable (every document read in
+full), and its live documents and versions equal the journal's; a lagging or half-applied
+database gets the missing writes re-applied, an unreadable or inconsistent one is dropped and
+rebuilt from the journal (one whose metadata a kill -9 left empty is dropped without being opened:
+see ``Q_UNHEALTHY``); then the applied number is set to the journal's. A writer killed between
+its journal fsync and the apply leaves frames that the next applier (another process, or this
+store reopened) applies. ``check()`` compares content hashes too; ``rebuild()`` rebuilds on demand.
+
+A process that forks opens its own store after the fork (the applier thread and the locks'
+process-local halves do not survive a fork).
+
+XPath runs inside ``xquery:eval`` with permission ``none`` (no file, db, fetch or proc functions)
+and a timeout; variables are bound, never formatted into query text (only validated names,
+prefixes and integers are).
+
+Memory. Each process keeps the mirror: every live document and tombstone as Python objects —
+roughly the XML's length plus ~250 bytes (str, tuple, int, dict slot, id string) per document,
+so 1,000,000 documents of 1 KB cost ~1.3 GB in EVERY process that opens the store (plus frames
+not yet applied, bounded by ``backlog_max``), and opening replays the whole journal (history,
+not just the current state). Not done yet: checkpointing — write a snapshot of the state at
+sequence S (fsynced, renamed into place), start a new journal at S+1 and let processes open from
+snapshot + tail; and to bound memory, keep only versions and journal offsets in the mirror
+(~100 bytes per document) and read the XML back from the snapshot/journal by offset (or serve
+``tx.get`` from BaseX once it has reached the transaction's snapshot).
 """
 from __future__ import annotations
 
+import collections
 import hashlib
-import itertools
 import logging
 import math
 import os
-import re
-import secrets
 import threading
 import time
 from pathlib import Path
@@ -55,10 +91,6 @@ log = logging.getLogger(__name__)
 
 _RESULT_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True,
                                  remove_blank_text=False)
-
-Q_GET = """declare variable $db external; declare variable $id external;
-if (db:exists($db) and db:exists($db, $id))
-then <r v="{db:open($db, '.v/' || $id)/v/@n}">{db:open($db, $id)}</r> else <none/>"""
 
 Q_DOCS = """declare variable $db external; declare variable $ids external;
 <r>{for $id in tokenize($ids, ' ') where db:exists($db, $id)
@@ -81,13 +113,24 @@ Q_ENSURE = """declare variable $names external;
 for $n in tokenize($names, ' ') where not(db:exists($n))
 return db:create($n, (), (), map{'chop': false(), 'updindex': true(), 'autooptimize': false()})"""
 
-Q_SEQS = """declare variable $names external;
-string-join(for $n in tokenize($names, ' ')
-  return if (db:exists($n)) then (db:open($n, '.seq')/seq/@n/string(), '0')[1] else '0', ' ')"""
+# A kill -9 of BaseX can leave a database's inf.basex empty or torn. Opening such a database makes
+# BaseX 9.7 fail when it closes it (NullPointerException in DiskData.write) WITHOUT releasing its
+# pin and locks: the database can then not be dropped until the server restarts. db:info reads the
+# metadata without opening the database: we create every database with UPDINDEX, so one whose info
+# does not show it has unreadable metadata, and is dropped unopened. (A separate query: BaseX opens
+# a database named by a bound variable when it compiles a query, whichever branch runs.)
+Q_UNHEALTHY = """declare variable $names external;
+string-join(for $n in tokenize($names, ' ') where db:exists($n) and not(db:info($n)//updindex = 'true')
+            return $n, ' ')"""
 
-Q_APPLY = """declare variable $ops external;
-let $o := parse-xml($ops)/ops
-return (
+# "<applied sequence number> <when the last batch was applied, ms since the epoch>"
+Q_META = """declare variable $m external;
+if (db:exists($m)) then (db:open($m, '.seq')/seq/(@n || ' ' || (@t, 0)[1]), '0 0')[1] else 'none'"""
+
+Q_META_SET = """declare variable $m external; declare variable $seq external;
+db:replace($m, '.seq', <seq n="{$seq}"/>)"""
+
+_OPS = """
   for $op in $o/op
   let $db := string($op/@db), $id := string($op/@id)
   return if ($op/@del = '1') then (
@@ -95,9 +138,21 @@ return (
     db:replace($db, '.v/' || $id, <v n="{$op/@v}" del="1"/>))
   else (
     db:replace($db, $id, $op/*[1]),
-    db:replace($db, '.v/' || $id, <v n="{$op/@v}"/>)),
-  for $db in distinct-values($o/op/@db) return db:replace($db, '.seq', <seq n="{$o/@seq}"/>)
-)"""
+    db:replace($db, '.v/' || $id, <v n="{$op/@v}"/>))"""
+
+# a batch of whole transactions, and the applied number, in one update; refused unless the
+# applied number is still the one the batch starts from
+Q_APPLY = """declare variable $ops external; declare variable $m external; declare variable $base external;
+let $o := parse-xml($ops)/ops
+let $now := (db:open($m, '.seq')/seq/@n/string(), '0')[1]
+return if ($now != $base) then error(xs:QName('err:FOER0000'), 'gridcredit-applied ' || $now)
+else (""" + _OPS + """,
+  db:replace($m, '.seq', <seq n="{$o/@seq}" t="{$o/@t}"/>))"""
+
+# documents' current state (repair, rebuild): the applied number is written separately
+Q_APPLY_STATE = """declare variable $ops external;
+let $o := parse-xml($ops)/ops
+return (""" + _OPS + """)"""
 
 # readable = every live document read in full; versions as "id version l|d" triples
 Q_STATUS = """declare variable $db external;
@@ -111,6 +166,13 @@ try {
   return string-join(('ok ' || $seq || ' ' || $chars, string-join($live, ' '), $versions), '&#10;')
 } catch * { 'damaged ' || $err:code || ' ' || $err:description }"""
 
+# BaseX 9.7's xquery:eval applies its 'permission' option by changing the permission of the
+# session's USER (shared by every session of that user) and restoring it afterwards: meanwhile
+# every other query of that user fails with "No read permission", and two evaluations at once can
+# restore 'none' for good (the user then reads nothing until the server restarts). So each of
+# these queries runs alone: every BaseX call of the store's threads and processes holds the
+# journal's query gate shared, these hold it exclusive. (Other stores or programs using the same
+# BaseX user on the same server are not covered: give each store a BaseX user of its own.)
 Q_QUERY = """declare variable $db external; declare variable $expr external; declare variable $scan external;
 declare variable $timeout external; {declarations}
 let $vars := map:merge(({entries}))
@@ -127,16 +189,6 @@ R_PAGE = """<r>{for $h in $hits let $id := db:path($h)
   return <d id="{$id}" v="{db:open($db, '.v/' || $id)/v/@n}">{$h}</d>}</r>"""
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _sha(xml: bytes) -> str:
     return hashlib.sha256(xml).hexdigest()
 
@@ -144,10 +196,8 @@ def _sha(xml: bytes) -> str:
 class _Pool:
     """At most ``size`` sessions; one thread uses a session at a time; broken sessions are dropped."""
 
-    def __init__(self, connect: Callable[[], Session], size: int, wait_s: float,
-                 on_close: Callable[[Session], None] | None = None) -> None:
+    def __init__(self, connect: Callable[[], Session], size: int, wait_s: float) -> None:
         self._connect = connect
-        self._on_close = on_close
         self._size = size
         self._wait_s = wait_s
         self._idle: list[Session] = []
@@ -175,27 +225,20 @@ class _Pool:
             yield session
         finally:
             with self._condition:
-                broken = session.broken
-                if broken:
+                if session.broken:
                     self._open -= 1
                     self.broken_seen += 1
                     session.close()
                 else:
                     self._idle.append(session)
                 self._condition.notify()
-            if broken and self._on_close is not None:
-                self._on_close(session)
 
     def close(self) -> None:
         with self._condition:
-            closing = list(self._idle)
-            for session in closing:
+            for session in self._idle:
                 session.close()
-            self._open -= len(closing)
+            self._open -= len(self._idle)
             self._idle.clear()
-        if self._on_close is not None:
-            for session in closing:
-                self._on_close(session)
 
 
 class _BaseXTransaction(Transaction):
@@ -242,33 +285,80 @@ class _BaseXTransaction(Transaction):
 
 
 class BaseXStore(XmlStore):
+    apply_interval_s = 0.05         # the applier looks for frames nobody applied (e.g. a dead writer's)
+    apply_delay_s = 0.1             # under load, a batch at most this often (unless a read is waiting)
+    apply_batch_max = 1_000         # transactions in one BaseX update
+    apply_batch_bytes = 16_000_000  # ... and about this much XML (a bigger transaction goes alone)
+    backlog_max = 20_000            # journaled transactions not yet in BaseX before commits are refused
+
     def __init__(self, journal_dir: Path, *, host: str = "127.0.0.1", port: int = 1984, user: str = "admin",
                  password: str = "admin", timeout_s: float = 30.0, limits: StoreLimits = DEFAULT_LIMITS,
                  db_prefix: str = "gc_") -> None:
         invariant(bool(db_prefix) and db_prefix.replace("_", "").isalnum(), "db_prefix is alphanumeric")
         self.limits = limits
         self.db_prefix = db_prefix
+        self._meta_db = db_prefix + "_meta"   # no collection name starts with "_"
         self._timeout_s = float(timeout_s)
         self._address = (host, port, user, password)
         self._pool = _Pool(self._connect, limits.pool_size, wait_s=self._timeout_s)
-        # Sessions that evaluate callers' XPath, each logged in as a BaseX user of its own (see
-        # _connect_query_user): xquery:eval's 'permission' option lowers the permission of the
-        # *user*, for every session of that user, while it runs (BaseX 9.7) — so sandboxed queries
-        # on the shared admin user made other sessions' reads fail at random.
-        self._query_pool = _Pool(self._connect_query_user, limits.pool_size, wait_s=self._timeout_s,
-                                 on_close=self._drop_query_user)
-        self._query_users = itertools.count(1)
         self._journal = Journal(journal_dir)
-        # collection -> doc_id -> (version, xml text or None for a tombstone): the journal's state
+        # the mirror: collection -> doc_id -> (version, xml text or None for a tombstone)
         self._state: dict[str, dict[str, tuple[int, str | None]]] = {}
+        # frames read or written by this process and not known to be in BaseX yet: (seq, writes)
+        self._pending: collections.deque[tuple[int, list]] = collections.deque()
+        self._mirror_lock = threading.RLock()   # _state, _pending and the journal's read offset
+        self._applied_seq = 0                   # highest sequence number known to be in BaseX
+        self._applied_changed = threading.Condition()
         self._suspect = False
         self._broken_checked = 0
+        self._apply_error: str | None = None
+        self._wake = threading.Event()
+        self._urgent = threading.Event()        # a read waits for BaseX: apply now
+        self._meta_batch_s = 0.0                # time.time() of the last batch, as BaseX records it
+        self._next_batch = 0.0                  # time.monotonic() before which the applier lets commits gather
+        self._closing = threading.Event()
+        self._applier: threading.Thread | None = None
+        self._applier_pid: int | None = None
+        self._applier_start = threading.Lock()
         self._known_databases: set[str] = set()   # databases this process created or saw (skip db:create)
         self.recovery_log: list[str] = []    # what open/repair did, for operators and tests
-        with self._journal.lock():
-            self._read_journal()
-            self._verify_and_repair(list(self._state), check_unknown=True)
-        self._drop_stale_query_users()
+        try:
+            with self._journal.apply_lock(), self._journal.lock():
+                self._open_locked()
+        except BaseException:
+            self._pool.close()
+            self._journal.close()
+            raise
+        self._start_applier()
+
+    def _open_locked(self) -> None:
+        """Both locks held: read the journal, apply what BaseX has not got, verify, repair."""
+        try:
+            applied = self._read_meta_or_none(check=True)
+        except StoreError:
+            applied = None           # unreadable: the verification below finds out the rest
+        self._suspect = False
+        entries = self._journal.read_new(repair=True)
+        last = self._journal.last_seq
+        if applied is not None and applied <= last and not self._unhealthy(
+                sorted({self._db(w[0]) for _seq, writes in entries if _seq > applied for w in writes})):
+            unapplied = [entry for entry in entries if entry[0] > applied]
+            self._absorb([entry for entry in entries if entry[0] <= applied], pending=False)
+            self._absorb(unapplied)
+            if unapplied:
+                self._note(f"{len(unapplied)} committed transaction(s) not yet in BaseX (an applier is behind, "
+                           f"or a writer stopped before they were applied); applying them")
+                try:
+                    self._apply_pending_locked(writer_locked=True, verify_first=False)
+                except StoreError as error:
+                    self._note(f"applying them failed ({error}); verifying every database")
+        else:
+            self._absorb(entries, pending=False)
+        self._verify_and_repair(list(self._state), check_unknown=True)
+        self._set_meta(last)
+        self._note_applied(last)
+        self._suspect = False
+        self._broken_checked = self._pool.broken_seen
 
     # -- sessions --
     def _connect(self) -> Session:
@@ -282,62 +372,18 @@ class BaseXStore(XmlStore):
             raise
         return session
 
-    def _connect_query_user(self) -> Session:
-        host, port, _user, _password = self._address
-        name = f"{self.db_prefix}q{os.getpid()}n{next(self._query_users)}"
-        password = secrets.token_hex(16)
-        with self._pool.session() as admin:
-            admin.command(f"CREATE USER {name} {password}")
-            admin.command(f"GRANT admin TO {name}")  # xquery:eval's permission option needs admin
-        session = Session(host, port, name, password, timeout_s=self._timeout_s)
-        session.query_user = name
-        try:
-            session.command("SET CHOP false")
-            session.command("SET SERIALIZER indent=no")
-        except (ServerError, WireError):
-            session.close()
-            self._drop_query_user(session)
-            raise
-        return session
-
-    def _drop_query_user(self, session: Session) -> None:
-        name = getattr(session, "query_user", None)
-        if name is None:
-            return
-        try:
-            with self._pool.session() as admin:
-                admin.command(f"DROP USER {name}")
-        except (StoreError, ServerError, WireError):
-            pass  # BaseX down, or the user still logged in: dropped at the next open (stale pid)
-
-    def _drop_stale_query_users(self) -> None:
-        """Query users of processes that no longer run (killed before they could drop them)."""
-        pattern = re.compile(rf"{re.escape(self.db_prefix)}q(\d+)n\d+")
-        for name in self._run("string-join(user:list(), ' ')").split():
-            match = pattern.fullmatch(name)
-            if match is None or int(match.group(1)) == os.getpid() or _process_alive(int(match.group(1))):
-                continue
-            try:
-                self._run_command(f"DROP USER {name}")
-            except (StoreError, ServerError):
-                pass
-
-    def _run_command(self, command: str) -> str:
-        try:
-            with self._pool.session() as session:
-                return session.command(command)
-        except WireError as error:
-            self._suspect = True
-            raise StoreError(f"BaseX unavailable: {error}") from None
-
     def _run(self, text: str, bindings: dict[str, tuple[str, str]] | None = None, *,
-             timeout_s: float | None = None, pool: "_Pool | None" = None) -> str:
+             timeout_s: float | None = None, exclusive: bool = False) -> str:
         try:
-            with (pool or self._pool).session() as session:
+            with self._journal.query_gate(exclusive=exclusive), self._pool.session() as session:
                 if timeout_s is not None:
                     session.settimeout(timeout_s)
                 try:
                     return session.query(text, bindings)
+                except ServerError as error:
+                    if "Potential bug" in str(error):   # a BaseX internal error: its thread may keep locks
+                        session.close()                 # never reuse it (counts as broken: verify next)
+                    raise
                 finally:
                     if timeout_s is not None and not session.broken:
                         session.settimeout(self._timeout_s)
@@ -348,16 +394,280 @@ class BaseXStore(XmlStore):
     def _db(self, collection: str) -> str:
         return self.db_prefix + check_collection(collection)
 
-    # -- journal state --
-    def _read_journal(self) -> list[tuple[int, list]]:
-        entries = self._journal.read_new(repair=True)
-        for _seq, writes in entries:
-            for collection, doc_id, version, xml in writes:
-                self._state.setdefault(collection, {})[doc_id] = (version, xml)
-        return entries
+    # -- the mirror --
+    def _absorb(self, entries: list[tuple[int, list]], *, pending: bool = True) -> None:
+        """Take journal frames into the mirror and (unless known to be in BaseX) the pending queue."""
+        with self._mirror_lock:
+            for seq, writes in entries:
+                for collection, doc_id, version, xml in writes:
+                    self._state.setdefault(collection, {})[doc_id] = (version, xml)
+                if pending:
+                    self._pending.append((seq, writes))
 
-    # -- verification and repair (journal lock held) --
-    def _status(self, collection: str) -> tuple[str, int, set[str], dict[str, tuple[int, bool]]]:
+    def _catch_up_unlocked(self) -> int:
+        """Read the complete frames appended since our offset (no writer lock needed); returns the
+        journal's last sequence number as this process now knows it."""
+        with self._mirror_lock:
+            self._absorb(self._journal.read_new(repair=False))
+            return self._journal.last_seq
+
+    def _note_applied(self, seq: int) -> None:
+        with self._applied_changed:
+            if seq > self._applied_seq:
+                self._applied_seq = seq
+                self._applied_changed.notify_all()
+        with self._mirror_lock:
+            while self._pending and self._pending[0][0] <= seq:
+                self._pending.popleft()
+
+    # -- the applied sequence number in BaseX --
+    def _read_meta(self) -> int:
+        """BaseX's applied sequence number (0 if it has none)."""
+        return self._read_meta_or_none() or 0
+
+    def _unhealthy(self, names: list[str]) -> set[str]:
+        """Databases whose metadata is unreadable (never open them: see Q_UNHEALTHY)."""
+        return set(self._run(Q_UNHEALTHY, {"$names": (" ".join(names), "")}).split())
+
+    def _read_meta_or_none(self, *, check: bool = False) -> int | None:
+        try:
+            if check and self._unhealthy([self._meta_db]):
+                self._suspect = True
+                raise StoreError(f"BaseX's applied-number database {self._meta_db} is damaged")
+            text = self._run(Q_META, {"$m": (self._meta_db, "")})
+            if text == "none":
+                return None
+            parts = text.split()
+            if len(parts) != 2 or not all(part.isdigit() for part in parts):   # damaged by a crash
+                self._suspect = True
+                raise StoreError(f"BaseX's applied sequence number is unreadable ({text[:100]!r})")
+            self._meta_batch_s = int(parts[1]) / 1000
+            return int(parts[0])
+        except ServerError as error:
+            self._suspect = True
+            raise StoreError(f"cannot read BaseX's applied sequence number: {error}") from None
+
+    def _set_meta(self, seq: int) -> None:
+        """Record ``seq`` as applied (both locks held, BaseX verified up to it); recreates a
+        damaged meta database."""
+        try:
+            if self._unhealthy([self._meta_db]):
+                raise ServerError("its metadata is unreadable")
+            self._ensure_databases([self._meta_db])
+            self._run(Q_META_SET, {"$m": (self._meta_db, ""), "$seq": (str(seq), "")})
+        except ServerError as error:
+            self._note(f"applied-number database {self._meta_db} unusable ({str(error)[:200]}); recreating it")
+            self._known_databases.discard(self._meta_db)
+            self._drop(self._meta_db)
+            self._ensure_databases([self._meta_db])
+            self._run(Q_META_SET, {"$m": (self._meta_db, ""), "$seq": (str(seq), "")})
+
+    def _ensure_databases(self, names: list[str]) -> None:
+        missing = sorted(set(names) - self._known_databases)
+        if missing:
+            self._run(Q_ENSURE, {"$names": (" ".join(missing), "")})
+            self._known_databases.update(missing)
+
+    def _drop(self, db: str) -> None:
+        try:
+            with self._journal.query_gate(exclusive=False), self._pool.session() as session:
+                session.command(f"DROP DB {db}")   # db is a validated name
+        except ServerError as error:
+            raise StoreError(f"cannot drop damaged database {db}: {error}; remove its folder by hand "
+                             f"and reopen") from None
+        except WireError as error:
+            self._suspect = True
+            raise StoreError(f"BaseX unavailable: {error}") from None
+
+    # -- applying committed frames to BaseX --
+    def _needs_repair(self) -> bool:
+        return self._suspect or self._pool.broken_seen != self._broken_checked
+
+    def _ops(self, writes: list, seq: int | None = None) -> str:
+        parts = ['<ops>' if seq is None else f'<ops seq="{int(seq)}" t="{int(time.time() * 1000)}">']
+        for collection, doc_id, version, xml in writes:
+            db = self._db(collection)   # names and ids are validated: safe in attributes
+            if xml is None:
+                parts.append(f'<op db="{db}" id="{doc_id}" v="{int(version)}" del="1"/>')
+            else:
+                parts.append(f'<op db="{db}" id="{doc_id}" v="{int(version)}">{xml}</op>')
+        parts.append("</ops>")
+        return "".join(parts)
+
+    def _apply_state_writes(self, writes: list) -> None:
+        """Write documents' state to BaseX without touching the applied number (repair, rebuild)."""
+        self._ensure_databases([self._db(w[0]) for w in writes])
+        self._run(Q_APPLY_STATE, {"$ops": (self._ops(writes), "")})
+
+    def _apply_batch(self, batch: list[tuple[int, list]], base: int) -> None:
+        """Apply whole transactions base+1 .. batch[-1] in one update, each document once."""
+        latest: dict[tuple[str, str], tuple[int, str | None]] = {}
+        for _seq, writes in batch:
+            for collection, doc_id, version, xml in writes:
+                latest[(collection, doc_id)] = (version, xml)
+        writes = [(c, d, v, x) for (c, d), (v, x) in latest.items()]
+        self._ensure_databases([self._db(w[0]) for w in writes] + [self._meta_db])
+        try:
+            self._run(Q_APPLY, {"$ops": (self._ops(writes, batch[-1][0]), ""), "$m": (self._meta_db, ""),
+                                "$base": (str(base), "")})
+        except ServerError as error:
+            self._suspect = True
+            raise StoreError(f"BaseX refused transactions {base + 1}..{batch[-1][0]}: {error}") from None
+
+    def _has_backlog(self) -> bool:
+        return (self._needs_repair() or self._journal.size() > self._journal.offset
+                or self._journal.last_seq > self._applied_seq)
+
+    def _apply_backlog(self, *, blocking: bool, gather: bool) -> bool:
+        """Apply the committed frames not yet in BaseX (with ``gather``, not sooner than
+        ``apply_delay_s`` after the last batch unless a read waits); False if another holder of the
+        applier lock (another process) is at it, which then applies ours too."""
+        with self._journal.apply_lock(blocking=blocking) as taken:
+            if not taken:
+                return False
+            self._apply_pending_locked(writer_locked=False, drain=False, gather=gather)
+            return True
+
+    def _apply_pending_locked(self, *, writer_locked: bool, verify_first: bool = True, drain: bool = True,
+                              gather: bool = False) -> None:
+        """Apply committed frames: all of them (``drain``), or those that were there when called."""
+        if verify_first and self._needs_repair():
+            self._repair_locked(writer_locked=writer_locked)
+            return
+        target = self._catch_up_unlocked()
+        if target <= self._applied_seq:
+            return       # (a torn tail of a dead writer keeps the file longer: nothing to apply)
+        applied = self._read_meta()
+        self._note_applied(applied)
+        since = time.time() - self._meta_batch_s     # the last batch of ANY process
+        if gather and 0 <= since < self.apply_delay_s and not self._urgent.is_set():
+            self._next_batch = time.monotonic() + self.apply_delay_s - since
+            self._wake.set()       # come back then (the applier waits for _next_batch)
+            return
+        while True:
+            gap = False
+            batch: list[tuple[int, list]] = []
+            with self._mirror_lock:
+                last = self._catch_up_unlocked()
+                if applied > last or (applied < last and (not self._pending
+                                                          or self._pending[0][0] != applied + 1)):
+                    gap = True    # BaseX's number is not one our pending frames continue from
+                else:
+                    size = 0
+                    for entry in self._pending:
+                        if batch and (len(batch) >= self.apply_batch_max or size >= self.apply_batch_bytes):
+                            break
+                        batch.append(entry)
+                        size += sum(len(w[3] or "") for w in entry[1])
+            if gap:
+                self._note(f"BaseX reports transaction {applied} applied, the journal is at {last}; verifying")
+                if not verify_first:
+                    raise StoreError("applied number out of step with the journal")
+                self._repair_locked(writer_locked=writer_locked)
+                return
+            if not batch or (not drain and applied >= target):
+                return
+            self._journal.sync()   # BaseX never holds a frame that is not durable
+            self._next_batch = time.monotonic() + self.apply_delay_s
+            self._apply_batch(batch, applied)
+            applied = batch[-1][0]
+            self._note_applied(applied)
+            self._apply_error = None
+
+    def _repair_locked(self, *, writer_locked: bool) -> None:
+        """Verify every database against the mirror, repair, and set the applied number (applier
+        lock held; takes the writer lock unless held)."""
+        if not writer_locked:
+            with self._journal.lock():
+                return self._repair_locked(writer_locked=True)
+        with self._mirror_lock:
+            self._absorb(self._journal.read_new(repair=True))
+        self._broken_checked = self._pool.broken_seen
+        self._suspect = False
+        try:
+            self._verify_and_repair(list(self._state))
+            self._set_meta(self._journal.last_seq)
+        except BaseException:
+            self._suspect = True
+            raise
+        self._note_applied(self._journal.last_seq)
+
+    def _start_applier(self) -> None:
+        if self._applier_pid == os.getpid() or self._closing.is_set():
+            return
+        with self._applier_start:
+            if self._applier_pid == os.getpid():
+                return
+            self._applier_pid = os.getpid()   # (again after a fork: threads do not survive it)
+            self._applier = threading.Thread(target=self._applier_loop, name="xmlstore-basex-applier", daemon=True)
+            self._applier.start()
+
+    def _applier_loop(self) -> None:
+        pause, failures = self.apply_interval_s, 0
+        while True:
+            self._wake.wait(pause)
+            self._wake.clear()
+            if self._closing.is_set():
+                return
+            pause = self.apply_interval_s
+            gather = self._next_batch - time.monotonic()
+            if gather > 0 and not self._urgent.is_set():
+                self._urgent.wait(gather)   # let commits gather into one batch; a waiting read cuts it short
+                if self._closing.is_set():
+                    return
+            self._urgent.clear()
+            try:
+                if self._has_backlog() and not self._apply_backlog(blocking=False, gather=True):
+                    pause = 0.005     # another process holds the applier lock: look again soon
+                failures = 0
+            except Exception as error:  # noqa: BLE001 — the applier must survive anything
+                failures += 1
+                self._suspect = True
+                self._apply_error = f"{type(error).__name__}: {error}"
+                if failures == 1:
+                    log.warning("xmlstore/basex: applying the journal to BaseX failed (%s); retrying",
+                                self._apply_error)
+                self._closing.wait(min(1.0, 0.02 * 2 ** failures))
+
+    def _await_applied(self) -> None:
+        """Wait until BaseX holds every transaction the journal held when we were called."""
+        self._start_applier()
+        if self._needs_repair():
+            with self._journal.apply_lock():
+                if self._needs_repair():
+                    self._repair_locked(writer_locked=False)
+        target = self._catch_up_unlocked()
+        if self._applied_seq >= target:
+            return
+        self._urgent.set()
+        self._wake.set()
+        deadline = time.monotonic() + self._timeout_s
+        pause = 0.002
+        while True:
+            with self._applied_changed:
+                if self._applied_changed.wait_for(lambda: self._applied_seq >= target, timeout=pause):
+                    return
+            self._note_applied(self._read_meta())    # another process may have applied it
+            if self._applied_seq >= target:
+                return
+            if self._needs_repair():
+                with self._journal.apply_lock():
+                    if self._needs_repair():
+                        self._repair_locked(writer_locked=False)
+                continue
+            if time.monotonic() >= deadline:
+                raise StoreError(f"BaseX has applied the journal up to transaction {self._applied_seq}, this read "
+                                 f"needs {target}: not caught up within {self._timeout_s} s (applier's last error: "
+                                 f"{self._apply_error or 'none'})")
+            self._urgent.set()
+            self._wake.set()
+            pause = min(pause * 2, 0.05)
+
+    # -- verification and repair (both locks held) --
+    def _status(self, collection: str, unhealthy: set[str] = frozenset()) -> tuple[str, int, set[str],
+                                                                                dict[str, tuple[int, bool]]]:
+        if self._db(collection) in unhealthy:
+            return "damaged: metadata unreadable (not opened)", 0, set(), {}
         try:
             text = self._run(Q_STATUS, {"$db": (self._db(collection), "")})
         except ServerError as error:   # damage shows as errors XQuery cannot catch, e.g. "Java heap space"
@@ -379,22 +689,27 @@ class BaseXStore(XmlStore):
         self._known_databases.clear()
         if check_unknown:
             names = self._run(Q_DATABASES, {"$prefix": (self.db_prefix, "")}).split()
-            unknown = [n for n in names if n[len(self.db_prefix):] not in self._state]
+            unknown = [n for n in names if n != self._meta_db and n[len(self.db_prefix):] not in self._state]
             if unknown:
                 raise StoreError(f"BaseX holds database(s) {', '.join(unknown)} that our journal "
                                  f"{self._journal.path} does not know: wrong journal or wrong server?")
+        invalidated = False
+        unhealthy = self._unhealthy([self._db(c) for c in collections]) if collections else set()
         for collection in collections:
             expected = self._state.get(collection, {})
-            status, _seq, live, versions = self._status(collection)
+            status, _seq, live, versions = self._status(collection, unhealthy)
             if status == "missing" and not expected:
                 continue
             want_versions = {d: (v, x is not None) for d, (v, x) in expected.items()}
             want_live = {d for d, (_v, x) in expected.items() if x is not None}
+            if status == "ok" and live == want_live and versions == want_versions:
+                continue
+            if not invalidated:   # readers of other processes wait while we repair
+                self._set_meta(0)
+                invalidated = True
             if status not in ("ok", "missing"):
                 self._note(f"{collection}: unreadable ({status[:200]}); rebuilding from the journal")
                 self.rebuild(collection, _locked=True)
-                continue
-            if live == want_live and versions == want_versions:
                 continue
             if (live - want_live) or any(d not in want_versions for d in versions) or any(
                     versions[d][0] > want_versions[d][0] for d in versions):
@@ -417,59 +732,22 @@ class BaseXStore(XmlStore):
     def _apply_state(self, collection: str, doc_ids: list[str], batch: int = 1000) -> None:
         expected = self._state.get(collection, {})
         for start in range(0, len(doc_ids), batch):
-            writes = [(collection, d, expected[d][0], expected[d][1]) for d in doc_ids[start:start + batch]]
-            self._apply(self._journal.last_seq, writes)
-
-    def _apply(self, seq: int, writes: list) -> None:
-        names = sorted({self._db(w[0]) for w in writes} - self._known_databases)
-        if names:
-            self._run(Q_ENSURE, {"$names": (" ".join(names), "")})
-            self._known_databases.update(names)
-        parts = [f'<ops seq="{seq}">']
-        for collection, doc_id, version, xml in writes:
-            db = self._db(collection)
-            if xml is None:
-                parts.append(f'<op db="{db}" id="{doc_id}" v="{version}" del="1"/>')
-            else:
-                parts.append(f'<op db="{db}" id="{doc_id}" v="{version}">{xml}</op>')
-        parts.append("</ops>")
-        self._run(Q_APPLY, {"$ops": ("".join(parts), "")})
-
-    def _catch_up(self) -> None:
-        entries = self._read_journal()
-        if self._suspect or self._pool.broken_seen != self._broken_checked:
-            self._broken_checked = self._pool.broken_seen
-            self._suspect = False
-            try:
-                self._verify_and_repair(list(self._state))
-            except BaseException:
-                self._suspect = True
-                raise
-            return
-        if not entries:
-            return
-        touched: dict[str, int] = {}
-        for seq, writes in entries:
-            for w in writes:
-                touched[w[0]] = seq
-        names = sorted(touched)
-        seqs = self._run(Q_SEQS, {"$names": (" ".join(self._db(c) for c in names), "")}).split()
-        behind = [c for c, s in zip(names, seqs) if int(s) < touched[c]]
-        if behind:
-            self._note(f"writes of another process not applied to {', '.join(behind)}; repairing")
-            self._verify_and_repair(behind)
-
-    def _ensure_current(self) -> None:
-        if self._suspect or self._pool.broken_seen != self._broken_checked:
-            with self._journal.lock():
-                self._catch_up()
+            self._apply_state_writes([(collection, d, expected[d][0], expected[d][1])
+                                      for d in doc_ids[start:start + batch]])
 
     # -- public maintenance --
+    def flush(self) -> None:
+        """Wait until BaseX holds every transaction committed so far (applying them if need be)."""
+        with self._journal.apply_lock():
+            self._apply_pending_locked(writer_locked=False)
+
     def check(self) -> dict[str, dict]:
         """Compare BaseX with the journal: counts, versions and content hashes of every document."""
         report: dict[str, dict] = {}
-        with self._journal.lock():
-            self._read_journal()
+        with self._journal.apply_lock(), self._journal.lock():
+            with self._mirror_lock:
+                self._absorb(self._journal.read_new(repair=True))
+            self._apply_pending_locked(writer_locked=True)
             for collection in sorted(self._state):
                 expected = {d: (v, x) for d, (v, x) in self._state[collection].items() if x is not None}
                 status, _seq, live, _versions = self._status(collection)
@@ -490,21 +768,17 @@ class BaseXStore(XmlStore):
     def rebuild(self, collection: str | None = None, *, _locked: bool = False) -> None:
         """Drop the collection's database (or all) and load it again from the journal."""
         if not _locked:
-            with self._journal.lock():
-                self._read_journal()
-                return self.rebuild(collection, _locked=True)
+            with self._journal.apply_lock(), self._journal.lock():
+                with self._mirror_lock:
+                    self._absorb(self._journal.read_new(repair=True))
+                self._apply_pending_locked(writer_locked=True)     # the others reach the same point
+                self.rebuild(collection, _locked=True)
+                self._set_meta(self._journal.last_seq)
+                return
         for name in ([collection] if collection else sorted(self._state)):
             db = self._db(name)
             self._known_databases.discard(db)
-            try:
-                with self._pool.session() as session:
-                    session.command(f"DROP DB {db}")   # db is a validated name
-            except ServerError as error:
-                raise StoreError(f"cannot drop damaged database {db}: {error}; remove its folder by hand "
-                                 f"and reopen") from None
-            except WireError as error:
-                self._suspect = True
-                raise StoreError(f"BaseX unavailable: {error}") from None
+            self._drop(db)
             self._apply_state(name, sorted(self._state.get(name, {})))
             self._note(f"{name}: rebuilt from the journal ({len(self._state.get(name, {}))} documents)")
 
@@ -524,24 +798,24 @@ class BaseXStore(XmlStore):
         return Document(collection, element.get("id"), xml, int(element.get("v") or 0))
 
     def get(self, collection: str, doc_id: str) -> Document | None:
-        db, doc_id = self._db(collection), check_doc_id(doc_id)
-        self._ensure_current()
-        root = self._parse_result(self._run(Q_GET, {"$db": (db, ""), "$id": (doc_id, "")}))
-        if root.tag == "none":
-            return None
-        root.set("id", doc_id)
-        return self._document(collection, root)
+        """From the mirror, caught up with the journal: every acknowledged write, no BaseX round trip."""
+        collection, doc_id = check_collection(collection), check_doc_id(doc_id)
+        with self._mirror_lock:
+            self._catch_up_unlocked()
+            version, xml = self._state.get(collection, {}).get(doc_id, (0, None))
+        return None if xml is None else Document(collection, doc_id, xml.encode(), version)
 
     def collections(self) -> list[str]:
-        self._ensure_current()
+        self._await_applied()
         names = self._run(Q_COLLECTIONS, {"$prefix": (self.db_prefix, "")}).split()
-        return [n[len(self.db_prefix):] for n in names]
+        return [n[len(self.db_prefix):] for n in names if n != self._meta_db]
 
     def ids(self, collection: str, offset: int = 0, limit: int = 1000) -> list[str]:
         if offset < 0 or not 1 <= limit <= 100_000:
             raise StoreError("ids: offset >= 0 and 1 <= limit <= 100000")
-        self._ensure_current()
-        return self._run(Q_IDS, {"$db": (self._db(collection), ""), "$offset": (str(offset), "xs:integer"),
+        db = self._db(collection)
+        self._await_applied()
+        return self._run(Q_IDS, {"$db": (db, ""), "$offset": (str(offset), "xs:integer"),
                                  "$limit": (str(limit), "xs:integer")}).split()
 
     def _xpath_query(self, collection: str, xpath: str, variables: Mapping[str, str | int],
@@ -567,9 +841,9 @@ class BaseXStore(XmlStore):
             value = variables[name]
             bindings[f"$n{i}"] = (name, "xs:string")
             bindings[f"$v{i}"] = (str(value), "xs:integer" if isinstance(value, int) else "xs:string")
-        self._ensure_current()
         try:
-            return self._run(text, bindings, timeout_s=time_limit_s + self._timeout_s, pool=self._query_pool)
+            # see Q_QUERY: alone, never next to another call of this store
+            return self._run(text, bindings, timeout_s=time_limit_s + self._timeout_s, exclusive=True)
         except ServerError as error:
             message = str(error)
             if "gridcredit-scan-limit" in message:
@@ -586,6 +860,7 @@ class BaseXStore(XmlStore):
               time_limit_s: float = 5.0, scan_limit: int | None = None) -> QueryPage:
         check_collection(collection)
         check_query_args(xpath, variables, namespaces, offset, limit, time_limit_s, self.limits)
+        self._await_applied()
         deadline = time.monotonic() + time_limit_s
         text = self._xpath_query(collection, xpath, variables, namespaces, time_limit_s, scan_limit,
                                  offset + 1, limit + 1)
@@ -600,8 +875,8 @@ class BaseXStore(XmlStore):
               scan_limit: int | None = None) -> int:
         check_collection(collection)
         check_query_args(xpath, variables, namespaces, 0, 1, time_limit_s, self.limits)
+        self._await_applied()
         if xpath is None:
-            self._ensure_current()
             return int(self._run(Q_COUNT_ALL, {"$db": (self._db(collection), "")}))
         return int(self._xpath_query(collection, xpath, variables, namespaces, time_limit_s, scan_limit,
                                      None, None))
@@ -609,30 +884,48 @@ class BaseXStore(XmlStore):
     # -- writes --
     def transact(self, fn: Callable[[Transaction], T], *, retries: int | None = None) -> T:
         retries = self.limits.retries_default if retries is None else retries
+        self._start_applier()
 
         def attempt() -> T:
             with self._journal.lock():
-                self._catch_up()
+                with self._mirror_lock:
+                    self._absorb(self._journal.read_new(repair=True))
+                if self._journal.last_seq - self._applied_seq >= self.backlog_max:
+                    self._note_applied(self._read_meta())   # raises StoreError when BaseX is unreachable
+                    behind = self._journal.last_seq - self._applied_seq
+                    if behind >= self.backlog_max:
+                        raise StoreError(f"BaseX is {behind} transactions behind the journal (applier's last "
+                                         f"error: {self._apply_error or 'none'}); writes refused until it catches up")
                 tx = _BaseXTransaction(self)
                 result = fn(tx)
                 if not tx.staged:
                     return result
                 seq = self._journal.last_seq + 1
                 writes = [(c, d, v, None if x is None else x.decode()) for (c, d), (v, x) in tx.staged.items()]
-                self._journal.append(seq, writes)          # committed from here on
-                for collection, doc_id, version, xml in writes:
-                    self._state.setdefault(collection, {})[doc_id] = (version, xml)
-                try:
-                    self._apply(seq, writes)
-                except (StoreError, ServerError) as error:
-                    self._suspect = True
-                    self._note(f"transaction {seq} is in the journal but not yet in BaseX ({error}); "
-                               f"it will be re-applied")
-                return result
+                with self._mirror_lock:
+                    self._journal.append(seq, writes, sync=False)   # written; durable at the sync below
+                    self._absorb([(seq, writes)])
+            try:
+                self._journal.sync()        # outside the lock: concurrent writers share fsyncs
+            except OSError as error:
+                raise StoreError(f"fsync of the journal failed ({error}): transaction {seq} is written but "
+                                 f"perhaps not durable") from None
+            self._wake.set()
+            return result
 
         return run_with_retries(attempt, retries)
 
     def close(self) -> None:
-        self._query_pool.close()
+        """Stop the applier, push what this process committed to BaseX if it can (the journal
+        keeps it anyway), close sessions and the journal."""
+        self._closing.set()
+        self._wake.set()
+        if self._applier is not None and self._applier_pid == os.getpid():
+            self._applier.join(self._timeout_s)
+        try:
+            if not self._needs_repair():
+                self._apply_backlog(blocking=False, gather=False)
+        except Exception as error:  # noqa: BLE001 — best effort: the next applier or open does it
+            log.info("xmlstore/basex: not applied at close (%s); the journal has it", error)
         self._pool.close()
         self._journal.close()

@@ -7,8 +7,19 @@ Sequence numbers start at 1 and increase by one. A frame is durable once ``appen
 it is cut off (by a process holding the lock); a bad frame followed by a good one is corruption
 and raises ``StoreError``.
 
-Locking: ``lock()`` takes a process-local mutex and ``flock`` on ``journal.lock`` (flock locks
-belong to the open file, so they also exclude the other processes sharing the store).
+Locking: ``lock()`` (the writer lock) takes a process-local mutex and ``flock`` on
+``journal.lock`` (flock locks belong to the open file, so they also exclude the other processes
+sharing the store). ``apply_lock()`` is a second lock of the same kind on ``apply.lock``: the
+BaseX backend's applier holds it while it pushes committed frames to BaseX. Order: a holder of
+both takes ``apply_lock`` first. ``query_gate()`` (``query.lock``) is a readers-writer lock for
+the backend's BaseX calls.
+
+Group commit: ``append(..., sync=False)`` writes a frame under the writer lock and leaves the
+fsync to ``sync()``, called after the lock is released — the writer acknowledges only after its
+``sync()`` returns, and an fsync covers every frame written before it (by any process), so a
+transaction that read an earlier, not yet synced frame is never acknowledged before that frame is
+durable. Frames may thus be *visible* (to ``read_new``) a moment before they are durable: only a
+crash of the operating system in that window loses them, and then no writer had acknowledged them.
 
 TODO (documented, not done): checkpoint/compaction — write a snapshot of the current state and
 start a new journal, so that opening does not replay the whole history.
@@ -47,6 +58,8 @@ class Journal:
         self._thread_lock = threading.Lock()
         self._lock_fd: int | None = None
         self._pid = os.getpid()
+        self._apply_lock = _FileLock(self.directory / "apply.lock")
+        self._query_lock_path = self.directory / "query.lock"
         self.offset = 0        # bytes of the journal already read into the caller's state
         self.last_seq = 0
 
@@ -66,8 +79,38 @@ class Journal:
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
+    @contextlib.contextmanager
+    def apply_lock(self, *, blocking: bool = True) -> Iterator[bool]:
+        """The applier lock; yields whether it was taken (always True when ``blocking``)."""
+        with self._apply_lock.hold(blocking) as taken:
+            yield taken
+
+    @contextlib.contextmanager
+    def query_gate(self, *, exclusive: bool) -> Iterator[None]:
+        """A readers-writer lock over ``query.lock`` for the BaseX backend's calls: shared for
+        ordinary ones, exclusive for sandboxed XPath queries (see ``_basex.Q_QUERY``). Each hold
+        opens the file anew, so holders in one process exclude each other like processes do."""
+        fd = os.open(self._query_lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)      # releases the lock
+
+    def size(self) -> int:
+        """Bytes in the journal file now (frames of other processes included; a tail may be torn)."""
+        return os.fstat(self._fd).st_size
+
+    def sync(self) -> None:
+        """fsync the journal: every frame written so far, by any process, is durable after this."""
+        os.fsync(self._fd)
+
     def read_new(self, *, repair: bool) -> list[tuple[int, list[Write]]]:
-        """Frames appended since the last call; with ``repair`` (lock held) cut off a torn tail."""
+        """Frames appended since the last call; with ``repair`` (lock held) cut off a torn tail.
+
+        Without ``repair`` it may run without the writer lock: it stops before a frame still being
+        written (or torn) and takes it on a later call. Callers serialize calls on one ``Journal``.
+        """
         size = os.fstat(self._fd).st_size
         if size < self.offset:
             raise StoreError(f"journal {self.path} shrank below what was already read")
@@ -91,8 +134,11 @@ class Journal:
         self.offset += position
         return entries
 
-    def append(self, seq: int, writes: list[Write]) -> None:
-        """Append one frame and fsync it (the caller holds the lock and has read up to the end)."""
+    def append(self, seq: int, writes: list[Write], *, sync: bool = True) -> None:
+        """Append one frame and fsync it (the caller holds the lock and has read up to the end).
+
+        With ``sync=False`` the fsync is the caller's (``sync()``, after releasing the lock).
+        """
         invariant(seq == self.last_seq + 1, "append out of sequence")
         payload = json.dumps({"seq": seq, "writes": writes}, separators=(",", ":")).encode()
         if len(payload) > FRAME_BYTES_MAX:
@@ -104,7 +150,8 @@ class Journal:
         if written != len(frame):
             os.ftruncate(self._fd, size)
             raise StoreError("short write to the journal")
-        os.fsync(self._fd)
+        if sync:
+            os.fsync(self._fd)
         self.offset += len(frame)
         self.last_seq = seq
 
@@ -115,6 +162,47 @@ class Journal:
                     os.close(fd)
                 except OSError:
                     pass
+        self._apply_lock.close()
+
+
+class _FileLock:
+    """A process-local mutex plus ``flock`` on a file of its own (excludes threads and processes)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+        self._pid = os.getpid()
+
+    @contextlib.contextmanager
+    def hold(self, blocking: bool) -> Iterator[bool]:
+        if not self._thread_lock.acquire(blocking):
+            yield False
+            return
+        try:
+            if self._fd is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+                taken = True
+            except BlockingIOError:
+                taken = False
+            try:
+                yield taken
+            finally:
+                if taken:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    def close(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
 
 
 def _decode(data: bytes, position: int):
