@@ -11,7 +11,6 @@ the crypto-bound ceiling of the foundation (sign + verify of a round trip), meas
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_section  # noqa: E402
-from whoami import Caller, crypto_ceiling, free_port, start_server  # noqa: E402
+from whoami import Caller, crypto_ceiling, free_port, run_load, start_server  # noqa: E402
 
 from lxml import etree
 
@@ -95,20 +94,7 @@ def _client_process(url, cert, key, trust_dir, threads, seconds, rate_per_thread
 
 
 def load(url, cert, key, trust_dir, clients, seconds, rate=None):
-    processes_count = 2
-    threads = max(1, clients // processes_count)
-    rate_per_thread = rate / (threads * processes_count) if rate else None
-    queue = multiprocessing.Queue()
-    processes = [multiprocessing.Process(target=_client_process, args=(url, cert, key, str(trust_dir), threads, seconds, rate_per_thread, queue))
-                 for _ in range(processes_count)]
-    for process in processes:
-        process.start()
-    latencies = []
-    for _ in processes:
-        latencies.extend(queue.get(timeout=seconds + 300))
-    for process in processes:
-        process.join()
-    latencies.sort()
+    latencies = run_load(_client_process, (url, cert, key, str(trust_dir)), clients, seconds, rate, wait_s=300)
     operations = len(latencies)
     return {"ops": operations / seconds, "pairs": operations / 2 / seconds,
             "p50_ms": 1000 * latencies[operations // 2], "p99_ms": 1000 * latencies[int(operations * 0.99)]}

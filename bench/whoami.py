@@ -146,21 +146,28 @@ def _client_process(url, cert, key, trust_dir, signed, threads, seconds, rate_pe
     queue.put(results)
 
 
-def load(url, cert, key, trust_dir, signed, clients, seconds, rate=None):
+def run_load(client_process, arguments: tuple, clients: int, seconds: float, rate=None, wait_s: float = 120) -> list[float]:
+    """Spread ``clients`` threads over two processes, each running
+    ``client_process(*arguments, threads, seconds, rate_per_thread, queue)``; return the sorted latencies.
+    ``rate``: total requests per second to pace at (None: as fast as they go)."""
     processes_count = 2
     threads = max(1, clients // processes_count)
     rate_per_thread = rate / (threads * processes_count) if rate else None
     queue = multiprocessing.Queue()
-    processes = [multiprocessing.Process(target=_client_process, args=(url, cert, key, str(trust_dir), signed, threads, seconds, rate_per_thread, queue))
+    processes = [multiprocessing.Process(target=client_process, args=(*arguments, threads, seconds, rate_per_thread, queue))
                  for _ in range(processes_count)]
     for process in processes:
         process.start()
     latencies = []
     for _ in processes:
-        latencies.extend(queue.get(timeout=seconds + 120))
+        latencies.extend(queue.get(timeout=seconds + wait_s))
     for process in processes:
         process.join()
-    latencies.sort()
+    return sorted(latencies)
+
+
+def load(url, cert, key, trust_dir, signed, clients, seconds, rate=None):
+    latencies = run_load(_client_process, (url, cert, key, str(trust_dir), signed), clients, seconds, rate)
     return {"rate": len(latencies) / seconds, "p50_ms": 1000 * latencies[len(latencies) // 2],
             "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)], "count": len(latencies)}
 
