@@ -3,11 +3,14 @@
 #   scripts/test.sh [pytest arguments]
 # Debian packages: basex (XML database server), xmlsec1 (independent signature verifier),
 # globus-proxy-utils and nordugrid-arc-client (grid-proxy-init, arcproxy: real grid proxies must be accepted).
+# nordugrid-arc-arex: ARC's own accounting publisher (jura-ng, SGAS target) for the /sgas/ur tests
+# (tests/arc_sgas.py). Its postinst starts no service (defaults-disabled; invoke-rc.d refuses without a
+# runlevel or via policy-rc.d) but makes an ARC test CA in /etc/grid-security (docs/arc-sgas.md).
 # Python packages go into .venv (created here); tests start the servers they need themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(basex xmlsec1 globus-proxy-utils nordugrid-arc-client openssl python3-venv)
+DEBIAN_PACKAGES=(basex xmlsec1 globus-proxy-utils nordugrid-arc-client nordugrid-arc-arex openssl python3-venv)
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
