@@ -64,6 +64,7 @@ class BankConfig:
     auditors: tuple[str, ...] = ()      # DNs that may run the online audit besides administrators
     services: tuple[str, ...] = ()      # service identities (JARM, auctioneer hosts): act only on holds they made
     approval_above: int = 0             # mints above this need a second administrator (0: never)
+    mint_approval_days: int = 7         # a mint awaiting approval expires this many days after its request (1-366)
     hold_days_max: int = 31             # the longest a hold may run
     expiry_sweep_s: int = 5             # how often expired holds are returned
 
