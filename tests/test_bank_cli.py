@@ -170,6 +170,20 @@ def test_every_command_through_the_cli(cli, users, host, pki):
     assert pending["kind"] == "mint-request" and pending["pending_mint_id"]
     t = cli.ok(admin2, "approve-mint", pending["pending_mint_id"])["transaction"]
     assert (t["kind"], t["amount"], t["approver_dn"]) == ("mint", 2_000_000, admin2.credential.identity_dn)
+    withdrawn = cli.ok(admin, "mint", "vo", "3,000,000")["transaction"]["pending_mint_id"]
+    waiting = cli.ok(admin2, "pending-mints")
+    assert [(p["pending_mint_id"], p["state"], p["amount"]) for p in waiting["pending_mints"]] == [
+        (withdrawn, "pending", 3_000_000)] and waiting["next_offset"] is None
+    t = cli.ok(admin, "cancel-mint", withdrawn)["transaction"]
+    assert (t["kind"], t["pending_mint_id"], t["principal_dn"]) == ("mint-cancel", withdrawn,
+                                                                    admin.credential.identity_dn)
+    assert cli.ok(admin, "pending-mints")["pending_mints"] == []
+    ended = cli.ok(admin, "pending-mints", "--ended")["pending_mints"]
+    assert sorted((p["pending_mint_id"], p["state"], p["ended_by_dn"]) for p in ended) == sorted([
+        (pending["pending_mint_id"], "approved", admin2.credential.identity_dn),
+        (withdrawn, "cancelled", admin.credential.identity_dn)])
+    text = cli.ok(admin, "pending-mints", "--ended", as_json=False)
+    assert f"{withdrawn}" in text and "cancelled by" in text and "3,000,000" in text
     t = cli.ok(admin, "retire", "vo", "1000")["transaction"]
     assert (t["kind"], t["amount"]) == ("retire", 1000)
     supply = cli.ok(alice, "money-supply")
@@ -463,6 +477,8 @@ def test_the_client_result_types_follow_the_ledger():
     assert [f.name for f in dataclasses.fields(bank_client.Transaction)] == \
            [f.name for f in dataclasses.fields(ledger.Transaction)]
     assert [f.name for f in dataclasses.fields(bank_client.Hold)] == [f.name for f in dataclasses.fields(ledger.Hold)]
+    assert [f.name for f in dataclasses.fields(bank_client.PendingMint)] == \
+           [f.name for f in dataclasses.fields(ledger.PendingMint)]
     assert ledger.REQUEST_ID_PATTERN.fullmatch(new_request_id())
 
 

@@ -15,14 +15,16 @@ from lxml import etree
 
 from gridcredit.errors import DomainError, StoreError
 from gridcredit.services.bank import documents, ledger
-from gridcredit.services.bank.ledger import (AccountStatus, ApproveMint, BankPolicy, ChargeHold, CreateAccount,
-                                             CreateHold, ExpireHold, ExtendHold, HoldState, MemoryLedger, Mint,
-                                             Principal, ReleaseHold, RemoveHolder, Retire, Role, SetCreditLimit,
-                                             SetHolder, SetSpendingLimit, SetStatus, Transfer)
+from gridcredit.services.bank.ledger import (AccountStatus, ApproveMint, BankPolicy, CancelMint, ChargeHold,
+                                             CreateAccount, CreateHold, ExpireHold, ExpireMint, ExtendHold, HoldState,
+                                             MemoryLedger, Mint, PendingMintState, Principal, ReleaseHold,
+                                             RemoveHolder, Retire, Role, SetCreditLimit, SetHolder, SetSpendingLimit,
+                                             SetStatus, Transfer)
 
 KEY = b"unit-test-key"
 SECOND_US = 1_000_000
 NOW_US = 1_700_000_000 * SECOND_US
+MINT_APPROVAL_US = 600 * SECOND_US
 
 
 def sign(message: bytes) -> bytes:
@@ -53,11 +55,15 @@ def rid() -> str:
 
 def refused(code: str, bank: MemoryLedger, request, principal: Principal, now_us: int = NOW_US) -> DomainError:
     """Run a request that must be refused with `code` and change nothing."""
-    before = (dict(bank.accounts), dict(bank.holds), bank.supply, bank.ledger_head, len(bank.transactions))
+    def state():
+        return (dict(bank.accounts), dict(bank.holds), dict(bank.pending_mints), bank.supply, bank.ledger_head,
+                len(bank.transactions))
+
+    before = state()
     with pytest.raises(DomainError) as caught:
         bank.run(request, principal=principal, now_us=now_us)
     assert caught.value.code == code, str(caught.value)
-    assert (dict(bank.accounts), dict(bank.holds), bank.supply, bank.ledger_head, len(bank.transactions)) == before
+    assert state() == before
     return caught.value
 
 
@@ -65,7 +71,8 @@ def refused(code: str, bank: MemoryLedger, request, principal: Principal, now_us
 def bank() -> MemoryLedger:
     """vo-atlas (1000 credits; owner, manager, member, viewer) and site-north (owned by someone else)."""
     bank = MemoryLedger(sign=sign, policy=BankPolicy(mint_approval_threshold=10_000,
-                                                     hold_duration_max_us=3600 * SECOND_US))
+                                                     hold_duration_max_us=3600 * SECOND_US,
+                                                     mint_approval_duration_us=MINT_APPROVAL_US))
     bank.run(CreateAccount(rid(), "vo-atlas", "atlas", OWNER.dn), principal=ADMIN, now_us=NOW_US)
     for principal, role in ((MANAGER, Role.MANAGER), (MEMBER, Role.MEMBER), (VIEWER, Role.VIEWER)):
         bank.run(SetHolder(rid(), "vo-atlas", principal.dn, role), principal=OWNER, now_us=NOW_US)
@@ -198,7 +205,67 @@ def test_mint_above_threshold_needs_a_second_administrator(bank):
                                                                       ADMIN_TWO.dn)
     assert bank.supply.issued == 11_001 and bank.accounts["vo-atlas"].balance == 11_001
     refused("PendingMintEnded", bank, ApproveMint(rid(), pending_id), ADMIN_TWO)
+    refused("PendingMintEnded", bank, CancelMint(rid(), pending_id), ADMIN)
+    ended = bank.pending_mints[pending_id]
+    assert (ended.state, ended.ended_by_dn, ended.ended_seq) == (PendingMintState.APPROVED, ADMIN_TWO.dn, approved.seq)
     bank.run(Mint(rid(), "vo-atlas", 10_000), principal=ADMIN, now_us=NOW_US)   # at the threshold: direct
+
+
+def request_mint(bank, principal=ADMIN, amount=20_000) -> str:
+    outcome = bank.run(Mint(rid(), "vo-atlas", amount), principal=principal, now_us=NOW_US)
+    assert outcome.transaction.expires_at_us == NOW_US + MINT_APPROVAL_US
+    return outcome.transaction.pending_mint_id
+
+
+def test_cancel_mint_by_any_administrator_issues_nothing(bank):
+    supply = bank.supply
+    mine, theirs = request_mint(bank), request_mint(bank)
+    refused("NotAuthorized", bank, CancelMint(rid(), mine), OWNER)
+    refused("UnknownPendingMint", bank, CancelMint(rid(), "mint-0"), ADMIN)
+    refused("InvalidArgument", bank, CancelMint(rid(), "no such/id"), ADMIN)
+    cancelled = bank.run(CancelMint(rid(), mine), principal=ADMIN, now_us=NOW_US + 1).transaction   # its requester
+    assert (cancelled.kind, cancelled.principal_dn, cancelled.pending_mint_id, cancelled.amount,
+            cancelled.account_id) == (ledger.TransactionKind.MINT_CANCEL, ADMIN.dn, mine, 20_000, "vo-atlas")
+    bank.run(CancelMint(rid(), theirs), principal=ADMIN_TWO, now_us=NOW_US + 1)                      # another one
+    assert bank.pending_mints[theirs].ended_by_dn == ADMIN_TWO.dn
+    assert bank.supply == supply and bank.accounts["vo-atlas"].balance == 1000
+    refused("PendingMintEnded", bank, ApproveMint(rid(), mine), ADMIN_TWO)
+    refused("PendingMintEnded", bank, CancelMint(rid(), mine), ADMIN_TWO)
+    refused("PendingMintEnded", bank, ExpireMint(rid(), mine), STRANGER, NOW_US + MINT_APPROVAL_US)
+    assert bank.audit(verify).clean
+
+
+def test_pending_mint_expires_once_at_its_time(bank):
+    pending_id = request_mint(bank)
+    due_us = NOW_US + MINT_APPROVAL_US
+    error = refused("PendingMintNotExpired", bank, ExpireMint(rid(), pending_id), STRANGER, due_us - 1)
+    assert str(due_us) in str(error)
+    refused("PendingMintExpired", bank, ApproveMint(rid(), pending_id), ADMIN_TWO, due_us)
+    refused("PendingMintExpired", bank, CancelMint(rid(), pending_id), ADMIN, due_us)
+    sweeper = Principal("gridcredit bank expiry sweeper", is_service=True)
+    expired = bank.run(ExpireMint(rid(), pending_id), principal=sweeper, now_us=due_us).transaction
+    assert (expired.kind, expired.principal_dn, expired.amount) == (ledger.TransactionKind.MINT_EXPIRE, sweeper.dn,
+                                                                    20_000)
+    pending = bank.pending_mints[pending_id]
+    assert (pending.state, pending.ended_by_dn, pending.ended_seq, pending.ended_at_us) == (
+        PendingMintState.EXPIRED, sweeper.dn, expired.seq, due_us)
+    refused("PendingMintEnded", bank, ExpireMint(rid(), pending_id), STRANGER, due_us + 1)
+    refused("PendingMintEnded", bank, ApproveMint(rid(), pending_id), ADMIN_TWO, due_us + 1)
+    assert bank.supply.issued == 1000 and bank.audit(verify).clean
+
+
+def test_approval_one_microsecond_before_expiry(bank):
+    pending_id = request_mint(bank)
+    bank.run(ApproveMint(rid(), pending_id), principal=ADMIN_TWO, now_us=NOW_US + MINT_APPROVAL_US - 1)
+    refused("PendingMintEnded", bank, ExpireMint(rid(), pending_id), STRANGER, NOW_US + MINT_APPROVAL_US)
+    assert bank.supply.issued == 21_000 and bank.audit(verify).clean
+
+
+def test_mint_approval_duration_is_bounded():
+    with pytest.raises(Exception):
+        BankPolicy(mint_approval_duration_us=0)
+    with pytest.raises(Exception):
+        BankPolicy(mint_approval_duration_us=ledger.MINT_APPROVAL_DURATION_MAX_US + 1)
 
 
 def test_supply_and_balance_bounds(bank):
@@ -387,6 +454,9 @@ def _operation_cases():
         hold_id = hold(bank, 10, lifetime_us=SECOND_US)
         return ExpireHold(rid(), hold_id)
 
+    def pending_mint(bank):  # requested by ADMIN: its requester may cancel it as well as any other administrator
+        return bank.run(Mint(rid(), "vo-atlas", 20_000), principal=ADMIN, now_us=NOW_US).transaction.pending_mint_id
+
     return {
         "create-account": ({"admin"}, lambda bank: CreateAccount(rid(), "vo-new", "new", OWNER.dn)),
         "set-holder-member": ({"owner", "manager", "admin"},
@@ -411,7 +481,12 @@ def _operation_cases():
         "charge": ({"owner", "manager", "member"}, lambda bank: ChargeHold(rid(), hold(bank), "site-north", 5)),
         "release": ({"owner", "manager", "member", "admin"}, lambda bank: ReleaseHold(rid(), hold(bank))),
         "expire-when-due": (ALL, due_hold),
+        "cancel-mint": ({"admin"}, lambda bank: CancelMint(rid(), pending_mint(bank))),
+        "expire-mint-when-due": (ALL, lambda bank: ExpireMint(rid(), pending_mint(bank))),
     }
+
+
+NOW_BY_OPERATION = {"expire-when-due": NOW_US + 2 * SECOND_US, "expire-mint-when-due": NOW_US + MINT_APPROVAL_US}
 
 
 OPERATIONS = _operation_cases()
@@ -422,7 +497,7 @@ OPERATIONS = _operation_cases()
 def test_authorization_matrix(bank, operation, caller):
     allowed, make = OPERATIONS[operation]
     request = make(bank)
-    now_us = NOW_US + 2 * SECOND_US if operation == "expire-when-due" else NOW_US
+    now_us = NOW_BY_OPERATION.get(operation, NOW_US)
     if caller in allowed:
         outcome = bank.run(request, principal=ROLES[caller], now_us=now_us)
         assert outcome.transaction.principal_dn == ROLES[caller].dn
@@ -654,6 +729,48 @@ def test_audit_detects_a_hold_ended_twice_even_when_signed(busy_bank):
     report = ledger.audit([*bank.transactions, again], bank.accounts.values(), bank.holds.values(), bank.supply,
                           verify, head=head)
     assert any(finding.seq == again.seq and "again" in finding.message for finding in report.findings)
+
+
+def test_audit_replays_pending_mints(bank):
+    """Each pending mint ends once, by the kind its expiry allows, as its stored document says."""
+    approved, cancelled, expired, waiting = (request_mint(bank) for _ in range(4))
+    bank.run(ApproveMint(rid(), approved), principal=ADMIN_TWO, now_us=NOW_US + 1)
+    bank.run(CancelMint(rid(), cancelled), principal=ADMIN, now_us=NOW_US + 1)
+    bank.run(ExpireMint(rid(), expired), principal=STRANGER, now_us=NOW_US + MINT_APPROVAL_US)
+    assert bank.audit(verify).clean
+
+    def audit_with(*extra, pending=None) -> list[ledger.AuditFinding]:
+        transactions, head = list(bank.transactions), bank.ledger_head
+        for entry in extra:
+            entry = dataclasses.replace(entry, seq=head.seq + 1)
+            sealed, head = ledger.seal(entry, head, sign)
+            transactions.append(sealed)
+        stored = {**bank.pending_mints, **(pending or {})}
+        return list(ledger.audit(transactions, bank.accounts.values(), bank.holds.values(), bank.supply, verify,
+                                 head=head, pending_mints=stored.values()).findings)
+
+    def end(kind, pending_id, at_us=NOW_US + 2):
+        return ledger.Transaction(seq=0, kind=kind, at_us=at_us, request_id=rid(), principal_dn=ADMIN_TWO.dn,
+                                  account_id="vo-atlas", amount=20_000, pending_mint_id=pending_id)
+
+    # A second end of one pending mint, signed by a buggy bank: named, whichever kind it is.
+    for kind in (ledger.TransactionKind.MINT_CANCEL, ledger.TransactionKind.MINT_EXPIRE):
+        findings = audit_with(end(kind, approved, NOW_US + MINT_APPROVAL_US))
+        assert any(f"ends pending mint {approved} again" in finding.message for finding in findings), findings
+    # An approval after the expiry, an expiry before it.
+    findings = audit_with(end(ledger.TransactionKind.MINT_CANCEL, waiting, NOW_US + MINT_APPROVAL_US))
+    assert any("it expires at" in finding.message for finding in findings), findings
+    findings = audit_with(end(ledger.TransactionKind.MINT_EXPIRE, waiting, NOW_US + MINT_APPROVAL_US - 1))
+    assert any("it expires at" in finding.message for finding in findings), findings
+    # A stored pending mint edited behind the bank's back: said approved although it expired.
+    edited = dataclasses.replace(bank.pending_mints[expired], state=PendingMintState.APPROVED)
+    findings = audit_with(pending={expired: edited})
+    assert any(f"pending mint {expired} differs" in finding.message for finding in findings), findings
+    # …or deleted.
+    kept = [pending for pending in bank.pending_mints.values() if pending.pending_mint_id != waiting]
+    findings = ledger.audit(bank.transactions, bank.accounts.values(), bank.holds.values(), bank.supply, verify,
+                            head=bank.ledger_head, pending_mints=kept).findings
+    assert any(f"pending mint {waiting} is in the transactions" in finding.message for finding in findings), findings
 
 
 def test_audit_over_xml_documents(busy_bank):

@@ -26,6 +26,7 @@ SECOND_US = 1_000_000
 START_US = 1_700_000_000 * SECOND_US
 HOLD_DURATION_MAX_US = 60 * SECOND_US
 MINT_APPROVAL_THRESHOLD = 5_000
+MINT_APPROVAL_DURATION_US = 30 * SECOND_US
 
 
 def sign(message: bytes) -> bytes:
@@ -67,10 +68,12 @@ class BankMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.policy = ledger.BankPolicy(mint_approval_threshold=MINT_APPROVAL_THRESHOLD,
-                                        hold_duration_max_us=HOLD_DURATION_MAX_US)
+                                        hold_duration_max_us=HOLD_DURATION_MAX_US,
+                                        mint_approval_duration_us=MINT_APPROVAL_DURATION_US)
         self.real = ledger.MemoryLedger(sign=sign, policy=self.policy)
         self.model = BankModel(mint_approval_threshold=MINT_APPROVAL_THRESHOLD,
-                               hold_duration_max_us=HOLD_DURATION_MAX_US)
+                               hold_duration_max_us=HOLD_DURATION_MAX_US,
+                               mint_approval_duration_us=MINT_APPROVAL_DURATION_US)
         self.now_us = START_US
         self.request_counter = 0
         self.sent: list[tuple[Principal, object, str, tuple]] = []   # for retries and reuse
@@ -132,6 +135,16 @@ class BankMachine(RuleBasedStateMachine):
         if active and index % 4:
             return active[index % len(active)]
         return holds[index % len(holds)]
+
+    def pending_mint_id_at(self, index: int) -> str:
+        """Mostly one still pending; sometimes any pending mint, sometimes one that does not exist."""
+        every = sorted(self.model.pending, key=lambda pending_id: int(pending_id.split("-")[1]))
+        pending = [pending_id for pending_id in every if self.model.pending[pending_id]["state"] == "pending"]
+        if not every or index % 7 == 6:
+            return "mint-0"
+        if pending and index % 3:
+            return pending[index % len(pending)]
+        return every[index % len(every)]
 
     def acting_for(self, principal: Principal, hold_id: str, as_creator: bool) -> Principal:
         """The hold's creator when asked (and known), else the drawn principal."""
@@ -246,9 +259,28 @@ class BankMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.model.pending)
     @rule(principal=st.sampled_from((ADMIN, ADMIN_TWO, ADMIN_TWO, OWNER)), index=indices)
     def approve_mint(self, principal, index) -> None:
-        pending = sorted(self.model.pending) or ["mint-0"]
-        pending_id = pending[index % len(pending)] if index % 7 else "mint-0"
+        pending_id = self.pending_mint_id_at(index)
         self.send(principal, ledger.ApproveMint(self.next_request_id(), pending_id), "approve_mint", pending_id)
+
+    @precondition(lambda self: self.model.pending)
+    @rule(principal=st.sampled_from((ADMIN, ADMIN_TWO, OWNER, STRANGER, SERVICE)), index=indices)
+    def cancel_mint(self, principal, index) -> None:
+        pending_id = self.pending_mint_id_at(index)
+        self.send(principal, ledger.CancelMint(self.next_request_id(), pending_id), "cancel_mint", pending_id)
+
+    @precondition(lambda self: self.model.pending)
+    @rule(principal=principals, index=indices)
+    def expire_mint(self, principal, index) -> None:
+        pending_id = self.pending_mint_id_at(index)
+        self.send(principal, ledger.ExpireMint(self.next_request_id(), pending_id), "expire_mint", pending_id)
+
+    @precondition(lambda self: self.model.pending)
+    @rule(index=indices, offset_us=st.sampled_from([-1, 0, 1]))
+    def race_mint_expiry(self, index: int, offset_us: int) -> None:
+        """Move the clock to one microsecond before, at, or after a pending mint's expiry."""
+        pending_id = self.pending_mint_id_at(index)
+        if pending_id in self.model.pending:
+            self.now_us = max(self.now_us, self.model.pending[pending_id]["expires"] + offset_us)
 
     @rule(principal=st.sampled_from((ADMIN, ADMIN_TWO, OWNER)), account_id=account_ids, amount=amounts)
     def retire(self, principal, account_id, amount) -> None:
@@ -324,10 +356,13 @@ class BankMachine(RuleBasedStateMachine):
 
     @rule()
     def sweep_expired_holds(self) -> None:
-        """What the server's sweep does: expire every due hold, once."""
+        """What the server's sweep does: expire every due hold and pending mint, once."""
         for hold_id, hold in sorted(self.model.holds.items()):
             if hold["state"] == "active" and self.now_us >= hold["expires"]:
                 self.send(ADMIN, ledger.ExpireHold(self.next_request_id(), hold_id), "expire_hold", hold_id)
+        for pending_id, pending in sorted(self.model.pending.items()):
+            if pending["state"] == "pending" and self.now_us >= pending["expires"]:
+                self.send(SERVICE, ledger.ExpireMint(self.next_request_id(), pending_id), "expire_mint", pending_id)
 
     @rule(principal=st.sampled_from((OWNER, MEMBER)), account_id=st.sampled_from(ACCOUNTS),
           operation=st.sampled_from(["transfer", "create_hold", "retire"]),
@@ -439,9 +474,10 @@ class BankMachine(RuleBasedStateMachine):
             assert (hold.account_id, hold.amount, hold.charged, hold.expires_at_us, hold.state.value) == (
                 expected["account"], expected["amount"], expected["charged"], expected["expires"],
                 expected["state"])
-        assert {pending_id: pending.state.value == "approved" for pending_id, pending in
-                real.pending_mints.items()} == {pending_id: pending["approved"]
-                                                for pending_id, pending in model.pending.items()}
+        assert {pending_id: (pending.account_id, pending.amount, pending.expires_at_us, pending.state.value,
+                             pending.ended_by_dn) for pending_id, pending in real.pending_mints.items()} == {
+            pending_id: (pending["account"], pending["amount"], pending["expires"], pending["state"],
+                         pending["ended_by"]) for pending_id, pending in model.pending.items()}
         assert (real.supply.issued, real.supply.retired) == (model.issued, model.retired)
 
     @invariant()
@@ -457,6 +493,14 @@ class BankMachine(RuleBasedStateMachine):
             if transaction.hold_state is not None and transaction.hold_state is not ledger.HoldState.ACTIVE:
                 ended_by[transaction.hold_id] = ended_by.get(transaction.hold_id, 0) + 1
         assert all(count == 1 for count in ended_by.values()), "every hold ends exactly once"
+        mint_ends: dict[str, int] = {}
+        for transaction in self.real.transactions:
+            if transaction.pending_mint_id is not None and transaction.kind is not ledger.TransactionKind.MINT_REQUEST:
+                mint_ends[transaction.pending_mint_id] = mint_ends.get(transaction.pending_mint_id, 0) + 1
+        assert all(count == 1 for count in mint_ends.values()), "every pending mint ends exactly once"
+        for pending in self.real.pending_mints.values():
+            assert (pending.state is ledger.PendingMintState.PENDING) == (pending.pending_mint_id not in mint_ends)
+            assert (pending.state is ledger.PendingMintState.PENDING) == (pending.ended_seq is None)
         for hold in self.real.holds.values():
             assert 0 <= hold.charged <= hold.amount
             assert (hold.state is ledger.HoldState.ACTIVE) == (hold.ended_seq is None)

@@ -161,6 +161,15 @@ def case_approve_mint(world, allowed):
     return "ApproveMint", dict(request_id=rid(), pending_mint_id=receipt.transaction.pending_mint_id), {}
 
 
+def case_cancel_mint(world, allowed):
+    receipt = world.admin.call("Mint", request_id=rid(), account_id=PAYEE, amount=APPROVAL_ABOVE + 1)
+    return "CancelMint", dict(request_id=rid(), pending_mint_id=receipt.transaction.pending_mint_id), {}
+
+
+def case_list_pending_mints(world, allowed):
+    return "ListPendingMints", dict(ended=True, limit=5), None
+
+
 def case_retire(world, allowed):
     return "Retire", dict(request_id=rid(), account_id=MAIN, amount=1), {}
 
@@ -240,6 +249,8 @@ MATRIX = [  # (case, roles allowed) — from the table in services/bank/ledger.p
     (case_set_spending_limit, {"admin", "owner", "manager"}),
     (case_mint, {"admin"}),
     (case_approve_mint, {"admin2"}),   # "admin" requested it: SecondAdministratorRequired
+    (case_cancel_mint, {"admin", "admin2"}),  # its requester too
+    (case_list_pending_mints, {"admin", "auditor"}),
     (case_retire, {"admin"}),
     (case_transfer, SPENDERS),         # not the service identity, not administrators
     (case_create_hold, SPENDERS | {"service"}),
@@ -263,7 +274,7 @@ def test_authorization_matrix(world):
     world.shared_hold = world.hold()
     failures = []
     for case, allowed_roles in MATRIX:
-        for role in ROLES + (["admin2"] if case is case_approve_mint else []):
+        for role in ROLES + (["admin2"] if case in (case_approve_mint, case_cancel_mint) else []):
             allowed = role in allowed_roles
             operation, arguments, scope = case(world, allowed)
             client = world.clients[role]
@@ -451,6 +462,8 @@ def test_unknown_accounts_holds_and_past_expiry(world):
         (creator, "ExtendHold", dict(request_id=rid(), hold_id="hold-999999999", amount=99), {"UnknownHold"}),
         (admin, "SetStatus", dict(request_id=rid(), account_id="no-such", status="frozen"), {"UnknownAccount"}),
         (admin, "ApproveMint", dict(request_id=rid(), pending_mint_id="mint-999999"), {"UnknownPendingMint"}),
+        (admin, "CancelMint", dict(request_id=rid(), pending_mint_id="mint-999999"), {"UnknownPendingMint"}),
+        (admin, "CancelMint", dict(request_id=rid(), pending_mint_id="../mint"), {"InvalidArgument"}),
         (member, "CreateHold", dict(request_id=rid(), account_id=MAIN, amount=5, expires=past), {"InvalidExpiry"}),
         (member, "CreateHold", dict(request_id=rid(), account_id=MAIN, amount=5,
                                     expires=datetime.now(timezone.utc) + timedelta(days=400)), {"InvalidExpiry"}),
@@ -575,6 +588,29 @@ def test_money_supply_statement_and_holds(world):
                                            period_end=start)) == "InvalidArgument"
     creator.call("ReleaseHold", request_id=rid(), hold_id=hold_a)
     assert owner.call("GetBalance", account_id=account_id).held == 0
+
+
+def test_pending_mints_are_listed_with_their_state(world):
+    admin, admin2, auditor = world.admin, world.clients["admin2"], world.clients["auditor"]
+    supply = admin.call("MoneySupply")
+    requested = admin.call("Mint", request_id=rid(), account_id=OTHER, amount=APPROVAL_ABOVE + 7).transaction
+    pending_id = requested.pending_mint_id
+    assert requested.expires_at_us == requested.at_us + 7 * 86_400 * 1_000_000   # bank.mint_approval_days = 7
+    waiting = {p.pending_mint_id: p for p in auditor.call("ListPendingMints", limit=500).pending_mints.PendingMintInfo}
+    assert (waiting[pending_id].state, waiting[pending_id].requester_dn) == ("pending", world.users.admin.dn)
+    cancelled = admin2.call("CancelMint", request_id=rid(), pending_mint_id=pending_id).transaction
+    assert (cancelled.kind, cancelled.principal_dn, cancelled.amount) == ("mint-cancel", world.users.admin2.dn,
+                                                                          APPROVAL_ABOVE + 7)
+    assert refused_code(lambda: admin2.call("ApproveMint", request_id=rid(), pending_mint_id=pending_id)) == \
+        "PendingMintEnded"
+    ended = [p for p in auditor.call("ListPendingMints", ended=True, limit=500).pending_mints.PendingMintInfo
+             if p.pending_mint_id == pending_id]
+    assert [(p.state, p.ended_by_dn, p.ended_seq) for p in ended] == [("cancelled", world.users.admin2.dn,
+                                                                       cancelled.seq)]
+    page = auditor.call("ListPendingMints")
+    assert pending_id not in {p.pending_mint_id for p in (page.pending_mints.PendingMintInfo if page.pending_mints else [])}
+    assert admin.call("MoneySupply").issued == supply.issued
+    assert admin.call("Audit").clean
 
 
 def test_hold_expired_by_the_sweep_returns_its_remainder_once(world):

@@ -4,8 +4,8 @@
 ``LedgerView`` backed by the store transaction, runs ``ledger.execute`` and writes everything
 it returns — the new states, the sealed transaction, the ledger head and the request record —
 in that same transaction: a request is applied entirely or not at all, and durable once it
-returns. Holds that ended live in their own collection so that the expiry sweep reads only
-active ones.
+returns. Holds and pending mints that ended live in collections of their own so that the
+expiry sweep reads only the active ones.
 """
 from __future__ import annotations
 
@@ -21,19 +21,20 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from lxml import etree
 
-from gridcredit.errors import DomainError, QueryError, StoreError
+from gridcredit.errors import ConfigError, DomainError, QueryError, StoreError
 from gridcredit.xmlstore import XmlStore
 
 from . import documents, ledger
-from .ledger import (Account, AuditReport, Balance, BankPolicy, ExpireHold, Hold, HoldState, LedgerHead,
-                     MoneySupply, Outcome, PendingMint, Principal, RequestRecord, Transaction)
+from .ledger import (Account, AuditReport, Balance, BankPolicy, ExpireHold, ExpireMint, Hold, HoldState, LedgerHead,
+                     MoneySupply, Outcome, PendingMint, PendingMintState, Principal, RequestRecord, Transaction)
 
 log = logging.getLogger("gridcredit.bank")
 
 ACCOUNTS = documents.COLLECTIONS[Account]
 HOLDS_ACTIVE = documents.COLLECTIONS[Hold]
 HOLDS_ENDED = "holds_ended"
-PENDING_MINTS = "pending_mints"
+PENDING_MINTS = documents.COLLECTIONS[PendingMint]
+PENDING_MINTS_ENDED = "pending_mints_ended"
 BANK = documents.COLLECTIONS[LedgerHead]
 REQUESTS = documents.COLLECTIONS[RequestRecord]
 TRANSACTIONS = documents.COLLECTIONS[Transaction]
@@ -45,8 +46,26 @@ ACCOUNT_TRANSACTIONS = "/t:Transaction[t:accountId = $account or t:counterpartyA
 EXPIRY_SWEEPER_DN = "gridcredit bank expiry sweeper"   # not a certificate DN: no caller can be it
 
 
+MICROSECONDS_PER_DAY = 86_400 * 1_000_000
+MINT_APPROVAL_DAYS_MAX = ledger.MINT_APPROVAL_DURATION_MAX_US // MICROSECONDS_PER_DAY
+
+
 def now_us() -> int:
     return time.time_ns() // 1000
+
+
+def policy_from_config(bank_config) -> BankPolicy:
+    """The ledger's policy from the ``[bank]`` section of the configuration (a ConfigError if out of range)."""
+    if not 1 <= bank_config.mint_approval_days <= MINT_APPROVAL_DAYS_MAX:
+        raise ConfigError(f"bank.mint_approval_days must be 1 to {MINT_APPROVAL_DAYS_MAX}, "
+                          f"not {bank_config.mint_approval_days}")
+    if bank_config.approval_above < 0:
+        raise ConfigError(f"bank.approval_above must be 0 (no approval) or more, not {bank_config.approval_above}")
+    if bank_config.hold_days_max < 1:
+        raise ConfigError(f"bank.hold_days_max must be at least 1, not {bank_config.hold_days_max}")
+    return BankPolicy(mint_approval_threshold=bank_config.approval_above or None,
+                      hold_duration_max_us=bank_config.hold_days_max * MICROSECONDS_PER_DAY,
+                      mint_approval_duration_us=bank_config.mint_approval_days * MICROSECONDS_PER_DAY)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +146,8 @@ class _StoreView(ledger.LedgerView):
     def pending_mint(self, pending_mint_id: str) -> PendingMint | None:
         if not ledger.IDENTIFIER_PATTERN.fullmatch(pending_mint_id):
             return None
-        return self._load(PENDING_MINTS, pending_mint_id, documents.pending_mint_from_xml)
+        return (self._load(PENDING_MINTS, pending_mint_id, documents.pending_mint_from_xml)
+                or self._load(PENDING_MINTS_ENDED, pending_mint_id, documents.pending_mint_from_xml))
 
     def money_supply(self) -> MoneySupply:
         return self._load(BANK, documents.MONEY_SUPPLY_ID, documents.money_supply_from_xml) or MoneySupply()
@@ -152,7 +172,11 @@ def _write(tx, outcome: Outcome) -> None:
             tx.delete(HOLDS_ACTIVE, hold.hold_id)
             tx.put(HOLDS_ENDED, hold.hold_id, documents.to_xml(hold))
     for pending in outcome.pending_mints:
-        tx.put(PENDING_MINTS, pending.pending_mint_id, documents.to_xml(pending))
+        if pending.state is PendingMintState.PENDING:
+            tx.put(PENDING_MINTS, pending.pending_mint_id, documents.to_xml(pending))
+        else:
+            tx.delete(PENDING_MINTS, pending.pending_mint_id)
+            tx.put(PENDING_MINTS_ENDED, pending.pending_mint_id, documents.to_xml(pending))
     if outcome.money_supply is not None:
         tx.put(BANK, documents.MONEY_SUPPLY_ID, documents.to_xml(outcome.money_supply))
     tx.put(TRANSACTIONS, documents.transaction_document_id(outcome.transaction.seq), documents.to_xml(outcome.transaction))
@@ -202,6 +226,10 @@ class Bank:
 
         return self.store.transact(run)
 
+    def expire_due(self, limit: int = SWEEP_BATCH_MAX) -> int:
+        """One round of the expiry sweep: due holds, then due pending mints; how many it ended."""
+        return self.expire_due_holds(limit) + self.expire_due_mints(limit)
+
     def expire_due_holds(self, limit: int = SWEEP_BATCH_MAX) -> int:
         """Expire active holds whose time has come; returns how many this call ended.
 
@@ -209,19 +237,25 @@ class Bank:
         racing another (several workers) or a charge at the same instant ends the hold once:
         the loser is refused by the core and skipped.
         """
+        return self._expire_due(HOLDS_ACTIVE, "/t:Hold[number(t:expiresAtUs) <= $now]", ExpireHold, limit)
+
+    def expire_due_mints(self, limit: int = SWEEP_BATCH_MAX) -> int:
+        """Expire pending mints nobody approved in time, the same way (request id ``expire-<mint>``)."""
+        return self._expire_due(PENDING_MINTS, "/t:PendingMint[number(t:expiresAtUs) <= $now]", ExpireMint, limit)
+
+    def _expire_due(self, collection: str, due: str, request_type, limit: int) -> int:
         sweeper = Principal(dn=EXPIRY_SWEEPER_DN, is_service=True)
-        page = self.store.query(HOLDS_ACTIVE, "/t:Hold[number(t:expiresAtUs) <= $now]", {"now": self._clock()},
-                                namespaces=NAMESPACES, limit=limit)
+        page = self.store.query(collection, due, {"now": self._clock()}, namespaces=NAMESPACES, limit=limit)
         ended = 0
         for document in page.documents:
             try:
-                outcome = self.execute(ExpireHold(request_id=f"expire-{document.doc_id}", hold_id=document.doc_id), sweeper)
+                outcome = self.execute(request_type(f"expire-{document.doc_id}", document.doc_id), sweeper)
             except DomainError as error:
-                log.debug("hold %s not expired by the sweep: %s", document.doc_id, error)
+                log.debug("%s not expired by the sweep: %s", document.doc_id, error)
                 continue
             if not outcome.replayed:
                 ended += 1
-                log.info("expired hold %s (returned %s credits)", document.doc_id, outcome.transaction.amount)
+                log.info("expired %s (%s credits)", document.doc_id, outcome.transaction.amount)
         return ended
 
     # -- queries ---------------------------------------------------------------------------------
@@ -305,6 +339,13 @@ class Bank:
             if page.next_offset is None:
                 return
             offset = page.next_offset
+
+    def pending_mints(self, *, ended: bool = False, offset: int = 0, limit: int = 100) -> Page:
+        """Pending mints awaiting a second administrator (or those that ended), in the order of their
+        ids. Whom to show them to is the service's decision (administrators and auditors)."""
+        page = self.store.query(PENDING_MINTS_ENDED if ended else PENDING_MINTS, "/t:PendingMint", {},
+                                namespaces=NAMESPACES, offset=_offset(offset), limit=_page_size(limit))
+        return Page(tuple(documents.pending_mint_from_xml(d.xml) for d in page.documents), page.next_offset)
 
     def money_supply(self) -> MoneySupply:
         document = self.store.get(BANK, documents.MONEY_SUPPLY_ID)
@@ -394,6 +435,8 @@ def audit_store(store: XmlStore, public_key: Ed25519PublicKey, *, signature_chec
         accounts = [documents.account_from_xml(xml) for xml in _documents(store, ACCOUNTS)]
         holds = [documents.hold_from_xml(xml) for collection in (HOLDS_ACTIVE, HOLDS_ENDED)
                  for xml in _documents(store, collection)]
+        pending_mints = [documents.pending_mint_from_xml(xml) for collection in (PENDING_MINTS, PENDING_MINTS_ENDED)
+                         for xml in _documents(store, collection)]
         if read_head() == head:
             break
     else:
@@ -406,6 +449,7 @@ def audit_store(store: XmlStore, public_key: Ed25519PublicKey, *, signature_chec
         documents.transactions_from_xml(transactions), accounts, holds,
         documents.money_supply_from_xml(supply_document.xml) if supply_document else MoneySupply(),
         signature_verifier(public_key), head=head, signature_check_interval=signature_check_interval,
+        pending_mints=pending_mints,
     )
 
 

@@ -147,8 +147,13 @@ def describe(t: Transaction) -> str:
         text = (f"spending limit of {t.account_id} removed" if t.spending_limit is None else
                 f"spending limit of {t.account_id} is {money(t.spending_limit)} per {period_text(t.spending_period_us)}")
     elif kind == "mint-request":
-        text = (f"mint of {money(t.amount)} into {t.account_id} awaits a second administrator: "
-                f"pending mint {t.pending_mint_id}")
+        text = (f"mint of {money(t.amount)} into {t.account_id} awaits a second administrator until "
+                f"{when(t.expires_at_us)}: pending mint {t.pending_mint_id}")
+    elif kind == "mint-cancel":
+        text = (f"pending mint {t.pending_mint_id} of {money(t.amount)} into {t.account_id} cancelled by "
+                f"{t.principal_dn}")
+    elif kind == "mint-expire":
+        text = f"pending mint {t.pending_mint_id} of {money(t.amount)} into {t.account_id} expired unapproved"
     elif kind == "mint":
         text = f"{money(t.amount)} minted into {t.account_id}"
         if t.approver_dn:
@@ -265,6 +270,26 @@ def _mint(args, bank):
 
 def _approve_mint(args, bank):
     return _receipt(args, bank.approve_mint(args.pending_mint, request_id=args.request_id))
+
+
+def _cancel_mint(args, bank):
+    return _receipt(args, bank.cancel_mint(args.pending_mint, request_id=args.request_id))
+
+
+def _pending_mint_line(p) -> str:
+    line = (f"{p.pending_mint_id:<14} {p.state:<9} {money(p.amount)} into {p.account_id}, requested by "
+            f"{p.requester_dn} at {when(p.requested_at_us)}")
+    if p.ended_seq is None:
+        return line + f", expires {when(p.expires_at_us)}"
+    return line + f"; {p.state} by {p.ended_by_dn} (#{p.ended_seq} at {when(p.ended_at_us)})"
+
+
+def _pending_mints(args, bank):
+    page = bank.list_pending_mints(ended=args.ended, offset=args.offset, limit=args.limit)
+    lines = [_pending_mint_line(p) for p in page.pending_mints] or [
+        "no ended pending mints" if args.ended else "no mints await approval"]
+    _print(args, page, "\n".join(lines + _more(page.next_offset)))
+    return EXIT_OK
 
 
 def _retire(args, bank):
@@ -573,6 +598,15 @@ def register(subparsers) -> None:
     p = command("approve-mint", "approve another administrator's mint above the approval threshold",
                 "gridcredit bank approve-mint mint-12", _approve_mint, mutating=True)
     p.add_argument("pending_mint", metavar="PENDING_MINT_ID")
+
+    p = command("cancel-mint", "withdraw a mint awaiting approval (administrators, its requester too)",
+                "gridcredit bank cancel-mint mint-12", _cancel_mint, mutating=True)
+    p.add_argument("pending_mint", metavar="PENDING_MINT_ID")
+
+    p = command("pending-mints", "mints awaiting a second administrator, with their state and expiry "
+                                 "(administrators, auditors)", "gridcredit bank pending-mints --ended", _pending_mints)
+    p.add_argument("--ended", action="store_true", help="those that were approved, cancelled or expired")
+    _paging(p)
 
     p = command("retire", "take credits out of circulation from an account (administrators)",
                 "gridcredit bank retire vo-atlas 5000", _retire, mutating=True)

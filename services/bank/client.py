@@ -170,6 +170,26 @@ class Account:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingMint:
+    pending_mint_id: str
+    account_id: str
+    amount: int
+    requester_dn: str
+    requested_at_us: int
+    expires_at_us: int
+    state: str                        # pending, approved, cancelled or expired
+    ended_by_dn: str | None
+    ended_seq: int | None
+    ended_at_us: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingMintPage:
+    pending_mints: tuple[PendingMint, ...]
+    next_offset: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class HoldPage:
     holds: tuple[Hold, ...]
     next_offset: int | None
@@ -462,6 +482,17 @@ class BankClient:
 
     def approve_mint(self, pending_mint_id: str, *, request_id: str | None = None) -> Receipt:
         return self._mutate("ApproveMint", request_id, pending_mint_id=pending_mint_id)
+
+    def cancel_mint(self, pending_mint_id: str, *, request_id: str | None = None) -> Receipt:
+        """Withdraw a mint awaiting approval (any administrator, its requester too); nothing is issued."""
+        return self._mutate("CancelMint", request_id, pending_mint_id=pending_mint_id)
+
+    def list_pending_mints(self, *, ended: bool = False, offset: int = 0, limit: int = 100) -> PendingMintPage:
+        """Mints awaiting a second administrator (``ended``: those approved, cancelled or expired)."""
+        value = self._query("ListPendingMints", ended=ended, offset=offset, limit=limit)
+        return PendingMintPage(pending_mints=tuple(_plain(PendingMint, item)
+                                                   for item in _array(value.pending_mints, "PendingMintInfo")),
+                               next_offset=value.next_offset)
 
     def retire(self, account_id: str, amount: int, *, request_id: str | None = None) -> Receipt:
         return self._mutate("Retire", request_id, account_id=account_id, amount=_checked_amount(amount, "amount"))

@@ -244,7 +244,7 @@ def transactions_from_xml(documents: Iterable[bytes]) -> Iterator[Transaction]:
 
 
 # Document ids in the store: one collection per type; ids that sort in ledger order.
-COLLECTIONS = {Account: "accounts", Hold: "holds", PendingMint: "pending-mints", MoneySupply: "bank",
+COLLECTIONS = {Account: "accounts", Hold: "holds", PendingMint: "pending_mints", MoneySupply: "bank",
                LedgerHead: "bank", RequestRecord: "requests", Transaction: "transactions"}
 MONEY_SUPPLY_ID = "money-supply"
 LEDGER_HEAD_ID = "ledger-head"

@@ -19,6 +19,12 @@ Decisions (see also the module constants):
   ends exactly once: charged out (its last credit charged), released, or expired.
   Active holds always have at least one credit left, so ``account.held == 0`` iff the account
   has no active hold.
+* **A pending mint** (a mint above ``BankPolicy.mint_approval_threshold``) waits for a second
+  administrator until ``expires_at_us`` (its request time + ``mint_approval_duration_us``), with
+  the same time rule as a hold: from that instant only :class:`ExpireMint` may end it (the sweep
+  does), before it :class:`ApproveMint` or :class:`CancelMint`. A pending mint ends exactly once —
+  approved (a ``mint`` transaction), cancelled (``mint-cancel``) or expired (``mint-expire``) —
+  each a signed transaction whose ``principal_dn`` names who (or which sweeper) ended it.
 * **Idempotency** is scoped by caller: the record key is ``SHA-256(principal DN, request id)``,
   and the request hash covers the operation, the caller's DN and every request field. A retry
   returns the original transaction; a different request under a used id is ``RequestIdReused``.
@@ -54,12 +60,13 @@ set status                  administrator (any change); owner (freeze, close); o
 set credit limit            administrator
 set spending limit          administrator, owner, manager
 mint, retire, approve mint  administrator (an approval by a different administrator)
+cancel mint                 administrator (the one who requested it too)
 transfer                    owner, manager, member of the paying account; not service identities
 create hold                 owner, manager, member (service identities too, if they hold the role)
 extend, charge, release     the hold's creator or named collector; owner and manager of the
                             account (not service identities: those only act on holds they
                             created or collect); release also administrators
-expire                      anyone, and only once due
+expire (a hold, a mint)     anyone, and only once due
 viewer, stranger            nothing that changes state
 ==========================  =====================================================================
 """
@@ -125,6 +132,8 @@ class HoldState(enum.Enum):
 class PendingMintState(enum.Enum):
     PENDING = "pending"
     APPROVED = "approved"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
 
 
 class TransactionKind(enum.Enum):
@@ -136,6 +145,8 @@ class TransactionKind(enum.Enum):
     SET_SPENDING_LIMIT = "set-spending-limit"
     MINT_REQUEST = "mint-request"
     MINT = "mint"
+    MINT_CANCEL = "mint-cancel"
+    MINT_EXPIRE = "mint-expire"
     RETIRE = "retire"
     TRANSFER = "transfer"
     HOLD = "hold"
@@ -222,9 +233,14 @@ class PendingMint:
     amount: int
     requester_dn: str
     requested_at_us: int
+    expires_at_us: int                   # from then on only ExpireMint ends it
     state: PendingMintState
-    approver_dn: str | None
-    approved_seq: int | None
+    ended_by_dn: str | None              # who approved or cancelled it, or the sweeper that expired it
+    ended_seq: int | None                # the transaction that ended it, exactly one
+    ended_at_us: int | None
+
+    def is_expired_at(self, now_us: int) -> bool:
+        return now_us >= self.expires_at_us
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,9 +274,11 @@ class RequestRecord:
 class Transaction:
     """One immutable ledger entry. Money effects by kind (``account`` = ``account_id``):
 
-    mint: account += amount, issued += amount · retire: account −= amount, retired += amount ·
-    transfer and charge: account −= amount, counterparty += amount (a charge also lowers the
-    account's held by amount) · hold: held += amount · extend: held += amount (the increase; None
+    mint: account += amount, issued += amount (``pending_mint_id`` and ``approver_dn`` when it
+    approves a pending mint) · mint-request, mint-cancel, mint-expire: nothing moves (``amount`` is
+    the pending mint's; a mint-request's ``expires_at_us`` is its expiry) · retire: account −=
+    amount, retired += amount · transfer and charge: account −= amount, counterparty += amount (a
+    charge also lowers the account's held by amount) · hold: held += amount · extend: held += amount (the increase; None
     when only the expiry moves) · release, expire: held −= amount (the remainder returned).
     ``hold_state`` is the hold's state after the transaction.
     """
@@ -293,10 +311,19 @@ class Transaction:
     signature: str = ""                  # base64 of the bank's signature over signing_input()
 
 
+MINT_APPROVAL_DURATION_MIN_US = 1_000_000
+MINT_APPROVAL_DURATION_MAX_US = 366 * 86_400 * 1_000_000
+
+
 @dataclass(frozen=True, slots=True)
 class BankPolicy:
     mint_approval_threshold: int | None = None   # mints above this need a second administrator
     hold_duration_max_us: int = 31 * 86_400 * 1_000_000
+    mint_approval_duration_us: int = 7 * 86_400 * 1_000_000  # a pending mint expires this long after its request
+
+    def __post_init__(self) -> None:
+        invariant(MINT_APPROVAL_DURATION_MIN_US <= self.mint_approval_duration_us <= MINT_APPROVAL_DURATION_MAX_US,
+                  "the mint approval duration is within its bounds")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,6 +394,18 @@ class ApproveMint:
 
 
 @dataclass(frozen=True, slots=True)
+class CancelMint:
+    request_id: str
+    pending_mint_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExpireMint:
+    request_id: str
+    pending_mint_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Retire:
     request_id: str
     account_id: str
@@ -422,8 +461,8 @@ class ExpireHold:
 
 
 Request = (CreateAccount | SetHolder | RemoveHolder | SetStatus | SetCreditLimit | SetSpendingLimit
-           | Mint | ApproveMint | Retire | Transfer | CreateHold | ExtendHold | ChargeHold
-           | ReleaseHold | ExpireHold)
+           | Mint | ApproveMint | CancelMint | ExpireMint | Retire | Transfer | CreateHold | ExtendHold
+           | ChargeHold | ReleaseHold | ExpireHold)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -754,37 +793,85 @@ def mint(account: Account | None, supply: MoneySupply, request: Mint, *, princip
     if policy.mint_approval_threshold is not None and request.amount > policy.mint_approval_threshold:
         pending = PendingMint(pending_mint_id=f"mint-{seq}", account_id=account.account_id,
                               amount=request.amount, requester_dn=principal.dn, requested_at_us=now_us,
-                              state=PendingMintState.PENDING, approver_dn=None, approved_seq=None)
+                              expires_at_us=now_us + policy.mint_approval_duration_us,
+                              state=PendingMintState.PENDING, ended_by_dn=None, ended_seq=None, ended_at_us=None)
         return account, supply, pending, _entry(
             TransactionKind.MINT_REQUEST, request, principal, now_us, seq, account_id=account.account_id,
-            amount=request.amount, pending_mint_id=pending.pending_mint_id)
+            amount=request.amount, pending_mint_id=pending.pending_mint_id, expires_at_us=pending.expires_at_us)
     account, supply = _issue(account, supply, request.amount)
     return account, supply, None, _entry(TransactionKind.MINT, request, principal, now_us, seq,
                                          account_id=account.account_id, amount=request.amount)
+
+
+def _require_pending_mint(pending: PendingMint | None, pending_mint_id: str) -> PendingMint:
+    if pending is None:
+        raise _refuse("UnknownPendingMint", f"there is no pending mint {pending_mint_id}")
+    return pending
+
+
+def _require_not_ended(pending: PendingMint) -> None:
+    if pending.state is not PendingMintState.PENDING:
+        raise _refuse("PendingMintEnded", f"mint {pending.pending_mint_id} has already ended "
+                                          f"({pending.state.value} in transaction {pending.ended_seq})")
+
+
+def _require_pending(pending: PendingMint, now_us: int) -> None:
+    _require_not_ended(pending)
+    if pending.is_expired_at(now_us):
+        raise _refuse("PendingMintExpired", f"mint {pending.pending_mint_id} expired unapproved at "
+                                            f"{pending.expires_at_us} µs; it is now {now_us} µs")
+
+
+def _end_pending_mint(pending: PendingMint, state: PendingMintState, kind: TransactionKind, request: Request,
+                      principal: Principal, now_us: int, seq: int) -> tuple[PendingMint, Transaction]:
+    ended = dataclasses.replace(pending, state=state, ended_by_dn=principal.dn, ended_seq=seq, ended_at_us=now_us)
+    return ended, _entry(kind, request, principal, now_us, seq, account_id=pending.account_id,
+                         amount=pending.amount, pending_mint_id=pending.pending_mint_id)
 
 
 def approve_mint(pending: PendingMint | None, account: Account | None, supply: MoneySupply,
                  request: ApproveMint, *, principal: Principal, now_us: int,
                  seq: int) -> tuple[PendingMint, Account, MoneySupply, Transaction]:
     check_identifier(request.pending_mint_id, "pending mint id")
-    if pending is None:
-        raise _refuse("UnknownPendingMint", f"there is no pending mint {request.pending_mint_id}")
+    pending = _require_pending_mint(pending, request.pending_mint_id)
     account = _require_account(account, pending.account_id)
     _require_administrator(principal, "approve", f"mint {pending.pending_mint_id}")
     if principal.dn == pending.requester_dn:
         raise _refuse("SecondAdministratorRequired",
                       f"mint {pending.pending_mint_id} was requested by {principal.dn}; a different "
                       f"administrator must approve it")
-    if pending.state is not PendingMintState.PENDING:
-        raise _refuse("PendingMintEnded", f"mint {pending.pending_mint_id} was already approved "
-                                          f"(transaction {pending.approved_seq})")
+    _require_pending(pending, now_us)
     _require_not_closed(account)
     account, supply = _issue(account, supply, pending.amount)
-    approved = dataclasses.replace(pending, state=PendingMintState.APPROVED, approver_dn=principal.dn,
-                                   approved_seq=seq)
+    approved = dataclasses.replace(pending, state=PendingMintState.APPROVED, ended_by_dn=principal.dn,
+                                   ended_seq=seq, ended_at_us=now_us)
     return approved, account, supply, _entry(
         TransactionKind.MINT, request, principal, now_us, seq, account_id=account.account_id,
         amount=pending.amount, pending_mint_id=pending.pending_mint_id, approver_dn=principal.dn)
+
+
+def cancel_mint(pending: PendingMint | None, request: CancelMint, *, principal: Principal, now_us: int,
+                seq: int) -> tuple[PendingMint, Transaction]:
+    """Withdraw a pending mint: any administrator, the one who requested it too; nothing is issued."""
+    check_identifier(request.pending_mint_id, "pending mint id")
+    pending = _require_pending_mint(pending, request.pending_mint_id)
+    _require_administrator(principal, "cancel", f"mint {pending.pending_mint_id}")
+    _require_pending(pending, now_us)
+    return _end_pending_mint(pending, PendingMintState.CANCELLED, TransactionKind.MINT_CANCEL, request,
+                             principal, now_us, seq)
+
+
+def expire_mint(pending: PendingMint | None, request: ExpireMint, *, principal: Principal, now_us: int,
+                seq: int) -> tuple[PendingMint, Transaction]:
+    """End a pending mint nobody approved in time (the sweep does this); nothing is issued."""
+    check_identifier(request.pending_mint_id, "pending mint id")
+    pending = _require_pending_mint(pending, request.pending_mint_id)
+    _require_not_ended(pending)
+    if not pending.is_expired_at(now_us):
+        raise _refuse("PendingMintNotExpired", f"mint {pending.pending_mint_id} expires at "
+                                               f"{pending.expires_at_us} µs; it is now {now_us} µs")
+    return _end_pending_mint(pending, PendingMintState.EXPIRED, TransactionKind.MINT_EXPIRE, request,
+                             principal, now_us, seq)
 
 
 def retire(account: Account | None, supply: MoneySupply, request: Retire, *, principal: Principal,
@@ -1074,6 +1161,10 @@ def _maybe_account(view: LedgerView, account_id: object) -> Account | None:
     return view.account(account_id) if type(account_id) is str else None
 
 
+def _maybe_pending_mint(view: LedgerView, pending_mint_id: object) -> PendingMint | None:
+    return view.pending_mint(pending_mint_id) if type(pending_mint_id) is str else None
+
+
 def _apply(view: LedgerView, request: Request, principal: Principal, now_us: int, seq: int,
            policy: BankPolicy) -> tuple[Transaction, dict]:
     common = {"principal": principal, "now_us": now_us, "seq": seq}
@@ -1103,10 +1194,16 @@ def _apply(view: LedgerView, request: Request, principal: Principal, now_us: int
                 return entry, {"pending_mints": (pending,)}
             return entry, {"accounts": (account,), "money_supply": supply}
         case ApproveMint():
-            pending = view.pending_mint(request.pending_mint_id) if type(request.pending_mint_id) is str else None
+            pending = _maybe_pending_mint(view, request.pending_mint_id)
             account = view.account(pending.account_id) if pending is not None else None
             pending, account, supply, entry = approve_mint(pending, account, view.money_supply(), request, **common)
             return entry, {"pending_mints": (pending,), "accounts": (account,), "money_supply": supply}
+        case CancelMint():
+            pending, entry = cancel_mint(_maybe_pending_mint(view, request.pending_mint_id), request, **common)
+            return entry, {"pending_mints": (pending,)}
+        case ExpireMint():
+            pending, entry = expire_mint(_maybe_pending_mint(view, request.pending_mint_id), request, **common)
+            return entry, {"pending_mints": (pending,)}
         case Retire():
             account, supply, entry = retire(_maybe_account(view, request.account_id), view.money_supply(),
                                             request, **common)
@@ -1234,13 +1331,36 @@ def _verify(verify_signature: Callable[[bytes, bytes], bool], hash_hex: str, sig
         return False
 
 
+def _replay_mint_end(findings: _Findings, mint_replay: dict[str, list], transaction: Transaction,
+                     state: PendingMintState) -> None:
+    """One end of a pending mint, as the audit replays it: once, by the kind its expiry allows."""
+    seq, pending_mint_id = transaction.seq, transaction.pending_mint_id
+    replay = mint_replay.get(pending_mint_id)
+    if replay is None or replay[3] is not PendingMintState.PENDING:
+        earlier = "was never requested" if replay is None else f"ended in transaction {replay[4]}"
+        findings.add("invariant", seq, f"transaction {seq}: ends pending mint {pending_mint_id} again (it {earlier})")
+        return
+    if (transaction.account_id, transaction.amount) != (replay[0], replay[1]):
+        findings.add("invariant", seq, f"transaction {seq}: ends pending mint {pending_mint_id} with "
+                                       f"{transaction.amount} for {transaction.account_id}; it was requested "
+                                       f"with {replay[1]} for {replay[0]}")
+    expires_at_us = replay[2]
+    if expires_at_us is not None and (transaction.at_us >= expires_at_us) != (state is PendingMintState.EXPIRED):
+        findings.add("invariant", seq, f"transaction {seq}: {state.value} pending mint {pending_mint_id} at "
+                                       f"{transaction.at_us} µs; it expires at {expires_at_us} µs")
+    replay[3], replay[4] = state, seq
+
+
 def audit(transactions: Iterable[Transaction], accounts: Iterable[Account], holds: Iterable[Hold],
           supply: MoneySupply, verify_signature: Callable[[bytes, bytes], bool], *,
-          head: LedgerHead | None = None, signature_check_interval: int = 1000) -> AuditReport:
+          head: LedgerHead | None = None, signature_check_interval: int = 1000,
+          pending_mints: Iterable[PendingMint] | None = None) -> AuditReport:
     """Stream the transactions in stored order; check the chain, signatures and invariants.
 
     ``verify_signature(message, signature) -> bool``. ``head``, if given, is the stored ledger
-    head, which must name the last transaction (detects deleting the tail).
+    head, which must name the last transaction (detects deleting the tail). ``pending_mints``, if
+    given, are the stored pending mints, compared with their replay (each ends exactly once:
+    approved before its expiry, cancelled before it, or expired at or after it).
     """
     invariant(signature_check_interval >= 1, "signature check interval is positive")
     findings = _Findings()
@@ -1257,6 +1377,8 @@ def audit(transactions: Iterable[Transaction], accounts: Iterable[Account], hold
     held: dict[str, int] = {}
     credit_limits: dict[str, int] = {}
     hold_replay: dict[str, list] = {}           # hold_id → [account_id, amount, charged, state, ended_seq]
+    mint_replay: dict[str, list] = {}           # pending_mint_id → [account_id, amount, expires_at_us, state,
+                                                #                   ended_seq]
     issued = retired = 0
 
     def check_signatures() -> None:
@@ -1347,6 +1469,18 @@ def audit(transactions: Iterable[Transaction], accounts: Iterable[Account], hold
         elif kind is kinds.MINT:
             balances[account_id] += amount
             issued += amount
+            if transaction.pending_mint_id is not None:
+                _replay_mint_end(findings, mint_replay, transaction, PendingMintState.APPROVED)
+        elif kind is kinds.MINT_REQUEST:
+            if transaction.pending_mint_id in mint_replay:
+                findings.add("invariant", seq, f"transaction {seq}: pending mint {transaction.pending_mint_id} "
+                                               f"requested twice")
+            mint_replay[transaction.pending_mint_id] = [account_id, amount, transaction.expires_at_us,
+                                                        PendingMintState.PENDING, None]
+        elif kind is kinds.MINT_CANCEL:
+            _replay_mint_end(findings, mint_replay, transaction, PendingMintState.CANCELLED)
+        elif kind is kinds.MINT_EXPIRE:
+            _replay_mint_end(findings, mint_replay, transaction, PendingMintState.EXPIRED)
         elif kind is kinds.RETIRE:
             balances[account_id] -= amount
             retired += amount
@@ -1430,6 +1564,21 @@ def audit(transactions: Iterable[Transaction], accounts: Iterable[Account], hold
                                             f"{replay[3].value}, ended in {replay[4]}")
     for hold_id in sorted(hold_replay):
         findings.add("invariant", None, f"hold {hold_id} is in the transactions but has no document")
+    if pending_mints is not None:
+        for pending in pending_mints:
+            replay = mint_replay.pop(pending.pending_mint_id, None)
+            if replay is None:
+                findings.add("invariant", None, f"pending mint {pending.pending_mint_id} has no transaction that "
+                                                f"requested it")
+            elif (replay[0], replay[1], replay[2], replay[3], replay[4]) != (
+                    pending.account_id, pending.amount, pending.expires_at_us, pending.state, pending.ended_seq):
+                findings.add("invariant", None, f"pending mint {pending.pending_mint_id} differs from its "
+                                                f"transactions: stored {pending.amount} for {pending.account_id}, "
+                                                f"{pending.state.value}, ended in {pending.ended_seq}; replayed "
+                                                f"{replay[1]} for {replay[0]}, {replay[3].value}, ended in {replay[4]}")
+        for pending_mint_id in sorted(mint_replay):
+            findings.add("invariant", None, f"pending mint {pending_mint_id} is in the transactions but has no "
+                                            f"document")
     for account in accounts:
         stored_total += account.balance
         account_id = account.account_id
@@ -1520,4 +1669,4 @@ class MemoryLedger:
 
     def audit(self, verify_signature: Callable[[bytes, bytes], bool], **options: object) -> AuditReport:
         return audit(self.transactions, self.accounts.values(), self.holds.values(), self.supply,
-                     verify_signature, head=self.ledger_head, **options)
+                     verify_signature, head=self.ledger_head, pending_mints=self.pending_mints.values(), **options)

@@ -27,9 +27,11 @@ def _good_amount(amount: object) -> bool:
 
 
 class BankModel:
-    def __init__(self, *, mint_approval_threshold: int | None, hold_duration_max_us: int) -> None:
+    def __init__(self, *, mint_approval_threshold: int | None, hold_duration_max_us: int,
+                 mint_approval_duration_us: int) -> None:
         self.threshold = mint_approval_threshold
         self.hold_duration_max_us = hold_duration_max_us
+        self.mint_approval_duration_us = mint_approval_duration_us
         self.accounts: dict[str, dict] = {}
         self.holds: dict[str, dict] = {}
         self.pending: dict[str, dict] = {}
@@ -216,28 +218,55 @@ class BankModel:
         self._not_closed(account)
         if self.threshold is not None and amount > self.threshold:
             pending_id = f"mint-{self.seq + 1}"
-            self.pending[pending_id] = dict(account=account_id, amount=amount, requester=caller[0], approved=False)
+            self.pending[pending_id] = dict(account=account_id, amount=amount, requester=caller[0], state="pending",
+                                            expires=now + self.mint_approval_duration_us, ended_by=None)
             return dict(kind="mint-request", account=account_id, amount=amount, pending=pending_id)
         account["balance"] += amount
         self.issued += amount
         return dict(kind="mint", account=account_id, amount=amount)
 
-    def _approve_mint(self, caller, now, pending_id):
+    def _pending_mint(self, pending_id: str) -> dict:
         if pending_id not in self.pending:
             raise Refusal("UnknownPendingMint")
-        pending = self.pending[pending_id]
+        return self.pending[pending_id]
+
+    @staticmethod
+    def _still_pending(pending: dict, now: int) -> None:
+        if pending["state"] != "pending":
+            raise Refusal("PendingMintEnded")
+        if now >= pending["expires"]:
+            raise Refusal("PendingMintExpired")
+
+    def _approve_mint(self, caller, now, pending_id):
+        pending = self._pending_mint(pending_id)
         account = self._account(pending["account"])
         if not caller[1]:
             raise Refusal("NotAuthorized")
         if caller[0] == pending["requester"]:
             raise Refusal("SecondAdministratorRequired")
-        if pending["approved"]:
-            raise Refusal("PendingMintEnded")
+        self._still_pending(pending, now)
         self._not_closed(account)
-        pending["approved"] = True
+        pending.update(state="approved", ended_by=caller[0])
         account["balance"] += pending["amount"]
         self.issued += pending["amount"]
         return dict(kind="mint", account=pending["account"], amount=pending["amount"], pending=pending_id)
+
+    def _cancel_mint(self, caller, now, pending_id):
+        pending = self._pending_mint(pending_id)
+        if not caller[1]:
+            raise Refusal("NotAuthorized")
+        self._still_pending(pending, now)
+        pending.update(state="cancelled", ended_by=caller[0])
+        return dict(kind="mint-cancel", account=pending["account"], amount=pending["amount"], pending=pending_id)
+
+    def _expire_mint(self, caller, now, pending_id):
+        pending = self._pending_mint(pending_id)
+        if pending["state"] != "pending":
+            raise Refusal("PendingMintEnded")
+        if now < pending["expires"]:
+            raise Refusal("PendingMintNotExpired")
+        pending.update(state="expired", ended_by=caller[0])
+        return dict(kind="mint-expire", account=pending["account"], amount=pending["amount"], pending=pending_id)
 
     def _retire(self, caller, now, account_id, amount):
         if not _good_amount(amount):

@@ -50,6 +50,7 @@ class HolderInfo(ComplexModel):
 
 TransactionInfo = _model_of(ledger.Transaction, "TransactionInfo")
 HoldInfo = _model_of(ledger.Hold, "HoldInfo")
+PendingMintInfo = _model_of(ledger.PendingMint, "PendingMintInfo")
 
 
 class Receipt(ComplexModel):
@@ -77,6 +78,11 @@ class AccountInfo(ComplexModel):
 class HoldPage(ComplexModel):
     __namespace__ = NAMESPACE
     _type_info = [("holds", Array(HoldInfo)), ("next_offset", Long(min_occurs=0))]
+
+
+class PendingMintPage(ComplexModel):
+    __namespace__ = NAMESPACE
+    _type_info = [("pending_mints", Array(PendingMintInfo)), ("next_offset", Long(min_occurs=0))]
 
 
 class TransactionPage(ComplexModel):
@@ -151,6 +157,13 @@ def _microseconds(moment: datetime | None, what: str) -> int | None:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+def _require_administrator_or_auditor(ctx, action: str):
+    principal = bank_principal_of(ctx)
+    if not principal.is_administrator and principal.dn not in runtime_of(ctx).config.bank.auditors:
+        raise DomainError(f"only bank administrators and auditors may {action}", "NotAuthorized")
+    return principal
+
+
 def _execute(ctx, request) -> Receipt:
     bank = runtime_of(ctx).bank
     return _receipt(bank.execute(request, bank_principal_of(ctx, mutating=True)))
@@ -198,6 +211,19 @@ class BankService(GridcreditService):
     @rpc(Unicode(**Required), Unicode(**Required), _returns=Receipt, _operation_name="ApproveMint")
     def approve_mint(ctx, request_id, pending_mint_id):
         return _execute(ctx, ledger.ApproveMint(request_id, pending_mint_id))
+
+    @rpc(Unicode(**Required), Unicode(**Required), _returns=Receipt, _operation_name="CancelMint")
+    def cancel_mint(ctx, request_id, pending_mint_id):
+        return _execute(ctx, ledger.CancelMint(request_id, pending_mint_id))
+
+    @rpc(Boolean(min_occurs=0), Long(min_occurs=0), Long(min_occurs=0), _returns=PendingMintPage,
+         _operation_name="ListPendingMints")
+    def list_pending_mints(ctx, ended, offset, limit):
+        _require_administrator_or_auditor(ctx, "list pending mints")
+        page = runtime_of(ctx).bank.pending_mints(ended=bool(ended), offset=0 if offset is None else offset,
+                                                  limit=100 if limit is None else limit)
+        return PendingMintPage(pending_mints=[_info(PendingMintInfo, pending) for pending in page.items],
+                               next_offset=page.next_offset)
 
     @rpc(Unicode(**Required), Unicode(**Required), Long(**Required), _returns=Receipt, _operation_name="Retire")
     def retire(ctx, request_id, account_id, amount):
@@ -276,9 +302,7 @@ class BankService(GridcreditService):
 
     @rpc(_returns=AuditInfo, _operation_name="Audit")
     def audit(ctx):
-        principal = bank_principal_of(ctx)
-        if not principal.is_administrator and principal.dn not in runtime_of(ctx).config.bank.auditors:
-            raise DomainError("only bank administrators and auditors may run an audit", "NotAuthorized")
+        _require_administrator_or_auditor(ctx, "run an audit")
         report = runtime_of(ctx).bank.audit()
         return AuditInfo(clean=report.clean, transaction_count=report.transaction_count, head_seq=report.head.seq,
                          head_hash=report.head.hash, issued=report.issued, retired=report.retired,

@@ -1,0 +1,96 @@
+"""The Bank over each store, in this process with a fake clock: pending mints that wait days.
+
+A pending mint's expiry is counted in days (``bank.mint_approval_days``), too long for a test
+against a running host; here the Bank runs over the real embedded store and a real BaseX server
+with a clock the test moves: the sweep (``Bank.expire_due``) ends each due pending mint once,
+cancelled, approved and expired ones move to their own collection, listing shows their state,
+and the audit of the stored documents is clean — then names a pending mint edited behind the
+bank's back.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from gridcredit.errors import ConfigError, DomainError
+from gridcredit.config import BankConfig
+from gridcredit.services.bank import documents, ledger
+from gridcredit.services.bank.bank import (PENDING_MINTS, PENDING_MINTS_ENDED, Bank, LedgerKey, audit_store,
+                                           policy_from_config)
+
+from store_fixtures import basex_server, store, store_spec  # noqa: F401 — fixtures
+
+DAY_US = 86_400 * 1_000_000
+START_US = 1_800_000_000 * 1_000_000
+ADMIN = ledger.Principal("/CN=Admin One", is_administrator=True)
+ADMIN_TWO = ledger.Principal("/CN=Admin Two", is_administrator=True)
+OWNER = ledger.Principal("/CN=Owner")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now_us = START_US
+
+    def __call__(self) -> int:
+        return self.now_us
+
+
+@pytest.fixture
+def bank(store, tmp_path):  # noqa: F811 — the store fixture
+    clock = Clock()
+    policy = policy_from_config(BankConfig(approval_above=1000, mint_approval_days=2))
+    bank = Bank(store, LedgerKey.load_or_create(tmp_path / "key.pem"), policy=policy, clock=clock)
+    bank.clock = clock
+    bank.execute(ledger.CreateAccount("a1", "vo", "p", OWNER.dn), ADMIN)
+    return bank
+
+
+def request_mint(bank: Bank, request_id: str, amount: int = 5000) -> str:
+    transaction = bank.execute(ledger.Mint(request_id, "vo", amount), ADMIN).transaction
+    assert transaction.kind is ledger.TransactionKind.MINT_REQUEST
+    return transaction.pending_mint_id
+
+
+def test_pending_mints_end_once_and_move_to_the_ended_collection(bank):
+    approved, cancelled, expired, late = (request_mint(bank, f"m{n}") for n in range(4))
+    listed = bank.pending_mints()
+    assert [(p.pending_mint_id, p.state.value, p.expires_at_us) for p in listed.items] == [
+        (pending_id, "pending", START_US + 2 * DAY_US) for pending_id in (approved, cancelled, expired, late)]
+    bank.execute(ledger.ApproveMint("ok", approved), ADMIN_TWO)
+    bank.execute(ledger.CancelMint("no", cancelled), ADMIN)
+    bank.clock.now_us = START_US + 2 * DAY_US - 1
+    assert bank.expire_due() == 0                      # not yet due
+    bank.clock.now_us = START_US + 2 * DAY_US
+    with pytest.raises(DomainError) as refused:
+        bank.execute(ledger.ApproveMint("too-late", late), ADMIN_TWO)
+    assert refused.value.code == "PendingMintExpired"
+    assert bank.expire_due() == 2 and bank.expire_due() == 0   # each due one once; a second sweep finds none
+    assert bank.store.query(PENDING_MINTS, "/*", {}).documents == []
+    ended = {p.pending_mint_id: p for p in bank.pending_mints(ended=True).items}
+    assert {pending_id: p.state.value for pending_id, p in ended.items()} == {
+        approved: "approved", cancelled: "cancelled", expired: "expired", late: "expired"}
+    assert (ended[approved].ended_by_dn, ended[cancelled].ended_by_dn) == (ADMIN_TWO.dn, ADMIN.dn)
+    assert ended[expired].ended_by_dn == "gridcredit bank expiry sweeper"
+    # Another worker's sweep sends the same request id: it answers the original and applies nothing.
+    assert bank.execute(ledger.ExpireMint(f"expire-{late}", late),
+                        ledger.Principal("gridcredit bank expiry sweeper", is_service=True)).replayed
+    assert bank.money_supply().issued == 5000
+    report = audit_store(bank.store, bank.key.public, signature_check_interval=1)
+    assert report.clean, report.findings
+
+    # Edited behind the bank's back: an expired pending mint said to be cancelled.
+    document = bank.store.get(PENDING_MINTS_ENDED, expired)
+    edited = dataclasses.replace(documents.pending_mint_from_xml(document.xml),
+                                 state=ledger.PendingMintState.CANCELLED)
+    bank.store.put(PENDING_MINTS_ENDED, expired, documents.to_xml(edited))
+    report = audit_store(bank.store, bank.key.public)
+    assert [finding.kind for finding in report.findings] == ["invariant"]
+    assert f"pending mint {expired} differs" in report.findings[0].message
+
+
+def test_mint_approval_days_are_bounded():
+    assert policy_from_config(BankConfig()).mint_approval_duration_us == 7 * DAY_US
+    for days in (0, -1, 367):
+        with pytest.raises(ConfigError, match="mint_approval_days"):
+            policy_from_config(BankConfig(mint_approval_days=days))
