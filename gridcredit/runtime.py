@@ -10,13 +10,10 @@ import threading
 from dataclasses import dataclass, field
 
 from .config import Config
-from .services.bank.bank import Bank, LedgerKey
-from .services.bank.ledger import BankPolicy
+from .services.bank.bank import Bank, LedgerKey, policy_from_config
 from .xmlstore import XmlStore, open_store
 
 log = logging.getLogger("gridcredit.runtime")
-
-MICROSECONDS_PER_DAY = 86_400 * 1_000_000
 
 
 def ledger_key_path(config: Config):
@@ -32,7 +29,7 @@ class Runtime:
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def start_background_work(self) -> None:
-        """The hold-expiry sweep: every worker runs one; the ledger ends each hold once anyway."""
+        """The expiry sweep (holds, pending mints): every worker runs one; the ledger ends each once anyway."""
         thread = threading.Thread(target=self._sweep_forever, name="hold-expiry", daemon=True)
         thread.start()
         self._threads.append(thread)
@@ -41,10 +38,10 @@ class Runtime:
         interval_s = max(1, self.config.bank.expiry_sweep_s)
         while not self._stop.wait(interval_s):
             try:
-                while self.bank.expire_due_holds() > 0 and not self._stop.is_set():
+                while self.bank.expire_due() > 0 and not self._stop.is_set():
                     pass
             except Exception:  # noqa: BLE001 — a failed sweep is retried at the next interval
-                log.exception("the hold expiry sweep failed; retrying in %d s", interval_s)
+                log.exception("the expiry sweep failed; retrying in %d s", interval_s)
 
     def close(self) -> None:
         self._stop.set()
@@ -55,8 +52,5 @@ class Runtime:
 
 def build_runtime(config: Config) -> Runtime:
     store = open_store(config.store, config.state_path)
-    bank_config = config.bank
-    policy = BankPolicy(mint_approval_threshold=bank_config.approval_above or None,
-                        hold_duration_max_us=bank_config.hold_days_max * MICROSECONDS_PER_DAY)
-    bank = Bank(store, LedgerKey.load_or_create(ledger_key_path(config)), policy=policy)
+    bank = Bank(store, LedgerKey.load_or_create(ledger_key_path(config)), policy=policy_from_config(config.bank))
     return Runtime(config=config, store=store, bank=bank)
