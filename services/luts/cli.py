@@ -1,0 +1,553 @@
+"""``gridcredit luts …``: publish usage records and ask what was used, a thin layer over :class:`LutsClient`.
+
+    gridcredit luts publish /var/spool/arc/urs/*.xml          # batches across files, progress on a TTY
+    gridcredit luts publish --spool /var/spool/gc-ur FILE…    # keep them durably; send later
+    gridcredit luts send --spool /var/spool/gc-ur             # send what is spooled (cron, systemd timer)
+    gridcredit luts query "n:Usage/n:wall_us > \\$w" --int-var w=3600000000 --from 2026-07 --to 2026-09
+    gridcredit luts job gsiftp://ce1.example.org/jobs/4711
+    gridcredit luts record RECORD_ID --original
+    gridcredit luts summary --by vo,month --from 2026-01 --to 2026-12
+    gridcredit luts whoami
+
+Every command signs with the user's certificate or proxy (``--cert/--key/--proxy``, grid
+conventions by default; a site publishes with its host certificate), prints readable text or,
+with ``--json``, the result as JSON (durations in µs, charges in millionths in ``*_micro``).
+Exit codes: 0 done, 1 refused or partial (some records not stored, the LUTS unreachable;
+``TypeName: message`` on stderr for a refused command), 2 usage.
+
+XPath in ``query`` is evaluated with each stored record's ``n:Stored`` element as the context:
+``n:Usage/…`` is the normalized view, ``urf:JobUsageRecord/…`` (or ``ur:``, ``car:``…) the record as
+its reporter wrote it; the LUTS limits it to the records the caller may see.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from .spool import BATCH_RECORDS_DEFAULT, BATCH_RECORDS_MAX, Outgoing, Progress, SendReport
+
+EXIT_OK = 0
+EXIT_PARTIAL = 1
+SUMMARY_BY = ("user", "vo", "site", "machine", "queue", "month")   # luts.SUMMARY_DIMENSIONS
+QUERY_LIMIT_MAX = 1000
+RETRIES_MAX = 10
+_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument types (a bad value is a usage error: exit 2)
+
+
+def month_type(text: str) -> str:
+    if not _MONTH.match(text.strip()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a month written YYYY-MM")
+    return text.strip()
+
+
+def _binding(text: str, what: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not _NAME.match(name):
+        raise argparse.ArgumentTypeError(f"{text!r}: give {what} as NAME=VALUE (NAME: a letter, then letters, "
+                                         "digits or _)")
+    return name, value
+
+
+def string_variable(text: str) -> tuple[str, str]:
+    return _binding(text, "a variable")
+
+
+def int_variable(text: str) -> tuple[str, int]:
+    name, value = _binding(text, "an integer variable")
+    try:
+        return name, int(value.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: {value!r} is not an integer") from None
+
+
+def namespace_binding(text: str) -> tuple[str, str]:
+    prefix, uri = _binding(text, "a namespace")
+    if not uri:
+        raise argparse.ArgumentTypeError(f"{text!r}: the namespace URI is empty")
+    return prefix, uri
+
+
+def by_type(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in SUMMARY_BY]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: summarize by a comma-separated list of {', '.join(SUMMARY_BY)}")
+    return names
+
+
+def limit_type(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 1 <= value <= QUERY_LIMIT_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 to {QUERY_LIMIT_MAX}")
+    return value
+
+
+def batch_type(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 1 <= value <= BATCH_RECORDS_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 to {BATCH_RECORDS_MAX:,} records per batch")
+    return value
+
+
+def seconds_type(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0 < seconds <= 3600")
+    return seconds
+
+
+def wait_type(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= seconds <= 86_400:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0 to 86400 seconds")
+    return seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def jsonable(value):
+    """Dataclasses as dicts, tuples as lists, datetimes as ISO text, bytes as UTF-8 text."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {field.name: jsonable(getattr(value, field.name)) for field in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value
+
+
+def _print(args, value, text: str) -> None:
+    from gridcredit.cli import print_result
+
+    print_result(args, value, text)
+
+
+def hours(us: int | None) -> str:
+    return "-" if us is None else f"{us / 3_600_000_000:,.2f} h"
+
+
+def charge_text(micro: int | None) -> str:
+    if micro is None:
+        return "-"
+    sign = "-" if micro < 0 else ""
+    whole, fraction = divmod(abs(micro), 1_000_000)
+    return f"{sign}{whole:,}" + (f".{fraction:06d}".rstrip("0") if fraction else "")
+
+
+def record_json(record, *, original: bool = False) -> dict:
+    value = {"record_id": record.record_id, "month": record.month, "publisher": record.publisher,
+             "received_us": record.received_us, "usage": jsonable(record.usage)}
+    if original:
+        text = record.original_text
+        value["original"] = text if text is not None else None
+        if text is None:
+            import base64
+            value["original_base64"] = base64.b64encode(record.original).decode("ascii")
+    return value
+
+
+def record_line(record) -> str:
+    usage = record.usage
+    end = usage.end_time.strftime("%Y-%m-%dT%H:%M:%SZ") if usage.end_time else "-"
+    return (f"{record.record_id}  {record.month}  end {end}  user {usage.user_dn or usage.local_user or '-'}  "
+            f"vo {usage.vo or '-'}  machine {usage.machine or '-'}  wall {hours(usage.wall_us)}  "
+            f"cpu {hours(usage.cpu_us)}  charge {charge_text(usage.charge_micro)}")
+
+
+def record_text(record) -> str:
+    usage = record.usage
+    lines = [f"record {record.record_id} ({usage.format}), month {record.month}, published by {record.publisher}"]
+    for field in dataclasses.fields(usage):
+        value = getattr(usage, field.name)
+        if field.name in ("format", "record_id") or value is None or value == ():
+            continue
+        if field.name in ("wall_us", "cpu_us", "cpu_user_us", "cpu_system_us"):
+            value = f"{value:,} µs ({hours(value)})"
+        elif isinstance(value, datetime):
+            value = value.isoformat().replace("+00:00", "Z")
+        elif isinstance(value, tuple):
+            value = "; ".join(value)
+        lines.append(f"  {field.name}: {value}")
+    return "\n".join(lines)
+
+
+def report_json(report: SendReport) -> dict:
+    value = jsonable(report)
+    value["records_acknowledged"] = report.records_acknowledged
+    value["ok"] = report.ok
+    return value
+
+
+def report_text(report: SendReport, what: str) -> str:
+    lines = [f"{what}: {report.records_stored:,} records stored, {report.records_duplicate:,} already stored"
+             + (f", {report.records_replaced:,} replaced" if report.records_replaced else "")
+             + f", {report.records_rejected:,} not stored; {report.documents_done:,} documents done, "
+               f"{report.documents_left:,} left"]
+    for rejection in report.rejections:
+        where = rejection.document if rejection.index < 0 else f"{rejection.document} record {rejection.index + 1}"
+        lines.append(f"  {rejection.status}: {where}"
+                     + (f" ({rejection.record_id})" if rejection.record_id else "") + f": {rejection.message}")
+    if report.records_rejected > len(report.rejections):
+        lines.append(f"  … and {report.records_rejected - len(report.rejections):,} more")
+    if report.stopped:
+        lines.append(f"stopped: {report.stopped}")
+    return "\n".join(lines)
+
+
+class ProgressBar:
+    """One line on stderr, redrawn at most every 0.2 s: bytes of documents done, files, records."""
+
+    WIDTH = 30
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.drawn_at = 0.0
+        self.drawn = False
+
+    def __call__(self, progress: Progress) -> None:
+        now = time.monotonic()
+        final = progress.documents_done >= progress.documents_total
+        if not final and now - self.drawn_at < 0.2:
+            return
+        self.drawn_at = now
+        fraction = progress.bytes_done / progress.bytes_total if progress.bytes_total else 1.0
+        filled = int(self.WIDTH * min(1.0, fraction))
+        self.stream.write(f"\r[{'#' * filled}{' ' * (self.WIDTH - filled)}] {fraction:4.0%}  "
+                          f"{progress.documents_done:,}/{progress.documents_total:,} files, "
+                          f"{progress.records_acknowledged:,} records acknowledged"
+                          + (f", {progress.records_rejected:,} not stored" if progress.records_rejected else ""))
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _progress(args) -> ProgressBar | None:
+    if args.progress or (not args.json and sys.stderr.isatty()):
+        return ProgressBar()
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Handlers: (args, client) -> exit code
+
+
+def _client(args):
+    from gridcredit.security.credentials import load_credential, trust_directory
+
+    from .client import LutsClient
+
+    credential = load_credential(cert_path=args.cert, key_path=args.key, proxy_path=args.proxy)
+    return LutsClient(args.url, credential=credential, trust_dir=trust_directory(args.trust),
+                      timeout_s=args.timeout, retries=args.retries)
+
+
+def _publish(args) -> int:
+    paths = [Path(name) for name in args.files]
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        raise _UsageError(args.parser_of_command, f"no such file: {', '.join(missing)}")
+    if args.spool:
+        return _spool_files(args, paths)
+    sizes = [path.stat().st_size for path in paths]
+
+    def documents():
+        for path in paths:
+            try:
+                data = path.read_bytes()
+            except OSError as error:
+                data = f"cannot read {path}: {error.strerror}".encode()  # reported as unreadable
+            yield Outgoing(str(path), data)
+
+    from .spool import send_documents
+
+    bar = _progress(args)
+    try:
+        report = send_documents(_client(args), documents(), batch_records=args.batch_records, replace=args.replace,
+                                progress=bar, documents_total=len(paths), bytes_total=sum(sizes))
+    finally:
+        if bar is not None:
+            bar.close()
+    _print(args, report_json(report), report_text(report, f"published {len(paths):,} files to {args.url}"))
+    return EXIT_OK if report.ok else EXIT_PARTIAL
+
+
+def _spool_files(args, paths: list[Path]) -> int:
+    from gridcredit.errors import GridcreditError
+
+    from .spool import Spool
+
+    spool = Spool(args.spool)
+    added, failed = [], []
+    for path in paths:
+        try:
+            added.append(str(spool.add(path.read_bytes())))
+        except OSError as error:
+            failed.append({"file": str(path), "error": f"cannot read it: {error.strerror}"})
+        except GridcreditError as error:
+            failed.append({"file": str(path), "error": f"{type(error).__name__}: {error}"})
+            if type(error).__name__ == "SpoolFull":
+                failed.extend({"file": str(rest), "error": "not spooled: the spool is full"}
+                              for rest in paths[paths.index(path) + 1:])
+                break
+    lines = [f"spooled {len(added):,} of {len(paths):,} files in {spool.directory}"
+             + (f"; send them with: gridcredit luts send --spool {spool.directory}" if added else "")]
+    lines += [f"  not spooled: {item['file']}: {item['error']}" for item in failed]
+    _print(args, {"spool": str(spool.directory), "spooled": added, "failed": failed}, "\n".join(lines))
+    return EXIT_OK if not failed else EXIT_PARTIAL
+
+
+def _send(args) -> int:
+    from .spool import Spool
+
+    spool = Spool(args.spool)
+    if not spool.pending():
+        _print(args, report_json(SendReport(0, 0, 0, 0, 0, 0, (), None)), f"the spool {spool.directory} is empty")
+        return EXIT_OK
+    bar = _progress(args)
+    try:
+        report = spool.send(_client(args), batch_records=args.batch_records, progress=bar, lock_wait_s=args.wait)
+    finally:
+        if bar is not None:
+            bar.close()
+    text = report_text(report, f"sent the spool {spool.directory} to {args.url}")
+    if report.records_rejected:
+        text += f"\nrecords not stored are kept with the reason in {spool.rejected_dir}"
+    _print(args, report_json(report), text)
+    return EXIT_OK if report.ok else EXIT_PARTIAL
+
+
+def _query_options(args) -> dict:
+    variables = dict(args.var or []) | dict(args.int_var or [])
+    return dict(namespaces=dict(args.ns or []), scope=args.scope, from_month=args.from_month,
+                to_month=args.to_month, variables=variables)
+
+
+def _query(args) -> int:
+    client = _client(args)
+    options = _query_options(args)
+    variables = options.pop("variables")
+    if args.all:
+        records = list(client.query_all(args.xpath, variables, page_size=args.limit, **options))
+        cursor = None
+        scope = options["scope"]
+    else:
+        page = client.query(args.xpath, variables, cursor=args.cursor, limit=args.limit, **options)
+        records, cursor, scope = list(page.records), page.cursor, page.scope
+    value = {"records": [record_json(record, original=args.original) for record in records], "cursor": cursor,
+             "count": len(records)}
+    if scope:
+        value["scope"] = scope
+    lines = [record_line(record) for record in records] or ["no records match"]
+    if cursor:
+        lines.append(f"(more: --cursor {cursor}, or --all)")
+    _print(args, value, "\n".join(lines))
+    return EXIT_OK
+
+
+def _job(args) -> int:
+    records = _client(args).job(args.job_id)
+    lines = [record_line(record) for record in records] or [f"no usage records of job {args.job_id} that you may see"]
+    _print(args, {"job_id": args.job_id, "records": [record_json(r, original=args.original) for r in records]},
+           "\n".join(lines))
+    return EXIT_OK
+
+
+def _record(args) -> int:
+    record = _client(args).record(args.record_id)
+    if args.original and not args.json:
+        sys.stdout.buffer.write(record.original)
+        if not record.original.endswith(b"\n"):
+            sys.stdout.buffer.write(b"\n")
+        sys.stdout.flush()
+        return EXIT_OK
+    _print(args, record_json(record, original=args.original), record_text(record))
+    return EXIT_OK
+
+
+def _summary(args) -> int:
+    summary = _client(args).summary(list(args.by), from_month=args.from_month, to_month=args.to_month,
+                                    scope=args.scope)
+    header = [*summary.by, "jobs", "wall", "cpu", "charge"]
+    rows = [[row.key.get(name) or "-" for name in summary.by]
+            + [f"{row.jobs:,}", hours(row.wall_us), hours(row.cpu_us), charge_text(row.charge_micro)]
+            for row in summary.rows]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    period = f"{summary.from_month or 'the start'} to {summary.to_month or 'now'}"
+    lines = [f"usage by {', '.join(summary.by)} from {period} (scope {summary.scope})",
+             "  ".join(cell.ljust(width) for cell, width in zip(header, widths))]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]
+    if not rows:
+        lines.append("(no usage)")
+    totals = {"jobs": sum(r.jobs for r in summary.rows), "wall_us": sum(r.wall_us for r in summary.rows),
+              "cpu_us": sum(r.cpu_us for r in summary.rows), "charge_micro": sum(r.charge_micro for r in summary.rows)}
+    value = {"by": list(summary.by), "from_month": summary.from_month, "to_month": summary.to_month,
+             "scope": summary.scope, "rows": jsonable(list(summary.rows)), "totals": totals}
+    _print(args, value, "\n".join(lines))
+    return EXIT_OK
+
+
+def _whoami(args) -> int:
+    identity = _client(args).whoami()
+    value = {"dn": identity.dn, "signer_dn": identity.signer_dn, "proxy": identity.proxy,
+             "limited": identity.limited, "credential_expires": identity.credential_expires,
+             "service": identity.service, "server_time": identity.server_time}
+    text = f"the LUTS at {args.url} knows you as {identity.dn}"
+    if identity.proxy:
+        text += f" (through {'a limited' if identity.limited else 'a'} proxy {identity.signer_dn})"
+    _print(args, jsonable(value), text)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration
+
+
+class _UsageError(Exception):
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+def _checked(handler):
+    def run(args) -> int:
+        try:
+            return handler(args)
+        except _UsageError as error:
+            error.parser.error(str(error))  # exits 2
+    return run
+
+
+def _common(parser: argparse.ArgumentParser, *, timeout_s: float) -> None:
+    from gridcredit.host_cli import add_credential_arguments
+
+    add_credential_arguments(parser)
+    parser.add_argument("--timeout", type=seconds_type, default=timeout_s, metavar="S",
+                        help="seconds to wait for each attempt (default %(default)s)")
+    parser.add_argument("--retries", type=int, default=3, choices=range(RETRIES_MAX + 1), metavar="N",
+                        help=f"attempts to repeat when there is no answer (0-{RETRIES_MAX}, default %(default)s); "
+                             "publishing again is safe: the LUTS stores a record once")
+
+
+def _period(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="from_month", type=month_type, metavar="YYYY-MM",
+                        help="first month (the month a record counts in: its end, else start, else creation)")
+    parser.add_argument("--to", dest="to_month", type=month_type, metavar="YYYY-MM", help="last month, included")
+    parser.add_argument("--scope", metavar="SCOPE",
+                        help="all | vo | vo:NAME | site | own (default: the widest you have)")
+
+
+def _sending(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-records", type=batch_type, default=BATCH_RECORDS_DEFAULT, metavar="N",
+                        help="records per request (default %(default)s)")
+    parser.add_argument("--progress", action="store_true",
+                        help="show a progress bar on stderr (default: only when stderr is a terminal)")
+
+
+def register(subparsers) -> None:
+    luts = subparsers.add_parser("luts", help="publish usage records and ask what was used (LUTS)",
+                                 description="The Logging and Usage Tracking Service: publish usage records "
+                                             "(OGF UR 1.0/2.0, EMI CAR, Gratia), query them by XPath, per job and "
+                                             "in summaries. --json prints results for scripts. Exit codes: 0 done, "
+                                             "1 refused or partial (some records not stored), 2 usage.")
+    commands = luts.add_subparsers(dest="luts_command", metavar="COMMAND")
+    commands.required = True
+
+    def command(name: str, summary: str, example: str, handler, *, timeout_s: float = 60.0) -> argparse.ArgumentParser:
+        parser = commands.add_parser(name, help=summary, description=summary, epilog=f"example:\n  {example}",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+        _common(parser, timeout_s=timeout_s)
+        parser.set_defaults(handler=_checked(handler), parser_of_command=parser)
+        return parser
+
+    p = command("publish", "publish usage-record files (batched across files), or spool them with --spool",
+                "gridcredit luts publish --cert hostcert.pem --key hostkey.pem /var/spool/arc/urs/*.xml",
+                _publish, timeout_s=300.0)
+    p.add_argument("files", nargs="+", metavar="FILE", help="a usage record or a UsageRecords document")
+    p.add_argument("--spool", metavar="DIR", help="keep the files durably in this spool instead of sending them "
+                                                  "(send later with: gridcredit luts send --spool DIR)")
+    p.add_argument("--replace", action="store_true",
+                   help="replace stored records that differ under the same record id (site administrators)")
+    _sending(p)
+
+    p = command("send", "send what is spooled; a file leaves the spool once all its records are settled",
+                "gridcredit luts send --spool /var/spool/gridcredit/ur", _send, timeout_s=300.0)
+    p.add_argument("--spool", metavar="DIR", required=True, help="the spool directory")
+    p.add_argument("--wait", type=wait_type, default=0.0, metavar="S",
+                   help="wait up to S seconds for another sender of this spool to finish (default: do not wait)")
+    _sending(p)
+
+    p = command("query", "usage records for which an XPath expression is true, in your scope",
+                "gridcredit luts query \"n:Usage/n:wall_us > \\$w and @vo = \\$vo\" --int-var w=3600000000 "
+                "--var vo=atlas --from 2026-07", _query)
+    p.add_argument("xpath", nargs="?", metavar="XPATH",
+                   help="condition on each record (context: n:Stored; n:Usage/… is the normalized view); "
+                        "omit it for every record in scope")
+    p.add_argument("--var", action="append", type=string_variable, metavar="NAME=VALUE",
+                   help="bind $NAME to a string (repeatable)")
+    p.add_argument("--int-var", action="append", type=int_variable, metavar="NAME=N",
+                   help="bind $NAME to an integer (repeatable)")
+    p.add_argument("--ns", action="append", type=namespace_binding, metavar="PREFIX=URI",
+                   help="declare a namespace prefix (n, urf, ur, gratia, car, vo, sgas are predefined)")
+    _period(p)
+    p.add_argument("--limit", type=limit_type, default=100, metavar="N",
+                   help=f"records per page, 1-{QUERY_LIMIT_MAX} (default %(default)s)")
+    p.add_argument("--cursor", metavar="CURSOR", help="continue after a previous page")
+    p.add_argument("--all", action="store_true", help="every matching record, page by page")
+    p.add_argument("--original", action="store_true", help="--json: include each record as its reporter sent it")
+
+    p = command("job", "the usage records of one job, by global or local job id",
+                "gridcredit luts job gsiftp://ce1.example.org/jobs/4711", _job)
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("--original", action="store_true", help="--json: include each record as its reporter sent it")
+
+    p = command("record", "one usage record by its record id",
+                "gridcredit luts record 'ce1.example.org:4711' --original", _record)
+    p.add_argument("record_id", metavar="RECORD_ID")
+    p.add_argument("--original", action="store_true",
+                   help="print the record exactly as its reporter sent it (with --json: as a field)")
+
+    p = command("summary", "jobs, wall and CPU time and charge, grouped",
+                "gridcredit luts summary --by vo,month --from 2026-01 --to 2026-12", _summary)
+    p.add_argument("--by", type=by_type, required=True, metavar="LIST",
+                   help=f"comma-separated, from: {', '.join(SUMMARY_BY)}")
+    _period(p)
+
+    command("whoami", "make a signed call and show who the LUTS thinks you are", "gridcredit luts whoami", _whoami)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from gridcredit.cli import main
+
+    sys.exit(main(["luts", *sys.argv[1:]]))
