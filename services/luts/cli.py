@@ -285,10 +285,9 @@ def _publish(args) -> int:
     def documents():
         for path in paths:
             try:
-                data = path.read_bytes()
+                yield Outgoing(str(path), path.read_bytes())
             except OSError as error:
-                data = f"cannot read {path}: {error.strerror}".encode()  # reported as unreadable
-            yield Outgoing(str(path), data)
+                yield Outgoing(str(path), b"", unreadable=error.strerror or str(error))
 
     from .spool import send_documents
 

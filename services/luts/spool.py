@@ -117,6 +117,7 @@ class Outgoing:
     name: str                   # how reports name it (a file name, a queue entry id)
     data: bytes
     context: object = None      # the owner's own handle (a path, a queue entry)
+    unreadable: str | None = None   # why its bytes could not be had (it is settled as unreadable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +278,8 @@ class BatchSender:
 
     def add(self, document: Outgoing) -> None:
         try:
+            if document.unreadable is not None:
+                raise ur.RecordError(document.unreadable)
             sources = ur.split_records(document.data)
         except (ur.RecordError, SecurityError) as error:
             self._open.append(_Open(document, [], (), complete=True, error=f"the document cannot be read: {error}"))
