@@ -20,20 +20,27 @@ HERE = Path(__file__).resolve().parent
 import pytest
 
 from gridcredit.config import StoreConfig
-from gridcredit.xmlstore import open_store
+from gridcredit.xmlstore import AttributeIndex, open_store
 from gridcredit.xmlstore.basex_server import BaseXServer, free_port
 
 BACKENDS = ["embedded", "basex"]
 _prefixes = itertools.count()
 
 
-def open_from_spec(spec: dict):
+def spec_indexes(spec: dict) -> list[AttributeIndex]:
+    """``spec["indexes"]``: [[prefix, [attribute, ...], store_text], ...] (JSON-able for child processes)."""
+    return [AttributeIndex(prefix, tuple(names), store_text) for prefix, names, store_text in spec.get("indexes", ())]
+
+
+def open_from_spec(spec: dict, *, indexes=None, read_only: bool = False):
     """Open a store from a JSON-able spec (same in the test and in its child processes)."""
     state_dir = Path(spec["state_dir"])
+    indexes = spec_indexes(spec) if indexes is None else indexes
     if spec["backend"] == "embedded":
-        return open_store(StoreConfig(backend="embedded"), state_dir)
+        return open_store(StoreConfig(backend="embedded"), state_dir, indexes=indexes, read_only=read_only)
     from gridcredit.xmlstore._basex import BaseXStore
-    return BaseXStore(state_dir / "journal", port=spec["port"], db_prefix=spec["prefix"], timeout_s=10)
+    return BaseXStore(state_dir / "journal", port=spec["port"], db_prefix=spec["prefix"], timeout_s=10,
+                      indexes=indexes, read_only=read_only)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import pytest
 from lxml import etree
 
 from gridcredit.errors import ConflictError, QueryError, StoreError
-from gridcredit.xmlstore import Document, QueryPage
+from gridcredit.xmlstore import AttributeIndex, Document, QueryPage
 from store_fixtures import *  # noqa: F401,F403
 from store_fixtures import increment, kill9, open_from_spec, read_acks, spawn_worker
 
@@ -299,3 +299,362 @@ def test_scan_reads_a_collection_in_pages(store):
     assert store.scan("empty_collection") == []
     with pytest.raises(QueryError):
         store.scan("scanned", limit=0)
+
+
+# -- attribute indexes and where ----------------------------------------------------------------
+
+INDEXES = [["ur_", ["user", "vo", "site"], True], ["lean_", ["user", "vo"], False]]
+
+
+@pytest.fixture
+def indexed_spec(store_spec):
+    return dict(store_spec, indexes=INDEXES)
+
+
+@pytest.fixture
+def indexed(indexed_spec):
+    opened = open_from_spec(indexed_spec)
+    yield opened
+    opened.close()
+
+
+USERS = ["alice", "bob", "/O=Grid/CN=Jürgen Łukasz 😀", "o'hara \"&<>", "carol"]
+
+
+def record_xml(n: int, user: str, vo: str, extra: str = "") -> bytes:
+    root = etree.Element("rec", n=str(n), user=user, vo=vo)
+    if extra:
+        root.set("{urn:other}site", extra)              # namespaced: never what where compares
+        etree.SubElement(root, "child", site=extra)     # not the root: never what where compares
+    return etree.tostring(root)
+
+
+def fill_records(store, collection: str, count: int = 60) -> dict[str, dict[str, str]]:
+    """Documents r000..; returns the model doc_id -> root attributes."""
+    model = {}
+
+    def fill(tx):
+        for n in range(count):
+            user, vo = USERS[n % len(USERS)], f"vo{n % 3}"
+            doc_id = f"r{(n * 7) % count:03d}"             # written out of id order
+            tx.put(collection, doc_id, record_xml(n, user, vo, extra="s1" if n % 4 == 0 else ""))
+            model[doc_id] = {"n": str(n), "user": user, "vo": vo}
+    store.transact(fill)
+    return model
+
+
+def model_ids(model, where, test=lambda attributes: True) -> list[str]:
+    def ok(attributes):
+        for name, value in where.items():
+            values = (value,) if isinstance(value, str) else value
+            if attributes.get(name) not in values:
+                return False
+        return test(attributes)
+    return sorted(d for d, attributes in model.items() if ok(attributes))
+
+
+WHERES = [{"user": "alice"}, {"user": ("alice", "carol")}, {"user": USERS[2]}, {"user": USERS[3]},
+          {"user": ("bob", "nobody"), "vo": "vo1"}, {"vo": ("vo0", "vo2"), "user": list(USERS)[:3]},
+          {"user": "nobody"}, {"user": ()}, {"site": "s1"}, {"n": "7"}, {"user": "alice", "n": ("0", "5", "10")},
+          {}]
+
+
+@pytest.mark.parametrize("collection", ["ur_2026_11", "plain", "lean_2026"])
+def test_where_matches_the_model_on_indexed_and_unindexed_collections(indexed, collection):
+    model = fill_records(indexed, collection)
+    for where in WHERES:
+        expected = model_ids(model, where)
+        page = indexed.query(collection, None, where=where, limit=1000)
+        assert [d.doc_id for d in page.documents] == expected, where
+        assert page.next_offset is None
+        assert indexed.count(collection, where=where) == len(expected), where
+        for document in page.documents:
+            assert document.version == 1 and document.collection == collection
+            assert etree.fromstring(document.xml).get("n") == model[document.doc_id]["n"]
+        # with an XPath on top: it narrows
+        narrowed = model_ids(model, where, lambda a: int(a["n"]) % 2 == 0)
+        page = indexed.query(collection, "@n mod 2 = 0", where=where, limit=1000)
+        assert [d.doc_id for d in page.documents] == narrowed, where
+        assert indexed.count(collection, "@n mod 2 = $zero", {"zero": 0}, where=where) == len(narrowed)
+
+
+def test_where_pages_in_doc_id_order(indexed):
+    model = fill_records(indexed, "ur_pages", 90)
+    for where, xpath in [({"user": ("alice", "bob")}, None), ({"user": ("alice", "bob")}, "@n >= 0"),
+                         ({"n": tuple(str(n) for n in range(0, 90, 2))}, None)]:
+        expected = model_ids(model, where)
+        seen, offset = [], 0
+        while offset is not None:
+            page = indexed.query("ur_pages", xpath, where=where, offset=offset, limit=7)
+            seen += [d.doc_id for d in page.documents]
+            offset = page.next_offset
+        assert seen == expected
+
+
+@pytest.mark.parametrize("where", [{"bad name": "x"}, {"": "x"}, {"{urn:x}user": "x"}, {"user": 1},
+                                   {"user": ("a", 2)}, {"user": None}, {"user": "x\x01"}, {"user": "a\ud800"},
+                                   {"user": "é" * 600}, {"user": tuple(f"v{n}" for n in range(1001))},
+                                   {f"a{n}": "x" for n in range(17)}, ["user"]])
+def test_where_validation(indexed, where):
+    with pytest.raises(QueryError):
+        indexed.query("ur_x", None, where=where)
+    with pytest.raises(QueryError):
+        indexed.count("plain", "true()", where=where)
+
+
+def test_where_scan_limits(indexed):
+    fill_records(indexed, "ur_scan", 60)
+    fill_records(indexed, "plain", 60)
+    # indexed lookup alone: no scan limit
+    assert indexed.count("ur_scan", where={"user": "alice"}, scan_limit=1) == 12
+    assert len(indexed.query("ur_scan", None, where={"user": "alice"}, scan_limit=1).documents) == 12
+    # an XPath (or an unindexed name) examines the documents the index found: bounded by them
+    assert indexed.count("ur_scan", "@n > 0", where={"user": "alice"}, scan_limit=12) == 11
+    with pytest.raises(QueryError, match="scan limit"):
+        indexed.count("ur_scan", "@n > 0", where={"user": "alice"}, scan_limit=11)
+    with pytest.raises(QueryError, match="scan limit"):
+        indexed.query("ur_scan", None, where={"user": "alice", "n": "5"}, scan_limit=11)
+    # no index: the collection is scanned, bounded by its size
+    with pytest.raises(QueryError, match="scan limit"):
+        indexed.query("plain", None, where={"user": "alice"}, scan_limit=59)
+    assert indexed.count("plain", where={"user": "alice"}, scan_limit=60) == 12
+
+
+HOSTILE = [
+    "true()", "false() or true()", "/", "..", "//*", "root()", "true())] , $_docs, $_docs[(true()",
+    "true())] , collection(), $_docs[(true()", "true())], db:open('{db}'), $_docs[(true()",
+    "true())], collection('{db}')/*, $_docs[(true()", "true())], doc('{db}/r001')/*, $_docs[(true()",
+    "true())], (for $d in $_docs return $d/..), $_docs[(true()", "true())], $_docs/*, $_docs[(true()",
+    "true())], <rec user='alice'/>, $_docs[(true()", "true())], document{<rec user='bob'/>}/*, $_docs[(true()",
+    "true())], db:open-pre('{db}', 0)/*, $_docs[(true()", "../..", "following::*", "preceding::*",
+]
+
+
+@pytest.mark.parametrize("xpath", HOSTILE)
+def test_an_xpath_never_widens_where(indexed, store_spec, xpath):
+    model = fill_records(indexed, "ur_hostile", 30)
+    fill_records(indexed, "plain", 30)
+    db = (store_spec.get("prefix", "") + "ur_hostile")
+    xpath = xpath.replace("{db}", db)
+    allowed = set(model_ids(model, {"user": "alice"}))
+    for collection in ("ur_hostile", "plain"):
+        try:
+            page = indexed.query(collection, xpath, where={"user": "alice"}, limit=1000)
+            counted = indexed.count(collection, xpath, where={"user": "alice"})
+        except QueryError:
+            continue
+        assert {d.doc_id for d in page.documents} <= allowed
+        assert counted <= len(allowed)
+        for document in page.documents:
+            root = etree.fromstring(document.xml)
+            assert root.tag == "rec" and root.get("user") == "alice", document
+            assert document.collection == collection
+
+
+def test_index_is_maintained_through_writes_and_aborts(indexed):
+    model = fill_records(indexed, "ur_m", 30)
+    model_lean = fill_records(indexed, "lean_m", 30)
+
+    def check():
+        for collection, current in (("ur_m", model), ("lean_m", model_lean)):
+            for user in USERS + ["dave", "nobody"]:
+                assert [d.doc_id for d in indexed.query(collection, None, where={"user": user}, limit=1000).documents] \
+                    == model_ids(current, {"user": user}), (collection, user)
+                assert indexed.count(collection, where={"user": user}) == len(model_ids(current, {"user": user}))
+        if hasattr(indexed, "check_indexes"):
+            assert all(not bad for bad in indexed.check_indexes().values())
+
+    for collection, current in (("ur_m", model), ("lean_m", model_lean)):
+        indexed.put(collection, "r001", record_xml(1, "dave", "vo9"))               # overwrite: user changes
+        current["r001"] = {"n": "1", "user": "dave", "vo": "vo9"}
+        indexed.put(collection, "r002", b"<rec n='2'/>")                             # attribute removed
+        current["r002"] = {"n": "2"}
+        indexed.delete(collection, "r003")
+        del current["r003"]
+        indexed.put(collection, "new", record_xml(99, "alice", "vo0"))
+        current["new"] = {"n": "99", "user": "alice", "vo": "vo0"}
+        indexed.delete(collection, "new")
+        indexed.put(collection, "new", record_xml(98, "bob", "vo0"))                # back, another user
+        current["new"] = {"n": "98", "user": "bob", "vo": "vo0"}
+    check()
+
+    def aborted(tx):
+        tx.put("ur_m", "r004", record_xml(4, "mallory", "vo0"))
+        tx.delete("ur_m", "r005")
+        tx.put("ur_m", "ghost", record_xml(5, "mallory", "vo0"))
+        raise RuntimeError("abort")
+    with pytest.raises(RuntimeError):
+        indexed.transact(aborted)
+    assert indexed.count("ur_m", where={"user": "mallory"}) == 0
+
+    def mixed(tx):                   # staged twice in one transaction: the last write counts
+        tx.put("lean_m", "r006", record_xml(6, "mallory", "vo0"))
+        assert tx.get("lean_m", "r006").xml == record_xml(6, "mallory", "vo0")
+        tx.put("lean_m", "r006", record_xml(6, "erin", "vo0"))
+        tx.put("lean_m", "tmp", record_xml(7, "erin", "vo0"))
+        tx.delete("lean_m", "tmp")
+        assert tx.get("lean_m", "r007").xml == indexed.get("lean_m", "r007").xml
+    indexed.transact(mixed)
+    model_lean["r006"] = {"n": "6", "user": "erin", "vo": "vo0"}
+    check()
+    assert indexed.get("lean_m", "r006").version == 2 and indexed.get("lean_m", "tmp") is None
+
+
+def test_index_declarations_are_remembered_and_applied_to_existing_documents(store_spec):
+    with open_from_spec(store_spec) as plain:                 # no index declared yet
+        model = fill_records(plain, "ur_late", 40)
+        assert plain.indexes == ()
+        assert plain.count("ur_late", where={"user": "bob"}) == 8
+    with open_from_spec(store_spec, indexes=[AttributeIndex("ur_", ("user",))]) as indexed:
+        assert indexed.indexes == (AttributeIndex("ur_", ("user",)),)
+        assert indexed.count("ur_late", where={"user": "bob"}, scan_limit=1) == 8     # the index answers
+        assert_index_used(indexed, "ur_late", {"user": "bob"})
+    with open_from_spec(store_spec) as again:                # remembered: maintained by an opener
+        assert again.indexes == (AttributeIndex("ur_", ("user",)),)   # that declares nothing
+        again.put("ur_late", "r000", record_xml(0, "zoe", "vo0"))
+        again.put("ur_other", "z", record_xml(0, "zoe", "vo0"))
+        assert again.count("ur_late", where={"user": "zoe"}, scan_limit=1) == 1
+        assert again.count("ur_other", where={"user": "zoe"}, scan_limit=1) == 1
+        assert_index_used(again, "ur_other", {"user": "zoe"})
+        model["r000"]["user"] = "zoe"
+        assert [d.doc_id for d in again.query("ur_late", None, where={"user": "alice"}).documents] == \
+            model_ids(model, {"user": "alice"})
+    with open_from_spec(store_spec, indexes=[AttributeIndex("ur_", ("user", "vo"))]) as changed:
+        assert changed.count("ur_late", where={"vo": "vo1"}, scan_limit=1) == len(model_ids(model, {"vo": "vo1"}))
+        assert_index_used(changed, "ur_late", {"vo": "vo1"})
+        if hasattr(changed, "check_indexes"):
+            assert all(not bad for bad in changed.check_indexes().values())
+
+
+def assert_index_used(store, collection, where, xpath=None):
+    """The proof that a where lookup reads the index: SQLite's plan searches the attributes
+    table's primary key; BaseX's optimized query reads db:attribute (its attribute index)."""
+    if hasattr(store, "lookup_plan"):
+        plan = store.lookup_plan(collection, where)
+        assert plan[0].startswith("SEARCH a0 USING PRIMARY KEY (collection=? AND name=? AND value=?)"), plan
+        assert not any(step.startswith("SCAN") for step in plan), plan
+    else:
+        info = store.query_plan(collection, xpath, where=where)
+        optimized = info.split("Optimized Query:")[1].split("Parsing:")[0]
+        assert "apply attribute index" in info, info
+        assert f'db:attribute("{store.db_prefix}{collection}"' in optimized, optimized
+        assert "xquery:eval" not in optimized.split("db:attribute")[0] or xpath is not None
+
+
+def test_where_lookup_uses_the_index(indexed):
+    fill_records(indexed, "ur_plan", 30)
+    fill_records(indexed, "lean_plan", 30)
+    for collection in ("ur_plan", "lean_plan"):
+        assert_index_used(indexed, collection, {"user": "alice"})
+        assert_index_used(indexed, collection, {"user": ("alice", "bob"), "vo": "vo1"})
+        assert_index_used(indexed, collection, {"user": "alice"}, xpath="@n > 3")
+        assert_index_used(indexed, collection, {"user": "alice", "n": "5"})     # one indexed name suffices
+
+
+def test_basex_query_plan_shows_the_attribute_index(indexed, store_spec):
+    """BaseX's own words: the compiled query of an indexed where reads the attribute index
+    (db:attribute, "apply attribute index"), also with an XPath (sandboxed in xquery:eval) on top
+    and for counts; an unindexed collection does not."""
+    if store_spec["backend"] != "basex":
+        pytest.skip("BaseX query plans")
+    fill_records(indexed, "ur_bx", 30)
+    fill_records(indexed, "plain", 30)
+    info = indexed.query_plan("ur_bx", "@n > $x", {"x": 3}, where={"user": ("alice", "bob")})
+    assert "apply attribute index" in info
+    optimized = info.split("Optimized Query:")[1]
+    assert f'db:attribute("{store_spec["prefix"]}ur_bx", ("alice", "bob"))/self::attribute(user)' in optimized
+    assert "xquery:eval" in optimized
+    count_info = indexed.query_plan("ur_bx", where={"user": "alice"}, count=True)
+    assert "db:attribute(" in count_info.split("Optimized Query:")[1]
+
+
+def test_many_documents_indexed_lookup(indexed, store_spec):
+    """20,000 documents: an indexed lookup answers in milliseconds (asserted loosely: < 1 s)."""
+    count, users = 20_000, 400
+    for start in range(0, count, 2000):
+        indexed.transact(lambda tx, start=start: [
+            tx.put("lean_big", f"r{n:06d}", f'<rec user="u{n % users}" vo="vo{n % 7}" n="{n}">'
+                                            f'<x>{"p" * 200}</x></rec>'.encode()) for n in range(start, start + 2000)])
+    assert indexed.count("lean_big") == count
+    indexed.query("lean_big", None, where={"user": "u1"})          # warm up (BaseX: the applier catches up)
+    timings = []
+    for user in ("u7", "u8", "u399"):
+        started = time.perf_counter()
+        page = indexed.query("lean_big", None, where={"user": user}, limit=100)
+        timings.append(time.perf_counter() - started)
+        assert [d.doc_id for d in page.documents] == [f"r{n:06d}" for n in range(int(user[1:]), count, users)]
+        started = time.perf_counter()
+        assert indexed.count("lean_big", where={"user": user, "vo": "vo3"}) == \
+            sum(1 for n in range(int(user[1:]), count, users) if n % 7 == 3)
+        timings.append(time.perf_counter() - started)
+    print(f"{store_spec['backend']}: indexed lookups at {count} documents: "
+          + ", ".join(f"{t * 1000:.1f} ms" for t in timings))
+    assert max(timings) < 1.0
+
+
+def test_where_sees_writes_of_another_process_and_survives_its_kill9(store_spec):
+    spec = dict(store_spec, indexes=[["log", ["n"], False]])
+    child = spawn_worker(spec, "pairs")
+    acked = read_acks(child, 15, timeout_s=60)
+    kill9(child)
+    acked += [int(line.split()[1]) for line in child.stdout.read().splitlines() if line.startswith("ack ")]
+    with open_from_spec(spec) as store:
+        last = check_pairs(store, acked)
+        for number in range(1, last + 1):
+            page = store.query("log", None, where={"n": str(number)}, scan_limit=1)
+            assert [d.doc_id for d in page.documents] == [f"n{number:07d}"]
+            assert store.get("log", f"n{number:07d}").xml == f'<entry n="{number}"/>'.encode()
+        assert store.count("log", where={"n": tuple(str(n) for n in range(1, last + 2))}) == last
+        if hasattr(store, "check_indexes"):
+            assert all(not bad for bad in store.check_indexes().values())
+        else:
+            assert all(entry["ok"] for entry in store.check().values())
+
+
+# -- read-only ----------------------------------------------------------------------------------
+
+def files_state(root) -> dict:
+    """Every file's size and time, except SQLite's WAL-index (-shm) and an empty -wal: a reader of a
+    WAL database (mode=ro too) creates those to coordinate with writers; they hold no data."""
+    from pathlib import Path
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(root).rglob("*"))
+            if p.is_file() and not p.name.endswith("-shm") and not (p.name.endswith("-wal") and not p.stat().st_size)}
+
+
+def test_read_only_open_reads_and_writes_nothing(indexed_spec):
+    with open_from_spec(indexed_spec) as writer:
+        model = fill_records(writer, "ur_ro", 30)
+        fill_records(writer, "lean_ro", 30)
+        writer.put("plain", "p", b"<p/>")
+        lean = writer.get("lean_ro", "r001")
+    before = files_state(indexed_spec["state_dir"])
+    with open_from_spec(indexed_spec, indexes=[], read_only=True) as reader:
+        assert reader.read_only
+        assert reader.get("plain", "p").xml == b"<p/>"
+        assert reader.get("lean_ro", "r001") == lean
+        assert reader.count("ur_ro", where={"user": "alice"}) == len(model_ids(model, {"user": "alice"}))
+        assert [d.doc_id for d in reader.query("lean_ro", "@n > 3", where={"user": "bob"}).documents] == \
+            model_ids(model, {"user": "bob"}, lambda a: int(a["n"]) > 3)
+        assert sorted(reader.collections()) == ["lean_ro", "plain", "ur_ro"]
+        assert len(reader.scan("ur_ro", limit=100)) == 30
+        with pytest.raises(StoreError, match="read-only"):
+            reader.put("plain", "q", b"<q/>")
+        with pytest.raises(StoreError, match="read-only"):
+            reader.transact(lambda tx: tx.get("plain", "p"))
+    assert files_state(indexed_spec["state_dir"]) == before
+
+
+def test_read_only_open_beside_a_live_writer(indexed_spec, tmp_path):
+    with open_from_spec(indexed_spec) as writer:
+        fill_records(writer, "ur_live", 10)
+        with open_from_spec(indexed_spec, read_only=True) as reader:
+            assert reader.count("ur_live") == 10
+            writer.put("ur_live", "late", record_xml(100, "alice", "vo0"))
+            assert reader.get("ur_live", "late").version == 1
+            assert reader.count("ur_live", where={"user": "alice"}) == 3
+        writer.put("ur_live", "after", b"<rec/>")        # the writer goes on
+        assert writer.count("ur_live") == 12
+    missing = dict(indexed_spec, state_dir=str(tmp_path / "nothing-here"))
+    with pytest.raises(StoreError):
+        open_from_spec(missing, read_only=True)
+    assert not (tmp_path / "nothing-here").exists()

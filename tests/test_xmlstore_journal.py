@@ -13,8 +13,8 @@ from gridcredit.xmlstore._journal import Journal
 
 
 def test_public_names_are_pinned():
-    assert sorted(xmlstore.__all__) == sorted(["open_store", "Document", "QueryPage", "StoreLimits", "Transaction",
-                                               "XmlStore", "DEFAULT_LIMITS"])
+    assert sorted(xmlstore.__all__) == sorted(["open_store", "AttributeIndex", "Document", "QueryPage", "StoreLimits",
+                                               "Transaction", "XmlStore", "DEFAULT_LIMITS"])
 
 
 def test_open_store_embedded_default(tmp_path):
@@ -131,3 +131,40 @@ def test_apply_lock_excludes_other_holders(tmp_path):
         assert other
     first.close()
     second.close()
+
+
+def test_reading_in_chunks_and_frames_read_back(tmp_path):
+    write_frames(tmp_path, 50)
+    journal = Journal(tmp_path)
+    chunks = []
+    with journal.lock():
+        while True:
+            entries = journal.read_new(repair=True, bytes_max=100)   # ~ two frames a call
+            if not entries:
+                break
+            chunks.append([seq for seq, _ in entries])
+    assert [seq for chunk in chunks for seq in chunk] == list(range(1, 51)) and len(chunks) > 10
+    assert journal.frame_writes(17) == [("c", "d17", 1, "<d n='17'/>")]
+    with journal.lock():
+        journal.append(51, [("c", "x", 1, "<x/>")])
+    assert journal.frame_writes(51) == [("c", "x", 1, "<x/>")]
+    journal.close()
+
+
+def test_read_only_journal_creates_and_cuts_nothing(tmp_path):
+    with pytest.raises(StoreError):
+        Journal(tmp_path / "missing", read_only=True)
+    assert not (tmp_path / "missing").exists()
+    path = write_frames(tmp_path, 3)
+    with open(path, "ab") as handle:
+        handle.write(b"GCJ1\0\0")                    # a torn tail a live writer may still finish
+    reader = Journal(tmp_path, read_only=True)
+    assert [seq for seq, _ in reader.read_new(repair=False)] == [1, 2, 3]
+    assert path.read_bytes().endswith(b"GCJ1\0\0")   # not cut
+    with pytest.raises(Exception):
+        with reader.lock():
+            pass
+    with reader.query_gate(exclusive=True):          # no query.lock yet: nothing created
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.gcj", "journal.lock"]
+    reader.close()

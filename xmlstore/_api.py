@@ -4,6 +4,26 @@ Documents live in *collections* under a *doc_id*; each write bumps the document'
 (versions continue after a delete: a deleted document leaves a tombstone that keeps its version).
 ``Document.xml`` is the document as stored: UTF-8, no XML declaration, re-serialized by lxml on
 the way in, so both backends hand back the same bytes for the same document.
+
+Attribute indexes. ``open_store(..., indexes=[AttributeIndex("ur_", ("user", "vo"))])`` declares
+that in every collection whose name starts with ``ur_`` the listed unqualified attributes of the
+documents' ROOT element are indexed. ``query``/``count`` take ``where={"user": "u1", "vo":
+("a", "b")}``: a document matches when, for every item, its root element has that unqualified
+attribute with exactly that string value (a tuple: any of them) — and the XPath, if one is given,
+is true of it. ``where`` is applied before the XPath and the XPath only narrows it: whatever the
+XPath is, no document outside what ``where`` selected is returned or counted (callers scope what a
+user may see with ``where``). When every ``where`` name is indexed for the collection the lookup
+uses the index and no ``scan_limit`` applies to it (an XPath then examines only the documents the
+index found, at most ``scan_limit`` of them); otherwise the collection is scanned, bounded by
+``scan_limit`` like an unindexed XPath. Declarations are remembered by the store: a process that
+opens it without ``indexes`` still maintains and uses the ones declared before (a declaration
+for a prefix replaces the remembered one; changing one rebuilds that index at the next writable
+open). ``store_text=False`` says the collections' documents are large and written once: the BaseX
+backend then keeps no copy of their XML in each process's memory (see ``_basex``).
+
+``open_store(..., read_only=True)`` opens without creating, repairing, rebuilding, applying or
+writing anything (``transact`` raises ``StoreError``): for offline audits while a live server may
+be running.
 """
 from __future__ import annotations
 
@@ -12,7 +32,7 @@ import random
 import re
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, TypeVar
+from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
 from lxml import etree
 
@@ -23,6 +43,11 @@ T = TypeVar("T")
 COLLECTION_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 DOC_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199}$")
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")  # XPath variable names and namespace prefixes
+ATTRIBUTE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")   # indexed / where attribute names
+PREFIX_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")                 # AttributeIndex.collection_prefix
+# characters XML 1.0 allows (an attribute value holding anything else cannot exist)
+_XML_CHARS = re.compile("^[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*$")
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +64,22 @@ class StoreLimits:
     retries_default: int = 5
     pool_size: int = 16                        # BaseX sessions per store (one per thread in use)
     xml_depth_max: int = 256
+    where_names_max: int = 16                  # attributes one ``where`` may name
+    where_values_max: int = 1_000              # values one ``where`` item may list
+    where_value_bytes_max: int = 1_000         # UTF-8 bytes of one ``where`` value (= BaseX's index MAXLEN)
+    indexes_max: int = 64                      # declared AttributeIndex entries
+    indexed_attributes_max: int = 32           # attributes of one AttributeIndex
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeIndex:
+    """Index the unqualified ``attributes`` of the root element of every document in every
+    collection whose name starts with ``collection_prefix``. ``store_text=False``: documents there
+    are large and written once — the BaseX backend keeps only their versions in memory and reads
+    their XML back from BaseX (or the journal), and its databases for them have no text index."""
+    collection_prefix: str
+    attributes: tuple[str, ...]
+    store_text: bool = True
 
 
 DEFAULT_LIMITS = StoreLimits()
@@ -99,11 +140,99 @@ def parse_untrusted(xml: bytes, limits: StoreLimits = DEFAULT_LIMITS) -> etree._
 
 def normalize(xml: bytes, limits: StoreLimits = DEFAULT_LIMITS) -> bytes:
     """Validate and re-serialize: UTF-8, no declaration, no prolog comments or PIs."""
+    return normalize_with_attributes(xml, limits)[0]
+
+
+def normalize_with_attributes(xml: bytes, limits: StoreLimits = DEFAULT_LIMITS) -> tuple[bytes, dict[str, str]]:
+    """``normalize``, and the root element's unqualified attributes (for attribute indexes)."""
     root = parse_untrusted(xml, limits)
     data = etree.tostring(root, encoding="UTF-8", xml_declaration=False)
     if len(data) > limits.document_bytes_max:
         raise StoreError(f"document of {len(data)} bytes exceeds {limits.document_bytes_max}")
-    return data
+    return data, root_attributes(root)
+
+
+def check_indexes(indexes: Iterable[AttributeIndex], limits: StoreLimits = DEFAULT_LIMITS
+                  ) -> dict[str, AttributeIndex]:
+    """Validate declarations; returns them by prefix (attributes sorted, duplicates removed)."""
+    if isinstance(indexes, AttributeIndex):
+        raise StoreError("indexes must be a sequence of AttributeIndex, not one")
+    checked: dict[str, AttributeIndex] = {}
+    for index in indexes:
+        if not isinstance(index, AttributeIndex):
+            raise StoreError(f"indexes must hold AttributeIndex objects, not {type(index).__name__}")
+        prefix = index.collection_prefix
+        if not isinstance(prefix, str) or not PREFIX_PATTERN.match(prefix):
+            raise StoreError(f"invalid index collection_prefix {prefix!r} (want [a-z][a-z0-9_]{{0,62}})")
+        if isinstance(index.attributes, str) or not index.attributes:
+            raise StoreError(f"index {prefix!r}: attributes must be a non-empty tuple of names")
+        if len(index.attributes) > limits.indexed_attributes_max:
+            raise StoreError(f"index {prefix!r}: more than {limits.indexed_attributes_max} attributes")
+        for name in index.attributes:
+            if not isinstance(name, str) or not ATTRIBUTE_PATTERN.match(name):
+                raise StoreError(f"index {prefix!r}: invalid attribute name {name!r}")
+        if not isinstance(index.store_text, bool):
+            raise StoreError(f"index {prefix!r}: store_text must be a bool")
+        if prefix in checked:
+            raise StoreError(f"index {prefix!r} declared twice")
+        checked[prefix] = AttributeIndex(prefix, tuple(sorted(set(index.attributes))), index.store_text)
+    if len(checked) > limits.indexes_max:
+        raise StoreError(f"more than {limits.indexes_max} attribute indexes")
+    return checked
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """What the declared indexes say about one collection."""
+    attributes: frozenset[str]     # indexed root attributes (empty: not indexed)
+    store_text: bool               # False when any covering declaration says so
+
+
+NOT_COVERED = Coverage(frozenset(), True)
+
+
+def coverage(indexes: Mapping[str, AttributeIndex], collection: str) -> Coverage:
+    """Every declaration whose prefix starts the collection's name covers it (attributes unite)."""
+    covering = [index for prefix, index in indexes.items() if collection.startswith(prefix)]
+    if not covering:
+        return NOT_COVERED
+    return Coverage(frozenset(name for index in covering for name in index.attributes),
+                    all(index.store_text for index in covering))
+
+
+def check_where(where: Mapping[str, object], limits: StoreLimits) -> dict[str, tuple[str, ...]]:
+    """Validate a ``where``; returns name -> sorted distinct values (an empty tuple matches nothing)."""
+    if not isinstance(where, Mapping):
+        raise QueryError("where must be a mapping of attribute name to value(s)")
+    if len(where) > limits.where_names_max:
+        raise QueryError(f"where names more than {limits.where_names_max} attributes")
+    checked: dict[str, tuple[str, ...]] = {}
+    for name, value in where.items():
+        if not isinstance(name, str) or not ATTRIBUTE_PATTERN.match(name):
+            raise QueryError(f"invalid where attribute name {name!r}")
+        values = (value,) if isinstance(value, str) else value
+        if not isinstance(values, (tuple, list, set, frozenset)):
+            raise QueryError(f"where[{name!r}] must be a str or a tuple of str, not {type(value).__name__}")
+        if len(values) > limits.where_values_max:
+            raise QueryError(f"where[{name!r}] lists more than {limits.where_values_max} values")
+        for item in values:
+            if not isinstance(item, str):
+                raise QueryError(f"where[{name!r}] values must be str, not {type(item).__name__}")
+            if len(item.encode("utf-8", "surrogatepass")) > limits.where_value_bytes_max:
+                raise QueryError(f"where[{name!r}] value longer than {limits.where_value_bytes_max} bytes")
+            if not _XML_CHARS.match(item):
+                raise QueryError(f"where[{name!r}] value holds a character XML does not allow")
+        checked[name] = tuple(sorted(set(values)))
+    return checked
+
+
+def root_attributes(root: etree._Element) -> dict[str, str]:
+    """The unqualified attributes of a root element (what ``where`` compares)."""
+    return {name: value for name, value in root.attrib.items() if not name.startswith("{")}
+
+
+def where_matches(attributes: Mapping[str, str], where: Mapping[str, tuple[str, ...]]) -> bool:
+    return all(attributes.get(name) in values for name, values in where.items())
 
 
 def check_query_args(xpath: str | None, variables: Mapping[str, str | int], namespaces: Mapping[str, str],
@@ -158,6 +287,7 @@ class XmlStore(abc.ABC):
     """Safe to share between threads; several processes may open the same store at once."""
 
     limits: StoreLimits
+    read_only: bool = False
 
     @abc.abstractmethod
     def get(self, collection: str, doc_id: str) -> Document | None: ...
@@ -177,15 +307,22 @@ class XmlStore(abc.ABC):
         return self.transact(lambda tx: tx.delete(collection, doc_id))
 
     @abc.abstractmethod
-    def query(self, collection: str, xpath: str, variables: Mapping[str, str | int] = {}, *,
-              namespaces: Mapping[str, str] = {}, offset: int = 0, limit: int = 100,
-              time_limit_s: float = 5.0, scan_limit: int | None = None) -> QueryPage:
-        """Documents of ``collection`` (ordered by doc_id) for which the XPath's boolean value is true."""
+    def query(self, collection: str, xpath: str | None, variables: Mapping[str, str | int] = {}, *,
+              where: Mapping[str, str | tuple[str, ...]] = {}, namespaces: Mapping[str, str] = {},
+              offset: int = 0, limit: int = 100, time_limit_s: float = 5.0,
+              scan_limit: int | None = None) -> QueryPage:
+        """Documents of ``collection`` (ordered by doc_id) that match ``where`` and for which the
+        XPath's boolean value is true (``xpath=None``: no further condition)."""
 
     @abc.abstractmethod
     def count(self, collection: str, xpath: str | None = None, variables: Mapping[str, str | int] = {}, *,
-              namespaces: Mapping[str, str] = {}, time_limit_s: float = 5.0,
-              scan_limit: int | None = None) -> int: ...
+              where: Mapping[str, str | tuple[str, ...]] = {}, namespaces: Mapping[str, str] = {},
+              time_limit_s: float = 5.0, scan_limit: int | None = None) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def indexes(self) -> tuple[AttributeIndex, ...]:
+        """The attribute indexes this store maintains (declared by any opener), by prefix."""
 
     @abc.abstractmethod
     def collections(self) -> list[str]: ...
@@ -238,6 +375,7 @@ def run_with_retries(attempt: Callable[[], T], retries: int) -> T:
     raise AssertionError("unreachable")
 
 
-__all__ = ["Document", "QueryPage", "StoreLimits", "DEFAULT_LIMITS", "Transaction", "XmlStore",
-           "check_collection", "check_doc_id", "normalize", "parse_untrusted", "check_query_args",
+__all__ = ["AttributeIndex", "Document", "QueryPage", "StoreLimits", "DEFAULT_LIMITS", "Transaction", "XmlStore",
+           "check_collection", "check_doc_id", "normalize", "normalize_with_attributes", "parse_untrusted", "check_query_args",
+           "check_indexes", "check_where", "coverage", "Coverage", "root_attributes", "where_matches",
            "run_with_retries"]

@@ -9,7 +9,8 @@ Writes. ``transact`` runs under the journal's cross-process writer lock:
 1. catch up: read the frames other processes appended since this process's last offset into the
    *mirror* (every document's current version and XML, kept in memory by each process);
 2. run ``fn``; ``tx.get`` reads the mirror (current under the lock: serializable across threads
-   and processes), never BaseX;
+   and processes) — for ``store_text=False`` collections the version from the mirror and the XML
+   from BaseX or the journal (see Memory);
 3. append the writes (full documents + versions + sequence number) to the journal and update the
    mirror; release the lock; fsync (group commit: see ``_journal``) — the transaction is committed
    and acknowledged when ``transact`` returns. BaseX is not touched: a commit costs one write and
@@ -54,37 +55,68 @@ XPath runs inside ``xquery:eval`` with permission ``none`` (no file, db, fetch o
 and a timeout; variables are bound, never formatted into query text (only validated names,
 prefixes and integers are).
 
+Attribute indexes and ``where``. The declarations (``AttributeIndex``) are shared by the store's
+processes in ``<journal>/indexes.json`` (merged by each writable open under the writer lock,
+replaced atomically, reloaded by every process when it changes). A database for a covered
+collection is created with ATTRINDEX on its declared names only (ATTRINCLUDE), TEXTINDEX and
+TOKENINDEX off, MAXLEN 1000 bytes and UPDINDEX (kept current by every update); an existing one whose
+options differ is re-indexed (``db:optimize``) at the next writable open, and a rebuild from the
+journal creates it with them. A query writes each ``where`` item as a predicate on
+``db:open($db)/*`` with its values bound as one JSON array: BaseX rewrites the indexed ones to
+``db:attribute`` (index access; ``query_plan`` shows the compiled query) — the filter runs in the
+outer query, and the caller's XPath inside ``xquery:eval`` sees only the documents it selected;
+what the XPath returns is checked again outside (root elements of this database matching every
+``where`` item), so an XPath can narrow ``where`` but never widen it. Query results carry their
+versions from the mirror, not from BaseX (a path lookup such as ``db:open($db, '.v/' || $id)``
+costs ~1 ms per 200,000 documents in BaseX 9.7): the query also returns BaseX's applied sequence
+number S, and a document whose mirror entry was written at or before S is exactly what BaseX read;
+if one was written after S, the query is asked again (and at last with the versions from BaseX).
+
 Memory. Each process keeps the mirror: every live document and tombstone as Python objects —
-roughly the XML's length plus ~250 bytes (str, tuple, int, dict slot, id string) per document,
-so 1,000,000 documents of 1 KB cost ~1.3 GB in EVERY process that opens the store (plus frames
-not yet applied, bounded by ``backlog_max``), and opening replays the whole journal (history,
-not just the current state). Not done yet: checkpointing — write a snapshot of the state at
+(version, XML, sequence number) under its id: roughly the XML's length plus ~250 bytes per
+document, so 1,000,000 documents of 1 KB cost ~1.3 GB in EVERY process that opens the store —
+EXCEPT in collections whose ``AttributeIndex`` says ``store_text=False``: there the mirror keeps
+(version, NOT_KEPT, sequence number) only (~200 bytes per document with a 64-character id: ~200 MB
+per 1,000,000), and ``get``/``tx.get``/``scan`` read the XML from BaseX when BaseX has applied the
+transaction that wrote that version (known without a round trip; the version is checked), else
+(BaseX behind, or down) read it back from the journal frame that wrote it (the journal remembers
+where each frame starts: 8 bytes per transaction) — never waiting for the applier, so a ``tx.get``
+under the writer lock cannot deadlock with a repair. Repair and rebuild read such XML from the
+journal too, frame by frame. Frames not yet applied keep their XML in the pending queue (bounded by
+``backlog_max``). Opening reads the journal in chunks of ~64 MB (never all of it in memory), but
+still replays the whole history. Not done yet: checkpointing — write a snapshot of the state at
 sequence S (fsynced, renamed into place), start a new journal at S+1 and let processes open from
-snapshot + tail; and to bound memory, keep only versions and journal offsets in the mirror
-(~100 bytes per document) and read the XML back from the snapshot/journal by offset (or serve
-``tx.get`` from BaseX once it has reached the transaction's snapshot).
+snapshot + tail.
+
+Read-only (``read_only=True``): the journal is opened for reading alone (nothing created, no torn
+tail cut, no lock taken but the shared query gate when its file exists), no applier thread, no
+verification or repair; ``transact``, ``flush``, ``check`` and ``rebuild`` raise ``StoreError``.
+Queries wait (bounded by ``timeout_s``) until BaseX's applied number, as another process's applier
+sets it, reaches the journal's end.
 """
 from __future__ import annotations
 
 import collections
 import hashlib
+import json
 import logging
 import math
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, TypeVar
+from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 import contextlib
 
 from lxml import etree
 
 from gridcredit.errors import ConflictError, QueryError, StoreError, invariant
 
-from ._api import (DEFAULT_LIMITS, Document, QueryPage, StoreLimits, Transaction, XmlStore, check_collection,
-                   check_doc_id, check_query_args, normalize, run_with_retries)
+from ._api import (DEFAULT_LIMITS, NOT_COVERED, AttributeIndex, Coverage, Document, QueryPage, StoreLimits,
+                   Transaction, XmlStore, check_collection, check_doc_id, check_indexes, check_query_args, check_where,
+                   coverage, normalize, run_with_retries)
 from ._basex_wire import ServerError, Session, WireError
-from ._journal import Journal
+from ._journal import READ_BYTES_MAX, Journal
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -95,6 +127,18 @@ _RESULT_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_d
 Q_DOCS = """declare variable $db external; declare variable $ids external;
 <r>{for $id in tokenize($ids, ' ') where db:exists($db, $id)
     return <d id="{$id}" v="{db:open($db, '.v/' || $id)/v/@n}">{db:open($db, $id)}</d>}</r>"""
+
+# documents without their versions (a path lookup costs ~1 ms per 200,000 documents in BaseX 9.7:
+# the versions come from the mirror), with the applied number they are current at
+Q_DOCS_AT = """declare variable $db external; declare variable $ids external; declare variable $m external;
+<r seq="{(db:open($m, '.seq')/seq/@n/string(), '0')[1]}">{
+  if (db:exists($db)) then for $id in tokenize($ids, ' ') where db:exists($db, $id)
+    return <d id="{$id}">{db:open($db, $id)}</d> else ()}</r>"""
+
+# the next ``limit`` document ids after $after
+Q_IDS_AFTER = """declare variable $db external; declare variable $after external; declare variable $limit external;
+if (db:exists($db)) then string-join(subsequence(sort(db:list($db)[not(starts-with(., '.'))][. > $after]),
+  1, xs:integer($limit)), ' ') else ''"""
 
 Q_IDS = """declare variable $db external; declare variable $offset external; declare variable $limit external;
 if (db:exists($db)) then string-join(subsequence(sort(db:list($db)[not(starts-with(., '.'))]),
@@ -112,6 +156,24 @@ Q_DATABASES = """declare variable $prefix external; string-join(sort(db:list()[s
 Q_ENSURE = """declare variable $names external;
 for $n in tokenize($names, ' ') where not(db:exists($n))
 return db:create($n, (), (), map{'chop': false(), 'updindex': true(), 'autooptimize': false()})"""
+
+# BaseX indexes attribute values up to MAXLEN bytes (longer values are looked up by a scan)
+INDEX_MAXLEN = 1000
+
+# a collection covered by an AttributeIndex: BaseX's attribute index on its declared names only, no text index
+Q_ENSURE_INDEXED = """declare variable $names external; declare variable $include external;
+for $n in tokenize($names, ' ') where not(db:exists($n))
+return db:create($n, (), (), map{'chop': false(), 'updindex': true(), 'autooptimize': false(),
+  'attrindex': true(), 'attrinclude': $include, 'textindex': false(), 'tokenindex': false(), 'ftindex': false(),
+  'maxlen': %d})""" % INDEX_MAXLEN
+
+Q_INDEX_OPTIONS = """declare variable $db external;
+if (db:exists($db)) then string-join(db:info($db)//indexes/(attrindex, textindex, attrinclude, maxlen)/string(), '|')
+else 'missing'"""
+
+Q_REINDEX = """declare variable $db external; declare variable $include external;
+db:optimize($db, true(), map{'attrindex': true(), 'attrinclude': $include, 'textindex': false(),
+  'tokenindex': false(), 'ftindex': false(), 'maxlen': %d})""" % INDEX_MAXLEN
 
 # A kill -9 of BaseX can leave a database's inf.basex empty or torn. Opening such a database makes
 # BaseX 9.7 fail when it closes it (NullPointerException in DiskData.write) WITHOUT releasing its
@@ -154,13 +216,15 @@ Q_APPLY_STATE = """declare variable $ops external;
 let $o := parse-xml($ops)/ops
 return (""" + _OPS + """)"""
 
-# readable = every live document read in full; versions as "id version l|d" triples
+# readable = every live document read in full (in one pass: a path lookup per document costs
+# ~1 ms per 200,000 documents in BaseX 9.7); versions as "id version l|d" triples
 Q_STATUS = """declare variable $db external;
 if (not(db:exists($db))) then 'missing' else
 try {
   let $seq := (db:open($db, '.seq')/seq/@n/string(), '0')[1]
   let $live := db:list($db)[not(starts-with(., '.'))]
-  let $chars := sum(for $p in $live return string-length(serialize(db:open($db, $p))))
+  let $chars := sum(for $d in db:open($db) where not(starts-with(db:path($d), '.'))
+                    return string-length(serialize($d)))
   let $versions := for $v in db:open($db, '.v')
                    return substring(db:path($v), 4) || ' ' || $v/v/@n || ' ' || (if ($v/v/@del) then 'd' else 'l')
   return string-join(('ok ' || $seq || ' ' || $chars, string-join($live, ' '), $versions), '&#10;')
@@ -173,20 +237,132 @@ try {
 # these queries runs alone: every BaseX call of the store's threads and processes holds the
 # journal's query gate shared, these hold it exclusive. (Other stores or programs using the same
 # BaseX user on the same server are not covered: give each store a BaseX user of its own.)
-Q_QUERY = """declare variable $db external; declare variable $expr external; declare variable $scan external;
+#
+# One template answers query and count, with and without ``where`` and XPath ({...} parts are
+# filled by _select with validated names and fixed text only; values are bound):
+# * $all: the collection's documents (root elements) that match the INDEXED ``where`` items,
+#   written as predicates on db:open($db)/* so that BaseX rewrites them to db:attribute (index
+#   access: see query_plan); no indexed item: every document;
+# * the scan limit bounds $all when anything must be examined document by document;
+# * $cands: $all narrowed by the other ``where`` items, in doc_id order;
+# * the XPath runs inside xquery:eval (permission none) over $cands only, and what it returns
+#   is checked again outside: root elements of this database that match every ``where`` item —
+#   an XPath can narrow what ``where`` selected, never widen it.
+Q_SELECT = """declare variable $db external; declare variable $m external; declare variable $scan external;
 declare variable $timeout external; {declarations}
-let $vars := map:merge(({entries}))
-let $paths := if (db:exists($db)) then sort(db:list($db)[not(starts-with(., '.'))]) else ()
-return if (count($paths) > xs:integer($scan))
-then error(xs:QName('err:FOER0000'), 'gridcredit-scan-limit ' || count($paths))
+let $seq := if (db:exists($m)) then (db:open($m, '.seq')/seq/@n/string(), '0')[1] else '0'
+let $all := if (db:exists($db)) then db:open($db)/*{indexed}[not(starts-with(db:path(.), '.'))] else ()
+return if ({examine} and count($all) > xs:integer($scan))
+then error(xs:QName('err:FOER0000'), 'gridcredit-scan-limit ' || count($all))
 else
-  let $docs := for $p in $paths return db:open($db, $p)/*
-  let $hits := xquery:eval($expr, map:merge(($vars, map{{'_docs': $docs}})),
-                           map{{'permission': 'none', 'timeout': xs:integer($timeout)}})
+  let $cands := for $d in $all{rest} order by db:path($d) return $d
+  let $hits := {hits}
   return {result}"""
 
-R_PAGE = """<r>{for $h in $hits let $id := db:path($h)
-  return <d id="{$id}" v="{db:open($db, '.v/' || $id)/v/@n}">{$h}</d>}</r>"""
+X_EVAL = """for $h in xquery:eval($expr, map:merge(({entries}, map{{'_docs': $cands}})),
+                                  map{{'permission': 'none', 'timeout': xs:integer($timeout)}})
+  where $h instance of element() and exists($h/parent::document-node())
+    and (try {{ $h is db:open-pre($db, db:node-pre($h)) }} catch * {{ false() }})
+    and not(starts-with(db:path($h), '.')) and exists($h{every})
+  return $h"""
+
+R_PAGE = """<r seq="{{$seq}}">{{for $h in {page} let $id := db:path($h)
+  return <d id="{{$id}}"{version}>{{$h}}</d>}}</r>"""
+
+R_VERSION = ' v="{db:open($db, \'.v/\' || $id)/v/@n}"'
+
+
+class _NotKept:
+    """The mirror's stand-in for the XML of a ``store_text=False`` collection's live document."""
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<not kept>"
+
+
+NOT_KEPT = _NotKept()
+
+
+class _IndexCatalog:
+    """The declared attribute indexes, shared by a store's processes in ``<journal>/indexes.json``
+    (written under the journal's writer lock, replaced atomically); each process reloads it when
+    the file changes. ``extra``: declarations of this process not (yet) in the file (read-only)."""
+
+    def __init__(self, path: Path, limits: StoreLimits) -> None:
+        self.path = path
+        self._limits = limits
+        self._seen: tuple | None = None
+        self.stored: dict[str, AttributeIndex] = {}
+        self.extra: dict[str, AttributeIndex] = {}
+        self.generation = 0
+        self._coverage: dict[str, Coverage] = {}
+        self._lock = threading.Lock()
+
+    def refresh(self) -> bool:
+        """Reload if the file changed; returns whether the declarations changed."""
+        try:
+            status = os.stat(self.path)
+            seen = (status.st_ino, status.st_mtime_ns, status.st_size)
+        except FileNotFoundError:
+            seen = None
+        with self._lock:
+            if seen == self._seen:
+                return False
+        stored: dict[str, AttributeIndex] = {}
+        if seen is not None:
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+                stored = check_indexes([AttributeIndex(i["prefix"], tuple(i["attributes"]), bool(i["store_text"]))
+                                        for i in data["indexes"]], self._limits)
+            except (OSError, ValueError, KeyError, TypeError, StoreError) as error:
+                raise StoreError(f"attribute index declarations {self.path} unreadable: {error}") from None
+        with self._lock:
+            changed = stored != self.stored
+            self._seen, self.stored = seen, stored
+            if changed:
+                self._coverage = {}
+                self.generation += 1
+            return changed
+
+    def merge(self, declared: dict[str, AttributeIndex]) -> list[str]:
+        """Write ``declared`` over the stored declarations (writer lock held); returns the prefixes
+        that are new or changed."""
+        self.refresh()
+        changed = sorted(p for p, index in declared.items() if self.stored.get(p) != index)
+        if changed:
+            merged = {**self.stored, **declared}
+            if len(merged) > self._limits.indexes_max:
+                raise StoreError(f"more than {self._limits.indexes_max} attribute indexes")
+            text = json.dumps({"indexes": [{"prefix": p, "attributes": list(i.attributes), "store_text": i.store_text}
+                                           for p, i in sorted(merged.items())]}, indent=1)
+            temporary = self.path.with_name(self.path.name + ".tmp")
+            with open(temporary, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.path)
+            directory = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+            self.refresh()
+        return changed
+
+    def indexes(self) -> dict[str, AttributeIndex]:
+        with self._lock:
+            return {**self.stored, **self.extra}
+
+    def coverage(self, collection: str) -> Coverage:
+        with self._lock:
+            found = self._coverage.get(collection)
+            if found is None:
+                merged = {**self.stored, **self.extra}
+                found = coverage(merged, collection) if merged else NOT_COVERED
+                if len(self._coverage) > 100_000:
+                    self._coverage.clear()
+                self._coverage[collection] = found
+            return found
 
 
 def _sha(xml: bytes) -> str:
@@ -250,13 +426,21 @@ class _BaseXTransaction(Transaction):
     def _current(self, key: tuple[str, str]) -> tuple[int, bytes | None]:
         if key in self.staged:
             return self.staged[key]
-        version, xml = self._store._state.get(key[0], {}).get(key[1], (0, None))
+        version, xml, seq = self._store._state.get(key[0], {}).get(key[1], (0, None, 0))
+        if xml is NOT_KEPT:
+            xml = self._store._kept_xml(key[0], key[1], version, seq)
         return version, (None if xml is None else xml.encode())
 
     def get(self, collection: str, doc_id: str) -> Document | None:
         key = (check_collection(collection), check_doc_id(doc_id))
         version, xml = self._current(key)
         return None if xml is None else Document(collection, doc_id, xml, version)
+
+    def exists(self, collection: str, doc_id: str) -> bool:
+        key = (check_collection(collection), check_doc_id(doc_id))
+        if key in self.staged:
+            return self.staged[key][1] is not None
+        return self._store._state.get(key[0], {}).get(key[1], (0, None, 0))[1] is not None
 
     def _stage(self, key: tuple[str, str], xml: bytes | None) -> int:
         limits = self._store.limits
@@ -278,7 +462,7 @@ class _BaseXTransaction(Transaction):
 
     def delete(self, collection: str, doc_id: str) -> bool:
         key = (check_collection(collection), check_doc_id(doc_id))
-        existed = self._current(key)[1] is not None
+        existed = self.exists(*key)
         if existed:
             self._stage(key, None)
         return existed
@@ -293,17 +477,23 @@ class BaseXStore(XmlStore):
 
     def __init__(self, journal_dir: Path, *, host: str = "127.0.0.1", port: int = 1984, user: str = "admin",
                  password: str = "admin", timeout_s: float = 30.0, limits: StoreLimits = DEFAULT_LIMITS,
-                 db_prefix: str = "gc_") -> None:
+                 db_prefix: str = "gc_", indexes: Sequence[AttributeIndex] = (), read_only: bool = False) -> None:
         invariant(bool(db_prefix) and db_prefix.replace("_", "").isalnum(), "db_prefix is alphanumeric")
         self.limits = limits
+        self.read_only = bool(read_only)
+        declared = check_indexes(indexes, limits)
         self.db_prefix = db_prefix
         self._meta_db = db_prefix + "_meta"   # no collection name starts with "_"
         self._timeout_s = float(timeout_s)
         self._address = (host, port, user, password)
         self._pool = _Pool(self._connect, limits.pool_size, wait_s=self._timeout_s)
-        self._journal = Journal(journal_dir)
-        # the mirror: collection -> doc_id -> (version, xml text or None for a tombstone)
-        self._state: dict[str, dict[str, tuple[int, str | None]]] = {}
+        self._journal = Journal(journal_dir, read_only=self.read_only)
+        self._catalog = _IndexCatalog(Path(journal_dir) / "indexes.json", limits)
+        self._keeps: dict[str, bool] = {}       # collection -> whether the mirror keeps its XML
+        self._catalog_generation = -1
+        # the mirror: collection -> doc_id -> (version, xml text | None for a tombstone | NOT_KEPT,
+        # sequence number of the transaction that wrote it)
+        self._state: dict[str, dict[str, tuple[int, str | None | _NotKept, int]]] = {}
         # frames read or written by this process and not known to be in BaseX yet: (seq, writes)
         self._pending: collections.deque[tuple[int, list]] = collections.deque()
         self._mirror_lock = threading.RLock()   # _state, _pending and the journal's read offset
@@ -323,13 +513,35 @@ class BaseXStore(XmlStore):
         self._known_databases: set[str] = set()   # databases this process created or saw (skip db:create)
         self.recovery_log: list[str] = []    # what open/repair did, for operators and tests
         try:
+            if self.read_only:
+                self._catalog.extra = {p: i for p, i in declared.items()}
+                self._open_read_only()
+                return
             with self._journal.apply_lock(), self._journal.lock():
+                self._catalog.merge(declared)
                 self._open_locked()
         except BaseException:
             self._pool.close()
             self._journal.close()
             raise
         self._start_applier()
+
+    def _open_read_only(self) -> None:
+        """Read the journal into the mirror; nothing is verified, applied or written."""
+        while self._absorb_chunk(applied=None):
+            pass
+        self._note_applied(self._read_meta())
+
+    def _absorb_chunk(self, applied: int | None, *, repair: bool = False) -> list[tuple[int, list]]:
+        """Read up to ~64 MB of frames into the mirror (frames after ``applied`` also into the
+        pending queue); returns the frames (empty at the journal's end)."""
+        entries = self._journal.read_new(repair=repair, bytes_max=READ_BYTES_MAX)
+        if applied is None:
+            self._absorb(entries, pending=False)
+        else:
+            self._absorb([entry for entry in entries if entry[0] <= applied], pending=False)
+            self._absorb([entry for entry in entries if entry[0] > applied])
+        return entries
 
     def _open_locked(self) -> None:
         """Both locks held: read the journal, apply what BaseX has not got, verify, repair."""
@@ -338,27 +550,71 @@ class BaseXStore(XmlStore):
         except StoreError:
             applied = None           # unreadable: the verification below finds out the rest
         self._suspect = False
-        entries = self._journal.read_new(repair=True)
+        written: set[str] = set()    # databases written by frames BaseX has not got
+        while True:                  # in chunks: never the whole journal in memory at once
+            entries = self._absorb_chunk(applied, repair=True)
+            if not entries:
+                break
+            if applied is not None:
+                written.update(self._db(w[0]) for seq, writes in entries if seq > applied for w in writes)
         last = self._journal.last_seq
-        if applied is not None and applied <= last and not self._unhealthy(
-                sorted({self._db(w[0]) for _seq, writes in entries if _seq > applied for w in writes})):
-            unapplied = [entry for entry in entries if entry[0] > applied]
-            self._absorb([entry for entry in entries if entry[0] <= applied], pending=False)
-            self._absorb(unapplied)
-            if unapplied:
-                self._note(f"{len(unapplied)} committed transaction(s) not yet in BaseX (an applier is behind, "
+        if applied is not None and applied <= last and not self._unhealthy(sorted(written)):
+            if self._pending:
+                self._note(f"{len(self._pending)} committed transaction(s) not yet in BaseX (an applier is behind, "
                            f"or a writer stopped before they were applied); applying them")
                 try:
                     self._apply_pending_locked(writer_locked=True, verify_first=False)
                 except StoreError as error:
                     self._note(f"applying them failed ({error}); verifying every database")
         else:
-            self._absorb(entries, pending=False)
+            with self._mirror_lock:
+                self._pending.clear()
         self._verify_and_repair(list(self._state), check_unknown=True)
         self._set_meta(last)
         self._note_applied(last)
         self._suspect = False
         self._broken_checked = self._pool.broken_seen
+        self._check_index_options()
+
+    # -- attribute indexes --
+    @property
+    def indexes(self) -> tuple[AttributeIndex, ...]:
+        self._catalog.refresh()
+        merged = self._catalog.indexes()
+        return tuple(merged[p] for p in sorted(merged))
+
+    def _coverage(self, collection: str) -> Coverage:
+        self._catalog.refresh()
+        return self._catalog.coverage(collection)
+
+    def _keeps_text(self, collection: str) -> bool:
+        """Whether the mirror keeps this collection's XML (mirror lock held)."""
+        if self._catalog.refresh() or self._catalog_generation != self._catalog.generation:
+            self._catalog_generation = self._catalog.generation
+            self._keeps.clear()
+            for name, entries in self._state.items():    # drop XML the declarations now say not to keep
+                if not self._catalog.coverage(name).store_text:
+                    for doc_id, (version, xml, seq) in entries.items():
+                        if isinstance(xml, str):
+                            entries[doc_id] = (version, NOT_KEPT, seq)
+        keeps = self._keeps.get(collection)
+        if keeps is None:
+            keeps = self._keeps[collection] = self._catalog.coverage(collection).store_text
+        return keeps
+
+    def _check_index_options(self) -> None:
+        """Give every existing database of a covered collection the attribute index its
+        declarations ask for (declared after it was created, or changed): db:optimize rebuilds it."""
+        for collection in sorted(self._state):
+            indexed = self._coverage(collection).attributes
+            if not indexed:
+                continue
+            db, include = self._db(collection), ",".join(sorted(indexed))
+            found = self._run(Q_INDEX_OPTIONS, {"$db": (db, "")})
+            if found == "missing" or found == f"true|false|{include}|{INDEX_MAXLEN}":
+                continue
+            self._note(f"{collection}: building its attribute index on {include} (was {found})")
+            self._run(Q_REINDEX, {"$db": (db, ""), "$include": (include, "")})
 
     # -- sessions --
     def _connect(self) -> Session:
@@ -400,9 +656,27 @@ class BaseXStore(XmlStore):
         with self._mirror_lock:
             for seq, writes in entries:
                 for collection, doc_id, version, xml in writes:
-                    self._state.setdefault(collection, {})[doc_id] = (version, xml)
+                    if xml is not None and not self._keeps_text(collection):
+                        xml = NOT_KEPT
+                    self._state.setdefault(collection, {})[doc_id] = (version, xml, seq)
                 if pending:
                     self._pending.append((seq, writes))
+
+    def _kept_xml(self, collection: str, doc_id: str, version: int, seq: int) -> str:
+        """The XML that transaction ``seq`` wrote for a document whose text the mirror does not
+        keep: from BaseX when it has applied that transaction and the document was not written
+        since, else (BaseX behind or unreachable) read back from the journal. Never waits."""
+        if 0 < seq <= self._applied_seq:
+            try:
+                documents = self._fetch_at(collection, [doc_id])
+            except StoreError:
+                documents = None          # BaseX down: the journal has it
+            if documents and documents[0].version == version:
+                return documents[0].xml.decode()
+        for written_collection, written_id, _version, xml in self._journal.frame_writes(seq):
+            if written_collection == collection and written_id == doc_id and xml is not None:
+                return xml
+        raise StoreError(f"journal frame {seq} does not hold {collection}/{doc_id}")
 
     def _catch_up_unlocked(self) -> int:
         """Read the complete frames appended since our offset (no writer lock needed); returns the
@@ -464,9 +738,19 @@ class BaseXStore(XmlStore):
 
     def _ensure_databases(self, names: list[str]) -> None:
         missing = sorted(set(names) - self._known_databases)
-        if missing:
-            self._run(Q_ENSURE, {"$names": (" ".join(missing), "")})
-            self._known_databases.update(missing)
+        if not missing:
+            return
+        groups: dict[str, list[str]] = {}    # attributes to index ("" none) -> databases
+        for db in missing:
+            collection = db[len(self.db_prefix):]
+            indexed = self._coverage(collection).attributes if db != self._meta_db else frozenset()
+            groups.setdefault(",".join(sorted(indexed)), []).append(db)
+        for include, dbs in groups.items():
+            if include:
+                self._run(Q_ENSURE_INDEXED, {"$names": (" ".join(dbs), ""), "$include": (include, "")})
+            else:
+                self._run(Q_ENSURE, {"$names": (" ".join(dbs), "")})
+        self._known_databases.update(missing)
 
     def _drop(self, db: str) -> None:
         try:
@@ -481,6 +765,8 @@ class BaseXStore(XmlStore):
 
     # -- applying committed frames to BaseX --
     def _needs_repair(self) -> bool:
+        if self.read_only:
+            return False          # a read-only store repairs nothing (a writable open does)
         return self._suspect or self._pool.broken_seen != self._broken_checked
 
     def _ops(self, writes: list, seq: int | None = None) -> str:
@@ -593,7 +879,7 @@ class BaseXStore(XmlStore):
         self._note_applied(self._journal.last_seq)
 
     def _start_applier(self) -> None:
-        if self._applier_pid == os.getpid() or self._closing.is_set():
+        if self.read_only or self._applier_pid == os.getpid() or self._closing.is_set():
             return
         with self._applier_start:
             if self._applier_pid == os.getpid():
@@ -700,8 +986,8 @@ class BaseXStore(XmlStore):
             status, _seq, live, versions = self._status(collection, unhealthy)
             if status == "missing" and not expected:
                 continue
-            want_versions = {d: (v, x is not None) for d, (v, x) in expected.items()}
-            want_live = {d for d, (_v, x) in expected.items() if x is not None}
+            want_versions = {d: (v, x is not None) for d, (v, x, _s) in expected.items()}
+            want_live = {d for d, (_v, x, _s) in expected.items() if x is not None}
             if status == "ok" and live == want_live and versions == want_versions:
                 continue
             if not invalidated:   # readers of other processes wait while we repair
@@ -732,32 +1018,59 @@ class BaseXStore(XmlStore):
     def _apply_state(self, collection: str, doc_ids: list[str], batch: int = 1000) -> None:
         expected = self._state.get(collection, {})
         for start in range(0, len(doc_ids), batch):
-            self._apply_state_writes([(collection, d, expected[d][0], expected[d][1])
-                                      for d in doc_ids[start:start + batch]])
+            chunk = doc_ids[start:start + batch]
+            texts = self._texts(collection, chunk)
+            self._apply_state_writes([(collection, d, expected[d][0], texts.get(d)) for d in chunk])
+
+    def _texts(self, collection: str, doc_ids: list[str]) -> dict[str, str]:
+        """The current XML of live documents, from the mirror or (not kept) read back from the
+        journal, each frame once."""
+        entries = self._state.get(collection, {})
+        texts: dict[str, str] = {}
+        wanted: dict[int, set[str]] = {}
+        for doc_id in doc_ids:
+            _version, xml, seq = entries[doc_id]
+            if isinstance(xml, str):
+                texts[doc_id] = xml
+            elif xml is NOT_KEPT:
+                wanted.setdefault(seq, set()).add(doc_id)
+        for seq in sorted(wanted):
+            for written_collection, doc_id, _version, xml in self._journal.frame_writes(seq):
+                if written_collection == collection and doc_id in wanted[seq] and xml is not None:
+                    texts[doc_id] = xml
+        invariant(all(d in texts for ids in wanted.values() for d in ids), "the journal holds every live document")
+        return texts
 
     # -- public maintenance --
+    def _refuse_if_read_only(self, what: str) -> None:
+        if self.read_only:
+            raise StoreError(f"store {self._journal.directory} is open read-only: no {what}")
+
     def flush(self) -> None:
         """Wait until BaseX holds every transaction committed so far (applying them if need be)."""
+        self._refuse_if_read_only("flush")
         with self._journal.apply_lock():
             self._apply_pending_locked(writer_locked=False)
 
     def check(self) -> dict[str, dict]:
         """Compare BaseX with the journal: counts, versions and content hashes of every document."""
+        self._refuse_if_read_only("check")
         report: dict[str, dict] = {}
         with self._journal.apply_lock(), self._journal.lock():
             with self._mirror_lock:
                 self._absorb(self._journal.read_new(repair=True))
             self._apply_pending_locked(writer_locked=True)
             for collection in sorted(self._state):
-                expected = {d: (v, x) for d, (v, x) in self._state[collection].items() if x is not None}
+                expected = {d: v for d, (v, x, _s) in self._state[collection].items() if x is not None}
                 status, _seq, live, _versions = self._status(collection)
                 entry: dict = {"expected": len(expected), "found": len(live), "status": status[:200],
                                "missing": sorted(set(expected) - live), "extra": sorted(live - set(expected)),
                                "different": []}
                 ids = sorted(live & set(expected))
                 for start in range(0, len(ids), 500):
+                    texts = self._texts(collection, ids[start:start + 500])
                     for doc in self._fetch(collection, ids[start:start + 500]):
-                        version, xml = expected[doc.doc_id]
+                        version, xml = expected[doc.doc_id], texts[doc.doc_id]
                         if doc.version != version or _sha(doc.xml) != _sha(xml.encode()):
                             entry["different"].append(doc.doc_id)
                 entry["ok"] = status in ("ok", "missing") and not (entry["missing"] or entry["extra"] or
@@ -767,6 +1080,7 @@ class BaseXStore(XmlStore):
 
     def rebuild(self, collection: str | None = None, *, _locked: bool = False) -> None:
         """Drop the collection's database (or all) and load it again from the journal."""
+        self._refuse_if_read_only("rebuild")
         if not _locked:
             with self._journal.apply_lock(), self._journal.lock():
                 with self._mirror_lock:
@@ -787,23 +1101,74 @@ class BaseXStore(XmlStore):
         return etree.fromstring(text.encode(), parser=_RESULT_PARSER)
 
     def _fetch(self, collection: str, ids: list[str]) -> list[Document]:
+        """Documents with their versions as BaseX records them (slow: check())."""
         root = self._parse_result(self._run(Q_DOCS, {"$db": (self._db(collection), ""),
                                                      "$ids": (" ".join(ids), "")}))
         return [self._document(collection, d) for d in root]
 
-    def _document(self, collection: str, element: etree._Element) -> Document:
+    def _fetch_at(self, collection: str, ids: list[str]) -> list[Document] | None:
+        """Documents from BaseX with their versions from the mirror (None: some was written
+        after the state BaseX answered from; ask otherwise)."""
+        root = self._parse_result(self._run(Q_DOCS_AT, {"$db": (self._db(collection), ""),
+                                                        "$ids": (" ".join(ids), ""), "$m": (self._meta_db, "")}))
+        return self._with_versions(collection, root)
+
+    def _with_versions(self, collection: str, root: etree._Element) -> list[Document] | None:
+        """The documents of a result that BaseX answered at applied number ``root/@seq``, with
+        their versions from the mirror: a document's mirror entry written at or before that number
+        is the state BaseX read. None when one was written after it (or the mirror is behind)."""
+        seq = int(root.get("seq") or 0)
+        documents = []
+        with self._mirror_lock:
+            if self._catch_up_unlocked() < seq:
+                return None
+            entries = self._state.get(collection, {})
+            for element in root:
+                entry = entries.get(element.get("id"))
+                if entry is None or entry[2] > seq or entry[1] is None:
+                    return None
+                documents.append(self._document(collection, element, version=entry[0]))
+        return documents
+
+    def _document(self, collection: str, element: etree._Element, *, version: int | None = None) -> Document:
         children = [c for c in element if isinstance(c.tag, str)]
         invariant(len(children) == 1, "a stored document has one root element")
         xml = etree.tostring(children[0], encoding="UTF-8", with_tail=False)
-        return Document(collection, element.get("id"), xml, int(element.get("v") or 0))
+        return Document(collection, element.get("id"), xml,
+                        int(element.get("v") or 0) if version is None else version)
 
     def get(self, collection: str, doc_id: str) -> Document | None:
-        """From the mirror, caught up with the journal: every acknowledged write, no BaseX round trip."""
+        """From the mirror, caught up with the journal: every acknowledged write, no BaseX round
+        trip — except for collections whose XML the mirror does not keep (``store_text=False``):
+        BaseX when it holds that version, else the journal."""
         collection, doc_id = check_collection(collection), check_doc_id(doc_id)
         with self._mirror_lock:
             self._catch_up_unlocked()
-            version, xml = self._state.get(collection, {}).get(doc_id, (0, None))
-        return None if xml is None else Document(collection, doc_id, xml.encode(), version)
+            version, xml, seq = self._state.get(collection, {}).get(doc_id, (0, None, 0))
+        if xml is None:
+            return None
+        if xml is NOT_KEPT:
+            xml = self._kept_xml(collection, doc_id, version, seq)
+        return Document(collection, doc_id, xml.encode(), version)
+
+    def scan(self, collection: str, *, after_id: str | None = None, limit: int = 1000) -> list[Document]:
+        """The next ``limit`` documents after ``after_id``: ids from BaseX, documents from the
+        mirror (not kept: from BaseX in one query)."""
+        db = self._db(collection)
+        if not 1 <= limit <= self.limits.query_limit_max:
+            raise QueryError(f"limit must be 1..{self.limits.query_limit_max}")
+        if after_id is not None:
+            check_doc_id(after_id)
+        self._await_applied()
+        ids = self._run(Q_IDS_AFTER, {"$db": (db, ""), "$after": (after_id or "", ""),
+                                      "$limit": (str(limit), "xs:integer")}).split()
+        if not ids:
+            return []
+        if not self._coverage(collection).store_text:
+            documents = self._fetch_at(collection, ids)
+            if documents is not None:
+                return documents
+        return [d for d in (self.get(collection, doc_id) for doc_id in ids) if d is not None]
 
     def collections(self) -> list[str]:
         self._await_applied()
@@ -818,71 +1183,142 @@ class BaseXStore(XmlStore):
         return self._run(Q_IDS, {"$db": (db, ""), "$offset": (str(offset), "xs:integer"),
                                  "$limit": (str(limit), "xs:integer")}).split()
 
-    def _xpath_query(self, collection: str, xpath: str, variables: Mapping[str, str | int],
-                     namespaces: Mapping[str, str], time_limit_s: float, scan_limit: int | None,
-                     start: int | None, count: int | None) -> str:
+    def _select(self, collection: str, xpath: str | None, variables: Mapping[str, str | int],
+                where: dict[str, tuple[str, ...]], namespaces: Mapping[str, str], time_limit_s: float,
+                scan_limit: int | None, page: tuple[int, int] | None, *,
+                versions_from_basex: bool = False) -> tuple[str, dict[str, tuple[str, str]]]:
+        """The query text and bindings for query (``page`` = (first position, count)) or count."""
         db = self._db(collection)
         scan_limit = self.limits.scan_limit_default if scan_limit is None else int(scan_limit)
-        # only validated prefixes/URIs, validated variable names and integers enter query text
-        prolog = "".join(f'declare namespace {p} = "{u}";\n' for p, u in namespaces.items())
-        prolog += "".join(f"declare variable ${name} external;\n" for name in variables)
-        prolog += "declare variable $_docs external;\n"
-        selected = f"$_docs[boolean((\n{xpath}\n))]"
-        body = f"subsequence({selected}, {int(start)}, {int(count)})" if count is not None else f"count({selected})"
-        names = list(variables)
-        declarations = "".join(f"declare variable $n{i} external; declare variable $v{i} external;\n"
-                               for i in range(len(names)))
-        entries = ", ".join(f"map{{$n{i}: $v{i}}}" for i in range(len(names))) or "map{}"
-        text = Q_QUERY.format(declarations=declarations, entries=entries,
-                              result=R_PAGE if count is not None else "$hits")
-        bindings = {"$db": (db, ""), "$expr": (prolog + body, ""), "$scan": (str(scan_limit), "xs:integer"),
+        covered = self._coverage(collection).attributes
+        # only validated attribute names, variable names, prefixes/URIs and integers enter query
+        # text; every value is bound (a where item's values as one JSON array)
+        names = sorted(where)
+        predicate = {name: f"[@{name} = parse-json($w{i})?*]" for i, name in enumerate(names)}
+        indexed = "".join(predicate[n] for n in names if n in covered)
+        rest = "".join(predicate[n] for n in names if n not in covered)
+        # examined one by one (bounded by the scan limit): by an XPath or an unindexed where item
+        examine = "true()" if xpath is not None or rest else "false()"
+        declarations = "".join(f"declare variable $w{i} external;\n" for i in range(len(names)))
+        bindings = {"$db": (db, ""), "$m": (self._meta_db, ""), "$scan": (str(scan_limit), "xs:integer"),
                     "$timeout": (str(max(1, math.ceil(time_limit_s))), "xs:integer")}
         for i, name in enumerate(names):
-            value = variables[name]
-            bindings[f"$n{i}"] = (name, "xs:string")
-            bindings[f"$v{i}"] = (str(value), "xs:integer" if isinstance(value, int) else "xs:string")
+            bindings[f"$w{i}"] = (json.dumps(list(where[name]), ensure_ascii=False), "")
+        if xpath is None:
+            hits = "$cands"
+        else:
+            prolog = "".join(f'declare namespace {p} = "{u}";\n' for p, u in namespaces.items())
+            prolog += "".join(f"declare variable ${name} external;\n" for name in variables)
+            prolog += "declare variable $_docs external;\n"
+            selected = f"$_docs[boolean((\n{xpath}\n))]"
+            body = f"subsequence({selected}, {int(page[0])}, {int(page[1])})" if page is not None else selected
+            declarations += "declare variable $expr external;\n"
+            bindings["$expr"] = (prolog + body, "")
+            keys = list(variables)
+            declarations += "".join(f"declare variable $n{i} external; declare variable $v{i} external;\n"
+                                    for i in range(len(keys)))
+            entries = "(" + ", ".join(f"map{{$n{i}: $v{i}}}" for i in range(len(keys))) + ")" if keys else "()"
+            hits = X_EVAL.format(entries=f"map:merge({entries})", every="".join(predicate[n] for n in names))
+            for i, name in enumerate(keys):
+                value = variables[name]
+                bindings[f"$n{i}"] = (name, "xs:string")
+                bindings[f"$v{i}"] = (str(value), "xs:integer" if isinstance(value, int) else "xs:string")
+        if page is None:
+            result = "count($hits)"
+        else:
+            listed = "$hits" if xpath is not None else f"subsequence($hits, {int(page[0])}, {int(page[1])})"
+            result = R_PAGE.format(page=listed, version=R_VERSION if versions_from_basex else "")
+        text = Q_SELECT.format(declarations=declarations, indexed=indexed, rest=rest, examine=examine,
+                               hits=hits, result=result)
+        return text, bindings
+
+    def _run_select(self, collection: str, xpath: str | None, text: str, bindings: dict,
+                    time_limit_s: float, scan_limit: int | None) -> str:
         try:
-            # see Q_QUERY: alone, never next to another call of this store
-            return self._run(text, bindings, timeout_s=time_limit_s + self._timeout_s, exclusive=True)
+            # see Q_SELECT: an XPath runs alone, never next to another call of this store
+            return self._run(text, bindings, timeout_s=time_limit_s + self._timeout_s, exclusive=xpath is not None)
         except ServerError as error:
             message = str(error)
             if "gridcredit-scan-limit" in message:
-                raise QueryError(f"collection {collection!r} holds more documents than the scan limit "
-                                 f"{scan_limit}: narrow the collection or raise scan_limit") from None
+                limit = self.limits.scan_limit_default if scan_limit is None else scan_limit
+                raise QueryError(f"the query would examine more documents of {collection!r} than the scan limit "
+                                 f"{limit}: narrow the collection or the where, or raise scan_limit") from None
             if "xquery:timeout" in message:
                 raise QueryError(f"query exceeded its time limit of {time_limit_s} s") from None
             if "xquery:permission" in message:
                 raise QueryError(f"XPath refused (not allowed in queries): {message}") from None
             raise QueryError(f"XPath error in {xpath!r}: {message}") from None
 
-    def query(self, collection: str, xpath: str, variables: Mapping[str, str | int] = {}, *,
-              namespaces: Mapping[str, str] = {}, offset: int = 0, limit: int = 100,
-              time_limit_s: float = 5.0, scan_limit: int | None = None) -> QueryPage:
+    def query_plan(self, collection: str, xpath: str | None = None, variables: Mapping[str, str | int] = {}, *,
+                   where: Mapping[str, str | tuple[str, ...]] = {}, namespaces: Mapping[str, str] = {},
+                   count: bool = False) -> str:
+        """BaseX's query info (compilation steps, optimized query, timings) for the query that
+        ``query`` (or ``count``) runs with these arguments: shows whether the index is used."""
+        check_collection(collection)
+        check_query_args(xpath, variables, namespaces, 0, 1, 5.0, self.limits)
+        checked = check_where(where, self.limits)
+        self._await_applied()
+        text, bindings = self._select(collection, xpath, variables, checked, namespaces, 5.0, None,
+                                      None if count else (1, 101))
+        try:
+            with self._journal.query_gate(exclusive=xpath is not None), self._pool.session() as session:
+                session.command("SET QUERYINFO true")
+                try:
+                    return session.query_info(text, bindings)[1]
+                finally:
+                    session.command("SET QUERYINFO false")
+        except ServerError as error:
+            raise QueryError(f"query plan failed: {error}") from None
+        except WireError as error:
+            self._suspect = True
+            raise StoreError(f"BaseX unavailable: {error}") from None
+
+    def query(self, collection: str, xpath: str | None, variables: Mapping[str, str | int] = {}, *,
+              where: Mapping[str, str | tuple[str, ...]] = {}, namespaces: Mapping[str, str] = {},
+              offset: int = 0, limit: int = 100, time_limit_s: float = 5.0,
+              scan_limit: int | None = None) -> QueryPage:
         check_collection(collection)
         check_query_args(xpath, variables, namespaces, offset, limit, time_limit_s, self.limits)
+        checked = check_where(where, self.limits)
+        if any(not values for values in checked.values()):
+            return QueryPage([], None)             # an empty tuple matches nothing
         self._await_applied()
         deadline = time.monotonic() + time_limit_s
-        text = self._xpath_query(collection, xpath, variables, namespaces, time_limit_s, scan_limit,
-                                 offset + 1, limit + 1)
-        if time.monotonic() > deadline:
-            raise QueryError(f"query exceeded its time limit of {time_limit_s} s")
-        documents = [self._document(collection, d) for d in self._parse_result(text)]
+        documents = None
+        for versions_from_basex in (False, False, True):
+            text, bindings = self._select(collection, xpath, variables, checked, namespaces, time_limit_s, scan_limit,
+                                          (offset + 1, limit + 1), versions_from_basex=versions_from_basex)
+            root = self._parse_result(self._run_select(collection, xpath, text, bindings, time_limit_s, scan_limit))
+            if time.monotonic() > deadline:
+                raise QueryError(f"query exceeded its time limit of {time_limit_s} s")
+            if versions_from_basex:
+                documents = [self._document(collection, d) for d in root]
+            else:
+                documents = self._with_versions(collection, root)
+            if documents is not None:
+                break
+            self._await_applied()      # a document changed since BaseX's state: ask again, caught up
         more = len(documents) > limit
         return QueryPage(documents[:limit], offset + limit if more else None)
 
     def count(self, collection: str, xpath: str | None = None, variables: Mapping[str, str | int] = {}, *,
-              namespaces: Mapping[str, str] = {}, time_limit_s: float = 5.0,
-              scan_limit: int | None = None) -> int:
+              where: Mapping[str, str | tuple[str, ...]] = {}, namespaces: Mapping[str, str] = {},
+              time_limit_s: float = 5.0, scan_limit: int | None = None) -> int:
         check_collection(collection)
         check_query_args(xpath, variables, namespaces, 0, 1, time_limit_s, self.limits)
+        checked = check_where(where, self.limits)
+        if any(not values for values in checked.values()):
+            return 0
         self._await_applied()
-        if xpath is None:
+        if xpath is None and not checked:
             return int(self._run(Q_COUNT_ALL, {"$db": (self._db(collection), "")}))
-        return int(self._xpath_query(collection, xpath, variables, namespaces, time_limit_s, scan_limit,
-                                     None, None))
+        text, bindings = self._select(collection, xpath, variables, checked, namespaces, time_limit_s, scan_limit,
+                                      None)
+        return int(self._run_select(collection, xpath, text, bindings, time_limit_s, scan_limit))
 
     # -- writes --
     def transact(self, fn: Callable[[Transaction], T], *, retries: int | None = None) -> T:
+        self._refuse_if_read_only("transactions")
         retries = self.limits.retries_default if retries is None else retries
         self._start_applier()
 
@@ -923,7 +1359,7 @@ class BaseXStore(XmlStore):
         if self._applier is not None and self._applier_pid == os.getpid():
             self._applier.join(self._timeout_s)
         try:
-            if not self._needs_repair():
+            if not self.read_only and not self._needs_repair():
                 self._apply_backlog(blocking=False, gather=False)
         except Exception as error:  # noqa: BLE001 — best effort: the next applier or open does it
             log.info("xmlstore/basex: not applied at close (%s); the journal has it", error)

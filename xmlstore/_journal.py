@@ -21,11 +21,17 @@ transaction that read an earlier, not yet synced frame is never acknowledged bef
 durable. Frames may thus be *visible* (to ``read_new``) a moment before they are durable: only a
 crash of the operating system in that window loses them, and then no writer had acknowledged them.
 
+The journal remembers where each frame starts (``frame_writes(seq)`` reads one back: the BaseX
+backend's mirror keeps no XML of ``store_text=False`` collections). ``read_only`` opens the file
+for reading alone: no folder or lock file is created, no torn tail cut, the writer and applier
+locks refused.
+
 TODO (documented, not done): checkpoint/compaction — write a snapshot of the current state and
 start a new journal, so that opening does not replay the whole history.
 """
 from __future__ import annotations
 
+import array
 import contextlib
 import fcntl
 import json
@@ -41,19 +47,27 @@ from gridcredit.errors import StoreError, invariant
 MAGIC = b"GCJ1"
 HEADER = struct.Struct(">4sII")
 FRAME_BYTES_MAX = 512_000_000
+READ_BYTES_MAX = 64_000_000     # journal bytes one read_new call reads (more than one frame only if it fits)
 
 Write = tuple[str, str, int, "str | None"]   # collection, doc_id, version, xml (None: deleted)
 
 
 class Journal:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, read_only: bool = False) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
         self.path = self.directory / "journal.gcj"
-        created = not self.path.exists()
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-        if created:
-            _fsync_directory(self.directory)
+        if read_only:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except OSError as error:
+                raise StoreError(f"cannot open the journal {self.path} read-only: {error}") from None
+        else:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            created = not self.path.exists()
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            if created:
+                _fsync_directory(self.directory)
         self._lock_path = self.directory / "journal.lock"
         self._thread_lock = threading.Lock()
         self._lock_fd: int | None = None
@@ -62,6 +76,7 @@ class Journal:
         self._query_lock_path = self.directory / "query.lock"
         self.offset = 0        # bytes of the journal already read into the caller's state
         self.last_seq = 0
+        self._starts = array.array("q")   # byte offset of frame seq at [seq - 1]
 
     def _lock_file(self) -> int:
         if self._lock_fd is None or self._pid != os.getpid():
@@ -71,6 +86,7 @@ class Journal:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
+        invariant(not self.read_only, "the writer lock of a read-only journal")
         with self._thread_lock:
             fd = self._lock_file()
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -82,6 +98,7 @@ class Journal:
     @contextlib.contextmanager
     def apply_lock(self, *, blocking: bool = True) -> Iterator[bool]:
         """The applier lock; yields whether it was taken (always True when ``blocking``)."""
+        invariant(not self.read_only, "the applier lock of a read-only journal")
         with self._apply_lock.hold(blocking) as taken:
             yield taken
 
@@ -90,7 +107,14 @@ class Journal:
         """A readers-writer lock over ``query.lock`` for the BaseX backend's calls: shared for
         ordinary ones, exclusive for sandboxed XPath queries (see ``_basex.Q_QUERY``). Each hold
         opens the file anew, so holders in one process exclude each other like processes do."""
-        fd = os.open(self._query_lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if self.read_only:   # flock works on a read-only descriptor; create nothing
+                fd = os.open(self._query_lock_path, os.O_RDONLY | os.O_CLOEXEC)
+            else:
+                fd = os.open(self._query_lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:   # read-only and no process ever queried: nobody to exclude
+            yield
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield
@@ -105,19 +129,39 @@ class Journal:
         """fsync the journal: every frame written so far, by any process, is durable after this."""
         os.fsync(self._fd)
 
-    def read_new(self, *, repair: bool) -> list[tuple[int, list[Write]]]:
+    def read_new(self, *, repair: bool, bytes_max: int | None = None) -> list[tuple[int, list[Write]]]:
         """Frames appended since the last call; with ``repair`` (lock held) cut off a torn tail.
 
         Without ``repair`` it may run without the writer lock: it stops before a frame still being
         written (or torn) and takes it on a later call. Callers serialize calls on one ``Journal``.
+        With ``bytes_max`` it reads about that many bytes at most (at least one frame): call again
+        while it returns frames to read a long journal without holding all of it in memory.
         """
+        invariant(not (repair and self.read_only), "repairing a read-only journal")
         size = os.fstat(self._fd).st_size
         if size < self.offset:
             raise StoreError(f"journal {self.path} shrank below what was already read")
-        data = os.pread(self._fd, size - self.offset, self.offset)
+        want = size - self.offset
+        if bytes_max is not None and want > bytes_max:
+            want = bytes_max
+            head = os.pread(self._fd, HEADER.size, self.offset)
+            if len(head) == HEADER.size:
+                magic, length, _crc = HEADER.unpack(head)
+                if magic == MAGIC and length <= FRAME_BYTES_MAX:
+                    want = min(size - self.offset, max(want, HEADER.size + length))
+        data = os.pread(self._fd, want, self.offset)
+        partial = self.offset + len(data) < size      # more follows: a frame cut at our end is not torn
         entries, position = [], 0
         while position < len(data):
             frame = _decode(data, position)
+            if frame is None and partial:
+                if position > 0:
+                    break       # cut by our read's end: the next call starts with this frame
+                # the first frame is whole in ``data`` and still bad: judge it (torn tail or
+                # corruption) against everything after it, as an unchunked read does
+                data = os.pread(self._fd, size - self.offset, self.offset)
+                partial = False
+                continue
             if frame is None:
                 if data.find(MAGIC, position + 1) >= 0 and _any_valid_after(data, position + 1):
                     raise StoreError(f"journal {self.path} is corrupt at byte {self.offset + position}")
@@ -129,6 +173,7 @@ class Journal:
             invariant(payload["seq"] == self.last_seq + 1,
                       f"journal sequence {payload['seq']} follows {self.last_seq}")
             self.last_seq = payload["seq"]
+            self._starts.append(self.offset + position)
             entries.append((payload["seq"], [tuple(w) for w in payload["writes"]]))
             position += length
         self.offset += position
@@ -152,8 +197,21 @@ class Journal:
             raise StoreError("short write to the journal")
         if sync:
             os.fsync(self._fd)
+        self._starts.append(self.offset)
         self.offset += len(frame)
         self.last_seq = seq
+
+    def frame_writes(self, seq: int) -> list[Write]:
+        """The writes of frame ``seq`` (already read or appended by this process), read back."""
+        invariant(1 <= seq <= len(self._starts), f"frame {seq} is not known to this process")
+        start = self._starts[seq - 1]
+        head = os.pread(self._fd, HEADER.size, start)
+        magic, length, _crc = HEADER.unpack(head)
+        data = head + os.pread(self._fd, length, start + HEADER.size)
+        frame = _decode(data, 0)
+        if frame is None or frame[0]["seq"] != seq:
+            raise StoreError(f"journal {self.path}: frame {seq} at byte {start} does not read back")
+        return [tuple(w) for w in frame[0]["writes"]]
 
     def close(self) -> None:
         for fd in (self._fd, self._lock_fd):
