@@ -8,6 +8,7 @@ overridden by ``GRIDCREDIT_<SECTION>_<KEY>`` (for example ``GRIDCREDIT_SERVER_PO
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 import typing
@@ -70,6 +71,17 @@ class BankConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LutsConfig:
+    admins: tuple[str, ...] = ()        # DNs that see every usage record and may replace records
+    # VO name → DNs of its managers, who see the VO's records:  [luts.vo_managers] atlas = ["/O=Grid/CN=Ann"]
+    vo_managers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Site administrators: DN → machine names they publish for ("*": any), and see; they may replace records
+    site_publishers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    host_publishers: bool = True        # a host certificate (CN=host/NAME) may publish records of machine NAME
+    sgas_path: str = "/sgas"            # SGAS-compatible registration for existing reporters: POST <sgas_path>/ur
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     state_dir: str = ""
     log_level: str = "INFO"
@@ -77,6 +89,7 @@ class Config:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     bank: BankConfig = field(default_factory=BankConfig)
+    luts: LutsConfig = field(default_factory=LutsConfig)
 
     @property
     def state_path(self) -> Path:
@@ -109,9 +122,20 @@ def _convert(value: str, kind: typing.Any, name: str) -> typing.Any:
             return int(value)
         if typing.get_origin(kind) is tuple:
             return tuple(item.strip() for item in value.split(",") if item.strip())
+        if typing.get_origin(kind) is dict:  # DNs hold commas and '=': a table comes as JSON
+            return _mapping(json.loads(value), name)
         return value
     except ValueError:
         raise ConfigError(f"{name}={value!r} is not a valid {getattr(kind, '__name__', kind)}") from None
+
+
+def _mapping(value: typing.Any, name: str) -> dict[str, tuple[str, ...]]:
+    """A table of name → list of strings (the only mapping our settings use)."""
+    if not isinstance(value, dict) or not all(
+            isinstance(key, str) and isinstance(items, list) and all(isinstance(item, str) for item in items)
+            for key, items in value.items()):
+        raise ConfigError(f"{name} must be a table of name = [\"text\", …]")
+    return {key: tuple(items) for key, items in value.items()}
 
 
 def _build(cls: type, table: dict, env: dict[str, str], prefix: str, where: str) -> typing.Any:
@@ -134,7 +158,9 @@ def _build(cls: type, table: dict, env: dict[str, str], prefix: str, where: str)
             values[f.name] = _convert(env[env_name], kind, env_name)
         elif f.name in table:
             value = table[f.name]
-            if typing.get_origin(kind) is tuple:
+            if typing.get_origin(kind) is dict:
+                value = _mapping(value, f"{f.name} in {where}")
+            elif typing.get_origin(kind) is tuple:
                 if not isinstance(value, list):
                     raise ConfigError(f"{f.name} in {where} must be a list")
                 value = tuple(value)

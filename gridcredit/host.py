@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Mapping
 
 from lxml import etree
 from spyne import Application
@@ -73,6 +74,13 @@ def wsdl_document(name: str, base_address: str = WSDL_PLACEHOLDER_ADDRESS, appli
     return etree.tostring(root, pretty_print=True, xml_declaration=True, encoding="UTF-8")
 
 
+@dataclass(frozen=True)
+class _PlainAnswer:
+    status: str
+    body: str
+    content_type: str = "text/plain; charset=utf-8"
+
+
 @dataclass
 class _Endpoint:
     name: str
@@ -85,8 +93,13 @@ class SignedSoapHost:
     """The WSGI application. ``signer`` signs responses; ``verifier`` checks requests."""
 
     def __init__(self, *, signer: Signer, verifier: Verifier, request_bytes_max: int, runtime=None,
-                 services: tuple[str, ...] = tuple(SERVICE_MODULES)) -> None:
+                 services: tuple[str, ...] = tuple(SERVICE_MODULES), trust=None,
+                 registrations: "Mapping[str, Callable]" = {}) -> None:
         self._runtime = runtime
+        self._trust = trust
+        # Plain HTTPS POST routes for reporters that do not speak SOAP (SGAS): authenticated by the
+        # TLS client certificate instead of WS-Security; path → handler(body, principal | None).
+        self._registrations = dict(registrations)
         self._signer = signer
         self._verifier = verifier
         self._request_bytes_max = request_bytes_max
@@ -106,6 +119,8 @@ class SignedSoapHost:
         path = environ.get("PATH_INFO", "") or "/"
         name = path.strip("/")
         method = environ.get("REQUEST_METHOD", "GET")
+        if path.rstrip("/") in self._registrations:
+            return self._registration(path.rstrip("/"), method, environ, start_response, started)
         endpoint = self._endpoints.get(name)
         if endpoint is None:
             known = ", ".join(f"/{n}" for n in self._endpoints)
@@ -139,6 +154,44 @@ class SignedSoapHost:
         finally:
             log.info("%s %s principal=%r outcome=%s %.1fms", name, operation, principal_dn, outcome,
                      (time.perf_counter() - started) * 1000)
+
+    # -- plain HTTPS registrations (TLS client certificate instead of WS-Security) ----------------
+    def _registration(self, path: str, method: str, environ, start_response, started: float):
+        principal, outcome = None, "-"
+        try:
+            if method != "POST":
+                answer = _PlainAnswer("405 Method Not Allowed", f"POST a document to {path}\n")
+            else:
+                principal = self._tls_principal(environ)
+                try:
+                    data = self._read_body(environ)
+                except SecurityError as error:
+                    answer = _PlainAnswer("413 Content Too Large", f"{error}\n")
+                else:
+                    answer = self._registrations[path](data, principal)
+        except Exception:  # noqa: BLE001 — one place turns our own failures into a 500
+            log.exception("internal error serving %s", path)
+            answer = _PlainAnswer("500 Internal Server Error", "the service failed; the server log has the details\n")
+        outcome = answer.status
+        log.info("%s POST principal=%r outcome=%s %.1fms", path, getattr(principal, "dn", "-"), outcome,
+                 (time.perf_counter() - started) * 1000)
+        body = answer.body.encode("utf-8")
+        start_response(answer.status, [("Content-Type", answer.content_type), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def _tls_principal(self, environ):
+        """The verified holder of the TLS client certificate, or None (no certificate, or not trusted)."""
+        pem = environ.get("SSL_CLIENT_CERT")
+        if not pem or self._trust is None:
+            return None
+        from cryptography import x509
+
+        try:
+            certificate = x509.load_pem_x509_certificate(pem.encode("ascii") if isinstance(pem, str) else pem)
+            return self._trust.validate([certificate])  # our own checks too: CRLs, key usage, validity
+        except (SecurityError, ValueError) as error:
+            log.warning("TLS client certificate refused for a registration: %s", error)
+            return None
 
     # -- stages ------------------------------------------------------------------------------------
     def _read_body(self, environ) -> bytes:
@@ -242,7 +295,8 @@ def build_host(config: Config, files: HostFiles) -> SignedSoapHost:
     runtime = build_runtime(config)
     runtime.start_background_work()
     return SignedSoapHost(signer=Signer(credential, ttl_s=security.timestamp_ttl_s), verifier=verifier,
-                          request_bytes_max=config.server.request_bytes_max, runtime=runtime)
+                          request_bytes_max=config.server.request_bytes_max, runtime=runtime, trust=trust,
+                          registrations=runtime.registrations())
 
 
 def tls_context(config: Config, files: HostFiles) -> ssl.SSLContext:
@@ -317,14 +371,13 @@ def run_worker(config: Config, files: HostFiles, ready: "threading.Event | None"
 
 def prepare_state(config: Config) -> None:
     """Once, before the workers start: the ledger key exists and the store has recovered."""
-    from .runtime import ledger_key_path
+    from .runtime import ledger_key_path, open_service_store
     from .services.bank.bank import LedgerKey
-    from .xmlstore import open_store
 
     from .security.replay import SqliteReplayCache
 
     LedgerKey.load_or_create(ledger_key_path(config))
-    open_store(config.store, config.state_path).close()  # opening checks the store and repairs it
+    open_service_store(config).close()                   # opening checks the store and repairs it
     SqliteReplayCache(replay_cache_path(config))         # made once, so workers need not race to set it up
 
 

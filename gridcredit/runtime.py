@@ -1,4 +1,4 @@
-"""What one server worker holds for the services: configuration, the store, the Bank.
+"""What one server worker holds for the services: configuration, the store, the Bank, the LUTS.
 
 Built after the worker process starts (an SQLite connection or a BaseX session must not cross a
 fork), handed to every operation through the WSGI environment, closed when the worker stops.
@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from .config import Config
 from .services.bank.bank import Bank, LedgerKey, policy_from_config
+from .services.luts.luts import INDEXES as LUTS_INDEXES, Caller, Luts, LutsPolicy
+from .services.luts.sgas import register_usage_records
 from .xmlstore import XmlStore, open_store
 
 log = logging.getLogger("gridcredit.runtime")
@@ -25,6 +27,7 @@ class Runtime:
     config: Config
     store: XmlStore
     bank: Bank
+    luts: Luts
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -43,6 +46,14 @@ class Runtime:
             except Exception:  # noqa: BLE001 — a failed sweep is retried at the next interval
                 log.exception("the expiry sweep failed; retrying in %d s", interval_s)
 
+    def registrations(self) -> dict:
+        """Plain HTTPS POST routes (TLS client certificate authentication) the host serves beside SOAP."""
+        def sgas(data: bytes, principal):
+            caller = None if principal is None else Caller(dn=principal.dn, limited=principal.limited)
+            return register_usage_records(self.luts, data, caller)
+
+        return {self.config.luts.sgas_path.rstrip("/") + "/ur": sgas}
+
     def close(self) -> None:
         self._stop.set()
         for thread in self._threads:
@@ -50,7 +61,13 @@ class Runtime:
         self.store.close()
 
 
+def open_service_store(config: Config, *, read_only: bool = False) -> XmlStore:
+    """The one store every service shares, with the indexes the services declare."""
+    return open_store(config.store, config.state_path, indexes=LUTS_INDEXES, read_only=read_only)
+
+
 def build_runtime(config: Config) -> Runtime:
-    store = open_store(config.store, config.state_path)
+    store = open_service_store(config)
     bank = Bank(store, LedgerKey.load_or_create(ledger_key_path(config)), policy=policy_from_config(config.bank))
-    return Runtime(config=config, store=store, bank=bank)
+    luts = Luts(store, LutsPolicy.from_config(config.luts))
+    return Runtime(config=config, store=store, bank=bank, luts=luts)

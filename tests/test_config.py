@@ -48,3 +48,19 @@ def test_mistakes_are_named(tmp_path, text, env, message):
 def test_missing_explicit_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(str(tmp_path / "nope.toml"), env={})
+
+
+def test_tables_of_names_to_dns_from_the_file_and_as_json_in_the_environment(tmp_path):
+    path = tmp_path / "gridcredit.toml"
+    path.write_text('[luts]\nadmins = ["/O=Grid/CN=Root"]\n[luts.vo_managers]\natlas = ["/O=Grid/CN=Ann, Jr"]\n'
+                    '[luts.site_publishers]\n"/O=Grid/CN=Site Admin" = ["ce1.example.org", "ce2.example.org"]\n')
+    config = load_config(str(path), env={})
+    assert config.luts.vo_managers == {"atlas": ("/O=Grid/CN=Ann, Jr",)}
+    assert config.luts.site_publishers == {"/O=Grid/CN=Site Admin": ("ce1.example.org", "ce2.example.org")}
+    config = load_config(str(path), env={"GRIDCREDIT_LUTS_VO_MANAGERS": '{"cms": ["/O=Grid/CN=Bo=b"]}'})
+    assert config.luts.vo_managers == {"cms": ("/O=Grid/CN=Bo=b",)}
+    with pytest.raises(ConfigError, match="GRIDCREDIT_LUTS_VO_MANAGERS"):
+        load_config(str(path), env={"GRIDCREDIT_LUTS_VO_MANAGERS": "atlas=/O=Grid/CN=Ann"})
+    path.write_text('[luts.vo_managers]\natlas = "/O=Grid/CN=Ann"\n')
+    with pytest.raises(ConfigError, match="vo_managers"):
+        load_config(str(path), env={})

@@ -1,0 +1,144 @@
+"""The typed LUTS client: one method per SOAP operation, results as the core's own dataclasses.
+
+    luts = LutsClient("https://luts.example.org:8443", credential=load_credential(), trust_dir=trust_directory())
+    report = luts.publish(Path("batch.xml").read_bytes())      # PublishReport: one RecordResult per record
+    page = luts.query("n:Usage/n:wall_us > $w", {"w": 3_600_000_000}, from_month="2026-11", to_month="2026-11")
+    rows = luts.summary(["vo", "month"], from_month="2026-01", to_month="2026-12").rows
+
+Retries. Publishing is idempotent on the record id (the same record again answers ``duplicate``),
+and queries change nothing, so when an attempt ends without an answer (connection failed or was
+reset, the reply timed out, a gateway answered 502/503/504) the client sends the same request
+again, at most ``retries`` more times with exponential backoff. Refusals (:class:`RemoteFault`)
+and security failures are answers, never retried.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence, TypeVar
+
+from gridcredit.client import ServiceClient
+from gridcredit.errors import GridcreditError, RemoteFault, SecurityError
+
+from . import records as ur
+from .durations import datetime_from_us
+from .luts import PublishReport, RecordPage, RecordResult, StoredRecord, Summary, SummaryRow
+
+log = logging.getLogger("gridcredit.luts.client")
+T = TypeVar("T")
+
+RETRIES_DEFAULT = 3
+BACKOFF_S = 0.25
+_DATETIME_FIELDS = {"create_time", "submit_time", "start_time", "end_time"}
+
+
+def _usage(view) -> ur.NormalizedRecord:
+    values = {}
+    for spec in fields(ur.NormalizedRecord):
+        if spec.name in _DATETIME_FIELDS:
+            us = getattr(view, spec.name + "_us", None)
+            values[spec.name] = None if us is None else datetime_from_us(us)
+        elif spec.name in ("vo_fqans", "warnings"):
+            items = getattr(view, spec.name, None)
+            values[spec.name] = tuple(getattr(items, "string", items) or ())
+        else:
+            values[spec.name] = getattr(view, spec.name, None)
+    return ur.NormalizedRecord(**values)
+
+
+def _record(info) -> StoredRecord:
+    return StoredRecord(record_id=info.record_id, month=info.month, publisher=info.publisher,
+                        received_us=info.received_us, usage=_usage(info.usage), original=bytes(info.original))
+
+
+def _items(array, name: str) -> list:
+    """zeep gives an Array as an object with one list member (or None when empty)."""
+    if array is None:
+        return []
+    inner = getattr(array, name, array)
+    return list(inner or [])
+
+
+class LutsClient:
+    def __init__(self, base_url: str, *, credential, trust_dir: Path, timeout_s: float = 300.0,
+                 retries: int = RETRIES_DEFAULT) -> None:
+        self._service = ServiceClient(base_url, "luts", credential=credential, trust_dir=trust_dir,
+                                      timeout_s=timeout_s)
+        self.retries = retries
+
+    def _call(self, operation: str, **arguments):
+        return self._with_retries(lambda: self._service.call(operation, **arguments), operation)
+
+    def _with_retries(self, attempt: Callable[[], T], what: str) -> T:
+        for number in range(self.retries + 1):
+            try:
+                return attempt()
+            except (RemoteFault, SecurityError):
+                raise
+            except GridcreditError as error:
+                if number == self.retries:
+                    raise
+                delay_s = BACKOFF_S * (2 ** number) * random.uniform(0.5, 1.0)
+                log.warning("%s: %s; retrying in %.2f s", what, error, delay_s)
+                time.sleep(delay_s)
+        raise AssertionError("unreachable")
+
+    def whoami(self):
+        return self._call("WhoAmI")
+
+    def publish(self, document: bytes, *, replace: bool = False) -> PublishReport:
+        answer = self._call("Publish", document=document, replace=replace or None)
+        return PublishReport(tuple(RecordResult(index=r.index, record_id=r.record_id, status=r.status,
+                                                message=r.message or "")
+                                   for r in _items(answer.results, "RecordResultInfo")))
+
+    def query(self, xpath: str | None = None, variables: Mapping[str, str | int] = {}, *,
+              namespaces: Mapping[str, str] = {}, scope: str | None = None, from_month: str | None = None,
+              to_month: str | None = None, cursor: str | None = None, limit: int = 100) -> RecordPage:
+        bound = [{"name": name, "value": str(value), "integer": isinstance(value, int) or None}
+                 for name, value in variables.items()]
+        answer = self._call("Query", xpath=xpath, variables={"Variable": bound} if bound else None,
+                            namespaces={"NamespaceBinding": [{"prefix": p, "uri": u} for p, u in namespaces.items()]}
+                            if namespaces else None,
+                            scope=scope, from_month=from_month, to_month=to_month, cursor=cursor, limit=limit)
+        return RecordPage(tuple(_record(info) for info in _items(answer.records, "UsageRecordInfo")),
+                          answer.cursor, answer.scope)
+
+    def query_all(self, xpath: str | None = None, variables: Mapping[str, str | int] = {}, *,
+                  page_size: int = 500, records_max: int = 1_000_000, **options) -> Iterator[StoredRecord]:
+        """Every match, page by page (at most ``records_max``)."""
+        cursor, count = None, 0
+        while True:
+            page = self.query(xpath, variables, cursor=cursor, limit=page_size, **options)
+            for record in page.records:
+                if count >= records_max:
+                    return
+                count += 1
+                yield record
+            if page.cursor is None:
+                return
+            cursor = page.cursor
+
+    def job(self, job_id: str) -> tuple[StoredRecord, ...]:
+        answer = self._call("JobUsage", job_id=job_id)
+        return tuple(_record(info) for info in _items(answer, "UsageRecordInfo"))
+
+    def record(self, record_id: str) -> StoredRecord:
+        return _record(self._call("GetRecord", record_id=record_id))
+
+    def summary(self, by: Sequence[str], *, from_month: str | None = None, to_month: str | None = None,
+                scope: str | None = None) -> Summary:
+        answer = self._call("Summary", by={"string": list(by)} if by else None, from_month=from_month,
+                            to_month=to_month, scope=scope)
+        names = tuple(_items(answer.by, "string"))
+        rows = tuple(SummaryRow(key={name: getattr(row, name) or "" for name in names}, jobs=row.jobs,
+                                wall_us=row.wall_us, cpu_us=row.cpu_us, charge_micro=row.charge_micro)
+                     for row in _items(answer.rows, "SummaryRowInfo"))
+        return Summary(rows=rows, by=names, from_month=answer.from_month, to_month=answer.to_month,
+                       scope=answer.scope)
+
+
+__all__ = ["LutsClient"]

@@ -1,0 +1,684 @@
+"""The LUTS over the XML store: publish usage records, query them by XPath, summarize them.
+
+Layout in the store (every name below is a collection; ``<h>`` is the hex SHA-256 of a key):
+
+``ur_<YYYYMM>``  one document per record, partitioned by the month the record counts in
+    (``records.record_month``: end, else start, else creation time; a record with no time at
+    all counts in the month it was received). Document id ``<h>`` of the record id. The root
+    ``n:Stored`` carries the indexed attributes every scoped query filters on (``user``, ``vo``,
+    ``site``, ``machine``, ``queue``, ``job``, ``ljob``, ``publisher``) plus ``rid`` (the record
+    id), ``month``, ``end`` (µs) and ``digest``; its children are the normalized view
+    (``n:Usage``), the original record exactly as received (``n:Original``: UTF-8 text, or
+    base64 when the posted bytes are not UTF-8) and a parsed copy of the record, so XPath can
+    address both the view and the record as its reporter wrote it.
+``urid_<YYYY>``  record id → month and digest, partitioned by the year the record was first
+    stored; ``luts_meta/years`` lists the years used, so a lookup reads one small document per year.
+``urjob_<YYYY>``  global or local job id → the records naming it (a local id may repeat across
+    machines), partitioned the same way.
+``urs_<YYYYMM>``  the summaries, kept incrementally: one document per (user, VO, site, machine,
+    queue) per month with job count, wall and CPU µs and charge (millionths). A summary for a
+    period reads these, never the records.
+
+Every partition is bounded by time (a month or a year), so no database grows without bound.
+
+Publishing a batch runs in store transactions of ``PUBLISH_CHUNK`` records: each chunk is atomic
+(records, id and job entries and summaries together), so a crash leaves whole chunks; a retry of
+the batch stores the rest and answers ``duplicate`` for the records already there.
+
+"The same record" means the same exclusive canonical XML (exc-C14N of the record element: the
+namespaces it uses, not every one declared around it): a reporter re-sending a record inside
+another batch, with other whitespace and namespace declarations around it, is a duplicate; a record with any changed value under a used id is
+refused unless the publisher may replace it and asks to.
+
+Who sees what (``Scope``): administrators everything; a VO manager the records of the VOs they
+manage; a site (a configured site publisher, or a host identity) the records of its machines; a
+user the records whose user DN is theirs. The scope becomes the store's indexed ``where`` filter,
+and the caller's XPath is only a further condition on each record of that set, so no expression
+can widen it.
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Iterable, Mapping, Sequence
+
+from lxml import etree
+
+from gridcredit.errors import DomainError, QueryError, SecurityError, StoreError, invariant
+from gridcredit.xmlstore import AttributeIndex, XmlStore
+
+from . import records as ur
+from .durations import datetime_to_us
+
+NS = ur.NS_VIEW
+N = f"{{{NS}}}"
+PUBLISH_CHUNK = 500                 # records per store transaction
+QUERY_LIMIT_MAX = 1000
+JOB_RECORDS_MAX = 1000
+SUMMARY_DIMENSIONS = ("user", "vo", "site", "machine", "queue", "month")
+INDEXED = ("user", "vo", "site", "machine", "queue", "job", "ljob", "publisher")
+INDEXES = (AttributeIndex("ur_", INDEXED, store_text=False),
+           AttributeIndex("urs_", ("user", "vo", "site", "machine", "queue")))
+
+# Prefixes a caller's XPath may use without declaring them.
+QUERY_NAMESPACES = {"n": NS, "urf": ur.NS_UR1, "ur": ur.NS_UR2, "gratia": ur.NS_GRATIA, "car": ur.NS_CAR,
+                    "vo": ur.NS_SGAS_VO, "sgas": ur.NS_SGAS}
+
+_MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+_HOST_CN = re.compile(r"^(?:host/)?([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)$")
+
+
+def key_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def canonical_dn(text: str | None) -> str | None:
+    """A DN in grid one-line form: ``/O=Grid/CN=Alice`` stays; RFC 2253 ``CN=Alice,O=Grid`` is reversed.
+
+    Reporters write both forms; certificates give us the one-line form. Escaped commas in RFC 2253
+    values are kept.
+    """
+    if text is None:
+        return None
+    text = text.strip()
+    if not text or text.startswith("/") or "=" not in text:
+        return text or None
+    parts = [part.strip() for part in re.split(r"(?<!\\)[,;]", text) if part.strip()]
+    if not all("=" in part for part in parts):
+        return text
+    return "".join("/" + part.replace("\\,", ",") for part in reversed(parts))
+
+
+def host_name_of(dn: str) -> str | None:
+    """The host a host certificate names (``…/CN=host/ce.example.org`` or ``…/CN=ce.example.org``)."""
+    match = re.search(r"/CN=([^/]+(?:/[^/=]+)?)$", dn)
+    if not match:
+        return None
+    found = _HOST_CN.match(match.group(1))
+    return found.group(1).lower() if found else None
+
+
+# -- policy: who may publish and see what ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LutsPolicy:
+    admins: frozenset[str] = frozenset()
+    vo_managers: Mapping[str, frozenset[str]] = field(default_factory=dict)     # manager DN → VOs
+    site_publishers: Mapping[str, frozenset[str]] = field(default_factory=dict)  # DN → machines ("*": any)
+    host_publishers: bool = True      # a host certificate may publish for the machine it names
+
+    @classmethod
+    def from_config(cls, config) -> "LutsPolicy":
+        managers: dict[str, set[str]] = {}
+        for vo, dns in config.vo_managers.items():
+            for dn in dns:
+                managers.setdefault(dn, set()).add(vo)
+        return cls(admins=frozenset(config.admins),
+                   vo_managers={dn: frozenset(vos) for dn, vos in managers.items()},
+                   site_publishers={dn: frozenset(m.lower() for m in machines)
+                                    for dn, machines in config.site_publishers.items()},
+                   host_publishers=config.host_publishers)
+
+    def publish_machines(self, dn: str) -> frozenset[str] | None:
+        """Machines ``dn`` may publish for (``{"*"}``: any); None: may not publish."""
+        if dn in self.admins:
+            return frozenset({"*"})
+        machines = set(self.site_publishers.get(dn, ()))
+        host = host_name_of(dn) if self.host_publishers else None
+        if host:
+            machines.add(host)
+        return frozenset(machines) if machines else None
+
+    def may_replace(self, dn: str) -> bool:
+        """Site administrators (configured site publishers) and LUTS administrators; not bare hosts."""
+        return dn in self.admins or dn in self.site_publishers
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    dn: str
+    limited: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What one query may see: ``where`` for the store, and a description for people."""
+    name: str                                   # all | vo | site | own
+    where: Mapping[str, str | tuple[str, ...]]
+
+    def admits(self, attributes: Mapping[str, str]) -> bool:
+        for name, wanted in self.where.items():
+            value = attributes.get(name)
+            if isinstance(wanted, tuple) and value not in wanted or isinstance(wanted, str) and value != wanted:
+                return False
+        return True
+
+
+SCOPE_NAMES = ("all", "vo", "site", "own")
+
+
+def scopes_of(policy: LutsPolicy, caller: Caller) -> dict[str, Scope]:
+    scopes = {"own": Scope("own", {"user": caller.dn})}
+    machines = policy.publish_machines(caller.dn)
+    if machines and "*" not in machines:
+        scopes["site"] = Scope("site", {"machine": tuple(sorted(machines))})
+    elif machines:
+        scopes["site"] = Scope("site", {"publisher": caller.dn})
+    vos = policy.vo_managers.get(caller.dn)
+    if vos:
+        scopes["vo"] = Scope("vo", {"vo": tuple(sorted(vos))})
+    if caller.dn in policy.admins:
+        scopes["all"] = Scope("all", {})
+    return scopes
+
+
+def choose_scope(policy: LutsPolicy, caller: Caller, requested: str | None) -> Scope:
+    """The scope asked for (``vo:NAME`` narrows to one managed VO), else the widest the caller has."""
+    scopes = scopes_of(policy, caller)
+    if not requested:
+        return next(scopes[name] for name in SCOPE_NAMES if name in scopes)
+    name, _, detail = requested.partition(":")
+    if name not in SCOPE_NAMES:
+        raise DomainError(f"scope must be one of {', '.join(SCOPE_NAMES)} (or vo:NAME), not {requested!r}",
+                          "InvalidArgument")
+    if name not in scopes:
+        raise DomainError(f"{caller.dn} has no {name!r} scope here (theirs: {', '.join(scopes)})", "NotAuthorized")
+    scope = scopes[name]
+    if detail:
+        if name != "vo" or detail not in scope.where["vo"]:
+            raise DomainError(f"{caller.dn} does not manage VO {detail!r}", "NotAuthorized")
+        scope = Scope("vo", {"vo": detail})
+    return scope
+
+
+# -- results --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RecordResult:
+    index: int                  # 0-based position in the posted document
+    record_id: str | None
+    status: str                 # stored | duplicate | replaced | refused | invalid
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PublishReport:
+    results: tuple[RecordResult, ...]
+
+    def count(self, status: str) -> int:
+        return sum(1 for result in self.results if result.status == status)
+
+    @property
+    def ok(self) -> bool:
+        return all(result.status in ("stored", "duplicate", "replaced") for result in self.results)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    record_id: str
+    month: str                  # YYYY-MM
+    publisher: str
+    received_us: int
+    usage: ur.NormalizedRecord
+    original: bytes             # exactly as received
+
+    @property
+    def original_text(self) -> str | None:
+        try:
+            return self.original.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPage:
+    records: tuple[StoredRecord, ...]
+    cursor: str | None          # pass back to read the next page; None: no more
+    scope: str
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryRow:
+    key: Mapping[str, str]      # the --by dimensions and their values ("" when the records had none)
+    jobs: int
+    wall_us: int
+    cpu_us: int
+    charge_micro: int
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    rows: tuple[SummaryRow, ...]
+    by: tuple[str, ...]
+    from_month: str | None
+    to_month: str | None
+    scope: str
+
+
+# -- months ---------------------------------------------------------------------------------------
+
+
+def check_month(text: str | None, what: str) -> str | None:
+    if text is None or text == "":
+        return None
+    if not isinstance(text, str) or not _MONTH.match(text):
+        raise DomainError(f"{what} must be a month written YYYY-MM, not {text!r}", "InvalidArgument")
+    return text
+
+
+def month_key(month: str) -> str:          # "2026-11" → "202611"
+    return month.replace("-", "")
+
+
+def month_of_key(key: str) -> str:
+    return f"{key[:4]}-{key[4:]}"
+
+
+def _months_in(collections: Iterable[str], prefix: str, from_month: str | None, to_month: str | None) -> list[str]:
+    keys = sorted(name[len(prefix):] for name in collections
+                  if name.startswith(prefix) and re.fullmatch(r"\d{6}", name[len(prefix):]))
+    low = month_key(from_month) if from_month else "000000"
+    high = month_key(to_month) if to_month else "999999"
+    return [key for key in keys if low <= key <= high]
+
+
+# -- documents ------------------------------------------------------------------------------------
+
+
+def _canonical_digest(element: etree._Element) -> str:
+    return hashlib.sha256(etree.tostring(element, method="c14n", exclusive=True)).hexdigest()
+
+
+def _attributes(usage: ur.NormalizedRecord) -> dict[str, str]:
+    values = {"user": canonical_dn(usage.user_dn), "vo": usage.vo, "site": usage.site,
+              "machine": usage.machine.lower() if usage.machine else None, "queue": usage.queue,
+              "job": usage.global_job_id, "ljob": usage.local_job_id}
+    return {name: value for name, value in values.items() if value}
+
+
+def _record_document(source: ur.RecordSource, usage: ur.NormalizedRecord, month: str, digest: str,
+                     publisher: str, received_us: int) -> bytes:
+    root = etree.Element(N + "Stored", nsmap={"n": NS})
+    for name, value in _attributes(usage).items():
+        root.set(name, value)
+    root.set("publisher", publisher)
+    root.set("rid", usage.record_id)
+    root.set("month", month)
+    root.set("received", str(received_us))
+    if usage.end_time is not None:
+        root.set("end", str(datetime_to_us(usage.end_time)))
+    root.set("digest", digest)
+    root.append(ur.to_element(usage))
+    original = etree.SubElement(root, N + "Original")
+    try:
+        original.text = source.data.decode("utf-8")
+        original.set("encoding", "utf-8")
+    except (UnicodeDecodeError, ValueError):  # not UTF-8, or characters lxml will not hold in text
+        original.text = base64.b64encode(source.data).decode("ascii")
+        original.set("encoding", "base64")
+    if original.get("encoding") == "utf-8" and original.text.encode("utf-8") != source.data:
+        original.text = base64.b64encode(source.data).decode("ascii")
+        original.set("encoding", "base64")
+    element = source.element if source.element is not None else etree.fromstring(source.data)
+    root.append(copy.deepcopy(element))
+    return etree.tostring(root, encoding="utf-8")
+
+
+def _stored_record(xml: bytes) -> StoredRecord:
+    root = etree.fromstring(xml, etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True))
+    usage = ur.from_element(root.find(N + "Usage"))
+    original = root.find(N + "Original")
+    text = original.text or ""
+    data = base64.b64decode(text) if original.get("encoding") == "base64" else text.encode("utf-8")
+    return StoredRecord(record_id=root.get("rid"), month=month_of_key(root.get("month")),
+                        publisher=root.get("publisher"), received_us=int(root.get("received")),
+                        usage=usage, original=data)
+
+
+def _id_entry(month: str, digest: str, record_id: str) -> bytes:
+    element = etree.Element(N + "Id", nsmap={"n": NS}, month=month, digest=digest, rid=record_id)
+    return etree.tostring(element, encoding="utf-8")
+
+
+@dataclass
+class _Counters:
+    jobs: int = 0
+    wall_us: int = 0
+    cpu_us: int = 0
+    charge_micro: int = 0
+
+    def add(self, usage: ur.NormalizedRecord, sign: int) -> None:
+        self.jobs += sign
+        self.wall_us += sign * (usage.wall_us or 0)
+        self.cpu_us += sign * (usage.cpu_us or 0)
+        self.charge_micro += sign * (usage.charge_micro or 0)
+
+
+_SUMMARY_KEY = ("user", "vo", "site", "machine", "queue")
+_COUNTER_NAMES = ("jobs", "wall_us", "cpu_us", "charge_micro")
+
+
+def _summary_key(usage: ur.NormalizedRecord) -> tuple[str, ...]:
+    attributes = _attributes(usage)
+    return tuple(attributes.get(name, "") for name in _SUMMARY_KEY)
+
+
+def _summary_document(key: tuple[str, ...], month: str, counters: _Counters) -> bytes:
+    element = etree.Element(N + "Summary", nsmap={"n": NS}, month=month)
+    for name, value in zip(_SUMMARY_KEY, key):
+        if value:
+            element.set(name, value)
+    for name in _COUNTER_NAMES:
+        element.set(name, str(getattr(counters, name)))
+    return etree.tostring(element, encoding="utf-8")
+
+
+def _read_counters(xml: bytes) -> _Counters:
+    element = etree.fromstring(xml)
+    return _Counters(**{name: int(element.get(name)) for name in _COUNTER_NAMES})
+
+
+# -- the service core -----------------------------------------------------------------------------
+
+
+def _now_us() -> int:
+    return datetime_to_us(datetime.now(timezone.utc))
+
+
+class Luts:
+    """One LUTS over one store; safe to share between threads (the store is)."""
+
+    META = "luts_meta"
+
+    FORWARD_QUEUE = "urfwd"
+
+    def __init__(self, store: XmlStore, policy: LutsPolicy, *, limits: ur.BatchLimits = ur.DEFAULT_LIMITS,
+                 forwarding: bool = False) -> None:
+        self.store = store
+        self.policy = policy
+        self.limits = limits
+        # With forwarding on, every record stored or replaced is also queued (in the same transaction)
+        # in ``urfwd`` for the forwarder (forward.py) to send to the higher-level LUTS; the queue
+        # entry's id orders by arrival: ``<received µs, 20 digits>-<record hash>``.
+        self.forwarding = forwarding
+
+    # -- publish ----------------------------------------------------------------------------------
+
+    def publish(self, data: bytes, caller: Caller, *, replace: bool = False,
+                now_us: int | None = None) -> PublishReport:
+        """Store every readable record of a posted document; one result per record, in order.
+
+        The whole request is refused (DomainError) only when the caller may not publish at all or
+        the document is unreadable as a whole; anything wrong with one record is that record's result.
+        """
+        if caller.limited:
+            raise DomainError("a limited proxy may not publish usage records", "NotAuthorized")
+        machines = self.policy.publish_machines(caller.dn)
+        if machines is None:
+            raise DomainError(f"{caller.dn} may not publish usage records here (not a site publisher, an "
+                              f"administrator or a host certificate)", "NotAuthorized")
+        if replace and not self.policy.may_replace(caller.dn):
+            raise DomainError("only site administrators and LUTS administrators may replace stored records",
+                              "NotAuthorized")
+        received_us = _now_us() if now_us is None else now_us
+        try:
+            batch = ur.parse_batch(data, self.limits)
+        except SecurityError as error:
+            raise DomainError(f"the document was refused: {error}", "InvalidUsageRecord") from None
+        results: list[RecordResult | None] = [None] * len(batch.outcomes)
+        ready = []
+        for outcome in batch.outcomes:
+            index = outcome.source.index
+            if not outcome.ok:
+                results[index] = RecordResult(index, outcome.source.record_id, "invalid", outcome.error)
+                continue
+            usage = outcome.record
+            machine = usage.machine.lower() if usage.machine else None
+            if "*" not in machines and machine not in machines:
+                results[index] = RecordResult(
+                    index, usage.record_id, "refused",
+                    f"{caller.dn} may publish records of {', '.join(sorted(machines))} only; this record's "
+                    f"machine is {usage.machine or 'not given'}")
+                continue
+            ready.append(outcome)
+        for start in range(0, len(ready), PUBLISH_CHUNK):
+            chunk = ready[start:start + PUBLISH_CHUNK]
+            for result in self.store.transact(lambda tx: self._store_chunk(tx, chunk, caller, replace, received_us)):
+                results[result.index] = result
+        invariant(all(result is not None for result in results), "every record of the batch has a result")
+        return PublishReport(tuple(results))
+
+    def _years(self, tx_or_store) -> list[str]:
+        document = tx_or_store.get(self.META, "years")
+        if document is None:
+            return []
+        return sorted(etree.fromstring(document.xml).get("list", "").split())
+
+    def _find_id(self, tx_or_store, years: Sequence[str], record_hash: str):
+        for year in years:
+            document = tx_or_store.get(f"urid_{year}", record_hash)
+            if document is not None:
+                return year, etree.fromstring(document.xml)
+        return None
+
+    def _store_chunk(self, tx, chunk, caller: Caller, replace: bool, received_us: int) -> list[RecordResult]:
+        years = self._years(tx)
+        year_now = datetime.fromtimestamp(received_us / 1e6, timezone.utc).strftime("%Y")
+        received_month = datetime.fromtimestamp(received_us / 1e6, timezone.utc).strftime("%Y%m")
+        deltas: dict[tuple[str, tuple[str, ...]], _Counters] = {}
+        job_changes: dict[tuple[str, str], set[tuple[str, str]]] = {}   # (kind, job id) → {(month, hash)} to add
+        job_removals: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        seen: dict[str, str] = {}         # record hash → digest, within this chunk
+        results = []
+        for outcome in chunk:
+            source, usage = outcome.source, outcome.record
+            record_hash = key_hash(usage.record_id)
+            element = source.element if source.element is not None else etree.fromstring(source.data)
+            digest = _canonical_digest(element)
+            month_text = ur.record_month(usage)
+            month = month_key(month_text) if month_text else received_month
+            if record_hash in seen:
+                same = seen[record_hash] == digest
+                results.append(RecordResult(source.index, usage.record_id, "duplicate" if same else "refused",
+                                            "" if same else "another record with this id is earlier in the batch"))
+                continue
+            found = self._find_id(tx, years, record_hash)
+            status = "stored"
+            id_year = year_now
+            if found is not None:
+                id_year, entry = found
+                if entry.get("digest") == digest:
+                    seen[record_hash] = digest
+                    results.append(RecordResult(source.index, usage.record_id, "duplicate",
+                                                "already stored (the same record)"))
+                    continue
+                if not replace:
+                    results.append(RecordResult(
+                        source.index, usage.record_id, "refused",
+                        "a different record is already stored under this record id (a site administrator "
+                        "may replace it with the replace option)"))
+                    continue
+                old_month = entry.get("month")
+                old = tx.get(f"ur_{old_month}", record_hash)
+                invariant(old is not None, f"the record the id map names is in ur_{old_month}")
+                old_record = _stored_record(old.xml)
+                deltas.setdefault((old_month, _summary_key(old_record.usage)), _Counters()).add(old_record.usage, -1)
+                for kind, job_id in (("g", old_record.usage.global_job_id), ("l", old_record.usage.local_job_id)):
+                    if job_id:
+                        job_removals.setdefault((kind, job_id), set()).add((old_month, record_hash))
+                tx.delete(f"ur_{old_month}", record_hash)
+                status = "replaced"
+            seen[record_hash] = digest
+            tx.put(f"ur_{month}", record_hash,
+                   _record_document(source, usage, month, digest, caller.dn, received_us))
+            tx.put(f"urid_{id_year}", record_hash, _id_entry(month, digest, usage.record_id))
+            deltas.setdefault((month, _summary_key(usage)), _Counters()).add(usage, +1)
+            if self.forwarding:
+                tx.put(self.FORWARD_QUEUE, f"{received_us:020d}-{record_hash}",
+                       etree.tostring(etree.Element(N + "Forward", nsmap={"n": NS}, month=month, id=record_hash)))
+            for kind, job_id in (("g", usage.global_job_id), ("l", usage.local_job_id)):
+                if job_id:
+                    job_changes.setdefault((kind, job_id), set()).add((month, record_hash))
+            results.append(RecordResult(source.index, usage.record_id, status))
+        if year_now not in years:
+            tx.put(self.META, "years", etree.tostring(
+                etree.Element(N + "Years", nsmap={"n": NS}, list=" ".join(sorted(set(years) | {year_now})))))
+        self._update_jobs(tx, years, year_now, job_changes, job_removals)
+        for (month, key), counters in deltas.items():
+            doc_id = key_hash("\0".join(key))
+            current = tx.get(f"urs_{month}", doc_id)
+            total = _read_counters(current.xml) if current is not None else _Counters()
+            for name in _COUNTER_NAMES:
+                setattr(total, name, getattr(total, name) + getattr(counters, name))
+            invariant(total.jobs >= 0, "a summary never counts fewer than zero jobs")
+            if total.jobs == 0:
+                if current is not None:
+                    tx.delete(f"urs_{month}", doc_id)
+            else:
+                tx.put(f"urs_{month}", doc_id, _summary_document(key, month, total))
+        return results
+
+    def _update_jobs(self, tx, years, year_now, additions, removals) -> None:
+        for job_key in set(additions) | set(removals):
+            kind, job_id = job_key
+            doc_id = key_hash(f"{kind}\0{job_id}")
+            collection, refs = f"urjob_{year_now}", set()
+            for year in years:
+                document = tx.get(f"urjob_{year}", doc_id)
+                if document is not None:
+                    collection = f"urjob_{year}"
+                    refs = {(r.get("month"), r.get("id")) for r in etree.fromstring(document.xml)}
+                    break
+            refs = (refs - removals.get(job_key, set())) | additions.get(job_key, set())
+            if len(refs) > JOB_RECORDS_MAX:  # keep the newest-month references; the records stay stored
+                refs = set(sorted(refs, reverse=True)[:JOB_RECORDS_MAX])
+            if not refs:
+                tx.delete(collection, doc_id)
+                continue
+            element = etree.Element(N + "Job", nsmap={"n": NS}, kind=kind)
+            for month, record_hash in sorted(refs):
+                etree.SubElement(element, N + "r", month=month, id=record_hash)
+            tx.put(collection, doc_id, etree.tostring(element, encoding="utf-8"))
+
+    # -- queries ----------------------------------------------------------------------------------
+
+    def query(self, caller: Caller, xpath: str | None = None, variables: Mapping[str, str | int] = {}, *,
+              namespaces: Mapping[str, str] = {}, scope: str | None = None, from_month: str | None = None,
+              to_month: str | None = None, cursor: str | None = None, limit: int = 100,
+              time_limit_s: float = 10.0) -> RecordPage:
+        """Records in the caller's scope for which ``xpath`` (context: the ``n:Stored`` root) is true.
+
+        Ordered by month, then by the hash of the record id; ``cursor`` continues a previous page.
+        """
+        chosen = choose_scope(self.policy, caller, scope)
+        from_month, to_month = check_month(from_month, "from"), check_month(to_month, "to")
+        if not 1 <= limit <= QUERY_LIMIT_MAX:
+            raise DomainError(f"limit must be between 1 and {QUERY_LIMIT_MAX}", "InvalidArgument")
+        if xpath is not None and not xpath.strip():
+            xpath = None
+        start_month, offset = self._read_cursor(cursor)
+        merged = {**QUERY_NAMESPACES, **namespaces}
+        months = [m for m in _months_in(self.store.collections(), "ur_", from_month, to_month)
+                  if start_month is None or m >= start_month]
+        found: list[StoredRecord] = []
+        for month in months:
+            if month != start_month:
+                offset = 0
+            page = self.store.query(f"ur_{month}", xpath, variables, where=chosen.where, namespaces=merged,
+                                    offset=offset, limit=limit - len(found), time_limit_s=time_limit_s)
+            found.extend(_stored_record(document.xml) for document in page.documents)
+            if page.next_offset is not None:
+                return RecordPage(tuple(found), f"{month}.{page.next_offset}", chosen.name)
+            if len(found) >= limit:
+                later = months[months.index(month) + 1:]
+                return RecordPage(tuple(found), f"{later[0]}.0" if later else None, chosen.name)
+        return RecordPage(tuple(found), None, chosen.name)
+
+    @staticmethod
+    def _read_cursor(cursor: str | None) -> tuple[str | None, int]:
+        if not cursor:
+            return None, 0
+        match = re.fullmatch(r"(\d{6})\.(\d{1,12})", cursor)
+        if not match:
+            raise DomainError(f"cursor {cursor!r} is not one this service gave out", "InvalidArgument")
+        return match.group(1), int(match.group(2))
+
+    def record(self, caller: Caller, record_id: str) -> StoredRecord:
+        """One record by its record id (in the caller's widest scope)."""
+        record_hash = key_hash(record_id)
+        found = self._find_id(self.store, self._years(self.store), record_hash)
+        document = self.store.get(f"ur_{found[1].get('month')}", record_hash) if found else None
+        if document is None or not self._visible(caller, document.xml):
+            raise DomainError(f"no usage record {record_id!r} that you may see", "UnknownRecord")
+        return _stored_record(document.xml)
+
+    def stored(self, month: str, record_hash: str) -> StoredRecord | None:
+        """A record by where it is kept (``month`` YYYYMM, the hash of its id), for the forwarder; no scope."""
+        document = self.store.get(f"ur_{month}", record_hash)
+        return None if document is None else _stored_record(document.xml)
+
+    def _visible(self, caller: Caller, xml: bytes) -> bool:
+        root = etree.fromstring(xml)
+        attributes = dict(root.attrib)
+        return any(scope.admits(attributes) for scope in scopes_of(self.policy, caller).values())
+
+    def job(self, caller: Caller, job_id: str) -> tuple[StoredRecord, ...]:
+        """The records of one job, by global or local job id, that the caller may see."""
+        if not job_id or len(job_id) > ur.VALUE_CHARS_MAX:
+            raise DomainError("a job id is a non-empty string", "InvalidArgument")
+        years = self._years(self.store)
+        refs: set[tuple[str, str]] = set()
+        for kind in ("g", "l"):
+            doc_id = key_hash(f"{kind}\0{job_id}")
+            for year in years:
+                document = self.store.get(f"urjob_{year}", doc_id)
+                if document is not None:
+                    refs |= {(r.get("month"), r.get("id")) for r in etree.fromstring(document.xml)}
+                    break
+        records = []
+        for month, record_hash in sorted(refs):
+            document = self.store.get(f"ur_{month}", record_hash)
+            if document is not None and self._visible(caller, document.xml):
+                records.append(_stored_record(document.xml))
+        return tuple(records)
+
+    def summary(self, caller: Caller, by: Sequence[str], *, from_month: str | None = None,
+                to_month: str | None = None, scope: str | None = None) -> Summary:
+        """Jobs, wall and CPU time and charge grouped by ``by``, from the incremental summaries."""
+        by = tuple(dict.fromkeys(by))
+        unknown = [name for name in by if name not in SUMMARY_DIMENSIONS]
+        if unknown:
+            raise DomainError(f"cannot summarize by {', '.join(unknown)}; choose from {', '.join(SUMMARY_DIMENSIONS)}",
+                              "InvalidArgument")
+        chosen = choose_scope(self.policy, caller, scope)
+        if "publisher" in chosen.where:  # summaries are not kept per publisher: narrow by its machines
+            raise DomainError("a publisher allowed for any machine has no site summary; ask with scope all or own",
+                              "InvalidArgument")
+        from_month, to_month = check_month(from_month, "from"), check_month(to_month, "to")
+        totals: dict[tuple[str, ...], _Counters] = {}
+        for month in _months_in(self.store.collections(), "urs_", from_month, to_month):
+            offset: int | None = 0
+            while offset is not None:
+                page = self.store.query(f"urs_{month}", None, where=chosen.where, offset=offset,
+                                        limit=self.store.limits.query_limit_max, time_limit_s=30.0)
+                for document in page.documents:
+                    element = etree.fromstring(document.xml)
+                    key = tuple(month_of_key(month) if name == "month" else element.get(name, "") for name in by)
+                    counters = totals.setdefault(key, _Counters())
+                    for name in _COUNTER_NAMES:
+                        setattr(counters, name, getattr(counters, name) + int(element.get(name)))
+                offset = page.next_offset
+        rows = tuple(SummaryRow(key=dict(zip(by, key)), jobs=c.jobs, wall_us=c.wall_us, cpu_us=c.cpu_us,
+                                charge_micro=c.charge_micro) for key, c in sorted(totals.items()))
+        return Summary(rows=rows, by=by, from_month=from_month, to_month=to_month, scope=chosen.name)
+
+
+__all__ = ["Caller", "INDEXES", "Luts", "LutsPolicy", "PublishReport", "QUERY_NAMESPACES", "RecordPage",
+           "RecordResult", "Scope", "StoredRecord", "Summary", "SummaryRow", "SUMMARY_DIMENSIONS",
+           "canonical_dn", "choose_scope", "host_name_of", "scopes_of"]

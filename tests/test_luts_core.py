@@ -1,0 +1,294 @@
+"""The LUTS core (services/luts/luts.py) on both stores: publish, idempotency, scoping, summaries."""
+from __future__ import annotations
+
+import itertools
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from gridcredit.config import StoreConfig
+from gridcredit.errors import DomainError, QueryError
+from gridcredit.services.luts import records as ur
+from gridcredit.services.luts.luts import INDEXES, Caller, Luts, LutsPolicy, canonical_dn, host_name_of
+from gridcredit.xmlstore import open_store
+
+from luts_fixtures import Job, USERS, make_batch, make_record, random_jobs
+from store_fixtures import basex_server  # noqa: F401
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "ur-samples"
+ADMIN = "/O=Grid/CN=LUTS Admin"
+SITE_ADMIN = "/O=Grid/CN=Site Admin"
+MANAGER = "/O=Grid/CN=Atlas Manager"
+HOST = "/O=Grid/CN=host/ce1.example.org"
+ANY_PUBLISHER = "/O=Grid/CN=Any Publisher"
+POLICY = LutsPolicy(admins=frozenset({ADMIN}), vo_managers={MANAGER: frozenset({"atlas"})},
+                    site_publishers={SITE_ADMIN: frozenset({"ce1.example.org", "ce2.example.org"}),
+                                     ANY_PUBLISHER: frozenset({"*"})})
+
+
+_prefixes = itertools.count()
+
+
+def _open(backend: str, state_dir: Path, server=None):
+    if backend == "embedded":
+        return open_store(StoreConfig(backend="embedded"), state_dir, indexes=INDEXES)
+    from gridcredit.xmlstore._basex import BaseXStore
+    return BaseXStore(state_dir / "journal", port=server.port, db_prefix=f"l{os.getpid()}x{next(_prefixes)}_",
+                      timeout_s=20, indexes=INDEXES)
+
+
+@pytest.fixture(params=["embedded", "basex"])
+def luts(request, tmp_path):
+    server = request.getfixturevalue("basex_server") if request.param == "basex" else None
+    store = _open(request.param, tmp_path / "s", server)
+    yield Luts(store, POLICY)
+    store.close()
+
+
+def stored_all(luts: Luts) -> list:
+    found, cursor = [], None
+    while True:
+        page = luts.query(Caller(ADMIN), cursor=cursor, limit=1000)
+        found.extend(page.records)
+        if page.cursor is None:
+            return found
+        cursor = page.cursor
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+
+
+def test_dn_forms_and_host_names():
+    assert canonical_dn("CN=Alice,O=Grid") == "/O=Grid/CN=Alice"
+    assert canonical_dn("CN=Smith\\, John, O=Grid") == "/O=Grid/CN=Smith, John"
+    assert canonical_dn("/O=Grid/CN=Alice") == "/O=Grid/CN=Alice"
+    assert canonical_dn("alice") == "alice"
+    assert host_name_of("/O=Grid/CN=host/ce1.example.org") == "ce1.example.org"
+    assert host_name_of("/O=Grid/CN=CE1.Example.org") == "ce1.example.org"
+    assert host_name_of("/O=Grid/CN=Alice Smith") is None
+
+
+# -- publish -----------------------------------------------------------------------------------------
+
+
+def test_every_sample_ingests_and_keeps_its_original_bytes(luts):
+    for path in sorted(SAMPLES.glob("*.xml")):
+        if path.name.endswith(".xsd") or "urf.xsd" in path.name:
+            continue
+        data = path.read_bytes()
+        report = luts.publish(data, Caller(ANY_PUBLISHER))
+        assert report.ok and report.count("stored") == len(ur.split_records(data)), (path.name, report)
+        for source, result in zip(ur.split_records(data), report.results):
+            stored = luts.record(Caller(ADMIN), result.record_id)
+            assert stored.original == source.data
+            assert stored.usage == ur.read_source(source)
+            assert stored.publisher == ANY_PUBLISHER
+    again = luts.publish((SAMPLES / "sgas-luts3-CUR-usagerecords-set.xml").read_bytes(), Caller(ANY_PUBLISHER))
+    assert [r.status for r in again.results] == ["duplicate", "duplicate"]
+
+
+def test_same_record_is_a_no_op_different_record_is_refused_replace_needs_a_site_admin(luts):
+    job = Job("r-1", USERS[0], "atlas", "ce1.example.org", "short", None, 100, 50, "1.5")
+    assert luts.publish(make_record(job), Caller(HOST)).results[0].status == "stored"
+    # the same record inside a batch (other whitespace and namespace declarations around it) is the same
+    assert luts.publish(make_batch([job]), Caller(HOST)).results[0].status == "duplicate"
+    changed = Job("r-1", USERS[0], "atlas", "ce1.example.org", "short", None, 999, 50, "1.5")
+    refused = luts.publish(make_record(changed), Caller(HOST)).results[0]
+    assert refused.status == "refused" and "different record" in refused.message
+    with pytest.raises(DomainError) as error:
+        luts.publish(make_record(changed), Caller(HOST), replace=True)
+    assert error.value.code == "NotAuthorized"
+    assert luts.summary(Caller(ADMIN), ["user"]).rows[0].wall_us == 100_000_000
+    assert luts.publish(make_record(changed), Caller(SITE_ADMIN), replace=True).results[0].status == "replaced"
+    assert luts.record(Caller(ADMIN), "r-1").usage.wall_us == 999_000_000
+    rows = luts.summary(Caller(ADMIN), ["user"]).rows
+    assert len(rows) == 1 and rows[0].jobs == 1 and rows[0].wall_us == 999_000_000
+    assert len(stored_all(luts)) == 1
+
+
+def test_two_records_with_one_id_in_one_batch(luts):
+    a = Job("dup", USERS[0], None, "ce1.example.org", None, None, 1, 1, None)
+    b = Job("dup", USERS[0], None, "ce1.example.org", None, None, 2, 1, None)
+    statuses = [r.status for r in luts.publish(make_batch([a, a, b]), Caller(HOST)).results]
+    assert statuses == ["stored", "duplicate", "refused"]
+
+
+def test_broken_records_get_their_own_errors_and_the_rest_is_stored(luts):
+    good = [Job(f"ok-{n}", USERS[1], "cms", "ce1.example.org", None, None, 10, 5, None) for n in range(3)]
+    body = make_batch(good).decode()
+    broken = [
+        '<ur:JobUsageRecord><ur:WallDuration>PT1S</ur:WallDuration></ur:JobUsageRecord>',                  # no id
+        '<ur:JobUsageRecord><ur:RecordIdentity ur:recordId="bad-dur"/><ur:WallDuration>PT1X</ur:WallDuration></ur:JobUsageRecord>',
+        '<JobUsageRecord xmlns="urn:not-a-usage-record"><RecordIdentity recordId="wrong-ns"/></JobUsageRecord>',
+        '<ur:JobUsageRecord><ur:RecordIdentity ur:recordId="huge"/>'                                        # 10 MB
+        + ''.join(f'<ur:Host>{"x" * 10_000}</ur:Host>' for _ in range(1_050)) + '</ur:JobUsageRecord>',
+    ]
+    document = body.replace("</ur:UsageRecords>", "\n".join(broken) + "\n</ur:UsageRecords>").encode()
+    report = luts.publish(document, Caller(HOST))
+    statuses = [r.status for r in report.results]
+    assert statuses == ["stored"] * 3 + ["invalid"] * 4
+    messages = [r.message for r in report.results[3:]]
+    assert "record id" in messages[0].lower() or "recordid" in messages[0].lower()
+    assert "bad-dur" in messages[1] and "PT1X" in messages[1]
+    assert "wrong-ns" in messages[2] and "not a usage-record namespace" in messages[2]
+    assert "huge" in messages[3] and "bytes" in messages[3]
+    assert len(stored_all(luts)) == 3
+
+
+def test_a_document_with_an_entity_is_refused_whole_and_changes_nothing(luts):
+    xxe = (b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+           b'<ur:JobUsageRecord xmlns:ur="http://schema.ogf.org/urf/2003/09/urf">'
+           b'<ur:RecordIdentity ur:recordId="xxe"/><ur:JobName>&x;</ur:JobName></ur:JobUsageRecord>')
+    with pytest.raises(DomainError) as error:
+        luts.publish(xxe, Caller(HOST))
+    assert error.value.code == "InvalidUsageRecord"
+    assert stored_all(luts) == []
+
+
+def test_who_may_publish(luts):
+    job = Job("m-1", USERS[0], None, "ce2.example.org", None, None, 1, 1, None)
+    with pytest.raises(DomainError) as error:
+        luts.publish(make_record(job), Caller(USERS[0]))
+    assert error.value.code == "NotAuthorized"
+    with pytest.raises(DomainError):
+        luts.publish(make_record(job), Caller(SITE_ADMIN, limited=True))
+    refused = luts.publish(make_record(job), Caller(HOST)).results[0]       # the host is ce1, not ce2
+    assert refused.status == "refused" and "ce1.example.org" in refused.message
+    assert luts.publish(make_record(job), Caller(SITE_ADMIN)).results[0].status == "stored"
+    other = Job("m-2", USERS[0], None, "ce3.other.org", None, None, 1, 1, None)
+    assert luts.publish(make_record(other), Caller(SITE_ADMIN)).results[0].status == "refused"
+    assert luts.publish(make_record(other), Caller(ADMIN)).results[0].status == "stored"
+
+
+# -- queries and scopes --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def filled(luts):
+    jobs = random_jobs(240, seed=7)
+    for start in range(0, len(jobs), 80):
+        assert luts.publish(make_batch(jobs[start:start + 80]), Caller(ANY_PUBLISHER)).ok
+    return luts, jobs
+
+
+def _ids(records) -> set[str]:
+    return {record.record_id for record in records}
+
+
+ESCAPES = ["true()", "//*", "/..", "..", "ancestor-or-self::node()", "//n:Stored | /", "count(//*) > 0",
+           "collection()", "doc('x')", "not(@user = 'nobody')", "(/)[1]", "following::*", "preceding::*",
+           "*/ancestor::*"]
+
+
+def test_a_user_sees_only_their_own_records_whatever_the_xpath(filled):
+    luts, jobs = filled
+    user = USERS[2]
+    own = {job.record_id for job in jobs if job.user == user}
+    assert own
+    assert _ids(luts.query(Caller(user), limit=1000).records) == own
+    for xpath in ESCAPES:
+        try:
+            page = luts.query(Caller(user), xpath, limit=1000)
+        except (DomainError, QueryError):
+            continue  # refused outright is fine too
+        assert _ids(page.records) <= own, xpath
+    with pytest.raises(DomainError):
+        luts.query(Caller(user), scope="all")
+
+
+def test_vo_manager_site_and_admin_scopes(filled):
+    luts, jobs = filled
+    assert luts.query(Caller(MANAGER), limit=1000).scope == "vo"
+    assert _ids(luts.query(Caller(MANAGER), limit=1000).records) == {j.record_id for j in jobs if j.vo == "atlas"}
+    site = luts.query(Caller(SITE_ADMIN), limit=1000)
+    assert site.scope == "site"
+    assert _ids(site.records) == {j.record_id for j in jobs if j.machine in ("ce1.example.org", "ce2.example.org")}
+    host = luts.query(Caller(HOST), limit=1000)
+    assert _ids(host.records) == {j.record_id for j in jobs if j.machine == "ce1.example.org"}
+    assert _ids(stored_all(luts)) == {j.record_id for j in jobs}
+    own = luts.query(Caller(MANAGER), scope="own", limit=1000)
+    assert own.records == ()
+    with pytest.raises(DomainError):
+        luts.query(Caller(MANAGER), scope="vo:cms")
+
+
+def test_xpath_with_variables_paging_and_months(filled):
+    luts, jobs = filled
+    long_jobs = {j.record_id for j in jobs if j.wall_s is not None and j.wall_s > 100_000}
+    found, cursor, pages = [], None, 0
+    while True:
+        page = luts.query(Caller(ADMIN), "n:Usage/n:wall_us > $w", {"w": 100_000_000_000}, cursor=cursor, limit=7)
+        assert len(page.records) <= 7
+        found.extend(page.records)
+        pages += 1
+        if page.cursor is None:
+            break
+        cursor = page.cursor
+    assert [r.record_id for r in found].count(found[0].record_id) == 1
+    assert _ids(found) == long_jobs and pages > 2
+    # XPath over the record as the reporter wrote it
+    ce3 = luts.query(Caller(ADMIN), "urf:JobUsageRecord/urf:MachineName = 'ce3.other.org'", limit=1000)
+    assert _ids(ce3.records) == {j.record_id for j in jobs if j.machine == "ce3.other.org"}
+    august = luts.query(Caller(ADMIN), from_month="2026-08", to_month="2026-08", limit=1000)
+    assert _ids(august.records) == {j.record_id for j in jobs if j.end and j.end.strftime("%Y-%m") == "2026-08"}
+    with pytest.raises(QueryError):
+        luts.query(Caller(ADMIN), "n:Usage[", limit=10)
+    with pytest.raises(DomainError):
+        luts.query(Caller(ADMIN), from_month="2026-13")
+
+
+def test_job_usage_by_global_and_local_id(filled):
+    luts, jobs = filled
+    job = next(j for j in jobs if j.user)
+    assert [r.record_id for r in luts.job(Caller(ADMIN), job.global_job_id)] == [job.record_id]
+    same_local = {j.record_id for j in jobs if j.local_job_id == job.local_job_id}
+    assert _ids(luts.job(Caller(ADMIN), job.local_job_id)) == same_local
+    assert _ids(luts.job(Caller(job.user), job.local_job_id)) == {
+        j.record_id for j in jobs if j.local_job_id == job.local_job_id and j.user == job.user}
+    stranger = "/O=Grid/CN=Nobody"
+    assert luts.job(Caller(stranger), job.global_job_id) == ()
+    with pytest.raises(DomainError):
+        luts.record(Caller(stranger), job.record_id)
+
+
+def brute_force(records, by, keep=lambda record: True):
+    totals = defaultdict(lambda: [0, 0, 0, 0])
+    for record in records:
+        usage = record.usage
+        if not keep(record):
+            continue
+        values = {"user": canonical_dn(usage.user_dn) or "", "vo": usage.vo or "", "site": usage.site or "",
+                  "machine": (usage.machine or "").lower(), "queue": usage.queue or "", "month": record.month}
+        row = totals[tuple(values[name] for name in by)]
+        row[0] += 1
+        row[1] += usage.wall_us or 0
+        row[2] += usage.cpu_us or 0
+        row[3] += usage.charge_micro or 0
+    return {key: tuple(value) for key, value in totals.items()}
+
+
+@pytest.mark.parametrize("by", [("user",), ("vo", "month"), ("site", "machine", "queue"), ("month",), ()])
+def test_summaries_equal_a_brute_force_recomputation(filled, by):
+    luts, _ = filled
+    records = stored_all(luts)
+    summary = luts.summary(Caller(ADMIN), list(by))
+    got = {tuple(row.key[name] for name in by): (row.jobs, row.wall_us, row.cpu_us, row.charge_micro)
+           for row in summary.rows}
+    assert got == brute_force(records, by)
+    period = luts.summary(Caller(ADMIN), list(by), from_month="2026-08", to_month="2026-09")
+    got = {tuple(row.key[name] for name in by): (row.jobs, row.wall_us, row.cpu_us, row.charge_micro)
+           for row in period.rows}
+    assert got == brute_force(records, by, lambda r: "2026-08" <= r.month <= "2026-09")
+    mine = luts.summary(Caller(USERS[3]), list(by))
+    got = {tuple(row.key[name] for name in by): (row.jobs, row.wall_us, row.cpu_us, row.charge_micro)
+           for row in mine.rows}
+    assert got == brute_force(records, by, lambda r: r.usage.user_dn == USERS[3])
+
+
+def test_summary_refuses_unknown_dimensions(luts):
+    with pytest.raises(DomainError) as error:
+        luts.summary(Caller(ADMIN), ["colour"])
+    assert "colour" in str(error.value)

@@ -1,0 +1,191 @@
+"""The LUTS over signed SOAP and the SGAS registration, against a real host on both stores."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+from gridcredit.errors import RemoteFault
+from gridcredit.security.credentials import load_credential
+from gridcredit.services.luts.client import LutsClient
+
+from bank_fixtures import BankUsers, bank_host
+from luts_fixtures import Job, make_batch, make_record, random_jobs
+
+SITE_HOST = "ce1.example.org"
+
+
+@pytest.fixture(scope="module")
+def people(pki, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("luts-people")
+    cert, key = pki.ca.issue_host(SITE_HOST, directory / "site", key=pki.keys.fresh())
+    other_cert, other_key = pki.ca.issue_host("ce9.elsewhere.org", directory / "other", key=pki.keys.fresh())
+    return {
+        "admin": pki.user("LUTS Admin"), "manager": pki.user("Atlas Manager"),
+        "alice": pki.user("Alice Analyst"), "bob": pki.user("Bob Builder"),
+        "site": load_credential(cert, key), "site_files": (cert, key),
+        "other_files": (other_cert, other_key), "site_admin": pki.user("Site Admin"),
+    }
+
+
+def luts_env(people) -> dict[str, str]:
+    return {
+        "GRIDCREDIT_LUTS_ADMINS": people["admin"].dn,
+        "GRIDCREDIT_LUTS_VO_MANAGERS": json.dumps({"atlas": [people["manager"].dn]}),
+        "GRIDCREDIT_LUTS_SITE_PUBLISHERS": json.dumps({people["site_admin"].dn: [SITE_HOST, "ce2.example.org"]}),
+    }
+
+
+@pytest.fixture(params=["embedded", "basex"], scope="module")
+def host(request, pki, people, tmp_path_factory):
+    users = BankUsers(*([pki.user("Nobody")] * 8), stranger=pki.user("Nobody"))
+    with bank_host(tmp_path_factory.mktemp(f"luts-{request.param}"), request.param, users, pki,
+                   extra_env=luts_env(people)) as running:
+        yield running
+
+
+def client(host, who) -> LutsClient:
+    return LutsClient(host.url, credential=getattr(who, "credential", who), trust_dir=host.pki.trust_dir,
+                      timeout_s=60)
+
+
+def test_publish_query_job_and_summary_over_soap(host, people):
+    alice, bob = people["alice"].dn, people["bob"].dn
+    jobs = random_jobs(60, seed=3, prefix=f"svc-{host.backend}", users=[alice, bob], machines=[SITE_HOST])
+    site = client(host, people["site"])
+    report = site.publish(make_batch(jobs))
+    assert [r.status for r in report.results] == ["stored"] * 60
+    assert [r.status for r in site.publish(make_batch(jobs[:5])).results] == ["duplicate"] * 5
+
+    mine = client(host, people["alice"]).query(limit=1000)
+    assert mine.scope == "own"
+    assert {r.record_id for r in mine.records} == {j.record_id for j in jobs if j.user == alice}
+    assert all(r.original.startswith(b"<ur:JobUsageRecord") for r in mine.records)
+
+    admin = client(host, people["admin"])
+    long_ones = list(admin.query_all("n:Usage/n:wall_us > $w", {"w": 50_000_000_000}, page_size=7))
+    assert {r.record_id for r in long_ones} == {j.record_id for j in jobs if (j.wall_s or 0) > 50_000}
+
+    job = next(j for j in jobs if j.user == bob)
+    assert [r.record_id for r in client(host, people["bob"]).job(job.global_job_id)] == [job.record_id]
+    assert client(host, people["alice"]).job(job.global_job_id) == ()
+    with pytest.raises(RemoteFault) as fault:
+        client(host, people["alice"]).record(job.record_id)
+    assert fault.value.code == "UnknownRecord"
+
+    summary = admin.summary(["user"])
+    by_user = {row.key["user"]: row for row in summary.rows}
+    assert by_user[alice].jobs == sum(1 for j in jobs if j.user == alice)
+    assert by_user[alice].wall_us == sum((j.wall_s or 0) * 1_000_000 for j in jobs if j.user == alice)
+    own = client(host, people["bob"]).summary(["month"])
+    assert sum(row.jobs for row in own.rows) == sum(1 for j in jobs if j.user == bob)
+
+
+def test_refusals_are_faults_with_reason_codes(host, people, pki):
+    record = make_record(Job(f"ref-{host.backend}", people["alice"].dn, None, SITE_HOST, None, None, 1, 1, None))
+    with pytest.raises(RemoteFault) as fault:
+        client(host, people["alice"]).publish(record)
+    assert fault.value.code == "NotAuthorized"
+    limited = pki.proxy("Site Admin", limited=True)
+    with pytest.raises(RemoteFault) as fault:
+        client(host, limited).publish(record)
+    assert fault.value.code == "NotAuthorized"
+    with pytest.raises(RemoteFault) as fault:
+        client(host, people["admin"]).query("n:Usage[")
+    assert fault.value.code == "InvalidQuery"
+    with pytest.raises(RemoteFault) as fault:
+        client(host, people["admin"]).publish(b"<not-a-record/>")
+    assert fault.value.code == "InvalidUsageRecord"
+    with pytest.raises(RemoteFault) as fault:
+        client(host, people["alice"]).summary(["user"], scope="all")
+    assert fault.value.code == "NotAuthorized"
+
+
+# -- SGAS registration: HTTPS POST of UsageRecords, the publisher known by its TLS client certificate --
+
+
+def sgas_post(host, data: bytes, cert=None):
+    return requests.post(f"{host.url}/sgas/ur", data=data, cert=cert, verify=str(host.pki.trust_dir),
+                         headers={"Content-Type": "application/xml; charset=UTF-8"}, timeout=60)
+
+
+def test_sgas_registration_with_a_host_certificate(host, people):
+    jobs = random_jobs(12, seed=5, prefix=f"sgas-{host.backend}", users=[people["alice"].dn], machines=[SITE_HOST])
+    answer = sgas_post(host, make_batch(jobs), cert=people["site_files"])
+    assert answer.status_code == 200, answer.text
+    assert answer.text.startswith("stored 12,")
+    again = sgas_post(host, make_batch(jobs), cert=people["site_files"])
+    assert again.status_code == 200 and "already stored 12" in again.text
+    mine = next(job for job in jobs if job.user)
+    found = client(host, people["alice"]).query(f"@rid = '{mine.record_id}'")
+    assert [r.record_id for r in found.records] == [mine.record_id]
+    assert found.records[0].publisher.endswith(f"CN={SITE_HOST}")
+
+
+def test_sgas_registration_reads_arcs_latin1_body(host, people):
+    job = Job(f"sgas-latin1-{host.backend}", "/O=Grid/CN=Jürgen Müller", None, SITE_HOST, None, None, 5, 5, None)
+    body = make_batch([job]).decode().encode("latin-1")    # what ARC's http.client sends for a str body
+    answer = sgas_post(host, body, cert=people["site_files"])
+    assert answer.status_code == 200 and answer.text.startswith("stored 1,"), answer.text
+    stored = client(host, people["admin"]).record(job.record_id)
+    assert stored.usage.user_dn == "/O=Grid/CN=Jürgen Müller"
+    assert "Jürgen Müller".encode("utf-8") in stored.original
+
+
+def test_sgas_registration_refuses_other_publishers(host, people):
+    batch = make_batch(random_jobs(2, seed=6, prefix=f"sgas-no-{host.backend}", machines=[SITE_HOST]))
+    assert sgas_post(host, batch).status_code == 403                                   # no certificate
+    user = people["alice"]
+    assert sgas_post(host, batch, cert=(str(user.cert_path), str(user.key_path))).status_code == 403
+    other = sgas_post(host, batch, cert=people["other_files"])                         # a host, not of ce1
+    assert other.status_code == 200 and "not stored 2" in other.text
+    junk = sgas_post(host, b"<junk & more", cert=people["site_files"])        # kept for the operator, not refused:
+    assert junk.status_code == 200 and "sgas_quarantine/" in junk.text           # a refusal would block ARC for good
+    assert requests.get(f"{host.url}/sgas/ur", verify=str(host.pki.trust_dir), timeout=30).status_code == 405
+    assert client(host, people["admin"]).query(f"starts-with(@rid, 'sgas-no-')").records == ()
+
+
+# -- ARC's own publisher (Debian nordugrid-arc-arex, jura-ng, SGAS target) against /sgas/ur ------------
+
+
+@pytest.fixture(scope="module")
+def arc_site_files(pki, tmp_path_factory):
+    from arc_sgas import DEFAULT_SUBMIT_HOST
+    cert, key = pki.ca.issue_host(DEFAULT_SUBMIT_HOST, tmp_path_factory.mktemp("arc-ce"), key=pki.keys.fresh())
+    return cert, key
+
+
+def arc_jobs(tag: str, count: int, user: str):
+    from datetime import datetime, timedelta, timezone
+    from arc_sgas import ArcJob
+    end = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=2)
+    return [ArcJob(job_id=f"{tag}{n:04d}", user_dn=user, end_time=end + timedelta(seconds=n), walltime_s=600 + n,
+                   cpu_user_s=300 + n, cpu_kernel_s=7, local_job_id=str(9000 + n), fqans=("/atlas/Role=NULL",),
+                   queue="grid") for n in range(count)]
+
+
+def test_arcs_own_publisher_stores_records_once(host, people, arc_site_files, tmp_path):
+    from arc_sgas import publish_with_arc
+    user = people["bob"].dn
+    jobs = arc_jobs(f"arc{host.backend}", 120, user)                     # three batches of 50, 50 and 20
+    cert, key = arc_site_files
+    result = publish_with_arc(jobs, f"{host.url}/sgas", cert, key, host.pki.trust_dir, timeout_s=120)
+    assert result.ok and result.http_statuses == [200, 200, 200], result.errors() or result.log_text[-3000:]
+    again = publish_with_arc(jobs, f"{host.url}/sgas", cert, key, host.pki.trust_dir, timeout_s=120, mode="republish")
+    assert again.ok, again.errors()
+    stored = [r for r in client(host, people["bob"]).query_all(f"starts-with(@rid, 'ur-') and contains(@rid, 'arc{host.backend}')")]
+    assert sorted(r.record_id for r in stored) == sorted(job.record_id() for job in jobs)
+    first = next(r for r in stored if r.record_id == jobs[0].record_id())
+    assert first.usage.wall_us == 600_000_000 and first.usage.cpu_us == 307_000_000
+    assert first.usage.vo == "atlas" and first.usage.user_dn == user
+    assert first.publisher.endswith(f"CN={jobs[0].submit_host()}")
+
+
+def test_arcs_publisher_with_a_certificate_not_allowed_is_refused(host, people):
+    from arc_sgas import publish_with_arc
+    user = people["alice"]
+    jobs = arc_jobs(f"arcno{host.backend}", 3, user.dn)
+    result = publish_with_arc(jobs, f"{host.url}/sgas", user.cert_path, user.key_path, host.pki.trust_dir, timeout_s=60)
+    assert not result.ok and result.http_statuses == [403]
+    assert client(host, people["admin"]).query(f"contains(@rid, 'arcno{host.backend}')").records == ()
