@@ -79,6 +79,11 @@ class LutsConfig:
     site_publishers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     host_publishers: bool = True        # a host certificate (CN=host/NAME) may publish records of machine NAME
     sgas_path: str = "/sgas"            # SGAS-compatible registration for existing reporters: POST <sgas_path>/ur
+    # Forwarding every stored record to a higher-level LUTS, signed with this host's certificate
+    # (its DN must be allowed to publish there): the upstream's base URL, e.g. https://luts.example.org:8443
+    forward_to: str = ""                # empty: no forwarding
+    forward_interval_s: int = 30        # how often the queue of records to forward is sent (1-86400)
+    forward_batch_records: int = 1000   # records per request to the upstream LUTS (1-10000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,4 +192,11 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None) -> C
         raise ConfigError(f"store.backend must be 'embedded' or 'basex', not {config.store.backend!r}")
     if config.server.client_cert not in {"none", "optional", "required"}:
         raise ConfigError("server.client_cert must be none, optional or required")
+    luts = config.luts
+    if luts.forward_to and not luts.forward_to.startswith("https://"):
+        raise ConfigError(f"luts.forward_to must be the https:// base URL of the upstream LUTS, not {luts.forward_to!r}")
+    if not 1 <= luts.forward_interval_s <= 86_400:
+        raise ConfigError("luts.forward_interval_s must be 1-86400")
+    if not 1 <= luts.forward_batch_records <= 10_000:
+        raise ConfigError("luts.forward_batch_records must be 1-10000")
     return config
