@@ -294,6 +294,7 @@ def build_host(config: Config, files: HostFiles) -> SignedSoapHost:
 
     runtime = build_runtime(config)
     runtime.start_background_work()
+    runtime.start_forwarding(files)
     return SignedSoapHost(signer=Signer(credential, ttl_s=security.timestamp_ttl_s), verifier=verifier,
                           request_bytes_max=config.server.request_bytes_max, runtime=runtime, trust=trust,
                           registrations=runtime.registrations())

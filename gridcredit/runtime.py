@@ -46,6 +46,14 @@ class Runtime:
             except Exception:  # noqa: BLE001 — a failed sweep is retried at the next interval
                 log.exception("the expiry sweep failed; retrying in %d s", interval_s)
 
+    def start_forwarding(self, files) -> None:
+        """With ``luts.forward_to``: forward stored usage records upstream, one forwarder per host (forward.py)."""
+        from .services.luts.forward import start_forwarder
+
+        thread = start_forwarder(self.config, self.luts, files, self._stop)
+        if thread is not None:
+            self._threads.append(thread)
+
     def registrations(self) -> dict:
         """Plain HTTPS POST routes (TLS client certificate authentication) the host serves beside SOAP."""
         def sgas(data: bytes, principal):
@@ -69,5 +77,5 @@ def open_service_store(config: Config, *, read_only: bool = False) -> XmlStore:
 def build_runtime(config: Config) -> Runtime:
     store = open_service_store(config)
     bank = Bank(store, LedgerKey.load_or_create(ledger_key_path(config)), policy=policy_from_config(config.bank))
-    luts = Luts(store, LutsPolicy.from_config(config.luts))
+    luts = Luts(store, LutsPolicy.from_config(config.luts), forwarding=bool(config.luts.forward_to))
     return Runtime(config=config, store=store, bank=bank, luts=luts)
