@@ -40,11 +40,8 @@ class Report:
 
 
 def digest(element) -> str:
-    """C14N 1.0 of a record element as if it were a document of its own: libxml2 2.14 canonicalizes a
-    subtree whose apex declares the default namespace with ``xmlns=""`` on its grandchildren, so the
-    element is serialized (with every namespace in scope) and parsed again first."""
-    alone = etree.fromstring(etree.tostring(element))
-    return hashlib.sha256(etree.tostring(alone, method="c14n")).hexdigest()
+    """How the LUTS tells "the same record": exclusive C14N of the record element."""
+    return hashlib.sha256(etree.tostring(element, method="c14n", exclusive=True)).hexdigest()
 
 
 class FakeLuts:
@@ -330,3 +327,41 @@ def test_batch_sender_settles_documents_in_order(luts):
     sender.finish()
     assert settled == [["a"], ["b"], ["c"]]
     assert sender.requests == 3
+
+
+def test_the_spool_against_the_luts_core(tmp_path):
+    """The real core on the embedded store: every sample and generated record is stored once, its
+    original kept; publishing a file alone first and then through the spool answers duplicate."""
+    from gridcredit.config import StoreConfig
+    from gridcredit.services.luts.luts import INDEXES, Caller, Luts, LutsPolicy
+    from gridcredit.xmlstore import open_store
+
+    publisher = "/O=Grid/CN=Any Publisher"
+    store = open_store(StoreConfig(backend="embedded"), tmp_path / "store", indexes=INDEXES)
+    try:
+        core = Luts(store, LutsPolicy(site_publishers={publisher: frozenset({"*"})}))
+
+        class Client:
+            def publish(self, document, *, replace=False):
+                return core.publish(document, Caller(publisher), replace=replace)
+
+        samples = [path.read_bytes() for path in sorted(SAMPLES.glob("*.xml"))]
+        jobs = random_jobs(40, seed=15)
+        documents = samples + [make_batch(jobs[:30])] + [make_record(job) for job in jobs[30:]]
+        for document in samples:                         # some published alone first
+            assert core.publish(document, Caller(publisher)).ok
+        spool = Spool(tmp_path / "spool")
+        for document in documents:
+            spool.add(document)
+        report = spool.send(Client(), batch_records=7)
+        expected = sum(len(ur.split_records(document)) for document in documents)
+        sample_records = sum(len(ur.split_records(document)) for document in samples)
+        assert report.ok, report
+        assert report.records_duplicate == sample_records and report.records_stored == expected - sample_records
+        for job in jobs[30:]:
+            kept = core.record(Caller(publisher), job.record_id).original
+            assert kept == make_record(job).split(b"?>", 1)[1].strip()   # the document minus its declaration
+        for source in ur.split_records(documents[len(samples)]):
+            assert core.record(Caller(publisher), source.record_id).original == source.data
+    finally:
+        store.close()
