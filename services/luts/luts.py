@@ -11,17 +11,19 @@ Layout in the store (every name below is a collection; ``<h>`` is the hex SHA-25
     (``n:Usage``), the original record exactly as received (``n:Original``: UTF-8 text, or
     base64 when the posted bytes are not UTF-8) and a parsed copy of the record, so XPath can
     address both the view and the record as its reporter wrote it.
-``urid_<YYYY>``  record id → month and digest, partitioned by the year the record was first
-    stored; ``luts_meta/years`` lists the years used, so a lookup reads one small document per year.
-``urjob_<YYYY>``  global or local job id → the records naming it (a local id may repeat across
-    machines), partitioned the same way.
+``urid_<YYYY>``  record id → month, digest and the record's global and local job ids (indexed
+    attributes ``job``/``ljob``: a job lookup is one indexed query per year), partitioned by the
+    year the record was first stored; ``luts_meta/years`` lists the years used, so finding a
+    record id reads one small document per year.
 ``urs_<YYYYMM>``  the summaries, kept incrementally: one document per (user, VO, site, machine,
     queue) per month with job count, wall and CPU µs and charge (millionths). A summary for a
     period reads these, never the records.
 
 Every partition is bounded by time (a month or a year), so no database grows without bound.
 
-Publishing a batch runs in store transactions of ``PUBLISH_CHUNK`` records: each chunk is atomic
+Publishing a batch reads and prepares every record (view, digest, documents) before any store
+transaction, so the transactions — which hold the store's writer lock — only look up ids and write.
+It runs in store transactions of ``PUBLISH_CHUNK`` records: each chunk is atomic
 (records, id and job entries and summaries together), so a crash leaves whole chunks; a retry of
 the batch stores the rest and answers ``duplicate`` for the records already there.
 
@@ -62,6 +64,7 @@ JOB_RECORDS_MAX = 1000
 SUMMARY_DIMENSIONS = ("user", "vo", "site", "machine", "queue", "month")
 INDEXED = ("user", "vo", "site", "machine", "queue", "job", "ljob", "publisher")
 INDEXES = (AttributeIndex("ur_", INDEXED, store_text=False),
+           AttributeIndex("urid_", ("job", "ljob")),
            AttributeIndex("urs_", ("user", "vo", "site", "machine", "queue")))
 
 # Prefixes a caller's XPath may use without declaring them.
@@ -341,9 +344,29 @@ def _stored_record(xml: bytes) -> StoredRecord:
                         usage=usage, original=data)
 
 
-def _id_entry(month: str, digest: str, record_id: str) -> bytes:
-    element = etree.Element(N + "Id", nsmap={"n": NS}, month=month, digest=digest, rid=record_id)
+def _id_entry(usage: ur.NormalizedRecord, month: str, digest: str) -> bytes:
+    """The id map's entry: where the record is, its digest, and its job ids (indexed: job lookups)."""
+    element = etree.Element(N + "Id", nsmap={"n": NS}, month=month, digest=digest, rid=usage.record_id)
+    if usage.global_job_id:
+        element.set("job", usage.global_job_id)
+    if usage.local_job_id:
+        element.set("ljob", usage.local_job_id)
     return etree.tostring(element, encoding="utf-8")
+
+
+def _utc(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1e6, timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    index: int
+    usage: ur.NormalizedRecord
+    record_hash: str
+    digest: str
+    month: str                  # YYYYMM
+    document: bytes
+    id_entry: bytes
 
 
 @dataclass
@@ -448,8 +471,8 @@ class Luts:
                 continue
             ready.append(outcome)
         for start in range(0, len(ready), PUBLISH_CHUNK):
-            chunk = ready[start:start + PUBLISH_CHUNK]
-            for result in self.store.transact(lambda tx: self._store_chunk(tx, chunk, caller, replace, received_us)):
+            chunk = [self._prepare(outcome, caller, received_us) for outcome in ready[start:start + PUBLISH_CHUNK]]
+            for result in self.store.transact(lambda tx: self._store_chunk(tx, chunk, replace, received_us)):
                 results[result.index] = result
         invariant(all(result is not None for result in results), "every record of the batch has a result")
         return PublishReport(tuple(results))
@@ -467,25 +490,28 @@ class Luts:
                 return year, etree.fromstring(document.xml)
         return None
 
-    def _store_chunk(self, tx, chunk, caller: Caller, replace: bool, received_us: int) -> list[RecordResult]:
+    def _prepare(self, outcome: ur.RecordOutcome, caller: Caller, received_us: int) -> "_Prepared":
+        """Everything about one record that needs no store: done before the transaction, outside its lock."""
+        source, usage = outcome.source, outcome.record
+        element = source.element if source.element is not None else etree.fromstring(source.data)
+        digest = _canonical_digest(element)
+        month_text = ur.record_month(usage)
+        month = month_key(month_text) if month_text else _utc(received_us).strftime("%Y%m")
+        return _Prepared(index=source.index, usage=usage, record_hash=key_hash(usage.record_id), digest=digest,
+                         month=month, document=_record_document(source, usage, month, digest, caller.dn, received_us),
+                         id_entry=_id_entry(usage, month, digest))
+
+    def _store_chunk(self, tx, chunk: Sequence["_Prepared"], replace: bool, received_us: int) -> list[RecordResult]:
         years = self._years(tx)
-        year_now = datetime.fromtimestamp(received_us / 1e6, timezone.utc).strftime("%Y")
-        received_month = datetime.fromtimestamp(received_us / 1e6, timezone.utc).strftime("%Y%m")
+        year_now = _utc(received_us).strftime("%Y")
         deltas: dict[tuple[str, tuple[str, ...]], _Counters] = {}
-        job_changes: dict[tuple[str, str], set[tuple[str, str]]] = {}   # (kind, job id) → {(month, hash)} to add
-        job_removals: dict[tuple[str, str], set[tuple[str, str]]] = {}
         seen: dict[str, str] = {}         # record hash → digest, within this chunk
         results = []
-        for outcome in chunk:
-            source, usage = outcome.source, outcome.record
-            record_hash = key_hash(usage.record_id)
-            element = source.element if source.element is not None else etree.fromstring(source.data)
-            digest = _canonical_digest(element)
-            month_text = ur.record_month(usage)
-            month = month_key(month_text) if month_text else received_month
+        for record in chunk:
+            usage, record_hash = record.usage, record.record_hash
             if record_hash in seen:
-                same = seen[record_hash] == digest
-                results.append(RecordResult(source.index, usage.record_id, "duplicate" if same else "refused",
+                same = seen[record_hash] == record.digest
+                results.append(RecordResult(record.index, usage.record_id, "duplicate" if same else "refused",
                                             "" if same else "another record with this id is earlier in the batch"))
                 continue
             found = self._find_id(tx, years, record_hash)
@@ -493,43 +519,36 @@ class Luts:
             id_year = year_now
             if found is not None:
                 id_year, entry = found
-                if entry.get("digest") == digest:
-                    seen[record_hash] = digest
-                    results.append(RecordResult(source.index, usage.record_id, "duplicate",
+                if entry.get("digest") == record.digest:
+                    seen[record_hash] = record.digest
+                    results.append(RecordResult(record.index, usage.record_id, "duplicate",
                                                 "already stored (the same record)"))
                     continue
                 if not replace:
                     results.append(RecordResult(
-                        source.index, usage.record_id, "refused",
+                        record.index, usage.record_id, "refused",
                         "a different record is already stored under this record id (a site administrator "
                         "may replace it with the replace option)"))
                     continue
                 old_month = entry.get("month")
                 old = tx.get(f"ur_{old_month}", record_hash)
                 invariant(old is not None, f"the record the id map names is in ur_{old_month}")
-                old_record = _stored_record(old.xml)
-                deltas.setdefault((old_month, _summary_key(old_record.usage)), _Counters()).add(old_record.usage, -1)
-                for kind, job_id in (("g", old_record.usage.global_job_id), ("l", old_record.usage.local_job_id)):
-                    if job_id:
-                        job_removals.setdefault((kind, job_id), set()).add((old_month, record_hash))
+                old_usage = _stored_record(old.xml).usage
+                deltas.setdefault((old_month, _summary_key(old_usage)), _Counters()).add(old_usage, -1)
                 tx.delete(f"ur_{old_month}", record_hash)
                 status = "replaced"
-            seen[record_hash] = digest
-            tx.put(f"ur_{month}", record_hash,
-                   _record_document(source, usage, month, digest, caller.dn, received_us))
-            tx.put(f"urid_{id_year}", record_hash, _id_entry(month, digest, usage.record_id))
-            deltas.setdefault((month, _summary_key(usage)), _Counters()).add(usage, +1)
+            seen[record_hash] = record.digest
+            tx.put(f"ur_{record.month}", record_hash, record.document)
+            tx.put(f"urid_{id_year}", record_hash, record.id_entry)
+            deltas.setdefault((record.month, _summary_key(usage)), _Counters()).add(usage, +1)
             if self.forwarding:
                 tx.put(self.FORWARD_QUEUE, f"{received_us:020d}-{record_hash}",
-                       etree.tostring(etree.Element(N + "Forward", nsmap={"n": NS}, month=month, id=record_hash)))
-            for kind, job_id in (("g", usage.global_job_id), ("l", usage.local_job_id)):
-                if job_id:
-                    job_changes.setdefault((kind, job_id), set()).add((month, record_hash))
-            results.append(RecordResult(source.index, usage.record_id, status))
+                       etree.tostring(etree.Element(N + "Forward", nsmap={"n": NS}, month=record.month,
+                                                    id=record_hash)))
+            results.append(RecordResult(record.index, usage.record_id, status))
         if year_now not in years:
             tx.put(self.META, "years", etree.tostring(
                 etree.Element(N + "Years", nsmap={"n": NS}, list=" ".join(sorted(set(years) | {year_now})))))
-        self._update_jobs(tx, years, year_now, job_changes, job_removals)
         for (month, key), counters in deltas.items():
             doc_id = key_hash("\0".join(key))
             current = tx.get(f"urs_{month}", doc_id)
@@ -543,28 +562,6 @@ class Luts:
             else:
                 tx.put(f"urs_{month}", doc_id, _summary_document(key, month, total))
         return results
-
-    def _update_jobs(self, tx, years, year_now, additions, removals) -> None:
-        for job_key in set(additions) | set(removals):
-            kind, job_id = job_key
-            doc_id = key_hash(f"{kind}\0{job_id}")
-            collection, refs = f"urjob_{year_now}", set()
-            for year in years:
-                document = tx.get(f"urjob_{year}", doc_id)
-                if document is not None:
-                    collection = f"urjob_{year}"
-                    refs = {(r.get("month"), r.get("id")) for r in etree.fromstring(document.xml)}
-                    break
-            refs = (refs - removals.get(job_key, set())) | additions.get(job_key, set())
-            if len(refs) > JOB_RECORDS_MAX:  # keep the newest-month references; the records stay stored
-                refs = set(sorted(refs, reverse=True)[:JOB_RECORDS_MAX])
-            if not refs:
-                tx.delete(collection, doc_id)
-                continue
-            element = etree.Element(N + "Job", nsmap={"n": NS}, kind=kind)
-            for month, record_hash in sorted(refs):
-                etree.SubElement(element, N + "r", month=month, id=record_hash)
-            tx.put(collection, doc_id, etree.tostring(element, encoding="utf-8"))
 
     # -- queries ----------------------------------------------------------------------------------
 
@@ -632,15 +629,11 @@ class Luts:
         """The records of one job, by global or local job id, that the caller may see."""
         if not job_id or len(job_id) > ur.VALUE_CHARS_MAX:
             raise DomainError("a job id is a non-empty string", "InvalidArgument")
-        years = self._years(self.store)
         refs: set[tuple[str, str]] = set()
-        for kind in ("g", "l"):
-            doc_id = key_hash(f"{kind}\0{job_id}")
-            for year in years:
-                document = self.store.get(f"urjob_{year}", doc_id)
-                if document is not None:
-                    refs |= {(r.get("month"), r.get("id")) for r in etree.fromstring(document.xml)}
-                    break
+        for year in self._years(self.store):
+            for attribute in ("job", "ljob"):
+                page = self.store.query(f"urid_{year}", None, where={attribute: job_id}, limit=JOB_RECORDS_MAX)
+                refs |= {(etree.fromstring(d.xml).get("month"), d.doc_id) for d in page.documents}
         records = []
         for month, record_hash in sorted(refs):
             document = self.store.get(f"ur_{month}", record_hash)

@@ -1,0 +1,208 @@
+"""LUTS: signed batch ingest rate, then query times at a large number of stored records.
+
+    python bench/luts.py [--stores embedded,basex] [--records 1000000] [--batches 20] [--write]
+
+For each store a gridcredit host (2 worker processes) serves the LUTS.
+
+1. Ingest: ``--batches`` signed Publish requests of 1,000 OGF UR 1.0 records each (a ``UsageRecords``
+   document as ARC's publisher writes them, ~1 KB a record), sent by two client processes at once;
+   records/s = records acknowledged / wall time. Every answer is verified like the real client does.
+2. Fill: the store is then filled to ``--records`` through the LUTS core in this process (the
+   same publish path without HTTP and WS-Security, so a million records take minutes, not an hour).
+3. Queries, signed over HTTPS, each repeated and reported as median / 95th percentile:
+   one user's records for one month (a page of up to 1,000), one job by its global id, the monthly
+   summary by VO. Baseline in the same run: a signed WhoAmI round trip.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+from common import write_section  # noqa: E402
+from luts_fixtures import Job, make_batch  # noqa: E402
+from whoami import Caller, free_port, start_server  # noqa: E402
+
+from lxml import etree
+
+from gridcredit.config import load_config
+from gridcredit.host import HostFiles, prepare_state
+from gridcredit.host_cli import development_pki
+from gridcredit.runtime import open_service_store
+from gridcredit.security.credentials import load_credential
+from gridcredit.security.pki import CertificateAuthority
+from gridcredit.security.wssec import SOAP11_NS
+from gridcredit.services.luts.luts import Caller as LutsCaller, Luts, LutsPolicy
+from gridcredit.xmlstore.basex_server import BaseXServer
+
+LUTS_NS = "urn:gridcredit:luts:1"
+BATCH = 1000
+USERS = 1000
+VOS = [f"vo{n:02d}" for n in range(20)]
+MACHINES = [f"ce{n}.example.org" for n in range(10)]
+MONTHS = 12
+START = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+
+def synthetic_jobs(first: int, count: int) -> list[Job]:
+    """Deterministic records: record n belongs to user n % USERS, ends in month (n // USERS) % MONTHS."""
+    jobs = []
+    for n in range(first, first + count):
+        month = (n // USERS) % MONTHS
+        end = START + timedelta(days=31 * month + (n % 28), seconds=n % 86_400)
+        end = end.replace(day=min(end.day, 28))
+        jobs.append(Job(record_id=f"bench-{n}", user=f"/O=Grid/O=Bench/CN=User {n % USERS}", vo=VOS[n % len(VOS)],
+                        machine=MACHINES[n % len(MACHINES)], queue="q" + str(n % 3), end=end, wall_s=60 + n % 7200,
+                        cpu_s=30 + n % 3600, charge=f"{n % 1000}.{n % 100:02d}", local_job_id=str(n),
+                        global_job_id=f"gsiftp://bench/jobs/{n}"))
+    return jobs
+
+
+def envelope(operation: str, body: str) -> etree._Element:
+    return etree.fromstring(f'<s:Envelope xmlns:s="{SOAP11_NS}"><s:Body><l:{operation} xmlns:l="{LUTS_NS}">'
+                            f'{body}</l:{operation}></s:Body></s:Envelope>'.encode())
+
+
+def _ingest_process(url, cert, key, trust_dir, first_batch, batches, queue):
+    caller = Caller(f"{url}/luts", load_credential(cert_path=cert, key_path=key), Path(trust_dir), signed=True)
+    stored = 0
+    for number in range(first_batch, first_batch + batches):
+        document = base64.b64encode(make_batch(synthetic_jobs(number * BATCH, BATCH))).decode()
+        answer = caller.call_envelope(envelope("Publish", f"<l:document>{document}</l:document>"))
+        stored += int(answer.findtext(f".//{{{LUTS_NS}}}stored")) + int(answer.findtext(f".//{{{LUTS_NS}}}duplicate"))
+    queue.put(stored)
+
+
+def ingest(url, cert, key, trust_dir, batches: int) -> float:
+    queue = multiprocessing.Queue()
+    half = batches // 2
+    processes = [multiprocessing.Process(target=_ingest_process, args=(url, cert, key, str(trust_dir), start, count, queue))
+                 for start, count in ((0, half), (half, batches - half))]
+    started = time.perf_counter()
+    for process in processes:
+        process.start()
+    stored = sum(queue.get(timeout=1800) for _ in processes)
+    elapsed = time.perf_counter() - started
+    for process in processes:
+        process.join()
+    if stored != batches * BATCH:
+        raise SystemExit(f"only {stored} of {batches * BATCH} records were acknowledged")
+    return stored / elapsed
+
+
+def fill(config, admin_dn: str, first: int, total: int) -> None:
+    store = open_service_store(config)
+    luts = Luts(store, LutsPolicy(admins=frozenset({admin_dn})))
+    started = time.perf_counter()
+    try:
+        for start in range(first, total, BATCH):
+            count = min(BATCH, total - start)
+            report = luts.publish(make_batch(synthetic_jobs(start, count)), LutsCaller(admin_dn))
+            if not report.ok:
+                raise SystemExit(f"fill failed at record {start}: {report.results[0]}")
+            if (start // BATCH) % 50 == 0:
+                done = start + count
+                rate = (done - first) / (time.perf_counter() - started)
+                print(f"  filled {done:,} records ({rate:,.0f}/s)", flush=True)
+    finally:
+        store.close()
+
+
+def timed(call, repeat: int) -> tuple[float, float]:
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        call()
+        samples.append(1000 * (time.perf_counter() - started))
+    samples.sort()
+    return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.95))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stores", default="embedded,basex")
+    parser.add_argument("--records", type=int, default=1_000_000, help="records stored when the queries are timed")
+    parser.add_argument("--batches", type=int, default=20, help="signed batches of 1,000 records in the ingest test")
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--write", action="store_true", help="record the results in BENCHMARKS.md")
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="gridcredit-bench-luts-"))
+    host_cert, host_key, trust_dir, _ = development_pki(root)
+    ca = CertificateAuthority.load(root / "pki" / "ca")
+    cert, key = ca.issue_user("Bench LUTS Admin", root / "admin")
+    admin = load_credential(cert_path=str(cert), key_path=str(key))
+    files = HostFiles(host_cert, host_key, trust_dir)
+    lines = [f"Machine: {os.cpu_count()} cores; host: {args.workers} worker processes. Records: OGF UR 1.0 with SGAS "
+             f"VO extension, ~{len(make_batch(synthetic_jobs(0, BATCH))) // BATCH} bytes each, {USERS} users, "
+             f"{len(VOS)} VOs, {MONTHS} months. Ingest: {args.batches} signed batches of {BATCH} records from 2 client "
+             f"processes. Queries: signed, over HTTPS, at {args.records:,} stored records, median / p95 of {args.repeat}.",
+             "", "| store | ingest records/s (target ≥ 5,000 on BaseX) | one user's month (< 300 ms) | "
+             "job by id (< 20 ms) | monthly summary by VO (< 500 ms) | signed WhoAmI (baseline) |",
+             "|---|---|---|---|---|---|"]
+    for store_name in args.stores.split(","):
+        basex = None
+        env = {"GRIDCREDIT_STATE_DIR": str(root / f"state-{store_name}"), "GRIDCREDIT_STORE_BACKEND": store_name,
+               "GRIDCREDIT_LUTS_ADMINS": admin.identity_dn}
+        if store_name == "basex":
+            basex = BaseXServer(root / "basex", port=free_port()).start()
+            env["GRIDCREDIT_STORE_BASEX_PORT"] = str(basex.port)
+        base = load_config(env=env)
+        config = replace(base, server=replace(base.server, port=free_port(), workers=args.workers, threads=8,
+                                              request_bytes_max=50_000_000))
+        prepare_state(config)
+        server = start_server(config, files, unsigned=False)
+        try:
+            url = f"https://localhost:{config.server.port}"
+            print(f"[{store_name}] ingest {args.batches} × {BATCH} records …", flush=True)
+            rate = ingest(url, str(cert), str(key), trust_dir, args.batches)
+            print(f"[{store_name}] ingest: {rate:,.0f} records/s", flush=True)
+            if args.records > args.batches * BATCH:
+                print(f"[{store_name}] filling to {args.records:,} records …", flush=True)
+                fill(config, admin.identity_dn, args.batches * BATCH, args.records)
+            caller = Caller(f"{url}/luts", admin, trust_dir, signed=True)
+            user_month = envelope("Query", "<l:xpath>@user = $u</l:xpath><l:variables><l:Variable><l:name>u</l:name>"
+                                           "<l:value>/O=Grid/O=Bench/CN=User 7</l:value></l:Variable></l:variables>"
+                                           "<l:from_month>2025-03</l:from_month><l:to_month>2025-03</l:to_month>"
+                                           "<l:limit>1000</l:limit>")
+            found = caller.call_envelope(user_month).findall(f".//{{{LUTS_NS}}}UsageRecordInfo")
+            print(f"[{store_name}] one user's month: {len(found)} records", flush=True)
+            job_id = f"gsiftp://bench/jobs/{args.records // 2 + 7}"
+            job = envelope("JobUsage", f"<l:job_id>{job_id}</l:job_id>")
+            if len(caller.call_envelope(job).findall(f".//{{{LUTS_NS}}}UsageRecordInfo")) != 1:
+                raise SystemExit("the job lookup did not find its record")
+            summary = envelope("Summary", "<l:by><l:string>vo</l:string><l:string>month</l:string></l:by>"
+                                          "<l:from_month>2025-03</l:from_month><l:to_month>2025-03</l:to_month>")
+            rows = caller.call_envelope(summary).findall(f".//{{{LUTS_NS}}}SummaryRowInfo")
+            print(f"[{store_name}] summary rows: {len(rows)}", flush=True)
+            whoami = envelope("WhoAmI", "")
+            results = [timed(lambda e=e: caller.call_envelope(e), args.repeat) for e in (user_month, job, summary, whoami)]
+        finally:
+            server.terminate()
+            server.join(30)
+            if basex is not None:
+                basex.stop()
+        cells = " | ".join(f"{p50:.1f} / {p95:.1f} ms" for p50, p95 in results)
+        lines.append(f"| {store_name} | {rate:,.0f} | {cells} |")
+        print(lines[-1], flush=True)
+    print("\n".join(lines))
+    if args.write:
+        command = "python bench/luts.py" + (f" --records {args.records}" if args.records != 1_000_000 else "")
+        write_section("LUTS: ingest and queries", command, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
