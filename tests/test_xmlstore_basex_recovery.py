@@ -313,3 +313,160 @@ def _journal_only_worker(spec: dict, args: list[str]) -> None:
 
 if __name__ == "__main__":
     _journal_only_worker(json.loads(sys.argv[1]), sys.argv[3:])
+
+
+# -- attribute indexes and store_text=False ----------------------------------------------------
+
+INDEXED_SPEC = [["ur_", ["user", "vo"], True], ["lean_", ["user", "vo"], False], ["log", ["n"], False]]
+
+
+def index_options(port: int, db: str) -> str:
+    session = Session("127.0.0.1", port, "admin", "admin", timeout_s=5)
+    try:
+        return session.query(f"let $i := db:info('{db}')//indexes return "
+                             f"string-join(($i/attrindex, $i/textindex, $i/attrinclude) ! string(), '|')")
+    finally:
+        session.close()
+
+
+def fill_users(store, collection: str, count: int) -> None:
+    store.transact(lambda tx: [tx.put(collection, f"r{n:04d}", f'<rec user="u{n % 10}" vo="v{n % 3}" n="{n}">'
+                                                             f'{"z" * 100}</rec>'.encode()) for n in range(count)])
+
+
+def assert_where_right(store, collection: str, count: int) -> None:
+    for user in range(10):
+        expected = [f"r{n:04d}" for n in range(user, count, 10)]
+        page = store.query(collection, None, where={"user": f"u{user}"}, limit=1000, scan_limit=1)
+        assert [d.doc_id for d in page.documents] == expected
+        assert store.count(collection, where={"user": f"u{user}", "vo": "v1"}, scan_limit=1) == \
+            sum(1 for n in range(user, count, 10) if n % 3 == 1)
+    info = store.query_plan(collection, where={"user": "u3"})
+    assert f'db:attribute("gc_{collection}", "u3")' in info.split("Optimized Query:")[1], info
+
+
+def test_rebuild_from_the_journal_recreates_the_attribute_index(private_basex, spec):
+    spec = dict(spec, indexes=INDEXED_SPEC)
+    with open_from_spec(spec) as store:
+        fill_users(store, "ur_a", 200)
+        fill_users(store, "lean_a", 200)
+        store.delete("lean_a", "r0005")
+    private_basex.stop()
+    assert corrupt_database(private_basex.data_dir, "gc_lean_a")
+    assert corrupt_database(private_basex.data_dir, "gc_ur_a")
+    private_basex.start()
+    with open_from_spec(spec) as store:
+        assert any("lean_a" in line and "rebuil" in line for line in store.recovery_log), store.recovery_log
+        for collection in ("ur_a", "lean_a"):
+            assert index_options(private_basex.port, f"gc_{collection}") == "true|false|user,vo"
+        assert_where_right(store, "ur_a", 200)
+        assert store.count("lean_a", where={"user": "u5"}) == 19
+        store.put("lean_a", "r0005", b'<rec user="u5"/>')
+        assert store.count("lean_a", where={"user": "u5"}) == 20
+        store.rebuild("lean_a")                                   # on demand too
+        assert index_options(private_basex.port, "gc_lean_a") == "true|false|user,vo"
+        assert_where_right(store, "lean_a", 200)
+        assert all(entry["ok"] for entry in store.check().values())
+
+
+def test_kill9_of_basex_during_indexed_writes(private_basex, spec):
+    spec = dict(spec, indexes=INDEXED_SPEC)
+    child = spawn_worker(spec, "pairs", "500")
+    acked = read_acks(child, 40, timeout_s=60)
+    private_basex.kill()
+    time.sleep(0.3)
+    kill9(child)
+    acked += [int(line.split()[1]) for line in child.stdout.read().splitlines() if line.startswith("ack ")]
+    private_basex.start()
+    with open_from_spec(spec) as store:
+        last = check_pairs(store, acked)
+        found = store.query("log", None, where={"n": tuple(str(n) for n in range(1, last + 1))}, limit=1000,
+                            scan_limit=1)
+        assert [d.doc_id for d in found.documents] == [f"n{n:07d}" for n in range(1, last + 1)]
+        info = store.query_plan("log", where={"n": "3"})
+        assert 'db:attribute("gc_log", "3")' in info.split("Optimized Query:")[1]
+        assert all(entry["ok"] for entry in store.check().values())
+
+
+def test_documents_whose_text_is_not_kept(private_basex, spec):
+    """store_text=False: the mirror holds versions only; get/tx.get read BaseX once it has the
+    version, else the journal (BaseX behind or down) — never wait for BaseX."""
+    from gridcredit.xmlstore._basex import NOT_KEPT
+    spec = dict(spec, indexes=INDEXED_SPEC)
+    with open_from_spec(spec) as store:
+        fill_users(store, "lean_b", 50)
+        store.put("ur_b", "kept", b"<k/>")
+        assert all(entry[1] is NOT_KEPT for entry in store._state["lean_b"].values())
+        assert store._state["ur_b"]["kept"][1] == "<k/>"
+        store.flush()
+        assert store.get("lean_b", "r0007").xml.startswith(b'<rec user="u7" vo="v1" n="7">')
+        stop_applier(store)                     # BaseX falls behind: reads come from the journal
+        store.put("lean_b", "r0007", b'<rec user="u9" n="7b"/>')
+        assert store.get("lean_b", "r0007") .xml == b'<rec user="u9" n="7b"/>'
+        assert store.get("lean_b", "r0007").version == 2
+
+        def move(tx):
+            document = tx.get("lean_b", "r0007")
+            assert document.xml == b'<rec user="u9" n="7b"/>' and document.version == 2
+            tx.put("lean_b", "r0008", document.xml.replace(b"7b", b"8b"))
+        store.transact(move)
+        private_basex.kill()                    # and BaseX down: still served by the journal
+        assert store.get("lean_b", "r0008").xml == b'<rec user="u9" n="8b"/>'
+        assert store.get("lean_b", "r0001").xml.startswith(b'<rec user="u1"')
+        private_basex.start()
+    with open_from_spec(spec) as store:         # a new process: applies the backlog, serves BaseX
+        assert store.count("lean_b", where={"user": "u9"}) == 7
+        assert [(d.doc_id, d.version) for d in store.query("lean_b", None, where={"user": "u9"}).documents][:3] == \
+            [("r0007", 2), ("r0008", 2), ("r0009", 1)]
+        assert store.get("lean_b", "r0008").xml == b'<rec user="u9" n="8b"/>'
+        page = store.scan("lean_b", after_id="r0006", limit=3)
+        assert [(d.doc_id, d.version) for d in page] == [("r0007", 2), ("r0008", 2), ("r0009", 1)]
+        assert all(entry["ok"] for entry in store.check().values())
+
+
+def test_query_versions_stay_right_when_documents_change_under_it(private_basex, spec):
+    """Query results take their versions from the mirror: a document written after the state
+    BaseX answered from is never returned with a version it does not have."""
+    spec = dict(spec, indexes=INDEXED_SPEC)
+    with open_from_spec(spec) as store:
+        fill_users(store, "ur_c", 20)
+        stop = threading.Event()
+        errors = []
+
+        def rewrite():
+            number = 0
+            while not stop.is_set():
+                number += 1
+                store.put("ur_c", "r0003", f'<rec user="u3" n="{number}"/>'.encode())
+        writer = threading.Thread(target=rewrite)
+        writer.start()
+        try:
+            for _ in range(40):
+                for document in store.query("ur_c", None, where={"user": "u3"}).documents:
+                    if document.doc_id == "r0003" and document.version > 1:
+                        number = int(etree.fromstring(document.xml).get("n"))
+                        if document.version != number + 1:
+                            errors.append((document.version, number))
+        finally:
+            stop.set()
+            writer.join(30)
+        assert not errors, errors[:5]
+
+
+def test_read_only_store_does_not_repair(private_basex, spec):
+    with open_from_spec(spec) as store:
+        store.put("acc", "a", b"<a/>")
+    session = Session("127.0.0.1", private_basex.port, "admin", "admin", timeout_s=5)
+    session.query("db:delete('gc_acc', 'a')")          # BaseX lost a document behind our back
+    session.close()
+    reader = open_from_spec(spec, read_only=True)
+    try:
+        assert reader.get("acc", "a").xml == b"<a/>"     # the journal has it
+        assert reader.count("acc") == 0                  # BaseX as it is: nothing repaired
+        assert reader.recovery_log == [] and reader._applier is None
+        with pytest.raises(StoreError, match="read-only"):
+            reader.rebuild("acc")
+    finally:
+        reader.close()
+    with open_from_spec(spec) as store:                 # a writable open repairs
+        assert store.count("acc") == 1

@@ -168,8 +168,18 @@ return db:create($n, (), (), map{'chop': false(), 'updindex': true(), 'autooptim
   'maxlen': %d})""" % INDEX_MAXLEN
 
 Q_INDEX_OPTIONS = """declare variable $db external;
-if (db:exists($db)) then string-join(db:info($db)//indexes/(attrindex, textindex, attrinclude, maxlen)/string(), '|')
+if (db:exists($db)) then let $i := db:info($db)//indexes
+  return string-join(($i/attrindex, $i/textindex, $i/attrinclude, $i/maxlen) ! string(), '|')
 else 'missing'"""
+
+# the attribute index agrees with the data: as many indexed attributes (by qualified name, as
+# ATTRINCLUDE matches them) as the documents hold — values up to 250 characters (<= 1000 bytes,
+# always indexed) on both sides. A kill -9 of BaseX can leave the index behind its data (seen:
+# "Key does not exist" on the next update); the data is checked separately.
+Q_INDEX_CHECK = """declare variable $db external; declare variable $names external;
+let $n := tokenize($names, ',')
+return sum(index:attributes($db)[string-length(.) <= 250]/@count) || ' ' ||
+       count(db:open($db)//@*[name() = $n][string-length(.) <= 250])"""
 
 Q_REINDEX = """declare variable $db external; declare variable $include external;
 db:optimize($db, true(), map{'attrindex': true(), 'attrinclude': $include, 'textindex': false(),
@@ -570,11 +580,11 @@ class BaseXStore(XmlStore):
             with self._mirror_lock:
                 self._pending.clear()
         self._verify_and_repair(list(self._state), check_unknown=True)
+        self._check_index_options()
         self._set_meta(last)
         self._note_applied(last)
         self._suspect = False
         self._broken_checked = self._pool.broken_seen
-        self._check_index_options()
 
     # -- attribute indexes --
     @property
@@ -604,17 +614,30 @@ class BaseXStore(XmlStore):
 
     def _check_index_options(self) -> None:
         """Give every existing database of a covered collection the attribute index its
-        declarations ask for (declared after it was created, or changed): db:optimize rebuilds it."""
+        declarations ask for (declared after it was created, or changed), and one that agrees
+        with its data: db:optimize rebuilds it (a rebuild from the journal if that fails)."""
         for collection in sorted(self._state):
             indexed = self._coverage(collection).attributes
             if not indexed:
                 continue
             db, include = self._db(collection), ",".join(sorted(indexed))
             found = self._run(Q_INDEX_OPTIONS, {"$db": (db, "")})
-            if found == "missing" or found == f"true|false|{include}|{INDEX_MAXLEN}":
+            if found == "missing":
                 continue
-            self._note(f"{collection}: building its attribute index on {include} (was {found})")
-            self._run(Q_REINDEX, {"$db": (db, ""), "$include": (include, "")})
+            if found == f"true|false|{include}|{INDEX_MAXLEN}":
+                counts = self._run(Q_INDEX_CHECK, {"$db": (db, ""), "$names": (include, "")}).split()
+                if len(counts) == 2 and counts[0] == counts[1]:
+                    continue
+                self._note(f"{collection}: its attribute index disagrees with its data (indexed/held: "
+                           f"{' / '.join(counts)}); rebuilding the index")
+            else:
+                self._note(f"{collection}: building its attribute index on {include} (was {found})")
+            try:
+                self._run(Q_REINDEX, {"$db": (db, ""), "$include": (include, "")})
+            except ServerError as error:
+                self._note(f"{collection}: re-indexing failed ({str(error)[:200]}); rebuilding from the journal")
+                self._set_meta(0)          # readers of other processes wait while we rebuild
+                self.rebuild(collection, _locked=True)
 
     # -- sessions --
     def _connect(self) -> Session:
@@ -872,6 +895,7 @@ class BaseXStore(XmlStore):
         self._suspect = False
         try:
             self._verify_and_repair(list(self._state))
+            self._check_index_options()
             self._set_meta(self._journal.last_seq)
         except BaseException:
             self._suspect = True
@@ -1005,7 +1029,12 @@ class BaseXStore(XmlStore):
             behind = sorted(d for d in want_versions if versions.get(d) != want_versions[d] or
                             (d in want_live) != (d in live))
             self._note(f"{collection}: {len(behind)} document(s) behind the journal; re-applying")
-            self._apply_state(collection, behind)
+            try:
+                self._apply_state(collection, behind)
+            except ServerError as error:     # e.g. an index a crash left behind: "Key does not exist"
+                self._note(f"{collection}: re-applying failed ({str(error)[:200]}); rebuilding")
+                self.rebuild(collection, _locked=True)
+                continue
             status, _seq, live, versions = self._status(collection)
             if status != "ok" or live != want_live or versions != want_versions:
                 self._note(f"{collection}: still inconsistent after re-applying; rebuilding")

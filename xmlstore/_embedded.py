@@ -15,7 +15,14 @@ transaction and every query reads that number (one row) and reloads the declarat
 process changed them, so no writer maintains a stale set. A writable open that declares a new or
 changed index rebuilds the rows of the collections it covers, in one transaction, under the
 writer lock. ``read_only`` opens the file with SQLite's ``mode=ro`` and uses the stored
-declarations only.
+declarations only (SQLite still creates the empty ``-wal`` and the ``-shm`` WAL-index beside the
+file when no other connection has them open: every WAL reader needs them; they hold no data).
+
+Lookups: with every ``where`` name indexed, one join over the ``attributes`` primary key (one
+alias per name, ``value IN (...)`` for a tuple) drives the query in doc_id order and pages in SQL
+(``lookup_plan`` shows SQLite's plan); an XPath or an unindexed name is then evaluated on the
+documents the index found (at most ``scan_limit`` of them). Without an indexed name the collection
+is scanned as for an XPath.
 """
 from __future__ import annotations
 
