@@ -168,3 +168,25 @@ def test_read_only_journal_creates_and_cuts_nothing(tmp_path):
         pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.gcj", "journal.lock"]
     reader.close()
+
+
+def test_one_write_read_back_without_the_others(tmp_path):
+    journal = Journal(tmp_path)
+    tricky = '<a x=\'["c","d2",1,"<fake/>"]\'>["c","d2",</a>'     # the marker's text inside a document
+    with journal.lock():
+        journal.read_new(repair=True)
+        journal.append(1, [("c", "d1", 1, tricky), ("c", "d2", 4, "<real/>"), ("c", "d3", 2, None)])
+    assert journal.frame_write(1, "c", "d2") == ("c", "d2", 4, "<real/>")
+    assert journal.frame_write(1, "c", "d1") == ("c", "d1", 1, tricky)
+    assert journal.frame_write(1, "c", "d3") == ("c", "d3", 2, None)
+    assert journal.frame_write(1, "c", "d4") is None and journal.frame_write(1, "other", "d1") is None
+    journal.close()
+    data = bytearray((tmp_path / "journal.gcj").read_bytes())
+    data[-3] ^= 0x01                                             # the frame no longer matches its CRC
+    (tmp_path / "journal.gcj").write_bytes(bytes(data))
+    reader = Journal(tmp_path, read_only=True)
+    reader.read_new(repair=False)
+    reader._starts.append(0)                                     # as if read before it was damaged
+    with pytest.raises(StoreError, match="does not read back"):
+        reader.frame_write(1, "c", "d2")
+    reader.close()

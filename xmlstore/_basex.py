@@ -77,12 +77,12 @@ Memory. Each process keeps the mirror: every live document and tombstone as Pyth
 document, so 1,000,000 documents of 1 KB cost ~1.3 GB in EVERY process that opens the store —
 EXCEPT in collections whose ``AttributeIndex`` says ``store_text=False``: there the mirror keeps
 (version, NOT_KEPT, sequence number) only (~200 bytes per document with a 64-character id: ~200 MB
-per 1,000,000), and ``get``/``tx.get``/``scan`` read the XML from BaseX when BaseX has applied the
-transaction that wrote that version (known without a round trip; the version is checked), else
-(BaseX behind, or down) read it back from the journal frame that wrote it (the journal remembers
-where each frame starts: 8 bytes per transaction) — never waiting for the applier, so a ``tx.get``
-under the writer lock cannot deadlock with a repair. Repair and rebuild read such XML from the
-journal too, frame by frame. Frames not yet applied keep their XML in the pending queue (bounded by
+per 1,000,000), and ``get``/``tx.get``/``scan`` read the XML back from the journal frame that
+wrote that version (the journal remembers where each frame starts, 8 bytes per transaction, and
+only that document's write is decoded) — not from BaseX, where a lookup by path costs 0.1-0.5 s in
+a database of 400,000 resources (BaseX 9.7); it never waits for the applier (a ``tx.get`` under
+the writer lock cannot deadlock with a repair) and works while BaseX is behind or down. Repair and
+rebuild read such XML from the journal too, frame by frame. Frames not yet applied keep their XML in the pending queue (bounded by
 ``backlog_max``). Opening reads the journal in chunks of ~64 MB (never all of it in memory), but
 still replays the whole history. Not done yet: checkpointing — write a snapshot of the state at
 sequence S (fsynced, renamed into place), start a new journal at S+1 and let processes open from
@@ -127,13 +127,6 @@ _RESULT_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_d
 Q_DOCS = """declare variable $db external; declare variable $ids external;
 <r>{for $id in tokenize($ids, ' ') where db:exists($db, $id)
     return <d id="{$id}" v="{db:open($db, '.v/' || $id)/v/@n}">{db:open($db, $id)}</d>}</r>"""
-
-# documents without their versions (a path lookup costs ~1 ms per 200,000 documents in BaseX 9.7:
-# the versions come from the mirror), with the applied number they are current at
-Q_DOCS_AT = """declare variable $db external; declare variable $ids external; declare variable $m external;
-<r seq="{(db:open($m, '.seq')/seq/@n/string(), '0')[1]}">{
-  if (db:exists($db)) then for $id in tokenize($ids, ' ') where db:exists($db, $id)
-    return <d id="{$id}">{db:open($db, $id)}</d> else ()}</r>"""
 
 # the next ``limit`` document ids after $after
 Q_IDS_AFTER = """declare variable $db external; declare variable $after external; declare variable $limit external;
@@ -202,12 +195,22 @@ if (db:exists($m)) then (db:open($m, '.seq')/seq/(@n || ' ' || (@t, 0)[1]), '0 0
 Q_META_SET = """declare variable $m external; declare variable $seq external;
 db:replace($m, '.seq', <seq n="{$seq}"/>)"""
 
+# An op marked new="1" is added (db:add) instead of replaced: BaseX 9.7's db:replace looks the
+# path up, which costs ~5-14 s per 1,000 documents in a database of 200,000 (db:add: ~0.4 s).
+# Marked only where BaseX cannot hold the path: a document's first write (version 1) in a batch
+# of the running applier (BaseX verified at the batch's base number), and every op of a rebuild
+# into a fresh database. A crash in the middle of such a batch can leave a path twice: the
+# verification (Q_STATUS) finds duplicates and rebuilds.
 _OPS = """
   for $op in $o/op
   let $db := string($op/@db), $id := string($op/@id)
   return if ($op/@del = '1') then (
+    if ($op/@new = '1') then db:add($db, <v n="{$op/@v}" del="1"/>, '.v/' || $id) else (
     if (db:exists($db, $id)) then db:delete($db, $id) else (),
-    db:replace($db, '.v/' || $id, <v n="{$op/@v}" del="1"/>))
+    db:replace($db, '.v/' || $id, <v n="{$op/@v}" del="1"/>)))
+  else if ($op/@new = '1') then (
+    db:add($db, $op/*[1], $id),
+    db:add($db, <v n="{$op/@v}"/>, '.v/' || $id))
   else (
     db:replace($db, $id, $op/*[1]),
     db:replace($db, '.v/' || $id, <v n="{$op/@v}"/>))"""
@@ -687,19 +690,13 @@ class BaseXStore(XmlStore):
 
     def _kept_xml(self, collection: str, doc_id: str, version: int, seq: int) -> str:
         """The XML that transaction ``seq`` wrote for a document whose text the mirror does not
-        keep: from BaseX when it has applied that transaction and the document was not written
-        since, else (BaseX behind or unreachable) read back from the journal. Never waits."""
-        if 0 < seq <= self._applied_seq:
-            try:
-                documents = self._fetch_at(collection, [doc_id])
-            except StoreError:
-                documents = None          # BaseX down: the journal has it
-            if documents and documents[0].version == version:
-                return documents[0].xml.decode()
-        for written_collection, written_id, _version, xml in self._journal.frame_writes(seq):
-            if written_collection == collection and written_id == doc_id and xml is not None:
-                return xml
-        raise StoreError(f"journal frame {seq} does not hold {collection}/{doc_id}")
+        keep, read back from the journal (that one write decoded; no BaseX round trip: BaseX
+        9.7 looks a document up by path in ~0.1-0.5 s in a database of 400,000 resources).
+        Never waits, works while BaseX is behind or down."""
+        write = self._journal.frame_write(seq, collection, doc_id)
+        if write is None or write[2] != version or write[3] is None:
+            raise StoreError(f"journal frame {seq} does not hold version {version} of {collection}/{doc_id}")
+        return write[3]
 
     def _catch_up_unlocked(self) -> int:
         """Read the complete frames appended since our offset (no writer lock needed); returns the
@@ -792,23 +789,27 @@ class BaseXStore(XmlStore):
             return False          # a read-only store repairs nothing (a writable open does)
         return self._suspect or self._pool.broken_seen != self._broken_checked
 
-    def _ops(self, writes: list, seq: int | None = None) -> str:
+    def _ops(self, writes: list, seq: int | None = None, *, add_first_writes: bool = False,
+             fresh: bool = False) -> str:
+        """The ops document; ``add_first_writes``: version-1 documents are added (see _OPS),
+        ``fresh``: every op is (the databases were just created empty)."""
         parts = ['<ops>' if seq is None else f'<ops seq="{int(seq)}" t="{int(time.time() * 1000)}">']
         for collection, doc_id, version, xml in writes:
             db = self._db(collection)   # names and ids are validated: safe in attributes
+            new = ' new="1"' if fresh or (add_first_writes and version == 1 and xml is not None) else ""
             if xml is None:
-                parts.append(f'<op db="{db}" id="{doc_id}" v="{int(version)}" del="1"/>')
+                parts.append(f'<op db="{db}" id="{doc_id}" v="{int(version)}" del="1"{new}/>')
             else:
-                parts.append(f'<op db="{db}" id="{doc_id}" v="{int(version)}">{xml}</op>')
+                parts.append(f'<op db="{db}" id="{doc_id}" v="{int(version)}"{new}>{xml}</op>')
         parts.append("</ops>")
         return "".join(parts)
 
-    def _apply_state_writes(self, writes: list) -> None:
+    def _apply_state_writes(self, writes: list, *, fresh: bool = False) -> None:
         """Write documents' state to BaseX without touching the applied number (repair, rebuild)."""
         self._ensure_databases([self._db(w[0]) for w in writes])
-        self._run(Q_APPLY_STATE, {"$ops": (self._ops(writes), "")})
+        self._run(Q_APPLY_STATE, {"$ops": (self._ops(writes, fresh=fresh), "")})
 
-    def _apply_batch(self, batch: list[tuple[int, list]], base: int) -> None:
+    def _apply_batch(self, batch: list[tuple[int, list]], base: int, *, add_first_writes: bool = True) -> None:
         """Apply whole transactions base+1 .. batch[-1] in one update, each document once."""
         latest: dict[tuple[str, str], tuple[int, str | None]] = {}
         for _seq, writes in batch:
@@ -817,8 +818,8 @@ class BaseXStore(XmlStore):
         writes = [(c, d, v, x) for (c, d), (v, x) in latest.items()]
         self._ensure_databases([self._db(w[0]) for w in writes] + [self._meta_db])
         try:
-            self._run(Q_APPLY, {"$ops": (self._ops(writes, batch[-1][0]), ""), "$m": (self._meta_db, ""),
-                                "$base": (str(base), "")})
+            self._run(Q_APPLY, {"$ops": (self._ops(writes, batch[-1][0], add_first_writes=add_first_writes), ""),
+                                "$m": (self._meta_db, ""), "$base": (str(base), "")})
         except ServerError as error:
             self._suspect = True
             raise StoreError(f"BaseX refused transactions {base + 1}..{batch[-1][0]}: {error}") from None
@@ -839,6 +840,7 @@ class BaseXStore(XmlStore):
 
     def _apply_pending_locked(self, *, writer_locked: bool, verify_first: bool = True, drain: bool = True,
                               gather: bool = False) -> None:
+        # verify_first=False (at open, BaseX not verified yet): replace, never add (see _OPS)
         """Apply committed frames: all of them (``drain``), or those that were there when called."""
         if verify_first and self._needs_repair():
             self._repair_locked(writer_locked=writer_locked)
@@ -878,7 +880,7 @@ class BaseXStore(XmlStore):
                 return
             self._journal.sync()   # BaseX never holds a frame that is not durable
             self._next_batch = time.monotonic() + self.apply_delay_s
-            self._apply_batch(batch, applied)
+            self._apply_batch(batch, applied, add_first_writes=verify_first)
             applied = batch[-1][0]
             self._note_applied(applied)
             self._apply_error = None
@@ -988,11 +990,14 @@ class BaseXStore(XmlStore):
             return text, 0, set(), {}
         lines = text.split("\n")
         seq = int(lines[0].split()[1])
-        live = set(lines[1].split()) if len(lines) > 1 else set()
+        listed = lines[1].split() if len(lines) > 1 else []
+        live = set(listed)
         versions = {}
         for line in lines[2:]:
             doc_id, version, flag = line.split()
             versions[doc_id] = (int(version), flag == "l")
+        if len(listed) != len(live) or len(lines[2:]) != len(versions):
+            return "damaged: a document path held twice (a batch of db:add interrupted?)", seq, set(), {}
         return "ok", seq, live, versions
 
     def _verify_and_repair(self, collections: list[str], *, check_unknown: bool = False) -> None:
@@ -1044,12 +1049,12 @@ class BaseXStore(XmlStore):
         log.warning("xmlstore/basex: %s", message)
         self.recovery_log.append(message)
 
-    def _apply_state(self, collection: str, doc_ids: list[str], batch: int = 1000) -> None:
+    def _apply_state(self, collection: str, doc_ids: list[str], batch: int = 1000, *, fresh: bool = False) -> None:
         expected = self._state.get(collection, {})
         for start in range(0, len(doc_ids), batch):
             chunk = doc_ids[start:start + batch]
             texts = self._texts(collection, chunk)
-            self._apply_state_writes([(collection, d, expected[d][0], texts.get(d)) for d in chunk])
+            self._apply_state_writes([(collection, d, expected[d][0], texts.get(d)) for d in chunk], fresh=fresh)
 
     def _texts(self, collection: str, doc_ids: list[str]) -> dict[str, str]:
         """The current XML of live documents, from the mirror or (not kept) read back from the
@@ -1122,7 +1127,7 @@ class BaseXStore(XmlStore):
             db = self._db(name)
             self._known_databases.discard(db)
             self._drop(db)
-            self._apply_state(name, sorted(self._state.get(name, {})))
+            self._apply_state(name, sorted(self._state.get(name, {})), fresh=True)   # into an empty database
             self._note(f"{name}: rebuilt from the journal ({len(self._state.get(name, {}))} documents)")
 
     # -- reads --
@@ -1134,13 +1139,6 @@ class BaseXStore(XmlStore):
         root = self._parse_result(self._run(Q_DOCS, {"$db": (self._db(collection), ""),
                                                      "$ids": (" ".join(ids), "")}))
         return [self._document(collection, d) for d in root]
-
-    def _fetch_at(self, collection: str, ids: list[str]) -> list[Document] | None:
-        """Documents from BaseX with their versions from the mirror (None: some was written
-        after the state BaseX answered from; ask otherwise)."""
-        root = self._parse_result(self._run(Q_DOCS_AT, {"$db": (self._db(collection), ""),
-                                                        "$ids": (" ".join(ids), ""), "$m": (self._meta_db, "")}))
-        return self._with_versions(collection, root)
 
     def _with_versions(self, collection: str, root: etree._Element) -> list[Document] | None:
         """The documents of a result that BaseX answered at applied number ``root/@seq``, with
@@ -1168,8 +1166,8 @@ class BaseXStore(XmlStore):
 
     def get(self, collection: str, doc_id: str) -> Document | None:
         """From the mirror, caught up with the journal: every acknowledged write, no BaseX round
-        trip — except for collections whose XML the mirror does not keep (``store_text=False``):
-        BaseX when it holds that version, else the journal."""
+        trip (``store_text=False`` collections: the version from the mirror, the XML from the
+        journal frame that wrote it)."""
         collection, doc_id = check_collection(collection), check_doc_id(doc_id)
         with self._mirror_lock:
             self._catch_up_unlocked()
@@ -1182,7 +1180,7 @@ class BaseXStore(XmlStore):
 
     def scan(self, collection: str, *, after_id: str | None = None, limit: int = 1000) -> list[Document]:
         """The next ``limit`` documents after ``after_id``: ids from BaseX, documents from the
-        mirror (not kept: from BaseX in one query)."""
+        mirror (not kept: from the journal)."""
         db = self._db(collection)
         if not 1 <= limit <= self.limits.query_limit_max:
             raise QueryError(f"limit must be 1..{self.limits.query_limit_max}")
@@ -1191,12 +1189,6 @@ class BaseXStore(XmlStore):
         self._await_applied()
         ids = self._run(Q_IDS_AFTER, {"$db": (db, ""), "$after": (after_id or "", ""),
                                       "$limit": (str(limit), "xs:integer")}).split()
-        if not ids:
-            return []
-        if not self._coverage(collection).store_text:
-            documents = self._fetch_at(collection, ids)
-            if documents is not None:
-                return documents
         return [d for d in (self.get(collection, doc_id) for doc_id in ids) if d is not None]
 
     def collections(self) -> list[str]:

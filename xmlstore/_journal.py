@@ -47,7 +47,8 @@ from gridcredit.errors import StoreError, invariant
 MAGIC = b"GCJ1"
 HEADER = struct.Struct(">4sII")
 FRAME_BYTES_MAX = 512_000_000
-READ_BYTES_MAX = 64_000_000     # journal bytes one read_new call reads (more than one frame only if it fits)
+READ_BYTES_MAX = 64_000_000
+_DECODER = json.JSONDecoder()     # journal bytes one read_new call reads (more than one frame only if it fits)
 
 Write = tuple[str, str, int, "str | None"]   # collection, doc_id, version, xml (None: deleted)
 
@@ -201,17 +202,34 @@ class Journal:
         self.offset += len(frame)
         self.last_seq = seq
 
-    def frame_writes(self, seq: int) -> list[Write]:
-        """The writes of frame ``seq`` (already read or appended by this process), read back."""
+    def _payload(self, seq: int) -> bytes:
         invariant(1 <= seq <= len(self._starts), f"frame {seq} is not known to this process")
         start = self._starts[seq - 1]
         head = os.pread(self._fd, HEADER.size, start)
-        magic, length, _crc = HEADER.unpack(head)
-        data = head + os.pread(self._fd, length, start + HEADER.size)
-        frame = _decode(data, 0)
-        if frame is None or frame[0]["seq"] != seq:
+        magic, length, crc = HEADER.unpack(head)
+        payload = os.pread(self._fd, length, start + HEADER.size) if magic == MAGIC else b""
+        if magic != MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
             raise StoreError(f"journal {self.path}: frame {seq} at byte {start} does not read back")
-        return [tuple(w) for w in frame[0]["writes"]]
+        return payload
+
+    def frame_writes(self, seq: int) -> list[Write]:
+        """The writes of frame ``seq`` (already read or appended by this process), read back."""
+        payload = json.loads(self._payload(seq))
+        invariant(payload["seq"] == seq, "a frame's sequence number")
+        return [tuple(w) for w in payload["writes"]]
+
+    def frame_write(self, seq: int, collection: str, doc_id: str) -> Write | None:
+        """The write of one document in frame ``seq``, decoding only that write: a document's
+        ``[collection, doc_id, ...]`` array is found by its JSON text (quotes inside JSON strings
+        are escaped, so the text cannot occur inside a string) and decoded alone."""
+        text = self._payload(seq).decode("utf-8")
+        marker = f"[{json.dumps(collection)},{json.dumps(doc_id)},"
+        position = text.find(marker)
+        if position < 0:
+            return None
+        write, _end = _DECODER.raw_decode(text, position)
+        invariant(write[0] == collection and write[1] == doc_id, "the write found is the one asked for")
+        return tuple(write)
 
     def close(self) -> None:
         for fd in (self._fd, self._lock_fd):
