@@ -6,6 +6,7 @@ the site forwarding to the top with its host certificate; the top stopped and re
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from gridcredit.services.luts.luts import INDEXES, Caller, Luts, LutsPolicy
 from gridcredit.xmlstore import open_store
 
 from luts_fixtures import make_batch, make_record, random_jobs
+from store_fixtures import basex_server  # noqa: F401
 
 SITE_PUBLISHER = "/O=Grid/CN=Site Publisher"
 SITE_HOST = "/O=Grid/CN=host/luts.site.example.org"
@@ -55,10 +57,19 @@ def all_records(luts: Luts) -> dict:
         cursor = page.cursor
 
 
-@pytest.fixture
-def pair(tmp_path):
-    site_store = open_store(StoreConfig(backend="embedded"), tmp_path / "site", indexes=INDEXES)
-    top_store = open_store(StoreConfig(backend="embedded"), tmp_path / "top", indexes=INDEXES)
+def _open(backend: str, state_dir: Path, server=None):
+    if backend == "embedded":
+        return open_store(StoreConfig(backend="embedded"), state_dir, indexes=INDEXES)
+    from gridcredit.xmlstore._basex import BaseXStore
+    return BaseXStore(state_dir / "journal", port=server.port, timeout_s=20, indexes=INDEXES,
+                      db_prefix=f"f{os.getpid()}x{state_dir.parent.name[-6:]}{state_dir.name}_")
+
+
+@pytest.fixture(params=["embedded", "basex"])
+def pair(request, tmp_path):
+    server = request.getfixturevalue("basex_server") if request.param == "basex" else None
+    site_store = _open(request.param, tmp_path / "site", server)
+    top_store = _open(request.param, tmp_path / "top", server)
     site = Luts(site_store, LutsPolicy(site_publishers={SITE_PUBLISHER: frozenset({"*"})}), forwarding=True)
     top = Luts(top_store, LutsPolicy(admins=frozenset({TOP_ADMIN}),
                                      site_publishers={SITE_HOST: frozenset({"ce1.example.org", "ce2.example.org"})}))
@@ -70,19 +81,19 @@ def pair(tmp_path):
 
 def test_records_arrive_upstream_once_with_their_original_bytes(pair):
     site, top, upstream = pair
-    jobs = random_jobs(1200, seed=21, machines=["ce1.example.org", "ce2.example.org"])
-    batch = make_batch(jobs[:1000])
+    jobs = random_jobs(520, seed=21, machines=["ce1.example.org", "ce2.example.org"])
+    batch = make_batch(jobs[:500])
     assert site.publish(batch, Caller(SITE_PUBLISHER)).ok
-    for job in jobs[1000:]:
+    for job in jobs[500:]:
         assert site.publish(make_record(job), Caller(SITE_PUBLISHER)).ok
-    forwarder = Forwarder(site, lambda: upstream, batch_records=500)
-    assert forwarder.queued() == 1200
+    forwarder = Forwarder(site, lambda: upstream, batch_records=200)
+    assert forwarder.queued() == 520
     report = forwarder.forward()
-    assert report.stopped is None and report.entries_done == 1200 and report.records_stored == 1200
+    assert report.stopped is None and report.entries_done == 520 and report.records_stored == 520
     assert forwarder.queued() == 0 and upstream.calls == 3
     stored = all_records(top)
     assert set(stored) == {job.record_id for job in jobs}
-    for job in jobs[::97]:
+    for job in jobs[::37]:
         here = site.record(Caller(SITE_PUBLISHER), job.record_id)
         there = stored[job.record_id]
         assert there.original == without_declaration(here.original)
