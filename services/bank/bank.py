@@ -10,8 +10,10 @@ expiry sweep reads only the active ones.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,11 @@ NAMESPACES = documents.NAMESPACES
 PAGE_SIZE_MAX = 500
 FILTER_LENGTH_MAX = 2000
 SWEEP_BATCH_MAX = 200
+AUDIT_PAGE_SIZE = 1000               # transaction documents read (and handed to the helper) at once
+AUDIT_HELPER_FROM = 20_000           # transactions: a larger ledger is decoded and hashed by a helper process too
+AUDIT_PAGES_AHEAD = 8                # pages read ahead of the replay (about 1 MB each)
+AUDIT_HELPER_PAGES = 2               # pages queued to the helper at once
+AUDIT_HELPER_TIMEOUT_S = 60.0        # a page takes the helper milliseconds: this long means it is gone
 ACCOUNT_TRANSACTIONS = "/t:Transaction[t:accountId = $account or t:counterpartyAccountId = $account]"
 EXPIRY_SWEEPER_DN = "gridcredit bank expiry sweeper"   # not a certificate DN: no caller can be it
 
@@ -405,25 +412,16 @@ def _offset(offset: int) -> int:
     return offset
 
 
-def _documents(store: XmlStore, collection: str) -> Iterator[bytes]:
-    after_id = None
-    while True:
-        page = store.scan(collection, after_id=after_id, limit=1000)
-        for document in page:
-            yield document.xml
-        if len(page) < 1000:
-            return
-        after_id = page[-1].doc_id
-
-
 def audit_store(store: XmlStore, public_key: Ed25519PublicKey, *, signature_check_interval: int = 1000,
-                live: bool = False, attempts: int = 10) -> AuditReport:
+                live: bool = False, attempts: int = 10, helper_from: int = AUDIT_HELPER_FROM) -> AuditReport:
     """Verify the stored ledger: the chain, the signatures and the invariants (see ``ledger.audit``).
 
     The store gives no snapshot across many reads, so the states are read between two readings of
     the ledger head and read again if a transaction committed meanwhile. ``live``: the bank may be
     running — transactions after the head read are not audited (they are still being written);
     offline (``live=False``) every stored transaction is, so one appended behind the head is found.
+    A ledger of ``helper_from`` transactions or more is decoded and hashed by a helper process as
+    well as by this one (see :func:`_audit_rows`); the report is the same either way.
     """
     def read_head() -> LedgerHead | None:
         document = store.get(BANK, documents.LEDGER_HEAD_ID)
@@ -441,25 +439,115 @@ def audit_store(store: XmlStore, public_key: Ed25519PublicKey, *, signature_chec
             break
     else:
         raise StoreError("the ledger kept changing while the audit read it; audit again in a quieter moment")
-    transactions = _documents(store, TRANSACTIONS)
-    if live:
-        last_id = documents.transaction_document_id(head.seq if head else 0)
-        transactions = _documents_until(store, TRANSACTIONS, last_id)
-    return ledger.audit(
-        documents.transactions_from_xml(transactions), accounts, holds,
+    last_id = documents.transaction_document_id(head.seq if head else 0) if live else None
+    rows = _audit_rows(_transaction_pages(store, last_id), helper=head is not None and head.seq >= helper_from)
+    return ledger.audit_rows(
+        rows, accounts, holds,
         documents.money_supply_from_xml(supply_document.xml) if supply_document else MoneySupply(),
         signature_verifier(public_key), head=head, signature_check_interval=signature_check_interval,
         pending_mints=pending_mints,
     )
 
 
-def _documents_until(store: XmlStore, collection: str, last_id: str) -> Iterator[bytes]:
+def _transaction_pages(store: XmlStore, last_id: str | None) -> Iterator[list[bytes]]:
+    """The stored transaction documents in ledger order, a page at a time (up to ``last_id``, if given)."""
+    after_id = None
+    while True:
+        page = store.scan(TRANSACTIONS, after_id=after_id, limit=AUDIT_PAGE_SIZE)
+        wanted = [document.xml for document in page if last_id is None or document.doc_id <= last_id]
+        if wanted:
+            yield wanted
+        if len(wanted) < len(page) or len(page) < AUDIT_PAGE_SIZE:
+            return
+        after_id = page[-1].doc_id
+
+
+def audit_rows_of_page(page: list[bytes]) -> tuple[list[ledger.AuditRow], str | None]:
+    """Decode and hash one page of transaction documents: the rows, and why it stopped early (a
+    document that does not decode), if it did. Runs in the helper process or in this one."""
+    rows = []
+    for data in page:
+        values = documents.flat_fields(data, Transaction)
+        if values is None:      # not in the store's own form: the parser reads it, or refuses it
+            try:
+                values = ledger.transaction_values(documents.transaction_from_xml(data))
+            except StoreError as error:
+                return rows, str(error)
+        rows.append(ledger.audit_row_of_values(values))
+    return rows, None
+
+
+def _audit_rows(pages: Iterator[list[bytes]], *, helper: bool) -> Iterator[ledger.AuditRow]:
+    """The rows of the transaction pages, in ledger order.
+
+    Decoding and hashing cost about twice the replay, so with ``helper`` one helper process (spawned,
+    never forked from a threaded server) decodes pages while this one replays; whenever the
+    helper's oldest page is not ready yet, this process decodes the next page itself, so the work
+    splits by the speed of each. A page that does not decode ends the audit with its StoreError,
+    exactly as without a helper.
+    """
+    def settled(entry) -> tuple[list[ledger.AuditRow], str | None]:
+        if isinstance(entry, tuple):
+            return entry
+        try:
+            return entry.get(timeout=AUDIT_HELPER_TIMEOUT_S)
+        except multiprocessing.TimeoutError:
+            raise StoreError(f"the audit's helper process decoded nothing for {AUDIT_HELPER_TIMEOUT_S:.0f} s; "
+                             f"audit again") from None
+
+    if not helper:
+        for page in pages:
+            rows, error = audit_rows_of_page(page)
+            yield from rows
+            if error is not None:
+                raise StoreError(error)
+        return
+    pool = multiprocessing.get_context("spawn").Pool(processes=1)
+    finished = False
+    try:
+        pending: deque = deque()     # in ledger order: the helper's AsyncResult, or (rows, error) made here
+        queued = 0                   # of them, at the helper
+        exhausted = False
+        while True:
+            while not exhausted and queued < AUDIT_HELPER_PAGES and len(pending) < AUDIT_PAGES_AHEAD:
+                page = next(pages, None)
+                if page is None:
+                    exhausted = True
+                else:
+                    pending.append(pool.apply_async(audit_rows_of_page, (page,)))
+                    queued += 1
+            if not pending:
+                break
+            first = pending[0]
+            if (not isinstance(first, tuple) and not first.ready() and not exhausted
+                    and len(pending) < AUDIT_PAGES_AHEAD):
+                page = next(pages, None)     # the helper is busy: decode the next page here meanwhile
+                if page is None:
+                    exhausted = True
+                else:
+                    pending.append(audit_rows_of_page(page))
+                continue
+            pending.popleft()
+            if not isinstance(first, tuple):
+                queued -= 1
+            rows, error = settled(first)
+            yield from rows
+            if error is not None:
+                raise StoreError(error)
+        finished = True
+    finally:
+        if finished:
+            pool.close()
+        else:               # stopped early (a bad document, a failed replay): nothing more is wanted
+            pool.terminate()
+        pool.join()
+
+
+def _documents(store: XmlStore, collection: str) -> Iterator[bytes]:
     after_id = None
     while True:
         page = store.scan(collection, after_id=after_id, limit=1000)
         for document in page:
-            if document.doc_id > last_id:
-                return
             yield document.xml
         if len(page) < 1000:
             return

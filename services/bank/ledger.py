@@ -77,9 +77,10 @@ import dataclasses
 import enum
 import hashlib
 import json
+import operator
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, NamedTuple, Protocol
 
 from gridcredit.errors import DomainError, invariant
 
@@ -1059,16 +1060,10 @@ def expire_hold(hold: Hold | None, account: Account | None, request: ExpireHold,
 # Canonical bytes, hashing, signing
 
 
-def _canonical_value(value: object) -> object:
-    if isinstance(value, enum.Enum):
-        return value.value
-    invariant(type(value) in (int, str), f"canonical values are int or str, not {type(value).__name__}")
-    return value
-
-
-_TRANSACTION_FIELDS = tuple(field.name for field in dataclasses.fields(Transaction)
-                            if field.name not in ("hash", "signature"))
-
+TRANSACTION_FIELDS = tuple(field.name for field in dataclasses.fields(Transaction))
+transaction_values = operator.attrgetter(*TRANSACTION_FIELDS)   # a Transaction's values, in field order
+_HASHED_FIELDS = tuple(name for name in TRANSACTION_FIELDS if name not in ("hash", "signature"))
+_hashed_values = operator.itemgetter(*(TRANSACTION_FIELDS.index(name) for name in _HASHED_FIELDS))
 
 # One encoder for every call: json.dumps with options builds a new encoder each time (audits hash millions).
 _CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -1076,9 +1071,13 @@ _CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure
 
 def canonical_bytes(transaction: Transaction) -> bytes:
     """The exact bytes the hash covers (see the module docstring)."""
+    return canonical_bytes_of_values(transaction_values(transaction))
+
+
+def canonical_bytes_of_values(values) -> bytes:
+    """:func:`canonical_bytes` of the transaction with these values (in field order)."""
     body = {}
-    for name in _TRANSACTION_FIELDS:
-        value = getattr(transaction, name)
+    for name, value in zip(_HASHED_FIELDS, _hashed_values(values)):
         if value is not None:
             body[name] = value.value if isinstance(value, enum.Enum) else value
     return _CANONICAL_JSON.encode(body).encode("utf-8")
@@ -1331,7 +1330,39 @@ def _verify(verify_signature: Callable[[bytes, bytes], bool], hash_hex: str, sig
         return False
 
 
-def _replay_mint_end(findings: _Findings, mint_replay: dict[str, list], transaction: Transaction,
+class AuditRow(NamedTuple):
+    """What the audit reads of one stored transaction, and the hash recomputed from all of it."""
+
+    seq: int
+    kind: TransactionKind
+    at_us: int
+    account_id: str | None
+    counterparty_account_id: str | None
+    amount: int | None
+    hold_id: str | None
+    hold_state: HoldState | None
+    credit_limit: int | None
+    pending_mint_id: str | None
+    expires_at_us: int | None
+    prev_hash: str
+    hash: str
+    signature: str
+    recomputed_hash: str
+
+
+_row_values = operator.itemgetter(*(TRANSACTION_FIELDS.index(name) for name in AuditRow._fields[:-1]))
+
+
+def audit_row(transaction: Transaction) -> AuditRow:
+    return audit_row_of_values(transaction_values(transaction))
+
+
+def audit_row_of_values(values) -> AuditRow:
+    """The audit's row of the transaction with these values (in field order)."""
+    return AuditRow(*_row_values(values), hashlib.sha256(canonical_bytes_of_values(values)).hexdigest())
+
+
+def _replay_mint_end(findings: _Findings, mint_replay: dict[str, list], transaction: AuditRow,
                      state: PendingMintState) -> None:
     """One end of a pending mint, as the audit replays it: once, by the kind its expiry allows."""
     seq, pending_mint_id = transaction.seq, transaction.pending_mint_id
@@ -1362,6 +1393,16 @@ def audit(transactions: Iterable[Transaction], accounts: Iterable[Account], hold
     given, are the stored pending mints, compared with their replay (each ends exactly once:
     approved before its expiry, cancelled before it, or expired at or after it).
     """
+    return audit_rows(map(audit_row, transactions), accounts, holds, supply, verify_signature, head=head,
+                      signature_check_interval=signature_check_interval, pending_mints=pending_mints)
+
+
+def audit_rows(rows: Iterable[AuditRow], accounts: Iterable[Account], holds: Iterable[Hold],
+               supply: MoneySupply, verify_signature: Callable[[bytes, bytes], bool], *,
+               head: LedgerHead | None = None, signature_check_interval: int = 1000,
+               pending_mints: Iterable[PendingMint] | None = None) -> AuditReport:
+    """:func:`audit` of transactions already read as rows (decoded and hashed elsewhere, e.g. by a
+    helper process while this one replays)."""
     invariant(signature_check_interval >= 1, "signature check interval is positive")
     findings = _Findings()
     kinds = TransactionKind
@@ -1372,7 +1413,7 @@ def audit(transactions: Iterable[Transaction], accounts: Iterable[Account], hold
     unchecked: list[tuple[int, str, str]] = []  # since the last good signature checkpoint
     signatures_checked = 0
     count = 0
-    last: Transaction | None = None
+    last: AuditRow | None = None
     balances: dict[str, int] = {}
     held: dict[str, int] = {}
     credit_limits: dict[str, int] = {}
@@ -1395,7 +1436,7 @@ def audit(transactions: Iterable[Transaction], accounts: Iterable[Account], hold
         unchecked.clear()
 
     def blame_signatures(previous_seq: int, previous: tuple[str, str, str], seq: int,
-                         transaction: Transaction) -> None:
+                         transaction: AuditRow) -> None:
         """At a chain break, check both sides' signatures now to name the edited one."""
         nonlocal signatures_checked
         signatures_checked += 2
@@ -1406,11 +1447,10 @@ def audit(transactions: Iterable[Transaction], accounts: Iterable[Account], hold
         if not _verify(verify_signature, transaction.hash, transaction.signature):
             findings.add("bad-signature", seq, f"transaction {seq}: the bank's signature does not verify")
 
-    for transaction in transactions:
+    for transaction in rows:
         count += 1
         seq = transaction.seq
-        recomputed = transaction_hash(transaction)
-        if recomputed != transaction.hash:
+        if transaction.recomputed_hash != transaction.hash:
             findings.add("edited", seq, f"transaction {seq}: its content does not match its hash (edited)")
         duplicate = False
         if seq > expected_seq:
