@@ -28,7 +28,8 @@ from gridcredit.xmlstore import XmlStore
 
 from . import documents, ledger
 from .ledger import (Account, AuditReport, Balance, BankPolicy, ExpireHold, ExpireMint, Hold, HoldState, LedgerHead,
-                     MoneySupply, Outcome, PendingMint, PendingMintState, Principal, RequestRecord, Transaction)
+                     MoneySupply, Outcome, PendingMint, PendingMintState, Principal, RequestRecord, Statement,
+                     Transaction)
 
 log = logging.getLogger("gridcredit.bank")
 
@@ -169,21 +170,22 @@ class _StoreView(ledger.LedgerView):
         return self._load(TRANSACTIONS, documents.transaction_document_id(seq), documents.transaction_from_xml)
 
 
+def _put_where_its_state_says(tx, collections: tuple[str, str], doc_id: str, state, active: bool) -> None:
+    """An active hold or waiting pending mint in the first collection, an ended one moved to the second."""
+    active_collection, ended_collection = collections
+    if not active:
+        tx.delete(active_collection, doc_id)
+    tx.put(active_collection if active else ended_collection, doc_id, documents.to_xml(state))
+
+
 def _write(tx, outcome: Outcome) -> None:
     for account in outcome.accounts:
         tx.put(ACCOUNTS, account.account_id, documents.to_xml(account))
     for hold in outcome.holds:
-        if hold.state is HoldState.ACTIVE:
-            tx.put(HOLDS_ACTIVE, hold.hold_id, documents.to_xml(hold))
-        else:
-            tx.delete(HOLDS_ACTIVE, hold.hold_id)
-            tx.put(HOLDS_ENDED, hold.hold_id, documents.to_xml(hold))
+        _put_where_its_state_says(tx, (HOLDS_ACTIVE, HOLDS_ENDED), hold.hold_id, hold, hold.state is HoldState.ACTIVE)
     for pending in outcome.pending_mints:
-        if pending.state is PendingMintState.PENDING:
-            tx.put(PENDING_MINTS, pending.pending_mint_id, documents.to_xml(pending))
-        else:
-            tx.delete(PENDING_MINTS, pending.pending_mint_id)
-            tx.put(PENDING_MINTS_ENDED, pending.pending_mint_id, documents.to_xml(pending))
+        _put_where_its_state_says(tx, (PENDING_MINTS, PENDING_MINTS_ENDED), pending.pending_mint_id, pending,
+                                  pending.state is PendingMintState.PENDING)
     if outcome.money_supply is not None:
         tx.put(BANK, documents.MONEY_SUPPLY_ID, documents.to_xml(outcome.money_supply))
     tx.put(TRANSACTIONS, documents.transaction_document_id(outcome.transaction.seq), documents.to_xml(outcome.transaction))
@@ -199,17 +201,6 @@ def _write(tx, outcome: Outcome) -> None:
 class Page:
     items: tuple
     next_offset: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Statement:
-    account_id: str
-    from_us: int
-    to_us: int
-    opening_balance: int
-    closing_balance: int
-    transactions: tuple[Transaction, ...]
-    truncated: bool
 
 
 class Bank:

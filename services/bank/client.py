@@ -31,10 +31,16 @@ Exceptions (all :class:`GridcreditError`)::
 """
 from __future__ import annotations
 
+import dataclasses
+import enum
+import functools
 import logging
+import operator
 import random
 import threading
 import time
+import types
+import typing
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -47,6 +53,7 @@ from lxml import etree
 
 from gridcredit.errors import GridcreditError, RemoteFault, SecurityError
 
+from . import ledger
 from .ledger import REQUEST_ID_PATTERN
 
 log = logging.getLogger("gridcredit.bank.client")
@@ -80,37 +87,37 @@ class OutcomeUnknown(BankClientError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Results: plain frozen dataclasses mirroring the WSDL types (money int, times µs since the epoch)
+# Results: plain frozen dataclasses mirroring the WSDL types (money int, times µs since the epoch).
+# The ledger's own types where the wire carries them as they are (Balance, AuditFinding,
+# Statement); where the ledger has enums, a mirror with the same fields holding their text.
 
 
-@dataclass(frozen=True, slots=True)
-class Transaction:
-    seq: int
-    kind: str
-    at_us: int
-    request_id: str
-    principal_dn: str
-    account_id: str | None = None
-    counterparty_account_id: str | None = None
-    amount: int | None = None
-    hold_id: str | None = None
-    hold_amount: int | None = None
-    hold_state: str | None = None
-    expires_at_us: int | None = None
-    reference: str | None = None
-    collector_dn: str | None = None
-    pending_mint_id: str | None = None
-    approver_dn: str | None = None
-    project: str | None = None
-    holder_dn: str | None = None
-    role: str | None = None
-    status: str | None = None
-    credit_limit: int | None = None
-    spending_limit: int | None = None
-    spending_period_us: int | None = None
-    prev_hash: str = ""
-    hash: str = ""
-    signature: str = ""
+def _mirror(cls: type) -> type:
+    """A frozen dataclass with the fields (and defaults) of ledger type ``cls``, each enum-typed
+    one holding the member's text, as the wire carries it (``kind="charge"``)."""
+    def plain(hint):
+        if isinstance(hint, type) and issubclass(hint, enum.Enum):
+            return str
+        if isinstance(hint, types.UnionType):
+            return functools.reduce(operator.or_, (plain(member) for member in typing.get_args(hint)))
+        return hint
+
+    hints = typing.get_type_hints(cls)
+    mirrored = [(field.name, plain(hints[field.name]),
+                 dataclasses.field(default=field.default) if field.default is not dataclasses.MISSING else
+                 dataclasses.field())
+                for field in dataclasses.fields(cls)]
+    return dataclasses.make_dataclass(cls.__name__, mirrored, frozen=True, slots=True, namespace={
+        "__module__": __name__, "__doc__": f"The client's ledger.{cls.__name__}: enums as their text."})
+
+
+Transaction = _mirror(ledger.Transaction)
+Hold = _mirror(ledger.Hold)
+PendingMint = _mirror(ledger.PendingMint)      # state: pending, approved, cancelled or expired
+Holder = _mirror(ledger.Holder)
+Balance = ledger.Balance
+AuditFinding = ledger.AuditFinding
+Statement = ledger.Statement                   # its transactions: the client's Transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,38 +126,6 @@ class Receipt:
 
     transaction: Transaction
     replayed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    hold_id: str
-    account_id: str
-    amount: int
-    charged: int
-    expires_at_us: int
-    reference: str
-    creator_dn: str
-    collector_dn: str | None
-    state: str
-    created_at_us: int
-    created_seq: int
-    ended_seq: int | None
-    ended_at_us: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Balance:
-    account_id: str
-    total: int
-    held: int
-    available: int
-    credit_limit: int
-
-
-@dataclass(frozen=True, slots=True)
-class Holder:
-    dn: str
-    role: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,20 +142,6 @@ class Account:
     spent_in_period: int
     created_at_us: int
     holders: tuple[Holder, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class PendingMint:
-    pending_mint_id: str
-    account_id: str
-    amount: int
-    requester_dn: str
-    requested_at_us: int
-    expires_at_us: int
-    state: str                        # pending, approved, cancelled or expired
-    ended_by_dn: str | None
-    ended_seq: int | None
-    ended_at_us: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,28 +163,10 @@ class TransactionPage:
 
 
 @dataclass(frozen=True, slots=True)
-class Statement:
-    account_id: str
-    from_us: int
-    to_us: int
-    opening_balance: int
-    closing_balance: int
-    transactions: tuple[Transaction, ...]
-    truncated: bool
-
-
-@dataclass(frozen=True, slots=True)
 class MoneySupply:
     issued: int
     retired: int
     outstanding: int
-
-
-@dataclass(frozen=True, slots=True)
-class AuditFinding:
-    kind: str
-    seq: int | None
-    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -580,7 +523,7 @@ def audit_report_of(report) -> AuditReport:
     return AuditReport(clean=report.clean, transaction_count=report.transaction_count, head_seq=report.head.seq,
                        head_hash=report.head.hash, issued=report.issued, retired=report.retired,
                        signatures_checked=report.signatures_checked,
-                       findings=tuple(AuditFinding(f.kind, f.seq, f.message) for f in report.findings),
+                       findings=report.findings,
                        findings_omitted=report.findings_omitted)
 
 

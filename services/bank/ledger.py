@@ -1275,6 +1275,20 @@ class Balance:
     credit_limit: int
 
 
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """An account's opening balance at ``from_us``, its transactions in [from_us, to_us), the closing
+    balance (the bank's answer holds Transactions; the client's, its mirror of them)."""
+
+    account_id: str
+    from_us: int
+    to_us: int
+    opening_balance: int
+    closing_balance: int
+    transactions: tuple
+    truncated: bool                      # more transactions in the period than a statement lists
+
+
 def balance(account: Account | None, account_id: str, *, principal: Principal) -> Balance:
     account = _require_account(account, account_id)
     if not may_view(principal, account):
