@@ -83,7 +83,7 @@ only that document's write is decoded) — not from BaseX, where a lookup by pat
 a database of 400,000 resources (BaseX 9.7); it never waits for the applier (a ``tx.get`` under
 the writer lock cannot deadlock with a repair) and works while BaseX is behind or down. Repair and
 rebuild read such XML from the journal too, frame by frame. Frames not yet applied keep their XML in the pending queue (bounded by
-``backlog_max``). Opening reads the journal in chunks of ~64 MB (never all of it in memory), but
+``backlog_max``). Opening reads the journal in chunks of ~8 MB (never all of it in memory), but
 still replays the whole history. Not done yet: checkpointing — write a snapshot of the state at
 sequence S (fsynced, renamed into place), start a new journal at S+1 and let processes open from
 snapshot + tail.
@@ -171,7 +171,7 @@ else 'missing'"""
 # "Key does not exist" on the next update); the data is checked separately.
 Q_INDEX_CHECK = """declare variable $db external; declare variable $names external;
 let $n := tokenize($names, ',')
-return sum(index:attributes($db)[string-length(.) <= 250]/@count) || ' ' ||
+return sum(index:attributes($db)[string-length(.) <= 250]/@count ! xs:integer(.)) || ' ' ||
        count(db:open($db)//@*[name() = $n][string-length(.) <= 250])"""
 
 Q_REINDEX = """declare variable $db external; declare variable $include external;
@@ -546,7 +546,7 @@ class BaseXStore(XmlStore):
         self._note_applied(self._read_meta())
 
     def _absorb_chunk(self, applied: int | None, *, repair: bool = False) -> list[tuple[int, list]]:
-        """Read up to ~64 MB of frames into the mirror (frames after ``applied`` also into the
+        """Read up to ~8 MB of frames into the mirror (frames after ``applied`` also into the
         pending queue); returns the frames (empty at the journal's end)."""
         entries = self._journal.read_new(repair=repair, bytes_max=READ_BYTES_MAX)
         if applied is None:

@@ -47,8 +47,8 @@ from gridcredit.errors import StoreError, invariant
 MAGIC = b"GCJ1"
 HEADER = struct.Struct(">4sII")
 FRAME_BYTES_MAX = 512_000_000
-READ_BYTES_MAX = 64_000_000
-_DECODER = json.JSONDecoder()     # journal bytes one read_new call reads (more than one frame only if it fits)
+READ_BYTES_MAX = 8_000_000      # journal bytes one read_new call reads (more than one frame only if it fits)
+_DECODER = json.JSONDecoder()
 
 Write = tuple[str, str, int, "str | None"]   # collection, doc_id, version, xml (None: deleted)
 
