@@ -6,6 +6,8 @@ the site forwarding to the top with its host certificate; the top stopped and re
 """
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import threading
 import time
@@ -19,7 +21,7 @@ from gridcredit.services.luts.forward import REJECTED, Forwarder, _HostLock, run
 from gridcredit.services.luts.luts import INDEXES, Caller, Luts, LutsPolicy
 from gridcredit.xmlstore import open_store
 
-from luts_fixtures import make_batch, make_record, random_jobs
+from luts_fixtures import Job, make_batch, make_record, random_jobs
 from store_fixtures import basex_server  # noqa: F401
 
 SITE_PUBLISHER = "/O=Grid/CN=Site Publisher"
@@ -156,6 +158,22 @@ def test_records_the_upstream_refuses_are_set_aside_with_the_reason(pair):
     rejected = site.store.scan(REJECTED)
     assert len(rejected) == 3 and all(b"ce9.elsewhere.org" in document.xml for document in rejected)
     assert forwarder.forward().entries_done == 0 and upstream.calls == 1       # not sent again
+
+
+def test_a_replaced_record_replaces_its_old_version_upstream(pair):
+    site, top, upstream = pair
+    old = Job("rep-1", "/O=Grid/CN=Ann", "atlas", "ce1.example.org", None, None, 100, 10, None)
+    new = dataclasses.replace(old, wall_s=999)
+    site.publish(make_record(old), Caller(SITE_PUBLISHER))
+    forwarder = Forwarder(site, lambda: upstream)
+    assert forwarder.forward().records_stored == 1
+    assert site.publish(make_record(new), Caller(SITE_PUBLISHER), replace=True).results[0].status == "replaced"
+    # the old version queued again and the new one after it: both go, in order
+    site.publish(make_record(new), Caller(SITE_PUBLISHER))
+    report = forwarder.forward()
+    assert report.stopped is None and report.records_rejected == 0 and forwarder.queued() == 0
+    assert all_records(top)["rep-1"].usage.wall_us == 999_000_000
+    assert top.summary(Caller(TOP_ADMIN), ["user"]).rows[0].wall_us == 999_000_000
 
 
 def test_a_refused_publisher_stops_and_keeps_everything(pair):

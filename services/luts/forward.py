@@ -100,10 +100,14 @@ class Forwarder:
                     log.warning("forwarding: queue entry %s cannot be sent: %s; kept in %s", one.document.name,
                                 one.error, REJECTED)
 
-        sender = None
+        sender = replacer = None
         try:
             sender = BatchSender(_LazyClient(self._upstream), on_settled=settled, batch_records=self.batch_records,
                                  batch_bytes_max=self.batch_bytes_max)
+            # Replacements go alone with replace=True, after everything queued before them was sent
+            # (upstream must have the old version before it can take the new one in its place).
+            replacer = BatchSender(_LazyClient(self._upstream), on_settled=settled, batch_records=1,
+                                   batch_bytes_max=self.batch_bytes_max, replace=True)
             after, read = None, 0
             while read < self.round_entries_max:
                 page = self.store.scan(self.queue, after_id=after, limit=min(SCAN_PAGE, self.round_entries_max - read))
@@ -118,7 +122,13 @@ class Forwarder:
                     if record is None:
                         gone.append(document.doc_id)
                         continue
-                    sender.add(Outgoing(document.doc_id, record.original, (entry.get("month"), entry.get("id"))))
+                    outgoing = Outgoing(document.doc_id, record.original, (entry.get("month"), entry.get("id")))
+                    if entry.get("replace") == "true":
+                        sender.flush()
+                        replacer.add(outgoing)
+                        replacer.flush()
+                    else:
+                        sender.add(outgoing)
                 if gone:
                     self.store.transact(lambda tx: [tx.delete(self.queue, doc_id) for doc_id in gone])
                     done += len(gone)
@@ -131,7 +141,10 @@ class Forwarder:
         except GridcreditError as error:  # the upstream client could not be made (unreachable, credential)
             stopped = f"{type(error).__name__}: {error}"
             self._client = None
-        statuses = sender.statuses if sender is not None else {}
+        statuses: dict[str, int] = {}
+        for one in (sender, replacer):
+            for status, count in (one.statuses if one is not None else {}).items():
+                statuses[status] = statuses.get(status, 0) + count
         return ForwardReport(entries_done=done, records_stored=statuses.get("stored", 0),
                              records_duplicate=statuses.get("duplicate", 0), records_rejected=rejected,
                              more=more and stopped is None, stopped=stopped)

@@ -542,9 +542,10 @@ class Luts:
             tx.put(f"urid_{id_year}", record_hash, record.id_entry)
             deltas.setdefault((record.month, _summary_key(usage)), _Counters()).add(usage, +1)
             if self.forwarding:
-                tx.put(self.FORWARD_QUEUE, f"{received_us:020d}-{record_hash}",
-                       etree.tostring(etree.Element(N + "Forward", nsmap={"n": NS}, month=record.month,
-                                                    id=record_hash)))
+                entry = etree.Element(N + "Forward", nsmap={"n": NS}, month=record.month, id=record_hash)
+                if status == "replaced":  # upstream holds the old version: it must be replaced there too
+                    entry.set("replace", "true")
+                tx.put(self.FORWARD_QUEUE, f"{received_us:020d}-{record_hash}", etree.tostring(entry))
             results.append(RecordResult(record.index, usage.record_id, status))
         if year_now not in years:
             tx.put(self.META, "years", etree.tostring(
