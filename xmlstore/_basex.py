@@ -601,7 +601,14 @@ class BaseXStore(XmlStore):
         return self._catalog.coverage(collection)
 
     def _keeps_text(self, collection: str) -> bool:
-        """Whether the mirror keeps this collection's XML (mirror lock held)."""
+        """Whether the mirror keeps this collection's XML (mirror lock held; _refresh_keeps first)."""
+        keeps = self._keeps.get(collection)
+        if keeps is None:
+            keeps = self._keeps[collection] = self._catalog.coverage(collection).store_text
+        return keeps
+
+    def _refresh_keeps(self) -> None:
+        """Follow changed declarations (mirror lock held): drop XML they now say not to keep."""
         if self._catalog.refresh() or self._catalog_generation != self._catalog.generation:
             self._catalog_generation = self._catalog.generation
             self._keeps.clear()
@@ -610,10 +617,6 @@ class BaseXStore(XmlStore):
                     for doc_id, (version, xml, seq) in entries.items():
                         if isinstance(xml, str):
                             entries[doc_id] = (version, NOT_KEPT, seq)
-        keeps = self._keeps.get(collection)
-        if keeps is None:
-            keeps = self._keeps[collection] = self._catalog.coverage(collection).store_text
-        return keeps
 
     def _check_index_options(self) -> None:
         """Give every existing database of a covered collection the attribute index its
@@ -680,6 +683,8 @@ class BaseXStore(XmlStore):
     def _absorb(self, entries: list[tuple[int, list]], *, pending: bool = True) -> None:
         """Take journal frames into the mirror and (unless known to be in BaseX) the pending queue."""
         with self._mirror_lock:
+            if entries:
+                self._refresh_keeps()
             for seq, writes in entries:
                 for collection, doc_id, version, xml in writes:
                     if xml is not None and not self._keeps_text(collection):
