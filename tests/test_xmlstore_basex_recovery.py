@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from gridcredit.errors import StoreError
+from gridcredit.errors import QueryError, StoreError
+from gridcredit.xmlstore import AttributeIndex
 from gridcredit.xmlstore._basex import Q_APPLY, BaseXStore
 from gridcredit.xmlstore._basex_wire import Session
 from store_fixtures import *  # noqa: F401,F403
@@ -487,3 +488,20 @@ def test_a_path_held_twice_is_found_and_rebuilt(private_basex, spec):
         assert store.count("lean_d") == 20
         assert store.count("lean_d", where={"user": "u4"}) == 2
         assert all(entry["ok"] for entry in store.check().values())
+
+
+def test_a_running_process_follows_declarations_made_by_another(private_basex, spec):
+    from gridcredit.xmlstore._basex import NOT_KEPT
+    with open_from_spec(spec, indexes=[]) as first:
+        fill_users(first, "lean_e", 30)
+        assert isinstance(first._state["lean_e"]["r0001"][1], str)       # kept: nothing declared yet
+        with pytest.raises(QueryError, match="scan limit"):
+            first.count("lean_e", where={"user": "u1"}, scan_limit=5)
+        with open_from_spec(spec, indexes=[AttributeIndex("lean_", ("user", "vo"), store_text=False)]) as second:
+            assert any("building its attribute index" in line for line in second.recovery_log)
+            first.put("lean_e", "z0100", b'<rec user="u1"/>')                # first reads the declarations
+            assert all(entry[1] is NOT_KEPT for entry in first._state["lean_e"].values())
+            assert first.get("lean_e", "r0001").xml.startswith(b'<rec user="u1" vo="v1" n="1">')
+            assert first.count("lean_e", where={"user": "u1"}, scan_limit=5) == 4
+            first.delete("lean_e", "z0100")
+            assert_where_right(second, "lean_e", 30)
