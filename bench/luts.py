@@ -10,13 +10,14 @@ For each store a gridcredit host (2 worker processes) serves the LUTS.
 2. Fill: the store is then filled to ``--records`` through the LUTS core in this process (the
    same publish path without HTTP and WS-Security, so a million records take minutes, not an hour).
 3. Queries, signed over HTTPS, each repeated and reported as median / 95th percentile:
-   one user's records for one month (a page of up to 1,000), one job by its global id, the monthly
-   summary by VO. Baseline in the same run: a signed WhoAmI round trip.
+   one user's records for one month, asked by that user (a page of up to 1,000), one job by its
+   global id, the monthly summary by VO (both asked by an administrator). Baseline in the same run: a signed WhoAmI round trip.
 """
 from __future__ import annotations
 
 import argparse
 import base64
+import copy
 import multiprocessing
 import os
 import statistics
@@ -55,6 +56,13 @@ MONTHS = 12
 START = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
 
+USER_DN_BASE = "/O=Grid/O=Bench"     # main() sets it to the bench CA's, so user 7 can ask with a certificate
+
+
+def user_dn(number: int) -> str:
+    return f"{USER_DN_BASE}/CN=Bench User {number}"
+
+
 def synthetic_jobs(first: int, count: int) -> list[Job]:
     """Deterministic records: record n belongs to user n % USERS, ends in month (n // USERS) % MONTHS."""
     jobs = []
@@ -62,7 +70,7 @@ def synthetic_jobs(first: int, count: int) -> list[Job]:
         month = (n // USERS) % MONTHS
         end = START + timedelta(days=31 * month + (n % 28), seconds=n % 86_400)
         end = end.replace(day=min(end.day, 28))
-        jobs.append(Job(record_id=f"bench-{n}", user=f"/O=Grid/O=Bench/CN=User {n % USERS}", vo=VOS[n % len(VOS)],
+        jobs.append(Job(record_id=f"bench-{n}", user=user_dn(n % USERS), vo=VOS[n % len(VOS)],
                         machine=MACHINES[n % len(MACHINES)], queue="q" + str(n % 3), end=end, wall_s=60 + n % 7200,
                         cpu_s=30 + n % 3600, charge=f"{n % 1000}.{n % 100:02d}", local_job_id=str(n),
                         global_job_id=f"gsiftp://bench/jobs/{n}"))
@@ -144,6 +152,10 @@ def main() -> int:
     ca = CertificateAuthority.load(root / "pki" / "ca")
     cert, key = ca.issue_user("Bench LUTS Admin", root / "admin")
     admin = load_credential(cert_path=str(cert), key_path=str(key))
+    user_cert, user_key = ca.issue_user("Bench User 7", root / "user7")
+    user7 = load_credential(cert_path=str(user_cert), key_path=str(user_key))
+    global USER_DN_BASE
+    USER_DN_BASE = user7.identity_dn.rsplit("/CN=", 1)[0]
     files = HostFiles(host_cert, host_key, trust_dir)
     lines = [f"Machine: {os.cpu_count()} cores; host: {args.workers} worker processes. Records: OGF UR 1.0 with SGAS "
              f"VO extension, ~{len(make_batch(synthetic_jobs(0, BATCH))) // BATCH} bytes each, {USERS} users, "
@@ -173,22 +185,23 @@ def main() -> int:
                 print(f"[{store_name}] filling to {args.records:,} records …", flush=True)
                 fill(config, admin.identity_dn, args.batches * BATCH, args.records)
             caller = Caller(f"{url}/luts", admin, trust_dir, signed=True)
-            user_month = envelope("Query", "<l:xpath>@user = $u</l:xpath><l:variables><l:Variable><l:name>u</l:name>"
-                                           "<l:value>/O=Grid/O=Bench/CN=User 7</l:value></l:Variable></l:variables>"
-                                           "<l:from_month>2025-03</l:from_month><l:to_month>2025-03</l:to_month>"
+            user_caller = Caller(f"{url}/luts", user7, trust_dir, signed=True)      # the user asks: scope own
+            user_month = envelope("Query", "<l:from_month>2025-03</l:from_month><l:to_month>2025-03</l:to_month>"
                                            "<l:limit>1000</l:limit>")
-            found = caller.call_envelope(user_month).findall(f".//{{{LUTS_NS}}}UsageRecordInfo")
+            found = user_caller.call_envelope(copy.deepcopy(user_month)).findall(f".//{{{LUTS_NS}}}UsageRecordInfo")
             print(f"[{store_name}] one user's month: {len(found)} records", flush=True)
             job_id = f"gsiftp://bench/jobs/{args.records // 2 + 7}"
             job = envelope("JobUsage", f"<l:job_id>{job_id}</l:job_id>")
-            if len(caller.call_envelope(job).findall(f".//{{{LUTS_NS}}}UsageRecordInfo")) != 1:
+            if len(caller.call_envelope(copy.deepcopy(job)).findall(f".//{{{LUTS_NS}}}UsageRecordInfo")) != 1:
                 raise SystemExit("the job lookup did not find its record")
             summary = envelope("Summary", "<l:by><l:string>vo</l:string><l:string>month</l:string></l:by>"
                                           "<l:from_month>2025-03</l:from_month><l:to_month>2025-03</l:to_month>")
-            rows = caller.call_envelope(summary).findall(f".//{{{LUTS_NS}}}SummaryRowInfo")
+            rows = caller.call_envelope(copy.deepcopy(summary)).findall(f".//{{{LUTS_NS}}}SummaryRowInfo")
             print(f"[{store_name}] summary rows: {len(rows)}", flush=True)
             whoami = envelope("WhoAmI", "")
-            results = [timed(lambda e=e: caller.call_envelope(e), args.repeat) for e in (user_month, job, summary, whoami)]
+            # a fresh copy each time: signing adds the Security header to the envelope it is given
+            results = [timed(lambda c=c, e=e: c.call_envelope(copy.deepcopy(e)), args.repeat)
+                       for c, e in ((user_caller, user_month), (caller, job), (caller, summary), (caller, whoami))]
         finally:
             server.terminate()
             server.join(30)

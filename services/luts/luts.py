@@ -15,6 +15,8 @@ Layout in the store (every name below is a collection; ``<h>`` is the hex SHA-25
     attributes ``job``/``ljob``: a job lookup is one indexed query per year), partitioned by the
     year the record was first stored; ``luts_meta/years`` lists the years used, so finding a
     record id reads one small document per year.
+``luts_meta``  ``years`` and ``months``: the partitions in use, so a query does not have to list the
+    store's collections.
 ``urs_<YYYYMM>``  the summaries, kept incrementally: one document per (user, VO, site, machine,
     queue) per month with job count, wall and CPU µs and charge (millionths). A summary for a
     period reads these, never the records.
@@ -283,12 +285,10 @@ def month_of_key(key: str) -> str:
     return f"{key[:4]}-{key[4:]}"
 
 
-def _months_in(collections: Iterable[str], prefix: str, from_month: str | None, to_month: str | None) -> list[str]:
-    keys = sorted(name[len(prefix):] for name in collections
-                  if name.startswith(prefix) and re.fullmatch(r"\d{6}", name[len(prefix):]))
+def _months_in(months: Iterable[str], from_month: str | None, to_month: str | None) -> list[str]:
     low = month_key(from_month) if from_month else "000000"
     high = month_key(to_month) if to_month else "999999"
-    return [key for key in keys if low <= key <= high]
+    return [key for key in sorted(months) if low <= key <= high]
 
 
 # -- documents ------------------------------------------------------------------------------------
@@ -478,10 +478,23 @@ class Luts:
         return PublishReport(tuple(results))
 
     def _years(self, tx_or_store) -> list[str]:
-        document = tx_or_store.get(self.META, "years")
+        return self._partitions(tx_or_store, "years")
+
+    def _months(self, tx_or_store) -> list[str]:
+        """The months (YYYYMM) that have ``ur_``/``urs_`` partitions: read from one small document, not
+        by listing the store's collections (which costs a scan on both backends)."""
+        return self._partitions(tx_or_store, "months")
+
+    def _partitions(self, tx_or_store, name: str) -> list[str]:
+        document = tx_or_store.get(self.META, name)
         if document is None:
             return []
         return sorted(etree.fromstring(document.xml).get("list", "").split())
+
+    def _add_partitions(self, tx, name: str, known: Sequence[str], used: set[str]) -> None:
+        if not used <= set(known):
+            tx.put(self.META, name, etree.tostring(
+                etree.Element(N + "Partitions", nsmap={"n": NS}, list=" ".join(sorted(set(known) | used)))))
 
     def _find_id(self, tx_or_store, years: Sequence[str], record_hash: str):
         for year in years:
@@ -547,9 +560,8 @@ class Luts:
                     entry.set("replace", "true")
                 tx.put(self.FORWARD_QUEUE, f"{received_us:020d}-{record_hash}", etree.tostring(entry))
             results.append(RecordResult(record.index, usage.record_id, status))
-        if year_now not in years:
-            tx.put(self.META, "years", etree.tostring(
-                etree.Element(N + "Years", nsmap={"n": NS}, list=" ".join(sorted(set(years) | {year_now})))))
+        self._add_partitions(tx, "years", years, {year_now})
+        self._add_partitions(tx, "months", self._months(tx), {month for month, _ in deltas})
         for (month, key), counters in deltas.items():
             doc_id = key_hash("\0".join(key))
             current = tx.get(f"urs_{month}", doc_id)
@@ -582,7 +594,7 @@ class Luts:
             xpath = None
         start_month, offset = self._read_cursor(cursor)
         merged = {**QUERY_NAMESPACES, **namespaces}
-        months = [m for m in _months_in(self.store.collections(), "ur_", from_month, to_month)
+        months = [m for m in _months_in(self._months(self.store), from_month, to_month)
                   if start_month is None or m >= start_month]
         found: list[StoredRecord] = []
         for month in months:
@@ -656,7 +668,7 @@ class Luts:
                               "InvalidArgument")
         from_month, to_month = check_month(from_month, "from"), check_month(to_month, "to")
         totals: dict[tuple[str, ...], _Counters] = {}
-        for month in _months_in(self.store.collections(), "urs_", from_month, to_month):
+        for month in _months_in(self._months(self.store), from_month, to_month):
             offset: int | None = 0
             while offset is not None:
                 page = self.store.query(f"urs_{month}", None, where=chosen.where, offset=offset,
