@@ -229,19 +229,23 @@ Q_APPLY_STATE = """declare variable $ops external;
 let $o := parse-xml($ops)/ops
 return (""" + _OPS + """)"""
 
-# readable = every live document read in full (in one pass: a path lookup per document costs
-# ~1 ms per 200,000 documents in BaseX 9.7); versions as "id version l|d" triples
+# readable = every live document read in full, in one pass (a path lookup per document costs
+# ~1 ms per 200,000 documents in BaseX 9.7): "ok <characters>"; then, in queries of their own
+# that stream their items (one string of everything made a 512 MB BaseX run out of heap at
+# 1,000,000 documents, which looked like damage), the live ids and the versions as
+# "id version l|d" lines
 Q_STATUS = """declare variable $db external;
 if (not(db:exists($db))) then 'missing' else
 try {
-  let $seq := (db:open($db, '.seq')/seq/@n/string(), '0')[1]
-  let $live := db:list($db)[not(starts-with(., '.'))]
-  let $chars := sum(for $d in db:open($db) where not(starts-with(db:path($d), '.'))
-                    return string-length(serialize($d)))
-  let $versions := for $v in db:open($db, '.v')
-                   return substring(db:path($v), 4) || ' ' || $v/v/@n || ' ' || (if ($v/v/@del) then 'd' else 'l')
-  return string-join(('ok ' || $seq || ' ' || $chars, string-join($live, ' '), $versions), '&#10;')
+  'ok ' || sum(for $d in db:open($db) where not(starts-with(db:path($d), '.')) return string-length(serialize($d)))
 } catch * { 'damaged ' || $err:code || ' ' || $err:description }"""
+
+Q_STATUS_LIVE = """declare option output:item-separator "&#10;"; declare variable $db external;
+db:list($db)[not(starts-with(., '.'))]"""
+
+Q_STATUS_VERSIONS = """declare option output:item-separator "&#10;"; declare variable $db external;
+for $v in db:open($db, '.v')
+return substring(db:path($v), 4) || ' ' || $v/v/@n || ' ' || (if ($v/v/@del) then 'd' else 'l')"""
 
 # BaseX 9.7's xquery:eval applies its 'permission' option by changing the permission of the
 # session's USER (shared by every session of that user) and restoring it afterwards: meanwhile
@@ -985,25 +989,28 @@ class BaseXStore(XmlStore):
                                                                                 dict[str, tuple[int, bool]]]:
         if self._db(collection) in unhealthy:
             return "damaged: metadata unreadable (not opened)", 0, set(), {}
+        bindings = {"$db": (self._db(collection), "")}
         try:
-            text = self._run(Q_STATUS, {"$db": (self._db(collection), "")})
+            text = self._run(Q_STATUS, bindings)
+            if text.startswith("ok "):
+                listed_text = self._run(Q_STATUS_LIVE, bindings)
+                versions_text = self._run(Q_STATUS_VERSIONS, bindings)
         except ServerError as error:   # damage shows as errors XQuery cannot catch, e.g. "Java heap space"
             text = f"damaged {error}"
         if text == "missing":
             return "missing", 0, set(), {}
         if not text.startswith("ok "):
             return text, 0, set(), {}
-        lines = text.split("\n")
-        seq = int(lines[0].split()[1])
-        listed = lines[1].split() if len(lines) > 1 else []
+        listed = listed_text.split()
+        version_lines = [line for line in versions_text.split("\n") if line]
         live = set(listed)
         versions = {}
-        for line in lines[2:]:
+        for line in version_lines:
             doc_id, version, flag = line.split()
             versions[doc_id] = (int(version), flag == "l")
-        if len(listed) != len(live) or len(lines[2:]) != len(versions):
-            return "damaged: a document path held twice (a batch of db:add interrupted?)", seq, set(), {}
-        return "ok", seq, live, versions
+        if len(listed) != len(live) or len(version_lines) != len(versions):
+            return "damaged: a document path held twice (a batch of db:add interrupted?)", 0, set(), {}
+        return "ok", 0, live, versions
 
     def _verify_and_repair(self, collections: list[str], *, check_unknown: bool = False) -> None:
         self._known_databases.clear()
