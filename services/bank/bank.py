@@ -9,8 +9,10 @@ expiry sweep reads only the active ones.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
+import operator
 import os
 import time
 from collections import deque
@@ -23,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from lxml import etree
 
-from gridcredit.errors import ConfigError, DomainError, QueryError, StoreError
+from gridcredit.errors import ConfigError, DomainError, QueryError, StoreError, invariant
 from gridcredit.xmlstore import XmlStore
 
 from . import documents, ledger
@@ -47,8 +49,8 @@ FILTER_LENGTH_MAX = 2000
 SWEEP_BATCH_MAX = 200
 AUDIT_PAGE_SIZE = 1000               # transaction documents read (and handed to the helper) at once
 AUDIT_HELPER_FROM = 20_000           # transactions: a larger ledger is decoded and hashed by a helper process too
-AUDIT_PAGES_AHEAD = 8                # pages read ahead of the replay (about 1 MB each)
-AUDIT_HELPER_PAGES = 2               # pages queued to the helper at once
+AUDIT_PAGES_AHEAD = 16               # pages read ahead of the replay (about 1 MB each)
+AUDIT_HELPER_PAGES = 4               # pages queued to the helper at once (it idles less while this one decodes)
 AUDIT_HELPER_TIMEOUT_S = 60.0        # a page takes the helper milliseconds: this long means it is gone
 ACCOUNT_TRANSACTIONS = "/t:Transaction[t:accountId = $account or t:counterpartyAccountId = $account]"
 EXPIRY_SWEEPER_DN = "gridcredit bank expiry sweeper"   # not a certificate DN: no caller can be it
@@ -412,7 +414,7 @@ def audit_store(store: XmlStore, public_key: Ed25519PublicKey, *, signature_chec
     running — transactions after the head read are not audited (they are still being written);
     offline (``live=False``) every stored transaction is, so one appended behind the head is found.
     A ledger of ``helper_from`` transactions or more is decoded and hashed by a helper process as
-    well as by this one (see :func:`_audit_rows`); the report is the same either way.
+    well as by this one (see :class:`_AuditDecoding`); the report is the same either way.
     """
     def read_head() -> LedgerHead | None:
         document = store.get(BANK, documents.LEDGER_HEAD_ID)
@@ -422,8 +424,7 @@ def audit_store(store: XmlStore, public_key: Ed25519PublicKey, *, signature_chec
         head = read_head()
         supply_document = store.get(BANK, documents.MONEY_SUPPLY_ID)
         accounts = [documents.account_from_xml(xml) for xml in _documents(store, ACCOUNTS)]
-        holds = [documents.hold_from_xml(xml) for collection in (HOLDS_ACTIVE, HOLDS_ENDED)
-                 for xml in _documents(store, collection)]
+        hold_pages = [page for collection in (HOLDS_ACTIVE, HOLDS_ENDED) for page in _pages(store, collection)]
         pending_mints = [documents.pending_mint_from_xml(xml) for collection in (PENDING_MINTS, PENDING_MINTS_ENDED)
                          for xml in _documents(store, collection)]
         if read_head() == head:
@@ -431,26 +432,32 @@ def audit_store(store: XmlStore, public_key: Ed25519PublicKey, *, signature_chec
     else:
         raise StoreError("the ledger kept changing while the audit read it; audit again in a quieter moment")
     last_id = documents.transaction_document_id(head.seq if head else 0) if live else None
-    rows = _audit_rows(_transaction_pages(store, last_id), helper=head is not None and head.seq >= helper_from)
+    decoding = _AuditDecoding(_pages(store, TRANSACTIONS, last_id=last_id), hold_pages,
+                              helper=head is not None and head.seq >= helper_from)
     return ledger.audit_rows(
-        rows, accounts, holds,
+        decoding.rows(), accounts, decoding.holds(),
         documents.money_supply_from_xml(supply_document.xml) if supply_document else MoneySupply(),
         signature_verifier(public_key), head=head, signature_check_interval=signature_check_interval,
         pending_mints=pending_mints,
     )
 
 
-def _transaction_pages(store: XmlStore, last_id: str | None) -> Iterator[list[bytes]]:
-    """The stored transaction documents in ledger order, a page at a time (up to ``last_id``, if given)."""
+def _pages(store: XmlStore, collection: str, *, last_id: str | None = None) -> Iterator[list[bytes]]:
+    """A collection's documents in id order, a page at a time (up to ``last_id``, if given)."""
     after_id = None
     while True:
-        page = store.scan(TRANSACTIONS, after_id=after_id, limit=AUDIT_PAGE_SIZE)
+        page = store.scan(collection, after_id=after_id, limit=AUDIT_PAGE_SIZE)
         wanted = [document.xml for document in page if last_id is None or document.doc_id <= last_id]
         if wanted:
             yield wanted
         if len(wanted) < len(page) or len(page) < AUDIT_PAGE_SIZE:
             return
         after_id = page[-1].doc_id
+
+
+def _documents(store: XmlStore, collection: str) -> Iterator[bytes]:
+    for page in _pages(store, collection):
+        yield from page
 
 
 def audit_rows_of_page(page: list[bytes]) -> tuple[list[ledger.AuditRow], str | None]:
@@ -468,51 +475,90 @@ def audit_rows_of_page(page: list[bytes]) -> tuple[list[ledger.AuditRow], str | 
     return rows, None
 
 
-def _audit_rows(pages: Iterator[list[bytes]], *, helper: bool) -> Iterator[ledger.AuditRow]:
-    """The rows of the transaction pages, in ledger order.
+_hold_values = operator.attrgetter(*(field.name for field in dataclasses.fields(Hold)))
 
-    Decoding and hashing cost about twice the replay, so with ``helper`` one helper process (spawned,
-    never forked from a threaded server) decodes pages while this one replays; whenever the
-    helper's oldest page is not ready yet, this process decodes the next page itself, so the work
-    splits by the speed of each. A page that does not decode ends the audit with its StoreError,
-    exactly as without a helper.
+
+def hold_values_of_page(page: list[bytes]) -> tuple[list[tuple], str | None]:
+    """Decode one page of hold documents to their values (cheap to send between processes; a Hold
+    is not), and why it stopped early, if it did."""
+    holds = []
+    for data in page:
+        values = documents.flat_fields(data, Hold)
+        if values is None:
+            try:
+                values = _hold_values(documents.hold_from_xml(data))
+            except StoreError as error:
+                return holds, str(error)
+        holds.append(tuple(values))
+    return holds, None
+
+
+class _AuditDecoding:
+    """The decoding of one audit: its transaction pages into rows in ledger order, and its hold
+    pages into holds (read after the rows).
+
+    Decoding and hashing cost about twice the replay, so with ``helper`` one helper process
+    (spawned, never forked from a threaded server) decodes pages while this one replays: with each
+    transaction page it is given, it is given a hold page too; whenever its oldest transaction page
+    is not ready, this process decodes the next one itself, so the work splits by the speed of
+    each. A document that does not decode ends the audit with its StoreError, exactly as without
+    a helper. Bounded: pages read ahead, pages queued at the helper, the wait for each.
     """
-    def settled(entry) -> tuple[list[ledger.AuditRow], str | None]:
-        if isinstance(entry, tuple):
-            return entry
-        try:
-            return entry.get(timeout=AUDIT_HELPER_TIMEOUT_S)
-        except multiprocessing.TimeoutError:
-            raise StoreError(f"the audit's helper process decoded nothing for {AUDIT_HELPER_TIMEOUT_S:.0f} s; "
-                             f"audit again") from None
 
-    if not helper:
-        for page in pages:
-            rows, error = audit_rows_of_page(page)
-            yield from rows
-            if error is not None:
-                raise StoreError(error)
-        return
-    pool = multiprocessing.get_context("spawn").Pool(processes=1)
-    finished = False
-    try:
+    def __init__(self, transaction_pages: Iterator[list[bytes]], hold_pages: list[list[bytes]], *,
+                 helper: bool) -> None:
+        self._transaction_pages = transaction_pages
+        self._hold_pages = deque(hold_pages)
+        self._hold_results: list = []      # per hold page, in order: the helper's AsyncResult or (values, error)
+        self._helper = helper
+        self._rows_read = False
+
+    def rows(self) -> Iterator[ledger.AuditRow]:
+        if not self._helper:
+            for page in self._transaction_pages:
+                yield from self._each(audit_rows_of_page(page))
+            self._rows_read = True
+            return
+        pool = multiprocessing.get_context("spawn").Pool(processes=1)
+        finished = False
+        try:
+            yield from self._rows_with(pool)
+            while self._hold_pages:        # what is left of the holds: shared the same way
+                if sum(1 for entry in self._hold_results if not isinstance(entry, tuple) and not entry.ready()) \
+                        < AUDIT_HELPER_PAGES:
+                    self._hold_results.append(pool.apply_async(hold_values_of_page, (self._hold_pages.popleft(),)))
+                else:
+                    self._hold_results.append(hold_values_of_page(self._hold_pages.popleft()))
+            finished = True
+        finally:
+            if finished:
+                pool.close()
+            else:           # stopped early (a bad document, a failed replay): nothing more is wanted
+                pool.terminate()
+            pool.join()
+        self._rows_read = True
+
+    def _rows_with(self, pool) -> Iterator[ledger.AuditRow]:
         pending: deque = deque()     # in ledger order: the helper's AsyncResult, or (rows, error) made here
         queued = 0                   # of them, at the helper
         exhausted = False
         while True:
             while not exhausted and queued < AUDIT_HELPER_PAGES and len(pending) < AUDIT_PAGES_AHEAD:
-                page = next(pages, None)
+                page = next(self._transaction_pages, None)
                 if page is None:
                     exhausted = True
                 else:
                     pending.append(pool.apply_async(audit_rows_of_page, (page,)))
                     queued += 1
+                    if self._hold_pages:
+                        self._hold_results.append(pool.apply_async(hold_values_of_page,
+                                                                   (self._hold_pages.popleft(),)))
             if not pending:
-                break
+                return
             first = pending[0]
             if (not isinstance(first, tuple) and not first.ready() and not exhausted
                     and len(pending) < AUDIT_PAGES_AHEAD):
-                page = next(pages, None)     # the helper is busy: decode the next page here meanwhile
+                page = next(self._transaction_pages, None)   # the helper is busy: decode the next page here
                 if page is None:
                     exhausted = True
                 else:
@@ -521,28 +567,30 @@ def _audit_rows(pages: Iterator[list[bytes]], *, helper: bool) -> Iterator[ledge
             pending.popleft()
             if not isinstance(first, tuple):
                 queued -= 1
-            rows, error = settled(first)
-            yield from rows
-            if error is not None:
-                raise StoreError(error)
-        finished = True
-    finally:
-        if finished:
-            pool.close()
-        else:               # stopped early (a bad document, a failed replay): nothing more is wanted
-            pool.terminate()
-        pool.join()
+            yield from self._each(first)
 
+    def holds(self) -> Iterator[Hold]:
+        invariant(self._rows_read, "the holds are read after the rows")
+        for entry in self._hold_results:
+            for values in self._each(entry):
+                yield Hold(*values)
+        for page in self._hold_pages:      # without a helper: decoded now
+            for values in self._each(hold_values_of_page(page)):
+                yield Hold(*values)
 
-def _documents(store: XmlStore, collection: str) -> Iterator[bytes]:
-    after_id = None
-    while True:
-        page = store.scan(collection, after_id=after_id, limit=1000)
-        for document in page:
-            yield document.xml
-        if len(page) < 1000:
-            return
-        after_id = page[-1].doc_id
+    @staticmethod
+    def _each(entry) -> Iterator:
+        """A page's results (the helper's when it is an AsyncResult), then its StoreError if it has one."""
+        if not isinstance(entry, tuple):
+            try:
+                entry = entry.get(timeout=AUDIT_HELPER_TIMEOUT_S)
+            except multiprocessing.TimeoutError:
+                raise StoreError(f"the audit's helper process decoded nothing for {AUDIT_HELPER_TIMEOUT_S:.0f} s; "
+                                 f"audit again") from None
+        results, error = entry
+        yield from results
+        if error is not None:
+            raise StoreError(error)
 
 
 def public_key_from_pem(data: bytes) -> Ed25519PublicKey:

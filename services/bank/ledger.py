@@ -73,6 +73,7 @@ viewer, stranger            nothing that changes state
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
 import enum
 import hashlib
@@ -1422,6 +1423,7 @@ def audit_rows(rows: Iterable[AuditRow], accounts: Iterable[Account], holds: Ite
     kinds = TransactionKind
     expected_seq = 1
     hash_by_seq: dict[int, tuple[str, str, str]] = {}  # recent window: seq → (hash, prev_hash, signature)
+    window = collections.deque()                # its seqs, oldest first (each seq enters it once)
     missing: set[int] = set()
     seen_high = 0
     unchecked: list[tuple[int, str, str]] = []  # since the last good signature checkpoint
@@ -1495,10 +1497,13 @@ def audit_rows(rows: Iterable[AuditRow], accounts: Iterable[Account], holds: Ite
                          f"transaction {seq + 1}: its previous hash does not match transaction {seq}")
         if not duplicate:
             hash_by_seq[seq] = (transaction.hash, transaction.prev_hash, transaction.signature)
-            if len(hash_by_seq) > AUDIT_HASH_WINDOW:
-                del hash_by_seq[next(iter(hash_by_seq))]
-        seen_high = max(seen_high, seq)
-        expected_seq = max(expected_seq, seq + 1)
+            window.append(seq)
+            if len(window) > AUDIT_HASH_WINDOW:
+                del hash_by_seq[window.popleft()]
+        if seq > seen_high:
+            seen_high = seq
+        if seq >= expected_seq:
+            expected_seq = seq + 1
         unchecked.append((seq, transaction.hash, transaction.signature))
         if count % signature_check_interval == 0:
             check_signatures()
