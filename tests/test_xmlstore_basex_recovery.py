@@ -505,3 +505,24 @@ def test_a_running_process_follows_declarations_made_by_another(private_basex, s
             assert first.count("lean_e", where={"user": "u1"}, scan_limit=5) == 4
             first.delete("lean_e", "z0100")
             assert_where_right(second, "lean_e", 30)
+
+
+def test_attribute_index_sample_finds_disagreement(private_basex, spec, monkeypatch):
+    spec = dict(spec, indexes=INDEXED_SPEC)
+    with open_from_spec(spec) as store:
+        fill_users(store, "lean_f", 300)
+        store.flush()
+        covered = frozenset({"user", "vo"})
+        assert store._index_sample_errors("lean_f", covered) == 0
+        real_texts = store._texts
+
+        def lying_texts(collection, doc_ids):       # the data says u7 where the index says otherwise
+            texts = real_texts(collection, doc_ids)
+            return {d: x.replace('user="u1"', 'user="u7"') for d, x in texts.items()}
+        monkeypatch.setattr(store, "_texts", lying_texts)
+        assert store._index_sample_errors("lean_f", covered) > 0
+        with store._journal.apply_lock(), store._journal.lock():
+            store._check_index_options()
+        assert any("disagrees with its data" in line for line in store.recovery_log)
+        monkeypatch.setattr(store, "_texts", real_texts)
+        assert_where_right(store, "lean_f", 300)
