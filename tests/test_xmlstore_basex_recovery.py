@@ -526,3 +526,19 @@ def test_attribute_index_sample_finds_disagreement(private_basex, spec, monkeypa
         assert any("disagrees with its data" in line for line in store.recovery_log)
         monkeypatch.setattr(store, "_texts", real_texts)
         assert_where_right(store, "lean_f", 300)
+
+
+def test_a_large_backlog_is_verified_and_rebuilt_not_replayed(private_basex, spec, monkeypatch):
+    """Past blind_apply_max unapplied writes an open verifies instead of replaying them one
+    db:replace at a time; past rebuild_above documents behind, the collection is rebuilt."""
+    with open_from_spec(spec) as store:
+        store.put("log", "n0000000", b"<entry n='0'/>")
+    child = spawn_journal_only_writer(spec, "30")
+    child.communicate(timeout=60)
+    monkeypatch.setattr(BaseXStore, "blind_apply_max", 5)
+    monkeypatch.setattr(BaseXStore, "rebuild_above", 3)
+    with open_from_spec(spec) as store:
+        assert any("verifying instead of applying them blindly" in line for line in store.recovery_log)
+        assert any("log" in line and "rebuilding" in line for line in store.recovery_log), store.recovery_log
+        assert store.count("log") == 32 and check_pairs(store, list(range(1, 31))) == 31
+        assert all(entry["ok"] for entry in store.check().values())

@@ -495,6 +495,8 @@ class BaseXStore(XmlStore):
     apply_batch_max = 1_000         # transactions in one BaseX update
     apply_batch_bytes = 16_000_000  # ... and about this much XML (a bigger transaction goes alone)
     backlog_max = 20_000            # journaled transactions not yet in BaseX before commits are refused
+    blind_apply_max = 20_000        # writes an open applies unverified (more: verify, re-apply what differs)
+    rebuild_above = 10_000          # documents behind in one collection from which rebuilding is cheaper
 
     def __init__(self, journal_dir: Path, *, host: str = "127.0.0.1", port: int = 1984, user: str = "admin",
                  password: str = "admin", timeout_s: float = 30.0, limits: StoreLimits = DEFAULT_LIMITS,
@@ -579,7 +581,12 @@ class BaseXStore(XmlStore):
             if applied is not None:
                 written.update(self._db(w[0]) for seq, writes in entries if seq > applied for w in writes)
         last = self._journal.last_seq
-        if applied is not None and applied <= last and not self._unhealthy(sorted(written)):
+        pending_writes = sum(len(writes) for _seq, writes in self._pending)
+        if pending_writes > self.blind_apply_max:
+            self._note(f"{pending_writes} committed write(s) not yet in BaseX by its applied number "
+                       f"({applied}); verifying instead of applying them blindly")
+        if applied is not None and applied <= last and pending_writes <= self.blind_apply_max and \
+                not self._unhealthy(sorted(written)):
             if self._pending:
                 self._note(f"{len(self._pending)} committed transaction(s) not yet in BaseX (an applier is behind, "
                            f"or a writer stopped before they were applied); applying them")
@@ -1067,6 +1074,12 @@ class BaseXStore(XmlStore):
                 continue
             behind = sorted(d for d in want_versions if versions.get(d) != want_versions[d] or
                             (d in want_live) != (d in live))
+            if len(behind) > self.rebuild_above and len(behind) * 10 > len(want_versions):
+                # db:replace looks each path up (seconds per 1,000 in a big database): a rebuild
+                # adds everything into a fresh one instead
+                self._note(f"{collection}: {len(behind)} document(s) behind the journal; rebuilding")
+                self.rebuild(collection, _locked=True)
+                continue
             self._note(f"{collection}: {len(behind)} document(s) behind the journal; re-applying")
             try:
                 self._apply_state(collection, behind)
