@@ -11,6 +11,7 @@ import importlib
 import json
 import logging
 import sys
+from typing import Callable
 
 from . import __version__
 from .errors import GridcreditError
@@ -35,6 +36,22 @@ def print_result(args: argparse.Namespace, value: object, text: str | None = Non
             print(f"{key}: {item}")
     else:
         print(value)
+
+
+def number_in(low: float, high: float, *, kind: type = int, unit: str = "",
+              low_excluded: bool = False) -> Callable[[str], float]:
+    """An argparse ``type`` for a number from ``low`` to ``high``, with an error a person understands."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number"
+                                              f"{' of ' + unit if unit else ''}") from None
+        if value < low or (low_excluded and value == low) or value > high:
+            lower = f"more than {low:g}" if low_excluded else f"{low:,}"
+            raise argparse.ArgumentTypeError(f"{text!r}: give {lower} to {high:,}{' ' + unit if unit else ''}")
+        return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -122,7 +122,7 @@ def test_help_everywhere_and_usage_errors_exit_2(capsys):
     assert "YYYY-MM" in usage_exit(capsys, "query", "--from", "2026-13")
     assert "not an integer" in usage_exit(capsys, "query", "--int-var", "w=lots")
     assert "NAME=VALUE" in usage_exit(capsys, "query", "--var", "1x=2")
-    assert "give 1 to 1000" in usage_exit(capsys, "query", "--limit", "0")
+    assert "give 1 to 1,000 records" in usage_exit(capsys, "query", "--limit", "0")
     assert "summarize by" in usage_exit(capsys, "summary", "--by", "user,colour")
     assert "required" in usage_exit(capsys, "summary")
     assert "required" in usage_exit(capsys, "send")

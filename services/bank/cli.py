@@ -19,6 +19,7 @@ import re
 import sys
 from datetime import datetime, timedelta, timezone
 
+from gridcredit.cli import number_in
 from gridcredit.errors import GridcreditError
 
 from .client import (RETRIES_DEFAULT, RETRIES_MAX, AuditReport, BankClient, Receipt, Transaction, audit_report_of,
@@ -64,14 +65,7 @@ def period_s(text: str) -> int:
     return PERIODS_S.get(text.strip().lower()) or duration_s(text)
 
 
-def seconds_type(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < seconds <= 3600:
-        raise argparse.ArgumentTypeError(f"{text!r}: give 0 < seconds <= 3600")
-    return seconds
+seconds_type = number_in(0, 3600, kind=float, unit="seconds", low_excluded=True)
 
 
 def moment_type(text: str) -> datetime:

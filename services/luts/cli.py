@@ -29,6 +29,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from gridcredit.cli import number_in
+
 from .spool import BATCH_RECORDS_DEFAULT, BATCH_RECORDS_MAX, Outgoing, Progress, SendReport
 
 EXIT_OK = 0
@@ -85,44 +87,10 @@ def by_type(text: str) -> tuple[str, ...]:
     return names
 
 
-def limit_type(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 1 <= value <= QUERY_LIMIT_MAX:
-        raise argparse.ArgumentTypeError(f"{text!r}: give 1 to {QUERY_LIMIT_MAX}")
-    return value
-
-
-def batch_type(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 1 <= value <= BATCH_RECORDS_MAX:
-        raise argparse.ArgumentTypeError(f"{text!r}: give 1 to {BATCH_RECORDS_MAX:,} records per batch")
-    return value
-
-
-def seconds_type(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < seconds <= 3600:
-        raise argparse.ArgumentTypeError(f"{text!r}: give 0 < seconds <= 3600")
-    return seconds
-
-
-def wait_type(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 <= seconds <= 86_400:
-        raise argparse.ArgumentTypeError(f"{text!r}: give 0 to 86400 seconds")
-    return seconds
+limit_type = number_in(1, QUERY_LIMIT_MAX, unit="records")
+batch_type = number_in(1, BATCH_RECORDS_MAX, unit="records per batch")
+seconds_type = number_in(0, 3600, kind=float, unit="seconds", low_excluded=True)
+wait_type = number_in(0.0, 86_400, kind=float, unit="seconds")
 
 
 # ---------------------------------------------------------------------------------------------
