@@ -5,11 +5,13 @@ against a running host; here the Bank runs over the real embedded store and a re
 with a clock the test moves: the sweep (``Bank.expire_due``) ends each due pending mint once,
 cancelled, approved and expired ones move to their own collection, listing shows their state,
 and the audit of the stored documents is clean — then names a pending mint edited behind the
-bank's back.
+bank's back. Concurrent requests share store transactions (group commit), each applied once.
 """
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 
 import pytest
 
@@ -94,3 +96,66 @@ def test_mint_approval_days_are_bounded():
     for days in (0, -1, 367):
         with pytest.raises(ConfigError, match="mint_approval_days"):
             policy_from_config(BankConfig(mint_approval_days=days))
+
+
+class SlowCommits:
+    """The store, with every transaction taking 20 ms longer (a slow disk's fsync), counted."""
+
+    def __init__(self, store) -> None:
+        self._store, self.transactions = store, 0
+
+    def transact(self, fn, **options):
+        self.transactions += 1
+
+        def slow(tx):
+            result = fn(tx)
+            time.sleep(0.02)
+            return result
+        return self._store.transact(slow, **options)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+def test_concurrent_requests_commit_together_each_once(store, tmp_path):  # noqa: F811 — the store fixture
+    """16 threads at once: requests share store transactions (group commit), yet each is applied
+    once, in order, refusals alone, repeated request ids answering their first answer."""
+    slow = SlowCommits(store)
+    bank = Bank(slow, LedgerKey.load_or_create(tmp_path / "key.pem"))
+    bank.execute(ledger.CreateAccount("a1", "payer", "p", OWNER.dn), ADMIN)
+    bank.execute(ledger.CreateAccount("a2", "payee", "p", OWNER.dn), ADMIN)
+    bank.execute(ledger.Mint("m1", "payer", 1000), ADMIN)
+    slow.transactions = 0
+    answers: dict[str, list] = {}
+    lock = threading.Lock()
+
+    def client(number: int) -> None:
+        for round_number in range(5):
+            request_id = f"t-{number}-{round_number}"
+            amount = 10 if number % 4 else 10**6          # every fourth client asks for too much
+            for _attempt in range(2 if number % 3 == 0 else 1):   # some send each request twice
+                try:
+                    outcome = bank.execute(ledger.Transfer(request_id, "payer", "payee", amount), OWNER)
+                    answer = ("ok", outcome.transaction.seq, outcome.replayed)
+                except DomainError as refusal:
+                    answer = ("refused", refusal.code, None)
+                with lock:
+                    answers.setdefault(request_id, []).append(answer)
+
+    threads = [threading.Thread(target=client, args=(number,)) for number in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    requests = sum(len(attempts) for attempts in answers.values())
+    assert requests == 5 * (16 + 6) and slow.transactions < requests / 2, (requests, slow.transactions)
+    applied = {request_id: attempts for request_id, attempts in answers.items() if attempts[0][0] == "ok"}
+    assert len(applied) == 5 * 12
+    for attempts in applied.values():          # a repeat answers the first answer
+        assert [a[2] for a in attempts] == [False, True][:len(attempts)] and len({a[1] for a in attempts}) == 1
+    assert all(attempts == [("refused", "InsufficientFunds", None)] * len(attempts)
+               for request_id, attempts in answers.items() if request_id not in applied)
+    assert sorted(attempts[0][1] for attempts in applied.values()) == list(range(4, 4 + 60))
+    assert bank.balance("payee", ADMIN).total == 600 and bank.balance("payer", ADMIN).total == 400
+    report = audit_store(bank.store, bank.key.public, signature_check_interval=1)
+    assert report.clean and report.transaction_count == 63, report.findings

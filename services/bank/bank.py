@@ -4,7 +4,9 @@
 ``LedgerView`` backed by the store transaction, runs ``ledger.execute`` and writes everything
 it returns — the new states, the sealed transaction, the ledger head and the request record —
 in that same transaction: a request is applied entirely or not at all, and durable once it
-returns. Holds and pending mints that ended live in collections of their own so that the
+returns. Requests that arrive while the store is busy with another transaction of this process
+are applied together in the next one (group commit, :class:`_GroupCommit`): one fsync for many,
+each still all or nothing, refusals refused alone. Holds and pending mints that ended live in collections of their own so that the
 expiry sweep reads only the active ones.
 """
 from __future__ import annotations
@@ -14,10 +16,11 @@ import logging
 import multiprocessing
 import operator
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -25,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from lxml import etree
 
-from gridcredit.errors import ConfigError, DomainError, QueryError, StoreError, invariant
+from gridcredit.errors import ConfigError, ConflictError, DomainError, QueryError, StoreError, invariant
 from gridcredit.xmlstore import XmlStore
 
 from . import documents, ledger
@@ -47,6 +50,8 @@ NAMESPACES = documents.NAMESPACES
 PAGE_SIZE_MAX = 500
 FILTER_LENGTH_MAX = 2000
 SWEEP_BATCH_MAX = 200
+GROUP_COMMIT_MAX = 64                # requests one store transaction applies at most
+GROUP_COMMIT_WAIT_S = 60.0           # how long a request waits for its turn before it is given up (not applied)
 AUDIT_PAGE_SIZE = 1000               # transaction documents read (and handed to the helper) at once
 AUDIT_HELPER_FROM = 20_000           # transactions: a larger ledger is decoded and hashed by a helper process too
 AUDIT_PAGES_AHEAD = 16               # pages read ahead of the replay (about 1 MB each)
@@ -205,6 +210,85 @@ class Page:
     next_offset: int | None
 
 
+@dataclass(eq=False)
+class _Waiting:
+    """One request in the group commit: its answer or error once its batch is done."""
+
+    request: ledger.Request
+    principal: Principal
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: Outcome | None = None
+    error: BaseException | None = None
+    leads: bool = False                  # this request's thread runs the batches (set under the lock)
+
+    @property
+    def answered(self) -> bool:
+        return self.outcome is not None or self.error is not None
+
+
+class _GroupCommit:
+    """Requests of this process's threads applied together, one store transaction per batch.
+
+    The embedded store and the BaseX journal fsync every commit and admit one writer at a time,
+    so under load a bank of one transaction per request spends its time waiting for the disk.
+    Here the first request to arrive leads: it takes every request waiting (up to
+    GROUP_COMMIT_MAX) and applies them in order in one store transaction, each seeing the ones
+    before it (and a repeated request id answering the first). Meanwhile new requests queue; when
+    the leader's own request is answered it hands the lead to the oldest waiting one. A refused
+    request is refused alone (the core refuses before it writes); a failed store transaction fails
+    its whole batch, none of it applied. Nobody waits unboundedly: a request still queued after
+    GROUP_COMMIT_WAIT_S is withdrawn, not applied.
+    """
+
+    def __init__(self, apply_batch: Callable[[list[_Waiting]], None]) -> None:
+        self._apply_batch = apply_batch
+        self._lock = threading.Lock()
+        self._queue: deque[_Waiting] = deque()
+        self._leading = False
+
+    def submit(self, request: ledger.Request, principal: Principal) -> Outcome:
+        waiting = _Waiting(request, principal)
+        with self._lock:
+            self._queue.append(waiting)
+            if not self._leading:
+                self._leading = waiting.leads = True
+        while not (waiting.leads or waiting.answered):
+            if not waiting.done.wait(GROUP_COMMIT_WAIT_S):
+                with self._lock:
+                    if not waiting.leads and waiting in self._queue:   # never taken into a batch: withdrawn
+                        self._queue.remove(waiting)
+                        raise StoreError(f"the bank's store was busy for {GROUP_COMMIT_WAIT_S:.0f} s; the request "
+                                         f"was not applied")
+        if not waiting.answered:
+            self._lead(waiting)
+        if waiting.error is not None:
+            raise waiting.error
+        return waiting.outcome
+
+    def _lead(self, own: _Waiting) -> None:
+        try:
+            while not own.answered:
+                with self._lock:
+                    batch = [self._queue.popleft() for _ in range(min(len(self._queue), GROUP_COMMIT_MAX))]
+                try:
+                    self._apply_batch(batch)
+                except BaseException as error:  # noqa: BLE001 — the batch's transaction failed: none applied
+                    for waiting in batch:
+                        waiting.outcome, waiting.error = None, error
+                for waiting in batch:
+                    invariant(waiting.answered, "every request of a batch is answered")
+                    if waiting is not own:
+                        waiting.done.set()
+        finally:
+            with self._lock:
+                if self._queue:
+                    successor = self._queue[0]
+                    successor.leads = True
+                    successor.done.set()
+                else:
+                    self._leading = False
+
+
 class Bank:
     def __init__(self, store: XmlStore, key: LedgerKey, *, policy: BankPolicy = BankPolicy(),
                  clock: Callable[[], int] = now_us) -> None:
@@ -212,19 +296,36 @@ class Bank:
         self.key = key
         self.policy = policy
         self._clock = clock
+        self._group_commit = _GroupCommit(self._apply_batch)
 
     # -- mutations -------------------------------------------------------------------------------
     def execute(self, request: ledger.Request, principal: Principal) -> Outcome:
-        """Apply one mutating request atomically; a retry of a used request id answers the original."""
+        """Apply one mutating request atomically; a retry of a used request id answers the original.
+        Durable when it returns (applied with whatever else waited for the store, see _GroupCommit)."""
+        return self._group_commit.submit(request, principal)
 
-        def run(tx) -> Outcome:
-            outcome = ledger.execute(_StoreView(tx), request, principal=principal, now_us=self._clock(),
-                                     sign=self.key.sign, policy=self.policy)
-            if not outcome.replayed:
-                _write(tx, outcome)
-            return outcome
+    def _apply_batch(self, batch: list[_Waiting]) -> None:
+        """Apply the requests in order in one store transaction; each answered or refused."""
 
-        return self.store.transact(run)
+        def run(tx) -> list[tuple[Outcome | None, Exception | None]]:
+            view = _StoreView(tx)
+            results = []
+            for waiting in batch:
+                try:
+                    outcome = ledger.execute(view, waiting.request, principal=waiting.principal,
+                                             now_us=self._clock(), sign=self.key.sign, policy=self.policy)
+                except ConflictError:
+                    raise                        # the store re-runs the whole batch
+                except (DomainError, StoreError) as refusal:   # refused, or a document it read is unreadable:
+                    results.append((None, refusal))            # before it wrote anything, so it fails alone
+                    continue
+                if not outcome.replayed:
+                    _write(tx, outcome)
+                results.append((outcome, None))
+            return results
+
+        for waiting, (outcome, refusal) in zip(batch, self.store.transact(run), strict=True):
+            waiting.outcome, waiting.error = outcome, refusal
 
     def expire_due(self, limit: int = SWEEP_BATCH_MAX) -> int:
         """One round of the expiry sweep: due holds, then due pending mints; how many it ended."""
