@@ -1,12 +1,17 @@
 """Signed hold-then-charge pairs per second over HTTPS, on the embedded store and on BaseX.
 
-    python bench/bank.py [--seconds 10] [--clients 8] [--workers 2] [--stores embedded,basex] [--write]
+    python bench/bank.py [--seconds 10] [--clients 8] [--workers 2] [--stores embedded,basex]
+                         [--host-key ec|rsa] [--write]
 
 A gridcredit host with ``--workers`` processes serves the Bank on the chosen store; ``--clients``
 threads in two processes each loop: CreateHold (2 credits) then ChargeHold (2 credits to a
 site), every request signed and every answer verified (and its signature confirmation checked). Reported per store: pairs/s and
 operations/s at full load, p50/p99 latency of one operation at half that load, and the ratio to
 the crypto-bound ceiling of the foundation (sign + verify of a round trip), measured in the same run.
+
+The host signs every answer with its key: ``--host-key ec`` (default) gives it a P-256 host
+certificate, as ``gridcredit pki host --key-type ec`` does in a deployment; ``rsa`` the 2048-bit
+one of the development PKI. Users keep RSA-2048 keys. The ceiling is measured with the same keys.
 """
 from __future__ import annotations
 
@@ -106,12 +111,16 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--stores", default="embedded,basex")
+    parser.add_argument("--host-key", choices=("ec", "rsa"), default="ec",
+                        help="the host certificate's key: P-256 (default) or RSA-2048")
     parser.add_argument("--write", action="store_true", help="record the results in BENCHMARKS.md")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="gridcredit-bench-bank-"))
     host_cert, host_key, trust_dir, _ = development_pki(root)
     ca = CertificateAuthority.load(root / "pki" / "ca")
+    if args.host_key == "ec":
+        host_cert, host_key = ca.issue_host("localhost", root / "host-ec", key_type="ec")
     users = {}
     for name in ("Bench Admin", "Bench User"):
         cert, key = ca.issue_user(name, root / name.replace(" ", "-"))
@@ -121,8 +130,10 @@ def main() -> int:
                              trust_dir, min(args.seconds, 5))
     print(f"crypto-bound ceiling: {ceiling:,.0f} round trips/s", flush=True)
 
-    lines = [f"Machine: {os.cpu_count()} cores; host: {args.workers} worker processes; load: {args.clients} client threads "
-             f"in 2 processes; {args.seconds:.0f} s per run. One pair = CreateHold + ChargeHold = 2 signed operations.",
+    key_text = "P-256 (ECDSA)" if args.host_key == "ec" else "RSA-2048"
+    lines = [f"Machine: {os.cpu_count()} cores; host: {args.workers} worker processes, host key {key_text}, user keys "
+             f"RSA-2048; load: {args.clients} client threads in 2 processes; {args.seconds:.0f} s per run. One pair = "
+             f"CreateHold + ChargeHold = 2 signed operations.",
              "", "| store | pairs/s | signed operations/s | ops / crypto ceiling | p50 / p99 at half load (ms) | target |",
              "|---|---|---|---|---|---|"]
     for store in args.stores.split(","):
@@ -161,7 +172,9 @@ def main() -> int:
     lines += ["", f"Crypto-bound ceiling in this run: {ceiling:,.0f} round trips/s (one process). Audit after each load: clean."]
     print("\n".join(lines))
     if args.write:
-        write_section("Bank: signed hold-then-charge", "python bench/bank.py" + (f" --seconds {args.seconds:g}" if args.seconds != 10 else ""), lines)
+        command = "python bench/bank.py" + (f" --seconds {args.seconds:g}" if args.seconds != 10 else "")
+        command += f" --host-key {args.host_key}" if args.host_key != "ec" else ""
+        write_section("Bank: signed hold-then-charge", command, lines)
     return 0
 
 
