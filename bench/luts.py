@@ -148,6 +148,7 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=20, help="signed batches of 1,000 records in the ingest test")
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--basex-heap-mb", type=int, default=4096, help="Java heap of the BaseX server (default 4096)")
     parser.add_argument("--write", action="store_true", help="record the results in BENCHMARKS.md")
     args = parser.parse_args()
 
@@ -173,7 +174,7 @@ def main() -> int:
         env = {"GRIDCREDIT_STATE_DIR": str(root / f"state-{store_name}"), "GRIDCREDIT_STORE_BACKEND": store_name,
                "GRIDCREDIT_LUTS_ADMINS": admin.identity_dn}
         if store_name == "basex":
-            basex = BaseXServer(root / "basex", port=free_port()).start()
+            basex = BaseXServer(root / "basex", port=free_port(), heap_mb=args.basex_heap_mb).start()
             env["GRIDCREDIT_STORE_BASEX_PORT"] = str(basex.port)
         base = load_config(env=env)
         config = replace(base, server=replace(base.server, port=free_port(), workers=args.workers, threads=8,

@@ -31,8 +31,10 @@ def free_port() -> int:
 
 class BaseXServer:
     def __init__(self, home: Path, *, port: int = 1984, host: str = "127.0.0.1",
-                 user: str = "admin", password: str = "admin", start_timeout_s: float = 30.0) -> None:
+                 user: str = "admin", password: str = "admin", start_timeout_s: float = 30.0,
+                 heap_mb: int = 512) -> None:
         self.home = Path(home)
+        self.heap_mb = heap_mb          # BaseX's Java heap: large databases and update batches need more
         self.port = port
         self.host = host
         self.user = user
@@ -49,7 +51,7 @@ class BaseXServer:
         if java is None or not BASEX_JAR.exists():
             raise StoreError("BaseX is not installed: run scripts/basex.sh install (apt-get install -y basex)")
         self.home.mkdir(parents=True, exist_ok=True)
-        command = [java, "-Xmx512m", f"-Dorg.basex.path={self.home}", f"-Dorg.basex.DBPATH={self.data_dir}",
+        command = [java, f"-Xmx{self.heap_mb}m", f"-Dorg.basex.path={self.home}", f"-Dorg.basex.DBPATH={self.data_dir}",
                    f"-Dorg.basex.SERVERHOST={self.host}", "-cp", str(BASEX_JAR), "org.basex.BaseXServer",
                    f"-p{self.port}", f"-n{self.host}"]
         log = open(self.home / "server.log", "ab")
