@@ -109,28 +109,14 @@ class Session:
 
     def query(self, text: str, bindings: dict[str, tuple[str, str]] | None = None) -> str:
         """Run an XQuery with external variables bound (name -> (value, type)); returns the result."""
-        self._send(b"\0" + self._encode(text) + b"\0")
-        query_id = self._read_string()
-        self._status()
-        try:
-            for name, (value, kind) in (bindings or {}).items():
-                self._send(b"\x03" + query_id.encode() + b"\0" + self._encode(name) + b"\0" + self._encode(value)
-                           + b"\0" + kind.encode() + b"\0")
-                self._read_string()
-                self._status()
-            self._send(b"\x05" + query_id.encode() + b"\0")
-            result = self._read_string()
-            self._status()
-            return result
-        finally:
-            if not self._broken:
-                self._send(b"\x02" + query_id.encode() + b"\0")
-                self._read_string()
-                self._status()
+        return self._query(text, bindings, with_info=False)[0]
 
     def query_info(self, text: str, bindings: dict[str, tuple[str, str]] | None = None) -> tuple[str, str]:
         """Run a query like ``query`` and return (result, BaseX's query info): the compiled,
         optimized query and its timings when the session has ``SET QUERYINFO true``."""
+        return self._query(text, bindings, with_info=True)
+
+    def _query(self, text: str, bindings: dict[str, tuple[str, str]] | None, *, with_info: bool) -> tuple[str, str]:
         self._send(b"\0" + self._encode(text) + b"\0")
         query_id = self._read_string()
         self._status()
@@ -143,9 +129,11 @@ class Session:
             self._send(b"\x05" + query_id.encode() + b"\0")
             result = self._read_string()
             self._status()
-            self._send(b"\x06" + query_id.encode() + b"\0")
-            info = self._read_string()
-            self._status()
+            info = ""
+            if with_info:
+                self._send(b"\x06" + query_id.encode() + b"\0")
+                info = self._read_string()
+                self._status()
             return result, info
         finally:
             if not self._broken:
