@@ -76,17 +76,16 @@ def parse_untrusted(data: bytes, limits: ParseLimits = DEFAULT_LIMITS) -> etree.
 
 
 def _check_shape(root: etree._Element, limits: ParseLimits) -> None:
-    depth = 0
     elements = 0
-    for event, node in etree.iterwalk(root, events=("start", "end")):
-        if event == "start":
-            depth += 1
-            elements += 1
+    for node in root.iter():
+        elements += 1
+        if node.tag is etree.Entity:
+            raise SecurityError("the XML uses entity references; they are not accepted")
+    if elements > limits.elements_max:
+        raise SecurityError(f"the XML has more than {limits.elements_max:,} elements")
+    if limits.depth_max < LIBXML2_DEPTH_MAX:  # deeper ones libxml2 has refused while parsing
+        depth = 0
+        for event, _ in etree.iterwalk(root, events=("start", "end")):
+            depth += 1 if event == "start" else -1
             if depth > limits.depth_max:
                 raise SecurityError(f"the XML is nested deeper than {limits.depth_max} levels")
-            if elements > limits.elements_max:
-                raise SecurityError(f"the XML has more than {limits.elements_max:,} elements")
-            if not isinstance(node.tag, str) and node.tag is etree.Entity:
-                raise SecurityError("the XML uses entity references; they are not accepted")
-        else:
-            depth -= 1

@@ -20,6 +20,7 @@ from typing import Callable
 import pytest
 from lxml import etree
 
+from gridcredit.errors import SecurityError
 from gridcredit.security.chain import TrustStore
 from gridcredit.security.credentials import Credential
 from gridcredit.security.replay import SqliteReplayCache
@@ -428,3 +429,15 @@ def test_xxe_in_other_encodings_is_refused(cast, codec):
             + signed_request(cast.alice).decode().replace("<tns:WhoAmI", "<tns:WhoAmI>&xxe;</tns:WhoAmI><tns:X", 1))
     error = refusal(Verifier(trust=TrustStore.from_directory(cast.host_trust_dir)), text.encode(codec))
     assert error.code == "InvalidSecurity" and "root:" not in str(error)
+
+
+def test_the_untrusted_parser_counts_elements_and_checks_a_lower_depth_itself():
+    # Depth above 256 is libxml2's own refusal (nesting_100k above); a lower configured limit and
+    # the element count are checked by our parser after the parse.
+    from gridcredit.security.xmlparse import ParseLimits, parse_untrusted
+    parse_untrusted(b"<a>" * 8 + b"</a>" * 8, ParseLimits(depth_max=8))
+    with pytest.raises(SecurityError, match="nested deeper than 8"):
+        parse_untrusted(b"<r><b/>" + b"<a>" * 8 + b"</a>" * 8 + b"</r>", ParseLimits(depth_max=8))
+    parse_untrusted(b"<r>" + b"<a/>" * 9 + b"</r>", ParseLimits(elements_max=10))
+    with pytest.raises(SecurityError, match="more than 10 elements"):
+        parse_untrusted(b"<r>" + b"<a/>" * 10 + b"</r>", ParseLimits(elements_max=10))

@@ -57,6 +57,25 @@ def test_limits_and_names(store):
             store.put(collection, doc_id, b"<a/>")
 
 
+def test_nesting_deeper_than_the_limit_refused(store):
+    def nested(depth: int) -> bytes:
+        return b"<a>" * depth + b"</a>" * depth
+    store.put("deep", "ok", nested(store.limits.xml_depth_max))
+    for depth in (store.limits.xml_depth_max + 1, 100_000):
+        with pytest.raises(StoreError, match="deeper than"):
+            store.put("deep", "no", nested(depth))
+    assert store.get("deep", "no") is None
+
+
+def test_a_lower_depth_limit_is_checked_by_the_store_itself():
+    # libxml2 refuses depth > 256 on its own; below that the store walks the tree itself.
+    from gridcredit.xmlstore._api import StoreLimits, parse_untrusted
+    limits = StoreLimits(xml_depth_max=8)
+    parse_untrusted(b"<a>" * 8 + b"</a>" * 8, limits)
+    with pytest.raises(StoreError, match="deeper than 8"):
+        parse_untrusted(b"<a><b/>" + b"<a>" * 8 + b"</a>" * 8 + b"</a>", limits)
+
+
 def test_ids_and_counts_paging(store):
     store.transact(lambda tx: [tx.put("items", f"i{n:03d}", f"<i n='{n}'/>".encode()) for n in range(25)])
     assert store.count("items") == 25

@@ -111,6 +111,8 @@ def check_doc_id(doc_id: str) -> str:
     return doc_id
 
 
+# libxml2 refuses nesting deeper than this unless XML_PARSE_HUGE is set (our parser never sets it).
+LIBXML2_DEPTH_MAX = 256
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
                           huge_tree=False, remove_blank_text=False, remove_comments=False)
 
@@ -124,17 +126,20 @@ def parse_untrusted(xml: bytes, limits: StoreLimits = DEFAULT_LIMITS) -> etree._
     try:
         root = etree.fromstring(bytes(xml), parser=_PARSER)
     except etree.XMLSyntaxError as error:
+        if "depth" in str(error).lower():
+            raise StoreError(f"document deeper than {min(limits.xml_depth_max, LIBXML2_DEPTH_MAX)} levels") from None
         raise StoreError(f"document is not well-formed XML: {error}") from None
     tree = root.getroottree()
     if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
         raise StoreError("documents with a DOCTYPE are refused")
-    depth, stack = 0, [(root, 1)]
-    while stack:
-        node, level = stack.pop()
-        depth = max(depth, level)
-        if depth > limits.xml_depth_max:
-            raise StoreError(f"document deeper than {limits.xml_depth_max} levels")
-        stack.extend((child, level + 1) for child in node)
+    if limits.xml_depth_max < LIBXML2_DEPTH_MAX:  # deeper ones libxml2 has refused already
+        depth, stack = 0, [(root, 1)]
+        while stack:
+            node, level = stack.pop()
+            depth = max(depth, level)
+            if depth > limits.xml_depth_max:
+                raise StoreError(f"document deeper than {limits.xml_depth_max} levels")
+            stack.extend((child, level + 1) for child in node)
     return root
 
 
