@@ -97,3 +97,22 @@ def random_jobs(count: int, *, seed: int = 1, prefix: str = "rec", machines=MACH
             charge=rng.choice([None, f"{rng.randrange(0, 10_000)}.{rng.randrange(0, 1_000_000):06d}", "3"]),
             local_job_id=str(rng.randrange(1, 5_000)), global_job_id=f"gsiftp://{prefix}/jobs/{seed}/{number}"))
     return jobs
+
+
+_store_numbers = __import__("itertools").count()
+
+
+def open_luts_store(backend: str, state_dir, server=None):
+    """A store with the LUTS's indexes: embedded in ``state_dir``, or on the BaseX ``server`` under a
+    database prefix of its own (tests in one process share one BaseX server)."""
+    import os
+
+    from gridcredit.config import StoreConfig
+    from gridcredit.services.luts.luts import INDEXES
+    from gridcredit.xmlstore import open_store
+
+    if backend == "embedded":
+        return open_store(StoreConfig(backend="embedded"), state_dir, indexes=INDEXES)
+    from gridcredit.xmlstore._basex import BaseXStore
+    return BaseXStore(state_dir / "journal", port=server.port, timeout_s=20, indexes=INDEXES,
+                      db_prefix=f"l{os.getpid()}x{next(_store_numbers)}_")

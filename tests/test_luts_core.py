@@ -1,21 +1,16 @@
 """The LUTS core (services/luts/luts.py) on both stores: publish, idempotency, scoping, summaries."""
 from __future__ import annotations
 
-import itertools
-import os
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from lxml import etree
 
-from gridcredit.config import StoreConfig
 from gridcredit.errors import DomainError, QueryError
 from gridcredit.services.luts import records as ur
-from gridcredit.services.luts.luts import INDEXES, Caller, Luts, LutsPolicy, canonical_dn, host_name_of
-from gridcredit.xmlstore import open_store
+from gridcredit.services.luts.luts import Caller, Luts, LutsPolicy, canonical_dn, host_name_of
 
-from luts_fixtures import Job, USERS, make_batch, make_record, random_jobs
+from luts_fixtures import USERS, Job, make_batch, make_record, open_luts_store, random_jobs
 from store_fixtures import basex_server  # noqa: F401
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "ur-samples"
@@ -29,21 +24,10 @@ POLICY = LutsPolicy(admins=frozenset({ADMIN}), vo_managers={MANAGER: frozenset({
                                      ANY_PUBLISHER: frozenset({"*"})})
 
 
-_prefixes = itertools.count()
-
-
-def _open(backend: str, state_dir: Path, server=None):
-    if backend == "embedded":
-        return open_store(StoreConfig(backend="embedded"), state_dir, indexes=INDEXES)
-    from gridcredit.xmlstore._basex import BaseXStore
-    return BaseXStore(state_dir / "journal", port=server.port, db_prefix=f"l{os.getpid()}x{next(_prefixes)}_",
-                      timeout_s=20, indexes=INDEXES)
-
-
 @pytest.fixture(params=["embedded", "basex"])
 def luts(request, tmp_path):
     server = request.getfixturevalue("basex_server") if request.param == "basex" else None
-    store = _open(request.param, tmp_path / "s", server)
+    store = open_luts_store(request.param, tmp_path / "s", server)
     yield Luts(store, POLICY)
     store.close()
 

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import os
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +19,7 @@ from gridcredit.services.luts.forward import REJECTED, Forwarder, _HostLock, run
 from gridcredit.services.luts.luts import INDEXES, Caller, Luts, LutsPolicy
 from gridcredit.xmlstore import open_store
 
-from luts_fixtures import Job, make_batch, make_record, random_jobs
+from luts_fixtures import Job, make_batch, make_record, open_luts_store, random_jobs
 from store_fixtures import basex_server  # noqa: F401
 
 SITE_PUBLISHER = "/O=Grid/CN=Site Publisher"
@@ -59,19 +57,11 @@ def all_records(luts: Luts) -> dict:
         cursor = page.cursor
 
 
-def _open(backend: str, state_dir: Path, server=None):
-    if backend == "embedded":
-        return open_store(StoreConfig(backend="embedded"), state_dir, indexes=INDEXES)
-    from gridcredit.xmlstore._basex import BaseXStore
-    return BaseXStore(state_dir / "journal", port=server.port, timeout_s=20, indexes=INDEXES,
-                      db_prefix=f"f{os.getpid()}x{state_dir.parent.name[-6:]}{state_dir.name}_")
-
-
 @pytest.fixture(params=["embedded", "basex"])
 def pair(request, tmp_path):
     server = request.getfixturevalue("basex_server") if request.param == "basex" else None
-    site_store = _open(request.param, tmp_path / "site", server)
-    top_store = _open(request.param, tmp_path / "top", server)
+    site_store = open_luts_store(request.param, tmp_path / "site", server)
+    top_store = open_luts_store(request.param, tmp_path / "top", server)
     site = Luts(site_store, LutsPolicy(site_publishers={SITE_PUBLISHER: frozenset({"*"})}), forwarding=True)
     top = Luts(top_store, LutsPolicy(admins=frozenset({TOP_ADMIN}),
                                      site_publishers={SITE_HOST: frozenset({"ce1.example.org", "ce2.example.org"})}))

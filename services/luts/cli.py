@@ -398,6 +398,128 @@ def _whoami(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# Held documents (operator, on the LUTS host: the store of the local configuration)
+
+
+def _local_luts(args):
+    from gridcredit.config import load_config
+    from gridcredit.runtime import open_service_store
+
+    from .luts import Luts, LutsPolicy
+
+    config = load_config(args.config)
+    store = open_service_store(config)
+    return Luts(store, LutsPolicy.from_config(config.luts))
+
+
+def _with_local_luts(args, work):
+    luts = _local_luts(args)
+    try:
+        return work(luts)
+    finally:
+        luts.store.close()
+
+
+def held_line(held) -> str:
+    who = f" from {held.publisher}" if held.publisher else ""
+    return f"{held.kind}/{held.held_id}{who}, {held.size_bytes:,} bytes: {'; '.join(held.reasons)}"
+
+
+def _held_list(args) -> int:
+    from .held import KINDS, list_held
+
+    kinds = (args.kind,) if args.kind else tuple(KINDS)
+    found = _with_local_luts(args, lambda luts: list_held(luts, kinds))
+    _print(args, jsonable(found), "\n".join(held_line(h) for h in found) or "nothing is held")
+    return EXIT_OK
+
+
+def _held_show(args) -> int:
+    from .held import show
+
+    held, content = _with_local_luts(args, lambda luts: show(luts, args.kind, args.held_id))
+    if args.output:
+        Path(args.output).write_bytes(content)
+    if args.json:
+        _print(args, {**jsonable(held), "content": None if args.output else content.decode("utf-8", "replace")}, "")
+    elif args.output:
+        print(f"{held_line(held)}\nwritten to {args.output}")
+    else:
+        sys.stdout.buffer.write(content if content.endswith(b"\n") else content + b"\n")
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+def _held_retry(args) -> int:
+    from .held import retry_forward, retry_sgas
+
+    if args.kind == "forward":
+        if args.corrected:
+            raise _UsageError(args.parser_of_command, "--corrected is for sgas documents only")
+        _with_local_luts(args, lambda luts: retry_forward(luts, args.held_id, replace=args.replace))
+        _print(args, {"kind": "forward", "held_id": args.held_id, "queued": True},
+               f"forward/{args.held_id} is queued for the upstream LUTS again")
+        return EXIT_OK
+    if args.replace:
+        raise _UsageError(args.parser_of_command, "--replace is for forward entries only")
+    corrected = Path(args.corrected).read_bytes() if args.corrected else None
+    report = _with_local_luts(args, lambda luts: retry_sgas(luts, args.held_id, corrected))
+    not_stored = [r for r in report.results if r.status in ("refused", "invalid")]
+    lines = [f"sgas/{args.held_id} published again: stored {report.count('stored')}, already stored "
+             f"{report.count('duplicate')}, not stored {len(not_stored)} of {len(report.results)} records"]
+    lines += [f"{r.status}: {r.record_id or r.index + 1}: {r.message}" for r in not_stored]
+    _print(args, {"kind": "sgas", "held_id": args.held_id, "results": jsonable(list(report.results))},
+           "\n".join(lines))
+    return EXIT_OK if report.ok else EXIT_PARTIAL
+
+
+def _held_drop(args) -> int:
+    from .held import drop
+
+    _with_local_luts(args, lambda luts: drop(luts, args.kind, args.held_id))
+    _print(args, {"kind": args.kind, "held_id": args.held_id, "dropped": True}, f"{args.kind}/{args.held_id} dropped")
+    return EXIT_OK
+
+
+def _register_held(commands) -> None:
+    held = commands.add_parser(
+        "held", help="operator: documents kept instead of stored (unreadable SGAS posts, records the upstream "
+                     "LUTS rejected) — list, show, retry, drop",
+        description="Run on the LUTS host: works on the store of the configuration (--config before 'luts'). "
+                    "sgas = documents an SGAS reporter posted that could not be read (kept exactly as "
+                    "received); forward = records the higher-level LUTS refused or found invalid.",
+        epilog="examples:\n  gridcredit --config /etc/gridcredit.toml luts held list\n"
+               "  gridcredit luts held show sgas ID --output posted.xml\n"
+               "  gridcredit luts held retry sgas ID --corrected fixed.xml\n"
+               "  gridcredit luts held retry forward ID --replace\n  gridcredit luts held drop sgas ID",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = held.add_subparsers(dest="held_command", metavar="ACTION")
+    actions.required = True
+
+    def action(name: str, summary: str, handler) -> argparse.ArgumentParser:
+        parser = actions.add_parser(name, help=summary, description=summary)
+        parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+        parser.set_defaults(handler=_checked(handler), parser_of_command=parser)
+        return parser
+
+    p = action("list", "every held document, with who sent it and why it is held", _held_list)
+    p.add_argument("--kind", choices=("sgas", "forward"), help="only this kind")
+    for name, summary, handler in (("show", "a held document: an SGAS post exactly as received", _held_show),
+                                   ("retry", "sgas: publish again as its publisher (leaves when readable); "
+                                             "forward: queue for the upstream LUTS again", _held_retry),
+                                   ("drop", "delete a held document for good", _held_drop)):
+        p = action(name, summary, handler)
+        p.add_argument("kind", choices=("sgas", "forward"))
+        p.add_argument("held_id", metavar="ID", help="as 'held list' shows it (after KIND/)")
+        if name == "show":
+            p.add_argument("--output", metavar="FILE", help="write the content to FILE")
+        if name == "retry":
+            p.add_argument("--corrected", metavar="FILE", help="sgas: publish this corrected document instead")
+            p.add_argument("--replace", action="store_true",
+                           help="forward: replace the upstream LUTS's different record under the same id")
+
+
+# ---------------------------------------------------------------------------------------------
 # Registration
 
 
@@ -512,6 +634,7 @@ def register(subparsers) -> None:
     _period(p)
 
     command("whoami", "make a signed call and show who the LUTS thinks you are", "gridcredit luts whoami", _whoami)
+    _register_held(commands)
 
 
 if __name__ == "__main__":  # pragma: no cover
