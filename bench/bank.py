@@ -108,6 +108,8 @@ def load(url, cert, key, trust_dir, clients, seconds, rate=None):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=10.0, metavar="S",
+                        help="seconds of unmeasured load first, so the server (and BaseX's JIT) is warm (default 10)")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--stores", default="embedded,basex")
@@ -132,7 +134,7 @@ def main() -> int:
 
     key_text = "P-256 (ECDSA)" if args.host_key == "ec" else "RSA-2048"
     lines = [f"Machine: {os.cpu_count()} cores; host: {args.workers} worker processes, host key {key_text}, user keys "
-             f"RSA-2048; load: {args.clients} client threads in 2 processes; {args.seconds:.0f} s per run. One pair = "
+             f"RSA-2048; load: {args.clients} client threads in 2 processes; {args.seconds:.0f} s per run after {args.warmup:.0f} s of unmeasured warm-up load. One pair = "
              f"CreateHold + ChargeHold = 2 signed operations.",
              "", "| store | pairs/s | signed operations/s | ops / crypto ceiling | p50 / p99 at half load (ms) | target "
                  "| load average before / after (1 min) |",
@@ -155,6 +157,9 @@ def main() -> int:
             admin.call("CreateAccount", request_id="setup-1", account_id="vo-bench", project="bench", owner_dn=users["Bench User"][2].identity_dn)
             admin.call("CreateAccount", request_id="setup-2", account_id="site-bench", project="site", owner_dn=users["Bench Admin"][2].identity_dn)
             admin.call("Mint", request_id="setup-3", account_id="vo-bench", amount=10**12)
+            if args.warmup > 0:
+                print(f"[{store}] warm-up ({args.warmup:.0f} s, not measured) …", flush=True)
+                load(url, users["Bench User"][0], users["Bench User"][1], trust_dir, args.clients, args.warmup)
             print(f"[{store}] full load …", flush=True)
             load_before = os.getloadavg()[0]
             full = load(url, users["Bench User"][0], users["Bench User"][1], trust_dir, args.clients, args.seconds)
