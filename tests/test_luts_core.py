@@ -74,6 +74,21 @@ def test_every_sample_ingests_and_keeps_its_original_bytes(luts):
     assert [r.status for r in again.results] == ["duplicate", "duplicate"]
 
 
+def test_markup_characters_and_non_ascii_survive_storing_exactly(luts):
+    tricky = 'Ünïcode & <markup> "quoted" ]]> tab\there'
+    job = Job("r-&<>\"'", f"/O=Grid/CN={tricky}", "atlas", "ce1.example.org", tricky, None, 10, 5, "1")
+    data = make_batch([job]).replace(b"<ur:Queue>", b"<ur:Queue>cr&#13;lf\r\n")
+    report = luts.publish(data, Caller(ANY_PUBLISHER))
+    assert [r.status for r in report.results] == ["stored"]
+    [source] = ur.split_records(data)
+    stored = luts.record(Caller(ADMIN), job.record_id)
+    assert stored.original == source.data and stored.usage == ur.read_source(source)
+    assert stored.usage.queue.startswith("cr\rlf\n") and tricky in stored.usage.queue
+    page = luts.query(Caller(ADMIN), "@user = $u and urf:JobUsageRecord/urf:Queue = $q",
+                      {"u": canonical_dn(job.user), "q": stored.usage.queue})
+    assert [r.record_id for r in page.records] == [job.record_id]
+
+
 def test_same_record_is_a_no_op_different_record_is_refused_replace_needs_a_site_admin(luts):
     job = Job("r-1", USERS[0], "atlas", "ce1.example.org", "short", None, 100, 50, "1.5")
     assert luts.publish(make_record(job), Caller(HOST)).results[0].status == "stored"

@@ -902,6 +902,12 @@ def test_view_round_trips_any_record(record):
     assert R.from_bytes(R.to_bytes(record)) == record
 
 
+@settings(max_examples=300)
+@given(normalized_records())
+def test_the_direct_view_writer_writes_what_lxml_writes(record):
+    assert R.to_bytes(record) == etree.tostring(R.to_element(record), encoding="utf-8")
+
+
 def test_record_month_prefers_end_then_start_then_creation():
     base = NormalizedRecord(format="ur1", record_id="m", create_time=utc(2020, 1, 31, 23, 0))
     assert R.record_month(base) == "2020-01"

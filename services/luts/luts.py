@@ -43,7 +43,6 @@ can widen it.
 from __future__ import annotations
 
 import base64
-import copy
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -305,32 +304,33 @@ def _attributes(usage: ur.NormalizedRecord) -> dict[str, str]:
     return {name: value for name, value in values.items() if value}
 
 
+# characters XML 1.0 cannot carry (an original holding one is kept as base64)
+_NOT_XML_CHARACTER = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
 def _record_document(source: ur.RecordSource, usage: ur.NormalizedRecord, month: str, digest: str,
                      publisher: str, received_us: int) -> bytes:
-    root = etree.Element(N + "Stored", nsmap={"n": NS})
-    for name, value in _attributes(usage).items():
-        root.set(name, value)
-    root.set("publisher", publisher)
-    root.set("rid", usage.record_id)
-    root.set("month", month)
-    root.set("received", str(received_us))
+    """``n:Stored`` (indexed attributes) holding the view, the original bytes as text, and the record
+    itself for XPath — written as text: ingest makes one per record, and the store parses it anyway."""
+    attributes = _attributes(usage)
+    attributes.update(publisher=publisher, rid=usage.record_id, month=month, received=str(received_us))
     if usage.end_time is not None:
-        root.set("end", str(datetime_to_us(usage.end_time)))
-    root.set("digest", digest)
-    root.append(ur.to_element(usage))
-    original = etree.SubElement(root, N + "Original")
+        attributes["end"] = str(datetime_to_us(usage.end_time))
+    attributes["digest"] = digest
     try:
-        original.text = source.data.decode("utf-8")
-        original.set("encoding", "utf-8")
-    except (UnicodeDecodeError, ValueError):  # not UTF-8, or characters lxml will not hold in text
-        original.text = base64.b64encode(source.data).decode("ascii")
-        original.set("encoding", "base64")
-    if original.get("encoding") == "utf-8" and original.text.encode("utf-8") != source.data:
-        original.text = base64.b64encode(source.data).decode("ascii")
-        original.set("encoding", "base64")
-    element = source.element if source.element is not None else etree.fromstring(source.data)
-    root.append(copy.deepcopy(element))
-    return etree.tostring(root, encoding="utf-8")
+        original, encoding = source.data.decode("utf-8"), "utf-8"
+        if _NOT_XML_CHARACTER.search(original):
+            raise ValueError("a character XML cannot hold")
+        original = ur.escape_text(original)
+    except (UnicodeDecodeError, ValueError):
+        original, encoding = base64.b64encode(source.data).decode("ascii"), "base64"
+    # a record split from a container is a standalone element (in-scope namespaces declared, UTF-8);
+    # a whole document may carry a declaration and prolog: its root element alone
+    record = source.data if not source.whole_document else etree.tostring(source.element, encoding="utf-8")
+    head = "".join(f' {name}="{ur.escape_attribute(value)}"' for name, value in attributes.items())
+    return b"".join((f'<n:Stored xmlns:n="{NS}"{head}>'.encode("utf-8"), ur.to_bytes(usage),
+                     f'<n:Original encoding="{encoding}">{original}</n:Original>'.encode("utf-8"),
+                     record, b"</n:Stored>"))
 
 
 def _stored_record(xml: bytes) -> StoredRecord:

@@ -293,7 +293,7 @@ def _child_element_spans(text: str) -> list[tuple[int, int, int]]:
     return spans
 
 
-def _escape_attribute(value: str) -> str:
+def escape_attribute(value: str) -> str:
     return (value.replace("&", "&amp;").replace("<", "&lt;").replace('"', "&quot;")
             .replace("\t", "&#9;").replace("\n", "&#10;").replace("\r", "&#13;"))
 
@@ -303,7 +303,7 @@ def _fragment(text: str, start: int, start_tag_end: int, end: int, inherited: di
     unquoted = _QUOTED.sub('""', start_tag)             # " xmlns:a=" inside a value declares nothing
     declared = {prefix or None for prefix in _NS_DECLARATION.findall(unquoted)}
     additions = "".join(
-        (f' xmlns:{prefix}="{_escape_attribute(uri)}"' if prefix else f' xmlns="{_escape_attribute(uri)}"')
+        (f' xmlns:{prefix}="{escape_attribute(uri)}"' if prefix else f' xmlns="{escape_attribute(uri)}"')
         for prefix, uri in sorted(inherited.items(), key=lambda item: item[0] or "")
         if prefix not in declared)
     close = len(start_tag) - (2 if start_tag.endswith("/>") else 1)
@@ -825,7 +825,39 @@ def to_element(record: NormalizedRecord) -> etree._Element:
 
 
 def to_bytes(record: NormalizedRecord) -> bytes:
-    return etree.tostring(to_element(record), encoding="utf-8")
+    """What lxml writes for ``to_element(record)``, written directly (ingest writes one per record)."""
+    return view_text(record).encode("utf-8")
+
+
+_VIEW_PREFIXED = {name: f"n:{name}" for name in (*(spec.name for spec in fields(NormalizedRecord)),
+                                                 *_TUPLE_FIELDS.values())}
+
+
+def escape_text(text: str) -> str:
+    """Character data as lxml writes it: ``&``, ``<``, ``>`` escaped, and CR as a reference."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
+
+
+def view_text(record: NormalizedRecord) -> str:
+    """``to_bytes`` as text: the view element with its namespace declared (no XML declaration)."""
+    parts = [f'<n:Usage xmlns:n="{NS_VIEW}">']
+    for spec in fields(record):
+        name = spec.name
+        value = getattr(record, name)
+        if name in _TUPLE_FIELDS:
+            tag = _VIEW_PREFIXED[_TUPLE_FIELDS[name]]
+            parts.extend(f"<{tag}>{escape_text(item)}</{tag}>" for item in value)
+            continue
+        if value is None:
+            continue
+        tag = _VIEW_PREFIXED[name]
+        if name in _DATETIME_FIELDS:
+            parts.append(f'<{tag} us="{datetime_to_us(value)}">{format_datetime(value)}</{tag}>')
+            continue
+        text = str(value) if name in _INT_FIELDS else escape_text(value)
+        parts.append(f"<{tag}>{text}</{tag}>")
+    parts.append("</n:Usage>")
+    return "".join(parts)
 
 
 def from_element(usage: etree._Element) -> NormalizedRecord:
@@ -885,5 +917,5 @@ __all__ = [
     "BatchLimits", "BatchResult", "DEFAULT_LIMITS", "FORMATS", "NS_CAR", "NS_GRATIA", "NS_UR1", "NS_UR2",
     "NS_VIEW", "NormalizedRecord", "RecordError", "RecordOutcome", "RecordSource", "STATUSES",
     "from_bytes", "from_element", "normalize", "parse_batch", "read_source", "record_month",
-    "split_records", "to_bytes", "to_element",
+    "escape_attribute", "escape_text", "split_records", "to_bytes", "to_element", "view_text",
 ]
