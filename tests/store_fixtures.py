@@ -112,17 +112,9 @@ def _worker(spec: dict, mode: str, args: list[str]) -> None:
         for _ in range(int(args[0])):
             store.transact(lambda tx: [increment(tx, "counters", f"c{i}") for i in range(3)])
         print("done", flush=True)
-    elif mode in ("pairs", "pairs-crash-after-journal"):
+    elif mode == "pairs":
         # each transaction writes the pair (a, b) with the same number; print it once acknowledged
         padding = int(args[0]) if args else 0
-        if mode == "pairs-crash-after-journal":   # die between journal fsync and the BaseX update
-            calls = itertools.count()
-
-            def crashing_apply(seq, writes, _original=store._apply):
-                if next(calls) == 30:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                return _original(seq, writes)
-            store._apply = crashing_apply
         number = 0
         while True:
             number += 1
