@@ -128,6 +128,22 @@ def test_a_full_spool_refuses_with_a_clear_error(tmp_path):
         spool.add(record)
 
 
+def test_the_spool_is_counted_again_when_its_count_is_old(tmp_path, monkeypatch):
+    record = make_record(random_jobs(1)[0])
+    mine, other = Spool(tmp_path / "spool", files_max=3), Spool(tmp_path / "spool", files_max=3)
+    mine.add(record)
+    other.add(record)
+    other.add(record)
+    mine.add(record)            # its count is recent: the other adder's files are not seen yet
+    monkeypatch.setattr(Spool, "USAGE_RECOUNT_S", 0.0)
+    with pytest.raises(SpoolFull, match=r"is full \(4 documents"):
+        mine.add(record)
+    for path in mine.pending()[:2]:  # sent meanwhile
+        path.unlink()
+    mine.add(record)
+    assert len(mine.pending()) == 3
+
+
 # -- packing -----------------------------------------------------------------------------------------
 
 

@@ -479,6 +479,12 @@ class Spool:
         except OSError as error:
             raise SpoolError(f"cannot use {self.directory} as a spool: {error.strerror}") from None
         self._counter = itertools.count()
+        # (documents, bytes, when counted): ``add`` counts the spool again only when this is older
+        # than USAGE_RECOUNT_S — a scan per add made spooling N files cost N² directory reads.
+        # Other processes' adds in between may overshoot the limits by what they add in that time.
+        self._usage: tuple[int, int, float] | None = None
+
+    USAGE_RECOUNT_S = 2.0
 
     # -- adding --
     def usage(self) -> tuple[int, int]:
@@ -497,7 +503,9 @@ class Spool:
         spool is full, and RecordError/SecurityError when ``document`` is not a usage-record document."""
         document = bytes(document)
         ur.split_records(document, self.limits)  # refuse what can never be sent, before it is kept
-        files, size = self.usage()
+        if self._usage is None or time.monotonic() - self._usage[2] > self.USAGE_RECOUNT_S:
+            self._usage = (*self.usage(), time.monotonic())
+        files, size, counted = self._usage
         if files + 1 > self.files_max or size + len(document) > self.bytes_max:
             raise SpoolFull(f"the spool {self.directory} is full ({files:,} documents, {size:,} bytes; limits "
                             f"{self.files_max:,} documents, {self.bytes_max:,} bytes): send it "
@@ -509,6 +517,7 @@ class Spool:
             _fsync_directory(self.directory)
         except OSError as error:
             raise SpoolError(f"cannot write to the spool {self.directory}: {error.strerror}") from None
+        self._usage = (files + 1, size + len(document), counted)
         return path
 
     def pending(self) -> list[Path]:
