@@ -97,9 +97,10 @@ def test_audit_with_a_helper_process_reports_the_same(tmp_path, monkeypatch):
     edited = documents.transaction_from_xml(bank.store.get(TRANSACTIONS, seventh).xml)
     bank.store.put(TRANSACTIONS, seventh, documents.to_xml(dataclasses.replace(edited, amount=4)))
     bank.store.delete(TRANSACTIONS, documents.transaction_document_id(30))
-    hold_id = bank.store.ids(HOLDS_ENDED)[20]      # a hold the helper decodes (pages of 7)
-    ended = documents.hold_from_xml(bank.store.get(HOLDS_ENDED, hold_id).xml)
-    bank.store.put(HOLDS_ENDED, hold_id, documents.to_xml(dataclasses.replace(ended, charged=1)))
+    hold_doc_id = bank.store.ids(HOLDS_ENDED)[20]      # a hold the helper decodes (pages of 7)
+    ended = documents.hold_from_xml(bank.store.get(HOLDS_ENDED, hold_doc_id).xml)
+    hold_id = ended.hold_id
+    bank.store.put(HOLDS_ENDED, hold_doc_id, documents.to_xml(dataclasses.replace(ended, charged=1)))
     alone, helped = audits()
     assert helped == alone and alone.seqs("edited") == {7} and alone.seqs("deleted") == {30}
     assert any(f"hold {hold_id} differs" in finding.message for finding in alone.findings)

@@ -82,13 +82,35 @@ def test_pending_mints_end_once_and_move_to_the_ended_collection(bank):
     assert report.clean, report.findings
 
     # Edited behind the bank's back: an expired pending mint said to be cancelled.
-    document = bank.store.get(PENDING_MINTS_ENDED, expired)
+    document = bank.store.get(PENDING_MINTS_ENDED, documents.numbered_document_id(expired))
     edited = dataclasses.replace(documents.pending_mint_from_xml(document.xml),
                                  state=ledger.PendingMintState.CANCELLED)
-    bank.store.put(PENDING_MINTS_ENDED, expired, documents.to_xml(edited))
+    bank.store.put(PENDING_MINTS_ENDED, document.doc_id, documents.to_xml(edited))
     report = audit_store(bank.store, bank.key.public)
     assert [finding.kind for finding in report.findings] == ["invariant"]
     assert f"pending mint {expired} differs" in report.findings[0].message
+
+
+def test_holds_and_pending_mints_list_in_the_order_they_were_made(bank):
+    bank.execute(ledger.Mint("fund", "vo", 900), ADMIN)
+    holds = [bank.execute(ledger.CreateHold(f"h{n}", "vo", 1, START_US + DAY_US, ""), OWNER).transaction.hold_id
+             for n in range(12)]                        # hold-<seq>: one-digit and two-digit numbers
+    assert holds[0] != sorted(holds)[0]                 # text order is not the order they were made
+    assert [h.hold_id for h in bank.holds("vo", OWNER).items] == holds
+    assert [h.hold_id for h in bank.holds("vo", OWNER, offset=5, limit=4).items] == holds[5:9]
+    pending = [request_mint(bank, f"m{n}", 2000) for n in range(3)]
+    assert [p.pending_mint_id for p in bank.pending_mints().items] == pending
+    assert bank.hold(holds[0], OWNER).hold_id == holds[0]
+    number = holds[0].split("-")[1]
+    for other_spelling in (f"hold-0{number}", documents.numbered_document_id(holds[0])):
+        with pytest.raises(DomainError) as unknown:
+            bank.hold(other_spelling, OWNER)
+        assert unknown.value.code == "UnknownHold"
+        with pytest.raises(DomainError) as unknown:
+            bank.execute(ledger.ReleaseHold(f"r-{other_spelling}", other_spelling), OWNER)
+        assert unknown.value.code == "UnknownHold"
+    bank.execute(ledger.ReleaseHold("r", holds[3]), OWNER)
+    assert [h.hold_id for h in bank.holds("vo", OWNER, ended=True).items] == [holds[3]]
 
 
 def test_mint_approval_days_are_bounded():

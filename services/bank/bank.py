@@ -155,14 +155,18 @@ class _StoreView(ledger.LedgerView):
     def hold(self, hold_id: str) -> Hold | None:
         if not ledger.IDENTIFIER_PATTERN.fullmatch(hold_id):
             return None
-        return (self._load(HOLDS_ACTIVE, hold_id, documents.hold_from_xml)
-                or self._load(HOLDS_ENDED, hold_id, documents.hold_from_xml))
+        doc_id = documents.numbered_document_id(hold_id)
+        hold = (self._load(HOLDS_ACTIVE, doc_id, documents.hold_from_xml)
+                or self._load(HOLDS_ENDED, doc_id, documents.hold_from_xml))
+        return hold if hold is not None and hold.hold_id == hold_id else None
 
     def pending_mint(self, pending_mint_id: str) -> PendingMint | None:
         if not ledger.IDENTIFIER_PATTERN.fullmatch(pending_mint_id):
             return None
-        return (self._load(PENDING_MINTS, pending_mint_id, documents.pending_mint_from_xml)
-                or self._load(PENDING_MINTS_ENDED, pending_mint_id, documents.pending_mint_from_xml))
+        doc_id = documents.numbered_document_id(pending_mint_id)
+        pending = (self._load(PENDING_MINTS, doc_id, documents.pending_mint_from_xml)
+                   or self._load(PENDING_MINTS_ENDED, doc_id, documents.pending_mint_from_xml))
+        return pending if pending is not None and pending.pending_mint_id == pending_mint_id else None
 
     def money_supply(self) -> MoneySupply:
         return self._load(BANK, documents.MONEY_SUPPLY_ID, documents.money_supply_from_xml) or MoneySupply()
@@ -177,9 +181,10 @@ class _StoreView(ledger.LedgerView):
         return self._load(TRANSACTIONS, documents.transaction_document_id(seq), documents.transaction_from_xml)
 
 
-def _put_where_its_state_says(tx, collections: tuple[str, str], doc_id: str, state, active: bool) -> None:
+def _put_where_its_state_says(tx, collections: tuple[str, str], object_id: str, state, active: bool) -> None:
     """An active hold or waiting pending mint in the first collection, an ended one moved to the second."""
     active_collection, ended_collection = collections
+    doc_id = documents.numbered_document_id(object_id)
     if not active:
         tx.delete(active_collection, doc_id)
     tx.put(active_collection if active else ended_collection, doc_id, documents.to_xml(state))
@@ -338,25 +343,28 @@ class Bank:
         racing another (several workers) or a charge at the same instant ends the hold once:
         the loser is refused by the core and skipped.
         """
-        return self._expire_due(HOLDS_ACTIVE, "/t:Hold[number(t:expiresAtUs) <= $now]", ExpireHold, limit)
+        return self._expire_due(HOLDS_ACTIVE, "/t:Hold[number(t:expiresAtUs) <= $now]", ExpireHold,
+                                lambda xml: documents.hold_from_xml(xml).hold_id, limit)
 
     def expire_due_mints(self, limit: int = SWEEP_BATCH_MAX) -> int:
         """Expire pending mints nobody approved in time, the same way (request id ``expire-<mint>``)."""
-        return self._expire_due(PENDING_MINTS, "/t:PendingMint[number(t:expiresAtUs) <= $now]", ExpireMint, limit)
+        return self._expire_due(PENDING_MINTS, "/t:PendingMint[number(t:expiresAtUs) <= $now]", ExpireMint,
+                                lambda xml: documents.pending_mint_from_xml(xml).pending_mint_id, limit)
 
-    def _expire_due(self, collection: str, due: str, request_type, limit: int) -> int:
+    def _expire_due(self, collection: str, due: str, request_type, id_of, limit: int) -> int:
         sweeper = Principal(dn=EXPIRY_SWEEPER_DN, is_service=True)
         page = self.store.query(collection, due, {"now": self._clock()}, namespaces=NAMESPACES, limit=limit)
         ended = 0
         for document in page.documents:
+            object_id = id_of(document.xml)
             try:
-                outcome = self.execute(request_type(f"expire-{document.doc_id}", document.doc_id), sweeper)
+                outcome = self.execute(request_type(f"expire-{object_id}", object_id), sweeper)
             except DomainError as error:
-                log.debug("%s not expired by the sweep: %s", document.doc_id, error)
+                log.debug("%s not expired by the sweep: %s", object_id, error)
                 continue
             if not outcome.replayed:
                 ended += 1
-                log.info("expired %s (%s credits)", document.doc_id, outcome.transaction.amount)
+                log.info("expired %s (%s credits)", object_id, outcome.transaction.amount)
         return ended
 
     # -- queries ---------------------------------------------------------------------------------
@@ -375,10 +383,11 @@ class Bank:
 
     def hold(self, hold_id: str, principal: Principal) -> Hold:
         hold_id = ledger.check_identifier(hold_id, "hold id")
-        document = self.store.get(HOLDS_ACTIVE, hold_id) or self.store.get(HOLDS_ENDED, hold_id)
-        if document is None:
+        doc_id = documents.numbered_document_id(hold_id)
+        document = self.store.get(HOLDS_ACTIVE, doc_id) or self.store.get(HOLDS_ENDED, doc_id)
+        hold = documents.hold_from_xml(document.xml) if document is not None else None
+        if hold is None or hold.hold_id != hold_id:
             raise DomainError(f"there is no hold {hold_id}", "UnknownHold")
-        hold = documents.hold_from_xml(document.xml)
         if principal.dn not in (hold.creator_dn, hold.collector_dn):
             self._account_for_viewing(hold.account_id, principal)
         return hold

@@ -369,3 +369,14 @@ LEDGER_HEAD_ID = "ledger-head"
 def transaction_document_id(seq: int) -> str:
     """Zero-padded so that lexical order is ledger order."""
     return f"{seq:020d}"
+
+
+_NUMBERED_ID = re.compile(r"^([a-z]+)-([1-9][0-9]{0,19})$")
+
+
+def numbered_document_id(object_id: str) -> str:
+    """The document id of a hold (``hold-<seq>``) or pending mint (``mint-<seq>``): the number
+    zero-padded, so that listings come in the order they were made (hold-9 before hold-12).
+    Any other id is its own document id (it names nothing the bank made: a lookup finds nothing)."""
+    match = _NUMBERED_ID.match(object_id)
+    return f"{match.group(1)}-{int(match.group(2)):020d}" if match else object_id
