@@ -528,6 +528,51 @@ def test_attribute_index_sample_finds_disagreement(private_basex, spec, monkeypa
         assert_where_right(store, "lean_f", 300)
 
 
+def sessions_holding(port: int) -> list[str]:
+    """The databases that BaseX sessions hold open (SHOW SESSIONS: "- user [address]: database")."""
+    session = Session("127.0.0.1", port, "admin", "admin", timeout_s=5)
+    try:
+        return sorted(line.rsplit(": ", 1)[1] for line in session.command("SHOW SESSIONS").splitlines()
+                      if line.startswith("- ") and "]: " in line)
+    finally:
+        session.close()
+
+
+def test_large_databases_are_held_open_and_released_for_rebuild_and_reindexing(private_basex, spec, monkeypatch):
+    """A queried database of at least pin_documents_min documents is held open in BaseX (a session
+    of its own that OPENed it: BaseX then does not read it from disk for every query). BaseX
+    refuses to drop it or rebuild it in place (db:optimize ALL) while any session holds it open:
+    another process's open that re-indexes it, and a rebuild, end those sessions first; the
+    holder opens it again at its next query, with right answers throughout."""
+    monkeypatch.setattr(BaseXStore, "pin_documents_min", 100)
+    spec = dict(spec, indexes=INDEXED_SPEC)
+    with open_from_spec(spec) as holder:
+        fill_users(holder, "lean_p", 200)
+        fill_users(holder, "lean_small", 50)
+        assert_where_right(holder, "lean_p", 200)
+        assert_where_right(holder, "lean_small", 50)
+        assert holder._pins.pinned() == ["gc_lean_p"]                   # the small one is not held
+        assert sessions_holding(private_basex.port) == ["gc_lean_p"]
+        declared = [["ur_", ["user", "vo"], True], ["lean_", ["user", "vo", "n"], False], ["log", ["n"], False]]
+        with open_from_spec(dict(spec, indexes=declared)) as other:     # re-indexes lean_p (ALL): unpins
+            assert any("lean_p: building its attribute index" in line for line in other.recovery_log)
+            assert index_options(private_basex.port, "gc_lean_p") == "true|false|n,user,vo"
+            assert holder._pins.pinned() == []                          # its session was ended
+            assert_where_right(holder, "lean_p", 200)                   # ... and opened again
+            assert holder._pins.pinned() == ["gc_lean_p"]
+            assert other.count("lean_p", where={"n": "7"}, scan_limit=1) == 1
+            other.rebuild("lean_p")                                     # DROP DB while both hold it
+            assert any("lean_p: rebuilt" in line for line in other.recovery_log)
+            assert sessions_holding(private_basex.port) == []
+            holder.put("lean_p", "r0007", b'<rec user="u3" vo="v1" n="7"/>')
+            assert [d.doc_id for d in holder.query("lean_p", None, where={"user": "u3"}, limit=1000).documents] \
+                == sorted([f"r{n:04d}" for n in range(3, 200, 10)] + ["r0007"])
+            assert sessions_holding(private_basex.port) == ["gc_lean_p"]
+            assert all(entry["ok"] for entry in other.check().values())
+        assert holder.recovery_log == []                                # nothing looked broken to it
+    assert sessions_holding(private_basex.port) == []                   # closed with the store
+
+
 def test_a_large_backlog_is_verified_and_rebuilt_not_replayed(private_basex, spec, monkeypatch):
     """Past blind_apply_max unapplied writes an open verifies instead of replaying them one
     db:replace at a time; past rebuild_above documents behind, the collection is rebuilt."""

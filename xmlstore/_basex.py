@@ -38,6 +38,15 @@ number has reached the journal's last sequence number as of that moment: read-yo
 threads and processes, and monotonic reads. The wait is bounded by the store's ``timeout_s``
 (``StoreError`` saying how far behind BaseX is and the applier's last error).
 
+Databases held open. BaseX 9.7 opens a database for every query that names it (reading the pre
+value of each of its documents) and closes it after the last one: at 600,000 resources (300,000
+documents and their versions) that was 20-60 ms of every query, whatever it did. A process keeps
+the databases of its queried collections of at least ``pin_documents_min`` documents open in
+sessions of their own (``OPEN``; at most ``pins_max``, see ``_Pins``): BaseX shares an open
+database with every query, which then compiles in ~1 ms. BaseX refuses DROP DB and db:optimize ALL
+on a database any session holds open, so those first end such sessions (``KILL``: the store's
+BaseX user needs ADMIN), and the holders open it again at their next query.
+
 Recovery. A failed apply, a broken BaseX session or a regressed/unknown applied number marks the
 store suspect: the next apply or query (under both locks) verifies every database against the
 mirror and repairs it. On open, every database is verified: readable (every document read in
@@ -115,6 +124,7 @@ import logging
 import math
 import os
 import random
+import re
 import threading
 import time
 from pathlib import Path
@@ -454,6 +464,95 @@ class _Pool:
             self._idle.clear()
 
 
+_DB_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+# a line of SHOW SESSIONS: "- <user> [<address>]" and, for a session that has OPENed one, ": <database>"
+_SESSION_LINE = re.compile(r"^- (\S+) \[([^\]]+)\](?:: (\S+))?$")
+_SESSION_ADDRESS = re.compile(r"^[0-9A-Za-z.:%-]+:[0-9]+$")
+
+
+def _db_name(name: str) -> str:
+    """A database name, checked before it enters a command or query text: [A-Za-z0-9_] (a
+    collection name checked by check_collection after an alphanumeric prefix)."""
+    invariant(_DB_NAME.match(name) is not None, "a database name is [A-Za-z0-9_]")
+    return name
+
+
+class _Pins:
+    """Sessions that hold large databases open in BaseX (``OPEN``), so that queries find them open.
+
+    BaseX 9.7 opens a database for each query that names it — reading its resource list (the pre
+    value of every document, in inf.basex) — and closes it when the last query using it ends.
+    Measured here: a query on a database of 600,000 resources (300,000 LUTS id entries, each
+    with its version document) spent 20-60 ms compiling, nearly all of it opening, whatever it
+    then did; 0.1 ms while another session held the database open (an open database is shared
+    by every query of the server). At most ``size`` pins, the least recently used closed first;
+    a pin that the server ended (``KILL``, a restart) is replaced at the next use. A database
+    held open cannot be dropped or rebuilt in place (DROP DB, db:optimize ALL): see
+    ``BaseXStore._without_pins``; ``held(db)`` keeps this process from pinning it meanwhile.
+    """
+
+    def __init__(self, connect: Callable[[], Session], size: int) -> None:
+        self._connect = connect
+        self._size = size
+        self._sessions: collections.OrderedDict[str, Session] = collections.OrderedDict()
+        self._held: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def pin(self, db: str, gate: Callable[[], contextlib.AbstractContextManager]) -> bool:
+        """Hold ``db`` open (best effort: False when it is missing, held or BaseX refuses)."""
+        with self._lock:
+            session = self._sessions.get(db)
+            if session is not None and not session.peer_closed():
+                self._sessions.move_to_end(db)
+                return True
+            if session is not None:
+                del self._sessions[db]
+                session.close()
+            if self._held[db] or self._size <= 0:
+                return False
+            while len(self._sessions) >= self._size:
+                self._sessions.popitem(last=False)[1].close()
+            try:
+                with gate():
+                    session = self._connect()
+                    try:
+                        session.command(f"OPEN {_db_name(db)}")
+                    except BaseException:
+                        session.close()
+                        raise
+            except (ServerError, WireError, StoreError) as error:
+                log.info("xmlstore/basex: not holding %s open (%s)", db, str(error)[:200])
+                return False
+            self._sessions[db] = session
+            return True
+
+    def pinned(self) -> list[str]:
+        with self._lock:
+            return [db for db, session in self._sessions.items() if not session.peer_closed()]
+
+    @contextlib.contextmanager
+    def held(self, db: str) -> Iterator[None]:
+        """Close this process's pin of ``db`` and pin it no more until the block ends."""
+        with self._lock:
+            self._held[db] += 1
+            session = self._sessions.pop(db, None)
+            if session is not None:
+                session.close()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held[db] -= 1
+                if not self._held[db]:
+                    del self._held[db]
+
+    def close(self) -> None:
+        with self._lock:
+            for session in self._sessions.values():
+                session.close()
+            self._sessions.clear()
+
+
 class _BaseXTransaction(Transaction):
     def __init__(self, store: "BaseXStore") -> None:
         self._store = store
@@ -513,6 +612,8 @@ class BaseXStore(XmlStore):
     backlog_max = 20_000            # journaled transactions not yet in BaseX before commits are refused
     blind_apply_max = 20_000        # writes an open applies unverified (more: verify, re-apply what differs)
     rebuild_above = 10_000          # documents behind in one collection from which rebuilding is cheaper
+    pins_max = 8                    # databases this process holds open in BaseX for its queries (see _Pins) ...
+    pin_documents_min = 10_000      # ... once their collection holds this many documents (smaller ones open fast)
 
     def __init__(self, journal_dir: Path, *, host: str = "127.0.0.1", port: int = 1984, user: str = "admin",
                  password: str = "admin", timeout_s: float = 30.0, limits: StoreLimits = DEFAULT_LIMITS,
@@ -526,6 +627,7 @@ class BaseXStore(XmlStore):
         self._timeout_s = float(timeout_s)
         self._address = (host, port, user, password)
         self._pool = _Pool(self._connect, limits.pool_size, wait_s=self._timeout_s)
+        self._pins = _Pins(self._connect, self.pins_max)
         self._journal = Journal(journal_dir, read_only=self.read_only)
         self._catalog = _IndexCatalog(Path(journal_dir) / "indexes.json", limits)
         self._keeps: dict[str, bool] = {}       # collection -> whether the mirror keeps its XML
@@ -560,6 +662,7 @@ class BaseXStore(XmlStore):
                 self._catalog.merge(declared)
                 self._open_locked()
         except BaseException:
+            self._pins.close()
             self._pool.close()
             self._journal.close()
             raise
@@ -688,7 +791,7 @@ class BaseXStore(XmlStore):
             else:
                 self._note(f"{collection}: building its attribute index on {include} (was {found})")
             try:
-                self._run(Q_REINDEX, {"$db": (db, ""), "$include": (include, "")})
+                self._without_pins(db, lambda: self._run(Q_REINDEX, {"$db": (db, ""), "$include": (include, "")}))
             except ServerError as error:
                 self._note(f"{collection}: re-indexing failed ({str(error)[:200]}); rebuilding from the journal")
                 self._set_meta(0)          # readers of other processes wait while we rebuild
@@ -727,6 +830,45 @@ class BaseXStore(XmlStore):
 
     def _db(self, collection: str) -> str:
         return self.db_prefix + check_collection(collection)
+
+    # -- databases held open (see _Pins) --
+    def _pin(self, collection: str) -> None:
+        """Hold the collection's database open in BaseX if it is large (before querying it)."""
+        if len(self._state.get(collection, ())) >= self.pin_documents_min:
+            self._pins.pin(self._db(collection), lambda: self._journal.query_gate(exclusive=False))
+
+    def _without_pins(self, db: str, fn: Callable[[], T], attempts: int = 5) -> T:
+        """Run ``fn`` — an operation BaseX refuses while any session holds ``db`` open (DROP DB,
+        db:optimize ALL: "opened by another process") — after closing this process's pin and
+        ending the other sessions that hold it open (``KILL``: the pins of this store's other
+        processes, which pin it again at their next query). Another process may pin it again in
+        between: then again, at most ``attempts`` times."""
+        with self._pins.held(db):
+            for attempt in range(attempts):
+                self._end_other_pins(db)
+                try:
+                    return fn()
+                except ServerError as error:
+                    if "opened by another process" not in str(error) or attempt == attempts - 1:
+                        raise
+                self._note(f"{db}: still held open by another session; ending it again")
+                time.sleep(0.02 * (attempt + 1))
+        raise StoreError("unreachable")
+
+    def _end_other_pins(self, db: str) -> None:
+        """KILL the sessions that hold ``db`` open (SHOW SESSIONS names it after their address);
+        needs BaseX's ADMIN permission — without it they stay, and what follows may be refused."""
+        try:
+            with self._journal.query_gate(exclusive=False), self._pool.session() as session:
+                for line in session.command("SHOW SESSIONS").splitlines():
+                    match = _SESSION_LINE.match(line.strip())
+                    if match and match.group(3) == db and _SESSION_ADDRESS.match(match.group(2)):
+                        session.command(f"KILL {match.group(2)}")
+        except ServerError as error:
+            log.info("xmlstore/basex: cannot end the sessions holding %s open (%s)", db, str(error)[:200])
+        except WireError as error:
+            self._suspect = True
+            raise StoreError(f"BaseX unavailable: {error}") from None
 
     # -- the mirror --
     def _absorb(self, entries: list[tuple[int, list]], *, pending: bool = True) -> None:
@@ -827,9 +969,11 @@ class BaseXStore(XmlStore):
         self._known_databases.update(missing)
 
     def _drop(self, db: str) -> None:
-        try:
+        def drop() -> None:
             with self._journal.query_gate(exclusive=False), self._pool.session() as session:
-                session.command(f"DROP DB {db}")   # db is a validated name
+                session.command(f"DROP DB {_db_name(db)}")
+        try:
+            self._without_pins(db, drop)
         except ServerError as error:
             raise StoreError(f"cannot drop damaged database {db}: {error}; remove its folder by hand "
                              f"and reopen") from None
@@ -1250,6 +1394,7 @@ class BaseXStore(XmlStore):
         if after_id is not None:
             check_doc_id(after_id)
         self._await_applied()
+        self._pin(collection)
         ids = self._run(Q_IDS_AFTER, {"$db": (db, ""), "$after": (after_id or "", ""),
                                       "$limit": (str(limit), "xs:integer")}).split()
         return [d for d in (self.get(collection, doc_id) for doc_id in ids) if d is not None]
@@ -1264,6 +1409,7 @@ class BaseXStore(XmlStore):
             raise StoreError("ids: offset >= 0 and 1 <= limit <= 100000")
         db = self._db(collection)
         self._await_applied()
+        self._pin(collection)
         return self._run(Q_IDS, {"$db": (db, ""), "$offset": (str(offset), "xs:integer"),
                                  "$limit": (str(limit), "xs:integer")}).split()
 
@@ -1342,6 +1488,7 @@ class BaseXStore(XmlStore):
         check_query_args(xpath, variables, namespaces, 0, 1, 5.0, self.limits)
         checked = check_where(where, self.limits)
         self._await_applied()
+        self._pin(collection)
         text, bindings = self._select(collection, xpath, variables, checked, namespaces, 5.0, None,
                                       None if count else (1, 101))
         try:
@@ -1367,6 +1514,7 @@ class BaseXStore(XmlStore):
         if any(not values for values in checked.values()):
             return QueryPage([], None)             # an empty tuple matches nothing
         self._await_applied()
+        self._pin(collection)
         deadline = time.monotonic() + time_limit_s
         documents = None
         for versions_from_basex in (False, False, True):
@@ -1394,6 +1542,7 @@ class BaseXStore(XmlStore):
         if any(not values for values in checked.values()):
             return 0
         self._await_applied()
+        self._pin(collection)
         if xpath is None and not checked:
             return int(self._run(Q_COUNT_ALL, {"$db": (self._db(collection), "")}))
         text, bindings = self._select(collection, xpath, variables, checked, namespaces, time_limit_s, scan_limit,
@@ -1447,5 +1596,6 @@ class BaseXStore(XmlStore):
                 self._apply_backlog(blocking=False, gather=False)
         except Exception as error:  # noqa: BLE001 — best effort: the next applier or open does it
             log.info("xmlstore/basex: not applied at close (%s); the journal has it", error)
+        self._pins.close()
         self._pool.close()
         self._journal.close()

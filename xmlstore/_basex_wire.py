@@ -8,6 +8,7 @@ raised ``WireError`` is broken and must be discarded. Protocol: docs.basex.org "
 from __future__ import annotations
 
 import hashlib
+import select
 import socket
 
 
@@ -46,6 +47,27 @@ class Session:
 
     def settimeout(self, timeout_s: float) -> None:
         self._socket.settimeout(timeout_s)
+
+    def peer_closed(self) -> bool:
+        """Whether the server has closed this idle session (e.g. ``KILL``, a restart), seen
+        without a round trip: an idle session has nothing to read, so end-of-file or an error
+        means it is gone (it is then marked broken)."""
+        if self._broken:
+            return True
+        if self._buffer:
+            return False
+        try:
+            poller = select.poll()       # (a socket with a timeout waits in recv even with MSG_DONTWAIT)
+            poller.register(self._socket, select.POLLIN)
+            if not poller.poll(0):
+                return False
+            data = self._socket.recv(1, socket.MSG_PEEK)   # readable: answers at once
+        except OSError:
+            data = b""
+        if not data:
+            self._broken = True
+            return True
+        return False
 
     def _send(self, data: bytes) -> None:
         try:
