@@ -547,7 +547,10 @@ def test_index_declarations_are_remembered_and_applied_to_existing_documents(sto
 
 def assert_index_used(store, collection, where, xpath=None):
     """The proof that a where lookup reads the index: SQLite's plan searches the attributes
-    table's primary key; BaseX's optimized query reads db:attribute (its attribute index)."""
+    table's primary key; BaseX's optimized query reads db:attribute (its attribute index) — read
+    directly (one indexed name) or by BaseX's own rewrite ("apply attribute index", several) —
+    and, without an XPath (xquery:eval locks every database), locks only the collection's
+    database and the store's applied-number database (a computed name locks them all)."""
     if hasattr(store, "lookup_plan"):
         plan = store.lookup_plan(collection, where)
         assert plan[0].startswith("SEARCH a0 USING PRIMARY KEY (collection=? AND name=? AND value=?)"), plan
@@ -555,9 +558,12 @@ def assert_index_used(store, collection, where, xpath=None):
     else:
         info = store.query_plan(collection, xpath, where=where)
         optimized = info.split("Optimized Query:")[1].split("Parsing:")[0]
-        assert "apply attribute index" in info, info
-        assert f'db:attribute("{store.db_prefix}{collection}"' in optimized, optimized
+        assert f'db:attribute("{store.db_prefix}{collection}"' in optimized, info
+        assert "gridcredit-index-unusable" not in optimized, info
         assert "xquery:eval" not in optimized.split("db:attribute")[0] or xpath is not None
+        if xpath is None:
+            locks = info.split("Read Locking:")[1].splitlines()[0].strip()
+            assert set(locks.split(",")) == {f"{store.db_prefix}{collection}", f"{store.db_prefix}_meta"}, info
 
 
 def test_where_lookup_uses_the_index(indexed):
@@ -570,20 +576,57 @@ def test_where_lookup_uses_the_index(indexed):
         assert_index_used(indexed, collection, {"user": "alice", "n": "5"})     # one indexed name suffices
 
 
+def test_index_answers_long_values_written_after_the_collection_exists(indexed):
+    """Values up to the where limit (1,000 UTF-8 bytes: BaseX's index MAXLEN here; its default, 96,
+    leaves longer ones to a scan of every document), written into a collection that already
+    exists — by later transactions, new documents and replaced ones — are found through the index."""
+    model = fill_records(indexed, "ur_long", 30)
+    limit = indexed.limits.where_value_bytes_max
+    values = ["j" * limit, "é" * (limit // 2), "gsiftp://ce.example.org:2811/jobs/" + "x" * 200, "x" * 97]
+    for i, value in enumerate(values):
+        indexed.put("ur_long", f"long{i}", etree.tostring(etree.Element("rec", n=str(100 + i), user=value)))
+    indexed.put("ur_long", "r001", etree.tostring(etree.Element("rec", n="1", user=values[0])))   # replaced
+    expected = {values[0]: ["long0", "r001"], values[1]: ["long1"], values[2]: ["long2"], values[3]: ["long3"]}
+    for value, ids in expected.items():
+        assert len(value.encode()) <= limit
+        assert [d.doc_id for d in indexed.query("ur_long", None, where={"user": value}).documents] == ids
+        assert indexed.count("ur_long", where={"user": value}) == len(ids)
+        assert_index_used(indexed, "ur_long", {"user": value})
+    assert [d.doc_id for d in indexed.query("ur_long", None, where={"user": "bob"}).documents] == \
+        [d for d in model_ids(model, {"user": "bob"}) if d != "r001"]
+
+
 @pytest.mark.parametrize("store_spec", ["basex"], indirect=True)
 def test_basex_query_plan_shows_the_attribute_index(indexed, store_spec):
     """BaseX's own words: the compiled query of an indexed where reads the attribute index
-    (db:attribute, "apply attribute index"), also with an XPath (sandboxed in xquery:eval) on top
-    and for counts."""
+    (db:attribute; one indexed name directly, several by BaseX's rewrite, "apply attribute
+    index"), also with an XPath (sandboxed in xquery:eval) on top and for counts."""
     fill_records(indexed, "ur_bx", 30)
     fill_records(indexed, "plain", 30)
     info = indexed.query_plan("ur_bx", "@n > $x", {"x": 3}, where={"user": ("alice", "bob")})
-    assert "apply attribute index" in info
     optimized = info.split("Optimized Query:")[1]
     assert f'db:attribute("{store_spec["prefix"]}ur_bx", ("alice", "bob"))/self::attribute(user)' in optimized
     assert "xquery:eval" in optimized
     count_info = indexed.query_plan("ur_bx", where={"user": "alice"}, count=True)
     assert "db:attribute(" in count_info.split("Optimized Query:")[1]
+    both = indexed.query_plan("ur_bx", where={"user": "alice", "vo": "vo1"})
+    assert "apply attribute index" in both and "db:attribute(" in both.split("Optimized Query:")[1]
+
+
+@pytest.mark.parametrize("store_spec", ["basex"], indirect=True)
+def test_basex_where_without_a_usable_index_answers_by_scanning(indexed_spec, store_spec):
+    """A name declared but not (yet) in the database's index — here declared by a read-only
+    opener, which builds nothing — is answered in the general form (BaseX scans): same results."""
+    with open_from_spec(indexed_spec) as writer:
+        model = fill_records(writer, "lean_scan", 40)
+        with open_from_spec(indexed_spec, read_only=True,
+                            indexes=[AttributeIndex("lean_", ("user", "vo", "n"), store_text=False)]) as reader:
+            for where in ({"n": "7"}, {"n": ("1", "2", "39")}, {"n": "7", "user": USERS[2]}, {"vo": "vo1"}):
+                assert [d.doc_id for d in reader.query("lean_scan", None, where=where).documents] == \
+                    model_ids(model, where), where
+                assert reader.count("lean_scan", where=where) == len(model_ids(model, where))
+            info = reader.query_plan("lean_scan", where={"n": "7"})
+            assert "db:attribute(" not in info.split("Optimized Query:")[1]
 
 
 def test_many_documents_indexed_lookup(indexed, store_spec):

@@ -81,16 +81,20 @@ replaced atomically, reloaded by every process when it changes). A database for 
 collection is created with ATTRINDEX on its declared names only (ATTRINCLUDE), TEXTINDEX and
 TOKENINDEX off, MAXLEN 1000 bytes and UPDINDEX (kept current by every update); an existing one whose
 options differ is re-indexed (``db:optimize``) at the next writable open, and a rebuild from the
-journal creates it with them. A query writes each ``where`` item as a predicate on
-``db:open($db)/*`` with its values bound as one JSON array: BaseX rewrites the indexed ones to
-``db:attribute`` (index access; ``query_plan`` shows the compiled query) — the filter runs in the
-outer query, and the caller's XPath inside ``xquery:eval`` sees only the documents it selected;
-what the XPath returns is checked again outside (root elements of this database matching every
-``where`` item), so an XPath can narrow ``where`` but never widen it. Query results carry their
-versions from the mirror, not from BaseX (a path lookup such as ``db:open($db, '.v/' || $id)``
-costs ~1 ms per 200,000 documents in BaseX 9.7): the query also returns BaseX's applied sequence
-number S, and a document whose mirror entry was written at or before S is exactly what BaseX read;
-if one was written after S, the query is asked again (and at last with the versions from BaseX).
+journal creates it with them. A query binds each ``where`` item's values as one JSON array. One
+indexed item is read from the index (``db:attribute``) directly, when the database's properties
+say its index holds that name at that length (else the query is asked again in the general form);
+several are written as predicates on ``db:open(db)/*``, which BaseX rewrites to ``db:attribute``
+itself (``query_plan`` shows the compiled query and the locks); see ``Q_SELECT``. Database names
+are literals in the query text (validated names), so BaseX locks that database and the meta
+database, not all of them. The filter runs in the outer query, and the caller's XPath inside
+``xquery:eval`` sees only the documents it selected; what the XPath returns is checked again
+outside (root elements of this database matching every ``where`` item), so an XPath can narrow
+``where`` but never widen it. Query results carry their versions from the mirror, not from
+BaseX (a path lookup such as ``db:open($db, '.v/' || $id)`` costs ~1 ms per 200,000 documents in
+BaseX 9.7): the query also returns BaseX's applied sequence number S, and a document whose mirror
+entry was written at or before S is exactly what BaseX read; if one was written after S, the query
+is asked again (and at last with the versions from BaseX).
 
 Memory. Each process keeps the mirror: every live document and tombstone as Python objects —
 (version, XML, sequence number) under its id: roughly the XML's length plus ~250 bytes per
@@ -160,8 +164,7 @@ Q_IDS = """declare variable $db external; declare variable $offset external; dec
 if (db:exists($db)) then string-join(subsequence(sort(db:list($db)[not(starts-with(., '.'))]),
   xs:integer($offset) + 1, xs:integer($limit)), ' ') else ''"""
 
-Q_COUNT_ALL = """declare variable $db external;
-if (db:exists($db)) then count(db:list($db)[not(starts-with(., '.'))]) else 0"""
+Q_COUNT_ALL = """if (db:exists({db})) then count(db:list({db})[not(starts-with(., '.'))]) else 0"""
 
 Q_COLLECTIONS = """declare variable $prefix external;
 string-join(for $n in sort(db:list()[starts-with(., $prefix)])
@@ -286,37 +289,55 @@ return substring(db:path($v), 4) || ' ' || $v/v/@n || ' ' || (if ($v/v/@del) the
 # BaseX user on the same server are not covered: give each store a BaseX user of its own.)
 #
 # One template answers query and count, with and without ``where`` and XPath ({...} parts are
-# filled by _select with validated names and fixed text only; values are bound):
-# * $all: the collection's documents (root elements) that match the INDEXED ``where`` items,
-#   written as predicates on db:open($db)/* so that BaseX rewrites them to db:attribute (index
-#   access: see query_plan); no indexed item: every document;
+# filled by _select with validated names, integers and fixed text only; values are bound):
+# * the database names are literals: BaseX 9.7 decides what to lock before it binds variables, so
+#   a name it cannot read from the query text (or a db:path call, whatever its argument) makes it
+#   lock every database — a read that waits for every writer, and every writer for it;
+# * $all: the collection's documents (root elements) that match the INDEXED ``where`` items.
+#   One indexed name: read from the attribute index (db:attribute) when the database's own
+#   properties say it holds that name's values of this length (attrindex, attrinclude, maxlen:
+#   BaseX's rule for its own rewrite), checked again against the data; otherwise the query stops
+#   with ``gridcredit-index-unusable`` and is asked again in the general form. General form
+#   (several indexed names): predicates on db:open(db)/*, which BaseX rewrites to db:attribute
+#   itself (see query_plan) — but only after it has listed every document of the database while
+#   compiling (~2 ms per 600,000 resources, measured here), which the direct lookup skips;
+#   no indexed item: every document;
 # * the scan limit bounds $all when anything must be examined document by document;
-# * $cands: $all narrowed by the other ``where`` items, in doc_id order;
+# * $cands: $all narrowed by the other ``where`` items, in doc_id order (the id is the document's
+#   URI after "/<database>/": db:path would lock every database);
 # * the XPath runs inside xquery:eval (permission none) over $cands only, and what it returns
 #   is checked again outside: root elements of this database that match every ``where`` item —
 #   an XPath can narrow what ``where`` selected, never widen it.
-Q_SELECT = """declare variable $db external; declare variable $m external; declare variable $scan external;
-declare variable $timeout external; {declarations}
-let $seq := if (db:exists($m)) then (db:open($m, '.seq')/seq/@n/string(), '0')[1] else '0'
-let $all := if (db:exists($db)) then db:open($db)/*{indexed}[not(starts-with(db:path(.), '.'))] else ()
-return if ({examine} and count($all) > xs:integer($scan))
+Q_SELECT = """{declarations}
+declare function local:id($d as node()) as xs:string {{ substring(document-uri(root($d)), {id_from}) }};
+let $seq := if (db:exists({meta})) then (db:open({meta}, '.seq')/seq/@n/string(), '0')[1] else '0'
+let $all := if (db:exists({db})) then {roots}[not(starts-with(local:id(.), '.'))] else ()
+return if ({examine} and count($all) > {scan})
 then error(xs:QName('err:FOER0000'), 'gridcredit-scan-limit ' || count($all))
 else
-  let $cands := for $d in $all{rest} order by db:path($d) return $d
+  let $cands := for $d in $all{rest} order by local:id($d) return $d
   let $hits := {hits}
   return {result}"""
 
+# {roots} for one indexed where item read straight from the attribute index ({guard}: S_GUARD)
+S_INDEXED = """(if ({guard}) then db:attribute({db}, parse-json(${var})?*)/self::attribute({name})/parent::*[
+  parent::document-node()]{check} else error(xs:QName('err:FOER0000'), 'gridcredit-index-unusable'))"""
+
+S_GUARD = """db:property({db}, 'attrindex') and db:property({db}, 'maxlen') >= {longest} and
+  (let $i := string(db:property({db}, 'attrinclude'))
+   return $i = '' or tokenize($i, ',') ! normalize-space() = '{name}')"""
+
 X_EVAL = """for $h in xquery:eval($expr, map:merge(({entries}, map{{'_docs': $cands}})),
-                                  map{{'permission': 'none', 'timeout': xs:integer($timeout)}})
+                                  map{{'permission': 'none', 'timeout': {timeout}}})
   where $h instance of element() and exists($h/parent::document-node())
-    and (try {{ $h is db:open-pre($db, db:node-pre($h)) }} catch * {{ false() }})
-    and not(starts-with(db:path($h), '.')) and exists($h{every})
+    and (try {{ $h is db:open-pre({db}, db:node-pre($h)) }} catch * {{ false() }})
+    and not(starts-with(local:id($h), '.')) and exists($h{every})
   return $h"""
 
-R_PAGE = """<r seq="{{$seq}}">{{for $h in {page} let $id := db:path($h)
+R_PAGE = """<r seq="{{$seq}}">{{for $h in {page} let $id := local:id($h)
   return <d id="{{$id}}"{version}>{{$h}}</d>}}</r>"""
 
-R_VERSION = ' v="{db:open($db, \'.v/\' || $id)/v/@n}"'
+R_VERSION = ' v="{{db:open({db}, \'.v/\' || $id)/v/@n}}"'
 
 
 class _NotKept:
@@ -475,6 +496,15 @@ def _db_name(name: str) -> str:
     collection name checked by check_collection after an alphanumeric prefix)."""
     invariant(_DB_NAME.match(name) is not None, "a database name is [A-Za-z0-9_]")
     return name
+
+
+def _literal(name: str) -> str:
+    """A database name as an XQuery string literal."""
+    return f"'{_db_name(name)}'"
+
+
+class _IndexUnusable(Exception):
+    """The database's attribute index cannot answer a where item directly (see S_INDEXED)."""
 
 
 class _Pins:
@@ -1416,22 +1446,34 @@ class BaseXStore(XmlStore):
     def _select(self, collection: str, xpath: str | None, variables: Mapping[str, str | int],
                 where: dict[str, tuple[str, ...]], namespaces: Mapping[str, str], time_limit_s: float,
                 scan_limit: int | None, page: tuple[int, int] | None, *,
-                versions_from_basex: bool = False) -> tuple[str, dict[str, tuple[str, str]]]:
-        """The query text and bindings for query (``page`` = (first position, count)) or count."""
+                versions_from_basex: bool = False,
+                index_lookup: bool = True) -> tuple[str, dict[str, tuple[str, str]]]:
+        """The query text and bindings for query (``page`` = (first position, count)) or count;
+        ``index_lookup``: one indexed where item is read from the attribute index directly
+        (S_INDEXED; the query fails with ``gridcredit-index-unusable`` if the database cannot
+        answer it that way)."""
         db = self._db(collection)
+        literal = _literal(db)
         scan_limit = self.limits.scan_limit_default if scan_limit is None else int(scan_limit)
         covered = self._coverage(collection).attributes
-        # only validated attribute names, variable names, prefixes/URIs and integers enter query
-        # text; every value is bound (a where item's values as one JSON array)
+        # only validated attribute names, database names, variable names, prefixes/URIs and
+        # integers enter query text; every value is bound (a where item's values as one JSON array)
         names = sorted(where)
         predicate = {name: f"[@{name} = parse-json($w{i})?*]" for i, name in enumerate(names)}
-        indexed = "".join(predicate[n] for n in names if n in covered)
+        indexed_names = [n for n in names if n in covered]
         rest = "".join(predicate[n] for n in names if n not in covered)
+        if index_lookup and len(indexed_names) == 1:
+            name = indexed_names[0]
+            longest = max((len(value.encode("utf-8")) for value in where[name]), default=0)
+            guard = S_GUARD.format(db=literal, longest=int(longest), name=name)
+            roots = S_INDEXED.format(guard=guard, db=literal, var=f"w{names.index(name)}", name=name,
+                                     check=predicate[name])
+        else:
+            roots = f"db:open({literal})/*" + "".join(predicate[n] for n in indexed_names)
         # examined one by one (bounded by the scan limit): by an XPath or an unindexed where item
         examine = "true()" if xpath is not None or rest else "false()"
         declarations = "".join(f"declare variable $w{i} external;\n" for i in range(len(names)))
-        bindings = {"$db": (db, ""), "$m": (self._meta_db, ""), "$scan": (str(scan_limit), "xs:integer"),
-                    "$timeout": (str(max(1, math.ceil(time_limit_s))), "xs:integer")}
+        bindings: dict[str, tuple[str, str]] = {}
         for i, name in enumerate(names):
             bindings[f"$w{i}"] = (json.dumps(list(where[name]), ensure_ascii=False), "")
         if xpath is None:
@@ -1448,7 +1490,8 @@ class BaseXStore(XmlStore):
             declarations += "".join(f"declare variable $n{i} external; declare variable $v{i} external;\n"
                                     for i in range(len(keys)))
             entries = "(" + ", ".join(f"map{{$n{i}: $v{i}}}" for i in range(len(keys))) + ")" if keys else "()"
-            hits = X_EVAL.format(entries=f"map:merge({entries})", every="".join(predicate[n] for n in names))
+            hits = X_EVAL.format(entries=f"map:merge({entries})", every="".join(predicate[n] for n in names),
+                                 db=literal, timeout=max(1, math.ceil(time_limit_s)))
             for i, name in enumerate(keys):
                 value = variables[name]
                 bindings[f"$n{i}"] = (name, "xs:string")
@@ -1457,8 +1500,9 @@ class BaseXStore(XmlStore):
             result = "count($hits)"
         else:
             listed = "$hits" if xpath is not None else f"subsequence($hits, {int(page[0])}, {int(page[1])})"
-            result = R_PAGE.format(page=listed, version=R_VERSION if versions_from_basex else "")
-        text = Q_SELECT.format(declarations=declarations, indexed=indexed, rest=rest, examine=examine,
+            result = R_PAGE.format(page=listed, version=R_VERSION.format(db=literal) if versions_from_basex else "")
+        text = Q_SELECT.format(declarations=declarations, id_from=len(f"/{db}/") + 1, meta=_literal(self._meta_db),
+                               db=literal, roots=roots, rest=rest, examine=examine, scan=int(scan_limit),
                                hits=hits, result=result)
         return text, bindings
 
@@ -1469,6 +1513,8 @@ class BaseXStore(XmlStore):
             return self._run(text, bindings, timeout_s=time_limit_s + self._timeout_s, exclusive=xpath is not None)
         except ServerError as error:
             message = str(error)
+            if "gridcredit-index-unusable" in message:
+                raise _IndexUnusable() from None
             if "gridcredit-scan-limit" in message:
                 limit = self.limits.scan_limit_default if scan_limit is None else scan_limit
                 raise QueryError(f"the query would examine more documents of {collection!r} than the scan limit "
@@ -1479,30 +1525,51 @@ class BaseXStore(XmlStore):
                 raise QueryError(f"XPath refused (not allowed in queries): {message}") from None
             raise QueryError(f"XPath error in {xpath!r}: {message}") from None
 
+    def _answer(self, collection: str, xpath: str | None, variables: Mapping[str, str | int],
+                where: dict[str, tuple[str, ...]], namespaces: Mapping[str, str], time_limit_s: float,
+                scan_limit: int | None, page: tuple[int, int] | None, *, versions_from_basex: bool = False) -> str:
+        """Run the select: with an indexed where item read from the index directly, or (when the
+        database's index cannot answer it: not built yet, other names or a shorter MAXLEN) in the
+        general form."""
+        for index_lookup in (True, False):
+            text, bindings = self._select(collection, xpath, variables, where, namespaces, time_limit_s, scan_limit,
+                                          page, versions_from_basex=versions_from_basex, index_lookup=index_lookup)
+            try:
+                return self._run_select(collection, xpath, text, bindings, time_limit_s, scan_limit)
+            except _IndexUnusable:
+                log.info("xmlstore/basex: %s: its attribute index cannot answer %s; asking without it",
+                         collection, sorted(where))
+        raise StoreError("unreachable: the general form never asks for the index")
+
     def query_plan(self, collection: str, xpath: str | None = None, variables: Mapping[str, str | int] = {}, *,
                    where: Mapping[str, str | tuple[str, ...]] = {}, namespaces: Mapping[str, str] = {},
                    count: bool = False) -> str:
-        """BaseX's query info (compilation steps, optimized query, timings) for the query that
-        ``query`` (or ``count``) runs with these arguments: shows whether the index is used."""
+        """BaseX's query info (compilation steps, optimized query, timings, locks) for the query
+        that ``query`` (or ``count``) runs with these arguments: shows whether the index is used
+        and which databases the query locks."""
         check_collection(collection)
         check_query_args(xpath, variables, namespaces, 0, 1, 5.0, self.limits)
         checked = check_where(where, self.limits)
         self._await_applied()
         self._pin(collection)
-        text, bindings = self._select(collection, xpath, variables, checked, namespaces, 5.0, None,
-                                      None if count else (1, 101))
-        try:
-            with self._journal.query_gate(exclusive=xpath is not None), self._pool.session() as session:
-                session.command("SET QUERYINFO true")
-                try:
-                    return session.query_info(text, bindings)[1]
-                finally:
-                    session.command("SET QUERYINFO false")
-        except ServerError as error:
-            raise QueryError(f"query plan failed: {error}") from None
-        except WireError as error:
-            self._suspect = True
-            raise StoreError(f"BaseX unavailable: {error}") from None
+        for index_lookup in (True, False):
+            text, bindings = self._select(collection, xpath, variables, checked, namespaces, 5.0, None,
+                                          None if count else (1, 101), index_lookup=index_lookup)
+            try:
+                with self._journal.query_gate(exclusive=xpath is not None), self._pool.session() as session:
+                    session.command("SET QUERYINFO true")
+                    try:
+                        return session.query_info(text, bindings)[1]
+                    finally:
+                        session.command("SET QUERYINFO false")
+            except ServerError as error:
+                if "gridcredit-index-unusable" in str(error):
+                    continue
+                raise QueryError(f"query plan failed: {error}") from None
+            except WireError as error:
+                self._suspect = True
+                raise StoreError(f"BaseX unavailable: {error}") from None
+        raise StoreError("unreachable: the general form never asks for the index")
 
     def query(self, collection: str, xpath: str | None, variables: Mapping[str, str | int] = {}, *,
               where: Mapping[str, str | tuple[str, ...]] = {}, namespaces: Mapping[str, str] = {},
@@ -1518,9 +1585,9 @@ class BaseXStore(XmlStore):
         deadline = time.monotonic() + time_limit_s
         documents = None
         for versions_from_basex in (False, False, True):
-            text, bindings = self._select(collection, xpath, variables, checked, namespaces, time_limit_s, scan_limit,
-                                          (offset + 1, limit + 1), versions_from_basex=versions_from_basex)
-            root = self._parse_result(self._run_select(collection, xpath, text, bindings, time_limit_s, scan_limit))
+            root = self._parse_result(self._answer(collection, xpath, variables, checked, namespaces, time_limit_s,
+                                                   scan_limit, (offset + 1, limit + 1),
+                                                   versions_from_basex=versions_from_basex))
             if time.monotonic() > deadline:
                 raise QueryError(f"query exceeded its time limit of {time_limit_s} s")
             if versions_from_basex:
@@ -1544,10 +1611,8 @@ class BaseXStore(XmlStore):
         self._await_applied()
         self._pin(collection)
         if xpath is None and not checked:
-            return int(self._run(Q_COUNT_ALL, {"$db": (self._db(collection), "")}))
-        text, bindings = self._select(collection, xpath, variables, checked, namespaces, time_limit_s, scan_limit,
-                                      None)
-        return int(self._run_select(collection, xpath, text, bindings, time_limit_s, scan_limit))
+            return int(self._run(Q_COUNT_ALL.format(db=_literal(self._db(collection)))))
+        return int(self._answer(collection, xpath, variables, checked, namespaces, time_limit_s, scan_limit, None))
 
     # -- writes --
     def transact(self, fn: Callable[[Transaction], T], *, retries: int | None = None) -> T:
