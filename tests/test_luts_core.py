@@ -8,7 +8,7 @@ import pytest
 
 from gridcredit.errors import DomainError, QueryError
 from gridcredit.services.luts import records as ur
-from gridcredit.services.luts.luts import Caller, Luts, LutsPolicy, canonical_dn, host_name_of
+from gridcredit.services.luts.luts import Caller, Luts, LutsPolicy, canonical_dn, host_name_of, job_key
 
 from luts_fixtures import USERS, Job, make_batch, make_record, open_luts_store, random_jobs
 from store_fixtures import basex_server  # noqa: F401
@@ -87,6 +87,18 @@ def test_markup_characters_and_non_ascii_survive_storing_exactly(luts):
     page = luts.query(Caller(ADMIN), "@user = $u and urf:JobUsageRecord/urf:Queue = $q",
                       {"u": canonical_dn(job.user), "q": stored.usage.queue})
     assert [r.record_id for r in page.records] == [job.record_id]
+
+
+def test_jobs_with_ids_longer_than_an_index_holds_are_found(luts):
+    long_global = "gsiftp://ce1.example.org/jobs/" + "g" * 3000
+    long_local = "é" * 600                                    # 1,200 bytes
+    job = Job("r-long", USERS[0], "atlas", "ce1.example.org", "short", None, 10, 5, "1",
+              local_job_id=long_local, global_job_id=long_global)
+    other = Job("r-short", USERS[0], "atlas", "ce1.example.org", "short", None, 10, 5, "1",
+                global_job_id=job_key(long_global))           # its id is the long one's index key
+    assert [r.status for r in luts.publish(make_batch([job, other]), Caller(HOST)).results] == ["stored"] * 2
+    for job_id, found in ((long_global, "r-long"), (long_local, "r-long"), (job_key(long_global), "r-short")):
+        assert [r.record_id for r in luts.job(Caller(ADMIN), job_id)] == [found]
 
 
 def test_same_record_is_a_no_op_different_record_is_refused_replace_needs_a_site_admin(luts):

@@ -62,6 +62,7 @@ N = f"{{{NS}}}"
 PUBLISH_CHUNK = 500                 # records per store transaction
 QUERY_LIMIT_MAX = 1000
 JOB_RECORDS_MAX = 1000
+JOB_KEY_BYTES_MAX = 1000            # the longest value a store's where (BaseX's index MAXLEN) takes
 SUMMARY_DIMENSIONS = ("user", "vo", "site", "machine", "queue", "month")
 INDEXED = ("user", "vo", "site", "machine", "queue", "job", "ljob", "publisher")
 INDEXES = (AttributeIndex("ur_", INDEXED, store_text=False),
@@ -344,13 +345,21 @@ def _stored_record(xml: bytes) -> StoredRecord:
                         usage=usage, original=data)
 
 
+def job_key(job_id: str) -> str:
+    """A job id as the id map indexes it: itself, or — longer than a store index holds (1,000
+    bytes) — ``sha256:`` and its hash. ``job`` checks the records it finds against the id itself."""
+    if len(job_id.encode("utf-8")) <= JOB_KEY_BYTES_MAX:
+        return job_id
+    return "sha256:" + hashlib.sha256(job_id.encode("utf-8")).hexdigest()
+
+
 def _id_entry(usage: ur.NormalizedRecord, month: str, digest: str) -> bytes:
     """The id map's entry: where the record is, its digest, and its job ids (indexed: job lookups)."""
     element = etree.Element(N + "Id", nsmap={"n": NS}, month=month, digest=digest, rid=usage.record_id)
     if usage.global_job_id:
-        element.set("job", usage.global_job_id)
+        element.set("job", job_key(usage.global_job_id))
     if usage.local_job_id:
-        element.set("ljob", usage.local_job_id)
+        element.set("ljob", job_key(usage.local_job_id))
     return etree.tostring(element, encoding="utf-8")
 
 
@@ -645,13 +654,16 @@ class Luts:
         refs: set[tuple[str, str]] = set()
         for year in self._years(self.store):
             for attribute in ("job", "ljob"):
-                page = self.store.query(f"urid_{year}", None, where={attribute: job_id}, limit=JOB_RECORDS_MAX)
+                page = self.store.query(f"urid_{year}", None, where={attribute: job_key(job_id)},
+                                        limit=JOB_RECORDS_MAX)
                 refs |= {(etree.fromstring(d.xml).get("month"), d.doc_id) for d in page.documents}
         records = []
         for month, record_hash in sorted(refs):
             document = self.store.get(f"ur_{month}", record_hash)
             if document is not None and self._visible(caller, document.xml):
-                records.append(_stored_record(document.xml))
+                record = _stored_record(document.xml)
+                if job_id in (record.usage.global_job_id, record.usage.local_job_id):  # not just its hash
+                    records.append(record)
         return tuple(records)
 
     def summary(self, caller: Caller, by: Sequence[str], *, from_month: str | None = None,
