@@ -289,6 +289,34 @@ def test_server_down_gives_store_error_not_a_hang(private_basex, spec):
         assert all(entry["ok"] for entry in store.check().values())
 
 
+def test_writers_wait_for_a_slow_basex_and_the_backlog_stays_bounded(private_basex, spec):
+    document = b"<d>" + b"x" * 2_000 + b"</d>"
+    with open_from_spec(spec) as store:
+        store.backlog_bytes_max = 20_000
+        store._timeout_s = 2.0
+        store.put("acc", "first", document)
+        os.kill(private_basex.process.pid, signal.SIGSTOP)          # BaseX stands still
+        try:
+            started = time.monotonic()
+            for n in range(8):                                       # ~17 KB waiting: commits go on
+                store.put("acc", f"d{n:03d}", document)
+            assert time.monotonic() - started < 1.5
+            with pytest.raises(StoreError, match="held back until it catches up"):
+                for n in range(8, 20):
+                    store.put("acc", f"d{n:03d}", document)
+            assert store._pending_bytes <= store.backlog_bytes_max + len(document) + 100
+        finally:
+            os.kill(private_basex.process.pid, signal.SIGCONT)
+        store._timeout_s = 20.0
+        written = {"first"} | {doc_id for doc_id in (f"d{n:03d}" for n in range(20)) if store.get("acc", doc_id)}
+        for n in range(20, 120):                                     # BaseX works again: writers wait only
+            store.put("acc", f"d{n:03d}", document)                  # as long as it needs, never refused
+            written.add(f"d{n:03d}")
+            assert store._pending_bytes <= store.backlog_bytes_max + len(document) + 100
+        assert set(store.ids("acc", 0, 1000)) == written
+        assert all(entry["ok"] for entry in store.check().values())
+
+
 def _journal_only_worker(spec: dict, args: list[str]) -> None:
     store = open_from_spec(spec)
     stop_applier(store)

@@ -14,7 +14,10 @@ Writes. ``transact`` runs under the journal's cross-process writer lock:
 3. append the writes (full documents + versions + sequence number) to the journal and update the
    mirror; release the lock; fsync (group commit: see ``_journal``) — the transaction is committed
    and acknowledged when ``transact`` returns. BaseX is not touched: a commit costs one write and
-   one fsync, and BaseX being down does not stop writes (until ``backlog_max`` transactions wait).
+   one fsync, and BaseX being down or slow does not stop writes at once. Back-pressure: once more
+   than ``backlog_bytes_max`` of committed XML waits for BaseX, a writer first waits (up to
+   ``timeout_s``) until the appliers have halved it, and past ``backlog_max`` transactions
+   commits are refused — so BaseX stays seconds, not minutes, behind a fast writer.
 
 Applying. Committed frames are pushed to BaseX by whoever holds the journal's *applier* lock —
 a background thread in each process, woken by its own commits and every ``apply_interval_s``
@@ -638,12 +641,18 @@ class _BaseXTransaction(Transaction):
         return existed
 
 
+def _frame_bytes(writes: list) -> int:
+    """What a journal frame's writes weigh in the pending queue (their XML, and a little per write)."""
+    return sum(64 + (len(xml) if xml is not None else 0) for _collection, _doc_id, _version, xml in writes)
+
+
 class BaseXStore(XmlStore):
     apply_interval_s = 0.05         # the applier looks for frames nobody applied (e.g. a dead writer's)
     apply_delay_s = 0.25            # under load, a batch at most this often (unless a read is waiting)
     apply_batch_max = 1_000         # transactions in one BaseX update
     apply_batch_bytes = 16_000_000  # ... and about this much XML (a bigger transaction goes alone)
     backlog_max = 20_000            # journaled transactions not yet in BaseX before commits are refused
+    backlog_bytes_max = 32_000_000  # committed XML not yet in BaseX before writers wait for the applier
     blind_apply_max = 20_000        # writes an open applies unverified (more: verify, re-apply what differs)
     rebuild_above = 10_000          # documents behind in one collection from which rebuilding is cheaper
     pins_max = 8                    # databases this process holds open in BaseX for its queries (see _Pins) ...
@@ -671,6 +680,7 @@ class BaseXStore(XmlStore):
         self._state: dict[str, dict[str, tuple[int, str | None | _NotKept, int]]] = {}
         # frames read or written by this process and not known to be in BaseX yet: (seq, writes)
         self._pending: collections.deque[tuple[int, list]] = collections.deque()
+        self._pending_bytes = 0      # of the XML in _pending (see _hold_back_writes)
         self._mirror_lock = threading.RLock()   # _state, _pending and the journal's read offset
         self._applied_seq = 0                   # highest sequence number known to be in BaseX
         self._applied_changed = threading.Condition()
@@ -750,6 +760,7 @@ class BaseXStore(XmlStore):
         else:
             with self._mirror_lock:
                 self._pending.clear()
+                self._pending_bytes = 0
         self._verify_and_repair(list(self._state), check_unknown=True)
         self._check_index_options()
         self._set_meta(last)
@@ -917,6 +928,7 @@ class BaseXStore(XmlStore):
                     self._state.setdefault(collection, {})[doc_id] = (version, xml, seq)
                 if pending:
                     self._pending.append((seq, writes))
+                    self._pending_bytes += _frame_bytes(writes)
 
     def _kept_xml(self, collection: str, doc_id: str, version: int, seq: int) -> str:
         """The XML that transaction ``seq`` wrote for a document whose text the mirror does not
@@ -942,7 +954,7 @@ class BaseXStore(XmlStore):
                 self._applied_changed.notify_all()
         with self._mirror_lock:
             while self._pending and self._pending[0][0] <= seq:
-                self._pending.popleft()
+                self._pending_bytes -= _frame_bytes(self._pending.popleft()[1])
 
     # -- the applied sequence number in BaseX --
     def _read_meta(self) -> int:
@@ -1173,14 +1185,16 @@ class BaseXStore(XmlStore):
                                 self._apply_error)
                 self._closing.wait(min(1.0, 0.02 * 2 ** failures))
 
-    def _await_applied(self) -> None:
-        """Wait until BaseX holds every transaction the journal held when we were called."""
+    def _await_applied(self, target: int | None = None, waiting: str = "this read") -> None:
+        """Wait until BaseX holds transaction ``target`` (default: every transaction the journal held
+        when we were called)."""
         self._start_applier()
         if self._needs_repair():
             with self._journal.apply_lock():
                 if self._needs_repair():
                     self._repair_locked(writer_locked=False)
-        target = self._catch_up_unlocked()
+        caught_up = self._catch_up_unlocked()
+        target = caught_up if target is None else target
         if self._applied_seq >= target:
             return
         self._urgent.set()
@@ -1200,7 +1214,7 @@ class BaseXStore(XmlStore):
                         self._repair_locked(writer_locked=False)
                 continue
             if time.monotonic() >= deadline:
-                raise StoreError(f"BaseX has applied the journal up to transaction {self._applied_seq}, this read "
+                raise StoreError(f"BaseX has applied the journal up to transaction {self._applied_seq}, {waiting} "
                                  f"needs {target}: not caught up within {self._timeout_s} s (applier's last error: "
                                  f"{self._apply_error or 'none'})")
             self._urgent.set()
@@ -1625,6 +1639,7 @@ class BaseXStore(XmlStore):
         self._start_applier()
 
         def attempt() -> T:
+            self._hold_back_writes()
             with self._journal.lock():
                 with self._mirror_lock:
                     self._absorb(self._journal.read_new(repair=True))
@@ -1652,6 +1667,29 @@ class BaseXStore(XmlStore):
             return result
 
         return run_with_retries(attempt, retries)
+
+    def _hold_back_writes(self) -> None:
+        """Back-pressure: while more than ``backlog_bytes_max`` of committed XML waits for BaseX, a
+        writer first waits (up to ``timeout_s``, then StoreError: retry later) until the appliers
+        have brought it down to half. Acknowledging from the journal alone let a fast writer (a
+        million usage records) run minutes ahead of BaseX: every read then waited for it, and the
+        backlog's XML filled memory."""
+        self._catch_up_unlocked()
+        with self._mirror_lock:
+            if self._pending_bytes <= self.backlog_bytes_max:
+                return
+            left, target = self._pending_bytes, None
+            for seq, writes in self._pending:
+                if left <= self.backlog_bytes_max // 2:
+                    break
+                left -= _frame_bytes(writes)
+                target = seq
+        if target is not None:
+            try:
+                self._await_applied(target, waiting="this write")
+            except StoreError as error:
+                raise StoreError(f"{self._pending_bytes:,} bytes of committed writes wait for BaseX; this write is "
+                                 f"held back until it catches up, retry later ({error})") from None
 
     def close(self) -> None:
         """Stop the applier, push what this process committed to BaseX if it can (the journal
