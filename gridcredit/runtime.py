@@ -10,6 +10,7 @@ import threading
 from dataclasses import dataclass, field
 
 from .config import Config
+from .errors import StoreError
 from .services.bank.bank import Bank, LedgerKey, policy_from_config
 from .services.luts.luts import INDEXES as LUTS_INDEXES, Caller, Luts, LutsPolicy
 from .services.luts.sgas import register_usage_records
@@ -43,6 +44,8 @@ class Runtime:
             try:
                 while self.bank.expire_due() > 0 and not self._stop.is_set():
                     pass
+            except StoreError as error:  # the store busy or behind (BaseX catching up): expected, said once a round
+                log.warning("the expiry sweep could not read the store (%s); retrying in %d s", error, interval_s)
             except Exception:  # noqa: BLE001 — a failed sweep is retried at the next interval
                 log.exception("the expiry sweep failed; retrying in %d s", interval_s)
 

@@ -181,3 +181,34 @@ def test_concurrent_requests_commit_together_each_once(store, tmp_path):  # noqa
     assert bank.balance("payee", ADMIN).total == 600 and bank.balance("payer", ADMIN).total == 400
     report = audit_store(bank.store, bank.key.public, signature_check_interval=1)
     assert report.clean and report.transaction_count == 63, report.findings
+
+
+def test_the_expiry_sweep_says_in_one_line_when_the_store_is_behind(tmp_path, caplog):
+    import logging
+    from dataclasses import replace
+
+    from gridcredit.config import load_config
+    from gridcredit.errors import StoreError
+    from gridcredit.runtime import Runtime
+
+    class StoreBehind:                          # the sweep's first read, while BaseX catches up
+        def __init__(self) -> None:
+            self.sweeps = 0
+
+        def expire_due(self) -> int:
+            self.sweeps += 1
+            raise StoreError("BaseX has applied the journal up to transaction 9, this read needs 12: not caught up")
+
+    config = load_config(env={"GRIDCREDIT_STATE_DIR": str(tmp_path)})
+    config = replace(config, bank=replace(config.bank, expiry_sweep_s=1))
+    bank = StoreBehind()
+    runtime = Runtime(config=config, store=None, bank=bank, luts=None)
+    with caplog.at_level(logging.WARNING, logger="gridcredit.runtime"):
+        runtime.start_background_work()
+        deadline = time.monotonic() + 10
+        while bank.sweeps < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        runtime._stop.set()
+    assert bank.sweeps >= 2
+    records = [r for r in caplog.records if "expiry sweep" in r.getMessage()]
+    assert records and all(r.exc_info is None and "not caught up" in r.getMessage() for r in records)
