@@ -335,7 +335,14 @@ def _record_document(source: ur.RecordSource, usage: ur.NormalizedRecord, month:
 
 
 def _stored_record(xml: bytes) -> StoredRecord:
-    root = etree.fromstring(xml, etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True))
+    return _stored_record_of(_stored_root(xml))
+
+
+def _stored_root(xml: bytes) -> etree._Element:
+    return etree.fromstring(xml, etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True))
+
+
+def _stored_record_of(root: etree._Element) -> StoredRecord:
     usage = ur.from_element(root.find(N + "Usage"))
     original = root.find(N + "Original")
     text = original.text or ""
@@ -633,19 +640,23 @@ class Luts:
         record_hash = key_hash(record_id)
         found = self._find_id(self.store, self._years(self.store), record_hash)
         document = self.store.get(f"ur_{found[1].get('month')}", record_hash) if found else None
-        if document is None or not self._visible(caller, document.xml):
+        record = self._visible_record(caller, document.xml) if document is not None else None
+        if record is None:
             raise DomainError(f"no usage record {record_id!r} that you may see", "UnknownRecord")
-        return _stored_record(document.xml)
+        return record
 
     def stored(self, month: str, record_hash: str) -> StoredRecord | None:
         """A record by where it is kept (``month`` YYYYMM, the hash of its id), for the forwarder; no scope."""
         document = self.store.get(f"ur_{month}", record_hash)
         return None if document is None else _stored_record(document.xml)
 
-    def _visible(self, caller: Caller, xml: bytes) -> bool:
-        root = etree.fromstring(xml)
+    def _visible_record(self, caller: Caller, xml: bytes) -> StoredRecord | None:
+        """The stored record, if the caller may see it (one parse for both)."""
+        root = _stored_root(xml)
         attributes = dict(root.attrib)
-        return any(scope.admits(attributes) for scope in scopes_of(self.policy, caller).values())
+        if any(scope.admits(attributes) for scope in scopes_of(self.policy, caller).values()):
+            return _stored_record_of(root)
+        return None
 
     def job(self, caller: Caller, job_id: str) -> tuple[StoredRecord, ...]:
         """The records of one job, by global or local job id, that the caller may see."""
@@ -660,10 +671,9 @@ class Luts:
         records = []
         for month, record_hash in sorted(refs):
             document = self.store.get(f"ur_{month}", record_hash)
-            if document is not None and self._visible(caller, document.xml):
-                record = _stored_record(document.xml)
-                if job_id in (record.usage.global_job_id, record.usage.local_job_id):  # not just its hash
-                    records.append(record)
+            record = self._visible_record(caller, document.xml) if document is not None else None
+            if record is not None and job_id in (record.usage.global_job_id, record.usage.local_job_id):
+                records.append(record)          # its own job id, not just the hash of a long one
         return tuple(records)
 
     def summary(self, caller: Caller, by: Sequence[str], *, from_month: str | None = None,
