@@ -23,7 +23,7 @@ from lxml import etree
 
 from gridcredit.errors import QueryError, StoreError
 from gridcredit.xmlstore import AttributeIndex
-from gridcredit.xmlstore._basex import Q_APPLY, BaseXStore
+from gridcredit.xmlstore._basex import BaseXStore, apply_query
 from gridcredit.xmlstore._basex_wire import Session
 from store_fixtures import *  # noqa: F401,F403
 from store_fixtures import kill9, open_from_spec, pair_xml, read_acks, spawn_worker
@@ -131,7 +131,7 @@ def test_batch_apply_interrupted_by_basex_kill9_is_repaired(private_basex, spec)
         original_run = store._run
 
         def run(text, bindings=None, **options):
-            if text == Q_APPLY:
+            if "gridcredit-applied" in text:           # the batch update (apply_query)
                 sent.set()
             return original_run(text, bindings, **options)
         store._run = run
@@ -315,6 +315,24 @@ def test_writers_wait_for_a_slow_basex_and_the_backlog_stays_bounded(private_bas
             assert store._pending_bytes <= store.backlog_bytes_max + len(document) + 100
         assert set(store.ids("acc", 0, 1000)) == written
         assert all(entry["ok"] for entry in store.check().values())
+
+
+def test_an_apply_write_locks_only_the_databases_it_writes(private_basex):
+    session = Session("127.0.0.1", private_basex.port, "admin", "admin", timeout_s=20)
+    try:
+        for name in ("x_acc", "x_log", "x_unrelated", "x__meta"):
+            session.command(f"CREATE DB {name}")
+        session.command("SET QUERYINFO true")
+        ops = ('<ops seq="1" t="0"><op db="x_acc" id="a" v="1" new="1"><a n="1"/></op>'
+               '<op db="x_log" id="l" v="1" new="1"><l/></op></ops>')
+        _, info = session.query_info(apply_query(["x_acc", "x_log", "x_acc"], "x__meta"),
+                                     {"$ops": (ops, ""), "$base": ("0", "")})
+        locks = info.split("Write Locking:")[1].splitlines()[0].strip()
+        assert set(locks.split(",")) == {"x_acc", "x_log", "x__meta"}, info
+        assert session.query("db:open('x_acc', 'a')/a/@n/string(), db:open('x__meta', '.seq')/seq/@n/string()") \
+            in ("1 1", "11", "1\n1")
+    finally:
+        session.close()
 
 
 def _journal_only_worker(spec: dict, args: list[str]) -> None:

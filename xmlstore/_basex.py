@@ -68,7 +68,7 @@ rebuilds on demand.
 Write cost. BaseX 9.7's db:replace looks the document's path up, which costs seconds per 1,000
 documents once a database holds ~400,000 resources (documents and their ``.v/`` versions); the
 running applier therefore adds (db:add) a document's first write, and a rebuild adds everything
-into the fresh database (see ``_OPS``): 1,000,000 records of 1 KB went from journal to BaseX in
+into the fresh database (see ``_ops_of``): 1,000,000 records of 1 KB went from journal to BaseX in
 ~4 minutes here, where db:replace had managed ~280 a second at 200,000.
 
 A process that forks opens its own store after the fork (the applier thread and the locks'
@@ -241,33 +241,40 @@ db:replace($m, '.seq', <seq n="{$seq}"/>)"""
 # of the running applier (BaseX verified at the batch's base number), and every op of a rebuild
 # into a fresh database. A crash in the middle of such a batch can leave a path twice: the
 # verification (Q_STATUS) finds duplicates and rebuilds.
-_OPS = """
-  for $op in $o/op
-  let $db := string($op/@db), $id := string($op/@id)
+def _ops_of(db: str) -> str:
+    """The updates of one database's ops, its name written literally (see apply_query)."""
+    return """
+  for $op in $o/op[@db = DB]
+  let $id := string($op/@id)
   return if ($op/@del = '1') then (
-    if ($op/@new = '1') then db:add($db, <v n="{$op/@v}" del="1"/>, '.v/' || $id) else (
-    if (db:exists($db, $id)) then db:delete($db, $id) else (),
-    db:replace($db, '.v/' || $id, <v n="{$op/@v}" del="1"/>)))
+    if ($op/@new = '1') then db:add(DB, <v n="{$op/@v}" del="1"/>, '.v/' || $id) else (
+    if (db:exists(DB, $id)) then db:delete(DB, $id) else (),
+    db:replace(DB, '.v/' || $id, <v n="{$op/@v}" del="1"/>)))
   else if ($op/@new = '1') then (
-    db:add($db, $op/*[1], $id),
-    db:add($db, <v n="{$op/@v}"/>, '.v/' || $id))
+    db:add(DB, $op/*[1], $id),
+    db:add(DB, <v n="{$op/@v}"/>, '.v/' || $id))
   else (
-    db:replace($db, $id, $op/*[1]),
-    db:replace($db, '.v/' || $id, <v n="{$op/@v}"/>))"""
+    db:replace(DB, $id, $op/*[1]),
+    db:replace(DB, '.v/' || $id, <v n="{$op/@v}"/>))""".replace("DB", _literal(db))
 
-# a batch of whole transactions, and the applied number, in one update; refused unless the
-# applied number is still the one the batch starts from
-Q_APPLY = """declare variable $ops external; declare variable $m external; declare variable $base external;
-let $o := parse-xml($ops)/ops
-let $now := (db:open($m, '.seq')/seq/@n/string(), '0')[1]
-return if ($now != $base) then error(xs:QName('err:FOER0000'), 'gridcredit-applied ' || $now)
-else (""" + _OPS + """,
-  db:replace($m, '.seq', <seq n="{$o/@seq}" t="{$o/@t}"/>))"""
 
-# documents' current state (repair, rebuild): the applied number is written separately
-Q_APPLY_STATE = """declare variable $ops external;
-let $o := parse-xml($ops)/ops
-return (""" + _OPS + """)"""
+def apply_query(databases: Sequence[str], meta_db: str | None) -> str:
+    """The update writing ops (``$ops``: ``<ops><op db=… id=… v=…>`` see ``_ops``) into ``databases``.
+
+    Every database is named literally, so BaseX write-locks just those (and ``meta_db``); a name
+    it can only know at run time made each apply lock every database, holding up all queries.
+    With ``meta_db``: a batch of whole transactions and the applied number in one update, refused
+    unless the applied number is still ``$base`` (the one the batch starts from); without: the
+    documents' state only (repair, rebuild; the applied number is written separately)."""
+    updates = ",".join(_ops_of(db) for db in sorted(set(databases))) or " ()"
+    if meta_db is None:
+        return f"declare variable $ops external;\nlet $o := parse-xml($ops)/ops\nreturn ({updates})"
+    meta = _literal(meta_db)
+    return (f"declare variable $ops external; declare variable $base external;\nlet $o := parse-xml($ops)/ops\n"
+            f"let $now := (db:open({meta}, '.seq')/seq/@n/string(), '0')[1]\n"
+            f"return if ($now != $base) then error(xs:QName('err:FOER0000'), 'gridcredit-applied ' || $now)\n"
+            f"else ({updates},\n  db:replace({meta}, '.seq', <seq n=\"{{$o/@seq}}\" t=\"{{$o/@t}}\"/>))")
+
 
 # readable = every live document read in full, in one pass (a path lookup per document costs
 # ~1 ms per 200,000 documents in BaseX 9.7): "ok <characters>"; then, in queries of their own
@@ -1035,7 +1042,7 @@ class BaseXStore(XmlStore):
 
     def _ops(self, writes: list, seq: int | None = None, *, add_first_writes: bool = False,
              fresh: bool = False) -> str:
-        """The ops document; ``add_first_writes``: version-1 documents are added (see _OPS),
+        """The ops document; ``add_first_writes``: version-1 documents are added (see _ops_of),
         ``fresh``: every op is (the databases were just created empty)."""
         parts = ['<ops>' if seq is None else f'<ops seq="{int(seq)}" t="{int(time.time() * 1000)}">']
         for collection, doc_id, version, xml in writes:
@@ -1050,8 +1057,9 @@ class BaseXStore(XmlStore):
 
     def _apply_state_writes(self, writes: list, *, fresh: bool = False) -> None:
         """Write documents' state to BaseX without touching the applied number (repair, rebuild)."""
-        self._ensure_databases([self._db(w[0]) for w in writes])
-        self._run(Q_APPLY_STATE, {"$ops": (self._ops(writes, fresh=fresh), "")})
+        databases = [self._db(w[0]) for w in writes]
+        self._ensure_databases(databases)
+        self._run(apply_query(databases, None), {"$ops": (self._ops(writes, fresh=fresh), "")})
 
     def _apply_batch(self, batch: list[tuple[int, list]], base: int, *, add_first_writes: bool = True) -> None:
         """Apply whole transactions base+1 .. batch[-1] in one update, each document once."""
@@ -1060,10 +1068,12 @@ class BaseXStore(XmlStore):
             for collection, doc_id, version, xml in writes:
                 latest[(collection, doc_id)] = (version, xml)
         writes = [(c, d, v, x) for (c, d), (v, x) in latest.items()]
-        self._ensure_databases([self._db(w[0]) for w in writes] + [self._meta_db])
+        databases = [self._db(w[0]) for w in writes]
+        self._ensure_databases(databases + [self._meta_db])
         try:
-            self._run(Q_APPLY, {"$ops": (self._ops(writes, batch[-1][0], add_first_writes=add_first_writes), ""),
-                                "$m": (self._meta_db, ""), "$base": (str(base), "")})
+            self._run(apply_query(databases, self._meta_db),
+                      {"$ops": (self._ops(writes, batch[-1][0], add_first_writes=add_first_writes), ""),
+                       "$base": (str(base), "")})
         except ServerError as error:
             self._suspect = True
             raise StoreError(f"BaseX refused transactions {base + 1}..{batch[-1][0]}: {error}") from None
@@ -1084,7 +1094,7 @@ class BaseXStore(XmlStore):
 
     def _apply_pending_locked(self, *, writer_locked: bool, verify_first: bool = True, drain: bool = True,
                               gather: bool = False) -> None:
-        # verify_first=False (at open, BaseX not verified yet): replace, never add (see _OPS)
+        # verify_first=False (at open, BaseX not verified yet): replace, never add (see _ops_of)
         """Apply committed frames: all of them (``drain``), or those that were there when called."""
         if verify_first and self._needs_repair():
             self._repair_locked(writer_locked=writer_locked)
