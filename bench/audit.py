@@ -17,12 +17,11 @@ import os
 import random
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_section  # noqa: E402
+from common import scratch_dir, write_section  # noqa: E402
 
 from gridcredit.config import StoreConfig
 from gridcredit.services.bank import documents, ledger
@@ -112,7 +111,7 @@ def main() -> int:
     parser.add_argument("--write", action="store_true", help="record the results in BENCHMARKS.md")
     args = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="gridcredit-bench-audit-"))
+    root = scratch_dir("gridcredit-bench-audit-")
     key = LedgerKey.load_or_create(root / "ledger-key.pem")
     started = time.perf_counter()
     book = build_ledger(args.transactions, key)

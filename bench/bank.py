@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -27,7 +26,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_section  # noqa: E402
+from common import scratch_dir, write_section  # noqa: E402
 from whoami import Caller, crypto_ceiling, free_port, run_load, start_server  # noqa: E402
 
 from lxml import etree
@@ -118,7 +117,7 @@ def main() -> int:
     parser.add_argument("--write", action="store_true", help="record the results in BENCHMARKS.md")
     args = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="gridcredit-bench-bank-"))
+    root = scratch_dir("gridcredit-bench-bank-")
     host_cert, host_key, trust_dir, _ = development_pki(root)
     ca = CertificateAuthority.load(root / "pki" / "ca")
     if args.host_key == "ec":

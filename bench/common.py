@@ -1,14 +1,27 @@
-"""Shared by the benchmarks: recording results in BENCHMARKS.md, one section per benchmark."""
+"""Shared by the benchmarks: a scratch folder, and recording results in BENCHMARKS.md (one section each)."""
 from __future__ import annotations
 
+import atexit
 import datetime
+import os
 import platform
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 HEADER = ("# Benchmarks\n\nMeasured on the project's own machines (2 cores, shared and noisy): compare the ratios "
           "within one run rather than absolute figures across runs. Each section names the command that made it.\n")
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary folder for one benchmark run, removed when the benchmark ends (a million usage
+    records leave ~15 GB); set GRIDCREDIT_BENCH_KEEP=1 to keep it for a look afterwards."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    if not os.environ.get("GRIDCREDIT_BENCH_KEEP"):
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
 
 
 def write_section(title: str, command: str, lines: list[str]) -> None:

@@ -24,7 +24,6 @@ import multiprocessing
 import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -33,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from common import write_section  # noqa: E402
+from common import scratch_dir, write_section  # noqa: E402
 from luts_fixtures import Job, make_batch  # noqa: E402
 from whoami import Caller, free_port, start_server  # noqa: E402
 
@@ -155,7 +154,7 @@ def main() -> int:
     parser.add_argument("--write", action="store_true", help="record the results in BENCHMARKS.md")
     args = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="gridcredit-bench-luts-"))
+    root = scratch_dir("gridcredit-bench-luts-")
     host_cert, host_key, trust_dir, _ = development_pki(root)
     ca = CertificateAuthority.load(root / "pki" / "ca")
     cert, key = ca.issue_user("Bench LUTS Admin", root / "admin")

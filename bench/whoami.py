@@ -21,7 +21,6 @@ import os
 import socket
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import replace
@@ -31,7 +30,7 @@ import requests
 from lxml import etree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_section  # noqa: E402
+from common import scratch_dir, write_section  # noqa: E402
 
 from gridcredit.config import load_config
 from gridcredit.host import HostFiles, build_host, serve
@@ -216,7 +215,7 @@ def main() -> int:
     parser.add_argument("--write", action="store_true", help="record the results in BENCHMARKS.md")
     args = parser.parse_args()
 
-    state = Path(tempfile.mkdtemp(prefix="gridcredit-bench-"))
+    state = scratch_dir("gridcredit-bench-")
     host_cert, host_key, trust_dir, _ = development_pki(state)
     ca = CertificateAuthority.load(state / "pki" / "ca")
     user_cert, user_key = ca.issue_user("Bench User", state / "user")
