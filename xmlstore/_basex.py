@@ -1204,7 +1204,8 @@ class BaseXStore(XmlStore):
                 if self._needs_repair():
                     self._repair_locked(writer_locked=False)
         caught_up = self._catch_up_unlocked()
-        target = caught_up if target is None else target
+        if target is None:
+            target = caught_up
         if self._applied_seq >= target:
             return
         self._urgent.set()
@@ -1683,8 +1684,8 @@ class BaseXStore(XmlStore):
         writer first waits (up to ``timeout_s``, then StoreError: retry later) until the appliers
         have brought it down to half. Acknowledging from the journal alone let a fast writer (a
         million usage records) run minutes ahead of BaseX: every read then waited for it, and the
-        backlog's XML filled memory."""
-        self._catch_up_unlocked()
+        backlog's XML filled memory. (Other processes' frames count from this process's next
+        commit, which reads them under the writer lock: no extra journal read per transaction.)"""
         with self._mirror_lock:
             if self._pending_bytes <= self.backlog_bytes_max:
                 return

@@ -25,7 +25,7 @@ from lxml import etree
 from gridcredit.errors import DomainError
 
 from .forward import REJECTED as FORWARD_REJECTED
-from .luts import NS, Caller, Luts, PublishReport
+from .luts import NS, Caller, Luts, PublishReport, forward_entry
 from .sgas import QUARANTINE, as_declared
 
 log = logging.getLogger("gridcredit.luts.held")
@@ -115,13 +115,10 @@ def retry_forward(luts: Luts, held_id: str, *, replace: bool = False) -> None:
     """Queue a record the upstream LUTS rejected to be forwarded again (``replace``: in place of upstream's)."""
     document = _document(luts, "forward", held_id)
     root = etree.fromstring(document.xml)
-    entry = etree.Element(f"{{{NS}}}Forward", nsmap={"n": NS}, month=root.get("month"), id=root.get("id"))
-    if replace:
-        entry.set("replace", "true")
 
     def move(tx) -> None:
         tx.delete(FORWARD_REJECTED, held_id)
-        tx.put(Luts.FORWARD_QUEUE, held_id, etree.tostring(entry, encoding="utf-8"))
+        tx.put(Luts.FORWARD_QUEUE, held_id, forward_entry(root.get("month"), root.get("id"), replace=replace))
     luts.store.transact(move)
     log.info("record %s/%s queued again for the upstream LUTS%s", root.get("month"), root.get("id"),
              " (to replace its copy)" if replace else "")

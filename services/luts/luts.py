@@ -370,6 +370,15 @@ def _id_entry(usage: ur.NormalizedRecord, month: str, digest: str) -> bytes:
     return etree.tostring(element, encoding="utf-8")
 
 
+def forward_entry(month: str, record_hash: str, *, replace: bool = False) -> bytes:
+    """A forward queue entry (``Luts.FORWARD_QUEUE``): which record to send upstream, and whether
+    it replaces upstream's copy."""
+    entry = etree.Element(N + "Forward", nsmap={"n": NS}, month=month, id=record_hash)
+    if replace:
+        entry.set("replace", "true")
+    return etree.tostring(entry)
+
+
 def _utc(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1e6, timezone.utc)
 
@@ -571,10 +580,9 @@ class Luts:
             tx.put(f"urid_{id_year}", record_hash, record.id_entry)
             deltas.setdefault((record.month, _summary_key(usage)), _Counters()).add(usage, +1)
             if self.forwarding:
-                entry = etree.Element(N + "Forward", nsmap={"n": NS}, month=record.month, id=record_hash)
-                if status == "replaced":  # upstream holds the old version: it must be replaced there too
-                    entry.set("replace", "true")
-                tx.put(self.FORWARD_QUEUE, f"{received_us:020d}-{record_hash}", etree.tostring(entry))
+                # replaced: upstream holds the old version, it must be replaced there too
+                tx.put(self.FORWARD_QUEUE, f"{received_us:020d}-{record_hash}",
+                       forward_entry(record.month, record_hash, replace=status == "replaced"))
             results.append(RecordResult(record.index, usage.record_id, status))
         self._add_partitions(tx, "years", years, {year_now})
         self._add_partitions(tx, "months", self._months(tx), {month for month, _ in deltas})
