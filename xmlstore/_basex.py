@@ -24,8 +24,9 @@ a background thread in each process, woken by its own commits and every ``apply_
 (so frames a dead writer left are picked up by any live process). It reads the frames not yet
 applied, fsyncs the journal, and applies up to ``apply_batch_max`` transactions (and about
 ``apply_batch_bytes``) in ONE updating query, each document once (the last write wins within a
-batch), together with the versions (``.v/<doc_id>``) and the applied sequence number (and the
-batch's time) in the ``<prefix>_meta`` database — only if that number is still the one the batch
+batch), each document with its version (a processing instruction in it; a deleted one leaves
+a ``.v/<doc_id>`` tombstone: see ``_ops_of``) and the applied sequence number (and the batch's
+time) in the ``<prefix>_meta`` database — only if that number is still the one the batch
 starts from. A batch holds whole transactions, so BaseX never shows half of one. A BaseX update
 costs ~10 ms plus ~3 ms per database touched whatever its size, so under load commits gather for
 up to ``apply_delay_s`` after the previous batch (of any process) — unless a read is waiting for
@@ -66,7 +67,7 @@ unverified, more are verified first. ``check()`` compares content hashes too; ``
 rebuilds on demand.
 
 Write cost. BaseX 9.7's db:replace looks the document's path up, which costs seconds per 1,000
-documents once a database holds ~400,000 resources (documents and their ``.v/`` versions); the
+documents once a database holds ~400,000 resources; the
 running applier therefore adds (db:add) a document's first write, and a rebuild adds everything
 into the fresh database (see ``_ops_of``): 1,000,000 records of 1 KB went from journal to BaseX in
 ~4 minutes here, where db:replace had managed ~280 a second at 200,000.
@@ -93,11 +94,9 @@ are literals in the query text (validated names), so BaseX locks that database a
 database, not all of them. The filter runs in the outer query, and the caller's XPath inside
 ``xquery:eval`` sees only the documents it selected; what the XPath returns is checked again
 outside (root elements of this database matching every ``where`` item), so an XPath can narrow
-``where`` but never widen it. Query results carry their versions from the mirror, not from
-BaseX (a path lookup such as ``db:open($db, '.v/' || $id)`` costs ~1 ms per 200,000 documents in
-BaseX 9.7): the query also returns BaseX's applied sequence number S, and a document whose mirror
+``where`` but never widen it. Query results carry their versions from the mirror: the query also returns BaseX's applied sequence number S, and a document whose mirror
 entry was written at or before S is exactly what BaseX read; if one was written after S, the query
-is asked again (and at last with the versions from BaseX).
+is asked again (and at last with the versions BaseX holds in the documents).
 
 Memory. Each process keeps the mirror: every live document and tombstone as Python objects —
 (version, XML, sequence number) under its id: roughly the XML's length plus ~250 bytes per
@@ -154,9 +153,11 @@ log = logging.getLogger(__name__)
 _RESULT_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True,
                                  remove_blank_text=False)
 
+VERSION_PI = "gridcredit-version"     # a live document's version (see _ops_of)
+
 Q_DOCS = """declare variable $db external; declare variable $ids external;
-<r>{for $id in tokenize($ids, ' ') where db:exists($db, $id)
-    return <d id="{$id}" v="{db:open($db, '.v/' || $id)/v/@n}">{db:open($db, $id)}</d>}</r>"""
+<r>{for $id in tokenize($ids, ' ') let $doc := db:open($db, $id) where exists($doc)
+    return <d id="{$id}" v="{$doc/processing-instruction(%s)}">{$doc/*}</d>}</r>""" % VERSION_PI
 
 # the next ``limit`` document ids after $after
 Q_IDS_AFTER = """declare variable $db external; declare variable $after external; declare variable $limit external;
@@ -235,27 +236,51 @@ if (db:exists($m)) then (db:open($m, '.seq')/seq/(@n || ' ' || (@t, 0)[1]), '0 0
 Q_META_SET = """declare variable $m external; declare variable $seq external;
 db:replace($m, '.seq', <seq n="{$seq}"/>)"""
 
+# Versions. A live document carries its version in a processing instruction before its root
+# element (<?gridcredit-version 7?>: BaseX holds one resource per document, and a version is read
+# with the document, no path lookup); a deleted one leaves a tombstone ``.v/<id>`` (<v n="8"
+# del="1"/>) so its version survives. A document written again after its deletion may keep that
+# tombstone: the higher version of the two is the document's state (see ``_status``). (Until
+# 2026-11-23 every document had a ``.v/`` version resource: twice the resources, and ~40% of an
+# apply's time with small documents. Such a database fails verification and is rebuilt.)
+#
 # An op marked new="1" is added (db:add) instead of replaced: BaseX 9.7's db:replace looks the
 # path up, which costs ~5-14 s per 1,000 documents in a database of 200,000 (db:add: ~0.4 s).
 # Marked only where BaseX cannot hold the path: a document's first write (version 1) in a batch
 # of the running applier (BaseX verified at the batch's base number), and every op of a rebuild
 # into a fresh database. A crash in the middle of such a batch can leave a path twice: the
 # verification (Q_STATUS) finds duplicates and rebuilds.
+#
+# An op marked patch="1" (a new version of a document that is one empty element, e.g. the LUTS's
+# summaries) changes the attribute values that differ in place when the stored document has the
+# same element, namespaces and attribute names in the same order: with UPDINDEX, db:replace
+# deletes and re-adds every indexed value of the old document (~260 ms per 1,000 small documents
+# here; in place: ~95 ms). Anything else is replaced whole.
 def _ops_of(db: str) -> str:
     """The updates of one database's ops, its name written literally (see apply_query)."""
-    return """
-  for $op in $o/op[@db = DB]
+    return f"""
+  for $op in $o/op[@db = {_literal(db)}]
   let $id := string($op/@id)
+  let $document := document {{ processing-instruction {VERSION_PI} {{ string($op/@v) }}, $op/*[1] }}
   return if ($op/@del = '1') then (
-    if ($op/@new = '1') then db:add(DB, <v n="{$op/@v}" del="1"/>, '.v/' || $id) else (
-    if (db:exists(DB, $id)) then db:delete(DB, $id) else (),
-    db:replace(DB, '.v/' || $id, <v n="{$op/@v}" del="1"/>)))
-  else if ($op/@new = '1') then (
-    db:add(DB, $op/*[1], $id),
-    db:add(DB, <v n="{$op/@v}"/>, '.v/' || $id))
-  else (
-    db:replace(DB, $id, $op/*[1]),
-    db:replace(DB, '.v/' || $id, <v n="{$op/@v}"/>))""".replace("DB", _literal(db))
+    if ($op/@new = '1') then db:add({_literal(db)}, <v n="{{$op/@v}}" del="1"/>, '.v/' || $id) else (
+    if (db:exists({_literal(db)}, $id)) then db:delete({_literal(db)}, $id) else (),
+    db:replace({_literal(db)}, '.v/' || $id, <v n="{{$op/@v}}" del="1"/>)))
+  else if ($op/@new = '1') then db:add({_literal(db)}, $document, $id)
+  else if ($op/@patch = '1') then (
+    let $new := $op/*[1]
+    let $stored := db:open({_literal(db)}, $id)
+    let $old := $stored/*
+    return if (count($stored) = 1 and count($stored/processing-instruction({VERSION_PI})) = 1
+               and count($old) = 1 and empty($old/node()) and empty($new/node()) and node-name($old) = node-name($new)
+               and deep-equal($old/@* ! node-name(.), $new/@* ! node-name(.))
+               and deep-equal(sort(in-scope-prefixes($old) ! (. || '=' || namespace-uri-for-prefix(., $old))),
+                              sort(in-scope-prefixes($new) ! (. || '=' || namespace-uri-for-prefix(., $new)))))
+    then (for $a in $new/@* let $was := $old/@*[node-name(.) = node-name($a)] where string($was) ne string($a)
+          return replace value of node $was with string($a),
+          replace value of node $stored/processing-instruction({VERSION_PI}) with string($op/@v))
+    else db:replace({_literal(db)}, $id, $document))
+  else db:replace({_literal(db)}, $id, $document)"""
 
 
 def apply_query(databases: Sequence[str], meta_db: str | None) -> str:
@@ -290,9 +315,15 @@ try {
 Q_STATUS_LIVE = """declare option output:item-separator "&#10;"; declare variable $db external;
 db:list($db)[not(starts-with(., '.'))]"""
 
+# "<id> <version> l|d|t" lines: l a live document (version -1: it has none), d a tombstone, t a
+# ``.v/`` resource that is no tombstone (the layout before versions moved into the documents)
 Q_STATUS_VERSIONS = """declare option output:item-separator "&#10;"; declare variable $db external;
-for $v in db:open($db, '.v')
-return substring(db:path($v), 4) || ' ' || $v/v/@n || ' ' || (if ($v/v/@del) then 'd' else 'l')"""
+for $d in db:open($db)
+let $path := db:path($d)
+return if (starts-with($path, '.v/')) then
+  substring($path, 4) || ' ' || ($d/v/@n, -1)[1] || ' ' || (if ($d/v/@del = '1') then 'd' else 't')
+else if (starts-with($path, '.')) then ()
+else $path || ' ' || ($d/processing-instruction(%s)[. castable as xs:integer], -1)[1] || ' l'""" % VERSION_PI
 
 # BaseX 9.7's xquery:eval applies its 'permission' option by changing the permission of the
 # session's USER (shared by every session of that user) and restoring it afterwards: meanwhile
@@ -351,7 +382,7 @@ X_EVAL = """for $h in xquery:eval($expr, map:merge(({entries}, map{{'_docs': $ca
 R_PAGE = """<r seq="{{$seq}}">{{for $h in {page} let $id := local:id($h)
   return <d id="{{$id}}"{version}>{{$h}}</d>}}</r>"""
 
-R_VERSION = ' v="{{db:open({db}, \'.v/\' || $id)/v/@n}}"'
+R_VERSION = ' v="{{$h/../processing-instruction(%s)}}"' % VERSION_PI
 
 
 class _NotKept:
@@ -1047,11 +1078,13 @@ class BaseXStore(XmlStore):
         parts = ['<ops>' if seq is None else f'<ops seq="{int(seq)}" t="{int(time.time() * 1000)}">']
         for collection, doc_id, version, xml in writes:
             db = self._db(collection)   # names and ids are validated: safe in attributes
-            new = ' new="1"' if fresh or (add_first_writes and version == 1 and xml is not None) else ""
+            how = ' new="1"' if fresh or (add_first_writes and version == 1 and xml is not None) else ""
+            if not how and xml is not None and xml.endswith("/>") and xml.count("<") == 1:
+                how = ' patch="1"'     # one empty element: attribute values may change in place
             if xml is None:
-                parts.append(f'<op db="{db}" id="{doc_id}" v="{int(version)}" del="1"{new}/>')
+                parts.append(f'<op db="{db}" id="{doc_id}" v="{int(version)}" del="1"{how}/>')
             else:
-                parts.append(f'<op db="{db}" id="{doc_id}" v="{int(version)}"{new}>{xml}</op>')
+                parts.append(f'<op db="{db}" id="{doc_id}" v="{int(version)}"{how}>{xml}</op>')
         parts.append("</ops>")
         return "".join(parts)
 
@@ -1250,14 +1283,29 @@ class BaseXStore(XmlStore):
         if not text.startswith("ok "):
             return text, 0, set(), {}
         listed = listed_text.split()
-        version_lines = [line for line in versions_text.split("\n") if line]
         live = set(listed)
-        versions = {}
-        for line in version_lines:
-            doc_id, version, flag = line.split()
-            versions[doc_id] = (int(version), flag == "l")
-        if len(listed) != len(live) or len(version_lines) != len(versions):
+        if len(listed) != len(live):
             return "damaged: a document path held twice (a batch of db:add interrupted?)", 0, set(), {}
+        documents: dict[str, int] = {}
+        tombstones: dict[str, int] = {}
+        for line in versions_text.split("\n"):
+            if not line:
+                continue
+            doc_id, version, kind = line.split()
+            if kind == "t":
+                return "damaged: version resources of the old layout (.v/ for every document)", 0, set(), {}
+            held = documents if kind == "l" else tombstones
+            if doc_id in held:
+                return "damaged: a document path held twice (a batch of db:add interrupted?)", 0, set(), {}
+            held[doc_id] = int(version)
+        if any(version < 1 for version in documents.values()):
+            return "damaged: a document without its version", 0, set(), {}
+        # a document written again after its deletion may still have its tombstone: the higher
+        # version is its state (a tombstone above a live document shows as "holds writes")
+        versions = {doc_id: (version, False) for doc_id, version in tombstones.items()}
+        for doc_id, version in documents.items():
+            if version > versions.get(doc_id, (0, False))[0]:
+                versions[doc_id] = (version, True)
         return "ok", 0, live, versions
 
     def _verify_and_repair(self, collections: list[str], *, check_unknown: bool = False) -> None:
