@@ -908,6 +908,26 @@ def test_the_direct_view_writer_writes_what_lxml_writes(record):
     assert R.to_bytes(record) == etree.tostring(R.to_element(record), encoding="utf-8")
 
 
+@settings(max_examples=200)
+@given(normalized_records(), st.lists(_xml_text, min_size=5, max_size=5), st.integers(0, 2**62))
+def test_the_luts_writes_its_id_entries_and_summaries_as_lxml_would(record, key, number):
+    from gridcredit.services.luts import luts as L
+    entry = etree.Element(f"{{{R.NS_VIEW}}}Id", nsmap={"n": R.NS_VIEW}, month="202611", digest="d" * 64,
+                          rid=record.record_id)
+    for name, value in (("job", record.global_job_id), ("ljob", record.local_job_id)):
+        if value:
+            entry.set(name, L.job_key(value))
+    assert L._id_entry(record, "202611", "d" * 64) == etree.tostring(entry, encoding="utf-8")
+    counters = L._Counters(jobs=number, wall_us=-number, cpu_us=1, charge_micro=number // 3)
+    summary = etree.Element(f"{{{R.NS_VIEW}}}Summary", nsmap={"n": R.NS_VIEW}, month="202611")
+    for name, value in zip(L._SUMMARY_KEY, key):
+        if value:
+            summary.set(name, value)
+    for name in L._COUNTER_NAMES:
+        summary.set(name, str(getattr(counters, name)))
+    assert L._summary_document(tuple(key), "202611", counters) == etree.tostring(summary, encoding="utf-8")
+
+
 def test_record_month_prefers_end_then_start_then_creation():
     base = NormalizedRecord(format="ur1", record_id="m", create_time=utc(2020, 1, 31, 23, 0))
     assert R.record_month(base) == "2020-01"

@@ -360,14 +360,20 @@ def job_key(job_id: str) -> str:
     return "sha256:" + hashlib.sha256(job_id.encode("utf-8")).hexdigest()
 
 
+def _element_text(name: str, attributes: Mapping[str, str]) -> bytes:
+    """``<n:name …/>`` with these attributes, written as text (ingest makes several per record)."""
+    head = "".join(f' {key}="{ur.escape_attribute(value)}"' for key, value in attributes.items())
+    return f'<n:{name} xmlns:n="{NS}"{head}/>'.encode("utf-8")
+
+
 def _id_entry(usage: ur.NormalizedRecord, month: str, digest: str) -> bytes:
     """The id map's entry: where the record is, its digest, and its job ids (indexed: job lookups)."""
-    element = etree.Element(N + "Id", nsmap={"n": NS}, month=month, digest=digest, rid=usage.record_id)
+    attributes = {"month": month, "digest": digest, "rid": usage.record_id}
     if usage.global_job_id:
-        element.set("job", job_key(usage.global_job_id))
+        attributes["job"] = job_key(usage.global_job_id)
     if usage.local_job_id:
-        element.set("ljob", job_key(usage.local_job_id))
-    return etree.tostring(element, encoding="utf-8")
+        attributes["ljob"] = job_key(usage.local_job_id)
+    return _element_text("Id", attributes)
 
 
 def forward_entry(month: str, record_hash: str, *, replace: bool = False) -> bytes:
@@ -418,13 +424,9 @@ def _summary_key(usage: ur.NormalizedRecord) -> tuple[str, ...]:
 
 
 def _summary_document(key: tuple[str, ...], month: str, counters: _Counters) -> bytes:
-    element = etree.Element(N + "Summary", nsmap={"n": NS}, month=month)
-    for name, value in zip(_SUMMARY_KEY, key):
-        if value:
-            element.set(name, value)
-    for name in _COUNTER_NAMES:
-        element.set(name, str(getattr(counters, name)))
-    return etree.tostring(element, encoding="utf-8")
+    attributes = {"month": month, **{name: value for name, value in zip(_SUMMARY_KEY, key) if value}}
+    attributes.update((name, str(getattr(counters, name))) for name in _COUNTER_NAMES)
+    return _element_text("Summary", attributes)
 
 
 def _read_counters(xml: bytes) -> _Counters:

@@ -294,7 +294,7 @@ def _child_element_spans(text: str) -> list[tuple[int, int, int]]:
 
 
 def escape_attribute(value: str) -> str:
-    return (value.replace("&", "&amp;").replace("<", "&lt;").replace('"', "&quot;")
+    return (value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
             .replace("\t", "&#9;").replace("\n", "&#10;").replace("\r", "&#13;"))
 
 
