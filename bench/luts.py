@@ -5,7 +5,8 @@
 For each store a gridcredit host (2 worker processes) serves the LUTS.
 
 1. Ingest: ``--batches`` signed Publish requests of 1,000 OGF UR 1.0 records each (a ``UsageRecords``
-   document as ARC's publisher writes them, ~1 KB a record), sent by two client processes at once;
+   document as ARC's publisher writes them, ~1 KB a record, made before the clock starts), sent by
+   two client processes at once;
    records/s = records acknowledged / wall time. Every answer is verified like the real client does.
    Also: records / time until a signed query sees them all (on BaseX the store acknowledges a write
    once it is in its journal, and queries wait until BaseX has applied it).
@@ -83,25 +84,35 @@ def envelope(operation: str, body: str) -> etree._Element:
                             f'{body}</l:{operation}></s:Body></s:Envelope>'.encode())
 
 
-def _ingest_process(url, cert, key, trust_dir, first_batch, batches, queue):
+def _ingest_process(url, cert, key, trust_dir, first_batch, batches, queue, go):
     caller = Caller(f"{url}/luts", load_credential(cert_path=cert, key_path=key), Path(trust_dir), signed=True)
+    # the records are made before the clock starts (a site's reporter has them already)
+    documents = [base64.b64encode(make_batch(synthetic_jobs(number * BATCH, BATCH))).decode()
+                 for number in range(first_batch, first_batch + batches)]
+    queue.put("ready")
+    go.wait()
     stored = 0
-    for number in range(first_batch, first_batch + batches):
-        document = base64.b64encode(make_batch(synthetic_jobs(number * BATCH, BATCH))).decode()
+    for document in documents:
         answer = caller.call_envelope(envelope("Publish", f"<l:document>{document}</l:document>"))
         stored += int(answer.findtext(f".//{{{LUTS_NS}}}stored")) + int(answer.findtext(f".//{{{LUTS_NS}}}duplicate"))
     queue.put(stored)
 
 
-def ingest(url, cert, key, trust_dir, batches: int) -> tuple[float, float]:
-    """(records acknowledged per second, when the ingest started: perf_counter)."""
-    queue = multiprocessing.Queue()
+def ingest(url, cert, key, trust_dir, first: int, batches: int) -> tuple[float, float]:
+    """Batches first … first + batches - 1: (records acknowledged per second, when the ingest
+    started: perf_counter)."""
+    queue, go = multiprocessing.Queue(), multiprocessing.Event()
     half = batches // 2
-    processes = [multiprocessing.Process(target=_ingest_process, args=(url, cert, key, str(trust_dir), start, count, queue))
-                 for start, count in ((0, half), (half, batches - half))]
-    started = time.perf_counter()
+    processes = [multiprocessing.Process(target=_ingest_process,
+                                         args=(url, cert, key, str(trust_dir), start, count, queue, go))
+                 for start, count in ((first, half), (first + half, batches - half))]
     for process in processes:
         process.start()
+    for _ in processes:
+        if queue.get(timeout=600) != "ready":
+            raise SystemExit("an ingest client failed to start")
+    started = time.perf_counter()
+    go.set()
     stored = sum(queue.get(timeout=1800) for _ in processes)
     elapsed = time.perf_counter() - started
     for process in processes:
@@ -148,6 +159,9 @@ def main() -> int:
     parser.add_argument("--stores", default="embedded,basex")
     parser.add_argument("--records", type=int, default=1_000_000, help="records stored when the queries are timed")
     parser.add_argument("--batches", type=int, default=20, help="signed batches of 1,000 records in the ingest test")
+    parser.add_argument("--warmup", type=int, default=10,
+                        help="signed batches sent first, not measured (a fresh BaseX JVM compiles for its first "
+                             "~20 s); they are records the fill stores anyway")
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--basex-heap-mb", type=int, default=4096, help="Java heap of the BaseX server (default 4096)")
@@ -167,7 +181,8 @@ def main() -> int:
     lines = [f"Machine: {os.cpu_count()} cores; host: {args.workers} worker processes. Records: OGF UR 1.0 with SGAS "
              f"VO extension, ~{len(make_batch(synthetic_jobs(0, BATCH))) // BATCH} bytes each, {USERS} users, "
              f"{len(VOS)} VOs, {MONTHS} months. Ingest: {args.batches} signed batches of {BATCH} records from 2 client "
-             f"processes. Queries: signed, over HTTPS, at {args.records:,} stored records, median / p95 of {args.repeat}.",
+             f"processes, after {args.warmup} unmeasured warm-up batches. Queries: signed, over HTTPS, at "
+             f"{max(args.records, (args.batches + args.warmup) * BATCH):,} stored records, median / p95 of {args.repeat}.",
              "", "| store | ingest records/s, acknowledged (target ≥ 5,000 on BaseX) | ingest records/s, until a "
              "query sees them all | one user's month (< 300 ms) | job by id (< 20 ms) | monthly summary by VO "
              "(< 500 ms) | signed WhoAmI (baseline) |",
@@ -186,11 +201,15 @@ def main() -> int:
         server = start_server(config, files, unsigned=False)
         try:
             url = f"https://localhost:{config.server.port}"
+            admin_caller = Caller(f"{url}/luts", admin, trust_dir, signed=True)
+            if args.warmup:
+                print(f"[{store_name}] warm-up: {args.warmup} × {BATCH} records, not measured …", flush=True)
+                ingest(url, str(cert), str(key), trust_dir, args.batches, args.warmup)
+                admin_caller.call_envelope(envelope("Summary", "<l:by><l:string>vo</l:string></l:by>"))
             print(f"[{store_name}] ingest {args.batches} × {BATCH} records …", flush=True)
-            rate, started = ingest(url, str(cert), str(key), trust_dir, args.batches)
+            rate, started = ingest(url, str(cert), str(key), trust_dir, 0, args.batches)
             # a query answers only once the store shows every acknowledged write (on BaseX: once the
             # applier has put them all into BaseX), so this is the rate at which records become queryable
-            admin_caller = Caller(f"{url}/luts", admin, trust_dir, signed=True)
             admin_caller.call_envelope(envelope("Summary", "<l:by><l:string>vo</l:string></l:by>"))
             queryable = args.batches * BATCH / (time.perf_counter() - started)
             print(f"[{store_name}] ingest: {rate:,.0f} records/s acknowledged, {queryable:,.0f} records/s until "
