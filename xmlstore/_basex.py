@@ -155,17 +155,19 @@ _RESULT_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_d
 
 VERSION_PI = "gridcredit-version"     # a live document's version (see _ops_of)
 
-Q_DOCS = """declare variable $db external; declare variable $ids external;
-<r>{for $id in tokenize($ids, ' ') let $doc := db:open($db, $id) where exists($doc)
-    return <d id="{$id}" v="{$doc/processing-instruction(%s)}">{$doc/*}</d>}</r>""" % VERSION_PI
+# These name their database literally ({db}, see _naming): BaseX 9.7 read-locks just that one (a
+# name bound as a variable made it lock every database: each read waited for every apply)
+Q_DOCS = """declare variable $ids external;
+<r>{for $id in tokenize($ids, ' ') let $doc := db:open({db}, $id) where exists($doc)
+    return <d id="{$id}" v="{$doc/processing-instruction(%s)}">{$doc/*}</d>}</r>""".replace("%s", VERSION_PI)
 
 # the next ``limit`` document ids after $after
-Q_IDS_AFTER = """declare variable $db external; declare variable $after external; declare variable $limit external;
-if (db:exists($db)) then string-join(subsequence(sort(db:list($db)[not(starts-with(., '.'))][. > $after]),
+Q_IDS_AFTER = """declare variable $after external; declare variable $limit external;
+if (db:exists({db})) then string-join(subsequence(sort(db:list({db})[not(starts-with(., '.'))][. > $after]),
   1, xs:integer($limit)), ' ') else ''"""
 
-Q_IDS = """declare variable $db external; declare variable $offset external; declare variable $limit external;
-if (db:exists($db)) then string-join(subsequence(sort(db:list($db)[not(starts-with(., '.'))]),
+Q_IDS = """declare variable $offset external; declare variable $limit external;
+if (db:exists({db})) then string-join(subsequence(sort(db:list({db})[not(starts-with(., '.'))]),
   xs:integer($offset) + 1, xs:integer($limit)), ' ') else ''"""
 
 Q_COUNT_ALL = """if (db:exists({db})) then count(db:list({db})[not(starts-with(., '.'))]) else 0"""
@@ -541,6 +543,11 @@ def _db_name(name: str) -> str:
     collection name checked by check_collection after an alphanumeric prefix)."""
     invariant(_DB_NAME.match(name) is not None, "a database name is [A-Za-z0-9_]")
     return name
+
+
+def _naming(template: str, db: str) -> str:
+    """A query template with its database name ``{db}`` written in as a literal."""
+    return template.replace("{db}", _literal(db))
 
 
 def _literal(name: str) -> str:
@@ -1450,8 +1457,7 @@ class BaseXStore(XmlStore):
 
     def _fetch(self, collection: str, ids: list[str]) -> list[Document]:
         """Documents with their versions as BaseX records them (slow: check())."""
-        root = self._parse_result(self._run(Q_DOCS, {"$db": (self._db(collection), ""),
-                                                     "$ids": (" ".join(ids), "")}))
+        root = self._parse_result(self._run(_naming(Q_DOCS, self._db(collection)), {"$ids": (" ".join(ids), "")}))
         return [self._document(collection, d) for d in root]
 
     def _with_versions(self, collection: str, root: etree._Element) -> list[Document] | None:
@@ -1502,8 +1508,8 @@ class BaseXStore(XmlStore):
             check_doc_id(after_id)
         self._await_applied()
         self._pin(collection)
-        ids = self._run(Q_IDS_AFTER, {"$db": (db, ""), "$after": (after_id or "", ""),
-                                      "$limit": (str(limit), "xs:integer")}).split()
+        ids = self._run(_naming(Q_IDS_AFTER, db), {"$after": (after_id or "", ""),
+                                                   "$limit": (str(limit), "xs:integer")}).split()
         return [d for d in (self.get(collection, doc_id) for doc_id in ids) if d is not None]
 
     def collections(self) -> list[str]:
@@ -1517,8 +1523,8 @@ class BaseXStore(XmlStore):
         db = self._db(collection)
         self._await_applied()
         self._pin(collection)
-        return self._run(Q_IDS, {"$db": (db, ""), "$offset": (str(offset), "xs:integer"),
-                                 "$limit": (str(limit), "xs:integer")}).split()
+        return self._run(_naming(Q_IDS, db), {"$offset": (str(offset), "xs:integer"),
+                                              "$limit": (str(limit), "xs:integer")}).split()
 
     def _select(self, collection: str, xpath: str | None, variables: Mapping[str, str | int],
                 where: dict[str, tuple[str, ...]], namespaces: Mapping[str, str], time_limit_s: float,
@@ -1688,7 +1694,7 @@ class BaseXStore(XmlStore):
         self._await_applied()
         self._pin(collection)
         if xpath is None and not checked:
-            return int(self._run(Q_COUNT_ALL.format(db=_literal(self._db(collection)))))
+            return int(self._run(_naming(Q_COUNT_ALL, self._db(collection))))
         return int(self._answer(collection, xpath, variables, checked, namespaces, time_limit_s, scan_limit, None))
 
     # -- writes --
