@@ -387,15 +387,11 @@ R_PAGE = """<r seq="{{$seq}}">{{for $h in {page} let $id := local:id($h)
 R_VERSION = ' v="{{$h/../processing-instruction(%s)}}"' % VERSION_PI
 
 
-class _NotKept:
-    """The mirror's stand-in for the XML of a ``store_text=False`` collection's live document."""
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<not kept>"
-
-
-NOT_KEPT = _NotKept()
+# The mirror's stand-in for the XML of a ``store_text=False`` collection's live document: a
+# singleton Python's cyclic GC does not track. (An instance of a class of ours is tracked, and so
+# is every (version, it, seq) tuple holding it: at 1,000,000 documents each full collection walked
+# them all, a ~0.2 s stall of every thread of the process.)
+NOT_KEPT = False
 
 
 class _IndexCatalog:
@@ -722,7 +718,7 @@ class BaseXStore(XmlStore):
         self._catalog_generation = -1
         # the mirror: collection -> doc_id -> (version, xml text | None for a tombstone | NOT_KEPT,
         # sequence number of the transaction that wrote it)
-        self._state: dict[str, dict[str, tuple[int, str | None | _NotKept, int]]] = {}
+        self._state: dict[str, dict[str, tuple[int, str | None | bool, int]]] = {}
         # frames read or written by this process and not known to be in BaseX yet: (seq, writes)
         self._pending: collections.deque[tuple[int, list]] = collections.deque()
         self._pending_bytes = 0      # of the XML in _pending (see _hold_back_writes)
