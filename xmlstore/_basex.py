@@ -67,10 +67,10 @@ unverified, more are verified first. ``check()`` compares content hashes too; ``
 rebuilds on demand.
 
 Write cost. BaseX 9.7's db:replace looks the document's path up, which costs seconds per 1,000
-documents once a database holds ~400,000 resources; the
-running applier therefore adds (db:add) a document's first write, and a rebuild adds everything
-into the fresh database (see ``_ops_of``): 1,000,000 records of 1 KB went from journal to BaseX in
-~4 minutes here, where db:replace had managed ~280 a second at 200,000.
+documents once a database holds ~400,000 resources; the running applier therefore adds (db:add)
+a document's first write, and a rebuild adds everything into the fresh database (see
+``_ops_of``): 1,000,000 records of 1 KB went from journal to BaseX in ~4 minutes here, where
+db:replace had managed ~280 a second at 200,000.
 
 A process that forks opens its own store after the fork (the applier thread and the locks'
 process-local halves do not survive a fork).
@@ -94,9 +94,10 @@ are literals in the query text (validated names), so BaseX locks that database a
 database, not all of them. The filter runs in the outer query, and the caller's XPath inside
 ``xquery:eval`` sees only the documents it selected; what the XPath returns is checked again
 outside (root elements of this database matching every ``where`` item), so an XPath can narrow
-``where`` but never widen it. Query results carry their versions from the mirror: the query also returns BaseX's applied sequence number S, and a document whose mirror
-entry was written at or before S is exactly what BaseX read; if one was written after S, the query
-is asked again (and at last with the versions BaseX holds in the documents).
+``where`` but never widen it. Query results carry their versions from the mirror: the query also
+returns BaseX's applied sequence number S, and a document whose mirror entry was written at or
+before S is exactly what BaseX read; if one was written after S, the query is asked again (and at
+last with the versions BaseX holds in the documents).
 
 Memory. Each process keeps the mirror: every live document and tombstone as Python objects —
 (version, XML, sequence number) under its id: roughly the XML's length plus ~250 bytes per
@@ -108,8 +109,8 @@ wrote that version (the journal remembers where each frame starts, 8 bytes per t
 only that document's write is decoded) — not from BaseX, where a lookup by path costs 0.1-0.5 s in
 a database of 400,000 resources (BaseX 9.7); it never waits for the applier (a ``tx.get`` under
 the writer lock cannot deadlock with a repair) and works while BaseX is behind or down. Repair and
-rebuild read such XML from the journal too, frame by frame. Frames not yet applied keep their XML in the pending queue (bounded by
-``backlog_max``). Opening reads the journal in chunks of ~8 MB (never all of it in memory), but
+rebuild read such XML from the journal too, frame by frame. Frames not yet applied keep their XML
+in the pending queue (bounded by ``backlog_max``). Opening reads the journal in chunks of ~8 MB (never all of it in memory), but
 still replays the whole history. Not done yet: checkpointing — write a snapshot of the state at
 sequence S (fsynced, renamed into place), start a new journal at S+1 and let processes open from
 snapshot + tail.
@@ -260,15 +261,15 @@ db:replace($m, '.seq', <seq n="{$seq}"/>)"""
 # here; in place: ~95 ms). Anything else is replaced whole.
 def _ops_of(db: str) -> str:
     """The updates of one database's ops, its name written literally (see apply_query)."""
+    document = f"document {{ processing-instruction {VERSION_PI} {{ string($op/@v) }}, $op/*[1] }}"
     return f"""
   for $op in $o/op[@db = {_literal(db)}]
   let $id := string($op/@id)
-  let $document := document {{ processing-instruction {VERSION_PI} {{ string($op/@v) }}, $op/*[1] }}
   return if ($op/@del = '1') then (
     if ($op/@new = '1') then db:add({_literal(db)}, <v n="{{$op/@v}}" del="1"/>, '.v/' || $id) else (
     if (db:exists({_literal(db)}, $id)) then db:delete({_literal(db)}, $id) else (),
     db:replace({_literal(db)}, '.v/' || $id, <v n="{{$op/@v}}" del="1"/>)))
-  else if ($op/@new = '1') then db:add({_literal(db)}, $document, $id)
+  else if ($op/@new = '1') then db:add({_literal(db)}, {document}, $id)
   else if ($op/@patch = '1') then (
     let $new := $op/*[1]
     let $stored := db:open({_literal(db)}, $id)
@@ -281,8 +282,8 @@ def _ops_of(db: str) -> str:
     then (for $a in $new/@* let $was := $old/@*[node-name(.) = node-name($a)] where string($was) ne string($a)
           return replace value of node $was with string($a),
           replace value of node $stored/processing-instruction({VERSION_PI}) with string($op/@v))
-    else db:replace({_literal(db)}, $id, $document))
-  else db:replace({_literal(db)}, $id, $document)"""
+    else db:replace({_literal(db)}, $id, {document}))
+  else db:replace({_literal(db)}, $id, {document})"""
 
 
 def apply_query(databases: Sequence[str], meta_db: str | None) -> str:
