@@ -37,6 +37,10 @@ from .soapfault import fault_envelope, security_fault
 from .services.common import PRINCIPAL_ENVIRON_KEY, RUNTIME_ENVIRON_KEY
 
 log = logging.getLogger("gridcredit.host")
+
+# A worker told to stop (SIGTERM/SIGINT) is gone within this many seconds: cheroot's stop() waits
+# for each request thread and, once its own timeout is spent, joins a busy one without a bound.
+WORKER_STOP_GRACE_S = 15.0
 # spyne logs every client fault with a stack trace; our one line per request says what happened.
 logging.getLogger("spyne.application.client").setLevel(logging.CRITICAL)
 # spyne runs a full gc.collect() after a request at most once a second: 15-50 ms during which
@@ -363,7 +367,16 @@ def run_worker(config: Config, files: HostFiles, ready: "threading.Event | None"
     adapter.context = tls_context(config, files)
     server.ssl_adapter = adapter
 
+    def give_up() -> None:
+        log.warning("worker pid %d did not stop within %.0f s of being told to (a request still running); "
+                    "ending it", os.getpid(), WORKER_STOP_GRACE_S)
+        logging.shutdown()
+        os._exit(1)
+
     def stop(signum, frame):
+        watchdog = threading.Timer(WORKER_STOP_GRACE_S, give_up)
+        watchdog.daemon = True
+        watchdog.start()
         threading.Thread(target=server.stop, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)

@@ -332,3 +332,52 @@ def test_wsdl_is_the_same_under_any_hash_seed(tmp_path):
                        env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True)
         for name in SERVICES:
             assert (out / f"{name}.wsdl").read_bytes() == (WSDL_DIR / f"{name}.wsdl").read_bytes(), (seed, name)
+
+
+def _stuck_app(entered):
+    def app(environ, start_response):       # a request that never finishes (e.g. a wedged backend)
+        entered.set()
+        time.sleep(3600)
+    return lambda config, files: app
+
+
+def test_a_worker_told_to_stop_ends_even_with_a_request_stuck(pki, tmp_path, monkeypatch):
+    """cheroot's stop() joins a busy request thread without a bound once its own timeout is spent;
+    the worker ends WORKER_STOP_GRACE_S after SIGTERM anyway (exit status 1, and says why)."""
+    import multiprocessing
+    import threading
+    from gridcredit import host as host_module
+    from gridcredit.host import HostFiles, run_worker
+    from security_fixtures import host_config, wait_for_tls
+
+    monkeypatch.setattr(host_module, "WORKER_STOP_GRACE_S", 2.0)
+    port = free_port()
+    config = host_config(tmp_path, port, host_cert=pki.host_cert, host_key=pki.host_key, trust_dir=pki.trust_dir)
+    files = HostFiles(Path(pki.host_cert), Path(pki.host_key), Path(pki.trust_dir))
+    context = multiprocessing.get_context("fork")
+    entered = context.Event()
+    worker = context.Process(target=run_worker, args=(config, files), kwargs={"build": _stuck_app(entered)})
+    worker.start()
+    try:
+        wait_for_tls(port, process=worker)
+        session = https_session(pki.trust_dir)
+        threading.Thread(target=lambda: _ignore_errors(lambda: session.get(f"https://localhost:{port}/x", timeout=60)),
+                         daemon=True).start()
+        assert entered.wait(10)
+        started = time.monotonic()
+        os.kill(worker.pid, signal.SIGTERM)
+        worker.join(30)
+        assert not worker.is_alive()
+        assert worker.exitcode == 1
+        assert 2.0 <= time.monotonic() - started < 15
+    finally:
+        if worker.is_alive():
+            worker.kill()
+            worker.join(5)
+
+
+def _ignore_errors(call):
+    try:
+        call()
+    except Exception:  # noqa: BLE001 — the server goes away under this request
+        pass
