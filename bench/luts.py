@@ -222,7 +222,6 @@ def main() -> int:
             if args.records > args.batches * BATCH:
                 print(f"[{store_name}] filling to {args.records:,} records …", flush=True)
                 fill_rates[store_name] = fill(config, admin.identity_dn, args.batches * BATCH, args.records)
-            caller = Caller(f"{url}/luts", admin, trust_dir, signed=True)
             user_caller = Caller(f"{url}/luts", user7, trust_dir, signed=True)      # the user asks: scope own
             user_month = envelope("Query", "<l:from_month>2025-03</l:from_month><l:to_month>2025-03</l:to_month>"
                                            "<l:limit>1000</l:limit>")
@@ -231,16 +230,16 @@ def main() -> int:
             month_records = len(found)
             job_id = f"gsiftp://bench/jobs/{args.records // 2 + 7}"
             job = envelope("JobUsage", f"<l:job_id>{job_id}</l:job_id>")
-            if len(caller.call_envelope(copy.deepcopy(job)).findall(f".//{{{LUTS_NS}}}UsageRecordInfo")) != 1:
+            if len(admin_caller.call_envelope(copy.deepcopy(job)).findall(f".//{{{LUTS_NS}}}UsageRecordInfo")) != 1:
                 raise SystemExit("the job lookup did not find its record")
             summary = envelope("Summary", "<l:by><l:string>vo</l:string><l:string>month</l:string></l:by>"
                                           "<l:from_month>2025-03</l:from_month><l:to_month>2025-03</l:to_month>")
-            rows = caller.call_envelope(copy.deepcopy(summary)).findall(f".//{{{LUTS_NS}}}SummaryRowInfo")
+            rows = admin_caller.call_envelope(copy.deepcopy(summary)).findall(f".//{{{LUTS_NS}}}SummaryRowInfo")
             print(f"[{store_name}] summary rows: {len(rows)}", flush=True)
             whoami = envelope("WhoAmI", "")
             # a fresh copy each time: signing adds the Security header to the envelope it is given
             results = [timed(lambda c=c, e=e: c.call_envelope(copy.deepcopy(e)), args.repeat)
-                       for c, e in ((user_caller, user_month), (caller, job), (caller, summary), (caller, whoami))]
+                       for c, e in ((user_caller, user_month), (admin_caller, job), (admin_caller, summary), (admin_caller, whoami))]
         finally:
             server.terminate()
             server.join(30)

@@ -110,10 +110,10 @@ only that document's write is decoded) — not from BaseX, where a lookup by pat
 a database of 400,000 resources (BaseX 9.7); it never waits for the applier (a ``tx.get`` under
 the writer lock cannot deadlock with a repair) and works while BaseX is behind or down. Repair and
 rebuild read such XML from the journal too, frame by frame. Frames not yet applied keep their XML
-in the pending queue (bounded by ``backlog_max``). Opening reads the journal in chunks of ~8 MB (never all of it in memory), but
-still replays the whole history. Not done yet: checkpointing — write a snapshot of the state at
-sequence S (fsynced, renamed into place), start a new journal at S+1 and let processes open from
-snapshot + tail.
+in the pending queue (bounded by ``backlog_max``). Opening reads the journal in chunks of ~8 MB
+(never all of it in memory), but still replays the whole history. Not done yet: checkpointing —
+write a snapshot of the state at sequence S (fsynced, renamed into place), start a new journal at
+S+1 and let processes open from snapshot + tail.
 
 Read-only (``read_only=True``): the journal is opened for reading alone (nothing created, no torn
 tail cut, no lock taken but the shared query gate when its file exists), no applier thread, no
@@ -160,7 +160,7 @@ VERSION_PI = "gridcredit-version"     # a live document's version (see _ops_of)
 # name bound as a variable made it lock every database: each read waited for every apply)
 Q_DOCS = """declare variable $ids external;
 <r>{for $id in tokenize($ids, ' ') let $doc := db:open({db}, $id) where exists($doc)
-    return <d id="{$id}" v="{$doc/processing-instruction(%s)}">{$doc/*}</d>}</r>""".replace("%s", VERSION_PI)
+    return <d id="{$id}" v="{$doc/processing-instruction(%s)}">{$doc/*}</d>}</r>""" % VERSION_PI
 
 # the next ``limit`` document ids after $after
 Q_IDS_AFTER = """declare variable $after external; declare variable $limit external;

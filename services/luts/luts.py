@@ -305,6 +305,11 @@ def _attributes(usage: ur.NormalizedRecord) -> dict[str, str]:
     return {name: value for name, value in values.items() if value}
 
 
+def _attributes_text(attributes: Mapping[str, str]) -> str:
+    """`` name="value"`` for each attribute, escaped as lxml writes them."""
+    return "".join(f' {name}="{ur.escape_attribute(value)}"' for name, value in attributes.items())
+
+
 # characters XML 1.0 cannot carry (an original holding one is kept as base64)
 _NOT_XML_CHARACTER = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -328,8 +333,7 @@ def _record_document(source: ur.RecordSource, usage: ur.NormalizedRecord, month:
     # a record split from a container is a standalone element (in-scope namespaces declared, UTF-8);
     # a whole document may carry a declaration and prolog: its root element alone
     record = source.data if not source.whole_document else etree.tostring(source.element, encoding="utf-8")
-    head = "".join(f' {name}="{ur.escape_attribute(value)}"' for name, value in attributes.items())
-    return b"".join((f'<n:Stored xmlns:n="{NS}"{head}>'.encode("utf-8"), ur.to_bytes(usage),
+    return b"".join((f'<n:Stored xmlns:n="{NS}"{_attributes_text(attributes)}>'.encode("utf-8"), ur.to_bytes(usage),
                      f'<n:Original encoding="{encoding}">{original}</n:Original>'.encode("utf-8"),
                      record, b"</n:Stored>"))
 
@@ -362,8 +366,7 @@ def job_key(job_id: str) -> str:
 
 def _element_text(name: str, attributes: Mapping[str, str]) -> bytes:
     """``<n:name …/>`` with these attributes, written as text (ingest makes several per record)."""
-    head = "".join(f' {key}="{ur.escape_attribute(value)}"' for key, value in attributes.items())
-    return f'<n:{name} xmlns:n="{NS}"{head}/>'.encode("utf-8")
+    return f'<n:{name} xmlns:n="{NS}"{_attributes_text(attributes)}/>'.encode("utf-8")
 
 
 def _id_entry(usage: ur.NormalizedRecord, month: str, digest: str) -> bytes:
