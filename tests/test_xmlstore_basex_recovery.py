@@ -275,6 +275,7 @@ def test_server_down_gives_store_error_not_a_hang(private_basex, spec):
         started = time.monotonic()
         assert store.get("acc", "a").version == 1            # reads by id come from the journal's mirror
         assert store.put("acc", "b", b"<b/>") == 1           # the journal is the record: commits go on
+        assert [d.doc_id for d in store.scan_local("acc")] == ["a", "b"]   # ... and lists of the mirror
         with pytest.raises(StoreError):
             store.count("acc")                               # queries need BaseX
         with pytest.raises(StoreError):
@@ -288,6 +289,21 @@ def test_server_down_gives_store_error_not_a_hang(private_basex, spec):
         assert store.count("acc") == 3                       # the store reconnects, re-verifies, applies
         assert store.put("acc", "d", b"<d/>") == 1
         assert store.query("acc", "true()").documents[-1].doc_id == "d"
+        assert all(entry["ok"] for entry in store.check().values())
+
+
+def test_scan_local_answers_at_once_while_basex_stands_still(private_basex, spec):
+    with open_from_spec(spec) as store, open_from_spec(spec) as other:
+        store.put("acc", "a", b"<a/>")
+        os.kill(private_basex.process.pid, signal.SIGSTOP)          # BaseX stands still: queries would wait
+        try:
+            other.put("acc", "b", b"<b/>")                          # another opener's commit, journal only
+            started = time.monotonic()
+            assert [(d.doc_id, d.xml) for d in store.scan_local("acc")] == [("a", b"<a/>"), ("b", b"<b/>")]
+            assert time.monotonic() - started < 0.5
+        finally:
+            os.kill(private_basex.process.pid, signal.SIGCONT)
+        assert store.ids("acc") == ["a", "b"]
         assert all(entry["ok"] for entry in store.check().values())
 
 

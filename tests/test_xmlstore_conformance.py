@@ -320,6 +320,35 @@ def test_scan_reads_a_collection_in_pages(store):
         store.scan("scanned", limit=0)
 
 
+def test_scan_local_reads_what_scan_reads_and_another_process_commits(indexed, indexed_spec):
+    """``scan_local`` pages like ``scan`` (live documents, doc_id order, current versions), in
+    collections whose text the BaseX mirror keeps and in ``store_text=False`` ones, and sees a commit
+    another process just made."""
+    for collection in ("scanned", "lean_scanned"):
+        indexed.transact(lambda tx: [tx.put(collection, f"d{n:04d}", f"<d n='{n}'/>".encode()) for n in range(25)])
+        indexed.delete(collection, "d0003")
+        indexed.put(collection, "d0005", b"<d n='5' again='1'/>")
+        seen, after = [], None
+        while True:
+            page = indexed.scan_local(collection, after_id=after, limit=7)
+            seen += page
+            if len(page) < 7:
+                break
+            after = page[-1].doc_id
+        assert seen == indexed.scan(collection, limit=100)
+        assert [d.doc_id for d in seen] == [f"d{n:04d}" for n in range(25) if n != 3]
+        assert seen[4] == Document(collection, "d0005", b'<d n="5" again="1"/>', 2)
+        assert indexed.scan_local(collection, after_id="d0023", limit=5)[0].xml == b'<d n="24"/>'
+    assert indexed.scan_local("empty_collection") == []
+    with pytest.raises(QueryError):
+        indexed.scan_local("scanned", limit=0)
+    with pytest.raises(StoreError):
+        indexed.scan_local("Bad-Name")
+    worker = spawn_worker(indexed_spec, "increment", "1")
+    assert worker.communicate(timeout=60)[0].strip() == "done"
+    assert [(d.doc_id, value(d)) for d in indexed.scan_local("counters")] == [("c0", 1), ("c1", 1), ("c2", 1)]
+
+
 # -- attribute indexes and where ----------------------------------------------------------------
 
 INDEXES = [["ur_", ["user", "vo", "site"], True], ["lean_", ["user", "vo"], False]]

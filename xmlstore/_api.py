@@ -359,6 +359,16 @@ class XmlStore(abc.ABC):
         return documents
 
     @abc.abstractmethod
+    def scan_local(self, collection: str, *, after_id: str | None = None, limit: int = 1000) -> list[Document]:
+        """``scan``, read from the committed record this process holds itself — the embedded
+        store's file, the BaseX backend's mirror of its journal — never from a query server: it
+        works, and answers at once, while BaseX is down, stopped or catching up. Every transaction
+        acknowledged before the call is seen (by any process). On BaseX each call walks the
+        collection's ids in memory (the mirror keeps no order): for small collections that must be
+        read on time whatever BaseX does (the bank's active holds for its expiry sweep), not a
+        million usage records (``scan`` there)."""
+
+    @abc.abstractmethod
     def close(self) -> None: ...
 
     def __enter__(self) -> "XmlStore":

@@ -36,11 +36,13 @@ Reads. ``get`` outside a transaction reads the mirror after catching up with the
 the lock (complete frames only): it sees every acknowledged transaction, costs no round trip and
 works while BaseX is down. (It may see a frame that another writer has written and not yet
 fsynced: only an operating-system crash in that window loses it, and then nobody had acknowledged
-it.) ``query``, ``count``, ``ids``, ``collections`` and ``scan`` (ids from BaseX, documents from
-the mirror) read BaseX, so they first catch the mirror up and wait until BaseX's applied sequence
-number has reached the journal's last sequence number as of that moment: read-your-writes across
-threads and processes, and monotonic reads. The wait is bounded by the store's ``timeout_s``
-(``StoreError`` saying how far behind BaseX is and the applier's last error).
+it.) ``scan_local`` lists a collection's live documents from the mirror the same way (the bank's
+expiry sweep: holds expire on time while BaseX is down). ``query``, ``count``, ``ids``,
+``collections`` and ``scan`` (ids from BaseX, documents from the mirror) read BaseX, so they first
+catch the mirror up and wait until BaseX's applied sequence number has reached the journal's last
+sequence number as of that moment: read-your-writes across threads and processes, and monotonic
+reads. The wait is bounded by the store's ``timeout_s`` (``StoreError`` saying how far behind BaseX
+is and the applier's last error).
 
 Databases held open. BaseX 9.7 opens a database for every query that names it (reading the pre
 value of each of its documents) and closes it after the last one: at 600,000 resources (300,000
@@ -1508,6 +1510,27 @@ class BaseXStore(XmlStore):
         ids = self._run(_naming(Q_IDS_AFTER, db), {"$after": (after_id or "", ""),
                                                    "$limit": (str(limit), "xs:integer")}).split()
         return [d for d in (self.get(collection, doc_id) for doc_id in ids) if d is not None]
+
+    def scan_local(self, collection: str, *, after_id: str | None = None, limit: int = 1000) -> list[Document]:
+        """The next ``limit`` live documents after ``after_id`` from the mirror, caught up with the
+        journal like ``get`` (not kept: the XML from the journal): no BaseX call, so it answers
+        while BaseX is down or stopped. Picks the ids from the collection's mirror entries
+        (O(documents) per call, under the mirror lock)."""
+        collection = check_collection(collection)
+        if not 1 <= limit <= self.limits.query_limit_max:
+            raise QueryError(f"limit must be 1..{self.limits.query_limit_max}")
+        after = "" if after_id is None else check_doc_id(after_id)
+        with self._mirror_lock:
+            self._catch_up_unlocked()
+            entries = self._state.get(collection, {})
+            chosen = [(doc_id, entries[doc_id]) for doc_id in heapq.nsmallest(
+                limit, (doc_id for doc_id, entry in entries.items() if entry[1] is not None and doc_id > after))]
+        documents = []
+        for doc_id, (version, xml, seq) in chosen:
+            if xml is NOT_KEPT:
+                xml = self._kept_xml(collection, doc_id, version, seq)
+            documents.append(Document(collection, doc_id, xml.encode(), version))
+        return documents
 
     def collections(self) -> list[str]:
         self._await_applied()

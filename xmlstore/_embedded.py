@@ -399,6 +399,10 @@ class EmbeddedStore(XmlStore):
             "ORDER BY doc_id LIMIT ?", (collection, after_id or "", limit))
         return [Document(collection, doc_id, bytes(xml), version) for doc_id, version, xml in rows]
 
+    def scan_local(self, collection: str, *, after_id: str | None = None, limit: int = 1000) -> list[Document]:
+        """``scan``: the SQLite file is this store's own record (no query server to wait for)."""
+        return self.scan(collection, after_id=after_id, limit=limit)
+
     @staticmethod
     def _lookup_sql(indexed: list[tuple[str, tuple[str, ...]]]) -> tuple[str, list]:
         """Live documents of collection ``?`` whose indexed attributes match: a join over the
