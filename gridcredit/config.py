@@ -44,6 +44,7 @@ class SecurityConfig:
     clock_skew_s: int = 60
     require_crl: bool = True            # refuse certificates of a CA whose CRL is missing from cert_dir
     allow_sha1: bool = False            # legacy interop only: accept SHA-1 digests and RSA-SHA1 signatures
+    allow_weak_keys: bool = False       # legacy peers only: accept RSA < 2048 bits, EC curves < P-256 and DSA in chains
     xml_depth_max: int = 256
     replay_cache: str = ""              # empty: <state_dir>/replay.sqlite
 

@@ -14,7 +14,11 @@ expired at 2026-…``. Validation is done twice, independently:
 2. OpenSSL (pyOpenSSL ``X509StoreContext`` with ``ALLOW_PROXY_CERTS``): signatures, trust anchor,
    CA constraints, times, OpenSSL's own proxy rules;
 
-then revocation of *every* certificate on the verified path against the CRLs of the trust
+and, over every certificate of the path (the presented ones and the CA as found in the trust
+directory): names that can look like other names (a subject or issuer DN holding an invisible or
+control character, ``gridcredit.text.hidden_character``) and keys too weak to trust (RSA under
+2048 bits, EC curves under P-256, DSA, unknown algorithms; ``allow_weak_keys`` lets legacy peers
+through); then revocation of *every* certificate on the verified path against the CRLs of the trust
 directory (OpenSSL skips CRLs for proxies, so we do all of it ourselves). A CRL applies to a
 certificate when its issuer name is the certificate's issuer and its signature verifies with the
 issuer's key (so a proxy can be revoked by a CRL its issuing user signed).
@@ -45,10 +49,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import crypto as openssl_crypto
 
 from gridcredit.errors import CertificateError
+from gridcredit.text import hidden_character
 
 from .pki import (OID_PPL_INDEPENDENT, OID_PPL_INHERIT_ALL, OID_PPL_LIMITED, grid_dn, is_ca_certificate,
                   legacy_proxy_kind, proxy_info)
@@ -65,6 +73,15 @@ _CRL_FILE = re.compile(r"^[0-9a-f]{8}\.r[0-9]+$|\.crl$")
 _UTC = dt.timezone.utc
 _SHA256 = hashes.SHA256()
 
+RSA_BITS_MIN = 2048
+# Prime curves of at least 256 bits (NIST P-256/384/521 and the Brainpool equivalents).
+EC_CURVES_ALLOWED = frozenset({"secp256r1", "secp384r1", "secp521r1",
+                               "brainpoolP256r1", "brainpoolP384r1", "brainpoolP512r1"})
+KEYS_REQUIRED = (f"RSA of at least {RSA_BITS_MIN} bits, EC on P-256, P-384 or P-521 (or Brainpool of 256 bits "
+                 f"or more), Ed25519 or Ed448")
+_HOST_USAGES = frozenset({ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH})
+_HOST_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:
@@ -74,7 +91,11 @@ class Principal:
     the user's certificate and all their proxies). ``signer_dn``: the DN of the leaf actually
     presented (a proxy's DN for proxies). ``not_after``: the earliest expiry on the path (UTC).
     ``chain_fingerprint``: SHA-256 hex over the DER digests of the presented chain.
-    ``ca_dn``: the CA that issued the end-entity certificate.
+    ``ca_dn``: the CA that issued the end-entity certificate. ``host_names``: the hosts the
+    presented certificate was issued for — its dNSName subjectAltNames (lower case, wildcards left
+    out) when it is an end-entity certificate whose extendedKeyUsage, if it has one, allows
+    serverAuth or clientAuth; empty for users and for every proxy. A host identity is only this,
+    never the text of a DN.
     """
 
     dn: str
@@ -84,6 +105,7 @@ class Principal:
     not_after: dt.datetime
     chain_fingerprint: str
     ca_dn: str
+    host_names: tuple[str, ...] = ()
 
 
 def load_pem_chain(data: bytes) -> list[x509.Certificate]:
@@ -183,9 +205,10 @@ class TrustStore:
 
     def __init__(self, directory: Path | None = None, *, cas: Sequence[x509.Certificate] = (),
                  crls: Sequence[x509.CertificateRevocationList] = (), require_crl: bool = False,
-                 cache_ttl_s: float = 30.0, rescan_interval_s: float = 30.0) -> None:
+                 allow_weak_keys: bool = False, cache_ttl_s: float = 30.0, rescan_interval_s: float = 30.0) -> None:
         self.directory = Path(directory) if directory is not None else None
         self.require_crl = require_crl
+        self.allow_weak_keys = allow_weak_keys      # legacy peers only (security.allow_weak_keys)
         self.cache_ttl_s = cache_ttl_s
         self.rescan_interval_s = rescan_interval_s
         self._lock = threading.Lock()
@@ -331,6 +354,7 @@ class TrustStore:
     def _validate(self, state: _State, chain: list[x509.Certificate], moment: dt.datetime,
                   openssl_at: dt.datetime | None, fingerprint: str) -> tuple[Principal, dt.datetime, dt.datetime]:
         eec_index = _check_presented(chain, moment, state)
+        _check_keys(chain, self.allow_weak_keys)
         verified = _openssl_verify(state, chain, openssl_at)
         # OpenSSL builds the path itself; its proxies and end-entity certificate must be the ones we
         # checked (the CAs above may be the trust directory's copies).
@@ -338,6 +362,8 @@ class TrustStore:
         if [c.fingerprint(_SHA256) for c in verified[:head]] != [c.fingerprint(_SHA256) for c in chain[:head]]:
             raise CertificateError("the presented certificates do not form one chain to a trusted CA "
                                    "(extra or out-of-order certificates)")
+        _check_names(verified[head:])
+        _check_keys(verified[head:], self.allow_weak_keys)
         for certificate in verified[head:]:
             _check_times(certificate, moment)
         valid_from = max(c.not_valid_before_utc for c in verified)
@@ -353,6 +379,7 @@ class TrustStore:
             not_after=min(c.not_valid_after_utc for c in verified),
             chain_fingerprint=fingerprint,
             ca_dn=grid_dn(eec.issuer),
+            host_names=() if eec_index > 0 else _host_names(eec),
         )
         return principal, valid_from, valid_until
 
@@ -408,9 +435,78 @@ def _has_extension(certificate: x509.Certificate, kind) -> bool:
         return False
 
 
+def _check_names(certificates: Sequence[x509.Certificate]) -> None:
+    """Refuse a certificate whose subject or issuer DN (grid one-line form) holds an invisible or
+    control character: such a name can be made to look like someone else's. The message shows the
+    DN with its non-ASCII characters escaped, so that it cannot mislead the person reading it."""
+    for certificate in certificates:
+        subject = grid_dn(certificate.subject)
+        kind = "proxy certificate" if _is_proxy_like(certificate) else "certificate"
+        for which, dn in (("subject", subject), ("issuer", grid_dn(certificate.issuer))):
+            found = hidden_character(dn)
+            if found is not None:
+                named = "" if which == "subject" else f" {ascii(dn)}"
+                raise CertificateError(f"{kind} {ascii(subject)}: its {which} DN{named} contains {found}, an "
+                                       f"invisible or control character that can make one name look like "
+                                       f"another; refused")
+
+
+def _key_weakness(certificate: x509.Certificate) -> tuple[str, bool]:
+    """The certificate's key described for people, and whether it is strong enough to trust."""
+    try:
+        key = certificate.public_key()
+    except (UnsupportedAlgorithm, ValueError):
+        return f"a key of an unknown algorithm ({certificate.public_key_algorithm_oid.dotted_string})", False
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"an RSA key of {key.key_size} bits", key.key_size >= RSA_BITS_MIN
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"an EC key on the curve {key.curve.name}", key.curve.name in EC_CURVES_ALLOWED
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "an Ed25519 key", True
+    if isinstance(key, ed448.Ed448PublicKey):
+        return "an Ed448 key", True
+    if isinstance(key, dsa.DSAPublicKey):
+        return f"a DSA key of {key.key_size} bits", False
+    return f"a {type(key).__name__} key, which cannot sign certificates or messages", False
+
+
+def _check_keys(certificates: Sequence[x509.Certificate], allow_weak: bool) -> None:
+    """Refuse a certificate whose key is too weak (``allow_weak``: accept any key we can read)."""
+    for certificate in certificates:
+        described, strong = _key_weakness(certificate)
+        if strong:
+            continue
+        if allow_weak and "unknown algorithm" not in described and "cannot sign" not in described:
+            log.warning("%s has %s, accepted because security.allow_weak_keys is set", _what(certificate), described)
+            continue
+        raise CertificateError(f"{_what(certificate)} has {described}, too weak to trust; required: "
+                               f"{KEYS_REQUIRED}")
+
+
+def _host_names(certificate: x509.Certificate) -> tuple[str, ...]:
+    """The hosts an end-entity certificate was issued for (see ``Principal.host_names``)."""
+    try:
+        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usages = None
+    if usages is not None and not _HOST_USAGES.intersection(usages):
+        return ()
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    found: list[str] = []
+    for name in names.get_values_for_type(x509.DNSName):
+        name = name.lower().rstrip(".")
+        if _HOST_NAME.match(name) and name not in found:
+            found.append(name)
+    return tuple(found)
+
+
 def _check_presented(chain: list[x509.Certificate], moment: dt.datetime, state: _State) -> int:
-    """Shape, times and RFC 3820 rules of the presented chain; returns the index of the
+    """Names, shape, times and RFC 3820 rules of the presented chain; returns the index of the
     end-entity certificate (the number of proxies in front of it)."""
+    _check_names(chain)
     for index in range(len(chain) - 1):
         if chain[index].issuer != chain[index + 1].subject:
             raise CertificateError(

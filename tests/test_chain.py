@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -420,6 +421,130 @@ def test_ca_certificate_is_not_an_identity(pki, store):
 def test_empty_and_overlong_chains_are_refused(pki, store):
     refused(store, [], "no certificate presented")
     refused(store, [pki.user("Alice").credential.cert] * 11, "too long")
+
+
+# ------------------------------------------------------------------------------ key strength
+
+def _weak_keys():
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
+    return {
+        "RSA 1024": (lambda: rsa.generate_private_key(public_exponent=65537, key_size=1024), r"RSA key of 1024 bits"),
+        "P-192": (lambda: ec.generate_private_key(ec.SECP192R1()), r"EC key on the curve secp192r1"),
+        "P-224": (lambda: ec.generate_private_key(ec.SECP224R1()), r"EC key on the curve secp224r1"),
+        "DSA 2048": (lambda: dsa.generate_private_key(key_size=2048), r"DSA key"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["RSA 1024", "P-192", "P-224", "DSA 2048"])
+def test_proxy_with_a_weak_key_is_refused(pki, store, kind):
+    """A real user signs a proxy whose key is too weak: the proxy is refused, naming it, its key and the rule."""
+    make, what = _weak_keys()[kind]
+    alice = pki.user("Alice").credential
+    proxy, _ = pki_module.make_proxy(alice.cert, alice.key, alice.chain, proxy_key=make())
+    message = refused(store, [proxy, *alice.certificates], what)
+    assert pki_module.grid_dn(proxy.subject) in message and "proxy certificate" in message
+    assert "at least 2048 bits" in message and "P-256" in message
+
+
+def test_weak_key_anywhere_in_the_chain_is_refused(pki, store, tmp_path):
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    alice = pki.user("Alice").credential
+    # a weak proxy in the middle, signing a strong one
+    weak, weak_key = pki_module.make_proxy(alice.cert, alice.key, alice.chain,
+                                           proxy_key=ec.generate_private_key(ec.SECP192R1()))
+    strong, _ = pki_module.make_proxy(weak, weak_key, [alice.cert], proxy_key=pki.keys.any())
+    refused(store, [strong, weak, *alice.certificates],
+            re.escape(pki_module.grid_dn(weak.subject)) + " has an EC key on the curve secp192r1")
+    # an end-entity certificate with a weak key
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    weak_user = pki.user("Wendy Weak", key=small)
+    refused(store, weak_user.credential.certificates, r"certificate /.*CN=Wendy Weak has an RSA key of 1024 bits")
+    # the CA, as found in the trust directory (the chain presented holds only the user)
+    weak_ca = pki_module.CertificateAuthority.create(tmp_path / "ca", "/DC=org/O=Weak/CN=Weak CA",
+                                                     key=rsa.generate_private_key(public_exponent=65537, key_size=1024))
+    weak_ca.export_trust(tmp_path / "trust")
+    cert_path, key_path = weak_ca.issue_user("Carl", tmp_path / "carl", key=pki.keys.any())
+    carl = load_credential(cert_path, key_path)
+    refused(TrustStore.from_directory(tmp_path / "trust"), carl.certificates,
+            r"certificate /DC=org/O=Weak/CN=Weak CA has an RSA key of 1024 bits")
+
+
+def test_strong_keys_are_accepted(pki, store):
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+    alice = pki.user("Alice").credential
+    keys = [rsa.generate_private_key(public_exponent=65537, key_size=2048), ec.generate_private_key(ec.SECP256R1()),
+            ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP521R1()),
+            ed25519.Ed25519PrivateKey.generate()]
+    for key in keys:
+        proxy, _ = pki_module.make_proxy(alice.cert, alice.key, alice.chain, proxy_key=key)
+        assert store.validate([proxy, *alice.certificates]).dn == alice.dn
+
+
+def test_legacy_setting_accepts_weak_keys(pki):
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    legacy = pki.trust_store(allow_weak_keys=True)
+    alice = pki.user("Alice").credential
+    for key in (rsa.generate_private_key(public_exponent=65537, key_size=1024), ec.generate_private_key(ec.SECP192R1())):
+        proxy, _ = pki_module.make_proxy(alice.cert, alice.key, alice.chain, proxy_key=key)
+        assert legacy.validate([proxy, *alice.certificates]).dn == alice.dn
+
+
+def test_allow_weak_keys_is_off_unless_configured():
+    from gridcredit.config import load_config
+    assert load_config(env={}).security.allow_weak_keys is False
+    assert load_config(env={"GRIDCREDIT_SECURITY_ALLOW_WEAK_KEYS": "true"}).security.allow_weak_keys is True
+
+
+# ------------------------------------------------------------------------------------ names
+
+@pytest.mark.parametrize("hidden, name", [("\u202e", "RIGHT-TO-LEFT OVERRIDE"), ("\u200b", "ZERO WIDTH SPACE")])
+def test_names_with_invisible_characters_are_refused(pki, store, hidden, name):
+    """A DN that can look like another (a bidi override, a zero-width space) is refused wherever it is."""
+    user = pki.user(f"Ali{hidden}ce")
+    message = refused(store, user.credential.certificates, f"subject DN contains U\\+{ord(hidden):04X} {name}")
+    assert "\\u" in message and hidden not in message          # the message shows the character, escaped
+    alice = pki.user("Alice").credential
+    proxy, _ = forge_proxy(alice.cert, alice.key, subject=x509.Name(list(alice.cert.subject.rdns) + [
+        x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COMMON_NAME, f"12{hidden}34")])]))
+    refused(store, [proxy, *alice.certificates], f"proxy certificate .* subject DN contains U\\+{ord(hidden):04X}")
+
+
+def test_issuer_name_with_invisible_characters_is_refused(pki, store):
+    alice = pki.user("Alice").credential
+    proxy, _ = forge_proxy(alice.cert, alice.key, issuer_name=x509.Name(list(alice.cert.subject.rdns[:-1]) + [
+        x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COMMON_NAME, "Ali\u202ece")])]))
+    refused(store, [proxy, *alice.certificates], r"issuer DN .* contains U\+202E RIGHT-TO-LEFT OVERRIDE")
+
+
+# ---------------------------------------------------------------------------- host identity
+
+def _issue(pki, tmp_path, subject: str, *, san=(), usages=None) -> Credential:
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+    usages = usages if usages is not None else (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
+    cert, key = pki.ca.issue(pki_module.parse_grid_dn(subject), key=pki.keys.any(), usages=usages,
+                             san=[x509.DNSName(name) for name in san])
+    return Credential(cert, key, (), subject)
+
+
+def test_host_names_come_from_the_certificate_not_the_dn(pki, store, tmp_path):
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+    assert store.validate(pki.host_credential().certificates).host_names == ("localhost",)
+    # a user certificate whose CN looks like a host name is no host
+    user = pki.user("ce1.example.org")
+    assert store.validate(user.credential.certificates).host_names == ()
+    assert store.validate(pki.user("Alice").credential.certificates).host_names == ()
+    # the names are the dNSName subjectAltNames, whatever the CN says (wildcards name no host)
+    other = _issue(pki, tmp_path, "/DC=org/DC=example/O=gridcredit-test/CN=gateway.example.org",
+                   san=["CE1.Example.org", "ce2.example.org", "*.example.org"])
+    assert store.validate(other.certificates).host_names == ("ce1.example.org", "ce2.example.org")
+    # an extendedKeyUsage without serverAuth/clientAuth: not issued for a host
+    signing = _issue(pki, tmp_path, "/DC=org/DC=example/O=gridcredit-test/CN=ce3.example.org",
+                     san=["ce3.example.org"], usages=(ExtendedKeyUsageOID.CODE_SIGNING,))
+    assert store.validate(signing.certificates).host_names == ()
+    # a proxy of a host certificate acts for the host's DN, but is no host certificate
+    host_proxy = pki.proxy(pki.host_credential())
+    principal = store.validate(host_proxy.certificates)
+    assert principal.is_proxy and principal.host_names == ()
 
 
 # ----------------------------------------------------------------------------- the store itself
