@@ -292,6 +292,64 @@ def test_server_down_gives_store_error_not_a_hang(private_basex, spec):
         assert all(entry["ok"] for entry in store.check().values())
 
 
+@pytest.mark.parametrize("outage", ["stopped", "sigstop"])
+def test_opens_while_basex_is_unreachable_and_catches_up_when_it_returns(private_basex, spec, monkeypatch, outage):
+    """Issue 10.10: an open without BaseX (nothing listening, or a BaseX that accepts and never
+    answers) serves reads by id and commits from the journal, says so once, and verifies and
+    applies when BaseX returns."""
+    monkeypatch.setattr(BaseXStore, "probe_s", 1.0)
+    with open_from_spec(spec) as store:
+        store.put("acc", "a", b"<a/>")
+    if outage == "stopped":
+        private_basex.stop()
+    else:
+        os.kill(private_basex.process.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        store = open_from_spec(spec)
+        assert time.monotonic() - started < 5
+        assert store.waiting_for_basex is not None
+        said = [line for line in store.recovery_log if "unreachable; serving from the journal" in line]
+        assert len(said) == 1 and f":{private_basex.port} " in said[0], store.recovery_log
+        assert store.get("acc", "a").version == 1
+        assert store.put("acc", "b", b"<b/>") == 1
+        assert [d.doc_id for d in store.scan_local("acc")] == ["a", "b"]
+        with pytest.raises(StoreError, match="BaseX unavailable"):
+            store.count("acc")                                # queries need BaseX
+        assert time.monotonic() - started < 15
+    finally:
+        if outage == "stopped":
+            private_basex.start()
+        else:
+            os.kill(private_basex.process.pid, signal.SIGCONT)
+    try:
+        assert store.count("acc") == 2                        # verified, repaired, applied
+        assert store.waiting_for_basex is None
+        assert any("answers again" in line for line in store.recovery_log), store.recovery_log
+        assert store.put("acc", "c", b"<c/>") == 1
+        assert [d.doc_id for d in store.query("acc", "true()").documents] == ["a", "b", "c"]
+        assert all(entry["ok"] for entry in store.check().values())
+    finally:
+        store.close()
+
+
+def test_an_open_without_basex_still_refuses_a_server_of_another_journal(private_basex, spec, tmp_path, monkeypatch):
+    """The verification deferred by an open without BaseX is the open's own: databases that the
+    journal does not know are refused when BaseX returns."""
+    monkeypatch.setattr(BaseXStore, "probe_s", 1.0)
+    with open_from_spec(spec) as store:
+        store.put("acc", "a", b"<a/>")
+    private_basex.stop()
+    other = open_from_spec(dict(spec, state_dir=str(tmp_path / "other-state")))
+    try:
+        assert other.waiting_for_basex is not None
+        private_basex.start()
+        with pytest.raises(StoreError, match="does not know"):
+            other.count("acc")
+    finally:
+        other.close()
+
+
 def test_scan_local_answers_at_once_while_basex_stands_still(private_basex, spec):
     with open_from_spec(spec) as store, open_from_spec(spec) as other:
         store.put("acc", "a", b"<a/>")

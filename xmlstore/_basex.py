@@ -554,6 +554,10 @@ def _literal(name: str) -> str:
     return f"'{_db_name(name)}'"
 
 
+class BaseXUnavailable(StoreError):
+    """BaseX did not answer (refused, closed or timed out): the journal goes on without it."""
+
+
 class _IndexUnusable(Exception):
     """The database's attribute index cannot answer a where item directly (see S_INDEXED)."""
 
@@ -701,6 +705,7 @@ class BaseXStore(XmlStore):
     rebuild_above = 10_000          # documents behind in one collection from which rebuilding is cheaper
     pins_max = 8                    # databases this process holds open in BaseX for its queries (see _Pins) ...
     pin_documents_min = 10_000      # ... once their collection holds this many documents (smaller ones open fast)
+    probe_s = 5.0                   # how long an open or a repair waits for BaseX to answer before going on without it
 
     def __init__(self, journal_dir: Path, *, host: str = "127.0.0.1", port: int = 1984, user: str = "admin",
                  password: str = "admin", timeout_s: float = 30.0, limits: StoreLimits = DEFAULT_LIMITS,
@@ -741,6 +746,7 @@ class BaseXStore(XmlStore):
         self._applier_start = threading.Lock()
         self._known_databases: set[str] = set()   # databases this process created or saw (skip db:create)
         self.recovery_log: list[str] = []    # what open/repair did, for operators and tests
+        self.waiting_for_basex: str | None = None   # why BaseX is not verified yet (opened without it)
         try:
             if self.read_only:
                 self._catalog.extra = {p: i for p, i in declared.items()}
@@ -774,11 +780,15 @@ class BaseXStore(XmlStore):
         return entries
 
     def _open_locked(self) -> None:
-        """Both locks held: read the journal, apply what BaseX has not got, verify, repair."""
-        try:
-            applied = self._read_meta_or_none(check=True)
-        except StoreError:
-            applied = None           # unreadable: the verification below finds out the rest
+        """Both locks held: read the journal, apply what BaseX has not got, verify, repair. With
+        BaseX unreachable: read the journal and go on without it (see _open_without_basex)."""
+        unreachable = self._probe()
+        applied = None
+        if unreachable is None:
+            try:
+                applied = self._read_meta_or_none(check=True)
+            except StoreError:
+                applied = None           # unreadable: the verification below finds out the rest
         self._suspect = False
         written: set[str] = set()    # databases written by frames BaseX has not got
         while True:                  # in chunks: never the whole journal in memory at once
@@ -788,6 +798,39 @@ class BaseXStore(XmlStore):
             if applied is not None:
                 written.update(self._db(w[0]) for seq, writes in entries if seq > applied for w in writes)
         last = self._journal.last_seq
+        if unreachable is None:
+            try:
+                self._open_verify_locked(applied, written, last)
+                return
+            except BaseXUnavailable as error:
+                unreachable = str(error)
+        self._open_without_basex(unreachable)
+
+    def _open_without_basex(self, why: str) -> None:
+        """BaseX did not answer at open: the mirror holds the journal (the record), so reads by id
+        and commits work; the applier verifies and repairs BaseX when it answers again (the store
+        is suspect until then: queries raise StoreError). The backlog counts from here."""
+        with self._mirror_lock:
+            self._pending.clear()
+            self._pending_bytes = 0
+        self._suspect = True
+        self._note_applied(self._journal.last_seq)
+        self.waiting_for_basex = why
+        host, port = self._address[:2]
+        self._note(f"BaseX at {host}:{port} unreachable; serving from the journal, will apply it to BaseX when "
+                   f"BaseX returns ({why})")
+
+    def _probe(self) -> str | None:
+        """None if BaseX answers a login within ``probe_s``, else why not (a stopped BaseX accepts
+        connections and answers nothing: the login times out)."""
+        host, port, user, password = self._address
+        try:
+            Session(host, port, user, password, timeout_s=min(self.probe_s, self._timeout_s)).close()
+            return None
+        except WireError as error:
+            return str(error)
+
+    def _open_verify_locked(self, applied: int | None, written: set[str], last: int) -> None:
         pending_writes = sum(len(writes) for _seq, writes in self._pending)
         if pending_writes > self.blind_apply_max:
             self._note(f"{pending_writes} committed write(s) not yet in BaseX by its applied number "
@@ -915,7 +958,7 @@ class BaseXStore(XmlStore):
                         session.settimeout(self._timeout_s)
         except WireError as error:
             self._suspect = True
-            raise StoreError(f"BaseX unavailable: {error}") from None
+            raise BaseXUnavailable(f"BaseX unavailable: {error}") from None
 
     def _db(self, collection: str) -> str:
         return self.db_prefix + check_collection(collection)
@@ -1182,6 +1225,10 @@ class BaseXStore(XmlStore):
         """Verify every database against the mirror, repair, and set the applied number (applier
         lock held; takes the writer lock unless held)."""
         if not writer_locked:
+            unreachable = self._probe()    # never hold writers up waiting for a BaseX that does not answer
+            if unreachable is not None:
+                self._suspect = True
+                raise BaseXUnavailable(f"BaseX unavailable: {unreachable}")
             with self._journal.lock():
                 return self._repair_locked(writer_locked=True)
         with self._mirror_lock:
@@ -1189,13 +1236,18 @@ class BaseXStore(XmlStore):
         self._broken_checked = self._pool.broken_seen
         self._suspect = False
         try:
-            self._verify_and_repair(list(self._state))
+            self._verify_and_repair(list(self._state), check_unknown=self.waiting_for_basex is not None)
             self._check_index_options()
             self._set_meta(self._journal.last_seq)
         except BaseException:
             self._suspect = True
             raise
         self._note_applied(self._journal.last_seq)
+        if self.waiting_for_basex is not None:
+            self.waiting_for_basex = None
+            host, port = self._address[:2]
+            self._note(f"BaseX at {host}:{port} answers again: verified against the journal and caught up "
+                       f"(transaction {self._journal.last_seq})")
 
     def _start_applier(self) -> None:
         if self.read_only or self._applier_pid == os.getpid() or self._closing.is_set():
@@ -1229,7 +1281,7 @@ class BaseXStore(XmlStore):
                 failures += 1
                 self._suspect = True
                 self._apply_error = f"{type(error).__name__}: {error}"
-                if failures == 1:
+                if failures == 1 and self.waiting_for_basex is None:   # (else the open said so)
                     log.warning("xmlstore/basex: applying the journal to BaseX failed (%s); retrying",
                                 self._apply_error)
                 self._closing.wait(min(1.0, 0.02 * 2 ** failures))
