@@ -351,12 +351,12 @@ class OpRecord:
 
 def setup_load(host: BankHost, identities: list) -> int:
     """Create the load accounts (every identity a member), mint; returns the money supply."""
-    admin = host.client(host.users.admin)
+    admin, owner = host.client(host.users.admin), host.client(host.users.owners[0])
     for account_id in LOAD_ACCOUNTS:
         admin.call("CreateAccount", request_id=f"setup-{account_id}", account_id=account_id, project="load",
                    owner_dn=host.users.owners[0].dn, credit_limit=LOAD_CREDIT_LIMITS.get(account_id, 0))
         for index, who in enumerate(identities):
-            admin.call("SetHolder", request_id=f"setup-{account_id}-{index}", account_id=account_id,
+            owner.call("SetHolder", request_id=f"setup-{account_id}-{index}", account_id=account_id,
                        holder_dn=who.dn, role="member")
         admin.call("Mint", request_id=f"setup-mint-{account_id}", account_id=account_id, amount=LOAD_MINT)
     return admin.call("MoneySupply").outstanding

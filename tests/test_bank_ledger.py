@@ -85,8 +85,10 @@ def bank() -> MemoryLedger:
 
 
 def hold(bank: MemoryLedger, amount: int = 100, principal: Principal = MEMBER, lifetime_us: int = 60 * SECOND_US,
-         collector: str | None = None) -> str:
-    outcome = bank.run(CreateHold(rid(), "vo-atlas", amount, NOW_US + lifetime_us, "job-1", collector),
+         collector: str | None = None, payee: str | None = None) -> str:
+    if collector is not None and payee is None:
+        payee = "site-north"
+    outcome = bank.run(CreateHold(rid(), "vo-atlas", amount, NOW_US + lifetime_us, "job-1", collector, payee),
                        principal=principal, now_us=NOW_US)
     return outcome.transaction.hold_id
 
@@ -462,11 +464,14 @@ def _operation_cases():
 
     return {
         "create-account": ({"admin"}, lambda bank: CreateAccount(rid(), "vo-new", "new", OWNER.dn)),
-        "set-holder-member": ({"owner", "manager", "admin"},
-                              lambda bank: SetHolder(rid(), "vo-atlas", "/CN=new", Role.MEMBER)),
-        "set-holder-manager": ({"owner", "admin"}, lambda bank: SetHolder(rid(), "vo-atlas", "/CN=new", Role.MANAGER)),
-        "promote-member-to-owner": ({"owner", "admin"},
-                                    lambda bank: SetHolder(rid(), "vo-atlas", MEMBER.dn, Role.OWNER)),
+        # Administrators may give the viewer role only: never a spending one (to anyone, themselves included).
+        "set-holder-member": ({"owner", "manager"}, lambda bank: SetHolder(rid(), "vo-atlas", "/CN=new", Role.MEMBER)),
+        "set-holder-manager": ({"owner"}, lambda bank: SetHolder(rid(), "vo-atlas", "/CN=new", Role.MANAGER)),
+        "set-holder-viewer": ({"owner", "manager", "admin"},
+                              lambda bank: SetHolder(rid(), "vo-atlas", "/CN=new", Role.VIEWER)),
+        "promote-member-to-owner": ({"owner"}, lambda bank: SetHolder(rid(), "vo-atlas", MEMBER.dn, Role.OWNER)),
+        "demote-member-to-viewer": ({"owner", "manager", "admin"},
+                                    lambda bank: SetHolder(rid(), "vo-atlas", MEMBER.dn, Role.VIEWER)),
         "remove-viewer": ({"owner", "manager", "admin"}, lambda bank: RemoveHolder(rid(), "vo-atlas", VIEWER.dn)),
         "remove-manager": ({"owner", "admin"}, lambda bank: RemoveHolder(rid(), "vo-atlas", MANAGER.dn)),
         "freeze": ({"owner", "admin"}, lambda bank: SetStatus(rid(), "vo-atlas", AccountStatus.FROZEN)),
@@ -1001,3 +1006,91 @@ def test_document_readers_agree_on_rebuilt_documents(data):
                                        b'<%s  xmlns="urn:gridcredit:bank:1">', b'<%s xmlns="urn:other">',
                                        b'<%s xmlns="urn:gridcredit:bank:1" a="1">']))
     _both_readers_agree(start % root + b"".join(parts) + b"</" + root + b">", cls)
+
+
+# ---------------------------------------------------------------------------------------------
+# A hold's power follows the right to spend (issue 10.1) and administrators move no one's money (10.2)
+
+
+def test_a_removed_or_demoted_creator_loses_power_over_their_holds(bank):
+    for take_away in (lambda: RemoveHolder(rid(), "vo-atlas", MEMBER.dn),
+                      lambda: SetHolder(rid(), "vo-atlas", MEMBER.dn, Role.VIEWER)):
+        if bank.accounts["vo-atlas"].role_of(MEMBER.dn) is not Role.MEMBER:
+            bank.run(SetHolder(rid(), "vo-atlas", MEMBER.dn, Role.MEMBER), principal=OWNER, now_us=NOW_US)
+        hold_id = hold(bank, 100, principal=MEMBER)
+        bank.run(take_away(), principal=OWNER, now_us=NOW_US)
+        # Before the fix the former member could raise the hold to everything and charge it anywhere.
+        refused("NotAuthorized", bank, ExtendHold(rid(), hold_id, amount=bank.accounts["vo-atlas"].available), MEMBER)
+        refused("NotAuthorized", bank, ExtendHold(rid(), hold_id, expires_at_us=NOW_US + 120 * SECOND_US), MEMBER)
+        refused("NotAuthorized", bank, ChargeHold(rid(), hold_id, "site-north", 100), MEMBER)
+        refused("NotAuthorized", bank, ReleaseHold(rid(), hold_id), MEMBER)
+        # The hold stays, reserved, for the account's owners and managers.
+        assert bank.holds[hold_id].state is HoldState.ACTIVE
+        bank.run(ChargeHold(rid(), hold_id, "site-north", 30), principal=MANAGER, now_us=NOW_US)
+        bank.run(ReleaseHold(rid(), hold_id), principal=OWNER, now_us=NOW_US)
+        assert bank.holds[hold_id].state is HoldState.RELEASED
+
+
+def test_a_collector_takes_only_what_a_spender_authorized(bank):
+    bank.run(CreateAccount(rid(), "site-south", "south", "/DC=org/CN=South Admin"), principal=ADMIN, now_us=NOW_US)
+    bank.run(CreateAccount(rid(), "stan", "stan", STRANGER.dn), principal=ADMIN, now_us=NOW_US)
+    refused("InvalidArgument", bank, CreateHold(rid(), "vo-atlas", 100, NOW_US + SECOND_US, "", STRANGER.dn), MEMBER)
+    refused("InvalidArgument", bank, CreateHold(rid(), "vo-atlas", 100, NOW_US + SECOND_US, "", MEMBER.dn,
+                                                "site-north"), MEMBER)
+    refused("InvalidArgument", bank, CreateHold(rid(), "vo-atlas", 100, NOW_US + SECOND_US, "", None, "vo-atlas"),
+            MEMBER)
+    refused("UnknownAccount", bank, CreateHold(rid(), "vo-atlas", 100, NOW_US + SECOND_US, "", STRANGER.dn, "nowhere"),
+            MEMBER)
+    hold_id = hold(bank, 100, principal=MEMBER, collector=STRANGER.dn, payee="site-north")
+    assert bank.holds[hold_id].payee_account_id == "site-north"
+    assert bank.transactions[-1].payee_account_id == "site-north"
+    # The collector cannot raise the hold, re-address it, or charge it anywhere but the payee.
+    refused("NotAuthorized", bank, ExtendHold(rid(), hold_id, amount=900), STRANGER)
+    refused("NotAuthorized", bank, ExtendHold(rid(), hold_id, payee_account_id="stan"), STRANGER)
+    refused("NotAuthorized", bank, ChargeHold(rid(), hold_id, "stan", 10), STRANGER)
+    refused("ExceedsHold", bank, ChargeHold(rid(), hold_id, "site-north", 101), STRANGER)
+    bank.run(ExtendHold(rid(), hold_id, expires_at_us=NOW_US + 120 * SECOND_US), principal=STRANGER, now_us=NOW_US)
+    bank.run(ChargeHold(rid(), hold_id, "site-north", 60), principal=STRANGER, now_us=NOW_US)
+    # A spender changes the payee; from then on the charges go there only — for spenders too.
+    bank.run(ExtendHold(rid(), hold_id, payee_account_id="site-south"), principal=MEMBER, now_us=NOW_US)
+    refused("NotAuthorized", bank, ChargeHold(rid(), hold_id, "site-north", 10), STRANGER)
+    refused("NotAuthorized", bank, ChargeHold(rid(), hold_id, "site-north", 10), OWNER)
+    bank.run(ChargeHold(rid(), hold_id, "site-south", 10), principal=STRANGER, now_us=NOW_US)
+    # The creator removed: the collector still takes what was authorized, no more; the owners may release.
+    bank.run(RemoveHolder(rid(), "vo-atlas", MEMBER.dn), principal=OWNER, now_us=NOW_US)
+    refused("NotAuthorized", bank, ExtendHold(rid(), hold_id, amount=500), STRANGER)
+    bank.run(ChargeHold(rid(), hold_id, "site-south", 10), principal=STRANGER, now_us=NOW_US)
+    bank.run(ReleaseHold(rid(), hold_id), principal=OWNER, now_us=NOW_US)
+    assert (bank.holds[hold_id].charged, bank.holds[hold_id].state) == (80, HoldState.RELEASED)
+    assert (bank.accounts["site-north"].balance, bank.accounts["site-south"].balance, bank.accounts["stan"].balance) \
+        == (60, 20, 0)
+
+
+def test_administrators_cannot_make_anyone_a_spender(bank):
+    for dn in (ADMIN.dn, ADMIN_TWO.dn, STRANGER.dn, "/DC=org/DC=grid/CN=Ada Admin/CN=second identity"):
+        for role in (Role.OWNER, Role.MANAGER, Role.MEMBER):
+            refused("NotAuthorized", bank, SetHolder(rid(), "vo-atlas", dn, role), ADMIN)
+    refused("NotAuthorized", bank, SetHolder(rid(), "vo-atlas", VIEWER.dn, Role.MEMBER), ADMIN)   # no promotion
+    # What administrators may do with holders moves nothing: viewers, demotions, removals.
+    bank.run(SetHolder(rid(), "vo-atlas", ADMIN.dn, Role.VIEWER), principal=ADMIN, now_us=NOW_US)
+    bank.run(SetHolder(rid(), "vo-atlas", MANAGER.dn, Role.VIEWER), principal=ADMIN, now_us=NOW_US)
+    bank.run(RemoveHolder(rid(), "vo-atlas", MEMBER.dn), principal=ADMIN_TWO, now_us=NOW_US)
+    refused("NotAuthorized", bank, Transfer(rid(), "vo-atlas", "site-north", 1), ADMIN)
+    refused("NotAuthorized", bank, CreateHold(rid(), "vo-atlas", 1, NOW_US + SECOND_US), ADMIN)
+    assert bank.accounts["vo-atlas"].balance == 1000
+    # An administrator who owns an account is its owner like anyone else.
+    bank.run(CreateAccount(rid(), "ada", "ada", ADMIN.dn), principal=ADMIN, now_us=NOW_US)
+    bank.run(SetHolder(rid(), "ada", STRANGER.dn, Role.MEMBER), principal=ADMIN, now_us=NOW_US)
+
+
+@pytest.mark.parametrize("hidden", ["\u202e", "\u200b", "\u2066", "\ufeff", "\x00", "\u2028"])
+def test_dns_and_references_with_hidden_characters_are_refused(bank, hidden):
+    """A bidi override or zero-width character makes one DN look like another (issue 10.11)."""
+    error = refused("InvalidArgument", bank, SetHolder(rid(), "vo-atlas", f"/DC=org/CN=Mel{hidden}Member", Role.VIEWER),
+                    OWNER)
+    assert "U+" in str(error)
+    refused("InvalidArgument", bank, CreateAccount(rid(), "vo-x", "x", f"/CN=Olga{hidden}"), ADMIN)
+    refused("InvalidArgument", bank, CreateHold(rid(), "vo-atlas", 1, NOW_US + SECOND_US, f"job{hidden}1"), MEMBER)
+    with pytest.raises(DomainError):
+        bank.run(Mint(rid(), "vo-atlas", 1), principal=Principal(f"/CN=Ada{hidden}", is_administrator=True),
+                 now_us=NOW_US)

@@ -297,20 +297,61 @@ class BankMachine(RuleBasedStateMachine):
     @rule(principal=actors, account_id=account_ids, amount=amounts,
           lifetime_us=st.sampled_from([1, 5 * SECOND_US, 20 * SECOND_US, 20 * SECOND_US, 40 * SECOND_US,
                                        HOLD_DURATION_MAX_US, HOLD_DURATION_MAX_US + 1, 0, -1]),
-          collector=st.sampled_from([None, None, SERVICE.dn, MEMBER.dn]))
-    def create_hold(self, principal, account_id, amount, lifetime_us, collector) -> None:
+          collector=st.sampled_from([None, None, SERVICE.dn, MEMBER.dn, STRANGER.dn]),
+          payee=st.sampled_from([None, None, "site-north", "site-south", "vo-atlas", "no-such-account"]))
+    def create_hold(self, principal, account_id, amount, lifetime_us, collector, payee) -> None:
         expires = self.now_us + lifetime_us
         self.send(principal, ledger.CreateHold(self.next_request_id(), account_id, amount, expires,
-                                               "job-42", collector),
-                  "create_hold", account_id, amount, expires, "job-42", collector)
+                                               "job-42", collector, payee),
+                  "create_hold", account_id, amount, expires, "job-42", collector, payee)
 
     @rule(principal=spenders, account_id=st.sampled_from(ACCOUNTS), amount=st.integers(1, 300),
-          lifetime_us=st.integers(1, 30 * SECOND_US), collector=st.sampled_from([None, SERVICE.dn]))
-    def create_hold_by_spender(self, principal, account_id, amount, lifetime_us, collector) -> None:
+          lifetime_us=st.integers(1, 30 * SECOND_US),
+          collector_and_payee=st.sampled_from([(None, None), (None, "site-north"), (SERVICE.dn, "site-north"),
+                                               (STRANGER.dn, "site-south")]))
+    def create_hold_by_spender(self, principal, account_id, amount, lifetime_us, collector_and_payee) -> None:
         expires = self.now_us + lifetime_us
+        collector, payee = collector_and_payee
         self.send(principal, ledger.CreateHold(self.next_request_id(), account_id, amount, expires, "job-7",
-                                               collector),
-                  "create_hold", account_id, amount, expires, "job-7", collector)
+                                               collector, payee),
+                  "create_hold", account_id, amount, expires, "job-7", collector, payee)
+
+    @precondition(lambda self: any(hold["collector"] for hold in self.model.holds.values()))
+    @rule(index=indices, operation=st.sampled_from(["charge", "charge-elsewhere", "raise", "later", "re-address",
+                                                    "release"]),
+          amount=st.integers(1, 200))
+    def collector_acts(self, index, operation, amount) -> None:
+        """The named collector (a stranger to the account, or a service) acts on a hold it collects:
+        it may take what was authorized, never more, never elsewhere."""
+        collected = sorted((hold_id for hold_id, hold in self.model.holds.items() if hold["collector"]),
+                           key=lambda hold_id: int(hold_id.split("-")[1]))
+        hold_id = collected[index % len(collected)]
+        hold = self.model.holds[hold_id]
+        collector = next(candidate for candidate in PRINCIPALS if candidate.dn == hold["collector"])
+        request_id = self.next_request_id()
+        if operation in ("charge", "charge-elsewhere"):
+            payee = hold["payee"] if operation == "charge" else "vo-cms"
+            self.send(collector, ledger.ChargeHold(request_id, hold_id, payee, amount),
+                      "charge_hold", hold_id, payee, amount)
+        elif operation == "raise":
+            self.send(collector, ledger.ExtendHold(request_id, hold_id, None, hold["amount"] + amount),
+                      "extend_hold", hold_id, None, hold["amount"] + amount)
+        elif operation == "later":
+            self.send(collector, ledger.ExtendHold(request_id, hold_id, hold["expires"] + amount * SECOND_US),
+                      "extend_hold", hold_id, hold["expires"] + amount * SECOND_US, None)
+        elif operation == "re-address":
+            self.send(collector, ledger.ExtendHold(request_id, hold_id, None, None, "vo-cms"),
+                      "extend_hold", hold_id, None, None, "vo-cms")
+        else:
+            self.send(collector, ledger.ReleaseHold(request_id, hold_id), "release_hold", hold_id)
+
+    @precondition(lambda self: self.model.holds)
+    @rule(index=indices, payee=st.sampled_from(["site-north", "site-south", "vo-cms", "vo-atlas"]))
+    def spender_readdresses_hold(self, index, payee) -> None:
+        hold_id = self.hold_id_at(index)
+        principal = self.acting_for(OWNER, hold_id, True)
+        self.send(principal, ledger.ExtendHold(self.next_request_id(), hold_id, None, None, payee),
+                  "extend_hold", hold_id, None, None, payee)
 
     @precondition(lambda self: self.model.holds)
     @rule(principal=actors, index=indices,
@@ -471,9 +512,10 @@ class BankMachine(RuleBasedStateMachine):
         assert set(real.holds) == set(model.holds)
         for hold_id, hold in real.holds.items():
             expected = model.holds[hold_id]
-            assert (hold.account_id, hold.amount, hold.charged, hold.expires_at_us, hold.state.value) == (
+            assert (hold.account_id, hold.amount, hold.charged, hold.expires_at_us, hold.state.value,
+                    hold.collector_dn, hold.payee_account_id) == (
                 expected["account"], expected["amount"], expected["charged"], expected["expires"],
-                expected["state"])
+                expected["state"], expected["collector"], expected["payee"])
         assert {pending_id: (pending.account_id, pending.amount, pending.expires_at_us, pending.state.value,
                              pending.ended_by_dn) for pending_id, pending in real.pending_mints.items()} == {
             pending_id: (pending["account"], pending["amount"], pending["expires"], pending["state"],

@@ -73,15 +73,20 @@ class World:
                         owner_dn=users.owners[0].dn)
         for who, role in ((users.managers[0], "manager"), (users.members[0], "member"),
                           (users.members[1], "member"), (users.viewers[0], "viewer"), (users.service, "member")):
-            self.admin.call("SetHolder", request_id=rid(), account_id=account_id, holder_dn=who.dn, role=role)
+            # the owner gives the roles: administrators can give none that spends
+            self.clients["owner"].call("SetHolder", request_id=rid(), account_id=account_id, holder_dn=who.dn,
+                                       role=role)
         if money:
             self.admin.call("Mint", request_id=rid(), account_id=account_id, amount=money)
         return account_id
 
     def hold(self, *, by: str = "creator", account_id: str = MAIN, amount: int = 10, seconds: float = 3600,
-             collector_dn: str | None = None) -> str:
+             collector_dn: str | None = None, payee_account_id: str | None = None) -> str:
+        if collector_dn is not None and payee_account_id is None:
+            payee_account_id = PAYEE
         receipt = self.clients[by].call("CreateHold", request_id=rid("h"), account_id=account_id, amount=amount,
-                                        expires=utc_in(seconds), reference="matrix", collector_dn=collector_dn)
+                                        expires=utc_in(seconds), reference="matrix", collector_dn=collector_dn,
+                                        payee_account_id=payee_account_id)
         return receipt.transaction.hold_id
 
     def fingerprint(self, *, accounts=(MAIN, PAYEE), hold_id: str | None = None) -> tuple:
@@ -119,13 +124,17 @@ def case_set_holder_member(world, allowed):
     return "SetHolder", dict(request_id=rid(), account_id=MAIN, holder_dn=_new_dn(), role="member"), {}
 
 
+def case_set_holder_viewer(world, allowed):
+    return "SetHolder", dict(request_id=rid(), account_id=MAIN, holder_dn=_new_dn(), role="viewer"), {}
+
+
 def case_set_holder_owner(world, allowed):
     return "SetHolder", dict(request_id=rid(), account_id=MAIN, holder_dn=_new_dn(), role="owner"), {}
 
 
 def case_remove_holder(world, allowed):
     dn = _new_dn()
-    world.admin.call("SetHolder", request_id=rid(), account_id=MAIN, holder_dn=dn, role="member")
+    world.clients["owner"].call("SetHolder", request_id=rid(), account_id=MAIN, holder_dn=dn, role="member")
     return "RemoveHolder", dict(request_id=rid(), account_id=MAIN, holder_dn=dn), {}
 
 
@@ -240,8 +249,9 @@ def case_whoami(world, allowed):
 ALL = set(ROLES)
 MATRIX = [  # (case, roles allowed) — from the table in services/bank/ledger.py
     (case_create_account, {"admin"}),
-    (case_set_holder_member, {"admin", "owner", "manager"}),
-    (case_set_holder_owner, {"admin", "owner"}),
+    (case_set_holder_member, {"owner", "manager"}),   # administrators give no spending role (issue 10.2)
+    (case_set_holder_viewer, {"admin", "owner", "manager"}),
+    (case_set_holder_owner, {"owner"}),
     (case_remove_holder, {"admin", "owner", "manager"}),
     (case_freeze, {"admin", "owner"}),
     (case_unfreeze, {"admin"}),
@@ -318,7 +328,8 @@ def test_service_identity_acts_only_on_its_own_or_collected_holds(world):
     assert receipt.transaction.hold_state == "charged-out"
     # someone else's hold, although the service holds the member role (and even the manager role)
     other = world.hold(by="creator", amount=30)
-    world.admin.call("SetHolder", request_id=rid(), account_id=MAIN, holder_dn=users.service.dn, role="manager")
+    world.clients["owner"].call("SetHolder", request_id=rid(), account_id=MAIN, holder_dn=users.service.dn,
+                                role="manager")
     try:
         before = world.fingerprint(hold_id=other)
         for operation, arguments in (("ChargeHold", dict(hold_id=other, payee_account_id=PAYEE, amount=1)),
@@ -328,8 +339,42 @@ def test_service_identity_acts_only_on_its_own_or_collected_holds(world):
             assert refused_code(lambda: service.call(operation, request_id=rid(), **arguments)) == "NotAuthorized", operation
         assert world.fingerprint(hold_id=other) == before
     finally:
-        world.admin.call("SetHolder", request_id=rid(), account_id=MAIN, holder_dn=users.service.dn, role="member")
+        world.clients["owner"].call("SetHolder", request_id=rid(), account_id=MAIN, holder_dn=users.service.dn,
+                                    role="member")
     creator.call("ReleaseHold", request_id=rid(), hold_id=other)
+
+
+def test_a_demoted_creator_loses_its_holds_and_admin_holder_changes_show_in_history(world):
+    """Issue 10.1 and 10.2 through the signed service: a member demoted to viewer cannot raise or charge
+    the hold it made; a collector cannot raise it or charge it elsewhere; an administrator gives no
+    spending role, and the holder changes it makes are in the owners' history."""
+    owner, creator, admin, stranger = (world.clients[name] for name in ("owner", "creator", "admin", "stranger"))
+    users = world.users
+    collected = world.hold(by="creator", amount=40, collector_dn=users.stranger.dn)
+    mine = world.hold(by="creator", amount=40)
+    assert refused_code(lambda: stranger.call("ExtendHold", request_id=rid(), hold_id=collected, amount=900_000)) \
+        == "NotAuthorized"
+    assert refused_code(lambda: stranger.call("ChargeHold", request_id=rid(), hold_id=collected,
+                                              payee_account_id=OTHER, amount=1)) == "NotAuthorized"
+    admin.call("SetHolder", request_id=rid(), account_id=MAIN, holder_dn=users.members[1].dn, role="viewer")
+    try:
+        before = world.fingerprint(hold_id=mine)
+        for operation, arguments in (("ExtendHold", dict(hold_id=mine, amount=900_000)),
+                                     ("ChargeHold", dict(hold_id=mine, payee_account_id=PAYEE, amount=40)),
+                                     ("ReleaseHold", dict(hold_id=mine))):
+            assert refused_code(lambda: creator.call(operation, request_id=rid(), **arguments)) == "NotAuthorized"
+        assert world.fingerprint(hold_id=mine) == before
+        for role in ("member", "manager", "owner"):
+            assert refused_code(lambda: admin.call("SetHolder", request_id=rid(), account_id=MAIN,
+                                                   holder_dn=users.admin.dn, role=role)) == "NotAuthorized"
+        history = owner.call("History", account_id=MAIN, xpath_filter="t:kind = 'set-holder'", limit=1000)
+        changes = [(t.principal_dn, t.holder_dn, t.role) for t in history.transactions.TransactionInfo]
+        assert (users.admin.dn, users.members[1].dn, "viewer") in changes
+    finally:
+        owner.call("SetHolder", request_id=rid(), account_id=MAIN, holder_dn=users.members[1].dn, role="member")
+    receipt = stranger.call("ChargeHold", request_id=rid(), hold_id=collected, payee_account_id=PAYEE, amount=40)
+    assert receipt.transaction.hold_state == "charged-out"
+    creator.call("ReleaseHold", request_id=rid(), hold_id=mine)
 
 
 def test_limited_proxy_reads_but_changes_nothing(world):

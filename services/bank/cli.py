@@ -307,14 +307,15 @@ def _expires(args, *, required: bool):
 def _hold(args, bank):
     return _receipt(args, bank.create_hold(args.account, amount=args.amount, expires=_expires(args, required=True),
                                            reference=args.reference, collector_dn=args.collector,
-                                           request_id=args.request_id))
+                                           payee_account_id=args.payee, request_id=args.request_id))
 
 
 def _extend_hold(args, bank):
     expires = _expires(args, required=False)
-    if expires is None and args.amount is None:
-        raise _usage(args, "give a later expiry (--expires-in/--expires) and/or a larger --amount")
-    return _receipt(args, bank.extend_hold(args.hold, expires=expires, amount=args.amount, request_id=args.request_id))
+    if expires is None and args.amount is None and args.payee is None:
+        raise _usage(args, "give a later expiry (--expires-in/--expires), a larger --amount and/or another --payee")
+    return _receipt(args, bank.extend_hold(args.hold, expires=expires, amount=args.amount, payee_account_id=args.payee,
+                                           request_id=args.request_id))
 
 
 def _charge(args, bank):
@@ -356,6 +357,8 @@ def _hold_line(h) -> str:
 def _show_hold(args, bank):
     h = bank.get_hold(args.hold)
     lines = [_hold_line(h), f"  account {h.account_id}, created {when(h.created_at_us)} by {h.creator_dn} (#{h.created_seq})"]
+    if h.payee_account_id:
+        lines.append(f"  charges go to account {h.payee_account_id}")
     if h.collector_dn:
         lines.append(f"  collector {h.collector_dn}")
     _print(args, h, "\n".join(lines))
@@ -548,7 +551,8 @@ def register(subparsers) -> None:
     p.add_argument("--owner", required=True, metavar="DN", help="the owner's certificate subject DN")
     p.add_argument("--credit-limit", type=amount_type, metavar="AMOUNT", help="overdraft allowed (default 0)")
 
-    p = command("set-holder", "add a holder or change a holder's role (owners, managers, administrators)",
+    p = command("set-holder", "add a holder or change a holder's role (owners any role; managers member and viewer; "
+                              "administrators viewer only)",
                 "gridcredit bank add-holder vo-atlas '/DC=org/DC=example/CN=Bob' --role member",
                 _set_holder, mutating=True, aliases=("add-holder",))
     p.add_argument("account")
@@ -622,12 +626,15 @@ def register(subparsers) -> None:
     p.add_argument("--amount", type=amount_type, required=True)
     _expiry_options(p, required=True)
     p.add_argument("--reference", help="free text, e.g. the job it pays for")
-    p.add_argument("--collector", metavar="DN", help="another identity that may charge, extend and release it")
+    p.add_argument("--payee", metavar="ACCOUNT", help="the account every charge goes to (needed with --collector)")
+    p.add_argument("--collector", metavar="DN", help="another identity that may charge it (to --payee, up to "
+                                                     "--amount), move its expiry and release it")
 
-    p = command("extend-hold", "give a hold a later expiry and/or a larger amount",
+    p = command("extend-hold", "give a hold a later expiry, a larger amount or another payee",
                 "gridcredit bank extend-hold hold-42 --expires-in 4h --amount 800", _extend_hold, mutating=True)
     p.add_argument("hold", metavar="HOLD_ID")
     p.add_argument("--amount", type=amount_type, help="the new, larger total amount")
+    p.add_argument("--payee", metavar="ACCOUNT", help="the account its charges go to from now on")
     _expiry_options(p)
 
     p = command("charge", "charge part or all of a hold to a payee account",

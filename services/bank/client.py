@@ -448,18 +448,22 @@ class BankClient:
 
     def create_hold(self, account_id: str, *, amount: int, expires: datetime | timedelta | int | float,
                     reference: str | None = None, collector_dn: str | None = None,
-                    request_id: str | None = None) -> Receipt:
+                    payee_account_id: str | None = None, request_id: str | None = None) -> Receipt:
         """Reserve ``amount``; ``expires``: an aware datetime, a timedelta or seconds from now
-        (made absolute once, so every attempt sends the same expiry)."""
+        (made absolute once, so every attempt sends the same expiry). With ``payee_account_id``
+        every charge goes to that account; a ``collector_dn`` (who may charge it there) needs one."""
         return self._mutate("CreateHold", request_id, account_id=account_id, amount=_checked_amount(amount, "amount"),
-                            expires=expiry(expires), reference=reference, collector_dn=collector_dn)
+                            expires=expiry(expires), reference=reference, collector_dn=collector_dn,
+                            payee_account_id=payee_account_id)
 
     def extend_hold(self, hold_id: str, *, expires: datetime | timedelta | int | float | None = None,
-                    amount: int | None = None, request_id: str | None = None) -> Receipt:
-        """A later expiry and/or a larger total amount."""
+                    amount: int | None = None, payee_account_id: str | None = None,
+                    request_id: str | None = None) -> Receipt:
+        """A later expiry, a larger total amount and/or another payee."""
         return self._mutate("ExtendHold", request_id, hold_id=hold_id,
                             expires=None if expires is None else expiry(expires),
-                            amount=None if amount is None else _checked_amount(amount, "amount"))
+                            amount=None if amount is None else _checked_amount(amount, "amount"),
+                            payee_account_id=payee_account_id)
 
     def charge_hold(self, hold_id: str, *, payee_account_id: str, amount: int, request_id: str | None = None) -> Receipt:
         return self._mutate("ChargeHold", request_id, hold_id=hold_id, payee_account_id=payee_account_id,

@@ -49,12 +49,18 @@ existence (Unknown*) → authorization (NotAuthorized) → state (AccountClosed,
 HoldEnded, HoldExpired, …) → funds and limits (InsufficientFunds, ExceedsHold,
 SpendingLimitExceeded, overflow).
 
-Authorization (``R`` = the caller's role on the account; administrators get no spending power
-from their office, so "who controls the bank" cannot move users' money):
+Authorization (``R`` = the caller's role on the account *at the time of the request*). Who
+controls the bank: administrators get no spending power from their office and cannot give any —
+to themselves or anyone — so no sequence of administrator operations moves money out of an
+account they do not own; they issue and retire money in the open (retiring above
+``mint_approval_threshold`` waits for a second administrator, like a mint), and every holder
+change they make is a transaction in the account's history:
 
 ==========================  =====================================================================
-create account              administrator
-set holder / remove holder  administrator; owner (any role); manager (member and viewer roles only)
+create account              administrator (names the first owner; the account starts empty)
+set holder                  owner (any role); manager (member and viewer roles only);
+                            administrator: give the viewer role only, take any role away
+remove holder               owner; manager (members and viewers); administrator
 set status                  administrator (any change); owner (freeze, close); only
                             administrators unfreeze; closed is final
 set credit limit            administrator
@@ -62,13 +68,22 @@ set spending limit          administrator, owner, manager
 mint, retire, approve mint  administrator (an approval by a different administrator)
 cancel mint                 administrator (the one who requested it too)
 transfer                    owner, manager, member of the paying account; not service identities
-create hold                 owner, manager, member (service identities too, if they hold the role)
-extend, charge, release     the hold's creator or named collector; owner and manager of the
-                            account (not service identities: those only act on holds they
-                            created or collect); release also administrators
+create hold                 owner, manager, member (service identities too, if they hold the role);
+                            a named collector needs a named payee account
+charge                      a *current spender for the hold*: its creator while still owner,
+                            manager or member, or an owner or manager (not service identities);
+                            or the named collector — always to the hold's payee when it has one,
+                            never more than its amount
+extend                      a current spender (later expiry, larger amount, another payee); the
+                            collector only a later expiry
+release                     a current spender, the collector, an administrator
 expire (a hold, a mint)     anyone, and only once due
 viewer, stranger            nothing that changes state
 ==========================  =====================================================================
+
+A holder who is removed or demoted to viewer loses every power over the holds they made: those
+holds stay as they are (their funds reserved, their collector still able to take what was
+authorized) for the account's owners and managers to charge or release, or they expire.
 """
 from __future__ import annotations
 
@@ -84,6 +99,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple, Protocol
 
 from gridcredit.errors import DomainError, invariant
+from gridcredit.text import hidden_character
 
 AMOUNT_MIN = 1
 AMOUNT_MAX = 10**15
@@ -100,7 +116,6 @@ SPENDING_PERIOD_MIN_US = 1_000_000
 SPENDING_PERIOD_MAX_US = 366 * 86_400 * 1_000_000
 AUDIT_FINDINGS_MAX = 1000
 AUDIT_HASH_WINDOW = 4096
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +228,9 @@ class Hold:
     expires_at_us: int
     reference: str
     creator_dn: str
-    collector_dn: str | None             # another identity that may charge, extend and release it
+    collector_dn: str | None             # another identity that may charge (to the payee, up to the amount),
+                                         # extend the expiry and release it
+    payee_account_id: str | None         # where every charge goes; required with a collector
     state: HoldState
     created_at_us: int
     created_seq: int
@@ -299,6 +316,7 @@ class Transaction:
     expires_at_us: int | None = None
     reference: str | None = None
     collector_dn: str | None = None
+    payee_account_id: str | None = None  # hold, extend: where the hold's charges must go
     pending_mint_id: str | None = None
     approver_dn: str | None = None
     project: str | None = None
@@ -430,16 +448,18 @@ class CreateHold:
     expires_at_us: int
     reference: str = ""
     collector_dn: str | None = None
+    payee_account_id: str | None = None  # charges go only there; required when a collector is named
 
 
 @dataclass(frozen=True, slots=True)
 class ExtendHold:
-    """A later expiry and/or a larger total amount (at least one)."""
+    """A later expiry, a larger total amount and/or another payee (at least one)."""
 
     request_id: str
     hold_id: str
     expires_at_us: int | None = None
     amount: int | None = None
+    payee_account_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,15 +521,18 @@ def check_identifier(value: object, what: str) -> str:
 
 
 def check_dn(value: object, what: str) -> str:
-    if (type(value) is not str or not value or len(value) > DN_LENGTH_MAX
-            or _CONTROL_CHARACTERS.search(value) or value != value.strip()):
+    if type(value) is not str or not value or len(value) > DN_LENGTH_MAX or value != value.strip():
         raise _refuse("InvalidArgument", f"{what} must be a distinguished name of 1-{DN_LENGTH_MAX} "
                                          f"printable characters; got {value!r}")
+    hidden = hidden_character(value)
+    if hidden is not None:   # a bidi override or zero-width character makes one DN look like another
+        raise _refuse("InvalidArgument", f"{what} {value!r} contains an invisible or control character "
+                                         f"({hidden}); a DN must show every character it has")
     return value
 
 
 def _check_reference(value: object) -> str:
-    if type(value) is not str or len(value) > REFERENCE_LENGTH_MAX or _CONTROL_CHARACTERS.search(value):
+    if type(value) is not str or len(value) > REFERENCE_LENGTH_MAX or hidden_character(value) is not None:
         raise _refuse("InvalidArgument", f"reference must be at most {REFERENCE_LENGTH_MAX} printable "
                                          f"characters; got {value!r}")
     return value
@@ -627,10 +650,40 @@ def _require_administrator(principal: Principal, action: str, subject: str) -> N
         raise _not_authorized(principal, action, subject)
 
 
-def _may_control_hold(principal: Principal, account: Account, hold: Hold) -> bool:
-    if principal.dn == hold.creator_dn or (hold.collector_dn is not None and principal.dn == hold.collector_dn):
+def _spends_for_hold(principal: Principal, account: Account, hold: Hold) -> bool:
+    """Whether the caller may spend from the hold's account for this hold *now*: its creator while
+    the creator still has a spending role there, or an owner or manager (not a service identity).
+    A creator who was removed or demoted to viewer has no power over the holds they made."""
+    role = account.role_of(principal.dn)
+    if principal.dn == hold.creator_dn and role in SPENDING_ROLES:
         return True
-    return not principal.is_service and account.role_of(principal.dn) in CONTROLLING_ROLES
+    return not principal.is_service and role in CONTROLLING_ROLES
+
+
+def _collects_hold(principal: Principal, hold: Hold) -> bool:
+    """The named collector: it may charge what a spender authorized (the amount, to the payee),
+    move the expiry and release — never raise the amount or pick another payee."""
+    return hold.collector_dn is not None and principal.dn == hold.collector_dn
+
+
+def _may_grant(principal: Principal, account: Account, role: Role) -> bool:
+    """Giving a DN ``role``: owners any role; managers member and viewer; administrators viewer only,
+    so that no administrator can make anyone — themself included — a spender of an account."""
+    caller_role = account.role_of(principal.dn)
+    if caller_role is Role.OWNER:
+        return True
+    if caller_role is Role.MANAGER and role in (Role.MEMBER, Role.VIEWER):
+        return True
+    return principal.is_administrator and role is Role.VIEWER
+
+
+def _may_revoke(principal: Principal, account: Account, role: Role | None) -> bool:
+    """Taking ``role`` from a DN (None: it holds none yet): owners and administrators any role (taking
+    power away moves no money); managers member and viewer."""
+    caller_role = account.role_of(principal.dn)
+    if caller_role is Role.OWNER or principal.is_administrator:
+        return True
+    return caller_role is Role.MANAGER and role in (None, Role.MEMBER, Role.VIEWER)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -657,15 +710,6 @@ def create_account(existing: Account | None, request: CreateAccount, *, principa
                            holder_dn=request.owner_dn, role=Role.OWNER, credit_limit=request.credit_limit)
 
 
-def _may_manage_role(principal: Principal, account: Account, role: Role | None) -> bool:
-    if principal.is_administrator:
-        return True
-    caller_role = account.role_of(principal.dn)
-    if caller_role is Role.OWNER:
-        return True
-    return caller_role is Role.MANAGER and role in (None, Role.MEMBER, Role.VIEWER)
-
-
 def _owner_count(holders: Iterable[Holder]) -> int:
     return sum(1 for holder in holders if holder.role is Role.OWNER)
 
@@ -677,8 +721,7 @@ def set_holder(account: Account | None, request: SetHolder, *, principal: Princi
     _check_enum(request.role, Role, "role")
     account = _require_account(account, request.account_id)
     previous_role = account.role_of(request.holder_dn)
-    if not (_may_manage_role(principal, account, request.role)
-            and _may_manage_role(principal, account, previous_role)):
+    if not (_may_grant(principal, account, request.role) and _may_revoke(principal, account, previous_role)):
         raise _not_authorized(principal, f"give the {request.role.value} role on", f"account {account.account_id}")
     _require_not_closed(account)
     if previous_role is request.role:
@@ -699,7 +742,7 @@ def remove_holder(account: Account | None, request: RemoveHolder, *, principal: 
     check_dn(request.holder_dn, "holder DN")
     account = _require_account(account, request.account_id)
     previous_role = account.role_of(request.holder_dn)
-    if not _may_manage_role(principal, account, previous_role):
+    if not _may_revoke(principal, account, previous_role):
         raise _not_authorized(principal, "remove holders of", f"account {account.account_id}")
     _require_not_closed(account)
     if previous_role is None:
@@ -925,47 +968,79 @@ def _check_expiry(expires_at_us: int, now_us: int, policy: BankPolicy) -> None:
                                        f"{policy.hold_duration_max_us} µs after now ({now_us} µs)")
 
 
-def create_hold(account: Account | None, request: CreateHold, *, principal: Principal, now_us: int,
-                seq: int, policy: BankPolicy) -> tuple[Account, Hold, Transaction]:
+def _check_payee(payee_account_id: object, account_id: object) -> None:
+    if payee_account_id is None:
+        return
+    check_identifier(payee_account_id, "payee account id")
+    if payee_account_id == account_id:
+        raise _refuse("InvalidArgument", f"a hold on account {account_id} cannot be paid to that same account")
+
+
+def create_hold(account: Account | None, payee: Account | None, request: CreateHold, *, principal: Principal,
+                now_us: int, seq: int, policy: BankPolicy) -> tuple[Account, Hold, Transaction]:
     check_identifier(request.account_id, "account id")
     check_amount(request.amount)
     _check_time(request.expires_at_us, "expiry")
     _check_reference(request.reference)
     if request.collector_dn is not None:
         check_dn(request.collector_dn, "collector DN")
+        if request.payee_account_id is None:
+            raise _refuse("InvalidArgument", f"a hold with a collector ({request.collector_dn}) must name the "
+                                             f"payee account its charges go to")
+        if request.collector_dn == principal.dn:
+            raise _refuse("InvalidArgument", "a hold's collector must be another identity than its creator")
+    _check_payee(request.payee_account_id, request.account_id)
     _check_expiry(request.expires_at_us, now_us, policy)
     account = _require_account(account, request.account_id)
+    if request.payee_account_id is not None:
+        payee = _require_account(payee, request.payee_account_id)
     if account.role_of(principal.dn) not in SPENDING_ROLES:
         raise _not_authorized(principal, "place holds on", f"account {account.account_id}")
     _require_open(account, "new holds")
+    if request.payee_account_id is not None:
+        _require_not_closed(payee)
     _require_available(account, request.amount, "the hold")
     hold = Hold(hold_id=f"hold-{seq}", account_id=account.account_id, amount=request.amount, charged=0,
                 expires_at_us=request.expires_at_us, reference=request.reference, creator_dn=principal.dn,
-                collector_dn=request.collector_dn, state=HoldState.ACTIVE, created_at_us=now_us,
-                created_seq=seq, ended_seq=None, ended_at_us=None)
+                collector_dn=request.collector_dn, payee_account_id=request.payee_account_id,
+                state=HoldState.ACTIVE, created_at_us=now_us, created_seq=seq, ended_seq=None, ended_at_us=None)
     account = dataclasses.replace(account, held=account.held + request.amount)
     return account, hold, _entry(TransactionKind.HOLD, request, principal, now_us, seq,
                                  account_id=account.account_id, amount=request.amount, hold_id=hold.hold_id,
                                  hold_amount=hold.amount, hold_state=hold.state,
                                  expires_at_us=hold.expires_at_us, reference=hold.reference,
-                                 collector_dn=hold.collector_dn)
+                                 collector_dn=hold.collector_dn, payee_account_id=hold.payee_account_id)
 
 
-def extend_hold(hold: Hold | None, account: Account | None, request: ExtendHold, *, principal: Principal,
-                now_us: int, seq: int, policy: BankPolicy) -> tuple[Account, Hold, Transaction]:
+def extend_hold(hold: Hold | None, account: Account | None, payee: Account | None, request: ExtendHold, *,
+                principal: Principal, now_us: int, seq: int, policy: BankPolicy) -> tuple[Account, Hold, Transaction]:
+    """A later expiry (a spender or the collector), a larger amount or another payee (a spender only:
+    both change what the collector may take)."""
     check_identifier(request.hold_id, "hold id")
-    if request.expires_at_us is None and request.amount is None:
-        raise _refuse("InvalidArgument", "an extension needs a later expiry, a larger amount, or both")
+    if request.expires_at_us is None and request.amount is None and request.payee_account_id is None:
+        raise _refuse("InvalidArgument", "an extension needs a later expiry, a larger amount or another payee")
     if request.amount is not None:
         check_amount(request.amount)
     if request.expires_at_us is not None:
         _check_time(request.expires_at_us, "expiry")
+    if request.payee_account_id is not None:
+        check_identifier(request.payee_account_id, "payee account id")
     hold = _require_hold(hold, request.hold_id)
     invariant(account is not None and account.account_id == hold.account_id, "a hold's account is loaded")
-    if not _may_control_hold(principal, account, hold):
-        raise _not_authorized(principal, "extend", f"hold {hold.hold_id}")
+    _check_payee(request.payee_account_id, hold.account_id)
+    if request.payee_account_id is not None:
+        payee = _require_account(payee, request.payee_account_id)
+    if not _spends_for_hold(principal, account, hold):
+        if not _collects_hold(principal, hold):
+            raise _not_authorized(principal, "extend", f"hold {hold.hold_id}")
+        if request.amount is not None or request.payee_account_id is not None:
+            raise _refuse("NotAuthorized", f"{principal.dn} collects hold {hold.hold_id} and may only move its "
+                                           f"expiry; raising its amount or changing its payee needs the right to "
+                                           f"spend from account {account.account_id}")
     _require_active_hold(hold, now_us)
     _require_open(account, "extending holds")
+    if request.payee_account_id is not None:
+        _require_not_closed(payee)
     expires_at_us = hold.expires_at_us
     if request.expires_at_us is not None:
         if request.expires_at_us <= hold.expires_at_us:
@@ -980,12 +1055,14 @@ def extend_hold(hold: Hold | None, account: Account | None, request: ExtendHold,
                                            f"must be larger, not {request.amount}")
         increase = request.amount - hold.amount
         _require_available(account, increase, "the larger hold")
-    extended = dataclasses.replace(hold, amount=hold.amount + increase, expires_at_us=expires_at_us)
+    extended = dataclasses.replace(hold, amount=hold.amount + increase, expires_at_us=expires_at_us,
+                                   payee_account_id=request.payee_account_id or hold.payee_account_id)
     account = dataclasses.replace(account, held=account.held + increase)
     return account, extended, _entry(TransactionKind.EXTEND, request, principal, now_us, seq,
                                      account_id=account.account_id, amount=increase or None,
                                      hold_id=hold.hold_id, hold_amount=extended.amount,
-                                     hold_state=extended.state, expires_at_us=expires_at_us)
+                                     hold_state=extended.state, expires_at_us=expires_at_us,
+                                     payee_account_id=request.payee_account_id)
 
 
 def charge_hold(hold: Hold | None, account: Account | None, payee: Account | None, request: ChargeHold, *,
@@ -996,8 +1073,11 @@ def charge_hold(hold: Hold | None, account: Account | None, payee: Account | Non
     hold = _require_hold(hold, request.hold_id)
     invariant(account is not None and account.account_id == hold.account_id, "a hold's account is loaded")
     payee = _require_account(payee, request.payee_account_id)
-    if not _may_control_hold(principal, account, hold):
+    if not (_spends_for_hold(principal, account, hold) or _collects_hold(principal, hold)):
         raise _not_authorized(principal, "charge", f"hold {hold.hold_id}")
+    if hold.payee_account_id is not None and payee.account_id != hold.payee_account_id:
+        raise _not_authorized(principal, f"charge to account {payee.account_id}",
+                              f"hold {hold.hold_id}: its charges go to account {hold.payee_account_id} only")
     _require_active_hold(hold, now_us)
     _require_open(account, "spending")
     _require_not_closed(payee)
@@ -1037,7 +1117,8 @@ def release_hold(hold: Hold | None, account: Account | None, request: ReleaseHol
     check_identifier(request.hold_id, "hold id")
     hold = _require_hold(hold, request.hold_id)
     invariant(account is not None and account.account_id == hold.account_id, "a hold's account is loaded")
-    if not (principal.is_administrator or _may_control_hold(principal, account, hold)):
+    if not (principal.is_administrator or _spends_for_hold(principal, account, hold)
+            or _collects_hold(principal, hold)):
         raise _not_authorized(principal, "release", f"hold {hold.hold_id}")
     _require_active_hold(hold, now_us)
     return _end_hold(hold, account, HoldState.RELEASED, TransactionKind.RELEASE, request, principal, now_us, seq)
@@ -1213,11 +1294,13 @@ def _apply(view: LedgerView, request: Request, principal: Principal, now_us: int
                                            _maybe_account(view, request.to_account_id), request, **common)
             return entry, {"accounts": (payer, payee)}
         case CreateHold():
-            account, hold, entry = create_hold(_maybe_account(view, request.account_id), request,
+            account, hold, entry = create_hold(_maybe_account(view, request.account_id),
+                                               _maybe_account(view, request.payee_account_id), request,
                                                policy=policy, **common)
             return entry, {"accounts": (account,), "holds": (hold,)}
         case ExtendHold():
-            account, hold, entry = extend_hold(*_hold_and_account(view, request.hold_id), request,
+            account, hold, entry = extend_hold(*_hold_and_account(view, request.hold_id),
+                                               _maybe_account(view, request.payee_account_id), request,
                                                policy=policy, **common)
             return entry, {"accounts": (account,), "holds": (hold,)}
         case ChargeHold():

@@ -90,16 +90,27 @@ class BankModel:
     def _role(account: dict, dn: str) -> str | None:
         return account["holders"].get(dn)
 
-    def _may_manage(self, caller, account: dict, role: str | None) -> bool:
+    def _may_grant(self, caller, account: dict, role: str) -> bool:
+        dn, admin, _service = caller
+        mine = self._role(account, dn)
+        return mine == "owner" or (mine == "manager" and role in ("member", "viewer")) or (admin and role == "viewer")
+
+    def _may_revoke(self, caller, account: dict, role: str | None) -> bool:
         dn, admin, _service = caller
         mine = self._role(account, dn)
         return admin or mine == "owner" or (mine == "manager" and role in (None, "member", "viewer"))
 
-    def _may_control(self, caller, account: dict, hold: dict) -> bool:
+    def _spends_for(self, caller, account: dict, hold: dict) -> bool:
+        """The hold's creator while still a spender there, or an owner or manager (not a service)."""
         dn, _admin, service = caller
-        if dn == hold["creator"] or dn == hold["collector"]:
+        mine = self._role(account, dn)
+        if dn == hold["creator"] and mine in ("owner", "manager", "member"):
             return True
-        return not service and self._role(account, dn) in ("owner", "manager")
+        return not service and mine in ("owner", "manager")
+
+    @staticmethod
+    def _collects(caller, hold: dict) -> bool:
+        return hold["collector"] is not None and caller[0] == hold["collector"]
 
     @staticmethod
     def _not_closed(account: dict) -> None:
@@ -143,7 +154,7 @@ class BankModel:
     def _set_holder(self, caller, now, account_id, dn, role):
         account = self._account(account_id)
         previous = self._role(account, dn)
-        if not (self._may_manage(caller, account, role) and self._may_manage(caller, account, previous)):
+        if not (self._may_grant(caller, account, role) and self._may_revoke(caller, account, previous)):
             raise Refusal("NotAuthorized")
         self._not_closed(account)
         if previous == role:
@@ -157,7 +168,7 @@ class BankModel:
     def _remove_holder(self, caller, now, account_id, dn):
         account = self._account(account_id)
         previous = self._role(account, dn)
-        if not self._may_manage(caller, account, previous):
+        if not self._may_revoke(caller, account, previous):
             raise Refusal("NotAuthorized")
         self._not_closed(account)
         if previous is None:
@@ -298,33 +309,46 @@ class BankModel:
         payee["balance"] += amount
         return dict(kind="transfer", account=payer_id, counterparty=payee_id, amount=amount)
 
-    def _create_hold(self, caller, now, account_id, amount, expires, reference, collector):
+    def _create_hold(self, caller, now, account_id, amount, expires, reference, collector, payee_id=None):
         if not _good_amount(amount):
             raise Refusal("InvalidAmount")
+        if collector is not None and (payee_id is None or collector == caller[0]):
+            raise Refusal("InvalidArgument")
+        if payee_id is not None and payee_id == account_id:
+            raise Refusal("InvalidArgument")
         if expires <= now or expires - now > self.hold_duration_max_us:
             raise Refusal("InvalidExpiry")
         account = self._account(account_id)
+        payee = self._account(payee_id) if payee_id is not None else None
         if self._role(account, caller[0]) not in ("owner", "manager", "member"):
             raise Refusal("NotAuthorized")
         self._open(account)
+        if payee is not None:
+            self._not_closed(payee)
         if self.available(account_id) < amount:
             raise Refusal("InsufficientFunds")
         hold_id = f"hold-{self.seq + 1}"
         self.holds[hold_id] = dict(account=account_id, amount=amount, charged=0, expires=expires,
-                                   creator=caller[0], collector=collector, state="active")
+                                   creator=caller[0], collector=collector, payee=payee_id, state="active")
         return dict(kind="hold", account=account_id, amount=amount, hold=hold_id, hold_state="active")
 
-    def _extend_hold(self, caller, now, hold_id, expires, amount):
-        if expires is None and amount is None:
+    def _extend_hold(self, caller, now, hold_id, expires, amount, payee_id=None):
+        if expires is None and amount is None and payee_id is None:
             raise Refusal("InvalidArgument")
         if amount is not None and not _good_amount(amount):
             raise Refusal("InvalidAmount")
         hold = self._hold(hold_id)
         account = self.accounts[hold["account"]]
-        if not self._may_control(caller, account, hold):
+        if payee_id is not None and payee_id == hold["account"]:
+            raise Refusal("InvalidArgument")
+        payee = self._account(payee_id) if payee_id is not None else None
+        if not (self._spends_for(caller, account, hold)
+                or (self._collects(caller, hold) and amount is None and payee_id is None)):
             raise Refusal("NotAuthorized")
         self._active_unexpired(hold, now)
         self._open(account)
+        if payee is not None:
+            self._not_closed(payee)
         if expires is not None and (expires <= hold["expires"] or expires - now > self.hold_duration_max_us):
             raise Refusal("InvalidExpiry")
         increase = 0
@@ -337,6 +361,8 @@ class BankModel:
             hold["amount"] = amount
         if expires is not None:
             hold["expires"] = expires
+        if payee_id is not None:
+            hold["payee"] = payee_id
         return dict(kind="extend", account=hold["account"], amount=increase or None, hold=hold_id,
                     hold_state="active")
 
@@ -346,7 +372,9 @@ class BankModel:
         hold = self._hold(hold_id)
         payee = self._account(payee_id)
         account = self.accounts[hold["account"]]
-        if not self._may_control(caller, account, hold):
+        if not (self._spends_for(caller, account, hold) or self._collects(caller, hold)):
+            raise Refusal("NotAuthorized")
+        if hold["payee"] is not None and payee_id != hold["payee"]:
             raise Refusal("NotAuthorized")
         self._active_unexpired(hold, now)
         self._open(account)
@@ -367,7 +395,7 @@ class BankModel:
     def _release_hold(self, caller, now, hold_id):
         hold = self._hold(hold_id)
         account = self.accounts[hold["account"]]
-        if not (caller[1] or self._may_control(caller, account, hold)):
+        if not (caller[1] or self._spends_for(caller, account, hold) or self._collects(caller, hold)):
             raise Refusal("NotAuthorized")
         self._active_unexpired(hold, now)
         hold["state"] = "released"

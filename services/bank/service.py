@@ -236,15 +236,16 @@ class BankService(GridcreditService):
         return _execute(ctx, ledger.Transfer(request_id, from_account_id, to_account_id, amount))
 
     @rpc(Unicode(**Required), Unicode(**Required), Long(**Required), DateTime(**Required), Unicode(min_occurs=0),
-         Unicode(min_occurs=0), _returns=Receipt, _operation_name="CreateHold")
-    def create_hold(ctx, request_id, account_id, amount, expires, reference, collector_dn):
+         Unicode(min_occurs=0), Unicode(min_occurs=0), _returns=Receipt, _operation_name="CreateHold")
+    def create_hold(ctx, request_id, account_id, amount, expires, reference, collector_dn, payee_account_id):
         return _execute(ctx, ledger.CreateHold(request_id, account_id, amount, _microseconds(expires, "expires"),
-                                               reference or "", collector_dn))
+                                               reference or "", collector_dn, payee_account_id))
 
-    @rpc(Unicode(**Required), Unicode(**Required), DateTime(min_occurs=0), Long(min_occurs=0),
+    @rpc(Unicode(**Required), Unicode(**Required), DateTime(min_occurs=0), Long(min_occurs=0), Unicode(min_occurs=0),
          _returns=Receipt, _operation_name="ExtendHold")
-    def extend_hold(ctx, request_id, hold_id, expires, amount):
-        return _execute(ctx, ledger.ExtendHold(request_id, hold_id, _microseconds(expires, "expires"), amount))
+    def extend_hold(ctx, request_id, hold_id, expires, amount, payee_account_id):
+        return _execute(ctx, ledger.ExtendHold(request_id, hold_id, _microseconds(expires, "expires"), amount,
+                                               payee_account_id))
 
     @rpc(Unicode(**Required), Unicode(**Required), Unicode(**Required), Long(**Required),
          _returns=Receipt, _operation_name="ChargeHold")
