@@ -13,6 +13,7 @@ import importlib
 import io
 import logging
 import os
+import select
 import signal
 import socket
 import ssl
@@ -403,13 +404,33 @@ def prepare_state(config: Config) -> None:
     SqliteReplayCache(replay_cache_path(config))         # made once, so workers need not race to set it up
 
 
-def serve(config: Config, files: HostFiles, *, build=None) -> int:
-    """Start ``config.server.workers`` worker processes on one listening socket; restart any that dies."""
+class _ReadyPipe:
+    """A worker's "ready" signal to ``serve``: one byte on a pipe once it accepts (``set()``, the
+    interface of the threading.Event ``run_worker`` takes). A worker started after ``serve``
+    stopped listening finds the pipe closed: nobody waits for it then."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def set(self) -> None:
+        try:
+            os.write(self._fd, b"r")
+        except OSError:
+            pass
+
+
+def serve(config: Config, files: HostFiles, *, build=None, announce: Callable[[], None] = lambda: None) -> int:
+    """Start ``config.server.workers`` worker processes on one listening socket; restart any that
+    dies. ``announce()`` runs once every first worker is ready to answer (not before: a store
+    still recovering, or a worker failing at start, keeps it waiting). Returns 1 if it stopped
+    because workers kept failing, else 0."""
     workers_wanted = max(1, config.server.workers)
     listener = listening_socket(config)
     prepare_state(config)
     children: dict[int, int] = {}
-    stopping = False
+    stopping = failed = False
+    ready_read, ready_write = os.pipe()
+    ready_count = 0
 
     def spawn(slot: int) -> None:
         pid = os.fork()
@@ -418,7 +439,9 @@ def serve(config: Config, files: HostFiles, *, build=None) -> int:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 0
             try:
-                run_worker(config, files, build=build, listener=listener)
+                if ready_read is not None:
+                    os.close(ready_read)
+                run_worker(config, files, build=build, listener=listener, ready=_ReadyPipe(ready_write))
             except BaseException:  # noqa: BLE001 — a worker must never return into the parent's code
                 log.exception("worker %d failed", slot)
                 code = 1
@@ -441,12 +464,27 @@ def serve(config: Config, files: HostFiles, *, build=None) -> int:
         spawn(slot)
     restarts: list[float] = []
     while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
+        if ready_read is not None:       # until every first worker is ready: watch the pipe too
+            if select.select([ready_read], [], [], 0.2)[0]:
+                ready_count += len(os.read(ready_read, 64))
+            if ready_count >= workers_wanted or stopping:
+                os.close(ready_read)
+                ready_read = None
+                if not stopping:
+                    announce()
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                continue
+        else:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
         slot = children.pop(pid, None)
         if slot is None or stopping:
             continue
@@ -455,7 +493,8 @@ def serve(config: Config, files: HostFiles, *, build=None) -> int:
         restarts = [t for t in restarts if now - t < 60] + [now]
         if len(restarts) > 10:  # bounded: a worker that cannot start should not spin forever
             log.error("workers keep failing; stopping the server")
+            failed = True
             stop(signal.SIGTERM, None)
             continue
         spawn(slot)
-    return 0
+    return 1 if failed else 0

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 from .config import Config, load_config
@@ -74,10 +73,12 @@ def _serve(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(config.log_level.upper())
     files = host_files(config)
     base = f"https://{config.server.host}:{config.server.port}"
-    print(f"gridcredit serving on {base}/bank, /luts, /jarm, /auctioneer (WSDL at ?wsdl) "
-          f"with {config.server.workers} workers, store: {config.store.backend}", flush=True)
-    sys.stdout.flush()
-    return serve(config, files)
+
+    def announce() -> None:      # once every worker accepts: a request sent now is answered
+        print(f"gridcredit serving on {base}/bank, /luts, /jarm, /auctioneer (WSDL at ?wsdl) "
+              f"with {config.server.workers} workers, store: {config.store.backend}", flush=True)
+
+    return serve(config, files, announce=announce)
 
 
 def _whoami(args: argparse.Namespace) -> int:

@@ -558,6 +558,11 @@ class BaseXUnavailable(StoreError):
     """BaseX did not answer (refused, closed or timed out): the journal goes on without it."""
 
 
+# (journal folder, host, port) of the opens without BaseX this process said: its forked workers,
+# which open the store again, say it at INFO (one warning for a server, not one per worker)
+_SAID_UNREACHABLE: set[tuple[str, str, int]] = set()
+
+
 class _IndexUnusable(Exception):
     """The database's attribute index cannot answer a where item directly (see S_INDEXED)."""
 
@@ -817,8 +822,15 @@ class BaseXStore(XmlStore):
         self._note_applied(self._journal.last_seq)
         self.waiting_for_basex = why
         host, port = self._address[:2]
-        self._note(f"BaseX at {host}:{port} unreachable; serving from the journal, will apply it to BaseX when "
+        message = (f"BaseX at {host}:{port} unreachable; serving from the journal, will apply it to BaseX when "
                    f"BaseX returns ({why})")
+        said = (str(self._journal.directory), host, port)
+        if said in _SAID_UNREACHABLE:     # a forked worker of a process that said it already
+            log.info("xmlstore/basex: %s", message)
+            self.recovery_log.append(message)
+        else:
+            _SAID_UNREACHABLE.add(said)
+            self._note(message)
 
     def _probe(self) -> str | None:
         """None if BaseX answers a login within ``probe_s``, else why not (a stopped BaseX accepts
@@ -1246,6 +1258,7 @@ class BaseXStore(XmlStore):
         if self.waiting_for_basex is not None:
             self.waiting_for_basex = None
             host, port = self._address[:2]
+            _SAID_UNREACHABLE.discard((str(self._journal.directory), host, port))
             self._note(f"BaseX at {host}:{port} answers again: verified against the journal and caught up "
                        f"(transaction {self._journal.last_seq})")
 
