@@ -78,7 +78,7 @@ class LutsConfig:
     vo_managers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Site administrators: DN → machine names they publish for ("*": any), and see; they may replace records
     site_publishers: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    host_publishers: bool = True        # a host certificate (CN=host/NAME) may publish records of machine NAME
+    host_publishers: bool = True        # a host certificate (dNSName subjectAltName NAME) may publish records of machine NAME
     sgas_path: str = "/sgas"            # SGAS-compatible registration for existing reporters: POST <sgas_path>/ur
     # Forwarding every stored record to a higher-level LUTS, signed with this host's certificate
     # (its DN must be allowed to publish there): the upstream's base URL, e.g. https://luts.example.org:8443

@@ -60,7 +60,7 @@ class Runtime:
     def registrations(self) -> dict:
         """Plain HTTPS POST routes (TLS client certificate authentication) the host serves beside SOAP."""
         def sgas(data: bytes, principal):
-            caller = None if principal is None else Caller(dn=principal.dn, limited=principal.limited)
+            caller = None if principal is None else Caller.of(principal)
             return register_usage_records(self.luts, data, caller)
 
         return {self.config.luts.sgas_path.rstrip("/") + "/ur": sgas}

@@ -8,7 +8,7 @@ import pytest
 
 from gridcredit.errors import DomainError, QueryError
 from gridcredit.services.luts import records as ur
-from gridcredit.services.luts.luts import Caller, Luts, LutsPolicy, canonical_dn, host_name_of, job_key
+from gridcredit.services.luts.luts import Caller, Luts, LutsPolicy, canonical_dn, job_key
 
 from luts_fixtures import USERS, Job, make_batch, make_record, open_luts_store, random_jobs
 from store_fixtures import basex_server  # noqa: F401
@@ -18,6 +18,7 @@ ADMIN = "/O=Grid/CN=LUTS Admin"
 SITE_ADMIN = "/O=Grid/CN=Site Admin"
 MANAGER = "/O=Grid/CN=Atlas Manager"
 HOST = "/O=Grid/CN=host/ce1.example.org"
+HOST_CALLER = Caller(HOST, host_names=("ce1.example.org",))    # what a host certificate of ce1 proves
 ANY_PUBLISHER = "/O=Grid/CN=Any Publisher"
 POLICY = LutsPolicy(admins=frozenset({ADMIN}), vo_managers={MANAGER: frozenset({"atlas"})},
                     site_publishers={SITE_ADMIN: frozenset({"ce1.example.org", "ce2.example.org"}),
@@ -45,14 +46,27 @@ def stored_all(luts: Luts) -> list:
 # -- helpers -----------------------------------------------------------------------------------------
 
 
-def test_dn_forms_and_host_names():
+def test_dn_forms():
     assert canonical_dn("CN=Alice,O=Grid") == "/O=Grid/CN=Alice"
     assert canonical_dn("CN=Smith\\, John, O=Grid") == "/O=Grid/CN=Smith, John"
     assert canonical_dn("/O=Grid/CN=Alice") == "/O=Grid/CN=Alice"
     assert canonical_dn("alice") == "alice"
-    assert host_name_of("/O=Grid/CN=host/ce1.example.org") == "ce1.example.org"
-    assert host_name_of("/O=Grid/CN=CE1.Example.org") == "ce1.example.org"
-    assert host_name_of("/O=Grid/CN=Alice Smith") is None
+
+
+def test_a_host_is_what_its_certificate_was_issued_for_never_a_dns_text(luts):
+    """Issue 10.6: the machines a host publishes for are its certificate's host names (Caller.host_names)."""
+    job = Job("r-host", USERS[0], "atlas", "ce1.example.org", "short", None, 100, 50, "1")
+    for dn in ("/O=Grid/CN=ce1.example.org", HOST):                    # a user certificate with a host-like CN
+        with pytest.raises(DomainError) as error:
+            luts.publish(make_record(job), Caller(dn))
+        assert error.value.code == "NotAuthorized"
+        assert luts.query(Caller(dn), limit=1).scope == "own"                   # and it sees no site's records
+    renamed = Caller("/O=Grid/CN=gateway.example.org", host_names=("CE1.example.org",))   # CN ≠ SAN: the SAN counts
+    assert luts.publish(make_record(job), renamed).results[0].status == "stored"
+    elsewhere = dataclasses.replace(job, record_id="r-host-2", machine="gateway.example.org")
+    assert luts.publish(make_record(elsewhere), renamed).results[0].status == "refused"
+    assert POLICY.publish_machines(renamed) == {"ce1.example.org"}
+    assert dataclasses.replace(POLICY, host_publishers=False).publish_machines(renamed) is None
 
 
 # -- publish -----------------------------------------------------------------------------------------
@@ -96,21 +110,21 @@ def test_jobs_with_ids_longer_than_an_index_holds_are_found(luts):
               local_job_id=long_local, global_job_id=long_global)
     other = Job("r-short", USERS[0], "atlas", "ce1.example.org", "short", None, 10, 5, "1",
                 global_job_id=job_key(long_global))           # its id is the long one's index key
-    assert [r.status for r in luts.publish(make_batch([job, other]), Caller(HOST)).results] == ["stored"] * 2
+    assert [r.status for r in luts.publish(make_batch([job, other]), HOST_CALLER).results] == ["stored"] * 2
     for job_id, found in ((long_global, "r-long"), (long_local, "r-long"), (job_key(long_global), "r-short")):
         assert [r.record_id for r in luts.job(Caller(ADMIN), job_id)] == [found]
 
 
 def test_same_record_is_a_no_op_different_record_is_refused_replace_needs_a_site_admin(luts):
     job = Job("r-1", USERS[0], "atlas", "ce1.example.org", "short", None, 100, 50, "1.5")
-    assert luts.publish(make_record(job), Caller(HOST)).results[0].status == "stored"
+    assert luts.publish(make_record(job), HOST_CALLER).results[0].status == "stored"
     # the same record inside a batch (other whitespace and namespace declarations around it) is the same
-    assert luts.publish(make_batch([job]), Caller(HOST)).results[0].status == "duplicate"
+    assert luts.publish(make_batch([job]), HOST_CALLER).results[0].status == "duplicate"
     changed = Job("r-1", USERS[0], "atlas", "ce1.example.org", "short", None, 999, 50, "1.5")
-    refused = luts.publish(make_record(changed), Caller(HOST)).results[0]
+    refused = luts.publish(make_record(changed), HOST_CALLER).results[0]
     assert refused.status == "refused" and "different record" in refused.message
     with pytest.raises(DomainError) as error:
-        luts.publish(make_record(changed), Caller(HOST), replace=True)
+        luts.publish(make_record(changed), HOST_CALLER, replace=True)
     assert error.value.code == "NotAuthorized"
     assert luts.summary(Caller(ADMIN), ["user"]).rows[0].wall_us == 100_000_000
     assert luts.publish(make_record(changed), Caller(SITE_ADMIN), replace=True).results[0].status == "replaced"
@@ -123,7 +137,7 @@ def test_same_record_is_a_no_op_different_record_is_refused_replace_needs_a_site
 def test_two_records_with_one_id_in_one_batch(luts):
     a = Job("dup", USERS[0], None, "ce1.example.org", None, None, 1, 1, None)
     b = Job("dup", USERS[0], None, "ce1.example.org", None, None, 2, 1, None)
-    statuses = [r.status for r in luts.publish(make_batch([a, a, b]), Caller(HOST)).results]
+    statuses = [r.status for r in luts.publish(make_batch([a, a, b]), HOST_CALLER).results]
     assert statuses == ["stored", "duplicate", "refused"]
 
 
@@ -138,7 +152,7 @@ def test_broken_records_get_their_own_errors_and_the_rest_is_stored(luts):
         + ''.join(f'<ur:Host>{"x" * 10_000}</ur:Host>' for _ in range(1_050)) + '</ur:JobUsageRecord>',
     ]
     document = body.replace("</ur:UsageRecords>", "\n".join(broken) + "\n</ur:UsageRecords>").encode()
-    report = luts.publish(document, Caller(HOST))
+    report = luts.publish(document, HOST_CALLER)
     statuses = [r.status for r in report.results]
     assert statuses == ["stored"] * 3 + ["invalid"] * 4
     messages = [r.message for r in report.results[3:]]
@@ -154,7 +168,7 @@ def test_a_document_with_an_entity_is_refused_whole_and_changes_nothing(luts):
            b'<ur:JobUsageRecord xmlns:ur="http://schema.ogf.org/urf/2003/09/urf">'
            b'<ur:RecordIdentity ur:recordId="xxe"/><ur:JobName>&x;</ur:JobName></ur:JobUsageRecord>')
     with pytest.raises(DomainError) as error:
-        luts.publish(xxe, Caller(HOST))
+        luts.publish(xxe, HOST_CALLER)
     assert error.value.code == "InvalidUsageRecord"
     assert stored_all(luts) == []
 
@@ -166,7 +180,7 @@ def test_who_may_publish(luts):
     assert error.value.code == "NotAuthorized"
     with pytest.raises(DomainError):
         luts.publish(make_record(job), Caller(SITE_ADMIN, limited=True))
-    refused = luts.publish(make_record(job), Caller(HOST)).results[0]       # the host is ce1, not ce2
+    refused = luts.publish(make_record(job), HOST_CALLER).results[0]       # the host is ce1, not ce2
     assert refused.status == "refused" and "ce1.example.org" in refused.message
     assert luts.publish(make_record(job), Caller(SITE_ADMIN)).results[0].status == "stored"
     other = Job("m-2", USERS[0], None, "ce3.other.org", None, None, 1, 1, None)
@@ -217,7 +231,7 @@ def test_vo_manager_site_and_admin_scopes(filled):
     site = luts.query(Caller(SITE_ADMIN), limit=1000)
     assert site.scope == "site"
     assert _ids(site.records) == {j.record_id for j in jobs if j.machine in ("ce1.example.org", "ce2.example.org")}
-    host = luts.query(Caller(HOST), limit=1000)
+    host = luts.query(HOST_CALLER, limit=1000)
     assert _ids(host.records) == {j.record_id for j in jobs if j.machine == "ce1.example.org"}
     assert _ids(stored_all(luts)) == {j.record_id for j in jobs}
     own = luts.query(Caller(MANAGER), scope="own", limit=1000)

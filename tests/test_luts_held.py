@@ -15,6 +15,7 @@ from luts_fixtures import make_batch, open_luts_store, random_jobs
 from store_fixtures import basex_server  # noqa: F401
 
 HOST = "/O=Grid/CN=host/ce1.example.org"
+HOST_CALLER = Caller(HOST, host_names=("ce1.example.org",))    # what a host certificate of ce1 proves
 SITE_PUBLISHER = "/O=Grid/CN=Site Publisher"
 SITE_HOST = "/O=Grid/CN=host/luts.site.example.org"
 ADMIN = "/O=Grid/CN=LUTS Admin"
@@ -43,7 +44,7 @@ def test_an_unreadable_sgas_post_is_listed_shown_retried_corrected_and_leaves(ba
     luts = backend("luts", LutsPolicy(admins=frozenset({ADMIN})))
     jobs = random_jobs(4, seed=71, machines=["ce1.example.org"])
     posted = _unreadable_post(jobs)
-    assert register_usage_records(luts, posted, Caller(HOST)).status == "200 OK"
+    assert register_usage_records(luts, posted, HOST_CALLER).status == "200 OK"
     [one] = held.list_held(luts)
     assert one.kind == "sgas" and one.publisher == HOST and one.size_bytes == len(posted)
     assert "not well-formed" in one.reasons[0] or "read" in one.reasons[0]
@@ -62,7 +63,7 @@ def test_an_unreadable_sgas_post_is_listed_shown_retried_corrected_and_leaves(ba
 def test_a_retry_publishes_with_the_original_publishers_rights_only(backend):
     luts = backend("luts", LutsPolicy(admins=frozenset({ADMIN})))
     elsewhere = random_jobs(2, seed=72, machines=["ce7.other.org"])              # not the posting host's machine
-    register_usage_records(luts, _unreadable_post(elsewhere), Caller(HOST))
+    register_usage_records(luts, _unreadable_post(elsewhere), HOST_CALLER)
     [one] = held.list_held(luts, ("sgas",))
     _, posted = held.show(luts, "sgas", one.held_id)
     report = held.retry_sgas(luts, one.held_id, posted.replace(b"a & b", b"a and b"))
@@ -118,7 +119,7 @@ def test_the_operator_cli_on_the_local_store(tmp_path, monkeypatch, capsys):
     store = open_service_store(load_config(str(config_file)))
     jobs = random_jobs(2, seed=74, machines=["ce1.example.org"])
     posted = _unreadable_post(jobs)
-    register_usage_records(Luts(store, LutsPolicy()), posted, Caller(HOST))
+    register_usage_records(Luts(store, LutsPolicy()), posted, HOST_CALLER)
     store.close()
 
     assert main(["--config", str(config_file), "luts", "held", "list", "--json"]) == 0

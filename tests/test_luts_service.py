@@ -82,6 +82,26 @@ def test_publish_query_job_and_summary_over_soap(host, people):
     assert sum(row.jobs for row in own.rows) == sum(1 for j in jobs if j.user == bob)
 
 
+def test_one_record_id_on_two_machines_over_soap(host, people):
+    """Record identity is (machine, record id): ce1's host cannot block ce2's record, JobUsage answers
+    both, GetRecord needs the machine when the caller sees both."""
+    rid = f"svc-both-{host.backend}"
+    ce1 = Job(rid, people["bob"].dn, None, SITE_HOST, None, None, 10, 5, None, local_job_id="77")
+    ce2 = Job(rid, people["bob"].dn, None, "ce2.example.org", None, None, 20, 5, None, local_job_id="77")
+    assert [r.status for r in client(host, people["site"]).publish(make_record(ce1)).results] == ["stored"]
+    site_admin = client(host, people["site_admin"])
+    assert [r.status for r in site_admin.publish(make_record(ce2)).results] == ["stored"]
+    assert [r.status for r in site_admin.publish(make_record(ce2), replace=True).results] == ["duplicate"]
+    found = client(host, people["bob"]).job("77")
+    assert sorted((r.record_id, r.usage.machine) for r in found if r.record_id == rid) == [
+        (rid, SITE_HOST), (rid, "ce2.example.org")]
+    with pytest.raises(RemoteFault) as fault:
+        client(host, people["bob"]).record(rid)
+    assert fault.value.code == "AmbiguousRecord" and "ce2.example.org" in str(fault.value)
+    assert client(host, people["bob"]).record(rid, machine="ce2.example.org").usage.wall_us == 20_000_000
+    assert client(host, people["site"]).record(rid).usage.machine == SITE_HOST     # the one ce1 may see
+
+
 def test_refusals_are_faults_with_reason_codes(host, people, pki):
     record = make_record(Job(f"ref-{host.backend}", people["alice"].dn, None, SITE_HOST, None, None, 1, 1, None))
     with pytest.raises(RemoteFault) as fault:
@@ -144,6 +164,50 @@ def test_sgas_registration_refuses_other_publishers(host, people):
     assert junk.status_code == 200 and "sgas_quarantine/" in junk.text           # a refusal would block ARC for good
     assert requests.get(f"{host.url}/sgas/ur", verify=str(host.pki.trust_dir), timeout=30).status_code == 405
     assert client(host, people["admin"]).query(f"starts-with(@rid, 'sgas-no-')").records == ()
+
+
+# -- who is a host: the names its certificate was issued for, never a DN's text (issue 10.6) -----------
+
+
+@pytest.fixture(scope="module")
+def lookalikes(pki, tmp_path_factory):
+    """A user certificate whose CN is the site's host name, and a host certificate whose CN is another
+    name than its subjectAltName (the site's host)."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from gridcredit.security import pki as pki_module
+    directory = tmp_path_factory.mktemp("luts-lookalikes")
+    cert, key = pki.ca.issue(pki_module.parse_grid_dn("/DC=org/DC=example/O=gridcredit-test/CN=gateway.example.org"),
+                             key=pki.keys.fresh(), san=[x509.DNSName(SITE_HOST)],
+                             usages=(ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH))
+    cert_path, key_path = directory / "hostcert.pem", directory / "hostkey.pem"
+    pki_module.write_pem_certificates(cert_path, [cert])
+    pki_module.write_private_key(key_path, key)
+    return {"user_named_like_the_host": pki.user(SITE_HOST),
+            "renamed_host": load_credential(cert_path, key_path), "renamed_host_files": (cert_path, key_path)}
+
+
+def test_a_user_certificate_named_like_a_host_cannot_publish_for_it(host, people, lookalikes):
+    user = lookalikes["user_named_like_the_host"]
+    assert user.dn.endswith(f"/CN={SITE_HOST}")
+    batch = make_batch(random_jobs(2, seed=8, prefix=f"cn-{host.backend}", machines=[SITE_HOST]))
+    with pytest.raises(RemoteFault) as fault:
+        client(host, user).publish(batch)
+    assert fault.value.code == "NotAuthorized"
+    assert sgas_post(host, batch, cert=(str(user.cert_path), str(user.key_path))).status_code == 403
+    assert client(host, people["admin"]).query(f"starts-with(@rid, 'cn-{host.backend}')").records == ()
+
+
+def test_a_host_certificate_publishes_for_its_subject_alt_name_not_its_cn(host, people, lookalikes):
+    renamed = lookalikes["renamed_host"]
+    over_soap = random_jobs(2, seed=9, prefix=f"san-soap-{host.backend}", machines=[SITE_HOST])
+    assert [r.status for r in client(host, renamed).publish(make_batch(over_soap)).results] == ["stored"] * 2
+    over_sgas = random_jobs(2, seed=10, prefix=f"san-sgas-{host.backend}", machines=[SITE_HOST])
+    answer = sgas_post(host, make_batch(over_sgas), cert=lookalikes["renamed_host_files"])
+    assert answer.status_code == 200 and answer.text.startswith("stored 2,"), answer.text
+    for_the_cn = random_jobs(1, seed=11, prefix=f"san-cn-{host.backend}", machines=["gateway.example.org"])
+    assert [r.status for r in client(host, renamed).publish(make_batch(for_the_cn)).results] == ["refused"]
 
 
 # -- ARC's own publisher (Debian nordugrid-arc-arex, jura-ng, SGAS target) against /sgas/ur ------------

@@ -92,7 +92,8 @@ def show(luts: Luts, kind: str, held_id: str) -> tuple[Held, bytes]:
 
 
 def retry_sgas(luts: Luts, held_id: str, corrected: bytes | None = None) -> PublishReport:
-    """Publish a quarantined document again (or ``corrected`` in its place) as its publisher.
+    """Publish a quarantined document again (or ``corrected`` in its place) as its publisher (its DN,
+    and the hosts its certificate was issued for when it posted).
 
     It leaves the quarantine once the document could be read; still unreadable: DomainError, kept.
     """
@@ -101,7 +102,7 @@ def retry_sgas(luts: Luts, held_id: str, corrected: bytes | None = None) -> Publ
     publisher = root.get("publisher", "")
     data = corrected if corrected is not None else base64.b64decode(root.text or "")
     try:
-        report = luts.publish(as_declared(data), Caller(publisher))
+        report = luts.publish(as_declared(data), Caller(publisher, host_names=tuple(root.get("hosts", "").split())))
     except DomainError as error:
         raise DomainError(f"{QUARANTINE}/{held_id} is still not stored: {error}", error.code) from None
     luts.store.transact(lambda tx: tx.delete(QUARANTINE, held_id))

@@ -74,7 +74,6 @@ QUERY_NAMESPACES = {"n": NS, "urf": ur.NS_UR1, "ur": ur.NS_UR2, "gratia": ur.NS_
                     "vo": ur.NS_SGAS_VO, "sgas": ur.NS_SGAS}
 
 _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
-_HOST_CN = re.compile(r"^(?:host/)?([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)$")
 
 
 def key_hash(text: str) -> str:
@@ -98,15 +97,6 @@ def canonical_dn(text: str | None) -> str | None:
     return "".join("/" + part.replace("\\,", ",") for part in reversed(parts))
 
 
-def host_name_of(dn: str) -> str | None:
-    """The host a host certificate names (``…/CN=host/ce.example.org`` or ``…/CN=ce.example.org``)."""
-    match = re.search(r"/CN=([^/]+(?:/[^/=]+)?)$", dn)
-    if not match:
-        return None
-    found = _HOST_CN.match(match.group(1))
-    return found.group(1).lower() if found else None
-
-
 # -- policy: who may publish and see what ---------------------------------------------------------
 
 
@@ -115,7 +105,7 @@ class LutsPolicy:
     admins: frozenset[str] = frozenset()
     vo_managers: Mapping[str, frozenset[str]] = field(default_factory=dict)     # manager DN → VOs
     site_publishers: Mapping[str, frozenset[str]] = field(default_factory=dict)  # DN → machines ("*": any)
-    host_publishers: bool = True      # a host certificate may publish for the machine it names
+    host_publishers: bool = True      # a host certificate may publish for the hosts it was issued for
 
     @classmethod
     def from_config(cls, config) -> "LutsPolicy":
@@ -129,14 +119,17 @@ class LutsPolicy:
                                     for dn, machines in config.site_publishers.items()},
                    host_publishers=config.host_publishers)
 
-    def publish_machines(self, dn: str) -> frozenset[str] | None:
-        """Machines ``dn`` may publish for (``{"*"}``: any); None: may not publish."""
-        if dn in self.admins:
+    def publish_machines(self, caller: Caller) -> frozenset[str] | None:
+        """Machines ``caller`` may publish for (``{"*"}``: any); None: may not publish.
+
+        A host is known only by its certificate (``Caller.host_names``: the dNSName subjectAltNames of
+        an end-entity host certificate), never by the text of a DN: a user certificate whose CN looks
+        like a host name publishes nothing."""
+        if caller.dn in self.admins:
             return frozenset({"*"})
-        machines = set(self.site_publishers.get(dn, ()))
-        host = host_name_of(dn) if self.host_publishers else None
-        if host:
-            machines.add(host)
+        machines = set(self.site_publishers.get(caller.dn, ()))
+        if self.host_publishers:
+            machines.update(name.lower() for name in caller.host_names)
         return frozenset(machines) if machines else None
 
     def may_replace(self, dn: str) -> bool:
@@ -146,8 +139,16 @@ class LutsPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Caller:
+    """Who calls: the DN the verified chain proves, whether through a limited proxy, and the hosts
+    the caller's certificate was issued for (``Principal.host_names``; empty for users and proxies)."""
     dn: str
     limited: bool = False
+    host_names: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, principal) -> Caller:
+        """The caller a verified ``security.chain.Principal`` proves."""
+        return cls(dn=principal.dn, limited=principal.limited, host_names=tuple(principal.host_names))
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +170,7 @@ SCOPE_NAMES = ("all", "vo", "site", "own")
 
 def scopes_of(policy: LutsPolicy, caller: Caller) -> dict[str, Scope]:
     scopes = {"own": Scope("own", {"user": caller.dn})}
-    machines = policy.publish_machines(caller.dn)
+    machines = policy.publish_machines(caller)
     if machines and "*" not in machines:
         scopes["site"] = Scope("site", {"machine": tuple(sorted(machines))})
     elif machines:
@@ -472,10 +473,10 @@ class Luts:
         """
         if caller.limited:
             raise DomainError("a limited proxy may not publish usage records", "NotAuthorized")
-        machines = self.policy.publish_machines(caller.dn)
+        machines = self.policy.publish_machines(caller)
         if machines is None:
             raise DomainError(f"{caller.dn} may not publish usage records here (not a site publisher, an "
-                              f"administrator or a host certificate)", "NotAuthorized")
+                              f"administrator, or a host certificate issued for a machine)", "NotAuthorized")
         if replace and not self.policy.may_replace(caller.dn):
             raise DomainError("only site administrators and LUTS administrators may replace stored records",
                               "NotAuthorized")
@@ -722,4 +723,4 @@ class Luts:
 
 __all__ = ["Caller", "INDEXES", "Luts", "LutsPolicy", "PublishReport", "QUERY_NAMESPACES", "RecordPage",
            "RecordResult", "Scope", "StoredRecord", "Summary", "SummaryRow", "SUMMARY_DIMENSIONS",
-           "canonical_dn", "choose_scope", "host_name_of", "scopes_of"]
+           "canonical_dn", "choose_scope", "scopes_of"]

@@ -128,8 +128,7 @@ def _page_info(page: RecordPage) -> RecordPageInfo:
 
 
 def caller_of(ctx) -> Caller:
-    principal = principal_of(ctx)
-    return Caller(dn=principal.dn, limited=principal.limited)
+    return Caller.of(principal_of(ctx))
 
 
 def _variables(variables) -> dict[str, str | int]:

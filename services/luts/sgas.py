@@ -105,6 +105,8 @@ def quarantine(luts: Luts, data: bytes, caller: Caller, reason: str) -> str:
     received = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     element = etree.Element(f"{{{NS}}}Quarantined", nsmap={"n": NS}, publisher=caller.dn, received=received,
                             reason=reason[:2000])
+    if caller.host_names:        # the hosts its certificate was issued for: what a retry may publish for
+        element.set("hosts", " ".join(caller.host_names))
     element.text = base64.b64encode(data).decode("ascii")
     luts.store.put(QUARANTINE, doc_id, etree.tostring(element, encoding="utf-8"))
     return doc_id
