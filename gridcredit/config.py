@@ -33,6 +33,11 @@ class ServerConfig:
     client_cert: str = "optional"       # TLS client certificate: none | optional | required
     request_bytes_max: int = 10_000_000
     request_timeout_s: int = 30
+    handshake_timeout_s: int = 10       # a TLS handshake not done by then is dropped (handshakes never block accepting)
+    listen_backlog: int = 1024          # connections the kernel queues for accepting (capped by net.core.somaxconn)
+    # Open connections (handshaking, idle or busy) one client address may hold at one worker
+    # process; more are closed at once. IPv6 clients count per /64 network.
+    connections_per_address_max: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +198,12 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None) -> C
         raise ConfigError(f"store.backend must be 'embedded' or 'basex', not {config.store.backend!r}")
     if config.server.client_cert not in {"none", "optional", "required"}:
         raise ConfigError("server.client_cert must be none, optional or required")
+    if not 1 <= config.server.handshake_timeout_s <= 300:
+        raise ConfigError("server.handshake_timeout_s must be 1-300")
+    if not 1 <= config.server.listen_backlog <= 65_535:
+        raise ConfigError("server.listen_backlog must be 1-65535")
+    if not 1 <= config.server.connections_per_address_max <= 100_000:
+        raise ConfigError("server.connections_per_address_max must be 1-100000")
     luts = config.luts
     if luts.forward_to and not luts.forward_to.startswith("https://"):
         raise ConfigError(f"luts.forward_to must be the https:// base URL of the upstream LUTS, not {luts.forward_to!r}")

@@ -32,6 +32,7 @@ from spyne.server.wsgi import WsgiApplication
 
 from .config import Config
 from .errors import SecurityError
+from .https_server import HttpsServer, effective_backlog
 from .security.wssec import SOAP11_NS, Signer, VerifiedMessage, Verifier, VerifyPolicy
 from .security.xmlparse import ParseLimits
 from .soapfault import fault_envelope, security_fault
@@ -338,7 +339,7 @@ def listening_socket(config: Config) -> socket.socket:
     # reply ~40 ms (cheroot sets it on sockets it makes itself; this one is ours).
     listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     listener.bind((config.server.host, config.server.port))
-    listener.listen(1024)
+    listener.listen(effective_backlog(config.server.listen_backlog))
     return listener
 
 
@@ -349,24 +350,15 @@ def run_worker(config: Config, files: HostFiles, ready: "threading.Event | None"
     ``build(config, files)`` makes the WSGI application (default ``build_host``; benchmarks pass
     another). ``listener``: an inherited listening socket (from ``serve``); else the worker binds its own.
     """
-    from cheroot import wsgi
-    from cheroot.ssl.builtin import BuiltinSSLAdapter
-
-    class _Server(wsgi.Server):
-        def bind(self, family, type, proto=0):
-            if listener is None:
-                return super().bind(family, type, proto)
-            self.socket = listener
-            self.bind_addr = listener.getsockname()[:2]
-            return listener
-
     host = (build or build_host)(config, files)
     gc.freeze()  # what start-up built lives as long as the worker: no collection need walk it again
-    server = _Server((config.server.host, config.server.port), host, numthreads=config.server.threads,
-                     timeout=config.server.request_timeout_s, server_name="gridcredit")
-    adapter = BuiltinSSLAdapter(str(files.host_cert), str(files.host_key))
-    adapter.context = tls_context(config, files)
-    server.ssl_adapter = adapter
+    server = HttpsServer((config.server.host, config.server.port), host, context=tls_context(config, files),
+                         cert_file=str(files.host_cert), key_file=str(files.host_key),
+                         handshake_timeout_s=config.server.handshake_timeout_s,
+                         listen_backlog=config.server.listen_backlog,
+                         connections_per_address_max=config.server.connections_per_address_max,
+                         listener=listener, numthreads=config.server.threads,
+                         timeout=config.server.request_timeout_s, server_name="gridcredit")
 
     def give_up() -> None:
         log.warning("worker pid %d did not stop within %.0f s of being told to (a request still running); "
