@@ -41,6 +41,7 @@ class Cast:
     revoked: Credential
     expired_proxy: Credential
     host_trust_dir: Path
+    misleading: Credential              # a user of the trusted CA whose CN holds a right-to-left override
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,8 @@ def cast(pki, key_pool, tmp_path_factory) -> Cast:
     revoking.export_trust(root / "revoking-trust")
     trust = trust_dir_of(pki.trust_dir, root / "revoking-trust", into=root / "host-trust")
     alice = pki.user("Alice").credential
-    return Cast(alice, untrusted, revoked, expired_proxy(alice, key_pool.any()), trust)
+    misleading = pki.user("Ali\u202ece").credential
+    return Cast(alice, untrusted, revoked, expired_proxy(alice, key_pool.any()), trust, misleading)
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +214,32 @@ def expired_proxy_signer(cast):
     return signed_request(cast.expired_proxy)
 
 
+def _weak_key_proxy(label: str, make_key):
+    """A proxy that Alice really signed, whose own key is too weak; the message is signed with it."""
+    def attack(cast):
+        from gridcredit.security import pki as pki_module
+        alice = cast.alice
+        proxy, key = pki_module.make_proxy(alice.cert, alice.key, alice.chain, hours=1, proxy_key=make_key())
+        return signed_request(Credential(proxy, key, alice.certificates, f"{label} proxy"))
+    attack.__name__ = f"proxy_with_{label}_key"
+    return attack
+
+
+def _rsa_1024():
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    return rsa.generate_private_key(public_exponent=65537, key_size=1024)
+
+
+def _p192():
+    from cryptography.hazmat.primitives.asymmetric import ec
+    return ec.generate_private_key(ec.SECP192R1())
+
+
+def right_to_left_override_in_dn(cast):
+    """A certificate of the trusted CA whose CN reads as another name (U+202E)."""
+    return signed_request(cast.misleading)
+
+
 def _algorithm(digest_method=None, signature_method=None):
     def attack(cast):
         envelope = _signed(cast)
@@ -298,6 +326,9 @@ ATTACKS: list[tuple[Callable, tuple[str, ...], str | None]] = [
     (untrusted_ca, ("InvalidSecurityToken", "FailedAuthentication"), None),
     (revoked_user, ("InvalidSecurityToken", "FailedAuthentication"), "revoked"),
     (expired_proxy_signer, ("InvalidSecurityToken", "FailedAuthentication"), "expired"),
+    (_weak_key_proxy("rsa1024", _rsa_1024), ("InvalidSecurityToken",), "RSA key of 1024 bits"),
+    (_weak_key_proxy("p192", _p192), ("InvalidSecurityToken",), "secp192r1"),
+    (right_to_left_override_in_dn, ("InvalidSecurityToken",), "U+202E RIGHT-TO-LEFT OVERRIDE"),
     (_algorithm(digest_method=SHA1), ("UnsupportedAlgorithm",), "sha1"),
     (_algorithm(signature_method=RSA_SHA1), ("UnsupportedAlgorithm",), "rsa-sha1"),
     (_algorithm(digest_method=MD5), ("UnsupportedAlgorithm",), "md5"),
@@ -327,6 +358,10 @@ def test_the_attack_helpers_are_sound(pki, cast):
         _algorithm(digest_method=SHA1)(cast))
     Verifier(trust=TrustStore.from_directory(cast.host_trust_dir), policy=VerifyPolicy(allow_sha1=True)).verify(
         _algorithm(signature_method=RSA_SHA1)(cast))
+    # The weak-key proxies are valid apart from their keys.
+    legacy = Verifier(trust=TrustStore.from_directory(cast.host_trust_dir, allow_weak_keys=True))
+    legacy.verify(_weak_key_proxy("rsa1024", _rsa_1024)(cast))
+    legacy.verify(_weak_key_proxy("p192", _p192)(cast))
     # The revoked user is valid apart from the revocation; the expired proxy's user is fine.
     revoked_elsewhere = Verifier(pinned_certificates=[cast.revoked.cert])
     revoked_elsewhere.verify(signed_request(cast.revoked))
