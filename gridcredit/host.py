@@ -87,6 +87,21 @@ def wsdl_document(name: str, base_address: str = WSDL_PLACEHOLDER_ADDRESS, appli
     return etree.tostring(root, pretty_print=True, xml_declaration=True, encoding="UTF-8")
 
 
+class _ClientStopped(Exception):
+    """The client stopped sending its request (timed out mid-body, or closed the connection): an
+    expected state, logged in the request's one line; ``status`` and ``answer`` go back to it."""
+
+    def __init__(self, message: str, status: str, answer: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.answer = answer
+
+
+def _peer(environ) -> str:
+    address, port = environ.get("REMOTE_ADDR") or "?", environ.get("REMOTE_PORT") or "?"
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 @dataclass(frozen=True)
 class _PlainAnswer:
     status: str
@@ -156,6 +171,10 @@ class SignedSoapHost:
             status, envelope = self._call_service(endpoint, environ, verified)
             outcome = "ok" if status.startswith("200") else "fault"
             return self._reply(start_response, status, envelope, confirm=verified.signature_value)
+        except _ClientStopped as stopped:
+            outcome = str(stopped)
+            return self._reply(start_response, stopped.status, fault_envelope("Client", stopped.answer),
+                               extra_headers=[("Connection", "close")])
         except SecurityError as error:
             outcome = f"refused wsse:{error.code} ({error})"
             return self._reply(start_response, "500 Internal Server Error", security_fault(error.code, str(error)))
@@ -182,14 +201,21 @@ class SignedSoapHost:
                     answer = _PlainAnswer("413 Content Too Large", f"{error}\n")
                 else:
                     answer = self._registrations[path](data, principal)
+        except _ClientStopped as stopped:
+            answer = _PlainAnswer(stopped.status, f"{stopped.answer}\n")
+            outcome = str(stopped)
         except Exception:  # noqa: BLE001 — one place turns our own failures into a 500
             log.exception("internal error serving %s", path)
             answer = _PlainAnswer("500 Internal Server Error", "the service failed; the server log has the details\n")
-        outcome = answer.status
+        if outcome == "-":
+            outcome = answer.status
         log.info("%s POST principal=%r outcome=%s %.1fms", path, getattr(principal, "dn", "-"), outcome,
                  (time.perf_counter() - started) * 1000)
         body = answer.body.encode("utf-8")
-        start_response(answer.status, [("Content-Type", answer.content_type), ("Content-Length", str(len(body)))])
+        headers = [("Content-Type", answer.content_type), ("Content-Length", str(len(body)))]
+        if outcome != answer.status:  # the client stopped sending: do not wait for the rest of its body
+            headers.append(("Connection", "close"))
+        start_response(answer.status, headers)
         return [body]
 
     def _tls_principal(self, environ):
@@ -208,17 +234,34 @@ class SignedSoapHost:
 
     # -- stages ------------------------------------------------------------------------------------
     def _read_body(self, environ) -> bytes:
+        """The request body; ``_ClientStopped`` when the client stops sending it (a timeout, or it went away)."""
         length_text = environ.get("CONTENT_LENGTH") or ""
         stream = environ["wsgi.input"]
-        if length_text:
-            try:
-                length = int(length_text)
-            except ValueError:
-                raise SecurityError("the Content-Length header is not a number", "InvalidSecurity") from None
-            if length > self._request_bytes_max:
-                raise SecurityError(f"the message is {length:,} bytes; at most {self._request_bytes_max:,} are accepted", "InvalidSecurity")
-            return stream.read(length)
-        data = stream.read(self._request_bytes_max + 1)  # chunked: read at most one byte past the limit
+        started = time.monotonic()
+        length = None
+        try:
+            if length_text:
+                try:
+                    length = int(length_text)
+                except ValueError:
+                    raise SecurityError("the Content-Length header is not a number", "InvalidSecurity") from None
+                if length > self._request_bytes_max:
+                    raise SecurityError(f"the message is {length:,} bytes; at most {self._request_bytes_max:,} are accepted", "InvalidSecurity")
+                data = stream.read(length)
+                if len(data) < length:
+                    raise _ClientStopped(f"client {_peer(environ)} closed the connection after {len(data):,} of "
+                                         f"{length:,} bytes of the request body", "400 Bad Request",
+                                         "the request body ended before its Content-Length")
+                return data
+            data = stream.read(self._request_bytes_max + 1)  # chunked: read at most one byte past the limit
+        except TimeoutError:
+            announced = f"{length:,} bytes announced" if length is not None else "chunked"
+            raise _ClientStopped(f"client {_peer(environ)} timed out sending the request body ({announced}; "
+                                 f"nothing more came for {time.monotonic() - started:.0f} s)", "408 Request Timeout",
+                                 "the request body did not arrive in time; send it without pausing") from None
+        except (ConnectionError, ssl.SSLError) as error:
+            raise _ClientStopped(f"client {_peer(environ)} closed the connection while sending the request body "
+                                 f"({error.strerror or error})", "400 Bad Request", "the connection broke") from None
         if len(data) > self._request_bytes_max:
             raise SecurityError(f"the message is larger than {self._request_bytes_max:,} bytes", "InvalidSecurity")
         return data

@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from cheroot import connections, server as cheroot_server, wsgi
+from cheroot import connections, errors as cheroot_errors, server as cheroot_server, wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 log = logging.getLogger("gridcredit.host")
@@ -98,6 +98,14 @@ class AddressLimit:
 
 
 class _Request(cheroot_server.HTTPRequest):
+    def respond(self):
+        try:
+            return super().respond()
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as gone:
+            # The client closed its TLS connection (the request's line already says so): cheroot
+            # drops FatalSSLAlert quietly, but logs these as a socket error.
+            raise cheroot_errors.FatalSSLAlert(*gone.args) from gone
+
     def send_headers(self):
         # An application that answers "Connection: close" (a client that stalled mid-body) gets
         # the connection closed; cheroot would otherwise first read the rest of the body.

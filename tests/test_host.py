@@ -381,3 +381,93 @@ def _ignore_errors(call):
         call()
     except Exception:  # noqa: BLE001 — the server goes away under this request
         pass
+
+
+# ------------------------------------------------- clients that stall: the log says so, in a line
+
+@pytest.fixture(scope="module")
+def served(pki, tmp_path_factory):
+    """``gridcredit serve`` (one worker, 2 s request timeout, backlog 300) with its log in a file."""
+    root = tmp_path_factory.mktemp("served")
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("GRIDCREDIT_", "X509_"))}
+    env.update(HOME=str(root), GRIDCREDIT_STATE_DIR=str(root / "state"), PYTHONUNBUFFERED="1",
+               GRIDCREDIT_SERVER_REQUEST_TIMEOUT_S="2", GRIDCREDIT_SERVER_LISTEN_BACKLOG="300",
+               GRIDCREDIT_SECURITY_HOST_CERT=str(pki.host_cert), GRIDCREDIT_SECURITY_HOST_KEY=str(pki.host_key),
+               GRIDCREDIT_SECURITY_CERT_DIR=str(pki.trust_dir))
+    log_path = root / "serve.log"
+    with log_path.open("w") as log_file:
+        server = subprocess.Popen([sys.executable, "-m", "gridcredit.cli", "serve", "--port", str(port), "--workers", "1"],
+                                  cwd=root, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_tls(port, timeout_s=60)
+        yield port, log_path
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(5)
+
+
+def _wait_for_log(log_path: Path, text: str, timeout_s: float = 10) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        log = log_path.read_text(errors="replace")
+        if text in log:
+            return log
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} not in the server log:\n{log_path.read_text(errors='replace')[-3000:]}")
+
+
+def _tls_to(port: int, trust_dir: Path):
+    import socket as socket_module
+    import ssl
+    context = ssl.create_default_context(capath=str(trust_dir))
+    raw = socket_module.create_connection(("127.0.0.1", port), timeout=10)
+    return context.wrap_socket(raw, server_hostname="localhost")
+
+
+def _partial_post(connection, announced: int, sent: bytes) -> None:
+    connection.sendall(b"POST /bank HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml; charset=utf-8\r\n"
+                       + f"Content-Length: {announced}\r\n\r\n".encode() + sent)
+
+
+def test_the_serve_listener_has_the_configured_backlog(served):
+    import subprocess as run
+    port, _ = served
+    line = run.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout.split()
+    assert int(line[2]) == 300  # cheroot re-listened the shared socket with a backlog of 5
+
+
+def test_a_client_that_stalls_mid_body_is_logged_as_timed_out(served, pki):
+    port, log_path = served
+    with _tls_to(port, pki.trust_dir) as connection:
+        _partial_post(connection, 1000, b"<soap:Envelope")
+        connection.settimeout(15)
+        started = time.monotonic()
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+        assert time.monotonic() - started < 8  # answered and closed after the 2 s timeout, not later
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), head
+    assert b"Client" in body and b"did not arrive" in body
+    log = _wait_for_log(log_path, "timed out sending the request body")
+    line = next(line for line in log.splitlines() if "timed out sending the request body" in line)
+    assert "127.0.0.1:" in line and "1,000" in line
+    assert "Traceback" not in log and "internal error" not in log
+
+
+def test_a_client_that_disconnects_mid_body_is_logged_as_such(served, pki):
+    port, log_path = served
+    with _tls_to(port, pki.trust_dir) as connection:
+        _partial_post(connection, 1000, b"<soap:Envelope xmlns")
+    log = _wait_for_log(log_path, "closed the connection after 20 of 1,000 bytes of the request body")
+    time.sleep(0.5)  # anything the server logs after the request's line
+    log = log_path.read_text(errors="replace")
+    assert "Traceback" not in log and "internal error" not in log
+    after = log[log.index("closed the connection after 20 of 1,000 bytes"):].splitlines()
+    assert len(after) == 1, after  # one line, no socket errors after it
+    assert "wsse:" not in log  # not reported as a refused (malformed) message
