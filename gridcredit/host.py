@@ -11,8 +11,10 @@ from __future__ import annotations
 import gc
 import importlib
 import io
+import ipaddress
 import logging
 import os
+import re
 import select
 import signal
 import socket
@@ -114,7 +116,7 @@ class _Endpoint:
     name: str
     application: Application
     wsgi: WsgiApplication
-    wsdl_by_address: dict[str, bytes]
+    wsdl_template: bytes | None = None  # built once; its soap:address base is _WSDL_TEMPLATE_ADDRESS
 
 
 class SignedSoapHost:
@@ -134,7 +136,7 @@ class SignedSoapHost:
         self._endpoints: dict[str, _Endpoint] = {}
         for name in services:
             application = build_application(name)
-            self._endpoints[name] = _Endpoint(name, application, WsgiApplication(application, max_content_length=request_bytes_max), {})
+            self._endpoints[name] = _Endpoint(name, application, WsgiApplication(application, max_content_length=request_bytes_max))
         self._wsdl_lock = threading.Lock()
 
     def close(self) -> None:
@@ -304,18 +306,44 @@ class SignedSoapHost:
         return [payload]
 
     def _wsdl(self, endpoint: _Endpoint, environ, start_response):
-        scheme = environ.get("wsgi.url_scheme", "https")
-        host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', 'localhost')}:{environ.get('SERVER_PORT', '443')}"
-        address = f"{scheme}://{host}"
+        # Built once per service (unauthenticated work must not grow with Host headers); each
+        # answer only writes this request's address into the one soap:address.
         with self._wsdl_lock:
-            document = endpoint.wsdl_by_address.get(address)
-            if document is None:
-                if len(endpoint.wsdl_by_address) > 16:  # bounded: Host headers come from outside
-                    endpoint.wsdl_by_address.clear()
-                document = wsdl_document(endpoint.name, address, build_application(endpoint.name))
-                endpoint.wsdl_by_address[address] = document
+            if endpoint.wsdl_template is None:
+                template = wsdl_document(endpoint.name, _WSDL_TEMPLATE_ADDRESS, build_application(endpoint.name))
+                if template.count(_WSDL_TEMPLATE_ADDRESS.encode()) != 1:
+                    raise RuntimeError(f"the {endpoint.name} WSDL does not hold its address exactly once")
+                endpoint.wsdl_template = template
+        document = endpoint.wsdl_template.replace(_WSDL_TEMPLATE_ADDRESS.encode(), wsdl_base_address(environ).encode(), 1)
         start_response("200 OK", [("Content-Type", _SOAP_CONTENT_TYPE), ("Content-Length", str(len(document)))])
         return [document]
+
+
+_WSDL_TEMPLATE_ADDRESS = "https://wsdl-address.gridcredit.invalid"
+_HOST_AND_PORT = re.compile(r"(?P<name>[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+                            r"|\[(?P<ipv6>[0-9A-Fa-f:.]{2,45})\])(?::(?P<port>[0-9]{1,5}))?", re.ASCII)
+
+
+def _is_host_and_port(text: str) -> bool:
+    match = _HOST_AND_PORT.fullmatch(text) if len(text) <= 255 else None
+    if match is None or (match["port"] is not None and not 0 < int(match["port"]) < 65536):
+        return False
+    if match["ipv6"] is not None:
+        try:
+            ipaddress.IPv6Address(match["ipv6"])
+        except ValueError:
+            return False
+    return True
+
+
+def wsdl_base_address(environ) -> str:
+    """The https:// address a WSDL answer names: the request's Host header when it is a host name
+    or address (with an optional port), else the server's own name and port. Always https: the
+    host speaks nothing else, even when TLS ends in front of it."""
+    for candidate in (environ.get("HTTP_HOST") or "", f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"):
+        if _is_host_and_port(candidate):
+            return f"https://{candidate}"
+    return WSDL_PLACEHOLDER_ADDRESS
 
 
 # ---------------------------------------------------------------------------------------------

@@ -471,3 +471,44 @@ def test_a_client_that_disconnects_mid_body_is_logged_as_such(served, pki):
     after = log[log.index("closed the connection after 20 of 1,000 bytes"):].splitlines()
     assert len(after) == 1, after  # one line, no socket errors after it
     assert "wsse:" not in log  # not reported as a refused (malformed) message
+
+
+# ------------------------------------------------------------- ?wsdl is built once per service
+
+def _get_wsdl_in_process(app, host_header: str | None, scheme: str = "https") -> tuple[str, bytes]:
+    import io
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/bank", "QUERY_STRING": "wsdl", "wsgi.url_scheme": scheme,
+               "SERVER_NAME": "gridcredit", "SERVER_PORT": "8443", "wsgi.input": io.BytesIO(b"")}
+    if host_header is not None:
+        environ["HTTP_HOST"] = host_header
+    seen = {}
+    body = b"".join(app(environ, lambda status, headers, exc_info=None: seen.setdefault("status", status)))
+    return seen["status"], body
+
+
+def test_wsdl_is_built_once_whatever_the_host_header(pki, monkeypatch):
+    """Unauthenticated work: each new Host header rebuilt the whole WSDL (tens of ms of spyne)."""
+    from gridcredit import host as host_module
+    builds = []
+    real = host_module.wsdl_document
+    monkeypatch.setattr(host_module, "wsdl_document", lambda *args, **kwargs: builds.append(args) or real(*args, **kwargs))
+    app = _fake_host(pki, pki.host_credential())
+    expected = _with_location(real("bank"), "X")
+    for index in range(200):
+        status, document = _get_wsdl_in_process(app, f"host{index}.example.org:{8000 + index}")
+        assert status.startswith("200")
+        assert _location(document) == f"https://host{index}.example.org:{8000 + index}/bank"
+        assert _with_location(document, "X") == expected
+    assert len(builds) == 1
+    # The soap:address is https even when the request's scheme says http (TLS terminated in front).
+    assert _location(_get_wsdl_in_process(app, "grid.example.org", scheme="http")[1]) == "https://grid.example.org/bank"
+    assert _location(_get_wsdl_in_process(app, "[2001:db8::1]:8443")[1]) == "https://[2001:db8::1]:8443/bank"
+
+
+@pytest.mark.parametrize("host_header", ['evil.org"/><x a="', "a b", "x" * 300, "host:99999999", "", None,
+                                         "h\u202eo.org", "host:80:80"])
+def test_wsdl_ignores_a_host_header_that_is_not_a_host(pki, host_header):
+    app = _fake_host(pki, pki.host_credential())
+    status, document = _get_wsdl_in_process(app, host_header)
+    assert status.startswith("200")
+    assert _location(document) == "https://gridcredit:8443/bank"  # the server's own name and port
