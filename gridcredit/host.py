@@ -35,7 +35,7 @@ from spyne.server.wsgi import WsgiApplication
 from .config import Config
 from .errors import SecurityError
 from .https_server import HttpsServer, effective_backlog
-from .security.wssec import SOAP11_NS, Signer, VerifiedMessage, Verifier, VerifyPolicy
+from .security.wssec import SOAP11_NS, WSSE_NS, Signer, VerifiedMessage, Verifier, VerifyPolicy
 from .security.xmlparse import ParseLimits
 from .soapfault import fault_envelope, security_fault
 from .services.common import PRINCIPAL_ENVIRON_KEY, RUNTIME_ENVIRON_KEY
@@ -87,6 +87,48 @@ def wsdl_document(name: str, base_address: str = WSDL_PLACEHOLDER_ADDRESS, appli
         schema[:] = imports + members
     # Pretty-printed so the checked-in copies under wsdl/ read well and diff cleanly.
     return etree.tostring(root, pretty_print=True, xml_declaration=True, encoding="UTF-8")
+
+
+SOAP11_NEXT_ACTOR = "http://schemas.xmlsoap.org/soap/actor/next"
+# Header blocks this host processes. WS-Addressing is not among them: a request that says its
+# wsa: headers must be understood gets the MustUnderstand fault rather than being half-served.
+UNDERSTOOD_HEADERS = frozenset({f"{{{WSSE_NS}}}Security"})
+
+
+class SoapRefusal(Exception):
+    """A verified request that breaks SOAP's processing rules: ``code`` is a SOAP 1.1 fault code
+    (``Client``, ``MustUnderstand``); nothing of the request has run."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def check_processing_rules(verified: VerifiedMessage) -> None:
+    """SOAP 1.1's rules for a verified request, before anything runs: every header block aimed at
+    us (no actor, or actor "next") that must be understood is one we process (else the
+    MustUnderstand fault), and the Body holds exactly one operation element and nothing else."""
+    header = verified.envelope.find(f"{{{SOAP11_NS}}}Header")
+    for block in header if header is not None else ():
+        if not isinstance(block.tag, str) or block.tag in UNDERSTOOD_HEADERS:
+            continue
+        if block.get(f"{{{SOAP11_NS}}}actor") not in (None, SOAP11_NEXT_ACTOR):
+            continue  # for another node on the path
+        value = block.get(f"{{{SOAP11_NS}}}mustUnderstand")
+        if value is None or value.strip() in ("0", "false"):
+            continue
+        if value.strip() not in ("1", "true"):
+            raise SoapRefusal("Client", f"the header {block.tag} has mustUnderstand={value!r}; "
+                                        "it must be 1, 0, true or false")
+        raise SoapRefusal("MustUnderstand", f"this service does not process the header {block.tag}, which the "
+                                            "request says must be understood; send it without mustUnderstand=\"1\", "
+                                            "or leave it out")
+    body = verified.body
+    operations = [child for child in body if isinstance(child.tag, str)]
+    if len(operations) != 1:
+        raise SoapRefusal("Client", f"the SOAP Body must hold exactly one operation element; it holds {len(operations)}")
+    if (body.text or "").strip() or (operations[0].tail or "").strip():
+        raise SoapRefusal("Client", "the SOAP Body holds text beside its operation element; send the operation element alone")
 
 
 class _ClientStopped(Exception):
@@ -170,6 +212,7 @@ class SignedSoapHost:
             verified = self._verifier.verify(raw)
             principal_dn = getattr(verified.principal, "dn", "-")
             operation = etree.QName(verified.body[0]).localname if len(verified.body) else "-"
+            check_processing_rules(verified)
             status, envelope = self._call_service(endpoint, environ, verified)
             outcome = "ok" if status.startswith("200") else "fault"
             return self._reply(start_response, status, envelope, confirm=verified.signature_value)
@@ -180,6 +223,10 @@ class SignedSoapHost:
         except SecurityError as error:
             outcome = f"refused wsse:{error.code} ({error})"
             return self._reply(start_response, "500 Internal Server Error", security_fault(error.code, str(error)))
+        except SoapRefusal as refusal:
+            outcome = f"refused soap:{refusal.code} ({refusal})"
+            return self._reply(start_response, "500 Internal Server Error", fault_envelope(refusal.code, str(refusal)),
+                               confirm=verified.signature_value)
         except Exception:  # noqa: BLE001 — the one place that turns our own failures into a fault
             log.exception("internal error serving %s", path)
             outcome = "internal error"

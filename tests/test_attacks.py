@@ -476,3 +476,69 @@ def test_the_untrusted_parser_counts_elements_and_checks_a_lower_depth_itself():
     parse_untrusted(b"<r>" + b"<a/>" * 9 + b"</r>", ParseLimits(elements_max=10))
     with pytest.raises(SecurityError, match="more than 10 elements"):
         parse_untrusted(b"<r>" + b"<a/>" * 10 + b"</r>", ParseLimits(elements_max=10))
+
+
+# ------------------------------------------------------------------- SOAP processing rules
+
+WSA_NS = "http://www.w3.org/2005/08/addressing"
+SOAP11_NEXT_ACTOR = "http://schemas.xmlsoap.org/soap/actor/next"
+
+
+def _signed_with(cast: Cast, *, operations: int = 1, headers: tuple[etree._Element, ...] = ()) -> bytes:
+    """A signed request whose Body holds ``operations`` operation elements, with ``headers`` besides Security."""
+    envelope = whoami_envelope()
+    body = envelope.find(f"{{{SOAP11_NS}}}Body")
+    body.remove(body[0])
+    for index in range(operations):
+        etree.SubElement(body, "{urn:gridcredit:bank:1}" + ("WhoAmI" if index % 2 == 0 else "MoneySupply"))
+    header = envelope.find(f"{{{SOAP11_NS}}}Header")
+    for element in headers:
+        header.append(element)
+    return etree.tostring(Signer(cast.alice).sign(envelope))
+
+
+def _header(tag: str, **attributes) -> etree._Element:
+    element = etree.Element(tag)
+    for name, value in attributes.items():
+        element.set({"must_understand": f"{{{SOAP11_NS}}}mustUnderstand", "actor": f"{{{SOAP11_NS}}}actor"}[name], value)
+    return element
+
+
+def _soap_fault(pki, data: bytes, host):
+    status, content_type, body = _send(host, data)
+    return read_fault_response(status, content_type, body, Verifier(trust=pki.trust_store()))
+
+
+@pytest.mark.parametrize("operations", [2, 3, 0])
+def test_host_refuses_a_body_that_does_not_hold_exactly_one_operation(host, pki, cast, session, operations):
+    """Before: a signed Body with two operations ran the first and ignored the second."""
+    fault = _soap_fault(pki, _signed_with(cast, operations=operations), host)
+    assert fault.namespace == SOAP11_NS and fault.code == "Client", fault
+    assert "exactly one" in fault.message and f"holds {operations}" in fault.message
+    _valid_call_succeeds(host, pki, cast, session)
+
+
+@pytest.mark.parametrize("value", ["1", "true", " 1 "])
+@pytest.mark.parametrize("tag", ["{urn:example:tracing}Trace", f"{{{WSA_NS}}}Action"])
+def test_host_answers_mustunderstand_for_a_header_it_does_not_process(host, pki, cast, tag, value):
+    fault = _soap_fault(pki, _signed_with(cast, headers=(_header(tag, must_understand=value),)), host)
+    assert fault.namespace == SOAP11_NS and fault.code == "MustUnderstand", fault
+    assert etree.QName(tag).localname in fault.message and etree.QName(tag).namespace in fault.message
+
+
+@pytest.mark.parametrize("attributes", [{"must_understand": "0"}, {"must_understand": "false"}, {},
+                                        {"must_understand": "1", "actor": "http://example.org/some-other-node"}])
+def test_host_processes_headers_it_need_not_understand(host, pki, cast, session, attributes):
+    data = _signed_with(cast, headers=(_header("{urn:example:tracing}Trace", **attributes),))
+    response = post_soap(session, f"{host.url}/bank", data)
+    assert response.status_code == 200, response.content[:500]
+
+
+def test_host_answers_mustunderstand_for_a_header_aimed_at_the_next_node(host, pki, cast):
+    header = _header("{urn:example:tracing}Trace", must_understand="1", actor=SOAP11_NEXT_ACTOR)
+    assert _soap_fault(pki, _signed_with(cast, headers=(header,)), host).code == "MustUnderstand"
+
+
+def test_host_refuses_a_mustunderstand_value_that_is_not_a_boolean(host, pki, cast):
+    fault = _soap_fault(pki, _signed_with(cast, headers=(_header("{urn:example:tracing}Trace", must_understand="yes"),)), host)
+    assert fault.namespace == SOAP11_NS and fault.code == "Client" and "mustUnderstand" in fault.message
