@@ -1094,3 +1094,40 @@ def test_dns_and_references_with_hidden_characters_are_refused(bank, hidden):
     with pytest.raises(DomainError):
         bank.run(Mint(rid(), "vo-atlas", 1), principal=Principal(f"/CN=Ada{hidden}", is_administrator=True),
                  now_us=NOW_US)
+
+
+def test_a_large_retirement_waits_for_a_second_administrator(bank):
+    """Retiring credits stays possible for administrators, in the open — above the approval threshold
+    only with a second administrator, like a mint (issue 10.2)."""
+    bank.run(Mint(rid(), "vo-atlas", 10_000), principal=ADMIN, now_us=NOW_US)
+    requested = bank.run(Retire(rid(), "vo-atlas", 10_500), principal=ADMIN, now_us=NOW_US).transaction
+    assert (requested.kind, requested.account_id, requested.amount) == (ledger.TransactionKind.RETIRE_REQUEST,
+                                                                       "vo-atlas", 10_500)
+    pending_id = requested.pending_mint_id
+    assert pending_id.startswith("retire-") and bank.pending_mints[pending_id].change is ledger.SupplyChange.RETIRE
+    assert (bank.accounts["vo-atlas"].balance, bank.supply.retired) == (11_000, 0)        # nothing moved yet
+    refused("SecondAdministratorRequired", bank, ApproveMint(rid(), pending_id), ADMIN)
+    hold(bank, 600, principal=MEMBER)                    # the funds are checked again at approval
+    refused("InsufficientFunds", bank, ApproveMint(rid(), pending_id), ADMIN_TWO)
+    bank.run(ReleaseHold(rid(), next(iter(h for h in bank.holds if bank.holds[h].state is HoldState.ACTIVE))),
+             principal=MEMBER, now_us=NOW_US)
+    approved = bank.run(ApproveMint(rid(), pending_id), principal=ADMIN_TWO, now_us=NOW_US).transaction
+    assert (approved.kind, approved.amount, approved.approver_dn) == (ledger.TransactionKind.RETIRE, 10_500,
+                                                                      ADMIN_TWO.dn)
+    assert (bank.accounts["vo-atlas"].balance, bank.supply.retired) == (500, 10_500)
+    assert bank.pending_mints[pending_id].state is PendingMintState.APPROVED
+    # Below the threshold a retirement is immediate, and either can be cancelled or expire like a mint.
+    assert bank.run(Retire(rid(), "vo-atlas", 100), principal=ADMIN,
+                    now_us=NOW_US).transaction.kind is ledger.TransactionKind.RETIRE
+    bank.run(Mint(rid(), "site-north", 9_000), principal=ADMIN, now_us=NOW_US)
+    bank.run(Mint(rid(), "site-north", 9_000), principal=ADMIN_TWO, now_us=NOW_US)
+    cancelled = bank.run(Retire(rid(), "site-north", 10_001), principal=ADMIN, now_us=NOW_US).transaction
+    bank.run(CancelMint(rid(), cancelled.pending_mint_id), principal=ADMIN_TWO, now_us=NOW_US)
+    expiring = bank.run(Retire(rid(), "site-north", 10_002), principal=ADMIN, now_us=NOW_US).transaction
+    refused("PendingMintExpired", bank, ApproveMint(rid(), expiring.pending_mint_id), ADMIN_TWO,
+            NOW_US + MINT_APPROVAL_US)
+    bank.run(ExpireMint(rid(), expiring.pending_mint_id), principal=ADMIN, now_us=NOW_US + MINT_APPROVAL_US)
+    assert bank.accounts["site-north"].balance == 18_000
+    assert [bank.pending_mints[p].state for p in (cancelled.pending_mint_id, expiring.pending_mint_id)] == [
+        PendingMintState.CANCELLED, PendingMintState.EXPIRED]
+    assert bank.audit(verify).clean

@@ -287,6 +287,13 @@ class BankMachine(RuleBasedStateMachine):
         self.send(principal, ledger.Retire(self.next_request_id(), account_id, amount),
                   "retire", account_id, amount)
 
+    @rule(principal=st.sampled_from((ADMIN, ADMIN_TWO)), account_id=st.sampled_from(ACCOUNTS),
+          amount=st.integers(MINT_APPROVAL_THRESHOLD - 1, MINT_APPROVAL_THRESHOLD + 1000))
+    def retire_large(self, principal, account_id, amount) -> None:
+        """Above the threshold a retirement waits for a second administrator, like a mint."""
+        self.send(principal, ledger.Retire(self.next_request_id(), account_id, amount),
+                  "retire", account_id, amount)
+
     # -- transfers and holds --------------------------------------------------------------------
 
     @rule(principal=actors, payer=account_ids, payee=account_ids, amount=amounts)
@@ -516,9 +523,10 @@ class BankMachine(RuleBasedStateMachine):
                     hold.collector_dn, hold.payee_account_id) == (
                 expected["account"], expected["amount"], expected["charged"], expected["expires"],
                 expected["state"], expected["collector"], expected["payee"])
-        assert {pending_id: (pending.account_id, pending.amount, pending.expires_at_us, pending.state.value,
-                             pending.ended_by_dn) for pending_id, pending in real.pending_mints.items()} == {
-            pending_id: (pending["account"], pending["amount"], pending["expires"], pending["state"],
+        assert {pending_id: (pending.account_id, pending.amount, pending.change.value, pending.expires_at_us,
+                             pending.state.value, pending.ended_by_dn)
+                for pending_id, pending in real.pending_mints.items()} == {
+            pending_id: (pending["account"], pending["amount"], pending["change"], pending["expires"], pending["state"],
                          pending["ended_by"]) for pending_id, pending in model.pending.items()}
         assert (real.supply.issued, real.supply.retired) == (model.issued, model.retired)
 
@@ -537,7 +545,8 @@ class BankMachine(RuleBasedStateMachine):
         assert all(count == 1 for count in ended_by.values()), "every hold ends exactly once"
         mint_ends: dict[str, int] = {}
         for transaction in self.real.transactions:
-            if transaction.pending_mint_id is not None and transaction.kind is not ledger.TransactionKind.MINT_REQUEST:
+            if transaction.pending_mint_id is not None and transaction.kind not in (
+                    ledger.TransactionKind.MINT_REQUEST, ledger.TransactionKind.RETIRE_REQUEST):
                 mint_ends[transaction.pending_mint_id] = mint_ends.get(transaction.pending_mint_id, 0) + 1
         assert all(count == 1 for count in mint_ends.values()), "every pending mint ends exactly once"
         for pending in self.real.pending_mints.values():

@@ -152,8 +152,13 @@ def describe(t: Transaction) -> str:
         text = f"{money(t.amount)} minted into {t.account_id}"
         if t.approver_dn:
             text += f" (pending mint {t.pending_mint_id}, approved by {t.approver_dn})"
+    elif kind == "retire-request":
+        text = (f"retirement of {money(t.amount)} from {t.account_id} awaits a second administrator until "
+                f"{when(t.expires_at_us)}: pending {t.pending_mint_id}")
     elif kind == "retire":
         text = f"{money(t.amount)} retired from {t.account_id}"
+        if t.approver_dn:
+            text += f" (pending {t.pending_mint_id}, approved by {t.approver_dn})"
     elif kind == "transfer":
         text = f"{money(t.amount)} from {t.account_id} to {t.counterparty_account_id}"
     elif kind == "hold":

@@ -146,6 +146,13 @@ class HoldState(enum.Enum):
     EXPIRED = "expired"
 
 
+class SupplyChange(enum.Enum):
+    """What a pending mint does once approved: issue credits, or retire them."""
+
+    MINT = "mint"
+    RETIRE = "retire"
+
+
 class PendingMintState(enum.Enum):
     PENDING = "pending"
     APPROVED = "approved"
@@ -164,6 +171,7 @@ class TransactionKind(enum.Enum):
     MINT = "mint"
     MINT_CANCEL = "mint-cancel"
     MINT_EXPIRE = "mint-expire"
+    RETIRE_REQUEST = "retire-request"
     RETIRE = "retire"
     TRANSFER = "transfer"
     HOLD = "hold"
@@ -247,9 +255,13 @@ class Hold:
 
 @dataclass(frozen=True, slots=True)
 class PendingMint:
+    """A change of the money supply above the approval threshold, waiting for a second administrator:
+    a mint (``mint-<seq>``) or a retirement (``retire-<seq>``)."""
+
     pending_mint_id: str
     account_id: str
     amount: int
+    change: SupplyChange
     requester_dn: str
     requested_at_us: int
     expires_at_us: int                   # from then on only ExpireMint ends it
@@ -837,7 +849,8 @@ def mint(account: Account | None, supply: MoneySupply, request: Mint, *, princip
     _require_not_closed(account)
     if policy.mint_approval_threshold is not None and request.amount > policy.mint_approval_threshold:
         pending = PendingMint(pending_mint_id=f"mint-{seq}", account_id=account.account_id,
-                              amount=request.amount, requester_dn=principal.dn, requested_at_us=now_us,
+                              amount=request.amount, change=SupplyChange.MINT, requester_dn=principal.dn,
+                              requested_at_us=now_us,
                               expires_at_us=now_us + policy.mint_approval_duration_us,
                               state=PendingMintState.PENDING, ended_by_dn=None, ended_seq=None, ended_at_us=None)
         return account, supply, pending, _entry(
@@ -887,11 +900,16 @@ def approve_mint(pending: PendingMint | None, account: Account | None, supply: M
                       f"administrator must approve it")
     _require_pending(pending, now_us)
     _require_not_closed(account)
-    account, supply = _issue(account, supply, pending.amount)
+    if pending.change is SupplyChange.RETIRE:
+        account, supply = _withdraw(account, supply, pending.amount)
+        kind = TransactionKind.RETIRE
+    else:
+        account, supply = _issue(account, supply, pending.amount)
+        kind = TransactionKind.MINT
     approved = dataclasses.replace(pending, state=PendingMintState.APPROVED, ended_by_dn=principal.dn,
                                    ended_seq=seq, ended_at_us=now_us)
     return approved, account, supply, _entry(
-        TransactionKind.MINT, request, principal, now_us, seq, account_id=account.account_id,
+        kind, request, principal, now_us, seq, account_id=account.account_id,
         amount=pending.amount, pending_mint_id=pending.pending_mint_id, approver_dn=principal.dn)
 
 
@@ -919,23 +937,36 @@ def expire_mint(pending: PendingMint | None, request: ExpireMint, *, principal: 
                              principal, now_us, seq)
 
 
+def _withdraw(account: Account, supply: MoneySupply, amount: int) -> tuple[Account, MoneySupply]:
+    """Retire ``amount``: only from the account's own unheld balance (no overdraft)."""
+    unheld = account.balance - account.held
+    if unheld < amount:
+        raise _refuse("InsufficientFunds",
+                      f"account {account.account_id} has {max(unheld, 0)} unheld credits (credit limit not "
+                      f"counted); retiring {amount} needs {amount} (short by {amount - max(unheld, 0)})")
+    return _debit(account, amount), dataclasses.replace(supply, retired=supply.retired + amount)
+
+
 def retire(account: Account | None, supply: MoneySupply, request: Retire, *, principal: Principal,
-           now_us: int, seq: int) -> tuple[Account, MoneySupply, Transaction]:
-    """Take credits out of circulation; only from the account's own unheld balance (no overdraft)."""
+           now_us: int, seq: int, policy: BankPolicy) -> tuple[Account, MoneySupply, PendingMint | None, Transaction]:
+    """Take credits out of circulation; above the policy threshold, record a pending retirement for a
+    second administrator (the funds are checked now and again at approval)."""
     check_identifier(request.account_id, "account id")
     check_amount(request.amount)
     account = _require_account(account, request.account_id)
     _require_administrator(principal, "retire credits from", f"account {account.account_id}")
     _require_not_closed(account)
-    unheld = account.balance - account.held
-    if unheld < request.amount:
-        raise _refuse("InsufficientFunds",
-                      f"account {account.account_id} has {max(unheld, 0)} unheld credits (credit limit not "
-                      f"counted); retiring {request.amount} needs {request.amount} "
-                      f"(short by {request.amount - max(unheld, 0)})")
-    return _debit(account, request.amount), dataclasses.replace(supply, retired=supply.retired + request.amount), \
-        _entry(TransactionKind.RETIRE, request, principal, now_us, seq, account_id=account.account_id,
-               amount=request.amount)
+    retired_account, retired_supply = _withdraw(account, supply, request.amount)
+    if policy.mint_approval_threshold is not None and request.amount > policy.mint_approval_threshold:
+        pending = PendingMint(pending_mint_id=f"retire-{seq}", account_id=account.account_id,
+                              amount=request.amount, change=SupplyChange.RETIRE, requester_dn=principal.dn,
+                              requested_at_us=now_us, expires_at_us=now_us + policy.mint_approval_duration_us,
+                              state=PendingMintState.PENDING, ended_by_dn=None, ended_seq=None, ended_at_us=None)
+        return account, supply, pending, _entry(
+            TransactionKind.RETIRE_REQUEST, request, principal, now_us, seq, account_id=account.account_id,
+            amount=request.amount, pending_mint_id=pending.pending_mint_id, expires_at_us=pending.expires_at_us)
+    return retired_account, retired_supply, None, _entry(TransactionKind.RETIRE, request, principal, now_us, seq,
+                                                         account_id=account.account_id, amount=request.amount)
 
 
 def transfer(payer: Account | None, payee: Account | None, request: Transfer, *, principal: Principal,
@@ -1286,8 +1317,10 @@ def _apply(view: LedgerView, request: Request, principal: Principal, now_us: int
             pending, entry = expire_mint(_maybe_pending_mint(view, request.pending_mint_id), request, **common)
             return entry, {"pending_mints": (pending,)}
         case Retire():
-            account, supply, entry = retire(_maybe_account(view, request.account_id), view.money_supply(),
-                                            request, **common)
+            account, supply, pending, entry = retire(_maybe_account(view, request.account_id), view.money_supply(),
+                                                     request, policy=policy, **common)
+            if pending is not None:
+                return entry, {"pending_mints": (pending,)}
             return entry, {"accounts": (account,), "money_supply": supply}
         case Transfer():
             payer, payee, entry = transfer(_maybe_account(view, request.from_account_id),
@@ -1469,6 +1502,9 @@ def _replay_mint_end(findings: _Findings, mint_replay: dict[str, list], transact
         earlier = "was never requested" if replay is None else f"ended in transaction {replay[4]}"
         findings.add("invariant", seq, f"transaction {seq}: ends pending mint {pending_mint_id} again (it {earlier})")
         return
+    if state is PendingMintState.APPROVED and transaction.kind is not replay[5]:
+        findings.add("invariant", seq, f"transaction {seq}: a {transaction.kind.value} approves pending "
+                                       f"{pending_mint_id}, which asked for a {replay[5].value}")
     if (transaction.account_id, transaction.amount) != (replay[0], replay[1]):
         findings.add("invariant", seq, f"transaction {seq}: ends pending mint {pending_mint_id} with "
                                        f"{transaction.amount} for {transaction.account_id}; it was requested "
@@ -1613,12 +1649,13 @@ def audit_rows(rows: Iterable[AuditRow], accounts: Iterable[Account], holds: Ite
             issued += amount
             if transaction.pending_mint_id is not None:
                 _replay_mint_end(findings, mint_replay, transaction, PendingMintState.APPROVED)
-        elif kind is kinds.MINT_REQUEST:
+        elif kind is kinds.MINT_REQUEST or kind is kinds.RETIRE_REQUEST:
             if transaction.pending_mint_id in mint_replay:
                 findings.add("invariant", seq, f"transaction {seq}: pending mint {transaction.pending_mint_id} "
                                                f"requested twice")
             mint_replay[transaction.pending_mint_id] = [account_id, amount, transaction.expires_at_us,
-                                                        PendingMintState.PENDING, None]
+                                                        PendingMintState.PENDING, None,
+                                                        kinds.MINT if kind is kinds.MINT_REQUEST else kinds.RETIRE]
         elif kind is kinds.MINT_CANCEL:
             _replay_mint_end(findings, mint_replay, transaction, PendingMintState.CANCELLED)
         elif kind is kinds.MINT_EXPIRE:
@@ -1626,6 +1663,8 @@ def audit_rows(rows: Iterable[AuditRow], accounts: Iterable[Account], holds: Ite
         elif kind is kinds.RETIRE:
             balances[account_id] -= amount
             retired += amount
+            if transaction.pending_mint_id is not None:
+                _replay_mint_end(findings, mint_replay, transaction, PendingMintState.APPROVED)
         elif kind is kinds.TRANSFER or kind is kinds.CHARGE:
             payee = transaction.counterparty_account_id
             if payee not in balances:

@@ -230,7 +230,8 @@ class BankModel:
         if self.threshold is not None and amount > self.threshold:
             pending_id = f"mint-{self.seq + 1}"
             self.pending[pending_id] = dict(account=account_id, amount=amount, requester=caller[0], state="pending",
-                                            expires=now + self.mint_approval_duration_us, ended_by=None)
+                                            expires=now + self.mint_approval_duration_us, ended_by=None,
+                                            change="mint")
             return dict(kind="mint-request", account=account_id, amount=amount, pending=pending_id)
         account["balance"] += amount
         self.issued += amount
@@ -257,10 +258,16 @@ class BankModel:
             raise Refusal("SecondAdministratorRequired")
         self._still_pending(pending, now)
         self._not_closed(account)
+        if pending["change"] == "retire":
+            if account["balance"] - self.held(pending["account"]) < pending["amount"]:
+                raise Refusal("InsufficientFunds")
+            account["balance"] -= pending["amount"]
+            self.retired += pending["amount"]
+        else:
+            account["balance"] += pending["amount"]
+            self.issued += pending["amount"]
         pending.update(state="approved", ended_by=caller[0])
-        account["balance"] += pending["amount"]
-        self.issued += pending["amount"]
-        return dict(kind="mint", account=pending["account"], amount=pending["amount"], pending=pending_id)
+        return dict(kind=pending["change"], account=pending["account"], amount=pending["amount"], pending=pending_id)
 
     def _cancel_mint(self, caller, now, pending_id):
         pending = self._pending_mint(pending_id)
@@ -288,6 +295,12 @@ class BankModel:
         self._not_closed(account)
         if account["balance"] - self.held(account_id) < amount:
             raise Refusal("InsufficientFunds")
+        if self.threshold is not None and amount > self.threshold:   # a second administrator approves it
+            pending_id = f"retire-{self.seq + 1}"
+            self.pending[pending_id] = dict(account=account_id, amount=amount, requester=caller[0], state="pending",
+                                            expires=now + self.mint_approval_duration_us, ended_by=None,
+                                            change="retire")
+            return dict(kind="retire-request", account=account_id, amount=amount, pending=pending_id)
         account["balance"] -= amount
         self.retired += amount
         return dict(kind="retire", account=account_id, amount=amount)
