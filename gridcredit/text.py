@@ -22,6 +22,8 @@ def hidden_character(text: str) -> str | None:
     >>> hidden_character("/CN=Al\\u202eice")
     'U+202E RIGHT-TO-LEFT OVERRIDE at position 6'
     """
+    if text.isascii() and text.isprintable():
+        return None                 # the common case, without a Unicode lookup per character
     for position, character in enumerate(text):
         if unicodedata.category(character) in HIDDEN_CATEGORIES:
             name = unicodedata.name(character, "control character")
