@@ -7,7 +7,8 @@
     │   └── CertificateError        a peer's certificate chain is refused (path validation)
     ├── StoreError                  the XML store failed or refused an operation
     │   ├── ConflictError           a transaction lost a race; retrying is safe
-    │   └── QueryError              an XPath expression is invalid or exceeded its limits
+    │   ├── QueryError              an XPath expression is invalid or exceeded its limits
+    │   └── StoreUnavailable        writes are held back (the store's database is down or behind)
     ├── DomainError                 a service operation is refused (unknown account, short funds…)
     └── RemoteFault                 a service answered a call with a SOAP fault (client side)
 
@@ -58,6 +59,12 @@ class ConflictError(StoreError):
 
 class QueryError(StoreError):
     pass
+
+
+class StoreUnavailable(StoreError):
+    """An expected state, not a failure: the store holds writes back until its database (BaseX)
+    catches up with the journal. Nothing was applied; the message says why and when to retry, in
+    words meant for the person who sent the request."""
 
 
 class DomainError(GridcreditError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import itertools
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from gridcredit.errors import QueryError, StoreError
+from gridcredit.errors import QueryError, StoreError, StoreUnavailable
 from gridcredit.xmlstore import AttributeIndex
 from gridcredit.xmlstore._basex import BaseXStore, apply_query
 from gridcredit.xmlstore._basex_wire import Session
@@ -377,7 +378,7 @@ def test_writers_wait_for_a_slow_basex_and_the_backlog_stays_bounded(private_bas
             for n in range(8):                                       # ~17 KB waiting: commits go on
                 store.put("acc", f"d{n:03d}", document)
             assert time.monotonic() - started < 1.5
-            with pytest.raises(StoreError, match="held back until it catches up"):
+            with pytest.raises(StoreUnavailable, match="writes are held back: .* wait for the store's database"):
                 for n in range(8, 20):
                     store.put("acc", f"d{n:03d}", document)
             assert store._pending_bytes <= store.backlog_bytes_max + len(document) + 100
@@ -391,6 +392,58 @@ def test_writers_wait_for_a_slow_basex_and_the_backlog_stays_bounded(private_bas
             assert store._pending_bytes <= store.backlog_bytes_max + len(document) + 100
         assert set(store.ids("acc", 0, 1000)) == written
         assert all(entry["ok"] for entry in store.check().values())
+
+
+def test_an_outage_longer_than_the_backlog_limit_is_said_once_per_change(private_basex, spec, caplog):
+    """BaseX stands still while a writer goes on: one line when BaseX is behind, one at 25, 50 and
+    75 % of the backlog limit (with how long until writes are held back), one when they are; the
+    held-back writes are refused at once with words a person understands; after BaseX returns, one
+    line each for applying again, writes accepted again and caught up — and nothing is lost."""
+    document = b"<d>" + b"x" * 2_000 + b"</d>"
+    written, refused = set(), []
+    with caplog.at_level(logging.INFO, logger="gridcredit.xmlstore._basex"), open_from_spec(spec) as store:
+        store.backlog_bytes_max = 100_000
+        store.behind_after_s = 1.0
+        store.put("acc", "first", document)
+        os.kill(private_basex.process.pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 20
+            for n in itertools.count():
+                if len(refused) >= 30 or time.monotonic() > deadline:
+                    break
+                started = time.monotonic()
+                try:
+                    store.put("acc", f"d{n:04d}", document)
+                    written.add(f"d{n:04d}")
+                except StoreUnavailable as error:
+                    refused.append((str(error), time.monotonic() - started))
+                time.sleep(0.05)
+        finally:
+            os.kill(private_basex.process.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "caught up" not in caplog.text:
+            try:
+                store.put("acc", f"after{len(written)}", document)
+                written.add(f"after{len(written)}")
+            except StoreUnavailable:
+                pass
+            time.sleep(0.1)
+        assert set(store.ids("acc", 0, 1000)) == written | {"first"}
+        assert all(entry["ok"] for entry in store.check().values())
+    assert len(refused) >= 30 and 40 <= len(written) <= 60, (len(refused), len(written))
+    assert all(seconds < 0.5 for _text, seconds in refused[1:])      # at once, not after timeout_s
+    assert refused[-1][0].startswith("writes are held back: ") and "has applied nothing since" in refused[-1][0]
+    lines = [r.getMessage() for r in caplog.records if r.name == "gridcredit.xmlstore._basex"]
+    assert not [r for r in caplog.records if r.exc_info]
+    said = [line for line in lines if "BaseX has applied nothing since" in line]
+    levels = [line for line in lines if "BaseX backlog at" in line]
+    assert len(said) == 1 and "commits go on" in said[0]
+    assert [line.split("backlog at ")[1].split(" %")[0] for line in levels] == ["25", "50", "75"]
+    assert "writes are held back in about" in levels[-1]
+    for words in ("writes are held back: ", "BaseX applies again", "writes are accepted again", "caught up"):
+        # (one line each; BaseX applying again and caught up may be said in one)
+        assert len([line for line in lines if words in line]) == 1, (words, lines)
+    assert len(lines) <= 12, lines
 
 
 def test_an_apply_write_locks_only_the_databases_it_writes(private_basex):

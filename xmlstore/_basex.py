@@ -142,7 +142,7 @@ import contextlib
 
 from lxml import etree
 
-from gridcredit.errors import ConflictError, QueryError, StoreError, invariant
+from gridcredit.errors import ConflictError, QueryError, StoreError, StoreUnavailable, invariant
 
 from ._api import (DEFAULT_LIMITS, NOT_COVERED, AttributeIndex, Coverage, Document, QueryPage, StoreLimits,
                    Transaction, XmlStore, check_collection, check_doc_id, check_indexes, check_query_args, check_where,
@@ -699,6 +699,155 @@ def _frame_bytes(writes: list) -> int:
     return sum(64 + (len(xml) if xml is not None else 0) for _collection, _doc_id, _version, xml in writes)
 
 
+def _duration(seconds: float) -> str:
+    """A duration for people: 40 s, 12 min, 3.5 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _size(size: int) -> str:
+    """A size for people: 312 bytes, 18 KB, 31.9 MB."""
+    if size < 1000:
+        return f"{size} bytes"
+    if size < 1_000_000:
+        return f"{size / 1000:.0f} KB"
+    return f"{size / 1e6:.1f} MB"
+
+
+class _BacklogWatch:
+    """How far BaseX is behind the journal, said in ONE log line per change of state — never per
+    request, per retry or per second — and the words a held-back write is refused with.
+
+    An *episode* begins when BaseX has applied nothing for ``behind_after_s`` while committed
+    transactions wait for it (down, stopped, or stuck), or when the backlog reaches a quarter of its
+    limit (``backlog_bytes_max`` bytes or ``backlog_max`` transactions, whichever is nearer). Its
+    lines: BaseX applying nothing since T (with the applier's last error); the backlog at 25, 50
+    and 75 % of the limit, each with how long until writes are held back at the rate it grew in the
+    last ``RATE_WINDOW_S``; writes held back; BaseX applying again; writes accepted again; caught
+    up (the backlog below 5 % of the limit with BaseX applying), which ends the episode. Each
+    process watches its own view of the backlog (the frames it has read: its own commits and,
+    at each commit, the other processes') from its commits and its applier's rounds.
+    """
+
+    LEVELS = (0.25, 0.5, 0.75)
+    CAUGHT_UP = 0.05
+    RATE_WINDOW_S = 30.0       # the backlog's growth rate is measured over this long
+
+    def __init__(self, store: "BaseXStore") -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._applied_seen = -1
+        self._progress_at = time.monotonic()       # BaseX last applied something (or nothing waited)
+        self._episode: float | None = None          # time.monotonic() the episode began
+        self._level = 0                            # levels said in this episode (4: writes held back)
+        self._stall_said = False
+        self._held_said = False
+        self._samples: collections.deque[tuple[float, int, int]] = collections.deque()   # (monotonic, bytes, transactions)
+
+    def _measure(self, now: float) -> tuple[int, int, float, bool]:
+        """(bytes waiting, transactions waiting, fraction of the limit, BaseX applying nothing)."""
+        store = self._store
+        pending = store._pending_bytes
+        behind = max(0, store._journal.last_seq - store._applied_seq)
+        if store._applied_seq != self._applied_seen or behind == 0:
+            self._applied_seen = store._applied_seq
+            self._progress_at = now
+        fill = max(pending / max(1, store.backlog_bytes_max), behind / max(1, store.backlog_max))
+        if not self._samples or now - self._samples[-1][0] >= 0.5:    # the last RATE_WINDOW_S, for _eta
+            self._samples.append((now, pending, behind))
+            while now - self._samples[0][0] > self.RATE_WINDOW_S:
+                self._samples.popleft()
+        return pending, behind, fill, now - self._progress_at >= store.behind_after_s
+
+    def _since(self, now: float) -> str:
+        """The wall-clock time BaseX last applied something, for people (UTC)."""
+        return time.strftime("%H:%M:%S UTC", time.gmtime(time.time() - (now - self._progress_at)))
+
+    def stalled(self) -> bool:
+        """BaseX has applied nothing for ``behind_after_s`` while transactions wait for it."""
+        with self._lock:
+            return self._measure(time.monotonic())[3]
+
+    def refusal(self) -> str:
+        """Why a write is held back, for the person who sent it."""
+        with self._lock:
+            now = time.monotonic()
+            pending, behind, _fill, stalled = self._measure(now)
+            limit = _size(self._store.backlog_bytes_max)
+        why = (f"which has applied nothing since {self._since(now)}" if stalled
+               else "which applies them more slowly than they arrive")
+        return (f"writes are held back: {behind:,} committed transactions ({_size(pending)}, the limit is "
+                f"{limit}) wait for the store's database, {why}; this request was not applied — retry once it "
+                f"has caught up")
+
+    def _eta(self, now: float, pending: int, behind: int) -> str:
+        """How long until writes are held back, at the rate the backlog grew in the last RATE_WINDOW_S."""
+        store = self._store
+        started, bytes0, behind0 = self._samples[0]
+        elapsed = now - started
+        etas = []
+        if elapsed >= 0.5:
+            for now_value, start_value, limit in ((pending, bytes0, store.backlog_bytes_max),
+                                                   (behind, behind0, store.backlog_max)):
+                rate = (now_value - start_value) / elapsed
+                if rate > 0:
+                    etas.append(max(0.0, limit - now_value) / rate)
+        if not etas:
+            return "the rate it grows at is not known yet" if elapsed < 0.5 else "it is not growing"
+        return f"writes are held back in about {_duration(min(etas))} at the current rate"
+
+    def observe(self) -> None:
+        """Look at the backlog; say a line if its state changed (cheap: called at every commit)."""
+        store = self._store
+        with self._lock:
+            now = time.monotonic()
+            pending, behind, fill, stalled = self._measure(now)
+            if self._episode is None:
+                if not stalled and fill < self.LEVELS[0]:
+                    return
+                self._episode = now
+                self._level, self._stall_said, self._held_said = 0, False, False
+            waiting = f"{behind:,} transactions ({_size(pending)})"
+            if stalled and not self._stall_said:
+                self._stall_said = True
+                log.warning("xmlstore/basex: BaseX has applied nothing since %s (BaseX: %s); %s wait "
+                            "for it in the journal: commits go on, queries wait; writes are held back at %s or "
+                            "%s transactions", self._since(now), store._apply_error or "no answer yet", waiting,
+                            _size(store.backlog_bytes_max), f"{store.backlog_max:,}")
+            elif not stalled and self._stall_said:
+                self._stall_said = False
+                if fill < self.CAUGHT_UP:
+                    self._end(now, f"BaseX applies again and has caught up (transaction {store._applied_seq:,})"
+                                   + ("; writes are accepted again" if self._held_said else ""))
+                    return
+                log.warning("xmlstore/basex: BaseX applies again (transaction %s); catching up %s",
+                            f"{store._applied_seq:,}", waiting)
+            level = 4 if fill >= 1 else sum(fill >= mark for mark in self.LEVELS)
+            if level > self._level:
+                self._level = level
+                if level == 4:
+                    self._held_said = True
+                    log.warning("xmlstore/basex: writes are held back: %s wait for BaseX (the limit is %s or %s "
+                                "transactions); requests that write are refused until it catches up",
+                                waiting, _size(store.backlog_bytes_max), f"{store.backlog_max:,}")
+                else:
+                    log.warning("xmlstore/basex: BaseX backlog at %d %% of its limit: %s wait for it; %s",
+                                int(self.LEVELS[level - 1] * 100), waiting, self._eta(now, pending, behind))
+            elif self._held_said and fill < 1 and not stalled:
+                self._held_said = False
+                log.warning("xmlstore/basex: writes are accepted again (%s wait for BaseX, which applies them)",
+                            waiting)
+            if fill < self.CAUGHT_UP and not stalled:
+                self._end(now, f"BaseX has caught up (transaction {store._applied_seq:,})")
+
+    def _end(self, now: float, what: str) -> None:
+        log.warning("xmlstore/basex: %s, %s after it fell behind", what, _duration(now - self._episode))
+        self._episode = None
+
+
 class BaseXStore(XmlStore):
     apply_interval_s = 0.05         # the applier looks for frames nobody applied (e.g. a dead writer's)
     apply_delay_s = 0.25            # under load, a batch at most this often (unless a read is waiting)
@@ -711,11 +860,18 @@ class BaseXStore(XmlStore):
     pins_max = 8                    # databases this process holds open in BaseX for its queries (see _Pins) ...
     pin_documents_min = 10_000      # ... once their collection holds this many documents (smaller ones open fast)
     probe_s = 5.0                   # how long an open or a repair waits for BaseX to answer before going on without it
+    behind_after_s = 10.0           # BaseX applying nothing this long while commits wait: behind (said once; a
+                                    # write held back is then refused at once, not after timeout_s)
 
     def __init__(self, journal_dir: Path, *, host: str = "127.0.0.1", port: int = 1984, user: str = "admin",
                  password: str = "admin", timeout_s: float = 30.0, limits: StoreLimits = DEFAULT_LIMITS,
-                 db_prefix: str = "gc_", indexes: Sequence[AttributeIndex] = (), read_only: bool = False) -> None:
+                 db_prefix: str = "gc_", indexes: Sequence[AttributeIndex] = (), read_only: bool = False,
+                 backlog_bytes_max: int | None = None) -> None:
         invariant(bool(db_prefix) and db_prefix.replace("_", "").isalnum(), "db_prefix is alphanumeric")
+        if backlog_bytes_max is not None:
+            if isinstance(backlog_bytes_max, bool) or not isinstance(backlog_bytes_max, int) or backlog_bytes_max < 1:
+                raise StoreError(f"backlog_bytes_max must be a positive number of bytes, not {backlog_bytes_max!r}")
+            self.backlog_bytes_max = backlog_bytes_max
         self.limits = limits
         self.read_only = bool(read_only)
         declared = check_indexes(indexes, limits)
@@ -751,6 +907,7 @@ class BaseXStore(XmlStore):
         self._applier_start = threading.Lock()
         self._known_databases: set[str] = set()   # databases this process created or saw (skip db:create)
         self.recovery_log: list[str] = []    # what open/repair did, for operators and tests
+        self._watch = _BacklogWatch(self)       # says how far BaseX is behind, once per change
         self.waiting_for_basex: str | None = None   # why BaseX is not verified yet (opened without it)
         try:
             if self.read_only:
@@ -1298,6 +1455,7 @@ class BaseXStore(XmlStore):
                     log.warning("xmlstore/basex: applying the journal to BaseX failed (%s); retrying",
                                 self._apply_error)
                 self._closing.wait(min(1.0, 0.02 * 2 ** failures))
+            self._watch.observe()     # says how far BaseX is behind, when that changed
 
     def _await_applied(self, target: int | None = None, waiting: str = "this read") -> None:
         """Wait until BaseX holds transaction ``target`` (default: every transaction the journal held
@@ -1794,11 +1952,12 @@ class BaseXStore(XmlStore):
                 with self._mirror_lock:
                     self._absorb(self._journal.read_new(repair=True))
                 if self._journal.last_seq - self._applied_seq >= self.backlog_max:
-                    self._note_applied(self._read_meta())   # raises StoreError when BaseX is unreachable
-                    behind = self._journal.last_seq - self._applied_seq
-                    if behind >= self.backlog_max:
-                        raise StoreError(f"BaseX is {behind} transactions behind the journal (applier's last "
-                                         f"error: {self._apply_error or 'none'}); writes refused until it catches up")
+                    if not self._watch.stalled():    # (a BaseX that stands still would hold the writer lock)
+                        with contextlib.suppress(StoreError):
+                            self._note_applied(self._read_meta())   # another process may have applied them
+                    if self._journal.last_seq - self._applied_seq >= self.backlog_max:
+                        self._watch.observe()
+                        raise StoreUnavailable(self._watch.refusal())
                 tx = _BaseXTransaction(self)
                 result = fn(tx)
                 if not tx.staged:
@@ -1814,17 +1973,20 @@ class BaseXStore(XmlStore):
                 raise StoreError(f"fsync of the journal failed ({error}): transaction {seq} is written but "
                                  f"perhaps not durable") from None
             self._wake.set()
+            self._watch.observe()
             return result
 
         return run_with_retries(attempt, retries)
 
     def _hold_back_writes(self) -> None:
         """Back-pressure: while more than ``backlog_bytes_max`` of committed XML waits for BaseX, a
-        writer first waits (up to ``timeout_s``, then StoreError: retry later) until the appliers
-        have brought it down to half. Acknowledging from the journal alone let a fast writer (a
-        million usage records) run minutes ahead of BaseX: every read then waited for it, and the
-        backlog's XML filled memory. (Other processes' frames count from this process's next
-        commit, which reads them under the writer lock: no extra journal read per transaction.)"""
+        writer first waits, up to ``timeout_s``, until the appliers have brought it down to half,
+        else it is refused with StoreUnavailable (retry later, in words for people: see
+        ``_BacklogWatch``) — at once when BaseX has applied nothing for ``behind_after_s``.
+        Acknowledging from the journal alone let a fast writer (a million usage records) run
+        minutes ahead of BaseX: every read then waited for it, and the backlog's XML filled memory.
+        (Other processes' frames count from this process's next commit, which reads them under the
+        writer lock: no extra journal read per transaction.)"""
         with self._mirror_lock:
             if self._pending_bytes <= self.backlog_bytes_max:
                 return
@@ -1835,11 +1997,13 @@ class BaseXStore(XmlStore):
                 left -= _frame_bytes(writes)
                 target = seq
         if target is not None:
+            self._watch.observe()
+            if self._watch.stalled():     # waiting would only hold the request up: refused at once
+                raise StoreUnavailable(self._watch.refusal())
             try:
                 self._await_applied(target, waiting="this write")
-            except StoreError as error:
-                raise StoreError(f"{self._pending_bytes:,} bytes of committed writes wait for BaseX; this write is "
-                                 f"held back until it catches up, retry later ({error})") from None
+            except StoreError:
+                raise StoreUnavailable(self._watch.refusal()) from None
 
     def close(self) -> None:
         """Stop the applier, push what this process committed to BaseX if it can (the journal
