@@ -1,6 +1,7 @@
 """The LUTS core (services/luts/luts.py) on both stores: publish, idempotency, scoping, summaries."""
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from pathlib import Path
 
@@ -19,9 +20,13 @@ SITE_ADMIN = "/O=Grid/CN=Site Admin"
 MANAGER = "/O=Grid/CN=Atlas Manager"
 HOST = "/O=Grid/CN=host/ce1.example.org"
 HOST_CALLER = Caller(HOST, host_names=("ce1.example.org",))    # what a host certificate of ce1 proves
+HOST2 = "/O=Grid/CN=host/ce2.example.org"
+HOST2_CALLER = Caller(HOST2, host_names=("ce2.example.org",))
+CE1_ADMIN = "/O=Grid/CN=Ce1 Site Admin"                 # a site administrator of ce1 only
 ANY_PUBLISHER = "/O=Grid/CN=Any Publisher"
 POLICY = LutsPolicy(admins=frozenset({ADMIN}), vo_managers={MANAGER: frozenset({"atlas"})},
                     site_publishers={SITE_ADMIN: frozenset({"ce1.example.org", "ce2.example.org"}),
+                                     CE1_ADMIN: frozenset({"ce1.example.org"}),
                                      ANY_PUBLISHER: frozenset({"*"})})
 
 
@@ -132,6 +137,66 @@ def test_same_record_is_a_no_op_different_record_is_refused_replace_needs_a_site
     rows = luts.summary(Caller(ADMIN), ["user"]).rows
     assert len(rows) == 1 and rows[0].jobs == 1 and rows[0].wall_us == 999_000_000
     assert len(stored_all(luts)) == 1
+
+
+def test_a_site_administrator_cannot_replace_another_machines_record(luts):
+    theirs = Job("r-x", USERS[0], "atlas", "ce2.example.org", "short", None, 100, 50, "1", local_job_id="7")
+    assert luts.publish(make_record(theirs), HOST2_CALLER).results[0].status == "stored"
+    original = luts.record(Caller(ADMIN), "r-x").original
+    # naming ce2 in the record: not a machine the ce1 administrator may publish for
+    forged = dataclasses.replace(theirs, wall_s=1)
+    refused = luts.publish(make_record(forged), Caller(CE1_ADMIN), replace=True).results[0]
+    assert refused.status == "refused" and "ce1.example.org only" in refused.message
+    # naming ce1: that is ce1's record r-x, a record of its own beside ce2's (once replaced ce2's)
+    moved = dataclasses.replace(theirs, machine="ce1.example.org", wall_s=1)
+    assert luts.publish(make_record(moved), Caller(CE1_ADMIN), replace=True).results[0].status == "stored"
+    kept = luts.record(Caller(ADMIN), "r-x", machine="ce2.example.org")
+    assert kept.original == original and kept.usage.wall_us == 100_000_000 and kept.publisher == HOST2
+    assert luts.record(HOST2_CALLER, "r-x").original == original       # the one ce2 sees is its own
+    assert sorted(r.usage.machine for r in luts.job(Caller(ADMIN), "7")) == ["ce1.example.org", "ce2.example.org"]
+    by = ["machine"]
+    assert {row.key["machine"]: (row.jobs, row.wall_us) for row in luts.summary(Caller(ADMIN), by).rows} == {
+        "ce1.example.org": (1, 1_000_000), "ce2.example.org": (1, 100_000_000)}
+
+
+def test_a_record_id_used_by_one_machine_does_not_block_another(luts):
+    first = Job("r-same", USERS[0], "atlas", "ce1.example.org", "short", None, 100, 50, "1",
+                local_job_id="42", global_job_id="gsiftp://ce1.example.org/jobs/42")
+    second = Job("r-same", USERS[1], "cms", "ce2.example.org", "long", None, 300, 70, "2",
+                 local_job_id="42", global_job_id="gsiftp://ce2.example.org/jobs/42")
+    assert luts.publish(make_record(first), HOST_CALLER).results[0].status == "stored"
+    assert luts.publish(make_record(second), HOST2_CALLER).results[0].status == "stored"
+    # each is a duplicate of itself only, for its own publisher and for others allowed for its machine
+    assert luts.publish(make_batch([second]), HOST2_CALLER).results[0].status == "duplicate"
+    assert luts.publish(make_batch([first]), Caller(SITE_ADMIN)).results[0].status == "duplicate"
+    assert [r.status for r in luts.publish(make_batch([first, second]), Caller(ADMIN)).results] == ["duplicate"] * 2
+    changed = dataclasses.replace(second, wall_s=301)
+    assert luts.publish(make_record(changed), HOST2_CALLER).results[0].status == "refused"
+    found = luts.job(Caller(ADMIN), "42")
+    assert sorted((r.record_id, r.usage.machine, r.publisher) for r in found) == [
+        ("r-same", "ce1.example.org", HOST), ("r-same", "ce2.example.org", HOST2)]
+    assert [r.usage.machine for r in luts.job(HOST2_CALLER, "42")] == ["ce2.example.org"]
+    assert [r.usage.machine for r in luts.job(Caller(ADMIN), second.global_job_id)] == ["ce2.example.org"]
+    with pytest.raises(DomainError) as error:
+        luts.record(Caller(ADMIN), "r-same")                 # two machines: which one?
+    assert error.value.code == "AmbiguousRecord" and "ce2.example.org" in str(error.value)
+    assert luts.record(Caller(ADMIN), "r-same", machine="CE2.example.org").usage.wall_us == 300_000_000
+    assert luts.record(HOST_CALLER, "r-same").usage.machine == "ce1.example.org"   # the one it may see
+    with pytest.raises(DomainError) as error:
+        luts.record(HOST_CALLER, "r-same", machine="ce2.example.org")
+    assert error.value.code == "UnknownRecord"
+    assert len(stored_all(luts)) == 2
+
+
+def test_an_administrator_replaces_any_machines_record(luts):
+    job = Job("r-adm", USERS[0], "atlas", "ce2.example.org", "short", None, 100, 50, "1")
+    assert luts.publish(make_record(job), HOST2_CALLER).results[0].status == "stored"
+    changed = dataclasses.replace(job, wall_s=5)
+    assert luts.publish(make_record(changed), Caller(ADMIN), replace=True).results[0].status == "replaced"
+    stored = luts.record(Caller(ADMIN), "r-adm")
+    assert stored.usage.wall_us == 5_000_000 and stored.publisher == ADMIN
+    rows = luts.summary(Caller(ADMIN), ["machine"]).rows
+    assert [(row.key["machine"], row.jobs, row.wall_us) for row in rows] == [("ce2.example.org", 1, 5_000_000)]
 
 
 def test_two_records_with_one_id_in_one_batch(luts):
@@ -311,6 +376,42 @@ def test_summaries_equal_a_brute_force_recomputation(filled, by):
     got = {tuple(row.key[name] for name in by): (row.jobs, row.wall_us, row.cpu_us, row.charge_micro)
            for row in mine.rows}
     assert got == brute_force(records, by, lambda r: r.usage.user_dn == USERS[3])
+
+
+@pytest.fixture
+def across_machines(luts):
+    """One set of record ids published for ce1 and again for ce2 (other values), then replaced and
+    attempted to be replaced across machines."""
+    ce1 = random_jobs(90, seed=9, machines=["ce1.example.org"])
+    ce2 = [dataclasses.replace(job, machine="ce2.example.org", wall_s=(job.wall_s or 0) + 11, user=USERS[5],
+                               queue="long") for job in ce1[:60]]
+    assert luts.publish(make_batch(ce1), HOST_CALLER).ok
+    assert [r.status for r in luts.publish(make_batch(ce2), HOST2_CALLER).results] == ["stored"] * 60
+    # ce1's administrator "replaces" ce2's records under their ids: as ce1's (replacing ce1's), never ce2's
+    moved = [dataclasses.replace(job, machine="ce1.example.org", cpu_s=7, vo="alice") for job in ce2[:30]]
+    assert [r.status for r in luts.publish(make_batch(moved), Caller(CE1_ADMIN), replace=True).results] \
+        == ["replaced"] * 30
+    refused = luts.publish(make_batch([dataclasses.replace(job, cpu_s=8) for job in ce2[30:40]]), Caller(CE1_ADMIN),
+                           replace=True)
+    assert [r.status for r in refused.results] == ["refused"] * 10
+    # the administrator replaces some of ce2's, moving their month too
+    later = [dataclasses.replace(job, end=None, charge="5") for job in ce2[40:50]]
+    assert [r.status for r in luts.publish(make_batch(later), Caller(ADMIN), replace=True).results] \
+        == ["replaced"] * 10
+    return luts
+
+
+@pytest.mark.parametrize("by", [("user",), ("vo", "month"), ("site", "machine", "queue"), ("machine", "month"), ()])
+def test_summaries_equal_a_brute_force_recomputation_across_machines(across_machines, by):
+    luts = across_machines
+    records = stored_all(luts)
+    assert len(records) == 150
+    got = {tuple(row.key[name] for name in by): (row.jobs, row.wall_us, row.cpu_us, row.charge_micro)
+           for row in luts.summary(Caller(ADMIN), list(by)).rows}
+    assert got == brute_force(records, by)
+    mine = {tuple(row.key[name] for name in by): (row.jobs, row.wall_us, row.cpu_us, row.charge_micro)
+            for row in luts.summary(HOST2_CALLER, list(by)).rows}
+    assert mine == brute_force(records, by, lambda r: r.usage.machine == "ce2.example.org")
 
 
 def test_summary_refuses_unknown_dimensions(luts):

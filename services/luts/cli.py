@@ -5,7 +5,7 @@
     gridcredit luts send --spool /var/spool/gc-ur             # send what is spooled (cron, systemd timer)
     gridcredit luts query "n:Usage/n:wall_us > \\$w" --int-var w=3600000000 --from 2026-07 --to 2026-09
     gridcredit luts job gsiftp://ce1.example.org/jobs/4711
-    gridcredit luts record RECORD_ID --original
+    gridcredit luts record RECORD_ID [--machine HOST] --original
     gridcredit luts summary --by vo,month --from 2026-01 --to 2026-12
     gridcredit luts whoami
 
@@ -352,7 +352,7 @@ def _job(args) -> int:
 
 
 def _record(args) -> int:
-    record = _client(args).record(args.record_id)
+    record = _client(args).record(args.record_id, args.machine)
     if args.original and not args.json:
         sys.stdout.buffer.write(record.original)
         if not record.original.endswith(b"\n"):
@@ -621,9 +621,11 @@ def register(subparsers) -> None:
     p.add_argument("job_id", metavar="JOB_ID")
     p.add_argument("--original", action="store_true", help="--json: include each record as its reporter sent it")
 
-    p = command("record", "one usage record by its record id",
-                "gridcredit luts record 'ce1.example.org:4711' --original", _record)
+    p = command("record", "one usage record by its record id (and machine: one id may be used by several)",
+                "gridcredit luts record 'ce1.example.org:4711' --machine ce1.example.org --original", _record)
     p.add_argument("record_id", metavar="RECORD_ID")
+    p.add_argument("--machine", metavar="HOST",
+                   help="the record's machine (needed when the id is stored for several machines you may see)")
     p.add_argument("--original", action="store_true",
                    help="print the record exactly as its reporter sent it (with --json: as a field)")
 

@@ -123,11 +123,14 @@ class LutsClient:
             cursor = page.cursor
 
     def job(self, job_id: str) -> tuple[StoredRecord, ...]:
+        """Every record of the job (global or local id) you may see: one per machine and record id."""
         answer = self._call("JobUsage", job_id=job_id)
         return tuple(_record(info) for info in _items(answer, "UsageRecordInfo"))
 
-    def record(self, record_id: str) -> StoredRecord:
-        return _record(self._call("GetRecord", record_id=record_id))
+    def record(self, record_id: str, machine: str | None = None) -> StoredRecord:
+        """The record ``record_id`` of ``machine``; without it, the one under that id you may see
+        (``RemoteFault`` ``AmbiguousRecord`` when you may see several: name the machine)."""
+        return _record(self._call("GetRecord", record_id=record_id, machine=machine))
 
     def summary(self, by: Sequence[str], *, from_month: str | None = None, to_month: str | None = None,
                 scope: str | None = None) -> Summary:

@@ -4,17 +4,19 @@ Layout in the store (every name below is a collection; ``<h>`` is the hex SHA-25
 
 ``ur_<YYYYMM>``  one document per record, partitioned by the month the record counts in
     (``records.record_month``: end, else start, else creation time; a record with no time at
-    all counts in the month it was received). Document id ``<h>`` of the record id. The root
+    all counts in the month it was received). Document id ``<h>`` of the record's identity
+    (``record_key``: its machine and its record id, see below). The root
     ``n:Stored`` carries the indexed attributes every scoped query filters on (``user``, ``vo``,
     ``site``, ``machine``, ``queue``, ``job``, ``ljob``, ``publisher``) plus ``rid`` (the record
     id), ``month``, ``end`` (µs) and ``digest``; its children are the normalized view
     (``n:Usage``), the original record exactly as received (``n:Original``: UTF-8 text, or
     base64 when the posted bytes are not UTF-8) and a parsed copy of the record, so XPath can
     address both the view and the record as its reporter wrote it.
-``urid_<YYYY>``  record id → month, digest and the record's global and local job ids (indexed
-    attributes ``job``/``ljob``: a job lookup is one indexed query per year), partitioned by the
+``urid_<YYYY>``  record identity → month, digest, machine, and the record id and its global and
+    local job ids (indexed attributes ``rid``/``job``/``ljob``, each as ``job_key`` writes it: a
+    lookup by record id alone or by job id is one indexed query per year), partitioned by the
     year the record was first stored; ``luts_meta/years`` lists the years used, so finding a
-    record id reads one small document per year.
+    record by its identity reads one small document per year.
 ``luts_meta``  ``years`` and ``months``: the partitions in use, so a query does not have to list the
     store's collections.
 ``urs_<YYYYMM>``  the summaries, kept incrementally: one document per (user, VO, site, machine,
@@ -28,6 +30,15 @@ transaction, so the transactions — which hold the store's writer lock — only
 It runs in store transactions of ``PUBLISH_CHUNK`` records: each chunk is atomic
 (records, id and job entries and summaries together), so a crash leaves whole chunks; a retry of
 the batch stores the rest and answers ``duplicate`` for the records already there.
+
+A record's identity is its machine and its record id: ``MachineName`` as the view has it,
+lower-cased (no machine: the empty name), and ``RecordIdentity/@recordId``. Record ids are chosen
+by each site's reporter, so two machines may well use one; the same id under two machines is two
+records, and a publisher can only ever reach — store, collide with, replace — the identities of
+the machines it may publish for (``LutsPolicy.publish_machines``). So no publisher can take
+another site's record id first, and a replace (site administrators and LUTS administrators)
+replaces only a record of a machine the replacer may publish for: the stored record's machine
+and the new one's (the same, as the machine is part of the identity) must both be allowed.
 
 "The same record" means the same exclusive canonical XML (exc-C14N of the record element: the
 namespaces it uses, not every one declared around it): a reporter re-sending a record inside
@@ -66,7 +77,7 @@ JOB_KEY_BYTES_MAX = 1000            # the longest value a store's where (BaseX's
 SUMMARY_DIMENSIONS = ("user", "vo", "site", "machine", "queue", "month")
 INDEXED = ("user", "vo", "site", "machine", "queue", "job", "ljob", "publisher")
 INDEXES = (AttributeIndex("ur_", INDEXED, store_text=False),
-           AttributeIndex("urid_", ("job", "ljob")),
+           AttributeIndex("urid_", ("job", "ljob", "rid")),
            AttributeIndex("urs_", ("user", "vo", "site", "machine", "queue")))
 
 # Prefixes a caller's XPath may use without declaring them.
@@ -78,6 +89,16 @@ _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 
 def key_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def machine_of(usage: ur.NormalizedRecord) -> str:
+    """The record's machine as the LUTS keys, scopes and summarizes it: lower-cased ("": none given)."""
+    return usage.machine.lower() if usage.machine else ""
+
+
+def record_key(machine: str, record_id: str) -> str:
+    """The document id of a record's identity (machine as ``machine_of`` gives it, record id)."""
+    return key_hash(f"{machine}\0{record_id}")      # NUL: in neither an XML name nor an XML value
 
 
 def canonical_dn(text: str | None) -> str | None:
@@ -301,7 +322,7 @@ def _canonical_digest(element: etree._Element) -> str:
 
 def _attributes(usage: ur.NormalizedRecord) -> dict[str, str]:
     values = {"user": canonical_dn(usage.user_dn), "vo": usage.vo, "site": usage.site,
-              "machine": usage.machine.lower() if usage.machine else None, "queue": usage.queue,
+              "machine": machine_of(usage), "queue": usage.queue,
               "job": usage.global_job_id, "ljob": usage.local_job_id}
     return {name: value for name, value in values.items() if value}
 
@@ -358,8 +379,9 @@ def _stored_record_of(root: etree._Element) -> StoredRecord:
 
 
 def job_key(job_id: str) -> str:
-    """A job id as the id map indexes it: itself, or — longer than a store index holds (1,000
-    bytes) — ``sha256:`` and its hash. ``job`` checks the records it finds against the id itself."""
+    """A job id (or a record id) as the id map indexes it: itself, or — longer than a store index
+    holds (1,000 bytes) — ``sha256:`` and its hash. ``job`` and ``record`` check the records they
+    find against the id itself."""
     if len(job_id.encode("utf-8")) <= JOB_KEY_BYTES_MAX:
         return job_id
     return "sha256:" + hashlib.sha256(job_id.encode("utf-8")).hexdigest()
@@ -371,8 +393,9 @@ def _element_text(name: str, attributes: Mapping[str, str]) -> bytes:
 
 
 def _id_entry(usage: ur.NormalizedRecord, month: str, digest: str) -> bytes:
-    """The id map's entry: where the record is, its digest, and its job ids (indexed: job lookups)."""
-    attributes = {"month": month, "digest": digest, "rid": usage.record_id}
+    """The id map's entry: where the record is, its digest and machine, and its record and job ids
+    (indexed: lookups by record id alone and by job id)."""
+    attributes = {"month": month, "digest": digest, "machine": machine_of(usage), "rid": job_key(usage.record_id)}
     if usage.global_job_id:
         attributes["job"] = job_key(usage.global_job_id)
     if usage.local_job_id:
@@ -441,6 +464,11 @@ def _read_counters(xml: bytes) -> _Counters:
 # -- the service core -----------------------------------------------------------------------------
 
 
+def _publishes_for(machines: frozenset[str], machine: str) -> bool:
+    """Whether ``machines`` — what ``LutsPolicy.publish_machines`` gave for the caller — holds ``machine``."""
+    return "*" in machines or machine in machines
+
+
 def _now_us() -> int:
     return datetime_to_us(datetime.now(timezone.utc))
 
@@ -493,8 +521,7 @@ class Luts:
                 results[index] = RecordResult(index, outcome.source.record_id, "invalid", outcome.error)
                 continue
             usage = outcome.record
-            machine = usage.machine.lower() if usage.machine else None
-            if "*" not in machines and machine not in machines:
+            if not _publishes_for(machines, machine_of(usage)):
                 results[index] = RecordResult(
                     index, usage.record_id, "refused",
                     f"{caller.dn} may publish records of {', '.join(sorted(machines))} only; this record's "
@@ -503,7 +530,7 @@ class Luts:
             ready.append(outcome)
         for start in range(0, len(ready), PUBLISH_CHUNK):
             chunk = [self._prepare(outcome, caller, received_us) for outcome in ready[start:start + PUBLISH_CHUNK]]
-            for result in self.store.transact(lambda tx: self._store_chunk(tx, chunk, replace, received_us)):
+            for result in self.store.transact(lambda tx: self._store_chunk(tx, chunk, replace, machines, received_us)):
                 results[result.index] = result
         invariant(all(result is not None for result in results), "every record of the batch has a result")
         return PublishReport(tuple(results))
@@ -541,22 +568,25 @@ class Luts:
         digest = _canonical_digest(element)
         month_text = ur.record_month(usage)
         month = month_key(month_text) if month_text else _utc(received_us).strftime("%Y%m")
-        return _Prepared(index=source.index, usage=usage, record_hash=key_hash(usage.record_id), digest=digest,
+        return _Prepared(index=source.index, usage=usage, record_hash=record_key(machine_of(usage), usage.record_id),
+                         digest=digest,
                          month=month, document=_record_document(source, usage, month, digest, caller.dn, received_us),
                          id_entry=_id_entry(usage, month, digest))
 
-    def _store_chunk(self, tx, chunk: Sequence["_Prepared"], replace: bool, received_us: int) -> list[RecordResult]:
+    def _store_chunk(self, tx, chunk: Sequence["_Prepared"], replace: bool, machines: frozenset[str],
+                     received_us: int) -> list[RecordResult]:
         years = self._years(tx)
         year_now = _utc(received_us).strftime("%Y")
         deltas: dict[tuple[str, tuple[str, ...]], _Counters] = {}
-        seen: dict[str, str] = {}         # record hash → digest, within this chunk
+        seen: dict[str, str] = {}         # record key → digest, within this chunk
         results = []
         for record in chunk:
             usage, record_hash = record.usage, record.record_hash
             if record_hash in seen:
                 same = seen[record_hash] == record.digest
                 results.append(RecordResult(record.index, usage.record_id, "duplicate" if same else "refused",
-                                            "" if same else "another record with this id is earlier in the batch"))
+                                            "" if same else "another record with this id and machine is earlier "
+                                                            "in the batch"))
                 continue
             found = self._find_id(tx, years, record_hash)
             status = "stored"
@@ -571,8 +601,17 @@ class Luts:
                 if not replace:
                     results.append(RecordResult(
                         record.index, usage.record_id, "refused",
-                        "a different record is already stored under this record id (a site administrator "
-                        "may replace it with the replace option)"))
+                        f"a different record is already stored under this record id for machine "
+                        f"{machine_of(usage) or '(none)'} (a site administrator may replace it with the replace "
+                        f"option)"))
+                    continue
+                if not _publishes_for(machines, entry.get("machine", "")):
+                    # the identity holds the machine, so this is the new record's machine, already allowed;
+                    # checked on what is stored all the same: a replace never reaches another machine's record
+                    results.append(RecordResult(
+                        record.index, usage.record_id, "refused",
+                        f"the stored record {usage.record_id} is of machine {entry.get('machine') or '(none)'}, "
+                        f"which you may not publish for; it is not replaced"))
                     continue
                 old_month = entry.get("month")
                 old = tx.get(f"ur_{old_month}", record_hash)
@@ -649,18 +688,33 @@ class Luts:
             raise DomainError(f"cursor {cursor!r} is not one this service gave out", "InvalidArgument")
         return match.group(1), int(match.group(2))
 
-    def record(self, caller: Caller, record_id: str) -> StoredRecord:
-        """One record by its record id (in the caller's widest scope)."""
-        record_hash = key_hash(record_id)
-        found = self._find_id(self.store, self._years(self.store), record_hash)
-        document = self.store.get(f"ur_{found[1].get('month')}", record_hash) if found else None
-        record = self._visible_record(caller, document.xml) if document is not None else None
-        if record is None:
-            raise DomainError(f"no usage record {record_id!r} that you may see", "UnknownRecord")
-        return record
+    def record(self, caller: Caller, record_id: str, machine: str | None = None) -> StoredRecord:
+        """One record by its identity (in the caller's widest scope): its record id and ``machine``.
+
+        Without ``machine``: the record under this id the caller may see — refused as
+        ``AmbiguousRecord`` (naming the machines) when the caller may see several.
+        """
+        if not record_id or len(record_id) > ur.VALUE_CHARS_MAX:
+            raise DomainError("a record id is a non-empty string", "InvalidArgument")
+        years = self._years(self.store)
+        if machine is not None:
+            record_hash = record_key(machine.strip().lower(), record_id)
+            found = self._find_id(self.store, years, record_hash)
+            refs = {(found[1].get("month"), record_hash)} if found else set()
+        else:
+            refs = self._id_refs(years, ("rid",), record_id)
+        records = self._visible_records(caller, refs, lambda usage: usage.record_id == record_id)
+        if not records:
+            on = f" of machine {machine}" if machine is not None else ""
+            raise DomainError(f"no usage record {record_id!r}{on} that you may see", "UnknownRecord")
+        if len(records) > 1:
+            machines = ", ".join(sorted(machine_of(record.usage) or "(none)" for record in records))
+            raise DomainError(f"record id {record_id!r} is stored for several machines ({machines}): name the "
+                              f"machine", "AmbiguousRecord")
+        return records[0]
 
     def stored(self, month: str, record_hash: str) -> StoredRecord | None:
-        """A record by where it is kept (``month`` YYYYMM, the hash of its id), for the forwarder; no scope."""
+        """A record by where it is kept (``month`` YYYYMM, its ``record_key``), for the forwarder; no scope."""
         document = self.store.get(f"ur_{month}", record_hash)
         return None if document is None else _stored_record(document.xml)
 
@@ -673,22 +727,35 @@ class Luts:
         return None
 
     def job(self, caller: Caller, job_id: str) -> tuple[StoredRecord, ...]:
-        """The records of one job, by global or local job id, that the caller may see."""
+        """The records of one job, by global or local job id, that the caller may see — of every machine
+        that names it (a local job id is often reused across machines), so possibly several."""
         if not job_id or len(job_id) > ur.VALUE_CHARS_MAX:
             raise DomainError("a job id is a non-empty string", "InvalidArgument")
+        refs = self._id_refs(self._years(self.store), ("job", "ljob"), job_id)
+        return tuple(self._visible_records(caller, refs,
+                                           lambda usage: job_id in (usage.global_job_id, usage.local_job_id)))
+
+    def _id_refs(self, years: Sequence[str], attributes: Sequence[str], value: str) -> set[tuple[str, str]]:
+        """(month, record key) of the id map's entries whose ``attributes`` (one indexed query each per
+        year) hold ``value`` as ``job_key`` writes it; at most ``JOB_RECORDS_MAX`` per query."""
         refs: set[tuple[str, str]] = set()
-        for year in self._years(self.store):
-            for attribute in ("job", "ljob"):
-                page = self.store.query(f"urid_{year}", None, where={attribute: job_key(job_id)},
+        for year in years:
+            for attribute in attributes:
+                page = self.store.query(f"urid_{year}", None, where={attribute: job_key(value)},
                                         limit=JOB_RECORDS_MAX)
                 refs |= {(etree.fromstring(d.xml).get("month"), d.doc_id) for d in page.documents}
+        return refs
+
+    def _visible_records(self, caller: Caller, refs: Iterable[tuple[str, str]], matches) -> list[StoredRecord]:
+        """The records at ``refs`` that the caller may see and whose view ``matches`` (its own id, not
+        just the hash of a long one), in month order."""
         records = []
         for month, record_hash in sorted(refs):
             document = self.store.get(f"ur_{month}", record_hash)
             record = self._visible_record(caller, document.xml) if document is not None else None
-            if record is not None and job_id in (record.usage.global_job_id, record.usage.local_job_id):
-                records.append(record)          # its own job id, not just the hash of a long one
-        return tuple(records)
+            if record is not None and matches(record.usage):
+                records.append(record)
+        return records
 
     def summary(self, caller: Caller, by: Sequence[str], *, from_month: str | None = None,
                 to_month: str | None = None, scope: str | None = None) -> Summary:
@@ -723,4 +790,4 @@ class Luts:
 
 __all__ = ["Caller", "INDEXES", "Luts", "LutsPolicy", "PublishReport", "QUERY_NAMESPACES", "RecordPage",
            "RecordResult", "Scope", "StoredRecord", "Summary", "SummaryRow", "SUMMARY_DIMENSIONS",
-           "canonical_dn", "choose_scope", "scopes_of"]
+           "canonical_dn", "choose_scope", "machine_of", "record_key", "scopes_of"]

@@ -178,11 +178,14 @@ class LutsService(GridcreditService):
 
     @rpc(Unicode(**Required), _returns=Array(UsageRecordInfo), _operation_name="JobUsage")
     def job_usage(ctx, job_id):
+        # every record that names the job id (global or local) and the caller may see, of any machine
         return [_record_info(record) for record in runtime_of(ctx).luts.job(caller_of(ctx), job_id)]
 
-    @rpc(Unicode(**Required), _returns=UsageRecordInfo, _operation_name="GetRecord")
-    def get_record(ctx, record_id):
-        return _record_info(runtime_of(ctx).luts.record(caller_of(ctx), record_id))
+    @rpc(Unicode(**Required), Unicode(min_occurs=0), _returns=UsageRecordInfo, _operation_name="GetRecord")
+    def get_record(ctx, record_id, machine):
+        # a record is its record id and its machine; without the machine, the one the caller may see
+        # under that id (fault AmbiguousRecord when there are several)
+        return _record_info(runtime_of(ctx).luts.record(caller_of(ctx), record_id, machine))
 
     @rpc(Array(Unicode), Unicode(min_occurs=0), Unicode(min_occurs=0), Unicode(min_occurs=0),
          _returns=SummaryInfo, _operation_name="Summary")
