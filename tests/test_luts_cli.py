@@ -208,6 +208,26 @@ def test_publish_query_job_record_summary_whoami(cli, people, tmp_path):
     assert who["dn"] == alice and who["service"] == "luts"
 
 
+def test_one_record_id_on_two_machines_job_and_record(cli, people, tmp_path):
+    """A record is (machine, record id): ``luts job`` lists both machines' records, ``luts record``
+    asks for --machine when the id is stored for several the caller may see."""
+    bob = people["bob"].dn
+    ce1 = Job("cli-both", bob, None, "ce1.example.org", None, None, 10, 5, None, local_job_id="cli-both-job")
+    ce2 = Job("cli-both", bob, None, "ce2.example.org", None, None, 20, 5, None, local_job_id="cli-both-job")
+    files = write_files(tmp_path / "in", [make_record(ce1), make_record(ce2)])
+    assert cli.ok(people["publisher"], "publish", *files)["records_stored"] == 2
+    found = cli.ok(people["bob"], "job", "cli-both-job")
+    assert sorted((r["record_id"], r["usage"]["machine"]) for r in found["records"]) == [
+        ("cli-both", "ce1.example.org"), ("cli-both", "ce2.example.org")]
+    lines = cli.ok(people["bob"], "job", "cli-both-job", as_json=False).splitlines()
+    assert len(lines) == 2 and {line.split("machine ")[1].split()[0] for line in lines} == {
+        "ce1.example.org", "ce2.example.org"}
+    code, _, err = cli(people["bob"], "record", "cli-both")
+    assert code == 1 and err.startswith("RemoteFault: ") and "AmbiguousRecord" in err and "ce2.example.org" in err
+    assert cli.ok(people["bob"], "record", "cli-both", "--machine", "ce2.example.org")["usage"]["wall_us"] == 20_000_000
+    assert cli.ok(people["ce1"], "record", "cli-both")["usage"]["machine"] == "ce1.example.org"   # the one it sees
+
+
 def test_publish_reports_records_not_stored_and_exits_1(cli, people, tmp_path):
     ours = random_jobs(4, seed=32, prefix="cli-part", machines=["ce1.example.org"])
     theirs = random_jobs(2, seed=33, prefix="cli-part", machines=["ce9.elsewhere.org"])
