@@ -174,6 +174,125 @@ def test_hostile_xpath_refused_or_harmless(people, xpath):
         assert document.collection == "people"
 
 
+
+# Untrusted XPath (issue 10.4): only XPath 1.0 with its core functions reaches lxml or BaseX, and
+# the time limit holds while an expression is being evaluated, with other queries answered meanwhile.
+EXSLT_RE = "http://exslt.org/regular-expressions"
+
+
+@pytest.mark.parametrize("xpath, namespaces", [
+    ("re:test(name, '^(a+)+$')", {"re": EXSLT_RE}), ("re:match(name, 'a')", {"re": EXSLT_RE}),
+    ("str:padding(100000000, 'x')", {"str": "http://exslt.org/strings"}),
+    ("math:max(@age) > 1", {"math": "http://exslt.org/math"}), ("count(set:distinct(*)) > 0", {"set": "http://exslt.org/sets"}),
+    ("dyn:evaluate('1')", {"dyn": "http://exslt.org/dynamic"}),
+    ("matches(name, '^(a+)+$')", {}), ("fn:matches(name, 'a')", {"fn": "http://www.w3.org/2005/xpath-functions"}),
+    ("xquery:eval('1')", {"xquery": "http://basex.org/modules/xquery"}),
+    ("db:list()", {"db": "http://basex.org/modules/db"}), ("file:exists('/')", {"file": "http://expath.org/ns/file"}),
+    ("root()", {}), ("upper-case(name) = 'ANN'", {}), ("id('p1')", {}), ("tokenize(name, 'a')", {}),
+])
+def test_xpath_reaches_no_extension_function(people, xpath, namespaces):
+    with pytest.raises(QueryError, match="only XPath 1.0's core functions"):
+        people.query("people", xpath, namespaces=namespaces)
+    with pytest.raises(QueryError, match="only XPath 1.0's core functions"):
+        people.count("people", xpath, namespaces=namespaces)
+
+
+@pytest.mark.parametrize("xpath", [
+    "for $x in name return $x", "if (name) then 1 else 0", "name (: comment :)", "name{1}", "<a/>",
+    "name ! string(.)", "namespace::*", "*:name", "name[1] instance of element()", "'a' || 'b'",
+])
+def test_xpath_beyond_xpath1_is_refused(people, xpath):
+    with pytest.raises(QueryError, match="XPath"):
+        people.query("people", xpath)
+
+
+def test_xpath1_answers_the_same_on_both_stores(people):
+    """XPath 1.0's conversions, which XQuery (BaseX) would apply differently or refuse."""
+    people.put("people", "q1", b'<person age="old"><name>zed</name><name>zoe</name><n>10</n><n>x</n></person>')
+    assert people.count("people", "@age > 30") == 4                  # "old" is NaN: false, not an error
+    assert people.count("people", "string(name) = 'zed'") == 1       # the first node's value
+    assert people.count("people", "contains(name, 'zo')") == 0       # only the first name counts
+    assert people.count("people", "n and sum(n) = sum(n)") == 0      # NaN: XPath 1.0 adds "x" as NaN
+    assert people.count("people", "count(n[. > 5]) = 1") == 1
+    assert people.count("people", "1 div 0 > 1000000") == 6          # a double: infinity, not an error
+    assert people.count("people", "name = 'zoe'") == 1               # = compares every node
+
+
+def test_nested_predicates_are_bounded_before_running(people):
+    deep = "count(*[count(*[count(*[count(*[count(*[1]) = 1]) = 1]) = 1]) = 1]) = 1"
+    with pytest.raises(QueryError, match="nests more than 4 predicates"):
+        people.query("people", deep)
+
+
+def test_a_costly_xpath_is_stopped_at_its_time_limit_while_other_queries_answer(store):
+    """A nested count over following/preceding axes costs ~N^5 per document (hours here): it is
+    stopped during its evaluation at the 2 s limit (BaseX: xquery:eval's timeout, whole seconds;
+    embedded: its sandbox process is killed), and meanwhile the store answers other queries
+    (with and without an XPath) within a second."""
+    store.put("slow", "s1", ("<r>" + "<x/>" * 300 + "</r>").encode())
+    store.transact(lambda tx: [tx.put("fast", f"f{n}", f"<f n='{n}'/>".encode()) for n in range(5)])
+    attack = ("count(x[count(following::x[count(preceding::x[count(following::x[count(preceding::x) = 3]) = 2])"
+              " = 1]) = 7])")
+    outcome: dict = {}
+
+    def run_attack():
+        started = time.monotonic()
+        try:
+            store.query("slow", attack, time_limit_s=2)
+            outcome["result"] = "answered"
+        except QueryError as error:
+            outcome["result"] = str(error)
+        outcome["elapsed"] = time.monotonic() - started
+
+    thread = threading.Thread(target=run_attack, daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    slowest, deadline = 0.0, time.monotonic() + 8
+    while thread.is_alive() and time.monotonic() < deadline:
+        started = time.monotonic()
+        assert store.count("fast", "@n >= 0", time_limit_s=5) == 5
+        assert [d.doc_id for d in store.query("fast", None, limit=2).documents] == ["f0", "f1"]
+        slowest = max(slowest, time.monotonic() - started)
+        if slowest > 1.0:
+            break
+        time.sleep(0.1)
+    thread.join(10)
+    assert not thread.is_alive(), "the costly query was not stopped within 10 s"
+    assert slowest < 1.0, f"another query waited {slowest:.1f} s while the costly one ran"
+    assert "time limit" in outcome["result"]
+    assert outcome["elapsed"] < 2 + 1.5, outcome
+    assert store.count("slow", "count(x) = 300") == 1           # the store serves on after the stop
+
+
+def test_a_regex_attack_is_refused_and_freezes_nothing(store):
+    """EXSLT's re:test ran Python's re holding the GIL: catastrophic backtracking at 26 characters
+    froze every thread of the process for seconds. It is refused before anything runs."""
+    store.put("text", "t1", ("<t>" + "a" * 28 + "!</t>").encode())
+    ticks: list[float] = []
+    stop = threading.Event()
+
+    def tick():
+        while not stop.is_set():
+            ticks.append(time.monotonic())
+            time.sleep(0.01)
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    started = time.monotonic()
+    for xpath, namespaces in [("re:test(., '^(a+)+$')", {"re": EXSLT_RE}), ("matches(., '^(a|aa)+$')", {})]:
+        try:
+            store.count("text", xpath, namespaces=namespaces, time_limit_s=2)
+        except QueryError as error:
+            assert "only XPath 1.0's core functions" in str(error)
+        else:
+            raise AssertionError(f"{xpath} was evaluated")
+    elapsed = time.monotonic() - started
+    stop.set()
+    ticker.join(5)
+    gaps = [later - earlier for earlier, later in zip(ticks, ticks[1:])]
+    assert elapsed < 1.0 and max(gaps, default=0) < 0.5, (elapsed, max(gaps, default=0))
+
+
 # -- transactions -----------------------------------------------------------------------------
 
 def test_transaction_is_atomic_over_documents_and_collections(store):

@@ -61,6 +61,9 @@ class StoreLimits:
     scan_limit_default: int = 100_000          # documents an unindexed query may examine
     variables_max: int = 64
     xpath_chars_max: int = 10_000
+    xpath_nodes_max: int = 1_000              # parts (steps, operators, calls, values) of one XPath
+    xpath_predicate_depth_max: int = 4         # predicates nested in one another
+    xpath_sandboxes: int = 4                   # embedded store: XPath evaluation processes per process
     retries_default: int = 5
     pool_size: int = 16                        # BaseX sessions per store (one per thread in use)
     xml_depth_max: int = 256

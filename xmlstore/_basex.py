@@ -77,9 +77,15 @@ db:replace had managed ~280 a second at 200,000.
 A process that forks opens its own store after the fork (the applier thread and the locks'
 process-local halves do not survive a fork).
 
-XPath runs inside ``xquery:eval`` with permission ``none`` (no file, db, fetch or proc functions)
-and a timeout; variables are bound, never formatted into query text (only validated names,
-prefixes and integers are).
+XPath: only what ``_xpath.check_xpath`` accepts reaches BaseX — XPath 1.0 with its core functions,
+re-written from the parsed tree as XQuery (no caller text, no extension or module function) — and
+it runs inside ``xquery:eval`` with a timeout (whole seconds: the time limit rounded up), which
+stops it during evaluation (measured: a nested count over following/preceding axes stopped at
+2.0 s of a 2 s limit). ``xquery:eval``'s ``permission`` option is NOT used: BaseX 9.7 applies it by
+changing the permission of the session's USER, so every other session of that user — this store's
+other threads and processes, and any other program logged in as that user — read "No read
+permission" meanwhile; nothing that option forbade can be written in the checked XPath. Variables
+are bound, never formatted into query text (only validated names, prefixes and integers are).
 
 Attribute indexes and ``where``. The declarations (``AttributeIndex``) are shared by the store's
 processes in ``<journal>/indexes.json`` (merged by each writable open under the writer lock,
@@ -149,6 +155,7 @@ from ._api import (DEFAULT_LIMITS, NOT_COVERED, AttributeIndex, Coverage, Docume
                    coverage, normalize, run_with_retries)
 from ._basex_wire import ServerError, Session, WireError
 from ._journal import READ_BYTES_MAX, Journal
+from ._xpath import check_xpath
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -333,10 +340,9 @@ else $path || ' ' || ($d/processing-instruction(%s)[. castable as xs:integer], -
 # BaseX 9.7's xquery:eval applies its 'permission' option by changing the permission of the
 # session's USER (shared by every session of that user) and restoring it afterwards: meanwhile
 # every other query of that user fails with "No read permission", and two evaluations at once can
-# restore 'none' for good (the user then reads nothing until the server restarts). So each of
-# these queries runs alone: every BaseX call of the store's threads and processes holds the
-# journal's query gate shared, these hold it exclusive. (Other stores or programs using the same
-# BaseX user on the same server are not covered: give each store a BaseX user of its own.)
+# restore 'none' for good. So the option is not given (the default, admin, is what the store's
+# user has: the switch is then a no-op), and an XPath query runs beside the store's other calls:
+# only a checked XPath 1.0 expression (_xpath.check_xpath) reaches xquery:eval.
 #
 # One template answers query and count, with and without ``where`` and XPath ({...} parts are
 # filled by _select with validated names, integers and fixed text only; values are bound):
@@ -355,7 +361,7 @@ else $path || ' ' || ($d/processing-instruction(%s)[. castable as xs:integer], -
 # * the scan limit bounds $all when anything must be examined document by document;
 # * $cands: $all narrowed by the other ``where`` items, in doc_id order (the id is the document's
 #   URI after "/<database>/": db:path would lock every database);
-# * the XPath runs inside xquery:eval (permission none) over $cands only, and what it returns
+# * the checked XPath runs inside xquery:eval (with a timeout) over $cands only, and what it returns
 #   is checked again outside: root elements of this database that match every ``where`` item —
 #   an XPath can narrow what ``where`` selected, never widen it.
 Q_SELECT = """{declarations}
@@ -378,7 +384,7 @@ S_GUARD = """db:property({db}, 'attrindex') and db:property({db}, 'maxlen') >= {
    return $i = '' or tokenize($i, ',') ! normalize-space() = '{name}')"""
 
 X_EVAL = """for $h in xquery:eval($expr, map:merge(({entries}, map{{'_docs': $cands}})),
-                                  map{{'permission': 'none', 'timeout': {timeout}}})
+                                  map{{'timeout': {timeout}}})
   where $h instance of element() and exists($h/parent::document-node())
     and (try {{ $h is db:open-pre({db}, db:node-pre($h)) }} catch * {{ false() }})
     and not(starts-with(local:id($h), '.')) and exists($h{every})
@@ -1808,7 +1814,8 @@ class BaseXStore(XmlStore):
             prolog = "".join(f'declare namespace {p} = "{u}";\n' for p, u in namespaces.items())
             prolog += "".join(f"declare variable ${name} external;\n" for name in variables)
             prolog += "declare variable $_docs external;\n"
-            selected = f"$_docs[boolean((\n{xpath}\n))]"
+            # each document alone is the focus (position() and last() are 1, as in lxml)
+            selected = f"$_docs[boolean(. ! {check_xpath(xpath, namespaces, variables, self.limits).xquery})]"
             body = f"subsequence({selected}, {int(page[0])}, {int(page[1])})" if page is not None else selected
             declarations += "declare variable $expr external;\n"
             bindings["$expr"] = (prolog + body, "")
@@ -1835,8 +1842,7 @@ class BaseXStore(XmlStore):
     def _run_select(self, collection: str, xpath: str | None, text: str, bindings: dict,
                     time_limit_s: float, scan_limit: int | None) -> str:
         try:
-            # see Q_SELECT: an XPath runs alone, never next to another call of this store
-            return self._run(text, bindings, timeout_s=time_limit_s + self._timeout_s, exclusive=xpath is not None)
+            return self._run(text, bindings, timeout_s=time_limit_s + self._timeout_s)
         except ServerError as error:
             message = str(error)
             if "gridcredit-index-unusable" in message:
@@ -1882,7 +1888,7 @@ class BaseXStore(XmlStore):
             text, bindings = self._select(collection, xpath, variables, checked, namespaces, 5.0, None,
                                           None if count else (1, 101), index_lookup=index_lookup)
             try:
-                with self._journal.query_gate(exclusive=xpath is not None), self._pool.session() as session:
+                with self._journal.query_gate(exclusive=False), self._pool.session() as session:
                     session.command("SET QUERYINFO true")
                     try:
                         return session.query_info(text, bindings)[1]

@@ -41,7 +41,8 @@ from ._api import (DEFAULT_LIMITS, NOT_COVERED, AttributeIndex, Coverage, Docume
                    Transaction, XmlStore, check_collection, check_doc_id, check_indexes, check_query_args, check_where,
                    coverage, normalize_with_attributes, parse_untrusted, root_attributes, run_with_retries,
                    where_matches)
-from ._xpath import TreeCache, compile_xpath, matches
+from ._sandbox import pool as sandbox_pool
+from ._xpath import TreeCache, check_xpath, compile_xpath, matches
 
 T = TypeVar("T")
 
@@ -192,9 +193,11 @@ class _EmbeddedTransaction(Transaction):
 
 class EmbeddedStore(XmlStore):
     def __init__(self, path: Path, *, timeout_s: float = 30.0, limits: StoreLimits = DEFAULT_LIMITS,
-                 indexes: Sequence[AttributeIndex] = (), read_only: bool = False) -> None:
+                 indexes: Sequence[AttributeIndex] = (), read_only: bool = False, sandboxed: bool = False) -> None:
         self.path = Path(path)
         self.read_only = bool(read_only)
+        # False: XPath queries run in a sandbox process (see _sandbox); True: this IS that process
+        self._sandboxed = bool(sandboxed)
         declared = check_indexes(indexes, limits)
         if self.read_only:
             if not self.path.exists():
@@ -435,7 +438,8 @@ class EmbeddedStore(XmlStore):
                   where: dict[str, tuple[str, ...]], namespaces: Mapping[str, str], time_limit_s: float,
                   scan_limit: int | None, skip: int, want: int):
         """Yield matching documents in doc_id order after skipping ``skip`` of them, at most ``want``."""
-        compiled = compile_xpath(xpath, namespaces) if xpath is not None else None
+        compiled = (compile_xpath(check_xpath(xpath, namespaces, variables, self.limits), namespaces)
+                    if xpath is not None else None)
         scan_limit = self.limits.scan_limit_default if scan_limit is None else scan_limit
         if any(not values for values in where.values()):
             return                                  # an empty tuple matches nothing
@@ -507,6 +511,10 @@ class EmbeddedStore(XmlStore):
         check_collection(collection)
         check_query_args(xpath, variables, namespaces, offset, limit, time_limit_s, self.limits)
         checked = check_where(where, self.limits)
+        if xpath is not None and not self._sandboxed:
+            return self._in_sandbox("query", collection=collection, xpath=xpath, variables=variables,
+                                    where=where, namespaces=namespaces, offset=offset, limit=limit,
+                                    time_limit_s=time_limit_s, scan_limit=scan_limit)
         found = list(self._matching(collection, xpath, variables, checked, namespaces, time_limit_s, scan_limit,
                                     offset, limit + 1))
         return QueryPage(found[:limit], offset + limit if len(found) > limit else None)
@@ -517,6 +525,10 @@ class EmbeddedStore(XmlStore):
         check_collection(collection)
         check_query_args(xpath, variables, namespaces, 0, 1, time_limit_s, self.limits)
         checked = check_where(where, self.limits)
+        if xpath is not None and not self._sandboxed:
+            return self._in_sandbox("count", collection=collection, xpath=xpath, variables=variables,
+                                    where=where, namespaces=namespaces, time_limit_s=time_limit_s,
+                                    scan_limit=scan_limit)
         if xpath is None and not checked:
             return self._connection().execute(
                 "SELECT count(*) FROM documents WHERE collection=? AND xml IS NOT NULL", (collection,)).fetchone()[0]
@@ -534,6 +546,18 @@ class EmbeddedStore(XmlStore):
                 connection.execute("COMMIT")
         return sum(1 for _ in self._matching(collection, xpath, variables, checked, namespaces, time_limit_s,
                                              scan_limit, 0, 1 << 62))
+
+    def _in_sandbox(self, operation: str, **args):
+        """Run a query or count with an XPath in a sandbox process, killed past the time limit
+        (see _sandbox). The expression is checked here first: a refusal costs no process."""
+        if self._closed:
+            raise StoreError("store is closed")
+        check_xpath(args["xpath"], args["namespaces"], args["variables"], self.limits)
+        args = {**args, "variables": dict(args["variables"]), "namespaces": dict(args["namespaces"]),
+                "where": {name: value if isinstance(value, str) else tuple(value)
+                          for name, value in args["where"].items()}}
+        return sandbox_pool().run((operation, str(self.path.resolve()), self.limits, args),
+                                  time_limit_s=args["time_limit_s"], size=self.limits.xpath_sandboxes)
 
     # -- writes --
     def transact(self, fn: Callable[[Transaction], T], *, retries: int | None = None) -> T:
