@@ -240,7 +240,8 @@ def _verify(args: argparse.Namespace) -> int:
         raise
     value = {"file": str(args.file), "valid": True, "identity": principal.dn, "signer": principal.signer_dn,
              "proxy": principal.is_proxy, "limited": principal.limited, "ca": principal.ca_dn,
-             "not_after": principal.not_after.isoformat()}
+             "not_after": principal.not_after.isoformat(), "hosts": list(principal.host_names)}
     kind = ("limited proxy" if principal.limited else "proxy") if principal.is_proxy else "certificate"
-    _print(args, value, f"OK: {kind} of {principal.dn}, valid until {value['not_after']}")
+    hosts = f", issued for host {', '.join(principal.host_names)}" if principal.host_names else ""
+    _print(args, value, f"OK: {kind} of {principal.dn}{hosts}, valid until {value['not_after']}")
     return 0

@@ -221,6 +221,11 @@ def test_cli_end_to_end(tmp_path, capsys, monkeypatch):
     code, out, _ = run(capsys, "pki", "host", "--ca", str(ca_dir), "--hostname", "localhost", "--out",
                        str(tmp_path / "host"), "--key-type", "ec")
     assert code == 0 and "hostcert.pem" in out
+    # a host certificate is issued for its host name (dNSName SAN): the host identity services use
+    code, out, _ = run(capsys, "pki", "verify", str(tmp_path / "host" / "hostcert.pem"), "--trust", str(trust), "--json")
+    assert code == 0 and json.loads(out)["hosts"] == ["localhost"]
+    code, out, _ = run(capsys, "pki", "verify", str(tmp_path / "host" / "hostcert.pem"), "--trust", str(trust))
+    assert code == 0 and "issued for host localhost" in out
     code, out, _ = run(capsys, "pki", "user", "--ca", str(ca_dir), "--cn", "Alice", "--out", str(users), "--json")
     assert code == 0 and json.loads(out)["dn"] == "/DC=org/DC=cli/CN=Alice"
     monkeypatch.setenv("X509_USER_CERT", str(users / "usercert.pem"))
@@ -239,6 +244,7 @@ def test_cli_end_to_end(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("X509_CERT_DIR", str(trust))
     code, out, _ = run(capsys, "pki", "verify", str(proxy_file), "--json")
     assert code == 0 and json.loads(out)["identity"] == "/DC=org/DC=cli/CN=Alice"
+    assert json.loads(out)["hosts"] == []                   # a user's proxy is no host
 
     code, out, _ = run(capsys, "pki", "proxy", "--limited", "--out", str(tmp_path / "limited"))
     code, out, _ = run(capsys, "pki", "verify", str(tmp_path / "limited"), "--json")
