@@ -34,7 +34,7 @@ from spyne.server.wsgi import WsgiApplication
 
 from .config import Config
 from .errors import SecurityError
-from .https_server import HttpsServer, effective_backlog
+from .https_server import HttpsServer, effective_backlog, peer_text
 from .security.wssec import SOAP11_NS, WSSE_NS, Signer, VerifiedMessage, Verifier, VerifyPolicy
 from .security.xmlparse import ParseLimits
 from .soapfault import fault_envelope, security_fault
@@ -142,8 +142,7 @@ class _ClientStopped(Exception):
 
 
 def _peer(environ) -> str:
-    address, port = environ.get("REMOTE_ADDR") or "?", environ.get("REMOTE_PORT") or "?"
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    return peer_text(environ.get("REMOTE_ADDR") or "?", environ.get("REMOTE_PORT") or "?")
 
 
 @dataclass(frozen=True)

@@ -287,9 +287,13 @@ class _Handshaker(threading.Thread):
             self._server.put_conn(connection)  # a worker thread takes it when a request is readable
 
 
-def _peer(address: tuple) -> str:
-    host, port = address[0], address[1]
+def peer_text(host: str, port) -> str:
+    """``host:port`` of a client as logs show it (``[v6]:port`` for IPv6)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _peer(address: tuple) -> str:
+    return peer_text(address[0], address[1])
 
 
 class _ConnectionManager(connections.ConnectionManager):

@@ -223,14 +223,19 @@ def test_gridcredit_serve_with_two_workers(tmp_path):
                                      trust_dir=state / "certificates").call("WhoAmI")
             assert identity.dn == credential.dn
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(5)
+        _stop(server)
         log.close()
     assert server.returncode == 0
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """SIGTERM to ``gridcredit serve``; its whole session killed if it is not gone in 20 s."""
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(5)
 
 
 # ---------------------------------------------------------------- the client checks the host
@@ -403,12 +408,7 @@ def served(pki, tmp_path_factory):
         wait_for_tls(port, timeout_s=60)
         yield port, log_path
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(5)
+        _stop(server)
 
 
 def _wait_for_log(log_path: Path, text: str, timeout_s: float = 10) -> str:
