@@ -453,36 +453,38 @@ def _check_names(certificates: Sequence[x509.Certificate]) -> None:
                                    f"another; refused")
 
 
-def _key_weakness(certificate: x509.Certificate) -> tuple[str, bool]:
-    """The certificate's key described for people, and whether it is strong enough to trust."""
+_STRONG, _WEAK, _UNUSABLE = "strong", "weak", "unusable"
+
+
+def _key_strength(certificate: x509.Certificate) -> tuple[str, str]:
+    """The certificate's key described for people, and its verdict: strong; weak (accepted only
+    with ``allow_weak_keys``); or unusable (an algorithm we cannot read or that cannot sign)."""
     try:
         key = certificate.public_key()
     except (UnsupportedAlgorithm, ValueError):
-        return f"a key of an unknown algorithm ({certificate.public_key_algorithm_oid.dotted_string})", False
+        return f"a key of an unknown algorithm ({certificate.public_key_algorithm_oid.dotted_string})", _UNUSABLE
     if isinstance(key, rsa.RSAPublicKey):
-        return f"an RSA key of {key.key_size} bits", key.key_size >= RSA_BITS_MIN
+        return f"an RSA key of {key.key_size} bits", _STRONG if key.key_size >= RSA_BITS_MIN else _WEAK
     if isinstance(key, ec.EllipticCurvePublicKey):
-        return f"an EC key on the curve {key.curve.name}", key.curve.name in EC_CURVES_ALLOWED
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        return "an Ed25519 key", True
-    if isinstance(key, ed448.Ed448PublicKey):
-        return "an Ed448 key", True
+        return f"an EC key on the curve {key.curve.name}", _STRONG if key.curve.name in EC_CURVES_ALLOWED else _WEAK
+    if isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+        return f"an {'Ed25519' if isinstance(key, ed25519.Ed25519PublicKey) else 'Ed448'} key", _STRONG
     if isinstance(key, dsa.DSAPublicKey):
-        return f"a DSA key of {key.key_size} bits", False
-    return f"a {type(key).__name__} key, which cannot sign certificates or messages", False
+        return f"a DSA key of {key.key_size} bits", _WEAK
+    return f"a {type(key).__name__} key, which cannot sign certificates or messages", _UNUSABLE
 
 
 def _check_keys(certificates: Sequence[x509.Certificate], allow_weak: bool) -> None:
-    """Refuse a certificate whose key is too weak (``allow_weak``: accept any key we can read)."""
+    """Refuse a certificate whose key is too weak (``allow_weak``: only one that is unusable)."""
     for certificate in certificates:
-        described, strong = _key_weakness(certificate)
-        if strong:
+        described, verdict = _key_strength(certificate)
+        if verdict == _STRONG:
             continue
-        if allow_weak and "unknown algorithm" not in described and "cannot sign" not in described:
+        if verdict == _WEAK and allow_weak:
             log.warning("%s has %s, accepted because security.allow_weak_keys is set", _what(certificate), described)
             continue
-        raise CertificateError(f"{_what(certificate)} has {described}, too weak to trust; required: "
-                               f"{KEYS_REQUIRED}")
+        why = "too weak to trust" if verdict == _WEAK else "not one a certificate can be trusted with"
+        raise CertificateError(f"{_what(certificate)} has {described}, {why}; required: {KEYS_REQUIRED}")
 
 
 def _host_names(certificate: x509.Certificate) -> tuple[str, ...]:

@@ -487,6 +487,10 @@ def test_legacy_setting_accepts_weak_keys(pki):
     for key in (rsa.generate_private_key(public_exponent=65537, key_size=1024), ec.generate_private_key(ec.SECP192R1())):
         proxy, _ = pki_module.make_proxy(alice.cert, alice.key, alice.chain, proxy_key=key)
         assert legacy.validate([proxy, *alice.certificates]).dn == alice.dn
+    # a key that cannot sign at all is refused even so
+    from cryptography.hazmat.primitives.asymmetric import x25519
+    proxy, _ = forge_proxy(alice.cert, alice.key, key=x25519.X25519PrivateKey.generate())
+    refused(legacy, [proxy, *alice.certificates], "X25519PublicKey key, which cannot sign")
 
 
 def test_allow_weak_keys_is_off_unless_configured():
