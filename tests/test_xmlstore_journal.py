@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +13,7 @@ import gridcredit.xmlstore as xmlstore
 from gridcredit.config import StoreConfig
 from gridcredit.errors import StoreError
 from gridcredit.xmlstore._embedded import EmbeddedStore
+from gridcredit.xmlstore import _journal as journal_module
 from gridcredit.xmlstore._journal import Journal
 
 
@@ -190,3 +195,167 @@ def test_one_write_read_back_without_the_others(tmp_path):
     with pytest.raises(StoreError, match="does not read back"):
         reader.frame_write(1, "c", "d2")
     reader.close()
+
+
+# -- checkpoints: segments and snapshots (issue 10.10) -----------------------------------------
+
+def state_of(journal):
+    """collection/doc_id -> (version, xml, seq) after the snapshot and every frame (as the mirror)."""
+    state = {}
+    for chunk in journal.snapshot_writes():
+        for collection, doc_id, version, xml, seq in chunk:
+            state[(collection, doc_id)] = (version, xml, seq)
+    while True:
+        entries = journal.read_new(repair=not journal.read_only, bytes_max=200)
+        if not entries:
+            return state
+        for seq, writes in entries:
+            for collection, doc_id, version, xml in writes:
+                state[(collection, doc_id)] = (version, xml, seq)
+
+
+def commit(journal, state, writes):
+    """Append one transaction of (collection, doc_id, xml-or-None) writes; versions from ``state``."""
+    with journal.lock():
+        journal.read_new(repair=True)
+        seq = journal.last_seq + 1
+        frame = [(c, d, state.get((c, d), (0, None, 0))[0] + 1, x) for c, d, x in writes]
+        journal.append(seq, frame)
+    for c, d, v, x in frame:
+        state[(c, d)] = (v, x, seq)
+    return seq
+
+
+def checkpoint(journal, state):
+    """What BaseXStore.checkpoint does, with ``state`` as the mirror."""
+    with journal.checkpoint_lock() as taken:
+        assert taken
+        with journal.lock():
+            journal.read_new(repair=True)
+            seq = journal.begin_checkpoint()
+        if seq is None:
+            return None
+        writes = sorted(((c, d, v, x, s) for (c, d), (v, x, s) in state.items() if s <= seq), key=lambda w: w[4])
+        journal.write_snapshot(seq, writes)
+        return seq
+
+
+def fill(journal, state, transactions, start=0):
+    for n in range(start, start + transactions):
+        commit(journal, state, [("acc", f"a{n % 7}", f"<a n='{n}'/>"), ("log", f"l{n}", f"<l n='{n}'>{'x' * 50}</l>")]
+               + ([("log", f"l{n - 3}", None)] if n % 5 == 0 and n >= 3 else []))
+
+
+def test_a_checkpoint_replaces_history_with_a_snapshot_and_the_tail(tmp_path):
+    journal, state = Journal(tmp_path), {}
+    fill(journal, state, 40)
+    assert checkpoint(journal, state) == 40
+    assert checkpoint(journal, state) is None                  # nothing new
+    fill(journal, state, 10, start=40)
+    names = sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".gcj", ".gcs"))
+    assert names == ["journal.00000000000000000041.gcj", "snapshot.00000000000000000040.gcs"]
+    # frames from the removed segment are read back from the snapshot (the documents' state)
+    assert journal.frame_write(state[("acc", "a3")][2], "acc", "a3")[3] == state[("acc", "a3")][1]
+    assert journal.frame_write(1, "log", "l0") == ("log", "l0", 1, "<l n='0'>" + "x" * 50 + "</l>")
+    assert journal.frame_write(1, "acc", "a0") is None         # written again later: its state is a later write
+    assert ("log", "l2", 2, None) in journal.frame_writes(state[("log", "l2")][2])   # a tombstone
+    journal.close()
+    reopened = Journal(tmp_path)
+    assert state_of(reopened) == state and reopened.last_seq == 50
+    assert commit(reopened, state, [("acc", "new", "<n/>")]) == 51
+    reopened.close()
+    reader = Journal(tmp_path, read_only=True)
+    assert state_of(reader) == state
+    reader.close()
+
+
+def test_a_running_reader_follows_the_segments_and_adopts_the_snapshot(tmp_path, monkeypatch):
+    monkeypatch.setattr(journal_module, "ADOPT_CHECK_S", 0.0)
+    writer, state = Journal(tmp_path), {}
+    fill(writer, state, 20)
+    reader = Journal(tmp_path)                                 # another process, caught up
+    assert len(state_of(reader)) == len(state)
+    checkpoint(writer, state)
+    fill(writer, state, 5, start=20)
+    seen = {}
+    for seq, writes in reader.read_new(repair=False):
+        assert seq > 20
+        for c, d, v, x in writes:
+            seen[(c, d)] = (v, x, seq)
+    assert reader.snapshot is not None and reader.snapshot.seq == 20    # adopted: the old segment closed
+    assert [s.base for s in reader._segments] == [21]
+    assert reader.frame_write(state[("log", "l2")][2], "log", "l2")[3] == state[("log", "l2")][1]
+    assert reader.jumps == 0
+    writer.close()
+    reader.close()
+
+
+def test_a_reader_left_behind_two_checkpoints_takes_the_snapshot(tmp_path):
+    writer, state = Journal(tmp_path), {}
+    fill(writer, state, 10)
+    reader = Journal(tmp_path)
+    mirror = state_of(reader)
+    checkpoint(writer, state)
+    fill(writer, state, 10, start=10)
+    checkpoint(writer, state)                                  # segment 11..20 removed before the reader saw it
+    fill(writer, state, 3, start=20)
+    for seq, writes in reader.read_new(repair=False):
+        for c, d, v, x in writes:
+            mirror[(c, d)] = (v, x, seq)
+    assert mirror == state and reader.jumps == 1 and reader.last_seq == 23
+    writer.close()
+    reader.close()
+
+
+CRASH_CHILD = r"""
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from gridcredit.xmlstore import _journal
+from gridcredit.xmlstore._journal import Journal
+from test_xmlstore_journal import fill, checkpoint
+step = {step!r}
+journal, state = Journal({directory!r}), {{}}
+fill(journal, state, 30)
+checkpoint(journal, state)
+fill(journal, state, 30, start=30)
+_journal.checkpoint_fault = lambda name: os.kill(os.getpid(), signal.SIGKILL) if name == step else None
+_journal.SNAPSHOT_CHUNK_BYTES = 300          # several chunks: the kill at "snapshot-chunk" is mid-file
+checkpoint(journal, state)
+print("not killed", flush=True)
+"""
+
+
+@pytest.mark.parametrize("step", journal_module.CHECKPOINT_STEPS)
+def test_a_kill9_at_any_step_of_a_checkpoint_leaves_a_journal_that_opens_to_the_same_state(tmp_path, step):
+    directory = tmp_path / "j"
+    child = subprocess.run([sys.executable, "-c", CRASH_CHILD.format(tests=str(Path(__file__).parent), step=step,
+                                                                     directory=str(directory))],
+                           capture_output=True, text=True, timeout=60)
+    assert child.returncode == -signal.SIGKILL, (child.stdout, child.stderr)
+    expected = {}
+    fill(Journal(tmp_path / "expected"), expected, 60)
+    journal = Journal(directory)
+    assert state_of(journal) == expected and journal.last_seq == 60
+    state = dict(expected)
+    fill(journal, state, 5, start=60)                          # goes on writing, and checkpointing
+    assert checkpoint(journal, state) == 65
+    journal.close()
+    assert not list(directory.glob("*.tmp"))
+    reopened = Journal(directory)
+    assert state_of(reopened) == state
+    assert sorted(p.name for p in directory.iterdir() if p.suffix in (".gcj", ".gcs")) == [
+        "journal.00000000000000000066.gcj", "snapshot.00000000000000000065.gcs"]
+    reopened.close()
+
+
+def test_a_damaged_snapshot_is_refused(tmp_path):
+    journal, state = Journal(tmp_path), {}
+    fill(journal, state, 20)
+    checkpoint(journal, state)
+    journal.close()
+    path = next(tmp_path.glob("snapshot.*.gcs"))
+    data = bytearray(path.read_bytes())
+    data[200] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="damaged|hash"):
+        state_of(Journal(tmp_path))

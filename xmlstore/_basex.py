@@ -118,10 +118,17 @@ only that document's write is decoded) — not from BaseX, where a lookup by pat
 a database of 400,000 resources (BaseX 9.7); it never waits for the applier (a ``tx.get`` under
 the writer lock cannot deadlock with a repair) and works while BaseX is behind or down. Repair and
 rebuild read such XML from the journal too, frame by frame. Frames not yet applied keep their XML
-in the pending queue (bounded by ``backlog_max``). Opening reads the journal in chunks of ~8 MB
-(never all of it in memory), but still replays the whole history. Not done yet: checkpointing —
-write a snapshot of the state at sequence S (fsynced, renamed into place), start a new journal at
-S+1 and let processes open from snapshot + tail.
+in the pending queue (bounded by ``backlog_max``).
+
+Opening and checkpoints. An open reads the journal's newest snapshot (every document's state after
+transaction S) and the frames after S, in chunks of ~8 MB — not the whole history (see ``_journal``
+for the files and the crash-safe order of a checkpoint's steps). ``checkpoint()`` ends the journal's
+segment under the writer lock and writes the snapshot from a copy of the mirror without it (the XML
+of ``store_text=False`` documents read back from the journal, so the snapshot holds every live
+document's XML: a document whose frame a checkpoint removed is read back from the snapshot). The
+applier starts one in a thread of its own once the journal after the snapshot is larger than both
+``checkpoint_bytes_min`` and the snapshot. A BaseX whose applied number is below S is verified and
+repaired at open, not replayed (those frames are gone).
 
 Read-only (``read_only=True``): the journal is opened for reading alone (nothing created, no torn
 tail cut, no lock taken but the shared query gate when its file exists), no applier thread, no
@@ -866,6 +873,8 @@ class BaseXStore(XmlStore):
     pins_max = 8                    # databases this process holds open in BaseX for its queries (see _Pins) ...
     pin_documents_min = 10_000      # ... once their collection holds this many documents (smaller ones open fast)
     probe_s = 5.0                   # how long an open or a repair waits for BaseX to answer before going on without it
+    checkpoint_bytes_min = 64_000_000   # journal after the snapshot before the applier checkpoints (see _maybe_checkpoint)
+    checkpoint_check_s = 5.0        # ... looked at this often
     behind_after_s = 10.0           # BaseX applying nothing this long while commits wait: behind (said once; a
                                     # write held back is then refused at once, not after timeout_s)
 
@@ -915,6 +924,9 @@ class BaseXStore(XmlStore):
         self.recovery_log: list[str] = []    # what open/repair did, for operators and tests
         self._watch = _BacklogWatch(self)       # says how far BaseX is behind, once per change
         self.waiting_for_basex: str | None = None   # why BaseX is not verified yet (opened without it)
+        self._jumps_seen = 0                    # the journal's jumps over removed frames already handled
+        self._checkpointer: threading.Thread | None = None
+        self._checkpoint_next = 0.0
         try:
             if self.read_only:
                 self._catalog.extra = {p: i for p, i in declared.items()}
@@ -932,6 +944,7 @@ class BaseXStore(XmlStore):
 
     def _open_read_only(self) -> None:
         """Read the journal into the mirror; nothing is verified, applied or written."""
+        self._absorb_snapshot()
         while self._absorb_chunk(applied=None):
             pass
         self._note_applied(self._read_meta())
@@ -958,6 +971,11 @@ class BaseXStore(XmlStore):
             except StoreError:
                 applied = None           # unreadable: the verification below finds out the rest
         self._suspect = False
+        snapshot = self._absorb_snapshot()
+        if applied is not None and applied < snapshot:
+            self._note(f"BaseX has transactions up to {applied}, the journal's snapshot holds up to {snapshot} (its "
+                       f"frames are gone); verifying every database instead of applying frames")
+            applied = None
         written: set[str] = set()    # databases written by frames BaseX has not got
         while True:                  # in chunks: never the whole journal in memory at once
             entries = self._absorb_chunk(applied, repair=True)
@@ -1191,6 +1209,119 @@ class BaseXStore(XmlStore):
                 if pending:
                     self._pending.append((seq, writes))
                     self._pending_bytes += _frame_bytes(writes)
+            if self._journal.jumps != self._jumps_seen:
+                self._jumps_seen = self._journal.jumps
+                self._suspect = True       # frames we never read: apply from a verification, not from frames
+                self._note("this process fell behind two checkpoints; took the snapshot's writes instead of the "
+                           "removed frames; verifying BaseX")
+
+    def _absorb_snapshot(self) -> int:
+        """Open: take the journal's snapshot into the mirror (each document's state after the
+        snapshot's sequence number, which is returned: 0 without a snapshot)."""
+        with self._mirror_lock:
+            self._refresh_keeps()
+            state, keeps = self._state, {}
+            for chunk in self._journal.snapshot_writes():
+                for collection, doc_id, version, xml, seq in chunk:
+                    entries = state.get(collection)
+                    if entries is None:
+                        entries = state[collection] = {}
+                    if xml is not None:
+                        kept = keeps.get(collection)
+                        if kept is None:
+                            kept = keeps[collection] = self._keeps_text(collection)
+                        if not kept:
+                            xml = NOT_KEPT
+                    entries[doc_id] = (version, xml, seq)
+            return self._journal.snapshot.seq if self._journal.snapshot is not None else 0
+
+    def _live_document(self, collection: str, doc_id: str, entry: tuple) -> Document | None:
+        """The document of a mirror entry read outside the mirror lock. Not kept: its XML is read
+        back from the journal; if a checkpoint replaced that frame meanwhile, the document changed
+        since, and its newer entry is read."""
+        for _attempt in range(3):
+            version, xml, seq = entry
+            if xml is None:
+                return None
+            if xml is not NOT_KEPT:
+                return Document(collection, doc_id, xml.encode(), version)
+            try:
+                return Document(collection, doc_id, self._kept_xml(collection, doc_id, version, seq).encode(), version)
+            except StoreError:
+                with self._mirror_lock:
+                    self._catch_up_unlocked()
+                    newer = self._state.get(collection, {}).get(doc_id, (0, None, 0))
+                if newer[2] == seq:
+                    raise
+                entry = newer
+        raise StoreError(f"{collection}/{doc_id} changed under three reads in a row")
+
+    # -- checkpoints --
+    def checkpoint(self) -> int | None:
+        """Snapshot the state so that opening reads the snapshot and the frames after it, not the
+        whole history (see ``_journal``: end the segment under the writer lock, write the
+        snapshot without it, remove what it replaces). Returns the snapshot's sequence number, or
+        None when another process is at it or the newest snapshot is current. The applier calls
+        it by itself once the journal after the snapshot is larger than the snapshot (and than
+        ``checkpoint_bytes_min``)."""
+        self._refuse_if_read_only("checkpoint")
+        with self._journal.checkpoint_lock() as taken:
+            if not taken:
+                return None
+            started = time.monotonic()
+            with self._journal.lock():
+                with self._mirror_lock:
+                    self._absorb(self._journal.read_new(repair=True))
+                    seq = self._journal.begin_checkpoint()
+                    if seq is None:
+                        return None
+                    state = {collection: dict(entries) for collection, entries in self._state.items()}
+            path = self._journal.write_snapshot(seq, self._snapshot_writes(state))
+            log.info("xmlstore/basex: checkpoint: %s (%d documents) in %.1f s", path.name,
+                     sum(len(entries) for entries in state.values()), time.monotonic() - started)
+            return seq
+
+    def _snapshot_writes(self, state: dict) -> Iterator[tuple[str, str, int, str | None, int]]:
+        """Every document's state as of the snapshot, by seq; the XML the mirror does not keep read
+        back from the journal (each frame or snapshot chunk decoded once)."""
+        order = sorted((seq, collection, doc_id) for collection, entries in state.items()
+                       for doc_id, (_version, _xml, seq) in entries.items())
+        frame_seq, frame = 0, {}
+        for number, (seq, collection, doc_id) in enumerate(order):
+            if number % 10_000 == 0 and self._closing.is_set():
+                raise StoreError("the store is closing: checkpoint abandoned")
+            version, xml, _seq = state[collection][doc_id]
+            if xml is NOT_KEPT:
+                if seq != frame_seq:
+                    frame_seq, frame = seq, {(w[0], w[1]): w for w in self._journal.frame_writes(seq)}
+                write = frame.get((collection, doc_id))
+                invariant(write is not None and write[2] == version and write[3] is not None,
+                          "the journal holds the XML of every document the mirror does not keep")
+                xml = write[3]
+            yield collection, doc_id, version, xml, seq
+
+    def _maybe_checkpoint(self) -> None:
+        """From the applier: start a checkpoint in a thread of its own when the journal after the
+        snapshot has grown past ``checkpoint_bytes_min`` and the snapshot's size (so that writing
+        snapshots costs at most about as much as the journal itself, and an open reads at most
+        about twice the state). Looked at every ``checkpoint_check_s``."""
+        now = time.monotonic()
+        if now < self._checkpoint_next or (self._checkpointer is not None and self._checkpointer.is_alive()):
+            return
+        self._checkpoint_next = now + self.checkpoint_check_s
+        snapshot = self._journal.snapshot
+        if self._journal.tail_bytes() < max(self.checkpoint_bytes_min, snapshot.size if snapshot is not None else 0):
+            return
+
+        def run() -> None:
+            try:
+                self.checkpoint()
+            except Exception as error:  # noqa: BLE001 — a failed checkpoint leaves the journal as it was
+                log.warning("xmlstore/basex: checkpoint failed (%s: %s); the journal is replayed from the last "
+                            "snapshot until one succeeds", type(error).__name__, error)
+
+        self._checkpointer = threading.Thread(target=run, name="xmlstore-basex-checkpoint", daemon=True)
+        self._checkpointer.start()
 
     def _kept_xml(self, collection: str, doc_id: str, version: int, seq: int) -> str:
         """The XML that transaction ``seq`` wrote for a document whose text the mirror does not
@@ -1449,6 +1580,7 @@ class BaseXStore(XmlStore):
                 if self._closing.is_set():
                     return
             self._urgent.clear()
+            self._maybe_checkpoint()
             try:
                 if self._has_backlog() and not self._apply_backlog(blocking=False, gather=True):
                     pause = 0.005     # another process holds the applier lock: look again soon
@@ -1719,12 +1851,8 @@ class BaseXStore(XmlStore):
         collection, doc_id = check_collection(collection), check_doc_id(doc_id)
         with self._mirror_lock:
             self._catch_up_unlocked()
-            version, xml, seq = self._state.get(collection, {}).get(doc_id, (0, None, 0))
-        if xml is None:
-            return None
-        if xml is NOT_KEPT:
-            xml = self._kept_xml(collection, doc_id, version, seq)
-        return Document(collection, doc_id, xml.encode(), version)
+            entry = self._state.get(collection, {}).get(doc_id, (0, None, 0))
+        return self._live_document(collection, doc_id, entry)
 
     def scan(self, collection: str, *, after_id: str | None = None, limit: int = 1000) -> list[Document]:
         """The next ``limit`` documents after ``after_id``: ids from BaseX, documents from the
@@ -1754,12 +1882,8 @@ class BaseXStore(XmlStore):
             entries = self._state.get(collection, {})
             chosen = [(doc_id, entries[doc_id]) for doc_id in heapq.nsmallest(
                 limit, (doc_id for doc_id, entry in entries.items() if entry[1] is not None and doc_id > after))]
-        documents = []
-        for doc_id, (version, xml, seq) in chosen:
-            if xml is NOT_KEPT:
-                xml = self._kept_xml(collection, doc_id, version, seq)
-            documents.append(Document(collection, doc_id, xml.encode(), version))
-        return documents
+        return [document for doc_id, entry in chosen
+                if (document := self._live_document(collection, doc_id, entry)) is not None]
 
     def collections(self) -> list[str]:
         self._await_applied()
@@ -2018,6 +2142,8 @@ class BaseXStore(XmlStore):
         self._wake.set()
         if self._applier is not None and self._applier_pid == os.getpid():
             self._applier.join(self._timeout_s)
+        if self._checkpointer is not None and self._applier_pid == os.getpid():
+            self._checkpointer.join()     # it stops within 10,000 documents of _closing (the journal stays whole)
         try:
             if not self.read_only and not self._needs_repair():
                 self._apply_backlog(blocking=False, gather=False)
