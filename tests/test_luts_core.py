@@ -199,6 +199,34 @@ def test_an_administrator_replaces_any_machines_record(luts):
     assert [(row.key["machine"], row.jobs, row.wall_us) for row in rows] == [("ce2.example.org", 1, 5_000_000)]
 
 
+def test_a_record_sent_again_with_new_publication_metadata_is_the_same_record(luts):
+    """Issue 11.4: ARC re-sends a record with only RecordIdentity/@createTime changed. Equality is on the
+    usage: createTime, a ds:KeyInfo in RecordIdentity, comments and the whitespace between elements
+    are not compared; any usage value is."""
+    job = Job("r-again", USERS[0], "atlas", "ce1.example.org", "short", None, 100, 50, "1.5", local_job_id="9")
+    first = make_batch([job])
+    assert luts.publish(first, HOST_CALLER).results[0].status == "stored"
+    later = first.replace(b'ur:createTime="2026-01-01T00:00:00Z"', b'ur:createTime="2026-03-04T05:06:07Z"')
+    assert later != first
+    again = luts.publish(later, HOST_CALLER).results[0]
+    assert (again.status, again.message) == ("duplicate", "already stored (the same record)")
+    signed = later.replace(b'ur:createTime="2026-03-04T05:06:07Z"/>', (
+        b'ur:createTime="2026-03-04T05:06:08Z"><ds:KeyInfo xmlns:ds="http://www.w3.org/2000/09/xmldsig#">'
+        b'<ds:KeyName>ce1</ds:KeyName></ds:KeyInfo></ur:RecordIdentity>'))
+    reformatted = make_record(job).replace(b"<ur:Status>", b"\n    <!-- sent again -->\n    <ur:Status>")
+    for document in (signed, reformatted):
+        assert luts.publish(document, HOST_CALLER).results[0].status == "duplicate"
+    for changed in (dataclasses.replace(job, wall_s=101), dataclasses.replace(job, queue="long"),
+                    dataclasses.replace(job, local_job_id="10")):
+        refused = luts.publish(make_batch([changed]), HOST_CALLER).results[0]
+        assert refused.status == "refused" and "different record" in refused.message
+    queue_spaced = first.replace(b"<ur:Queue>short</ur:Queue>", b"<ur:Queue> short</ur:Queue>")
+    assert luts.publish(queue_spaced, HOST_CALLER).results[0].status == "refused"   # inside a value: compared
+    stored = luts.record(Caller(ADMIN), "r-again")
+    assert stored.original == ur.split_records(first)[0].data                        # the first one is kept
+    assert [row.jobs for row in luts.summary(Caller(ADMIN), ["user"]).rows] == [1]
+
+
 def test_two_records_with_one_id_in_one_batch(luts):
     a = Job("dup", USERS[0], None, "ce1.example.org", None, None, 1, 1, None)
     b = Job("dup", USERS[0], None, "ce1.example.org", None, None, 2, 1, None)

@@ -40,10 +40,14 @@ another site's record id first, and a replace (site administrators and LUTS admi
 replaces only a record of a machine the replacer may publish for: the stored record's machine
 and the new one's (the same, as the machine is part of the identity) must both be allowed.
 
-"The same record" means the same exclusive canonical XML (exc-C14N of the record element: the
-namespaces it uses, not every one declared around it): a reporter re-sending a record inside
-another batch, with other whitespace and namespace declarations around it, is a duplicate; a record with any changed value under a used id is
-refused unless the publisher may replace it and asks to.
+"The same record" means the same usage (``_usage_digest``): the same exclusive canonical XML of
+the record element (the namespaces it uses, not every one declared around it) once its publication
+metadata is set aside — ``RecordIdentity/@createTime`` and ``RecordIdentity/ds:KeyInfo``, comments,
+processing instructions and the whitespace between elements. A reporter re-sending a record
+(ARC writes a new ``createTime`` each time), inside another batch, with other whitespace and
+namespace declarations around it, is a duplicate, and the first one received stays stored; a
+record with any changed value (an element, an attribute, an extension, text inside a value) under
+a used identity is refused unless the publisher may replace it and asks to.
 
 Who sees what (``Scope``): administrators everything; a VO manager the records of the VOs they
 manage; a site (a configured site publisher, or a host identity) the records of its machines; a
@@ -54,6 +58,7 @@ can widen it.
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -316,8 +321,32 @@ def _months_in(months: Iterable[str], from_month: str | None, to_month: str | No
 # -- documents ------------------------------------------------------------------------------------
 
 
-def _canonical_digest(element: etree._Element) -> str:
-    return hashlib.sha256(etree.tostring(element, method="c14n", exclusive=True)).hexdigest()
+_RECORD_IDENTITIES = tuple(f"{{{namespace}}}RecordIdentity" for namespace in ur.FORMATS)
+_KEY_INFO = f"{{{ur.NS_DSIG}}}KeyInfo"
+
+
+def _usage_digest(element: etree._Element) -> str:
+    """The digest two records are equal by: the record's exclusive canonical XML (the namespaces it
+    uses, not every one declared around it) without its publication metadata — ``RecordIdentity``'s
+    ``createTime`` attribute and ``ds:KeyInfo`` child (when and by whom the record was written, not
+    what was used), comments and processing instructions, and the whitespace between elements (not
+    inside a value). Everything else, extensions included, is compared."""
+    record = copy.deepcopy(element)
+    record.tail = None
+    etree.strip_elements(record, etree.Comment, etree.ProcessingInstruction, with_tail=False)
+    for identity in record.iterchildren(*_RECORD_IDENTITIES):
+        for name in [name for name in identity.attrib if name == "createTime" or name.endswith("}createTime")]:
+            del identity.attrib[name]
+        for key_info in identity.findall(_KEY_INFO):
+            identity.remove(key_info)     # its tail is formatting, stripped below
+    for node in record.iter(etree.Element):
+        if len(node):
+            if node.text is not None and not node.text.strip():
+                node.text = None
+            for child in node:
+                if child.tail is not None and not child.tail.strip():
+                    child.tail = None
+    return hashlib.sha256(etree.tostring(record, method="c14n", exclusive=True, with_comments=False)).hexdigest()
 
 
 def _attributes(usage: ur.NormalizedRecord) -> dict[str, str]:
@@ -565,7 +594,7 @@ class Luts:
         """Everything about one record that needs no store: done before the transaction, outside its lock."""
         source, usage = outcome.source, outcome.record
         element = source.element if source.element is not None else etree.fromstring(source.data)
-        digest = _canonical_digest(element)
+        digest = _usage_digest(element)
         month_text = ur.record_month(usage)
         month = month_key(month_text) if month_text else _utc(received_us).strftime("%Y%m")
         return _Prepared(index=source.index, usage=usage, record_hash=record_key(machine_of(usage), usage.record_id),
