@@ -237,7 +237,7 @@ class SignedSoapHost:
 
     # -- plain HTTPS registrations (TLS client certificate instead of WS-Security) ----------------
     def _registration(self, path: str, method: str, environ, start_response, started: float):
-        principal, outcome = None, "-"
+        principal, outcome, client_stopped = None, "-", False
         try:
             if method != "POST":
                 answer = _PlainAnswer("405 Method Not Allowed", f"POST a document to {path}\n")
@@ -251,17 +251,17 @@ class SignedSoapHost:
                     answer = self._registrations[path](data, principal)
         except _ClientStopped as stopped:
             answer = _PlainAnswer(stopped.status, f"{stopped.answer}\n")
-            outcome = str(stopped)
+            outcome, client_stopped = str(stopped), True
         except Exception:  # noqa: BLE001 — one place turns our own failures into a 500
             log.exception("internal error serving %s", path)
             answer = _PlainAnswer("500 Internal Server Error", "the service failed; the server log has the details\n")
-        if outcome == "-":
+        if not client_stopped:
             outcome = answer.status
         log.info("%s POST principal=%r outcome=%s %.1fms", path, getattr(principal, "dn", "-"), outcome,
                  (time.perf_counter() - started) * 1000)
         body = answer.body.encode("utf-8")
         headers = [("Content-Type", answer.content_type), ("Content-Length", str(len(body)))]
-        if outcome != answer.status:  # the client stopped sending: do not wait for the rest of its body
+        if client_stopped:  # do not wait for the rest of its body
             headers.append(("Connection", "close"))
         start_response(answer.status, headers)
         return [body]

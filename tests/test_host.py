@@ -429,8 +429,8 @@ def _tls_to(port: int, trust_dir: Path):
     return context.wrap_socket(raw, server_hostname="localhost")
 
 
-def _partial_post(connection, announced: int, sent: bytes) -> None:
-    connection.sendall(b"POST /bank HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml; charset=utf-8\r\n"
+def _partial_post(connection, announced: int, sent: bytes, path: str = "/bank") -> None:
+    connection.sendall(f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml; charset=utf-8\r\n".encode()
                        + f"Content-Length: {announced}\r\n\r\n".encode() + sent)
 
 
@@ -512,3 +512,19 @@ def test_wsdl_ignores_a_host_header_that_is_not_a_host(pki, host_header):
     status, document = _get_wsdl_in_process(app, host_header)
     assert status.startswith("200")
     assert _location(document) == "https://gridcredit:8443/bank"  # the server's own name and port
+
+
+def test_a_reporter_that_stalls_mid_body_is_logged_as_timed_out(served, pki):
+    """The same for the plain HTTPS registration (/sgas/ur), authenticated by the TLS certificate."""
+    port, log_path = served
+    with _tls_to(port, pki.trust_dir) as connection:
+        _partial_post(connection, 2000, b"<UsageRecords", path="/sgas/ur")
+        connection.settimeout(15)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive" in answer
+    log = _wait_for_log(log_path, "(2,000 bytes announced")
+    line = next(line for line in log.splitlines() if "(2,000 bytes announced" in line)
+    assert "/sgas/ur POST" in line and "timed out sending the request body" in line
+    assert "Traceback" not in log and "internal error" not in log
