@@ -143,6 +143,19 @@ def test_sgas_registration_with_a_host_certificate(host, people):
     assert found.records[0].publisher.endswith(f"CN={SITE_HOST}")
 
 
+def test_sgas_a_batch_sent_again_with_new_create_times_is_already_stored(host, people):
+    """Issue 11.4: ARC re-sends records with only RecordIdentity/@createTime changed."""
+    jobs = random_jobs(5, seed=12, prefix=f"sgas-again-{host.backend}", users=[people["alice"].dn],
+                       machines=[SITE_HOST])
+    batch = make_batch(jobs)
+    assert sgas_post(host, batch, cert=people["site_files"]).text.startswith("stored 5,")
+    again = batch.replace(b'ur:createTime="2026-01-01T00:00:00Z"', b'ur:createTime="2026-12-01T20:00:00Z"')
+    assert again.count(b"2026-12-01T20:00:00Z") == 5
+    answer = sgas_post(host, again, cert=people["site_files"])
+    assert answer.status_code == 200 and answer.text.startswith("stored 0, already stored 5, not stored 0"), \
+        answer.text
+
+
 def test_sgas_registration_reads_arcs_latin1_body(host, people):
     job = Job(f"sgas-latin1-{host.backend}", "/O=Grid/CN=Jürgen Müller", None, SITE_HOST, None, None, 5, 5, None)
     body = make_batch([job]).decode().encode("latin-1")    # what ARC's http.client sends for a str body
