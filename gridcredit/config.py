@@ -63,6 +63,9 @@ class StoreConfig:
     basex_user: str = "admin"
     basex_password: str = "admin"
     timeout_s: int = 30
+    # Committed XML (journal) waiting for BaseX before writes are held back (refused: retry later);
+    # a bank transaction weighs ~8 KB here (several requests group-committed): measure your own rate
+    basex_backlog_bytes_max: int = 32_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +201,8 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None) -> C
         raise ConfigError(f"store.backend must be 'embedded' or 'basex', not {config.store.backend!r}")
     if config.server.client_cert not in {"none", "optional", "required"}:
         raise ConfigError("server.client_cert must be none, optional or required")
+    if not 100_000 <= config.store.basex_backlog_bytes_max <= 10_000_000_000:
+        raise ConfigError("store.basex_backlog_bytes_max must be 100000-10000000000 (bytes)")
     if not 1 <= config.server.handshake_timeout_s <= 300:
         raise ConfigError("server.handshake_timeout_s must be 1-300")
     if not 1 <= config.server.listen_backlog <= 65_535:

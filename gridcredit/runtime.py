@@ -39,15 +39,30 @@ class Runtime:
         self._threads.append(thread)
 
     def _sweep_forever(self) -> None:
+        """Every ``bank.expiry_sweep_s``; it reads the store's own record (``scan_local``), so only
+        writes held back stop it (BaseX far behind): said in one line when that begins, one when
+        the sweep has ended something again — not every round (a round with nothing due says
+        nothing about the store)."""
         interval_s = max(1, self.config.bank.expiry_sweep_s)
+        failing = False
         while not self._stop.wait(interval_s):
+            ended = 0
             try:
-                while self.bank.expire_due() > 0 and not self._stop.is_set():
-                    pass
-            except StoreError as error:  # the store busy or behind (BaseX catching up): expected, said once a round
-                log.warning("the expiry sweep could not read the store (%s); retrying in %d s", error, interval_s)
+                while (count := self.bank.expire_due()) > 0 and not self._stop.is_set():
+                    ended += count
+            except StoreError as error:  # writes held back (BaseX behind), the store busy: expected
+                if not failing:
+                    log.warning("the expiry sweep cannot write to the store (%s); retrying every %d s", error,
+                                interval_s)
+                failing = True
+                continue
             except Exception:  # noqa: BLE001 — a failed sweep is retried at the next interval
                 log.exception("the expiry sweep failed; retrying in %d s", interval_s)
+                failing = True
+                continue
+            if failing and ended:
+                log.warning("the expiry sweep works again (%d ended)", ended)
+                failing = False
 
     def start_forwarding(self, files) -> None:
         """With ``luts.forward_to``: forward stored usage records upstream, one forwarder per host (forward.py)."""

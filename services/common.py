@@ -10,9 +10,21 @@ from datetime import datetime, timezone
 
 from spyne import Boolean, ComplexModel, DateTime, Fault, ServiceBase, Unicode, rpc
 
-from gridcredit.errors import DomainError, QueryError, StoreError
+from gridcredit.errors import DomainError, QueryError, StoreError, StoreUnavailable
 
 log = logging.getLogger("gridcredit.services")
+
+
+class _OwnFaults(logging.Filter):
+    """spyne logs every Server fault with a stack trace (logger ``spyne.application``, ERROR); the
+    faults our services raise were logged already in at most one line (``GridcreditService``), so
+    spyne's record of them is dropped — a failure of our code (not a Fault) keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record.msg, "gridcredit_logged", False)
+
+
+logging.getLogger("spyne.application").addFilter(_OwnFaults())
 
 COMMON_NS = "urn:gridcredit:common:1"
 PRINCIPAL_ENVIRON_KEY = "gridcredit.principal"
@@ -93,10 +105,14 @@ class GridcreditService(ServiceBase):
             fault = Fault(faultcode=f"Client.{error.code}", faultstring=str(error))
         except QueryError as error:
             fault = Fault(faultcode="Client.InvalidQuery", faultstring=str(error))
+        except StoreUnavailable as error:    # expected while BaseX is down: the store said so once
+            log.debug("%s not applied: %s", ctx.method_name, error)
+            fault = Fault(faultcode="Server.StoreUnavailable", faultstring=str(error))
         except StoreError as error:
             log.error("store failure in %s: %s", ctx.method_name, error)
             fault = Fault(faultcode="Server.StoreUnavailable",
                           faultstring="the service's store failed; the request was not applied, retry later")
+        fault.gridcredit_logged = True       # (see _OwnFaults)
         # Raised outside the handlers, so the fault chains no exception: a chained one keeps the
         # failed operation's frames alive (spyne's context holds the fault in a cycle), and with
         # them an open embedded-store cursor whose stale snapshot makes every later write of this

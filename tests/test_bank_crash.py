@@ -8,16 +8,23 @@
   outcome was unknown, sent again with the same id, apply at most once;
 * with the BaseX backend, the BaseX server alone is killed mid-load and restarted while the bank
   keeps running: the bank recovers BaseX from its journal and the same checks hold.
+* BaseX stands still (SIGSTOP) mid-load for longer than the backlog limit lasts: a hold that comes
+  due expires on time from the journal and its funds can be transferred at once; then writes are
+  held back with a fault that says so (no traceback in the log, which says each change of state
+  once per worker); once BaseX runs again, writes resume and the same checks hold.
 """
 from __future__ import annotations
 
+import os
+import re
+import signal
 import threading
 import time
 
 import pytest
 
-from bank_fixtures import (attempt_counts, bank_host, bank_users, join_load, retry_unknowns, run_load, setup_load,
-                           snapshot_of, verify_ledger, wait_for_expiry_sweep)
+from bank_fixtures import (WORKERS, attempt_counts, bank_host, bank_users, join_load, retry_unknowns, run_load,
+                           setup_load, snapshot_of, utc_in, verify_ledger, wait_for_expiry_sweep)
 from gridcredit.xmlstore.basex_server import BaseXServer
 
 pytestmark = [pytest.mark.slow]
@@ -108,3 +115,79 @@ def test_kill9_of_basex_mid_load(pki, tmp_path):
         assert all(entry["ok"] for entry in report.values()), report
         print(f"\nbasex killed: attempts {dict(counts)}; 200 more acknowledged {recovery_s:.1f} s after the restart; "
               f"ledger {summary}")
+
+
+# BaseX stops (SIGSTOP: it accepts connections and answers nothing) for longer than the backlog
+# limit lasts under the load: small here so that it fills in seconds.
+BACKLOG_BYTES_MAX = 3_000_000
+
+
+def test_basex_stopped_longer_than_the_backlog_limit(pki, tmp_path):
+    users = bank_users(pki)
+    identities = identities_of(pki, users)
+    users_by_dn = {who.dn: who for who in identities}
+    extra_env = {"GRIDCREDIT_STORE_BASEX_BACKLOG_BYTES_MAX": str(BACKLOG_BYTES_MAX)}
+    with bank_host(tmp_path, "basex", users, pki, sweep_s=1, extra_env=extra_env) as host:
+        supply = setup_load(host, identities)
+        admin, owner = host.client(users.admin), host.client(users.owners[0])
+        admin.call("CreateAccount", request_id="outage-account", account_id="outage", project="p",
+                   owner_dn=users.owners[0].dn)
+        admin.call("Mint", request_id="outage-mint", account_id="outage", amount=1000)
+        supply += 1000
+        stop = threading.Event()
+        threads = run_load(host, identities, OPERATIONS, seed=17, stop=stop, timeout_s=10)
+        wait_for_acks(threads, 300)
+        hold = owner.call("CreateHold", request_id="outage-hold", account_id="outage", amount=900,
+                          expires=utc_in(3)).transaction.hold_id
+        os.kill(host.basex.process.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        try:
+            # the journal is the record: the hold expires on time without BaseX, its funds free at once
+            while owner.call("GetHold", hold_id=hold).state != "expired":
+                assert time.monotonic() - stopped < 3 + 2 * 1 + 1.5, "the hold did not expire while BaseX was stopped"
+                time.sleep(0.1)
+            ended = owner.call("GetHold", hold_id=hold)
+            assert ended.ended_at_us - ended.expires_at_us <= 2 * 1_000_000 + 500_000, ended
+            owner.call("Transfer", request_id="outage-transfer", from_account_id="outage", to_account_id="load-2",
+                       amount=1000)
+            # ... until the backlog reaches its limit: writes are held back, said to the client in words
+            while not held_back(threads):
+                assert time.monotonic() - stopped < 120, f"writes never held back: {attempt_counts(records_of(threads))}"
+                time.sleep(0.5)
+            time.sleep(5.0)
+            acks_down = acknowledged(threads)
+        finally:
+            os.kill(host.basex.process.pid, signal.SIGCONT)
+        outage_s = time.monotonic() - stopped
+        wait_for_acks(threads, acks_down + 300)          # writes resume once BaseX has caught up
+        stop.set()
+        records = join_load(threads)
+        refusals = [value for record in records for outcome, value in record.attempts
+                    if outcome == "unknown" and "StoreUnavailable" in str(value)]
+        assert refusals and all("writes are held back: " in value and "retry" in value for value in refusals), \
+            refusals[:3]
+        retry_unknowns(host, records, users_by_dn)
+        wait_for_expiry_sweep(host)
+        summary = verify_ledger(host, records, supply)
+        with host.open_store() as store:
+            report = store.check()
+        assert all(entry["ok"] for entry in report.values()), report
+        log = host.log_text()
+    assert "Traceback" not in log
+    lines = log.splitlines()
+    warnings = [line for line in lines if " WARNING " in line or " ERROR " in line]
+    for words in ("BaseX has applied nothing since", "BaseX backlog at 50 %", "xmlstore/basex: writes are held back: ",
+                  "the expiry sweep cannot write", "xmlstore/basex: BaseX (applies again and )?has caught up"):
+        said = [line for line in lines if re.search(words, line)]
+        assert 1 <= len(said) <= WORKERS, (words, "\n".join(warnings))      # once per worker at most
+    assert len(warnings) <= 40, "\n".join(warnings)
+    print(f"\nbasex stopped {outage_s:.0f} s: {len(refusals)} writes held back; attempts "
+          f"{dict(attempt_counts(records))}; ledger {summary}")
+
+
+def records_of(threads) -> list:
+    return [record for thread in threads for record in thread.records]
+
+
+def held_back(threads) -> bool:
+    return any("StoreUnavailable" in str(value) for record in records_of(threads) for _outcome, value in record.attempts)

@@ -64,3 +64,12 @@ def test_tables_of_names_to_dns_from_the_file_and_as_json_in_the_environment(tmp
     path.write_text('[luts.vo_managers]\natlas = "/O=Grid/CN=Ann"\n')
     with pytest.raises(ConfigError, match="vo_managers"):
         load_config(str(path), env={})
+
+
+def test_the_basex_backlog_limit_is_a_setting(tmp_path):
+    path = tmp_path / "gridcredit.toml"
+    path.write_text('[store]\nbackend = "basex"\nbasex_backlog_bytes_max = 64000000\n')
+    assert load_config(str(path), env={}).store.basex_backlog_bytes_max == 64_000_000
+    assert load_config(env={"GRIDCREDIT_STORE_BASEX_BACKLOG_BYTES_MAX": "1000000"}).store.basex_backlog_bytes_max == 1_000_000
+    with pytest.raises(ConfigError, match="basex_backlog_bytes_max"):
+        load_config(env={"GRIDCREDIT_STORE_BASEX_BACKLOG_BYTES_MAX": "1000"})

@@ -37,5 +37,5 @@ def open_store(config: StoreConfig, state_dir: Path, *, limits: StoreLimits = DE
         journal_dir = Path(config.path).expanduser() if config.path else state_dir / "basex-journal"
         return BaseXStore(journal_dir, host=config.basex_host, port=config.basex_port, user=config.basex_user,
                           password=config.basex_password, timeout_s=config.timeout_s, limits=limits,
-                          indexes=indexes, read_only=read_only)
+                          indexes=indexes, read_only=read_only, backlog_bytes_max=config.basex_backlog_bytes_max)
     raise StoreError(f"unknown store backend {config.backend!r}")
