@@ -103,6 +103,14 @@ def half_done_handshake(port: int, source: str = "127.0.0.1") -> socket.socket:
     return raw
 
 
+def silent_tls_connection(port: int) -> ssl.SSLSocket:
+    """A connection that completes its TLS handshake and then sends no request."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context.wrap_socket(idle_connection(port), server_hostname="localhost")
+
+
 def signed_whoami_seconds(pki, port: int, credential) -> float:
     """A signed WhoAmI on a new connection; the seconds it took (the answer checked)."""
     data = signed_request(credential)
@@ -120,11 +128,13 @@ def signed_whoami_seconds(pki, port: int, credential) -> float:
 
 def test_idle_connections_and_half_done_handshakes_do_not_stall_the_service(pki, tmp_path):
     """Before: the handshake ran on cheroot's accept path, so each silent client held every other
-    client for the socket timeout (30 s)."""
+    client for the socket timeout (30 s). A connection that completes its handshake and then says
+    nothing holds no request thread either."""
     alice = pki.user("Alice").credential
     with tls_host(pki, tmp_path, "optional") as port:
         signed_whoami_seconds(pki, port, alice)  # warm: the services are built
         silent = [idle_connection(port) for _ in range(20)] + [half_done_handshake(port) for _ in range(20)]
+        silent += [silent_tls_connection(port) for _ in range(20)]  # more than the worker's 8 request threads
         try:
             time.sleep(0.3)  # accepted (or queued) before the real client comes
             assert signed_whoami_seconds(pki, port, alice) < 2.0
