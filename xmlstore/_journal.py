@@ -542,6 +542,9 @@ class Journal:
         Without the writer lock: writers go on in the segment ``begin_checkpoint`` started."""
         final = self.directory / snapshot_name(seq)
         temporary = final.with_name(final.name + ".tmp")
+        for name in os.listdir(self.directory):   # an abandoned checkpoint's (we hold the checkpoint lock)
+            if name.endswith(".gcs.tmp"):
+                os.unlink(self.directory / name)
         digest = hashlib.sha256()
         chunks: list[list[int]] = []
         count = 0
