@@ -18,6 +18,11 @@ writer lock. ``read_only`` opens the file with SQLite's ``mode=ro`` and uses the
 declarations only (SQLite still creates the empty ``-wal`` and the ``-shm`` WAL-index beside the
 file when no other connection has them open: every WAL reader needs them; they hold no data).
 
+XPath: checked by ``_xpath.check_xpath`` (XPath 1.0, core functions only), then a query or count
+with an XPath runs in a sandbox process (``_sandbox``) that opens this file read-only and is
+killed when the query's time limit (plus 0.5 s) has passed: libxml2 cannot be stopped from a
+thread. Queries without an XPath run in the caller's thread.
+
 Lookups: with every ``where`` name indexed, one join over the ``attributes`` primary key (one
 alias per name, ``value IN (...)`` for a tuple) drives the query in doc_id order and pages in SQL
 (``lookup_plan`` shows SQLite's plan); an XPath or an unindexed name is then evaluated on the
