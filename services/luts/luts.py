@@ -37,8 +37,9 @@ by each site's reporter, so two machines may well use one; the same id under two
 records, and a publisher can only ever reach — store, collide with, replace — the identities of
 the machines it may publish for (``LutsPolicy.publish_machines``). So no publisher can take
 another site's record id first, and a replace (site administrators and LUTS administrators)
-replaces only a record of a machine the replacer may publish for: the stored record's machine
-and the new one's (the same, as the machine is part of the identity) must both be allowed.
+replaces only a record of a machine the replacer may publish for: the stored record's machine is
+the new one's (the machine is part of the identity; an invariant checks it on what is stored), and
+the new one's is checked against the replacer's machines before anything is looked up.
 
 "The same record" means the same usage (``_usage_digest``): the same exclusive canonical XML of
 the record element (the namespaces it uses, not every one declared around it) once its publication
@@ -634,14 +635,10 @@ class Luts:
                         f"{machine_of(usage) or '(none)'} (a site administrator may replace it with the replace "
                         f"option)"))
                     continue
-                if not _publishes_for(machines, entry.get("machine", "")):
-                    # the identity holds the machine, so this is the new record's machine, already allowed;
-                    # checked on what is stored all the same: a replace never reaches another machine's record
-                    results.append(RecordResult(
-                        record.index, usage.record_id, "refused",
-                        f"the stored record {usage.record_id} is of machine {entry.get('machine') or '(none)'}, "
-                        f"which you may not publish for; it is not replaced"))
-                    continue
+                # the identity holds the machine: the stored record's is the new one's, which publish()
+                # checked against the caller's machines — so a replace never reaches another machine's record
+                invariant(entry.get("machine") == machine_of(usage) and _publishes_for(machines, machine_of(usage)),
+                          "a replaced record is of the new record's machine, one the caller may publish for")
                 old_month = entry.get("month")
                 old = tx.get(f"ur_{old_month}", record_hash)
                 invariant(old is not None, f"the record the id map names is in ur_{old_month}")
