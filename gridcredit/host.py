@@ -417,7 +417,8 @@ def build_host(config: Config, files: HostFiles) -> SignedSoapHost:
     replay_path = replay_cache_path(config)
     policy = VerifyPolicy(ttl_s=security.timestamp_ttl_s, clock_skew_s=security.clock_skew_s, allow_sha1=security.allow_sha1,
                           limits=ParseLimits(bytes_max=config.server.request_bytes_max, depth_max=min(security.xml_depth_max, 256)))
-    trust = TrustStore.from_directory(files.trust_dir, require_crl=security.require_crl)
+    trust = TrustStore.from_directory(files.trust_dir, require_crl=security.require_crl,
+                                      allow_weak_keys=security.allow_weak_keys)
     verifier = Verifier(trust=trust, policy=policy,
                         replay_cache=SqliteReplayCache(replay_path))
     from .runtime import build_runtime

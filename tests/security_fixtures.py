@@ -210,19 +210,21 @@ class RunningHost:
 
 
 def host_config(state_dir: Path, port: int, *, host_cert: Path, host_key: Path, trust_dir: Path,
-                request_bytes_max: int = 10_000_000) -> Config:
+                request_bytes_max: int = 10_000_000, allow_weak_keys: bool = False) -> Config:
     return Config(state_dir=str(state_dir),
                   server=ServerConfig(port=port, workers=1, threads=8, request_bytes_max=request_bytes_max),
-                  security=SecurityConfig(host_cert=str(host_cert), host_key=str(host_key), cert_dir=str(trust_dir)))
+                  security=SecurityConfig(host_cert=str(host_cert), host_key=str(host_key), cert_dir=str(trust_dir),
+                                          allow_weak_keys=allow_weak_keys))
 
 
 @contextlib.contextmanager
-def host_process(state_dir: Path, *, host_cert: Path, host_key: Path, trust_dir: Path):
+def host_process(state_dir: Path, *, host_cert: Path, host_key: Path, trust_dir: Path, allow_weak_keys: bool = False):
     """``gridcredit.host.run_worker`` in a child process on a free port; yields a RunningHost."""
     from gridcredit.host import HostFiles, run_worker
 
     port = free_port()
-    config = host_config(state_dir, port, host_cert=host_cert, host_key=host_key, trust_dir=trust_dir)
+    config = host_config(state_dir, port, host_cert=host_cert, host_key=host_key, trust_dir=trust_dir,
+                         allow_weak_keys=allow_weak_keys)
     files = HostFiles(Path(host_cert), Path(host_key), Path(trust_dir))
     process = multiprocessing.get_context("fork").Process(target=run_worker, args=(config, files), daemon=True)
     process.start()

@@ -542,3 +542,13 @@ def test_host_answers_mustunderstand_for_a_header_aimed_at_the_next_node(host, p
 def test_host_refuses_a_mustunderstand_value_that_is_not_a_boolean(host, pki, cast):
     fault = _soap_fault(pki, _signed_with(cast, headers=(_header("{urn:example:tracing}Trace", must_understand="yes"),)), host)
     assert fault.namespace == SOAP11_NS and fault.code == "Client" and "mustUnderstand" in fault.message
+
+
+def test_a_host_for_legacy_peers_accepts_weak_keys_only_when_configured(pki, cast, session, tmp_path):
+    """security.allow_weak_keys reaches the running host's trust store (off: refused above)."""
+    with host_process(tmp_path, host_cert=pki.host_cert, host_key=pki.host_key, trust_dir=cast.host_trust_dir,
+                      allow_weak_keys=True) as legacy:
+        for proxy in (_weak_key_proxy("rsa1024", _rsa_1024), _weak_key_proxy("p192", _p192)):
+            response = post_soap(session, f"{legacy.url}/bank", proxy(cast))
+            assert response.status_code == 200, response.content[:500]
+            assert b"Alice" in response.content
