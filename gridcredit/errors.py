@@ -8,7 +8,7 @@
     ├── StoreError                  the XML store failed or refused an operation
     │   ├── ConflictError           a transaction lost a race; retrying is safe
     │   ├── QueryError              an XPath expression is invalid or exceeded its limits
-    │   └── StoreUnavailable        writes are held back (the store's database is down or behind)
+    │   └── StoreUnavailable        the store's database (BaseX) is down or behind: retry later
     ├── DomainError                 a service operation is refused (unknown account, short funds…)
     └── RemoteFault                 a service answered a call with a SOAP fault (client side)
 
@@ -62,9 +62,10 @@ class QueryError(StoreError):
 
 
 class StoreUnavailable(StoreError):
-    """An expected state, not a failure: the store holds writes back until its database (BaseX)
-    catches up with the journal. Nothing was applied; the message says why and when to retry, in
-    words meant for the person who sent the request."""
+    """An expected state, not a failure: the store's database (BaseX) is down or behind the journal,
+    so writes are held back until it catches up, or a query cannot be answered now. Nothing was
+    applied; the message says why and when to retry, in words meant for the person who sent the
+    request (a service answers Server.StoreUnavailable, and logs no traceback)."""
 
 
 class DomainError(GridcreditError):

@@ -567,8 +567,9 @@ def _literal(name: str) -> str:
     return f"'{_db_name(name)}'"
 
 
-class BaseXUnavailable(StoreError):
-    """BaseX did not answer (refused, closed or timed out): the journal goes on without it."""
+class BaseXUnavailable(StoreUnavailable):
+    """BaseX did not answer (refused, closed or timed out): the journal goes on without it (an
+    expected state: a request it fails gets Server.StoreUnavailable and no traceback)."""
 
 
 # (journal folder, host, port) of the opens without BaseX this process said: its forked workers,
@@ -1625,9 +1626,10 @@ class BaseXStore(XmlStore):
                         self._repair_locked(writer_locked=False)
                 continue
             if time.monotonic() >= deadline:
-                raise StoreError(f"BaseX has applied the journal up to transaction {self._applied_seq}, {waiting} "
-                                 f"needs {target}: not caught up within {self._timeout_s} s (applier's last error: "
-                                 f"{self._apply_error or 'none'})")
+                raise StoreUnavailable(f"the store's database (BaseX) has applied the journal up to transaction "
+                                       f"{self._applied_seq}, {waiting} needs {target}: not caught up within "
+                                       f"{self._timeout_s} s (applier's last error: {self._apply_error or 'none'}); "
+                                       f"retry later")
             self._urgent.set()
             self._wake.set()
             pause = min(pause * 2, 0.05)
