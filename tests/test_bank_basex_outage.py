@@ -78,3 +78,46 @@ def test_holds_and_pending_mints_expire_on_time_while_basex_is_unavailable(priva
         assert all(entry["ok"] for entry in store.check().values())
         report = audit_store(store, bank.key.public, signature_check_interval=1)
         assert report.clean, report.findings
+
+
+def test_a_refusal_of_the_store_is_a_fault_in_words_and_no_traceback(caplog):
+    """Our services' faults for expected store states: the client reads why; spyne logs no traceback."""
+    import io
+    import logging
+
+    from lxml import etree
+    from spyne import Application, Unicode, rpc
+    from spyne.protocol.soap import Soap11
+    from spyne.server.wsgi import WsgiApplication
+
+    from gridcredit.errors import StoreError, StoreUnavailable
+    from gridcredit.services.common import GridcreditService
+
+    class Refusing(GridcreditService):
+        @rpc(Unicode, _returns=Unicode)
+        def write(ctx, kind):
+            if kind == "held":
+                raise StoreUnavailable("writes are held back: 380 committed transactions (3.0 MB) wait for the "
+                                       "store's database; this request was not applied — retry once it has caught up")
+            raise StoreError("journal fsync failed")
+
+    application = WsgiApplication(Application([Refusing], "urn:test:refusing", in_protocol=Soap11(),
+                                              out_protocol=Soap11()))
+
+    def call(kind: str) -> tuple[str, str]:
+        body = (f'<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>'
+                f'<write xmlns="urn:test:refusing"><kind>{kind}</kind></write></soap:Body></soap:Envelope>').encode()
+        environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/", "QUERY_STRING": "", "SERVER_NAME": "localhost",
+                   "SERVER_PORT": "80", "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
+                   "CONTENT_LENGTH": str(len(body)), "CONTENT_TYPE": "text/xml; charset=utf-8"}
+        answer = etree.fromstring(b"".join(application(environ, lambda status, headers, exc_info=None: None)))
+        return answer.findtext(".//faultcode"), answer.findtext(".//faultstring")
+
+    with caplog.at_level(logging.DEBUG):
+        held = call("held")
+        failed = call("failed")
+    assert held[0].endswith("Server.StoreUnavailable") and held[1].startswith("writes are held back: ")
+    assert failed[0].endswith("Server.StoreUnavailable") and "retry later" in failed[1]
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "store failure in write: journal fsync failed"]
