@@ -17,7 +17,12 @@ Writes. ``transact`` runs under the journal's cross-process writer lock:
    one fsync, and BaseX being down or slow does not stop writes at once. Back-pressure: once more
    than ``backlog_bytes_max`` of committed XML waits for BaseX, a writer first waits (up to
    ``timeout_s``) until the appliers have halved it, and past ``backlog_max`` transactions
-   commits are refused — so BaseX stays seconds, not minutes, behind a fast writer.
+   commits are refused — so BaseX stays seconds, not minutes, behind a fast writer. A write held
+   back is refused with ``StoreUnavailable`` (nothing applied; the message says why, for people)
+   — at once when BaseX has applied nothing for ``behind_after_s`` (down or stopped: waiting
+   would only hold the request). How far BaseX is behind is logged once per change of state
+   (behind since T, backlog at 25/50/75 % with the time left, writes held back, applying again,
+   caught up: ``_BacklogWatch``), never per request.
 
 Applying. Committed frames are pushed to BaseX by whoever holds the journal's *applier* lock —
 a background thread in each process, woken by its own commits and every ``apply_interval_s``
