@@ -913,7 +913,7 @@ def test_the_direct_view_writer_writes_what_lxml_writes(record):
 def test_the_luts_writes_its_id_entries_and_summaries_as_lxml_would(record, key, number):
     from gridcredit.services.luts import luts as L
     entry = etree.Element(f"{{{R.NS_VIEW}}}Id", nsmap={"n": R.NS_VIEW}, month="202611", digest="d" * 64,
-                          rid=record.record_id)
+                          machine=L.machine_of(record), rid=L.job_key(record.record_id))
     for name, value in (("job", record.global_job_id), ("ljob", record.local_job_id)):
         if value:
             entry.set(name, L.job_key(value))
