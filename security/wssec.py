@@ -208,7 +208,11 @@ class Signer:
             body.set(f"{{{WSU_NS}}}Id", body_id)
 
         security = etree.SubElement(header, f"{{{WSSE_NS}}}Security", nsmap={"wsse": WSSE_NS, "wsu": WSU_NS})
-        security.set(f"{{{SOAP11_NS}}}mustUnderstand", "1")
+        if body.find(f"{{{SOAP11_NS}}}Fault") is None:
+            # Not on a fault: a receiver that does not process WS-Security (a stub from JAX-WS, Axis,
+            # plain gSOAP) would answer mustUnderstand="1" with its own MustUnderstand fault in place
+            # of ours, and never learn why it was refused. Our clients verify every answer anyway.
+            security.set(f"{{{SOAP11_NS}}}mustUnderstand", "1")
         header.insert(0, security)
         token = etree.SubElement(security, f"{{{WSSE_NS}}}BinarySecurityToken")
         token_id = f"X509-{suffix}"

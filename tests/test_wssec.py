@@ -81,6 +81,17 @@ def test_security_header_shape(alice):
     assert find(security, "ds:Signature/ds:KeyInfo/wsse:SecurityTokenReference/wsse:Reference").get("URI") == f"#{token_id}"
 
 
+def test_a_signed_fault_does_not_say_its_security_header_must_be_understood(pki, alice):
+    """A stub without WS-Security handling (JAX-WS, Axis, plain gSOAP) must read our fault, not
+    replace it with its own MustUnderstand fault (issue 11.9b); the fault still verifies."""
+    from gridcredit.soapfault import security_fault
+    envelope = Signer(alice).sign(security_fault("FailedCheck", "the signature does not verify"))
+    security = find(envelope, "soap:Header/wsse:Security")
+    assert security.get(f"{{{SOAP11_NS}}}mustUnderstand") is None
+    verified = verifier(pki).verify(etree.tostring(envelope))
+    assert etree.QName(verified.body[0]).localname == "Fault"
+
+
 def test_proxy_chain_travels_as_pkipath(pki, alice):
     proxy = pki.proxy("Alice")
     data = signed_request(proxy)
