@@ -6,11 +6,14 @@
 # nordugrid-arc-arex: ARC's own accounting publisher (jura-ng, SGAS target) for the /sgas/ur tests
 # (tests/arc_sgas.py). Its postinst starts no service (defaults-disabled; invoke-rc.d refuses without a
 # runlevel or via policy-rc.d) but makes an ARC test CA in /etc/grid-security (docs/arc-sgas.md).
+# nodejs and npm (only when `node` is missing): node-soap, npm `soap`, as a stock SOAP client (tests/interop/node,
+# installed from its package-lock.json with `npm ci`; tests/test_interop_node.py).
 # Python packages go into .venv (created here); tests start the servers they need themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(basex xmlsec1 globus-proxy-utils nordugrid-arc-client nordugrid-arc-arex openssl python3-venv)
+command -v node >/dev/null && command -v npm >/dev/null || DEBIAN_PACKAGES+=(nodejs npm)
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
@@ -31,6 +34,9 @@ fi
 echo "== installing gridcredit and its test requirements into .venv"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[test]"
+
+echo "== installing the node modules of tests/interop/node (npm ci, from package-lock.json)"
+npm ci --prefix tests/interop/node --no-audit --no-fund --prefer-offline --loglevel=error
 
 echo "== running the tests"
 exec .venv/bin/python -m pytest "$@"

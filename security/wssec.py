@@ -8,8 +8,10 @@ C14N, SHA-256 digests and RSA-SHA256 or ECDSA-SHA256, the key named by a DirectR
 
 Inbound (``Verifier``), on the raw bytes before any SOAP framework sees them:
 hardened parse → exactly one Envelope/Header/Body/Security/Timestamp/Signature → unique Ids →
-algorithm and transform allow-list → every reference resolved *by node identity*, and the Body
-and Timestamp that the service will read among them (signature wrapping) → Timestamp freshness →
+algorithm and transform allow-list (each reference: exclusive C14N, optionally after
+enveloped-signature, as WS-I BSP 1.1 allows and node-soap sends) → every reference resolved *by
+node identity*, and the Body and Timestamp that the service will read among them (signature
+wrapping), none of them holding the Signature → Timestamp freshness →
 digests and signature → the key only from our own Security header (or a pinned peer) → chain
 validation → replay cache. What comes back (``VerifiedMessage``) is the verified Body element;
 later code reads only that.
@@ -46,6 +48,7 @@ WSSE11_NS = "http://docs.oasis-open.org/wss/oasis-wss-wssecurity-secext-1.1.xsd"
 WSU_NS = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd"
 DS_NS = "http://www.w3.org/2000/09/xmldsig#"
 EXC_C14N = "http://www.w3.org/2001/10/xml-exc-c14n#"
+ENVELOPED_SIGNATURE = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"
 X509V3 = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-x509-token-profile-1.0#X509v3"
 X509_PKIPATH = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-x509-token-profile-1.0#X509PKIPathv1"
 BASE64_BINARY = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-soap-message-security-1.0#Base64Binary"
@@ -465,6 +468,7 @@ class Verifier:
         return datetime.fromtimestamp(created, timezone.utc), honoured_until
 
     def _check_references(self, signed_info, identified, header, body, timestamp, security) -> list[etree._Element]:
+        signature = signed_info.getparent()
         method = _only(signed_info, f"{{{DS_NS}}}CanonicalizationMethod", "ds:CanonicalizationMethod")
         if method.get("Algorithm") != EXC_C14N:
             raise SecurityError("SignedInfo must be canonicalized with exclusive C14N", "UnsupportedAlgorithm")
@@ -485,6 +489,12 @@ class Verifier:
             # Signed elements must be the Body or direct parts of our own headers: never content nested elsewhere.
             if not (target is body or target.getparent() is security or target.getparent() is header):
                 raise SecurityError("the signature covers an element outside the Body and the headers", "InvalidSecurity")
+            # An element that holds the Signature (the Security header, the Signature itself) could only
+            # be signed through enveloped-signature, which would then digest it without the Signature: a
+            # detached signature over the Body and our own headers' parts is all we accept (BSP R3103/R3104).
+            if target is signature or any(ancestor is target for ancestor in signature.iterancestors()):
+                raise SecurityError("the signature covers the element that holds it (an enveloped signature); "
+                                    "sign the Body and the Timestamp instead", "InvalidSecurity")
             prefixes = self._transforms(reference)
             digest_method = _only(reference, f"{{{DS_NS}}}DigestMethod", "ds:DigestMethod").get("Algorithm")
             if digest_method not in self._digests:
@@ -510,13 +520,29 @@ class Verifier:
 
     @staticmethod
     def _transforms(reference: etree._Element) -> list[str] | None:
-        transforms = reference.find(f"{{{DS_NS}}}Transforms")
+        """Check a reference's transforms; return the exclusive C14N InclusiveNamespaces prefixes.
+
+        WS-I BSP 1.1: a reference has Transforms (R5416) with at least one Transform (R5411), each
+        exc-c14n, xmldsig-filter2, STR-Transform, enveloped-signature or an SwA attachment transform
+        (R5423), the last one exc-c14n, STR-Transform or an attachment transform (R5412). Of these we
+        accept exactly [exc-c14n] and [enveloped-signature, exc-c14n] (node-soap's WSSecurityCert
+        default): we reference elements by Id only (no XPath filter), sign no token through an STR
+        and take no attachments. Enveloped-signature removes the Signature from what is digested; on
+        the Body or a part of our headers, which cannot hold the one Signature of the message (checked
+        by the caller), it removes nothing. XSLT, XPath, inclusive C14N and every other list: refused.
+        """
+        transforms = _only(reference, f"{{{DS_NS}}}Transforms", "ds:Transforms in a reference", required=False)
         if transforms is None:
             raise SecurityError("every reference must use the exclusive C14N transform", "UnsupportedAlgorithm")
         steps = list(transforms)
-        if len(steps) != 1 or steps[0].tag != f"{{{DS_NS}}}Transform" or steps[0].get("Algorithm") != EXC_C14N:
-            raise SecurityError("only the exclusive C14N transform is accepted in references", "UnsupportedAlgorithm")
-        inclusive = steps[0].find(f"{{{EXC_C14N}}}InclusiveNamespaces")
+        algorithms = [step.get("Algorithm") if step.tag == f"{{{DS_NS}}}Transform" else None for step in steps]
+        if algorithms not in ([EXC_C14N], [ENVELOPED_SIGNATURE, EXC_C14N]):
+            named = ", ".join((algorithm or "(not a ds:Transform)")[:120] for algorithm in algorithms[:_REFERENCES_MAX]) or "none"
+            raise SecurityError(f"the reference transforms [{named}] are not accepted: only exclusive C14N, optionally "
+                                f"after enveloped-signature (WS-I Basic Security Profile)", "UnsupportedAlgorithm")
+        if len(steps) == 2 and (len(steps[0]) or (steps[0].text or "").strip()):
+            raise SecurityError("the enveloped-signature transform takes no parameters", "UnsupportedAlgorithm")
+        inclusive = steps[-1].find(f"{{{EXC_C14N}}}InclusiveNamespaces")
         if inclusive is None:
             return None
         return [prefix for prefix in (inclusive.get("PrefixList") or "").split() if prefix]
