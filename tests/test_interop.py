@@ -1,6 +1,6 @@
 """Interoperability: our signed requests and responses (RSA and EC) verify with Debian's
 ``xmlsec1`` and with python-xmlsec (two verifiers that share no code with ours), and messages
-signed by other stacks (.NET WCF, Apache WSS4J; /work/shared/vectors) verify with ours."""
+signed by other stacks (.NET WCF, Apache WSS4J; tests/data/vectors) verify with ours."""
 from __future__ import annotations
 
 import io
@@ -24,9 +24,7 @@ from gridcredit.security.wssec import (SOAP12_NS, WSSE11_NS, WSU_NS, Verifier, V
 
 from security_fixtures import find, parse, refusal, signature_value, signed_request
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
-if not VECTORS.is_dir():
-    VECTORS = Path("/work/shared/vectors")
+VECTORS = Path(__file__).parent / "data" / "vectors"     # other projects' signed messages: see its SOURCES.md
 XMLSEC1 = shutil.which("xmlsec1") or "/usr/bin/xmlsec1"
 
 

@@ -14,7 +14,7 @@ from gridcredit.services.luts.luts import Caller, Luts, LutsPolicy, canonical_dn
 from luts_fixtures import USERS, Job, make_batch, make_record, open_luts_store, random_jobs
 from store_fixtures import basex_server  # noqa: F401
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "ur-samples"
+SAMPLES = Path(__file__).parent / "data" / "ur-samples"   # other projects' usage records: see its SOURCES.md
 ADMIN = "/O=Grid/CN=LUTS Admin"
 SITE_ADMIN = "/O=Grid/CN=Site Admin"
 MANAGER = "/O=Grid/CN=Atlas Manager"

@@ -1,5 +1,5 @@
 """The LUTS record layer: durations, date-times, splitting with original bytes, normalization of
-every sample in ../shared/ur-samples (and our own UR 2.0 / Gratia records), per-record errors,
+every sample in tests/data/ur-samples (and our own UR 2.0 / Gratia records), per-record errors,
 attacks, limits and the XML view."""
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from gridcredit.services.luts import records as R
 from gridcredit.services.luts.durations import DurationError
 from gridcredit.services.luts.records import NormalizedRecord, RecordError
 
-SAMPLES = Path("/work/shared/ur-samples")
+SAMPLES = Path(__file__).parent / "data" / "ur-samples"   # other projects' usage records: see its SOURCES.md
 DATA = Path(__file__).parent / "data" / "luts"
 UTC = timezone.utc
 UR1 = R.NS_UR1

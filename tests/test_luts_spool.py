@@ -23,7 +23,7 @@ from gridcredit.services.luts.spool import (BatchSender, Outgoing, Spool, SpoolB
 
 from luts_fixtures import UR1, VO_NS, Job, make_batch, make_record, random_jobs
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "ur-samples"
+SAMPLES = Path(__file__).parent / "data" / "ur-samples"   # other projects' usage records: see its SOURCES.md
 
 
 @dataclass(frozen=True)
