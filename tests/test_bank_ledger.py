@@ -267,9 +267,9 @@ def test_approval_one_microsecond_before_expiry(bank):
 
 
 def test_mint_approval_duration_is_bounded():
-    with pytest.raises(Exception):
+    with pytest.raises(AssertionError, match="mint approval duration is within its bounds"):
         BankPolicy(mint_approval_duration_us=0)
-    with pytest.raises(Exception):
+    with pytest.raises(AssertionError, match="mint approval duration is within its bounds"):
         BankPolicy(mint_approval_duration_us=ledger.MINT_APPROVAL_DURATION_MAX_US + 1)
 
 

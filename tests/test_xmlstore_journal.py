@@ -166,7 +166,7 @@ def test_read_only_journal_creates_and_cuts_nothing(tmp_path):
     reader = Journal(tmp_path, read_only=True)
     assert [seq for seq, _ in reader.read_new(repair=False)] == [1, 2, 3]
     assert path.read_bytes().endswith(b"GCJ1\0\0")   # not cut
-    with pytest.raises(Exception):
+    with pytest.raises(AssertionError, match="writer lock of a read-only journal"):
         with reader.lock():
             pass
     with reader.query_gate(exclusive=True):          # no query.lock yet: nothing created
