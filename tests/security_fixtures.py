@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import dataclasses
 import datetime as dt
 import hashlib
@@ -36,8 +37,8 @@ from gridcredit.errors import SecurityError
 from gridcredit.security import pki as pki_module
 from gridcredit.security.chain import TrustStore
 from gridcredit.security.credentials import Credential, load_credential
-from gridcredit.security.wssec import (DS_NS, ECDSA_SHA256, EXC_C14N, RSA_SHA256, SHA256, SOAP11_NS, WSSE_NS, WSU_NS,
-                                       Signer, Verifier, VerifyPolicy)
+from gridcredit.security.wssec import (DS_NS, ECDSA_SHA256, ENVELOPED_SIGNATURE, EXC_C14N, RSA_SHA256, SHA256, SOAP11_NS,
+                                       WSSE_NS, WSU_NS, Signer, Verifier, VerifyPolicy)
 
 BANK_NS = "urn:gridcredit:bank:1"
 SERVICE_NAMESPACES = {"bank": "urn:gridcredit:bank:1", "luts": "urn:gridcredit:luts:1",
@@ -96,7 +97,8 @@ def element_with_id(envelope: etree._Element, identifier: str) -> etree._Element
 def resign(envelope: etree._Element, key, *, digest_method: str = SHA256, signature_method: str | None = None,
            references: list[str] | None = None) -> etree._Element:
     """Recompute every reference digest (``references``: keep only these URIs, e.g. ``["#TS-…"]``)
-    with ``digest_method`` and re-sign SignedInfo with ``signature_method`` (in place).
+    with ``digest_method`` and re-sign SignedInfo with ``signature_method`` (in place). A reference
+    with the enveloped-signature transform is digested without the Signature inside its target.
 
     Independent of ``Signer``: what a capable attacker or a foreign stack would produce."""
     if signature_method is None:
@@ -110,6 +112,9 @@ def resign(envelope: etree._Element, key, *, digest_method: str = SHA256, signat
             continue
         target = element_with_id(envelope, uri[1:])
         find(reference, "ds:DigestMethod").set("Algorithm", digest_method)
+        algorithms = [transform.get("Algorithm") for transform in reference.iterfind(f"{{{DS_NS}}}Transforms/{{{DS_NS}}}Transform")]
+        if ENVELOPED_SIGNATURE in algorithms:
+            target = _without_signature(target, signed_info.getparent())
         canonical = etree.tostring(target, method="c14n", exclusive=True, with_comments=False)
         find(reference, "ds:DigestValue").text = base64.b64encode(_DIGEST_FUNCTIONS[digest_method](canonical).digest()).decode()
     data = etree.tostring(signed_info, method="c14n", exclusive=True, with_comments=False)
@@ -120,6 +125,34 @@ def resign(envelope: etree._Element, key, *, digest_method: str = SHA256, signat
     else:
         value = key.sign(data, padding.PKCS1v15(), _RSA_HASHES[signature_method]())
     find(envelope, ".//ds:SignatureValue").text = base64.b64encode(value).decode()
+    return envelope
+
+
+def _without_signature(target: etree._Element, signature: etree._Element) -> etree._Element:
+    """What XMLDSig's enveloped-signature transform digests: ``target`` without ``signature``."""
+    if not any(ancestor is target for ancestor in signature.iterancestors()):
+        return target
+    path = []
+    node = signature
+    while node is not target:
+        path.append(node.getparent().index(node))
+        node = node.getparent()
+    target_copy = copy.deepcopy(target)  # keeps the namespace declarations in scope
+    signature_copy = target_copy
+    for index in reversed(path):
+        signature_copy = signature_copy[index]
+    signature_copy.getparent().remove(signature_copy)
+    return target_copy
+
+
+def set_transforms(envelope: etree._Element, algorithms: list[str]) -> etree._Element:
+    """Replace the transforms of every reference with ``algorithms`` (in place; re-sign after)."""
+    for reference in envelope.iterfind(f".//{{{DS_NS}}}Reference"):
+        transforms = reference.find(f"{{{DS_NS}}}Transforms")
+        for transform in list(transforms):
+            transforms.remove(transform)
+        for algorithm in algorithms:
+            etree.SubElement(transforms, f"{{{DS_NS}}}Transform", Algorithm=algorithm)
     return envelope
 
 

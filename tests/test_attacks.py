@@ -10,25 +10,29 @@ from __future__ import annotations
 import copy
 import http.client
 import os
+import shutil
 import sqlite3
 import ssl
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
 from gridcredit.errors import SecurityError
 from gridcredit.security.chain import TrustStore
 from gridcredit.security.credentials import Credential
 from gridcredit.security.replay import SqliteReplayCache
-from gridcredit.security.wssec import (SOAP11_NS, SOAP12_NS, WSSE_NS, WSU_NS, Signer, Verifier)
+from gridcredit.security.wssec import (ENVELOPED_SIGNATURE, EXC_C14N, SOAP11_NS, SOAP12_NS, WSSE_NS, WSU_NS, Signer,
+                                       Verifier)
 
 from security_fixtures import (MD5, RSA_MD5, RSA_SHA1, SHA1, assert_wsse_fault, expired_proxy, find, host_process,
                                https_session, parse, post_soap, read_fault_response, refusal, resign, self_made_ca,
-                               signed_request, trust_dir_of, whoami_envelope)
+                               set_transforms, signed_request, trust_dir_of, whoami_envelope)
 
 BIG_BYTES = 50 * 1024 * 1024
 
@@ -299,6 +303,60 @@ def _body_payload(attributes: str):
     return attack
 
 
+# node-soap signs with the transforms [enveloped-signature, exc-c14n] (issue 11.8): they must open no
+# new way round the wrapping defences. Enveloped-signature leaves out of a digest the Signature that
+# sits inside the signed element; ours must sit in the Security header, beside what it signs.
+
+def _node_soap_style(cast) -> etree._Element:
+    """A valid request whose references carry [enveloped-signature, exc-c14n]."""
+    envelope = set_transforms(_signed(cast), [ENVELOPED_SIGNATURE, EXC_C14N])
+    return resign(envelope, cast.alice.key)
+
+
+def enveloped_signature_inside_body(cast):
+    """The Signature moved into the Body it signs: a valid XMLDSig enveloped signature (xmlsec1
+    verifies it), refused because our Signature lives in the Security header."""
+    envelope = _node_soap_style(cast)
+    find(envelope, "soap:Body").append(find(envelope, ".//ds:Signature"))
+    return etree.tostring(resign(envelope, cast.alice.key))
+
+
+def enveloped_signature_over_security_header(cast):
+    """A reference to the whole Security header, digested without the Signature it holds."""
+    envelope = _node_soap_style(cast)
+    security = find(envelope, ".//wsse:Security")
+    security.set(f"{{{WSU_NS}}}Id", "SEC-1")
+    first = find(envelope, ".//ds:Reference")
+    extra = copy.deepcopy(first)
+    extra.set("URI", "#SEC-1")
+    first.addnext(extra)
+    return etree.tostring(resign(envelope, cast.alice.key))
+
+
+def enveloped_body_moved_into_header(cast):
+    envelope = _node_soap_style(cast)
+    header, body = find(envelope, "soap:Header"), find(envelope, "soap:Body")
+    envelope.remove(body)
+    header.append(body)
+    envelope.append(_forged_body())
+    return etree.tostring(envelope)
+
+
+def enveloped_body_wrapped_inside_new_body(cast):
+    envelope = _node_soap_style(cast)
+    body = find(envelope, "soap:Body")
+    envelope.remove(body)
+    forged = _forged_body()
+    etree.SubElement(forged, "{urn:attacker}Wrapper").append(body)
+    envelope.append(forged)
+    return etree.tostring(envelope)
+
+
+def transforms_xslt_before_exc_c14n(cast):
+    envelope = set_transforms(_signed(cast), ["http://www.w3.org/TR/1999/REC-xslt-19991116", EXC_C14N])
+    return etree.tostring(resign(envelope, cast.alice.key))
+
+
 def token_outside_security(cast):
     envelope = _signed(cast)
     token = find(envelope, ".//wsse:BinarySecurityToken")
@@ -342,11 +400,28 @@ ATTACKS: list[tuple[Callable, tuple[str, ...], str | None]] = [
     (_body_payload('href="#x"'), ("InvalidSecurity",), "href"),
     (_body_payload('id="x"'), ("InvalidSecurity",), "href/id"),
     (token_outside_security, ("InvalidSecurityToken",), "Security header"),
+    (enveloped_signature_inside_body, ("InvalidSecurity",), "no ds:Signature in the Security header"),
+    (enveloped_signature_over_security_header, ("InvalidSecurity",), "element that holds it"),
+    (enveloped_body_moved_into_header, ("FailedCheck",), "does not cover the SOAP Body"),
+    (enveloped_body_wrapped_inside_new_body, ("InvalidSecurity",), "outside the Body"),
+    (transforms_xslt_before_exc_c14n, ("UnsupportedAlgorithm",), "REC-xslt-19991116"),
 ]
 IDS = [attack.__name__ for attack, _, _ in ATTACKS]
 
 
-def test_the_attack_helpers_are_sound(pki, cast):
+def _xmlsec1_verifies(tmp_path: Path, data: bytes, cert, id_nodes: list[str]) -> bool:
+    """Debian's xmlsec1 (plain XMLDSig, no WS-Security rules) on ``data`` with ``cert``."""
+    (tmp_path / "signer.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "message.xml").write_bytes(data)
+    command = [shutil.which("xmlsec1") or "/usr/bin/xmlsec1", "--verify"]
+    for node in id_nodes:
+        command += ["--id-attr:Id", node]
+    command += ["--pubkey-cert-pem", str(tmp_path / "signer.pem"), str(tmp_path / "message.xml")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    return result.returncode == 0 and "OK" in result.stderr
+
+
+def test_the_attack_helpers_are_sound(pki, cast, tmp_path):
     """Controls: what the attacks are built from is valid, so each refusal is for its own reason."""
     check = Verifier(trust=TrustStore.from_directory(cast.host_trust_dir))
     check.verify(signed_request(cast.alice))
@@ -362,6 +437,12 @@ def test_the_attack_helpers_are_sound(pki, cast):
     legacy = Verifier(trust=TrustStore.from_directory(cast.host_trust_dir, allow_weak_keys=True))
     legacy.verify(_weak_key_proxy("rsa1024", _rsa_1024)(cast))
     legacy.verify(_weak_key_proxy("p192", _p192)(cast))
+    # node-soap's transforms on a genuine message are accepted; the enveloped attacks built from it are
+    # genuine XMLDSig signatures (xmlsec1 verifies them), so each is refused for our own rule.
+    check.verify(etree.tostring(_node_soap_style(cast)))
+    for attack, ids in ((enveloped_signature_inside_body, ["Body", "Timestamp"]),
+                        (enveloped_signature_over_security_header, ["Body", "Timestamp", f"{WSSE_NS}:Security"])):
+        assert _xmlsec1_verifies(tmp_path, attack(cast), cast.alice.cert, ids), attack.__name__
     # The revoked user is valid apart from the revocation; the expired proxy's user is fine.
     revoked_elsewhere = Verifier(pinned_certificates=[cast.revoked.cert])
     revoked_elsewhere.verify(signed_request(cast.revoked))

@@ -4,12 +4,14 @@ SQLite, across processes and re-opens; refused messages never enter it)."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import multiprocessing
 import sqlite3
 import time
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
 from lxml import etree
 
 from gridcredit.errors import SecurityError
@@ -19,7 +21,8 @@ from gridcredit.security.wssec import (DS_NS, ECDSA_SHA256, RSA_SHA256, SOAP11_N
                                        X509V3, MemoryReplayCache, Signer, Verifier, VerifyPolicy, decode_pkipath,
                                        encode_pkipath)
 
-from security_fixtures import (BANK_NS, find, parse, refusal, signature_value, signed_request, whoami_envelope)
+from security_fixtures import (BANK_NS, find, parse, refusal, resign, set_transforms, signature_value, signed_request,
+                               whoami_envelope)
 
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
@@ -379,3 +382,116 @@ def test_replay_cache_follows_the_verifiers_clock(pki, alice, tmp_path):
         verifier(pki, replay_cache=cache, policy=policy, clock=fixed_clock(past + 1)).verify(data)
         replayed = refusal(verifier(pki, replay_cache=cache, policy=policy, clock=fixed_clock(past + 2)), data)
         assert "already received" in str(replayed)
+
+
+# ---------------------------------------------------------------- reference transforms (WS-I BSP)
+
+ENVELOPED = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"
+EXC = "http://www.w3.org/2001/10/xml-exc-c14n#"
+EXC_WITH_COMMENTS = "http://www.w3.org/2001/10/xml-exc-c14n#WithComments"
+C14N = "http://www.w3.org/TR/2001/REC-xml-c14n-20010315"
+C14N11 = "http://www.w3.org/2006/12/xml-c14n11"
+XPATH = "http://www.w3.org/TR/1999/REC-xpath-19991116"
+XPATH_FILTER2 = "http://www.w3.org/2002/06/xmldsig-filter2"
+XSLT = "http://www.w3.org/TR/1999/REC-xslt-19991116"
+BASE64 = "http://www.w3.org/2000/09/xmldsig#base64"
+STR_TRANSFORM = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-soap-message-security-1.0#STR-Transform"
+
+
+def with_transforms(credential, algorithms: list[str], *, envelope=None) -> bytes:
+    """A request signed by ``credential`` whose every reference carries ``algorithms``, with correct
+    digests (enveloped-signature honoured) and a valid signature: refused only for its transforms."""
+    envelope = parse(signed_request(credential)) if envelope is None else envelope
+    set_transforms(envelope, algorithms)
+    resign(envelope, credential.key)
+    return etree.tostring(envelope)
+
+
+@pytest.mark.parametrize("who", ["rsa", "ec"])
+def test_enveloped_signature_then_exclusive_c14n_is_accepted(pki, alice, ec_user, who):
+    """node-soap's WSSecurityCert default (issue 11.8): WS-I BSP allows enveloped-signature before a
+    final exc-c14n (R5423, R5412); it removes nothing from a Body or a Timestamp."""
+    credential = alice if who == "rsa" else ec_user
+    data = with_transforms(credential, [ENVELOPED, EXC])
+    verified = verifier(pki).verify(data)
+    assert verified.principal.dn == credential.dn
+    assert {etree.QName(node).localname for node in verified.signed_elements} == {"Body", "Timestamp"}
+
+
+def test_enveloped_signature_with_inclusive_namespaces_on_the_exc_c14n(pki, alice):
+    """The InclusiveNamespaces PrefixList of the final exc-c14n still counts after enveloped-signature:
+    a prefix that is only declared, not used, is part of the digest when listed."""
+    envelope = whoami_envelope()
+    envelope.find(f"{{{SOAP11_NS}}}Body")[0].set("{urn:example:note}tag", "x")
+    signed = parse(etree.tostring(Signer(alice).sign(envelope)))
+    set_transforms(signed, [ENVELOPED, EXC])
+    for transform in signed.iterfind(f".//{{{DS_NS}}}Transform[@Algorithm='{EXC}']"):
+        etree.SubElement(transform, "{http://www.w3.org/2001/10/xml-exc-c14n#}InclusiveNamespaces",
+                         PrefixList="soap tns")
+    # Digests with the listed prefixes, as the verifier must compute them.
+    for reference in signed.iterfind(f".//{{{DS_NS}}}Reference"):
+        target = next(node for node in signed.iter() if isinstance(node.tag, str)
+                      and node.get(f"{{{WSU_NS}}}Id") == reference.get("URI")[1:])
+        canonical = etree.tostring(target, method="c14n", exclusive=True, inclusive_ns_prefixes=["soap", "tns"])
+        reference.find(f"{{{DS_NS}}}DigestValue").text = base64.b64encode(hashlib.sha256(canonical).digest()).decode()
+    signed_info = signed.find(f".//{{{DS_NS}}}SignedInfo")
+    value = alice.key.sign(etree.tostring(signed_info, method="c14n", exclusive=True), padding.PKCS1v15(), hashes.SHA256())
+    signed.find(f".//{{{DS_NS}}}SignatureValue").text = base64.b64encode(value).decode()
+    verifier(pki).verify(etree.tostring(signed))
+    # Without the prefix list in the message the same digests no longer match.
+    for inclusive in signed.iterfind(".//{http://www.w3.org/2001/10/xml-exc-c14n#}InclusiveNamespaces"):
+        inclusive.getparent().remove(inclusive)
+    assert refusal(verifier(pki), etree.tostring(signed)).code == "FailedCheck"
+
+
+@pytest.mark.parametrize("algorithms", [
+    [ENVELOPED],                      # R5412: the last transform must be exc-c14n
+    [EXC, ENVELOPED],                 # R5412 again
+    [ENVELOPED, ENVELOPED, EXC],
+    [EXC, EXC],
+    [XPATH, EXC],                     # not in R5423's list
+    [XSLT, EXC],
+    [BASE64, EXC],
+    [XPATH_FILTER2, EXC],             # BSP allows it; we reference by Id only
+    [STR_TRANSFORM],                  # BSP allows it (tokens); we sign no token through an STR
+    [C14N], [C14N11], [EXC_WITH_COMMENTS], [ENVELOPED, C14N],
+    [],                               # R5411: at least one transform
+], ids=lambda algorithms: "+".join(a.rsplit("#", 1)[-1].rsplit("/", 1)[-1] for a in algorithms) or "none")
+def test_other_transform_lists_are_refused(pki, alice, algorithms):
+    error = refusal(verifier(pki), with_transforms(alice, algorithms))
+    assert error.code == "UnsupportedAlgorithm", str(error)
+    assert "transform" in str(error)
+
+
+def test_a_reference_without_transforms_is_refused(pki, alice):
+    """R5416: every reference has ds:Transforms."""
+    envelope = parse(signed_request(alice))
+    for transforms in envelope.iterfind(f".//{{{DS_NS}}}Transforms"):
+        transforms.getparent().remove(transforms)
+    resign(envelope, alice.key)
+    assert refusal(verifier(pki), etree.tostring(envelope)).code == "UnsupportedAlgorithm"
+
+
+def test_an_enveloped_signature_transform_with_parameters_is_refused(pki, alice):
+    envelope = set_transforms(parse(signed_request(alice)), [ENVELOPED, EXC])
+    for transform in envelope.iterfind(f".//{{{DS_NS}}}Transform[@Algorithm='{ENVELOPED}']"):
+        etree.SubElement(transform, f"{{{DS_NS}}}XPath").text = "1"
+    resign(envelope, alice.key)
+    error = refusal(verifier(pki), etree.tostring(envelope))
+    assert error.code == "UnsupportedAlgorithm" and "no parameters" in str(error)
+
+
+def test_something_other_than_a_transform_in_transforms_is_refused(pki, alice):
+    envelope = set_transforms(parse(signed_request(alice)), [EXC])
+    for transforms in envelope.iterfind(f".//{{{DS_NS}}}Transforms"):
+        transforms.insert(0, etree.Element("{urn:attacker}Transform", Algorithm=ENVELOPED))
+    resign(envelope, alice.key)
+    assert refusal(verifier(pki), etree.tostring(envelope)).code == "UnsupportedAlgorithm"
+
+
+def test_two_transforms_elements_in_a_reference_are_refused(pki, alice):
+    envelope = set_transforms(parse(signed_request(alice)), [ENVELOPED, EXC])
+    for transforms in list(envelope.iterfind(f".//{{{DS_NS}}}Transforms")):
+        transforms.addnext(etree.fromstring(f'<ds:Transforms xmlns:ds="{DS_NS}"><ds:Transform Algorithm="{XSLT}"/></ds:Transforms>'))
+    resign(envelope, alice.key)
+    assert refusal(verifier(pki), etree.tostring(envelope)).code == "InvalidSecurity"
