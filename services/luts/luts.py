@@ -64,6 +64,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from lxml import etree
@@ -243,6 +244,10 @@ class RecordResult:
 @dataclass(frozen=True, slots=True)
 class PublishReport:
     results: tuple[RecordResult, ...]
+    # The records not stored (refused or invalid), as received, by their index: for a caller that
+    # keeps them for the LUTS operator (the SGAS registration, held.py); a SOAP caller gets each
+    # record's result and keeps its own copy.
+    not_stored: Mapping[int, ur.RecordSource] = field(default_factory=dict, compare=False, repr=False)
 
     def count(self, status: str) -> int:
         return sum(1 for result in self.results if result.status == status)
@@ -511,8 +516,11 @@ class Luts:
     FORWARD_QUEUE = "urfwd"
 
     def __init__(self, store: XmlStore, policy: LutsPolicy, *, limits: ur.BatchLimits = ur.DEFAULT_LIMITS,
-                 forwarding: bool = False) -> None:
+                 forwarding: bool = False, held_dir: Path | None = None) -> None:
         self.store = store
+        # Where documents kept for the operator (held.py) that are too large for a store document
+        # are written, as files the held entry names; None: only what fits in the store is kept.
+        self.held_dir = held_dir
         self.policy = policy
         self.limits = limits
         # With forwarding on, every record stored or replaced is also queued (in the same transaction)
@@ -563,7 +571,9 @@ class Luts:
             for result in self.store.transact(lambda tx: self._store_chunk(tx, chunk, replace, machines, received_us)):
                 results[result.index] = result
         invariant(all(result is not None for result in results), "every record of the batch has a result")
-        return PublishReport(tuple(results))
+        not_stored = {result.index: batch.outcomes[result.index].source for result in results
+                      if result.status in ("refused", "invalid")}
+        return PublishReport(tuple(results), not_stored)
 
     def _years(self, tx_or_store) -> list[str]:
         return self._partitions(tx_or_store, "years")
