@@ -80,11 +80,16 @@ def tamper(data: bytes) -> bytes:
     return etree.tostring(envelope)
 
 
-def xmlsec1_verify(tmp_path: Path, data: bytes, cert: Path) -> subprocess.CompletedProcess:
+def xmlsec1_verify(tmp_path: Path, data: bytes, cert: Path, *, more_id_nodes: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Debian's xmlsec1 (plain XMLDSig, no WS-Security rules); ``more_id_nodes``: other elements whose
+    ``Id`` attribute a reference may name (``[namespace:]name``)."""
     message = tmp_path / "msg.xml"
     message.write_bytes(data)
     command = [XMLSEC1, "--verify", "--id-attr:Id", "Body", "--id-attr:Id", "Timestamp",
-               "--id-attr:Id", "SignatureConfirmation", "--pubkey-cert-pem", str(cert), str(message)]
+               "--id-attr:Id", "SignatureConfirmation"]
+    for node in more_id_nodes:
+        command += ["--id-attr:Id", node]
+    command += ["--pubkey-cert-pem", str(cert), str(message)]
     return subprocess.run(command, capture_output=True, text=True, timeout=30)
 
 
