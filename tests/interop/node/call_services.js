@@ -56,11 +56,13 @@ function confirmationOf(xml) {
 }
 
 function tampered(xml) {
-  // Change one character of signed Body text: the digest must no longer match.
-  const marker = xml.indexOf('Body');
-  const close = xml.indexOf('>', xml.indexOf('>', marker) + 1);
-  const textStart = xml.indexOf('>', close) + 1;
-  const position = xml.slice(textStart).search(/[A-Za-z0-9]/) + textStart;
+  // Change the first character of text inside the SOAP Body: its digest must no longer match.
+  const body = xml.search(/<([A-Za-z0-9_.-]+:)?Body[\s>]/);
+  const text = body < 0 ? -1 : xml.slice(body).search(/>[A-Za-z0-9]/);
+  if (text < 0) {
+    throw new Error('the response has no text in its Body to tamper with');
+  }
+  const position = body + text + 1;
   const swapped = xml[position] === 'x' ? 'y' : 'x';
   return xml.slice(0, position) + swapped + xml.slice(position + 1);
 }
