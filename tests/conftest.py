@@ -127,3 +127,32 @@ def pki(tmp_path_factory, key_pool) -> PkiFixture:
 def fresh_pki(tmp_path, key_pool) -> PkiFixture:
     """A CA of this test's own, for tests that revoke certificates or expire CRLs."""
     return make_test_pki(tmp_path / "pki", key_pool, dn="/DC=org/DC=example/O=gridcredit-test/CN=Fresh Test CA")
+
+
+_BASEX_FIXTURES = {"basex_server", "private_basex"}
+
+
+def _runs_on_basex(item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "basex" in [value for value in callspec.params.values() if isinstance(value, str)]:
+        return True
+    if _BASEX_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    return "basex" in item.module.__name__ or "basex" in item.originalname.lower()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that runs against BaseX carries the ``basex`` marker, wherever that comes from (a
+    ``"basex"`` backend parameter, a BaseX fixture, a module or test named for it), so that
+    ``pytest -m "not basex"`` is a fast loop without BaseX. In such a run a test that starts a
+    BaseX server anyway fails at once, naming the marker it lacks."""
+    for item in items:
+        if item.get_closest_marker("basex") is None and _runs_on_basex(item):
+            item.add_marker(pytest.mark.basex)
+    if "basex" in (config.getoption("markexpr") or ""):
+        from gridcredit.xmlstore import basex_server
+
+        def refuse_start(self, *args, **kwargs):
+            raise RuntimeError("this test starts a BaseX server but is not marked basex: add "
+                               "@pytest.mark.basex (or a 'basex' backend parameter)")
+        basex_server.BaseXServer.start = refuse_start
