@@ -497,7 +497,7 @@ def normalize(element: etree._Element) -> NormalizedRecord:
 
     values["project"] = read.value(element, "ProjectName")
     values["site"] = read.value(element, "Site") or read.value(element, "SiteName")
-    values["machine"] = read.value(element, "MachineName")
+    values["machine"] = _machine_name(read, read.value(element, "MachineName"))
     values["host"] = _read_host(read, element)
     values["submit_host"] = read.value(element, "SubmitHost")
     values["queue"] = read.value(element, "Queue")
@@ -582,6 +582,22 @@ def _read_user(read: _Reader, element: etree._Element, values: dict) -> None:
         if vo:
             read.warnings.append(f"the VO name is not given; it was taken from the FQAN {fqans[0]!r}")
     values.update(vo=vo, vo_group=group, vo_role=role, vo_fqans=tuple(dict.fromkeys(fqans)))
+
+
+_HOST_WITH_EXTRAS = re.compile(r"(?P<name>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?P<dot>\.)?(?::(?P<port>[0-9]{1,5}))?",
+                               re.ASCII)
+
+
+def _machine_name(read: _Reader, text: str | None) -> str | None:
+    """``MachineName`` as a host name: a trailing dot (the DNS root) and a ``:port`` are not part of
+    the machine's name (``ce1.example.org.`` and ``ce1.example.org:2811`` are ``ce1.example.org``);
+    said in a warning. Anything else is kept as written."""
+    match = _HOST_WITH_EXTRAS.fullmatch(text) if text else None
+    if match is None or not (match["dot"] or match["port"]):
+        return text
+    read.warnings.append(f"MachineName {text!r} was read as {match['name']!r} (a trailing dot and a port are not "
+                         f"part of a host name)")
+    return match["name"]
 
 
 def _read_host(read: _Reader, element: etree._Element) -> str | None:

@@ -8,39 +8,45 @@ them keep the records and send the same batch again later.
 So the answer is:
 
 * 200 when the document was read and every record got its result: stored, already there
-  (``duplicate``), or one that can never be stored (unreadable, not this publisher's machine, a
-  different record under a used id). Those last are logged here and listed in the body — answering
-  non-200 for them would make the reporter re-send the same batch forever and block every later one;
+  (``duplicate``), or one that can never be stored as sent (not this publisher's machine, a
+  different record under a used id, unreadable: a bad duration, no record id, …). Those last are
+  kept, each with its reason, for the operator (``luts held``, kind ``record``: retry once
+  corrected, as the publisher), logged, and listed in the body — answering non-200 for them would
+  make the reporter re-send the same batch forever and block every later one;
 * 403 when the certificate is missing or its holder may not publish;
-* 200 also for a document that cannot be read at all: it is kept byte for byte, with the reason,
-  in the ``sgas_quarantine`` collection for an operator, and logged — ARC 6.17 writes a ``&`` in a
-  job name unescaped, so refusing would block that site's accounting for good;
-* 503 when the store failed (nothing was stored for the chunk that failed; the reporter retries).
+* 200 also for a document that cannot be read at all: it is kept byte for byte, whatever its size
+  (held.py: in the store, or in a file under the state directory), with the reason, in the
+  ``sgas_quarantine`` collection for an operator, and logged — ARC 6.17 writes a ``&`` in a job
+  name unescaped, so refusing would block that site's accounting for good;
+* 503 when the store failed, or what had to be kept could not be (nothing was stored for the chunk
+  that failed; the reporter keeps the batch and sends it again: what was stored is then
+  ``duplicate``, what is kept is kept once).
 
 Encoding. ARC's publisher hands Python's ``http.client`` a ``str`` body, which goes out as
-ISO-8859-1 although the document declares UTF-8 (docs/arc-sgas.md). A document that is not valid
-UTF-8 but declares UTF-8 (or nothing) is therefore read as ISO-8859-1 — the only change made to
-the bytes is that declaration — and the records' originals are kept as those characters in UTF-8.
+ISO-8859-1 although the document declares UTF-8 (docs/arc-sgas.md). A document with no byte order
+mark that is not valid UTF-8 but declares UTF-8 (or nothing) is therefore read as ISO-8859-1 — the
+only change made to the bytes is that declaration — and the records' originals are kept as those
+characters in UTF-8. A document with a byte order mark, or in UTF-16/UTF-32 (XML 1.0 appendix F),
+or declaring another encoding, is read as it says.
 
 The body is plain text, one line per record that was not stored, after a summary line.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
-
-from lxml import etree
 
 from gridcredit.errors import DomainError, StoreError
 
-from .luts import NS, Caller, Luts, key_hash
+from . import held
+from .held import QUARANTINE, REFUSED
+from .luts import Caller, Luts
 
-QUARANTINE = "sgas_quarantine"
-_DECLARATION = re.compile(rb"^(\xef\xbb\xbf)?<\?xml[^>]*\?>")
+_DECLARATION = re.compile(rb"^<\?xml[^>]*\?>")
+# XML 1.0 appendix F: a byte order mark, or "<?" in UTF-16/UTF-32 without one — the parser reads these right
+_SELF_DESCRIBING = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff",
+                    b"<\x00?\x00", b"\x00<\x00?", b"<\x00\x00\x00", b"\x00\x00\x00<")
 
 log = logging.getLogger("gridcredit.luts.sgas")
 
@@ -50,6 +56,9 @@ class HttpAnswer:
     status: str
     body: str
     content_type: str = "text/plain; charset=utf-8"
+
+
+_SEND_AGAIN = "503 Service Unavailable"
 
 
 def register_usage_records(luts: Luts, data: bytes, caller: Caller | None) -> HttpAnswer:
@@ -62,30 +71,44 @@ def register_usage_records(luts: Luts, data: bytes, caller: Caller | None) -> Ht
             log.warning("SGAS registration from %s refused: %s", caller.dn, error)
             return HttpAnswer("403 Forbidden", f"{error}\n")
         try:
-            doc_id = quarantine(luts, data, caller, str(error))
-        except StoreError as store_error:
-            log.error("SGAS registration from %s: cannot quarantine an unreadable document: %s", caller.dn, store_error)
-            return HttpAnswer("400 Bad Request", f"{error}\n")
-        log.warning("SGAS registration from %s: unreadable document kept as %s/%s for an operator: %s",
-                    caller.dn, QUARANTINE, doc_id, error)
+            doc_id = held.keep_post(luts, data, caller, str(error))
+        except (StoreError, OSError) as keep_error:
+            log.error("SGAS registration from %s: cannot keep an unreadable document of %d bytes (%s); "
+                      "answered %s so the reporter keeps it: %s", caller.dn, len(data), error, _SEND_AGAIN, keep_error)
+            return HttpAnswer(_SEND_AGAIN, f"the document cannot be read ({error}) and cannot be kept for the "
+                                           f"operator now; send it again later\n")
+        log.warning("SGAS registration from %s: unreadable document (%d bytes) kept as %s/%s for an operator: %s",
+                    caller.dn, len(data), QUARANTINE, doc_id, error)
         return HttpAnswer("200 OK", f"not stored: the document cannot be read ({error}); it is kept as "
                                     f"{QUARANTINE}/{doc_id} for the LUTS operator\n")
     except StoreError as error:
         log.error("SGAS registration from %s failed in the store: %s", caller.dn, error)
-        return HttpAnswer("503 Service Unavailable", "the usage-record store is unavailable; send again later\n")
+        return HttpAnswer(_SEND_AGAIN, "the usage-record store is unavailable; send again later\n")
+    try:
+        kept = held.keep_records(luts, report, caller)
+    except (StoreError, OSError) as error:
+        log.error("SGAS registration from %s: %d records not stored cannot be kept for the operator (%s); "
+                  "answered %s so the reporter sends the batch again", caller.dn, len(report.not_stored), error,
+                  _SEND_AGAIN)
+        return HttpAnswer(_SEND_AGAIN, "records that were not stored cannot be kept for the operator now; "
+                                       "send the batch again later\n")
     lines = [f"stored {report.count('stored')}, already stored {report.count('duplicate')}, "
              f"not stored {report.count('refused') + report.count('invalid')} of {len(report.results)} records"]
     for result in report.results:
-        if result.status in ("refused", "invalid"):
-            lines.append(f"{result.status}: {result.message}")
-            log.warning("SGAS registration from %s: record %s %s: %s", caller.dn, result.record_id or result.index + 1,
-                        result.status, result.message)
+        if result.index in kept:
+            lines.append(f"{result.status}: {result.message} (kept as {REFUSED}/{kept[result.index]})")
+            log.warning("SGAS registration from %s: record %s %s, kept as %s/%s: %s", caller.dn,
+                        result.record_id or result.index + 1, result.status, REFUSED, kept[result.index],
+                        result.message)
     log.info("SGAS registration from %s: %s", caller.dn, lines[0])
     return HttpAnswer("200 OK", "\n".join(lines) + "\n")
 
 
 def as_declared(data: bytes) -> bytes:
-    """``data``, or — when it is not UTF-8 yet claims to be (or claims nothing) — labelled ISO-8859-1."""
+    """``data``, or — when it has no byte order mark, is not UTF-8 and yet claims to be (or claims
+    nothing), as ARC's publisher sends ISO-8859-1 — labelled ISO-8859-1."""
+    if data.startswith(_SELF_DESCRIBING):
+        return data  # a BOM, or UTF-16/32 without one: the parser reads it as it says
     try:
         data.decode("utf-8")
         return data
@@ -99,17 +122,4 @@ def as_declared(data: bytes) -> bytes:
     return b'<?xml version="1.0" encoding="ISO-8859-1"?>' + rest
 
 
-def quarantine(luts: Luts, data: bytes, caller: Caller, reason: str) -> str:
-    """Keep an unreadable document, exactly as received, with who sent it and why it was not read."""
-    doc_id = key_hash(caller.dn)[:16] + "-" + hashlib.sha256(data).hexdigest()[:32]
-    received = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    element = etree.Element(f"{{{NS}}}Quarantined", nsmap={"n": NS}, publisher=caller.dn, received=received,
-                            reason=reason[:2000])
-    if caller.host_names:        # the hosts its certificate was issued for: what a retry may publish for
-        element.set("hosts", " ".join(caller.host_names))
-    element.text = base64.b64encode(data).decode("ascii")
-    luts.store.put(QUARANTINE, doc_id, etree.tostring(element, encoding="utf-8"))
-    return doc_id
-
-
-__all__ = ["HttpAnswer", "QUARANTINE", "as_declared", "quarantine", "register_usage_records"]
+__all__ = ["HttpAnswer", "QUARANTINE", "REFUSED", "as_declared", "register_usage_records"]
