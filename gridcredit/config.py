@@ -18,6 +18,7 @@ from pathlib import Path
 from .errors import ConfigError
 
 ENV_PREFIX = "GRIDCREDIT_"
+SGAS_REQUEST_BYTES_MAX = 67_108_864     # services/luts/records.py BatchLimits.document_bytes_max
 
 
 def default_state_dir() -> Path:
@@ -88,6 +89,9 @@ class LutsConfig:
     site_publishers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     host_publishers: bool = True        # a host certificate (dNSName subjectAltName NAME) may publish records of machine NAME
     sgas_path: str = "/sgas"            # SGAS-compatible registration for existing reporters: POST <sgas_path>/ur
+    # The largest body <sgas_path>/ur takes (bytes): ARC sends batches of 50 records (urbatchsize),
+    # up to ~250 KB each with many file transfers; at most the LUTS's own document limit (64 MiB)
+    sgas_request_bytes_max: int = 67_108_864
     # Forwarding every stored record to a higher-level LUTS, signed with this host's certificate
     # (its DN must be allowed to publish there): the upstream's base URL, e.g. https://luts.example.org:8443
     forward_to: str = ""                # empty: no forwarding
@@ -212,6 +216,9 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None) -> C
     luts = config.luts
     if luts.forward_to and not luts.forward_to.startswith("https://"):
         raise ConfigError(f"luts.forward_to must be the https:// base URL of the upstream LUTS, not {luts.forward_to!r}")
+    if not 1_000_000 <= luts.sgas_request_bytes_max <= SGAS_REQUEST_BYTES_MAX:
+        raise ConfigError(f"luts.sgas_request_bytes_max must be 1000000-{SGAS_REQUEST_BYTES_MAX} (bytes; the most "
+                          f"a usage-record document the LUTS reads may have)")
     if not 1 <= luts.forward_interval_s <= 86_400:
         raise ConfigError("luts.forward_interval_s must be 1-86400")
     if not 1 <= luts.forward_batch_records <= 10_000:

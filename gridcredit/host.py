@@ -63,6 +63,13 @@ XSD_NS = "http://www.w3.org/2001/XMLSchema"
 SOAP_OVER_HTTP = "http://schemas.xmlsoap.org/soap/http"
 WSDL_PLACEHOLDER_ADDRESS = "https://localhost:8443"
 _SOAP_CONTENT_TYPE = "text/xml; charset=utf-8"
+READ_CHUNK_BYTES = 1_048_576            # a request body is read in pieces of this size
+# A registration body over its limit is read to its end and thrown away before the refusal goes
+# out — a reporter like ARC's sends its whole body before it reads any answer, and would see only
+# a broken connection — as long as it is at most this large and comes within this time; a larger
+# or slower one gets the refusal and the connection closed at once.
+REFUSED_BODY_READ_BYTES_MAX = 256 * 1_048_576
+REFUSED_BODY_READ_S_MAX = 60.0
 
 
 def build_application(name: str) -> Application:
@@ -152,6 +159,24 @@ class _PlainAnswer:
     content_type: str = "text/plain; charset=utf-8"
 
 
+@dataclass(frozen=True)
+class Registration:
+    """A plain HTTPS POST route for reporters that do not speak SOAP (SGAS): authenticated by the TLS
+    client certificate; ``handler(body, principal)`` answers (``status``, ``body``, ``content_type``).
+    ``bytes_max`` is the largest body it takes, named in refusals as ``bytes_max_setting``."""
+    handler: Callable
+    bytes_max: int
+    bytes_max_setting: str = "server.request_bytes_max"
+
+
+class _BodyTooLarge(Exception):
+    """A body over its limit: ``read_to_end`` says whether all of it was read (and thrown away)."""
+
+    def __init__(self, message: str, read_to_end: bool) -> None:
+        super().__init__(message)
+        self.read_to_end = read_to_end
+
+
 @dataclass
 class _Endpoint:
     name: str
@@ -165,12 +190,14 @@ class SignedSoapHost:
 
     def __init__(self, *, signer: Signer, verifier: Verifier, request_bytes_max: int, runtime=None,
                  services: tuple[str, ...] = tuple(SERVICE_MODULES), trust=None,
-                 registrations: "Mapping[str, Callable]" = {}) -> None:
+                 registrations: "Mapping[str, Registration | Callable]" = {}) -> None:
         self._runtime = runtime
         self._trust = trust
         # Plain HTTPS POST routes for reporters that do not speak SOAP (SGAS): authenticated by the
-        # TLS client certificate instead of WS-Security; path → handler(body, principal | None).
-        self._registrations = dict(registrations)
+        # TLS client certificate instead of WS-Security; path → Registration (a bare handler takes
+        # bodies up to request_bytes_max).
+        self._registrations = {path: r if isinstance(r, Registration) else Registration(r, request_bytes_max)
+                               for path, r in registrations.items()}
         self._signer = signer
         self._verifier = verifier
         self._request_bytes_max = request_bytes_max
@@ -237,31 +264,44 @@ class SignedSoapHost:
 
     # -- plain HTTPS registrations (TLS client certificate instead of WS-Security) ----------------
     def _registration(self, path: str, method: str, environ, start_response, started: float):
-        principal, outcome, client_stopped = None, "-", False
+        """Every answer goes out after the whole body was read (a reporter that sends all before it
+        reads sees the answer, not a broken connection), except for a client that stopped sending
+        or a body beyond what is read to be refused (REFUSED_BODY_READ_*): answer, then close."""
+        registration = self._registrations[path]
+        principal, outcome, close = None, "-", False
         try:
             if method != "POST":
                 answer = _PlainAnswer("405 Method Not Allowed", f"POST a document to {path}\n")
             else:
                 principal = self._tls_principal(environ)
                 try:
-                    data = self._read_body(environ)
-                except SecurityError as error:
-                    answer = _PlainAnswer("413 Content Too Large", f"{error}\n")
-                else:
-                    answer = self._registrations[path](data, principal)
+                    if principal is None:   # nothing of an unauthenticated body is kept
+                        close = not self._discard_body(environ)
+                        answer = registration.handler(b"", None)
+                    else:
+                        data = self._read_body(environ, registration.bytes_max)
+                        answer = registration.handler(data, principal)
+                        del data
+                except _BodyTooLarge as too_large:
+                    close = not too_large.read_to_end
+                    answer = _PlainAnswer("413 Content Too Large", f"{too_large} ({registration.bytes_max_setting} "
+                                                                   f"of this LUTS); send smaller batches\n")
+                    outcome = f"413 Content Too Large ({too_large}{'' if close else '; read and thrown away'})"
+                except SecurityError as error:      # a Content-Length that is not a number
+                    answer, close = _PlainAnswer("400 Bad Request", f"{error}\n"), True
         except _ClientStopped as stopped:
             answer = _PlainAnswer(stopped.status, f"{stopped.answer}\n")
-            outcome, client_stopped = str(stopped), True
+            outcome, close = str(stopped), True
         except Exception:  # noqa: BLE001 — one place turns our own failures into a 500
             log.exception("internal error serving %s", path)
             answer = _PlainAnswer("500 Internal Server Error", "the service failed; the server log has the details\n")
-        if not client_stopped:
+        if outcome == "-":
             outcome = answer.status
         log.info("%s POST principal=%r outcome=%s %.1fms", path, getattr(principal, "dn", "-"), outcome,
                  (time.perf_counter() - started) * 1000)
         body = answer.body.encode("utf-8")
         headers = [("Content-Type", answer.content_type), ("Content-Length", str(len(body)))]
-        if client_stopped:  # do not wait for the rest of its body
+        if close:  # do not wait for the rest of its body
             headers.append(("Connection", "close"))
         start_response(answer.status, headers)
         return [body]
@@ -281,27 +321,71 @@ class SignedSoapHost:
             return None
 
     # -- stages ------------------------------------------------------------------------------------
-    def _read_body(self, environ) -> bytes:
-        """The request body; ``_ClientStopped`` when the client stops sending it (a timeout, or it went away)."""
+    def _read_body(self, environ, bytes_max: int | None = None) -> bytes:
+        """The request body (at most ``bytes_max``, default ``request_bytes_max``), read in pieces of
+        ``READ_CHUNK_BYTES`` into one buffer; ``_ClientStopped`` when the client stops sending it (a
+        timeout, or it went away). Over the limit: SecurityError for a SOAP request (nothing read;
+        the server reads the rest before answering), and for a registration (``bytes_max`` given)
+        ``_BodyTooLarge`` once the body was read to its end and thrown away (``_discard_body``)."""
+        registration = bytes_max is not None
+        bytes_max = self._request_bytes_max if bytes_max is None else bytes_max
+        kept = io.BytesIO()
+        length = self._content_length(environ)
+        if length is not None and length > bytes_max:
+            message = f"the message is {length:,} bytes; at most {bytes_max:,} are accepted"
+            if not registration:
+                raise SecurityError(message, "InvalidSecurity")
+            raise _BodyTooLarge(message, read_to_end=self._discard_body(environ))
+        got = self._pump(environ, length, bytes_max + 1, kept.write)   # chunked: one byte past the limit
+        if got > bytes_max:
+            message = f"the message is larger than {bytes_max:,} bytes"
+            if not registration:
+                raise SecurityError(message, "InvalidSecurity")
+            raise _BodyTooLarge(message, read_to_end=self._discard_body(environ))
+        return kept.getvalue()          # the buffer itself, not a copy
+
+    def _discard_body(self, environ) -> bool:
+        """Read the rest of the body and throw it away, so that a client that sends its whole body
+        before it reads sees our answer; False when it is larger than REFUSED_BODY_READ_BYTES_MAX
+        or takes longer than REFUSED_BODY_READ_S_MAX (the answer then closes the connection)."""
+        length = self._content_length(environ)
+        if length is not None and length > REFUSED_BODY_READ_BYTES_MAX:
+            return False
+        deadline = time.monotonic() + REFUSED_BODY_READ_S_MAX
+
+        def throw_away(chunk: bytes) -> None:
+            if time.monotonic() > deadline:
+                raise _BodyTooLarge("too slow", read_to_end=False)
+        try:
+            got = self._pump(environ, length, REFUSED_BODY_READ_BYTES_MAX + 1, throw_away)
+        except _BodyTooLarge:
+            return False
+        return got <= REFUSED_BODY_READ_BYTES_MAX
+
+    @staticmethod
+    def _content_length(environ) -> int | None:
         length_text = environ.get("CONTENT_LENGTH") or ""
+        if not length_text:
+            return None
+        try:
+            return int(length_text)
+        except ValueError:
+            raise SecurityError("the Content-Length header is not a number", "InvalidSecurity") from None
+
+    def _pump(self, environ, length: int | None, chunked_max: int, sink: Callable[[bytes], None]) -> int:
+        """Read the body (``length`` bytes, or — chunked — up to ``chunked_max``) into ``sink``, in
+        pieces of READ_CHUNK_BYTES; the bytes read. ``_ClientStopped`` when the client stops sending."""
         stream = environ["wsgi.input"]
         started = time.monotonic()
-        length = None
+        wanted = length if length is not None else chunked_max
+        got = 0
         try:
-            if length_text:
-                try:
-                    length = int(length_text)
-                except ValueError:
-                    raise SecurityError("the Content-Length header is not a number", "InvalidSecurity") from None
-                if length > self._request_bytes_max:
-                    raise SecurityError(f"the message is {length:,} bytes; at most {self._request_bytes_max:,} are accepted", "InvalidSecurity")
-                data = stream.read(length)
-                if len(data) < length:
-                    raise _ClientStopped(f"client {_peer(environ)} closed the connection after {len(data):,} of "
-                                         f"{length:,} bytes of the request body", "400 Bad Request",
-                                         "the request body ended before its Content-Length")
-                return data
-            data = stream.read(self._request_bytes_max + 1)  # chunked: read at most one byte past the limit
+            while got < wanted:
+                chunk = stream.read(min(READ_CHUNK_BYTES, wanted - got))
+                if not chunk:
+                    break
+                got += len(chunk)
+                sink(chunk)
         except TimeoutError:
             announced = f"{length:,} bytes announced" if length is not None else "chunked"
             raise _ClientStopped(f"client {_peer(environ)} timed out sending the request body ({announced}; "
@@ -310,9 +394,11 @@ class SignedSoapHost:
         except (ConnectionError, ssl.SSLError) as error:
             raise _ClientStopped(f"client {_peer(environ)} closed the connection while sending the request body "
                                  f"({error.strerror or error})", "400 Bad Request", "the connection broke") from None
-        if len(data) > self._request_bytes_max:
-            raise SecurityError(f"the message is larger than {self._request_bytes_max:,} bytes", "InvalidSecurity")
-        return data
+        if length is not None and got < length:
+            raise _ClientStopped(f"client {_peer(environ)} closed the connection after {got:,} of "
+                                 f"{length:,} bytes of the request body", "400 Bad Request",
+                                 "the request body ended before its Content-Length")
+        return got
 
     def _call_service(self, endpoint: _Endpoint, environ, verified: VerifiedMessage) -> tuple[str, etree._Element]:
         # spyne reads the first Header/Body it finds and follows href/id: hand it only the verified Body.

@@ -74,17 +74,25 @@ class Runtime:
 
     def registrations(self) -> dict:
         """Plain HTTPS POST routes (TLS client certificate authentication) the host serves beside SOAP."""
+        from .host import Registration
+
         def sgas(data: bytes, principal):
             caller = None if principal is None else Caller.of(principal)
             return register_usage_records(self.luts, data, caller)
 
-        return {self.config.luts.sgas_path.rstrip("/") + "/ur": sgas}
+        return {self.config.luts.sgas_path.rstrip("/") + "/ur":
+                Registration(sgas, self.config.luts.sgas_request_bytes_max, "luts.sgas_request_bytes_max")}
 
     def close(self) -> None:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=5)
         self.store.close()
+
+
+def luts_held_dir(config: Config):
+    """Where the LUTS keeps held documents too large for a store document (services/luts/held.py)."""
+    return config.state_path / "luts" / "held"
 
 
 def open_service_store(config: Config, *, read_only: bool = False) -> XmlStore:
@@ -95,5 +103,6 @@ def open_service_store(config: Config, *, read_only: bool = False) -> XmlStore:
 def build_runtime(config: Config) -> Runtime:
     store = open_service_store(config)
     bank = Bank(store, LedgerKey.load_or_create(ledger_key_path(config)), policy=policy_from_config(config.bank))
-    luts = Luts(store, LutsPolicy.from_config(config.luts), forwarding=bool(config.luts.forward_to))
+    luts = Luts(store, LutsPolicy.from_config(config.luts), forwarding=bool(config.luts.forward_to),
+                held_dir=luts_held_dir(config))
     return Runtime(config=config, store=store, bank=bank, luts=luts)

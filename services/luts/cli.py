@@ -403,13 +403,13 @@ def _whoami(args) -> int:
 
 def _local_luts(args):
     from gridcredit.config import load_config
-    from gridcredit.runtime import open_service_store
+    from gridcredit.runtime import luts_held_dir, open_service_store
 
     from .luts import Luts, LutsPolicy
 
     config = load_config(args.config)
     store = open_service_store(config)
-    return Luts(store, LutsPolicy.from_config(config.luts))
+    return Luts(store, LutsPolicy.from_config(config.luts), held_dir=luts_held_dir(config))
 
 
 def _with_local_luts(args, work):
@@ -451,11 +451,11 @@ def _held_show(args) -> int:
 
 
 def _held_retry(args) -> int:
-    from .held import retry_forward, retry_sgas
+    from .held import retry_forward, retry_record, retry_sgas
 
     if args.kind == "forward":
         if args.corrected:
-            raise _UsageError(args.parser_of_command, "--corrected is for sgas documents only")
+            raise _UsageError(args.parser_of_command, "--corrected is for sgas documents and records only")
         _with_local_luts(args, lambda luts: retry_forward(luts, args.held_id, replace=args.replace))
         _print(args, {"kind": "forward", "held_id": args.held_id, "queued": True},
                f"forward/{args.held_id} is queued for the upstream LUTS again")
@@ -463,12 +463,16 @@ def _held_retry(args) -> int:
     if args.replace:
         raise _UsageError(args.parser_of_command, "--replace is for forward entries only")
     corrected = Path(args.corrected).read_bytes() if args.corrected else None
-    report = _with_local_luts(args, lambda luts: retry_sgas(luts, args.held_id, corrected))
+    retry = retry_record if args.kind == "record" else retry_sgas
+    report = _with_local_luts(args, lambda luts: retry(luts, args.held_id, corrected))
     not_stored = [r for r in report.results if r.status in ("refused", "invalid")]
-    lines = [f"sgas/{args.held_id} published again: stored {report.count('stored')}, already stored "
+    lines = [f"{args.kind}/{args.held_id} published again: stored {report.count('stored')}, already stored "
              f"{report.count('duplicate')}, not stored {len(not_stored)} of {len(report.results)} records"]
     lines += [f"{r.status}: {r.record_id or r.index + 1}: {r.message}" for r in not_stored]
-    _print(args, {"kind": "sgas", "held_id": args.held_id, "results": jsonable(list(report.results))},
+    if not_stored:
+        lines.append(f"{args.kind}/{args.held_id} is still held" if args.kind == "record" else
+                     "the records not stored are held: luts held list --kind record")
+    _print(args, {"kind": args.kind, "held_id": args.held_id, "results": jsonable(list(report.results))},
            "\n".join(lines))
     return EXIT_OK if report.ok else EXIT_PARTIAL
 
@@ -483,14 +487,17 @@ def _held_drop(args) -> int:
 
 def _register_held(commands) -> None:
     held = commands.add_parser(
-        "held", help="operator: documents kept instead of stored (unreadable SGAS posts, records the upstream "
-                     "LUTS rejected) — list, show, retry, drop",
+        "held", help="operator: documents kept instead of stored (unreadable SGAS posts, records of SGAS posts "
+                     "that were not stored, records the upstream LUTS rejected) — list, show, retry, drop",
         description="Run on the LUTS host: works on the store of the configuration (--config before 'luts'). "
                     "sgas = documents an SGAS reporter posted that could not be read (kept exactly as "
-                    "received); forward = records the higher-level LUTS refused or found invalid.",
+                    "received); record = records of an SGAS post that were refused or invalid (kept exactly "
+                    "as received, with the reason); forward = records the higher-level LUTS refused or found "
+                    "invalid.",
         epilog="examples:\n  gridcredit --config /etc/gridcredit.toml luts held list\n"
                "  gridcredit luts held show sgas ID --output posted.xml\n"
                "  gridcredit luts held retry sgas ID --corrected fixed.xml\n"
+               "  gridcredit luts held retry record ID --corrected fixed-record.xml\n"
                "  gridcredit luts held retry forward ID --replace\n  gridcredit luts held drop sgas ID",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = held.add_subparsers(dest="held_command", metavar="ACTION")
@@ -503,18 +510,20 @@ def _register_held(commands) -> None:
         return parser
 
     p = action("list", "every held document, with who sent it and why it is held", _held_list)
-    p.add_argument("--kind", choices=("sgas", "forward"), help="only this kind")
-    for name, summary, handler in (("show", "a held document: an SGAS post exactly as received", _held_show),
-                                   ("retry", "sgas: publish again as its publisher (leaves when readable); "
-                                             "forward: queue for the upstream LUTS again", _held_retry),
+    p.add_argument("--kind", choices=("sgas", "record", "forward"), help="only this kind")
+    for name, summary, handler in (("show", "a held document: an SGAS post or record exactly as received",
+                                    _held_show),
+                                   ("retry", "sgas: publish again as its publisher (leaves when readable); record: "
+                                             "publish again as its publisher (leaves when stored); forward: queue "
+                                             "for the upstream LUTS again", _held_retry),
                                    ("drop", "delete a held document for good", _held_drop)):
         p = action(name, summary, handler)
-        p.add_argument("kind", choices=("sgas", "forward"))
+        p.add_argument("kind", choices=("sgas", "record", "forward"))
         p.add_argument("held_id", metavar="ID", help="as 'held list' shows it (after KIND/)")
         if name == "show":
             p.add_argument("--output", metavar="FILE", help="write the content to FILE")
         if name == "retry":
-            p.add_argument("--corrected", metavar="FILE", help="sgas: publish this corrected document instead")
+            p.add_argument("--corrected", metavar="FILE", help="sgas, record: publish this corrected document instead")
             p.add_argument("--replace", action="store_true",
                            help="forward: replace the upstream LUTS's different record under the same id")
 
