@@ -28,6 +28,7 @@ class Job:
     local_job_id: str | None = None
     global_job_id: str | None = None
     site: str | None = None
+    charge_unit: str | None = None  # Charge/@unit
 
 
 def record_body(job: Job) -> str:
@@ -60,7 +61,8 @@ def record_body(job: Job) -> str:
         parts.append(f"<ur:StartTime>{start.strftime('%Y-%m-%dT%H:%M:%SZ')}</ur:StartTime>")
         parts.append(f"<ur:EndTime>{job.end.strftime('%Y-%m-%dT%H:%M:%SZ')}</ur:EndTime>")
     if job.charge is not None:
-        parts.append(f"<ur:Charge>{job.charge}</ur:Charge>")
+        unit = f' ur:unit="{escape(job.charge_unit, {chr(34): "&quot;"})}"' if job.charge_unit else ""
+        parts.append(f"<ur:Charge{unit}>{job.charge}</ur:Charge>")
     return "".join(parts)
 
 

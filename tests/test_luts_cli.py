@@ -323,3 +323,23 @@ def test_a_sender_killed_mid_send_resumes_and_stores_each_record_once(hosts, bac
     assert row.jobs == len(jobs)                                          # counted once in the summaries
     assert row.wall_us == sum((job.wall_s or 0) * 1_000_000 for job in jobs)
     assert kills == 2
+
+
+def test_summary_shows_and_prints_the_charge_per_unit(cli, people):
+    """Issue 11.5: ``luts summary`` (text and --json) never adds charges in different units."""
+    user = "/O=Grid/CN=LUTS CLI Unit Payer"
+    jobs = [Job(f"cli-unit-{n}", user, "atlas", "ce1.example.org", None, None, 10, 5, charge, charge_unit=unit)
+            for n, (charge, unit) in enumerate([("5", "EUR"), ("10", "SEK"), ("1.5", "EUR"), ("7", None)])]
+    client = LutsClient(cli.url, credential=people["publisher"].credential, trust_dir=cli.pki.trust_dir, timeout_s=60)
+    assert client.publish(make_batch(jobs)).ok
+    summary = cli.ok(people["admin"], "summary", "--by", "user")
+    [row] = [row for row in summary["rows"] if row["key"]["user"] == user]
+    assert row["charges"] == [{"unit": "EUR", "jobs": 2, "charge_micro": 6_500_000},
+                              {"unit": "SEK", "jobs": 1, "charge_micro": 10_000_000},
+                              {"unit": None, "jobs": 1, "charge_micro": 7_000_000}]
+    assert "charge_micro" not in row
+    units = {total["unit"] for total in summary["totals"]["charges"]}
+    assert {"EUR", "SEK", None} <= units and "charge_micro" not in summary["totals"]
+    table = cli.ok(people["admin"], "summary", "--by", "user", as_json=False)
+    [line] = [line for line in table.splitlines() if line.startswith(user)]
+    assert line.rstrip().endswith("6.5 EUR, 10 SEK, 7 (no unit)"), line

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections import defaultdict
 from pathlib import Path
 
@@ -286,7 +287,9 @@ def test_who_may_publish(luts):
 
 @pytest.fixture
 def filled(luts):
-    jobs = random_jobs(240, seed=7)
+    units = random.Random(70)                       # several charge units, and charges without one
+    jobs = [dataclasses.replace(job, charge_unit=units.choice(["EUR", "SEK", "kSEK", None]))
+            for job in random_jobs(240, seed=7)]
     for start in range(0, len(jobs), 80):
         assert luts.publish(make_batch(jobs[start:start + 80]), Caller(ANY_PUBLISHER)).ok
     return luts, jobs
@@ -373,7 +376,9 @@ def test_job_usage_by_global_and_local_id(filled):
 
 
 def brute_force(records, by, keep=lambda record: True):
-    totals = defaultdict(lambda: [0, 0, 0, 0])
+    """Summary rows recomputed from the records: jobs, wall, CPU, and per charge unit (None: a charge
+    without a unit) its jobs and charge — never added across units."""
+    totals = defaultdict(lambda: [0, 0, 0, defaultdict(lambda: [0, 0])])
     for record in records:
         usage = record.usage
         if not keep(record):
@@ -384,26 +389,51 @@ def brute_force(records, by, keep=lambda record: True):
         row[0] += 1
         row[1] += usage.wall_us or 0
         row[2] += usage.cpu_us or 0
-        row[3] += usage.charge_micro or 0
-    return {key: tuple(value) for key, value in totals.items()}
+        if usage.charge_micro is not None:
+            row[3][usage.charge_unit][0] += 1
+            row[3][usage.charge_unit][1] += usage.charge_micro
+    return {key: (jobs, wall, cpu, {unit: tuple(charge) for unit, charge in charges.items()})
+            for key, (jobs, wall, cpu, charges) in totals.items()}
+
+
+def summary_rows(summary, by):
+    """A summary's rows in brute_force's shape."""
+    rows = {}
+    for row in summary.rows:
+        units = [charge.unit for charge in row.charges]
+        assert len(set(units)) == len(units), "one total per unit"
+        rows[tuple(row.key[name] for name in by)] = (
+            row.jobs, row.wall_us, row.cpu_us, {c.unit: (c.jobs, c.charge_micro) for c in row.charges})
+    return rows
 
 
 @pytest.mark.parametrize("by", [("user",), ("vo", "month"), ("site", "machine", "queue"), ("month",), ()])
 def test_summaries_equal_a_brute_force_recomputation(filled, by):
     luts, _ = filled
     records = stored_all(luts)
-    summary = luts.summary(Caller(ADMIN), list(by))
-    got = {tuple(row.key[name] for name in by): (row.jobs, row.wall_us, row.cpu_us, row.charge_micro)
-           for row in summary.rows}
-    assert got == brute_force(records, by)
+    assert {r.usage.charge_unit for r in records if r.usage.charge_micro is not None} == {"EUR", "SEK", "kSEK", None}
+    assert summary_rows(luts.summary(Caller(ADMIN), list(by)), by) == brute_force(records, by)
     period = luts.summary(Caller(ADMIN), list(by), from_month="2026-08", to_month="2026-09")
-    got = {tuple(row.key[name] for name in by): (row.jobs, row.wall_us, row.cpu_us, row.charge_micro)
-           for row in period.rows}
-    assert got == brute_force(records, by, lambda r: "2026-08" <= r.month <= "2026-09")
+    assert summary_rows(period, by) == brute_force(records, by, lambda r: "2026-08" <= r.month <= "2026-09")
     mine = luts.summary(Caller(USERS[3]), list(by))
-    got = {tuple(row.key[name] for name in by): (row.jobs, row.wall_us, row.cpu_us, row.charge_micro)
-           for row in mine.rows}
-    assert got == brute_force(records, by, lambda r: r.usage.user_dn == USERS[3])
+    assert summary_rows(mine, by) == brute_force(records, by, lambda r: r.usage.user_dn == USERS[3])
+
+
+def test_a_summary_never_adds_charges_in_different_units(luts):
+    """Issue 11.5: 5 EUR + 10 SEK was shown as 15."""
+    jobs = [Job(f"r-unit-{n}", USERS[0], "atlas", "ce1.example.org", "short", None, 10, 5, charge, charge_unit=unit)
+            for n, (charge, unit) in enumerate([("5", "EUR"), ("10", "SEK"), ("2.5", "EUR"), ("7", None),
+                                                (None, None)])]
+    assert luts.publish(make_batch(jobs), HOST_CALLER).ok
+    [row] = luts.summary(Caller(ADMIN), ["vo"]).rows
+    assert row.jobs == 5
+    assert [(c.unit, c.jobs, c.charge_micro) for c in row.charges] == [
+        ("EUR", 2, 7_500_000), ("SEK", 1, 10_000_000), (None, 1, 7_000_000)]
+    # a replace moves a record's charge from one unit to another
+    changed = dataclasses.replace(jobs[1], charge="3", charge_unit="EUR")
+    assert luts.publish(make_batch([changed]), Caller(ADMIN), replace=True).results[0].status == "replaced"
+    [row] = luts.summary(Caller(ADMIN), ["vo"]).rows
+    assert [(c.unit, c.jobs, c.charge_micro) for c in row.charges] == [("EUR", 3, 10_500_000), (None, 1, 7_000_000)]
 
 
 @pytest.fixture
@@ -423,7 +453,8 @@ def across_machines(luts):
                            replace=True)
     assert [r.status for r in refused.results] == ["refused"] * 10
     # the administrator replaces some of ce2's, moving their month too
-    later = [dataclasses.replace(job, end=None, charge="5") for job in ce2[40:50]]
+    later = [dataclasses.replace(job, end=None, charge="5", charge_unit=("EUR", "SEK", None)[n % 3])
+             for n, job in enumerate(ce2[40:50])]
     assert [r.status for r in luts.publish(make_batch(later), Caller(ADMIN), replace=True).results] \
         == ["replaced"] * 10
     return luts
@@ -434,11 +465,8 @@ def test_summaries_equal_a_brute_force_recomputation_across_machines(across_mach
     luts = across_machines
     records = stored_all(luts)
     assert len(records) == 150
-    got = {tuple(row.key[name] for name in by): (row.jobs, row.wall_us, row.cpu_us, row.charge_micro)
-           for row in luts.summary(Caller(ADMIN), list(by)).rows}
-    assert got == brute_force(records, by)
-    mine = {tuple(row.key[name] for name in by): (row.jobs, row.wall_us, row.cpu_us, row.charge_micro)
-            for row in luts.summary(HOST2_CALLER, list(by)).rows}
+    assert summary_rows(luts.summary(Caller(ADMIN), list(by)), by) == brute_force(records, by)
+    mine = summary_rows(luts.summary(HOST2_CALLER, list(by)), by)
     assert mine == brute_force(records, by, lambda r: r.usage.machine == "ce2.example.org")
 
 

@@ -908,9 +908,10 @@ def test_the_direct_view_writer_writes_what_lxml_writes(record):
     assert R.to_bytes(record) == etree.tostring(R.to_element(record), encoding="utf-8")
 
 
-@settings(max_examples=200)
-@given(normalized_records(), st.lists(_xml_text, min_size=5, max_size=5), st.integers(0, 2**62))
-def test_the_luts_writes_its_id_entries_and_summaries_as_lxml_would(record, key, number):
+@settings(max_examples=200, deadline=None)       # timing on a loaded machine is not what this checks
+@given(normalized_records(), st.lists(_xml_text, min_size=5, max_size=5), st.integers(0, 2**62),
+       st.lists(st.none() | _xml_text, max_size=4, unique=True))
+def test_the_luts_writes_its_id_entries_and_summaries_as_lxml_would(record, key, number, units):
     from gridcredit.services.luts import luts as L
     entry = etree.Element(f"{{{R.NS_VIEW}}}Id", nsmap={"n": R.NS_VIEW}, month="202611", digest="d" * 64,
                           machine=L.machine_of(record), rid=L.job_key(record.record_id))
@@ -918,14 +919,24 @@ def test_the_luts_writes_its_id_entries_and_summaries_as_lxml_would(record, key,
         if value:
             entry.set(name, L.job_key(value))
     assert L._id_entry(record, "202611", "d" * 64) == etree.tostring(entry, encoding="utf-8")
-    counters = L._Counters(jobs=number, wall_us=-number, cpu_us=1, charge_micro=number // 3)
+    # charges per unit (issue 11.5): units as any text, and charges without a unit (None)
+    counters = L._Counters(jobs=number, wall_us=-number, cpu_us=1,
+                           charges={unit: [number % 7 + 1, number // 3 - n] for n, unit in enumerate(units)})
     summary = etree.Element(f"{{{R.NS_VIEW}}}Summary", nsmap={"n": R.NS_VIEW}, month="202611")
     for name, value in zip(L._SUMMARY_KEY, key):
         if value:
             summary.set(name, value)
     for name in L._COUNTER_NAMES:
         summary.set(name, str(getattr(counters, name)))
-    assert L._summary_document(tuple(key), "202611", counters) == etree.tostring(summary, encoding="utf-8")
+    for charge in counters.charge_totals():
+        element = etree.SubElement(summary, f"{{{R.NS_VIEW}}}Charge")
+        if charge.unit is not None:
+            element.set("unit", charge.unit)
+        element.set("jobs", str(charge.jobs))
+        element.set("charge_micro", str(charge.charge_micro))
+    written = L._summary_document(tuple(key), "202611", counters)
+    assert written == etree.tostring(summary, encoding="utf-8")
+    assert L._read_counters(written) == counters
 
 
 def test_record_month_prefers_end_then_start_then_creation():

@@ -266,3 +266,16 @@ def test_arcs_publisher_with_a_certificate_not_allowed_is_refused(host, people):
     result = publish_with_arc(jobs, f"{host.url}/sgas", user.cert_path, user.key_path, host.pki.trust_dir, timeout_s=60)
     assert not result.ok and result.http_statuses == [403]
     assert client(host, people["admin"]).query(f"contains(@rid, 'arcno{host.backend}')").records == ()
+
+
+def test_summary_gives_the_charge_per_unit_over_soap(host, people):
+    """Issue 11.5: the Summary operation carries one charge per unit (and charges without a unit
+    apart), never their sum."""
+    user = f"/O=Grid/CN=Unit Payer {host.backend}"
+    jobs = [Job(f"svc-unit-{host.backend}-{n}", user, "atlas", SITE_HOST, None, None, 10, 5, charge, charge_unit=unit)
+            for n, (charge, unit) in enumerate([("5", "EUR"), ("10", "SEK"), ("0.25", "EUR"), ("7", None),
+                                                (None, None)])]
+    assert client(host, people["site"]).publish(make_batch(jobs)).ok
+    rows = [row for row in client(host, people["admin"]).summary(["user"]).rows if row.key["user"] == user]
+    assert [(row.jobs, [(c.unit, c.jobs, c.charge_micro) for c in row.charges]) for row in rows] == [
+        (5, [("EUR", 2, 5_250_000), ("SEK", 1, 10_000_000), (None, 1, 7_000_000)])]

@@ -11,7 +11,8 @@
 
 Every command signs with the user's certificate or proxy (``--cert/--key/--proxy``, grid
 conventions by default; a site publishes with its host certificate), prints readable text or,
-with ``--json``, the result as JSON (durations in µs, charges in millionths in ``*_micro``).
+with ``--json``, the result as JSON (durations in µs, charges in millionths in ``*_micro``; a
+summary's charges are per unit, ``charges: [{unit, jobs, charge_micro}]``, never added across units).
 Exit codes: 0 done, 1 refused or partial (some records not stored, the LUTS unreachable;
 ``TypeName: message`` on stderr for a refused command), 2 usage.
 
@@ -130,6 +131,24 @@ def charge_text(micro: int | None) -> str:
     return f"{sign}{whole:,}" + (f".{fraction:06d}".rstrip("0") if fraction else "")
 
 
+def charges_text(charges) -> str:
+    """``5 EUR, 10 SEK, 7 (no unit)``: one amount per unit, never a sum across units."""
+    return ", ".join(f"{charge_text(c.charge_micro)} {c.unit if c.unit is not None else '(no unit)'}"
+                     for c in charges) or "-"
+
+
+def charge_totals(rows) -> list[dict]:
+    """The charges of several summary rows, per unit (as ``ChargeTotal``'s fields)."""
+    totals: dict[str | None, list[int]] = {}
+    for row in rows:
+        for charge in row.charges:
+            total = totals.setdefault(charge.unit, [0, 0])
+            total[0] += charge.jobs
+            total[1] += charge.charge_micro
+    return [{"unit": unit, "jobs": jobs, "charge_micro": micro} for unit, (jobs, micro)
+            in sorted(totals.items(), key=lambda item: (item[0] is None, item[0] or ""))]
+
+
 def record_json(record, *, original: bool = False) -> dict:
     value = {"record_id": record.record_id, "month": record.month, "publisher": record.publisher,
              "received_us": record.received_us, "usage": jsonable(record.usage)}
@@ -147,7 +166,8 @@ def record_line(record) -> str:
     end = usage.end_time.strftime("%Y-%m-%dT%H:%M:%SZ") if usage.end_time else "-"
     return (f"{record.record_id}  {record.month}  end {end}  user {usage.user_dn or usage.local_user or '-'}  "
             f"vo {usage.vo or '-'}  machine {usage.machine or '-'}  wall {hours(usage.wall_us)}  "
-            f"cpu {hours(usage.cpu_us)}  charge {charge_text(usage.charge_micro)}")
+            f"cpu {hours(usage.cpu_us)}  charge {charge_text(usage.charge_micro)}"
+            + (f" {usage.charge_unit}" if usage.charge_unit and usage.charge_micro is not None else ""))
 
 
 def record_text(record) -> str:
@@ -368,7 +388,7 @@ def _summary(args) -> int:
                                     scope=args.scope)
     header = [*summary.by, "jobs", "wall", "cpu", "charge"]
     rows = [[row.key.get(name) or "-" for name in summary.by]
-            + [f"{row.jobs:,}", hours(row.wall_us), hours(row.cpu_us), charge_text(row.charge_micro)]
+            + [f"{row.jobs:,}", hours(row.wall_us), hours(row.cpu_us), charges_text(row.charges)]
             for row in summary.rows]
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
     period = f"{summary.from_month or 'the start'} to {summary.to_month or 'now'}"
@@ -378,7 +398,7 @@ def _summary(args) -> int:
     if not rows:
         lines.append("(no usage)")
     totals = {"jobs": sum(r.jobs for r in summary.rows), "wall_us": sum(r.wall_us for r in summary.rows),
-              "cpu_us": sum(r.cpu_us for r in summary.rows), "charge_micro": sum(r.charge_micro for r in summary.rows)}
+              "cpu_us": sum(r.cpu_us for r in summary.rows), "charges": charge_totals(summary.rows)}
     value = {"by": list(summary.by), "from_month": summary.from_month, "to_month": summary.to_month,
              "scope": summary.scope, "rows": jsonable(list(summary.rows)), "totals": totals}
     _print(args, value, "\n".join(lines))

@@ -25,7 +25,7 @@ from gridcredit.errors import GridcreditError, RemoteFault, SecurityError
 
 from . import records as ur
 from .durations import datetime_from_us
-from .luts import PublishReport, RecordPage, RecordResult, StoredRecord, Summary, SummaryRow
+from .luts import ChargeTotal, PublishReport, RecordPage, RecordResult, StoredRecord, Summary, SummaryRow
 
 log = logging.getLogger("gridcredit.luts.client")
 T = TypeVar("T")
@@ -138,7 +138,10 @@ class LutsClient:
                             to_month=to_month, scope=scope)
         names = tuple(_items(answer.by, "string"))
         rows = tuple(SummaryRow(key={name: getattr(row, name) or "" for name in names}, jobs=row.jobs,
-                                wall_us=row.wall_us, cpu_us=row.cpu_us, charge_micro=row.charge_micro)
+                                wall_us=row.wall_us, cpu_us=row.cpu_us,
+                                charges=tuple(ChargeTotal(unit=charge.unit, jobs=charge.jobs,
+                                                          charge_micro=charge.charge_micro)
+                                              for charge in _items(row.charges, "ChargeTotalInfo")))
                      for row in _items(answer.rows, "SummaryRowInfo"))
         return Summary(rows=rows, by=names, from_month=answer.from_month, to_month=answer.to_month,
                        scope=answer.scope)

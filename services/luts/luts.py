@@ -20,8 +20,10 @@ Layout in the store (every name below is a collection; ``<h>`` is the hex SHA-25
 ``luts_meta``  ``years`` and ``months``: the partitions in use, so a query does not have to list the
     store's collections.
 ``urs_<YYYYMM>``  the summaries, kept incrementally: one document per (user, VO, site, machine,
-    queue) per month with job count, wall and CPU µs and charge (millionths). A summary for a
-    period reads these, never the records.
+    queue) per month with job count, wall and CPU µs, and per charge unit (``Charge/@unit`` as
+    written; charges without a unit apart) the jobs that gave a charge in it and their charge
+    (millionths): charges in different units are never added. A summary for a period reads
+    these, never the records.
 
 Every partition is bounded by time (a month or a year), so no database grows without bound.
 
@@ -282,12 +284,20 @@ class RecordPage:
 
 
 @dataclass(frozen=True, slots=True)
+class ChargeTotal:
+    """The charge of the jobs that gave one in ``unit`` (None: a charge without a unit)."""
+    unit: str | None
+    jobs: int
+    charge_micro: int
+
+
+@dataclass(frozen=True, slots=True)
 class SummaryRow:
     key: Mapping[str, str]      # the --by dimensions and their values ("" when the records had none)
     jobs: int
     wall_us: int
     cpu_us: int
-    charge_micro: int
+    charges: tuple[ChargeTotal, ...] = ()   # one per unit (units in order, no unit last); never added up
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,17 +477,45 @@ class _Counters:
     jobs: int = 0
     wall_us: int = 0
     cpu_us: int = 0
-    charge_micro: int = 0
+    # charge unit (None: no unit) → [jobs with a charge in it, charge in millionths]; never added across units
+    charges: dict[str | None, list[int]] = field(default_factory=dict)
 
     def add(self, usage: ur.NormalizedRecord, sign: int) -> None:
         self.jobs += sign
         self.wall_us += sign * (usage.wall_us or 0)
         self.cpu_us += sign * (usage.cpu_us or 0)
-        self.charge_micro += sign * (usage.charge_micro or 0)
+        if usage.charge_micro is not None:
+            self._add_charge(usage.charge_unit, sign, sign * usage.charge_micro)
+
+    def merge(self, other: "_Counters") -> None:
+        for name in _COUNTER_NAMES:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for unit, (jobs, micro) in other.charges.items():
+            self._add_charge(unit, jobs, micro)
+
+    def _add_charge(self, unit: str | None, jobs: int, micro: int) -> None:
+        total = self.charges.setdefault(unit, [0, 0])
+        total[0] += jobs
+        total[1] += micro
+        if total == [0, 0]:             # a delta may be [0, x] (a replace within one unit); a total never
+            del self.charges[unit]
+
+    def check(self) -> None:
+        """What a stored summary's totals always are (a delta may be anything)."""
+        invariant(self.jobs >= 0, "a summary never counts fewer than zero jobs")
+        invariant(all(jobs > 0 for jobs, _ in self.charges.values()),
+                  "a summary's charge in a unit is of at least one job (none: no charge in it)")
+        invariant(sum(jobs for jobs, _ in self.charges.values()) <= self.jobs,
+                  "a job gives a charge in one unit at most")
+
+    def charge_totals(self) -> tuple[ChargeTotal, ...]:
+        """One per unit: units in order, charges without a unit last."""
+        return tuple(ChargeTotal(unit, jobs, micro) for unit, (jobs, micro)
+                     in sorted(self.charges.items(), key=lambda item: (item[0] is None, item[0] or "")))
 
 
 _SUMMARY_KEY = ("user", "vo", "site", "machine", "queue")
-_COUNTER_NAMES = ("jobs", "wall_us", "cpu_us", "charge_micro")
+_COUNTER_NAMES = ("jobs", "wall_us", "cpu_us")
 
 
 def _summary_key(usage: ur.NormalizedRecord) -> tuple[str, ...]:
@@ -486,14 +524,31 @@ def _summary_key(usage: ur.NormalizedRecord) -> tuple[str, ...]:
 
 
 def _summary_document(key: tuple[str, ...], month: str, counters: _Counters) -> bytes:
+    """``<n:Summary month user… jobs wall_us cpu_us>`` with one ``<n:Charge [unit] jobs charge_micro/>``
+    per charge unit (no ``unit``: charges without one), written as text as lxml would."""
     attributes = {"month": month, **{name: value for name, value in zip(_SUMMARY_KEY, key) if value}}
     attributes.update((name, str(getattr(counters, name))) for name in _COUNTER_NAMES)
-    return _element_text("Summary", attributes)
+    charges = counters.charge_totals()
+    if not charges:
+        return _element_text("Summary", attributes)
+    parts = [f'<n:Summary xmlns:n="{NS}"{_attributes_text(attributes)}>']
+    for charge in charges:
+        values = {"unit": charge.unit} if charge.unit is not None else {}
+        values.update(jobs=str(charge.jobs), charge_micro=str(charge.charge_micro))
+        parts.append(f"<n:Charge{_attributes_text(values)}/>")
+    parts.append("</n:Summary>")
+    return "".join(parts).encode("utf-8")
+
+
+def _counters_of(element: etree._Element) -> _Counters:
+    counters = _Counters(**{name: int(element.get(name)) for name in _COUNTER_NAMES})
+    for charge in element.iterchildren(N + "Charge"):
+        counters.charges[charge.get("unit")] = [int(charge.get("jobs")), int(charge.get("charge_micro"))]
+    return counters
 
 
 def _read_counters(xml: bytes) -> _Counters:
-    element = etree.fromstring(xml)
-    return _Counters(**{name: int(element.get(name)) for name in _COUNTER_NAMES})
+    return _counters_of(etree.fromstring(xml))
 
 
 # -- the service core -----------------------------------------------------------------------------
@@ -671,9 +726,8 @@ class Luts:
             doc_id = key_hash("\0".join(key))
             current = tx.get(f"urs_{month}", doc_id)
             total = _read_counters(current.xml) if current is not None else _Counters()
-            for name in _COUNTER_NAMES:
-                setattr(total, name, getattr(total, name) + getattr(counters, name))
-            invariant(total.jobs >= 0, "a summary never counts fewer than zero jobs")
+            total.merge(counters)
+            total.check()
             if total.jobs == 0:
                 if current is not None:
                     tx.delete(f"urs_{month}", doc_id)
@@ -795,7 +849,8 @@ class Luts:
 
     def summary(self, caller: Caller, by: Sequence[str], *, from_month: str | None = None,
                 to_month: str | None = None, scope: str | None = None) -> Summary:
-        """Jobs, wall and CPU time and charge grouped by ``by``, from the incremental summaries."""
+        """Jobs, wall and CPU time and charge per charge unit grouped by ``by``, from the incremental
+        summaries."""
         by = tuple(dict.fromkeys(by))
         unknown = [name for name in by if name not in SUMMARY_DIMENSIONS]
         if unknown:
@@ -815,15 +870,13 @@ class Luts:
                 for document in page.documents:
                     element = etree.fromstring(document.xml)
                     key = tuple(month_of_key(month) if name == "month" else element.get(name, "") for name in by)
-                    counters = totals.setdefault(key, _Counters())
-                    for name in _COUNTER_NAMES:
-                        setattr(counters, name, getattr(counters, name) + int(element.get(name)))
+                    totals.setdefault(key, _Counters()).merge(_counters_of(element))
                 offset = page.next_offset
         rows = tuple(SummaryRow(key=dict(zip(by, key)), jobs=c.jobs, wall_us=c.wall_us, cpu_us=c.cpu_us,
-                                charge_micro=c.charge_micro) for key, c in sorted(totals.items()))
+                                charges=c.charge_totals()) for key, c in sorted(totals.items()))
         return Summary(rows=rows, by=by, from_month=from_month, to_month=to_month, scope=chosen.name)
 
 
-__all__ = ["Caller", "INDEXES", "Luts", "LutsPolicy", "PublishReport", "QUERY_NAMESPACES", "RecordPage",
+__all__ = ["Caller", "ChargeTotal", "INDEXES", "Luts", "LutsPolicy", "PublishReport", "QUERY_NAMESPACES", "RecordPage",
            "RecordResult", "Scope", "StoredRecord", "Summary", "SummaryRow", "SUMMARY_DIMENSIONS",
            "canonical_dn", "choose_scope", "machine_of", "record_key", "scopes_of"]

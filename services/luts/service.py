@@ -3,7 +3,7 @@
 Usage-record documents travel as ``xs:base64Binary`` so the LUTS receives them byte for byte
 (the original of each record is kept exactly as received). Times are integer microseconds since
 the epoch (``*_us``), durations integer microseconds, charges integer millionths (``charge_micro``)
-beside the decimal as written.
+beside the decimal as written; summaries give the charge per unit (``charges``), never a sum across units.
 """
 from __future__ import annotations
 
@@ -87,12 +87,19 @@ class NamespaceBinding(ComplexModel):
     _type_info = [("prefix", Unicode(**Required)), ("uri", Unicode(**Required))]
 
 
+class ChargeTotalInfo(ComplexModel):
+    """The charge in one unit (no ``unit``: charges given without one) and the jobs that gave it."""
+    __namespace__ = NAMESPACE
+    _type_info = [("unit", Unicode(min_occurs=0)), ("jobs", Long(**Required)), ("charge_micro", Long(**Required))]
+
+
 class SummaryRowInfo(ComplexModel):
+    """One group: jobs, wall and CPU µs, and the charge per unit (never added across units)."""
     __namespace__ = NAMESPACE
     _type_info = [("user", Unicode(min_occurs=0)), ("vo", Unicode(min_occurs=0)), ("site", Unicode(min_occurs=0)),
                   ("machine", Unicode(min_occurs=0)), ("queue", Unicode(min_occurs=0)),
                   ("month", Unicode(min_occurs=0)), ("jobs", Long(**Required)), ("wall_us", Long(**Required)),
-                  ("cpu_us", Long(**Required)), ("charge_micro", Long(**Required))]
+                  ("cpu_us", Long(**Required)), ("charges", Array(ChargeTotalInfo))]
 
 
 class SummaryInfo(ComplexModel):
@@ -195,7 +202,10 @@ class LutsService(GridcreditService):
         return SummaryInfo(by=list(result.by), from_month=result.from_month, to_month=result.to_month,
                            scope=result.scope,
                            rows=[SummaryRowInfo(**row.key, jobs=row.jobs, wall_us=row.wall_us, cpu_us=row.cpu_us,
-                                                charge_micro=row.charge_micro) for row in result.rows])
+                                                charges=[ChargeTotalInfo(unit=charge.unit, jobs=charge.jobs,
+                                                                         charge_micro=charge.charge_micro)
+                                                         for charge in row.charges])
+                                 for row in result.rows])
 
 
 SERVICES = [LutsService]
