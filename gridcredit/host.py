@@ -39,6 +39,7 @@ from .security.wssec import SOAP11_NS, WSSE_NS, Signer, VerifiedMessage, Verifie
 from .security.xmlparse import ParseLimits
 from .soapfault import fault_envelope, security_fault
 from .services.common import PRINCIPAL_ENVIRON_KEY, RUNTIME_ENVIRON_KEY
+from .wsdl import finish as finish_wsdl
 
 log = logging.getLogger("gridcredit.host")
 
@@ -92,6 +93,7 @@ def wsdl_document(name: str, base_address: str = WSDL_PLACEHOLDER_ADDRESS, appli
         members = sorted((child for child in schema if child.tag != f"{{{XSD_NS}}}import"),
                          key=lambda child: (str(child.tag), child.get("name") or ""))
         schema[:] = imports + members
+    root = finish_wsdl(root)
     # Pretty-printed so the checked-in copies under wsdl/ read well and diff cleanly.
     return etree.tostring(root, pretty_print=True, xml_declaration=True, encoding="UTF-8")
 

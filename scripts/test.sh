@@ -6,13 +6,16 @@
 # nordugrid-arc-arex: ARC's own accounting publisher (jura-ng, SGAS target) for the /sgas/ur tests
 # (tests/arc_sgas.py). Its postinst starts no service (defaults-disabled; invoke-rc.d refuses without a
 # runlevel or via policy-rc.d) but makes an ARC test CA in /etc/grid-security (docs/arc-sgas.md).
+# gsoap, libgsoap-dev (wsdl2h, soapcpp2, the WS-Security plugin sources), gcc, pkg-config, libssl-dev,
+# zlib1g-dev; jaxws (wsimport) and default-jdk-headless: stubs from our served WSDLs (tests/test_wsdl_stubs.py).
 # nodejs and npm (only when `node` is missing): node-soap, npm `soap`, as a stock SOAP client (tests/interop/node,
 # installed from its package-lock.json with `npm ci`; tests/test_interop_node.py).
 # Python packages go into .venv (created here); tests start the servers they need themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(basex xmlsec1 globus-proxy-utils nordugrid-arc-client nordugrid-arc-arex openssl python3-venv)
+DEBIAN_PACKAGES=(basex xmlsec1 globus-proxy-utils nordugrid-arc-client nordugrid-arc-arex openssl python3-venv
+                 gsoap libgsoap-dev gcc pkg-config libssl-dev zlib1g-dev jaxws default-jdk-headless)
 command -v node >/dev/null && command -v npm >/dev/null || DEBIAN_PACKAGES+=(nodejs npm)
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 

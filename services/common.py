@@ -53,10 +53,19 @@ def principal_of(ctx):
     return principal
 
 
+def operation(*params, _operation_name: str, **options):
+    """spyne's ``@rpc`` for the SOAP operation ``_operation_name``, whatever the Python method is
+    called: its request wrapper is ``<name>``, its response wrapper ``<name>Response`` and the
+    result inside it ``<name>Result`` (spyne names the last two after the method, e.g.
+    ``get_balanceResponse``, and stub generators name classes and methods after them)."""
+    return rpc(*params, _operation_name=_operation_name, _out_message_name=f"{_operation_name}Response",
+               _out_variable_name=f"{_operation_name}Result", **options)
+
+
 def whoami_operation(service_name: str):
     """The ``WhoAmI`` operation, the same on every service."""
 
-    @rpc(_returns=Identity, _body_style="wrapped", _operation_name="WhoAmI")
+    @operation(_returns=Identity, _body_style="wrapped", _operation_name="WhoAmI")
     def whoami(ctx):
         principal = principal_of(ctx)
         return Identity(dn=principal.dn, signer_dn=principal.signer_dn, proxy=principal.is_proxy,

@@ -11,13 +11,13 @@ import enum
 import typing
 from datetime import datetime, timezone
 
-from spyne import Array, Boolean, ComplexModel, DateTime, Long, Unicode, rpc
+from spyne import Array, Boolean, ComplexModel, DateTime, Long, Unicode
 
 from gridcredit.errors import DomainError
 
 from . import ledger
 from .ledger import AccountStatus, Role
-from ..common import GridcreditService, bank_principal_of, runtime_of, whoami_operation
+from ..common import GridcreditService, bank_principal_of, operation, runtime_of, whoami_operation
 
 NAMESPACE = "urn:gridcredit:bank:1"
 SERVICE_NAME = "Bank"
@@ -174,50 +174,50 @@ class BankService(GridcreditService):
     WhoAmI = whoami_operation("bank")
 
     # -- accounts ----------------------------------------------------------------------------------
-    @rpc(Unicode(**Required), Unicode(**Required), Unicode(**Required), Unicode(**Required), Long(min_occurs=0),
-         _returns=Receipt, _operation_name="CreateAccount")
+    @operation(Unicode(**Required), Unicode(**Required), Unicode(**Required), Unicode(**Required), Long(min_occurs=0),
+               _returns=Receipt, _operation_name="CreateAccount")
     def create_account(ctx, request_id, account_id, project, owner_dn, credit_limit):
         return _execute(ctx, ledger.CreateAccount(request_id, account_id, project, owner_dn,
                                                   0 if credit_limit is None else credit_limit))
 
-    @rpc(Unicode(**Required), Unicode(**Required), Unicode(**Required), Unicode(**Required),
-         _returns=Receipt, _operation_name="SetHolder")
+    @operation(Unicode(**Required), Unicode(**Required), Unicode(**Required), Unicode(**Required),
+               _returns=Receipt, _operation_name="SetHolder")
     def set_holder(ctx, request_id, account_id, holder_dn, role):
         return _execute(ctx, ledger.SetHolder(request_id, account_id, holder_dn, _enum(Role, role, "role")))
 
-    @rpc(Unicode(**Required), Unicode(**Required), Unicode(**Required), _returns=Receipt, _operation_name="RemoveHolder")
+    @operation(Unicode(**Required), Unicode(**Required), Unicode(**Required), _returns=Receipt, _operation_name="RemoveHolder")
     def remove_holder(ctx, request_id, account_id, holder_dn):
         return _execute(ctx, ledger.RemoveHolder(request_id, account_id, holder_dn))
 
-    @rpc(Unicode(**Required), Unicode(**Required), Unicode(**Required), _returns=Receipt, _operation_name="SetStatus")
+    @operation(Unicode(**Required), Unicode(**Required), Unicode(**Required), _returns=Receipt, _operation_name="SetStatus")
     def set_status(ctx, request_id, account_id, status):
         return _execute(ctx, ledger.SetStatus(request_id, account_id, _enum(AccountStatus, status, "status")))
 
-    @rpc(Unicode(**Required), Unicode(**Required), Long(**Required), _returns=Receipt, _operation_name="SetCreditLimit")
+    @operation(Unicode(**Required), Unicode(**Required), Long(**Required), _returns=Receipt, _operation_name="SetCreditLimit")
     def set_credit_limit(ctx, request_id, account_id, credit_limit):
         return _execute(ctx, ledger.SetCreditLimit(request_id, account_id, credit_limit))
 
-    @rpc(Unicode(**Required), Unicode(**Required), Long(min_occurs=0), Long(min_occurs=0),
-         _returns=Receipt, _operation_name="SetSpendingLimit")
+    @operation(Unicode(**Required), Unicode(**Required), Long(min_occurs=0), Long(min_occurs=0),
+               _returns=Receipt, _operation_name="SetSpendingLimit")
     def set_spending_limit(ctx, request_id, account_id, spending_limit, spending_period_s):
         period_us = None if spending_period_s is None else spending_period_s * 1_000_000
         return _execute(ctx, ledger.SetSpendingLimit(request_id, account_id, spending_limit, period_us))
 
     # -- money supply ------------------------------------------------------------------------------
-    @rpc(Unicode(**Required), Unicode(**Required), Long(**Required), _returns=Receipt, _operation_name="Mint")
+    @operation(Unicode(**Required), Unicode(**Required), Long(**Required), _returns=Receipt, _operation_name="Mint")
     def mint(ctx, request_id, account_id, amount):
         return _execute(ctx, ledger.Mint(request_id, account_id, amount))
 
-    @rpc(Unicode(**Required), Unicode(**Required), _returns=Receipt, _operation_name="ApproveMint")
+    @operation(Unicode(**Required), Unicode(**Required), _returns=Receipt, _operation_name="ApproveMint")
     def approve_mint(ctx, request_id, pending_mint_id):
         return _execute(ctx, ledger.ApproveMint(request_id, pending_mint_id))
 
-    @rpc(Unicode(**Required), Unicode(**Required), _returns=Receipt, _operation_name="CancelMint")
+    @operation(Unicode(**Required), Unicode(**Required), _returns=Receipt, _operation_name="CancelMint")
     def cancel_mint(ctx, request_id, pending_mint_id):
         return _execute(ctx, ledger.CancelMint(request_id, pending_mint_id))
 
-    @rpc(Boolean(min_occurs=0), Long(min_occurs=0), Long(min_occurs=0), _returns=PendingMintPage,
-         _operation_name="ListPendingMints")
+    @operation(Boolean(min_occurs=0), Long(min_occurs=0), Long(min_occurs=0), _returns=PendingMintPage,
+               _operation_name="ListPendingMints")
     def list_pending_mints(ctx, ended, offset, limit):
         _require_administrator_or_auditor(ctx, "list pending mints")
         page = runtime_of(ctx).bank.pending_mints(ended=bool(ended), offset=0 if offset is None else offset,
@@ -225,67 +225,67 @@ class BankService(GridcreditService):
         return PendingMintPage(pending_mints=[_info(PendingMintInfo, pending) for pending in page.items],
                                next_offset=page.next_offset)
 
-    @rpc(Unicode(**Required), Unicode(**Required), Long(**Required), _returns=Receipt, _operation_name="Retire")
+    @operation(Unicode(**Required), Unicode(**Required), Long(**Required), _returns=Receipt, _operation_name="Retire")
     def retire(ctx, request_id, account_id, amount):
         return _execute(ctx, ledger.Retire(request_id, account_id, amount))
 
     # -- moving money ------------------------------------------------------------------------------
-    @rpc(Unicode(**Required), Unicode(**Required), Unicode(**Required), Long(**Required),
-         _returns=Receipt, _operation_name="Transfer")
+    @operation(Unicode(**Required), Unicode(**Required), Unicode(**Required), Long(**Required),
+               _returns=Receipt, _operation_name="Transfer")
     def transfer(ctx, request_id, from_account_id, to_account_id, amount):
         return _execute(ctx, ledger.Transfer(request_id, from_account_id, to_account_id, amount))
 
-    @rpc(Unicode(**Required), Unicode(**Required), Long(**Required), DateTime(**Required), Unicode(min_occurs=0),
-         Unicode(min_occurs=0), Unicode(min_occurs=0), _returns=Receipt, _operation_name="CreateHold")
+    @operation(Unicode(**Required), Unicode(**Required), Long(**Required), DateTime(**Required), Unicode(min_occurs=0),
+               Unicode(min_occurs=0), Unicode(min_occurs=0), _returns=Receipt, _operation_name="CreateHold")
     def create_hold(ctx, request_id, account_id, amount, expires, reference, collector_dn, payee_account_id):
         return _execute(ctx, ledger.CreateHold(request_id, account_id, amount, _microseconds(expires, "expires"),
                                                reference or "", collector_dn, payee_account_id))
 
-    @rpc(Unicode(**Required), Unicode(**Required), DateTime(min_occurs=0), Long(min_occurs=0), Unicode(min_occurs=0),
-         _returns=Receipt, _operation_name="ExtendHold")
+    @operation(Unicode(**Required), Unicode(**Required), DateTime(min_occurs=0), Long(min_occurs=0), Unicode(min_occurs=0),
+               _returns=Receipt, _operation_name="ExtendHold")
     def extend_hold(ctx, request_id, hold_id, expires, amount, payee_account_id):
         return _execute(ctx, ledger.ExtendHold(request_id, hold_id, _microseconds(expires, "expires"), amount,
                                                payee_account_id))
 
-    @rpc(Unicode(**Required), Unicode(**Required), Unicode(**Required), Long(**Required),
-         _returns=Receipt, _operation_name="ChargeHold")
+    @operation(Unicode(**Required), Unicode(**Required), Unicode(**Required), Long(**Required),
+               _returns=Receipt, _operation_name="ChargeHold")
     def charge_hold(ctx, request_id, hold_id, payee_account_id, amount):
         return _execute(ctx, ledger.ChargeHold(request_id, hold_id, payee_account_id, amount))
 
-    @rpc(Unicode(**Required), Unicode(**Required), _returns=Receipt, _operation_name="ReleaseHold")
+    @operation(Unicode(**Required), Unicode(**Required), _returns=Receipt, _operation_name="ReleaseHold")
     def release_hold(ctx, request_id, hold_id):
         return _execute(ctx, ledger.ReleaseHold(request_id, hold_id))
 
     # -- queries -----------------------------------------------------------------------------------
-    @rpc(Unicode(**Required), _returns=BalanceInfo, _operation_name="GetBalance")
+    @operation(Unicode(**Required), _returns=BalanceInfo, _operation_name="GetBalance")
     def get_balance(ctx, account_id):
         balance = runtime_of(ctx).bank.balance(account_id, bank_principal_of(ctx))
         return BalanceInfo(account_id=balance.account_id, total=balance.total, held=balance.held,
                            available=balance.available, credit_limit=balance.credit_limit)
 
-    @rpc(Unicode(**Required), _returns=AccountInfo, _operation_name="GetAccount")
+    @operation(Unicode(**Required), _returns=AccountInfo, _operation_name="GetAccount")
     def get_account(ctx, account_id):
         return _account_info(runtime_of(ctx).bank.account(account_id, bank_principal_of(ctx)))
 
-    @rpc(Unicode(**Required), _returns=HoldInfo, _operation_name="GetHold")
+    @operation(Unicode(**Required), _returns=HoldInfo, _operation_name="GetHold")
     def get_hold(ctx, hold_id):
         return _info(HoldInfo, runtime_of(ctx).bank.hold(hold_id, bank_principal_of(ctx)))
 
-    @rpc(Unicode(**Required), Boolean(min_occurs=0), Long(min_occurs=0), Long(min_occurs=0),
-         _returns=HoldPage, _operation_name="ListHolds")
+    @operation(Unicode(**Required), Boolean(min_occurs=0), Long(min_occurs=0), Long(min_occurs=0),
+               _returns=HoldPage, _operation_name="ListHolds")
     def list_holds(ctx, account_id, ended, offset, limit):
         page = runtime_of(ctx).bank.holds(account_id, bank_principal_of(ctx), ended=bool(ended),
                                           offset=0 if offset is None else offset, limit=100 if limit is None else limit)
         return HoldPage(holds=[_info(HoldInfo, hold) for hold in page.items], next_offset=page.next_offset)
 
-    @rpc(Unicode(**Required), Unicode(min_occurs=0), Long(min_occurs=0), Long(min_occurs=0),
-         _returns=TransactionPage, _operation_name="History")
+    @operation(Unicode(**Required), Unicode(min_occurs=0), Long(min_occurs=0), Long(min_occurs=0),
+               _returns=TransactionPage, _operation_name="History")
     def history(ctx, account_id, xpath_filter, offset, limit):
         page = runtime_of(ctx).bank.history(account_id, bank_principal_of(ctx), xpath_filter=xpath_filter or "",
                                             offset=0 if offset is None else offset, limit=100 if limit is None else limit)
         return TransactionPage(transactions=[_info(TransactionInfo, t) for t in page.items], next_offset=page.next_offset)
 
-    @rpc(Unicode(**Required), DateTime(**Required), DateTime(**Required), _returns=StatementInfo, _operation_name="Statement")
+    @operation(Unicode(**Required), DateTime(**Required), DateTime(**Required), _returns=StatementInfo, _operation_name="Statement")
     def statement(ctx, account_id, period_start, period_end):
         statement = runtime_of(ctx).bank.statement(account_id, bank_principal_of(ctx),
                                                    from_us=_microseconds(period_start, "start"),
@@ -295,13 +295,13 @@ class BankService(GridcreditService):
                              transactions=[_info(TransactionInfo, t) for t in statement.transactions],
                              truncated=statement.truncated)
 
-    @rpc(_returns=MoneySupplyInfo, _operation_name="MoneySupply")
+    @operation(_returns=MoneySupplyInfo, _operation_name="MoneySupply")
     def money_supply(ctx):
         bank_principal_of(ctx)  # any authenticated caller may see how much money exists
         supply = runtime_of(ctx).bank.money_supply()
         return MoneySupplyInfo(issued=supply.issued, retired=supply.retired, outstanding=supply.outstanding)
 
-    @rpc(_returns=AuditInfo, _operation_name="Audit")
+    @operation(_returns=AuditInfo, _operation_name="Audit")
     def audit(ctx):
         _require_administrator_or_auditor(ctx, "run an audit")
         report = runtime_of(ctx).bank.audit()

@@ -11,14 +11,14 @@ import dataclasses
 import typing
 from datetime import datetime
 
-from spyne import Array, Boolean, ByteArray, ComplexModel, Integer, Long, Unicode, rpc
+from spyne import Array, Boolean, ByteArray, ComplexModel, Integer, Long, Unicode
 
 from gridcredit.errors import DomainError
 
 from . import records as ur
 from .durations import datetime_to_us
 from .luts import Caller, RecordPage, StoredRecord
-from ..common import GridcreditService, principal_of, runtime_of, whoami_operation
+from ..common import GridcreditService, operation, principal_of, runtime_of, whoami_operation
 
 NAMESPACE = "urn:gridcredit:luts:1"
 SERVICE_NAME = "Luts"
@@ -164,7 +164,7 @@ class LutsService(GridcreditService):
     __service_name__ = SERVICE_NAME
     WhoAmI = whoami_operation("luts")
 
-    @rpc(ByteArray(**Required), Boolean(min_occurs=0), _returns=PublishResultInfo, _operation_name="Publish")
+    @operation(ByteArray(**Required), Boolean(min_occurs=0), _returns=PublishResultInfo, _operation_name="Publish")
     def publish(ctx, document, replace):
         report = runtime_of(ctx).luts.publish(_document(document), caller_of(ctx), replace=bool(replace))
         return PublishResultInfo(
@@ -173,9 +173,9 @@ class LutsService(GridcreditService):
             results=[RecordResultInfo(index=r.index, record_id=r.record_id, status=r.status, message=r.message or None)
                      for r in report.results])
 
-    @rpc(Unicode(min_occurs=0), Array(Variable), Array(NamespaceBinding), Unicode(min_occurs=0),
-         Unicode(min_occurs=0), Unicode(min_occurs=0), Unicode(min_occurs=0), Integer(min_occurs=0),
-         _returns=RecordPageInfo, _operation_name="Query")
+    @operation(Unicode(min_occurs=0), Array(Variable), Array(NamespaceBinding), Unicode(min_occurs=0),
+               Unicode(min_occurs=0), Unicode(min_occurs=0), Unicode(min_occurs=0), Integer(min_occurs=0),
+               _returns=RecordPageInfo, _operation_name="Query")
     def query(ctx, xpath, variables, namespaces, scope, from_month, to_month, cursor, limit):
         page = runtime_of(ctx).luts.query(
             caller_of(ctx), xpath or None, _variables(variables),
@@ -183,19 +183,19 @@ class LutsService(GridcreditService):
             from_month=from_month, to_month=to_month, cursor=cursor, limit=100 if limit is None else int(limit))
         return _page_info(page)
 
-    @rpc(Unicode(**Required), _returns=Array(UsageRecordInfo), _operation_name="JobUsage")
+    @operation(Unicode(**Required), _returns=Array(UsageRecordInfo), _operation_name="JobUsage")
     def job_usage(ctx, job_id):
         # every record that names the job id (global or local) and the caller may see, of any machine
         return [_record_info(record) for record in runtime_of(ctx).luts.job(caller_of(ctx), job_id)]
 
-    @rpc(Unicode(**Required), Unicode(min_occurs=0), _returns=UsageRecordInfo, _operation_name="GetRecord")
+    @operation(Unicode(**Required), Unicode(min_occurs=0), _returns=UsageRecordInfo, _operation_name="GetRecord")
     def get_record(ctx, record_id, machine):
         # a record is its record id and its machine; without the machine, the one the caller may see
         # under that id (fault AmbiguousRecord when there are several)
         return _record_info(runtime_of(ctx).luts.record(caller_of(ctx), record_id, machine))
 
-    @rpc(Array(Unicode), Unicode(min_occurs=0), Unicode(min_occurs=0), Unicode(min_occurs=0),
-         _returns=SummaryInfo, _operation_name="Summary")
+    @operation(Array(Unicode), Unicode(min_occurs=0), Unicode(min_occurs=0), Unicode(min_occurs=0),
+               _returns=SummaryInfo, _operation_name="Summary")
     def summary(ctx, by, from_month, to_month, scope):
         result = runtime_of(ctx).luts.summary(caller_of(ctx), list(by or ()), from_month=from_month,
                                               to_month=to_month, scope=scope)
