@@ -19,8 +19,8 @@ declarations only (SQLite still creates the empty ``-wal`` and the ``-shm`` WAL-
 file when no other connection has them open: every WAL reader needs them; they hold no data).
 
 XPath: checked by ``_xpath.check_xpath`` (XPath 1.0, core functions only), then a query or count
-with an XPath runs in a sandbox process (``_sandbox``) that opens this file read-only and is
-killed when the query's time limit (plus 0.5 s) has passed: libxml2 cannot be stopped from a
+with an XPath runs in a sandbox process (``_sandbox``) that opens this file (and never writes) and
+is killed when the query's time limit (plus 0.5 s) has passed: libxml2 cannot be stopped from a
 thread. Queries without an XPath run in the caller's thread.
 
 Lookups: with every ``where`` name indexed, one join over the ``attributes`` primary key (one
@@ -561,8 +561,13 @@ class EmbeddedStore(XmlStore):
         args = {**args, "variables": dict(args["variables"]), "namespaces": dict(args["namespaces"]),
                 "where": {name: value if isinstance(value, str) else tuple(value)
                           for name, value in args["where"].items()}}
-        return sandbox_pool().run((operation, str(self.path.resolve()), self.limits, args),
-                                  time_limit_s=args["time_limit_s"], size=self.limits.xpath_sandboxes)
+        answer = sandbox_pool().run((operation, str(self.path.resolve()), self.limits, self.read_only, args),
+                                    time_limit_s=args["time_limit_s"], size=self.limits.xpath_sandboxes)
+        if operation == "count":
+            return answer
+        found, next_offset = answer
+        return QueryPage([Document(args["collection"], doc_id, xml, version) for doc_id, version, xml in found],
+                         next_offset)
 
     # -- writes --
     def transact(self, fn: Callable[[Transaction], T], *, retries: int | None = None) -> T:
