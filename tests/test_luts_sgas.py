@@ -134,3 +134,70 @@ def test_sgas_arcs_latin1_body_is_still_read_as_latin1(host, people):
     assert answer.status_code == 200 and answer.text.startswith("stored 1,"), answer.text
     [stored] = list(admin(host, people).query_all(f"@rid = 'ur-{SITE_HOST}-{tag}'"))
     assert stored.usage.user_dn == "/DC=org/DC=example/CN=Jürgen Müller"
+
+
+# -- ARC's own publisher (Debian nordugrid-arc-arex, jura-ng): every record ends up stored or held -----
+
+
+def _held_now(host) -> list:
+    """What the host holds for its operator, read from its state with the host stopped (then restarted)."""
+    from gridcredit.config import load_config
+    from gridcredit.runtime import luts_held_dir, open_service_store
+    from gridcredit.services.luts import held
+    from gridcredit.services.luts.luts import Luts, LutsPolicy
+
+    host.stop()
+    try:
+        config = load_config(env=host.environment())
+        store = open_service_store(config)
+        try:
+            luts = Luts(store, LutsPolicy.from_config(config.luts), held_dir=luts_held_dir(config))
+            return [(h, held.show(luts, h.kind, h.held_id)[1]) for h in held.list_held(luts, ("sgas", "record"))]
+        finally:
+            store.close()
+    finally:
+        host.start()
+
+
+def test_arcs_own_publisher_delivers_a_large_batch_and_every_record_is_stored_or_held(host, people, pki,
+                                                                                        tmp_path_factory):
+    from datetime import datetime, timedelta, timezone
+
+    from arc_sgas import DEFAULT_SUBMIT_HOST, ArcJob, ArcTransfer, publish_with_arc
+    cert, key = pki.ca.issue_host(DEFAULT_SUBMIT_HOST, tmp_path_factory.mktemp("arc-ce"), key=pki.keys.fresh())
+    user = "/DC=org/DC=example/O=gridcredit-test/CN=Arc User"
+    end = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=2)
+    tag = f"arcbig{host.backend}"
+
+    def job(name: str, n: int, **options) -> ArcJob:
+        return ArcJob(job_id=f"{tag}{name}{n:03d}", user_dn=user, end_time=end + timedelta(seconds=n),
+                      fqans=("/atlas",), **options)
+
+    # one batch of 50 records of ~250 KB each (900 file transfers): 12.5 MB, over the SOAP limit
+    transfers = tuple(ArcTransfer(f"gsiftp://se.example.org:2811/atlas/data/{tag}/file-{n:06d}.root",
+                                  1_000_000 + n, end - timedelta(hours=1), end - timedelta(minutes=59))
+                      for n in range(900))
+    large = [job("l", n, transfers=transfers) for n in range(50)]
+    result = publish_with_arc(large, f"{host.url}/sgas", cert, key, host.pki.trust_dir, timeout_s=600)
+    assert result.ok and result.http_statuses == [200], result.errors() or result.log_text[-3000:]
+
+    # a batch with records the LUTS refuses (another machine) or reads after normalizing (a trailing dot)
+    mixed = [job("m", n) for n in range(3)] + [
+        job("m", 3, endpoint_url="https://ce7.other.org:443/arex"),
+        job("m", 4, endpoint_url=f"https://{DEFAULT_SUBMIT_HOST}.:443/arex")]
+    result = publish_with_arc(mixed, f"{host.url}/sgas", cert, key, host.pki.trust_dir, timeout_s=120)
+    assert result.ok and result.http_statuses == [200], result.errors() or result.log_text[-3000:]
+
+    # a batch ARC cannot write as XML (an unescaped '&' in a job name): kept whole
+    broken = [job("u", n) for n in range(2)] + [job("u", 2, extra=(("jobname", "a & b"),))]
+    result = publish_with_arc(broken, f"{host.url}/sgas", cert, key, host.pki.trust_dir, timeout_s=120)
+    assert result.ok and result.http_statuses == [200], result.errors() or result.log_text[-3000:]
+
+    stored = {r.record_id for r in admin(host, people).query_all(f"contains(@rid, '{tag}')", page_size=10)}
+    kept = _held_now(host)
+    quarantined = [content for h, content in kept if h.kind == "sgas" and tag.encode() in content]
+    refused = [h.record_id for h, content in kept if h.kind == "record" and tag.encode() in content]
+    assert len(quarantined) == 1 and refused == [mixed[3].record_id()]
+    in_quarantine = {j.record_id() for j in broken if j.record_id().encode() in quarantined[0]}
+    every = {j.record_id() for j in large + mixed + broken}
+    assert stored | set(refused) | in_quarantine == every and len(stored) == 50 + 4
