@@ -57,7 +57,7 @@ class StoreLimits:
     transaction_writes_max: int = 10_000       # documents written by one transaction
     transaction_bytes_max: int = 200_000_000
     query_limit_max: int = 1_000               # documents returned by one query page
-    query_time_s_max: float = 60.0
+    query_time_s_max: float = 60.0             # the largest time_limit_s a query may ask (held during evaluation)
     scan_limit_default: int = 100_000          # documents an unindexed query may examine
     variables_max: int = 64
     xpath_chars_max: int = 10_000
@@ -320,7 +320,13 @@ class XmlStore(abc.ABC):
               offset: int = 0, limit: int = 100, time_limit_s: float = 5.0,
               scan_limit: int | None = None) -> QueryPage:
         """Documents of ``collection`` (ordered by doc_id) that match ``where`` and for which the
-        XPath's boolean value is true (``xpath=None``: no further condition)."""
+        XPath's boolean value is true (``xpath=None``: no further condition).
+
+        The XPath may come from an untrusted caller: it must be XPath 1.0 with the core functions
+        only (``_xpath.check_xpath``: no extension function reaches lxml or BaseX), and the query
+        is stopped at ``time_limit_s`` while it is being evaluated (``QueryError``), not only
+        between documents (BaseX: rounded up to whole seconds; embedded: + 0.5 s to kill its
+        sandbox process)."""
 
     @abc.abstractmethod
     def count(self, collection: str, xpath: str | None = None, variables: Mapping[str, str | int] = {}, *,
