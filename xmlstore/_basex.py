@@ -86,11 +86,14 @@ XPath: only what ``_xpath.check_xpath`` accepts reaches BaseX — XPath 1.0 with
 re-written from the parsed tree as XQuery (no caller text, no extension or module function) — and
 it runs inside ``xquery:eval`` with a timeout (whole seconds: the time limit rounded up), which
 stops it during evaluation (measured: a nested count over following/preceding axes stopped at
-2.0 s of a 2 s limit). ``xquery:eval``'s ``permission`` option is NOT used: BaseX 9.7 applies it by
-changing the permission of the session's USER, so every other session of that user — this store's
-other threads and processes, and any other program logged in as that user — read "No read
-permission" meanwhile; nothing that option forbade can be written in the checked XPath. Variables
-are bound, never formatted into query text (only validated names, prefixes and integers are).
+2.0 s of a 2 s limit). It does NOT stop a runaway regular expression (``matches`` of 40 a's and
+'!' with ``^((a+)\\2?)+$`` ran over 120 s against a 2 s timeout: Java's regex never looks at
+BaseX's stop flag), so no regular-expression function passes the check. ``xquery:eval``'s
+``permission`` option is NOT used: BaseX 9.7 applies it by changing the permission of the
+session's USER, so every other session of that user — this store's other threads and processes,
+and any other program logged in as that user — read "No read permission" meanwhile; nothing that
+option forbade can be written in the checked XPath. Variables are bound, never formatted into
+query text (only validated names, prefixes and integers are).
 
 Attribute indexes and ``where``. The declarations (``AttributeIndex``) are shared by the store's
 processes in ``<journal>/indexes.json`` (merged by each writable open under the writer lock,
