@@ -982,3 +982,26 @@ def test_a_kill9_at_any_step_of_a_checkpoint_leaves_a_store_that_opens_right(pri
 
 if __name__ == "__main__" and sys.argv[2] == "checkpoint-crash":
     _checkpoint_crash_child(json.loads(sys.argv[1]), sys.argv[3])
+
+
+def test_a_read_whose_frame_a_checkpoint_removed_meanwhile_reads_the_newer_state(private_basex, spec, monkeypatch):
+    """get() reads a not-kept document's mirror entry, then its XML from the journal outside the
+    mirror lock: if meanwhile the document was written again and a checkpoint removed the frame
+    the entry names (the process adopted the snapshot), the newer state is read, not an error."""
+    from gridcredit.xmlstore import _journal
+    monkeypatch.setattr(_journal, "ADOPT_CHECK_S", 0.0)
+    spec = dict(spec, indexes=INDEXED_SPEC)
+    with open_from_spec(spec) as store, open_from_spec(spec) as other:
+        store.put("lean_c", "r1", b"<rec user='u1' n='old'/>")
+        other.get("lean_c", "r1")
+        stale = other._state["lean_c"]["r1"]                     # as get() holds it between its two steps
+        store.put("lean_c", "r1", b"<rec user='u1' n='new'/>")
+        store.put("acc", "x", b"<x/>")
+        store.checkpoint()                                      # the frame of the stale entry is removed
+        store.put("acc", "y", b"<y/>")
+        store.checkpoint()
+        other.get("acc", "y")                                   # other follows the segments, adopts the snapshot
+        assert other._journal.snapshot.seq == store._journal.snapshot.seq
+        assert other._journal.frame_write(stale[2], "lean_c", "r1") is None
+        document = other._live_document("lean_c", "r1", stale)
+        assert (document.version, document.xml) == (2, b'<rec user="u1" n="new"/>')
