@@ -470,6 +470,55 @@ def test_summaries_equal_a_brute_force_recomputation_across_machines(across_mach
     assert mine == brute_force(records, by, lambda r: r.usage.machine == "ce2.example.org")
 
 
+CAROL = "/O=Grid/CN=Carol Casing"
+
+
+def _normalization_records() -> tuple[bytes, list[bytes]]:
+    """Our own records with the features of issue 11.6: an RFC 2253 DN, VO and machine names in
+    other cases, Gratia VONames that are FQANs (one cut off), a user name that is not a DN."""
+    ur1 = ('<ur:JobUsageRecord><ur:RecordIdentity ur:recordId="{rid}"/><ur:UserIdentity>'
+           '<ur:GlobalUserName>{user}</ur:GlobalUserName><vo:VO><vo:Name>{vo}</vo:Name></vo:VO></ur:UserIdentity>'
+           '<ur:MachineName>{machine}</ur:MachineName><ur:WallDuration>PT10S</ur:WallDuration></ur:JobUsageRecord>')
+    records = [ur1.format(rid="r-norm-1", user="CN=Carol Casing,O=Grid", vo="ATLAS", machine="CE1.Example.ORG"),
+               ur1.format(rid="r-norm-2", user=CAROL, vo="atlas", machine="ce1.example.org")]
+    batch = (f'<ur:UsageRecords xmlns:ur="{ur.NS_UR1}" xmlns:vo="{ur.NS_SGAS_VO}">' + "".join(records)
+             + "</ur:UsageRecords>").encode()
+    gratia = ('<JobUsageRecord xmlns="{ns}"><RecordIdentity recordId="{rid}"/><UserIdentity>'
+              "<GlobalUsername>carol@example.org</GlobalUsername><VOName>{voname}</VOName></UserIdentity>"
+              "<MachineName>ce1.example.org</MachineName><WallDuration>PT20S</WallDuration></JobUsageRecord>")
+    return batch, [gratia.format(ns=ur.NS_GRATIA, rid="r-norm-3", voname="/Atlas/higgs/Role=pilot").encode(),
+                   gratia.format(ns=ur.NS_GRATIA, rid="r-norm-4", voname="/atlas/Role").encode()]
+
+
+def test_one_normalization_in_the_view_the_scopes_and_the_summaries(luts):
+    """Issue 11.6: the view, the scope attributes and the summary keys use one normalization."""
+    batch, gratia = _normalization_records()
+    for document in (batch, *gratia):
+        assert luts.publish(document, HOST_CALLER).ok
+    by_id = {record.record_id: record for record in stored_all(luts)}
+    views = {rid: by_id[rid].usage for rid in ("r-norm-1", "r-norm-2", "r-norm-3", "r-norm-4")}
+    assert {rid: (v.user_dn, v.global_user, v.vo, v.machine) for rid, v in views.items()} == {
+        "r-norm-1": (CAROL, None, "atlas", "ce1.example.org"), "r-norm-2": (CAROL, None, "atlas", "ce1.example.org"),
+        "r-norm-3": (None, "carol@example.org", "atlas", "ce1.example.org"),
+        "r-norm-4": (None, "carol@example.org", "atlas", "ce1.example.org")}
+    assert (views["r-norm-3"].vo_group, views["r-norm-3"].vo_role) == ("/atlas/higgs", "pilot")
+    assert (views["r-norm-4"].vo_group, views["r-norm-4"].vo_role) == ("/atlas", None)
+    assert any("cut off" in warning for warning in views["r-norm-4"].warnings)
+    # the indexed attributes are the view's values, for every record stored
+    differing = luts.query(Caller(ADMIN), "@vo != n:Usage/n:vo or @machine != n:Usage/n:machine or "
+                                          "@user != n:Usage/n:user_dn or (not(n:Usage/n:user_dn) and "
+                                          "@user != n:Usage/n:global_user)", limit=1000)
+    assert differing.records == ()
+    # one VO, one machine, one user per identity in the summaries
+    rows = {tuple(row.key.values()): row.jobs for row in luts.summary(Caller(ADMIN), ["user", "vo", "machine"]).rows}
+    assert rows == {(CAROL, "atlas", "ce1.example.org"): 2, ("carol@example.org", "atlas", "ce1.example.org"): 2}
+    # Carol's own scope has both of her DN's records (the RFC 2253 one too); the VO manager has all four
+    assert {r.record_id for r in luts.query(Caller(CAROL), limit=1000).records} == {"r-norm-1", "r-norm-2"}
+    assert [(row.key, row.jobs) for row in luts.summary(Caller(CAROL), ["vo"]).rows] == [({"vo": "atlas"}, 2)]
+    managed = luts.query(Caller(MANAGER), scope="vo:ATLAS", limit=1000)
+    assert {r.record_id for r in managed.records} == set(views)
+
+
 def test_summary_refuses_unknown_dimensions(luts):
     with pytest.raises(DomainError) as error:
         luts.summary(Caller(ADMIN), ["colour"])

@@ -294,7 +294,7 @@ def test_sample_sgas_arc_logger_with_vo_and_extensions():
         format="ur1", record_id="zalizo.uio.no:21305", create_time=utc(2010, 10, 22, 14, 51, 18),
         global_job_id="gsiftp://test.ndgf.org:2811/jobs/1125412877590561135129704", local_job_id="21305",
         user_dn="/O=Grid/O=NorduGrid/OU=ndgf.org/CN=Test User", local_user="sgastest",
-        vo="atlas", vo_group="atlas", vo_fqans=("/atlas", "/atlas/lcg1", "/atlas/no"),
+        vo="atlas", vo_group="/atlas", vo_fqans=("/atlas", "/atlas/lcg1", "/atlas/no"),   # group as a path (11.6)
         machine="zalizo.uio.no", host="zalizo.uio.no", queue="fork",
         status="completed", status_original="completed", exit_code=0,
         submit_time=utc(2010, 10, 22, 14, 50, 56),              # from the deisa:SubmitTime extension
@@ -308,7 +308,8 @@ def test_sample_gracc_pnnl_pbs_example():
     assert record == NormalizedRecord(
         format="ur1", record_id="http://www.emsl.pnl.gov/mscf/colony/PBS.1234.0",
         create_time=utc(2003, 8, 13, 18, 56, 56), local_job_id="PBS.1234.0", local_user="scottmo",
-        project="mscfops", machine="Colony", queue="batch", status="completed", status_original="completed",
+        # MachineName "Colony": a host name, lower-case in the view (issue 11.6)
+        project="mscfops", machine="colony", queue="batch", status="completed", status_original="completed",
         start_time=utc(2003, 8, 13, 17, 34, 50), end_time=utc(2003, 8, 13, 18, 37, 38), wall_us=1_000_000,
         processors=4, nodes=2, memory_bytes=1234 * 1024**2, charge="2870", charge_micro=2_870_000_000)
 
@@ -774,7 +775,7 @@ def test_user_identity_forms():
         "<ur:UserIdentity><ds:KeyInfo xmlns:ds='http://www.w3.org/2000/09/xmldsig#'><ds:X509Data>"
         "<ds:X509SubjectName>CN=Key Info,O=Grid</ds:X509SubjectName></ds:X509Data></ds:KeyInfo>"
         "<ur:LocalUserId>kk</ur:LocalUserId></ur:UserIdentity>"))
-    assert (keyinfo.user_dn, keyinfo.local_user) == ("CN=Key Info,O=Grid", "kk")
+    assert (keyinfo.user_dn, keyinfo.local_user) == ("/O=Grid/CN=Key Info", "kk")     # grid form (11.6)
     gratia = normalize((f'<JobUsageRecord xmlns="{R.NS_GRATIA}"><RecordIdentity recordId="g"/><UserIdentity>'
                         '<GlobalUsername>/DC=org/CN=Someone</GlobalUsername><VOName>/dteam/Role=NULL</VOName>'
                         '</UserIdentity></JobUsageRecord>').encode())
@@ -784,6 +785,7 @@ def test_user_identity_forms():
                           '<GlobalUsername>john ainsworth</GlobalUsername><VOName>cms</VOName>'
                           '</UserIdentity></JobUsageRecord>').encode())
     assert (plain_vo.user_dn, plain_vo.vo, plain_vo.vo_fqans) == (None, "cms", ())
+    assert plain_vo.global_user == "john ainsworth"                    # not a DN, kept (11.6)
 
 
 def test_sgas_vo_roles_make_fqans():
@@ -792,8 +794,86 @@ def test_sgas_vo_roles_make_fqans():
         "<vo:Attribute><vo:Group>atlas/no</vo:Group><vo:Role>production</vo:Role></vo:Attribute>"
         "<vo:Attribute><vo:Group>/atlas</vo:Group><vo:Role>NULL</vo:Role></vo:Attribute>"
         "</vo:VO></ur:UserIdentity>"))
-    assert (record.vo, record.vo_group, record.vo_role) == ("atlas", "atlas/no", "production")
+    assert (record.vo, record.vo_group, record.vo_role) == ("atlas", "/atlas/no", "production")   # a path (11.6)
     assert record.vo_fqans == ("/atlas/no/Role=production", "/atlas")
+
+
+# == one normalization (issue 11.6): the view, the scope attributes and the summary keys alike =======
+
+def _gratia(user_identity: str, extra: str = "") -> bytes:
+    return (f'<JobUsageRecord xmlns="{R.NS_GRATIA}"><RecordIdentity recordId="g"/>'
+            f"<UserIdentity>{user_identity}</UserIdentity>{extra}</JobUsageRecord>").encode()
+
+
+@pytest.mark.parametrize("written, dn", [
+    ("CN=Alice Example,OU=Physics,O=Example,DC=org", "/DC=org/O=Example/OU=Physics/CN=Alice Example"),
+    ("CN=Smith\\, John; O=Grid", "/O=Grid/CN=Smith, John"),
+    ("/DC=org/CN=Already Grid", "/DC=org/CN=Already Grid"),
+])
+def test_a_dn_in_rfc2253_order_is_kept_in_grid_form_in_the_view(written, dn):
+    ur1 = normalize(ur1_record(f"<ur:UserIdentity><ur:GlobalUserName>{written}</ur:GlobalUserName></ur:UserIdentity>"))
+    gratia = normalize(_gratia(f"<DN>{written}</DN>"))
+    keyinfo = normalize(ur1_record(
+        "<ur:UserIdentity><ds:KeyInfo xmlns:ds='http://www.w3.org/2000/09/xmldsig#'><ds:X509Data>"
+        f"<ds:X509SubjectName>{written}</ds:X509SubjectName></ds:X509Data></ds:KeyInfo></ur:UserIdentity>"))
+    assert (ur1.user_dn, gratia.user_dn, keyinfo.user_dn) == (dn, dn, dn)
+    assert (ur1.global_user, gratia.global_user, keyinfo.global_user) == (None, None, None)
+
+
+def test_a_user_name_that_is_not_a_dn_is_kept_as_the_global_user():
+    gratia = normalize(_gratia("<GlobalUsername>ainsworth@fnal.gov</GlobalUsername><LocalUserId>ja</LocalUserId>"))
+    assert (gratia.user_dn, gratia.global_user, gratia.local_user) == (None, "ainsworth@fnal.gov", "ja")
+    ur1 = normalize(ur1_record("<ur:UserIdentity><ur:GlobalUserName>alice</ur:GlobalUserName></ur:UserIdentity>"))
+    assert (ur1.user_dn, ur1.global_user) == (None, "alice")
+    # a DN elsewhere in the record is still the user's DN; the name is kept beside it
+    both = normalize(ur1_record(
+        "<ur:UserIdentity><ur:GlobalUserName>alice</ur:GlobalUserName>"
+        "<ds:KeyInfo xmlns:ds='http://www.w3.org/2000/09/xmldsig#'><ds:X509Data>"
+        "<ds:X509SubjectName>CN=Alice,O=Grid</ds:X509SubjectName></ds:X509Data></ds:KeyInfo></ur:UserIdentity>"))
+    assert (both.user_dn, both.global_user) == ("/O=Grid/CN=Alice", "alice")
+
+
+def test_a_gratia_voname_that_is_an_fqan_fills_vo_group_and_role():
+    record = normalize(_gratia("<VOName>/cms/uscms/Role=pilot/Capability=NULL</VOName>"
+                               "<ReportableVOName>cms</ReportableVOName>"))
+    assert (record.vo, record.vo_group, record.vo_role, record.vo_fqans) == (
+        "cms", "/cms/uscms", "pilot", ("/cms/uscms/Role=pilot/Capability=NULL",))
+    no_role = normalize(_gratia("<VOName>/dteam/Role=NULL/Capability=NULL</VOName>"))
+    assert (no_role.vo, no_role.vo_group, no_role.vo_role) == ("dteam", "/dteam", None)
+
+
+@pytest.mark.parametrize("user_identity", [
+    "<VOName>/atlas/Role</VOName>",
+    "<VOName>/atlas/Role=</VOName>",
+])
+def test_a_cut_off_fqan_is_not_a_group_and_says_so(user_identity):
+    record = normalize(_gratia(user_identity))
+    assert (record.vo, record.vo_group, record.vo_role, record.vo_fqans) == ("atlas", "/atlas", None, ("/atlas",))
+    assert any("cut off" in warning and "/atlas/Role" in warning for warning in record.warnings), record.warnings
+
+
+def test_a_cut_off_group_in_sgas_vo_attributes_says_so():
+    record = normalize(ur1_record(
+        f"<ur:UserIdentity><vo:VO xmlns:vo='{R.NS_SGAS_VO}'><vo:Name>atlas</vo:Name>"
+        "<vo:Attribute><vo:Group>/atlas/Role</vo:Group></vo:Attribute></vo:VO></ur:UserIdentity>"))
+    assert (record.vo, record.vo_group, record.vo_role, record.vo_fqans) == ("atlas", "/atlas", None, ("/atlas",))
+    assert any("cut off" in warning for warning in record.warnings), record.warnings
+
+
+def test_vo_names_are_lower_case_like_machine_names():
+    sgas = normalize(ur1_record(
+        f"<ur:UserIdentity><vo:VO xmlns:vo='{R.NS_SGAS_VO}'><vo:Name>ATLAS</vo:Name>"
+        "<vo:Attribute><vo:Group>/ATLAS/Higgs</vo:Group><vo:Role>Production</vo:Role></vo:Attribute>"
+        "</vo:VO></ur:UserIdentity><ur:MachineName>CE1.Example.ORG</ur:MachineName>"))
+    assert (sgas.vo, sgas.vo_group, sgas.vo_role, sgas.vo_fqans, sgas.machine) == (
+        "atlas", "/atlas/Higgs", "Production", ("/atlas/Higgs/Role=Production",), "ce1.example.org")
+    gratia = normalize(_gratia("<ReportableVOName>Atlas</ReportableVOName>"))
+    car = normalize((f'<UsageRecord xmlns="{R.NS_CAR}" xmlns:urf="{R.NS_CAR}"><RecordIdentity urf:recordId="c"/>'
+                     '<UserIdentity><Group>AtLaS</Group>'
+                     '<GroupAttribute urf:type="FQAN">/ATLAS/Role=pilot</GroupAttribute></UserIdentity>'
+                     '</UsageRecord>').encode())
+    assert (gratia.vo, car.vo, car.vo_group, car.vo_role, car.vo_fqans) == (
+        "atlas", "atlas", "/atlas", "pilot", ("/atlas/Role=pilot",))
 
 
 def test_car_group_attributes_in_apel_spelling():
@@ -882,7 +962,8 @@ def normalized_records(draw):
     return NormalizedRecord(
         format=draw(st.sampled_from(sorted(R.FORMATS.values()))), record_id=draw(_xml_text),
         create_time=draw(_maybe_time), global_job_id=draw(_maybe_text), local_job_id=draw(_maybe_text),
-        job_name=draw(_maybe_text), user_dn=draw(_maybe_text), local_user=draw(_maybe_text),
+        job_name=draw(_maybe_text), user_dn=draw(_maybe_text), global_user=draw(_maybe_text),
+        local_user=draw(_maybe_text),
         local_group=draw(_maybe_text), vo=draw(_maybe_text), vo_group=draw(_maybe_text), vo_role=draw(_maybe_text),
         vo_fqans=tuple(draw(st.lists(_xml_text, max_size=3))), project=draw(_maybe_text), site=draw(_maybe_text),
         machine=draw(_maybe_text), host=draw(_maybe_text), submit_host=draw(_maybe_text), queue=draw(_maybe_text),

@@ -8,6 +8,7 @@ import requests
 
 from gridcredit.errors import RemoteFault
 from gridcredit.security.credentials import load_credential
+from gridcredit.services.luts import records as ur
 from gridcredit.services.luts.client import LutsClient
 
 from bank_fixtures import BankUsers, bank_host
@@ -279,3 +280,17 @@ def test_summary_gives_the_charge_per_unit_over_soap(host, people):
     rows = [row for row in client(host, people["admin"]).summary(["user"]).rows if row.key["user"] == user]
     assert [(row.jobs, [(c.unit, c.jobs, c.charge_micro) for c in row.charges]) for row in rows] == [
         (5, [("EUR", 2, 5_250_000), ("SEK", 1, 10_000_000), (None, 1, 7_000_000)])]
+
+
+def test_the_normalized_view_over_soap(host, people):
+    """Issue 11.6: a user name that is not a DN, and the group and role of a Gratia VOName that is an
+    FQAN, reach the client; the VO and machine lower-case, a DN in grid form."""
+    rid = f"svc-norm-{host.backend}"
+    document = (f'<JobUsageRecord xmlns="{ur.NS_GRATIA}"><RecordIdentity recordId="{rid}"/><UserIdentity>'
+                "<GlobalUsername>dave@example.org</GlobalUsername><DN>CN=Dave,O=Grid</DN>"
+                "<VOName>/CMS/uscms/Role=pilot/Capability=NULL</VOName></UserIdentity>"
+                f"<MachineName>{SITE_HOST.upper()}</MachineName></JobUsageRecord>").encode()
+    assert client(host, people["site"]).publish(document).ok
+    usage = client(host, people["admin"]).record(rid).usage
+    assert (usage.user_dn, usage.global_user, usage.vo, usage.vo_group, usage.vo_role, usage.machine) == (
+        "/O=Grid/CN=Dave", "dave@example.org", "cms", "/cms/uscms", "pilot", SITE_HOST)

@@ -164,7 +164,8 @@ def record_json(record, *, original: bool = False) -> dict:
 def record_line(record) -> str:
     usage = record.usage
     end = usage.end_time.strftime("%Y-%m-%dT%H:%M:%SZ") if usage.end_time else "-"
-    return (f"{record.record_id}  {record.month}  end {end}  user {usage.user_dn or usage.local_user or '-'}  "
+    user = usage.user_dn or usage.global_user or usage.local_user or "-"
+    return (f"{record.record_id}  {record.month}  end {end}  user {user}  "
             f"vo {usage.vo or '-'}  machine {usage.machine or '-'}  wall {hours(usage.wall_us)}  "
             f"cpu {hours(usage.cpu_us)}  charge {charge_text(usage.charge_micro)}"
             + (f" {usage.charge_unit}" if usage.charge_unit and usage.charge_micro is not None else ""))

@@ -52,6 +52,11 @@ namespace declarations around it, is a duplicate, and the first one received sta
 record with any changed value (an element, an attribute, an extension, text inside a value) under
 a used identity is refused unless the publisher may replace it and asks to.
 
+The indexed attributes (``user``, ``vo``, ``machine``…) and the summaries' keys are the view's
+values, normalized once by ``records.normalize`` (its docstring: DNs in grid form, a user name that
+is not a DN as ``user``, VO and machine names lower-case, FQANs read one way), so the view, the
+scopes and the summaries agree: one VO or machine is one summary row however a reporter cased it.
+
 Who sees what (``Scope``): administrators everything; a VO manager the records of the VOs they
 manage; a site (a configured site publisher, or a host identity) the records of its machines; a
 user the records whose user DN is theirs. The scope becomes the store's indexed ``where`` filter,
@@ -101,8 +106,15 @@ def key_hash(text: str) -> str:
 
 
 def machine_of(usage: ur.NormalizedRecord) -> str:
-    """The record's machine as the LUTS keys, scopes and summarizes it: lower-cased ("": none given)."""
+    """The record's machine as the LUTS keys, scopes and summarizes it: the view's (a lower-case host
+    name, ``records.normalize``; lowered here too for views made elsewhere), "" when none is given."""
     return usage.machine.lower() if usage.machine else ""
+
+
+def user_of(usage: ur.NormalizedRecord) -> str | None:
+    """The record's user as scopes and summaries have it: the view's DN (grid form), else its global
+    user name that is not a DN (never equal to a certificate's DN, so no one's own scope takes it)."""
+    return usage.user_dn or usage.global_user
 
 
 def record_key(machine: str, record_id: str) -> str:
@@ -110,21 +122,7 @@ def record_key(machine: str, record_id: str) -> str:
     return key_hash(f"{machine}\0{record_id}")      # NUL: in neither an XML name nor an XML value
 
 
-def canonical_dn(text: str | None) -> str | None:
-    """A DN in grid one-line form: ``/O=Grid/CN=Alice`` stays; RFC 2253 ``CN=Alice,O=Grid`` is reversed.
-
-    Reporters write both forms; certificates give us the one-line form. Escaped commas in RFC 2253
-    values are kept.
-    """
-    if text is None:
-        return None
-    text = text.strip()
-    if not text or text.startswith("/") or "=" not in text:
-        return text or None
-    parts = [part.strip() for part in re.split(r"(?<!\\)[,;]", text) if part.strip()]
-    if not all("=" in part for part in parts):
-        return text
-    return "".join("/" + part.replace("\\,", ",") for part in reversed(parts))
+canonical_dn = ur.canonical_dn      # the one DN form (grid one-line), as the view has it
 
 
 # -- policy: who may publish and see what ---------------------------------------------------------
@@ -207,7 +205,7 @@ def scopes_of(policy: LutsPolicy, caller: Caller) -> dict[str, Scope]:
         scopes["site"] = Scope("site", {"publisher": caller.dn})
     vos = policy.vo_managers.get(caller.dn)
     if vos:
-        scopes["vo"] = Scope("vo", {"vo": tuple(sorted(vos))})
+        scopes["vo"] = Scope("vo", {"vo": tuple(sorted({vo.lower() for vo in vos}))})   # as the view has them
     if caller.dn in policy.admins:
         scopes["all"] = Scope("all", {})
     return scopes
@@ -226,9 +224,9 @@ def choose_scope(policy: LutsPolicy, caller: Caller, requested: str | None) -> S
         raise DomainError(f"{caller.dn} has no {name!r} scope here (theirs: {', '.join(scopes)})", "NotAuthorized")
     scope = scopes[name]
     if detail:
-        if name != "vo" or detail not in scope.where["vo"]:
+        if name != "vo" or detail.lower() not in scope.where["vo"]:
             raise DomainError(f"{caller.dn} does not manage VO {detail!r}", "NotAuthorized")
-        scope = Scope("vo", {"vo": detail})
+        scope = Scope("vo", {"vo": detail.lower()})
     return scope
 
 
@@ -366,7 +364,9 @@ def _usage_digest(element: etree._Element) -> str:
 
 
 def _attributes(usage: ur.NormalizedRecord) -> dict[str, str]:
-    values = {"user": canonical_dn(usage.user_dn), "vo": usage.vo, "site": usage.site,
+    # the view's values, normalized once by records.normalize (see its docstring): scope attributes,
+    # summary keys and the view agree
+    values = {"user": user_of(usage), "vo": usage.vo, "site": usage.site,
               "machine": machine_of(usage), "queue": usage.queue,
               "job": usage.global_job_id, "ljob": usage.local_job_id}
     return {name: value for name, value in values.items() if value}
@@ -879,4 +879,4 @@ class Luts:
 
 __all__ = ["Caller", "ChargeTotal", "INDEXES", "Luts", "LutsPolicy", "PublishReport", "QUERY_NAMESPACES", "RecordPage",
            "RecordResult", "Scope", "StoredRecord", "Summary", "SummaryRow", "SUMMARY_DIMENSIONS",
-           "canonical_dn", "choose_scope", "machine_of", "record_key", "scopes_of"]
+           "canonical_dn", "choose_scope", "machine_of", "record_key", "scopes_of", "user_of"]

@@ -50,6 +50,30 @@ The normalized view (:class:`NormalizedRecord`) — units
       when the record has more than six decimals;
     * ``warnings``: one sentence per lenient reading (what was found, what was done).
 
+One normalization (the view, and through it the LUTS's scope attributes and summary keys)
+    The LUTS indexes, scopes and summarizes the view's values, never the record's text again, so
+    one rule holds everywhere:
+
+    * ``user_dn``: the user's DN in grid one-line form (``/O=Grid/CN=Alice``); a DN written in
+      RFC 2253 order (``CN=Alice,O=Grid``) is reversed into it (``canonical_dn``). The first DN
+      the record gives counts: ``GlobalUserName`` (opensslCompat/X509DN first), Gratia ``DN`` and
+      ``GlobalUsername``, ``ds:KeyInfo``.
+    * ``global_user``: a global user name that is not a DN (Gratia ``GlobalUsername`` such as
+      ``ainsworth@fnal.gov``, a ``GlobalUserName`` ``alice``) is kept here, never dropped. The
+      LUTS's ``user`` is ``user_dn``, else ``global_user``.
+    * ``vo``: lower-case (VO names are DNS-like: ``ATLAS`` is ``atlas``). From SGAS ``vo:Name``,
+      UR 2.0/CAR ``Group``, Gratia ``ReportableVOName`` or ``VOName`` (when not an FQAN), else the
+      first FQAN's VO, with a warning.
+    * FQANs (``vo_fqans``, SGAS ``vo:Group``/``vo:Role``, ``GroupAttribute``, Gratia ``VOName``
+      written as ``/vo/…``): ``/vo[/group…][/Role=r][/Capability=c]``, the VO component
+      lower-case, the rest as written. A cut-off FQAN — ``Role`` or ``Capability`` without a value
+      (``/atlas/Role``) — keeps what comes before the cut (``/atlas``), with a warning; it never
+      becomes a group.
+    * ``vo_group`` (a path ``/vo/group…``) and ``vo_role`` (``NULL``: none): as given, else from
+      the primary (first) FQAN — so a Gratia ``VOName`` that is an FQAN fills both.
+    * ``machine``: a host name, lower-case; a trailing dot and a ``:port`` are not part of it.
+    * Site, queue, project and the other names are kept as written.
+
 Reading rules (lenient but never guessing)
     * Elements are looked up by namespace: the record's own namespace, plus the known extension
       namespaces (SGAS ``vo:``, ``sgas:``, DEISA, XML-DSig ``KeyInfo``). Unknown extensions stay in
@@ -325,16 +349,17 @@ class NormalizedRecord:
     global_job_id: str | None = None
     local_job_id: str | None = None
     job_name: str | None = None
-    user_dn: str | None = None                   # grid identity (GlobalUserName / DN / KeyInfo)
+    user_dn: str | None = None                   # grid identity (GlobalUserName / DN / KeyInfo), grid form
+    global_user: str | None = None               # a global user name that is not a DN (kept, never dropped)
     local_user: str | None = None                # LocalUserId
     local_group: str | None = None               # LocalGroup (UR 2.0, CAR)
-    vo: str | None = None                        # VO name (SGAS vo:Name, Group, ReportableVOName)
-    vo_group: str | None = None                  # primary VO group as written
-    vo_role: str | None = None                   # primary VO role as written
-    vo_fqans: tuple[str, ...] = ()               # VOMS FQANs, primary first
+    vo: str | None = None                        # VO name, lower-case (SGAS vo:Name, Group, ReportableVOName)
+    vo_group: str | None = None                  # primary VO group, "/vo/sub" (else from the primary FQAN)
+    vo_role: str | None = None                   # primary VO role (NULL: none; else from the primary FQAN)
+    vo_fqans: tuple[str, ...] = ()               # VOMS FQANs, primary first ("/vo" lower-case)
     project: str | None = None                   # ProjectName
     site: str | None = None                      # Site (UR 2.0, CAR) / SiteName (Gratia)
-    machine: str | None = None                   # MachineName
+    machine: str | None = None                   # MachineName, a host name: lower-case
     host: str | None = None                      # Host (the primary one, else the first)
     submit_host: str | None = None
     queue: str | None = None
@@ -498,6 +523,8 @@ def normalize(element: etree._Element) -> NormalizedRecord:
     values["project"] = read.value(element, "ProjectName")
     values["site"] = read.value(element, "Site") or read.value(element, "SiteName")
     values["machine"] = _machine_name(read, read.value(element, "MachineName"))
+    if values["machine"] is not None:
+        values["machine"] = values["machine"].lower()                # a host name: case does not count
     values["host"] = _read_host(read, element)
     values["submit_host"] = read.value(element, "SubmitHost")
     values["queue"] = read.value(element, "Queue")
@@ -522,27 +549,98 @@ def normalize(element: etree._Element) -> NormalizedRecord:
     return NormalizedRecord(**values, warnings=tuple(read.warnings))
 
 
+def canonical_dn(text: str | None) -> str | None:
+    """A DN in grid one-line form: ``/O=Grid/CN=Alice`` stays; RFC 2253 ``CN=Alice,O=Grid`` is reversed.
+
+    Reporters write both forms; certificates give us the one-line form. Escaped commas in RFC 2253
+    values are kept. Text that is not a DN is returned as it is (see ``is_dn``).
+    """
+    if text is None:
+        return None
+    text = text.strip()
+    if not text or text.startswith("/") or "=" not in text:
+        return text or None
+    parts = [part.strip() for part in re.split(r"(?<!\\)[,;]", text) if part.strip()]
+    if not all("=" in part for part in parts):
+        return text
+    return "".join("/" + part.replace("\\,", ",") for part in reversed(parts))
+
+
+def is_dn(text: str) -> bool:
+    """Whether ``canonical_dn`` made ``text`` a DN (``/A=b/…``), not a plain user name."""
+    return text.startswith("/") and "=" in text
+
+
 def _read_user(read: _Reader, element: etree._Element, values: dict) -> None:
+    """The user: the first DN the record gives (GlobalUserName — an opensslCompat/X509DN one first —,
+    Gratia DN and GlobalUsername, KeyInfo) in grid form, and the first global user name that is not a
+    DN beside it; then the VO (``_read_vo``)."""
     user = read.child(element, "UserIdentity")
     names = read.children(user, "GlobalUserName")
     preferred = [name for name in names
                  if (read.attribute(name, "type") or "opensslCompat").lower() in ("opensslcompat", "x509dn")]
-    dn = read.text((preferred or names or [None])[0], "GlobalUserName")
-    if dn is None:
-        dn = read.value(user, "DN")                                   # Gratia
-    if dn is None:
-        username = read.value(user, "GlobalUsername")                 # Gratia: a DN only when it looks like one
-        if username and username.startswith("/"):
-            dn = username
-    if dn is None and user is not None:
+    candidates = [read.text((preferred or names or [None])[0], "GlobalUserName"),
+                  read.value(user, "DN"),                                         # Gratia
+                  read.value(user, "GlobalUsername")]                             # Gratia: a DN or a name
+    if user is not None:
         subject = user.find(f"{{{NS_DSIG}}}KeyInfo/{{{NS_DSIG}}}X509Data/{{{NS_DSIG}}}X509SubjectName")
-        dn = read.text(subject, "KeyInfo X509SubjectName")
-    values["user_dn"] = dn
+        candidates.append(read.text(subject, "KeyInfo X509SubjectName"))
+    readings = [canonical_dn(text) for text in candidates if text is not None]
+    values["user_dn"] = next((text for text in readings if is_dn(text)), None)
+    values["global_user"] = next((text for text in readings if not is_dn(text)), None)
     values["local_user"] = read.value(user, "LocalUserId")
     values["local_group"] = read.value(user, "LocalGroup")
+    _read_vo(read, element, user, values)
 
+
+@dataclass(frozen=True, slots=True)
+class _Fqan:
+    """A VOMS FQAN (or a group written like one) read by ``_fqan``."""
+    text: str                   # normalized: "/vo/group…[/Role=r][/Capability=c]", the VO lower-case
+    group: str | None           # "/vo/group…"
+    role: str | None            # None for Role=NULL or no role
+
+
+def _fqan(read: _Reader, written: str, what: str) -> _Fqan | None:
+    """``/vo[/group…][/Role=r][/Capability=c]`` (the leading slash optional): the VO component
+    lower-cased, the rest as written. A cut-off FQAN — ``Role`` or ``Capability`` without ``=value``
+    (``/atlas/Role``) — keeps what comes before the cut, with a warning; it is never a group."""
+    parts = [part for part in written.strip().split("/") if part]
+    groups: list[str] = []
+    role = capability = None
+    cut = False
+    for number, part in enumerate(parts):
+        name, equals, value = part.partition("=")
+        if name.lower() in ("role", "capability") and number > 0:
+            if not equals or not value:
+                cut = True
+                break
+            if name.lower() == "role":
+                role = value
+            else:
+                capability = value
+        elif equals or role is not None or capability is not None:
+            cut = True                                   # a group after Role=, or an unknown attribute
+            break
+        else:
+            groups.append(part)
+    if not groups:
+        read.warnings.append(f"{what} {written!r} names no VO; it was left out of the view")
+        return None
+    groups[0] = groups[0].lower()
+    group = "/" + "/".join(groups)
+    text = group + (f"/Role={role}" if role is not None else "") + (
+        f"/Capability={capability}" if capability is not None else "")
+    if cut:
+        read.warnings.append(f"{what} {written!r} is cut off or malformed (an FQAN is /vo/group…/Role=r/"
+                             f"Capability=c); it was read as {text!r}")
+    return _Fqan(text, group, None if role is None or role.upper() == "NULL" else role)
+
+
+def _read_vo(read: _Reader, element: etree._Element, user: etree._Element | None, values: dict) -> None:
+    """The VO (lower-case), the primary group and role, and the FQANs (see the module docstring)."""
     vo = group = role = None
-    fqans: list[str] = []
+    fqans: list[_Fqan] = []
     sgas_vo = read.child(user, "VO", NS_SGAS_VO)
     if sgas_vo is not None:
         vo = read.value(sgas_vo, "Name", NS_SGAS_VO)
@@ -551,11 +649,13 @@ def _read_user(read: _Reader, element: etree._Element, values: dict) -> None:
             attribute_role = read.value(attribute, "Role", NS_SGAS_VO)
             if attribute_group is None:
                 continue
-            if group is None:
-                group, role = attribute_group, attribute_role
-            fqan = "/" + attribute_group.lstrip("/")
             if attribute_role and attribute_role.upper() != "NULL":
-                fqan += f"/Role={attribute_role}"
+                attribute_group = f"{attribute_group.rstrip('/')}/Role={attribute_role}"
+            fqan = _fqan(read, attribute_group, "vo:Group")
+            if fqan is None:
+                continue
+            if group is None:
+                group, role = fqan.group, fqan.role
             fqans.append(fqan)
     for scope in (user, element):                                     # UR 2.0 / CAR, either place
         if vo is None:
@@ -566,22 +666,30 @@ def _read_user(read: _Reader, element: etree._Element, values: dict) -> None:
             if text is None:
                 continue
             if kind == "fqan":
-                fqans.append(text)
+                fqan = _fqan(read, text, "the FQAN")
+                if fqan is not None:
+                    fqans.append(fqan)
             elif kind in ("vo-group", "group", "subgroup") and group is None:
-                group = text
+                fqan = _fqan(read, text, "the group")
+                if fqan is not None:
+                    group, role = fqan.group, role or fqan.role
             elif kind in ("vo-role", "role") and role is None:
-                role = text
+                role = None if text.upper() == "NULL" else text
     reportable = read.value(user, "ReportableVOName")                 # Gratia
-    gratia_vo = read.value(user, "VOName")
+    gratia_vo = read.value(user, "VOName")                            # Gratia: a VO name or an FQAN
     if gratia_vo and gratia_vo.startswith("/"):
-        fqans.append(gratia_vo)
+        fqan = _fqan(read, gratia_vo, "VOName")
+        if fqan is not None:
+            fqans.append(fqan)
     if vo is None:
         vo = reportable or (gratia_vo if gratia_vo and not gratia_vo.startswith("/") else None)
     if vo is None and fqans:
-        vo = fqans[0].lstrip("/").split("/")[0] or None
-        if vo:
-            read.warnings.append(f"the VO name is not given; it was taken from the FQAN {fqans[0]!r}")
-    values.update(vo=vo, vo_group=group, vo_role=role, vo_fqans=tuple(dict.fromkeys(fqans)))
+        vo = fqans[0].group.split("/")[1]
+        read.warnings.append(f"the VO name is not given; it was taken from the FQAN {fqans[0].text!r}")
+    if group is None and fqans:                                       # the primary FQAN's group and role
+        group, role = fqans[0].group, role or fqans[0].role
+    values.update(vo=vo.lower() if vo else None, vo_group=group, vo_role=role,
+                  vo_fqans=tuple(dict.fromkeys(fqan.text for fqan in fqans)))
 
 
 _HOST_WITH_EXTRAS = re.compile(r"(?P<name>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?P<dot>\.)?(?::(?P<port>[0-9]{1,5}))?",
@@ -932,6 +1040,6 @@ def record_month(record: NormalizedRecord) -> str | None:
 __all__ = [
     "BatchLimits", "BatchResult", "DEFAULT_LIMITS", "FORMATS", "NS_CAR", "NS_GRATIA", "NS_UR1", "NS_UR2",
     "NS_VIEW", "NormalizedRecord", "RecordError", "RecordOutcome", "RecordSource", "STATUSES",
-    "from_bytes", "from_element", "normalize", "parse_batch", "read_source", "record_month",
+    "canonical_dn", "from_bytes", "from_element", "is_dn", "normalize", "parse_batch", "read_source", "record_month",
     "escape_attribute", "escape_text", "split_records", "to_bytes", "to_element", "view_text",
 ]
