@@ -343,3 +343,16 @@ def test_summary_shows_and_prints_the_charge_per_unit(cli, people):
     table = cli.ok(people["admin"], "summary", "--by", "user", as_json=False)
     [line] = [line for line in table.splitlines() if line.startswith(user)]
     assert line.rstrip().endswith("6.5 EUR, 10 SEK, 7 (no unit)"), line
+
+
+def test_a_file_of_more_records_than_one_request_takes_is_published_in_batches(cli, people, tmp_path):
+    """Issue 11.7: a file of 10,001 records was refused whole although it is sent in batches of 1,000."""
+    jobs = random_jobs(10_001, seed=71, prefix="cli-many", machines=["ce1.example.org"])
+    [path] = write_files(tmp_path / "many", [make_batch(jobs)])
+    published = cli.ok(people["ce1"], "publish", path)
+    assert published["ok"] and published["records_stored"] == 10_001 and published["documents_done"] == 1
+    spool = tmp_path / "spool"
+    spooled = cli.ok(people["ce1"], "publish", "--spool", str(spool), path)
+    assert len(spooled["spooled"]) == 1 and spooled["failed"] == []
+    sent = cli.ok(people["ce1"], "send", "--spool", str(spool))
+    assert sent["ok"] and sent["records_duplicate"] == 10_001

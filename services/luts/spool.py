@@ -75,6 +75,10 @@ log = logging.getLogger("gridcredit.luts.spool")
 ACKNOWLEDGED = frozenset({"stored", "duplicate", "replaced"})
 BATCH_RECORDS_DEFAULT = 1000
 BATCH_RECORDS_MAX = 10_000                  # the LUTS's records_max for one document
+# A document is split here and its records are sent in batches of at most BATCH_RECORDS_MAX, so the
+# LUTS's limit on the records of one posted document does not apply to a file (a file of 10,001
+# records is sent as 11 batches of 1,000); its limits on bytes, elements and depth still do.
+SPLIT_LIMITS = dataclasses.replace(ur.DEFAULT_LIMITS, records_max=ur.DEFAULT_LIMITS.document_elements_max)
 # Record bytes in one request. The request carries the batch base64-encoded (×4/3) inside a signed
 # envelope; the host's default request limit is 10 MB.
 BATCH_BYTES_DEFAULT = 6_000_000
@@ -257,7 +261,7 @@ class BatchSender:
     def __init__(self, client, *, on_settled: Callable[[list[Settled]], None],
                  batch_records: int = BATCH_RECORDS_DEFAULT, batch_bytes_max: int = BATCH_BYTES_DEFAULT,
                  record_bytes_max: int = ur.DEFAULT_LIMITS.record_bytes_max, replace: bool = False,
-                 on_batch: Callable[[], None] | None = None) -> None:
+                 on_batch: Callable[[], None] | None = None, limits: ur.BatchLimits = SPLIT_LIMITS) -> None:
         if not 1 <= batch_records <= BATCH_RECORDS_MAX:
             raise ValueError(f"batch_records must be 1..{BATCH_RECORDS_MAX}")
         if batch_bytes_max < 1:
@@ -268,6 +272,7 @@ class BatchSender:
         self.batch_records = batch_records
         self.batch_bytes_max = batch_bytes_max
         self.record_bytes_max = record_bytes_max
+        self.limits = limits
         self.replace = replace
         self._open: list[_Open] = []
         self._items: list[_Item] = []
@@ -280,7 +285,7 @@ class BatchSender:
         try:
             if document.unreadable is not None:
                 raise ur.RecordError(document.unreadable)
-            sources = ur.split_records(document.data)
+            sources = ur.split_records(document.data, self.limits)
         except (ur.RecordError, SecurityError) as error:
             self._open.append(_Open(document, [], (), complete=True, error=f"the document cannot be read: {error}"))
             if not self._items:
@@ -466,7 +471,7 @@ class Spool:
     LOCK = ".lock"
 
     def __init__(self, directory: str | os.PathLike, *, bytes_max: int = SPOOL_BYTES_MAX_DEFAULT,
-                 files_max: int = SPOOL_FILES_MAX_DEFAULT, limits: ur.BatchLimits = ur.DEFAULT_LIMITS) -> None:
+                 files_max: int = SPOOL_FILES_MAX_DEFAULT, limits: ur.BatchLimits = SPLIT_LIMITS) -> None:
         self.directory = Path(directory)
         self.tmp_dir = self.directory / "tmp"
         self.rejected_dir = self.directory / "rejected"
