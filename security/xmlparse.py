@@ -13,6 +13,10 @@ from ..errors import SecurityError
 
 # libxml2 refuses nesting deeper than 256 unless XML_PARSE_HUGE is set; our limit is lower or equal.
 LIBXML2_DEPTH_MAX = 256
+# Without XML_PARSE_HUGE (never set here) libxml2 reads no text node or attribute value longer than
+# this (XML_MAX_TEXT_LENGTH) and no name longer than 50,000 bytes (XML_MAX_NAME_LENGTH).
+LIBXML2_VALUE_BYTES_MAX = 10_000_000
+LIBXML2_NAME_BYTES_MAX = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,10 @@ def parse_untrusted(data: bytes, limits: ParseLimits = DEFAULT_LIMITS) -> etree.
         reason = str(error)
         if "depth" in reason.lower():
             raise SecurityError(f"the XML is nested deeper than {limits.depth_max} levels") from None
+        if "XML_PARSE_HUGE" in reason or "huge" in reason.lower():     # libxml2's hint names an option we never set
+            raise SecurityError(f"the XML holds a value too large to read: a text or attribute value is longer "
+                                f"than {LIBXML2_VALUE_BYTES_MAX:,} bytes, or a name longer than "
+                                f"{LIBXML2_NAME_BYTES_MAX:,}") from None
         raise SecurityError(f"the message is not well-formed XML: {reason}") from None
     tree = root.getroottree()
     if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:

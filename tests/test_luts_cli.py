@@ -356,3 +356,14 @@ def test_a_file_of_more_records_than_one_request_takes_is_published_in_batches(c
     assert len(spooled["spooled"]) == 1 and spooled["failed"] == []
     sent = cli.ok(people["ce1"], "send", "--spool", str(spool))
     assert sent["ok"] and sent["records_duplicate"] == 10_001
+
+
+def test_a_huge_text_node_is_reported_as_too_large(cli, people, tmp_path):
+    """Issue 11.7: libxml2's hint ('try XML_PARSE_HUGE') names a parser option, not what is wrong."""
+    job = Job("cli-huge", None, None, "ce1.example.org", None, None, 10, 5, None)
+    document = make_record(job).replace(b"<ur:Status>", b"<ur:JobName>" + b"x" * 10_000_001 + b"</ur:JobName><ur:Status>")
+    [path] = write_files(tmp_path / "huge", [document])
+    code, report, err = cli(people["ce1"], "publish", path)
+    assert code == 1 and report["records_rejected"] == 1, (report, err)
+    [rejection] = report["rejections"]
+    assert "too large" in rejection["message"] and "XML_PARSE_HUGE" not in rejection["message"], rejection

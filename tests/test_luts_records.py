@@ -798,6 +798,18 @@ def test_sgas_vo_roles_make_fqans():
     assert record.vo_fqans == ("/atlas/no/Role=production", "/atlas")
 
 
+def test_a_huge_text_node_is_reported_as_too_large_not_as_a_parser_option():
+    """Issue 11.7: a value longer than libxml2 reads was reported with its hint 'try XML_PARSE_HUGE'."""
+    huge = "x" * 10_000_001
+    for body in (f"<ur:JobName>{huge}</ur:JobName>", f"<ur:JobName ur:description='{huge}'/>"):
+        document = (f'<ur:UsageRecords xmlns:ur="{UR1}">'
+                    + ur1_record(body).decode().replace(f' xmlns:ur="{UR1}"', "") + "</ur:UsageRecords>").encode()
+        with pytest.raises(SecurityError) as error:
+            R.parse_batch(document)
+        assert "too large" in str(error.value) and "10,000,000" in str(error.value)
+        assert "XML_PARSE_HUGE" not in str(error.value) and "not well-formed" not in str(error.value)
+
+
 # == one normalization (issue 11.6): the view, the scope attributes and the summary keys alike =======
 
 def _gratia(user_identity: str, extra: str = "") -> bytes:
