@@ -90,8 +90,8 @@ class LutsConfig:
     host_publishers: bool = True        # a host certificate (dNSName subjectAltName NAME) may publish records of machine NAME
     sgas_path: str = "/sgas"            # SGAS-compatible registration for existing reporters: POST <sgas_path>/ur
     # The largest body <sgas_path>/ur takes (bytes): ARC sends batches of 50 records (urbatchsize),
-    # up to ~250 KB each with many file transfers; at most the LUTS's own document limit (64 MiB)
-    sgas_request_bytes_max: int = 67_108_864
+    # up to ~250 KB each with many file transfers (32 MiB: 2.5 times that); at most 64 MiB, the LUTS's document limit
+    sgas_request_bytes_max: int = 33_554_432
     # Forwarding every stored record to a higher-level LUTS, signed with this host's certificate
     # (its DN must be allowed to publish there): the upstream's base URL, e.g. https://luts.example.org:8443
     forward_to: str = ""                # empty: no forwarding

@@ -201,3 +201,67 @@ def test_arcs_own_publisher_delivers_a_large_batch_and_every_record_is_stored_or
     in_quarantine = {j.record_id() for j in broken if j.record_id().encode() in quarantined[0]}
     every = {j.record_id() for j in large + mixed + broken}
     assert stored | set(refused) | in_quarantine == every and len(stored) == 50 + 4
+
+
+# -- a bound on large bodies read at once (each takes ~9 times its size in memory while read) ---------
+
+
+def test_large_registration_bodies_beyond_the_bound_wait_then_get_a_503_they_read(pki, tmp_path, monkeypatch):
+    """The host's own HTTPS server and registration path in this process, with a registration that
+    holds the first large bodies until told: a third large one waits LARGE_BODY_WAIT_S, is read to
+    its end and answered 503 (the reporter keeps it); a small one is not held up."""
+    import threading
+
+    from gridcredit import host as host_module
+    from gridcredit.config import Config, ServerConfig
+    from gridcredit.https_server import HttpsServer
+    from gridcredit.security.wssec import MemoryReplayCache, Signer, Verifier
+    from security_fixtures import free_port
+
+    monkeypatch.setattr(host_module, "LARGE_BODIES_AT_ONCE", 2)
+    monkeypatch.setattr(host_module, "LARGE_BODY_WAIT_S", 1.0)
+    entered, release = threading.Semaphore(0), threading.Event()
+
+    def handler(data: bytes, principal):
+        if data.startswith(b"hold"):
+            entered.release()
+            release.wait(30)
+        return host_module._PlainAnswer("200 OK", f"got {len(data)}\n")
+
+    app = host_module.SignedSoapHost(
+        signer=Signer(pki.host_credential()), verifier=Verifier(trust=pki.trust_store(), replay_cache=MemoryReplayCache()),
+        request_bytes_max=1_000, services=(), trust=pki.trust_store(),
+        registrations={"/sgas/ur": host_module.Registration(handler, 100_000, "luts.sgas_request_bytes_max")})
+    files = host_module.HostFiles(pki.host_cert, pki.host_key, pki.trust_dir)
+    port = free_port()
+    server = HttpsServer(("127.0.0.1", port), app, context=host_module.tls_context(Config(server=ServerConfig()), files),
+                         cert_file=str(pki.host_cert), key_file=str(pki.host_key), handshake_timeout_s=10,
+                         listen_backlog=64, connections_per_address_max=64, numthreads=8, timeout=10)
+    server.prepare()
+    serving = threading.Thread(target=server.serve, daemon=True)
+    serving.start()
+    cert = pki.ca.issue_host(SITE_HOST, tmp_path / "site", key=pki.keys.fresh())
+
+    def post_at(data: bytes) -> requests.Response:
+        return requests.post(f"https://localhost:{port}/sgas/ur", data=data, cert=tuple(map(str, cert)),
+                             verify=str(pki.trust_dir), timeout=60)
+    try:
+        held_answers: list = []
+        holders = [threading.Thread(target=lambda: held_answers.append(post_at(b"hold" + b"x" * 5_000)))
+                   for _ in range(2)]
+        for holder in holders:
+            holder.start()
+        assert entered.acquire(timeout=30) and entered.acquire(timeout=30)      # two large bodies being handled
+        assert post_at(b"small").text == "got 5\n"                               # a small one goes through
+        third = post_at(b"x" * 50_000)
+        assert third.status_code == 503 and "send this one again later" in third.text
+        release.set()
+        for holder in holders:
+            holder.join(30)
+        assert [answer.text for answer in held_answers] == ["got 5004\n"] * 2
+        assert post_at(b"x" * 50_000).text == "got 50000\n"                      # the bound is free again
+        refused = post_at(b"x" * 150_000)                                        # over the route's own limit
+        assert refused.status_code == 413 and "luts.sgas_request_bytes_max" in refused.text
+    finally:
+        release.set()
+        server.stop()
