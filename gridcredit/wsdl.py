@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from lxml import etree
 
+from .security.wssec import WSU_NS
+
 WSDL_NS = "http://schemas.xmlsoap.org/wsdl/"
 XSD_NS = "http://www.w3.org/2001/XMLSchema"
 WSP_NS = "http://www.w3.org/ns/ws-policy"                                  # WS-Policy 1.5
 SP_NS = "http://docs.oasis-open.org/ws-sx/ws-securitypolicy/200702"         # WS-SecurityPolicy 1.2
-WSU_NS = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd"
 
 # Attributes of WSDL 1.1 and XML Schema whose values are QNames (or lists of them): the prefixes
 # in them must stay declared although no element or attribute name uses them.
