@@ -73,3 +73,15 @@ def test_the_basex_backlog_limit_is_a_setting(tmp_path):
     assert load_config(env={"GRIDCREDIT_STORE_BASEX_BACKLOG_BYTES_MAX": "1000000"}).store.basex_backlog_bytes_max == 1_000_000
     with pytest.raises(ConfigError, match="basex_backlog_bytes_max"):
         load_config(env={"GRIDCREDIT_STORE_BASEX_BACKLOG_BYTES_MAX": "1000"})
+
+
+def test_the_sgas_registration_has_its_own_size_limit(tmp_path):
+    """Issue 11.1: /sgas/ur takes ARC's batches (12 MB and more) while SOAP keeps its 10 MB."""
+    defaults = load_config(env={})
+    assert defaults.luts.sgas_request_bytes_max == 33_554_432 and defaults.server.request_bytes_max == 10_000_000
+    path = tmp_path / "gridcredit.toml"
+    path.write_text("[luts]\nsgas_request_bytes_max = 50000000\n")
+    assert load_config(str(path), env={}).luts.sgas_request_bytes_max == 50_000_000
+    for wrong in ("1000", "67108865"):      # at most what the LUTS reads as one document (64 MiB)
+        with pytest.raises(ConfigError, match="luts.sgas_request_bytes_max"):
+            load_config(env={"GRIDCREDIT_LUTS_SGAS_REQUEST_BYTES_MAX": wrong})
