@@ -39,6 +39,7 @@ NS = {"wsdl": "http://schemas.xmlsoap.org/wsdl/", "soap": "http://schemas.xmlsoa
 WSDL_SOAP12_NS = "http://schemas.xmlsoap.org/wsdl/soap12/"
 GSOAP_SHARE = Path("/usr/share/gsoap")
 TOOL_TIMEOUT_S = 300
+builds_stubs = pytest.mark.slow  # the stubs of four services, built with a stock tool: tens of seconds each
 
 
 def checked_in(service: str) -> etree._Element:
@@ -195,6 +196,7 @@ def gsoap_clients(served_wsdls, tmp_path_factory) -> dict[str, tuple[Path, str]]
     return built
 
 
+@builds_stubs
 @pytest.mark.parametrize("service", SERVICES)
 def test_wsdl2h_makes_soap11_stubs_that_import_ws_security(gsoap_clients, service):
     _, header = gsoap_clients[service]
@@ -215,6 +217,7 @@ def gsoap_call(gsoap_clients, host, pki, ca_file, service: str, operation: str) 
     return seen
 
 
+@builds_stubs
 @pytest.mark.parametrize("service", SERVICES)
 def test_a_gsoap_client_signs_calls_whoami_and_verifies_the_answer(gsoap_clients, host, pki, ca_file, service):
     seen = gsoap_call(gsoap_clients, host, pki, ca_file, service, "whoami")
@@ -222,11 +225,13 @@ def test_a_gsoap_client_signs_calls_whoami_and_verifies_the_answer(gsoap_clients
     assert "fault" not in seen and seen["body_signed"] == "1" and seen["timestamp_signed"] == "1"
 
 
+@builds_stubs
 def test_a_gsoap_client_calls_a_bank_operation(gsoap_clients, host, pki, ca_file):
     seen = gsoap_call(gsoap_clients, host, pki, ca_file, "bank", "moneysupply")
     assert "fault" not in seen and int(seen["issued"]) >= 0 and int(seen["outstanding"]) >= 0
 
 
+@builds_stubs
 def test_a_gsoap_client_verifies_our_signed_fault(gsoap_clients, host, pki, ca_file):
     seen = gsoap_call(gsoap_clients, host, pki, ca_file, "bank", "getbalance:no-such-account")
     assert seen["fault"].endswith("Client.UnknownAccount"), seen
@@ -253,6 +258,7 @@ def jaxws_stubs(served_wsdls, tmp_path_factory) -> dict[str, tuple[Path, str, st
     return stubs
 
 
+@builds_stubs
 @pytest.mark.parametrize("service", SERVICES)
 def test_wsimport_generates_stubs_without_a_warning(jaxws_stubs, service):
     _, _, output = jaxws_stubs[service]
@@ -267,6 +273,7 @@ def fault_probe(tmp_path_factory) -> Path:
     return folder
 
 
+@builds_stubs
 @pytest.mark.parametrize("service", SERVICES)
 def test_a_jaxws_client_without_ws_security_reads_our_refusal(jaxws_stubs, fault_probe, host, ca_file, service):
     folder, service_class, _ = jaxws_stubs[service]
