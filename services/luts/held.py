@@ -278,29 +278,39 @@ def _delete(luts: Luts, kind: str, held_id: str, root: etree._Element) -> bool:
     return deleted
 
 
+def _publish_again(luts: Luts, kind: str, held_id: str, corrected: bytes | None):
+    """Publish a held post or record (or ``corrected`` in its place) as its publisher: its DN, and
+    the hosts its certificate was issued for when it posted. (entry, publisher, report); a document
+    that still cannot be read: DomainError."""
+    from .sgas import as_declared
+
+    document = _document(luts, kind, held_id)
+    root = etree.fromstring(document.xml, etree.XMLParser(huge_tree=True))
+    publisher = _publisher(root)
+    data = corrected if corrected is not None else _payload(luts, kind, held_id, root)
+    try:
+        report = luts.publish(as_declared(data), publisher)
+    except DomainError as error:
+        raise DomainError(f"{_collection(kind)}/{held_id} is still not stored: {error}", error.code) from None
+    return root, publisher, report
+
+
+def _counts(report: PublishReport) -> str:
+    return (f"{report.count('stored')} stored, {report.count('duplicate')} already stored, "
+            f"{report.count('refused') + report.count('invalid')} not stored")
+
+
 def retry_sgas(luts: Luts, held_id: str, corrected: bytes | None = None) -> PublishReport:
-    """Publish a quarantined document again (or ``corrected`` in its place) as its publisher (its DN,
-    and the hosts its certificate was issued for when it posted).
+    """Publish a quarantined document again (or ``corrected`` in its place) as its publisher.
 
     It leaves the quarantine once the document could be read, and its records that were not stored
     are held as ``record``; still unreadable: DomainError, kept.
     """
-    from .sgas import as_declared
-
-    document = _document(luts, "sgas", held_id)
-    root = etree.fromstring(document.xml, etree.XMLParser(huge_tree=True))
-    publisher = _publisher(root)
-    data = corrected if corrected is not None else _payload(luts, "sgas", held_id, root)
-    try:
-        report = luts.publish(as_declared(data), publisher)
-    except DomainError as error:
-        raise DomainError(f"{QUARANTINE}/{held_id} is still not stored: {error}", error.code) from None
+    root, publisher, report = _publish_again(luts, "sgas", held_id, corrected)
     keep_records(luts, report, publisher)
     _delete(luts, "sgas", held_id, root)
-    log.info("quarantined SGAS document %s from %s published again%s: %d stored, %d already stored, "
-             "%d not stored (held as record)", held_id, publisher.dn,
-             " (corrected by the operator)" if corrected is not None else "",
-             report.count("stored"), report.count("duplicate"), report.count("refused") + report.count("invalid"))
+    log.info("quarantined SGAS document %s from %s published again%s: %s (held as record)", held_id, publisher.dn,
+             " (corrected by the operator)" if corrected is not None else "", _counts(report))
     return report
 
 
@@ -308,22 +318,11 @@ def retry_record(luts: Luts, held_id: str, corrected: bytes | None = None) -> Pu
     """Publish a held record again (or ``corrected``, a record or a document of records, in its
     place) as its publisher. It leaves once every record of it is stored or already was; else it
     stays held (the report says why) — records of ``corrected`` that were stored stay stored."""
-    from .sgas import as_declared
-
-    document = _document(luts, "record", held_id)
-    root = etree.fromstring(document.xml, etree.XMLParser(huge_tree=True))
-    publisher = _publisher(root)
-    data = corrected if corrected is not None else _payload(luts, "record", held_id, root)
-    try:
-        report = luts.publish(as_declared(data), publisher)
-    except DomainError as error:
-        raise DomainError(f"{REFUSED}/{held_id} is still not stored: {error}", error.code) from None
+    root, publisher, report = _publish_again(luts, "record", held_id, corrected)
     if report.ok:
         _delete(luts, "record", held_id, root)
-    log.info("held record %s (%s) from %s published again%s: %d stored, %d already stored, %d not stored%s",
-             held_id, root.get("rid", "no record id"), publisher.dn,
-             " (corrected by the operator)" if corrected is not None else "",
-             report.count("stored"), report.count("duplicate"), report.count("refused") + report.count("invalid"),
+    log.info("held record %s (%s) from %s published again%s: %s%s", held_id, root.get("rid", "no record id"),
+             publisher.dn, " (corrected by the operator)" if corrected is not None else "", _counts(report),
              "" if report.ok else " (still held)")
     return report
 
