@@ -265,3 +265,46 @@ def test_a_held_record_retried_for_a_machine_its_publisher_may_not_publish_for_s
     assert [r.status for r in report.results] == ["refused"]              # the original publisher's rights only
     assert [h.held_id for h in held.list_held(luts, ("record",))] == [one.held_id]
     assert luts.query(Caller(ADMIN), limit=10).records == ()
+
+
+def test_the_operator_cli_lists_shows_retries_and_drops_held_records(tmp_path, monkeypatch, capsys):
+    """Issue 11.3 through `gridcredit luts held`: the records of an accepted post that were not stored."""
+    from gridcredit.cli import main
+    from gridcredit.config import load_config
+    from gridcredit.runtime import luts_held_dir, open_service_store
+    from sgas_posts import arc_post, arc_record
+
+    monkeypatch.setenv("GRIDCREDIT_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("GRIDCREDIT_STORE_BACKEND", "embedded")
+    config_file = tmp_path / "gridcredit.toml"
+    config_file.write_text("")
+    config = load_config(str(config_file))
+    store = open_service_store(config)
+    posted = arc_post([arc_record("ok", "ce1.example.org"), arc_record("late", "ce1.example.org", wall="ten minutes"),
+                       arc_record("huge", "ce1.example.org", transfers=4000)]).encode()
+    answer = register_usage_records(Luts(store, LutsPolicy(), held_dir=luts_held_dir(config)), posted, HOST_CALLER)
+    store.close()
+    assert answer.body.startswith("stored 1, already stored 0, not stored 2 of 3")
+
+    cli = ["--config", str(config_file), "luts", "held"]
+    assert main(cli + ["list", "--kind", "record", "--json"]) == 0
+    listed = {h["record_id"]: h for h in json.loads(capsys.readouterr().out)}
+    assert set(listed) == {"ur-ce1.example.org-late", "ur-ce1.example.org-huge"}
+    assert "WallDuration" in listed["ur-ce1.example.org-late"]["reasons"][0]
+    late, huge = listed["ur-ce1.example.org-late"]["held_id"], listed["ur-ce1.example.org-huge"]["held_id"]
+    out = tmp_path / "late.xml"
+    assert main(cli + ["show", "record", late, "--output", str(out)]) == 0
+    assert b"ten minutes" in out.read_bytes()
+    capsys.readouterr()
+    assert main(cli + ["retry", "record", late]) == 1                     # unchanged: still invalid, still held
+    assert "is still held" in capsys.readouterr().out
+    fixed = tmp_path / "fixed.xml"
+    fixed.write_bytes(out.read_bytes().replace(b"ten minutes", b"PT10M"))
+    assert main(cli + ["retry", "record", late, "--corrected", str(fixed)]) == 0
+    assert "stored 1" in capsys.readouterr().out
+    assert main(cli + ["show", "record", huge, "--output", str(tmp_path / "huge.xml")]) == 0
+    assert (tmp_path / "huge.xml").stat().st_size > 1_048_576
+    assert main(cli + ["drop", "record", huge]) == 0
+    capsys.readouterr()
+    assert main(cli + ["list"]) == 0 and capsys.readouterr().out.strip() == "nothing is held"
+    assert list(luts_held_dir(config).rglob("*.xml")) == []
