@@ -109,6 +109,8 @@ def as_declared(data: bytes) -> bytes:
     nothing), as ARC's publisher sends ISO-8859-1 — labelled ISO-8859-1."""
     if data.startswith(_SELF_DESCRIBING):
         return data  # a BOM, or UTF-16/32 without one: the parser reads it as it says
+    if data.isascii():
+        return data  # most batches: no decoding, no copy of a large body
     try:
         data.decode("utf-8")
         return data
