@@ -27,7 +27,7 @@ from lxml import etree
 from gridcredit.host import SERVICE_MODULES
 from gridcredit.security.wssec import WSSE_NS
 
-from security_fixtures import host_process, https_session
+from security_fixtures import app_in_thread, host_process, https_session
 
 SERVICES = tuple(SERVICE_MODULES)
 WSDL_DIR = Path(__file__).resolve().parents[1] / "wsdl"
@@ -236,6 +236,37 @@ def test_a_gsoap_client_verifies_our_signed_fault(gsoap_clients, host, pki, ca_f
     seen = gsoap_call(gsoap_clients, host, pki, ca_file, "bank", "getbalance:no-such-account")
     assert seen["fault"].endswith("Client.UnknownAccount"), seen
     assert seen["body_signed"] == "1"
+
+
+def tampering_proxy(target_url: str, session, original: bytes, replacement: bytes):
+    """A WSGI app that forwards each POST to ``target_url`` and changes ``original`` in the answer."""
+
+    def app(environ, start_response):
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        answer = session.post(f"{target_url}{environ['PATH_INFO']}", data=body, timeout=30,
+                              headers={"Content-Type": environ.get("CONTENT_TYPE", "text/xml"),
+                                       "SOAPAction": environ.get("HTTP_SOAPACTION", '""')})
+        assert original in answer.content
+        changed = answer.content.replace(original, replacement)
+        start_response(f"{answer.status_code} Forwarded", [("Content-Type", answer.headers["Content-Type"]),
+                                                           ("Content-Length", str(len(changed)))])
+        return [changed]
+
+    return app
+
+
+@builds_stubs
+def test_the_gsoap_client_refuses_an_answer_changed_on_the_way(gsoap_clients, host, pki, ca_file):
+    """The plugin really verifies: one letter of the signed Body changed, and the call fails."""
+    client, _ = gsoap_clients["jarm"]
+    alice = pki.user("Alice")
+    proxy = tampering_proxy(host.url, https_session(pki.trust_dir), b"CN=Alice<", b"CN=Alicf<")
+    with app_in_thread(proxy, host_cert=pki.host_cert, host_key=pki.host_key) as url:
+        result = subprocess.run([str(client), f"{url}/jarm", str(ca_file), str(alice.cert_path), str(alice.key_path),
+                                 "whoami"], capture_output=True, text=True, timeout=60)
+    seen = key_values(result.stdout)
+    assert result.returncode == 1 and "verified" not in seen and "dn" not in seen, result.stdout
+    assert seen.get("fault") == "wsse:FailedCheck", result.stdout  # the plugin's own refusal
 
 
 # ----------------------------------------------------------------------------------------- JAX-WS
