@@ -185,7 +185,7 @@ def test_publish_query_job_record_summary_whoami(cli, people, tmp_path):
     (source,) = [s for s in ur.split_records(make_batch(jobs[:40])) if s.record_id == job.record_id]
     assert record["original"] == source.data.decode()
     raw = cli.ok(people["bob"], "record", job.record_id, "--original", as_json=False)
-    assert raw == source.data.decode() + "\n"                      # exactly as published
+    assert raw == source.data.decode()                  # exactly as published: no newline added (issue 11.7)
     assert f"user_dn: {bob}" in cli.ok(people["bob"], "record", job.record_id, as_json=False)
     code, _, err = cli(people["alice"], "record", job.record_id)
     assert code == 1 and "UnknownRecord" in err
@@ -367,3 +367,26 @@ def test_a_huge_text_node_is_reported_as_too_large(cli, people, tmp_path):
     assert code == 1 and report["records_rejected"] == 1, (report, err)
     [rejection] = report["rejections"]
     assert "too large" in rejection["message"] and "XML_PARSE_HUGE" not in rejection["message"], rejection
+
+
+def test_original_is_byte_exact_after_a_batched_publish(cli, people, tmp_path):
+    """Issue 11.7: 'luts record --original' gives the file as published, byte for byte — its XML
+    declaration, a byte-order mark, comments and whitespace around the record included — although
+    the CLI sends files in batches."""
+    def record(rid: str) -> bytes:
+        job = Job(rid, None, None, "ce1.example.org", None, None, 10, 5, None)
+        return make_record(job).split(b"\n", 1)[1].rstrip(b"\n")        # the root element alone
+    files = {
+        "cli-orig-decl": b'<?xml version="1.0" encoding="UTF-8"?>\n' + record("cli-orig-decl") + b"\n",
+        "cli-orig-bom": b"\xef\xbb\xbf<?xml version='1.0' encoding='utf-8' standalone='yes'?>\r\n"
+                        b"<!-- written by a test -->\r\n<?arc-logger v=2?>\r\n  " + record("cli-orig-bom") + b"\r\n\r\n",
+        "cli-orig-tail": record("cli-orig-tail") + b"\n<!-- after the record -->\n\t \n",
+        "cli-orig-bare": record("cli-orig-bare"),
+    }
+    paths = write_files(tmp_path / "orig", list(files.values()))
+    published = cli.ok(people["ce1"], "publish", *paths, "--batch-records", "3")
+    assert published["records_stored"] == 4
+    for rid, data in files.items():
+        raw = cli.ok(people["ce1"], "record", rid, "--original", as_json=False)
+        assert raw.encode("utf-8") == data, rid
+        assert cli.ok(people["ce1"], "record", rid, "--original")["original"] == data.decode("utf-8"), rid

@@ -94,6 +94,28 @@ def test_every_sample_ingests_and_keeps_its_original_bytes(luts):
     assert [r.status for r in again.results] == ["duplicate", "duplicate"]
 
 
+def test_whole_files_batched_by_the_client_keep_their_original_bytes(luts):
+    """Issue 11.7: files the client batches (spool.packing) are kept byte for byte — declaration,
+    byte-order mark, comments and whitespace around the record — and the same record as alone."""
+    from gridcredit.services.luts.spool import container, packing
+
+    def root(job: Job) -> bytes:
+        return make_record(job).split(b"\n", 1)[1].rstrip(b"\n")
+    jobs = [Job(f"r-orig-{n}", USERS[1], "atlas", "ce1.example.org", None, None, 10 + n, 5, None) for n in range(4)]
+    files = [b'<?xml version="1.0" encoding="UTF-8"?>\n' + root(jobs[0]) + b"\n",
+             b"\xef\xbb\xbf<?xml version='1.0'?>\r\n<!-- by a test -->\r\n<?pi x?>\n   " + root(jobs[1]) + b"\r\n\r\n",
+             b"\n\n\t" + root(jobs[2]) + b"\n<!-- after -->\n \t",
+             root(jobs[3])]
+    packed = [packing(ur.split_records(data)[0]) for data in files]
+    assert len({key for _, key in packed}) == 1
+    report = luts.publish(container(packed[0][1], [data for data, _ in packed]), HOST_CALLER)
+    assert [r.status for r in report.results] == ["stored"] * 4
+    for job, data in zip(jobs, files):
+        assert luts.record(Caller(ADMIN), job.record_id).original == data, job.record_id
+    again = [luts.publish(data, HOST_CALLER).results[0].status for data in files]
+    assert again == ["duplicate"] * 4
+
+
 def test_markup_characters_and_non_ascii_survive_storing_exactly(luts):
     tricky = 'Ünïcode & <markup> "quoted" ]]> tab\there'
     job = Job("r-&<>\"'", f"/O=Grid/CN={tricky}", "atlas", "ce1.example.org", tricky, None, 10, 5, "1")

@@ -810,6 +810,47 @@ def test_a_huge_text_node_is_reported_as_too_large_not_as_a_parser_option():
         assert "XML_PARSE_HUGE" not in str(error.value) and "not well-formed" not in str(error.value)
 
 
+# == a whole file inside a batch (issue 11.7) =========================================================
+
+def _noted_batch(note: str, record: str = f'<ur:JobUsageRecord xmlns:ur="{UR1}"><ur:RecordIdentity ur:recordId="n"/>'
+                                          "</ur:JobUsageRecord>") -> bytes:
+    return (f'<?xml version="1.0"?>\n<ur:UsageRecords xmlns:ur="{UR1}">\n<?gridcredit-original {note}?>{record}\n'
+            "</ur:UsageRecords>").encode()
+
+
+LATIN1_DECLARATION = b'<?xml version="1.0" encoding="ISO-8859-1"?>'
+
+
+def _b64(data: bytes) -> str:
+    import base64
+    return base64.b64encode(data).decode()
+
+
+def test_a_noted_record_in_a_batch_is_the_whole_file_again():
+    record = f'<ur:JobUsageRecord xmlns:ur="{UR1}"><ur:RecordIdentity ur:recordId="n"/></ur:JobUsageRecord>'
+    prolog, epilog = b"\xef\xbb\xbf<?xml version='1.0' encoding='utf-8'?>\r\n<!-- c -->\n", b"\n<?after it?>\n"
+    assert R.whole_document_parts(prolog + record.encode() + epilog) == (prolog, record.encode(), epilog)
+    assert R.original_note(prolog, epilog) == f'<?gridcredit-original prolog="{_b64(prolog)}" epilog="{_b64(epilog)}"?>'.encode()
+    [source] = R.split_records(_noted_batch(f'prolog="{_b64(prolog)}" epilog="{_b64(epilog)}"'))
+    assert (source.data, source.whole_document, source.problem) == (prolog + record.encode() + epilog, True, None)
+    assert R.read_source(source).record_id == "n"
+
+
+@pytest.mark.parametrize("note, record, reason", [
+    ("prolog=x", None, "is not prolog="),
+    (f'prolog="{_b64(b"<x/>")}" epilog=""', None, "the prolog may hold only"),
+    (f'prolog="" epilog="{_b64(b"text")}"', None, "the epilog may hold only"),
+    (f'prolog="{_b64(LATIN1_DECLARATION)}" epilog=""', None, "'ISO-8859-1'"),
+    ('prolog="" epilog=""', '<ur:JobUsageRecord><ur:RecordIdentity ur:recordId="n"/></ur:JobUsageRecord>',
+     "needs namespace declarations of the container"),
+])
+def test_a_note_that_does_not_fit_makes_the_record_invalid(note, record, reason):
+    batch = _noted_batch(note, record) if record else _noted_batch(note)
+    result = R.parse_batch(batch)
+    assert result.records == () and len(result.errors) == 1
+    assert "gridcredit-original" in result.errors[0] and reason in result.errors[0], result.errors
+
+
 # == one normalization (issue 11.6): the view, the scope attributes and the summary keys alike =======
 
 def _gratia(user_identity: str, extra: str = "") -> bytes:

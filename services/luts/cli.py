@@ -375,9 +375,7 @@ def _job(args) -> int:
 def _record(args) -> int:
     record = _client(args).record(args.record_id, args.machine)
     if args.original and not args.json:
-        sys.stdout.buffer.write(record.original)
-        if not record.original.endswith(b"\n"):
-            sys.stdout.buffer.write(b"\n")
+        sys.stdout.buffer.write(record.original)      # byte for byte: not even a newline is added
         sys.stdout.flush()
         return EXIT_OK
     _print(args, record_json(record, original=args.original), record_text(record))
@@ -657,7 +655,8 @@ def register(subparsers) -> None:
     p.add_argument("--machine", metavar="HOST",
                    help="the record's machine (needed when the id is stored for several machines you may see)")
     p.add_argument("--original", action="store_true",
-                   help="print the record exactly as its reporter sent it (with --json: as a field)")
+                   help="print the record exactly as its reporter sent it, byte for byte — a whole file with its "
+                        "XML declaration and the whitespace around the record (with --json: as a field)")
 
     p = command("summary", "jobs, wall and CPU time and charge, grouped",
                 "gridcredit luts summary --by vo,month --from 2026-01 --to 2026-12", _summary)

@@ -32,6 +32,15 @@ What "the original bytes, exactly" means (``RecordSource.data``)
       received, with the declarations added the same way, but encoded in UTF-8 (a fragment has no
       XML declaration to name another encoding). ``RecordSource.transcoded`` says so.
     * Inherited ``xml:lang``/``xml:space``/``xml:base`` of the container are not carried.
+    * A record in a UTF-8 container right after a ``<?gridcredit-original prolog="B64"
+      epilog="B64"?>`` processing instruction (what our client's batching writes for a record that
+      was a whole file: ``original_note``): ``data`` is the prolog, the record's bytes as received
+      and the epilog — the file as its reporter wrote it (XML declaration, byte-order mark,
+      comments and whitespace around the root), and ``whole_document`` is true. The note is
+      checked: its prolog may hold only a byte-order mark, a UTF-8 (or ASCII) XML declaration,
+      comments, processing instructions and whitespace, its epilog only the last three, and the
+      record must need no declaration from the container; otherwise the record is refused, naming
+      the note.
 
 The view of a split record is read from the element lxml parsed out of the posted document
 (parsing every fragment again would halve the ingest rate); the tests check that each fragment,
@@ -89,6 +98,7 @@ Reading rules (lenient but never guessing)
 """
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -187,6 +197,7 @@ class RecordSource:
     record_id: str | None        # RecordIdentity/@recordId when readable, to name the record in errors
     whole_document: bool         # data is the whole posted document
     transcoded: bool = False     # data was re-encoded to UTF-8 (container in another encoding)
+    problem: str | None = None   # why the record cannot be taken although it parsed (read_source says so)
     # The element as parsed from the posted document, when split from one (saves parsing ``data``
     # again; ``data`` parses to an element with the same canonical form, which the tests check).
     element: etree._Element | None = field(default=None, compare=False, repr=False)
@@ -251,11 +262,86 @@ def split_records(data: bytes, limits: BatchLimits = DEFAULT_LIMITS) -> list[Rec
     invariant(len(spans) == len(children), "the byte scanner and the parser agree on the container's children")
     sources = []
     for index, (child, (start, start_tag_end, end)) in enumerate(zip(children, spans)):
+        fragment = _fragment(text, start, start_tag_end, end, root.nsmap, transcoded)
+        note = child.getprevious()
+        if note is not None and note.tag is etree.PI and note.target == ORIGINAL_NOTE:
+            whole, problem = _noted_original(note.text or "", text[start:end], fragment, transcoded)
+            sources.append(RecordSource(
+                index=index, data=whole if whole is not None else fragment, tag=child.tag,
+                record_id=_record_id_hint(child), whole_document=whole is not None, transcoded=transcoded,
+                problem=problem, element=child))
+            continue
         sources.append(RecordSource(
-            index=index, data=_fragment(text, start, start_tag_end, end, root.nsmap, transcoded),
+            index=index, data=fragment,
             tag=child.tag, record_id=_record_id_hint(child), whole_document=False, transcoded=transcoded,
             element=child))
     return sources
+
+
+# -- a whole file inside a batch: the bytes around its root ------------------------------------------
+
+ORIGINAL_NOTE = "gridcredit-original"
+_NOTE = re.compile(r'prolog="([A-Za-z0-9+/]*={0,2})" epilog="([A-Za-z0-9+/]*={0,2})"')
+# one whitespace character per repetition (not [ \t\r\n]+: a run of them would backtrack exponentially)
+_MISC = rb"(?:[ \t\r\n]|<!--(?:(?!--).)*-->|<\?(?![Xx][Mm][Ll][ \t\r\n?])[^ \t\r\n?>]+(?:[ \t\r\n](?:(?!\?>).)*)?\?>)*"
+_PROLOG = re.compile(rb"(?:\xef\xbb\xbf)?(?:<\?xml[ \t\r\n](?:(?!\?>).)*\?>)?" + _MISC + rb"\Z", re.DOTALL)
+_EPILOG = re.compile(_MISC + rb"\Z", re.DOTALL)
+_DECLARED_ENCODING = re.compile(rb"""^(?:\xef\xbb\xbf)?<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+
+
+def whole_document_parts(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """(prolog, root element, epilog) of a well-formed UTF-8 document that has no DTD, by bytes:
+    what comes before the root's start tag, the root element, what follows its end tag."""
+    text = data.decode("latin-1")               # one character per byte: offsets are byte offsets
+    depth = 0
+    start = None
+    for match in _MARKUP.finditer(text):
+        start_tag = match.group("start")
+        if start_tag is not None:
+            if depth == 0:
+                start = match.start()
+            if start_tag.endswith("/"):
+                if depth == 0:
+                    return data[:start], data[start:match.end()], data[match.end():]
+            else:
+                depth += 1
+        elif match.group("end") is not None:
+            depth -= 1
+            if depth == 0:
+                return data[:start], data[start:match.end()], data[match.end():]
+    raise RecordError("the document has no root element")
+
+
+def original_note(prolog: bytes, epilog: bytes) -> bytes:
+    """The processing instruction that carries a whole file's prolog and epilog into a batch, just
+    before its root element (``split_records`` puts the file back together: the module docstring)."""
+    return (f'<?{ORIGINAL_NOTE} prolog="{base64.b64encode(prolog).decode("ascii")}" '
+            f'epilog="{base64.b64encode(epilog).decode("ascii")}"?>').encode("ascii")
+
+
+def _noted_original(note: str, raw: str, fragment: bytes, transcoded: bool) -> tuple[bytes | None, str | None]:
+    """(the whole file a note and a record's bytes make, None) or (None, why the note cannot be used)."""
+    what = f"its <?{ORIGINAL_NOTE}?> note"
+    match = _NOTE.fullmatch(note.strip())
+    if match is None:
+        return None, f"{what} is not prolog=\"BASE64\" epilog=\"BASE64\""
+    try:
+        prolog, epilog = base64.b64decode(match.group(1)), base64.b64decode(match.group(2))
+    except ValueError:                          # binascii.Error: wrong padding
+        return None, f"{what} does not hold base64"
+    if transcoded:
+        return None, f"{what} is in a container that is not UTF-8"
+    if fragment != raw.encode("latin-1"):
+        return None, f"{what} is for a whole file, but the record needs namespace declarations of the container"
+    if not _PROLOG.match(prolog):
+        return None, (f"{what}: the prolog may hold only a byte-order mark, an XML declaration, comments, "
+                      "processing instructions and whitespace")
+    encoding = _DECLARED_ENCODING.match(prolog)
+    if encoding is not None and encoding.group(1).lower() not in (b"utf-8", b"utf8", b"us-ascii", b"ascii"):
+        return None, f"{what}: the prolog declares {encoding.group(1).decode()!r}; the record is UTF-8"
+    if not _EPILOG.match(epilog):
+        return None, f"{what}: the epilog may hold only comments, processing instructions and whitespace"
+    return prolog + fragment + epilog, None
 
 
 _ASCII_COMPATIBLE_UTF8 = {"utf-8", "utf8", "us-ascii", "ascii"}
@@ -880,6 +966,8 @@ class BatchResult:
 
 def read_source(source: RecordSource, limits: BatchLimits = DEFAULT_LIMITS) -> NormalizedRecord:
     """Parse and normalize one split record; RecordError/SecurityError say why it cannot be read."""
+    if source.problem is not None:
+        raise RecordError(source.problem)
     if len(source.data) > limits.record_bytes_max:
         raise RecordError(f"the record is {len(source.data):,} bytes; at most {limits.record_bytes_max:,} are accepted")
     if not _is_record_tag(source.tag):
@@ -1040,6 +1128,7 @@ def record_month(record: NormalizedRecord) -> str | None:
 __all__ = [
     "BatchLimits", "BatchResult", "DEFAULT_LIMITS", "FORMATS", "NS_CAR", "NS_GRATIA", "NS_UR1", "NS_UR2",
     "NS_VIEW", "NormalizedRecord", "RecordError", "RecordOutcome", "RecordSource", "STATUSES",
-    "canonical_dn", "from_bytes", "from_element", "is_dn", "normalize", "parse_batch", "read_source", "record_month",
-    "escape_attribute", "escape_text", "split_records", "to_bytes", "to_element", "view_text",
+    "ORIGINAL_NOTE", "canonical_dn", "from_bytes", "from_element", "is_dn", "normalize", "parse_batch", "read_source", "record_month",
+    "escape_attribute", "escape_text", "original_note", "split_records", "to_bytes", "to_element", "view_text",
+    "whole_document_parts",
 ]

@@ -36,9 +36,12 @@ How records are packed (``BatchSender``; the forwarder uses it too)
     ``<p:UsageRecords xmlns:p="NS">`` with the prefix and namespace of the records' own element,
     which every record (a standalone document) already declares. Records whose elements use
     another prefix or namespace go into another batch. Records split from a container go in as
-    they are (they carry the container's declarations); a whole-document record goes in with
-    only its XML declaration (and byte-order mark) dropped — except a document in an encoding
-    other than UTF-8, which is published alone, as it is.
+    they are (they carry the container's declarations); a whole-document record goes in as its
+    root element, right after a ``<?gridcredit-original prolog="…" epilog="…"?>`` note holding, in
+    base64, the bytes around that element (XML declaration, byte-order mark, comments,
+    whitespace), from which the LUTS puts the file back together byte for byte
+    (``records.split_records``) — except a document in an encoding other than UTF-8, which is
+    published alone, as it is.
 
     A batch the LUTS refuses as a whole (``InvalidUsageRecord``) is split in halves and sent
     again, down to single records, so one bad record cannot hold back the others; a single record
@@ -208,14 +211,14 @@ def packing(source: ur.RecordSource) -> tuple[bytes, tuple]:
         encoding = _ENCODING.search(declaration.group(0))
         if encoding and encoding.group(1).lower() not in _UTF8_NAMES:
             return data, _SOLO
-        data = data[declaration.end():]
-    elif data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
         return source.data, _SOLO
-    return data, key
+    prolog, element, epilog = ur.whole_document_parts(data)
+    if not prolog and not epilog:
+        return element, key
+    return ur.original_note(prolog, epilog) + element, key
 
 
 def container(key: tuple, records: Sequence[bytes]) -> bytes:
