@@ -8,8 +8,10 @@
  *   client URL CAFILE CERT KEY OPERATION      OPERATION: whoami | moneysupply | getbalance:ACCOUNT
  *
  * Prints key=value lines: the answer's fields, or fault=CODE and reason=TEXT, then
- * verified=1 body_signed=N timestamp_signed=N once the plugin has checked the answer.
- * Exit 0 when a signed answer (result or fault) was verified, 1 otherwise.
+ * body_signed=0|1 timestamp_signed=N timestamp_fresh=0|1, and verified=1 when all hold.
+ * An answer whose signature does not verify comes back as the plugin's own fault
+ * (fault=wsse:FailedCheck, body_signed=0). Exit 0 when a signed answer (result or fault)
+ * was verified, 1 otherwise.
  */
 #include "soapH.h"
 #include "plugin/wsseapi.h"
@@ -126,7 +128,7 @@ int main(int argc, char **argv)
     const char **reason = soap_faultstring(soap);
     if (soap->error != SOAP_FAULT && soap->error != SOAP_SVR_FAULT && soap->error != SOAP_CLI_FAULT)
     {
-      /* no answer that the plugin accepted: a transport error or a failed verification */
+      /* no answer at all: a transport or parse error */
       printf("error=%d\n", soap->error);
       soap_print_fault(soap, stdout);
       return 1;
