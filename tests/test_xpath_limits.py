@@ -221,3 +221,20 @@ def test_both_stores_answer_every_expression_alike(basex_server, tmp_path):
     finally:
         embedded.close()
         basex.close()
+
+
+def test_an_xpath_building_huge_strings_is_stopped_by_the_sandbox_memory_bound(tmp_path):
+    """Embedded store: concat() of a 3.9 MB document's text 60 times needs ~234 MB; the sandbox
+    process may use 200 MB here, so the query fails with QueryError (the worker's memory is
+    untouched) and the store answers on."""
+    from gridcredit.xmlstore import StoreLimits
+    from gridcredit.xmlstore._embedded import EmbeddedStore
+    store = EmbeddedStore(tmp_path / "store.sqlite", limits=StoreLimits(xpath_sandbox_bytes_max=200 << 20))
+    try:
+        store.put("big", "b", ("<t>" + "x" * 3_900_000 + "</t>").encode())
+        assert store.count("big", "string-length(concat(., ., .)) = 11700000") == 1
+        with pytest.raises(QueryError, match="at most 200 MB"):
+            store.count("big", "string-length(concat(" + ", ".join(["."] * 60) + ")) > 0", time_limit_s=20)
+        assert store.count("big", "string-length(.) = 3900000") == 1
+    finally:
+        store.close()

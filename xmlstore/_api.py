@@ -64,6 +64,7 @@ class StoreLimits:
     xpath_nodes_max: int = 1_000              # parts (steps, operators, calls, values) of one XPath
     xpath_predicate_depth_max: int = 4         # predicates nested in one another
     xpath_sandboxes: int = 4                   # embedded store: XPath evaluation processes per process
+    xpath_sandbox_bytes_max: int = 3 << 30     # embedded store: address space of one such process
     retries_default: int = 5
     pool_size: int = 16                        # BaseX sessions per store (one per thread in use)
     xml_depth_max: int = 256

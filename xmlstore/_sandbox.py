@@ -8,7 +8,9 @@ the child opens the store file (read-only when the parent did; it never writes),
 exactly as the store would (its own
 SQLite snapshot, its own parsed-document cache) and sends back the page or the count. The parent
 waits until the query's time limit (plus ``GRACE_S``); past it, it kills the child (SIGKILL),
-starts another one at the next query and raises ``QueryError``. A process keeps at most
+starts another one at the next query and raises ``QueryError``. A child's address space is
+bounded by ``StoreLimits.xpath_sandbox_bytes_max`` (an XPath that builds larger strings fails with
+``QueryError``). A process keeps at most
 ``StoreLimits.xpath_sandboxes`` children (one per query running at once; more queries wait for one,
 within their time limit), shared by every embedded store it opens; they are started on demand (and
 one spare beside those in use, so a query rarely waits for a start) and
@@ -23,6 +25,7 @@ from __future__ import annotations
 import atexit
 import os
 import pickle
+import resource
 import select
 import signal
 import struct
@@ -214,6 +217,7 @@ def _serve() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     stores: OrderedDict[tuple, EmbeddedStore] = OrderedDict()
+    hard_memory = resource.getrlimit(resource.RLIMIT_AS)[1]
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
     sys.stdout = sys.stderr          # nothing but answers on the pipe
     while True:
@@ -223,6 +227,9 @@ def _serve() -> None:
             return
         operation, path, limits, read_only, args = request
         try:
+            # strings an XPath builds (concat of a large document's text, again and again) stop
+            # here, not in the machine's memory
+            resource.setrlimit(resource.RLIMIT_AS, (limits.xpath_sandbox_bytes_max, hard_memory))
             key = (path, limits, read_only)
             store = stores.get(key)
             if store is not None:
@@ -242,7 +249,12 @@ def _serve() -> None:
             else:
                 answer = ("error", ("StoreError", f"unknown sandbox operation {operation!r}"))
         except (QueryError, StoreError) as error:
-            answer = ("error", (type(error).__name__, str(error)))
+            message = str(error)
+            if "memory" in message.lower() or "unknown error" in message:   # libxml2's failed allocation
+                message = f"{message} (an XPath may use at most {limits.xpath_sandbox_bytes_max >> 20} MB)"
+            answer = ("error", (type(error).__name__, message))
+        except MemoryError:
+            answer = ("error", ("QueryError", f"XPath needs more than {limits.xpath_sandbox_bytes_max >> 20} MB"))
         except Exception as error:     # a bug: tell the parent, keep serving
             answer = ("error", ("StoreError", f"XPath sandbox failed: {type(error).__name__}: {error}"))
         _write_message(stdout, answer)
