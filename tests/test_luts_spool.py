@@ -174,6 +174,19 @@ def test_packing_keeps_each_records_bytes_and_canonical_form():
             assert sent.data == source.data and sent.whole_document == source.whole_document   # byte for byte
 
 
+def test_a_file_whose_original_note_does_not_fit_is_answered_invalid_not_sent(luts):
+    """A batch file holding a <?gridcredit-original?> note that does not fit (issue 11.7): that record
+    is not stored as something else, the LUTS's reason is reported; the others are sent."""
+    jobs = random_jobs(3, seed=12)
+    bad = make_batch(jobs).replace(b"  <ur:JobUsageRecord>", b'  <?gridcredit-original prolog="PHgvPg==" epilog=""?>'
+                                                            b"<ur:JobUsageRecord>", 1)
+    report = send_documents(luts, [Outgoing("bad.xml", bad)])
+    assert report.records_stored == 2 and report.records_rejected == 1
+    [rejection] = report.rejections
+    assert rejection.status == "invalid" and "gridcredit-original" in rejection.message
+    assert set(luts.digests) == {job.record_id for job in jobs[1:]}
+
+
 def test_a_document_in_another_encoding_is_sent_alone_unchanged(tmp_path, luts):
     job = Job("latin-1", "/O=Grid/CN=Jos\u00e9", "atlas", "ce1.example.org", None, None, 60, 30, None)
     document = make_record(job).decode().replace('encoding="UTF-8"', 'encoding="ISO-8859-1"').encode("iso-8859-1")

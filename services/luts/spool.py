@@ -297,8 +297,8 @@ class BatchSender:
         opened = _Open(document, [None] * len(sources), tuple(source.data for source in sources))
         self._open.append(opened)
         for source in sources:
-            if not _is_record(source):
-                try:
+            if not _is_record(source) or source.problem is not None:     # e.g. a gridcredit-original note that
+                try:                                                     # does not fit: the LUTS would refuse it
                     ur.read_source(source)
                     message = "not a usage record"
                 except (ur.RecordError, SecurityError) as error:
