@@ -615,7 +615,11 @@ def prepare_state(config: Config) -> None:
     from .security.replay import SqliteReplayCache
 
     LedgerKey.load_or_create(ledger_key_path(config))
-    open_service_store(config).close()                   # opening checks the store and repairs it
+    store = open_service_store(config)                   # opening checks the store and repairs it ...
+    try:
+        store.wait_verified()     # ... BaseX in the background: once here, so the workers forked next need not
+    finally:
+        store.close()
     SqliteReplayCache(replay_cache_path(config))         # made once, so workers need not race to set it up
 
 

@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -1005,3 +1006,77 @@ def test_a_read_whose_frame_a_checkpoint_removed_meanwhile_reads_the_newer_state
         assert other._journal.frame_write(stale[2], "lean_c", "r1") is None
         document = other._live_document("lean_c", "r1", stale)
         assert (document.version, document.xml) == (2, b'<rec user="u1" n="new"/>')
+
+
+def test_open_returns_before_the_verification_which_queries_wait_for_and_which_still_repairs(
+        private_basex, spec, monkeypatch, caplog):
+    """Issue 10.10: a writable open of a store of many documents verifies BaseX in the background
+    (every document read, in chunks, by the applier): open returns first, reads by id and commits go
+    on, queries wait for it — and a database tampered with before the open is still found and
+    repaired by it. A process forked right after holds its parent's verification and skips its own."""
+    monkeypatch.setattr(BaseXStore, "verify_chunk_docs", 400)
+    with open_from_spec(spec) as store:
+        for start in range(0, 3000, 1000):
+            store.transact(lambda tx, start=start: [tx.put("big", f"d{n:05d}", f"<d n='{n}'/>".encode())
+                                                    for n in range(start, start + 1000)])
+        store.put("small", "s", b"<s/>")
+        assert store.wait_verified(10)
+    session = Session("127.0.0.1", private_basex.port, "admin", "admin", timeout_s=5)
+    session.query("db:delete('gc_big', 'd02345')")                                 # lost by BaseX
+    session.query("db:add('gc_big', document { processing-instruction gridcredit-version { '1' }, "
+                  "<d n='stray'/> }, 'd01999x')")                                  # a write the journal never had
+    session.close()
+
+    steps = []
+    release = threading.Event()
+    verify_step = BaseXStore._verify_step
+
+    def held_step(self):
+        release.wait(30)              # the verification's first step waits until the test lets it go
+        steps.append(time.monotonic())
+        return verify_step(self)
+    monkeypatch.setattr(BaseXStore, "_verify_step", held_step)
+    caplog.set_level(logging.INFO, logger="gridcredit.xmlstore._basex")
+    store = open_from_spec(spec)
+    try:
+        assert store.verifying and not steps, "open returned before the verification started"
+        assert "verifying 3001 documents of BaseX against the journal in the background" in caplog.text
+        assert store.get("big", "d02345") is not None                  # reads by id: the journal's mirror
+        assert store.put("small", "t", b"<t/>") == 1                   # commits go on
+        answers = []
+        query = threading.Thread(target=lambda: answers.append(store.count("big")))
+        query.start()
+        query.join(0.5)
+        assert query.is_alive() and not answers, "a query waits for the verification"
+        assert not store.wait_verified(0.2)
+        release.set()
+        query.join(15)
+        assert answers == [3000]
+        assert store.wait_verified(10)
+        assert len(steps) >= 3000 // 400, steps                        # in chunks: the writer lock is free between
+        assert any("big" in line and "differs" in line for line in store.recovery_log), store.recovery_log
+        assert store.count("big", "/d[@n='stray']") == 0
+        assert store.get("big", "d01999x") is None
+        assert re.search(r"verified 3001 documents of BaseX against the journal in [0-9.]+ s", caplog.text)
+        assert all(entry["ok"] for entry in store.check().values())
+        # a process forked now (serve's workers after prepare_state) does not verify again
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:       # the child: open, answer whether it verified, leave at once
+            code = 1
+            try:
+                os.close(read_end)
+                child = open_from_spec(spec)
+                os.write(write_end, json.dumps({"verifying": child.verifying, "steps": len(steps),
+                                                "count": child.count("small")}).encode())
+                child.close()
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        with os.fdopen(read_end) as pipe:
+            said = json.loads(pipe.read() or "{}")
+        assert os.waitpid(pid, 0)[1] == 0
+        assert said == {"verifying": False, "steps": len(steps), "count": 2}, said
+    finally:
+        store.close()

@@ -342,6 +342,24 @@ try {
 Q_STATUS_LIVE = """declare option output:item-separator "&#10;"; declare variable $db external;
 db:list($db)[not(starts-with(., '.'))]"""
 
+# The background verification's chunk (see BaseXStore._verify_step): the documents and tombstones
+# whose id is in ($after, $upto] ('' open), every document read in full (its serialized length
+# forces it): "ok" then "<id> <version> l|d|t" lines as Q_STATUS_VERSIONS, or "damaged ..."
+Q_STATUS_RANGE = """declare variable $db external; declare variable $after external; declare variable $upto external;
+if (not(db:exists($db))) then 'missing' else
+try {
+  string-join(('ok', for $d in db:open($db)
+    let $path := db:path($d)
+    let $tomb := starts-with($path, '.v/')
+    let $id := if ($tomb) then substring($path, 4) else $path
+    where ($tomb or not(starts-with($path, '.'))) and ($after = '' or $id > $after) and ($upto = '' or $id <= $upto)
+    return if ($tomb) then
+      $id || ' ' || ($d/v/@n, -1)[1] || ' ' || (if ($d/v/@del = '1') then 'd' else 't')
+    else
+      $id || ' ' || ($d/processing-instruction(%s)[. castable as xs:integer], -1)[1] || ' l '
+         || string-length(serialize($d))), '&#10;')
+} catch * { 'damaged ' || $err:code || ' ' || $err:description }""" % VERSION_PI
+
 # "<id> <version> l|d|t" lines: l a live document (version -1: it has none), d a tombstone, t a
 # ``.v/`` resource that is no tombstone (the layout before versions moved into the documents)
 Q_STATUS_VERSIONS = """declare option output:item-separator "&#10;"; declare variable $db external;
@@ -584,6 +602,21 @@ class BaseXUnavailable(StoreUnavailable):
 # which open the store again, say it at INFO (one warning for a server, not one per worker)
 _SAID_UNREACHABLE: set[tuple[str, str, int]] = set()
 
+# (journal folder, host, port) -> (pid, transaction, time.monotonic()) of the last verification of
+# BaseX against that journal this process completed (open, background or repair). A process forked
+# soon after (``fork_trust_s``: serve's workers after prepare_state) skips its own verification when
+# BaseX's applied number and quick checks agree (see BaseXStore._open_verify_locked); a close with
+# BaseX in doubt, or a later repair, withdraws it
+_VERIFIED: dict[tuple[str, str, int], tuple[int, int, float]] = {}
+_FORKED_AT: list[float] = [0.0]        # time.monotonic() of this process's fork (0: never forked)
+
+
+def _note_fork() -> None:
+    _FORKED_AT[0] = time.monotonic()
+
+
+os.register_at_fork(after_in_child=_note_fork)
+
 
 class _IndexUnusable(Exception):
     """The database's attribute index cannot answer a where item directly (see S_INDEXED)."""
@@ -714,6 +747,29 @@ class _BaseXTransaction(Transaction):
         if existed:
             self._stage(key, None)
         return existed
+
+
+def _versions_of(lines: Iterator[list[str]]) -> tuple[str, dict[str, tuple[int, bool]]]:
+    """("ok" or what is damaged, id -> (version, live)) from BaseX's "<id> <version> l|d|t" lines
+    (Q_STATUS_VERSIONS, Q_STATUS_RANGE)."""
+    documents: dict[str, int] = {}
+    tombstones: dict[str, int] = {}
+    for doc_id, version, kind in lines:
+        if kind == "t":
+            return "damaged: version resources of the old layout (.v/ for every document)", {}
+        held = documents if kind == "l" else tombstones
+        if doc_id in held:
+            return "damaged: a document path held twice (a batch of db:add interrupted?)", {}
+        held[doc_id] = int(version)
+    if any(version < 1 for version in documents.values()):
+        return "damaged: a document without its version", {}
+    # a document written again after its deletion may still have its tombstone: the higher
+    # version is its state (a tombstone above a live document shows as "holds writes")
+    versions = {doc_id: (version, False) for doc_id, version in tombstones.items()}
+    for doc_id, version in documents.items():
+        if version > versions.get(doc_id, (0, False))[0]:
+            versions[doc_id] = (version, True)
+    return "ok", versions
 
 
 def _frame_bytes(writes: list) -> int:
@@ -886,6 +942,8 @@ class BaseXStore(XmlStore):
     checkpoint_check_s = 5.0        # ... looked at this often
     behind_after_s = 10.0           # BaseX applying nothing this long while commits wait: behind (said once; a
                                     # write held back is then refused at once, not after timeout_s)
+    verify_chunk_docs = 50_000      # documents the background verification reads per step (applier lock held)
+    fork_trust_s = 30.0             # a fork this soon after its parent verified BaseX does not verify again
 
     def __init__(self, journal_dir: Path, *, host: str = "127.0.0.1", port: int = 1984, user: str = "admin",
                  password: str = "admin", timeout_s: float = 30.0, limits: StoreLimits = DEFAULT_LIMITS,
@@ -936,6 +994,16 @@ class BaseXStore(XmlStore):
         self._jumps_seen = 0                    # the journal's jumps over removed frames already handled
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_next = 0.0
+        # the background verification after open (see _verify_step): collections left, the current
+        # one's chunk bounds (sorted ids) and next chunk, keys absorbed meanwhile, progress
+        self._verify_left: list[str] | None = None
+        self._verify_bounds: list[str] = []
+        self._verify_chunk = 0
+        self._verify_new: dict[str, set[str]] = {}
+        self._verify_docs = (0, 0)              # (documents read, documents to read)
+        self._verify_started = 0.0
+        self._verified = threading.Event()      # set once BaseX is verified against the journal
+        self._basex_gone: str | None = None     # the background verification could not reach BaseX
         try:
             if self.read_only:
                 self._catalog.extra = {p: i for p, i in declared.items()}
@@ -953,6 +1021,7 @@ class BaseXStore(XmlStore):
 
     def _open_read_only(self) -> None:
         """Read the journal into the mirror; nothing is verified, applied or written."""
+        self._verified.set()      # (not by this process: queries wait for the applied number alone)
         self._absorb_snapshot()
         while self._absorb_chunk(applied=None):
             pass
@@ -1037,8 +1106,9 @@ class BaseXStore(XmlStore):
         if pending_writes > self.blind_apply_max:
             self._note(f"{pending_writes} committed write(s) not yet in BaseX by its applied number "
                        f"({applied}); verifying instead of applying them blindly")
-        if applied is not None and applied <= last and pending_writes <= self.blind_apply_max and \
-                not self._unhealthy(sorted(written)):
+        quick = applied is not None and applied <= last and pending_writes <= self.blind_apply_max and \
+            not self._unhealthy(sorted(written))
+        if quick:
             if self._pending:
                 self._note(f"{len(self._pending)} committed transaction(s) not yet in BaseX (an applier is behind, "
                            f"or a writer stopped before they were applied); applying them")
@@ -1046,16 +1116,221 @@ class BaseXStore(XmlStore):
                     self._apply_pending_locked(writer_locked=True, verify_first=False)
                 except StoreError as error:
                     self._note(f"applying them failed ({error}); verifying every database")
+                    quick = False
         else:
             with self._mirror_lock:
                 self._pending.clear()
                 self._pending_bytes = 0
+        if quick and self._verify_later(applied, last):
+            return
         self._verify_and_repair(list(self._state), check_unknown=True)
         self._check_index_options()
         self._set_meta(last)
         self._note_applied(last)
         self._suspect = False
         self._broken_checked = self._pool.broken_seen
+        self._verification_done(last)
+
+    # -- verification after open, in the background --
+    def _verify_later(self, applied: int, last: int) -> bool:
+        """Open, both locks held, every pending frame applied: if BaseX passes the quick checks
+        (applied number at the journal's end, no database of another journal, every database's
+        metadata readable, the attribute indexes' options as declared), leave the full verification
+        (every document read) to the applier thread (``_verify_step``) and return True — or skip it
+        in a process forked right after its parent verified (``_VERIFIED``). False: verify now."""
+        if self._read_meta() != last:
+            return False
+        self._refuse_unknown_databases()
+        if self._unhealthy([self._db(c) for c in self._state] + [self._meta_db]) or self._index_options_differ():
+            return False
+        self._note_applied(last)
+        self._suspect = False
+        self._broken_checked = self._pool.broken_seen
+        fact = _VERIFIED.get(self._verified_key())
+        if fact is not None and fact[0] != os.getpid() and 0 < _FORKED_AT[0] - fact[2] <= self.fork_trust_s \
+                and fact[1] <= applied:
+            log.info("xmlstore/basex: BaseX was verified against the journal by the process this one was forked "
+                     "from (at transaction %d; BaseX has applied %d): not verifying again", fact[1], applied)
+            self._verification_done(last, by_parent=True)
+            return True
+        with self._mirror_lock:
+            total = sum(len(entries) for entries in self._state.values())
+            self._verify_left = sorted(self._state)
+            self._verify_new = {}
+        self._verify_chunk = 0
+        self._verify_docs = (0, total)
+        self._verify_started = time.monotonic()
+        self._verified.clear()
+        log.info("xmlstore/basex: verifying %d documents of BaseX against the journal in the background "
+                 "(queries wait for it; reads by id and commits go on)", total)
+        return True
+
+    def _verified_key(self) -> tuple[str, str, int]:
+        return (str(self._journal.directory), self._address[0], self._address[1])
+
+    def _verification_done(self, seq: int, *, by_parent: bool = False) -> None:
+        """BaseX holds exactly the journal up to ``seq``: say so to waiting queries and to forks."""
+        if self._verify_left is not None:
+            log.info("xmlstore/basex: verified %d documents of BaseX against the journal in %.1f s",
+                     self._verify_docs[1], time.monotonic() - self._verify_started)
+        self._verify_left = None
+        self._verify_new = {}
+        self._basex_gone = None
+        if not by_parent:
+            _VERIFIED[self._verified_key()] = (os.getpid(), seq, time.monotonic())
+        self._verified.set()
+
+    def _refuse_unknown_databases(self) -> None:
+        names = self._run(Q_DATABASES, {"$prefix": (self.db_prefix, "")}).split()
+        unknown = [n for n in names if n != self._meta_db and n[len(self.db_prefix):] not in self._state]
+        if unknown:
+            raise StoreError(f"BaseX holds database(s) {', '.join(unknown)} that our journal "
+                             f"{self._journal.path} does not know: wrong journal or wrong server?")
+
+    def _index_options_differ(self) -> bool:
+        for collection in sorted(self._state):
+            indexed = self._coverage(collection).attributes
+            if indexed:
+                found = self._run(Q_INDEX_OPTIONS, {"$db": (self._db(collection), "")})
+                if found not in ("missing", f"true|false|{','.join(sorted(indexed))}|{INDEX_MAXLEN}"):
+                    return True
+        return False
+
+    @property
+    def verifying(self) -> bool:
+        """Whether BaseX is still being verified against the journal after open (queries wait)."""
+        return not self._verified.is_set()
+
+    def wait_verified(self, timeout_s: float | None = None) -> bool:
+        """Wait until BaseX is verified against the journal (and repaired where it differed);
+        False if that did not happen within ``timeout_s`` (None: no limit) or BaseX does not
+        answer (the store then serves from the journal: see _open_without_basex)."""
+        self._refuse_if_read_only("verification")
+        self._start_applier()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            if self._verified.is_set() and not self._needs_repair():
+                return True
+            if self.waiting_for_basex is not None or self._basex_gone is not None or self._closing.is_set():
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            self._wake.set()
+            self._verified.wait(0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic())))
+
+    def _verify_step(self) -> None:
+        """One step of the background verification (the applier thread, applier lock held for the
+        step): the next ``verify_chunk_docs`` ids of one collection are read in full from BaseX and
+        compared with the journal as of BaseX's applied number — documents that frames after it
+        write are left to those frames (a first write, which the applier adds, must not be in BaseX
+        yet). A collection found to differ is verified and repaired whole under the writer lock
+        (``_verify_and_repair``); the last step checks the attribute indexes and ends it."""
+        with self._journal.apply_lock():
+            if self._verify_left is None or self._needs_repair():
+                return
+            if not self._verify_left:
+                return self._verify_finish_locked()
+            collection = self._verify_left[0]
+            size = self.verify_chunk_docs
+            if self._verify_chunk == 0:
+                with self._mirror_lock:
+                    self._verify_bounds = sorted(self._state.get(collection, {}))
+                    self._verify_new[collection] = set()
+            ids, start = self._verify_bounds, self._verify_chunk * size
+            after = ids[start - 1] if start else ""
+            upto = ids[start + size - 1] if start + size < len(ids) else ""
+            applied = self._read_meta()
+            if applied < self._applied_seq:
+                self._note(f"BaseX's applied number went back from {self._applied_seq} to {applied} during the "
+                           f"verification after open; verifying every database")
+                self._suspect = True
+                return
+            self._note_applied(applied)
+            self._catch_up_unlocked()
+            status, live, versions, found = self._status_range(collection, after, upto)
+            with self._mirror_lock:
+                if self._pending and self._pending[0][0] != applied + 1:
+                    self._suspect = True       # frames BaseX has not got that we never read: verify all
+                    return
+                touched: dict[str, int] = {}   # written after BaseX's number: first version written
+                for _seq, writes in self._pending:
+                    for written, doc_id, version, _xml in writes:
+                        if written == collection:
+                            touched.setdefault(doc_id, version)
+                entries = self._state.get(collection, {})
+                candidates = set(ids[start:start + size]) | found | {
+                    d for d in self._verify_new.get(collection, ()) if (not after or d > after) and (not upto or d <= upto)}
+                want_versions = {d: (entries[d][0], entries[d][1] is not None) for d in candidates
+                                 if d in entries and d not in touched}
+            want_live = {d for d, (_v, is_live) in want_versions.items() if is_live}
+            live = {d for d in live if d not in touched}
+            versions = {d: v for d, v in versions.items() if d not in touched}
+            early = [d for d in found if touched.get(d) == 1]    # BaseX holds what the journal writes first later
+            self._verify_docs = (self._verify_docs[0] + len(candidates), self._verify_docs[1])
+            if status in ("ok", "missing") and live == want_live and versions == want_versions and not early:
+                if upto:
+                    self._verify_chunk += 1
+                    return
+            else:
+                why = status if status not in ("ok", "missing") else (
+                    f"{len(want_live ^ live) + len(early)} document(s) and "
+                    f"{sum(1 for d in want_versions.keys() | versions.keys() if want_versions.get(d) != versions.get(d))}"
+                    f" version(s) differ")
+                self._note(f"{collection}: BaseX differs from the journal ({why[:200]}; found by the verification "
+                           f"after open); verifying and repairing it")
+                self._verify_repair_locked(collection)
+            self._verify_left.pop(0)
+            self._verify_chunk = 0
+            self._verify_bounds = []
+
+    def _verify_repair_locked(self, collection: str) -> None:
+        """Applier lock held: verify and repair one collection under the writer lock (writers wait
+        for this repair only); every committed frame is applied first, so the applied number can
+        then be set to the journal's end."""
+        with self._journal.lock():
+            with self._mirror_lock:
+                self._absorb(self._journal.read_new(repair=True))
+            try:
+                self._apply_pending_locked(writer_locked=True, verify_first=False)
+            except StoreError as error:
+                self._note(f"applying the journal before the repair failed ({error}); verifying every database")
+                self._suspect = True
+                return
+            self._verify_and_repair([collection])
+            self._set_meta(self._journal.last_seq)
+            self._note_applied(self._journal.last_seq)
+
+    def _verify_finish_locked(self) -> None:
+        """The last step: attribute indexes checked (and rebuilt) under the writer lock, the applied
+        number at the journal's end; BaseX is verified."""
+        with self._journal.lock():
+            with self._mirror_lock:
+                self._absorb(self._journal.read_new(repair=True))
+            self._apply_pending_locked(writer_locked=True, verify_first=False)
+            self._check_index_options()
+            last = self._journal.last_seq
+            self._set_meta(last)
+            self._note_applied(last)
+            self._verification_done(last)
+
+    def _status_range(self, collection: str, after: str, upto: str) -> tuple[str, set[str], dict[str, tuple[int, bool]],
+                                                                             set[str]]:
+        """(status, live ids, id -> (version, live), every id found) of the documents and tombstones
+        with ids in (after, upto] (see Q_STATUS_RANGE)."""
+        bindings = {"$db": (self._db(collection), ""), "$after": (after, ""), "$upto": (upto, "")}
+        try:
+            text = self._run(Q_STATUS_RANGE, bindings)
+        except ServerError as error:   # damage shows as errors XQuery cannot catch, e.g. "Java heap space"
+            text = f"damaged {error}"
+        if text == "missing":
+            return "missing", set(), {}, set()
+        lines = text.split("\n")
+        if lines[0] != "ok":
+            return text, set(), {}, set()
+        status, versions = _versions_of(line.split()[:3] for line in lines[1:] if line)
+        found = {line.split(" ", 1)[0] for line in lines[1:] if line}
+        live = {d for d, (_v, is_live) in versions.items() if is_live}
+        return status, live, versions, found
 
     # -- attribute indexes --
     @property
@@ -1215,6 +1490,8 @@ class BaseXStore(XmlStore):
                     if xml is not None and not self._keeps_text(collection):
                         xml = NOT_KEPT
                     self._state.setdefault(collection, {})[doc_id] = (version, xml, seq)
+                    if self._verify_left is not None:
+                        self._verify_new.setdefault(collection, set()).add(doc_id)
                 if pending:
                     self._pending.append((seq, writes))
                     self._pending_bytes += _frame_bytes(writes)
@@ -1558,6 +1835,7 @@ class BaseXStore(XmlStore):
             self._suspect = True
             raise
         self._note_applied(self._journal.last_seq)
+        self._verification_done(self._journal.last_seq)
         if self.waiting_for_basex is not None:
             self.waiting_for_basex = None
             host, port = self._address[:2]
@@ -1593,11 +1871,16 @@ class BaseXStore(XmlStore):
             try:
                 if self._has_backlog() and not self._apply_backlog(blocking=False, gather=True):
                     pause = 0.005     # another process holds the applier lock: look again soon
+                if self._verify_left is not None and not self._needs_repair() and not self._closing.is_set():
+                    self._verify_step()      # one chunk; commits are applied between chunks
+                    pause = 0.0
                 failures = 0
             except Exception as error:  # noqa: BLE001 — the applier must survive anything
                 failures += 1
                 self._suspect = True
                 self._apply_error = f"{type(error).__name__}: {error}"
+                if self._verify_left is not None and isinstance(error, BaseXUnavailable):
+                    self._basex_gone = self._apply_error      # (wait_verified stops waiting)
                 if failures == 1 and self.waiting_for_basex is None:   # (else the open said so)
                     log.warning("xmlstore/basex: applying the journal to BaseX failed (%s); retrying",
                                 self._apply_error)
@@ -1608,6 +1891,8 @@ class BaseXStore(XmlStore):
         """Wait until BaseX holds transaction ``target`` (default: every transaction the journal held
         when we were called)."""
         self._start_applier()
+        if self._verify_left is not None:
+            self._await_verified(waiting)
         if self._needs_repair():
             with self._journal.apply_lock():
                 if self._needs_repair():
@@ -1642,6 +1927,21 @@ class BaseXStore(XmlStore):
             self._wake.set()
             pause = min(pause * 2, 0.05)
 
+    def _await_verified(self, waiting: str) -> None:
+        """Wait (bounded by ``timeout_s``) for the background verification after open (or for a
+        repair to be needed: the caller then verifies and repairs itself)."""
+        deadline = time.monotonic() + self._timeout_s
+        while self._verify_left is not None and not self._needs_repair():
+            self._wake.set()
+            if self._verified.wait(max(0.0, min(0.05, deadline - time.monotonic()))):
+                return
+            if time.monotonic() >= deadline:
+                read, total = self._verify_docs
+                raise StoreUnavailable(f"the store's database (BaseX) is being verified against the journal after "
+                                       f"the store's open ({read} of {total} documents so far): {waiting} waits for "
+                                       f"that, not done within {self._timeout_s} s (applier's last error: "
+                                       f"{self._apply_error or 'none'}); retry later")
+
     # -- verification and repair (both locks held) --
     def _status(self, collection: str, unhealthy: set[str] = frozenset()) -> tuple[str, int, set[str],
                                                                                 dict[str, tuple[int, bool]]]:
@@ -1663,36 +1963,15 @@ class BaseXStore(XmlStore):
         live = set(listed)
         if len(listed) != len(live):
             return "damaged: a document path held twice (a batch of db:add interrupted?)", 0, set(), {}
-        documents: dict[str, int] = {}
-        tombstones: dict[str, int] = {}
-        for line in versions_text.split("\n"):
-            if not line:
-                continue
-            doc_id, version, kind = line.split()
-            if kind == "t":
-                return "damaged: version resources of the old layout (.v/ for every document)", 0, set(), {}
-            held = documents if kind == "l" else tombstones
-            if doc_id in held:
-                return "damaged: a document path held twice (a batch of db:add interrupted?)", 0, set(), {}
-            held[doc_id] = int(version)
-        if any(version < 1 for version in documents.values()):
-            return "damaged: a document without its version", 0, set(), {}
-        # a document written again after its deletion may still have its tombstone: the higher
-        # version is its state (a tombstone above a live document shows as "holds writes")
-        versions = {doc_id: (version, False) for doc_id, version in tombstones.items()}
-        for doc_id, version in documents.items():
-            if version > versions.get(doc_id, (0, False))[0]:
-                versions[doc_id] = (version, True)
+        status, versions = _versions_of(line.split() for line in versions_text.split("\n") if line)
+        if status != "ok":
+            return status, 0, set(), {}
         return "ok", 0, live, versions
 
     def _verify_and_repair(self, collections: list[str], *, check_unknown: bool = False) -> None:
         self._known_databases.clear()
         if check_unknown:
-            names = self._run(Q_DATABASES, {"$prefix": (self.db_prefix, "")}).split()
-            unknown = [n for n in names if n != self._meta_db and n[len(self.db_prefix):] not in self._state]
-            if unknown:
-                raise StoreError(f"BaseX holds database(s) {', '.join(unknown)} that our journal "
-                                 f"{self._journal.path} does not know: wrong journal or wrong server?")
+            self._refuse_unknown_databases()
         invalidated = False
         unhealthy = self._unhealthy([self._db(c) for c in collections]) if collections else set()
         for collection in collections:
@@ -2152,6 +2431,9 @@ class BaseXStore(XmlStore):
         self._wake.set()
         if self._applier is not None and self._applier_pid == os.getpid():
             self._applier.join(self._timeout_s)
+        fact = _VERIFIED.get(self._verified_key())
+        if fact is not None and fact[0] == os.getpid() and (self.verifying or self._needs_repair()):
+            del _VERIFIED[self._verified_key()]     # BaseX in doubt: a fork verifies for itself
         if self._checkpointer is not None and self._applier_pid == os.getpid():
             self._checkpointer.join()     # it stops within 10,000 documents of _closing (the journal stays whole)
         try:
