@@ -929,6 +929,16 @@ def test_vo_names_are_lower_case_like_machine_names():
         "atlas", "atlas", "/atlas", "pilot", ("/atlas/Role=pilot",))
 
 
+@pytest.mark.parametrize("written, role", [("Role=production", "production"), ("Role=NULL", None), ("NULL", None),
+                                           ("pilot", "pilot")])
+def test_a_role_written_as_role_equals_is_the_roles_name(written, role):
+    record = normalize((f'<UsageRecord xmlns="{R.NS_CAR}" xmlns:urf="{R.NS_CAR}"><RecordIdentity urf:recordId="c"/>'
+                        '<UserIdentity><Group>dteam</Group><GroupAttribute urf:type="vo-group">/dteam</GroupAttribute>'
+                        f'<GroupAttribute urf:type="vo-role">{written}</GroupAttribute></UserIdentity>'
+                        '</UsageRecord>').encode())
+    assert (record.vo, record.vo_group, record.vo_role) == ("dteam", "/dteam", role)
+
+
 def test_car_group_attributes_in_apel_spelling():
     record = normalize((f'<UsageRecord xmlns="{R.NS_CAR}" xmlns:urf="{R.NS_CAR}"><RecordIdentity urf:recordId="c"/>'
                         '<UserIdentity><Group>lhcb</Group><GroupAttribute urf:type="group">/lhcb/prod</GroupAttribute>'

@@ -78,8 +78,9 @@ One normalization (the view, and through it the LUTS's scope attributes and summ
       lower-case, the rest as written. A cut-off FQAN — ``Role`` or ``Capability`` without a value
       (``/atlas/Role``) — keeps what comes before the cut (``/atlas``), with a warning; it never
       becomes a group.
-    * ``vo_group`` (a path ``/vo/group…``) and ``vo_role`` (``NULL``: none): as given, else from
-      the primary (first) FQAN — so a Gratia ``VOName`` that is an FQAN fills both.
+    * ``vo_group`` (a path ``/vo/group…``) and ``vo_role`` (the role's name: ``Role=pilot`` is
+      ``pilot``; ``NULL``: none): as given, else from the primary (first) FQAN — so a Gratia
+      ``VOName`` that is an FQAN fills both.
     * ``machine``: a host name, lower-case; a trailing dot and a ``:port`` are not part of it.
     * Site, queue, project and the other names are kept as written.
 
@@ -760,7 +761,8 @@ def _read_vo(read: _Reader, element: etree._Element, user: etree._Element | None
                 if fqan is not None:
                     group, role = fqan.group, role or fqan.role
             elif kind in ("vo-role", "role") and role is None:
-                role = None if text.upper() == "NULL" else text
+                text = re.sub(r"(?i)^role=", "", text)               # APEL writes "Role=production"
+                role = None if text.upper() in ("NULL", "") else text
     reportable = read.value(user, "ReportableVOName")                 # Gratia
     gratia_vo = read.value(user, "VOName")                            # Gratia: a VO name or an FQAN
     if gratia_vo and gratia_vo.startswith("/"):
