@@ -262,6 +262,9 @@ def test_large_registration_bodies_beyond_the_bound_wait_then_get_a_503_they_rea
         assert post_at(b"x" * 50_000).text == "got 50000\n"                      # the bound is free again
         refused = post_at(b"x" * 150_000)                                        # over the route's own limit
         assert refused.status_code == 413 and "luts.sgas_request_bytes_max" in refused.text
+        chunked = post_at(iter([b"x" * 50_000] * 3))                             # the same, chunked
+        assert chunked.status_code == 413 and "luts.sgas_request_bytes_max" in chunked.text
+        assert post_at(iter([b"x" * 40_000] * 2)).text == "got 80000\n"
     finally:
         release.set()
         server.stop()
