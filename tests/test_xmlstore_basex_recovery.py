@@ -234,6 +234,7 @@ def test_damaged_database_files_are_detected_and_rebuilt(private_basex, spec):
     assert corrupt_database(private_basex.data_dir, "gc_usage")
     private_basex.start()
     with open_from_spec(spec) as store:
+        assert store.wait_verified(30)       # its metadata reads: found by the verification after open
         assert any("usage" in line and "rebuil" in line for line in store.recovery_log), store.recovery_log
         assert store.count("usage") == 299
         assert store.get("usage", "u0007") is None
@@ -683,6 +684,7 @@ def test_a_path_held_twice_is_found_and_rebuilt(private_basex, spec):
     session.query("db:add('gc_lean_d', <rec user='u4' n='4'/>, 'r0004')")      # r0004 twice now
     session.close()
     with open_from_spec(spec) as store:
+        assert store.wait_verified(30)       # found by the verification after open (its metadata reads)
         assert any("held twice" in line for line in store.recovery_log), store.recovery_log
         assert store.count("lean_d") == 20
         assert store.count("lean_d", where={"user": "u4"}) == 2
@@ -828,6 +830,7 @@ def test_a_database_with_versions_out_of_place_is_rebuilt(private_basex, spec, t
     session.query(tamper)
     session.close()
     with open_from_spec(spec) as store:
+        assert store.wait_verified(30)       # found by the verification after open (its metadata reads)
         assert any(found in line for line in store.recovery_log), store.recovery_log
         assert any("rebuilt" in line for line in store.recovery_log), store.recovery_log
         assert [d.version for d in store.query("acc", None).documents] == [1, 1, 1]

@@ -1003,7 +1003,7 @@ class BaseXStore(XmlStore):
         self._verify_docs = (0, 0)              # (documents read, documents to read)
         self._verify_started = 0.0
         self._verified = threading.Event()      # set once BaseX is verified against the journal
-        self._basex_gone: str | None = None     # the background verification could not reach BaseX
+        self._verify_failed: str | None = None  # why the verification after open failed (the applier retries)
         try:
             if self.read_only:
                 self._catalog.extra = {p: i for p, i in declared.items()}
@@ -1175,7 +1175,7 @@ class BaseXStore(XmlStore):
                      self._verify_docs[1], time.monotonic() - self._verify_started)
         self._verify_left = None
         self._verify_new = {}
-        self._basex_gone = None
+        self._verify_failed = None
         if not by_parent:
             _VERIFIED[self._verified_key()] = (os.getpid(), seq, time.monotonic())
         self._verified.set()
@@ -1203,15 +1203,16 @@ class BaseXStore(XmlStore):
 
     def wait_verified(self, timeout_s: float | None = None) -> bool:
         """Wait until BaseX is verified against the journal (and repaired where it differed);
-        False if that did not happen within ``timeout_s`` (None: no limit) or BaseX does not
-        answer (the store then serves from the journal: see _open_without_basex)."""
+        False if that did not happen within ``timeout_s`` (None: no limit), BaseX does not answer
+        (the store then serves from the journal: see _open_without_basex) or the verification
+        failed (the applier retries it, as a repair; the error is logged)."""
         self._refuse_if_read_only("verification")
         self._start_applier()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             if self._verified.is_set() and not self._needs_repair():
                 return True
-            if self.waiting_for_basex is not None or self._basex_gone is not None or self._closing.is_set():
+            if self.waiting_for_basex is not None or self._verify_failed is not None or self._closing.is_set():
                 return False
             if deadline is not None and time.monotonic() >= deadline:
                 return False
@@ -1879,8 +1880,8 @@ class BaseXStore(XmlStore):
                 failures += 1
                 self._suspect = True
                 self._apply_error = f"{type(error).__name__}: {error}"
-                if self._verify_left is not None and isinstance(error, BaseXUnavailable):
-                    self._basex_gone = self._apply_error      # (wait_verified stops waiting)
+                if not self._verified.is_set():
+                    self._verify_failed = self._apply_error   # (wait_verified stops waiting; a repair goes on)
                 if failures == 1 and self.waiting_for_basex is None:   # (else the open said so)
                     log.warning("xmlstore/basex: applying the journal to BaseX failed (%s); retrying",
                                 self._apply_error)
