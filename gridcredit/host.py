@@ -617,7 +617,7 @@ def prepare_state(config: Config) -> None:
     LedgerKey.load_or_create(ledger_key_path(config))
     store = open_service_store(config)                   # opening checks the store and repairs it ...
     try:
-        store.wait_verified()     # ... BaseX in the background: once here, so the workers forked next need not
+        store.wait_verified(at_once=True)    # ... BaseX after open: once here, so the workers forked next need not
     finally:
         store.close()
     SqliteReplayCache(replay_cache_path(config))         # made once, so workers need not race to set it up

@@ -1083,3 +1083,21 @@ def test_open_returns_before_the_verification_which_queries_wait_for_and_which_s
         assert said == {"verifying": False, "steps": len(steps), "count": 2}, said
     finally:
         store.close()
+
+
+def test_wait_verified_at_once_verifies_in_one_pass_and_repairs(private_basex, spec, monkeypatch):
+    """serve's supervisor (prepare_state) verifies at once, before any worker commits: one pass
+    over each database under the writer lock, not the background's steps; damage is repaired."""
+    with open_from_spec(spec) as store:
+        store.transact(lambda tx: [tx.put("big", f"d{n:04d}", f"<d n='{n}'/>".encode()) for n in range(500)])
+        assert store.wait_verified(10)
+    session = Session("127.0.0.1", private_basex.port, "admin", "admin", timeout_s=5)
+    session.query("db:delete('gc_big', 'd0123')")
+    session.close()
+    monkeypatch.setattr(BaseXStore, "_verify_step", lambda self: None)    # the background never verifies
+    with open_from_spec(spec) as store:
+        assert store.verifying
+        assert store.wait_verified(at_once=True)
+        assert not store.verifying                  # (the background steps did nothing: _verify_step replaced)
+        assert any("big" in line and "re-applying" in line for line in store.recovery_log), store.recovery_log
+        assert store.count("big") == 500

@@ -378,11 +378,12 @@ class XmlStore(abc.ABC):
         read on time whatever BaseX does (the bank's active holds for its expiry sweep), not a
         million usage records (``scan`` there)."""
 
-    def wait_verified(self, timeout_s: float | None = None) -> bool:
+    def wait_verified(self, timeout_s: float | None = None, *, at_once: bool = False) -> bool:
         """Wait until the store's query database is verified against its record after open (the
         BaseX backend verifies in the background: queries wait for it meanwhile); False if not
-        within ``timeout_s`` (None: no limit) or the query database does not answer. A store
-        with nothing to verify after open answers True at once."""
+        within ``timeout_s`` (None: no limit) or the query database does not answer. ``at_once``:
+        verify here, quicker, with commits waiting meanwhile (a process that serves nothing yet).
+        A store with nothing to verify after open answers True at once."""
         return True
 
     @abc.abstractmethod

@@ -1202,12 +1202,25 @@ class BaseXStore(XmlStore):
         """Whether BaseX is still being verified against the journal after open (queries wait)."""
         return not self._verified.is_set()
 
-    def wait_verified(self, timeout_s: float | None = None) -> bool:
+    def wait_verified(self, timeout_s: float | None = None, *, at_once: bool = False) -> bool:
         """Wait until BaseX is verified against the journal (and repaired where it differed);
         False if that did not happen within ``timeout_s`` (None: no limit), BaseX does not answer
         (the store then serves from the journal: see _open_without_basex) or the verification
-        failed (the applier retries it, as a repair; the error is logged)."""
+        failed (the applier retries it, as a repair; the error is logged). ``at_once``: verify
+        what is left here, in one pass over each database under the writer lock — quicker than
+        the background's steps (each walks the database for its ids), but commits wait: for a
+        process that serves nothing yet (serve's supervisor before it starts its workers)."""
         self._refuse_if_read_only("verification")
+        if at_once and self._verify_left is not None:
+            try:
+                with self._journal.apply_lock():
+                    if self._verify_left is not None and self.waiting_for_basex is None:
+                        self._repair_locked(writer_locked=False)     # (ends the background verification)
+            except StoreError as error:
+                log.warning("xmlstore/basex: verifying BaseX against the journal failed (%s); the applier "
+                            "retries", error)
+                self._suspect = True
+                return False
         self._start_applier()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
