@@ -1101,3 +1101,33 @@ def test_wait_verified_at_once_verifies_in_one_pass_and_repairs(private_basex, s
         assert not store.verifying                  # (the background steps did nothing: _verify_step replaced)
         assert any("big" in line and "re-applying" in line for line in store.recovery_log), store.recovery_log
         assert store.count("big") == 500
+
+
+def test_the_verification_after_open_goes_on_when_another_process_applies_meanwhile(private_basex, spec, monkeypatch):
+    """Another process commits and applies while this one verifies in the background (frames this
+    one has not read yet): the steps take them in and go on — no full repair for nothing."""
+    monkeypatch.setattr(BaseXStore, "verify_chunk_docs", 100)
+    with open_from_spec(spec) as store:
+        store.transact(lambda tx: [tx.put("big", f"d{n:04d}", f"<d n='{n}'/>".encode()) for n in range(300)])
+        assert store.wait_verified(10)
+    release = threading.Event()
+    verify_step, repair = BaseXStore._verify_step, BaseXStore._repair_locked
+    repairs = []
+    monkeypatch.setattr(BaseXStore, "_verify_step", lambda self: (release.wait(30), verify_step(self))[1])
+    monkeypatch.setattr(BaseXStore, "_repair_locked", lambda self, **kw: (repairs.append(1), repair(self, **kw))[1])
+    store = open_from_spec(spec)
+    try:
+        assert store.verifying
+        other = subprocess.run([sys.executable, "-c", (
+            "import json, sys; sys.path.insert(0, %r); from store_fixtures import open_from_spec\n"
+            "store = open_from_spec(json.loads(sys.argv[1]))\n"
+            "store.transact(lambda tx: [tx.put('big', 'd%%04d' %% n, b'<d/>') for n in range(250, 350)])\n"
+            "store.flush(); store.close()") % str(HERE), json.dumps(spec)], capture_output=True, text=True, timeout=120)
+        assert other.returncode == 0, other.stderr
+        assert applied_in_basex(private_basex.port) == 2
+        release.set()
+        assert store.wait_verified(20)
+        assert repairs == [] and store.recovery_log == [], store.recovery_log
+        assert store.count("big") == 350
+    finally:
+        store.close()

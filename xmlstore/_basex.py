@@ -1260,8 +1260,8 @@ class BaseXStore(XmlStore):
                            f"verification after open; verifying every database")
                 self._suspect = True
                 return
-            self._note_applied(applied)
-            self._catch_up_unlocked()
+            self._catch_up_unlocked()       # (every frame up to BaseX's number is in the journal) ...
+            self._note_applied(applied)     # ... so the pending frames are then exactly those after it
             status, live, versions, found = self._status_range(collection, after, upto)
             with self._mirror_lock:
                 if self._pending and self._pending[0][0] != applied + 1:
