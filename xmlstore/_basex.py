@@ -61,7 +61,16 @@ BaseX user needs ADMIN), and the holders open it again at their next query.
 Recovery. A failed apply, a broken BaseX session or a regressed/unknown applied number marks the
 store suspect: the next apply or query (under both locks) verifies every database against the
 mirror and repairs it. On open, every database is verified: readable (every document read in
-full), and its live documents and versions equal the journal's; a lagging or half-applied
+full), and its live documents and versions equal the journal's — after the open returns, by the
+applier thread, when BaseX's applied number and the quick checks agree (every database's metadata
+readable, no database of another journal, the attribute indexes' options as declared; the
+frames BaseX lacks applied first): in steps of ``verify_chunk_docs`` ids under the applier lock
+alone, each compared with the journal as of BaseX's applied number, a collection that differs
+repaired whole under the writer lock; queries wait for it (bounded by ``timeout_s``), reads by id,
+``scan_local`` and commits go on; one log line at its start and one at its end; ``wait_verified``
+waits for it (``at_once``: does the rest in one pass under the writer lock — serve's supervisor),
+and a process forked within ``fork_trust_s`` of its parent's verification does not verify again
+(``_VERIFIED``). Otherwise (and in every repair) the verification runs before going on; a lagging or half-applied
 database gets the missing writes re-applied, an unreadable or inconsistent one is dropped and
 rebuilt from the journal (one whose metadata a kill -9 left empty is dropped without being opened:
 see ``Q_UNHEALTHY``; one listing a path twice is rebuilt; one with more than ``rebuild_above``
