@@ -804,7 +804,9 @@ def test_audit_speed():
     report = bank.audit(verify)
     elapsed_s = time.process_time() - started
     assert report.clean
-    assert elapsed_s / report.transaction_count < 30e-6, elapsed_s
+    # The target itself (1,000,000 in under 60 s; bench/audit.py measures it): CPU time per transaction
+    # grows on a 2-core machine shared with a whole test run (47 µs seen at load 12, ~15 µs quiet).
+    assert elapsed_s / report.transaction_count < 60e-6, elapsed_s
 
 
 # ---------------------------------------------------------------------------------------------

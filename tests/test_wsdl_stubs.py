@@ -22,6 +22,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import requests
 from lxml import etree
 
 from gridcredit.host import SERVICE_MODULES
@@ -243,10 +244,16 @@ def tampering_proxy(target_url: str, session, original: bytes, replacement: byte
 
     def app(environ, start_response):
         body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
-        answer = session.post(f"{target_url}{environ['PATH_INFO']}", data=body, timeout=30,
-                              headers={"Content-Type": environ.get("CONTENT_TYPE", "text/xml"),
-                                       "SOAPAction": environ.get("HTTP_SOAPACTION", '""')})
-        assert original in answer.content
+        try:
+            answer = session.post(f"{target_url}{environ['PATH_INFO']}", data=body, timeout=60,
+                                  headers={"Content-Type": environ.get("CONTENT_TYPE", "text/xml"),
+                                           "SOAPAction": environ.get("HTTP_SOAPACTION", '""')})
+        except requests.RequestException as error:   # the host did not answer: say so, do not tamper
+            start_response("502 Bad Gateway", [("Content-Type", "text/plain")])
+            return [f"the proxy got no answer from the host: {error!r}".encode()]
+        if original not in answer.content:           # nothing to change: pass it on, the test names it
+            start_response("502 Bad Gateway", [("Content-Type", "text/plain")])
+            return [b"the host's answer does not hold the text to change: " + answer.content[:2000]]
         changed = answer.content.replace(original, replacement)
         start_response(f"{answer.status_code} Forwarded", [("Content-Type", answer.headers["Content-Type"]),
                                                            ("Content-Length", str(len(changed)))])
@@ -262,9 +269,12 @@ def test_the_gsoap_client_refuses_an_answer_changed_on_the_way(gsoap_clients, ho
     alice = pki.user("Alice")
     proxy = tampering_proxy(host.url, https_session(pki.trust_dir), b"CN=Alice<", b"CN=Alicf<")
     with app_in_thread(proxy, host_cert=pki.host_cert, host_key=pki.host_key) as url:
-        result = subprocess.run([str(client), f"{url}/jarm", str(ca_file), str(alice.cert_path), str(alice.key_path),
-                                 "whoami"], capture_output=True, text=True, timeout=60)
-    seen = key_values(result.stdout)
+        for _attempt in range(3):   # a 502: the proxy got no usable answer on a loaded machine; ask again
+            result = subprocess.run([str(client), f"{url}/jarm", str(ca_file), str(alice.cert_path),
+                                     str(alice.key_path), "whoami"], capture_output=True, text=True, timeout=90)
+            seen = key_values(result.stdout)
+            if seen.get("error") != "502":
+                break
     assert result.returncode == 1 and "verified" not in seen and "dn" not in seen, result.stdout
     assert seen.get("fault") == "wsse:FailedCheck", result.stdout  # the plugin's own refusal
 
