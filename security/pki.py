@@ -26,7 +26,6 @@ import json
 import os
 import re
 import secrets
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 from OpenSSL import crypto as openssl_crypto
 
+from gridcredit.durable import write_atomically
 from gridcredit.errors import CertificateError, CredentialError
 
 __all__ = [
@@ -164,24 +164,11 @@ def key_matches(certificate: x509.Certificate, key: PrivateKey) -> bool:
 
 
 def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory (never half-written,
-    never briefly readable by others)."""
+    """Write ``data`` to ``path`` (made with its folder when missing): never half-written, never
+    briefly readable by others (gridcredit.durable)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(handle, mode)
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
+    write_atomically(path, data, mode=mode)
 
 
 def write_private_key(path: Path, key: PrivateKey) -> None:

@@ -172,6 +172,7 @@ import contextlib
 
 from lxml import etree
 
+from gridcredit.durable import write_atomically
 from gridcredit.errors import ConflictError, QueryError, StoreError, StoreUnavailable, invariant
 
 from ._api import (DEFAULT_LIMITS, NOT_COVERED, AttributeIndex, Coverage, Document, QueryPage, StoreLimits,
@@ -497,17 +498,7 @@ class _IndexCatalog:
                 raise StoreError(f"more than {self._limits.indexes_max} attribute indexes")
             text = json.dumps({"indexes": [{"prefix": p, "attributes": list(i.attributes), "store_text": i.store_text}
                                            for p, i in sorted(merged.items())]}, indent=1)
-            temporary = self.path.with_name(self.path.name + ".tmp")
-            with open(temporary, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, self.path)
-            directory = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            write_atomically(self.path, text.encode("utf-8"))
             self.refresh()
         return changed
 

@@ -70,6 +70,7 @@ import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from gridcredit.durable import fsync_directory
 from gridcredit.errors import StoreError, invariant
 
 MAGIC = b"GCJ1"
@@ -259,7 +260,7 @@ class Journal:
             raise StoreError(f"cannot open the journal {path}{' read-only' if self.read_only else ''}: "
                              f"{error}") from None
         if not self.read_only and base == 1 and not segments:
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
         self._segments.append(_Segment(base, path, fd))
 
     @property
@@ -437,7 +438,7 @@ class Journal:
             if self.read_only:
                 return []        # (a checkpointer is creating it)
             fd = self._open_fd(path, create=True)
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
         with self._files_lock:
             self._segments.append(_Segment(self.last_seq + 1, path, fd))
             self.offset = 0
@@ -610,7 +611,7 @@ class Journal:
             raise StoreError(f"snapshot {temporary} does not read back as written (disk error?); not used")
         os.replace(temporary, final)
         _step("snapshot-renamed")
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         _step("snapshot-durable")
         snapshot = _Snapshot(seq, final, os.open(final, os.O_RDONLY | os.O_CLOEXEC))
         with self._files_lock:
@@ -623,7 +624,7 @@ class Journal:
                 os.unlink(path)
             if number == 0:
                 _step("old-file-removed")
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         _step("old-files-removed")
         return final
 
@@ -813,11 +814,3 @@ def _any_valid_after(data: bytes, start: int) -> bool:
             return True
         position = data.find(MAGIC, position + 1)
     return False
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

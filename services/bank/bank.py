@@ -15,7 +15,6 @@ import dataclasses
 import logging
 import multiprocessing
 import operator
-import os
 import threading
 import time
 from collections import deque
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from lxml import etree
 
+from gridcredit.durable import write_exclusively
 from gridcredit.errors import ConfigError, ConflictError, DomainError, QueryError, StoreError, invariant
 from gridcredit.xmlstore import XmlStore
 
@@ -99,23 +99,15 @@ class LedgerKey:
     def load_or_create(cls, path: Path) -> LedgerKey:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            for _ in range(50):  # another worker may be writing it right now
-                data = path.read_bytes()
-                if data:
-                    return cls(serialization.load_pem_private_key(data, password=None))
-                time.sleep(0.05)
-            raise StoreError(f"the ledger signing key {path} is empty")
         key = Ed25519PrivateKey.generate()
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-            handle.flush()
-            os.fsync(handle.fileno())
-        log.info("created the ledger signing key %s", path)
-        return cls(key)
+        if write_exclusively(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption()), mode=0o600):
+            log.info("created the ledger signing key %s", path)
+            return cls(key)
+        data = path.read_bytes()     # another worker's, whole (a key is never seen half-written)
+        if not data:                 # (written before keys were made whole: a crash mid-write)
+            raise StoreError(f"the ledger signing key {path} is empty")
+        return cls(serialization.load_pem_private_key(data, password=None))
 
     def sign(self, message: bytes) -> bytes:
         return self._private.sign(message)
