@@ -19,7 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from gridcredit.errors import DomainError
 from gridcredit.services.bank import documents, ledger
 from gridcredit.services.bank.ledger import AccountStatus, Principal, Role
-from gridcredit.services.bank.model import BankModel, Refusal
+from bank_model import BankModel, Refusal
 
 KEY = b"model-test-key"
 SECOND_US = 1_000_000
