@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from spyne import Array, Boolean, ComplexModel, DateTime, Long, Unicode
 
 from gridcredit.errors import DomainError
+from gridcredit.timeunits import datetime_to_us
 
 from . import ledger
 from .ledger import AccountStatus, Role
@@ -153,8 +154,7 @@ def _microseconds(moment: datetime | None, what: str) -> int | None:
         return None
     if moment.tzinfo is None:  # xs:dateTime without a zone: read as UTC, as the ledger's clock is
         moment = moment.replace(tzinfo=timezone.utc)
-    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return datetime_to_us(moment)
 
 
 def _require_administrator_or_auditor(ctx, action: str):

@@ -31,7 +31,8 @@ Date-times
     * Leap seconds (``:60``) are refused: ``datetime`` cannot hold them.
 
     ``format_datetime(dt)`` writes ``YYYY-MM-DDThh:mm:ss[.ffffff]Z`` (fraction only when non-zero);
-    ``datetime_to_us``/``datetime_from_us`` convert to and from integer µs since the Unix epoch.
+    ``datetime_to_us``/``datetime_from_us`` (from ``gridcredit.timeunits``, the one conversion)
+    convert to and from integer µs since the Unix epoch.
 """
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from gridcredit.errors import DomainError
+from gridcredit.timeunits import US_PER_S, datetime_from_us, datetime_to_us  # noqa: F401 — re-exported
 
-US_PER_S = 1_000_000
 US_PER_MINUTE = 60 * US_PER_S
 US_PER_HOUR = 3_600 * US_PER_S
 US_PER_DAY = 86_400 * US_PER_S
@@ -49,7 +50,6 @@ DURATION_US_MAX = 10**18
 DURATION_TEXT_MAX = 64
 DATETIME_TEXT_MAX = 64
 OFFSET_MINUTES_MAX = 14 * 60
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 class DurationError(DomainError):
@@ -235,16 +235,3 @@ def format_datetime(moment: datetime) -> str:
     if utc.microsecond:
         text += f".{utc.microsecond:06d}".rstrip("0")
     return text + "Z"
-
-
-def datetime_to_us(moment: datetime) -> int:
-    """Integer microseconds since 1970-01-01T00:00:00Z (negative before)."""
-    if moment.tzinfo is None:
-        raise ValueError("datetime_to_us needs an aware datetime")
-    delta = moment - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * US_PER_S + delta.microseconds
-
-
-def datetime_from_us(us: int) -> datetime:
-    """The aware UTC datetime ``us`` microseconds after the Unix epoch."""
-    return EPOCH + timedelta(microseconds=us)

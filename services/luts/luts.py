@@ -80,7 +80,7 @@ from gridcredit.errors import DomainError, QueryError, SecurityError, StoreError
 from gridcredit.xmlstore import AttributeIndex, XmlStore
 
 from . import records as ur
-from .durations import datetime_to_us
+from .durations import datetime_from_us, datetime_to_us
 
 NS = ur.NS_VIEW
 N = f"{{{NS}}}"
@@ -457,10 +457,6 @@ def forward_entry(month: str, record_hash: str, *, replace: bool = False) -> byt
     return etree.tostring(entry)
 
 
-def _utc(us: int) -> datetime:
-    return datetime.fromtimestamp(us / 1e6, timezone.utc)
-
-
 @dataclass(frozen=True, slots=True)
 class _Prepared:
     index: int
@@ -662,7 +658,7 @@ class Luts:
         element = source.element if source.element is not None else etree.fromstring(source.data)
         digest = _usage_digest(element)
         month_text = ur.record_month(usage)
-        month = month_key(month_text) if month_text else _utc(received_us).strftime("%Y%m")
+        month = month_key(month_text) if month_text else datetime_from_us(received_us).strftime("%Y%m")
         return _Prepared(index=source.index, usage=usage, record_hash=record_key(machine_of(usage), usage.record_id),
                          digest=digest,
                          month=month, document=_record_document(source, usage, month, digest, caller.dn, received_us),
@@ -671,7 +667,7 @@ class Luts:
     def _store_chunk(self, tx, chunk: Sequence["_Prepared"], replace: bool, machines: frozenset[str],
                      received_us: int) -> list[RecordResult]:
         years = self._years(tx)
-        year_now = _utc(received_us).strftime("%Y")
+        year_now = datetime_from_us(received_us).strftime("%Y")
         deltas: dict[tuple[str, tuple[str, ...]], _Counters] = {}
         seen: dict[str, str] = {}         # record key → digest, within this chunk
         results = []
