@@ -15,7 +15,8 @@ import pytest
 
 from gridcredit.config import StoreConfig
 from gridcredit.errors import GridcreditError, RemoteFault
-from gridcredit.services.luts.forward import REJECTED, Forwarder, _HostLock, run_forwarder
+from gridcredit.services.luts.forward import REJECTED, Forwarder, run_forwarder
+from gridcredit.singleton import SingletonLock
 from gridcredit.services.luts.luts import INDEXES, Caller, Luts, LutsPolicy
 from gridcredit.xmlstore import open_store
 
@@ -193,11 +194,11 @@ def test_one_forwarder_per_host(pair, tmp_path):
     site, top, upstream = pair
     site.publish(make_batch(random_jobs(20, seed=28, machines=["ce1.example.org"])), Caller(SITE_PUBLISHER))
     lock_file = tmp_path / "forwarder.lock"
-    holder = _HostLock(lock_file)
+    holder = SingletonLock(lock_file)
     assert holder.try_acquire()
     stop = threading.Event()
     thread = threading.Thread(target=run_forwarder, kwargs=dict(
-        forwarder=Forwarder(site, lambda: upstream), interval_s=0.1, stop=stop, lock=_HostLock(lock_file)))
+        forwarder=Forwarder(site, lambda: upstream), interval_s=0.1, stop=stop, lock=SingletonLock(lock_file)))
     thread.start()
     time.sleep(0.5)
     assert upstream.calls == 0                      # another holds the lock: this one waits
@@ -214,7 +215,7 @@ def test_one_forwarder_per_host(pair, tmp_path):
 
 
 def test_config_of_forwarding_is_checked():
-    from gridcredit.config import load_config
+    from gridcredit.server.registry import load_config
     from gridcredit.errors import ConfigError
 
     config = load_config(env={"GRIDCREDIT_LUTS_FORWARD_TO": "https://top.example.org:8443"})

@@ -21,15 +21,13 @@ An entry whose record is gone (a replaced record that moved to another month; th
 an entry of its own) is deleted without sending.
 
 One forwarder runs per host (``run_forwarder``): every worker process starts the thread, and the
-one that holds an ``fcntl`` lock on ``<state>/luts/forwarder.lock`` forwards; the others try the
-lock again each interval (so a worker that dies hands the work to another).
+one that holds the host-wide lock ``<state>/luts/forwarder.lock`` (``gridcredit.singleton``)
+forwards; the others try the lock again each interval (so a worker that dies hands the work to
+another).
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ from typing import Callable
 from lxml import etree
 
 from gridcredit.errors import GridcreditError
+from gridcredit.singleton import SingletonLock, run_rounds
 
 from .spool import BATCH_BYTES_DEFAULT, BATCH_RECORDS_DEFAULT, BatchSender, Outgoing, SendStopped, Settled
 
@@ -190,38 +189,6 @@ def lock_path(config) -> Path:
     return config.state_path / "luts" / "forwarder.lock"
 
 
-class _HostLock:
-    """An fcntl lock held for the life of the process (released by the kernel when it dies)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._handle = None
-
-    def try_acquire(self) -> bool:
-        if self._handle is not None:
-            return True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            handle.close()
-            if error.errno in (errno.EAGAIN, errno.EACCES):
-                return False
-            raise
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}\n")
-        handle.flush()
-        self._handle = handle
-        return True
-
-    def release(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-
-
 def upstream_client_factory(config, files) -> Callable[[], object]:
     """The upstream LutsClient, signing with this host's certificate."""
 
@@ -236,36 +203,30 @@ def upstream_client_factory(config, files) -> Callable[[], object]:
     return make
 
 
-def run_forwarder(forwarder: Forwarder, *, interval_s: float, stop: threading.Event, lock: _HostLock) -> None:
-    """Forward every ``interval_s`` (at once again while a round leaves more) until ``stop``."""
+def run_forwarder(forwarder: Forwarder, *, interval_s: float, stop: threading.Event,
+                  lock: SingletonLock | None = None) -> None:
+    """Forward every ``interval_s`` (at once again while a round leaves more) until ``stop``, in
+    the one process of the host that holds ``lock`` (gridcredit/singleton.py; None: the caller
+    runs this in one process of the host)."""
     failing = False
-    try:
-        while not stop.is_set():
-            if not lock.try_acquire():
-                stop.wait(interval_s)
-                continue
-            try:
-                report = forwarder.forward()
-            except Exception:  # noqa: BLE001 — a failed round (the store) is retried next interval
-                log.exception("forwarding round failed; retrying in %s s", interval_s)
-                stop.wait(interval_s)
-                continue
-            if report.stopped:
-                if not failing:
-                    log.warning("forwarding to the upstream LUTS stopped (records stay queued, retried every %s s): "
-                                "%s", interval_s, report.stopped)
-                failing = True
-            elif failing:
-                log.info("forwarding to the upstream LUTS works again")
-                failing = False
-            if report.entries_done:
-                log.info("forwarded %d queued records: %d stored upstream, %d already there, %d rejected",
-                         report.entries_done, report.records_stored, report.records_duplicate, report.records_rejected)
-            if report.more:
-                continue
-            stop.wait(interval_s)
-    finally:
-        lock.release()
+
+    def one_round() -> bool:
+        nonlocal failing
+        report = forwarder.forward()
+        if report.stopped:
+            if not failing:
+                log.warning("forwarding to the upstream LUTS stopped (records stay queued, retried every %s s): "
+                            "%s", interval_s, report.stopped)
+            failing = True
+        elif failing:
+            log.info("forwarding to the upstream LUTS works again")
+            failing = False
+        if report.entries_done:
+            log.info("forwarded %d queued records: %d stored upstream, %d already there, %d rejected",
+                     report.entries_done, report.records_stored, report.records_duplicate, report.records_rejected)
+        return report.more
+
+    run_rounds(stop, interval_s=interval_s, work=one_round, name="forwarding round", lock=lock)
 
 
 def start_forwarder(config, luts, files, stop: threading.Event) -> threading.Thread | None:
@@ -276,7 +237,7 @@ def start_forwarder(config, luts, files, stop: threading.Event) -> threading.Thr
     forwarder = Forwarder(luts, upstream_client_factory(config, files), batch_records=settings.forward_batch_records)
     thread = threading.Thread(target=run_forwarder, name="luts-forwarder", daemon=True,
                               kwargs=dict(forwarder=forwarder, interval_s=max(1, settings.forward_interval_s),
-                                          stop=stop, lock=_HostLock(lock_path(config))))
+                                          stop=stop, lock=SingletonLock(lock_path(config))))
     thread.start()
     return thread
 
