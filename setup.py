@@ -1,7 +1,8 @@
 """gridcredit: accounting and a CPU market for shared computing, as signed SOAP services.
 
 The repository keeps the layout of the user's design card (``security/``,
-``services/<name>/``, ``xmlstore/`` at the top level); ``package_dir`` maps those
+``services/<name>/``, ``xmlstore/`` at the top level, and ``server/`` above the services);
+``package_dir`` maps those
 folders under the single ``gridcredit`` import package so that nothing generic
 such as ``services`` lands at the top of site-packages.
 """
@@ -16,6 +17,7 @@ PACKAGE_FOLDERS = {
     "gridcredit.services.luts": "services/luts",
     "gridcredit.services.jarm": "services/jarm",
     "gridcredit.services.auctioneer": "services/auctioneer",
+    "gridcredit.server": "server",
 }
 
 setup(

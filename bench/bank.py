@@ -34,9 +34,9 @@ from lxml import etree
 from gridcredit.security.wssec import SOAP11_NS
 
 from gridcredit.client import ServiceClient
-from gridcredit.config import load_config
-from gridcredit.host import HostFiles, prepare_state
-from gridcredit.host_cli import development_pki
+from gridcredit.server.registry import load_config
+from gridcredit.server.host import HostFiles, prepare_state
+from gridcredit.server.host_cli import development_pki
 from gridcredit.security.credentials import load_credential
 from gridcredit.security.pki import CertificateAuthority
 from gridcredit.xmlstore.basex_server import BaseXServer

@@ -40,10 +40,10 @@ from whoami import Caller, free_port, start_server  # noqa: E402
 
 from lxml import etree
 
-from gridcredit.config import load_config
-from gridcredit.host import HostFiles, prepare_state
-from gridcredit.host_cli import development_pki
-from gridcredit.runtime import open_service_store
+from gridcredit.server.registry import load_config
+from gridcredit.server.host import HostFiles, prepare_state
+from gridcredit.server.host_cli import development_pki
+from gridcredit.server.registry import open_service_store
 from gridcredit.security.credentials import load_credential
 from gridcredit.security.pki import CertificateAuthority
 from gridcredit.security.wssec import SOAP11_NS

@@ -32,9 +32,9 @@ from lxml import etree
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import scratch_dir, write_section  # noqa: E402
 
-from gridcredit.config import load_config
-from gridcredit.host import HostFiles, build_host, serve
-from gridcredit.host_cli import development_pki
+from gridcredit.server.registry import load_config
+from gridcredit.server.host import HostFiles, build_host, serve
+from gridcredit.server.host_cli import development_pki
 from gridcredit.security.chain import TrustStore
 from gridcredit.security.credentials import load_credential
 from gridcredit.security.pki import CertificateAuthority

@@ -16,13 +16,36 @@ from typing import Callable
 from . import __version__
 from .errors import GridcreditError
 
-# Modules that add sub-commands, in the order they appear in --help.
-COMMAND_MODULES = (
-    "gridcredit.host_cli",          # serve, whoami
+# Modules that add sub-commands, in the order they appear in --help; then each registered
+# service's own (server/registry.py).
+HOST_COMMAND_MODULES = (
+    "gridcredit.server.host_cli",   # serve, whoami, wsdl
     "gridcredit.security.pki_cli",  # pki …
-    "gridcredit.services.bank.cli",  # bank …
-    "gridcredit.services.luts.cli",  # luts …
 )
+
+
+def command_modules() -> tuple[str, ...]:
+    from gridcredit.server import registry
+
+    return HOST_COMMAND_MODULES + tuple(contract.cli_module for contract in registry.services() if contract.cli_module)
+
+
+class LocalInstallation:
+    """The configuration and store of this machine, for commands that work on them directly
+    (offline audit, held records): ``args.local`` in every handler."""
+
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+
+    def config(self):
+        from gridcredit.server import registry
+
+        return registry.load_config(self.config_path)
+
+    def open_store(self, config, *, read_only: bool = False):
+        from gridcredit.server import registry
+
+        return registry.open_service_store(config, read_only=read_only)
 
 
 def print_result(args: argparse.Namespace, value: object, text: str | None = None) -> None:
@@ -64,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for module_name in COMMAND_MODULES:
+    for module_name in command_modules():
         importlib.import_module(module_name).register(subparsers)
     return parser
 
@@ -72,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.local = LocalInstallation(args.config)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

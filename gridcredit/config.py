@@ -14,11 +14,11 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 from .errors import ConfigError
 
 ENV_PREFIX = "GRIDCREDIT_"
-SGAS_REQUEST_BYTES_MAX = 67_108_864     # services/luts/records.py BatchLimits.document_bytes_max
 
 
 def default_state_dir() -> Path:
@@ -70,48 +70,37 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class BankConfig:
-    admins: tuple[str, ...] = ()        # DNs of bank administrators, grid one-line form
-    auditors: tuple[str, ...] = ()      # DNs that may run the online audit besides administrators
-    services: tuple[str, ...] = ()      # service identities (JARM, auctioneer hosts): act only on holds they made
-    approval_above: int = 0             # mints above this need a second administrator (0: never)
-    mint_approval_days: int = 7         # a mint awaiting approval expires this many days after its request (1-366)
-    hold_days_max: int = 31             # the longest a hold may run
-    expiry_sweep_s: int = 5             # how often expired holds are returned
-
-
-@dataclass(frozen=True, slots=True)
-class LutsConfig:
-    admins: tuple[str, ...] = ()        # DNs that see every usage record and may replace records
-    # VO name → DNs of its managers, who see the VO's records:  [luts.vo_managers] atlas = ["/O=Grid/CN=Ann"]
-    vo_managers: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    # Site administrators: DN → machine names they publish for ("*": any), and see; they may replace records
-    site_publishers: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    host_publishers: bool = True        # a host certificate (dNSName subjectAltName NAME) may publish records of machine NAME
-    sgas_path: str = "/sgas"            # SGAS-compatible registration for existing reporters: POST <sgas_path>/ur
-    # The largest body <sgas_path>/ur takes (bytes): ARC sends batches of 50 records (urbatchsize),
-    # up to ~250 KB each with many file transfers (32 MiB: 2.5 times that); at most 64 MiB, the LUTS's document limit
-    sgas_request_bytes_max: int = 33_554_432
-    # Forwarding every stored record to a higher-level LUTS, signed with this host's certificate
-    # (its DN must be allowed to publish there): the upstream's base URL, e.g. https://luts.example.org:8443
-    forward_to: str = ""                # empty: no forwarding
-    forward_interval_s: int = 30        # how often the queue of records to forward is sent (1-86400)
-    forward_batch_records: int = 1000   # records per request to the upstream LUTS (1-10000)
-
-
-@dataclass(frozen=True, slots=True)
 class Config:
+    """The whole configuration: the host's own sections, and one section per service
+    (``sections``: name → the frozen dataclass its ``ServiceContract.config_section`` declares),
+    read as attributes: ``config.bank.admins``."""
     state_dir: str = ""
     log_level: str = "INFO"
     server: ServerConfig = field(default_factory=ServerConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
-    bank: BankConfig = field(default_factory=BankConfig)
-    luts: LutsConfig = field(default_factory=LutsConfig)
+    sections: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def state_path(self) -> Path:
         return Path(self.state_dir).expanduser() if self.state_dir else default_state_dir()
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not fields: a service's section.
+        sections = object.__getattribute__(self, "sections")
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"the configuration has no [{name}] section (services declare theirs: "
+                             f"gridcredit.server.registry builds a Config with all of them)")
+
+    def with_section(self, name: str, section: Any) -> "Config":
+        """This configuration with the service section ``name`` replaced."""
+        return dataclasses.replace(self, sections={**self.sections, name: section})
+
+    def with_sections(self, section_types: Mapping[str, type]) -> "Config":
+        """This configuration with a default section for each service that has none yet."""
+        missing = {name: kind() for name, kind in section_types.items() if name not in self.sections}
+        return self if not missing else dataclasses.replace(self, sections={**self.sections, **missing})
 
 
 def find_config_file(explicit: str | None = None, env: dict[str, str] | None = None) -> Path | None:
@@ -156,14 +145,15 @@ def _mapping(value: typing.Any, name: str) -> dict[str, tuple[str, ...]]:
     return {key: tuple(items) for key, items in value.items()}
 
 
-def _build(cls: type, table: dict, env: dict[str, str], prefix: str, where: str) -> typing.Any:
+def _build(cls: type, table: dict, env: dict[str, str], prefix: str, where: str,
+           skip: frozenset[str] = frozenset()) -> typing.Any:
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(table) - known
+    fields = [f for f in dataclasses.fields(cls) if f.name not in skip]
+    unknown = set(table) - {f.name for f in fields}
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))} in {where}")
     values = {}
-    for f in dataclasses.fields(cls):
+    for f in fields:
         kind = hints[f.name]
         if dataclasses.is_dataclass(kind):
             sub = table.get(f.name, {})
@@ -188,8 +178,13 @@ def _build(cls: type, table: dict, env: dict[str, str], prefix: str, where: str)
     return cls(**values)
 
 
-def load_config(path: str | None = None, env: dict[str, str] | None = None) -> Config:
-    """Read the configuration file (if any) and apply ``GRIDCREDIT_*`` environment overrides."""
+def load_config(path: str | None = None, env: dict[str, str] | None = None, *,
+                sections: Mapping[str, type] = {}) -> Config:
+    """Read the configuration file (if any) and apply ``GRIDCREDIT_*`` environment overrides.
+
+    ``sections``: the services' sections (name → dataclass), as ``gridcredit.server.registry``
+    passes them; a table in the file that is neither the host's nor a service's is an error.
+    """
     env = dict(os.environ if env is None else env)
     config_file = find_config_file(path, env)
     table: dict = {}
@@ -200,7 +195,15 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None) -> C
             table = tomllib.loads(config_file.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as error:
             raise ConfigError(f"cannot read {config_file}: {error}") from None
-    config = _build(Config, table, env, ENV_PREFIX, where)
+    host_table = {key: value for key, value in table.items() if key not in sections}
+    service_sections = {}
+    for name, kind in sections.items():
+        sub = table.get(name, {})
+        if not isinstance(sub, dict):
+            raise ConfigError(f"[{name}] in {where} must be a table")
+        service_sections[name] = _build(kind, sub, env, f"{ENV_PREFIX}{name.upper()}_", f"[{name}] of {where}")
+    config = _build(Config, host_table, env, ENV_PREFIX, where, skip=frozenset({"sections"}))
+    config = dataclasses.replace(config, sections=service_sections)
     if config.store.backend not in {"embedded", "basex"}:
         raise ConfigError(f"store.backend must be 'embedded' or 'basex', not {config.store.backend!r}")
     if config.server.client_cert not in {"none", "optional", "required"}:
@@ -213,14 +216,7 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None) -> C
         raise ConfigError("server.listen_backlog must be 1-65535")
     if not 1 <= config.server.connections_per_address_max <= 100_000:
         raise ConfigError("server.connections_per_address_max must be 1-100000")
-    luts = config.luts
-    if luts.forward_to and not luts.forward_to.startswith("https://"):
-        raise ConfigError(f"luts.forward_to must be the https:// base URL of the upstream LUTS, not {luts.forward_to!r}")
-    if not 1_000_000 <= luts.sgas_request_bytes_max <= SGAS_REQUEST_BYTES_MAX:
-        raise ConfigError(f"luts.sgas_request_bytes_max must be 1000000-{SGAS_REQUEST_BYTES_MAX} (bytes; the most "
-                          f"a usage-record document the LUTS reads may have)")
-    if not 1 <= luts.forward_interval_s <= 86_400:
-        raise ConfigError("luts.forward_interval_s must be 1-86400")
-    if not 1 <= luts.forward_batch_records <= 10_000:
-        raise ConfigError("luts.forward_batch_records must be 1-10000")
+    for section in service_sections.values():
+        if hasattr(section, "check"):
+            section.check()
     return config

@@ -254,8 +254,8 @@ def host_config(state_dir: Path, port: int, *, host_cert: Path, host_key: Path, 
 
 @contextlib.contextmanager
 def host_process(state_dir: Path, *, host_cert: Path, host_key: Path, trust_dir: Path, allow_weak_keys: bool = False):
-    """``gridcredit.host.run_worker`` in a child process on a free port; yields a RunningHost."""
-    from gridcredit.host import HostFiles, run_worker
+    """``gridcredit.server.host.run_worker`` in a child process on a free port; yields a RunningHost."""
+    from gridcredit.server.host import HostFiles, run_worker
 
     port = free_port()
     config = host_config(state_dir, port, host_cert=host_cert, host_key=host_key, trust_dir=trust_dir,

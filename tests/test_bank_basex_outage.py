@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from gridcredit.config import BankConfig
+from gridcredit.services.bank.config import BankConfig
 from gridcredit.services.bank import ledger
 from gridcredit.services.bank.bank import Bank, LedgerKey, audit_store, policy_from_config
 from gridcredit.xmlstore.basex_server import BaseXServer

@@ -23,9 +23,9 @@ import requests
 from lxml import etree
 
 from gridcredit.cli import main
-from gridcredit.config import BankConfig
+from gridcredit.services.bank.config import BankConfig
 from gridcredit.errors import GridcreditError
-from gridcredit.host import HostFiles, prepare_state, run_worker
+from gridcredit.server.host import HostFiles, prepare_state, run_worker
 from gridcredit.services.bank import documents, ledger
 from gridcredit.services.bank.bank import TRANSACTIONS
 from gridcredit.services.bank.client import (BankClient, InvalidRequest, OutcomeUnknown, Transaction, expiry,
@@ -51,8 +51,7 @@ def bank_host(state_dir: Path, pki, *, admins: tuple[str, ...]):
     """One server worker in a child process, with ``admins`` as bank administrators."""
     port = free_port()
     config = host_config(state_dir, port, host_cert=pki.host_cert, host_key=pki.host_key, trust_dir=pki.trust_dir)
-    config = dataclasses.replace(config, bank=BankConfig(admins=admins, approval_above=APPROVAL_ABOVE,
-                                                         expiry_sweep_s=1))
+    config = config.with_section("bank", BankConfig(admins=admins, approval_above=APPROVAL_ABOVE, expiry_sweep_s=1))
     prepare_state(config)
     files = HostFiles(Path(pki.host_cert), Path(pki.host_key), Path(pki.trust_dir))
     process = multiprocessing.get_context("fork").Process(target=run_worker, args=(config, files), daemon=True)

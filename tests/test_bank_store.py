@@ -16,7 +16,7 @@ import time
 import pytest
 
 from gridcredit.errors import ConfigError, DomainError
-from gridcredit.config import BankConfig
+from gridcredit.services.bank.config import BankConfig
 from gridcredit.services.bank import documents, ledger
 from gridcredit.services.bank.bank import (PENDING_MINTS, PENDING_MINTS_ENDED, Bank, LedgerKey, audit_store,
                                            policy_from_config)
@@ -187,9 +187,9 @@ def test_the_expiry_sweep_says_in_one_line_when_the_store_is_behind(tmp_path, ca
     import logging
     from dataclasses import replace
 
-    from gridcredit.config import load_config
+    from gridcredit.server.registry import load_config
     from gridcredit.errors import StoreError
-    from gridcredit.runtime import Runtime
+    from gridcredit.server.runtime import Runtime
 
     class StoreBehind:                          # three rounds while BaseX catches up, then it works
         def __init__(self) -> None:
@@ -202,10 +202,10 @@ def test_the_expiry_sweep_says_in_one_line_when_the_store_is_behind(tmp_path, ca
             return 1 if self.sweeps in (5, 7) else 0    # nothing due in round 4: no news about the store
 
     config = load_config(env={"GRIDCREDIT_STATE_DIR": str(tmp_path)})
-    config = replace(config, bank=replace(config.bank, expiry_sweep_s=1))
+    config = config.with_section("bank", replace(config.bank, expiry_sweep_s=1))
     bank = StoreBehind()
-    runtime = Runtime(config=config, store=None, bank=bank, luts=None)
-    with caplog.at_level(logging.WARNING, logger="gridcredit.runtime"):
+    runtime = Runtime(config=config, store=None, parts={"bank": bank})
+    with caplog.at_level(logging.WARNING, logger="gridcredit.services.bank"):
         runtime.start_background_work()
         deadline = time.monotonic() + 10
         while bank.sweeps < 8 and time.monotonic() < deadline:

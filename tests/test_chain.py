@@ -494,7 +494,7 @@ def test_legacy_setting_accepts_weak_keys(pki):
 
 
 def test_allow_weak_keys_is_off_unless_configured():
-    from gridcredit.config import load_config
+    from gridcredit.server.registry import load_config
     assert load_config(env={}).security.allow_weak_keys is False
     assert load_config(env={"GRIDCREDIT_SECURITY_ALLOW_WEAK_KEYS": "true"}).security.allow_weak_keys is True
 

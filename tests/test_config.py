@@ -1,7 +1,7 @@
 """The one configuration file and its environment overrides."""
 import pytest
 
-from gridcredit.config import load_config
+from gridcredit.server.registry import load_config
 from gridcredit.errors import ConfigError
 
 

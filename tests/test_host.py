@@ -16,7 +16,8 @@ from lxml import etree
 
 from gridcredit.client import ServiceClient, WsseClientPlugin, response_verifier
 from gridcredit.errors import RemoteFault, SecurityError
-from gridcredit.host import SERVICE_MODULES, SignedSoapHost, wsdl_document
+from gridcredit.server import registry
+from gridcredit.server.host import SignedSoapHost, wsdl_document
 from gridcredit.security.credentials import load_credential
 from gridcredit.security.wssec import SOAP11_NS, MemoryReplayCache, Signer, Verifier
 
@@ -24,7 +25,7 @@ from security_fixtures import (app_in_thread, free_port, host_process, https_ses
                                self_made_ca, wait_for_tls)
 
 WSDL_DIR = Path(__file__).resolve().parents[1] / "wsdl"
-SERVICES = tuple(SERVICE_MODULES)
+SERVICES = registry.names()
 WSDL_NS = {"wsdl": "http://schemas.xmlsoap.org/wsdl/", "soap": "http://schemas.xmlsoap.org/wsdl/soap/"}
 
 
@@ -318,8 +319,8 @@ def test_zeep_stubs_from_the_checked_in_wsdl_call_whoami(host, pki):
 def test_listening_socket_disables_nagle(tmp_path):
     """Accepted connections inherit TCP_NODELAY; without it each reply waits ~40 ms for a delayed ACK."""
     import socket as socket_module
-    from gridcredit.config import load_config
-    from gridcredit.host import listening_socket
+    from gridcredit.server.registry import load_config
+    from gridcredit.server.host import listening_socket
 
     config = load_config(env={"GRIDCREDIT_STATE_DIR": str(tmp_path), "GRIDCREDIT_SERVER_PORT": str(free_port())})
     listener = listening_socket(config)
@@ -351,8 +352,8 @@ def test_a_worker_told_to_stop_ends_even_with_a_request_stuck(pki, tmp_path, mon
     the worker ends WORKER_STOP_GRACE_S after SIGTERM anyway (exit status 1, and says why)."""
     import multiprocessing
     import threading
-    from gridcredit import host as host_module
-    from gridcredit.host import HostFiles, run_worker
+    from gridcredit.server import host as host_module
+    from gridcredit.server.host import HostFiles, run_worker
     from security_fixtures import host_config, wait_for_tls
 
     monkeypatch.setattr(host_module, "WORKER_STOP_GRACE_S", 2.0)
@@ -488,7 +489,7 @@ def _get_wsdl_in_process(app, host_header: str | None, scheme: str = "https") ->
 
 def test_wsdl_is_built_once_whatever_the_host_header(pki, monkeypatch):
     """Unauthenticated work: each new Host header rebuilt the whole WSDL (tens of ms of spyne)."""
-    from gridcredit import host as host_module
+    from gridcredit.server import host as host_module
     builds = []
     real = host_module.wsdl_document
     monkeypatch.setattr(host_module, "wsdl_document", lambda *args, **kwargs: builds.append(args) or real(*args, **kwargs))

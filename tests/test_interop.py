@@ -16,7 +16,7 @@ from lxml import etree
 
 from gridcredit.config import Config, SecurityConfig
 from gridcredit.errors import SecurityError
-from gridcredit.host import HostFiles, build_host
+from gridcredit.server.host import HostFiles, build_host
 from gridcredit.security import pki as pki_module
 from gridcredit.security.chain import TrustStore
 from gridcredit.security.credentials import load_credential

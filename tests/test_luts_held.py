@@ -111,8 +111,8 @@ def test_records_the_upstream_rejected_are_queued_again_or_dropped(backend):
 
 def test_the_operator_cli_on_the_local_store(tmp_path, monkeypatch, capsys):
     from gridcredit.cli import main
-    from gridcredit.config import load_config
-    from gridcredit.runtime import open_service_store
+    from gridcredit.server.registry import load_config
+    from gridcredit.server.registry import open_service_store
 
     state = tmp_path / "state"
     monkeypatch.setenv("GRIDCREDIT_STATE_DIR", str(state))
@@ -270,8 +270,9 @@ def test_a_held_record_retried_for_a_machine_its_publisher_may_not_publish_for_s
 def test_the_operator_cli_lists_shows_retries_and_drops_held_records(tmp_path, monkeypatch, capsys):
     """Issue 11.3 through `gridcredit luts held`: the records of an accepted post that were not stored."""
     from gridcredit.cli import main
-    from gridcredit.config import load_config
-    from gridcredit.runtime import luts_held_dir, open_service_store
+    from gridcredit.server.registry import load_config
+    from gridcredit.server.registry import open_service_store
+    from gridcredit.services.luts.runtime import luts_held_dir
     from sgas_posts import arc_post, arc_record
 
     monkeypatch.setenv("GRIDCREDIT_STATE_DIR", str(tmp_path / "state"))

@@ -141,8 +141,9 @@ def test_sgas_arcs_latin1_body_is_still_read_as_latin1(host, people):
 
 def _held_now(host) -> list:
     """What the host holds for its operator, read from its state with the host stopped (then restarted)."""
-    from gridcredit.config import load_config
-    from gridcredit.runtime import luts_held_dir, open_service_store
+    from gridcredit.server.registry import load_config
+    from gridcredit.server.registry import open_service_store
+    from gridcredit.services.luts.runtime import luts_held_dir
     from gridcredit.services.luts import held
     from gridcredit.services.luts.luts import Luts, LutsPolicy
 
@@ -212,7 +213,7 @@ def test_large_registration_bodies_beyond_the_bound_wait_then_get_a_503_they_rea
     its end and answered 503 (the reporter keeps it); a small one is not held up."""
     import threading
 
-    from gridcredit import host as host_module
+    from gridcredit.server import host as host_module
     from gridcredit.config import Config, ServerConfig
     from gridcredit.https_server import HttpsServer
     from gridcredit.security.wssec import MemoryReplayCache, Signer, Verifier

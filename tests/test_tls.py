@@ -15,7 +15,7 @@ import pytest
 import requests
 from cryptography import x509
 
-from gridcredit.host import HostFiles, run_worker
+from gridcredit.server.host import HostFiles, run_worker
 from gridcredit.security.pki import write_proxy_file
 from gridcredit.security.wssec import Verifier
 

@@ -26,12 +26,12 @@ import pytest
 import requests
 from lxml import etree
 
-from gridcredit.host import SERVICE_MODULES
+from gridcredit.server import registry
 from gridcredit.security.wssec import WSSE_NS
 
 from security_fixtures import app_in_thread, host_process, https_session
 
-SERVICES = tuple(SERVICE_MODULES)
+SERVICES = registry.names()
 WSDL_DIR = Path(__file__).resolve().parents[1] / "wsdl"
 INTEROP = Path(__file__).resolve().parent / "interop"
 NS = {"wsdl": "http://schemas.xmlsoap.org/wsdl/", "soap": "http://schemas.xmlsoap.org/wsdl/soap/",

@@ -433,13 +433,12 @@ def offline_audit(args) -> AuditReport:
 
     from cryptography.hazmat.primitives import serialization
 
-    from gridcredit.config import load_config
-    from gridcredit.runtime import ledger_key_path
     from gridcredit.xmlstore import open_store
 
     from .bank import audit_store
+    from .runtime import ledger_key_path
 
-    config = load_config(args.config)
+    config = args.local.config()
     key_path = Path(args.public_key) if args.public_key else ledger_key_path(config)
     try:
         data = key_path.read_bytes()
@@ -507,7 +506,7 @@ def _offline_or_online(handler):
 
 
 def _common(parser: argparse.ArgumentParser, *, mutating: bool) -> None:
-    from gridcredit.host_cli import add_credential_arguments
+    from gridcredit.server.host_cli import add_credential_arguments
 
     add_credential_arguments(parser)
     parser.add_argument("--timeout", type=seconds_type, default=30.0, metavar="S",

@@ -1,0 +1,29 @@
+"""The LUTS: OGF usage records, published by sites and read by users, VO managers and the Bank.
+
+``SERVICE`` is what the host, the runtime and the command line take from this folder.
+"""
+from gridcredit.contract import BackgroundTask, ServiceContract
+
+from . import runtime as _runtime
+from .config import LutsConfig
+
+
+def _indexes():
+    from .luts import INDEXES
+
+    return INDEXES
+
+
+SERVICE = ServiceContract(
+    name="luts",
+    summary="usage records (OGF UR) published by sites, read by users and VO managers",
+    soap_module="gridcredit.services.luts.service",
+    config_section=LutsConfig,
+    indexes=_indexes,
+    build=_runtime.build,
+    routes=_runtime.routes,
+    # One forwarder per host: two would send the same queue twice.
+    background_tasks=(BackgroundTask("luts-forwarder", _runtime.forward_forever, once_per_host=True,
+                                     enabled=_runtime.forwarding_enabled),),
+    cli_module="gridcredit.services.luts.cli",
+)

@@ -421,13 +421,11 @@ def _whoami(args) -> int:
 
 
 def _local_luts(args):
-    from gridcredit.config import load_config
-    from gridcredit.runtime import luts_held_dir, open_service_store
-
     from .luts import Luts, LutsPolicy
+    from .runtime import luts_held_dir
 
-    config = load_config(args.config)
-    store = open_service_store(config)
+    config = args.local.config()
+    store = args.local.open_store(config)
     return Luts(store, LutsPolicy.from_config(config.luts), held_dir=luts_held_dir(config))
 
 
@@ -567,7 +565,7 @@ def _checked(handler):
 
 
 def _common(parser: argparse.ArgumentParser, *, timeout_s: float) -> None:
-    from gridcredit.host_cli import add_credential_arguments
+    from gridcredit.server.host_cli import add_credential_arguments
 
     add_credential_arguments(parser)
     parser.add_argument("--timeout", type=seconds_type, default=timeout_s, metavar="S",

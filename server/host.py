@@ -32,14 +32,18 @@ from spyne.interface.wsdl import Wsdl11
 from spyne.protocol.soap import Soap11
 from spyne.server.wsgi import WsgiApplication
 
-from .config import Config
-from .errors import SecurityError
-from .https_server import HttpsServer, effective_backlog, peer_text
-from .security.wssec import SOAP11_NS, WSSE_NS, Signer, VerifiedMessage, Verifier, VerifyPolicy
-from .security.xmlparse import ParseLimits
-from .soapfault import fault_envelope, security_fault
-from .services.common import PRINCIPAL_ENVIRON_KEY, RUNTIME_ENVIRON_KEY
-from .wsdl import finish as finish_wsdl
+from gridcredit.config import Config
+from gridcredit.contract import HostFiles, Registration
+from gridcredit.errors import SecurityError
+from gridcredit.https_server import HttpsServer, effective_backlog, peer_text
+from gridcredit.security.wssec import SOAP11_NS, WSSE_NS, Signer, VerifiedMessage, Verifier, VerifyPolicy
+from gridcredit.security.xmlparse import ParseLimits
+from gridcredit.services.common import PRINCIPAL_ENVIRON_KEY, RUNTIME_ENVIRON_KEY
+from gridcredit.soapfault import fault_envelope, security_fault
+from gridcredit.wsdl import finish as finish_wsdl
+
+from . import registry
+from .runtime import build_runtime, prepare_services
 
 log = logging.getLogger("gridcredit.host")
 
@@ -54,12 +58,6 @@ logging.getLogger("spyne.application.client").setLevel(logging.CRITICAL)
 # full collections stay short.
 spyne.const.MIN_GC_INTERVAL = float("inf")
 
-SERVICE_MODULES = {
-    "bank": "gridcredit.services.bank.service",
-    "luts": "gridcredit.services.luts.service",
-    "jarm": "gridcredit.services.jarm.service",
-    "auctioneer": "gridcredit.services.auctioneer.service",
-}
 XSD_NS = "http://www.w3.org/2001/XMLSchema"
 SOAP_OVER_HTTP = "http://schemas.xmlsoap.org/soap/http"
 WSDL_PLACEHOLDER_ADDRESS = "https://localhost:8443"
@@ -79,7 +77,7 @@ LARGE_BODY_WAIT_S = 60.0
 
 
 def build_application(name: str) -> Application:
-    module = importlib.import_module(SERVICE_MODULES[name])
+    module = importlib.import_module(registry.service(name).soap_module)
     application = Application(module.SERVICES, tns=module.NAMESPACE, name=module.SERVICE_NAME,
                               in_protocol=Soap11(validator="lxml"), out_protocol=Soap11())
     application.transport = SOAP_OVER_HTTP  # spyne sets this only when a spyne server wraps the app
@@ -166,16 +164,6 @@ class _PlainAnswer:
     content_type: str = "text/plain; charset=utf-8"
 
 
-@dataclass(frozen=True)
-class Registration:
-    """A plain HTTPS POST route for reporters that do not speak SOAP (SGAS): authenticated by the TLS
-    client certificate; ``handler(body, principal)`` answers (``status``, ``body``, ``content_type``).
-    ``bytes_max`` is the largest body it takes, named in refusals as ``bytes_max_setting``."""
-    handler: Callable
-    bytes_max: int
-    bytes_max_setting: str = "server.request_bytes_max"
-
-
 class _BodyTooLarge(Exception):
     """A body over its limit: ``read_to_end`` says whether all of it was read (and thrown away)."""
 
@@ -196,7 +184,7 @@ class SignedSoapHost:
     """The WSGI application. ``signer`` signs responses; ``verifier`` checks requests."""
 
     def __init__(self, *, signer: Signer, verifier: Verifier, request_bytes_max: int, runtime=None,
-                 services: tuple[str, ...] = tuple(SERVICE_MODULES), trust=None,
+                 services: tuple[str, ...] | None = None, trust=None,
                  registrations: "Mapping[str, Registration | Callable]" = {}) -> None:
         self._runtime = runtime
         self._trust = trust
@@ -210,7 +198,7 @@ class SignedSoapHost:
         self._verifier = verifier
         self._request_bytes_max = request_bytes_max
         self._endpoints: dict[str, _Endpoint] = {}
-        for name in services:
+        for name in services if services is not None else registry.names():
             application = build_application(name)
             self._endpoints[name] = _Endpoint(name, application, WsgiApplication(application, max_content_length=request_bytes_max))
         self._wsdl_lock = threading.Lock()
@@ -501,21 +489,14 @@ def wsdl_base_address(environ) -> str:
 # Building a host from the configuration, and running it
 
 
-@dataclass(frozen=True)
-class HostFiles:
-    host_cert: Path
-    host_key: Path
-    trust_dir: Path
-
-
 def replay_cache_path(config: Config) -> Path:
     return Path(config.security.replay_cache) if config.security.replay_cache else config.state_path / "replay.sqlite"
 
 
 def build_host(config: Config, files: HostFiles) -> SignedSoapHost:
-    from .security.chain import TrustStore
-    from .security.credentials import load_credential
-    from .security.replay import SqliteReplayCache
+    from gridcredit.security.chain import TrustStore
+    from gridcredit.security.credentials import load_credential
+    from gridcredit.security.replay import SqliteReplayCache
 
     credential = load_credential(cert_path=str(files.host_cert), key_path=str(files.host_key))
     security = config.security
@@ -526,11 +507,8 @@ def build_host(config: Config, files: HostFiles) -> SignedSoapHost:
                                       allow_weak_keys=security.allow_weak_keys)
     verifier = Verifier(trust=trust, policy=policy,
                         replay_cache=SqliteReplayCache(replay_path))
-    from .runtime import build_runtime
-
     runtime = build_runtime(config)
-    runtime.start_background_work()
-    runtime.start_forwarding(files)
+    runtime.start_background_work(files)
     return SignedSoapHost(signer=Signer(credential, ttl_s=security.timestamp_ttl_s), verifier=verifier,
                           request_bytes_max=config.server.request_bytes_max, runtime=runtime, trust=trust,
                           registrations=runtime.registrations())
@@ -608,14 +586,11 @@ def run_worker(config: Config, files: HostFiles, ready: "threading.Event | None"
 
 
 def prepare_state(config: Config) -> None:
-    """Once, before the workers start: the ledger key exists and the store has recovered."""
-    from .runtime import ledger_key_path, open_service_store
-    from .services.bank.bank import LedgerKey
+    """Once, before the workers start: each service's own preparation (the ledger key) and the store has recovered."""
+    from gridcredit.security.replay import SqliteReplayCache
 
-    from .security.replay import SqliteReplayCache
-
-    LedgerKey.load_or_create(ledger_key_path(config))
-    store = open_service_store(config)                   # opening checks the store and repairs it ...
+    prepare_services(config)
+    store = registry.open_service_store(config)                   # opening checks the store and repairs it ...
     try:
         store.wait_verified(at_once=True)    # ... BaseX after open: once here, so the workers forked next need not
     finally:

@@ -5,8 +5,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from .config import Config, load_config
-from .errors import ConfigError
+from gridcredit.config import Config
+from gridcredit.errors import ConfigError
+
+from . import registry
 
 DEVELOPMENT_CA_DN = "/DC=org/DC=gridcredit/O=Development/CN=gridcredit development CA"
 
@@ -17,7 +19,7 @@ def development_pki(state_dir: Path, hostname: str = "localhost") -> tuple[Path,
     Made on first run when no host certificate is configured; returns (host cert, host key,
     trust dir, lines telling the user what exists and how to get a user credential).
     """
-    from .security.pki import CertificateAuthority
+    from gridcredit.security.pki import CertificateAuthority
 
     pki_dir = state_dir / "pki"
     ca_dir, trust_dir, host_dir = pki_dir / "ca", pki_dir / "certificates", pki_dir / "host"
@@ -43,8 +45,8 @@ def development_pki(state_dir: Path, hostname: str = "localhost") -> tuple[Path,
 
 
 def host_files(config: Config, announce=print):
-    from .host import HostFiles
-    from .security.credentials import trust_directory
+    from gridcredit.contract import HostFiles
+    from gridcredit.security.credentials import trust_directory
 
     security = config.security
     if security.host_cert:
@@ -63,7 +65,7 @@ def host_files(config: Config, announce=print):
 def _serve(args: argparse.Namespace) -> int:
     from .host import serve
 
-    config = load_config(args.config)
+    config = registry.load_config(args.config)
     if args.port is not None or args.workers is not None:
         import dataclasses
         server = dataclasses.replace(config.server,
@@ -82,9 +84,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _whoami(args: argparse.Namespace) -> int:
-    from .cli import print_result
-    from .client import ServiceClient
-    from .security.credentials import load_credential, trust_directory
+    from gridcredit.cli import print_result
+    from gridcredit.client import ServiceClient
+    from gridcredit.security.credentials import load_credential, trust_directory
 
     credential = load_credential(cert_path=args.cert, key_path=args.key, proxy_path=args.proxy)
     trust = trust_directory(args.trust)
@@ -98,11 +100,11 @@ def _whoami(args: argparse.Namespace) -> int:
 
 
 def _wsdl(args: argparse.Namespace) -> int:
-    from .host import SERVICE_MODULES, wsdl_document
+    from .host import wsdl_document
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in SERVICE_MODULES:
+    for name in registry.names():
         path = out / f"{name}.wsdl"
         path.write_bytes(wsdl_document(name))
         print(f"wrote {path}")
@@ -121,14 +123,14 @@ def add_credential_arguments(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers) -> None:
     serve = subparsers.add_parser("serve", help="run the services over HTTPS",
-                                  description="Run /bank, /luts, /jarm and /auctioneer over HTTPS. With no host certificate "
+                                  description=f"Run {', '.join('/' + name for name in registry.names())} over HTTPS. With no host certificate "
                                               "configured, a development CA and host certificate are made on first run.")
     serve.add_argument("--port", type=int, help="TCP port (default from the configuration: 8443)")
     serve.add_argument("--workers", type=int, help="worker processes (default from the configuration: 2)")
     serve.set_defaults(handler=_serve)
 
     whoami = subparsers.add_parser("whoami", help="make a signed call and show who the service thinks you are")
-    whoami.add_argument("--service", default="bank", choices=["bank", "luts", "jarm", "auctioneer"])
+    whoami.add_argument("--service", default="bank", choices=registry.names())
     add_credential_arguments(whoami)
     whoami.set_defaults(handler=_whoami)
 
