@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import scratch_dir, write_section  # noqa: E402
 
 from gridcredit.config import StoreConfig
-from gridcredit.services.bank import documents, ledger
+from gridcredit.services.bank import documents, ledger, ledger_chain
 from gridcredit.services.bank.bank import (ACCOUNTS, BANK, HOLDS_ACTIVE, HOLDS_ENDED, TRANSACTIONS,
                                            LedgerKey, audit_store)
 from gridcredit.xmlstore import open_store
@@ -123,7 +123,7 @@ def main() -> int:
 
     started = time.perf_counter()
     for transaction in book.transactions:
-        ledger.transaction_hash(transaction)
+        ledger_chain.transaction_hash(transaction)
     hashes_s = time.perf_counter() - started
     del book
 

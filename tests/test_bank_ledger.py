@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from lxml import etree
 
 from gridcredit.errors import DomainError, StoreError
-from gridcredit.services.bank import documents, ledger
+from gridcredit.services.bank import documents, ledger, ledger_chain, types
 from gridcredit.services.bank.ledger import (AccountStatus, ApproveMint, BankPolicy, CancelMint, ChargeHold,
                                              CreateAccount, CreateHold, ExpireHold, ExpireMint, ExtendHold, HoldState,
                                              MemoryLedger, Mint, PendingMintState, Principal, ReleaseHold,
@@ -270,7 +270,7 @@ def test_mint_approval_duration_is_bounded():
     with pytest.raises(AssertionError, match="mint approval duration is within its bounds"):
         BankPolicy(mint_approval_duration_us=0)
     with pytest.raises(AssertionError, match="mint approval duration is within its bounds"):
-        BankPolicy(mint_approval_duration_us=ledger.MINT_APPROVAL_DURATION_MAX_US + 1)
+        BankPolicy(mint_approval_duration_us=types.MINT_APPROVAL_DURATION_MAX_US + 1)
 
 
 def test_supply_and_balance_bounds(bank):
@@ -555,10 +555,10 @@ def test_canonical_bytes_and_hash_are_as_documented(bank):
                                 for field in dataclasses.fields(transaction))
             if value is not None and name not in ("hash", "signature")}
     expected = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    assert ledger.canonical_bytes(transaction) == expected
+    assert ledger_chain.canonical_bytes(transaction) == expected
     assert transaction.hash == hashlib.sha256(expected).hexdigest()
     assert transaction.prev_hash == bank.transactions[-2].hash and bank.transactions[0].prev_hash == "0" * 64
-    assert verify(ledger.signing_input(transaction.hash), base64.b64decode(transaction.signature))
+    assert verify(ledger_chain.signing_input(transaction.hash), base64.b64decode(transaction.signature))
     assert [transaction.seq for transaction in bank.transactions] == list(range(1, len(bank.transactions) + 1))
 
 
@@ -580,7 +580,7 @@ def test_ed25519_signing_and_audit():
     assert report.clean and report.signatures_checked == 2
     other_key = Ed25519PrivateKey.generate()
     forged = dataclasses.replace(bank.transactions[1], signature=base64.b64encode(
-        other_key.sign(ledger.signing_input(bank.transactions[1].hash))).decode())
+        other_key.sign(ledger_chain.signing_input(bank.transactions[1].hash))).decode())
     bank.transactions[1] = forged
     assert bank.audit(ed_verify).seqs("bad-signature") == {2}
 
@@ -624,7 +624,7 @@ def test_audit_names_an_edited_transaction(busy_bank):
 def test_audit_names_an_edit_with_recomputed_hash(busy_bank):
     transactions = list(busy_bank.transactions)
     edited = dataclasses.replace(transactions[19], amount=transactions[19].amount + 1)
-    transactions[19] = dataclasses.replace(edited, hash=ledger.transaction_hash(edited))
+    transactions[19] = dataclasses.replace(edited, hash=ledger_chain.transaction_hash(edited))
     report = audit_of(busy_bank, transactions, signature_check_interval=1000)
     assert report.seqs("bad-signature") == {20}
     assert report.seqs("chain-broken") == {21}
@@ -639,7 +639,7 @@ def test_audit_names_a_rechained_forgery_between_checkpoints(busy_bank):
         changed = dataclasses.replace(transactions[index], prev_hash=previous_hash, hash="")
         if index == 10:
             changed = dataclasses.replace(changed, principal_dn="/CN=Mallory")
-        digest = ledger.transaction_hash(changed)
+        digest = ledger_chain.transaction_hash(changed)
         transactions[index] = dataclasses.replace(changed, hash=digest)
         previous_hash = digest
     report = ledger.audit(transactions, busy_bank.accounts.values(), busy_bank.holds.values(), busy_bank.supply,
@@ -684,7 +684,7 @@ def test_audit_names_renumbered_reordering(busy_bank):
 def test_audit_names_an_inserted_transaction(busy_bank):
     transactions = list(busy_bank.transactions)
     copy = dataclasses.replace(transactions[29], amount=1)
-    copy = dataclasses.replace(copy, hash=ledger.transaction_hash(copy))
+    copy = dataclasses.replace(copy, hash=ledger_chain.transaction_hash(copy))
     transactions.insert(30, copy)
     report = audit_of(busy_bank, transactions)
     assert report.seqs("inserted") == {30}

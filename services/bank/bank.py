@@ -31,8 +31,9 @@ from gridcredit.durable import write_exclusively
 from gridcredit.errors import ConfigError, ConflictError, DomainError, QueryError, StoreError, invariant
 from gridcredit.xmlstore import XmlStore
 
-from . import documents, ledger
-from .ledger import (Account, AuditReport, Balance, BankPolicy, ExpireHold, ExpireMint, Hold, HoldState, LedgerHead,
+from . import audit, documents, ledger, ledger_chain, types
+from .audit import AuditReport
+from .ledger import (Account, Balance, BankPolicy, ExpireHold, ExpireMint, Hold, HoldState, LedgerHead,
                      MoneySupply, Outcome, PendingMint, PendingMintState, Principal, RequestRecord, Statement,
                      Transaction)
 
@@ -63,7 +64,7 @@ EXPIRY_SWEEPER_DN = "gridcredit bank expiry sweeper"   # not a certificate DN: n
 
 
 MICROSECONDS_PER_DAY = 86_400 * 1_000_000
-MINT_APPROVAL_DAYS_MAX = ledger.MINT_APPROVAL_DURATION_MAX_US // MICROSECONDS_PER_DAY
+MINT_APPROVAL_DAYS_MAX = types.MINT_APPROVAL_DURATION_MAX_US // MICROSECONDS_PER_DAY
 
 
 def now_us() -> int:
@@ -490,11 +491,11 @@ def balance_effect(transaction: Transaction, account_id: str) -> int:
     """How a transaction changed ``account_id``'s balance (holds change only what is held)."""
     kind = transaction.kind
     amount = transaction.amount or 0
-    if kind is ledger.TransactionKind.MINT and transaction.account_id == account_id:
+    if kind is types.TransactionKind.MINT and transaction.account_id == account_id:
         return amount
-    if kind is ledger.TransactionKind.RETIRE and transaction.account_id == account_id:
+    if kind is types.TransactionKind.RETIRE and transaction.account_id == account_id:
         return -amount
-    if kind in (ledger.TransactionKind.TRANSFER, ledger.TransactionKind.CHARGE):
+    if kind in (types.TransactionKind.TRANSFER, types.TransactionKind.CHARGE):
         effect = 0
         if transaction.account_id == account_id:
             effect -= amount
@@ -537,7 +538,7 @@ def _offset(offset: int) -> int:
 
 def audit_store(store: XmlStore, public_key: Ed25519PublicKey, *, signature_check_interval: int = 1000,
                 live: bool = False, attempts: int = 10, helper_from: int = AUDIT_HELPER_FROM) -> AuditReport:
-    """Verify the stored ledger: the chain, the signatures and the invariants (see ``ledger.audit``).
+    """Verify the stored ledger: the chain, the signatures and the invariants (see ``audit.audit``).
 
     The store gives no snapshot across many reads, so the states are read between two readings of
     the ledger head and read again if a transaction committed meanwhile. ``live``: the bank may be
@@ -564,7 +565,7 @@ def audit_store(store: XmlStore, public_key: Ed25519PublicKey, *, signature_chec
     last_id = documents.transaction_document_id(head.seq if head else 0) if live else None
     decoding = _AuditDecoding(_pages(store, TRANSACTIONS, last_id=last_id), hold_pages,
                               helper=head is not None and head.seq >= helper_from)
-    return ledger.audit_rows(
+    return audit.audit_rows(
         decoding.rows(), accounts, decoding.holds(),
         documents.money_supply_from_xml(supply_document.xml) if supply_document else MoneySupply(),
         signature_verifier(public_key), head=head, signature_check_interval=signature_check_interval,
@@ -590,7 +591,7 @@ def _documents(store: XmlStore, collection: str) -> Iterator[bytes]:
         yield from page
 
 
-def audit_rows_of_page(page: list[bytes]) -> tuple[list[ledger.AuditRow], str | None]:
+def audit_rows_of_page(page: list[bytes]) -> tuple[list[audit.AuditRow], str | None]:
     """Decode and hash one page of transaction documents: the rows, and why it stopped early (a
     document that does not decode), if it did. Runs in the helper process or in this one."""
     rows = []
@@ -598,10 +599,10 @@ def audit_rows_of_page(page: list[bytes]) -> tuple[list[ledger.AuditRow], str | 
         values = documents.flat_fields(data, Transaction)
         if values is None:      # not in the store's own form: the parser reads it, or refuses it
             try:
-                values = ledger.transaction_values(documents.transaction_from_xml(data))
+                values = ledger_chain.transaction_values(documents.transaction_from_xml(data))
             except StoreError as error:
                 return rows, str(error)
-        rows.append(ledger.audit_row_of_values(values))
+        rows.append(audit.audit_row_of_values(values))
     return rows, None
 
 
@@ -643,7 +644,7 @@ class _AuditDecoding:
         self._helper = helper
         self._rows_read = False
 
-    def rows(self) -> Iterator[ledger.AuditRow]:
+    def rows(self) -> Iterator[audit.AuditRow]:
         if not self._helper:
             for page in self._transaction_pages:
                 yield from self._each(audit_rows_of_page(page))
@@ -668,7 +669,7 @@ class _AuditDecoding:
             pool.join()
         self._rows_read = True
 
-    def _rows_with(self, pool) -> Iterator[ledger.AuditRow]:
+    def _rows_with(self, pool) -> Iterator[audit.AuditRow]:
         pending: deque = deque()     # in ledger order: the helper's AsyncResult, or (rows, error) made here
         queued = 0                   # of them, at the helper
         exhausted = False

@@ -17,7 +17,7 @@ printable ASCII text without references — is read by a scanner over its text i
 (:func:`flat_fields`, several times faster; audits read millions). The scanner accepts only
 documents the parser reads to the same state and hands anything else to the parser, which
 decodes it or refuses it; the tests hold the two to that.
-The XML is not the hash input; the hash covers :func:`ledger.canonical_bytes` of the decoded
+The XML is not the hash input; the hash covers :func:`ledger_chain.canonical_bytes` of the decoded
 transaction, so re-serializing (whitespace, prefixes) never breaks the chain.
 """
 from __future__ import annotations
@@ -36,9 +36,7 @@ from lxml import etree
 
 from gridcredit.errors import StoreError
 
-from . import ledger
-from .ledger import (Account, Holder, Hold, LedgerHead, MoneySupply, PendingMint, RequestRecord, Role,
-                     Transaction)
+from .types import Account, Holder, Hold, LedgerHead, MoneySupply, PendingMint, RequestRecord, Role, Transaction
 
 NAMESPACE = "urn:gridcredit:bank:1"
 NAMESPACES = {"t": NAMESPACE}
@@ -62,7 +60,7 @@ def element_name(field_name: str) -> str:
 @functools.cache
 def _schema(cls: type) -> tuple[tuple[str, str, type, bool], ...]:
     """(field name, element name, value type, optional) for each field of a document type."""
-    hints = typing.get_type_hints(cls, vars(ledger))
+    hints = typing.get_type_hints(cls)
     rows = []
     for field in dataclasses.fields(cls):
         hint = hints[field.name]
@@ -354,7 +352,7 @@ def transaction_from_xml(data: bytes) -> Transaction:
 
 
 def transactions_from_xml(documents: Iterable[bytes]) -> Iterator[Transaction]:
-    """Decode a stream of transaction documents lazily (for :func:`ledger.audit`)."""
+    """Decode a stream of transaction documents lazily (for :func:`audit.audit`)."""
     for data in documents:
         yield transaction_from_xml(data)
 
