@@ -5,15 +5,30 @@
     ├── SecurityError               a message, certificate or credential is refused
     │   ├── CredentialError         our own credential is missing or unreadable
     │   └── CertificateError        a peer's certificate chain is refused (path validation)
+    ├── ProtocolError               a verified request breaks SOAP's processing rules (host)
     ├── StoreError                  the XML store failed or refused an operation
     │   ├── ConflictError           a transaction lost a race; retrying is safe
     │   ├── QueryError              an XPath expression is invalid or exceeded its limits
     │   └── StoreUnavailable        the store's database (BaseX) is down or behind: retry later
     ├── DomainError                 a service operation is refused (unknown account, short funds…)
-    └── RemoteFault                 a service answered a call with a SOAP fault (client side)
+    │   ├── RecordError             a usage record is refused (services/luts/records.py)
+    │   └── DurationError           a duration cannot be read (services/luts/durations.py)
+    ├── RemoteFault                 a service answered a call with a SOAP fault (client side)
+    ├── ClientError                 a call could not be made or its outcome is unknown (gridcredit/client.py)
+    │   ├── InvalidRequest          the client refused to send a request (bad arguments)
+    │   └── OutcomeUnknown          the request may or may not have been applied: retry with the same id
+    ├── OutboxError                 an outbox cannot take or send an item (gridcredit/outbox.py)
+    │   ├── OutboxFull              it holds as much as it may: send before adding more
+    │   ├── OutboxBusy              another process is sending it
+    │   ├── Unreadable              an item cannot be read at all (settled with the reason)
+    │   └── SpoolError              the LUTS spool's own (services/luts/spool.py): SpoolFull, SpoolBusy
+    │       ├── SpoolFull           (also an OutboxFull)
+    │       └── SpoolBusy           (also an OutboxBusy)
+    └── DeliveryStopped             an outbox's receiver cannot take a batch now (sending ends, nothing lost)
 
-Security refusals carry a ``wsse:`` fault code (``code``) and a message a person understands;
-they are mapped to SOAP faults once, in the service host.
+Security refusals carry a ``wsse:`` fault code (``code``) and a message a person understands.
+Every error becomes a SOAP fault in one table: ``gridcredit.soapfault.fault_for``.
+Exceptions outside this tree are private to one module (a leading underscore) and never leave it.
 """
 from __future__ import annotations
 
@@ -66,6 +81,15 @@ class StoreUnavailable(StoreError):
     so writes are held back until it catches up, or a query cannot be answered now. Nothing was
     applied; the message says why and when to retry, in words meant for the person who sent the
     request (a service answers Server.StoreUnavailable, and logs no traceback)."""
+
+
+class ProtocolError(GridcreditError):
+    """A verified request that breaks SOAP's processing rules: ``code`` is a SOAP 1.1 fault code
+    (``Client``, ``MustUnderstand``); nothing of the request has run."""
+
+    def __init__(self, message: str, code: str = "Client") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class DomainError(GridcreditError):

@@ -85,7 +85,7 @@ class DeliveryStopped(GridcreditError):
     Sending ends; nothing unsettled is removed."""
 
 
-class Unreadable(Exception):
+class Unreadable(OutboxError):
     """Raised by a ``split``: the item cannot be read at all (it is settled with this message)."""
 
 

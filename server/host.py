@@ -34,12 +34,12 @@ from spyne.server.wsgi import WsgiApplication
 
 from gridcredit.config import Config
 from gridcredit.contract import HostFiles, Registration
-from gridcredit.errors import SecurityError
+from gridcredit.errors import ProtocolError, SecurityError
 from gridcredit.https_server import HttpsServer, effective_backlog, peer_text
 from gridcredit.security.wssec import SOAP11_NS, WSSE_NS, Signer, VerifiedMessage, Verifier, VerifyPolicy
 from gridcredit.security.xmlparse import ParseLimits
 from gridcredit.services.common import PRINCIPAL_ENVIRON_KEY, RUNTIME_ENVIRON_KEY
-from gridcredit.soapfault import fault_envelope, security_fault
+from gridcredit.soapfault import SERVER_FAILED, fault_envelope, fault_envelope_for, fault_for
 from gridcredit.wsdl import finish as finish_wsdl
 
 from . import registry
@@ -107,15 +107,6 @@ SOAP11_NEXT_ACTOR = "http://schemas.xmlsoap.org/soap/actor/next"
 UNDERSTOOD_HEADERS = frozenset({f"{{{WSSE_NS}}}Security"})
 
 
-class SoapRefusal(Exception):
-    """A verified request that breaks SOAP's processing rules: ``code`` is a SOAP 1.1 fault code
-    (``Client``, ``MustUnderstand``); nothing of the request has run."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 def check_processing_rules(verified: VerifiedMessage) -> None:
     """SOAP 1.1's rules for a verified request, before anything runs: every header block aimed at
     us (no actor, or actor "next") that must be understood is one we process (else the
@@ -130,17 +121,15 @@ def check_processing_rules(verified: VerifiedMessage) -> None:
         if value is None or value.strip() in ("0", "false"):
             continue
         if value.strip() not in ("1", "true"):
-            raise SoapRefusal("Client", f"the header {block.tag} has mustUnderstand={value!r}; "
-                                        "it must be 1, 0, true or false")
-        raise SoapRefusal("MustUnderstand", f"this service does not process the header {block.tag}, which the "
-                                            "request says must be understood; send it without mustUnderstand=\"1\", "
-                                            "or leave it out")
+            raise ProtocolError(f"the header {block.tag} has mustUnderstand={value!r}; it must be 1, 0, true or false")
+        raise ProtocolError(f"this service does not process the header {block.tag}, which the request says must "
+                            "be understood; send it without mustUnderstand=\"1\", or leave it out", code="MustUnderstand")
     body = verified.body
     operations = [child for child in body if isinstance(child.tag, str)]
     if len(operations) != 1:
-        raise SoapRefusal("Client", f"the SOAP Body must hold exactly one operation element; it holds {len(operations)}")
+        raise ProtocolError(f"the SOAP Body must hold exactly one operation element; it holds {len(operations)}")
     if (body.text or "").strip() or (operations[0].tail or "").strip():
-        raise SoapRefusal("Client", "the SOAP Body holds text beside its operation element; send the operation element alone")
+        raise ProtocolError("the SOAP Body holds text beside its operation element; send the operation element alone")
 
 
 class _ClientStopped(Exception):
@@ -242,18 +231,16 @@ class SignedSoapHost:
             outcome = str(stopped)
             return self._reply(start_response, stopped.status, fault_envelope("Client", stopped.answer),
                                extra_headers=[("Connection", "close")])
-        except SecurityError as error:
-            outcome = f"refused wsse:{error.code} ({error})"
-            return self._reply(start_response, "500 Internal Server Error", security_fault(error.code, str(error)))
-        except SoapRefusal as refusal:
-            outcome = f"refused soap:{refusal.code} ({refusal})"
-            return self._reply(start_response, "500 Internal Server Error", fault_envelope(refusal.code, str(refusal)),
-                               confirm=verified.signature_value)
-        except Exception:  # noqa: BLE001 — the one place that turns our own failures into a fault
-            log.exception("internal error serving %s", path)
-            outcome = "internal error"
-            return self._reply(start_response, "500 Internal Server Error",
-                               fault_envelope("Server", "the service failed while handling the request; the server log has the details"))
+        except Exception as error:  # noqa: BLE001 — refusals and our own failures become faults by one table
+            spec = fault_for(error)
+            if spec.traceback:
+                log.exception("internal error serving %s", path)
+                outcome = "internal error"
+            else:
+                outcome = f"refused {spec.faultcode} ({error})"
+            # A refusal of a verified request confirms its signature; a security refusal has none to confirm.
+            confirm = verified.signature_value if isinstance(error, ProtocolError) else None
+            return self._reply(start_response, "500 Internal Server Error", fault_envelope_for(spec), confirm=confirm)
         finally:
             log.info("%s %s principal=%r outcome=%s %.1fms", name, operation, principal_dn, outcome,
                      (time.perf_counter() - started) * 1000)
@@ -434,7 +421,7 @@ class SignedSoapHost:
             envelope = etree.fromstring(payload)  # our own framework's output: trusted
         except etree.XMLSyntaxError:
             log.error("service %s answered with something that is not XML (%s)", endpoint.name, status)
-            return "500 Internal Server Error", fault_envelope("Server", "the service failed while handling the request")
+            return "500 Internal Server Error", fault_envelope("Server", SERVER_FAILED)
         return status, envelope
 
     def _reply(self, start_response, status: str, envelope: etree._Element, *, confirm: str | None = None,

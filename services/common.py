@@ -10,7 +10,8 @@ from datetime import datetime, timezone
 
 from spyne import Boolean, ComplexModel, DateTime, Fault, ServiceBase, Unicode, rpc
 
-from gridcredit.errors import DomainError, QueryError, StoreError, StoreUnavailable
+from gridcredit.errors import DomainError, StoreError
+from gridcredit.soapfault import fault_for
 
 log = logging.getLogger("gridcredit.services")
 
@@ -110,17 +111,10 @@ class GridcreditService(ServiceBase):
     def call_wrapper(cls, ctx, args=None):
         try:
             return super().call_wrapper(ctx, args)
-        except DomainError as error:
-            fault = Fault(faultcode=f"Client.{error.code}", faultstring=str(error))
-        except QueryError as error:
-            fault = Fault(faultcode="Client.InvalidQuery", faultstring=str(error))
-        except StoreUnavailable as error:    # expected while BaseX is down: the store said so once
-            log.debug("%s not applied: %s", ctx.method_name, error)
-            fault = Fault(faultcode="Server.StoreUnavailable", faultstring=str(error))
-        except StoreError as error:
-            log.error("store failure in %s: %s", ctx.method_name, error)
-            fault = Fault(faultcode="Server.StoreUnavailable",
-                          faultstring="the service's store failed; the request was not applied, retry later")
+        except (DomainError, StoreError) as error:   # refusals, and the store failing: the one table (soapfault.py)
+            spec = fault_for(error)
+            log.log(spec.log_level, "%s not applied: %s", ctx.method_name, error)
+            fault = Fault(faultcode=spec.code, faultstring=spec.message)
         fault.gridcredit_logged = True       # (see _OwnFaults)
         # Raised outside the handlers, so the fault chains no exception: a chained one keeps the
         # failed operation's frames alive (spyne's context holds the fault in a cycle), and with
