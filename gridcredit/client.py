@@ -3,23 +3,100 @@
 zeep's own WS-Security verifier is unsafe (PITFALLS): our ``Signer``/``Verifier`` plug in
 through zeep's wsse interface (``apply``/``verify``). Every response must be signed by a host
 our trust directory accepts and must confirm the signature of the request it answers.
+
+:class:`ServiceClient` is the base of every typed client (``BankClient``, ``LutsClient``):
+
+* **The WSDL is the checked-in file** ``wsdl/<service>.wsdl``, parsed once per process and shared
+  by every client of that service, whatever credential it signs as (``service_description``);
+  nothing is fetched from the server, so a client is made without a round trip.
+* **It signs as one credential**; ``as_credential(other)`` is the same client signing as
+  ``other``, sharing the parsed WSDL and the response verifier (its trust store and replay cache).
+* **One retry rule** (``invoke``). An attempt that ends without any answer from the service (the
+  connection failed or was reset, the reply timed out or was cut short, a gateway answered 5xx
+  without SOAP, or the service's own ``StoreUnavailable`` "not applied, retry later") is sent
+  again, identical, at most ``retries`` more times with exponential backoff — *if* repeating it
+  is safe, as the call declares (:class:`Effect`): a query (``NONE``), or a change the service
+  applies once per key (``ONCE_PER_KEY``: a client request id, the LUTS's record ids). A change
+  without a key (``UNKEYED``) is sent again only while no attempt can have reached the service
+  (the connection was never made). Refusals (:class:`RemoteFault`) and replies that fail
+  verification (:class:`SecurityError`) are answers: never retried. When a change may have
+  reached the service and no attempt was answered, :class:`OutcomeUnknown` says so (with the
+  request id to repeat it under, when there is one); otherwise the last error is raised
+  ("cannot reach …").
+
+Exceptions raised here (all :class:`GridcreditError`)::
+
+    GridcreditError                 "cannot reach …" after the last attempt
+    ├── RemoteFault                 the service refused (``.code``: InsufficientFunds, NotAuthorized, …)
+    ├── SecurityError               the answer failed verification (not retried)
+    └── ClientError
+        ├── InvalidRequest          refused here, before sending (a bad argument, a naive datetime…)
+        └── OutcomeUnknown          no answer to a change that may have arrived; ``.request_id``
 """
 from __future__ import annotations
 
+import copy
+import enum
 import ipaddress
+import logging
+import random
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
+import urllib3.exceptions
 import zeep
 import zeep.exceptions
+import zeep.wsdl
 from cryptography import x509
 from lxml import etree
 
 from .errors import GridcreditError, RemoteFault, SecurityError
 from .security.pki import proxy_info
 from .security.wssec import SOAP11_NS, WSSE_NS, MemoryReplayCache, Signer, Verifier, VerifyPolicy
+
+log = logging.getLogger("gridcredit.client")
+
+WSDL_DIR = Path(__file__).resolve().parent.parent / "wsdl"   # the checked-in WSDLs (``gridcredit wsdl --out wsdl``)
+TIMEOUT_S_DEFAULT = 30.0
+RETRIES_DEFAULT = 3
+RETRIES_MAX = 10
+BACKOFF_S_DEFAULT = 0.25
+BACKOFF_S_MAX = 5.0
+RETRYABLE_HTTP_STATUSES = frozenset({502, 503, 504})
+ZEEP_SETTINGS = zeep.Settings(strict=True, forbid_dtd=True, forbid_entities=True, forbid_external=True,
+                              xml_huge_tree=False)
+
+
+class ClientError(GridcreditError):
+    """Base of the errors a client raises itself."""
+
+
+class InvalidRequest(ClientError):
+    """A request refused before anything was sent."""
+
+
+class OutcomeUnknown(ClientError):
+    """No answer to a change that may have reached the service: it may or may not have applied it.
+
+    With a ``request_id``, repeating the same operation under it is safe: the service answers
+    with the original result if it applied it, and applies it now if it did not.
+    """
+
+    def __init__(self, message: str, request_id: str | None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+class Effect(enum.Enum):
+    """What a call does to the service, which decides whether an unanswered attempt is repeated."""
+
+    NONE = "changes nothing"                       # a query: repeated
+    ONCE_PER_KEY = "applied once per key"          # a request id or the records' own ids: repeated
+    UNKEYED = "applied each time it arrives"       # repeated only if no attempt can have arrived
 
 
 class WsseClientPlugin:
@@ -90,33 +167,216 @@ def response_verifier(trust_dir: Path) -> Verifier:
     return Verifier(trust=TrustStore.from_directory(trust_dir), policy=VerifyPolicy(), replay_cache=MemoryReplayCache())
 
 
-class ServiceClient:
-    """One service of one host, e.g. ``ServiceClient("https://localhost:8443", "bank", credential=…)``."""
+# ---------------------------------------------------------------------------------------------
+# The checked-in WSDL, parsed once per process
 
-    def __init__(self, base_url: str, service: str, *, credential, trust_dir: Path, timeout_s: float = 30.0) -> None:
-        self.url = f"{base_url.rstrip('/')}/{service}"
+
+def load_wsdl(path: Path) -> zeep.wsdl.Document:
+    """Parse the WSDL file ``path`` (with our hardened settings; nothing is fetched)."""
+    try:
+        return zeep.wsdl.Document(str(path), zeep.Transport(), settings=ZEEP_SETTINGS)
+    except FileNotFoundError:
+        raise GridcreditError(f"the WSDL {path} is missing: gridcredit reads its services' WSDLs from the "
+                              "wsdl/ folder of its source tree (install it with pip install -e .)") from None
+    except (etree.XMLSyntaxError, zeep.exceptions.Error) as error:
+        raise GridcreditError(f"cannot read the WSDL {path}: {error}") from None
+
+
+_descriptions: dict[Path, zeep.wsdl.Document] = {}
+_descriptions_lock = threading.Lock()
+
+
+def service_description(service: str, *, wsdl_dir: Path = WSDL_DIR) -> zeep.wsdl.Document:
+    """The parsed ``wsdl/<service>.wsdl``, loaded on first use and shared by every client after."""
+    path = Path(wsdl_dir) / f"{service}.wsdl"
+    with _descriptions_lock:
+        document = _descriptions.get(path)
+        if document is None:
+            document = _descriptions[path] = load_wsdl(path)
+        return document
+
+
+def forget_service_descriptions() -> None:
+    """Parse the WSDLs again on next use (tests; a process that rewrote wsdl/)."""
+    with _descriptions_lock:
+        _descriptions.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# What counts as "no answer"
+
+
+def no_answer(error: BaseException) -> bool:
+    """Whether an attempt ended without any answer from the service (its outcome is unknown)."""
+    if isinstance(error, RemoteFault):
+        # The service's own "not applied, retry later" (its store failed) is safe to repeat; every
+        # other fault is a refusal, final.
+        return error.code == "StoreUnavailable"
+    if isinstance(error, SecurityError):
+        return False  # a reply that failed verification
+    if isinstance(error, requests.HTTPError):
+        response = error.response
+        return response is None or response.status_code >= 500
+    if isinstance(error, requests.RequestException):  # refused, reset, timed out, TLS broken off
+        return True
+    if isinstance(error, zeep.exceptions.TransportError):
+        # A reply that is not SOAP (our services answer everything in SOAP): an empty body, a gateway's page.
+        return error.status_code in RETRYABLE_HTTP_STATUSES or error.status_code >= 500 or not error.content
+    if isinstance(error, etree.XMLSyntaxError):  # a reply cut short
+        return True
+    return False
+
+
+def never_arrived(error: BaseException) -> bool:
+    """Whether the attempt certainly never reached the service: no connection was made (refused,
+    unknown host, connect timeout). Anything later — a reset, a read timeout, a 502 — may have
+    followed a request the service received and applied."""
+    if isinstance(error, requests.ConnectTimeout):
+        return True
+    if isinstance(error, requests.ConnectionError) and error.args:
+        reason = error.args[0]
+        reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError wraps the cause
+        return isinstance(reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError))
+    return False
+
+
+def _describe(error: BaseException | None) -> str:
+    if error is None:
+        return "no attempt was made"
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# The base client
+
+
+class ServiceClient:
+    """One service of one host, signing as one credential, e.g.
+    ``ServiceClient("https://localhost:8443", "bank", credential=…, trust_dir=…).call("WhoAmI")``.
+
+    ``call`` makes one attempt; ``invoke`` applies the retry rule (the module docstring).
+    Subclasses name their ``SERVICE`` and pass no ``service``.
+    """
+
+    SERVICE: str | None = None
+    TIMEOUT_S_DEFAULT = TIMEOUT_S_DEFAULT
+
+    def __init__(self, base_url: str, service: str | None = None, *, credential, trust_dir: Path | str,
+                 timeout_s: float | None = None, retries: int = RETRIES_DEFAULT,
+                 backoff_s: float = BACKOFF_S_DEFAULT, sleep: Callable[[float], None] = time.sleep,
+                 wsdl_dir: Path = WSDL_DIR) -> None:
+        service = service or self.SERVICE
+        if not service:
+            raise InvalidRequest("name the service (bank, luts, …)")
+        timeout_s = self.TIMEOUT_S_DEFAULT if timeout_s is None else timeout_s
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= RETRIES_MAX:
+            raise InvalidRequest(f"retries must be 0 to {RETRIES_MAX}, not {retries!r}")
+        if not timeout_s > 0:
+            raise InvalidRequest(f"timeout_s must be positive, not {timeout_s}")
+        self.service = service
+        self.base_url = base_url.rstrip("/")
+        self.url = f"{self.base_url}/{service}"
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.trust_dir = Path(trust_dir)
+        self._sleep = sleep
+        self._description = service_description(service, wsdl_dir=wsdl_dir)
+        self._verifier = response_verifier(self.trust_dir)
+        self._bind(credential)
+
+    def _bind(self, credential) -> None:
+        """Sign as ``credential``: a zeep client of the shared parsed WSDL, a session of its own."""
         session = requests.Session()
-        session.verify = str(trust_dir)
+        session.verify = str(self.trust_dir)
         # Otherwise REQUESTS_CA_BUNDLE and friends silently replace our grid trust directory.
         session.trust_env = False
-        transport = zeep.Transport(session=session, timeout=timeout_s, operation_timeout=timeout_s)
-        settings = zeep.Settings(strict=True, forbid_dtd=True, forbid_entities=True, forbid_external=True, xml_huge_tree=False)
-        self._plugin = WsseClientPlugin(Signer(credential), response_verifier(trust_dir),
-                                        host_name=urlsplit(self.url).hostname)
-        try:
-            self._zeep = zeep.Client(f"{self.url}?wsdl", transport=transport, wsse=self._plugin, settings=settings)
-        except requests.RequestException as error:
-            raise GridcreditError(f"cannot reach {self.url}: {error}") from None
+        transport = zeep.Transport(session=session, timeout=self.timeout_s, operation_timeout=self.timeout_s)
+        self.credential = credential
+        self._plugin = WsseClientPlugin(Signer(credential), self._verifier, host_name=urlsplit(self.url).hostname)
+        self._zeep = zeep.Client(self._description, transport=transport, wsse=self._plugin, settings=ZEEP_SETTINGS)
+        service = next(iter(self._description.services.values()))
+        port = next(iter(service.ports.values()))
+        self._proxy = self._zeep.create_service(port.binding.name, self.url)
 
-    def call(self, operation: str, **arguments):
+    def as_credential(self, credential):
+        """This client (same host, settings and parsed WSDL) signing as ``credential``."""
+        other = copy.copy(self)
+        other._bind(credential)
+        return other
+
+    # -- one attempt -------------------------------------------------------------------------------
+    def _attempt(self, operation: str, arguments: dict):
+        """Send once; a SOAP fault becomes :class:`RemoteFault`, every other error is left as raised."""
         try:
-            return getattr(self._zeep.service, operation)(**arguments)
+            return getattr(self._proxy, operation)(**arguments)
         except zeep.exceptions.Fault as fault:
             code = None
             if fault.detail is not None:
                 code = fault.detail.findtext("{urn:gridcredit:fault:1}code")
             raise RemoteFault(fault.code or "Server", fault.message or "", code) from None
-        except SecurityError:
-            raise
-        except requests.RequestException as error:
-            raise GridcreditError(f"cannot reach {self.url}: {error}") from None
+
+    def call(self, operation: str, **arguments):
+        """One attempt, no retry: the answer, or the error as a :class:`GridcreditError`."""
+        try:
+            return self._attempt(operation, arguments)
+        except Exception as error:  # noqa: BLE001 — sorted into our errors; the rest propagates
+            if isinstance(error, requests.RequestException):
+                raise GridcreditError(f"cannot reach {self.url}: {error}") from None
+            raise self._answered(error, operation) from None
+
+    def _answered(self, error: Exception, operation: str) -> Exception:
+        """An error that is an answer (or a refusal here), as the GridcreditError the caller should see."""
+        if isinstance(error, GridcreditError):
+            return error
+        if isinstance(error, zeep.exceptions.ValidationError):
+            return InvalidRequest(f"{operation}: {error}")
+        if isinstance(error, zeep.exceptions.TransportError):
+            return GridcreditError(f"{self.url} answered {operation} with HTTP {error.status_code} and no SOAP message")
+        if isinstance(error, zeep.exceptions.Error):
+            return GridcreditError(f"{operation}: the reply from {self.url} cannot be read: {error}")
+        return error
+
+    # -- the retry rule ----------------------------------------------------------------------------
+    def _backoff_s(self, attempt: int) -> float:
+        return min(self.backoff_s * (2 ** attempt), BACKOFF_S_MAX) * random.uniform(0.5, 1.0)
+
+    def invoke(self, operation: str, arguments: dict | None = None, *, effect: Effect = Effect.NONE,
+               request_id: str | None = None):
+        """Call ``operation`` until it answers, re-sending the identical ``arguments`` while that is
+        safe for its ``effect`` (``request_id``: the key an ``ONCE_PER_KEY`` change carries)."""
+        arguments = arguments or {}
+        attempts = self.retries + 1
+        may_have_arrived = False
+        last: BaseException | None = None
+        for attempt in range(attempts):
+            if attempt:
+                self._sleep(self._backoff_s(attempt - 1))
+            try:
+                return self._attempt(operation, arguments)
+            except Exception as error:  # noqa: BLE001 — sorted by no_answer; the rest propagates
+                if not no_answer(error):
+                    raise self._answered(error, operation) from None
+                last = error
+                may_have_arrived = may_have_arrived or not never_arrived(error)
+                log.info("%s%s: no answer (attempt %d of %d): %s", operation,
+                         f" {request_id}" if request_id else "", attempt + 1, attempts, _describe(error))
+                if effect is Effect.UNKEYED and may_have_arrived:
+                    break
+        reason = _describe(last)
+        if effect is not Effect.NONE and may_have_arrived:
+            tried = f"after {attempt + 1} attempt(s) ({reason})"
+            if request_id is not None:
+                raise OutcomeUnknown(
+                    f"{operation} request {request_id} got no answer from {self.url} {tried}; the {self.service} "
+                    f"may or may not have applied it: repeat it with request id {request_id} to find out (it will "
+                    "not be applied twice)", request_id)
+            if effect is Effect.ONCE_PER_KEY:
+                raise OutcomeUnknown(f"{operation} got no answer from {self.url} {tried}; the {self.service} may or "
+                                     "may not have applied it: sending it again is safe (it is applied once)", None)
+            raise OutcomeUnknown(f"{operation} got no answer from {self.url} {tried}; the {self.service} may or may "
+                                 "not have applied it, and sending it again could apply it twice", None)
+        if isinstance(last, GridcreditError):
+            raise last
+        raise GridcreditError(f"cannot reach {self.url} after {attempt + 1} attempt(s): {reason}")

@@ -4,28 +4,28 @@
     bank.mint("vo-atlas", 1_000_000)                       # Receipt(transaction=Transaction(...), replayed=False)
     hold = bank.create_hold("vo-atlas", amount=500, expires=timedelta(hours=2), reference="job 7")
     bank.charge_hold(hold.transaction.hold_id, payee_account_id="site-x", amount=120)
+    site = bank.as_credential(site_credential)             # the same client signing as another credential
 
-Retries. Every mutating method sends a client request id (``request_id=``, or a fresh
-``gc-<uuid4>``). When an attempt ends without an answer — the connection failed or was reset, the
-reply timed out, a gateway answered 502/503/504 — the outcome is unknown, so the method sends the
-*identical* request again under the *same* request id (at most ``retries`` more times, with
-exponential backoff): the bank answers a request id it has seen with the original transaction
-(``replayed=True``) and applies nothing twice. Refusals (:class:`RemoteFault`) and security
-failures are answers and are never retried. When every attempt failed after the request may
-have been sent, :class:`OutcomeUnknown` names the request id to repeat. Queries retry the same way.
-
-The zeep client is built from the service's ``?wsdl`` on first use; fetching it is retried like a
-call (nothing has been sent to the ledger then).
+Retries follow the one rule of :class:`gridcredit.client.ServiceClient`. Every mutating method
+sends a client request id (``request_id=``, or a fresh ``gc-<uuid4>``). When an attempt ends
+without an answer — the connection failed or was reset, the reply timed out, a gateway answered
+502/503/504 — the outcome is unknown, so the method sends the *identical* request again under the
+*same* request id (at most ``retries`` more times, with exponential backoff): the bank answers a
+request id it has seen with the original transaction (``replayed=True``) and applies nothing
+twice. Refusals (:class:`RemoteFault`) and security failures are answers and are never retried.
+When every attempt failed after the request may have reached the bank, :class:`OutcomeUnknown`
+names the request id to repeat. Queries retry the same way. The WSDL is the checked-in
+``wsdl/bank.wsdl``: nothing is fetched before the first call.
 
 Times on the wire are integer microseconds since the epoch (fields ending ``_us``); use
-:func:`datetime_from_us` to read them.
+:func:`gridcredit.timeunits.datetime_from_us` to read them.
 
 Exceptions (all :class:`GridcreditError`)::
 
     GridcreditError                 "cannot reach …" after the last attempt of a query
     ├── RemoteFault                 the bank refused (``.code``: InsufficientFunds, NotAuthorized, …)
     ├── SecurityError               the answer failed verification (not retried)
-    └── BankClientError
+    └── ClientError
         ├── InvalidRequest          refused here, before sending (bad request id, naive datetime…)
         └── OutcomeUnknown          no answer to a mutating request; ``.request_id`` to repeat it
 """
@@ -34,56 +34,22 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-import logging
 import operator
-import random
-import threading
-import time
 import types
 import typing
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
-import requests
-import zeep.exceptions
-from lxml import etree
-
-from gridcredit.errors import GridcreditError, RemoteFault, SecurityError
+from gridcredit.client import RETRIES_DEFAULT, RETRIES_MAX, Effect, InvalidRequest, OutcomeUnknown, ServiceClient
+from gridcredit.timeunits import datetime_from_us
 
 from . import ledger
 from .ledger import REQUEST_ID_PATTERN
 
-log = logging.getLogger("gridcredit.bank.client")
-
-RETRIES_DEFAULT = 3
-RETRIES_MAX = 10
-BACKOFF_S_DEFAULT = 0.25
-BACKOFF_S_MAX = 5.0
-RETRYABLE_HTTP_STATUSES = frozenset({502, 503, 504})
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-class BankClientError(GridcreditError):
-    """Base of the errors this client raises itself."""
-
-
-class InvalidRequest(BankClientError):
-    """A request refused before anything was sent."""
-
-
-class OutcomeUnknown(BankClientError):
-    """No answer to a mutating request after every attempt; the bank may or may not have applied it.
-
-    Repeating the same operation with ``request_id=self.request_id`` is safe: the bank answers
-    with the original transaction if it applied it, and applies it now if it did not.
-    """
-
-    def __init__(self, message: str, request_id: str) -> None:
-        super().__init__(message)
-        self.request_id = request_id
+__all__ = ["BankClient", "InvalidRequest", "OutcomeUnknown", "RETRIES_DEFAULT", "RETRIES_MAX", "Receipt", "expiry",
+           "new_request_id", "audit_report_of", "datetime_from_us"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,17 +194,7 @@ def _transactions(value) -> tuple[Transaction, ...]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Times and request ids
-
-
-def datetime_from_us(microseconds: int) -> datetime:
-    """Microseconds since the epoch (the wire's ``*_us``) as an aware UTC datetime."""
-    return EPOCH + timedelta(microseconds=microseconds)
-
-
-def us_from_datetime(moment: datetime) -> int:
-    delta = _aware(moment, "time") - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+# Times and request ids (µs <-> datetime: gridcredit.timeunits)
 
 
 def _aware(moment: datetime, what: str) -> datetime:
@@ -281,110 +237,18 @@ def _checked_amount(value, what: str) -> int:
     return value
 
 
-# ---------------------------------------------------------------------------------------------
-# What counts as "no answer"
-
-
-def _no_answer(error: BaseException) -> bool:
-    """Whether an attempt ended without any answer from the bank (so the outcome is unknown)."""
-    if isinstance(error, RemoteFault):
-        # The service's own "not applied, retry later" (its store failed) is safe to retry under
-        # the same request id; every other fault is a refusal, final.
-        return error.code == "StoreUnavailable"
-    if isinstance(error, SecurityError):
-        return False  # a reply that failed verification
-    if isinstance(error, requests.HTTPError):
-        response = error.response
-        return response is None or response.status_code >= 500
-    if isinstance(error, requests.RequestException):  # refused, reset, timed out, TLS broken off
-        return True
-    if isinstance(error, zeep.exceptions.TransportError):
-        # A reply that is not SOAP (the bank answers everything in SOAP): an empty body, a gateway's page.
-        return error.status_code in RETRYABLE_HTTP_STATUSES or error.status_code >= 500 or not error.content
-    if isinstance(error, etree.XMLSyntaxError):  # a truncated WSDL
-        return True
-    if type(error) is GridcreditError:
-        # gridcredit.client.ServiceClient turns requests' errors into "cannot reach …" (from None,
-        # but the original stays the context)
-        return error.__context__ is not None and _no_answer(error.__context__)
-    return False
-
-
-class BankClient:
+class BankClient(ServiceClient):
     """The Bank's SOAP operations as typed methods (see the module docstring for retries)."""
 
-    def __init__(self, base_url: str, *, credential, trust_dir: Path | str, timeout_s: float = 30.0,
-                 retries: int = RETRIES_DEFAULT, backoff_s: float = BACKOFF_S_DEFAULT,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        if not 0 <= retries <= RETRIES_MAX:
-            raise InvalidRequest(f"retries must be 0 to {RETRIES_MAX}, not {retries}")
-        if timeout_s <= 0:
-            raise InvalidRequest(f"timeout_s must be positive, not {timeout_s}")
-        self.base_url = base_url.rstrip("/")
-        self.url = f"{self.base_url}/bank"
-        self.timeout_s = timeout_s
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self._credential = credential
-        self._trust_dir = Path(trust_dir)
-        self._sleep = sleep
-        self._lock = threading.Lock()
-        self._service_client = None
-
-    # -- the wire ----------------------------------------------------------------------------------
-    def _service(self):
-        """The ServiceClient, built (WSDL fetched) on first use."""
-        with self._lock:
-            if self._service_client is None:
-                from gridcredit.client import ServiceClient
-
-                try:
-                    self._service_client = ServiceClient(self.base_url, "bank", credential=self._credential,
-                                                         trust_dir=self._trust_dir, timeout_s=self.timeout_s)
-                except (etree.XMLSyntaxError, zeep.exceptions.Error) as error:
-                    if _no_answer(error):
-                        raise
-                    raise GridcreditError(f"cannot read the WSDL of {self.url}: {error}") from None
-            return self._service_client
-
-    def _backoff(self, attempt: int) -> float:
-        delay = min(self.backoff_s * (2 ** attempt), BACKOFF_S_MAX)
-        return delay * random.uniform(0.5, 1.0)
-
-    def _attempts(self, operation: str, arguments: dict, *, request_id: str | None):
-        """Call ``operation`` until it answers; re-send the identical ``arguments`` on no answer."""
-        attempts = self.retries + 1
-        sent = False
-        last: BaseException | None = None
-        for attempt in range(attempts):
-            if attempt:
-                self._sleep(self._backoff(attempt - 1))
-            try:
-                service = self._service()
-                sent = True
-                return service.call(operation, **arguments)
-            except Exception as error:  # noqa: BLE001 — sorted by _no_answer; the rest propagates
-                if not _no_answer(error):
-                    raise _answered(error, operation, self.url) from None
-                last = error
-                log.info("%s%s: no answer (attempt %d of %d): %s", operation,
-                         f" {request_id}" if request_id else "", attempt + 1, attempts, _describe(error))
-        reason = _describe(last)
-        if request_id is not None and sent:
-            raise OutcomeUnknown(
-                f"{operation} request {request_id} got no answer from {self.url} after {attempts} attempt(s) "
-                f"({reason}); the bank may or may not have applied it: repeat it with request id {request_id} "
-                f"to find out (it will not be applied twice)", request_id)
-        if isinstance(last, GridcreditError):
-            raise last
-        raise GridcreditError(f"cannot reach {self.url} after {attempts} attempt(s): {reason}")
+    SERVICE = "bank"
 
     def _query(self, operation: str, **arguments):
-        return self._attempts(operation, arguments, request_id=None)
+        return self.invoke(operation, arguments)
 
     def _mutate(self, operation: str, request_id: str | None, **arguments) -> Receipt:
         request_id = _checked_request_id(request_id)
-        return _receipt(self._attempts(operation, {"request_id": request_id, **arguments}, request_id=request_id))
+        return _receipt(self.invoke(operation, {"request_id": request_id, **arguments}, effect=Effect.ONCE_PER_KEY,
+                                    request_id=request_id))
 
     # -- accounts ----------------------------------------------------------------------------------
     def create_account(self, account_id: str, *, project: str, owner_dn: str, credit_limit: int | None = None,
@@ -529,23 +393,3 @@ def audit_report_of(report) -> AuditReport:
                        signatures_checked=report.signatures_checked,
                        findings=report.findings,
                        findings_omitted=report.findings_omitted)
-
-
-def _answered(error: Exception, operation: str, url: str) -> Exception:
-    """An error that is not "no answer", as a GridcreditError where it is one the caller should see."""
-    if isinstance(error, GridcreditError):
-        return error
-    if isinstance(error, zeep.exceptions.ValidationError):
-        return InvalidRequest(f"{operation}: {error}")
-    if isinstance(error, zeep.exceptions.TransportError):
-        return GridcreditError(f"{url} answered {operation} with HTTP {error.status_code} and no SOAP message")
-    if isinstance(error, zeep.exceptions.Error):
-        return GridcreditError(f"{operation}: the reply from {url} cannot be read: {error}")
-    return error
-
-
-def _describe(error: BaseException | None) -> str:
-    if error is None:
-        return "no attempt was made"
-    text = str(error).splitlines()[0] if str(error) else ""
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -5,33 +5,26 @@
     page = luts.query("n:Usage/n:wall_us > $w", {"w": 3_600_000_000}, from_month="2026-11", to_month="2026-11")
     rows = luts.summary(["vo", "month"], from_month="2026-01", to_month="2026-12").rows
 
-Retries. Publishing is idempotent on the record id (the same record again answers ``duplicate``),
-and queries change nothing, so when an attempt ends without an answer (connection failed or was
-reset, the reply timed out, a gateway answered 502/503/504) the client sends the same request
-again, at most ``retries`` more times with exponential backoff. Refusals (:class:`RemoteFault`)
-and security failures are answers, never retried.
+Retries follow the one rule of :class:`gridcredit.client.ServiceClient`. Publishing is applied
+once per record (its machine and record id: the same record again answers ``duplicate``) and
+queries change nothing, so when an attempt ends without an answer (connection failed or was reset,
+the reply timed out, a gateway answered 502/503/504) the client sends the same request again, at
+most ``retries`` more times with exponential backoff; a publish that may have arrived and was never
+answered ends in :class:`OutcomeUnknown` (publishing it again is safe). Refusals
+(:class:`RemoteFault`) and security failures are answers, never retried. The WSDL is the
+checked-in ``wsdl/luts.wsdl``: nothing is fetched before the first call.
 """
 from __future__ import annotations
 
-import logging
-import random
-import time
 from dataclasses import fields
-from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import Iterator, Mapping, Sequence
 
-from gridcredit.client import ServiceClient
-from gridcredit.errors import GridcreditError, RemoteFault, SecurityError
+from gridcredit.client import Effect, OutcomeUnknown, ServiceClient
+from gridcredit.timeunits import datetime_from_us
 
 from . import records as ur
-from .durations import datetime_from_us
 from .luts import ChargeTotal, PublishReport, RecordPage, RecordResult, StoredRecord, Summary, SummaryRow
 
-log = logging.getLogger("gridcredit.luts.client")
-T = TypeVar("T")
-
-RETRIES_DEFAULT = 3
-BACKOFF_S = 0.25
 _DATETIME_FIELDS = {"create_time", "submit_time", "start_time", "end_time"}
 
 
@@ -62,35 +55,20 @@ def _items(array, name: str) -> list:
     return list(inner or [])
 
 
-class LutsClient:
-    def __init__(self, base_url: str, *, credential, trust_dir: Path, timeout_s: float = 300.0,
-                 retries: int = RETRIES_DEFAULT) -> None:
-        self._service = ServiceClient(base_url, "luts", credential=credential, trust_dir=trust_dir,
-                                      timeout_s=timeout_s)
-        self.retries = retries
+class LutsClient(ServiceClient):
+    """The LUTS's SOAP operations as typed methods (see the module docstring for retries)."""
+
+    SERVICE = "luts"
+    TIMEOUT_S_DEFAULT = 300.0
 
     def _call(self, operation: str, **arguments):
-        return self._with_retries(lambda: self._service.call(operation, **arguments), operation)
-
-    def _with_retries(self, attempt: Callable[[], T], what: str) -> T:
-        for number in range(self.retries + 1):
-            try:
-                return attempt()
-            except (RemoteFault, SecurityError):
-                raise
-            except GridcreditError as error:
-                if number == self.retries:
-                    raise
-                delay_s = BACKOFF_S * (2 ** number) * random.uniform(0.5, 1.0)
-                log.warning("%s: %s; retrying in %.2f s", what, error, delay_s)
-                time.sleep(delay_s)
-        raise AssertionError("unreachable")
+        return self.invoke(operation, arguments)
 
     def whoami(self):
         return self._call("WhoAmI")
 
     def publish(self, document: bytes, *, replace: bool = False) -> PublishReport:
-        answer = self._call("Publish", document=document, replace=replace or None)
+        answer = self.invoke("Publish", {"document": document, "replace": replace or None}, effect=Effect.ONCE_PER_KEY)
         return PublishReport(tuple(RecordResult(index=r.index, record_id=r.record_id, status=r.status,
                                                 message=r.message or "")
                                    for r in _items(answer.results, "RecordResultInfo")))
@@ -147,4 +125,4 @@ class LutsClient:
                        scope=answer.scope)
 
 
-__all__ = ["LutsClient"]
+__all__ = ["LutsClient", "OutcomeUnknown"]
