@@ -17,6 +17,7 @@ import pytest
 from lxml import etree
 
 from gridcredit.errors import GridcreditError, RemoteFault
+from gridcredit.outbox import ALONE
 from gridcredit.services.luts import records as ur
 from gridcredit.services.luts.spool import (BatchSender, Outgoing, Spool, SpoolBusy, SpoolFull, container, packing,
                                             send_documents)
@@ -165,7 +166,7 @@ def test_packing_keeps_each_records_bytes_and_canonical_form():
             groups.setdefault(key, []).append((source, data))
     assert len(groups) >= 2       # the samples use more than one prefix / namespace
     for key, members in groups.items():
-        if key == ("solo",):
+        if key == ALONE:
             continue
         batch = ur.split_records(container(key, [data for _, data in members]))
         assert len(batch) == len(members)
@@ -191,7 +192,7 @@ def test_a_document_in_another_encoding_is_sent_alone_unchanged(tmp_path, luts):
     job = Job("latin-1", "/O=Grid/CN=Jos\u00e9", "atlas", "ce1.example.org", None, None, 60, 30, None)
     document = make_record(job).decode().replace('encoding="UTF-8"', 'encoding="ISO-8859-1"').encode("iso-8859-1")
     source = ur.split_records(document)[0]
-    assert packing(source) == (document, ("solo",))
+    assert packing(source) == (document, ALONE)      # published in a batch of its own
     spool = Spool(tmp_path / "spool")
     spool.add(make_record(random_jobs(1, seed=9)[0]))
     spool.add(document)

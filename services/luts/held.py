@@ -22,10 +22,9 @@ Three places hold such documents in the service's store:
 
 The bytes of an ``sgas`` or ``record`` entry are kept exactly as received: inside the entry
 (base64) up to ``INLINE_BYTES_MAX``, else in a file of their own under ``Luts.held_dir`` (written
-to a temporary file, fsynced, renamed, the directory fsynced) that the entry names with its size
-and SHA-256 — a store document is limited to a few MB, a post is not. The file is written before
-the entry and removed after it: a crash in between leaves a file no entry names, never an entry
-without its bytes.
+whole and durably: gridcredit.durable) that the entry names with its size and SHA-256 — a store
+document is limited to a few MB, a post is not. The file is written before the entry and removed
+after it: a crash in between leaves a file no entry names, never an entry without its bytes.
 
 The operator runs these on the LUTS host against the store of its configuration
 (``gridcredit luts held …``): no signed request, the same rights as whoever may read the state
@@ -37,7 +36,6 @@ import base64
 import copy
 import hashlib
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -45,11 +43,11 @@ from pathlib import Path
 
 from lxml import etree
 
+from gridcredit.durable import write_atomically
 from gridcredit.errors import DomainError, StoreError
 
 from .forward import REJECTED as FORWARD_REJECTED
 from .luts import NS, Caller, Luts, PublishReport, _usage_digest, forward_entry, key_hash
-from .spool import _fsync_directory, _write_durably
 
 log = logging.getLogger("gridcredit.luts.held")
 
@@ -110,8 +108,7 @@ def _with_payload(luts: Luts, element: etree._Element, collection: str, doc_id: 
     with _file_lock:
         path.parent.mkdir(parents=True, exist_ok=True)
         (luts.held_dir / "tmp").mkdir(exist_ok=True)
-        _write_durably(path, data, luts.held_dir / "tmp")
-        _fsync_directory(path.parent)
+        write_atomically(path, data, tmp_dir=luts.held_dir / "tmp")
     element.set("file", path.name)
     return path
 
