@@ -144,3 +144,38 @@ def test_a_writer_killed_mid_write_leaves_the_last_whole_version(tmp_path):
         assert len(data) == 900_000 and data == data[:9] * 100_000
         for leftover in Path(tmp_path).glob(".state.json.*.tmp"):      # at most the one being written
             leftover.unlink()
+
+
+KEY_MAKER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from gridcredit.services.bank import bank
+
+    real_generate = bank.Ed25519PrivateKey.generate
+
+    class Slow:                       # the worker is killed while it makes the key
+        @staticmethod
+        def generate():
+            print("generating", flush=True)
+            time.sleep(60)
+            return real_generate()
+
+    bank.Ed25519PrivateKey = Slow
+    bank.LedgerKey.load_or_create(Path(sys.argv[1]))
+""")
+
+
+def test_a_worker_killed_while_making_the_ledger_key_leaves_none_and_the_next_makes_it(tmp_path):
+    """The ledger key was created empty (O_EXCL) and then written: a worker killed in between left an
+    empty key, and every later start failed with 'the ledger signing key … is empty'."""
+    from gridcredit.services.bank.bank import LedgerKey
+
+    path = tmp_path / "bank" / "ledger-signing-key.pem"
+    maker = subprocess.Popen([sys.executable, "-c", KEY_MAKER, str(path)], stdout=subprocess.PIPE, text=True)
+    assert maker.stdout.readline().strip() == "generating"
+    maker.send_signal(signal.SIGKILL)
+    maker.wait()
+    assert not path.exists()
+    key = LedgerKey.load_or_create(path)
+    assert LedgerKey.load_or_create(path).public_pem() == key.public_pem()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
