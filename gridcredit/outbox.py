@@ -325,10 +325,11 @@ class Outbox:
     def drain(self, batcher: Batcher, *, wait_s: float = 0.0,
               rejected: Callable[[Settled], Mapping[str, bytes]] | None = None,
               started: Callable[[list[Path]], None] | None = None) -> DrainReport:
-        """Send every item waiting through ``batcher``, removing each once settled (see the module
-        docstring). ``rejected(settled)``: the files to keep in ``rejected_dir`` for it (name →
-        bytes), written before it is removed. ``started(paths)``: told what is about to be sent.
-        Never raises for the receiver being away: the report says why sending stopped."""
+        """Send every item waiting through ``batcher`` (a new one for each drain), removing each
+        once settled (see the module docstring). ``rejected(settled)``: the files to keep in
+        ``rejected_dir`` for it (name → bytes), written before it is removed. ``started(paths)``:
+        told what is about to be sent. Never raises for the receiver being away: the report says
+        why sending stopped."""
         done = 0
 
         def remove(batch: list[Settled]) -> None:
