@@ -577,11 +577,10 @@ def prepare_state(config: Config) -> None:
     from gridcredit.security.replay import SqliteReplayCache
 
     prepare_services(config)
-    store = registry.open_service_store(config)                   # opening checks the store and repairs it ...
-    try:
-        store.wait_verified(at_once=True)    # ... BaseX after open: once here, so the workers forked next need not
-    finally:
-        store.close()
+    # Opening recovers the journal and repairs what the quick checks find. BaseX's full verification
+    # (every document read: ~20 s at a million) is not waited for: the workers forked next share it in
+    # the background — one verifies, the others adopt its result; queries wait for it meanwhile.
+    registry.open_service_store(config).close()
     SqliteReplayCache(replay_cache_path(config))         # made once, so workers need not race to set it up
 
 

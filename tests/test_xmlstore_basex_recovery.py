@@ -1085,6 +1085,120 @@ def test_open_returns_before_the_verification_which_queries_wait_for_and_which_s
         store.close()
 
 
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def _fork_opener(spec: dict, go: threading.Event | None = None) -> tuple[int, int]:
+    """A child forked now that opens the store, waits until BaseX is verified, counts 'big', and
+    writes what it did as JSON to the pipe returned (pid, read end): its log lines, whether it was
+    verifying after its open."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_end)
+            lines = _Lines()
+            logger = logging.getLogger("gridcredit.xmlstore._basex")
+            logger.addHandler(lines)
+            logger.setLevel(logging.INFO)
+            store = open_from_spec(spec)
+            verifying = store.verifying
+            verified = store.wait_verified(120)
+            answer = {"pid": os.getpid(), "verifying": verifying, "verified": verified,
+                      "count": store.count("big"), "lines": lines.lines}
+            store.close()
+            os.write(write_end, json.dumps(answer).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    return pid, read_end
+
+
+def _answer(pid: int, read_end: int) -> dict:
+    with os.fdopen(read_end) as pipe:
+        said = json.loads(pipe.read() or "{}")
+    assert os.waitpid(pid, 0)[1] == 0, said
+    return said
+
+
+def _leave_the_verification_to_the_background(spec: dict) -> None:
+    """What serve's prepare_state does: open (the quick checks) and close without waiting."""
+    store = open_from_spec(spec)
+    try:
+        assert store.verifying
+    finally:
+        store.close()
+
+
+def test_processes_forked_after_an_open_verify_basex_once_between_them(private_basex, spec, monkeypatch):
+    """Issue 10.10: serve's workers, forked after prepare_state opened the store and left the
+    verification of BaseX to the background, verify it once between them — one does the steps,
+    the others wait and adopt its result — and damage done before the start is still found."""
+    monkeypatch.setattr(BaseXStore, "verify_chunk_docs", 50)
+    with open_from_spec(spec) as store:
+        store.transact(lambda tx: [tx.put("big", f"d{n:04d}", f"<d n='{n}'/>".encode()) for n in range(1500)])
+        assert store.wait_verified(10)
+    session = Session("127.0.0.1", private_basex.port, "admin", "admin", timeout_s=5)
+    session.query("db:add('gc_big', document { processing-instruction gridcredit-version { '1' }, "
+                  "<d n='stray'/> }, 'd0999x')")                                   # a write the journal never had
+    session.close()
+    _leave_the_verification_to_the_background(spec)
+    answers = [_answer(*opener) for opener in [_fork_opener(spec) for _ in range(3)]]
+    verifiers = [a for a in answers if any("verified 1500 documents of BaseX" in line for line in a["lines"])]
+    assert len(verifiers) == 1, answers
+    verifier = verifiers[0]["pid"]
+    for answer in answers:
+        assert answer["verified"] and answer["count"] == 1500, answer
+        if answer["pid"] != verifier:
+            assert any(f"verified against the journal by process {verifier} " in line and "not verifying again" in line
+                       for line in answer["lines"]), answer
+            assert not any("differs" in line for line in answer["lines"]), answer
+    assert any("big: BaseX differs from the journal" in line for line in verifiers[0]["lines"]), verifiers
+    with open_from_spec(spec) as store:
+        assert store.wait_verified(30)
+        assert store.get("big", "d0999x") is None
+        assert all(entry["ok"] for entry in store.check().values())
+
+
+def test_the_shared_verification_goes_on_when_the_process_doing_it_dies(private_basex, spec, monkeypatch):
+    """The process doing the start's verification steps is killed (-9) halfway: another process of
+    the start goes on from the progress it recorded, not from the beginning."""
+    monkeypatch.setattr(BaseXStore, "verify_chunk_docs", 10)
+    with open_from_spec(spec) as store:
+        store.transact(lambda tx: [tx.put("big", f"d{n:04d}", f"<d n='{n}'/>".encode()) for n in range(3000)])
+        assert store.wait_verified(10)
+    _leave_the_verification_to_the_background(spec)
+    first, first_pipe = _fork_opener(spec)
+    marker = Path(spec["state_dir"]) / "journal" / "verification.json"
+    deadline = time.monotonic() + 60
+    while True:
+        entries = json.loads(marker.read_text()) if marker.exists() else {}
+        mine = [e for e in entries.values() if e.get("owner") == first]
+        if mine and mine[0]["done"] is None and mine[0]["read"] >= 300:
+            break
+        assert time.monotonic() < deadline and not (mine and mine[0]["done"] is not None), entries
+        time.sleep(0.005)
+    os.kill(first, signal.SIGKILL)
+    assert os.waitpid(first, 0)[1] == signal.SIGKILL
+    os.close(first_pipe)
+    answer = _answer(*_fork_opener(spec))
+    assert answer["verified"] and answer["count"] == 3000, answer
+    going_on = [line for line in answer["lines"]
+                if f"going on with the verification of BaseX after open that process {first} left" in line]
+    assert going_on, answer
+    read_before = int(re.search(r"left \(([0-9,]+) of 3,000 documents read\)", going_on[0]).group(1).replace(",", ""))
+    assert read_before >= 300, going_on
+    assert any("verified 3000 documents of BaseX" in line for line in answer["lines"]), answer
+
+
 def test_wait_verified_at_once_verifies_in_one_pass_and_repairs(private_basex, spec, monkeypatch):
     """serve's supervisor (prepare_state) verifies at once, before any worker commits: one pass
     over each database under the writer lock, not the background's steps; damage is repaired."""

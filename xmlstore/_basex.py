@@ -68,9 +68,12 @@ frames BaseX lacks applied first): in steps of ``verify_chunk_docs`` ids under t
 alone, each compared with the journal as of BaseX's applied number, a collection that differs
 repaired whole under the writer lock; queries wait for it (bounded by ``timeout_s``), reads by id,
 ``scan_local`` and commits go on; one log line at its start and one at its end; ``wait_verified``
-waits for it (``at_once``: does the rest in one pass under the writer lock — serve's supervisor),
-and a process forked within ``fork_trust_s`` of its parent's verification does not verify again
-(``_VERIFIED``). Otherwise (and in every repair) the verification runs before going on; a lagging or half-applied
+waits for it (``at_once``: does the rest in one pass under the writer lock), and a process forked
+within ``fork_trust_s`` of its parent's verification does not verify again (``_VERIFIED``). The
+processes forked within ``fork_trust_s`` of a parent that left the verification to the background
+(serve's workers after prepare_state) share it: one does the steps, recording its progress in
+``<journal>/verification.json``, the others wait and adopt its result, and if it dies or closes its
+store another goes on from the progress recorded (``_SharedVerification``). Otherwise (and in every repair) the verification runs before going on; a lagging or half-applied
 database gets the missing writes re-applied, an unreadable or inconsistent one is dropped and
 rebuilt from the journal (one whose metadata a kill -9 left empty is dropped without being opened:
 see ``Q_UNHEALTHY``; one listing a path twice is rebuilt; one with more than ``rebuild_above``
@@ -157,6 +160,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import bisect
 import heapq
 import json
 import logging
@@ -617,6 +621,71 @@ def _note_fork() -> None:
 
 os.register_at_fork(after_in_child=_note_fork)
 
+# (journal folder, host, port) -> (pid, token, time.monotonic()) of the verification after open this
+# process left to the background (see BaseXStore._verify_later). The processes forked from it within
+# ``fork_trust_s`` (serve's workers after prepare_state) take part in that one verification instead
+# of each verifying in full (see _SharedVerification).
+_BACKGROUND: dict[tuple[str, str, int], tuple[int, str, float]] = {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _SharedVerification:
+    """One verification after open shared by the processes of one start: ``<journal>/verification.json``.
+
+    A writable open that leaves the verification to the background makes a *token* (or takes its
+    parent's: see ``_BACKGROUND``); the processes holding one token verify BaseX once between them.
+    The file maps each token to its progress — the collections left, the last id verified in the
+    first of them (``after``), documents read and to read — the process doing the steps (``owner``)
+    and, once BaseX is verified, the journal's transaction it was verified at (``done``). Every
+    change is made under the journal's applier lock (each step holds it) and replaces the file
+    atomically, so a glance without the lock reads a whole one. A process steps only when no other
+    live process owns the token's steps: it then goes on from the progress recorded (the owner died
+    or closed its store); one that sees ``done`` adopts it. At most ``KEPT`` tokens are kept (the
+    oldest dropped: a process of a dropped token verifies again from the start)."""
+
+    KEPT = 16
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _all(self) -> dict[str, dict]:
+        try:
+            tokens = json.loads(self.path.read_bytes())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return tokens if isinstance(tokens, dict) else {}
+
+    def read(self, token: str) -> dict | None:
+        entry = self._all().get(token)
+        return entry if isinstance(entry, dict) else None
+
+    def write(self, token: str, **fields) -> None:
+        """Applier lock held: set ``fields`` of ``token``'s entry (made if missing)."""
+        tokens = self._all()
+        entry = tokens.pop(token, None)
+        entry = dict(entry if isinstance(entry, dict) else {}, **fields, updated=time.time())
+        kept = sorted(tokens.items(), key=lambda item: item[1].get("updated", 0) if isinstance(item[1], dict) else 0)
+        tokens = dict(kept[-(self.KEPT - 1):] if self.KEPT > 1 else [])
+        tokens[token] = entry
+        write_atomically(self.path, json.dumps(tokens).encode())
+
+    @staticmethod
+    def stepped_by_another(entry: dict | None) -> bool:
+        """Whether another live process does the steps of this (unfinished) verification."""
+        if entry is None or entry.get("done") is not None:
+            return False
+        owner = entry.get("owner")
+        return isinstance(owner, int) and owner != os.getpid() and _alive(owner)
+
 
 class _IndexUnusable(Exception):
     """The database's attribute index cannot answer a where item directly (see S_INDEXED)."""
@@ -995,12 +1064,17 @@ class BaseXStore(XmlStore):
         self._jumps_seen = 0                    # the journal's jumps over removed frames already handled
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_next = 0.0
-        # the background verification after open (see _verify_step): collections left, the current
-        # one's chunk bounds (sorted ids) and next chunk, keys absorbed meanwhile, progress
+        # the background verification after open (see _verify_step): collections left, the last id
+        # verified in the first of them, this process's sorted ids of one collection (the chunks'
+        # bounds) and the keys absorbed since it sorted them, progress, the start's token (shared
+        # with the processes forked from the same parent: _SharedVerification)
         self._verify_left: list[str] | None = None
+        self._verify_after = ""
         self._verify_bounds: list[str] = []
-        self._verify_chunk = 0
+        self._verify_bounds_of: str | None = None
         self._verify_new: dict[str, set[str]] = {}
+        self._verify_token: str | None = None
+        self._shared = _SharedVerification(Path(journal_dir) / "verification.json")
         self._verify_docs = (0, 0)              # (documents read, documents to read)
         self._verify_started = 0.0
         self._verified = threading.Event()      # set once BaseX is verified against the journal
@@ -1138,7 +1212,9 @@ class BaseXStore(XmlStore):
         (applied number at the journal's end, no database of another journal, every database's
         metadata readable, the attribute indexes' options as declared), leave the full verification
         (every document read) to the applier thread (``_verify_step``) and return True — or skip it
-        in a process forked right after its parent verified (``_VERIFIED``). False: verify now."""
+        in a process forked right after its parent verified (``_VERIFIED``), or share it with the
+        other processes forked from a parent that left it to the background (``_BACKGROUND``,
+        ``_SharedVerification``: one of them verifies, the others adopt its result). False: verify now."""
         if self._read_meta() != last:
             return False
         self._refuse_unknown_databases()
@@ -1152,33 +1228,68 @@ class BaseXStore(XmlStore):
                 and fact[1] <= applied:
             log.info("xmlstore/basex: BaseX was verified against the journal by the process this one was forked "
                      "from (at transaction %d; BaseX has applied %d): not verifying again", fact[1], applied)
-            self._verification_done(last, by_parent=True)
+            self._verification_done(last, adopted=True)
             return True
+        key, shared_with = self._verified_key(), ""
+        parent = _BACKGROUND.get(key)
+        if parent is not None and parent[0] != os.getpid() and 0 < _FORKED_AT[0] - parent[2] <= self.fork_trust_s:
+            self._verify_token = parent[1]
+            shared_with = f", with the other processes forked from process {parent[0]}"
+            entry = self._shared.read(self._verify_token)
+            if entry is not None and entry.get("done") is not None:
+                return self._adopt_verification(entry)
+        else:
+            self._verify_token = f"{os.getpid()}-{os.urandom(8).hex()}"
+            _BACKGROUND[key] = (os.getpid(), self._verify_token, time.monotonic())
         with self._mirror_lock:
             total = sum(len(entries) for entries in self._state.values())
             self._verify_left = sorted(self._state)
             self._verify_new = {}
-        self._verify_chunk = 0
+        self._verify_after = ""
+        self._verify_bounds, self._verify_bounds_of = [], None
         self._verify_docs = (0, total)
         self._verify_started = time.monotonic()
         self._verified.clear()
-        log.info("xmlstore/basex: verifying %d documents of BaseX against the journal in the background "
-                 "(queries wait for it; reads by id and commits go on)", total)
+        log.info("xmlstore/basex: verifying %d documents of BaseX against the journal in the background%s "
+                 "(queries wait for it; reads by id and commits go on)", total, shared_with)
+        return True
+
+    def _adopt_verification(self, entry: dict) -> bool:
+        """Applier lock held: another process of this start verified BaseX (``entry``: see
+        _SharedVerification); adopt it unless BaseX's applied number went back since (then this
+        store is suspect: the next apply or query verifies and repairs). True when adopted."""
+        applied = self._read_meta()
+        if applied < entry["done"]:
+            self._note(f"BaseX's applied number ({applied}) is below the transaction at which process "
+                       f"{entry.get('owner')} verified it ({entry['done']}); verifying every database")
+            self._suspect = True
+            return False
+        log.info("xmlstore/basex: BaseX was verified against the journal by process %s (%s documents, at "
+                 "transaction %d; BaseX has applied %d): not verifying again", entry.get("owner"),
+                 f"{entry.get('total', 0):,}", entry["done"], applied)
+        self._verify_left = None       # (no "verified" line of its own)
+        self._verification_done(applied, adopted=True)
         return True
 
     def _verified_key(self) -> tuple[str, str, int]:
         return (str(self._journal.directory), self._address[0], self._address[1])
 
-    def _verification_done(self, seq: int, *, by_parent: bool = False) -> None:
-        """BaseX holds exactly the journal up to ``seq``: say so to waiting queries and to forks."""
+    def _verification_done(self, seq: int, *, adopted: bool = False) -> None:
+        """BaseX holds exactly the journal up to ``seq``: say so to waiting queries, to forks and
+        (applier lock held) to the other processes sharing this start's verification."""
         if self._verify_left is not None:
             log.info("xmlstore/basex: verified %d documents of BaseX against the journal in %.1f s",
                      self._verify_docs[1], time.monotonic() - self._verify_started)
         self._verify_left = None
         self._verify_new = {}
+        self._verify_bounds, self._verify_bounds_of = [], None
         self._verify_failed = None
-        if not by_parent:
+        if not adopted:
             _VERIFIED[self._verified_key()] = (os.getpid(), seq, time.monotonic())
+            if self._verify_token is not None:
+                self._shared.write(self._verify_token, owner=os.getpid(), done=seq, left=[], after="",
+                                   read=self._verify_docs[0], total=self._verify_docs[1])
+        self._verify_token = None
         self._verified.set()
 
     def _refuse_unknown_databases(self) -> None:
@@ -1233,40 +1344,64 @@ class BaseXStore(XmlStore):
             self._wake.set()
             self._verified.wait(0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic())))
 
-    def _verify_step(self) -> None:
+    def _verify_step(self) -> bool:
         """One step of the background verification (the applier thread, applier lock held for the
         step): the next ``verify_chunk_docs`` ids of one collection are read in full from BaseX and
         compared with the journal as of BaseX's applied number — documents that frames after it
         write are left to those frames (a first write, which the applier adds, must not be in BaseX
         yet). A collection found to differ is verified and repaired whole under the writer lock
-        (``_verify_and_repair``); the last step checks the attribute indexes and ends it."""
+        (``_verify_and_repair``); the last step checks the attribute indexes and ends it. The
+        progress is the start's (``_SharedVerification``): False when another live process does
+        the steps (this one waits for its result), True otherwise."""
+        token = self._verify_token
+        entry = None if token is None else self._shared.read(token)
+        if _SharedVerification.stepped_by_another(entry):      # a glance without the lock
+            self._verify_docs = (entry.get("read", 0), entry.get("total", self._verify_docs[1]))
+            return False
         with self._journal.apply_lock():
             if self._verify_left is None or self._needs_repair():
-                return
+                return True
+            if token is not None:
+                entry = self._shared.read(token)
+                if entry is not None and entry.get("done") is not None:
+                    self._adopt_verification(entry)
+                    return True
+                if _SharedVerification.stepped_by_another(entry):
+                    return False
+                if entry is not None:      # go on from where the start's verification is
+                    self._verify_left = [c for c in entry.get("left", []) if isinstance(c, str)]
+                    self._verify_after = entry.get("after") or ""
+                    self._verify_docs = (entry.get("read", 0), entry.get("total", self._verify_docs[1]))
+                    if entry.get("owner") != os.getpid():
+                        log.info("xmlstore/basex: going on with the verification of BaseX after open that process %s "
+                                 "left (%s of %s documents read)", entry.get("owner") or entry.get("released_by"),
+                                 f"{self._verify_docs[0]:,}", f"{self._verify_docs[1]:,}")
             if not self._verify_left:
-                return self._verify_finish_locked()
+                self._verify_finish_locked()
+                return True
             collection = self._verify_left[0]
             size = self.verify_chunk_docs
-            if self._verify_chunk == 0:
+            if self._verify_bounds_of != collection:
                 with self._mirror_lock:
                     self._verify_bounds = sorted(self._state.get(collection, {}))
+                    self._verify_bounds_of = collection
                     self._verify_new[collection] = set()
-            ids, start = self._verify_bounds, self._verify_chunk * size
-            after = ids[start - 1] if start else ""
+            ids, after = self._verify_bounds, self._verify_after
+            start = bisect.bisect_right(ids, after) if after else 0
             upto = ids[start + size - 1] if start + size < len(ids) else ""
             applied = self._read_meta()
             if applied < self._applied_seq:
                 self._note(f"BaseX's applied number went back from {self._applied_seq} to {applied} during the "
                            f"verification after open; verifying every database")
                 self._suspect = True
-                return
+                return True
             self._catch_up_unlocked()       # (every frame up to BaseX's number is in the journal) ...
             self._note_applied(applied)     # ... so the pending frames are then exactly those after it
             status, live, versions, found = self._status_range(collection, after, upto)
             with self._mirror_lock:
                 if self._pending and self._pending[0][0] != applied + 1:
                     self._suspect = True       # frames BaseX has not got that we never read: verify all
-                    return
+                    return True
                 touched: dict[str, int] = {}   # written after BaseX's number: first version written
                 for _seq, writes in self._pending:
                     for written, doc_id, version, _xml in writes:
@@ -1284,8 +1419,9 @@ class BaseXStore(XmlStore):
             self._verify_docs = (self._verify_docs[0] + len(candidates), self._verify_docs[1])
             if status in ("ok", "missing") and live == want_live and versions == want_versions and not early:
                 if upto:
-                    self._verify_chunk += 1
-                    return
+                    self._verify_after = upto
+                    self._publish_progress()
+                    return True
             else:
                 why = status if status not in ("ok", "missing") else (
                     f"{len(want_live ^ live) + len(early)} document(s) and "
@@ -1295,8 +1431,28 @@ class BaseXStore(XmlStore):
                            f"after open); verifying and repairing it")
                 self._verify_repair_locked(collection)
             self._verify_left.pop(0)
-            self._verify_chunk = 0
-            self._verify_bounds = []
+            self._verify_after = ""
+            self._verify_bounds, self._verify_bounds_of = [], None
+            self._publish_progress()
+            return True
+
+    def _publish_progress(self) -> None:
+        """Applier lock held: record this start's verification progress, this process doing its steps."""
+        if self._verify_token is not None and self._verify_left is not None:
+            self._shared.write(self._verify_token, owner=os.getpid(), left=self._verify_left, after=self._verify_after,
+                               read=self._verify_docs[0], total=self._verify_docs[1], done=None)
+
+    def _release_verification(self) -> None:
+        """At close: steps of this start's verification that this process owned are left to the
+        others (a process that goes on living after closing its store — serve's supervisor — would
+        otherwise hold them)."""
+        token = self._verify_token
+        if token is None or self._verify_left is None or self.read_only:
+            return
+        with self._journal.apply_lock():
+            entry = self._shared.read(token)
+            if entry is not None and entry.get("owner") == os.getpid() and entry.get("done") is None:
+                self._shared.write(token, owner=None, released_by=os.getpid())
 
     def _verify_repair_locked(self, collection: str) -> None:
         """Applier lock held: verify and repair one collection under the writer lock (writers wait
@@ -1887,8 +2043,8 @@ class BaseXStore(XmlStore):
                 if self._has_backlog() and not self._apply_backlog(blocking=False, gather=True):
                     pause = 0.005     # another process holds the applier lock: look again soon
                 if self._verify_left is not None and not self._needs_repair() and not self._closing.is_set():
-                    self._verify_step()      # one chunk; commits are applied between chunks
-                    pause = 0.0
+                    if self._verify_step():      # one chunk; commits are applied between chunks
+                        pause = 0.0              # (else another process verifies: look again in a while)
                 failures = 0
             except Exception as error:  # noqa: BLE001 — the applier must survive anything
                 failures += 1
@@ -2449,6 +2605,10 @@ class BaseXStore(XmlStore):
         fact = _VERIFIED.get(self._verified_key())
         if fact is not None and fact[0] == os.getpid() and (self.verifying or self._needs_repair()):
             del _VERIFIED[self._verified_key()]     # BaseX in doubt: a fork verifies for itself
+        try:
+            self._release_verification()
+        except (OSError, StoreError) as error:     # (the others take over once this process ends)
+            log.info("xmlstore/basex: could not leave the verification's steps to the other processes (%s)", error)
         if self._checkpointer is not None and self._applier_pid == os.getpid():
             self._checkpointer.join()     # it stops within 10,000 documents of _closing (the journal stays whole)
         try:
