@@ -60,6 +60,7 @@ from gridcredit.text import hidden_character
 
 from .pki import (OID_PPL_INDEPENDENT, OID_PPL_INHERIT_ALL, OID_PPL_LIMITED, grid_dn, is_ca_certificate,
                   legacy_proxy_kind, proxy_info)
+from .principal import Principal
 
 __all__ = ["Principal", "TrustStore", "load_pem_chain"]
 
@@ -81,31 +82,6 @@ KEYS_REQUIRED = (f"RSA of at least {RSA_BITS_MIN} bits, EC on P-256, P-384 or P-
                  f"or more), Ed25519 or Ed448")
 _HOST_USAGES = frozenset({ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH})
 _HOST_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """The identity a validated chain proves.
-
-    ``dn``: grid one-line DN of the end-entity certificate (the caller's identity, the same for
-    the user's certificate and all their proxies). ``signer_dn``: the DN of the leaf actually
-    presented (a proxy's DN for proxies). ``not_after``: the earliest expiry on the path (UTC).
-    ``chain_fingerprint``: SHA-256 hex over the DER digests of the presented chain.
-    ``ca_dn``: the CA that issued the end-entity certificate. ``host_names``: the hosts the
-    presented certificate was issued for — its dNSName subjectAltNames (lower case, wildcards left
-    out) when it is an end-entity certificate whose extendedKeyUsage, if it has one, allows
-    serverAuth or clientAuth; empty for users and for every proxy. A host identity is only this,
-    never the text of a DN.
-    """
-
-    dn: str
-    signer_dn: str
-    is_proxy: bool
-    limited: bool
-    not_after: dt.datetime
-    chain_fingerprint: str
-    ca_dn: str
-    host_names: tuple[str, ...] = ()
 
 
 def load_pem_chain(data: bytes) -> list[x509.Certificate]:

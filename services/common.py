@@ -6,6 +6,7 @@ into the WSGI environment after WS-Security verification, so no service parses h
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from spyne import Boolean, ComplexModel, DateTime, Fault, ServiceBase, Unicode, rpc
@@ -47,7 +48,8 @@ class Identity(ComplexModel):
 
 
 def principal_of(ctx):
-    """The verified caller of the current request (``security.chain.Principal``)."""
+    """The verified caller of the current request (``security.principal.Principal``, as its
+    certificate chain proves it; a service's policy adds what its configuration says of it)."""
     principal = ctx.transport.req_env.get(PRINCIPAL_ENVIRON_KEY)
     if principal is None:  # only the host's verification stage sets it; reaching here without it is a bug
         raise RuntimeError("request reached a service without a verified principal")
@@ -63,11 +65,15 @@ def operation(*params, _operation_name: str, **options):
                _out_variable_name=f"{_operation_name}Result", **options)
 
 
-def whoami_operation(service_name: str):
-    """The ``WhoAmI`` operation, the same on every service."""
+def whoami_operation(service_name: str, authorize: Callable[[object], None] | None = None):
+    """The ``WhoAmI`` operation, the same on every service; ``authorize(ctx)``, if given, is the
+    service's policy deciding it (it refuses nobody the host let through, but every operation of a
+    service with a policy module reaches it)."""
 
     @operation(_returns=Identity, _body_style="wrapped", _operation_name="WhoAmI")
     def whoami(ctx):
+        if authorize is not None:
+            authorize(ctx)
         principal = principal_of(ctx)
         return Identity(dn=principal.dn, signer_dn=principal.signer_dn, proxy=principal.is_proxy,
                         limited=principal.limited, credential_expires=principal.not_after,
@@ -77,8 +83,8 @@ def whoami_operation(service_name: str):
 
 
 # ---------------------------------------------------------------------------------------------
-# What every operation shares: the runtime of this worker, the caller as the bank sees it, and
-# the one table that turns refusals into SOAP faults.
+# What every operation shares: the runtime of this worker, and the one table that turns refusals
+# into SOAP faults. (Who may call what is each service's ``policy.py``.)
 
 RUNTIME_ENVIRON_KEY = "gridcredit.runtime"
 
@@ -86,22 +92,6 @@ RUNTIME_ENVIRON_KEY = "gridcredit.runtime"
 def runtime_of(ctx):
     """This worker's ``gridcredit.runtime.Runtime`` (configuration, store, bank…)."""
     return ctx.transport.req_env[RUNTIME_ENVIRON_KEY]
-
-
-def bank_principal_of(ctx, *, mutating: bool = False):
-    """The verified caller as the ledger sees it: administrator or service identity by configuration.
-
-    A limited proxy (made for data transfer, RFC 3820 / Globus) may read but never move money.
-    """
-    from gridcredit.services.bank.ledger import Principal as BankPrincipal
-
-    principal = principal_of(ctx)
-    if mutating and principal.limited:
-        raise DomainError("a limited proxy may not change the ledger; use a full proxy or your certificate",
-                          "NotAuthorized")
-    bank = runtime_of(ctx).config.bank
-    return BankPrincipal(dn=principal.dn, is_administrator=principal.dn in bank.admins,
-                         is_service=principal.dn in bank.services)
 
 
 class GridcreditService(ServiceBase):

@@ -1,7 +1,7 @@
 """A small executable model of the Bank ledger, written apart from ``ledger.py``.
 
 Plain dictionaries, no hashing, no documents: what a reader of SPEC §2 and the authorization
-table in ``ledger``'s docstring would expect each request to answer. The model-based test runs
+table in ``policy``'s docstring would expect each request to answer. The model-based test runs
 the real core and this model side by side and compares every reply and every state.
 
 Each operation returns a dict describing the expected transaction (kind, account, counterparty,

@@ -3,7 +3,7 @@
 * the authorization matrix: every operation × every role — owner, manager, member, the hold's
   creator, viewer, stranger, administrator, auditor, a service identity (holding the member
   role), a limited proxy of the owner (reads only) and a full proxy of a member — allowed or
-  refused with ``NotAuthorized`` exactly as the table in ``services/bank/ledger.py`` says, with
+  refused with ``NotAuthorized`` exactly as the table in ``services/bank/policy.py`` says, with
   the ledger unchanged after every refusal;
 * bad input: zero, negative and overflowing amounts (beyond AMOUNT_MAX and beyond xs:long),
   unknown accounts and holds, expiries in the past, absurd XPath filters (syntax errors, escapes
@@ -247,7 +247,7 @@ def case_whoami(world, allowed):
 
 
 ALL = set(ROLES)
-MATRIX = [  # (case, roles allowed) — from the table in services/bank/ledger.py
+MATRIX = [  # (case, roles allowed) — from the table in services/bank/policy.py
     (case_create_account, {"admin"}),
     (case_set_holder_member, {"owner", "manager"}),   # administrators give no spending role (issue 10.2)
     (case_set_holder_viewer, {"admin", "owner", "manager"}),

@@ -31,7 +31,7 @@ from gridcredit.durable import write_exclusively
 from gridcredit.errors import ConfigError, ConflictError, DomainError, QueryError, StoreError, invariant
 from gridcredit.xmlstore import XmlStore
 
-from . import audit, documents, ledger, ledger_chain, types
+from . import audit, documents, ledger, ledger_chain, policy, types
 from .audit import AuditReport
 from .ledger import (Account, Balance, BankPolicy, ExpireHold, ExpireMint, Hold, HoldState, LedgerHead,
                      MoneySupply, Outcome, PendingMint, PendingMintState, Principal, RequestRecord, Statement,
@@ -389,18 +389,20 @@ class Bank:
         return ended
 
     # -- queries ---------------------------------------------------------------------------------
-    def _account_for_viewing(self, account_id: str, principal: Principal) -> Account:
+    def _stored_account(self, account_id: str) -> Account | None:
         document = self.store.get(ACCOUNTS, ledger.check_identifier(account_id, "account id"))
-        account = documents.account_from_xml(document.xml) if document else None
-        ledger.balance(account, account_id, principal=principal)  # raises UnknownAccount / NotAuthorized
-        return account
+        return documents.account_from_xml(document.xml) if document else None
+
+    def _account_for_viewing(self, account_id: str, principal: Principal, operation: str) -> Account:
+        """The account ``operation`` shows; UnknownAccount, or NotAuthorized by the policy."""
+        return ledger.viewed_account(self._stored_account(account_id), account_id, principal=principal,
+                                     operation=operation)
 
     def balance(self, account_id: str, principal: Principal) -> Balance:
-        document = self.store.get(ACCOUNTS, ledger.check_identifier(account_id, "account id"))
-        return ledger.balance(documents.account_from_xml(document.xml) if document else None, account_id, principal=principal)
+        return ledger.balance(self._stored_account(account_id), account_id, principal=principal)
 
     def account(self, account_id: str, principal: Principal) -> Account:
-        return self._account_for_viewing(account_id, principal)
+        return self._account_for_viewing(account_id, principal, "GetAccount")
 
     def hold(self, hold_id: str, principal: Principal) -> Hold:
         hold_id = ledger.check_identifier(hold_id, "hold id")
@@ -409,13 +411,13 @@ class Bank:
         hold = documents.hold_from_xml(document.xml) if document is not None else None
         if hold is None or hold.hold_id != hold_id:
             raise DomainError(f"there is no hold {hold_id}", "UnknownHold")
-        if principal.dn not in (hold.creator_dn, hold.collector_dn):
-            self._account_for_viewing(hold.account_id, principal)
+        account = ledger.require_account(self._stored_account(hold.account_id), hold.account_id)
+        policy.authorize_view_hold(principal, hold, account)
         return hold
 
     def holds(self, account_id: str, principal: Principal, *, ended: bool = False, offset: int = 0,
               limit: int = 100) -> Page:
-        self._account_for_viewing(account_id, principal)
+        self._account_for_viewing(account_id, principal, "ListHolds")
         page = self.store.query(HOLDS_ENDED if ended else HOLDS_ACTIVE, "/t:Hold[t:accountId = $account]",
                                 {"account": account_id}, namespaces=NAMESPACES, offset=_offset(offset),
                                 limit=_page_size(limit))
@@ -426,7 +428,7 @@ class Bank:
         """Transactions touching the account, oldest first, optionally filtered by an XPath
         predicate over the transaction document (prefix ``t:``, camelCase element names; e.g.
         ``t:kind='charge' and t:amount > 100``)."""
-        self._account_for_viewing(account_id, principal)
+        self._account_for_viewing(account_id, principal, "History")
         scope = ACCOUNT_TRANSACTIONS
         expression = scope if not xpath_filter.strip() else f"{scope}[boolean({checked_filter(xpath_filter)})]"
         bound = dict(variables or {})
@@ -440,7 +442,7 @@ class Bank:
     def statement(self, account_id: str, principal: Principal, *, from_us: int, to_us: int,
                   transactions_max: int = 10_000) -> Statement:
         """Opening balance at ``from_us``, the transactions in [from_us, to_us), the closing balance."""
-        self._account_for_viewing(account_id, principal)
+        self._account_for_viewing(account_id, principal, "Statement")
         if to_us <= from_us:
             raise DomainError("a statement period must end after it starts", "InvalidArgument")
         opening = closing = 0
@@ -473,7 +475,8 @@ class Bank:
 
     def pending_mints(self, *, ended: bool = False, offset: int = 0, limit: int = 100) -> Page:
         """Pending mints awaiting a second administrator (or those that ended), in the order of their
-        ids. Whom to show them to is the service's decision (administrators and auditors)."""
+        ids. Whom to show them to is the policy's decision (``policy.authorize_oversight``), asked by
+        the service before it calls this."""
         page = self.store.query(PENDING_MINTS_ENDED if ended else PENDING_MINTS, "/t:PendingMint", {},
                                 namespaces=NAMESPACES, offset=_offset(offset), limit=_page_size(limit))
         return Page(tuple(documents.pending_mint_from_xml(d.xml) for d in page.documents), page.next_offset)

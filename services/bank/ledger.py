@@ -39,41 +39,9 @@ existence (Unknown*) → authorization (NotAuthorized) → state (AccountClosed,
 HoldEnded, HoldExpired, …) → funds and limits (InsufficientFunds, ExceedsHold,
 SpendingLimitExceeded, overflow).
 
-Authorization (``R`` = the caller's role on the account *at the time of the request*). Who
-controls the bank: administrators get no spending power from their office and cannot give any —
-to themselves or anyone — so no sequence of administrator operations moves money out of an
-account they do not own; they issue and retire money in the open (retiring above
-``mint_approval_threshold`` waits for a second administrator, like a mint), and every holder
-change they make is a transaction in the account's history:
-
-==========================  =====================================================================
-create account              administrator (names the first owner; the account starts empty)
-set holder                  owner (any role); manager (member and viewer roles only);
-                            administrator: give the viewer role only, take any role away
-remove holder               owner; manager (members and viewers); administrator
-set status                  administrator (any change); owner (freeze, close); only
-                            administrators unfreeze; closed is final
-set credit limit            administrator
-set spending limit          administrator, owner, manager
-mint, retire, approve mint  administrator (an approval by a different administrator)
-cancel mint                 administrator (the one who requested it too)
-transfer                    owner, manager, member of the paying account; not service identities
-create hold                 owner, manager, member (service identities too, if they hold the role);
-                            a named collector needs a named payee account
-charge                      a *current spender for the hold*: its creator while still owner,
-                            manager or member, or an owner or manager (not service identities);
-                            or the named collector — always to the hold's payee when it has one,
-                            never more than its amount
-extend                      a current spender (later expiry, larger amount, another payee); the
-                            collector only a later expiry
-release                     a current spender, the collector, an administrator
-expire (a hold, a mint)     anyone, and only once due
-viewer, stranger            nothing that changes state
-==========================  =====================================================================
-
-A holder who is removed or demoted to viewer loses every power over the holds they made: those
-holds stay as they are (their funds reserved, their collector still able to take what was
-authorized) for the account's owners and managers to charge or release, or they expire.
+Authorization is ``policy.py``'s: its docstring has the table of who may do what; each
+operation below asks it at the authorization step of this precedence. A limited proxy's change
+is refused before the precedence starts (``policy.require_full_credential``).
 """
 from __future__ import annotations
 
@@ -90,9 +58,14 @@ from gridcredit.text import hidden_character
 
 from .audit import AuditFinding, AuditReport, audit  # noqa: F401 — AuditFinding: the client mirrors ledger.AuditFinding
 from .ledger_chain import seal
-from .types import (CONTROLLING_ROLES, SPENDING_ROLES, Account, AccountStatus, BankPolicy, Hold, Holder, HoldState, LedgerHead,
-                    MoneySupply, PendingMint, PendingMintState, Principal, RequestRecord, Role, SupplyChange,
-                    Transaction, TransactionKind)
+from .policy import (Principal, authorize_approve_mint, authorize_cancel_mint, authorize_charge_hold,
+                     authorize_create_account, authorize_create_hold, authorize_expire_hold, authorize_expire_mint,
+                     authorize_extend_hold, authorize_mint, authorize_release_hold, authorize_remove_holder,
+                     authorize_retire, authorize_set_credit_limit, authorize_set_holder, authorize_set_spending_limit,
+                     authorize_set_status, authorize_transfer, authorize_view, needs_second_administrator,
+                     require_full_credential)
+from .types import (Account, AccountStatus, BankPolicy, Hold, Holder, HoldState, LedgerHead, MoneySupply, PendingMint,
+                    PendingMintState, RequestRecord, Role, SupplyChange, Transaction, TransactionKind)
 
 AMOUNT_MIN = 1
 AMOUNT_MAX = 10**15
@@ -322,7 +295,7 @@ def _check_enum(value: object, enum_type: type[enum.Enum], what: str) -> None:
 # Refusal helpers: state checks with messages a person understands
 
 
-def _require_account(account: Account | None, account_id: str) -> Account:
+def require_account(account: Account | None, account_id: str) -> Account:
     if account is None:
         raise _refuse("UnknownAccount", f"there is no account {account_id}")
     return account
@@ -332,10 +305,6 @@ def _require_hold(hold: Hold | None, hold_id: str) -> Hold:
     if hold is None:
         raise _refuse("UnknownHold", f"there is no hold {hold_id}")
     return hold
-
-
-def _not_authorized(principal: Principal, action: str, subject: str) -> DomainError:
-    return _refuse("NotAuthorized", f"{principal.dn} may not {action} {subject}")
 
 
 def _require_not_closed(account: Account) -> None:
@@ -398,56 +367,6 @@ def _entry(kind: TransactionKind, request: Request, principal: Principal, now_us
 
 
 # ---------------------------------------------------------------------------------------------
-# Authorization: one policy point
-
-
-def may_view(principal: Principal, account: Account) -> bool:
-    """Balances, holds, history and statements: administrators and every holder (viewer too)."""
-    return principal.is_administrator or account.role_of(principal.dn) is not None
-
-
-def _require_administrator(principal: Principal, action: str, subject: str) -> None:
-    if not principal.is_administrator:
-        raise _not_authorized(principal, action, subject)
-
-
-def _spends_for_hold(principal: Principal, account: Account, hold: Hold) -> bool:
-    """Whether the caller may spend from the hold's account for this hold *now*: its creator while
-    the creator still has a spending role there, or an owner or manager (not a service identity).
-    A creator who was removed or demoted to viewer has no power over the holds they made."""
-    role = account.role_of(principal.dn)
-    if principal.dn == hold.creator_dn and role in SPENDING_ROLES:
-        return True
-    return not principal.is_service and role in CONTROLLING_ROLES
-
-
-def _collects_hold(principal: Principal, hold: Hold) -> bool:
-    """The named collector: it may charge what a spender authorized (the amount, to the payee),
-    move the expiry and release — never raise the amount or pick another payee."""
-    return hold.collector_dn is not None and principal.dn == hold.collector_dn
-
-
-def _may_grant(principal: Principal, account: Account, role: Role) -> bool:
-    """Giving a DN ``role``: owners any role; managers member and viewer; administrators viewer only,
-    so that no administrator can make anyone — themself included — a spender of an account."""
-    caller_role = account.role_of(principal.dn)
-    if caller_role is Role.OWNER:
-        return True
-    if caller_role is Role.MANAGER and role in (Role.MEMBER, Role.VIEWER):
-        return True
-    return principal.is_administrator and role is Role.VIEWER
-
-
-def _may_revoke(principal: Principal, account: Account, role: Role | None) -> bool:
-    """Taking ``role`` from a DN (None: it holds none yet): owners and administrators any role (taking
-    power away moves no money); managers member and viewer."""
-    caller_role = account.role_of(principal.dn)
-    if caller_role is Role.OWNER or principal.is_administrator:
-        return True
-    return caller_role is Role.MANAGER and role in (None, Role.MEMBER, Role.VIEWER)
-
-
-# ---------------------------------------------------------------------------------------------
 # Operations: pure functions of the loaded states; each returns the new states and one
 # unsealed Transaction (hash and signature are added by seal()).
 
@@ -458,7 +377,7 @@ def create_account(existing: Account | None, request: CreateAccount, *, principa
     check_identifier(request.project, "project")
     check_dn(request.owner_dn, "owner DN")
     _check_limit(request.credit_limit, "credit limit")
-    _require_administrator(principal, "create", f"account {request.account_id}")
+    authorize_create_account(principal, request.account_id)
     if existing is not None:
         raise _refuse("AccountExists", f"account {request.account_id} already exists")
     account = Account(account_id=request.account_id, project=request.project,
@@ -480,10 +399,9 @@ def set_holder(account: Account | None, request: SetHolder, *, principal: Princi
     check_identifier(request.account_id, "account id")
     check_dn(request.holder_dn, "holder DN")
     _check_enum(request.role, Role, "role")
-    account = _require_account(account, request.account_id)
+    account = require_account(account, request.account_id)
     previous_role = account.role_of(request.holder_dn)
-    if not (_may_grant(principal, account, request.role) and _may_revoke(principal, account, previous_role)):
-        raise _not_authorized(principal, f"give the {request.role.value} role on", f"account {account.account_id}")
+    authorize_set_holder(principal, account, request.role, previous_role)
     _require_not_closed(account)
     if previous_role is request.role:
         raise _refuse("HolderUnchanged", f"{request.holder_dn} already is {request.role.value} of "
@@ -501,10 +419,9 @@ def remove_holder(account: Account | None, request: RemoveHolder, *, principal: 
                   seq: int) -> tuple[Account, Transaction]:
     check_identifier(request.account_id, "account id")
     check_dn(request.holder_dn, "holder DN")
-    account = _require_account(account, request.account_id)
+    account = require_account(account, request.account_id)
     previous_role = account.role_of(request.holder_dn)
-    if not _may_revoke(principal, account, previous_role):
-        raise _not_authorized(principal, "remove holders of", f"account {account.account_id}")
+    authorize_remove_holder(principal, account, previous_role)
     _require_not_closed(account)
     if previous_role is None:
         raise _refuse("NotAHolder", f"{request.holder_dn} is not a holder of account {account.account_id}")
@@ -520,10 +437,8 @@ def set_status(account: Account | None, request: SetStatus, *, principal: Princi
                seq: int) -> tuple[Account, Transaction]:
     check_identifier(request.account_id, "account id")
     _check_enum(request.status, AccountStatus, "status")
-    account = _require_account(account, request.account_id)
-    owner_may = request.status in (AccountStatus.FROZEN, AccountStatus.CLOSED)
-    if not (principal.is_administrator or (owner_may and account.role_of(principal.dn) is Role.OWNER)):
-        raise _not_authorized(principal, f"set status {request.status.value} on", f"account {account.account_id}")
+    account = require_account(account, request.account_id)
+    authorize_set_status(principal, account, request.status)
     _require_not_closed(account)
     if account.status is request.status:
         raise _refuse("StatusUnchanged", f"account {account.account_id} already is {request.status.value}")
@@ -540,8 +455,8 @@ def set_credit_limit(account: Account | None, request: SetCreditLimit, *, princi
                      now_us: int, seq: int) -> tuple[Account, Transaction]:
     check_identifier(request.account_id, "account id")
     _check_limit(request.credit_limit, "credit limit")
-    account = _require_account(account, request.account_id)
-    _require_administrator(principal, "set the credit limit of", f"account {account.account_id}")
+    account = require_account(account, request.account_id)
+    authorize_set_credit_limit(principal, account)
     _require_not_closed(account)
     if account.held > account.balance + request.credit_limit:
         raise _refuse("CreditLimitTooLow",
@@ -564,9 +479,8 @@ def set_spending_limit(account: Account | None, request: SetSpendingLimit, *, pr
         if type(period) is not int or not SPENDING_PERIOD_MIN_US <= period <= SPENDING_PERIOD_MAX_US:
             raise _refuse("InvalidArgument", f"spending period must be {SPENDING_PERIOD_MIN_US} to "
                                              f"{SPENDING_PERIOD_MAX_US} µs; got {period!r}")
-    account = _require_account(account, request.account_id)
-    if not (principal.is_administrator or account.role_of(principal.dn) in CONTROLLING_ROLES):
-        raise _not_authorized(principal, "set the spending limit of", f"account {account.account_id}")
+    account = require_account(account, request.account_id)
+    authorize_set_spending_limit(principal, account)
     _require_not_closed(account)
     if request.spending_period_us is None:
         index, spent = 0, 0
@@ -593,10 +507,10 @@ def mint(account: Account | None, supply: MoneySupply, request: Mint, *, princip
     """Issue credits; above the policy threshold, record a pending mint for a second administrator."""
     check_identifier(request.account_id, "account id")
     check_amount(request.amount)
-    account = _require_account(account, request.account_id)
-    _require_administrator(principal, "mint credits into", f"account {account.account_id}")
+    account = require_account(account, request.account_id)
+    authorize_mint(principal, account)
     _require_not_closed(account)
-    if policy.mint_approval_threshold is not None and request.amount > policy.mint_approval_threshold:
+    if needs_second_administrator(policy, request.amount):
         pending = PendingMint(pending_mint_id=f"mint-{seq}", account_id=account.account_id,
                               amount=request.amount, change=SupplyChange.MINT, requester_dn=principal.dn,
                               requested_at_us=now_us,
@@ -641,12 +555,8 @@ def approve_mint(pending: PendingMint | None, account: Account | None, supply: M
                  seq: int) -> tuple[PendingMint, Account, MoneySupply, Transaction]:
     check_identifier(request.pending_mint_id, "pending mint id")
     pending = _require_pending_mint(pending, request.pending_mint_id)
-    account = _require_account(account, pending.account_id)
-    _require_administrator(principal, "approve", f"mint {pending.pending_mint_id}")
-    if principal.dn == pending.requester_dn:
-        raise _refuse("SecondAdministratorRequired",
-                      f"mint {pending.pending_mint_id} was requested by {principal.dn}; a different "
-                      f"administrator must approve it")
+    account = require_account(account, pending.account_id)
+    authorize_approve_mint(principal, pending)
     _require_pending(pending, now_us)
     _require_not_closed(account)
     if pending.change is SupplyChange.RETIRE:
@@ -667,7 +577,7 @@ def cancel_mint(pending: PendingMint | None, request: CancelMint, *, principal: 
     """Withdraw a pending mint: any administrator, the one who requested it too; nothing is issued."""
     check_identifier(request.pending_mint_id, "pending mint id")
     pending = _require_pending_mint(pending, request.pending_mint_id)
-    _require_administrator(principal, "cancel", f"mint {pending.pending_mint_id}")
+    authorize_cancel_mint(principal, pending)
     _require_pending(pending, now_us)
     return _end_pending_mint(pending, PendingMintState.CANCELLED, TransactionKind.MINT_CANCEL, request,
                              principal, now_us, seq)
@@ -678,6 +588,7 @@ def expire_mint(pending: PendingMint | None, request: ExpireMint, *, principal: 
     """End a pending mint nobody approved in time (the sweep does this); nothing is issued."""
     check_identifier(request.pending_mint_id, "pending mint id")
     pending = _require_pending_mint(pending, request.pending_mint_id)
+    authorize_expire_mint(principal, pending)
     _require_not_ended(pending)
     if not pending.is_expired_at(now_us):
         raise _refuse("PendingMintNotExpired", f"mint {pending.pending_mint_id} expires at "
@@ -702,11 +613,11 @@ def retire(account: Account | None, supply: MoneySupply, request: Retire, *, pri
     second administrator (the funds are checked now and again at approval)."""
     check_identifier(request.account_id, "account id")
     check_amount(request.amount)
-    account = _require_account(account, request.account_id)
-    _require_administrator(principal, "retire credits from", f"account {account.account_id}")
+    account = require_account(account, request.account_id)
+    authorize_retire(principal, account)
     _require_not_closed(account)
     retired_account, retired_supply = _withdraw(account, supply, request.amount)
-    if policy.mint_approval_threshold is not None and request.amount > policy.mint_approval_threshold:
+    if needs_second_administrator(policy, request.amount):
         pending = PendingMint(pending_mint_id=f"retire-{seq}", account_id=account.account_id,
                               amount=request.amount, change=SupplyChange.RETIRE, requester_dn=principal.dn,
                               requested_at_us=now_us, expires_at_us=now_us + policy.mint_approval_duration_us,
@@ -726,10 +637,9 @@ def transfer(payer: Account | None, payee: Account | None, request: Transfer, *,
     if request.from_account_id == request.to_account_id:
         raise _refuse("InvalidArgument", f"a transfer needs two different accounts; both are "
                                          f"{request.from_account_id}")
-    payer = _require_account(payer, request.from_account_id)
-    payee = _require_account(payee, request.to_account_id)
-    if principal.is_service or payer.role_of(principal.dn) not in SPENDING_ROLES:
-        raise _not_authorized(principal, "transfer from", f"account {payer.account_id}")
+    payer = require_account(payer, request.from_account_id)
+    payee = require_account(payee, request.to_account_id)
+    authorize_transfer(principal, payer)
     _require_open(payer, "spending")
     _require_not_closed(payee)
     _require_available(payer, request.amount, "the transfer")
@@ -771,11 +681,10 @@ def create_hold(account: Account | None, payee: Account | None, request: CreateH
             raise _refuse("InvalidArgument", "a hold's collector must be another identity than its creator")
     _check_payee(request.payee_account_id, request.account_id)
     _check_expiry(request.expires_at_us, now_us, policy)
-    account = _require_account(account, request.account_id)
+    account = require_account(account, request.account_id)
     if request.payee_account_id is not None:
-        payee = _require_account(payee, request.payee_account_id)
-    if account.role_of(principal.dn) not in SPENDING_ROLES:
-        raise _not_authorized(principal, "place holds on", f"account {account.account_id}")
+        payee = require_account(payee, request.payee_account_id)
+    authorize_create_hold(principal, account)
     _require_open(account, "new holds")
     if request.payee_account_id is not None:
         _require_not_closed(payee)
@@ -809,14 +718,9 @@ def extend_hold(hold: Hold | None, account: Account | None, payee: Account | Non
     invariant(account is not None and account.account_id == hold.account_id, "a hold's account is loaded")
     _check_payee(request.payee_account_id, hold.account_id)
     if request.payee_account_id is not None:
-        payee = _require_account(payee, request.payee_account_id)
-    if not _spends_for_hold(principal, account, hold):
-        if not _collects_hold(principal, hold):
-            raise _not_authorized(principal, "extend", f"hold {hold.hold_id}")
-        if request.amount is not None or request.payee_account_id is not None:
-            raise _refuse("NotAuthorized", f"{principal.dn} collects hold {hold.hold_id} and may only move its "
-                                           f"expiry; raising its amount or changing its payee needs the right to "
-                                           f"spend from account {account.account_id}")
+        payee = require_account(payee, request.payee_account_id)
+    authorize_extend_hold(principal, account, hold,
+                          raises_or_redirects=request.amount is not None or request.payee_account_id is not None)
     _require_active_hold(hold, now_us)
     _require_open(account, "extending holds")
     if request.payee_account_id is not None:
@@ -852,12 +756,8 @@ def charge_hold(hold: Hold | None, account: Account | None, payee: Account | Non
     check_amount(request.amount)
     hold = _require_hold(hold, request.hold_id)
     invariant(account is not None and account.account_id == hold.account_id, "a hold's account is loaded")
-    payee = _require_account(payee, request.payee_account_id)
-    if not (_spends_for_hold(principal, account, hold) or _collects_hold(principal, hold)):
-        raise _not_authorized(principal, "charge", f"hold {hold.hold_id}")
-    if hold.payee_account_id is not None and payee.account_id != hold.payee_account_id:
-        raise _not_authorized(principal, f"charge to account {payee.account_id}",
-                              f"hold {hold.hold_id}: its charges go to account {hold.payee_account_id} only")
+    payee = require_account(payee, request.payee_account_id)
+    authorize_charge_hold(principal, account, hold, payee)
     _require_active_hold(hold, now_us)
     _require_open(account, "spending")
     _require_not_closed(payee)
@@ -897,9 +797,7 @@ def release_hold(hold: Hold | None, account: Account | None, request: ReleaseHol
     check_identifier(request.hold_id, "hold id")
     hold = _require_hold(hold, request.hold_id)
     invariant(account is not None and account.account_id == hold.account_id, "a hold's account is loaded")
-    if not (principal.is_administrator or _spends_for_hold(principal, account, hold)
-            or _collects_hold(principal, hold)):
-        raise _not_authorized(principal, "release", f"hold {hold.hold_id}")
+    authorize_release_hold(principal, account, hold)
     _require_active_hold(hold, now_us)
     return _end_hold(hold, account, HoldState.RELEASED, TransactionKind.RELEASE, request, principal, now_us, seq)
 
@@ -909,6 +807,7 @@ def expire_hold(hold: Hold | None, account: Account | None, request: ExpireHold,
     check_identifier(request.hold_id, "hold id")
     hold = _require_hold(hold, request.hold_id)
     invariant(account is not None and account.account_id == hold.account_id, "a hold's account is loaded")
+    authorize_expire_hold(principal, hold)
     if hold.state is not HoldState.ACTIVE:
         raise _refuse("HoldEnded", f"hold {hold.hold_id} has already ended ({hold.state.value} "
                                    f"in transaction {hold.ended_seq})")
@@ -1063,6 +962,7 @@ def execute(view: LedgerView, request: Request, *, principal: Principal, now_us:
     """Run one mutating request: a retry answers the original transaction, a reused id is refused,
     a new request yields its new states, one sealed transaction, the new head and its record."""
     invariant(type(now_us) is int and 0 <= now_us <= TIME_MAX_US, "the server's clock is sane")
+    require_full_credential(principal, type(request).__name__)
     check_dn(principal.dn, "caller DN")
     _check_request_id(request.request_id)
     key = request_record_key(principal.dn, request.request_id)
@@ -1114,10 +1014,16 @@ class Statement:
     truncated: bool                      # more transactions in the period than a statement lists
 
 
+def viewed_account(account: Account | None, account_id: str, *, principal: Principal, operation: str) -> Account:
+    """The account a query shows (GetAccount, ListHolds, History, Statement): it exists, and the
+    policy lets the caller view it."""
+    account = require_account(account, account_id)
+    authorize_view(principal, operation, account)
+    return account
+
+
 def balance(account: Account | None, account_id: str, *, principal: Principal) -> Balance:
-    account = _require_account(account, account_id)
-    if not may_view(principal, account):
-        raise _not_authorized(principal, "view", f"account {account.account_id}")
+    account = viewed_account(account, account_id, principal=principal, operation="GetBalance")
     return Balance(account.account_id, account.balance, account.held, account.available, account.credit_limit)
 
 

@@ -1,7 +1,11 @@
 """The SOAP face of the Bank: thin operations over ``bank.Bank`` (see SPEC §2).
 
-Each operation decodes its arguments into a ledger request, runs it as the verified caller and
-maps the result. Response types are generated from the ledger's own dataclasses so the WSDL
+Each operation resolves its caller once (``policy.principal_for``: the verified chain's principal
+with what the ``[bank]`` configuration says of it), decodes its arguments into a ledger request or
+a query, runs it as that caller and maps the result. It decides nothing itself: who may do what is
+``policy.py``'s — asked here first only by the operations that name no resource (the audit, the
+pending mints, the money supply, WhoAmI), by the core and the Bank's queries for the others.
+Response types are generated from the ledger's own dataclasses so the WSDL
 says exactly what the ledger stores (money as xs:long, times as microseconds since the epoch).
 """
 from __future__ import annotations
@@ -16,9 +20,10 @@ from spyne import Array, Boolean, ComplexModel, DateTime, Long, Unicode
 from gridcredit.errors import DomainError
 from gridcredit.timeunits import datetime_to_us
 
-from . import ledger
+from . import ledger, policy
 from .ledger import AccountStatus, Role
-from ..common import GridcreditService, bank_principal_of, operation, runtime_of, whoami_operation
+from .policy import Principal
+from ..common import GridcreditService, operation, principal_of, runtime_of, whoami_operation
 
 NAMESPACE = "urn:gridcredit:bank:1"
 SERVICE_NAME = "Bank"
@@ -157,21 +162,18 @@ def _microseconds(moment: datetime | None, what: str) -> int | None:
     return datetime_to_us(moment)
 
 
-def _require_administrator_or_auditor(ctx, action: str):
-    principal = bank_principal_of(ctx)
-    if not principal.is_administrator and principal.dn not in runtime_of(ctx).config.bank.auditors:
-        raise DomainError(f"only bank administrators and auditors may {action}", "NotAuthorized")
-    return principal
+def _caller(ctx) -> Principal:
+    """The caller of this request as the Bank's policy sees it (resolved once per request)."""
+    return policy.principal_for(principal_of(ctx), runtime_of(ctx).config.bank)
 
 
 def _execute(ctx, request) -> Receipt:
-    bank = runtime_of(ctx).bank
-    return _receipt(bank.execute(request, bank_principal_of(ctx, mutating=True)))
+    return _receipt(runtime_of(ctx).bank.execute(request, _caller(ctx)))
 
 
 class BankService(GridcreditService):
     __service_name__ = SERVICE_NAME
-    WhoAmI = whoami_operation("bank")
+    WhoAmI = whoami_operation("bank", authorize=lambda ctx: policy.authorize_anyone(_caller(ctx), "WhoAmI"))
 
     # -- accounts ----------------------------------------------------------------------------------
     @operation(Unicode(**Required), Unicode(**Required), Unicode(**Required), Unicode(**Required), Long(min_occurs=0),
@@ -219,7 +221,7 @@ class BankService(GridcreditService):
     @operation(Boolean(min_occurs=0), Long(min_occurs=0), Long(min_occurs=0), _returns=PendingMintPage,
                _operation_name="ListPendingMints")
     def list_pending_mints(ctx, ended, offset, limit):
-        _require_administrator_or_auditor(ctx, "list pending mints")
+        policy.authorize_oversight(_caller(ctx), "ListPendingMints")
         page = runtime_of(ctx).bank.pending_mints(ended=bool(ended), offset=0 if offset is None else offset,
                                                   limit=100 if limit is None else limit)
         return PendingMintPage(pending_mints=[_info(PendingMintInfo, pending) for pending in page.items],
@@ -259,35 +261,35 @@ class BankService(GridcreditService):
     # -- queries -----------------------------------------------------------------------------------
     @operation(Unicode(**Required), _returns=BalanceInfo, _operation_name="GetBalance")
     def get_balance(ctx, account_id):
-        balance = runtime_of(ctx).bank.balance(account_id, bank_principal_of(ctx))
+        balance = runtime_of(ctx).bank.balance(account_id, _caller(ctx))
         return BalanceInfo(account_id=balance.account_id, total=balance.total, held=balance.held,
                            available=balance.available, credit_limit=balance.credit_limit)
 
     @operation(Unicode(**Required), _returns=AccountInfo, _operation_name="GetAccount")
     def get_account(ctx, account_id):
-        return _account_info(runtime_of(ctx).bank.account(account_id, bank_principal_of(ctx)))
+        return _account_info(runtime_of(ctx).bank.account(account_id, _caller(ctx)))
 
     @operation(Unicode(**Required), _returns=HoldInfo, _operation_name="GetHold")
     def get_hold(ctx, hold_id):
-        return _info(HoldInfo, runtime_of(ctx).bank.hold(hold_id, bank_principal_of(ctx)))
+        return _info(HoldInfo, runtime_of(ctx).bank.hold(hold_id, _caller(ctx)))
 
     @operation(Unicode(**Required), Boolean(min_occurs=0), Long(min_occurs=0), Long(min_occurs=0),
                _returns=HoldPage, _operation_name="ListHolds")
     def list_holds(ctx, account_id, ended, offset, limit):
-        page = runtime_of(ctx).bank.holds(account_id, bank_principal_of(ctx), ended=bool(ended),
+        page = runtime_of(ctx).bank.holds(account_id, _caller(ctx), ended=bool(ended),
                                           offset=0 if offset is None else offset, limit=100 if limit is None else limit)
         return HoldPage(holds=[_info(HoldInfo, hold) for hold in page.items], next_offset=page.next_offset)
 
     @operation(Unicode(**Required), Unicode(min_occurs=0), Long(min_occurs=0), Long(min_occurs=0),
                _returns=TransactionPage, _operation_name="History")
     def history(ctx, account_id, xpath_filter, offset, limit):
-        page = runtime_of(ctx).bank.history(account_id, bank_principal_of(ctx), xpath_filter=xpath_filter or "",
+        page = runtime_of(ctx).bank.history(account_id, _caller(ctx), xpath_filter=xpath_filter or "",
                                             offset=0 if offset is None else offset, limit=100 if limit is None else limit)
         return TransactionPage(transactions=[_info(TransactionInfo, t) for t in page.items], next_offset=page.next_offset)
 
     @operation(Unicode(**Required), DateTime(**Required), DateTime(**Required), _returns=StatementInfo, _operation_name="Statement")
     def statement(ctx, account_id, period_start, period_end):
-        statement = runtime_of(ctx).bank.statement(account_id, bank_principal_of(ctx),
+        statement = runtime_of(ctx).bank.statement(account_id, _caller(ctx),
                                                    from_us=_microseconds(period_start, "start"),
                                                    to_us=_microseconds(period_end, "end"))
         return StatementInfo(account_id=statement.account_id, from_us=statement.from_us, to_us=statement.to_us,
@@ -297,13 +299,13 @@ class BankService(GridcreditService):
 
     @operation(_returns=MoneySupplyInfo, _operation_name="MoneySupply")
     def money_supply(ctx):
-        bank_principal_of(ctx)  # any authenticated caller may see how much money exists
+        policy.authorize_anyone(_caller(ctx), "MoneySupply")
         supply = runtime_of(ctx).bank.money_supply()
         return MoneySupplyInfo(issued=supply.issued, retired=supply.retired, outstanding=supply.outstanding)
 
     @operation(_returns=AuditInfo, _operation_name="Audit")
     def audit(ctx):
-        _require_administrator_or_auditor(ctx, "run an audit")
+        policy.authorize_oversight(_caller(ctx), "Audit")
         report = runtime_of(ctx).bank.audit()
         return AuditInfo(clean=report.clean, transaction_count=report.transaction_count, head_seq=report.head.seq,
                          head_hash=report.head.hash, issued=report.issued, retired=report.retired,

@@ -76,15 +76,6 @@ class TransactionKind(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Principal:
-    """The authenticated caller: its end-entity subject DN and what configuration says of it."""
-
-    dn: str
-    is_administrator: bool = False
-    is_service: bool = False
-
-
-@dataclass(frozen=True, slots=True)
 class Holder:
     dn: str
     role: Role

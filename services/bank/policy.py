@@ -1,0 +1,339 @@
+"""Who may do what in the Bank: every operation's decision — principal × operation × resource — is
+made here, and nowhere else.
+
+The caller is one :class:`~gridcredit.security.principal.Principal`, resolved once per request by
+:func:`principal_for` from the verified chain (DN, proxy, limited proxy) and the ``[bank]``
+configuration (administrators, auditors, service identities). The SOAP face (``service.py``)
+resolves it and passes it on; it decides nothing. What needs no resource (the audit, the pending
+mints, the money supply, ``WhoAmI``) it asks here before it calls the Bank; everything else is
+asked by the pure core (``ledger.py``) and the Bank's queries (``bank.py``) once they have loaded
+what the request names — at one point of the ledger's refusal precedence: request id → request
+shape → existence → **authorization** → state → funds and limits. One exception comes first of
+all: a limited proxy (RFC 3820, made for data transfer) may read but never change the ledger, so
+any change it asks for is refused before its request is even read (:func:`require_full_credential`).
+
+A refusal is a ``DomainError`` with the code ``NotAuthorized`` (the SOAP fault
+``Client.NotAuthorized``) — or ``SecondAdministratorRequired`` for an administrator approving
+their own mint — made by :func:`_decide` or :func:`_refuse` in this module only. Every decision,
+allowed or refused, is counted per operation (:func:`decisions`): ``RULES`` lists every
+operation, and a test walks every operation of ``wsdl/bank.wsdl`` to see it reach a decision.
+
+Authorization (``R`` = the caller's role on the account *at the time of the request*). Who
+controls the bank: administrators get no spending power from their office and cannot give any —
+to themselves or anyone — so no sequence of administrator operations moves money out of an
+account they do not own; they issue and retire money in the open (a mint or a retirement above
+``mint_approval_threshold`` waits for a second administrator), and every holder change they make
+is a transaction in the account's history:
+
+==========================  =====================================================================
+create account              administrator (names the first owner; the account starts empty)
+set holder                  owner (any role); manager (member and viewer roles only);
+                            administrator: give the viewer role only, take any role away
+remove holder               owner; manager (members and viewers); administrator
+set status                  administrator (any change); owner (freeze, close); only
+                            administrators unfreeze; closed is final
+set credit limit            administrator
+set spending limit          administrator, owner, manager
+mint, retire, approve mint  administrator (an approval by a different administrator)
+cancel mint                 administrator (the one who requested it too)
+list pending mints, audit   administrator, auditor
+transfer                    owner, manager, member of the paying account; not service identities
+create hold                 owner, manager, member (service identities too, if they hold the role)
+charge                      a *current spender for the hold*: its creator while still owner,
+                            manager or member, or an owner or manager (not service identities);
+                            or the named collector — always to the hold's payee when it has one
+extend                      a current spender (later expiry, larger amount, another payee); the
+                            collector only a later expiry
+release                     a current spender, the collector, an administrator
+view (balance, account,     administrator and every holder (viewer too); a hold also its creator
+holds, history, statement)  and its collector
+money supply, WhoAmI        anyone authenticated
+expire (a hold, a mint)     anyone, and only once due (the ledger checks when)
+viewer, stranger            nothing that changes state
+==========================  =====================================================================
+
+A holder who is removed or demoted to viewer loses every power over the holds they made: those
+holds stay as they are (their funds reserved, their collector still able to take what was
+authorized) for the account's owners and managers to charge or release, or they expire.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+from dataclasses import dataclass
+
+from gridcredit.errors import DomainError
+from gridcredit.security.principal import Principal
+
+from .types import CONTROLLING_ROLES, SPENDING_ROLES, Account, AccountStatus, BankPolicy, Hold, PendingMint, Role
+
+__all__ = ["Principal", "RULES", "Rule", "decisions", "principal_for"]   # and the authorize_* decisions
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    who: str                             # who may, in words
+    changes_ledger: bool                 # a limited proxy may not
+    soap: bool = True                    # an operation of wsdl/bank.wsdl (False: the expiry sweep's own)
+
+
+_VIEWERS = "administrators and every holder of the account"
+_OVERSEERS = "administrators and auditors"
+_ANYONE = "anyone authenticated"
+
+RULES: dict[str, Rule] = {
+    "CreateAccount": Rule("administrators", True),
+    "SetHolder": Rule("owners any role; managers member and viewer; administrators give viewer only, take any", True),
+    "RemoveHolder": Rule("owners; managers (members and viewers); administrators", True),
+    "SetStatus": Rule("administrators any change; owners freeze and close", True),
+    "SetCreditLimit": Rule("administrators", True),
+    "SetSpendingLimit": Rule("administrators, owners, managers", True),
+    "Mint": Rule("administrators", True),
+    "ApproveMint": Rule("an administrator other than the one who asked", True),
+    "CancelMint": Rule("administrators (the one who asked too)", True),
+    "ListPendingMints": Rule(_OVERSEERS, False),
+    "Retire": Rule("administrators", True),
+    "Transfer": Rule("owners, managers, members of the paying account; not service identities", True),
+    "CreateHold": Rule("owners, managers, members (service identities too)", True),
+    "ExtendHold": Rule("a current spender for the hold; its collector a later expiry only", True),
+    "ChargeHold": Rule("a current spender for the hold or its collector, to its payee", True),
+    "ReleaseHold": Rule("a current spender for the hold, its collector, administrators", True),
+    "GetBalance": Rule(_VIEWERS, False),
+    "GetAccount": Rule(_VIEWERS, False),
+    "GetHold": Rule(_VIEWERS + ", the hold's creator and collector", False),
+    "ListHolds": Rule(_VIEWERS, False),
+    "History": Rule(_VIEWERS, False),
+    "Statement": Rule(_VIEWERS, False),
+    "MoneySupply": Rule(_ANYONE, False),
+    "Audit": Rule(_OVERSEERS, False),
+    "WhoAmI": Rule(_ANYONE, False),
+    "ExpireHold": Rule("anyone, once due (the expiry sweep)", True, soap=False),
+    "ExpireMint": Rule("anyone, once due (the expiry sweep)", True, soap=False),
+}
+
+_counts: collections.Counter = collections.Counter()   # (operation, allowed) → decisions in this process
+_counts_lock = threading.Lock()
+
+
+def decisions() -> dict[tuple[str, bool], int]:
+    """How many decisions this process made, by (operation, allowed)."""
+    with _counts_lock:
+        return dict(_counts)
+
+
+def _record(operation: str, allowed: bool) -> None:
+    if operation not in RULES:          # a decision without a rule is a programmer error: fail loudly
+        raise KeyError(f"the Bank's policy has no rule for the operation {operation!r}")
+    with _counts_lock:
+        _counts[operation, allowed] += 1
+
+
+def _decide(operation: str, principal: Principal, allowed: bool, action: str, subject: str) -> None:
+    """Record the decision; refuse with ``<dn> may not <action> <subject>`` unless ``allowed``."""
+    _record(operation, allowed)
+    if not allowed:
+        raise DomainError(f"{principal.dn} may not {action} {subject}", "NotAuthorized")
+
+
+def _refuse(operation: str, message: str, code: str = "NotAuthorized") -> DomainError:
+    """A refusal in words of its own (recorded as one)."""
+    _record(operation, False)
+    return DomainError(message, code)
+
+
+# ---------------------------------------------------------------------------------------------
+# The principal, once per request
+
+
+def principal_for(verified: Principal, bank_config) -> Principal:
+    """The caller as the Bank sees it: the verified chain's principal with what the ``[bank]``
+    section of the configuration (``admins``, ``auditors``, ``services``) says of its DN."""
+    dn = verified.dn
+    return dataclasses.replace(verified, is_administrator=dn in bank_config.admins,
+                               is_auditor=dn in bank_config.auditors, is_service=dn in bank_config.services)
+
+
+def require_full_credential(principal: Principal, operation: str) -> None:
+    """A limited proxy may read but never change the ledger (asked before anything else)."""
+    if principal.limited and RULES[operation].changes_ledger:
+        raise _refuse(operation, "a limited proxy may not change the ledger; use a full proxy or your certificate")
+
+
+# ---------------------------------------------------------------------------------------------
+# What the roles allow
+
+
+def _may_view(principal: Principal, account: Account) -> bool:
+    """Balances, holds, history and statements: administrators and every holder (viewer too)."""
+    return principal.is_administrator or account.role_of(principal.dn) is not None
+
+
+def _spends_for_hold(principal: Principal, account: Account, hold: Hold) -> bool:
+    """Whether the caller may spend from the hold's account for this hold *now*: its creator while
+    the creator still has a spending role there, or an owner or manager (not a service identity).
+    A creator who was removed or demoted to viewer has no power over the holds they made."""
+    role = account.role_of(principal.dn)
+    if principal.dn == hold.creator_dn and role in SPENDING_ROLES:
+        return True
+    return not principal.is_service and role in CONTROLLING_ROLES
+
+
+def _collects_hold(principal: Principal, hold: Hold) -> bool:
+    """The named collector: it may charge what a spender authorized (the amount, to the payee),
+    move the expiry and release — never raise the amount or pick another payee."""
+    return hold.collector_dn is not None and principal.dn == hold.collector_dn
+
+
+def _may_grant(principal: Principal, account: Account, role: Role) -> bool:
+    """Giving a DN ``role``: owners any role; managers member and viewer; administrators viewer only,
+    so that no administrator can make anyone — themself included — a spender of an account."""
+    caller_role = account.role_of(principal.dn)
+    if caller_role is Role.OWNER:
+        return True
+    if caller_role is Role.MANAGER and role in (Role.MEMBER, Role.VIEWER):
+        return True
+    return principal.is_administrator and role is Role.VIEWER
+
+
+def _may_revoke(principal: Principal, account: Account, role: Role | None) -> bool:
+    """Taking ``role`` from a DN (None: it holds none yet): owners and administrators any role (taking
+    power away moves no money); managers member and viewer."""
+    caller_role = account.role_of(principal.dn)
+    if caller_role is Role.OWNER or principal.is_administrator:
+        return True
+    return caller_role is Role.MANAGER and role in (None, Role.MEMBER, Role.VIEWER)
+
+
+# ---------------------------------------------------------------------------------------------
+# The decisions, one per operation (in the order of the WSDL)
+
+
+def authorize_create_account(principal: Principal, account_id: str) -> None:
+    _decide("CreateAccount", principal, principal.is_administrator, "create", f"account {account_id}")
+
+
+def authorize_set_holder(principal: Principal, account: Account, role: Role, previous_role: Role | None) -> None:
+    """Giving ``role`` to a DN that now holds ``previous_role`` (None: none)."""
+    _decide("SetHolder", principal,
+            _may_grant(principal, account, role) and _may_revoke(principal, account, previous_role),
+            f"give the {role.value} role on", f"account {account.account_id}")
+
+
+def authorize_remove_holder(principal: Principal, account: Account, previous_role: Role | None) -> None:
+    _decide("RemoveHolder", principal, _may_revoke(principal, account, previous_role), "remove holders of",
+            f"account {account.account_id}")
+
+
+def authorize_set_status(principal: Principal, account: Account, status: AccountStatus) -> None:
+    owner_may = status in (AccountStatus.FROZEN, AccountStatus.CLOSED)
+    _decide("SetStatus", principal,
+            principal.is_administrator or (owner_may and account.role_of(principal.dn) is Role.OWNER),
+            f"set status {status.value} on", f"account {account.account_id}")
+
+
+def authorize_set_credit_limit(principal: Principal, account: Account) -> None:
+    _decide("SetCreditLimit", principal, principal.is_administrator, "set the credit limit of",
+            f"account {account.account_id}")
+
+
+def authorize_set_spending_limit(principal: Principal, account: Account) -> None:
+    _decide("SetSpendingLimit", principal,
+            principal.is_administrator or account.role_of(principal.dn) in CONTROLLING_ROLES,
+            "set the spending limit of", f"account {account.account_id}")
+
+
+def authorize_mint(principal: Principal, account: Account) -> None:
+    _decide("Mint", principal, principal.is_administrator, "mint credits into", f"account {account.account_id}")
+
+
+def needs_second_administrator(settings: BankPolicy, amount: int) -> bool:
+    """Whether a mint or a retirement of ``amount`` waits for a second administrator's approval."""
+    return settings.mint_approval_threshold is not None and amount > settings.mint_approval_threshold
+
+
+def authorize_approve_mint(principal: Principal, pending: PendingMint) -> None:
+    """An administrator, and not the one who asked for it."""
+    _decide("ApproveMint", principal, principal.is_administrator, "approve", f"mint {pending.pending_mint_id}")
+    if principal.dn == pending.requester_dn:
+        raise _refuse("ApproveMint", f"mint {pending.pending_mint_id} was requested by {principal.dn}; a different "
+                                     f"administrator must approve it", "SecondAdministratorRequired")
+
+
+def authorize_cancel_mint(principal: Principal, pending: PendingMint) -> None:
+    _decide("CancelMint", principal, principal.is_administrator, "cancel", f"mint {pending.pending_mint_id}")
+
+
+def authorize_expire_mint(principal: Principal, pending: PendingMint) -> None:
+    """Anyone (the sweep does it); the ledger refuses it before the mint is due."""
+    _decide("ExpireMint", principal, True, "expire", f"mint {pending.pending_mint_id}")
+
+
+def authorize_oversight(principal: Principal, operation: str) -> None:
+    """The audit and the list of pending mints: administrators and auditors."""
+    allowed = principal.is_administrator or principal.is_auditor
+    _record(operation, allowed)
+    if not allowed:
+        action = {"Audit": "run an audit", "ListPendingMints": "list pending mints"}[operation]
+        raise DomainError(f"only bank administrators and auditors may {action}", "NotAuthorized")
+
+
+def authorize_retire(principal: Principal, account: Account) -> None:
+    _decide("Retire", principal, principal.is_administrator, "retire credits from", f"account {account.account_id}")
+
+
+def authorize_transfer(principal: Principal, payer: Account) -> None:
+    _decide("Transfer", principal, not principal.is_service and payer.role_of(principal.dn) in SPENDING_ROLES,
+            "transfer from", f"account {payer.account_id}")
+
+
+def authorize_create_hold(principal: Principal, account: Account) -> None:
+    _decide("CreateHold", principal, account.role_of(principal.dn) in SPENDING_ROLES, "place holds on",
+            f"account {account.account_id}")
+
+
+def authorize_extend_hold(principal: Principal, account: Account, hold: Hold, *, raises_or_redirects: bool) -> None:
+    """A current spender any extension; the collector a later expiry only (``raises_or_redirects``: the
+    request raises the amount or names another payee)."""
+    spender = _spends_for_hold(principal, account, hold)
+    collector = not spender and _collects_hold(principal, hold)
+    if collector and raises_or_redirects:
+        raise _refuse("ExtendHold", f"{principal.dn} collects hold {hold.hold_id} and may only move its expiry; "
+                                    f"raising its amount or changing its payee needs the right to spend from "
+                                    f"account {account.account_id}")
+    _decide("ExtendHold", principal, spender or collector, "extend", f"hold {hold.hold_id}")
+
+
+def authorize_charge_hold(principal: Principal, account: Account, hold: Hold, payee: Account) -> None:
+    """A current spender or the collector; always to the hold's payee when it names one."""
+    allowed = _spends_for_hold(principal, account, hold) or _collects_hold(principal, hold)
+    if allowed and hold.payee_account_id is not None and payee.account_id != hold.payee_account_id:
+        raise _refuse("ChargeHold", f"{principal.dn} may not charge to account {payee.account_id} hold "
+                                    f"{hold.hold_id}: its charges go to account {hold.payee_account_id} only")
+    _decide("ChargeHold", principal, allowed, "charge", f"hold {hold.hold_id}")
+
+
+def authorize_release_hold(principal: Principal, account: Account, hold: Hold) -> None:
+    _decide("ReleaseHold", principal, principal.is_administrator or _spends_for_hold(principal, account, hold)
+            or _collects_hold(principal, hold), "release", f"hold {hold.hold_id}")
+
+
+def authorize_expire_hold(principal: Principal, hold: Hold) -> None:
+    """Anyone (the sweep does it); the ledger refuses it before the hold is due."""
+    _decide("ExpireHold", principal, True, "expire", f"hold {hold.hold_id}")
+
+
+def authorize_view(principal: Principal, operation: str, account: Account) -> None:
+    """GetBalance, GetAccount, ListHolds, History, Statement of ``account``."""
+    _decide(operation, principal, _may_view(principal, account), "view", f"account {account.account_id}")
+
+
+def authorize_view_hold(principal: Principal, hold: Hold, account: Account) -> None:
+    """GetHold: who may view its account, and the hold's creator and collector."""
+    _decide("GetHold", principal, principal.dn in (hold.creator_dn, hold.collector_dn) or _may_view(principal, account),
+            "view", f"account {account.account_id}")
+
+
+def authorize_anyone(principal: Principal, operation: str) -> None:
+    """MoneySupply, WhoAmI: every authenticated caller (the host refused the others)."""
+    _decide(operation, principal, True, "call", operation)
