@@ -255,7 +255,7 @@ class Outbox:
             for path in (self.directory, self.tmp_dir, self.rejected_dir):
                 path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise self.Error(f"cannot use {self.directory} as a {self.NAME}: {error.strerror}") from None
+            raise self.Error(f"cannot use {self.directory} as the {self.NAME} directory: {error.strerror}") from None
         # (items, bytes, when counted): ``add`` counts again only when this is older than
         # USAGE_RECOUNT_S — a scan per add made adding N items cost N² directory reads.
         self._usage: tuple[int, int, float] | None = None

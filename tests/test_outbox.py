@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from gridcredit.outbox import (ALONE, Batcher, DeliveryStopped, Item, Outbox, OutboxBusy, OutboxFull, Part,
-                               Settled, Unreadable)
+from gridcredit.outbox import (ALONE, Batcher, DeliveryStopped, Item, Outbox, OutboxBusy, OutboxError, OutboxFull,
+                               Part, Settled, Unreadable)
 
 
 class Receiver:
@@ -191,6 +191,12 @@ def test_stale_temporary_files_are_removed_by_a_drain(tmp_path):
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
     outbox.drain(batcher(Receiver()))
     assert not stale.exists() and fresh.exists()
+
+
+def test_a_directory_that_cannot_be_used_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(OutboxError, match=r"cannot use .*/file/out as the outbox directory: Not a directory"):
+        Outbox(tmp_path / "file" / "out")
 
 
 def test_bad_batch_limits_are_refused():
