@@ -18,7 +18,7 @@ DEFAULT_CA_DN = "/DC=org/DC=example/O=gridcredit/CN=gridcredit Test CA"
 
 
 def _print(args: argparse.Namespace, value: dict, text: str) -> None:
-    from gridcredit.cli import print_result
+    from gridcredit.cli_support import print_result
     print_result(args, value, text)
 
 

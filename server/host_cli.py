@@ -5,6 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from gridcredit.cli_support import add_credential_arguments
 from gridcredit.config import Config
 from gridcredit.errors import ConfigError
 
@@ -84,7 +85,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _whoami(args: argparse.Namespace) -> int:
-    from gridcredit.cli import print_result
+    from gridcredit.cli_support import print_result
     from gridcredit.client import ServiceClient
     from gridcredit.security.credentials import load_credential, trust_directory
 
@@ -109,16 +110,6 @@ def _wsdl(args: argparse.Namespace) -> int:
         path.write_bytes(wsdl_document(name))
         print(f"wrote {path}")
     return 0
-
-
-def add_credential_arguments(parser: argparse.ArgumentParser) -> None:
-    """--url/--cert/--key/--proxy/--trust/--json: how every client command reaches a host."""
-    parser.add_argument("--url", default="https://localhost:8443", help="base URL of the gridcredit host (default %(default)s)")
-    parser.add_argument("--cert", help="certificate (default: grid conventions, X509_USER_PROXY / X509_USER_CERT)")
-    parser.add_argument("--key", help="private key for --cert")
-    parser.add_argument("--proxy", help="proxy certificate file (default $X509_USER_PROXY or /tmp/x509up_u<uid>)")
-    parser.add_argument("--trust", help="trust directory of CA certificates and CRLs (default $X509_CERT_DIR)")
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
 def register(subparsers) -> None:

@@ -3,9 +3,10 @@
 Each command signs with the user's certificate or proxy (``--cert/--key/--proxy``, grid
 conventions by default), prints readable text (amounts with thousands separators, times in ISO
 UTC) or, with ``--json``, the result as JSON (money as integers, times as microseconds since the
-epoch in fields ending ``_us``). Mutating commands take ``--request-id``; without one a fresh id
+epoch in fields ending ``_us``, a datetime as RFC 3339 UTC ``…Z``). Mutating commands take ``--request-id``; without one a fresh id
 is made, and it is retried under that same id when an attempt gets no answer, so nothing is
 applied twice. Exit codes: 0 done, 1 refused or failed (``TypeName: message`` on stderr), 2 usage.
+Options, output and exit codes are gridcredit.cli_support's, as in every command group.
 
 ``gridcredit bank audit --offline`` reads the store of the local configuration directly
 (``--config``), with the ledger key beside it; it exits 1 and lists the findings when the ledger
@@ -14,19 +15,16 @@ is not clean.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
 import sys
 from datetime import datetime, timedelta, timezone
 
-from gridcredit.cli import number_in
+from gridcredit.cli_support import (EXIT_FAILED, EXIT_OK, LazyClient, add_client_arguments, checked, client_of,
+                                    print_result, usage_error)
 from gridcredit.errors import GridcreditError
+from gridcredit.timeunits import US_PER_S, datetime_from_us, rfc3339
 
-from .client import (RETRIES_DEFAULT, RETRIES_MAX, AuditReport, BankClient, Receipt, Transaction, audit_report_of,
-                     datetime_from_us)
-
-EXIT_OK = 0
-EXIT_REFUSED = 1
+from .client import AuditReport, BankClient, Receipt, Transaction, audit_report_of
 
 _DURATION_PART = re.compile(r"(\d+)\s*([smhdw])")
 _DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
@@ -65,9 +63,6 @@ def period_s(text: str) -> int:
     return PERIODS_S.get(text.strip().lower()) or duration_s(text)
 
 
-seconds_type = number_in(0, 3600, kind=float, unit="seconds", low_excluded=True)
-
-
 def moment_type(text: str) -> datetime:
     """An ISO 8601 date or time; without a zone it is UTC (``2025-01-31``, ``2025-01-31T12:00:00Z``)."""
     try:
@@ -99,28 +94,17 @@ def money(amount: int | None) -> str:
 def when(microseconds: int | None) -> str:
     if microseconds is None:
         return "-"
-    return datetime_from_us(microseconds).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return rfc3339(datetime_from_us(microseconds).replace(microsecond=0))
 
 
 def period_text(period_us: int | None) -> str:
     if period_us is None:
         return "-"
-    seconds = period_us // 1_000_000
+    seconds = period_us // US_PER_S
     for name, length in sorted(PERIODS_S.items(), key=lambda item: -item[1]):
         if seconds == length:
             return name
     return f"{seconds:,} s"
-
-
-def jsonable(value):
-    """Dataclasses as dicts, tuples as lists, datetimes as ISO text: what ``--json`` prints."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {field.name: jsonable(getattr(value, field.name)) for field in dataclasses.fields(value)}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(item) for item in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
 
 
 def describe(t: Transaction) -> str:
@@ -206,26 +190,12 @@ def audit_text(report: AuditReport, where: str) -> str:
     return "\n".join(lines)
 
 
-def _print(args, value, text: str) -> None:
-    from gridcredit.cli import print_result
-
-    print_result(args, jsonable(value), text)
-
-
 # ---------------------------------------------------------------------------------------------
 # Handlers: (args, bank) -> exit code
 
 
-def _client(args) -> BankClient:
-    from gridcredit.security.credentials import load_credential, trust_directory
-
-    credential = load_credential(cert_path=args.cert, key_path=args.key, proxy_path=args.proxy)
-    return BankClient(args.url, credential=credential, trust_dir=trust_directory(args.trust),
-                      timeout_s=args.timeout, retries=args.retries)
-
-
 def _receipt(args, receipt: Receipt) -> int:
-    _print(args, receipt, receipt_text(receipt))
+    print_result(args, receipt, receipt_text(receipt))
     return EXIT_OK
 
 
@@ -253,11 +223,11 @@ def _set_credit_limit(args, bank):
 def _set_spending_limit(args, bank):
     if args.remove:
         if args.amount is not None or args.per is not None:
-            raise _usage(args, "--remove takes neither an amount nor --per")
+            raise usage_error(args, "--remove takes neither an amount nor --per")
         limit = period = None
     else:
         if args.amount is None or args.per is None:
-            raise _usage(args, "give an amount and --per (or --remove)")
+            raise usage_error(args, "give an amount and --per (or --remove)")
         limit, period = args.amount, args.per
     return _receipt(args, bank.set_spending_limit(args.account, spending_limit=limit, period_s=period,
                                                   request_id=args.request_id))
@@ -287,7 +257,7 @@ def _pending_mints(args, bank):
     page = bank.list_pending_mints(ended=args.ended, offset=args.offset, limit=args.limit)
     lines = [_pending_mint_line(p) for p in page.pending_mints] or [
         "no ended pending mints" if args.ended else "no mints await approval"]
-    _print(args, page, "\n".join(lines + _more(page.next_offset)))
+    print_result(args, page, "\n".join(lines + _more(page.next_offset)))
     return EXIT_OK
 
 
@@ -305,7 +275,7 @@ def _expires(args, *, required: bool):
     if args.expires_in is not None:
         return timedelta(seconds=args.expires_in)  # made absolute once by the client, before any attempt
     if required:
-        raise _usage(args, "give --expires-in (e.g. 2h) or --expires (ISO time)")
+        raise usage_error(args, "give --expires-in (e.g. 2h) or --expires (ISO time)")
     return None
 
 
@@ -318,7 +288,7 @@ def _hold(args, bank):
 def _extend_hold(args, bank):
     expires = _expires(args, required=False)
     if expires is None and args.amount is None and args.payee is None:
-        raise _usage(args, "give a later expiry (--expires-in/--expires), a larger --amount and/or another --payee")
+        raise usage_error(args, "give a later expiry (--expires-in/--expires), a larger --amount and/or another --payee")
     return _receipt(args, bank.extend_hold(args.hold, expires=expires, amount=args.amount, payee_account_id=args.payee,
                                            request_id=args.request_id))
 
@@ -334,7 +304,7 @@ def _release(args, bank):
 
 def _balance(args, bank):
     b = bank.get_balance(args.account)
-    _print(args, b, f"{b.account_id}: balance {money(b.total)}, held {money(b.held)}, available {money(b.available)}"
+    print_result(args, b, f"{b.account_id}: balance {money(b.total)}, held {money(b.held)}, available {money(b.available)}"
                     f" (credit limit {money(b.credit_limit)})")
     return EXIT_OK
 
@@ -347,7 +317,7 @@ def _account(args, bank):
              f"  balance {money(a.balance)}, held {money(a.held)}, available {money(a.available)}",
              f"  credit limit {money(a.credit_limit)}, spending limit {limit}",
              "  holders:"] + [f"    {h.role:<8} {h.dn}" for h in a.holders]
-    _print(args, a, "\n".join(lines))
+    print_result(args, a, "\n".join(lines))
     return EXIT_OK
 
 
@@ -366,7 +336,7 @@ def _show_hold(args, bank):
         lines.append(f"  charges go to account {h.payee_account_id}")
     if h.collector_dn:
         lines.append(f"  collector {h.collector_dn}")
-    _print(args, h, "\n".join(lines))
+    print_result(args, h, "\n".join(lines))
     return EXIT_OK
 
 
@@ -378,14 +348,14 @@ def _holds(args, bank):
     page = bank.list_holds(args.account, ended=args.ended, offset=args.offset, limit=args.limit)
     what = "ended" if args.ended else "active"
     lines = [_hold_line(h) for h in page.holds] or [f"no {what} holds on {args.account}"]
-    _print(args, page, "\n".join(lines + _more(page.next_offset)))
+    print_result(args, page, "\n".join(lines + _more(page.next_offset)))
     return EXIT_OK
 
 
 def _history(args, bank):
     page = bank.history(args.account, xpath_filter=args.filter, offset=args.offset, limit=args.limit)
     lines = [transaction_line(t) for t in page.transactions] or [f"no transactions on {args.account}"]
-    _print(args, page, "\n".join(lines + _more(page.next_offset)))
+    print_result(args, page, "\n".join(lines + _more(page.next_offset)))
     return EXIT_OK
 
 
@@ -399,13 +369,13 @@ def _statement(args, bank):
     if s.truncated:
         lines.append("  (truncated: more transactions in the period than a statement lists)")
     lines.append(f"  closing balance {money(s.closing_balance)}")
-    _print(args, s, "\n".join(lines))
+    print_result(args, s, "\n".join(lines))
     return EXIT_OK
 
 
 def _money_supply(args, bank):
     m = bank.money_supply()
-    _print(args, m, f"issued {money(m.issued)}, retired {money(m.retired)}, outstanding {money(m.outstanding)}")
+    print_result(args, m, f"issued {money(m.issued)}, retired {money(m.retired)}, outstanding {money(m.outstanding)}")
     return EXIT_OK
 
 
@@ -414,7 +384,7 @@ def _whoami(args, bank):
     text = f"the bank at {args.url} knows you as {i.dn}"
     if i.proxy:
         text += f" (through {'a limited' if i.limited else 'a'} proxy {i.signer_dn})"
-    _print(args, i, text)
+    print_result(args, i, text)
     return EXIT_OK
 
 
@@ -422,9 +392,9 @@ def _audit(args):
     if args.offline:
         report, where = offline_audit(args), "ledger (offline)"
     else:
-        report, where = _client(args).audit(), f"ledger at {args.url}"
-    _print(args, report, audit_text(report, where))
-    return EXIT_OK if report.clean else EXIT_REFUSED
+        report, where = client_of(args, BankClient).audit(), f"ledger at {args.url}"
+    print_result(args, report, audit_text(report, where))
+    return EXIT_OK if report.clean else EXIT_FAILED
 
 
 def offline_audit(args) -> AuditReport:
@@ -464,55 +434,13 @@ def offline_audit(args) -> AuditReport:
 # Registration
 
 
-class _UsageError(Exception):
-    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
-        super().__init__(message)
-        self.parser = parser
-
-
-def _usage(args, message: str) -> _UsageError:
-    return _UsageError(args.parser_of_command, message)
-
-
-class _LazyClient:
-    """The BankClient, made (credentials loaded) when a handler first uses it, after its usage checks."""
-
-    def __init__(self, args) -> None:
-        self._args = args
-        self._client: BankClient | None = None
-
-    def __getattr__(self, name: str):
-        if self._client is None:
-            self._client = _client(self._args)
-        return getattr(self._client, name)
-
-
 def _online(handler):
-    def run(args) -> int:
-        try:
-            return handler(args, _LazyClient(args))
-        except _UsageError as error:
-            error.parser.error(str(error))  # exits 2
-    return run
-
-
-def _offline_or_online(handler):
-    def run(args) -> int:
-        try:
-            return handler(args)
-        except _UsageError as error:
-            error.parser.error(str(error))
-    return run
+    """A handler of (args, bank): the BankClient is made when the handler first uses it."""
+    return checked(lambda args: handler(args, LazyClient(lambda: client_of(args, BankClient))))
 
 
 def _common(parser: argparse.ArgumentParser, *, mutating: bool) -> None:
-    from gridcredit.server.host_cli import add_credential_arguments
-
-    add_credential_arguments(parser)
-    parser.add_argument("--timeout", type=seconds_type, default=30.0, metavar="S",
-                        help="seconds to wait for each attempt (default %(default)s)")
-    parser.add_argument("--retries", type=int, default=RETRIES_DEFAULT, choices=range(RETRIES_MAX + 1), metavar="N",
-                        help=f"attempts to repeat when there is no answer (0-{RETRIES_MAX}, default %(default)s)")
+    add_client_arguments(parser, timeout_s=30.0)
     if mutating:
         parser.add_argument("--request-id", type=request_id_type, metavar="ID",
                             help="client request id (default: a new one); repeating a request under its id "
@@ -543,7 +471,7 @@ def register(subparsers) -> None:
         parser = commands.add_parser(name, help=summary, description=summary, aliases=list(aliases),
                                      epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
         _common(parser, mutating=mutating)
-        parser.set_defaults(handler=_online(handler) if online else _offline_or_online(handler),
+        parser.set_defaults(handler=_online(handler) if online else checked(handler),
                             parser_of_command=parser)
         return parser
 

@@ -11,8 +11,10 @@
 
 Every command signs with the user's certificate or proxy (``--cert/--key/--proxy``, grid
 conventions by default; a site publishes with its host certificate), prints readable text or,
-with ``--json``, the result as JSON (durations in µs, charges in millionths in ``*_micro``; a
-summary's charges are per unit, ``charges: [{unit, jobs, charge_micro}]``, never added across units).
+with ``--json``, the result as JSON (durations in µs, charges in millionths in ``*_micro``, a
+datetime as RFC 3339 UTC ``…Z``; a summary's charges are per unit, ``charges: [{unit, jobs,
+charge_micro}]``, never added across units). Options, output and exit codes are
+gridcredit.cli_support's, as in every command group.
 Exit codes: 0 done, 1 refused or partial (some records not stored, the LUTS unreachable;
 ``TypeName: message`` on stderr for a refused command), 2 usage.
 
@@ -30,15 +32,14 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from gridcredit.cli import number_in
+from gridcredit.cli_support import (EXIT_FAILED, EXIT_OK, UsageError, add_client_arguments, checked, client_of,
+                                    error_text, jsonable, number_in, print_result)
+from gridcredit.timeunits import US_PER_S, rfc3339
 
 from .spool import BATCH_RECORDS_DEFAULT, BATCH_RECORDS_MAX, Outgoing, Progress, SendReport
 
-EXIT_OK = 0
-EXIT_PARTIAL = 1
 SUMMARY_BY = ("user", "vo", "site", "machine", "queue", "month")   # luts.SUMMARY_DIMENSIONS
 QUERY_LIMIT_MAX = 1000
-RETRIES_MAX = 10
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 
@@ -90,33 +91,11 @@ def by_type(text: str) -> tuple[str, ...]:
 
 limit_type = number_in(1, QUERY_LIMIT_MAX, unit="records")
 batch_type = number_in(1, BATCH_RECORDS_MAX, unit="records per batch")
-seconds_type = number_in(0, 3600, kind=float, unit="seconds", low_excluded=True)
 wait_type = number_in(0.0, 86_400, kind=float, unit="seconds")
 
 
 # ---------------------------------------------------------------------------------------------
 # Output
-
-
-def jsonable(value):
-    """Dataclasses as dicts, tuples as lists, datetimes as ISO text, bytes as UTF-8 text."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {field.name: jsonable(getattr(value, field.name)) for field in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(key): jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(item) for item in value]
-    if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return value
-
-
-def _print(args, value, text: str) -> None:
-    from gridcredit.cli import print_result
-
-    print_result(args, value, text)
 
 
 def hours(us: int | None) -> str:
@@ -127,7 +106,7 @@ def charge_text(micro: int | None) -> str:
     if micro is None:
         return "-"
     sign = "-" if micro < 0 else ""
-    whole, fraction = divmod(abs(micro), 1_000_000)
+    whole, fraction = divmod(abs(micro), US_PER_S)
     return f"{sign}{whole:,}" + (f".{fraction:06d}".rstrip("0") if fraction else "")
 
 
@@ -151,7 +130,7 @@ def charge_totals(rows) -> list[dict]:
 
 def record_json(record, *, original: bool = False) -> dict:
     value = {"record_id": record.record_id, "month": record.month, "publisher": record.publisher,
-             "received_us": record.received_us, "usage": jsonable(record.usage)}
+             "received_us": record.received_us, "usage": record.usage}
     if original:
         text = record.original_text
         value["original"] = text if text is not None else None
@@ -181,7 +160,7 @@ def record_text(record) -> str:
         if field.name in ("wall_us", "cpu_us", "cpu_user_us", "cpu_system_us"):
             value = f"{value:,} µs ({hours(value)})"
         elif isinstance(value, datetime):
-            value = value.isoformat().replace("+00:00", "Z")
+            value = rfc3339(value)
         elif isinstance(value, tuple):
             value = "; ".join(value)
         lines.append(f"  {field.name}: {value}")
@@ -253,20 +232,16 @@ def _progress(args) -> ProgressBar | None:
 
 
 def _client(args):
-    from gridcredit.security.credentials import load_credential, trust_directory
-
     from .client import LutsClient
 
-    credential = load_credential(cert_path=args.cert, key_path=args.key, proxy_path=args.proxy)
-    return LutsClient(args.url, credential=credential, trust_dir=trust_directory(args.trust),
-                      timeout_s=args.timeout, retries=args.retries)
+    return client_of(args, LutsClient)
 
 
 def _publish(args) -> int:
     paths = [Path(name) for name in args.files]
     missing = [str(path) for path in paths if not path.is_file()]
     if missing:
-        raise _UsageError(args.parser_of_command, f"no such file: {', '.join(missing)}")
+        raise UsageError(args.parser_of_command, f"no such file: {', '.join(missing)}")
     if args.spool:
         return _spool_files(args, paths)
     sizes = [path.stat().st_size for path in paths]
@@ -287,8 +262,8 @@ def _publish(args) -> int:
     finally:
         if bar is not None:
             bar.close()
-    _print(args, report_json(report), report_text(report, f"published {len(paths):,} files to {args.url}"))
-    return EXIT_OK if report.ok else EXIT_PARTIAL
+    print_result(args, report_json(report), report_text(report, f"published {len(paths):,} files to {args.url}"))
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _spool_files(args, paths: list[Path]) -> int:
@@ -304,7 +279,7 @@ def _spool_files(args, paths: list[Path]) -> int:
         except OSError as error:
             failed.append({"file": str(path), "error": f"cannot read it: {error.strerror}"})
         except GridcreditError as error:
-            failed.append({"file": str(path), "error": f"{type(error).__name__}: {error}"})
+            failed.append({"file": str(path), "error": error_text(error)})
             if type(error).__name__ == "SpoolFull":
                 failed.extend({"file": str(rest), "error": "not spooled: the spool is full"}
                               for rest in paths[paths.index(path) + 1:])
@@ -312,8 +287,8 @@ def _spool_files(args, paths: list[Path]) -> int:
     lines = [f"spooled {len(added):,} of {len(paths):,} files in {spool.directory}"
              + (f"; send them with: gridcredit luts send --spool {spool.directory}" if added else "")]
     lines += [f"  not spooled: {item['file']}: {item['error']}" for item in failed]
-    _print(args, {"spool": str(spool.directory), "spooled": added, "failed": failed}, "\n".join(lines))
-    return EXIT_OK if not failed else EXIT_PARTIAL
+    print_result(args, {"spool": str(spool.directory), "spooled": added, "failed": failed}, "\n".join(lines))
+    return EXIT_OK if not failed else EXIT_FAILED
 
 
 def _send(args) -> int:
@@ -321,7 +296,7 @@ def _send(args) -> int:
 
     spool = Spool(args.spool)
     if not spool.pending():
-        _print(args, report_json(SendReport(0, 0, 0, 0, 0, 0, (), None)), f"the spool {spool.directory} is empty")
+        print_result(args, report_json(SendReport(0, 0, 0, 0, 0, 0, (), None)), f"the spool {spool.directory} is empty")
         return EXIT_OK
     bar = _progress(args)
     try:
@@ -332,8 +307,8 @@ def _send(args) -> int:
     text = report_text(report, f"sent the spool {spool.directory} to {args.url}")
     if report.records_rejected:
         text += f"\nrecords not stored are kept with the reason in {spool.rejected_dir}"
-    _print(args, report_json(report), text)
-    return EXIT_OK if report.ok else EXIT_PARTIAL
+    print_result(args, report_json(report), text)
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _query_options(args) -> dict:
@@ -360,14 +335,14 @@ def _query(args) -> int:
     lines = [record_line(record) for record in records] or ["no records match"]
     if cursor:
         lines.append(f"(more: --cursor {cursor}, or --all)")
-    _print(args, value, "\n".join(lines))
+    print_result(args, value, "\n".join(lines))
     return EXIT_OK
 
 
 def _job(args) -> int:
     records = _client(args).job(args.job_id)
     lines = [record_line(record) for record in records] or [f"no usage records of job {args.job_id} that you may see"]
-    _print(args, {"job_id": args.job_id, "records": [record_json(r, original=args.original) for r in records]},
+    print_result(args, {"job_id": args.job_id, "records": [record_json(r, original=args.original) for r in records]},
            "\n".join(lines))
     return EXIT_OK
 
@@ -378,7 +353,7 @@ def _record(args) -> int:
         sys.stdout.buffer.write(record.original)      # byte for byte: not even a newline is added
         sys.stdout.flush()
         return EXIT_OK
-    _print(args, record_json(record, original=args.original), record_text(record))
+    print_result(args, record_json(record, original=args.original), record_text(record))
     return EXIT_OK
 
 
@@ -399,8 +374,8 @@ def _summary(args) -> int:
     totals = {"jobs": sum(r.jobs for r in summary.rows), "wall_us": sum(r.wall_us for r in summary.rows),
               "cpu_us": sum(r.cpu_us for r in summary.rows), "charges": charge_totals(summary.rows)}
     value = {"by": list(summary.by), "from_month": summary.from_month, "to_month": summary.to_month,
-             "scope": summary.scope, "rows": jsonable(list(summary.rows)), "totals": totals}
-    _print(args, value, "\n".join(lines))
+             "scope": summary.scope, "rows": list(summary.rows), "totals": totals}
+    print_result(args, value, "\n".join(lines))
     return EXIT_OK
 
 
@@ -412,7 +387,7 @@ def _whoami(args) -> int:
     text = f"the LUTS at {args.url} knows you as {identity.dn}"
     if identity.proxy:
         text += f" (through {'a limited' if identity.limited else 'a'} proxy {identity.signer_dn})"
-    _print(args, jsonable(value), text)
+    print_result(args, value, text)
     return EXIT_OK
 
 
@@ -447,7 +422,7 @@ def _held_list(args) -> int:
 
     kinds = (args.kind,) if args.kind else tuple(KINDS)
     found = _with_local_luts(args, lambda luts: list_held(luts, kinds))
-    _print(args, jsonable(found), "\n".join(held_line(h) for h in found) or "nothing is held")
+    print_result(args, found, "\n".join(held_line(h) for h in found) or "nothing is held")
     return EXIT_OK
 
 
@@ -458,7 +433,7 @@ def _held_show(args) -> int:
     if args.output:
         Path(args.output).write_bytes(content)
     if args.json:
-        _print(args, {**jsonable(held), "content": None if args.output else content.decode("utf-8", "replace")}, "")
+        print_result(args, {**jsonable(held), "content": None if args.output else content.decode("utf-8", "replace")}, "")
     elif args.output:
         print(f"{held_line(held)}\nwritten to {args.output}")
     else:
@@ -472,13 +447,13 @@ def _held_retry(args) -> int:
 
     if args.kind == "forward":
         if args.corrected:
-            raise _UsageError(args.parser_of_command, "--corrected is for sgas documents and records only")
+            raise UsageError(args.parser_of_command, "--corrected is for sgas documents and records only")
         _with_local_luts(args, lambda luts: retry_forward(luts, args.held_id, replace=args.replace))
-        _print(args, {"kind": "forward", "held_id": args.held_id, "queued": True},
+        print_result(args, {"kind": "forward", "held_id": args.held_id, "queued": True},
                f"forward/{args.held_id} is queued for the upstream LUTS again")
         return EXIT_OK
     if args.replace:
-        raise _UsageError(args.parser_of_command, "--replace is for forward entries only")
+        raise UsageError(args.parser_of_command, "--replace is for forward entries only")
     corrected = Path(args.corrected).read_bytes() if args.corrected else None
     retry = retry_record if args.kind == "record" else retry_sgas
     report = _with_local_luts(args, lambda luts: retry(luts, args.held_id, corrected))
@@ -489,16 +464,16 @@ def _held_retry(args) -> int:
     if not_stored:
         lines.append(f"{args.kind}/{args.held_id} is still held" if args.kind == "record" else
                      "the records not stored are held: luts held list --kind record")
-    _print(args, {"kind": args.kind, "held_id": args.held_id, "results": jsonable(list(report.results))},
+    print_result(args, {"kind": args.kind, "held_id": args.held_id, "results": list(report.results)},
            "\n".join(lines))
-    return EXIT_OK if report.ok else EXIT_PARTIAL
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _held_drop(args) -> int:
     from .held import drop
 
     _with_local_luts(args, lambda luts: drop(luts, args.kind, args.held_id))
-    _print(args, {"kind": args.kind, "held_id": args.held_id, "dropped": True}, f"{args.kind}/{args.held_id} dropped")
+    print_result(args, {"kind": args.kind, "held_id": args.held_id, "dropped": True}, f"{args.kind}/{args.held_id} dropped")
     return EXIT_OK
 
 
@@ -523,7 +498,7 @@ def _register_held(commands) -> None:
     def action(name: str, summary: str, handler) -> argparse.ArgumentParser:
         parser = actions.add_parser(name, help=summary, description=summary)
         parser.add_argument("--json", action="store_true", help="print JSON for scripts")
-        parser.set_defaults(handler=_checked(handler), parser_of_command=parser)
+        parser.set_defaults(handler=checked(handler), parser_of_command=parser)
         return parser
 
     p = action("list", "every held document, with who sent it and why it is held", _held_list)
@@ -549,30 +524,9 @@ def _register_held(commands) -> None:
 # Registration
 
 
-class _UsageError(Exception):
-    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
-        super().__init__(message)
-        self.parser = parser
-
-
-def _checked(handler):
-    def run(args) -> int:
-        try:
-            return handler(args)
-        except _UsageError as error:
-            error.parser.error(str(error))  # exits 2
-    return run
-
-
 def _common(parser: argparse.ArgumentParser, *, timeout_s: float) -> None:
-    from gridcredit.server.host_cli import add_credential_arguments
-
-    add_credential_arguments(parser)
-    parser.add_argument("--timeout", type=seconds_type, default=timeout_s, metavar="S",
-                        help="seconds to wait for each attempt (default %(default)s)")
-    parser.add_argument("--retries", type=int, default=3, choices=range(RETRIES_MAX + 1), metavar="N",
-                        help=f"attempts to repeat when there is no answer (0-{RETRIES_MAX}, default %(default)s); "
-                             "publishing again is safe: the LUTS stores a record once")
+    add_client_arguments(parser, timeout_s=timeout_s,
+                         retries_note="publishing again is safe: the LUTS stores a record once")
 
 
 def _period(parser: argparse.ArgumentParser) -> None:
@@ -603,7 +557,7 @@ def register(subparsers) -> None:
         parser = commands.add_parser(name, help=summary, description=summary, epilog=f"example:\n  {example}",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
         _common(parser, timeout_s=timeout_s)
-        parser.set_defaults(handler=_checked(handler), parser_of_command=parser)
+        parser.set_defaults(handler=checked(handler), parser_of_command=parser)
         return parser
 
     p = command("publish", "publish usage-record files (batched across files), or spool them with --spool",
