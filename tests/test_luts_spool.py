@@ -392,3 +392,17 @@ def test_the_spool_against_the_luts_core(tmp_path):
             assert core.record(Caller(publisher), source.record_id).original == source.data
     finally:
         store.close()
+
+
+def test_a_settled_document_carries_the_luts_own_record_results(luts):
+    """One type for a record's answer: the spool settles with the core's RecordResult (it had a
+    RecordAnswer of its own with the same fields, which never compared equal to it)."""
+    from gridcredit.services.luts.luts import RecordResult
+
+    settled = []
+    sender = BatchSender(luts, on_settled=settled.extend, batch_records=10)
+    job = random_jobs(1, seed=15)[0]
+    sender.add(Outgoing("one", make_batch([job])))
+    sender.finish()
+    [document] = settled
+    assert document.results == (RecordResult(0, job.record_id, "stored", ""),)

@@ -69,6 +69,7 @@ from gridcredit.outbox import (ALONE, Batcher, DeliveryStopped, Item, Outbox, Ou
 from gridcredit.outbox import Settled as _OutboxSettled
 
 from . import records as ur
+from .luts import RecordResult
 
 if TYPE_CHECKING:  # the client imports the LUTS core; the spool needs only its publish()
     from .client import LutsClient
@@ -120,19 +121,10 @@ Outgoing = Item   # one document to publish: a usage record or a ``UsageRecords`
 
 
 @dataclass(frozen=True, slots=True)
-class RecordAnswer:
-    """The LUTS's answer for one record of a document (or the reason it was not sent)."""
-    index: int                  # 0-based position of the record in its document
-    record_id: str | None
-    status: str                 # stored | duplicate | replaced | refused | invalid
-    message: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class Settled:
     """A document all of whose records have a settling answer."""
     document: Outgoing
-    results: tuple[RecordAnswer, ...]   # one per record, in document order
+    results: tuple[RecordResult, ...]   # one per record, in document order
     records: tuple[bytes, ...]  # each record's bytes as split from the document
     error: str | None = None    # the document could not be read at all (no records)
 
@@ -269,10 +261,10 @@ class BatchSender(Batcher):
                     message = "not a usage record"
                 except (ur.RecordError, SecurityError) as error:
                     message = str(error)
-                parts.append(Part(source.data, source=source, answer=RecordAnswer(
+                parts.append(Part(source.data, source=source, answer=RecordResult(
                     source.index, source.record_id, "invalid", f"{source.name()}: {message}")))
             elif len(source.data) > self.record_bytes_max:
-                parts.append(Part(source.data, source=source, answer=RecordAnswer(
+                parts.append(Part(source.data, source=source, answer=RecordResult(
                     source.index, source.record_id, "invalid",
                     f"{source.name()}: the record is {len(source.data):,} bytes; at most "
                     f"{self.record_bytes_max:,} are accepted")))
@@ -281,7 +273,7 @@ class BatchSender(Batcher):
                 parts.append(Part(data, key, source=source))
         return parts
 
-    def _publish(self, key: tuple, parts: list[Part]) -> list[RecordAnswer]:
+    def _publish(self, key: tuple, parts: list[Part]) -> list[RecordResult]:
         """Publish one batch; the answer for each record (a batch refused whole: in halves)."""
         document = parts[0].data if key == ALONE else container(key, [part.data for part in parts])
         self.requests += 1
@@ -292,7 +284,7 @@ class BatchSender(Batcher):
                 raise SendStopped(f"the LUTS refused the batch: {fault}") from None
             if len(parts) == 1:
                 source = parts[0].source
-                return [RecordAnswer(source.index, source.record_id, "invalid",
+                return [RecordResult(source.index, source.record_id, "invalid",
                                      f"the LUTS refused the record: {fault.text}")]
             half = len(parts) // 2
             log.info("the LUTS refused a batch of %d records as a whole (%s); sending it in halves",
@@ -306,7 +298,7 @@ class BatchSender(Batcher):
         answers = []
         for part, result in zip(parts, report.results):
             self.statuses[result.status] = self.statuses.get(result.status, 0) + 1
-            answers.append(RecordAnswer(part.source.index, result.record_id or part.source.record_id,
+            answers.append(RecordResult(part.source.index, result.record_id or part.source.record_id,
                                         result.status, result.message))
         return answers
 
@@ -467,5 +459,5 @@ class Spool(Outbox):
 
 
 __all__ = ["ACKNOWLEDGED", "BATCH_BYTES_DEFAULT", "BATCH_RECORDS_DEFAULT", "BatchSender", "Outgoing", "Progress",
-           "RecordAnswer", "Rejection", "SendReport", "SendStopped", "Settled", "Spool", "SpoolBusy", "SpoolError", "SpoolFull",
+           "Rejection", "SendReport", "SendStopped", "Settled", "Spool", "SpoolBusy", "SpoolError", "SpoolFull",
            "container", "packing", "send_documents"]
