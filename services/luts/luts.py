@@ -77,6 +77,7 @@ from typing import Iterable, Mapping, Sequence
 from lxml import etree
 
 from gridcredit.errors import DomainError, QueryError, SecurityError, StoreError, invariant
+from gridcredit.security.principal import Principal
 from gridcredit.xmlstore import AttributeIndex, XmlStore
 
 from . import records as ur
@@ -165,18 +166,11 @@ class LutsPolicy:
         return dn in self.admins or dn in self.site_publishers
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who calls: the DN the verified chain proves, whether through a limited proxy, and the hosts
-    the caller's certificate was issued for (``Principal.host_names``; empty for users and proxies)."""
-    dn: str
-    limited: bool = False
-    host_names: tuple[str, ...] = ()
-
-    @classmethod
-    def of(cls, principal) -> Caller:
-        """The caller a verified ``security.chain.Principal`` proves."""
-        return cls(dn=principal.dn, limited=principal.limited, host_names=tuple(principal.host_names))
+# Who calls: the one principal type (security/principal.py), as the verified chain proves it. The LUTS
+# reads its DN, whether it is a limited proxy, and the hosts its certificate was issued for
+# (``host_names``; empty for users and proxies); what the LUTS configuration says of the DN is
+# ``LutsPolicy``'s to look up.
+Caller = Principal
 
 
 @dataclass(frozen=True, slots=True)

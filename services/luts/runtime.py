@@ -21,12 +21,10 @@ def build(context: BuildContext):
 
 def routes(luts, config) -> dict[str, Registration]:
     """SGAS's registration (``POST <luts.sgas_path>/ur``) for reporters that do not speak SOAP (ARC)."""
-    from .luts import Caller
     from .sgas import register_usage_records
 
     def sgas(data: bytes, principal):
-        caller = None if principal is None else Caller.of(principal)
-        return register_usage_records(luts, data, caller)
+        return register_usage_records(luts, data, principal)     # None: no verified client certificate
 
     return {config.luts.sgas_path.rstrip("/") + "/ur":
             Registration(sgas, config.luts.sgas_request_bytes_max, "luts.sgas_request_bytes_max")}

@@ -135,7 +135,7 @@ def _page_info(page: RecordPage) -> RecordPageInfo:
 
 
 def caller_of(ctx) -> Caller:
-    return Caller.of(principal_of(ctx))
+    return principal_of(ctx)
 
 
 def _variables(variables) -> dict[str, str | int]:
