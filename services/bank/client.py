@@ -31,12 +31,6 @@ Exceptions (all :class:`GridcreditError`)::
 """
 from __future__ import annotations
 
-import dataclasses
-import enum
-import functools
-import operator
-import types
-import typing
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -44,6 +38,7 @@ from datetime import datetime, timedelta, timezone
 
 from gridcredit.client import RETRIES_DEFAULT, RETRIES_MAX, Effect, InvalidRequest, OutcomeUnknown, ServiceClient
 from gridcredit.timeunits import datetime_from_us
+from gridcredit.wiretypes import array_items, from_wire, text_mirror
 
 from . import ledger
 from .ledger import REQUEST_ID_PATTERN
@@ -58,29 +53,10 @@ __all__ = ["BankClient", "InvalidRequest", "OutcomeUnknown", "RETRIES_DEFAULT", 
 # Statement); where the ledger has enums, a mirror with the same fields holding their text.
 
 
-def _mirror(cls: type) -> type:
-    """A frozen dataclass with the fields (and defaults) of ledger type ``cls``, each enum-typed
-    one holding the member's text, as the wire carries it (``kind="charge"``)."""
-    def plain(hint):
-        if isinstance(hint, type) and issubclass(hint, enum.Enum):
-            return str
-        if isinstance(hint, types.UnionType):
-            return functools.reduce(operator.or_, (plain(member) for member in typing.get_args(hint)))
-        return hint
-
-    hints = typing.get_type_hints(cls)
-    mirrored = [(field.name, plain(hints[field.name]),
-                 dataclasses.field(default=field.default) if field.default is not dataclasses.MISSING else
-                 dataclasses.field())
-                for field in dataclasses.fields(cls)]
-    return dataclasses.make_dataclass(cls.__name__, mirrored, frozen=True, slots=True, namespace={
-        "__module__": __name__, "__doc__": f"The client's ledger.{cls.__name__}: enums as their text."})
-
-
-Transaction = _mirror(ledger.Transaction)
-Hold = _mirror(ledger.Hold)
-PendingMint = _mirror(ledger.PendingMint)      # state: pending, approved, cancelled or expired
-Holder = _mirror(ledger.Holder)
+Transaction = text_mirror(ledger.Transaction, __name__)
+Hold = text_mirror(ledger.Hold, __name__)
+PendingMint = text_mirror(ledger.PendingMint, __name__)      # state: pending, approved, cancelled or expired
+Holder = text_mirror(ledger.Holder, __name__)
 Balance = ledger.Balance
 AuditFinding = ledger.AuditFinding
 Statement = ledger.Statement                   # its transactions: the client's Transaction
@@ -163,22 +139,8 @@ class Identity:
 # Converting zeep's objects
 
 
-def _array(value, item_name: str) -> list:
-    """A spyne ``Array(X)`` as zeep reads it: None, or an object whose ``X`` is a list (or one item)."""
-    if value is None:
-        return []
-    items = getattr(value, item_name, value)
-    if items is None:
-        return []
-    return list(items) if isinstance(items, (list, tuple)) else [items]
-
-
-def _plain(cls, value):
-    return cls(**{field.name: getattr(value, field.name, None) for field in fields(cls)})
-
-
 def _transaction(value) -> Transaction:
-    return _plain(Transaction, value)
+    return from_wire(Transaction, value)
 
 
 def _receipt(value) -> Receipt:
@@ -186,11 +148,11 @@ def _receipt(value) -> Receipt:
 
 
 def _hold(value) -> Hold:
-    return _plain(Hold, value)
+    return from_wire(Hold, value)
 
 
 def _transactions(value) -> tuple[Transaction, ...]:
-    return tuple(_transaction(item) for item in _array(value, "TransactionInfo"))
+    return tuple(_transaction(item) for item in array_items(value, "TransactionInfo"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,8 +259,8 @@ class BankClient(ServiceClient):
     def list_pending_mints(self, *, ended: bool = False, offset: int = 0, limit: int = 100) -> PendingMintPage:
         """Mints awaiting a second administrator (``ended``: those approved, cancelled or expired)."""
         value = self._query("ListPendingMints", ended=ended, offset=offset, limit=limit)
-        return PendingMintPage(pending_mints=tuple(_plain(PendingMint, item)
-                                                   for item in _array(value.pending_mints, "PendingMintInfo")),
+        return PendingMintPage(pending_mints=tuple(from_wire(PendingMint, item)
+                                                   for item in array_items(value.pending_mints, "PendingMintInfo")),
                                next_offset=value.next_offset)
 
     def retire(self, account_id: str, amount: int, *, request_id: str | None = None) -> Receipt:
@@ -338,11 +300,11 @@ class BankClient(ServiceClient):
 
     # -- queries -----------------------------------------------------------------------------------
     def get_balance(self, account_id: str) -> Balance:
-        return _plain(Balance, self._query("GetBalance", account_id=account_id))
+        return from_wire(Balance, self._query("GetBalance", account_id=account_id))
 
     def get_account(self, account_id: str) -> Account:
         value = self._query("GetAccount", account_id=account_id)
-        holders = tuple(Holder(dn=h.dn, role=h.role) for h in _array(value.holders, "HolderInfo"))
+        holders = tuple(Holder(dn=h.dn, role=h.role) for h in array_items(value.holders, "HolderInfo"))
         return Account(**{f.name: getattr(value, f.name, None) for f in fields(Account) if f.name != "holders"},
                        holders=holders)
 
@@ -351,7 +313,7 @@ class BankClient(ServiceClient):
 
     def list_holds(self, account_id: str, *, ended: bool = False, offset: int = 0, limit: int = 100) -> HoldPage:
         value = self._query("ListHolds", account_id=account_id, ended=ended, offset=offset, limit=limit)
-        return HoldPage(holds=tuple(_hold(item) for item in _array(value.holds, "HoldInfo")),
+        return HoldPage(holds=tuple(_hold(item) for item in array_items(value.holds, "HoldInfo")),
                         next_offset=value.next_offset)
 
     def history(self, account_id: str, *, xpath_filter: str | None = None, offset: int = 0,
@@ -370,20 +332,20 @@ class BankClient(ServiceClient):
                          transactions=_transactions(value.transactions), truncated=bool(value.truncated))
 
     def money_supply(self) -> MoneySupply:
-        return _plain(MoneySupply, self._query("MoneySupply"))
+        return from_wire(MoneySupply, self._query("MoneySupply"))
 
     def audit(self) -> AuditReport:
         """The bank's own audit of its stored ledger (administrators and auditors)."""
         value = self._query("Audit")
-        findings = tuple(_plain(AuditFinding, item) for item in _array(value.findings, "AuditFindingInfo"))
+        findings = tuple(from_wire(AuditFinding, item) for item in array_items(value.findings, "AuditFindingInfo"))
         return AuditReport(**{f.name: getattr(value, f.name) for f in fields(AuditReport) if f.name != "findings"},
                            findings=findings)
 
     def whoami(self) -> Identity:
-        identity = _plain(Identity, self._query("WhoAmI"))
-        return Identity(**{**{f.name: getattr(identity, f.name) for f in fields(Identity)},
-                           "credential_expires": _utc(identity.credential_expires),
-                           "server_time": _utc(identity.server_time)})
+        identity = self._query("WhoAmI")      # the common Identity type: xs:dateTime, not *_us
+        return Identity(dn=identity.dn, signer_dn=identity.signer_dn, proxy=identity.proxy, limited=identity.limited,
+                        credential_expires=_utc(identity.credential_expires), service=identity.service,
+                        server_time=_utc(identity.server_time))
 
 
 def audit_report_of(report) -> AuditReport:

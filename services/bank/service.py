@@ -10,15 +10,14 @@ says exactly what the ledger stores (money as xs:long, times as microseconds sin
 """
 from __future__ import annotations
 
-import dataclasses
 import enum
-import typing
 from datetime import datetime, timezone
 
 from spyne import Array, Boolean, ComplexModel, DateTime, Long, Unicode
 
 from gridcredit.errors import DomainError
 from gridcredit.timeunits import datetime_to_us
+from gridcredit.wiretypes import complex_model, wire_values
 
 from . import ledger, policy
 from .ledger import AccountStatus, Role
@@ -31,32 +30,14 @@ SERVICE_NAME = "Bank"
 Required = {"min_occurs": 1, "nillable": False}
 
 
-def _model_of(cls: type, name: str) -> type[ComplexModel]:
-    """A spyne type with the fields of ledger dataclass ``cls`` (int → xs:long, enum/str → xs:string)."""
-    hints = typing.get_type_hints(cls)
-    fields = []
-    for field in dataclasses.fields(cls):
-        kind = hints[field.name]
-        optional = typing.get_origin(kind) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in typing.get_args(kind)
-        base = next((arg for arg in typing.get_args(kind) if arg is not type(None)), kind) if optional else kind
-        if base is bool:
-            spyne_type = Boolean
-        elif base is int:
-            spyne_type = Long
-        else:
-            spyne_type = Unicode
-        fields.append((field.name, spyne_type(min_occurs=0) if optional else spyne_type(**Required)))
-    return type(name, (ComplexModel,), {"__namespace__": NAMESPACE, "_type_info": fields})
-
-
 class HolderInfo(ComplexModel):
     __namespace__ = NAMESPACE
     _type_info = [("dn", Unicode(**Required)), ("role", Unicode(**Required))]
 
 
-TransactionInfo = _model_of(ledger.Transaction, "TransactionInfo")
-HoldInfo = _model_of(ledger.Hold, "HoldInfo")
-PendingMintInfo = _model_of(ledger.PendingMint, "PendingMintInfo")
+TransactionInfo = complex_model(ledger.Transaction, "TransactionInfo", NAMESPACE)
+HoldInfo = complex_model(ledger.Hold, "HoldInfo", NAMESPACE)
+PendingMintInfo = complex_model(ledger.PendingMint, "PendingMintInfo", NAMESPACE)
 
 
 class Receipt(ComplexModel):
@@ -125,12 +106,8 @@ class AuditInfo(ComplexModel):
 # -- mapping ---------------------------------------------------------------------------------------
 
 
-def _plain(value):
-    return value.value if isinstance(value, enum.Enum) else value
-
-
 def _info(model: type[ComplexModel], state) -> ComplexModel:
-    return model(**{field.name: _plain(getattr(state, field.name)) for field in dataclasses.fields(state)})
+    return model(**wire_values(state))
 
 
 def _receipt(outcome: ledger.Outcome) -> Receipt:

@@ -16,43 +16,19 @@ checked-in ``wsdl/luts.wsdl``: nothing is fetched before the first call.
 """
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Iterator, Mapping, Sequence
 
 from gridcredit.client import Effect, OutcomeUnknown, ServiceClient
-from gridcredit.timeunits import datetime_from_us
+from gridcredit.wiretypes import array_items, from_wire
 
 from . import records as ur
 from .luts import ChargeTotal, PublishReport, RecordPage, RecordResult, StoredRecord, Summary, SummaryRow
 
-_DATETIME_FIELDS = {"create_time", "submit_time", "start_time", "end_time"}
-
-
-def _usage(view) -> ur.NormalizedRecord:
-    values = {}
-    for spec in fields(ur.NormalizedRecord):
-        if spec.name in _DATETIME_FIELDS:
-            us = getattr(view, spec.name + "_us", None)
-            values[spec.name] = None if us is None else datetime_from_us(us)
-        elif spec.name in ("vo_fqans", "warnings"):
-            items = getattr(view, spec.name, None)
-            values[spec.name] = tuple(getattr(items, "string", items) or ())
-        else:
-            values[spec.name] = getattr(view, spec.name, None)
-    return ur.NormalizedRecord(**values)
-
 
 def _record(info) -> StoredRecord:
     return StoredRecord(record_id=info.record_id, month=info.month, publisher=info.publisher,
-                        received_us=info.received_us, usage=_usage(info.usage), original=bytes(info.original))
-
-
-def _items(array, name: str) -> list:
-    """zeep gives an Array as an object with one list member (or None when empty)."""
-    if array is None:
-        return []
-    inner = getattr(array, name, array)
-    return list(inner or [])
+                        received_us=info.received_us, usage=from_wire(ur.NormalizedRecord, info.usage),
+                        original=bytes(info.original))
 
 
 class LutsClient(ServiceClient):
@@ -71,7 +47,7 @@ class LutsClient(ServiceClient):
         answer = self.invoke("Publish", {"document": document, "replace": replace or None}, effect=Effect.ONCE_PER_KEY)
         return PublishReport(tuple(RecordResult(index=r.index, record_id=r.record_id, status=r.status,
                                                 message=r.message or "")
-                                   for r in _items(answer.results, "RecordResultInfo")))
+                                   for r in array_items(answer.results, "RecordResultInfo")))
 
     def query(self, xpath: str | None = None, variables: Mapping[str, str | int] = {}, *,
               namespaces: Mapping[str, str] = {}, scope: str | None = None, from_month: str | None = None,
@@ -82,7 +58,7 @@ class LutsClient(ServiceClient):
                             namespaces={"NamespaceBinding": [{"prefix": p, "uri": u} for p, u in namespaces.items()]}
                             if namespaces else None,
                             scope=scope, from_month=from_month, to_month=to_month, cursor=cursor, limit=limit)
-        return RecordPage(tuple(_record(info) for info in _items(answer.records, "UsageRecordInfo")),
+        return RecordPage(tuple(_record(info) for info in array_items(answer.records, "UsageRecordInfo")),
                           answer.cursor, answer.scope)
 
     def query_all(self, xpath: str | None = None, variables: Mapping[str, str | int] = {}, *,
@@ -103,7 +79,7 @@ class LutsClient(ServiceClient):
     def job(self, job_id: str) -> tuple[StoredRecord, ...]:
         """Every record of the job (global or local id) you may see: one per machine and record id."""
         answer = self._call("JobUsage", job_id=job_id)
-        return tuple(_record(info) for info in _items(answer, "UsageRecordInfo"))
+        return tuple(_record(info) for info in array_items(answer, "UsageRecordInfo"))
 
     def record(self, record_id: str, machine: str | None = None) -> StoredRecord:
         """The record ``record_id`` of ``machine``; without it, the one under that id you may see
@@ -114,13 +90,13 @@ class LutsClient(ServiceClient):
                 scope: str | None = None) -> Summary:
         answer = self._call("Summary", by={"string": list(by)} if by else None, from_month=from_month,
                             to_month=to_month, scope=scope)
-        names = tuple(_items(answer.by, "string"))
+        names = tuple(array_items(answer.by, "string"))
         rows = tuple(SummaryRow(key={name: getattr(row, name) or "" for name in names}, jobs=row.jobs,
                                 wall_us=row.wall_us, cpu_us=row.cpu_us,
                                 charges=tuple(ChargeTotal(unit=charge.unit, jobs=charge.jobs,
                                                           charge_micro=charge.charge_micro)
-                                              for charge in _items(row.charges, "ChargeTotalInfo")))
-                     for row in _items(answer.rows, "SummaryRowInfo"))
+                                              for charge in array_items(row.charges, "ChargeTotalInfo")))
+                     for row in array_items(answer.rows, "SummaryRowInfo"))
         return Summary(rows=rows, by=names, from_month=answer.from_month, to_month=answer.to_month,
                        scope=answer.scope)
 

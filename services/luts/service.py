@@ -7,16 +7,12 @@ beside the decimal as written; summaries give the charge per unit (``charges``),
 """
 from __future__ import annotations
 
-import dataclasses
-import typing
-from datetime import datetime
-
 from spyne import Array, Boolean, ByteArray, ComplexModel, Integer, Long, Unicode
 
 from gridcredit.errors import DomainError
+from gridcredit.wiretypes import complex_model, wire_values
 
 from . import records as ur
-from .durations import datetime_to_us
 from .luts import Caller, RecordPage, StoredRecord
 from ..common import GridcreditService, operation, principal_of, runtime_of, whoami_operation
 
@@ -27,26 +23,7 @@ Required = {"min_occurs": 1, "nillable": False}
 VARIABLES_MAX = 64
 
 
-def _view_model() -> type[ComplexModel]:
-    """``UsageView``: the fields of ``records.NormalizedRecord`` (times as ``<name>_us``)."""
-    hints = typing.get_type_hints(ur.NormalizedRecord)
-    members = []
-    for spec in dataclasses.fields(ur.NormalizedRecord):
-        kind = hints[spec.name]
-        if typing.get_origin(kind) is tuple:
-            members.append((spec.name, Array(Unicode)))
-        elif datetime in typing.get_args(kind):
-            members.append((spec.name + "_us", Long(min_occurs=0)))
-        elif int in typing.get_args(kind):
-            members.append((spec.name, Long(min_occurs=0)))
-        elif spec.name in ("format", "record_id"):
-            members.append((spec.name, Unicode(**Required)))
-        else:
-            members.append((spec.name, Unicode(min_occurs=0)))
-    return type("UsageView", (ComplexModel,), {"__namespace__": NAMESPACE, "_type_info": members})
-
-
-UsageView = _view_model()
+UsageView = complex_model(ur.NormalizedRecord, "UsageView", NAMESPACE)   # times as <name>_us
 
 
 class UsageRecordInfo(ComplexModel):
@@ -111,22 +88,10 @@ class SummaryInfo(ComplexModel):
 # -- mapping ---------------------------------------------------------------------------------------
 
 
-def _view(record: ur.NormalizedRecord) -> ComplexModel:
-    values = {}
-    for spec in dataclasses.fields(record):
-        value = getattr(record, spec.name)
-        if isinstance(value, datetime):
-            values[spec.name + "_us"] = datetime_to_us(value)
-        elif isinstance(value, tuple):
-            values[spec.name] = list(value)
-        else:
-            values[spec.name] = value
-    return UsageView(**values)
-
-
 def _record_info(record: StoredRecord) -> UsageRecordInfo:
     return UsageRecordInfo(record_id=record.record_id, month=record.month, publisher=record.publisher,
-                           received_us=record.received_us, usage=_view(record.usage), original=[record.original])
+                           received_us=record.received_us, usage=UsageView(**wire_values(record.usage)),
+                           original=[record.original])
 
 
 def _page_info(page: RecordPage) -> RecordPageInfo:
