@@ -44,5 +44,5 @@ setup(
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "signxml>=4"],
     },
-    entry_points={"console_scripts": ["gridcredit = gridcredit.cli:main"]},
+    entry_points={"console_scripts": ["gridcredit = gridcredit.server.cli:main"]},
 )

@@ -123,7 +123,7 @@ class BankHost:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.starts += 1
         log = open(self.state_dir / f"server-{self.starts}.log", "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "gridcredit.cli", "serve"], env=self.environment(),
+        self.process = subprocess.Popen([sys.executable, "-m", "gridcredit.server.cli", "serve"], env=self.environment(),
                                         cwd=self.state_dir, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()

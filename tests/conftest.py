@@ -143,13 +143,17 @@ def _runs_on_basex(item) -> bool:
 
 def pytest_collection_modifyitems(config, items):
     """Every test that runs against BaseX carries the ``basex`` marker, wherever that comes from (a
-    ``"basex"`` backend parameter, a BaseX fixture, a module or test named for it), so that
-    ``pytest -m "not basex"`` is a fast loop without BaseX. In such a run a test that starts a
-    BaseX server anyway fails at once, naming the marker it lacks."""
+    ``"basex"`` backend parameter, a BaseX fixture, a module or test named for it), and ``slow``
+    too: ``pytest -m "not slow"`` is the developer's loop of a few minutes without BaseX (and
+    ``-m "not basex"`` all that needs no BaseX). In such a run a test that starts a BaseX server
+    anyway fails at once, naming the marker it lacks. CI runs everything."""
     for item in items:
         if item.get_closest_marker("basex") is None and _runs_on_basex(item):
             item.add_marker(pytest.mark.basex)
-    if "not basex" in " ".join((config.getoption("markexpr") or "").split()):
+        if item.get_closest_marker("basex") is not None and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
+    words = " ".join((config.getoption("markexpr") or "").split())
+    if "not basex" in words or "not slow" in words:
         from gridcredit.xmlstore import basex_server
 
         def refuse_start(self, *args, **kwargs):

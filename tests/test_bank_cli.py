@@ -1,6 +1,6 @@
 """``gridcredit bank …`` and the Bank client library against a real host over HTTPS.
 
-Every command once through ``gridcredit.cli.main`` with ``--json`` parsed and checked; retries
+Every command once through ``gridcredit.server.cli.main`` with ``--json`` parsed and checked; retries
 that lose a reply after the bank applied the request (a dropped connection, a timeout behind a
 lossy proxy) answer the original under the same request id and the ledger holds one
 transaction; refusals exit 1 with the fault text and are not retried; the offline audit is
@@ -22,7 +22,7 @@ import pytest
 import requests
 from lxml import etree
 
-from gridcredit.cli import main
+from gridcredit.server.cli import main
 from gridcredit.services.bank.config import BankConfig
 from gridcredit.errors import GridcreditError
 from gridcredit.server.host import HostFiles, prepare_state, run_worker

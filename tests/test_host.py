@@ -176,7 +176,7 @@ def test_gridcredit_serve_with_two_workers(tmp_path):
     env = {key: value for key, value in os.environ.items() if not key.startswith(("GRIDCREDIT_", "X509_"))}
     env.update(HOME=str(home), GRIDCREDIT_STATE_DIR=str(tmp_path / "state"), PYTHONUNBUFFERED="1")
     log = (tmp_path / "serve.log").open("w+")
-    server = subprocess.Popen([sys.executable, "-m", "gridcredit.cli", "serve", "--port", str(port), "--workers", "2"],
+    server = subprocess.Popen([sys.executable, "-m", "gridcredit.server.cli", "serve", "--port", str(port), "--workers", "2"],
                               cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_tls(port, timeout_s=60)
@@ -334,7 +334,7 @@ def test_wsdl_is_the_same_under_any_hash_seed(tmp_path):
     """spyne orders some schema members by hash; the documents must not change with PYTHONHASHSEED."""
     for seed in ("1", "2", "12345"):
         out = tmp_path / seed
-        subprocess.run([sys.executable, "-m", "gridcredit.cli", "wsdl", "--out", str(out)], check=True,
+        subprocess.run([sys.executable, "-m", "gridcredit.server.cli", "wsdl", "--out", str(out)], check=True,
                        env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True)
         for name in SERVICES:
             assert (out / f"{name}.wsdl").read_bytes() == (WSDL_DIR / f"{name}.wsdl").read_bytes(), (seed, name)
@@ -403,7 +403,7 @@ def served(pki, tmp_path_factory):
                GRIDCREDIT_SECURITY_CERT_DIR=str(pki.trust_dir))
     log_path = root / "serve.log"
     with log_path.open("w") as log_file:
-        server = subprocess.Popen([sys.executable, "-m", "gridcredit.cli", "serve", "--port", str(port), "--workers", "1"],
+        server = subprocess.Popen([sys.executable, "-m", "gridcredit.server.cli", "serve", "--port", str(port), "--workers", "1"],
                                   cwd=root, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_tls(port, timeout_s=60)

@@ -1,6 +1,6 @@
 """``gridcredit luts …`` against a real host over HTTPS, and the spool sender killed mid-send.
 
-Every command once through ``gridcredit.cli.main`` with ``--json`` parsed and checked against
+Every command once through ``gridcredit.server.cli.main`` with ``--json`` parsed and checked against
 the records the test published; usage errors exit 2, refusals and partial publications exit 1.
 The crash test (both stores) runs ``gridcredit luts send`` as a process, kills it with SIGKILL
 twice while it sends, runs it again, and checks that every record is stored exactly once (the
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from gridcredit.cli import main
+from gridcredit.server.cli import main
 from gridcredit.services.luts import cli as luts_cli
 from gridcredit.services.luts import records as ur
 from gridcredit.services.luts.client import LutsClient
@@ -282,7 +282,7 @@ def test_send_to_an_unreachable_luts_keeps_the_spool(capsys, pki, people, tmp_pa
 
 def sender(host, user, spool_dir: Path, log_path: Path) -> subprocess.Popen:
     env = {key: value for key, value in os.environ.items() if not key.startswith("GRIDCREDIT_")}
-    command = [sys.executable, "-m", "gridcredit.cli", "luts", "send", "--spool", str(spool_dir),
+    command = [sys.executable, "-m", "gridcredit.server.cli", "luts", "send", "--spool", str(spool_dir),
                "--batch-records", "20", "--url", host.url, "--cert", str(user.cert_path), "--key",
                str(user.key_path), "--trust", str(host.pki.trust_dir), "--json", "--wait", "30"]
     with open(log_path, "ab") as log:

@@ -110,7 +110,7 @@ def test_records_the_upstream_rejected_are_queued_again_or_dropped(backend):
 
 
 def test_the_operator_cli_on_the_local_store(tmp_path, monkeypatch, capsys):
-    from gridcredit.cli import main
+    from gridcredit.server.cli import main
     from gridcredit.server.registry import load_config
     from gridcredit.server.registry import open_service_store
 
@@ -269,7 +269,7 @@ def test_a_held_record_retried_for_a_machine_its_publisher_may_not_publish_for_s
 
 def test_the_operator_cli_lists_shows_retries_and_drops_held_records(tmp_path, monkeypatch, capsys):
     """Issue 11.3 through `gridcredit luts held`: the records of an accepted post that were not stored."""
-    from gridcredit.cli import main
+    from gridcredit.server.cli import main
     from gridcredit.server.registry import load_config
     from gridcredit.server.registry import open_service_store
     from gridcredit.services.luts.runtime import luts_held_dir

@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gridcredit import cli
+from gridcredit.server import cli
 from gridcredit.errors import CertificateError, CredentialError
 from gridcredit.security import pki as pki_module
 from gridcredit.security.credentials import load_credential

@@ -50,7 +50,7 @@ def test_serve_starts_without_basex_and_catches_up(pki, tmp_path, outage):
         try:
             host.starts += 1              # start as BankHost.start does, but watch the output from the first line
             log = open(host.state_dir / f"server-{host.starts}.log", "ab")
-            host.process = subprocess.Popen([sys.executable, "-m", "gridcredit.cli", "serve"],
+            host.process = subprocess.Popen([sys.executable, "-m", "gridcredit.server.cli", "serve"],
                                             env=host.environment(), cwd=host.state_dir, stdout=log,
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             start_new_session=True)

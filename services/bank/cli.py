@@ -621,8 +621,3 @@ def register(subparsers) -> None:
 
     command("whoami", "make a signed call and show who the bank thinks you are", "gridcredit bank whoami", _whoami)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    from gridcredit.cli import main
-
-    sys.exit(main(["bank", *sys.argv[1:]]))

@@ -619,8 +619,3 @@ def register(subparsers) -> None:
     command("whoami", "make a signed call and show who the LUTS thinks you are", "gridcredit luts whoami", _whoami)
     _register_held(commands)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    from gridcredit.cli import main
-
-    sys.exit(main(["luts", *sys.argv[1:]]))

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import sys
-from typing import Callable
 
-from . import __version__
-from .errors import GridcreditError
+from gridcredit import __version__
+from gridcredit.cli_support import error_text
+from gridcredit.errors import GridcreditError
+
+from . import registry
 
 # Modules that add sub-commands, in the order they appear in --help; then each registered
 # service's own (server/registry.py).
@@ -25,8 +26,6 @@ HOST_COMMAND_MODULES = (
 
 
 def command_modules() -> tuple[str, ...]:
-    from gridcredit.server import registry
-
     return HOST_COMMAND_MODULES + tuple(contract.cli_module for contract in registry.services() if contract.cli_module)
 
 
@@ -38,43 +37,10 @@ class LocalInstallation:
         self.config_path = config_path
 
     def config(self):
-        from gridcredit.server import registry
-
         return registry.load_config(self.config_path)
 
     def open_store(self, config, *, read_only: bool = False):
-        from gridcredit.server import registry
-
         return registry.open_service_store(config, read_only=read_only)
-
-
-def print_result(args: argparse.Namespace, value: object, text: str | None = None) -> None:
-    """Print ``value`` as JSON under ``--json``, else the human text (or a readable default)."""
-    if getattr(args, "json", False):
-        print(json.dumps(value, indent=2, sort_keys=True, default=str))
-    elif text is not None:
-        print(text)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            print(f"{key}: {item}")
-    else:
-        print(value)
-
-
-def number_in(low: float, high: float, *, kind: type = int, unit: str = "",
-              low_excluded: bool = False) -> Callable[[str], float]:
-    """An argparse ``type`` for a number from ``low`` to ``high``, with an error a person understands."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number"
-                                              f"{' of ' + unit if unit else ''}") from None
-        if value < low or (low_excluded and value == low) or value > high:
-            lower = f"more than {low:g}" if low_excluded else f"{low:,}"
-            raise argparse.ArgumentTypeError(f"{text!r}: give {lower} to {high:,}{' ' + unit if unit else ''}")
-        return value
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except GridcreditError as error:
-        print(f"{type(error).__name__}: {error}", file=sys.stderr)
+        print(error_text(error), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
