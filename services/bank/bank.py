@@ -16,7 +16,6 @@ import logging
 import multiprocessing
 import operator
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from lxml import etree
 
 from gridcredit.durable import write_exclusively
 from gridcredit.errors import ConfigError, ConflictError, DomainError, QueryError, StoreError, invariant
+from gridcredit.timeunits import US_PER_S, now_us
 from gridcredit.xmlstore import XmlStore
 
 from . import audit, documents, ledger, ledger_chain, policy, types
@@ -63,12 +63,8 @@ ACCOUNT_TRANSACTIONS = "/t:Transaction[t:accountId = $account or t:counterpartyA
 EXPIRY_SWEEPER_DN = "gridcredit bank expiry sweeper"   # not a certificate DN: no caller can be it
 
 
-MICROSECONDS_PER_DAY = 86_400 * 1_000_000
+MICROSECONDS_PER_DAY = 86_400 * US_PER_S
 MINT_APPROVAL_DAYS_MAX = types.MINT_APPROVAL_DURATION_MAX_US // MICROSECONDS_PER_DAY
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def policy_from_config(bank_config) -> BankPolicy:

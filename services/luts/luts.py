@@ -70,13 +70,13 @@ import copy
 import hashlib
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from lxml import etree
 
 from gridcredit.errors import DomainError, QueryError, SecurityError, StoreError, invariant
+from gridcredit import timeunits
 from gridcredit.security.principal import Principal
 from gridcredit.xmlstore import AttributeIndex, XmlStore
 
@@ -549,10 +549,6 @@ def _publishes_for(machines: frozenset[str], machine: str) -> bool:
     return "*" in machines or machine in machines
 
 
-def _now_us() -> int:
-    return datetime_to_us(datetime.now(timezone.utc))
-
-
 class Luts:
     """One LUTS over one store; safe to share between threads (the store is)."""
 
@@ -591,7 +587,7 @@ class Luts:
         if replace and not self.policy.may_replace(caller.dn):
             raise DomainError("only site administrators and LUTS administrators may replace stored records",
                               "NotAuthorized")
-        received_us = _now_us() if now_us is None else now_us
+        received_us = timeunits.now_us() if now_us is None else now_us
         try:
             batch = ur.parse_batch(data, self.limits)
         except SecurityError as error:
