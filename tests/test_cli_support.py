@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from gridcredit.cli import main
+from gridcredit.server.cli import main
 from gridcredit.cli_support import (EXIT_USAGE, UsageError, add_client_arguments, checked, error_text, jsonable,
                                     print_result)
 from gridcredit.client import OutcomeUnknown
