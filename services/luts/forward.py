@@ -20,10 +20,10 @@ naming the record's month and hash). The :class:`Forwarder` works like the spool
 An entry whose record is gone (a replaced record that moved to another month; the new version has
 an entry of its own) is deleted without sending.
 
-One forwarder runs per host (``run_forwarder``): every worker process starts the thread, and the
-one that holds the host-wide lock ``<state>/luts/forwarder.lock`` (``gridcredit.singleton``)
-forwards; the others try the lock again each interval (so a worker that dies hands the work to
-another).
+One forwarder runs per host: the LUTS declares it a once-per-host background task
+(services/luts/runtime.py), so every worker tries its host-wide lock (``gridcredit.singleton``,
+held by server/runtime.py) and the one holding it runs ``run_forwarder``; a worker that dies hands
+the work to another.
 """
 from __future__ import annotations
 
@@ -182,11 +182,7 @@ class _LazyClient:
         return self._factory().publish(document, replace=replace)
 
 
-# -- one forwarder per host -------------------------------------------------------------------------
-
-
-def lock_path(config) -> Path:
-    return config.state_path / "luts" / "forwarder.lock"
+# -- the task that runs it, once per host -----------------------------------------------------------
 
 
 def upstream_client_factory(config, files) -> Callable[[], object]:
@@ -229,18 +225,4 @@ def run_forwarder(forwarder: Forwarder, *, interval_s: float, stop: threading.Ev
     run_rounds(stop, interval_s=interval_s, work=one_round, name="forwarding round", lock=lock)
 
 
-def start_forwarder(config, luts, files, stop: threading.Event) -> threading.Thread | None:
-    """The forwarding thread of one worker (None when ``luts.forward_to`` is empty)."""
-    settings = config.luts
-    if not settings.forward_to:
-        return None
-    forwarder = Forwarder(luts, upstream_client_factory(config, files), batch_records=settings.forward_batch_records)
-    thread = threading.Thread(target=run_forwarder, name="luts-forwarder", daemon=True,
-                              kwargs=dict(forwarder=forwarder, interval_s=max(1, settings.forward_interval_s),
-                                          stop=stop, lock=SingletonLock(lock_path(config))))
-    thread.start()
-    return thread
-
-
-__all__ = ["ForwardReport", "Forwarder", "REJECTED", "lock_path", "run_forwarder", "start_forwarder",
-           "upstream_client_factory"]
+__all__ = ["ForwardReport", "Forwarder", "REJECTED", "run_forwarder", "upstream_client_factory"]
