@@ -1,6 +1,6 @@
 """One holder at a time on this host: a task that must run once per host, not once per worker.
 
-    lock = SingletonLock(state_dir / "luts" / "forwarder.lock")
+    lock = SingletonLock(state_dir / "locks" / "luts-forwarder.lock")
     run_rounds(stop, interval_s=30, work=one_round, lock=lock)     # in a thread of every worker
     run_holding(lock, stop, retry_s=30, run=task_that_loops)       # the same for a task with its own loop
 
