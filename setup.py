@@ -18,6 +18,7 @@ PACKAGE_FOLDERS = {
     "gridcredit.services.jarm": "services/jarm",
     "gridcredit.services.auctioneer": "services/auctioneer",
     "gridcredit.server": "server",
+    "gridcredit.wsdl_documents": "wsdl",     # the checked-in WSDLs, which the clients load (data only)
 }
 
 setup(
@@ -29,6 +30,7 @@ setup(
     python_requires=">=3.11,<3.13",
     packages=list(PACKAGE_FOLDERS),
     package_dir=PACKAGE_FOLDERS,
+    package_data={"gridcredit.wsdl_documents": ["*.wsdl"]},
     install_requires=[
         # xmlsec and lxml must link the same libxml2: this pair does (see PITFALLS).
         "lxml==6.1.3",

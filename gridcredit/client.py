@@ -35,6 +35,8 @@ Exceptions raised here (all :class:`GridcreditError`)::
 """
 from __future__ import annotations
 
+import importlib.util
+
 import copy
 import enum
 import ipaddress
@@ -60,7 +62,16 @@ from .security.wssec import SOAP11_NS, WSSE_NS, MemoryReplayCache, Signer, Verif
 
 log = logging.getLogger("gridcredit.client")
 
-WSDL_DIR = Path(__file__).resolve().parent.parent / "wsdl"   # the checked-in WSDLs (``gridcredit wsdl --out wsdl``)
+def _wsdl_dir() -> Path:
+    """The checked-in WSDLs (``gridcredit wsdl --out wsdl``): the repository's wsdl/, installed as the
+    data package ``gridcredit.wsdl_documents`` (setup.py), so an installed client needs no checkout."""
+    spec = importlib.util.find_spec("gridcredit.wsdl_documents")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    return Path(__file__).resolve().parent.parent / "wsdl"
+
+
+WSDL_DIR = _wsdl_dir()
 TIMEOUT_S_DEFAULT = 30.0
 RETRIES_DEFAULT = 3
 RETRIES_MAX = 10
