@@ -28,6 +28,7 @@ from gridcredit.errors import GridcreditError
 from gridcredit.server.host import HostFiles, prepare_state, run_worker
 from gridcredit.services.bank import documents, ledger
 from gridcredit.services.bank.bank import TRANSACTIONS
+from gridcredit.timeunits import datetime_from_us, datetime_to_us
 from gridcredit.services.bank.client import (BankClient, InvalidRequest, OutcomeUnknown, Transaction, expiry,
                                              new_request_id)
 from gridcredit.xmlstore import open_store
@@ -203,11 +204,11 @@ def test_every_command_through_the_cli(cli, users, host, pki):
     t = cli.ok(alice, "hold", "vo", "--amount", "5000", "--expires-in", "2h", "--reference", "job 4711")["transaction"]
     hold_id = t["hold_id"]
     assert (t["kind"], t["amount"], t["reference"], t["hold_state"]) == ("hold", 5000, "job 4711", "active")
-    expires = datetime.fromtimestamp(t["expires_at_us"] / 1e6, timezone.utc)
+    expires = datetime_from_us(t["expires_at_us"])
     assert timedelta(hours=2) <= expires - before <= timedelta(hours=2, seconds=30)
     later = (datetime.now(timezone.utc) + timedelta(hours=3)).replace(microsecond=0)
     t = cli.ok(alice, "extend-hold", hold_id, "--amount", "6000", "--expires", later.isoformat())["transaction"]
-    assert (t["kind"], t["hold_amount"], t["expires_at_us"]) == ("extend", 6000, int(later.timestamp()) * 1_000_000)
+    assert (t["kind"], t["hold_amount"], t["expires_at_us"]) == ("extend", 6000, datetime_to_us(later))
     t = cli.ok(alice, "charge", hold_id, "--payee", "site", "--amount", "1200")["transaction"]
     assert (t["kind"], t["amount"], t["counterparty_account_id"]) == ("charge", 1200, "site")
     shown = cli.ok(alice, "show-hold", hold_id)

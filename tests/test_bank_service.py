@@ -20,6 +20,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from gridcredit.timeunits import datetime_from_us
+
 from bank_fixtures import BACKENDS, bank_host, bank_users, refused_code, snapshot_of, utc_in
 
 pytestmark = [pytest.mark.slow]
@@ -515,7 +517,7 @@ def test_unknown_accounts_holds_and_past_expiry(world):
                                     expires=datetime.now(timezone.utc) + timedelta(days=400)), {"InvalidExpiry"}),
         (creator, "ExtendHold", dict(request_id=rid(), hold_id=hold_id, expires=past), {"InvalidExpiry"}),
         (creator, "ExtendHold", dict(request_id=rid(), hold_id=hold_id,
-                                     expires=datetime.fromtimestamp(current_expiry / 1e6, timezone.utc)),
+                                     expires=datetime_from_us(current_expiry)),
          {"InvalidExpiry"}),
         (creator, "ExtendHold", dict(request_id=rid(), hold_id=hold_id), {"InvalidArgument"}),
         (member, "Transfer", dict(request_id=rid(), from_account_id=MAIN, to_account_id=MAIN, amount=5),
