@@ -82,6 +82,8 @@ class ServiceContract:
     (imported when the host builds the SOAP application, not before).
     ``config_section``: a frozen dataclass of the section's settings with defaults; an optional
     ``check()`` method raises ``ConfigError`` for values out of range.
+    ``collections``: the store collections the service owns — names, or prefixes ending in ``_``
+    (``ur_``: ``ur_2026_11``…); no two services may claim the same (the registry checks).
     ``indexes``: the store's indexes the service's queries need (``xmlstore`` index objects), or a
     function that returns them (so that declaring them need not import the service's modules).
     ``prepare(config)``: once per host before the workers start (keys, directories).
@@ -93,6 +95,7 @@ class ServiceContract:
     name: str
     soap_module: str
     config_section: type | None = None
+    collections: tuple[str, ...] = ()
     indexes: tuple | Callable[[], tuple] = ()
     prepare: Callable[["Config"], None] | None = None
     build: Callable[[BuildContext], Any] | None = None
@@ -103,3 +106,14 @@ class ServiceContract:
 
     def store_indexes(self) -> tuple:
         return tuple(self.indexes() if callable(self.indexes) else self.indexes)
+
+    def owns(self, collection: str) -> bool:
+        """Whether ``collection`` (a name, or a prefix ending in ``_``) is one of this service's."""
+        return any(collection == own or (own.endswith("_") and collection.startswith(own))
+                   for own in self.collections)
+
+
+def collections_overlap(first: str, second: str) -> bool:
+    """Whether two declared collections (names, or prefixes ending in ``_``) can name one collection."""
+    return (first == second or (first.endswith("_") and second.startswith(first))
+            or (second.endswith("_") and first.startswith(second)))

@@ -10,7 +10,7 @@ from functools import cache
 from typing import Mapping
 
 from gridcredit.config import Config, load_config as load_host_config
-from gridcredit.contract import ServiceContract
+from gridcredit.contract import ServiceContract, collections_overlap
 
 SERVICE_PACKAGES = (
     "gridcredit.services.bank",
@@ -23,7 +23,28 @@ SERVICE_PACKAGES = (
 @cache
 def services() -> tuple[ServiceContract, ...]:
     """Every registered service, in the order above (the order of --help and of the host's paths)."""
-    return tuple(importlib.import_module(package).SERVICE for package in SERVICE_PACKAGES)
+    contracts = tuple(importlib.import_module(package).SERVICE for package in SERVICE_PACKAGES)
+    check_contracts(contracts)
+    return contracts
+
+
+def check_contracts(contracts: tuple[ServiceContract, ...]) -> None:
+    """Names and store collections are each one service's; a service's indexes cover its own
+    collections. A breach is a programming error: it stops the host (and every test) at once."""
+    names = [contract.name for contract in contracts]
+    if len(set(names)) != len(names):
+        raise RuntimeError(f"two services share a name: {names}")
+    for index, first in enumerate(contracts):
+        for second in contracts[index + 1:]:
+            for mine in first.collections:
+                for theirs in second.collections:
+                    if collections_overlap(mine, theirs):
+                        raise RuntimeError(f"services {first.name} and {second.name} both claim the store "
+                                           f"collection {mine!r} / {theirs!r}")
+        for store_index in first.store_indexes():
+            if not first.owns(store_index.collection_prefix):
+                raise RuntimeError(f"service {first.name} declares an index on {store_index.collection_prefix!r}, "
+                                   f"a collection it does not own")
 
 
 def service(name: str) -> ServiceContract:

@@ -12,6 +12,8 @@ SERVICE = ServiceContract(
     summary="accounts, holds and transfers of credits on a signed ledger",
     soap_module="gridcredit.services.bank.service",
     config_section=BankConfig,
+    collections=("accounts", "holds", "holds_ended", "pending_mints", "pending_mints_ended", "bank", "requests",
+                 "transactions"),
     prepare=_runtime.prepare,
     build=_runtime.build,
     # Every worker sweeps: the ledger ends each hold once, whichever worker gets there first.

@@ -19,6 +19,8 @@ SERVICE = ServiceContract(
     summary="usage records (OGF UR) published by sites, read by users and VO managers",
     soap_module="gridcredit.services.luts.service",
     config_section=LutsConfig,
+    # records by month, identities by year, summaries; the forwarding queue; held documents
+    collections=("ur_", "urid_", "urs_", "urfwd", "urfwd_rejected", "luts_meta", "sgas_quarantine", "sgas_refused"),
     indexes=_indexes,
     build=_runtime.build,
     routes=_runtime.routes,
