@@ -193,6 +193,10 @@ _RESULT_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_d
                                  remove_blank_text=False)
 
 VERSION_PI = "gridcredit-version"     # a live document's version (see _ops_of)
+# A document of elements and attributes only (no text, comment, PI or CDATA between its tags):
+# a new version of one is marked for an in-place update (see _ops_of, which checks the tree itself).
+# A '>' inside an attribute value only makes a document look as if it had text: replaced whole.
+_PATCHABLE = re.compile(r"(?:<[^<>!?][^<>]*>)+")
 
 # These name their database literally ({db}, see _naming): BaseX 9.7 read-locks just that one (a
 # name bound as a variable made it lock every database: each read waited for every apply)
@@ -292,11 +296,14 @@ db:replace($m, '.seq', <seq n="{$seq}"/>)"""
 # into a fresh database. A crash in the middle of such a batch can leave a path twice: the
 # verification (Q_STATUS) finds duplicates and rebuilds.
 #
-# An op marked patch="1" (a new version of a document that is one empty element, e.g. the LUTS's
-# summaries) changes the attribute values that differ in place when the stored document has the
-# same element, namespaces and attribute names in the same order: with UPDINDEX, db:replace
-# deletes and re-adds every indexed value of the old document (~260 ms per 1,000 small documents
-# here; in place: ~95 ms). Anything else is replaced whole.
+# An op marked patch="1" (a new version of a document made of elements and attributes only, e.g.
+# the LUTS's summaries with a Charge element per unit: ``_PATCHABLE``) changes the attribute values
+# that differ in place when the stored document is the same tree — element for element (in document
+# order, each with as many children) the same names, namespaces and attribute names in the same
+# order, and no text, comment or processing instruction inside: with UPDINDEX, db:replace deletes
+# and re-adds every indexed value of the old document (~260 ms per 1,000 small documents here; in
+# place: ~95 ms). Anything else is replaced whole. (Until 2026-12-02 only a one-element document
+# was patched: the summaries' Charge children, issue 11.5, made every summary update a replace.)
 def _ops_of(db: str) -> str:
     """The updates of one database's ops, its name written literally (see apply_query)."""
     document = f"document {{ processing-instruction {VERSION_PI} {{ string($op/@v) }}, $op/*[1] }}"
@@ -309,15 +316,21 @@ def _ops_of(db: str) -> str:
     db:replace({_literal(db)}, '.v/' || $id, <v n="{{$op/@v}}" del="1"/>)))
   else if ($op/@new = '1') then db:add({_literal(db)}, {document}, $id)
   else if ($op/@patch = '1') then (
-    let $new := $op/*[1]
     let $stored := db:open({_literal(db)}, $id)
     let $old := $stored/*
-    return if (count($stored) = 1 and count($stored/processing-instruction({VERSION_PI})) = 1
-               and count($old) = 1 and empty($old/node()) and empty($new/node()) and node-name($old) = node-name($new)
-               and deep-equal($old/@* ! node-name(.), $new/@* ! node-name(.))
-               and deep-equal(sort(in-scope-prefixes($old) ! (. || '=' || namespace-uri-for-prefix(., $old))),
-                              sort(in-scope-prefixes($new) ! (. || '=' || namespace-uri-for-prefix(., $new)))))
-    then (for $a in $new/@* let $was := $old/@*[node-name(.) = node-name($a)] where string($was) ne string($a)
+    let $olds := $old/descendant-or-self::node()
+    let $news := $op/*[1]/descendant-or-self::node()
+    return if (count($stored) = 1 and count($stored/processing-instruction({VERSION_PI})) = 1 and count($old) = 1
+               and count($olds) = count($news)
+               and (every $i in 1 to count($news) satisfies (
+                 let $o := $olds[$i] let $n := $news[$i]
+                 return $o instance of element() and $n instance of element() and node-name($o) = node-name($n)
+                   and count($o/node()) = count($n/node())
+                   and deep-equal($o/@* ! node-name(.), $n/@* ! node-name(.))
+                   and deep-equal(sort(in-scope-prefixes($o) ! (. || '=' || namespace-uri-for-prefix(., $o))),
+                                  sort(in-scope-prefixes($n) ! (. || '=' || namespace-uri-for-prefix(., $n)))))))
+    then (for $i in 1 to count($news) for $a in $news[$i]/@*
+          let $was := $olds[$i]/@*[node-name(.) = node-name($a)] where string($was) ne string($a)
           return replace value of node $was with string($a),
           replace value of node $stored/processing-instruction({VERSION_PI}) with string($op/@v))
     else db:replace({_literal(db)}, $id, {document}))
@@ -1891,8 +1904,8 @@ class BaseXStore(XmlStore):
         for collection, doc_id, version, xml in writes:
             db = self._db(collection)   # names and ids are validated: safe in attributes
             how = ' new="1"' if fresh or (add_first_writes and version == 1 and xml is not None) else ""
-            if not how and xml is not None and xml.endswith("/>") and xml.count("<") == 1:
-                how = ' patch="1"'     # one empty element: attribute values may change in place
+            if not how and xml is not None and _PATCHABLE.fullmatch(xml):
+                how = ' patch="1"'     # elements and attributes only: their values may change in place
             if xml is None:
                 parts.append(f'<op db="{db}" id="{doc_id}" v="{int(version)}" del="1"{how}/>')
             else:
