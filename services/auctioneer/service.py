@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from spyne import ServiceBase
 
+from . import policy
 from ..common import whoami_operation
 
 NAMESPACE = "urn:gridcredit:auctioneer:1"
@@ -11,7 +12,7 @@ SERVICE_NAME = "Auctioneer"
 
 class AuctioneerService(ServiceBase):
     __service_name__ = SERVICE_NAME
-    WhoAmI = whoami_operation("auctioneer")
+    WhoAmI = whoami_operation("auctioneer", authorize=lambda ctx: policy.authorize_anyone("WhoAmI"))
 
 
 SERVICES = [AuctioneerService]

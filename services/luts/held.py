@@ -286,7 +286,7 @@ def _publish_again(luts: Luts, kind: str, held_id: str, corrected: bytes | None)
     publisher = _publisher(root)
     data = corrected if corrected is not None else _payload(luts, kind, held_id, root)
     try:
-        report = luts.publish(as_declared(data), publisher)
+        report = luts.publish(as_declared(data), publisher, operation="RegisterUsageRecords")  # an SGAS post, again
     except DomainError as error:
         raise DomainError(f"{_collection(kind)}/{held_id} is still not stored: {error}", error.code) from None
     return root, publisher, report

@@ -57,11 +57,9 @@ values, normalized once by ``records.normalize`` (its docstring: DNs in grid for
 is not a DN as ``user``, VO and machine names lower-case, FQANs read one way), so the view, the
 scopes and the summaries agree: one VO or machine is one summary row however a reporter cased it.
 
-Who sees what (``Scope``): administrators everything; a VO manager the records of the VOs they
-manage; a site (a configured site publisher, or a host identity) the records of its machines; a
-user the records whose user DN is theirs. The scope becomes the store's indexed ``where`` filter,
-and the caller's XPath is only a further condition on each record of that set, so no expression
-can widen it.
+Who may publish and who sees what (``Scope``) is decided in policy.py, the LUTS's one policy point;
+a scope becomes the store's indexed ``where`` filter, and the caller's XPath is only a further
+condition on each record of that set, so no expression can widen it.
 """
 from __future__ import annotations
 
@@ -77,10 +75,10 @@ from lxml import etree
 
 from gridcredit.errors import DomainError, QueryError, SecurityError, StoreError, invariant
 from gridcredit import timeunits
-from gridcredit.security.principal import Principal
 from gridcredit.xmlstore import AttributeIndex, XmlStore
 
 from . import records as ur
+from .policy import Caller, LutsPolicy, Scope, authorize_publish, choose_scope, scopes_of
 from .durations import datetime_from_us, datetime_to_us
 
 NS = ur.NS_VIEW
@@ -124,104 +122,6 @@ def record_key(machine: str, record_id: str) -> str:
 
 
 canonical_dn = ur.canonical_dn      # the one DN form (grid one-line), as the view has it
-
-
-# -- policy: who may publish and see what ---------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class LutsPolicy:
-    admins: frozenset[str] = frozenset()
-    vo_managers: Mapping[str, frozenset[str]] = field(default_factory=dict)     # manager DN → VOs
-    site_publishers: Mapping[str, frozenset[str]] = field(default_factory=dict)  # DN → machines ("*": any)
-    host_publishers: bool = True      # a host certificate may publish for the hosts it was issued for
-
-    @classmethod
-    def from_config(cls, config) -> "LutsPolicy":
-        managers: dict[str, set[str]] = {}
-        for vo, dns in config.vo_managers.items():
-            for dn in dns:
-                managers.setdefault(dn, set()).add(vo)
-        return cls(admins=frozenset(config.admins),
-                   vo_managers={dn: frozenset(vos) for dn, vos in managers.items()},
-                   site_publishers={dn: frozenset(m.lower() for m in machines)
-                                    for dn, machines in config.site_publishers.items()},
-                   host_publishers=config.host_publishers)
-
-    def publish_machines(self, caller: Caller) -> frozenset[str] | None:
-        """Machines ``caller`` may publish for (``{"*"}``: any); None: may not publish.
-
-        A host is known only by its certificate (``Caller.host_names``: the dNSName subjectAltNames of
-        an end-entity host certificate), never by the text of a DN: a user certificate whose CN looks
-        like a host name publishes nothing."""
-        if caller.dn in self.admins:
-            return frozenset({"*"})
-        machines = set(self.site_publishers.get(caller.dn, ()))
-        if self.host_publishers:
-            machines.update(name.lower() for name in caller.host_names)
-        return frozenset(machines) if machines else None
-
-    def may_replace(self, dn: str) -> bool:
-        """Site administrators (configured site publishers) and LUTS administrators; not bare hosts."""
-        return dn in self.admins or dn in self.site_publishers
-
-
-# Who calls: the one principal type (security/principal.py), as the verified chain proves it. The LUTS
-# reads its DN, whether it is a limited proxy, and the hosts its certificate was issued for
-# (``host_names``; empty for users and proxies); what the LUTS configuration says of the DN is
-# ``LutsPolicy``'s to look up.
-Caller = Principal
-
-
-@dataclass(frozen=True, slots=True)
-class Scope:
-    """What one query may see: ``where`` for the store, and a description for people."""
-    name: str                                   # all | vo | site | own
-    where: Mapping[str, str | tuple[str, ...]]
-
-    def admits(self, attributes: Mapping[str, str]) -> bool:
-        for name, wanted in self.where.items():
-            value = attributes.get(name)
-            if isinstance(wanted, tuple) and value not in wanted or isinstance(wanted, str) and value != wanted:
-                return False
-        return True
-
-
-SCOPE_NAMES = ("all", "vo", "site", "own")
-
-
-def scopes_of(policy: LutsPolicy, caller: Caller) -> dict[str, Scope]:
-    scopes = {"own": Scope("own", {"user": caller.dn})}
-    machines = policy.publish_machines(caller)
-    if machines and "*" not in machines:
-        scopes["site"] = Scope("site", {"machine": tuple(sorted(machines))})
-    elif machines:
-        scopes["site"] = Scope("site", {"publisher": caller.dn})
-    vos = policy.vo_managers.get(caller.dn)
-    if vos:
-        scopes["vo"] = Scope("vo", {"vo": tuple(sorted({vo.lower() for vo in vos}))})   # as the view has them
-    if caller.dn in policy.admins:
-        scopes["all"] = Scope("all", {})
-    return scopes
-
-
-def choose_scope(policy: LutsPolicy, caller: Caller, requested: str | None) -> Scope:
-    """The scope asked for (``vo:NAME`` narrows to one managed VO), else the widest the caller has."""
-    scopes = scopes_of(policy, caller)
-    if not requested:
-        return next(scopes[name] for name in SCOPE_NAMES if name in scopes)
-    name, _, detail = requested.partition(":")
-    if name not in SCOPE_NAMES:
-        raise DomainError(f"scope must be one of {', '.join(SCOPE_NAMES)} (or vo:NAME), not {requested!r}",
-                          "InvalidArgument")
-    if name not in scopes:
-        raise DomainError(f"{caller.dn} has no {name!r} scope here (theirs: {', '.join(scopes)})", "NotAuthorized")
-    scope = scopes[name]
-    if detail:
-        if name != "vo" or detail.lower() not in scope.where["vo"]:
-            raise DomainError(f"{caller.dn} does not manage VO {detail!r}", "NotAuthorized")
-        scope = Scope("vo", {"vo": detail.lower()})
-    return scope
 
 
 # -- results --------------------------------------------------------------------------------------
@@ -572,21 +472,15 @@ class Luts:
     # -- publish ----------------------------------------------------------------------------------
 
     def publish(self, data: bytes, caller: Caller, *, replace: bool = False,
-                now_us: int | None = None) -> PublishReport:
+                now_us: int | None = None, operation: str = "Publish") -> PublishReport:
         """Store every readable record of a posted document; one result per record, in order.
+        ``operation``: how the caller asked (``Publish``, or SGAS's ``RegisterUsageRecords`` route),
+        as the policy (policy.py) decides it.
 
         The whole request is refused (DomainError) only when the caller may not publish at all or
         the document is unreadable as a whole; anything wrong with one record is that record's result.
         """
-        if caller.limited:
-            raise DomainError("a limited proxy may not publish usage records", "NotAuthorized")
-        machines = self.policy.publish_machines(caller)
-        if machines is None:
-            raise DomainError(f"{caller.dn} may not publish usage records here (not a site publisher, an "
-                              f"administrator, or a host certificate issued for a machine)", "NotAuthorized")
-        if replace and not self.policy.may_replace(caller.dn):
-            raise DomainError("only site administrators and LUTS administrators may replace stored records",
-                              "NotAuthorized")
+        machines = authorize_publish(self.policy, caller, replace=replace, operation=operation)
         received_us = timeunits.now_us() if now_us is None else now_us
         try:
             batch = ur.parse_batch(data, self.limits)
@@ -731,7 +625,7 @@ class Luts:
 
         Ordered by month, then by the hash of the record id; ``cursor`` continues a previous page.
         """
-        chosen = choose_scope(self.policy, caller, scope)
+        chosen = choose_scope(self.policy, caller, scope, "Query")
         from_month, to_month = check_month(from_month, "from"), check_month(to_month, "to")
         if not 1 <= limit <= QUERY_LIMIT_MAX:
             raise DomainError(f"limit must be between 1 and {QUERY_LIMIT_MAX}", "InvalidArgument")
@@ -772,6 +666,7 @@ class Luts:
         """
         if not record_id or len(record_id) > ur.VALUE_CHARS_MAX:
             raise DomainError("a record id is a non-empty string", "InvalidArgument")
+        scopes = scopes_of(self.policy, caller, "GetRecord")
         years = self._years(self.store)
         if machine is not None:
             record_hash = record_key(machine.strip().lower(), record_id)
@@ -779,7 +674,7 @@ class Luts:
             refs = {(found[1].get("month"), record_hash)} if found else set()
         else:
             refs = self._id_refs(years, ("rid",), record_id)
-        records = self._visible_records(caller, refs, lambda usage: usage.record_id == record_id)
+        records = self._visible_records(scopes, refs, lambda usage: usage.record_id == record_id)
         if not records:
             on = f" of machine {machine}" if machine is not None else ""
             raise DomainError(f"no usage record {record_id!r}{on} that you may see", "UnknownRecord")
@@ -794,11 +689,12 @@ class Luts:
         document = self.store.get(f"ur_{month}", record_hash)
         return None if document is None else _stored_record(document.xml)
 
-    def _visible_record(self, caller: Caller, xml: bytes) -> StoredRecord | None:
-        """The stored record, if the caller may see it (one parse for both)."""
+    @staticmethod
+    def _visible_record(scopes: Mapping[str, Scope], xml: bytes) -> StoredRecord | None:
+        """The stored record, if one of the caller's ``scopes`` (``policy.scopes_of``) admits it (one parse for both)."""
         root = _stored_root(xml)
         attributes = dict(root.attrib)
-        if any(scope.admits(attributes) for scope in scopes_of(self.policy, caller).values()):
+        if any(scope.admits(attributes) for scope in scopes.values()):
             return _stored_record_of(root)
         return None
 
@@ -807,8 +703,9 @@ class Luts:
         that names it (a local job id is often reused across machines), so possibly several."""
         if not job_id or len(job_id) > ur.VALUE_CHARS_MAX:
             raise DomainError("a job id is a non-empty string", "InvalidArgument")
+        scopes = scopes_of(self.policy, caller, "JobUsage")
         refs = self._id_refs(self._years(self.store), ("job", "ljob"), job_id)
-        return tuple(self._visible_records(caller, refs,
+        return tuple(self._visible_records(scopes, refs,
                                            lambda usage: job_id in (usage.global_job_id, usage.local_job_id)))
 
     def _id_refs(self, years: Sequence[str], attributes: Sequence[str], value: str) -> set[tuple[str, str]]:
@@ -822,13 +719,14 @@ class Luts:
                 refs |= {(etree.fromstring(d.xml).get("month"), d.doc_id) for d in page.documents}
         return refs
 
-    def _visible_records(self, caller: Caller, refs: Iterable[tuple[str, str]], matches) -> list[StoredRecord]:
-        """The records at ``refs`` that the caller may see and whose view ``matches`` (its own id, not
-        just the hash of a long one), in month order."""
+    def _visible_records(self, scopes: Mapping[str, Scope], refs: Iterable[tuple[str, str]],
+                         matches) -> list[StoredRecord]:
+        """The records at ``refs`` that the caller's ``scopes`` admit and whose view ``matches`` (its
+        own id, not just the hash of a long one), in month order."""
         records = []
         for month, record_hash in sorted(refs):
             document = self.store.get(f"ur_{month}", record_hash)
-            record = self._visible_record(caller, document.xml) if document is not None else None
+            record = self._visible_record(scopes, document.xml) if document is not None else None
             if record is not None and matches(record.usage):
                 records.append(record)
         return records
@@ -842,7 +740,7 @@ class Luts:
         if unknown:
             raise DomainError(f"cannot summarize by {', '.join(unknown)}; choose from {', '.join(SUMMARY_DIMENSIONS)}",
                               "InvalidArgument")
-        chosen = choose_scope(self.policy, caller, scope)
+        chosen = choose_scope(self.policy, caller, scope, "Summary")
         if "publisher" in chosen.where:  # summaries are not kept per publisher: narrow by its machines
             raise DomainError("a publisher allowed for any machine has no site summary; ask with scope all or own",
                               "InvalidArgument")

@@ -12,7 +12,7 @@ from spyne import Array, Boolean, ByteArray, ComplexModel, Integer, Long, Unicod
 from gridcredit.errors import DomainError
 from gridcredit.wiretypes import complex_model, wire_values
 
-from . import records as ur
+from . import policy, records as ur
 from .luts import Caller, RecordPage, StoredRecord
 from ..common import GridcreditService, operation, principal_of, runtime_of, whoami_operation
 
@@ -127,7 +127,7 @@ def _document(document) -> bytes:
 
 class LutsService(GridcreditService):
     __service_name__ = SERVICE_NAME
-    WhoAmI = whoami_operation("luts")
+    WhoAmI = whoami_operation("luts", authorize=lambda ctx: policy.authorize_anyone("WhoAmI"))
 
     @operation(ByteArray(**Required), Boolean(min_occurs=0), _returns=PublishResultInfo, _operation_name="Publish")
     def publish(ctx, document, replace):

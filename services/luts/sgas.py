@@ -65,7 +65,7 @@ def register_usage_records(luts: Luts, data: bytes, caller: Caller | None) -> Ht
     if caller is None:
         return HttpAnswer("403 Forbidden", "present the site's host certificate (TLS client authentication)\n")
     try:
-        report = luts.publish(as_declared(data), caller)
+        report = luts.publish(as_declared(data), caller, operation="RegisterUsageRecords")
     except DomainError as error:
         if error.code == "NotAuthorized":
             log.warning("SGAS registration from %s refused: %s", caller.dn, error)
