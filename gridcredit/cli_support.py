@@ -146,6 +146,16 @@ def print_result(args: argparse.Namespace, value: object, text: str | None = Non
         print(value)
 
 
+def show_identity(args: argparse.Namespace, client, name: str) -> int:
+    """Every group's ``whoami``: a signed WhoAmI through ``client`` (a ServiceClient), shown."""
+    identity = client.whoami()
+    text = f"the {name} at {args.url} knows you as {identity.dn}"
+    if identity.proxy:
+        text += f" (through {'a limited' if identity.limited else 'a'} proxy {identity.signer_dn})"
+    print_result(args, identity, text)
+    return EXIT_OK
+
+
 def error_text(error: BaseException) -> str:
     """``TypeName: message``: how an error is shown to a person, on stderr or inside a report."""
     return f"{type(error).__name__}: {error}"

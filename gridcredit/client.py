@@ -45,6 +45,8 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -100,6 +102,19 @@ class OutcomeUnknown(ClientError):
     def __init__(self, message: str, request_id: str | None) -> None:
         super().__init__(message)
         self.request_id = request_id
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a service thinks the caller is (every service's ``WhoAmI``)."""
+
+    dn: str                         # the end-entity DN in grid form
+    signer_dn: str                  # the certificate that signed (a proxy's DN through a proxy)
+    proxy: bool
+    limited: bool
+    credential_expires: datetime    # aware, UTC
+    service: str
+    server_time: datetime           # aware, UTC
 
 
 class Effect(enum.Enum):
@@ -251,6 +266,11 @@ def never_arrived(error: BaseException) -> bool:
     return False
 
 
+def _utc(moment: datetime) -> datetime:
+    """An xs:dateTime as zeep reads it, as an aware UTC datetime (one without a zone is UTC)."""
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
 def _describe(error: BaseException | None) -> str:
     if error is None:
         return "no attempt was made"
@@ -348,6 +368,13 @@ class ServiceClient:
         if isinstance(error, zeep.exceptions.Error):
             return GridcreditError(f"{operation}: the reply from {self.url} cannot be read: {error}")
         return error
+
+    def whoami(self) -> Identity:
+        """A signed WhoAmI (a query): who this service thinks the caller is."""
+        identity = self.invoke("WhoAmI")      # the common Identity type: xs:dateTime, not *_us
+        return Identity(dn=identity.dn, signer_dn=identity.signer_dn, proxy=identity.proxy, limited=identity.limited,
+                        credential_expires=_utc(identity.credential_expires), service=identity.service,
+                        server_time=_utc(identity.server_time))
 
     # -- the retry rule ----------------------------------------------------------------------------
     def _backoff_s(self, attempt: int) -> float:

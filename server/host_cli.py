@@ -5,7 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from gridcredit.cli_support import add_credential_arguments
+from gridcredit.cli_support import add_client_arguments
 from gridcredit.config import Config
 from gridcredit.errors import ConfigError
 
@@ -85,19 +85,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _whoami(args: argparse.Namespace) -> int:
-    from gridcredit.cli_support import print_result
+    from gridcredit.cli_support import client_of, show_identity
     from gridcredit.client import ServiceClient
-    from gridcredit.security.credentials import load_credential, trust_directory
 
-    credential = load_credential(cert_path=args.cert, key_path=args.key, proxy_path=args.proxy)
-    trust = trust_directory(args.trust)
-    identity = ServiceClient(args.url, args.service, credential=credential, trust_dir=trust).call("WhoAmI")
-    value = {"dn": identity.dn, "signer_dn": identity.signer_dn, "proxy": identity.proxy, "limited": identity.limited,
-             "credential_expires": identity.credential_expires, "service": identity.service,
-             "server_time": identity.server_time}
-    print_result(args, value, f"{args.service} at {args.url} knows you as {identity.dn}"
-                              + (" (through a proxy)" if identity.proxy else ""))
-    return 0
+    return show_identity(args, client_of(args, ServiceClient, service=args.service), args.service)
 
 
 def _wsdl(args: argparse.Namespace) -> int:
@@ -122,7 +113,7 @@ def register(subparsers) -> None:
 
     whoami = subparsers.add_parser("whoami", help="make a signed call and show who the service thinks you are")
     whoami.add_argument("--service", default="bank", choices=registry.names())
-    add_credential_arguments(whoami)
+    add_client_arguments(whoami, timeout_s=30.0)
     whoami.set_defaults(handler=_whoami)
 
     wsdl = subparsers.add_parser("wsdl", help="write the services' WSDL documents")

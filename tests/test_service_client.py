@@ -232,3 +232,16 @@ def test_only_a_connection_never_made_certainly_never_arrived():
                   zeep.exceptions.TransportError(status_code=502, content=b""),
                   RemoteFault("soap:Server.StoreUnavailable", "retry later")):
         assert not never_arrived(maybe), maybe
+
+
+def test_whoami_is_on_every_client_and_answers_aware_utc_times(proxy, pki):
+    from datetime import timezone
+
+    from gridcredit.client import Identity
+    from gridcredit.services.luts.client import LutsClient
+
+    for service_client in (client(proxy.url, pki, "Bob"),
+                           LutsClient(proxy.url, credential=pki.user("Bob").credential, trust_dir=pki.trust_dir)):
+        identity = service_client.whoami()
+        assert isinstance(identity, Identity) and identity.dn == pki.user("Bob").dn
+        assert identity.server_time.tzinfo == timezone.utc and identity.credential_expires.tzinfo == timezone.utc

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from datetime import datetime, timedelta, timezone
 
 from gridcredit.cli_support import (EXIT_FAILED, EXIT_OK, LazyClient, add_client_arguments, checked, client_of,
-                                    print_result, usage_error)
+                                    print_result, show_identity, usage_error)
 from gridcredit.errors import GridcreditError
 from gridcredit.timeunits import US_PER_S, datetime_from_us, rfc3339
 
@@ -380,12 +379,7 @@ def _money_supply(args, bank):
 
 
 def _whoami(args, bank):
-    i = bank.whoami()
-    text = f"the bank at {args.url} knows you as {i.dn}"
-    if i.proxy:
-        text += f" (through {'a limited' if i.limited else 'a'} proxy {i.signer_dn})"
-    print_result(args, i, text)
-    return EXIT_OK
+    return show_identity(args, bank, "bank")
 
 
 def _audit(args):

@@ -124,17 +124,6 @@ class AuditReport:
     findings_omitted: int
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
-    dn: str
-    signer_dn: str
-    proxy: bool
-    limited: bool
-    credential_expires: datetime
-    service: str
-    server_time: datetime
-
-
 # ---------------------------------------------------------------------------------------------
 # Converting zeep's objects
 
@@ -173,10 +162,6 @@ def expiry(expires: datetime | timedelta | int | float, *, now: Callable[[], dat
         raise InvalidRequest(f"expires must be a datetime, a timedelta or seconds from now, not {expires!r}")
     delta = expires if isinstance(expires, timedelta) else timedelta(seconds=expires)
     return (now or (lambda: datetime.now(timezone.utc)))() + delta
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
 def new_request_id() -> str:
@@ -340,12 +325,6 @@ class BankClient(ServiceClient):
         findings = tuple(from_wire(AuditFinding, item) for item in array_items(value.findings, "AuditFindingInfo"))
         return AuditReport(**{f.name: getattr(value, f.name) for f in fields(AuditReport) if f.name != "findings"},
                            findings=findings)
-
-    def whoami(self) -> Identity:
-        identity = self._query("WhoAmI")      # the common Identity type: xs:dateTime, not *_us
-        return Identity(dn=identity.dn, signer_dn=identity.signer_dn, proxy=identity.proxy, limited=identity.limited,
-                        credential_expires=_utc(identity.credential_expires), service=identity.service,
-                        server_time=_utc(identity.server_time))
 
 
 def audit_report_of(report) -> AuditReport:

@@ -33,7 +33,7 @@ from datetime import datetime
 from pathlib import Path
 
 from gridcredit.cli_support import (EXIT_FAILED, EXIT_OK, UsageError, add_client_arguments, checked, client_of,
-                                    error_text, jsonable, number_in, print_result)
+                                    error_text, jsonable, number_in, print_result, show_identity)
 from gridcredit.timeunits import US_PER_S, rfc3339
 
 from .spool import BATCH_RECORDS_DEFAULT, BATCH_RECORDS_MAX, Outgoing, Progress, SendReport
@@ -380,15 +380,7 @@ def _summary(args) -> int:
 
 
 def _whoami(args) -> int:
-    identity = _client(args).whoami()
-    value = {"dn": identity.dn, "signer_dn": identity.signer_dn, "proxy": identity.proxy,
-             "limited": identity.limited, "credential_expires": identity.credential_expires,
-             "service": identity.service, "server_time": identity.server_time}
-    text = f"the LUTS at {args.url} knows you as {identity.dn}"
-    if identity.proxy:
-        text += f" (through {'a limited' if identity.limited else 'a'} proxy {identity.signer_dn})"
-    print_result(args, value, text)
-    return EXIT_OK
+    return show_identity(args, _client(args), "LUTS")
 
 
 # ---------------------------------------------------------------------------------------------

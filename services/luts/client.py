@@ -40,9 +40,6 @@ class LutsClient(ServiceClient):
     def _call(self, operation: str, **arguments):
         return self.invoke(operation, arguments)
 
-    def whoami(self):
-        return self._call("WhoAmI")
-
     def publish(self, document: bytes, *, replace: bool = False) -> PublishReport:
         answer = self.invoke("Publish", {"document": document, "replace": replace or None}, effect=Effect.ONCE_PER_KEY)
         return PublishReport(tuple(RecordResult(index=r.index, record_id=r.record_id, status=r.status,
