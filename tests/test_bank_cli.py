@@ -13,8 +13,6 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import threading
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -33,7 +31,8 @@ from gridcredit.services.bank.client import (BankClient, InvalidRequest, Outcome
                                              new_request_id)
 from gridcredit.xmlstore import open_store
 
-from security_fixtures import app_in_thread, free_port, host_config, https_session, wait_for_tls
+from lossy_proxy import lossy_proxy
+from security_fixtures import free_port, host_config, wait_for_tls
 
 APPROVAL_ABOVE = 1_000_000
 
@@ -355,61 +354,9 @@ def test_every_attempt_sends_the_same_expiry(host, pki, users, accounts, monkeyp
     assert receipt.replayed is True
 
 
-class LossyProxy:
-    """A TLS proxy (WSGI, in a thread) in front of the host that loses what it is told to.
-
-    ``plan``: operation name (the Body's first element, or ``wsdl``) → list of actions taken once
-    each, in order: ``unavailable`` (503, not forwarded), ``stall`` (forwarded, then the reply is
-    held past the client's timeout), ``bad-gateway`` (forwarded, then 502 without the reply).
-    """
-
-    def __init__(self, upstream: str, trust_dir: Path, *, stall_s: float) -> None:
-        self.upstream = upstream
-        self.session = https_session(trust_dir)
-        self.stall_s = stall_s
-        self.plan: dict[str, list[str]] = {}
-        self.forwarded: list[str] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, environ, start_response):
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        body = environ["wsgi.input"].read(length) if length else b""
-        operation = "wsdl"
-        if body:
-            soap_body = etree.fromstring(body).find("{http://schemas.xmlsoap.org/soap/envelope/}Body")
-            operation = etree.QName(soap_body[0]).localname
-        with self._lock:
-            actions = self.plan.get(operation) or []
-            action = actions.pop(0) if actions else "forward"
-        if action == "unavailable":
-            start_response("503 Service Unavailable", [("Content-Length", "0")])
-            return [b""]
-        query = environ.get("QUERY_STRING")
-        url = f"{self.upstream}{environ['PATH_INFO']}" + (f"?{query}" if query else "")
-        headers = {"Host": environ["HTTP_HOST"]}  # so the WSDL names the proxy as the address
-        for name in ("CONTENT_TYPE", "HTTP_SOAPACTION"):
-            if name in environ:
-                headers["Content-Type" if name == "CONTENT_TYPE" else "SOAPAction"] = environ[name]
-        reply = self.session.request(environ["REQUEST_METHOD"], url, data=body, headers=headers, timeout=30)
-        with self._lock:
-            self.forwarded.append(operation)
-        if action == "stall":
-            time.sleep(self.stall_s)
-            start_response("504 Gateway Timeout", [("Content-Length", "0")])
-            return [b""]
-        if action == "bad-gateway":
-            start_response("502 Bad Gateway", [("Content-Length", "0")])
-            return [b""]
-        start_response(f"{reply.status_code} {reply.reason}", [("Content-Type", reply.headers["Content-Type"]),
-                                                               ("Content-Length", str(len(reply.content)))])
-        return [reply.content]
-
-
 @pytest.fixture
 def proxy(host, pki):
-    lossy = LossyProxy(host.url, pki.trust_dir, stall_s=1.5)
-    with app_in_thread(lossy, host_cert=pki.host_cert, host_key=pki.host_key) as url:
-        lossy.url = url
+    with lossy_proxy(host.url, pki, stall_s=1.5) as lossy:
         yield lossy
 
 

@@ -3,8 +3,6 @@ and shared by every credential, and the one retry / OutcomeUnknown rule, tested 
 a real host behind a proxy that loses what it is told to (the Bank and LUTS clients inherit it)."""
 from __future__ import annotations
 
-import threading
-
 import pytest
 import requests
 import zeep.exceptions
@@ -15,50 +13,8 @@ from gridcredit.client import (Effect, InvalidRequest, OutcomeUnknown, ServiceCl
                                never_arrived, no_answer)
 from gridcredit.errors import GridcreditError, RemoteFault, SecurityError
 
-from security_fixtures import app_in_thread, free_port, host_process, https_session, self_made_ca
-
-SOAP_BODY = "{http://schemas.xmlsoap.org/soap/envelope/}Body"
-
-
-class LossyProxy:
-    """A TLS proxy (WSGI, in a thread) in front of the host. ``plan``: operation (the Body's first
-    element, or ``wsdl`` for a GET) → actions taken once each, in order: ``unavailable`` (503, not
-    forwarded), ``bad-gateway`` (forwarded, then 502 without the reply). ``seen``: every request."""
-
-    def __init__(self, upstream: str, trust_dir) -> None:
-        self.upstream = upstream
-        self.session = https_session(trust_dir)
-        self.plan: dict[str, list[str]] = {}
-        self.seen: list[str] = []
-        self.forwarded: list[str] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, environ, start_response):
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        body = environ["wsgi.input"].read(length) if length else b""
-        operation = etree.QName(etree.fromstring(body).find(SOAP_BODY)[0]).localname if body else "wsdl"
-        with self._lock:
-            self.seen.append(operation)
-            actions = self.plan.get(operation) or []
-            action = actions.pop(0) if actions else "forward"
-        if action == "unavailable":
-            start_response("503 Service Unavailable", [("Content-Length", "0")])
-            return [b""]
-        query = environ.get("QUERY_STRING")
-        headers = {"Host": environ["HTTP_HOST"], "Content-Type": environ.get("CONTENT_TYPE", "text/xml")}
-        if "HTTP_SOAPACTION" in environ:
-            headers["SOAPAction"] = environ["HTTP_SOAPACTION"]
-        reply = self.session.request(environ["REQUEST_METHOD"],
-                                     f"{self.upstream}{environ['PATH_INFO']}" + (f"?{query}" if query else ""),
-                                     data=body, headers=headers, timeout=30)
-        with self._lock:
-            self.forwarded.append(operation)
-        if action == "bad-gateway":
-            start_response("502 Bad Gateway", [("Content-Length", "0")])
-            return [b""]
-        start_response(f"{reply.status_code} {reply.reason}", [("Content-Type", reply.headers["Content-Type"]),
-                                                               ("Content-Length", str(len(reply.content)))])
-        return [reply.content]
+from lossy_proxy import lossy_proxy
+from security_fixtures import free_port, host_process, self_made_ca
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +26,7 @@ def host(pki, tmp_path_factory):
 
 @pytest.fixture
 def proxy(host, pki):
-    lossy = LossyProxy(host.url, pki.trust_dir)
-    with app_in_thread(lossy, host_cert=pki.host_cert, host_key=pki.host_key) as url:
-        lossy.url = url
+    with lossy_proxy(host.url, pki) as lossy:
         yield lossy
 
 
