@@ -26,11 +26,12 @@ from gridcredit.errors import GridcreditError
 from gridcredit.server.host import HostFiles, prepare_state, run_worker
 from gridcredit.services.bank import documents, ledger
 from gridcredit.services.bank.bank import TRANSACTIONS
-from gridcredit.timeunits import datetime_from_us, datetime_to_us
 from gridcredit.services.bank.client import (BankClient, InvalidRequest, OutcomeUnknown, Transaction, expiry,
                                              new_request_id)
+from gridcredit.timeunits import datetime_from_us, datetime_to_us
 from gridcredit.xmlstore import open_store
 
+from cli_runner import Cli
 from lossy_proxy import lossy_proxy
 from security_fixtures import free_port, host_config, wait_for_tls
 
@@ -99,32 +100,9 @@ def accounts(host, pki, users):
     return "lib-vo", "lib-site"
 
 
-class Cli:
-    """``gridcredit bank …`` as ``user`` against ``url``: (exit code, parsed JSON or text, stderr)."""
-
-    def __init__(self, capsys, pki, url: str) -> None:
-        self.capsys, self.pki, self.url = capsys, pki, url
-
-    def __call__(self, user, *argv: str, as_json: bool = True, url: str | None = None):
-        args = ["bank", *argv, "--url", url or self.url, "--cert", str(user.cert_path), "--key", str(user.key_path),
-                "--trust", str(self.pki.trust_dir)]
-        if as_json:
-            args.append("--json")
-        self.capsys.readouterr()
-        code = main(args)
-        out, err = self.capsys.readouterr()
-        return code, (json.loads(out) if as_json and out.strip() else out), err
-
-    def ok(self, user, *argv: str, **options):
-        code, out, err = self(user, *argv, **options)
-        assert code == 0, (argv, code, err)
-        assert err == "", err
-        return out
-
-
 @pytest.fixture
 def cli(capsys, pki, host):
-    return Cli(capsys, pki, host.url)
+    return Cli("bank", capsys, pki, host.url)
 
 
 def client(host, pki, user, **options) -> BankClient:

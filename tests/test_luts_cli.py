@@ -27,6 +27,7 @@ from gridcredit.services.luts.client import LutsClient
 from gridcredit.services.luts.spool import Spool
 
 from bank_fixtures import BankUsers, bank_host
+from cli_runner import Cli
 from luts_fixtures import Job, make_batch, make_record, random_jobs
 
 MACHINES = ["ce1.example.org", "ce2.example.org"]
@@ -64,32 +65,9 @@ def host(hosts):
     return hosts("embedded")
 
 
-class Cli:
-    """``gridcredit luts …`` as ``user``: (exit code, parsed JSON or text, stderr)."""
-
-    def __init__(self, capsys, pki, url: str) -> None:
-        self.capsys, self.pki, self.url = capsys, pki, url
-
-    def __call__(self, user, *argv: str, as_json: bool = True):
-        args = ["luts", *argv, "--url", self.url, "--cert", str(user.cert_path), "--key", str(user.key_path),
-                "--trust", str(self.pki.trust_dir)]
-        if as_json:
-            args.append("--json")
-        self.capsys.readouterr()
-        code = main(args)
-        out, err = self.capsys.readouterr()
-        return code, (json.loads(out) if as_json and out.strip() else out), err
-
-    def ok(self, user, *argv: str, **options):
-        code, out, err = self(user, *argv, **options)
-        assert code == 0, (argv, code, err, out)
-        assert err == "", err
-        return out
-
-
 @pytest.fixture
 def cli(capsys, pki, host):
-    return Cli(capsys, pki, host.url)
+    return Cli("luts", capsys, pki, host.url)
 
 
 def usage_exit(capsys, *argv: str) -> str:
@@ -269,11 +247,11 @@ def test_spool_then_send(cli, people, tmp_path):
 def test_send_to_an_unreachable_luts_keeps_the_spool(capsys, pki, people, tmp_path, host):
     spool = Spool(tmp_path / "spool")
     spool.add(make_batch(random_jobs(5, seed=36, prefix="cli-down", machines=MACHINES)))
-    nowhere = Cli(capsys, pki, "https://localhost:1")
+    nowhere = Cli("luts", capsys, pki, "https://localhost:1")
     code, report, err = nowhere(people["publisher"], "send", "--spool", str(spool.directory), "--retries", "0")
     assert code == 1 and ("cannot reach" in err or "cannot reach" in (report or {}).get("stopped", ""))
     assert len(spool.pending()) == 1
-    sent = Cli(capsys, pki, host.url).ok(people["publisher"], "send", "--spool", str(spool.directory))
+    sent = Cli("luts", capsys, pki, host.url).ok(people["publisher"], "send", "--spool", str(spool.directory))
     assert sent["records_stored"] == 5 and spool.pending() == []
 
 
