@@ -98,6 +98,12 @@ def _whole(value, name: str, low: int, high: int, code: str) -> None:
         raise DomainError(f"{name} {value:,} is outside {low:,}..{high:,}", code)
 
 
+def _whole_fields(value, code: str, limits: tuple[tuple[str, str, int, int], ...]) -> None:
+    """Check each (field, what it is for people, least, greatest) of ``value`` with ``_whole``."""
+    for name, what, low, high in limits:
+        _whole(getattr(value, name), what, low, high, code)
+
+
 def _name(value, what: str, code: str, pattern: re.Pattern = _NAME,
           form: str = "1-64 characters of A-Z a-z 0-9 _ . + -") -> None:
     if not isinstance(value, str) or not pattern.fullmatch(value):
@@ -120,10 +126,11 @@ class LoadPricing:
 
     def __post_init__(self) -> None:
         code = INVALID_PRICE_TABLE
-        _whole(self.low_permille, "the load pricing's low occupancy (permille)", 0, PERMILLE - 1, code)
-        _whole(self.high_permille, "the load pricing's high occupancy (permille)", 1, PERMILLE, code)
-        _whole(self.min_permille, "the load pricing's least multiplier (permille)", 1, MULTIPLIER_PERMILLE_MAX, code)
-        _whole(self.max_permille, "the load pricing's greatest multiplier (permille)", 1, MULTIPLIER_PERMILLE_MAX, code)
+        _whole_fields(self, code, (
+            ("low_permille", "the load pricing's low occupancy (permille)", 0, PERMILLE - 1),
+            ("high_permille", "the load pricing's high occupancy (permille)", 1, PERMILLE),
+            ("min_permille", "the load pricing's least multiplier (permille)", 1, MULTIPLIER_PERMILLE_MAX),
+            ("max_permille", "the load pricing's greatest multiplier (permille)", 1, MULTIPLIER_PERMILLE_MAX)))
         if self.low_permille >= self.high_permille:
             raise DomainError(f"the load pricing's low occupancy ({self.low_permille}‰) must be below its high "
                               f"occupancy ({self.high_permille}‰)", code)
@@ -149,8 +156,15 @@ class Rate:
         code = INVALID_PRICE_TABLE
         _name(self.partition, "the partition", code)
         _name(self.qos, "the QoS", code)
-        given = dict(self.prices.items() if isinstance(self.prices, Mapping) else self.prices)
         where = f"the rate of partition {self.partition!r}, QoS {self.qos!r}"
+        try:
+            pairs = tuple(self.prices.items() if isinstance(self.prices, Mapping) else self.prices)
+            given = dict(pairs)
+        except (TypeError, ValueError):
+            raise DomainError(f"{where}: its prices must be a metric → price mapping, not {self.prices!r}",
+                              code) from None
+        if len(given) != len(pairs):
+            raise DomainError(f"{where} prices a metric twice", code)
         unknown = [key for key in given if not isinstance(key, Metric)]
         if unknown:
             raise DomainError(f"{where} prices {unknown[0]!r}, which is not a metric "
@@ -270,11 +284,12 @@ class JobRequest:
         code = INVALID_JOB_REQUEST
         _name(self.partition, "the partition", code)
         _name(self.qos, "the QoS", code)
-        _whole(self.cores, "the job's cores", 1, CORES_MAX, code)
-        _whole(self.time_limit_s, "the job's time limit (s)", 1, TIME_LIMIT_S_MAX, code)
-        _whole(self.memory_mb, "the job's memory (MB)", 0, MEMORY_MB_MAX, code)
-        _whole(self.gpus, "the job's GPUs", 0, GPUS_MAX, code)
-        _whole(self.nodes, "the job's nodes", 1, NODES_MAX, code)
+        _whole_fields(self, code, (
+            ("cores", "the job's cores", 1, CORES_MAX),
+            ("time_limit_s", "the job's time limit (s)", 1, TIME_LIMIT_S_MAX),
+            ("memory_mb", "the job's memory (MB)", 0, MEMORY_MB_MAX),
+            ("gpus", "the job's GPUs", 0, GPUS_MAX),
+            ("nodes", "the job's nodes", 1, NODES_MAX)))
         if self.nodes > self.cores:
             raise DomainError(f"the job asks for {self.nodes} nodes but only {self.cores} cores: every node "
                               f"gives it at least one", code)
@@ -301,13 +316,14 @@ class Usage:
         code = INVALID_USAGE
         _name(self.partition, "the partition", code)
         _name(self.qos, "the QoS", code)
-        _whole(self.elapsed_s, "the job's elapsed time (s)", 0, ELAPSED_S_MAX, code)
-        _whole(self.total_cpu_ms, "the job's CPU time (ms)", 0, TOTAL_CPU_MS_MAX, code)
-        _whole(self.cores, "the job's allocated cores", 0, CORES_MAX, code)
-        _whole(self.memory_mb, "the job's allocated memory (MB)", 0, MEMORY_MB_MAX, code)
-        _whole(self.gpus, "the job's allocated GPUs", 0, GPUS_MAX, code)
-        _whole(self.nodes, "the job's allocated nodes", 0, NODES_MAX, code)
-        _whole(self.max_rss_mb, "the job's MaxRSS (MB)", 0, MEMORY_MB_MAX, code)
+        _whole_fields(self, code, (
+            ("elapsed_s", "the job's elapsed time (s)", 0, ELAPSED_S_MAX),
+            ("total_cpu_ms", "the job's CPU time (ms)", 0, TOTAL_CPU_MS_MAX),
+            ("cores", "the job's allocated cores", 0, CORES_MAX),
+            ("memory_mb", "the job's allocated memory (MB)", 0, MEMORY_MB_MAX),
+            ("gpus", "the job's allocated GPUs", 0, GPUS_MAX),
+            ("nodes", "the job's allocated nodes", 0, NODES_MAX),
+            ("max_rss_mb", "the job's MaxRSS (MB)", 0, MEMORY_MB_MAX)))
 
 
 @dataclass(frozen=True, slots=True)
