@@ -19,7 +19,8 @@ Prices and units
     job         one per job: a fee                   job                job (1)
     ==========  ===================================  =================  ==================
 
-    A metric's exact amount is quantity × price / (base units per price unit × 10**6) credits.
+    A metric's exact amount is quantity × price / (base units per price unit × 10**6) credits
+    (× the load multiplier for the resource metrics, below).
     Every amount is kept as an integer numerator over one common denominator, so the breakdown's
     lines add up to the total exactly; nothing is rounded before the end.
 
