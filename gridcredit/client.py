@@ -35,10 +35,9 @@ Exceptions raised here (all :class:`GridcreditError`)::
 """
 from __future__ import annotations
 
-import importlib.util
-
 import copy
 import enum
+import importlib.util
 import ipaddress
 import logging
 import random
@@ -63,6 +62,7 @@ from .security.pki import proxy_info
 from .security.wssec import SOAP11_NS, WSSE_NS, MemoryReplayCache, Signer, Verifier, VerifyPolicy
 
 log = logging.getLogger("gridcredit.client")
+
 
 def _wsdl_dir() -> Path:
     """The checked-in WSDLs (``gridcredit wsdl --out wsdl``): the repository's wsdl/, installed as the
@@ -202,8 +202,9 @@ def load_wsdl(path: Path) -> zeep.wsdl.Document:
     try:
         return zeep.wsdl.Document(str(path), zeep.Transport(), settings=ZEEP_SETTINGS)
     except FileNotFoundError:
-        raise GridcreditError(f"the WSDL {path} is missing: gridcredit reads its services' WSDLs from the "
-                              "wsdl/ folder of its source tree (install it with pip install -e .)") from None
+        raise GridcreditError(f"the WSDL {path} is missing: gridcredit's clients read the WSDLs it ships "
+                              "(wsdl/ of the source tree, the package gridcredit.wsdl_documents when installed); "
+                              "reinstall gridcredit") from None
     except (etree.XMLSyntaxError, zeep.exceptions.Error) as error:
         raise GridcreditError(f"cannot read the WSDL {path}: {error}") from None
 
