@@ -63,12 +63,10 @@ import dataclasses
 import threading
 from dataclasses import dataclass
 
-from gridcredit.errors import DomainError
+from gridcredit.errors import DomainError, invariant
 from gridcredit.security.principal import Principal
 
 from .types import CONTROLLING_ROLES, SPENDING_ROLES, Account, AccountStatus, BankPolicy, Hold, PendingMint, Role
-
-__all__ = ["Principal", "RULES", "Rule", "decisions", "principal_for"]   # and the authorize_* decisions
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +121,7 @@ def decisions() -> dict[tuple[str, bool], int]:
 
 
 def _record(operation: str, allowed: bool) -> None:
-    if operation not in RULES:          # a decision without a rule is a programmer error: fail loudly
-        raise KeyError(f"the Bank's policy has no rule for the operation {operation!r}")
+    invariant(operation in RULES, f"the Bank's policy has a rule for every operation it decides ({operation})")
     with _counts_lock:
         _counts[operation, allowed] += 1
 
