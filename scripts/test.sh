@@ -10,7 +10,8 @@
 # zlib1g-dev; jaxws (wsimport) and default-jdk-headless: stubs from our served WSDLs (tests/test_wsdl_stubs.py).
 # nodejs and npm (only when `node` is missing): node-soap, npm `soap`, as a stock SOAP client (tests/interop/node,
 # installed from its package-lock.json with `npm ci`; tests/test_interop_node.py).
-# Python packages go into .venv (created here); tests start the servers they need themselves.
+# Python packages go into .venv (created here); tests start the servers they need themselves, except the
+# Slurm cluster, which scripts/slurm.sh installs and starts before pytest (and stops after, if it started it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,5 +42,15 @@ echo "== installing gridcredit and its test requirements into .venv"
 echo "== installing the node modules of tests/interop/node (npm ci, from package-lock.json)"
 npm ci --prefix tests/interop/node --no-audit --no-fund --prefer-offline --loglevel=error
 
+# A real single-node Slurm (munged, MariaDB, slurmdbd, slurmctld, slurmd) for tests/test_slurm_*.py; it
+# installs its own Debian packages. Stopped after the tests only when this run started it.
+slurm_was_running=1
+as_root scripts/slurm.sh status >/dev/null 2>&1 || slurm_was_running=0
+echo "== starting the single-node Slurm cluster (scripts/slurm.sh start)"
+as_root scripts/slurm.sh start
+
 echo "== running the tests"
-exec .venv/bin/python -m pytest "$@"
+status=0
+.venv/bin/python -m pytest "$@" || status=$?
+[ "$slurm_was_running" = 1 ] || as_root scripts/slurm.sh stop >/dev/null 2>&1 || true
+exit "$status"
