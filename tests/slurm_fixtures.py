@@ -111,6 +111,15 @@ class SlurmCluster:
         text = self.run(["scontrol", "-o", "show", "job", str(job_id)]).stdout
         return dict(re.findall(r"(\w+)=(\S*)", text))
 
+    def restart(self, *daemons: str) -> None:
+        """Stop the daemons (scripts/slurm.sh stop, SIGTERM) and start the cluster again (waits until ready)."""
+        for action in (["stop", *daemons], ["start"]):
+            result = subprocess.run([str(SCRIPT), *action], capture_output=True, text=True,
+                                    stdin=subprocess.DEVNULL, timeout=300, env=self.env())
+            if result.returncode != 0:
+                raise SlurmCommandFailed(f"scripts/slurm.sh {' '.join(action)} exited {result.returncode}: "
+                                         f"{result.stdout[-1500:]}{result.stderr[-1500:]}")
+
     @contextlib.contextmanager
     def job_submit(self, lua_text: str) -> Iterator[Path]:
         """Install ``lua_text`` as the controller's job_submit.lua for the block, then the default."""

@@ -122,3 +122,12 @@ def test_a_failing_prolog_slurmctld_requeues_the_batch_job_before_it_runs(slurm_
             slurm_cluster.run(["scancel", str(job_id)])
     assert not (slurm_workdir / "ran").exists()
     assert [run["restart"] for run in _prolog_record(slurm_workdir, job_id)] == ["0"]
+
+
+def test_a_held_job_survives_a_restart_of_slurmctld_and_runs_after_it(slurm_cluster, slurm_workdir):
+    job_id = slurm_cluster.sbatch(["--hold", "--wrap", "true"], user="gcuser1", workdir=slurm_workdir)
+    slurm_cluster.restart("slurmctld")
+    job = slurm_cluster.show_job(job_id)
+    assert (job["JobState"], job["Reason"], job["UserId"].split("(")[0]) == ("PENDING", "JobHeldUser", "gcuser1")
+    slurm_cluster.run(["scontrol", "release", str(job_id)], user="gcuser1")
+    assert slurm_cluster.wait_accounted(job_id)["job"]["State"] == "COMPLETED"
