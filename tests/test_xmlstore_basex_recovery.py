@@ -8,6 +8,7 @@ before acknowledging it; PAUSE_S between transactions.
 """
 from __future__ import annotations
 
+import fcntl
 import gc
 import itertools
 import json
@@ -1197,6 +1198,50 @@ def test_the_shared_verification_goes_on_when_the_process_doing_it_dies(private_
     read_before = int(re.search(r"left \(([0-9,]+) of 3,000 documents read\)", going_on[0]).group(1).replace(",", ""))
     assert read_before >= 300, going_on
     assert any("verified 3000 documents of BaseX" in line for line in answer["lines"]), answer
+
+
+def _bytes_read(pid: int) -> int:
+    """Bytes the process has read (read/pread calls: files, pipes, sockets), from /proc."""
+    text = Path(f"/proc/{pid}/io").read_text()
+    return int(re.search(r"^rchar: (\d+)$", text, re.M).group(1))
+
+
+def test_an_open_reads_the_snapshot_before_it_waits_for_the_journal_locks(private_basex, spec):
+    """Reading the snapshot is most of an open's time (~1,000,000 documents): it is done before the
+    journal's locks are taken, so serve's workers, opening together, read theirs side by side."""
+    with open_from_spec(spec) as store:
+        store.transact(lambda tx: [tx.put("big", f"d{n:05d}", f"<d n='{n}'>{'x' * 200}</d>".encode())
+                                   for n in range(10_000)])
+        seq = store.checkpoint()
+    journal = Path(spec["state_dir"]) / "journal"
+    size = (journal / f"snapshot.{seq:020d}.gcs").stat().st_size
+    assert size > 2_000_000
+    with open(journal / "journal.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)            # the writer lock, held by this test
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:      # the child: open when told to, then leave
+            code = 1
+            try:
+                os.close(write_end)
+                os.read(read_end, 1)
+                open_from_spec(spec).close()
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(read_end)
+        try:
+            before = _bytes_read(pid)
+            os.write(write_end, b"go")
+            deadline = time.monotonic() + 60
+            while _bytes_read(pid) - before < size and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _bytes_read(pid) - before >= size, "the open read the snapshot only once it held the locks"
+            assert os.waitpid(pid, os.WNOHANG) == (0, 0)      # ... and it waits for the writer lock now
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            os.close(write_end)
+    assert os.waitpid(pid, 0)[1] == 0
 
 
 def test_wait_verified_at_once_verifies_in_one_pass_and_repairs(private_basex, spec, monkeypatch):
