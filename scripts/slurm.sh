@@ -9,7 +9,7 @@ usage() {
 usage: scripts/slurm.sh [start|stop [DAEMON...]|status|install|env|--help]
 
   start    (default) install the Debian packages if missing (slurm-wlm slurmdbd munge mariadb-server,
-           without recommends; `apt-get update` first only when the package lists are older than an hour),
+           without recommends; `apt-get update` only when installing fails without it),
            write the configuration, a munge key, a MariaDB database and user for slurmdbd, the Unix users
            gcuser1 and gcuser2, start whatever of munged, mariadbd, slurmdbd, slurmctld, slurmd is not
            running, register the cluster, accounts and users with sacctmgr, and wait until `sinfo` shows
@@ -65,14 +65,17 @@ install_packages() {
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     say "installing Debian packages: ${missing[*]}"
-    # One `apt-get update` per machine is enough: skip it when the lists are fresh (scripts/test.sh ran it).
-    if ! find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mmin -60 2>/dev/null | grep -q .; then
-        apt-get update -q || die 5 "PackageInstallFailed: apt-get update failed"
-    fi
+    # One `apt-get update` per machine is enough (scripts/test.sh runs it when it installs anything): try
+    # with the lists there are, and update only when that fails (no lists yet, or stale ones). The lists'
+    # mtimes are the mirror's, not the time of the update, so they cannot tell how fresh they are.
     # policy-rc.d (or the missing runlevel) keeps the packages' postinst from starting the services;
     # we start our own below.
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
-        || die 5 "PackageInstallFailed: apt-get install ${missing[*]} failed"
+    local install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}")
+    if ! "${install[@]}"; then
+        say "installing failed with the package lists there were: apt-get update, then again"
+        apt-get update -q || die 5 "PackageInstallFailed: apt-get update failed"
+        "${install[@]}" || die 5 "PackageInstallFailed: apt-get install ${missing[*]} failed"
+    fi
 }
 
 pid_file() {
