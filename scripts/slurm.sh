@@ -94,6 +94,8 @@ running_pid() {
     pid="$(tr -dc 0-9 <"$file")"
     [ -n "$pid" ] && [ -r "/proc/$pid/comm" ] || return 1
     [ "$(cat "/proc/$pid/comm")" = "$1" ] || return 1
+    # A killed daemon stays a zombie until PID 1 (not an init here) reaps it.
+    [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ] || return 1
     echo "$pid"
 }
 
