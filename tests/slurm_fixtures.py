@@ -90,9 +90,11 @@ class SlurmCluster:
                            "-o", ",".join(SACCT_FIELDS)])
         return [dict(zip(SACCT_FIELDS, line.split("|"))) for line in result.stdout.splitlines()]
 
-    def wait_accounted(self, job_id: int, *, timeout_s: float = 180) -> dict[str, dict[str, str]]:
+    def wait_accounted(self, job_id: int, *, timeout_s: float = 180,
+                       with_batch_step: bool = True) -> dict[str, dict[str, str]]:
         """Wait until slurmdbd has the job's end and its batch step's measured usage (sacct lags the end
-        by a few seconds); answer {"job": ..., "batch": ...}, the last record of each."""
+        by a few seconds); answer {"job": ..., "batch": ...}, the last record of each (a job that never
+        ran has no batch step: ``with_batch_step=False``)."""
         deadline = time.monotonic() + timeout_s
         found: dict[str, dict[str, str]] = {}
         while time.monotonic() < deadline:
@@ -100,7 +102,7 @@ class SlurmCluster:
             found = {name: record for record in records
                      for name, job_name in (("job", str(job_id)), ("batch", f"{job_id}.batch"))
                      if record["JobID"] == job_name}
-            if len(found) == 2 and all(record["State"].split()[0] in _TERMINAL for record in found.values()):
+            if len(found) == 1 + with_batch_step and all(record["State"].split()[0] in _TERMINAL for record in found.values()):
                 return found
             time.sleep(0.5)
         raise AssertionError(f"job {job_id} not accounted as ended within {timeout_s} s: sacct has {found}; "

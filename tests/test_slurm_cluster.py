@@ -132,3 +132,13 @@ def test_a_held_job_survives_a_restart_of_slurmctld_and_runs_after_it(slurm_clus
     assert (job["JobState"], job["Reason"], job["UserId"].split("(")[0]) == ("PENDING", "JobHeldUser", "gcuser1")
     slurm_cluster.run(["scontrol", "release", str(job_id)], user="gcuser1")
     assert slurm_cluster.wait_accounted(job_id)["job"]["State"] == "COMPLETED"
+
+
+def test_a_failing_prolog_slurmctld_cancels_a_job_that_may_not_be_requeued(slurm_cluster, slurm_workdir):
+    with slurm_cluster.prolog((HERE / "prolog_record.sh").read_text()):
+        job_id = slurm_cluster.sbatch(["--no-requeue", "--comment=gridcredit-prolog-fail", "--wrap", "touch ran"],
+                                      user="gcuser2", workdir=slurm_workdir)
+        job = slurm_cluster.wait_accounted(job_id, with_batch_step=False)["job"]
+    assert (job["State"], job["User"]) == ("CANCELLED by 0", "gcuser2")
+    assert not (slurm_workdir / "ran").exists()
+    assert [run["restart"] for run in _prolog_record(slurm_workdir, job_id)] == ["0"]
