@@ -478,7 +478,8 @@ def test_only_price_administrators_set_price_tables():
     admin = Principal("/DC=org/DC=grid/CN=Paula Prices")
     rules = policy.BOOK.rules
     assert rules["SetPriceTable"].changes_state and not rules["Quote"].changes_state
-    assert not any(rules[name].soap for name in ("SetPriceTable", "GetPriceTable", "Quote")) and rules["WhoAmI"].soap
+    # served since the SOAP face exists (services/jarm/service.py; the WSDL walk checks it)
+    assert all(rules[name].soap for name in ("SetPriceTable", "GetPriceTable", "Quote", "WhoAmI"))
     book = policy.JarmPolicy(price_admins=frozenset({admin.dn}))
     before = policy.BOOK.decisions()
     policy.authorize_set_price_table(book, admin)
@@ -492,3 +493,9 @@ def test_only_price_administrators_set_price_tables():
     changes = {key: after.get(key, 0) - before.get(key, 0) for key in after if after.get(key, 0) != before.get(key, 0)}
     assert changes == {("SetPriceTable", True): 1, ("SetPriceTable", False): 2, ("Quote", True): 1,
                        ("GetPriceTable", True): 1}
+
+
+def test_the_sites_longest_guarantee_is_the_cores():
+    from gridcredit.services.jarm.config import QUOTE_GUARANTEE_S_MAX
+
+    assert QUOTE_GUARANTEE_S_MAX == pricing.QUOTE_GUARANTEE_S_MAX

@@ -1,12 +1,29 @@
 """JARM, the Job Account Reservation Manager: joins a batch system (Slurm) to the Bank.
 
-``SERVICE`` is what the host, the runtime and the command line take from this folder; today
-JARM answers ``WhoAmI`` only (issue 13 builds the rest).
+``SERVICE`` is what the host, the runtime and the command line take from this folder. Today JARM is
+its Price Authority (issue 13.1): versioned price tables set by price administrators, and quotes,
+guaranteed ones kept for a later reservation; the reservation lifecycle comes next.
 """
 from gridcredit.contract import ServiceContract
+
+from . import runtime as _runtime
+from .config import JarmConfig
+
+
+def _indexes():
+    from .store import INDEXES
+
+    return INDEXES
+
 
 SERVICE = ServiceContract(
     name="jarm",
     summary="reserves credits for batch jobs and charges them when the jobs end",
     soap_module="gridcredit.services.jarm.service",
+    config_section=JarmConfig,
+    # price table versions (written once), each site's latest version, guaranteed quotes (store.py)
+    collections=("jarm_prices", "jarm_price_sites", "jarm_quotes"),
+    indexes=_indexes,
+    build=_runtime.build,
+    cli_module="gridcredit.services.jarm.cli",
 )

@@ -8,10 +8,9 @@ SetPriceTable   the JARM's price administrators (``JarmPolicy.price_admins``), n
                 limited proxy
 ==============  ===========================================================================
 
-The Price Authority's operations are not in the WSDL yet (its pure core, ``pricing.py``, comes
-first; the SOAP operations follow on the service contract): their rules say ``soap=False`` until
-then, so that the WSDL walk (tests/test_policy_points.py) checks exactly the operations served.
-When an operation joins the WSDL, drop its ``soap=False``.
+Every rule here is an operation of ``wsdl/jarm.wsdl`` (tests/test_policy_points.py walks them); an
+operation that is not (yet) served says ``soap=False``. The price administrators are the ``[jarm]``
+section's ``price_admins``.
 """
 from __future__ import annotations
 
@@ -23,10 +22,9 @@ from gridcredit.security.principal import Principal
 _ANYONE = "anyone authenticated"
 BOOK = PolicyBook("JARM", {
     "WhoAmI": Rule(_ANYONE, False),
-    # soap=False: not served yet (the Price Authority's SOAP face comes later, issue 13.1)
-    "GetPriceTable": Rule(_ANYONE, False, soap=False),
-    "Quote": Rule(_ANYONE, False, soap=False),
-    "SetPriceTable": Rule("price administrators", True, soap=False),
+    "GetPriceTable": Rule(_ANYONE, False),
+    "Quote": Rule(_ANYONE, False),        # a guaranteed quote is kept, but changes nobody's money or prices
+    "SetPriceTable": Rule("price administrators", True),
 })
 
 
