@@ -214,7 +214,7 @@ def quote_text(quoted) -> str:
                 or multiplier.numerator != 1 else "") + ")"]
     for line in cost.lines:
         unit = METRIC_UNITS[line.metric]
-        lines.append(f"  {line.metric.value:9} {line.quantity:>22,} {unit.base_unit}s at "
+        lines.append(f"  {line.metric.value:9} {line.quantity:>22,} {unit.base_unit}{'' if line.quantity == 1 else 's'} at "
                      f"{credits_text(line.price_micro, PRICE_SCALE)} per {unit.price_unit}: "
                      f"{credits_text(line.numerator, cost.denominator)}")
     lines.append(f"  exact total {credits_text(cost.numerator, cost.denominator)}, rounded once half up to "
