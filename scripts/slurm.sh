@@ -21,12 +21,13 @@ usage: scripts/slurm.sh [start|stop [DAEMON...]|status|install|env|--help]
   env      print the environment a client needs (SLURM_CONF=...), for `eval "$(scripts/slurm.sh env)"`.
 
 Everything lives in $GRIDCREDIT_SLURM_DIR (default /var/lib/gridcredit-slurm):
-  etc/slurm.conf etc/slurmdbd.conf   the configuration (written on every start; the controller is told
-                                      to reread it when it changed)
+  etc/slurm.conf etc/slurmdbd.conf   the configuration (written on every start; slurmctld and slurmd
+                                      are restarted when slurm.conf changed)
   etc/job_submit.lua                  the job_submit/lua script (Slurm reads it from slurm.conf's folder
                                       and reloads it when its mtime changes); written only when missing
   etc/prolog_slurmctld                PrologSlurmctld (runs as user slurm); written only when missing
-  etc/*.default                       the accept-all defaults of those two, to put back after a test
+  etc/epilog_slurmctld                EpilogSlurmctld (as user slurm, at each job's end); the same
+  etc/*.default                       the accept-all defaults of those three, to put back after a test
   munge/ mysql/ spool/ log/ run/      munge key and log (its socket: /run/munge), MariaDB data, state, logs, pid files
 /etc/slurm/slurm.conf is made a symbolic link to etc/slurm.conf when no other slurm.conf is there, so
 plain `sinfo`/`sbatch` work for every user; otherwise set SLURM_CONF (see `env`).
@@ -186,10 +187,12 @@ AccountingStoragePort=6819
 AccountingStorageEnforce=associations
 AccountingStorageTRES=cpu,mem,node,billing,gres/gpu
 JobCompType=jobcomp/none
-# The hooks JARM uses: admission (serialized under the controller's locks) and the hold, off the
-# submission path. Slurm reads job_submit.lua from this file's folder.
+# The hooks JARM uses: admission (serialized under the controller's locks), the hold off the
+# submission path, the job's end. Slurm reads job_submit.lua from this file's folder.
 JobSubmitPlugins=lua
 PrologSlurmctld=$ETC/prolog_slurmctld
+EpilogSlurmctld=$ETC/epilog_slurmctld
+MailProg=/bin/true
 $(node_line)
 PartitionName=batch Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 PartitionName=short Nodes=$NODE MaxTime=60 State=UP
@@ -228,8 +231,14 @@ EOF
 # The default PrologSlurmctld of scripts/slurm.sh: lets every job start.
 exit 0
 EOF
+    write_if_changed "$ETC/epilog_slurmctld.default" 0755 root:root <<'EOF' || true
+#!/bin/sh
+# The default EpilogSlurmctld of scripts/slurm.sh: does nothing.
+exit 0
+EOF
     [ -f "$ETC/job_submit.lua" ] || install -m 0644 "$ETC/job_submit.lua.default" "$ETC/job_submit.lua"
     [ -f "$ETC/prolog_slurmctld" ] || install -m 0755 "$ETC/prolog_slurmctld.default" "$ETC/prolog_slurmctld"
+    [ -f "$ETC/epilog_slurmctld" ] || install -m 0755 "$ETC/epilog_slurmctld.default" "$ETC/epilog_slurmctld"
     # Plain `sinfo` for every user, unless another Slurm's configuration is already there.
     mkdir -p /etc/slurm
     if [ ! -e /etc/slurm/slurm.conf ] || [ "$(readlink /etc/slurm/slurm.conf)" = "$CONF" ]; then
@@ -279,7 +288,7 @@ start_mariadbd() {
         touch "$LOG/mariadb.log"; chown mysql:mysql "$LOG/mariadb.log"
         setsid /usr/sbin/mariadbd --no-defaults --user=mysql --datadir="$MYSQL/data" --socket="$DB_SOCKET" \
             --pid-file="$MYSQL/mariadbd.pid" --bind-address=127.0.0.1 --port=$DB_PORT --skip-name-resolve \
-            --log-error="$LOG/mariadb.log" --innodb-buffer-pool-size=128M --innodb-lock-wait-timeout=900 \
+            --log-error="$LOG/mariadb.log" --innodb-buffer-pool-size=1024M --innodb-lock-wait-timeout=900 \
             --innodb-log-file-size=64M </dev/null >>"$LOG/mariadb.log" 2>&1 &
         wait_for 60 "MariaDB answers on $DB_SOCKET" "$LOG/mariadb.log" mysql_root -e "SELECT 1"
         say "mariadbd running (pid $(running_pid mariadbd))"
@@ -357,9 +366,11 @@ start() {
     start_mariadbd
     start_slurmdbd
     register
-    if [ $conf_changed = 0 ] && running_pid slurmctld >/dev/null; then
-        say "slurm.conf changed: scontrol reconfigure"
-        scontrol reconfigure
+    if [ $conf_changed = 0 ] && { running_pid slurmctld || running_pid slurmd; } >/dev/null; then
+        # Not `scontrol reconfigure`: it shows a newly set EpilogSlurmctld in `scontrol show config` but
+        # never runs it (22.05); a restart does.
+        say "slurm.conf changed: restarting slurmctld and slurmd"
+        stop slurmd slurmctld
     fi
     start_slurmctld
     start_slurmd

@@ -6,11 +6,11 @@
         job_id = slurm_cluster.sbatch(["--wrap", "true"], user="gcuser1", workdir=slurm_workdir)
         ended = slurm_cluster.wait_accounted(job_id)    # {"job": sacct's fields, "batch": the batch step's}
         with slurm_cluster.job_submit(Path("tests/slurm/job_submit_refuse.lua").read_text()): ...
-        with slurm_cluster.prolog(Path("tests/slurm/prolog_record.sh").read_text()): ...
+        with slurm_cluster.prolog(Path("tests/slurm/record_slurmctld.sh").read_text()): ...
 
 ``slurm_cluster`` (session) finds the cluster scripts/slurm.sh started (scripts/test.sh starts it before
 pytest), or starts it with the script when run as root; when neither works it skips on a developer's
-machine and fails under CI (``skip_unless_ci``). The hooks (job_submit.lua, PrologSlurmctld) are put back
+machine and fails under CI (``skip_unless_ci``). The hooks (job_submit.lua, PrologSlurmctld, EpilogSlurmctld) are put back
 to the script's accept-all defaults when a ``job_submit``/``prolog`` block ends.
 """
 from __future__ import annotations
@@ -63,6 +63,10 @@ class SlurmCluster:
     @property
     def prolog_path(self) -> Path:
         return self.dir / "etc" / "prolog_slurmctld"
+
+    @property
+    def epilog_path(self) -> Path:
+        return self.dir / "etc" / "epilog_slurmctld"
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "SLURM_CONF": str(self.conf)}
@@ -133,6 +137,12 @@ class SlurmCluster:
         """Install ``script_text`` as PrologSlurmctld for the block, then the default."""
         with self._hook(self.prolog_path, script_text, 0o755):
             yield self.prolog_path
+
+    @contextlib.contextmanager
+    def epilog(self, script_text: str) -> Iterator[Path]:
+        """Install ``script_text`` as EpilogSlurmctld for the block, then the default."""
+        with self._hook(self.epilog_path, script_text, 0o755):
+            yield self.epilog_path
 
     @contextlib.contextmanager
     def _hook(self, path: Path, text: str, mode: int) -> Iterator[None]:

@@ -69,9 +69,10 @@ def test_job_submit_lua_refusal_reaches_the_user_and_other_jobs_pass(slurm_clust
     assert slurm_cluster.wait_accounted(again)["job"]["State"] == "COMPLETED"
 
 
-def _prolog_record(workdir: Path, job_id: int) -> list[dict[str, str]]:
-    """The runs PrologSlurmctld (tests/slurm/prolog_record.sh) recorded for a job, each a dict."""
-    path = workdir / f"prolog.{job_id}"
+def _prolog_record(workdir: Path, job_id: int, context: str = "prolog_slurmctld") -> list[dict[str, str]]:
+    """The runs tests/slurm/record_slurmctld.sh recorded for a job as PrologSlurmctld (or EpilogSlurmctld),
+    each a dict."""
+    path = workdir / f"{context}.{job_id}"
     if not path.exists():
         return []
     runs: list[dict[str, str]] = []
@@ -85,18 +86,19 @@ def _prolog_record(workdir: Path, job_id: int) -> list[dict[str, str]]:
 
 def test_prolog_slurmctld_runs_for_each_job_as_the_slurm_user(slurm_cluster, slurm_workdir):
     slurm_uid = slurm_cluster.run(["id", "-u", "slurm"]).stdout.strip()
-    with slurm_cluster.prolog((HERE / "prolog_record.sh").read_text()):
+    with slurm_cluster.prolog((HERE / "record_slurmctld.sh").read_text()):
         job_id = slurm_cluster.sbatch(["--account=proj1", "--partition=short", "--wrap", "true"], user="gcuser2",
                                       workdir=slurm_workdir)
         assert slurm_cluster.wait_accounted(job_id)["job"]["State"] == "COMPLETED"
     assert _prolog_record(slurm_workdir, job_id) == [{"uid": slurm_uid, "job": str(job_id), "user": "gcuser2",
-                                                      "account": "proj1", "partition": "short", "restart": "0"}]
+                                                      "account": "proj1", "partition": "short", "restart": "0",
+                                                      "exit": ""}]
 
 
 def test_a_failing_prolog_slurmctld_requeues_the_batch_job_before_it_runs(slurm_cluster, slurm_workdir):
     # Slurm 22.05: a non-zero PrologSlurmctld requeues a batch job (not held: pending, its SubmitTime reset
     # and eligible again about two minutes later, Reason=BeginTime); the job's script never ran.
-    with slurm_cluster.prolog((HERE / "prolog_record.sh").read_text()):
+    with slurm_cluster.prolog((HERE / "record_slurmctld.sh").read_text()):
         job_id = slurm_cluster.sbatch(["--comment=gridcredit-prolog-fail", "--wrap", "touch ran"],
                                       user="gcuser1", workdir=slurm_workdir)
         try:
@@ -135,10 +137,23 @@ def test_a_held_job_survives_a_restart_of_slurmctld_and_runs_after_it(slurm_clus
 
 
 def test_a_failing_prolog_slurmctld_cancels_a_job_that_may_not_be_requeued(slurm_cluster, slurm_workdir):
-    with slurm_cluster.prolog((HERE / "prolog_record.sh").read_text()):
+    with slurm_cluster.prolog((HERE / "record_slurmctld.sh").read_text()):
         job_id = slurm_cluster.sbatch(["--no-requeue", "--comment=gridcredit-prolog-fail", "--wrap", "touch ran"],
                                       user="gcuser2", workdir=slurm_workdir)
         job = slurm_cluster.wait_accounted(job_id, with_batch_step=False)["job"]
     assert (job["State"], job["User"]) == ("CANCELLED by 0", "gcuser2")
     assert not (slurm_workdir / "ran").exists()
     assert [run["restart"] for run in _prolog_record(slurm_workdir, job_id)] == ["0"]
+
+
+def test_epilog_slurmctld_runs_at_each_jobs_end_with_its_exit_code(slurm_cluster, slurm_workdir):
+    slurm_uid = slurm_cluster.run(["id", "-u", "slurm"]).stdout.strip()
+    with slurm_cluster.epilog((HERE / "record_slurmctld.sh").read_text()):
+        job_id = slurm_cluster.sbatch(["--wrap", "exit 3"], user="gcuser1", workdir=slurm_workdir)
+        assert slurm_cluster.wait_accounted(job_id)["job"]["State"] == "FAILED"
+        deadline = time.monotonic() + 30        # the epilog runs after the job's end, alongside accounting
+        while time.monotonic() < deadline and not _prolog_record(slurm_workdir, job_id, "epilog_slurmctld"):
+            time.sleep(0.2)
+    assert _prolog_record(slurm_workdir, job_id, "epilog_slurmctld") == [
+        {"uid": slurm_uid, "job": str(job_id), "user": "gcuser1", "account": "proj1", "partition": "batch",
+         "restart": "0", "exit": "3:0"}]
