@@ -166,7 +166,7 @@ class JarmService(GridcreditService):
         jarm = runtime_of(ctx).jarm
         principal = principal_of(ctx)
         policy.authorize_set_price_table(jarm.policy, principal)
-        stored, replayed = jarm.prices.set_table(_change(table, jarm.site), set_by=principal.dn, now_us=now_us())
+        stored, replayed = jarm.prices.set_table(_change(table, jarm.site), set_by=principal.dn, clock=now_us)
         return PriceTableReceipt(table=_table_info(stored), replayed=replayed)
 
     @operation(Long(**Optional), Long(**Optional), _returns=PriceTableInfo, _operation_name="GetPriceTable")

@@ -21,6 +21,7 @@ the year 2255), and so each comparison is exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from lxml import etree
 
@@ -148,12 +149,15 @@ class PriceStore:
 
     # price tables
 
-    def set_table(self, change: PriceChange, *, set_by: str, now_us: int) -> tuple[StoredTable, bool]:
+    def set_table(self, change: PriceChange, *, set_by: str, clock: Callable[[], int]) -> tuple[StoredTable, bool]:
         """Store the next version of ``change.site``'s prices; (the stored version, replayed).
 
         A change naming a version that exists already with the same prices (a retry) answers that
-        version, ``replayed``; any other existing version is refused (``PriceTableVersion``)."""
+        version, ``replayed``; any other existing version is refused (``PriceTableVersion``).
+        ``clock()`` (µs) is read inside the transaction, again when the store runs it again after a
+        conflict: "now" is when the change is applied, after the one it lost the race to."""
         def apply(tx: Transaction) -> tuple[StoredTable, bool]:
+            now_us = clock()
             latest = self._latest(tx, change.site)
             if change.version is not None and 1 <= change.version <= latest:
                 existing = self._table_in(tx, change.site, change.version)
