@@ -8,10 +8,11 @@
         with slurm_cluster.job_submit(Path("tests/slurm/job_submit_refuse.lua").read_text()): ...
         with slurm_cluster.prolog(Path("tests/slurm/record_slurmctld.sh").read_text()): ...
 
-``slurm_cluster`` (session) finds the cluster scripts/slurm.sh started (scripts/test.sh starts it before
-pytest), or starts it with the script when run as root; when neither works it skips on a developer's
-machine and fails under CI (``skip_unless_ci``). The hooks (job_submit.lua, PrologSlurmctld, EpilogSlurmctld) are put back
-to the script's accept-all defaults when a ``job_submit``/``prolog`` block ends.
+``slurm_cluster`` (session, root only: skipped otherwise on a developer's machine, failed under CI by
+``skip_unless_ci``) finds the cluster scripts/slurm.sh started (scripts/test.sh starts it before pytest),
+or starts it with the script, and fails with the script's message when that does not work. The hooks
+(job_submit.lua, PrologSlurmctld, EpilogSlurmctld) are put back to the script's accept-all defaults when a
+``job_submit``/``prolog``/``epilog`` block ends.
 """
 from __future__ import annotations
 
@@ -182,11 +183,11 @@ def _cluster_answers(cluster: SlurmCluster) -> str | None:
 @pytest.fixture(scope="session")
 def slurm_cluster() -> SlurmCluster:
     cluster = SlurmCluster(slurm_dir())
+    if os.geteuid() != 0:
+        skip_unless_ci("the Slurm tests run as root: they submit as gcuser1/gcuser2 (runuser), replace the "
+                       f"controller's hooks in {cluster.dir}/etc and may start the cluster (scripts/slurm.sh)")
     if cluster.conf.exists() and _cluster_answers(cluster) is None:
         return cluster
-    if os.geteuid() != 0:
-        skip_unless_ci(f"no Slurm cluster of scripts/slurm.sh answers ({cluster.dir}) and starting one needs "
-                       "root: run `sudo scripts/slurm.sh start`")
     started = subprocess.run([str(SCRIPT), "start"], capture_output=True, text=True, stdin=subprocess.DEVNULL,
                              timeout=_STARTUP_TIMEOUT_S)
     if started.returncode != 0:
