@@ -24,7 +24,8 @@ Everything lives in $GRIDCREDIT_SLURM_DIR (default /var/lib/gridcredit-slurm):
   etc/slurm.conf etc/slurmdbd.conf   the configuration (written on every start; slurmctld and slurmd
                                       are restarted when slurm.conf changed)
   etc/job_submit.lua                  the job_submit/lua script (Slurm reads it from slurm.conf's folder
-                                      and reloads it when its mtime changes); written only when missing
+                                      and reloads it when its mtime, in whole seconds, is later than the
+                                      loaded one's); written only when missing
   etc/prolog_slurmctld                PrologSlurmctld (runs as user slurm); written only when missing
   etc/epilog_slurmctld                EpilogSlurmctld (as user slurm, at each job's end); the same
   etc/*.default                       the accept-all defaults of those three, to put back after a test
@@ -32,7 +33,7 @@ Everything lives in $GRIDCREDIT_SLURM_DIR (default /var/lib/gridcredit-slurm):
 /etc/slurm/slurm.conf is made a symbolic link to etc/slurm.conf when no other slurm.conf is there, so
 plain `sinfo`/`sbatch` work for every user; otherwise set SLURM_CONF (see `env`).
 Cluster "gridcredit", node "gcnode" (127.0.0.1), partitions "batch" (default) and "short" (1 hour),
-accounts proj1 (gcuser1, gcuser2) and proj2 (gcuser2; gcuser1 may use it too), root in "root".
+accounts proj1 and proj2 (gcuser1's default proj1, gcuser2's proj2; each may use both), root in "root".
 Ports on 127.0.0.1: slurmctld 6817, slurmd 6818, slurmdbd 6819, MariaDB 6820.
 
 Exit codes: 0 done (status: all running); 1 a daemon did not start or the cluster did not become ready
