@@ -14,7 +14,7 @@ from gridcredit.config import StoreConfig
 from gridcredit.errors import DomainError, RemoteFault
 from gridcredit.services.jarm import pricing
 from gridcredit.services.jarm.client import JarmClient
-from gridcredit.services.jarm.store import QUOTE_ID_IN_USE, PriceStore
+from gridcredit.services.jarm.store import QUOTE_ID_IN_USE, TOO_MANY_QUOTES, PriceStore
 from gridcredit.services.jarm.types import JobRequest, LoadPricing, Metric, Rate
 from gridcredit.timeunits import datetime_from_us, now_us
 from gridcredit.xmlstore import open_store
@@ -23,6 +23,7 @@ from bank_fixtures import BankUsers, bank_host
 
 SITE = "testsite"
 GUARANTEE_S_MAX = 3_600
+QUOTES_MAX = 4
 
 
 def prices(core_wall: int, cpu: int, memory: int, gpu: int, job: int) -> dict:
@@ -61,14 +62,15 @@ V2_QUOTES = [
 @pytest.fixture(scope="module")
 def people(pki):
     return {"admin": pki.user("Price Admin"), "alice": pki.user("Alice Quoter"), "bob": pki.user("Bob Quoter"),
-            "stranger": pki.user("Price Stranger")}
+            "carol": pki.user("Carol Quoter"), "stranger": pki.user("Price Stranger")}
 
 
 @pytest.fixture(params=["embedded", "basex"], scope="module")
 def host(request, pki, people, tmp_path_factory):
     users = BankUsers(*([pki.user("Nobody")] * 8), stranger=pki.user("Nobody"))
     env = {"GRIDCREDIT_JARM_SITE": SITE, "GRIDCREDIT_JARM_PRICE_ADMINS": people["admin"].dn,
-           "GRIDCREDIT_JARM_QUOTE_GUARANTEE_S_MAX": str(GUARANTEE_S_MAX)}
+           "GRIDCREDIT_JARM_QUOTE_GUARANTEE_S_MAX": str(GUARANTEE_S_MAX),
+           "GRIDCREDIT_JARM_QUOTES_PER_REQUESTER_MAX": str(QUOTES_MAX)}
     with bank_host(tmp_path_factory.mktemp(f"jarm-{request.param}"), request.param, users, pki,
                    extra_env=env) as running:
         yield running
@@ -218,6 +220,19 @@ def test_a_guaranteed_quote_is_kept_by_id_honoured_after_a_price_change_and_expi
     with pytest.raises(DomainError) as expired:
         pricing.honour(found.quote, request, site=SITE, now_us=quote.valid_until_us + 1)
     assert expired.value.code == pricing.QUOTE_EXPIRED
+
+
+def test_a_caller_holds_at_most_the_sites_number_of_guaranteed_quotes(host, people):
+    admin, carol = client(host, people["admin"]), client(host, people["carol"])
+    if latest(host, people) == 0:
+        admin.set_price_table(V1)
+    request = JobRequest("batch", "normal", cores=1, time_limit_s=60)
+    for _ in range(QUOTES_MAX):
+        carol.quote(request, guarantee_s=600)
+    fault = refusal(lambda: carol.quote(request, guarantee_s=600))
+    assert fault.code == TOO_MANY_QUOTES and f"you hold {QUOTES_MAX} guaranteed quotes" in str(fault)
+    assert not carol.quote(request).quote.guaranteed                                            # estimates: no limit
+    client(host, people["bob"]).quote(request, guarantee_s=600)                                 # another caller
 
 
 def test_a_load_priced_rate_is_not_quoted_on_the_callers_word(host, people):

@@ -13,8 +13,8 @@ from gridcredit.errors import ConfigError, DomainError
 from gridcredit.server import registry
 from gridcredit.services.jarm import pricing
 from gridcredit.services.jarm.config import JarmConfig
-from gridcredit.services.jarm.store import (EFFECTIVE_US_MAX, PRICES, QUOTE_ID_IN_USE, UNKNOWN_QUOTE, INDEXES,
-                                            PriceChange, PriceStore, table_id)
+from gridcredit.services.jarm.store import (EFFECTIVE_US_MAX, INDEXES, PRICES, QUOTE_ID_IN_USE, TOO_MANY_QUOTES,
+                                            UNKNOWN_QUOTE, PriceChange, PriceStore, table_id)
 from gridcredit.services.jarm.types import JobRequest, Metric, Rate
 from gridcredit.xmlstore import open_store
 
@@ -119,10 +119,10 @@ def test_guaranteed_quotes_are_kept_by_id(store):
     table = prices.in_force(SITE, 10**15).table
     request = JobRequest("batch", "normal", cores=4, time_limit_s=3_600)
     quote = pricing.quote(table, request, now_us=10**15 + 5, quote_id="q1", guarantee_s=60)
-    stored, replayed = prices.save_quote(quote, requester="/CN=Alice")
+    stored, replayed = prices.save_quote(quote, requester="/CN=Alice", active_max=10)
     assert not replayed and prices.quote("q1").quote == quote and prices.quote("q1").requester == "/CN=Alice"
-    assert prices.save_quote(quote, requester="/CN=Alice") == (stored, True)
-    assert code_of(lambda: prices.save_quote(quote, requester="/CN=Bob")) == QUOTE_ID_IN_USE
+    assert prices.save_quote(quote, requester="/CN=Alice", active_max=10) == (stored, True)
+    assert code_of(lambda: prices.save_quote(quote, requester="/CN=Bob", active_max=10)) == QUOTE_ID_IN_USE
     assert code_of(lambda: prices.quote("q2")) == UNKNOWN_QUOTE
     # kept after the prices change, priced by its own version
     prices.set_table(PriceChange(SITE, rates(9_000_000)), set_by="/CN=Admin", clock=lambda: 10**15 + 10)
@@ -136,6 +136,7 @@ def test_guaranteed_quotes_are_kept_by_id(store):
     ({"GRIDCREDIT_JARM_SITE": "two words"}, "jarm.site must be a name"),
     ({"GRIDCREDIT_JARM_QUOTE_GUARANTEE_S_MAX": "604801"}, "jarm.quote_guarantee_s_max must be 0-604800"),
     ({"GRIDCREDIT_JARM_QUOTE_GUARANTEE_S_MAX": "-1"}, "jarm.quote_guarantee_s_max must be 0-604800"),
+    ({"GRIDCREDIT_JARM_QUOTES_PER_REQUESTER_MAX": "0"}, "jarm.quotes_per_requester_max must be 1-100000"),
 ])
 def test_the_jarm_section_refuses_values_out_of_range(env, words, tmp_path):
     with pytest.raises(ConfigError) as refused:
@@ -176,3 +177,25 @@ def test_a_change_is_stamped_when_it_is_applied_not_when_it_was_asked(store):
     versions = sorted([mine, answers[0][0]], key=lambda stored: stored.table.version)
     assert [stored.table.version for stored in versions] == [1, 2]
     assert versions[0].table.effective_us < versions[1].table.effective_us
+
+
+def test_a_caller_holds_a_bounded_number_of_unexpired_guaranteed_quotes(store):
+    prices = PriceStore(store)
+    prices.set_table(PriceChange(SITE, rates(1_000_000)), set_by="/CN=Admin", clock=lambda: 10**15)
+    table = prices.in_force(SITE, 10**15).table
+    request = JobRequest("batch", "normal", cores=1, time_limit_s=60)
+
+    def guaranteed(quote_id: str, at_us: int):
+        return pricing.quote(table, request, now_us=at_us, quote_id=quote_id, guarantee_s=60)
+
+    start = 10**15 + 1
+    for index in range(3):
+        prices.save_quote(guaranteed(f"a{index}", start), requester="/CN=Alice", active_max=3)
+    assert code_of(lambda: prices.save_quote(guaranteed("a3", start), requester="/CN=Alice", active_max=3)) == \
+        TOO_MANY_QUOTES
+    assert prices.save_quote(guaranteed("a0", start), requester="/CN=Alice", active_max=3)[1]     # a retry: kept
+    assert not prices.save_quote(guaranteed("b0", start), requester="/CN=Bob", active_max=3)[1]   # another caller
+    # once they expire (valid up to and including valid_until), the caller may hold new ones
+    assert code_of(lambda: prices.save_quote(guaranteed("a3", start + 60 * 10**6), requester="/CN=Alice",
+                                             active_max=3)) == TOO_MANY_QUOTES
+    assert not prices.save_quote(guaranteed("a3", start + 60 * 10**6 + 1), requester="/CN=Alice", active_max=3)[1]

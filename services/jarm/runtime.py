@@ -18,9 +18,11 @@ class Jarm:
     policy: JarmPolicy
     site: str
     quote_guarantee_s_max: int
+    quotes_per_requester_max: int
 
 
 def build(context: BuildContext) -> Jarm:
     settings = context.config.jarm
     return Jarm(PriceStore(context.store), JarmPolicy(price_admins=frozenset(settings.price_admins)),
-                site=settings.site, quote_guarantee_s_max=settings.quote_guarantee_s_max)
+                site=settings.site, quote_guarantee_s_max=settings.quote_guarantee_s_max,
+                quotes_per_requester_max=settings.quotes_per_requester_max)

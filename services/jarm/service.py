@@ -196,7 +196,8 @@ class JarmService(GridcreditService):
         made = pricing.quote(table, request, now_us=moment_us, quote_id=quote_id or "", guarantee_s=guarantee_s)
         if not made.guaranteed:
             return _quote_info(made, replayed=False)
-        stored, replayed = jarm.prices.save_quote(made, requester=principal_of(ctx).dn)
+        stored, replayed = jarm.prices.save_quote(made, requester=principal_of(ctx).dn,
+                                                  active_max=jarm.quotes_per_requester_max)
         return _quote_info(stored.quote, replayed)
 
 

@@ -9,7 +9,8 @@ Collections (the JARM's own, declared in ``SERVICE.collections``)::
                       reads and writes it, so two administrators racing are serialized by the store
                       (the second gets ``PriceTableVersion``, or the next number when it named none)
     jarm_quotes       one per guaranteed quote, id ``<quote id>``: the basis (version, multiplier),
-                      the request, who asked and until when it holds; a later Reserve honours it
+                      the request, who asked (and a hash of it, indexed: at most so many unexpired
+                      quotes per caller) and until when it holds; a later Reserve honours it
 
 Each request is one store transaction (``XmlStore.transact``). The version in force at a time is
 found by one indexed query: versions are numbered 1, 2, 3… and come into force strictly one after
@@ -20,6 +21,7 @@ the year 2255), and so each comparison is exact.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -36,7 +38,8 @@ PRICES = "jarm_prices"
 PRICE_SITES = "jarm_price_sites"
 QUOTES = "jarm_quotes"
 COLLECTIONS = (PRICES, PRICE_SITES, QUOTES)
-INDEXES = (AttributeIndex(PRICES, ("site",)),)     # the in-force count looks up one site's versions
+# the in-force count looks up one site's versions; the quotes limit, one requester's quotes
+INDEXES = (AttributeIndex(PRICES, ("site",)), AttributeIndex(QUOTES, ("requester_key",)))
 
 NAMESPACE = "urn:gridcredit:jarm:store:1"
 NAMESPACES = {"j": NAMESPACE}
@@ -44,7 +47,9 @@ EFFECTIVE_US_MAX = 2**53 - 1           # 2255-06-05: XPath's numbers are exact b
 VERSIONS_MAX = 100_000                 # versions of one site (the in-force count examines at most the store's scan limit)
 QUOTE_ID_IN_USE = "QuoteIdInUse"
 UNKNOWN_QUOTE = "UnknownQuote"
+TOO_MANY_QUOTES = "TooManyQuotes"
 _IN_FORCE = "/j:PriceTable[@effective_us <= $at]"
+_ACTIVE_QUOTES = "/j:Quote[@valid_until_us >= $now]"
 
 
 def _q(name: str) -> str:
@@ -88,6 +93,11 @@ class PriceChange:
 # -- documents ------------------------------------------------------------------------------------
 
 
+def requester_key(dn: str) -> str:
+    """A requester's DN as a short indexed value (a DN may be longer than an index value may be)."""
+    return hashlib.sha256(dn.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
 def table_id(site: str, version: int) -> str:
     return f"{site}:{version:010d}"
 
@@ -128,6 +138,7 @@ _REQUEST_FIELDS = ("cores", "time_limit_s", "memory_mb", "gpus", "nodes")
 def quote_xml(quote: Quote, requester: str) -> bytes:
     basis, request = quote.basis, quote.request
     root = etree.Element(_q("Quote"), nsmap={None: NAMESPACE}, quote_id=quote.quote_id, requester=requester,
+                         requester_key=requester_key(requester),
                          site=basis.site, version=str(basis.version), partition=basis.partition, qos=basis.qos,
                          multiplier_numerator=str(basis.multiplier.numerator),
                          multiplier_denominator=str(basis.multiplier.denominator),
@@ -222,22 +233,31 @@ class PriceStore:
 
     # guaranteed quotes
 
-    def save_quote(self, quote: Quote, *, requester: str) -> tuple[StoredQuote, bool]:
+    def save_quote(self, quote: Quote, *, requester: str, active_max: int) -> tuple[StoredQuote, bool]:
         """Keep guaranteed ``quote`` under its id; (the stored quote, replayed). The same requester
         asking again under that id for the same request gets the stored quote (a retry); anyone or
-        anything else is refused (``QuoteIdInUse``)."""
+        anything else is refused (``QuoteIdInUse``). A requester holds at most ``active_max``
+        unexpired guaranteed quotes (``TooManyQuotes``: every one is a document in the store); the
+        count is read before the transaction, so requests racing may pass it by as many as race."""
         invariant(quote.guaranteed and bool(quote.quote_id), "only guaranteed quotes, with an id, are stored")
+        document = self.store.get(QUOTES, quote.quote_id)
+        if document is None:
+            active = self.store.count(QUOTES, _ACTIVE_QUOTES, {"now": min(quote.issued_us, EFFECTIVE_US_MAX)},
+                                      where={"requester_key": requester_key(requester)}, namespaces=NAMESPACES)
+            if active >= active_max:
+                raise DomainError(f"you hold {active:,} guaranteed quotes that have not expired, the most this site "
+                                  f"keeps for one caller: use them, or let them expire", TOO_MANY_QUOTES)
 
-        def apply(tx: Transaction) -> StoredQuote | None:
-            document = tx.get(QUOTES, quote.quote_id)
+            def apply(tx: Transaction):
+                found = tx.get(QUOTES, quote.quote_id)
+                if found is None:
+                    tx.put(QUOTES, quote.quote_id, quote_xml(quote, requester))
+                return found
+
+            document = self.store.transact(apply)
             if document is None:
-                tx.put(QUOTES, quote.quote_id, quote_xml(quote, requester))
-                return None
-            return self._quote_from(document.xml)
-
-        existing = self.store.transact(apply)
-        if existing is None:
-            return StoredQuote(quote, requester), False
+                return StoredQuote(quote, requester), False
+        existing = self._quote_from(document.xml)
         if existing.requester == requester and existing.quote.request == quote.request \
                 and existing.quote.basis.site == quote.basis.site:
             return existing, True
