@@ -9,6 +9,8 @@ from gridcredit.errors import ConfigError
 QUOTE_GUARANTEE_S_MAX = 7 * 86_400      # pricing.QUOTE_GUARANTEE_S_MAX (a test checks they are equal)
 QUOTES_PER_REQUESTER_MAX = 100_000     # the store's scan limit: the count of one caller's quotes examines them
 _SITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")   # types.py's names
+BANK_UNREACHABLE_POLICIES = ("refuse", "admit_capped")
+ADMISSION_TIMEOUT_MS_MAX = 1_000        # job_submit.lua waits under slurmctld's locks: never long
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +22,19 @@ class JarmConfig:
     quote_guarantee_s_max: int = 86_400
     # Unexpired guaranteed quotes one caller may hold (each is a document in the store; 1-100000)
     quotes_per_requester_max: int = 1_000
+    # The admission agent on the Slurm controller (agent.py) and its job_submit.lua:
+    agent_socket: str = "/run/gridcredit/jarm-agent.sock"  # the agent's Unix socket
+    admission_timeout_ms: int = 100     # job_submit.lua's whole wait for an answer (1-1000); then the policy
+    # Without the Bank's word (its balance older than balance_stale_s, or the agent not answering):
+    # refuse, or admit_capped: admit up to unfunded_cap_credits per account (the agent's count; when the agent
+    # itself does not answer, job_submit.lua admits up to agent_down_jobs_max jobs per account instead)
+    bank_unreachable: str = "refuse"
+    unfunded_cap_credits: int = 0
+    agent_down_jobs_max: int = 0
+    bank_url: str = ""                  # the Bank and the JARM the agent reads; empty: https://localhost:<server.port>
+    jarm_url: str = ""
+    balance_refresh_s: int = 5          # how often the agent reads the accounts' funds and the prices
+    balance_stale_s: int = 30           # a balance older than this is not the Bank's word any more
 
     def check(self) -> None:
         if not isinstance(self.site, str) or not _SITE.fullmatch(self.site):
@@ -31,3 +46,18 @@ class JarmConfig:
         if not 1 <= self.quotes_per_requester_max <= QUOTES_PER_REQUESTER_MAX:
             raise ConfigError(f"jarm.quotes_per_requester_max must be 1-{QUOTES_PER_REQUESTER_MAX}, not "
                               f"{self.quotes_per_requester_max}")
+        if self.bank_unreachable not in BANK_UNREACHABLE_POLICIES:
+            raise ConfigError(f"jarm.bank_unreachable must be one of {', '.join(BANK_UNREACHABLE_POLICIES)}, not "
+                              f"{self.bank_unreachable!r}")
+        if not 1 <= self.admission_timeout_ms <= ADMISSION_TIMEOUT_MS_MAX:
+            raise ConfigError(f"jarm.admission_timeout_ms must be 1-{ADMISSION_TIMEOUT_MS_MAX}, not "
+                              f"{self.admission_timeout_ms}")
+        if not self.agent_socket.startswith("/") or len(self.agent_socket.encode()) > 100:
+            raise ConfigError(f"jarm.agent_socket must be an absolute path of at most 100 bytes (a Unix socket's "
+                              f"limit), not {self.agent_socket!r}")
+        if not 0 <= self.unfunded_cap_credits <= 10**15 or not 0 <= self.agent_down_jobs_max <= 1_000_000:
+            raise ConfigError(f"jarm.unfunded_cap_credits must be 0-10**15 and jarm.agent_down_jobs_max 0-1000000, "
+                              f"not {self.unfunded_cap_credits} and {self.agent_down_jobs_max}")
+        if not 1 <= self.balance_refresh_s < self.balance_stale_s <= 86_400:
+            raise ConfigError(f"jarm.balance_refresh_s must be at least 1 and below jarm.balance_stale_s (at most "
+                              f"86400), not {self.balance_refresh_s} and {self.balance_stale_s}")
