@@ -13,13 +13,12 @@ from gridcredit.errors import ConfigError, DomainError
 from gridcredit.server import registry
 from gridcredit.services.jarm import pricing
 from gridcredit.services.jarm.config import JarmConfig
-from gridcredit.services.jarm.store import (EFFECTIVE_US_MAX, INDEXES, PRICES, QUOTE_ID_IN_USE, TOO_MANY_QUOTES,
-                                            UNKNOWN_QUOTE, PriceChange, PriceStore, table_id)
+from gridcredit.services.jarm.store import (EFFECTIVE_US_MAX, HOUR_US, INDEXES, PRICES, QUOTE_ID_IN_USE, QUOTES,
+                                            TOO_MANY_QUOTES, UNKNOWN_QUOTE, PriceChange, PriceStore, table_id)
 from gridcredit.services.jarm.types import JobRequest, Metric, Rate
 from gridcredit.xmlstore import open_store
 
 SITE = "site1"
-HOUR_US = 3_600 * 10**6
 
 
 def rates(core_hour_micro: int) -> tuple[Rate, ...]:
@@ -199,3 +198,30 @@ def test_a_caller_holds_a_bounded_number_of_unexpired_guaranteed_quotes(store):
     assert code_of(lambda: prices.save_quote(guaranteed("a3", start + 60 * 10**6), requester="/CN=Alice",
                                              active_max=3)) == TOO_MANY_QUOTES
     assert not prices.save_quote(guaranteed("a3", start + 60 * 10**6 + 1), requester="/CN=Alice", active_max=3)[1]
+
+
+def test_expired_quotes_are_swept_an_hour_after_their_hour(store):
+    prices = PriceStore(store)
+    base_hour = 10**15 // HOUR_US
+    prices.set_table(PriceChange(SITE, rates(1_000_000)), set_by="/CN=Admin", clock=lambda: base_hour * HOUR_US)
+    table = prices.table(SITE, 1).table
+    request = JobRequest("batch", "normal", cores=1, time_limit_s=60)
+    # quote "h<N>" expires in hour base + N (issued 10 minutes before the end of that hour, held 5 minutes)
+    for hour in range(0, 10):
+        issued_us = (base_hour + hour + 1) * HOUR_US - 600 * 10**6
+        prices.save_quote(pricing.quote(table, request, now_us=issued_us, quote_id=f"h{hour}", guarantee_s=300),
+                          requester=f"/CN=User {hour}", active_max=10)
+
+    def kept() -> list[str]:
+        return sorted(doc_id for doc_id in store.ids(QUOTES) if not doc_id.startswith("sweep"))
+
+    # in hour base + 5: quotes that expired in hours up to base + 3 go; base + 4 (the previous hour) stays
+    assert prices.sweep_expired_quotes(now_us=(base_hour + 5) * HOUR_US + 1) == 4
+    assert kept() == [f"h{hour}" for hour in range(4, 10)]
+    assert code_of(lambda: prices.quote("h3")) == UNKNOWN_QUOTE
+    assert prices.sweep_expired_quotes(now_us=(base_hour + 5) * HOUR_US + 2) == 0
+    # a day later, from where it stopped
+    assert prices.sweep_expired_quotes(now_us=(base_hour + 30) * HOUR_US) == 6
+    assert kept() == []
+    # nothing of the prices is touched
+    assert prices.in_force(SITE, (base_hour + 30) * HOUR_US).table == table

@@ -4,7 +4,7 @@
 its Price Authority (issue 13.1): versioned price tables set by price administrators, and quotes,
 guaranteed ones kept for a later reservation; the reservation lifecycle comes next.
 """
-from gridcredit.contract import ServiceContract
+from gridcredit.contract import BackgroundTask, ServiceContract
 
 from . import runtime as _runtime
 from .config import JarmConfig
@@ -25,5 +25,7 @@ SERVICE = ServiceContract(
     collections=("jarm_prices", "jarm_price_sites", "jarm_quotes"),
     indexes=_indexes,
     build=_runtime.build,
+    # Every worker sweeps: a quote deleted twice is deleted once.
+    background_tasks=(BackgroundTask("jarm-quote-expiry", _runtime.sweep_quotes_forever, once_per_host=False),),
     cli_module="gridcredit.services.jarm.cli",
 )

@@ -10,7 +10,9 @@ Collections (the JARM's own, declared in ``SERVICE.collections``)::
                       (the second gets ``PriceTableVersion``, or the next number when it named none)
     jarm_quotes       one per guaranteed quote, id ``<quote id>``: the basis (version, multiplier),
                       the request, who asked (and a hash of it, indexed: at most so many unexpired
-                      quotes per caller) and until when it holds; a later Reserve honours it
+                      quotes per caller) and until when it holds; a later Reserve honours it. An
+                      hour after the hour it expired in, the sweep deletes it (``expires_hour``,
+                      indexed; the document ``sweep@quotes`` says which hour the sweep reached)
 
 Each request is one store transaction (``XmlStore.transact``). The version in force at a time is
 found by one indexed query: versions are numbered 1, 2, 3… and come into force strictly one after
@@ -38,8 +40,8 @@ PRICES = "jarm_prices"
 PRICE_SITES = "jarm_price_sites"
 QUOTES = "jarm_quotes"
 COLLECTIONS = (PRICES, PRICE_SITES, QUOTES)
-# the in-force count looks up one site's versions; the quotes limit, one requester's quotes
-INDEXES = (AttributeIndex(PRICES, ("site",)), AttributeIndex(QUOTES, ("requester_key",)))
+# the in-force count looks up one site's versions; the quotes limit one requester's quotes; the sweep an hour's
+INDEXES = (AttributeIndex(PRICES, ("site",)), AttributeIndex(QUOTES, ("expires_hour", "requester_key")))
 
 NAMESPACE = "urn:gridcredit:jarm:store:1"
 NAMESPACES = {"j": NAMESPACE}
@@ -48,6 +50,11 @@ VERSIONS_MAX = 100_000                 # versions of one site (the in-force coun
 QUOTE_ID_IN_USE = "QuoteIdInUse"
 UNKNOWN_QUOTE = "UnknownQuote"
 TOO_MANY_QUOTES = "TooManyQuotes"
+HOUR_US = 3_600 * 1_000_000
+QUOTE_SWEEP_ID = "sweep@quotes"        # where the sweep of expired quotes has reached (no quote id holds '@')
+QUOTE_SWEEP_HOURS_BACK = 7 * 24 + 2    # the first sweep looks this far back (the longest guarantee, and more)
+QUOTE_SWEEP_BATCH = 500                # quotes deleted per transaction
+_HOURS_PER_LOOKUP = 1_000              # the store's where_values_max
 _IN_FORCE = "/j:PriceTable[@effective_us <= $at]"
 _ACTIVE_QUOTES = "/j:Quote[@valid_until_us >= $now]"
 
@@ -138,7 +145,7 @@ _REQUEST_FIELDS = ("cores", "time_limit_s", "memory_mb", "gpus", "nodes")
 def quote_xml(quote: Quote, requester: str) -> bytes:
     basis, request = quote.basis, quote.request
     root = etree.Element(_q("Quote"), nsmap={None: NAMESPACE}, quote_id=quote.quote_id, requester=requester,
-                         requester_key=requester_key(requester),
+                         requester_key=requester_key(requester), expires_hour=str(quote.valid_until_us // HOUR_US),
                          site=basis.site, version=str(basis.version), partition=basis.partition, qos=basis.qos,
                          multiplier_numerator=str(basis.multiplier.numerator),
                          multiplier_denominator=str(basis.multiplier.denominator),
@@ -264,12 +271,35 @@ class PriceStore:
         raise DomainError(f"quote id {quote.quote_id} is taken by another quote: choose another id (or let the "
                           f"client choose one)", QUOTE_ID_IN_USE)
 
+    def sweep_expired_quotes(self, *, now_us: int) -> int:
+        """Delete the guaranteed quotes that expired before the previous hour (a Reserve presenting
+        one is refused as expired either way); the number deleted. Safe to run in several workers at
+        once: a quote deleted twice is deleted once, and the hour reached is only a starting point."""
+        until_hour = now_us // HOUR_US - 1          # hours before this one are swept
+        marker = self.store.get(QUOTES, QUOTE_SWEEP_ID)
+        hour = until_hour - QUOTE_SWEEP_HOURS_BACK if marker is None else int(
+            etree.fromstring(marker.xml).get("next_hour"))
+        deleted = 0
+        for first in range(hour, until_hour, _HOURS_PER_LOOKUP):
+            hours = tuple(str(number) for number in range(first, min(first + _HOURS_PER_LOOKUP, until_hour)))
+            while True:
+                page = self.store.query(QUOTES, None, where={"expires_hour": hours}, limit=QUOTE_SWEEP_BATCH)
+                ids = [document.doc_id for document in page.documents]
+                if not ids:
+                    break
+                deleted += sum(self.store.transact(lambda tx: [tx.delete(QUOTES, doc_id) for doc_id in ids]))
+        if marker is None or hour < until_hour:
+            reached = etree.Element(_q("QuoteSweep"), nsmap={None: NAMESPACE}, next_hour=str(max(hour, until_hour)))
+            self.store.put(QUOTES, QUOTE_SWEEP_ID, etree.tostring(reached, encoding="UTF-8"))
+        return deleted
+
     def quote(self, quote_id: str) -> StoredQuote:
         """The guaranteed quote ``quote_id`` (``UnknownQuote`` when there is none), as it was given:
         expired or not — ``pricing.honour`` decides whether it still holds."""
         document = self.store.get(QUOTES, quote_id)
         if document is None:
-            raise DomainError(f"there is no guaranteed quote {quote_id}", UNKNOWN_QUOTE)
+            raise DomainError(f"there is no guaranteed quote {quote_id} (an expired quote is deleted an hour or two "
+                              f"after it expired)", UNKNOWN_QUOTE)
         return self._quote_from(document.xml)
 
     def _quote_from(self, xml: bytes) -> StoredQuote:
