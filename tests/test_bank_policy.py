@@ -1,6 +1,7 @@
 """Every operation of the Bank's WSDL reaches a decision of the Bank's one policy point (issue 12.2).
 
-``services/bank/policy.py`` has a rule for every operation and counts each decision it makes. Through
+``services/bank/policy.py`` has a rule for every operation and counts each decision it makes
+(its ``BOOK``, gridcredit/policy.py). Through
 the real host in this process (WS-Security verification, the spyne service, the runtime on the
 embedded store), each operation of ``wsdl/bank.wsdl`` is called with arguments that name existing
 accounts, holds and pending mints (so existence is not what refuses it):
@@ -137,16 +138,16 @@ def arguments(bank: InProcessBank, operation: str) -> dict:
 def test_the_policy_has_a_rule_for_every_operation_of_the_wsdl():
     operations = wsdl_operations()
     assert len(operations) == len(set(operations)) >= 25
-    assert {name for name, rule in policy.RULES.items() if rule.soap} == set(operations)
-    assert {name for name, rule in policy.RULES.items() if not rule.soap} == {"ExpireHold", "ExpireMint"}
-    assert {name for name, rule in policy.RULES.items() if rule.who == "anyone authenticated"} == OPEN_TO_EVERYONE
+    assert {name for name, rule in policy.BOOK.rules.items() if rule.soap} == set(operations)
+    assert {name for name, rule in policy.BOOK.rules.items() if not rule.soap} == {"ExpireHold", "ExpireMint"}
+    assert {name for name, rule in policy.BOOK.rules.items() if rule.who == "anyone authenticated"} == OPEN_TO_EVERYONE
 
 
 def _refused_by_the_policy(bank: InProcessBank, credential, operation: str) -> str | None:
     """None when the policy refused ``operation`` with its fault; else what happened instead."""
-    before = policy.decisions()
+    before = policy.BOOK.decisions()
     answer = bank.call(credential, operation, **arguments(bank, operation))
-    after = policy.decisions()
+    after = policy.BOOK.decisions()
     code, text = _text(answer, "faultcode"), _text(answer, "faultstring")
     if code is None or not code.endswith("Client.NotAuthorized"):
         return f"{operation}: answered {code} {text!r}, not Client.NotAuthorized"
@@ -162,22 +163,22 @@ def test_every_operation_of_the_wsdl_reaches_a_policy_decision(bank, pki):
     failures = []
     for operation in wsdl_operations():
         if operation in OPEN_TO_EVERYONE:
-            before = policy.decisions().get((operation, True), 0)
+            before = policy.BOOK.decisions().get((operation, True), 0)
             answer = bank.call(stranger, operation, **arguments(bank, operation))
             if _text(answer, "faultcode") is not None:
                 failures.append(f"{operation}: refused: {_text(answer, 'faultstring')}")
-            elif policy.decisions().get((operation, True), 0) != before + 1:
+            elif policy.BOOK.decisions().get((operation, True), 0) != before + 1:
                 failures.append(f"{operation}: answered without a decision of the policy")
             continue
         failures.append(_refused_by_the_policy(bank, stranger, operation))
-        if policy.RULES[operation].changes_ledger:
+        if policy.BOOK.rules[operation].changes_state:
             failures.append(_refused_by_the_policy(bank, limited, operation))
     failures = [failure for failure in failures if failure is not None]
     assert not failures, "\n".join(failures)
 
 
 def test_only_the_policy_refuses_as_not_authorized():
-    """The refusal codes of authorization are written in the policy module alone."""
+    """The refusal codes of authorization are written in the policy module alone (or made by its BOOK)."""
     bank_folder = REPOSITORY / "services" / "bank"
     writers = sorted(path.name for path in bank_folder.glob("*.py")
                      if path.name != "policy.py" and any(code in path.read_text(encoding="utf-8")

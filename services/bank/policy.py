@@ -14,9 +14,10 @@ any change it asks for is refused before its request is even read (:func:`requir
 
 A refusal is a ``DomainError`` with the code ``NotAuthorized`` (the SOAP fault
 ``Client.NotAuthorized``) — or ``SecondAdministratorRequired`` for an administrator approving
-their own mint — made by :func:`_decide` or :func:`_refuse` in this module only. Every decision,
-allowed or refused, is counted per operation (:func:`decisions`): ``RULES`` lists every
-operation, and a test walks every operation of ``wsdl/bank.wsdl`` to see it reach a decision.
+their own mint — made in this module only, through its ``BOOK`` (``gridcredit/policy.py``, the
+mechanism every service's policy shares): a rule for every operation, and every decision, allowed
+or refused, counted per operation (``BOOK.decisions()``), so that a test walks every operation of
+``wsdl/bank.wsdl`` to a decision here (tests/test_bank_policy.py).
 
 Authorization (``R`` = the caller's role on the account *at the time of the request*). Who
 controls the bank: administrators get no spending power from their office and cannot give any —
@@ -58,29 +59,19 @@ authorized) for the account's owners and managers to charge or release, or they 
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
-import threading
-from dataclasses import dataclass
 
-from gridcredit.errors import DomainError, invariant
+from gridcredit.policy import PolicyBook, Rule
 from gridcredit.security.principal import Principal
 
 from .types import CONTROLLING_ROLES, SPENDING_ROLES, Account, AccountStatus, BankPolicy, Hold, PendingMint, Role
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    who: str                             # who may, in words
-    changes_ledger: bool                 # a limited proxy may not
-    soap: bool = True                    # an operation of wsdl/bank.wsdl (False: the expiry sweep's own)
 
 
 _VIEWERS = "administrators and every holder of the account"
 _OVERSEERS = "administrators and auditors"
 _ANYONE = "anyone authenticated"
 
-RULES: dict[str, Rule] = {
+BOOK = PolicyBook("Bank", {
     "CreateAccount": Rule("administrators", True),
     "SetHolder": Rule("owners any role; managers member and viewer; administrators give viewer only, take any", True),
     "RemoveHolder": Rule("owners; managers (members and viewers); administrators", True),
@@ -108,35 +99,14 @@ RULES: dict[str, Rule] = {
     "WhoAmI": Rule(_ANYONE, False),
     "ExpireHold": Rule("anyone, once due (the expiry sweep)", True, soap=False),
     "ExpireMint": Rule("anyone, once due (the expiry sweep)", True, soap=False),
-}
-
-_counts: collections.Counter = collections.Counter()   # (operation, allowed) → decisions in this process
-_counts_lock = threading.Lock()
-
-
-def decisions() -> dict[tuple[str, bool], int]:
-    """How many decisions this process made, by (operation, allowed)."""
-    with _counts_lock:
-        return dict(_counts)
-
-
-def _record(operation: str, allowed: bool) -> None:
-    invariant(operation in RULES, f"the Bank's policy has a rule for every operation it decides ({operation})")
-    with _counts_lock:
-        _counts[operation, allowed] += 1
-
+})
 
 def _decide(operation: str, principal: Principal, allowed: bool, action: str, subject: str) -> None:
     """Record the decision; refuse with ``<dn> may not <action> <subject>`` unless ``allowed``."""
-    _record(operation, allowed)
-    if not allowed:
-        raise DomainError(f"{principal.dn} may not {action} {subject}", "NotAuthorized")
-
-
-def _refuse(operation: str, message: str, code: str = "NotAuthorized") -> DomainError:
-    """A refusal in words of its own (recorded as one)."""
-    _record(operation, False)
-    return DomainError(message, code)
+    if allowed:
+        BOOK.allow(operation)
+    else:
+        raise BOOK.refuse(operation, f"{principal.dn} may not {action} {subject}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,8 +123,7 @@ def principal_for(verified: Principal, bank_config) -> Principal:
 
 def require_full_credential(principal: Principal, operation: str) -> None:
     """A limited proxy may read but never change the ledger (asked before anything else)."""
-    if principal.limited and RULES[operation].changes_ledger:
-        raise _refuse(operation, "a limited proxy may not change the ledger; use a full proxy or your certificate")
+    BOOK.require_full_credential(principal, operation, "change the ledger")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,7 +222,7 @@ def authorize_approve_mint(principal: Principal, pending: PendingMint) -> None:
     """An administrator, and not the one who asked for it."""
     _decide("ApproveMint", principal, principal.is_administrator, "approve", f"mint {pending.pending_mint_id}")
     if principal.dn == pending.requester_dn:
-        raise _refuse("ApproveMint", f"mint {pending.pending_mint_id} was requested by {principal.dn}; a different "
+        raise BOOK.refuse("ApproveMint", f"mint {pending.pending_mint_id} was requested by {principal.dn}; a different "
                                      f"administrator must approve it", "SecondAdministratorRequired")
 
 
@@ -268,11 +237,11 @@ def authorize_expire_mint(principal: Principal, pending: PendingMint) -> None:
 
 def authorize_oversight(principal: Principal, operation: str) -> None:
     """The audit and the list of pending mints: administrators and auditors."""
-    allowed = principal.is_administrator or principal.is_auditor
-    _record(operation, allowed)
-    if not allowed:
+    if principal.is_administrator or principal.is_auditor:
+        BOOK.allow(operation)
+    else:
         action = {"Audit": "run an audit", "ListPendingMints": "list pending mints"}[operation]
-        raise DomainError(f"only bank administrators and auditors may {action}", "NotAuthorized")
+        raise BOOK.refuse(operation, f"only bank administrators and auditors may {action}")
 
 
 def authorize_retire(principal: Principal, account: Account) -> None:
@@ -295,7 +264,7 @@ def authorize_extend_hold(principal: Principal, account: Account, hold: Hold, *,
     spender = _spends_for_hold(principal, account, hold)
     collector = not spender and _collects_hold(principal, hold)
     if collector and raises_or_redirects:
-        raise _refuse("ExtendHold", f"{principal.dn} collects hold {hold.hold_id} and may only move its expiry; "
+        raise BOOK.refuse("ExtendHold", f"{principal.dn} collects hold {hold.hold_id} and may only move its expiry; "
                                     f"raising its amount or changing its payee needs the right to spend from "
                                     f"account {account.account_id}")
     _decide("ExtendHold", principal, spender or collector, "extend", f"hold {hold.hold_id}")
@@ -305,7 +274,7 @@ def authorize_charge_hold(principal: Principal, account: Account, hold: Hold, pa
     """A current spender or the collector; always to the hold's payee when it names one."""
     allowed = _spends_for_hold(principal, account, hold) or _collects_hold(principal, hold)
     if allowed and hold.payee_account_id is not None and payee.account_id != hold.payee_account_id:
-        raise _refuse("ChargeHold", f"{principal.dn} may not charge to account {payee.account_id} hold "
+        raise BOOK.refuse("ChargeHold", f"{principal.dn} may not charge to account {payee.account_id} hold "
                                     f"{hold.hold_id}: its charges go to account {hold.payee_account_id} only")
     _decide("ChargeHold", principal, allowed, "charge", f"hold {hold.hold_id}")
 
