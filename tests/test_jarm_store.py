@@ -1,4 +1,4 @@
-"""JARM's price store over the real embedded store (issue 13.1): versions written once, racing
+"""JARM's price store over the real store (embedded and BaseX) (issue 13.1): versions written once, racing
 administrators serialized, the version in force at any time found by the store's query, guaranteed
 quotes kept by id; and the ``[jarm]`` section's checks."""
 from __future__ import annotations
@@ -8,7 +8,6 @@ import threading
 
 import pytest
 
-from gridcredit.config import StoreConfig
 from gridcredit.errors import ConfigError, DomainError
 from gridcredit.server import registry
 from gridcredit.services.jarm import pricing
@@ -16,7 +15,8 @@ from gridcredit.services.jarm.config import JarmConfig
 from gridcredit.services.jarm.store import (EFFECTIVE_US_MAX, HOUR_US, INDEXES, PRICES, QUOTE_ID_IN_USE, QUOTES,
                                             TOO_MANY_QUOTES, UNKNOWN_QUOTE, PriceChange, PriceStore, table_id)
 from gridcredit.services.jarm.types import JobRequest, Metric, Rate
-from gridcredit.xmlstore import open_store
+
+from store_fixtures import basex_server, open_from_spec, store_spec  # noqa: F401 — fixtures
 
 SITE = "site1"
 
@@ -27,8 +27,9 @@ def rates(core_hour_micro: int) -> tuple[Rate, ...]:
 
 
 @pytest.fixture
-def store(tmp_path):
-    with open_store(StoreConfig(backend="embedded"), tmp_path, indexes=INDEXES) as opened:
+def store(store_spec):
+    """The real store, on each backend (store_fixtures), with the JARM's indexes."""
+    with open_from_spec(store_spec, indexes=INDEXES) as opened:
         yield opened
 
 
