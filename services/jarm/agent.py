@@ -1,0 +1,560 @@
+"""JARM's local admission agent: admit or refuse a Slurm job at submission, from local state only.
+
+Slurm's ``job_submit/lua`` runs serialized under slurmctld's locks with no timeout: every
+submission of the cluster waits for it, so nothing there may wait on the network. The hook
+(``slurm/job_submit.lua``) asks this agent, a process on the controller host, over a Unix socket
+with a hard time limit; the agent answers at once from what it holds:
+
+* the price table in force (the JARM's ``GetPriceTable``) and each account's available funds (the
+  Bank's ``GetBalance``, signed as the site's JARM identity — the host credential, a viewer of
+  the accounts), both read **in the background** every ``balance_refresh_s``;
+* less what it has already admitted and not yet seen held (``Admissions.pending``): a job admitted
+  counts against its account until the hold path says its hold exists (``settle``) or
+  ``PENDING_S_MAX`` passes.
+
+A refusal names the cost, the available funds and the shortfall, in words the ``sbatch`` user reads.
+Without the Bank's word on an account (never read, or last read more than ``balance_stale_s`` ago)
+the site's policy applies (``[jarm] bank_unreachable``): ``refuse``, or ``admit_capped`` — admit up
+to ``unfunded_cap_credits`` per account of estimated cost until the Bank answers again.
+
+The estimate is ``pricing.quote`` at the partition's full load (a load-priced rate at its greatest
+multiplier): an upper bound of what the reservation will hold. All amounts are whole credits.
+
+The protocol (one request per line, UTF-8, at most ``REQUEST_BYTES_MAX`` bytes with its newline;
+each request must arrive within ``REQUEST_TIMEOUT_S`` of the previous answer, or the connection
+is closed)::
+
+    admit v1 user=<name> uid=<n> account=<a> partition=<p> qos=<q> cores=<n> nodes=<n>
+          time_limit_s=<n> memory_mb=<n> gpus=<n>
+        → admit <admission id>            the job may be submitted
+        → refuse <message for the user>   it may not (the message names cost, available, shortfall)
+    settle v1 id=<admission id>           the hold path made the job's hold (or the job is gone)
+        → settled | unknown
+    ping v1
+        → pong prices=<version|none> accounts=<n> pending=<n>
+    anything else
+        → error <what was wrong>          the hook applies the site's policy
+
+Only root, the agent's own user and the users named with ``--allow-user`` (Slurm's SlurmUser) may
+talk to it: the peer's uid is read from the socket (``SO_PEERCRED``), so another local user cannot
+use up an account's funds with made-up admissions.
+
+Run it as ``python -m gridcredit.services.jarm.agent run --account proj1 --account proj2`` (the
+configuration's ``[jarm]``, ``[security]`` and ``[server]`` sections), and write the hook with
+``python -m gridcredit.services.jarm.agent hook > /etc/slurm/job_submit.lua``.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import pwd
+import re
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gridcredit.errors import DomainError, GridcreditError, RemoteFault, invariant
+
+from . import pricing
+from .config import JarmConfig
+from .types import JobRequest, Occupancy, PriceTable
+
+log = logging.getLogger("gridcredit.jarm.agent")
+
+REQUEST_BYTES_MAX = 1024                 # one request line, its newline included
+REQUEST_TIMEOUT_S = 2.0                  # a connection idle longer than this between requests is closed
+REQUESTS_PER_CONNECTION_MAX = 1000
+CONNECTIONS_MAX = 512                    # beyond: answered "error busy" and closed
+ACCOUNTS_MAX = 10_000                    # accounts whose funds the agent follows
+PENDING_MAX = 1_000_000                  # admitted jobs not yet seen held, in all
+PENDING_S_MAX = 7 * 86_400               # an admission never settled stops counting after this
+REFRESH_TIMEOUT_S_MAX = 10.0             # one read of the Bank or the JARM (in the background)
+HOOK_TEMPLATE = Path(__file__).resolve().parent / "slurm" / "job_submit.lua"
+US_PER_S = 1_000_000
+FULL_LOAD = Occupancy(1, 1)              # the admission estimate: a load-priced rate at its greatest multiplier
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+_ID = re.compile(r"a-[0-9a-f]{32}")
+_WHOLE = re.compile(r"[0-9]{1,19}")
+_FIELDS = ("user", "uid", "account", "partition", "qos", "cores", "nodes", "time_limit_s", "memory_mb", "gpus")
+_COUNTS = ("uid", "cores", "nodes", "time_limit_s", "memory_mb", "gpus")
+
+
+class ProtocolError(GridcreditError):
+    """A request line the agent cannot read (answered ``error <message>``)."""
+
+
+# -- the requests ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitRequest:
+    """A job at submission, as job_submit.lua gives it (job totals: cores, memory, GPUs)."""
+
+    user: str
+    uid: int
+    account: str
+    partition: str
+    qos: str
+    cores: int
+    nodes: int
+    time_limit_s: int
+    memory_mb: int
+    gpus: int
+
+    def job(self) -> JobRequest:
+        """The pricing core's request (refused with a ``DomainError`` when absurd)."""
+        return JobRequest(self.partition, self.qos, self.cores, self.time_limit_s, self.memory_mb, self.gpus,
+                          self.nodes)
+
+
+def parse_request(line: bytes) -> tuple[str, AdmitRequest | str | None]:
+    """``(verb, argument)`` of one request line: ``admit`` → AdmitRequest, ``settle`` → the admission id,
+    ``ping`` → None. Refused with ProtocolError (never another exception) when it is not a request."""
+    if len(line) > REQUEST_BYTES_MAX:
+        raise ProtocolError(f"a request is at most {REQUEST_BYTES_MAX} bytes")
+    try:
+        text = line.decode("ascii").rstrip("\n")
+    except UnicodeDecodeError:
+        raise ProtocolError("a request is ASCII text") from None
+    words = text.split(" ")
+    if len(words) < 2 or words[1] != "v1":
+        raise ProtocolError("a request is '<verb> v1 key=value…'")
+    verb, pairs = words[0], words[2:]
+    values: dict[str, str] = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or key in values:
+            raise ProtocolError(f"{pair[:40]!r} is not a key=value given once")
+        values[key] = value
+    if verb == "ping" and not values:
+        return verb, None
+    if verb == "settle" and set(values) == {"id"}:
+        if not _ID.fullmatch(values["id"]):
+            raise ProtocolError("an admission id is 'a-' and 32 hex digits")
+        return verb, values["id"]
+    if verb != "admit":
+        raise ProtocolError(f"unknown request {verb[:20]!r} (admit, settle, ping)")
+    if set(values) != set(_FIELDS):
+        missing = sorted(set(_FIELDS) - set(values)) or sorted(set(values) - set(_FIELDS))
+        raise ProtocolError(f"an admit request has the fields {', '.join(_FIELDS)} (not: {', '.join(missing)[:80]})")
+    for key in _COUNTS:
+        if not _WHOLE.fullmatch(values[key]):
+            raise ProtocolError(f"{key} must be a whole number, not {values[key][:24]!r}")
+    counts = {key: int(values[key]) for key in _COUNTS}
+    return verb, AdmitRequest(values["user"], counts["uid"], values["account"], values["partition"], values["qos"],
+                              counts["cores"], counts["nodes"], counts["time_limit_s"], counts["memory_mb"],
+                              counts["gpus"])
+
+
+def admit_line(request: AdmitRequest) -> bytes:
+    """The request line job_submit.lua sends for ``request`` (the tests and the benchmark use it)."""
+    return ("admit v1 " + " ".join(f"{name}={getattr(request, name)}" for name in _FIELDS) + "\n").encode("ascii")
+
+
+# -- the decision (integers only) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Funds:
+    """What the Bank said of an account: its available credits (``None``: the Bank refused to say,
+    ``refusal`` says why) at ``read_us``."""
+
+    available: int | None
+    read_us: int
+    refusal: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    account: str
+    cost: int
+    admitted_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    admitted: bool
+    message: str                   # the refusal the user reads; for an admission, the log's words
+    admission_id: str = ""
+    cost: int = 0
+
+
+@dataclass
+class Admissions:
+    """The agent's state and its one rule. ``decide`` never waits: it reads what the background
+    refresh put here (``set_prices``, ``set_funds``) under one lock."""
+
+    policy: str = "refuse"                # [jarm] bank_unreachable
+    unfunded_cap_credits: int = 0
+    stale_s: int = 30
+    prices: PriceTable | None = None
+    funds: dict[str, Funds] = field(default_factory=dict)
+    pending: dict[str, Pending] = field(default_factory=dict)
+    pending_by_account: dict[str, int] = field(default_factory=dict)
+    unfunded_by_account: dict[str, int] = field(default_factory=dict)   # admitted without the Bank's word
+    wanted: set[str] = field(default_factory=set)                       # accounts asked for, not read yet
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- what the background refresh tells ---------------------------------------------------------
+    def set_prices(self, table: PriceTable) -> None:
+        with self.lock:
+            self.prices = table
+
+    def set_funds(self, account: str, funds: Funds) -> None:
+        with self.lock:
+            previous = self.funds.get(account)
+            self.funds[account] = funds
+            self.wanted.discard(account)
+            if previous is None or not self._fresh(previous, funds.read_us):
+                # the Bank's word again: what was admitted without it now counts against the funds (pending)
+                self.unfunded_by_account.pop(account, None)
+
+    def accounts(self) -> list[str]:
+        with self.lock:
+            return sorted(set(self.funds) | self.wanted)
+
+    def settle(self, admission_id: str) -> bool:
+        with self.lock:
+            return self._drop(admission_id)
+
+    # -- the rule ----------------------------------------------------------------------------------
+    def decide(self, request: AdmitRequest, *, now_us: int) -> Decision:
+        account = request.account
+        if not _NAME.fullmatch(account):
+            return Decision(False, f"JARM: {account[:64]!r} is not an account name")
+        with self.lock:
+            self._expire(now_us)
+            if self.prices is None:
+                return Decision(False, "JARM: no price table has been read from the JARM service yet, so the cost "
+                                       "of this job is unknown; try again in a minute (the site administrator can "
+                                       "check the JARM agent's log)")
+            try:
+                cost = pricing.quote(self.prices, request.job(), now_us=max(now_us, self.prices.effective_us),
+                                     occupancy=FULL_LOAD).cost.credits
+            except DomainError as error:
+                return Decision(False, f"JARM: this job cannot be priced: {error}")
+            funds = self.funds.get(account)
+            if funds is None and account not in self.funds and len(self.funds) + len(self.wanted) < ACCOUNTS_MAX:
+                self.wanted.add(account)
+            if funds is not None and funds.available is None and self._fresh(funds, now_us):
+                return Decision(False, f"JARM: the Bank does not let account {account} be used here: "
+                                       f"{funds.refusal}", cost=cost)
+            pending = self.pending_by_account.get(account, 0)
+            if funds is None or not self._fresh(funds, now_us):
+                return self._without_bank(request, cost, pending, funds, now_us)
+            available = funds.available - pending
+            if cost > available:
+                return Decision(False, refusal_message(account, cost, funds.available, pending), cost=cost)
+            return self._admit(account, cost, now_us, f"cost {cost}, available {available}")
+
+    def _without_bank(self, request: AdmitRequest, cost: int, pending: int, funds: Funds | None,
+                      now_us: int) -> Decision:
+        account = request.account
+        since = ("has not been read yet" if funds is None else
+                 f"was last read {(now_us - funds.read_us) // US_PER_S} s ago")
+        if self.policy != "admit_capped":
+            return Decision(False, f"JARM: account {account}'s funds {since} (the Bank cannot be reached), and "
+                                   f"this site refuses jobs without the Bank's word; try again in a few minutes",
+                            cost=cost)
+        unfunded = self.unfunded_by_account.get(account, 0)
+        room = self.unfunded_cap_credits - unfunded
+        if cost > room:
+            return Decision(False, f"JARM: account {account}'s funds {since} (the Bank cannot be reached); this "
+                                   f"site admits at most {self.unfunded_cap_credits} credits of jobs per account "
+                                   f"until it answers, {unfunded} are admitted already: this job may cost {cost} "
+                                   f"credits, {cost - max(room, 0)} more than the {max(room, 0)} left; try again "
+                                   f"later", cost=cost)
+        self.unfunded_by_account[account] = unfunded + cost
+        return self._admit(account, cost, now_us, f"cost {cost}, unfunded (the Bank's word {since})")
+
+    def _admit(self, account: str, cost: int, now_us: int, words: str) -> Decision:
+        if len(self.pending) >= PENDING_MAX:
+            return Decision(False, f"JARM: {PENDING_MAX} admitted jobs wait for their holds; no more can be admitted "
+                                   f"until some are held", cost=cost)
+        admission_id = f"a-{uuid.uuid4().hex}"
+        self.pending[admission_id] = Pending(account, cost, now_us)
+        self.pending_by_account[account] = self.pending_by_account.get(account, 0) + cost
+        return Decision(True, words, admission_id, cost)
+
+    def _drop(self, admission_id: str) -> bool:
+        entry = self.pending.pop(admission_id, None)
+        if entry is None:
+            return False
+        left = self.pending_by_account[entry.account] - entry.cost
+        invariant(left >= 0, "the pending sum of an account is the sum of its admissions")
+        if left:
+            self.pending_by_account[entry.account] = left
+        else:
+            del self.pending_by_account[entry.account]
+        return True
+
+    def _expire(self, now_us: int) -> None:
+        # admissions are kept in the order they were made (dict order): the oldest first
+        while self.pending:
+            admission_id, entry = next(iter(self.pending.items()))
+            if now_us - entry.admitted_us <= PENDING_S_MAX * US_PER_S:
+                return
+            self._drop(admission_id)
+
+    def _fresh(self, funds: Funds, now_us: int) -> bool:
+        return now_us - funds.read_us <= self.stale_s * US_PER_S
+
+
+def refusal_message(account: str, cost: int, bank_available: int, pending: int) -> str:
+    """What the sbatch user reads when the account cannot pay for the job (whole credits)."""
+    available = bank_available - pending
+    held = f" ({bank_available} at the Bank less {pending} for jobs admitted and not yet held)" if pending else ""
+    return (f"JARM: job refused: it may cost {cost} credits, account {account} has {max(available, 0)} "
+            f"available{held}: short by {cost - max(available, 0)} credits. Ask for less time or fewer "
+            f"resources, or ask the account's manager for credits")
+
+
+# -- the background refresh -----------------------------------------------------------------------
+
+
+class Refresher(threading.Thread):
+    """Reads the price table in force and each followed account's funds every ``interval_s`` (sooner
+    when an unknown account was asked for). Every call has a timeout; a failure leaves what was read
+    before, which turns stale after ``balance_stale_s``."""
+
+    def __init__(self, admissions: Admissions, bank, jarm, *, interval_s: float) -> None:
+        super().__init__(name="jarm-agent-refresh", daemon=True)
+        self.admissions, self.bank, self.jarm, self.interval_s = admissions, bank, jarm, interval_s
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            self.refresh_once()
+            self.wake.wait(self.interval_s)
+            self.wake.clear()
+
+    def refresh_once(self) -> None:
+        try:
+            self.admissions.set_prices(self.jarm.price_table().table)
+        except (GridcreditError, OSError) as error:
+            log.warning("jarm-agent prices not read: %s: %s", type(error).__name__, error)
+        for account in self.admissions.accounts():
+            if self.stopping.is_set():
+                return
+            started_us = time.time_ns() // 1000
+            try:
+                available = self.bank.get_balance(account).available
+                self.admissions.set_funds(account, Funds(available, started_us))
+            except RemoteFault as fault:
+                # the Bank's answer: the account is unknown here, or this site may not see it
+                self.admissions.set_funds(account, Funds(None, started_us, f"{fault.code}: {fault}"))
+            except (GridcreditError, OSError) as error:
+                log.warning("jarm-agent funds of %s not read: %s: %s", account, type(error).__name__, error)
+
+
+# -- the socket server -----------------------------------------------------------------------------
+
+
+class AgentServer:
+    """The Unix socket server: one asyncio task per connection, so a slow or hostile client never
+    holds up another; each request line has a size limit and a time limit."""
+
+    def __init__(self, admissions: Admissions, path: str, *, allowed_uids: frozenset[int],
+                 on_unknown_account=None) -> None:
+        self.admissions, self.path, self.allowed_uids = admissions, path, allowed_uids
+        self.on_unknown_account = on_unknown_account or (lambda: None)
+        self.connections = 0
+        self._tasks: set[asyncio.Task] = set()
+        self.decisions = {"admit": 0, "refuse": 0, "error": 0}
+
+    async def serve(self, ready: threading.Event | None = None, stop: asyncio.Event | None = None) -> None:
+        path = Path(self.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_socket():
+            path.unlink()
+        server = await asyncio.start_unix_server(self._connection, path=str(path), limit=REQUEST_BYTES_MAX,
+                                                 backlog=1024)
+        os.chmod(path, 0o666)   # who may talk is checked per connection (SO_PEERCRED)
+        log.info("jarm-agent listening on %s", path)
+        if ready is not None:
+            ready.set()
+        async with server:
+            try:
+                if stop is None:
+                    await server.serve_forever()
+                else:
+                    await stop.wait()
+            finally:
+                for task in list(self._tasks):                   # the connections still open
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        task = asyncio.current_task()
+        self._tasks.add(task)
+        try:
+            if self.connections > CONNECTIONS_MAX:
+                writer.write(b"error busy: too many connections to the JARM agent\n")
+                return
+            uid = _peer_uid(writer.get_extra_info("socket"))
+            if uid not in self.allowed_uids:
+                writer.write(b"error this user may not ask the JARM agent\n")
+                log.warning("jarm-agent refused a connection from uid %s", uid)
+                return
+            for _ in range(REQUESTS_PER_CONNECTION_MAX):
+                try:
+                    line = await asyncio.wait_for(reader.readuntil(b"\n"), REQUEST_TIMEOUT_S)
+                except asyncio.IncompleteReadError:
+                    return                                   # the client closed
+                except asyncio.LimitOverrunError:
+                    writer.write(f"error a request is at most {REQUEST_BYTES_MAX} bytes\n".encode())
+                    return
+                except asyncio.TimeoutError:
+                    return
+                writer.write(self.answer(line))
+                await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_S)
+        except (ConnectionError, asyncio.TimeoutError):
+            pass
+        finally:
+            self.connections -= 1
+            self._tasks.discard(task)
+            writer.close()
+
+    def answer(self, line: bytes) -> bytes:
+        """The answer line to one request line."""
+        try:
+            verb, argument = parse_request(line)
+        except ProtocolError as error:
+            self.decisions["error"] += 1
+            return f"error {error}\n".encode()
+        if verb == "ping":
+            table = self.admissions.prices
+            return (f"pong prices={table.version if table else 'none'} accounts={len(self.admissions.funds)} "
+                    f"pending={len(self.admissions.pending)}\n").encode()
+        if verb == "settle":
+            return b"settled\n" if self.admissions.settle(argument) else b"unknown\n"
+        request = argument
+        wanted_before = len(self.admissions.wanted)
+        decision = self.admissions.decide(request, now_us=time.time_ns() // 1000)
+        if len(self.admissions.wanted) > wanted_before:
+            self.on_unknown_account()
+        outcome = "admit" if decision.admitted else "refuse"
+        self.decisions[outcome] += 1
+        log.info("jarm-agent %s user=%s account=%s partition=%s cores=%d time_limit_s=%d: %s", outcome, request.user,
+                 request.account, request.partition, request.cores, request.time_limit_s,
+                 decision.admission_id or decision.message)
+        if decision.admitted:
+            return f"admit {decision.admission_id}\n".encode()
+        return f"refuse {_one_line(decision.message)}\n".encode("utf-8")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:900]
+
+
+def _peer_uid(sock) -> int | None:
+    try:
+        credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return None
+    return struct.unpack("3i", credentials)[1]
+
+
+def allowed_uids(user_names: list[str]) -> frozenset[int]:
+    uids = {0, os.getuid()}
+    for name in user_names:
+        try:
+            uids.add(pwd.getpwnam(name).pw_uid)
+        except KeyError:
+            raise GridcreditError(f"--allow-user {name}: no such user on this host") from None
+    return frozenset(uids)
+
+
+# -- the hook ----------------------------------------------------------------------------------------
+
+
+def render_hook(settings: JarmConfig) -> str:
+    """``slurm/job_submit.lua`` with the site's settings filled in."""
+    text = HOOK_TEMPLATE.read_text(encoding="utf-8")
+    values = {"@SOCKET@": settings.agent_socket, "@TIMEOUT_MS@": str(settings.admission_timeout_ms),
+              "@POLICY@": settings.bank_unreachable, "@AGENT_DOWN_JOBS_MAX@": str(settings.agent_down_jobs_max)}
+    for placeholder, value in values.items():
+        invariant(placeholder in text, f"the hook template has {placeholder}")
+        invariant(re.fullmatch(r"[A-Za-z0-9_./+-]+", value) is not None, "a hook setting is a plain word")
+        text = text.replace(placeholder, value)
+    return text
+
+
+# -- the command -------------------------------------------------------------------------------------
+
+
+def _service_url(explicit: str, config) -> str:
+    return explicit or f"https://localhost:{config.server.port}"
+
+
+def run(config, accounts: list[str], allow_users: list[str]) -> int:
+    from gridcredit.security.credentials import load_credential
+
+    from ..bank.client import BankClient
+    from .client import JarmClient
+
+    settings: JarmConfig = config.jarm
+    security = config.security
+    credential = load_credential(security.host_cert, security.host_key)
+    timeout_s = min(REFRESH_TIMEOUT_S_MAX, float(settings.balance_refresh_s))
+    bank = BankClient(_service_url(settings.bank_url, config), credential=credential, trust_dir=security.cert_dir,
+                      timeout_s=timeout_s, retries=0)
+    jarm = JarmClient(_service_url(settings.jarm_url, config), credential=credential, trust_dir=security.cert_dir,
+                      timeout_s=timeout_s, retries=0)
+    admissions = Admissions(settings.bank_unreachable, settings.unfunded_cap_credits, settings.balance_stale_s)
+    admissions.wanted.update(accounts)
+    refresher = Refresher(admissions, bank, jarm, interval_s=settings.balance_refresh_s)
+    server = AgentServer(admissions, settings.agent_socket, allowed_uids=allowed_uids(allow_users),
+                         on_unknown_account=refresher.wake.set)
+    refresher.start()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await server.serve(stop=stop)
+
+    asyncio.run(main())
+    refresher.stopping.set()
+    log.info("jarm-agent stopped: %s", server.decisions)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gridcredit.server.registry import load_config
+
+    parser = argparse.ArgumentParser(prog="python -m gridcredit.services.jarm.agent",
+                                     description="JARM's admission agent for Slurm's job_submit.lua")
+    parser.add_argument("--config", help="the configuration file (else the usual places)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("run", help="answer job_submit.lua on [jarm] agent_socket")
+    serve.add_argument("--account", action="append", default=[], help="an account to follow from the start")
+    serve.add_argument("--allow-user", action="append", default=["slurm"],
+                       help="a user who may ask (slurmctld's SlurmUser; root and the agent's user always may)")
+    commands.add_parser("hook", help="print job_submit.lua with this site's [jarm] settings")
+    arguments = parser.parse_args(argv)
+    try:
+        config = load_config(arguments.config)
+        if arguments.command == "hook":
+            sys.stdout.write(render_hook(config.jarm))
+            return 0
+        logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(message)s")
+        return run(config, arguments.account, arguments.allow_user)
+    except GridcreditError as error:
+        print(f"{type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
