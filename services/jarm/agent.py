@@ -39,13 +39,12 @@ Only root, the agent's own user and the users named with ``--allow-user`` (Slurm
 talk to it: the peer's uid is read from the socket (``SO_PEERCRED``), so another local user cannot
 use up an account's funds with made-up admissions.
 
-Run it as ``python -m gridcredit.services.jarm.agent run --account proj1 --account proj2`` (the
-configuration's ``[jarm]``, ``[security]`` and ``[server]`` sections), and write the hook with
-``python -m gridcredit.services.jarm.agent hook > /etc/slurm/job_submit.lua``.
+Run it as ``gridcredit jarm agent --account proj1 --account proj2`` (the configuration's ``[jarm]``,
+``[security]`` and ``[server]`` sections), and write the hook with ``gridcredit jarm agent-hook >
+/etc/slurm/job_submit.lua``.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -516,6 +515,7 @@ def run(config, accounts: list[str], allow_users: list[str]) -> int:
     refresher = Refresher(admissions, bank, jarm, interval_s=settings.balance_refresh_s)
     server = AgentServer(admissions, settings.agent_socket, allowed_uids=allowed_uids(allow_users),
                          on_unknown_account=refresher.wake.set)
+    logging.getLogger().setLevel(config.log_level)
     refresher.start()
 
     async def main() -> None:
@@ -531,30 +531,19 @@ def run(config, accounts: list[str], allow_users: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from gridcredit.server.registry import load_config
-
-    parser = argparse.ArgumentParser(prog="python -m gridcredit.services.jarm.agent",
-                                     description="JARM's admission agent for Slurm's job_submit.lua")
-    parser.add_argument("--config", help="the configuration file (else the usual places)")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("run", help="answer job_submit.lua on [jarm] agent_socket")
+def add_agent_commands(commands) -> None:
+    """``gridcredit jarm agent`` and ``gridcredit jarm agent-hook`` (services/jarm/cli.py adds them)."""
+    serve = commands.add_parser("agent", help="run the admission agent job_submit.lua asks (on the Slurm controller)",
+                                description="JARM's admission agent: answers job_submit.lua on [jarm] agent_socket "
+                                            "from the prices and funds it reads in the background.")
     serve.add_argument("--account", action="append", default=[], help="an account to follow from the start")
-    serve.add_argument("--allow-user", action="append", default=["slurm"],
-                       help="a user who may ask (slurmctld's SlurmUser; root and the agent's user always may)")
-    commands.add_parser("hook", help="print job_submit.lua with this site's [jarm] settings")
-    arguments = parser.parse_args(argv)
-    try:
-        config = load_config(arguments.config)
-        if arguments.command == "hook":
-            sys.stdout.write(render_hook(config.jarm))
-            return 0
-        logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(message)s")
-        return run(config, arguments.account, arguments.allow_user)
-    except GridcreditError as error:
-        print(f"{type(error).__name__}: {error}", file=sys.stderr)
-        return 1
+    serve.add_argument("--allow-user", action="append", default=[],
+                       help="a user who may ask (slurmctld's SlurmUser, default slurm; root and the agent's own user "
+                            "always may)")
+    serve.set_defaults(handler=lambda args: run(args.local.config(), args.account, args.allow_user or ["slurm"]))
+    hook = commands.add_parser("agent-hook", help="print job_submit.lua with this site's [jarm] settings",
+                               description="Print Slurm's job_submit.lua for this site's agent (socket, time "
+                                           "limit, policy): gridcredit jarm agent-hook > /etc/slurm/job_submit.lua")
+    hook.set_defaults(handler=lambda args: sys.stdout.write(render_hook(args.local.config().jarm)) and 0)
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -32,6 +32,7 @@ from gridcredit.client import InvalidRequest
 from gridcredit.errors import DomainError
 from gridcredit.timeunits import datetime_from_us, rfc3339
 
+from .agent import add_agent_commands
 from .pricing import METRIC_UNITS, PRICE_SCALE, QUOTE_GUARANTEE_S_MAX, round_half_up
 from .types import (CORES_MAX, GPUS_MAX, MEMORY_MB_MAX, NODES_MAX, TIME_LIMIT_S_MAX, VERSION_MAX, JobRequest,
                     LoadPricing, MemoryBasis, Metric, Rate)
@@ -318,3 +319,4 @@ def register(subparsers) -> None:
     p.add_argument("--quote-id", metavar="ID", help="the guaranteed quote's id (default: a fresh one)")
 
     command("whoami", "make a signed call and show who the JARM thinks you are", "gridcredit jarm whoami", _whoami)
+    add_agent_commands(commands)       # agent, agent-hook: the admission agent on the Slurm controller (agent.py)

@@ -10,7 +10,7 @@ agent does not answer in time, or is down, the site's policy applies:
 An admitted job carries the agent's admission id in its AdminComment (jarm-admission=<id>), so the
 hold path can tell the agent the job's hold exists ("settle").
 
-Written by `python -m gridcredit.services.jarm.agent hook` from the [jarm] settings; do not edit the
+Written by `gridcredit jarm agent-hook` from the [jarm] settings; do not edit the
 copy in /etc/slurm, write it again.
 ]]
 
