@@ -246,6 +246,19 @@ def test_a_load_priced_rate_is_not_quoted_on_the_callers_word(host, people):
         LoadPricing(500, 900, 1000, 2000)
 
 
+def test_exact_amounts_beyond_a_long_travel_exactly(host, people):
+    admin, alice = client(host, people["admin"]), client(host, people["alice"])
+    admin.set_price_table((*V2, Rate("big", "normal", prices(10**9, 10**9, 10**9, 10**9, 10**9))))
+    request = JobRequest("big", "normal", cores=1_024, time_limit_s=30 * 86_400, memory_mb=2**20, gpus=64)
+    quote = alice.quote(request).quote
+    assert quote.cost.lines[0].numerator > 2**63                 # xs:integer on the wire, not xs:long
+    # 1,024 cores × 720 h × 1,000 (core-wall) and again (cpu); 1,024 GB × 720 h × 1,000; 64 × 720 × 1,000; 1,000
+    assert exact_lines(quote) == {Metric.CORE_WALL: Fraction(737_280_000), Metric.CPU: Fraction(737_280_000),
+                                  Metric.MEMORY: Fraction(737_280_000), Metric.GPU: Fraction(46_080_000),
+                                  Metric.JOB: Fraction(1_000)}
+    assert quote.cost.credits == 3 * 737_280_000 + 46_080_000 + 1_000
+
+
 def test_a_version_set_for_later_is_in_force_only_from_then(host, people):
     # last in this module: nothing can be set in force now before it (a later version comes after it)
     admin, alice = client(host, people["admin"]), client(host, people["alice"])
