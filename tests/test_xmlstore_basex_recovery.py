@@ -468,7 +468,7 @@ def test_an_apply_write_locks_only_the_databases_it_writes(private_basex):
 
 
 def test_reads_of_ids_and_documents_read_lock_only_their_database(private_basex):
-    from gridcredit.xmlstore._basex import Q_COUNT_ALL, Q_DOCS, Q_IDS, Q_IDS_AFTER, _naming
+    from gridcredit.xmlstore._basex_queries import Q_COUNT_ALL, Q_DOCS, Q_IDS, Q_IDS_AFTER, naming
     session = Session("127.0.0.1", private_basex.port, "admin", "admin", timeout_s=20)
     try:
         for name in ("y_acc", "y_unrelated"):
@@ -480,7 +480,7 @@ def test_reads_of_ids_and_documents_read_lock_only_their_database(private_basex)
                 (Q_IDS, {"$offset": ("0", "xs:integer"), "$limit": ("10", "xs:integer")}, "a"),
                 (Q_COUNT_ALL, {}, "1"),
                 (Q_DOCS, {"$ids": ("a b", "")}, '<r><d id="a" v="4"><a/></d></r>')):
-            result, info = session.query_info(_naming(template, "y_acc"), bindings)
+            result, info = session.query_info(naming(template, "y_acc"), bindings)
             assert result.replace("\n", "").replace(" ", "") == answer.replace(" ", ""), (template, result)
             locks = info.split("Read Locking:")[1].splitlines()[0].strip()
             assert locks == "y_acc", (template, info)

@@ -30,7 +30,7 @@ a background thread in each process, woken by its own commits and every ``apply_
 applied, fsyncs the journal, and applies up to ``apply_batch_max`` transactions (and about
 ``apply_batch_bytes``) in ONE updating query, each document once (the last write wins within a
 batch), each document with its version (a processing instruction in it; a deleted one leaves
-a ``.v/<doc_id>`` tombstone: see ``_ops_of``) and the applied sequence number (and the batch's
+a ``.v/<doc_id>`` tombstone: see ``ops_of``) and the applied sequence number (and the batch's
 time) in the ``<prefix>_meta`` database — only if that number is still the one the batch
 starts from. A batch holds whole transactions, so BaseX never shows half of one. A BaseX update
 costs ~10 ms plus ~3 ms per database touched whatever its size, so under load commits gather for
@@ -53,7 +53,7 @@ Databases held open. BaseX 9.7 opens a database for every query that names it (r
 value of each of its documents) and closes it after the last one: at 600,000 resources (300,000
 documents and their versions) that was 20-60 ms of every query, whatever it did. A process keeps
 the databases of its queried collections of at least ``pin_documents_min`` documents open in
-sessions of their own (``OPEN``; at most ``pins_max``, see ``_Pins``): BaseX shares an open
+sessions of their own (``OPEN``; at most ``pins_max``, see ``Pins``): BaseX shares an open
 database with every query, which then compiles in ~1 ms. BaseX refuses DROP DB and db:optimize ALL
 on a database any session holds open, so those first end such sessions (``KILL``: the store's
 BaseX user needs ADMIN), and the holders open it again at their next query.
@@ -88,7 +88,7 @@ rebuilds on demand.
 Write cost. BaseX 9.7's db:replace looks the document's path up, which costs seconds per 1,000
 documents once a database holds ~400,000 resources; the running applier therefore adds (db:add)
 a document's first write, and a rebuild adds everything into the fresh database (see
-``_ops_of``): 1,000,000 records of 1 KB went from journal to BaseX in ~4 minutes here, where
+``ops_of``): 1,000,000 records of 1 KB went from journal to BaseX in ~4 minutes here, where
 db:replace had managed ~280 a second at 200,000.
 
 A process that forks opens its own store after the fork (the applier thread and the locks'
@@ -156,19 +156,21 @@ tail cut, no lock taken but the shared query gate when its file exists), no appl
 verification or repair; ``transact``, ``flush``, ``check`` and ``rebuild`` raise ``StoreError``.
 Queries wait (bounded by ``timeout_s``) until BaseX's applied number, as another process's applier
 sets it, reaches the journal's end.
+
+Files: this one is the facade (``BaseXStore``: open, the mirror, applying, reads, writes);
+``_basex_queries`` builds the XQuery text (pure functions, tested without a server),
+``_basex_sessions`` connects and pools sessions and holds databases open, ``_basex_recovery``
+verifies and repairs BaseX (``_Recovery``, mixed into ``BaseXStore``), ``_basex_wire`` speaks
+BaseX's protocol, ``_journal`` is the record.
 """
 from __future__ import annotations
 
 import collections
 import hashlib
-import bisect
 import heapq
 import json
 import logging
-import math
 import os
-import random
-import re
 import threading
 import time
 from pathlib import Path
@@ -183,279 +185,16 @@ from gridcredit.errors import ConflictError, QueryError, StoreError, StoreUnavai
 from ._api import (DEFAULT_LIMITS, NOT_COVERED, AttributeIndex, Coverage, Document, QueryPage, StoreLimits,
                    Transaction, XmlStore, check_collection, check_doc_id, check_indexes, check_query_args, check_where,
                    coverage, normalize, run_with_retries)
+from ._basex_queries import (PATCHABLE, Q_COLLECTIONS, Q_COUNT_ALL, Q_DOCS, Q_ENSURE, Q_ENSURE_INDEXED, Q_IDS,
+                             Q_IDS_AFTER, Q_META, Q_META_SET, Q_UNHEALTHY, RESULT_PARSER, apply_query, db_name, naming,
+                             select_query)
+from ._basex_recovery import _SAID_UNREACHABLE, _VERIFIED, _Recovery, _SharedVerification
+from ._basex_sessions import SESSION_ADDRESS, SESSION_LINE, BaseXUnavailable, Pins, Pool, connect
 from ._basex_wire import ServerError, Session, WireError
 from ._journal import READ_BYTES_MAX, Journal
-from ._xpath import check_xpath
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-_RESULT_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True,
-                                 remove_blank_text=False)
-
-VERSION_PI = "gridcredit-version"     # a live document's version (see _ops_of)
-# A document of elements and attributes only (no text, comment, PI or CDATA between its tags):
-# a new version of one is marked for an in-place update (see _ops_of, which checks the tree itself).
-# A '>' inside an attribute value only makes a document look as if it had text: replaced whole.
-_PATCHABLE = re.compile(r"(?:<[^<>!?][^<>]*>)+")
-
-# These name their database literally ({db}, see _naming): BaseX 9.7 read-locks just that one (a
-# name bound as a variable made it lock every database: each read waited for every apply)
-Q_DOCS = """declare variable $ids external;
-<r>{for $id in tokenize($ids, ' ') let $doc := db:open({db}, $id) where exists($doc)
-    return <d id="{$id}" v="{$doc/processing-instruction(%s)}">{$doc/*}</d>}</r>""" % VERSION_PI
-
-# the next ``limit`` document ids after $after
-Q_IDS_AFTER = """declare variable $after external; declare variable $limit external;
-if (db:exists({db})) then string-join(subsequence(sort(db:list({db})[not(starts-with(., '.'))][. > $after]),
-  1, xs:integer($limit)), ' ') else ''"""
-
-Q_IDS = """declare variable $offset external; declare variable $limit external;
-if (db:exists({db})) then string-join(subsequence(sort(db:list({db})[not(starts-with(., '.'))]),
-  xs:integer($offset) + 1, xs:integer($limit)), ' ') else ''"""
-
-Q_COUNT_ALL = """if (db:exists({db})) then count(db:list({db})[not(starts-with(., '.'))]) else 0"""
-
-Q_COLLECTIONS = """declare variable $prefix external;
-string-join(for $n in sort(db:list()[starts-with(., $prefix)])
-            where exists(db:list($n)[not(starts-with(., '.'))]) return $n, ' ')"""
-
-Q_DATABASES = """declare variable $prefix external; string-join(sort(db:list()[starts-with(., $prefix)]), ' ')"""
-
-# a collection no AttributeIndex covers: no value indexes at all — nothing reads through them (its
-# XPath runs inside xquery:eval), and with UPDINDEX every update kept BaseX's default text and
-# attribute indexes current (the bank's hold-then-charge: ~20% more operations/s without them)
-Q_ENSURE = """declare variable $names external;
-for $n in tokenize($names, ' ') where not(db:exists($n))
-return db:create($n, (), (), map{'chop': false(), 'updindex': true(), 'autooptimize': false(),
-  'textindex': false(), 'attrindex': false(), 'tokenindex': false(), 'ftindex': false()})"""
-
-# BaseX indexes attribute values up to MAXLEN bytes (longer values are looked up by a scan)
-INDEX_MAXLEN = 1000
-
-# a collection covered by an AttributeIndex: BaseX's attribute index on its declared names only, no text index
-Q_ENSURE_INDEXED = """declare variable $names external; declare variable $include external;
-for $n in tokenize($names, ' ') where not(db:exists($n))
-return db:create($n, (), (), map{'chop': false(), 'updindex': true(), 'autooptimize': false(),
-  'attrindex': true(), 'attrinclude': $include, 'textindex': false(), 'tokenindex': false(), 'ftindex': false(),
-  'maxlen': %d})""" % INDEX_MAXLEN
-
-Q_INDEX_OPTIONS = """declare variable $db external;
-if (db:exists($db)) then let $i := db:info($db)//indexes
-  return string-join(($i/attrindex, $i/textindex, $i/attrinclude, $i/maxlen) ! string(), '|')
-else 'missing'"""
-
-# the attribute index agrees with the data, on a sample (a full comparison ran a 512 MB BaseX out
-# of heap at 1,000,000 documents): each <a n="name" v="value" d="doc id"/> must be found by an
-# index lookup of its value, and every attribute that lookup returns must hold that value. A kill
-# -9 of BaseX can leave the index behind its data (seen: "Key does not exist" on the next update);
-# the sample holds the 50 most recently written documents, where a crash leaves its marks, and 25
-# random ones.
-# Values held by more than 100 attributes are not looked at (db:path costs ~0.5 ms a hit at
-# 1,000,000 documents: checking every hit of 300 documents' values took minutes).
-Q_INDEX_SAMPLE = """declare variable $db external; declare variable $checks external;
-count(for $c in parse-xml($checks)/c/a
-      let $v := string($c/@v)
-      where sum(index:attributes($db, $v)[. = $v]/@count ! xs:integer(.)) <= 100
-      let $hits := db:attribute($db, $v, string($c/@n))
-      where not(some $h in $hits satisfies db:path($h) = string($c/@d)) or (some $h in $hits satisfies string($h) != $v)
-      return $c)"""
-
-Q_REINDEX = """declare variable $db external; declare variable $include external;
-db:optimize($db, true(), map{'attrindex': true(), 'attrinclude': $include, 'textindex': false(),
-  'tokenindex': false(), 'ftindex': false(), 'maxlen': %d})""" % INDEX_MAXLEN
-
-# A kill -9 of BaseX can leave a database's inf.basex empty or torn. Opening such a database makes
-# BaseX 9.7 fail when it closes it (NullPointerException in DiskData.write) WITHOUT releasing its
-# pin and locks: the database can then not be dropped until the server restarts. db:info reads the
-# metadata without opening the database: we create every database with UPDINDEX, so one whose info
-# does not show it has unreadable metadata, and is dropped unopened. (A separate query: BaseX opens
-# a database named by a bound variable when it compiles a query, whichever branch runs.)
-Q_UNHEALTHY = """declare variable $names external;
-string-join(for $n in tokenize($names, ' ') where db:exists($n) and not(db:info($n)//updindex = 'true')
-            return $n, ' ')"""
-
-# "<applied sequence number> <when the last batch was applied, ms since the epoch>"
-Q_META = """declare variable $m external;
-if (db:exists($m)) then (db:open($m, '.seq')/seq/(@n || ' ' || (@t, 0)[1]), '0 0')[1] else 'none'"""
-
-Q_META_SET = """declare variable $m external; declare variable $seq external;
-db:replace($m, '.seq', <seq n="{$seq}"/>)"""
-
-# Versions. A live document carries its version in a processing instruction before its root
-# element (<?gridcredit-version 7?>: BaseX holds one resource per document, and a version is read
-# with the document, no path lookup); a deleted one leaves a tombstone ``.v/<id>`` (<v n="8"
-# del="1"/>) so its version survives. A document written again after its deletion may keep that
-# tombstone: the higher version of the two is the document's state (see ``_status``). (Until
-# 2026-11-23 every document had a ``.v/`` version resource: twice the resources, and ~40% of an
-# apply's time with small documents. Such a database fails verification and is rebuilt.)
-#
-# An op marked new="1" is added (db:add) instead of replaced: BaseX 9.7's db:replace looks the
-# path up, which costs ~5-14 s per 1,000 documents in a database of 200,000 (db:add: ~0.4 s).
-# Marked only where BaseX cannot hold the path: a document's first write (version 1) in a batch
-# of the running applier (BaseX verified at the batch's base number), and every op of a rebuild
-# into a fresh database. A crash in the middle of such a batch can leave a path twice: the
-# verification (Q_STATUS) finds duplicates and rebuilds.
-#
-# An op marked patch="1" (a new version of a document made of elements and attributes only, e.g.
-# the LUTS's summaries with a Charge element per unit: ``_PATCHABLE``) changes the attribute values
-# that differ in place when the stored document is the same tree — element for element (in document
-# order, each with as many children) the same names, namespaces and attribute names in the same
-# order, and no text, comment or processing instruction inside: with UPDINDEX, db:replace deletes
-# and re-adds every indexed value of the old document (~260 ms per 1,000 small documents here; in
-# place: ~95 ms). Anything else is replaced whole. (Until 2026-12-02 only a one-element document
-# was patched: the summaries' Charge children, issue 11.5, made every summary update a replace.)
-def _ops_of(db: str) -> str:
-    """The updates of one database's ops, its name written literally (see apply_query)."""
-    document = f"document {{ processing-instruction {VERSION_PI} {{ string($op/@v) }}, $op/*[1] }}"
-    return f"""
-  for $op in $o/op[@db = {_literal(db)}]
-  let $id := string($op/@id)
-  return if ($op/@del = '1') then (
-    if ($op/@new = '1') then db:add({_literal(db)}, <v n="{{$op/@v}}" del="1"/>, '.v/' || $id) else (
-    if (db:exists({_literal(db)}, $id)) then db:delete({_literal(db)}, $id) else (),
-    db:replace({_literal(db)}, '.v/' || $id, <v n="{{$op/@v}}" del="1"/>)))
-  else if ($op/@new = '1') then db:add({_literal(db)}, {document}, $id)
-  else if ($op/@patch = '1') then (
-    let $stored := db:open({_literal(db)}, $id)
-    let $old := $stored/*
-    let $olds := $old/descendant-or-self::node()
-    let $news := $op/*[1]/descendant-or-self::node()
-    return if (count($stored) = 1 and count($stored/processing-instruction({VERSION_PI})) = 1 and count($old) = 1
-               and count($olds) = count($news)
-               and (every $i in 1 to count($news) satisfies (
-                 let $o := $olds[$i] let $n := $news[$i]
-                 return $o instance of element() and $n instance of element() and node-name($o) = node-name($n)
-                   and count($o/node()) = count($n/node())
-                   and deep-equal($o/@* ! node-name(.), $n/@* ! node-name(.))
-                   and deep-equal(sort(in-scope-prefixes($o) ! (. || '=' || namespace-uri-for-prefix(., $o))),
-                                  sort(in-scope-prefixes($n) ! (. || '=' || namespace-uri-for-prefix(., $n)))))))
-    then (for $i in 1 to count($news) for $a in $news[$i]/@*
-          let $was := $olds[$i]/@*[node-name(.) = node-name($a)] where string($was) ne string($a)
-          return replace value of node $was with string($a),
-          replace value of node $stored/processing-instruction({VERSION_PI}) with string($op/@v))
-    else db:replace({_literal(db)}, $id, {document}))
-  else db:replace({_literal(db)}, $id, {document})"""
-
-
-def apply_query(databases: Sequence[str], meta_db: str | None) -> str:
-    """The update writing ops (``$ops``: ``<ops><op db=… id=… v=…>`` see ``_ops``) into ``databases``.
-
-    Every database is named literally, so BaseX write-locks just those (and ``meta_db``); a name
-    it can only know at run time made each apply lock every database, holding up all queries.
-    With ``meta_db``: a batch of whole transactions and the applied number in one update, refused
-    unless the applied number is still ``$base`` (the one the batch starts from); without: the
-    documents' state only (repair, rebuild; the applied number is written separately)."""
-    updates = ",".join(_ops_of(db) for db in sorted(set(databases))) or " ()"
-    if meta_db is None:
-        return f"declare variable $ops external;\nlet $o := parse-xml($ops)/ops\nreturn ({updates})"
-    meta = _literal(meta_db)
-    return (f"declare variable $ops external; declare variable $base external;\nlet $o := parse-xml($ops)/ops\n"
-            f"let $now := (db:open({meta}, '.seq')/seq/@n/string(), '0')[1]\n"
-            f"return if ($now != $base) then error(xs:QName('err:FOER0000'), 'gridcredit-applied ' || $now)\n"
-            f"else ({updates},\n  db:replace({meta}, '.seq', <seq n=\"{{$o/@seq}}\" t=\"{{$o/@t}}\"/>))")
-
-
-# readable = every live document read in full, in one pass (a path lookup per document costs
-# ~1 ms per 200,000 documents in BaseX 9.7): "ok <characters>"; then, in queries of their own
-# that stream their items (one string of everything made a 512 MB BaseX run out of heap at
-# 1,000,000 documents, which looked like damage), the live ids and the versions as
-# "id version l|d" lines
-Q_STATUS = """declare variable $db external;
-if (not(db:exists($db))) then 'missing' else
-try {
-  'ok ' || sum(for $d in db:open($db) where not(starts-with(db:path($d), '.')) return string-length(serialize($d)))
-} catch * { 'damaged ' || $err:code || ' ' || $err:description }"""
-
-Q_STATUS_LIVE = """declare option output:item-separator "&#10;"; declare variable $db external;
-db:list($db)[not(starts-with(., '.'))]"""
-
-# The background verification's chunk (see BaseXStore._verify_step): the documents and tombstones
-# whose id is in ($after, $upto] ('' open), every document read in full (its serialized length
-# forces it): "ok" then "<id> <version> l|d|t" lines as Q_STATUS_VERSIONS, or "damaged ..."
-Q_STATUS_RANGE = """declare variable $db external; declare variable $after external; declare variable $upto external;
-if (not(db:exists($db))) then 'missing' else
-try {
-  string-join(('ok', for $d in db:open($db)
-    let $path := db:path($d)
-    let $tomb := starts-with($path, '.v/')
-    let $id := if ($tomb) then substring($path, 4) else $path
-    where ($tomb or not(starts-with($path, '.'))) and ($after = '' or $id > $after) and ($upto = '' or $id <= $upto)
-    return if ($tomb) then
-      $id || ' ' || ($d/v/@n, -1)[1] || ' ' || (if ($d/v/@del = '1') then 'd' else 't')
-    else
-      $id || ' ' || ($d/processing-instruction(%s)[. castable as xs:integer], -1)[1] || ' l '
-         || string-length(serialize($d))), '&#10;')
-} catch * { 'damaged ' || $err:code || ' ' || $err:description }""" % VERSION_PI
-
-# "<id> <version> l|d|t" lines: l a live document (version -1: it has none), d a tombstone, t a
-# ``.v/`` resource that is no tombstone (the layout before versions moved into the documents)
-Q_STATUS_VERSIONS = """declare option output:item-separator "&#10;"; declare variable $db external;
-for $d in db:open($db)
-let $path := db:path($d)
-return if (starts-with($path, '.v/')) then
-  substring($path, 4) || ' ' || ($d/v/@n, -1)[1] || ' ' || (if ($d/v/@del = '1') then 'd' else 't')
-else if (starts-with($path, '.')) then ()
-else $path || ' ' || ($d/processing-instruction(%s)[. castable as xs:integer], -1)[1] || ' l'""" % VERSION_PI
-
-# BaseX 9.7's xquery:eval applies its 'permission' option by changing the permission of the
-# session's USER (shared by every session of that user) and restoring it afterwards: meanwhile
-# every other query of that user fails with "No read permission", and two evaluations at once can
-# restore 'none' for good. So the option is not given (the default, admin, is what the store's
-# user has: the switch is then a no-op), and an XPath query runs beside the store's other calls:
-# only a checked XPath 1.0 expression (_xpath.check_xpath) reaches xquery:eval.
-#
-# One template answers query and count, with and without ``where`` and XPath ({...} parts are
-# filled by _select with validated names, integers and fixed text only; values are bound):
-# * the database names are literals: BaseX 9.7 decides what to lock before it binds variables, so
-#   a name it cannot read from the query text (or a db:path call, whatever its argument) makes it
-#   lock every database — a read that waits for every writer, and every writer for it;
-# * $all: the collection's documents (root elements) that match the INDEXED ``where`` items.
-#   One indexed name: read from the attribute index (db:attribute) when the database's own
-#   properties say it holds that name's values of this length (attrindex, attrinclude, maxlen:
-#   BaseX's rule for its own rewrite), checked again against the data; otherwise the query stops
-#   with ``gridcredit-index-unusable`` and is asked again in the general form. General form
-#   (several indexed names): predicates on db:open(db)/*, which BaseX rewrites to db:attribute
-#   itself (see query_plan) — but only after it has listed every document of the database while
-#   compiling (~2 ms per 600,000 resources, measured here), which the direct lookup skips;
-#   no indexed item: every document;
-# * the scan limit bounds $all when anything must be examined document by document;
-# * $cands: $all narrowed by the other ``where`` items, in doc_id order (the id is the document's
-#   URI after "/<database>/": db:path would lock every database);
-# * the checked XPath runs inside xquery:eval (with a timeout) over $cands only, and what it returns
-#   is checked again outside: root elements of this database that match every ``where`` item —
-#   an XPath can narrow what ``where`` selected, never widen it.
-Q_SELECT = """{declarations}
-declare function local:id($d as node()) as xs:string {{ substring(document-uri(root($d)), {id_from}) }};
-let $seq := if (db:exists({meta})) then (db:open({meta}, '.seq')/seq/@n/string(), '0')[1] else '0'
-let $all := if (db:exists({db})) then {roots}[not(starts-with(local:id(.), '.'))] else ()
-return if ({examine} and count($all) > {scan})
-then error(xs:QName('err:FOER0000'), 'gridcredit-scan-limit ' || count($all))
-else
-  let $cands := for $d in $all{rest} order by local:id($d) return $d
-  let $hits := {hits}
-  return {result}"""
-
-# {roots} for one indexed where item read straight from the attribute index ({guard}: S_GUARD)
-S_INDEXED = """(if ({guard}) then db:attribute({db}, parse-json(${var})?*)/self::attribute({name})/parent::*[
-  parent::document-node()]{check} else error(xs:QName('err:FOER0000'), 'gridcredit-index-unusable'))"""
-
-S_GUARD = """db:property({db}, 'attrindex') and db:property({db}, 'maxlen') >= {longest} and
-  (let $i := string(db:property({db}, 'attrinclude'))
-   return $i = '' or tokenize($i, ',') ! normalize-space() = '{name}')"""
-
-X_EVAL = """for $h in xquery:eval($expr, map:merge(({entries}, map{{'_docs': $cands}})),
-                                  map{{'timeout': {timeout}}})
-  where $h instance of element() and exists($h/parent::document-node())
-    and (try {{ $h is db:open-pre({db}, db:node-pre($h)) }} catch * {{ false() }})
-    and not(starts-with(local:id($h), '.')) and exists($h{every})
-  return $h"""
-
-R_PAGE = """<r seq="{{$seq}}">{{for $h in {page} let $id := local:id($h)
-  return <d id="{{$id}}"{version}>{{$h}}</d>}}</r>"""
-
-R_VERSION = ' v="{{$h/../processing-instruction(%s)}}"' % VERSION_PI
-
 
 # The mirror's stand-in for the XML of a ``store_text=False`` collection's live document: a
 # singleton Python's cyclic GC does not track. (An instance of a class of ours is tracked, and so
@@ -540,245 +279,8 @@ def _sha(xml: bytes) -> str:
     return hashlib.sha256(xml).hexdigest()
 
 
-class _Pool:
-    """At most ``size`` sessions; one thread uses a session at a time; broken sessions are dropped."""
-
-    def __init__(self, connect: Callable[[], Session], size: int, wait_s: float) -> None:
-        self._connect = connect
-        self._size = size
-        self._wait_s = wait_s
-        self._idle: list[Session] = []
-        self._open = 0
-        self._condition = threading.Condition()
-        self.broken_seen = 0
-
-    @contextlib.contextmanager
-    def session(self) -> Iterator[Session]:
-        with self._condition:
-            if not self._condition.wait_for(lambda: self._idle or self._open < self._size, timeout=self._wait_s):
-                raise StoreError(f"no BaseX session free within {self._wait_s} s (pool of {self._size})")
-            session = self._idle.pop() if self._idle else None
-            if session is None:
-                self._open += 1
-        try:
-            if session is None:
-                session = self._connect()
-        except BaseException:
-            with self._condition:
-                self._open -= 1
-                self._condition.notify()
-            raise
-        try:
-            yield session
-        finally:
-            with self._condition:
-                if session.broken:
-                    self._open -= 1
-                    self.broken_seen += 1
-                    session.close()
-                else:
-                    self._idle.append(session)
-                self._condition.notify()
-
-    def close(self) -> None:
-        with self._condition:
-            for session in self._idle:
-                session.close()
-            self._open -= len(self._idle)
-            self._idle.clear()
-
-
-_DB_NAME = re.compile(r"^[A-Za-z0-9_]+$")
-# a line of SHOW SESSIONS: "- <user> [<address>]" and, for a session that has OPENed one, ": <database>"
-_SESSION_LINE = re.compile(r"^- (\S+) \[([^\]]+)\](?:: (\S+))?$")
-_SESSION_ADDRESS = re.compile(r"^[0-9A-Za-z.:%-]+:[0-9]+$")
-
-
-def _db_name(name: str) -> str:
-    """A database name, checked before it enters a command or query text: [A-Za-z0-9_] (a
-    collection name checked by check_collection after an alphanumeric prefix)."""
-    invariant(_DB_NAME.match(name) is not None, "a database name is [A-Za-z0-9_]")
-    return name
-
-
-def _naming(template: str, db: str) -> str:
-    """A query template with its database name ``{db}`` written in as a literal."""
-    return template.replace("{db}", _literal(db))
-
-
-def _literal(name: str) -> str:
-    """A database name as an XQuery string literal."""
-    return f"'{_db_name(name)}'"
-
-
-class BaseXUnavailable(StoreUnavailable):
-    """BaseX did not answer (refused, closed or timed out): the journal goes on without it (an
-    expected state: a request it fails gets Server.StoreUnavailable and no traceback)."""
-
-
-# (journal folder, host, port) of the opens without BaseX this process said: its forked workers,
-# which open the store again, say it at INFO (one warning for a server, not one per worker)
-_SAID_UNREACHABLE: set[tuple[str, str, int]] = set()
-
-# (journal folder, host, port) -> (pid, transaction, time.monotonic()) of the last verification of
-# BaseX against that journal this process completed (open, background or repair). A process forked
-# soon after (``fork_trust_s``: serve's workers after prepare_state) skips its own verification when
-# BaseX's applied number and quick checks agree (see BaseXStore._open_verify_locked); a close with
-# BaseX in doubt, or a later repair, withdraws it
-_VERIFIED: dict[tuple[str, str, int], tuple[int, int, float]] = {}
-_FORKED_AT: list[float] = [0.0]        # time.monotonic() of this process's fork (0: never forked)
-
-
-def _note_fork() -> None:
-    _FORKED_AT[0] = time.monotonic()
-
-
-os.register_at_fork(after_in_child=_note_fork)
-
-# (journal folder, host, port) -> (pid, token, time.monotonic()) of the verification after open this
-# process left to the background (see BaseXStore._verify_later). The processes forked from it within
-# ``fork_trust_s`` (serve's workers after prepare_state) take part in that one verification instead
-# of each verifying in full (see _SharedVerification).
-_BACKGROUND: dict[tuple[str, str, int], tuple[int, str, float]] = {}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class _SharedVerification:
-    """One verification after open shared by the processes of one start: ``<journal>/verification.json``.
-
-    A writable open that leaves the verification to the background makes a *token* (or takes its
-    parent's: see ``_BACKGROUND``); the processes holding one token verify BaseX once between them.
-    The file maps each token to its progress — the collections left, the last id verified in the
-    first of them (``after``), documents read and to read — the process doing the steps (``owner``)
-    and, once BaseX is verified, the journal's transaction it was verified at (``done``). Every
-    change is made under the journal's applier lock (each step holds it) and replaces the file
-    atomically, so a glance without the lock reads a whole one. A process steps only when no other
-    live process owns the token's steps: it then goes on from the progress recorded (the owner died
-    or closed its store); one that sees ``done`` adopts it. At most ``KEPT`` tokens are kept (the
-    oldest dropped: a process of a dropped token verifies again from the start)."""
-
-    KEPT = 16
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def _all(self) -> dict[str, dict]:
-        try:
-            tokens = json.loads(self.path.read_bytes())
-        except (FileNotFoundError, ValueError):
-            return {}
-        return tokens if isinstance(tokens, dict) else {}
-
-    def read(self, token: str) -> dict | None:
-        entry = self._all().get(token)
-        return entry if isinstance(entry, dict) else None
-
-    def write(self, token: str, **fields) -> None:
-        """Applier lock held: set ``fields`` of ``token``'s entry (made if missing)."""
-        tokens = self._all()
-        entry = tokens.pop(token, None)
-        entry = dict(entry if isinstance(entry, dict) else {}, **fields, updated=time.time())
-        kept = sorted(tokens.items(), key=lambda item: item[1].get("updated", 0) if isinstance(item[1], dict) else 0)
-        tokens = dict(kept[-(self.KEPT - 1):] if self.KEPT > 1 else [])
-        tokens[token] = entry
-        write_atomically(self.path, json.dumps(tokens).encode())
-
-    @staticmethod
-    def stepped_by_another(entry: dict | None) -> bool:
-        """Whether another live process does the steps of this (unfinished) verification."""
-        if entry is None or entry.get("done") is not None:
-            return False
-        owner = entry.get("owner")
-        return isinstance(owner, int) and owner != os.getpid() and _alive(owner)
-
-
 class _IndexUnusable(Exception):
     """The database's attribute index cannot answer a where item directly (see S_INDEXED)."""
-
-
-class _Pins:
-    """Sessions that hold large databases open in BaseX (``OPEN``), so that queries find them open.
-
-    BaseX 9.7 opens a database for each query that names it — reading its resource list (the pre
-    value of every document, in inf.basex) — and closes it when the last query using it ends.
-    Measured here: a query on a database of 600,000 resources (300,000 LUTS id entries, each
-    with its version document) spent 20-60 ms compiling, nearly all of it opening, whatever it
-    then did; 0.1 ms while another session held the database open (an open database is shared
-    by every query of the server). At most ``size`` pins, the least recently used closed first;
-    a pin that the server ended (``KILL``, a restart) is replaced at the next use. A database
-    held open cannot be dropped or rebuilt in place (DROP DB, db:optimize ALL): see
-    ``BaseXStore._without_pins``; ``held(db)`` keeps this process from pinning it meanwhile.
-    """
-
-    def __init__(self, connect: Callable[[], Session], size: int) -> None:
-        self._connect = connect
-        self._size = size
-        self._sessions: collections.OrderedDict[str, Session] = collections.OrderedDict()
-        self._held: collections.Counter[str] = collections.Counter()
-        self._lock = threading.Lock()
-
-    def pin(self, db: str, gate: Callable[[], contextlib.AbstractContextManager]) -> bool:
-        """Hold ``db`` open (best effort: False when it is missing, held or BaseX refuses)."""
-        with self._lock:
-            session = self._sessions.get(db)
-            if session is not None and not session.peer_closed():
-                self._sessions.move_to_end(db)
-                return True
-            if session is not None:
-                del self._sessions[db]
-                session.close()
-            if self._held[db] or self._size <= 0:
-                return False
-            while len(self._sessions) >= self._size:
-                self._sessions.popitem(last=False)[1].close()
-            try:
-                with gate():
-                    session = self._connect()
-                    try:
-                        session.command(f"OPEN {_db_name(db)}")
-                    except BaseException:
-                        session.close()
-                        raise
-            except (ServerError, WireError, StoreError) as error:
-                log.info("xmlstore/basex: not holding %s open (%s)", db, str(error)[:200])
-                return False
-            self._sessions[db] = session
-            return True
-
-    def pinned(self) -> list[str]:
-        with self._lock:
-            return [db for db, session in self._sessions.items() if not session.peer_closed()]
-
-    @contextlib.contextmanager
-    def held(self, db: str) -> Iterator[None]:
-        """Close this process's pin of ``db`` and pin it no more until the block ends."""
-        with self._lock:
-            self._held[db] += 1
-            session = self._sessions.pop(db, None)
-            if session is not None:
-                session.close()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._held[db] -= 1
-                if not self._held[db]:
-                    del self._held[db]
-
-    def close(self) -> None:
-        with self._lock:
-            for session in self._sessions.values():
-                session.close()
-            self._sessions.clear()
 
 
 class _BaseXTransaction(Transaction):
@@ -830,29 +332,6 @@ class _BaseXTransaction(Transaction):
         if existed:
             self._stage(key, None)
         return existed
-
-
-def _versions_of(lines: Iterator[list[str]]) -> tuple[str, dict[str, tuple[int, bool]]]:
-    """("ok" or what is damaged, id -> (version, live)) from BaseX's "<id> <version> l|d|t" lines
-    (Q_STATUS_VERSIONS, Q_STATUS_RANGE)."""
-    documents: dict[str, int] = {}
-    tombstones: dict[str, int] = {}
-    for doc_id, version, kind in lines:
-        if kind == "t":
-            return "damaged: version resources of the old layout (.v/ for every document)", {}
-        held = documents if kind == "l" else tombstones
-        if doc_id in held:
-            return "damaged: a document path held twice (a batch of db:add interrupted?)", {}
-        held[doc_id] = int(version)
-    if any(version < 1 for version in documents.values()):
-        return "damaged: a document without its version", {}
-    # a document written again after its deletion may still have its tombstone: the higher
-    # version is its state (a tombstone above a live document shows as "holds writes")
-    versions = {doc_id: (version, False) for doc_id, version in tombstones.items()}
-    for doc_id, version in documents.items():
-        if version > versions.get(doc_id, (0, False))[0]:
-            versions[doc_id] = (version, True)
-    return "ok", versions
 
 
 def _frame_bytes(writes: list) -> int:
@@ -1009,7 +488,7 @@ class _BacklogWatch:
         self._episode = None
 
 
-class BaseXStore(XmlStore):
+class BaseXStore(_Recovery, XmlStore):
     apply_interval_s = 0.05         # the applier looks for frames nobody applied (e.g. a dead writer's)
     apply_delay_s = 0.25            # under load, a batch at most this often (unless a read is waiting)
     apply_batch_max = 1_000         # transactions in one BaseX update
@@ -1018,7 +497,7 @@ class BaseXStore(XmlStore):
     backlog_bytes_max = 32_000_000  # committed XML not yet in BaseX before writers wait for the applier
     blind_apply_max = 20_000        # writes an open applies unverified (more: verify, re-apply what differs)
     rebuild_above = 10_000          # documents behind in one collection from which rebuilding is cheaper
-    pins_max = 8                    # databases this process holds open in BaseX for its queries (see _Pins) ...
+    pins_max = 8                    # databases this process holds open in BaseX for its queries (see Pins) ...
     pin_documents_min = 10_000      # ... once their collection holds this many documents (smaller ones open fast)
     probe_s = 5.0                   # how long an open or a repair waits for BaseX to answer before going on without it
     checkpoint_bytes_min = 64_000_000   # journal after the snapshot before the applier checkpoints (see _maybe_checkpoint)
@@ -1045,8 +524,8 @@ class BaseXStore(XmlStore):
         self._meta_db = db_prefix + "_meta"   # no collection name starts with "_"
         self._timeout_s = float(timeout_s)
         self._address = (host, port, user, password)
-        self._pool = _Pool(self._connect, limits.pool_size, wait_s=self._timeout_s)
-        self._pins = _Pins(self._connect, self.pins_max)
+        self._pool = Pool(self._connect, limits.pool_size, wait_s=self._timeout_s)
+        self._pins = Pins(self._connect, self.pins_max)
         self._journal = Journal(journal_dir, read_only=self.read_only)
         self._catalog = _IndexCatalog(Path(journal_dir) / "indexes.json", limits)
         self._keeps: dict[str, bool] = {}       # collection -> whether the mirror keeps its XML
@@ -1196,333 +675,6 @@ class BaseXStore(XmlStore):
         except WireError as error:
             return str(error)
 
-    def _open_verify_locked(self, applied: int | None, written: set[str], last: int) -> None:
-        pending_writes = sum(len(writes) for _seq, writes in self._pending)
-        if pending_writes > self.blind_apply_max:
-            self._note(f"{pending_writes} committed write(s) not yet in BaseX by its applied number "
-                       f"({applied}); verifying instead of applying them blindly")
-        quick = applied is not None and applied <= last and pending_writes <= self.blind_apply_max and \
-            not self._unhealthy(sorted(written))
-        if quick:
-            if self._pending:
-                self._note(f"{len(self._pending)} committed transaction(s) not yet in BaseX (an applier is behind, "
-                           f"or a writer stopped before they were applied); applying them")
-                try:
-                    self._apply_pending_locked(writer_locked=True, verify_first=False)
-                except StoreError as error:
-                    self._note(f"applying them failed ({error}); verifying every database")
-                    quick = False
-        else:
-            with self._mirror_lock:
-                self._pending.clear()
-                self._pending_bytes = 0
-        if quick and self._verify_later(applied, last):
-            return
-        self._verify_and_repair(list(self._state), check_unknown=True)
-        self._check_index_options()
-        self._set_meta(last)
-        self._note_applied(last)
-        self._suspect = False
-        self._broken_checked = self._pool.broken_seen
-        self._verification_done(last)
-
-    # -- verification after open, in the background --
-    def _verify_later(self, applied: int, last: int) -> bool:
-        """Open, both locks held, every pending frame applied: if BaseX passes the quick checks
-        (applied number at the journal's end, no database of another journal, every database's
-        metadata readable, the attribute indexes' options as declared), leave the full verification
-        (every document read) to the applier thread (``_verify_step``) and return True — or skip it
-        in a process forked right after its parent verified (``_VERIFIED``), or share it with the
-        other processes forked from a parent that left it to the background (``_BACKGROUND``,
-        ``_SharedVerification``: one of them verifies, the others adopt its result). False: verify now."""
-        if self._read_meta() != last:
-            return False
-        self._refuse_unknown_databases()
-        if self._unhealthy([self._db(c) for c in self._state] + [self._meta_db]) or self._index_options_differ():
-            return False
-        self._note_applied(last)
-        self._suspect = False
-        self._broken_checked = self._pool.broken_seen
-        fact = _VERIFIED.get(self._verified_key())
-        if fact is not None and fact[0] != os.getpid() and 0 < _FORKED_AT[0] - fact[2] <= self.fork_trust_s \
-                and fact[1] <= applied:
-            log.info("xmlstore/basex: BaseX was verified against the journal by the process this one was forked "
-                     "from (at transaction %d; BaseX has applied %d): not verifying again", fact[1], applied)
-            self._verification_done(last, adopted=True)
-            return True
-        key, shared_with = self._verified_key(), ""
-        parent = _BACKGROUND.get(key)
-        if parent is not None and parent[0] != os.getpid() and 0 < _FORKED_AT[0] - parent[2] <= self.fork_trust_s:
-            self._verify_token = parent[1]
-            shared_with = f", with the other processes forked from process {parent[0]}"
-            entry = self._shared.read(self._verify_token)
-            if entry is not None and entry.get("done") is not None:
-                return self._adopt_verification(entry)
-        else:
-            self._verify_token = f"{os.getpid()}-{os.urandom(8).hex()}"
-            _BACKGROUND[key] = (os.getpid(), self._verify_token, time.monotonic())
-        with self._mirror_lock:
-            total = sum(len(entries) for entries in self._state.values())
-            self._verify_left = sorted(self._state)
-            self._verify_new = {}
-        self._verify_after = ""
-        self._verify_bounds, self._verify_bounds_of = [], None
-        self._verify_docs = (0, total)
-        self._verify_started = time.monotonic()
-        self._verified.clear()
-        log.info("xmlstore/basex: verifying %d documents of BaseX against the journal in the background%s "
-                 "(queries wait for it; reads by id and commits go on)", total, shared_with)
-        return True
-
-    def _adopt_verification(self, entry: dict) -> bool:
-        """Applier lock held: another process of this start verified BaseX (``entry``: see
-        _SharedVerification); adopt it unless BaseX's applied number went back since (then this
-        store is suspect: the next apply or query verifies and repairs). True when adopted."""
-        applied = self._read_meta()
-        if applied < entry["done"]:
-            self._note(f"BaseX's applied number ({applied}) is below the transaction at which process "
-                       f"{entry.get('owner')} verified it ({entry['done']}); verifying every database")
-            self._suspect = True
-            return False
-        log.info("xmlstore/basex: BaseX was verified against the journal by process %s (%s documents, at "
-                 "transaction %d; BaseX has applied %d): not verifying again", entry.get("owner"),
-                 f"{entry.get('total', 0):,}", entry["done"], applied)
-        self._verify_left = None       # (no "verified" line of its own)
-        self._verification_done(applied, adopted=True)
-        return True
-
-    def _verified_key(self) -> tuple[str, str, int]:
-        return (str(self._journal.directory), self._address[0], self._address[1])
-
-    def _verification_done(self, seq: int, *, adopted: bool = False) -> None:
-        """BaseX holds exactly the journal up to ``seq``: say so to waiting queries, to forks and
-        (applier lock held) to the other processes sharing this start's verification."""
-        if self._verify_left is not None:
-            log.info("xmlstore/basex: verified %d documents of BaseX against the journal in %.1f s",
-                     self._verify_docs[1], time.monotonic() - self._verify_started)
-        self._verify_left = None
-        self._verify_new = {}
-        self._verify_bounds, self._verify_bounds_of = [], None
-        self._verify_failed = None
-        if not adopted:
-            _VERIFIED[self._verified_key()] = (os.getpid(), seq, time.monotonic())
-            if self._verify_token is not None:
-                self._shared.write(self._verify_token, owner=os.getpid(), done=seq, left=[], after="",
-                                   read=self._verify_docs[0], total=self._verify_docs[1])
-        self._verify_token = None
-        self._verified.set()
-
-    def _refuse_unknown_databases(self) -> None:
-        names = self._run(Q_DATABASES, {"$prefix": (self.db_prefix, "")}).split()
-        unknown = [n for n in names if n != self._meta_db and n[len(self.db_prefix):] not in self._state]
-        if unknown:
-            raise StoreError(f"BaseX holds database(s) {', '.join(unknown)} that our journal "
-                             f"{self._journal.path} does not know: wrong journal or wrong server?")
-
-    def _index_options_differ(self) -> bool:
-        for collection in sorted(self._state):
-            indexed = self._coverage(collection).attributes
-            if indexed:
-                found = self._run(Q_INDEX_OPTIONS, {"$db": (self._db(collection), "")})
-                if found not in ("missing", f"true|false|{','.join(sorted(indexed))}|{INDEX_MAXLEN}"):
-                    return True
-        return False
-
-    @property
-    def verifying(self) -> bool:
-        """Whether BaseX is still being verified against the journal after open (queries wait)."""
-        return not self._verified.is_set()
-
-    def wait_verified(self, timeout_s: float | None = None, *, at_once: bool = False) -> bool:
-        """Wait until BaseX is verified against the journal (and repaired where it differed);
-        False if that did not happen within ``timeout_s`` (None: no limit), BaseX does not answer
-        (the store then serves from the journal: see _open_without_basex) or the verification
-        failed (the applier retries it, as a repair; the error is logged). ``at_once``: verify
-        what is left here, in one pass over each database under the writer lock — quicker than
-        the background's steps (each walks the database for its ids), but commits wait: for a
-        process that serves nothing yet (serve's supervisor before it starts its workers)."""
-        self._refuse_if_read_only("verification")
-        if at_once and self._verify_left is not None:
-            try:
-                with self._journal.apply_lock():
-                    if self._verify_left is not None and self.waiting_for_basex is None:
-                        self._repair_locked(writer_locked=False)     # (ends the background verification)
-            except StoreError as error:
-                log.warning("xmlstore/basex: verifying BaseX against the journal failed (%s); the applier "
-                            "retries", error)
-                self._suspect = True
-                return False
-        self._start_applier()
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            if self._verified.is_set() and not self._needs_repair():
-                return True
-            if self.waiting_for_basex is not None or self._verify_failed is not None or self._closing.is_set():
-                return False
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            self._wake.set()
-            self._verified.wait(0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic())))
-
-    def _verify_step(self) -> bool:
-        """One step of the background verification (the applier thread, applier lock held for the
-        step): the next ``verify_chunk_docs`` ids of one collection are read in full from BaseX and
-        compared with the journal as of BaseX's applied number — documents that frames after it
-        write are left to those frames (a first write, which the applier adds, must not be in BaseX
-        yet). A collection found to differ is verified and repaired whole under the writer lock
-        (``_verify_and_repair``); the last step checks the attribute indexes and ends it. The
-        progress is the start's (``_SharedVerification``): False when another live process does
-        the steps (this one waits for its result), True otherwise."""
-        token = self._verify_token
-        entry = None if token is None else self._shared.read(token)
-        if _SharedVerification.stepped_by_another(entry):      # a glance without the lock
-            self._verify_docs = (entry.get("read", 0), entry.get("total", self._verify_docs[1]))
-            return False
-        with self._journal.apply_lock():
-            if self._verify_left is None or self._needs_repair():
-                return True
-            if token is not None:
-                entry = self._shared.read(token)
-                if entry is not None and entry.get("done") is not None:
-                    self._adopt_verification(entry)
-                    return True
-                if _SharedVerification.stepped_by_another(entry):
-                    return False
-                if entry is not None:      # go on from where the start's verification is
-                    self._verify_left = [c for c in entry.get("left", []) if isinstance(c, str)]
-                    self._verify_after = entry.get("after") or ""
-                    self._verify_docs = (entry.get("read", 0), entry.get("total", self._verify_docs[1]))
-                    if entry.get("owner") != os.getpid():
-                        log.info("xmlstore/basex: going on with the verification of BaseX after open that process %s "
-                                 "left (%s of %s documents read)", entry.get("owner") or entry.get("released_by"),
-                                 f"{self._verify_docs[0]:,}", f"{self._verify_docs[1]:,}")
-            if not self._verify_left:
-                self._verify_finish_locked()
-                return True
-            collection = self._verify_left[0]
-            size = self.verify_chunk_docs
-            if self._verify_bounds_of != collection:
-                with self._mirror_lock:
-                    self._verify_bounds = sorted(self._state.get(collection, {}))
-                    self._verify_bounds_of = collection
-                    self._verify_new[collection] = set()
-            ids, after = self._verify_bounds, self._verify_after
-            start = bisect.bisect_right(ids, after) if after else 0
-            upto = ids[start + size - 1] if start + size < len(ids) else ""
-            applied = self._read_meta()
-            if applied < self._applied_seq:
-                self._note(f"BaseX's applied number went back from {self._applied_seq} to {applied} during the "
-                           f"verification after open; verifying every database")
-                self._suspect = True
-                return True
-            self._catch_up_unlocked()       # (every frame up to BaseX's number is in the journal) ...
-            self._note_applied(applied)     # ... so the pending frames are then exactly those after it
-            status, live, versions, found = self._status_range(collection, after, upto)
-            with self._mirror_lock:
-                if self._pending and self._pending[0][0] != applied + 1:
-                    self._suspect = True       # frames BaseX has not got that we never read: verify all
-                    return True
-                touched: dict[str, int] = {}   # written after BaseX's number: first version written
-                for _seq, writes in self._pending:
-                    for written, doc_id, version, _xml in writes:
-                        if written == collection:
-                            touched.setdefault(doc_id, version)
-                entries = self._state.get(collection, {})
-                candidates = set(ids[start:start + size]) | found | {
-                    d for d in self._verify_new.get(collection, ()) if (not after or d > after) and (not upto or d <= upto)}
-                want_versions = {d: (entries[d][0], entries[d][1] is not None) for d in candidates
-                                 if d in entries and d not in touched}
-            want_live = {d for d, (_v, is_live) in want_versions.items() if is_live}
-            live = {d for d in live if d not in touched}
-            versions = {d: v for d, v in versions.items() if d not in touched}
-            early = [d for d in found if touched.get(d) == 1]    # BaseX holds what the journal writes first later
-            self._verify_docs = (self._verify_docs[0] + len(candidates), self._verify_docs[1])
-            if status in ("ok", "missing") and live == want_live and versions == want_versions and not early:
-                if upto:
-                    self._verify_after = upto
-                    self._publish_progress()
-                    return True
-            else:
-                why = status if status not in ("ok", "missing") else (
-                    f"{len(want_live ^ live) + len(early)} document(s) and "
-                    f"{sum(1 for d in want_versions.keys() | versions.keys() if want_versions.get(d) != versions.get(d))}"
-                    f" version(s) differ")
-                self._note(f"{collection}: BaseX differs from the journal ({why[:200]}; found by the verification "
-                           f"after open); verifying and repairing it")
-                self._verify_repair_locked(collection)
-            self._verify_left.pop(0)
-            self._verify_after = ""
-            self._verify_bounds, self._verify_bounds_of = [], None
-            self._publish_progress()
-            return True
-
-    def _publish_progress(self) -> None:
-        """Applier lock held: record this start's verification progress, this process doing its steps."""
-        if self._verify_token is not None and self._verify_left is not None:
-            self._shared.write(self._verify_token, owner=os.getpid(), left=self._verify_left, after=self._verify_after,
-                               read=self._verify_docs[0], total=self._verify_docs[1], done=None)
-
-    def _release_verification(self) -> None:
-        """At close: steps of this start's verification that this process owned are left to the
-        others (a process that goes on living after closing its store — serve's supervisor — would
-        otherwise hold them)."""
-        token = self._verify_token
-        if token is None or self._verify_left is None or self.read_only:
-            return
-        with self._journal.apply_lock():
-            entry = self._shared.read(token)
-            if entry is not None and entry.get("owner") == os.getpid() and entry.get("done") is None:
-                self._shared.write(token, owner=None, released_by=os.getpid())
-
-    def _verify_repair_locked(self, collection: str) -> None:
-        """Applier lock held: verify and repair one collection under the writer lock (writers wait
-        for this repair only); every committed frame is applied first, so the applied number can
-        then be set to the journal's end."""
-        with self._journal.lock():
-            with self._mirror_lock:
-                self._absorb(self._journal.read_new(repair=True))
-            try:
-                self._apply_pending_locked(writer_locked=True, verify_first=False)
-            except StoreError as error:
-                self._note(f"applying the journal before the repair failed ({error}); verifying every database")
-                self._suspect = True
-                return
-            self._verify_and_repair([collection])
-            self._set_meta(self._journal.last_seq)
-            self._note_applied(self._journal.last_seq)
-
-    def _verify_finish_locked(self) -> None:
-        """The last step: attribute indexes checked (and rebuilt) under the writer lock, the applied
-        number at the journal's end; BaseX is verified."""
-        with self._journal.lock():
-            with self._mirror_lock:
-                self._absorb(self._journal.read_new(repair=True))
-            self._apply_pending_locked(writer_locked=True, verify_first=False)
-            self._check_index_options()
-            last = self._journal.last_seq
-            self._set_meta(last)
-            self._note_applied(last)
-            self._verification_done(last)
-
-    def _status_range(self, collection: str, after: str, upto: str) -> tuple[str, set[str], dict[str, tuple[int, bool]],
-                                                                             set[str]]:
-        """(status, live ids, id -> (version, live), every id found) of the documents and tombstones
-        with ids in (after, upto] (see Q_STATUS_RANGE)."""
-        bindings = {"$db": (self._db(collection), ""), "$after": (after, ""), "$upto": (upto, "")}
-        try:
-            text = self._run(Q_STATUS_RANGE, bindings)
-        except ServerError as error:   # damage shows as errors XQuery cannot catch, e.g. "Java heap space"
-            text = f"damaged {error}"
-        if text == "missing":
-            return "missing", set(), {}, set()
-        lines = text.split("\n")
-        if lines[0] != "ok":
-            return text, set(), {}, set()
-        status, versions = _versions_of(line.split()[:3] for line in lines[1:] if line)
-        found = {line.split(" ", 1)[0] for line in lines[1:] if line}
-        live = {d for d, (_v, is_live) in versions.items() if is_live}
-        return status, live, versions, found
-
     # -- attribute indexes --
     @property
     def indexes(self) -> tuple[AttributeIndex, ...]:
@@ -1552,62 +704,10 @@ class BaseXStore(XmlStore):
                         if isinstance(xml, str):
                             entries[doc_id] = (version, NOT_KEPT, seq)
 
-    def _index_sample_errors(self, collection: str, indexed: frozenset[str], recent: int = 50,
-                             spread: int = 25) -> int:
-        """How many sampled (attribute, value, document) lookups the attribute index gets wrong."""
-        entries = self._state.get(collection, {})
-        live = [(seq, doc_id) for doc_id, (_v, xml, seq) in entries.items() if xml is not None]
-        sample = {doc_id for _seq, doc_id in heapq.nlargest(recent, live)}
-        sample.update(doc_id for _seq, doc_id in random.sample(live, min(spread, len(live))))
-        checks = etree.Element("c")
-        for doc_id, xml in self._texts(collection, sorted(sample)).items():
-            root = etree.fromstring(xml.encode(), parser=_RESULT_PARSER)
-            for name, value in root.attrib.items():
-                if name in indexed and 0 < len(value) <= 250:
-                    etree.SubElement(checks, "a", n=name, v=value, d=doc_id)
-        if not len(checks):
-            return 0
-        return int(self._run(Q_INDEX_SAMPLE, {"$db": (self._db(collection), ""),
-                                              "$checks": (etree.tostring(checks, encoding="unicode"), "")}))
-
-    def _check_index_options(self) -> None:
-        """Give every existing database of a covered collection the attribute index its
-        declarations ask for (declared after it was created, or changed), and one that agrees
-        with its data: db:optimize rebuilds it (a rebuild from the journal if that fails)."""
-        for collection in sorted(self._state):
-            indexed = self._coverage(collection).attributes
-            if not indexed:
-                continue
-            db, include = self._db(collection), ",".join(sorted(indexed))
-            found = self._run(Q_INDEX_OPTIONS, {"$db": (db, "")})
-            if found == "missing":
-                continue
-            if found == f"true|false|{include}|{INDEX_MAXLEN}":
-                wrong = self._index_sample_errors(collection, indexed)
-                if not wrong:
-                    continue
-                self._note(f"{collection}: its attribute index disagrees with its data ({wrong} sampled "
-                           f"lookups wrong); rebuilding the index")
-            else:
-                self._note(f"{collection}: building its attribute index on {include} (was {found})")
-            try:
-                self._without_pins(db, lambda: self._run(Q_REINDEX, {"$db": (db, ""), "$include": (include, "")}))
-            except ServerError as error:
-                self._note(f"{collection}: re-indexing failed ({str(error)[:200]}); rebuilding from the journal")
-                self._set_meta(0)          # readers of other processes wait while we rebuild
-                self.rebuild(collection, _locked=True)
-
     # -- sessions --
     def _connect(self) -> Session:
         host, port, user, password = self._address
-        session = Session(host, port, user, password, timeout_s=self._timeout_s)
-        try:
-            session.command("SET CHOP false")
-            session.command("SET SERIALIZER indent=no")
-        except (ServerError, WireError):
-            session.close()
-            raise
-        return session
+        return connect(host, port, user, password, self._timeout_s)
 
     def _run(self, text: str, bindings: dict[str, tuple[str, str]] | None = None, *,
              timeout_s: float | None = None, exclusive: bool = False) -> str:
@@ -1631,7 +731,7 @@ class BaseXStore(XmlStore):
     def _db(self, collection: str) -> str:
         return self.db_prefix + check_collection(collection)
 
-    # -- databases held open (see _Pins) --
+    # -- databases held open (see Pins) --
     def _pin(self, collection: str) -> None:
         """Hold the collection's database open in BaseX if it is large (before querying it)."""
         if len(self._state.get(collection, ())) >= self.pin_documents_min:
@@ -1661,8 +761,8 @@ class BaseXStore(XmlStore):
         try:
             with self._journal.query_gate(exclusive=False), self._pool.session() as session:
                 for line in session.command("SHOW SESSIONS").splitlines():
-                    match = _SESSION_LINE.match(line.strip())
-                    if match and match.group(3) == db and _SESSION_ADDRESS.match(match.group(2)):
+                    match = SESSION_LINE.match(line.strip())
+                    if match and match.group(3) == db and SESSION_ADDRESS.match(match.group(2)):
                         session.command(f"KILL {match.group(2)}")
         except ServerError as error:
             log.info("xmlstore/basex: cannot end the sessions holding %s open (%s)", db, str(error)[:200])
@@ -1887,7 +987,7 @@ class BaseXStore(XmlStore):
     def _drop(self, db: str) -> None:
         def drop() -> None:
             with self._journal.query_gate(exclusive=False), self._pool.session() as session:
-                session.command(f"DROP DB {_db_name(db)}")
+                session.command(f"DROP DB {db_name(db)}")
         try:
             self._without_pins(db, drop)
         except ServerError as error:
@@ -1905,13 +1005,13 @@ class BaseXStore(XmlStore):
 
     def _ops(self, writes: list, seq: int | None = None, *, add_first_writes: bool = False,
              fresh: bool = False) -> str:
-        """The ops document; ``add_first_writes``: version-1 documents are added (see _ops_of),
+        """The ops document; ``add_first_writes``: version-1 documents are added (see ops_of),
         ``fresh``: every op is (the databases were just created empty)."""
         parts = ['<ops>' if seq is None else f'<ops seq="{int(seq)}" t="{int(time.time() * 1000)}">']
         for collection, doc_id, version, xml in writes:
             db = self._db(collection)   # names and ids are validated: safe in attributes
             how = ' new="1"' if fresh or (add_first_writes and version == 1 and xml is not None) else ""
-            if not how and xml is not None and _PATCHABLE.fullmatch(xml):
+            if not how and xml is not None and PATCHABLE.fullmatch(xml):
                 how = ' patch="1"'     # elements and attributes only: their values may change in place
             if xml is None:
                 parts.append(f'<op db="{db}" id="{doc_id}" v="{int(version)}" del="1"{how}/>')
@@ -1959,7 +1059,7 @@ class BaseXStore(XmlStore):
 
     def _apply_pending_locked(self, *, writer_locked: bool, verify_first: bool = True, drain: bool = True,
                               gather: bool = False) -> None:
-        # verify_first=False (at open, BaseX not verified yet): replace, never add (see _ops_of)
+        # verify_first=False (at open, BaseX not verified yet): replace, never add (see ops_of)
         """Apply committed frames: all of them (``drain``), or those that were there when called."""
         if verify_first and self._needs_repair():
             self._repair_locked(writer_locked=writer_locked)
@@ -2003,36 +1103,6 @@ class BaseXStore(XmlStore):
             applied = batch[-1][0]
             self._note_applied(applied)
             self._apply_error = None
-
-    def _repair_locked(self, *, writer_locked: bool) -> None:
-        """Verify every database against the mirror, repair, and set the applied number (applier
-        lock held; takes the writer lock unless held)."""
-        if not writer_locked:
-            unreachable = self._probe()    # never hold writers up waiting for a BaseX that does not answer
-            if unreachable is not None:
-                self._suspect = True
-                raise BaseXUnavailable(f"BaseX unavailable: {unreachable}")
-            with self._journal.lock():
-                return self._repair_locked(writer_locked=True)
-        with self._mirror_lock:
-            self._absorb(self._journal.read_new(repair=True))
-        self._broken_checked = self._pool.broken_seen
-        self._suspect = False
-        try:
-            self._verify_and_repair(list(self._state), check_unknown=self.waiting_for_basex is not None)
-            self._check_index_options()
-            self._set_meta(self._journal.last_seq)
-        except BaseException:
-            self._suspect = True
-            raise
-        self._note_applied(self._journal.last_seq)
-        self._verification_done(self._journal.last_seq)
-        if self.waiting_for_basex is not None:
-            self.waiting_for_basex = None
-            host, port = self._address[:2]
-            _SAID_UNREACHABLE.discard((str(self._journal.directory), host, port))
-            self._note(f"BaseX at {host}:{port} answers again: verified against the journal and caught up "
-                       f"(transaction {self._journal.last_seq})")
 
     def _start_applier(self) -> None:
         if self.read_only or self._applier_pid == os.getpid() or self._closing.is_set():
@@ -2117,94 +1187,6 @@ class BaseXStore(XmlStore):
             self._urgent.set()
             self._wake.set()
             pause = min(pause * 2, 0.05)
-
-    def _await_verified(self, waiting: str) -> None:
-        """Wait (bounded by ``timeout_s``) for the background verification after open (or for a
-        repair to be needed: the caller then verifies and repairs itself)."""
-        deadline = time.monotonic() + self._timeout_s
-        while self._verify_left is not None and not self._needs_repair():
-            self._wake.set()
-            if self._verified.wait(max(0.0, min(0.05, deadline - time.monotonic()))):
-                return
-            if time.monotonic() >= deadline:
-                read, total = self._verify_docs
-                raise StoreUnavailable(f"the store's database (BaseX) is being verified against the journal after "
-                                       f"the store's open ({read} of {total} documents so far): {waiting} waits for "
-                                       f"that, not done within {self._timeout_s} s (applier's last error: "
-                                       f"{self._apply_error or 'none'}); retry later")
-
-    # -- verification and repair (both locks held) --
-    def _status(self, collection: str, unhealthy: set[str] = frozenset()) -> tuple[str, int, set[str],
-                                                                                dict[str, tuple[int, bool]]]:
-        if self._db(collection) in unhealthy:
-            return "damaged: metadata unreadable (not opened)", 0, set(), {}
-        bindings = {"$db": (self._db(collection), "")}
-        try:
-            text = self._run(Q_STATUS, bindings)
-            if text.startswith("ok "):
-                listed_text = self._run(Q_STATUS_LIVE, bindings)
-                versions_text = self._run(Q_STATUS_VERSIONS, bindings)
-        except ServerError as error:   # damage shows as errors XQuery cannot catch, e.g. "Java heap space"
-            text = f"damaged {error}"
-        if text == "missing":
-            return "missing", 0, set(), {}
-        if not text.startswith("ok "):
-            return text, 0, set(), {}
-        listed = listed_text.split()
-        live = set(listed)
-        if len(listed) != len(live):
-            return "damaged: a document path held twice (a batch of db:add interrupted?)", 0, set(), {}
-        status, versions = _versions_of(line.split() for line in versions_text.split("\n") if line)
-        if status != "ok":
-            return status, 0, set(), {}
-        return "ok", 0, live, versions
-
-    def _verify_and_repair(self, collections: list[str], *, check_unknown: bool = False) -> None:
-        self._known_databases.clear()
-        if check_unknown:
-            self._refuse_unknown_databases()
-        invalidated = False
-        unhealthy = self._unhealthy([self._db(c) for c in collections]) if collections else set()
-        for collection in collections:
-            expected = self._state.get(collection, {})
-            status, _seq, live, versions = self._status(collection, unhealthy)
-            if status == "missing" and not expected:
-                continue
-            want_versions = {d: (v, x is not None) for d, (v, x, _s) in expected.items()}
-            want_live = {d for d, (_v, x, _s) in expected.items() if x is not None}
-            if status == "ok" and live == want_live and versions == want_versions:
-                continue
-            if not invalidated:   # readers of other processes wait while we repair
-                self._set_meta(0)
-                invalidated = True
-            if status not in ("ok", "missing"):
-                self._note(f"{collection}: unreadable ({status[:200]}); rebuilding from the journal")
-                self.rebuild(collection, _locked=True)
-                continue
-            if (live - want_live) or any(d not in want_versions for d in versions) or any(
-                    versions[d][0] > want_versions[d][0] for d in versions):
-                self._note(f"{collection}: BaseX holds writes the journal does not; rebuilding")
-                self.rebuild(collection, _locked=True)
-                continue
-            behind = sorted(d for d in want_versions if versions.get(d) != want_versions[d] or
-                            (d in want_live) != (d in live))
-            if len(behind) > self.rebuild_above and len(behind) * 10 > len(want_versions):
-                # db:replace looks each path up (seconds per 1,000 in a big database): a rebuild
-                # adds everything into a fresh one instead
-                self._note(f"{collection}: {len(behind)} document(s) behind the journal; rebuilding")
-                self.rebuild(collection, _locked=True)
-                continue
-            self._note(f"{collection}: {len(behind)} document(s) behind the journal; re-applying")
-            try:
-                self._apply_state(collection, behind)
-            except ServerError as error:     # e.g. an index a crash left behind: "Key does not exist"
-                self._note(f"{collection}: re-applying failed ({str(error)[:200]}); rebuilding")
-                self.rebuild(collection, _locked=True)
-                continue
-            status, _seq, live, versions = self._status(collection)
-            if status != "ok" or live != want_live or versions != want_versions:
-                self._note(f"{collection}: still inconsistent after re-applying; rebuilding")
-                self.rebuild(collection, _locked=True)
 
     def _note(self, message: str) -> None:
         log.warning("xmlstore/basex: %s", message)
@@ -2293,11 +1275,11 @@ class BaseXStore(XmlStore):
 
     # -- reads --
     def _parse_result(self, text: str) -> etree._Element:
-        return etree.fromstring(text.encode(), parser=_RESULT_PARSER)
+        return etree.fromstring(text.encode(), parser=RESULT_PARSER)
 
     def _fetch(self, collection: str, ids: list[str]) -> list[Document]:
         """Documents with their versions as BaseX records them (slow: check())."""
-        root = self._parse_result(self._run(_naming(Q_DOCS, self._db(collection)), {"$ids": (" ".join(ids), "")}))
+        root = self._parse_result(self._run(naming(Q_DOCS, self._db(collection)), {"$ids": (" ".join(ids), "")}))
         return [self._document(collection, d) for d in root]
 
     def _with_versions(self, collection: str, root: etree._Element) -> list[Document] | None:
@@ -2344,7 +1326,7 @@ class BaseXStore(XmlStore):
             check_doc_id(after_id)
         self._await_applied()
         self._pin(collection)
-        ids = self._run(_naming(Q_IDS_AFTER, db), {"$after": (after_id or "", ""),
+        ids = self._run(naming(Q_IDS_AFTER, db), {"$after": (after_id or "", ""),
                                                    "$limit": (str(limit), "xs:integer")}).split()
         return [d for d in (self.get(collection, doc_id) for doc_id in ids) if d is not None]
 
@@ -2376,7 +1358,7 @@ class BaseXStore(XmlStore):
         db = self._db(collection)
         self._await_applied()
         self._pin(collection)
-        return self._run(_naming(Q_IDS, db), {"$offset": (str(offset), "xs:integer"),
+        return self._run(naming(Q_IDS, db), {"$offset": (str(offset), "xs:integer"),
                                               "$limit": (str(limit), "xs:integer")}).split()
 
     def _select(self, collection: str, xpath: str | None, variables: Mapping[str, str | int],
@@ -2384,64 +1366,14 @@ class BaseXStore(XmlStore):
                 scan_limit: int | None, page: tuple[int, int] | None, *,
                 versions_from_basex: bool = False,
                 index_lookup: bool = True) -> tuple[str, dict[str, tuple[str, str]]]:
-        """The query text and bindings for query (``page`` = (first position, count)) or count;
-        ``index_lookup``: one indexed where item is read from the attribute index directly
-        (S_INDEXED; the query fails with ``gridcredit-index-unusable`` if the database cannot
-        answer it that way)."""
-        db = self._db(collection)
-        literal = _literal(db)
-        scan_limit = self.limits.scan_limit_default if scan_limit is None else int(scan_limit)
-        covered = self._coverage(collection).attributes
-        # only validated attribute names, database names, variable names, prefixes/URIs and
-        # integers enter query text; every value is bound (a where item's values as one JSON array)
-        names = sorted(where)
-        predicate = {name: f"[@{name} = parse-json($w{i})?*]" for i, name in enumerate(names)}
-        indexed_names = [n for n in names if n in covered]
-        rest = "".join(predicate[n] for n in names if n not in covered)
-        if index_lookup and len(indexed_names) == 1:
-            name = indexed_names[0]
-            longest = max((len(value.encode("utf-8")) for value in where[name]), default=0)
-            guard = S_GUARD.format(db=literal, longest=int(longest), name=name)
-            roots = S_INDEXED.format(guard=guard, db=literal, var=f"w{names.index(name)}", name=name,
-                                     check=predicate[name])
-        else:
-            roots = f"db:open({literal})/*" + "".join(predicate[n] for n in indexed_names)
-        # examined one by one (bounded by the scan limit): by an XPath or an unindexed where item
-        examine = "true()" if xpath is not None or rest else "false()"
-        declarations = "".join(f"declare variable $w{i} external;\n" for i in range(len(names)))
-        bindings: dict[str, tuple[str, str]] = {}
-        for i, name in enumerate(names):
-            bindings[f"$w{i}"] = (json.dumps(list(where[name]), ensure_ascii=False), "")
-        if xpath is None:
-            hits = "$cands"
-        else:
-            prolog = "".join(f'declare namespace {p} = "{u}";\n' for p, u in namespaces.items())
-            prolog += "".join(f"declare variable ${name} external;\n" for name in variables)
-            prolog += "declare variable $_docs external;\n"
-            # each document alone is the focus (position() and last() are 1, as in lxml)
-            selected = f"$_docs[boolean(. ! {check_xpath(xpath, namespaces, variables, self.limits).xquery})]"
-            body = f"subsequence({selected}, {int(page[0])}, {int(page[1])})" if page is not None else selected
-            declarations += "declare variable $expr external;\n"
-            bindings["$expr"] = (prolog + body, "")
-            keys = list(variables)
-            declarations += "".join(f"declare variable $n{i} external; declare variable $v{i} external;\n"
-                                    for i in range(len(keys)))
-            entries = "(" + ", ".join(f"map{{$n{i}: $v{i}}}" for i in range(len(keys))) + ")" if keys else "()"
-            hits = X_EVAL.format(entries=f"map:merge({entries})", every="".join(predicate[n] for n in names),
-                                 db=literal, timeout=max(1, math.ceil(time_limit_s)))
-            for i, name in enumerate(keys):
-                value = variables[name]
-                bindings[f"$n{i}"] = (name, "xs:string")
-                bindings[f"$v{i}"] = (str(value), "xs:integer" if isinstance(value, int) else "xs:string")
-        if page is None:
-            result = "count($hits)"
-        else:
-            listed = "$hits" if xpath is not None else f"subsequence($hits, {int(page[0])}, {int(page[1])})"
-            result = R_PAGE.format(page=listed, version=R_VERSION.format(db=literal) if versions_from_basex else "")
-        text = Q_SELECT.format(declarations=declarations, id_from=len(f"/{db}/") + 1, meta=_literal(self._meta_db),
-                               db=literal, roots=roots, rest=rest, examine=examine, scan=int(scan_limit),
-                               hits=hits, result=result)
-        return text, bindings
+        """The query text and bindings for query (``page`` = (first position, count)) or count
+        (see select_query)."""
+        return select_query(self._db(collection), self._meta_db, covered=self._coverage(collection).attributes,
+                            xpath=xpath, variables=variables, where=where, namespaces=namespaces,
+                            time_limit_s=time_limit_s,
+                            scan_limit=self.limits.scan_limit_default if scan_limit is None else int(scan_limit),
+                            page=page, limits=self.limits, versions_from_basex=versions_from_basex,
+                            index_lookup=index_lookup)
 
     def _run_select(self, collection: str, xpath: str | None, text: str, bindings: dict,
                     time_limit_s: float, scan_limit: int | None) -> str:
@@ -2547,7 +1479,7 @@ class BaseXStore(XmlStore):
         self._await_applied()
         self._pin(collection)
         if xpath is None and not checked:
-            return int(self._run(_naming(Q_COUNT_ALL, self._db(collection))))
+            return int(self._run(naming(Q_COUNT_ALL, self._db(collection))))
         return int(self._answer(collection, xpath, variables, checked, namespaces, time_limit_s, scan_limit, None))
 
     # -- writes --
