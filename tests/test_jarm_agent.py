@@ -116,6 +116,14 @@ def test_a_load_priced_partition_is_estimated_at_its_greatest_multiplier():
     assert (decision.admitted, decision.cost) == (True, 21)           # 10 × 2 + 1 (the fee is not scaled)
 
 
+def test_a_new_price_table_prices_the_same_job_shape_anew():
+    state = admissions(funds={"proj1": 10**6})
+    assert state.decide(job(minutes=10), now_us=NOW_US).cost == 11
+    doubled = {Metric.CORE_WALL: 120 * CREDIT, Metric.CPU: 0, Metric.MEMORY: 0, Metric.GPU: 0, Metric.JOB: CREDIT}
+    state.set_prices(PriceTable("site", 2, NOW_US - S_US, (Rate("batch", "normal", doubled),)))
+    assert state.decide(job(minutes=10), now_us=NOW_US).cost == 21
+
+
 def test_a_job_that_cannot_be_priced_is_refused_with_the_pricing_reason():
     state = admissions(funds={"proj1": 10**9})
     assert "has no partition 'gpu'" in state.decide(job(partition="gpu"), now_us=NOW_US).message
@@ -177,7 +185,7 @@ def test_the_agent_uses_no_floats():
     money = [token.string for token in tokens if token.type == tokenize.NUMBER and ("." in token.string or "e" in
                                                                                        token.string.lower())]
     # the only non-integer numbers are the socket's time limits (seconds), never money
-    assert set(money) <= {"2.0", "10.0"}, money
+    assert set(money) <= {"2.0", "60.0", "10.0"}, money
     assert " / " not in source.split("# -- the decision")[1].split("# -- the background refresh")[0]
 
 
@@ -252,6 +260,17 @@ def test_several_requests_on_one_connection(server):
         while answers.count(b"\n") < 2:
             answers += client.recv(4096)
     assert answers == b"pong prices=1 accounts=1 pending=0\n" * 2
+
+
+def test_a_line_in_pieces_is_read_whole(server):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(3)
+        client.connect(server.path)
+        line = b"ping v1\n"
+        for index in range(len(line)):
+            client.sendall(line[index:index + 1])
+            time.sleep(0.05)
+        assert client.recv(100) == b"pong prices=1 accounts=1 pending=0\n"
 
 
 def test_an_oversized_line_is_refused_and_the_connection_closed(server):

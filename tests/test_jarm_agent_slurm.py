@@ -219,6 +219,8 @@ def test_the_agent_stopped_or_frozen_the_refuse_policy_applies_within_the_time_l
         stopped, seconds = submit(slurm_cluster, slurm_workdir, "proj1")
         assert stopped.returncode == 1 and "does not answer" in stopped.stderr
         assert seconds < baseline + 1.0
+        agent.start()                                           # back: the hook connects again
+        jobs.append(job_id_of(submit(slurm_cluster, slurm_workdir, "proj1")[0]))
     jobs.append(job_id_of(submit(slurm_cluster, slurm_workdir, "proj1")[0]))      # the default hook again
 
 

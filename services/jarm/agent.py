@@ -21,8 +21,8 @@ The estimate is ``pricing.quote`` at the partition's full load (a load-priced ra
 multiplier): an upper bound of what the reservation will hold. All amounts are whole credits.
 
 The protocol (one request per line, UTF-8, at most ``REQUEST_BYTES_MAX`` bytes with its newline;
-each request must arrive within ``REQUEST_TIMEOUT_S`` of the previous answer, or the connection
-is closed)::
+a request begun must be whole within ``REQUEST_TIMEOUT_S``; a connection may carry many requests
+— job_submit.lua keeps one open — and is closed after ``IDLE_TIMEOUT_S`` without one)::
 
     admit v1 user=<name> uid=<n> account=<a> partition=<p> qos=<q> cores=<n> nodes=<n>
           time_limit_s=<n> memory_mb=<n> gpus=<n>
@@ -69,7 +69,9 @@ from .types import JobRequest, Occupancy, PriceTable
 log = logging.getLogger("gridcredit.jarm.agent")
 
 REQUEST_BYTES_MAX = 1024                 # one request line, its newline included
-REQUEST_TIMEOUT_S = 2.0                  # a connection idle longer than this between requests is closed
+REQUEST_TIMEOUT_S = 2.0                  # a request line begun must be whole within this
+IDLE_TIMEOUT_S = 60.0                    # a connection kept (job_submit.lua keeps one) idle longer is closed
+COSTS_CACHED_MAX = 4096                  # estimates kept per price table version (the same job shapes recur)
 REQUESTS_PER_CONNECTION_MAX = 1000
 CONNECTIONS_MAX = 512                    # beyond: answered "error busy" and closed
 ACCOUNTS_MAX = 10_000                    # accounts whose funds the agent follows
@@ -200,6 +202,7 @@ class Admissions:
     pending_by_account: dict[str, int] = field(default_factory=dict)
     unfunded_by_account: dict[str, int] = field(default_factory=dict)   # admitted without the Bank's word
     wanted: set[str] = field(default_factory=set)                       # accounts asked for, not read yet
+    _costs: dict[tuple, int] = field(default_factory=dict)              # (table, job shape) → estimate
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- what the background refresh tells ---------------------------------------------------------
@@ -236,8 +239,7 @@ class Admissions:
                                        "of this job is unknown; try again in a minute (the site administrator can "
                                        "check the JARM agent's log)")
             try:
-                cost = pricing.quote(self.prices, request.job(), now_us=max(now_us, self.prices.effective_us),
-                                     occupancy=FULL_LOAD).cost.credits
+                cost = self._cost(request, now_us)
             except DomainError as error:
                 return Decision(False, f"JARM: this job cannot be priced: {error}")
             funds = self.funds.get(account)
@@ -253,6 +255,20 @@ class Admissions:
             if cost > available:
                 return Decision(False, refusal_message(account, cost, funds.available, pending), cost=cost)
             return self._admit(account, cost, now_us, f"cost {cost}, available {available}")
+
+    def _cost(self, request: AdmitRequest, now_us: int) -> int:
+        """The estimate of ``request`` (whole credits) by the table in force, kept for the same job shape."""
+        table = self.prices
+        key = (table.site, table.version, request.partition, request.qos, request.cores, request.nodes,
+               request.time_limit_s, request.memory_mb, request.gpus)
+        cost = self._costs.get(key)
+        if cost is None:
+            cost = pricing.quote(table, request.job(), now_us=max(now_us, table.effective_us),
+                                 occupancy=FULL_LOAD).cost.credits
+            if len(self._costs) >= COSTS_CACHED_MAX:
+                self._costs.clear()
+            self._costs[key] = cost
+        return cost
 
     def _without_bank(self, request: AdmitRequest, cost: int, pending: int, funds: Funds | None,
                       now_us: int) -> Decision:
@@ -407,7 +423,8 @@ class AgentServer:
                 return
             for _ in range(REQUESTS_PER_CONNECTION_MAX):
                 try:
-                    line = await asyncio.wait_for(reader.readuntil(b"\n"), REQUEST_TIMEOUT_S)
+                    first = await asyncio.wait_for(reader.readexactly(1), IDLE_TIMEOUT_S)
+                    line = first + await asyncio.wait_for(reader.readuntil(b"\n"), REQUEST_TIMEOUT_S)
                 except asyncio.IncompleteReadError:
                     return                                   # the client closed
                 except asyncio.LimitOverrunError:

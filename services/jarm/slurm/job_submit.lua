@@ -3,8 +3,9 @@
 Slurm runs slurm_job_submit serialized under slurmctld's locks with no timeout: every submission of
 the cluster waits for it. So this hook never waits on the network: it asks JARM's local agent over
 a Unix socket (LuaSocket's socket.unix: Debian's lua-socket, for the Lua 5.1 slurm-wlm links) with
-a hard limit on the whole exchange (connect, send, answer: @TIMEOUT_MS@ ms in all), and when the
-agent does not answer in time, or is down, the site's policy applies:
+a hard limit on the whole exchange (connect, send, answer: @TIMEOUT_MS@ ms in all; the connection is
+kept for the next submission), and when the agent does not answer in time, or is down, the site's
+policy applies:
   refuse        the job is refused, saying why
   admit_capped  at most @AGENT_DOWN_JOBS_MAX@ jobs per account are admitted until the agent answers again
 An admitted job carries the agent's admission id in its AdminComment (jarm-admission=<id>), so the
@@ -84,34 +85,46 @@ local function request_line(job_desc, part_list, submit_uid)
         cores, nodes, time_limit_s(job_desc, part_list, partition), memory_mb, gpus), name(account)
 end
 
+local kept = nil   -- the connection to the agent, kept from one submission to the next (the agent allows many
+                  -- requests on one; it closes one idle for a minute, and a new one is made then)
+
+local function drop()
+    if kept ~= nil then kept:close() end
+    kept = nil
+end
+
 -- One exchange with the agent within TIMEOUT_S in all: the answer line, or nil and why not.
 local function ask(line)
     if not (have_socket and have_unix) then return nil, "LuaSocket's socket.unix is not installed (lua-socket)" end
     local deadline = socket.gettime() + TIMEOUT_S
-    local client = unix.stream()
     local function left()
         local remaining = deadline - socket.gettime()
-        if remaining <= 0 then return nil end
-        client:settimeout(remaining, "t")
-        return remaining
+        if remaining <= 0 then return false end
+        kept:settimeout(remaining, "b")    -- both LuaSocket timeouts: each wait, and the whole call
+        kept:settimeout(remaining, "t")
+        return true
     end
-    local answer, problem = nil, nil
-    left()
-    local ok, err = client:connect(SOCKET_PATH)
-    if not ok then problem = "connect: " .. tostring(err)
-    elseif not left() then problem = "timeout"
-    else
-        ok, err = client:send(line)
-        if not ok then problem = "send: " .. tostring(err)
-        elseif not left() then problem = "timeout"
-        else
-            answer, err = client:receive("*l")
-            if answer == nil then problem = "answer: " .. tostring(err)
-            elseif #answer > ANSWER_BYTES_MAX then answer, problem = nil, "answer too long" end
-        end
+    if kept ~= nil then
+        -- still open? Nothing may be waiting to be read: a closed or out-of-step connection is dropped
+        kept:settimeout(0)
+        local _, status = kept:receive(1)
+        if status ~= "timeout" then drop() end
     end
-    client:close()
-    return answer, problem
+    if kept == nil then
+        kept = unix.stream()
+        left()
+        local ok, err = kept:connect(SOCKET_PATH)
+        if not ok then drop() return nil, "connect: " .. tostring(err) end
+    end
+    if not left() then drop() return nil, "timeout" end
+    local ok, err = kept:send(line)
+    if not ok then drop() return nil, "send: " .. tostring(err) end
+    if not left() then drop() return nil, "timeout" end
+    local answer
+    answer, err = kept:receive("*l")
+    if answer == nil then drop() return nil, "answer: " .. tostring(err) end
+    if #answer > ANSWER_BYTES_MAX then drop() return nil, "answer too long" end
+    return answer, nil
 end
 
 local function policy(account, problem)
