@@ -185,7 +185,7 @@ def test_the_agent_uses_no_floats():
     money = [token.string for token in tokens if token.type == tokenize.NUMBER and ("." in token.string or "e" in
                                                                                        token.string.lower())]
     # the only non-integer numbers are the socket's time limits (seconds), never money
-    assert set(money) <= {"2.0", "60.0", "10.0"}, money
+    assert set(money) <= {"2.0", "60.0", "10.0", "0.05"}, money
     assert " / " not in source.split("# -- the decision")[1].split("# -- the background refresh")[0]
 
 

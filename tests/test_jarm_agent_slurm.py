@@ -244,6 +244,7 @@ def test_a_slow_or_hostile_client_on_the_socket_does_not_stall_a_submission(slur
             client.connect(str(agent.socket_path))
             client.sendall(b"admit v1 user=slow" if index % 2 else b"x" * 800)   # never a whole line
             hostile.append(client)
+        assert agent.ask(b"ping v1\n").startswith(b"pong ")          # it has taken them all in
         with slurm_cluster.job_submit(hook(agent.socket_path)):
             offset = log_size(slurm_cluster)
             for _ in range(5):

@@ -7,7 +7,8 @@ with a hard time limit; the agent answers at once from what it holds:
 
 * the price table in force (the JARM's ``GetPriceTable``) and each account's available funds (the
   Bank's ``GetBalance``, signed as the site's JARM identity — the host credential, a viewer of
-  the accounts), both read **in the background** every ``balance_refresh_s``;
+  the accounts), both read **in the background** every ``balance_refresh_s`` by a process of its
+  own (the signed calls' CPU never holds up an answer);
 * less what it has already admitted and not yet seen held (``Admissions.pending``): a job admitted
   counts against its account until the hold path says its hold exists (``settle``) or
   ``PENDING_S_MAX`` passes.
@@ -332,43 +333,141 @@ def refusal_message(account: str, cost: int, bank_available: int, pending: int) 
             f"resources, or ask the account's manager for credits")
 
 
-# -- the background refresh -----------------------------------------------------------------------
+# -- the background refresh (in a process of its own) ----------------------------------------------------
 
 
-class Refresher(threading.Thread):
-    """Reads the price table in force and each followed account's funds every ``interval_s`` (sooner
-    when an unknown account was asked for). Every call has a timeout; a failure leaves what was read
-    before, which turns stale after ``balance_stale_s``."""
+class Refresher:
+    """Reads the price table in force and each followed account's funds into ``sink`` (``set_prices``,
+    ``set_funds``, ``accounts``). Every call has a timeout; a failure leaves what was read before, which
+    turns stale after ``balance_stale_s``."""
 
-    def __init__(self, admissions: Admissions, bank, jarm, *, interval_s: float) -> None:
-        super().__init__(name="jarm-agent-refresh", daemon=True)
-        self.admissions, self.bank, self.jarm, self.interval_s = admissions, bank, jarm, interval_s
+    def __init__(self, sink, bank, jarm) -> None:
+        self.sink, self.bank, self.jarm = sink, bank, jarm
+
+    def refresh_once(self) -> None:
+        try:
+            self.sink.set_prices(self.jarm.price_table().table)
+        except (GridcreditError, OSError) as error:
+            log.warning("jarm-agent prices not read: %s: %s", type(error).__name__, error)
+        for account in self.sink.accounts():
+            started_us = time.time_ns() // 1000
+            try:
+                available = self.bank.get_balance(account).available
+                self.sink.set_funds(account, Funds(available, started_us))
+            except RemoteFault as fault:
+                # the Bank's answer: the account is unknown there, or this site may not see it
+                self.sink.set_funds(account, Funds(None, started_us, f"{fault.code}: {fault}"))
+            except (GridcreditError, OSError) as error:
+                log.warning("jarm-agent funds of %s not read: %s: %s", account, type(error).__name__, error)
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshSettings:
+    """What the refresh process needs (plain values: it is started with multiprocessing's spawn)."""
+
+    bank_url: str
+    jarm_url: str
+    host_cert: str
+    host_key: str
+    cert_dir: str
+    interval_s: int
+    log_level: str = "INFO"
+
+
+class _PipeSink:
+    """The refresh process's side: what it reads goes to the agent over the pipe; the accounts to read
+    come from it."""
+
+    def __init__(self, connection, accounts: list[str]) -> None:
+        self.connection, self.followed = connection, set(accounts)
+
+    def set_prices(self, table: PriceTable) -> None:
+        self.connection.send(("prices", table))
+
+    def set_funds(self, account: str, funds: Funds) -> None:
+        self.connection.send(("funds", account, funds))
+
+    def accounts(self) -> list[str]:
+        return sorted(self.followed)[:ACCOUNTS_MAX]
+
+
+def refresh_process(connection, settings: RefreshSettings, accounts: list[str]) -> None:
+    """The refresh loop, in a process of its own: the Bank's and the JARM's signed calls (TLS, XML
+    signatures) take milliseconds of CPU, and in the agent's process they would hold the GIL while an
+    admission waits. Every ``interval_s``, or at once when the agent asks for an account it does not
+    follow yet; it ends when the agent's end of the pipe closes."""
+    from gridcredit.security.credentials import load_credential
+
+    from ..bank.client import BankClient
+    from .client import JarmClient
+
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    credential = load_credential(settings.host_cert, settings.host_key)
+    timeout_s = min(REFRESH_TIMEOUT_S_MAX, float(settings.interval_s))
+    bank = BankClient(settings.bank_url, credential=credential, trust_dir=settings.cert_dir, timeout_s=timeout_s,
+                      retries=0)
+    jarm = JarmClient(settings.jarm_url, credential=credential, trust_dir=settings.cert_dir, timeout_s=timeout_s,
+                      retries=0)
+    sink = _PipeSink(connection, accounts)
+    refresher = Refresher(sink, bank, jarm)
+    try:
+        while True:
+            refresher.refresh_once()
+            deadline = time.monotonic() + settings.interval_s
+            while (left := deadline - time.monotonic()) > 0:
+                if connection.poll(left):
+                    message = connection.recv()
+                    sink.followed.update(message[1][:ACCOUNTS_MAX])
+                    break
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
+        return
+
+
+class RefreshLink(threading.Thread):
+    """The agent's side of the refresh process: applies what it reads to ``admissions`` (cheap, under
+    the admissions' lock), tells it the accounts asked for, and starts it again when it dies."""
+
+    RESTART_S = 2.0
+
+    def __init__(self, admissions: Admissions, settings: RefreshSettings) -> None:
+        super().__init__(name="jarm-agent-refresh-link", daemon=True)
+        self.admissions, self.settings = admissions, settings
         self.wake = threading.Event()
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        while not self.stopping.is_set():
-            self.refresh_once()
-            self.wake.wait(self.interval_s)
-            self.wake.clear()
+        import multiprocessing
 
-    def refresh_once(self) -> None:
-        try:
-            self.admissions.set_prices(self.jarm.price_table().table)
-        except (GridcreditError, OSError) as error:
-            log.warning("jarm-agent prices not read: %s: %s", type(error).__name__, error)
-        for account in self.admissions.accounts():
-            if self.stopping.is_set():
-                return
-            started_us = time.time_ns() // 1000
+        context = multiprocessing.get_context("spawn")
+        while not self.stopping.is_set():
+            ours, theirs = context.Pipe()
+            process = context.Process(target=refresh_process, name="jarm-agent-refresh",
+                                      args=(theirs, self.settings, self.admissions.accounts()), daemon=True)
+            process.start()
+            theirs.close()
             try:
-                available = self.bank.get_balance(account).available
-                self.admissions.set_funds(account, Funds(available, started_us))
-            except RemoteFault as fault:
-                # the Bank's answer: the account is unknown here, or this site may not see it
-                self.admissions.set_funds(account, Funds(None, started_us, f"{fault.code}: {fault}"))
-            except (GridcreditError, OSError) as error:
-                log.warning("jarm-agent funds of %s not read: %s: %s", account, type(error).__name__, error)
+                self._follow(ours)
+            except (EOFError, OSError):
+                log.error("jarm-agent: the refresh process ended (exit code %s); starting it again",
+                          process.exitcode)
+            finally:
+                ours.close()
+                process.join(5)
+                if process.is_alive():
+                    process.kill()
+            self.stopping.wait(self.RESTART_S)
+
+    def _follow(self, connection) -> None:
+        while not self.stopping.is_set():
+            if self.wake.is_set():
+                self.wake.clear()
+                connection.send(("want", self.admissions.accounts()))
+            if connection.poll(0.05):
+                message = connection.recv()
+                if message[0] == "prices":
+                    self.admissions.set_prices(message[1])
+                elif message[0] == "funds":
+                    self.admissions.set_funds(message[1], message[2])
 
 
 # -- the socket server -----------------------------------------------------------------------------
@@ -514,26 +613,17 @@ def _service_url(explicit: str, config) -> str:
 
 
 def run(config, accounts: list[str], allow_users: list[str]) -> int:
-    from gridcredit.security.credentials import load_credential
-
-    from ..bank.client import BankClient
-    from .client import JarmClient
-
     settings: JarmConfig = config.jarm
     security = config.security
-    credential = load_credential(security.host_cert, security.host_key)
-    timeout_s = min(REFRESH_TIMEOUT_S_MAX, float(settings.balance_refresh_s))
-    bank = BankClient(_service_url(settings.bank_url, config), credential=credential, trust_dir=security.cert_dir,
-                      timeout_s=timeout_s, retries=0)
-    jarm = JarmClient(_service_url(settings.jarm_url, config), credential=credential, trust_dir=security.cert_dir,
-                      timeout_s=timeout_s, retries=0)
+    logging.getLogger().setLevel(config.log_level)
     admissions = Admissions(settings.bank_unreachable, settings.unfunded_cap_credits, settings.balance_stale_s)
     admissions.wanted.update(accounts)
-    refresher = Refresher(admissions, bank, jarm, interval_s=settings.balance_refresh_s)
+    link = RefreshLink(admissions, RefreshSettings(
+        _service_url(settings.bank_url, config), _service_url(settings.jarm_url, config), security.host_cert,
+        security.host_key, security.cert_dir, settings.balance_refresh_s, config.log_level))
     server = AgentServer(admissions, settings.agent_socket, allowed_uids=allowed_uids(allow_users),
-                         on_unknown_account=refresher.wake.set)
-    logging.getLogger().setLevel(config.log_level)
-    refresher.start()
+                         on_unknown_account=link.wake.set)
+    link.start()
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -543,7 +633,7 @@ def run(config, accounts: list[str], allow_users: list[str]) -> int:
         await server.serve(stop=stop)
 
     asyncio.run(main())
-    refresher.stopping.set()
+    link.stopping.set()
     log.info("jarm-agent stopped: %s", server.decisions)
     return 0
 
