@@ -284,3 +284,22 @@ def test_the_bank_down_the_agent_refuses_once_the_balances_are_stale(slurm_clust
             assert "the Bank cannot be reached" in refused.stderr and "refuses jobs" in refused.stderr
         finally:
             bank.start()
+
+
+def test_the_refresh_process_killed_is_started_again_and_new_funds_are_seen(bank, pki, agent):
+    # the refresh process (multiprocessing's spawn_main; its resource tracker is another child)
+    children = [child for task in Path(f"/proc/{agent.process.pid}/task").iterdir()
+                for child in (task / "children").read_text().split()
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
+    assert len(children) == 1, children
+    os.kill(int(children[0]), signal.SIGKILL)
+    line = (b"admit v1 user=gcuser2 uid=1002 account=proj2 partition=batch qos=normal cores=1 nodes=1 "
+            b"time_limit_s=600 memory_mb=256 gpus=0\n")
+    assert agent.ask(line).startswith(b"refuse JARM: job refused: it may cost 11 credits, account proj2 has 0")
+    admin = BankClient(bank.url, credential=pki.user("Agent Bank Admin").credential, trust_dir=pki.trust_dir)
+    admin.mint("proj2", 11)
+    deadline = time.monotonic() + 30
+    while not agent.ask(line).startswith(b"admit a-"):
+        assert time.monotonic() < deadline, f"proj2's new funds not seen within 30 s: {agent.log_text()[-2000:]}"
+        time.sleep(0.5)
+    assert "the refresh process ended" in agent.log_text()
