@@ -103,7 +103,10 @@ class GridcreditService(ServiceBase):
             return super().call_wrapper(ctx, args)
         except (DomainError, StoreError) as error:   # refusals, and the store failing: the one table (soapfault.py)
             spec = fault_for(error)
-            log.log(spec.log_level, "%s not applied: %s", ctx.method_name, error)
+            if spec.log_level >= logging.ERROR:     # the store failed: the details stay in the log
+                log.error("store failure in %s: %s", ctx.method_name, error)
+            else:                                   # a refusal, or the store saying when to retry
+                log.debug("%s not applied: %s", ctx.method_name, error)
             fault = Fault(faultcode=spec.code, faultstring=spec.message)
         fault.gridcredit_logged = True       # (see _OwnFaults)
         # Raised outside the handlers, so the fault chains no exception: a chained one keeps the
