@@ -39,7 +39,7 @@ from gridcredit.security.chain import TrustStore
 from gridcredit.security.credentials import load_credential
 from gridcredit.security.pki import CertificateAuthority
 from gridcredit.security.wssec import SOAP11_NS, MemoryReplayCache, Signer, Verifier
-from gridcredit.services.common import PRINCIPAL_ENVIRON_KEY
+from gridcredit.services.common import PRINCIPAL_ENVIRON_KEY, RUNTIME_ENVIRON_KEY
 
 REQUEST = (f'<soap:Envelope xmlns:soap="{SOAP11_NS}"><soap:Body>'
            '<b:WhoAmI xmlns:b="urn:gridcredit:bank:1"/></soap:Body></soap:Envelope>').encode()
@@ -52,18 +52,21 @@ def free_port() -> int:
 
 
 class _UnsignedHost:
-    """The same spyne services behind the same server, with no WS-Security (the baseline)."""
+    """The same spyne services behind the same server, with no WS-Security (the baseline): the
+    environ carries what the signed host's _call_service puts there (principal and runtime)."""
 
     def __init__(self, config, files):
         from gridcredit.security.chain import Principal
         self._host = build_host(config, files)
         self._endpoints = self._host._endpoints
+        self._runtime = self._host._runtime
         cert = load_credential(cert_path=str(files.host_cert), key_path=str(files.host_key)).cert
         self._principal = TrustStore.from_directory(files.trust_dir).validate([cert])
         assert isinstance(self._principal, Principal)
 
     def __call__(self, environ, start_response):
         environ[PRINCIPAL_ENVIRON_KEY] = self._principal
+        environ[RUNTIME_ENVIRON_KEY] = self._runtime
         return self._endpoints[environ["PATH_INFO"].strip("/")].wsgi(environ, start_response)
 
 
