@@ -521,9 +521,11 @@ class AgentServer:
                 log.warning("jarm-agent refused a connection from uid %s", uid)
                 return
             for _ in range(REQUESTS_PER_CONNECTION_MAX):
-                try:
-                    first = await asyncio.wait_for(reader.readexactly(1), IDLE_TIMEOUT_S)
-                    line = first + await asyncio.wait_for(reader.readuntil(b"\n"), REQUEST_TIMEOUT_S)
+                try:                                         # asyncio.timeout: no task per wait (wait_for makes one)
+                    async with asyncio.timeout(IDLE_TIMEOUT_S):
+                        first = await reader.readexactly(1)
+                    async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                        line = first + await reader.readuntil(b"\n")
                 except asyncio.IncompleteReadError:
                     return                                   # the client closed
                 except asyncio.LimitOverrunError:
@@ -532,7 +534,8 @@ class AgentServer:
                 except asyncio.TimeoutError:
                     return
                 writer.write(self.answer(line))
-                await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_S)
+                async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                    await writer.drain()
         except (ConnectionError, asyncio.TimeoutError):
             pass
         finally:
