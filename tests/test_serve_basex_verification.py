@@ -106,7 +106,7 @@ def test_serve_answers_while_one_worker_verifies_basex_and_the_other_adopts_it(p
         assert int(documents) >= DOCUMENTS
         adopted = re.findall(r" (\d+) INFO \S+: xmlstore/basex: BaseX was verified against the journal by process "
                              r"(\d+) ", log)
-        assert len(adopted) == 1 and adopted[0][1] == verifier and adopted[0][0] != verifier, log   # ... the other adopts it
+        assert len(adopted) == 1 and adopted[0][1] == verifier and adopted[0][0] != verifier, log  # the other adopts it
         shared = re.findall(r" (\d+) INFO \S+: xmlstore/basex: verifying \d+ documents of BaseX against the journal "
                             r"in the background, with the other processes forked from process (\d+)", log)
         assert {pid for pid, _parent in shared} == {verifier, adopted[0][0]}, log
