@@ -186,3 +186,30 @@ def checked(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
         except UsageError as error:
             error.parser.error(str(error))  # exits 2
     return run
+
+
+# ---------------------------------------------------------------------------------------------
+# A service's command group
+
+
+class CommandGroup:
+    """``gridcredit <name> COMMAND …``: one service's commands, each made the same way — its summary
+    as help and description, an example in the epilog, the group's common options
+    (``add_common(parser, **options)``) and its handler wrapped (``wrap``, default ``checked``)."""
+
+    def __init__(self, subparsers, name: str, *, help: str, description: str,
+                 add_common: Callable[..., None], wrap: Callable = None) -> None:
+        group = subparsers.add_parser(name, help=help, description=description)
+        self.commands = group.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
+        self.commands.required = True
+        self._add_common = add_common
+        self._wrap = wrap or checked
+
+    def command(self, name: str, summary: str, example: str, handler, *, aliases=(), wrap: Callable = None,
+                **common_options) -> argparse.ArgumentParser:
+        parser = self.commands.add_parser(name, help=summary, description=summary, aliases=list(aliases),
+                                          epilog=f"example:\n  {example}",
+                                          formatter_class=argparse.RawDescriptionHelpFormatter)
+        self._add_common(parser, **common_options)
+        parser.set_defaults(handler=(wrap or self._wrap)(handler), parser_of_command=parser)
+        return parser

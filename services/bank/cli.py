@@ -18,7 +18,7 @@ import argparse
 import re
 from datetime import datetime, timedelta, timezone
 
-from gridcredit.cli_support import (EXIT_FAILED, EXIT_OK, LazyClient, add_client_arguments, checked, client_of,
+from gridcredit.cli_support import (EXIT_FAILED, EXIT_OK, CommandGroup, LazyClient, add_client_arguments, checked, client_of,
                                     print_result, show_identity, usage_error)
 from gridcredit.errors import GridcreditError
 from gridcredit.timeunits import US_PER_S, datetime_from_us, rfc3339
@@ -453,21 +453,15 @@ def _expiry_options(parser: argparse.ArgumentParser, *, required: bool = False) 
 
 
 def register(subparsers) -> None:
-    bank = subparsers.add_parser("bank", help="accounts, holds, charges and the ledger of the Bank",
-                                 description="Every Bank operation, signed with your certificate or proxy. "
-                                             "--json prints results for scripts. Exit codes: 0 done, "
-                                             "1 refused or failed, 2 usage.")
-    commands = bank.add_subparsers(dest="bank_command", metavar="COMMAND")
-    commands.required = True
+    group = CommandGroup(subparsers, "bank", help="accounts, holds, charges and the ledger of the Bank",
+                         description="Every Bank operation, signed with your certificate or proxy. --json prints "
+                                     "results for scripts. Exit codes: 0 done, 1 refused or failed, 2 usage.",
+                         add_common=_common, wrap=_online)
 
     def command(name: str, summary: str, example: str, handler, *, mutating: bool = False, aliases=(),
                 online: bool = True) -> argparse.ArgumentParser:
-        parser = commands.add_parser(name, help=summary, description=summary, aliases=list(aliases),
-                                     epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
-        _common(parser, mutating=mutating)
-        parser.set_defaults(handler=_online(handler) if online else checked(handler),
-                            parser_of_command=parser)
-        return parser
+        return group.command(name, summary, example, handler, aliases=aliases, wrap=None if online else checked,
+                             mutating=mutating)
 
     p = command("create-account", "create an account owned by a user (administrators)",
                 "gridcredit bank create-account vo-atlas --project atlas --owner '/DC=org/DC=example/CN=Alice'",

@@ -26,7 +26,7 @@ import tomllib
 from datetime import datetime
 from pathlib import Path
 
-from gridcredit.cli_support import (EXIT_OK, LazyClient, add_client_arguments, checked, client_of, number_in,
+from gridcredit.cli_support import (EXIT_OK, CommandGroup, LazyClient, add_client_arguments, client_of, number_in,
                                     print_result, show_identity)
 from gridcredit.client import InvalidRequest
 from gridcredit.errors import DomainError
@@ -271,20 +271,12 @@ def _whoami(args) -> int:
 
 
 def register(subparsers) -> None:
-    jarm = subparsers.add_parser("jarm", help="the site's prices and quotes (JARM)",
-                                 description="The Job Account Reservation Manager's Price Authority: the site's "
-                                             "price tables (versioned, set by price administrators) and quotes. "
-                                             "--json prints results for scripts. Exit codes: 0 done, 1 refused "
-                                             "or failed, 2 usage.")
-    commands = jarm.add_subparsers(dest="jarm_command", metavar="COMMAND")
-    commands.required = True
-
-    def command(name: str, summary: str, example: str, handler) -> argparse.ArgumentParser:
-        parser = commands.add_parser(name, help=summary, description=summary, epilog=f"example:\n  {example}",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-        add_client_arguments(parser, timeout_s=30.0)
-        parser.set_defaults(handler=checked(handler), parser_of_command=parser)
-        return parser
+    group = CommandGroup(subparsers, "jarm", help="the site's prices and quotes (JARM)",
+                         description="The Job Account Reservation Manager's Price Authority: the site's price tables "
+                                     "(versioned, set by price administrators) and quotes. --json prints results "
+                                     "for scripts. Exit codes: 0 done, 1 refused or failed, 2 usage.",
+                         add_common=lambda parser: add_client_arguments(parser, timeout_s=30.0))
+    command, commands = group.command, group.commands
 
     version_type = number_in(1, VERSION_MAX, unit="(a version number)")
     p = command("prices", "the site's prices: the version in force now, at a time, or a given version",

@@ -32,7 +32,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from gridcredit.cli_support import (EXIT_FAILED, EXIT_OK, UsageError, add_client_arguments, checked, client_of,
+from gridcredit.cli_support import (EXIT_FAILED, EXIT_OK, CommandGroup, UsageError, add_client_arguments, checked, client_of,
                                     error_text, jsonable, number_in, print_result, show_identity)
 from gridcredit.timeunits import US_PER_S, rfc3339
 
@@ -537,20 +537,16 @@ def _sending(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    luts = subparsers.add_parser("luts", help="publish usage records and ask what was used (LUTS)",
-                                 description="The Logging and Usage Tracking Service: publish usage records "
-                                             "(OGF UR 1.0/2.0, EMI CAR, Gratia), query them by XPath, per job and "
-                                             "in summaries. --json prints results for scripts. Exit codes: 0 done, "
-                                             "1 refused or partial (some records not stored), 2 usage.")
-    commands = luts.add_subparsers(dest="luts_command", metavar="COMMAND")
-    commands.required = True
+    group = CommandGroup(subparsers, "luts", help="publish usage records and ask what was used (LUTS)",
+                         description="The Logging and Usage Tracking Service: publish usage records (OGF UR 1.0/2.0, "
+                                     "EMI CAR, Gratia), query them by XPath, per job and in summaries. --json prints "
+                                     "results for scripts. Exit codes: 0 done, 1 refused or partial (some records not "
+                                     "stored), 2 usage.",
+                         add_common=_common)
+    commands = group.commands
 
     def command(name: str, summary: str, example: str, handler, *, timeout_s: float = 60.0) -> argparse.ArgumentParser:
-        parser = commands.add_parser(name, help=summary, description=summary, epilog=f"example:\n  {example}",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-        _common(parser, timeout_s=timeout_s)
-        parser.set_defaults(handler=checked(handler), parser_of_command=parser)
-        return parser
+        return group.command(name, summary, example, handler, timeout_s=timeout_s)
 
     p = command("publish", "publish usage-record files (batched across files), or spool them with --spool",
                 "gridcredit luts publish --cert hostcert.pem --key hostkey.pem /var/spool/arc/urs/*.xml",
