@@ -303,3 +303,26 @@ def test_the_refresh_process_killed_is_started_again_and_new_funds_are_seen(bank
         assert time.monotonic() < deadline, f"proj2's new funds not seen within 30 s: {agent.log_text()[-2000:]}"
         time.sleep(0.5)
     assert "the refresh process ended" in agent.log_text()
+
+
+def test_the_bank_down_admit_capped_admits_up_to_the_cap_per_account(slurm_cluster, slurm_workdir, bank, pki,
+                                                                      socket_dir, jobs):
+    capped = Agent(bank, pki, socket_dir / "capped.sock", socket_dir, bank_unreachable="admit_capped",
+                   unfunded_cap_credits=22).start()
+    try:
+        with slurm_cluster.job_submit(hook(capped.socket_path)):
+            bank.stop()
+            try:
+                time.sleep(3 + 2)                               # balance_stale_s, and a refresh that failed
+                for _ in range(2):                              # 11 + 11 credits without the Bank's word
+                    jobs.append(job_id_of(submit(slurm_cluster, slurm_workdir, "proj1")[0]))
+                third, _ = submit(slurm_cluster, slurm_workdir, "proj1")
+                assert third.returncode == 1
+                assert "this site admits at most 22 credits of jobs per account until it answers, 22 are " \
+                       "admitted already: this job may cost 11 credits, 11 more than the 0 left" in third.stderr, \
+                       third.stderr
+            finally:
+                bank.start()
+        assert capped.log_text().count("unfunded (the Bank's word was last read") == 2
+    finally:
+        capped.stop()

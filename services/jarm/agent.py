@@ -569,7 +569,7 @@ class AgentServer:
         self.decisions[outcome] += 1
         log.info("jarm-agent %s user=%s account=%s partition=%s cores=%d time_limit_s=%d: %s", outcome, request.user,
                  request.account, request.partition, request.cores, request.time_limit_s,
-                 decision.admission_id or decision.message)
+                 f"{decision.admission_id} ({decision.message})" if decision.admitted else decision.message)
         if decision.admitted:
             return f"admit {decision.admission_id}\n".encode()
         return f"refuse {_one_line(decision.message)}\n".encode("utf-8")
