@@ -92,6 +92,16 @@ def test_a_job_within_the_funds_is_admitted_and_counts_until_it_is_settled():
     assert state.decide(job(minutes=10), now_us=NOW_US).admitted    # 30 - 11 = 19 ≥ 11
 
 
+def test_admissions_whose_jobs_left_the_queue_stop_counting():
+    state = admissions(funds={"proj1": 1000})
+    old = [state.decide(job(minutes=10), now_us=NOW_US).admission_id for _ in range(3)]
+    recent = state.decide(job(minutes=10), now_us=NOW_US + 5 * S_US).admission_id
+    # read at +6 s: old[0] still pending; old[1], old[2] started or gone; the recent one may not be listed yet
+    assert state.set_queued(NOW_US + 6 * S_US, frozenset({old[0]})) == 2
+    assert set(state.pending) == {old[0], recent} and state.pending_by_account == {"proj1": 22}
+    assert state.set_queued(NOW_US + 8 * S_US, frozenset()) == 2 and state.pending_by_account == {}
+
+
 def test_the_exact_funds_admit_and_one_credit_less_refuses():
     assert admissions(funds={"proj1": 11}).decide(job(minutes=10), now_us=NOW_US).admitted
     refused = admissions(funds={"proj1": 10}).decide(job(minutes=10), now_us=NOW_US)

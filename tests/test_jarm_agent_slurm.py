@@ -193,6 +193,20 @@ def test_a_funded_job_is_admitted_and_an_empty_accounts_job_refused_with_the_sho
     assert "jarm-agent admit user=gcuser1 account=proj1" in agent.log_text()
 
 
+def test_an_admitted_job_counts_while_it_is_pending_and_not_after_it_left_the_queue(
+        slurm_cluster, slurm_workdir, agent, jobs):
+    with slurm_cluster.job_submit(hook(agent.socket_path)):
+        job_id = job_id_of(submit(slurm_cluster, slurm_workdir, "proj1")[0])
+        jobs.append(job_id)
+    time.sleep(4)                                               # a queue read after the margin: still pending
+    assert agent.ask(b"ping v1\n").endswith(b" pending=1\n")
+    slurm_cluster.run(["scancel", str(job_id)])
+    deadline = time.monotonic() + 20
+    while not agent.ask(b"ping v1\n").endswith(b" pending=0\n"):
+        assert time.monotonic() < deadline, "the cancelled job still counts 20 s later"
+        time.sleep(0.5)
+
+
 def test_the_agent_stopped_or_frozen_the_refuse_policy_applies_within_the_time_limit(
         slurm_cluster, slurm_workdir, agent, jobs):
     with slurm_cluster.job_submit(hook(agent.socket_path, bank_unreachable="refuse")):

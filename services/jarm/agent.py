@@ -10,8 +10,11 @@ with a hard time limit; the agent answers at once from what it holds:
   the accounts), both read **in the background** every ``balance_refresh_s`` by a process of its
   own (the signed calls' CPU never holds up an answer);
 * less what it has already admitted and not yet seen held (``Admissions.pending``): a job admitted
-  counts against its account until the hold path says its hold exists (``settle``) or
-  ``PENDING_S_MAX`` passes.
+  counts against its account while Slurm's queue shows it pending (its hold is made when it starts,
+  off the submission path; the queue is read in the background with ``scontrol -o show jobs``, the
+  job known by ``AdminComment=jarm-admission=<id>``), until the hold path says its hold exists
+  (``settle``), or for ``PENDING_S_MAX`` at most. A job Slurm refused after the hook admitted it
+  never shows in the queue and stops counting at the next read.
 
 A refusal names the cost, the available funds and the shortfall, in words the ``sbatch`` user reads.
 Without the Bank's word on an account (never read, or last read more than ``balance_stale_s`` ago)
@@ -52,9 +55,11 @@ import logging
 import os
 import pwd
 import re
+import shutil
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -79,7 +84,9 @@ CONNECTIONS_MAX = 512                    # beyond: answered "error busy" and clo
 ACCOUNTS_MAX = 10_000                    # accounts whose funds the agent follows
 PENDING_MAX = 1_000_000                  # admitted jobs not yet seen held, in all
 PENDING_S_MAX = 7 * 86_400               # an admission never settled stops counting after this
-REFRESH_TIMEOUT_S_MAX = 10.0             # one read of the Bank or the JARM (in the background)
+REFRESH_TIMEOUT_S_MAX = 10.0             # one read of the Bank, the JARM or Slurm's queue (in the background)
+QUEUE_BYTES_MAX = 256 * 2**20            # scontrol's listing of the jobs read at most
+QUEUE_MARGIN_US = 2_000_000             # an admission this recent may not be in the queue yet
 HOOK_TEMPLATE = Path(__file__).resolve().parent / "slurm" / "job_submit.lua"
 US_PER_S = 1_000_000
 FULL_LOAD = Occupancy(1, 1)              # the admission estimate: a load-priced rate at its greatest multiplier
@@ -229,6 +236,17 @@ class Admissions:
         with self.lock:
             return self._drop(admission_id)
 
+    def set_queued(self, read_us: int, queued: frozenset[str]) -> int:
+        """Slurm's queue as read from ``read_us``: the admissions made before then (less a margin) whose
+        job is not pending there any more — started (held), ended, cancelled, or refused by Slurm after
+        the hook — stop counting. Answers how many."""
+        with self.lock:
+            gone = [admission_id for admission_id, entry in self.pending.items()
+                    if entry.admitted_us < read_us - QUEUE_MARGIN_US and admission_id not in queued]
+            for admission_id in gone:
+                self._drop(admission_id)
+            return len(gone)
+
     # -- the rule ----------------------------------------------------------------------------------
     def decide(self, request: AdmitRequest, *, now_us: int) -> Decision:
         account = request.account
@@ -362,6 +380,25 @@ class Refresher:
                 log.warning("jarm-agent funds of %s not read: %s: %s", account, type(error).__name__, error)
 
 
+_QUEUED = re.compile(rb"JobState=PENDING .*?AdminComment=jarm-admission=(a-[0-9a-f]{32})")
+
+
+def queued_admissions(scontrol: str, *, timeout_s: float) -> frozenset[str] | None:
+    """The admission ids of the jobs pending in Slurm's queue (``scontrol -o show jobs``: one job a line),
+    or None when it could not be read."""
+    try:
+        result = subprocess.run([scontrol, "-o", "show", "jobs"], capture_output=True, timeout=timeout_s,
+                                stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        log.warning("jarm-agent: Slurm's queue not read: %s", error)
+        return None
+    if result.returncode != 0 or len(result.stdout) > QUEUE_BYTES_MAX:
+        log.warning("jarm-agent: Slurm's queue not read: %s exited %d (%d bytes) %s", scontrol, result.returncode,
+                    len(result.stdout), result.stderr[:200].decode(errors="replace").strip())
+        return None
+    return frozenset(match.decode() for match in _QUEUED.findall(result.stdout))
+
+
 @dataclass(frozen=True, slots=True)
 class RefreshSettings:
     """What the refresh process needs (plain values: it is started with multiprocessing's spawn)."""
@@ -373,6 +410,7 @@ class RefreshSettings:
     cert_dir: str
     interval_s: int
     log_level: str = "INFO"
+    scontrol: str = ""                  # Slurm's scontrol (empty: the queue is not read)
 
 
 class _PipeSink:
@@ -417,6 +455,11 @@ def refresh_process(connection, settings: RefreshSettings, accounts: list[str]) 
     try:
         while True:
             refresher.refresh_once()
+            if settings.scontrol:
+                read_us = time.time_ns() // 1000
+                queued = queued_admissions(settings.scontrol, timeout_s=timeout_s)
+                if queued is not None:
+                    connection.send(("queued", read_us, queued))
             deadline = time.monotonic() + settings.interval_s
             while (left := deadline - time.monotonic()) > 0:
                 if connection.poll(left):
@@ -472,6 +515,8 @@ class RefreshLink(threading.Thread):
                     self.admissions.set_prices(message[1])
                 elif message[0] == "funds":
                     self.admissions.set_funds(message[1], message[2])
+                elif message[0] == "queued":
+                    self.admissions.set_queued(message[1], message[2])
 
 
 # -- the socket server -----------------------------------------------------------------------------
@@ -627,7 +672,8 @@ def run(config, accounts: list[str], allow_users: list[str]) -> int:
     admissions.wanted.update(accounts)
     link = RefreshLink(admissions, RefreshSettings(
         _service_url(settings.bank_url, config), _service_url(settings.jarm_url, config), security.host_cert,
-        security.host_key, security.cert_dir, settings.balance_refresh_s, config.log_level))
+        security.host_key, security.cert_dir, settings.balance_refresh_s, config.log_level,
+        shutil.which("scontrol") or ""))
     server = AgentServer(admissions, settings.agent_socket, allowed_uids=allowed_uids(allow_users),
                          on_unknown_account=link.wake.set)
     link.start()
