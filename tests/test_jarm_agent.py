@@ -137,7 +137,9 @@ def test_a_new_price_table_prices_the_same_job_shape_anew():
 def test_a_job_that_cannot_be_priced_is_refused_with_the_pricing_reason():
     state = admissions(funds={"proj1": 10**9})
     assert "has no partition 'gpu'" in state.decide(job(partition="gpu"), now_us=NOW_US).message
-    assert "time limit" in state.decide(job(time_limit_s=0), now_us=NOW_US).message
+    assert "has no time limit, so its cost cannot be estimated: give it one (sbatch --time=…)" in \
+        state.decide(job(time_limit_s=0), now_us=NOW_US).message
+    assert "the job's cores 2,000,000 is outside" in state.decide(job(cores=2_000_000), now_us=NOW_US).message
     assert "not an account name" in state.decide(job(account="pro?1"), now_us=NOW_US).message
     assert state.pending == {}
 

@@ -193,6 +193,19 @@ def test_a_funded_job_is_admitted_and_an_empty_accounts_job_refused_with_the_sho
     assert "jarm-agent admit user=gcuser1 account=proj1" in agent.log_text()
 
 
+def test_a_job_without_a_time_limit_is_refused_and_the_partitions_limit_is_its_estimate(
+        slurm_cluster, slurm_workdir, agent, jobs):
+    with slurm_cluster.job_submit(hook(agent.socket_path)):
+        unlimited = slurm_cluster.run(["sbatch", "--hold", f"--chdir={slurm_workdir}", "--account=proj2", "-n1",
+                                       "--wrap", "true"], user="gcuser1", check=False)     # batch: MaxTime=INFINITE
+        assert unlimited.returncode == 1
+        assert "JARM: this job has no time limit, so its cost cannot be estimated" in unlimited.stderr
+        # short: MaxTime=60 minutes, the estimate of a job without --time: 60 + 1 credits
+        short = slurm_cluster.run(["sbatch", "--hold", f"--chdir={slurm_workdir}", "--account=proj2",
+                                   "--partition=short", "-n1", "--wrap", "true"], user="gcuser1", check=False)
+        assert "it may cost 61 credits, account proj2 has 0 available: short by 61 credits" in short.stderr, short
+
+
 def test_an_admitted_job_counts_while_it_is_pending_and_not_after_it_left_the_queue(
         slurm_cluster, slurm_workdir, agent, jobs):
     with slurm_cluster.job_submit(hook(agent.socket_path)):

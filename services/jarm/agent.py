@@ -258,6 +258,9 @@ class Admissions:
                 return Decision(False, "JARM: no price table has been read from the JARM service yet, so the cost "
                                        "of this job is unknown; try again in a minute (the site administrator can "
                                        "check the JARM agent's log)")
+            if request.time_limit_s == 0:
+                return Decision(False, "JARM: this job has no time limit, so its cost cannot be estimated: give it "
+                                       "one (sbatch --time=…)")
             try:
                 cost = self._cost(request, now_us)
             except DomainError as error:
