@@ -43,6 +43,16 @@ TIMEOUT_MS = 100
 REPO = Path(__file__).resolve().parent.parent
 
 
+LUASOCKET_UNIX = Path("/usr/lib/x86_64-linux-gnu/lua/5.1/socket/unix.so")   # Debian lua-socket, for Lua 5.1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def luasocket(slurm_cluster):
+    if not LUASOCKET_UNIX.exists():
+        pytest.fail(f"LuaSocketMissing: JARM's job_submit.lua needs Debian's lua-socket ({LUASOCKET_UNIX}, LuaSocket's "
+                    f"socket.unix for the Lua 5.1 slurm-wlm links): apt-get install lua-socket")
+
+
 @pytest.fixture(scope="module")
 def bank(pki, tmp_path_factory):
     admin = pki.user("Agent Bank Admin")
