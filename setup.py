@@ -30,7 +30,8 @@ setup(
     python_requires=">=3.11,<3.13",
     packages=list(PACKAGE_FOLDERS),
     package_dir=PACKAGE_FOLDERS,
-    package_data={"gridcredit.wsdl_documents": ["*.wsdl"]},
+    package_data={"gridcredit.wsdl_documents": ["*.wsdl"],
+                  "gridcredit.services.jarm": ["slurm/*.lua"]},   # JARM's job_submit.lua template
     install_requires=[
         # xmlsec and lxml must link the same libxml2: this pair does (see PITFALLS).
         "lxml==6.1.3",

@@ -51,7 +51,7 @@ DB_SOCKET="$MYSQL/mysqld.sock"
 # munged's socket stays where every munge client looks: AuthInfo=socket= in slurm.conf is not honoured
 # by the clients' connections to slurmdbd (sacctmgr went to the default path).
 MUNGE_SOCKET=/run/munge/munge.socket.2
-PACKAGES=(slurm-wlm slurmdbd munge mariadb-server)
+PACKAGES=(slurm-wlm slurmdbd munge mariadb-server lua-socket)   # lua-socket: socket.unix for JARM's job_submit.lua (Lua 5.1)
 DAEMONS=(munged mariadbd slurmdbd slurmctld slurmd)
 export SLURM_CONF="$CONF"
 

@@ -41,6 +41,14 @@ class SqliteReplayCache(ReplayCacheProtocol):
                     raise SecurityError(f"the replay cache {self._path} cannot be opened ({error})", "InvalidSecurity") from None
                 time.sleep(0.02 * (attempt + 1))
 
+    def close(self) -> None:
+        """Close this thread's connection. SQLite must not carry an open connection across a fork:
+        whoever makes the cache before forking workers closes it first (the workers open their own)."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
         if connection is None:

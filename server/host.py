@@ -581,7 +581,10 @@ def prepare_state(config: Config) -> None:
     # (every document read: ~20 s at a million) is not waited for: the workers forked next share it in
     # the background — one verifies, the others adopt its result; queries wait for it meanwhile.
     registry.open_service_store(config).close()
-    SqliteReplayCache(replay_cache_path(config))         # made once, so workers need not race to set it up
+    # Made once, so workers need not race to set it up — and closed before the workers fork: an open
+    # SQLite connection carried across fork() left its descriptors in every worker, and a worker's
+    # own files (the BaseX journal) took those numbers ("disk I/O error" from the replay cache).
+    SqliteReplayCache(replay_cache_path(config)).close()
 
 
 class _ReadyPipe:
