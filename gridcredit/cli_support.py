@@ -31,6 +31,8 @@ import json
 from datetime import datetime
 from typing import Callable
 
+from .errors import GridcreditError
+
 from .client import RETRIES_DEFAULT, RETRIES_MAX
 from .timeunits import rfc3339
 
@@ -165,7 +167,7 @@ def error_text(error: BaseException) -> str:
 # Usage errors found by a handler
 
 
-class UsageError(Exception):
+class UsageError(GridcreditError):
     """A combination of options argparse cannot check (``--remove`` with an amount): exit 2."""
 
     def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:

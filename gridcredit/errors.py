@@ -2,6 +2,7 @@
 
     GridcreditError                 base of every expected operating error
     ├── ConfigError                 the configuration file or an override is wrong
+    ├── UsageError                  options a command cannot take together (gridcredit/cli_support.py; exit 2)
     ├── SecurityError               a message, certificate or credential is refused
     │   ├── CredentialError         our own credential is missing or unreadable
     │   └── CertificateError        a peer's certificate chain is refused (path validation)

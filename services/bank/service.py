@@ -150,7 +150,9 @@ def _execute(ctx, request) -> Receipt:
 
 class BankService(GridcreditService):
     __service_name__ = SERVICE_NAME
-    WhoAmI = whoami_operation("bank", authorize=lambda ctx: policy.authorize_anyone(_caller(ctx), "WhoAmI"))
+    # Anyone authenticated, whatever the configuration says of them: decided on the verified chain's
+    # principal, so WhoAmI answers even from a host whose services hold no state (a bare host).
+    WhoAmI = whoami_operation("bank", authorize=lambda ctx: policy.authorize_anyone(principal_of(ctx), "WhoAmI"))
 
     # -- accounts ----------------------------------------------------------------------------------
     @operation(Unicode(**Required), Unicode(**Required), Unicode(**Required), Unicode(**Required), Long(min_occurs=0),
