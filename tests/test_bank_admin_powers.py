@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -244,6 +245,7 @@ class AdministratorsAlone(RuleBasedStateMachine):
 AdministratorsAlone.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None,
                                                  suppress_health_check=[HealthCheck.too_slow])
 TestAdministratorsAlone = AdministratorsAlone.TestCase
+TestAdministratorsAlone.pytestmark = [pytest.mark.slow]     # hypothesis searches long: CI runs it, -m 'not slow' does not
 
 
 def test_the_search_reaches_what_administrators_may_do():

@@ -115,6 +115,7 @@ def transactions_with_request_id(bank: BankClient, account_id: str, request_id: 
 
 # --------------------------------------------------------------------------- every command once
 
+@pytest.mark.slow
 def test_every_command_through_the_cli(cli, users, host, pki):
     admin, admin2, alice, bob, site = users.admin, users.admin2, users.alice, users.bob, users.site
     alice_dn, bob_dn, site_dn = (u.credential.identity_dn for u in (alice, bob, site))

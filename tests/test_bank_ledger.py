@@ -940,6 +940,7 @@ def test_document_readers_agree_on_store_documents(data):
         assert documents.flat_fields(stored, cls) is not None, stored     # the scanner does read it
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None)
 @given(data=st.data())
 def test_document_readers_agree_on_edited_documents(data):
@@ -970,6 +971,7 @@ RAW_TEXTS = [b"", b"1", b"-0", b"007", b"12a", b" 5", b"&amp;", b"&#65;", b"&#x2
 SEPARATORS = [b"", b"", b"", b" ", b"\n", b"<!--c-->", b"<?p?>"]
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None)
 @given(data=st.data())
 def test_document_readers_agree_on_rebuilt_documents(data):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -575,3 +576,4 @@ class BankMachine(RuleBasedStateMachine):
 BankMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None,
                                          suppress_health_check=[HealthCheck.too_slow])
 TestBankModel = BankMachine.TestCase
+TestBankModel.pytestmark = [pytest.mark.slow]     # hypothesis searches long: CI runs it, -m 'not slow' does not

@@ -330,6 +330,7 @@ def test_listening_socket_disables_nagle(tmp_path):
         listener.close()
 
 
+@pytest.mark.slow
 def test_wsdl_is_the_same_under_any_hash_seed(tmp_path):
     """spyne orders some schema members by hash; the documents must not change with PYTHONHASHSEED."""
     for seed in ("1", "2", "12345"):

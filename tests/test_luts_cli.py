@@ -267,6 +267,7 @@ def sender(host, user, spool_dir: Path, log_path: Path) -> subprocess.Popen:
         return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["embedded", "basex"])
 def test_a_sender_killed_mid_send_resumes_and_stores_each_record_once(hosts, backend, people, tmp_path):
     host = hosts(backend)
@@ -323,6 +324,7 @@ def test_summary_shows_and_prints_the_charge_per_unit(cli, people):
     assert line.rstrip().endswith("6.5 EUR, 10 SEK, 7 (no unit)"), line
 
 
+@pytest.mark.slow
 def test_a_file_of_more_records_than_one_request_takes_is_published_in_batches(cli, people, tmp_path):
     """Issue 11.7: a file of 10,001 records was refused whole although it is sent in batches of 1,000."""
     jobs = random_jobs(10_001, seed=71, prefix="cli-many", machines=["ce1.example.org"])

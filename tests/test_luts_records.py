@@ -1040,12 +1040,14 @@ def normalized_records(draw):
         charge_unit=draw(_maybe_text), warnings=tuple(draw(st.lists(_xml_text, max_size=3))))
 
 
+@pytest.mark.slow
 @settings(max_examples=200)
 @given(normalized_records())
 def test_view_round_trips_any_record(record):
     assert R.from_bytes(R.to_bytes(record)) == record
 
 
+@pytest.mark.slow
 @settings(max_examples=300)
 @given(normalized_records())
 def test_the_direct_view_writer_writes_what_lxml_writes(record):
@@ -1055,6 +1057,7 @@ def test_the_direct_view_writer_writes_what_lxml_writes(record):
 @settings(max_examples=200, deadline=None)       # timing on a loaded machine is not what this checks
 @given(normalized_records(), st.lists(_xml_text, min_size=5, max_size=5), st.integers(0, 2**62),
        st.lists(st.none() | _xml_text, max_size=4, unique=True))
+@pytest.mark.slow
 def test_the_luts_writes_its_id_entries_and_summaries_as_lxml_would(record, key, number, units):
     from gridcredit.services.luts import luts as L
     entry = etree.Element(f"{{{R.NS_VIEW}}}Id", nsmap={"n": R.NS_VIEW}, month="202611", digest="d" * 64,
