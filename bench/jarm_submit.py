@@ -40,6 +40,7 @@ from gridcredit.services.jarm.agent import render_hook  # noqa: E402
 from gridcredit.services.jarm.client import JarmClient  # noqa: E402
 from gridcredit.services.jarm.config import JarmConfig  # noqa: E402
 from gridcredit.services.jarm.types import Metric, Rate  # noqa: E402
+from gridcredit.xmlstore.basex_server import free_port  # noqa: E402
 
 from slurm_fixtures import SCRIPT, SlurmCluster, _cluster_answers, _replace, slurm_dir  # noqa: E402
 
@@ -63,12 +64,6 @@ function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
 end
 return slurm.SUCCESS
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for(predicate, what: str, timeout_s: float = 60) -> None:
