@@ -354,6 +354,36 @@ def test_an_open_without_basex_still_refuses_a_server_of_another_journal(private
         other.close()
 
 
+def test_a_query_during_the_appliers_repair_gets_its_outcome(private_basex, spec, tmp_path, monkeypatch):
+    """A query while the applier thread verifies the returned BaseX waits for that verification's
+    outcome (here: a database of another journal, refused) instead of taking the cleared "suspect"
+    flag for a verified BaseX and answering from it (seen once in CI in the test above)."""
+    monkeypatch.setattr(BaseXStore, "probe_s", 1.0)
+    with open_from_spec(spec) as store:
+        store.put("acc", "a", b"<a/>")
+    private_basex.stop()
+    other = open_from_spec(dict(spec, state_dir=str(tmp_path / "other-state")))
+    in_repair, go_on = threading.Event(), threading.Event()
+    refuse_unknown = BaseXStore._refuse_unknown_databases
+
+    def held_in_the_applier(self):
+        if threading.current_thread() is not threading.main_thread():
+            in_repair.set()
+            go_on.wait(30)
+        return refuse_unknown(self)
+    monkeypatch.setattr(BaseXStore, "_refuse_unknown_databases", held_in_the_applier)
+    try:
+        assert other.waiting_for_basex is not None
+        private_basex.start()
+        assert in_repair.wait(60)              # the applier saw BaseX answer and verifies it
+        threading.Timer(0.5, go_on.set).start()
+        with pytest.raises(StoreError, match="does not know"):
+            other.count("acc")
+    finally:
+        go_on.set()
+        other.close()
+
+
 def test_scan_local_answers_at_once_while_basex_stands_still(private_basex, spec):
     with open_from_spec(spec) as store, open_from_spec(spec) as other:
         store.put("acc", "a", b"<a/>")

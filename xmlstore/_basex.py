@@ -330,6 +330,7 @@ class BaseXStore(_Mirror, _Recovery, XmlStore):
         self._applied_seq = 0                   # highest sequence number known to be in BaseX
         self._applied_changed = threading.Condition()
         self._suspect = False
+        self._repairing: int | None = None      # the thread verifying and repairing BaseX (see _needs_repair)
         self._broken_checked = 0
         self._apply_error: str | None = None
         self._wake = threading.Event()
@@ -615,6 +616,9 @@ class BaseXStore(_Mirror, _Recovery, XmlStore):
     def _needs_repair(self) -> bool:
         if self.read_only:
             return False          # a read-only store repairs nothing (a writable open does)
+        repairing = self._repairing
+        if repairing is not None and repairing != threading.get_ident():
+            return True           # another thread is at it: wait for its outcome on the applier lock
         return self._suspect or self._pool.broken_seen != self._broken_checked
 
     def _ops(self, writes: list, seq: int | None = None, *, add_first_writes: bool = False,

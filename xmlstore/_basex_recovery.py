@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 from pathlib import Path
 
@@ -500,25 +501,32 @@ class _Recovery:
                 raise BaseXUnavailable(f"BaseX unavailable: {unreachable}")
             with self._journal.lock():
                 return self._repair_locked(writer_locked=True)
-        with self._mirror_lock:
-            self._absorb(self._journal.read_new(repair=True))
-        self._broken_checked = self._pool.broken_seen
-        self._suspect = False
+        # _suspect is cleared before the repair (what goes wrong during it sets it again), so the
+        # other threads of this process must not take that for a repaired BaseX: while _repairing
+        # names this thread, they find a repair needed and wait for this one on the applier lock
+        self._repairing = threading.get_ident()
         try:
-            self._verify_and_repair(list(self._state), check_unknown=self.waiting_for_basex is not None)
-            self._check_index_options()
-            self._set_meta(self._journal.last_seq)
-        except BaseException:
-            self._suspect = True
-            raise
-        self._note_applied(self._journal.last_seq)
-        self._verification_done(self._journal.last_seq)
-        if self.waiting_for_basex is not None:
-            self.waiting_for_basex = None
-            host, port = self._address[:2]
-            _SAID_UNREACHABLE.discard((str(self._journal.directory), host, port))
-            self._note(f"BaseX at {host}:{port} answers again: verified against the journal and caught up "
-                       f"(transaction {self._journal.last_seq})")
+            with self._mirror_lock:
+                self._absorb(self._journal.read_new(repair=True))
+            self._broken_checked = self._pool.broken_seen
+            self._suspect = False
+            try:
+                self._verify_and_repair(list(self._state), check_unknown=self.waiting_for_basex is not None)
+                self._check_index_options()
+                self._set_meta(self._journal.last_seq)
+            except BaseException:
+                self._suspect = True
+                raise
+            self._note_applied(self._journal.last_seq)
+            self._verification_done(self._journal.last_seq)
+            if self.waiting_for_basex is not None:
+                self.waiting_for_basex = None
+                host, port = self._address[:2]
+                _SAID_UNREACHABLE.discard((str(self._journal.directory), host, port))
+                self._note(f"BaseX at {host}:{port} answers again: verified against the journal and caught up "
+                           f"(transaction {self._journal.last_seq})")
+        finally:
+            self._repairing = None
 
     def _await_verified(self, waiting: str) -> None:
         """Wait (bounded by ``timeout_s``) for the background verification after open (or for a
