@@ -313,7 +313,7 @@ def snapshot_of(host: BankHost) -> LedgerSnapshot:
 #
 # 16+ threads, each a signed client (its own identity, member of every load account; one thread
 # is the service identity), run random operations: holds (some short-lived, to race the sweep),
-# partial and full charges, releases, extensions, transfers, retries of an earlier request id
+# partial and full charges, settlements, releases, extensions, transfers, retries of an earlier request id
 # and requests sent twice at once. Every attempt is classified ok / refused / unknown.
 
 import random
@@ -424,7 +424,7 @@ class LoadThread(threading.Thread):
                     self.holds.pop(arguments["hold_id"], None)
                 else:
                     hold["charged"] += arguments["amount"] if not value.replayed else 0
-            elif operation == "ReleaseHold":
+            elif operation in ("ReleaseHold", "SettleHold"):
                 self.holds.pop(arguments["hold_id"], None)
             elif operation == "ExtendHold" and arguments["hold_id"] in self.holds:
                 hold = self.holds[arguments["hold_id"]]
@@ -463,8 +463,13 @@ class LoadThread(threading.Thread):
             amount = remaining if rnd.random() < 0.35 else rnd.randint(1, max(1, remaining + 20))
             payee = rnd.choice([a for a in accounts if a != hold["account"]])
             record = self.new_record("ChargeHold", hold_id=hold_id, payee_account_id=payee, amount=amount)
-        elif roll < 0.66:
+        elif roll < 0.62:
             record = self.new_record("ReleaseHold", hold_id=hold_id)
+        elif roll < 0.66:                                       # the final charge, the rest released at once
+            remaining = hold["amount"] - hold["charged"]
+            amount = rnd.choice([0, remaining, rnd.randint(0, remaining + 20)])
+            payee = rnd.choice([a for a in accounts if a != hold["account"]])
+            record = self.new_record("SettleHold", hold_id=hold_id, payee_account_id=payee, amount=amount)
         elif roll < 0.74:
             arguments = {}
             if rnd.random() < 0.6:
@@ -578,9 +583,9 @@ def verify_ledger(host: BankHost, records: list, supply_before: int, *, late_mar
     endings, charges = defaultdict(list), defaultdict(list)
     for transaction in snapshot.transactions:
         kind = transaction.kind.value
-        if kind == "charge":
+        if kind in ("charge", "settle"):
             charges[transaction.hold_id].append(transaction)
-        if kind in ("release", "expire") or (kind == "charge" and transaction.hold_state.value == "charged-out"):
+        if kind in ("release", "expire", "settle") or (kind == "charge" and transaction.hold_state.value == "charged-out"):
             endings[transaction.hold_id].append(transaction)
     both = set(snapshot.active_holds) & set(snapshot.ended_holds)
     if both:

@@ -405,6 +405,35 @@ class BankModel:
         return dict(kind="charge", account=hold["account"], counterparty=payee_id, amount=amount, hold=hold_id,
                     hold_state=hold["state"])
 
+    def _settle_hold(self, caller, now, hold_id, payee_id, amount):
+        """The final charge (0 up to what is left) and the release of the rest, in one step; the hold ends."""
+        if type(amount) is not int or not 0 <= amount <= MAX_AMOUNT:
+            raise Refusal("InvalidAmount")
+        hold = self._hold(hold_id)
+        payee = self._account(payee_id)
+        account = self.accounts[hold["account"]]
+        if not (self._spends_for(caller, account, hold) or self._collects(caller, hold)):
+            raise Refusal("NotAuthorized")
+        if hold["payee"] is not None and payee_id != hold["payee"]:
+            raise Refusal("NotAuthorized")
+        self._active_unexpired(hold, now)
+        if amount > 0:                      # settling nothing moves nothing out: a frozen account allows it
+            self._open(account)
+        self._not_closed(payee)
+        if payee_id == hold["account"]:
+            raise Refusal("InvalidArgument")
+        left = hold["amount"] - hold["charged"]
+        if amount > left:
+            raise Refusal("ExceedsHold")
+        if amount > 0:
+            self._count_spending(hold["account"], amount, now)
+        hold["charged"] += amount
+        account["balance"] -= amount
+        payee["balance"] += amount
+        hold["state"] = "settled"
+        return dict(kind="settle", account=hold["account"], counterparty=payee_id, amount=amount, released=left - amount,
+                    hold=hold_id, hold_state="settled")
+
     def _release_hold(self, caller, now, hold_id):
         hold = self._hold(hold_id)
         account = self.accounts[hold["account"]]

@@ -244,6 +244,22 @@ def test_readable_text_has_separators_and_iso_times(cli, users, accounts):
     assert "clean" in cli.ok(users.admin, "audit", as_json=False)
 
 
+def test_settle_through_the_cli(cli, users, accounts):
+    """``gridcredit bank settle``: the final charge and the rest released in one transaction, said in words;
+    settling more than is left exits 1 naming the excess."""
+    vo, site = accounts
+    hold_id = cli.ok(users.alice, "hold", vo, "--amount", "3000", "--expires-in", "1h")["transaction"]["hold_id"]
+    code, _, err = cli(users.alice, "settle", hold_id, "--payee", site, "--amount", "3001")
+    assert code == 1 and "[ExceedsHold]" in err and "(over by 1)" in err
+    text = cli.ok(users.alice, "settle", hold_id, "--payee", site, "--amount", "1,250", as_json=False)
+    assert f"hold {hold_id} settled: 1,250 charged from {vo} to {site}, 1,750 back to {vo}" in text
+    shown = cli.ok(users.alice, "show-hold", hold_id)
+    assert (shown["state"], shown["charged"]) == ("settled", 1250)
+    history = cli.ok(users.alice, "history", vo, "--filter", f"t:holdId = '{hold_id}'")
+    assert [(t["kind"], t["amount"], t["released_amount"]) for t in history["transactions"]] == [
+        ("hold", 3000, None), ("settle", 1250, 1750)]
+
+
 # ------------------------------------------------------------------------------------ refusals
 
 def test_refusals_exit_1_with_the_fault_text(cli, users, accounts):

@@ -3,7 +3,7 @@
 16 client threads (16 identities, one of them the service identity), each with its own HTTPS
 connection and signing key, run random holds (half of them living 1-4 s, so that charges,
 extensions and releases race the expiry sweep, which runs every second in both workers),
-partial and full charges, releases, extensions, transfers, retries of earlier request ids and
+partial and full charges, settlements, releases, extensions, transfers, retries of earlier request ids and
 requests sent twice at the same instant. Every attempt is classified ok / refused / unknown; with
 no fault injected there must be no unknown outcome. Then ``verify_ledger``: online and offline
 audit clean (every signature), Σ balances = issued − retired and unchanged by the load, no

@@ -119,6 +119,7 @@ class BankMachine(RuleBasedStateMachine):
         assert transaction.counterparty_account_id == expected.get("counterparty")
         if "amount" in expected:
             assert transaction.amount == expected["amount"]
+        assert transaction.released_amount == expected.get("released")
         assert transaction.hold_id == expected.get("hold")
         assert (transaction.hold_state.value if transaction.hold_state else None) == expected.get("hold_state")
         assert transaction.pending_mint_id == expected.get("pending")
@@ -326,7 +327,7 @@ class BankMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: any(hold["collector"] for hold in self.model.holds.values()))
     @rule(index=indices, operation=st.sampled_from(["charge", "charge-elsewhere", "raise", "later", "re-address",
-                                                    "release"]),
+                                                    "release", "settle", "settle-elsewhere"]),
           amount=st.integers(1, 200))
     def collector_acts(self, index, operation, amount) -> None:
         """The named collector (a stranger to the account, or a service) acts on a hold it collects:
@@ -341,6 +342,11 @@ class BankMachine(RuleBasedStateMachine):
             payee = hold["payee"] if operation == "charge" else "vo-cms"
             self.send(collector, ledger.ChargeHold(request_id, hold_id, payee, amount),
                       "charge_hold", hold_id, payee, amount)
+        elif operation in ("settle", "settle-elsewhere"):
+            payee = hold["payee"] if operation == "settle" else "vo-cms"
+            amount = min(amount, hold["amount"] - hold["charged"]) if amount % 2 else amount
+            self.send(collector, ledger.SettleHold(request_id, hold_id, payee, amount),
+                      "settle_hold", hold_id, payee, amount)
         elif operation == "raise":
             self.send(collector, ledger.ExtendHold(request_id, hold_id, None, hold["amount"] + amount),
                       "extend_hold", hold_id, None, hold["amount"] + amount)
@@ -389,6 +395,20 @@ class BankMachine(RuleBasedStateMachine):
             amount = hold["amount"] - hold["charged"]            # use it up exactly
         self.send(principal, ledger.ChargeHold(self.next_request_id(), hold_id, payee, amount),
                   "charge_hold", hold_id, payee, amount)
+
+    @precondition(lambda self: self.model.holds)
+    @rule(principal=st.sampled_from((OWNER, MANAGER, MEMBER, SERVICE, SERVICE, VIEWER, STRANGER, ADMIN)),
+          index=indices, payee=account_ids, amount=st.integers(0, 200),
+          exact=st.sampled_from([None, None, 0, -1, 1]), as_creator=st.booleans())
+    def settle_hold(self, principal, index, payee, amount, exact, as_creator) -> None:
+        """The final charge: any amount, or exactly what is left (−1, +1), with the rest released at once."""
+        hold_id = self.hold_id_at(index)
+        principal = self.acting_for(principal, hold_id, as_creator)
+        if hold_id in self.model.holds and exact is not None:
+            hold = self.model.holds[hold_id]
+            amount = max(0, hold["amount"] - hold["charged"] + exact)
+        self.send(principal, ledger.SettleHold(self.next_request_id(), hold_id, payee, amount),
+                  "settle_hold", hold_id, payee, amount)
 
     @precondition(lambda self: self.model.holds)
     @rule(principal=actors, index=indices, as_creator=st.booleans())
@@ -459,7 +479,8 @@ class BankMachine(RuleBasedStateMachine):
                   "charge_hold", hold_id, payee, amount)
 
     @rule(principal=actors, index=indices, account_id=account_ids, amount=bad_amounts,
-          operation=st.sampled_from(["mint", "retire", "transfer", "create_hold", "extend_hold", "charge_hold"]))
+          operation=st.sampled_from(["mint", "retire", "transfer", "create_hold", "extend_hold", "charge_hold",
+                                     "settle_hold"]))
     def bad_amount(self, principal, index, account_id, amount, operation) -> None:
         """Zero, negative, overflowing and non-integer amounts: refused, nothing changed."""
         request_id = self.next_request_id()
@@ -474,6 +495,8 @@ class BankMachine(RuleBasedStateMachine):
                             (account_id, amount, expires, "", None)),
             "extend_hold": (ledger.ExtendHold(request_id, hold_id, None, amount), (hold_id, None, amount)),
             "charge_hold": (ledger.ChargeHold(request_id, hold_id, "site-north", amount),
+                            (hold_id, "site-north", amount)),
+            "settle_hold": (ledger.SettleHold(request_id, hold_id, "site-north", amount),   # 0 is a good one here
                             (hold_id, "site-north", amount)),
         }[operation]
         self.send(principal if operation not in ("mint", "retire") else ADMIN, request, operation, *arguments)

@@ -122,6 +122,7 @@ def arguments(bank: InProcessBank, operation: str) -> dict:
         "CreateHold": dict(request_id=request_id, account_id="acct-a", amount=1, expires=_when(600)),
         "ExtendHold": dict(request_id=request_id, hold_id=bank.hold_id, amount=20),
         "ChargeHold": dict(request_id=request_id, hold_id=bank.hold_id, payee_account_id="acct-b", amount=1),
+        "SettleHold": dict(request_id=request_id, hold_id=bank.hold_id, payee_account_id="acct-b", amount=1),
         "ReleaseHold": dict(request_id=request_id, hold_id=bank.hold_id),
         "GetBalance": dict(account_id="acct-a"),
         "GetAccount": dict(account_id="acct-a"),

@@ -20,6 +20,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from gridcredit.errors import RemoteFault
+from gridcredit.services.bank.client import BankClient
 from gridcredit.timeunits import datetime_from_us
 
 from bank_fixtures import BACKENDS, bank_host, bank_users, refused_code, snapshot_of, utc_in
@@ -203,6 +205,11 @@ def case_charge_hold(world, allowed):
     return "ChargeHold", dict(request_id=rid(), hold_id=hold_id, payee_account_id=PAYEE, amount=4), {"hold_id": hold_id}
 
 
+def case_settle_hold(world, allowed):
+    hold_id = world.hold()
+    return "SettleHold", dict(request_id=rid(), hold_id=hold_id, payee_account_id=PAYEE, amount=4), {"hold_id": hold_id}
+
+
 def case_release_hold(world, allowed):
     hold_id = world.hold()
     return "ReleaseHold", dict(request_id=rid(), hold_id=hold_id), {"hold_id": hold_id}
@@ -268,6 +275,7 @@ MATRIX = [  # (case, roles allowed) — from the table in services/bank/policy.p
     (case_create_hold, SPENDERS | {"service"}),
     (case_extend_hold, {"creator", "owner", "manager"}),
     (case_charge_hold, {"creator", "owner", "manager"}),
+    (case_settle_hold, {"creator", "owner", "manager"}),
     (case_release_hold, {"creator", "owner", "manager", "admin"}),
     (case_get_balance, VIEWERS),
     (case_get_account, VIEWERS),
@@ -380,6 +388,39 @@ def test_a_demoted_creator_loses_its_holds_and_admin_holder_changes_show_in_hist
     creator.call("ReleaseHold", request_id=rid(), hold_id=mine)
 
 
+def test_settle_hold_over_signed_soap(world):
+    """SettleHold through the typed client: the final charge and the release of the rest in one
+    transaction, a retry answers that same transaction, an overcharge and a second settlement are
+    refused with faults a person understands, and the account's history shows it."""
+    host, users = world.host, world.users
+    creator = BankClient(host.url, credential=users.members[1].credential, trust_dir=host.pki.trust_dir)
+    hold_id = world.hold(amount=100)
+    creator.charge_hold(hold_id, payee_account_id=PAYEE, amount=10)
+    main_before, payee_before = (world.admin.call("GetAccount", account_id=a) for a in (MAIN, PAYEE))
+    with pytest.raises(RemoteFault) as refusal:
+        creator.settle_hold(hold_id, payee_account_id=PAYEE, amount=91)
+    assert refusal.value.code == "ExceedsHold"
+    assert f"hold {hold_id} has 90 credits left; the settlement charges 91 (over by 1)" in refusal.value.text
+    request_id = rid("settle")
+    receipt = creator.settle_hold(hold_id, payee_account_id=PAYEE, amount=25, request_id=request_id)
+    settled = receipt.transaction
+    assert not receipt.replayed
+    assert (settled.kind, settled.amount, settled.released_amount, settled.hold_state, settled.counterparty_account_id,
+            settled.hold_id) == ("settle", 25, 65, "settled", PAYEE, hold_id)
+    again = creator.settle_hold(hold_id, payee_account_id=PAYEE, amount=25, request_id=request_id)
+    assert again.replayed and (again.transaction.seq, again.transaction.hash) == (settled.seq, settled.hash)
+    main_after, payee_after = (world.admin.call("GetAccount", account_id=a) for a in (MAIN, PAYEE))
+    assert (main_after.balance, main_after.held) == (main_before.balance - 25, main_before.held - 90)
+    assert payee_after.balance == payee_before.balance + 25
+    hold = creator.get_hold(hold_id)
+    assert (hold.state, hold.charged, hold.ended_seq) == ("settled", 35, settled.seq)
+    with pytest.raises(RemoteFault) as refusal:
+        creator.settle_hold(hold_id, payee_account_id=PAYEE, amount=0)
+    assert refusal.value.code == "HoldEnded" and f"(settled in transaction {settled.seq})" in refusal.value.text
+    history = creator.history(MAIN, xpath_filter=f"t:kind = 'settle' and t:holdId = '{hold_id}'")
+    assert [(t.seq, t.released_amount) for t in history.transactions] == [(settled.seq, 65)]
+
+
 def test_limited_proxy_reads_but_changes_nothing(world):
     limited = world.clients["limited"]
     assert limited.call("WhoAmI").limited is True
@@ -436,6 +477,9 @@ def test_bad_amounts(world):
             (creator, "ChargeHold", dict(request_id=rid(), hold_id=hold_id, payee_account_id=PAYEE, amount=bad), codes),
             (creator, "ExtendHold", dict(request_id=rid(), hold_id=hold_id, amount=bad), codes),
         ]
+        if bad != 0:                     # settling 0 is allowed: it releases the whole hold
+            attempts.append((creator, "SettleHold", dict(request_id=rid(), hold_id=hold_id, payee_account_id=PAYEE,
+                                                         amount=bad), codes))
     for bad in (-1, 10**15 + 1):
         attempts += [(admin, "SetCreditLimit", dict(request_id=rid(), account_id=MAIN, credit_limit=bad), amount_codes),
                      (admin, "SetSpendingLimit", dict(request_id=rid(), account_id=MAIN, spending_limit=bad,

@@ -84,6 +84,7 @@ class AuditRow(NamedTuple):
     account_id: str | None
     counterparty_account_id: str | None
     amount: int | None
+    released_amount: int | None
     hold_id: str | None
     hold_state: HoldState | None
     credit_limit: int | None
@@ -299,6 +300,26 @@ def audit_rows(rows: Iterable[AuditRow], accounts: Iterable[Account], holds: Ite
                                                        f"charged {replay[2]}, more than its {replay[1]}")
                     if transaction.hold_state is HoldState.CHARGED_OUT:
                         replay[3], replay[4] = HoldState.CHARGED_OUT, seq
+        elif kind is kinds.SETTLE:
+            payee = transaction.counterparty_account_id
+            if payee not in balances:
+                findings.add("invariant", seq, f"transaction {seq}: pays account {payee}, never created")
+                balances[payee] = held[payee] = credit_limits[payee] = 0
+            released = transaction.released_amount or 0
+            balances[account_id] -= amount
+            balances[payee] += amount
+            held[account_id] -= amount + released
+            replay = hold_replay.get(transaction.hold_id)
+            if replay is None or replay[3] is not HoldState.ACTIVE:
+                findings.add("invariant", seq, f"transaction {seq}: settles hold {transaction.hold_id}, which is "
+                                               f"not active (it ended in transaction {replay[4] if replay else None})")
+            else:
+                if amount + released != replay[1] - replay[2] or released < 0:
+                    findings.add("invariant", seq, f"transaction {seq}: settles hold {transaction.hold_id} with "
+                                                   f"{amount} charged and {released} returned; its remainder is "
+                                                   f"{replay[1] - replay[2]}")
+                replay[2] += amount
+                replay[3], replay[4] = HoldState.SETTLED, seq
         elif kind is kinds.HOLD:
             held[account_id] += amount
             if transaction.hold_id in hold_replay:

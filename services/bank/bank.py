@@ -494,7 +494,7 @@ def balance_effect(transaction: Transaction, account_id: str) -> int:
         return amount
     if kind is types.TransactionKind.RETIRE and transaction.account_id == account_id:
         return -amount
-    if kind in (types.TransactionKind.TRANSFER, types.TransactionKind.CHARGE):
+    if kind in (types.TransactionKind.TRANSFER, types.TransactionKind.CHARGE, types.TransactionKind.SETTLE):
         effect = 0
         if transaction.account_id == account_id:
             effect -= amount

@@ -155,6 +155,9 @@ def describe(t: Transaction) -> str:
     elif kind == "charge":
         text = (f"{money(t.amount)} charged on hold {t.hold_id} from {t.account_id} to {t.counterparty_account_id}"
                 f" (hold {t.hold_state})")
+    elif kind == "settle":
+        text = (f"hold {t.hold_id} settled: {money(t.amount)} charged from {t.account_id} to "
+                f"{t.counterparty_account_id}, {money(t.released_amount)} back to {t.account_id}")
     elif kind in ("release", "expire"):
         text = f"hold {t.hold_id} {'released' if kind == 'release' else 'expired'}: {money(t.amount)} back to {t.account_id}"
     else:
@@ -294,6 +297,11 @@ def _extend_hold(args, bank):
 
 def _charge(args, bank):
     return _receipt(args, bank.charge_hold(args.hold, payee_account_id=args.payee, amount=args.amount,
+                                           request_id=args.request_id))
+
+
+def _settle(args, bank):
+    return _receipt(args, bank.settle_hold(args.hold, payee_account_id=args.payee, amount=args.amount,
                                            request_id=args.request_id))
 
 
@@ -562,6 +570,12 @@ def register(subparsers) -> None:
     p.add_argument("hold", metavar="HOLD_ID")
     p.add_argument("--payee", required=True, metavar="ACCOUNT")
     p.add_argument("--amount", type=amount_type, required=True)
+
+    p = command("settle", "end a hold with its final charge to a payee and return the rest, in one transaction",
+                "gridcredit bank settle hold-42 --payee site-x --amount 120", _settle, mutating=True)
+    p.add_argument("hold", metavar="HOLD_ID")
+    p.add_argument("--payee", required=True, metavar="ACCOUNT")
+    p.add_argument("--amount", type=amount_type, required=True, help="the final charge, 0 up to what is left")
 
     p = command("release", "end a hold and return what is left of it", "gridcredit bank release hold-42",
                 _release, mutating=True)

@@ -4,6 +4,7 @@
     bank.mint("vo-atlas", 1_000_000)                       # Receipt(transaction=Transaction(...), replayed=False)
     hold = bank.create_hold("vo-atlas", amount=500, expires=timedelta(hours=2), reference="job 7")
     bank.charge_hold(hold.transaction.hold_id, payee_account_id="site-x", amount=120)
+    bank.settle_hold(hold.transaction.hold_id, payee_account_id="site-x", amount=200)   # the rest released
     site = bank.as_credential(site_credential)             # the same client signing as another credential
 
 Retries follow the one rule of :class:`gridcredit.client.ServiceClient`. Every mutating method
@@ -278,6 +279,12 @@ class BankClient(ServiceClient):
 
     def charge_hold(self, hold_id: str, *, payee_account_id: str, amount: int, request_id: str | None = None) -> Receipt:
         return self._mutate("ChargeHold", request_id, hold_id=hold_id, payee_account_id=payee_account_id,
+                            amount=_checked_amount(amount, "amount"))
+
+    def settle_hold(self, hold_id: str, *, payee_account_id: str, amount: int, request_id: str | None = None) -> Receipt:
+        """The final charge: ``amount`` (0 up to what is left) to the payee and the rest released, in one
+        ledger transaction; the hold ends (``hold_state`` settled, ``released_amount`` what went back)."""
+        return self._mutate("SettleHold", request_id, hold_id=hold_id, payee_account_id=payee_account_id,
                             amount=_checked_amount(amount, "amount"))
 
     def release_hold(self, hold_id: str, *, request_id: str | None = None) -> Receipt:

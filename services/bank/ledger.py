@@ -19,7 +19,8 @@ Decisions (see also the module constants):
 * **A hold is expired when** ``now_us >= hold.expires_at_us``. From that instant every
   operation on it except :class:`ExpireHold` is refused with ``HoldExpired``, whether or not the
   sweep has run; ``ExpireHold`` is refused before that instant with ``HoldNotExpired``. A hold
-  ends exactly once: charged out (its last credit charged), released, or expired.
+  ends exactly once: charged out (its last credit charged), settled (:class:`SettleHold`: a final
+  charge of 0 up to what is left and the rest released, in one transaction), released, or expired.
   Active holds always have at least one credit left, so ``account.held == 0`` iff the account
   has no active hold.
 * **A pending mint** (a mint above ``BankPolicy.mint_approval_threshold``) waits for a second
@@ -62,8 +63,8 @@ from .policy import (Principal, authorize_approve_mint, authorize_cancel_mint, a
                      authorize_create_account, authorize_create_hold, authorize_expire_hold, authorize_expire_mint,
                      authorize_extend_hold, authorize_mint, authorize_release_hold, authorize_remove_holder,
                      authorize_retire, authorize_set_credit_limit, authorize_set_holder, authorize_set_spending_limit,
-                     authorize_set_status, authorize_transfer, authorize_view, needs_second_administrator,
-                     require_full_credential)
+                     authorize_set_status, authorize_settle_hold, authorize_transfer, authorize_view,
+                     needs_second_administrator, require_full_credential)
 from .types import (Account, AccountStatus, BankPolicy, Hold, Holder, HoldState, LedgerHead, MoneySupply, PendingMint,
                     PendingMintState, RequestRecord, Role, SupplyChange, Transaction, TransactionKind)
 
@@ -205,6 +206,17 @@ class ChargeHold:
 
 
 @dataclass(frozen=True, slots=True)
+class SettleHold:
+    """The final charge of a hold: ``amount`` (0 up to what is left) to the payee and the rest released,
+    in one transaction; the hold ends."""
+
+    request_id: str
+    hold_id: str
+    payee_account_id: str
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
 class ReleaseHold:
     request_id: str
     hold_id: str
@@ -218,7 +230,7 @@ class ExpireHold:
 
 Request = (CreateAccount | SetHolder | RemoveHolder | SetStatus | SetCreditLimit | SetSpendingLimit
            | Mint | ApproveMint | CancelMint | ExpireMint | Retire | Transfer | CreateHold | ExtendHold
-           | ChargeHold | ReleaseHold | ExpireHold)
+           | ChargeHold | SettleHold | ReleaseHold | ExpireHold)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -781,6 +793,42 @@ def charge_hold(hold: Hold | None, account: Account | None, payee: Account | Non
         hold_amount=hold.amount, hold_state=updated.state)
 
 
+def settle_hold(hold: Hold | None, account: Account | None, payee: Account | None, request: SettleHold, *,
+                principal: Principal, now_us: int, seq: int) -> tuple[Account, Account, Hold, Transaction]:
+    """Charge ``amount`` (0 up to the hold's remainder) to the payee and return the rest to the account,
+    in one transaction: the hold ends, settled. Who may: as for a charge. Settling 0 moves no money out
+    of the account: like a release, a frozen account or a spent spending limit does not refuse it."""
+    check_identifier(request.hold_id, "hold id")
+    check_identifier(request.payee_account_id, "payee account id")
+    _check_limit(request.amount, "amount")
+    hold = _require_hold(hold, request.hold_id)
+    invariant(account is not None and account.account_id == hold.account_id, "a hold's account is loaded")
+    payee = require_account(payee, request.payee_account_id)
+    authorize_settle_hold(principal, account, hold, payee)
+    _require_active_hold(hold, now_us)
+    if request.amount > 0:
+        _require_open(account, "spending")
+    _require_not_closed(payee)
+    if payee.account_id == account.account_id:
+        raise _refuse("InvalidArgument", f"hold {hold.hold_id} cannot be settled to its own account "
+                                         f"{account.account_id}; release it instead")
+    if request.amount > hold.remaining:
+        raise _refuse("ExceedsHold", f"hold {hold.hold_id} has {hold.remaining} credits left; the settlement "
+                                     f"charges {request.amount} (over by {request.amount - hold.remaining})")
+    remainder = hold.remaining
+    invariant(remainder >= 1 and account.held >= remainder, "an active hold has credits left, all held")
+    if request.amount > 0:               # settling 0 spends nothing: it is a release
+        account = _spend(account, request.amount, now_us)
+    payee = _credit(payee, request.amount)
+    settled = dataclasses.replace(hold, charged=hold.charged + request.amount, state=HoldState.SETTLED,
+                                  ended_seq=seq, ended_at_us=now_us)
+    account = dataclasses.replace(_debit(account, request.amount), held=account.held - remainder)
+    return account, payee, settled, _entry(
+        TransactionKind.SETTLE, request, principal, now_us, seq, account_id=account.account_id,
+        counterparty_account_id=payee.account_id, amount=request.amount, released_amount=remainder - request.amount,
+        hold_id=hold.hold_id, hold_amount=hold.amount, hold_state=HoldState.SETTLED)
+
+
 def _end_hold(hold: Hold, account: Account, state: HoldState, kind: TransactionKind, request: Request,
               principal: Principal, now_us: int, seq: int) -> tuple[Account, Hold, Transaction]:
     remainder = hold.remaining
@@ -947,6 +995,11 @@ def _apply(view: LedgerView, request: Request, principal: Principal, now_us: int
             hold, account = _hold_and_account(view, request.hold_id)
             payee = _maybe_account(view, request.payee_account_id)
             account, payee, hold, entry = charge_hold(hold, account, payee, request, **common)
+            return entry, {"accounts": (account, payee), "holds": (hold,)}
+        case SettleHold():
+            hold, account = _hold_and_account(view, request.hold_id)
+            payee = _maybe_account(view, request.payee_account_id)
+            account, payee, hold, entry = settle_hold(hold, account, payee, request, **common)
             return entry, {"accounts": (account, payee), "holds": (hold,)}
         case ReleaseHold():
             account, hold, entry = release_hold(*_hold_and_account(view, request.hold_id), request, **common)

@@ -40,7 +40,7 @@ cancel mint                 administrator (the one who requested it too)
 list pending mints, audit   administrator, auditor
 transfer                    owner, manager, member of the paying account; not service identities
 create hold                 owner, manager, member (service identities too, if they hold the role)
-charge                      a *current spender for the hold*: its creator while still owner,
+charge, settle              a *current spender for the hold*: its creator while still owner,
                             manager or member, or an owner or manager (not service identities);
                             or the named collector — always to the hold's payee when it has one
 extend                      a current spender (later expiry, larger amount, another payee); the
@@ -87,6 +87,7 @@ BOOK = PolicyBook("Bank", {
     "CreateHold": Rule("owners, managers, members (service identities too)", True),
     "ExtendHold": Rule("a current spender for the hold; its collector a later expiry only", True),
     "ChargeHold": Rule("a current spender for the hold or its collector, to its payee", True),
+    "SettleHold": Rule("a current spender for the hold or its collector, to its payee", True),
     "ReleaseHold": Rule("a current spender for the hold, its collector, administrators", True),
     "GetBalance": Rule(_VIEWERS, False),
     "GetAccount": Rule(_VIEWERS, False),
@@ -270,13 +271,24 @@ def authorize_extend_hold(principal: Principal, account: Account, hold: Hold, *,
     _decide("ExtendHold", principal, spender or collector, "extend", f"hold {hold.hold_id}")
 
 
-def authorize_charge_hold(principal: Principal, account: Account, hold: Hold, payee: Account) -> None:
-    """A current spender or the collector; always to the hold's payee when it names one."""
+def _authorize_charging(operation: str, action: str, principal: Principal, account: Account, hold: Hold,
+                        payee: Account) -> None:
+    """A charge or a settlement: a current spender or the collector; always to the hold's payee when it
+    names one."""
     allowed = _spends_for_hold(principal, account, hold) or _collects_hold(principal, hold)
     if allowed and hold.payee_account_id is not None and payee.account_id != hold.payee_account_id:
-        raise BOOK.refuse("ChargeHold", f"{principal.dn} may not charge to account {payee.account_id} hold "
-                                    f"{hold.hold_id}: its charges go to account {hold.payee_account_id} only")
-    _decide("ChargeHold", principal, allowed, "charge", f"hold {hold.hold_id}")
+        raise BOOK.refuse(operation, f"{principal.dn} may not {action} to account {payee.account_id} hold "
+                                     f"{hold.hold_id}: its charges go to account {hold.payee_account_id} only")
+    _decide(operation, principal, allowed, action, f"hold {hold.hold_id}")
+
+
+def authorize_charge_hold(principal: Principal, account: Account, hold: Hold, payee: Account) -> None:
+    _authorize_charging("ChargeHold", "charge", principal, account, hold, payee)
+
+
+def authorize_settle_hold(principal: Principal, account: Account, hold: Hold, payee: Account) -> None:
+    """The final charge and release in one: who may charge the hold."""
+    _authorize_charging("SettleHold", "settle", principal, account, hold, payee)
 
 
 def authorize_release_hold(principal: Principal, account: Account, hold: Hold) -> None:

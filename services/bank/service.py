@@ -233,6 +233,11 @@ class BankService(GridcreditService):
     def charge_hold(ctx, request_id, hold_id, payee_account_id, amount):
         return _execute(ctx, ledger.ChargeHold(request_id, hold_id, payee_account_id, amount))
 
+    @operation(Unicode(**Required), Unicode(**Required), Unicode(**Required), Long(**Required),
+               _returns=Receipt, _operation_name="SettleHold")
+    def settle_hold(ctx, request_id, hold_id, payee_account_id, amount):
+        return _execute(ctx, ledger.SettleHold(request_id, hold_id, payee_account_id, amount))
+
     @operation(Unicode(**Required), Unicode(**Required), _returns=Receipt, _operation_name="ReleaseHold")
     def release_hold(ctx, request_id, hold_id):
         return _execute(ctx, ledger.ReleaseHold(request_id, hold_id))

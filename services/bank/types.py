@@ -38,6 +38,7 @@ class HoldState(enum.Enum):
     CHARGED_OUT = "charged-out"
     RELEASED = "released"
     EXPIRED = "expired"
+    SETTLED = "settled"                  # its final charge made and the rest released, in one transaction
 
 
 class SupplyChange(enum.Enum):
@@ -71,6 +72,7 @@ class TransactionKind(enum.Enum):
     HOLD = "hold"
     EXTEND = "extend"
     CHARGE = "charge"
+    SETTLE = "settle"
     RELEASE = "release"
     EXPIRE = "expire"
 
@@ -194,8 +196,10 @@ class Transaction:
     approves a pending mint) · mint-request, mint-cancel, mint-expire: nothing moves (``amount`` is
     the pending mint's; a mint-request's ``expires_at_us`` is its expiry) · retire: account −=
     amount, retired += amount · transfer and charge: account −= amount, counterparty += amount (a
-    charge also lowers the account's held by amount) · hold: held += amount · extend: held += amount (the increase; None
-    when only the expiry moves) · release, expire: held −= amount (the remainder returned).
+    charge also lowers the account's held by amount) · settle: account −= amount, counterparty += amount, held −=
+    amount + released_amount (the final charge, 0 or more, and the remainder returned; the hold ends) · hold: held +=
+    amount · extend: held += amount (the increase; None when only the expiry moves) · release, expire: held −= amount
+    (the remainder returned).
     ``hold_state`` is the hold's state after the transaction.
     """
 
@@ -223,6 +227,7 @@ class Transaction:
     credit_limit: int | None = None
     spending_limit: int | None = None
     spending_period_us: int | None = None
+    released_amount: int | None = None   # settle: the remainder returned to the account
     prev_hash: str = ""
     hash: str = ""
     signature: str = ""                  # base64 of the bank's signature over signing_input()
