@@ -34,6 +34,7 @@ class BuildContext:
     must not cross one)."""
     config: "Config"
     store: "XmlStore"
+    files: "HostFiles | None" = None     # the host's credential and trust directory (None: a bare runtime)
 
 
 @dataclass(frozen=True, slots=True)

@@ -494,7 +494,7 @@ def build_host(config: Config, files: HostFiles) -> SignedSoapHost:
                                       allow_weak_keys=security.allow_weak_keys)
     verifier = Verifier(trust=trust, policy=policy,
                         replay_cache=SqliteReplayCache(replay_path))
-    runtime = build_runtime(config)
+    runtime = build_runtime(config, files)
     runtime.start_background_work(files)
     return SignedSoapHost(signer=Signer(credential, ttl_s=security.timestamp_ttl_s), verifier=verifier,
                           request_bytes_max=config.server.request_bytes_max, runtime=runtime, trust=trust,

@@ -93,9 +93,9 @@ def prepare_services(config: Config) -> None:
             contract.prepare(config)
 
 
-def build_runtime(config: Config) -> Runtime:
+def build_runtime(config: Config, files: HostFiles | None = None) -> Runtime:
     config = registry.complete(config)
     store = registry.open_service_store(config)
-    context = BuildContext(config, store)
+    context = BuildContext(config, store, files)
     parts = {contract.name: contract.build(context) for contract in registry.services() if contract.build}
     return Runtime(config=config, store=store, parts=parts)

@@ -1,8 +1,9 @@
 """JARM, the Job Account Reservation Manager: joins a batch system (Slurm) to the Bank.
 
 ``SERVICE`` is what the host, the runtime and the command line take from this folder. Today JARM is
-its Price Authority (issue 13.1): versioned price tables set by price administrators, and quotes,
-guaranteed ones kept for a later reservation; the reservation lifecycle comes next.
+its Price Authority (versioned price tables set by price administrators, and quotes, guaranteed
+ones kept for a later reservation) and the reservation lifecycle of each job run (reservations.py,
+lifecycle.py): the hold before it runs, the charge after, the usage record to the LUTS.
 """
 from gridcredit.contract import BackgroundTask, ServiceContract
 
@@ -11,9 +12,10 @@ from .config import JarmConfig
 
 
 def _indexes():
+    from .reservation_store import INDEXES as RESERVATION_INDEXES
     from .store import INDEXES
 
-    return INDEXES
+    return INDEXES + RESERVATION_INDEXES
 
 
 SERVICE = ServiceContract(
@@ -21,11 +23,14 @@ SERVICE = ServiceContract(
     summary="reserves credits for batch jobs and charges them when the jobs end",
     soap_module="gridcredit.services.jarm.service",
     config_section=JarmConfig,
-    # price table versions (written once), each site's latest version, guaranteed quotes (store.py)
-    collections=("jarm_prices", "jarm_price_sites", "jarm_quotes"),
+    # price table versions (written once), each site's latest version, guaranteed quotes (store.py);
+    # one reservation per run of a job (reservation_store.py)
+    collections=("jarm_prices", "jarm_price_sites", "jarm_quotes", "jarm_reservations"),
     indexes=_indexes,
     build=_runtime.build,
     # Every worker sweeps: a quote deleted twice is deleted once.
-    background_tasks=(BackgroundTask("jarm-quote-expiry", _runtime.sweep_quotes_forever, once_per_host=False),),
+    background_tasks=(BackgroundTask("jarm-quote-expiry", _runtime.sweep_quotes_forever, once_per_host=False),
+                      BackgroundTask("jarm-reconciler", _runtime.reconcile_forever, once_per_host=True,
+                                     enabled=lambda config: bool(config.jarm.site_account))),
     cli_module="gridcredit.services.jarm.cli",
 )

@@ -35,6 +35,18 @@ class JarmConfig:
     jarm_url: str = ""
     balance_refresh_s: int = 5          # how often the agent reads the accounts' funds and the prices
     balance_stale_s: int = 30           # a balance older than this is not the Bank's word any more
+    # Reservations (reservations.py, lifecycle.py): the site's Bank account every job's charge goes to
+    # (empty: the JARM makes no reservations), the local users' grid identities, the hold's margin
+    site_account: str = ""
+    grid_mapfile: str = "/etc/grid-security/grid-mapfile"
+    account_map: tuple[str, ...] = ()   # slurm_account=bank_account (else a job's Slurm account is its Bank account)
+    controllers: tuple[str, ...] = ()   # DNs that report jobs (Reserve, Complete, Cancel) besides this host's own
+    hold_grace_s: int = 3_600           # a hold lasts the job's time limit and this much more
+    extend_margin_s: int = 600          # a running job's hold is extended this long before it expires
+    reconcile_interval_s: int = 5       # how often pending Bank work is tried and ended runs are found
+    slurm_bin_dir: str = ""             # where sacct, squeue, scontrol are (empty: the PATH)
+    ur_spool: str = ""                  # usage records for the LUTS (empty: <state_dir>/jarm-ur-spool)
+    luts_url: str = ""                  # empty: https://localhost:<server.port>
 
     def check(self) -> None:
         if not isinstance(self.site, str) or not _SITE.fullmatch(self.site):
@@ -58,6 +70,17 @@ class JarmConfig:
         if not 0 <= self.unfunded_cap_credits <= 10**15 or not 0 <= self.agent_down_jobs_max <= 1_000_000:
             raise ConfigError(f"jarm.unfunded_cap_credits must be 0-10**15 and jarm.agent_down_jobs_max 0-1000000, "
                               f"not {self.unfunded_cap_credits} and {self.agent_down_jobs_max}")
+        if self.site_account and not _SITE.fullmatch(self.site_account):
+            raise ConfigError(f"jarm.site_account must be a Bank account id, not {self.site_account!r}")
+        for entry in self.account_map:
+            slurm, equals, bank = entry.partition("=")
+            if not equals or not _SITE.fullmatch(slurm) or not _SITE.fullmatch(bank):
+                raise ConfigError(f"jarm.account_map entries are slurm_account=bank_account, not {entry!r}")
+        if not 0 <= self.hold_grace_s <= 30 * 86_400 or not 60 <= self.extend_margin_s <= 86_400:
+            raise ConfigError(f"jarm.hold_grace_s must be 0-2592000 and jarm.extend_margin_s 60-86400 (seconds), not "
+                              f"{self.hold_grace_s} and {self.extend_margin_s}")
+        if not 1 <= self.reconcile_interval_s <= 3_600:
+            raise ConfigError(f"jarm.reconcile_interval_s must be 1-3600, not {self.reconcile_interval_s}")
         if not 1 <= self.balance_refresh_s < self.balance_stale_s <= 86_400:
             raise ConfigError(f"jarm.balance_refresh_s must be at least 1 and below jarm.balance_stale_s (at most "
                               f"86400), not {self.balance_refresh_s} and {self.balance_stale_s}")

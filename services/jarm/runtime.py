@@ -1,19 +1,28 @@
-"""The JARM as the host runs it: what each worker builds (the Price Authority over the shared store),
-and the sweep of expired guaranteed quotes."""
+"""The JARM as the host runs it: what each worker builds (the Price Authority over the shared store,
+and the reservation lifecycle when the site names its account), the sweep of expired guaranteed
+quotes and the reconciler of reservations (once per host)."""
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 from gridcredit.contract import BuildContext, TaskContext
-from gridcredit.errors import StoreError
+from gridcredit.errors import GridcreditError, StoreError
 from gridcredit.timeunits import now_us
 
 from .policy import JarmPolicy
 from .store import PriceStore
 
+if TYPE_CHECKING:
+    from .lifecycle import Lifecycle
+
 log = logging.getLogger("gridcredit.services.jarm")
 QUOTE_SWEEP_S = 600            # how often expired guaranteed quotes are deleted
+BANK_TIMEOUT_S = 10.0          # a Bank call of the lifecycle (the prolog waits for the hold)
+SLURM_TIMEOUT_S = 30.0         # sacct, scontrol
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,13 +35,128 @@ class Jarm:
     site: str
     quote_guarantee_s_max: int
     quotes_per_requester_max: int
+    lifecycle: "Lifecycle | None" = None      # None: the site makes no reservations (no site_account)
+    send_usage_records: Callable[[], object] | None = None   # the spool of usage records → the LUTS
 
 
 def build(context: BuildContext) -> Jarm:
     settings = context.config.jarm
-    return Jarm(PriceStore(context.store), JarmPolicy(price_admins=frozenset(settings.price_admins)),
+    prices = PriceStore(context.store)
+    controllers = set(settings.controllers)
+    lifecycle = send = None
+    if settings.site_account and context.files is not None:
+        lifecycle, host_dn, send = _build_lifecycle(context, prices)
+        controllers.add(host_dn)
+    return Jarm(prices, JarmPolicy(price_admins=frozenset(settings.price_admins), controllers=frozenset(controllers)),
                 site=settings.site, quote_guarantee_s_max=settings.quote_guarantee_s_max,
-                quotes_per_requester_max=settings.quotes_per_requester_max)
+                quotes_per_requester_max=settings.quotes_per_requester_max, lifecycle=lifecycle,
+                send_usage_records=send)
+
+
+def _service_url(explicit: str, config) -> str:
+    return explicit or f"https://localhost:{config.server.port}"
+
+
+def _build_lifecycle(context: BuildContext, prices: PriceStore) -> tuple["Lifecycle", str, Callable[[], object]]:
+    from gridcredit.security.credentials import load_credential
+
+    from ..bank.client import BankClient
+    from .identities import GridMap, resolver
+    from .lifecycle import Banker, Lifecycle, Settings
+    from .reservation_store import ReservationStore
+    from .slurm.queue import running_runs
+
+    config, files, settings = context.config, context.files, context.config.jarm
+    credential = load_credential(cert_path=str(files.host_cert), key_path=str(files.host_key))
+    bank = BankClient(_service_url(settings.bank_url, config), credential=credential, trust_dir=files.trust_dir,
+                      timeout_s=BANK_TIMEOUT_S, retries=1)
+    delegated = lambda dn: None       # noqa: E731 — until delegation.py is joined: every hold by the site's grant
+    banker = Banker(site=bank, delegated=delegated, site_dn=credential.identity_dn)
+    account_map = dict(entry.split("=", 1) for entry in settings.account_map)
+    lifecycle_settings = Settings(site=settings.site, payee=settings.site_account, hold_grace_s=settings.hold_grace_s,
+                                  bank_unreachable=settings.bank_unreachable,
+                                  unfunded_cap_credits=settings.unfunded_cap_credits,
+                                  extend_margin_s=settings.extend_margin_s, account_map=account_map)
+    scontrol = _slurm_command(settings.slurm_bin_dir, "scontrol")
+    report = _reporter(config)
+    lifecycle = Lifecycle(ReservationStore(context.store), prices, banker, lifecycle_settings,
+                          user_dn=resolver(GridMap(settings.grid_mapfile), delegated),
+                          read_usage=_usage_reader(settings), report=report,
+                          running=lambda keys: running_runs(keys, scontrol=scontrol), clock=now_us)
+    from ..luts.client import LutsClient
+    luts = LutsClient(_service_url(settings.luts_url, config), credential=credential, trust_dir=files.trust_dir,
+                      timeout_s=BANK_TIMEOUT_S, retries=1)
+    return lifecycle, credential.identity_dn, lambda: report.spool.send(luts)
+
+
+def _usage_reader(settings):
+    """``JobKey → Usage | None`` from slurmdbd (None: not recorded yet or the run not over: later)."""
+    from .slurm.accounting import JobNotAccounted, read_run_usage
+
+    sacct = _slurm_command(settings.slurm_bin_dir, "sacct")
+
+    def read(key):
+        try:
+            return read_run_usage(key.job_id, array_task=key.array_task, restarts=key.restarts, sacct=sacct,
+                                  timeout_s=SLURM_TIMEOUT_S).usage()
+        except JobNotAccounted:
+            return None
+    return read
+
+
+def _reporter(config):
+    """The step after the charge: the run's OGF usage record (UR 2.0, with its charge) into the spool
+    the reconciler sends to the LUTS (services/luts/spool.py: durable once added)."""
+    import socket
+
+    from ..luts.spool import Spool
+    from .slurm.accounting import read_run_usage
+    from .usage_record import usage_record
+
+    settings = config.jarm
+    spool = Spool(settings.ur_spool or config.state_path / "jarm-ur-spool")
+    sacct = _slurm_command(settings.slurm_bin_dir, "sacct")
+    machine = socket.getfqdn()
+
+    def report(reservation) -> None:
+        key = reservation.key
+        job = read_run_usage(key.job_id, array_task=key.array_task, restarts=key.restarts, sacct=sacct,
+                             timeout_s=SLURM_TIMEOUT_S)
+        spool.add(usage_record(job, site=settings.site, machine=machine, reservation_id=reservation.reservation_id,
+                               charge=reservation.charged, basis=reservation.basis, user_dn=reservation.user_dn,
+                               bank_account=reservation.account))
+    report.spool = spool
+    return report
+
+
+def _slurm_command(bin_dir: str, name: str) -> str:
+    return os.path.join(bin_dir, name) if bin_dir else (shutil.which(name) or name)
+
+
+def reconcile_forever(context: TaskContext) -> None:
+    """Every ``reconcile_interval_s``: the reservations' pending Bank work, the runs Slurm no longer
+    has, the holds of running jobs near their expiry (lifecycle.reconcile_once). One worker per host."""
+    lifecycle, stop = context.part.lifecycle, context.stop
+    if lifecycle is None:
+        return              # (a runtime without the host's files makes no reservations)
+    interval_s = context.config.jarm.reconcile_interval_s
+    while not stop.wait(interval_s):
+        try:
+            done = lifecycle.reconcile_once()
+        except (StoreError, GridcreditError) as error:
+            log.warning("jarm reconciler: %s: %s; again in %d s", type(error).__name__, error, interval_s)
+            continue
+        if done["ended"] or done["steps"] or done["extended"]:
+            log.info("jarm reconciler: %d run(s) ended, %d step(s) tried (%d left pending), %d hold(s) extended",
+                     done["ended"], done["steps"], done["left"], done["extended"])
+        try:
+            sent = context.part.send_usage_records()
+        except GridcreditError as error:
+            log.warning("jarm reconciler: usage records not sent to the LUTS: %s: %s", type(error).__name__, error)
+            continue
+        if sent.records_acknowledged or not sent.ok:
+            log.info("jarm reconciler: %d usage record(s) stored by the LUTS%s", sent.records_acknowledged,
+                     "" if sent.ok else f"; stopped: {sent.stopped}")
 
 
 def sweep_quotes_forever(context: TaskContext) -> None:

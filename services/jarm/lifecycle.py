@@ -1,0 +1,396 @@
+"""The reservation lifecycle at work: the Bank calls, Slurm's word and the store, around the core.
+
+``Lifecycle`` does each step of reservations.py and keeps its outcome in the store before the next:
+
+* ``reserve(job)`` (the PrologSlurmctld, through the SOAP operation Reserve): price the job by the
+  version in force, keep the reservation, then make the hold at once — with the user's delegated
+  proxy when the JARM holds one, else as the site on the user's behalf (the account's grant). The
+  Bank's refusal refuses the job (the message says the cost, the funds and the shortfall); the Bank
+  not answering follows the site's policy: refuse, or admit within the account's unfunded cap.
+* ``ended(key)`` (the EpilogSlurmctld: Complete): the run ended; its usage is read and priced, the
+  hold settled and the usage record spooled by ``work`` (at once, and by the reconciler after).
+* ``cancel(key)``: release whatever is held.
+* ``work(reservation)``: one pending step (reservations.Work). Each Bank request has the request id
+  of its step (``bank_request_id``): a step repeated after a crash or a lost answer is answered by
+  the Bank with its first outcome.
+* ``reconcile_once()``: every reservation with work left gets its step; runs Slurm no longer has
+  are marked ended (an epilog that never reached the JARM loses nothing); holds about to expire
+  under a running job are extended.
+
+The Bank's answers are classified once (``_bank_call``): a refusal (a SOAP fault of the client
+kind: no funds, no right) is definite; anything else (no answer, a server fault) leaves the step
+pending, with why, for the next try.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+from gridcredit.errors import DomainError, GridcreditError, RemoteFault
+
+from . import pricing, reservations as rsv
+from .reservation_store import ReservationStore
+from .reservations import Authority, JobKey, Reservation, State, Work
+from .store import PriceStore
+from .types import JobRequest, Usage
+
+log = logging.getLogger("gridcredit.services.jarm.lifecycle")
+
+JOB_REFUSED = "JobRefused"
+UNKNOWN_USER = "UnknownUser"
+BANK_UNREACHABLE = "BankUnreachable"
+US = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class SlurmJob:
+    """A run as the prolog reports it: its key, its local user, its Slurm account and what it asked for."""
+
+    key: JobKey
+    user: str
+    account: str
+    request: JobRequest
+
+
+class Refused(GridcreditError):
+    """The Bank refused a step (``code``: its reason, e.g. InsufficientFunds, NotAuthorized)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Unreachable(GridcreditError):
+    """The Bank gave no answer (or a server fault): the step stays pending."""
+
+
+def _moment(at_us: int) -> datetime:
+    return datetime.fromtimestamp(at_us // US, tz=timezone.utc).replace(microsecond=at_us % US)
+
+
+def _bank_call(what: str, call: Callable[[], object]):
+    try:
+        return call()
+    except RemoteFault as fault:
+        if ":Client" in f":{fault.faultcode}" or fault.faultcode.split(":")[-1].startswith("Client"):
+            raise Refused(fault.text, fault.code) from None
+        raise Unreachable(f"{what}: the Bank answered {fault.faultcode}: {fault.text}") from None
+    except GridcreditError as error:
+        raise Unreachable(f"{what}: {type(error).__name__}: {error}") from None
+    except OSError as error:
+        raise Unreachable(f"{what}: {type(error).__name__}: {error}") from None
+
+
+@dataclass
+class Banker:
+    """The Bank as the JARM calls it: as the site (``site``, a BankClient signing with the JARM's own
+    credential) or as a user through the proxy they delegated (``delegated(dn)``: a Credential or None)."""
+
+    site: object
+    delegated: Callable[[str], object | None] = lambda dn: None
+    site_dn: str = ""
+
+    def client(self, authority: Authority, user_dn: str):
+        if authority is Authority.DELEGATED:
+            credential = self.delegated(user_dn)
+            if credential is None:
+                raise Refused(f"the proxy {user_dn} delegated to this JARM has expired or was destroyed: delegate "
+                              f"again (gridcredit jarm delegate)", "DelegationExpired")
+            return self.site.as_credential(credential)
+        return self.site
+
+
+@dataclass
+class Settings:
+    site: str
+    payee: str                              # the site's account charges go to
+    hold_grace_s: int = 3600                # a hold lasts the time limit and this much more
+    bank_unreachable: str = "refuse"        # or admit_capped
+    unfunded_cap_credits: int = 0
+    extend_margin_s: int = 600              # extend a running job's hold this long before it expires
+    account_map: dict[str, str] = field(default_factory=dict)   # Slurm account → Bank account
+
+
+class Lifecycle:
+    def __init__(self, reservations: ReservationStore, prices: PriceStore, banker: Banker, settings: Settings, *,
+                 user_dn: Callable[[str], str | None], read_usage: Callable[[JobKey], Usage | None],
+                 report: Callable[[Reservation], None],
+                 running: Callable[[list[JobKey]], dict[JobKey, int | None] | None],
+                 clock: Callable[[], int]) -> None:
+        self.reservations, self.prices, self.banker, self.settings = reservations, prices, banker, settings
+        self.user_dn, self.read_usage, self.report, self.running, self.clock = (user_dn, read_usage, report,
+                                                                               running, clock)
+
+    # -- the steps Slurm reports ----------------------------------------------------------------
+
+    def reserve(self, job: SlurmJob) -> Reservation:
+        existing = self.reservations.get(job.key.reservation_id)
+        if existing is not None:
+            return self._work_now(existing)       # the prolog again: the same reservation, its step again
+        dn = self.user_dn(job.user)
+        if dn is None:
+            raise DomainError(f"local user {job.user} has no grid identity here: add them to the grid-mapfile, or "
+                              f"let them delegate a proxy (gridcredit jarm delegate)", UNKNOWN_USER)
+        now_us = self.clock()
+        table = self.prices.in_force(self.settings.site, now_us).table
+        basis = pricing.basis_for(table, job.request, now_us=now_us)
+        estimate = pricing.estimate(table, job.request, basis).credits
+        authority = Authority.DELEGATED if self.banker.delegated(dn) is not None else Authority.GRANTED
+        account = self.settings.account_map.get(job.account, job.account)
+        reservation = rsv.reserve(job.key, user=job.user, user_dn=dn, account=account, payee=self.settings.payee,
+                                  request=job.request, basis=basis, estimate=estimate, authority=authority,
+                                  now_us=now_us)
+        reservation, _created = self.reservations.create(reservation)
+        return self._work_now(reservation)
+
+    def ended(self, key: JobKey) -> Reservation:
+        reservation = self.reservations.change(key.reservation_id,
+                                               lambda found: rsv.run_ended(found, now_us=self.clock()))
+        return self._work_now(reservation)
+
+    def extend_job(self, key: JobKey, time_limit_s: int | None) -> Reservation:
+        """The job runs on (None) or its time limit was raised to ``time_limit_s``: extend its hold."""
+        reservation = self.reservations.require(key.reservation_id)
+        if reservation.state is not State.HELD or not reservation.hold_id:
+            raise DomainError(f"reservation {reservation.reservation_id} is {reservation.state.value}"
+                              f"{'' if reservation.hold_id else ' without a hold'}: only a held run's hold is extended",
+                              rsv.RESERVATION_STATE)
+        try:
+            return self.extend(reservation, time_limit_s)
+        except Refused as refusal:
+            raise DomainError(f"the Bank refused to extend hold {reservation.hold_id}: {refusal}", refusal.code) from None
+        except Unreachable as error:
+            raise DomainError(f"the Bank does not answer: {error}; the reconciler tries again", BANK_UNREACHABLE) from None
+
+    def cancel(self, key: JobKey) -> Reservation:
+        reservation = self.reservations.change(key.reservation_id, lambda found: rsv.cancel(found, now_us=self.clock()))
+        return self._work_now(reservation)
+
+    # -- pending work ---------------------------------------------------------------------------
+
+    def _work_now(self, reservation: Reservation) -> Reservation:
+        """Do the pending steps one after the other until none is left or one cannot be done now."""
+        while reservation.pending is not Work.NONE:
+            reservation, progressed = self._step(reservation)
+            if not progressed:
+                break               # the Bank unreachable, or the usage not in slurmdbd yet
+        return reservation
+
+    def work(self, reservation: Reservation) -> Reservation:
+        """Do the pending step of ``reservation``; the reservation as stored after it."""
+        return self._step(reservation)[0]
+
+    def _step(self, reservation: Reservation) -> tuple[Reservation, bool]:
+        step = {Work.HOLD: self._hold, Work.USAGE: self._usage, Work.SETTLE: self._settle,
+                Work.RELEASE: self._release, Work.REPORT: self._report}.get(reservation.pending)
+        if step is None:
+            return reservation, False
+        rid = reservation.reservation_id
+        try:
+            after = step(reservation)
+            return after, (after.pending, after.state) != (reservation.pending, reservation.state)
+        except Unreachable as error:
+            log.warning("jarm %s: %s not done now: %s", rid, reservation.pending.value, error)
+            if reservation.state is State.RESERVING:
+                if self.settings.bank_unreachable == "admit_capped":
+                    return self._admit_unfunded(reservation, str(error)), False
+                # refused: the job does not run on it, and a hold the request may have made is released
+                # by the reconciler (asked again under its request id, then released)
+                return self.reservations.change(rid, lambda found: rsv.cancel(
+                    rsv.failed_attempt(found, error=f"the Bank does not answer: {error}", now_us=self.clock()),
+                    now_us=self.clock())), False
+            return self.reservations.change(rid, lambda found: rsv.failed_attempt(found, error=str(error),
+                                                                                  now_us=self.clock())), False
+
+    def _hold(self, reservation: Reservation) -> Reservation:
+        rid = reservation.reservation_id
+        completing = reservation.state is State.COMPLETING     # an unfunded run: hold its cost, then settle
+        amount = reservation.cost if completing else reservation.estimate
+        now_us = self.clock()
+        expires_us = now_us + (reservation.request.time_limit_s + self.settings.hold_grace_s) * US
+        if amount == 0:            # nothing to hold (a free rate): the run goes on without a hold
+            return self.reservations.change(rid, lambda found: rsv.hold_made(
+                found, hold_id="", amount=0, expires_us=expires_us, now_us=now_us))
+        try:
+            receipt = self._create_hold(reservation, amount, expires_us, "hold")
+        except Refused as refusal:
+            message = self._refusal(reservation, amount, refusal)
+            log.info("jarm %s: hold of %d credits on %s refused: %s", rid, amount, reservation.account, message)
+            if completing:
+                return self.reservations.change(rid, lambda found: rsv.unfunded_hold_refused(
+                    found, reason=message, now_us=self.clock()))
+            return self.reservations.change(rid, lambda found: rsv.hold_refused(found, reason=message,
+                                                                                now_us=self.clock()))
+        hold_id = receipt.transaction.hold_id
+        log.info("jarm %s: held %d credits of %s as %s (%s)", rid, amount, reservation.account, hold_id,
+                 reservation.authority.value if reservation.authority else "-")
+        return self.reservations.change(rid, lambda found: rsv.hold_made(
+            found, hold_id=hold_id, amount=amount, expires_us=expires_us, now_us=self.clock()))
+
+    def _create_hold(self, reservation: Reservation, amount: int, expires_us: int, step: str):
+        authority = reservation.authority or Authority.GRANTED
+        bank = self.banker.client(authority, reservation.user_dn)
+        arguments = dict(amount=amount, expires=_moment(expires_us), reference=reservation.reservation_id,
+                         payee_account_id=reservation.payee,
+                         request_id=rsv.bank_request_id(reservation.reservation_id, step))
+        if authority is Authority.DELEGATED:
+            arguments["collector_dn"] = self.banker.site_dn      # the JARM settles what the user held
+        else:
+            arguments["on_behalf_of_dn"] = reservation.user_dn
+        return _bank_call(f"the hold of {reservation.reservation_id}",
+                          lambda: bank.create_hold(reservation.account, **arguments))
+
+    def _refusal(self, reservation: Reservation, amount: int, refusal: Refused) -> str:
+        if refusal.code != "InsufficientFunds":
+            return f"JARM: job {reservation.key.job} refused: the Bank refused a hold of {amount:,} credits on " \
+                   f"account {reservation.account}: {refusal} [{refusal.code}]"
+        try:
+            available = self.banker.site.get_balance(reservation.account).available
+        except GridcreditError:
+            return f"JARM: job {reservation.key.job} refused: it may cost {amount:,} credits, more than account " \
+                   f"{reservation.account} has available ({refusal})"
+        return f"JARM: job {reservation.key.job} refused: it may cost {amount:,} credits, account " \
+               f"{reservation.account} has {available:,} available: short by {amount - available:,} credits"
+
+    def _admit_unfunded(self, reservation: Reservation, why: str) -> Reservation:
+        held = sum(other.estimate for other in self.reservations.in_states((State.UNFUNDED,))
+                   if other.account == reservation.account)
+        rid = reservation.reservation_id
+        if held + reservation.estimate > self.settings.unfunded_cap_credits:
+            message = (f"JARM: job {reservation.key.job} refused: the Bank does not answer ({why}) and account "
+                       f"{reservation.account} has {held:,} credits of unfunded work already (the cap is "
+                       f"{self.settings.unfunded_cap_credits:,})")
+            return self.reservations.change(rid, lambda found: rsv.hold_refused(found, reason=message,
+                                                                                now_us=self.clock()))
+        log.warning("jarm %s: the Bank does not answer; admitted unfunded (%d credits, account %s)", rid,
+                    reservation.estimate, reservation.account)
+
+        return self.reservations.change(rid, lambda found: rsv.admitted_unfunded(found, reason=why,
+                                                                                 now_us=self.clock()))
+
+    def _usage(self, reservation: Reservation) -> Reservation:
+        usage = self.read_usage(reservation.key)
+        if usage is None:
+            return reservation          # not in Slurm's accounting yet: the reconciler comes back
+        table = self.prices.table(reservation.basis.site, reservation.basis.version).table
+        cost = pricing.charge(table, usage, reservation.basis).credits
+        return self.reservations.change(reservation.reservation_id, lambda found: rsv.job_ended(
+            found, usage=usage, cost=cost, now_us=self.clock()))
+
+    def _settle(self, reservation: Reservation) -> Reservation:
+        rid = reservation.reservation_id
+        amount = rsv.settlement(reservation)
+        if not reservation.hold_id:
+            return self.reservations.change(rid, lambda found: rsv.settled(found, charged=0, now_us=self.clock()))
+        bank = self.banker.site        # the hold's collector (delegated) or its creating service (granted)
+        try:
+            _bank_call(f"the settlement of {rid}", lambda: bank.settle_hold(
+                reservation.hold_id, payee_account_id=reservation.payee, amount=amount,
+                request_id=rsv.bank_request_id(rid, "settle")))
+        except Refused as refusal:
+            return self.reservations.change(rid, lambda found: rsv.failed_attempt(
+                found, error=f"the Bank refused the settlement: {refusal} [{refusal.code}]", now_us=self.clock()))
+        log.info("jarm %s: charged %d of %d credits held (cost %d) to %s", rid, amount, reservation.hold_amount,
+                 reservation.cost, reservation.payee)
+        return self.reservations.change(rid, lambda found: rsv.settled(found, charged=amount, now_us=self.clock()))
+
+    def _release(self, reservation: Reservation) -> Reservation:
+        rid = reservation.reservation_id
+        hold_id = reservation.hold_id
+        if not hold_id and reservation.authority is not None:
+            # the hold's request may have reached the Bank without its answer reaching us: asked again
+            # under its request id, the Bank answers with the hold it made (or makes it now)
+            try:
+                receipt = self._create_hold(reservation, reservation.estimate,
+                                            self.clock() + self.settings.hold_grace_s * US, "hold")
+                hold_id = receipt.transaction.hold_id
+            except Refused:
+                hold_id = ""
+        if hold_id:
+            bank = self.banker.site
+            try:
+                _bank_call(f"the release of {rid}", lambda: bank.release_hold(
+                    hold_id, request_id=rsv.bank_request_id(rid, "release")))
+            except Refused as refusal:
+                if refusal.code not in ("HoldEnded", "HoldExpired"):
+                    return self.reservations.change(rid, lambda found: rsv.failed_attempt(
+                        found, error=f"the Bank refused the release: {refusal} [{refusal.code}]", now_us=self.clock()))
+        log.info("jarm %s: released (hold %s)", rid, hold_id or "none")
+        return self.reservations.change(rid, lambda found: rsv.released(found, now_us=self.clock()))
+
+    def _report(self, reservation: Reservation) -> Reservation:
+        self.report(reservation)
+        return self.reservations.change(reservation.reservation_id,
+                                        lambda found: rsv.reported(found, now_us=self.clock()))
+
+    # -- the reconciler -------------------------------------------------------------------------
+
+    def reconcile_once(self) -> dict[str, int]:
+        """One pass: runs Slurm no longer has are marked ended; every pending step is tried; holds of
+        running jobs are extended when their time limit was raised or they near their expiry. Counts
+        of what was done, by kind."""
+        done = {"ended": 0, "steps": 0, "extended": 0, "left": 0}
+        active = self.reservations.in_states((State.HELD, State.UNFUNDED))
+        running = self.running([r.key for r in active]) if active else {}
+        if running is not None:
+            for reservation in active:
+                if reservation.pending is Work.NONE and reservation.key not in running:
+                    self.reservations.change(reservation.reservation_id,
+                                             lambda found: rsv.run_ended(found, now_us=self.clock()))
+                    done["ended"] += 1
+        for reservation in self.reservations.with_pending_work():
+            after = self._work_now(reservation)
+            done["steps"] += 1
+            if after.pending is not Work.NONE:
+                done["left"] += 1
+        horizon_us = self.clock() + self.settings.extend_margin_s * US
+        for reservation in self.reservations.in_states((State.HELD,)) if running else ():
+            if reservation.key not in running or not reservation.hold_id or reservation.pending is not Work.NONE:
+                continue
+            limit_s = running[reservation.key]
+            raised = limit_s is not None and limit_s > reservation.request.time_limit_s
+            if raised or reservation.hold_expires_us <= horizon_us:
+                try:
+                    self.extend(reservation, limit_s if raised else None)
+                    done["extended"] += 1
+                except (Refused, Unreachable, DomainError) as error:
+                    log.warning("jarm %s: hold %s not extended: %s", reservation.reservation_id, reservation.hold_id,
+                                error)
+        return done
+
+    def extend(self, reservation: Reservation, time_limit_s: int | None) -> Reservation:
+        """Extend the hold of a running job: to its raised ``time_limit_s`` (the estimate of the larger
+        request by the reservation's price version: a larger amount and a later expiry), or (None) only
+        later, because the job runs on toward the hold's expiry."""
+        rid = reservation.reservation_id
+        now_us = self.clock()
+        request, estimate, amount = reservation.request, reservation.estimate, None
+        if time_limit_s is not None:
+            request = JobRequest(request.partition, request.qos, request.cores, time_limit_s, request.memory_mb,
+                                 request.gpus, request.nodes)
+            table = self.prices.table(reservation.basis.site, reservation.basis.version).table
+            estimate = pricing.estimate(table, request, reservation.basis).credits
+            amount = estimate if estimate > reservation.hold_amount else None
+            expires_us = max(reservation.hold_expires_us,
+                             reservation.created_us + (time_limit_s + self.settings.hold_grace_s) * US)
+        else:
+            expires_us = max(reservation.hold_expires_us,
+                             now_us + (2 * self.settings.extend_margin_s + self.settings.hold_grace_s) * US)
+        # raising the amount needs the right to spend: the user's own proxy, or the site's grant
+        authority = reservation.authority if amount is not None else Authority.GRANTED
+        bank = self.banker.client(authority or Authority.GRANTED, reservation.user_dn)
+        # the request id names the extension's content: a retry of it is the same request, another is new
+        fingerprint = hashlib.sha256(f"{expires_us}:{amount}".encode()).hexdigest()[:16]
+        if expires_us > reservation.hold_expires_us or amount is not None:
+            _bank_call(f"the extension of {rid}", lambda: bank.extend_hold(
+                reservation.hold_id, expires=_moment(expires_us) if expires_us > reservation.hold_expires_us else None,
+                amount=amount, request_id=rsv.bank_request_id(rid, f"extend-{fingerprint}")))
+        log.info("jarm %s: hold %s extended to %s credits until %d µs%s", rid, reservation.hold_id,
+                 amount or reservation.hold_amount, expires_us,
+                 f" (time limit raised to {time_limit_s} s)" if time_limit_s is not None else " (the job runs on)")
+        return self.reservations.change(rid, lambda found: rsv.extended(
+            found, amount=amount or found.hold_amount, expires_us=expires_us, now_us=self.clock(), request=request,
+            estimate=estimate))
