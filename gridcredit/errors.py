@@ -25,6 +25,7 @@
     │   └── SpoolError              the LUTS spool's own (services/luts/spool.py): SpoolFull, SpoolBusy
     │       ├── SpoolFull           (also an OutboxFull)
     │       └── SpoolBusy           (also an OutboxBusy)
+    ├── JobUnreadable               scontrol cannot say what a job is (services/jarm/slurm/hooks.py)
     └── DeliveryStopped             an outbox's receiver cannot take a batch now (sending ends, nothing lost)
 
 Security refusals carry a ``wsse:`` fault code (``code``) and a message a person understands.

@@ -42,7 +42,7 @@ __all__ = [
     "OID_PROXY_CERT_INFO", "OID_PROXY_CERT_INFO_DRAFT", "OID_PPL_INHERIT_ALL",
     "OID_PPL_INDEPENDENT", "OID_PPL_LIMITED", "PrivateKey",
     "grid_dn", "parse_grid_dn", "subject_hash", "generate_key", "proxy_info", "ProxyInfo",
-    "CertificateAuthority", "make_crl", "make_proxy", "write_proxy_file", "default_proxy_path",
+    "CertificateAuthority", "make_crl", "make_proxy", "sign_proxy", "write_proxy_file", "default_proxy_path",
     "write_pem_certificates", "write_private_key",
 ]
 
@@ -649,6 +649,17 @@ def make_proxy(cert: x509.Certificate, key: PrivateKey, chain: Sequence[x509.Cer
     to cap the lifetime. A proxy made from a limited proxy is always limited. ``proxy_key``
     reuses an existing key (tests); otherwise a new ``key_type`` key is made.
     """
+    proxy_key = proxy_key or generate_key(key_type)
+    proxy = sign_proxy(cert, key, proxy_key.public_key(), chain, hours=hours, limited=limited,
+                       path_length=path_length)
+    return proxy, proxy_key
+
+
+def sign_proxy(cert: x509.Certificate, key: PrivateKey, public_key, chain: Sequence[x509.Certificate] = (), *,
+               hours: float = 12, limited: bool = False, path_length: int | None = None) -> x509.Certificate:
+    """An RFC 3820 proxy of ``cert``, signed with ``key``, certifying ``public_key`` — a key whose
+    private half someone else holds (GSI delegation: the delegatee sends a certificate request, the
+    delegator signs its public key). The rules are ``make_proxy``'s."""
     if not key_matches(cert, key):
         raise CredentialError(f"the private key does not match certificate {grid_dn(cert.subject)}")
     if is_ca_certificate(cert):
@@ -668,24 +679,22 @@ def make_proxy(cert: x509.Certificate, key: PrivateKey, chain: Sequence[x509.Cer
     if not_after <= now:
         raise CredentialError(f"certificate {grid_dn(cert.subject)} (or its chain) has expired "
                               f"at {min(expiries).isoformat()}; cannot make a proxy")
-    proxy_key = proxy_key or generate_key(key_type)
     serial = _random_serial()
     subject = x509.Name(list(cert.subject.rdns) + [x509.RelativeDistinguishedName(
         [x509.NameAttribute(NameOID.COMMON_NAME, str(serial))])])
     language = OID_PPL_LIMITED if limited else OID_PPL_INHERIT_ALL
-    is_rsa = isinstance(proxy_key, rsa.RSAPrivateKey)
-    proxy = (x509.CertificateBuilder()
-             .subject_name(subject).issuer_name(cert.subject)
-             .public_key(proxy_key.public_key()).serial_number(serial)
-             .not_valid_before(not_before).not_valid_after(not_after)
-             .add_extension(x509.UnrecognizedExtension(
-                 OID_PROXY_CERT_INFO, encode_proxy_cert_info(language, path_length)), critical=True)
-             .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                          key_encipherment=is_rsa, data_encipherment=False,
-                                          key_agreement=not is_rsa, key_cert_sign=False, crl_sign=False,
-                                          encipher_only=False, decipher_only=False), critical=True)
-             .sign(key, _signature_hash(key)))
-    return proxy, proxy_key
+    is_rsa = isinstance(public_key, rsa.RSAPublicKey)
+    return (x509.CertificateBuilder()
+            .subject_name(subject).issuer_name(cert.subject)
+            .public_key(public_key).serial_number(serial)
+            .not_valid_before(not_before).not_valid_after(not_after)
+            .add_extension(x509.UnrecognizedExtension(
+                OID_PROXY_CERT_INFO, encode_proxy_cert_info(language, path_length)), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                         key_encipherment=is_rsa, data_encipherment=False,
+                                         key_agreement=not is_rsa, key_cert_sign=False, crl_sign=False,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, _signature_hash(key)))
 
 
 def default_proxy_path() -> Path:

@@ -47,13 +47,17 @@ class InProcessHost:
 
     def call(self, credential, service: str, namespace: str, operation: str, fields: dict) -> etree._Element:
         payload = etree.Element(f"{{{namespace}}}{operation}", nsmap={"s": namespace})
-        for name, value in fields.items():
-            child = etree.SubElement(payload, f"{{{namespace}}}{name}")
-            if isinstance(value, list):
-                for item in value:
-                    etree.SubElement(child, f"{{{namespace}}}string").text = item
-            else:
-                child.text = str(value)
+        def fill(parent, fields: dict) -> None:
+            for name, value in fields.items():
+                child = etree.SubElement(parent, f"{{{namespace}}}{name}")
+                if isinstance(value, list):
+                    for item in value:
+                        etree.SubElement(child, f"{{{namespace}}}string").text = item
+                elif isinstance(value, dict):       # a complex type's elements, in order
+                    fill(child, value)
+                else:
+                    child.text = str(value)
+        fill(payload, fields)
         data = signed_request(credential, payload=payload)
         environ = {"REQUEST_METHOD": "POST", "PATH_INFO": f"/{service}", "QUERY_STRING": "", "SERVER_NAME": "localhost",
                    "SERVER_PORT": "8443", "wsgi.url_scheme": "https", "wsgi.input": io.BytesIO(data),
@@ -95,10 +99,25 @@ STRANGER_CALLS = [
     ("jarm", "SetPriceTable", {"table": ""}, "Client.NotAuthorized"),
     ("jarm", "GetPriceTable", {}, "Client.NoPriceTable"),         # none set on this host
     ("jarm", "Quote", {"partition": "batch", "qos": "normal", "cores": 1, "time_limit_s": 60}, "Client.NoPriceTable"),
+    ("jarm", "RequestDelegation", {"lifetime_s": 3_600}, None),
+    ("jarm", "CompleteDelegation", {"delegation_id": "d-" + "0" * 32, "chain_pem": "none"},
+     "Client.UnknownDelegation"),                                  # none pending under that id
+    ("jarm", "GetDelegation", {}, None),
+    ("jarm", "DestroyDelegation", {}, None),
+    ("jarm", "Reserve", {"key": {"cluster": "c1", "job_id": 1, "restarts": 0}, "user": "gcuser1", "account": "proj1",
+                         "request": {"partition": "batch", "qos": "normal", "cores": 1, "time_limit_s": 60,
+                                     "memory_mb": 0, "gpus": 0, "nodes": 1}}, "Client.NotAuthorized"),
+    ("jarm", "Extend", {"key": {"cluster": "c1", "job_id": 1, "restarts": 0}}, "Client.NotAuthorized"),
+    ("jarm", "Complete", {"key": {"cluster": "c1", "job_id": 1, "restarts": 0}}, "Client.NotAuthorized"),
+    ("jarm", "Cancel", {"key": {"cluster": "c1", "job_id": 1, "restarts": 0}}, "Client.NotAuthorized"),
+    ("jarm", "Reconcile", {}, "Client.NotAuthorized"),
+    ("jarm", "GetReservation", {"reservation_id": "r-c1-1-0"}, "Client.NotAuthorized"),   # not theirs
+    ("jarm", "ListReservations", {}, "Client.ReservationsDisabled"),   # their own: this host reserves nothing
     ("auctioneer", "WhoAmI", {}, None),
 ]
 # faults of a call the policy allowed that then found nothing
-FOUND_NOTHING = {"Client.UnknownRecord", "Client.NoPriceTable"}
+FOUND_NOTHING = {"Client.UnknownRecord", "Client.NoPriceTable", "Client.UnknownDelegation",
+                 "Client.ReservationsDisabled"}
 
 
 @pytest.mark.parametrize("service, operation, fields, fault", STRANGER_CALLS,

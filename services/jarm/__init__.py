@@ -9,13 +9,15 @@ from gridcredit.contract import BackgroundTask, ServiceContract
 
 from . import runtime as _runtime
 from .config import JarmConfig
+from .delegation import sweep_delegations_forever
 
 
 def _indexes():
     from .reservation_store import INDEXES as RESERVATION_INDEXES
+    from .delegation import INDEXES as DELEGATION_INDEXES
     from .store import INDEXES
 
-    return INDEXES + RESERVATION_INDEXES
+    return INDEXES + RESERVATION_INDEXES + DELEGATION_INDEXES
 
 
 SERVICE = ServiceContract(
@@ -24,12 +26,15 @@ SERVICE = ServiceContract(
     soap_module="gridcredit.services.jarm.service",
     config_section=JarmConfig,
     # price table versions (written once), each site's latest version, guaranteed quotes (store.py);
-    # one reservation per run of a job (reservation_store.py)
-    collections=("jarm_prices", "jarm_price_sites", "jarm_quotes", "jarm_reservations"),
+    # one reservation per run of a job (reservation_store.py); users' delegated proxies and pending
+    # delegation requests (delegation.py)
+    collections=("jarm_prices", "jarm_price_sites", "jarm_quotes", "jarm_reservations", "jarm_delegations",
+                 "jarm_delegation_requests"),
     indexes=_indexes,
     build=_runtime.build,
     # Every worker sweeps: a quote deleted twice is deleted once.
     background_tasks=(BackgroundTask("jarm-quote-expiry", _runtime.sweep_quotes_forever, once_per_host=False),
+                      BackgroundTask("jarm-delegation-expiry", sweep_delegations_forever, once_per_host=True),
                       BackgroundTask("jarm-reconciler", _runtime.reconcile_forever, once_per_host=True,
                                      enabled=lambda config: bool(config.jarm.site_account))),
     cli_module="gridcredit.services.jarm.cli",

@@ -5,6 +5,13 @@
     gridcredit jarm set-prices prices.toml [--version 4] [--effective 2027-01-01T00:00:00Z]
     gridcredit jarm quote --partition batch --qos normal --cores 16 --time-limit 2:00:00 --memory-mb 32768
     gridcredit jarm quote … --guarantee 3600                # a guaranteed quote, honoured by a reservation
+    gridcredit jarm delegate --lifetime 7d --renew-within 1d   # hand JARM a proxy (from cron: only when due)
+    gridcredit jarm delegation [--destroy]                  # the delegation JARM holds for you
+    gridcredit jarm status r-cluster1-1234-0                # a reservation (the job's user, controllers)
+    gridcredit jarm list [--user DN] [--all]                # your reservations (controllers: anyone's)
+    gridcredit jarm unfunded                                # runs admitted without the Bank, and how settled
+    gridcredit jarm reconcile                               # one pass of the reconciler now (controllers)
+    gridcredit jarm prolog | epilog                         # Slurm's PrologSlurmctld / EpilogSlurmctld
     gridcredit jarm whoami
 
 A price table file is TOML (``.toml``) or JSON (``.json``), the README's "JARM: prices and
@@ -16,6 +23,13 @@ GPU-hour, job per job) and an optional ``load`` (DGAS load pricing, permille).
 Options, output and exit codes are gridcredit.cli_support's, as in every command group: ``--json``
 prints the result (times as ``*_us``, exact amounts as integers), a refusal prints ``TypeName:
 message`` on stderr. Exit codes: 0 done, 1 refused or failed, 2 usage.
+
+``delegate`` (GSI delegation, delegation.py): JARM makes a key pair and keeps the private key; this
+signs an RFC 3820 proxy of your credential for its public key (``--lifetime``, default 7 days, capped
+by your credential's own expiry: delegate from your certificate for the whole of it). With
+``--renew-within D`` it does nothing while the delegation JARM holds is valid for more than D, so a
+daily cron job keeps one current; exit 0 either way (``delegated`` in ``--json`` says which), 1 when
+refused or failed.
 """
 from __future__ import annotations
 
@@ -30,9 +44,11 @@ from gridcredit.cli_support import (EXIT_OK, CommandGroup, LazyClient, add_clien
                                     print_result, show_identity)
 from gridcredit.client import InvalidRequest
 from gridcredit.errors import DomainError
-from gridcredit.timeunits import datetime_from_us, rfc3339
+from gridcredit.timeunits import datetime_from_us, now_us, rfc3339
 
+from ..bank.cli import duration_s
 from .agent import add_agent_commands
+from .delegation import LIFETIME_S_MAX, LIFETIME_S_MIN
 from .pricing import METRIC_UNITS, PRICE_SCALE, QUOTE_GUARANTEE_S_MAX, round_half_up
 from .types import (CORES_MAX, GPUS_MAX, MEMORY_MB_MAX, NODES_MAX, TIME_LIMIT_S_MAX, VERSION_MAX, JobRequest,
                     LoadPricing, MemoryBasis, Metric, Rate)
@@ -41,6 +57,8 @@ PRICE_FILE_BYTES_MAX = 4_000_000
 _TABLE_KEYS = {"site", "version", "effective", "memory_basis", "rates"}
 _RATE_KEYS = {"partition", "qos", "prices", "load"}
 _LOAD_KEYS = ("low_permille", "high_permille", "min_permille", "max_permille")
+DELEGATE_LIFETIME_S = 7 * 86_400
+LIFETIME_SHORT_BY_US = 600 * 1_000_000     # a delegation this much shorter than asked for is pointed out
 _SLURM_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
 
@@ -67,6 +85,20 @@ def time_limit_type(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r}: a time limit is 1 s to 366 days")
     return seconds
 
+
+def _lifetime_type(text: str) -> int:
+    seconds = duration_s(text)
+    if not LIFETIME_S_MIN <= seconds <= LIFETIME_S_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r}: a delegation lasts {LIFETIME_S_MIN // 3600} h to "
+                                         f"{LIFETIME_S_MAX // 86_400} d")
+    return seconds
+
+
+def _renew_within_type(text: str) -> int:
+    seconds = duration_s(text)
+    if seconds > LIFETIME_S_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r}: at most {LIFETIME_S_MAX // 86_400} d")
+    return seconds
 
 def moment_type(text: str) -> datetime:
     moment = _moment(text)
@@ -266,12 +298,122 @@ def _quote(args) -> int:
     return EXIT_OK
 
 
+def _when(us: int) -> str:
+    return rfc3339(datetime_from_us(us).replace(microsecond=0))
+
+
+def delegation_text(delegation) -> str:
+    until = "until" if delegation.not_after_us > now_us() else "which expired at"
+    return (f"JARM holds your delegation {delegation.delegation_id} {until} {_when(delegation.not_after_us)} "
+            f"(proxy {delegation.proxy_dn}, stored {_when(delegation.created_us)})")
+
+
+def _delegate(args) -> int:
+    outcome = _client(args).delegate(lifetime_s=args.lifetime, renew_within_s=args.renew_within)
+    delegation = outcome.delegation
+    if not outcome.delegated:
+        text = (delegation_text(delegation) + f"; renewal is due from "
+                f"{_when(delegation.not_after_us - args.renew_within * 1_000_000)}: nothing done")
+    else:
+        text = "delegated: " + delegation_text(delegation)
+        asked_us = delegation.created_us + args.lifetime * 1_000_000
+        if delegation.not_after_us < asked_us - LIFETIME_SHORT_BY_US:
+            text += (f"\nnote: sooner than the {args.lifetime:,} s asked for: the credential you signed with expires "
+                     f"then (delegate from your certificate, not a proxy, for the whole lifetime)")
+    print_result(args, outcome, text)
+    return EXIT_OK
+
+
+def _delegation(args) -> int:
+    client = _client(args)
+    if args.destroy:
+        destroyed = client.destroy_delegation()
+        print_result(args, {"destroyed": destroyed},
+                     "destroyed: JARM holds no delegation of yours now" if destroyed
+                     else "JARM held no delegation of yours: nothing to destroy")
+        return EXIT_OK
+    delegation = client.delegation()
+    print_result(args, {"delegation": delegation},
+                 "JARM holds no delegation of yours (gridcredit jarm delegate)" if delegation is None
+                 else delegation_text(delegation))
+    return EXIT_OK
+
+def reservation_text(view) -> str:
+    lines = [f"{view.reservation_id}: job {view.key.job} (run {view.key.restarts}) of {view.user} ({view.user_dn}), "
+             f"account {view.account}: {view.state}" + (f", pending {view.pending}" if view.pending else "")]
+    if view.hold_id:
+        lines.append(f"  hold {view.hold_id}: {view.hold_amount:,} credits until {rfc3339(datetime_from_us(view.hold_expires_us))}"
+                     f" ({view.authority})")
+    lines.append(f"  estimate {view.estimate:,} credits by price version {view.version}; cost {view.cost:,}, charged "
+                 f"{view.charged:,} to {view.payee}" + (f", uncharged {view.uncharged:,}" if view.uncharged else ""))
+    if view.message:
+        lines.append(f"  {view.message}")
+    return "\n".join(lines)
+
+
+def _status(args) -> int:
+    view = _client(args).reservation(args.reservation_id)
+    print_result(args, view, reservation_text(view))
+    return EXIT_OK
+
+
+def _all_reservations(client, user_dn):
+    offset, page_size = 0, 1000
+    while True:
+        page = client.reservations(user_dn=user_dn, offset=offset, limit=page_size)
+        yield from page
+        if len(page) < page_size:
+            return
+        offset += page_size
+
+
+def _list_reservations(args) -> int:
+    found = list(_all_reservations(_client(args), args.user))
+    print_result(args, found, "\n".join(reservation_text(view) for view in found) or "no reservations")
+    return EXIT_OK
+
+
+def _unfunded(args) -> int:
+    """The runs admitted while the Bank did not answer (the site's admit_capped policy) and those
+    the Bank charged less than they cost, with how each was settled."""
+    found = [view for view in _all_reservations(_client(args), None)
+             if not view.authority or view.message.startswith("unfunded") or view.uncharged]
+    rows = []
+    for view in found:
+        if view.state == "charged" and not view.uncharged:
+            how = f"settled: {view.charged:,} credits charged"
+        elif view.state == "charged":
+            how = f"charged {view.charged:,} of {view.cost:,} credits: {view.uncharged:,} uncharged"
+        else:
+            how = f"not settled yet ({view.state}{', pending ' + view.pending if view.pending else ''})"
+        rows.append({"reservation": view, "settlement": how})
+    text = "\n".join(f"{row['reservation'].reservation_id} job {row['reservation'].key.job} account "
+                     f"{row['reservation'].account}: {row['settlement']}" for row in rows)
+    print_result(args, rows, text or "no unfunded runs")
+    return EXIT_OK
+
+
+def _reconcile(args) -> int:
+    done = _client(args).reconcile()
+    print_result(args, done, f"{done['ended']} run(s) found ended, {done['steps']} step(s) tried "
+                             f"({done['left']} still pending), {done['extended']} hold(s) extended")
+    return EXIT_OK
+
+
+def _slurm_hook(args, which) -> int:
+    from .slurm import hooks
+
+    config = args.local.config().jarm
+    scontrol = args.scontrol or (f"{config.slurm_bin_dir}/scontrol" if config.slurm_bin_dir else "scontrol")
+    return which(_client(args), scontrol=scontrol)
+
+
 def _whoami(args) -> int:
     return show_identity(args, _client(args), "JARM")
 
 
 def register(subparsers) -> None:
-    group = CommandGroup(subparsers, "jarm", help="the site's prices and quotes (JARM)",
+    group = CommandGroup(subparsers, "jarm", help="the site's prices, quotes and job reservations (JARM)",
                          description="The Job Account Reservation Manager's Price Authority: the site's price tables "
                                      "(versioned, set by price administrators) and quotes. --json prints results "
                                      "for scripts. Exit codes: 0 done, 1 refused or failed, 2 usage.",
@@ -310,5 +452,37 @@ def register(subparsers) -> None:
                    help="guarantee the quote for S seconds (a reservation presenting its id is priced by it)")
     p.add_argument("--quote-id", metavar="ID", help="the guaranteed quote's id (default: a fresh one)")
 
+    p = command("delegate", "hand JARM a proxy of your credential, its key made by JARM (GSI delegation), for "
+                            "the holds of your jobs",
+                "gridcredit jarm delegate --lifetime 7d --renew-within 1d", _delegate)
+    p.add_argument("--lifetime", type=_lifetime_type, default=DELEGATE_LIFETIME_S, metavar="DURATION",
+                   help=f"how long the delegation lasts (e.g. 12h, 7d; {LIFETIME_S_MIN // 3600} h to "
+                        f"{LIFETIME_S_MAX // 86_400} d, default 7d), at most your credential's own lifetime")
+    p.add_argument("--renew-within", type=_renew_within_type, metavar="DURATION",
+                   help="only when JARM holds no delegation of yours valid for longer than this (e.g. 1d): "
+                        "for cron; exit 0 when nothing was due")
+    p = command("delegation", "the delegation JARM holds for you (or --destroy it)", "gridcredit jarm delegation",
+                _delegation)
+    p.add_argument("--destroy", action="store_true", help="have JARM delete your delegation and its key")
+
+    p = command("status", "a reservation: its hold, cost and charge", "gridcredit jarm status r-cluster1-1234-0",
+                _status)
+    p.add_argument("reservation_id", metavar="RESERVATION", help="r-<cluster>-<job>[.<task>]-<run>")
+    p = command("list", "your reservations (controllers and price administrators: anyone's or everyone's)",
+                "gridcredit jarm list --user '/DC=org/CN=Alice'", _list_reservations)
+    p.add_argument("--user", metavar="DN", help="this user's (default: yours; everyone's for controllers)")
+    command("unfunded", "runs admitted while the Bank did not answer, or charged less than they cost, and how "
+                        "each was settled (controllers)", "gridcredit jarm unfunded --json", _unfunded)
+    command("reconcile", "one pass of the JARM's reconciler now: pending Bank work, ended runs, extensions "
+                         "(controllers)", "gridcredit jarm reconcile", _reconcile)
+    from .slurm import hooks
+    for name, which, summary in (("prolog", hooks.prolog, "Slurm's PrologSlurmctld: reserve the starting job "
+                                                          "(exit 1 and a user hold when refused)"),
+                                 ("epilog", hooks.epilog, "Slurm's EpilogSlurmctld: report the job's end (always "
+                                                          "exit 0: the reconciler finds what this misses)")):
+        p = command(name, summary, f"PrologSlurmctld=/etc/slurm/jarm-{name} (a script running gridcredit jarm {name})",
+                    lambda args, which=which: _slurm_hook(args, which))
+        p.add_argument("--scontrol", metavar="PATH", help="Slurm's scontrol (default: [jarm] slurm_bin_dir's, else "
+                                                          "the PATH)")
     command("whoami", "make a signed call and show who the JARM thinks you are", "gridcredit jarm whoami", _whoami)
     add_agent_commands(commands)       # agent, agent-hook: the admission agent on the Slurm controller (agent.py)

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Iterable
 
 from gridcredit.client import Effect, InvalidRequest, OutcomeUnknown, ServiceClient
 from gridcredit.timeunits import datetime_to_us
-from gridcredit.wiretypes import array_items
+from gridcredit.errors import RemoteFault
+from gridcredit.wiretypes import array_items, from_wire
 
+from .reservations import JobKey
+from .delegation import DELEGATION_COMPLETED, Delegation, PendingDelegation, proxy_for_request
 from .store import StoredTable
 from .types import (Cost, CostLine, JobRequest, LoadPricing, MemoryBasis, Metric, Multiplier, PriceTable,
                     PricingBasis, Quote, Rate)
@@ -45,6 +48,55 @@ class Quoted:
     quote: Quote
     replayed: bool
 
+
+@dataclass(frozen=True, slots=True)
+class ReservationView:
+    """A reservation as the JARM shows it (ReservationInfo): ``admitted`` whether the job may run on it,
+    ``message`` why not (or the last error); credits whole."""
+
+    reservation_id: str
+    key: JobKey
+    user: str
+    user_dn: str
+    account: str
+    payee: str
+    state: str
+    pending: str
+    admitted: bool
+    message: str
+    authority: str
+    version: int
+    estimate: int
+    hold_id: str
+    hold_amount: int
+    hold_expires_us: int
+    cost: int
+    charged: int
+    uncharged: int
+    created_us: int
+    updated_us: int
+
+
+def _reservation(info) -> ReservationView:
+    key = info.key
+    return ReservationView(
+        info.reservation_id, JobKey(key.cluster, key.job_id, key.array_task, key.restarts), info.user, info.user_dn,
+        info.account, info.payee, info.state, info.pending or "", info.admitted, info.message or "",
+        info.authority or "", info.version, info.estimate, info.hold_id or "", info.hold_amount,
+        info.hold_expires_us or 0, info.cost, info.charged, info.uncharged, info.created_us, info.updated_us)
+
+
+def _key_wire(key: JobKey) -> dict:
+    return {"cluster": key.cluster, "job_id": key.job_id, "array_task": key.array_task, "restarts": key.restarts}
+
+
+@dataclass(frozen=True, slots=True)
+class Delegated:
+    """What ``JarmClient.delegate`` did: ``delegation`` the one JARM holds now; ``delegated`` False when
+    it was valid beyond the renewal window and nothing was done."""
+
+    delegation: Delegation
+    delegated: bool
 
 def new_quote_id() -> str:
     """A fresh quote id: ``q-`` and 32 hex digits of a uuid4."""
@@ -116,6 +168,94 @@ class JarmClient(ServiceClient):
         return Quoted(_quote(answer), answer.replayed)
 
 
+    # -- reservations (the batch system's controller reports its jobs; users read theirs) --
+
+    def reserve(self, key: JobKey, *, user: str, account: str, request: JobRequest) -> ReservationView:
+        """A job about to run: priced and held at the Bank (``admitted`` False: it must not run). Safe to
+        repeat: a run is reserved once (its key), and the Bank's requests carry the run's ids."""
+        answer = self.invoke("Reserve", {
+            "key": _key_wire(key), "user": user, "account": account,
+            "request": {"partition": request.partition, "qos": request.qos, "cores": request.cores,
+                        "time_limit_s": request.time_limit_s, "memory_mb": request.memory_mb, "gpus": request.gpus,
+                        "nodes": request.nodes}}, effect=Effect.ONCE_PER_KEY, request_id=key.reservation_id)
+        return _reservation(answer)
+
+    def extend(self, key: JobKey, *, time_limit_s: int | None = None) -> ReservationView:
+        """The job runs on (``time_limit_s`` None) or its time limit was raised: extend its hold."""
+        return _reservation(self.invoke("Extend", {"key": _key_wire(key), "time_limit_s": time_limit_s},
+                                        effect=Effect.ONCE_PER_KEY,
+                                        request_id=f"{key.reservation_id}:extend:{time_limit_s}"))
+
+    def reconcile(self) -> dict[str, int]:
+        """One pass of the JARM's reconciler now: {ended, steps, left, extended}."""
+        answer = self.invoke("Reconcile", {}, effect=Effect.ONCE_PER_KEY)
+        return {name: getattr(answer, name) for name in ("ended", "steps", "left", "extended")}
+
+    def complete(self, key: JobKey) -> ReservationView:
+        """The run ended: the JARM reads its usage from Slurm's accounting and charges it."""
+        return _reservation(self.invoke("Complete", {"key": _key_wire(key)}, effect=Effect.ONCE_PER_KEY,
+                                        request_id=key.reservation_id))
+
+    def cancel(self, key: JobKey) -> ReservationView:
+        """The job will not run: what is held for it is released."""
+        return _reservation(self.invoke("Cancel", {"key": _key_wire(key)}, effect=Effect.ONCE_PER_KEY,
+                                        request_id=key.reservation_id))
+
+    def reservation(self, reservation_id: str) -> ReservationView:
+        return _reservation(self.invoke("GetReservation", {"reservation_id": reservation_id}))
+
+    def reservations(self, *, user_dn: str | None = None, offset: int = 0, limit: int = 100) -> list[ReservationView]:
+        """``user_dn``'s reservations; None: your own — everyone's for the controllers and the price
+        administrators (who may name any user)."""
+        answer = self.invoke("ListReservations", {"user_dn": user_dn, "offset": offset, "limit": limit})
+        return [_reservation(info) for info in array_items(answer, "ReservationInfo")]
+
+    # -- delegation (delegation.py): the caller's own proxy, its key made by the JARM
+
+    def request_delegation(self, *, lifetime_s: int) -> PendingDelegation:
+        """A pending delegation request of the caller's (it replaces theirs): the JARM's new public key
+        as a PKCS#10 request. Sent again when unanswered: the request made last is the one pending."""
+        return from_wire(PendingDelegation, self.invoke("RequestDelegation", {"lifetime_s": lifetime_s},
+                                                        effect=Effect.ONCE_PER_KEY))
+
+    def complete_delegation(self, delegation_id: str, chain_pem: str) -> Delegation:
+        """Hand the JARM the proxy chain signed for request ``delegation_id`` (completed once: a repeat
+        is refused with ``DelegationCompleted``)."""
+        return from_wire(Delegation, self.invoke("CompleteDelegation", {"delegation_id": delegation_id,
+                                                                        "chain_pem": chain_pem},
+                                                 effect=Effect.ONCE_PER_KEY, request_id=delegation_id))
+
+    def delegation(self) -> Delegation | None:
+        """The caller's delegation the JARM holds (an expired one too, until it is swept), or None."""
+        answer = self.invoke("GetDelegation")
+        return None if answer is None else from_wire(Delegation, answer)
+
+    def destroy_delegation(self) -> bool:
+        """Have the JARM delete the caller's delegation (and pending request); whether there was one."""
+        return bool(self.invoke("DestroyDelegation", effect=Effect.ONCE_PER_KEY))
+
+    def delegate(self, *, lifetime_s: int, renew_within_s: int | None = None) -> Delegated:
+        """Delegate this client's credential to the JARM for ``lifetime_s`` (GSI-style: the JARM makes
+        the key, this signs a proxy for it, ``delegation.proxy_for_request``). With ``renew_within_s``,
+        only when the JARM holds no delegation of the caller's that is valid for longer than that."""
+        if renew_within_s is not None:
+            current = self.delegation()
+            if current is not None and current.not_after_us > datetime_to_us(datetime.now(timezone.utc)) \
+                    + renew_within_s * 1_000_000:
+                return Delegated(current, False)
+        pending = self.request_delegation(lifetime_s=lifetime_s)
+        chain_pem = proxy_for_request(self.credential, pending.csr_pem, lifetime_s=lifetime_s)
+        try:
+            return Delegated(self.complete_delegation(pending.delegation_id, chain_pem), True)
+        except (OutcomeUnknown, RemoteFault) as error:   # a lost answer: did the first attempt store it?
+            if isinstance(error, RemoteFault) and error.code != DELEGATION_COMPLETED:
+                raise
+            current = self.delegation()
+            if current is None or current.delegation_id != pending.delegation_id:
+                raise
+            return Delegated(current, True)
+
+
 def _us(moment: datetime) -> int:
     try:
         return datetime_to_us(moment)
@@ -123,4 +263,4 @@ def _us(moment: datetime) -> int:
         raise InvalidRequest(str(error)) from None
 
 
-__all__ = ["JarmClient", "OutcomeUnknown", "PriceTableReceipt", "Quoted", "new_quote_id"]
+__all__ = ["Delegated", "JarmClient", "OutcomeUnknown", "PriceTableReceipt", "Quoted", "ReservationView", "new_quote_id"]

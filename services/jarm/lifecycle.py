@@ -55,7 +55,7 @@ class SlurmJob:
     request: JobRequest
 
 
-class Refused(GridcreditError):
+class _Refused(GridcreditError):
     """The Bank refused a step (``code``: its reason, e.g. InsufficientFunds, NotAuthorized)."""
 
     def __init__(self, message: str, code: str) -> None:
@@ -63,7 +63,7 @@ class Refused(GridcreditError):
         self.code = code
 
 
-class Unreachable(GridcreditError):
+class _Unreachable(GridcreditError):
     """The Bank gave no answer (or a server fault): the step stays pending."""
 
 
@@ -76,12 +76,12 @@ def _bank_call(what: str, call: Callable[[], object]):
         return call()
     except RemoteFault as fault:
         if ":Client" in f":{fault.faultcode}" or fault.faultcode.split(":")[-1].startswith("Client"):
-            raise Refused(fault.text, fault.code) from None
-        raise Unreachable(f"{what}: the Bank answered {fault.faultcode}: {fault.text}") from None
+            raise _Refused(fault.text, fault.code) from None
+        raise _Unreachable(f"{what}: the Bank answered {fault.faultcode}: {fault.text}") from None
     except GridcreditError as error:
-        raise Unreachable(f"{what}: {type(error).__name__}: {error}") from None
+        raise _Unreachable(f"{what}: {type(error).__name__}: {error}") from None
     except OSError as error:
-        raise Unreachable(f"{what}: {type(error).__name__}: {error}") from None
+        raise _Unreachable(f"{what}: {type(error).__name__}: {error}") from None
 
 
 @dataclass
@@ -97,7 +97,7 @@ class Banker:
         if authority is Authority.DELEGATED:
             credential = self.delegated(user_dn)
             if credential is None:
-                raise Refused(f"the proxy {user_dn} delegated to this JARM has expired or was destroyed: delegate "
+                raise _Refused(f"the proxy {user_dn} delegated to this JARM has expired or was destroyed: delegate "
                               f"again (gridcredit jarm delegate)", "DelegationExpired")
             return self.site.as_credential(credential)
         return self.site
@@ -160,9 +160,9 @@ class Lifecycle:
                               rsv.RESERVATION_STATE)
         try:
             return self.extend(reservation, time_limit_s)
-        except Refused as refusal:
+        except _Refused as refusal:
             raise DomainError(f"the Bank refused to extend hold {reservation.hold_id}: {refusal}", refusal.code) from None
-        except Unreachable as error:
+        except _Unreachable as error:
             raise DomainError(f"the Bank does not answer: {error}; the reconciler tries again", BANK_UNREACHABLE) from None
 
     def cancel(self, key: JobKey) -> Reservation:
@@ -192,7 +192,7 @@ class Lifecycle:
         try:
             after = step(reservation)
             return after, (after.pending, after.state) != (reservation.pending, reservation.state)
-        except Unreachable as error:
+        except _Unreachable as error:
             log.warning("jarm %s: %s not done now: %s", rid, reservation.pending.value, error)
             if reservation.state is State.RESERVING:
                 if self.settings.bank_unreachable == "admit_capped":
@@ -216,7 +216,7 @@ class Lifecycle:
                 found, hold_id="", amount=0, expires_us=expires_us, now_us=now_us))
         try:
             receipt = self._create_hold(reservation, amount, expires_us, "hold")
-        except Refused as refusal:
+        except _Refused as refusal:
             message = self._refusal(reservation, amount, refusal)
             log.info("jarm %s: hold of %d credits on %s refused: %s", rid, amount, reservation.account, message)
             if completing:
@@ -243,7 +243,7 @@ class Lifecycle:
         return _bank_call(f"the hold of {reservation.reservation_id}",
                           lambda: bank.create_hold(reservation.account, **arguments))
 
-    def _refusal(self, reservation: Reservation, amount: int, refusal: Refused) -> str:
+    def _refusal(self, reservation: Reservation, amount: int, refusal: _Refused) -> str:
         if refusal.code != "InsufficientFunds":
             return f"JARM: job {reservation.key.job} refused: the Bank refused a hold of {amount:,} credits on " \
                    f"account {reservation.account}: {refusal} [{refusal.code}]"
@@ -290,7 +290,7 @@ class Lifecycle:
             _bank_call(f"the settlement of {rid}", lambda: bank.settle_hold(
                 reservation.hold_id, payee_account_id=reservation.payee, amount=amount,
                 request_id=rsv.bank_request_id(rid, "settle")))
-        except Refused as refusal:
+        except _Refused as refusal:
             return self.reservations.change(rid, lambda found: rsv.failed_attempt(
                 found, error=f"the Bank refused the settlement: {refusal} [{refusal.code}]", now_us=self.clock()))
         log.info("jarm %s: charged %d of %d credits held (cost %d) to %s", rid, amount, reservation.hold_amount,
@@ -307,14 +307,14 @@ class Lifecycle:
                 receipt = self._create_hold(reservation, reservation.estimate,
                                             self.clock() + self.settings.hold_grace_s * US, "hold")
                 hold_id = receipt.transaction.hold_id
-            except Refused:
+            except _Refused:
                 hold_id = ""
         if hold_id:
             bank = self.banker.site
             try:
                 _bank_call(f"the release of {rid}", lambda: bank.release_hold(
                     hold_id, request_id=rsv.bank_request_id(rid, "release")))
-            except Refused as refusal:
+            except _Refused as refusal:
                 if refusal.code not in ("HoldEnded", "HoldExpired"):
                     return self.reservations.change(rid, lambda found: rsv.failed_attempt(
                         found, error=f"the Bank refused the release: {refusal} [{refusal.code}]", now_us=self.clock()))
@@ -356,7 +356,7 @@ class Lifecycle:
                 try:
                     self.extend(reservation, limit_s if raised else None)
                     done["extended"] += 1
-                except (Refused, Unreachable, DomainError) as error:
+                except (_Refused, _Unreachable, DomainError) as error:
                     log.warning("jarm %s: hold %s not extended: %s", reservation.reservation_id, reservation.hold_id,
                                 error)
         return done

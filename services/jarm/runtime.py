@@ -13,6 +13,7 @@ from gridcredit.contract import BuildContext, TaskContext
 from gridcredit.errors import GridcreditError, StoreError
 from gridcredit.timeunits import now_us
 
+from .delegation import DelegationStore, open_delegations
 from .policy import JarmPolicy
 from .store import PriceStore
 
@@ -35,6 +36,8 @@ class Jarm:
     site: str
     quote_guarantee_s_max: int
     quotes_per_requester_max: int
+    # users' delegated proxies (delegation.py): ``delegations.credential_for(dn, valid_for_s=…)`` signs as them
+    delegations: DelegationStore
     lifecycle: "Lifecycle | None" = None      # None: the site makes no reservations (no site_account)
     send_usage_records: Callable[[], object] | None = None   # the spool of usage records → the LUTS
 
@@ -49,7 +52,8 @@ def build(context: BuildContext) -> Jarm:
         controllers.add(host_dn)
     return Jarm(prices, JarmPolicy(price_admins=frozenset(settings.price_admins), controllers=frozenset(controllers)),
                 site=settings.site, quote_guarantee_s_max=settings.quote_guarantee_s_max,
-                quotes_per_requester_max=settings.quotes_per_requester_max, lifecycle=lifecycle,
+                quotes_per_requester_max=settings.quotes_per_requester_max,
+                delegations=open_delegations(context.config, context.store, files=context.files), lifecycle=lifecycle,
                 send_usage_records=send)
 
 

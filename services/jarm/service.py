@@ -11,6 +11,16 @@ cost whole credits (``credits``) with its exact amount ``exact_numerator / exact
     GetPriceTable   the version in force now, or at ``at_us``, or version ``version``
     Quote           the cost of a request by the version in force now; with ``guarantee_s`` a
                     guaranteed quote kept under ``quote_id`` until ``valid_until_us``
+    RequestDelegation, CompleteDelegation, GetDelegation, DestroyDelegation
+                    the caller's own proxy delegated to the JARM, GSI-style (delegation.py): the
+                    JARM makes the key pair, the caller signs a proxy for its public key
+    Reserve         a job about to run (the PrologSlurmctld): priced, then held at the Bank —
+                    ``admitted`` false says why the job must not run (``message``, for its user)
+    Extend          the job runs on, or its time limit was raised: its hold is extended
+    Complete        the job's run ended (the EpilogSlurmctld): its usage is read, priced and charged
+    Cancel          the job will not run: what is held is released
+    GetReservation, ListReservations   a reservation, a user's reservations
+    Reconcile       one pass of the reconciler now (it runs every reconcile_interval_s anyway)
 
 The partition's occupancy for load-priced rates is the site's to measure, never the caller's to
 state (a caller naming a low load would lock in the least multiplier): a Quote takes none, and a
@@ -25,6 +35,10 @@ from gridcredit.timeunits import now_us
 from gridcredit.wiretypes import complex_model, wire_values
 
 from . import policy, pricing
+from .delegation import Delegation, PendingDelegation
+from .lifecycle import SlurmJob
+from .reservations import JobKey, Reservation, State
+from .reservation_store import PAGE_MAX
 from .store import PriceChange, StoredTable
 from .types import (INVALID_PRICE_TABLE, INVALID_QUOTE, RATES_MAX, JobRequest, LoadPricing, MemoryBasis, Metric, Quote,
                     Rate)
@@ -94,6 +108,42 @@ class QuoteInfo(ComplexModel):
                   ("valid_until_us", Long(**Optional)), ("replayed", Boolean(**Required))]
 
 
+class JobKeyInfo(ComplexModel):
+    """One run of a job: ``array_task`` absent for a plain job, ``restarts`` Slurm's restart count."""
+    __namespace__ = NAMESPACE
+    _type_info = [("cluster", Unicode(**Required)), ("job_id", Long(**Required)), ("array_task", Long(**Optional)),
+                  ("restarts", Long(**Required))]
+
+
+class ReservationInfo(ComplexModel):
+    """A reservation; ``admitted``: the job may run on it (held, or unfunded by the site's policy);
+    ``message``: why not, for the job's user. Credits are whole; ``uncharged`` what the hold could not
+    cover."""
+    __namespace__ = NAMESPACE
+    _type_info = [("reservation_id", Unicode(**Required)), ("key", JobKeyInfo.customize(**Required)),
+                  ("user", Unicode(**Required)), ("user_dn", Unicode(**Required)), ("account", Unicode(**Required)),
+                  ("payee", Unicode(**Required)), ("state", Unicode(**Required)), ("pending", Unicode(**Optional)),
+                  ("admitted", Boolean(**Required)), ("message", Unicode(**Optional)),
+                  ("authority", Unicode(**Optional)), ("version", Long(**Required)), ("estimate", Long(**Required)),
+                  ("hold_id", Unicode(**Optional)), ("hold_amount", Long(**Required)),
+                  ("hold_expires_us", Long(**Optional)), ("cost", Long(**Required)), ("charged", Long(**Required)),
+                  ("uncharged", Long(**Required)), ("created_us", Long(**Required)), ("updated_us", Long(**Required))]
+
+
+# A pending delegation (RequestDelegation): sign an RFC 3820 proxy of your credential for the public key of
+# ``csr_pem`` (PKCS#10) and send the chain with CompleteDelegation before ``expires_us``.
+DelegationRequestInfo = complex_model(PendingDelegation, "DelegationRequestInfo", NAMESPACE)
+# A delegation the JARM holds for its caller (never its key): ``dn`` the identity, ``proxy_dn`` the proxy's
+# own DN, its validity (``not_after_us``: the earliest expiry on its chain), when it was stored.
+DelegationInfo = complex_model(Delegation, "DelegationInfo", NAMESPACE)
+
+class ReconcileReport(ComplexModel):
+    """One pass of the reconciler: runs found ended, pending steps tried (and still left), holds extended."""
+    __namespace__ = NAMESPACE
+    _type_info = [("ended", Long(**Required)), ("steps", Long(**Required)), ("left", Long(**Required)),
+                  ("extended", Long(**Required))]
+
+
 # -- decoding -------------------------------------------------------------------------------------
 
 
@@ -154,6 +204,36 @@ def _quote_info(quote: Quote, replayed: bool) -> QuoteInfo:
         issued_us=quote.issued_us, valid_until_us=quote.valid_until_us, replayed=replayed)
 
 
+def _key(info: JobKeyInfo) -> JobKey:
+    if info is None:
+        raise DomainError("no job was named: give its cluster, job id and restart count", "InvalidJob")
+    return JobKey(info.cluster, info.job_id, info.array_task, info.restarts)
+
+
+def _reservation_info(reservation: Reservation) -> ReservationInfo:
+    key = reservation.key
+    admitted = reservation.state in (State.HELD, State.UNFUNDED, State.COMPLETING, State.CHARGED)
+    return ReservationInfo(
+        reservation_id=reservation.reservation_id,
+        key=JobKeyInfo(cluster=key.cluster, job_id=key.job_id, array_task=key.array_task, restarts=key.restarts),
+        user=reservation.user, user_dn=reservation.user_dn, account=reservation.account, payee=reservation.payee,
+        state=reservation.state.value, pending=reservation.pending.value or None, admitted=admitted,
+        message=reservation.note or None,
+        authority=None if reservation.authority is None else reservation.authority.value,
+        version=reservation.basis.version, estimate=reservation.estimate, hold_id=reservation.hold_id or None,
+        hold_amount=reservation.hold_amount, hold_expires_us=reservation.hold_expires_us or None,
+        cost=reservation.cost, charged=reservation.charged, uncharged=reservation.uncharged,
+        created_us=reservation.created_us, updated_us=reservation.updated_us)
+
+
+def _lifecycle(ctx):
+    jarm = runtime_of(ctx).jarm
+    if jarm.lifecycle is None:
+        raise DomainError(f"site {jarm.site} makes no reservations: its [jarm] section names no site_account",
+                          "ReservationsDisabled")
+    return jarm.lifecycle
+
+
 # -- operations -----------------------------------------------------------------------------------
 
 
@@ -200,5 +280,97 @@ class JarmService(GridcreditService):
                                                   active_max=jarm.quotes_per_requester_max)
         return _quote_info(stored.quote, replayed)
 
+
+    @operation(JobKeyInfo.customize(**Required), Unicode(**Required), Unicode(**Required),
+               JobRequestInfo.customize(**Required), _returns=ReservationInfo, _operation_name="Reserve")
+    def reserve(ctx, key, user, account, request):
+        jarm = runtime_of(ctx).jarm
+        policy.authorize_report_job(jarm.policy, principal_of(ctx), "Reserve")
+        if request is None:
+            raise DomainError("no job request was sent", "InvalidJob")
+        job = SlurmJob(_key(key), user, account, JobRequest(request.partition, request.qos, request.cores,
+                                                            request.time_limit_s, request.memory_mb, request.gpus,
+                                                            request.nodes))
+        return _reservation_info(_lifecycle(ctx).reserve(job))
+
+    @operation(JobKeyInfo.customize(**Required), Long(**Optional), _returns=ReservationInfo, _operation_name="Extend")
+    def extend(ctx, key, time_limit_s):
+        policy.authorize_report_job(runtime_of(ctx).jarm.policy, principal_of(ctx), "Extend")
+        return _reservation_info(_lifecycle(ctx).extend_job(_key(key), time_limit_s))
+
+    @operation(_returns=ReconcileReport, _operation_name="Reconcile")
+    def reconcile(ctx):
+        policy.authorize_reconcile(runtime_of(ctx).jarm.policy, principal_of(ctx))
+        return ReconcileReport(**_lifecycle(ctx).reconcile_once())
+
+    @operation(JobKeyInfo.customize(**Required), _returns=ReservationInfo, _operation_name="Complete")
+    def complete(ctx, key):
+        policy.authorize_report_job(runtime_of(ctx).jarm.policy, principal_of(ctx), "Complete")
+        return _reservation_info(_lifecycle(ctx).ended(_key(key)))
+
+    @operation(JobKeyInfo.customize(**Required), _returns=ReservationInfo, _operation_name="Cancel")
+    def cancel(ctx, key):
+        policy.authorize_report_job(runtime_of(ctx).jarm.policy, principal_of(ctx), "Cancel")
+        return _reservation_info(_lifecycle(ctx).cancel(_key(key)))
+
+    @operation(Unicode(**Required), _returns=ReservationInfo, _operation_name="GetReservation")
+    def get_reservation(ctx, reservation_id):
+        jarm = runtime_of(ctx).jarm
+        found = None
+        if jarm.lifecycle is not None and isinstance(reservation_id, str):
+            found = jarm.lifecycle.reservations.get(reservation_id)
+        policy.authorize_view_reservation(jarm.policy, principal_of(ctx), "" if found is None else found.user_dn)
+        _lifecycle(ctx)
+        if found is None:
+            raise DomainError(f"there is no reservation {reservation_id}", "UnknownReservation")
+        return _reservation_info(found)
+
+    @operation(Unicode(**Optional), Long(**Optional), Long(**Optional), _returns=Array(ReservationInfo),
+               _operation_name="ListReservations")
+    def list_reservations(ctx, user_dn, offset, limit):
+        jarm = runtime_of(ctx).jarm
+        principal = principal_of(ctx)
+        overseer = principal.dn in jarm.policy.controllers or principal.dn in jarm.policy.price_admins
+        user_dn = user_dn or (None if overseer else principal.dn)
+        policy.authorize_list_reservations(jarm.policy, principal, user_dn)
+        offset, limit = offset or 0, 100 if limit is None else limit
+        if not 0 <= offset <= 10**9 or not 1 <= limit <= PAGE_MAX:
+            raise DomainError(f"offset must be 0 or more and limit 1-{PAGE_MAX}, not {offset} and {limit}",
+                              "InvalidArgument")
+        lifecycle = _lifecycle(ctx)
+        if user_dn is None:
+            found = list(lifecycle.reservations.page(offset=offset, limit=limit))
+        else:
+            found = lifecycle.reservations.of_user(user_dn, offset=offset, limit=limit)
+        return [_reservation_info(reservation) for reservation in found]
+
+
+    # -- delegation (delegation.py): the caller's own, keyed by the caller's DN
+
+    @operation(Long(**Required), _returns=DelegationRequestInfo, _operation_name="RequestDelegation")
+    def request_delegation(ctx, lifetime_s):
+        principal = principal_of(ctx)
+        policy.authorize_delegation(principal, "RequestDelegation")
+        return DelegationRequestInfo(**wire_values(runtime_of(ctx).jarm.delegations.request(principal.dn, lifetime_s)))
+
+    @operation(Unicode(**Required), Unicode(**Required), _returns=DelegationInfo,
+               _operation_name="CompleteDelegation")
+    def complete_delegation(ctx, delegation_id, chain_pem):
+        principal = principal_of(ctx)
+        policy.authorize_delegation(principal, "CompleteDelegation")
+        delegation = runtime_of(ctx).jarm.delegations.complete(principal.dn, delegation_id, chain_pem)
+        return DelegationInfo(**wire_values(delegation))
+
+    @operation(_returns=DelegationInfo.customize(**Optional), _operation_name="GetDelegation")
+    def get_delegation(ctx):
+        policy.authorize_anyone("GetDelegation")
+        delegation = runtime_of(ctx).jarm.delegations.get(principal_of(ctx).dn)
+        return None if delegation is None else DelegationInfo(**wire_values(delegation))
+
+    @operation(_returns=Boolean(**Required), _operation_name="DestroyDelegation")
+    def destroy_delegation(ctx):
+        principal = principal_of(ctx)
+        policy.authorize_delegation(principal, "DestroyDelegation")
+        return runtime_of(ctx).jarm.delegations.destroy(principal.dn)
 
 SERVICES = [JarmService]
