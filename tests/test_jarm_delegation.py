@@ -38,6 +38,7 @@ from gridcredit.xmlstore import open_store
 
 from bank_fixtures import BankUsers, bank_host
 from cli_runner import Cli
+from lossy_proxy import lossy_proxy
 from store_fixtures import basex_server, open_from_spec, store_spec  # noqa: F401 — fixtures
 
 HOUR_S = 3_600
@@ -266,6 +267,21 @@ def test_a_new_request_replaces_the_pending_one(host, people, wire):
     assert refusal(lambda: client.complete_delegation(first.delegation_id, chain)).code == UNKNOWN_DELEGATION
     chain = proxy_for_request(people["bob"].credential, second.csr_pem, lifetime_s=HOUR_S)
     assert client.complete_delegation(second.delegation_id, chain).delegation_id == second.delegation_id
+
+
+@pytest.mark.parametrize("losses", [["bad-gateway"], ["bad-gateway"] * 4])
+def test_a_lost_answer_to_completedelegation_is_found_stored_not_refused(host, people, pki, losses):
+    """The first CompleteDelegation stored the delegation but its answer was lost: the client's retry is
+    refused (DelegationCompleted) or every attempt goes unanswered (OutcomeUnknown); either way
+    ``delegate`` finds the delegation it made with GetDelegation and reports it made."""
+    with lossy_proxy(host.url, pki) as lossy:
+        lossy.plan = {"CompleteDelegation": list(losses)}
+        client = JarmClient(lossy.url, credential=people["bob"].credential, trust_dir=pki.trust_dir, timeout_s=60,
+                            backoff_s=0.01)
+        outcome = client.delegate(lifetime_s=HOUR_S)
+        assert outcome.delegated and client.delegation() == outcome.delegation
+        assert lossy.forwarded.count("CompleteDelegation") == len(losses) + (1 if len(losses) == 1 else 0)
+        assert lossy.forwarded.count("RequestDelegation") == 1
 
 
 # ------------------------------------------------------------------------------------- the CLI
