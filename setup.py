@@ -16,6 +16,7 @@ PACKAGE_FOLDERS = {
     "gridcredit.services.bank": "services/bank",
     "gridcredit.services.luts": "services/luts",
     "gridcredit.services.jarm": "services/jarm",
+    "gridcredit.services.jarm.slurm": "services/jarm/slurm",   # Slurm's side: queue, hooks, accounting, the lua
     "gridcredit.services.auctioneer": "services/auctioneer",
     "gridcredit.server": "server",
     "gridcredit.wsdl_documents": "wsdl",     # the checked-in WSDLs, which the clients load (data only)
@@ -31,7 +32,7 @@ setup(
     packages=list(PACKAGE_FOLDERS),
     package_dir=PACKAGE_FOLDERS,
     package_data={"gridcredit.wsdl_documents": ["*.wsdl"],
-                  "gridcredit.services.jarm": ["slurm/*.lua"]},   # JARM's job_submit.lua template
+                  "gridcredit.services.jarm.slurm": ["*.lua"]},   # JARM's job_submit.lua template
     install_requires=[
         # xmlsec and lxml must link the same libxml2: this pair does (see PITFALLS).
         "lxml==6.1.3",

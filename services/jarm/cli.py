@@ -403,8 +403,12 @@ def _reconcile(args) -> int:
 def _slurm_hook(args, which) -> int:
     from .slurm import hooks
 
+    import shutil
+
     config = args.local.config().jarm
-    scontrol = args.scontrol or (f"{config.slurm_bin_dir}/scontrol" if config.slurm_bin_dir else "scontrol")
+    # Slurm runs its prologs and epilogs without a search path: find scontrol where Slurm installs it
+    scontrol = args.scontrol or (f"{config.slurm_bin_dir}/scontrol" if config.slurm_bin_dir else
+                                 shutil.which("scontrol", path="/usr/bin:/bin:/usr/local/bin") or "scontrol")
     return which(_client(args), scontrol=scontrol)
 
 

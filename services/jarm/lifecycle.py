@@ -142,7 +142,7 @@ class Lifecycle:
         account = self.settings.account_map.get(job.account, job.account)
         reservation = rsv.reserve(job.key, user=job.user, user_dn=dn, account=account, payee=self.settings.payee,
                                   request=job.request, basis=basis, estimate=estimate, authority=authority,
-                                  now_us=now_us)
+                                  now_us=now_us, hold_expires_us=now_us + self._hold_life_us(job.request))
         reservation, _created = self.reservations.create(reservation)
         return self._work_now(reservation)
 
@@ -205,12 +205,15 @@ class Lifecycle:
             return self.reservations.change(rid, lambda found: rsv.failed_attempt(found, error=str(error),
                                                                                   now_us=self.clock())), False
 
+    def _hold_life_us(self, request: JobRequest) -> int:
+        return (request.time_limit_s + self.settings.hold_grace_s) * US
+
     def _hold(self, reservation: Reservation) -> Reservation:
         rid = reservation.reservation_id
         completing = reservation.state is State.COMPLETING     # an unfunded run: hold its cost, then settle
         amount = reservation.cost if completing else reservation.estimate
         now_us = self.clock()
-        expires_us = now_us + (reservation.request.time_limit_s + self.settings.hold_grace_s) * US
+        expires_us = reservation.hold_expires_us       # fixed with the reservation: the same request each time
         if amount == 0:            # nothing to hold (a free rate): the run goes on without a hold
             return self.reservations.change(rid, lambda found: rsv.hold_made(
                 found, hold_id="", amount=0, expires_us=expires_us, now_us=now_us))
@@ -243,17 +246,11 @@ class Lifecycle:
         return _bank_call(f"the hold of {reservation.reservation_id}",
                           lambda: bank.create_hold(reservation.account, **arguments))
 
-    def _refusal(self, reservation: Reservation, amount: int, refusal: _Refused) -> str:
-        if refusal.code != "InsufficientFunds":
-            return f"JARM: job {reservation.key.job} refused: the Bank refused a hold of {amount:,} credits on " \
-                   f"account {reservation.account}: {refusal} [{refusal.code}]"
-        try:
-            available = self.banker.site.get_balance(reservation.account).available
-        except GridcreditError:
-            return f"JARM: job {reservation.key.job} refused: it may cost {amount:,} credits, more than account " \
-                   f"{reservation.account} has available ({refusal})"
-        return f"JARM: job {reservation.key.job} refused: it may cost {amount:,} credits, account " \
-               f"{reservation.account} has {available:,} available: short by {amount - available:,} credits"
+    @staticmethod
+    def _refusal(reservation: Reservation, amount: int, refusal: _Refused) -> str:
+        """What the job's user reads (the Bank's own words say the funds and the shortfall)."""
+        return f"JARM: job {reservation.key.job} refused: it may cost {amount:,} credits; the Bank refused the hold " \
+               f"on account {reservation.account}: {refusal} [{refusal.code}]"
 
     def _admit_unfunded(self, reservation: Reservation, why: str) -> Reservation:
         held = sum(other.estimate for other in self.reservations.in_states((State.UNFUNDED,))
@@ -277,8 +274,10 @@ class Lifecycle:
             return reservation          # not in Slurm's accounting yet: the reconciler comes back
         table = self.prices.table(reservation.basis.site, reservation.basis.version).table
         cost = pricing.charge(table, usage, reservation.basis).credits
+        now_us = self.clock()
         return self.reservations.change(reservation.reservation_id, lambda found: rsv.job_ended(
-            found, usage=usage, cost=cost, now_us=self.clock()))
+            found, usage=usage, cost=cost, now_us=now_us, hold_expires_us=now_us + self.settings.hold_grace_s * US
+            + self.settings.extend_margin_s * US))
 
     def _settle(self, reservation: Reservation) -> Reservation:
         rid = reservation.reservation_id
@@ -304,8 +303,7 @@ class Lifecycle:
             # the hold's request may have reached the Bank without its answer reaching us: asked again
             # under its request id, the Bank answers with the hold it made (or makes it now)
             try:
-                receipt = self._create_hold(reservation, reservation.estimate,
-                                            self.clock() + self.settings.hold_grace_s * US, "hold")
+                receipt = self._create_hold(reservation, reservation.estimate, reservation.hold_expires_us, "hold")
                 hold_id = receipt.transaction.hold_id
             except _Refused:
                 hold_id = ""

@@ -176,15 +176,18 @@ def _refuse_state(reservation: Reservation, action: str) -> DomainError:
 
 
 def reserve(key: JobKey, *, user: str, user_dn: str, account: str, payee: str, request: JobRequest,
-            basis: PricingBasis, estimate: int, authority: Authority | None, now_us: int) -> Reservation:
-    """A new reservation: a hold of ``estimate`` to make (``authority`` None: admitted unfunded)."""
+            basis: PricingBasis, estimate: int, authority: Authority | None, now_us: int,
+            hold_expires_us: int = 0) -> Reservation:
+    """A new reservation: a hold of ``estimate`` until ``hold_expires_us`` to make (``authority`` None:
+    admitted unfunded). The hold's amount and expiry are fixed here, once: a hold request repeated after
+    a crash must be the same request."""
     check_local_user(user)
     _check_whole(estimate, "an estimate (credits)", 0, CREDITS_MAX)
     if authority is None:
         return Reservation(key, user, user_dn, account, payee, request, basis, estimate, None, State.UNFUNDED,
                            Work.NONE, now_us, now_us)
     return Reservation(key, user, user_dn, account, payee, request, basis, estimate, authority, State.RESERVING,
-                       Work.HOLD, now_us, now_us)
+                       Work.HOLD, now_us, now_us, hold_expires_us=hold_expires_us)
 
 
 def hold_made(reservation: Reservation, *, hold_id: str, amount: int, expires_us: int, now_us: int) -> Reservation:
@@ -243,8 +246,10 @@ def run_ended(reservation: Reservation, *, now_us: int) -> Reservation:
     return reservation
 
 
-def job_ended(reservation: Reservation, *, usage: Usage, cost: int, now_us: int) -> Reservation:
-    """The run ended and was priced: settle it (an unfunded run first gets its hold)."""
+def job_ended(reservation: Reservation, *, usage: Usage, cost: int, now_us: int,
+              hold_expires_us: int = 0) -> Reservation:
+    """The run ended and was priced: settle it (an unfunded run first gets a hold of its cost, until
+    ``hold_expires_us``: fixed here, as a hold request repeated must be the same)."""
     _check_whole(cost, "a cost (credits)", 0, CREDITS_MAX)
     if reservation.pending is not Work.USAGE:
         raise _refuse_state(reservation, "priced")
@@ -255,7 +260,9 @@ def job_ended(reservation: Reservation, *, usage: Usage, cost: int, now_us: int)
     else:
         raise _refuse_state(reservation, "completed")
     state = State.CHARGED if pending is Work.REPORT else State.COMPLETING
-    return dataclasses.replace(reservation, state=state, pending=pending, usage=usage, cost=cost, updated_us=now_us)
+    expires_us = hold_expires_us if pending is Work.HOLD else reservation.hold_expires_us
+    return dataclasses.replace(reservation, state=state, pending=pending, usage=usage, cost=cost, updated_us=now_us,
+                               hold_expires_us=expires_us)
 
 
 def unfunded_hold_refused(reservation: Reservation, *, reason: str, now_us: int) -> Reservation:

@@ -24,6 +24,7 @@ log = logging.getLogger("gridcredit.services.jarm")
 QUOTE_SWEEP_S = 600            # how often expired guaranteed quotes are deleted
 BANK_TIMEOUT_S = 10.0          # a Bank call of the lifecycle (the prolog waits for the hold)
 SLURM_TIMEOUT_S = 30.0         # sacct, scontrol
+DELEGATION_VALID_FOR_S = 300   # a delegated proxy closer to its end than this is not used for a hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,22 +47,23 @@ def build(context: BuildContext) -> Jarm:
     settings = context.config.jarm
     prices = PriceStore(context.store)
     controllers = set(settings.controllers)
+    delegations = open_delegations(context.config, context.store, files=context.files)
     lifecycle = send = None
     if settings.site_account and context.files is not None:
-        lifecycle, host_dn, send = _build_lifecycle(context, prices)
+        lifecycle, host_dn, send = _build_lifecycle(context, prices, delegations)
         controllers.add(host_dn)
     return Jarm(prices, JarmPolicy(price_admins=frozenset(settings.price_admins), controllers=frozenset(controllers)),
                 site=settings.site, quote_guarantee_s_max=settings.quote_guarantee_s_max,
                 quotes_per_requester_max=settings.quotes_per_requester_max,
-                delegations=open_delegations(context.config, context.store, files=context.files), lifecycle=lifecycle,
-                send_usage_records=send)
+                delegations=delegations, lifecycle=lifecycle, send_usage_records=send)
 
 
 def _service_url(explicit: str, config) -> str:
     return explicit or f"https://localhost:{config.server.port}"
 
 
-def _build_lifecycle(context: BuildContext, prices: PriceStore) -> tuple["Lifecycle", str, Callable[[], object]]:
+def _build_lifecycle(context: BuildContext, prices: PriceStore, delegations: DelegationStore
+                     ) -> tuple["Lifecycle", str, Callable[[], object]]:
     from gridcredit.security.credentials import load_credential
 
     from ..bank.client import BankClient
@@ -74,7 +76,8 @@ def _build_lifecycle(context: BuildContext, prices: PriceStore) -> tuple["Lifecy
     credential = load_credential(cert_path=str(files.host_cert), key_path=str(files.host_key))
     bank = BankClient(_service_url(settings.bank_url, config), credential=credential, trust_dir=files.trust_dir,
                       timeout_s=BANK_TIMEOUT_S, retries=1)
-    delegated = lambda dn: None       # noqa: E731 — until delegation.py is joined: every hold by the site's grant
+    # a user's delegated proxy, valid long enough for the hold's request: the Bank sees the user
+    delegated = lambda dn: delegations.credential_for(dn, valid_for_s=DELEGATION_VALID_FOR_S)  # noqa: E731
     banker = Banker(site=bank, delegated=delegated, site_dn=credential.identity_dn)
     account_map = dict(entry.split("=", 1) for entry in settings.account_map)
     lifecycle_settings = Settings(site=settings.site, payee=settings.site_account, hold_grace_s=settings.hold_grace_s,
@@ -82,7 +85,7 @@ def _build_lifecycle(context: BuildContext, prices: PriceStore) -> tuple["Lifecy
                                   unfunded_cap_credits=settings.unfunded_cap_credits,
                                   extend_margin_s=settings.extend_margin_s, account_map=account_map)
     scontrol = _slurm_command(settings.slurm_bin_dir, "scontrol")
-    report = _reporter(config)
+    report = _reporter(config, files.host_cert)
     lifecycle = Lifecycle(ReservationStore(context.store), prices, banker, lifecycle_settings,
                           user_dn=resolver(GridMap(settings.grid_mapfile), delegated),
                           read_usage=_usage_reader(settings), report=report,
@@ -108,11 +111,25 @@ def _usage_reader(settings):
     return read
 
 
-def _reporter(config):
-    """The step after the charge: the run's OGF usage record (UR 2.0, with its charge) into the spool
-    the reconciler sends to the LUTS (services/luts/spool.py: durable once added)."""
+def _machine_name(host_cert) -> str:
+    """The MachineName of the JARM's usage records: the host certificate's first DNS name (the LUTS lets a
+    host publish the records of the machine its certificate names), else this host's name."""
     import socket
 
+    from cryptography import x509
+
+    certificate = x509.load_pem_x509_certificate(open(host_cert, "rb").read())
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = names.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        dns = []
+    return dns[0] if dns else socket.getfqdn()
+
+
+def _reporter(config, host_cert):
+    """The step after the charge: the run's OGF usage record (UR 2.0, with its charge) into the spool
+    the reconciler sends to the LUTS (services/luts/spool.py: durable once added)."""
     from ..luts.spool import Spool
     from .slurm.accounting import read_run_usage
     from .usage_record import usage_record
@@ -120,7 +137,7 @@ def _reporter(config):
     settings = config.jarm
     spool = Spool(settings.ur_spool or config.state_path / "jarm-ur-spool")
     sacct = _slurm_command(settings.slurm_bin_dir, "sacct")
-    machine = socket.getfqdn()
+    machine = _machine_name(host_cert)
 
     def report(reservation) -> None:
         key = reservation.key
