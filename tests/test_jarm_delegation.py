@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
+import statistics
+import time
 from pathlib import Path
 
 import pytest
@@ -389,6 +391,21 @@ def test_the_core_seals_keys_so_that_only_its_key_file_opens_them(core, pki, tmp
         assert other.credential_for(alice.dn, valid_for_s=60) is None
     assert f"{stored.delegation_id} of {alice.dn} is not used" in caplog.text and "does not open with" in caplog.text
     assert delegations.get(alice.dn) == stored
+
+
+def test_credential_for_is_quick(core, pki):
+    """The lifecycle asks for a user's credential at every hold: opening the sealed key must not redo the
+    RSA key check cryptography makes on every load (~45 ms for 2048 bits here; the bytes are authenticated
+    by the seal). Measured: the median of 20 calls."""
+    delegations, _ = core
+    alice = pki.user("Deleg Alice")
+    _delegate(delegations, alice)
+    durations = []
+    for _ in range(20):
+        started = time.perf_counter()
+        assert delegations.credential_for(alice.dn, valid_for_s=60) is not None
+        durations.append(time.perf_counter() - started)
+    assert statistics.median(durations) < 0.020, sorted(durations)
 
 
 def test_the_sweep_deletes_what_expired_on_both_paths(core, pki):
