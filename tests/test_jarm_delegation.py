@@ -14,8 +14,10 @@ import base64
 import datetime as dt
 import logging
 import statistics
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from cryptography import x509
@@ -23,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from gridcredit.config import Config, SecurityConfig, StoreConfig
+from gridcredit.contract import TaskContext
 from gridcredit.errors import CredentialError, DomainError, RemoteFault
 from gridcredit.security import pki as pki_module
 from gridcredit.security.credentials import Credential, load_credential
@@ -33,7 +36,7 @@ from gridcredit.services.jarm.client import JarmClient
 from gridcredit.services.jarm.delegation import (DELEGATION_COMPLETED, DELEGATIONS, DELEGATION_REQUESTS,
                                                  INDEXES, INVALID_DELEGATION, KEY_FILE, UNKNOWN_DELEGATION,
                                                  DelegationStore, KeyVault, host_trust_directory,
-                                                 proxy_for_request)
+                                                 proxy_for_request, sweep_delegations_forever)
 from gridcredit.services.jarm.store import requester_key
 from gridcredit.timeunits import now_us
 from gridcredit.xmlstore import open_store
@@ -422,6 +425,17 @@ def test_the_sweep_deletes_what_expired_on_both_paths(core, pki):
     clock.offset_us = 3 * HOUR_S * 1_000_000
     assert delegations.credential_for(alice.dn, valid_for_s=0) is None  # expired: never used
     assert delegations.sweep_expired() == 1 and delegations.get(alice.dn) is None
+
+
+def test_the_background_task_sweeps_when_the_host_starts(core, pki):
+    delegations, clock = core
+    bob = pki.user("Deleg Bob")
+    _delegate(delegations, bob, lifetime_s=HOUR_S)
+    clock.offset_us = 2 * HOUR_S * 1_000_000              # it expired while the host was down
+    stop = threading.Event()
+    stop.set()                                            # one round, then the host stops
+    sweep_delegations_forever(TaskContext(SimpleNamespace(delegations=delegations), Config(), None, stop))
+    assert delegations.get(bob.dn) is None
 
 
 def test_a_revoked_delegation_is_not_used(fresh_pki, tmp_path, caplog):

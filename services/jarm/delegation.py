@@ -65,7 +65,7 @@ from cryptography.x509.oid import NameOID
 from lxml import etree
 
 from gridcredit.durable import write_exclusively
-from gridcredit.errors import CertificateError, ConfigError, CredentialError, DomainError, invariant
+from gridcredit.errors import CertificateError, ConfigError, CredentialError, DomainError, StoreError, invariant
 from gridcredit.security.chain import EC_CURVES_ALLOWED, RSA_BITS_MIN, TrustStore, load_pem_chain
 from gridcredit.security.credentials import Credential, trust_directory
 from gridcredit.security.pki import PrivateKey, generate_key, grid_dn, proxy_info, sign_proxy
@@ -552,19 +552,19 @@ def _delegation_from(root: etree._Element) -> Delegation:
 
 
 def sweep_delegations_forever(context) -> None:
-    """The background task: every SWEEP_S, ``sweep_expired`` (a store that cannot be written now is
-    tried again at the next round)."""
-    from gridcredit.errors import StoreError
-
+    """The background task (once per host): ``sweep_expired`` when the host starts (what expired while
+    it was down) and every SWEEP_S after; a store that cannot be used now is tried at the next round."""
     delegations, stop = context.part.delegations, context.stop
-    while not stop.wait(SWEEP_S):
+    while True:
         try:
             deleted = delegations.sweep_expired()
-        except StoreError as error:
+        except StoreError as error:     # the store busy or behind: expected, and the next round does it
             log.warning("the sweep of expired delegations cannot use the store (%s); retrying in %d s", error, SWEEP_S)
-            continue
-        if deleted:
-            log.info("deleted %d expired delegations and delegation requests", deleted)
+        else:
+            if deleted:
+                log.info("deleted %d expired delegations and delegation requests", deleted)
+        if stop.wait(SWEEP_S):
+            return
 
 
 __all__ = ["COLLECTIONS", "DELEGATION_COMPLETED", "INDEXES", "INVALID_DELEGATION", "UNKNOWN_DELEGATION",
