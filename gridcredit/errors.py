@@ -25,6 +25,9 @@
     │   └── SpoolError              the LUTS spool's own (services/luts/spool.py): SpoolFull, SpoolBusy
     │       ├── SpoolFull           (also an OutboxFull)
     │       └── SpoolBusy           (also an OutboxBusy)
+    ├── SlurmError                  a Slurm command failed or timed out (services/jarm/slurm/accounting.py)
+    │   ├── JobNotAccounted         slurmdbd has no final record of a job's run yet: ask again later
+    │   └── SlurmOutputInvalid      a Slurm command printed what is refused (never guessed at)
     ├── JobUnreadable               scontrol cannot say what a job is (services/jarm/slurm/hooks.py)
     └── DeliveryStopped             an outbox's receiver cannot take a batch now (sending ends, nothing lost)
 
