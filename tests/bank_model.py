@@ -13,6 +13,7 @@ recomputed from the active holds every time.
 from __future__ import annotations
 
 MAX_AMOUNT = 10**15
+GRANTS_MAX = 32
 SPENDING_PERIOD_RANGE_US = (1_000_000, 366 * 86_400 * 1_000_000)
 
 
@@ -101,12 +102,32 @@ class BankModel:
         return admin or mine == "owner" or (mine == "manager" and role in (None, "member", "viewer"))
 
     def _spends_for(self, caller, account: dict, hold: dict) -> bool:
-        """The hold's creator while still a spender there, or an owner or manager (not a service)."""
+        """The hold's creator while still a spender there (unless it made the hold for someone else under a
+        grant), or an owner or manager (not a service)."""
         dn, _admin, service = caller
         mine = self._role(account, dn)
-        if dn == hold["creator"] and mine in ("owner", "manager", "member"):
+        if dn == hold["creator"] and hold["for"] is None and mine in ("owner", "manager", "member"):
             return True
         return not service and mine in ("owner", "manager")
+
+    @staticmethod
+    def _serves(caller, hold: dict) -> bool:
+        """The service that made the hold under its grant, for a holder."""
+        return hold["for"] is not None and caller[0] == hold["creator"]
+
+    def _may_use_grant(self, caller, account: dict, for_dn: str) -> bool:
+        return caller[0] in account["grants"] and self._role(account, for_dn) in ("owner", "manager", "member")
+
+    def _count_grant(self, account: dict, service_dn: str, total: int, increase: int, now: int) -> None:
+        grant = account["grants"][service_dn]
+        if grant["hold_max"] is not None and total > grant["hold_max"]:
+            raise Refusal("GrantLimitExceeded")
+        if grant["period"] is None:
+            return
+        held = grant["held"] if now // grant["period"] == grant["window"] else 0
+        if held + increase > grant["period_max"]:
+            raise Refusal("GrantLimitExceeded")
+        grant.update(window=now // grant["period"], held=held + increase)
 
     @staticmethod
     def _collects(caller, hold: dict) -> bool:
@@ -148,7 +169,7 @@ class BankModel:
         if account_id in self.accounts:
             raise Refusal("AccountExists")
         self.accounts[account_id] = dict(project=project, holders={owner: "owner"}, status="open", balance=0,
-                                         credit=credit, limit=None, period=None, window=0, spent=0)
+                                         credit=credit, limit=None, period=None, window=0, spent=0, grants={})
         return dict(kind="create-account", account=account_id)
 
     def _set_holder(self, caller, now, account_id, dn, role):
@@ -219,6 +240,43 @@ class BankModel:
         spent = self.spent(account_id, now) if keep else 0
         account.update(limit=limit, period=period, window=(now // period) if period else 0, spent=spent)
         return dict(kind="set-spending-limit", account=account_id)
+
+    def _grant_service(self, caller, now, account_id, service_dn, hold_max, period_max, period):
+        if hold_max is not None and not _good_amount(hold_max):
+            raise Refusal("InvalidAmount")
+        if (period_max is None) != (period is None):
+            raise Refusal("InvalidArgument")
+        if period_max is not None:
+            if not _good_amount(period_max):
+                raise Refusal("InvalidAmount")
+            if not SPENDING_PERIOD_RANGE_US[0] <= period <= SPENDING_PERIOD_RANGE_US[1]:
+                raise Refusal("InvalidArgument")
+        account = self._account(account_id)
+        if self._role(account, caller[0]) != "owner":
+            raise Refusal("NotAuthorized")
+        self._not_closed(account)
+        previous = account["grants"].get(service_dn)
+        if previous is not None and (previous["hold_max"], previous["period_max"], previous["period"]) == (
+                hold_max, period_max, period):
+            raise Refusal("GrantUnchanged")
+        if previous is None and len(account["grants"]) >= GRANTS_MAX:
+            raise Refusal("TooManyGrants")
+        keep = previous is not None and period is not None and period == previous["period"]
+        account["grants"][service_dn] = dict(
+            hold_max=hold_max, period_max=period_max, period=period,
+            window=previous["window"] if keep else (now // period if period else 0),
+            held=previous["held"] if keep else 0)
+        return dict(kind="grant-service", account=account_id)
+
+    def _revoke_service(self, caller, now, account_id, service_dn):
+        account = self._account(account_id)
+        if self._role(account, caller[0]) != "owner":
+            raise Refusal("NotAuthorized")
+        self._not_closed(account)
+        if service_dn not in account["grants"]:
+            raise Refusal("NotGranted")
+        del account["grants"][service_dn]
+        return dict(kind="revoke-service", account=account_id)
 
     def _mint(self, caller, now, account_id, amount):
         if not _good_amount(amount):
@@ -322,10 +380,13 @@ class BankModel:
         payee["balance"] += amount
         return dict(kind="transfer", account=payer_id, counterparty=payee_id, amount=amount)
 
-    def _create_hold(self, caller, now, account_id, amount, expires, reference, collector, payee_id=None):
+    def _create_hold(self, caller, now, account_id, amount, expires, reference, collector, payee_id=None,
+                     for_dn=None):
         if not _good_amount(amount):
             raise Refusal("InvalidAmount")
         if collector is not None and (payee_id is None or collector == caller[0]):
+            raise Refusal("InvalidArgument")
+        if for_dn is not None and for_dn == caller[0]:
             raise Refusal("InvalidArgument")
         if payee_id is not None and payee_id == account_id:
             raise Refusal("InvalidArgument")
@@ -333,16 +394,25 @@ class BankModel:
             raise Refusal("InvalidExpiry")
         account = self._account(account_id)
         payee = self._account(payee_id) if payee_id is not None else None
-        if self._role(account, caller[0]) not in ("owner", "manager", "member"):
+        if for_dn is not None:
+            if not self._may_use_grant(caller, account, for_dn):
+                raise Refusal("NotAuthorized")
+        elif self._role(account, caller[0]) not in ("owner", "manager", "member"):
             raise Refusal("NotAuthorized")
         self._open(account)
         if payee is not None:
             self._not_closed(payee)
+        if for_dn is not None:
+            grants_before = {dn: dict(grant) for dn, grant in account["grants"].items()}
+            self._count_grant(account, caller[0], amount, amount, now)
         if self.available(account_id) < amount:
+            if for_dn is not None:
+                account["grants"] = grants_before       # refused: nothing counted
             raise Refusal("InsufficientFunds")
         hold_id = f"hold-{self.seq + 1}"
         self.holds[hold_id] = dict(account=account_id, amount=amount, charged=0, expires=expires,
-                                   creator=caller[0], collector=collector, payee=payee_id, state="active")
+                                   creator=caller[0], collector=collector, payee=payee_id, state="active",
+                                   **{"for": for_dn})
         return dict(kind="hold", account=account_id, amount=amount, hold=hold_id, hold_state="active")
 
     def _extend_hold(self, caller, now, hold_id, expires, amount, payee_id=None):
@@ -355,8 +425,11 @@ class BankModel:
         if payee_id is not None and payee_id == hold["account"]:
             raise Refusal("InvalidArgument")
         payee = self._account(payee_id) if payee_id is not None else None
-        if not (self._spends_for(caller, account, hold)
-                or (self._collects(caller, hold) and amount is None and payee_id is None)):
+        if self._serves(caller, hold):
+            if payee_id is not None or (amount is not None and not self._may_use_grant(caller, account, hold["for"])):
+                raise Refusal("NotAuthorized")
+        elif not (self._spends_for(caller, account, hold)
+                  or (self._collects(caller, hold) and amount is None and payee_id is None)):
             raise Refusal("NotAuthorized")
         self._active_unexpired(hold, now)
         self._open(account)
@@ -369,7 +442,11 @@ class BankModel:
             if amount <= hold["amount"]:
                 raise Refusal("InvalidAmount")
             increase = amount - hold["amount"]
+            grants_before = {dn: dict(grant) for dn, grant in account["grants"].items()}
+            if self._serves(caller, hold):
+                self._count_grant(account, caller[0], amount, increase, now)
             if self.available(hold["account"]) < increase:
+                account["grants"] = grants_before
                 raise Refusal("InsufficientFunds")
             hold["amount"] = amount
         if expires is not None:
@@ -385,7 +462,7 @@ class BankModel:
         hold = self._hold(hold_id)
         payee = self._account(payee_id)
         account = self.accounts[hold["account"]]
-        if not (self._spends_for(caller, account, hold) or self._collects(caller, hold)):
+        if not (self._spends_for(caller, account, hold) or self._collects(caller, hold) or self._serves(caller, hold)):
             raise Refusal("NotAuthorized")
         if hold["payee"] is not None and payee_id != hold["payee"]:
             raise Refusal("NotAuthorized")
@@ -412,7 +489,7 @@ class BankModel:
         hold = self._hold(hold_id)
         payee = self._account(payee_id)
         account = self.accounts[hold["account"]]
-        if not (self._spends_for(caller, account, hold) or self._collects(caller, hold)):
+        if not (self._spends_for(caller, account, hold) or self._collects(caller, hold) or self._serves(caller, hold)):
             raise Refusal("NotAuthorized")
         if hold["payee"] is not None and payee_id != hold["payee"]:
             raise Refusal("NotAuthorized")
@@ -437,7 +514,8 @@ class BankModel:
     def _release_hold(self, caller, now, hold_id):
         hold = self._hold(hold_id)
         account = self.accounts[hold["account"]]
-        if not (caller[1] or self._spends_for(caller, account, hold) or self._collects(caller, hold)):
+        if not (caller[1] or self._spends_for(caller, account, hold) or self._collects(caller, hold)
+                or self._serves(caller, hold)):
             raise Refusal("NotAuthorized")
         self._active_unexpired(hold, now)
         hold["state"] = "released"

@@ -7,8 +7,9 @@ pending mints — against the real core (``ledger.MemoryLedger``). After every s
 
 * no money left a user's account except by a retirement (a ``retire`` transaction on that account,
   in its history; a hold's charge or a transfer out of it never happens);
-* no DN gained a spending role (owner, manager, member) on a user's account, and the users' holds
-  were neither raised, re-addressed nor charged;
+* no DN gained a spending role (owner, manager, member) on a user's account, no service grant on it
+  was given, changed or taken, and the users' holds were neither raised, re-addressed, charged nor
+  settled;
 * every holder change an administrator made is a transaction of that account (its owners see it
   in their history), and the audit is clean.
 
@@ -103,10 +104,14 @@ class AdministratorsAlone(RuleBasedStateMachine):
         bank.user_run(MEMBER, ledger.CreateHold(rid(), "vo-atlas", 50, expires, "job-1"))
         bank.user_run(MEMBER, ledger.CreateHold(rid(), "vo-atlas", 60, expires, "job-2", SITE_OWNER.dn, "site-north"))
         bank.user_run(SERVICE, ledger.CreateHold(rid(), "vo-atlas", 70, expires, "job-3"))
+        # The owner grants the service, which holds for the member under the grant.
+        bank.user_run(OWNER, ledger.GrantService(rid(), "vo-atlas", SERVICE.dn, 100, None, None))
+        bank.user_run(SERVICE, ledger.CreateHold(rid(), "vo-atlas", 40, expires, "job-4", None, None, MEMBER.dn))
         self.setup_seq = bank.bank.ledger_head.seq
         self.spenders = {account_id: self.spenders_of(account_id) for account_id in USER_ACCOUNTS}
         self.balances = {account_id: self.bank.accounts[account_id].balance for account_id in USER_ACCOUNTS}
         self.user_holds = {hold_id: hold for hold_id, hold in self.bank.holds.items()}
+        self.grants = {account_id: self.bank.accounts[account_id].grants for account_id in USER_ACCOUNTS}
 
     def spenders_of(self, account_id: str) -> set[str]:
         return {holder.dn for holder in self.bank.accounts[account_id].holders if holder.role in SPENDING_ROLES}
@@ -194,6 +199,24 @@ class AdministratorsAlone(RuleBasedStateMachine):
     def charge_hold(self, admin, index, payee, amount) -> None:
         self.run(admin, ledger.ChargeHold(self.request_id(), self.hold_id(index), payee, amount))
 
+    @rule(admin=admins, index=indices, payee=account_ids, amount=st.sampled_from((0, 1, 40, 100)))
+    def settle_hold(self, admin, index, payee, amount) -> None:
+        self.run(admin, ledger.SettleHold(self.request_id(), self.hold_id(index), payee, amount))
+
+    @rule(admin=admins, account_id=account_ids, service=dns,
+          caps=st.sampled_from(((None, None, None), (10**6, None, None), (None, 10**6, 3600 * SECOND_US))))
+    def grant_service(self, admin, account_id, service, caps) -> None:
+        self.run(admin, ledger.GrantService(self.request_id(), account_id, service, *caps))
+
+    @rule(admin=admins, account_id=account_ids, service=dns)
+    def revoke_service(self, admin, account_id, service) -> None:
+        self.run(admin, ledger.RevokeService(self.request_id(), account_id, service))
+
+    @rule(admin=admins, account_id=account_ids, amount=amounts, for_dn=dns)
+    def create_hold_on_behalf(self, admin, account_id, amount, for_dn) -> None:
+        self.run(admin, ledger.CreateHold(self.request_id(), account_id, amount, self.now_us + 600 * SECOND_US,
+                                          "admin", None, None, for_dn))
+
     @rule(admin=admins, index=indices)
     def release_hold(self, admin, index) -> None:
         self.run(admin, ledger.ReleaseHold(self.request_id(), self.hold_id(index)))
@@ -214,7 +237,8 @@ class AdministratorsAlone(RuleBasedStateMachine):
         since_setup = [t for t in self.bank.transactions if t.seq > self.setup_seq]
         for account_id in USER_ACCOUNTS:
             outflows = [t for t in since_setup if t.account_id == account_id
-                        and t.kind in (TransactionKind.TRANSFER, TransactionKind.CHARGE)]
+                        and t.kind in (TransactionKind.TRANSFER, TransactionKind.CHARGE, TransactionKind.SETTLE)
+                        and t.amount]
             assert not outflows, f"administrators moved money out of {account_id}: {outflows}"
             inflow = sum(t.amount for t in since_setup if t.counterparty_account_id == account_id
                          or (t.kind is TransactionKind.MINT and t.account_id == account_id))
@@ -225,6 +249,7 @@ class AdministratorsAlone(RuleBasedStateMachine):
     def no_one_became_a_spender_and_the_users_holds_stayed_as_made(self) -> None:
         for account_id in USER_ACCOUNTS:
             assert self.spenders_of(account_id) <= self.spenders[account_id], account_id
+            assert self.bank.accounts[account_id].grants == self.grants[account_id], account_id
         for hold_id, made in self.user_holds.items():
             hold = self.bank.holds[hold_id]
             assert (hold.amount, hold.charged, hold.payee_account_id, hold.collector_dn) == (

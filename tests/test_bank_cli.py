@@ -260,6 +260,32 @@ def test_settle_through_the_cli(cli, users, accounts):
         ("hold", 3000, None), ("settle", 1250, 1750)]
 
 
+def test_service_grants_through_the_cli(cli, users, accounts):
+    """``grant-service``, ``create-hold --on-behalf-of``, ``account`` listing the grant, the history saying
+    who held for whom, ``revoke-service``; an administrator may not grant."""
+    vo, _ = accounts
+    alice_dn, bob_dn = users.alice.credential.identity_dn, users.bob.credential.identity_dn
+    t = cli.ok(users.alice, "grant-service", vo, bob_dn, "--hold-max", "5,000", "--period-max", "20000",
+               "--period", "30d")["transaction"]
+    assert (t["kind"], t["service_dn"], t["grant_hold_max"], t["grant_period_max"], t["grant_period_us"]) == (
+        "grant-service", bob_dn, 5000, 20_000, 30 * 86_400 * 10**6)
+    shown = cli.ok(users.alice, "account", vo, as_json=False)
+    assert f"service {bob_dn} may hold for its holders (at most 5,000 per hold, 20,000 per 2,592,000 s" in shown
+    t = cli.ok(users.bob, "create-hold", vo, "--amount", "100", "--expires-in", "1h", "--on-behalf-of",
+               alice_dn)["transaction"]
+    assert (t["kind"], t["principal_dn"], t["on_behalf_of_dn"]) == ("hold", bob_dn, alice_dn)
+    history = cli.ok(users.alice, "history", vo, "--filter", f"t:holdId = '{t['hold_id']}'", as_json=False)
+    assert f"— by {bob_dn} for {alice_dn}" in history
+    code, _, err = cli(users.bob, "hold", vo, "--amount", "5001", "--expires-in", "1h", "--on-behalf-of", alice_dn)
+    assert code == 1 and "[GrantLimitExceeded]" in err and "(over by 1)" in err
+    code, _, err = cli(users.admin, "grant-service", vo, users.admin.credential.identity_dn)
+    assert code == 1 and "[NotAuthorized]" in err and "only its owners may" in err
+    cli.ok(users.alice, "revoke-service", vo, bob_dn)
+    code, _, err = cli(users.bob, "hold", vo, "--amount", "1", "--expires-in", "1h", "--on-behalf-of", alice_dn)
+    assert code == 1 and "[NotAuthorized]" in err and "holds no grant" in err
+    cli.ok(users.bob, "release", t["hold_id"])                  # its hold stays its to end
+
+
 # ------------------------------------------------------------------------------------ refusals
 
 def test_refusals_exit_1_with_the_fault_text(cli, users, accounts):

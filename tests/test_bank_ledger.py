@@ -20,10 +20,10 @@ from lxml import etree
 from gridcredit.errors import DomainError, StoreError
 from gridcredit.services.bank import documents, ledger, ledger_chain, types
 from gridcredit.services.bank.ledger import (AccountStatus, ApproveMint, BankPolicy, CancelMint, ChargeHold,
-                                             CreateAccount, CreateHold, ExpireHold, ExpireMint, ExtendHold, HoldState,
-                                             MemoryLedger, Mint, PendingMintState, Principal, ReleaseHold,
-                                             RemoveHolder, Retire, Role, SetCreditLimit, SetHolder, SetSpendingLimit,
-                                             SetStatus, SettleHold, Transfer)
+                                             CreateAccount, CreateHold, ExpireHold, ExpireMint, ExtendHold,
+                                             GrantService, HoldState, MemoryLedger, Mint, PendingMintState, Principal,
+                                             ReleaseHold, RemoveHolder, Retire, RevokeService, Role, SetCreditLimit,
+                                             SetHolder, SetSpendingLimit, SetStatus, SettleHold, Transfer)
 
 KEY = b"unit-test-key"
 SECOND_US = 1_000_000
@@ -526,6 +526,207 @@ def test_a_ledger_written_before_settlements_and_grants_loads_and_audits_clean()
                           pending_mints=decoded["pending_mints"])
     assert report.clean, report.findings
     assert report.transaction_count == len(old["transactions"]) == 19
+
+
+# ---------------------------------------------------------------------------------------------
+# Service grants: a site's JARM holds on behalf of an account's spending holders
+
+JARM = Principal("/DC=org/DC=grid/CN=host/jarm.site-north.org", is_service=True)
+OTHER_SERVICE = Principal("/DC=org/DC=grid/CN=host/jarm.elsewhere.org", is_service=True)
+HOUR_US = 3600 * SECOND_US
+
+
+def granted(bank: MemoryLedger, *, hold_max: int | None = 500, period_max: int | None = 800,
+            period_us: int | None = HOUR_US, service: Principal = JARM) -> MemoryLedger:
+    bank.run(GrantService(rid(), "vo-atlas", service.dn, hold_max, period_max, period_us), principal=OWNER,
+             now_us=NOW_US)
+    return bank
+
+
+def hold_for(bank: MemoryLedger, amount: int, dn: str = MEMBER.dn, service: Principal = JARM,
+             now_us: int = NOW_US, account_id: str = "vo-atlas") -> str:
+    outcome = bank.run(CreateHold(rid(), account_id, amount, now_us + 60 * SECOND_US, "job 7", None, None, dn),
+                       principal=service, now_us=now_us)
+    return outcome.transaction.hold_id
+
+
+def test_a_granted_service_holds_for_a_spending_holder_and_the_ledger_names_both(bank):
+    granted(bank)
+    hold_id = hold_for(bank, 300)
+    made = bank.holds[hold_id]
+    assert (made.creator_dn, made.on_behalf_of_dn, made.amount) == (JARM.dn, MEMBER.dn, 300)
+    bank.run(ExtendHold(rid(), hold_id, NOW_US + 120 * SECOND_US, 400), principal=JARM, now_us=NOW_US)
+    bank.run(ChargeHold(rid(), hold_id, "site-north", 50), principal=JARM, now_us=NOW_US)
+    settled = bank.run(SettleHold(rid(), hold_id, "site-north", 100), principal=JARM, now_us=NOW_US).transaction
+    assert (settled.amount, settled.released_amount) == (100, 250)
+    on_the_hold = [t for t in bank.transactions if t.hold_id == hold_id]
+    assert [t.kind.value for t in on_the_hold] == ["hold", "extend", "charge", "settle"]
+    assert all((t.principal_dn, t.on_behalf_of_dn) == (JARM.dn, MEMBER.dn) for t in on_the_hold)
+    assert _money(bank) == (850, 0, 150)
+    grant = bank.accounts["vo-atlas"].grant_of(JARM.dn)
+    assert (grant.hold_max, grant.period_max, grant.period_us, grant.held_at(NOW_US)) == (500, 800, HOUR_US, 400)
+    # the holder it acts for does not control it; the account's owner does
+    refused("NotAuthorized", bank, ReleaseHold(rid(), hold_for(bank, 10)), MEMBER)
+    bank.run(ReleaseHold(rid(), hold_for(bank, 10)), principal=OWNER, now_us=NOW_US)
+    assert bank.audit(verify, signature_check_interval=1).clean
+
+
+def test_only_owners_grant_and_revoke(bank):
+    request = GrantService(rid(), "vo-atlas", JARM.dn, 500, None, None)
+    for caller in (ADMIN, MANAGER, MEMBER, VIEWER, STRANGER, JARM):
+        error = refused("NotAuthorized", bank, request, caller)
+        assert "only its owners may" in str(error)
+    bank.run(request, principal=OWNER, now_us=NOW_US)
+    refused("GrantUnchanged", bank, GrantService(rid(), "vo-atlas", JARM.dn, 500, None, None), OWNER)
+    bank.run(GrantService(rid(), "vo-atlas", JARM.dn, 600, None, None), principal=OWNER, now_us=NOW_US)
+    assert bank.accounts["vo-atlas"].grant_of(JARM.dn).hold_max == 600
+    for caller in (ADMIN, MANAGER, JARM):
+        refused("NotAuthorized", bank, RevokeService(rid(), "vo-atlas", JARM.dn), caller)
+    bank.run(RevokeService(rid(), "vo-atlas", JARM.dn), principal=OWNER, now_us=NOW_US)
+    assert bank.accounts["vo-atlas"].grants == ()
+    error = refused("NotGranted", bank, RevokeService(rid(), "vo-atlas", JARM.dn), OWNER)
+    assert str(error) == f"{JARM.dn} holds no grant on account vo-atlas"
+    # an administrator who owns an account grants on it as its owner, like anyone else
+    bank.run(CreateAccount(rid(), "vo-admins", "own", ADMIN.dn), principal=ADMIN_TWO, now_us=NOW_US)
+    bank.run(GrantService(rid(), "vo-admins", JARM.dn), principal=ADMIN, now_us=NOW_US)
+
+
+def test_grant_requests_are_checked(bank):
+    refused("InvalidAmount", bank, GrantService(rid(), "vo-atlas", JARM.dn, 0, None, None), OWNER)
+    refused("InvalidAmount", bank, GrantService(rid(), "vo-atlas", JARM.dn, None, -5, HOUR_US), OWNER)
+    refused("InvalidArgument", bank, GrantService(rid(), "vo-atlas", JARM.dn, None, 100, None), OWNER)
+    refused("InvalidArgument", bank, GrantService(rid(), "vo-atlas", JARM.dn, None, None, HOUR_US), OWNER)
+    refused("InvalidArgument", bank, GrantService(rid(), "vo-atlas", JARM.dn, None, 100, 1), OWNER)
+    refused("InvalidArgument", bank, GrantService(rid(), "vo-atlas", "/CN=host/\u202ejarm", None, None, None), OWNER)
+    refused("InvalidArgument", bank, GrantService(rid(), "vo-atlas", "", None, None, None), OWNER)
+    refused("UnknownAccount", bank, GrantService(rid(), "vo-nowhere", JARM.dn, None, None, None), OWNER)
+    for number in range(ledger.GRANTS_MAX):
+        bank.run(GrantService(rid(), "vo-atlas", f"/CN=service {number}"), principal=OWNER, now_us=NOW_US)
+    error = refused("TooManyGrants", bank, GrantService(rid(), "vo-atlas", JARM.dn), OWNER)
+    assert f"at most {ledger.GRANTS_MAX}" in str(error)
+
+
+def test_attacks_on_a_grant_are_refused_and_change_nothing(bank):
+    """Each refused with a message saying why, and nothing changed (the `refused` helper compares every
+    document and the ledger head before and after)."""
+    no_grant = refused("NotAuthorized", bank, CreateHold(rid(), "vo-atlas", 10, NOW_US + SECOND_US, "", None, None,
+                                                          MEMBER.dn), JARM)
+    assert str(no_grant) == (f"{JARM.dn} may not place holds on account vo-atlas on behalf of {MEMBER.dn}: it holds "
+                             f"no grant on account vo-atlas (an owner gives one with grant-service)")
+    granted(bank)
+
+    def attempt(dn, *, amount=10, account_id="vo-atlas"):
+        return CreateHold(rid(), account_id, amount, NOW_US + SECOND_US, "", None, None, dn)
+
+    stranger = refused("NotAuthorized", bank, attempt(STRANGER.dn), JARM)
+    assert "that DN is not a holder of account vo-atlas" in str(stranger)
+    viewer = refused("NotAuthorized", bank, attempt(VIEWER.dn), JARM)
+    assert "that DN is only a viewer of account vo-atlas" in str(viewer)
+    over_hold = refused("GrantLimitExceeded", bank, attempt(MEMBER.dn, amount=501), JARM)
+    assert str(over_hold) == (f"the grant of account vo-atlas to {JARM.dn} allows holds of at most 500 credits; "
+                              f"this hold would be 501 (over by 1)")
+    hold_for(bank, 500)
+    over_period = refused("GrantLimitExceeded", bank, attempt(OWNER.dn, amount=301), JARM)
+    assert "allows 800 credits of holds per 3600000000 µs period; 500 already held in this period, so 301 more " \
+           "would exceed it by 1" in str(over_period)
+    refused("NotAuthorized", bank, attempt(MEMBER.dn), OTHER_SERVICE)          # a service without a grant
+    refused("NotAuthorized", bank, attempt(MEMBER.dn), ADMIN)                  # an administrator, no grant
+    refused("NotAuthorized", bank, attempt(MEMBER.dn, account_id="site-north"), JARM)   # another account
+    limited = dataclasses.replace(JARM, is_proxy=True, limited=True)
+    refused("NotAuthorized", bank, attempt(MEMBER.dn), limited)               # a limited proxy of the service
+    refused("NotAuthorized", bank, GrantService(rid(), "vo-atlas", OTHER_SERVICE.dn), ADMIN)  # administrators
+    refused("NotAuthorized", bank, GrantService(rid(), "vo-atlas", OTHER_SERVICE.dn),
+            dataclasses.replace(OWNER, is_proxy=True, limited=True))          # an owner's limited proxy
+    refused("InvalidArgument", bank, attempt(JARM.dn), JARM)                  # for itself
+    bank.run(RemoveHolder(rid(), "vo-atlas", MEMBER.dn), principal=OWNER, now_us=NOW_US)
+    removed = refused("NotAuthorized", bank, attempt(MEMBER.dn), JARM)        # a holder who was removed
+    assert "that DN is not a holder of account vo-atlas" in str(removed)
+    assert bank.audit(verify, signature_check_interval=1).clean
+
+
+def test_the_period_cap_counts_holds_and_raises_per_period(bank):
+    granted(bank, hold_max=None, period_max=300, period_us=HOUR_US)
+    start = (NOW_US // HOUR_US) * HOUR_US + 10 * SECOND_US
+    hold_id = hold_for(bank, 200, now_us=start)
+    refused("GrantLimitExceeded", bank, ExtendHold(rid(), hold_id, amount=301), JARM, start)
+    bank.run(ExtendHold(rid(), hold_id, amount=300), principal=JARM, now_us=start)
+    bank.run(ReleaseHold(rid(), hold_id), principal=JARM, now_us=start)        # what is released does not count back
+    refused("GrantLimitExceeded", bank, CreateHold(rid(), "vo-atlas", 1, start + SECOND_US, "", None, None, MEMBER.dn),
+            JARM, start)
+    next_period = start + HOUR_US
+    hold_for(bank, 300, now_us=next_period)
+    assert bank.accounts["vo-atlas"].grant_of(JARM.dn).held_at(next_period) == 300
+
+
+def test_after_a_revocation_or_a_removal_the_service_ends_its_holds_but_raises_nothing(bank):
+    granted(bank)
+    revoked_hold, removed_hold = hold_for(bank, 100), hold_for(bank, 100, dn=MANAGER.dn)
+    bank.run(RevokeService(rid(), "vo-atlas", JARM.dn), principal=OWNER, now_us=NOW_US)
+    error = refused("NotAuthorized", bank, ExtendHold(rid(), revoked_hold, amount=101), JARM)
+    assert "it holds no grant on account vo-atlas" in str(error)
+    refused("NotAuthorized", bank, CreateHold(rid(), "vo-atlas", 1, NOW_US + SECOND_US, "", None, None, MEMBER.dn),
+            JARM)
+    bank.run(ExtendHold(rid(), revoked_hold, NOW_US + 90 * SECOND_US), principal=JARM, now_us=NOW_US)
+    bank.run(ChargeHold(rid(), revoked_hold, "site-north", 10), principal=JARM, now_us=NOW_US)
+    bank.run(SettleHold(rid(), revoked_hold, "site-north", 20), principal=JARM, now_us=NOW_US)
+    granted(bank)
+    bank.run(RemoveHolder(rid(), "vo-atlas", MANAGER.dn), principal=OWNER, now_us=NOW_US)
+    error = refused("NotAuthorized", bank, ExtendHold(rid(), removed_hold, amount=101), JARM)
+    assert f"{MANAGER.dn}: that DN is not a holder" in str(error)
+    bank.run(ReleaseHold(rid(), removed_hold), principal=JARM, now_us=NOW_US)
+    assert bank.audit(verify, signature_check_interval=1).clean
+
+
+def test_a_service_acts_only_on_the_holds_it_made_and_never_readdresses_them(bank):
+    granted(bank)
+    granted(bank, service=OTHER_SERVICE)
+    mine, members = hold_for(bank, 100), hold(bank, 100)
+    for request in (ChargeHold(rid(), mine, "site-north", 1), SettleHold(rid(), mine, "site-north", 1),
+                    ReleaseHold(rid(), mine), ExtendHold(rid(), mine, NOW_US + 90 * SECOND_US)):
+        refused("NotAuthorized", bank, request, OTHER_SERVICE)
+    for request in (ChargeHold(rid(), members, "site-north", 1), ReleaseHold(rid(), members)):
+        refused("NotAuthorized", bank, request, JARM)
+    bank.run(CreateAccount(rid(), "vo-cms", "cms", OWNER.dn), principal=ADMIN, now_us=NOW_US)
+    error = refused("NotAuthorized", bank, ExtendHold(rid(), mine, payee_account_id="vo-cms"), JARM)
+    assert "may not change its payee" in str(error)
+    refused("NotAuthorized", bank, Transfer(rid(), "vo-atlas", "site-north", 1), JARM)   # pays only through holds
+
+
+def test_requests_that_do_not_act_for_anyone_hash_as_before():
+    """The new CreateHold field is left out of the request hash while unused: a retry of a hold requested
+    before grants existed still matches its record."""
+    request = CreateHold("job-1", "vo-atlas", 5, NOW_US, "r", None, "site-north")
+    old_body = {"operation": "CreateHold", "principal": MEMBER.dn, "request_id": "job-1", "account_id": "vo-atlas",
+                "amount": 5, "expires_at_us": NOW_US, "reference": "r", "collector_dn": None,
+                "payee_account_id": "site-north"}
+    expected = hashlib.sha256(json.dumps(old_body, sort_keys=True, separators=(",", ":"),
+                                         ensure_ascii=False).encode("utf-8")).hexdigest()
+    assert ledger.request_hash(request, MEMBER) == expected
+    assert ledger.request_hash(dataclasses.replace(request, on_behalf_of_dn=OWNER.dn), MEMBER) != expected
+
+
+def test_grants_in_documents_and_in_the_audit(bank):
+    granted(bank)
+    granted(bank, hold_max=None, period_max=None, period_us=None, service=OTHER_SERVICE)
+    hold_for(bank, 100)
+    account = bank.accounts["vo-atlas"]
+    assert documents.from_xml(documents.to_xml(account)) == account
+    assert documents.from_xml(documents.to_xml(bank.holds[hold_for(bank, 5)])).on_behalf_of_dn == MEMBER.dn
+    text = documents.to_xml(account)
+    assert b'<grant holdMax="500" periodMax="800"' in text and b"<grant heldInPeriod=" not in text
+    with pytest.raises(StoreError):
+        documents.from_xml(text.replace(b'holdMax="500"', b'holdMax="500" admin="yes"'))
+    with pytest.raises(StoreError):
+        documents.from_xml(text.replace(b'holdMax="500"', b'holdMax="5x"'))
+    assert bank.audit(verify).clean
+    # a grant added to the account document behind the bank's back (a rogue service) is found
+    rogue = dataclasses.replace(account.grants[0], service_dn="/CN=rogue")
+    bank.accounts["vo-atlas"] = dataclasses.replace(account, grants=account.grants + (rogue,))
+    assert any("service grants differ from its transactions" in f.message for f in bank.audit(verify).findings)
+    bank.accounts["vo-atlas"] = dataclasses.replace(account, grants=(dataclasses.replace(account.grants[0],
+                                                                                         hold_max=10**9),
+                                                                     account.grants[1]))
+    assert any("service grants differ" in f.message for f in bank.audit(verify).findings)
 
 
 # ---------------------------------------------------------------------------------------------

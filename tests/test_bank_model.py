@@ -46,7 +46,8 @@ MEMBER = Principal("/O=Grid/CN=Mel Member")
 VIEWER = Principal("/O=Grid/CN=Vic Viewer")
 STRANGER = Principal("/O=Grid/CN=Stan Stranger")
 SERVICE = Principal("/O=Grid/CN=host/jarm.example.org", is_service=True)
-PRINCIPALS = (ADMIN, ADMIN_TWO, OWNER, MANAGER, MEMBER, VIEWER, STRANGER, SERVICE)
+JARM = Principal("/O=Grid/CN=host/jarm.site.org", is_service=True)     # no role anywhere: acts only by grants
+PRINCIPALS = (ADMIN, ADMIN_TWO, OWNER, MANAGER, MEMBER, VIEWER, STRANGER, SERVICE, JARM)
 ACCOUNTS = ("vo-atlas", "vo-cms", "site-north", "site-south")
 ROLES = tuple(Role)
 
@@ -123,6 +124,8 @@ class BankMachine(RuleBasedStateMachine):
         assert transaction.hold_id == expected.get("hold")
         assert (transaction.hold_state.value if transaction.hold_state else None) == expected.get("hold_state")
         assert transaction.pending_mint_id == expected.get("pending")
+        if transaction.hold_id is not None:        # every transaction on a hold made for someone names them
+            assert transaction.on_behalf_of_dn == self.real.holds[transaction.hold_id].on_behalf_of_dn
 
     def next_request_id(self) -> str:
         self.request_counter += 1
@@ -245,6 +248,82 @@ class BankMachine(RuleBasedStateMachine):
     def owner_sets_spending_limit(self, account_id, limit, period_us) -> None:
         self.send(OWNER, ledger.SetSpendingLimit(self.next_request_id(), account_id, limit, period_us),
                   "set_spending_limit", account_id, limit, period_us)
+
+    # -- service grants -------------------------------------------------------------------------
+
+    @rule(principal=st.sampled_from((OWNER, OWNER, OWNER, MANAGER, ADMIN, JARM, STRANGER)), account_id=account_ids,
+          service=st.sampled_from((JARM, JARM, SERVICE)),
+          caps=st.sampled_from([(None, None, None), (150, None, None), (None, 400, 30 * SECOND_US),
+                                (200, 500, 30 * SECOND_US), (100, 300, 10 * SECOND_US), (0, None, None),
+                                (None, 100, None), (None, 100, 1)]))
+    def grant_service(self, principal, account_id, service, caps) -> None:
+        hold_max, period_max, period_us = caps
+        self.send(principal, ledger.GrantService(self.next_request_id(), account_id, service.dn, hold_max,
+                                                 period_max, period_us),
+                  "grant_service", account_id, service.dn, hold_max, period_max, period_us)
+
+    @rule(principal=st.sampled_from((OWNER, OWNER, ADMIN, JARM)), account_id=account_ids,
+          service=st.sampled_from((JARM, SERVICE)))
+    def revoke_service(self, principal, account_id, service) -> None:
+        self.send(principal, ledger.RevokeService(self.next_request_id(), account_id, service.dn),
+                  "revoke_service", account_id, service.dn)
+
+    @rule(principal=st.sampled_from((JARM, JARM, JARM, SERVICE, MEMBER, ADMIN)), account_id=account_ids,
+          granted_account=st.booleans(), amount=st.integers(1, 300),
+          for_dn=st.sampled_from((MEMBER.dn, MEMBER.dn, MEMBER.dn, OWNER.dn, MANAGER.dn, VIEWER.dn, STRANGER.dn,
+                                  JARM.dn)),
+          lifetime_us=st.sampled_from([1, 5 * SECOND_US, 20 * SECOND_US, 40 * SECOND_US]),
+          payee=st.sampled_from([None, None, "site-south"]))
+    def create_hold_on_behalf(self, principal, account_id, granted_account, amount, for_dn, lifetime_us,
+                              payee) -> None:
+        """A service holds for a holder: with a grant, within its caps, for a current spender only (mostly on an
+        account that granted it, sometimes on any)."""
+        granting = sorted(name for name, account in self.model.accounts.items() if principal.dn in account["grants"])
+        if granted_account and granting:
+            account_id = granting[amount % len(granting)]
+        expires = self.now_us + lifetime_us
+        self.send(principal, ledger.CreateHold(self.next_request_id(), account_id, amount, expires, "job-9", None,
+                                               payee, for_dn),
+                  "create_hold", account_id, amount, expires, "job-9", None, payee, for_dn)
+
+    @rule(account_id=st.sampled_from(ACCOUNTS), amount=st.integers(1, 300),
+          caps=st.sampled_from([(None, None, None), (150, None, None), (200, 500, 30 * SECOND_US),
+                                (100, 300, 10 * SECOND_US)]),
+          for_dn=st.sampled_from((MEMBER.dn, MEMBER.dn, OWNER.dn, MANAGER.dn, VIEWER.dn)))
+    def owner_grants_then_service_holds(self, account_id, amount, caps, for_dn) -> None:
+        """An owner grants the site's JARM (or changes its caps), which then holds for a holder at once."""
+        self.grant_service(OWNER, account_id, JARM, caps)
+        self.create_hold_on_behalf(JARM, account_id, False, amount, for_dn, 20 * SECOND_US, None)
+
+    @precondition(lambda self: any(hold["for"] for hold in self.model.holds.values()))
+    @rule(index=indices, operation=st.sampled_from(["later", "raise", "charge", "settle", "release", "re-address"]),
+          amount=st.integers(0, 200))
+    def service_acts_on_its_hold(self, index, operation, amount) -> None:
+        """The service that made a hold for a holder extends, raises, charges, settles or releases it."""
+        made = sorted((hold_id for hold_id, hold in self.model.holds.items() if hold["for"]),
+                      key=lambda hold_id: int(hold_id.split("-")[1]))
+        hold_id = made[index % len(made)]
+        hold = self.model.holds[hold_id]
+        service = next(candidate for candidate in PRINCIPALS if candidate.dn == hold["creator"])
+        request_id = self.next_request_id()
+        payee = hold["payee"] or "site-south"
+        if operation == "later":
+            expires = hold["expires"] + max(amount, 1) * 100_000
+            self.send(service, ledger.ExtendHold(request_id, hold_id, expires), "extend_hold", hold_id, expires, None)
+        elif operation == "raise":
+            self.send(service, ledger.ExtendHold(request_id, hold_id, None, hold["amount"] + max(amount, 1)),
+                      "extend_hold", hold_id, None, hold["amount"] + max(amount, 1))
+        elif operation == "charge":
+            self.send(service, ledger.ChargeHold(request_id, hold_id, payee, max(amount, 1)),
+                      "charge_hold", hold_id, payee, max(amount, 1))
+        elif operation == "settle":
+            self.send(service, ledger.SettleHold(request_id, hold_id, payee, amount),
+                      "settle_hold", hold_id, payee, amount)
+        elif operation == "re-address":
+            self.send(service, ledger.ExtendHold(request_id, hold_id, None, None, "vo-cms"),
+                      "extend_hold", hold_id, None, None, "vo-cms")
+        else:
+            self.send(service, ledger.ReleaseHold(request_id, hold_id), "release_hold", hold_id)
 
     # -- money supply ---------------------------------------------------------------------------
 
@@ -540,13 +619,18 @@ class BankMachine(RuleBasedStateMachine):
             assert {holder.dn: holder.role.value for holder in account.holders} == expected["holders"]
             assert account.spending_limit == expected["limit"]
             assert account.spent_at(self.now_us) == model.spent(account_id, self.now_us)
+            assert {grant.service_dn: (grant.hold_max, grant.period_max, grant.period_us, grant.held_at(self.now_us))
+                    for grant in account.grants} == {
+                dn: (grant["hold_max"], grant["period_max"], grant["period"],
+                     grant["held"] if grant["period"] and self.now_us // grant["period"] == grant["window"] else 0)
+                for dn, grant in expected["grants"].items()}
         assert set(real.holds) == set(model.holds)
         for hold_id, hold in real.holds.items():
             expected = model.holds[hold_id]
             assert (hold.account_id, hold.amount, hold.charged, hold.expires_at_us, hold.state.value,
-                    hold.collector_dn, hold.payee_account_id) == (
+                    hold.collector_dn, hold.payee_account_id, hold.creator_dn, hold.on_behalf_of_dn) == (
                 expected["account"], expected["amount"], expected["charged"], expected["expires"],
-                expected["state"], expected["collector"], expected["payee"])
+                expected["state"], expected["collector"], expected["payee"], expected["creator"], expected["for"])
         assert {pending_id: (pending.account_id, pending.amount, pending.change.value, pending.expires_at_us,
                              pending.state.value, pending.ended_by_dn)
                 for pending_id, pending in real.pending_mints.items()} == {

@@ -23,6 +23,7 @@ import pytest
 from gridcredit.errors import RemoteFault
 from gridcredit.services.bank.client import BankClient
 from gridcredit.timeunits import datetime_from_us
+from gridcredit.wiretypes import array_items
 
 from bank_fixtures import BACKENDS, bank_host, bank_users, refused_code, snapshot_of, utc_in
 
@@ -100,7 +101,9 @@ class World:
         for account_id in accounts:
             account = self.admin.call("GetAccount", account_id=account_id)
             parts.append((account.status, account.balance, account.held, account.credit_limit,
-                          account.spending_limit, tuple((h.dn, h.role) for h in account.holders.HolderInfo)))
+                          account.spending_limit, tuple((h.dn, h.role) for h in account.holders.HolderInfo),
+                          tuple((g.service_dn, g.hold_max, g.period_max, g.period_us, g.held_in_period)
+                                for g in array_items(account.grants, "GrantInfo"))))
         if hold_id is not None:
             hold = self.admin.call("GetHold", hold_id=hold_id)
             parts.append((hold.amount, hold.charged, hold.state, hold.expires_at_us))
@@ -162,6 +165,16 @@ def case_set_credit_limit(world, allowed):
 def case_set_spending_limit(world, allowed):
     return "SetSpendingLimit", dict(request_id=rid(), account_id=MAIN, spending_limit=10**12,
                                     spending_period_s=86_400), {}
+
+
+def case_grant_service(world, allowed):
+    return "GrantService", dict(request_id=rid(), account_id=MAIN, service_dn=_new_dn(), hold_max=100), {}
+
+
+def case_revoke_service(world, allowed):
+    dn = _new_dn()
+    world.clients["owner"].call("GrantService", request_id=rid(), account_id=MAIN, service_dn=dn)
+    return "RevokeService", dict(request_id=rid(), account_id=MAIN, service_dn=dn), {}
 
 
 def case_mint(world, allowed):
@@ -266,6 +279,8 @@ MATRIX = [  # (case, roles allowed) — from the table in services/bank/policy.p
     (case_unfreeze, {"admin"}),
     (case_set_credit_limit, {"admin"}),
     (case_set_spending_limit, {"admin", "owner", "manager"}),
+    (case_grant_service, {"owner"}),   # never administrators: a grant lets a service spend
+    (case_revoke_service, {"owner"}),
     (case_mint, {"admin"}),
     (case_approve_mint, {"admin2"}),   # "admin" requested it: SecondAdministratorRequired
     (case_cancel_mint, {"admin", "admin2"}),  # its requester too
@@ -419,6 +434,87 @@ def test_settle_hold_over_signed_soap(world):
     assert refusal.value.code == "HoldEnded" and f"(settled in transaction {settled.seq})" in refusal.value.text
     history = creator.history(MAIN, xpath_filter=f"t:kind = 'settle' and t:holdId = '{hold_id}'")
     assert [(t.seq, t.released_amount) for t in history.transactions] == [(settled.seq, 65)]
+
+
+def test_a_service_grant_over_signed_soap(world, pki):
+    """Issue 13.2 through the signed service and the typed client: an owner grants the site's service, which
+    holds for a member, raises, settles; the ledger and the member's history name both; then every misuse of
+    a grant is refused with a fault a person understands and nothing changes (balances, holds, grants and
+    the ledger head, by the fingerprint)."""
+    host, users = world.host, world.users
+
+    def client(who):
+        return BankClient(host.url, credential=getattr(who, "credential", who), trust_dir=host.pki.trust_dir)
+
+    owner, service, member, admin = (client(who) for who in (users.owners[0], users.service, users.members[0],
+                                                             users.admin))
+    account = f"acct-grant-{next(_ids)}"
+    admin.create_account(account, project="jarm", owner_dn=users.owners[0].dn)
+    owner.set_holder(account, holder_dn=users.members[0].dn, role="member")
+    owner.set_holder(account, holder_dn=users.viewers[0].dn, role="viewer")
+    admin.mint(account, 10_000)
+    granted = owner.grant_service(account, users.service.dn, hold_max=500, period_max=800, period_s=30 * 86_400)
+    assert (granted.transaction.kind, granted.transaction.service_dn, granted.transaction.grant_hold_max,
+            granted.transaction.grant_period_max, granted.transaction.grant_period_us) == (
+        "grant-service", users.service.dn, 500, 800, 30 * 86_400 * 10**6)
+    hold = service.create_hold(account, amount=300, expires=3600, reference="job 1",
+                               on_behalf_of_dn=users.members[0].dn).transaction
+    assert (hold.principal_dn, hold.on_behalf_of_dn, hold.amount) == (users.service.dn, users.members[0].dn, 300)
+    service.extend_hold(hold.hold_id, amount=400)
+    settled = service.settle_hold(hold.hold_id, payee_account_id=PAYEE, amount=120).transaction
+    assert (settled.amount, settled.released_amount, settled.on_behalf_of_dn) == (120, 280, users.members[0].dn)
+    shown = member.get_hold(hold.hold_id)
+    assert (shown.creator_dn, shown.on_behalf_of_dn, shown.state) == (users.service.dn, users.members[0].dn, "settled")
+    mine = member.history(account, xpath_filter=f"t:onBehalfOfDn = '{users.members[0].dn}'").transactions
+    assert [(t.kind, t.principal_dn) for t in mine] == [(kind, users.service.dn)
+                                                        for kind in ("hold", "extend", "settle")]
+    grants = owner.get_account(account).grants
+    assert [(g.service_dn, g.hold_max, g.period_max, g.period_us, g.held_in_period) for g in grants] == [
+        (users.service.dn, 500, 800, 30 * 86_400 * 10**6, 400)]
+
+    limited_service = client(pki.proxy("JARM Service", limited=True))
+
+    def hold_for(who, dn, amount=10, account_id=account):
+        return lambda: who.create_hold(account_id, amount=amount, expires=600, on_behalf_of_dn=dn)
+
+    attacks = [
+        (hold_for(service, users.stranger.dn), "NotAuthorized", "that DN is not a holder of account"),
+        (hold_for(service, users.viewers[0].dn), "NotAuthorized", "that DN is only a viewer of account"),
+        (hold_for(service, users.members[0].dn, 501), "GrantLimitExceeded", "allows holds of at most 500 credits"),
+        (hold_for(service, users.members[0].dn, 401), "GrantLimitExceeded", "400 already held in this period, so 401"),
+        (hold_for(service, users.members[0].dn, account_id=OTHER), "NotAuthorized", "holds no grant on account"),
+        (hold_for(client(users.stranger), users.members[0].dn), "NotAuthorized", "holds no grant on account"),
+        (hold_for(limited_service, users.members[0].dn), "NotAuthorized", "limited proxy"),
+        (hold_for(admin, users.members[0].dn), "NotAuthorized", "holds no grant on account"),
+        (lambda: admin.grant_service(account, users.stranger.dn), "NotAuthorized", "only its owners may"),
+        (lambda: admin.revoke_service(account, users.service.dn), "NotAuthorized", "only its owners may"),
+        (lambda: client(users.members[0]).grant_service(account, users.stranger.dn), "NotAuthorized",
+         "only its owners may"),
+    ]
+
+    def refuse_all(attempts) -> list[str]:
+        before = world.fingerprint(accounts=(account, PAYEE, OTHER))
+        problems = []
+        for call, code, words in attempts:
+            try:
+                answer = call()
+            except RemoteFault as fault:
+                if fault.code != code or words not in fault.text or "Traceback" in fault.text:
+                    problems.append(f"refused with {fault.code}: {fault.text!r}; expected {code} saying {words!r}")
+            else:
+                problems.append(f"accepted, expected {code}: {answer}")
+        if world.fingerprint(accounts=(account, PAYEE, OTHER)) != before:
+            problems.append("a refused request changed the ledger")
+        return problems
+
+    problems = refuse_all(attacks)
+    assert not problems, "\n".join(problems)
+    owner.remove_holder(account, holder_dn=users.members[0].dn)
+    owner.revoke_service(account, users.service.dn)
+    problems = refuse_all([(hold_for(service, users.members[0].dn), "NotAuthorized", "holds no grant on account")])
+    owner.grant_service(account, users.service.dn, hold_max=500)
+    problems += refuse_all([(hold_for(service, users.members[0].dn), "NotAuthorized", "that DN is not a holder")])
+    assert not problems, "\n".join(problems)
 
 
 def test_limited_proxy_reads_but_changes_nothing(world):

@@ -8,7 +8,8 @@ fails, every signature since the last good checkpoint to name the forged ones.
 ``signature_check_interval=1`` verifies them all (Ed25519 verify is ~90 µs here: 1,000,000
 transactions would take 90 s; checkpoints keep audit well under 60 s). It replays the money
 effects of each transaction and compares them with the stored documents (accounts, holds,
-pending mints, the money supply, the ledger head). Findings name what was edited, deleted,
+pending mints, the money supply, the ledger head, each account's service grants and their caps).
+Findings name what was edited, deleted,
 reordered, inserted or forged; at most ``AUDIT_FINDINGS_MAX`` are listed.
 """
 from __future__ import annotations
@@ -90,6 +91,10 @@ class AuditRow(NamedTuple):
     credit_limit: int | None
     pending_mint_id: str | None
     expires_at_us: int | None
+    service_dn: str | None
+    grant_hold_max: int | None
+    grant_period_max: int | None
+    grant_period_us: int | None
     prev_hash: str
     hash: str
     signature: str
@@ -168,6 +173,7 @@ def audit_rows(rows: Iterable[AuditRow], accounts: Iterable[Account], holds: Ite
     held: dict[str, int] = {}
     credit_limits: dict[str, int] = {}
     hold_replay: dict[str, list] = {}           # hold_id → [account_id, amount, charged, state, ended_seq]
+    grant_replay: dict[str, dict[str, tuple]] = {}   # account_id → service DN → (hold max, period max, period)
     mint_replay: dict[str, list] = {}           # pending_mint_id → [account_id, amount, expires_at_us, state,
                                                 #                   ended_seq]
     issued = retired = 0
@@ -259,6 +265,13 @@ def audit_rows(rows: Iterable[AuditRow], accounts: Iterable[Account], holds: Ite
             balances[account_id] = held[account_id] = credit_limits[account_id] = 0
         if kind is kinds.SET_CREDIT_LIMIT:
             credit_limits[account_id] = transaction.credit_limit
+        elif kind is kinds.GRANT_SERVICE:
+            grant_replay.setdefault(account_id, {})[transaction.service_dn] = (
+                transaction.grant_hold_max, transaction.grant_period_max, transaction.grant_period_us)
+        elif kind is kinds.REVOKE_SERVICE:
+            if grant_replay.get(account_id, {}).pop(transaction.service_dn, None) is None:
+                findings.add("invariant", seq, f"transaction {seq}: revokes the grant of account {account_id} to "
+                                               f"{transaction.service_dn}, which it did not hold")
         elif kind is kinds.MINT:
             balances[account_id] += amount
             issued += amount
@@ -404,6 +417,12 @@ def audit_rows(rows: Iterable[AuditRow], accounts: Iterable[Account], holds: Ite
         if held_by_holds.get(account_id, 0) != account.held:
             findings.add("invariant", None, f"account {account_id} says {account.held} held; its active "
                                             f"holds add up to {held_by_holds.get(account_id, 0)}")
+        stored_grants = {grant.service_dn: (grant.hold_max, grant.period_max, grant.period_us)
+                         for grant in account.grants}
+        if stored_grants != grant_replay.get(account_id, {}):
+            findings.add("invariant", None, f"account {account_id}'s service grants differ from its transactions: "
+                                            f"stored {sorted(stored_grants.items())}, replayed "
+                                            f"{sorted(grant_replay.get(account_id, {}).items())}")
         if account_id not in balances:
             findings.add("invariant", None, f"account {account_id} has no transaction that created it")
             continue

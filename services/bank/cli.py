@@ -123,6 +123,14 @@ def describe(t: Transaction) -> str:
     elif kind == "set-spending-limit":
         text = (f"spending limit of {t.account_id} removed" if t.spending_limit is None else
                 f"spending limit of {t.account_id} is {money(t.spending_limit)} per {period_text(t.spending_period_us)}")
+    elif kind == "grant-service":
+        caps = [f"at most {money(t.grant_hold_max)} per hold"] if t.grant_hold_max is not None else []
+        if t.grant_period_max is not None:
+            caps.append(f"{money(t.grant_period_max)} per {period_text(t.grant_period_us)}")
+        text = (f"{t.service_dn} may hold on {t.account_id} for its owners, managers and members"
+                f" ({', '.join(caps) if caps else 'no caps'})")
+    elif kind == "revoke-service":
+        text = f"{t.service_dn} may no longer hold on {t.account_id} for its holders"
     elif kind == "mint-request":
         text = (f"mint of {money(t.amount)} into {t.account_id} awaits a second administrator until "
                 f"{when(t.expires_at_us)}: pending mint {t.pending_mint_id}")
@@ -162,6 +170,8 @@ def describe(t: Transaction) -> str:
         text = f"hold {t.hold_id} {'released' if kind == 'release' else 'expired'}: {money(t.amount)} back to {t.account_id}"
     else:
         text = f"{kind} {t.account_id or ''} {money(t.amount)}".strip()
+    if t.on_behalf_of_dn:                # a hold a service made under its grant, and what was done with it
+        text += f" — by {t.principal_dn} for {t.on_behalf_of_dn}"
     return text
 
 
@@ -235,6 +245,17 @@ def _set_spending_limit(args, bank):
                                                   request_id=args.request_id))
 
 
+def _grant_service(args, bank):
+    if (args.period_max is None) != (args.period is None):
+        raise usage_error(args, "--period-max and --period go together")
+    return _receipt(args, bank.grant_service(args.account, args.dn, hold_max=args.hold_max, period_max=args.period_max,
+                                             period_s=args.period, request_id=args.request_id))
+
+
+def _revoke_service(args, bank):
+    return _receipt(args, bank.revoke_service(args.account, args.dn, request_id=args.request_id))
+
+
 def _mint(args, bank):
     return _receipt(args, bank.mint(args.account, args.amount, request_id=args.request_id))
 
@@ -284,7 +305,8 @@ def _expires(args, *, required: bool):
 def _hold(args, bank):
     return _receipt(args, bank.create_hold(args.account, amount=args.amount, expires=_expires(args, required=True),
                                            reference=args.reference, collector_dn=args.collector,
-                                           payee_account_id=args.payee, request_id=args.request_id))
+                                           payee_account_id=args.payee, on_behalf_of_dn=args.on_behalf_of,
+                                           request_id=args.request_id))
 
 
 def _extend_hold(args, bank):
@@ -324,6 +346,12 @@ def _account(args, bank):
              f"  balance {money(a.balance)}, held {money(a.held)}, available {money(a.available)}",
              f"  credit limit {money(a.credit_limit)}, spending limit {limit}",
              "  holders:"] + [f"    {h.role:<8} {h.dn}" for h in a.holders]
+    for g in a.grants:
+        caps = [f"at most {money(g.hold_max)} per hold"] if g.hold_max is not None else []
+        if g.period_max is not None:
+            caps.append(f"{money(g.period_max)} per {period_text(g.period_us)} ({money(g.held_in_period)} held)")
+        lines.append(f"  service {g.service_dn} may hold for its holders ({', '.join(caps) if caps else 'no caps'}), "
+                     f"granted {when(g.granted_at_us)}")
     print_result(args, a, "\n".join(lines))
     return EXIT_OK
 
@@ -343,6 +371,8 @@ def _show_hold(args, bank):
         lines.append(f"  charges go to account {h.payee_account_id}")
     if h.collector_dn:
         lines.append(f"  collector {h.collector_dn}")
+    if h.on_behalf_of_dn:
+        lines.append(f"  on behalf of {h.on_behalf_of_dn} (by {h.creator_dn}, under its grant)")
     print_result(args, h, "\n".join(lines))
     return EXIT_OK
 
@@ -516,6 +546,23 @@ def register(subparsers) -> None:
                    help="second, minute, hour, day, week, or a duration such as 3600 or 12h")
     p.add_argument("--remove", action="store_true", help="remove the spending limit")
 
+    p = command("grant-service", "let a service (a site's JARM) hold on an account for its owners, managers and "
+                                 "members, within caps (owners)",
+                "gridcredit bank grant-service vo-atlas '/DC=org/DC=example/CN=host/jarm.example.org' "
+                "--hold-max 5000 --period-max 100000 --period 30d", _grant_service, mutating=True)
+    p.add_argument("account")
+    p.add_argument("dn", help="the service's certificate subject DN")
+    p.add_argument("--hold-max", type=amount_type, metavar="AMOUNT", help="the largest hold it may place")
+    p.add_argument("--period-max", type=amount_type, metavar="AMOUNT",
+                   help="at most this much held per --period in all (new holds and raises)")
+    p.add_argument("--period", type=period_s, metavar="PERIOD", help="day, week, 30d, …")
+
+    p = command("revoke-service", "end a service's grant on an account (owners); its holds stay",
+                "gridcredit bank revoke-service vo-atlas '/DC=org/DC=example/CN=host/jarm.example.org'",
+                _revoke_service, mutating=True)
+    p.add_argument("account")
+    p.add_argument("dn")
+
     p = command("mint", "issue new credits into an account (administrators; a ledger transaction naming you)",
                 "gridcredit bank mint vo-atlas 1,000,000", _mint, mutating=True)
     p.add_argument("account")
@@ -549,7 +596,7 @@ def register(subparsers) -> None:
 
     p = command("hold", "reserve credits on an account until charged, released or expired",
                 "gridcredit bank hold vo-atlas --amount 500 --expires-in 2h --reference 'job 4711'",
-                _hold, mutating=True)
+                _hold, mutating=True, aliases=("create-hold",))
     p.add_argument("account")
     p.add_argument("--amount", type=amount_type, required=True)
     _expiry_options(p, required=True)
@@ -557,6 +604,8 @@ def register(subparsers) -> None:
     p.add_argument("--payee", metavar="ACCOUNT", help="the account every charge goes to (needed with --collector)")
     p.add_argument("--collector", metavar="DN", help="another identity that may charge it (to --payee, up to "
                                                      "--amount), move its expiry and release it")
+    p.add_argument("--on-behalf-of", metavar="DN", help="a service with a grant on the account: hold for this "
+                                                        "owner, manager or member")
 
     p = command("extend-hold", "give a hold a later expiry, a larger amount or another payee",
                 "gridcredit bank extend-hold hold-42 --expires-in 4h --amount 800", _extend_hold, mutating=True)

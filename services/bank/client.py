@@ -72,6 +72,19 @@ class Receipt:
 
 
 @dataclass(frozen=True, slots=True)
+class Grant:
+    """A service grant on an account (``None``: no such cap); ``held_in_period`` counts the holds made
+    under it in the current period."""
+
+    service_dn: str
+    hold_max: int | None
+    period_max: int | None
+    period_us: int | None
+    held_in_period: int
+    granted_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
 class Account:
     account_id: str
     project: str
@@ -85,6 +98,7 @@ class Account:
     spent_in_period: int
     created_at_us: int
     holders: tuple[Holder, ...]
+    grants: tuple[Grant, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +245,25 @@ class BankClient(ServiceClient):
         return self._mutate("SetSpendingLimit", request_id, account_id=account_id, spending_limit=spending_limit,
                             spending_period_s=period_s)
 
+    def grant_service(self, account_id: str, service_dn: str, *, hold_max: int | None = None,
+                      period_max: int | None = None, period_s: int | None = None,
+                      request_id: str | None = None) -> Receipt:
+        """Let a service identity (a site's JARM) place holds on the account on behalf of its owners,
+        managers and members: each at most ``hold_max``, and at most ``period_max`` per ``period_s``
+        seconds in all (None: no cap). Owners only; granting again changes the caps."""
+        if hold_max is not None:
+            _checked_amount(hold_max, "the grant's largest hold")
+        if period_max is not None:
+            _checked_amount(period_max, "the grant's cap per period")
+        if period_s is not None:
+            _checked_amount(period_s, "the grant's period")
+        return self._mutate("GrantService", request_id, account_id=account_id, service_dn=service_dn,
+                            hold_max=hold_max, period_max=period_max, period_s=period_s)
+
+    def revoke_service(self, account_id: str, service_dn: str, *, request_id: str | None = None) -> Receipt:
+        """End a service's grant (owners only); the holds it made stay for it to charge, settle or release."""
+        return self._mutate("RevokeService", request_id, account_id=account_id, service_dn=service_dn)
+
     # -- money supply ------------------------------------------------------------------------------
     def mint(self, account_id: str, amount: int, *, request_id: str | None = None) -> Receipt:
         return self._mutate("Mint", request_id, account_id=account_id, amount=_checked_amount(amount, "amount"))
@@ -260,13 +293,15 @@ class BankClient(ServiceClient):
 
     def create_hold(self, account_id: str, *, amount: int, expires: datetime | timedelta | int | float,
                     reference: str | None = None, collector_dn: str | None = None,
-                    payee_account_id: str | None = None, request_id: str | None = None) -> Receipt:
+                    payee_account_id: str | None = None, on_behalf_of_dn: str | None = None,
+                    request_id: str | None = None) -> Receipt:
         """Reserve ``amount``; ``expires``: an aware datetime, a timedelta or seconds from now
         (made absolute once, so every attempt sends the same expiry). With ``payee_account_id``
-        every charge goes to that account; a ``collector_dn`` (who may charge it there) needs one."""
+        every charge goes to that account; a ``collector_dn`` (who may charge it there) needs one.
+        ``on_behalf_of_dn``: a service with a grant on the account holds for that owner, manager or member."""
         return self._mutate("CreateHold", request_id, account_id=account_id, amount=_checked_amount(amount, "amount"),
                             expires=expiry(expires), reference=reference, collector_dn=collector_dn,
-                            payee_account_id=payee_account_id)
+                            payee_account_id=payee_account_id, on_behalf_of_dn=on_behalf_of_dn)
 
     def extend_hold(self, hold_id: str, *, expires: datetime | timedelta | int | float | None = None,
                     amount: int | None = None, payee_account_id: str | None = None,
@@ -297,8 +332,9 @@ class BankClient(ServiceClient):
     def get_account(self, account_id: str) -> Account:
         value = self._query("GetAccount", account_id=account_id)
         holders = tuple(Holder(dn=h.dn, role=h.role) for h in array_items(value.holders, "HolderInfo"))
-        return Account(**{f.name: getattr(value, f.name, None) for f in fields(Account) if f.name != "holders"},
-                       holders=holders)
+        grants = tuple(from_wire(Grant, g) for g in array_items(getattr(value, "grants", None), "GrantInfo"))
+        return Account(**{f.name: getattr(value, f.name, None) for f in fields(Account)
+                          if f.name not in ("holders", "grants")}, holders=holders, grants=grants)
 
     def get_hold(self, hold_id: str) -> Hold:
         return _hold(self._query("GetHold", hold_id=hold_id))

@@ -2,7 +2,10 @@
 
 One document per state, one element per field (camelCase of the Python name, units kept:
 ``expires_at_us`` → ``expiresAtUs``), fields that are ``None`` left out, enums by their value,
-integers in decimal. An account's holders are ``<holders><holder role="owner">DN</holder>…``.
+integers in decimal. An account's holders are ``<holders><holder role="owner">DN</holder>…``, its
+service grants (left out when it has none, as in documents written before grants existed)
+``<grants><grant holdMax="…" periodMax="…" periodUs="…" periodIndex="…" heldInPeriod="…"
+grantedAtUs="…">DN</grant>…`` (an attribute that is None left out).
 A transaction therefore reads naturally in XPath, for example with ``t`` bound to the namespace::
 
     /t:Transaction[t:kind='charge' and t:amount > 100 and t:accountId='vo-atlas']
@@ -36,7 +39,8 @@ from lxml import etree
 
 from gridcredit.errors import StoreError
 
-from .types import Account, Holder, Hold, LedgerHead, MoneySupply, PendingMint, RequestRecord, Role, Transaction
+from .types import (Account, Holder, Hold, LedgerHead, MoneySupply, PendingMint, RequestRecord, Role, ServiceGrant,
+                    Transaction)
 
 NAMESPACE = "urn:gridcredit:bank:1"
 NAMESPACES = {"t": NAMESPACE}
@@ -59,7 +63,8 @@ def element_name(field_name: str) -> str:
 
 @functools.cache
 def _schema(cls: type) -> tuple[tuple[str, str, type, bool], ...]:
-    """(field name, element name, value type, optional) for each field of a document type."""
+    """(field name, element name, value type, optional) for each field of a document type. A list with a
+    default (an account's grants) is optional: absent when empty."""
     hints = typing.get_type_hints(cls)
     rows = []
     for field in dataclasses.fields(cls):
@@ -69,8 +74,15 @@ def _schema(cls: type) -> tuple[tuple[str, str, type, bool], ...]:
             members = [member for member in typing.get_args(hint) if member is not type(None)]
             optional = len(members) < len(typing.get_args(hint))
             hint = members[0]
+        elif typing.get_origin(hint) is tuple and field.default is not dataclasses.MISSING:
+            optional = True
         rows.append((field.name, element_name(field.name), hint, optional))
     return tuple(rows)
+
+
+# A grant's fields other than its DN (the element's text), as attributes.
+_GRANT_ATTRIBUTES = tuple((field.name, element_name(field.name)) for field in dataclasses.fields(ServiceGrant)
+                          if field.name != "service_dn")
 
 
 def _text(value: object) -> str:
@@ -91,6 +103,16 @@ def to_element(state: object) -> etree._Element:
             for holder in value:
                 child = etree.SubElement(holders, _qualified("holder"), role=holder.role.value)
                 child.text = holder.dn
+            continue
+        if field_name == "grants":
+            if value:
+                grants = etree.SubElement(root, _qualified(name))
+                for grant in value:
+                    child = etree.SubElement(grants, _qualified("grant"),
+                                             {attribute: str(getattr(grant, grant_field))
+                                              for grant_field, attribute in _GRANT_ATTRIBUTES
+                                              if getattr(grant, grant_field) is not None})
+                    child.text = grant.service_dn
             continue
         etree.SubElement(root, _qualified(name)).text = _text(value)
     return root
@@ -174,13 +196,16 @@ def _decoder(value_type: type):
 
 
 @functools.cache
-def _decoding_table(cls: type) -> tuple[dict, tuple[tuple[int, str], ...], int]:
-    """(tag → (field index, decoder, where), required (field index, element name) pairs, field count)."""
+def _decoding_table(cls: type) -> tuple[dict, tuple[tuple[int, str], ...], tuple]:
+    """(tag → (field index, decoder, where), required (field index, element name) pairs, the value of each
+    field whose element is absent: None, or the default of a list)."""
     schema = _schema(cls)
     table = {_qualified(name): (index, _decoder(value_type), f"{cls.__name__}/{name}")
              for index, (_field_name, name, value_type, _optional) in enumerate(schema)}
     required = tuple((index, name) for index, (_field, name, _type, optional) in enumerate(schema) if not optional)
-    return table, required, len(schema)
+    absent = tuple(field.default if typing.get_origin(row[2]) is tuple and field.default is not dataclasses.MISSING
+                   else None for field, row in zip(dataclasses.fields(cls), schema))
+    return table, required, absent
 
 
 _UNSET = object()   # a field whose element has not been read (decoders never answer None)
@@ -188,6 +213,30 @@ _UNSET = object()   # a field whose element has not been read (decoders never an
 
 _ROLE_DECODER = _enum_decoder(Role)
 _HOLDER_TAG = _qualified("holder")
+_GRANT_TAG = _qualified("grant")
+
+
+def _holder(element: etree._Element, where: str) -> Holder:
+    if element.tag != _HOLDER_TAG:
+        raise StoreError(f"{where}: unknown element {element.tag}")
+    return Holder(element.text or "", _ROLE_DECODER(element.get("role", ""), where))
+
+
+def _grant(element: etree._Element, where: str) -> ServiceGrant:
+    if element.tag != _GRANT_TAG:
+        raise StoreError(f"{where}: unknown element {element.tag}")
+    known = {attribute for _field, attribute in _GRANT_ATTRIBUTES}
+    if not set(element.attrib) <= known:
+        raise StoreError(f"{where}: unknown grant attributes {sorted(set(element.attrib) - known)}")
+    values = {grant_field: _integer_decoder(element.get(attribute), where) if attribute in element.attrib else None
+              for grant_field, attribute in _GRANT_ATTRIBUTES}
+    for required in ("period_index", "held_in_period", "granted_at_us"):
+        if values[required] is None:
+            raise StoreError(f"{where}: a grant needs {element_name(required)}")
+    return ServiceGrant(service_dn=element.text or "", **values)
+
+
+_NESTED_READERS = {"holders": _holder, "grants": _grant}
 _NAMESPACE_PREFIX = "{" + NAMESPACE + "}"
 
 
@@ -199,8 +248,8 @@ def from_element(root: etree._Element, expected: type | None = None) -> object:
     cls = _TYPE_BY_ROOT.get(local_name)
     if cls is None or (expected is not None and cls is not expected):
         raise StoreError(f"expected a {expected.__name__ if expected else 'bank'} document, found {local_name}")
-    table, required, count = _decoding_table(cls)
-    values = [_UNSET] * count           # in field order
+    table, required, absent = _decoding_table(cls)
+    values = [_UNSET] * len(absent)     # in field order
     for child in root:
         known = table.get(child.tag)
         if known is None:
@@ -211,20 +260,14 @@ def from_element(root: etree._Element, expected: type | None = None) -> object:
         if values[index] is not _UNSET:
             raise StoreError(f"{where} appears twice")
         if decode is None:
-            holders = []
-            for holder in child:
-                if not isinstance(holder.tag, str):
-                    continue
-                if holder.tag != _HOLDER_TAG:
-                    raise StoreError(f"{where}: unknown element {holder.tag}")
-                holders.append(Holder(holder.text or "", _ROLE_DECODER(holder.get("role", ""), where)))
-            values[index] = tuple(holders)
+            read = _NESTED_READERS[_schema(cls)[index][0]]
+            values[index] = tuple(read(item, where) for item in child if isinstance(item.tag, str))
         else:
             values[index] = decode(child.text or "", where)
     for index, name in required:
         if values[index] is _UNSET:
             raise StoreError(f"{local_name}: required element {name} is missing")
-    return cls(*[None if value is _UNSET else value for value in values])
+    return cls(*[default if value is _UNSET else value for value, default in zip(values, absent)])
 
 
 _local = threading.local()

@@ -29,6 +29,11 @@ Decisions (see also the module constants):
   does), before it :class:`ApproveMint` or :class:`CancelMint`. A pending mint ends exactly once —
   approved (a ``mint`` transaction), cancelled (``mint-cancel``) or expired (``mint-expire``) —
   each a signed transaction whose ``principal_dn`` names who (or which sweeper) ended it.
+* **Service grants**: an account's owner may let a service identity hold on the account on behalf
+  of its spending holders (:class:`GrantService`, :class:`RevokeService`), capped per hold and per
+  period (``ServiceGrant``; over a cap: ``GrantLimitExceeded``). A :class:`CreateHold` with
+  ``on_behalf_of_dn`` records both DNs (creator: the service), and so does every transaction on
+  that hold.
 * **Idempotency** is scoped by caller: the record key is ``SHA-256(principal DN, request id)``,
   and the request hash covers the operation, the caller's DN and every request field. A retry
   returns the original transaction; a different request under a used id is ``RequestIdReused``.
@@ -61,12 +66,13 @@ from .audit import AuditFinding, AuditReport, audit  # noqa: F401 — AuditFindi
 from .ledger_chain import seal
 from .policy import (Principal, authorize_approve_mint, authorize_cancel_mint, authorize_charge_hold,
                      authorize_create_account, authorize_create_hold, authorize_expire_hold, authorize_expire_mint,
-                     authorize_extend_hold, authorize_mint, authorize_release_hold, authorize_remove_holder,
-                     authorize_retire, authorize_set_credit_limit, authorize_set_holder, authorize_set_spending_limit,
-                     authorize_set_status, authorize_settle_hold, authorize_transfer, authorize_view,
-                     needs_second_administrator, require_full_credential)
+                     authorize_extend_hold, authorize_grant_service, authorize_mint, authorize_release_hold,
+                     authorize_remove_holder, authorize_retire, authorize_revoke_service, authorize_set_credit_limit,
+                     authorize_set_holder, authorize_set_spending_limit, authorize_set_status, authorize_settle_hold,
+                     authorize_transfer, authorize_view, needs_second_administrator, require_full_credential,
+                     serves_hold)
 from .types import (Account, AccountStatus, BankPolicy, Hold, Holder, HoldState, LedgerHead, MoneySupply, PendingMint,
-                    PendingMintState, RequestRecord, Role, SupplyChange, Transaction, TransactionKind)
+                    PendingMintState, RequestRecord, Role, ServiceGrant, SupplyChange, Transaction, TransactionKind)
 
 AMOUNT_MIN = 1
 AMOUNT_MAX = 10**15
@@ -79,6 +85,7 @@ REFERENCE_LENGTH_MAX = 256
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 SPENDING_PERIOD_MIN_US = 1_000_000
 SPENDING_PERIOD_MAX_US = 366 * 86_400 * 1_000_000
+GRANTS_MAX = 32                          # service grants one account holds at most
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,6 +143,29 @@ class SetSpendingLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class GrantService:
+    """An owner lets a service identity place holds on the account on behalf of its spending holders, each
+    hold at most ``hold_max`` and at most ``period_max`` per ``period_us`` in all (None: no cap). Granting
+    again changes the caps."""
+
+    request_id: str
+    account_id: str
+    service_dn: str
+    hold_max: int | None = None
+    period_max: int | None = None
+    period_us: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeService:
+    """The holds the service made stay: it may still extend their expiry, charge, settle and release them."""
+
+    request_id: str
+    account_id: str
+    service_dn: str
+
+
+@dataclass(frozen=True, slots=True)
 class Mint:
     request_id: str
     account_id: str
@@ -184,6 +214,7 @@ class CreateHold:
     reference: str = ""
     collector_dn: str | None = None
     payee_account_id: str | None = None  # charges go only there; required when a collector is named
+    on_behalf_of_dn: str | None = None   # a service with a grant on the account, for this spending holder
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,8 +260,8 @@ class ExpireHold:
 
 
 Request = (CreateAccount | SetHolder | RemoveHolder | SetStatus | SetCreditLimit | SetSpendingLimit
-           | Mint | ApproveMint | CancelMint | ExpireMint | Retire | Transfer | CreateHold | ExtendHold
-           | ChargeHold | SettleHold | ReleaseHold | ExpireHold)
+           | GrantService | RevokeService | Mint | ApproveMint | CancelMint | ExpireMint | Retire | Transfer
+           | CreateHold | ExtendHold | ChargeHold | SettleHold | ReleaseHold | ExpireHold)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,6 +510,12 @@ def set_credit_limit(account: Account | None, request: SetCreditLimit, *, princi
         credit_limit=request.credit_limit)
 
 
+def _check_period(period_us: object, what: str) -> None:
+    if type(period_us) is not int or not SPENDING_PERIOD_MIN_US <= period_us <= SPENDING_PERIOD_MAX_US:
+        raise _refuse("InvalidArgument", f"{what} must be {SPENDING_PERIOD_MIN_US} to {SPENDING_PERIOD_MAX_US} µs; "
+                                         f"got {period_us!r}")
+
+
 def set_spending_limit(account: Account | None, request: SetSpendingLimit, *, principal: Principal,
                        now_us: int, seq: int) -> tuple[Account, Transaction]:
     check_identifier(request.account_id, "account id")
@@ -487,10 +524,7 @@ def set_spending_limit(account: Account | None, request: SetSpendingLimit, *, pr
                                          "to remove it)")
     if request.spending_limit is not None:
         _check_limit(request.spending_limit, "spending limit")
-        period = request.spending_period_us
-        if type(period) is not int or not SPENDING_PERIOD_MIN_US <= period <= SPENDING_PERIOD_MAX_US:
-            raise _refuse("InvalidArgument", f"spending period must be {SPENDING_PERIOD_MIN_US} to "
-                                             f"{SPENDING_PERIOD_MAX_US} µs; got {period!r}")
+        _check_period(request.spending_period_us, "spending period")
     account = require_account(account, request.account_id)
     authorize_set_spending_limit(principal, account)
     _require_not_closed(account)
@@ -506,6 +540,79 @@ def set_spending_limit(account: Account | None, request: SetSpendingLimit, *, pr
     return updated, _entry(TransactionKind.SET_SPENDING_LIMIT, request, principal, now_us, seq,
                            account_id=account.account_id, spending_limit=request.spending_limit,
                            spending_period_us=request.spending_period_us)
+
+
+def grant_service(account: Account | None, request: GrantService, *, principal: Principal, now_us: int,
+                  seq: int) -> tuple[Account, Transaction]:
+    check_identifier(request.account_id, "account id")
+    check_dn(request.service_dn, "service DN")
+    if request.hold_max is not None:
+        check_amount(request.hold_max, "the grant's largest hold")
+    if (request.period_max is None) != (request.period_us is None):
+        raise _refuse("InvalidArgument", "a grant's cap per period needs both an amount and a period (or neither)")
+    if request.period_max is not None:
+        check_amount(request.period_max, "the grant's cap per period")
+        _check_period(request.period_us, "the grant's period")
+    account = require_account(account, request.account_id)
+    authorize_grant_service(principal, account)
+    _require_not_closed(account)
+    previous = account.grant_of(request.service_dn)
+    if previous is not None and (previous.hold_max, previous.period_max, previous.period_us) == (
+            request.hold_max, request.period_max, request.period_us):
+        raise _refuse("GrantUnchanged", f"{request.service_dn} already holds this grant on account "
+                                        f"{account.account_id}")
+    if previous is None and len(account.grants) >= GRANTS_MAX:
+        raise _refuse("TooManyGrants", f"account {account.account_id} already grants {len(account.grants)} services; "
+                                       f"at most {GRANTS_MAX}: revoke one first")
+    if previous is not None and request.period_us is not None and request.period_us == previous.period_us:
+        index, held = previous.period_index, previous.held_in_period     # the same period: what it held counts
+    else:
+        index, held = (now_us // request.period_us if request.period_us else 0), 0
+    grant = ServiceGrant(service_dn=request.service_dn, hold_max=request.hold_max, period_max=request.period_max,
+                         period_us=request.period_us, period_index=index, held_in_period=held,
+                         granted_at_us=now_us)
+    grants = [other for other in account.grants if other.service_dn != request.service_dn] + [grant]
+    updated = dataclasses.replace(account, grants=tuple(sorted(grants, key=lambda other: other.service_dn)))
+    return updated, _entry(TransactionKind.GRANT_SERVICE, request, principal, now_us, seq,
+                           account_id=account.account_id, service_dn=request.service_dn,
+                           grant_hold_max=request.hold_max, grant_period_max=request.period_max,
+                           grant_period_us=request.period_us)
+
+
+def revoke_service(account: Account | None, request: RevokeService, *, principal: Principal, now_us: int,
+                   seq: int) -> tuple[Account, Transaction]:
+    check_identifier(request.account_id, "account id")
+    check_dn(request.service_dn, "service DN")
+    account = require_account(account, request.account_id)
+    authorize_revoke_service(principal, account)
+    _require_not_closed(account)
+    if account.grant_of(request.service_dn) is None:
+        raise _refuse("NotGranted", f"{request.service_dn} holds no grant on account {account.account_id}")
+    updated = dataclasses.replace(account, grants=tuple(grant for grant in account.grants
+                                                        if grant.service_dn != request.service_dn))
+    return updated, _entry(TransactionKind.REVOKE_SERVICE, request, principal, now_us, seq,
+                           account_id=account.account_id, service_dn=request.service_dn)
+
+
+def _hold_under_grant(account: Account, service_dn: str, hold_total: int, increase: int, now_us: int) -> Account:
+    """The account with ``increase`` more counted against the service's grant, whose caps allow a hold of
+    ``hold_total`` (GrantLimitExceeded if not)."""
+    grant = account.grant_of(service_dn)
+    invariant(grant is not None, "the policy found the grant")
+    what = f"the grant of account {account.account_id} to {service_dn}"
+    if grant.hold_max is not None and hold_total > grant.hold_max:
+        raise _refuse("GrantLimitExceeded", f"{what} allows holds of at most {grant.hold_max} credits; this hold "
+                                            f"would be {hold_total} (over by {hold_total - grant.hold_max})")
+    if grant.period_max is None or grant.period_us is None:
+        return account
+    held = grant.held_at(now_us)
+    if held + increase > grant.period_max:
+        raise _refuse("GrantLimitExceeded", f"{what} allows {grant.period_max} credits of holds per "
+                                            f"{grant.period_us} µs period; {held} already held in this period, so "
+                                            f"{increase} more would exceed it by {held + increase - grant.period_max}")
+    counted = dataclasses.replace(grant, period_index=now_us // grant.period_us, held_in_period=held + increase)
+    return dataclasses.replace(account, grants=tuple(counted if other.service_dn == service_dn else other
+                                                     for other in account.grants))
 
 
 def _issue(account: Account, supply: MoneySupply, amount: int) -> tuple[Account, MoneySupply]:
@@ -691,26 +798,35 @@ def create_hold(account: Account | None, payee: Account | None, request: CreateH
                                              f"payee account its charges go to")
         if request.collector_dn == principal.dn:
             raise _refuse("InvalidArgument", "a hold's collector must be another identity than its creator")
+    if request.on_behalf_of_dn is not None:
+        check_dn(request.on_behalf_of_dn, "on-behalf-of DN")
+        if request.on_behalf_of_dn == principal.dn:
+            raise _refuse("InvalidArgument", "a hold on behalf of someone names another identity than its creator; "
+                                             "leave on-behalf-of out to hold for yourself")
     _check_payee(request.payee_account_id, request.account_id)
     _check_expiry(request.expires_at_us, now_us, policy)
     account = require_account(account, request.account_id)
     if request.payee_account_id is not None:
         payee = require_account(payee, request.payee_account_id)
-    authorize_create_hold(principal, account)
+    authorize_create_hold(principal, account, on_behalf_of_dn=request.on_behalf_of_dn)
     _require_open(account, "new holds")
     if request.payee_account_id is not None:
         _require_not_closed(payee)
+    if request.on_behalf_of_dn is not None:
+        account = _hold_under_grant(account, principal.dn, request.amount, request.amount, now_us)
     _require_available(account, request.amount, "the hold")
     hold = Hold(hold_id=f"hold-{seq}", account_id=account.account_id, amount=request.amount, charged=0,
                 expires_at_us=request.expires_at_us, reference=request.reference, creator_dn=principal.dn,
                 collector_dn=request.collector_dn, payee_account_id=request.payee_account_id,
-                state=HoldState.ACTIVE, created_at_us=now_us, created_seq=seq, ended_seq=None, ended_at_us=None)
+                state=HoldState.ACTIVE, created_at_us=now_us, created_seq=seq, ended_seq=None, ended_at_us=None,
+                on_behalf_of_dn=request.on_behalf_of_dn)
     account = dataclasses.replace(account, held=account.held + request.amount)
     return account, hold, _entry(TransactionKind.HOLD, request, principal, now_us, seq,
                                  account_id=account.account_id, amount=request.amount, hold_id=hold.hold_id,
                                  hold_amount=hold.amount, hold_state=hold.state,
                                  expires_at_us=hold.expires_at_us, reference=hold.reference,
-                                 collector_dn=hold.collector_dn, payee_account_id=hold.payee_account_id)
+                                 collector_dn=hold.collector_dn, payee_account_id=hold.payee_account_id,
+                                 on_behalf_of_dn=hold.on_behalf_of_dn)
 
 
 def extend_hold(hold: Hold | None, account: Account | None, payee: Account | None, request: ExtendHold, *,
@@ -731,8 +847,8 @@ def extend_hold(hold: Hold | None, account: Account | None, payee: Account | Non
     _check_payee(request.payee_account_id, hold.account_id)
     if request.payee_account_id is not None:
         payee = require_account(payee, request.payee_account_id)
-    authorize_extend_hold(principal, account, hold,
-                          raises_or_redirects=request.amount is not None or request.payee_account_id is not None)
+    authorize_extend_hold(principal, account, hold, raises=request.amount is not None,
+                          redirects=request.payee_account_id is not None)
     _require_active_hold(hold, now_us)
     _require_open(account, "extending holds")
     if request.payee_account_id is not None:
@@ -750,6 +866,8 @@ def extend_hold(hold: Hold | None, account: Account | None, payee: Account | Non
             raise _refuse("InvalidAmount", f"hold {hold.hold_id} already holds {hold.amount}; an extension "
                                            f"must be larger, not {request.amount}")
         increase = request.amount - hold.amount
+        if serves_hold(principal, hold):  # the service that made it under its grant: within the grant's caps
+            account = _hold_under_grant(account, principal.dn, request.amount, increase, now_us)
         _require_available(account, increase, "the larger hold")
     extended = dataclasses.replace(hold, amount=hold.amount + increase, expires_at_us=expires_at_us,
                                    payee_account_id=request.payee_account_id or hold.payee_account_id)
@@ -758,7 +876,7 @@ def extend_hold(hold: Hold | None, account: Account | None, payee: Account | Non
                                      account_id=account.account_id, amount=increase or None,
                                      hold_id=hold.hold_id, hold_amount=extended.amount,
                                      hold_state=extended.state, expires_at_us=expires_at_us,
-                                     payee_account_id=request.payee_account_id)
+                                     payee_account_id=request.payee_account_id, on_behalf_of_dn=hold.on_behalf_of_dn)
 
 
 def charge_hold(hold: Hold | None, account: Account | None, payee: Account | None, request: ChargeHold, *,
@@ -790,7 +908,7 @@ def charge_hold(hold: Hold | None, account: Account | None, payee: Account | Non
     return account, payee, updated, _entry(
         TransactionKind.CHARGE, request, principal, now_us, seq, account_id=account.account_id,
         counterparty_account_id=payee.account_id, amount=request.amount, hold_id=hold.hold_id,
-        hold_amount=hold.amount, hold_state=updated.state)
+        hold_amount=hold.amount, hold_state=updated.state, on_behalf_of_dn=hold.on_behalf_of_dn)
 
 
 def settle_hold(hold: Hold | None, account: Account | None, payee: Account | None, request: SettleHold, *,
@@ -826,7 +944,8 @@ def settle_hold(hold: Hold | None, account: Account | None, payee: Account | Non
     return account, payee, settled, _entry(
         TransactionKind.SETTLE, request, principal, now_us, seq, account_id=account.account_id,
         counterparty_account_id=payee.account_id, amount=request.amount, released_amount=remainder - request.amount,
-        hold_id=hold.hold_id, hold_amount=hold.amount, hold_state=HoldState.SETTLED)
+        hold_id=hold.hold_id, hold_amount=hold.amount, hold_state=HoldState.SETTLED,
+        on_behalf_of_dn=hold.on_behalf_of_dn)
 
 
 def _end_hold(hold: Hold, account: Account, state: HoldState, kind: TransactionKind, request: Request,
@@ -837,7 +956,7 @@ def _end_hold(hold: Hold, account: Account, state: HoldState, kind: TransactionK
     account = dataclasses.replace(account, held=account.held - remainder)
     return account, ended, _entry(kind, request, principal, now_us, seq, account_id=account.account_id,
                                   amount=remainder, hold_id=hold.hold_id, hold_amount=hold.amount,
-                                  hold_state=state)
+                                  hold_state=state, on_behalf_of_dn=hold.on_behalf_of_dn)
 
 
 def release_hold(hold: Hold | None, account: Account | None, request: ReleaseHold, *, principal: Principal,
@@ -873,10 +992,17 @@ def request_record_key(principal_dn: str, request_id: str) -> str:
     return hashlib.sha256(json.dumps([principal_dn, request_id], ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
+# Request fields added after requests were first recorded: left out of the request hash while unused, so
+# that a retry of a request recorded before them still matches its record.
+_FIELDS_HASHED_ONLY_WHEN_SET = frozenset({"on_behalf_of_dn"})
+
+
 def request_hash(request: Request, principal: Principal) -> str:
     body: dict[str, object] = {"operation": type(request).__name__, "principal": principal.dn}
     for field in dataclasses.fields(request):
         value = getattr(request, field.name)
+        if value is None and field.name in _FIELDS_HASHED_ONLY_WHEN_SET:
+            continue
         if isinstance(value, enum.Enum):
             value = value.value
         elif value is not None and type(value) not in (int, str):
@@ -953,6 +1079,12 @@ def _apply(view: LedgerView, request: Request, principal: Principal, now_us: int
             return entry, {"accounts": (account,)}
         case SetSpendingLimit():
             account, entry = set_spending_limit(_maybe_account(view, request.account_id), request, **common)
+            return entry, {"accounts": (account,)}
+        case GrantService():
+            account, entry = grant_service(_maybe_account(view, request.account_id), request, **common)
+            return entry, {"accounts": (account,)}
+        case RevokeService():
+            account, entry = revoke_service(_maybe_account(view, request.account_id), request, **common)
             return entry, {"accounts": (account,)}
         case Mint():
             account, supply, pending, entry = mint(_maybe_account(view, request.account_id), view.money_supply(),

@@ -35,23 +35,35 @@ set status                  administrator (any change); owner (freeze, close); o
                             administrators unfreeze; closed is final
 set credit limit            administrator
 set spending limit          administrator, owner, manager
+grant, revoke a service     owner (never an administrator as such: a grant lets a service spend)
 mint, retire, approve mint  administrator (an approval by a different administrator)
 cancel mint                 administrator (the one who requested it too)
 list pending mints, audit   administrator, auditor
 transfer                    owner, manager, member of the paying account; not service identities
-create hold                 owner, manager, member (service identities too, if they hold the role)
+create hold                 owner, manager, member (service identities too, if they hold the role);
+                            on behalf of a holder: a service the owners granted, for a current
+                            owner, manager or member (the caps are the ledger's: GrantLimitExceeded)
 charge, settle              a *current spender for the hold*: its creator while still owner,
                             manager or member, or an owner or manager (not service identities);
-                            or the named collector — always to the hold's payee when it has one
+                            or the named collector — always to the hold's payee when it has one;
+                            or the service that made it on behalf of a holder
 extend                      a current spender (later expiry, larger amount, another payee); the
-                            collector only a later expiry
-release                     a current spender, the collector, an administrator
+                            collector only a later expiry; the service that made it on behalf of a
+                            holder a later expiry, and a larger amount while its grant stands and
+                            the holder still spends
+release                     a current spender, the collector, the service that made it on behalf
+                            of a holder, an administrator
 view (balance, account,     administrator and every holder (viewer too); a hold also its creator
 holds, history, statement)  and its collector
 money supply, WhoAmI        anyone authenticated
 expire (a hold, a mint)     anyone, and only once due (the ledger checks when)
 viewer, stranger            nothing that changes state
 ==========================  =====================================================================
+
+A service grant gives the service no role: it acts only on behalf of a holder who may spend at
+that moment, and only through holds. Revoking it, or removing that holder, stops new holds and
+raises; the holds already made stay for the service to extend in time, charge, settle or release
+(their funds were authorized when they were made).
 
 A holder who is removed or demoted to viewer loses every power over the holds they made: those
 holds stay as they are (their funds reserved, their collector still able to take what was
@@ -78,17 +90,24 @@ BOOK = PolicyBook("Bank", {
     "SetStatus": Rule("administrators any change; owners freeze and close", True),
     "SetCreditLimit": Rule("administrators", True),
     "SetSpendingLimit": Rule("administrators, owners, managers", True),
+    "GrantService": Rule("owners (not administrators)", True),
+    "RevokeService": Rule("owners (not administrators)", True),
     "Mint": Rule("administrators", True),
     "ApproveMint": Rule("an administrator other than the one who asked", True),
     "CancelMint": Rule("administrators (the one who asked too)", True),
     "ListPendingMints": Rule(_OVERSEERS, False),
     "Retire": Rule("administrators", True),
     "Transfer": Rule("owners, managers, members of the paying account; not service identities", True),
-    "CreateHold": Rule("owners, managers, members (service identities too)", True),
-    "ExtendHold": Rule("a current spender for the hold; its collector a later expiry only", True),
-    "ChargeHold": Rule("a current spender for the hold or its collector, to its payee", True),
-    "SettleHold": Rule("a current spender for the hold or its collector, to its payee", True),
-    "ReleaseHold": Rule("a current spender for the hold, its collector, administrators", True),
+    "CreateHold": Rule("owners, managers, members (service identities too); a granted service on behalf of "
+                       "one of them", True),
+    "ExtendHold": Rule("a current spender for the hold; its collector a later expiry only; the service that made "
+                       "it for a holder within its grant", True),
+    "ChargeHold": Rule("a current spender for the hold, its collector or the service that made it for a holder, "
+                       "to its payee", True),
+    "SettleHold": Rule("a current spender for the hold, its collector or the service that made it for a holder, "
+                       "to its payee", True),
+    "ReleaseHold": Rule("a current spender for the hold, its collector, the service that made it for a holder, "
+                        "administrators", True),
     "GetBalance": Rule(_VIEWERS, False),
     "GetAccount": Rule(_VIEWERS, False),
     "GetHold": Rule(_VIEWERS + ", the hold's creator and collector", False),
@@ -141,9 +160,15 @@ def _spends_for_hold(principal: Principal, account: Account, hold: Hold) -> bool
     the creator still has a spending role there, or an owner or manager (not a service identity).
     A creator who was removed or demoted to viewer has no power over the holds they made."""
     role = account.role_of(principal.dn)
-    if principal.dn == hold.creator_dn and role in SPENDING_ROLES:
+    if principal.dn == hold.creator_dn and hold.on_behalf_of_dn is None and role in SPENDING_ROLES:
         return True
     return not principal.is_service and role in CONTROLLING_ROLES
+
+
+def serves_hold(principal: Principal, hold: Hold) -> bool:
+    """The service that made the hold under its grant, on behalf of a holder: it may extend its expiry,
+    charge, settle and release it — and raise it only while its grant stands and the holder still spends."""
+    return hold.on_behalf_of_dn is not None and principal.dn == hold.creator_dn
 
 
 def _collects_hold(principal: Principal, hold: Hold) -> bool:
@@ -210,6 +235,17 @@ def authorize_set_spending_limit(principal: Principal, account: Account) -> None
             "set the spending limit of", f"account {account.account_id}")
 
 
+def authorize_grant_service(principal: Principal, account: Account) -> None:
+    """Owners only: a grant lets a service spend from the account, which no administrator may give."""
+    _decide("GrantService", principal, account.role_of(principal.dn) is Role.OWNER, "grant services on",
+            f"account {account.account_id} (only its owners may)")
+
+
+def authorize_revoke_service(principal: Principal, account: Account) -> None:
+    _decide("RevokeService", principal, account.role_of(principal.dn) is Role.OWNER, "revoke services' grants on",
+            f"account {account.account_id} (only its owners may)")
+
+
 def authorize_mint(principal: Principal, account: Account) -> None:
     _decide("Mint", principal, principal.is_administrator, "mint credits into", f"account {account.account_id}")
 
@@ -254,14 +290,45 @@ def authorize_transfer(principal: Principal, payer: Account) -> None:
             "transfer from", f"account {payer.account_id}")
 
 
-def authorize_create_hold(principal: Principal, account: Account) -> None:
+def _refuse_grant_use(operation: str, principal: Principal, account: Account, on_behalf_of_dn: str,
+                      action: str) -> None:
+    """Refuse a service's use of its grant when it has none (any more) or the holder it acts for does not
+    spend from the account (any more)."""
+    if account.grant_of(principal.dn) is None:
+        raise BOOK.refuse(operation, f"{principal.dn} may not {action} on behalf of {on_behalf_of_dn}: it holds no "
+                                     f"grant on account {account.account_id} (an owner gives one with grant-service)")
+    role = account.role_of(on_behalf_of_dn)
+    if role not in SPENDING_ROLES:
+        what = "is not a holder" if role is None else f"is only a {role.value}"
+        raise BOOK.refuse(operation, f"{principal.dn} may not {action} on behalf of {on_behalf_of_dn}: that DN {what} "
+                                     f"of account {account.account_id}; a grant serves its owners, managers and "
+                                     f"members only")
+
+
+def authorize_create_hold(principal: Principal, account: Account, *, on_behalf_of_dn: str | None = None) -> None:
+    """A spender for itself; a service with a grant on the account for one of its current spenders."""
+    if on_behalf_of_dn is not None:
+        _refuse_grant_use("CreateHold", principal, account, on_behalf_of_dn,
+                          f"place holds on account {account.account_id}")
+        BOOK.allow("CreateHold")
+        return
     _decide("CreateHold", principal, account.role_of(principal.dn) in SPENDING_ROLES, "place holds on",
             f"account {account.account_id}")
 
 
-def authorize_extend_hold(principal: Principal, account: Account, hold: Hold, *, raises_or_redirects: bool) -> None:
-    """A current spender any extension; the collector a later expiry only (``raises_or_redirects``: the
-    request raises the amount or names another payee)."""
+def authorize_extend_hold(principal: Principal, account: Account, hold: Hold, *, raises: bool,
+                          redirects: bool) -> None:
+    """A current spender any extension; the collector a later expiry only; the service that made it for a
+    holder a later expiry, and a larger amount while its grant stands and the holder still spends."""
+    if serves_hold(principal, hold):
+        if redirects:
+            raise BOOK.refuse("ExtendHold", f"{principal.dn} made hold {hold.hold_id} on behalf of "
+                                            f"{hold.on_behalf_of_dn} and may not change its payee")
+        if raises:
+            _refuse_grant_use("ExtendHold", principal, account, hold.on_behalf_of_dn, f"raise hold {hold.hold_id}")
+        BOOK.allow("ExtendHold")
+        return
+    raises_or_redirects = raises or redirects
     spender = _spends_for_hold(principal, account, hold)
     collector = not spender and _collects_hold(principal, hold)
     if collector and raises_or_redirects:
@@ -275,7 +342,8 @@ def _authorize_charging(operation: str, action: str, principal: Principal, accou
                         payee: Account) -> None:
     """A charge or a settlement: a current spender or the collector; always to the hold's payee when it
     names one."""
-    allowed = _spends_for_hold(principal, account, hold) or _collects_hold(principal, hold)
+    allowed = (_spends_for_hold(principal, account, hold) or _collects_hold(principal, hold)
+               or serves_hold(principal, hold))
     if allowed and hold.payee_account_id is not None and payee.account_id != hold.payee_account_id:
         raise BOOK.refuse(operation, f"{principal.dn} may not {action} to account {payee.account_id} hold "
                                      f"{hold.hold_id}: its charges go to account {hold.payee_account_id} only")
@@ -293,7 +361,7 @@ def authorize_settle_hold(principal: Principal, account: Account, hold: Hold, pa
 
 def authorize_release_hold(principal: Principal, account: Account, hold: Hold) -> None:
     _decide("ReleaseHold", principal, principal.is_administrator or _spends_for_hold(principal, account, hold)
-            or _collects_hold(principal, hold), "release", f"hold {hold.hold_id}")
+            or _collects_hold(principal, hold) or serves_hold(principal, hold), "release", f"hold {hold.hold_id}")
 
 
 def authorize_expire_hold(principal: Principal, hold: Hold) -> None:

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from spyne import Array, Boolean, ComplexModel, DateTime, Long, Unicode
 
 from gridcredit.errors import DomainError
-from gridcredit.timeunits import datetime_to_us
+from gridcredit.timeunits import datetime_to_us, now_us
 from gridcredit.wiretypes import complex_model, wire_values
 
 from . import ledger, policy
@@ -53,13 +53,22 @@ class BalanceInfo(ComplexModel):
                   ("available", Long(**Required)), ("credit_limit", Long(**Required))]
 
 
+class GrantInfo(ComplexModel):
+    """A service grant on an account: its caps (absent: none) and what it held in the current period."""
+
+    __namespace__ = NAMESPACE
+    _type_info = [("service_dn", Unicode(**Required)), ("hold_max", Long(min_occurs=0)),
+                  ("period_max", Long(min_occurs=0)), ("period_us", Long(min_occurs=0)),
+                  ("held_in_period", Long(**Required)), ("granted_at_us", Long(**Required))]
+
+
 class AccountInfo(ComplexModel):
     __namespace__ = NAMESPACE
     _type_info = [("account_id", Unicode(**Required)), ("project", Unicode(**Required)), ("status", Unicode(**Required)),
                   ("balance", Long(**Required)), ("held", Long(**Required)), ("available", Long(**Required)),
                   ("credit_limit", Long(**Required)), ("spending_limit", Long(min_occurs=0)),
                   ("spending_period_us", Long(min_occurs=0)), ("spent_in_period", Long(**Required)),
-                  ("created_at_us", Long(**Required)), ("holders", Array(HolderInfo))]
+                  ("created_at_us", Long(**Required)), ("holders", Array(HolderInfo)), ("grants", Array(GrantInfo))]
 
 
 class HoldPage(ComplexModel):
@@ -115,12 +124,16 @@ def _receipt(outcome: ledger.Outcome) -> Receipt:
 
 
 def _account_info(account: ledger.Account) -> AccountInfo:
+    now = now_us()
     return AccountInfo(account_id=account.account_id, project=account.project, status=account.status.value,
                        balance=account.balance, held=account.held, available=account.available,
                        credit_limit=account.credit_limit, spending_limit=account.spending_limit,
                        spending_period_us=account.spending_period_us, spent_in_period=account.spent_in_period,
                        created_at_us=account.created_at_us,
-                       holders=[HolderInfo(dn=h.dn, role=h.role.value) for h in account.holders])
+                       holders=[HolderInfo(dn=h.dn, role=h.role.value) for h in account.holders],
+                       grants=[GrantInfo(service_dn=g.service_dn, hold_max=g.hold_max, period_max=g.period_max,
+                                         period_us=g.period_us, held_in_period=g.held_at(now),
+                                         granted_at_us=g.granted_at_us) for g in account.grants])
 
 
 def _enum(enum_type: type[enum.Enum], value: str | None, what: str):
@@ -184,6 +197,17 @@ class BankService(GridcreditService):
         period_us = None if spending_period_s is None else spending_period_s * 1_000_000
         return _execute(ctx, ledger.SetSpendingLimit(request_id, account_id, spending_limit, period_us))
 
+    @operation(Unicode(**Required), Unicode(**Required), Unicode(**Required), Long(min_occurs=0), Long(min_occurs=0),
+               Long(min_occurs=0), _returns=Receipt, _operation_name="GrantService")
+    def grant_service(ctx, request_id, account_id, service_dn, hold_max, period_max, period_s):
+        period_us = None if period_s is None else period_s * 1_000_000
+        return _execute(ctx, ledger.GrantService(request_id, account_id, service_dn, hold_max, period_max, period_us))
+
+    @operation(Unicode(**Required), Unicode(**Required), Unicode(**Required), _returns=Receipt,
+               _operation_name="RevokeService")
+    def revoke_service(ctx, request_id, account_id, service_dn):
+        return _execute(ctx, ledger.RevokeService(request_id, account_id, service_dn))
+
     # -- money supply ------------------------------------------------------------------------------
     @operation(Unicode(**Required), Unicode(**Required), Long(**Required), _returns=Receipt, _operation_name="Mint")
     def mint(ctx, request_id, account_id, amount):
@@ -217,10 +241,12 @@ class BankService(GridcreditService):
         return _execute(ctx, ledger.Transfer(request_id, from_account_id, to_account_id, amount))
 
     @operation(Unicode(**Required), Unicode(**Required), Long(**Required), DateTime(**Required), Unicode(min_occurs=0),
-               Unicode(min_occurs=0), Unicode(min_occurs=0), _returns=Receipt, _operation_name="CreateHold")
-    def create_hold(ctx, request_id, account_id, amount, expires, reference, collector_dn, payee_account_id):
+               Unicode(min_occurs=0), Unicode(min_occurs=0), Unicode(min_occurs=0), _returns=Receipt,
+               _operation_name="CreateHold")
+    def create_hold(ctx, request_id, account_id, amount, expires, reference, collector_dn, payee_account_id,
+                    on_behalf_of_dn):
         return _execute(ctx, ledger.CreateHold(request_id, account_id, amount, _microseconds(expires, "expires"),
-                                               reference or "", collector_dn, payee_account_id))
+                                               reference or "", collector_dn, payee_account_id, on_behalf_of_dn))
 
     @operation(Unicode(**Required), Unicode(**Required), DateTime(min_occurs=0), Long(min_occurs=0), Unicode(min_occurs=0),
                _returns=Receipt, _operation_name="ExtendHold")

@@ -69,6 +69,8 @@ class TransactionKind(enum.Enum):
     RETIRE_REQUEST = "retire-request"
     RETIRE = "retire"
     TRANSFER = "transfer"
+    GRANT_SERVICE = "grant-service"
+    REVOKE_SERVICE = "revoke-service"
     HOLD = "hold"
     EXTEND = "extend"
     CHARGE = "charge"
@@ -81,6 +83,28 @@ class TransactionKind(enum.Enum):
 class Holder:
     dn: str
     role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceGrant:
+    """An owner's grant to a service identity (a site's JARM): it may place holds on the account on behalf
+    of the account's spending holders — each hold at most ``hold_max`` credits and, per period of
+    ``period_us``, at most ``period_max`` credits put on hold in all (new holds and raises; what is later
+    released does not count back). None: no such cap."""
+
+    service_dn: str
+    hold_max: int | None
+    period_max: int | None
+    period_us: int | None
+    period_index: int                    # now_us // period_us of the window `held_in_period` counts
+    held_in_period: int
+    granted_at_us: int
+
+    def held_at(self, now_us: int) -> int:
+        """Credits put on hold under the grant in the period that contains ``now_us``."""
+        if self.period_us is None:
+            return 0
+        return self.held_in_period if now_us // self.period_us == self.period_index else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +121,7 @@ class Account:
     spending_period_index: int           # now_us // spending_period_us of the window `spent_in_period` counts
     spent_in_period: int
     created_at_us: int
+    grants: tuple[ServiceGrant, ...] = ()   # sorted by service DN, one per DN (absent from older documents)
 
     @property
     def available(self) -> int:
@@ -106,6 +131,12 @@ class Account:
         for holder in self.holders:
             if holder.dn == dn:
                 return holder.role
+        return None
+
+    def grant_of(self, service_dn: str) -> ServiceGrant | None:
+        for grant in self.grants:
+            if grant.service_dn == service_dn:
+                return grant
         return None
 
     def spent_at(self, now_us: int) -> int:
@@ -131,6 +162,7 @@ class Hold:
     created_seq: int
     ended_seq: int | None                # the transaction that ended it, exactly one
     ended_at_us: int | None
+    on_behalf_of_dn: str | None = None   # made by a service (creator_dn) under its grant for this holder
 
     @property
     def remaining(self) -> int:
@@ -199,7 +231,7 @@ class Transaction:
     charge also lowers the account's held by amount) · settle: account −= amount, counterparty += amount, held −=
     amount + released_amount (the final charge, 0 or more, and the remainder returned; the hold ends) · hold: held +=
     amount · extend: held += amount (the increase; None when only the expiry moves) · release, expire: held −= amount
-    (the remainder returned).
+    (the remainder returned) · grant-service, revoke-service: nothing moves.
     ``hold_state`` is the hold's state after the transaction.
     """
 
@@ -228,6 +260,12 @@ class Transaction:
     spending_limit: int | None = None
     spending_period_us: int | None = None
     released_amount: int | None = None   # settle: the remainder returned to the account
+    on_behalf_of_dn: str | None = None   # a hold made under a service grant, and each transaction on it: the
+                                         # holder the service (principal_dn, or the hold's creator) acts for
+    service_dn: str | None = None        # grant-service, revoke-service: the service identity
+    grant_hold_max: int | None = None    # grant-service: its caps (None: none)
+    grant_period_max: int | None = None
+    grant_period_us: int | None = None
     prev_hash: str = ""
     hash: str = ""
     signature: str = ""                  # base64 of the bank's signature over signing_input()
