@@ -76,16 +76,26 @@ hooks() {
     done
     [ -x "$PREFIX/venv/bin/gridcredit" ] || die 1 "no $PREFIX/venv/bin/gridcredit: run scripts/jarm-slurm.sh install first"
     mkdir -p "$out"
-    local which
-    for which in prolog epilog; do
-        cat > "$out/.jarm-$which.$$" <<EOF
+    local command="env PATH=/usr/bin:/bin GRIDCREDIT_CONFIG='$config' '$PREFIX/venv/bin/gridcredit' jarm"
+    local options="--url '$url' --cert '$cert' --key '$key' --trust '$trust' --timeout 20 --retries 2"
+    # The prolog decides whether the job starts: slurmctld waits for it (the job is CONFIGURING meanwhile).
+    cat > "$out/.jarm-prolog.$$" <<EOF
 #!/bin/sh
-# $( [ $which = prolog ] && echo PrologSlurmctld || echo EpilogSlurmctld ) of gridcredit's JARM (written by scripts/jarm-slurm.sh hooks)
-exec env GRIDCREDIT_CONFIG='$config' '$PREFIX/venv/bin/gridcredit' jarm $which --url '$url' --cert '$cert' --key '$key' --trust '$trust' --timeout 20 --retries 2
+# PrologSlurmctld of gridcredit's JARM (written by scripts/jarm-slurm.sh hooks): reserve, or refuse and hold.
+exec $command prolog $options
 EOF
-        chmod 0755 "$out/.jarm-$which.$$"
-        mv "$out/.jarm-$which.$$" "$out/jarm-$which"
-    done
+    # The epilog only reports: a job keeps its resources until EpilogSlurmctld exits, so it hands the report
+    # to a process of its own session (slurmctld kills the script's process group) and exits at once; its
+    # output goes to syslog. A report that is lost is found by the JARM's reconciler.
+    cat > "$out/.jarm-epilog.$$" <<EOF
+#!/bin/sh
+# EpilogSlurmctld of gridcredit's JARM (written by scripts/jarm-slurm.sh hooks): report the end, never wait.
+setsid -f sh -c "$command epilog $options 2>&1 | logger -t gridcredit-jarm-epilog" </dev/null >/dev/null 2>&1
+exit 0
+EOF
+    chmod 0755 "$out/.jarm-prolog.$$" "$out/.jarm-epilog.$$"
+    mv "$out/.jarm-prolog.$$" "$out/jarm-prolog"
+    mv "$out/.jarm-epilog.$$" "$out/jarm-epilog"
     echo "jarm-slurm.sh: wrote $out/jarm-prolog and $out/jarm-epilog; in slurm.conf:"
     echo "  PrologSlurmctld=$out/jarm-prolog"
     echo "  EpilogSlurmctld=$out/jarm-epilog"

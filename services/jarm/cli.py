@@ -401,8 +401,6 @@ def _reconcile(args) -> int:
 
 
 def _slurm_hook(args, which) -> int:
-    from .slurm import hooks
-
     import shutil
 
     config = args.local.config().jarm

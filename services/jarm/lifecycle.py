@@ -23,6 +23,7 @@ pending, with why, for the next try.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -199,11 +200,24 @@ class Lifecycle:
                     return self._admit_unfunded(reservation, str(error)), False
                 # refused: the job does not run on it, and a hold the request may have made is released
                 # by the reconciler (asked again under its request id, then released)
-                return self.reservations.change(rid, lambda found: rsv.cancel(
-                    rsv.failed_attempt(found, error=f"the Bank does not answer: {error}", now_us=self.clock()),
-                    now_us=self.clock())), False
-            return self.reservations.change(rid, lambda found: rsv.failed_attempt(found, error=str(error),
+                why = f"the Bank does not answer: {error}"
+                return self._advance(reservation, lambda found: rsv.cancel(
+                    rsv.failed_attempt(found, error=why, now_us=self.clock()), now_us=self.clock())), False
+            why = str(error)
+            return self._advance(reservation, lambda found: rsv.failed_attempt(found, error=why,
                                                                                   now_us=self.clock())), False
+
+    def _advance(self, before: Reservation, step: Callable[[Reservation], Reservation]) -> Reservation:
+        """Keep the outcome of a step done for ``before``. The reconciler and a SOAP operation (or two
+        workers) may do the same step at once — the Bank answers both alike, the request ids being the
+        same —, so when the stored reservation has moved on meanwhile, what it holds stands."""
+        progress = (before.state, before.pending, before.hold_id, before.extensions)
+
+        def apply(found: Reservation) -> Reservation:
+            if (found.state, found.pending, found.hold_id, found.extensions) != progress:
+                return found
+            return step(found)
+        return self.reservations.change(before.reservation_id, apply)
 
     def _hold_life_us(self, request: JobRequest) -> int:
         return (request.time_limit_s + self.settings.hold_grace_s) * US
@@ -215,7 +229,7 @@ class Lifecycle:
         now_us = self.clock()
         expires_us = reservation.hold_expires_us       # fixed with the reservation: the same request each time
         if amount == 0:            # nothing to hold (a free rate): the run goes on without a hold
-            return self.reservations.change(rid, lambda found: rsv.hold_made(
+            return self._advance(reservation, lambda found: rsv.hold_made(
                 found, hold_id="", amount=0, expires_us=expires_us, now_us=now_us))
         try:
             receipt = self._create_hold(reservation, amount, expires_us, "hold")
@@ -223,14 +237,14 @@ class Lifecycle:
             message = self._refusal(reservation, amount, refusal)
             log.info("jarm %s: hold of %d credits on %s refused: %s", rid, amount, reservation.account, message)
             if completing:
-                return self.reservations.change(rid, lambda found: rsv.unfunded_hold_refused(
+                return self._advance(reservation, lambda found: rsv.unfunded_hold_refused(
                     found, reason=message, now_us=self.clock()))
-            return self.reservations.change(rid, lambda found: rsv.hold_refused(found, reason=message,
+            return self._advance(reservation, lambda found: rsv.hold_refused(found, reason=message,
                                                                                 now_us=self.clock()))
         hold_id = receipt.transaction.hold_id
         log.info("jarm %s: held %d credits of %s as %s (%s)", rid, amount, reservation.account, hold_id,
                  reservation.authority.value if reservation.authority else "-")
-        return self.reservations.change(rid, lambda found: rsv.hold_made(
+        return self._advance(reservation, lambda found: rsv.hold_made(
             found, hold_id=hold_id, amount=amount, expires_us=expires_us, now_us=self.clock()))
 
     def _create_hold(self, reservation: Reservation, amount: int, expires_us: int, step: str):
@@ -260,12 +274,12 @@ class Lifecycle:
             message = (f"JARM: job {reservation.key.job} refused: the Bank does not answer ({why}) and account "
                        f"{reservation.account} has {held:,} credits of unfunded work already (the cap is "
                        f"{self.settings.unfunded_cap_credits:,})")
-            return self.reservations.change(rid, lambda found: rsv.hold_refused(found, reason=message,
+            return self._advance(reservation, lambda found: rsv.hold_refused(found, reason=message,
                                                                                 now_us=self.clock()))
         log.warning("jarm %s: the Bank does not answer; admitted unfunded (%d credits, account %s)", rid,
                     reservation.estimate, reservation.account)
 
-        return self.reservations.change(rid, lambda found: rsv.admitted_unfunded(found, reason=why,
+        return self._advance(reservation, lambda found: rsv.admitted_unfunded(found, reason=why,
                                                                                  now_us=self.clock()))
 
     def _usage(self, reservation: Reservation) -> Reservation:
@@ -275,7 +289,7 @@ class Lifecycle:
         table = self.prices.table(reservation.basis.site, reservation.basis.version).table
         cost = pricing.charge(table, usage, reservation.basis).credits
         now_us = self.clock()
-        return self.reservations.change(reservation.reservation_id, lambda found: rsv.job_ended(
+        return self._advance(reservation, lambda found: rsv.job_ended(
             found, usage=usage, cost=cost, now_us=now_us, hold_expires_us=now_us + self.settings.hold_grace_s * US
             + self.settings.extend_margin_s * US))
 
@@ -283,18 +297,18 @@ class Lifecycle:
         rid = reservation.reservation_id
         amount = rsv.settlement(reservation)
         if not reservation.hold_id:
-            return self.reservations.change(rid, lambda found: rsv.settled(found, charged=0, now_us=self.clock()))
+            return self._advance(reservation, lambda found: rsv.settled(found, charged=0, now_us=self.clock()))
         bank = self.banker.site        # the hold's collector (delegated) or its creating service (granted)
         try:
             _bank_call(f"the settlement of {rid}", lambda: bank.settle_hold(
                 reservation.hold_id, payee_account_id=reservation.payee, amount=amount,
                 request_id=rsv.bank_request_id(rid, "settle")))
         except _Refused as refusal:
-            return self.reservations.change(rid, lambda found: rsv.failed_attempt(
-                found, error=f"the Bank refused the settlement: {refusal} [{refusal.code}]", now_us=self.clock()))
+            why = f"the Bank refused the settlement: {refusal} [{refusal.code}]"
+            return self._advance(reservation, lambda found: rsv.failed_attempt(found, error=why, now_us=self.clock()))
         log.info("jarm %s: charged %d of %d credits held (cost %d) to %s", rid, amount, reservation.hold_amount,
                  reservation.cost, reservation.payee)
-        return self.reservations.change(rid, lambda found: rsv.settled(found, charged=amount, now_us=self.clock()))
+        return self._advance(reservation, lambda found: rsv.settled(found, charged=amount, now_us=self.clock()))
 
     def _release(self, reservation: Reservation) -> Reservation:
         rid = reservation.reservation_id
@@ -314,14 +328,16 @@ class Lifecycle:
                     hold_id, request_id=rsv.bank_request_id(rid, "release")))
             except _Refused as refusal:
                 if refusal.code not in ("HoldEnded", "HoldExpired"):
-                    return self.reservations.change(rid, lambda found: rsv.failed_attempt(
-                        found, error=f"the Bank refused the release: {refusal} [{refusal.code}]", now_us=self.clock()))
+                    why = f"the Bank refused the release: {refusal} [{refusal.code}]"
+                    return self._advance(reservation, lambda found: rsv.failed_attempt(found, error=why,
+                                                                                      now_us=self.clock()))
         log.info("jarm %s: released (hold %s)", rid, hold_id or "none")
-        return self.reservations.change(rid, lambda found: rsv.released(found, now_us=self.clock()))
+        return self._advance(reservation, lambda found: rsv.released(
+            dataclasses.replace(found, hold_id=found.hold_id or hold_id), now_us=self.clock()))
 
     def _report(self, reservation: Reservation) -> Reservation:
         self.report(reservation)
-        return self.reservations.change(reservation.reservation_id,
+        return self._advance(reservation,
                                         lambda found: rsv.reported(found, now_us=self.clock()))
 
     # -- the reconciler -------------------------------------------------------------------------
@@ -389,6 +405,6 @@ class Lifecycle:
         log.info("jarm %s: hold %s extended to %s credits until %d µs%s", rid, reservation.hold_id,
                  amount or reservation.hold_amount, expires_us,
                  f" (time limit raised to {time_limit_s} s)" if time_limit_s is not None else " (the job runs on)")
-        return self.reservations.change(rid, lambda found: rsv.extended(
+        return self._advance(reservation, lambda found: rsv.extended(
             found, amount=amount or found.hold_amount, expires_us=expires_us, now_us=self.clock(), request=request,
             estimate=estimate))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from pathlib import Path
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -93,7 +94,13 @@ def _build_lifecycle(context: BuildContext, prices: PriceStore, delegations: Del
     from ..luts.client import LutsClient
     luts = LutsClient(_service_url(settings.luts_url, config), credential=credential, trust_dir=files.trust_dir,
                       timeout_s=BANK_TIMEOUT_S, retries=1)
-    return lifecycle, credential.identity_dn, lambda: report.spool.send(luts)
+    spool_directory = Path(report.spool.directory)
+
+    def send_usage_records():
+        if not any(spool_directory.glob("*.xml")):
+            return None                 # nothing spooled: no call, no log line
+        return report.spool.send(luts)
+    return lifecycle, credential.identity_dn, send_usage_records
 
 
 def _usage_reader(settings):
@@ -175,7 +182,7 @@ def reconcile_forever(context: TaskContext) -> None:
         except GridcreditError as error:
             log.warning("jarm reconciler: usage records not sent to the LUTS: %s: %s", type(error).__name__, error)
             continue
-        if sent.records_acknowledged or not sent.ok:
+        if sent is not None and (sent.records_acknowledged or not sent.ok):
             log.info("jarm reconciler: %d usage record(s) stored by the LUTS%s", sent.records_acknowledged,
                      "" if sent.ok else f"; stopped: {sent.stopped}")
 
