@@ -648,4 +648,5 @@ def verify_ledger(host: BankHost, records: list, supply_before: int, *, late_mar
     assert not problems, "\n".join(problems[:40])
     return {"transactions": len(snapshot.transactions), "holds": len(snapshot.active_holds) + len(snapshot.ended_holds),
             "expired": sum(1 for h in snapshot.ended_holds.values() if h.state.value == "expired"),
+            "settled": sum(1 for h in snapshot.ended_holds.values() if h.state.value == "settled"),
             "audited": report.transaction_count, **outcomes}
