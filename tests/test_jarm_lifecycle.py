@@ -238,3 +238,12 @@ def test_the_same_step_done_twice_at_once_keeps_one_outcome(world):
     second = world.work(stale)                 # the same pending step, read before the first was kept
     assert first.state is State.HELD and second == world.reservations.get("r-c1-110-0") == first
     assert balance(world, "bob").held == held_before + 21
+
+
+def test_a_run_that_never_started_is_released_not_charged(world):
+    """Slurm ended the job before it started (cancelled while configuring): sacct has no allocation."""
+    held = world.reserve(job(111, "bob", "bob"))
+    world.slurm.usage[held.key] = Usage("batch", "normal", elapsed_s=0, total_cpu_ms=0, cores=0)
+    released = world.ended(held.key)
+    assert (released.state, released.pending, released.charged) == (State.RELEASED, Work.NONE, 0)
+    assert world.admin.get_hold(held.hold_id).state == "released"

@@ -286,6 +286,10 @@ class Lifecycle:
         usage = self.read_usage(reservation.key)
         if usage is None:
             return reservation          # not in Slurm's accounting yet: the reconciler comes back
+        if usage.cores == 0 and usage.elapsed_s == 0:
+            # the run never started (cancelled while it was being configured): nothing is charged
+            log.info("jarm %s: the run never started; releasing its hold", reservation.reservation_id)
+            return self._advance(reservation, lambda found: rsv.cancel(found, now_us=self.clock()))
         table = self.prices.table(reservation.basis.site, reservation.basis.version).table
         cost = pricing.charge(table, usage, reservation.basis).credits
         now_us = self.clock()

@@ -294,7 +294,8 @@ def reported(reservation: Reservation, *, now_us: int) -> Reservation:
 
 def cancel(reservation: Reservation, *, now_us: int) -> Reservation:
     """The job will not run (cancelled before it started): release what is or may be held."""
-    if reservation.state in (State.HELD, State.RESERVING):
+    if reservation.state in (State.HELD, State.RESERVING) and reservation.pending in (Work.NONE, Work.HOLD,
+                                                                                       Work.USAGE):
         # reserving: the hold may have been made by a request that got no answer; releasing asks for it
         # again by its request id first (the Bank answers with the hold it made, or makes none)
         return dataclasses.replace(reservation, state=State.CANCELLING, pending=Work.RELEASE, updated_us=now_us)
