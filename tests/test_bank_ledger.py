@@ -718,6 +718,7 @@ def test_grants_in_documents_and_in_the_audit(bank):
         documents.from_xml(text.replace(b'holdMax="500"', b'holdMax="500" admin="yes"'))
     with pytest.raises(StoreError):
         documents.from_xml(text.replace(b'holdMax="500"', b'holdMax="5x"'))
+    account = bank.accounts["vo-atlas"]          # with the second hold counted
     assert bank.audit(verify).clean
     # a grant added to the account document behind the bank's back (a rogue service) is found
     rogue = dataclasses.replace(account.grants[0], service_dn="/CN=rogue")
@@ -727,6 +728,39 @@ def test_grants_in_documents_and_in_the_audit(bank):
                                                                                          hold_max=10**9),
                                                                      account.grants[1]))
     assert any("service grants differ" in f.message for f in bank.audit(verify).findings)
+    # the period's count set back, so that the service may hold more this period: found
+    counted = account.grant_of(JARM.dn)
+    assert counted.held_in_period == 105
+    bank.accounts["vo-atlas"] = dataclasses.replace(account, grants=tuple(
+        dataclasses.replace(grant, held_in_period=0) if grant is counted else grant for grant in account.grants))
+    assert any("service grants differ" in f.message for f in bank.audit(verify).findings)
+    bank.accounts["vo-atlas"] = account
+    assert bank.audit(verify).clean
+    # a hold document that says it was made for someone else (or by someone else): found
+    some_hold = next(iter(bank.holds.values()))
+    for edited in (dataclasses.replace(some_hold, on_behalf_of_dn=OWNER.dn),
+                   dataclasses.replace(some_hold, creator_dn=STRANGER.dn)):
+        bank.holds[some_hold.hold_id] = edited
+        assert any(f"hold {some_hold.hold_id} says it was made by" in f.message for f in bank.audit(verify).findings)
+    bank.holds[some_hold.hold_id] = some_hold
+    # a hold for someone that the bank signed although the service had no grant (a bug, or a forgery)
+    forged = ledger.Transaction(seq=bank.ledger_head.seq + 1, kind=ledger.TransactionKind.HOLD, at_us=NOW_US,
+                                request_id="forged", principal_dn=STRANGER.dn, account_id="vo-atlas", amount=1,
+                                hold_id="hold-forged", hold_amount=1, hold_state=HoldState.ACTIVE,
+                                expires_at_us=NOW_US + SECOND_US, on_behalf_of_dn=MEMBER.dn)
+    forged, head = ledger.seal(forged, bank.ledger_head, sign)
+    report = ledger.audit([*bank.transactions, forged], bank.accounts.values(), bank.holds.values(), bank.supply,
+                          verify, head=head)
+    assert any(f.seq == forged.seq and "without a grant" in f.message for f in report.findings), report.findings
+    # one over the grant's period cap, likewise
+    over = dataclasses.replace(forged, principal_dn=JARM.dn, amount=696, hold_amount=696, prev_hash="", hash="",
+                               signature="")
+    over, head = ledger.seal(over, bank.ledger_head, sign)
+    report = ledger.audit([*bank.transactions, over], bank.accounts.values(), bank.holds.values(), bank.supply,
+                          verify, head=head)
+    assert any(f.seq == over.seq and "holds 801 in its grant's period; the grant allows 800" in f.message
+               for f in report.findings), report.findings
+    assert any(f.seq == over.seq and "of 696 exceeds its grant's 500 per hold" in f.message for f in report.findings)
 
 
 # ---------------------------------------------------------------------------------------------

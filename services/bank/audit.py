@@ -8,7 +8,8 @@ fails, every signature since the last good checkpoint to name the forged ones.
 ``signature_check_interval=1`` verifies them all (Ed25519 verify is ~90 µs here: 1,000,000
 transactions would take 90 s; checkpoints keep audit well under 60 s). It replays the money
 effects of each transaction and compares them with the stored documents (accounts, holds,
-pending mints, the money supply, the ledger head, each account's service grants and their caps).
+pending mints, the money supply, the ledger head, each account's service grants — their caps and
+what each held in its period —, and who made each hold for whom).
 Findings name what was edited, deleted,
 reordered, inserted or forged; at most ``AUDIT_FINDINGS_MAX`` are listed.
 """
@@ -18,6 +19,7 @@ import base64
 import collections
 import hashlib
 import operator
+import sys
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple
 
@@ -82,15 +84,18 @@ class AuditRow(NamedTuple):
     seq: int
     kind: TransactionKind
     at_us: int
+    principal_dn: str
     account_id: str | None
     counterparty_account_id: str | None
     amount: int | None
     released_amount: int | None
     hold_id: str | None
+    hold_amount: int | None
     hold_state: HoldState | None
     credit_limit: int | None
     pending_mint_id: str | None
     expires_at_us: int | None
+    on_behalf_of_dn: str | None
     service_dn: str | None
     grant_hold_max: int | None
     grant_period_max: int | None
@@ -136,6 +141,41 @@ def _replay_mint_end(findings: _Findings, mint_replay: dict[str, list], transact
     replay[3], replay[4] = state, seq
 
 
+def _replay_grant(grant_replay: dict[str, dict[str, list]], transaction: AuditRow) -> None:
+    """A grant-service transaction, as the ledger applies it: new caps; the period's count kept when the
+    period stays the same."""
+    grants = grant_replay.setdefault(transaction.account_id, {})
+    previous = grants.get(transaction.service_dn)
+    period_us = transaction.grant_period_us
+    if previous is not None and period_us is not None and period_us == previous[2]:
+        index, held = previous[3], previous[4]
+    else:
+        index, held = (transaction.at_us // period_us if period_us else 0), 0
+    grants[transaction.service_dn] = [transaction.grant_hold_max, transaction.grant_period_max, period_us, index, held]
+
+
+def _replay_hold_under_grant(findings: _Findings, grant_replay: dict[str, dict[str, list]], transaction: AuditRow,
+                             service_dn: str, increase: int) -> None:
+    """A hold (or a raise) a service made under its grant: within its caps, counted in its period."""
+    seq = transaction.seq
+    grant = grant_replay.get(transaction.account_id, {}).get(service_dn)
+    if grant is None:
+        findings.add("invariant", seq, f"transaction {seq}: {service_dn} holds on account {transaction.account_id} "
+                                       f"for {transaction.on_behalf_of_dn} without a grant")
+        return
+    hold_max, period_max, period_us, index, held = grant
+    if hold_max is not None and (transaction.hold_amount or 0) > hold_max:
+        findings.add("invariant", seq, f"transaction {seq}: hold {transaction.hold_id} of {transaction.hold_amount} "
+                                       f"exceeds its grant's {hold_max} per hold")
+    if period_max is None or period_us is None:
+        return
+    held = held if transaction.at_us // period_us == index else 0
+    if held + increase > period_max:
+        findings.add("invariant", seq, f"transaction {seq}: holds {held + increase} in its grant's period; the grant "
+                                       f"allows {period_max}")
+    grant[3], grant[4] = transaction.at_us // period_us, held + increase
+
+
 def audit(transactions: Iterable[Transaction], accounts: Iterable[Account], holds: Iterable[Hold],
           supply: MoneySupply, verify_signature: Callable[[bytes, bytes], bool], *,
           head: LedgerHead | None = None, signature_check_interval: int = 1000,
@@ -173,7 +213,9 @@ def audit_rows(rows: Iterable[AuditRow], accounts: Iterable[Account], holds: Ite
     held: dict[str, int] = {}
     credit_limits: dict[str, int] = {}
     hold_replay: dict[str, list] = {}           # hold_id → [account_id, amount, charged, state, ended_seq]
-    grant_replay: dict[str, dict[str, tuple]] = {}   # account_id → service DN → (hold max, period max, period)
+    grant_replay: dict[str, dict[str, list]] = {}    # account_id → service DN → [hold max, period max, period,
+                                                     #                            period index, held in period]
+    hold_parties: dict[str, tuple[str, str | None]] = {}   # hold_id → (its creator, for whom)
     mint_replay: dict[str, list] = {}           # pending_mint_id → [account_id, amount, expires_at_us, state,
                                                 #                   ended_seq]
     issued = retired = 0
@@ -266,8 +308,7 @@ def audit_rows(rows: Iterable[AuditRow], accounts: Iterable[Account], holds: Ite
         if kind is kinds.SET_CREDIT_LIMIT:
             credit_limits[account_id] = transaction.credit_limit
         elif kind is kinds.GRANT_SERVICE:
-            grant_replay.setdefault(account_id, {})[transaction.service_dn] = (
-                transaction.grant_hold_max, transaction.grant_period_max, transaction.grant_period_us)
+            _replay_grant(grant_replay, transaction)
         elif kind is kinds.REVOKE_SERVICE:
             if grant_replay.get(account_id, {}).pop(transaction.service_dn, None) is None:
                 findings.add("invariant", seq, f"transaction {seq}: revokes the grant of account {account_id} to "
@@ -338,6 +379,11 @@ def audit_rows(rows: Iterable[AuditRow], accounts: Iterable[Account], holds: Ite
             if transaction.hold_id in hold_replay:
                 findings.add("invariant", seq, f"transaction {seq}: hold {transaction.hold_id} created twice")
             hold_replay[transaction.hold_id] = [account_id, amount, 0, HoldState.ACTIVE, None]
+            for_dn = transaction.on_behalf_of_dn     # DNs interned: a few callers make millions of holds
+            hold_parties[transaction.hold_id] = (sys.intern(transaction.principal_dn),
+                                                 None if for_dn is None else sys.intern(for_dn))
+            if transaction.on_behalf_of_dn is not None:
+                _replay_hold_under_grant(findings, grant_replay, transaction, transaction.principal_dn, amount)
         elif kind is kinds.EXTEND:
             held[account_id] += amount
             replay = hold_replay.get(transaction.hold_id)
@@ -346,6 +392,9 @@ def audit_rows(rows: Iterable[AuditRow], accounts: Iterable[Account], holds: Ite
                                                f"which is not active")
             else:
                 replay[1] += amount
+                creator, for_dn = hold_parties.get(transaction.hold_id, (None, None))
+                if for_dn is not None and amount and transaction.principal_dn == creator:
+                    _replay_hold_under_grant(findings, grant_replay, transaction, creator, amount)
         elif kind is kinds.RELEASE or kind is kinds.EXPIRE:
             held[account_id] -= amount
             replay = hold_replay.get(transaction.hold_id)
@@ -379,6 +428,11 @@ def audit_rows(rows: Iterable[AuditRow], accounts: Iterable[Account], holds: Ite
     held_by_holds: dict[str, int] = {}
     for hold in holds:
         replay = hold_replay.pop(hold.hold_id, None)
+        parties = hold_parties.get(hold.hold_id)
+        if parties is not None and parties != (hold.creator_dn, hold.on_behalf_of_dn):
+            findings.add("invariant", None, f"hold {hold.hold_id} says it was made by {hold.creator_dn} for "
+                                            f"{hold.on_behalf_of_dn}; its transaction says by {parties[0]} for "
+                                            f"{parties[1]}")
         if hold.charged > hold.amount or hold.charged < 0:
             findings.add("invariant", None, f"hold {hold.hold_id} is charged {hold.charged} of {hold.amount}")
         if hold.state is HoldState.ACTIVE:
@@ -417,8 +471,8 @@ def audit_rows(rows: Iterable[AuditRow], accounts: Iterable[Account], holds: Ite
         if held_by_holds.get(account_id, 0) != account.held:
             findings.add("invariant", None, f"account {account_id} says {account.held} held; its active "
                                             f"holds add up to {held_by_holds.get(account_id, 0)}")
-        stored_grants = {grant.service_dn: (grant.hold_max, grant.period_max, grant.period_us)
-                         for grant in account.grants}
+        stored_grants = {grant.service_dn: [grant.hold_max, grant.period_max, grant.period_us, grant.period_index,
+                                            grant.held_in_period] for grant in account.grants}
         if stored_grants != grant_replay.get(account_id, {}):
             findings.add("invariant", None, f"account {account_id}'s service grants differ from its transactions: "
                                             f"stored {sorted(stored_grants.items())}, replayed "
