@@ -301,3 +301,16 @@ def test_a_load_priced_rate_is_priced_at_the_occupancy_read_from_sinfo():
         assert pricing.quote(table, request, now_us=1, occupancy=occupancy).cost.credits == credits
     half = parse_sinfo("batch|1/1/0/2|1/0/0/1\n")["batch"]
     assert pricing.quote(table, request, now_us=1, occupancy=half).cost.credits == 90
+
+
+def test_a_run_whose_end_slurmdbd_has_before_its_start_record_is_not_accounted_yet():
+    # seen: a job requeued and started again at once (the new run killed: "Job credential revoked") —
+    # slurmdbd had the new run's end before its start record: no partition, QOS Unknown, no time limit
+    with pytest.raises(JobNotAccounted, match=r"^slurmdbd has the end of job 9668 \(run 1\) but not yet its start "
+                                              r"record \(no partition\); ask again a few seconds later"):
+        parse_sacct(sample("requeued-partial"))
+    assert parse_sacct(sample("requeued-partial"), restarts=0)[0].state == "REQUEUED"
+    # a few seconds later, complete: the second run failed at its launch
+    [run] = parse_sacct(sample("requeued-revoked"))
+    assert (run.restarts, run.state, run.exit_code, run.partition, run.qos, run.elapsed_s, run.time_limit_s) == \
+        (1, "FAILED", 1, "batch", "normal", 0, 120)

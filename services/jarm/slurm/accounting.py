@@ -41,10 +41,12 @@ Where the numbers come from (Slurm 22.05; every command runs with ``LC_ALL=C``, 
 * Heterogeneous jobs (``1234+0``) and resized jobs (records in state RESIZING) are refused with a
   message saying so: their usage is split across records this module does not join.
 
-When is a run's usage final? When slurmdbd has the run's record in an ended state and every one of its
-steps ended too (slurmctld sends the steps' ends before the job's through the same queue, a few seconds
-after the job ended). Until then ``JobNotAccounted`` (the caller comes back later); so also when
-slurmdbd has no record of the job yet.
+When is a run's usage final? When slurmdbd has the run's record in an ended state, complete, and every
+one of its steps ended too (slurmctld sends the steps' ends before the job's through the same queue, a
+few seconds after the job ended). Until then ``JobNotAccounted`` (the caller comes back later); so also
+when slurmdbd has no record of the job yet, and when it has a run's end before its start: a job requeued
+and started again at once had, for a moment, a FAILED record without partition, QOS (``Unknown``) or time
+limit, made from the end message and completed when the start message was applied.
 
 The parser refuses what it does not expect rather than guessing: a line with another number of
 fields, an id, time, duration, count or TRES value in another form, a step line that does not follow
@@ -559,6 +561,11 @@ def parse_sacct(output: str, *, restarts: int | None = None, job: str | None = N
         if record.state not in ENDED_STATES:
             raise JobNotAccounted(f"job {name} is {record.state} in slurmdbd: its usage is known once it ended; "
                                   f"ask again later", name)
+        if record.line.values["Partition"] == "":
+            # its end came first: slurmdbd made the record from the end message (no partition, QOS, time
+            # limit) and completes it when the start message is applied
+            raise JobNotAccounted(f"slurmdbd has the end of job {name} (run {index}) but not yet its start record "
+                                  f"(no partition); ask again a few seconds later", name)
         running = [step.name for step in record.steps if step.state not in ENDED_STATES]
         if running:
             raise JobNotAccounted(f"job {name} has ended but slurmdbd has its step(s) {', '.join(running)} still "
