@@ -19,7 +19,8 @@ from gridcredit.services.jarm.lifecycle import Banker, Lifecycle, Settings, Slur
 from gridcredit.services.jarm.reservation_store import INDEXES as RESERVATION_INDEXES, ReservationStore
 from gridcredit.services.jarm.reservations import Authority, JobKey, State, Work
 from gridcredit.services.jarm.store import INDEXES as PRICE_INDEXES, PriceChange, PriceStore
-from gridcredit.services.jarm.types import JobRequest, MemoryBasis, Metric, Rate, Usage
+from gridcredit.services.jarm.slurm.accounting import SlurmError
+from gridcredit.services.jarm.types import JobRequest, LoadPricing, MemoryBasis, Metric, Occupancy, Rate, Usage
 from gridcredit.xmlstore import open_store
 
 from bank_fixtures import BankUsers, bank_host
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.slow
 CREDIT = 1_000_000
 T0 = time.time_ns() // 1000          # the Bank checks expiries against its own clock
 PRICES = {Metric.CORE_WALL: 60 * CREDIT, Metric.CPU: 0, Metric.MEMORY: 0, Metric.GPU: 0, Metric.JOB: CREDIT}
+LOAD = LoadPricing(low_permille=500, high_permille=900, min_permille=1000, max_permille=2000)
 REQUEST = JobRequest("batch", "normal", cores=2, time_limit_s=600, memory_mb=0, gpus=0, nodes=1)   # 20 + 1 credits
 
 
@@ -63,6 +65,12 @@ class Slurm:
     def __init__(self) -> None:
         self.usage: dict[JobKey, Usage] = {}
         self.running: dict[JobKey, int | None] = {}
+        self.occupancy: dict[str, Occupancy] = {}
+
+    def occupancy_of(self, partition: str) -> Occupancy:
+        if partition not in self.occupancy:
+            raise SlurmError(f"sinfo names no partition {partition}")
+        return self.occupancy[partition]
 
 
 class Clock:
@@ -77,8 +85,8 @@ class Clock:
 def world(bank, pki, people, tmp_path):
     store = open_store(StoreConfig(backend="embedded"), tmp_path, indexes=PRICE_INDEXES + RESERVATION_INDEXES)
     prices = PriceStore(store)
-    prices.set_table(PriceChange("site1", (Rate("batch", "normal", PRICES),), MemoryBasis.ALLOCATED, 1, T0 - 1),
-                     set_by="test", clock=lambda: T0 - 1)
+    prices.set_table(PriceChange("site1", (Rate("batch", "normal", PRICES), Rate("busy", "normal", PRICES, LOAD)),
+                                 MemoryBasis.ALLOCATED, 1, T0 - 1), set_by="test", clock=lambda: T0 - 1)
     host_credential = load_credential(pki.host_cert, pki.host_key)
     site = BankClient(bank.url, credential=host_credential, trust_dir=pki.trust_dir, timeout_s=10, retries=0)
     proxies = {people["alice"].dn: pki.proxy("Cycle Alice")}      # Alice delegated a proxy; Bob and Poor did not
@@ -87,7 +95,8 @@ def world(bank, pki, people, tmp_path):
     lifecycle = Lifecycle(
         ReservationStore(store), prices, Banker(site=site, delegated=proxies.get, site_dn=host_credential.dn),
         Settings(site="site1", payee="site", hold_grace_s=600), user_dn=dns.get,
-        read_usage=slurm.usage.get, report=reported.append, running=lambda keys: dict(slurm.running), clock=clock)
+        read_usage=slurm.usage.get, report=reported.append, running=lambda keys: dict(slurm.running), clock=clock,
+        occupancy=slurm.occupancy_of)
     lifecycle.reported, lifecycle.slurm, lifecycle.clock_ = reported, slurm, clock
     lifecycle.admin = BankClient(bank.url, credential=people["admin"].credential, trust_dir=pki.trust_dir)
     yield lifecycle
@@ -247,3 +256,19 @@ def test_a_run_that_never_started_is_released_not_charged(world):
     released = world.ended(held.key)
     assert (released.state, released.pending, released.charged) == (State.RELEASED, Work.NONE, 0)
     assert world.admin.get_hold(held.hold_id).state == "released"
+
+
+def test_a_load_priced_partition_is_held_at_the_multiplier_of_its_occupancy_then(world):
+    """DGAS load pricing: the multiplier comes from Slurm's occupancy when the job is reserved and stays."""
+    busy = dataclasses.replace(REQUEST, partition="busy")
+    world.slurm.occupancy["busy"] = Occupancy(used=7, capacity=10)     # 70 %: half way from 1× to 2×
+    calm = world.reserve(job(112, "bob", "bob", busy))
+    assert (calm.basis.multiplier.numerator, calm.basis.multiplier.denominator) == (3, 2)
+    assert calm.estimate == 31                                          # 20 × 1.5 + the fee (not scaled)
+    world.slurm.occupancy["busy"] = Occupancy(used=10, capacity=10)
+    world.slurm.usage[calm.key] = used(calm.key, elapsed_s=300)         # 10 core-minutes × 1.5 + 1
+    assert world.ended(calm.key).charged == 16                          # the multiplier kept, not today's 2×
+    del world.slurm.occupancy["busy"]                                   # Slurm cannot say: the greatest one
+    unknown = world.reserve(job(113, "bob", "bob", busy))
+    assert (unknown.basis.multiplier.numerator, unknown.basis.multiplier.denominator) == (2, 1)
+    world.cancel(unknown.key)

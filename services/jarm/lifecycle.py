@@ -36,7 +36,7 @@ from . import pricing, reservations as rsv
 from .reservation_store import ReservationStore
 from .reservations import Authority, JobKey, Reservation, State, Work
 from .store import PriceStore
-from .types import JobRequest, Usage
+from .types import JobRequest, Occupancy, Usage
 
 log = logging.getLogger("gridcredit.services.jarm.lifecycle")
 
@@ -44,6 +44,7 @@ JOB_REFUSED = "JobRefused"
 UNKNOWN_USER = "UnknownUser"
 BANK_UNREACHABLE = "BankUnreachable"
 US = 1_000_000
+FULL = Occupancy(1, 1)          # a partition taken as full: a load-priced rate at its greatest multiplier
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,10 +121,11 @@ class Lifecycle:
                  user_dn: Callable[[str], str | None], read_usage: Callable[[JobKey], Usage | None],
                  report: Callable[[Reservation], None],
                  running: Callable[[list[JobKey]], dict[JobKey, int | None] | None],
-                 clock: Callable[[], int]) -> None:
+                 clock: Callable[[], int], occupancy: Callable[[str], Occupancy] | None = None) -> None:
         self.reservations, self.prices, self.banker, self.settings = reservations, prices, banker, settings
         self.user_dn, self.read_usage, self.report, self.running, self.clock = (user_dn, read_usage, report,
                                                                                running, clock)
+        self.occupancy = occupancy
 
     # -- the steps Slurm reports ----------------------------------------------------------------
 
@@ -137,7 +139,7 @@ class Lifecycle:
                               f"let them delegate a proxy (gridcredit jarm delegate)", UNKNOWN_USER)
         now_us = self.clock()
         table = self.prices.in_force(self.settings.site, now_us).table
-        basis = pricing.basis_for(table, job.request, now_us=now_us)
+        basis = pricing.basis_for(table, job.request, now_us=now_us, occupancy=self._occupancy(table, job.request))
         estimate = pricing.estimate(table, job.request, basis).credits
         authority = Authority.DELEGATED if self.banker.delegated(dn) is not None else Authority.GRANTED
         account = self.settings.account_map.get(job.account, job.account)
@@ -146,6 +148,19 @@ class Lifecycle:
                                   now_us=now_us, hold_expires_us=now_us + self._hold_life_us(job.request))
         reservation, _created = self.reservations.create(reservation)
         return self._work_now(reservation)
+
+    def _occupancy(self, table, request: JobRequest) -> Occupancy | None:
+        """The partition's occupancy when its rate is load-priced (the multiplier is fixed now); when Slurm
+        cannot say, the rate's greatest multiplier (as the admission agent estimates), with a warning."""
+        if pricing.rate_for(table, request.partition, request.qos).load is None:
+            return None
+        if self.occupancy is not None:
+            try:
+                return self.occupancy(request.partition)
+            except GridcreditError as error:
+                log.warning("jarm: the occupancy of partition %s is unknown (%s: %s); priced at its greatest "
+                            "load multiplier", request.partition, type(error).__name__, error)
+        return FULL
 
     def ended(self, key: JobKey) -> Reservation:
         reservation = self.reservations.change(key.reservation_id,

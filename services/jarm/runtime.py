@@ -42,6 +42,7 @@ class Jarm:
     delegations: DelegationStore
     lifecycle: "Lifecycle | None" = None      # None: the site makes no reservations (no site_account)
     send_usage_records: Callable[[], object] | None = None   # the spool of usage records → the LUTS
+    occupancy: Callable[[str], object] | None = None      # a partition's occupancy (on the Slurm controller)
 
 
 def build(context: BuildContext) -> Jarm:
@@ -56,7 +57,8 @@ def build(context: BuildContext) -> Jarm:
     return Jarm(prices, JarmPolicy(price_admins=frozenset(settings.price_admins), controllers=frozenset(controllers)),
                 site=settings.site, quote_guarantee_s_max=settings.quote_guarantee_s_max,
                 quotes_per_requester_max=settings.quotes_per_requester_max,
-                delegations=delegations, lifecycle=lifecycle, send_usage_records=send)
+                delegations=delegations, lifecycle=lifecycle, send_usage_records=send,
+                occupancy=None if lifecycle is None else lifecycle.occupancy)
 
 
 def _service_url(explicit: str, config) -> str:
@@ -90,7 +92,8 @@ def _build_lifecycle(context: BuildContext, prices: PriceStore, delegations: Del
     lifecycle = Lifecycle(ReservationStore(context.store), prices, banker, lifecycle_settings,
                           user_dn=resolver(GridMap(settings.grid_mapfile), delegated),
                           read_usage=_usage_reader(settings), report=report,
-                          running=lambda keys: running_runs(keys, scontrol=scontrol), clock=now_us)
+                          running=lambda keys: running_runs(keys, scontrol=scontrol), clock=now_us,
+                          occupancy=occupancy_reader(settings).occupancy)
     from ..luts.client import LutsClient
     luts = LutsClient(_service_url(settings.luts_url, config), credential=credential, trust_dir=files.trust_dir,
                       timeout_s=BANK_TIMEOUT_S, retries=1)
@@ -155,6 +158,13 @@ def _reporter(config, host_cert):
                                bank_account=reservation.account))
     report.spool = spool
     return report
+
+
+def occupancy_reader(settings):
+    """Partitions' occupancy from Slurm (sinfo, read at most every 10 s) for load-priced rates."""
+    from .slurm.accounting import OccupancyReader
+
+    return OccupancyReader(sinfo=_slurm_command(settings.slurm_bin_dir, "sinfo"), timeout_s=SLURM_TIMEOUT_S / 6)
 
 
 def _slurm_command(bin_dir: str, name: str) -> str:

@@ -23,14 +23,15 @@ cost whole credits (``credits``) with its exact amount ``exact_numerator / exact
     Reconcile       one pass of the reconciler now (it runs every reconcile_interval_s anyway)
 
 The partition's occupancy for load-priced rates is the site's to measure, never the caller's to
-state (a caller naming a low load would lock in the least multiplier): a Quote takes none, and a
-load-priced rate is refused with ``OccupancyRequired`` until the JARM reads it from Slurm.
+state (a caller naming a low load would lock in the least multiplier): a Quote takes none; the JARM
+on the Slurm controller (reservations on) reads it from ``sinfo``, and a JARM that cannot refuses a
+load-priced rate with ``OccupancyRequired``.
 """
 from __future__ import annotations
 
 from spyne import Array, Boolean, ComplexModel, Integer, Long, Unicode
 
-from gridcredit.errors import DomainError
+from gridcredit.errors import DomainError, GridcreditError
 from gridcredit.timeunits import now_us
 from gridcredit.wiretypes import complex_model, wire_values
 
@@ -273,7 +274,16 @@ class JarmService(GridcreditService):
                               f"not {guarantee_s:,} s", INVALID_QUOTE)
         moment_us = now_us()
         table = jarm.prices.in_force(jarm.site, moment_us).table
-        made = pricing.quote(table, request, now_us=moment_us, quote_id=quote_id or "", guarantee_s=guarantee_s)
+        occupancy = None
+        if jarm.occupancy is not None and pricing.rate_for(table, request.partition, request.qos).load is not None:
+            try:
+                occupancy = jarm.occupancy(request.partition)      # Slurm's word, never the caller's
+            except GridcreditError as error:
+                raise DomainError(f"the load of partition {request.partition} cannot be read from Slurm now "
+                                  f"({error}); its rate is load-priced: ask again later", pricing.OCCUPANCY_REQUIRED
+                                  ) from None
+        made = pricing.quote(table, request, now_us=moment_us, occupancy=occupancy, quote_id=quote_id or "",
+                             guarantee_s=guarantee_s)
         if not made.guaranteed:
             return _quote_info(made, replayed=False)
         stored, replayed = jarm.prices.save_quote(made, requester=principal_of(ctx).dn,
