@@ -272,3 +272,33 @@ def test_a_load_priced_partition_is_held_at_the_multiplier_of_its_occupancy_then
     unknown = world.reserve(job(113, "bob", "bob", busy))
     assert (unknown.basis.multiplier.numerator, unknown.basis.multiplier.denominator) == (2, 1)
     world.cancel(unknown.key)
+
+
+def test_a_guaranteed_quote_the_job_presents_prices_it_even_after_a_price_change(world, people):
+    from gridcredit.services.jarm import pricing
+
+    table_v1 = world.prices.in_force("site1", T0).table
+    quoted = pricing.quote(table_v1, REQUEST, now_us=T0, quote_id="q-cycle-1", guarantee_s=3600)
+    world.prices.save_quote(quoted, requester=people["bob"].dn, active_max=10)
+    # version 2 doubles the price from now on
+    doubled = {metric: 2 * price for metric, price in PRICES.items()}
+    world.prices.set_table(PriceChange("site1", (Rate("batch", "normal", doubled), Rate("busy", "normal", PRICES, LOAD)),
+                                       MemoryBasis.ALLOCATED, 2, T0), set_by="test", clock=lambda: T0)
+    plain = world.reserve(job(114, "bob", "bob"))
+    assert (plain.basis.version, plain.estimate) == (2, 42)
+    honoured = world.reserve(dataclasses.replace(job(115, "bob", "bob"), quote_id="q-cycle-1"))
+    assert (honoured.basis.version, honoured.estimate, honoured.state) == (1, 21, State.HELD)
+    with pytest.raises(DomainError, match="another user") as refused:
+        world.reserve(dataclasses.replace(job(116, "alice", "alice"), quote_id="q-cycle-1"))
+    assert refused.value.code == "QuoteMismatch"
+    bigger = dataclasses.replace(job(117, "bob", "bob"), quote_id="q-cycle-1",
+                                 request=dataclasses.replace(REQUEST, cores=4))
+    with pytest.raises(DomainError) as refused:
+        world.reserve(bigger)                                       # more than was quoted
+    assert refused.value.code == "QuoteMismatch"
+    world.clock_.now_us = T0 + 3601 * 1_000_000
+    with pytest.raises(DomainError) as refused:
+        world.reserve(dataclasses.replace(job(118, "bob", "bob"), quote_id="q-cycle-1"))
+    assert refused.value.code == "QuoteExpired"
+    for key in (plain.key, honoured.key):
+        world.cancel(key)

@@ -154,3 +154,18 @@ def test_the_reconciler_reads_which_runs_slurm_still_has():
     # 103's first run was requeued (its restart count went up): that run ended; its second waits to run
     assert alive(keys, jobs) == {JobKey("c", 101): 5400, JobKey("c", 102, 3): 90_061}
     assert parse_jobs(b"No jobs in the system\n") == {}
+
+
+def test_the_prolog_reads_the_job_and_the_quote_it_presents():
+    from gridcredit.services.jarm.slurm.hooks import parse_job_line
+
+    line = ("JobId=9700 ArrayJobId=9698 ArrayTaskId=2 JobName=wrap UserId=gcuser1(1001) GroupId=gcuser1(1001) "
+            "Account=proj1 QOS=normal JobState=CONFIGURING Restarts=1 TimeLimit=1-02:03:04 Partition=batch "
+            "NumNodes=1 NumCPUs=4 TRES=cpu=4,mem=2G,node=1,billing=4,gres/gpu=1 Comment=jarm-quote=q-abc_1")
+    job = parse_job_line(line, "gridcredit")
+    assert job.key == JobKey("gridcredit", 9698, 2, 1) and (job.user, job.account, job.quote_id) == (
+        "gcuser1", "proj1", "q-abc_1")
+    assert job.request == JobRequest("batch", "normal", 4, 93_784, 2048, 1, 1)
+    plain = parse_job_line(line.replace(" Comment=jarm-quote=q-abc_1", " Comment=hello")
+                           .replace("ArrayJobId=9698 ArrayTaskId=2 ", ""), "gridcredit")
+    assert (plain.key, plain.quote_id) == (JobKey("gridcredit", 9700, None, 1), "")

@@ -170,11 +170,13 @@ class JarmClient(ServiceClient):
 
     # -- reservations (the batch system's controller reports its jobs; users read theirs) --
 
-    def reserve(self, key: JobKey, *, user: str, account: str, request: JobRequest) -> ReservationView:
-        """A job about to run: priced and held at the Bank (``admitted`` False: it must not run). Safe to
-        repeat: a run is reserved once (its key), and the Bank's requests carry the run's ids."""
+    def reserve(self, key: JobKey, *, user: str, account: str, request: JobRequest,
+                quote_id: str | None = None) -> ReservationView:
+        """A job about to run: priced (by the guaranteed quote ``quote_id`` when the job presents one) and
+        held at the Bank (``admitted`` False: it must not run). Safe to repeat: a run is reserved once (its
+        key), and the Bank's requests carry the run's ids."""
         answer = self.invoke("Reserve", {
-            "key": _key_wire(key), "user": user, "account": account,
+            "key": _key_wire(key), "user": user, "account": account, "quote_id": quote_id,
             "request": {"partition": request.partition, "qos": request.qos, "cores": request.cores,
                         "time_limit_s": request.time_limit_s, "memory_mb": request.memory_mb, "gpus": request.gpus,
                         "nodes": request.nodes}}, effect=Effect.ONCE_PER_KEY, request_id=key.reservation_id)

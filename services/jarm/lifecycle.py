@@ -55,6 +55,7 @@ class SlurmJob:
     user: str
     account: str
     request: JobRequest
+    quote_id: str = ""              # a guaranteed quote the job presents (sbatch --comment=jarm-quote=<id>)
 
 
 class _Refused(GridcreditError):
@@ -138,8 +139,13 @@ class Lifecycle:
             raise DomainError(f"local user {job.user} has no grid identity here: add them to the grid-mapfile, or "
                               f"let them delegate a proxy (gridcredit jarm delegate)", UNKNOWN_USER)
         now_us = self.clock()
-        table = self.prices.in_force(self.settings.site, now_us).table
-        basis = pricing.basis_for(table, job.request, now_us=now_us, occupancy=self._occupancy(table, job.request))
+        if job.quote_id:
+            basis = self._honoured(job, dn, now_us)
+            table = self.prices.table(basis.site, basis.version).table
+        else:
+            table = self.prices.in_force(self.settings.site, now_us).table
+            basis = pricing.basis_for(table, job.request, now_us=now_us,
+                                      occupancy=self._occupancy(table, job.request))
         estimate = pricing.estimate(table, job.request, basis).credits
         authority = Authority.DELEGATED if self.banker.delegated(dn) is not None else Authority.GRANTED
         account = self.settings.account_map.get(job.account, job.account)
@@ -148,6 +154,15 @@ class Lifecycle:
                                   now_us=now_us, hold_expires_us=now_us + self._hold_life_us(job.request))
         reservation, _created = self.reservations.create(reservation)
         return self._work_now(reservation)
+
+    def _honoured(self, job: SlurmJob, dn: str, now_us: int):
+        """The basis (price version, load multiplier) of the guaranteed quote the job presents: its own
+        user's, unexpired, for this site, covering the job (pricing.honour)."""
+        stored = self.prices.quote(job.quote_id)
+        if stored.requester != dn:
+            raise DomainError(f"quote {job.quote_id} was given to another user; a job may present only its own "
+                              f"user's guaranteed quote", pricing.QUOTE_MISMATCH)
+        return pricing.honour(stored.quote, job.request, site=self.settings.site, now_us=now_us)
 
     def _occupancy(self, table, request: JobRequest) -> Occupancy | None:
         """The partition's occupancy when its rate is load-priced (the multiplier is fixed now); when Slurm

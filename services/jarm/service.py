@@ -41,7 +41,7 @@ from .lifecycle import SlurmJob
 from .reservations import JobKey, Reservation, State
 from .reservation_store import PAGE_MAX
 from .store import PriceChange, StoredTable
-from .types import (INVALID_PRICE_TABLE, INVALID_QUOTE, RATES_MAX, JobRequest, LoadPricing, MemoryBasis, Metric, Quote,
+from .types import (INVALID_PRICE_TABLE, INVALID_QUOTE, RATES_MAX, JobRequest, check_quote_id, LoadPricing, MemoryBasis, Metric, Quote,
                     Rate)
 from ..common import GridcreditService, operation, principal_of, runtime_of, whoami_operation
 
@@ -292,15 +292,18 @@ class JarmService(GridcreditService):
 
 
     @operation(JobKeyInfo.customize(**Required), Unicode(**Required), Unicode(**Required),
-               JobRequestInfo.customize(**Required), _returns=ReservationInfo, _operation_name="Reserve")
-    def reserve(ctx, key, user, account, request):
+               JobRequestInfo.customize(**Required), Unicode(**Optional), _returns=ReservationInfo,
+               _operation_name="Reserve")
+    def reserve(ctx, key, user, account, request, quote_id):
         jarm = runtime_of(ctx).jarm
         policy.authorize_report_job(jarm.policy, principal_of(ctx), "Reserve")
         if request is None:
             raise DomainError("no job request was sent", "InvalidJob")
         job = SlurmJob(_key(key), user, account, JobRequest(request.partition, request.qos, request.cores,
                                                             request.time_limit_s, request.memory_mb, request.gpus,
-                                                            request.nodes))
+                                                            request.nodes), quote_id or "")
+        if quote_id:
+            check_quote_id(quote_id)
         return _reservation_info(_lifecycle(ctx).reserve(job))
 
     @operation(JobKeyInfo.customize(**Required), Long(**Optional), _returns=ReservationInfo, _operation_name="Extend")

@@ -5,7 +5,8 @@ does not wait on them under its locks). They read the job from ``scontrol -o sho
 environment says only its id) and tell the JARM over signed SOAP, with the controller's own
 credential:
 
-* **prolog** → ``Reserve``. Admitted (held, or unfunded by the site's policy): exit 0, the job runs.
+* **prolog** → ``Reserve`` (with the guaranteed quote the job presents in its comment,
+  ``sbatch --comment=jarm-quote=<id>``, if any). Admitted (held, or unfunded by the site's policy): exit 0, the job runs.
   Refused: the reason goes into the job's ``Comment`` (``squeue -o %k``, ``scontrol show job``) and
   the job is put on a user hold (``scontrol uhold``: the user may release it with ``scontrol release``
   once the account has the credits), then exit 1 — Slurm requeues a batch job whose
@@ -36,6 +37,7 @@ COMMENT_CHARS_MAX = 250
 _PAIR = re.compile(r"(?:^|\s)([A-Za-z/:_]+)=(\S*)")
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d{2}):(\d{2})$")
 _MEMORY = re.compile(r"^(\d+)([KMGTP]?)$")
+_QUOTE = re.compile(r"jarm-quote=([A-Za-z0-9][A-Za-z0-9_.:+-]{0,127})")
 _MEMORY_MB = {"": 1, "M": 1, "G": 1024, "T": 1024**2, "P": 1024**3}
 
 
@@ -50,6 +52,7 @@ class SlurmJobRecord:
     account: str
     request: JobRequest
     state: str
+    quote_id: str = ""          # sbatch --comment=jarm-quote=<id>: the guaranteed quote the job presents
 
 
 def time_limit_s(text: str) -> int:
@@ -89,7 +92,9 @@ def parse_job_line(line: str, cluster: str) -> SlurmJobRecord:
         gpus = int(tres.get("gres/gpu", "0"))
         request = JobRequest(fields["Partition"], fields.get("QOS", "normal"), cores,
                              time_limit_s(fields.get("TimeLimit", "")), memory_mb, gpus, nodes)
-        return SlurmJobRecord(key, user, fields["Account"], request, fields.get("JobState", ""))
+        quote = _QUOTE.fullmatch(fields.get("Comment", ""))
+        return SlurmJobRecord(key, user, fields["Account"], request, fields.get("JobState", ""),
+                              quote.group(1) if quote else "")
     except (KeyError, ValueError) as error:
         raise JobUnreadable(f"scontrol's job line lacks or garbles {error}: {line[:200]!r}") from None
 
@@ -144,7 +149,8 @@ def prolog(client, *, scontrol: str, environ=os.environ) -> int:
     job_id = environ.get("SLURM_JOB_ID", "")
     try:
         job = read_job(job_id, scontrol=scontrol, cluster=cluster_name(scontrol))
-        reservation = client.reserve(job.key, user=job.user, account=job.account, request=job.request)
+        reservation = client.reserve(job.key, user=job.user, account=job.account, request=job.request,
+                                     quote_id=job.quote_id or None)
     except GridcreditError as error:
         message = f"JARM: job {job_id} not started: {type(error).__name__}: {error}"
         log.warning("%s", message)
