@@ -314,3 +314,15 @@ def test_a_run_whose_end_slurmdbd_has_before_its_start_record_is_not_accounted_y
     [run] = parse_sacct(sample("requeued-revoked"))
     assert (run.restarts, run.state, run.exit_code, run.partition, run.qos, run.elapsed_s, run.time_limit_s) == \
         (1, "FAILED", 1, "batch", "normal", 0, 120)
+
+
+def test_a_run_requeued_by_a_failing_prolog_had_nodes_but_no_step_and_its_cancelled_successor_none():
+    # job 9655: another session's JARM PrologSlurmctld refused it (the Bank refused the hold): run 0 was
+    # given a node for 5 s while the prolog ran, and requeued; run 1, pending, was cancelled by root —
+    # sacct gives it a Start (the cancel time) but no node and no TRES
+    [first] = parse_sacct(sample("prolog-refused"), restarts=0)
+    assert (first.state, first.started, first.steps, first.elapsed_s, first.cores, first.total_cpu_ms) == \
+        ("REQUEUED", True, 0, 5, 1, 0)
+    [second] = parse_sacct(sample("prolog-refused"))
+    assert (second.restarts, second.state, second.cancelled_by_uid, second.started, second.start_us,
+            second.elapsed_s, second.cores, second.node_list) == (1, "CANCELLED", 0, False, 0, 0, 0, "")

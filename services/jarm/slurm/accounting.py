@@ -384,7 +384,9 @@ def _tasks_range(record: _Record) -> bool:
 class JobUsage:
     """One run of one job (or array task) as slurmdbd has it after it ended. Counts are whole numbers
     in the unit their name ends with; times are µs since the epoch (``*_us``, whole seconds as Slurm
-    keeps them; 0: not set — a run that never started has ``start_us`` 0 and zero usage)."""
+    keeps them; 0: not set). A run that never started (was never given nodes) has ``start_us`` 0 and
+    zero usage; a run given nodes that never launched its script (requeued by a failing
+    PrologSlurmctld, or killed at launch) has its allocation and elapsed time but no steps."""
 
     cluster: str
     job_id: int                 # the job's id; an array task's: the array's (JobID 1234_7 → 1234)
@@ -433,7 +435,8 @@ class JobUsage:
 
     @property
     def started(self) -> bool:
-        """Whether the run started (a run cancelled or refused while pending did not: nothing to charge)."""
+        """Whether the run was given nodes (one cancelled or refused while pending was not: nothing to
+        charge). ``steps`` 0 for a started batch run: its script never ran (e.g. its prolog failed)."""
         return self.start_us > 0
 
     @property
@@ -481,7 +484,8 @@ def _usage(record: _Record, task: int | None, restarts: int) -> JobUsage:
     else:
         time_limit_s = line.count("TimelimitRaw", high=2**32) * 60
     start_us = line.instant_us("Start")
-    started = start_us > 0 and not _tasks_range(record)
+    # given nodes: a pending run that was cancelled may have a Start (the cancel time) but no node
+    started = start_us > 0 and line.values["NodeList"] not in ("None assigned", "") and not _tasks_range(record)
     allocation = _allocation(line) if started else {"cpu": 0, "node": 0, "billing": 0, "mem": 0, "gpu": 0}
     steps = record.steps
     total_cpu_ms = 0
@@ -495,7 +499,7 @@ def _usage(record: _Record, task: int | None, restarts: int) -> JobUsage:
                                f"({steps_cpu_ms} ms)")
         total_cpu_ms = max(job_cpu_ms, steps_cpu_ms)
     node_list = line.values["NodeList"]
-    if node_list == "None assigned" or not started:
+    if not started:
         node_list = ""
     elif not re.fullmatch(r"[A-Za-z0-9_.,\[\]-]{1,%d}" % VALUE_CHARS_MAX, node_list):
         raise line.field_invalid("NodeList", "a Slurm host list")
