@@ -25,7 +25,9 @@ Where the numbers come from (Slurm 22.05; every command runs with ``LC_ALL=C``, 
   With ``--noconvert`` it is printed in bytes.
 * **AllocTRES** (``billing=1,cpu=2,mem=512M,node=1,gres/gpu=1``): ``cpu`` → cores, ``mem`` → MB
   (``--noconvert`` keeps Slurm's own unit, MB), ``node`` → nodes, ``gres/gpu`` → GPUs (else the sum of
-  the typed ``gres/gpu:<type>`` counts), ``billing``. A run that never started has none: zeros.
+  the typed ``gres/gpu:<type>`` counts), ``billing``. A run that never started (never given nodes:
+  NodeList ``None assigned``, even when sacct prints a Start, as for a requeued job cancelled while
+  pending) has none: zeros, and ``start_us`` 0.
 * **Elapsed** is ``ElapsedRaw`` (seconds), the time limit ``TimelimitRaw`` (minutes; UNLIMITED or
   Partition_Limit: none), ``ExitCode`` ``<code>:<signal>``, ``State`` its first word (``CANCELLED by
   <uid>`` gives ``cancelled_by_uid``).
@@ -35,6 +37,8 @@ Where the numbers come from (Slurm 22.05; every command runs with ``LC_ALL=C``, 
   records that ends with its newest and in which every earlier one is a REQUEUED one; the restart
   count of a run is its place in that chain (0 first), as slurmctld counts it (``SLURM_JOB_RESTART_COUNT``).
   An older record of the same id outside the chain is another job (job ids reset) and is left out.
+  The newest run may be a REQUEUED one while slurmdbd has not yet the record of the next: ask for a run
+  by its restart count (``read_run_usage``) rather than for the newest.
 * **Array jobs.** ``1234_7`` is task 7 of array 1234 (``JobIDRaw`` is the task's own job id); asking
   for the array's id lists every task. Tasks that never started are one record ``1234_[8-10%2]``:
   each of them is a run that never started (zeros, ``job_id_raw`` the array's).
@@ -75,7 +79,6 @@ jobs; otherwise it shows the caller's own jobs and the others look not accounted
 """
 from __future__ import annotations
 
-import logging
 import os
 import re
 import subprocess
@@ -88,8 +91,6 @@ from gridcredit.errors import GridcreditError, invariant
 from gridcredit.text import hidden_character
 
 from ..types import Occupancy, Usage
-
-log = logging.getLogger("gridcredit.services.jarm.slurm")
 
 SACCT_FIELDS = ("JobID", "JobIDRaw", "Cluster", "User", "Account", "Partition", "QOS", "State", "ExitCode", "Submit",
                 "Start", "End", "ElapsedRaw", "TotalCPU", "MaxRSS", "AllocTRES", "TimelimitRaw", "NodeList")
