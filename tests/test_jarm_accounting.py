@@ -11,7 +11,8 @@ import pytest
 from gridcredit.services.jarm import pricing
 from gridcredit.services.jarm.slurm.accounting import (JobNotAccounted, JobUsage, SlurmError, SlurmOutputInvalid,
                                                        array_tasks, cpu_time_ms, memory_bytes, parse_sacct,
-                                                       parse_sinfo, read_job_usage, read_occupancies)
+                                                       parse_sinfo, read_job_usage, read_occupancies,
+                                                       sacct_command)
 from gridcredit.services.jarm.types import JobRequest, LoadPricing, Metric, Occupancy, PriceTable, Rate, Usage
 
 DATA = Path(__file__).resolve().parent / "data" / "slurm"
@@ -259,6 +260,16 @@ def _slow_command(tmp_path: Path, name: str) -> Path:
     path.write_text("#!/bin/sh\nexec sleep 30\n")
     path.chmod(0o755)
     return path
+
+
+def test_the_sacct_command_line():
+    assert sacct_command("1234_7") == [
+        "sacct", "--allusers", "--duplicates", "--noconvert", "--parsable2", "--noheader", "-j", "1234_7", "-o",
+        "JobID,JobIDRaw,Cluster,User,Account,Partition,QOS,State,ExitCode,Submit,Start,End,ElapsedRaw,TotalCPU,MaxRSS,"
+        "AllocTRES,TimelimitRaw,NodeList"]
+    assert sacct_command("1", sacct="/opt/slurm/bin/sacct", cluster="gc")[:3] == ["/opt/slurm/bin/sacct", "-M", "gc"]
+    with pytest.raises(ValueError, match="a cluster name is"):
+        sacct_command("1", cluster="-a")
 
 
 @pytest.mark.parametrize("job", [0, -1, "1234x", "1_2_3", True, 2**32, "12345678901"])

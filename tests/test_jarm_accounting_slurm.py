@@ -112,6 +112,7 @@ def test_a_sleeping_job_is_read_as_sacct_has_it(slurm_cluster, jobs):
     assert (run.cores, run.nodes, run.billing) == (int(alloc["cpu"]), int(alloc["node"]), int(alloc["billing"]))
     assert run.memory_mb == run.cores * 256          # DefMemPerCPU=256
     assert run.started and run.usage().elapsed_s == run.elapsed_s
+    assert read_job_usage(jobs["sleep"], cluster="gridcredit", timeout_s=READ_TIMEOUT_S) == [run]   # sacct -M
 
 
 def test_a_cpu_burner_has_its_cpu_time_and_max_rss_from_its_steps(slurm_cluster, jobs):
