@@ -353,6 +353,11 @@ class HttpsServer(wsgi.Server):
 
     def prepare(self):
         super().prepare()  # binds (or takes the listener) and listens with our backlog
+        # cheroot gives the listener a 1 s timeout. Every worker of `serve` selects on the one listener
+        # they share, so a new connection wakes them all; those that lose the race would wait in accept()
+        # for up to that second while their kept-alive connections' requests sat unread. Non-blocking,
+        # a lost race is "nothing to accept" (BlockingIOError, which the connection manager expects).
+        self.socket.settimeout(0)
         self._connections.close()
         self._connections = _ConnectionManager(self)
         self.handshaker.start()
