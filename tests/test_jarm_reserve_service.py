@@ -124,3 +124,25 @@ def test_only_controllers_report_jobs_and_users_see_only_their_own(host, people)
     assert again.hold_id == made.hold_id                     # the prolog run again: the same reservation and hold
     released = controller(host).cancel(JobKey("c1", 701))
     assert (released.state, released.admitted) == ("released", False)
+
+
+def test_the_reservation_commands(host, people, pki, capsys):
+    from cli_runner import Cli
+
+    class HostFiles:                               # the controller signs with the host's certificate
+        cert_path, key_path = host.pki.host_cert, host.pki.host_key
+
+    cli = Cli("jarm", capsys, pki, host.url)
+    made = controller(host).reserve(JobKey("c1", 800), user="gcuser1", account="proj1", request=GOOD)
+    shown = cli.ok(people["alice"], "status", made.reservation_id)
+    assert (shown["reservation_id"], shown["state"], shown["hold_id"], shown["estimate"]) == (
+        made.reservation_id, "held", made.hold_id, 2)
+    assert made.reservation_id in [view["reservation_id"] for view in cli.ok(people["alice"], "list")]
+    assert cli.ok(people["bob"], "list") == []
+    everyone = cli.ok(HostFiles, "list")
+    assert made.reservation_id in [view["reservation_id"] for view in everyone]
+    assert set(cli.ok(HostFiles, "reconcile")) == {"ended", "steps", "left", "extended"}
+    assert cli.ok(HostFiles, "unfunded") == []              # every run here was held at the Bank
+    text = cli(people["alice"], "status", made.reservation_id, as_json=False)
+    assert f"hold {made.hold_id}: 2 credits" in text[1] and "(granted)" in text[1], text
+    controller(host).cancel(JobKey("c1", 800))
