@@ -297,8 +297,8 @@ class Lifecycle:
                f"on account {reservation.account}: {refusal} [{refusal.code}]"
 
     def _admit_unfunded(self, reservation: Reservation, why: str) -> Reservation:
-        held = sum(other.estimate for other in self.reservations.in_states((State.UNFUNDED,))
-                   if other.account == reservation.account)
+        held = sum(other.estimate for other in self.reservations.in_states((State.UNFUNDED,),
+                                                                          account=reservation.account))
         rid = reservation.reservation_id
         if held + reservation.estimate > self.settings.unfunded_cap_credits:
             message = (f"JARM: job {reservation.key.job} refused: the Bank does not answer ({why}) and account "

@@ -5,7 +5,8 @@ id (``r-<cluster>-<job>[.<task>]-<restart>``). The store's journal makes each ch
 returns (it survives a kill -9 of the JARM), so the record of what is still to do at the Bank
 (``pending``, indexed) is the JARM's journal of pending work: the reconciler reads it again after any
 crash and does each step with the request id it had before (reservations.py). ``user_key`` (a hash
-of the user's DN, indexed) lists a user's reservations; ``state`` (indexed) the runs that are held.
+of the user's DN, indexed) lists a user's reservations; ``state`` (indexed) the runs that are held;
+``account`` (indexed) an account's unfunded runs.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from .types import JobRequest, Multiplier, PricingBasis, Usage
 
 RESERVATIONS = "jarm_reservations"
 NAMESPACE = "urn:gridcredit:jarm:reservations:1"
-INDEXES = (AttributeIndex(RESERVATIONS, ("pending", "state", "user_key")),)
+INDEXES = (AttributeIndex(RESERVATIONS, ("pending", "state", "user_key", "account")),)
 UNKNOWN_RESERVATION = "UnknownReservation"
 PAGE_MAX = 1000
 
@@ -126,15 +127,27 @@ class ReservationStore:
 
         return self.store.transact(apply)
 
-    def with_pending_work(self, limit: int = PAGE_MAX) -> list[Reservation]:
-        """Reservations with Bank or LUTS work left (oldest ids first)."""
-        page = self.store.query(RESERVATIONS, None, where={"pending": tuple(w.value for w in Work if w.value)},
-                                limit=limit)
-        return [reservation_from_xml(document.xml) for document in page.documents]
+    def _every(self, where: dict) -> list[Reservation]:
+        """Every reservation matching ``where`` (page after page: a site may run many more jobs than a
+        page holds), read before any is changed (a change may move one out of the set)."""
+        found: list[Reservation] = []
+        offset: int | None = 0
+        while offset is not None:
+            page = self.store.query(RESERVATIONS, None, where=where, offset=offset, limit=PAGE_MAX)
+            found.extend(reservation_from_xml(document.xml) for document in page.documents)
+            offset = page.next_offset
+        return found
 
-    def in_states(self, states: tuple[State, ...], limit: int = PAGE_MAX) -> list[Reservation]:
-        page = self.store.query(RESERVATIONS, None, where={"state": tuple(s.value for s in states)}, limit=limit)
-        return [reservation_from_xml(document.xml) for document in page.documents]
+    def with_pending_work(self) -> list[Reservation]:
+        """Every reservation with Bank or LUTS work left (by id)."""
+        return self._every({"pending": tuple(w.value for w in Work if w.value)})
+
+    def in_states(self, states: tuple[State, ...], *, account: str | None = None) -> list[Reservation]:
+        """Every reservation in ``states`` (of ``account`` only, when given)."""
+        where: dict = {"state": tuple(s.value for s in states)}
+        if account is not None:
+            where["account"] = account
+        return self._every(where)
 
     def of_user(self, dn: str, *, offset: int = 0, limit: int = 100) -> list[Reservation]:
         page = self.store.query(RESERVATIONS, None, where={"user_key": user_key(dn)}, offset=offset, limit=limit)
