@@ -207,6 +207,27 @@ def test_admitted_unfunded_within_the_cap_then_charged_when_the_bank_answers(wor
     assert before - balance(world, "bob").total == 5
 
 
+def test_a_run_that_ended_unfunded_counts_against_the_cap_until_the_bank_charges_it(world, pki):
+    """The cap bounds what an account may owe for work done while the Bank does not answer: a run that ran
+    unfunded and ended is still owed (its hold of the cost waits for the Bank), so it counts — else a long
+    outage admits any amount of short jobs, a few at a time. (Failed before: only runs still running counted.)"""
+    world.settings = dataclasses.replace(world.settings, bank_unreachable="admit_capped", unfunded_cap_credits=30)
+    reachable = world.banker.site
+    world.banker.site = BankClient(f"https://localhost:{free_port()}", credential=load_credential(pki.host_cert, pki.host_key),
+                                   trust_dir=pki.trust_dir, timeout_s=2, retries=0)
+    try:
+        first = world.reserve(job(120, "bob", "bob"))                     # 21 credits held for, unfunded
+        world.slurm.usage[first.key] = used(first.key, elapsed_s=300)     # 10 core-minutes + the fee: owes 11
+        ended = world.ended(first.key)
+        assert (ended.state, ended.pending, ended.cost) == (State.COMPLETING, Work.HOLD, 11)
+        second = world.reserve(job(121, "bob", "bob"))                    # 11 owed + 21 > the cap of 30
+    finally:
+        world.banker.site = reachable
+    assert second.state is State.REFUSED and "11 credits of unfunded work already" in second.note, second.note
+    world.reconcile_once()                                                # the Bank answers: the first is charged
+    assert world.reservations.get(first.reservation_id).charged == 11
+
+
 def test_a_raised_time_limit_extends_the_hold_by_the_same_price_version(world):
     held = world.reserve(job(108, "bob", "bob"))
     world.slurm.running[held.key] = 1200                                  # the limit doubled while it runs

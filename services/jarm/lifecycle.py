@@ -297,8 +297,9 @@ class Lifecycle:
                f"on account {reservation.account}: {refusal} [{refusal.code}]"
 
     def _admit_unfunded(self, reservation: Reservation, why: str) -> Reservation:
-        held = sum(other.estimate for other in self.reservations.in_states((State.UNFUNDED,),
-                                                                          account=reservation.account))
+        # what the account owes for work done unfunded: runs still running, and runs ended and not charged yet
+        held = sum(rsv.unfunded_credits(other) for other in self.reservations.in_states(
+            (State.UNFUNDED, State.COMPLETING), account=reservation.account))
         rid = reservation.reservation_id
         if held + reservation.estimate > self.settings.unfunded_cap_credits:
             message = (f"JARM: job {reservation.key.job} refused: the Bank does not answer ({why}) and account "

@@ -265,6 +265,16 @@ def job_ended(reservation: Reservation, *, usage: Usage, cost: int, now_us: int,
                                hold_expires_us=expires_us)
 
 
+def unfunded_credits(reservation: Reservation) -> int:
+    """What a run admitted unfunded owes while the Bank has no hold for it (the site's cap bounds their sum
+    per account): its estimate while it runs, its cost once it ended and waits for the Bank; 0 for others."""
+    if reservation.state is State.UNFUNDED:
+        return reservation.estimate
+    if reservation.state is State.COMPLETING and reservation.pending is Work.HOLD:
+        return reservation.cost
+    return 0
+
+
 def unfunded_hold_refused(reservation: Reservation, *, reason: str, now_us: int) -> Reservation:
     """An unfunded run's hold of its cost was refused (the account cannot pay): it stays uncharged,
     reported by ``gridcredit jarm unfunded``."""
