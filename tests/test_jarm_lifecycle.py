@@ -15,7 +15,7 @@ from gridcredit.errors import DomainError
 from gridcredit.security.credentials import load_credential
 from gridcredit.services.bank.client import BankClient
 from gridcredit.services.jarm import reservations as rsv
-from gridcredit.services.jarm.lifecycle import Banker, Lifecycle, Settings, SlurmJob
+from gridcredit.services.jarm.lifecycle import NEVER_STARTED, Banker, Lifecycle, Settings, SlurmJob
 from gridcredit.services.jarm.reservation_store import INDEXES as RESERVATION_INDEXES, ReservationStore
 from gridcredit.services.jarm.reservations import Authority, JobKey, State, Work
 from gridcredit.services.jarm.store import INDEXES as PRICE_INDEXES, PriceChange, PriceStore
@@ -270,13 +270,25 @@ def test_the_same_step_done_twice_at_once_keeps_one_outcome(world):
     assert balance(world, "bob").held == held_before + 21
 
 
-def test_a_run_that_never_started_is_released_not_charged(world):
-    """Slurm ended the job before it started (cancelled while configuring): sacct has no allocation."""
-    held = world.reserve(job(111, "bob", "bob"))
-    world.slurm.usage[held.key] = Usage("batch", "normal", elapsed_s=0, total_cpu_ms=0, cores=0)
+@pytest.mark.parametrize("measured", ["never started", "no allocation"])
+def test_a_run_that_never_started_is_released_not_charged(world, measured):
+    """Slurm ended the job before it started (cancelled while configuring): sacct gave it no nodes."""
+    held = world.reserve(job(111 if measured == "no allocation" else 119, "bob", "bob"))
+    world.slurm.usage[held.key] = NEVER_STARTED if measured == "never started" else \
+        Usage("batch", "normal", elapsed_s=0, total_cpu_ms=0, cores=0)
     released = world.ended(held.key)
     assert (released.state, released.pending, released.charged) == (State.RELEASED, Work.NONE, 0)
     assert world.admin.get_hold(held.hold_id).state == "released"
+
+
+def test_one_runs_trouble_does_not_stop_the_reconcilers_pass(world):
+    first, second = world.reserve(job(122, "bob", "bob")), world.reserve(job(123, "bob", "bob"))
+    broken = dataclasses.replace(used(first.key, 60), partition="nosuch")     # a partition the table never had
+    world.slurm.usage.update({first.key: broken, second.key: used(second.key, 60)})
+    done = world.reconcile_once()                          # both ended: Slurm runs neither
+    assert done["ended"] == 2 and done["left"] == 1
+    assert world.reservations.get(first.reservation_id).pending is Work.USAGE     # left, said, tried again
+    assert world.reservations.get(second.reservation_id).state is State.CHARGED
 
 
 def test_a_load_priced_partition_is_held_at_the_multiplier_of_its_occupancy_then(world):

@@ -44,6 +44,7 @@ JOB_REFUSED = "JobRefused"
 UNKNOWN_USER = "UnknownUser"
 BANK_UNREACHABLE = "BankUnreachable"
 US = 1_000_000
+NEVER_STARTED = "never started"  # what read_usage answers for a run Slurm ended before it started
 FULL = Occupancy(1, 1)          # a partition taken as full: a load-priced rate at its greatest multiplier
 
 
@@ -119,7 +120,7 @@ class Settings:
 
 class Lifecycle:
     def __init__(self, reservations: ReservationStore, prices: PriceStore, banker: Banker, settings: Settings, *,
-                 user_dn: Callable[[str], str | None], read_usage: Callable[[JobKey], Usage | None],
+                 user_dn: Callable[[str], str | None], read_usage: Callable[[JobKey], Usage | str | None],
                  report: Callable[[Reservation], None],
                  running: Callable[[list[JobKey]], dict[JobKey, int | None] | None],
                  clock: Callable[[], int], occupancy: Callable[[str], Occupancy] | None = None) -> None:
@@ -317,7 +318,7 @@ class Lifecycle:
         usage = self.read_usage(reservation.key)
         if usage is None:
             return reservation          # not in Slurm's accounting yet: the reconciler comes back
-        if usage.cores == 0 and usage.elapsed_s == 0:
+        if usage is NEVER_STARTED or (usage.cores == 0 and usage.elapsed_s == 0):
             # the run never started (cancelled while it was being configured): nothing is charged
             log.info("jarm %s: the run never started; releasing its hold", reservation.reservation_id)
             return self._advance(reservation, lambda found: rsv.cancel(found, now_us=self.clock()))
@@ -391,8 +392,14 @@ class Lifecycle:
                                              lambda found: rsv.run_ended(found, now_us=self.clock()))
                     done["ended"] += 1
         for reservation in self.reservations.with_pending_work():
-            after = self._work_now(reservation)
             done["steps"] += 1
+            try:
+                after = self._work_now(reservation)
+            except GridcreditError as error:     # one run's trouble must not stop the others' steps
+                log.warning("jarm %s: %s not done: %s: %s", reservation.reservation_id, reservation.pending.value,
+                            type(error).__name__, error)
+                done["left"] += 1
+                continue
             if after.pending is not Work.NONE:
                 done["left"] += 1
         horizon_us = self.clock() + self.settings.extend_margin_s * US

@@ -15,6 +15,7 @@ from gridcredit.errors import GridcreditError, StoreError
 from gridcredit.timeunits import now_us
 
 from .delegation import DelegationStore, open_delegations
+from . import pricing
 from .policy import JarmPolicy
 from .store import PriceStore
 
@@ -88,7 +89,7 @@ def _build_lifecycle(context: BuildContext, prices: PriceStore, delegations: Del
                                   unfunded_cap_credits=settings.unfunded_cap_credits,
                                   extend_margin_s=settings.extend_margin_s, account_map=account_map)
     scontrol = _slurm_command(settings.slurm_bin_dir, "scontrol")
-    report = _reporter(config, files.host_cert)
+    report = _reporter(config, files.host_cert, prices)
     lifecycle = Lifecycle(ReservationStore(context.store), prices, banker, lifecycle_settings,
                           user_dn=resolver(GridMap(settings.grid_mapfile), delegated),
                           read_usage=_usage_reader(settings), report=report,
@@ -107,17 +108,24 @@ def _build_lifecycle(context: BuildContext, prices: PriceStore, delegations: Del
 
 
 def _usage_reader(settings):
-    """``JobKey → Usage | None`` from slurmdbd (None: not recorded yet or the run not over: later)."""
-    from .slurm.accounting import JobNotAccounted, read_run_usage
+    """``JobKey → Usage | NEVER_STARTED | None`` from slurmdbd (None: not recorded yet, the run not over, or
+    sacct failing now: the reconciler asks again at its next pass)."""
+    from .lifecycle import NEVER_STARTED
+    from .slurm.accounting import JobNotAccounted, SlurmError, read_run_usage
 
     sacct = _slurm_command(settings.slurm_bin_dir, "sacct")
 
     def read(key):
         try:
-            return read_run_usage(key.job_id, array_task=key.array_task, restarts=key.restarts, sacct=sacct,
-                                  timeout_s=SLURM_TIMEOUT_S).usage()
+            run = read_run_usage(key.job_id, array_task=key.array_task, restarts=key.restarts, sacct=sacct,
+                                 timeout_s=SLURM_TIMEOUT_S)
         except JobNotAccounted:
             return None
+        except SlurmError as error:      # sacct failed or printed what is refused: said, and tried again later
+            log.warning("jarm: the usage of job %s (run %d) not read: %s: %s", key.job, key.restarts,
+                        type(error).__name__, error)
+            return None
+        return run.usage() if run.started else NEVER_STARTED
     return read
 
 
@@ -137,7 +145,7 @@ def _machine_name(host_cert) -> str:
     return dns[0] if dns else socket.getfqdn()
 
 
-def _reporter(config, host_cert):
+def _reporter(config, host_cert, prices: PriceStore):
     """The step after the charge: the run's OGF usage record (UR 2.0, with its charge) into the spool
     the reconciler sends to the LUTS (services/luts/spool.py: durable once added)."""
     from ..luts.spool import Spool
@@ -153,7 +161,10 @@ def _reporter(config, host_cert):
         key = reservation.key
         job = read_run_usage(key.job_id, array_task=key.array_task, restarts=key.restarts, sacct=sacct,
                              timeout_s=SLURM_TIMEOUT_S)
+        table = prices.table(reservation.basis.site, reservation.basis.version).table
+        cost = pricing.charge(table, job.usage(), reservation.basis)        # the exact breakdown in the record
         spool.add(usage_record(job, site=settings.site, machine=machine, reservation_id=reservation.reservation_id,
+                               cost=cost,
                                charge=reservation.charged, basis=reservation.basis, user_dn=reservation.user_dn,
                                bank_account=reservation.account))
     report.spool = spool

@@ -8,6 +8,7 @@ job Slurm no longer lists (it forgets finished jobs after MinJobAge) has ended t
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 
@@ -67,7 +68,7 @@ def running_runs(keys: list[JobKey], *, scontrol: str = "scontrol", timeout_s: f
     not be asked (then no run may be taken for ended)."""
     try:
         result = subprocess.run([scontrol, "-o", "show", "jobs"], capture_output=True, timeout=timeout_s,
-                                stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"})
+                                stdin=subprocess.DEVNULL, env={**os.environ, "LC_ALL": "C"})   # (SLURM_CONF kept)
     except (OSError, subprocess.TimeoutExpired) as error:
         log.warning("jarm: Slurm's jobs not read (%s): no run is taken for ended now", error)
         return None
