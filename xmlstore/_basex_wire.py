@@ -139,29 +139,54 @@ class Session:
         return self._query(text, bindings, with_info=True)
 
     def _query(self, text: str, bindings: dict[str, tuple[str, str]] | None, *, with_info: bool) -> tuple[str, str]:
+        """One query in at most three exchanges with the server (each a wait for BaseX's answer:
+        on a busy machine, a wake-up of BaseX's thread and of ours): QUERY (its id is in the
+        answer); every BIND at once; EXECUTE [, INFO] and CLOSE at once. Until 2026-12-02 each
+        message waited for its answer (3 + one per binding: a LUTS job lookup made 8). EXECUTE is
+        sent only once every BIND succeeded (a query never runs with a binding refused), and CLOSE
+        always follows the query (a refused BIND or EXECUTE too: BaseX keeps an unclosed query)."""
         self._send(b"\0" + self._encode(text) + b"\0")
         query_id = self._read_string()
         self._status()
+        ident = query_id.encode() + b"\0"
+        close = b"\x02" + ident
         try:
-            for name, (value, kind) in (bindings or {}).items():
-                self._send(b"\x03" + query_id.encode() + b"\0" + self._encode(name) + b"\0" + self._encode(value)
-                           + b"\0" + kind.encode() + b"\0")
-                self._read_string()
-                self._status()
-            self._send(b"\x05" + query_id.encode() + b"\0")
-            result = self._read_string()
-            self._status()
-            info = ""
-            if with_info:
-                self._send(b"\x06" + query_id.encode() + b"\0")
-                info = self._read_string()
-                self._status()
-            return result, info
-        finally:
-            if not self._broken:
-                self._send(b"\x02" + query_id.encode() + b"\0")
-                self._read_string()
-                self._status()
+            binds = [b"\x03" + ident + self._encode(name) + b"\0" + self._encode(value) + b"\0" + kind.encode() + b"\0"
+                     for name, (value, kind) in (bindings or {}).items()]
+        except ServerError:
+            self._send(close)
+            self._answers(1)
+            raise
+        if binds:
+            self._send(b"".join(binds))
+            refused = self._answers(len(binds))
+            if refused is not None:
+                self._send(close)
+                self._answers(1)
+                raise ServerError(refused)
+        self._send(b"\x05" + ident + (b"\x06" + ident if with_info else b"") + close)
+        result = self._read_string()
+        refused = None if self._read_byte() == 0 else self._read_string()
+        info = ""
+        if with_info:
+            info = self._read_string()
+            if self._read_byte() != 0:
+                info = self._read_string()     # (after a refused EXECUTE: no info to give)
+        self._answers(1)                       # CLOSE's
+        if refused is not None:
+            raise ServerError(refused)
+        return result, info
+
+    def _answers(self, count: int) -> str | None:
+        """Read ``count`` answers of the form string, status (BIND, CLOSE): the first refusal's
+        message, or None."""
+        refused = None
+        for _ in range(count):
+            self._read_string()
+            if self._read_byte() != 0:
+                message = self._read_string()
+                refused = message if refused is None else refused
+        return refused
 
     def close(self) -> None:
         try:
