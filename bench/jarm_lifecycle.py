@@ -84,6 +84,7 @@ ACCOUNTS = ("acct0", "acct1", "acct2", "acct3")
 DELEGATED = ("acct0", "acct1")          # the owner delegated a proxy; the others granted the site
 FUNDS = 10**9
 CLUSTER = "gridcredit"                  # scripts/slurm.sh's ClusterName
+STALLED_S = 240                         # the slurm part gives up when no run was recorded for this long
 TITLE_RECONCILE = "JARM: reconciliation of runs that ran while the Bank was down (issue 13)"
 TITLE_SLURM = "JARM: job end to charge and usage record, real Slurm (issue 13)"
 
@@ -478,11 +479,13 @@ def _run_jobs(cluster, host, bank, pki, people, jobs, workdir, ends_file, submit
     stop = threading.Event()
     poller = threading.Thread(target=_sacct_poller, args=(cluster, submitted, seen, stop), daemon=True)
     poller.start()
-    deadline = time.monotonic() + 600
+    # Slurm starts these jobs two at a time, often only at the backfill's next pass (~30 s): wait while
+    # runs keep being recorded, at most STALLED_S without a new one
+    progress = (0, time.monotonic())
     views: dict[int, object] = {}
     records: dict[int, object] = {}
     try:
-        while time.monotonic() < deadline:
+        while time.monotonic() - progress[1] < STALLED_S:
             found = []
             offset = 0
             while True:
@@ -502,6 +505,8 @@ def _run_jobs(cluster, host, bank, pki, people, jobs, workdir, ends_file, submit
                         pass            # not sent yet
             if len(records) == jobs:
                 break
+            if len(records) > progress[0]:
+                progress = (len(records), time.monotonic())
             time.sleep(0.5)
     finally:
         stop.set()
@@ -509,7 +514,8 @@ def _run_jobs(cluster, host, bank, pki, people, jobs, workdir, ends_file, submit
     load_after = load()
     if len(records) < jobs:
         states = {v.key.job_id: (v.state, v.pending, v.message[:100]) for v in controller.reservations(limit=100)}
-        raise SystemExit(f"only {len(records)} of {jobs} runs charged and recorded in 600 s: {states}")
+        raise SystemExit(f"only {len(records)} of {jobs} runs charged and recorded (none more in {STALLED_S} s): "
+                         f"{states}")
     epilog_at = {}
     for line in ends_file.read_text().splitlines():
         job, at = line.split()
