@@ -309,7 +309,7 @@ def reconcile_part(backend: str, runs: int, root: Path, pki, workers: int) -> di
             passes += 1
             if first_pass_s is None:
                 first_pass_s = time.perf_counter() - answering
-            if not lifecycle.reservations.with_pending_work(limit=1):
+            if not lifecycle.reservations.with_pending_work():
                 break
             if passes > 50:
                 raise SystemExit(f"reconciliation did not finish in 50 passes: {done}")
