@@ -439,9 +439,6 @@ def test_the_bank_alone_killed_runs_are_admitted_unfunded_then_charged(slurm_clu
     assert len(charged) == 4
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (reported to the lead): a run admitted unfunded is recognised only by its "
-                   "note 'unfunded: …', which the next failed attempt and the hold made at its end overwrite, so "
-                   "`gridcredit jarm unfunded` lists no run whose end waits for the Bank, nor any it settled")
 def test_jarm_unfunded_lists_the_runs_admitted_unfunded_waiting_then_settled(slurm_cluster, slurm_workdir, hooks,
                                                                              host, bank, pki, people, jobs):
     jarm = controller(host, pki)
@@ -477,9 +474,6 @@ def test_slurmctld_restarted_while_jobs_run_and_end(slurm_cluster, slurm_workdir
     assert len(charged) == 6
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (reported to the lead): the JARM charges a run the prolog refused — sacct "
-                   "has it REQUEUED with an allocation, 1-2 s of elapsed time and no step; the usage reader hands "
-                   "lifecycle._usage only types.Usage, which cannot tell it from a run that ran")
 def test_a_prolog_whose_answer_is_lost_after_the_jarm_held_charges_only_the_run_that_ran(
         slurm_cluster, slurm_workdir, hooks, host, bank, pki, people, jobs):
     """The JARM reserved and held for a job, but its answer never reached the prolog (the JARM killed just

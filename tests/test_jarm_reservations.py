@@ -88,6 +88,9 @@ def test_an_unfunded_run_gets_a_hold_of_its_cost_when_it_ends():
 def test_admitted_unfunded_only_from_reserving():
     admitted = rsv.admitted_unfunded(reserved(), reason="bank down", now_us=T0)
     assert (admitted.state, admitted.pending, admitted.note) == (State.UNFUNDED, Work.NONE, "unfunded: bank down")
+    assert admitted.unfunded_us == T0 and reservation_from_xml(reservation_xml(admitted)) == admitted
+    later = rsv.failed_attempt(admitted, error="the Bank does not answer", now_us=T0 + 1)
+    assert later.unfunded_us == T0                       # kept for good, whatever the note says later
     with pytest.raises(DomainError, match="is unfunded"):
         rsv.admitted_unfunded(admitted, reason="again", now_us=T0)
 

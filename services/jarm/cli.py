@@ -377,7 +377,7 @@ def _unfunded(args) -> int:
     """The runs admitted while the Bank did not answer (the site's admit_capped policy) and those
     the Bank charged less than they cost, with how each was settled."""
     found = [view for view in _all_reservations(_client(args), None)
-             if not view.authority or view.message.startswith("unfunded") or view.uncharged]
+             if view.unfunded_us or view.uncharged]
     rows = []
     for view in found:
         if view.state == "charged" and not view.uncharged:

@@ -75,6 +75,7 @@ class ReservationView:
     uncharged: int
     created_us: int
     updated_us: int
+    unfunded_us: int = 0            # when it was admitted without the Bank's hold (0: it never was)
 
 
 def _reservation(info) -> ReservationView:
@@ -83,7 +84,8 @@ def _reservation(info) -> ReservationView:
         info.reservation_id, JobKey(key.cluster, key.job_id, key.array_task, key.restarts), info.user, info.user_dn,
         info.account, info.payee, info.state, info.pending or "", info.admitted, info.message or "",
         info.authority or "", info.version, info.estimate, info.hold_id or "", info.hold_amount,
-        info.hold_expires_us or 0, info.cost, info.charged, info.uncharged, info.created_us, info.updated_us)
+        info.hold_expires_us or 0, info.cost, info.charged, info.uncharged, info.created_us, info.updated_us,
+        getattr(info, "unfunded_us", None) or 0)
 
 
 def _key_wire(key: JobKey) -> dict:

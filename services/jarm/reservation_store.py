@@ -29,7 +29,8 @@ PAGE_MAX = 1000
 
 _REQUEST = ("cores", "time_limit_s", "memory_mb", "gpus", "nodes")
 _USAGE = ("elapsed_s", "total_cpu_ms", "cores", "memory_mb", "gpus", "nodes", "max_rss_mb")
-_NUMBERS = ("created_us", "updated_us", "estimate", "hold_amount", "hold_expires_us", "extensions", "cost", "charged")
+_NUMBERS = ("created_us", "updated_us", "estimate", "hold_amount", "hold_expires_us", "extensions", "cost", "charged",
+            "unfunded_us")
 
 
 def _q(name: str) -> str:
@@ -79,7 +80,7 @@ def reservation_from_xml(xml: bytes) -> Reservation:
                                             **{name: int(used.get(name)) for name in _USAGE})
     basis = PricingBasis(get("site"), int(get("version")), get("partition"), get("qos"),
                          Multiplier(int(get("multiplier_numerator")), int(get("multiplier_denominator"))))
-    numbers = {name: int(get(name)) for name in _NUMBERS}
+    numbers = {name: int(get(name, "0")) for name in _NUMBERS}
     return Reservation(key=key, user=get("user"), user_dn=get("user_dn"), account=get("account"), payee=get("payee"),
                        request=request, basis=basis, authority=Authority(get("authority")) if get("authority") else None,
                        state=State(get("state")), pending=Work(get("pending")), hold_id=get("hold_id"),

@@ -156,6 +156,7 @@ class Reservation:
     cost: int = 0                   # credits the run cost (pricing.charge)
     charged: int = 0                # credits the Bank charged (≤ cost: the rest is uncharged)
     note: str = ""                  # the last refusal or error, for people
+    unfunded_us: int = 0            # when it was admitted without the Bank's hold (0: never): kept for good
 
     @property
     def reservation_id(self) -> str:
@@ -211,7 +212,7 @@ def admitted_unfunded(reservation: Reservation, *, reason: str, now_us: int) -> 
     if reservation.state is not State.RESERVING:
         raise _refuse_state(reservation, "admitted unfunded")
     return dataclasses.replace(reservation, state=State.UNFUNDED, pending=Work.NONE, note=f"unfunded: {reason}"[:500],
-                               updated_us=now_us)
+                               updated_us=now_us, unfunded_us=now_us)
 
 
 def hold_refused(reservation: Reservation, *, reason: str, now_us: int) -> Reservation:

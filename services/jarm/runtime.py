@@ -125,7 +125,11 @@ def _usage_reader(settings):
             log.warning("jarm: the usage of job %s (run %d) not read: %s: %s", key.job, key.restarts,
                         type(error).__name__, error)
             return None
-        return run.usage() if run.started else NEVER_STARTED
+        # never given nodes, or given them but requeued before its script ran (a failing PrologSlurmctld: the
+        # run is REQUEUED with no step): nothing ran, nothing is charged
+        if not run.started or (run.steps == 0 and run.state == "REQUEUED"):
+            return NEVER_STARTED
+        return run.usage()
     return read
 
 

@@ -128,7 +128,8 @@ class ReservationInfo(ComplexModel):
                   ("authority", Unicode(**Optional)), ("version", Long(**Required)), ("estimate", Long(**Required)),
                   ("hold_id", Unicode(**Optional)), ("hold_amount", Long(**Required)),
                   ("hold_expires_us", Long(**Optional)), ("cost", Long(**Required)), ("charged", Long(**Required)),
-                  ("uncharged", Long(**Required)), ("created_us", Long(**Required)), ("updated_us", Long(**Required))]
+                  ("uncharged", Long(**Required)), ("created_us", Long(**Required)), ("updated_us", Long(**Required)),
+                  ("unfunded_us", Long(**Optional))]
 
 
 # A pending delegation (RequestDelegation): sign an RFC 3820 proxy of your credential for the public key of
@@ -224,7 +225,8 @@ def _reservation_info(reservation: Reservation) -> ReservationInfo:
         version=reservation.basis.version, estimate=reservation.estimate, hold_id=reservation.hold_id or None,
         hold_amount=reservation.hold_amount, hold_expires_us=reservation.hold_expires_us or None,
         cost=reservation.cost, charged=reservation.charged, uncharged=reservation.uncharged,
-        created_us=reservation.created_us, updated_us=reservation.updated_us)
+        created_us=reservation.created_us, updated_us=reservation.updated_us,
+        unfunded_us=reservation.unfunded_us or None)
 
 
 def _lifecycle(ctx):
