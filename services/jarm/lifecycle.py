@@ -79,7 +79,7 @@ def _bank_call(what: str, call: Callable[[], object]):
     try:
         return call()
     except RemoteFault as fault:
-        if ":Client" in f":{fault.faultcode}" or fault.faultcode.split(":")[-1].startswith("Client"):
+        if fault.faultcode.split(":")[-1].startswith("Client"):      # the Bank's decision, not its trouble
             raise _Refused(fault.text, fault.code) from None
         raise _Unreachable(f"{what}: the Bank answered {fault.faultcode}: {fault.text}") from None
     except GridcreditError as error:
