@@ -30,6 +30,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
 
+# A real libvirtd + QEMU (TCG) for the Auctioneer's enforcement tests (tests/test_auctioneer_hypervisor*.py):
+# scripts/libvirt.sh installs its Debian packages (libvirt-dev among them, which pip needs below to build
+# libvirt-python) and starts virtlogd and libvirtd. Stopped after the tests only when this run started it.
+libvirt_was_running=1
+as_root scripts/libvirt.sh status >/dev/null 2>&1 || libvirt_was_running=0
+echo "== starting libvirtd (scripts/libvirt.sh start)"
+as_root scripts/libvirt.sh start
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv with $($PYTHON --version)"
@@ -53,4 +61,5 @@ echo "== running the tests"
 status=0
 .venv/bin/python -m pytest "$@" || status=$?
 [ "$slurm_was_running" = 1 ] || as_root scripts/slurm.sh stop >/dev/null 2>&1 || true
+[ "$libvirt_was_running" = 1 ] || as_root scripts/libvirt.sh stop >/dev/null 2>&1 || true
 exit "$status"

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# A real libvirtd + QEMU (TCG: no KVM needed) for the Auctioneer's enforcement tests and the demo: Debian's
+# libvirt 9.0 and qemu-system-x86 7.2, virtlogd and libvirtd as plain daemons (no systemd). Run as root.
+# See `scripts/libvirt.sh --help`.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+usage: scripts/libvirt.sh [start|stop|status|install|--help]
+
+  start    (default) install the Debian packages if missing (`apt-get update` once first, then
+           libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-system qemu-system-x86 libvirt-dev
+           libvirt-clients, without recommends), create the users and groups the QEMU driver runs guests
+           as (libvirt-qemu, kvm, libvirt) and the folders it needs, start whatever of virtlogd and
+           libvirtd is not running, and wait until `virsh -c qemu:///system version` answers.
+           Idempotent: a second run only checks.
+  stop     stop libvirtd and virtlogd (SIGTERM, then SIGKILL after 15 s). Running guests are left
+           running (libvirtd finds them again when it starts).
+  status   one line per daemon; exit 0 only when both run and qemu:///system answers.
+  install  only the Debian packages, users and folders.
+
+libvirt-dev is installed for pip, which builds libvirt-python against it (`pip install -e .[test]`).
+Guests run as user libvirt-qemu (the QEMU driver's default on Debian): the Auctioneer's state directory
+(its console sockets and disk copies) must be reachable by that user; see services/auctioneer/hypervisor.py.
+
+Exit codes: 0 done (status: all running); 1 a daemon did not start or did not answer (the message names
+the log); 2 usage; 3 status: not all running; 4 not root; 5 package install failed.
+EOF
+}
+
+PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-system qemu-system-x86 libvirt-dev libvirt-clients)
+DAEMONS=(virtlogd libvirtd)
+URI=qemu:///system
+LOG_DIR=/var/log/libvirt
+
+say() { echo "libvirt.sh: $*"; }
+die() { local code="$1"; shift; echo "libvirt.sh: $*" >&2; exit "$code"; }
+
+need_root() { [ "$(id -u)" = 0 ] || die 4 "NotRoot: run as root (it installs packages, adds users, starts daemons)"; }
+
+install_packages() {
+    local missing=() package
+    for package in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    say "installing Debian packages: ${missing[*]}"
+    # Once per installation: the lists this machine has may be older than the mirror's packages (qemu's
+    # security updates replace .debs often). policy-rc.d, or the missing runlevel/systemd, keeps the
+    # packages' postinst from starting libvirtd; we start our own below.
+    apt-get update -q || die 5 "PackageInstallFailed: apt-get update failed (network? the mirror in /etc/apt/sources.list)"
+    env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
+        || die 5 "PackageInstallFailed: apt-get install ${missing[*]} failed"
+}
+
+# The QEMU driver runs guests as libvirt-qemu:libvirt-qemu and chowns /dev/kvm-like files to group kvm; the
+# packages' postinst makes these users only when it can (not always in a container): make them ourselves.
+make_users() {
+    getent group kvm >/dev/null || groupadd --system kvm
+    getent group libvirt >/dev/null || groupadd --system libvirt
+    getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+    id libvirt-qemu >/dev/null 2>&1 || useradd --system --gid libvirt-qemu --groups kvm \
+        --home-dir /var/lib/libvirt --no-create-home --shell /usr/sbin/nologin libvirt-qemu
+}
+
+make_dirs() {
+    mkdir -p "$LOG_DIR/qemu" /var/run/libvirt /var/lib/libvirt/qemu /var/cache/libvirt/qemu
+}
+
+# The pid of a running daemon (its pid file names a live, non-zombie process of that program), else nothing.
+running_pid() {
+    local file="/var/run/$1.pid" pid
+    [ -s "$file" ] || return 1
+    pid="$(tr -dc 0-9 <"$file")"
+    [ -n "$pid" ] && [ -r "/proc/$pid/comm" ] || return 1
+    [ "$(cat "/proc/$pid/comm")" = "$1" ] || return 1
+    # A killed daemon stays a zombie until PID 1 (not an init here) reaps it.
+    [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ] || return 1
+    echo "$pid"
+}
+
+answers() { timeout 20 virsh -c "$URI" version >/dev/null 2>&1; }
+
+start_daemon() {
+    local daemon="$1"
+    running_pid "$daemon" >/dev/null && return 0
+    say "starting $daemon"
+    # -d: daemonize; each writes /var/run/<daemon>.pid. Their logs: $LOG_DIR/<daemon>.log (below).
+    case "$daemon" in
+    virtlogd) virtlogd -d ;;
+    libvirtd) LIBVIRT_LOG_OUTPUTS="3:file:$LOG_DIR/libvirtd.log" libvirtd -d ;;
+    esac
+    local i
+    for i in $(seq 1 50); do
+        running_pid "$daemon" >/dev/null && return 0
+        sleep 0.2
+    done
+    die 1 "DaemonNotStarted: $daemon did not start (see $LOG_DIR/$daemon.log)"
+}
+
+start() {
+    need_root
+    install_packages
+    make_users
+    make_dirs
+    start_daemon virtlogd
+    start_daemon libvirtd
+    local i
+    for i in $(seq 1 60); do
+        answers && { say "libvirtd answers on $URI"; return 0; }
+        sleep 0.5
+    done
+    die 1 "NotAnswering: virsh -c $URI version failed for 30 s (see $LOG_DIR/libvirtd.log)"
+}
+
+stop() {
+    need_root
+    local daemon pid i
+    for daemon in libvirtd virtlogd; do
+        pid="$(running_pid "$daemon")" || { say "$daemon not running"; continue; }
+        say "stopping $daemon ($pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        for i in $(seq 1 75); do
+            running_pid "$daemon" >/dev/null || break
+            sleep 0.2
+        done
+        if running_pid "$daemon" >/dev/null; then
+            say "$daemon did not stop in 15 s: SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
+}
+
+status() {
+    local daemon pid ok=0
+    for daemon in "${DAEMONS[@]}"; do
+        if pid="$(running_pid "$daemon")"; then echo "$daemon running ($pid)"; else echo "$daemon stopped"; ok=3; fi
+    done
+    if answers; then echo "$URI answers"; else echo "$URI does not answer"; ok=3; fi
+    return "$ok"
+}
+
+case "${1:-start}" in
+start) start ;;
+stop) stop ;;
+status) status ;;
+install) need_root; install_packages; make_users; make_dirs ;;
+-h|--help|help) usage ;;
+*) usage >&2; exit 2 ;;
+esac
