@@ -26,10 +26,10 @@ SERVICE = ServiceContract(
     soap_module="gridcredit.services.jarm.service",
     config_section=JarmConfig,
     # price table versions (written once), each site's latest version, guaranteed quotes (store.py);
-    # one reservation per run of a job (reservation_store.py); users' delegated proxies and pending
-    # delegation requests (delegation.py)
-    collections=("jarm_prices", "jarm_price_sites", "jarm_quotes", "jarm_reservations", "jarm_delegations",
-                 "jarm_delegation_requests"),
+    # one reservation per run of a job and each account's runs admitted unfunded (reservation_store.py);
+    # users' delegated proxies and pending delegation requests (delegation.py)
+    collections=("jarm_prices", "jarm_price_sites", "jarm_quotes", "jarm_reservations", "jarm_unfunded",
+                 "jarm_delegations", "jarm_delegation_requests"),
     indexes=_indexes,
     build=_runtime.build,
     # Every worker sweeps: a quote deleted twice is deleted once.

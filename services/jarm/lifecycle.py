@@ -298,21 +298,22 @@ class Lifecycle:
                f"on account {reservation.account}: {refusal} [{refusal.code}]"
 
     def _admit_unfunded(self, reservation: Reservation, why: str) -> Reservation:
-        # what the account owes for work done unfunded: runs still running, and runs ended and not charged yet
-        held = sum(rsv.unfunded_credits(other) for other in self.reservations.in_states(
-            (State.UNFUNDED, State.COMPLETING), account=reservation.account))
-        rid = reservation.reservation_id
-        if held + reservation.estimate > self.settings.unfunded_cap_credits:
-            message = (f"JARM: job {reservation.key.job} refused: the Bank does not answer ({why}) and account "
-                       f"{reservation.account} has {held:,} credits of unfunded work already (the cap is "
-                       f"{self.settings.unfunded_cap_credits:,})")
-            return self._advance(reservation, lambda found: rsv.hold_refused(found, reason=message,
-                                                                                now_us=self.clock()))
-        log.warning("jarm %s: the Bank does not answer; admitted unfunded (%d credits, account %s)", rid,
-                    reservation.estimate, reservation.account)
+        # what the account owes for work done unfunded (runs still running, and runs ended and not charged
+        # yet) plus this run's estimate, within the cap: checked and kept in one transaction of the store
+        cap = self.settings.unfunded_cap_credits
 
-        return self._advance(reservation, lambda found: rsv.admitted_unfunded(found, reason=why,
-                                                                                 now_us=self.clock()))
+        def refused(found: Reservation, owed: int) -> Reservation:
+            message = (f"JARM: job {found.key.job} refused: the Bank does not answer ({why}) and account "
+                       f"{found.account} has {owed:,} credits of unfunded work already (the cap is {cap:,})")
+            return rsv.hold_refused(found, reason=message, now_us=self.clock())
+
+        after = self.reservations.admit_unfunded(
+            reservation.reservation_id, cap_credits=cap, refused=refused,
+            admitted=lambda found: rsv.admitted_unfunded(found, reason=why, now_us=self.clock()))
+        if after.state is State.UNFUNDED:
+            log.warning("jarm %s: the Bank does not answer; admitted unfunded (%d credits, account %s)",
+                        after.reservation_id, after.estimate, after.account)
+        return after
 
     def _usage(self, reservation: Reservation) -> Reservation:
         usage = self.read_usage(reservation.key)

@@ -7,6 +7,11 @@ returns (it survives a kill -9 of the JARM), so the record of what is still to d
 crash and does each step with the request id it had before (reservations.py). ``user_key`` (a hash
 of the user's DN, indexed) lists a user's reservations; ``state`` (indexed) the runs that are held;
 ``account`` (indexed) an account's unfunded runs.
+
+Collection ``jarm_unfunded``: one document per account (id ``u-<hash of the account>``) naming its runs
+admitted unfunded that still owe (``rsv.unfunded_credits``). A run is admitted unfunded only by
+``admit_unfunded``, which reads that list, each run on it and the new one, checks the cap and writes the
+outcome in ONE transaction: runs reserved at once (workers, threads) cannot pass the cap together.
 """
 from __future__ import annotations
 
@@ -15,13 +20,14 @@ from typing import Callable, Iterator
 
 from lxml import etree
 
-from gridcredit.errors import DomainError
+from gridcredit.errors import ConflictError, DomainError
 from gridcredit.xmlstore import AttributeIndex, Transaction, XmlStore
 
-from .reservations import Authority, JobKey, Reservation, State, Work
+from .reservations import Authority, JobKey, Reservation, State, Work, unfunded_credits
 from .types import JobRequest, Multiplier, PricingBasis, Usage
 
 RESERVATIONS = "jarm_reservations"
+UNFUNDED = "jarm_unfunded"
 NAMESPACE = "urn:gridcredit:jarm:reservations:1"
 INDEXES = (AttributeIndex(RESERVATIONS, ("pending", "state", "user_key", "account")),)
 UNKNOWN_RESERVATION = "UnknownReservation"
@@ -39,6 +45,17 @@ def _q(name: str) -> str:
 
 def user_key(dn: str) -> str:
     return hashlib.sha256(dn.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def unfunded_id(account: str) -> str:
+    return "u-" + hashlib.sha256(account.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _unfunded_xml(account: str, reservation_ids: list[str]) -> bytes:
+    root = etree.Element(_q("Unfunded"), nsmap={None: NAMESPACE}, account=account)
+    for reservation_id in reservation_ids:
+        etree.SubElement(root, _q("Run"), id=reservation_id)
+    return etree.tostring(root, encoding="UTF-8")
 
 
 def reservation_xml(reservation: Reservation) -> bytes:
@@ -124,6 +141,51 @@ class ReservationStore:
                 raise DomainError(f"there is no reservation {reservation_id}", UNKNOWN_RESERVATION)
             changed = step(reservation_from_xml(found.xml))
             tx.put(RESERVATIONS, reservation_id, reservation_xml(changed))
+            return changed
+
+        return self.store.transact(apply)
+
+    def admit_unfunded(self, reservation_id: str, *, cap_credits: int,
+                       admitted: Callable[[Reservation], Reservation],
+                       refused: Callable[[Reservation, int], Reservation]) -> Reservation:
+        """Admit a run unfunded if its account's unfunded work plus its estimate stays within
+        ``cap_credits`` (``admitted(run)``), else refuse it (``refused(run, owed_credits)``): the check and
+        the outcome in one transaction. A run no longer waiting for its hold is left as it is."""
+        first = self.require(reservation_id)
+        list_id = unfunded_id(first.account)
+        known: list[str] | None = None
+        if self.store.get(UNFUNDED, list_id) is None:
+            # no list yet (the account's first unfunded run, or runs admitted before the list existed):
+            # start from what the store holds; any run admitted since writes the list, seen below
+            known = [r.reservation_id for r in self.in_states((State.UNFUNDED, State.COMPLETING),
+                                                              account=first.account)]
+
+        def apply(tx: Transaction) -> Reservation:
+            found = tx.get(RESERVATIONS, reservation_id)
+            run = reservation_from_xml(found.xml)
+            if run.state is not State.RESERVING or run.pending is not Work.HOLD:
+                return run
+            listed = tx.get(UNFUNDED, list_id)
+            if listed is not None:
+                runs = [element.get("id") for element in etree.fromstring(listed.xml)]
+            elif known is not None:
+                runs = known
+            else:
+                raise ConflictError(f"the unfunded list of {first.account} went away")    # (it is never deleted)
+            owing, owed = [], 0
+            for other_id in runs:
+                other = tx.get(RESERVATIONS, other_id) if other_id != reservation_id else None
+                credits = 0 if other is None else unfunded_credits(reservation_from_xml(other.xml))
+                if credits:
+                    owing.append(other_id)
+                    owed += credits
+            if owed + run.estimate > cap_credits:
+                changed = refused(run, owed)
+            else:
+                changed = admitted(run)
+                owing.append(reservation_id)
+            tx.put(RESERVATIONS, reservation_id, reservation_xml(changed))
+            tx.put(UNFUNDED, list_id, _unfunded_xml(run.account, owing))
             return changed
 
         return self.store.transact(apply)
