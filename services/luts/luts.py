@@ -377,6 +377,16 @@ class _Counters:
         if usage.charge_micro is not None:
             self._add_charge(usage.charge_unit, sign, sign * usage.charge_micro)
 
+    def add_stored(self, element: etree._Element) -> None:
+        """Add a stored summary's totals (``<n:Summary>``) straight in: read per document, so no
+        intermediate counters are built."""
+        get = element.get
+        self.jobs += int(get("jobs"))
+        self.wall_us += int(get("wall_us"))
+        self.cpu_us += int(get("cpu_us"))
+        for charge in element.iterchildren(_CHARGE_TAG):
+            self._add_charge(charge.get("unit"), int(charge.get("jobs")), int(charge.get("charge_micro")))
+
     def merge(self, other: "_Counters") -> None:
         for name in _COUNTER_NAMES:
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -405,6 +415,7 @@ class _Counters:
 
 
 _SUMMARY_KEY = ("user", "vo", "site", "machine", "queue")
+_CHARGE_TAG = N + "Charge"
 _COUNTER_NAMES = ("jobs", "wall_us", "cpu_us")
 
 
@@ -431,9 +442,8 @@ def _summary_document(key: tuple[str, ...], month: str, counters: _Counters) -> 
 
 
 def _counters_of(element: etree._Element) -> _Counters:
-    counters = _Counters(**{name: int(element.get(name)) for name in _COUNTER_NAMES})
-    for charge in element.iterchildren(N + "Charge"):
-        counters.charges[charge.get("unit")] = [int(charge.get("jobs")), int(charge.get("charge_micro"))]
+    counters = _Counters()
+    counters.add_stored(element)
     return counters
 
 
@@ -754,7 +764,10 @@ class Luts:
                 for document in page.documents:
                     element = etree.fromstring(document.xml)
                     key = tuple(month_of_key(month) if name == "month" else element.get(name, "") for name in by)
-                    totals.setdefault(key, _Counters()).merge(_counters_of(element))
+                    counters = totals.get(key)
+                    if counters is None:
+                        counters = totals[key] = _Counters()
+                    counters.add_stored(element)
                 offset = page.next_offset
         rows = tuple(SummaryRow(key=dict(zip(by, key)), jobs=c.jobs, wall_us=c.wall_us, cpu_us=c.cpu_us,
                                 charges=c.charge_totals()) for key, c in sorted(totals.items()))
