@@ -338,6 +338,10 @@ class ServiceClient:
         other._bind(credential)
         return other
 
+    def close(self) -> None:
+        """Close this client's connections (its session's pool); a later call opens a new one."""
+        self._zeep.transport.session.close()
+
     # -- one attempt -------------------------------------------------------------------------------
     def _attempt(self, operation: str, arguments: dict):
         """Send once; a SOAP fault becomes :class:`RemoteFault`, every other error is left as raised."""

@@ -9,9 +9,10 @@ import dataclasses
 import time
 
 import pytest
+import urllib3
 
 from gridcredit.config import StoreConfig
-from gridcredit.errors import DomainError
+from gridcredit.errors import DomainError, GridcreditError
 from gridcredit.security.credentials import load_credential
 from gridcredit.services.bank.client import BankClient
 from gridcredit.services.jarm import reservations as rsv
@@ -137,6 +138,37 @@ def test_a_run_is_held_then_settled_once_and_reported(world, user, authority):
     again = world.ended(held.key)                                         # the epilog once more: nothing
     assert again == world.reservations.get(held.reservation_id)
     assert balance(world, user).total == after[user].total
+
+
+def test_holds_with_a_users_proxy_share_one_connection_until_the_delegation_changes(world, pki, people,
+                                                                                   monkeypatch):
+    """The JARM keeps one Bank client (one TLS connection) per delegated proxy: five holds with Alice's proxy
+    open one connection, not five (failed before: a client, a session and a TLS handshake per call); a new
+    proxy of hers gets a client of its own, and a delegation gone leaves nothing kept."""
+    opened = []
+    new_conn = urllib3.connectionpool.HTTPSConnectionPool._new_conn
+
+    def counted(pool):
+        opened.append(pool.port)
+        return new_conn(pool)
+
+    monkeypatch.setattr(urllib3.connectionpool.HTTPSConnectionPool, "_new_conn", counted)
+    alice = people["alice"].dn
+    for number in range(130, 135):
+        assert world.reserve(job(number, "alice", "alice")).state is State.HELD
+    assert len(opened) == 1, opened
+    first = world.banker.client(Authority.DELEGATED, alice)
+    assert world.banker.client(Authority.DELEGATED, alice) is first
+
+    proxies = {alice: pki.proxy("Cycle Alice")}            # Alice delegated again: another proxy, another client
+    world.banker.delegated = proxies.get
+    assert world.reserve(job(135, "alice", "alice")).state is State.HELD
+    assert len(opened) == 2
+    assert world.banker.client(Authority.DELEGATED, alice) is not first
+    proxies.clear()                                        # her delegation destroyed or expired: forgotten
+    with pytest.raises(GridcreditError, match="delegate again"):
+        world.banker.client(Authority.DELEGATED, alice)
+    assert world.banker.delegated_clients() == 0
 
 
 def test_a_refusal_says_cost_available_and_shortfall_and_holds_nothing(world):

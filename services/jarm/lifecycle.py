@@ -26,10 +26,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
+from cryptography.hazmat.primitives import hashes
 from gridcredit.errors import DomainError, GridcreditError, RemoteFault
 
 from . import pricing, reservations as rsv
@@ -88,23 +91,65 @@ def _bank_call(what: str, call: Callable[[], object]):
         raise _Unreachable(f"{what}: {type(error).__name__}: {error}") from None
 
 
+DELEGATED_CLIENTS_MAX = 64     # Bank clients kept for users' proxies (each keeps its TLS connection)
+
+
 @dataclass
 class Banker:
     """The Bank as the JARM calls it: as the site (``site``, a BankClient signing with the JARM's own
-    credential) or as a user through the proxy they delegated (``delegated(dn)``: a Credential or None)."""
+    credential) or as a user through the proxy they delegated (``delegated(dn)``: a Credential or None).
+
+    A client signing with a user's proxy is kept (with its session, so its TLS connection) for the next
+    call with the same proxy: at most ``clients_max``, the least recently used dropped first; one is
+    dropped as soon as its user's delegation changes (another proxy), is gone or expires (``delegated``
+    answers None), or the site's client is replaced."""
 
     site: object
     delegated: Callable[[str], object | None] = lambda dn: None
     site_dn: str = ""
+    clients_max: int = DELEGATED_CLIENTS_MAX
+    _clients: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def client(self, authority: Authority, user_dn: str):
         if authority is Authority.DELEGATED:
             credential = self.delegated(user_dn)
             if credential is None:
+                self._drop(user_dn)
                 raise _Refused(f"the proxy {user_dn} delegated to this JARM has expired or was destroyed: delegate "
                               f"again (gridcredit jarm delegate)", "DelegationExpired")
-            return self.site.as_credential(credential)
+            return self._client_for(user_dn, credential)
         return self.site
+
+    def delegated_clients(self) -> int:
+        """How many clients of users' proxies are kept."""
+        with self._lock:
+            return len(self._clients)
+
+    def _client_for(self, user_dn: str, credential):
+        proxy = credential.cert.fingerprint(hashes.SHA256())
+        with self._lock:
+            kept = self._clients.get(user_dn)
+            if kept is not None and kept[0] == proxy and kept[1] is self.site:
+                self._clients.move_to_end(user_dn)
+                return kept[2]
+        client = self.site.as_credential(credential)
+        dropped = []
+        with self._lock:
+            if user_dn in self._clients:
+                dropped.append(self._clients.pop(user_dn)[2])
+            self._clients[user_dn] = (proxy, self.site, client)
+            while len(self._clients) > self.clients_max:
+                dropped.append(self._clients.popitem(last=False)[1][2])
+        for old in dropped:
+            old.close()
+        return client
+
+    def _drop(self, user_dn: str) -> None:
+        with self._lock:
+            kept = self._clients.pop(user_dn, None)
+        if kept is not None:
+            kept[2].close()
 
 
 @dataclass
