@@ -18,6 +18,7 @@ PACKAGE_FOLDERS = {
     "gridcredit.services.jarm": "services/jarm",
     "gridcredit.services.jarm.slurm": "services/jarm/slurm",   # Slurm's side: queue, hooks, accounting, the lua
     "gridcredit.services.auctioneer": "services/auctioneer",
+    "gridcredit.services.directory": "services/directory",
     "gridcredit.server": "server",
     "gridcredit.wsdl_documents": "wsdl",     # the checked-in WSDLs, which the clients load (data only)
 }

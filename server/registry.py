@@ -17,6 +17,7 @@ SERVICE_PACKAGES = (
     "gridcredit.services.luts",
     "gridcredit.services.jarm",
     "gridcredit.services.auctioneer",
+    "gridcredit.services.directory",
 )
 
 

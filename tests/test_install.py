@@ -18,10 +18,10 @@ sys.path.insert(0, sys.argv[1])
 import gridcredit.client as client
 assert client.__file__.startswith(sys.argv[1]), client.__file__
 names = sorted(path.name for path in client.WSDL_DIR.glob("*.wsdl"))
-assert names == ["auctioneer.wsdl", "bank.wsdl", "jarm.wsdl", "luts.wsdl"], (client.WSDL_DIR, names)
+assert names == ["auctioneer.wsdl", "bank.wsdl", "directory.wsdl", "jarm.wsdl", "luts.wsdl"], (client.WSDL_DIR, names)
 client.service_description("bank")
 from gridcredit.server import registry
-assert registry.names() == ("bank", "luts", "jarm", "auctioneer")
+assert registry.names() == ("bank", "luts", "jarm", "auctioneer", "directory")
 print("ok", client.WSDL_DIR)
 """
 

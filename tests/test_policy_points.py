@@ -114,10 +114,17 @@ STRANGER_CALLS = [
     ("jarm", "GetReservation", {"reservation_id": "r-c1-1-0"}, "Client.NotAuthorized"),   # not theirs
     ("jarm", "ListReservations", {}, "Client.ReservationsDisabled"),   # their own: this host reserves nothing
     ("auctioneer", "WhoAmI", {}, None),
+    ("directory", "WhoAmI", {}, None),
+    ("directory", "ListHosts", {}, None),
+    ("directory", "GetHostInfo", {"host_id": "host-a"}, "Client.UnknownHost"),
+    ("directory", "Register", {"host_id": "host-a", "auctioneer_url": "https://auction-a.example.org",
+                               "capacity_cpus": 1, "total_rate": "1.5", "hour_average_price": "1", "live_bids": 1,
+                               "interval_s": 10, "ttl_s": 60}, "Client.NotAuthorized"),   # a user, not that host
+    ("directory", "RemoveHost", {"host_id": "host-a"}, "Client.NotAuthorized"),
 ]
 # faults of a call the policy allowed that then found nothing
 FOUND_NOTHING = {"Client.UnknownRecord", "Client.NoPriceTable", "Client.UnknownDelegation",
-                 "Client.ReservationsDisabled"}
+                 "Client.ReservationsDisabled", "Client.UnknownHost"}
 
 
 @pytest.mark.parametrize("service, operation, fields, fault", STRANGER_CALLS,

@@ -20,7 +20,7 @@ ADMIN = Principal("/DC=org/DC=example/CN=Registry Admin")
 
 
 def test_every_service_is_registered_once_with_collections_of_its_own():
-    assert registry.names() == ("bank", "luts", "jarm", "auctioneer")
+    assert registry.names() == ("bank", "luts", "jarm", "auctioneer", "directory")
     registry.check_contracts(registry.services())
     assert registry.service("bank").owns("holds_ended") and not registry.service("bank").owns("ur_2026_11")
     assert registry.service("luts").owns("ur_2026_11") and registry.service("luts").owns("urid_2026")
