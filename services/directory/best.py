@@ -1,0 +1,96 @@
+"""``gridcredit market best-response``: a bidder's best split of a budget over the market's hosts.
+
+For each host the directory gives the exact Σ of its live bids' rates; the bidder's own live bids there
+(read from that host's auctioneer, ``own_rates``) are taken off, leaving y_j, what the others bid. The
+split is Feldman, Lai & Zhang's (services/auctioneer/best_response.py, integer µcr/s, Σ = the budget
+exactly) with each host's weight w_j its capacity in CPUs, so the bidder's total share is the CPUs it
+can expect: Σ w_j·x_j/(x_j + y_j). The budget is a rate (credits per second), or credits over
+``--duration`` D: the rate floor(B·10^6 / D) µcr/s, never more than the budget.
+"""
+from __future__ import annotations
+
+import argparse
+from fractions import Fraction
+from typing import Callable, Mapping, Sequence
+
+from gridcredit.cli_support import EXIT_OK, print_result, usage_error
+from gridcredit.errors import GridcreditError
+
+from .types import HostEntry, rate_text, rate_to_decimal
+
+SHARE_DIGITS = 6
+
+
+def offers(entries: Sequence[HostEntry], own_rates_ucps: Mapping[str, int]):
+    """The best response's view of each host: its weight (CPUs) and what the others bid there (y_j ≥ 0)."""
+    from ..auctioneer.best_response import HostOffer
+
+    return [HostOffer(entry.host_id, entry.capacity_cpus, max(0, entry.total_rate_ucps - own_rates_ucps.get(
+        entry.host_id, 0))) for entry in entries]
+
+
+def _decimal_text(value: Fraction, digits: int = SHARE_DIGITS) -> str:
+    """A non-negative fraction rounded down to ``digits`` decimals."""
+    scaled = value.numerator * 10**digits // value.denominator
+    whole, fraction = divmod(scaled, 10**digits)
+    return f"{whole}.{fraction:0{digits}d}"
+
+
+def split_report(budget_ucps: int, entries: Sequence[HostEntry], own_rates_ucps: Mapping[str, int]) -> dict:
+    """The split, with what each host gives for it (``--json``'s shape)."""
+    from ..auctioneer.best_response import best_response, utility
+
+    hosts = offers(entries, own_rates_ucps)
+    split = best_response(budget_ucps, hosts)
+    rows = []
+    for entry, offer in zip(entries, hosts):
+        bid = split.get(entry.host_id, 0)
+        share = Fraction(bid, bid + offer.others) if bid + offer.others else Fraction(0)
+        rows.append({"host_id": entry.host_id, "capacity_cpus": entry.capacity_cpus,
+                     "others_rate": str(rate_to_decimal(offer.others)), "others_rate_ucps": offer.others,
+                     "own_rate_ucps": own_rates_ucps.get(entry.host_id, 0),
+                     "rate": str(rate_to_decimal(bid)), "rate_ucps": bid,
+                     "share": _decimal_text(share), "cpus": _decimal_text(share * entry.capacity_cpus),
+                     "auctioneer_url": entry.auctioneer_url})
+    return {"budget": str(rate_to_decimal(budget_ucps)), "budget_ucps": budget_ucps, "hosts": rows,
+            "cpus": _decimal_text(utility(split, hosts))}
+
+
+def report_text(report: dict) -> str:
+    rows = report["hosts"]
+    header = ["host", "CPUs", "others' Σ rates", "your bid", "your share", "CPUs for you"]
+    cells = [[row["host_id"], f"{row['capacity_cpus']:,}", rate_text(row["others_rate_ucps"]),
+              rate_text(row["rate_ucps"]), f"{Fraction(row['share']) * 100:.2f} %", row["cpus"]] for row in rows]
+    widths = [max(len(line[column]) for line in [header, *cells]) for column in range(len(header))]
+    lines = [f"best response for {rate_text(report['budget_ucps'])} credits/s over {len(rows)} host(s) "
+             f"(rates in credits per second):"]
+    lines += ["  ".join(cell.ljust(width) if column == 0 else cell.rjust(width)
+                        for column, (cell, width) in enumerate(zip(line, widths))).rstrip() for line in [header, *cells]]
+    lines.append(f"you can expect {report['cpus']} CPUs in all; bid only where your bid is above 0")
+    return "\n".join(lines)
+
+
+def chosen_hosts(entries: Sequence[HostEntry], names: Sequence[str] | None) -> list[HostEntry]:
+    """The hosts named (in that order), or every listed host; a name not listed is an error."""
+    if not names:
+        return list(entries)
+    by_id = {entry.host_id: entry for entry in entries}
+    missing = [name for name in names if name not in by_id]
+    if missing:
+        raise GridcreditError(f"the directory lists no host {', '.join(missing)} now (not registered, or its "
+                              f"registration expired): see gridcredit market hosts")
+    return [by_id[name] for name in names]
+
+
+def best_response_command(args: argparse.Namespace, *, directory, own_rates: Callable[[HostEntry], int]) -> int:
+    budget_ucps = args.budget if args.duration is None else args.budget // args.duration
+    if budget_ucps <= 0:
+        raise usage_error(args, f"{rate_text(args.budget)} credits over {args.duration:,} s is less than a "
+                                f"micro-credit per second")
+    entries = chosen_hosts(directory.hosts(), args.hosts)
+    if not entries:
+        raise GridcreditError("the directory lists no hosts now: nothing to bid on")
+    own = {} if args.no_own_bids else {entry.host_id: own_rates(entry) for entry in entries}
+    report = split_report(budget_ucps, entries, own)
+    print_result(args, report, report_text(report))
+    return EXIT_OK

@@ -1,0 +1,204 @@
+"""The market's directory from the shell, a thin layer over :class:`DirectoryClient`.
+
+Two commands of the ``gridcredit market`` group (the Auctioneer's, services/auctioneer/cli.py, which adds
+them with :func:`add_market_commands`):
+
+    gridcredit market hosts [--json]                      # hosts, capacity, current and hour-average price
+    gridcredit market best-response --budget 2.5 [--hosts a,b] [--json]
+    gridcredit market best-response --budget 900 --duration 1h      # 900 credits over an hour: 0.25 cr/s
+
+``best-response`` spreads a budget — a rate, credits per second, or credits over ``--duration`` (the rate
+floor(N·10^6 / D) µcr/s, never more than the budget) — over the listed hosts to maximize the bidder's
+total share (Feldman, Lai & Zhang; services/auctioneer/best_response.py). For each host it reads the Σ of
+the live bids' rates from the directory and takes off the caller's own live bids there, read from that
+host's auctioneer (``--no-own-bids``: the caller has none, do not ask): y_j = what the others bid.
+
+And the administrators' group ``gridcredit directory remove HOST|whoami``. Rates and prices are printed as
+decimal credits per second (per CPU for a price), in ``--json`` as exact decimal strings beside the
+integer µcr/s (``*_ucps``). Exit codes: 0 done, 1 refused or failed (``TypeName: message``), 2 usage.
+"""
+from __future__ import annotations
+
+import argparse
+from decimal import Decimal
+
+from gridcredit.cli_support import (EXIT_OK, CommandGroup, LazyClient, add_client_arguments, client_of, print_result,
+                                    show_identity, usage_error)
+from gridcredit.client import InvalidRequest
+from gridcredit.errors import DomainError, GridcreditError
+from gridcredit.timeunits import datetime_from_us, rfc3339
+
+from .types import HOST_ID, RATE_UCPS_MAX, UCPS_PER_CREDIT, HostEntry, rate_from_decimal, rate_text, rate_to_decimal
+
+HOSTS_NAMED_MAX = 1_000
+DURATION_S_MAX = 366 * 86_400
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments
+
+
+def rate_type(text: str) -> int:
+    """A decimal number of credits (per second) as integer micro-credits: at most 6 decimals, positive."""
+    try:
+        ucps = rate_from_decimal(text.replace(",", "").replace("_", ""), "the budget")
+    except DomainError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if ucps <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a budget must be more than 0")
+    return ucps
+
+
+def hosts_type(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names or len(names) > HOSTS_NAMED_MAX:
+        raise argparse.ArgumentTypeError(f"{text[:80]!r}: name 1 to {HOSTS_NAMED_MAX:,} host ids, separated by commas")
+    for name in names:
+        if not HOST_ID.fullmatch(name):
+            raise argparse.ArgumentTypeError(f"{name[:80]!r} is not a host id")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text[:80]!r} names a host twice")
+    return names
+
+
+def _duration_type(text: str) -> int:
+    from ..bank.cli import duration_s
+
+    seconds = duration_s(text)
+    if seconds > DURATION_S_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r}: at most {DURATION_S_MAX // 86_400} days")
+    return seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def _when(us: int) -> str:
+    return rfc3339(datetime_from_us(us).replace(microsecond=0))
+
+
+def host_json(entry: HostEntry) -> dict:
+    """A host as ``--json`` prints it: decimals as exact strings (credits/s) beside the integer µcr/s."""
+    return {"host_id": entry.host_id, "auctioneer_url": entry.auctioneer_url, "capacity_cpus": entry.capacity_cpus,
+            "total_rate": str(rate_to_decimal(entry.total_rate_ucps)), "total_rate_ucps": entry.total_rate_ucps,
+            "price": str(rate_to_decimal(entry.price_ucps)), "price_ucps": entry.price_ucps,
+            "hour_average_price": str(rate_to_decimal(entry.hour_average_price_ucps)),
+            "hour_average_price_ucps": entry.hour_average_price_ucps, "live_bids": entry.live_bids,
+            "interval_s": entry.interval_s, "ttl_s": entry.ttl_s, "registrant_dn": entry.registrant_dn,
+            "registered_us": entry.registered_us, "updated_us": entry.updated_us, "updated": _when(entry.updated_us),
+            "expires_us": entry.expires_us, "expires": _when(entry.expires_us)}
+
+
+def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    return ["  ".join(cell.rjust(width) if column in right else cell.ljust(width)
+                      for column, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in [header, *rows]]
+
+
+def hosts_text(entries: list[HostEntry]) -> str:
+    if not entries:
+        return "no hosts are registered in the directory"
+    header = ["host", "CPUs", "price", "hour avg", "bids", "Σ rates", "auctioneer", "listed until"]
+    rows = [[entry.host_id, f"{entry.capacity_cpus:,}", rate_text(entry.price_ucps),
+             rate_text(entry.hour_average_price_ucps), f"{entry.live_bids:,}", rate_text(entry.total_rate_ucps),
+             entry.auctioneer_url, _when(entry.expires_us)] for entry in entries]
+    return "\n".join(["prices in credits per second per CPU, Σ rates in credits per second",
+                      *_table(header, rows, {1, 2, 3, 4, 5})])
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+
+def _directory(args):
+    from .client import DirectoryClient
+
+    def make():
+        client = client_of(args, DirectoryClient)
+        directory_url = getattr(args, "directory", None)
+        if directory_url:
+            client = DirectoryClient(directory_url, credential=client.credential, trust_dir=client.trust_dir,
+                                     timeout_s=client.timeout_s, retries=client.retries)
+        return client
+    return LazyClient(make)
+
+
+def _hosts(args) -> int:
+    entries = _directory(args).hosts()
+    print_result(args, [host_json(entry) for entry in entries], hosts_text(entries))
+    return EXIT_OK
+
+
+def _whoami(args) -> int:
+    return show_identity(args, _directory(args), "directory")
+
+
+def _remove(args) -> int:
+    removed = _directory(args).remove(args.host_id)
+    print_result(args, {"host_id": args.host_id, "removed": removed},
+                 f"removed host {args.host_id}: its id is free again" if removed
+                 else f"no host {args.host_id} was registered: nothing to remove")
+    return EXIT_OK
+
+
+def _best_response(args) -> int:
+    from .best import best_response_command
+
+    return best_response_command(args, directory=_directory(args), own_rates=_own_rates(args))
+
+
+def _own_rates(args):
+    """The caller's own live bids' Σ rates on a host, read from the host's auctioneer (signed as the caller)."""
+    def own(entry: HostEntry) -> int:
+        from ..auctioneer.client import AuctioneerClient
+
+        auctioneer = client_of(args, AuctioneerClient) if entry.auctioneer_url == args.url else None
+        if auctioneer is None:
+            from gridcredit.security.credentials import load_credential, trust_directory
+
+            auctioneer = AuctioneerClient(entry.auctioneer_url, credential=load_credential(
+                cert_path=args.cert, key_path=args.key, proxy_path=args.proxy), trust_dir=trust_directory(args.trust),
+                timeout_s=args.timeout, retries=args.retries)
+        try:
+            return sum(bid.rate_ucps for bid in auctioneer.my_bids() if bid.live)
+        except GridcreditError as error:
+            raise GridcreditError(f"your own bids on host {entry.host_id} cannot be read from its auctioneer "
+                                  f"{entry.auctioneer_url}: {error} (--no-own-bids if you have none there)") from None
+    return own
+
+
+def add_directory_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--directory", metavar="URL",
+                        help="base URL of the directory's host (default: --url, the same host)")
+
+
+def add_market_commands(group: CommandGroup) -> None:
+    """``market hosts`` and ``market best-response``, added to the Auctioneer's ``market`` group."""
+    p = group.command("hosts", "the hosts of the market: capacity, current price (Σ rates / capacity), "
+                               "the hour's average price", "gridcredit market hosts --json", _hosts)
+    add_directory_options(p)
+    p = group.command("best-response", "split a budget over the market's hosts for the most CPU in all (Feldman, "
+                                       "Lai & Zhang), from the directory's current rates less your own bids",
+                      "gridcredit market best-response --budget 2.5 --hosts host-a,host-b", _best_response)
+    add_directory_options(p)
+    p.add_argument("--budget", type=rate_type, required=True, metavar="N",
+                   help="credits per second to spread (at most 6 decimals), or credits over --duration")
+    p.add_argument("--duration", type=_duration_type, metavar="D",
+                   help="the budget is N credits over D (e.g. 3600, 1h, 2d): the rate floor(N·10^6/D) µcr/s")
+    p.add_argument("--hosts", type=hosts_type, metavar="A,B,…", help="only these hosts (default: every listed host)")
+    p.add_argument("--no-own-bids", action="store_true",
+                   help="you bid on none of these hosts now: do not ask their auctioneers for your own bids")
+
+
+def register(subparsers) -> None:
+    group = CommandGroup(subparsers, "directory", help="the market's directory of hosts (administrators)",
+                         description="The market's directory (Tycoon's Service Location Service): auctioneers "
+                                     "register their hosts; `gridcredit market hosts` lists them. --json prints "
+                                     "results for scripts. Exit codes: 0 done, 1 refused or failed, 2 usage.",
+                         add_common=lambda parser: add_client_arguments(parser, timeout_s=30.0))
+    p = group.command("remove", "remove a host's registration and free its id (the directory's administrators)",
+                      "gridcredit directory remove host-a", _remove)
+    p.add_argument("host_id", metavar="HOST", help="the host id")
+    group.command("whoami", "make a signed call and show who the directory thinks you are",
+                  "gridcredit directory whoami", _whoami)
