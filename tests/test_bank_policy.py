@@ -56,6 +56,13 @@ class InProcessBank:
     def call(self, credential, operation: str, **fields) -> etree._Element:
         payload = etree.Element(f"{{{BANK_NS}}}{operation}", nsmap={"b": BANK_NS})
         for name, value in fields.items():
+            if isinstance(value, list):          # ApplyBatch's items: a BatchItem each
+                holder = etree.SubElement(payload, f"{{{BANK_NS}}}{name}")
+                for item in value:
+                    element = etree.SubElement(holder, f"{{{BANK_NS}}}BatchItem")
+                    for item_name, item_value in item.items():
+                        etree.SubElement(element, f"{{{BANK_NS}}}{item_name}").text = str(item_value)
+                continue
             etree.SubElement(payload, f"{{{BANK_NS}}}{name}").text = str(value)
         data = signed_request(credential, payload=payload)
         environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/bank", "QUERY_STRING": "", "SERVER_NAME": "localhost",
@@ -127,6 +134,8 @@ def arguments(bank: InProcessBank, operation: str) -> dict:
         "ChargeHold": dict(request_id=request_id, hold_id=bank.hold_id, payee_account_id="acct-b", amount=1),
         "SettleHold": dict(request_id=request_id, hold_id=bank.hold_id, payee_account_id="acct-b", amount=1),
         "ReleaseHold": dict(request_id=request_id, hold_id=bank.hold_id),
+        "ApplyBatch": dict(items=[dict(operation="ChargeHold", request_id=request_id, hold_id=bank.hold_id,
+                                       payee_account_id="acct-b", amount=1)]),
         "GetBalance": dict(account_id="acct-a"),
         "GetAccount": dict(account_id="acct-a"),
         "GetHold": dict(hold_id=bank.hold_id),
@@ -161,6 +170,19 @@ def _refused_by_the_policy(bank: InProcessBank, credential, operation: str) -> s
     return None
 
 
+def _batch_item_refused_by_the_policy(bank: InProcessBank, credential) -> str | None:
+    """None when ApplyBatch was allowed by the policy and its ChargeHold item refused by ChargeHold's rule."""
+    before = policy.BOOK.decisions()
+    answer = bank.call(credential, "ApplyBatch", **arguments(bank, "ApplyBatch"))
+    after = policy.BOOK.decisions()
+    grown = {key: after.get(key, 0) - before.get(key, 0) for key in after if after.get(key, 0) != before.get(key, 0)}
+    if _text(answer, "faultcode") is not None or _text(answer, "fault_code") != "Client.NotAuthorized":
+        return f"ApplyBatch: answered {_text(answer, 'faultcode')} / item {_text(answer, 'fault_code')}"
+    if grown != {("ApplyBatch", True): 1, ("ChargeHold", False): 1}:
+        return f"ApplyBatch: its item refused, but not by one decision of each rule (decisions made: {grown})"
+    return None
+
+
 def test_every_operation_of_the_wsdl_reaches_a_policy_decision(bank, pki):
     stranger = pki.user("Sam Stranger").credential
     limited = pki.proxy("Olivia Owner", limited=True)
@@ -174,7 +196,10 @@ def test_every_operation_of_the_wsdl_reaches_a_policy_decision(bank, pki):
             elif policy.BOOK.decisions().get((operation, True), 0) != before + 1:
                 failures.append(f"{operation}: answered without a decision of the policy")
             continue
-        failures.append(_refused_by_the_policy(bank, stranger, operation))
+        if operation == "ApplyBatch":       # the batch is answered; its item refused by its own operation's rule
+            failures.append(_batch_item_refused_by_the_policy(bank, stranger))
+        else:
+            failures.append(_refused_by_the_policy(bank, stranger, operation))
         if policy.BOOK.rules[operation].changes_state:
             failures.append(_refused_by_the_policy(bank, limited, operation))
     failures = [failure for failure in failures if failure is not None]

@@ -17,7 +17,7 @@ import multiprocessing
 import operator
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +53,8 @@ FILTER_LENGTH_MAX = 2000
 SWEEP_BATCH_MAX = 200
 SWEEP_SCAN_PAGE = 1000               # active holds / pending mints the sweep reads at once
 GROUP_COMMIT_MAX = 64                # requests one store transaction applies at most
+GROUP_COMMIT_ITEMS_MAX = 1_600       # ... and items in all (a batch's count, see ledger.check_batch): at most
+                                     # 6 documents each, within the store's 10,000 per transaction
 GROUP_COMMIT_WAIT_S = 60.0           # how long a request waits for its turn before it is given up (not applied)
 AUDIT_PAGE_SIZE = 1000               # transaction documents read (and handed to the helper) at once
 AUDIT_HELPER_FROM = 20_000           # transactions: a larger ledger is decoded and hashed by a helper process too
@@ -128,12 +130,55 @@ def signature_verifier(public_key: Ed25519PublicKey) -> Callable[[bytes, bytes],
 
 
 class _StoreView(ledger.LedgerView):
+    """The ledger's documents as one store transaction holds them. What the requests applied in it
+    write is kept here decoded (``write``) — a later request of the same batch reads it without a
+    parse — and given to the store once per document at the end (``flush``): a payee charged by 1,000
+    items of a batch is serialized and stored once."""
+
     def __init__(self, tx) -> None:
         self._tx = tx
+        self._written: dict[tuple[str, str], object | None] = {}   # (collection, doc id) -> state; None: deleted
 
     def _load(self, collection: str, doc_id: str, parse):
+        key = (collection, doc_id)
+        if key in self._written:
+            return self._written[key]
         document = self._tx.get(collection, doc_id)
         return parse(document.xml) if document is not None else None
+
+    def write(self, outcome: Outcome) -> None:
+        """Everything a new outcome changes: its states, its transaction, the head and its request record."""
+        written = self._written
+        for account in outcome.accounts:
+            written[ACCOUNTS, account.account_id] = account
+        for hold in outcome.holds:
+            self._place((HOLDS_ACTIVE, HOLDS_ENDED), hold.hold_id, hold, hold.state is HoldState.ACTIVE)
+        for pending in outcome.pending_mints:
+            self._place((PENDING_MINTS, PENDING_MINTS_ENDED), pending.pending_mint_id, pending,
+                        pending.state is PendingMintState.PENDING)
+        if outcome.money_supply is not None:
+            written[BANK, documents.MONEY_SUPPLY_ID] = outcome.money_supply
+        written[TRANSACTIONS, documents.transaction_document_id(outcome.transaction.seq)] = outcome.transaction
+        written[BANK, documents.LEDGER_HEAD_ID] = outcome.head
+        written[REQUESTS, outcome.request_record.key] = outcome.request_record
+
+    def _place(self, collections: tuple[str, str], object_id: str, state, active: bool) -> None:
+        """An active hold or waiting pending mint in the first collection, an ended one moved to the second."""
+        active_collection, ended_collection = collections
+        doc_id = documents.numbered_document_id(object_id)
+        if active:
+            self._written[active_collection, doc_id] = state
+        else:
+            self._written[active_collection, doc_id] = None
+            self._written[ended_collection, doc_id] = state
+
+    def flush(self) -> None:
+        """Store what was written (each document once, as it was last)."""
+        for (collection, doc_id), state in self._written.items():
+            if state is None:
+                self._tx.delete(collection, doc_id)
+            else:
+                self._tx.put(collection, doc_id, documents.to_xml(state))
 
     # A malformed identifier names no document: answer None and let the operation refuse it
     # (InvalidArgument) instead of the store (whose id check would fail as a StoreError).
@@ -171,30 +216,6 @@ class _StoreView(ledger.LedgerView):
         return self._load(TRANSACTIONS, documents.transaction_document_id(seq), documents.transaction_from_xml)
 
 
-def _put_where_its_state_says(tx, collections: tuple[str, str], object_id: str, state, active: bool) -> None:
-    """An active hold or waiting pending mint in the first collection, an ended one moved to the second."""
-    active_collection, ended_collection = collections
-    doc_id = documents.numbered_document_id(object_id)
-    if not active:
-        tx.delete(active_collection, doc_id)
-    tx.put(active_collection if active else ended_collection, doc_id, documents.to_xml(state))
-
-
-def _write(tx, outcome: Outcome) -> None:
-    for account in outcome.accounts:
-        tx.put(ACCOUNTS, account.account_id, documents.to_xml(account))
-    for hold in outcome.holds:
-        _put_where_its_state_says(tx, (HOLDS_ACTIVE, HOLDS_ENDED), hold.hold_id, hold, hold.state is HoldState.ACTIVE)
-    for pending in outcome.pending_mints:
-        _put_where_its_state_says(tx, (PENDING_MINTS, PENDING_MINTS_ENDED), pending.pending_mint_id, pending,
-                                  pending.state is PendingMintState.PENDING)
-    if outcome.money_supply is not None:
-        tx.put(BANK, documents.MONEY_SUPPLY_ID, documents.to_xml(outcome.money_supply))
-    tx.put(TRANSACTIONS, documents.transaction_document_id(outcome.transaction.seq), documents.to_xml(outcome.transaction))
-    tx.put(BANK, documents.LEDGER_HEAD_ID, documents.to_xml(outcome.head))
-    tx.put(REQUESTS, outcome.request_record.key, documents.to_xml(outcome.request_record))
-
-
 # ---------------------------------------------------------------------------------------------
 # The Bank
 
@@ -205,20 +226,31 @@ class Page:
     next_offset: int | None
 
 
-@dataclass(eq=False)
-class _Waiting:
-    """One request in the group commit: its answer or error once its batch is done."""
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """One item of a batch: its outcome (the new or, on a retry, the original transaction) or its refusal."""
 
     request: ledger.Request
+    outcome: Outcome | None
+    error: DomainError | StoreError | None
+
+
+@dataclass(eq=False)
+class _Waiting:
+    """One request in the group commit — a single operation, or a batch of them (``batch``) — and its
+    answer once its store transaction is done: one result per item, or the error of the whole."""
+
+    requests: tuple[ledger.Request, ...]
     principal: Principal
+    batch: bool = False
     done: threading.Event = field(default_factory=threading.Event)
-    outcome: Outcome | None = None
+    results: list[ItemResult] | None = None
     error: BaseException | None = None
     leads: bool = False                  # this request's thread runs the batches (set under the lock)
 
     @property
     def answered(self) -> bool:
-        return self.outcome is not None or self.error is not None
+        return self.results is not None or self.error is not None
 
 
 class _GroupCommit:
@@ -227,11 +259,13 @@ class _GroupCommit:
     The embedded store and the BaseX journal fsync every commit and admit one writer at a time,
     so under load a bank of one transaction per request spends its time waiting for the disk.
     Here the first request to arrive leads: it takes every request waiting (up to
-    GROUP_COMMIT_MAX) and applies them in order in one store transaction, each seeing the ones
-    before it (and a repeated request id answering the first). Meanwhile new requests queue; when
-    the leader's own request is answered it hands the lead to the oldest waiting one. A refused
-    request is refused alone (the core refuses before it writes); a failed store transaction fails
-    its whole batch, none of it applied. Nobody waits unboundedly: a request still queued after
+    GROUP_COMMIT_MAX requests of GROUP_COMMIT_ITEMS_MAX items in all, and always the first) and
+    applies them in order in one store transaction, each seeing the ones before it (and a repeated
+    request id answering the first). An ApplyBatch is one request of many items: all of them are
+    in the same store transaction. Meanwhile new requests queue; when the leader's own request is
+    answered it hands the lead to the oldest waiting one. A refused request (or item) is refused
+    alone (the core refuses before it writes); a failed store transaction fails its whole batch,
+    none of it applied. Nobody waits unboundedly: a request still queued after
     GROUP_COMMIT_WAIT_S is withdrawn, not applied.
     """
 
@@ -241,8 +275,8 @@ class _GroupCommit:
         self._queue: deque[_Waiting] = deque()
         self._leading = False
 
-    def submit(self, request: ledger.Request, principal: Principal) -> Outcome:
-        waiting = _Waiting(request, principal)
+    def submit(self, requests: tuple[ledger.Request, ...], principal: Principal, *, batch: bool) -> list[ItemResult]:
+        waiting = _Waiting(requests, principal, batch)
         with self._lock:
             self._queue.append(waiting)
             if not self._leading:
@@ -258,18 +292,28 @@ class _GroupCommit:
             self._lead(waiting)
         if waiting.error is not None:
             raise waiting.error
-        return waiting.outcome
+        return waiting.results
+
+    def _take(self) -> list[_Waiting]:
+        """The next batch: the oldest request, and those after it while the bounds allow (under the lock)."""
+        batch = [self._queue.popleft()]
+        items = len(batch[0].requests)
+        while (self._queue and len(batch) < GROUP_COMMIT_MAX
+               and items + len(self._queue[0].requests) <= GROUP_COMMIT_ITEMS_MAX):
+            items += len(self._queue[0].requests)
+            batch.append(self._queue.popleft())
+        return batch
 
     def _lead(self, own: _Waiting) -> None:
         try:
             while not own.answered:
                 with self._lock:
-                    batch = [self._queue.popleft() for _ in range(min(len(self._queue), GROUP_COMMIT_MAX))]
+                    batch = self._take()
                 try:
                     self._apply_batch(batch)
                 except BaseException as error:  # noqa: BLE001 — the batch's transaction failed: none applied
                     for waiting in batch:
-                        waiting.outcome, waiting.error = None, error
+                        waiting.results, waiting.error = None, error
                 for waiting in batch:
                     invariant(waiting.answered, "every request of a batch is answered")
                     if waiting is not own:
@@ -299,30 +343,56 @@ class Bank:
     def execute(self, request: ledger.Request, principal: Principal) -> Outcome:
         """Apply one mutating request atomically; a retry of a used request id answers the original.
         Durable when it returns (applied with whatever else waited for the store, see _GroupCommit)."""
-        return self._group_commit.submit(request, principal)
+        (result,) = self._group_commit.submit((request,), principal, batch=False)
+        if result.error is not None:
+            raise result.error
+        return result.outcome
+
+    def execute_batch(self, requests: Sequence[ledger.Request], principal: Principal) -> list[ItemResult]:
+        """Apply a batch of requests (ApplyBatch, see ``ledger.check_batch``) in order, in one store
+        transaction: one result per item, applied or refused alone. The whole batch is refused
+        (DomainError) before anything is applied when it is empty, too large, carries an operation a
+        batch does not, or one request id twice; a StoreError means none of it was applied. Durable
+        when it returns."""
+        requests = tuple(requests)
+        ledger.check_batch(requests, principal)
+        return self._group_commit.submit(requests, principal, batch=True)
 
     def _apply_batch(self, batch: list[_Waiting]) -> None:
-        """Apply the requests in order in one store transaction; each answered or refused."""
+        """Apply the requests in order in one store transaction; each item answered or refused."""
 
-        def run(tx) -> list[tuple[Outcome | None, Exception | None]]:
+        def run(tx) -> list[list[ItemResult]]:
             view = _StoreView(tx)
-            results = []
+            answers = []
             for waiting in batch:
-                try:
-                    outcome = ledger.execute(view, waiting.request, principal=waiting.principal,
-                                             now_us=self._clock(), sign=self.key.sign, policy=self.policy)
-                except ConflictError:
-                    raise                        # the store re-runs the whole batch
-                except (DomainError, StoreError) as refusal:   # refused, or a document it read is unreadable:
-                    results.append((None, refusal))            # before it wrote anything, so it fails alone
-                    continue
-                if not outcome.replayed:
-                    _write(tx, outcome)
-                results.append((outcome, None))
-            return results
+                sign = None if waiting.batch else self.key.sign    # a batch: its last new transaction signed
+                results = []
+                last_new = None
+                for request in waiting.requests:
+                    try:
+                        outcome = ledger.execute(view, request, principal=waiting.principal,
+                                                 now_us=self._clock(), sign=sign, policy=self.policy)
+                    except ConflictError:
+                        raise                        # the store re-runs the whole batch
+                    except (DomainError, StoreError) as refusal:   # refused, or a document it read is unreadable:
+                        results.append(ItemResult(request, None, refusal))   # before it wrote anything: alone
+                        continue
+                    if not outcome.replayed:
+                        view.write(outcome)
+                        last_new = len(results)
+                    results.append(ItemResult(request, outcome, None))
+                if sign is None and last_new is not None:
+                    last = results[last_new]
+                    outcome = dataclasses.replace(last.outcome, transaction=ledger_chain.signed(
+                        last.outcome.transaction, self.key.sign))
+                    view.write(outcome)
+                    results[last_new] = ItemResult(last.request, outcome, None)
+                answers.append(results)
+            view.flush()
+            return answers
 
-        for waiting, (outcome, refusal) in zip(batch, self.store.transact(run), strict=True):
-            waiting.outcome, waiting.error = outcome, refusal
+        for waiting, results in zip(batch, self.store.transact(run), strict=True):
+            waiting.results, waiting.error = results, None
 
     def expire_due(self, limit: int = SWEEP_BATCH_MAX) -> int:
         """One round of the expiry sweep: due holds, then due pending mints; how many it ended."""

@@ -33,7 +33,7 @@ Exceptions (all :class:`GridcreditError`)::
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
 
@@ -44,8 +44,8 @@ from gridcredit.wiretypes import array_items, from_wire, text_mirror
 from . import ledger
 from .ledger import REQUEST_ID_PATTERN
 
-__all__ = ["BankClient", "InvalidRequest", "OutcomeUnknown", "RETRIES_DEFAULT", "RETRIES_MAX", "Receipt", "expiry",
-           "new_request_id", "audit_report_of", "datetime_from_us"]
+__all__ = ["BankClient", "BatchItemResult", "BatchResult", "InvalidRequest", "OutcomeUnknown", "RETRIES_DEFAULT",
+           "RETRIES_MAX", "Receipt", "expiry", "new_request_id", "audit_report_of", "datetime_from_us"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,6 +139,45 @@ class AuditReport:
     findings_omitted: int
 
 
+@dataclass(frozen=True, slots=True)
+class BatchItemResult:
+    """What became of one item of :meth:`BankClient.apply_batch`: ``applied`` (now, or before:
+    ``replayed``) with its transaction's ``seq``, ``kind``, ``at_us``, ``amount``, ``hold_state``,
+    ``released_amount``, ``hash`` (and ``signature`` on the batch's last new transaction, which covers
+    the others through the ledger's chain); or refused with ``fault_code`` (``Client.ExceedsHold``) and
+    ``fault_message`` — ``code`` is the reason alone (``ExceedsHold``), as ``RemoteFault.code``."""
+
+    request_id: str
+    applied: bool
+    replayed: bool | None = None
+    seq: int | None = None
+    kind: str | None = None
+    at_us: int | None = None
+    hold_id: str | None = None
+    hold_state: str | None = None
+    amount: int | None = None
+    released_amount: int | None = None
+    hash: str | None = None
+    signature: str | None = None
+    fault_code: str | None = None
+    fault_message: str | None = None
+
+    @property
+    def code(self) -> str | None:
+        return None if self.fault_code is None else self.fault_code.split(".")[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """The answer to :meth:`BankClient.apply_batch`: a result per item in order, and how many were applied
+    now, answered from before (``replayed``) and refused."""
+
+    results: tuple[BatchItemResult, ...]
+    applied: int
+    replayed: int
+    refused: int
+
+
 # ---------------------------------------------------------------------------------------------
 # Converting zeep's objects
 
@@ -197,6 +236,31 @@ def _checked_amount(value, what: str) -> int:
     if type(value) is not int:
         raise InvalidRequest(f"{what} must be an int number of credits, not {value!r}")
     return value
+
+
+_BATCH_ITEM_FIELDS = {ledger.ChargeHold: ("hold_id", "payee_account_id", "amount"),
+                      ledger.SettleHold: ("hold_id", "payee_account_id", "amount"),
+                      ledger.ReleaseHold: ("hold_id",),
+                      ledger.Transfer: ("from_account_id", "to_account_id", "amount"),
+                      ledger.ExtendHold: ("hold_id", "expires_at_us", "amount", "payee_account_id")}
+
+
+def _batch_item(number: int, item) -> dict:
+    """A ledger request as the wire's BatchItem (``expires_at_us`` as the ``expires`` dateTime)."""
+    names = _BATCH_ITEM_FIELDS.get(type(item))
+    if names is None:
+        raise InvalidRequest(f"item {number} of a batch is {item!r}; a batch carries ledger "
+                             f"{', '.join(kind.__name__ for kind in _BATCH_ITEM_FIELDS)} requests")
+    wire = {"operation": type(item).__name__, "request_id": _checked_request_id(item.request_id)}
+    for name in names:
+        value = getattr(item, name)
+        if name == "expires_at_us":
+            wire["expires"] = None if value is None else datetime_from_us(value)
+        elif name == "amount" and value is not None:
+            wire[name] = _checked_amount(value, f"item {number}'s amount")
+        else:
+            wire[name] = value
+    return wire
 
 
 class BankClient(ServiceClient):
@@ -324,6 +388,20 @@ class BankClient(ServiceClient):
 
     def release_hold(self, hold_id: str, *, request_id: str | None = None) -> Receipt:
         return self._mutate("ReleaseHold", request_id, hold_id=hold_id)
+
+    def apply_batch(self, items: Sequence[ledger.Request]) -> BatchResult:
+        """Apply many operations in one signed request and one ledger transaction, in order, each seeing the
+        ones before it: ``ledger.ChargeHold``, ``SettleHold``, ``ReleaseHold``, ``Transfer`` and
+        ``ExtendHold`` requests (at most ``ledger.BATCH_ITEMS_MAX``), each with its own request id. Each
+        item is applied or refused alone (see :class:`BatchItemResult`); the applied ones are stored
+        together. Sending the same batch again is safe (retries do): its applied items answer what they
+        made, ``replayed``. Refused whole (:class:`RemoteFault`): empty, too large (``BatchTooLarge``), a
+        request id twice."""
+        wire = [_batch_item(number, item) for number, item in enumerate(items, 1)]
+        value = self.invoke("ApplyBatch", {"items": {"BatchItem": wire}}, effect=Effect.ONCE_PER_KEY)
+        return BatchResult(results=tuple(from_wire(BatchItemResult, item)
+                                         for item in array_items(value.results, "BatchItemResult")),
+                           applied=value.applied, replayed=value.replayed, refused=value.refused)
 
     # -- queries -----------------------------------------------------------------------------------
     def get_balance(self, account_id: str) -> Balance:

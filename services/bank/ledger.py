@@ -57,14 +57,14 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, Protocol, Sequence
 
 from gridcredit.errors import DomainError, invariant
 from gridcredit.text import hidden_character
 
 from .audit import AuditFinding, AuditReport, audit  # noqa: F401 — AuditFinding: the client mirrors ledger.AuditFinding
 from .ledger_chain import seal
-from .policy import (Principal, authorize_approve_mint, authorize_cancel_mint, authorize_charge_hold,
+from .policy import (Principal, authorize_approve_mint, authorize_batch, authorize_cancel_mint, authorize_charge_hold,
                      authorize_create_account, authorize_create_hold, authorize_expire_hold, authorize_expire_mint,
                      authorize_extend_hold, authorize_grant_service, authorize_mint, authorize_release_hold,
                      authorize_remove_holder, authorize_retire, authorize_revoke_service, authorize_set_credit_limit,
@@ -1143,9 +1143,10 @@ def _apply(view: LedgerView, request: Request, principal: Principal, now_us: int
 
 
 def execute(view: LedgerView, request: Request, *, principal: Principal, now_us: int,
-            sign: Callable[[bytes], bytes], policy: BankPolicy = BankPolicy()) -> Outcome:
+            sign: Callable[[bytes], bytes] | None, policy: BankPolicy = BankPolicy()) -> Outcome:
     """Run one mutating request: a retry answers the original transaction, a reused id is refused,
-    a new request yields its new states, one sealed transaction, the new head and its record."""
+    a new request yields its new states, one sealed transaction, the new head and its record.
+    ``sign=None`` leaves the new transaction unsigned (an item of a batch, see :func:`check_batch`)."""
     invariant(type(now_us) is int and 0 <= now_us <= TIME_MAX_US, "the server's clock is sane")
     require_full_credential(principal, type(request).__name__)
     check_dn(principal.dn, "caller DN")
@@ -1170,6 +1171,45 @@ def execute(view: LedgerView, request: Request, *, principal: Principal, now_us:
                                                 request_hash=digest, transaction_seq=transaction.seq,
                                                 transaction_hash=transaction.hash, recorded_at_us=now_us),
                    **changes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches (ApplyBatch): many requests of one caller, applied in order in one store transaction
+
+
+BATCH_ITEMS_MAX = 1_500
+BATCH_OPERATIONS = (ChargeHold, SettleHold, ReleaseHold, Transfer, ExtendHold)
+
+
+def check_batch(requests: Sequence[Request], principal: Principal) -> None:
+    """Refuse a whole batch before any of it is applied: a limited proxy's (as any change); none or more
+    than BATCH_ITEMS_MAX items; an operation a batch does not carry; a request id twice.
+
+    Each item is then run by :func:`execute` as the single operation would be — the same checks, the same
+    policy decision, its own request record (``request_record_key(principal, request id)``: a retried
+    batch answers the applied items' original transactions) — seeing the effect of the items before it.
+    A refused item changes nothing and the others still apply; the applied ones are stored together (one
+    store transaction). Their transactions are sealed unsigned but the last, which the bank signs: its
+    signature covers the others through the chain (``ledger_chain``).
+
+    At most 1,500 items: an item writes up to 6 documents (a charge that ends its hold: the payer, the
+    payee, the hold moved to the ended ones, the transaction and the request record), and one store
+    transaction writes at most 10,000 (``StoreLimits.transaction_writes_max``)."""
+    authorize_batch(principal)
+    if not requests:
+        raise _refuse("InvalidArgument", "a batch needs at least one item")
+    if len(requests) > BATCH_ITEMS_MAX:
+        raise _refuse("BatchTooLarge", f"a batch holds at most {BATCH_ITEMS_MAX} items; this one has {len(requests)}: "
+                                       f"send it as {-(-len(requests) // BATCH_ITEMS_MAX)} batches")
+    first_item: dict[object, int] = {}
+    for number, request in enumerate(requests, 1):
+        if type(request) not in BATCH_OPERATIONS:
+            raise _refuse("InvalidArgument", f"item {number} is a {type(request).__name__}; a batch carries "
+                                             f"{', '.join(kind.__name__ for kind in BATCH_OPERATIONS)} only")
+        earlier = first_item.setdefault(request.request_id, number)
+        if earlier != number:
+            raise _refuse("InvalidArgument", f"request id {request.request_id!r} is used by items {earlier} and "
+                                             f"{number} of the batch; every item needs its own")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,12 @@
   Because each hash covers its predecessor, one valid signature authenticates the whole chain
   before it; the audit (``audit.py``) recomputes every hash and verifies signatures at
   checkpoints.
+* **Batches**: the transactions one ``ApplyBatch`` request makes are sealed unsigned (``signature``
+  empty) except the last of them, which the bank signs (:func:`signed`) before they are stored: its
+  signature covers the whole run through the chain, and signing is most of what a ledger operation
+  costs (~43 µs of Ed25519 here; 1,000 charges would spend 43 ms on it). So a stored transaction is
+  signed or followed by a signed one (the audit checks that the last one is signed); every
+  transaction of a single operation is signed.
 
 :func:`seal` is the one place a transaction gets its ``prev_hash``, ``hash`` and ``signature``;
 ``ledger.execute`` seals each new transaction once its operation has produced it.
@@ -61,12 +67,21 @@ def signing_input(transaction_hash_hex: str) -> bytes:
     return SIGNING_PREFIX + transaction_hash_hex.encode("ascii")
 
 
-def seal(entry: Transaction, head: LedgerHead, sign: Callable[[bytes], bytes]) -> tuple[Transaction, LedgerHead]:
-    """Chain an unsealed entry to the head, hash and sign it; return it and the new head."""
+def seal(entry: Transaction, head: LedgerHead,
+         sign: Callable[[bytes], bytes] | None) -> tuple[Transaction, LedgerHead]:
+    """Chain an unsealed entry to the head, hash and sign it; return it and the new head. ``sign=None``:
+    left unsigned, for a later transaction of the same batch to cover (see the module docstring)."""
     invariant(entry.seq == head.seq + 1 and entry.hash == "" and entry.signature == "",
               "seal takes the next unsealed entry")
     chained = dataclasses.replace(entry, prev_hash=head.hash)
     digest = transaction_hash(chained)
-    signature = base64.b64encode(sign(signing_input(digest))).decode("ascii")
-    return dataclasses.replace(chained, hash=digest, signature=signature), LedgerHead(seq=entry.seq, hash=digest)
+    sealed = dataclasses.replace(chained, hash=digest)
+    return (sealed if sign is None else signed(sealed, sign)), LedgerHead(seq=entry.seq, hash=digest)
+
+
+def signed(transaction: Transaction, sign: Callable[[bytes], bytes]) -> Transaction:
+    """A sealed transaction with the bank's signature over its hash (the hash does not cover it)."""
+    invariant(transaction.hash != "" and transaction.signature == "", "signed takes a sealed, unsigned transaction")
+    signature = base64.b64encode(sign(signing_input(transaction.hash))).decode("ascii")
+    return dataclasses.replace(transaction, signature=signature)
 

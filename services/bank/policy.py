@@ -53,6 +53,8 @@ extend                      a current spender (later expiry, larger amount, anot
                             the holder still spends
 release                     a current spender, the collector, the service that made it on behalf
                             of a holder, an administrator
+apply a batch               anyone with a full credential: each item (a charge, settlement,
+                            release, transfer or extension) is decided by its own operation's rule
 view (balance, account,     administrator and every holder (viewer too); a hold also its creator
 holds, history, statement)  and its collector
 money supply, WhoAmI        anyone authenticated
@@ -108,6 +110,7 @@ BOOK = PolicyBook("Bank", {
                        "to its payee", True),
     "ReleaseHold": Rule("a current spender for the hold, its collector, the service that made it for a holder, "
                         "administrators", True),
+    "ApplyBatch": Rule("anyone with a full credential; each item decided by its own operation's rule", True),
     "GetBalance": Rule(_VIEWERS, False),
     "GetAccount": Rule(_VIEWERS, False),
     "GetHold": Rule(_VIEWERS + ", the hold's creator and collector", False),
@@ -367,6 +370,13 @@ def authorize_release_hold(principal: Principal, account: Account, hold: Hold) -
 def authorize_expire_hold(principal: Principal, hold: Hold) -> None:
     """Anyone (the sweep does it); the ledger refuses it before the hold is due."""
     _decide("ExpireHold", principal, True, "expire", f"hold {hold.hold_id}")
+
+
+def authorize_batch(principal: Principal) -> None:
+    """ApplyBatch itself: any full credential (a limited proxy changes nothing); the ledger then asks the
+    rule of each item's own operation, exactly as for the single operation."""
+    require_full_credential(principal, "ApplyBatch")
+    BOOK.allow("ApplyBatch")
 
 
 def authorize_view(principal: Principal, operation: str, account: Account) -> None:

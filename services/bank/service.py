@@ -11,11 +11,13 @@ says exactly what the ledger stores (money as xs:long, times as microseconds sin
 from __future__ import annotations
 
 import enum
+import logging
 from datetime import datetime, timezone
 
 from spyne import Array, Boolean, ComplexModel, DateTime, Long, Unicode
 
 from gridcredit.errors import DomainError
+from gridcredit.soapfault import fault_for
 from gridcredit.timeunits import datetime_to_us, now_us
 from gridcredit.wiretypes import complex_model, wire_values
 
@@ -23,6 +25,8 @@ from . import ledger, policy
 from .ledger import AccountStatus, Role
 from .policy import Principal
 from ..common import GridcreditService, operation, principal_of, runtime_of, whoami_operation
+
+log = logging.getLogger("gridcredit.bank")
 
 NAMESPACE = "urn:gridcredit:bank:1"
 SERVICE_NAME = "Bank"
@@ -112,6 +116,61 @@ class AuditInfo(ComplexModel):
                   ("findings_omitted", Long(**Required))]
 
 
+BATCH_OPERATION_NAMES = tuple(kind.__name__ for kind in ledger.BATCH_OPERATIONS)
+# The fields each operation of a batch item takes (request_id and operation aside): as the single operation's.
+BATCH_ITEM_FIELDS = {
+    "ChargeHold": ("hold_id", "payee_account_id", "amount"),
+    "SettleHold": ("hold_id", "payee_account_id", "amount"),
+    "ReleaseHold": ("hold_id",),
+    "Transfer": ("from_account_id", "to_account_id", "amount"),
+    "ExtendHold": ("hold_id", "expires", "amount", "payee_account_id"),
+}
+_BATCH_ITEM_REQUIRED = {"ChargeHold": 3, "SettleHold": 3, "ReleaseHold": 1, "Transfer": 3, "ExtendHold": 1}
+
+
+class BatchItem(ComplexModel):
+    """One operation of an ApplyBatch: ``operation`` names it, ``request_id`` is its own, and it takes the
+    fields its single operation takes (the others absent):
+    ChargeHold and SettleHold: hold_id, payee_account_id, amount;
+    ReleaseHold: hold_id;
+    Transfer: from_account_id, to_account_id, amount;
+    ExtendHold: hold_id and at least one of expires, amount (the new total), payee_account_id."""
+
+    __namespace__ = NAMESPACE
+    _type_info = [("operation", Unicode(values=BATCH_OPERATION_NAMES, **Required)),
+                  ("request_id", Unicode(**Required)),
+                  ("hold_id", Unicode(min_occurs=0)), ("payee_account_id", Unicode(min_occurs=0)),
+                  ("from_account_id", Unicode(min_occurs=0)), ("to_account_id", Unicode(min_occurs=0)),
+                  ("amount", Long(min_occurs=0)), ("expires", DateTime(min_occurs=0))]
+
+
+class BatchItemResult(ComplexModel):
+    """What became of one item, in the order of the items. Applied (or applied before, ``replayed``):
+    the transaction it made — its ``seq``, ``kind``, ``at_us``, ``amount``, the hold's ``hold_state`` after
+    it, a settlement's ``released_amount``, its ``hash`` and, for the last one the batch made, the bank's
+    ``signature`` over it (which covers the others through the ledger's chain). Refused: ``fault_code``
+    (the single operation's fault code, e.g. ``Client.ExceedsHold``) and ``fault_message``; it changed
+    nothing."""
+
+    __namespace__ = NAMESPACE
+    _type_info = [("request_id", Unicode(**Required)), ("applied", Boolean(**Required)),
+                  ("replayed", Boolean(min_occurs=0)), ("seq", Long(min_occurs=0)), ("kind", Unicode(min_occurs=0)),
+                  ("at_us", Long(min_occurs=0)), ("hold_id", Unicode(min_occurs=0)),
+                  ("hold_state", Unicode(min_occurs=0)), ("amount", Long(min_occurs=0)),
+                  ("released_amount", Long(min_occurs=0)), ("hash", Unicode(min_occurs=0)),
+                  ("signature", Unicode(min_occurs=0)), ("fault_code", Unicode(min_occurs=0)),
+                  ("fault_message", Unicode(min_occurs=0))]
+
+
+class BatchResult(ComplexModel):
+    """ApplyBatch's answer: one result per item, in order, and how many were applied now, answered from
+    before (a retry) and refused."""
+
+    __namespace__ = NAMESPACE
+    _type_info = [("results", Array(BatchItemResult)), ("applied", Long(**Required)),
+                  ("replayed", Long(**Required)), ("refused", Long(**Required))]
+
+
 # -- mapping ---------------------------------------------------------------------------------------
 
 
@@ -150,6 +209,51 @@ def _microseconds(moment: datetime | None, what: str) -> int | None:
     if moment.tzinfo is None:  # xs:dateTime without a zone: read as UTC, as the ledger's clock is
         moment = moment.replace(tzinfo=timezone.utc)
     return datetime_to_us(moment)
+
+
+def _batch_request(number: int, item) -> ledger.Request:
+    """The ledger request of one BatchItem; a field its operation does not take, or a missing one it needs,
+    refuses the whole batch (the single operation's schema would refuse such a request)."""
+    operation = item.operation
+    taken = BATCH_ITEM_FIELDS.get(operation)
+    if taken is None:
+        raise DomainError(f"item {number}: a batch carries {', '.join(BATCH_OPERATION_NAMES)}, not {operation!r}",
+                          "InvalidArgument")
+    extra = [name for names in BATCH_ITEM_FIELDS.values() for name in names
+             if name not in taken and getattr(item, name) is not None]
+    missing = [name for name in taken[:_BATCH_ITEM_REQUIRED[operation]] if getattr(item, name) is None]
+    if extra or missing:
+        said = "; ".join(part for part in (missing and f"it lacks {', '.join(missing)}",
+                                           extra and f"{', '.join(dict.fromkeys(extra))} belong to other operations")
+                         if part)
+        raise DomainError(f"item {number} ({operation} {item.request_id}): {said}; a {operation} item takes "
+                          f"{', '.join(taken)}", "InvalidArgument")
+    if operation == "ChargeHold":
+        return ledger.ChargeHold(item.request_id, item.hold_id, item.payee_account_id, item.amount)
+    if operation == "SettleHold":
+        return ledger.SettleHold(item.request_id, item.hold_id, item.payee_account_id, item.amount)
+    if operation == "ReleaseHold":
+        return ledger.ReleaseHold(item.request_id, item.hold_id)
+    if operation == "Transfer":
+        return ledger.Transfer(item.request_id, item.from_account_id, item.to_account_id, item.amount)
+    return ledger.ExtendHold(item.request_id, item.hold_id, _microseconds(item.expires, "expires"), item.amount,
+                             item.payee_account_id)
+
+
+def _batch_item_result(result) -> BatchItemResult:
+    if result.error is not None:
+        spec = fault_for(result.error)
+        if spec.log_level >= logging.ERROR:          # the store failed reading what the item names
+            log.error("store failure in ApplyBatch item %s: %s", result.request.request_id, result.error)
+        return BatchItemResult(request_id=result.request.request_id, applied=False, fault_code=spec.code,
+                               fault_message=spec.message)
+    transaction = result.outcome.transaction
+    return BatchItemResult(request_id=transaction.request_id, applied=True, replayed=result.outcome.replayed,
+                           seq=transaction.seq, kind=transaction.kind.value, at_us=transaction.at_us,
+                           hold_id=transaction.hold_id,
+                           hold_state=None if transaction.hold_state is None else transaction.hold_state.value,
+                           amount=transaction.amount, released_amount=transaction.released_amount,
+                           hash=transaction.hash, signature=transaction.signature or None)
 
 
 def _caller(ctx) -> Principal:
@@ -267,6 +371,23 @@ class BankService(GridcreditService):
     @operation(Unicode(**Required), Unicode(**Required), _returns=Receipt, _operation_name="ReleaseHold")
     def release_hold(ctx, request_id, hold_id):
         return _execute(ctx, ledger.ReleaseHold(request_id, hold_id))
+
+    @operation(Array(BatchItem, **Required), _returns=BatchResult, _operation_name="ApplyBatch")
+    def apply_batch(ctx, items):
+        """Many ChargeHold, SettleHold, ReleaseHold, Transfer and ExtendHold operations of one caller
+        applied in order in one ledger transaction (see BatchItem, BatchItemResult): each decided and
+        checked as its single operation, each with its own request id (a retry answers what was applied).
+        Refused whole: no items, more than ledger.BATCH_ITEMS_MAX (Client.BatchTooLarge), a request id
+        twice, an item lacking a field its operation needs or carrying one it does not take."""
+        caller = _caller(ctx)
+        policy.require_full_credential(caller, "ApplyBatch")     # before its items are even read, as for any change
+        requests = [_batch_request(number, item) for number, item in enumerate(items or (), 1)]
+        results = runtime_of(ctx).bank.execute_batch(requests, caller)
+        answers = [_batch_item_result(result) for result in results]
+        refused = sum(1 for answer in answers if not answer.applied)
+        replayed = sum(1 for answer in answers if answer.replayed)
+        return BatchResult(results=answers, applied=len(answers) - refused - replayed, replayed=replayed,
+                           refused=refused)
 
     # -- queries -----------------------------------------------------------------------------------
     @operation(Unicode(**Required), _returns=BalanceInfo, _operation_name="GetBalance")
