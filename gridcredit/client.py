@@ -397,16 +397,22 @@ class ServiceClient:
             if attempt:
                 self._sleep(self._backoff_s(attempt - 1))
             try:
-                return self._attempt(operation, arguments)
+                answer = self._attempt(operation, arguments)
             except Exception as error:  # noqa: BLE001 — sorted by no_answer; the rest propagates
                 if not no_answer(error):
                     raise self._answered(error, operation) from None
                 last = error
                 may_have_arrived = may_have_arrived or not never_arrived(error)
-                log.info("%s%s: no answer (attempt %d of %d): %s", operation,
-                         f" {request_id}" if request_id else "", attempt + 1, attempts, _describe(error))
+                # (no answer at all is raised, with the attempts and the last error: the caller says it once)
+                log.debug("%s%s: no answer (attempt %d of %d): %s", operation,
+                          f" {request_id}" if request_id else "", attempt + 1, attempts, _describe(error))
                 if effect is Effect.UNKEYED and may_have_arrived:
                     break
+                continue
+            if last is not None:
+                log.info("%s%s: answered at attempt %d of %d (before: %s)", operation,
+                         f" {request_id}" if request_id else "", attempt + 1, attempts, _describe(last))
+            return answer
         reason = _describe(last)
         if effect is not Effect.NONE and may_have_arrived:
             tried = f"after {attempt + 1} attempt(s) ({reason})"

@@ -6,6 +6,7 @@ which runs Slurm still has); tests/test_jarm_lifecycle_slurm.py runs the same ag
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 
 import pytest
@@ -367,3 +368,41 @@ def test_a_guaranteed_quote_the_job_presents_prices_it_even_after_a_price_change
     assert refused.value.code == "QuoteExpired"
     for key in (plain.key, honoured.key):
         world.cancel(key)
+
+
+def test_while_the_bank_is_down_the_reconciler_logs_one_line_per_pass_and_one_per_run_settled(world, pki, caplog):
+    """Runs wait for the Bank: each pass of the reconciler says once how many wait, since when and the Bank's
+    error — not lines per run (failed before: 3 per run and pass — the client's per attempt, the step's) —
+    and asks the Bank once, not once per run; when it answers, one line per run charged."""
+    world.settings = dataclasses.replace(world.settings, bank_unreachable="admit_capped", unfunded_cap_credits=300)
+    reachable = world.banker.site
+    world.banker.site = BankClient(f"https://localhost:{free_port()}", credential=load_credential(pki.host_cert, pki.host_key),
+                                   trust_dir=pki.trust_dir, timeout_s=2, retries=1, backoff_s=0.01)   # as the JARM's
+    runs = [world.reserve(job(number, "bob", "bob")) for number in (140, 141, 142, 143)]
+    for run in runs:
+        assert run.state is State.UNFUNDED
+        world.slurm.usage[run.key] = used(run.key, elapsed_s=300)
+        assert world.ended(run.key).pending is Work.HOLD          # its hold of the cost waits for the Bank
+    passes = []
+    for _ in range(2):
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            world.clock_.now_us += 30 * 1_000_000
+            done = world.reconcile_once()
+        passes.append([record for record in caplog.records if record.levelno >= logging.INFO])
+    for lines in passes:
+        assert len(lines) == 1, [line.getMessage() for line in lines]
+        assert lines[0].levelno == logging.WARNING
+    assert done["waiting"] == 4
+    first, second = (lines[0].getMessage() for lines in passes)
+    assert "the Bank does not answer" in first and "4 run(s) wait for it" in first and "ConnectionError" in first
+    since = first[first.index(" since "):].split(":")[0:3]
+    assert since == second[second.index(" since "):].split(":")[0:3]       # the same outage, since its first pass
+    world.banker.site = reachable
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        done = world.reconcile_once()
+    lines = [record.getMessage() for record in caplog.records if record.levelno >= logging.INFO]
+    assert done["waiting"] == 0
+    assert sorted(lines) == sorted(f"jarm {run.reservation_id}: charged 11 of 11 credits held (cost 11) to site"
+                                   for run in runs), lines

@@ -71,7 +71,23 @@ class _Refused(GridcreditError):
 
 
 class _Unreachable(GridcreditError):
-    """The Bank gave no answer (or a server fault): the step stays pending."""
+    """The Bank gave no answer (``answered`` False) or a server fault: the step stays pending."""
+
+    def __init__(self, message: str, *, answered: bool = False) -> None:
+        super().__init__(message)
+        self.answered = answered
+
+
+BANK_WORK = frozenset({Work.HOLD, Work.SETTLE, Work.RELEASE})
+
+
+@dataclass
+class _Pass:
+    """What one reconciler pass learned of the Bank: once it gave no answer (``silent``: its error), the
+    pass asks it nothing more — the other runs' Bank steps wait for the next pass (``waiting``)."""
+
+    silent: str = ""
+    waiting: int = 0
 
 
 def _moment(at_us: int) -> datetime:
@@ -84,7 +100,7 @@ def _bank_call(what: str, call: Callable[[], object]):
     except RemoteFault as fault:
         if fault.faultcode.split(":")[-1].startswith("Client"):      # the Bank's decision, not its trouble
             raise _Refused(fault.text, fault.code) from None
-        raise _Unreachable(f"{what}: the Bank answered {fault.faultcode}: {fault.text}") from None
+        raise _Unreachable(f"{what}: the Bank answered {fault.faultcode}: {fault.text}", answered=True) from None
     except GridcreditError as error:
         raise _Unreachable(f"{what}: {type(error).__name__}: {error}") from None
     except OSError as error:
@@ -173,6 +189,7 @@ class Lifecycle:
         self.user_dn, self.read_usage, self.report, self.running, self.clock = (user_dn, read_usage, report,
                                                                                running, clock)
         self.occupancy = occupancy
+        self._silent_since_us: int | None = None     # the first reconciler pass the Bank did not answer
 
     # -- the steps Slurm reports ----------------------------------------------------------------
 
@@ -248,10 +265,14 @@ class Lifecycle:
 
     # -- pending work ---------------------------------------------------------------------------
 
-    def _work_now(self, reservation: Reservation) -> Reservation:
-        """Do the pending steps one after the other until none is left or one cannot be done now."""
+    def _work_now(self, reservation: Reservation, bank_pass: _Pass | None = None) -> Reservation:
+        """Do the pending steps one after the other until none is left or one cannot be done now (in a
+        reconciler pass, ``bank_pass``: a Bank step once the Bank gave no answer in this pass)."""
         while reservation.pending is not Work.NONE:
-            reservation, progressed = self._step(reservation)
+            if bank_pass is not None and bank_pass.silent and reservation.pending in BANK_WORK:
+                bank_pass.waiting += 1
+                break
+            reservation, progressed = self._step(reservation, bank_pass)
             if not progressed:
                 break               # the Bank unreachable, or the usage not in slurmdbd yet
         return reservation
@@ -260,7 +281,7 @@ class Lifecycle:
         """Do the pending step of ``reservation``; the reservation as stored after it."""
         return self._step(reservation)[0]
 
-    def _step(self, reservation: Reservation) -> tuple[Reservation, bool]:
+    def _step(self, reservation: Reservation, bank_pass: _Pass | None = None) -> tuple[Reservation, bool]:
         step = {Work.HOLD: self._hold, Work.USAGE: self._usage, Work.SETTLE: self._settle,
                 Work.RELEASE: self._release, Work.REPORT: self._report}.get(reservation.pending)
         if step is None:
@@ -270,7 +291,10 @@ class Lifecycle:
             after = step(reservation)
             return after, (after.pending, after.state) != (reservation.pending, reservation.state)
         except _Unreachable as error:
-            log.warning("jarm %s: %s not done now: %s", rid, reservation.pending.value, error)
+            if bank_pass is not None and not error.answered:
+                bank_pass.silent, bank_pass.waiting = str(error), bank_pass.waiting + 1   # said once, by the pass
+            else:
+                log.warning("jarm %s: %s not done now: %s", rid, reservation.pending.value, error)
             if reservation.state is State.RESERVING:
                 if self.settings.bank_unreachable == "admit_capped":
                     return self._admit_unfunded(reservation, str(error)), False
@@ -318,8 +342,9 @@ class Lifecycle:
             return self._advance(reservation, lambda found: rsv.hold_refused(found, reason=message,
                                                                                 now_us=self.clock()))
         hold_id = receipt.transaction.hold_id
-        log.info("jarm %s: held %d credits of %s as %s (%s)", rid, amount, reservation.account, hold_id,
-                 reservation.authority.value if reservation.authority else "-")
+        # (an unfunded run's hold of its cost is said by its settlement's line, which follows)
+        log.log(logging.DEBUG if completing else logging.INFO, "jarm %s: held %d credits of %s as %s (%s)", rid,
+                amount, reservation.account, hold_id, reservation.authority.value if reservation.authority else "-")
         return self._advance(reservation, lambda found: rsv.hold_made(
             found, hold_id=hold_id, amount=amount, expires_us=expires_us, now_us=self.clock()))
 
@@ -427,8 +452,10 @@ class Lifecycle:
     def reconcile_once(self) -> dict[str, int]:
         """One pass: runs Slurm no longer has are marked ended; every pending step is tried; holds of
         running jobs are extended when their time limit was raised or they near their expiry. Counts
-        of what was done, by kind."""
-        done = {"ended": 0, "steps": 0, "extended": 0, "left": 0}
+        of what was done, by kind (``waiting``: runs whose Bank step waits for a Bank that gave no
+        answer in this pass — asked once, said in one line per pass)."""
+        done = {"ended": 0, "steps": 0, "extended": 0, "left": 0, "waiting": 0}
+        bank_pass = _Pass()
         active = self.reservations.in_states((State.HELD, State.UNFUNDED))
         running = self.running([r.key for r in active]) if active else {}
         if running is not None:
@@ -440,7 +467,7 @@ class Lifecycle:
         for reservation in self.reservations.with_pending_work():
             done["steps"] += 1
             try:
-                after = self._work_now(reservation)
+                after = self._work_now(reservation, bank_pass)
             except GridcreditError as error:     # one run's trouble must not stop the others' steps
                 log.warning("jarm %s: %s not done: %s: %s", reservation.reservation_id, reservation.pending.value,
                             type(error).__name__, error)
@@ -455,12 +482,30 @@ class Lifecycle:
             limit_s = running[reservation.key]
             raised = limit_s is not None and limit_s > reservation.request.time_limit_s
             if raised or reservation.hold_expires_us <= horizon_us:
+                if bank_pass.silent:
+                    bank_pass.waiting += 1
+                    continue
                 try:
                     self.extend(reservation, limit_s if raised else None)
                     done["extended"] += 1
-                except (_Refused, _Unreachable, DomainError) as error:
+                except _Unreachable as error:
+                    if error.answered:
+                        log.warning("jarm %s: hold %s not extended: %s", reservation.reservation_id,
+                                    reservation.hold_id, error)
+                    else:
+                        bank_pass.silent, bank_pass.waiting = str(error), bank_pass.waiting + 1
+                except (_Refused, DomainError) as error:
                     log.warning("jarm %s: hold %s not extended: %s", reservation.reservation_id, reservation.hold_id,
                                 error)
+        done["waiting"] = bank_pass.waiting
+        if bank_pass.silent:
+            if self._silent_since_us is None:
+                self._silent_since_us = self.clock()
+            log.warning("jarm reconciler: the Bank does not answer since %s: %d run(s) wait for it; %s",
+                        _moment(self._silent_since_us).strftime("%Y-%m-%d %H:%M:%S UTC"), bank_pass.waiting,
+                        bank_pass.silent)
+        else:
+            self._silent_since_us = None
         return done
 
     def extend(self, reservation: Reservation, time_limit_s: int | None) -> Reservation:

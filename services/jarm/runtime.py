@@ -199,7 +199,8 @@ def reconcile_forever(context: TaskContext) -> None:
         except (StoreError, GridcreditError) as error:
             log.warning("jarm reconciler: %s: %s; again in %d s", type(error).__name__, error, interval_s)
             continue
-        if done["ended"] or done["steps"] or done["extended"]:
+        if done["ended"] or done["extended"] or done["steps"] > done["left"]:   # (runs waiting for the Bank:
+            # reconcile_once said so, in one line)
             log.info("jarm reconciler: %d run(s) ended, %d step(s) tried (%d left pending), %d hold(s) extended",
                      done["ended"], done["steps"], done["left"], done["extended"])
         try:
