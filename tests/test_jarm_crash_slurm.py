@@ -378,7 +378,9 @@ def test_kill9_of_jarm_and_of_the_bank_during_a_stream_of_jobs(slurm_cluster, sl
     # and run; some runs were admitted while the Bank was down
     assert watch.refused, "no prolog ran while the JARM was down: the test proves nothing"
     for name, comment in watch.refused.items():
-        assert re.match(r"JARM: job \d+ not started: [A-Za-z]+: \S", comment), \
+        # plain words (hooks.refusal_comment): the JARM's address, what the connection did, the release
+        assert re.fullmatch(r"JARM: job (\d+) held, not started: JarmUnreachable: the JARM at https://\S+/jarm did "
+                            r"not answer \([a-z ]+\); once it does, release the job: scontrol release \1", comment), \
             (name, comment)
     refused_runs = {name for name in names if len(runs[name]) > 1}
     assert refused_runs, runs

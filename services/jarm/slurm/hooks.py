@@ -12,7 +12,8 @@ credential:
   once the account has the credits), then exit 1 — Slurm requeues a batch job whose
   PrologSlurmctld fails, and the hold keeps it from starting again and again. The JARM not
   answering is a refusal too (the site's bank_unreachable policy applies at the JARM, which must
-  be reached to apply it).
+  be reached to apply it): the Comment then says so plainly (``refusal_comment``) — the JARM's
+  address, what the connection did, and the ``scontrol release`` that starts the job once it answers.
 * **epilog** → ``Complete``: the JARM reads the usage from slurmdbd and charges it. Always exit 0:
   a run whose end does not reach the JARM now is found by the JARM's reconciler (Slurm no longer
   runs it), so nothing is lost.
@@ -25,7 +26,8 @@ import re
 import subprocess
 from dataclasses import dataclass
 
-from gridcredit.errors import GridcreditError
+from gridcredit.client import OutcomeUnknown
+from gridcredit.errors import GridcreditError, RemoteFault
 
 from ..reservations import JobKey
 from ..types import JobRequest
@@ -34,6 +36,18 @@ log = logging.getLogger("gridcredit.services.jarm.slurm")
 
 SCONTROL_TIMEOUT_S = 10.0
 COMMENT_CHARS_MAX = 250
+JARM_UNREACHABLE = "JarmUnreachable"
+JARM_FAILED = "JarmFailed"
+# what a connection that brought no answer did, from the words of the error the client raised
+# (requests/urllib3/ssl put them in its text), first match wins
+_NO_ANSWER = (("connection refused", ("Connection refused", "Errno 111")),
+              ("its name is not known", ("Name or service not known", "NameResolution", "getaddrinfo",
+                                         "name resolution", "nodename nor servname")),
+              ("its TLS certificate is not trusted here", ("CERTIFICATE_VERIFY_FAILED",)),
+              ("timed out", ("timed out", "Timeout")),
+              ("connection reset or closed", ("Connection reset", "Errno 104", "RemoteDisconnected",
+                                              "Connection aborted", "EOF", "closed")),
+              ("network unreachable", ("Network is unreachable", "No route to host")))
 _PAIR = re.compile(r"(?:^|\s)([A-Za-z/:_]+)=(\S*)")
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d{2}):(\d{2})$")
 _MEMORY = re.compile(r"^(\d+)([KMGTP]?)$")
@@ -134,7 +148,7 @@ def cluster_name(scontrol: str) -> str:
 
 def refuse_job(job_id: str, message: str, *, scontrol: str) -> None:
     """Say why in the job's Comment and put it on a user hold (what the prolog does on a refusal)."""
-    comment = re.sub(r"[^ -~]", "?", message)[:COMMENT_CHARS_MAX].replace('"', "'")
+    comment = _comment(message)
     for arguments in ([scontrol, "update", f"JobId={job_id}", f"Comment={comment}"], [scontrol, "uhold", job_id]):
         try:
             result = _run(arguments)
@@ -145,6 +159,40 @@ def refuse_job(job_id: str, message: str, *, scontrol: str) -> None:
             log.warning("jarm prolog: %s: %s", " ".join(arguments[:3]), error)
 
 
+def _no_answer_reason(error: GridcreditError) -> str:
+    text = str(error)
+    for reason, words in _NO_ANSWER:
+        if any(word in text for word in words):
+            return reason
+    return "no answer"
+
+
+def refusal_comment(job_id: str, error: GridcreditError, *, jarm_url: str) -> str:
+    """What the prolog writes in the Comment of a job it did not start because of ``error`` (the
+    Reserve call's, or reading the job): ``TypeName: message`` a user can act on, within Slurm's
+    comment. The JARM not answering names its address, why (refused, timed out…) and the release."""
+    release = f"release the job: scontrol release {job_id}"
+    if isinstance(error, RemoteFault):
+        if error.faultcode.split(":")[-1].startswith("Client"):         # the JARM's decision, in its words
+            text = f"{error.code}: {error.text}"
+        else:
+            text = f"{JARM_FAILED}: the JARM at {jarm_url} failed ({error.code}); once it works, {release}"
+    elif type(error) is GridcreditError or isinstance(error, OutcomeUnknown):   # the client's "no answer"
+        text = (f"{JARM_UNREACHABLE}: the JARM at {jarm_url} did not answer ({_no_answer_reason(error)}); "
+                f"once it does, {release}")
+    else:
+        text = f"{type(error).__name__}: {error}"
+    return _comment(f"JARM: job {job_id} held, not started: {text}")
+
+
+def _comment(message: str) -> str:
+    """Printable ASCII without double quotes, at most COMMENT_CHARS_MAX (cut at a word, with "...")."""
+    comment = re.sub(r"[^ -~]", "?", message).replace('"', "'")
+    if len(comment) > COMMENT_CHARS_MAX:
+        comment = comment[:COMMENT_CHARS_MAX - 3].rsplit(" ", 1)[0] + "..."
+    return comment
+
+
 def prolog(client, *, scontrol: str, environ=os.environ) -> int:
     job_id = environ.get("SLURM_JOB_ID", "")
     try:
@@ -152,8 +200,8 @@ def prolog(client, *, scontrol: str, environ=os.environ) -> int:
         reservation = client.reserve(job.key, user=job.user, account=job.account, request=job.request,
                                      quote_id=job.quote_id or None)
     except GridcreditError as error:
-        message = f"JARM: job {job_id} not started: {type(error).__name__}: {error}"
-        log.warning("%s", message)
+        message = refusal_comment(job_id, error, jarm_url=client.url)
+        log.warning("%s (%s: %s)", message, type(error).__name__, error)
         refuse_job(job_id, message, scontrol=scontrol)
         print(message)
         return 1
