@@ -114,6 +114,16 @@ STRANGER_CALLS = [
     ("jarm", "GetReservation", {"reservation_id": "r-c1-1-0"}, "Client.NotAuthorized"),   # not theirs
     ("jarm", "ListReservations", {}, "Client.ReservationsDisabled"),   # their own: this host reserves nothing
     ("auctioneer", "WhoAmI", {}, None),
+    ("auctioneer", "GetHost", {}, None),                          # this host sells nothing: it says so
+    ("auctioneer", "PlaceBid", {"hold_id": "h-1", "rate": "1", "max_duration_s": 60, "template": "small"},
+     "Client.AuctioneerDisabled"),
+    ("auctioneer", "ChangeBid", {"bid_id": "b-" + "0" * 24, "rate": "1"}, "Client.NotAuthorized"),   # not theirs
+    ("auctioneer", "CancelBid", {"bid_id": "b-" + "0" * 24}, "Client.NotAuthorized"),
+    ("auctioneer", "GetBid", {"bid_id": "b-" + "0" * 24}, "Client.NotAuthorized"),
+    ("auctioneer", "ListBids", {}, None),                         # their own: none
+    ("auctioneer", "ListBids", {"everyone": "true"}, "Client.NotAuthorized"),
+    ("auctioneer", "ConsoleWrite", {"bid_id": "b-" + "0" * 24, "data": "aGk="}, "Client.NotAuthorized"),
+    ("auctioneer", "ConsoleRead", {"bid_id": "b-" + "0" * 24}, "Client.NotAuthorized"),
     ("directory", "WhoAmI", {}, None),
     ("directory", "ListHosts", {}, None),
     ("directory", "GetHostInfo", {"host_id": "host-a"}, "Client.UnknownHost"),
@@ -124,7 +134,7 @@ STRANGER_CALLS = [
 ]
 # faults of a call the policy allowed that then found nothing
 FOUND_NOTHING = {"Client.UnknownRecord", "Client.NoPriceTable", "Client.UnknownDelegation",
-                 "Client.ReservationsDisabled", "Client.UnknownHost"}
+                 "Client.ReservationsDisabled", "Client.AuctioneerDisabled", "Client.UnknownHost"}
 
 
 @pytest.mark.parametrize("service, operation, fields, fault", STRANGER_CALLS,

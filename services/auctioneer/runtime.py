@@ -1,0 +1,555 @@
+"""The Auctioneer as the host runs it: what each worker builds, and the allocation loop (once per host).
+
+The market's rules are market.py's (the pure core); the SOAP operations (service.py) apply a bid's
+events — placed, changed, cancelled — to the market in the store at once (one transaction each), and
+the loop makes the rest happen:
+
+* **at every interval boundary** (intervals aligned to the epoch, ``interval_s`` long): if the last
+  closed interval's batch has no recorded answer (a crash, the Bank down), it is sent again — the same
+  items, the same request ids, so the Bank answers the outcomes it recorded; then each interval that
+  ended is closed (``market.close_interval``: every bid's charge, the bids that cannot go on), its
+  batch stored with the market BEFORE it is sent, sent as ONE signed Bank ``ApplyBatch``
+  (ChargeHold; SettleHold for a bid that ends), and the answers recorded (``batch_applied``: a
+  refused charge ends its bid); settled bids are forgotten by the market (their final state kept in
+  their own document); a price sample is kept and the directory told (``directory_url``);
+* **whenever the market changed** (it looks every ``POLL_S``): enforcement — the VMs of ended bids
+  removed, a VM made from its template for each live bid that has none (capped from its first
+  instruction), every live bid's share applied as a cap (capped mode) or a weight (work-conserving),
+  and what is enforced written into the bid (``enforced``). After a restart the VMs are found again
+  by their name prefix (``list_vms``): an orphan is removed, a missing one made again. A hypervisor
+  error is logged, said in the bid's ``enforced`` and tried again at the next pass — a bid pays while
+  it is live, so what is not enforced is never silent.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol
+
+from gridcredit.contract import BuildContext, TaskContext
+from gridcredit.errors import ConfigError, DomainError, GridcreditError, StoreError
+from gridcredit.timeunits import now_us
+
+from . import market as core
+from .config import AuctioneerConfig
+from .policy import AuctioneerPolicy
+from .store import INTERVALS, IntervalRecord, Item, MarketStore, interval_from_xml, interval_id, interval_xml
+
+if TYPE_CHECKING:
+    from ..bank.client import BankClient
+
+log = logging.getLogger("gridcredit.services.auctioneer")
+BANK_TIMEOUT_S = 10.0
+US_PER_S = 1_000_000
+POLL_S = 0.25                           # how often the loop looks whether the market changed
+HYPERVISOR_TIMEOUT_S = 10.0
+DIRECTORY_TTL_INTERVALS = 6             # a registration outlives this many heartbeats (one per interval)
+DIRECTORY_TTL_S_MIN = 30
+
+
+# -- what a worker builds --------------------------------------------------------------------------
+
+
+def market_config(settings: AuctioneerConfig) -> core.MarketConfig:
+    return core.MarketConfig(settings.host_id or "none", settings.capacity_cpus, settings.reserve_ucps,
+                             settings.interval_s * US_PER_S)
+
+
+@dataclass(frozen=True, slots=True)
+class Auctioneer:
+    """What one worker holds for the Auctioneer (``runtime_of(ctx).auctioneer`` in the SOAP operations)."""
+
+    settings: AuctioneerConfig
+    market: MarketStore
+    policy: AuctioneerPolicy
+    dn: str                                   # this auctioneer's identity: the holds' collector ("" unknown)
+    bank: "BankClient | None"                 # signing as the host (None: a runtime without the host's files)
+    console_dir: Path
+    vm_dir: Path
+    templates: Mapping[str, object]           # name → hypervisor.Template (loaded when first needed)
+    credential: object = None
+    trust_dir: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.enabled
+
+    @property
+    def mode(self) -> core.Mode:
+        return core.Mode.PAY_FOR_USE if self.settings.pay_for_use else core.Mode.CAPPED
+
+
+def service_url(explicit: str, config) -> str:
+    return explicit or f"https://localhost:{config.server.port}"
+
+
+def build(context: BuildContext) -> Auctioneer:
+    config, settings = context.config, context.config.auctioneer
+    dn, bank, credential, trust_dir = "", None, None, None
+    overseers = set(settings.owners)
+    if context.files is not None:
+        from gridcredit.security.credentials import load_credential
+
+        from ..bank.client import BankClient
+
+        credential = load_credential(cert_path=str(context.files.host_cert), key_path=str(context.files.host_key))
+        dn = credential.identity_dn
+        trust_dir = context.files.trust_dir
+        overseers.add(dn)
+        bank = BankClient(service_url(settings.bank_url, config), credential=credential,
+                          trust_dir=context.files.trust_dir, timeout_s=BANK_TIMEOUT_S, retries=1)
+    state = config.state_path / "auctioneer"
+    console_dir = Path(settings.console_dir) if settings.console_dir else state / "consoles"
+    vm_dir = Path(settings.vm_dir) if settings.vm_dir else state / "vms"
+    return Auctioneer(settings, MarketStore(context.store, market_config(settings)),
+                      AuctioneerPolicy(frozenset(overseers)), dn, bank, console_dir, vm_dir,
+                      TemplateBook(settings.template_files()), credential, trust_dir)
+
+
+class TemplateBook(Mapping):
+    """The site's templates, name → ``hypervisor.Template``: ``name=spin`` / ``name=idle`` (the built-in
+    test guests) or ``name=/etc/…/template.toml`` (keys vcpus, memory_mib, image, boot; read when first
+    used). ``in`` needs no file: a bid naming a configured template is accepted, its VM made later."""
+
+    def __init__(self, entries: Mapping[str, str]) -> None:
+        self._entries = dict(entries)
+        self._loaded: dict[str, object] = {}
+
+    def __contains__(self, name) -> bool:
+        return name in self._entries
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __getitem__(self, name: str):
+        if name not in self._loaded:
+            from . import hypervisor
+
+            source = self._entries[name]
+            if not source.startswith("/"):
+                self._loaded[name] = replace(hypervisor.DEFAULT_TEMPLATES[source], name=name)
+            else:
+                try:
+                    settings = tomllib.loads(Path(source).read_text(encoding="utf-8"))
+                except (OSError, tomllib.TOMLDecodeError) as error:
+                    raise ConfigError(f"auctioneer template {name}: cannot read {source}: {error}") from None
+                self._loaded[name] = hypervisor.Template.from_mapping(name, settings)
+        return self._loaded[name]
+
+
+# -- the pieces the loop uses, each reached in one place ------------------------------------------
+
+
+class Enforcer(Protocol):
+    """What the loop asks of the hypervisor (hypervisor.py's ``Hypervisor``: ``enforcer_for`` below).
+    Every method raises ``EnforcementError`` when the hypervisor fails."""
+
+    def names(self) -> list[str]: ...
+    def create(self, name: str, template: str, *, quota_us: int | None, period_us: int, weight: int) -> None: ...
+    def remove(self, name: str) -> None: ...
+    def cap(self, name: str, quota_us: int, period_us: int) -> None: ...
+    def weight(self, name: str, weight: int) -> None: ...
+    def cpu_time_us(self, name: str) -> int: ...
+    def console_path(self, name: str) -> Path: ...
+
+
+class EnforcementError(GridcreditError):
+    """The hypervisor failed (its error in the message); the loop tries again at its next pass."""
+
+
+def enforcer_for(part: Auctioneer) -> Enforcer:
+    """The host's libvirt (hyper's ``services/auctioneer/hypervisor.py``) as the loop uses it."""
+    from . import hypervisor
+
+    settings = part.settings
+    connection = hypervisor.Hypervisor(settings.libvirt_uri, call_timeout_s=HYPERVISOR_TIMEOUT_S,
+                                       state_dir=part.vm_dir)
+    prefix = vm_prefix(settings)
+
+    def guarded(call):
+        def run(*args, **options):
+            try:
+                return call(*args, **options)
+            except hypervisor.HypervisorError as error:
+                raise EnforcementError(str(error)) from None
+        return run
+
+    class _Libvirt:
+        names = guarded(lambda: connection.list_vms(prefix))
+        create = guarded(lambda name, template, *, quota_us, period_us, weight: connection.create_vm(
+            name, part.templates[template], cpuset=settings.cpuset or "0", quota_us=quota_us, period_us=period_us,
+            weight=weight))
+        remove = guarded(connection.remove_vm)
+        cap = guarded(lambda name, quota_us, period_us: connection.set_cap(name, quota_us, period_us))
+        weight = guarded(connection.set_weight)
+        cpu_time_us = guarded(connection.cpu_time_us)
+        console_path = guarded(connection.console_path)
+    return _Libvirt()
+
+
+def vm_prefix(settings: AuctioneerConfig) -> str:
+    return f"{settings.vm_prefix}{settings.host_id}-"
+
+
+def vm_name(settings: AuctioneerConfig, bid_id: str) -> str:
+    return vm_prefix(settings) + bid_id
+
+
+class Banker(Protocol):
+    """What the loop asks of the Bank: one signed ApplyBatch of an interval's charges (``bank_of``);
+    each item's outcome by request id: None (applied) or the Bank's refusal code. Raises
+    GridcreditError when there is no answer (the batch is then sent again, unchanged)."""
+
+    def apply(self, charges: tuple[core.Charge, ...], *, batch_id: str, payee: str) -> dict[str, str | None]: ...
+
+
+def bank_of(client: "BankClient") -> Banker:
+    """The Bank's ApplyBatch (``BankClient.apply_batch``, helper batch's) for the loop's charges."""
+
+    class _Bank:
+        def apply(self, charges, *, batch_id: str, payee: str) -> dict[str, str | None]:
+            results = client.apply_batch([charge.bank_request(payee) for charge in charges], request_id=batch_id)
+            outcomes = {}
+            for charge, result in zip(charges, results):
+                outcomes[charge.request_id] = None if result.ok else (
+                    getattr(result, "code", None) or getattr(result, "fault_code", None) or "Refused")
+            if len(outcomes) != len(charges):
+                raise GridcreditError(f"the Bank answered {len(results)} of the batch's {len(charges)} items")
+            return outcomes
+    return _Bank()
+
+
+def closing_id(host_id: str, interval: int) -> str:
+    """The batch's own request id (its items carry theirs)."""
+    return f"auction:{host_id}:{interval}"
+
+
+# -- the loop ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pass:
+    """What one pass of the loop did (for the log and the tests)."""
+    closed: list[int] = dataclasses.field(default_factory=list)
+    resent: int = 0
+    items: int = 0
+    refused: int = 0
+    created: list[str] = dataclasses.field(default_factory=list)
+    removed: list[str] = dataclasses.field(default_factory=list)
+    live: int = 0
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+
+class AllocationLoop:
+    """The allocation loop of one host (see the module docstring). ``boundary()`` closes what ended and
+    enforces; ``enforce()`` applies the market as it is; ``run(stop)`` does both on time until ``stop``.
+    ``clock`` µs; ``relay``: the console relay (console.py), told which VMs are live."""
+
+    def __init__(self, part: Auctioneer, bank: Banker | None, enforcer: Enforcer, *,
+                 clock: Callable[[], int] = now_us, relay=None, directory=None) -> None:
+        self.part = part
+        self.settings = part.settings
+        self.store = part.market
+        self.bank = bank
+        self.enforcer = enforcer
+        self.clock = clock
+        self.relay = relay
+        self.directory = directory
+        self.interval_us = self.settings.interval_s * US_PER_S
+        self.host = self.settings.host_id
+        self._applied: dict[str, tuple] = {}          # VM → what was last applied to it (this process)
+        self._cpu_marks: dict[str, int] = {}          # VM → its CPU µs at the last close (pay-for-use)
+        self._seen_version = -1
+
+    # -- closing intervals and the Bank
+
+    def boundary(self) -> Pass:
+        """Send an unanswered batch again, close every interval that ended, record the answers."""
+        done = Pass()
+        now = self.clock()
+        market = self.store.market(now_us=now)
+        if market.pending_interval is not None:
+            done.resent += 1
+            market = self._send(market, done)
+            if market is None:
+                return done
+        while market.interval < now // self.interval_us:
+            market = self._close(market, done)
+            if market is None:
+                return done
+        return done
+
+    def _used_cpu_us(self, market: core.Market) -> dict[str, int] | None:
+        """Pay-for-use: the CPU µs each bid's VM used since the last close (0 without a VM)."""
+        if not self.settings.pay_for_use:
+            return None
+        used = {}
+        for bid in market.bids.values():
+            name = vm_name(self.settings, bid.bid_id)
+            try:
+                cpu = self.enforcer.cpu_time_us(name)
+            except GridcreditError:
+                used[bid.bid_id] = 0
+                continue
+            used[bid.bid_id] = max(0, cpu - self._cpu_marks.get(name, cpu))
+            self._cpu_marks[name] = cpu
+        return used
+
+    def _close(self, market: core.Market, done: Pass) -> core.Market | None:
+        k = market.interval
+        used = self._used_cpu_us(market)
+
+        def step(tx, current: core.Market):
+            if current.interval != k or current.pending_interval is not None:
+                return current, None          # another pass did it meanwhile
+            closing = core.close_interval(current, interval=k, used_cpu_us=used)
+            closed = closing.market
+            price = int(core.price(current.allocation))
+            record = IntervalRecord(self.host, k, "journaled" if closing.charges else "answered",
+                                    tuple(Item(c.bid_id, c.hold_id, "settle" if c.ends_bid else "charge", c.amount,
+                                               c.request_id) for c in closing.charges), price)
+            tx.put(INTERVALS, record.doc_id, interval_xml(record))
+            return closed, closing
+        closing = self.store.change(step, now_us=self.clock())
+        if closing is None:
+            return self.store.market(now_us=self.clock())
+        done.closed.append(k)
+        done.items += len(closing.charges)
+        price = int(core.price(closing.market.allocation))
+        self.store.add_sample(k=k + 1, at_us=(k + 1) * self.interval_us, price_ucps=price,
+                              live=len(closing.market.allocation.shares))
+        market = closing.market
+        if closing.charges:
+            market = self._send(market, done)
+        return market
+
+    def _send(self, market: core.Market, done: Pass) -> core.Market | None:
+        """The kept batch of ``market.pending_interval``, sent (again); its answers recorded."""
+        k, charges = market.pending_interval, market.pending_charges
+        if self.bank is None:
+            done.problems.append("no Bank client: the charges wait")
+            return None
+        try:
+            outcomes = self.bank.apply(charges, batch_id=closing_id(self.host, k), payee=self.settings.owner_account)
+        except GridcreditError as error:
+            log.warning("auctioneer %s: interval %d's %d charge(s) got no answer from the Bank (%s: %s); sent again "
+                        "with the same request ids at the next boundary", self.host, k, len(charges),
+                        type(error).__name__, error)
+            done.problems.append(f"bank: {error}")
+            return None
+
+        def step(tx, current: core.Market):
+            if current.pending_interval != k:
+                return current, current
+            at = min(self.clock(), current.interval_end_us - 1)
+            applied = core.batch_applied(current, interval=k, outcomes=outcomes, now_us=at)
+            settled = [bid for bid in applied.bids.values() if bid.settled_interval is not None
+                       and bid.settled_interval != applied.pending_interval]
+            forgotten = core.forget_settled(applied)
+            for bid in settled:                               # their final state, in their own documents
+                found = self.store.record_in(tx, bid.bid_id)
+                if found is not None:
+                    self.store.put_record(tx, replace(found[0], state="ended", updated_us=at), bid)
+            document = tx.get(INTERVALS, interval_id(self.host, k))
+            if document is not None:
+                record = interval_from_xml(document.xml)
+                tx.put(INTERVALS, record.doc_id, interval_xml(replace(record, state="answered", items=tuple(
+                    replace(item, outcome="ok" if outcomes.get(item.request_id) is None
+                            else outcomes[item.request_id]) for item in record.items))))
+            return forgotten, forgotten
+        refused = [request for request, code in outcomes.items() if code is not None]
+        done.refused += len(refused)
+        if refused:
+            log.info("auctioneer %s: the Bank refused %d of interval %d's %d item(s): %s", self.host, len(refused), k,
+                     len(charges), ", ".join(f"{request} {outcomes[request]}" for request in refused[:10]))
+        return self.store.change(step, now_us=self.clock())
+
+    # -- enforcement
+
+    def enforce(self, market: core.Market | None = None) -> Pass:
+        """Make the hypervisor do what the market says now (see the module docstring)."""
+        done = Pass()
+        now = self.clock()
+        if market is None:
+            market = self._advanced(now)
+        settings, allocation = self.settings, market.allocation
+        live = {vm_name(settings, bid.bid_id): bid for bid in market.live_bids()}
+        try:
+            present = set(self.enforcer.names())
+        except GridcreditError as error:
+            done.problems.append(f"hypervisor: {error}")
+            log.warning("auctioneer %s: the hypervisor does not list its VMs (%s); tried again at the next pass",
+                        self.host, error)
+            return done
+        for name in sorted(present - set(live)):            # ended bids' VMs, and orphans after a crash
+            try:
+                self.enforcer.remove(name)
+                done.removed.append(name)
+                self._applied.pop(name, None)
+                self._cpu_marks.pop(name, None)
+            except GridcreditError as error:
+                done.problems.append(f"remove {name}: {error}")
+                log.warning("auctioneer %s: VM %s not removed (%s); tried again at the next pass", self.host, name,
+                            error)
+        texts: dict[str, str] = {}
+        for name, bid in sorted(live.items()):
+            share = allocation.shares.get(bid.bid_id)
+            quota = share.quota_us if share is not None else core.QUOTA_MIN_US
+            weight = share.weight if share is not None else core.CPU_SHARES_MIN
+            capped = settings.mode == "capped"
+            wanted = (quota, allocation.period_us) if capped else (weight,)
+            try:
+                if name not in present:
+                    record = self.store.record(bid.bid_id)
+                    template = record[0].template if record is not None else ""
+                    self.enforcer.create(name, template, quota_us=quota if capped else None,
+                                         period_us=allocation.period_us, weight=weight)
+                    done.created.append(name)
+                    self._applied[name] = wanted
+                    self._cpu_marks[name] = self._cpu(name)
+                elif self._applied.get(name) != wanted:
+                    if capped:
+                        self.enforcer.cap(name, quota, allocation.period_us)
+                    else:
+                        self.enforcer.weight(name, weight)
+                    self._applied[name] = wanted
+            except (GridcreditError, KeyError) as error:
+                what = "VM not made" if name not in present else "share NOT enforced"
+                texts[bid.bid_id] = (f"{what}: {type(error).__name__}: {error}; the bid is live and pays: tried again "
+                                     f"at the next pass")
+                done.problems.append(f"{name}: {error}")
+                log.warning("auctioneer %s: bid %s: %s", self.host, bid.bid_id, texts[bid.bid_id])
+                continue
+            if share is None:
+                texts[bid.bid_id] = (f"below the reserve price: no share; VM {name} held at the least "
+                                     f"({'cap ' + str(quota) + ' µs per ' + str(allocation.period_us) if capped else 'weight ' + str(weight)})")
+            elif capped:
+                texts[bid.bid_id] = (f"VM {name} capped at {quota} µs of CPU per {allocation.period_us} µs "
+                                     f"({share.ppm / 10_000:.2f} % of {settings.capacity_cpus} CPU(s)"
+                                     f"{'; raised to libvirt least' if share.quota_clamped else ''})")
+            else:
+                texts[bid.bid_id] = (f"VM {name} weight {weight} (cpu_shares; {share.ppm / 10_000:.2f} % of "
+                                     f"{settings.capacity_cpus} CPU(s) when all are busy, work-conserving)")
+        self._record(texts, {name: bid for name, bid in live.items()}, market, now)
+        done.live = len(live)
+        if self.relay is not None:
+            self.relay.follow({bid.bid_id: name for name, bid in live.items()})
+        return done
+
+    def _advanced(self, now: int) -> core.Market:
+        """The market advanced to now (bids past their maximum duration ended) — stored when that changed
+        anything, unless the open interval ended (the next boundary does it)."""
+        market = self.store.market(now_us=now)
+        if now >= market.interval_end_us or not any(bid.max_end_us <= now for bid in market.live_bids()):
+            return market
+        try:
+            return self.store.change(lambda tx, current: (lambda moved: (moved, moved))(
+                core.advance(current, now_us=now)), now_us=now)
+        except DomainError:
+            return self.store.market(now_us=now)
+
+    def _cpu(self, name: str) -> int:
+        try:
+            return self.enforcer.cpu_time_us(name)
+        except GridcreditError:
+            return 0
+
+    def _record(self, texts: dict[str, str], live: dict, market: core.Market, now: int) -> None:
+        """Each bid's ``enforced`` text and VM; records of bids the market ended say so."""
+        changes = {}
+        for name, bid in live.items():
+            text = texts.get(bid.bid_id, "")
+            changes[bid.bid_id] = (lambda record, text=text, name=name: record if (
+                record.enforced == text and record.vm_name == name) else replace(
+                record, enforced=text, vm_name=name, updated_us=now))
+        for bid in market.bids.values():
+            if not bid.live:
+                changes[bid.bid_id] = (lambda record, bid=bid: record if record.state == "ended" else replace(
+                    record, state="ended", enforced=f"VM removed: the bid ended ({bid.end_reason.value if bid.end_reason else 'ended'})",
+                    updated_us=now))
+        self.store.update_records(changes)
+
+    # -- the task
+
+    def heartbeat(self) -> None:
+        """Tell the directory (``directory_url``) this host's market, once per interval."""
+        if self.directory is None:
+            return
+        now = self.clock()
+        market = self.store.market(now_us=now)
+        prices = self.store.prices(now_us=now)
+        try:
+            self.directory(total_rate_ucps=market.allocation.total_ucps, hour_average_price_ucps=prices.hour_average_ucps,
+                           live_bids=len(market.live_bids()))
+        except GridcreditError as error:
+            log.warning("auctioneer %s: the directory was not told (%s: %s)", self.host, type(error).__name__, error)
+
+    def run(self, stop) -> None:
+        """Boundaries on time and enforcement whenever the market changes, until ``stop`` (an Event)."""
+        next_boundary = 0
+        while not stop.is_set():
+            try:
+                now = self.clock()
+                if now >= next_boundary:
+                    done = self.boundary()
+                    self._log(done, "interval")
+                    next_boundary = (now // self.interval_us + 1) * self.interval_us
+                    if not done.problems:
+                        self.heartbeat()
+                    self._seen_version = -1
+                version = self.store.version()
+                if version != self._seen_version:
+                    done = self.enforce()
+                    self._log(done, "enforcement")
+                    self._seen_version = version if not done.problems else -1
+            except (StoreError, GridcreditError) as error:
+                log.warning("auctioneer %s: pass not done (%s: %s); tried again", self.host, type(error).__name__,
+                            error)
+            stop.wait(max(0.01, min(POLL_S, (next_boundary - self.clock()) / US_PER_S)))
+
+    def _log(self, done: Pass, what: str) -> None:
+        if done.closed or done.created or done.removed or done.problems or done.resent:
+            log.info("auctioneer %s: %s: interval(s) closed %s, %d Bank item(s) (%d refused, %d batch sent again), "
+                     "VMs made %s, removed %s, %d live%s", self.host, what, done.closed or "none", done.items,
+                     done.refused, done.resent, done.created or "none", done.removed or "none", done.live,
+                     f"; problems: {'; '.join(done.problems)}" if done.problems else "")
+
+
+def directory_heartbeat(part: Auctioneer, config) -> Callable[..., None] | None:
+    """The directory's Register for this host (``directory_url``), or None."""
+    settings = part.settings
+    if not settings.directory_url or part.credential is None:
+        return None
+    from ..directory.client import DirectoryClient
+
+    client = DirectoryClient(settings.directory_url, credential=part.credential, trust_dir=part.trust_dir,
+                             timeout_s=10, retries=1)
+    url = settings.public_url or f"https://localhost:{config.server.port}"
+    ttl_s = max(DIRECTORY_TTL_S_MIN, DIRECTORY_TTL_INTERVALS * settings.interval_s)
+
+    def register(*, total_rate_ucps: int, hour_average_price_ucps: int, live_bids: int) -> None:
+        client.register(settings.host_id, auctioneer_url=url, capacity_cpus=settings.capacity_cpus,
+                        total_rate_ucps=total_rate_ucps, hour_average_price_ucps=hour_average_price_ucps,
+                        live_bids=live_bids, interval_s=settings.interval_s, ttl_s=ttl_s)
+    return register
+
+
+def allocate_forever(context: TaskContext) -> None:
+    """The BackgroundTask: this host's allocation loop (one worker holds it), with the console relay."""
+    part: Auctioneer = context.part
+    if not part.enabled:
+        return
+    from .console import ConsoleRelay
+
+    enforcer = enforcer_for(part)
+    relay = ConsoleRelay(part.console_dir, enforcer.console_path)
+    relay.start(context.stop)
+    bank = None if part.bank is None else bank_of(part.bank)
+    AllocationLoop(part, bank, enforcer, relay=relay, directory=directory_heartbeat(part, context.config)
+                   ).run(context.stop)
