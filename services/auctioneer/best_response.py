@@ -40,6 +40,7 @@ So Σ x_j == X exactly: no unit is lost. Edge cases, decided:
 from __future__ import annotations
 
 import decimal
+import heapq
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
@@ -154,12 +155,16 @@ def best_response(budget: int, hosts: Sequence[HostOffer]) -> dict[str, int]:
     leftover = budget - sum(split.values())
     invariant(0 <= leftover, f"the rounded-down split of {budget} does not exceed it")
     # 2. the leftover, unit by unit, where it adds most (at most about one per host when others bid)
+    gains = [(-_gain(host, split[host.host_id]), index) for index, host in enumerate(hosts)]
+    heapq.heapify(gains)                           # the largest gain first; ties to the earlier host
     while leftover > 0:
-        best = max(hosts, key=lambda host: _gain(host, split[host.host_id]))     # max keeps the first of ties
-        if _gain(best, split[best.host_id]) == 0:
+        negative_gain, index = gains[0]
+        if negative_gain == 0:
             break                                  # nothing gains any more: every host is uncontested and funded
+        best = hosts[index]
         split[best.host_id] += 1
         leftover -= 1
+        heapq.heapreplace(gains, (-_gain(best, split[best.host_id]), index))
     if leftover > 0:
         funded = [host for host in hosts if split[host.host_id] > 0]
         keeper = max(funded or hosts, key=lambda host: host.weight)
