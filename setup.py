@@ -45,6 +45,7 @@ setup(
         "cheroot>=10",
         "requests>=2.31",
         "BaseXClient==8.4.4",
+        "prometheus-client>=0.20",      # GET /metrics (gridcredit/metrics.py)
     ],
     extras_require={
         # libvirt-python builds against Debian's libvirt-dev (scripts/libvirt.sh installs it; 12.8 builds

@@ -3,11 +3,21 @@
 The file is found at ``--config``, else ``$GRIDCREDIT_CONFIG``, else ``./gridcredit.toml``,
 else ``~/.config/gridcredit/gridcredit.toml``; a missing file means defaults. Any setting can be
 overridden by ``GRIDCREDIT_<SECTION>_<KEY>`` (for example ``GRIDCREDIT_SERVER_PORT=9443``,
-``GRIDCREDIT_STORE_BACKEND=basex``). Lists in the environment are comma-separated.
+``GRIDCREDIT_STORE_BACKEND=basex``). A list in the environment is comma-separated
+(``GRIDCREDIT_BANK_ADMINS="/DC=org/CN=A,/DC=org/CN=B"``) or, when an item holds a comma, a JSON
+array (``'["/O=Example, Inc./CN=A"]'``); a table is a JSON object. A ``GRIDCREDIT_*`` variable that
+names no setting is an error, as a misspelled key in the file is: the settings are the host's
+sections here and the sections the services declare (``ServiceContract.config_section``), so the
+names come from those dataclasses (``known_environment_names``); ``NOT_SETTINGS`` lists the few
+variables of our tools that are not settings.
+
+``[client]`` is what the ``gridcredit`` client commands use when their ``--url``, ``--cert``,
+``--key``, ``--proxy`` and ``--trust`` are not given (``client_settings``).
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import tomllib
@@ -15,10 +25,19 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
 ENV_PREFIX = "GRIDCREDIT_"
+# GRIDCREDIT_* variables that are not settings, read by our tools themselves.
+NOT_SETTINGS = {
+    "GRIDCREDIT_CONFIG": "the configuration file",
+    "GRIDCREDIT_SLURM_DIR": "scripts/slurm.sh's cluster",
+    "GRIDCREDIT_BENCH_KEEP": "bench/: keep the benchmark's state",
+}
+PORT_MAX = 65_535
+WORKERS_MAX = 256
 
 
 def default_state_dir() -> Path:
@@ -39,6 +58,9 @@ class ServerConfig:
     # Open connections (handshaking, idle or busy) one client address may hold at one worker
     # process; more are closed at once. IPv6 clients count per /64 network.
     connections_per_address_max: int = 64
+    # Who may read GET /metrics (Prometheus): client addresses or networks, and TLS client certificate DNs
+    metrics_addresses: tuple[str, ...] = ("127.0.0.1", "::1")
+    metrics_dns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +92,17 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """What the client commands use when an option is not given (``client_settings``)."""
+    url: str = ""                       # empty: https://localhost:<server.port>
+    cert: str = ""                      # empty: grid conventions (X509_USER_PROXY, /tmp/x509up_u<uid>, X509_USER_CERT, ~/.globus)
+    key: str = ""
+    proxy: str = ""
+    trust_dir: str = ""                 # empty: X509_CERT_DIR, else this host's (security.cert_dir, or the development
+                                        # trust directory `serve` made under state_dir), else /etc/grid-security/certificates
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration: the host's own sections, and one section per service
     (``sections``: name → the frozen dataclass its ``ServiceContract.config_section`` declares),
@@ -79,7 +112,9 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
     sections: Mapping[str, Any] = field(default_factory=dict)
+    source: str = ""                    # the file it was read from ("": none, defaults and the environment)
 
     @property
     def state_path(self) -> Path:
@@ -128,6 +163,11 @@ def _convert(value: str, kind: typing.Any, name: str) -> typing.Any:
         if kind is int:
             return int(value)
         if typing.get_origin(kind) is tuple:
+            if value.lstrip().startswith("["):   # a JSON array: items may hold commas
+                items = json.loads(value)
+                if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+                    raise ConfigError(f"{name} must be a JSON array of strings, e.g. '[\"/DC=org/CN=A\", \"/DC=org/CN=B\"]'")
+                return tuple(items)
             return tuple(item.strip() for item in value.split(",") if item.strip())
         if typing.get_origin(kind) is dict:  # DNs hold commas and '=': a table comes as JSON
             return _mapping(json.loads(value), name)
@@ -178,6 +218,107 @@ def _build(cls: type, table: dict, env: dict[str, str], prefix: str, where: str,
     return cls(**values)
 
 
+def _environment_names(cls: type, prefix: str, skip: frozenset[str] = frozenset()) -> set[str]:
+    """The ``GRIDCREDIT_*`` names of the settings of dataclass ``cls`` (nested sections included)."""
+    hints = typing.get_type_hints(cls)
+    names = set()
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            names |= _environment_names(hints[f.name], prefix + f.name.upper() + "_")
+        else:
+            names.add(prefix + f.name.upper())
+    return names
+
+
+HOST_SKIP = frozenset({"sections", "source"})
+
+
+def known_environment_names(sections: Mapping[str, type]) -> set[str]:
+    """Every ``GRIDCREDIT_*`` variable that names a setting: the host's and those of ``sections``
+    (the services' ``config_section`` dataclasses), and the few of ``NOT_SETTINGS``."""
+    names = _environment_names(Config, ENV_PREFIX, HOST_SKIP) | set(NOT_SETTINGS)
+    for name, kind in sections.items():
+        names |= _environment_names(kind, f"{ENV_PREFIX}{name.upper()}_")
+    return names
+
+
+def check_environment(env: Mapping[str, str], sections: Mapping[str, type]) -> None:
+    """A ``GRIDCREDIT_*`` variable that names no setting is refused, as an unknown key in the file is.
+
+    Without ``sections`` (a caller that does not know the services) only the variables under the
+    host's own sections (``GRIDCREDIT_SERVER_…``, ``_SECURITY_``, ``_STORE_``, ``_CLIENT_``) are judged."""
+    known = known_environment_names(sections)
+    host_sections = [ENV_PREFIX + f.name.upper() + "_" for f in dataclasses.fields(Config)
+                     if dataclasses.is_dataclass(typing.get_type_hints(Config)[f.name])]
+    unknown = sorted(name for name in env if name.startswith(ENV_PREFIX) and name not in known
+                     and (sections or any(name.startswith(prefix) for prefix in host_sections)))
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+            hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+        raise ConfigError(f"unknown environment variable(s) {', '.join(hints)}: a GRIDCREDIT_* variable overrides "
+                          "the setting GRIDCREDIT_<SECTION>_<KEY> (top-level keys: GRIDCREDIT_<KEY>); unset it or "
+                          "correct its name (README, Configuration)")
+
+
+def check_url(url: str, what: str) -> str:
+    """``url`` if it is an https:// URL with a host (``ConfigError`` saying how to write one, else)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() == "http":
+        raise ConfigError(f"{what} {url!r} is http://: gridcredit hosts speak only HTTPS, write https://{parts.netloc}{parts.path}")
+    if parts.scheme.lower() != "https" or not parts.hostname:
+        raise ConfigError(f"{what} {url!r} is not a URL such as https://localhost:8443 (it needs https:// and a host)")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= PORT_MAX:
+        raise ConfigError(f"{what} {url!r}: the port must be 1-{PORT_MAX}")
+    return url.strip()
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """What a client command uses when an option is not given, each with where it comes from."""
+    url: str
+    url_from: str
+    cert: str | None
+    key: str | None
+    proxy: str | None
+    trust_dir: str | None            # None: the grid conventions decide (X509_CERT_DIR, /etc/grid-security/certificates)
+    trust_from: str
+
+
+def client_settings(config: Config, env: Mapping[str, str] | None = None) -> ClientSettings:
+    """The ``[client]`` settings, with their defaults worked out: the URL is this host's own
+    (``https://localhost:<server.port>``); the trust directory ``X509_CERT_DIR``, else this host's
+    (``security.cert_dir``, else the development one ``serve`` made under the state directory, if it
+    exists), else the grid conventions' (None)."""
+    env = os.environ if env is None else env
+    client = config.client
+    where = config.source or "the defaults"
+    if client.url:
+        url, url_from = client.url, f"[client] url of {where}" if "GRIDCREDIT_CLIENT_URL" not in env else "GRIDCREDIT_CLIENT_URL"
+    else:
+        url, url_from = f"https://localhost:{config.server.port}", f"server.port of {where}"
+    if client.trust_dir:
+        trust, trust_from = client.trust_dir, ("GRIDCREDIT_CLIENT_TRUST_DIR" if "GRIDCREDIT_CLIENT_TRUST_DIR" in env
+                                               else f"[client] trust_dir of {where}")
+    elif env.get("X509_CERT_DIR"):
+        trust, trust_from = None, "X509_CERT_DIR"
+    elif config.security.cert_dir:
+        trust, trust_from = config.security.cert_dir, f"security.cert_dir of {where}"
+    elif not config.security.host_cert and (config.state_path / "pki" / "certificates").is_dir():
+        trust, trust_from = str(config.state_path / "pki" / "certificates"), "the development CA of `gridcredit serve`"
+    else:
+        trust, trust_from = None, "/etc/grid-security/certificates"
+    return ClientSettings(url=url, url_from=url_from, cert=client.cert or None, key=client.key or None,
+                          proxy=client.proxy or None, trust_dir=trust, trust_from=trust_from)
+
+
 def load_config(path: str | None = None, env: dict[str, str] | None = None, *,
                 sections: Mapping[str, type] = {}) -> Config:
     """Read the configuration file (if any) and apply ``GRIDCREDIT_*`` environment overrides.
@@ -202,14 +343,24 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None, *,
         if not isinstance(sub, dict):
             raise ConfigError(f"[{name}] in {where} must be a table")
         service_sections[name] = _build(kind, sub, env, f"{ENV_PREFIX}{name.upper()}_", f"[{name}] of {where}")
-    config = _build(Config, host_table, env, ENV_PREFIX, where, skip=frozenset({"sections"}))
-    config = dataclasses.replace(config, sections=service_sections)
+    check_environment(env, sections)
+    config = _build(Config, host_table, env, ENV_PREFIX, where, skip=HOST_SKIP)
+    config = dataclasses.replace(config, sections=service_sections,
+                                 source=str(config_file) if config_file is not None else "")
     if config.store.backend not in {"embedded", "basex"}:
         raise ConfigError(f"store.backend must be 'embedded' or 'basex', not {config.store.backend!r}")
     if config.server.client_cert not in {"none", "optional", "required"}:
         raise ConfigError("server.client_cert must be none, optional or required")
     if not 100_000 <= config.store.basex_backlog_bytes_max <= 10_000_000_000:
         raise ConfigError("store.basex_backlog_bytes_max must be 100000-10000000000 (bytes)")
+    if not 1 <= config.server.port <= PORT_MAX:
+        raise ConfigError(f"server.port must be 1-{PORT_MAX}, not {config.server.port}")
+    if not 1 <= config.server.workers <= WORKERS_MAX:
+        raise ConfigError(f"server.workers must be 1-{WORKERS_MAX}, not {config.server.workers}")
+    if config.client.url:
+        check_url(config.client.url, "client.url")
+    if bool(config.client.cert) != bool(config.client.key):
+        raise ConfigError("client.cert and client.key go together: set both (or client.proxy, a file holding both)")
     if not 1 <= config.server.handshake_timeout_s <= 300:
         raise ConfigError("server.handshake_timeout_s must be 1-300")
     if not 1 <= config.server.listen_backlog <= 65_535:

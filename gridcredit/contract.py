@@ -92,6 +92,8 @@ class ServiceContract:
     operations reach it as ``runtime_of(ctx).<name>``.
     ``routes(part, config)``: plain HTTPS routes (path → ``Registration``).
     ``cli_module``: the module whose ``register(subparsers)`` adds the service's commands.
+    ``gauges(part, config)``: values read when ``/metrics`` is scraped (``gridcredit.metrics.Gauge``:
+    a queue's depth, a backlog), from the worker that answers the scrape.
     """
     name: str
     soap_module: str
@@ -103,6 +105,7 @@ class ServiceContract:
     background_tasks: tuple[BackgroundTask, ...] = ()
     routes: Callable[[Any, "Config"], Mapping[str, Registration]] | None = None
     cli_module: str | None = None
+    gauges: Callable[[Any, "Config"], Any] | None = None
     summary: str = field(default="")   # one line for --help and the documentation
 
     def store_indexes(self) -> tuple:

@@ -32,6 +32,7 @@ from spyne.interface.wsdl import Wsdl11
 from spyne.protocol.soap import Soap11
 from spyne.server.wsgi import WsgiApplication
 
+from gridcredit import metrics
 from gridcredit.config import Config
 from gridcredit.contract import HostFiles, Registration
 from gridcredit.errors import ProtocolError, SecurityError
@@ -166,7 +167,33 @@ class _Endpoint:
     name: str
     application: Application
     wsgi: WsgiApplication
+    operations: frozenset[str]          # its operations' element names (what /metrics may name)
     wsdl_template: bytes | None = None  # built once; its soap:address base is _WSDL_TEMPLATE_ADDRESS
+
+
+def _operations_of(application: Application) -> frozenset[str]:
+    return frozenset(etree.QName(key).localname for key in application.interface.service_method_map)
+
+
+# One request's outcome as /metrics counts it (the log line says more)
+OUTCOME_OK, OUTCOME_FAULT, OUTCOME_SECURITY, OUTCOME_ERROR, OUTCOME_STOPPED = "ok", "fault", "security", "error", "stopped"
+
+
+def _requests_counter():
+    return metrics.counter("gridcredit_requests_total", "Requests answered, by service, operation and outcome "
+                           "(ok, fault: refused by the service, security: refused by WS-Security or TLS, "
+                           "error: the service failed, stopped: the client stopped sending)",
+                           ("service", "operation", "outcome"))
+
+
+def _latency_histogram():
+    return metrics.histogram("gridcredit_request_seconds", "Time from a request's arrival to its answer, by "
+                             "service and operation", ("service", "operation"))
+
+
+def _security_refusals_counter():
+    return metrics.counter("gridcredit_security_refusals_total", "Requests refused by WS-Security, by fault code",
+                           ("code",))
 
 
 class SignedSoapHost:
@@ -174,8 +201,10 @@ class SignedSoapHost:
 
     def __init__(self, *, signer: Signer, verifier: Verifier, request_bytes_max: int, runtime=None,
                  services: tuple[str, ...] | None = None, trust=None,
-                 registrations: "Mapping[str, Registration | Callable]" = {}) -> None:
+                 registrations: "Mapping[str, Registration | Callable]" = {},
+                 metrics_access: metrics.Access | None = None) -> None:
         self._runtime = runtime
+        self._metrics_access = metrics_access   # None: GET /metrics answers 404
         self._trust = trust
         # Plain HTTPS POST routes for reporters that do not speak SOAP (SGAS): authenticated by the
         # TLS client certificate instead of WS-Security; path → Registration (a bare handler takes
@@ -189,7 +218,8 @@ class SignedSoapHost:
         self._endpoints: dict[str, _Endpoint] = {}
         for name in services if services is not None else registry.names():
             application = build_application(name)
-            self._endpoints[name] = _Endpoint(name, application, WsgiApplication(application, max_content_length=request_bytes_max))
+            self._endpoints[name] = _Endpoint(name, application, WsgiApplication(application, max_content_length=request_bytes_max),
+                                              _operations_of(application))
         self._wsdl_lock = threading.Lock()
 
     def close(self) -> None:
@@ -204,6 +234,8 @@ class SignedSoapHost:
         method = environ.get("REQUEST_METHOD", "GET")
         if path.rstrip("/") in self._registrations:
             return self._registration(path.rstrip("/"), method, environ, start_response, started)
+        if path == "/metrics" and self._metrics_access is not None:
+            return self._metrics(method, environ, start_response)
         endpoint = self._endpoints.get(name)
         if endpoint is None:
             known = ", ".join(f"/{n}" for n in self._endpoints)
@@ -216,6 +248,7 @@ class SignedSoapHost:
                                fault_envelope("Client", f"{method} is not a SOAP request: POST a SOAP 1.1 envelope, or GET {path}?wsdl"),
                                extra_headers=[("Allow", "GET, POST")])
         outcome = "fault"
+        counted = OUTCOME_FAULT
         principal_dn = "-"
         operation = "-"
         try:
@@ -226,24 +259,32 @@ class SignedSoapHost:
             check_processing_rules(verified)
             status, envelope = self._call_service(endpoint, environ, verified)
             outcome = "ok" if status.startswith("200") else "fault"
+            counted = OUTCOME_OK if status.startswith("200") else OUTCOME_FAULT
             return self._reply(start_response, status, envelope, confirm=verified.signature_value)
         except _ClientStopped as stopped:
-            outcome = str(stopped)
+            outcome, counted = str(stopped), OUTCOME_STOPPED
             return self._reply(start_response, stopped.status, fault_envelope("Client", stopped.answer),
                                extra_headers=[("Connection", "close")])
         except Exception as error:  # noqa: BLE001 — refusals and our own failures become faults by one table
             spec = fault_for(error)
             if spec.traceback:
                 log.exception("internal error serving %s", path)
-                outcome = "internal error"
+                outcome, counted = "internal error", OUTCOME_ERROR
             else:
                 outcome = f"refused {spec.faultcode} ({error})"
+                if spec.faultcode.startswith("wsse:"):
+                    counted = OUTCOME_SECURITY
+                    _security_refusals_counter().labels(spec.faultcode).inc()
             # A refusal of a verified request confirms its signature; a security refusal has none to confirm.
             confirm = verified.signature_value if isinstance(error, ProtocolError) else None
             return self._reply(start_response, "500 Internal Server Error", fault_envelope_for(spec), confirm=confirm)
         finally:
-            log.info("%s %s principal=%r outcome=%s %.1fms", name, operation, principal_dn, outcome,
-                     (time.perf_counter() - started) * 1000)
+            elapsed = time.perf_counter() - started
+            log.info("%s %s principal=%r outcome=%s %.1fms", name, operation, principal_dn, outcome, elapsed * 1000)
+            # only the service's own operation names: a signed body may hold any element name
+            known = operation if operation in endpoint.operations else "-"
+            _requests_counter().labels(name, known, counted).inc()
+            _latency_histogram().labels(name, known).observe(elapsed)
 
     # -- plain HTTPS registrations (TLS client certificate instead of WS-Security) ----------------
     def _registration(self, path: str, method: str, environ, start_response, started: float):
@@ -291,13 +332,32 @@ class SignedSoapHost:
             answer = _PlainAnswer("500 Internal Server Error", "the service failed; the server log has the details\n")
         if outcome == "-":
             outcome = answer.status
-        log.info("%s POST principal=%r outcome=%s %.1fms", path, getattr(principal, "dn", "-"), outcome,
-                 (time.perf_counter() - started) * 1000)
+        elapsed = time.perf_counter() - started
+        log.info("%s POST principal=%r outcome=%s %.1fms", path, getattr(principal, "dn", "-"), outcome, elapsed * 1000)
+        _requests_counter().labels(path, "POST", OUTCOME_OK if answer.status.startswith("2") else OUTCOME_FAULT).inc()
+        _latency_histogram().labels(path, "POST").observe(elapsed)
         body = answer.body.encode("utf-8")
         headers = [("Content-Type", answer.content_type), ("Content-Length", str(len(body)))]
         if close:  # do not wait for the rest of its body
             headers.append(("Connection", "close"))
         start_response(answer.status, headers)
+        return [body]
+
+    # -- GET /metrics (Prometheus) -------------------------------------------------------------------
+    def _metrics(self, method: str, environ, start_response):
+        address = environ.get("REMOTE_ADDR", "")
+        if method != "GET":
+            answer = _PlainAnswer("405 Method Not Allowed", "GET /metrics\n")
+        elif not self._metrics_access.allows(address, lambda: getattr(self._tls_principal(environ), "dn", None)):
+            answer = _PlainAnswer("403 Forbidden", "metrics are for the addresses and certificate DNs in "
+                                                   "server.metrics_addresses and server.metrics_dns\n")
+        else:
+            body = metrics.exposition(self._runtime.gauges() if self._runtime is not None else ())
+            start_response("200 OK", [("Content-Type", metrics.CONTENT_TYPE), ("Content-Length", str(len(body)))])
+            return [body]
+        log.info("/metrics %s from %s outcome=%s", method, address, answer.status)
+        body = answer.body.encode("utf-8")
+        start_response(answer.status, [("Content-Type", answer.content_type), ("Content-Length", str(len(body)))])
         return [body]
 
     def _tls_principal(self, environ):
@@ -498,7 +558,8 @@ def build_host(config: Config, files: HostFiles) -> SignedSoapHost:
     runtime.start_background_work(files)
     return SignedSoapHost(signer=Signer(credential, ttl_s=security.timestamp_ttl_s), verifier=verifier,
                           request_bytes_max=config.server.request_bytes_max, runtime=runtime, trust=trust,
-                          registrations=runtime.registrations())
+                          registrations=runtime.registrations(),
+                          metrics_access=metrics.Access.of(config.server.metrics_addresses, config.server.metrics_dns))
 
 
 def tls_context(config: Config, files: HostFiles) -> ssl.SSLContext:
@@ -610,6 +671,7 @@ def serve(config: Config, files: HostFiles, *, build=None, announce: Callable[[]
     workers_wanted = max(1, config.server.workers)
     listener = listening_socket(config)
     prepare_state(config)
+    metrics.use_directory(config.state_path / "metrics")   # every worker counts there; a scrape adds them up
     children: dict[int, int] = {}
     stopping = failed = False
     ready_read, ready_write = os.pipe()
@@ -669,6 +731,7 @@ def serve(config: Config, files: HostFiles, *, build=None, announce: Callable[[]
             except InterruptedError:
                 continue
         slot = children.pop(pid, None)
+        metrics.worker_ended(pid)
         if slot is None or stopping:
             continue
         log.warning("worker %d (pid %d) ended with status %d; starting a new one", slot, pid, status)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gridcredit.config import Config
+from gridcredit.metrics import Gauge
 from gridcredit.contract import BackgroundTask, BuildContext, HostFiles, Registration, TaskContext
 from gridcredit.singleton import SingletonLock, run_holding
 from gridcredit.xmlstore import XmlStore
@@ -74,6 +75,22 @@ class Runtime:
             if contract.routes is not None and contract.name in self.parts:
                 routes.update(contract.routes(self.parts[contract.name], self.config))
         return routes
+
+    def gauges(self) -> list[Gauge]:
+        """What /metrics reads when scraped: the store's backlog, then each service's own gauges."""
+        backlog = self.store.backlog()
+        values = [Gauge("gridcredit_store_backlog_transactions", "Committed transactions not yet in the query "
+                        "database (BaseX), as the answering worker knows them", backlog.transactions),
+                  Gauge("gridcredit_store_backlog_bytes", "XML of those transactions, in bytes", backlog.xml_bytes),
+                  Gauge("gridcredit_store_waiting_for_server", "1 while the query database (BaseX) is unreachable "
+                        "or not verified: reads are answered from the journal", int(backlog.waiting_for_server))]
+        for contract in registry.services():
+            if contract.gauges is not None and contract.name in self.parts:
+                try:
+                    values.extend(contract.gauges(self.parts[contract.name], self.config))
+                except Exception as error:  # noqa: BLE001 — a scrape shows what it can; the log says what failed
+                    log.warning("metrics: the %s service's gauges failed: %s", contract.name, error)
+        return values
 
     def close(self) -> None:
         self._stop.set()

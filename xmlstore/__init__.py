@@ -19,9 +19,9 @@ from typing import Sequence
 from gridcredit.config import StoreConfig
 from gridcredit.errors import StoreError
 
-from ._api import AttributeIndex, DEFAULT_LIMITS, Document, QueryPage, StoreLimits, Transaction, XmlStore
+from ._api import AttributeIndex, Backlog, DEFAULT_LIMITS, Document, QueryPage, StoreLimits, Transaction, XmlStore
 
-__all__ = ["open_store", "AttributeIndex", "Document", "QueryPage", "StoreLimits", "Transaction", "XmlStore",
+__all__ = ["open_store", "AttributeIndex", "Backlog", "Document", "QueryPage", "StoreLimits", "Transaction", "XmlStore",
            "DEFAULT_LIMITS"]
 
 

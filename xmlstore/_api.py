@@ -191,6 +191,14 @@ def check_indexes(indexes: Iterable[AttributeIndex], limits: StoreLimits = DEFAU
 
 
 @dataclass(frozen=True, slots=True)
+class Backlog:
+    """Commits acknowledged but not yet in the query database (BaseX), as this process knows them."""
+    transactions: int = 0
+    xml_bytes: int = 0
+    waiting_for_server: bool = False    # the query database is unreachable or not verified yet
+
+
+@dataclass(frozen=True, slots=True)
 class Coverage:
     """What the declared indexes say about one collection."""
     attributes: frozenset[str]     # indexed root attributes (empty: not indexed)
@@ -385,6 +393,10 @@ class XmlStore(abc.ABC):
         verify here, quicker, with commits waiting meanwhile (a process that serves nothing yet).
         A store with nothing to verify after open answers True at once."""
         return True
+
+    def backlog(self) -> Backlog:
+        """What waits to reach the query database (metrics): nothing for a store that has none."""
+        return Backlog()
 
     @abc.abstractmethod
     def close(self) -> None: ...

@@ -183,7 +183,7 @@ from lxml import etree
 from gridcredit.durable import write_atomically
 from gridcredit.errors import QueryError, StoreError, StoreUnavailable, invariant
 
-from ._api import (DEFAULT_LIMITS, NOT_COVERED, AttributeIndex, Coverage, Document, QueryPage, StoreLimits,
+from ._api import (DEFAULT_LIMITS, NOT_COVERED, AttributeIndex, Backlog, Coverage, Document, QueryPage, StoreLimits,
                    Transaction, XmlStore, check_collection, check_doc_id, check_indexes, check_query_args, check_where,
                    coverage, run_with_retries)
 from ._basex_queries import (PATCHABLE, Q_COLLECTIONS, Q_COUNT_ALL, Q_DOCS, Q_ENSURE, Q_ENSURE_INDEXED, Q_IDS,
@@ -660,6 +660,11 @@ class BaseXStore(_Mirror, _Recovery, XmlStore):
         except ServerError as error:
             self._suspect = True
             raise StoreError(f"BaseX refused transactions {base + 1}..{batch[-1][0]}: {error}") from None
+
+    def backlog(self) -> Backlog:
+        with self._mirror_lock:
+            return Backlog(max(0, self._journal.last_seq - self._applied_seq), self._pending_bytes,
+                           self.waiting_for_basex is not None or self._suspect)
 
     def _has_backlog(self) -> bool:
         return (self._needs_repair() or self._journal.size() > self._journal.offset

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from gridcredit import metrics
 from gridcredit.contract import BuildContext, TaskContext
 from gridcredit.errors import StoreError
 
@@ -36,11 +37,16 @@ def sweep_expired_forever(context: TaskContext) -> None:
     bank, stop = context.part, context.stop
     interval_s = max(1, context.config.bank.expiry_sweep_s)
     failing = False
+    sweeps = metrics.counter("gridcredit_expiry_sweeps_total", "Expiry sweeps run, by service", ("service",))
+    expired = metrics.counter("gridcredit_expired_total", "Holds and pending mints the expiry sweep ended, by service",
+                              ("service",))
     while not stop.wait(interval_s):
         ended = 0
+        sweeps.labels("bank").inc()
         try:
             while (count := bank.expire_due()) > 0 and not stop.is_set():
                 ended += count
+                expired.labels("bank").inc(count)
         except StoreError as error:  # writes held back (BaseX behind), the store busy: expected
             if not failing:
                 log.warning("the expiry sweep cannot write to the store (%s); retrying every %d s", error, interval_s)

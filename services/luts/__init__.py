@@ -28,4 +28,5 @@ SERVICE = ServiceContract(
     background_tasks=(BackgroundTask("luts-forwarder", _runtime.forward_forever, once_per_host=True,
                                      enabled=_runtime.forwarding_enabled),),
     cli_module="gridcredit.services.luts.cli",
+    gauges=_runtime.gauges,
 )

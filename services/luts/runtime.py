@@ -42,3 +42,17 @@ def forward_forever(context: TaskContext) -> None:
     forwarder = Forwarder(context.part, upstream_client_factory(context.config, context.files),
                           batch_records=settings.forward_batch_records)
     run_forwarder(forwarder, interval_s=max(1, settings.forward_interval_s), stop=context.stop)
+
+
+def gauges(luts, config) -> list:
+    """/metrics: the forwarding queue (records accepted here, not yet accepted upstream)."""
+    from gridcredit.metrics import Gauge
+
+    from .forward import REJECTED
+
+    if not forwarding_enabled(config):
+        return []
+    return [Gauge("gridcredit_luts_forward_queue", "Usage records waiting to be forwarded upstream",
+                  luts.store.count(luts.FORWARD_QUEUE)),
+            Gauge("gridcredit_luts_forward_rejected", "Usage records the upstream LUTS refused (kept aside)",
+                  luts.store.count(REJECTED))]
