@@ -107,16 +107,17 @@ def test_the_real_solution_satisfies_the_kkt_conditions(budget, hosts):
 @settings(max_examples=200, deadline=None)
 @given(budget=st.integers(0, 10**15),
        hosts=st.lists(st.tuples(st.integers(1, 10**6), st.integers(1, 10**15)), min_size=1, max_size=10))
-def test_the_integer_split_is_the_real_one_rounded_down_plus_the_leftover(budget, hosts):
-    # never below the real optimum less one unit (the rounding down); above it by at most the leftover
-    # units, one per host: a host with a small bid gets less per unit than its derivative says, so units
-    # go to large ones (e.g. 2.7 units over on one host of 8 — found by Hypothesis)
+def test_the_integer_split_is_near_the_real_one(budget, hosts):
+    # a few units apart at most (a loose bound, against gross errors): on a host with a small bid one unit
+    # adds less than the derivative at its bid says, so the integer optimum moves units to hosts with
+    # large bids — Hypothesis found 2.7 units over on one host of 8, and a host a unit below the real
+    # optimum rounded down (so that rounding is not a lower bound: step 3 of the module's rounding fixes it)
     hosts = [HostOffer(f"h{index}", weight, others) for index, (weight, others) in enumerate(hosts)]
     real = best_response_real(budget, hosts)
     split = best_response(budget, hosts)
     assert sum(split.values()) == budget
     for host in hosts:
-        assert real[host.host_id] - 1 < split[host.host_id] <= real[host.host_id] + len(hosts)
+        assert abs(split[host.host_id] - real[host.host_id]) <= len(hosts) + 1
 
 
 def test_hand_worked_case():
