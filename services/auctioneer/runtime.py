@@ -164,32 +164,40 @@ class EnforcementError(GridcreditError):
 
 
 def enforcer_for(part: Auctioneer) -> Enforcer:
-    """The host's libvirt (hyper's ``services/auctioneer/hypervisor.py``) as the loop uses it."""
-    from . import hypervisor
-
+    """The host's libvirt (hyper's ``services/auctioneer/hypervisor.py``) as the loop uses it; the
+    connection is made at the first call (a libvirt that is missing or down fails each call with an
+    ``EnforcementError``: the market goes on, the bids say what is not enforced)."""
     settings = part.settings
-    connection = hypervisor.Hypervisor(settings.libvirt_uri, call_timeout_s=HYPERVISOR_TIMEOUT_S,
-                                       state_dir=part.vm_dir)
     prefix = vm_prefix(settings)
+    opened: list = []
+
+    def hypervisor():
+        from . import hypervisor as module
+
+        if not opened:
+            opened.append(module.Hypervisor(settings.libvirt_uri, call_timeout_s=HYPERVISOR_TIMEOUT_S,
+                                            state_dir=part.vm_dir))
+        return opened[0]
 
     def guarded(call):
         def run(*args, **options):
+            from . import hypervisor as module
             try:
                 return call(*args, **options)
-            except hypervisor.HypervisorError as error:
+            except module.HypervisorError as error:
                 raise EnforcementError(str(error)) from None
         return run
 
     class _Libvirt:
-        names = guarded(lambda: connection.list_vms(prefix))
-        create = guarded(lambda name, template, *, quota_us, period_us, weight: connection.create_vm(
+        names = staticmethod(guarded(lambda: hypervisor().list_vms(prefix)))
+        create = staticmethod(guarded(lambda name, template, *, quota_us, period_us, weight: hypervisor().create_vm(
             name, part.templates[template], cpuset=settings.cpuset or "0", quota_us=quota_us, period_us=period_us,
-            weight=weight))
-        remove = guarded(connection.remove_vm)
-        cap = guarded(lambda name, quota_us, period_us: connection.set_cap(name, quota_us, period_us))
-        weight = guarded(connection.set_weight)
-        cpu_time_us = guarded(connection.cpu_time_us)
-        console_path = guarded(connection.console_path)
+            weight=weight)))
+        remove = staticmethod(guarded(lambda name: hypervisor().remove_vm(name)))
+        cap = staticmethod(guarded(lambda name, quota_us, period_us: hypervisor().set_cap(name, quota_us, period_us)))
+        weight = staticmethod(guarded(lambda name, weight: hypervisor().set_weight(name, weight)))
+        cpu_time_us = staticmethod(guarded(lambda name: hypervisor().cpu_time_us(name)))
+        console_path = staticmethod(guarded(lambda name: hypervisor().console_path(name)))
     return _Libvirt()
 
 
@@ -214,13 +222,13 @@ def bank_of(client: "BankClient") -> Banker:
 
     class _Bank:
         def apply(self, charges, *, batch_id: str, payee: str) -> dict[str, str | None]:
-            results = client.apply_batch([charge.bank_request(payee) for charge in charges], request_id=batch_id)
-            outcomes = {}
-            for charge, result in zip(charges, results):
-                outcomes[charge.request_id] = None if result.ok else (
-                    getattr(result, "code", None) or getattr(result, "fault_code", None) or "Refused")
-            if len(outcomes) != len(charges):
-                raise GridcreditError(f"the Bank answered {len(results)} of the batch's {len(charges)} items")
+            answer = client.apply_batch([charge.bank_request(payee) for charge in charges])
+            outcomes = {result.request_id: None if result.applied else (result.code or "Refused")
+                        for result in answer.results}
+            missing = [charge.request_id for charge in charges if charge.request_id not in outcomes]
+            if missing:
+                raise GridcreditError(f"the Bank's answer to batch {batch_id} lacks {len(missing)} of its "
+                                      f"{len(charges)} items (first {missing[0]})")
             return outcomes
     return _Bank()
 
