@@ -60,7 +60,7 @@ def report_text(report: dict) -> str:
     rows = report["hosts"]
     header = ["host", "CPUs", "others' Σ rates", "your bid", "your share", "CPUs for you"]
     cells = [[row["host_id"], f"{row['capacity_cpus']:,}", rate_text(row["others_rate_ucps"]),
-              rate_text(row["rate_ucps"]), f"{Fraction(row['share']) * 100:.2f} %", row["cpus"]] for row in rows]
+              rate_text(row["rate_ucps"]), f"{_decimal_text(Fraction(row['share']) * 100, 2)} %", row["cpus"]] for row in rows]
     widths = [max(len(line[column]) for line in [header, *cells]) for column in range(len(header))]
     lines = [f"best response for {rate_text(report['budget_ucps'])} credits/s over {len(rows)} host(s) "
              f"(rates in credits per second):"]

@@ -1,0 +1,141 @@
+"""``gridcredit market hosts|best-response`` and ``gridcredit directory remove|whoami`` against a real host
+with registered hosts (issue 14.5, 14.6): --json and text, the best response as best_response.py computes it
+from the directory's Σ rates, refusals as ``TypeName: message``."""
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from itertools import product
+
+import pytest
+
+from gridcredit.security.credentials import load_credential
+from gridcredit.server.cli import main
+from gridcredit.services.auctioneer.best_response import HostOffer, best_response, utility
+from gridcredit.services.directory.best import offers, split_report
+from gridcredit.services.directory.client import DirectoryClient
+from gridcredit.services.directory.types import HostEntry
+
+from bank_fixtures import BankUsers, bank_host
+from cli_runner import Cli
+
+S = 1_000_000
+# (host id, CPUs, Σ rates of its live bids in µcr/s)
+HOSTS = [("cli-h1", 1, 1 * S), ("cli-h2", 2, 4 * S), ("cli-h3", 4, 2_500_000)]
+
+
+@pytest.fixture(scope="module")
+def people(pki):
+    return {"admin": pki.user("Directory CLI Admin"), "bob": pki.user("Directory CLI Bob")}
+
+
+@pytest.fixture(scope="module")
+def host(pki, people, tmp_path_factory):
+    users = BankUsers(*([pki.user("Nobody")] * 8), stranger=pki.user("Nobody"))
+    env = {"GRIDCREDIT_DIRECTORY_ADMINS": people["admin"].dn}
+    with bank_host(tmp_path_factory.mktemp("directory-cli"), "embedded", users, pki, extra_env=env) as running:
+        # the auctioneers of three hosts, all served by this host (its certificate names localhost)
+        auctioneer = DirectoryClient(running.url, credential=load_credential(pki.host_cert, pki.host_key),
+                                     trust_dir=pki.trust_dir)
+        for host_id, cpus, total in HOSTS:
+            auctioneer.register(host_id, auctioneer_url=running.url, capacity_cpus=cpus, total_rate_ucps=total,
+                                hour_average_price_ucps=total // cpus // 2, live_bids=2, interval_s=10, ttl_s=600)
+        yield running
+
+
+@pytest.fixture
+def market(capsys, pki, host):
+    return Cli("market", capsys, pki, host.url)
+
+
+def test_market_hosts_lists_capacity_and_prices(market, people):
+    listed = {row["host_id"]: row for row in market.ok(people["bob"], "hosts")}
+    assert {host_id for host_id, _, _ in HOSTS} <= set(listed)
+    h2 = listed["cli-h2"]
+    assert (h2["capacity_cpus"], h2["price"], h2["price_ucps"], h2["total_rate"]) == (2, "2.000000", 2 * S, "4.000000")
+    assert (h2["hour_average_price"], h2["live_bids"], h2["auctioneer_url"]) == ("1.000000", 2, market.url)
+    assert listed["cli-h3"]["price"] == "0.625000" and listed["cli-h3"]["expires"].endswith("Z")
+    code, text, err = market(people["bob"], "hosts", as_json=False)
+    assert code == 0 and err == ""
+    row = next(line for line in text.splitlines() if line.startswith("cli-h3"))
+    assert row.split()[:5] == ["cli-h3", "4", "0.625", "0.3125", "2"]
+
+
+def test_best_response_splits_the_budget_as_feldman_lai_zhang(market, people):
+    report = market.ok(people["bob"], "best-response", "--budget", "3", "--hosts", "cli-h1,cli-h2,cli-h3",
+                       "--no-own-bids")
+    offers = [HostOffer(host_id, cpus, total) for host_id, cpus, total in HOSTS]
+    expected = best_response(3 * S, offers)
+    rows = {row["host_id"]: row for row in report["hosts"]}
+    assert {host_id: row["rate_ucps"] for host_id, row in rows.items()} == expected
+    assert sum(row["rate_ucps"] for row in rows.values()) == 3 * S and report["budget"] == "3.000000"
+    assert {host_id: row["others_rate_ucps"] for host_id, row in rows.items()} == {h: t for h, _, t in HOSTS}
+    assert Fraction(report["cpus"]) == Fraction(int(utility(expected, offers) * 10**6), 10**6)
+    for host_id, cpus, total in HOSTS:
+        bid = expected[host_id]
+        assert Fraction(rows[host_id]["cpus"]) == Fraction(cpus * bid * 10**6 // (bid + total), 10**6)
+    # no split of the budget in whole credits per second does better
+    for split in product(range(4), repeat=3):
+        if sum(split) == 3:
+            assert utility({h: x * S for (h, _, _), x in zip(HOSTS, split)}, offers) <= utility(expected, offers)
+
+
+def test_best_response_of_credits_over_a_duration_and_text(market, people):
+    report = market.ok(people["bob"], "best-response", "--budget", "900", "--duration", "1h", "--hosts",
+                       "cli-h2,cli-h3", "--no-own-bids")
+    assert report["budget_ucps"] == 250_000 and [row["host_id"] for row in report["hosts"]] == ["cli-h2", "cli-h3"]
+    assert sum(row["rate_ucps"] for row in report["hosts"]) == 250_000
+    code, text, err = market(people["bob"], "best-response", "--budget", "0.25", "--hosts", "cli-h2,cli-h3",
+                             "--no-own-bids", as_json=False)
+    assert code == 0 and err == "" and "best response for 0.25 credits/s over 2 host(s)" in text
+    assert "CPUs in all" in text
+
+
+def test_refusals_are_typename_message(market, people):
+    code, out, err = market(people["bob"], "best-response", "--budget", "1", "--hosts", "cli-h1,nowhere",
+                            "--no-own-bids")
+    assert code == 1 and err.startswith("GridcreditError: the directory lists no host nowhere now")
+    for bad in ("1.0000001", "0", "-1", "lots"):
+        with pytest.raises(SystemExit) as usage:
+            market(people["bob"], "best-response", "--budget", bad, "--no-own-bids")
+        assert usage.value.code == 2
+
+
+def test_directory_remove_is_for_administrators(capsys, pki, host, people):
+    directory = Cli("directory", capsys, pki, host.url)
+    code, out, err = directory(people["bob"], "remove", "cli-h1")
+    assert code == 1 and err.startswith("RemoteFault: ") and "not an administrator of this directory" in err
+    assert directory.ok(people["admin"], "whoami")["dn"] == people["admin"].dn
+    auctioneer = DirectoryClient(host.url, credential=load_credential(pki.host_cert, pki.host_key),
+                                 trust_dir=pki.trust_dir)
+    auctioneer.register("cli-gone", auctioneer_url=host.url, capacity_cpus=1, total_rate_ucps=0,
+                        hour_average_price_ucps=0, live_bids=0, interval_s=10, ttl_s=600)
+    assert directory.ok(people["admin"], "remove", "cli-gone") == {"host_id": "cli-gone", "removed": True}
+    assert directory.ok(people["admin"], "remove", "cli-gone") == {"host_id": "cli-gone", "removed": False}
+
+
+
+def test_your_own_bids_are_taken_off_the_hosts_rates():
+    entries = [HostEntry("own-1", "https://a.example.org", 2, 5 * S, 2_500_000, 0, 3, 10, 60, "/CN=a", 1, 1, 2),
+               HostEntry("own-2", "https://b.example.org", 1, 1 * S, 1 * S, 0, 1, 10, 60, "/CN=b", 1, 1, 2)]
+    assert offers(entries, {"own-1": 2 * S, "own-2": 1 * S}) == [HostOffer("own-1", 2, 3 * S), HostOffer("own-2", 1, 0)]
+    report = split_report(4 * S, entries, {"own-1": 2 * S})
+    assert [row["others_rate_ucps"] for row in report["hosts"]] == [3 * S, 1 * S]
+    assert [row["own_rate_ucps"] for row in report["hosts"]] == [2 * S, 0]
+    assert {row["host_id"]: row["rate_ucps"] for row in report["hosts"]} == best_response(
+        4 * S, [HostOffer("own-1", 2, 3 * S), HostOffer("own-2", 1, 1 * S)])
+
+
+def test_best_response_asks_each_hosts_auctioneer_for_your_own_bids(market, people, pki, host):
+    # cli-h1's auctioneer (this host, selling nothing) answers: you have no bids there
+    report = market.ok(people["bob"], "best-response", "--budget", "1", "--hosts", "cli-h1")
+    assert [(row["own_rate_ucps"], row["others_rate_ucps"]) for row in report["hosts"]] == [(0, 1 * S)]
+    # an auctioneer that does not answer: said, with the way out
+    DirectoryClient(host.url, credential=load_credential(pki.host_cert, pki.host_key), trust_dir=pki.trust_dir
+                    ).register("cli-silent", auctioneer_url="https://localhost:1", capacity_cpus=1,
+                               total_rate_ucps=S, hour_average_price_ucps=0, live_bids=1, interval_s=10, ttl_s=600)
+    code, out, err = market(people["bob"], "best-response", "--budget", "1", "--hosts", "cli-h1,cli-silent",
+                            "--retries", "0")
+    assert code == 1 and err.startswith("GridcreditError: your own bids on host cli-silent cannot be read from its "
+                                        "auctioneer https://localhost:1: ")
+    assert "(--no-own-bids if you have none there)" in err
