@@ -14,6 +14,7 @@ from gridcredit.services.directory.client import DirectoryClient
 from gridcredit.services.directory.store import HOSTS, OWNERS
 
 from bank_fixtures import BankUsers, bank_host
+from test_metrics import scrape
 
 S = 1_000_000
 URL_A = "https://auction-a.example.org:8443"
@@ -140,3 +141,14 @@ def test_an_expired_registration_is_not_listed_and_is_swept(host, pki, people):
     assert swept and owner is not None                       # the id stays its owner's
     assert code_of(lambda: register(directory(host, pki, people["b"]), "short-lived", URL_B)) == "HostIdTaken"
     assert register(directory(host, pki, people["a"]), "short-lived", URL_A).registrant_dn == people["a"].dn
+
+
+def test_metrics_count_the_hosts_listed_and_the_ids_kept(host, pki, people):
+    register(directory(host, pki, people["b"]), "metered", URL_B)
+    alice = directory(host, pki, people["alice"])
+    listed = len(alice.hosts())
+    with host.open_store() as store:
+        owned = len(store.ids(OWNERS))
+    samples = scrape(host)
+    assert samples[("gridcredit_directory_hosts_listed", ())] == listed >= 1
+    assert samples[("gridcredit_directory_host_ids", ())] == owned >= listed

@@ -31,4 +31,5 @@ SERVICE = ServiceContract(
     # Every worker sweeps: a registration deleted twice is deleted once.
     background_tasks=(BackgroundTask("directory-expiry", _runtime.sweep_forever, once_per_host=False),),
     cli_module="gridcredit.services.directory.cli",
+    gauges=_runtime.gauges,
 )

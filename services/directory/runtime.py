@@ -46,3 +46,12 @@ def sweep_forever(context: TaskContext) -> None:
             continue
         if deleted:
             log.info("directory: deleted %d expired host registration(s)", deleted)
+
+
+def gauges(directory: Directory, config) -> list:
+    """/metrics: the hosts listed now and the host ids the directory keeps."""
+    from gridcredit.metrics import Gauge
+
+    listed, owned = directory.hosts.counts(now_us=now_us())
+    return [Gauge("gridcredit_directory_hosts_listed", "Hosts whose registration has not expired", listed),
+            Gauge("gridcredit_directory_host_ids", "Host ids the directory keeps for their owners", owned)]

@@ -128,6 +128,10 @@ class HostDirectory:
             offset = page.next_offset
         return found[:self.hosts_max]
 
+    def counts(self, *, now_us: int) -> tuple[int, int]:
+        """(hosts listed at ``now_us``, host ids owned)."""
+        return (self.store.count(HOSTS, _LISTED, {"now": now_us}, namespaces=NAMESPACES), self.store.count(OWNERS))
+
     def entry(self, host_id: str, *, now_us: int) -> HostEntry:
         """The host ``host_id`` as listed now (``UnknownHost`` when it is not registered or expired)."""
         document = self.store.get(HOSTS, host_id)
