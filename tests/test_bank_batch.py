@@ -311,6 +311,35 @@ def test_transfers_and_extensions_in_a_batch(bank, people):
     audit_clean(bank, people)
 
 
+def test_the_results_writer_writes_what_spyne_would():
+    """ApplyBatch's results are written by the service's own writer (spyne's took longer than the ledger):
+    the same bytes as spyne's serializer of the WSDL's BatchItemResult, every member present and absent."""
+    from spyne import Array, ComplexModel, Long
+    from spyne.util.xml import get_object_as_xml
+    from gridcredit.services.bank import service
+
+    class PlainBatchResult(ComplexModel):         # the WSDL's type, serialized by spyne alone
+        __namespace__ = service.NAMESPACE
+        _type_info = [("results", Array(service.BatchItemResult)), ("applied", Long(min_occurs=1)),
+                      ("replayed", Long(min_occurs=1)), ("refused", Long(min_occurs=1))]
+
+    PlainBatchResult.resolve_namespace(PlainBatchResult, service.NAMESPACE)   # as the Application does
+    answers = [service._ItemAnswer(request_id="a-1", applied=True, replayed=False, seq=12, kind="charge", at_us=5,
+                                   hold_id="hold-3", hold_state="active", amount=7, hash="ab" * 32),
+               service._ItemAnswer(request_id="a-2", applied=True, replayed=True, seq=13, kind="settle", at_us=6,
+                                   hold_id="hold-4", hold_state="settled", amount=0, released_amount=9, hash="cd" * 32,
+                                   signature="c2lnbmF0dXJl"),
+               service._ItemAnswer(request_id="a-3", applied=False, fault_code="Client.ExceedsHold",
+                                   fault_message="hold hold-3 has 1 credits left; <not> & \"quoted\" ü")]
+    ours = get_object_as_xml(service.BatchResult(results=answers, applied=1, replayed=1, refused=1),
+                             service.BatchResult, "BatchResult")
+    spynes = get_object_as_xml(PlainBatchResult(results=[service.BatchItemResult(**{
+        name: getattr(answer, name) for name in service.BatchItemResult._type_info}) for answer in answers],
+        applied=1, replayed=1, refused=1), PlainBatchResult, "BatchResult")
+    assert etree.tostring(ours) == etree.tostring(spynes)
+    assert len(ours.find(f"{{{BANK_NS}}}results")) == 3
+
+
 # ---------------------------------------------------------------------------------------------
 # The Bank alone: the audit replays batches; a failed store transaction leaves none of a batch
 

@@ -137,7 +137,8 @@ def _flat_writing_table(cls: type):
         return None
     schema = _schema(cls)
     return (table[0], table[1], operator.attrgetter(*(field_name for field_name, *_ in schema)),
-            tuple(name for _field, name, _type, _optional in schema))
+            tuple((f"<{name}>", f"</{name}>", isinstance(value_type, type) and issubclass(value_type, enum.Enum))
+                  for _field, name, value_type, _optional in schema))
 
 
 def _flat_xml(state: object) -> str | None:
@@ -146,18 +147,20 @@ def _flat_xml(state: object) -> str | None:
     table = _flat_writing_table(type(state))
     if table is None:
         return None
-    start, end, values_of, names = table
+    start, end, values_of, elements = table
+    texts = []
     parts = [start]
-    for name, value in zip(names, values_of(state)):
+    for (opening, closing, is_enum), value in zip(elements, values_of(state)):
         if value is None:
             continue
-        if isinstance(value, enum.Enum):
+        if is_enum:
             value = value.value
         elif type(value) is not str:
             value = str(value)
-        if not _PLAIN_TEXT.fullmatch(value):
-            return None
-        parts.append(f"<{name}>{value}</{name}>")
+        texts.append(value)
+        parts += (opening, value, closing)
+    if not _PLAIN_TEXT.fullmatch("".join(texts)):     # one check of every text (a character class: the same)
+        return None
     parts.append(end)
     return "".join(parts)
 

@@ -997,19 +997,25 @@ def request_record_key(principal_dn: str, request_id: str) -> str:
 _FIELDS_HASHED_ONLY_WHEN_SET = frozenset({"on_behalf_of_dn"})
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}      # per request type (dataclasses.fields is slow to ask)
+_REQUEST_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def request_hash(request: Request, principal: Principal) -> str:
     body: dict[str, object] = {"operation": type(request).__name__, "principal": principal.dn}
-    for field in dataclasses.fields(request):
-        value = getattr(request, field.name)
-        if value is None and field.name in _FIELDS_HASHED_ONLY_WHEN_SET:
+    names = _FIELD_NAMES.get(type(request))
+    if names is None:
+        names = _FIELD_NAMES[type(request)] = tuple(field.name for field in dataclasses.fields(request))
+    for name in names:
+        value = getattr(request, name)
+        if value is None and name in _FIELDS_HASHED_ONLY_WHEN_SET:
             continue
         if isinstance(value, enum.Enum):
             value = value.value
         elif value is not None and type(value) not in (int, str):
             value = repr(value)          # malformed input still hashes; validation refuses it later
-        body[field.name] = value
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
-                                     ensure_ascii=False).encode("utf-8")).hexdigest()
+        body[name] = value
+    return hashlib.sha256(_REQUEST_JSON.encode(body).encode("utf-8")).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ TRANSACTION_FIELDS = tuple(field.name for field in dataclasses.fields(Transactio
 transaction_values = operator.attrgetter(*TRANSACTION_FIELDS)   # a Transaction's values, in field order
 _HASHED_FIELDS = tuple(name for name in TRANSACTION_FIELDS if name not in ("hash", "signature"))
 _hashed_values = operator.itemgetter(*(TRANSACTION_FIELDS.index(name) for name in _HASHED_FIELDS))
+_PREV_HASH, _HASH, _SIGNATURE = (TRANSACTION_FIELDS.index(name) for name in ("prev_hash", "hash", "signature"))
 
 # One encoder for every call: json.dumps with options builds a new encoder each time (audits hash millions).
 _CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -52,10 +53,8 @@ def canonical_bytes(transaction: Transaction) -> bytes:
 
 def canonical_bytes_of_values(values) -> bytes:
     """:func:`canonical_bytes` of the transaction with these values (in field order)."""
-    body = {}
-    for name, value in zip(_HASHED_FIELDS, _hashed_values(values)):
-        if value is not None:
-            body[name] = value.value if isinstance(value, enum.Enum) else value
+    body = {name: value.value if isinstance(value, enum.Enum) else value
+            for name, value in zip(_HASHED_FIELDS, _hashed_values(values)) if value is not None}
     return _CANONICAL_JSON.encode(body).encode("utf-8")
 
 
@@ -73,15 +72,21 @@ def seal(entry: Transaction, head: LedgerHead,
     left unsigned, for a later transaction of the same batch to cover (see the module docstring)."""
     invariant(entry.seq == head.seq + 1 and entry.hash == "" and entry.signature == "",
               "seal takes the next unsealed entry")
-    chained = dataclasses.replace(entry, prev_hash=head.hash)
-    digest = transaction_hash(chained)
-    sealed = dataclasses.replace(chained, hash=digest)
-    return (sealed if sign is None else signed(sealed, sign)), LedgerHead(seq=entry.seq, hash=digest)
+    values = list(transaction_values(entry))      # one new Transaction (dataclasses.replace costs ~15 µs each)
+    values[_PREV_HASH] = head.hash
+    digest = hashlib.sha256(canonical_bytes_of_values(values)).hexdigest()
+    values[_HASH] = digest
+    if sign is not None:
+        values[_SIGNATURE] = _signature(digest, sign)
+    return Transaction(*values), LedgerHead(seq=entry.seq, hash=digest)
+
+
+def _signature(digest: str, sign: Callable[[bytes], bytes]) -> str:
+    return base64.b64encode(sign(signing_input(digest))).decode("ascii")
 
 
 def signed(transaction: Transaction, sign: Callable[[bytes], bytes]) -> Transaction:
     """A sealed transaction with the bank's signature over its hash (the hash does not cover it)."""
     invariant(transaction.hash != "" and transaction.signature == "", "signed takes a sealed, unsigned transaction")
-    signature = base64.b64encode(sign(signing_input(transaction.hash))).decode("ascii")
-    return dataclasses.replace(transaction, signature=signature)
+    return dataclasses.replace(transaction, signature=_signature(transaction.hash, sign))
 

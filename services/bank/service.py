@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import enum
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from lxml import etree
 from spyne import Array, Boolean, ComplexModel, DateTime, Long, Unicode
+from spyne.protocol.xml import SubXmlBase
 
 from gridcredit.errors import DomainError
 from gridcredit.soapfault import fault_for
@@ -162,13 +165,56 @@ class BatchItemResult(ComplexModel):
                   ("fault_message", Unicode(min_occurs=0))]
 
 
+class _ResultsWriter(SubXmlBase):
+    """BatchResult's ``results`` as spyne writes them, written here directly. spyne's serializer looks every
+    member of every BatchItemResult up in its type tables (~0.25 ms per result on this machine: a 1,000-item
+    answer took longer than applying the items); this writes the same elements — one per member that is not
+    None, in the type's order, booleans as ``true``/``false`` — from the service's own answers
+    (``_ItemAnswer``), with no BatchItemResult made (tests/test_bank_batch.py holds the two to the same bytes)."""
+
+    _MEMBERS = tuple((name, f"{{{NAMESPACE}}}{name}") for name, _type in BatchItemResult._type_info.items())
+    _ITEM = f"{{{NAMESPACE}}}BatchItemResult"
+
+    def subserialize(self, ctx, cls, inst, parent, ns=None, name=None, **_):
+        holder = etree.SubElement(parent, f"{{{ns}}}{name}")
+        item_tag, members, sub_element = self._ITEM, self._MEMBERS, etree.SubElement
+        for answer in inst:
+            item = sub_element(holder, item_tag)
+            for member, tag in members:
+                value = getattr(answer, member)
+                if value is None:
+                    continue
+                sub_element(item, tag).text = ("true" if value else "false") if value is True or value is False \
+                    else str(value)
+
+
 class BatchResult(ComplexModel):
     """ApplyBatch's answer: one result per item, in order, and how many were applied now, answered from
     before (a retry) and refused."""
 
     __namespace__ = NAMESPACE
-    _type_info = [("results", Array(BatchItemResult)), ("applied", Long(**Required)),
+    _type_info = [("results", Array(BatchItemResult).customize(prot=_ResultsWriter())), ("applied", Long(**Required)),
                   ("replayed", Long(**Required)), ("refused", Long(**Required))]
+
+
+@dataclass(frozen=True, slots=True)
+class _ItemAnswer:
+    """A BatchItemResult's members, for ``_ResultsWriter`` (see BatchItemResult)."""
+
+    request_id: str
+    applied: bool
+    replayed: bool | None = None
+    seq: int | None = None
+    kind: str | None = None
+    at_us: int | None = None
+    hold_id: str | None = None
+    hold_state: str | None = None
+    amount: int | None = None
+    released_amount: int | None = None
+    hash: str | None = None
+    signature: str | None = None
+    fault_code: str | None = None
+    fault_message: str | None = None
 
 
 # -- mapping ---------------------------------------------------------------------------------------
@@ -240,15 +286,15 @@ def _batch_request(number: int, item) -> ledger.Request:
                              item.payee_account_id)
 
 
-def _batch_item_result(result) -> BatchItemResult:
+def _batch_item_result(result) -> _ItemAnswer:
     if result.error is not None:
         spec = fault_for(result.error)
         if spec.log_level >= logging.ERROR:          # the store failed reading what the item names
             log.error("store failure in ApplyBatch item %s: %s", result.request.request_id, result.error)
-        return BatchItemResult(request_id=result.request.request_id, applied=False, fault_code=spec.code,
-                               fault_message=spec.message)
+        return _ItemAnswer(request_id=result.request.request_id, applied=False, fault_code=spec.code,
+                           fault_message=spec.message)
     transaction = result.outcome.transaction
-    return BatchItemResult(request_id=transaction.request_id, applied=True, replayed=result.outcome.replayed,
+    return _ItemAnswer(request_id=transaction.request_id, applied=True, replayed=result.outcome.replayed,
                            seq=transaction.seq, kind=transaction.kind.value, at_us=transaction.at_us,
                            hold_id=transaction.hold_id,
                            hold_state=None if transaction.hold_state is None else transaction.hold_state.value,

@@ -1,0 +1,324 @@
+"""The Bank's ApplyBatch (issue 14): ledger operations per second in signed batches over HTTPS, against the same
+operations sent one per request, in the same run.
+
+    python bench/bank_batch.py [--items 1000] [--batches 20] [--seconds 10] [--clients 8] [--workers 2]
+                               [--stores embedded,basex] [--profile] [--write]
+
+A gridcredit host (``--workers`` processes, P-256 host key, user keys RSA-2048) serves the Bank; ``--items``
+holds on one account name an auctioneer as their only collector and a site as payee (the Auctioneer's
+bids). Measured:
+
+* **batch**: one client sends ``--batches`` ApplyBatch requests of ``--items`` ChargeHold items (1 credit
+  from every hold each), one after another, each signed, its answer verified (signature and confirmation)
+  and every item checked applied: ledger operations/s = items / the batch's round trip (p50 and the best),
+  and with two clients at once (throughput);
+* **baseline**: the same ChargeHold items one per signed request, ``--clients`` threads in two processes for
+  ``--seconds``: operations/s;
+* the ratio of the two, and the audit after (clean).
+
+``--profile``: instead, the host's WSGI application in this process, one batch profiled (cProfile): where
+the time of one signed batch goes (WS-Security verification, spyne's parse and answer, the ledger, the
+store, the response's signature).
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import statistics
+import sys
+import threading
+import time
+import uuid
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import scratch_dir, write_section  # noqa: E402
+from whoami import Caller, free_port, run_load, start_server  # noqa: E402
+
+from lxml import etree
+
+from gridcredit.client import ServiceClient
+from gridcredit.security.credentials import load_credential
+from gridcredit.security.pki import CertificateAuthority
+from gridcredit.security.wssec import SOAP11_NS
+from gridcredit.server.host import HostFiles, build_host, prepare_state
+from gridcredit.server.host_cli import development_pki
+from gridcredit.server.registry import load_config
+from gridcredit.xmlstore.basex_server import BaseXServer
+
+BANK_NS = "urn:gridcredit:bank:1"
+HOLD_AMOUNT = 10**9
+
+
+def batch_envelope(hold_ids: list[str], prefix: str) -> etree._Element:
+    """An ApplyBatch of one ChargeHold of 1 credit per hold, to the site."""
+    items = "".join(f"<b:BatchItem><b:operation>ChargeHold</b:operation><b:request_id>{prefix}-{index}</b:request_id>"
+                    f"<b:hold_id>{hold_id}</b:hold_id><b:payee_account_id>site-bench</b:payee_account_id>"
+                    f"<b:amount>1</b:amount></b:BatchItem>" for index, hold_id in enumerate(hold_ids))
+    return etree.fromstring(f'<s:Envelope xmlns:s="{SOAP11_NS}"><s:Body><b:ApplyBatch xmlns:b="{BANK_NS}"><b:items>'
+                            f'{items}</b:items></b:ApplyBatch></s:Body></s:Envelope>'.encode())
+
+
+def single_envelope(operation: str, **fields) -> etree._Element:
+    body = "".join(f"<b:{name}>{value}</b:{name}>" for name, value in fields.items())
+    return etree.fromstring(f'<s:Envelope xmlns:s="{SOAP11_NS}"><s:Body><b:{operation} xmlns:b="{BANK_NS}">'
+                            f'{body}</b:{operation}></s:Body></s:Envelope>'.encode())
+
+
+def check_applied(body: etree._Element, count: int) -> None:
+    result = body.find(f".//{{{BANK_NS}}}ApplyBatchResult")
+    applied = int(result.findtext(f"{{{BANK_NS}}}applied"))
+    if applied != count:
+        codes = [code.text for code in body.iter(f"{{{BANK_NS}}}fault_code")][:5]
+        raise SystemExit(f"a batch applied {applied} of {count} items ({codes})")
+
+
+def make_holds(url, credential, trust_dir, count: int, collector_dn: str, threads: int = 4) -> list[str]:
+    expires = (datetime.now(timezone.utc) + timedelta(hours=6)).isoformat()
+    holds: list[str] = []
+    lock = threading.Lock()
+
+    def work(part: int) -> None:
+        caller = Caller(f"{url}/bank", credential, trust_dir, signed=True)
+        for _ in range(part):
+            body = caller.call_envelope(single_envelope(
+                "CreateHold", request_id=f"h-{uuid.uuid4().hex}", account_id="vo-bench", amount=HOLD_AMOUNT,
+                expires=expires, collector_dn=collector_dn, payee_account_id="site-bench"))
+            with lock:
+                holds.append(body.findtext(f".//{{{BANK_NS}}}hold_id"))
+
+    pool = [threading.Thread(target=work, args=(count // threads + (index < count % threads),))
+            for index in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    if len(holds) != count or None in holds:
+        raise SystemExit(f"made {len(holds)} holds of {count}")
+    return sorted(holds)
+
+
+def run_batches(url, credential, trust_dir, hold_ids, batches: int, tag: str) -> list[float]:
+    """Round-trip seconds of each batch, one after another (envelopes made before the clock starts)."""
+    caller = Caller(f"{url}/bank", credential, trust_dir, signed=True)
+    envelopes = [batch_envelope(hold_ids, f"{tag}-{index}-{uuid.uuid4().hex[:8]}") for index in range(batches)]
+    times = []
+    for envelope in envelopes:
+        started = time.perf_counter()
+        body = caller.call_envelope(envelope)
+        times.append(time.perf_counter() - started)
+        check_applied(body, len(hold_ids))
+    return times
+
+
+def _single_process(url, cert, key, trust_dir, hold_ids, threads, seconds, rate_per_thread, queue):
+    credential = load_credential(cert_path=cert, key_path=key)
+    results = []
+    lock = threading.Lock()
+
+    def run(offset: int) -> None:
+        caller = Caller(f"{url}/bank", credential, Path(trust_dir), signed=True)
+        latencies = []
+        end = time.perf_counter() + seconds
+        index = offset
+        while time.perf_counter() < end:
+            started = time.perf_counter()
+            body = caller.call_envelope(single_envelope(
+                "ChargeHold", request_id=f"s-{uuid.uuid4().hex}", hold_id=hold_ids[index % len(hold_ids)],
+                payee_account_id="site-bench", amount=1))
+            latencies.append(time.perf_counter() - started)
+            if body.find(f".//{{{BANK_NS}}}ChargeHoldResult") is None:
+                raise SystemExit("a single ChargeHold was not applied")
+            index += 7
+        with lock:
+            results.extend(latencies)
+
+    pool = [threading.Thread(target=run, args=(index * 131,)) for index in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    queue.put(results)
+
+
+def profile(args, root: Path) -> int:
+    """One batch through the host's WSGI application in this process, profiled."""
+    from gridcredit.config import Config, SecurityConfig
+    from gridcredit.security.wssec import Signer
+    from gridcredit.services.bank.config import BankConfig
+
+    host_cert, host_key, trust_dir, _ = development_pki(root)
+    ca = CertificateAuthority.load(root / "pki" / "ca")
+    host_cert, host_key = ca.issue_host("localhost", root / "host-ec", key_type="ec")
+    people = {}
+    for name in ("Bench Admin", "Bench Owner", "Bench Auctioneer"):
+        cert, key = ca.issue_user(name, root / name.replace(" ", "-"))
+        people[name] = load_credential(cert_path=str(cert), key_path=str(key))
+    config = Config(state_dir=str(root / "state"), security=SecurityConfig(host_cert=str(host_cert),
+                                                                           host_key=str(host_key),
+                                                                           cert_dir=str(trust_dir)))
+    config = config.with_section("bank", BankConfig(admins=(people["Bench Admin"].identity_dn,)))
+    app = build_host(config, HostFiles(Path(host_cert), Path(host_key), Path(trust_dir)))
+
+    def call(credential, envelope: etree._Element) -> etree._Element:
+        data = etree.tostring(Signer(credential).sign(envelope))
+        environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/bank", "QUERY_STRING": "", "SERVER_NAME": "localhost",
+                   "SERVER_PORT": "8443", "wsgi.url_scheme": "https", "wsgi.input": io.BytesIO(data),
+                   "CONTENT_LENGTH": str(len(data)), "CONTENT_TYPE": "text/xml; charset=utf-8",
+                   "SERVER_PROTOCOL": "HTTP/1.1"}
+        answer = etree.fromstring(b"".join(app(environ, lambda status, headers, exc_info=None: None)))
+        fault = answer.findtext(".//faultstring")
+        if fault:
+            raise SystemExit(fault)
+        return answer
+
+    admin, owner = people["Bench Admin"], people["Bench Owner"]
+    call(admin, single_envelope("CreateAccount", request_id="a1", account_id="vo-bench", project="p",
+                                owner_dn=owner.identity_dn))
+    call(admin, single_envelope("CreateAccount", request_id="a2", account_id="site-bench", project="p",
+                                owner_dn=admin.identity_dn))
+    call(admin, single_envelope("Mint", request_id="m1", account_id="vo-bench", amount=10**15))
+    expires = (datetime.now(timezone.utc) + timedelta(hours=6)).isoformat()
+    holds = []
+    for index in range(args.items):
+        answer = call(owner, single_envelope("CreateHold", request_id=f"h{index}", account_id="vo-bench",
+                                             amount=HOLD_AMOUNT, expires=expires,
+                                             collector_dn=people["Bench Auctioneer"].identity_dn,
+                                             payee_account_id="site-bench"))
+        holds.append(answer.findtext(f".//{{{BANK_NS}}}hold_id"))
+    auctioneer = people["Bench Auctioneer"]
+    for warm in range(2):
+        check_applied(call(auctioneer, batch_envelope(holds, f"warm{warm}")), len(holds))
+    plain = []
+    for index in range(5):
+        envelope = batch_envelope(holds, f"timed{index}")
+        started = time.perf_counter()
+        check_applied(call(auctioneer, envelope), len(holds))
+        plain.append(time.perf_counter() - started)
+    print(f"one batch of {len(holds)} ChargeHold items in this process (signing the request and verifying the "
+          f"answer included), without the profiler: best {min(plain) * 1000:.1f} ms, median "
+          f"{statistics.median(plain) * 1000:.1f} ms (load {os.getloadavg()[0]:.1f})")
+    envelope = batch_envelope(holds, "profiled")
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    answer = call(auctioneer, envelope)
+    profiler.disable()
+    elapsed = time.perf_counter() - started
+    check_applied(answer, len(holds))
+    print(f"one batch of {len(holds)} ChargeHold items in this process (signing the request included): "
+          f"{elapsed * 1000:.1f} ms under the profiler")
+    stream = io.StringIO()
+    pstats.Stats(profiler, stream=stream).sort_stats(os.environ.get("BATCH_SORT", "cumulative")).print_stats(45)
+    print(stream.getvalue())
+    app.close()
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=1000, help="ChargeHold items per batch (default 1000)")
+    parser.add_argument("--batches", type=int, default=20, help="batches each batch run sends (default 20)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the one-per-request run (default 10)")
+    parser.add_argument("--clients", type=int, default=8, help="client threads of the one-per-request run")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--stores", default="embedded")
+    parser.add_argument("--profile", action="store_true", help="profile one batch in this process instead")
+    parser.add_argument("--write", action="store_true", help="record the results in BENCHMARKS.md")
+    args = parser.parse_args()
+    root = scratch_dir("gridcredit-bench-batch-")
+    if args.profile:
+        return profile(args, root)
+
+    host_cert, host_key, trust_dir, _ = development_pki(root)
+    ca = CertificateAuthority.load(root / "pki" / "ca")
+    host_cert, host_key = ca.issue_host("localhost", root / "host-ec", key_type="ec")
+    users = {}
+    for name in ("Bench Admin", "Bench Owner", "Bench Auctioneer"):
+        cert, key = ca.issue_user(name, root / name.replace(" ", "-"))
+        users[name] = (str(cert), str(key), load_credential(cert_path=str(cert), key_path=str(key)))
+    files = HostFiles(host_cert, host_key, trust_dir)
+    lines = [f"Machine: {os.cpu_count()} cores; host: {args.workers} worker processes, host key P-256 (ECDSA), user "
+             f"keys RSA-2048. Batch: {args.batches} ApplyBatch requests of {args.items} ChargeHold items (1 credit from "
+             f"each of {args.items} holds whose collector is the caller), one client, one after another, each "
+             f"signed and its signed answer verified; then two such clients at once. Baseline: the same ChargeHold "
+             f"items one per signed request, {args.clients} client threads in 2 processes for {args.seconds:.0f} s. "
+             f"Client and server share the machine's cores.",
+             "", "| store | batch p50 / best (ms) | ops/s in batches, 1 client (p50 / best) | ops/s in batches, "
+                 "2 clients | ops/s one per request | ratio (1 client p50 / baseline) | target | load average "
+                 "before / after (1 min) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for store in args.stores.split(","):
+        basex = None
+        state = root / f"state-{store}"
+        env = {"GRIDCREDIT_STATE_DIR": str(state), "GRIDCREDIT_STORE_BACKEND": store,
+               "GRIDCREDIT_BANK_ADMINS": users["Bench Admin"][2].identity_dn}
+        if store == "basex":
+            basex = BaseXServer(root / "basex", port=free_port()).start()
+            env["GRIDCREDIT_STORE_BASEX_PORT"] = str(basex.port)
+        base = load_config(env=env)
+        config = replace(base, server=replace(base.server, port=free_port(), workers=args.workers,
+                                              threads=max(8, args.clients)))
+        prepare_state(config)
+        server = start_server(config, files, unsigned=False)
+        try:
+            url = f"https://localhost:{config.server.port}"
+            admin = ServiceClient(url, "bank", credential=users["Bench Admin"][2], trust_dir=trust_dir)
+            admin.call("CreateAccount", request_id="setup-1", account_id="vo-bench", project="bench",
+                       owner_dn=users["Bench Owner"][2].identity_dn)
+            admin.call("CreateAccount", request_id="setup-2", account_id="site-bench", project="site",
+                       owner_dn=users["Bench Admin"][2].identity_dn)
+            admin.call("Mint", request_id="setup-3", account_id="vo-bench", amount=10**15)
+            print(f"[{store}] making {args.items} holds …", flush=True)
+            holds = make_holds(url, users["Bench Owner"][2], trust_dir, args.items,
+                               users["Bench Auctioneer"][2].identity_dn)
+            auctioneer = users["Bench Auctioneer"]
+            load_before = os.getloadavg()[0]
+            print(f"[{store}] warm-up batches …", flush=True)
+            run_batches(url, auctioneer[2], trust_dir, holds, 3, "warm")
+            print(f"[{store}] {args.batches} batches, one client …", flush=True)
+            times = run_batches(url, auctioneer[2], trust_dir, holds, args.batches, "one")
+            print(f"[{store}] {args.batches} batches each from two clients at once …", flush=True)
+            both: list[list[float]] = [[], []]
+            started = time.perf_counter()
+            pool = [threading.Thread(target=lambda slot=slot: both[slot].extend(
+                run_batches(url, auctioneer[2], trust_dir, holds, args.batches, f"two{slot}"))) for slot in (0, 1)]
+            for thread in pool:
+                thread.start()
+            for thread in pool:
+                thread.join()
+            two_clients = 2 * args.batches * args.items / (time.perf_counter() - started)
+            print(f"[{store}] baseline: one per request, {args.clients} clients, {args.seconds:.0f} s …", flush=True)
+            latencies = run_load(_single_process, (url, auctioneer[0], auctioneer[1], str(trust_dir), holds),
+                                 args.clients, args.seconds, wait_s=300)
+            single_ops = len(latencies) / args.seconds
+            load_after = os.getloadavg()[0]
+            audit = admin.call("Audit")
+            if not audit.clean:
+                raise SystemExit(f"[{store}] the audit after the load is not clean")
+        finally:
+            server.terminate()
+            server.join(20)
+            if basex is not None:
+                basex.stop()
+        p50, best = statistics.median(times), min(times)
+        lines.append(f"| {store} | {p50 * 1000:.1f} / {best * 1000:.1f} | {args.items / p50:,.0f} / "
+                     f"{args.items / best:,.0f} | {two_clients:,.0f} | {single_ops:,.0f} | "
+                     f"{args.items / p50 / single_ops:.1f} × | ≥ 20,000 ops/s (a 1,000-item batch ≤ 50 ms) | "
+                     f"{load_before:.1f} / {load_after:.1f} |")
+        print(lines[-1], flush=True)
+    lines += ["", "Audit after each store's runs: clean."]
+    print("\n".join(lines))
+    if args.write:
+        command = "python bench/bank_batch.py" + (f" --stores {args.stores}" if args.stores != "embedded" else "")
+        write_section("Issue 14: the Bank's ApplyBatch", command, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
