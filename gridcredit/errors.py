@@ -29,6 +29,12 @@
     │   ├── JobNotAccounted         slurmdbd has no final record of a job's run yet: ask again later
     │   └── SlurmOutputInvalid      a Slurm command printed what is refused (never guessed at)
     ├── JobUnreadable               scontrol cannot say what a job is (services/jarm/slurm/hooks.py)
+    ├── HypervisorError             a libvirt call failed (services/auctioneer/hypervisor.py; .code libvirt's)
+    │   ├── HypervisorTimeout       a libvirt call did not answer within its timeout
+    │   ├── HypervisorUnavailable   no connection to libvirtd (down, refused, dropped): retried next pass
+    │   ├── NoSuchVm                no VM of that name on the host
+    │   └── InvalidVmRequest        a bad VM name, template or parameter: nothing was called
+    ├── UnknownGuest                not a built-in test guest (services/auctioneer/guest.py)
     └── DeliveryStopped             an outbox's receiver cannot take a batch now (sending ends, nothing lost)
 
 Security refusals carry a ``wsse:`` fault code (``code``) and a message a person understands.

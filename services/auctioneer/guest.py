@@ -79,6 +79,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from gridcredit.errors import GridcreditError
+
 SECTOR_BYTES = 512
 FLOPPY_BYTES = 1_474_560          # a 1.44 MB floppy (80 × 2 × 18 × 512): QEMU's floppy controller sizes its
                                   # geometry from the image's size
@@ -101,11 +103,12 @@ BANNERS = {kind: f"gridcredit {kind} guest ready\r\n".encode("ascii") for kind i
 GUESTS = tuple(sorted(_CODE))     # the built-in guest names a Template's image may give
 
 
-class UnknownGuest(ValueError):
+class UnknownGuest(GridcreditError):
     """A built-in guest name that is not one of GUESTS."""
 
-    def __str__(self) -> str:
-        return f"UnknownGuest: {self.args[0]!r} is not a built-in guest (known: {', '.join(GUESTS)})"
+    def __init__(self, kind: str):
+        super().__init__(f"{kind!r} is not a built-in guest (known: {', '.join(GUESTS)})")
+        self.kind = kind
 
 
 def boot_sector(kind: str) -> bytes:

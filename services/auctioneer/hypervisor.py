@@ -9,7 +9,7 @@ a connection whose daemon stopped answering. A connection that dropped is opened
 Errors are never retried here: the caller (the allocation loop) retries at its next pass, and reads back
 what is enforced (``scheduler``) so that what is paid and what is enforced never drift silently.
 
-Exceptions (all print as ``TypeName: message (hint)``)::
+Exceptions (shown as ``TypeName: message (hint)``; drawn in gridcredit/errors.py's tree)::
 
     HypervisorError                 any libvirt failure (its libvirt error code in .code)
      ├── HypervisorTimeout          a call did not answer within call_timeout_s
@@ -54,6 +54,8 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
 
+from gridcredit.errors import GridcreditError
+
 from . import guest
 
 log = logging.getLogger("gridcredit.auctioneer.hypervisor")
@@ -75,18 +77,15 @@ CONSOLE_FILE = "console.sock"
 QEMU_LOG_DIR = Path("/var/log/libvirt/qemu")   # where a local qemu:///system keeps a VM's QEMU log
 
 
-class HypervisorError(Exception):
-    """A libvirt call failed. ``code`` is libvirt's error code when libvirt gave one."""
+class HypervisorError(GridcreditError):
+    """A libvirt call failed. ``code`` is libvirt's error code when libvirt gave one; the message ends with
+    a hint in parentheses. Shown as ``TypeName: message (hint)`` (``cli_support.error_text``)."""
 
     def __init__(self, message: str, *, hint: str = "", code: int | None = None):
-        super().__init__(message)
+        super().__init__(f"{message} ({hint})" if hint else message)
         self.message = message
         self.hint = hint
         self.code = code
-
-    def __str__(self) -> str:
-        text = f"{type(self).__name__}: {self.message}"
-        return f"{text} ({self.hint})" if self.hint else text
 
 
 class HypervisorTimeout(HypervisorError):
@@ -601,35 +600,35 @@ class Hypervisor:
             return None
 
 
-def console_exchange(path: str | os.PathLike, data: bytes, *, until: bytes, after: bytes = b"",
-                     timeout_s: float = 10.0) -> bytes:
-    """Connect to a console socket, read until ``after`` (e.g. the guest's banner: bytes sent before the
-    guest set up its serial port are lost), send ``data``, and read until ``until`` came after it (or raise
-    HypervisorTimeout). Returns what was read after sending. For tests and diagnostics; the service's
-    console relay is console.py's."""
+def console_exchange(path: str | os.PathLike, data: bytes, *, until: bytes, timeout_s: float = 10.0,
+                     resend_every_s: float | None = None) -> bytes:
+    """Connect to a console socket, send ``data`` and read until ``until`` was received (or raise
+    HypervisorTimeout); returns what was read. With ``resend_every_s``, ``data`` is sent again at that pace
+    until the answer comes: a guest that is still booting loses what it is sent (the spin guest resets its
+    UART at boot), and what it printed before anyone connected is gone too. For tests and diagnostics; the
+    service's console relay is console.py's."""
     deadline = time.monotonic() + timeout_s
+    received = b""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
         connection.settimeout(timeout_s)
         connection.connect(os.fspath(path))
-
-        def read_until(marker: bytes) -> bytes:
-            received = b""
-            while marker not in received:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise HypervisorTimeout(f"the console {path} did not answer {marker!r} within {timeout_s:g} s",
-                                            hint=f"received: {received[-200:]!r}")
-                connection.settimeout(remaining)
-                try:
-                    chunk = connection.recv(4096)
-                except socket.timeout:
-                    continue
-                if not chunk:
-                    raise HypervisorError(f"the console {path} closed", hint=f"received: {received[-200:]!r}")
-                received += chunk
-            return received
-
-        if after:
-            read_until(after)
         connection.sendall(data)
-        return read_until(until)
+        sent_at = time.monotonic()
+        while until not in received:
+            now = time.monotonic()
+            if now >= deadline:
+                raise HypervisorTimeout(f"the console {path} did not answer {until!r} within {timeout_s:g} s",
+                                        hint=f"received: {received[-200:]!r}")
+            if resend_every_s is not None and now - sent_at >= resend_every_s:
+                connection.sendall(data)
+                sent_at = now
+            wait_s = deadline - now if resend_every_s is None else min(deadline - now, resend_every_s)
+            connection.settimeout(max(wait_s, 0.01))
+            try:
+                chunk = connection.recv(4096)
+            except socket.timeout:
+                continue
+            if not chunk:
+                raise HypervisorError(f"the console {path} closed", hint=f"received: {received[-200:]!r}")
+            received += chunk
+    return received

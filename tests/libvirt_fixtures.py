@@ -1,0 +1,145 @@
+"""The real libvirtd + QEMU of scripts/libvirt.sh, for the Auctioneer's enforcement tests (imported explicitly).
+
+    from libvirt_fixtures import libvirt_host, vm_factory, measure_fractions   # noqa: F401 (fixtures)
+
+    def test_something(vm_factory):
+        hypervisor, name = vm_factory.hypervisor, vm_factory.name("a")
+        vm_factory.create(name, "spin", quota_us=25_000)      # removed at the test's end
+
+``libvirt_host`` (session, root only: skipped otherwise on a developer's machine, failed under CI by
+``skip_unless_ci``) finds the libvirtd scripts/libvirt.sh started (scripts/test.sh starts it before pytest),
+or starts it with the script. ``vm_factory`` gives a Hypervisor whose state dir is a fresh folder under
+/var/lib (QEMU, running as libvirt-qemu, must reach the disk images: pytest's tmp_path is under a root-only
+folder), VM names with a prefix of this process, and removes every VM of that prefix and the folder after.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from security_fixtures import skip_unless_ci
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "libvirt.sh"
+STATE_ROOT = Path("/var/lib/gridcredit-test-vms")
+_STARTUP_TIMEOUT_S = 900     # a first start installs the Debian packages
+
+
+def _answers() -> str | None:
+    """None when qemu:///system answers, else what is wrong."""
+    from gridcredit.services.auctioneer.hypervisor import Hypervisor, HypervisorError
+    try:
+        hypervisor = Hypervisor(call_timeout_s=30)
+        try:
+            hypervisor.list_vms()
+        finally:
+            hypervisor.close()
+    except HypervisorError as error:
+        return str(error)
+    return None
+
+
+@pytest.fixture(scope="session")
+def libvirt_host() -> str:
+    """The URI of a running libvirtd with the QEMU driver."""
+    if os.geteuid() != 0:
+        skip_unless_ci("the libvirt tests run as root: they start QEMU guests through qemu:///system and may "
+                       "start libvirtd (scripts/libvirt.sh)")
+    try:
+        import libvirt  # noqa: F401
+    except ImportError:
+        skip_unless_ci("libvirt-python is not installed (pip install -e .[test], after scripts/libvirt.sh "
+                       "installed libvirt-dev)")
+    if _answers() is None:
+        return "qemu:///system"
+    started = subprocess.run([str(SCRIPT), "start"], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                             timeout=_STARTUP_TIMEOUT_S)
+    if started.returncode != 0:
+        pytest.fail(f"LibvirtNotStarted: scripts/libvirt.sh start exited {started.returncode}:\n"
+                    f"{started.stdout[-2000:]}{started.stderr[-2000:]}")
+    problem = _answers()
+    if problem:
+        pytest.fail(f"LibvirtNotReady: scripts/libvirt.sh start succeeded but {problem}")
+    return "qemu:///system"
+
+
+def sold_cpuset() -> str:
+    """The one host CPU the tests sell: the last one (on a 2-CPU machine, CPU 1)."""
+    return str((os.cpu_count() or 1) - 1)
+
+
+@dataclass
+class VmFactory:
+    hypervisor: object
+    state_dir: Path
+    prefix: str
+    cpuset: str
+    created: list[str] = field(default_factory=list)
+
+    def name(self, suffix: str) -> str:
+        return f"{self.prefix}{suffix}"
+
+    def create(self, name: str, image: str = "spin", **options):
+        from gridcredit.services.auctioneer.hypervisor import DEFAULT_TEMPLATES
+        self.created.append(name)
+        return self.hypervisor.create_vm(name, DEFAULT_TEMPLATES[image], cpuset=self.cpuset, **options)
+
+    def remove_all(self) -> None:
+        for name in self.hypervisor.list_vms(self.prefix):
+            self.hypervisor.remove_vm(name)
+
+
+@pytest.fixture
+def vm_factory(libvirt_host) -> Iterator[VmFactory]:
+    from gridcredit.services.auctioneer.hypervisor import Hypervisor
+    STATE_ROOT.mkdir(mode=0o711, exist_ok=True)
+    STATE_ROOT.chmod(0o711)
+    state_dir = Path(tempfile.mkdtemp(prefix="vms-", dir=STATE_ROOT))
+    state_dir.chmod(0o711)
+    hypervisor = Hypervisor(libvirt_host, call_timeout_s=30, state_dir=state_dir)
+    factory = VmFactory(hypervisor, state_dir, prefix=f"gctest-{os.getpid()}-{state_dir.name[4:]}-",
+                        cpuset=sold_cpuset())
+    try:
+        yield factory
+    finally:
+        try:
+            factory.remove_all()
+        finally:
+            hypervisor.close()
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def others_running(hypervisor, prefix: str) -> list[str]:
+    """VMs on the host that are not this test's (other engineers' tests share libvirtd and the sold CPU)."""
+    return [name for name in hypervisor.list_vms() if not name.startswith(prefix)]
+
+
+def wait_for_quiet(hypervisor, prefix: str, wait_s: float = 60.0) -> list[str]:
+    """Wait (at most ``wait_s``) until no other VM runs: they compete for the sold CPU. Returns those still
+    running (never any under CI, where the tests run one at a time)."""
+    deadline = time.monotonic() + wait_s
+    while (others := others_running(hypervisor, prefix)) and time.monotonic() < deadline:
+        time.sleep(1)
+    return others
+
+
+def measure_fractions(hypervisor, names: list[str], window_s: float) -> dict[str, float]:
+    """Each VM's CPU time over a window of ``window_s`` seconds, as a fraction of one CPU."""
+    before = {name: hypervisor.cpu_time_us(name) for name in names}
+    started = time.monotonic()
+    time.sleep(window_s)
+    after = {name: hypervisor.cpu_time_us(name) for name in names}
+    elapsed_us = (time.monotonic() - started) * 1e6
+    return {name: (after[name] - before[name]) / elapsed_us for name in names}
+
+
+def load_average() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
