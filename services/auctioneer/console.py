@@ -42,7 +42,8 @@ CONSOLE_UNAVAILABLE = "ConsoleUnavailable"
 @dataclass(frozen=True, slots=True)
 class ConsoleOutput:
     data: bytes
-    offset: int                        # where ``data`` starts (later than asked when older output was dropped)
+    offset: int                        # where ``data`` starts: later than asked when older output was dropped,
+                                       # earlier when asked beyond the end (the end: what the VM writes next)
     next_offset: int                   # ask from here next time
 
 
@@ -65,13 +66,14 @@ class ConsoleFiles:
         deadline = time.monotonic() + min(max(wait_ms, 0), WAIT_MS_MAX) / 1000
         while True:
             base = self.base(bid_id)
-            start = max(offset, base)
             try:
                 with open(self._path(bid_id, "out"), "rb") as file:
+                    end = base + os.fstat(file.fileno()).st_size
+                    start = min(max(offset, base), end)       # beyond the end: from the end (what comes next)
                     file.seek(start - base)
                     data = file.read(READ_BYTES_MAX)
             except FileNotFoundError:
-                data = b""
+                start, data = min(max(offset, base), base), b""
             if data or time.monotonic() >= deadline:
                 return ConsoleOutput(data, start, start + len(data))
             time.sleep(POLL_S)
