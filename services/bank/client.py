@@ -163,6 +163,11 @@ class BatchItemResult:
     fault_message: str | None = None
 
     @property
+    def ok(self) -> bool:
+        """Applied, now or before (the name MARKET-DESIGN.md gives it)."""
+        return self.applied
+
+    @property
     def code(self) -> str | None:
         return None if self.fault_code is None else self.fault_code.split(".")[-1]
 
