@@ -149,7 +149,8 @@ def _best_response(args) -> int:
 
 
 def _own_rates(args):
-    """The caller's own live bids' Σ rates on a host, read from the host's auctioneer (signed as the caller)."""
+    """The caller's own live bids' Σ rates on a host, read from the host's auctioneer (signed as the caller,
+    ``AuctioneerClient.my_bids``)."""
     def own(entry: HostEntry) -> int:
         from ..auctioneer.client import AuctioneerClient
 
@@ -161,7 +162,8 @@ def _own_rates(args):
                 cert_path=args.cert, key_path=args.key, proxy_path=args.proxy), trust_dir=trust_directory(args.trust),
                 timeout_s=args.timeout, retries=args.retries)
         try:
-            return sum(bid.rate_ucps for bid in auctioneer.my_bids() if bid.live)
+            # (an auctioneer's URL may serve another host id too: only this host's bids count)
+            return sum(bid.rate_ucps for bid in auctioneer.my_bids() if bid.live and bid.host_id == entry.host_id)
         except GridcreditError as error:
             raise GridcreditError(f"your own bids on host {entry.host_id} cannot be read from its auctioneer "
                                   f"{entry.auctioneer_url}: {error} (--no-own-bids if you have none there)") from None
