@@ -1,0 +1,295 @@
+"""The Auctioneer's allocation loop (services/auctioneer/runtime.py) with a fake clock, its market in an embedded store
+of its own and the real Bank of a running host (the loop signs as that host: the holds' collector).
+
+- every interval's batch is journaled (the market's pending charges and the interval's record) BEFORE it is sent;
+- an answer lost after the Bank applied the batch (the auctioneer killed then): a new loop on the same store sends
+  the same batch again — the same request ids — and the Bank answers what it applied: each interval charged once;
+- the Bank down for several intervals: the charges wait, then every interval is closed and charged once, each bid
+  paying floor(rate × live time);
+- a hypervisor that fails: the bid says its VM was not made (it is live and pays), and the next pass makes it.
+
+The hypervisor here is a recording double of ``runtime.Enforcer`` (no VMs: enforcement on real QEMU is
+tests/test_auctioneer_loop_qemu.py); everything else is real.
+"""
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from gridcredit.config import StoreConfig
+from gridcredit.errors import GridcreditError
+from gridcredit.security.credentials import load_credential
+from gridcredit.services.auctioneer import market as core
+from gridcredit.services.auctioneer.config import AuctioneerConfig
+from gridcredit.services.auctioneer.policy import AuctioneerPolicy
+from gridcredit.services.auctioneer.runtime import (AllocationLoop, Auctioneer, EnforcementError, bank_of,
+                                                    market_config, vm_name)
+from gridcredit.services.auctioneer.store import INDEXES, BidRecord, MarketStore, bid_id_for
+from gridcredit.services.bank.client import BankClient
+from gridcredit.xmlstore import open_store
+
+from bank_fixtures import BankUsers, bank_host
+
+pytestmark = pytest.mark.slow
+
+CREDIT = 1_000_000
+INTERVAL_US = 1_000_000
+OWNER_ACCOUNT = "loop-owner"
+
+
+@pytest.fixture(scope="module")
+def people(pki):
+    return {"admin": pki.user("Loop Admin"), "owner": pki.user("Loop Owner"), "alice": pki.user("Loop Alice"),
+            "bob": pki.user("Loop Bob")}
+
+
+@pytest.fixture(scope="module")
+def host(pki, people, tmp_path_factory):
+    users = BankUsers(people["admin"], pki.user("Loop Admin Two"), pki.user("Loop Auditor"), (), (), (), (),
+                      pki.user("Loop Service"), pki.user("Loop Stranger"))
+    with bank_host(tmp_path_factory.mktemp("auctioneer-loop"), "embedded", users, pki) as running:
+        admin = BankClient(running.url, credential=people["admin"].credential, trust_dir=pki.trust_dir)
+        for account, owner in ((OWNER_ACCOUNT, "owner"), ("loop-alice", "alice"), ("loop-bob", "bob")):
+            admin.create_account(account, project="loop", owner_dn=people[owner].dn)
+            if owner != "owner":
+                admin.mint(account, 100_000)
+        yield running
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.us = (time.time_ns() // 1000 // INTERVAL_US + 1) * INTERVAL_US + 100_000
+
+    def __call__(self) -> int:
+        return self.us
+
+    def to_boundary(self, intervals: int = 1) -> int:
+        self.us = (self.us // INTERVAL_US + intervals) * INTERVAL_US + 1_000
+        return self.us
+
+
+class RecordingEnforcer:
+    """A double of runtime.Enforcer: what would be made, capped, weighted and removed; ``fail`` makes the next
+    calls of those operations raise EnforcementError."""
+
+    def __init__(self) -> None:
+        self.vms: dict[str, tuple] = {}
+        self.fail: set[str] = set()
+        self.calls: list[tuple] = []
+
+    def _maybe_fail(self, operation: str) -> None:
+        if operation in self.fail:
+            raise EnforcementError(f"HypervisorUnavailable: {operation} refused (test)")
+
+    def names(self):
+        self._maybe_fail("names")
+        return sorted(self.vms)
+
+    def create(self, name, template, *, quota_us, period_us, weight):
+        self._maybe_fail("create")
+        self.calls.append(("create", name, template, quota_us))
+        self.vms[name] = (quota_us, period_us, weight)
+
+    def remove(self, name):
+        self.calls.append(("remove", name))
+        self.vms.pop(name, None)
+
+    def cap(self, name, quota_us, period_us):
+        self._maybe_fail("cap")
+        self.calls.append(("cap", name, quota_us))
+        self.vms[name] = (quota_us, period_us, self.vms[name][2])
+
+    def weight(self, name, weight):
+        self.vms[name] = self.vms[name][:2] + (weight,)
+
+    def cpu_time_us(self, name):
+        return 0
+
+    def console_path(self, name):
+        return Path("/nonexistent")
+
+
+class LosingBank:
+    """The real Bank; ``lose`` answers are dropped after the Bank applied the batch (what a kill -9 of the
+    auctioneer between sending and recording looks like to the Bank); ``down``: nothing reaches it."""
+
+    def __init__(self, real, store_reader=None) -> None:
+        self.real = real
+        self.lose = 0
+        self.down = False
+        self.sent: list[tuple[str, tuple]] = []
+        self.check = store_reader
+
+    def apply(self, charges, *, batch_id, payee):
+        if self.down:
+            raise GridcreditError("cannot reach the Bank (test: down)")
+        if self.check is not None:
+            self.check(batch_id, charges)
+        self.sent.append((batch_id, tuple(charge.request_id for charge in charges)))
+        outcomes = self.real.apply(charges, batch_id=batch_id, payee=payee)
+        if self.lose:
+            self.lose -= 1
+            raise GridcreditError("connection reset after the request was sent (test)")
+        return outcomes
+
+
+@pytest.fixture
+def loop_parts(host, people, tmp_path):
+    settings = AuctioneerConfig(host_id="loop-host", owner_account=OWNER_ACCOUNT, interval_s=1,
+                                templates=("small=spin",))
+    store = open_store(StoreConfig(backend="embedded"), tmp_path, indexes=INDEXES)
+    credential = load_credential(host.pki.host_cert, host.pki.host_key)
+    client = BankClient(host.url, credential=credential, trust_dir=host.pki.trust_dir, timeout_s=10, retries=0)
+    part = Auctioneer(settings, MarketStore(store, market_config(settings)), AuctioneerPolicy(), credential.identity_dn,
+                      client, tmp_path / "consoles", tmp_path / "vms", {"small": None})
+    yield part, client
+    store.close()
+
+
+def place(host, people, part: Auctioneer, clock: Clock, who: str, *, rate: int, amount: int) -> str:
+    """A bid as PlaceBid makes it (service.py): a real hold at the Bank, the market's place_bid and the bid's record."""
+    bank = BankClient(host.url, credential=people[who].credential, trust_dir=host.pki.trust_dir)
+    hold = bank.create_hold(f"loop-{who}", amount=amount, expires=timedelta(hours=1), collector_dn=part.dn,
+                            payee_account_id=OWNER_ACCOUNT).transaction
+    bid_id = bid_id_for(part.settings.host_id, hold.hold_id)
+
+    def step(tx, market):
+        placed = core.place_bid(market, bid_id=bid_id, owner_dn=people[who].dn, hold_id=hold.hold_id,
+                                rate_ucps=rate, max_duration_s=3_600, mode=part.mode, hold_remaining=amount,
+                                hold_expires_us=hold.expires_at_us, now_us=clock())
+        MarketStore.put_record(tx, BidRecord(bid_id, part.settings.host_id, people[who].dn, hold.hold_id,
+                                             f"loop-{who}", "small", 3_600, clock()))
+        return placed, None
+    part.market.change(step, now_us=clock())
+    return bid_id
+
+
+def cancel(part: Auctioneer, clock: Clock, bid_id: str) -> None:
+    part.market.change(lambda tx, market: (core.cancel_bid(market, bid_id, now_us=clock()), None), now_us=clock())
+
+
+def bank_charges(host, people, who: str, hold_id: str) -> list:
+    bank = BankClient(host.url, credential=people[who].credential, trust_dir=host.pki.trust_dir)
+    found, offset = [], 0
+    while offset is not None:
+        page = bank.history(f"loop-{who}", offset=offset, limit=500)
+        found.extend(t for t in page.transactions if t.hold_id == hold_id and t.kind in ("charge", "settle"))
+        offset = page.next_offset
+    return found
+
+
+def test_each_batch_is_journaled_before_it_is_sent(host, people, loop_parts):
+    part, client = loop_parts
+    clock = Clock()
+
+    def journaled(batch_id, charges):
+        market = part.market.market(now_us=clock())
+        k = int(batch_id.rsplit(":", 1)[1])
+        record = part.market.interval(k)
+        assert market.pending_interval == k and market.pending_charges == tuple(charges)
+        assert record is not None and record.state == "journaled"
+        assert [item.request_id for item in record.items] == [charge.request_id for charge in charges]
+    bank = LosingBank(bank_of(client), journaled)
+    loop = AllocationLoop(part, bank, RecordingEnforcer(), clock=clock)
+    bid = place(host, people, part, clock, "alice", rate=3 * CREDIT, amount=100)
+    for _ in range(3):
+        clock.to_boundary()
+        loop.boundary()
+    assert len(bank.sent) == 3
+    assert all(record.state == "answered" for record in part.market.intervals())
+    view = part.market.market(now_us=clock()).bids[bid]
+    assert view.charged_credits == 3 * CREDIT * (clock() // INTERVAL_US * INTERVAL_US - view.started_us) // 10**12
+
+
+def test_a_lost_answer_is_sent_again_by_the_next_loop_and_charged_once(host, people, loop_parts):
+    part, client = loop_parts
+    clock = Clock()
+    bank = LosingBank(bank_of(client))
+    first_loop = AllocationLoop(part, bank, RecordingEnforcer(), clock=clock)
+    bid = place(host, people, part, clock, "bob", rate=7 * CREDIT, amount=200)
+    clock.to_boundary()
+    bank.lose = 1
+    done = first_loop.boundary()              # applied at the Bank, answer lost: the loop "dies" here
+    assert done.problems and part.market.market(now_us=clock()).pending_interval is not None
+    sent_ids = bank.sent[-1][1]
+    clock.us += 300_000
+    second_loop = AllocationLoop(part, bank, RecordingEnforcer(), clock=clock)   # the restarted auctioneer
+    done = second_loop.boundary()
+    assert done.resent == 1 and bank.sent[-1][1] == sent_ids
+    market = part.market.market(now_us=clock())
+    assert market.pending_interval is None
+    bid_now = market.bids[bid]
+    transactions = bank_charges(host, people, "bob", bid_now.hold_id)
+    assert [t.request_id for t in transactions] == list(sent_ids)          # one transaction, not two
+    assert sum(t.amount for t in transactions) == bid_now.charged_credits
+    hold = BankClient(host.url, credential=people["bob"].credential, trust_dir=host.pki.trust_dir).get_hold(
+        bid_now.hold_id)
+    assert hold.charged == bid_now.charged_credits and hold.amount - hold.charged == bid_now.hold_remaining
+    cancel(part, clock, bid)
+    clock.to_boundary()
+    second_loop.boundary()
+
+
+def test_the_bank_down_for_intervals_then_each_is_charged_once(host, people, loop_parts):
+    part, client = loop_parts
+    clock = Clock()
+    bank = LosingBank(bank_of(client))
+    loop = AllocationLoop(part, bank, RecordingEnforcer(), clock=clock)
+    bid = place(host, people, part, clock, "alice", rate=2 * CREDIT + 500_000, amount=1_000)
+    started = clock()
+    clock.to_boundary()
+    loop.boundary()
+    bank.down = True
+    clock.to_boundary()
+    done = loop.boundary()
+    assert done.problems and len(done.closed) == 1          # closed and journaled; its batch not answered
+    for _ in range(2):
+        clock.to_boundary()
+        done = loop.boundary()
+        assert done.problems and not done.closed           # the batch waits: nothing closed after it
+    bank.down = False
+    end = clock.to_boundary()
+    done = loop.boundary()
+    assert done.resent == 1 and len(done.closed) == 3       # the kept batch, then every interval since
+    market = part.market.market(now_us=clock())
+    live_us = end // INTERVAL_US * INTERVAL_US - started
+    assert market.bids[bid].charged_credits == (2 * CREDIT + 500_000) * live_us // 10**12
+    transactions = bank_charges(host, people, "alice", market.bids[bid].hold_id)
+    ids = [t.request_id for t in transactions]
+    assert len(ids) == len(set(ids)) and sum(t.amount for t in transactions) == market.bids[bid].charged_credits
+    cancel(part, clock, bid)
+    clock.to_boundary()
+    loop.boundary()
+
+
+def test_a_hypervisor_error_is_said_in_the_bid_and_tried_again(host, people, loop_parts):
+    part, client = loop_parts
+    clock = Clock()
+    enforcer = RecordingEnforcer()
+    loop = AllocationLoop(part, bank_of(client), enforcer, clock=clock)
+    bid = place(host, people, part, clock, "bob", rate=CREDIT, amount=100)
+    enforcer.fail = {"create"}
+    done = loop.enforce()
+    assert done.problems and not enforcer.vms
+    record, _ = part.market.record(bid)
+    assert "VM not made" in record.enforced and "pays" in record.enforced
+    enforcer.fail = set()
+    done = loop.enforce()
+    name = vm_name(part.settings, bid)
+    assert done.created == [name] and enforcer.vms[name][0] == 100_000     # alone: the whole CPU
+    assert "capped at 100000" in part.market.record(bid)[0].enforced
+    # a second bid: both capped by their share; the orphan of the prefix is removed
+    other = place(host, people, part, clock, "alice", rate=3 * CREDIT, amount=100)
+    enforcer.vms[vm_name(part.settings, "b-orphan")] = (1_000, 100_000, 2)
+    done = loop.enforce()
+    assert vm_name(part.settings, "b-orphan") in done.removed
+    assert enforcer.vms[name][0] == 25_000 and enforcer.vms[vm_name(part.settings, other)][0] == 75_000
+    for bid_id in (bid, other):
+        cancel(part, clock, bid_id)
+    loop.enforce()
+    assert enforcer.vms == {}
+    clock.to_boundary()
+    loop.boundary()
