@@ -20,7 +20,15 @@ in every command group.
 Errors. An expected error (``GridcreditError``) is printed once on stderr as
 ``TypeName: message`` (:func:`error_text`; the message carries the hint, e.g. the request id to
 repeat after :class:`OutcomeUnknown`) and the command exits ``EXIT_FAILED``; a usage error exits
-``EXIT_USAGE`` with argparse's message (:class:`UsageError` from a handler, after its own checks).
+``EXIT_USAGE``, printed by :class:`ArgumentParser` as ``UsageError: <command>: message`` with the
+command's usage line (argparse's own refusals, and :class:`UsageError` from a handler after its
+own checks).
+
+Where a client goes. ``--url``, ``--cert/--key``, ``--proxy`` and ``--trust`` default to the
+configuration's ``[client]`` section (``gridcredit.config.client_settings``: the URL of this
+host's ``server.port``, the trust directory of ``X509_CERT_DIR`` or of this host), worked out once
+per command by :func:`resolve_client_options` — so after ``gridcredit serve --port 9443`` and
+``[client] url = "https://localhost:9443"`` (or ``GRIDCREDIT_CLIENT_URL``) no command needs ``--url``.
 """
 from __future__ import annotations
 
@@ -28,6 +36,8 @@ import argparse
 import dataclasses
 import enum
 import json
+import re
+import sys
 from datetime import datetime
 from typing import Callable
 
@@ -63,6 +73,47 @@ def number_in(low: float, high: float, *, kind: type = int, unit: str = "",
 
 seconds_type = number_in(0, 3600, kind=float, unit="seconds", low_excluded=True)   # --timeout
 
+_DURATION_PART = re.compile(r"(\d+)\s*([smhdw])")
+DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+
+
+def duration_type(text: str) -> int:
+    """Seconds from a duration with its unit: ``90s``, ``30m``, ``2h``, ``1d``, ``1w`` or ``1h30m``.
+
+    A bare number is refused: ``--expires-in 2`` could mean 2 seconds or 2 hours, and a hold that
+    expires two seconds later is not what anyone asked for."""
+    cleaned = text.strip().lower()
+    if cleaned.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} has no unit: write {cleaned}s, {cleaned}m, {cleaned}h or {cleaned}d")
+    parts = _DURATION_PART.findall(cleaned)
+    if not parts or _DURATION_PART.sub("", cleaned).strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90s, 30m, 2h, 1d or 1h30m")
+    seconds = sum(int(number) * DURATION_UNITS_S[unit] for number, unit in parts)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be positive")
+    return seconds
+
+
+def url_type(text: str) -> str:
+    """``--url``: an https:// URL with a host (a usage error otherwise, saying how to write it)."""
+    from .config import check_url
+    from .errors import ConfigError
+
+    try:
+        return check_url(text, "--url").rstrip("/")
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--url ")) from None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors read like every other error: ``UsageError: …`` with
+    the hint to ask for ``--help``, after the usage line; exit ``EXIT_USAGE``. Sub-parsers made
+    from it (``add_subparsers``) are of this class too."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"UsageError: {self.prog}: {message} (see: {self.prog} --help)\n")
+
 
 # ---------------------------------------------------------------------------------------------
 # Client options
@@ -70,11 +121,14 @@ seconds_type = number_in(0, 3600, kind=float, unit="seconds", low_excluded=True)
 
 def add_credential_arguments(parser: argparse.ArgumentParser) -> None:
     """--url/--cert/--key/--proxy/--trust/--json: how every client command reaches a host."""
-    parser.add_argument("--url", default="https://localhost:8443", help="base URL of the gridcredit host (default %(default)s)")
-    parser.add_argument("--cert", help="certificate (default: grid conventions, X509_USER_PROXY / X509_USER_CERT)")
+    parser.add_argument("--url", type=url_type, help="base URL of the gridcredit host (default: [client] url, "
+                        "GRIDCREDIT_CLIENT_URL, else https://localhost:<server.port>, 8443)")
+    parser.add_argument("--cert", help="certificate, with --key (default: [client] cert, else grid conventions: "
+                        "X509_USER_PROXY, /tmp/x509up_u<uid>, X509_USER_CERT, ~/.globus/usercert.pem)")
     parser.add_argument("--key", help="private key for --cert")
-    parser.add_argument("--proxy", help="proxy certificate file (default $X509_USER_PROXY or /tmp/x509up_u<uid>)")
-    parser.add_argument("--trust", help="trust directory of CA certificates and CRLs (default $X509_CERT_DIR)")
+    parser.add_argument("--proxy", help="proxy certificate file (default: [client] proxy, $X509_USER_PROXY or /tmp/x509up_u<uid>)")
+    parser.add_argument("--trust", help="trust directory of CA certificates and CRLs (default: [client] trust_dir, "
+                        "$X509_CERT_DIR, this host's, /etc/grid-security/certificates)")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
@@ -89,14 +143,52 @@ def add_client_arguments(parser: argparse.ArgumentParser, *, timeout_s: float, r
                              + (f"; {retries_note}" if retries_note else ""))
 
 
+def resolve_client_options(args: argparse.Namespace) -> None:
+    """Fill the client options not given on the command line from the configuration (``[client]``,
+    ``gridcredit.config.client_settings``), once: ``args.url`` is then the URL used, and
+    ``args.trust_from`` says where the trust directory came from (for the hint of a TLS failure).
+    ``--cert`` without ``--key`` (or the reverse) is a usage error."""
+    if getattr(args, "client_options_resolved", False) or not hasattr(args, "url"):
+        return
+    if bool(args.cert) != bool(args.key):
+        given, missing = ("--cert", "--key") if args.cert else ("--key", "--cert")
+        raise _usage(args, f"{given} needs {missing}: give both (or --proxy FILE for a proxy file that holds its key)")
+    from .config import client_settings
+
+    local = getattr(args, "local", None)
+    if local is not None:
+        settings = client_settings(local.config())
+    else:  # a namespace built without gridcredit.server.cli.main (a test): the defaults alone
+        from .config import Config
+
+        settings = client_settings(Config())
+    if args.url is None:
+        args.url = settings.url
+    if not (args.cert or args.proxy):
+        args.cert, args.key, args.proxy = settings.cert, settings.key, settings.proxy
+    if args.trust is None:
+        args.trust, args.trust_from = settings.trust_dir, settings.trust_from
+    else:
+        args.trust_from = "--trust"
+    args.client_options_resolved = True
+
+
+def _usage(args: argparse.Namespace, message: str) -> "UsageError":
+    parser = getattr(args, "parser_of_command", None)
+    return UsageError(parser, message)
+
+
 def client_of(args: argparse.Namespace, client_class, **options):
     """``client_class`` (a ServiceClient) for the host of ``--url``, signing with the credential of
-    ``--cert/--key/--proxy`` (grid conventions by default), trusting ``--trust``."""
+    ``--cert/--key/--proxy`` (grid conventions by default), trusting ``--trust`` — each, when not
+    given, from the configuration (:func:`resolve_client_options`)."""
     from .security.credentials import load_credential, trust_directory
 
+    resolve_client_options(args)
     credential = load_credential(cert_path=args.cert, key_path=args.key, proxy_path=args.proxy)
     return client_class(args.url, credential=credential, trust_dir=trust_directory(args.trust),
-                        timeout_s=args.timeout, retries=args.retries, **options)
+                        timeout_s=args.timeout, retries=args.retries,
+                        trust_hint=getattr(args, "trust_from", None), **options)
 
 
 class LazyClient:
@@ -170,9 +262,16 @@ def error_text(error: BaseException) -> str:
 class UsageError(GridcreditError):
     """A combination of options argparse cannot check (``--remove`` with an amount): exit 2."""
 
-    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+    def __init__(self, parser: argparse.ArgumentParser | None, message: str) -> None:
         super().__init__(message)
         self.parser = parser
+
+    def exit(self):
+        """Shown by the command's parser (its usage line, then the error); exits ``EXIT_USAGE``."""
+        if self.parser is not None:
+            self.parser.error(str(self))
+        print(f"UsageError: {self}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
 
 
 def usage_error(args: argparse.Namespace, message: str) -> UsageError:
@@ -186,7 +285,7 @@ def checked(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
         try:
             return handler(args)
         except UsageError as error:
-            error.parser.error(str(error))  # exits 2
+            error.exit()
     return run
 
 

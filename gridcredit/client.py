@@ -23,12 +23,17 @@ our trust directory accepts and must confirm the signature of the request it ans
   reached the service and no attempt was answered, :class:`OutcomeUnknown` says so (with the
   request id to repeat it under, when there is one); otherwise the last error is raised
   ("cannot reach …").
+* **A host our trust directory does not accept is an answer**, not an outage: its TLS certificate
+  failing verification (an unknown CA, a name that is not the URL's) is raised at once as
+  :class:`~gridcredit.errors.CertificateError` naming the trust directory and how to choose
+  another (``--trust``, ``X509_CERT_DIR``), never retried.
 
 Exceptions raised here (all :class:`GridcreditError`)::
 
     GridcreditError                 "cannot reach …" after the last attempt
     ├── RemoteFault                 the service refused (``.code``: InsufficientFunds, NotAuthorized, …)
     ├── SecurityError               the answer failed verification (not retried)
+    │   └── CertificateError        the host's TLS certificate is not trusted (not retried)
     └── ClientError
         ├── InvalidRequest          refused here, before sending (a bad argument, a naive datetime…)
         └── OutcomeUnknown          no answer to a change that may have arrived; ``.request_id``
@@ -41,6 +46,7 @@ import importlib.util
 import ipaddress
 import logging
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -57,7 +63,7 @@ import zeep.wsdl
 from cryptography import x509
 from lxml import etree
 
-from .errors import GridcreditError, RemoteFault, SecurityError
+from .errors import CertificateError, GridcreditError, RemoteFault, SecurityError
 from .security.pki import proxy_info
 from .security.wssec import SOAP11_NS, WSSE_NS, MemoryReplayCache, Signer, Verifier, VerifyPolicy
 
@@ -233,8 +239,29 @@ def forget_service_descriptions() -> None:
 # What counts as "no answer"
 
 
+def _causes(error: BaseException):
+    """``error`` and what it wraps: requests and urllib3 keep the cause in ``args[0]`` and ``reason``."""
+    seen: set[int] = set()
+    todo = [error]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen or not isinstance(current, BaseException):
+            continue
+        seen.add(id(current))
+        yield current
+        todo += [getattr(current, "reason", None), current.__cause__, current.__context__, *current.args[:1]]
+
+
+def tls_refusal(error: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The host's certificate failing our verification (unknown CA, wrong name, expired), if that is
+    what ``error`` is: an answer from the host, not an outage."""
+    return next((cause for cause in _causes(error) if isinstance(cause, ssl.SSLCertVerificationError)), None)
+
+
 def no_answer(error: BaseException) -> bool:
     """Whether an attempt ended without any answer from the service (its outcome is unknown)."""
+    if tls_refusal(error) is not None:
+        return False  # the host answered with a certificate we do not trust: the same each time
     if isinstance(error, RemoteFault):
         # The service's own "not applied, retry later" (its store failed) is safe to repeat; every
         # other fault is a refusal, final.
@@ -297,7 +324,7 @@ class ServiceClient:
     def __init__(self, base_url: str, service: str | None = None, *, credential, trust_dir: Path | str,
                  timeout_s: float | None = None, retries: int = RETRIES_DEFAULT,
                  backoff_s: float = BACKOFF_S_DEFAULT, sleep: Callable[[float], None] = time.sleep,
-                 wsdl_dir: Path = WSDL_DIR) -> None:
+                 wsdl_dir: Path = WSDL_DIR, trust_hint: str | None = None) -> None:
         service = service or self.SERVICE
         if not service:
             raise InvalidRequest("name the service (bank, luts, …)")
@@ -313,6 +340,7 @@ class ServiceClient:
         self.retries = retries
         self.backoff_s = backoff_s
         self.trust_dir = Path(trust_dir)
+        self.trust_hint = trust_hint        # where trust_dir came from (--trust, X509_CERT_DIR, …), for messages
         self._sleep = sleep
         self._description = service_description(service, wsdl_dir=wsdl_dir)
         self._verifier = response_verifier(self.trust_dir)
@@ -358,14 +386,26 @@ class ServiceClient:
         try:
             return self._attempt(operation, arguments)
         except Exception as error:  # noqa: BLE001 — sorted into our errors; the rest propagates
-            if isinstance(error, requests.RequestException):
+            if isinstance(error, requests.RequestException) and tls_refusal(error) is None:
                 raise GridcreditError(f"cannot reach {self.url}: {error}") from None
             raise self._answered(error, operation) from None
+
+    def _host_not_trusted(self, refusal: ssl.SSLCertVerificationError) -> CertificateError:
+        reason = refusal.verify_message or str(refusal)
+        where = f" (from {self.trust_hint})" if self.trust_hint else ""
+        return CertificateError(
+            f"the host {self.base_url} presented a TLS certificate the trust directory {self.trust_dir}{where} does "
+            f"not accept: {reason}; give the directory of the CA that issued the host's certificate with --trust DIR "
+            "or X509_CERT_DIR=DIR (for a `gridcredit serve` with its development CA: <state_dir>/pki/certificates, "
+            "as serve prints it), and a URL naming the host as its certificate does")
 
     def _answered(self, error: Exception, operation: str) -> Exception:
         """An error that is an answer (or a refusal here), as the GridcreditError the caller should see."""
         if isinstance(error, GridcreditError):
             return error
+        refusal = tls_refusal(error)
+        if refusal is not None:
+            return self._host_not_trusted(refusal)
         if isinstance(error, zeep.exceptions.ValidationError):
             return InvalidRequest(f"{operation}: {error}")
         if isinstance(error, zeep.exceptions.TransportError):
@@ -428,4 +468,8 @@ class ServiceClient:
                                  "not have applied it, and sending it again could apply it twice", None)
         if isinstance(last, GridcreditError):
             raise last
-        raise GridcreditError(f"cannot reach {self.url} after {attempt + 1} attempt(s): {reason}")
+        hint = ""
+        if any(isinstance(cause, ConnectionRefusedError) or "Connection refused" in str(cause)
+               for cause in _causes(last)) if last is not None else False:
+            hint = f"; nothing listens at {self.base_url}: is `gridcredit serve` running, on that port?"
+        raise GridcreditError(f"cannot reach {self.url} after {attempt + 1} attempt(s): {reason}{hint}")

@@ -346,7 +346,7 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None, *,
     check_environment(env, sections)
     config = _build(Config, host_table, env, ENV_PREFIX, where, skip=HOST_SKIP)
     config = dataclasses.replace(config, sections=service_sections,
-                                 source=str(config_file) if config_file is not None else "")
+                                 source=str(config_file.absolute()) if config_file is not None else "")
     if config.store.backend not in {"embedded", "basex"}:
         raise ConfigError(f"store.backend must be 'embedded' or 'basex', not {config.store.backend!r}")
     if config.server.client_cert not in {"none", "optional", "required"}:

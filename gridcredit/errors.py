@@ -2,6 +2,7 @@
 
     GridcreditError                 base of every expected operating error
     ├── ConfigError                 the configuration file or an override is wrong
+    ├── ServeError                  gridcredit serve cannot listen: its port in use or not allowed (server/host_cli.py)
     ├── UsageError                  options a command cannot take together (gridcredit/cli_support.py; exit 2)
     ├── SecurityError               a message, certificate or credential is refused
     │   ├── CredentialError         our own credential is missing or unreadable

@@ -80,8 +80,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "to $X509_USER_PROXY, else /tmp/x509up_u<uid>.")
     parser.add_argument("--cert", type=Path, help="certificate file (default: grid conventions)")
     parser.add_argument("--key", type=Path, help="key file (default: grid conventions)")
-    parser.add_argument("--hours", type=float, default=12, help="lifetime in hours (default 12; capped at the "
-                                                                "certificate's expiry)")
+    from gridcredit.cli_support import number_in
+
+    parser.add_argument("--hours", type=number_in(0, pki.PROXY_HOURS_MAX, kind=float, unit="hours", low_excluded=True),
+                        default=12, help=f"lifetime in hours, more than 0 up to {pki.PROXY_HOURS_MAX:,} (default 12; "
+                                         "capped at the certificate's expiry)")
     parser.add_argument("--limited", action="store_true", help="make a limited proxy")
     parser.add_argument("--path-length", type=int, help="how many proxies may be made from this one")
     parser.add_argument("--passphrase-file", type=Path, help="file holding the key's passphrase")

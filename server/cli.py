@@ -2,17 +2,21 @@
 
 Each area registers its own sub-commands (``register(subparsers)``); a sub-command's handler
 takes the parsed arguments and returns an exit code. Expected errors (``GridcreditError``) are
-printed as ``TypeName: message`` with exit code 1; usage errors exit 2 (argparse).
+printed as ``TypeName: message`` with exit code 1; usage errors as ``UsageError: …`` with exit
+code 2 (gridcredit.cli_support.ArgumentParser); Ctrl-C exits 130; output cut short by the reader
+(``… | head``) ends quietly. A client command's options not given are taken from the
+configuration (``[client]``) before its handler runs, so ``args.url`` is the URL used.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from gridcredit import __version__
-from gridcredit.cli_support import error_text
+from gridcredit.cli_support import ArgumentParser, UsageError, error_text, resolve_client_options
 from gridcredit.errors import GridcreditError
 
 from . import registry
@@ -44,7 +48,7 @@ class LocalInstallation:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="gridcredit",
         description="Grid accounting and a CPU market as signed SOAP services.",
     )
@@ -67,13 +71,23 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(args.handler(args) or 0)
+        resolve_client_options(args)
+        code = int(args.handler(args) or 0)
+        sys.stdout.flush()          # here, where a reader that has gone is seen (below), not at exit
+        return code
+    except UsageError as error:
+        error.exit()
     except GridcreditError as error:
         print(error_text(error), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader stopped reading (`| head`): nothing more to say. Python would complain again
+        # when it flushes stdout at exit, so stdout goes to /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

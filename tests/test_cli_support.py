@@ -13,7 +13,7 @@ import pytest
 
 from gridcredit.server.cli import main
 from gridcredit.cli_support import (EXIT_USAGE, UsageError, add_client_arguments, checked, error_text, jsonable,
-                                    print_result)
+                                    print_result, resolve_client_options)
 from gridcredit.client import OutcomeUnknown
 
 from security_fixtures import free_port, host_process
@@ -66,7 +66,10 @@ def test_client_options_are_checked_by_argparse():
     parser = argparse.ArgumentParser()
     add_client_arguments(parser, timeout_s=60.0)
     args = parser.parse_args([])
-    assert (args.timeout, args.retries, args.json, args.url) == (60.0, 3, False, "https://localhost:8443")
+    # --url is worked out from the configuration (its [client] url, else this host's port) once parsed
+    assert (args.timeout, args.retries, args.json, args.url) == (60.0, 3, False, None)
+    resolve_client_options(args)
+    assert args.url == "https://localhost:8443"
     for bad in (["--timeout", "0"], ["--retries", "11"], ["--timeout", "x"]):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
