@@ -3,14 +3,12 @@ with registered hosts (issue 14.5, 14.6): --json and text, the best response as 
 from the directory's Σ rates, refusals as ``TypeName: message``."""
 from __future__ import annotations
 
-import json
 from fractions import Fraction
 from itertools import product
 
 import pytest
 
 from gridcredit.security.credentials import load_credential
-from gridcredit.server.cli import main
 from gridcredit.services.auctioneer.best_response import HostOffer, best_response, utility
 from gridcredit.services.directory.best import offers, split_report
 from gridcredit.services.directory.client import DirectoryClient

@@ -20,15 +20,13 @@ integer µcr/s (``*_ucps``). Exit codes: 0 done, 1 refused or failed (``TypeName
 from __future__ import annotations
 
 import argparse
-from decimal import Decimal
 
 from gridcredit.cli_support import (EXIT_OK, CommandGroup, LazyClient, add_client_arguments, client_of, print_result,
-                                    show_identity, usage_error)
-from gridcredit.client import InvalidRequest
+                                    show_identity)
 from gridcredit.errors import DomainError, GridcreditError
 from gridcredit.timeunits import datetime_from_us, rfc3339
 
-from .types import HOST_ID, RATE_UCPS_MAX, UCPS_PER_CREDIT, HostEntry, rate_from_decimal, rate_text, rate_to_decimal
+from .types import HOST_ID, HostEntry, rate_from_decimal, rate_text, rate_to_decimal
 
 HOSTS_NAMED_MAX = 1_000
 DURATION_S_MAX = 366 * 86_400

@@ -52,7 +52,7 @@ class DirectoryClient(ServiceClient):
             "host_id": host_id, "auctioneer_url": auctioneer_url, "capacity_cpus": capacity_cpus,
             "total_rate": rate_to_decimal(total_rate_ucps), "hour_average_price": rate_to_decimal(hour_average_price_ucps),
             "live_bids": live_bids, "interval_s": interval_s, "ttl_s": ttl_s},
-            effect=Effect.ONCE_PER_KEY, request_id=None)
+            effect=Effect.ONCE_PER_KEY)
         return _entry(answer)
 
     def hosts(self) -> list[HostEntry]:
