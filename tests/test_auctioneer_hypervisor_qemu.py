@@ -174,6 +174,23 @@ def test_removal_leaves_nothing_and_a_restarted_auctioneer_finds_its_vms(vm_fact
         hypervisor.set_cap(gone, 10_000)
 
 
+def test_what_is_left_of_a_vm_that_stopped_by_itself_is_removed(vm_factory):
+    """A VM that ended without remove_vm (here destroyed behind the auctioneer's back, as a guest that powers
+    off or crashes ends: on_poweroff/on_crash destroy) leaves its folder; remove_leftovers removes it and
+    leaves running VMs alone."""
+    hypervisor = vm_factory.hypervisor
+    running, died = vm_factory.name("alive"), vm_factory.name("died")
+    vm_factory.create(running, "idle")
+    vm_factory.create(died, "idle")
+    hypervisor._call("destroy behind our back", lambda connection: connection.lookupByName(died).destroy(), vm=died)
+    assert hypervisor.list_vms(vm_factory.prefix) == [running]
+    assert (vm_factory.state_dir / died).is_dir()
+    assert hypervisor.remove_leftovers(vm_factory.prefix) == [died]
+    assert not (vm_factory.state_dir / died).exists() and (vm_factory.state_dir / running / "disk.img").exists()
+    assert list(Path("/var/log/libvirt/qemu").glob(f"{died}.log*")) == []
+    assert hypervisor.remove_leftovers(vm_factory.prefix) == []
+
+
 def test_calls_on_a_vm_that_does_not_exist_raise_no_such_vm(vm_factory):
     hypervisor = vm_factory.hypervisor
     missing = vm_factory.name("never")

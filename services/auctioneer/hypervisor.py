@@ -30,7 +30,8 @@ destroyed VM leaves no configuration behind) built from a ``Template``, with
   ``<state_dir>/<name>/``, removed with the VM (``remove_vm``), as is QEMU's log of the VM when local.
 
 ``list_vms(prefix)`` lists the running domains whose names start with ``prefix`` (a restarted auctioneer
-finds its VMs; the names are the caller's, e.g. ``auction-<host>-<bid>``).
+finds its VMs; the names are the caller's, e.g. ``auction-<host>-<bid>``); ``remove_leftovers(prefix)`` removes
+what is left of those that stopped running without ``remove_vm`` (a guest that powered off or crashed).
 
 Capped mode (``set_cap``): QEMU/KVM's ``vcpu_period``/``vcpu_quota`` (µs of CPU per period for each vCPU
 thread; libvirt takes 1000 ≤ period ≤ 1,000,000 and 1000 ≤ quota, quotas below 1000 µs are raised to 1000 and
@@ -515,11 +516,30 @@ class Hypervisor:
 
         existed = self._call(f"remove VM {name}", destroy, vm=name)
         shutil.rmtree(self.vm_directory(name), ignore_errors=True)
+        self._remove_qemu_log(name)
+        log.info("hypervisor: removed VM %s%s", name, "" if existed else " (it was not running)")
+        return existed
+
+    def remove_leftovers(self, prefix: str = "") -> list[str]:
+        """Remove the folders (disk copy, console socket) and QEMU logs of VMs whose names start with
+        ``prefix`` that no longer run (a guest that powered off or crashed, a VM destroyed behind our back, an
+        auctioneer killed between creating a folder and starting its VM). Returns their names, sorted."""
+        running = set(self.list_vms(prefix))
+        if not self.state_dir.is_dir():
+            return []
+        gone = sorted(folder.name for folder in self.state_dir.iterdir()
+                      if folder.is_dir() and folder.name.startswith(prefix) and NAME_PATTERN.fullmatch(folder.name)
+                      and folder.name not in running)
+        for name in gone:
+            shutil.rmtree(self.state_dir / name, ignore_errors=True)
+            self._remove_qemu_log(name)
+            log.info("hypervisor: removed what was left of VM %s (not running)", name)
+        return gone
+
+    def _remove_qemu_log(self, name: str) -> None:
         if not self.keep_qemu_logs and self.uri == DEFAULT_URI:
             for leftover in QEMU_LOG_DIR.glob(f"{name}.log*"):
                 leftover.unlink(missing_ok=True)
-        log.info("hypervisor: removed VM %s%s", name, "" if existed else " (it was not running)")
-        return existed
 
     def list_vms(self, prefix: str = "") -> list[str]:
         """The running VMs whose names start with ``prefix``, sorted."""
