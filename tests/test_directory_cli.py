@@ -53,6 +53,9 @@ def test_market_hosts_lists_capacity_and_prices(market, people):
     assert (h2["capacity_cpus"], h2["price"], h2["price_ucps"], h2["total_rate"]) == (2, "2.000000", 2 * S, "4.000000")
     assert (h2["hour_average_price"], h2["live_bids"], h2["auctioneer_url"]) == ("1.000000", 2, market.url)
     assert listed["cli-h3"]["price"] == "0.625000" and listed["cli-h3"]["expires"].endswith("Z")
+    # --directory: the directory's host, when --url names an auctioneer's elsewhere
+    assert market.ok(people["bob"], "hosts", "--directory", market.url, url="https://localhost:1") == \
+        market.ok(people["bob"], "hosts")
     code, text, err = market(people["bob"], "hosts", as_json=False)
     assert code == 0 and err == ""
     row = next(line for line in text.splitlines() if line.startswith("cli-h3"))
