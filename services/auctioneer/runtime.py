@@ -273,6 +273,7 @@ class AllocationLoop:
         self.host = self.settings.host_id
         self._applied: dict[str, tuple] = {}          # VM → what was last applied to it (this process)
         self._cpu_marks: dict[str, int] = {}          # VM → its CPU µs at the last close (pay-for-use)
+        self._problems: set[str] = set()              # said in the log already (each once, until it clears)
         self._seen_version = -1
 
     # -- closing intervals and the Bank
@@ -392,8 +393,7 @@ class AllocationLoop:
             present = set(self.enforcer.names())
         except GridcreditError as error:
             done.problems.append(f"hypervisor: {error}")
-            log.warning("auctioneer %s: the hypervisor does not list its VMs (%s); tried again at the next pass",
-                        self.host, error)
+            log.debug("auctioneer %s: the hypervisor does not list its VMs (%s)", self.host, error)
             return done
         for name in sorted(present - set(live)):            # ended bids' VMs, and orphans after a crash
             try:
@@ -403,8 +403,7 @@ class AllocationLoop:
                 self._cpu_marks.pop(name, None)
             except GridcreditError as error:
                 done.problems.append(f"remove {name}: {error}")
-                log.warning("auctioneer %s: VM %s not removed (%s); tried again at the next pass", self.host, name,
-                            error)
+                log.debug("auctioneer %s: VM %s not removed (%s)", self.host, name, error)
         texts: dict[str, str] = {}
         for name, bid in sorted(live.items()):
             share = allocation.shares.get(bid.bid_id)
@@ -432,7 +431,7 @@ class AllocationLoop:
                 texts[bid.bid_id] = (f"{what}: {type(error).__name__}: {error}; the bid is live and pays: tried again "
                                      f"at the next pass")
                 done.problems.append(f"{name}: {error}")
-                log.warning("auctioneer %s: bid %s: %s", self.host, bid.bid_id, texts[bid.bid_id])
+                log.debug("auctioneer %s: bid %s: %s", self.host, bid.bid_id, texts[bid.bid_id])
                 continue
             if share is None:
                 texts[bid.bid_id] = (f"below the reserve price: no share; VM {name} held at the least "
@@ -522,11 +521,20 @@ class AllocationLoop:
             stop.wait(max(0.01, min(POLL_S, (next_boundary - self.clock()) / US_PER_S)))
 
     def _log(self, done: Pass, what: str) -> None:
-        if done.closed or done.created or done.removed or done.problems or done.resent:
-            log.info("auctioneer %s: %s: interval(s) closed %s, %d Bank item(s) (%d refused, %d batch sent again), "
-                     "VMs made %s, removed %s, %d live%s", self.host, what, done.closed or "none", done.items,
-                     done.refused, done.resent, done.created or "none", done.removed or "none", done.live,
-                     f"; problems: {'; '.join(done.problems)}" if done.problems else "")
+        """One line for a pass that did something or met a new problem (a problem is said once, until it
+        clears: the bids' ``enforced`` say it meanwhile)."""
+        new = [problem for problem in done.problems if problem not in self._problems]
+        if what == "enforcement":
+            cleared = self._problems - set(done.problems)
+            if cleared and not done.problems:
+                log.info("auctioneer %s: the hypervisor's problems cleared (%d)", self.host, len(cleared))
+            self._problems = set(done.problems)
+        if done.closed or done.created or done.removed or done.resent or new:
+            log.log(logging.WARNING if new else logging.INFO,
+                    "auctioneer %s: %s: interval(s) closed %s, %d Bank item(s) (%d refused, %d batch sent again), "
+                    "VMs made %s, removed %s, %d live%s", self.host, what, done.closed or "none", done.items,
+                    done.refused, done.resent, done.created or "none", done.removed or "none", done.live,
+                    f"; problems: {'; '.join(new)}" if new else "")
 
 
 def directory_heartbeat(part: Auctioneer, config) -> Callable[..., None] | None:
