@@ -94,6 +94,9 @@ class ServiceContract:
     ``cli_module``: the module whose ``register(subparsers)`` adds the service's commands.
     ``gauges(part, config)``: values read when ``/metrics`` is scraped (``gridcredit.metrics.Gauge``:
     a queue's depth, a backlog), from the worker that answers the scrape.
+    ``web_pages(part, config)``: the service's pages of the web view (``gridcredit.web.WebPage``),
+    served at ``/web/<name>/<page>``; each renders by asking the service's core with the person's
+    principal, so its policy decides what is shown.
     """
     name: str
     soap_module: str
@@ -106,6 +109,7 @@ class ServiceContract:
     routes: Callable[[Any, "Config"], Mapping[str, Registration]] | None = None
     cli_module: str | None = None
     gauges: Callable[[Any, "Config"], Any] | None = None
+    web_pages: Callable[[Any, "Config"], Any] | None = None
     summary: str = field(default="")   # one line for --help and the documentation
 
     def store_indexes(self) -> tuple:

@@ -36,6 +36,7 @@
     │   ├── NoSuchVm                no VM of that name on the host
     │   └── InvalidVmRequest        a bad VM name, template or parameter: nothing was called
     ├── UnknownGuest                not a built-in test guest (services/auctioneer/guest.py)
+    ├── WebError                    a web view page cannot be shown as asked (gridcredit/web.py; .status)
     └── DeliveryStopped             an outbox's receiver cannot take a batch now (sending ends, nothing lost)
 
 Security refusals carry a ``wsse:`` fault code (``code``) and a message a person understands.

@@ -30,6 +30,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
 
+# Debian's chromium and NSS's certutil/pk12util for the web view's tests in a real headless browser
+# (tests/test_web_browser.py); scripts/browser.sh installs only what is missing.
+echo "== installing the browser for the web view's tests (scripts/browser.sh install)"
+as_root scripts/browser.sh install
+
 # A real libvirtd + QEMU (TCG) for the Auctioneer's enforcement tests (tests/test_auctioneer_hypervisor*.py):
 # scripts/libvirt.sh installs its Debian packages (libvirt-dev among them, which pip needs below to build
 # libvirt-python) and starts virtlogd and libvirtd. Stopped after the tests only when this run started it.

@@ -45,6 +45,7 @@ from gridcredit.wsdl import finish as finish_wsdl
 
 from . import registry
 from .runtime import build_runtime, prepare_services
+from .web import WebView
 
 log = logging.getLogger("gridcredit.host")
 
@@ -202,8 +203,9 @@ class SignedSoapHost:
     def __init__(self, *, signer: Signer, verifier: Verifier, request_bytes_max: int, runtime=None,
                  services: tuple[str, ...] | None = None, trust=None,
                  registrations: "Mapping[str, Registration | Callable]" = {},
-                 metrics_access: metrics.Access | None = None) -> None:
+                 metrics_access: metrics.Access | None = None, web=None) -> None:
         self._runtime = runtime
+        self._web = web                         # server.web.WebView: GET /web/… for browsers (None: 404)
         self._metrics_access = metrics_access   # None: GET /metrics answers 404
         self._trust = trust
         # Plain HTTPS POST routes for reporters that do not speak SOAP (SGAS): authenticated by the
@@ -236,6 +238,8 @@ class SignedSoapHost:
             return self._registration(path.rstrip("/"), method, environ, start_response, started)
         if path == "/metrics" and self._metrics_access is not None:
             return self._metrics(method, environ, start_response)
+        if self._web is not None and self._web.serves(path):
+            return self._web(environ, start_response, lambda: self._tls_principal(environ))
         endpoint = self._endpoints.get(name)
         if endpoint is None:
             known = ", ".join(f"/{n}" for n in self._endpoints)
@@ -371,7 +375,7 @@ class SignedSoapHost:
             certificate = x509.load_pem_x509_certificate(pem.encode("ascii") if isinstance(pem, str) else pem)
             return self._trust.validate([certificate])  # our own checks too: CRLs, key usage, validity
         except (SecurityError, ValueError) as error:
-            log.warning("TLS client certificate refused for a registration: %s", error)
+            log.warning("TLS client certificate refused: %s", error)
             return None
 
     # -- stages ------------------------------------------------------------------------------------
@@ -559,7 +563,8 @@ def build_host(config: Config, files: HostFiles) -> SignedSoapHost:
     return SignedSoapHost(signer=Signer(credential, ttl_s=security.timestamp_ttl_s), verifier=verifier,
                           request_bytes_max=config.server.request_bytes_max, runtime=runtime, trust=trust,
                           registrations=runtime.registrations(),
-                          metrics_access=metrics.Access.of(config.server.metrics_addresses, config.server.metrics_dns))
+                          metrics_access=metrics.Access.of(config.server.metrics_addresses, config.server.metrics_dns),
+                          web=WebView(runtime.web_pages(), runtime.parts, runtime.config))
 
 
 def tls_context(config: Config, files: HostFiles) -> ssl.SSLContext:

@@ -76,6 +76,12 @@ class Runtime:
                 routes.update(contract.routes(self.parts[contract.name], self.config))
         return routes
 
+    def web_pages(self) -> dict[str, list]:
+        """Each running service's pages of the web view (``gridcredit.web.WebPage``), by service name."""
+        return {contract.name: list(contract.web_pages(self.parts[contract.name], self.config))
+                for contract in registry.services()
+                if contract.web_pages is not None and contract.name in self.parts}
+
     def gauges(self) -> list[Gauge]:
         """What /metrics reads when scraped: the store's backlog, then each service's own gauges."""
         backlog = self.store.backlog()

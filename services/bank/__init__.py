@@ -7,6 +7,13 @@ from gridcredit.contract import BackgroundTask, ServiceContract
 from . import runtime as _runtime
 from .config import BankConfig
 
+
+def _web_pages(part, config):
+    from .web import web_pages
+
+    return web_pages(part, config)
+
+
 SERVICE = ServiceContract(
     name="bank",
     summary="accounts, holds and transfers of credits on a signed ledger",
@@ -19,4 +26,5 @@ SERVICE = ServiceContract(
     # Every worker sweeps: the ledger ends each hold once, whichever worker gets there first.
     background_tasks=(BackgroundTask("hold-expiry", _runtime.sweep_expired_forever, once_per_host=False),),
     cli_module="gridcredit.services.bank.cli",
+    web_pages=_web_pages,
 )

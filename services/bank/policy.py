@@ -58,6 +58,8 @@ apply a batch               anyone with a full credential: each item (a charge, 
 view (balance, account,     administrator and every holder (viewer too); a hold also its creator
 holds, history, statement)  and its collector
 money supply, WhoAmI        anyone authenticated
+transparency (web page)     anyone, without a certificate too: the money supply over time, every
+                            mint and retirement (amount, account, administrators), the last audit
 expire (a hold, a mint)     anyone, and only once due (the ledger checks when)
 viewer, stranger            nothing that changes state
 ==========================  =====================================================================
@@ -120,6 +122,8 @@ BOOK = PolicyBook("Bank", {
     "MoneySupply": Rule(_ANYONE, False),
     "Audit": Rule(_OVERSEERS, False),
     "WhoAmI": Rule(_ANYONE, False),
+    "Transparency": Rule("anyone, with or without a certificate: the money supply, every mint and retirement, "
+                         "the last audit's result (the web view's public page)", False, soap=False),
     "ExpireHold": Rule("anyone, once due (the expiry sweep)", True, soap=False),
     "ExpireMint": Rule("anyone, once due (the expiry sweep)", True, soap=False),
 })
@@ -393,3 +397,10 @@ def authorize_view_hold(principal: Principal, hold: Hold, account: Account) -> N
 def authorize_anyone(principal: Principal, operation: str) -> None:
     """MoneySupply, WhoAmI: every authenticated caller (the host refused the others)."""
     _decide(operation, principal, True, "call", operation)
+
+
+def authorize_transparency() -> None:
+    """The web view's public page: how much money exists, every issue and retirement of it and the
+    last audit's result are for everyone, without a certificate too (the answer to "who controls the
+    bank?" must not depend on being let in by it)."""
+    BOOK.allow("Transparency")

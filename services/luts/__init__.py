@@ -14,6 +14,12 @@ def _indexes():
     return INDEXES
 
 
+def _web_pages(part, config):
+    from .web import web_pages
+
+    return web_pages(part, config)
+
+
 SERVICE = ServiceContract(
     name="luts",
     summary="usage records (OGF UR) published by sites, read by users and VO managers",
@@ -28,5 +34,6 @@ SERVICE = ServiceContract(
     background_tasks=(BackgroundTask("luts-forwarder", _runtime.forward_forever, once_per_host=True,
                                      enabled=_runtime.forwarding_enabled),),
     cli_module="gridcredit.services.luts.cli",
+    web_pages=_web_pages,
     gauges=_runtime.gauges,
 )

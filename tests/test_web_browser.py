@@ -1,0 +1,215 @@
+"""The web view (issue 15, points 4-5) in a real browser: Debian's headless chromium loads each page of
+a running host (``gridcredit serve``, two workers) with a test user's client certificate from its
+NSS database, and the DOM it built is checked — the expected figures, charts with the right number
+of bars, nothing of another user's; a browser without a certificate sees only the public page.
+Headers (Content-Security-Policy, no state change on anything but GET) are checked with requests.
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from lxml import html as lxml_html
+
+from bank_fixtures import bank_host, bank_users, utc_in
+from browser import Browser, available
+from luts_fixtures import Job, make_batch
+from security_fixtures import https_session
+
+from gridcredit.services.luts.client import LutsClient
+
+pytestmark = pytest.mark.skipif(available() is not None, reason=available() or "")
+
+OLIVIA_ACCOUNT, OSCAR_ACCOUNT = "web-olivia", "web-oscar"
+# Olivia's jobs: months 2026-01..03, VOs atlas and cms, sites north and south; Oscar's one job: VO alice
+OLIVIA_JOBS = [("2026-01-10", "atlas", "north", 7200), ("2026-01-20", "cms", "south", 3600),
+               ("2026-02-05", "atlas", "north", 10800), ("2026-03-15", "atlas", "south", 3600)]
+
+
+def rid(prefix: str = "w") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+def _job(number: int, user: str, day: str, vo: str, site: str, wall_s: int) -> Job:
+    return Job(record_id=f"web-{number}", user=user, vo=vo, machine=f"ce.{site}.example.org", queue="long",
+               end=datetime.fromisoformat(day).replace(hour=12, tzinfo=timezone.utc), wall_s=wall_s,
+               cpu_s=wall_s // 2, charge="5", site=site, local_job_id=str(number))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, pki):
+    users = bank_users(pki)
+    env = {"GRIDCREDIT_LUTS_ADMINS": users.admin.dn}
+    with bank_host(tmp_path_factory.mktemp("web"), "embedded", users, pki, extra_env=env) as host:
+        admin, olivia = host.client(users.admin), host.client(users.owners[0])
+        oscar = users.owners[1]
+        admin.call("CreateAccount", request_id=rid(), account_id=OLIVIA_ACCOUNT, project="atlas",
+                   owner_dn=users.owners[0].dn)
+        admin.call("CreateAccount", request_id=rid(), account_id=OSCAR_ACCOUNT, project="alice", owner_dn=oscar.dn)
+        admin.call("Mint", request_id=rid(), account_id=OLIVIA_ACCOUNT, amount=1_000)
+        admin.call("Mint", request_id=rid(), account_id=OSCAR_ACCOUNT, amount=777)
+        admin.call("Retire", request_id=rid(), account_id=OSCAR_ACCOUNT, amount=77)
+        olivia.call("CreateHold", request_id=rid(), account_id=OLIVIA_ACCOUNT, amount=120, expires=utc_in(3600),
+                    reference="web-hold-ref", collector_dn=None, payee_account_id=None)
+        olivia.call("Transfer", request_id=rid(), from_account_id=OLIVIA_ACCOUNT, to_account_id=OSCAR_ACCOUNT,
+                    amount=30)
+        luts = LutsClient(host.url, credential=users.admin.credential, trust_dir=pki.trust_dir)
+        jobs = [_job(n, users.owners[0].dn, *spec) for n, spec in enumerate(OLIVIA_JOBS)]
+        jobs.append(_job(99, oscar.dn, "2026-04-01", "alice", "east", 99_000))
+        report = luts.publish(make_batch(jobs))
+        assert report.ok, report
+        for client in (admin, olivia, luts):
+            client.close()
+        yield host, users, pki
+
+
+def browser_for(world, tmp_path, user) -> Browser:
+    host, users, pki = world
+    return Browser(tmp_path / "browser", pki.ca.directory / "ca.pem", user)
+
+
+def page(browser: Browser, url: str):
+    return lxml_html.fromstring(browser.dom(url))
+
+
+def text_of(document) -> str:
+    return " ".join(document.text_content().split())
+
+
+def cells(row) -> list[str]:
+    return [" ".join(cell.text_content().split()) for cell in row.xpath("./td")]
+
+
+def definitions(document, section_id: str) -> dict[str, str]:
+    """The dt → dd pairs of the section ``section_id``."""
+    found = document.xpath("//section[@id=$id]//dl", id=section_id)[0]
+    return {" ".join(dt.text_content().split()): " ".join(dd.text_content().split())
+            for dt, dd in zip(found.xpath("./dt"), found.xpath("./dd"))}
+
+
+def chart_bars(document, title: str) -> list[tuple[str, str]]:
+    """(label, value) of each bar of the chart whose accessible name is ``title``."""
+    charts = document.xpath("//svg[@aria-label=$title]", title=title)
+    assert len(charts) == 1, f"no chart {title!r}: {[c.get('aria-label') for c in document.xpath('//svg')]}"
+    return [(bar.get("data-label"), bar.get("data-value")) for bar in charts[0].xpath(".//rect[@class='bar']")]
+
+
+def test_a_user_sees_their_accounts_and_no_one_elses(world, tmp_path):
+    host, users, _ = world
+    olivia = browser_for(world, tmp_path, users.owners[0])
+    document = page(olivia, f"{host.url}/web/bank/accounts")
+    text = text_of(document)
+    assert users.owners[0].dn in text                      # who the host took the browser for
+    rows = document.xpath("//table[contains(@class,'accounts')]/tbody/tr")
+    assert [cells(row) for row in rows] == [[OLIVIA_ACCOUNT, "atlas", "owner", "open", "970", "120", "850"]]
+    assert OSCAR_ACCOUNT not in " ".join(row.text_content() for row in rows)
+    assert chart_bars(document, "Available credits by account") == [(OLIVIA_ACCOUNT, "850")]
+
+    account = page(olivia, f"{host.url}/web/bank/account?id={OLIVIA_ACCOUNT}")
+    figures = definitions(account, "balance")
+    assert (figures["balance"], figures["held"], figures["available"]) == ("970", "120", "850")
+    holds = account.xpath("//table[contains(@class,'holds')]/tbody/tr")
+    assert [cells(row)[1:6] for row in holds] == [["active", "120", "0", cells(holds[0])[4], "web-hold-ref"]]
+    # the History filter is the Bank's own: only the transfer matches
+    filtered = page(olivia, f"{host.url}/web/bank/account?id={OLIVIA_ACCOUNT}&filter=t:kind%3D%27transfer%27")
+    kinds = [row.xpath("./td[3]")[0].text_content() for row in
+             filtered.xpath("//table[contains(@class,'history')]/tbody/tr")]
+    assert kinds == ["transfer"]
+    # another's account: the Bank's policy refuses, the page says so
+    refused = text_of(page(olivia, f"{host.url}/web/bank/account?id={OSCAR_ACCOUNT}"))
+    assert "NotAuthorized" in refused and "777" not in refused
+    month = datetime.now(timezone.utc).strftime("%Y-%m")
+    statement = page(olivia, f"{host.url}/web/bank/statement?id={OLIVIA_ACCOUNT}&month={month}")
+    figures = definitions(statement, "statement")
+    assert (figures["opening balance"], figures["closing balance"], figures["transactions"]) == ("0", "970", "4")  # created, minted, hold, transfer
+
+
+def test_usage_charts_by_month_vo_and_site_show_only_the_users_records(world, tmp_path):
+    host, users, _ = world
+    olivia = browser_for(world, tmp_path, users.owners[0])
+    document = page(olivia, f"{host.url}/web/luts/usage")
+    assert chart_bars(document, "Jobs by month") == [("2026-01", "2"), ("2026-02", "1"), ("2026-03", "1")]
+    assert chart_bars(document, "Wall-clock hours by month") == [("2026-01", "3"), ("2026-02", "3"),
+                                                                 ("2026-03", "1")]
+    assert chart_bars(document, "Jobs by VO") == [("atlas", "3"), ("cms", "1")]
+    assert chart_bars(document, "Jobs by site") == [("north", "2"), ("south", "2")]
+    text = text_of(document)
+    assert "alice" not in text and "east" not in text and "2026-04" not in text     # Oscar's job
+    # the scope that is not hers is refused by the LUTS's policy
+    assert "NotAuthorized" in text_of(page(olivia, f"{host.url}/web/luts/usage?scope=all"))
+    # an administrator of the LUTS sees both users' jobs
+    admin = Browser(tmp_path / "admin-browser", world[2].ca.directory / "ca.pem", users.admin)
+    assert ("2026-04", "1") in chart_bars(page(admin, f"{host.url}/web/luts/usage"), "Jobs by month")
+
+
+def test_without_a_certificate_only_the_public_page(world, tmp_path):
+    host, users, _ = world
+    anonymous = browser_for(world, tmp_path, None)
+    index = page(anonymous, f"{host.url}/web/")
+    assert [a.get("href") for a in index.xpath("//main//ul/li/a")] == ["/web/bank/transparency"]
+    assert "How to present your certificate" in text_of(index)
+    for private in ("bank/accounts", f"bank/account?id={OLIVIA_ACCOUNT}", "luts/usage"):
+        text = text_of(page(anonymous, f"{host.url}/web/{private}"))
+        assert "A certificate is needed" in text and "pkcs12" in text, private
+        assert "970" not in text and OLIVIA_ACCOUNT not in text
+    deadline = time.monotonic() + 60
+    while True:        # the first view starts the audit; it is shown once done
+        public = page(anonymous, f"{host.url}/web/bank/transparency")
+        text = text_of(public)
+        if "The last audit finished" in text or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert definitions(public, "supply") == {"issued": "1,777", "retired": "77", "outstanding": "1,700"}
+    assert ": clean." in text
+    rows = public.xpath("//table[contains(@class,'supply-changes')]/tbody/tr")
+    assert [row.xpath("./td[3]")[0].text_content() + " " + row.xpath("./td[4]")[0].text_content() for row in rows] == [
+        "retirement 77", "issue 777", "issue 1,000"]
+    month = datetime.now(timezone.utc).strftime("%Y-%m")
+    assert chart_bars(public, "Credits outstanding at the end of each month") == [(month, "1700")]
+    assert "gridcredit bank audit --offline" in text and "BEGIN PUBLIC KEY" in text
+    shots = Path(os.environ.get("GRIDCREDIT_SCREENSHOT_DIR") or tmp_path)
+    shot = anonymous.screenshot(f"{host.url}/web/bank/transparency", shots / "web-transparency.png")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+def test_screenshot_of_a_users_pages(world, tmp_path):
+    host, users, _ = world
+    olivia = browser_for(world, tmp_path, users.owners[0])
+    shots = Path(os.environ.get("GRIDCREDIT_SCREENSHOT_DIR") or tmp_path)
+    for name, path in (("web-usage.png", "/web/luts/usage"), ("web-account.png", f"/web/bank/account?id={OLIVIA_ACCOUNT}")):
+        shot = olivia.screenshot(f"{host.url}{path}", shots / name)
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+def test_headers_methods_and_escaping(world, tmp_path):
+    host, users, pki = world
+    session = https_session(pki.trust_dir)
+    olivia = (str(users.owners[0].cert_path), str(users.owners[0].key_path))
+    answer = session.get(f"{host.url}/web/bank/accounts", cert=olivia, timeout=30)
+    assert answer.status_code == 200
+    policy = answer.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "script" not in policy and "unsafe" not in policy
+    assert answer.headers["Cache-Control"] == "no-store" and answer.headers["X-Content-Type-Options"] == "nosniff"
+    assert "<script" not in answer.text and " style=" not in answer.text
+    assert session.get(f"{host.url}/web/style.css", timeout=30).headers["Content-Type"].startswith("text/css")
+    # nothing but reading
+    for method in ("POST", "PUT", "DELETE"):
+        refused = session.request(method, f"{host.url}/web/bank/accounts", cert=olivia, data=b"x", timeout=30)
+        assert refused.status_code == 405 and refused.headers["Allow"] == "GET, HEAD"
+    # what a person types comes back as text, never as markup
+    probe = "<b onmouseover=alert(1)>x</b>"
+    shown = session.get(f"{host.url}/web/bank/account", cert=olivia, timeout=30,
+                        params={"id": OLIVIA_ACCOUNT, "filter": f"t:reference = '{probe}'"})
+    assert shown.status_code == 200
+    assert probe not in shown.text and "&lt;b onmouseover=alert(1)&gt;x&lt;/b&gt;" in shown.text
+    bad_filter = session.get(f"{host.url}/web/bank/account", cert=olivia, timeout=30,
+                             params={"id": OLIVIA_ACCOUNT, "filter": probe})
+    assert bad_filter.status_code == 400 and "QueryError" in bad_filter.text and probe not in bad_filter.text
+    unknown = session.get(f"{host.url}/web/nothing-here", timeout=30)
+    assert unknown.status_code == 404 and "text/html" in unknown.headers["Content-Type"]
+    hidden = session.get(f"{host.url}/web/bank/account", params={"id": "web\u202eolivia"}, cert=olivia, timeout=30)
+    assert hidden.status_code == 400 and "U+202E" in hidden.text
