@@ -77,6 +77,7 @@ class RecordingEnforcer:
 
     def __init__(self) -> None:
         self.vms: dict[str, tuple] = {}
+        self.cpu_us: dict[str, int] = {}      # what libvirt's CPU time would say of each VM
         self.fail: set[str] = set()
         self.calls: list[tuple] = []
 
@@ -106,7 +107,9 @@ class RecordingEnforcer:
         self.vms[name] = self.vms[name][:2] + (weight,)
 
     def cpu_time_us(self, name):
-        return 0
+        if name not in self.vms:
+            raise EnforcementError(f"NoSuchVm: {name}")
+        return self.cpu_us.get(name, 0)
 
     def console_path(self, name):
         return Path("/nonexistent")
@@ -136,10 +139,10 @@ class LosingBank:
         return outcomes
 
 
-@pytest.fixture
-def loop_parts(host, people, tmp_path):
+@pytest.fixture(params=[False])
+def loop_parts(host, people, tmp_path, request):
     settings = AuctioneerConfig(host_id="loop-host", owner_account=OWNER_ACCOUNT, interval_s=1,
-                                templates=("small=spin",))
+                                templates=("small=spin",), pay_for_use=request.param)
     store = open_store(StoreConfig(backend="embedded"), tmp_path, indexes=INDEXES)
     credential = load_credential(host.pki.host_cert, host.pki.host_key)
     client = BankClient(host.url, credential=credential, trust_dir=host.pki.trust_dir, timeout_s=10, retries=0)
@@ -291,5 +294,33 @@ def test_a_hypervisor_error_is_said_in_the_bid_and_tried_again(host, people, loo
         cancel(part, clock, bid_id)
     loop.enforce()
     assert enforcer.vms == {}
+    clock.to_boundary()
+    loop.boundary()
+
+
+@pytest.mark.parametrize("loop_parts", [True], indirect=True)
+def test_pay_for_use_pays_for_the_cpu_time_used_of_the_share(host, people, loop_parts):
+    """Tycoon's pay-for-use: rate × live time × used / allotted CPU time (libvirt's, from the hypervisor)."""
+    part, client = loop_parts
+    clock = Clock()                               # 100 ms into an interval
+    enforcer = RecordingEnforcer()
+    loop = AllocationLoop(part, bank_of(client), enforcer, clock=clock)
+    bid = place(host, people, part, clock, "alice", rate=10 * CREDIT, amount=100)
+    loop.enforce()
+    name = vm_name(part.settings, bid)
+    enforcer.cpu_us[name] = 250_000              # a quarter of a CPU second used of the 0.9 s it was allotted
+    clock.to_boundary()
+    loop.boundary()
+    market = part.market.market(now_us=clock())
+    assert market.bids[bid].accrued_pico == 10 * CREDIT * 250_000 and market.bids[bid].charged_credits == 2
+    enforcer.cpu_us[name] = 250_000 + 2_000_000  # more than its whole second: capped at what it was allotted
+    clock.to_boundary()
+    loop.boundary()
+    market = part.market.market(now_us=clock())
+    assert market.bids[bid].accrued_pico == 10 * CREDIT * (250_000 + 1_000_000)
+    assert market.bids[bid].charged_credits == 12
+    transactions = bank_charges(host, people, "alice", market.bids[bid].hold_id)
+    assert [t.amount for t in transactions] == [2, 10]
+    cancel(part, clock, bid)
     clock.to_boundary()
     loop.boundary()
