@@ -648,7 +648,8 @@ def batch_applied(market: Market, *, interval: int, outcomes: Mapping[str, str |
     id to None (applied) or the Bank's refusal code. A refused ChargeHold ends its bid at ``now_us``
     (hold-refused): its charge is taken back and a SettleHold of 0 releases its hold in the next batch,
     unless the hold is gone (HoldEnded, HoldExpired, UnknownHold: no item). A refused SettleHold's charge
-    is taken back and forgone."""
+    is taken back and forgone. Answers that come after the open interval ended (a slow Bank) are recorded
+    at its end, so that it can be closed next."""
     if market.pending_interval is None or interval != market.pending_interval:
         raise _refuse(WRONG_INTERVAL, f"host {market.config.host_id} awaits no answers for interval {interval!r}"
                                       + (f" (it awaits interval {market.pending_interval}'s)"
@@ -657,7 +658,8 @@ def batch_applied(market: Market, *, interval: int, outcomes: Mapping[str, str |
     if missing:
         raise _refuse(INVALID_ARGUMENT, f"the Bank's answers to interval {interval}'s batch lack {len(missing)} "
                                         f"of its items (first {missing[0]})")
-    now_us = _now_in_open_interval(market, now_us)
+    _whole(now_us, "a time (µs)", 0, 2**62)
+    now_us = min(max(now_us, market.through_us), market.interval_end_us)   # late answers: at the interval's end
     bids = _accrued(market, now_us)
     for charge in market.pending_charges:
         code = outcomes[charge.request_id]
