@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -213,3 +213,92 @@ def test_headers_methods_and_escaping(world, tmp_path):
     assert unknown.status_code == 404 and "text/html" in unknown.headers["Content-Type"]
     hidden = session.get(f"{host.url}/web/bank/account", params={"id": "web\u202eolivia"}, cert=olivia, timeout=30)
     assert hidden.status_code == 400 and "U+202E" in hidden.text
+
+
+# -- the market: the Auctioneer and the directory in one host ----------------------------------------
+
+MARKET_HOST, MARKET_OWNER_ACCOUNT, CREDIT_UCPS = "web-host", "web-market-owner", 1_000_000
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory, pki):
+    """A host selling one CPU (libvirt's test driver: no VM is made, the market and its money run) that
+    registers itself in the directory it serves; Alice bids 2 cr/s, Bob 1 cr/s."""
+    from gridcredit.security.credentials import load_credential
+    from gridcredit.services.auctioneer.client import AuctioneerClient
+    from gridcredit.services.bank.client import BankClient
+
+    from bank_fixtures import BankHost, BankUsers
+    from security_fixtures import free_port
+
+    people = {name: pki.user(f"Web {name.title()}") for name in ("admin", "owner", "alice", "bob")}
+    users = BankUsers(people["admin"], pki.user("Web Admin Two"), pki.user("Web Auditor"), (), (), (), (),
+                      pki.user("Web Service"), pki.user("Web Stranger"))
+    port = free_port()
+    env = {"GRIDCREDIT_AUCTIONEER_HOST_ID": MARKET_HOST, "GRIDCREDIT_AUCTIONEER_CAPACITY_CPUS": "1",
+           "GRIDCREDIT_AUCTIONEER_OWNER_ACCOUNT": MARKET_OWNER_ACCOUNT,
+           "GRIDCREDIT_AUCTIONEER_OWNERS": people["owner"].dn, "GRIDCREDIT_AUCTIONEER_INTERVAL_S": "1",
+           "GRIDCREDIT_AUCTIONEER_TEMPLATES": "small=spin", "GRIDCREDIT_AUCTIONEER_LIBVIRT_URI": "test:///default",
+           "GRIDCREDIT_AUCTIONEER_DIRECTORY_URL": f"https://localhost:{port}"}
+    host = BankHost(tmp_path_factory.mktemp("web-market") / "state", "embedded", users, pki, port=port, extra_env=env)
+    host.start()
+    try:
+        admin = BankClient(host.url, credential=people["admin"].credential, trust_dir=pki.trust_dir)
+        admin.create_account(MARKET_OWNER_ACCOUNT, project="market", owner_dn=people["owner"].dn)
+        auctioneer_dn = load_credential(pki.host_cert, pki.host_key).identity_dn
+        bids = {}
+        for name, rate in (("alice", 2), ("bob", 1)):
+            admin.create_account(f"web-{name}-market", project="market", owner_dn=people[name].dn)
+            admin.mint(f"web-{name}-market", 100_000)
+            bank = BankClient(host.url, credential=people[name].credential, trust_dir=pki.trust_dir)
+            hold_id = bank.create_hold(f"web-{name}-market", amount=50_000, expires=timedelta(hours=1),
+                                       collector_dn=auctioneer_dn,
+                                       payee_account_id=MARKET_OWNER_ACCOUNT).transaction.hold_id
+            bids[name] = AuctioneerClient(host.url, credential=people[name].credential, trust_dir=pki.trust_dir) \
+                .place_bid(hold_id, template="small", rate_ucps=rate * CREDIT_UCPS, max_duration_s=3_000).bid_id
+        yield host, people, bids
+    finally:
+        host.stop()
+
+
+def wait_for_page(browser: Browser, address: str, ready, timeout_s: float = 60.0):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        document = page(browser, address)
+        if ready(document) or time.monotonic() > deadline:
+            return document
+        time.sleep(1)
+
+
+def test_the_market_shows_prices_and_only_the_users_own_bids(market, tmp_path, pki):
+    host, people, bids = market
+    alice = Browser(tmp_path / "alice", pki.ca.directory / "ca.pem", people["alice"])
+
+    def both_priced(document) -> bool:
+        bars = document.xpath("//svg[@aria-label='Price of a CPU at each interval (µcr/s)']//rect[@class='bar']")
+        return bool(bars) and bars[-1].get("data-value") == str(3 * CREDIT_UCPS)
+
+    document = wait_for_page(alice, f"{host.url}/web/auctioneer/market", both_priced)
+    assert both_priced(document), text_of(document)
+    rows = document.xpath("//table[contains(@class,'bids')]/tbody/tr")
+    assert [cells(row)[:4] for row in rows] == [[bids["alice"], "live", "2.000000", "66.66 %"]]
+    assert bids["bob"] not in text_of(document)
+    assert chart_bars(document, "Your live bids' shares of the host (%)") == [(bids["alice"], "66")]
+    assert definitions(document, "host")["price now (cr/s per CPU)"] == "3.000000"
+
+    def listed(document) -> bool:
+        return bool(document.xpath("//table[contains(@class,'hosts')]/tbody/tr"))
+
+    hosts = wait_for_page(alice, f"{host.url}/web/directory/hosts", listed)
+    assert [cells(row)[:3] for row in hosts.xpath("//table[contains(@class,'hosts')]/tbody/tr")] == [
+        [MARKET_HOST, "1", "3.000000"]]
+    assert chart_bars(hosts, "Price now by host (µcr/s per CPU)") == [(MARKET_HOST, str(3 * CREDIT_UCPS))]
+    # Bob sees his bid, not Alice's
+    bob = Browser(tmp_path / "bob", pki.ca.directory / "ca.pem", people["bob"])
+    theirs = page(bob, f"{host.url}/web/auctioneer/market")
+    assert [cells(row)[0] for row in theirs.xpath("//table[contains(@class,'bids')]/tbody/tr")] == [bids["bob"]]
+    # this host's JARM makes no reservations (no site account): its page says so
+    assert "makes no reservations" in text_of(page(alice, f"{host.url}/web/jarm/reservations"))
+    shots = Path(os.environ.get("GRIDCREDIT_SCREENSHOT_DIR") or tmp_path)
+    shot = alice.screenshot(f"{host.url}/web/auctioneer/market", shots / "web-market.png")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -17,6 +17,12 @@ def _indexes():
     return INDEXES
 
 
+def _web_pages(part, config):
+    from .web import web_pages
+
+    return web_pages(part, config)
+
+
 SERVICE = ServiceContract(
     name="auctioneer",
     summary="sells CPU shares of virtual machines and enforces them through libvirt",
@@ -30,4 +36,5 @@ SERVICE = ServiceContract(
     background_tasks=(BackgroundTask("auctioneer-allocation", _runtime.allocate_forever, once_per_host=True,
                                      enabled=lambda config: config.auctioneer.enabled),),
     cli_module="gridcredit.services.auctioneer.cli",
+    web_pages=_web_pages,
 )

@@ -19,6 +19,12 @@ def _indexes():
     return INDEXES
 
 
+def _web_pages(part, config):
+    from .web import web_pages
+
+    return web_pages(part, config)
+
+
 SERVICE = ServiceContract(
     name="directory",
     summary="the market's directory: auctioneers register their hosts and prices, bidders list them",
@@ -31,5 +37,6 @@ SERVICE = ServiceContract(
     # Every worker sweeps: a registration deleted twice is deleted once.
     background_tasks=(BackgroundTask("directory-expiry", _runtime.sweep_forever, once_per_host=False),),
     cli_module="gridcredit.services.directory.cli",
+    web_pages=_web_pages,
     gauges=_runtime.gauges,
 )

@@ -20,6 +20,12 @@ def _indexes():
     return INDEXES + RESERVATION_INDEXES + DELEGATION_INDEXES
 
 
+def _web_pages(part, config):
+    from .web import web_pages
+
+    return web_pages(part, config)
+
+
 SERVICE = ServiceContract(
     name="jarm",
     summary="reserves credits for batch jobs and charges them when the jobs end",
@@ -38,4 +44,5 @@ SERVICE = ServiceContract(
                       BackgroundTask("jarm-reconciler", _runtime.reconcile_forever, once_per_host=True,
                                      enabled=lambda config: bool(config.jarm.site_account))),
     cli_module="gridcredit.services.jarm.cli",
+    web_pages=_web_pages,
 )
