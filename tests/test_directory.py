@@ -58,9 +58,11 @@ def code_of(call) -> str:
 
 
 def test_auctioneers_register_and_anyone_lists_them(host, pki, people):
-    a = register(directory(host, pki, people["a"]), "list-a", URL_A, total_rate_ucps=7_000_001)
+    a = register(directory(host, pki, people["a"]), "list-a", URL_A, total_rate_ucps=7_000_001,
+                 reserve_price_ucps=250_000)
     assert (a.price_ucps, a.total_rate_ucps, a.registrant_dn, a.capacity_cpus) == (3_500_000, 7_000_001,
                                                                                  people["a"].dn, 2)
+    assert a.reserve_price_ucps == 250_000
     assert a.expires_us == a.updated_us + 120 * S
     register(directory(host, pki, people["b"]), "list-b", URL_B, capacity_cpus=4, total_rate_ucps=0, live_bids=0)
     alice = directory(host, pki, people["alice"])
@@ -106,6 +108,7 @@ GOOD = {"host_id": "bad-input", "auctioneer_url": URL_A, "capacity_cpus": 2, "to
     ({"total_rate": "-3"}, "cannot be negative"),
     ({"hour_average_price": "1000000000000.5"}, "beyond the most"),
     ({"ttl_s": 999_999}, "ttl_s must be a whole number from 10 to 3,600"),
+    ({"reserve_price": "0.0000005"}, "the reserve price has at most 6 decimals"),
 ])
 def test_bad_input_is_refused_with_a_clear_fault_and_changes_nothing(host, pki, people, change, words):
     before = register(directory(host, pki, people["a"]), "bad-input", URL_A)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from fractions import Fraction
 from itertools import product
+import random
 
 import pytest
 
 from gridcredit.security.credentials import load_credential
 from gridcredit.services.auctioneer.best_response import HostOffer, best_response, utility
-from gridcredit.services.directory.best import offers, split_report
+from gridcredit.services.directory.best import EXACT_SUBSETS_HOSTS_MAX, offers, split_meeting_reserves, split_report
 from gridcredit.services.directory.client import DirectoryClient
 from gridcredit.services.directory.types import HostEntry
 
@@ -140,3 +141,64 @@ def test_best_response_asks_each_hosts_auctioneer_for_your_own_bids(market, peop
     assert code == 1 and err.startswith("GridcreditError: your own bids on host cli-silent cannot be read from its "
                                         "auctioneer https://localhost:1: ")
     assert "(--no-own-bids if you have none there)" in err
+
+
+def brute_force(budget: int, hosts: list, reserves: dict) -> Fraction:
+    """The best utility of any integer split with every bid 0 or at least its host's reserve."""
+    best = Fraction(0)
+    for split in product(range(budget + 1), repeat=len(hosts)):
+        if sum(split) <= budget and all(x == 0 or x >= reserves[h.host_id] for x, h in zip(split, hosts)):
+            best = max(best, utility({h.host_id: x for h, x in zip(hosts, split)}, hosts))
+    return best
+
+
+def test_a_split_meeting_reserve_prices_is_the_best_such_split():
+    generator = random.Random(14)
+    for _ in range(400):
+        hosts = [HostOffer(f"h{index}", generator.randint(1, 4), generator.choice([0, 0, 1, 2, 3, 5, 8]))
+                 for index in range(generator.randint(1, 3))]
+        reserves = {host.host_id: generator.choice([0, 0, 1, 2, 3, 4, 6]) for host in hosts}
+        budget = generator.randint(0, 10)
+        split = split_meeting_reserves(budget, hosts, reserves)
+        assert sum(split.values()) <= budget
+        assert all(bid == 0 or bid >= reserves[host_id] for host_id, bid in split.items()), (hosts, reserves, split)
+        assert utility(split, hosts) == brute_force(budget, hosts, reserves), (budget, hosts, reserves, split)
+    # no reserve in the way: best_response.py's split itself
+    hosts = [HostOffer("a", 2, 3 * S), HostOffer("b", 1, 1 * S), HostOffer("c", 4, 0)]
+    assert split_meeting_reserves(5 * S, hosts, {"a": S}) == best_response(5 * S, hosts)
+    # a host nobody bids on is wholly yours for its reserve: bid exactly that, the rest elsewhere
+    split = split_meeting_reserves(5 * S, hosts, {"c": 2 * S})
+    assert split["c"] == 2 * S and split["a"] + split["b"] == 3 * S
+    # a budget under every reserve buys nothing
+    assert split_meeting_reserves(S, hosts[:2], {"a": 2 * S, "b": 3 * S}) == {"a": 0, "b": 0}
+
+
+def test_a_split_meeting_reserves_over_many_hosts_is_feasible():
+    generator = random.Random(15)
+    hosts = [HostOffer(f"m{index}", generator.randint(1, 8), generator.randint(0, 20) * S // 2)
+             for index in range(EXACT_SUBSETS_HOSTS_MAX + 5)]
+    reserves = {host.host_id: generator.randint(0, 3) * S for host in hosts}
+    split = split_meeting_reserves(12 * S, hosts, reserves)
+    assert 0 < sum(split.values()) <= 12 * S
+    assert all(bid == 0 or bid >= reserves[host_id] for host_id, bid in split.items())
+    assert utility(split, hosts) >= max(utility({host.host_id: 12 * S}, hosts) for host in hosts
+                                        if reserves[host.host_id] <= 12 * S)
+
+
+def test_best_response_never_bids_below_a_hosts_reserve_price(market, people, pki, host):
+    DirectoryClient(host.url, credential=load_credential(pki.host_cert, pki.host_key), trust_dir=pki.trust_dir
+                    ).register("cli-reserve", auctioneer_url=host.url, capacity_cpus=2, total_rate_ucps=S,
+                               hour_average_price_ucps=0, live_bids=1, interval_s=10, ttl_s=600,
+                               reserve_price_ucps=2 * S)
+    row = next(row for row in market.ok(people["bob"], "hosts") if row["host_id"] == "cli-reserve")
+    assert (row["reserve_price"], row["reserve_price_ucps"]) == ("2.000000", 2 * S)
+    # without the reserve, FLZ would put about 0.7 cr/s of 1.5 on cli-reserve: below its 2, it would buy nothing
+    offers_ = [HostOffer("cli-h1", 1, 1 * S), HostOffer("cli-reserve", 2, 1 * S)]
+    assert 0 < best_response(1_500_000, offers_)["cli-reserve"] < 2 * S
+    report = market.ok(people["bob"], "best-response", "--budget", "1.5", "--hosts", "cli-h1,cli-reserve",
+                       "--no-own-bids")
+    assert {row["host_id"]: row["rate_ucps"] for row in report["hosts"]} == {"cli-h1": 1_500_000, "cli-reserve": 0}
+    report = market.ok(people["bob"], "best-response", "--budget", "4", "--hosts", "cli-h1,cli-reserve",
+                       "--no-own-bids")
+    rates = {row["host_id"]: row["rate_ucps"] for row in report["hosts"]}
+    assert rates == split_meeting_reserves(4 * S, offers_, {"cli-reserve": 2 * S}) and rates["cli-reserve"] >= 2 * S

@@ -82,7 +82,9 @@ def host_json(entry: HostEntry) -> dict:
             "total_rate": str(rate_to_decimal(entry.total_rate_ucps)), "total_rate_ucps": entry.total_rate_ucps,
             "price": str(rate_to_decimal(entry.price_ucps)), "price_ucps": entry.price_ucps,
             "hour_average_price": str(rate_to_decimal(entry.hour_average_price_ucps)),
-            "hour_average_price_ucps": entry.hour_average_price_ucps, "live_bids": entry.live_bids,
+            "hour_average_price_ucps": entry.hour_average_price_ucps,
+            "reserve_price": str(rate_to_decimal(entry.reserve_price_ucps)),
+            "reserve_price_ucps": entry.reserve_price_ucps, "live_bids": entry.live_bids,
             "interval_s": entry.interval_s, "ttl_s": entry.ttl_s, "registrant_dn": entry.registrant_dn,
             "registered_us": entry.registered_us, "updated_us": entry.updated_us, "updated": _when(entry.updated_us),
             "expires_us": entry.expires_us, "expires": _when(entry.expires_us)}
@@ -97,12 +99,12 @@ def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[st
 def hosts_text(entries: list[HostEntry]) -> str:
     if not entries:
         return "no hosts are registered in the directory"
-    header = ["host", "CPUs", "price", "hour avg", "bids", "Σ rates", "auctioneer", "listed until"]
+    header = ["host", "CPUs", "price", "hour avg", "bids", "Σ rates", "reserve", "auctioneer", "listed until"]
     rows = [[entry.host_id, f"{entry.capacity_cpus:,}", rate_text(entry.price_ucps),
              rate_text(entry.hour_average_price_ucps), f"{entry.live_bids:,}", rate_text(entry.total_rate_ucps),
-             entry.auctioneer_url, _when(entry.expires_us)] for entry in entries]
-    return "\n".join(["prices in credits per second per CPU, Σ rates in credits per second",
-                      *_table(header, rows, {1, 2, 3, 4, 5})])
+             rate_text(entry.reserve_price_ucps), entry.auctioneer_url, _when(entry.expires_us)] for entry in entries]
+    return "\n".join(["prices in credits per second per CPU; Σ rates and the reserve price (the least bid that gets "
+                      "a share) in credits per second", *_table(header, rows, {1, 2, 3, 4, 5, 6})])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ def _entry(info) -> HostEntry:
                      total_rate_ucps=rate_from_decimal(info.total_rate), price_ucps=rate_from_decimal(info.price),
                      hour_average_price_ucps=rate_from_decimal(info.hour_average_price), live_bids=info.live_bids,
                      interval_s=info.interval_s, ttl_s=info.ttl_s, registrant_dn=info.registrant_dn,
-                     registered_us=info.registered_us, updated_us=info.updated_us, expires_us=info.expires_us)
+                     registered_us=info.registered_us, updated_us=info.updated_us, expires_us=info.expires_us,
+                     reserve_price_ucps=rate_from_decimal(info.reserve_price))
 
 
 class DirectoryClient(ServiceClient):
@@ -38,12 +39,13 @@ class DirectoryClient(ServiceClient):
     SERVICE = "directory"
 
     def register(self, host_id: str, *, auctioneer_url: str, capacity_cpus: int, total_rate_ucps: int,
-                 hour_average_price_ucps: int, live_bids: int, interval_s: int, ttl_s: int) -> HostEntry:
+                 hour_average_price_ucps: int, live_bids: int, interval_s: int, ttl_s: int,
+                 reserve_price_ucps: int = 0) -> HostEntry:
         """Register (or renew) ``host_id``: listed for ``ttl_s`` from now with these figures. Signed as the
         auctioneer's host (a host certificate naming the URL's host); only the identity that registered the
         id first may register it again."""
         registration = Registration(host_id, auctioneer_url, capacity_cpus, total_rate_ucps, hour_average_price_ucps,
-                                    live_bids, interval_s, ttl_s)
+                                    live_bids, interval_s, ttl_s, reserve_price_ucps)
         try:
             registration.check()
         except DomainError as error:
@@ -51,7 +53,8 @@ class DirectoryClient(ServiceClient):
         answer = self.invoke("Register", {
             "host_id": host_id, "auctioneer_url": auctioneer_url, "capacity_cpus": capacity_cpus,
             "total_rate": rate_to_decimal(total_rate_ucps), "hour_average_price": rate_to_decimal(hour_average_price_ucps),
-            "live_bids": live_bids, "interval_s": interval_s, "ttl_s": ttl_s},
+            "live_bids": live_bids, "interval_s": interval_s, "ttl_s": ttl_s,
+            "reserve_price": rate_to_decimal(reserve_price_ucps)},
             effect=Effect.ONCE_PER_KEY)
         return _entry(answer)
 

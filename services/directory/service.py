@@ -1,7 +1,8 @@
 """The SOAP face of the directory: thin operations over its store (store.py), decided by policy.py.
 
     Register      an auctioneer's heartbeat: its host id, URL, capacity, the Σ of its live bids' rates, the
-                  hour's average price, live bids, interval, and how long to list it (ttl_s)
+                  hour's average price, live bids, interval, how long to list it (ttl_s), and its reserve
+                  price (optional, default 0)
     ListHosts     every host registered and not expired, by host id
     GetHostInfo   one host (``UnknownHost`` when not registered, or expired)
     RemoveHost    an administrator removes a host and frees its id
@@ -37,7 +38,8 @@ class HostInfo(ComplexModel):
                   ("price", Decimal(**Required)), ("hour_average_price", Decimal(**Required)),
                   ("live_bids", Long(**Required)), ("interval_s", Long(**Required)), ("ttl_s", Long(**Required)),
                   ("registrant_dn", Unicode(**Required)), ("registered_us", Long(**Required)),
-                  ("updated_us", Long(**Required)), ("expires_us", Long(**Required))]
+                  ("updated_us", Long(**Required)), ("expires_us", Long(**Required)),
+                  ("reserve_price", Decimal(**Required))]
 
 
 def host_info(entry: HostEntry) -> HostInfo:
@@ -45,7 +47,8 @@ def host_info(entry: HostEntry) -> HostInfo:
                     total_rate=rate_to_decimal(entry.total_rate_ucps), price=rate_to_decimal(entry.price_ucps),
                     hour_average_price=rate_to_decimal(entry.hour_average_price_ucps), live_bids=entry.live_bids,
                     interval_s=entry.interval_s, ttl_s=entry.ttl_s, registrant_dn=entry.registrant_dn,
-                    registered_us=entry.registered_us, updated_us=entry.updated_us, expires_us=entry.expires_us)
+                    registered_us=entry.registered_us, updated_us=entry.updated_us, expires_us=entry.expires_us,
+                    reserve_price=rate_to_decimal(entry.reserve_price_ucps))
 
 
 def _present(value, name: str):
@@ -59,9 +62,10 @@ class DirectoryService(GridcreditService):
     WhoAmI = whoami_operation("directory", authorize=lambda ctx: policy.authorize_anyone("WhoAmI"))
 
     @operation(Unicode(**Required), Unicode(**Required), Long(**Required), Decimal(**Required), Decimal(**Required),
-               Long(**Required), Long(**Required), Long(**Required), _returns=HostInfo, _operation_name="Register")
+               Long(**Required), Long(**Required), Long(**Required), Decimal(min_occurs=0), _returns=HostInfo,
+               _operation_name="Register")
     def register(ctx, host_id, auctioneer_url, capacity_cpus, total_rate, hour_average_price, live_bids, interval_s,
-                 ttl_s):
+                 ttl_s, reserve_price):
         directory = runtime_of(ctx).directory
         principal = principal_of(ctx)
         registration = Registration(
@@ -71,7 +75,8 @@ class DirectoryService(GridcreditService):
             hour_average_price_ucps=rate_from_decimal(_present(hour_average_price, "hour_average_price"),
                                                       "the hour's average price"),
             live_bids=_present(live_bids, "live_bids"), interval_s=_present(interval_s, "interval_s"),
-            ttl_s=_present(ttl_s, "ttl_s"))
+            ttl_s=_present(ttl_s, "ttl_s"),
+            reserve_price_ucps=0 if reserve_price is None else rate_from_decimal(reserve_price, "the reserve price"))
         registration.check(ttl_s_max=directory.ttl_s_max)
 
         def authorize(owner_dn):

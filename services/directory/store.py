@@ -37,7 +37,7 @@ SWEEP_BATCH = 500                     # registrations deleted per transaction
 _LISTED = "/d:Host[@expires_us >= $now]"
 _EXPIRED = "/d:Host[@expires_us < $now]"
 _INT_FIELDS = ("capacity_cpus", "total_rate_ucps", "price_ucps", "hour_average_price_ucps", "live_bids",
-               "interval_s", "ttl_s", "registered_us", "updated_us", "expires_us")
+               "interval_s", "ttl_s", "registered_us", "updated_us", "expires_us", "reserve_price_ucps")
 
 
 def _q(name: str) -> str:
@@ -101,7 +101,8 @@ class HostDirectory:
                 price_ucps=current_price_ucps(registration.total_rate_ucps, registration.capacity_cpus),
                 hour_average_price_ucps=registration.hour_average_price_ucps, live_bids=registration.live_bids,
                 interval_s=registration.interval_s, ttl_s=registration.ttl_s, registrant_dn=registrant_dn,
-                registered_us=registered_us, updated_us=now_us, expires_us=now_us + registration.ttl_s * 1_000_000)
+                registered_us=registered_us, updated_us=now_us, expires_us=now_us + registration.ttl_s * 1_000_000,
+                reserve_price_ucps=registration.reserve_price_ucps)
             tx.put(HOSTS, registration.host_id, entry_xml(entry))
             return entry
 

@@ -87,13 +87,15 @@ class Registration:
     live_bids: int
     interval_s: int
     ttl_s: int
+    reserve_price_ucps: int = 0         # the reserve price: a bid below it gets no share (µcr/s)
 
     def check(self, *, ttl_s_max: int = TTL_S_MAX) -> None:
         """Refuse what is out of range (``InvalidArgument``, with what and why)."""
         check_host_id(self.host_id)
         check_url(self.auctioneer_url)
         for name, low, high in (("capacity_cpus", 1, CAPACITY_CPUS_MAX), ("total_rate_ucps", 0, RATE_UCPS_MAX),
-                                ("hour_average_price_ucps", 0, RATE_UCPS_MAX), ("live_bids", 0, LIVE_BIDS_MAX),
+                                ("hour_average_price_ucps", 0, RATE_UCPS_MAX),
+                                ("reserve_price_ucps", 0, RATE_UCPS_MAX), ("live_bids", 0, LIVE_BIDS_MAX),
                                 ("interval_s", INTERVAL_S_MIN, INTERVAL_S_MAX), ("ttl_s", TTL_S_MIN, ttl_s_max)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -155,6 +157,7 @@ class HostEntry:
     registered_us: int                  # the first registration of this id by its owner
     updated_us: int                     # the last heartbeat
     expires_us: int                     # not listed after this (updated_us + ttl_s)
+    reserve_price_ucps: int = 0         # a bid below it gets no share there (µcr/s)
 
 
 def current_price_ucps(total_rate_ucps: int, capacity_cpus: int) -> int:
