@@ -434,7 +434,9 @@ class Hypervisor:
             if existing != template.name:
                 raise InvalidVmRequest(f"a VM {name!r} runs already, from template {existing!r}, not "
                                        f"{template.name!r}", hint="remove it first, or choose another name")
-            return self._handle(name)
+            handle = self._handle(name)
+            self._secure_console(handle.console_path)   # a start that outlived its call was never secured
+            return handle
         self._prepare_state_dir()
         directory = self.vm_directory(name)
         console = directory / CONSOLE_FILE
@@ -455,8 +457,13 @@ class Hypervisor:
                                    period_us, shares)
             domain = self._call(f"create VM {name}", lambda connection: connection.createXML(xml, 0), vm=name)
             self._secure_console(console)
+        except HypervisorTimeout:
+            # libvirtd may still start the VM: keep its disk and console. A retry finds it running (and
+            # answers it), or finds no VM and starts afresh; remove_leftovers removes the folder otherwise.
+            raise
         except BaseException:
-            shutil.rmtree(directory, ignore_errors=True)
+            if not self._runs(name):
+                shutil.rmtree(directory, ignore_errors=True)
             raise
         uuid = domain.UUIDString()
         log.info("hypervisor: created VM %s (%s) from template %s on CPUs %s, %s", name, uuid, template.name,
@@ -472,6 +479,13 @@ class Hypervisor:
                                       hint="see the VM's QEMU log in /var/log/libvirt/qemu/")
             time.sleep(0.05)
         os.chmod(console, 0o600)
+
+    def _runs(self, name: str) -> bool:
+        """Whether a VM ``name`` runs; when that cannot be told, True (then nothing of it is deleted)."""
+        try:
+            return name in self.list_vms(name)
+        except HypervisorError:
+            return True
 
     def _existing(self, name: str) -> str | None:
         """The template name of a running VM ``name`` (None when there is none)."""
