@@ -100,8 +100,9 @@ answers() { timeout 20 virsh -c "$URI" version >/dev/null 2>&1; }
 MACHINE_CPU_SHARES="${GRIDCREDIT_MACHINE_CPU_SHARES:-262144}"
 prioritize_machines() {
     if [ -d /sys/fs/cgroup/cpu ] && [ ! -f /sys/fs/cgroup/cgroup.controllers ]; then    # cgroup v1
-        mkdir -p /sys/fs/cgroup/cpu/machine
-        echo "$MACHINE_CPU_SHARES" >/sys/fs/cgroup/cpu/machine/cpu.shares
+        mkdir -p /sys/fs/cgroup/cpu/machine 2>/dev/null \
+            && echo "$MACHINE_CPU_SHARES" >/sys/fs/cgroup/cpu/machine/cpu.shares 2>/dev/null \
+            || say "warning: could not set /sys/fs/cgroup/cpu/machine/cpu.shares (read-only cgroups?): the VMs compete with the host's processes"
     elif [ -f /sys/fs/cgroup/cgroup.controllers ]; then                                # cgroup v2
         mkdir -p /sys/fs/cgroup/machine.slice 2>/dev/null || return 0
         local weight=$(( MACHINE_CPU_SHARES * 10000 / 262144 ))
