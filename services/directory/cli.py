@@ -111,17 +111,16 @@ def hosts_text(entries: list[HostEntry]) -> str:
 # Commands
 
 
+def _client_at(args, url: str | None, client_class):
+    """``client_class`` for ``url`` (None: ``--url``), with the credential and trust every client of the command
+    resolves from the options and the configuration (cli_support.client_of)."""
+    return client_of(args if not url else argparse.Namespace(**{**vars(args), "url": url}), client_class)
+
+
 def _directory(args):
     from .client import DirectoryClient
 
-    def make():
-        client = client_of(args, DirectoryClient)
-        directory_url = getattr(args, "directory", None)
-        if directory_url:
-            client = DirectoryClient(directory_url, credential=client.credential, trust_dir=client.trust_dir,
-                                     timeout_s=client.timeout_s, retries=client.retries)
-        return client
-    return LazyClient(make)
+    return LazyClient(lambda: _client_at(args, getattr(args, "directory", None), DirectoryClient))
 
 
 def _hosts(args) -> int:
@@ -154,14 +153,8 @@ def _own_rates(args):
     def own(entry: HostEntry) -> int:
         from ..auctioneer.client import AuctioneerClient
 
-        auctioneer = client_of(args, AuctioneerClient) if entry.auctioneer_url == args.url else None
-        if auctioneer is None:
-            from gridcredit.security.credentials import load_credential, trust_directory
-
-            auctioneer = AuctioneerClient(entry.auctioneer_url, credential=load_credential(
-                cert_path=args.cert, key_path=args.key, proxy_path=args.proxy), trust_dir=trust_directory(args.trust),
-                timeout_s=args.timeout, retries=args.retries)
         try:
+            auctioneer = _client_at(args, entry.auctioneer_url, AuctioneerClient)
             # (an auctioneer's URL may serve another host id too: only this host's bids count)
             return sum(bid.rate_ucps for bid in auctioneer.my_bids() if bid.live and bid.host_id == entry.host_id)
         except GridcreditError as error:
