@@ -443,24 +443,30 @@ def open_market(config: MarketConfig, *, now_us: int) -> Market:
     return Market(config, MappingProxyType({}), now_us // config.interval_us, now_us, _allocation_of(config, ()))
 
 
+def _accrual(bid: Bid, allocation: Allocation, through_us: int, until_us: int) -> dict:
+    """What accruing a bid from ``through_us`` to ``until_us`` changes in it (nothing for an ended bid):
+    its open interval's full-use pico-credits and allotted CPU µs under ``allocation``, and its end when
+    its maximum duration passed by then."""
+    if bid.state is not BidState.LIVE:
+        return {}
+    changes = {}
+    live_us = min(until_us, bid.max_end_us) - max(through_us, bid.started_us)
+    if live_us > 0 and bid.bid_id in allocation.shares:
+        changes["open_full_pico"] = bid.open_full_pico + bid.rate_ucps * live_us
+        changes["open_allotted_cpu_us"] = (bid.open_allotted_cpu_us + allocation.capacity_cpus * live_us
+                                           * bid.rate_ucps // allocation.total_ucps)
+    if bid.max_end_us <= until_us:
+        changes.update(state=BidState.ENDED, end_reason=EndReason.MAX_DURATION, ended_us=bid.max_end_us)
+    return changes
+
+
 def _accrued(market: Market, until_us: int) -> dict[str, Bid]:
     """Every bid, the live ones accrued from ``through_us`` to ``until_us`` under the allocation in force,
     those whose maximum duration passed by then ended (at their max end)."""
-    allocation = market.allocation
-    capacity, total = allocation.capacity_cpus, allocation.total_ucps
-    through = market.through_us
+    allocation, through = market.allocation, market.through_us
     bids = dict(market.bids)
     for bid_id, bid in market.bids.items():
-        if bid.state is not BidState.LIVE:
-            continue
-        end = min(until_us, bid.max_end_us)
-        live_us = end - max(through, bid.started_us)
-        changes = {}
-        if live_us > 0 and bid_id in allocation.shares:
-            changes["open_full_pico"] = bid.open_full_pico + bid.rate_ucps * live_us
-            changes["open_allotted_cpu_us"] = bid.open_allotted_cpu_us + capacity * live_us * bid.rate_ucps // total
-        if bid.max_end_us <= until_us:
-            changes.update(state=BidState.ENDED, end_reason=EndReason.MAX_DURATION, ended_us=bid.max_end_us)
+        changes = _accrual(bid, allocation, through, until_us)
         if changes:
             bids[bid_id] = dataclasses.replace(bid, **changes)
     return bids
@@ -601,13 +607,17 @@ def close_interval(market: Market, *, interval: int, used_cpu_us: Mapping[str, i
     used_cpu_us = used_cpu_us or {}
     end_us = market.interval_end_us
     interval_us = config.interval_us
-    bids = _accrued(market, end_us)
+    allocation, through = market.allocation, market.through_us
+    bids = dict(market.bids)
     charges = []
     for bid_id in sorted(bids):
         bid = bids[bid_id]
         if bid.settled_interval is not None:
             continue
-        full, allotted = bid.open_full_pico, bid.open_allotted_cpu_us
+        changes = _accrual(bid, allocation, through, end_us)      # merged into one replace below
+        state = changes.get("state", bid.state)
+        full = changes.get("open_full_pico", bid.open_full_pico)
+        allotted = changes.get("open_allotted_cpu_us", bid.open_allotted_cpu_us)
         if bid.mode is Mode.PAY_FOR_USE and full:
             used = used_cpu_us.get(bid_id)
             if type(used) is not int or used < 0:
@@ -616,8 +626,8 @@ def close_interval(market: Market, *, interval: int, used_cpu_us: Mapping[str, i
             full = full * min(used, allotted) // allotted if allotted else 0
         accrued = bid.accrued_pico + full
         charge = accrued // PICO_PER_CREDIT - bid.charged_credits
-        changes = dict(accrued_pico=accrued, open_full_pico=0, open_allotted_cpu_us=0)
-        if bid.state is BidState.LIVE:
+        changes.update(accrued_pico=accrued, open_full_pico=0, open_allotted_cpu_us=0)
+        if state is BidState.LIVE:
             left = bid.hold_remaining - charge
             next_cost = (accrued + bid.rate_ucps * (min(end_us + interval_us, bid.max_end_us) - end_us)
                          ) // PICO_PER_CREDIT - bid.charged_credits - charge
@@ -625,7 +635,7 @@ def close_interval(market: Market, *, interval: int, used_cpu_us: Mapping[str, i
                 changes.update(state=BidState.ENDED, end_reason=EndReason.HOLD_EXPIRING, ended_us=end_us)
             elif left < 1 or next_cost > left:
                 changes.update(state=BidState.ENDED, end_reason=EndReason.HOLD_EXHAUSTED, ended_us=end_us)
-        ends = changes.get("state", bid.state) is BidState.ENDED
+        ends = changes.get("state", state) is BidState.ENDED
         if ends and bid.release_only:
             charge = 0
         invariant(0 <= charge <= bid.hold_remaining, f"bid {bid_id}'s charge {charge} is within its hold's "
