@@ -126,6 +126,12 @@ def test_console_echo_through_the_unix_socket_and_no_network_no_port(vm_factory)
     answer = console_exchange(console, b"bid 42 says hello\r\n", until=b"bid 42 says hello\r\n", timeout_s=30,
                               resend_every_s=1.0)
     assert b"bid 42 says hello\r\n" in answer        # (once or more: it was sent until the guest answered)
+    # another local user (not root, not libvirt-qemu) cannot connect: the socket is 0600
+    stranger = subprocess.run(
+        ["runuser", "-u", "nobody", "--", "python3", "-c",
+         "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])", str(console)],
+        capture_output=True, text=True, timeout=30)
+    assert stranger.returncode != 0 and "PermissionError" in stranger.stderr, stranger.stderr
     # once it runs, one message gets one echo, at once
     started = time.monotonic()
     assert console_exchange(console, b"0123456789" * 10, until=b"0123456789" * 10) == b"0123456789" * 10
