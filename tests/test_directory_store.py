@@ -11,6 +11,7 @@ import pytest
 from gridcredit.errors import ConfigError
 from gridcredit.errors import DomainError
 from gridcredit.security.principal import Principal
+from gridcredit.server import registry
 from gridcredit.services.directory import policy
 from gridcredit.services.directory.config import DirectoryConfig
 from gridcredit.services.directory.store import HOSTS, INDEXES, OWNERS, HostDirectory
@@ -180,11 +181,22 @@ def test_rates_are_exact_decimals_of_at_most_six_digits():
     assert rate_text(1) == "0.000001" and rate_text(12_000_000) == "12"
 
 
-def test_the_directory_section_refuses_values_out_of_range():
+def test_the_directory_section_refuses_values_out_of_range(tmp_path):
     DirectoryConfig().check()
-    for bad in (DirectoryConfig(ttl_s_max=5), DirectoryConfig(hosts_max=0), DirectoryConfig(sweep_interval_s=0)):
-        with pytest.raises(ConfigError):
-            bad.check()
+    for env, words in (({"GRIDCREDIT_DIRECTORY_TTL_S_MAX": "5"}, "directory.ttl_s_max must be 10-86400"),
+                       ({"GRIDCREDIT_DIRECTORY_HOSTS_MAX": "0"}, "directory.hosts_max and"),
+                       ({"GRIDCREDIT_DIRECTORY_SWEEP_INTERVAL_S": "0"}, "directory.sweep_interval_s must be 1-3600")):
+        with pytest.raises(ConfigError, match=words):
+            registry.load_config(None, {**env, "GRIDCREDIT_STATE_DIR": str(tmp_path)})
+
+
+def test_the_directory_section_from_the_environment(tmp_path):
+    config = registry.load_config(None, {"GRIDCREDIT_STATE_DIR": str(tmp_path),
+                                         "GRIDCREDIT_DIRECTORY_ADMINS": "/CN=Ann,/CN=Bo",
+                                         "GRIDCREDIT_DIRECTORY_REQUIRE_HOST_CERTIFICATE": "false",
+                                         "GRIDCREDIT_DIRECTORY_TTL_S_MAX": "600"})
+    assert config.directory == DirectoryConfig(admins=("/CN=Ann", "/CN=Bo"), require_host_certificate=False,
+                                               ttl_s_max=600)
 
 
 def test_a_limited_proxy_and_a_stranger_to_the_registrars_may_not_register():
