@@ -1,6 +1,6 @@
 """The market directory through a real host (issue 14.5): auctioneers register with signed heartbeats, anyone
 authenticated lists them, each host id stays its first registrant's, expired registrations are not listed and
-are swept, bad input is refused with clear faults and changes nothing."""
+are swept, bad input is refused with clear faults and changes nothing — on the embedded store and on BaseX."""
 from __future__ import annotations
 
 import time
@@ -13,7 +13,7 @@ from gridcredit.security.credentials import load_credential
 from gridcredit.services.directory.client import DirectoryClient
 from gridcredit.services.directory.store import HOSTS, OWNERS
 
-from bank_fixtures import BankUsers, bank_host
+from bank_fixtures import BACKENDS, BankUsers, bank_host
 from test_metrics import scrape
 
 S = 1_000_000
@@ -32,11 +32,11 @@ def people(pki, tmp_path_factory):
             "admin": pki.user("Directory Admin"), "alice": pki.user("Directory Alice")}
 
 
-@pytest.fixture(scope="module")
-def host(pki, people, tmp_path_factory):
+@pytest.fixture(scope="module", params=BACKENDS)
+def host(request, pki, people, tmp_path_factory):
     users = BankUsers(*([pki.user("Nobody")] * 8), stranger=pki.user("Nobody"))
     env = {"GRIDCREDIT_DIRECTORY_ADMINS": people["admin"].dn, "GRIDCREDIT_DIRECTORY_SWEEP_INTERVAL_S": "1"}
-    with bank_host(tmp_path_factory.mktemp("directory"), "embedded", users, pki, extra_env=env) as running:
+    with bank_host(tmp_path_factory.mktemp("directory"), request.param, users, pki, extra_env=env) as running:
         yield running
 
 
