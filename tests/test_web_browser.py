@@ -135,6 +135,9 @@ def test_usage_charts_by_month_vo_and_site_show_only_the_users_records(world, tm
     assert chart_bars(document, "Jobs by month") == [("2026-01", "2"), ("2026-02", "1"), ("2026-03", "1")]
     assert chart_bars(document, "Wall-clock hours by month") == [("2026-01", "3"), ("2026-02", "3"),
                                                                  ("2026-03", "1")]
+    assert [cells(row) for row in document.xpath("//table[contains(@class,'usage-by-month')]/tbody/tr")] == [
+        ["2026-01", "2", "3.0", "1.5", "10 (no unit)"], ["2026-02", "1", "3.0", "1.5", "5 (no unit)"],
+        ["2026-03", "1", "1.0", "0.5", "5 (no unit)"]]
     assert chart_bars(document, "Jobs by VO") == [("atlas", "3"), ("cms", "1")]
     assert chart_bars(document, "Jobs by site") == [("north", "2"), ("south", "2")]
     text = text_of(document)

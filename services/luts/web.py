@@ -19,8 +19,21 @@ def _hours(microseconds: int) -> int:
     return microseconds // US_PER_HOUR
 
 
+def _hours_text(microseconds: int) -> str:
+    """Hours to a tenth, rounded down (integer arithmetic)."""
+    tenths = microseconds * 10 // US_PER_HOUR
+    return f"{tenths // 10:,}.{tenths % 10}"
+
+
+def _micro_text(micro: int) -> str:
+    """An amount in millionths, exactly (no trailing zeros)."""
+    sign, micro = ("-", -micro) if micro < 0 else ("", micro)
+    fraction = f"{micro % 1_000_000:06d}".rstrip("0")
+    return f"{sign}{credits(micro // 1_000_000)}{'.' + fraction if fraction else ''}"
+
+
 def _charge_text(row) -> str:
-    return ", ".join(f"{credits(charge.charge_micro // 1_000_000)} {charge.unit or '(no unit)'}" for charge in row.charges)
+    return ", ".join(f"{_micro_text(charge.charge_micro)} {charge.unit or '(no unit)'}" for charge in row.charges)
 
 
 def _by(summary: Summary, dimension: str, what: str) -> Markup:
@@ -32,7 +45,7 @@ def _by(summary: Summary, dimension: str, what: str) -> Markup:
         bar_chart(f"Wall-clock hours by {what}", [(label, _hours(row.wall_us)) for label, row in zip(labels, rows)],
                   unit=" h"),
         table((what, "jobs", "wall hours", "CPU hours", "charges"),
-              [(label, f"{row.jobs:,}", f"{_hours(row.wall_us):,}", f"{_hours(row.cpu_us):,}", _charge_text(row))
+              [(label, f"{row.jobs:,}", _hours_text(row.wall_us), _hours_text(row.cpu_us), _charge_text(row))
                for label, row in zip(labels, rows)], numeric=(1, 2, 3), empty="no usage recorded",
               class_=f"usage-by-{dimension}"),
         id_=f"by-{dimension}")

@@ -1,0 +1,46 @@
+"""The web view's HTML/SVG helpers and query parsing (gridcredit/web.py, server/web.py), without a browser:
+escaping by construction, charts with one bar per value, bounded and checked query parameters.
+(The pages themselves, in a real browser: tests/test_web_browser.py.)"""
+from __future__ import annotations
+
+import pytest
+from lxml import etree
+
+from gridcredit.errors import GridcreditError
+from gridcredit.web import CHART_BARS_MAX, Markup, WebError, bar_chart, esc, join, tag, url
+from server.web import PARAMS_MAX, QUERY_BYTES_MAX, _params
+
+
+def test_text_and_attributes_are_escaped_and_markup_is_not_escaped_twice():
+    made = tag("p", "<script>alert(1)</script>", tag("b", "x & y"), title='" onclick="evil()')
+    assert made == ('<p title="&quot; onclick=&quot;evil()">&lt;script&gt;alert(1)&lt;/script&gt;'
+                    '<b>x &amp; y</b></p>')
+    assert esc(Markup("<i>ok</i>")) == "<i>ok</i>" and join("<", None, False, ["&"]) == "&lt;&amp;"
+    assert tag("input", name="n", value="'v'", disabled=True, hidden=None) == '<input name="n" value="&#x27;v&#x27;" disabled>'
+    assert url("/web/bank/account", id="a b&c", filter="", none=None) == "/web/bank/account?id=a+b%26c"
+
+
+def test_a_bar_chart_draws_one_bar_per_value_scaled_to_the_largest():
+    svg = etree.fromstring(str(bar_chart("Jobs <by> month", [("2026-01", 4), ("2026-02", 2), ("x<y", -3)])).encode())
+    bars = svg.findall(".//{http://www.w3.org/2000/svg}rect")
+    assert [(bar.get("data-label"), bar.get("data-value")) for bar in bars] == [("2026-01", "4"), ("2026-02", "2"),
+                                                                               ("x<y", "-3")]
+    heights = [int(bar.get("height")) for bar in bars]
+    assert heights[0] == 2 * heights[1] and heights[2] == 0
+    assert svg.find(".//{http://www.w3.org/2000/svg}svg").get("aria-label") == "Jobs <by> month"
+    many = etree.fromstring(str(bar_chart("many", [(str(n), n) for n in range(CHART_BARS_MAX + 5)])).encode())
+    assert len(many.findall(".//{http://www.w3.org/2000/svg}rect")) == CHART_BARS_MAX
+    assert "5 earlier left out" in "".join(many.itertext())
+    assert "no data yet" in bar_chart("empty", [])
+
+
+def test_query_parameters_are_bounded_single_and_visible():
+    assert _params("id=a%20b&filter=t%3Akind%3D%27x%27") == {"id": "a b", "filter": "t:kind='x'"}
+    for query, words in (("id=a&id=b", "given twice"), ("id=a%E2%80%AEb", "U+202E"),
+                         ("x=" + "a" * 2_001, "longer than"), ("id=%ff", "cannot be read"),
+                         ("&".join(f"p{n}=1" for n in range(PARAMS_MAX + 1)), "cannot be read"),
+                         ("x=" + "a" * QUERY_BYTES_MAX, "at most")):
+        with pytest.raises(WebError) as refused:
+            _params(query)
+        assert words in str(refused.value) and refused.value.status.split()[0] in ("400", "414")
+    assert issubclass(WebError, GridcreditError)
