@@ -330,6 +330,18 @@ def test_a_change_counts_from_its_instant():
     refused(lambda: change_bid(market, "nope", rate_ucps=10**6, now_us=market.through_us + 1), "UnknownBid")
 
 
+def test_a_bid_stored_before_it_kept_when_it_was_accrued_counts_from_the_markets_last_event():
+    market = place(new_market(), rate="1")
+    market = core.advance(place(market, "b2", rate="1", now_us=T0 + 5 * SECOND_US), now_us=T0 + 5 * SECOND_US)
+    # b1 is capped, so accrued lazily: still at its start. A bid read from a document written before
+    # accrued_until_us existed (0) counts from the market's last event, where the eager accrual left it
+    assert market.bid("b1").accrued_until_us == T0 and market.bid("b1").open_full_pico == 0
+    old = dataclasses.replace(market.bid("b2"), accrued_until_us=0)
+    market = dataclasses.replace(market, bids={**market.bids, "b2": old})
+    market, items = close(market)
+    assert items == [("b1", 10, "charge"), ("b2", 5, "charge")]
+
+
 def test_sub_credit_amounts_never_drift_and_the_last_fraction_is_forgiven():
     market = place(new_market(interval_us=SECOND_US), rate="0.3", duration_s=10)
     paid = []

@@ -235,7 +235,10 @@ def request_id(host_id: str, bid_id: str, interval: int) -> str:
 @dataclass(frozen=True, slots=True)
 class Bid:
     """One bid, funded by one Bank hold. Money: ``accrued_pico`` owed through the last closed interval,
-    ``open_full_pico`` (rate × live µs at full use) and ``open_allotted_cpu_us`` of the open interval,
+    ``open_full_pico`` (rate × live µs at full use) and ``open_allotted_cpu_us`` of the open interval up to
+    ``accrued_until_us`` (a capped bid is accrued lazily — at its own change or cancel and at the interval's
+    close: its rate and its place in the allocation are the same until then; a pay-for-use bid at every
+    change of the allocation, which its allotment depends on),
     ``charged_credits`` charged (a pending batch's items counted; taken back when refused),
     ``hold_remaining`` the hold's credits left as the auctioneer knows them."""
 
@@ -258,6 +261,7 @@ class Bid:
     settled_interval: int | None = None     # the interval whose batch ended its hold (None: not yet)
     release_only: bool = False              # after a refused charge: settle 0 (release the hold)
     refusal: str = ""                       # the Bank's code of a refused item
+    accrued_until_us: int = 0               # open_* count its live time up to here (0: the market's through_us)
 
     @property
     def live(self) -> bool:
@@ -443,14 +447,16 @@ def open_market(config: MarketConfig, *, now_us: int) -> Market:
     return Market(config, MappingProxyType({}), now_us // config.interval_us, now_us, _allocation_of(config, ()))
 
 
-def _accrual(bid: Bid, allocation: Allocation, through_us: int, until_us: int) -> dict:
-    """What accruing a bid from ``through_us`` to ``until_us`` changes in it (nothing for an ended bid):
-    its open interval's full-use pico-credits and allotted CPU µs under ``allocation``, and its end when
-    its maximum duration passed by then."""
-    if bid.state is not BidState.LIVE:
+def _accrual(bid: Bid, allocation: Allocation, through_us: int, until_us: int, *, lazy: bool) -> dict:
+    """What accruing a bid up to ``until_us`` changes in it (nothing for an ended bid, nor — ``lazy`` — for
+    a capped bid whose maximum duration has not passed): its open interval's full-use pico-credits and
+    allotted CPU µs under ``allocation`` since it was last accrued, and its end when its maximum duration
+    passed by then."""
+    if bid.state is not BidState.LIVE or (lazy and bid.mode is Mode.CAPPED and bid.max_end_us > until_us):
         return {}
-    changes = {}
-    live_us = min(until_us, bid.max_end_us) - max(through_us, bid.started_us)
+    from_us = bid.accrued_until_us or max(through_us, bid.started_us)
+    changes: dict = {"accrued_until_us": until_us}
+    live_us = min(until_us, bid.max_end_us) - from_us
     if live_us > 0 and bid.bid_id in allocation.shares:
         changes["open_full_pico"] = bid.open_full_pico + bid.rate_ucps * live_us
         changes["open_allotted_cpu_us"] = (bid.open_allotted_cpu_us + allocation.capacity_cpus * live_us
@@ -460,15 +466,15 @@ def _accrual(bid: Bid, allocation: Allocation, through_us: int, until_us: int) -
     return changes
 
 
-def _accrued(market: Market, until_us: int) -> dict[str, Bid]:
-    """Every bid, the live ones accrued from ``through_us`` to ``until_us`` under the allocation in force,
-    those whose maximum duration passed by then ended (at their max end)."""
+def _accrued(market: Market, until_us: int, *, lazy: bool = True, bid_id: str | None = None) -> dict[str, Bid]:
+    """Every bid, the live ones accrued up to ``until_us`` under the allocation in force (``lazy``: not the
+    capped ones, except ``bid_id``'s), those whose maximum duration passed by then ended (at their max end)."""
     allocation, through = market.allocation, market.through_us
     bids = dict(market.bids)
-    for bid_id, bid in market.bids.items():
-        changes = _accrual(bid, allocation, through, until_us)
+    for key, bid in market.bids.items():
+        changes = _accrual(bid, allocation, through, until_us, lazy=lazy and key != bid_id)
         if changes:
-            bids[bid_id] = dataclasses.replace(bid, **changes)
+            bids[key] = dataclasses.replace(bid, **changes)
     return bids
 
 
@@ -539,7 +545,7 @@ def place_bid(market: Market, *, bid_id: str, owner_dn: str, hold_id: str, rate_
                                              f"this one), and until its maximum end plus two intervals to run "
                                              f"its whole duration")
     bid = Bid(bid_id, owner_dn, hold_id, rate_ucps, mode, now_us, now_us + max_duration_s * US_PER_S,
-              hold_expires_us, hold_remaining)
+              hold_expires_us, hold_remaining, accrued_until_us=now_us)
     cost = _cost_through(bid, rate_ucps, now_us, market.interval_end_us)
     if cost > hold_remaining:
         raise _refuse(INSUFFICIENT_HOLD, f"hold {hold_id} has {hold_remaining} credits left; this interval's rest "
@@ -565,7 +571,7 @@ def change_bid(market: Market, bid_id: str, *, rate_ucps: int, now_us: int) -> M
     rest) and for a bid that ended."""
     check_rate(rate_ucps)
     now_us = _now_in_open_interval(market, now_us)
-    bids = _accrued(market, now_us)
+    bids = _accrued(market, now_us, bid_id=bid_id)
     bid = _live_bid(market, bids, bid_id, "changed")
     reserve = market.config.reserve_ucps
     if rate_ucps < reserve:
@@ -583,7 +589,7 @@ def change_bid(market: Market, bid_id: str, *, rate_ucps: int, now_us: int) -> M
 def cancel_bid(market: Market, bid_id: str, *, now_us: int) -> Market:
     """The bid ends at ``now_us``; it pays until then, settled in this interval's batch."""
     now_us = _now_in_open_interval(market, now_us)
-    bids = _accrued(market, now_us)
+    bids = _accrued(market, now_us, bid_id=bid_id)
     bid = _live_bid(market, bids, bid_id, "cancelled")
     bids[bid_id] = dataclasses.replace(bid, state=BidState.ENDED, end_reason=EndReason.CANCELLED, ended_us=now_us)
     return _moved(market, bids, now_us)
@@ -614,7 +620,7 @@ def close_interval(market: Market, *, interval: int, used_cpu_us: Mapping[str, i
         bid = bids[bid_id]
         if bid.settled_interval is not None:
             continue
-        changes = _accrual(bid, allocation, through, end_us)      # merged into one replace below
+        changes = _accrual(bid, allocation, through, end_us, lazy=False)     # merged into one replace below
         state = changes.get("state", bid.state)
         full = changes.get("open_full_pico", bid.open_full_pico)
         allotted = changes.get("open_allotted_cpu_us", bid.open_allotted_cpu_us)
@@ -670,7 +676,7 @@ def batch_applied(market: Market, *, interval: int, outcomes: Mapping[str, str |
                                         f"of its items (first {missing[0]})")
     _whole(now_us, "a time (µs)", 0, 2**62)
     now_us = min(max(now_us, market.through_us), market.interval_end_us)   # late answers: at the interval's end
-    bids = _accrued(market, now_us)
+    bids = _accrued(market, now_us, lazy=False)
     for charge in market.pending_charges:
         code = outcomes[charge.request_id]
         if code is None:
