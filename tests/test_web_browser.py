@@ -305,3 +305,69 @@ def test_the_market_shows_prices_and_only_the_users_own_bids(market, tmp_path, p
     shots = Path(os.environ.get("GRIDCREDIT_SCREENSHOT_DIR") or tmp_path)
     shot = alice.screenshot(f"{host.url}/web/auctioneer/market", shots / "web-market.png")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- JARM reservations ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def jarm_site(tmp_path_factory, pki):
+    """A site whose JARM reserves for Alice (two jobs, one released) and Bob (one job), as its controller
+    (the host's certificate) reports them."""
+    from gridcredit.security.credentials import load_credential
+    from gridcredit.services.bank.client import BankClient
+    from gridcredit.services.jarm.client import JarmClient
+    from gridcredit.services.jarm.reservations import JobKey
+    from gridcredit.services.jarm.types import JobRequest, Metric, Rate
+
+    from bank_fixtures import BankUsers
+
+    people = {name: pki.user(f"Web Jarm {name.title()}") for name in ("admin", "alice", "bob")}
+    root = tmp_path_factory.mktemp("web-jarm")
+    gridmap = root / "grid-mapfile"
+    gridmap.write_text(f'"{people["alice"].dn}" gcuser1\n"{people["bob"].dn}" gcuser2\n')
+    users = BankUsers(people["admin"], pki.user("Web Jarm Admin Two"), pki.user("Web Jarm Auditor"), (), (), (), (),
+                      pki.user("Web Jarm Nobody"), pki.user("Web Jarm Nobody"))
+    env = {"GRIDCREDIT_JARM_SITE": "c1", "GRIDCREDIT_JARM_PRICE_ADMINS": people["admin"].dn,
+           "GRIDCREDIT_JARM_SITE_ACCOUNT": "web-site", "GRIDCREDIT_JARM_GRID_MAPFILE": str(gridmap)}
+    with bank_host(root, "embedded", users, pki, extra_env=env) as host:
+        bank = BankClient(host.url, credential=people["admin"].credential, trust_dir=pki.trust_dir)
+        site_dn = load_credential(pki.host_cert, pki.host_key).dn
+        bank.create_account("web-site", project="jarm", owner_dn=people["admin"].dn)
+        for name in ("alice", "bob"):
+            bank.create_account(f"web-{name}-jobs", project="jarm", owner_dn=people[name].dn)
+            bank.mint(f"web-{name}-jobs", 100)
+            BankClient(host.url, credential=people[name].credential, trust_dir=pki.trust_dir).grant_service(
+                f"web-{name}-jobs", site_dn)
+        prices = {Metric.CORE_WALL: 60 * CREDIT_UCPS, Metric.CPU: 0, Metric.MEMORY: 0, Metric.GPU: 0,
+                  Metric.JOB: CREDIT_UCPS}
+        JarmClient(host.url, credential=people["admin"].credential, trust_dir=pki.trust_dir).set_price_table(
+            [Rate("batch", "normal", prices)], version=1)
+        controller = JarmClient(host.url, credential=load_credential(pki.host_cert, pki.host_key), trust_dir=pki.trust_dir)
+        job = JobRequest("batch", "normal", cores=1, time_limit_s=60, memory_mb=0, gpus=0, nodes=1)
+        controller.reserve(JobKey("c1", 801), user="gcuser1", account="web-alice-jobs", request=job)
+        controller.reserve(JobKey("c1", 802), user="gcuser1", account="web-alice-jobs", request=job)
+        controller.cancel(JobKey("c1", 802))
+        controller.reserve(JobKey("c1", 803), user="gcuser2", account="web-bob-jobs", request=job)
+        yield host, people
+
+
+def test_job_reservations_are_the_users_own(jarm_site, tmp_path, pki):
+    host, people = jarm_site
+    alice = Browser(tmp_path / "alice", pki.ca.directory / "ca.pem", people["alice"])
+    document = page(alice, f"{host.url}/web/jarm/reservations")
+    rows = [cells(row) for row in document.xpath("//table[contains(@class,'reservations')]/tbody/tr")]
+    assert sorted((row[0], row[2], row[3]) for row in rows) == [("c1:801", "web-alice-jobs", "2"),
+                                                                ("c1:802", "web-alice-jobs", "2")]
+    # the states are what ListReservations answers her (the reconciler finds no such Slurm job and may release
+    # job 801 at any moment: read after the page, it can only have moved on from what the page said)
+    from gridcredit.services.jarm.client import JarmClient
+
+    answered = {view.key.job_id: view.state for view in
+                JarmClient(host.url, credential=people["alice"].credential, trust_dir=pki.trust_dir).reservations()}
+    shown = {int(row[0].split(":")[1]): row[1] for row in rows}
+    assert shown[802] == answered[802] == "released"
+    assert shown[801] in ("held", answered[801])
+    assert "c1:803" not in text_of(document) and "web-bob-jobs" not in text_of(document)
+    bob = Browser(tmp_path / "bob", pki.ca.directory / "ca.pem", people["bob"])
+    assert [cells(row)[0] for row in page(bob, f"{host.url}/web/jarm/reservations").xpath(
+        "//table[contains(@class,'reservations')]/tbody/tr")] == ["c1:803"]
