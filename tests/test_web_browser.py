@@ -18,11 +18,16 @@ from lxml import html as lxml_html
 from bank_fixtures import bank_host, bank_users, utc_in
 from browser import Browser, available
 from luts_fixtures import Job, make_batch
-from security_fixtures import https_session
+from security_fixtures import https_session, skip_unless_ci
 
 from gridcredit.services.luts.client import LutsClient
 
-pytestmark = pytest.mark.skipif(available() is not None, reason=available() or "")
+pytestmark = pytest.mark.slow       # a host per module and a chromium process per page
+
+
+@pytest.fixture(autouse=True)
+def _browser_installed():
+    skip_unless_ci(available())         # scripts/browser.sh installs it; CI must not skip
 
 OLIVIA_ACCOUNT, OSCAR_ACCOUNT = "web-olivia", "web-oscar"
 # Olivia's jobs: months 2026-01..03, VOs atlas and cms, sites north and south; Oscar's one job: VO alice
@@ -122,6 +127,12 @@ def test_a_user_sees_their_accounts_and_no_one_elses(world, tmp_path):
     # another's account: the Bank's policy refuses, the page says so
     refused = text_of(page(olivia, f"{host.url}/web/bank/account?id={OSCAR_ACCOUNT}"))
     assert "NotAuthorized" in refused and "777" not in refused
+    # an administrator may view any account (the Bank's rule), found by its id with the GET form
+    admin = Browser(tmp_path / "admin", world[2].ca.directory / "ca.pem", users.admin)
+    assert [row.xpath("./td[1]")[0].text_content() for row in page(admin, f"{host.url}/web/bank/accounts").xpath(
+        "//table[contains(@class,'accounts')]/tbody/tr")] == []            # they hold none
+    theirs = page(admin, f"{host.url}/web/bank/account?id={OSCAR_ACCOUNT}")
+    assert definitions(theirs, "balance")["balance"] == "730"            # 777 − 77 + 30
     month = datetime.now(timezone.utc).strftime("%Y-%m")
     statement = page(olivia, f"{host.url}/web/bank/statement?id={OLIVIA_ACCOUNT}&month={month}")
     figures = definitions(statement, "statement")
