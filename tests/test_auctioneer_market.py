@@ -342,6 +342,21 @@ def test_a_bid_stored_before_it_kept_when_it_was_accrued_counts_from_the_markets
     assert items == [("b1", 10, "charge"), ("b2", 5, "charge")]
 
 
+def test_a_new_reserve_price_applies_from_its_instant_and_excluded_bids_pay_nothing_meanwhile():
+    market = place(place(new_market(), "low", rate="1"), "high", rate="3")
+    raised = MarketConfig(host_id="node-1", capacity_cpus=1, interval_us=INTERVAL_US, reserve_ucps=parse_rate("2"))
+    market = core.reconfigure(market, raised, now_us=T0 + 4 * SECOND_US)
+    assert market.allocation.below_reserve == ("low",) and market.allocation.share("high") == 1
+    assert market.bid("low").live
+    market, items = close(market)
+    assert items == [("high", 30, "charge"), ("low", 4, "charge")]      # low: its 4 s before the change only
+    market = core.reconfigure(market, dataclasses.replace(raised, reserve_ucps=0), now_us=market.through_us)
+    assert market.allocation.share("low") == Fraction(1, 4)
+    for config in (dataclasses.replace(raised, host_id="node-2"), dataclasses.replace(raised, interval_us=SECOND_US)):
+        with pytest.raises(ConfigError):
+            core.reconfigure(market, config, now_us=market.through_us)
+
+
 def test_sub_credit_amounts_never_drift_and_the_last_fraction_is_forgiven():
     market = place(new_market(interval_us=SECOND_US), rate="0.3", duration_s=10)
     paid = []

@@ -704,3 +704,19 @@ def forget_settled(market: Market) -> Market:
     bids = {bid_id: bid for bid_id, bid in market.bids.items() if bid_id not in settled}
     return dataclasses.replace(market, bids=MappingProxyType(bids),
                                retired_holds=market.retired_holds | {market.bids[bid_id].hold_id for bid_id in settled})
+
+
+def reconfigure(market: Market, config: MarketConfig, *, now_us: int) -> Market:
+    """The host's configuration changed (capacity, reserve price, scheduler period; a restart with a new
+    ``[auctioneer]`` section): every live bid accrued up to ``now_us`` under the allocation it had, then the
+    new configuration and its allocation (a bid now below the reserve keeps running without a share, paying
+    nothing, until it ends). The host id and the interval cannot change under a market: its batches' request
+    ids and its intervals are made from them."""
+    if config.host_id != market.config.host_id or config.interval_us != market.config.interval_us:
+        raise ConfigError(f"auctioneer: the host id and the interval of host {market.config.host_id}'s market cannot "
+                          f"change ({market.config.host_id}, {market.config.interval_us} µs → {config.host_id}, "
+                          f"{config.interval_us} µs): end its bids first")
+    now_us = _now_in_open_interval(market, now_us)
+    bids = _accrued(market, now_us, lazy=False)
+    return dataclasses.replace(market, config=config, bids=MappingProxyType(bids), through_us=now_us,
+                               allocation=_allocation_of(config, bids.values()))
