@@ -4,6 +4,7 @@ on the embedded store and BaseX, with a fake clock."""
 from __future__ import annotations
 
 import threading
+import time
 from decimal import Decimal
 
 import pytest
@@ -18,7 +19,7 @@ from gridcredit.services.directory.store import HOSTS, INDEXES, OWNERS, HostDire
 from gridcredit.services.directory.types import (RATE_UCPS_MAX, Registration, rate_from_decimal, rate_text,
                                                  rate_to_decimal)
 
-from store_fixtures import basex_server, open_from_spec, store_spec  # noqa: F401 — fixtures
+from store_fixtures import basex_server, open_from_spec, private_basex, store_spec  # noqa: F401 — fixtures
 
 S = 1_000_000
 HOST_A = Principal("/DC=org/CN=host/auction-a.example.org", host_names=("auction-a.example.org",))
@@ -214,3 +215,23 @@ def test_a_limited_proxy_and_a_stranger_to_the_registrars_may_not_register():
     assert code_of(lambda: policy.authorize_register(RULES, user, host_id="h",
                                                      auctioneer_url="https://auction-a.example.org",
                                                      owner_dn=None)) == "NotAuthorized"
+
+
+def test_listing_heartbeats_and_the_sweep_go_on_while_basex_is_down(private_basex, tmp_path):
+    spec = {"backend": "basex", "state_dir": str(tmp_path / "state"), "port": private_basex.port, "prefix": "gc_"}
+    clock = Clock()
+    with open_from_spec(spec, indexes=INDEXES) as store:
+        directory = HostDirectory(store, hosts_max=100, hosts_per_registrant_max=10)
+        register(directory, HOST_A, clock, ttl_s=60)
+        register(directory, HOST_B, clock, host_id="host-b", url="https://auction-b.example.org", ttl_s=10)
+        private_basex.kill()
+        started = time.monotonic()
+        # the store's own record (its journal) answers: no query waits for BaseX
+        assert [e.host_id for e in directory.listed(now_us=clock.now_us)] == ["host-a", "host-b"]
+        clock.now_us += 30 * S
+        assert register(directory, HOST_A, clock, ttl_s=60).updated_us == clock.now_us      # a heartbeat
+        assert [e.host_id for e in directory.listed(now_us=clock.now_us)] == ["host-a"]
+        assert directory.sweep_expired(now_us=clock.now_us) == 1
+        assert code_of(lambda: directory.entry("host-b", now_us=clock.now_us)) == "UnknownHost"
+        assert time.monotonic() - started < 10
+        private_basex.start()
