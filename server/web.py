@@ -102,20 +102,19 @@ class WebView:
         principal = None
         if path == PREFIX:
             path = PREFIX + "/"
+        route = self._routes.get(path)
+        # what /metrics names: a known page, the index, the style sheet, or "-" (any other path)
+        counted = route.href if route is not None else {PREFIX + "/": "index", PREFIX + "/style.css": "style"}.get(path, "-")
+        content_type = "text/html; charset=utf-8"
         if method not in ("GET", "HEAD"):
-            status, body, content_type = "405 Method Not Allowed", self._plain_page(
-                "Only reading here", tag("p", f"{method} is not served: the web view only shows (GET); "
-                                              "changes go through the signed SOAP operations"), None), None
-            counted = "-"
+            status, body = "405 Method Not Allowed", self._layout("Only reading here", tag(
+                "p", f"{method} is not served: the web view only shows (GET); changes go through the signed SOAP "
+                     "operations"), None)
         elif path == PREFIX + "/style.css":
-            status, body, content_type, counted = "200 OK", STYLE.encode("utf-8"), "text/css; charset=utf-8", "style"
+            status, body, content_type = "200 OK", STYLE.encode("utf-8"), "text/css; charset=utf-8"
         else:
             principal = principal_of()
-            route = self._routes.get(path)
-            counted = route.href if route is not None else ("index" if path == PREFIX + "/" else "-")
             status, body = self._page(path, route, environ, principal)
-            content_type = None
-        content_type = content_type or "text/html; charset=utf-8"
         headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), *_HEADERS]
         if status.startswith("405"):
             headers.append(("Allow", "GET, HEAD"))
@@ -131,7 +130,7 @@ class WebView:
         if path == PREFIX + "/":
             return "200 OK", self._index(principal)
         if route is None:
-            return "404 Not Found", self._plain_page("No such page", tag(
+            return "404 Not Found", self._layout("No such page", tag(
                 "p", "There is no page at ", tag("code", path), ". ", link(PREFIX + "/", "The pages are listed here.")),
                 principal)
         if principal is None and not route.page.public:
@@ -178,9 +177,6 @@ class WebView:
                 tag("main", tag("h1", title), content)),
             lang="en"))
         return document.encode("utf-8")
-
-    def _plain_page(self, title: str, content: Markup, principal) -> bytes:
-        return self._layout(title, content, principal)
 
     def _problem(self, title: str, message: str, principal) -> bytes:
         return self._layout(title, tag("section", tag("h2", "This page cannot be shown"), tag("p", message),

@@ -227,6 +227,15 @@ def test_headers_methods_and_escaping(world, tmp_path):
     assert unknown.status_code == 404 and "text/html" in unknown.headers["Content-Type"]
     hidden = session.get(f"{host.url}/web/bank/account", params={"id": "web\u202eolivia"}, cert=olivia, timeout=30)
     assert hidden.status_code == 400 and "U+202E" in hidden.text
+    # counted in /metrics by page and status (the host's own loopback may scrape)
+    from prometheus_client.parser import text_string_to_metric_families
+
+    scraped = session.get(f"{host.url}/metrics", timeout=30)
+    counted = {(sample.labels["page"], sample.labels["status"]): sample.value
+               for family in text_string_to_metric_families(scraped.text) for sample in family.samples
+               if sample.name == "gridcredit_web_pages_total"}
+    assert counted[("/web/bank/accounts", "405")] == 3 and counted[("-", "404")] >= 1
+    assert counted[("/web/bank/account", "400")] >= 2
 
 
 # -- the market: the Auctioneer and the directory in one host ----------------------------------------
