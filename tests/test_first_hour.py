@@ -273,3 +273,20 @@ def test_output_cut_short_by_the_reader_is_no_traceback(clean_environment, pki):
         os.close(write_end)
     assert b"Traceback" not in done.stderr and b"BrokenPipeError" not in done.stderr, done.stderr.decode()
     assert done.returncode == EXIT_FAILED
+
+
+def test_every_gridcredit_variable_our_tools_read_is_known(clean_environment):
+    """A GRIDCREDIT_* variable a script, benchmark or test reads (not a setting) must be in
+    config.NOT_SETTINGS, or every command run beside it would refuse it as misspelled."""
+    import re
+
+    repo = Path(__file__).resolve().parent.parent
+    known = known_environment_names(registry.config_sections())
+    read = set()
+    for path in [*repo.glob("scripts/*.sh"), *repo.glob("bench/*.py"), *repo.glob("tests/*.py"), *repo.glob(".ci/*")]:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if path.suffix == ".py":
+            read |= set(re.findall(r"environ(?:\.get\(|\[)\s*[\"'](GRIDCREDIT_[A-Z0-9_]*[A-Z0-9])[\"']", text))
+        else:
+            read |= set(re.findall(r"\$\{?(GRIDCREDIT_[A-Z0-9_]*[A-Z0-9])\b", text))
+    assert read and read - known == set()
