@@ -73,6 +73,7 @@ from gridcredit.xmlstore import open_store  # noqa: E402
 from gridcredit.xmlstore.basex_server import BaseXServer, free_port  # noqa: E402
 
 from bank_fixtures import BankUsers, bank_host  # noqa: E402
+from jarm_fixtures import controller_files, jarm_settings, open_accounts, prepare_jarm, site_users  # noqa: E402
 from conftest import KeyPool, make_test_pki  # noqa: E402
 
 CREDIT = 1_000_000
@@ -382,60 +383,27 @@ def slurm_part(jobs: int, root: Path, pki) -> dict:
     if installed.returncode != 0:
         raise SystemExit(f"scripts/jarm-slurm.sh install exited {installed.returncode}: {installed.stdout[-800:]}"
                          f"{installed.stderr[-800:]}")
-    people = {name: pki.user(f"Bench {name}") for name in ("Admin", "Alice", "Bob", "Prices", "Auditor")}
-    gridmap = root / "grid-mapfile"
-    gridmap.write_text(f'"{people["Alice"].dn}" gcuser1\n"{people["Bob"].dn}" gcuser2\n')
-    nobody = pki.user("Bench Nobody")
-    users = BankUsers(people["Admin"], pki.user("Bench Admin Two"), people["Auditor"], (), (), (), (), nobody, nobody)
-    env = {"GRIDCREDIT_JARM_SITE": CLUSTER, "GRIDCREDIT_JARM_PRICE_ADMINS": people["Prices"].dn,
-           "GRIDCREDIT_JARM_SITE_ACCOUNT": "site", "GRIDCREDIT_JARM_GRID_MAPFILE": str(gridmap),
-           "GRIDCREDIT_JARM_RECONCILE_INTERVAL_S": "1", "GRIDCREDIT_JARM_EXTEND_MARGIN_S": "60",
-           "GRIDCREDIT_JARM_HOLD_GRACE_S": "120", "GRIDCREDIT_LUTS_ADMINS": people["Admin"].dn,
-           "SLURM_CONF": str(cluster.conf)}
+    people = {name: pki.user(f"Bench {name.title()}") for name in ("admin", "alice", "bob", "prices", "auditor")}
+    env = jarm_settings(root, people, cluster)
     workdir = Path(tempfile.mkdtemp(prefix="gridcredit-bench-jarm-", dir="/tmp"))
     workdir.chmod(0o1777)
     submitted: list[int] = []
     result: dict = {"jobs": jobs}
     try:
-        with bank_host(root / "host", "embedded", users, pki, extra_env=env) as host:
-            bank = BankClient(host.url, credential=people["Admin"].credential, trust_dir=pki.trust_dir, timeout_s=60)
-            site_credential = load_credential(pki.host_cert, pki.host_key)
-            for account, owner in (("proj1", "Alice"), ("proj2", "Bob"), ("site", "Admin")):
-                bank.create_account(account, project="bench", owner_dn=people[owner].dn)
-                if account != "site":
-                    bank.mint(account, FUNDS)
-            BankClient(host.url, credential=people["Bob"].credential, trust_dir=pki.trust_dir).grant_service(
-                "proj2", site_credential.dn, hold_max=10**6)
-            JarmClient(host.url, credential=people["Alice"].credential, trust_dir=pki.trust_dir).delegate(
-                lifetime_s=86_400)
-            JarmClient(host.url, credential=people["Prices"].credential, trust_dir=pki.trust_dir).set_price_table(
-                [Rate("batch", "normal", PRICES), Rate("short", "normal", PRICES)], version=1)
-
-            # the controller's files and hooks, as tests/test_jarm_lifecycle_slurm.py installs them (own folder)
-            slurm = pwd.getpwnam("slurm")
+        with bank_host(root / "host", "embedded", site_users(pki, people), pki, extra_env=env) as host:
+            open_accounts(host.url, pki, people, project="bench", funds=FUNDS)
+            bank = BankClient(host.url, credential=people["admin"].credential, trust_dir=pki.trust_dir, timeout_s=60)
+            prepare_jarm(host.url, pki, people)
+            # the controller's files and hooks, as the tests' hooks fixture installs them (own folder)
             files = slurm_dir() / "jarm-bench-controller"
-            shutil.rmtree(files, ignore_errors=True)
-            (files / "certificates").mkdir(parents=True)
-            for source in Path(pki.trust_dir).iterdir():
-                shutil.copy(source, files / "certificates" / source.name)
-            shutil.copy(pki.host_cert, files / "hostcert.pem")
-            shutil.copy(pki.host_key, files / "hostkey.pem")
-            (files / "gridcredit.toml").write_text(f'[jarm]\nsite = "{CLUSTER}"\n')
+            scripts = controller_files(files, pki, prefix=prefix, jarm_url=host.url)
             ends_file = files / "epilog-started"
             ends_file.touch()
-            for path in [files, *files.rglob("*")]:
-                os.chown(path, slurm.pw_uid, slurm.pw_gid)
-            (files / "hostkey.pem").chmod(0o600)
-            hooks = subprocess.run([str(REPO / "scripts" / "jarm-slurm.sh"), "hooks", "--prefix", str(prefix),
-                                    "--config", str(files / "gridcredit.toml"), "--url", host.url,
-                                    "--cert", str(files / "hostcert.pem"), "--key", str(files / "hostkey.pem"),
-                                    "--trust", str(files / "certificates"), "--out", str(files / "hooks")],
-                                   capture_output=True, text=True, timeout=60)
-            if hooks.returncode != 0:
-                raise SystemExit(f"scripts/jarm-slurm.sh hooks: {hooks.stderr}")
-            epilog = (files / "hooks" / "jarm-epilog").read_text().replace(
+            slurm = pwd.getpwnam("slurm")
+            os.chown(ends_file, slurm.pw_uid, slurm.pw_gid)
+            epilog = (scripts / "jarm-epilog").read_text().replace(
                 "#!/bin/sh\n", f'#!/bin/sh\necho "$SLURM_JOB_ID $(date +%s.%N)" >> {ends_file}\n', 1)
-            with cluster.prolog((files / "hooks" / "jarm-prolog").read_text()), cluster.epilog(epilog):
+            with cluster.prolog((scripts / "jarm-prolog").read_text()), cluster.epilog(epilog):
                 result.update(_run_jobs(cluster, host, bank, pki, people, jobs, workdir, ends_file, submitted))
             result["host_log"] = host.log_text()
     finally:
@@ -468,7 +436,7 @@ def _sacct_poller(cluster, ids: list[int], seen: dict[int, tuple[float, int]], s
 
 def _run_jobs(cluster, host, bank, pki, people, jobs, workdir, ends_file, submitted) -> dict:
     controller = JarmClient(host.url, credential=load_credential(pki.host_cert, pki.host_key), trust_dir=pki.trust_dir)
-    luts = LutsClient(host.url, credential=people["Admin"].credential, trust_dir=pki.trust_dir)
+    luts = LutsClient(host.url, credential=people["admin"].credential, trust_dir=pki.trust_dir)
     load_before = load()
     began = time.time()
     for index in range(jobs):

@@ -43,17 +43,16 @@ from pathlib import Path
 import pytest
 
 from gridcredit.errors import RemoteFault
-from gridcredit.security.credentials import load_credential
 from gridcredit.services.bank.client import BankClient
 from gridcredit.services.jarm.client import JarmClient
 from gridcredit.services.jarm.slurm.accounting import REQUEUED_STATES
-from gridcredit.services.jarm.types import Rate
 from gridcredit.services.jarm.usage_record import record_id
 from gridcredit.services.luts.client import LutsClient
 
-from bank_fixtures import BankUsers, bank_host
+from bank_fixtures import bank_host
 from jarm_fixtures import *  # noqa: F401,F403 (fixtures: site_install, people, hooks, jobs, slurm_cluster …)
-from jarm_fixtures import CLUSTER, FUNDS, PRICES, REPO, controller, expected_cost
+from jarm_fixtures import (CLUSTER, REPO, controller, expected_cost, jarm_settings, open_accounts, prepare_jarm,
+                           site_users, stored_usage_records)
 from slurm_fixtures import _replace
 
 pytestmark = pytest.mark.slow
@@ -70,19 +69,9 @@ _TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NO
 @pytest.fixture(scope="module")
 def bank(pki, people, tmp_path_factory):
     """The Bank's host (a `gridcredit serve` of its own): accounts proj1 (Alice's), proj2 (Bob's, the site's
-    JARM may hold on it for him) and site, FUNDS credits each of the users'."""
-    root = tmp_path_factory.mktemp("jarm-crash-bank")
-    users = BankUsers(people["admin"], pki.user("Lifecycle Bank Admin Two"), people["auditor"], (), (), (), (),
-                      pki.user("Lifecycle Nobody"), pki.user("Lifecycle Nobody"))
-    with bank_host(root, "embedded", users, pki) as running:
-        admin = BankClient(running.url, credential=people["admin"].credential, trust_dir=pki.trust_dir)
-        site_dn = load_credential(pki.host_cert, pki.host_key).dn        # the JARM's own identity
-        for account, owner in (("proj1", people["alice"]), ("proj2", people["bob"]), ("site", people["admin"])):
-            admin.create_account(account, project="crash", owner_dn=owner.dn)
-            if account != "site":
-                admin.mint(account, FUNDS)
-        BankClient(running.url, credential=people["bob"].credential, trust_dir=pki.trust_dir).grant_service(
-            "proj2", site_dn, hold_max=500, period_max=5_000, period_s=86_400)
+    JARM may hold on it for him) and site, FUNDS credits each of the users' (jarm_fixtures.open_accounts)."""
+    with bank_host(tmp_path_factory.mktemp("jarm-crash-bank"), "embedded", site_users(pki, people), pki) as running:
+        open_accounts(running.url, pki, people, project="crash")
         yield running
 
 
@@ -91,22 +80,11 @@ def host(pki, people, bank, slurm_cluster, tmp_path_factory):
     """The JARM's host (this module's ``host``: jarm_fixtures' ``hooks`` point the prolog and epilog at it),
     its Bank the ``bank`` host; Alice delegated her proxy to it; price table 1."""
     root = tmp_path_factory.mktemp("jarm-crash-jarm")
-    gridmap = root / "grid-mapfile"
-    gridmap.write_text(f'"{people["alice"].dn}" gcuser1\n"{people["bob"].dn}" gcuser2\n')
-    users = BankUsers(people["admin"], pki.user("Lifecycle Bank Admin Two"), people["auditor"], (), (), (), (),
-                      pki.user("Lifecycle Nobody"), pki.user("Lifecycle Nobody"))
-    env = {"GRIDCREDIT_JARM_SITE": CLUSTER, "GRIDCREDIT_JARM_PRICE_ADMINS": people["prices"].dn,
-           "GRIDCREDIT_JARM_SITE_ACCOUNT": "site", "GRIDCREDIT_JARM_GRID_MAPFILE": str(gridmap),
-           "GRIDCREDIT_JARM_BANK_URL": bank.url, "GRIDCREDIT_JARM_BANK_UNREACHABLE": "admit_capped",
-           "GRIDCREDIT_JARM_UNFUNDED_CAP_CREDITS": str(UNFUNDED_CAP),
-           "GRIDCREDIT_JARM_RECONCILE_INTERVAL_S": "1", "GRIDCREDIT_JARM_EXTEND_MARGIN_S": "60",
-           "GRIDCREDIT_JARM_HOLD_GRACE_S": "120", "GRIDCREDIT_LUTS_ADMINS": people["admin"].dn,
-           "SLURM_CONF": str(slurm_cluster.conf)}
-    with bank_host(root, "embedded", users, pki, extra_env=env) as running:
-        JarmClient(running.url, credential=people["alice"].credential, trust_dir=pki.trust_dir).delegate(
-            lifetime_s=86_400)
-        JarmClient(running.url, credential=people["prices"].credential, trust_dir=pki.trust_dir).set_price_table(
-            [Rate("batch", "normal", PRICES), Rate("short", "normal", PRICES)], version=1)
+    env = jarm_settings(root, people, slurm_cluster, GRIDCREDIT_JARM_BANK_URL=bank.url,
+                        GRIDCREDIT_JARM_BANK_UNREACHABLE="admit_capped",
+                        GRIDCREDIT_JARM_UNFUNDED_CAP_CREDITS=str(UNFUNDED_CAP))
+    with bank_host(root, "embedded", site_users(pki, people), pki, extra_env=env) as running:
+        prepare_jarm(running.url, pki, people)
         yield running
 
 
@@ -130,7 +108,7 @@ def _queue(cluster) -> list[dict[str, str]]:
         if line.startswith("JobId="):
             job = dict(re.findall(r"(\w+)=(\S*)", line))
             comment = re.search(r" Comment=(.*?)(?= [A-Z][A-Za-z]*=|$)", line)   # (words with spaces)
-            job["Comment"] = comment.group(1) if comment else ""
+            job["Comment"] = comment.group(1).strip() if comment else ""     # (the line may end in a space)
             jobs.append(job)
     return jobs
 
@@ -259,18 +237,7 @@ def check_charged_once(*, cluster, bank_url, jarm, luts, pki, people, names, run
     report = bank_client.audit()
     assert report.clean and not report.findings, report
     # the LUTS: one usage record per charged run, with its charge
-    deadline = time.monotonic() + 90
-    while True:
-        missing, stored = [], {}
-        for view in charged_views:
-            try:
-                stored[view.reservation_id] = luts.record(record_id(CLUSTER, view.reservation_id), machine="localhost")
-            except RemoteFault as fault:          # UnknownRecord: not sent yet
-                missing.append((view.reservation_id, str(fault)[:120]))
-        if not missing or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert not missing, missing
+    stored = stored_usage_records(luts, [view.reservation_id for view in charged_views])
     for view in charged_views:
         usage = stored[view.reservation_id].usage
         assert usage.charge_micro == view.charged * 1_000_000, (view, usage)

@@ -12,13 +12,11 @@ import time
 
 import pytest
 
-from gridcredit.errors import RemoteFault
 from gridcredit.services.bank.client import BankClient
-from gridcredit.services.jarm.usage_record import record_id
 from gridcredit.services.luts.client import LutsClient
 
 from jarm_fixtures import *  # noqa: F401,F403 (fixtures)
-from jarm_fixtures import CLUSTER, controller, expected_cost, settled_reservations, wait_for_state
+from jarm_fixtures import controller, expected_cost, settled_reservations, stored_usage_records, wait_for_state
 
 pytestmark = pytest.mark.slow
 
@@ -91,20 +89,7 @@ def test_funded_jobs_are_held_charged_once_and_reported(slurm_cluster, slurm_wor
 
     # the LUTS: one usage record per run, its wall time sacct's, its charge the Bank's
     luts = LutsClient(host.url, credential=people["admin"].credential, trust_dir=pki.trust_dir)
-    deadline = time.monotonic() + 60
-    records_of = {}
-    while True:
-        missing = []
-        for view in reservations:
-            try:
-                stored = luts.record(record_id(CLUSTER, view.reservation_id), machine="localhost")
-                records_of[view.reservation_id] = stored
-            except RemoteFault as fault:         # UnknownRecord: not sent yet
-                missing.append((view.reservation_id, str(fault)[:120]))
-        if not missing or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert not missing, missing
+    records_of = stored_usage_records(luts, [view.reservation_id for view in reservations], timeout_s=60)
     for view in reservations:
         usage = records_of[view.reservation_id].usage
         assert usage.wall_us == measured[view.reservation_id] * 1_000_000
