@@ -11,8 +11,8 @@ What the design does on each failure (services/jarm/slurm/hooks.py, lifecycle.py
 
 * the JARM killed: a PrologSlurmctld that cannot reach it refuses the job — it writes why into the job's
   Comment, puts the job on a user hold and exits 1 (Slurm requeues the job, restart count + 1). The site (here
-  the test) releases the held jobs once the JARM answers again (``scontrol release``) and they run under a new
-  reservation (their next restart count). An EpilogSlurmctld that cannot reach it is lost: the JARM's
+  the test) releases the held jobs once the JARM answers again (``scontrol release``; and lets them start at once,
+  not after Slurm's 120 s for a requeued job) and they run under a new reservation (their next restart count). An EpilogSlurmctld that cannot reach it is lost: the JARM's
   reconciler finds the run ended (Slurm no longer runs it) and charges it. A request the JARM was making at
   the Bank when it died is made again by the reconciler from the reservation in the store (the durable
   journal) under the same request id: the Bank answers with its first outcome.
@@ -52,14 +52,14 @@ from gridcredit.services.luts.client import LutsClient
 from bank_fixtures import bank_host
 from jarm_fixtures import *  # noqa: F401,F403 (fixtures: site_install, people, hooks, jobs, slurm_cluster …)
 from jarm_fixtures import (CLUSTER, REPO, controller, expected_cost, jarm_settings, open_accounts, prepare_jarm,
-                           site_users, stored_usage_records)
+                           site_users, start_requeued_now, stored_usage_records)
 from slurm_fixtures import _replace
 
 pytestmark = pytest.mark.slow
 
 UNFUNDED_CAP = 30               # credits of unfunded work per account while the Bank does not answer
 OUTAGE_S = 90                   # the longest a host stays down waiting for the prologs the test means to fail
-ENDED_WITHIN_S = 600            # a requeued job waits ~2 minutes before it may start again (Slurm 22.05)
+ENDED_WITHIN_S = 600            # (Slurm starts jobs two at a time, often at its backfill's pass, every 30 s)
 _TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
              "BOOT_FAIL", "DEADLINE"}
 
@@ -141,6 +141,9 @@ class Watch:
                 if release:
                     self.cluster.run(["scontrol", "release", name], check=False)
                     self.released.add(name)
+            elif release and job.get("JobState") == "PENDING" and job.get("Reason") == "BeginTime" \
+                    and job.get("Restarts", "0") != "0":
+                start_requeued_now(self.cluster, name)      # (a requeued run: not after Slurm's 120 s)
         return mine
 
     def look_at_reservations(self, jarm: JarmClient) -> None:

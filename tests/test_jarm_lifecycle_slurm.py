@@ -16,7 +16,8 @@ from gridcredit.services.bank.client import BankClient
 from gridcredit.services.luts.client import LutsClient
 
 from jarm_fixtures import *  # noqa: F401,F403 (fixtures)
-from jarm_fixtures import controller, expected_cost, settled_reservations, stored_usage_records, wait_for_state
+from jarm_fixtures import (controller, expected_cost, settled_reservations, start_requeued_now, stored_usage_records,
+                           wait_for_state)
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +44,9 @@ def test_funded_jobs_are_held_charged_once_and_reported(slurm_cluster, slurm_wor
     wait_for_state(slurm_cluster, requeued, {"RUNNING"})
     time.sleep(2)
     slurm_cluster.run(["scontrol", "requeue", str(requeued)])
+    wait_for_state(slurm_cluster, requeued, {"PENDING"})
+    while not start_requeued_now(slurm_cluster, str(requeued)):   # (not after Slurm's 120 s BeginTime)
+        time.sleep(0.5)
 
     for job_id in (plain1, plain2, longer, requeued):
         slurm_cluster.wait_accounted(job_id, timeout_s=300)
