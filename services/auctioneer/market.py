@@ -33,7 +33,10 @@ and changes nothing):
   bid again); live from ``now_us`` until it ends;
 * :func:`change_bid` — a new rate from ``now_us`` (what it owed at the old rate is kept);
 * :func:`cancel_bid` — ends it at ``now_us``;
-* :func:`advance` — accrues every live bid up to ``now_us`` and ends those whose maximum duration passed;
+* :func:`advance` — ends the bids whose maximum duration passed by ``now_us`` (a bid is charged until its
+  max end exactly; its share goes to the others at the next transition — advance, any event or the close);
+* :func:`reconfigure` — a new capacity, reserve price or period from ``now_us``;
+* :func:`forget_settled` — drops the bids whose holds are settled (their holds never fund a bid again);
 * :func:`close_interval` — at the end of interval k: accrues to (k+1)·I, works out every bid's charge for
   k and which bids cannot go on into k+1, and returns the interval's Bank batch (:class:`Charge` items:
   ChargeHold for a bid that goes on, SettleHold for one that ends) and the allocation for k+1. The batch
@@ -61,7 +64,8 @@ hold-refused           when the Bank refused a charge          nothing more: a S
 
 A refused SettleHold is not retried: the hold expires on its own (its money back to its account), the
 charge forgone (``Bid.forgone_credits``). A bid's charges never exceed its hold's remainder (checked when
-it is placed, changed and at each interval's end; an ``invariant`` otherwise) nor its budget.
+it is placed, changed and at each interval's end; an ``invariant`` otherwise), nor — at the rate of
+:func:`rate_from_budget` — its budget.
 
 Pay-for-use mode: instead of rate × live time, a bid pays rate × live time × used / allotted for each
 interval, where allotted is the CPU time its share gave it (capacity × share × live time, accrued between
