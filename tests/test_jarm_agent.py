@@ -6,6 +6,8 @@ The agent against the real Slurm and a real Bank: tests/test_jarm_agent_slurm.py
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import socket
 import threading
 import time
@@ -332,3 +334,47 @@ def test_a_user_not_allowed_is_refused(server):
         client.settimeout(2)
         client.connect(server.path)
         assert client.recv(200) == b"error this user may not ask the JARM agent\n"
+
+
+def test_the_answer_leaves_before_its_log_line_is_written(server):
+    """The hook waits for the answer inside slurmctld: the agent writes it before its log line (the log's
+    formatting and write were ~0.1 ms of a ~0.5 ms answer; a log sink that blocks — here a pipe nobody
+    reads, full — must not hold the answer back). Failed before: the answer waited for the log's write."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        while True:
+            os.write(write_end, b"x" * 65536)
+    except BlockingIOError:
+        pass                                                 # the pipe is full: a write to it blocks
+    os.set_blocking(write_end, True)
+    sink = logging.StreamHandler(os.fdopen(write_end, "w", buffering=1))
+    logger = logging.getLogger("gridcredit.jarm.agent")
+    logger.addHandler(sink)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    unblocked = threading.Event()
+
+    def drain() -> None:                                     # let the agent's blocked log write finish at last
+        unblocked.wait(30)
+        os.set_blocking(read_end, False)
+        empty = 0
+        while empty < 5:                                     # (until nothing more comes for 0.25 s)
+            try:
+                empty = 0 if os.read(read_end, 1 << 20) else 5
+            except BlockingIOError:
+                empty += 1
+                time.sleep(0.05)
+
+    draining = threading.Thread(target=drain, daemon=True)
+    draining.start()
+    try:
+        answer = ask(server.path, admit_line(job(minutes=10)), timeout_s=3)
+        assert answer.startswith(b"admit a-"), answer
+    finally:
+        unblocked.set()
+        draining.join(15)
+        logger.removeHandler(sink)
+        logger.setLevel(level)
+        sink.stream.close()
+        os.close(read_end)

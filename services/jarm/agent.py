@@ -585,7 +585,10 @@ class AgentServer:
                     return
                 except asyncio.TimeoutError:
                     return
-                writer.write(self.answer(line))
+                reply, note = self._answer(line)
+                writer.write(reply)                          # (sent now: the buffer is empty between requests)
+                if note is not None:
+                    log.info(*note)                          # after the answer: the hook waits for that, not this
                 async with asyncio.timeout(REQUEST_TIMEOUT_S):
                     await writer.drain()
         except (ConnectionError, asyncio.TimeoutError):
@@ -596,18 +599,25 @@ class AgentServer:
             writer.close()
 
     def answer(self, line: bytes) -> bytes:
-        """The answer line to one request line."""
+        """The answer line to one request line (its log line written)."""
+        reply, note = self._answer(line)
+        if note is not None:
+            log.info(*note)
+        return reply
+
+    def _answer(self, line: bytes) -> tuple[bytes, tuple | None]:
+        """The answer line, and the arguments of its log line (an admission or refusal) or None."""
         try:
             verb, argument = parse_request(line)
         except ProtocolError as error:
             self.decisions["error"] += 1
-            return f"error {error}\n".encode()
+            return f"error {error}\n".encode(), None
         if verb == "ping":
             table = self.admissions.prices
             return (f"pong prices={table.version if table else 'none'} accounts={len(self.admissions.funds)} "
-                    f"pending={len(self.admissions.pending)}\n").encode()
+                    f"pending={len(self.admissions.pending)}\n").encode(), None
         if verb == "settle":
-            return b"settled\n" if self.admissions.settle(argument) else b"unknown\n"
+            return (b"settled\n" if self.admissions.settle(argument) else b"unknown\n"), None
         request = argument
         wanted_before = len(self.admissions.wanted)
         decision = self.admissions.decide(request, now_us=time.time_ns() // 1000)
@@ -615,12 +625,12 @@ class AgentServer:
             self.on_unknown_account()
         outcome = "admit" if decision.admitted else "refuse"
         self.decisions[outcome] += 1
-        log.info("jarm-agent %s user=%s account=%s partition=%s cores=%d time_limit_s=%d: %s", outcome, request.user,
-                 request.account, request.partition, request.cores, request.time_limit_s,
-                 f"{decision.admission_id} ({decision.message})" if decision.admitted else decision.message)
+        note = ("jarm-agent %s user=%s account=%s partition=%s cores=%d time_limit_s=%d: %s", outcome, request.user,
+                request.account, request.partition, request.cores, request.time_limit_s,
+                f"{decision.admission_id} ({decision.message})" if decision.admitted else decision.message)
         if decision.admitted:
-            return f"admit {decision.admission_id}\n".encode()
-        return f"refuse {_one_line(decision.message)}\n".encode("utf-8")
+            return f"admit {decision.admission_id}\n".encode(), note
+        return f"refuse {_one_line(decision.message)}\n".encode("utf-8"), note
 
 
 def _one_line(text: str) -> str:
