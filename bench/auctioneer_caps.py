@@ -179,7 +179,8 @@ def main() -> int:
     for number, window in enumerate(shares["windows"], 1):
         lines.append(f"| {number} | {' / '.join(f'{v:.4f}' for v in window['fractions'].values())} | "
                      f"{' / '.join(f'{v:+.2f}' for v in window['error_points'].values())} | "
-                     f"{' / '.join(f'{v:+.2f}' for v in window['relative_error_points'].values())} | {window['load']} | "
+                     f"{' / '.join(f'{v:+.2f}' for v in window['relative_error_points'].values())} | "
+                     f"{window['load']} | "
                      f"{', '.join(window['other_vms']) or 'none'} |")
     lines += ["", f"Largest error: {max(errors):.2f} points absolute, {max(relative):.2f} relative (target ≤ 2).",
               "",

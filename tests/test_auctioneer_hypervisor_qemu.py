@@ -25,7 +25,8 @@ from libvirt_fixtures import (libvirt_host, load_average, measure_fractions, oth
                               vm_factory, wait_for_quiet)
 
 from gridcredit.services.auctioneer.hypervisor import (
-    DEFAULT_TEMPLATES, Hypervisor, HypervisorTimeout, HypervisorUnavailable, InvalidVmRequest, NoSuchVm, Scheduler, console_exchange)
+    DEFAULT_TEMPLATES, Hypervisor, HypervisorTimeout, HypervisorUnavailable, InvalidVmRequest, NoSuchVm, Scheduler,
+    console_exchange)
 
 pytestmark = [pytest.mark.slow, pytest.mark.libvirt]
 
@@ -48,14 +49,24 @@ def _window(factory, names: dict) -> tuple[dict, str]:
     return fractions, text + (f"; other VMs running: {', '.join(others)})" if others else ")")
 
 
+HOST_TAKE_MAX = 0.03       # what the host's own processes may take of the fully sold CPU (see _assert_shares)
+
+
 def _assert_shares(fractions: dict, expected: dict, text: str) -> None:
-    """Each VM's fraction of the CPU within 2 points of what it was sold, absolute AND relative to the
-    others' (its part of their sum): the caps add up to the whole CPU, so CPU time the host's own processes
-    take from it (other tests) comes out of the largest share first."""
+    """Each VM's fraction of the CPU within 2 points of what it was sold, relative to the others' (its part of
+    their sum) AND absolute. The caps add up to the whole CPU and the guests always want more, so any CPU time
+    missing from their sum was taken by the host (CFS gives n runnable host processes about
+    1024·n/(262144 + 1024·n) of the CPU against the VMs' cgroup: ~2.3 % at load 12 on 2 CPUs, ~0 when nothing
+    else runs) and comes out of the share that could still use it, the largest: the absolute check allows what
+    the host took, at most 3 points, on top of the 2 (a wrong cap that left CPU unused, or caps not applied,
+    still fails)."""
     total = sum(fractions.values())
+    host_take = max(0.0, sum(expected.values()) - total)
+    text = f"{text}; sum {total:.4f}"
+    assert host_take <= HOST_TAKE_MAX, f"the guests got {total:.4f} of the {sum(expected.values()):.4f} sold: {text}"
     for name, share in expected.items():
-        assert abs(fractions[name] - share) <= TOLERANCE, f"absolute: {text}"
         assert abs(fractions[name] / total - share / sum(expected.values())) <= TOLERANCE, f"relative: {text}"
+        assert abs(fractions[name] - share) <= TOLERANCE + host_take, f"absolute: {text}"
 
 
 def test_caps_1_2_5_of_one_cpu_then_one_bid_ends_and_the_others_rise(vm_factory):

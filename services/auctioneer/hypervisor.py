@@ -409,7 +409,8 @@ class Hypervisor:
         disk = sub(devices, "disk", type="file", device="floppy" if template.boot == "fd" else "disk")
         sub(disk, "driver", name="qemu", type="raw")
         sub(disk, "source", file=str(image))
-        sub(disk, "target", dev="fda" if template.boot == "fd" else "hda", bus="fdc" if template.boot == "fd" else "ide")
+        floppy = template.boot == "fd"
+        sub(disk, "target", dev="fda" if floppy else "hda", bus="fdc" if floppy else "ide")
         serial = sub(devices, "serial", type="unix")
         sub(serial, "source", mode="bind", path=str(console))
         sub(serial, "target", port="0")
