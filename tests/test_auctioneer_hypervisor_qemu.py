@@ -106,9 +106,8 @@ def test_work_conserving_weights_give_an_idle_guests_cpu_to_the_busy_ones(vm_fac
     fractions, text = _window(vm_factory, names)
     print("work-conserving 1:3 (+ idle 4):", text)
     assert fractions[idle] < 0.03, text
-    assert fractions[busy_1] + fractions[busy_3] >= 0.95, text
-    assert abs(fractions[busy_1] - 0.25) <= TOLERANCE, text
-    assert abs(fractions[busy_3] - 0.75) <= TOLERANCE, text
+    # the busy two get the whole CPU (what the idle one and the host take: at most 3 points), 1:3
+    _assert_shares({busy_1: fractions[busy_1], busy_3: fractions[busy_3]}, {busy_1: 0.25, busy_3: 0.75}, text)
 
 
 def _qemu_threads_cpus(pid: int) -> set[str]:
