@@ -44,3 +44,31 @@ def test_query_parameters_are_bounded_single_and_visible():
             _params(query)
         assert words in str(refused.value) and refused.value.status.split()[0] in ("400", "414")
     assert issubclass(WebError, GridcreditError)
+
+
+def test_the_public_page_reads_the_mints_and_retirements_at_most_every_refresh(tmp_path, monkeypatch):
+    """Anyone may load the transparency page: what it costs (a query over every transaction) is done
+    once per SUPPLY_REFRESH_S, not per view."""
+    from gridcredit.config import StoreConfig
+    from gridcredit.services.bank import ledger, web as bank_web
+    from gridcredit.services.bank.bank import Bank, LedgerKey
+    from gridcredit.xmlstore import open_store
+
+    store = open_store(StoreConfig(backend="embedded"), tmp_path / "state", indexes=())
+    try:
+        admin = ledger.Principal("/CN=Admin", is_administrator=True)
+        bank = Bank(store, LedgerKey.load_or_create(tmp_path / "key.pem"))
+        bank.execute(ledger.CreateAccount("c1", "a1", "p", "/CN=Owner"), admin)
+        bank.execute(ledger.Mint("m1", "a1", 50), admin)
+        reads = []
+        real = bank_web._supply_changes
+        monkeypatch.setattr(bank_web, "_supply_changes", lambda b: reads.append(1) or real(b))
+        changes = bank_web.SupplyChanges(bank)
+        first = changes.current()
+        bank.execute(ledger.Retire("r1", "a1", 20), admin)
+        assert changes.current() is first and len(reads) == 1 and [t.amount for t in first[0]] == [50]
+        monkeypatch.setattr(bank_web, "SUPPLY_REFRESH_S", 0.0)
+        again = changes.current()
+        assert len(reads) == 2 and [(t.kind.value, t.amount) for t in again[0]] == [("mint", 50), ("retire", 20)]
+    finally:
+        store.close()

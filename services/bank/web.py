@@ -28,6 +28,7 @@ ACCOUNTS_SHOWN_MAX = 100          # accounts "your accounts" lists
 PAGE_ROWS = 50                    # transactions, holds per page
 SUPPLY_TRANSACTIONS_MAX = 10_000  # mints and retirements the transparency page reads
 AUDIT_REFRESH_S = 600.0           # the public page starts a new audit at most this often (per worker)
+SUPPLY_REFRESH_S = 30.0           # ... and reads the mints and retirements again at most this often
 _HOLDER_ACCOUNTS = "/t:Account[t:holders/t:holder = $dn]"
 _SUPPLY_CHANGES = "/t:Transaction[t:kind = 'mint' or t:kind = 'retire']"
 BASE = "/web/bank"
@@ -215,6 +216,27 @@ class LastAudit:
             self._running = False
 
 
+class SupplyChanges:
+    """The mints and retirements the public page shows, read again at most every SUPPLY_REFRESH_S by
+    one request at a time (the others wait for it): anyone may ask for the page, and reading them is a
+    query over every transaction."""
+
+    def __init__(self, bank: Bank) -> None:
+        self._bank = bank
+        self._lock = threading.Lock()
+        self._value: tuple[list, bool, int] | None = None
+        self._read_at = 0.0
+
+    def current(self) -> tuple[list, bool, int]:
+        """(the mints and retirements oldest first, whether more were left unread, when read in µs)."""
+        with self._lock:
+            if self._value is None or time.monotonic() - self._read_at > SUPPLY_REFRESH_S:
+                changes, truncated = _supply_changes(self._bank)
+                self._value = (changes, truncated, time.time_ns() // 1000)
+                self._read_at = time.monotonic()
+            return self._value
+
+
 def _supply_changes(bank: Bank) -> tuple[list, bool]:
     found, offset = [], 0
     while offset is not None and len(found) < SUPPLY_TRANSACTIONS_MAX:
@@ -225,11 +247,11 @@ def _supply_changes(bank: Bank) -> tuple[list, bool]:
     return sorted(found, key=lambda t: t.seq), offset is not None
 
 
-def _transparency_page(request: WebRequest, last_audit: LastAudit) -> Markup:
+def _transparency_page(request: WebRequest, last_audit: LastAudit, supply_changes: SupplyChanges) -> Markup:
     bank: Bank = request.part
     policy.authorize_transparency()
+    changes, truncated, read_us = supply_changes.current()
     supply = bank.money_supply()
-    changes, truncated = _supply_changes(bank)
     by_month: dict[str, int] = {}
     outstanding = 0
     for t in changes:
@@ -260,7 +282,8 @@ def _transparency_page(request: WebRequest, last_audit: LastAudit) -> Markup:
                 id_="supply"),
         section("Every issue and retirement of credits",
                 tag("p", "Only administrators issue (mint) or retire credits, in the open: each is a signed "
-                         "transaction of the ledger, listed here newest first."
+                         f"transaction of the ledger, listed here newest first (as read {moment(read_us)}: "
+                         f"read again at most every {SUPPLY_REFRESH_S:.0f} s)."
                     + (f" The newest {SUPPLY_TRANSACTIONS_MAX:,} are read." if truncated else "")),
                 table(("seq", "at", "what", "credits", "account", "administrator", "approved by"), rows,
                       numeric=(0, 3), empty="no credits have been issued yet", class_="supply-changes"),
@@ -276,11 +299,11 @@ def _transparency_page(request: WebRequest, last_audit: LastAudit) -> Markup:
 
 
 def web_pages(bank: Bank, config) -> list[WebPage]:
-    last_audit = LastAudit(bank)
+    last_audit, supply_changes = LastAudit(bank), SupplyChanges(bank)
     return [
         WebPage("accounts", "Your accounts", _accounts_page, summary="balance, held and available credits"),
         WebPage("account", "Account", _account_page, listed=False),
         WebPage("statement", "Statement", _statement_page, listed=False),
-        WebPage("transparency", "Money supply and audit", lambda request: _transparency_page(request, last_audit),
+        WebPage("transparency", "Money supply and audit", lambda request: _transparency_page(request, last_audit, supply_changes),
                 public=True, summary="every issue and retirement of credits, the last audit; open to everyone"),
     ]
