@@ -106,7 +106,7 @@ echo "== the user asks for their jobs of November 2026 that ran over an hour, an
 $GC luts query 'n:Usage/n:wall_us > $w' --int-var w=3600000000 --from 2026-11 --to 2026-11 "${AS_USER[@]}"
 $GC luts summary --by vo,month "${AS_USER[@]}"
 echo
-echo "The services are running at https://localhost:$GRIDCREDIT_SERVER_PORT/{bank,luts,jarm,auctioneer} (WSDL at ?wsdl)."
+echo "The services are running at https://localhost:$GRIDCREDIT_SERVER_PORT (each at /<name>, its WSDL at /<name>?wsdl)."
 echo "Try the README's examples in another shell, in $PWD:"
 echo "  export GRIDCREDIT_STATE_DIR=$GRIDCREDIT_STATE_DIR GRIDCREDIT_SERVER_PORT=$GRIDCREDIT_SERVER_PORT"
 echo "  export X509_USER_PROXY=$user/proxy.pem"

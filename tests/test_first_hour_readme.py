@@ -150,3 +150,12 @@ def test_the_demo_then_the_bank_and_luts_examples_as_written_then_ctrl_c(tmp_pat
     stderr = err_path.read_text()
     assert stderr == "", stderr                        # no stray TLS lines, no traceback
     assert "== stopped" in out_path.read_text()
+
+
+def test_the_readme_names_the_services_serve_runs():
+    """"Services described as what they do today": the paths `gridcredit serve` answers are the registry's."""
+    text = README.read_text(encoding="utf-8")
+    listed = re.search(r"gridcredit serve +# https://127\.0\.0\.1:8443/\{([a-z,]+)\}", text).group(1).split(",")
+    assert listed == list(registry.names())
+    words = {3: "three", 4: "four", 5: "five", 6: "six", 7: "seven"}
+    assert f"serves the {words[len(listed)]} services" in text
