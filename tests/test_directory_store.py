@@ -233,5 +233,8 @@ def test_listing_heartbeats_and_the_sweep_go_on_while_basex_is_down(private_base
         assert [e.host_id for e in directory.listed(now_us=clock.now_us)] == ["host-a"]
         assert directory.sweep_expired(now_us=clock.now_us) == 1
         assert code_of(lambda: directory.entry("host-b", now_us=clock.now_us)) == "UnknownHost"
+        # a new host id too: the ids are counted from the record
+        register(directory, HOST_B, clock, host_id="host-c", url="https://auction-b.example.org")
+        assert directory.counts(now_us=clock.now_us) == (2, 3)
         assert time.monotonic() - started < 10
         private_basex.start()

@@ -13,12 +13,6 @@ from . import runtime as _runtime
 from .config import DirectoryConfig
 
 
-def _indexes():
-    from .store import INDEXES
-
-    return INDEXES
-
-
 def _web_pages(part, config):
     from .web import web_pages
 
@@ -32,7 +26,6 @@ SERVICE = ServiceContract(
     config_section=DirectoryConfig,
     # who owns each host id (until an administrator removes it); each host's last registration (store.py)
     collections=("directory_owners", "directory_hosts"),
-    indexes=_indexes,
     build=_runtime.build,
     # Every worker sweeps: a registration deleted twice is deleted once.
     background_tasks=(BackgroundTask("directory-expiry", _runtime.sweep_forever, once_per_host=False),),

@@ -11,26 +11,25 @@ Collections (the directory's own, declared in ``SERVICE.collections``)::
 The owner is read and the policy decides (``authorize``) inside the transaction that writes the
 registration, so two identities racing for a free id cannot both have it. The numbers of ids (all,
 and one identity's) are bounded; they are counted before the transaction, so requests racing may pass
-a bound by as many as race. Listing and the sweep read the whole (small, bounded) collection of
-registrations from the store's own record and compare ``expires_us`` in Python: no XPath query, so they
-answer while a BaseX query server is down or behind.
+a bound by as many as race. Counting, listing and the sweep read the whole (small, bounded) collections
+from the store's own record and compare in Python: no XPath query or index, so the directory works
+while a BaseX query server is down or behind.
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Callable
 
 from lxml import etree
 
 from gridcredit.errors import DomainError, invariant
-from gridcredit.xmlstore import AttributeIndex, Transaction, XmlStore
+from gridcredit.xmlstore import Transaction, XmlStore
 
 from .types import TOO_MANY_HOSTS, UNKNOWN_HOST, HostEntry, Registration, current_price_ucps
 
 OWNERS = "directory_owners"
 HOSTS = "directory_hosts"
 COLLECTIONS = (OWNERS, HOSTS)
-INDEXES = (AttributeIndex(OWNERS, ("registrant_key",)),)     # one identity's ids are counted
+INDEXES = ()                          # the collections are small and bounded: read whole, from the record
 NAMESPACE = "urn:gridcredit:directory:store:1"
 PAGE = 1_000                          # the store's query_limit_max
 SWEEP_BATCH = 500                     # registrations deleted per transaction
@@ -40,11 +39,6 @@ _INT_FIELDS = ("capacity_cpus", "total_rate_ucps", "price_ucps", "hour_average_p
 
 def _q(name: str) -> str:
     return f"{{{NAMESPACE}}}{name}"
-
-
-def registrant_key(dn: str) -> str:
-    """A DN as a short indexed value (a DN may be longer than an index value may be)."""
-    return hashlib.sha256(dn.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def entry_xml(entry: HostEntry) -> bytes:
@@ -62,7 +56,7 @@ def entry_from_xml(xml: bytes) -> HostEntry:
 
 def _owner_xml(host_id: str, dn: str, registered_us: int) -> bytes:
     root = etree.Element(_q("Owner"), nsmap={None: NAMESPACE}, host_id=host_id, registrant=dn,
-                         registrant_key=registrant_key(dn), registered_us=str(registered_us))
+                         registered_us=str(registered_us))
     return etree.tostring(root, encoding="UTF-8")
 
 
@@ -108,28 +102,32 @@ class HostDirectory:
 
     def _check_room(self, registrant_dn: str) -> None:
         """A new host id: the directory and the registrant must have room for it (``TooManyHosts``)."""
-        mine = self.store.count(OWNERS, where={"registrant_key": registrant_key(registrant_dn)})
+        owners = [etree.fromstring(document.xml).get("registrant") for document in self._all(OWNERS)]
+        mine = owners.count(registrant_dn)
         if mine >= self.hosts_per_registrant_max:
             raise DomainError(f"{registrant_dn} owns {mine:,} host ids, the most one identity may own here: "
                               f"register under one of them, or have an administrator remove one", TOO_MANY_HOSTS)
-        total = self.store.count(OWNERS)
-        if total >= self.hosts_max:
-            raise DomainError(f"the directory keeps {total:,} host ids, the most it keeps: an administrator "
+        if len(owners) >= self.hosts_max:
+            raise DomainError(f"the directory keeps {len(owners):,} host ids, the most it keeps: an administrator "
                               f"must remove some first", TOO_MANY_HOSTS)
 
-    def _registrations(self) -> list[HostEntry]:
-        """Every registration kept, expired or not, by host id — read from the store's own committed record
-        (``scan_local``: at once, also while a BaseX query server is down or behind). A whole small
-        collection, read in pages without an XPath query (20 times faster than one here)."""
-        found: list[HostEntry] = []
+    def _all(self, collection: str) -> list:
+        """Every document of one of the directory's (small, bounded) collections, by id, from the store's own
+        committed record (``scan_local``: at once, also while a BaseX query server is down or behind) — read
+        in pages, without an XPath query (20 times faster than one here)."""
+        found: list = []
         after: str | None = None
         for _ in range(self.hosts_max // PAGE + 2):        # the ids are bounded, so is this
-            page = self.store.scan_local(HOSTS, after_id=after, limit=PAGE)
-            found.extend(entry_from_xml(document.xml) for document in page)
+            page = self.store.scan_local(collection, after_id=after, limit=PAGE)
+            found.extend(page)
             if len(page) < PAGE:
                 break
             after = page[-1].doc_id
         return found
+
+    def _registrations(self) -> list[HostEntry]:
+        """Every registration kept, expired or not, by host id."""
+        return [entry_from_xml(document.xml) for document in self._all(HOSTS)]
 
     def listed(self, *, now_us: int) -> list[HostEntry]:
         """Every host whose registration has not expired at ``now_us``, by host id."""
@@ -137,7 +135,7 @@ class HostDirectory:
 
     def counts(self, *, now_us: int) -> tuple[int, int]:
         """(hosts listed at ``now_us``, host ids owned)."""
-        return len(self.listed(now_us=now_us)), self.store.count(OWNERS)
+        return len(self.listed(now_us=now_us)), len(self._all(OWNERS))
 
     def entry(self, host_id: str, *, now_us: int) -> HostEntry:
         """The host ``host_id`` as listed now (``UnknownHost`` when it is not registered or expired)."""
