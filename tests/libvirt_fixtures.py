@@ -133,12 +133,50 @@ def wait_for_quiet(hypervisor, prefix: str, wait_s: float = 60.0) -> list[str]:
 
 def measure_fractions(hypervisor, names: list[str], window_s: float) -> dict[str, float]:
     """Each VM's CPU time over a window of ``window_s`` seconds, as a fraction of one CPU."""
+    return measure_window(hypervisor, names, window_s).fractions
+
+
+@dataclass(frozen=True)
+class Window:
+    fractions: dict[str, float]     # each VM's CPU time / the window
+    cpu_busy: float | None          # the sold CPU's non-idle time / the window (/proc/stat), if one CPU is sold
+    cpu_idle: float | None          # its idle (and iowait) time / the window
+
+    @property
+    def host_take(self) -> float:
+        """What of the sold CPU went to anything but these VMs (host processes, interrupts, other VMs)."""
+        return max(0.0, (self.cpu_busy or 0.0) - sum(self.fractions.values()))
+
+
+def _cpu_ticks(cpu: str) -> tuple[int, int] | None:
+    """(busy, idle) ticks of one CPU from /proc/stat, or None when ``cpu`` is not one CPU."""
+    if not cpu.isdigit():
+        return None
+    for line in Path("/proc/stat").read_text().splitlines():
+        fields = line.split()
+        if fields[0] == f"cpu{cpu}":
+            values = [int(value) for value in fields[1:9]]    # user nice system idle iowait irq softirq steal
+            idle = values[3] + values[4]
+            return sum(values) - idle, idle
+    return None
+
+
+def measure_window(hypervisor, names: list[str], window_s: float, cpu: str | None = None) -> Window:
+    """The VMs' CPU fractions over ``window_s`` seconds, and how busy the sold CPU ``cpu`` was meanwhile."""
+    cpu = sold_cpuset() if cpu is None else cpu
+    ticks_before = _cpu_ticks(cpu)
     before = {name: hypervisor.cpu_time_us(name) for name in names}
     started = time.monotonic()
     time.sleep(window_s)
     after = {name: hypervisor.cpu_time_us(name) for name in names}
-    elapsed_us = (time.monotonic() - started) * 1e6
-    return {name: (after[name] - before[name]) / elapsed_us for name in names}
+    ticks_after = _cpu_ticks(cpu)
+    elapsed_s = time.monotonic() - started
+    fractions = {name: (after[name] - before[name]) / 1e6 / elapsed_s for name in names}
+    if ticks_before is None or ticks_after is None:
+        return Window(fractions, None, None)
+    hertz = os.sysconf("SC_CLK_TCK")
+    busy, idle = (ticks_after[index] - ticks_before[index] for index in (0, 1))
+    return Window(fractions, busy / hertz / elapsed_s, idle / hertz / elapsed_s)
 
 
 def load_average() -> str:
