@@ -18,6 +18,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lxml import etree
 
 from gridcredit.config import Config, SecurityConfig
@@ -458,3 +460,49 @@ def test_a_batch_is_refused_whole_by_the_bank_before_anything_runs(plain_bank):
         bank.execute_batch(_charges(holds, "l"), limited)
     assert refused.value.code == "NotAuthorized"
     assert bank.store.get("bank", documents.LEDGER_HEAD_ID).xml.count(b"<seq>23</seq>") == 1
+
+
+def test_a_state_decoded_once_is_read_again_when_another_bank_changed_it(plain_bank):
+    """The bank keeps the states it decoded, by document version: a change by another worker (another Bank
+    on the same store) is seen at once."""
+    bank, holds, key = plain_bank
+    other = Bank(bank.store, key)
+    collector, owner = Principal(dn=COLLECTOR), Principal(dn=OWNER)
+    bank.execute_batch(_charges(holds[:2], "first", amount=10), collector)           # decodes vo, site, the holds
+    other.execute(ledger.ChargeHold("other-1", holds[0], "site", 50), owner)      # the owner, in another worker
+    other.execute(ledger.Transfer("other-2", "vo", "site", 100), owner)
+    results = bank.execute_batch([ledger.ChargeHold("second-0", holds[0], "site", 41),    # 40 left: refused
+                                  ledger.ChargeHold("second-1", holds[0], "site", 40)], collector)
+    assert [result.error.code if result.error else None for result in results] == ["ExceedsHold", None]
+    balance = bank.balance("site", Principal(dn=ADMIN, is_administrator=True))
+    assert balance.total == 10 + 10 + 50 + 100 + 40
+    assert audit_store(bank.store, key.public, signature_check_interval=1).clean
+
+
+_DNS = st.one_of(st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=10),
+                 st.sampled_from(["/CN=a", "", "a&b", "é", "x<y>", "\"q\"", "a\tb"]))
+_INTS = st.one_of(st.none(), st.integers(-10**18, 10**18))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_the_account_writer_writes_what_lxml_writes(data):
+    """Accounts are written directly (a batch charging 1,000 bidders writes 1,000 of them): the same bytes
+    as lxml's serialization of the document, whatever the holders, grants and texts."""
+    holders = data.draw(st.lists(st.builds(ledger.Holder, _DNS, st.sampled_from(list(ledger.Role))), max_size=3))
+    grants = data.draw(st.lists(st.builds(ledger.ServiceGrant, _DNS, _INTS, _INTS, _INTS, st.integers(0, 9),
+                                          st.integers(0, 10**6), st.integers(0, 10**18)), max_size=2))
+    account = ledger.Account(
+        account_id=data.draw(_DNS), project=data.draw(_DNS), holders=tuple(holders),
+        status=data.draw(st.sampled_from(list(ledger.AccountStatus))), balance=data.draw(st.integers(-10**18, 10**18)),
+        held=data.draw(st.integers(0, 10**18)), credit_limit=data.draw(st.integers(0, 10**15)),
+        spending_limit=data.draw(_INTS), spending_period_us=data.draw(_INTS),
+        spending_period_index=data.draw(st.integers(0, 10**12)), spent_in_period=data.draw(st.integers(0, 10**15)),
+        created_at_us=data.draw(st.integers(0, 2**62)), grants=tuple(grants))
+    by_lxml = etree.tostring(documents.to_element(account), encoding="UTF-8", xml_declaration=False)
+    assert documents.to_xml(account) == by_lxml
+    assert documents.from_xml(by_lxml, ledger.Account) == account
+    plain = all(text.isascii() and text.isprintable() and not {"&", "<", ">"} & set(text)
+                for text in (account.account_id, account.project, *(h.dn for h in holders),
+                             *(g.service_dn for g in grants)))
+    assert (documents._account_xml(account) is not None) == plain

@@ -120,10 +120,53 @@ def to_element(state: object) -> etree._Element:
 
 def to_xml(state: object) -> bytes:
     """Serialize an Account, Hold, PendingMint, MoneySupply, LedgerHead, RequestRecord or Transaction."""
-    text = _flat_xml(state)
+    text = _account_xml(state) if type(state) is Account else _flat_xml(state)
     if text is not None:
         return text.encode("ascii")
     return etree.tostring(to_element(state), encoding="UTF-8", xml_declaration=False)
+
+
+_ACCOUNT_START, _ACCOUNT_END = f'<Account xmlns="{NAMESPACE}">', "</Account>"
+
+
+def _account_xml(account: Account) -> str | None:
+    """What lxml writes for :func:`to_element` of an account whose texts (DNs, ids) are plain, written
+    directly (lxml took ~40 µs an account: a batch charging 1,000 bidders writes 1,000); None for any other
+    (lxml writes those)."""
+    texts = []
+    parts = [_ACCOUNT_START]
+    for field_name, name, _type, _optional in _schema(Account):
+        value = getattr(account, field_name)
+        if value is None:
+            continue
+        if field_name == "holders":
+            if not value:
+                parts.append(f"<{name}/>")
+                continue
+            parts.append(f"<{name}>")
+            for holder in value:
+                texts.append(holder.dn)
+                parts.append(f'<holder role="{holder.role.value}">{holder.dn}</holder>')
+            parts.append(f"</{name}>")
+        elif field_name == "grants":
+            if not value:
+                continue
+            parts.append(f"<{name}>")
+            for grant in value:
+                texts.append(grant.service_dn)
+                attributes = "".join(f' {attribute}="{getattr(grant, grant_field)}"'
+                                     for grant_field, attribute in _GRANT_ATTRIBUTES
+                                     if getattr(grant, grant_field) is not None)
+                parts.append(f"<grant{attributes}>{grant.service_dn}</grant>")
+            parts.append(f"</{name}>")
+        else:
+            text = value.value if isinstance(value, enum.Enum) else value if type(value) is str else str(value)
+            texts.append(text)
+            parts.append(f"<{name}>{text}</{name}>")
+    if not _PLAIN_TEXT.fullmatch("".join(texts)):
+        return None
+    parts.append(_ACCOUNT_END)
+    return "".join(parts)
 
 
 _PLAIN_TEXT = re.compile(r"[\x20-\x25\x27-\x3b\x3d\x3f-\x7e]*")   # printable ASCII but & < >
