@@ -90,6 +90,12 @@ def test_the_auctioneer_registers_itself_and_best_response_takes_your_own_bid_of
         # Bob's own 1 cr/s is his, not a rival's: only Alice's 2 cr/s compete with what he would bid
         assert (only["own_rate_ucps"], only["others_rate_ucps"], only["rate_ucps"]) == (1 * S, 2 * S, 500_000)
         assert only["cpus"] == "0.400000"                      # 2 CPUs × 0.5 / (0.5 + 2)
+        # hosts --mine: each of your own bids there and its share of the host
+        row = next(row for row in market.ok(people["bob"], "hosts", "--mine") if row["host_id"] == HOST_ID)
+        assert row["mine"] == [{"bid_id": bob_bid.bid_id, "rate": "1.000000", "rate_ucps": S, "share_ppm": 333_333}]
+        code, text, err = market(people["alice"], "hosts", "--mine", as_json=False)
+        assert code == 0 and err == ""
+        assert next(line for line in text.splitlines() if line.startswith(HOST_ID)).split()[7] == "66.66"
         mine = market.ok(people["alice"], "best-response", "--budget", "0.5", "--hosts", HOST_ID)["hosts"][0]
         assert (mine["own_rate_ucps"], mine["others_rate_ucps"]) == (2 * S, 1 * S)
         # another host id served at the same URL: Bob's bid on market-dir is not his bid there
@@ -101,6 +107,16 @@ def test_the_auctioneer_registers_itself_and_best_response_takes_your_own_bid_of
                                                          f"{HOST_ID},market-twin")["hosts"]}
         assert [(rows[h]["own_rate_ucps"], rows[h]["others_rate_ucps"]) for h in (HOST_ID, "market-twin")] == [
             (1 * S, 2 * S), (0, 5 * S)]
+        # an auctioneer that does not answer: its host says so, the others are listed, exit 1 (partly done)
+        DirectoryClient(host.url, credential=load_credential(host.pki.host_cert, host.pki.host_key),
+                        trust_dir=host.pki.trust_dir).register(
+            "market-silent", auctioneer_url="https://localhost:1", capacity_cpus=1, total_rate_ucps=0,
+            hour_average_price_ucps=0, live_bids=0, interval_s=1, ttl_s=600)
+        code, listed, err = market(people["bob"], "hosts", "--mine", "--retries", "0")
+        by_id = {row["host_id"]: row for row in listed}
+        assert code == 1 and by_id["market-silent"]["mine"] is None and len(by_id[HOST_ID]["mine"]) == 1
+        assert err.startswith("GridcreditError: your own bids on host market-silent cannot be read from its "
+                              "auctioneer https://localhost:1: ")
     finally:
         alice.cancel_bid(alice_bid.bid_id)
         bob.cancel_bid(bob_bid.bid_id)

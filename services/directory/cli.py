@@ -3,7 +3,8 @@
 Two commands of the ``gridcredit market`` group (the Auctioneer's, services/auctioneer/cli.py, which adds
 them with :func:`add_market_commands`):
 
-    gridcredit market hosts [--json]                      # hosts, capacity, current and hour-average price
+    gridcredit market hosts [--mine] [--json]             # hosts, capacity, current and hour-average price
+                                                          # (--mine: your bids there and your share)
     gridcredit market best-response --budget 2.5 [--hosts a,b] [--json]
     gridcredit market best-response --budget 900 --duration 1h      # 900 credits over an hour: 0.25 cr/s
 
@@ -20,9 +21,10 @@ integer µcr/s (``*_ucps``). Exit codes: 0 done, 1 refused or failed (``TypeName
 from __future__ import annotations
 
 import argparse
+import sys
 
-from gridcredit.cli_support import (EXIT_OK, CommandGroup, LazyClient, add_client_arguments, client_of, print_result,
-                                    show_identity)
+from gridcredit.cli_support import (EXIT_FAILED, EXIT_OK, CommandGroup, LazyClient, add_client_arguments, client_of,
+                                    error_text, print_result, show_identity)
 from gridcredit.errors import DomainError, GridcreditError
 from gridcredit.timeunits import datetime_from_us, rfc3339
 
@@ -96,15 +98,21 @@ def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[st
                       for column, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in [header, *rows]]
 
 
-def hosts_text(entries: list[HostEntry]) -> str:
+def hosts_text(entries: list[HostEntry], shares: dict[str, str] | None = None) -> str:
+    """The hosts as a table; ``shares``: the caller's share of each host (``--mine``), as text."""
     if not entries:
         return "no hosts are registered in the directory"
     header = ["host", "CPUs", "price", "hour avg", "bids", "Σ rates", "reserve", "auctioneer", "listed until"]
     rows = [[entry.host_id, f"{entry.capacity_cpus:,}", rate_text(entry.price_ucps),
              rate_text(entry.hour_average_price_ucps), f"{entry.live_bids:,}", rate_text(entry.total_rate_ucps),
              rate_text(entry.reserve_price_ucps), entry.auctioneer_url, _when(entry.expires_us)] for entry in entries]
+    if shares is not None:
+        header.insert(7, "your share")
+        for entry, row in zip(entries, rows):
+            row.insert(7, shares[entry.host_id])
     return "\n".join(["prices in credits per second per CPU; Σ rates and the reserve price (the least bid that gets "
-                      "a share) in credits per second", *_table(header, rows, {1, 2, 3, 4, 5, 6})])
+                      "a share) in credits per second",
+                      *_table(header, rows, {1, 2, 3, 4, 5, 6} | ({7} if shares is not None else set()))])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,8 +133,28 @@ def _directory(args):
 
 def _hosts(args) -> int:
     entries = _directory(args).hosts()
-    print_result(args, [host_json(entry) for entry in entries], hosts_text(entries))
-    return EXIT_OK
+    if not args.mine:
+        print_result(args, [host_json(entry) for entry in entries], hosts_text(entries))
+        return EXIT_OK
+    own, rows, shares, failed = _own_bids(args), [], {}, []
+    for entry in entries:
+        row = host_json(entry)
+        try:
+            bids = own(entry)
+        except GridcreditError as error:         # one auctioneer not answering does not hide the others
+            failed.append(error)
+            row.update(mine=None, mine_error=error_text(error))
+            shares[entry.host_id] = "?"
+        else:
+            row["mine"] = [{"bid_id": bid.bid_id, "rate": str(rate_to_decimal(bid.rate_ucps)), "rate_ucps": bid.rate_ucps,
+                            "share_ppm": bid.share_ppm} for bid in bids]
+            total_ppm = sum(bid.share_ppm for bid in bids)
+            shares[entry.host_id] = f"{total_ppm // 10_000}.{total_ppm % 10_000 // 100:02d} %" if bids else "-"
+        rows.append(row)
+    print_result(args, rows, hosts_text(entries, shares))
+    for error in failed:
+        print(error_text(error), file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _whoami(args) -> int:
@@ -147,19 +175,34 @@ def _best_response(args) -> int:
     return best_response_command(args, directory=_directory(args), own_rates=_own_rates(args))
 
 
-def _own_rates(args):
-    """The caller's own live bids' Σ rates on a host, read from the host's auctioneer (signed as the caller,
-    ``AuctioneerClient.my_bids``)."""
-    def own(entry: HostEntry) -> int:
-        from ..auctioneer.client import AuctioneerClient
+def _own_bids(args):
+    """``own(entry)``: the caller's live bids on the host ``entry``, read from its auctioneer (signed as the caller,
+    ``AuctioneerClient.my_bids``; asked once per auctioneer URL)."""
+    from ..auctioneer.client import AuctioneerClient
 
+    asked: dict[str, list] = {}
+
+    def own(entry: HostEntry) -> list:
+        if entry.auctioneer_url not in asked:
+            try:
+                asked[entry.auctioneer_url] = _client_at(args, entry.auctioneer_url, AuctioneerClient).my_bids()
+            except GridcreditError as error:
+                raise GridcreditError(f"your own bids on host {entry.host_id} cannot be read from its auctioneer "
+                                      f"{entry.auctioneer_url}: {error}") from None
+        # (an auctioneer's URL may serve another host id too: only this host's bids count)
+        return [bid for bid in asked[entry.auctioneer_url] if bid.live and bid.host_id == entry.host_id]
+    return own
+
+
+def _own_rates(args):
+    """The Σ rates of the caller's own live bids on a host (best-response's y_j takes them off)."""
+    bids = _own_bids(args)
+
+    def own(entry: HostEntry) -> int:
         try:
-            auctioneer = _client_at(args, entry.auctioneer_url, AuctioneerClient)
-            # (an auctioneer's URL may serve another host id too: only this host's bids count)
-            return sum(bid.rate_ucps for bid in auctioneer.my_bids() if bid.live and bid.host_id == entry.host_id)
+            return sum(bid.rate_ucps for bid in bids(entry))
         except GridcreditError as error:
-            raise GridcreditError(f"your own bids on host {entry.host_id} cannot be read from its auctioneer "
-                                  f"{entry.auctioneer_url}: {error} (--no-own-bids if you have none there)") from None
+            raise GridcreditError(f"{error} (--no-own-bids if you have none there)") from None
     return own
 
 
@@ -171,8 +214,10 @@ def add_directory_options(parser: argparse.ArgumentParser) -> None:
 def add_market_commands(group: CommandGroup) -> None:
     """``market hosts`` and ``market best-response``, added to the Auctioneer's ``market`` group."""
     p = group.command("hosts", "the hosts of the market: capacity, current price (Σ rates / capacity), "
-                               "the hour's average price", "gridcredit market hosts --json", _hosts)
+                               "the hour's average price", "gridcredit market hosts --mine --json", _hosts)
     add_directory_options(p)
+    p.add_argument("--mine", action="store_true",
+                   help="with your live bids on each host and your share of it (asked of each host's auctioneer)")
     p = group.command("best-response", "split a budget over the market's hosts for the most CPU in all (Feldman, "
                                        "Lai & Zhang), from the directory's current rates less your own bids",
                       "gridcredit market best-response --budget 2.5 --hosts host-a,host-b", _best_response)
