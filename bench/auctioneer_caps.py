@@ -14,7 +14,8 @@ sector of services/auctioneer/guest.py (a whole CPU until capped), all pinned to
    and set_cap-to-visible, p50 and max (target < 2 s).
 3. **Share error**: three guests capped at 1:2:5 of the CPU (12.5 / 25 / 62.5 ms per 100 ms) for ``--windows``
    windows of ``--window-s`` s; per window each guest's measured fraction minus its share, in points of one
-   CPU, absolute and relative to the three's sum (target ≤ 2 points).
+   CPU, absolute and relative to the three's sum (target ≤ 2 points), beside how busy the sold CPU was and how
+   much of it went to anything but the guests (/proc/stat).
 
 The load average is printed (and written) with every figure; other VMs on the host are listed (they compete
 for the same CPU).
@@ -44,6 +45,18 @@ VISIBLE_POINTS = 0.05
 
 def load() -> str:
     return ", ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+def cpu_ticks(cpu: str) -> int | None:
+    """Busy (non-idle, non-iowait) ticks of one CPU from /proc/stat; None when ``cpu`` is not one CPU."""
+    if not cpu.isdigit():
+        return None
+    for line in Path("/proc/stat").read_text().splitlines():
+        fields = line.split()
+        if fields[0] == f"cpu{cpu}":
+            values = [int(value) for value in fields[1:9]]
+            return sum(values) - values[3] - values[4]
+    return None
 
 
 def samples(hypervisor: Hypervisor, names: list[str], seconds: float) -> list[tuple[float, dict[str, int]]]:
@@ -107,19 +120,26 @@ def bench_shares(hypervisor: Hypervisor, cpuset: str, prefix: str, windows: int,
     results = []
     for _ in range(windows):
         others = [name for name in hypervisor.list_vms() if not name.startswith(prefix)]
+        ticks_before = cpu_ticks(cpuset)
         before = {name: hypervisor.cpu_time_us(name) for name in shares}
         started = time.monotonic()
         time.sleep(window_s)
         after = {name: hypervisor.cpu_time_us(name) for name in shares}
+        ticks_after = cpu_ticks(cpuset)
         elapsed_s = time.monotonic() - started
         fractions = {name: (after[name] - before[name]) / 1e6 / elapsed_s for name in shares}
         total = sum(fractions.values())
+        busy = None
+        if ticks_before is not None and ticks_after is not None:
+            busy = (ticks_after - ticks_before) / os.sysconf("SC_CLK_TCK") / elapsed_s
         results.append({
             "fractions": {name[len(prefix):]: round(value, 4) for name, value in fractions.items()},
             "error_points": {name[len(prefix):]: round(100 * (fractions[name] - share), 2)
                              for name, share in shares.items()},
             "relative_error_points": {name[len(prefix):]: round(100 * (fractions[name] / total - share), 2)
                                       for name, share in shares.items()},
+            "cpu_busy": None if busy is None else round(busy, 4),
+            "to_others_points": None if busy is None else round(100 * max(0.0, busy - total), 2),
             "load": load(), "other_vms": others})
     for name in shares:
         hypervisor.remove_vm(name)
@@ -173,22 +193,23 @@ def main() -> int:
         f"Share error, three guests capped 1:2:5 of CPU {args.cpuset}, {args.windows} windows of {args.window_s:g} s "
         f"(points of one CPU: measured fraction − sold share; relative: fraction of the three's sum − share):",
         "",
-        "| window | fractions 1 / 2 / 5 | error (points) | relative error (points) | load | other VMs |",
-        "|---|---|---|---|---|---|",
+        "| window | fractions 1 / 2 / 5 | error (points) | relative error (points) | CPU busy, to others (points) "
+        "| load | other VMs |",
+        "|---|---|---|---|---|---|---|",
     ]
     for number, window in enumerate(shares["windows"], 1):
         lines.append(f"| {number} | {' / '.join(f'{v:.4f}' for v in window['fractions'].values())} | "
                      f"{' / '.join(f'{v:+.2f}' for v in window['error_points'].values())} | "
                      f"{' / '.join(f'{v:+.2f}' for v in window['relative_error_points'].values())} | "
-                     f"{window['load']} | "
+                     f"{window['cpu_busy']}, {window['to_others_points']} | {window['load']} | "
                      f"{', '.join(window['other_vms']) or 'none'} |")
     lines += ["", f"Largest error: {max(errors):.2f} points absolute, {max(relative):.2f} relative (target ≤ 2).",
               "",
               "The three caps add up to the whole CPU, so whatever else runs on it (the host's processes, which "
-              "scripts/libvirt.sh weighs 1024 each against the VMs' 262,144, interrupts, libvirtd) comes out of "
-              "the one guest that could still use it, the 5/8 one: the small shares hold within a few tenths of a "
-              "point, the large one loses what the host took (the three's sum is below 1 by about as much). "
-              "Relative to their sum, the shares hold closer."]
+              "scripts/libvirt.sh weighs 1024 each against the VMs' 262,144; \"to others\" is the CPU's busy time "
+              "from /proc/stat less the guests' CPU time) comes out of the one guest that could still use it, the "
+              "5/8 one: the small shares hold within a few tenths of a point, the large one loses about what went "
+              "to others. Relative to their sum, the shares hold closer."]
     print("\n".join(lines))
     if args.write:
         write_section("Issue 14: caps on real guests",
