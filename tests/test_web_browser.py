@@ -161,7 +161,12 @@ def test_usage_charts_by_month_vo_and_site_show_only_the_users_records(world, tm
 
 
 def test_without_a_certificate_only_the_public_page(world, tmp_path):
-    host, users, _ = world
+    host, users, pki = world
+    # a host that sells no CPU and makes no reservations shows no market or reservations page
+    signed_in = https_session(pki.trust_dir).get(f"{host.url}/web/", timeout=30, cert=(
+        str(users.owners[0].cert_path), str(users.owners[0].key_path)))
+    assert "/web/auctioneer/market" not in signed_in.text and "/web/jarm/reservations" not in signed_in.text
+    assert "/web/directory/hosts" in signed_in.text and "/web/luts/usage" in signed_in.text
     anonymous = browser_for(world, tmp_path, None)
     index = page(anonymous, f"{host.url}/web/")
     assert [a.get("href") for a in index.xpath("//main//ul/li/a")] == ["/web/bank/transparency"]
@@ -320,8 +325,9 @@ def test_the_market_shows_prices_and_only_the_users_own_bids(market, tmp_path, p
     bob = Browser(tmp_path / "bob", pki.ca.directory / "ca.pem", people["bob"])
     theirs = page(bob, f"{host.url}/web/auctioneer/market")
     assert [cells(row)[0] for row in theirs.xpath("//table[contains(@class,'bids')]/tbody/tr")] == [bids["bob"]]
-    # this host's JARM makes no reservations (no site account): its page says so
-    assert "makes no reservations" in text_of(page(alice, f"{host.url}/web/jarm/reservations"))
+    # this host's JARM makes no reservations (no site account): no such page, and none in the navigation
+    assert "No such page" in text_of(page(alice, f"{host.url}/web/jarm/reservations"))
+    assert "/web/jarm/reservations" not in [a.get("href") for a in document.xpath("//nav//a")]
     shots = Path(os.environ.get("GRIDCREDIT_SCREENSHOT_DIR") or tmp_path)
     shot = alice.screenshot(f"{host.url}/web/auctioneer/market", shots / "web-market.png")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from lxml import etree
 
 from gridcredit.timeunits import now_us
-from gridcredit.web import Markup, WebPage, WebRequest, bar_chart, credits, definition_list, join, moment, section, table, tag
+from gridcredit.web import Markup, WebPage, WebRequest, bar_chart, credits, definition_list, join, moment, section, table
 
 from . import policy
 from .runtime import Auctioneer
@@ -32,8 +32,6 @@ def _market_page(request: WebRequest) -> Markup:
     part: Auctioneer = request.part
     policy.authorize_anyone("GetHost")
     settings = part.settings
-    if not part.enabled:
-        return tag("p", "This host sells no CPU: its [auctioneer] section names no host_id.", class_="empty")
     moment_us = now_us()
     market = part.market.market(now_us=moment_us)
     total = market.allocation.total_ucps
@@ -72,4 +70,7 @@ def _market_page(request: WebRequest) -> Markup:
 
 
 def web_pages(part: Auctioneer, config) -> list[WebPage]:
+    """The market page, when this host sells CPUs (its [auctioneer] section names a host_id)."""
+    if not part.enabled:
+        return []
     return [WebPage("market", "Market", _market_page, summary="this host's prices and your bids' shares")]

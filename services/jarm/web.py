@@ -1,11 +1,11 @@
 """The JARM's page of the web view (issue 15): the person's own job reservations.
 
 Asked as ListReservations of their own DN (``policy.authorize_list_reservations``), from the same
-reservation store; a site that makes no reservations says so.
+reservation store; shown only by a site that makes reservations.
 """
 from __future__ import annotations
 
-from gridcredit.web import Markup, WebPage, WebRequest, bar_chart, credits, join, moment, section, table, tag
+from gridcredit.web import Markup, WebPage, WebRequest, bar_chart, credits, join, moment, section, table
 
 from . import policy
 
@@ -23,9 +23,6 @@ def _reservations_page(request: WebRequest) -> Markup:
     jarm = request.part
     principal = request.principal
     policy.authorize_list_reservations(jarm.policy, principal, principal.dn)
-    if jarm.lifecycle is None:
-        return tag("p", f"Site {jarm.site} makes no reservations: its [jarm] section names no site_account.",
-                   class_="empty")
     offset = request.int_param("from", 0)
     found = list(jarm.lifecycle.reservations.of_user(principal.dn, offset=offset, limit=RESERVATIONS_SHOWN_MAX))
     rows = [(_job(r), r.state.value, r.account, credits(r.estimate), credits(r.hold_amount), credits(r.cost),
@@ -40,5 +37,8 @@ def _reservations_page(request: WebRequest) -> Markup:
 
 
 def web_pages(jarm, config) -> list[WebPage]:
+    """The reservations page, when this site makes reservations (its [jarm] section names a site_account)."""
+    if jarm.lifecycle is None:
+        return []
     return [WebPage("reservations", "Your job reservations", _reservations_page,
                     summary="what your batch jobs reserved and were charged")]
