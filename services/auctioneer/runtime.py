@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
+import time
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -274,7 +276,6 @@ class AllocationLoop:
         self._applied: dict[str, tuple] = {}          # VM → what was last applied to it (this process)
         self._cpu_marks: dict[str, int] = {}          # VM → its CPU µs at the last close (pay-for-use)
         self._problems: set[str] = set()              # said in the log already (each once, until it clears)
-        self._seen_version = -1
 
     # -- closing intervals and the Bank
 
@@ -498,27 +499,44 @@ class AllocationLoop:
             log.warning("auctioneer %s: the directory was not told (%s: %s)", self.host, type(error).__name__, error)
 
     def run(self, stop) -> None:
-        """Boundaries on time and enforcement whenever the market changes, until ``stop`` (an Event)."""
+        """Boundaries on time (this thread) and enforcement whenever the market changed (a thread of its own:
+        making VMs takes seconds, and must not hold back the next interval's close), until ``stop``."""
+        enforcing = threading.Thread(target=self._enforce_forever, args=(stop,), name="auctioneer-enforcement",
+                                     daemon=True)
+        enforcing.start()
         next_boundary = 0
         while not stop.is_set():
-            try:
-                now = self.clock()
-                if now >= next_boundary:
+            now = self.clock()
+            if now >= next_boundary:
+                next_boundary = (now // self.interval_us + 1) * self.interval_us
+                try:
                     done = self.boundary()
                     self._log(done, "interval")
-                    next_boundary = (now // self.interval_us + 1) * self.interval_us
                     if not done.problems:
                         self.heartbeat()
-                    self._seen_version = -1
+                except (StoreError, GridcreditError) as error:
+                    log.warning("auctioneer %s: the interval not closed (%s: %s); tried again at the next boundary",
+                                self.host, type(error).__name__, error)
+            stop.wait(max(0.01, (next_boundary - self.clock()) / US_PER_S))
+        enforcing.join(HYPERVISOR_TIMEOUT_S + 5)
+
+    def _enforce_forever(self, stop) -> None:
+        """Enforce whenever the market's document changed (every transition and every close changes it);
+        after a problem, again at the next interval at the latest."""
+        seen, retry_at = -1, 0.0
+        while not stop.is_set():
+            try:
                 version = self.store.version()
-                if version != self._seen_version:
+                if version != seen or time.monotonic() >= retry_at:
+                    seen = version
                     done = self.enforce()
                     self._log(done, "enforcement")
-                    self._seen_version = version if not done.problems else -1
+                    retry_at = time.monotonic() + (self.settings.interval_s if done.problems else 86_400)
             except (StoreError, GridcreditError) as error:
-                log.warning("auctioneer %s: pass not done (%s: %s); tried again", self.host, type(error).__name__,
-                            error)
-            stop.wait(max(0.01, min(POLL_S, (next_boundary - self.clock()) / US_PER_S)))
+                log.warning("auctioneer %s: enforcement not done (%s: %s); tried again", self.host,
+                            type(error).__name__, error)
+                retry_at = time.monotonic() + self.settings.interval_s
+            stop.wait(POLL_S)
 
     def _log(self, done: Pass, what: str) -> None:
         """One line for a pass that did something or met a new problem (a problem is said once, until it

@@ -54,7 +54,7 @@ HOLD_NOT_ACTIVE = "HoldNotActive"
 MARKET_BUSY = "MarketBusy"
 INVALID_ARGUMENT = core.INVALID_ARGUMENT
 BUDGET_MAX = 10**15
-EVENT_WAIT_S = 3.0            # an event right after a boundary waits this long for the loop to close it
+EVENT_WAIT_S = 10.0           # an event right after a boundary waits this long for the loop to close it
 
 
 class BidInfo(ComplexModel):
@@ -187,6 +187,17 @@ def _check_hold(part: Auctioneer, hold) -> None:
         raise DomainError(f"hold {hold.hold_id} is {hold.state}: it funds nothing", HOLD_NOT_ACTIVE)
 
 
+def _check_one_interval(part: Auctioneer, rate_ucps: int, remaining: int, hold_id: str) -> None:
+    """A hold must pay one whole interval at the rate (market.py asks only the rest of the interval in progress:
+    a bid placed late in it would end at its close, having paid a moment)."""
+    interval_us = part.settings.interval_s * 1_000_000
+    cost = -(-rate_ucps * interval_us // core.PICO_PER_CREDIT)
+    if remaining < cost:
+        raise DomainError(f"hold {hold_id} has {remaining:,} credits left; one interval ({part.settings.interval_s} s) "
+                          f"at {core.format_rate(rate_ucps)} credits/s costs {cost:,}: a larger hold or a lower rate",
+                          core.INSUFFICIENT_HOLD)
+
+
 def _event(part: Auctioneer, step):
     """Apply ``step(tx, market, now)`` → (market, answer) in one transaction at now; right after a boundary
     the loop may not have closed the interval yet: wait for it up to EVENT_WAIT_S."""
@@ -248,6 +259,8 @@ class AuctioneerService(GridcreditService):
                                    hold_id=hold_id)
         _check_hold(part, hold)
         bid_id = bid_id_for(part.settings.host_id, hold_id)
+        if part.market.record(bid_id) is None:            # (a PlaceBid sent again is answered below)
+            _check_one_interval(part, rate_ucps, hold.amount - hold.charged, hold_id)
 
         def step(tx, market: core.Market, moment: int):
             found = MarketStore.record_in(tx, bid_id)
@@ -286,9 +299,11 @@ class AuctioneerService(GridcreditService):
                 raise DomainError(f"bid {bid_id} ended: it cannot be changed", core.BID_ENDED)
             pending = sum(charge.amount for charge in market.pending_charges if charge.bid_id == bid_id)
             if hold.state == "active":
-                refreshed = replace(bid, hold_remaining=max(0, hold.amount - hold.charged - pending),
-                                    hold_expires_us=hold.expires_at_us)
-                market = replace(market, bids={**market.bids, bid_id: refreshed})
+                bid = replace(bid, hold_remaining=max(0, hold.amount - hold.charged - pending),
+                              hold_expires_us=hold.expires_at_us)
+                market = replace(market, bids={**market.bids, bid_id: bid})
+            owed = (bid.accrued_pico + bid.open_full_pico) // core.PICO_PER_CREDIT - bid.charged_credits
+            _check_one_interval(part, rate_ucps, bid.hold_remaining - max(0, owed), record.hold_id)
             return core.change_bid(market, bid_id, rate_ucps=rate_ucps, now_us=moment), None
         _event(part, step)
         return _view(part, bid_id)
