@@ -317,3 +317,36 @@ def _settled(host, people, *views) -> bool:
         if bank(host, people[who]).get_hold(view.hold_id).state != "settled":
             return False
     return True
+
+
+# -- the directory --------------------------------------------------------------------------------
+
+
+def test_the_loop_registers_the_host_with_the_directory_each_interval(pki, people, tmp_path):
+    """[auctioneer] directory_url: the loop's heartbeat (signed by the host certificate) lists the host, its
+    exact Σ of live rates and live bids; here the directory is this host's own."""
+    from gridcredit.services.directory.client import DirectoryClient
+
+    from bank_fixtures import BankHost
+    from security_fixtures import free_port
+
+    port = free_port()
+    url = f"https://localhost:{port}"
+    users = BankUsers(people["admin"], pki.user("Market Admin Two"), pki.user("Market Auditor"), (), (), (), (),
+                      pki.user("Market Service"), people["stranger"])
+    env = auctioneer_env(people, extra={"GRIDCREDIT_AUCTIONEER_DIRECTORY_URL": url,
+                                        "GRIDCREDIT_AUCTIONEER_PUBLIC_URL": url})
+    running = BankHost(tmp_path / "state", "embedded", users, pki, port=port, extra_env=env).start()
+    try:
+        open_accounts(running, people)
+        directory = DirectoryClient(url, credential=people["stranger"].credential, trust_dir=pki.trust_dir)
+        entry = wait_for(lambda: next((e for e in directory.hosts() if e.host_id == HOST_ID), None))
+        assert entry.auctioneer_url == url and entry.capacity_cpus == 1 and entry.live_bids == 0
+        bid = auctioneer(running, people["alice"]).place_bid(hold(running, people["alice"], "alice-acct"),
+                                                            template="small", rate_ucps=3 * CREDIT, max_duration_s=60)
+        entry = wait_for(lambda: (lambda e: e if e.live_bids == 1 else None)(directory.host(HOST_ID)))
+        assert entry.total_rate_ucps == 3 * CREDIT and entry.price_ucps == 3 * CREDIT
+        assert entry.registrant_dn == host_dn(running)
+        auctioneer(running, people["alice"]).cancel_bid(bid.bid_id)
+    finally:
+        running.stop()
