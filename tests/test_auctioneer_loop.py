@@ -25,8 +25,7 @@ from gridcredit.security.credentials import load_credential
 from gridcredit.services.auctioneer import market as core
 from gridcredit.services.auctioneer.config import AuctioneerConfig
 from gridcredit.services.auctioneer.policy import AuctioneerPolicy
-from gridcredit.services.auctioneer.runtime import (AllocationLoop, Auctioneer, EnforcementError, bank_of,
-                                                    market_config, vm_name)
+from gridcredit.services.auctioneer.runtime import AllocationLoop, Auctioneer, bank_of, market_config, vm_name
 from gridcredit.services.auctioneer.store import INDEXES, BidRecord, MarketStore, bid_id_for
 from gridcredit.services.bank.client import BankClient
 from gridcredit.xmlstore import open_store
@@ -73,7 +72,7 @@ class Clock:
 
 class RecordingEnforcer:
     """A double of runtime.Enforcer: what would be made, capped, weighted and removed; ``fail`` makes the next
-    calls of those operations raise EnforcementError."""
+    calls of those operations raise GridcreditError (as runtime.enforcer_for turns a HypervisorError)."""
 
     def __init__(self) -> None:
         self.vms: dict[str, tuple] = {}
@@ -83,7 +82,7 @@ class RecordingEnforcer:
 
     def _maybe_fail(self, operation: str) -> None:
         if operation in self.fail:
-            raise EnforcementError(f"HypervisorUnavailable: {operation} refused (test)")
+            raise GridcreditError(f"HypervisorUnavailable: {operation} refused (test)")
 
     def names(self):
         self._maybe_fail("names")
@@ -108,7 +107,7 @@ class RecordingEnforcer:
 
     def cpu_time_us(self, name):
         if name not in self.vms:
-            raise EnforcementError(f"NoSuchVm: {name}")
+            raise GridcreditError(f"NoSuchVm: {name}")
         return self.cpu_us.get(name, 0)
 
     def console_path(self, name):
@@ -321,6 +320,27 @@ def test_pay_for_use_pays_for_the_cpu_time_used_of_the_share(host, people, loop_
     assert market.bids[bid].charged_credits == 12
     transactions = bank_charges(host, people, "alice", market.bids[bid].hold_id)
     assert [t.amount for t in transactions] == [2, 10]
+    cancel(part, clock, bid)
+    clock.to_boundary()
+    loop.boundary()
+
+
+def test_metrics_count_the_loops_work_and_read_the_market(host, people, loop_parts):
+    from gridcredit import metrics
+    from gridcredit.services.auctioneer.runtime import gauges
+
+    part, client = loop_parts
+    clock = Clock()
+    enforcer = RecordingEnforcer()
+    loop = AllocationLoop(part, bank_of(client), enforcer, clock=clock)
+    bid = place(host, people, part, clock, "bob", rate=4 * CREDIT, amount=100)
+    loop._log(loop.enforce(), "enforcement")
+    clock.to_boundary()
+    loop._log(loop.boundary(), "interval")
+    text = metrics.exposition(gauges(part, None)).decode()
+    assert 'gridcredit_auctioneer_events_total{event="interval_closed"}' in text
+    assert 'gridcredit_auctioneer_events_total{event="vm_made"}' in text
+    assert "gridcredit_auctioneer_live_bids 1.0" in text and "gridcredit_auctioneer_total_rate_ucps 4e+06" in text
     cancel(part, clock, bid)
     clock.to_boundary()
     loop.boundary()

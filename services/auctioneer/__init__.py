@@ -35,6 +35,7 @@ SERVICE = ServiceContract(
     build=_runtime.build,
     background_tasks=(BackgroundTask("auctioneer-allocation", _runtime.allocate_forever, once_per_host=True,
                                      enabled=lambda config: config.auctioneer.enabled),),
+    gauges=_runtime.gauges,
     cli_module="gridcredit.services.auctioneer.cli",
     web_pages=_web_pages,
 )

@@ -150,7 +150,8 @@ class TemplateBook(Mapping):
 
 class Enforcer(Protocol):
     """What the loop asks of the hypervisor (hypervisor.py's ``Hypervisor``: ``enforcer_for`` below).
-    Every method raises ``EnforcementError`` when the hypervisor fails."""
+    Every method raises ``GridcreditError`` when the hypervisor fails (its error, ``TypeName: message``, as
+    the message); the loop tries again at its next pass."""
 
     def names(self) -> list[str]: ...
     def create(self, name: str, template: str, *, quota_us: int | None, period_us: int, weight: int) -> None: ...
@@ -161,14 +162,10 @@ class Enforcer(Protocol):
     def console_path(self, name: str) -> Path: ...
 
 
-class EnforcementError(GridcreditError):
-    """The hypervisor failed (its error in the message); the loop tries again at its next pass."""
-
-
 def enforcer_for(part: Auctioneer) -> Enforcer:
     """The host's libvirt (hyper's ``services/auctioneer/hypervisor.py``) as the loop uses it; the
     connection is made at the first call (a libvirt that is missing or down fails each call with an
-    ``EnforcementError``: the market goes on, the bids say what is not enforced)."""
+    ``GridcreditError``: the market goes on, the bids say what is not enforced)."""
     settings = part.settings
     prefix = vm_prefix(settings)
     opened: list = []
@@ -187,7 +184,7 @@ def enforcer_for(part: Auctioneer) -> Enforcer:
             try:
                 return call(*args, **options)
             except module.HypervisorError as error:
-                raise EnforcementError(str(error)) from None
+                raise GridcreditError(str(error)) from None
         return run
 
     class _Libvirt:
@@ -538,9 +535,25 @@ class AllocationLoop:
                 retry_at = time.monotonic() + self.settings.interval_s
             stop.wait(POLL_S)
 
+    def _count(self, done: Pass, what: str) -> None:
+        """The host's counters (/metrics): intervals closed, Bank items sent and refused, batches sent again,
+        VMs made and removed, hypervisor and Bank problems."""
+        from gridcredit import metrics
+
+        counts = metrics.counter("gridcredit_auctioneer_events_total", "The allocation loop's work, by event",
+                                 ("event",))
+        for event, number in (("interval_closed", len(done.closed)), ("bank_item", done.items),
+                              ("bank_item_refused", done.refused), ("batch_sent_again", done.resent),
+                              ("vm_made", len(done.created)), ("vm_removed", len(done.removed))):
+            if number:
+                counts.labels(event).inc(number)
+        for problem in done.problems:
+            counts.labels("bank_problem" if problem.startswith("bank") else "hypervisor_problem").inc()
+
     def _log(self, done: Pass, what: str) -> None:
         """One line for a pass that did something or met a new problem (a problem is said once, until it
         clears: the bids' ``enforced`` say it meanwhile)."""
+        self._count(done, what)
         new = [problem for problem in done.problems if problem not in self._problems]
         if what == "enforcement":
             cleared = self._problems - set(done.problems)
@@ -553,6 +566,28 @@ class AllocationLoop:
                     "VMs made %s, removed %s, %d live%s", self.host, what, done.closed or "none", done.items,
                     done.refused, done.resent, done.created or "none", done.removed or "none", done.live,
                     f"; problems: {'; '.join(new)}" if new else "")
+
+
+def gauges(part: Auctioneer, config) -> list:
+    """/metrics: the host's live bids, the Σ of their rates, the current and the hour's average price (µcr/s),
+    and whether a batch awaits the Bank's answer."""
+    from gridcredit.metrics import Gauge
+
+    if not part.enabled:
+        return []
+    moment = now_us()
+    market = part.market.market(now_us=moment)
+    prices = part.market.prices(now_us=moment)
+    total = market.allocation.total_ucps
+    return [Gauge("gridcredit_auctioneer_live_bids", "Live bids on this host", len(market.live_bids())),
+            Gauge("gridcredit_auctioneer_total_rate_ucps", "Sum of the live bids' rates at or above the reserve "
+                  "(micro-credits per second)", total),
+            Gauge("gridcredit_auctioneer_price_ucps", "The current price: sum of rates / capacity (µcr/s per CPU)",
+                  total // part.settings.capacity_cpus),
+            Gauge("gridcredit_auctioneer_hour_average_price_ucps", "The price's average over the last hour",
+                  prices.hour_average_ucps),
+            Gauge("gridcredit_auctioneer_batch_unanswered", "1 while an interval's batch awaits the Bank's answer",
+                  int(market.pending_interval is not None))]
 
 
 def directory_heartbeat(part: Auctioneer, config) -> Callable[..., None] | None:
