@@ -155,3 +155,14 @@ def test_metrics_count_the_hosts_listed_and_the_ids_kept(host, pki, people):
     samples = scrape(host)
     assert samples[("gridcredit_directory_hosts_listed", ())] == listed >= 1
     assert samples[("gridcredit_directory_host_ids", ())] == owned >= listed
+
+
+def test_a_caller_who_may_not_register_is_refused_before_the_ids_are_counted(pki, people, tmp_path):
+    users = BankUsers(*([pki.user("Nobody")] * 8), stranger=pki.user("Nobody"))
+    with bank_host(tmp_path, "embedded", users, pki, extra_env={"GRIDCREDIT_DIRECTORY_HOSTS_MAX": "1"}) as full:
+        register(directory(full, pki, people["a"]), "the-one", URL_A)
+        # the directory is full, yet a stranger's new id is refused as theirs to refuse: who they are, not room
+        assert code_of(lambda: register(directory(full, pki, people["alice"]), "another", URL_A)) == "NotAuthorized"
+        assert code_of(lambda: register(directory(full, pki, people["b"]), "another", URL_A)) == "NotAuthorized"
+        assert code_of(lambda: register(directory(full, pki, people["b"]), "another", URL_B)) == "TooManyHosts"
+        assert code_of(lambda: register(directory(full, pki, people["b"]), "the-one", URL_B)) == "HostIdTaken"

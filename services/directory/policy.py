@@ -46,11 +46,10 @@ def authorize_anyone(operation: str) -> None:
     BOOK.allow(operation)
 
 
-def authorize_register(policy: DirectoryPolicy, principal: Principal, *, host_id: str, auctioneer_url: str,
-                       owner_dn: str | None) -> None:
-    """Register (a first registration or a heartbeat) of ``host_id`` at ``auctioneer_url``; ``owner_dn``
-    is the DN that owns the id now (None: nobody, it is free). Decided inside the store's transaction
-    that writes it, so two identities racing for a free id cannot both win."""
+def authorize_registrant(policy: DirectoryPolicy, principal: Principal, *, auctioneer_url: str) -> None:
+    """Register, first part: whether ``principal`` may register ``auctioneer_url`` at all — before the store
+    is read, so a caller who may not costs no more than this. Refuses (a decision recorded); records
+    nothing when it passes: :func:`authorize_register` decides the rest, and records the decision."""
     BOOK.require_full_credential(principal, "Register", "register a host")
     if policy.registrars and principal.dn not in policy.registrars:
         raise BOOK.refuse("Register", f"{principal.dn} may not register hosts in this directory: only its "
@@ -61,6 +60,15 @@ def authorize_register(policy: DirectoryPolicy, principal: Principal, *, host_id
         raise BOOK.refuse("Register", f"the auctioneer registers itself: the request must be signed by a host "
                                       f"certificate for {host} (the URL's host); it was signed by {principal.dn}, "
                                       f"a certificate for {names}")
+
+
+def authorize_register(policy: DirectoryPolicy, principal: Principal, *, host_id: str, auctioneer_url: str,
+                       owner_dn: str | None) -> None:
+    """Register (a first registration or a heartbeat) of ``host_id`` at ``auctioneer_url``; ``owner_dn``
+    is the DN that owns the id now (None: nobody, it is free). Decided inside the store's transaction
+    that writes it, so two identities racing for a free id cannot both win. (The service asks
+    :func:`authorize_registrant` first; asking it again here costs nothing and keeps this whole.)"""
+    authorize_registrant(policy, principal, auctioneer_url=auctioneer_url)
     if owner_dn is not None and owner_dn != principal.dn:
         raise BOOK.refuse("Register", f"host id {host_id} belongs to {owner_dn}, who registered it first: only "
                                       f"they may update it (or an administrator remove it); choose another id",

@@ -78,6 +78,9 @@ class DirectoryService(GridcreditService):
             ttl_s=_present(ttl_s, "ttl_s"),
             reserve_price_ucps=0 if reserve_price is None else rate_from_decimal(reserve_price, "the reserve price"))
         registration.check(ttl_s_max=directory.ttl_s_max)
+        # who may register this URL at all, before the store is read (a new id reads every id: a caller who may
+        # not must not cost that)
+        policy.authorize_registrant(directory.policy, principal, auctioneer_url=registration.auctioneer_url)
 
         def authorize(owner_dn):
             policy.authorize_register(directory.policy, principal, host_id=registration.host_id,
