@@ -107,3 +107,21 @@ def test_every_market_command_has_help(capsys):
             main(["market", command, "--help"])
         assert exit_.value.code == 0
         assert "--json" in capsys.readouterr().out, command
+
+
+def test_connect_without_options_relays_stdin_until_ctrl_bracket(cli, host, people):
+    """The interactive console (here stdin a pipe, not a terminal): what is typed goes to the VM's console
+    input until Ctrl-] — on this host without VMs it waits in the relay's input file."""
+    import subprocess
+    import sys
+
+    bid = cli.ok(people["alice"], "bid", "alice-acct", "--rate", "0.5", "--max-duration", "2m", "--template", "small")
+    alice = people["alice"]
+    result = subprocess.run([sys.executable, "-m", "gridcredit.server.cli", "market", "connect", bid["bid_id"],
+                             "--url", host.url, "--cert", str(alice.cert_path), "--key", str(alice.key_path),
+                             "--trust", str(host.pki.trust_dir)], input=b"typed line\n\x1dnot sent",
+                            capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    pending = host.state_dir / "auctioneer" / "consoles" / f"{bid['bid_id']}.in"
+    assert pending.read_bytes() == b"typed line\n"
+    cli.ok(people["alice"], "cancel", bid["bid_id"])
