@@ -37,7 +37,11 @@ def host(pki, people, tmp_path_factory):
     users = BankUsers(people["admin"], pki.user("Reserve Admin Two"), pki.user("Reserve Auditor"), (), (), (), (),
                       pki.user("Reserve Nobody"), pki.user("Reserve Nobody"))
     env = {"GRIDCREDIT_JARM_SITE": "c1", "GRIDCREDIT_JARM_PRICE_ADMINS": people["admin"].dn,
-           "GRIDCREDIT_JARM_SITE_ACCOUNT": "site", "GRIDCREDIT_JARM_GRID_MAPFILE": str(gridmap)}
+           "GRIDCREDIT_JARM_SITE_ACCOUNT": "site", "GRIDCREDIT_JARM_GRID_MAPFILE": str(gridmap),
+           # no Slurm for this host's JARM (no scontrol, no sacct there): the test cluster's (found through
+           # /etc/slurm/slurm.conf, linked by scripts/slurm.sh) would say these made-up runs ended, and the
+           # reconciler release them while a test looks at them
+           "GRIDCREDIT_JARM_SLURM_BIN_DIR": str(root / "no-slurm")}
     with bank_host(root, "embedded", users, pki, extra_env=env) as running:
         bank = BankClient(running.url, credential=people["admin"].credential, trust_dir=pki.trust_dir)
         site_dn = load_credential(pki.host_cert, pki.host_key).dn
@@ -146,3 +150,4 @@ def test_the_reservation_commands(host, people, pki, capsys):
     text = cli(people["alice"], "status", made.reservation_id, as_json=False)
     assert f"hold {made.hold_id}: 2 credits" in text[1] and "(granted)" in text[1], text
     controller(host).cancel(JobKey("c1", 800))
+
