@@ -15,6 +15,7 @@ from gridcredit.services.jarm.reservations import JobKey
 from gridcredit.services.jarm.types import JobRequest, Metric, Rate
 
 from bank_fixtures import BankUsers, bank_host
+from test_metrics import scrape
 
 pytestmark = pytest.mark.slow
 
@@ -151,3 +152,15 @@ def test_the_reservation_commands(host, people, pki, capsys):
     assert f"hold {made.hold_id}: 2 credits" in text[1] and "(granted)" in text[1], text
     controller(host).cancel(JobKey("c1", 800))
 
+
+def test_metrics_count_the_runs_with_work_left_and_the_records_spooled(host):
+    """/metrics: gridcredit_jarm_pending_work is the number of runs with a step left — here runs that ended
+    and whose usage Slurm's accounting (none on this host) cannot give yet; nothing is in the spool."""
+    jarm = controller(host)
+    for number in (900, 901):
+        jarm.reserve(JobKey("c1", number), user="gcuser1", account="proj1", request=GOOD)
+        assert jarm.complete(JobKey("c1", number)).pending == "usage"
+    waiting = [view for view in jarm.reservations(limit=1000) if view.pending]
+    samples = scrape(host)
+    assert samples[("gridcredit_jarm_pending_work", ())] == len(waiting) >= 2
+    assert samples[("gridcredit_jarm_usage_records_spooled", ())] == 0

@@ -38,6 +38,7 @@ SERVICE = ServiceContract(
                  "jarm_delegations", "jarm_delegation_requests"),
     indexes=_indexes,
     build=_runtime.build,
+    gauges=_runtime.gauges,
     # Every worker sweeps: a quote deleted twice is deleted once.
     background_tasks=(BackgroundTask("jarm-quote-expiry", _runtime.sweep_quotes_forever, once_per_host=False),
                       BackgroundTask("jarm-delegation-expiry", sweep_delegations_forever, once_per_host=True),

@@ -201,6 +201,10 @@ class ReservationStore:
             offset = page.next_offset
         return found
 
+    def count_pending(self) -> int:
+        """How many reservations have Bank or LUTS work left."""
+        return self.store.count(RESERVATIONS, None, where={"pending": tuple(w.value for w in Work if w.value)})
+
     def with_pending_work(self) -> list[Reservation]:
         """Every reservation with Bank or LUTS work left (by id)."""
         return self._every({"pending": tuple(w.value for w in Work if w.value)})

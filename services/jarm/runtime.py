@@ -44,6 +44,7 @@ class Jarm:
     lifecycle: "Lifecycle | None" = None      # None: the site makes no reservations (no site_account)
     send_usage_records: Callable[[], object] | None = None   # the spool of usage records → the LUTS
     occupancy: Callable[[str], object] | None = None      # a partition's occupancy (on the Slurm controller)
+    spooled: Callable[[], int] | None = None       # usage records waiting in the spool for the LUTS
 
 
 def build(context: BuildContext) -> Jarm:
@@ -51,15 +52,15 @@ def build(context: BuildContext) -> Jarm:
     prices = PriceStore(context.store)
     controllers = set(settings.controllers)
     delegations = open_delegations(context.config, context.store, files=context.files)
-    lifecycle = send = None
+    lifecycle = send = spooled = None
     if settings.site_account and context.files is not None:
-        lifecycle, host_dn, send = _build_lifecycle(context, prices, delegations)
+        lifecycle, host_dn, send, spooled = _build_lifecycle(context, prices, delegations)
         controllers.add(host_dn)
     return Jarm(prices, JarmPolicy(price_admins=frozenset(settings.price_admins), controllers=frozenset(controllers)),
                 site=settings.site, quote_guarantee_s_max=settings.quote_guarantee_s_max,
                 quotes_per_requester_max=settings.quotes_per_requester_max,
                 delegations=delegations, lifecycle=lifecycle, send_usage_records=send,
-                occupancy=None if lifecycle is None else lifecycle.occupancy)
+                occupancy=None if lifecycle is None else lifecycle.occupancy, spooled=spooled)
 
 
 def _service_url(explicit: str, config) -> str:
@@ -67,7 +68,7 @@ def _service_url(explicit: str, config) -> str:
 
 
 def _build_lifecycle(context: BuildContext, prices: PriceStore, delegations: DelegationStore
-                     ) -> tuple["Lifecycle", str, Callable[[], object]]:
+                     ) -> tuple["Lifecycle", str, Callable[[], object], Callable[[], int]]:
     from gridcredit.security.credentials import load_credential
 
     from ..bank.client import BankClient
@@ -104,7 +105,7 @@ def _build_lifecycle(context: BuildContext, prices: PriceStore, delegations: Del
         if not any(spool_directory.glob("*.xml")):
             return None                 # nothing spooled: no call, no log line
         return report.spool.send(luts)
-    return lifecycle, credential.identity_dn, send_usage_records
+    return lifecycle, credential.identity_dn, send_usage_records, lambda: report.spool.usage()[0]
 
 
 def _usage_reader(settings):
@@ -184,6 +185,20 @@ def occupancy_reader(settings):
 
 def _slurm_command(bin_dir: str, name: str) -> str:
     return os.path.join(bin_dir, name) if bin_dir else (shutil.which(name) or name)
+
+
+def gauges(jarm: Jarm, config) -> list:
+    """/metrics (a site that makes reservations): the job runs with a step left — at the Bank (a hold, a
+    settlement, a release, waiting while it does not answer), reading their usage, or their usage record —
+    and the usage records waiting in the spool for the LUTS."""
+    from gridcredit.metrics import Gauge
+
+    if jarm.lifecycle is None:
+        return []
+    return [Gauge("gridcredit_jarm_pending_work", "Job runs with a step left to do (Bank, usage, usage record)",
+                  jarm.lifecycle.reservations.count_pending()),
+            Gauge("gridcredit_jarm_usage_records_spooled", "Usage records waiting in the spool for the LUTS",
+                  jarm.spooled())]
 
 
 def reconcile_forever(context: TaskContext) -> None:
