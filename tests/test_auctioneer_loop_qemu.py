@@ -290,8 +290,17 @@ def test_work_conserving_an_idle_bidders_cpu_goes_to_the_busy_ones(conserving_ho
     shares = {who: hypervisor.scheduler(view.vm_name).shares for who, view in zip(wanted, views)}
     assert shares == {"alice": 262_144 // 8, "bob": 262_144 * 3 // 8, "carol": 262_144 // 2}
     time.sleep(1.5)
-    fractions = measured_within(hypervisor, {who: view.vm_name for who, view in zip(wanted, views)},
-                                {"alice": 0.25, "bob": 0.75}, "work-conserving 1:3 busy + 4 idle")
+    # Weights are relative: what the busy guests get together depends on the machine's other load on the sold CPU
+    # (cpu_shares divide what is left among the guests), so each busy one's part of the guests' CPU is checked
+    # (1:3 within 2 points), and that together they took far more than their weights' half (4 of 8) of the CPU.
+    names = {who: view.vm_name for who, view in zip(wanted, views)}
+    for attempt in range(3):
+        fractions = fractions_over(hypervisor, names, WINDOW_S)
+        print(f"work-conserving 1:3 busy + 4 idle (window {attempt + 1}):", text(fractions))
+        busy = fractions["alice"] + fractions["bob"]
+        if busy >= 0.85 and abs(fractions["alice"] / busy - 0.25) <= TOLERANCE:
+            break
+    assert busy >= 0.85 and abs(fractions["alice"] / busy - 0.25) <= TOLERANCE, text(fractions)
     assert fractions["carol"] < 0.03, text(fractions)
     for who in wanted:
         client(host, people[who]).cancel_bid(bids[who].bid_id)
