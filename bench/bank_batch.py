@@ -78,22 +78,39 @@ def check_applied(body: etree._Element, count: int) -> None:
         raise SystemExit(f"a batch applied {applied} of {count} items ({codes})")
 
 
-def make_holds(url, credential, trust_dir, count: int, collector_dn: str, threads: int = 4) -> list[str]:
+def make_accounts(url, admin, owner_dn: str, trust_dir, count: int, threads: int = 4) -> None:
+    """The bidders' accounts bidder-0 … (one owner), each funded for its holds."""
+    def work(first: int) -> None:
+        caller = Caller(f"{url}/bank", admin, trust_dir, signed=True)
+        for index in range(first, count, threads):
+            caller.call_envelope(single_envelope("CreateAccount", request_id=f"a-{index}", account_id=f"bidder-{index}",
+                                                 project="bench", owner_dn=owner_dn))
+            caller.call_envelope(single_envelope("Mint", request_id=f"m-{index}", account_id=f"bidder-{index}",
+                                                 amount=10**13))
+
+    pool = [threading.Thread(target=work, args=(index,)) for index in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+
+
+def make_holds(url, credential, trust_dir, count: int, collector_dn: str, accounts: int, threads: int = 4) -> list[str]:
+    """``count`` holds spread over the ``accounts`` bidders' accounts."""
     expires = (datetime.now(timezone.utc) + timedelta(hours=6)).isoformat()
     holds: list[str] = []
     lock = threading.Lock()
 
-    def work(part: int) -> None:
+    def work(first: int) -> None:
         caller = Caller(f"{url}/bank", credential, trust_dir, signed=True)
-        for _ in range(part):
+        for index in range(first, count, threads):
             body = caller.call_envelope(single_envelope(
-                "CreateHold", request_id=f"h-{uuid.uuid4().hex}", account_id="vo-bench", amount=HOLD_AMOUNT,
-                expires=expires, collector_dn=collector_dn, payee_account_id="site-bench"))
+                "CreateHold", request_id=f"h-{uuid.uuid4().hex}", account_id=f"bidder-{index % accounts}",
+                amount=HOLD_AMOUNT, expires=expires, collector_dn=collector_dn, payee_account_id="site-bench"))
             with lock:
                 holds.append(body.findtext(f".//{{{BANK_NS}}}hold_id"))
 
-    pool = [threading.Thread(target=work, args=(count // threads + (index < count % threads),))
-            for index in range(threads)]
+    pool = [threading.Thread(target=work, args=(index,)) for index in range(threads)]
     for thread in pool:
         thread.start()
     for thread in pool:
@@ -103,15 +120,31 @@ def make_holds(url, credential, trust_dir, count: int, collector_dn: str, thread
     return sorted(holds)
 
 
-def run_batches(url, credential, trust_dir, hold_ids, batches: int, tag: str) -> list[float]:
-    """Round-trip seconds of each batch, one after another (envelopes made before the clock starts)."""
+def run_batches(url, credential, trust_dir, hold_ids, batches: int, tag: str,
+                phases: dict | None = None) -> list[float]:
+    """Round-trip seconds of each batch, one after another (envelopes made before the clock starts): signing
+    it, posting it and reading the answer, verifying the answer; ``phases`` collects the three apart."""
     caller = Caller(f"{url}/bank", credential, trust_dir, signed=True)
     envelopes = [batch_envelope(hold_ids, f"{tag}-{index}-{uuid.uuid4().hex[:8]}") for index in range(batches)]
     times = []
     for envelope in envelopes:
         started = time.perf_counter()
-        body = caller.call_envelope(envelope)
-        times.append(time.perf_counter() - started)
+        caller.signer.sign(envelope)
+        data = etree.tostring(envelope)
+        signed = time.perf_counter()
+        reply = caller.session.post(caller.url, data=data, timeout=120,
+                                    headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'})
+        answered = time.perf_counter()
+        if reply.status_code != 200:
+            raise SystemExit(f"HTTP {reply.status_code}: {reply.text[:300]}")
+        sent = envelope.findtext(".//{http://www.w3.org/2000/09/xmldsig#}SignatureValue")
+        body = caller.verifier.verify(reply.content, expected_confirmation=sent).body
+        finished = time.perf_counter()
+        times.append(finished - started)
+        if phases is not None:
+            for name, seconds in (("sign", signed - started), ("server", answered - signed),
+                                  ("verify", finished - answered)):
+                phases.setdefault(name, []).append(seconds)
         check_applied(body, len(hold_ids))
     return times
 
@@ -146,6 +179,47 @@ def _single_process(url, cert, key, trust_dir, hold_ids, threads, seconds, rate_
     queue.put(results)
 
 
+class _StageClock:
+    """The serving thread's CPU time (time.thread_time: what other load on the machine does not inflate as
+    much as wall time) spent in each stage of a request, while entered."""
+
+    def __init__(self) -> None:
+        from gridcredit.security import wssec
+        from gridcredit.server import host
+        from gridcredit.services.bank import bank, ledger
+        from gridcredit.xmlstore import _embedded
+        from spyne.protocol.soap import soap11
+        self._stages = [(host.SignedSoapHost, "__call__", "host (all)"), (wssec.Verifier, "verify", "WS-Security verify"),
+                        (soap11.Soap11, "deserialize", "spyne parse"), (bank.Bank, "execute_batch", "Bank (all)"),
+                        (ledger, "execute", "ledger core"), (bank._StoreView, "flush", "documents to the store"),
+                        (_embedded._EmbeddedTransaction, "write", "SQLite write"),
+                        (soap11.Soap11, "serialize", "spyne answer"), (host.SignedSoapHost, "_reply", "answer signed")]
+        self.spent: dict[str, float] = {label: 0.0 for _owner, _name, label in self._stages}
+        self._originals: list = []
+
+    def __enter__(self):
+        for owner, name, label in self._stages:
+            original = getattr(owner, name)
+            self._originals.append((owner, name, original))
+
+            def timed(*arguments, _original=original, _label=label, **options):
+                started = time.thread_time()
+                try:
+                    return _original(*arguments, **options)
+                finally:
+                    self.spent[_label] += time.thread_time() - started
+            setattr(owner, name, timed)
+        return self
+
+    def __exit__(self, *_) -> None:
+        for owner, name, original in reversed(self._originals):
+            setattr(owner, name, original)
+        self._originals.clear()
+
+    def report(self, batches: int) -> str:
+        return ", ".join(f"{label} {seconds / batches * 1000:.0f} ms" for label, seconds in self.spent.items())
+
+
 def profile(args, root: Path) -> int:
     """One batch through the host's WSGI application in this process, profiled."""
     from gridcredit.config import Config, SecurityConfig
@@ -178,15 +252,16 @@ def profile(args, root: Path) -> int:
         return answer
 
     admin, owner = people["Bench Admin"], people["Bench Owner"]
-    call(admin, single_envelope("CreateAccount", request_id="a1", account_id="vo-bench", project="p",
-                                owner_dn=owner.identity_dn))
     call(admin, single_envelope("CreateAccount", request_id="a2", account_id="site-bench", project="p",
                                 owner_dn=admin.identity_dn))
-    call(admin, single_envelope("Mint", request_id="m1", account_id="vo-bench", amount=10**15))
+    for index in range(args.accounts):
+        call(admin, single_envelope("CreateAccount", request_id=f"a-{index}", account_id=f"bidder-{index}",
+                                    project="p", owner_dn=owner.identity_dn))
+        call(admin, single_envelope("Mint", request_id=f"m-{index}", account_id=f"bidder-{index}", amount=10**13))
     expires = (datetime.now(timezone.utc) + timedelta(hours=6)).isoformat()
     holds = []
     for index in range(args.items):
-        answer = call(owner, single_envelope("CreateHold", request_id=f"h{index}", account_id="vo-bench",
+        answer = call(owner, single_envelope("CreateHold", request_id=f"h{index}", account_id=f"bidder-{index % args.accounts}",
                                              amount=HOLD_AMOUNT, expires=expires,
                                              collector_dn=people["Bench Auctioneer"].identity_dn,
                                              payee_account_id="site-bench"))
@@ -195,14 +270,18 @@ def profile(args, root: Path) -> int:
     for warm in range(2):
         check_applied(call(auctioneer, batch_envelope(holds, f"warm{warm}")), len(holds))
     plain = []
+    stages = _StageClock()
     for index in range(5):
         envelope = batch_envelope(holds, f"timed{index}")
         started = time.perf_counter()
-        check_applied(call(auctioneer, envelope), len(holds))
+        with stages:
+            answer = call(auctioneer, envelope)
         plain.append(time.perf_counter() - started)
-    print(f"one batch of {len(holds)} ChargeHold items in this process (signing the request and verifying the "
-          f"answer included), without the profiler: best {min(plain) * 1000:.1f} ms, median "
+        check_applied(answer, len(holds))
+    print(f"one batch of {len(holds)} ChargeHold items on {args.accounts} accounts in this process (signing the "
+          f"request included), without the profiler: best {min(plain) * 1000:.1f} ms, median "
           f"{statistics.median(plain) * 1000:.1f} ms (load {os.getloadavg()[0]:.1f})")
+    print("CPU time of the serving thread per batch (mean of 5), by stage: " + stages.report(5))
     envelope = batch_envelope(holds, "profiled")
     profiler = cProfile.Profile()
     started = time.perf_counter()
@@ -223,6 +302,8 @@ def profile(args, root: Path) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=1000, help="ChargeHold items per batch (default 1000)")
+    parser.add_argument("--accounts", type=int, default=1000,
+                        help="bidders' accounts the holds are spread over (default 1000: one per hold)")
     parser.add_argument("--batches", type=int, default=20, help="batches each batch run sends (default 20)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the one-per-request run (default 10)")
     parser.add_argument("--clients", type=int, default=8, help="client threads of the one-per-request run")
@@ -245,7 +326,7 @@ def main() -> int:
     files = HostFiles(host_cert, host_key, trust_dir)
     lines = [f"Machine: {os.cpu_count()} cores; host: {args.workers} worker processes, host key P-256 (ECDSA), user "
              f"keys RSA-2048. Batch: {args.batches} ApplyBatch requests of {args.items} ChargeHold items (1 credit from "
-             f"each of {args.items} holds whose collector is the caller), one client, one after another, each "
+             f"each of {args.items} holds on {args.accounts} bidders' accounts, whose collector is the caller), one client, one after another, each "
              f"signed and its signed answer verified; then two such clients at once. Baseline: the same ChargeHold "
              f"items one per signed request, {args.clients} client threads in 2 processes for {args.seconds:.0f} s. "
              f"Client and server share the machine's cores.",
@@ -253,6 +334,7 @@ def main() -> int:
                  "2 clients | ops/s one per request | ratio (1 client p50 / baseline) | target | load average "
                  "before / after (1 min) |",
              "|---|---|---|---|---|---|---|---|"]
+    parts: list[str] = []
     for store in args.stores.split(","):
         basex = None
         state = root / f"state-{store}"
@@ -269,20 +351,21 @@ def main() -> int:
         try:
             url = f"https://localhost:{config.server.port}"
             admin = ServiceClient(url, "bank", credential=users["Bench Admin"][2], trust_dir=trust_dir)
-            admin.call("CreateAccount", request_id="setup-1", account_id="vo-bench", project="bench",
-                       owner_dn=users["Bench Owner"][2].identity_dn)
             admin.call("CreateAccount", request_id="setup-2", account_id="site-bench", project="site",
                        owner_dn=users["Bench Admin"][2].identity_dn)
-            admin.call("Mint", request_id="setup-3", account_id="vo-bench", amount=10**15)
-            print(f"[{store}] making {args.items} holds …", flush=True)
+            print(f"[{store}] making {args.accounts} bidders' accounts and {args.items} holds …", flush=True)
+            make_accounts(url, users["Bench Admin"][2], users["Bench Owner"][2].identity_dn, trust_dir, args.accounts)
             holds = make_holds(url, users["Bench Owner"][2], trust_dir, args.items,
-                               users["Bench Auctioneer"][2].identity_dn)
+                               users["Bench Auctioneer"][2].identity_dn, args.accounts)
             auctioneer = users["Bench Auctioneer"]
             load_before = os.getloadavg()[0]
             print(f"[{store}] warm-up batches …", flush=True)
             run_batches(url, auctioneer[2], trust_dir, holds, 3, "warm")
             print(f"[{store}] {args.batches} batches, one client …", flush=True)
-            times = run_batches(url, auctioneer[2], trust_dir, holds, args.batches, "one")
+            phases: dict = {}
+            times = run_batches(url, auctioneer[2], trust_dir, holds, args.batches, "one", phases)
+            print(f"[{store}] one client, p50 of each part of a batch's round trip: "
+                  + ", ".join(f"{name} {statistics.median(values) * 1000:.1f} ms" for name, values in phases.items()))
             print(f"[{store}] {args.batches} batches each from two clients at once …", flush=True)
             both: list[list[float]] = [[], []]
             started = time.perf_counter()
@@ -307,12 +390,16 @@ def main() -> int:
             if basex is not None:
                 basex.stop()
         p50, best = statistics.median(times), min(times)
+        parts.append(f"{store}: " + ", ".join(f"{name} {statistics.median(values) * 1000:.0f}"
+                                              for name, values in phases.items()))
         lines.append(f"| {store} | {p50 * 1000:.1f} / {best * 1000:.1f} | {args.items / p50:,.0f} / "
                      f"{args.items / best:,.0f} | {two_clients:,.0f} | {single_ops:,.0f} | "
                      f"{args.items / p50 / single_ops:.1f} × | ≥ 20,000 ops/s (a 1,000-item batch ≤ 50 ms) | "
                      f"{load_before:.1f} / {load_after:.1f} |")
         print(lines[-1], flush=True)
-    lines += ["", "Audit after each store's runs: clean."]
+    lines += ["", "Where a batch's round trip goes (one client, p50 in ms: the client signing the request, posting it "
+                  "until the whole answer is read — the server's work —, the client verifying the answer): "
+              + "; ".join(parts) + ".", "", "Audit after each store's runs: clean."]
     print("\n".join(lines))
     if args.write:
         command = "python bench/bank_batch.py" + (f" --stores {args.stores}" if args.stores != "embedded" else "")
