@@ -344,3 +344,25 @@ def test_metrics_count_the_loops_work_and_read_the_market(host, people, loop_par
     cancel(part, clock, bid)
     clock.to_boundary()
     loop.boundary()
+
+
+def test_more_items_than_one_batch_holds_go_as_several_batches(host, people, loop_parts, monkeypatch):
+    from gridcredit.services.bank import ledger
+
+    part, client = loop_parts
+    monkeypatch.setattr(ledger, "BATCH_ITEMS_MAX", 1)        # the Bank's own limit is 1,500
+    calls = []
+    real_apply = client.apply_batch
+    monkeypatch.setattr(client, "apply_batch", lambda items: calls.append(len(items)) or real_apply(items))
+    clock = Clock()
+    loop = AllocationLoop(part, bank_of(client), RecordingEnforcer(), clock=clock)
+    bids = [place(host, people, part, clock, who, rate=2 * CREDIT, amount=100) for who in ("alice", "bob")]
+    clock.to_boundary()
+    done = loop.boundary()
+    assert calls == [1, 1] and done.items == 2 and not done.problems
+    assert all(record.state == "answered" and all(item.outcome == "ok" for item in record.items)
+               for record in part.market.intervals())
+    for bid in bids:
+        cancel(part, clock, bid)
+    clock.to_boundary()
+    loop.boundary()

@@ -219,11 +219,17 @@ class Banker(Protocol):
 def bank_of(client: "BankClient") -> Banker:
     """The Bank's ApplyBatch (``BankClient.apply_batch``, helper batch's) for the loop's charges."""
 
+    from ..bank.ledger import BATCH_ITEMS_MAX
+
     class _Bank:
         def apply(self, charges, *, batch_id: str, payee: str) -> dict[str, str | None]:
-            answer = client.apply_batch([charge.bank_request(payee) for charge in charges])
-            outcomes = {result.request_id: None if result.applied else (result.code or "Refused")
-                        for result in answer.results}
+            # one ApplyBatch — or, beyond the Bank's BATCH_ITEMS_MAX items (1,500), one per that many
+            outcomes = {}
+            for first in range(0, len(charges), BATCH_ITEMS_MAX):
+                answer = client.apply_batch([charge.bank_request(payee)
+                                             for charge in charges[first:first + BATCH_ITEMS_MAX]])
+                outcomes.update({result.request_id: None if result.applied else (result.code or "Refused")
+                                 for result in answer.results})
             missing = [charge.request_id for charge in charges if charge.request_id not in outcomes]
             if missing:
                 raise GridcreditError(f"the Bank's answer to batch {batch_id} lacks {len(missing)} of its "
@@ -345,7 +351,7 @@ class AllocationLoop:
         try:
             outcomes = self.bank.apply(charges, batch_id=closing_id(self.host, k), payee=self.settings.owner_account)
         except GridcreditError as error:
-            log.warning("auctioneer %s: interval %d's %d charge(s) got no answer from the Bank (%s: %s); sent again "
+            log.warning("auctioneer %s: interval %d's %d charge(s) not applied by the Bank (%s: %s); sent again "
                         "with the same request ids at the next boundary", self.host, k, len(charges),
                         type(error).__name__, error)
             done.problems.append(f"bank: {error}")
