@@ -10,7 +10,7 @@ import pytest
 
 from gridcredit.security.credentials import load_credential
 from gridcredit.services.bank.client import BankClient
-from gridcredit.services.jarm import reservations as rsv
+from gridcredit.services.jarm import pricing, reservations as rsv
 from gridcredit.services.jarm.lifecycle import Banker, Lifecycle, Settings, SlurmJob
 from gridcredit.services.jarm.reservation_store import INDEXES as RESERVATION_INDEXES, ReservationStore
 from gridcredit.services.jarm.reservations import JobKey, State
@@ -87,3 +87,17 @@ def test_the_cap_frees_up_as_unfunded_runs_are_charged_and_holds_under_a_second_
             reason="test", now_us=T0))
     second = reserve_at_once(lifecycle, range(101, 101 + THREADS))
     assert len([r for r in second if r.state is State.UNFUNDED]) == 3
+
+
+def test_runs_admitted_unfunded_before_the_accounts_list_existed_count_too(lifecycle):
+    """A store from before the per-account list (runs already unfunded, no list document): the first
+    admission starts the list from the store's own unfunded runs, so they count against the cap."""
+    basis = lifecycle.prices.in_force("site1", T0).table
+    for number in (201, 202, 203):                       # three runs admitted unfunded by the old code
+        reservation = rsv.reserve(JobKey("c1", number), user="bob", user_dn="/CN=Cap Bob", account="bob",
+                                  payee="site", request=REQUEST, basis=pricing.basis_for(basis, REQUEST, now_us=T0),
+                                  estimate=ESTIMATE, authority=rsv.Authority.GRANTED, now_us=T0,
+                                  hold_expires_us=T0 + 1200 * CREDIT)
+        lifecycle.reservations.create(rsv.admitted_unfunded(reservation, reason="old", now_us=T0))
+    refused = lifecycle.reserve(SlurmJob(JobKey("c1", 204), "bob", "bob", REQUEST))
+    assert refused.state is State.REFUSED and f"{3 * ESTIMATE} credits of unfunded work already" in refused.note
