@@ -506,3 +506,12 @@ def test_the_account_writer_writes_what_lxml_writes(data):
                 for text in (account.account_id, account.project, *(h.dn for h in holders),
                              *(g.service_dn for g in grants)))
     assert (documents._account_xml(account) is not None) == plain
+
+
+def test_the_wsdl_says_what_a_batch_carries():
+    wsdl = (Path(__file__).resolve().parent.parent / "wsdl" / "bank.wsdl").read_text(encoding="utf-8")
+    documentation = wsdl[wsdl.index('<wsdl:operation name="ApplyBatch"'):]
+    documentation = documentation[:documentation.index("</wsdl:documentation>")]
+    for operation in ("ChargeHold", "SettleHold", "ReleaseHold", "Transfer", "ExtendHold"):
+        assert operation in documentation
+    assert f"more than {ledger.BATCH_ITEMS_MAX:,}" in documentation

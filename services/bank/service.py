@@ -421,10 +421,16 @@ class BankService(GridcreditService):
     @operation(Array(BatchItem, **Required), _returns=BatchResult, _operation_name="ApplyBatch")
     def apply_batch(ctx, items):
         """Many ChargeHold, SettleHold, ReleaseHold, Transfer and ExtendHold operations of one caller
-        applied in order in one ledger transaction (see BatchItem, BatchItemResult): each decided and
+        applied in order in one ledger transaction, each seeing the ones before it, each decided and
         checked as its single operation, each with its own request id (a retry answers what was applied).
-        Refused whole: no items, more than ledger.BATCH_ITEMS_MAX (Client.BatchTooLarge), a request id
-        twice, an item lacking a field its operation needs or carrying one it does not take."""
+        A BatchItem names its operation and takes that operation's fields: ChargeHold and SettleHold
+        hold_id, payee_account_id, amount; ReleaseHold hold_id; Transfer from_account_id, to_account_id,
+        amount; ExtendHold hold_id and at least one of expires, amount (the new total), payee_account_id.
+        Each BatchItemResult says applied (replayed: before) with its transaction's seq, kind, amount,
+        hold_state, released_amount and hash (the signature on the last one, covering the others through
+        the ledger's chain), or refused with fault_code (Client.ExceedsHold, ...) and fault_message: a
+        refused item changes nothing. Refused whole: no items, more than 1,500 (Client.BatchTooLarge), a
+        request id twice, an item lacking a field its operation needs or carrying one it does not take."""
         caller = _caller(ctx)
         policy.require_full_credential(caller, "ApplyBatch")     # before its items are even read, as for any change
         requests = [_batch_request(number, item) for number, item in enumerate(items or (), 1)]
