@@ -90,6 +90,10 @@ def test_the_auctioneer_registers_itself_and_best_response_takes_your_own_bid_of
         # Bob's own 1 cr/s is his, not a rival's: only Alice's 2 cr/s compete with what he would bid
         assert (only["own_rate_ucps"], only["others_rate_ucps"], only["rate_ucps"]) == (1 * S, 2 * S, 500_000)
         assert only["cpus"] == "0.400000"                      # 2 CPUs × 0.5 / (0.5 + 2)
+        code, text, err = market(people["bob"], "best-response", "--budget", "0.5", "--hosts", HOST_ID, as_json=False)
+        assert code == 0 and "your bids now are not counted among the others'" in text
+        assert next(line for line in text.splitlines() if line.startswith(HOST_ID)).split()[:5] == [
+            HOST_ID, "2", "1", "2", "0.5"]                       # CPUs, yours now, the others', your bid
         # hosts --mine: each of your own bids there and its share of the host
         row = next(row for row in market.ok(people["bob"], "hosts", "--mine") if row["host_id"] == HOST_ID)
         assert row["mine"] == [{"bid_id": bob_bid.bid_id, "rate": "1.000000", "rate_ucps": S, "share_ppm": 333_333}]

@@ -120,15 +120,19 @@ def split_report(budget_ucps: int, entries: Sequence[HostEntry], own_rates_ucps:
 
 
 def report_text(report: dict) -> str:
+    from .cli import table_lines
+
     rows = report["hosts"]
-    header = ["host", "CPUs", "others' Σ rates", "your bid", "your share", "CPUs for you"]
-    cells = [[row["host_id"], f"{row['capacity_cpus']:,}", rate_text(row["others_rate_ucps"]),
-              rate_text(row["rate_ucps"]), f"{_decimal_text(Fraction(row['share']) * 100, 2)} %", row["cpus"]] for row in rows]
-    widths = [max(len(line[column]) for line in [header, *cells]) for column in range(len(header))]
+    mine = any(row["own_rate_ucps"] for row in rows)
+    header = ["host", "CPUs", *(["your bids now"] if mine else []), "others' Σ rates", "your bid", "your share",
+              "CPUs for you"]
+    cells = [[row["host_id"], f"{row['capacity_cpus']:,}", *([rate_text(row["own_rate_ucps"])] if mine else []),
+              rate_text(row["others_rate_ucps"]), rate_text(row["rate_ucps"]),
+              f"{_decimal_text(Fraction(row['share']) * 100, 2)} %", row["cpus"]] for row in rows]
     lines = [f"best response for {rate_text(report['budget_ucps'])} credits/s over {len(rows)} host(s) "
-             f"(rates in credits per second):"]
-    lines += ["  ".join(cell.ljust(width) if column == 0 else cell.rjust(width)
-                        for column, (cell, width) in enumerate(zip(line, widths))).rstrip() for line in [header, *cells]]
+             f"(rates in credits per second" + ("; your bids now are not counted among the others', and your bid is "
+                                                 "what all yours there should add up to" if mine else "")
+             + "):", *table_lines(header, cells, set(range(1, len(header))))]
     lines.append(f"you can expect {report['cpus']} CPUs in all; bid only where your bid is above 0")
     if report["spent_ucps"] < report["budget_ucps"]:
         lines.append(f"{rate_text(report['budget_ucps'] - report['spent_ucps'])} credits/s of the budget buy nothing "

@@ -92,7 +92,8 @@ def host_json(entry: HostEntry) -> dict:
             "expires_us": entry.expires_us, "expires": _when(entry.expires_us)}
 
 
-def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+def table_lines(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    """A plain-text table: columns as wide as their widest cell, the ``right`` ones right-aligned."""
     widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
     return ["  ".join(cell.rjust(width) if column in right else cell.ljust(width)
                       for column, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in [header, *rows]]
@@ -112,7 +113,7 @@ def hosts_text(entries: list[HostEntry], shares: dict[str, str] | None = None) -
             row.insert(7, shares[entry.host_id])
     return "\n".join(["prices in credits per second per CPU; Σ rates and the reserve price (the least bid that gets "
                       "a share) in credits per second",
-                      *_table(header, rows, {1, 2, 3, 4, 5, 6} | ({7} if shares is not None else set()))])
+                      *table_lines(header, rows, {1, 2, 3, 4, 5, 6} | ({7} if shares is not None else set()))])
 
 
 # ---------------------------------------------------------------------------------------------
