@@ -159,3 +159,9 @@ def test_the_readme_names_the_services_serve_runs():
     assert listed == list(registry.names())
     words = {3: "three", 4: "four", 5: "five", 6: "six", 7: "seven"}
     assert f"serves the {words[len(listed)]} services" in text
+
+
+def test_the_layout_names_every_script():
+    row = next(line for line in README.read_text(encoding="utf-8").splitlines() if line.startswith("| `scripts/` |"))
+    missing = [path.name for path in sorted((REPO / "scripts").iterdir()) if f"`{path.name}`" not in row]
+    assert missing == [], f"README's Layout does not name {missing}"
