@@ -207,3 +207,35 @@ def test_kill9_mid_batch_leaves_each_batch_whole_or_absent(backend, pki, tmp_pat
             was_applied = present.get(f"b{number}", 0) == BATCH_ITEMS
             assert (result.replayed, result.applied) == ((BATCH_ITEMS, 0) if was_applied else (0, BATCH_ITEMS))
         check_ledger(host, minted)
+
+
+def test_gridcredit_bank_batch(pki, tmp_path, capsys):
+    """The CLI: a file of items, one JSON object a line; its results in words or JSON; exit 1 when an item
+    was refused, 2 for a file it cannot read as items."""
+    from cli_runner import Cli
+
+    users = bank_users(pki)
+    with bank_host(tmp_path, "embedded", users, pki) as host:
+        _, holds, minted = setup_market(host, pki, 2)
+        cli = Cli("bank", capsys, pki, host.url)
+        auctioneer = pki.user("Auctioneer Host")
+        items = tmp_path / "items.jsonl"
+        items.write_text(
+            f'{{"operation": "ChargeHold", "request_id": "cli-1", "hold_id": "{holds[0]}", "payee_account_id": "site", '
+            f'"amount": 300}}\n\n'
+            f'{{"operation": "ExtendHold", "request_id": "cli-2", "hold_id": "{holds[0]}", '
+            f'"expires": "{utc_in(7200).isoformat()}"}}\n'
+            f'{{"operation": "ReleaseHold", "request_id": "cli-3", "hold_id": "{holds[1]}"}}\n', encoding="utf-8")
+        result = cli.ok(auctioneer, "batch", str(items))
+        assert [(r["request_id"], r["applied"], r["kind"]) for r in result["results"]] == [
+            ("cli-1", True, "charge"), ("cli-2", True, "extend"), ("cli-3", True, "release")]
+        code, text, err = cli(auctioneer, "batch", str(items), as_json=False)
+        assert code == 0 and "cli-1: applied before: charge 300" in text and "0 applied, 3 applied before" in text
+        items.write_text(f'{{"operation": "ChargeHold", "request_id": "cli-4", "hold_id": "{holds[0]}", '
+                         f'"payee_account_id": "site", "amount": 701}}\n', encoding="utf-8")
+        code, text, err = cli(auctioneer, "batch", str(items), as_json=False)
+        assert code == 1 and "cli-4: refused [ExceedsHold]" in text
+        items.write_text('{"operation": "Mint", "request_id": "x"}\n', encoding="utf-8")
+        code, _, err = cli(auctioneer, "batch", str(items))
+        assert code == 2 and "operation is one of ChargeHold" in err
+        check_ledger(host, minted)

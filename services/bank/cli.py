@@ -15,14 +15,18 @@ is not clean.
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import sys
+from pathlib import Path
 from datetime import datetime, timedelta, timezone
 
 from gridcredit.cli_support import (EXIT_FAILED, EXIT_OK, CommandGroup, LazyClient, add_client_arguments, checked, client_of,
                                     print_result, show_identity, usage_error)
 from gridcredit.errors import GridcreditError
-from gridcredit.timeunits import US_PER_S, datetime_from_us, rfc3339
+from gridcredit.timeunits import US_PER_S, datetime_from_us, datetime_to_us, rfc3339
 
+from . import ledger
 from .client import AuditReport, BankClient, Receipt, Transaction, audit_report_of
 
 _DURATION_PART = re.compile(r"(\d+)\s*([smhdw])")
@@ -331,6 +335,56 @@ def _release(args, bank):
     return _receipt(args, bank.release_hold(args.hold, request_id=args.request_id))
 
 
+_BATCH_OPERATIONS = {kind.__name__: kind for kind in ledger.BATCH_OPERATIONS}
+
+
+def _batch_items(args) -> list:
+    """The ledger requests of a batch file: one JSON object a line (blank lines skipped), each an item as the
+    WSDL's BatchItem names it; an ExtendHold's ``expires`` an ISO 8601 time."""
+    source = sys.stdin if args.file == "-" else None
+    try:
+        lines = (source.read() if source else Path(args.file).read_text(encoding="utf-8")).splitlines()
+    except OSError as error:
+        raise usage_error(args, f"cannot read {args.file}: {error.strerror or error}") from None
+    items = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise usage_error(args, f"{args.file} line {number}: not JSON ({error.msg})") from None
+        kind = _BATCH_OPERATIONS.get(item.pop("operation", None) if isinstance(item, dict) else None)
+        if kind is None:
+            raise usage_error(args, f"{args.file} line {number}: each line is an object whose operation is one of "
+                                    f"{', '.join(_BATCH_OPERATIONS)}")
+        if kind is ledger.ExtendHold and "expires" in item:
+            expires = item.pop("expires")
+            try:
+                item["expires_at_us"] = None if expires is None else datetime_to_us(moment_type(str(expires)))
+            except argparse.ArgumentTypeError as error:
+                raise usage_error(args, f"{args.file} line {number}: {error}") from None
+        try:
+            items.append(kind(**item))
+        except TypeError as error:
+            raise usage_error(args, f"{args.file} line {number}: {error}") from None
+    return items
+
+
+def _batch(args, bank):
+    result = bank.apply_batch(_batch_items(args))
+    lines = []
+    for item in result.results:
+        if not item.applied:
+            lines.append(f"{item.request_id}: refused [{item.code}] {item.fault_message}")
+        else:
+            done = "applied before" if item.replayed else "applied"
+            lines.append(f"{item.request_id}: {done}: {item.kind} {money(item.amount or 0)} (transaction {item.seq})")
+    lines.append(f"{result.applied} applied, {result.replayed} applied before, {result.refused} refused")
+    print_result(args, result, "\n".join(lines))
+    return EXIT_FAILED if result.refused else EXIT_OK
+
+
 def _balance(args, bank):
     b = bank.get_balance(args.account)
     print_result(args, b, f"{b.account_id}: balance {money(b.total)}, held {money(b.held)}, available {money(b.available)}"
@@ -629,6 +683,12 @@ def register(subparsers) -> None:
     p = command("release", "end a hold and return what is left of it", "gridcredit bank release hold-42",
                 _release, mutating=True)
     p.add_argument("hold", metavar="HOLD_ID")
+
+    p = command("batch", "apply many charges, settlements, releases, transfers and extensions in one request and "
+                         "one ledger transaction, each with its own request id (exit 1 if any was refused)",
+                "gridcredit bank batch items.jsonl   # a line: {\"operation\": \"ChargeHold\", \"request_id\": "
+                "\"c1\", \"hold_id\": \"hold-42\", \"payee_account_id\": \"site-x\", \"amount\": 120}", _batch)
+    p.add_argument("file", metavar="FILE", help="one JSON object a line, as the WSDL's BatchItem ('-': stdin)")
 
     p = command("balance", "total, held and available credits of an account", "gridcredit bank balance vo-atlas",
                 _balance)
