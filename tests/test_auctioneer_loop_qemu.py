@@ -56,7 +56,8 @@ def vm_dir(libvirt_host):
 
 @pytest.fixture(scope="module")
 def prefix():
-    return f"ms{os.getpid() % 100_000}-"
+    PREFIX_OF_THIS_MODULE[:] = [f"ms{os.getpid() % 100_000}-"]
+    return PREFIX_OF_THIS_MODULE[0]
 
 
 @pytest.fixture(scope="module")
@@ -101,16 +102,36 @@ def fractions_over(hypervisor, names: dict, window_s: float) -> dict:
     return {label: (after[label] - before[label]) / elapsed_us for label in names}
 
 
+HOST_TAKE_MAX = 0.10       # more of the sold CPU taken by anything else than this: too busy to tell (as hyper's tests)
+
+
 def measured_within(hypervisor, names: dict, targets: dict, what: str, *, windows: int = 3) -> dict:
-    """Fractions over WINDOW_S within TOLERANCE of ``targets``. The sold CPU is shared with everything else on the
-    machine (other engineers' tests at load 10-16 on 2 cores): a window in which the guests together got less than
-    their caps allow is measured again, at most ``windows`` times; every window is printed with the load."""
+    """Fractions of the sold CPU over WINDOW_S windows, checked as tests/test_auctioneer_hypervisor_qemu.py checks
+    them: each guest's part of the guests' sum within 2 points of its share of ``targets`` (relative), and its
+    fraction within 2 points of its target plus what the sold CPU gave to anything else meanwhile (/proc/stat busy
+    − the guests: other processes of this 2-core machine, another test's VMs), the CPU never idle. A window that
+    fails (or in which other VMs ran) is measured again, at most ``windows`` times; each is printed with the load."""
+    from libvirt_fixtures import measure_window, others_running
+
+    labels = {name: who for who, name in names.items()}
     for attempt in range(windows):
-        fractions = fractions_over(hypervisor, names, WINDOW_S)
-        print(f"{what} (window {attempt + 1}):", text(fractions))
-        if all(abs(fractions[who] - target) <= TOLERANCE for who, target in targets.items()):
+        others = others_running(hypervisor, PREFIX_OF_THIS_MODULE[0])    # (not waited for: holds run out)
+        window = measure_window(hypervisor, list(names.values()), WINDOW_S)
+        fractions = {labels[name]: value for name, value in window.fractions.items()}
+        total = sum(fractions[who] for who in targets)
+        print(f"{what} (window {attempt + 1}): {text(fractions)}; sold CPU busy {window.cpu_busy or 0:.3f}, idle "
+              f"{window.cpu_idle or 0:.3f}, to others {window.host_take:.3f}" + (f"; other VMs {others}" if others else ""))
+        ok = (window.cpu_idle is not None and window.cpu_idle <= 0.02 and window.host_take <= HOST_TAKE_MAX
+              and all(abs(fractions[who] / total - share / sum(targets.values())) <= TOLERANCE
+                      and abs(fractions[who] - share) <= TOLERANCE + window.host_take
+                      for who, share in targets.items()))
+        if ok:
             return fractions
-    raise AssertionError(f"{what}: not within {TOLERANCE} of {targets} in {windows} windows: {text(fractions)}")
+    raise AssertionError(f"{what}: not within {TOLERANCE} of {targets} (relative, and absolute with what others "
+                         f"took) in {windows} windows: {text(fractions)}, to others {window.host_take:.3f}")
+
+
+PREFIX_OF_THIS_MODULE: list[str] = []
 
 
 def text(fractions: dict) -> str:
@@ -290,17 +311,9 @@ def test_work_conserving_an_idle_bidders_cpu_goes_to_the_busy_ones(conserving_ho
     shares = {who: hypervisor.scheduler(view.vm_name).shares for who, view in zip(wanted, views)}
     assert shares == {"alice": 262_144 // 8, "bob": 262_144 * 3 // 8, "carol": 262_144 // 2}
     time.sleep(1.5)
-    # Weights are relative: what the busy guests get together depends on the machine's other load on the sold CPU
-    # (cpu_shares divide what is left among the guests), so each busy one's part of the guests' CPU is checked
-    # (1:3 within 2 points), and that together they took far more than their weights' half (4 of 8) of the CPU.
-    names = {who: view.vm_name for who, view in zip(wanted, views)}
-    for attempt in range(3):
-        fractions = fractions_over(hypervisor, names, WINDOW_S)
-        print(f"work-conserving 1:3 busy + 4 idle (window {attempt + 1}):", text(fractions))
-        busy = fractions["alice"] + fractions["bob"]
-        if busy >= 0.85 and abs(fractions["alice"] / busy - 0.25) <= TOLERANCE:
-            break
-    assert busy >= 0.85 and abs(fractions["alice"] / busy - 0.25) <= TOLERANCE, text(fractions)
+    # the idle guest's weight (half) goes to the busy ones: 1:3 of the whole CPU, less what others took of it
+    fractions = measured_within(hypervisor, {who: view.vm_name for who, view in zip(wanted, views)},
+                                {"alice": 0.25, "bob": 0.75}, "work-conserving 1:3 busy + 4 idle")
     assert fractions["carol"] < 0.03, text(fractions)
     for who in wanted:
         client(host, people[who]).cancel_bid(bids[who].bid_id)
