@@ -338,13 +338,15 @@ def test_the_loop_registers_the_host_with_the_directory_each_interval(pki, peopl
     users = BankUsers(people["admin"], pki.user("Market Admin Two"), pki.user("Market Auditor"), (), (), (), (),
                       pki.user("Market Service"), people["stranger"])
     env = auctioneer_env(people, extra={"GRIDCREDIT_AUCTIONEER_DIRECTORY_URL": url,
-                                        "GRIDCREDIT_AUCTIONEER_PUBLIC_URL": url})
+                                        "GRIDCREDIT_AUCTIONEER_PUBLIC_URL": url,
+                                        "GRIDCREDIT_AUCTIONEER_RESERVE_UCPS": str(CREDIT // 2)})
     running = BankHost(tmp_path / "state", "embedded", users, pki, port=port, extra_env=env).start()
     try:
         open_accounts(running, people)
         directory = DirectoryClient(url, credential=people["stranger"].credential, trust_dir=pki.trust_dir)
         entry = wait_for(lambda: next((e for e in directory.hosts() if e.host_id == HOST_ID), None))
         assert entry.auctioneer_url == url and entry.capacity_cpus == 1 and entry.live_bids == 0
+        assert entry.reserve_price_ucps == CREDIT // 2       # best-response never recommends less there
         bid = auctioneer(running, people["alice"]).place_bid(hold(running, people["alice"], "alice-acct"),
                                                             template="small", rate_ucps=3 * CREDIT, max_duration_s=60)
         entry = wait_for(lambda: (lambda e: e if e.live_bids == 1 else None)(directory.host(HOST_ID)))

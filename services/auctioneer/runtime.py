@@ -50,6 +50,7 @@ POLL_S = 0.25                           # how often the loop looks whether the m
 HYPERVISOR_TIMEOUT_S = 10.0
 DIRECTORY_TTL_INTERVALS = 6             # a registration outlives this many heartbeats (one per interval)
 DIRECTORY_TTL_S_MIN = 30
+DIRECTORY_TTL_S_MAX = 3_600                # the directory's default ttl_s_max: a longer TTL would be refused
 
 
 # -- what a worker builds --------------------------------------------------------------------------
@@ -606,12 +607,13 @@ def directory_heartbeat(part: Auctioneer, config) -> Callable[..., None] | None:
     client = DirectoryClient(settings.directory_url, credential=part.credential, trust_dir=part.trust_dir,
                              timeout_s=10, retries=1)
     url = settings.public_url or f"https://localhost:{config.server.port}"
-    ttl_s = max(DIRECTORY_TTL_S_MIN, DIRECTORY_TTL_INTERVALS * settings.interval_s)
+    ttl_s = min(DIRECTORY_TTL_S_MAX, max(DIRECTORY_TTL_S_MIN, DIRECTORY_TTL_INTERVALS * settings.interval_s))
 
     def register(*, total_rate_ucps: int, hour_average_price_ucps: int, live_bids: int) -> None:
         client.register(settings.host_id, auctioneer_url=url, capacity_cpus=settings.capacity_cpus,
                         total_rate_ucps=total_rate_ucps, hour_average_price_ucps=hour_average_price_ucps,
-                        live_bids=live_bids, interval_s=settings.interval_s, ttl_s=ttl_s)
+                        live_bids=live_bids, interval_s=settings.interval_s, ttl_s=ttl_s,
+                        reserve_price_ucps=settings.reserve_ucps)
     return register
 
 
