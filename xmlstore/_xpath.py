@@ -162,11 +162,22 @@ class _Parser:
             raise QueryError(f"XPath expression too complex: more than {self.limits.xpath_nodes_max} parts")
         return item
 
-    def check_prefix(self, qname: str) -> None:
+    def prefixes(self) -> str:
+        return ", ".join(f"{prefix} ({uri})" for prefix, uri in sorted(self.namespaces.items())) or "none"
+
+    def check_prefix(self, qname: str, axis: str = "child") -> None:
+        """A prefix must be declared; and where the documents' elements are in namespaces (some are
+        declared), an element name without a prefix matches nothing (XPath 1.0 has no default
+        namespace): refused, with the prefixes there are, instead of an empty answer."""
         if ":" in qname:
             prefix = qname.split(":", 1)[0]
             if prefix not in self.namespaces:
-                raise QueryError(f"XPath uses the namespace prefix {prefix!r}, which is not declared")
+                raise QueryError(f"XPath uses the namespace prefix {prefix!r}, which is not declared; "
+                                 f"the prefixes are {self.prefixes()}")
+        elif qname != "*" and axis != "attribute" and self.namespaces:
+            raise QueryError(f"XPath names the element {qname!r} without a prefix, so it matches nothing here "
+                             f"(the elements are in namespaces): write it with one of the prefixes "
+                             f"{self.prefixes()}, e.g. {sorted(self.namespaces)[0]}:{qname}")
 
     # -- grammar --
     def parse(self) -> tuple:
@@ -263,7 +274,7 @@ class _Parser:
         token = self.token
         if token.kind == "name":
             self.take()
-            self.check_prefix(token.text)
+            self.check_prefix(token.text, axis)
             test: tuple = ("name", token.text)
         elif token.kind == "nodetype":
             self.take()

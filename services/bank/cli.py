@@ -22,15 +22,13 @@ from pathlib import Path
 from datetime import datetime, timedelta, timezone
 
 from gridcredit.cli_support import (EXIT_FAILED, EXIT_OK, CommandGroup, LazyClient, add_client_arguments, checked, client_of,
-                                    print_result, show_identity, usage_error)
+                                    duration_type, print_result, show_identity, usage_error)
 from gridcredit.errors import GridcreditError
 from gridcredit.timeunits import US_PER_S, datetime_from_us, datetime_to_us, rfc3339
 
 from . import ledger
 from .client import AuditReport, BankClient, Receipt, Transaction, audit_report_of
 
-_DURATION_PART = re.compile(r"(\d+)\s*([smhdw])")
-_DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 PERIODS_S = {"second": 1, "minute": 60, "hour": 3600, "day": 86_400, "week": 7 * 86_400}
 
 
@@ -46,24 +44,18 @@ def amount_type(text: str) -> int:
     return int(cleaned)
 
 
-def duration_s(text: str) -> int:
-    """Seconds from ``90``, ``90s``, ``30m``, ``2h``, ``1d``, ``1w`` or ``1h30m``."""
-    cleaned = text.strip().lower()
-    if cleaned.isdigit():
-        seconds = int(cleaned)
-    else:
-        parts = _DURATION_PART.findall(cleaned)
-        if not parts or _DURATION_PART.sub("", cleaned).strip():
-            raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90s, 30m, 2h, 1d or 1h30m")
-        seconds = sum(int(number) * _DURATION_UNITS_S[unit] for number, unit in parts)
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be positive")
-    return seconds
+# Seconds from ``90s``, ``30m``, ``2h``, ``1d``, ``1w`` or ``1h30m``: a unit is required (``--expires-in 2``
+# is refused, not read as two seconds); the one duration type of every command group.
+duration_s = duration_type
 
 
 def period_s(text: str) -> int:
-    """A spending period: second, minute, hour, day, week, or a duration (``3600``, ``12h``)."""
-    return PERIODS_S.get(text.strip().lower()) or duration_s(text)
+    """A spending period: second, minute, hour, day, week, a number of seconds (``3600``) or a
+    duration (``12h``)."""
+    cleaned = text.strip().lower()
+    if cleaned.isdigit() and int(cleaned) > 0:
+        return int(cleaned)
+    return PERIODS_S.get(cleaned) or duration_s(text)
 
 
 def moment_type(text: str) -> datetime:

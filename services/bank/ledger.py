@@ -297,7 +297,23 @@ def check_identifier(value: object, what: str) -> str:
     return value
 
 
-def check_dn(value: object, what: str) -> str:
+# A grid one-line DN: /NAME=value/NAME=value…; a value may hold '/' when no NAME= follows it
+# (CN=host/jarm.example.org), as security.pki.parse_grid_dn reads it.
+_DN_RDN_START = re.compile(r"/(?=[A-Za-z0-9][A-Za-z0-9.-]*=)")
+_DN_RDN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*=.+", re.S)
+
+
+def is_grid_dn(value: str) -> bool:
+    """Whether ``value`` is written as a DN in grid form (``/DC=org/DC=example/CN=Alice``)."""
+    parts = _DN_RDN_START.split(value)
+    return value.startswith("/") and parts[0] == "" and len(parts) > 1 and all(_DN_RDN.fullmatch(p) for p in parts[1:])
+
+
+def check_dn(value: object, what: str, *, grid_form: bool = True) -> str:
+    """A DN a request names (owner, holder, service, collector, on behalf of): printable, and in grid
+    form — text no certificate has (``Bob``, RFC 2253's ``CN=Bob,O=Example``) would name a holder
+    who can never act. ``grid_form=False`` for a caller's own identity (internal principals such as
+    the expiry sweeper have names, not DNs)."""
     if type(value) is not str or not value or len(value) > DN_LENGTH_MAX or value != value.strip():
         raise _refuse("InvalidArgument", f"{what} must be a distinguished name of 1-{DN_LENGTH_MAX} "
                                          f"printable characters; got {value!r}")
@@ -305,6 +321,13 @@ def check_dn(value: object, what: str) -> str:
     if hidden is not None:   # a bidi override or zero-width character makes one DN look like another
         raise _refuse("InvalidArgument", f"{what} {value!r} contains an invisible or control character "
                                          f"({hidden}); a DN must show every character it has")
+    if grid_form and not is_grid_dn(value):   # no certificate has such a DN: a holder written so could never act
+        parts = [part.strip() for part in value.split(",")]
+        hint = (f" (RFC 2253 order: in grid form it is /{'/'.join(reversed(parts))})"
+                if len(parts) > 1 and all("=" in part for part in parts) else "")
+        raise _refuse("InvalidArgument", f"{what} {value!r} is not a DN in grid form such as "
+                                         f"/DC=org/DC=example/CN=Alice{hint}; `gridcredit pki show` prints a "
+                                         "certificate's")
     return value
 
 
@@ -1155,7 +1178,7 @@ def execute(view: LedgerView, request: Request, *, principal: Principal, now_us:
     ``sign=None`` leaves the new transaction unsigned (an item of a batch, see :func:`check_batch`)."""
     invariant(type(now_us) is int and 0 <= now_us <= TIME_MAX_US, "the server's clock is sane")
     require_full_credential(principal, type(request).__name__)
-    check_dn(principal.dn, "caller DN")
+    check_dn(principal.dn, "caller DN", grid_form=False)
     _check_request_id(request.request_id)
     key = request_record_key(principal.dn, request.request_id)
     digest = request_hash(request, principal)
