@@ -55,7 +55,7 @@ SWEEP_SCAN_PAGE = 1000               # active holds / pending mints the sweep re
 GROUP_COMMIT_MAX = 64                # requests one store transaction applies at most
 GROUP_COMMIT_ITEMS_MAX = 1_600       # ... and items in all (a batch's count, see ledger.check_batch): at most
                                      # 6 documents each, within the store's 10,000 per transaction
-DECODED_MAX = 200_000                # decoded states the bank keeps (see _Decoded)
+DECODED_MAX = 50_000                 # decoded states the bank keeps (see _Decoded): ~50 MB at most
 GROUP_COMMIT_WAIT_S = 60.0           # how long a request waits for its turn before it is given up (not applied)
 AUDIT_PAGE_SIZE = 1000               # transaction documents read (and handed to the helper) at once
 AUDIT_HELPER_FROM = 20_000           # transactions: a larger ledger is decoded and hashed by a helper process too
