@@ -120,15 +120,16 @@ class AuditInfo(ComplexModel):
 
 
 BATCH_OPERATION_NAMES = tuple(kind.__name__ for kind in ledger.BATCH_OPERATIONS)
-# The fields each operation of a batch item takes (request_id and operation aside): as the single operation's.
+# The fields each operation of a batch item takes (request_id and operation aside), as the single operation's:
+# (required, optional).
 BATCH_ITEM_FIELDS = {
-    "ChargeHold": ("hold_id", "payee_account_id", "amount"),
-    "SettleHold": ("hold_id", "payee_account_id", "amount"),
-    "ReleaseHold": ("hold_id",),
-    "Transfer": ("from_account_id", "to_account_id", "amount"),
-    "ExtendHold": ("hold_id", "expires", "amount", "payee_account_id"),
+    "ChargeHold": (("hold_id", "payee_account_id", "amount"), ()),
+    "SettleHold": (("hold_id", "payee_account_id", "amount"), ()),
+    "ReleaseHold": (("hold_id",), ()),
+    "Transfer": (("from_account_id", "to_account_id", "amount"), ()),
+    "ExtendHold": (("hold_id",), ("expires", "amount", "payee_account_id")),
 }
-_BATCH_ITEM_REQUIRED = {"ChargeHold": 3, "SettleHold": 3, "ReleaseHold": 1, "Transfer": 3, "ExtendHold": 1}
+_BATCH_ITEM_MEMBERS = ("hold_id", "payee_account_id", "from_account_id", "to_account_id", "amount", "expires")
 
 
 class BatchItem(ComplexModel):
@@ -261,17 +262,16 @@ def _batch_request(number: int, item) -> ledger.Request:
     """The ledger request of one BatchItem; a field its operation does not take, or a missing one it needs,
     refuses the whole batch (the single operation's schema would refuse such a request)."""
     operation = item.operation
-    taken = BATCH_ITEM_FIELDS.get(operation)
-    if taken is None:
+    if operation not in BATCH_ITEM_FIELDS:
         raise DomainError(f"item {number}: a batch carries {', '.join(BATCH_OPERATION_NAMES)}, not {operation!r}",
                           "InvalidArgument")
-    extra = [name for names in BATCH_ITEM_FIELDS.values() for name in names
-             if name not in taken and getattr(item, name) is not None]
-    missing = [name for name in taken[:_BATCH_ITEM_REQUIRED[operation]] if getattr(item, name) is None]
+    required, optional = BATCH_ITEM_FIELDS[operation]
+    taken = required + optional
+    extra = [name for name in _BATCH_ITEM_MEMBERS if name not in taken and getattr(item, name) is not None]
+    missing = [name for name in required if getattr(item, name) is None]
     if extra or missing:
         said = "; ".join(part for part in (missing and f"it lacks {', '.join(missing)}",
-                                           extra and f"{', '.join(dict.fromkeys(extra))} belong to other operations")
-                         if part)
+                                           extra and f"{', '.join(extra)} belong to other operations") if part)
         raise DomainError(f"item {number} ({operation} {item.request_id}): {said}; a {operation} item takes "
                           f"{', '.join(taken)}", "InvalidArgument")
     if operation == "ChargeHold":
@@ -295,11 +295,11 @@ def _batch_item_result(result) -> _ItemAnswer:
                            fault_message=spec.message)
     transaction = result.outcome.transaction
     return _ItemAnswer(request_id=transaction.request_id, applied=True, replayed=result.outcome.replayed,
-                           seq=transaction.seq, kind=transaction.kind.value, at_us=transaction.at_us,
-                           hold_id=transaction.hold_id,
-                           hold_state=None if transaction.hold_state is None else transaction.hold_state.value,
-                           amount=transaction.amount, released_amount=transaction.released_amount,
-                           hash=transaction.hash, signature=transaction.signature or None)
+                       seq=transaction.seq, kind=transaction.kind.value, at_us=transaction.at_us,
+                       hold_id=transaction.hold_id,
+                       hold_state=None if transaction.hold_state is None else transaction.hold_state.value,
+                       amount=transaction.amount, released_amount=transaction.released_amount,
+                       hash=transaction.hash, signature=transaction.signature or None)
 
 
 def _caller(ctx) -> Principal:
