@@ -236,6 +236,7 @@ def test_gridcredit_bank_batch(pki, tmp_path, capsys):
         code, text, err = cli(auctioneer, "batch", str(items), as_json=False)
         assert code == 1 and "cli-4: refused [ExceedsHold]" in text
         items.write_text('{"operation": "Mint", "request_id": "x"}\n', encoding="utf-8")
-        code, _, err = cli(auctioneer, "batch", str(items))
-        assert code == 2 and "operation is one of ChargeHold" in err
+        with pytest.raises(SystemExit) as exited:             # a usage error, as every command's
+            cli(auctioneer, "batch", str(items))
+        assert exited.value.code == 2 and "operation is one of ChargeHold" in capsys.readouterr().err
         check_ledger(host, minted)
