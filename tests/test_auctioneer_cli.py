@@ -75,23 +75,23 @@ def test_host_bid_status_change_connect_cancel(cli, host, people):
 def test_a_budget_bid_and_refusals(cli, host, people):
     bid = cli.ok(people["bob"], "bid", "bob-acct", "--budget", "100", "--duration", "1h", "--template", "quiet")
     assert bid["rate_ucps"] == 27_777 and bid["max_duration_s"] == 3_600
-    code, _, err = cli(people["bob"], "bid", "bob-acct", "--rate", "1", "--max-duration", "60", "--template", "huge")
+    code, _, err = cli(people["bob"], "bid", "bob-acct", "--rate", "1", "--max-duration", "60s", "--template", "huge")
     assert code == 1 and err.startswith("RemoteFault: there is no template 'huge'") and "UnknownTemplate" in err
     code, _, err = cli(people["bob"], "bid", "--hold", bid["hold_id"], "--budget", "100", "--duration", "1h",
                        "--template", "quiet")
     assert code == 0                                        # the same bid again
-    code, _, err = cli(people["alice"], "bid", "--hold", bid["hold_id"], "--rate", "1", "--max-duration", "60",
+    code, _, err = cli(people["alice"], "bid", "--hold", bid["hold_id"], "--rate", "1", "--max-duration", "60s",
                        "--template", "quiet")
     assert code == 1 and "[NotAuthorized]" in err
     cli.ok(people["bob"], "cancel", bid["bid_id"])
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["bid", "alice-acct", "--rate", "0", "--max-duration", "60", "--template", "small"], "positive"),
-    (["bid", "alice-acct", "--rate", "-1", "--max-duration", "60", "--template", "small"], "--rate"),
-    (["bid", "alice-acct", "--rate", "0.0000001", "--max-duration", "60", "--template", "small"], "6 fractional"),
+    (["bid", "alice-acct", "--rate", "0", "--max-duration", "60s", "--template", "small"], "positive"),
+    (["bid", "alice-acct", "--rate", "-1", "--max-duration", "60s", "--template", "small"], "--rate"),
+    (["bid", "alice-acct", "--rate", "0.0000001", "--max-duration", "60s", "--template", "small"], "6 fractional"),
     (["bid", "alice-acct", "--rate", "1", "--template", "small"], "--max-duration"),
-    (["bid", "--rate", "1", "--max-duration", "60", "--template", "small"], "ACCOUNT"),
+    (["bid", "--rate", "1", "--max-duration", "60s", "--template", "small"], "ACCOUNT"),
     (["bid", "alice-acct", "--budget", "10", "--template", "small"], "--duration"),
 ])
 def test_usage_errors_exit_2(cli, people, capsys, argv, words):
