@@ -34,12 +34,16 @@ def use_directory(directory: Path) -> None:
     first (a host's counters start at zero when it starts, as Prometheus expects of a restart)."""
     from prometheus_client import values
 
+    global _registry
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
     os.environ[DIRECTORY_VARIABLE] = str(directory)
     values.ValueClass = values.MultiProcessValue()
     with _lock:
+        # metrics made before (in memory, e.g. by a host run in this process) are not counted from now on:
+        # new ones replace them, registered nowhere — a scrape reads the directory
         _made.clear()
+        _registry = None
 
 
 def worker_ended(pid: int) -> None:
@@ -66,8 +70,10 @@ def _metric(kind: str, name: str, documentation: str, labelnames: Sequence[str],
         if made is None:
             import prometheus_client
 
+            counted_in_files = bool(os.environ.get(DIRECTORY_VARIABLE))
             made = getattr(prometheus_client, kind)(name, documentation, tuple(labelnames),
-                                                    registry=_in_memory_registry(), **options)
+                                                    registry=None if counted_in_files else _in_memory_registry(),
+                                                    **options)
             _made[name] = made
         return made
 

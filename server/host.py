@@ -192,6 +192,15 @@ def _latency_histogram():
                              "service and operation", ("service", "operation"))
 
 
+def _count_request(service: str, operation: str, outcome: str, elapsed_s: float) -> None:
+    """Count an answered request: a metrics failure is logged, never turned into the request's failure."""
+    try:
+        _requests_counter().labels(service, operation, outcome).inc()
+        _latency_histogram().labels(service, operation).observe(elapsed_s)
+    except Exception:  # noqa: BLE001 — the answer is already made; the log says why it went uncounted
+        log.exception("metrics: %s %s not counted", service, operation)
+
+
 def _security_refusals_counter():
     return metrics.counter("gridcredit_security_refusals_total", "Requests refused by WS-Security, by fault code",
                            ("code",))
@@ -287,8 +296,7 @@ class SignedSoapHost:
             log.info("%s %s principal=%r outcome=%s %.1fms", name, operation, principal_dn, outcome, elapsed * 1000)
             # only the service's own operation names: a signed body may hold any element name
             known = operation if operation in endpoint.operations else "-"
-            _requests_counter().labels(name, known, counted).inc()
-            _latency_histogram().labels(name, known).observe(elapsed)
+            _count_request(name, known, counted, elapsed)
 
     # -- plain HTTPS registrations (TLS client certificate instead of WS-Security) ----------------
     def _registration(self, path: str, method: str, environ, start_response, started: float):
@@ -338,8 +346,7 @@ class SignedSoapHost:
             outcome = answer.status
         elapsed = time.perf_counter() - started
         log.info("%s POST principal=%r outcome=%s %.1fms", path, getattr(principal, "dn", "-"), outcome, elapsed * 1000)
-        _requests_counter().labels(path, "POST", OUTCOME_OK if answer.status.startswith("2") else OUTCOME_FAULT).inc()
-        _latency_histogram().labels(path, "POST").observe(elapsed)
+        _count_request(path, "POST", OUTCOME_OK if answer.status.startswith("2") else OUTCOME_FAULT, elapsed)
         body = answer.body.encode("utf-8")
         headers = [("Content-Type", answer.content_type), ("Content-Length", str(len(body)))]
         if close:  # do not wait for the rest of its body

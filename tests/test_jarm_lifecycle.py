@@ -31,7 +31,15 @@ from security_fixtures import free_port
 pytestmark = pytest.mark.slow
 
 CREDIT = 1_000_000
-T0 = time.time_ns() // 1000          # the Bank checks expiries against its own clock
+T0 = time.time_ns() // 1000          # the Bank checks expiries against its own clock: see _t0_when_the_module_runs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _t0_when_the_module_runs():
+    """T0 is the time the module's tests start, not the time it was collected: in the whole suite that is
+    half an hour earlier, and holds made to expire T0 + 20 min were refused as already expired."""
+    global T0
+    T0 = time.time_ns() // 1000
 PRICES = {Metric.CORE_WALL: 60 * CREDIT, Metric.CPU: 0, Metric.MEMORY: 0, Metric.GPU: 0, Metric.JOB: CREDIT}
 LOAD = LoadPricing(low_permille=500, high_permille=900, min_permille=1000, max_permille=2000)
 REQUEST = JobRequest("batch", "normal", cores=2, time_limit_s=600, memory_mb=0, gpus=0, nodes=1)   # 20 + 1 credits

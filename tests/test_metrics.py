@@ -3,6 +3,8 @@ parser before and after known traffic; the counters moved by exactly that traffi
 served each request or the scrape. Only configured addresses or certificate DNs may scrape."""
 from __future__ import annotations
 
+import time
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from bank_fixtures import bank_host, bank_users
@@ -58,6 +60,10 @@ def test_the_counters_move_by_exactly_the_traffic_sent(tmp_path, pki):
         finally:
             client.close()
         after = scrape(host)
+        deadline = time.monotonic() + 15      # the sweep runs every second: wait for one if none ran yet
+        while moved(before, after, "gridcredit_expiry_sweeps_total", service="bank") < 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            after = scrape(host)
 
     assert moved(before, after, "gridcredit_requests_total", service="bank", operation="WhoAmI", outcome="ok") == 3
     assert moved(before, after, "gridcredit_request_seconds_count", service="bank", operation="WhoAmI") == 3
@@ -84,3 +90,34 @@ def test_only_configured_addresses_and_dns_may_scrape(tmp_path, pki):
         assert "gridcredit_store_backlog_bytes" in {
             name for name, _ in scrape(host, cert=(str(watcher.cert_path), str(watcher.key_path)))}
         assert session.post(f"{host.url}/metrics", data=b"x", timeout=30).status_code == 405
+
+
+def _count_in_memory_then_in_files(directory: str) -> None:
+    """A forked child: what `serve` does after a host ran in the same process (tests, `run_worker`)."""
+    import os
+    from pathlib import Path
+
+    from gridcredit import metrics
+
+    code = 1
+    try:
+        metrics.counter("gridcredit_test_total", "a counter", ("k",)).labels("a").inc()   # in memory
+        metrics.use_directory(Path(directory))
+        metrics.counter("gridcredit_test_total", "a counter", ("k",)).labels("a").inc(2)  # in the files
+        samples = {(s.name, tuple(s.labels.items())): s.value
+                   for family in text_string_to_metric_families(metrics.exposition().decode()) for s in family.samples}
+        code = 0 if samples.get(("gridcredit_test_total", (("k", "a"),))) == 2 else 3
+    finally:
+        os._exit(code)
+
+
+def test_counting_in_files_after_counting_in_memory_in_the_same_process(tmp_path):
+    """`serve` forked from a process that had counted in memory (its registry already named the metrics)
+    answered every request 500: making the file-backed counter registered the same name twice."""
+    import multiprocessing
+
+    child = multiprocessing.get_context("fork").Process(target=_count_in_memory_then_in_files,
+                                                        args=(str(tmp_path / "metrics"),))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
