@@ -50,7 +50,7 @@ setup(
     extras_require={
         # libvirt-python builds against Debian's libvirt-dev (scripts/libvirt.sh installs it; 12.8 builds
         # against libvirt 9.0): the Auctioneer's enforcement on a real libvirtd (services/auctioneer/hypervisor.py).
-        "test": ["pytest>=8", "hypothesis>=6.100", "signxml>=4", "libvirt-python>=9.0"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "signxml>=4", "libvirt-python>=9.0"],
         "libvirt": ["libvirt-python>=9.0"],
     },
     entry_points={"console_scripts": ["gridcredit = gridcredit.server.cli:main"]},

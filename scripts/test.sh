@@ -62,9 +62,28 @@ as_root scripts/slurm.sh status >/dev/null 2>&1 || slurm_was_running=0
 echo "== starting the single-node Slurm cluster (scripts/slurm.sh start)"
 as_root scripts/slurm.sh start
 
+# Two phases. First everything but the `alone` tests, in parallel (pytest-xdist; the Slurm tests stay on one
+# worker, in order: one shared cluster): most tests wait on servers, Slurm or BaseX more than they compute.
+# Then the `alone` tests (CPU shares of real QEMU guests, which any other process on the cores would distort)
+# one at a time on a quiet machine. GRIDCREDIT_TEST_WORKERS sets the parallel workers (default: cores + 1, at
+# least 3); 1 runs everything in one plain pytest, as does a selection of your own (-m, -k or test paths).
+# Exit 5 (a phase selected no test) is not a failure.
+workers=${GRIDCREDIT_TEST_WORKERS:-$(( $(nproc) + 1 ))}
+[ "$workers" -ge 3 ] || [ "$workers" = 1 ] || workers=3
+for argument in "$@"; do
+  case "$argument" in -m|-k|-m*|-k*|tests*|*.py|*::*) workers=1 ;; esac
+done
 echo "== running the tests"
 status=0
-.venv/bin/python -m pytest "$@" || status=$?
+run_pytest() { .venv/bin/python -m pytest "$@" || { rc=$?; [ "$rc" = 5 ] || status=$rc; }; }
+if [ "$workers" = 1 ]; then
+  run_pytest "$@"
+else
+  echo "== phase 1: all but the 'alone' tests, $workers workers"
+  run_pytest -n "$workers" --dist loadgroup -m "not alone" "$@"
+  echo "== phase 2: the 'alone' tests (CPU shares of real guests), one at a time"
+  run_pytest -m alone "$@"
+fi
 [ "$slurm_was_running" = 1 ] || as_root scripts/slurm.sh stop >/dev/null 2>&1 || true
 [ "$libvirt_was_running" = 1 ] || as_root scripts/libvirt.sh stop >/dev/null 2>&1 || true
 exit "$status"

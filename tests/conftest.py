@@ -146,8 +146,16 @@ def pytest_collection_modifyitems(config, items):
     ``"basex"`` backend parameter, a BaseX fixture, a module or test named for it), and ``slow``
     too: ``pytest -m "not slow"`` is the developer's loop of a few minutes without BaseX (and
     ``-m "not basex"`` all that needs no BaseX). In such a run a test that starts a BaseX server
-    anyway fails at once, naming the marker it lacks. CI runs everything."""
+    anyway fails at once, naming the marker it lacks. CI runs everything (scripts/test.sh): first all but
+    the ``alone`` tests in parallel (pytest-xdist, the Slurm tests on one worker), then the ``alone`` ones."""
     for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "slurm_cluster" in fixtures:
+            # One cluster, global hooks, two CPUs: under pytest-xdist all its tests go to one worker, in order.
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+        if "libvirt_host" in fixtures and item.get_closest_marker("alone") is None:
+            # CPU shares of real guests are measured: any other process on the cores shows up as error.
+            item.add_marker(pytest.mark.alone)
         if item.get_closest_marker("basex") is None and _runs_on_basex(item):
             item.add_marker(pytest.mark.basex)
         if item.get_closest_marker("basex") is not None and item.get_closest_marker("slow") is None:
