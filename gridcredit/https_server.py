@@ -9,13 +9,15 @@ connects and never sends a ClientHello held up every other client for the socket
       →  cheroot's connection manager: a worker thread takes the connection once a request is
          readable (a connection that completes its handshake and then says nothing holds no thread).
 
-The verified client certificate reaches the WSGI environ as before (``SSL_CLIENT_CERT``,
-``SSL_CLIENT_VERIFY``, … from cheroot's own adapter). The listen backlog is set by us: cheroot
+The client certificate reaches the WSGI environ as before (``SSL_CLIENT_CERT``,
+``SSL_CLIENT_VERIFY``, … from cheroot's own adapter); with ``accept_untrusted_client_certificates``
+one that did not verify is let through as ``SSL_CLIENT_VERIFY=FAILED:<reason>``. The listen backlog is set by us: cheroot
 re-listens with 5 otherwise.
 """
 from __future__ import annotations
 
 import collections
+import ctypes
 import errno
 import ipaddress
 import logging
@@ -24,6 +26,8 @@ import selectors
 import signal
 import socket
 import ssl
+import sys
+import sysconfig
 import threading
 import time
 from dataclasses import dataclass
@@ -134,6 +138,7 @@ class _Pending:
     key: str
     deadline: float
     done: bool = False
+    verify_failure: str | None = None   # why its client certificate did not verify (accept_untrusted_client_certificates)
 
 
 class _Handshaker(threading.Thread):
@@ -213,8 +218,12 @@ class _Handshaker(threading.Thread):
     def _step(self, pending: _Pending) -> None:
         if pending.done:
             return
+        client_verify_failure_reset()
         try:
-            pending.sock.do_handshake()
+            try:
+                pending.sock.do_handshake()
+            finally:
+                pending.verify_failure = pending.verify_failure or client_verify_failure()
         except ssl.SSLWantReadError:
             self._watch(pending, selectors.EVENT_READ)
         except ssl.SSLWantWriteError:
@@ -271,6 +280,8 @@ class _Handshaker(threading.Thread):
         try:
             sock.settimeout(self._server.timeout)
             ssl_env = self._server.ssl_adapter.get_environ(sock)
+            if pending.verify_failure is not None and "SSL_CLIENT_CERT" in ssl_env:
+                ssl_env["SSL_CLIENT_VERIFY"] = f"FAILED:{pending.verify_failure}"   # cheroot says SUCCESS for any
         except (OSError, ValueError) as error:
             self._drop(pending, f"client {_peer(pending.address)} went away after the TLS handshake ({error})")
             return
@@ -285,6 +296,105 @@ class _Handshaker(threading.Thread):
             self._server.process_conn(connection)
         else:
             self._server.put_conn(connection)  # a worker thread takes it when a request is readable
+
+
+# -- client certificates from CAs the host does not trust: asked for, not refused at TLS ---------------
+#
+# Python's ssl has no verify callback: a context that asks for an optional client certificate
+# (CERT_OPTIONAL) ends the handshake when the one presented does not chain to its trust store, so a
+# browser holding a certificate from another CA got a TLS error instead of the public web pages.
+# OpenSSL keeps a verify callback set on the SSL_CTX (and CPython's verify_mode setter keeps it
+# too): one that records the verdict and answers 1 lets the handshake go on (the client still
+# proves it holds the key: CertificateVerify), as mod_ssl's ``SSLVerifyClient optional_no_ca``.
+# The verdict reaches the environ as SSL_CLIENT_VERIFY=FAILED:<reason>; every use of the
+# certificate validates it again in the application (server/host.py: _tls_principal).
+
+_verdicts = threading.local()          # handshakes run in one thread: the failure of the one now in progress
+_VERIFY_CALLBACK_TYPE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+_openssl: "tuple[ctypes.CDLL, ctypes.CDLL] | None" = None
+
+
+def _loaded_openssl() -> "tuple[ctypes.CDLL, ctypes.CDLL]":
+    """libssl and libcrypto as loaded by Python's _ssl (the same copies: found in this process's maps)."""
+    global _openssl
+    if _openssl is None:
+        import _ssl  # noqa: F401 — makes sure the libraries are mapped
+
+        paths: dict[str, str] = {}
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1] if len(line.split()) >= 6 else ""
+                name = os.path.basename(path)
+                for library in ("libssl.so", "libcrypto.so"):
+                    if name.startswith(library):
+                        paths.setdefault(library, path)
+        if len(paths) != 2:
+            raise OSError(f"Python's ssl module does not use a shared libssl and libcrypto (found {sorted(paths)})")
+        libssl, libcrypto = ctypes.CDLL(paths["libssl.so"]), ctypes.CDLL(paths["libcrypto.so"])
+        libssl.SSL_CTX_set_verify.argtypes = (ctypes.c_void_p, ctypes.c_int, _VERIFY_CALLBACK_TYPE)
+        libssl.SSL_CTX_set_verify.restype = None
+        libssl.SSL_CTX_get_verify_mode.argtypes = (ctypes.c_void_p,)
+        libssl.SSL_CTX_get_verify_mode.restype = ctypes.c_int
+        libssl.SSL_CTX_get_options.argtypes = (ctypes.c_void_p,)
+        libssl.SSL_CTX_get_options.restype = ctypes.c_uint64
+        libcrypto.X509_STORE_CTX_get_error.argtypes = (ctypes.c_void_p,)
+        libcrypto.X509_STORE_CTX_get_error.restype = ctypes.c_int
+        libcrypto.X509_STORE_CTX_get_error_depth.argtypes = (ctypes.c_void_p,)
+        libcrypto.X509_STORE_CTX_get_error_depth.restype = ctypes.c_int
+        libcrypto.X509_verify_cert_error_string.argtypes = (ctypes.c_long,)
+        libcrypto.X509_verify_cert_error_string.restype = ctypes.c_char_p
+        _openssl = libssl, libcrypto
+    return _openssl
+
+
+@_VERIFY_CALLBACK_TYPE
+def _record_and_continue(preverify_ok: int, store_context: int) -> int:
+    try:
+        if not preverify_ok and getattr(_verdicts, "failure", None) is None:
+            _, libcrypto = _loaded_openssl()
+            error = libcrypto.X509_STORE_CTX_get_error(store_context)
+            reason = (libcrypto.X509_verify_cert_error_string(error) or b"?").decode("ascii", "replace")
+            _verdicts.failure = f"{reason} (certificate {libcrypto.X509_STORE_CTX_get_error_depth(store_context)} of the chain)"
+    except Exception:  # noqa: BLE001 — an exception cannot cross into OpenSSL; the application validates anyway
+        _verdicts.failure = "not verified"
+    return 1
+
+
+def _ssl_ctx_pointer(context: ssl.SSLContext) -> int:
+    """The SSL_CTX* of ``context``: CPython's PySSLContext holds it right after the object header."""
+    if sys.implementation.name != "cpython" or not isinstance(context, ssl.SSLContext):
+        raise OSError(f"not CPython's ssl ({sys.implementation.name})")
+    if sysconfig.get_config_var("Py_GIL_DISABLED"):
+        raise OSError("a free-threaded Python build (its object header differs)")
+    return ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value or 0
+
+
+def accept_untrusted_client_certificates(context: ssl.SSLContext) -> str | None:
+    """Let ``context`` (CERT_OPTIONAL) complete handshakes with client certificates that do not verify,
+    recording why (``client_verify_failure``). None when done, else why it could not be (the context is
+    then unchanged: such a client's handshake fails, as before)."""
+    if context.verify_mode != ssl.CERT_OPTIONAL:
+        return f"only for optional client certificates (verify_mode is {context.verify_mode.name})"
+    try:
+        libssl, _ = _loaded_openssl()
+        pointer = _ssl_ctx_pointer(context)
+        # the pointer is the context's own: its options and verify mode read through it match
+        if not pointer or libssl.SSL_CTX_get_options(pointer) != int(context.options) \
+                or libssl.SSL_CTX_get_verify_mode(pointer) != 1:  # SSL_VERIFY_PEER
+            return "the ssl module's SSL_CTX could not be found"
+        libssl.SSL_CTX_set_verify(pointer, 1, _record_and_continue)
+    except (OSError, AttributeError, ValueError) as error:
+        return str(error)
+    return None
+
+
+def client_verify_failure_reset() -> None:
+    _verdicts.failure = None
+
+
+def client_verify_failure() -> str | None:
+    """Why the client certificate of the handshake just driven in this thread did not verify (None: it did, or none)."""
+    return getattr(_verdicts, "failure", None)
 
 
 def peer_text(host: str, port) -> str:

@@ -21,7 +21,7 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -36,7 +36,7 @@ from gridcredit import metrics
 from gridcredit.config import Config
 from gridcredit.contract import HostFiles, Registration
 from gridcredit.errors import ProtocolError, SecurityError
-from gridcredit.https_server import HttpsServer, effective_backlog, peer_text
+from gridcredit.https_server import HttpsServer, accept_untrusted_client_certificates, effective_backlog, peer_text
 from gridcredit.security.wssec import SOAP11_NS, WSSE_NS, Signer, VerifiedMessage, Verifier, VerifyPolicy
 from gridcredit.security.xmlparse import ParseLimits
 from gridcredit.services.common import PRINCIPAL_ENVIRON_KEY, RUNTIME_ENVIRON_KEY
@@ -170,10 +170,23 @@ class _Endpoint:
     wsgi: WsgiApplication
     operations: frozenset[str]          # its operations' element names (what /metrics may name)
     wsdl_template: bytes | None = None  # built once; its soap:address base is _WSDL_TEMPLATE_ADDRESS
+    direct: Mapping[str, Callable] = field(default_factory=dict)   # see SignedSoapHost._call_direct
 
 
 def _operations_of(application: Application) -> frozenset[str]:
     return frozenset(etree.QName(key).localname for key in application.interface.service_method_map)
+
+
+def _direct_operations_of(application: Application) -> dict[str, Callable]:
+    """What the application's service classes name in ``direct_operations`` (see SignedSoapHost._call_direct)."""
+    found: dict[str, Callable] = {}
+    for service in application.services:
+        found.update(getattr(service, "direct_operations", None) or {})
+    return found
+
+
+# A request element with any of these goes through spyne, whose reading of them is its own
+_NOT_PLAIN = etree.XPath("boolean(descendant-or-self::*/@* | .//comment() | .//processing-instruction())")
 
 
 # One request's outcome as /metrics counts it (the log line says more)
@@ -230,7 +243,7 @@ class SignedSoapHost:
         for name in services if services is not None else registry.names():
             application = build_application(name)
             self._endpoints[name] = _Endpoint(name, application, WsgiApplication(application, max_content_length=request_bytes_max),
-                                              _operations_of(application))
+                                              _operations_of(application), direct=_direct_operations_of(application))
         self._wsdl_lock = threading.Lock()
 
     def close(self) -> None:
@@ -248,7 +261,7 @@ class SignedSoapHost:
         if path == "/metrics" and self._metrics_access is not None:
             return self._metrics(method, environ, start_response)
         if self._web is not None and self._web.serves(path):
-            return self._web(environ, start_response, lambda: self._tls_principal(environ))
+            return self._web(environ, start_response, lambda: self._tls_identity(environ))
         endpoint = self._endpoints.get(name)
         if endpoint is None:
             known = ", ".join(f"/{n}" for n in self._endpoints)
@@ -270,7 +283,8 @@ class SignedSoapHost:
             principal_dn = getattr(verified.principal, "dn", "-")
             operation = etree.QName(verified.body[0]).localname if len(verified.body) else "-"
             check_processing_rules(verified)
-            status, envelope = self._call_service(endpoint, environ, verified)
+            answered = self._call_direct(endpoint, operation, verified) if operation in endpoint.direct else None
+            status, envelope = answered or self._call_service(endpoint, environ, verified)
             outcome = "ok" if status.startswith("200") else "fault"
             counted = OUTCOME_OK if status.startswith("200") else OUTCOME_FAULT
             return self._reply(start_response, status, envelope, confirm=verified.signature_value)
@@ -373,17 +387,29 @@ class SignedSoapHost:
 
     def _tls_principal(self, environ):
         """The verified holder of the TLS client certificate, or None (no certificate, or not trusted)."""
+        return self._tls_identity(environ)[0]
+
+    def _tls_identity(self, environ):
+        """(principal, refusal): the verified holder of the TLS client certificate, or None and why its
+        certificate was refused (None: no certificate presented). The certificate is validated here
+        whatever TLS said: an untrusted one completes the handshake (tls_context), and a resumed TLS
+        session carries no verdict."""
         pem = environ.get("SSL_CLIENT_CERT")
         if not pem or self._trust is None:
-            return None
+            return None, None
         from cryptography import x509
 
+        from gridcredit.security.pki import grid_dn
+
+        tls_verdict = environ.get("SSL_CLIENT_VERIFY", "")
         try:
             certificate = x509.load_pem_x509_certificate(pem.encode("ascii") if isinstance(pem, str) else pem)
-            return self._trust.validate([certificate])  # our own checks too: CRLs, key usage, validity
+            if tls_verdict.startswith("FAILED:"):
+                raise SecurityError(f"{grid_dn(certificate.subject)}: {tls_verdict[len('FAILED:'):]}")
+            return self._trust.validate([certificate]), None  # our own checks too: CRLs, key usage, validity
         except (SecurityError, ValueError) as error:
             log.warning("TLS client certificate refused: %s", error)
-            return None
+            return None, str(error)
 
     # -- stages ------------------------------------------------------------------------------------
     def _read_body(self, environ, bytes_max: int | None = None) -> bytes:
@@ -464,6 +490,24 @@ class SignedSoapHost:
                                  f"{length:,} bytes of the request body", "400 Bad Request",
                                  "the request body ended before its Content-Length")
         return got
+
+    def _call_direct(self, endpoint: _Endpoint, operation: str, verified: VerifiedMessage
+                     ) -> tuple[str, etree._Element] | None:
+        """An operation its service reads from the verified Body itself (a spyne service class's
+        ``direct_operations``: element name -> handler(request element, principal, runtime) -> (status,
+        envelope as spyne would answer)) — for a large request, spyne's reading and answering cost more than
+        the work. The element is checked against the service's schema first, as spyne checks every request;
+        one the schema refuses, or one with attributes, comments or processing instructions, is left to spyne
+        (None): the same answer as for any operation."""
+        body = verified.body
+        schema = endpoint.application.in_protocol.validation_schema
+        if len(body) != 1 or schema is None:
+            return None
+        request = body[0]
+        if request.tag != f"{{{endpoint.application.tns}}}{operation}" or _NOT_PLAIN(request) \
+                or not schema.validate(request):
+            return None
+        return endpoint.direct[operation](request, verified.principal, self._runtime)
 
     def _call_service(self, endpoint: _Endpoint, environ, verified: VerifiedMessage) -> tuple[str, etree._Element]:
         # spyne reads the first Header/Body it finds and follows href/id: hand it only the verified Body.
@@ -584,6 +628,14 @@ def tls_context(config: Config, files: HostFiles) -> ssl.SSLContext:
         context.verify_mode = ssl.CERT_REQUIRED if mode == "required" else ssl.CERT_OPTIONAL
         # Grid users present RFC 3820 proxies; Python's ssl refuses them unless told otherwise.
         context.verify_flags |= ssl.VERIFY_ALLOW_PROXY_CERTS
+    if mode == "optional":
+        # A browser with a certificate from another CA sees the public web pages (told why it is anonymous)
+        # instead of a TLS error. Nothing trusts TLS for it: the SOAP operations are authenticated by
+        # WS-Security, and every use of the client certificate validates it again (_tls_principal).
+        why_not = accept_untrusted_client_certificates(context)
+        if why_not is not None:
+            log.warning("client certificates from CAs not in %s will end the TLS handshake: %s",
+                        files.trust_dir, why_not)
     return context
 
 

@@ -95,11 +95,13 @@ class WebView:
     def serves(path: str) -> bool:
         return path == PREFIX or path.startswith(PREFIX + "/")
 
-    def __call__(self, environ, start_response, principal_of: Callable[[], Any]):
+    def __call__(self, environ, start_response, identity_of: Callable[[], tuple[Any, str | None]]):
+        """``identity_of()``: (the principal of the request's TLS client certificate or None, why a
+        certificate presented was not taken or None)."""
         started = time.perf_counter()
         path = environ.get("PATH_INFO", "") or "/"
         method = environ.get("REQUEST_METHOD", "GET")
-        principal = None
+        principal = refused = None
         if path == PREFIX:
             path = PREFIX + "/"
         route = self._routes.get(path)
@@ -113,34 +115,34 @@ class WebView:
         elif path == PREFIX + "/style.css":
             status, body, content_type = "200 OK", STYLE.encode("utf-8"), "text/css; charset=utf-8"
         else:
-            principal = principal_of()
-            status, body = self._page(path, route, environ, principal)
+            principal, refused = identity_of()
+            status, body = self._page(path, route, environ, principal, refused)
         headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), *_HEADERS]
         if status.startswith("405"):
             headers.append(("Allow", "GET, HEAD"))
         elapsed_ms = (time.perf_counter() - started) * 1000
-        log.info("%s %s principal=%r outcome=%s %.1fms", path, method, getattr(principal, "dn", "-"), status,
-                 elapsed_ms)
+        log.info("%s %s principal=%r outcome=%s %.1fms", path, method,
+                 getattr(principal, "dn", "-" if refused is None else "- (certificate not trusted)"), status, elapsed_ms)
         _pages_counter().labels(counted, status.split(" ", 1)[0]).inc()
         start_response(status, headers)
         return [b"" if method == "HEAD" else body]
 
     # -- pages -------------------------------------------------------------------------------------
-    def _page(self, path: str, route: _Route | None, environ, principal) -> tuple[str, bytes]:
+    def _page(self, path: str, route: _Route | None, environ, principal, refused: str | None) -> tuple[str, bytes]:
         if path == PREFIX + "/":
-            return "200 OK", self._index(principal)
+            return "200 OK", self._index(principal, refused)
         if route is None:
             return "404 Not Found", self._layout("No such page", tag(
                 "p", "There is no page at ", tag("code", path), ". ", link(PREFIX + "/", "The pages are listed here.")),
-                principal)
+                principal, refused)
         if principal is None and not route.page.public:
-            return "403 Forbidden", self._certificate_page(route.page.title)
+            return "403 Forbidden", self._certificate_page(route.page.title, refused)
         try:
             params = _params(environ.get("QUERY_STRING", ""))
             request = WebRequest(path=path, params=params, principal=principal, part=self._parts.get(route.service),
                                  config=self._config, base=PREFIX)
             content = route.page.render(request)
-            return "200 OK", self._layout(route.page.title, content, principal)
+            return "200 OK", self._layout(route.page.title, content, principal, refused)
         except WebError as error:
             return error.status, self._problem(route.page.title, str(error), principal)
         except DomainError as error:
@@ -165,9 +167,14 @@ class WebView:
                 items.append(link(route.href, route.page.title))
         return tag("nav", *items, aria_label="pages")
 
-    def _layout(self, title: str, content: Markup, principal) -> bytes:
-        who = (join("Signed in by certificate: ", tag("span", principal.dn, class_="dn")) if principal is not None
-               else "No certificate presented: public pages only")
+    def _layout(self, title: str, content: Markup, principal, refused: str | None = None) -> bytes:
+        if principal is not None:
+            who = join("Signed in by certificate: ", tag("span", principal.dn, class_="dn"))
+        elif refused is not None:   # presented, but not from a CA this host trusts (or revoked, expired…)
+            who = join(tag("strong", "Your certificate is not from a CA this host trusts"),
+                       ": you are anonymous here and see the public pages only — ", tag("span", refused, class_="dn"))
+        else:
+            who = "No certificate presented: public pages only"
         document = join(Markup("<!DOCTYPE html>\n"), tag(
             "html",
             tag("head", tag("meta", charset="utf-8"), tag("title", f"{title} — gridcredit"),
@@ -182,24 +189,28 @@ class WebView:
         return self._layout(title, tag("section", tag("h2", "This page cannot be shown"), tag("p", message),
                                        class_="error"), principal)
 
-    def _index(self, principal) -> bytes:
+    def _index(self, principal, refused: str | None = None) -> bytes:
         listed = [route for route in self._routes.values() if route.page.listed
                   and (principal is not None or route.page.public)]
         items = [tag("li", link(route.href, route.page.title), " — " if route.page.summary else "", route.page.summary)
                  for route in listed]
         content = [tag("ul", *items) if items else tag("p", "This host serves no pages.", class_="empty")]
         if principal is None:
-            content.append(_how_to_present())
-        return self._layout("gridcredit", join(*content), principal)
+            content.append(_how_to_present(refused))
+        return self._layout("gridcredit", join(*content), principal, refused)
 
-    def _certificate_page(self, title: str) -> bytes:
+    def _certificate_page(self, title: str, refused: str | None = None) -> bytes:
         return self._layout("A certificate is needed", join(
             tag("p", f"The page “{title}” shows what the services would show you, so it needs to know who you are: "
-                     "present your grid certificate to this site."), _how_to_present()), None)
+                     "present your grid certificate to this site."), _how_to_present(refused)), None, refused)
 
 
-def _how_to_present() -> Markup:
-    return tag("section", tag("h2", "How to present your certificate"), tag(
+def _how_to_present(refused: str | None = None) -> Markup:
+    untrusted = None if refused is None else tag(
+        "p", "The certificate your browser presented was not taken: ", tag("code", refused), ". Only certificates "
+        "issued by a CA in this host's trust directory identify a person here (ask the host's operator which CAs "
+        "those are, or choose another certificate when the browser asks).", id="untrusted")
+    return tag("section", tag("h2", "How to present your certificate"), untrusted, tag(
         "ol",
         tag("li", "Put your certificate and key into one PKCS#12 file: ",
             tag("pre", "openssl pkcs12 -export -in ~/.globus/usercert.pem -inkey ~/.globus/userkey.pem "

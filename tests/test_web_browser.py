@@ -18,7 +18,8 @@ from lxml import html as lxml_html
 from bank_fixtures import bank_host, bank_users, utc_in
 from browser import Browser, available
 from luts_fixtures import Job, make_batch
-from security_fixtures import https_session, skip_unless_ci
+from conftest import make_test_pki
+from security_fixtures import https_session, post_soap, signed_request, skip_unless_ci
 
 from gridcredit.services.luts.client import LutsClient
 
@@ -193,6 +194,36 @@ def test_without_a_certificate_only_the_public_page(world, tmp_path):
     shots = Path(os.environ.get("GRIDCREDIT_SCREENSHOT_DIR") or tmp_path)
     shot = anonymous.screenshot(f"{host.url}/web/bank/transparency", shots / "web-transparency.png")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+def test_a_certificate_from_an_untrusted_ca_sees_the_public_pages_told_why(world, tmp_path, key_pool):
+    """Such a browser got a TLS handshake error before; the SOAP operations and /sgas/ur answer its
+    connections as they answer one without a certificate (WS-Security, and the trust directory, decide)."""
+    host, users, pki = world
+    other = make_test_pki(tmp_path / "other-pki", key_pool, dn="/DC=org/DC=example/O=elsewhere/CN=Another CA")
+    ursula = other.user("Ursula Elsewhere")
+    note = "Your certificate is not from a CA this host trusts"
+    browser = Browser(tmp_path / "browser", pki.ca.directory / "ca.pem", ursula)
+    index = page(browser, f"{host.url}/web/")
+    assert note in text_of(index) and ursula.dn in text_of(index)
+    assert [a.get("href") for a in index.xpath("//main//ul/li/a")] == ["/web/bank/transparency"]
+    assert index.xpath("//p[@id='untrusted']")
+    public = page(browser, f"{host.url}/web/bank/transparency")
+    assert definitions(public, "supply")["issued"] == "1,777" and note in text_of(public)
+    private = text_of(page(browser, f"{host.url}/web/bank/accounts"))
+    assert "A certificate is needed" in private and note in private and OLIVIA_ACCOUNT not in private
+    # a plain TLS client presenting it
+    session = https_session(pki.trust_dir)
+    session.cert = (str(ursula.cert_path), str(ursula.key_path))
+    refused = session.get(f"{host.url}/web/bank/accounts", timeout=30)
+    assert refused.status_code == 403 and "unable to get local issuer certificate" in refused.text
+    assert session.get(f"{host.url}/web/bank/transparency", timeout=30).status_code == 200
+    answered = post_soap(session, f"{host.url}/bank", signed_request(users.owners[0].credential))
+    assert answered.status_code == 200 and users.owners[0].dn in answered.text
+    theirs = post_soap(session, f"{host.url}/bank", signed_request(ursula.credential))
+    assert theirs.status_code == 500 and "wsse:" in theirs.text and ursula.dn not in answered.text
+    anonymous = https_session(pki.trust_dir).post(f"{host.url}/sgas/ur", data=b"<x/>", timeout=30)
+    assert session.post(f"{host.url}/sgas/ur", data=b"<x/>", timeout=30).status_code == anonymous.status_code >= 400
 
 
 def test_screenshot_of_a_users_pages(world, tmp_path):
