@@ -366,3 +366,97 @@ def test_more_items_than_one_batch_holds_go_as_several_batches(host, people, loo
         cancel(part, clock, bid)
     clock.to_boundary()
     loop.boundary()
+
+
+class SlowEnforcer(RecordingEnforcer):
+    """Making a VM takes ``create_s`` (a real one starts in about a second); ``times`` says when each create and cap
+    call began and ended (monotonic s)."""
+
+    def __init__(self, create_s: float) -> None:
+        super().__init__()
+        self.create_s = create_s
+        self.times: list[tuple[str, str, float, float]] = []
+        self.begun: list[str] = []           # the VMs whose making began
+
+    def create(self, name, template, *, quota_us, period_us, weight):
+        started = time.monotonic()
+        self.begun.append(name)
+        time.sleep(self.create_s)
+        super().create(name, template, quota_us=quota_us, period_us=period_us, weight=weight)
+        self.times.append(("create", name, started, time.monotonic()))
+
+    def cap(self, name, quota_us, period_us):
+        started = time.monotonic()
+        super().cap(name, quota_us, period_us)
+        self.times.append(("cap", name, started, time.monotonic()))
+
+
+def test_running_vms_are_capped_again_first_then_new_ones_made_at_once(host, people, loop_parts):
+    """Three new bids: the running VM's cap is lowered before any new VM starts (the caps never add up to more than
+    the sold CPU), and the three VMs are made at the same time, not one after another."""
+    part, client = loop_parts
+    clock = Clock()
+    enforcer = SlowEnforcer(create_s=0.5)
+    loop = AllocationLoop(part, bank_of(client), enforcer, clock=clock)
+    first = place(host, people, part, clock, "bob", rate=CREDIT, amount=100)
+    loop.enforce()
+    running = vm_name(part.settings, first)
+    assert enforcer.vms[running][0] == 100_000
+    enforcer.times.clear()
+    news = [place(host, people, part, clock, who, rate=CREDIT, amount=100) for who in ("alice", "bob", "alice")]
+    started = time.monotonic()
+    done = loop.enforce()
+    took_s = time.monotonic() - started
+    assert sorted(done.created) == sorted(vm_name(part.settings, bid) for bid in news)
+    assert all(enforcer.vms[name][0] == 25_000 for name in enforcer.vms)
+    caps = [entry for entry in enforcer.times if entry[0] == "cap"]
+    creates = [entry for entry in enforcer.times if entry[0] == "create"]
+    assert [entry[1] for entry in caps] == [running] and len(creates) == 3
+    assert caps[0][3] <= min(entry[2] for entry in creates), enforcer.times
+    assert max(entry[2] for entry in creates) < min(entry[3] for entry in creates), \
+        f"3 VMs made one after another ({took_s:.2f} s): {enforcer.times}"
+    for bid_id in (first, *news):
+        cancel(part, clock, bid_id)
+    loop.enforce()
+    assert enforcer.vms == {}
+    clock.to_boundary()
+    loop.boundary()
+
+
+def test_a_bid_placed_while_a_vm_is_being_made_does_not_wait_for_it(host, people, loop_parts):
+    """The loop's enforcement thread starts a new bid's VM within a poll of the bid, even while another VM is being
+    made (a pass does not wait for the VMs it starts), and records each VM once it is made."""
+    import threading
+
+    part, client = loop_parts
+    clock = Clock()
+    enforcer = SlowEnforcer(create_s=1.5)
+    loop = AllocationLoop(part, bank_of(client), enforcer, clock=clock)
+    stop = threading.Event()
+    runner = threading.Thread(target=loop.run, args=(stop,), daemon=True)
+    runner.start()
+    try:
+        first = place(host, people, part, clock, "alice", rate=CREDIT, amount=100)
+        deadline = time.monotonic() + 5
+        while vm_name(part.settings, first) not in enforcer.begun:
+            assert time.monotonic() < deadline, "the first bid's VM was not started"
+            time.sleep(0.02)
+        second = place(host, people, part, clock, "bob", rate=3 * CREDIT, amount=100)
+        placed = time.monotonic()
+        names = [vm_name(part.settings, bid) for bid in (first, second)]
+        deadline = time.monotonic() + 10
+        while not all("capped at" in part.market.record(bid)[0].enforced for bid in (first, second)):
+            assert time.monotonic() < deadline, [part.market.record(bid)[0].enforced for bid in (first, second)]
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        runner.join(20)
+    made = {entry[1]: entry for entry in enforcer.times if entry[0] == "create"}
+    assert made[names[1]][2] < made[names[0]][3], "the second VM was started only after the first was made"
+    print(f"the second bid's VM started {made[names[1]][2] - placed:.2f} s after the bid was placed")
+    assert enforcer.vms[names[0]][0] == 25_000 and enforcer.vms[names[1]][0] == 75_000     # re-capped once made
+    for bid_id in (first, second):
+        cancel(part, clock, bid_id)
+    loop.enforce()
+    clock.to_boundary()
+    loop.boundary()

@@ -12,10 +12,11 @@ the loop makes the rest happen:
   (ChargeHold; SettleHold for a bid that ends), and the answers recorded (``batch_applied``: a
   refused charge ends its bid); settled bids are forgotten by the market (their final state kept in
   their own document); a price sample is kept and the directory told (``directory_url``);
-* **whenever the market changed** (it looks every ``POLL_S``): enforcement — the VMs of ended bids
-  removed, a VM made from its template for each live bid that has none (capped from its first
-  instruction), every live bid's share applied as a cap (capped mode) or a weight (work-conserving),
-  and what is enforced written into the bid (``enforced``). After a restart the VMs are found again
+* **whenever the market changed** (it looks every ``POLL_S``: a PlaceBid's VM is started within that):
+  enforcement — the VMs of ended bids removed, every running VM's share applied as a cap (capped mode)
+  or a weight (work-conserving), then a VM made from its template for each live bid that has none
+  (capped from its first instruction; all at once, each in a thread of its own, the pass not waiting
+  for them), and what is enforced written into the bid (``enforced``). After a restart the VMs are found again
   by their name prefix (``list_vms``): an orphan is removed, a missing one made again. A hypervisor
   error is logged, said in the bid's ``enforced`` and tried again at the next pass — a bid pays while
   it is live, so what is not enforced is never silent.
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gridcredit.services.auctioneer")
 BANK_TIMEOUT_S = 10.0
 US_PER_S = 1_000_000
-POLL_S = 0.25                           # how often the loop looks whether the market changed
+POLL_S = 0.1                            # how often the loop looks whether the market changed (a new bid's VM)
 HYPERVISOR_TIMEOUT_S = 10.0
 DIRECTORY_TTL_INTERVALS = 6             # a registration outlives this many heartbeats (one per interval)
 DIRECTORY_TTL_S_MIN = 30
@@ -280,6 +281,10 @@ class AllocationLoop:
         self._applied: dict[str, tuple] = {}          # VM → what was last applied to it (this process)
         self._cpu_marks: dict[str, int] = {}          # VM → its CPU µs at the last close (pay-for-use)
         self._problems: set[str] = set()              # said in the log already (each once, until it clears)
+        self._making_lock = threading.Lock()
+        self._making: dict[str, threading.Thread] = {}  # VM → the thread making it
+        self._made: dict[str, tuple] = {}             # VM → (wanted, error or None, CPU µs) made, not yet seen
+        self.woken = threading.Event()                # set when a VM was made: the enforcement thread looks
 
     # -- closing intervals and the Bank
 
@@ -386,13 +391,19 @@ class AllocationLoop:
 
     # -- enforcement
 
-    def enforce(self, market: core.Market | None = None) -> Pass:
-        """Make the hypervisor do what the market says now (see the module docstring)."""
+    def enforce(self, market: core.Market | None = None, *, wait: bool = True) -> Pass:
+        """Make the hypervisor do what the market says now (see the module docstring), in this order: the VMs
+        of ended bids removed, the running VMs re-capped (or re-weighted), then the missing VMs made — all at
+        once, each in a thread of its own (a VM start takes about a second; each libvirt call has its
+        deadline), capped from their first instruction. Re-capping first keeps the caps within the sold CPUs
+        while the new VMs start. ``wait``: wait for the VMs being made (else a later pass records them: the
+        loop's enforcement thread does not wait, so that a bid placed meanwhile is not held back by them)."""
         done = Pass()
         now = self.clock()
         if market is None:
             market = self._advanced(now)
         settings, allocation = self.settings, market.allocation
+        capped = settings.mode == "capped"
         live = {vm_name(settings, bid.bid_id): bid for bid in market.live_bids()}
         try:
             present = set(self.enforcer.names())
@@ -400,7 +411,9 @@ class AllocationLoop:
             done.problems.append(f"hypervisor: {error}")
             log.debug("auctioneer %s: the hypervisor does not list its VMs (%s)", self.host, error)
             return done
-        for name in sorted(present - set(live)):            # ended bids' VMs, and orphans after a crash
+        making = self._making_now()
+        failed = self._made_since(done, present, making)
+        for name in sorted(present - set(live) - making):   # ended bids' VMs, and orphans after a crash
             try:
                 self.enforcer.remove(name)
                 done.removed.append(name)
@@ -409,36 +422,49 @@ class AllocationLoop:
             except GridcreditError as error:
                 done.problems.append(f"remove {name}: {error}")
                 log.debug("auctioneer %s: VM %s not removed (%s)", self.host, name, error)
+        quotas, weights, wanted = {}, {}, {}
+        for name, bid in live.items():
+            share = allocation.shares.get(bid.bid_id)
+            quotas[name] = share.quota_us if share is not None else core.QUOTA_MIN_US
+            weights[name] = share.weight if share is not None else core.CPU_SHARES_MIN
+            wanted[name] = (quotas[name], allocation.period_us) if capped else (weights[name],)
+        errors: dict[str, Exception] = dict(failed)
+        for name in sorted(live):                           # the running VMs first
+            if name not in present or name in making or self._applied.get(name) == wanted[name]:
+                continue
+            try:
+                if capped:
+                    self.enforcer.cap(name, quotas[name], allocation.period_us)
+                else:
+                    self.enforcer.weight(name, weights[name])
+                self._applied[name] = wanted[name]
+            except GridcreditError as error:
+                errors[name] = error
+        started = [name for name in sorted(live) if name not in present and name not in making and name not in failed]
+        for name in started:                                # then the new ones, all at once
+            record = self.store.record(live[name].bid_id)
+            self._start_making(name, record[0].template if record is not None else "", wanted[name],
+                               quota_us=quotas[name] if capped else None, period_us=allocation.period_us,
+                               weight=weights[name])
+        if wait and started:
+            self._wait_made(started)
+            errors.update(self._made_since(done, present, set()))
+        making = self._making_now()
         texts: dict[str, str] = {}
         for name, bid in sorted(live.items()):
             share = allocation.shares.get(bid.bid_id)
-            quota = share.quota_us if share is not None else core.QUOTA_MIN_US
-            weight = share.weight if share is not None else core.CPU_SHARES_MIN
-            capped = settings.mode == "capped"
-            wanted = (quota, allocation.period_us) if capped else (weight,)
-            try:
-                if name not in present:
-                    record = self.store.record(bid.bid_id)
-                    template = record[0].template if record is not None else ""
-                    self.enforcer.create(name, template, quota_us=quota if capped else None,
-                                         period_us=allocation.period_us, weight=weight)
-                    done.created.append(name)
-                    self._applied[name] = wanted
-                    self._cpu_marks[name] = self._cpu(name)
-                elif self._applied.get(name) != wanted:
-                    if capped:
-                        self.enforcer.cap(name, quota, allocation.period_us)
-                    else:
-                        self.enforcer.weight(name, weight)
-                    self._applied[name] = wanted
-            except (GridcreditError, KeyError) as error:
+            quota, weight = quotas[name], weights[name]
+            if name in errors:
+                error = errors[name]
                 what = "VM not made" if name not in present else "share NOT enforced"
                 texts[bid.bid_id] = (f"{what}: {type(error).__name__}: {error}; the bid is live and pays: tried again "
                                      f"at the next pass")
                 done.problems.append(f"{name}: {error}")
                 log.debug("auctioneer %s: bid %s: %s", self.host, bid.bid_id, texts[bid.bid_id])
                 continue
-            if share is None:
+            if name in making:
+                texts[bid.bid_id] = f"VM {name} being made (capped from its first instruction)"
+            elif share is None:
                 texts[bid.bid_id] = (f"below the reserve price: no share; VM {name} held at the least "
                                      f"({'cap ' + str(quota) + ' µs per ' + str(allocation.period_us) if capped else 'weight ' + str(weight)})")
             elif capped:
@@ -451,8 +477,59 @@ class AllocationLoop:
         self._record(texts, {name: bid for name, bid in live.items()}, market, now)
         done.live = len(live)
         if self.relay is not None:
-            self.relay.follow({bid.bid_id: name for name, bid in live.items()})
+            self.relay.follow({bid.bid_id: name for name, bid in live.items() if name not in making})
         return done
+
+    # -- VMs being made (each in a thread of its own)
+
+    def _start_making(self, name: str, template: str, wanted: tuple, *, quota_us: int | None, period_us: int,
+                      weight: int) -> None:
+        def make() -> None:
+            outcome: tuple = (wanted, None)
+            try:
+                self.enforcer.create(name, template, quota_us=quota_us, period_us=period_us, weight=weight)
+            except (GridcreditError, KeyError) as error:
+                outcome = (wanted, error)
+            except Exception as error:  # noqa: BLE001 — a bug: said in the bid, never a lost thread
+                log.exception("auctioneer %s: making VM %s failed", self.host, name)
+                outcome = (wanted, GridcreditError(f"{type(error).__name__}: {error}"))
+            mark = self._cpu(name) if outcome[1] is None else 0
+            with self._making_lock:
+                self._making.pop(name, None)
+                self._made[name] = outcome + (mark,)
+            self.woken.set()
+
+        thread = threading.Thread(target=make, name=f"auctioneer-make {name}", daemon=True)
+        with self._making_lock:
+            self._making[name] = thread
+        thread.start()
+
+    def _making_now(self) -> set[str]:
+        with self._making_lock:
+            return set(self._making)
+
+    def _wait_made(self, names: list[str]) -> None:
+        with self._making_lock:
+            threads = [self._making[name] for name in names if name in self._making]
+        for thread in threads:
+            thread.join()
+
+    def _made_since(self, done: Pass, present: set[str], making: set[str]) -> dict[str, Exception]:
+        """The VMs made since the last pass: counted in ``done.created``, their caps remembered as applied,
+        added to ``present`` and taken out of ``making``; returns those that failed, name → error."""
+        with self._making_lock:
+            made, self._made = self._made, {}
+        failed = {}
+        for name, (wanted, error, mark) in sorted(made.items()):
+            making.discard(name)
+            if error is None:
+                done.created.append(name)
+                self._applied[name] = wanted
+                self._cpu_marks[name] = mark
+                present.add(name)
+            else:
+                failed[name] = error
+        return failed
 
     def _advanced(self, now: int) -> core.Market:
         """The market advanced to now (bids past their maximum duration ended) — stored when that changed
@@ -525,22 +602,25 @@ class AllocationLoop:
         enforcing.join(HYPERVISOR_TIMEOUT_S + 5)
 
     def _enforce_forever(self, stop) -> None:
-        """Enforce whenever the market's document changed (every transition and every close changes it);
-        after a problem, again at the next interval at the latest."""
+        """Enforce whenever the market's document changed (every transition and every close changes it: a
+        PlaceBid in any worker is seen within POLL_S) or a VM was made; after a problem, again at the next
+        interval at the latest. A pass does not wait for the VMs it starts (``enforce(wait=False)``)."""
         seen, retry_at = -1, 0.0
         while not stop.is_set():
             try:
                 version = self.store.version()
-                if version != seen or time.monotonic() >= retry_at:
+                if version != seen or self.woken.is_set() or time.monotonic() >= retry_at:
                     seen = version
-                    done = self.enforce()
+                    self.woken.clear()
+                    done = self.enforce(wait=False)
                     self._log(done, "enforcement")
                     retry_at = time.monotonic() + (self.settings.interval_s if done.problems else 86_400)
             except (StoreError, GridcreditError) as error:
                 log.warning("auctioneer %s: enforcement not done (%s: %s); tried again", self.host,
                             type(error).__name__, error)
                 retry_at = time.monotonic() + self.settings.interval_s
-            stop.wait(POLL_S)
+                self.woken.clear()                  # (what was made is recorded by the next pass)
+            self.woken.wait(POLL_S)
 
     def _count(self, done: Pass, what: str) -> None:
         """The host's counters (/metrics): intervals closed, Bank items sent and refused, batches sent again,
