@@ -203,6 +203,17 @@ def test_a_host_the_trust_directory_does_not_accept_is_named_at_once(clean_envir
     assert "attempt" not in err            # an answer, not an outage: never retried
 
 
+def test_an_operation_for_administrators_says_who_they_are_and_how_one_becomes_one(clean_environment, capsys, pki,
+                                                                                    host):
+    """The Bank's policy point says it (the fault's text), so every client shows it, not only this CLI."""
+    alice = pki.user("Alice")
+    me = ("--url", host.url, "--cert", str(alice.cert_path), "--key", str(alice.key_path), "--trust", str(pki.trust_dir))
+    code, out, err = run(capsys, "bank", "create-account", "vo-first", "--project", "p", "--owner", alice.dn, *me)
+    assert code == EXIT_FAILED and out == "" and "Traceback" not in err, err
+    assert "NotAuthorized" in err and f"{alice.dn} may not create account vo-first" in err, err
+    assert "bank.admins" in err and "GRIDCREDIT_BANK_ADMINS" in err and "README: The first hour" in err, err
+
+
 def test_nothing_listening_says_so(clean_environment, capsys, pki):
     alice = pki.user("Alice")
     port = free_port()

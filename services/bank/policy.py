@@ -136,6 +136,21 @@ def _decide(operation: str, principal: Principal, allowed: bool, action: str, su
         raise BOOK.refuse(operation, f"{principal.dn} may not {action} {subject}")
 
 
+# What a refusal of an operation only administrators may do tells someone who is not one
+ADMINISTRATORS_HINT = ("only the bank's administrators may: they are the DNs listed in the host's "
+                       "bank.admins setting ([bank] admins = [...] in its configuration file, or "
+                       "GRIDCREDIT_BANK_ADMINS); the host's operator adds a DN there and serves again "
+                       "(README: The first hour)")
+
+
+def _decide_administrator(operation: str, principal: Principal, action: str, subject: str) -> None:
+    """Administrators only: the refusal says who they are and how one becomes one."""
+    if principal.is_administrator:
+        BOOK.allow(operation)
+    else:
+        raise BOOK.refuse(operation, f"{principal.dn} may not {action} {subject}: {ADMINISTRATORS_HINT}")
+
+
 # ---------------------------------------------------------------------------------------------
 # The principal, once per request
 
@@ -209,7 +224,7 @@ def _may_revoke(principal: Principal, account: Account, role: Role | None) -> bo
 
 
 def authorize_create_account(principal: Principal, account_id: str) -> None:
-    _decide("CreateAccount", principal, principal.is_administrator, "create", f"account {account_id}")
+    _decide_administrator("CreateAccount", principal, "create", f"account {account_id}")
 
 
 def authorize_set_holder(principal: Principal, account: Account, role: Role, previous_role: Role | None) -> None:
@@ -232,8 +247,7 @@ def authorize_set_status(principal: Principal, account: Account, status: Account
 
 
 def authorize_set_credit_limit(principal: Principal, account: Account) -> None:
-    _decide("SetCreditLimit", principal, principal.is_administrator, "set the credit limit of",
-            f"account {account.account_id}")
+    _decide_administrator("SetCreditLimit", principal, "set the credit limit of", f"account {account.account_id}")
 
 
 def authorize_set_spending_limit(principal: Principal, account: Account) -> None:
@@ -254,7 +268,7 @@ def authorize_revoke_service(principal: Principal, account: Account) -> None:
 
 
 def authorize_mint(principal: Principal, account: Account) -> None:
-    _decide("Mint", principal, principal.is_administrator, "mint credits into", f"account {account.account_id}")
+    _decide_administrator("Mint", principal, "mint credits into", f"account {account.account_id}")
 
 
 def needs_second_administrator(settings: BankPolicy, amount: int) -> bool:
@@ -264,14 +278,14 @@ def needs_second_administrator(settings: BankPolicy, amount: int) -> bool:
 
 def authorize_approve_mint(principal: Principal, pending: PendingMint) -> None:
     """An administrator, and not the one who asked for it."""
-    _decide("ApproveMint", principal, principal.is_administrator, "approve", f"mint {pending.pending_mint_id}")
+    _decide_administrator("ApproveMint", principal, "approve", f"mint {pending.pending_mint_id}")
     if principal.dn == pending.requester_dn:
         raise BOOK.refuse("ApproveMint", f"mint {pending.pending_mint_id} was requested by {principal.dn}; a different "
                                      f"administrator must approve it", "SecondAdministratorRequired")
 
 
 def authorize_cancel_mint(principal: Principal, pending: PendingMint) -> None:
-    _decide("CancelMint", principal, principal.is_administrator, "cancel", f"mint {pending.pending_mint_id}")
+    _decide_administrator("CancelMint", principal, "cancel", f"mint {pending.pending_mint_id}")
 
 
 def authorize_expire_mint(principal: Principal, pending: PendingMint) -> None:
@@ -289,7 +303,7 @@ def authorize_oversight(principal: Principal, operation: str) -> None:
 
 
 def authorize_retire(principal: Principal, account: Account) -> None:
-    _decide("Retire", principal, principal.is_administrator, "retire credits from", f"account {account.account_id}")
+    _decide_administrator("Retire", principal, "retire credits from", f"account {account.account_id}")
 
 
 def authorize_transfer(principal: Principal, payer: Account) -> None:
