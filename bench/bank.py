@@ -16,6 +16,7 @@ one of the development PKI. Users keep RSA-2048 keys. The ceiling is measured wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import threading
@@ -45,6 +46,52 @@ from gridcredit.xmlstore.basex_server import BaseXServer
 BANK_NS = "urn:gridcredit:bank:1"
 
 
+def bank_envelope(operation: str, **fields) -> etree._Element:
+    """An unsigned SOAP envelope of one Bank operation with these fields (texts as they are)."""
+    body = "".join(f"<b:{name}>{value}</b:{name}>" for name, value in fields.items())
+    return etree.fromstring(f'<s:Envelope xmlns:s="{SOAP11_NS}"><s:Body><b:{operation} xmlns:b="{BANK_NS}">'
+                            f'{body}</b:{operation}></s:Body></s:Envelope>'.encode())
+
+
+def bench_pki(root: Path, people: tuple[str, ...], host_key: str = "ec"):
+    """The development PKI under ``root``: the host's files (a P-256 host key with ``host_key="ec"``, else
+    the development PKI's RSA-2048 one) and, for each of ``people``, (cert path, key path, credential)."""
+    host_cert, host_key_path, trust_dir, _ = development_pki(root)
+    ca = CertificateAuthority.load(root / "pki" / "ca")
+    if host_key == "ec":
+        host_cert, host_key_path = ca.issue_host("localhost", root / "host-ec", key_type="ec")
+    users = {}
+    for name in people:
+        cert, key = ca.issue_user(name, root / name.replace(" ", "-"))
+        users[name] = (str(cert), str(key), load_credential(cert_path=str(cert), key_path=str(key)))
+    return HostFiles(host_cert, host_key_path, trust_dir), users
+
+
+@contextlib.contextmanager
+def bank_host(root: Path, store: str, files: HostFiles, admin_dn: str, *, workers: int, threads: int):
+    """A gridcredit host serving the Bank on ``store`` (embedded, or a BaseX server of its own) with
+    ``admin_dn`` its administrator, in ``workers`` processes: its https URL, until the block ends."""
+    basex = None
+    env = {"GRIDCREDIT_STATE_DIR": str(root / f"state-{store}"), "GRIDCREDIT_STORE_BACKEND": store,
+           "GRIDCREDIT_BANK_ADMINS": admin_dn}
+    if store == "basex":
+        basex = BaseXServer(root / "basex", port=free_port()).start()
+        env["GRIDCREDIT_STORE_BASEX_PORT"] = str(basex.port)
+    try:
+        base = load_config(env=env)
+        config = replace(base, server=replace(base.server, port=free_port(), workers=workers, threads=threads))
+        prepare_state(config)
+        server = start_server(config, files, unsigned=False)
+        try:
+            yield f"https://localhost:{config.server.port}"
+        finally:
+            server.terminate()
+            server.join(20)
+    finally:
+        if basex is not None:
+            basex.stop()
+
+
 class RawBankCaller:
     """A lean load generator: signed envelopes posted with requests, answers verified with our
     Verifier (what the real client does, without zeep's object mapping, so that the two cores
@@ -54,10 +101,7 @@ class RawBankCaller:
         self.caller = Caller(f"{url}/bank", credential, trust_dir, signed=True)
 
     def call(self, operation: str, **fields) -> etree._Element:
-        body = "".join(f"<b:{name}>{value}</b:{name}>" for name, value in fields.items())
-        envelope = etree.fromstring(f'<s:Envelope xmlns:s="{SOAP11_NS}"><s:Body><b:{operation} xmlns:b="{BANK_NS}">'
-                                    f'{body}</b:{operation}></s:Body></s:Envelope>'.encode())
-        return self.caller.call_envelope(envelope)
+        return self.caller.call_envelope(bank_envelope(operation, **fields))
 
 
 def _client_process(url, cert, key, trust_dir, threads, seconds, rate_per_thread, queue):
@@ -118,16 +162,10 @@ def main() -> int:
     args = parser.parse_args()
 
     root = scratch_dir("gridcredit-bench-bank-")
-    host_cert, host_key, trust_dir, _ = development_pki(root)
-    ca = CertificateAuthority.load(root / "pki" / "ca")
-    if args.host_key == "ec":
-        host_cert, host_key = ca.issue_host("localhost", root / "host-ec", key_type="ec")
-    users = {}
-    for name in ("Bench Admin", "Bench User"):
-        cert, key = ca.issue_user(name, root / name.replace(" ", "-"))
-        users[name] = (str(cert), str(key), load_credential(cert_path=str(cert), key_path=str(key)))
-    files = HostFiles(host_cert, host_key, trust_dir)
-    ceiling = crypto_ceiling(users["Bench User"][2], load_credential(cert_path=str(host_cert), key_path=str(host_key)),
+    files, users = bench_pki(root, ("Bench Admin", "Bench User"), args.host_key)
+    trust_dir = files.trust_dir
+    ceiling = crypto_ceiling(users["Bench User"][2], load_credential(cert_path=str(files.host_cert),
+                                                                     key_path=str(files.host_key)),
                              trust_dir, min(args.seconds, 5))
     print(f"crypto-bound ceiling: {ceiling:,.0f} round trips/s", flush=True)
 
@@ -139,19 +177,8 @@ def main() -> int:
                  "| load average before / after (1 min) |",
              "|---|---|---|---|---|---|---|"]
     for store in args.stores.split(","):
-        basex = None
-        state = root / f"state-{store}"
-        env = {"GRIDCREDIT_STATE_DIR": str(state), "GRIDCREDIT_STORE_BACKEND": store,
-               "GRIDCREDIT_BANK_ADMINS": users["Bench Admin"][2].identity_dn}
-        if store == "basex":
-            basex = BaseXServer(root / "basex", port=free_port()).start()
-            env["GRIDCREDIT_STORE_BASEX_PORT"] = str(basex.port)
-        base = load_config(env=env)
-        config = replace(base, server=replace(base.server, port=free_port(), workers=args.workers, threads=max(8, args.clients)))
-        prepare_state(config)
-        server = start_server(config, files, unsigned=False)
-        try:
-            url = f"https://localhost:{config.server.port}"
+        with bank_host(root, store, files, users["Bench Admin"][2].identity_dn, workers=args.workers,
+                       threads=max(8, args.clients)) as url:
             admin = ServiceClient(url, "bank", credential=users["Bench Admin"][2], trust_dir=trust_dir)
             admin.call("CreateAccount", request_id="setup-1", account_id="vo-bench", project="bench", owner_dn=users["Bench User"][2].identity_dn)
             admin.call("CreateAccount", request_id="setup-2", account_id="site-bench", project="site", owner_dn=users["Bench Admin"][2].identity_dn)
@@ -168,11 +195,6 @@ def main() -> int:
             audit = admin.call("Audit")
             if not audit.clean:
                 raise SystemExit(f"[{store}] the audit after the load is not clean")
-        finally:
-            server.terminate()
-            server.join(20)
-            if basex is not None:
-                basex.stop()
         lines.append(f"| {store} | {full['pairs']:,.0f} | {full['ops']:,.0f} | {full['ops'] / ceiling:.2f} | "
                      f"{half['p50_ms']:.1f} / {half['p99_ms']:.1f} | ≥ 300 ops/s, p99 < 50 ms | "
                      f"{load_before:.1f} / {load_after:.1f} |")

@@ -16,9 +16,10 @@ bids). Measured:
   ``--seconds``: operations/s;
 * the ratio of the two, and the audit after (clean).
 
-``--profile``: instead, the host's WSGI application in this process, one batch profiled (cProfile): where
-the time of one signed batch goes (WS-Security verification, spyne's parse and answer, the ledger, the
-store, the response's signature).
+``--profile``: instead, the host's WSGI application in this process: the serving thread's CPU time per stage
+of a batch (WS-Security verification, ApplyBatch read and answered without spyne — the items read, the Bank:
+the ledger core, the documents handed to the store, SQLite's write —, the response's signature), then one
+batch profiled (cProfile).
 """
 from __future__ import annotations
 
@@ -32,27 +33,23 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bank import BANK_NS, bank_envelope, bank_host, bench_pki  # noqa: E402
 from common import scratch_dir, write_section  # noqa: E402
-from whoami import Caller, free_port, run_load, start_server  # noqa: E402
+from whoami import Caller, run_load  # noqa: E402
 
 from lxml import etree
 
 from gridcredit.client import ServiceClient
 from gridcredit.security.credentials import load_credential
-from gridcredit.security.pki import CertificateAuthority
 from gridcredit.security.wssec import SOAP11_NS
-from gridcredit.server.host import HostFiles, build_host, prepare_state
-from gridcredit.server.host_cli import development_pki
-from gridcredit.server.registry import load_config
-from gridcredit.xmlstore.basex_server import BaseXServer
+from gridcredit.server.host import HostFiles, build_host
 
-BANK_NS = "urn:gridcredit:bank:1"
 HOLD_AMOUNT = 10**9
+PEOPLE = ("Bench Admin", "Bench Owner", "Bench Auctioneer")
 
 
 def batch_envelope(hold_ids: list[str], prefix: str) -> etree._Element:
@@ -62,12 +59,6 @@ def batch_envelope(hold_ids: list[str], prefix: str) -> etree._Element:
                     f"<b:amount>1</b:amount></b:BatchItem>" for index, hold_id in enumerate(hold_ids))
     return etree.fromstring(f'<s:Envelope xmlns:s="{SOAP11_NS}"><s:Body><b:ApplyBatch xmlns:b="{BANK_NS}"><b:items>'
                             f'{items}</b:items></b:ApplyBatch></s:Body></s:Envelope>'.encode())
-
-
-def single_envelope(operation: str, **fields) -> etree._Element:
-    body = "".join(f"<b:{name}>{value}</b:{name}>" for name, value in fields.items())
-    return etree.fromstring(f'<s:Envelope xmlns:s="{SOAP11_NS}"><s:Body><b:{operation} xmlns:b="{BANK_NS}">'
-                            f'{body}</b:{operation}></s:Body></s:Envelope>'.encode())
 
 
 def check_applied(body: etree._Element, count: int) -> None:
@@ -83,9 +74,9 @@ def make_accounts(url, admin, owner_dn: str, trust_dir, count: int, threads: int
     def work(first: int) -> None:
         caller = Caller(f"{url}/bank", admin, trust_dir, signed=True)
         for index in range(first, count, threads):
-            caller.call_envelope(single_envelope("CreateAccount", request_id=f"a-{index}", account_id=f"bidder-{index}",
+            caller.call_envelope(bank_envelope("CreateAccount", request_id=f"a-{index}", account_id=f"bidder-{index}",
                                                  project="bench", owner_dn=owner_dn))
-            caller.call_envelope(single_envelope("Mint", request_id=f"m-{index}", account_id=f"bidder-{index}",
+            caller.call_envelope(bank_envelope("Mint", request_id=f"m-{index}", account_id=f"bidder-{index}",
                                                  amount=10**13))
 
     pool = [threading.Thread(target=work, args=(index,)) for index in range(threads)]
@@ -104,7 +95,7 @@ def make_holds(url, credential, trust_dir, count: int, collector_dn: str, accoun
     def work(first: int) -> None:
         caller = Caller(f"{url}/bank", credential, trust_dir, signed=True)
         for index in range(first, count, threads):
-            body = caller.call_envelope(single_envelope(
+            body = caller.call_envelope(bank_envelope(
                 "CreateHold", request_id=f"h-{uuid.uuid4().hex}", account_id=f"bidder-{index % accounts}",
                 amount=HOLD_AMOUNT, expires=expires, collector_dn=collector_dn, payee_account_id="site-bench"))
             with lock:
@@ -161,7 +152,7 @@ def _single_process(url, cert, key, trust_dir, hold_ids, threads, seconds, rate_
         index = offset
         while time.perf_counter() < end:
             started = time.perf_counter()
-            body = caller.call_envelope(single_envelope(
+            body = caller.call_envelope(bank_envelope(
                 "ChargeHold", request_id=f"s-{uuid.uuid4().hex}", hold_id=hold_ids[index % len(hold_ids)],
                 payee_account_id="site-bench", amount=1))
             latencies.append(time.perf_counter() - started)
@@ -186,14 +177,17 @@ class _StageClock:
     def __init__(self) -> None:
         from gridcredit.security import wssec
         from gridcredit.server import host
-        from gridcredit.services.bank import bank, ledger
+        from gridcredit.services.bank import bank, ledger, service
         from gridcredit.xmlstore import _embedded
         from spyne.protocol.soap import soap11
         self._stages = [(host.SignedSoapHost, "__call__", "host (all)"), (wssec.Verifier, "verify", "WS-Security verify"),
-                        (soap11.Soap11, "deserialize", "spyne parse"), (bank.Bank, "execute_batch", "Bank (all)"),
+                        (host.SignedSoapHost, "_call_direct", "ApplyBatch without spyne (all)"),
+                        (service, "_wire_items", "items read"), (bank.Bank, "execute_batch", "Bank (all)"),
                         (ledger, "execute", "ledger core"), (bank._StoreView, "flush", "documents to the store"),
                         (_embedded._EmbeddedTransaction, "write", "SQLite write"),
-                        (soap11.Soap11, "serialize", "spyne answer"), (host.SignedSoapHost, "_reply", "answer signed")]
+                        (service, "_write_results", "results written"),
+                        (soap11.Soap11, "deserialize", "spyne parse"), (soap11.Soap11, "serialize", "spyne answer"),
+                        (host.SignedSoapHost, "_reply", "answer signed")]
         self.spent: dict[str, float] = {label: 0.0 for _owner, _name, label in self._stages}
         self._originals: list = []
 
@@ -226,18 +220,13 @@ def profile(args, root: Path) -> int:
     from gridcredit.security.wssec import Signer
     from gridcredit.services.bank.config import BankConfig
 
-    host_cert, host_key, trust_dir, _ = development_pki(root)
-    ca = CertificateAuthority.load(root / "pki" / "ca")
-    host_cert, host_key = ca.issue_host("localhost", root / "host-ec", key_type="ec")
-    people = {}
-    for name in ("Bench Admin", "Bench Owner", "Bench Auctioneer"):
-        cert, key = ca.issue_user(name, root / name.replace(" ", "-"))
-        people[name] = load_credential(cert_path=str(cert), key_path=str(key))
-    config = Config(state_dir=str(root / "state"), security=SecurityConfig(host_cert=str(host_cert),
-                                                                           host_key=str(host_key),
-                                                                           cert_dir=str(trust_dir)))
+    files, users = bench_pki(root, PEOPLE)
+    people = {name: credential for name, (_cert, _key, credential) in users.items()}
+    config = Config(state_dir=str(root / "state"), security=SecurityConfig(host_cert=str(files.host_cert),
+                                                                           host_key=str(files.host_key),
+                                                                           cert_dir=str(files.trust_dir)))
     config = config.with_section("bank", BankConfig(admins=(people["Bench Admin"].identity_dn,)))
-    app = build_host(config, HostFiles(Path(host_cert), Path(host_key), Path(trust_dir)))
+    app = build_host(config, HostFiles(Path(files.host_cert), Path(files.host_key), Path(files.trust_dir)))
 
     def call(credential, envelope: etree._Element) -> etree._Element:
         data = etree.tostring(Signer(credential).sign(envelope))
@@ -252,16 +241,16 @@ def profile(args, root: Path) -> int:
         return answer
 
     admin, owner = people["Bench Admin"], people["Bench Owner"]
-    call(admin, single_envelope("CreateAccount", request_id="a2", account_id="site-bench", project="p",
+    call(admin, bank_envelope("CreateAccount", request_id="a2", account_id="site-bench", project="p",
                                 owner_dn=admin.identity_dn))
     for index in range(args.accounts):
-        call(admin, single_envelope("CreateAccount", request_id=f"a-{index}", account_id=f"bidder-{index}",
+        call(admin, bank_envelope("CreateAccount", request_id=f"a-{index}", account_id=f"bidder-{index}",
                                     project="p", owner_dn=owner.identity_dn))
-        call(admin, single_envelope("Mint", request_id=f"m-{index}", account_id=f"bidder-{index}", amount=10**13))
+        call(admin, bank_envelope("Mint", request_id=f"m-{index}", account_id=f"bidder-{index}", amount=10**13))
     expires = (datetime.now(timezone.utc) + timedelta(hours=6)).isoformat()
     holds = []
     for index in range(args.items):
-        answer = call(owner, single_envelope("CreateHold", request_id=f"h{index}", account_id=f"bidder-{index % args.accounts}",
+        answer = call(owner, bank_envelope("CreateHold", request_id=f"h{index}", account_id=f"bidder-{index % args.accounts}",
                                              amount=HOLD_AMOUNT, expires=expires,
                                              collector_dn=people["Bench Auctioneer"].identity_dn,
                                              payee_account_id="site-bench"))
@@ -316,14 +305,8 @@ def main() -> int:
     if args.profile:
         return profile(args, root)
 
-    host_cert, host_key, trust_dir, _ = development_pki(root)
-    ca = CertificateAuthority.load(root / "pki" / "ca")
-    host_cert, host_key = ca.issue_host("localhost", root / "host-ec", key_type="ec")
-    users = {}
-    for name in ("Bench Admin", "Bench Owner", "Bench Auctioneer"):
-        cert, key = ca.issue_user(name, root / name.replace(" ", "-"))
-        users[name] = (str(cert), str(key), load_credential(cert_path=str(cert), key_path=str(key)))
-    files = HostFiles(host_cert, host_key, trust_dir)
+    files, users = bench_pki(root, PEOPLE)
+    trust_dir = files.trust_dir
     lines = [f"Machine: {os.cpu_count()} cores; host: {args.workers} worker processes, host key P-256 (ECDSA), user "
              f"keys RSA-2048. Batch: {args.batches} ApplyBatch requests of {args.items} ChargeHold items (1 credit from "
              f"each of {args.items} holds on {args.accounts} bidders' accounts, whose collector is the caller), one client, one after another, each "
@@ -336,20 +319,8 @@ def main() -> int:
              "|---|---|---|---|---|---|---|---|"]
     parts: list[str] = []
     for store in args.stores.split(","):
-        basex = None
-        state = root / f"state-{store}"
-        env = {"GRIDCREDIT_STATE_DIR": str(state), "GRIDCREDIT_STORE_BACKEND": store,
-               "GRIDCREDIT_BANK_ADMINS": users["Bench Admin"][2].identity_dn}
-        if store == "basex":
-            basex = BaseXServer(root / "basex", port=free_port()).start()
-            env["GRIDCREDIT_STORE_BASEX_PORT"] = str(basex.port)
-        base = load_config(env=env)
-        config = replace(base, server=replace(base.server, port=free_port(), workers=args.workers,
-                                              threads=max(8, args.clients)))
-        prepare_state(config)
-        server = start_server(config, files, unsigned=False)
-        try:
-            url = f"https://localhost:{config.server.port}"
+        with bank_host(root, store, files, users["Bench Admin"][2].identity_dn, workers=args.workers,
+                       threads=max(8, args.clients)) as url:
             admin = ServiceClient(url, "bank", credential=users["Bench Admin"][2], trust_dir=trust_dir)
             admin.call("CreateAccount", request_id="setup-2", account_id="site-bench", project="site",
                        owner_dn=users["Bench Admin"][2].identity_dn)
@@ -384,11 +355,6 @@ def main() -> int:
             audit = admin.call("Audit")
             if not audit.clean:
                 raise SystemExit(f"[{store}] the audit after the load is not clean")
-        finally:
-            server.terminate()
-            server.join(20)
-            if basex is not None:
-                basex.stop()
         p50, best = statistics.median(times), min(times)
         parts.append(f"{store}: " + ", ".join(f"{name} {statistics.median(values) * 1000:.0f}"
                                               for name, values in phases.items()))

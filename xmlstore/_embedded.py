@@ -124,6 +124,9 @@ class _EmbeddedTransaction(Transaction):
         self._connection = connection
         self._staged: dict[tuple[str, str], tuple[int, bytes | None]] = {}   # key -> (new version, xml|None)
         self._attributes: dict[tuple[str, str], dict[str, str]] = {}         # key -> root attributes of a put
+        # key -> the committed version this transaction read (0: no row): BEGIN IMMEDIATE holds the write lock,
+        # so it stays so until the commit, and a put of a document read first needs no SELECT of its version
+        self._committed: dict[tuple[str, str], int] = {}
         self._bytes = 0
 
     def _current(self, collection: str, doc_id: str) -> tuple[int, bytes | None]:
@@ -132,12 +135,16 @@ class _EmbeddedTransaction(Transaction):
             return self._staged[key]
         row = self._connection.execute("SELECT version, xml FROM documents WHERE collection=? AND doc_id=?",
                                        key).fetchone()
+        self._committed[key] = row[0] if row else 0
         return (row[0], row[1]) if row else (0, None)
 
     def _base_version(self, key: tuple[str, str]) -> int:
-        row = self._connection.execute("SELECT version FROM documents WHERE collection=? AND doc_id=?",
-                                       key).fetchone()
-        return row[0] if row else 0
+        version = self._committed.get(key)
+        if version is None:
+            row = self._connection.execute("SELECT version FROM documents WHERE collection=? AND doc_id=?",
+                                           key).fetchone()
+            version = self._committed[key] = row[0] if row else 0
+        return version
 
     def get(self, collection: str, doc_id: str) -> Document | None:
         version, xml = self._current(collection, doc_id)

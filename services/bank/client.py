@@ -43,6 +43,7 @@ from gridcredit.wiretypes import array_items, from_wire, text_mirror
 
 from . import ledger
 from .ledger import REQUEST_ID_PATTERN
+from .types import BatchItemResult
 
 __all__ = ["BankClient", "BatchItemResult", "BatchResult", "InvalidRequest", "OutcomeUnknown", "RETRIES_DEFAULT",
            "RETRIES_MAX", "Receipt", "expiry", "new_request_id", "audit_report_of", "datetime_from_us"]
@@ -137,39 +138,6 @@ class AuditReport:
     signatures_checked: int
     findings: tuple[AuditFinding, ...]
     findings_omitted: int
-
-
-@dataclass(frozen=True, slots=True)
-class BatchItemResult:
-    """What became of one item of :meth:`BankClient.apply_batch`: ``applied`` (now, or before:
-    ``replayed``) with its transaction's ``seq``, ``kind``, ``at_us``, ``amount``, ``hold_state``,
-    ``released_amount``, ``hash`` (and ``signature`` on the batch's last new transaction, which covers
-    the others through the ledger's chain); or refused with ``fault_code`` (``Client.ExceedsHold``) and
-    ``fault_message`` — ``code`` is the reason alone (``ExceedsHold``), as ``RemoteFault.code``."""
-
-    request_id: str
-    applied: bool
-    replayed: bool | None = None
-    seq: int | None = None
-    kind: str | None = None
-    at_us: int | None = None
-    hold_id: str | None = None
-    hold_state: str | None = None
-    amount: int | None = None
-    released_amount: int | None = None
-    hash: str | None = None
-    signature: str | None = None
-    fault_code: str | None = None
-    fault_message: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """Applied, now or before (the name MARKET-DESIGN.md gives it)."""
-        return self.applied
-
-    @property
-    def code(self) -> str | None:
-        return None if self.fault_code is None else self.fault_code.split(".")[-1]
 
 
 @dataclass(frozen=True, slots=True)

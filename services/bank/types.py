@@ -284,3 +284,39 @@ class BankPolicy:
     def __post_init__(self) -> None:
         invariant(MINT_APPROVAL_DURATION_MIN_US <= self.mint_approval_duration_us <= MINT_APPROVAL_DURATION_MAX_US,
                   "the mint approval duration is within its bounds")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItemResult:
+    """What became of one item of an ApplyBatch, in the order of the items — the WSDL's BatchItemResult (the
+    service's spyne type is made from this one, and the service answers with it; ``BankClient.apply_batch``
+    reads it back into it). Applied (now, or before: ``replayed``): the transaction it made — its ``seq``,
+    ``kind``, ``at_us``, ``amount``, the hold's ``hold_state`` after it, a settlement's ``released_amount``,
+    its ``hash`` and, for the last one the batch made, the bank's ``signature`` over it (which covers the
+    others through the ledger's chain). Refused: ``fault_code`` (the single operation's fault code, e.g.
+    ``Client.ExceedsHold``) and ``fault_message``; it changed nothing. ``code`` is the reason alone
+    (``ExceedsHold``), as ``RemoteFault.code``."""
+
+    request_id: str
+    applied: bool
+    replayed: bool | None = None
+    seq: int | None = None
+    kind: str | None = None
+    at_us: int | None = None
+    hold_id: str | None = None
+    hold_state: str | None = None
+    amount: int | None = None
+    released_amount: int | None = None
+    hash: str | None = None
+    signature: str | None = None
+    fault_code: str | None = None
+    fault_message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Applied, now or before (the name MARKET-DESIGN.md gives it)."""
+        return self.applied
+
+    @property
+    def code(self) -> str | None:
+        return None if self.fault_code is None else self.fault_code.split(".")[-1]
