@@ -1,5 +1,6 @@
 """node-soap (npm ``soap``, tests/interop/node) against a real host: a stock client generated from
-each served WSDL signs with ``WSSecurityCert``'s defaults and calls all four services.
+each served WSDL signs with ``WSSecurityCert``'s defaults and calls every service the host
+serves (the registry's: WhoAmI on each, the Bank's operations too).
 
 node-soap signs each reference with the transforms [enveloped-signature, exc-c14n] (WS-I BSP
 R5423/R5412 allow it); the host must accept that and answer. node-soap never checks a response
@@ -22,6 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from gridcredit.security.wssec import DS_NS, EXC_C14N, SHA256, Verifier
+from gridcredit.server import registry
 
 from bank_fixtures import bank_host, bank_users, utc_in
 from security_fixtures import find, parse, signature_value, skip_unless_ci
@@ -33,6 +35,7 @@ ENVELOPED = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"
 ACCOUNT = "node-soap"
 HOLD_AMOUNT = 125
 NODE_RUN_S = 180
+SERVICES = registry.names()          # every served WSDL, new services included
 
 
 def node_missing() -> str | None:
@@ -73,10 +76,7 @@ def run(pki, tmp_path_factory):
                     ["CreateHold", {"request_id": "node-hold-1", "account_id": ACCOUNT, "amount": HOLD_AMOUNT,
                                     "expires": expires, "reference": "node-soap"}],
                     ["GetBalance", {"account_id": ACCOUNT}]]},
-                {"name": "luts", "calls": [["WhoAmI", {}]]},
-                {"name": "jarm", "calls": [["WhoAmI", {}]]},
-                {"name": "auctioneer", "calls": [["WhoAmI", {}]]},
-            ],
+            ] + [{"name": service, "calls": [["WhoAmI", {}]]} for service in SERVICES if service != "bank"],
         }
         (root / "config.json").write_text(json.dumps(config))
         environment = {key: value for key, value in os.environ.items() if not key.startswith(("NODE_", "HTTPS_", "https_"))}
@@ -113,11 +113,12 @@ def _record(run, service: str, operation: str, index: int = 0) -> dict:
 def test_every_call_was_made_and_its_answer_verified_by_node(run):
     assert [(r["service"], r["operation"]) for r in run["records"]] == [
         ("bank", "WhoAmI"), ("bank", "GetBalance"), ("bank", "CreateHold"), ("bank", "GetBalance"),
-        ("luts", "WhoAmI"), ("jarm", "WhoAmI"), ("auctioneer", "WhoAmI")]
+        *((service, "WhoAmI") for service in SERVICES if service != "bank")]
+    assert {"bank", "luts", "jarm", "auctioneer", "directory"} <= set(SERVICES)
     assert all(r["verified"] and r["tamper_refused"] for r in run["records"])
 
 
-@pytest.mark.parametrize("service", ["bank", "luts", "jarm", "auctioneer"])
+@pytest.mark.parametrize("service", SERVICES)
 def test_whoami_names_the_node_soap_signer(run, service):
     assert run["member"].dn in _values(_record(run, service, "WhoAmI")["result"], "dn")
 
