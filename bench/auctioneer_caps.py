@@ -1,7 +1,8 @@
 """CPU caps on real QEMU guests (issue 14): how fast a bid's change shows in the guest's CPU rate, and how close
 the measured shares stay to the sold ones.
 
-    python bench/auctioneer_caps.py [--windows 3] [--window-s 10] [--changes 10] [--cpuset 1] [--write]
+    python bench/auctioneer_caps.py [--windows 3] [--window-s 10] [--changes 10] [--new-bids 5] [--cpuset 1]
+                                    [--prefix bench-] [--write]
 
 Needs a running libvirtd with the QEMU driver (scripts/libvirt.sh start; root). Guests are the "spin" boot
 sector of services/auctioneer/guest.py (a whole CPU until capped), all pinned to ``--cpuset`` (one CPU):
@@ -12,7 +13,13 @@ sector of services/auctioneer/guest.py (a whole CPU until capped), all pinned to
    (libvirt's cpuacct, getCPUStats); the change is *visible* at the first sample from which the guest's rate
    over the next 300 ms is within 5 points of its new cap, for both guests. Reported: the set_cap calls' time
    and set_cap-to-visible, p50 and max (target < 2 s).
-3. **Share error**: three guests capped at 1:2:5 of the CPU (12.5 / 25 / 62.5 ms per 100 ms) for ``--windows``
+3. **New bid to its cap**: a host serving the Bank and the Auctioneer (as tests/test_auctioneer_loop_qemu.py
+   runs it: the test PKI, ``gridcredit serve``, interval 10 s, template "spin"); bidders place ``--new-bids``
+   rounds of one new bid and of three simultaneous new bids (one thread each) over signed SOAP on holds of
+   theirs. Timed from PlaceBid's answer until libvirt's scheduler parameters of the bid's VM (read every 10 ms)
+   show a cap (the VM runs, capped from its first instruction), and until they show the cap of its share once
+   all the round's bids are placed (target < 2 s); the bids are then cancelled and their VMs removed.
+4. **Share error**: three guests capped at 1:2:5 of the CPU (12.5 / 25 / 62.5 ms per 100 ms) for ``--windows``
    windows of ``--window-s`` s; per window each guest's measured fraction minus its share, in points of one
    CPU, absolute and relative to the three's sum (target ≤ 2 points), beside how busy the sold CPU was and how
    much of it went to anything but the guests (/proc/stat).
@@ -33,7 +40,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_section  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from common import scratch_dir, write_section  # noqa: E402
+from libvirt_fixtures import measure_window  # noqa: E402
 
 from gridcredit.services.auctioneer.hypervisor import DEFAULT_TEMPLATES, Hypervisor  # noqa: E402
 
@@ -45,18 +54,6 @@ VISIBLE_POINTS = 0.05
 
 def load() -> str:
     return ", ".join(f"{value:.1f}" for value in os.getloadavg())
-
-
-def cpu_ticks(cpu: str) -> int | None:
-    """Busy (non-idle, non-iowait) ticks of one CPU from /proc/stat; None when ``cpu`` is not one CPU."""
-    if not cpu.isdigit():
-        return None
-    for line in Path("/proc/stat").read_text().splitlines():
-        fields = line.split()
-        if fields[0] == f"cpu{cpu}":
-            values = [int(value) for value in fields[1:9]]
-            return sum(values) - values[3] - values[4]
-    return None
 
 
 def samples(hypervisor: Hypervisor, names: list[str], seconds: float) -> list[tuple[float, dict[str, int]]]:
@@ -120,18 +117,9 @@ def bench_shares(hypervisor: Hypervisor, cpuset: str, prefix: str, windows: int,
     results = []
     for _ in range(windows):
         others = [name for name in hypervisor.list_vms() if not name.startswith(prefix)]
-        ticks_before = cpu_ticks(cpuset)
-        before = {name: hypervisor.cpu_time_us(name) for name in shares}
-        started = time.monotonic()
-        time.sleep(window_s)
-        after = {name: hypervisor.cpu_time_us(name) for name in shares}
-        ticks_after = cpu_ticks(cpuset)
-        elapsed_s = time.monotonic() - started
-        fractions = {name: (after[name] - before[name]) / 1e6 / elapsed_s for name in shares}
+        window = measure_window(hypervisor, list(shares), window_s, cpu=cpuset)
+        fractions, busy = window.fractions, window.cpu_busy
         total = sum(fractions.values())
-        busy = None
-        if ticks_before is not None and ticks_after is not None:
-            busy = (ticks_after - ticks_before) / os.sysconf("SC_CLK_TCK") / elapsed_s
         results.append({
             "fractions": {name[len(prefix):]: round(value, 4) for name, value in fractions.items()},
             "error_points": {name[len(prefix):]: round(100 * (fractions[name] - share), 2)
@@ -139,11 +127,89 @@ def bench_shares(hypervisor: Hypervisor, cpuset: str, prefix: str, windows: int,
             "relative_error_points": {name[len(prefix):]: round(100 * (fractions[name] / total - share), 2)
                                       for name, share in shares.items()},
             "cpu_busy": None if busy is None else round(busy, 4),
-            "to_others_points": None if busy is None else round(100 * max(0.0, busy - total), 2),
+            "to_others_points": None if busy is None else round(100 * window.host_take, 2),
             "load": load(), "other_vms": others})
     for name in shares:
         hypervisor.remove_vm(name)
     return {"windows": results}
+
+
+def bench_new_bids(cpuset: str, prefix: str, rounds: int, state_dir: Path, uri: str) -> dict:
+    """Rounds of 1 and of 3 simultaneous new bids on a real host: PlaceBid's answer → the VM's cap in libvirt."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bank_fixtures import BankUsers, bank_host
+    from conftest import KeyPool, make_test_pki
+    from test_auctioneer_service import CREDIT, auctioneer_env, hold, open_accounts
+
+    from gridcredit.services.auctioneer.client import AuctioneerClient
+    from gridcredit.services.auctioneer.hypervisor import HypervisorError
+
+    root = scratch_dir("auctioneer-caps-")           # GRIDCREDIT_BENCH_KEEP=1 keeps it (the host's log)
+    pki = make_test_pki(root / "pki", KeyPool("rsa"))
+    people = {role: pki.user(f"Caps {role}") for role in ("admin", "owner", "alice", "bob", "stranger")}
+    users = BankUsers(people["admin"], pki.user("Caps admin2"), pki.user("Caps auditor"), (), (), (), (),
+                      pki.user("Caps service"), people["stranger"])
+    env = auctioneer_env(people, interval_s=10, extra={
+        "GRIDCREDIT_AUCTIONEER_LIBVIRT_URI": uri, "GRIDCREDIT_AUCTIONEER_VM_DIR": str(state_dir),
+        "GRIDCREDIT_AUCTIONEER_VM_PREFIX": prefix, "GRIDCREDIT_AUCTIONEER_CPUSET": cpuset,
+        "GRIDCREDIT_AUCTIONEER_HOST_ID": "caps"})
+    hypervisor = Hypervisor(uri, call_timeout_s=30, state_dir=state_dir)
+    rounds_done: dict[int, list] = {1: [], 3: []}
+    try:
+        with bank_host(root / "host", "embedded", users, pki, extra_env=env) as host:
+            open_accounts(host, people)
+            bidders = ["alice", "bob", "alice"]
+
+            def quota(name: str) -> int | None:
+                try:
+                    return hypervisor.scheduler(name).quota_us
+                except HypervisorError:
+                    return None
+
+            def one_bid(who: str, hold_id: str, go: threading.Barrier) -> tuple:
+                client = AuctioneerClient(host.url, credential=people[who].credential, trust_dir=pki.trust_dir)
+                go.wait()
+                view = client.place_bid(hold_id, template="small", rate_ucps=CREDIT, max_duration_s=600)
+                answered = time.monotonic()
+                capped_at = None
+                deadline = answered + 30
+                while capped_at is None and time.monotonic() < deadline:
+                    if quota(view.vm_name) is not None:
+                        capped_at = time.monotonic()
+                    else:
+                        time.sleep(0.01)
+                return client, view, answered, capped_at
+
+            for _ in range(rounds):
+                for count in (1, 3):
+                    holds = [(who, hold(host, people[who], f"{who}-acct", amount=50)) for who in bidders[:count]]
+                    go = threading.Barrier(count)
+                    with ThreadPoolExecutor(count) as pool:
+                        placed = list(pool.map(lambda pair: one_bid(*pair, go), holds))
+                    share_quota = 100_000 // count           # 1 CPU sold, equal rates
+                    final = {}
+                    deadline = time.monotonic() + 30
+                    while len(final) < count and time.monotonic() < deadline:
+                        for _, view, _, _ in placed:
+                            if view.vm_name not in final and quota(view.vm_name) == share_quota:
+                                final[view.vm_name] = time.monotonic()
+                        time.sleep(0.01)
+                    rounds_done[count].append([
+                        {"capped_s": None if capped is None else capped - answered,
+                         "share_s": final[view.vm_name] - answered if view.vm_name in final else None}
+                        for _, view, answered, capped in placed])
+                    for client, view, _, _ in placed:
+                        client.cancel_bid(view.bid_id)
+                    deadline = time.monotonic() + 30
+                    while hypervisor.list_vms(prefix) and time.monotonic() < deadline:
+                        time.sleep(0.1)
+    finally:
+        for name in hypervisor.list_vms(prefix):
+            hypervisor.remove_vm(name)
+        hypervisor.close()
+    return {"rounds": rounds_done, "load": load()}
 
 
 def main() -> int:
@@ -151,6 +217,8 @@ def main() -> int:
     parser.add_argument("--windows", type=int, default=3)
     parser.add_argument("--window-s", type=float, default=10.0)
     parser.add_argument("--changes", type=int, default=10)
+    parser.add_argument("--new-bids", type=int, default=5, help="rounds of 1 and of 3 simultaneous new bids")
+    parser.add_argument("--prefix", default="bench-", help="the VMs' name prefix (the process id is added)")
     parser.add_argument("--cpuset", default=str((os.cpu_count() or 1) - 1))
     parser.add_argument("--uri", default="qemu:///system")
     parser.add_argument("--write", action="store_true", help="record the results in BENCHMARKS.md")
@@ -161,9 +229,10 @@ def main() -> int:
     state_dir = Path(tempfile.mkdtemp(prefix="vms-", dir=state_root))
     state_dir.chmod(0o711)
     hypervisor = Hypervisor(args.uri, call_timeout_s=30, state_dir=state_dir)
-    prefix = f"bench-{os.getpid()}-"
+    prefix = f"{args.prefix}{os.getpid()}-"
     load_before = load()
     try:
+        new_bids = bench_new_bids(args.cpuset, f"{prefix}m-", args.new_bids, state_dir, args.uri)
         changes = bench_changes(hypervisor, args.cpuset, prefix, args.changes)
         shares = bench_shares(hypervisor, args.cpuset, prefix, args.windows, args.window_s)
     finally:
@@ -171,7 +240,8 @@ def main() -> int:
             hypervisor.remove_vm(name)
         hypervisor.close()
         shutil.rmtree(state_dir, ignore_errors=True)
-    print(json.dumps({"load_before": load_before, "changes": changes, "shares": shares}, indent=1))
+    print(json.dumps({"load_before": load_before, "new_bids": new_bids, "changes": changes, "shares": shares},
+                     indent=1))
 
     def ms(values):
         return f"{1000 * statistics.median(values):.0f} / {1000 * max(values):.0f}" if values else "—"
@@ -189,6 +259,19 @@ def main() -> int:
         f"| set_cap, two guests' caps swapped 20/80 <-> 80/20: the two calls (ms) | {ms(changes['set_cap_s'])} | |",
         f"| set_cap to the new rates measured in both guests (within 5 points over 300 ms), {changes['changes']} "
         f"changes, {changes['missed']} not seen within 2.5 s (ms) | {ms(changes['visible_s'])} | < 2000 |",
+    ]
+    for count in (1, 3):
+        timed = [bid for round_ in new_bids["rounds"][count] for bid in round_]
+        for key, what in (("capped_s", "its VM running with a cap"),
+                          ("share_s", "its VM capped at its share among the round's bids")):
+            values = [bid[key] for bid in timed if bid[key] is not None]
+            lines.append(f"| {'one new bid' if count == 1 else 'three simultaneous new bids'}: PlaceBid's answer to "
+                         f"{what} in libvirt's scheduler parameters, {len(new_bids['rounds'][count])} rounds, "
+                         f"{len(timed) - len(values)} not within 30 s (ms) | {ms(values)} | < 2000 |")
+    lines += [
+        "",
+        f"New bids: a host (`gridcredit serve`, embedded store, interval 10 s, the Auctioneer's allocation loop) and "
+        f"bidders over signed SOAP; load after the new bids: {new_bids['load']}.",
         "",
         f"Share error, three guests capped 1:2:5 of CPU {args.cpuset}, {args.windows} windows of {args.window_s:g} s "
         f"(points of one CPU: measured fraction − sold share; relative: fraction of the three's sum − share):",

@@ -281,10 +281,11 @@ class AllocationLoop:
         self._applied: dict[str, tuple] = {}          # VM → what was last applied to it (this process)
         self._cpu_marks: dict[str, int] = {}          # VM → its CPU µs at the last close (pay-for-use)
         self._problems: set[str] = set()              # said in the log already (each once, until it clears)
-        self._making_lock = threading.Lock()
-        self._making: dict[str, threading.Thread] = {}  # VM → the thread making it
-        self._made: dict[str, tuple] = {}             # VM → (wanted, error or None, CPU µs) made, not yet seen
-        self.woken = threading.Event()                # set when a VM was made: the enforcement thread looks
+        self._known: set[str] | None = None           # the VMs running, as last listed and since made/removed
+        self._busy_lock = threading.Lock()
+        self._busy: dict[str, threading.Thread] = {}  # VM → the thread making or removing it
+        self._outcomes: dict[str, tuple] = {}         # VM → (create|remove, wanted, error or None, CPU µs), unseen
+        self.woken = threading.Event()                # set when a VM was made or removed: the enforcement thread looks
 
     # -- closing intervals and the Bank
 
@@ -391,13 +392,16 @@ class AllocationLoop:
 
     # -- enforcement
 
-    def enforce(self, market: core.Market | None = None, *, wait: bool = True) -> Pass:
-        """Make the hypervisor do what the market says now (see the module docstring), in this order: the VMs
-        of ended bids removed, the running VMs re-capped (or re-weighted), then the missing VMs made — all at
-        once, each in a thread of its own (a VM start takes about a second; each libvirt call has its
-        deadline), capped from their first instruction. Re-capping first keeps the caps within the sold CPUs
-        while the new VMs start. ``wait``: wait for the VMs being made (else a later pass records them: the
-        loop's enforcement thread does not wait, so that a bid placed meanwhile is not held back by them)."""
+    def enforce(self, market: core.Market | None = None, *, wait: bool = True, listing: bool = True) -> Pass:
+        """Make the hypervisor do what the market says now (see the module docstring): the running VMs
+        re-capped (or re-weighted) first, then the missing VMs made and the VMs of ended bids removed — all
+        at once, each in a thread of its own (a VM starts or stops in one to two seconds; each libvirt call
+        has its deadline), the new VMs capped from their first instruction. Re-capping first keeps the caps
+        within the sold CPUs while the new VMs start. ``wait``: wait for the VMs being made or removed (else
+        a later pass records them: the loop's enforcement thread does not wait, so that a bid placed
+        meanwhile is not held back by them). ``listing``: ask the hypervisor which VMs run (else the VMs
+        this loop made and did not remove are taken as running: libvirt lists its VMs only once those being
+        started are up, which held a new bid's pass back by a second; the loop lists once an interval)."""
         done = Pass()
         now = self.clock()
         if market is None:
@@ -405,32 +409,25 @@ class AllocationLoop:
         settings, allocation = self.settings, market.allocation
         capped = settings.mode == "capped"
         live = {vm_name(settings, bid.bid_id): bid for bid in market.live_bids()}
-        try:
-            present = set(self.enforcer.names())
-        except GridcreditError as error:
-            done.problems.append(f"hypervisor: {error}")
-            log.debug("auctioneer %s: the hypervisor does not list its VMs (%s)", self.host, error)
-            return done
-        making = self._making_now()
-        failed = self._made_since(done, present, making)
-        for name in sorted(present - set(live) - making):   # ended bids' VMs, and orphans after a crash
+        if listing or self._known is None:
             try:
-                self.enforcer.remove(name)
-                done.removed.append(name)
-                self._applied.pop(name, None)
-                self._cpu_marks.pop(name, None)
+                self._known = set(self.enforcer.names())
             except GridcreditError as error:
-                done.problems.append(f"remove {name}: {error}")
-                log.debug("auctioneer %s: VM %s not removed (%s)", self.host, name, error)
+                done.problems.append(f"hypervisor: {error}")
+                log.debug("auctioneer %s: the hypervisor does not list its VMs (%s)", self.host, error)
+                return done
+        present = self._known
+        busy = self._busy_now()
+        failed = self._finished(done, present, busy)
         quotas, weights, wanted = {}, {}, {}
         for name, bid in live.items():
             share = allocation.shares.get(bid.bid_id)
             quotas[name] = share.quota_us if share is not None else core.QUOTA_MIN_US
             weights[name] = share.weight if share is not None else core.CPU_SHARES_MIN
             wanted[name] = (quotas[name], allocation.period_us) if capped else (weights[name],)
-        errors: dict[str, Exception] = dict(failed)
+        errors: dict[str, Exception] = {name: error for name, error in failed.items() if name in live}
         for name in sorted(live):                           # the running VMs first
-            if name not in present or name in making or self._applied.get(name) == wanted[name]:
+            if name not in present or name in busy or self._applied.get(name) == wanted[name]:
                 continue
             try:
                 if capped:
@@ -440,16 +437,22 @@ class AllocationLoop:
                 self._applied[name] = wanted[name]
             except GridcreditError as error:
                 errors[name] = error
-        started = [name for name in sorted(live) if name not in present and name not in making and name not in failed]
-        for name in started:                                # then the new ones, all at once
+        started = []
+        for name in sorted(set(live) - present - busy - set(failed)):      # then the new ones
             record = self.store.record(live[name].bid_id)
-            self._start_making(name, record[0].template if record is not None else "", wanted[name],
-                               quota_us=quotas[name] if capped else None, period_us=allocation.period_us,
-                               weight=weights[name])
+            template = record[0].template if record is not None else ""
+            self._start(name, "create", wanted[name], lambda name=name, template=template: self.enforcer.create(
+                name, template, quota_us=quotas[name] if capped else None, period_us=allocation.period_us,
+                weight=weights[name]))
+            started.append(name)
+        for name in sorted(present - set(live) - busy - set(failed)):      # ended bids' VMs, orphans after a crash
+            self._start(name, "remove", None, lambda name=name: self.enforcer.remove(name))
+            started.append(name)
         if wait and started:
-            self._wait_made(started)
-            errors.update(self._made_since(done, present, set()))
-        making = self._making_now()
+            self._wait(started)
+            errors.update((name, error) for name, error in self._finished(done, present, set()).items()
+                          if name in live)
+        busy = self._busy_now()
         texts: dict[str, str] = {}
         for name, bid in sorted(live.items()):
             share = allocation.shares.get(bid.bid_id)
@@ -462,7 +465,7 @@ class AllocationLoop:
                 done.problems.append(f"{name}: {error}")
                 log.debug("auctioneer %s: bid %s: %s", self.host, bid.bid_id, texts[bid.bid_id])
                 continue
-            if name in making:
+            if name in busy:
                 texts[bid.bid_id] = f"VM {name} being made (capped from its first instruction)"
             elif share is None:
                 texts[bid.bid_id] = (f"below the reserve price: no share; VM {name} held at the least "
@@ -477,58 +480,71 @@ class AllocationLoop:
         self._record(texts, {name: bid for name, bid in live.items()}, market, now)
         done.live = len(live)
         if self.relay is not None:
-            self.relay.follow({bid.bid_id: name for name, bid in live.items() if name not in making})
+            self.relay.follow({bid.bid_id: name for name, bid in live.items() if name not in busy})
         return done
 
-    # -- VMs being made (each in a thread of its own)
+    # -- VMs being made or removed, each in a thread of its own
 
-    def _start_making(self, name: str, template: str, wanted: tuple, *, quota_us: int | None, period_us: int,
-                      weight: int) -> None:
-        def make() -> None:
-            outcome: tuple = (wanted, None)
+    def _start(self, name: str, kind: str, wanted: tuple | None, call: Callable[[], object]) -> None:
+        """``call()`` (``kind`` create or remove of VM ``name``) in a thread; its outcome is kept for the next
+        pass (``_finished``), which the thread wakes (``woken``)."""
+        pay_for_use = self.part.mode is core.Mode.PAY_FOR_USE
+
+        def work() -> None:
+            error = None
             try:
-                self.enforcer.create(name, template, quota_us=quota_us, period_us=period_us, weight=weight)
-            except (GridcreditError, KeyError) as error:
-                outcome = (wanted, error)
-            except Exception as error:  # noqa: BLE001 — a bug: said in the bid, never a lost thread
-                log.exception("auctioneer %s: making VM %s failed", self.host, name)
-                outcome = (wanted, GridcreditError(f"{type(error).__name__}: {error}"))
-            mark = self._cpu(name) if outcome[1] is None else 0
-            with self._making_lock:
-                self._making.pop(name, None)
-                self._made[name] = outcome + (mark,)
+                call()
+            except (GridcreditError, KeyError) as failure:
+                error = failure
+            except Exception as failure:  # noqa: BLE001 — a bug: said in the bid, never a lost thread
+                log.exception("auctioneer %s: %s of VM %s failed", self.host, kind, name)
+                error = GridcreditError(f"{type(failure).__name__}: {failure}")
+            # pay-for-use: the CPU time it starts with (what the guest uses is counted from there)
+            mark = self._cpu(name) if kind == "create" and error is None and pay_for_use else 0
+            with self._busy_lock:
+                self._busy.pop(name, None)
+                self._outcomes[name] = (kind, wanted, error, mark)
             self.woken.set()
 
-        thread = threading.Thread(target=make, name=f"auctioneer-make {name}", daemon=True)
-        with self._making_lock:
-            self._making[name] = thread
+        thread = threading.Thread(target=work, name=f"auctioneer-{kind} {name}", daemon=True)
+        with self._busy_lock:
+            self._busy[name] = thread
         thread.start()
 
-    def _making_now(self) -> set[str]:
-        with self._making_lock:
-            return set(self._making)
+    def _busy_now(self) -> set[str]:
+        with self._busy_lock:
+            return set(self._busy)
 
-    def _wait_made(self, names: list[str]) -> None:
-        with self._making_lock:
-            threads = [self._making[name] for name in names if name in self._making]
+    def _wait(self, names: list[str]) -> None:
+        with self._busy_lock:
+            threads = [self._busy[name] for name in names if name in self._busy]
         for thread in threads:
             thread.join()
 
-    def _made_since(self, done: Pass, present: set[str], making: set[str]) -> dict[str, Exception]:
-        """The VMs made since the last pass: counted in ``done.created``, their caps remembered as applied,
-        added to ``present`` and taken out of ``making``; returns those that failed, name → error."""
-        with self._making_lock:
-            made, self._made = self._made, {}
+    def _finished(self, done: Pass, present: set[str], busy: set[str]) -> dict[str, Exception]:
+        """The VMs made or removed since the last pass: in ``done.created``/``removed``, in or out of
+        ``present``, out of ``busy``, a made VM's cap remembered as applied; returns those that failed,
+        name → error (not tried again in this pass: at the next one)."""
+        with self._busy_lock:
+            outcomes, self._outcomes = self._outcomes, {}
         failed = {}
-        for name, (wanted, error, mark) in sorted(made.items()):
-            making.discard(name)
-            if error is None:
+        for name, (kind, wanted, error, mark) in sorted(outcomes.items()):
+            busy.discard(name)
+            if error is not None:
+                failed[name] = error
+                if kind == "remove":
+                    done.problems.append(f"remove {name}: {error}")
+                    log.debug("auctioneer %s: VM %s not removed (%s)", self.host, name, error)
+            elif kind == "create":
                 done.created.append(name)
                 self._applied[name] = wanted
                 self._cpu_marks[name] = mark
                 present.add(name)
             else:
-                failed[name] = error
+                done.removed.append(name)
+                self._applied.pop(name, None)
+                self._cpu_marks.pop(name, None)
+                present.discard(name)
         return failed
 
     def _advanced(self, now: int) -> core.Market:
@@ -603,22 +619,31 @@ class AllocationLoop:
 
     def _enforce_forever(self, stop) -> None:
         """Enforce whenever the market's document changed (every transition and every close changes it: a
-        PlaceBid in any worker is seen within POLL_S) or a VM was made; after a problem, again at the next
-        interval at the latest. A pass does not wait for the VMs it starts (``enforce(wait=False)``)."""
-        seen, retry_at = -1, 0.0
+        PlaceBid in any worker is seen within POLL_S) or a VM was made or removed; after a problem, again at
+        the next interval at the latest. A pass does not wait for the VMs it starts or removes
+        (``enforce(wait=False)``); the hypervisor's VMs are listed at the first pass, then at most once an
+        interval (the boundary's pass, as a rule) and after a problem."""
+        seen, retry_at, list_at = -1, 0.0, 0.0
         while not stop.is_set():
             try:
                 version = self.store.version()
-                if version != seen or self.woken.is_set() or time.monotonic() >= retry_at:
+                moment = time.monotonic()
+                if version != seen or self.woken.is_set() or moment >= retry_at:
                     seen = version
                     self.woken.clear()
-                    done = self.enforce(wait=False)
+                    listing = moment >= list_at
+                    done = self.enforce(wait=False, listing=listing)
                     self._log(done, "enforcement")
-                    retry_at = time.monotonic() + (self.settings.interval_s if done.problems else 86_400)
+                    moment = time.monotonic()
+                    if done.problems:
+                        retry_at, list_at = moment + self.settings.interval_s, moment
+                    else:
+                        retry_at = moment + 86_400
+                        list_at = moment + self.settings.interval_s if listing else list_at
             except (StoreError, GridcreditError) as error:
                 log.warning("auctioneer %s: enforcement not done (%s: %s); tried again", self.host,
                             type(error).__name__, error)
-                retry_at = time.monotonic() + self.settings.interval_s
+                retry_at, list_at = time.monotonic() + self.settings.interval_s, 0.0
                 self.woken.clear()                  # (what was made is recorded by the next pass)
             self.woken.wait(POLL_S)
 
