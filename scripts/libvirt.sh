@@ -3,13 +3,14 @@
 # libvirt 9.0 and qemu-system-x86 7.2, virtlogd and libvirtd as plain daemons (no systemd). Run as root.
 # See `scripts/libvirt.sh --help`.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 usage() {
     cat <<'EOF'
 usage: scripts/libvirt.sh [start|stop|status|install|--help]
 
-  start    (default) install the Debian packages if missing (`apt-get update` once first, then
-           libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-system qemu-system-x86 libvirt-dev
+  start    (default) install the Debian packages if missing (scripts/lib.sh: `apt-get update` only
+           when installing fails without it; libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-system qemu-system-x86 libvirt-dev
            libvirt-clients, without recommends), create the users and groups the QEMU driver runs guests
            as (libvirt-qemu, kvm, libvirt) and the folders it needs, give /dev/kvm to group kvm, give the
            VMs' cgroup (/machine) priority over the host's processes (GRIDCREDIT_MACHINE_CPU_SHARES,
@@ -40,20 +41,7 @@ die() { local code="$1"; shift; echo "libvirt.sh: $*" >&2; exit "$code"; }
 
 need_root() { [ "$(id -u)" = 0 ] || die 4 "NotRoot: run as root (it installs packages, adds users, starts daemons)"; }
 
-install_packages() {
-    local missing=() package
-    for package in "${PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    say "installing Debian packages: ${missing[*]}"
-    # Once per installation: the lists this machine has may be older than the mirror's packages (qemu's
-    # security updates replace .debs often). policy-rc.d, or the missing runlevel/systemd, keeps the
-    # packages' postinst from starting libvirtd; we start our own below.
-    apt-get update -q || die 5 "PackageInstallFailed: apt-get update failed (network? the mirror in /etc/apt/sources.list)"
-    env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
-        || die 5 "PackageInstallFailed: apt-get install ${missing[*]} failed"
-}
+install_packages() { install_missing_packages libvirt.sh "${PACKAGES[@]}" || exit 5; }
 
 # The QEMU driver runs guests as libvirt-qemu:libvirt-qemu and chowns /dev/kvm-like files to group kvm; the
 # packages' postinst makes these users only when it can (not always in a container): make them ourselves.

@@ -3,6 +3,7 @@
 # slurmdbd, slurmctld and slurmd as plain daemons (no systemd, no cgroups), every file of theirs under one
 # directory. Run as root. See `scripts/slurm.sh --help`.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 usage() {
     cat <<'EOF'
@@ -60,25 +61,7 @@ die() { local code="$1"; shift; echo "slurm.sh: $*" >&2; exit "$code"; }
 
 need_root() { [ "$(id -u)" = 0 ] || die 4 "NotRoot: run as root (it installs packages, adds users, starts daemons)"; }
 
-install_packages() {
-    local missing=() package
-    for package in "${PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    say "installing Debian packages: ${missing[*]}"
-    # One `apt-get update` per machine is enough (scripts/test.sh runs it when it installs anything): try
-    # with the lists there are, and update only when that fails (no lists yet, or stale ones). The lists'
-    # mtimes are the mirror's, not the time of the update, so they cannot tell how fresh they are.
-    # policy-rc.d (or the missing runlevel) keeps the packages' postinst from starting the services;
-    # we start our own below.
-    local install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}")
-    if ! "${install[@]}"; then
-        say "installing failed with the package lists there were: apt-get update, then again"
-        apt-get update -q || die 5 "PackageInstallFailed: apt-get update failed"
-        "${install[@]}" || die 5 "PackageInstallFailed: apt-get install ${missing[*]} failed"
-    fi
-}
+install_packages() { install_missing_packages slurm.sh "${PACKAGES[@]}" || exit 5; }   # scripts/lib.sh
 
 pid_file() {
     case "$1" in
