@@ -1,6 +1,6 @@
 """The real libvirtd + QEMU of scripts/libvirt.sh, for the Auctioneer's enforcement tests (imported explicitly).
 
-    from libvirt_fixtures import libvirt_host, vm_factory, measure_fractions   # noqa: F401 (fixtures)
+    from libvirt_fixtures import libvirt_host, vm_factory, measure_window   # noqa: F401 (fixtures)
 
     def test_something(vm_factory):
         hypervisor, name = vm_factory.hypervisor, vm_factory.name("a")
@@ -131,11 +131,6 @@ def wait_for_quiet(hypervisor, prefix: str, wait_s: float = 60.0) -> list[str]:
     return others
 
 
-def measure_fractions(hypervisor, names: list[str], window_s: float) -> dict[str, float]:
-    """Each VM's CPU time over a window of ``window_s`` seconds, as a fraction of one CPU."""
-    return measure_window(hypervisor, names, window_s).fractions
-
-
 @dataclass(frozen=True)
 class Window:
     fractions: dict[str, float]     # each VM's CPU time / the window
@@ -162,7 +157,8 @@ def _cpu_ticks(cpu: str) -> tuple[int, int] | None:
 
 
 def measure_window(hypervisor, names: list[str], window_s: float, cpu: str | None = None) -> Window:
-    """The VMs' CPU fractions over ``window_s`` seconds, and how busy the sold CPU ``cpu`` was meanwhile."""
+    """The VMs' CPU fractions over ``window_s`` seconds, and how busy the sold CPU ``cpu`` was meanwhile (the one
+    window loop of the QEMU tests and of bench/auctioneer_caps.py)."""
     cpu = sold_cpuset() if cpu is None else cpu
     ticks_before = _cpu_ticks(cpu)
     before = {name: hypervisor.cpu_time_us(name) for name in names}

@@ -15,11 +15,13 @@ Each fraction is printed with the load average (the 2 CPUs are shared).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -71,16 +73,20 @@ def hypervisor(libvirt_host, vm_dir, prefix):
     connection.close()
 
 
-@pytest.fixture(scope="module")
-def host(pki, people, tmp_path_factory, vm_dir, prefix, hypervisor, libvirt_host):
-    root = tmp_path_factory.mktemp("auctioneer-qemu")
+@contextlib.contextmanager
+def market_host(pki, people, root: Path, vm_dir: Path, prefix: str, libvirt_host: str, host_id: str,
+                **settings: str) -> Iterator:
+    """A host serving the Bank and the Auctioneer ``host_id`` on real QEMU guests (``settings``: more
+    GRIDCREDIT_AUCTIONEER_* values, by their lower-case suffix), the bidders' accounts open and funded."""
     users = BankUsers(people["admin"], pki.user("Qemu Market Admin Two"), pki.user("Qemu Market Auditor"), (), (),
                       (), (), pki.user("Qemu Market Service"), people["stranger"])
     env = auctioneer_env(people, extra={"GRIDCREDIT_AUCTIONEER_LIBVIRT_URI": libvirt_host,
                                         "GRIDCREDIT_AUCTIONEER_VM_DIR": str(vm_dir),
                                         "GRIDCREDIT_AUCTIONEER_VM_PREFIX": prefix,
                                         "GRIDCREDIT_AUCTIONEER_CPUSET": sold_cpuset(),
-                                        "GRIDCREDIT_AUCTIONEER_HOST_ID": "host-q"})
+                                        "GRIDCREDIT_AUCTIONEER_HOST_ID": host_id,
+                                        **{f"GRIDCREDIT_AUCTIONEER_{key.upper()}": value
+                                           for key, value in settings.items()}})
     with bank_host(root, "embedded", users, pki, extra_env=env) as running:
         open_accounts(running, people)
         admin = BankClient(running.url, credential=people["admin"].credential, trust_dir=pki.trust_dir)
@@ -89,17 +95,15 @@ def host(pki, people, tmp_path_factory, vm_dir, prefix, hypervisor, libvirt_host
         yield running
 
 
+@pytest.fixture(scope="module")
+def host(pki, people, tmp_path_factory, vm_dir, prefix, hypervisor, libvirt_host):
+    with market_host(pki, people, tmp_path_factory.mktemp("auctioneer-qemu"), vm_dir, prefix, libvirt_host,
+                     "host-q") as running:
+        yield running
+
+
 def client(host, who) -> AuctioneerClient:
     return AuctioneerClient(host.url, credential=who.credential, trust_dir=host.pki.trust_dir)
-
-
-def fractions_over(hypervisor, names: dict, window_s: float) -> dict:
-    before = {label: hypervisor.cpu_time_us(name) for label, name in names.items()}
-    started = time.monotonic()
-    time.sleep(window_s)
-    after = {label: hypervisor.cpu_time_us(name) for label, name in names.items()}
-    elapsed_us = (time.monotonic() - started) * 1e6
-    return {label: (after[label] - before[label]) / elapsed_us for label in names}
 
 
 HOST_TAKE_MAX = 0.10       # more of the sold CPU taken by anything else than this: too busy to tell (as hyper's tests)
@@ -282,20 +286,8 @@ def test_kill_9_mid_interval_then_restart_charges_each_interval_once(host, peopl
 
 @pytest.fixture(scope="module")
 def conserving_host(pki, people, tmp_path_factory, vm_dir, prefix, hypervisor, libvirt_host):
-    root = tmp_path_factory.mktemp("auctioneer-qemu-wc")
-    users = BankUsers(people["admin"], pki.user("Qemu Market Admin Two"), pki.user("Qemu Market Auditor"), (), (),
-                      (), (), pki.user("Qemu Market Service"), people["stranger"])
-    env = auctioneer_env(people, extra={"GRIDCREDIT_AUCTIONEER_LIBVIRT_URI": libvirt_host,
-                                        "GRIDCREDIT_AUCTIONEER_VM_DIR": str(vm_dir),
-                                        "GRIDCREDIT_AUCTIONEER_VM_PREFIX": prefix,
-                                        "GRIDCREDIT_AUCTIONEER_CPUSET": sold_cpuset(),
-                                        "GRIDCREDIT_AUCTIONEER_HOST_ID": "host-w",
-                                        "GRIDCREDIT_AUCTIONEER_MODE": "work-conserving"})
-    with bank_host(root, "embedded", users, pki, extra_env=env) as running:
-        open_accounts(running, people)
-        admin = BankClient(running.url, credential=people["admin"].credential, trust_dir=pki.trust_dir)
-        admin.create_account("carol-acct", project="market", owner_dn=people["carol"].dn)
-        admin.mint("carol-acct", 10_000)
+    with market_host(pki, people, tmp_path_factory.mktemp("auctioneer-qemu-wc"), vm_dir, prefix, libvirt_host,
+                     "host-w", mode="work-conserving") as running:
         yield running
 
 
