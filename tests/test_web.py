@@ -7,6 +7,7 @@ import pytest
 from lxml import etree
 
 from gridcredit.errors import GridcreditError
+from store_fixtures import basex_server, store_spec  # noqa: F401 — fixtures
 from gridcredit.web import CHART_BARS_MAX, Markup, WebError, bar_chart, esc, join, tag, url
 from server.web import PARAMS_MAX, QUERY_BYTES_MAX, _params
 
@@ -70,5 +71,66 @@ def test_the_public_page_reads_the_mints_and_retirements_at_most_every_refresh(t
         monkeypatch.setattr(bank_web, "SUPPLY_REFRESH_S", 0.0)
         again = changes.current()
         assert len(reads) == 2 and [(t.kind.value, t.amount) for t in again[0]] == [("mint", 50), ("retire", 20)]
+    finally:
+        store.close()
+
+
+def _bank_store(spec: dict, tmp_path, limits):
+    """A store of ``spec``'s backend (store_fixtures) with the Bank's indexes and ``limits``."""
+    from gridcredit.config import StoreConfig
+    from gridcredit.services.bank import holders
+    from gridcredit.xmlstore import open_store
+
+    if spec["backend"] == "embedded":
+        return open_store(StoreConfig(backend="embedded"), tmp_path / "state", indexes=(holders.INDEX,), limits=limits)
+    from gridcredit.xmlstore._basex import BaseXStore
+
+    return BaseXStore(tmp_path / "journal", port=spec["port"], db_prefix=spec["prefix"], timeout_s=10,
+                      indexes=(holders.INDEX,), limits=limits)
+
+
+def test_your_accounts_are_read_from_the_holder_index_not_by_examining_every_account(store_spec, tmp_path):
+    """With the store allowed to examine 20 accounts per query, 30 accounts of others do not keep a holder
+    from seeing their own (the old page's XPath over every account refused: beyond the scan limit); the
+    index follows create account, set holder and remove holder, and a store from before it is indexed once."""
+    from gridcredit.config import Config
+    from gridcredit.server import registry
+    from gridcredit.services.bank import holders, ledger, web as bank_web
+    from gridcredit.services.bank.bank import Bank, LedgerKey
+    from gridcredit.services.bank.types import Role
+    from gridcredit.web import WebRequest
+    from gridcredit.xmlstore._api import StoreLimits
+    from lxml import html as lxml_html
+
+    store = _bank_store(store_spec, tmp_path, StoreLimits(scan_limit_default=20))
+    try:
+        admin, olivia = ledger.Principal("/CN=Admin", is_administrator=True), "/O=Grid/CN=Olivia"
+        other = ledger.Principal("/O=Grid/CN=Other")
+        bank = Bank(store, LedgerKey.load_or_create(tmp_path / "key.pem"))
+        assert holders.build(store) == 0                      # a new store: marked built at once
+        for number in range(30):
+            bank.execute(ledger.CreateAccount(f"c{number}", f"other-{number:02d}", "p", other.dn), admin)
+        bank.execute(ledger.CreateAccount("c-a", "olivia-a", "p", olivia), admin)
+        bank.execute(ledger.CreateAccount("c-b", "shared-b", "p", other.dn), admin)
+        bank.execute(ledger.SetHolder("h-b", "shared-b", olivia, Role.MEMBER), other)
+        bank.execute(ledger.SetHolder("h-c", "other-03", olivia, Role.VIEWER), other)
+        bank.execute(ledger.RemoveHolder("r-c", "other-03", olivia), other)
+        config = registry.complete(Config())
+
+        def shown(dn: str) -> list[list[str]]:
+            request = WebRequest(path="/web/bank/accounts", params={}, principal=ledger.Principal(dn), part=bank,
+                                 config=config)
+            document = lxml_html.fromstring(str(bank_web._accounts_page(request)))
+            return [[" ".join(cell.text_content().split()) for cell in row.xpath("./td")[:3]]
+                    for row in document.xpath("//table[contains(@class,'accounts')]/tbody/tr")]
+
+        assert shown(olivia) == [["olivia-a", "p", "owner"], ["shared-b", "p", "member"]]
+        assert len(shown(other.dn)) == 31 and shown("/O=Grid/CN=Nobody") == []
+        # a store written before the index: nothing in it, no marker — indexed once
+        store.transact(lambda tx: [tx.delete(holders.HOLDERS, doc_id) for doc_id in store.ids(holders.HOLDERS)])
+        assert holders.accounts_of(store, olivia, limit=10) is None
+        assert holders.build(store) == 32 and holders.build(store) == 0
+        assert holders.accounts_of(store, olivia, limit=10) == (["olivia-a", "shared-b"], False)
+        assert holders.accounts_of(store, other.dn, limit=10)[1] is True
     finally:
         store.close()

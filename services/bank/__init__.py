@@ -8,6 +8,12 @@ from . import runtime as _runtime
 from .config import BankConfig
 
 
+def _indexes():
+    from .holders import INDEX
+
+    return (INDEX,)
+
+
 def _web_pages(part, config):
     from .web import web_pages
 
@@ -20,7 +26,8 @@ SERVICE = ServiceContract(
     soap_module="gridcredit.services.bank.service",
     config_section=BankConfig,
     collections=("accounts", "holds", "holds_ended", "pending_mints", "pending_mints_ended", "bank", "requests",
-                 "transactions"),
+                 "transactions", "holders"),
+    indexes=_indexes,
     prepare=_runtime.prepare,
     build=_runtime.build,
     # Every worker sweeps: the ledger ends each hold once, whichever worker gets there first.

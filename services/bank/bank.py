@@ -31,7 +31,7 @@ from gridcredit.errors import ConfigError, ConflictError, DomainError, QueryErro
 from gridcredit.timeunits import US_PER_S, now_us
 from gridcredit.xmlstore import XmlStore
 
-from . import audit, documents, ledger, ledger_chain, policy, types
+from . import audit, documents, holders, ledger, ledger_chain, policy, types
 from .audit import AuditReport
 from .ledger import (Account, Balance, BankPolicy, ExpireHold, ExpireMint, Hold, HoldState, LedgerHead,
                      MoneySupply, Outcome, PendingMint, PendingMintState, Principal, RequestRecord, Statement,
@@ -174,6 +174,7 @@ class _StoreView(ledger.LedgerView):
         self._tx = tx
         self._decoded = decoded
         self._written: dict[tuple[str, str], object | None] = {}   # (collection, doc id) -> state; None: deleted
+        self._holders: dict[str, bytes | None] = {}   # the holder index's entries (holders.py): doc id -> xml; None: deleted
 
     def _load(self, collection: str, doc_id: str, parse):
         key = (collection, doc_id)
@@ -187,6 +188,9 @@ class _StoreView(ledger.LedgerView):
     def write(self, outcome: Outcome) -> None:
         """Everything a new outcome changes: its states, its transaction, the head and its request record."""
         written = self._written
+        if outcome.transaction.kind in holders.HOLDER_CHANGES:
+            for account in outcome.accounts:
+                self._holders.update(holders.changes(self.account(account.account_id), account))
         for account in outcome.accounts:
             written[ACCOUNTS, account.account_id] = account
         for hold in outcome.holds:
@@ -222,6 +226,11 @@ class _StoreView(ledger.LedgerView):
             version = self._tx.put(collection, doc_id, documents.to_xml(state))
             if collection in _READ_AGAIN:
                 kept.append((collection, doc_id, version, state))
+        for doc_id, xml in self._holders.items():
+            if xml is None:
+                self._tx.delete(holders.HOLDERS, doc_id)
+            else:
+                self._tx.put(holders.HOLDERS, doc_id, xml)
         return kept
 
     # A malformed identifier names no document: answer None and let the operation refuse it

@@ -25,8 +25,12 @@ def prepare(config) -> None:
 def build(context: BuildContext):
     from .bank import Bank, LedgerKey, policy_from_config
 
-    return Bank(context.store, LedgerKey.load_or_create(ledger_key_path(context.config)),
+    from . import holders
+
+    bank = Bank(context.store, LedgerKey.load_or_create(ledger_key_path(context.config)),
                 policy=policy_from_config(context.config.bank))
+    holders.build(context.store)     # once per store: the holder index of accounts written before it existed
+    return bank
 
 
 def sweep_expired_forever(context: TaskContext) -> None:

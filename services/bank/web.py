@@ -4,7 +4,8 @@ history with a filter), its monthly statements, and the public transparency page
 Every page asks the Bank's own queries (bank.py) with the person's principal as the Bank's policy
 resolves it (``policy.principal_for``), so what it shows is what GetBalance, ListHolds, History and
 Statement would answer them — the same policy points, no rules of its own. The list of "your
-accounts" is found by the DN among the accounts' holders; each one is then read through the policy.
+accounts" is the holder index's entries for the DN (holders.py: its cost does not grow with the number
+of accounts); each one is then read through the policy.
 The transparency page is for everyone (``policy.authorize_transparency``).
 """
 from __future__ import annotations
@@ -14,12 +15,13 @@ import threading
 import time
 from datetime import datetime, timezone
 
+from gridcredit.errors import DomainError
 from gridcredit.web import (Markup, WebError, WebPage, WebRequest, bar_chart, credits, definition_list, get_form, join,
                             link, moment, section, table, tag, url)
 
 from . import policy
 from .bank import ACCOUNTS, NAMESPACES, TRANSACTIONS, Bank, balance_effect
-from . import documents
+from . import documents, holders
 from .types import TransactionKind
 
 log = logging.getLogger("gridcredit.bank.web")
@@ -60,17 +62,27 @@ def _account_link(account_id: str) -> Markup:
 def _accounts_page(request: WebRequest) -> Markup:
     bank: Bank = request.part
     principal = _principal(request)
-    page = bank.store.query(ACCOUNTS, _HOLDER_ACCOUNTS, {"dn": principal.dn}, namespaces=NAMESPACES, offset=0,
-                            limit=ACCOUNTS_SHOWN_MAX)
+    found = holders.accounts_of(bank.store, principal.dn, limit=ACCOUNTS_SHOWN_MAX)   # the holder index
+    if found is None:   # not built yet (a store from before it): every account is examined, as before
+        page = bank.store.query(ACCOUNTS, _HOLDER_ACCOUNTS, {"dn": principal.dn}, namespaces=NAMESPACES, offset=0,
+                                limit=ACCOUNTS_SHOWN_MAX)
+        found = [documents.account_from_xml(document.xml).account_id for document in page.documents], \
+            page.next_offset is not None
+    account_ids, more_there = found
     rows, bars = [], []
-    for document in page.documents:
-        account = bank.account(documents.account_from_xml(document.xml).account_id, principal)   # the policy's view
+    for account_id in account_ids:
+        try:
+            account = bank.account(account_id, principal)   # the policy's view
+        except DomainError:  # the index only says where to look: the account says who holds it
+            continue
         role = account.role_of(principal.dn)
+        if role is None:
+            continue
         rows.append((_account_link(account.account_id), account.project, role.value if role else "—",
                      account.status.value, credits(account.balance), credits(account.held),
                      credits(account.available)))
         bars.append((account.account_id, account.available))
-    more = f" (the first {ACCOUNTS_SHOWN_MAX} shown)" if page.next_offset is not None else ""
+    more = f" (the first {ACCOUNTS_SHOWN_MAX} shown)" if more_there else ""
     return join(
         section("Accounts you hold" + more,
                 table(("account", "project", "your role", "status", "balance", "held", "available"), rows,
