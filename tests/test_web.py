@@ -134,3 +134,65 @@ def test_your_accounts_are_read_from_the_holder_index_not_by_examining_every_acc
         assert holders.accounts_of(store, other.dn, limit=10)[1] is True
     finally:
         store.close()
+
+
+def test_the_last_audit_is_stored_so_every_worker_shows_the_same_one(tmp_path, monkeypatch):
+    """Two workers' pages (two LastAudit over one store): the audit one started is the one the other shows —
+    same time, outcome and count — and the other starts none of its own until AUDIT_REFRESH_S has passed."""
+    import time
+
+    from gridcredit.config import StoreConfig
+    from gridcredit.services.bank import ledger, web as bank_web
+    from gridcredit.services.bank.bank import Bank, LedgerKey
+    from gridcredit.config import Config
+    from gridcredit.server import registry
+    from gridcredit.timeunits import now_us
+    from gridcredit.web import WebRequest
+    from gridcredit.xmlstore import open_store
+    from lxml import html as lxml_html
+
+    store = open_store(StoreConfig(backend="embedded"), tmp_path / "state", indexes=())
+    try:
+        admin = ledger.Principal("/CN=Admin", is_administrator=True)
+        key = LedgerKey.load_or_create(tmp_path / "key.pem")
+        bank = Bank(store, key)
+        bank.execute(ledger.CreateAccount("c1", "a1", "p", "/CN=Owner"), admin)
+        bank.execute(ledger.Mint("m1", "a1", 50), admin)
+        audits = []
+        real = Bank.audit
+        monkeypatch.setattr(Bank, "audit", lambda self, **options: audits.append(1) or real(self, **options))
+        first, second = bank_web.LastAudit(bank), bank_web.LastAudit(Bank(store, key))
+
+        def finished(last_audit):
+            """The stored state once no audit runs (read without starting one)."""
+            deadline = time.monotonic() + 30
+            while (state := last_audit.state()).running(now_us()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return state, False
+
+        config, supply_changes = registry.complete(Config()), bank_web.SupplyChanges(bank)
+
+        def shown(last_audit) -> str:                       # the public page, as that worker answers it
+            request = WebRequest(path="/web/bank/transparency", params={}, principal=None, part=bank, config=config)
+            return " ".join(lxml_html.fromstring(str(bank_web._transparency_page(
+                request, last_audit, supply_changes))).xpath("//section[@id='audit']")[0].text_content().split())
+
+        assert "is running now" in shown(first)
+        deadline = time.monotonic() + 30
+        while "The last audit finished" not in (text := shown(first)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ": clean." in text and "transactions checked2" in text        # <dt>, <dd>
+        assert shown(second) == text and len(audits) == 1   # the other worker shows that one, runs none
+        state, _ = finished(first)
+        other, running = second.current()
+        assert not running and other == state and len(audits) == 1
+        assert (other.result.clean, other.result.transaction_count) == (True, 2) and other.result.finished_us > 0
+        bank.execute(ledger.Mint("m2", "a1", 5), admin)
+        assert second.current()[0].result.transaction_count == 2 and len(audits) == 1   # within AUDIT_REFRESH_S
+        monkeypatch.setattr(bank_web, "AUDIT_REFRESH_S", 0.0)
+        time.sleep(0.01)
+        assert second.current()[1] is True                  # due again: the second worker runs this one
+        assert finished(second)[0].result.transaction_count == 3 and len(audits) == 2
+        assert first.state().result.transaction_count == 3
+    finally:
+        store.close()

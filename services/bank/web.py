@@ -10,17 +10,22 @@ The transparency page is for everyone (``policy.authorize_transparency``).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from gridcredit.errors import DomainError
+from lxml import etree
+
+from gridcredit.errors import DomainError, GridcreditError
+from gridcredit.timeunits import US_PER_S, now_us
 from gridcredit.web import (Markup, WebError, WebPage, WebRequest, bar_chart, credits, definition_list, get_form, join,
                             link, moment, section, table, tag, url)
 
 from . import policy
-from .bank import ACCOUNTS, NAMESPACES, TRANSACTIONS, Bank, balance_effect
+from .bank import ACCOUNTS, BANK as BANK_COLLECTION, NAMESPACES, TRANSACTIONS, Bank, balance_effect
 from . import documents, holders
 from .types import TransactionKind
 
@@ -29,7 +34,10 @@ log = logging.getLogger("gridcredit.bank.web")
 ACCOUNTS_SHOWN_MAX = 100          # accounts "your accounts" lists
 PAGE_ROWS = 50                    # transactions, holds per page
 SUPPLY_TRANSACTIONS_MAX = 10_000  # mints and retirements the transparency page reads
-AUDIT_REFRESH_S = 600.0           # the public page starts a new audit at most this often (per worker)
+AUDIT_REFRESH_S = 600.0           # the public page starts a new audit at most this often (per host: stored)
+AUDIT_RUNNING_MAX_S = 3_600.0     # ... and takes over a started one not finished after this (its worker ended)
+AUDIT_FINDINGS_STORED = 100       # findings of the last audit kept for the page
+LAST_AUDIT_ID = "last-web-audit"  # the stored state of its audits, in the bank collection
 SUPPLY_REFRESH_S = 30.0           # ... and reads the mints and retirements again at most this often
 _HOLDER_ACCOUNTS = "/t:Account[t:holders/t:holder = $dn]"
 _SUPPLY_CHANGES = "/t:Transaction[t:kind = 'mint' or t:kind = 'retire']"
@@ -189,27 +197,134 @@ def _statement_page(request: WebRequest) -> Markup:
 
 # -- the public transparency page ---------------------------------------------------------------------
 
+@dataclass(frozen=True, slots=True)
+class AuditResult:
+    """What the public page shows of an audit (``AuditReport``'s figures, its first findings)."""
+    finished_us: int
+    clean: bool
+    transaction_count: int
+    signatures_checked: int
+    head_seq: int
+    head_hash: str
+    issued: int
+    retired: int
+    findings: tuple[tuple[str, str, str], ...]    # (kind, seq or "", what), at most AUDIT_FINDINGS_STORED
+    findings_omitted: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditState:
+    """The stored state of the public page's audits, the same for every worker of the host."""
+    result: AuditResult | None = None      # the last audit that finished
+    started_us: int | None = None          # an audit started and not finished (None: none)
+    error: str | None = None               # the last attempt failed so (``result`` is the one before)
+    error_us: int | None = None
+
+    @property
+    def last_end_us(self) -> int | None:
+        ends = [at for at in (self.result.finished_us if self.result else None, self.error_us) if at is not None]
+        return max(ends) if ends else None
+
+    def running(self, now: int) -> bool:
+        last_end = self.last_end_us
+        return (self.started_us is not None and (last_end is None or self.started_us > last_end)
+                and now - self.started_us < AUDIT_RUNNING_MAX_S * US_PER_S)
+
+    def due(self, now: int) -> bool:
+        last_end = self.last_end_us
+        return (last_end is None or now - last_end > AUDIT_REFRESH_S * US_PER_S) and not self.running(now)
+
+
+def _audit_state_xml(state: AuditState) -> bytes:
+    root = etree.Element(_q("WebAudit"), nsmap={None: documents.NAMESPACE})
+    if state.started_us is not None:
+        root.set("started_us", str(state.started_us))
+    if state.result is not None:
+        r = state.result
+        result = etree.SubElement(root, _q("result"), finished_us=str(r.finished_us), clean=str(r.clean).lower(),
+                                  transactions=str(r.transaction_count), signatures=str(r.signatures_checked),
+                                  head_seq=str(r.head_seq), head_hash=r.head_hash, issued=str(r.issued),
+                                  retired=str(r.retired), findings_omitted=str(r.findings_omitted))
+        for kind, seq, what in r.findings:
+            etree.SubElement(result, _q("finding"), kind=kind, seq=seq).text = what
+    if state.error is not None:
+        etree.SubElement(root, _q("error"), at_us=str(state.error_us)).text = state.error
+    return etree.tostring(root, encoding="UTF-8", xml_declaration=False)
+
+
+def _audit_state_from_xml(data: bytes) -> AuditState:
+    root = etree.fromstring(data)   # written by _audit_state_xml above
+    result = error = error_us = None
+    found = root.find(_q("result"))
+    if found is not None:
+        number = lambda name: int(found.get(name))  # noqa: E731
+        result = AuditResult(number("finished_us"), found.get("clean") == "true", number("transactions"),
+                             number("signatures"), number("head_seq"), found.get("head_hash"), number("issued"),
+                             number("retired"), tuple((f.get("kind"), f.get("seq"), f.text or "")
+                                                      for f in found.iterfind(_q("finding"))),
+                             number("findings_omitted"))
+    failed = root.find(_q("error"))
+    if failed is not None:
+        error, error_us = failed.text or "", int(failed.get("at_us"))
+    started = root.get("started_us")
+    return AuditState(result, int(started) if started else None, error, error_us)
+
+
+def _q(name: str) -> str:
+    return f"{{{documents.NAMESPACE}}}{name}"
+
+
 class LastAudit:
-    """The last audit this worker ran for the public page: a new one starts (in a thread of its own,
-    one at a time) when a page is shown and none finished in the last AUDIT_REFRESH_S — so nobody,
-    with or without a certificate, can make the Bank audit more often than that."""
+    """The audit the public page shows, run by the host's workers for it and stored (the ``bank``
+    collection's ``last-web-audit`` document), so every worker shows the same one. A new one starts
+    (in a thread, by the one worker whose claim in the store succeeds) when a page is shown and none
+    finished in the last AUDIT_REFRESH_S — so nobody, with or without a certificate, can make the
+    Bank audit more often than that; a claim whose audit never finished (its worker ended) is taken
+    over after AUDIT_RUNNING_MAX_S."""
 
     def __init__(self, bank: Bank) -> None:
         self._bank = bank
         self._lock = threading.Lock()
-        self.report = None
-        self.finished_us: int | None = None
-        self.error: str | None = None
-        self._finished_at = 0.0
-        self._running = False
+        self._running_here = False
+        self._read: tuple[int, AuditState] | None = None     # (document version, state): parsed once a version
 
-    def current(self) -> tuple:
-        with self._lock:
-            stale = self.finished_us is None or time.monotonic() - self._finished_at > AUDIT_REFRESH_S
-            if stale and not self._running:
-                self._running = True
+    def state(self) -> AuditState:
+        document = self._bank.store.get(BANK_COLLECTION, LAST_AUDIT_ID)
+        if document is None:
+            return AuditState()
+        read = self._read
+        if read is None or read[0] != document.version:
+            read = self._read = (document.version, _audit_state_from_xml(document.xml))
+        return read[1]
+
+    def current(self) -> tuple[AuditState, bool]:
+        """The stored state, and whether an audit is running (this call may have started one)."""
+        state = self.state()
+        now = now_us()
+        if state.due(now):
+            with self._lock:
+                start = not self._running_here and self._claim(now)
+                if start:
+                    self._running_here = True
+            if start:
                 threading.Thread(target=self._run, name="bank-web-audit", daemon=True).start()
-            return self.report, self.finished_us, self._running, self.error
+                return self.state(), True
+        return state, state.running(now)
+
+    def _claim(self, now: int) -> bool:
+        """Mark an audit started, unless another worker's is running or one finished meanwhile."""
+        def claim(tx) -> bool:
+            stored = tx.get(BANK_COLLECTION, LAST_AUDIT_ID)
+            state = _audit_state_from_xml(stored.xml) if stored is not None else AuditState()
+            if not state.due(now):
+                return False
+            tx.put(BANK_COLLECTION, LAST_AUDIT_ID, _audit_state_xml(dataclasses.replace(state, started_us=now)))
+            return True
+        try:
+            return self._bank.store.transact(claim)
+        except GridcreditError as error:   # the store busy or behind: the next view tries again
+            log.warning("web view: the audit could not be started: %s: %s", type(error).__name__, error)
+            return False
 
     def _run(self) -> None:
         try:
@@ -219,13 +334,32 @@ class LastAudit:
         except Exception as failure:  # noqa: BLE001 — said on the page and in the log; the next view tries again
             report, error = None, f"{type(failure).__name__}: {failure}"
             log.warning("web view: the audit failed: %s", error)
-        with self._lock:
+        finished = now_us()
+
+        def store(tx) -> None:
+            stored = tx.get(BANK_COLLECTION, LAST_AUDIT_ID)
+            state = _audit_state_from_xml(stored.xml) if stored is not None else AuditState()
             if report is not None:
-                self.report = report
-            self.error = error
-            self.finished_us = time.time_ns() // 1000
-            self._finished_at = time.monotonic()
-            self._running = False
+                state = AuditState(_result_of(report, finished))
+            else:
+                state = dataclasses.replace(state, started_us=None, error=error, error_us=finished)
+            tx.put(BANK_COLLECTION, LAST_AUDIT_ID, _audit_state_xml(state))
+        try:
+            self._bank.store.transact(store)
+        except (GridcreditError, ValueError) as failure:
+            log.warning("web view: the audit's result could not be stored: %s: %s", type(failure).__name__, failure)
+        finally:
+            with self._lock:
+                self._running_here = False
+
+
+def _result_of(report, finished_us: int) -> AuditResult:
+    return AuditResult(finished_us, report.clean, report.transaction_count, report.signatures_checked,
+                       report.head.seq if report.head else 0, report.head.hash if report.head else "",
+                       report.issued, report.retired,
+                       tuple((f.kind, "" if f.seq is None else str(f.seq), f.message)
+                             for f in report.findings[:AUDIT_FINDINGS_STORED]),
+                       report.findings_omitted + max(0, len(report.findings) - AUDIT_FINDINGS_STORED))
 
 
 class SupplyChanges:
@@ -271,21 +405,27 @@ def _transparency_page(request: WebRequest, last_audit: LastAudit, supply_change
         by_month[_month_of(t.at_us)] = outstanding
     rows = [(t.seq, moment(t.at_us), "issue" if t.kind is TransactionKind.MINT else "retirement", credits(t.amount),
              t.account_id or "", t.principal_dn, t.approver_dn or "") for t in reversed(changes)]
-    report, finished_us, running, error = last_audit.current()
-    if report is not None:
-        verdict = tag("span", "clean" if report.clean else "NOT CLEAN", class_="ok" if report.clean else "bad")
+    state, running = last_audit.current()
+    result = state.result
+    if result is not None:
+        verdict = tag("span", "clean" if result.clean else "NOT CLEAN", class_="ok" if result.clean else "bad")
         audit = join(
-            tag("p", "The last audit finished ", moment(finished_us), ": ", verdict, "."),
-            definition_list([("transactions checked", f"{report.transaction_count:,}"),
-                             ("signatures checked", f"{report.signatures_checked:,}"),
-                             ("ledger head", f"seq {report.head.seq}, hash {report.head.hash}"),
-                             ("issued (recomputed)", credits(report.issued)),
-                             ("retired (recomputed)", credits(report.retired))]),
-            table(("finding", "seq", "what"), [(f.kind, f.seq if f.seq is not None else "", f.message)
-                                               for f in report.findings], empty="no findings", class_="findings"))
+            tag("p", "The last audit finished ", moment(result.finished_us), ": ", verdict, "."),
+            definition_list([("transactions checked", f"{result.transaction_count:,}"),
+                             ("signatures checked", f"{result.signatures_checked:,}"),
+                             ("ledger head", f"seq {result.head_seq}, hash {result.head_hash}"),
+                             ("issued (recomputed)", credits(result.issued)),
+                             ("retired (recomputed)", credits(result.retired))]),
+            table(("finding", "seq", "what"), result.findings, empty="no findings", class_="findings"),
+            tag("p", f"{result.findings_omitted:,} further findings are not listed here.")
+            if result.findings_omitted else None,
+            tag("p", f"A new audit is running now (one starts at most every {AUDIT_REFRESH_S / 60:.0f} minutes).",
+                class_="empty") if running else None,
+            tag("p", f"The last attempt since failed: {state.error}", class_="bad")
+            if state.error is not None and state.error_us is not None and state.error_us > result.finished_us else None)
     else:
-        audit = tag("p", "The first audit since this server started is running now; reload this page in a moment."
-                    if running else f"The audit could not run: {error}", class_="empty")
+        audit = tag("p", "The first audit of this ledger is running now; reload this page in a moment."
+                    if running else f"The audit could not run: {state.error}", class_="empty")
     return join(
         section("Money supply",
                 definition_list([("issued", credits(supply.issued)), ("retired", credits(supply.retired)),
