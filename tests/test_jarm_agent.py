@@ -58,7 +58,10 @@ def test_an_admit_line_reads_back_as_the_request():
 
 
 @pytest.mark.parametrize("line, words", [
-    (b"admit v2 user=x\n", "'<verb> v1 key=value"),
+    (b"admit v3 user=x\n", "'<verb> v1 key=value"),      # admit v2 is the hook's (allowances)
+    (b"ping v2\n", "'<verb> v1 key=value"),
+    (b"spent v1 id=a-" + b"0" * 32 + b" credits=x\n", "credits must be a whole number"),
+    (b"return v1 account=proj1\n", "unknown request"),
     (b"launch v1\n", "unknown request"),
     (admit_line(job()).replace(b" gpus=0", b""), "an admit request has the fields"),
     (admit_line(job()).replace(b" gpus=0", b" gpus=0 colour=red"), "an admit request has the fields"),

@@ -242,8 +242,13 @@ def test_the_agent_stopped_or_frozen_the_refuse_policy_applies_within_the_time_l
             baseline = min(baseline, seconds)
         os.killpg(agent.process.pid, signal.SIGSTOP)          # frozen: connects, never answers
         try:
+            # proj1's jobs fit what the agent set aside for the hook: admitted without asking (the agent reads
+            # what was spent when it runs again); proj3 has no allowance yet: the hook asks, and gets no answer
+            allowed, seconds = submit(slurm_cluster, slurm_workdir, "proj1")
+            jobs.append(job_id_of(allowed))
+            assert seconds < baseline + 1.0, (seconds, baseline)
             offset = log_size(slurm_cluster)
-            frozen, seconds = submit(slurm_cluster, slurm_workdir, "proj1")
+            frozen, seconds = submit(slurm_cluster, slurm_workdir, "proj3")
         finally:
             os.killpg(agent.process.pid, signal.SIGCONT)
         assert frozen.returncode == 1
@@ -363,3 +368,16 @@ def test_the_bank_down_admit_capped_admits_up_to_the_cap_per_account(slurm_clust
         assert capped.log_text().count("unfunded (the Bank's word was last read") == 2
     finally:
         capped.stop()
+
+
+def test_a_heterogeneous_job_is_refused_at_submission_with_the_reason(slurm_cluster, slurm_workdir, agent, jobs):
+    with slurm_cluster.job_submit(hook(agent.socket_path)):
+        result = slurm_cluster.run(["sbatch", "--parsable", "--hold", f"--chdir={slurm_workdir}", "--output=/dev/null",
+                                    "--account=proj1", "--time=10", "-n1", ":", "-n1", "--time=10", "--wrap", "true"],
+                                   user="gcuser1", check=False)
+        if result.returncode == 0:
+            jobs.append(job_id_of(result))
+        assert result.returncode == 1
+        assert "JARM: heterogeneous jobs (components separated by ':' or #SBATCH hetjob) cannot be priced at this " \
+               "site" in result.stderr, result.stderr
+        jobs.append(job_id_of(submit(slurm_cluster, slurm_workdir, "proj1")[0]))     # an ordinary job still is

@@ -52,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import pwd
 import re
@@ -71,7 +72,7 @@ from gridcredit.errors import DomainError, GridcreditError, RemoteFault, invaria
 
 from . import pricing
 from .config import JarmConfig
-from .types import JobRequest, Occupancy, PriceTable
+from .types import JobRequest, Metric, Occupancy, PriceTable
 
 log = logging.getLogger("gridcredit.jarm.agent")
 
@@ -125,8 +126,9 @@ class AdmitRequest:
                           self.nodes)
 
 
-def parse_request(line: bytes) -> tuple[str, AdmitRequest | str | None]:
-    """``(verb, argument)`` of one request line: ``admit`` → AdmitRequest, ``settle`` → the admission id,
+def parse_request(line: bytes) -> tuple[str, object]:
+    """``(verb, argument)`` of one request line: ``admit`` (v1) and ``admit-allow`` (``admit v2``) →
+    AdmitRequest, ``settle`` → the admission id, ``spent`` → Spent, ``return`` → (account, credits),
     ``ping`` → None. Refused with ProtocolError (never another exception) when it is not a request."""
     if len(line) > REQUEST_BYTES_MAX:
         raise ProtocolError(f"a request is at most {REQUEST_BYTES_MAX} bytes")
@@ -135,8 +137,8 @@ def parse_request(line: bytes) -> tuple[str, AdmitRequest | str | None]:
     except UnicodeDecodeError:
         raise ProtocolError("a request is ASCII text") from None
     words = text.split(" ")
-    if len(words) < 2 or words[1] != "v1":
-        raise ProtocolError("a request is '<verb> v1 key=value…'")
+    if len(words) < 2 or words[1] not in ("v1", "v2") or (words[1] == "v2" and words[0] != "admit"):
+        raise ProtocolError("a request is '<verb> v1 key=value…' (admit: v1 or v2)")
     verb, pairs = words[0], words[2:]
     values: dict[str, str] = {}
     for pair in pairs:
@@ -147,21 +149,47 @@ def parse_request(line: bytes) -> tuple[str, AdmitRequest | str | None]:
     if verb == "ping" and not values:
         return verb, None
     if verb == "settle" and set(values) == {"id"}:
-        if not _ID.fullmatch(values["id"]):
-            raise ProtocolError("an admission id is 'a-' and 32 hex digits")
-        return verb, values["id"]
+        return verb, _admission_id(values["id"])
+    if verb == "return" and set(values) == {"account", "credits"}:
+        return verb, (values["account"], _whole_value("credits", values["credits"]))
+    if verb == "spent":
+        admission_id = _admission_id(values.pop("id", ""))
+        credits = _whole_value("credits", values.pop("credits", ""))
+        return verb, Spent(admission_id, credits, _admit_request(values))
     if verb != "admit":
-        raise ProtocolError(f"unknown request {verb[:20]!r} (admit, settle, ping)")
+        raise ProtocolError(f"unknown request {verb[:20]!r} (admit, settle, spent, return, ping)")
+    return ("admit-allow" if words[1] == "v2" else verb), _admit_request(values)
+
+
+def _admission_id(value: str) -> str:
+    if not _ID.fullmatch(value):
+        raise ProtocolError("an admission id is 'a-' and 32 hex digits")
+    return value
+
+
+def _whole_value(key: str, value: str) -> int:
+    if not _WHOLE.fullmatch(value):
+        raise ProtocolError(f"{key} must be a whole number, not {value[:24]!r}")
+    return int(value)
+
+
+def _admit_request(values: dict[str, str]) -> AdmitRequest:
     if set(values) != set(_FIELDS):
         missing = sorted(set(_FIELDS) - set(values)) or sorted(set(values) - set(_FIELDS))
         raise ProtocolError(f"an admit request has the fields {', '.join(_FIELDS)} (not: {', '.join(missing)[:80]})")
-    for key in _COUNTS:
-        if not _WHOLE.fullmatch(values[key]):
-            raise ProtocolError(f"{key} must be a whole number, not {values[key][:24]!r}")
-    counts = {key: int(values[key]) for key in _COUNTS}
-    return verb, AdmitRequest(values["user"], counts["uid"], values["account"], values["partition"], values["qos"],
-                              counts["cores"], counts["nodes"], counts["time_limit_s"], counts["memory_mb"],
-                              counts["gpus"])
+    counts = {key: _whole_value(key, values[key]) for key in _COUNTS}
+    return AdmitRequest(values["user"], counts["uid"], values["account"], values["partition"], values["qos"],
+                        counts["cores"], counts["nodes"], counts["time_limit_s"], counts["memory_mb"], counts["gpus"])
+
+
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """``spent v1``: job_submit.lua admitted a job from its allowance (``credits``, its estimate there)
+    under ``admission_id``; no answer."""
+
+    admission_id: str
+    credits: int
+    request: AdmitRequest
 
 
 def admit_line(request: AdmitRequest) -> bytes:
@@ -189,6 +217,20 @@ class Pending:
     admitted_us: int
 
 
+@dataclass(eq=False)
+class HookLink:
+    """One job_submit.lua connection that spends allowances (it asked ``admit v2``): what the agent gave
+    it per account and has not heard spent (``spent v1``) or given back (``return v1``) yet. Its
+    admission ids are ``a-<ids><8 hex digits of its own count>``."""
+
+    ids: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
+    granted: dict[str, int] = field(default_factory=dict)
+    until_us: dict[str, int] = field(default_factory=dict)
+    revoking: set[str] = field(default_factory=set)
+    version: tuple | None = None
+    offered: set[str] = field(default_factory=set)   # accounts pushed to it since it last said something
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     admitted: bool
@@ -211,6 +253,7 @@ class Admissions:
     pending_by_account: dict[str, int] = field(default_factory=dict)
     unfunded_by_account: dict[str, int] = field(default_factory=dict)   # admitted without the Bank's word
     wanted: set[str] = field(default_factory=set)                       # accounts asked for, not read yet
+    granted: dict[str, int] = field(default_factory=dict)   # allowances held by hooks (HookLink), per account
     _costs: dict[tuple, int] = field(default_factory=dict)              # (table, job shape) → estimate
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -247,6 +290,113 @@ class Admissions:
                 self._drop(admission_id)
             return len(gone)
 
+    # -- the hooks' allowances (HookLink) ------------------------------------------------------------
+    def offer(self, link: "HookLink", account: str | None, *, now_us: int, pushed: bool = False) -> list[str]:
+        """The lines that bring ``link``'s hook up to date (after a round trip, or ``pushed`` after a
+        refresh): the price table's rates when the hook does not have the one in force, and for
+        ``account`` (None: every account the link holds an allowance of) what is left of its funds as
+        an allowance — or a revocation when the funds fell below what is admitted and set aside. An
+        account already pushed to a hook that has said nothing since gets only a revocation (what
+        waits unread in the socket stays bounded: the hook reads it at its next submission)."""
+        with self.lock:
+            lines = []
+            table = self.prices
+            if table is not None and link.version != (table.site, table.version):
+                link.version = (table.site, table.version)
+                lines += self._rate_lines(table)
+            for name in ([account] if account is not None else sorted(link.granted)):
+                lines += self._allow(link, name, pushed, now_us)
+            return lines
+
+    def _allow(self, link: "HookLink", account: str, pushed: bool, now_us: int) -> list[str]:
+        funds = self.funds.get(account)
+        if self.prices is None or funds is None or funds.available is None or not self._fresh(funds, now_us):
+            return []                       # the hook's allowance (if any) ends at its time: no Bank's word
+        held = link.granted.get(account, 0)
+        room = funds.available - self.pending_by_account.get(account, 0) - self.granted.get(account, 0)
+        until_us = funds.read_us + self.stale_s * US_PER_S
+        if room < 0:
+            if held and account not in link.revoking:
+                link.revoking.add(account)
+                return [f"revoke v1 account={account}"]
+            return []
+        unchanged = room == 0 and (not held or link.until_us.get(account) == until_us)
+        if unchanged or (pushed and account in link.offered):
+            return []
+        if pushed:
+            link.offered.add(account)
+        link.granted[account] = held + room
+        self.granted[account] = self.granted.get(account, 0) + room
+        link.until_us[account] = until_us
+        return [f"allow v1 account={account} credits={room} until_us={until_us}"]
+
+    @staticmethod
+    def _rate_lines(table: PriceTable) -> list[str]:
+        """Each rate as the hook prices with it: the cost of a job at the full-load multiplier is
+        (Σ quantity × numerator) over denominator credits, rounded half up — the same fraction as
+        ``pricing.price`` (each metric's numerator is its exact line for one base unit), in lowest
+        terms. Metrics in the order core-wall, cpu, memory, gpu, job."""
+        lines = [f"prices v1 version={table.version} rates={len(table.rates)}"]
+        for rate in table.rates:
+            multiplier = pricing.load_multiplier(rate.load, FULL_LOAD)
+            numerators = [pricing.price(rate, {other: int(other is metric) for other in Metric}, multiplier)
+                          .lines[index].numerator for index, metric in enumerate(Metric)]
+            denominator = pricing.EXACT_DENOMINATOR * multiplier.denominator
+            divisor = math.gcd(denominator, *numerators)
+            lines.append(f"rate v1 partition={rate.partition} qos={rate.qos} "
+                         f"numerators={','.join(str(n // divisor) for n in numerators)} "
+                         f"denominator={denominator // divisor}")
+        return lines
+
+    def spent(self, link: "HookLink", spent: Spent, *, now_us: int) -> str:
+        """The hook admitted a job from its allowance: the allowance shrinks by what the hook counted, and
+        the job counts (its exact estimate here) until it is held, as the agent's own admissions.
+        Answers the log's words."""
+        request = spent.request
+        account = request.account
+        with self.lock:
+            held = link.granted.get(account, 0)
+            problem = ""
+            if spent.credits > held:
+                problem = f"; the hook spent {spent.credits} credits of an allowance of {held}"
+            self._take_back(link, account, min(spent.credits, held))
+            try:
+                cost = self._cost(request, now_us) if self.prices is not None else spent.credits
+            except DomainError as error:
+                cost, problem = spent.credits, f"{problem}; not priced here: {error}"
+            if spent.admission_id in self.pending or len(self.pending) >= PENDING_MAX:
+                return f"not counted again{problem}"
+            self.pending[spent.admission_id] = Pending(account, cost, now_us)
+            self.pending_by_account[account] = self.pending_by_account.get(account, 0) + cost
+            return f"cost {cost} (the hook's estimate {spent.credits}), from its allowance{problem}"
+
+    def give_back(self, link: "HookLink", account: str, credits: int) -> None:
+        """The hook gives back what it has left of an account's allowance (``return v1``)."""
+        with self.lock:
+            link.revoking.discard(account)
+            link.until_us.pop(account, None)
+            self._take_back(link, account, min(credits, link.granted.get(account, 0)))
+
+    def release(self, link: "HookLink") -> None:
+        """The hook's connection closed: whatever it held is not its any more (the hook forgets it too)."""
+        with self.lock:
+            for account in list(link.granted):
+                self._take_back(link, account, link.granted[account])
+
+    def _take_back(self, link: "HookLink", account: str, credits: int) -> None:
+        left = link.granted.get(account, 0) - credits
+        invariant(0 <= credits and left >= 0, "a hook gives back at most what it holds")
+        if left:
+            link.granted[account] = left
+        else:
+            link.granted.pop(account, None)
+        total = self.granted.get(account, 0) - credits
+        invariant(total >= 0, "the hooks' allowances add up to the account's total")
+        if total:
+            self.granted[account] = total
+        else:
+            self.granted.pop(account, None)
+
     # -- the rule ----------------------------------------------------------------------------------
     def decide(self, request: AdmitRequest, *, now_us: int) -> Decision:
         account = request.account
@@ -274,9 +424,11 @@ class Admissions:
             pending = self.pending_by_account.get(account, 0)
             if funds is None or not self._fresh(funds, now_us):
                 return self._without_bank(request, cost, pending, funds, now_us)
-            available = funds.available - pending
+            set_aside = self.granted.get(account, 0)
+            available = funds.available - pending - set_aside
             if cost > available:
-                return Decision(False, refusal_message(account, cost, funds.available, pending), cost=cost)
+                return Decision(False, refusal_message(account, cost, funds.available, pending, set_aside),
+                                cost=cost)
             return self._admit(account, cost, now_us, f"cost {cost}, available {available}")
 
     def _cost(self, request: AdmitRequest, now_us: int) -> int:
@@ -346,10 +498,14 @@ class Admissions:
         return now_us - funds.read_us <= self.stale_s * US_PER_S
 
 
-def refusal_message(account: str, cost: int, bank_available: int, pending: int) -> str:
-    """What the sbatch user reads when the account cannot pay for the job (whole credits)."""
-    available = bank_available - pending
+def refusal_message(account: str, cost: int, bank_available: int, pending: int, set_aside: int = 0) -> str:
+    """What the sbatch user reads when the account cannot pay for the job (whole credits); ``set_aside``:
+    what another submission hook holds of the account's funds (its allowance)."""
+    available = bank_available - pending - set_aside
     held = f" ({bank_available} at the Bank less {pending} for jobs admitted and not yet held)" if pending else ""
+    if set_aside:
+        held = (f" ({bank_available} at the Bank less {pending} for jobs admitted and not yet held and {set_aside} "
+                f"set aside for another submission hook)")
     return (f"JARM: job refused: it may cost {cost} credits, account {account} has {max(available, 0)} "
             f"available{held}: short by {cost - max(available, 0)} credits. Ask for less time or fewer "
             f"resources, or ask the account's manager for credits")
@@ -484,6 +640,7 @@ class RefreshLink(threading.Thread):
         self.admissions, self.settings = admissions, settings
         self.wake = threading.Event()
         self.stopping = threading.Event()
+        self.on_change = None        # called with the account whose funds were read (None: the prices)
 
     def run(self) -> None:
         import multiprocessing
@@ -518,6 +675,8 @@ class RefreshLink(threading.Thread):
                     self.admissions.set_prices(message[1])
                 elif message[0] == "funds":
                     self.admissions.set_funds(message[1], message[2])
+                if message[0] in ("prices", "funds") and self.on_change is not None:
+                    self.on_change(message[1] if message[0] == "funds" else None)
                 elif message[0] == "queued":
                     self.admissions.set_queued(message[1], message[2])
 
@@ -535,6 +694,7 @@ class AgentServer:
         self.on_unknown_account = on_unknown_account or (lambda: None)
         self.connections = 0
         self._tasks: set[asyncio.Task] = set()
+        self.links: dict[HookLink, asyncio.StreamWriter] = {}      # the hooks that hold allowances
         self.decisions = {"admit": 0, "refuse": 0, "error": 0}
 
     async def serve(self, ready: threading.Event | None = None, stop: asyncio.Event | None = None) -> None:
@@ -563,6 +723,7 @@ class AgentServer:
         self.connections += 1
         task = asyncio.current_task()
         self._tasks.add(task)
+        link: HookLink | None = None
         try:
             if self.connections > CONNECTIONS_MAX:
                 writer.write(b"error busy: too many connections to the JARM agent\n")
@@ -572,9 +733,13 @@ class AgentServer:
                 writer.write(b"error this user may not ask the JARM agent\n")
                 log.warning("jarm-agent refused a connection from uid %s", uid)
                 return
-            for _ in range(REQUESTS_PER_CONNECTION_MAX):
+            served = 0
+            # a hook holding allowances is never closed by the agent (only root or SlurmUser gets here):
+            # what it spent would be lost in a line sent as the agent closes
+            while link is not None or served < REQUESTS_PER_CONNECTION_MAX:
+                served += 1
                 try:                                         # asyncio.timeout: no task per wait (wait_for makes one)
-                    async with asyncio.timeout(IDLE_TIMEOUT_S):
+                    async with asyncio.timeout(None if link is not None else IDLE_TIMEOUT_S):
                         first = await reader.readexactly(1)
                     async with asyncio.timeout(REQUEST_TIMEOUT_S):
                         line = first + await reader.readuntil(b"\n")
@@ -585,42 +750,79 @@ class AgentServer:
                     return
                 except asyncio.TimeoutError:
                     return
-                reply, note = self._answer(line)
+                if link is None and line.startswith(b"admit v2 "):
+                    link = HookLink()
+                    self.links[link] = writer
+                    writer.write(f"link v1 ids={link.ids}\n".encode())
+                reply, note = self._answer(line, link)
                 writer.write(reply)                          # (sent now: the buffer is empty between requests)
                 if note is not None:
                     log.info(*note)                          # after the answer: the hook waits for that, not this
-                async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                    await writer.drain()
+                if reply:
+                    async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                        await writer.drain()
         except (ConnectionError, asyncio.TimeoutError):
             pass
         finally:
+            if link is not None:
+                del self.links[link]
+                self.admissions.release(link)
             self.connections -= 1
             self._tasks.discard(task)
             writer.close()
 
-    def answer(self, line: bytes) -> bytes:
-        """The answer line to one request line (its log line written)."""
-        reply, note = self._answer(line)
+    def push(self, account: str | None = None) -> None:
+        """After a refresh (in the event loop): each hook holding an allowance of ``account`` (None: the
+        prices changed) gets what brings it up to date — written, not waited for: it reads it at its next
+        submission."""
+        now_us = time.time_ns() // 1000
+        for link, writer in list(self.links.items()):
+            if account is not None and account not in link.granted:
+                continue
+            lines = self.admissions.offer(link, account, now_us=now_us, pushed=True)
+            if lines and not writer.is_closing():
+                writer.write("".join(line + "\n" for line in lines).encode())
+
+    def answer(self, line: bytes, link: "HookLink | None" = None) -> bytes:
+        """The answer line(s) to one request line (its log line written)."""
+        reply, note = self._answer(line, link)
         if note is not None:
             log.info(*note)
         return reply
 
-    def _answer(self, line: bytes) -> tuple[bytes, tuple | None]:
-        """The answer line, and the arguments of its log line (an admission or refusal) or None."""
+    def _answer(self, line: bytes, link: "HookLink | None" = None) -> tuple[bytes, tuple | None]:
+        """The answer (empty for ``spent`` and ``return``: the hook does not wait for one), and the arguments
+        of its log line (an admission or refusal) or None."""
         try:
             verb, argument = parse_request(line)
         except ProtocolError as error:
             self.decisions["error"] += 1
             return f"error {error}\n".encode(), None
+        now_us = time.time_ns() // 1000
+        if link is not None:
+            link.offered.clear()
         if verb == "ping":
             table = self.admissions.prices
             return (f"pong prices={table.version if table else 'none'} accounts={len(self.admissions.funds)} "
                     f"pending={len(self.admissions.pending)}\n").encode(), None
         if verb == "settle":
             return (b"settled\n" if self.admissions.settle(argument) else b"unknown\n"), None
+        if verb in ("spent", "return") and link is None:
+            self.decisions["error"] += 1
+            return f"error {verb} v1 comes only after admit v2 on the same connection\n".encode(), None
+        if verb == "return":
+            self.admissions.give_back(link, *argument)
+            return b"", None
+        if verb == "spent":
+            self.decisions["admit"] += 1
+            words = self.admissions.spent(link, argument, now_us=now_us)
+            request = argument.request
+            return b"", ("jarm-agent admit user=%s account=%s partition=%s cores=%d time_limit_s=%d: %s (%s)",
+                         request.user, request.account, request.partition, request.cores, request.time_limit_s,
+                         argument.admission_id, words)
         request = argument
         wanted_before = len(self.admissions.wanted)
-        decision = self.admissions.decide(request, now_us=time.time_ns() // 1000)
+        decision = self.admissions.decide(request, now_us=now_us)
         if len(self.admissions.wanted) > wanted_before:
             self.on_unknown_account()
         outcome = "admit" if decision.admitted else "refuse"
@@ -628,9 +830,13 @@ class AgentServer:
         note = ("jarm-agent %s user=%s account=%s partition=%s cores=%d time_limit_s=%d: %s", outcome, request.user,
                 request.account, request.partition, request.cores, request.time_limit_s,
                 f"{decision.admission_id} ({decision.message})" if decision.admitted else decision.message)
+        offered = b""
+        if verb == "admit-allow":
+            lines = self.admissions.offer(link, request.account, now_us=now_us)
+            offered = "".join(line + "\n" for line in lines).encode()
         if decision.admitted:
-            return f"admit {decision.admission_id}\n".encode(), note
-        return f"refuse {_one_line(decision.message)}\n".encode("utf-8"), note
+            return offered + f"admit {decision.admission_id}\n".encode(), note
+        return offered + f"refuse {_one_line(decision.message)}\n".encode("utf-8"), note
 
 
 def _one_line(text: str) -> str:
@@ -694,6 +900,7 @@ def run(config, accounts: list[str], allow_users: list[str]) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        link.on_change = lambda account: loop.call_soon_threadsafe(server.push, account)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await server.serve(stop=stop)
