@@ -98,6 +98,17 @@ class Gauge:
     labels: tuple[tuple[str, str], ...] = ()
 
 
+def store_gauges(backlog) -> list[Gauge]:
+    """What a scrape says of the store (``XmlStore.backlog()``, as the answering worker knows it)."""
+    return [Gauge("gridcredit_store_backlog_transactions", "Committed transactions not yet in the query "
+                  "database (BaseX), as the answering worker knows them", backlog.transactions),
+            Gauge("gridcredit_store_backlog_bytes", "XML of those transactions, in bytes", backlog.xml_bytes),
+            Gauge("gridcredit_store_lag_seconds", "How long the oldest of those transactions has waited for the "
+                  "query database (BaseX), to about a second; 0 when none waits", round(backlog.lag_s, 3)),
+            Gauge("gridcredit_store_waiting_for_server", "1 while the query database (BaseX) is unreachable "
+                  "or not verified: reads are answered from the journal", int(backlog.waiting_for_server))]
+
+
 def exposition(gauges: Iterable[Gauge] = ()) -> bytes:
     """Every counter and histogram of the host (all workers), then ``gauges``, in the text format."""
     from prometheus_client import CollectorRegistry, generate_latest

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gridcredit.config import Config
+from gridcredit import metrics
 from gridcredit.metrics import Gauge
 from gridcredit.contract import BackgroundTask, BuildContext, HostFiles, Registration, TaskContext
 from gridcredit.singleton import SingletonLock, run_holding
@@ -84,12 +85,7 @@ class Runtime:
 
     def gauges(self) -> list[Gauge]:
         """What /metrics reads when scraped: the store's backlog, then each service's own gauges."""
-        backlog = self.store.backlog()
-        values = [Gauge("gridcredit_store_backlog_transactions", "Committed transactions not yet in the query "
-                        "database (BaseX), as the answering worker knows them", backlog.transactions),
-                  Gauge("gridcredit_store_backlog_bytes", "XML of those transactions, in bytes", backlog.xml_bytes),
-                  Gauge("gridcredit_store_waiting_for_server", "1 while the query database (BaseX) is unreachable "
-                        "or not verified: reads are answered from the journal", int(backlog.waiting_for_server))]
+        values = metrics.store_gauges(self.store.backlog())
         for contract in registry.services():
             if contract.gauges is not None and contract.name in self.parts:
                 try:

@@ -8,6 +8,7 @@ import time
 from prometheus_client.parser import text_string_to_metric_families
 
 from bank_fixtures import bank_host, bank_users
+from store_fixtures import private_basex  # noqa: F401 — fixture
 from security_fixtures import https_session, parse, signed_request
 
 from gridcredit.errors import RemoteFault
@@ -121,3 +122,44 @@ def test_counting_in_files_after_counting_in_memory_in_the_same_process(tmp_path
     child.start()
     child.join(60)
     assert child.exitcode == 0
+
+
+def test_the_store_lag_in_seconds_is_how_long_the_oldest_waiting_commit_has_waited(private_basex, tmp_path):
+    """BaseX stands still (SIGSTOP) for 2 s after a commit: the scrape's gridcredit_store_lag_seconds
+    says about 2 (not only the backlog's count), and 0 once BaseX has applied it."""
+    import os
+    import signal
+
+    from gridcredit import metrics
+    from gridcredit.xmlstore._basex import BaseXStore
+
+    def scraped(store) -> dict[str, float]:
+        text = metrics.exposition(metrics.store_gauges(store.backlog())).decode()
+        return {sample.name: sample.value for family in text_string_to_metric_families(text)
+                for sample in family.samples if sample.name.startswith("gridcredit_store_")}
+
+    store = BaseXStore(tmp_path / "journal", port=private_basex.port, db_prefix="lag_", timeout_s=10)
+    try:
+        store.put("acc", "first", b"<d/>")
+        assert store.wait_verified(30)
+        deadline = time.monotonic() + 30
+        while store.backlog().transactions and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert scraped(store)["gridcredit_store_lag_seconds"] == 0
+        os.kill(private_basex.process.pid, signal.SIGSTOP)
+        try:
+            store.put("acc", "waiting", b"<d/>")
+            time.sleep(1.2)
+            store.put("acc", "later", b"<d/>")        # a newer commit does not make the oldest younger
+            time.sleep(1.0)
+            behind = scraped(store)
+        finally:
+            os.kill(private_basex.process.pid, signal.SIGCONT)
+        assert behind["gridcredit_store_backlog_transactions"] == 2
+        assert 2.0 <= behind["gridcredit_store_lag_seconds"] <= 3.5, behind
+        deadline = time.monotonic() + 30
+        while store.backlog().transactions and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert scraped(store)["gridcredit_store_lag_seconds"] == 0
+    finally:
+        store.close()

@@ -196,6 +196,7 @@ class Backlog:
     transactions: int = 0
     xml_bytes: int = 0
     waiting_for_server: bool = False    # the query database is unreachable or not verified yet
+    lag_s: float = 0.0                  # how long the oldest of them has waited (to about a second; 0: none wait)
 
 
 @dataclass(frozen=True, slots=True)

@@ -191,6 +191,7 @@ from ._basex_queries import (PATCHABLE, Q_COLLECTIONS, Q_COUNT_ALL, Q_DOCS, Q_EN
                              select_query)
 from ._basex_mirror import NOT_KEPT, _BacklogWatch, _BaseXTransaction, _frame_bytes, _Mirror
 from ._basex_recovery import _SAID_UNREACHABLE, _VERIFIED, _Recovery, _SharedVerification
+from ._basex_mirror import _LagMarks
 from ._basex_sessions import SESSION_ADDRESS, SESSION_LINE, BaseXUnavailable, Pins, Pool, connect
 from ._basex_wire import ServerError, Session, WireError
 from ._journal import Journal
@@ -326,6 +327,7 @@ class BaseXStore(_Mirror, _Recovery, XmlStore):
         # frames read or written by this process and not known to be in BaseX yet: (seq, writes)
         self._pending: collections.deque[tuple[int, list]] = collections.deque()
         self._pending_bytes = 0      # of the XML in _pending (see _hold_back_writes)
+        self._lag_marks = _LagMarks()   # when the frames in _pending were read (backlog().lag_s: metrics)
         self._mirror_lock = threading.RLock()   # _state, _pending and the journal's read offset
         self._applied_seq = 0                   # highest sequence number known to be in BaseX
         self._applied_changed = threading.Condition()
@@ -664,7 +666,8 @@ class BaseXStore(_Mirror, _Recovery, XmlStore):
     def backlog(self) -> Backlog:
         with self._mirror_lock:
             return Backlog(max(0, self._journal.last_seq - self._applied_seq), self._pending_bytes,
-                           self.waiting_for_basex is not None or self._suspect)
+                           self.waiting_for_basex is not None or self._suspect,
+                           self._lag_marks.lag_s(self._applied_seq, time.time()))
 
     def _has_backlog(self) -> bool:
         return (self._needs_repair() or self._journal.size() > self._journal.offset

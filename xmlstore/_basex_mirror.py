@@ -105,6 +105,38 @@ def _size(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
 
 
+class _LagMarks:
+    """When this process read the committed frames BaseX has not applied yet, to about a second: at
+    most one mark a second (frames read within a second of a mark join it), the applied ones
+    dropped — so ``lag_s`` is how long the oldest frame still waiting has waited (from when this
+    process read it: its own commits at once, the others' at its next commit or applier round)."""
+
+    RESOLUTION_S = 1.0
+    MARKS_MAX = 86_400          # a day behind at one mark a second; older marks are dropped (lag then at most that)
+
+    def __init__(self) -> None:
+        self._marks: collections.deque[tuple[int, float]] = collections.deque()   # (last seq, time.time())
+
+    def note(self, seq: int, now: float, applied: int) -> None:
+        """Frames up to ``seq`` were read at ``now`` (the mirror lock held)."""
+        marks = self._marks
+        while marks and marks[0][0] <= applied:
+            marks.popleft()
+        if marks and now - marks[-1][1] < self.RESOLUTION_S:
+            marks[-1] = (max(seq, marks[-1][0]), marks[-1][1])
+        elif seq > applied:
+            marks.append((seq, now))
+            if len(marks) > self.MARKS_MAX:
+                marks.popleft()
+
+    def lag_s(self, applied: int, now: float) -> float:
+        """How long the oldest frame after ``applied`` has waited (0: none waits; the mirror lock held)."""
+        marks = self._marks
+        while marks and marks[0][0] <= applied:
+            marks.popleft()
+        return max(0.0, now - marks[0][1]) if marks else 0.0
+
+
 class _BacklogWatch:
     """How far BaseX is behind the journal, said in ONE log line per change of state — never per
     request, per retry or per second — and the words a held-back write is refused with.
@@ -284,6 +316,8 @@ class _Mirror:
                 if pending:
                     self._pending.append((seq, writes))
                     self._pending_bytes += _frame_bytes(writes)
+            if pending and entries:
+                self._lag_marks.note(entries[-1][0], time.time(), self._applied_seq)
             if self._journal.jumps != self._jumps_seen:
                 self._jumps_seen = self._journal.jumps
                 self._suspect = True       # frames we never read: apply from a verification, not from frames
