@@ -460,3 +460,46 @@ def test_a_bid_placed_while_a_vm_is_being_made_does_not_wait_for_it(host, people
     loop.enforce()
     clock.to_boundary()
     loop.boundary()
+
+
+def test_a_cancel_while_a_batch_awaits_the_bank_is_taken_and_paid_until_its_instant(host, people, loop_parts):
+    """The Bank down: interval k's batch unanswered, k+1 cannot be closed. A cancel then is taken (it was refused,
+    MarketBusy for the bidder, until the Bank answered): its VM goes at once, the other bid's cap rises; once the
+    Bank answers, the bid is charged until the cancel's instant exactly and settled, each interval once."""
+    part, client = loop_parts
+    clock = Clock()
+    bank = LosingBank(bank_of(client))
+    enforcer = RecordingEnforcer()
+    loop = AllocationLoop(part, bank, enforcer, clock=clock)
+    first = place(host, people, part, clock, "alice", rate=2 * CREDIT, amount=100)
+    second = place(host, people, part, clock, "bob", rate=2 * CREDIT, amount=100)
+    loop.enforce()
+    names = {bid: vm_name(part.settings, bid) for bid in (first, second)}
+    assert enforcer.vms[names[second]][0] == 50_000
+    bank.down = True
+    for _ in range(2):
+        clock.to_boundary()
+        loop.boundary()
+    stalled = part.market.market(now_us=clock())
+    assert stalled.pending_interval is not None and clock() >= stalled.interval_end_us
+    clock.us += 300_000
+    cancelled_at = clock()
+    cancel(part, clock, first)
+    done = loop.enforce()
+    assert names[first] in done.removed and enforcer.vms[names[second]][0] == 100_000
+    assert part.market.record(first)[0].enforced.startswith(f"cancelled at {cancelled_at}")
+    bank.down = False
+    for _ in range(2):
+        clock.to_boundary()
+        done = loop.boundary()
+        assert not done.problems, done.problems
+    record, final = part.market.record(first)
+    assert (record.state, final.end_reason, final.ended_us) == ("ended", core.EndReason.CANCELLED, cancelled_at)
+    hold_id = final.hold_id
+    charged = sum(t.amount for t in bank_charges(host, people, "alice", hold_id))
+    assert charged == final.charged_credits == 2 * CREDIT * (cancelled_at - final.started_us) // 10**12
+    ids = [request for _, requests in bank.sent for request in requests if f":{first}:" in request]
+    assert len(set(ids)) == len({request.rsplit(":", 1)[1] for request in ids})      # one item per interval
+    cancel(part, clock, second)
+    clock.to_boundary()
+    loop.boundary()

@@ -401,6 +401,31 @@ def test_events_wait_for_the_interval_to_be_closed_and_each_interval_closes_once
     refused(lambda: batch_applied(closing.market, interval=K0 + 1, outcomes={}, now_us=end + 1), "WrongInterval")
 
 
+def test_a_cancel_while_the_bank_is_awaited_is_kept_and_takes_effect_at_its_instant():
+    """The open interval ended and cannot be closed (the previous batch awaits the Bank): a cancel is kept, not
+    refused (the service answered MarketBusy); enforcement leaves the bid out at once; once the Bank answered,
+    closing the interval opens the one the cancel fell in and applies it at its instant: the bid pays until then."""
+    market = place(place(new_market(), "b1", rate="2"), "b2", rate="1", owner=BOB)
+    closing = close_interval(market, interval=K0)               # K0's batch: the Bank does not answer
+    waiting = closing.market
+    at = T0 + 2 * INTERVAL_US + 3 * SECOND_US                   # in K0 + 2, while K0 + 1 cannot be closed
+    refused(lambda: close_interval(waiting, interval=K0 + 1), "BatchUnanswered")
+    kept = cancel_bid(waiting, "b1", now_us=at)
+    assert kept.cancels_due == (("b1", at),) and kept.bid("b1").live
+    assert cancel_bid(kept, "b1", now_us=at + 5) == kept        # cancelled already
+    refused(lambda: cancel_bid(kept, "nope", now_us=at), "UnknownBid")
+    bids, allocation = core.in_force(kept)
+    assert [bid.bid_id for bid in bids] == ["b2"] and allocation.share("b2") == 1
+    market = batch_applied(kept, interval=K0, outcomes={charge.request_id: None for charge in closing.charges},
+                           now_us=at + SECOND_US)
+    market, items = close(market)              # K0 + 1 closed: K0 + 2 opens, the cancel applied at its instant
+    assert items == [("b1", 20, "charge"), ("b2", 10, "charge")] and market.cancels_due == ()
+    bid = market.bid("b1")
+    assert (bid.state, bid.end_reason, bid.ended_us) == (BidState.ENDED, EndReason.CANCELLED, at)
+    market, items = close(market)
+    assert items == [("b1", 6, "settle"), ("b2", 10, "charge")]        # 3 s at 2 credits/s
+
+
 def test_answers_that_come_after_the_next_interval_ended_are_recorded_at_its_end():
     market = place(new_market(), rate="1")
     closing = close_interval(market, interval=K0)

@@ -32,7 +32,11 @@ and changes nothing):
 * :func:`place_bid` — funded by a Bank hold (one hold funds one bid, ever: a cancelled bid's hold cannot
   bid again); live from ``now_us`` until it ends;
 * :func:`change_bid` — a new rate from ``now_us`` (what it owed at the old rate is kept);
-* :func:`cancel_bid` — ends it at ``now_us``;
+* :func:`cancel_bid` — ends it at ``now_us``. While the open interval has ended but cannot be closed (its
+  predecessor's batch awaits the Bank's answers), the cancel is kept (``cancels_due``) and takes effect at
+  its own instant when the interval it falls in is opened (:func:`close_interval` applies it): the bid
+  pays until then, exactly as if the Bank had answered on time; :func:`in_force` (what enforcement
+  applies) leaves the bid out at once;
 * :func:`advance` — ends the bids whose maximum duration passed by ``now_us`` (a bid is charged until its
   max end exactly; its share goes to the others at the next transition — advance, any event or the close);
 * :func:`reconfigure` — a new capacity, reserve price or period from ``now_us``;
@@ -412,6 +416,7 @@ class Market:
     pending_interval: int | None = None     # the closed interval whose batch awaits the Bank's answers
     pending_charges: tuple[Charge, ...] = ()
     retired_holds: frozenset[str] = frozenset()   # holds of forgotten bids: they never fund a bid again
+    cancels_due: tuple[tuple[str, int], ...] = ()  # (bid id, instant) cancels after the open interval's end
 
     @property
     def interval_end_us(self) -> int:
@@ -591,7 +596,16 @@ def change_bid(market: Market, bid_id: str, *, rate_ucps: int, now_us: int) -> M
 
 
 def cancel_bid(market: Market, bid_id: str, *, now_us: int) -> Market:
-    """The bid ends at ``now_us``; it pays until then, settled in this interval's batch."""
+    """The bid ends at ``now_us``; it pays until then, settled in this interval's batch. After the open
+    interval's end while its predecessor's batch awaits the Bank (the open interval cannot be closed yet),
+    the cancel is kept in ``cancels_due`` and applied at ``now_us`` once the interval holding that instant
+    is opened (:func:`close_interval`); cancelling again changes nothing."""
+    _whole(now_us, "a time (µs)", 0, 2**62)
+    if now_us >= market.interval_end_us and market.pending_interval is not None:
+        bid = _live_bid(market, market.bids, bid_id, "cancelled")
+        if bid.max_end_us <= now_us or any(due == bid_id for due, _ in market.cancels_due):
+            return market                  # it ends by then anyway, or it is cancelled already
+        return dataclasses.replace(market, cancels_due=market.cancels_due + ((bid_id, now_us),))
     now_us = _now_in_open_interval(market, now_us)
     bids = _accrued(market, now_us, bid_id=bid_id)
     bid = _live_bid(market, bids, bid_id, "cancelled")
@@ -659,8 +673,24 @@ def close_interval(market: Market, *, interval: int, used_cpu_us: Mapping[str, i
         bids[bid_id] = dataclasses.replace(bid, **changes)
     batch = tuple(charges)
     closed = _moved(market, bids, end_us, interval=interval + 1,
-                    pending_interval=interval if batch else None, pending_charges=batch)
+                    pending_interval=interval if batch else None, pending_charges=batch, cancels_due=())
+    for bid_id, at_us in market.cancels_due:   # kept cancels: applied at their instant once its interval is open
+        if at_us >= closed.interval_end_us:
+            closed = dataclasses.replace(closed, cancels_due=closed.cancels_due + ((bid_id, at_us),))
+        elif bid_id in closed.bids and closed.bids[bid_id].live and closed.bids[bid_id].max_end_us > at_us:
+            closed = cancel_bid(closed, bid_id, now_us=at_us)
     return Closing(closed, interval, batch)
+
+
+def in_force(market: Market) -> tuple[list[Bid], Allocation]:
+    """What the hypervisor must enforce now: the live bids but those cancelled while the market waits for
+    the Bank (``cancels_due``: their VMs go at once, as they pay only until their cancel), and their
+    allocation."""
+    if not market.cancels_due:
+        return market.live_bids(), market.allocation
+    due = {bid_id for bid_id, _ in market.cancels_due}
+    bids = [bid for bid in market.live_bids() if bid.bid_id not in due]
+    return bids, _allocation_of(market.config, bids)
 
 
 def batch_applied(market: Market, *, interval: int, outcomes: Mapping[str, str | None], now_us: int) -> Market:

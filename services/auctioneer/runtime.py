@@ -406,9 +406,10 @@ class AllocationLoop:
         now = self.clock()
         if market is None:
             market = self._advanced(now)
-        settings, allocation = self.settings, market.allocation
+        settings = self.settings
+        in_force, allocation = core.in_force(market)      # (a cancel kept while the Bank is awaited: VM removed)
         capped = settings.mode == "capped"
-        live = {vm_name(settings, bid.bid_id): bid for bid in market.live_bids()}
+        live = {vm_name(settings, bid.bid_id): bid for bid in in_force}
         if listing or self._known is None:
             try:
                 self._known = set(self.enforcer.names())
@@ -573,6 +574,11 @@ class AllocationLoop:
             changes[bid.bid_id] = (lambda record, text=text, name=name: record if (
                 record.enforced == text and record.vm_name == name) else replace(
                 record, enforced=text, vm_name=name, updated_us=now))
+        for bid_id, at_us in market.cancels_due:
+            changes[bid_id] = (lambda record, at_us=at_us: replace(
+                record, enforced=f"cancelled at {at_us} µs: VM removed; it pays until then, settled once the Bank "
+                                 f"answers interval {market.pending_interval}'s batch", updated_us=now)
+                if record.state != "ended" and not record.enforced.startswith("cancelled at") else record)
         for bid in market.bids.values():
             if not bid.live:
                 changes[bid.bid_id] = (lambda record, bid=bid: record if record.state == "ended" else replace(

@@ -17,7 +17,11 @@ credits; times integer µs since the epoch (``*_us``).
                   Raise the hold first (gridcredit bank extend-hold --amount) if it must pay more: the
                   auctioneer reads the hold again
     CancelBid     the bid ends now: it pays until now, its hold is settled at the interval's end (the
-                  rest released) and its VM removed
+                  rest released) and its VM removed. While an interval's batch awaits the Bank (the
+                  next interval cannot be closed) the cancel is kept and applied at its instant once
+                  the Bank answered (market.cancel_bid): the VM goes at once, the bid pays until then.
+                  PlaceBid and ChangeBid read the hold from the Bank: they wait (MarketBusy after
+                  EVENT_WAIT_S) — a market that has not closed its last interval takes no new rates
     GetBid, ListBids   a bid (its owner, the host's owners); the caller's bids (the owners: everyone's)
     GetHost       capacity, the current price (Σ rates / capacity), the hour's average, live bids
     ConsoleWrite, ConsoleRead   the bid's VM serial console, relayed (the bid's owner only)

@@ -156,6 +156,8 @@ def market_xml(market: core.Market) -> bytes:
         etree.SubElement(root, _q("Bid"), **_attributes(market.bids[bid_id]))
     for charge in market.pending_charges:
         etree.SubElement(root, _q("Charge"), **_attributes(charge))
+    for bid_id, at_us in market.cancels_due:
+        etree.SubElement(root, _q("CancelDue"), bid_id=bid_id, at_us=str(at_us))
     return etree.tostring(root, encoding="UTF-8")
 
 
@@ -171,8 +173,9 @@ def market_from_xml(xml: bytes, config: core.MarketConfig) -> core.Market:
     pending = root.get("pending_interval")
     allocation = core.allocate(bids.values(), capacity_cpus=config.capacity_cpus, reserve_ucps=config.reserve_ucps,
                                period_us=config.period_us)
+    cancels = tuple((element.get("bid_id"), int(element.get("at_us"))) for element in root.iterfind(_q("CancelDue")))
     return core.Market(config, MappingProxyType(bids), int(root.get("interval")), int(root.get("through_us")),
-                       allocation, None if pending is None else int(pending), charges)
+                       allocation, None if pending is None else int(pending), charges, cancels_due=cancels)
 
 
 # -- an interval's record -------------------------------------------------------------------------
