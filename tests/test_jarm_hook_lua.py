@@ -85,7 +85,8 @@ class Hook:
     def __init__(self, tmp_path: Path, socket_path: str, **settings) -> None:
         self.dir = tmp_path
         hook = tmp_path / f"job_submit-{id(self)}.lua"
-        hook.write_text(render_hook(JarmConfig(agent_socket=socket_path, admission_timeout_ms=1000, **settings)))
+        settings.setdefault("admission_timeout_ms", 1000)
+        hook.write_text(render_hook(JarmConfig(agent_socket=socket_path, **settings)))
         driver = tmp_path / "driver.lua"
         driver.write_text(DRIVER)
         self.process = subprocess.Popen([LUA, str(driver), str(hook)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -94,6 +95,7 @@ class Hook:
     def submit(self, account="proj1", minutes=10, cores=1, partition="batch", **job) -> dict:
         job.update(account=account, time_limit=minutes, min_cpus=cores, partition=partition)
         words = " ".join(f"{key}={value}" for key, value in job.items())
+        started = time.monotonic()
         self.process.stdin.write(f"submit {words}\n")
         self.process.stdin.flush()
         said = []
@@ -102,7 +104,7 @@ class Hook:
             said.append(line)
         assert said[0].startswith("rc "), said
         comment = said[1].removeprefix("comment ")
-        return {"rc": int(said[0][3:]), "id": comment.removeprefix("jarm-admission=") if comment != "nil" else None,
+        return {"rc": int(said[0][3:]), "seconds": time.monotonic() - started, "id": comment.removeprefix("jarm-admission=") if comment != "nil" else None,
                 "said": said[2:], "text": "\n".join(said[2:])}
 
     def reload(self) -> None:
@@ -300,3 +302,35 @@ def test_a_heterogeneous_job_is_refused_with_the_reason(place):
     assert ("user JARM: heterogeneous jobs (components separated by ':' or #SBATCH hetjob) cannot be priced at this "
             "site: submit each component as a job of its own") in refused["text"]
     assert admitted_by(hook.submit(het_job_offset=NO_VAL)) == "agent"        # an ordinary job: NO_VAL
+
+
+def test_jobs_admitted_while_the_agent_is_down_are_counted_by_it_when_it_answers_again(place):
+    hook = place.hook(bank_unreachable="admit_capped", agent_down_jobs_max=2)
+    down = [hook.submit() for _ in range(3)]                 # nobody on the socket
+    assert [result["rc"] for result in down] == [0, 0, 2050]
+    assert all(re.fullmatch(r"a-[0-9a-f]{32}", result["id"]) for result in down[:2]) and down[0]["id"] != down[1]["id"]
+    assert "account proj1 already has 2 jobs admitted without it" in down[2]["text"]
+    agent = place.agent({"proj1": 100})
+    assert admitted_by(hook.submit()) == "agent"
+    agent.settled()
+    # the agent heard of the two before it answered: they count against proj1's funds as its own admissions
+    assert set(agent.state.pending) >= {down[0]["id"], down[1]["id"]}
+    assert agent.state.pending_by_account == {"proj1": 33}
+    assert agent.state.granted == {"proj1": 67}
+
+
+def test_a_frozen_agent_costs_one_wait_then_the_policy_applies_at_once(place, tmp_path):
+    import socket
+    frozen = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)          # connects, never answers
+    frozen.bind(place.socket)
+    frozen.listen(16)
+    try:
+        hook = place.hook(admission_timeout_ms=300)
+        first = hook.submit()
+        assert first["rc"] == 2050 and first["seconds"] >= 0.3
+        assert "jarm: the admission agent did not answer (answer: timeout)" in first["text"]
+        second = hook.submit()
+        assert second["rc"] == 2050 and second["seconds"] < 0.15, second
+        assert "did not answer (not asked: no answer in time less than 1 s ago); policy refuse" in second["text"]
+    finally:
+        frozen.close()

@@ -128,8 +128,8 @@ class AdmitRequest:
 
 def parse_request(line: bytes) -> tuple[str, object]:
     """``(verb, argument)`` of one request line: ``admit`` (v1) and ``admit-allow`` (``admit v2``) →
-    AdmitRequest, ``settle`` → the admission id, ``spent`` → Spent, ``return`` → (account, credits),
-    ``ping`` → None. Refused with ProtocolError (never another exception) when it is not a request."""
+    AdmitRequest, ``settle`` → the admission id, ``spent`` and ``admitted`` → Spent, ``return`` →
+    (account, credits), ``ping`` → None. Refused with ProtocolError (never another exception) when it is not a request."""
     if len(line) > REQUEST_BYTES_MAX:
         raise ProtocolError(f"a request is at most {REQUEST_BYTES_MAX} bytes")
     try:
@@ -156,8 +156,11 @@ def parse_request(line: bytes) -> tuple[str, object]:
         admission_id = _admission_id(values.pop("id", ""))
         credits = _whole_value("credits", values.pop("credits", ""))
         return verb, Spent(admission_id, credits, _admit_request(values))
+    if verb == "admitted":
+        admission_id = _admission_id(values.pop("id", ""))
+        return verb, Spent(admission_id, 0, _admit_request(values))
     if verb != "admit":
-        raise ProtocolError(f"unknown request {verb[:20]!r} (admit, settle, spent, return, ping)")
+        raise ProtocolError(f"unknown request {verb[:20]!r} (admit, settle, spent, admitted, return, ping)")
     return ("admit-allow" if words[1] == "v2" else verb), _admit_request(values)
 
 
@@ -369,6 +372,21 @@ class Admissions:
             self.pending[spent.admission_id] = Pending(account, cost, now_us)
             self.pending_by_account[account] = self.pending_by_account.get(account, 0) + cost
             return f"cost {cost} (the hook's estimate {spent.credits}), from its allowance{problem}"
+
+    def admitted_unasked(self, admission_id: str, request: AdmitRequest, *, now_us: int) -> str:
+        """The hook admitted a job by the site's policy while the agent did not answer (``admitted v1``):
+        it counts from now on as the agent's own admissions (against the funds, until it is held or
+        leaves the queue). Answers the log's words."""
+        with self.lock:
+            try:
+                cost = self._cost(request, now_us) if self.prices is not None else 0
+            except DomainError as error:
+                return f"not counted: not priced here: {error}"
+            if admission_id in self.pending or len(self.pending) >= PENDING_MAX:
+                return "not counted again"
+            self.pending[admission_id] = Pending(request.account, cost, now_us)
+            self.pending_by_account[request.account] = self.pending_by_account.get(request.account, 0) + cost
+            return f"cost {cost}, admitted by the hook while this agent did not answer"
 
     def give_back(self, link: "HookLink", account: str, credits: int) -> None:
         """The hook gives back what it has left of an account's allowance (``return v1``)."""
@@ -813,9 +831,10 @@ class AgentServer:
         if verb == "return":
             self.admissions.give_back(link, *argument)
             return b"", None
-        if verb == "spent":
+        if verb in ("spent", "admitted"):
             self.decisions["admit"] += 1
-            words = self.admissions.spent(link, argument, now_us=now_us)
+            words = (self.admissions.spent(link, argument, now_us=now_us) if verb == "spent" else
+                     self.admissions.admitted_unasked(argument.admission_id, argument.request, now_us=now_us))
             request = argument.request
             return b"", ("jarm-agent admit user=%s account=%s partition=%s cores=%d time_limit_s=%d: %s (%s)",
                          request.user, request.account, request.partition, request.cores, request.time_limit_s,

@@ -14,7 +14,11 @@ all of the funds) with a hard limit on the whole exchange (connect, send, answer
 all); the agent's answer brings a new allowance. The connection is kept; when it closes, both sides
 forget its allowances. When the agent does not answer in time, or is down, the site's policy applies:
   refuse        the job is refused, saying why
-  admit_capped  at most @AGENT_DOWN_JOBS_MAX@ jobs per account are admitted until the agent answers again
+  admit_capped  at most @AGENT_DOWN_JOBS_MAX@ jobs per account are admitted until the agent answers again;
+                they carry admission ids of the hook's own, and the agent is told of them ("admitted") before
+                it is asked anything else, so that it counts them against their accounts' funds
+After a time limit passed without an answer, the agent is not asked again for BACKOFF_S: a frozen
+agent costs one wait, not one per submission.
 An admitted job carries its admission id in its AdminComment (jarm-admission=<id>), by which the agent
 finds it in Slurm's queue. Heterogeneous jobs (components separated by ':') are refused: JARM prices
 one job of one partition.
@@ -30,8 +34,13 @@ local AGENT_DOWN_JOBS_MAX = @AGENT_DOWN_JOBS_MAX@
 local DEFAULT_QOS = "normal"
 
 local have_socket, socket = pcall(require, "socket")
+math.randomseed(os.time())
 local have_unix, unix = pcall(require, "socket.unix")
 local admitted_while_down = {}     -- account -> jobs admitted by the policy since the agent last answered
+local unasked = {}                 -- those jobs' "admitted v1 …" lines, sent before the next question
+local BACKOFF_S = 1                -- no answer within the time limit: the policy applies at once for this long
+local quiet_until = 0
+local own_count = 0                -- the hook's own admission ids (while the agent does not answer)
 local LINE_BYTES_MAX = 1024        -- a line from the agent
 local LINES_MAX = 4096             -- lines read at once (a price table has at most 1024 rates)
 local WHOLE_MAX = 2^53             -- doubles count whole numbers exactly below this
@@ -264,12 +273,23 @@ local function spend(job)
     return admission_id
 end
 
-local function policy(account, problem)
+local function own_id()
+    own_count = own_count + 1
+    local now = have_socket and socket.gettime() or os.time()
+    return string.format("a-%08x%08x%08x%08x", math.floor(now) % 4294967296, math.floor((now % 1) * 4294967295),
+                         own_count % 4294967296, math.random(0, 2147483646))
+end
+
+local function policy(job_desc, job, problem)
+    local account = job.account
     slurm.log_error("jarm: the admission agent did not answer (%s); policy %s", problem, POLICY)
     if POLICY == "admit_capped" then
         local admitted = admitted_while_down[account] or 0
         if admitted < AGENT_DOWN_JOBS_MAX then
             admitted_while_down[account] = admitted + 1
+            local admission_id = own_id()
+            if job_desc.admin_comment == nil then job_desc.admin_comment = "jarm-admission=" .. admission_id end
+            table.insert(unasked, string.format("admitted v1 id=%s %s\n", admission_id, job.fields))
             return slurm.SUCCESS
         end
         slurm.log_user("JARM: the site's admission agent does not answer, and account %s already has %d jobs "
@@ -305,23 +325,33 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
         table.insert(outbox, string.format("return v1 account=%s credits=%.0f\n", job.account, held.credits))
         allowance[job.account] = nil
     end
-    local answer, problem = ask("admit v2 " .. job.fields .. "\n")
+    if have_socket and socket.gettime() < quiet_until then
+        return policy(job_desc, job, string.format("not asked: no answer in time less than %d s ago", BACKOFF_S))
+    end
+    local told = #unasked             -- the jobs admitted without the agent: it hears of them before the question
+    local answer, problem = ask(table.concat(unasked) .. "admit v2 " .. job.fields .. "\n")
     local elapsed_ms = have_socket and (socket.gettime() - started) * 1000 or 0
-    if answer == nil then return policy(job.account, problem) end
+    if answer == nil then
+        if string.find(problem, "timeout", 1, true) then quiet_until = socket.gettime() + BACKOFF_S end
+        return policy(job_desc, job, problem)
+    end
     local verb, rest = string.match(answer, "^(%a+) ?(.*)$")
-    if verb == "admit" then
+    if verb == "admit" or verb == "refuse" then
+        -- the agent has read what was admitted without it (it answered a later line): its count starts again
+        for _ = 1, told do table.remove(unasked, 1) end
         admitted_while_down = {}
+    end
+    if verb == "admit" then
         if job_desc.admin_comment == nil then job_desc.admin_comment = "jarm-admission=" .. rest end
         slurm.log_info("jarm: admit %s account=%s in %.3f ms (agent)", rest, job.account, elapsed_ms)
         return slurm.SUCCESS
     elseif verb == "refuse" then
-        admitted_while_down = {}
         slurm.log_info("jarm: refuse account=%s in %.3f ms", job.account, elapsed_ms)
         slurm.log_user("%s", rest)
         return slurm.ESLURM_ACCOUNTING_POLICY
     end
     drop()
-    return policy(job.account, "agent: " .. tostring(answer))
+    return policy(job_desc, job, "agent: " .. tostring(answer))
 end
 
 function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
