@@ -13,6 +13,8 @@ tests/test_auctioneer_loop_qemu.py); everything else is real.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -138,17 +140,25 @@ class LosingBank:
         return outcomes
 
 
-@pytest.fixture(params=[False])
-def loop_parts(host, people, tmp_path, request):
-    settings = AuctioneerConfig(host_id="loop-host", owner_account=OWNER_ACCOUNT, interval_s=1,
-                                templates=("small=spin",), pay_for_use=request.param)
-    store = open_store(StoreConfig(backend="embedded"), tmp_path, indexes=INDEXES)
+@contextlib.contextmanager
+def auctioneer_part(host, folder: Path, **settings):
+    """An Auctioneer of its own market (embedded store in ``folder``) signing as the host, and its Bank client."""
+    settings = AuctioneerConfig(**{"host_id": "loop-host", "owner_account": OWNER_ACCOUNT, "interval_s": 1,
+                                   "templates": ("small=spin",), **settings})
+    store = open_store(StoreConfig(backend="embedded"), folder, indexes=INDEXES)
     credential = load_credential(host.pki.host_cert, host.pki.host_key)
     client = BankClient(host.url, credential=credential, trust_dir=host.pki.trust_dir, timeout_s=10, retries=0)
-    part = Auctioneer(settings, MarketStore(store, market_config(settings)), AuctioneerPolicy(), credential.identity_dn,
-                      client, tmp_path / "consoles", tmp_path / "vms", {"small": None})
-    yield part, client
-    store.close()
+    try:
+        yield Auctioneer(settings, MarketStore(store, market_config(settings)), AuctioneerPolicy(),
+                         credential.identity_dn, client, folder / "consoles", folder / "vms", {"small": None}), client
+    finally:
+        store.close()
+
+
+@pytest.fixture(params=[False])
+def loop_parts(host, people, tmp_path, request):
+    with auctioneer_part(host, tmp_path, pay_for_use=request.param) as parts:
+        yield parts
 
 
 def place(host, people, part: Auctioneer, clock: Clock, who: str, *, rate: int, amount: int) -> str:
@@ -426,8 +436,6 @@ def test_running_vms_are_capped_again_first_then_new_ones_made_at_once(host, peo
 def test_a_bid_placed_while_a_vm_is_being_made_does_not_wait_for_it(host, people, loop_parts):
     """The loop's enforcement thread starts a new bid's VM within a poll of the bid, even while another VM is being
     made (a pass does not wait for the VMs it starts), and records each VM once it is made."""
-    import threading
-
     part, client = loop_parts
     clock = Clock()
     enforcer = SlowEnforcer(create_s=1.5)
@@ -503,3 +511,37 @@ def test_a_cancel_while_a_batch_awaits_the_bank_is_taken_and_paid_until_its_inst
     cancel(part, clock, second)
     clock.to_boundary()
     loop.boundary()
+
+
+def test_an_unanswered_batch_is_sent_again_within_a_second_not_at_the_next_boundary(host, people, tmp_path):
+    """The market cannot close an interval before the Bank answered the previous one's batch, and PlaceBid and
+    ChangeBid wait for that (MarketBusy after 10 s): the loop sends an unanswered batch again every second, not only
+    at the next boundary (a whole interval later)."""
+    from gridcredit.timeunits import now_us
+
+    with auctioneer_part(host, tmp_path, interval_s=4) as (part, client):
+        bank = LosingBank(bank_of(client))
+        bank.down = True
+        loop = AllocationLoop(part, bank, RecordingEnforcer())
+        interval_us = 4_000_000
+        bid = place(host, people, part, now_us, "alice", rate=CREDIT, amount=100)
+        stop = threading.Event()
+        runner = threading.Thread(target=loop.run, args=(stop,), daemon=True)
+        runner.start()
+        try:
+            deadline = time.monotonic() + 10
+            while part.market.market(now_us=now_us()).pending_interval is None:
+                assert time.monotonic() < deadline, "no batch was made"
+                time.sleep(0.05)
+            time.sleep(0.3)
+            bank.down = False
+            back = time.monotonic()
+            while (lambda market: market.pending_interval is not None or market.interval < now_us() // interval_us)(
+                    part.market.market(now_us=now_us())):
+                assert time.monotonic() - back < 2.5, "the batch waited for the next boundary"
+                time.sleep(0.05)
+            assert len(bank.sent) == 1
+            cancel(part, now_us, bid)
+        finally:
+            stop.set()
+            runner.join(20)

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gridcredit.services.auctioneer")
 BANK_TIMEOUT_S = 10.0
+BANK_RETRY_S = 1                        # an unanswered batch is sent again this soon (not at the next boundary)
 US_PER_S = 1_000_000
 POLL_S = 0.1                            # how often the loop looks whether the market changed (a new bid's VM)
 HYPERVISOR_TIMEOUT_S = 10.0
@@ -281,6 +282,7 @@ class AllocationLoop:
         self._applied: dict[str, tuple] = {}          # VM → what was last applied to it (this process)
         self._cpu_marks: dict[str, int] = {}          # VM → its CPU µs at the last close (pay-for-use)
         self._problems: set[str] = set()              # said in the log already (each once, until it clears)
+        self._bank_trouble = ""                       # the Bank's last failure, said in the log once
         self._known: set[str] | None = None           # the VMs running, as last listed and since made/removed
         self._busy_lock = threading.Lock()
         self._busy: dict[str, threading.Thread] = {}  # VM → the thread making or removing it
@@ -358,11 +360,17 @@ class AllocationLoop:
         try:
             outcomes = self.bank.apply(charges, batch_id=closing_id(self.host, k), payee=self.settings.owner_account)
         except GridcreditError as error:
-            log.warning("auctioneer %s: interval %d's %d charge(s) not applied by the Bank (%s: %s); sent again "
-                        "with the same request ids at the next boundary", self.host, k, len(charges),
-                        type(error).__name__, error)
+            said = f"{type(error).__name__}: {error}"
+            log.log(logging.DEBUG if said == self._bank_trouble else logging.WARNING,
+                    "auctioneer %s: interval %d's %d charge(s) not applied by the Bank (%s); sent again with the "
+                    "same request ids (every %d s, said once until it changes)", self.host, k, len(charges), said,
+                    BANK_RETRY_S)
+            self._bank_trouble = said
             done.problems.append(f"bank: {error}")
             return None
+        if self._bank_trouble:
+            log.info("auctioneer %s: the Bank answered interval %d's batch", self.host, k)
+            self._bank_trouble = ""
 
         def step(tx, current: core.Market):
             if current.pending_interval != k:
@@ -603,7 +611,9 @@ class AllocationLoop:
 
     def run(self, stop) -> None:
         """Boundaries on time (this thread) and enforcement whenever the market changed (a thread of its own:
-        making VMs takes seconds, and must not hold back the next interval's close), until ``stop``."""
+        making VMs takes seconds, and must not hold back the next interval's close), until ``stop``. A batch
+        the Bank did not answer is sent again every BANK_RETRY_S until it is (the market cannot close the
+        next interval before: PlaceBid and ChangeBid wait for it, MarketBusy after their 10 s)."""
         enforcing = threading.Thread(target=self._enforce_forever, args=(stop,), name="auctioneer-enforcement",
                                      daemon=True)
         enforcing.start()
@@ -617,6 +627,9 @@ class AllocationLoop:
                     self._log(done, "interval")
                     if not done.problems:
                         self.heartbeat()
+                    elif any(problem.startswith("bank") for problem in done.problems):
+                        # the next interval cannot be closed before the answer: new rates wait meanwhile
+                        next_boundary = min(next_boundary, now + BANK_RETRY_S * US_PER_S)
                 except (StoreError, GridcreditError) as error:
                     log.warning("auctioneer %s: the interval not closed (%s: %s); tried again at the next boundary",
                                 self.host, type(error).__name__, error)
