@@ -584,6 +584,25 @@ def test_the_account_writer_writes_what_lxml_writes(data):
     assert (documents._account_xml(account) is not None) == plain
 
 
+def test_the_ledgers_faster_helpers_answer_what_they_replaced():
+    """evolve is dataclasses.replace for the ledger's states; a request record's key is the hash of the same
+    JSON as before (records stored earlier must still answer their retries)."""
+    import hashlib
+    import json
+    account = ledger.Account("a", "p", (ledger.Holder("/CN=x", ledger.Role.OWNER),), ledger.AccountStatus.OPEN, 5, 1, 0,
+                             None, None, 0, 0, 7, ())
+    for state, changes in ((account, {"balance": -3, "held": 0}), (account, {"status": ledger.AccountStatus.FROZEN}),
+                           (ledger.LedgerHead(seq=4, hash="ab"), {"seq": 5}),
+                           (ledger.Hold("hold-1", "a", 9, 2, 3, "ref", "/CN=o", "/CN=c", "site", ledger.HoldState.ACTIVE,
+                                        1, 2, None, None), {"state": ledger.HoldState.SETTLED, "charged": 9})):
+        assert ledger.evolve(state, **changes) == dataclasses.replace(state, **changes)
+    with pytest.raises(TypeError):
+        ledger.evolve(account, no_such_field=1)
+    for dn, request_id in (("/CN=é", "x"), ('a"b', "c\\d"), ("", "\u2028"), ("/O=Grid/CN=A B", "auction:h:b:7")):
+        assert ledger.request_record_key(dn, request_id) == hashlib.sha256(
+            json.dumps([dn, request_id], ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
 def test_the_wsdl_says_what_a_batch_carries():
     wsdl = (Path(__file__).resolve().parent.parent / "wsdl" / "bank.wsdl").read_text(encoding="utf-8")
     documentation = wsdl[wsdl.index('<wsdl:operation name="ApplyBatch"'):]

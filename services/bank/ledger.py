@@ -72,7 +72,7 @@ from .policy import (Principal, authorize_approve_mint, authorize_batch, authori
                      authorize_transfer, authorize_view, needs_second_administrator, require_full_credential,
                      serves_hold)
 from .types import (Account, AccountStatus, BankPolicy, Hold, Holder, HoldState, LedgerHead, MoneySupply, PendingMint,
-                    PendingMintState, RequestRecord, Role, ServiceGrant, SupplyChange, Transaction, TransactionKind)
+                    PendingMintState, RequestRecord, Role, ServiceGrant, SupplyChange, Transaction, TransactionKind, evolve)
 
 AMOUNT_MIN = 1
 AMOUNT_MAX = 10**15
@@ -410,7 +410,7 @@ def _spend(account: Account, amount: int, now_us: int) -> Account:
                       f"account {account.account_id} may spend {account.spending_limit} credits per "
                       f"{account.spending_period_us} µs period; {spent} already spent in this period, "
                       f"so {amount} more would exceed it by {spent + amount - account.spending_limit}")
-    return dataclasses.replace(account, spending_period_index=now_us // account.spending_period_us,
+    return evolve(account, spending_period_index=now_us // account.spending_period_us,
                                spent_in_period=spent + amount)
 
 
@@ -418,12 +418,12 @@ def _credit(account: Account, amount: int) -> Account:
     if account.balance + amount > BALANCE_ABS_MAX:
         raise _refuse("InvalidAmount", f"crediting {amount} to account {account.account_id} would overflow "
                                        f"its balance (at most {BALANCE_ABS_MAX})")
-    return dataclasses.replace(account, balance=account.balance + amount)
+    return evolve(account, balance=account.balance + amount)
 
 
 def _debit(account: Account, amount: int) -> Account:
     invariant(account.balance - amount >= -BALANCE_ABS_MAX, "a debit stays within the balance bound")
-    return dataclasses.replace(account, balance=account.balance - amount)
+    return evolve(account, balance=account.balance - amount)
 
 
 def _entry(kind: TransactionKind, request: Request, principal: Principal, now_us: int, seq: int,
@@ -476,7 +476,7 @@ def set_holder(account: Account | None, request: SetHolder, *, principal: Princi
     holders.append(Holder(request.holder_dn, request.role))
     if _owner_count(holders) == 0:
         raise _refuse("LastOwner", f"{request.holder_dn} is the last owner of account {account.account_id}")
-    updated = dataclasses.replace(account, holders=tuple(sorted(holders, key=lambda holder: holder.dn)))
+    updated = evolve(account, holders=tuple(sorted(holders, key=lambda holder: holder.dn)))
     return updated, _entry(TransactionKind.SET_HOLDER, request, principal, now_us, seq,
                            account_id=account.account_id, holder_dn=request.holder_dn, role=request.role)
 
@@ -494,7 +494,7 @@ def remove_holder(account: Account | None, request: RemoveHolder, *, principal: 
     holders = tuple(holder for holder in account.holders if holder.dn != request.holder_dn)
     if _owner_count(holders) == 0:
         raise _refuse("LastOwner", f"{request.holder_dn} is the last owner of account {account.account_id}")
-    return dataclasses.replace(account, holders=holders), _entry(
+    return evolve(account, holders=holders), _entry(
         TransactionKind.REMOVE_HOLDER, request, principal, now_us, seq, account_id=account.account_id,
         holder_dn=request.holder_dn, role=previous_role)
 
@@ -512,7 +512,7 @@ def set_status(account: Account | None, request: SetStatus, *, principal: Princi
         raise _refuse("AccountNotEmpty", f"account {account.account_id} cannot close: its balance is "
                                          f"{account.balance} and {account.held} credits are held; "
                                          f"both must be 0")
-    return dataclasses.replace(account, status=request.status), _entry(
+    return evolve(account, status=request.status), _entry(
         TransactionKind.SET_STATUS, request, principal, now_us, seq, account_id=account.account_id,
         status=request.status)
 
@@ -528,7 +528,7 @@ def set_credit_limit(account: Account | None, request: SetCreditLimit, *, princi
         raise _refuse("CreditLimitTooLow",
                       f"account {account.account_id} has balance {account.balance} and {account.held} held; "
                       f"a credit limit below {account.held - account.balance} would leave holds uncovered")
-    return dataclasses.replace(account, credit_limit=request.credit_limit), _entry(
+    return evolve(account, credit_limit=request.credit_limit), _entry(
         TransactionKind.SET_CREDIT_LIMIT, request, principal, now_us, seq, account_id=account.account_id,
         credit_limit=request.credit_limit)
 
@@ -557,7 +557,7 @@ def set_spending_limit(account: Account | None, request: SetSpendingLimit, *, pr
         index, spent = now_us // request.spending_period_us, account.spent_at(now_us)
     else:
         index, spent = now_us // request.spending_period_us, 0
-    updated = dataclasses.replace(account, spending_limit=request.spending_limit,
+    updated = evolve(account, spending_limit=request.spending_limit,
                                   spending_period_us=request.spending_period_us,
                                   spending_period_index=index, spent_in_period=spent)
     return updated, _entry(TransactionKind.SET_SPENDING_LIMIT, request, principal, now_us, seq,
@@ -595,7 +595,7 @@ def grant_service(account: Account | None, request: GrantService, *, principal: 
                          period_us=request.period_us, period_index=index, held_in_period=held,
                          granted_at_us=now_us)
     grants = [other for other in account.grants if other.service_dn != request.service_dn] + [grant]
-    updated = dataclasses.replace(account, grants=tuple(sorted(grants, key=lambda other: other.service_dn)))
+    updated = evolve(account, grants=tuple(sorted(grants, key=lambda other: other.service_dn)))
     return updated, _entry(TransactionKind.GRANT_SERVICE, request, principal, now_us, seq,
                            account_id=account.account_id, service_dn=request.service_dn,
                            grant_hold_max=request.hold_max, grant_period_max=request.period_max,
@@ -611,7 +611,7 @@ def revoke_service(account: Account | None, request: RevokeService, *, principal
     _require_not_closed(account)
     if account.grant_of(request.service_dn) is None:
         raise _refuse("NotGranted", f"{request.service_dn} holds no grant on account {account.account_id}")
-    updated = dataclasses.replace(account, grants=tuple(grant for grant in account.grants
+    updated = evolve(account, grants=tuple(grant for grant in account.grants
                                                         if grant.service_dn != request.service_dn))
     return updated, _entry(TransactionKind.REVOKE_SERVICE, request, principal, now_us, seq,
                            account_id=account.account_id, service_dn=request.service_dn)
@@ -633,15 +633,15 @@ def _hold_under_grant(account: Account, service_dn: str, hold_total: int, increa
         raise _refuse("GrantLimitExceeded", f"{what} allows {grant.period_max} credits of holds per "
                                             f"{grant.period_us} µs period; {held} already held in this period, so "
                                             f"{increase} more would exceed it by {held + increase - grant.period_max}")
-    counted = dataclasses.replace(grant, period_index=now_us // grant.period_us, held_in_period=held + increase)
-    return dataclasses.replace(account, grants=tuple(counted if other.service_dn == service_dn else other
+    counted = evolve(grant, period_index=now_us // grant.period_us, held_in_period=held + increase)
+    return evolve(account, grants=tuple(counted if other.service_dn == service_dn else other
                                                      for other in account.grants))
 
 
 def _issue(account: Account, supply: MoneySupply, amount: int) -> tuple[Account, MoneySupply]:
     if supply.issued + amount > SUPPLY_MAX:
         raise _refuse("InvalidAmount", f"issuing {amount} would exceed the money supply bound {SUPPLY_MAX}")
-    return _credit(account, amount), dataclasses.replace(supply, issued=supply.issued + amount)
+    return _credit(account, amount), evolve(supply, issued=supply.issued + amount)
 
 
 def mint(account: Account | None, supply: MoneySupply, request: Mint, *, principal: Principal, now_us: int,
@@ -687,7 +687,7 @@ def _require_pending(pending: PendingMint, now_us: int) -> None:
 
 def _end_pending_mint(pending: PendingMint, state: PendingMintState, kind: TransactionKind, request: Request,
                       principal: Principal, now_us: int, seq: int) -> tuple[PendingMint, Transaction]:
-    ended = dataclasses.replace(pending, state=state, ended_by_dn=principal.dn, ended_seq=seq, ended_at_us=now_us)
+    ended = evolve(pending, state=state, ended_by_dn=principal.dn, ended_seq=seq, ended_at_us=now_us)
     return ended, _entry(kind, request, principal, now_us, seq, account_id=pending.account_id,
                          amount=pending.amount, pending_mint_id=pending.pending_mint_id)
 
@@ -707,7 +707,7 @@ def approve_mint(pending: PendingMint | None, account: Account | None, supply: M
     else:
         account, supply = _issue(account, supply, pending.amount)
         kind = TransactionKind.MINT
-    approved = dataclasses.replace(pending, state=PendingMintState.APPROVED, ended_by_dn=principal.dn,
+    approved = evolve(pending, state=PendingMintState.APPROVED, ended_by_dn=principal.dn,
                                    ended_seq=seq, ended_at_us=now_us)
     return approved, account, supply, _entry(
         kind, request, principal, now_us, seq, account_id=account.account_id,
@@ -746,7 +746,7 @@ def _withdraw(account: Account, supply: MoneySupply, amount: int) -> tuple[Accou
         raise _refuse("InsufficientFunds",
                       f"account {account.account_id} has {max(unheld, 0)} unheld credits (credit limit not "
                       f"counted); retiring {amount} needs {amount} (short by {amount - max(unheld, 0)})")
-    return _debit(account, amount), dataclasses.replace(supply, retired=supply.retired + amount)
+    return _debit(account, amount), evolve(supply, retired=supply.retired + amount)
 
 
 def retire(account: Account | None, supply: MoneySupply, request: Retire, *, principal: Principal,
@@ -843,7 +843,7 @@ def create_hold(account: Account | None, payee: Account | None, request: CreateH
                 collector_dn=request.collector_dn, payee_account_id=request.payee_account_id,
                 state=HoldState.ACTIVE, created_at_us=now_us, created_seq=seq, ended_seq=None, ended_at_us=None,
                 on_behalf_of_dn=request.on_behalf_of_dn)
-    account = dataclasses.replace(account, held=account.held + request.amount)
+    account = evolve(account, held=account.held + request.amount)
     return account, hold, _entry(TransactionKind.HOLD, request, principal, now_us, seq,
                                  account_id=account.account_id, amount=request.amount, hold_id=hold.hold_id,
                                  hold_amount=hold.amount, hold_state=hold.state,
@@ -892,9 +892,9 @@ def extend_hold(hold: Hold | None, account: Account | None, payee: Account | Non
         if serves_hold(principal, hold):  # the service that made it under its grant: within the grant's caps
             account = _hold_under_grant(account, principal.dn, request.amount, increase, now_us)
         _require_available(account, increase, "the larger hold")
-    extended = dataclasses.replace(hold, amount=hold.amount + increase, expires_at_us=expires_at_us,
+    extended = evolve(hold, amount=hold.amount + increase, expires_at_us=expires_at_us,
                                    payee_account_id=request.payee_account_id or hold.payee_account_id)
-    account = dataclasses.replace(account, held=account.held + increase)
+    account = evolve(account, held=account.held + increase)
     return account, extended, _entry(TransactionKind.EXTEND, request, principal, now_us, seq,
                                      account_id=account.account_id, amount=increase or None,
                                      hold_id=hold.hold_id, hold_amount=extended.amount,
@@ -924,10 +924,10 @@ def charge_hold(hold: Hold | None, account: Account | None, payee: Account | Non
     payee = _credit(payee, request.amount)
     charged = hold.charged + request.amount
     ended = charged == hold.amount
-    updated = dataclasses.replace(hold, charged=charged,
+    updated = evolve(hold, charged=charged,
                                   state=HoldState.CHARGED_OUT if ended else HoldState.ACTIVE,
                                   ended_seq=seq if ended else None, ended_at_us=now_us if ended else None)
-    account = dataclasses.replace(_debit(account, request.amount), held=account.held - request.amount)
+    account = evolve(_debit(account, request.amount), held=account.held - request.amount)
     return account, payee, updated, _entry(
         TransactionKind.CHARGE, request, principal, now_us, seq, account_id=account.account_id,
         counterparty_account_id=payee.account_id, amount=request.amount, hold_id=hold.hold_id,
@@ -961,9 +961,9 @@ def settle_hold(hold: Hold | None, account: Account | None, payee: Account | Non
     if request.amount > 0:               # settling 0 spends nothing: it is a release
         account = _spend(account, request.amount, now_us)
     payee = _credit(payee, request.amount)
-    settled = dataclasses.replace(hold, charged=hold.charged + request.amount, state=HoldState.SETTLED,
+    settled = evolve(hold, charged=hold.charged + request.amount, state=HoldState.SETTLED,
                                   ended_seq=seq, ended_at_us=now_us)
-    account = dataclasses.replace(_debit(account, request.amount), held=account.held - remainder)
+    account = evolve(_debit(account, request.amount), held=account.held - remainder)
     return account, payee, settled, _entry(
         TransactionKind.SETTLE, request, principal, now_us, seq, account_id=account.account_id,
         counterparty_account_id=payee.account_id, amount=request.amount, released_amount=remainder - request.amount,
@@ -975,8 +975,8 @@ def _end_hold(hold: Hold, account: Account, state: HoldState, kind: TransactionK
               principal: Principal, now_us: int, seq: int) -> tuple[Account, Hold, Transaction]:
     remainder = hold.remaining
     invariant(remainder >= 1 and account.held >= remainder, "an active hold has credits left, all held")
-    ended = dataclasses.replace(hold, state=state, ended_seq=seq, ended_at_us=now_us)
-    account = dataclasses.replace(account, held=account.held - remainder)
+    ended = evolve(hold, state=state, ended_seq=seq, ended_at_us=now_us)
+    account = evolve(account, held=account.held - remainder)
     return account, ended, _entry(kind, request, principal, now_us, seq, account_id=account.account_id,
                                   amount=remainder, hold_id=hold.hold_id, hold_amount=hold.amount,
                                   hold_state=state, on_behalf_of_dn=hold.on_behalf_of_dn)
@@ -1011,8 +1011,11 @@ def expire_hold(hold: Hold | None, account: Account | None, request: ExpireHold,
 # Idempotency: a request id answers once per caller
 
 
+_KEY_JSON = json.JSONEncoder(ensure_ascii=False)    # json.dumps(..., ensure_ascii=False) made one per call
+
+
 def request_record_key(principal_dn: str, request_id: str) -> str:
-    return hashlib.sha256(json.dumps([principal_dn, request_id], ensure_ascii=False).encode("utf-8")).hexdigest()
+    return hashlib.sha256(_KEY_JSON.encode([principal_dn, request_id]).encode("utf-8")).hexdigest()
 
 
 # Request fields added after requests were first recorded: left out of the request hash while unused, so

@@ -8,12 +8,34 @@ audit (``audit.py``), its policy (``policy.py``) and its documents (``documents.
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
+import operator
 from dataclasses import dataclass
 
 from gridcredit.errors import invariant
 
 GENESIS_HASH = "0" * 64                  # the previous hash of the first transaction
+
+
+_FIELDS_OF: dict[type, tuple[tuple[str, ...], operator.attrgetter]] = {}
+
+
+def evolve(instance, /, **changes):
+    """``dataclasses.replace`` for the states here (every field an init field): the same new instance, made
+    through its constructor, without asking ``dataclasses.fields`` each time (a batch of 1,000 charges makes
+    4,000 new states)."""
+    cls = type(instance)
+    known = _FIELDS_OF.get(cls)
+    if known is None:
+        fields = dataclasses.fields(cls)
+        invariant(all(field.init for field in fields), "evolve takes states whose fields are all init fields")
+        names = tuple(field.name for field in fields)
+        known = _FIELDS_OF[cls] = (names, operator.attrgetter(*names))
+    names, values_of = known
+    values = dict(zip(names, values_of(instance)))
+    values.update(changes)
+    return cls(**values)
 
 
 class Role(enum.Enum):
