@@ -697,19 +697,28 @@ def run_worker(config: Config, files: HostFiles, ready: "threading.Event | None"
             host.close()
 
 
-def prepare_state(config: Config) -> None:
-    """Once, before the workers start: each service's own preparation (the ledger key) and the store has recovered."""
+def prepare_state(config: Config, *, hand_over: bool = False) -> Callable[[], None]:
+    """Once, before the workers start: each service's own preparation (the ledger key) and the store has recovered.
+
+    ``hand_over``: the store is left to the workers forked next (``XmlStore.hand_over``: on BaseX they
+    take its mirror instead of each reading the journal again); returns the function that drops it here."""
     from gridcredit.security.replay import SqliteReplayCache
 
     prepare_services(config)
     # Opening recovers the journal and repairs what the quick checks find. BaseX's full verification
     # (every document read: ~20 s at a million) is not waited for: the workers forked next share it in
     # the background — one verifies, the others adopt its result; queries wait for it meanwhile.
-    registry.open_service_store(config).close()
+    store = registry.open_service_store(config)
+    drop: Callable[[], None] = lambda: None
+    if hand_over:
+        drop = store.hand_over()
+    else:
+        store.close()
     # Made once, so workers need not race to set it up — and closed before the workers fork: an open
     # SQLite connection carried across fork() left its descriptors in every worker, and a worker's
     # own files (the BaseX journal) took those numbers ("disk I/O error" from the replay cache).
     SqliteReplayCache(replay_cache_path(config)).close()
+    return drop
 
 
 class _ReadyPipe:
@@ -734,7 +743,9 @@ def serve(config: Config, files: HostFiles, *, build=None, announce: Callable[[]
     because workers kept failing, else 0."""
     workers_wanted = max(1, config.server.workers)
     listener = listening_socket(config)
-    prepare_state(config)
+    # the workers forked now take the store's state from this process (BaseX: the mirror of every
+    # document, built once here, shared copy-on-write); dropped here once every first worker is ready
+    drop_handed_over = prepare_state(config, hand_over=True)
     metrics.use_directory(config.state_path / "metrics")   # every worker counts there; a scrape adds them up
     children: dict[int, int] = {}
     stopping = failed = False
@@ -779,6 +790,7 @@ def serve(config: Config, files: HostFiles, *, build=None, announce: Callable[[]
             if ready_count >= workers_wanted or stopping:
                 os.close(ready_read)
                 ready_read = None
+                drop_handed_over()     # (a worker started later opens the store itself)
                 if not stopping:
                     announce()
             try:

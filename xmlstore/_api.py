@@ -402,6 +402,13 @@ class XmlStore(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    def hand_over(self) -> Callable[[], None]:
+        """Close, leaving to the processes this one forks next what lets their open of the same store
+        skip work this one did (BaseX: the mirror of every document, read from the journal once for
+        all of serve's workers). Returns the function that drops it in this process. Default: close."""
+        self.close()
+        return lambda: None
+
     def __enter__(self) -> "XmlStore":
         return self
 

@@ -92,7 +92,15 @@ a document's first write, and a rebuild adds everything into the fresh database 
 db:replace had managed ~280 a second at 200,000.
 
 A process that forks opens its own store after the fork (the applier thread and the locks'
-process-local halves do not survive a fork).
+process-local halves do not survive a fork). A store closed by ``hand_over()`` (serve's supervisor
+after prepare_state) leaves its mirror and its journal, held open at the position it read to, to
+the processes forked next (within ``fork_trust_s``): their open takes them instead of reading the
+snapshot and the frames again (a million documents: seconds per process, three times per serve
+start), reads the frames written since, and goes on as any open (BaseX's applied number and quick
+checks; frames BaseX lacks read back from the journal and applied; the verification shared).
+The copy is shared with the parent until either writes to it; the parent drops its own with the
+function ``hand_over()`` returns. An open waiting for the journal's locks is let through first by
+the background verification (``Journal.opening``: no step begins while one waits).
 
 XPath: only what ``_xpath.check_xpath`` accepts reaches BaseX — XPath 1.0 with its core functions,
 re-written from the parsed tree as XQuery (no caller text, no extension or module function) — and
@@ -189,7 +197,7 @@ from ._api import (DEFAULT_LIMITS, NOT_COVERED, AttributeIndex, Backlog, Coverag
 from ._basex_queries import (PATCHABLE, Q_COLLECTIONS, Q_COUNT_ALL, Q_DOCS, Q_ENSURE, Q_ENSURE_INDEXED, Q_IDS,
                              Q_IDS_AFTER, Q_META, Q_META_SET, Q_UNHEALTHY, RESULT_PARSER, apply_query, db_name, naming,
                              select_query)
-from ._basex_mirror import NOT_KEPT, _BacklogWatch, _BaseXTransaction, _frame_bytes, _Mirror
+from ._basex_mirror import NOT_KEPT, _BacklogWatch, _BaseXTransaction, _frame_bytes, _Mirror, take_handover
 from ._basex_recovery import _SAID_UNREACHABLE, _VERIFIED, _Recovery, _SharedVerification
 from ._basex_mirror import _LagMarks
 from ._basex_sessions import SESSION_ADDRESS, SESSION_LINE, BaseXUnavailable, Pins, Pool, connect
@@ -317,7 +325,10 @@ class BaseXStore(_Mirror, _Recovery, XmlStore):
         self._address = (host, port, user, password)
         self._pool = Pool(self._connect, limits.pool_size, wait_s=self._timeout_s)
         self._pins = Pins(self._connect, self.pins_max)
-        self._journal = Journal(journal_dir, read_only=self.read_only)
+        # a process forked right after its parent handed its store over (serve's workers) takes its mirror
+        handed = None if self.read_only else take_handover(journal_dir, self.fork_trust_s)
+        self.mirror_from: int | None = None       # the process whose mirror this store took (None: read the journal)
+        self._journal = handed.journal if handed is not None else Journal(journal_dir, read_only=self.read_only)
         self._catalog = _IndexCatalog(Path(journal_dir) / "indexes.json", limits)
         self._keeps: dict[str, bool] = {}       # collection -> whether the mirror keeps its XML
         self._catalog_generation = -1
@@ -373,8 +384,8 @@ class BaseXStore(_Mirror, _Recovery, XmlStore):
             # The snapshot (most of an open's time: ~1,000,000 documents in seconds) is read before the
             # locks, from the file the journal opened (a checkpoint meanwhile removes its name, not its
             # data): serve's workers read theirs side by side instead of one after the other.
-            snapshot = self._absorb_snapshot()
-            with self._journal.apply_lock(), self._journal.lock():
+            snapshot = self._adopt_handover(handed) if handed is not None else self._absorb_snapshot()
+            with self._journal.opening(), self._journal.apply_lock(), self._journal.lock():
                 self._catalog.merge(declared)
                 self._open_locked(snapshot)
         except BaseException:
@@ -406,11 +417,22 @@ class BaseXStore(_Mirror, _Recovery, XmlStore):
         self._suspect = False
         with self._mirror_lock:
             self._refresh_keeps()      # (the declarations this open merged: the snapshot was read before)
-        if applied is not None and applied < snapshot:
-            self._note(f"BaseX has transactions up to {applied}, the journal's snapshot holds up to {snapshot} (its "
-                       f"frames are gone); verifying every database instead of applying frames")
-            applied = None
         written: set[str] = set()    # databases written by frames BaseX has not got
+        if applied is not None and applied < snapshot:
+            if self.mirror_from is not None and snapshot - applied <= self.blind_apply_max \
+                    and self._journal.holds_frames_from(applied + 1):
+                # the mirror taken from the parent holds frames BaseX lacks: pending, as if read now
+                with self._mirror_lock:
+                    for seq in range(applied + 1, snapshot + 1):
+                        writes = self._journal.frame_writes(seq)
+                        self._pending.append((seq, writes))
+                        self._pending_bytes += _frame_bytes(writes)
+                        written.update(self._db(w[0]) for w in writes)
+            else:
+                self._note(f"BaseX has transactions up to {applied}, the "
+                           f"{'journal' if self.mirror_from is None else 'mirror'}'s snapshot holds up to {snapshot} "
+                           f"(its frames are gone); verifying every database instead of applying frames")
+                applied = None
         while True:                  # in chunks: never the whole journal in memory at once
             entries = self._absorb_chunk(applied, repair=True)
             if not entries:
@@ -1149,6 +1171,9 @@ class BaseXStore(_Mirror, _Recovery, XmlStore):
     def close(self) -> None:
         """Stop the applier, push what this process committed to BaseX if it can (the journal
         keeps it anyway), close sessions and the journal."""
+        self._close(keep_journal=False)
+
+    def _close(self, *, keep_journal: bool) -> None:
         self._closing.set()
         self._wake.set()
         if self._applier is not None and self._applier_pid == os.getpid():
@@ -1169,4 +1194,5 @@ class BaseXStore(_Mirror, _Recovery, XmlStore):
             log.info("xmlstore/basex: not applied at close (%s); the journal has it", error)
         self._pins.close()
         self._pool.close()
-        self._journal.close()
+        if not keep_journal:
+            self._journal.close()

@@ -9,15 +9,20 @@ checkpoints it and holds writers back; it works on the store's state and is not 
 from __future__ import annotations
 
 import collections
+import gc
 import logging
+import os
 import threading
 import time
-from typing import TYPE_CHECKING, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from gridcredit.errors import StoreError, StoreUnavailable, invariant
 
 from ._api import Document, Transaction, check_collection, check_doc_id, normalize
-from ._journal import READ_BYTES_MAX
+from ._basex_recovery import _FORKED_AT
+from ._journal import READ_BYTES_MAX, Journal
 
 if TYPE_CHECKING:
     from ._basex import BaseXStore
@@ -29,6 +34,41 @@ log = logging.getLogger("gridcredit.xmlstore._basex")     # (the store's log lin
 # is every (version, it, seq) tuple holding it: at 1,000,000 documents each full collection walked
 # them all, a ~0.2 s stall of every thread of the process.)
 NOT_KEPT = False
+
+
+@dataclass
+class _Handover:
+    """What ``hand_over()`` left to the processes this one forks next (see ``_Mirror.hand_over``):
+    the mirror as of transaction ``seq`` and the journal it was read from, held open at that
+    position (its files are the same open files in a forked child: O_APPEND writes, positioned reads)."""
+    pid: int
+    at: float             # time.monotonic() of the hand-over
+    seq: int              # the mirror holds every transaction up to this one
+    journal: Journal
+    state: dict
+    catalog: object       # the _IndexCatalog the mirror's kept XML follows, and its generation seen
+    keeps: dict
+    generation: int
+
+
+# resolved journal folder -> the hand-over a closed store left there (one per folder: the newest)
+_HANDED: dict[str, _Handover] = {}
+
+
+def take_handover(journal_dir: Path, trust_s: float) -> _Handover | None:
+    """In a process forked within ``trust_s`` of its parent's ``hand_over()`` of this journal: the
+    mirror it left, taken once (a second store opened in this process reads the journal itself).
+    Otherwise None — an older one is dropped (its journal's descriptors closed in this process)."""
+    handed = _HANDED.pop(str(Path(journal_dir).resolve()), None)
+    if handed is None or handed.pid == os.getpid():
+        if handed is not None:
+            _HANDED[str(Path(journal_dir).resolve())] = handed      # (the parent keeps it for its next forks)
+        return None
+    if 0 < _FORKED_AT[0] - handed.at <= trust_s:
+        return handed
+    handed.journal.close()
+    return None
+
 
 
 class _BaseXTransaction(Transaction):
@@ -324,25 +364,78 @@ class _Mirror:
                 self._note("this process fell behind two checkpoints; took the snapshot's writes instead of the "
                            "removed frames; verifying BaseX")
 
+    def _adopt_handover(self, handed: _Handover) -> int:
+        """Open in a process forked from one that handed its mirror over: take that mirror and the
+        journal at the position it was read to, instead of reading the snapshot and the frames again
+        (a second copy of a million documents built in seconds, per process). Returns the
+        transaction the mirror holds; the open then reads the frames after it, like a snapshot's."""
+        with self._mirror_lock:
+            self._state = handed.state
+            self._catalog, self._keeps, self._catalog_generation = handed.catalog, handed.keeps, handed.generation
+            self._jumps_seen = self._journal.jumps
+        self.mirror_from = handed.pid
+        log.info("xmlstore/basex: took the mirror of the journal up to transaction %d (%s documents) from the parent "
+                 "process %d: not reading the journal again", handed.seq,
+                 f"{sum(len(entries) for entries in handed.state.values()):,}", handed.pid)
+        return handed.seq
+
+    def hand_over(self) -> Callable[[], None]:
+        """Close this store, leaving its mirror and its journal (held open) to the processes this one
+        forks next: a writable open of the same journal there, within ``fork_trust_s``, takes them
+        instead of reading the journal again (serve's workers after prepare_state). Everything else
+        is closed as by ``close()``, and each such open goes on as any open does — the frames after
+        the mirror's transaction read, BaseX's applied number and quick checks looked at, the frames
+        BaseX lacks applied, verification shared. Returns the function that drops it in this process
+        (its memory and descriptors; the processes forked meanwhile keep their copies)."""
+        if self.read_only:
+            self.close()
+            return lambda: None
+        self._close(keep_journal=True)
+        with self._mirror_lock:
+            self._catch_up_unlocked()         # (the mirror and the journal's position agree: the frames up to last_seq)
+            key = str(self._journal.directory.resolve())
+            previous = _HANDED.pop(key, None)
+            if previous is not None and previous.pid == os.getpid():
+                previous.journal.close()
+            handed = _HANDED[key] = _Handover(os.getpid(), time.monotonic(), self._journal.last_seq, self._journal,
+                                              self._state, self._catalog, self._keeps, self._catalog_generation)
+            self._state = {}                  # (this closed store's cycles are collected late: they hold nothing big)
+
+        def drop() -> None:
+            if _HANDED.get(key) is handed:
+                del _HANDED[key]
+            handed.journal.close()
+            handed.state = {}
+
+        return drop
+
     def _absorb_snapshot(self) -> int:
         """Open: take the journal's snapshot into the mirror (each document's state after the
         snapshot's sequence number, which is returned: 0 without a snapshot)."""
-        with self._mirror_lock:
-            self._refresh_keeps()
-            state, keeps = self._state, {}
-            for chunk in self._journal.snapshot_writes():
-                for collection, doc_id, version, xml, seq in chunk:
-                    entries = state.get(collection)
-                    if entries is None:
-                        entries = state[collection] = {}
-                    if xml is not None:
-                        kept = keeps.get(collection)
-                        if kept is None:
-                            kept = keeps[collection] = self._keeps_text(collection)
-                        if not kept:
-                            xml = NOT_KEPT
-                    entries[doc_id] = (version, xml, seq)
-            return self._journal.snapshot.seq if self._journal.snapshot is not None else 0
+        # The cyclic GC is paused meanwhile: it walked the young tuples of the mirror again and again as
+        # they were made (~40 % of reading a million documents); one collection afterwards sees them once.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            with self._mirror_lock:
+                self._refresh_keeps()
+                state, keeps = self._state, {}
+                for chunk in self._journal.snapshot_writes():
+                    for collection, doc_id, version, xml, seq in chunk:
+                        entries = state.get(collection)
+                        if entries is None:
+                            entries = state[collection] = {}
+                        if xml is not None:
+                            kept = keeps.get(collection)
+                            if kept is None:
+                                kept = keeps[collection] = self._keeps_text(collection)
+                            if not kept:
+                                xml = NOT_KEPT
+                        entries[doc_id] = (version, xml, seq)
+                return self._journal.snapshot.seq if self._journal.snapshot is not None else 0
+        finally:
+            if collecting:
+                gc.enable()
 
     def _live_document(self, collection: str, doc_id: str, entry: tuple) -> Document | None:
         """The document of a mirror entry read outside the mirror lock. Not kept: its XML is read

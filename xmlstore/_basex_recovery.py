@@ -301,6 +301,8 @@ class _Recovery:
         if _SharedVerification.stepped_by_another(entry):      # a glance without the lock
             self._verify_docs = (entry.get("read", 0), entry.get("total", self._verify_docs[1]))
             return False
+        if self._journal.open_waiting():     # an open (serve's other workers) goes first: a step holds the
+            return False                     # applier lock for seconds, and flock lets the step win again
         with self._journal.apply_lock():
             if self._verify_left is None or self._needs_repair():
                 return True

@@ -337,6 +337,33 @@ class Journal:
         finally:
             os.close(fd)      # releases the lock
 
+    @contextlib.contextmanager
+    def opening(self) -> Iterator[None]:
+        """Held (shared, on ``open.lock``) by a writable open from before it waits for the applier and
+        writer locks until it has them back: ``open_waiting()`` tells the background verification,
+        whose steps hold the applier lock for seconds, to let it through first (flock is not FIFO: a
+        step taken again at once would win over a waiting open, step after step)."""
+        fd = os.open(self.directory / "open.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)      # releases the lock
+
+    def open_waiting(self) -> bool:
+        """Whether a process is inside ``opening()`` now (a glance: it may come a moment later)."""
+        try:
+            fd = os.open(self.directory / "open.lock", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
     def size(self) -> int:
         """Bytes in the current segment now (frames of other processes included; a tail may be torn)."""
         return os.fstat(self._fd).st_size
@@ -645,6 +672,13 @@ class Journal:
         if magic != MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
             raise StoreError(f"journal {segment.path}: frame {seq} at byte {start} does not read back")
         return payload
+
+    def holds_frames_from(self, seq: int) -> bool:
+        """Whether every frame from ``seq`` to the last read is held whole in a segment (not only a
+        snapshot's writes): ``frame_writes`` then returns each as written."""
+        with self._files_lock:
+            return bool(self._segments) and self._segments[0].base <= seq and \
+                (self.snapshot is None or seq > self.snapshot.seq)
 
     def frame_writes(self, seq: int) -> list[Write]:
         """The writes of frame ``seq`` (already read or appended by this process), read back — from
