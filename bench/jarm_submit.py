@@ -133,8 +133,6 @@ def main() -> int:
     parser.add_argument("--submitters", type=int, default=4, help="sbatch processes at a time (default 4)")
     parser.add_argument("--agent-nice", type=int, default=0, metavar="N",
                         help="run the agent at nice N (e.g. -10: the admission agent before batch work; default 0)")
-    parser.add_argument("--agent-fifo", type=int, default=0, metavar="P",
-                        help="run the agent at real-time priority P (chrt --fifo P; its Bank reads stay ordinary)")
     parser.add_argument("--write", action="store_true", help="record the results in BENCHMARKS.md")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -182,7 +180,6 @@ def main() -> int:
         JarmClient(url, credential=people["Bench Price Admin"], trust_dir=trust_dir).set_price_table(
             [Rate("batch", "normal", PRICES), Rate("short", "normal", PRICES)], version=1)
         nice = ["nice", "-n", str(args.agent_nice)] if args.agent_nice else []
-        nice += ["chrt", "--fifo", str(args.agent_fifo)] if args.agent_fifo else []
         agent = start([*nice, sys.executable, "-m", "gridcredit.server.cli", "jarm", "agent", "--account", ACCOUNT],
                       env, root / "agent.log")
 
@@ -252,7 +249,7 @@ def main() -> int:
              f"on the same machine); the gridcredit host (1 worker) and the agent on it too. {args.submissions} held "
              f"one-core jobs (`sbatch --hold`, gcuser1, account {ACCOUNT}) per mode, in alternating blocks of "
              f"{args.block}, {args.submitters} sbatch processes at a time (runuser); the agent at nice "
-             f"{args.agent_nice}" + (f", real-time priority {args.agent_fifo} (chrt --fifo)" if args.agent_fifo else "")
+             f"{args.agent_nice} (it puts itself under SCHED_BATCH)"
              + f". Modes: JARM's job_submit.lua and agent; the accept-all default; a control hook "
              f"that only sleeps 0.5 ms and times itself as JARM's does. Load average (1, 5, 15 min) before: "
              f"{load_before[0]:.1f}, {load_before[1]:.1f}, {load_before[2]:.1f}; after: {load_after[0]:.1f}, "
@@ -277,9 +274,8 @@ def main() -> int:
         command += f" --block {args.block}" if args.block != 50 else ""
         command += f" --submitters {args.submitters}" if args.submitters != 4 else ""
         command += f" --agent-nice {args.agent_nice}" if args.agent_nice else ""
-        command += f" --agent-fifo {args.agent_fifo}" if args.agent_fifo else ""
         title = "JARM: sbatch with the admission hook (issue 13.5)"
-        write_section(title + (", the agent at a real-time priority" if args.agent_fifo else ""), command, lines)
+        write_section(title + ", the hook spending allowances", command, lines)
     return 0
 
 

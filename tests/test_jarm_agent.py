@@ -206,6 +206,17 @@ def test_the_agent_uses_no_floats():
     assert " / " not in source.split("# -- the decision")[1].split("# -- the background refresh")[0]
 
 
+def test_the_agent_puts_itself_under_batch_scheduling():
+    # (a woken SCHED_BATCH thread never preempts the running one: the hook's write of what it spent does not
+    # hand slurmctld's CPU to the agent in the middle of a submission)
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append((agent.batch_scheduling(), os.sched_getscheduler(0))))
+    thread.start()
+    thread.join(10)
+    assert seen == [(True, os.SCHED_BATCH)]
+    assert os.sched_getscheduler(0) != os.SCHED_BATCH              # per thread: this one is as it was
+
+
 # -- the hook's settings ------------------------------------------------------------------------------
 
 

@@ -201,6 +201,7 @@ def test_a_funded_job_is_admitted_and_an_empty_accounts_job_refused_with_the_sho
         exact, _ = submit(slurm_cluster, slurm_workdir, "proj1", minutes=988)                 # 989: exactly
         jobs.append(job_id_of(exact))
     assert "jarm-agent admit user=gcuser1 account=proj1" in agent.log_text()
+    assert os.sched_getscheduler(agent.process.pid) == os.SCHED_BATCH     # its wake-ups never preempt slurmctld
 
 
 def test_a_job_without_a_time_limit_is_refused_and_the_partitions_limit_is_its_estimate(
