@@ -383,6 +383,16 @@ def test_xpath_with_variables_paging_and_months(filled):
         luts.query(Caller(ADMIN), from_month="2026-13")
 
 
+def test_a_bad_expression_is_refused_before_any_record_is_stored(luts):
+    # a query over no month read no collection, so its expression was never checked (found under
+    # pytest-xdist: the service test that relied on records stored by the module's earlier tests)
+    with pytest.raises(QueryError, match="XPath syntax error"):
+        luts.query(Caller(ADMIN), "n:Usage[", limit=10)
+    with pytest.raises(QueryError, match="is not allowed"):
+        luts.query(Caller(ADMIN), "exslt:test('a', 'b')", namespaces={"exslt": "http://exslt.org/regular-expressions"})
+    assert not luts.query(Caller(ADMIN), "n:Usage", limit=10).records
+
+
 def test_job_usage_by_global_and_local_id(filled):
     luts, jobs = filled
     job = next(j for j in jobs if j.user)

@@ -338,6 +338,15 @@ class XmlStore(abc.ABC):
         between documents (BaseX: rounded up to whole seconds; embedded: + 0.5 s to kill its
         sandbox process)."""
 
+    def check_query(self, xpath: str | None, variables: Mapping[str, str | int] = {}, *,
+                    namespaces: Mapping[str, str] = {}) -> None:
+        """``QueryError`` if ``query`` would refuse this expression: for a caller whose query touches no
+        collection (no documents yet), so that a bad expression is refused whether or not there is data."""
+        from ._xpath import check_xpath, compile_xpath     # _xpath imports this module
+        check_query_args(xpath, variables, namespaces, 0, 1, self.limits.query_time_s_max, self.limits)
+        if xpath is not None:
+            compile_xpath(check_xpath(xpath, namespaces, variables, self.limits), namespaces)
+
     @abc.abstractmethod
     def count(self, collection: str, xpath: str | None = None, variables: Mapping[str, str | int] = {}, *,
               where: Mapping[str, str | tuple[str, ...]] = {}, namespaces: Mapping[str, str] = {},

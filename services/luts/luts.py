@@ -643,6 +643,7 @@ class Luts:
             xpath = None
         start_month, offset = self._read_cursor(cursor)
         merged = {**QUERY_NAMESPACES, **namespaces}
+        self.store.check_query(xpath, variables, namespaces=merged)    # refused even when no month holds records
         months = [m for m in _months_in(self._months(self.store), from_month, to_month)
                   if start_month is None or m >= start_month]
         found: list[StoredRecord] = []
