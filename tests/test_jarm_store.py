@@ -1,5 +1,6 @@
 """JARM's price store over the real store (embedded and BaseX) (issue 13.1): versions written once, racing
-administrators serialized, the version in force at any time found by the store's query, guaranteed
+administrators serialized, the version in force at any time found by reads by key (no query: on BaseX a
+query waits for every earlier write to be applied), guaranteed
 quotes kept by id; and the ``[jarm]`` section's checks."""
 from __future__ import annotations
 
@@ -69,6 +70,24 @@ def test_versions_are_written_once_and_found_in_force_at_every_time(store):
     assert code_of(lambda: prices.table(SITE, 5)) == pricing.NO_PRICE_TABLE
     assert code_of(lambda: prices.set_table(PriceChange(SITE, rates(1), effective_us=EFFECTIVE_US_MAX + 1),
                                             set_by="/CN=Admin", clock=lambda: start)) == "InvalidPriceTable"
+
+
+def test_the_version_in_force_is_found_among_many_without_a_query(store, monkeypatch):
+    prices = PriceStore(store)
+    start = 1_000 * HOUR_US
+    for version in range(1, 38):
+        prices.set_table(PriceChange(SITE, rates(version), effective_us=start + version * HOUR_US), set_by="/CN=A",
+                         clock=lambda: start)
+
+    def no_query(*args, **kwargs):
+        raise AssertionError("in_force ran a query")
+    monkeypatch.setattr(store, "count", no_query)
+    monkeypatch.setattr(store, "query", no_query)
+    assert code_of(lambda: prices.in_force(SITE, start + HOUR_US - 1)) == pricing.NO_PRICE_TABLE
+    for version in range(1, 38):
+        at = start + version * HOUR_US
+        assert [prices.in_force(SITE, moment).table.version for moment in (at, at + HOUR_US // 2)] == [version] * 2
+    assert prices.in_force(SITE, 2**62).table.version == 37
 
 
 def test_racing_administrators_are_serialized(store):
