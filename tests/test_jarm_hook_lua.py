@@ -104,7 +104,8 @@ class Hook:
             said.append(line)
         assert said[0].startswith("rc "), said
         comment = said[1].removeprefix("comment ")
-        return {"rc": int(said[0][3:]), "seconds": time.monotonic() - started, "id": comment.removeprefix("jarm-admission=") if comment != "nil" else None,
+        return {"rc": int(said[0][3:]), "seconds": time.monotonic() - started,
+                "id": comment.removeprefix("jarm-admission=") if comment != "nil" else None,
                 "said": said[2:], "text": "\n".join(said[2:])}
 
     def reload(self) -> None:

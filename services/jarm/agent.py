@@ -129,7 +129,8 @@ class AdmitRequest:
 def parse_request(line: bytes) -> tuple[str, object]:
     """``(verb, argument)`` of one request line: ``admit`` (v1) and ``admit-allow`` (``admit v2``) →
     AdmitRequest, ``settle`` → the admission id, ``spent`` and ``admitted`` → Spent, ``return`` →
-    (account, credits), ``ping`` → None. Refused with ProtocolError (never another exception) when it is not a request."""
+    (account, credits), ``ping`` → None. Refused with ProtocolError (never another exception) when it is
+    not a request."""
     if len(line) > REQUEST_BYTES_MAX:
         raise ProtocolError(f"a request is at most {REQUEST_BYTES_MAX} bytes")
     try:

@@ -111,7 +111,8 @@ local function job_of(job_desc, part_list, submit_uid)
     job.plain = name(job.account) == tostring(job.account) and name(partition) == partition
                 and name(job.qos) == job.qos and string.match(tostring(job.account), "^%w") ~= nil
     job.fields = string.format(
-        "user=%s uid=%d account=%s partition=%s qos=%s cores=%.0f nodes=%.0f time_limit_s=%.0f memory_mb=%.0f gpus=%.0f",
+        "user=%s uid=%d account=%s partition=%s qos=%s cores=%.0f nodes=%.0f time_limit_s=%.0f memory_mb=%.0f "
+        .. "gpus=%.0f",
         name(job_desc.user_name), submit_uid, name(job.account), name(partition), name(job.qos), job.cores,
         job.nodes, job.time_limit_s, job.memory_mb, job.gpus)
     job.account = name(job.account)
