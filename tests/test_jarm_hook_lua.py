@@ -335,3 +335,12 @@ def test_a_frozen_agent_costs_one_wait_then_the_policy_applies_at_once(place, tm
         assert "did not answer (not asked: no answer in time less than 1 s ago); policy refuse" in second["text"]
     finally:
         frozen.close()
+
+
+def test_the_agent_stops_without_a_traceback_while_a_hook_is_connected(place, caplog):
+    agent = place.agent({"proj1": 100})
+    hook = place.hook()
+    assert admitted_by(hook.submit()) == "agent"
+    caplog.set_level(logging.DEBUG, logger="asyncio")
+    agent.stop()
+    assert "Traceback" not in caplog.text and "Exception in callback" not in caplog.text, caplog.text

@@ -782,6 +782,10 @@ class AgentServer:
                         await writer.drain()
         except (ConnectionError, asyncio.TimeoutError):
             pass
+        except asyncio.CancelledError:
+            # the agent stops (serve cancels the connections still open: slurmctld's hook keeps one): an
+            # expected end, not asyncio's "Exception in callback" traceback of a cancelled connection task
+            pass
         finally:
             if link is not None:
                 del self.links[link]
