@@ -76,7 +76,9 @@ def build(store: XmlStore) -> int:
         return 0
     indexed, after = 0, None
     while True:
-        page = store.scan(ACCOUNTS, after_id=after, limit=BUILD_PAGE)
+        # the store's own record, not a query: on BaseX a query waits for the verification after open,
+        # and this runs in every worker's start (it held "serving on" back for the whole verification)
+        page = store.scan_local(ACCOUNTS, after_id=after, limit=BUILD_PAGE)
         if not page:
             break
         ids = [document.doc_id for document in page]
