@@ -108,6 +108,7 @@ def test_refusals_print_type_name_and_message(cli, people, tmp_path):
     code, _, err = cli(people["admin"], "set-prices", str(tmp_path / "prices.yaml"))
     assert code == 1 and err.startswith("InvalidRequest: cannot read the price table")
 
+    cli.ok(people["admin"], "set-prices", str(toml_file))     # a table in force, whatever ran before this test
     code, _, err = cli(people["alice"], "quote", "--partition", "nowhere", "--cores", "1", "--time-limit", "60")
     assert code == 1 and "[UnknownPartition]" in err and "it prices 'batch', 'gpu'" in err
     code, _, err = cli(people["alice"], "quote", "--partition", "batch", "--cores", "2", "--nodes", "3",
