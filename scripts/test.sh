@@ -80,7 +80,7 @@ if [ "$workers" = 1 ]; then
   run_pytest "$@"
 else
   echo "== phase 1: all but the 'alone' tests, $workers workers"
-  run_pytest -n "$workers" --dist loadgroup -m "not alone" "$@"
+  run_pytest -n "$workers" --dist loadscope -m "not alone" "$@"   # units: tests/conftest.py
   echo "== phase 2: the 'alone' tests (CPU shares of real guests), one at a time"
   run_pytest -m alone "$@"
 fi

@@ -141,18 +141,42 @@ def _runs_on_basex(item) -> bool:
     return "basex" in item.module.__name__ or "basex" in item.originalname.lower()
 
 
+def _uses_the_cluster(nodeid: str) -> bool:
+    return "slurm" in nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist (scripts/test.sh): a module is a unit of work (its module-scoped servers are made
+    once, its tests run in order), and every module using the one Slurm cluster — global hooks, two CPUs —
+    is one unit together, started first because it is the longest. (pytest-xdist's own xdist_group marker
+    renames node ids, which pytest 9 no longer allows: its groups silently fell apart.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SlurmFirstThenModules(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "slurm" if _uses_the_cluster(nodeid) else nodeid.split("::", 1)[0]
+
+        def _assign_work_unit(self, node) -> None:
+            if "slurm" in self.workqueue:
+                self.workqueue.move_to_end("slurm", last=False)
+            super()._assign_work_unit(node)
+
+    return SlurmFirstThenModules(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     """Every test that runs against BaseX carries the ``basex`` marker, wherever that comes from (a
     ``"basex"`` backend parameter, a BaseX fixture, a module or test named for it), and ``slow``
     too: ``pytest -m "not slow"`` is the developer's loop of a few minutes without BaseX (and
     ``-m "not basex"`` all that needs no BaseX). In such a run a test that starts a BaseX server
     anyway fails at once, naming the marker it lacks. CI runs everything (scripts/test.sh): first all but
-    the ``alone`` tests in parallel (pytest-xdist, the Slurm tests on one worker), then the ``alone`` ones."""
+    the ``alone`` tests in parallel (pytest-xdist, the Slurm tests on one worker: pytest_xdist_make_scheduler),
+    then the ``alone`` ones."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
-        if "slurm_cluster" in fixtures:
-            # One cluster, global hooks, two CPUs: under pytest-xdist all its tests go to one worker, in order.
-            item.add_marker(pytest.mark.xdist_group("slurm"))
+        if "slurm_cluster" in fixtures and not _uses_the_cluster(item.nodeid):
+            raise pytest.UsageError(f"{item.nodeid} uses the Slurm cluster: its module's name must contain 'slurm' "
+                                    "(pytest_xdist_make_scheduler keeps those modules on one worker)")
         if "libvirt_host" in fixtures and item.get_closest_marker("alone") is None:
             # CPU shares of real guests are measured: any other process on the cores shows up as error.
             item.add_marker(pytest.mark.alone)
