@@ -196,3 +196,26 @@ def test_the_last_audit_is_stored_so_every_worker_shows_the_same_one(tmp_path, m
         assert first.state().result.transaction_count == 3
     finally:
         store.close()
+
+
+def test_a_holder_index_that_cannot_be_built_leaves_the_bank_serving(tmp_path, caplog):
+    """The index only narrows the web page's search: an account document it cannot read (here a foreign one, as
+    bench/checkpoint.py's synthetic store holds) is said once, and the worker's Bank is built all the same
+    (before, `gridcredit serve` stopped: every worker failed in build)."""
+    from gridcredit.config import Config, StoreConfig
+    from gridcredit.contract import BuildContext
+    from gridcredit.server import registry
+    from gridcredit.services.bank import holders, runtime
+    from gridcredit.xmlstore import open_store
+
+    config = registry.complete(Config(state_dir=tmp_path / "state"))
+    store = open_store(StoreConfig(backend="embedded"), tmp_path / "state", indexes=(holders.INDEX,))
+    try:
+        store.put(holders.ACCOUNTS, "acct0001", b'<account id="acct0001" balance="1"/>')
+        with caplog.at_level("WARNING", logger="gridcredit.services.bank"):
+            bank = runtime.build(BuildContext(config, store))
+        assert bank is not None and store.get(holders.HOLDERS, holders.BUILT_ID) is None
+        assert [r.getMessage() for r in caplog.records if "holder index could not be built" in r.getMessage()]
+        assert holders.accounts_of(store, "/CN=Anyone", limit=5) is None     # the page reads the accounts instead
+    finally:
+        store.close()

@@ -29,7 +29,11 @@ def build(context: BuildContext):
 
     bank = Bank(context.store, LedgerKey.load_or_create(ledger_key_path(context.config)),
                 policy=policy_from_config(context.config.bank))
-    holders.build(context.store)     # once per store: the holder index of accounts written before it existed
+    try:     # once per store: the holder index of accounts written before it existed
+        holders.build(context.store)
+    except StoreError as error:      # the index only narrows a web page's search: the Bank serves without it
+        log.warning("the holder index could not be built (%s): the web view's \"your accounts\" reads every "
+                    "account until it is", error)
     return bank
 
 
