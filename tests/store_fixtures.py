@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -72,6 +73,47 @@ def private_basex(tmp_path):
     server = BaseXServer(tmp_path / "basex", port=free_port()).start()
     yield server
     server.kill()
+
+
+class LogLines(logging.Handler):
+    """The messages of INFO and above, collected (``logger.addHandler``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def in_child(work) -> tuple[int, int]:
+    """Fork a child that runs ``work(lines)`` (the BaseX store's INFO log lines collected in ``lines``) and
+    writes the dict it returns as JSON to a pipe; returns (pid, read end) for ``child_answer``."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_end)
+            lines = LogLines()
+            logger = logging.getLogger("gridcredit.xmlstore._basex")
+            logger.addHandler(lines)
+            logger.setLevel(logging.INFO)
+            answer = work(lines.lines)
+            os.write(write_end, json.dumps(answer).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    return pid, read_end
+
+
+def child_answer(pid: int, read_end: int) -> dict:
+    """What an ``in_child`` child wrote, once it ended with status 0."""
+    with os.fdopen(read_end) as pipe:
+        said = json.loads(pipe.read() or "{}")
+    assert os.waitpid(pid, 0)[1] == 0, said
+    return said
 
 
 def spawn_worker(spec: dict, mode: str, *args: str) -> subprocess.Popen:

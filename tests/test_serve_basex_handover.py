@@ -5,12 +5,10 @@ reading the journal again."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 import multiprocessing
 import os
 import re
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -21,11 +19,11 @@ from gridcredit.xmlstore import open_store
 from gridcredit.xmlstore._basex import BaseXStore
 from gridcredit.xmlstore.basex_server import free_port
 from security_fixtures import host_config
+from serve_fixtures import SERVING, serve_logging_to, wait_for_log
 from store_fixtures import basex_server  # noqa: F401 — a fixture
 
 pytestmark = [pytest.mark.basex]
 
-SERVING = "TEST: every worker is ready"
 
 
 def _fill(store_config: StoreConfig, state_path: Path) -> None:
@@ -39,12 +37,9 @@ def _fill(store_config: StoreConfig, state_path: Path) -> None:
         os._exit(code)
 
 
-def _serve_logging_to(config, files, log_path: Path, builds_path: Path) -> None:
-    """The forked server: ``serve`` as ``gridcredit serve`` runs it, its log (every process's) in a
-    file, and the pid of every open that builds its mirror from the journal in another (the real
-    reading runs: counted, not replaced)."""
-    from gridcredit.server.host import serve
-
+def _serve_counting_builds(config, files, log_path: Path, builds_path: Path) -> None:
+    """``serve_logging_to``, writing the pid of every open that builds its mirror from the journal to
+    ``builds_path`` (the real reading runs: counted, not replaced)."""
     real = BaseXStore._absorb_snapshot
 
     def counted(self):
@@ -53,25 +48,7 @@ def _serve_logging_to(config, files, log_path: Path, builds_path: Path) -> None:
         return real(self)
 
     BaseXStore._absorb_snapshot = counted
-    logging.basicConfig(filename=str(log_path), level=logging.INFO, force=True,
-                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-    code = 1
-    try:
-        code = serve(config, files, announce=lambda: logging.getLogger("test").info(SERVING))
-    finally:
-        logging.shutdown()
-        os._exit(code)
-
-
-def _wait_for(log_path: Path, pattern: str, process, timeout_s: float) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        log = log_path.read_text(errors="replace") if log_path.exists() else ""
-        if re.search(pattern, log):
-            return log
-        assert process.is_alive(), log
-        time.sleep(0.02)
-    raise AssertionError(f"{pattern!r} not in the server's log:\n{log_path.read_text(errors='replace')[-5000:]}")
+    serve_logging_to(config, files, log_path)
 
 
 def test_serve_builds_the_mirror_once_and_its_workers_take_it(pki, basex_server, tmp_path):
@@ -88,11 +65,11 @@ def test_serve_builds_the_mirror_once_and_its_workers_take_it(pki, basex_server,
     assert filler.exitcode == 0
     files = HostFiles(Path(pki.host_cert), Path(pki.host_key), Path(pki.trust_dir))
     log_path, builds_path = tmp_path / "serve.log", tmp_path / "builds"
-    server = multiprocessing.get_context("fork").Process(target=_serve_logging_to,
+    server = multiprocessing.get_context("fork").Process(target=_serve_counting_builds,
                                                          args=(config, files, log_path, builds_path))
     server.start()
     try:
-        log = _wait_for(log_path, re.escape(SERVING), server, 120)
+        log = wait_for_log(log_path, re.escape(SERVING), server, 120)
         alice = pki.user("Alice")
         answer = ServiceClient(f"https://localhost:{config.server.port}", "bank", credential=alice.credential,
                                trust_dir=pki.trust_dir, timeout_s=10).call("WhoAmI")

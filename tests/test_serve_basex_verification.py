@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import logging
 import multiprocessing
 import os
 import re
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -22,12 +20,12 @@ from gridcredit.xmlstore import open_store
 from gridcredit.xmlstore._basex import BaseXStore
 from gridcredit.xmlstore.basex_server import free_port
 from security_fixtures import host_config
+from serve_fixtures import SERVING, serve_logging_to, wait_for_log
 from store_fixtures import private_basex  # noqa: F401 — a fixture
 
 pytestmark = [pytest.mark.basex]
 
 DOCUMENTS = 2000
-SERVING = "TEST: every worker is ready"
 
 
 def _fill(store_config: StoreConfig, state_path: Path) -> None:
@@ -39,31 +37,6 @@ def _fill(store_config: StoreConfig, state_path: Path) -> None:
         store.close()
     finally:
         os._exit(code)
-
-
-def _serve_logging_to(config, files, log_path: Path) -> None:
-    """The forked server: ``serve`` as ``gridcredit serve`` runs it, its log (every process's) in a file."""
-    from gridcredit.server.host import serve
-
-    logging.basicConfig(filename=str(log_path), level=logging.INFO, force=True,
-                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-    code = 1
-    try:
-        code = serve(config, files, announce=lambda: logging.getLogger("test").info(SERVING))
-    finally:
-        logging.shutdown()
-        os._exit(code)
-
-
-def _wait_for(log_path: Path, pattern: str, process, timeout_s: float) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        log = log_path.read_text(errors="replace") if log_path.exists() else ""
-        if re.search(pattern, log):
-            return log
-        assert process.is_alive(), log
-        time.sleep(0.02)
-    raise AssertionError(f"{pattern!r} not in the server's log:\n{log_path.read_text(errors='replace')[-5000:]}")
 
 
 def test_serve_answers_while_one_worker_verifies_basex_and_the_other_adopts_it(pki, private_basex, tmp_path,
@@ -83,23 +56,23 @@ def test_serve_answers_while_one_worker_verifies_basex_and_the_other_adopts_it(p
     assert filler.exitcode == 0
     files = HostFiles(Path(pki.host_cert), Path(pki.host_key), Path(pki.trust_dir))
     log_path = tmp_path / "serve.log"
-    server = multiprocessing.get_context("fork").Process(target=_serve_logging_to, args=(config, files, log_path))
+    server = multiprocessing.get_context("fork").Process(target=serve_logging_to, args=(config, files, log_path))
     server.start()
     try:
         # both workers have opened the store (the supervisor's open came first) ...
-        _wait_for(log_path, r"(?s)(forked from.*){2}", server, 120)
+        wait_for_log(log_path, r"(?s)(forked from.*){2}", server, 120)
         # ... now every verification step waits: the journal's applier lock is held here
         with open(config.state_path / "basex-journal" / "apply.lock", "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            log = _wait_for(log_path, re.escape(SERVING), server, 120)
+            log = wait_for_log(log_path, re.escape(SERVING), server, 120)
             assert not re.search(r"verified \d+ documents of BaseX", log), log    # serving, BaseX not verified yet ...
             alice = pki.user("Alice")
             answer = ServiceClient(f"https://localhost:{config.server.port}", "bank", credential=alice.credential,
                                    trust_dir=pki.trust_dir, timeout_s=10).call("WhoAmI")
             assert answer.dn == alice.dn                                            # ... and answering
             fcntl.flock(lock, fcntl.LOCK_UN)
-        log = _wait_for(log_path, r"verified \d+ documents of BaseX against the journal in", server, 120)
-        log = _wait_for(log_path, r"verified against the journal by process \d+ .*not verifying again", server, 30)
+        log = wait_for_log(log_path, r"verified \d+ documents of BaseX against the journal in", server, 120)
+        log = wait_for_log(log_path, r"verified against the journal by process \d+ .*not verifying again", server, 30)
         verified = re.findall(r" (\d+) INFO \S+: xmlstore/basex: verified (\d+) documents of BaseX", log)
         assert len(verified) == 1, log                          # one full verification for the start ...
         verifier, documents = verified[0]

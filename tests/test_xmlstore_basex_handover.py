@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import fcntl
 import gc
-import json
-import logging
 import os
 import signal
 import time
@@ -20,7 +18,7 @@ import pytest
 from gridcredit.xmlstore._basex import BaseXStore
 from gridcredit.xmlstore._basex_wire import Session
 from store_fixtures import *  # noqa: F401,F403
-from store_fixtures import _prefixes, open_from_spec
+from store_fixtures import _prefixes, child_answer, in_child, open_from_spec
 
 pytestmark = [pytest.mark.basex]
 
@@ -31,15 +29,6 @@ DOCUMENTS = 300
 def spec(basex_server, tmp_path):
     return {"backend": "basex", "state_dir": str(tmp_path / "state"), "port": basex_server.port,
             "prefix": f"h{os.getpid()}x{next(_prefixes)}_"}
-
-
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
 
 
 def _count_builds(monkeypatch) -> list[int]:
@@ -70,35 +59,6 @@ def _filled(spec: dict) -> int:
         return store._journal.last_seq
 
 
-def _in_child(work) -> tuple[int, int]:
-    """Fork a child that runs ``work(lines)`` (its store's INFO log lines collected) and writes the
-    dict it returns as JSON to a pipe; returns (pid, read end)."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(read_end)
-            lines = _Lines()
-            logger = logging.getLogger("gridcredit.xmlstore._basex")
-            logger.addHandler(lines)
-            logger.setLevel(logging.INFO)
-            answer = work(lines.lines)
-            os.write(write_end, json.dumps(answer).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    return pid, read_end
-
-
-def _answer(pid: int, read_end: int) -> dict:
-    with os.fdopen(read_end) as pipe:
-        said = json.loads(pipe.read() or "{}")
-    assert os.waitpid(pid, 0)[1] == 0, said
-    return said
-
-
 def _worker(spec: dict, builds: list[int], name: str):
     """What a serve worker does with the store: open, read by id, commit, query (BaseX verified)."""
     def work(lines: list[str]) -> dict:
@@ -127,11 +87,11 @@ def test_processes_forked_after_a_hand_over_take_its_mirror_instead_of_reading_t
     with open_from_spec(spec) as other:           # a commit after the hand-over (another process's, as far as
         other.put("big", "late", b"<late/>")      # the handed mirror knows: this process took nothing)
     del builds[:]
-    answers = [_answer(*_in_child(_worker(spec, builds, f"w{k}"))) for k in range(2)]
+    answers = [child_answer(*in_child(_worker(spec, builds, f"w{k}"))) for k in range(2)]
     for answer in answers:
         assert answer["builds"] == [], answer                       # no second or third build ...
         assert answer["mirror_from"] == os.getpid(), answer         # ... the parent's mirror taken
-        assert any(f"took the mirror of the journal up to transaction" in line and f"process {os.getpid()}" in line
+        assert any("took the mirror of the journal up to transaction" in line and f"process {os.getpid()}" in line
                    for line in answer["lines"]), answer
         assert answer["again"] == "<d n=\"3\" again=\"1\"/>", answer  # frames after the snapshot: in it
         assert answer["late"] == "<late/>", answer                  # the frame written since: read by the open
@@ -156,16 +116,16 @@ def test_a_hand_over_is_taken_once_within_fork_trust_s_and_dropped_by_its_functi
 
     del builds[:]
     drop = open_from_spec(spec).hand_over()
-    answer = _answer(*_in_child(two_opens))
+    answer = child_answer(*in_child(two_opens))
     assert answer["from"] == [os.getpid(), None] and len(answer["builds"]) == 1, answer
     assert answer["counts"] == [DOCUMENTS, DOCUMENTS], answer
     drop()                                           # dropped here: a process forked now reads the journal
-    answer = _answer(*_in_child(two_opens))
+    answer = child_answer(*in_child(two_opens))
     assert answer["from"] == [None, None] and len(answer["builds"]) == 2, answer
     monkeypatch.setattr(BaseXStore, "fork_trust_s", 0.5)
     drop = open_from_spec(spec).hand_over()
     time.sleep(1.0)                                  # forked too long after it: not trusted
-    answer = _answer(*_in_child(two_opens))
+    answer = child_answer(*in_child(two_opens))
     assert answer["from"] == [None, None] and len(answer["builds"]) == 2, answer
     drop()
 
@@ -185,7 +145,7 @@ def test_an_open_from_a_handed_mirror_applies_the_frames_basex_lacks(spec, basex
             return {"from": store.mirror_from, "log": store.recovery_log, "verified": store.wait_verified(60),
                     "count": store.count("big"), "ok": all(entry["ok"] for entry in store.check().values())}
 
-    answer = _answer(*_in_child(work))
+    answer = child_answer(*in_child(work))
     drop()
     assert answer["from"] == os.getpid(), answer
     assert any("4 committed transaction(s) not yet in BaseX" in line for line in answer["log"]), answer

@@ -30,7 +30,7 @@ from gridcredit.xmlstore import AttributeIndex
 from gridcredit.xmlstore._basex import BaseXStore, apply_query
 from gridcredit.xmlstore._basex_wire import Session
 from store_fixtures import *  # noqa: F401,F403
-from store_fixtures import kill9, open_from_spec, pair_xml, read_acks, spawn_worker
+from store_fixtures import child_answer, in_child, kill9, open_from_spec, pair_xml, read_acks, spawn_worker
 from test_xmlstore_conformance import check_pairs
 
 HERE = Path(__file__).resolve().parent
@@ -1116,48 +1116,19 @@ def test_open_returns_before_the_verification_which_queries_wait_for_and_which_s
         store.close()
 
 
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
-def _fork_opener(spec: dict, go: threading.Event | None = None) -> tuple[int, int]:
+def _fork_opener(spec: dict) -> tuple[int, int]:
     """A child forked now that opens the store, waits until BaseX is verified, counts 'big', and
     writes what it did as JSON to the pipe returned (pid, read end): its log lines, whether it was
     verifying after its open."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(read_end)
-            lines = _Lines()
-            logger = logging.getLogger("gridcredit.xmlstore._basex")
-            logger.addHandler(lines)
-            logger.setLevel(logging.INFO)
-            store = open_from_spec(spec)
-            verifying = store.verifying
-            verified = store.wait_verified(120)
-            answer = {"pid": os.getpid(), "verifying": verifying, "verified": verified,
-                      "count": store.count("big"), "lines": lines.lines}
-            store.close()
-            os.write(write_end, json.dumps(answer).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    return pid, read_end
-
-
-def _answer(pid: int, read_end: int) -> dict:
-    with os.fdopen(read_end) as pipe:
-        said = json.loads(pipe.read() or "{}")
-    assert os.waitpid(pid, 0)[1] == 0, said
-    return said
+    def open_and_count(lines: list[str]) -> dict:
+        store = open_from_spec(spec)
+        verifying = store.verifying
+        verified = store.wait_verified(120)
+        answer = {"pid": os.getpid(), "verifying": verifying, "verified": verified,
+                  "count": store.count("big"), "lines": lines}
+        store.close()
+        return answer
+    return in_child(open_and_count)
 
 
 def _leave_the_verification_to_the_background(spec: dict) -> None:
@@ -1182,7 +1153,7 @@ def test_processes_forked_after_an_open_verify_basex_once_between_them(private_b
                   "<d n='stray'/> }, 'd0999x')")                                   # a write the journal never had
     session.close()
     _leave_the_verification_to_the_background(spec)
-    answers = [_answer(*opener) for opener in [_fork_opener(spec) for _ in range(3)]]
+    answers = [child_answer(*opener) for opener in [_fork_opener(spec) for _ in range(3)]]
     verifiers = [a for a in answers if any("verified 1500 documents of BaseX" in line for line in a["lines"])]
     assert len(verifiers) == 1, answers
     verifier = verifiers[0]["pid"]
@@ -1220,7 +1191,7 @@ def test_the_shared_verification_goes_on_when_the_process_doing_it_dies(private_
     os.kill(first, signal.SIGKILL)
     assert os.waitpid(first, 0)[1] == signal.SIGKILL
     os.close(first_pipe)
-    answer = _answer(*_fork_opener(spec))
+    answer = child_answer(*_fork_opener(spec))
     assert answer["verified"] and answer["count"] == 3000, answer
     going_on = [line for line in answer["lines"]
                 if f"going on with the verification of BaseX after open that process {first} left" in line]
