@@ -643,9 +643,10 @@ class Luts:
             xpath = None
         start_month, offset = self._read_cursor(cursor)
         merged = {**QUERY_NAMESPACES, **namespaces}
-        self.store.check_query(xpath, variables, namespaces=merged)    # refused even when no month holds records
         months = [m for m in _months_in(self._months(self.store), from_month, to_month)
                   if start_month is None or m >= start_month]
+        if not months:      # no store query checks the expression: a bad one is refused all the same
+            self.store.check_query(xpath, variables, namespaces=merged)
         found: list[StoredRecord] = []
         for month in months:
             if month != start_month:
