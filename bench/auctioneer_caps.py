@@ -2,7 +2,7 @@
 the measured shares stay to the sold ones.
 
     python bench/auctioneer_caps.py [--windows 3] [--window-s 10] [--changes 10] [--new-bids 5] [--cpuset 1]
-                                    [--prefix bench-] [--write]
+                                    [--prefix bench-] [--parts new-bids,changes,shares] [--write]
 
 Needs a running libvirtd with the QEMU driver (scripts/libvirt.sh start; root). Guests are the "spin" boot
 sector of services/auctioneer/guest.py (a whole CPU until capped), all pinned to ``--cpuset`` (one CPU):
@@ -24,7 +24,8 @@ sector of services/auctioneer/guest.py (a whole CPU until capped), all pinned to
    CPU, absolute and relative to the three's sum (target ≤ 2 points), beside how busy the sold CPU was and how
    much of it went to anything but the guests (/proc/stat).
 
-The load average is printed (and written) with every figure; other VMs on the host are listed (they compete
+``--parts`` runs only some of 2-4 (``new-bids``, ``changes``, ``shares``; 1 comes with ``changes``); ``--write``
+needs all three (it replaces the whole section). The load average is printed (and written) with every figure; other VMs on the host are listed (they compete
 for the same CPU).
 """
 from __future__ import annotations
@@ -50,6 +51,7 @@ PERIOD_US = 100_000
 SAMPLE_S = 0.02
 RATE_WINDOW_S = 0.3
 VISIBLE_POINTS = 0.05
+PARTS = ("new-bids", "changes", "shares")
 
 
 def load() -> str:
@@ -212,6 +214,24 @@ def bench_new_bids(cpuset: str, prefix: str, rounds: int, state_dir: Path, uri: 
     return {"rounds": rounds_done, "load": load()}
 
 
+def ms(values) -> str:
+    return f"{1000 * statistics.median(values):.0f} / {1000 * max(values):.0f}" if values else "—"
+
+
+def new_bid_rows(new_bids: dict) -> list[str]:
+    """The table rows of part 3 (new bids)."""
+    lines = []
+    for count in (1, 3):
+        timed = [bid for round_ in new_bids["rounds"][count] for bid in round_]
+        for key, what in (("capped_s", "its VM running with a cap"),
+                          ("share_s", "its VM capped at its share among the round's bids")):
+            values = [bid[key] for bid in timed if bid[key] is not None]
+            lines.append(f"| {'one new bid' if count == 1 else 'three simultaneous new bids'}: PlaceBid's answer to "
+                         f"{what} in libvirt's scheduler parameters, {len(new_bids['rounds'][count])} rounds, "
+                         f"{len(timed) - len(values)} not within 30 s (ms) | {ms(values)} | < 2000 |")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--windows", type=int, default=3)
@@ -221,8 +241,15 @@ def main() -> int:
     parser.add_argument("--prefix", default="bench-", help="the VMs' name prefix (the process id is added)")
     parser.add_argument("--cpuset", default=str((os.cpu_count() or 1) - 1))
     parser.add_argument("--uri", default="qemu:///system")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"which parts to run, of {', '.join(PARTS)}")
     parser.add_argument("--write", action="store_true", help="record the results in BENCHMARKS.md")
     args = parser.parse_args()
+    parts = [part.strip() for part in args.parts.split(",") if part.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown parts {', '.join(unknown)} (known: {', '.join(PARTS)})")
+    if args.write and set(parts) != set(PARTS):
+        parser.error("--write replaces the whole section: run every part")
 
     state_root = Path("/var/lib/gridcredit-bench-vms")     # QEMU (libvirt-qemu) must reach the disks: not /tmp
     state_root.mkdir(mode=0o711, exist_ok=True)
@@ -231,10 +258,14 @@ def main() -> int:
     hypervisor = Hypervisor(args.uri, call_timeout_s=30, state_dir=state_dir)
     prefix = f"{args.prefix}{os.getpid()}-"
     load_before = load()
+    new_bids = changes = shares = None
     try:
-        new_bids = bench_new_bids(args.cpuset, f"{prefix}m-", args.new_bids, state_dir, args.uri)
-        changes = bench_changes(hypervisor, args.cpuset, prefix, args.changes)
-        shares = bench_shares(hypervisor, args.cpuset, prefix, args.windows, args.window_s)
+        if "new-bids" in parts:
+            new_bids = bench_new_bids(args.cpuset, f"{prefix}m-", args.new_bids, state_dir, args.uri)
+        if "changes" in parts:
+            changes = bench_changes(hypervisor, args.cpuset, prefix, args.changes)
+        if "shares" in parts:
+            shares = bench_shares(hypervisor, args.cpuset, prefix, args.windows, args.window_s)
     finally:
         for name in hypervisor.list_vms(prefix):
             hypervisor.remove_vm(name)
@@ -243,9 +274,11 @@ def main() -> int:
     print(json.dumps({"load_before": load_before, "new_bids": new_bids, "changes": changes, "shares": shares},
                      indent=1))
 
-    def ms(values):
-        return f"{1000 * statistics.median(values):.0f} / {1000 * max(values):.0f}" if values else "—"
-
+    if set(parts) != set(PARTS):            # a part only: its rows, not the section
+        if new_bids is not None:
+            print("\n".join(new_bid_rows(new_bids)))
+            print(f"load before: {load_before}; after the new bids: {new_bids['load']}")
+        return 0
     errors = [abs(value) for window in shares["windows"] for value in window["error_points"].values()]
     relative = [abs(value) for window in shares["windows"] for value in window["relative_error_points"].values()]
     lines = [
@@ -260,14 +293,7 @@ def main() -> int:
         f"| set_cap to the new rates measured in both guests (within 5 points over 300 ms), {changes['changes']} "
         f"changes, {changes['missed']} not seen within 2.5 s (ms) | {ms(changes['visible_s'])} | < 2000 |",
     ]
-    for count in (1, 3):
-        timed = [bid for round_ in new_bids["rounds"][count] for bid in round_]
-        for key, what in (("capped_s", "its VM running with a cap"),
-                          ("share_s", "its VM capped at its share among the round's bids")):
-            values = [bid[key] for bid in timed if bid[key] is not None]
-            lines.append(f"| {'one new bid' if count == 1 else 'three simultaneous new bids'}: PlaceBid's answer to "
-                         f"{what} in libvirt's scheduler parameters, {len(new_bids['rounds'][count])} rounds, "
-                         f"{len(timed) - len(values)} not within 30 s (ms) | {ms(values)} | < 2000 |")
+    lines += new_bid_rows(new_bids)
     lines += [
         "",
         f"New bids: a host (`gridcredit serve`, embedded store, interval 10 s, the Auctioneer's allocation loop) and "

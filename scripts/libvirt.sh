@@ -14,8 +14,10 @@ usage: scripts/libvirt.sh [start|stop|status|install|--help]
            libvirt-clients, without recommends), create the users and groups the QEMU driver runs guests
            as (libvirt-qemu, kvm, libvirt) and the folders it needs, give /dev/kvm to group kvm, give the
            VMs' cgroup (/machine) priority over the host's processes (GRIDCREDIT_MACHINE_CPU_SHARES,
-           default 262144), start whatever of virtlogd and
-           libvirtd is not running, and wait until `virsh -c qemu:///system version` answers.
+           default 262144), start whatever of virtlogd and libvirtd is not running, give the two
+           daemons a cgroup of their own (/hypervisor) with the same priority
+           (GRIDCREDIT_HYPERVISOR_CPU_SHARES, default as the VMs'), and wait until
+           `virsh -c qemu:///system version` answers.
            Idempotent: a second run only checks.
   stop     stop libvirtd and virtlogd (SIGTERM, then SIGKILL after 15 s). Running guests are left
            running (libvirtd finds them again when it starts).
@@ -99,6 +101,34 @@ prioritize_machines() {
     fi
 }
 
+# The daemons' own cgroup (/hypervisor), as heavy as the VMs': a VM start is ~400 QMP round trips between
+# libvirtd and the new QEMU (libvirt 9.0 reads every CPU feature with qom-get), so a libvirtd weighing 1024
+# among the host's busy processes (other tests, benchmarks) made three simultaneous starts take ~2 s. The
+# daemons are idle but for the auctioneer's calls. Moved whenever `start` runs (they may have been started
+# before, or by hand).
+HYPERVISOR_CPU_SHARES="${GRIDCREDIT_HYPERVISOR_CPU_SHARES:-$MACHINE_CPU_SHARES}"
+prioritize_daemons() {
+    local group="" daemon pid
+    if [ -d /sys/fs/cgroup/cpu ] && [ ! -f /sys/fs/cgroup/cgroup.controllers ]; then    # cgroup v1
+        group=/sys/fs/cgroup/cpu/hypervisor
+        mkdir -p "$group" 2>/dev/null && echo "$HYPERVISOR_CPU_SHARES" >"$group/cpu.shares" 2>/dev/null || group=""
+    elif [ -f /sys/fs/cgroup/cgroup.controllers ]; then                                # cgroup v2
+        group=/sys/fs/cgroup/hypervisor
+        mkdir -p "$group" 2>/dev/null \
+            && echo $(( HYPERVISOR_CPU_SHARES * 10000 / 262144 > 0 ? HYPERVISOR_CPU_SHARES * 10000 / 262144 : 1 )) \
+                >"$group/cpu.weight" 2>/dev/null || group=""
+    fi
+    if [ -z "$group" ]; then
+        say "warning: could not make the daemons' cgroup (read-only cgroups?): VM starts compete with the host's processes"
+        return 0
+    fi
+    for daemon in "${DAEMONS[@]}"; do
+        pid="$(running_pid "$daemon")" || continue
+        echo "$pid" >"$group/cgroup.procs" 2>/dev/null \
+            || say "warning: could not move $daemon ($pid) to $group: VM starts compete with the host's processes"
+    done
+}
+
 start_daemon() {
     local daemon="$1"
     running_pid "$daemon" >/dev/null && return 0
@@ -125,6 +155,7 @@ start() {
     prioritize_machines
     start_daemon virtlogd
     start_daemon libvirtd
+    prioritize_daemons
     local i
     for i in $(seq 1 60); do
         answers && { say "libvirtd answers on $URI"; return 0; }

@@ -146,6 +146,9 @@ def test_the_domain_xml_pins_caps_and_has_no_network_nor_port(tmp_path, offline)
     uncapped = ElementTree.fromstring(
         offline._domain_xml("gc-b", DEFAULT_TEMPLATES["idle"], "0-1", image, console, None, 100_000, 4096))
     assert uncapped.find("cputune/quota") is None and uncapped.findtext("cputune/shares") == "4096"
+    starting = ElementTree.fromstring(        # the emulator starts off the sold CPU (pinned to it once up)
+        offline._domain_xml("gc-c", DEFAULT_TEMPLATES["spin"], "1", image, console, 12_500, 100_000, 1024, "0"))
+    assert starting.find("vcpu").get("cpuset") == "1" and starting.find("cputune/emulatorpin").get("cpuset") == "0"
 
 
 # ---- timeouts and dead daemons ----

@@ -21,7 +21,13 @@ The VMs (``create_vm``): **transient** libvirt domains (``createXML``: nothing i
 destroyed VM leaves no configuration behind) built from a ``Template``, with
 
 - their vCPUs *and* QEMU's emulator threads pinned to the host's sold CPUs (``<vcpu cpuset=…>``,
-  ``<emulatorpin>``), so bidders compete only among themselves;
+  ``<emulatorpin>``), so bidders compete only among themselves — except **while the VM starts**: its emulator
+  threads then run on the host's unsold CPUs and are pinned to the sold ones once it is up (``pinEmulator``,
+  before ``create_vm`` returns; the vCPU runs pinned and capped from its first instruction either way). A
+  start is QEMU's and libvirtd's work, not the guest's: libvirt 9.0 asks QEMU ~400 QMP questions about its
+  CPU model (``qom-get`` per feature: ~0.35 s of QEMU's CPU per start here), which on the sold CPU came out
+  of the paying guests (a guest sold the whole CPU got ~half of it while three VMs started) and queued
+  behind them (three starts beside one spinning guest: 1.9-2.5 s; on the unsold CPU 1.3-1.4 s at load ~9);
 - their share from the start (``<cputune>`` period/quota or shares), so a new VM never runs uncapped;
 - the serial port as a Unix-socket chardev ``<state_dir>/<name>/console.sock`` (mode 0600; no TCP port),
 - **no network interface at all** (libvirt starts QEMU with ``-nodefaults``: no NIC, so no route to other
@@ -243,6 +249,7 @@ class Hypervisor:
         self._libvirt = _libvirt()
         self._lock = threading.Lock()
         self._connection = None
+        self._online_cpus: tuple[int, ...] | None = None   # the host's online CPUs (libvirt's getCPUMap), cached
         self._stuck = 0                   # worker threads still waiting on a call that timed out
 
     # ---- the connection and the bounded call ----
@@ -317,6 +324,7 @@ class Hypervisor:
     def _drop_connection(self) -> None:
         with self._lock:
             connection, self._connection = self._connection, None
+            self._online_cpus = None
         if connection is not None:
             # close() may block on a hung daemon: never in the caller's thread.
             threading.Thread(target=self._close_quietly, args=(connection,), daemon=True).start()
@@ -383,7 +391,8 @@ class Hypervisor:
                          "are all o+x (e.g. under /var/lib)")
 
     def _domain_xml(self, name: str, template: Template, cpuset: str, image: Path, console: Path,
-                    quota_us: int | None, period_us: int, shares: int) -> str:
+                    quota_us: int | None, period_us: int, shares: int, start_cpuset: str | None = None) -> str:
+        """The domain XML; ``start_cpuset``: where the emulator threads start (default ``cpuset``)."""
         E = ElementTree.Element
         sub = ElementTree.SubElement
         domain = E("domain", type="qemu")              # TCG: runs with or without /dev/kvm
@@ -398,7 +407,7 @@ class Hypervisor:
         sub(tune, "period").text = str(period_us)
         if quota_us is not None:
             sub(tune, "quota").text = str(quota_us)
-        sub(tune, "emulatorpin", cpuset=cpuset)
+        sub(tune, "emulatorpin", cpuset=start_cpuset or cpuset)    # while starting; the sold CPUs once it is up
         os_ = sub(domain, "os")
         sub(os_, "type", arch="x86_64", machine="pc").text = "hvm"
         sub(os_, "boot", dev=template.boot)
@@ -422,9 +431,10 @@ class Hypervisor:
     def create_vm(self, name: str, template: Template, *, cpuset: str, quota_us: int | None = None,
                   period_us: int = 100_000, weight: int = 1024) -> VmHandle:
         """Start a transient VM ``name`` from ``template``, pinned to ``cpuset`` (the sold CPUs), capped
-        from its first instruction when ``quota_us`` is given (else uncapped, weight ``weight``).
-        Idempotent for a retry: a running VM of that name made from the same template is returned as it is
-        (InvalidVmRequest if from another template)."""
+        from its first instruction when ``quota_us`` is given (else uncapped, weight ``weight``); its emulator
+        threads start on the unsold CPUs and are pinned to ``cpuset`` before this returns (module docstring).
+        Idempotent for a retry: a running VM of that name made from the same template is returned as it is, its
+        emulator pinned to ``cpuset`` (InvalidVmRequest if from another template)."""
         self._check_name(name)
         cpus = parse_cpuset(cpuset)
         if quota_us is not None:
@@ -436,7 +446,8 @@ class Hypervisor:
                 raise InvalidVmRequest(f"a VM {name!r} runs already, from template {existing!r}, not "
                                        f"{template.name!r}", hint="remove it first, or choose another name")
             handle = self._handle(name)
-            self._secure_console(handle.console_path)   # a start that outlived its call was never secured
+            self._pin_emulator(name, cpus)              # a start that failed or outlived its call was not pinned
+            self._secure_console(handle.console_path)   # nor its console secured
             return handle
         self._prepare_state_dir()
         directory = self.vm_directory(name)
@@ -454,9 +465,12 @@ class Hypervisor:
                 image = directory / "disk.img"
                 shutil.copyfile(template.image, image)
                 os.chmod(image, 0o600)
+            start_cpus = self._start_cpus(cpus)
             xml = self._domain_xml(name, template, ",".join(map(str, cpus)), image, console, quota_us,
-                                   period_us, shares)
+                                   period_us, shares, ",".join(map(str, start_cpus)))
             domain = self._call(f"create VM {name}", lambda connection: connection.createXML(xml, 0), vm=name)
+            if start_cpus != cpus:
+                self._pin_emulator(name, cpus)
             self._secure_console(console)
         except HypervisorTimeout:
             # libvirtd may still start the VM: keep its disk and console. A retry finds it running (and
@@ -470,6 +484,26 @@ class Hypervisor:
         log.info("hypervisor: created VM %s (%s) from template %s on CPUs %s, %s", name, uuid, template.name,
                  cpuset, f"cap {quota_us}/{period_us} us" if quota_us is not None else f"weight {shares}")
         return VmHandle(name=name, uuid=uuid, console_path=console, directory=directory)
+
+    def _start_cpus(self, sold: tuple[int, ...]) -> tuple[int, ...]:
+        """The CPUs a VM's emulator threads start on: the host's online CPUs that are not sold (``sold`` when
+        every CPU is). Read from libvirt once per connection (the host's, which may be remote)."""
+        with self._lock:
+            online = self._online_cpus
+        if online is None:
+            _count, cpumap, _online = self._call("read the host's CPUs", lambda connection: connection.getCPUMap(0))
+            online = tuple(cpu for cpu, up in enumerate(cpumap) if up)
+            with self._lock:
+                self._online_cpus = online
+        unsold = tuple(cpu for cpu in online if cpu not in sold)
+        return unsold or sold
+
+    def _pin_emulator(self, name: str, cpus: tuple[int, ...]) -> None:
+        """Pin the running VM's emulator threads to ``cpus`` (the sold CPUs)."""
+        cpumap = tuple(cpu in cpus for cpu in range(max(cpus) + 1))
+        flags = self._libvirt.VIR_DOMAIN_AFFECT_LIVE
+        self._call(f"pin the emulator of VM {name} to CPUs {','.join(map(str, cpus))}",
+                   lambda connection: connection.lookupByName(name).pinEmulator(cpumap, flags), vm=name)
 
     def _secure_console(self, console: Path) -> None:
         # libvirt opens the listening socket itself and hands it to QEMU; make it 0600 (owner only).
