@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import io
 import os
 import pstats
@@ -49,6 +50,7 @@ from gridcredit.security.wssec import SOAP11_NS
 from gridcredit.server.host import HostFiles, build_host
 
 HOLD_AMOUNT = 10**9
+TIMED_BATCHES = 10                  # --profile: batches timed by stage before the profiled one
 PEOPLE = ("Bench Admin", "Bench Owner", "Bench Auctioneer")
 
 
@@ -189,9 +191,18 @@ class _StageClock:
                         (soap11.Soap11, "deserialize", "spyne parse"), (soap11.Soap11, "serialize", "spyne answer"),
                         (host.SignedSoapHost, "_reply", "answer signed")]
         self.spent: dict[str, float] = {label: 0.0 for _owner, _name, label in self._stages}
+        self.spent["garbage collection (in the stages above)"] = 0.0
         self._originals: list = []
+        self._collecting_since = 0.0
+
+    def _collection(self, phase: str, _info) -> None:
+        if phase == "start":
+            self._collecting_since = time.thread_time()
+        else:
+            self.spent["garbage collection (in the stages above)"] += time.thread_time() - self._collecting_since
 
     def __enter__(self):
+        gc.callbacks.append(self._collection)
         for owner, name, label in self._stages:
             original = getattr(owner, name)
             self._originals.append((owner, name, original))
@@ -206,6 +217,7 @@ class _StageClock:
         return self
 
     def __exit__(self, *_) -> None:
+        gc.callbacks.remove(self._collection)
         for owner, name, original in reversed(self._originals):
             setattr(owner, name, original)
         self._originals.clear()
@@ -258,9 +270,10 @@ def profile(args, root: Path) -> int:
     auctioneer = people["Bench Auctioneer"]
     for warm in range(2):
         check_applied(call(auctioneer, batch_envelope(holds, f"warm{warm}")), len(holds))
+    gc.freeze()    # as a server worker does once it is built (server/host.py run_worker)
     plain = []
     stages = _StageClock()
-    for index in range(5):
+    for index in range(TIMED_BATCHES):
         envelope = batch_envelope(holds, f"timed{index}")
         started = time.perf_counter()
         with stages:
@@ -270,7 +283,8 @@ def profile(args, root: Path) -> int:
     print(f"one batch of {len(holds)} ChargeHold items on {args.accounts} accounts in this process (signing the "
           f"request included), without the profiler: best {min(plain) * 1000:.1f} ms, median "
           f"{statistics.median(plain) * 1000:.1f} ms (load {os.getloadavg()[0]:.1f})")
-    print("CPU time of the serving thread per batch (mean of 5), by stage: " + stages.report(5))
+    print(f"CPU time of the serving thread per batch (mean of {TIMED_BATCHES}), by stage: "
+          + stages.report(TIMED_BATCHES))
     envelope = batch_envelope(holds, "profiled")
     profiler = cProfile.Profile()
     started = time.perf_counter()

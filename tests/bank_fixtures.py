@@ -650,3 +650,12 @@ def verify_ledger(host: BankHost, records: list, supply_before: int, *, late_mar
             "expired": sum(1 for h in snapshot.ended_holds.values() if h.state.value == "expired"),
             "settled": sum(1 for h in snapshot.ended_holds.values() if h.state.value == "settled"),
             "audited": report.transaction_count, **outcomes}
+
+
+def assert_vouched_bytes_are_normal(xml: bytes) -> None:
+    """Bytes the Bank's writer marks NormalXml are stored as they are (no parse): they must be exactly what
+    the store's normalize makes of them, with no attribute on the root (the attribute indexes read none)."""
+    from gridcredit.xmlstore import NormalXml
+    from gridcredit.xmlstore._api import normalize_with_attributes
+    if type(xml) is NormalXml:
+        assert normalize_with_attributes(bytes(xml)) == (bytes(xml), {})

@@ -19,10 +19,11 @@ from typing import Sequence
 from gridcredit.config import StoreConfig
 from gridcredit.errors import StoreError
 
-from ._api import AttributeIndex, Backlog, DEFAULT_LIMITS, Document, QueryPage, StoreLimits, Transaction, XmlStore
+from ._api import (AttributeIndex, Backlog, DEFAULT_LIMITS, Document, NormalXml, QueryPage, StoreLimits, Transaction,
+                   XmlStore)
 
-__all__ = ["open_store", "AttributeIndex", "Backlog", "Document", "QueryPage", "StoreLimits", "Transaction", "XmlStore",
-           "DEFAULT_LIMITS"]
+__all__ = ["open_store", "AttributeIndex", "Backlog", "Document", "NormalXml", "QueryPage", "StoreLimits", "Transaction",
+           "XmlStore", "DEFAULT_LIMITS"]
 
 
 def open_store(config: StoreConfig, state_dir: Path, *, limits: StoreLimits = DEFAULT_LIMITS,

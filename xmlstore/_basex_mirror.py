@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from gridcredit.errors import StoreError, StoreUnavailable, invariant
 
-from ._api import Document, Transaction, check_collection, check_doc_id, normalize
+from ._api import Document, Transaction, check_collection, check_doc_id, normalized_for_put
 from ._basex_recovery import _FORKED_AT
 from ._journal import READ_BYTES_MAX, Journal
 
@@ -112,7 +112,7 @@ class _BaseXTransaction(Transaction):
 
     def put(self, collection: str, doc_id: str, xml: bytes) -> int:
         key = (check_collection(collection), check_doc_id(doc_id))
-        return self._stage(key, normalize(xml, self._store.limits))
+        return self._stage(key, normalized_for_put(xml, self._store.limits)[0])
 
     def delete(self, collection: str, doc_id: str) -> bool:
         key = (check_collection(collection), check_doc_id(doc_id))

@@ -38,13 +38,13 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Mapping, Sequence, TypeVar
+from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
 from gridcredit.errors import ConflictError, QueryError, StoreError, invariant
 
-from ._api import (DEFAULT_LIMITS, NOT_COVERED, AttributeIndex, Coverage, Document, QueryPage, StoreLimits,
+from ._api import (DEFAULT_LIMITS, DOC_ID_PATTERN, NOT_COVERED, AttributeIndex, Coverage, Document, QueryPage, StoreLimits,
                    Transaction, XmlStore, check_collection, check_doc_id, check_indexes, check_query_args, check_where,
-                   coverage, normalize_with_attributes, parse_untrusted, root_attributes, run_with_retries,
+                   coverage, normalized_for_put, parse_untrusted, root_attributes, run_with_retries,
                    where_matches)
 from ._sandbox import pool as sandbox_pool
 from ._xpath import TreeCache, check_xpath, compile_xpath, matches
@@ -77,6 +77,7 @@ CREATE TABLE IF NOT EXISTS store_meta (
 ) WITHOUT ROWID;
 """
 
+_PREFETCH_CHUNK = 500     # ids per SELECT of a prefetch (SQLite's bound on a statement's parameters)
 _GENERATION = "SELECT value FROM store_meta WHERE key = 'indexes_generation'"
 
 
@@ -127,16 +128,20 @@ class _EmbeddedTransaction(Transaction):
         # key -> the committed version this transaction read (0: no row): BEGIN IMMEDIATE holds the write lock,
         # so it stays so until the commit, and a put of a document read first needs no SELECT of its version
         self._committed: dict[tuple[str, str], int] = {}
+        self._fetched: dict[tuple[str, str], tuple[int, bytes | None]] = {}   # prefetch: key -> (version, xml|None)
         self._bytes = 0
 
     def _current(self, collection: str, doc_id: str) -> tuple[int, bytes | None]:
         key = (check_collection(collection), check_doc_id(doc_id))
         if key in self._staged:
             return self._staged[key]
+        if key in self._fetched:
+            return self._fetched[key]
         row = self._connection.execute("SELECT version, xml FROM documents WHERE collection=? AND doc_id=?",
                                        key).fetchone()
         self._committed[key] = row[0] if row else 0
-        return (row[0], row[1]) if row else (0, None)
+        read = self._fetched[key] = (row[0], row[1]) if row else (0, None)    # under the write lock: it stays so
+        return read
 
     def _base_version(self, key: tuple[str, str]) -> int:
         version = self._committed.get(key)
@@ -150,6 +155,21 @@ class _EmbeddedTransaction(Transaction):
         version, xml = self._current(collection, doc_id)
         return None if xml is None else Document(collection, doc_id, bytes(xml), version)
 
+    def prefetch(self, collection: str, doc_ids: Iterable[str]) -> None:
+        check_collection(collection)
+        wanted = [doc_id for doc_id in dict.fromkeys(doc_ids)
+                  if isinstance(doc_id, str) and DOC_ID_PATTERN.match(doc_id)
+                  and (collection, doc_id) not in self._staged and (collection, doc_id) not in self._fetched]
+        for start in range(0, len(wanted), _PREFETCH_CHUNK):
+            chunk = wanted[start:start + _PREFETCH_CHUNK]
+            found = {doc_id: (version, xml) for doc_id, version, xml in self._connection.execute(
+                f"SELECT doc_id, version, xml FROM documents WHERE collection=? AND doc_id IN "
+                f"({','.join('?' * len(chunk))})", (collection, *chunk))}
+            for doc_id in chunk:
+                version, xml = found.get(doc_id, (0, None))
+                self._fetched[collection, doc_id] = (version, xml)
+                self._committed[collection, doc_id] = version
+
     def _stage(self, key: tuple[str, str], xml: bytes | None) -> int:
         if key not in self._staged and len(self._staged) >= self._store.limits.transaction_writes_max:
             raise StoreError(f"a transaction writes at most {self._store.limits.transaction_writes_max} documents")
@@ -162,7 +182,7 @@ class _EmbeddedTransaction(Transaction):
 
     def put(self, collection: str, doc_id: str, xml: bytes) -> int:
         key = (check_collection(collection), check_doc_id(doc_id))
-        data, attributes = normalize_with_attributes(xml, self._store.limits)
+        data, attributes = normalized_for_put(xml, self._store.limits)
         version = self._stage(key, data)
         self._attributes[key] = attributes
         return version

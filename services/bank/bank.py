@@ -131,6 +131,7 @@ def signature_verifier(public_key: Ed25519PublicKey) -> Callable[[bytes, bytes],
 
 
 _READ_AGAIN = frozenset({ACCOUNTS, HOLDS_ACTIVE, PENDING_MINTS, BANK})
+_NAMED_ACCOUNTS = ("account_id", "payee_account_id", "from_account_id", "to_account_id")   # request fields
 
 
 class _Decoded:
@@ -232,6 +233,36 @@ class _StoreView(ledger.LedgerView):
             else:
                 self._tx.put(holders.HOLDERS, doc_id, xml)
         return kept
+
+    def prefetch(self, batch: list[_Waiting]) -> None:
+        """Read at once, before they are applied, what these requests' items will read one by one — their
+        request records, holds and accounts — and the transactions they may write (a batch charging 1,000
+        bidders asked the store 4,000 times)."""
+        tx, valid = self._tx, ledger.IDENTIFIER_PATTERN.fullmatch
+        keys, hold_ids, account_ids = [], [], []
+        for waiting in batch:
+            for request in waiting.requests:
+                if type(request.request_id) is str:
+                    keys.append(ledger.request_record_key(waiting.principal.dn, request.request_id))
+                for name in _NAMED_ACCOUNTS:
+                    value = getattr(request, name, None)
+                    if type(value) is str and valid(value):
+                        account_ids.append(value)
+                hold_id = getattr(request, "hold_id", None)
+                if type(hold_id) is str and valid(hold_id):
+                    hold_ids.append(documents.numbered_document_id(hold_id))
+        tx.prefetch(REQUESTS, keys)
+        tx.prefetch(HOLDS_ACTIVE, hold_ids)
+        tx.prefetch(HOLDS_ENDED, [doc_id for doc_id in hold_ids if not tx.exists(HOLDS_ACTIVE, doc_id)])
+        for doc_id in hold_ids:
+            hold = self._load(HOLDS_ACTIVE, doc_id, documents.hold_from_xml) or self._load(
+                HOLDS_ENDED, doc_id, documents.hold_from_xml)
+            if hold is not None:
+                account_ids.append(hold.account_id)
+        tx.prefetch(ACCOUNTS, account_ids)
+        # the transaction documents they may write (the store asks for the version of each new one)
+        first = self.head().seq + 1
+        tx.prefetch(TRANSACTIONS, [documents.transaction_document_id(seq) for seq in range(first, first + len(keys))])
 
     # A malformed identifier names no document: answer None and let the operation refuse it
     # (InvalidArgument) instead of the store (whose id check would fail as a StoreError).
@@ -417,6 +448,7 @@ class Bank:
 
         def run(tx) -> list[list[ItemResult]]:
             view = _StoreView(tx, self._decoded)
+            view.prefetch(batch)
             answers = []
             for waiting in batch:
                 sign = None if waiting.batch else self.key.sign    # a batch: its last new transaction signed

@@ -421,9 +421,10 @@ def _credit(account: Account, amount: int) -> Account:
     return evolve(account, balance=account.balance + amount)
 
 
-def _debit(account: Account, amount: int) -> Account:
+def _debit(account: Account, amount: int, *, unheld: int = 0) -> Account:
+    """``amount`` out of the balance, and ``unheld`` out of what is held (a hold charged or settled)."""
     invariant(account.balance - amount >= -BALANCE_ABS_MAX, "a debit stays within the balance bound")
-    return evolve(account, balance=account.balance - amount)
+    return evolve(account, balance=account.balance - amount, held=account.held - unheld)
 
 
 def _entry(kind: TransactionKind, request: Request, principal: Principal, now_us: int, seq: int,
@@ -927,7 +928,7 @@ def charge_hold(hold: Hold | None, account: Account | None, payee: Account | Non
     updated = evolve(hold, charged=charged,
                                   state=HoldState.CHARGED_OUT if ended else HoldState.ACTIVE,
                                   ended_seq=seq if ended else None, ended_at_us=now_us if ended else None)
-    account = evolve(_debit(account, request.amount), held=account.held - request.amount)
+    account = _debit(account, request.amount, unheld=request.amount)
     return account, payee, updated, _entry(
         TransactionKind.CHARGE, request, principal, now_us, seq, account_id=account.account_id,
         counterparty_account_id=payee.account_id, amount=request.amount, hold_id=hold.hold_id,
@@ -963,7 +964,7 @@ def settle_hold(hold: Hold | None, account: Account | None, payee: Account | Non
     payee = _credit(payee, request.amount)
     settled = evolve(hold, charged=hold.charged + request.amount, state=HoldState.SETTLED,
                                   ended_seq=seq, ended_at_us=now_us)
-    account = evolve(_debit(account, request.amount), held=account.held - remainder)
+    account = _debit(account, request.amount, unheld=remainder)
     return account, payee, settled, _entry(
         TransactionKind.SETTLE, request, principal, now_us, seq, account_id=account.account_id,
         counterparty_account_id=payee.account_id, amount=request.amount, released_amount=remainder - request.amount,
