@@ -2,7 +2,7 @@
 the measured shares stay to the sold ones.
 
     python bench/auctioneer_caps.py [--windows 3] [--window-s 10] [--changes 10] [--new-bids 5] [--cpuset 1]
-                                    [--prefix bench-] [--parts new-bids,changes,shares] [--write]
+                                    [--beside 0] [--prefix bench-] [--parts new-bids,changes,shares] [--write]
 
 Needs a running libvirtd with the QEMU driver (scripts/libvirt.sh start; root). Guests are the "spin" boot
 sector of services/auctioneer/guest.py (a whole CPU until capped), all pinned to ``--cpuset`` (one CPU):
@@ -18,7 +18,11 @@ sector of services/auctioneer/guest.py (a whole CPU until capped), all pinned to
    rounds of one new bid and of three simultaneous new bids (one thread each) over signed SOAP on holds of
    theirs. Timed from PlaceBid's answer until libvirt's scheduler parameters of the bid's VM (read every 10 ms)
    show a cap (the VM runs, capped from its first instruction), and until they show the cap of its share once
-   all the round's bids are placed (target < 2 s); the bids are then cancelled and their VMs removed.
+   all the round's bids are placed (target < 2 s); the bids are then cancelled and their VMs removed. For the
+   three, where the time went: PlaceBid's answer → their QEMU process started (/proc) → the cap seen →
+   create_vm's end (the host's log) → the cap of its share. ``--beside N``: N bids placed first and live
+   throughout, their guests spinning on the sold CPU (a host whose CPU is sold already; the shares are then
+   1/(1+N) and 1/(3+N)).
 4. **Share error**: three guests capped at 1:2:5 of the CPU (12.5 / 25 / 62.5 ms per 100 ms) for ``--windows``
    windows of ``--window-s`` s; per window each guest's measured fraction minus its share, in points of one
    CPU, absolute and relative to the three's sum (target ≤ 2 points), beside how busy the sold CPU was and how
@@ -137,8 +141,10 @@ def bench_shares(hypervisor: Hypervisor, cpuset: str, prefix: str, windows: int,
     return {"windows": results}
 
 
-def bench_new_bids(cpuset: str, prefix: str, rounds: int, state_dir: Path, uri: str) -> dict:
-    """Rounds of 1 and of 3 simultaneous new bids on a real host: PlaceBid's answer → the VM's cap in libvirt."""
+def bench_new_bids(cpuset: str, prefix: str, rounds: int, state_dir: Path, uri: str, beside: int = 0) -> dict:
+    """Rounds of 1 and of 3 simultaneous new bids on a real host: PlaceBid's answer → the VM's cap in libvirt;
+    with ``beside`` bids placed first and live throughout (their guests spinning on the sold CPU, as on a host
+    whose CPU is sold already)."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
@@ -198,13 +204,17 @@ def bench_new_bids(cpuset: str, prefix: str, rounds: int, state_dir: Path, uri: 
                 stages[view.vm_name] = {"qemu_started": qemu_at}
                 return client, view, answered, capped_at
 
+            running = []                                # the bids beside, and their VMs
+            for _ in range(beside):
+                running.append(one_bid("bob", hold(host, people["bob"], "bob-acct", amount=50), threading.Barrier(1)))
+            kept = {view.vm_name for _, view, _, _ in running}
             for _ in range(rounds):
                 for count in (1, 3):
                     holds = [(who, hold(host, people[who], f"{who}-acct", amount=50)) for who in bidders[:count]]
                     go = threading.Barrier(count)
                     with ThreadPoolExecutor(count) as pool:
                         placed = list(pool.map(lambda pair: one_bid(*pair, go), holds))
-                    share_quota = 100_000 // count           # 1 CPU sold, equal rates
+                    share_quota = 100_000 // (count + beside)    # 1 CPU sold, equal rates
                     final = {}
                     deadline = time.monotonic() + 30
                     while len(final) < count and time.monotonic() < deadline:
@@ -221,8 +231,10 @@ def bench_new_bids(cpuset: str, prefix: str, rounds: int, state_dir: Path, uri: 
                     for client, view, _, _ in placed:
                         client.cancel_bid(view.bid_id)
                     deadline = time.monotonic() + 30
-                    while hypervisor.list_vms(prefix) and time.monotonic() < deadline:
+                    while set(hypervisor.list_vms(prefix)) - kept and time.monotonic() < deadline:
                         time.sleep(0.1)
+            for client, view, _, _ in running:
+                client.cancel_bid(view.bid_id)
             # create_vm's end: the host's "created VM" lines (wall clock, ms) on the monotonic clock
             offset = time.time() - time.monotonic()
             for line in host.log_text().splitlines():
@@ -244,7 +256,7 @@ def bench_new_bids(cpuset: str, prefix: str, rounds: int, state_dir: Path, uri: 
         for name in hypervisor.list_vms(prefix):
             hypervisor.remove_vm(name)
         hypervisor.close()
-    return {"rounds": rounds_done, "load": load()}
+    return {"rounds": rounds_done, "beside": beside, "load": load()}
 
 
 def ms(values) -> str:
@@ -263,18 +275,20 @@ STAGES = (("answer_to_qemu_started", "PlaceBid's answer → its QEMU process sta
 def new_bid_rows(new_bids: dict) -> list[str]:
     """The table rows of part 3 (new bids), then where the three simultaneous bids' time went."""
     lines = []
+    beside = new_bids.get("beside", 0)
+    beside_text = f" beside {beside} live bid{'s' if beside > 1 else ''}" if beside else ""
     for count in (1, 3):
         timed = [bid for round_ in new_bids["rounds"][count] for bid in round_]
         for key, what in (("capped_s", "its VM running with a cap"),
                           ("share_s", "its VM capped at its share among the round's bids")):
             values = [bid[key] for bid in timed if bid[key] is not None]
-            lines.append(f"| {'one new bid' if count == 1 else 'three simultaneous new bids'}: PlaceBid's answer to "
+            lines.append(f"| {'one new bid' if count == 1 else 'three simultaneous new bids'}{beside_text}: PlaceBid's answer to "
                          f"{what} in libvirt's scheduler parameters, {len(new_bids['rounds'][count])} rounds, "
                          f"{len(timed) - len(values)} not within 30 s (ms) | {ms(values)} | < 2000 |")
     timed = [bid for round_ in new_bids["rounds"][3] for bid in round_]
     for key, what in STAGES:
         values = [bid["stages_s"][key] for bid in timed if bid.get("stages_s", {}).get(key) is not None]
-        lines.append(f"| three simultaneous new bids, stage: {what} | {ms(values)} | |")
+        lines.append(f"| three simultaneous new bids{beside_text}, stage: {what} | {ms(values)} | |")
     return lines
 
 
@@ -284,6 +298,8 @@ def main() -> int:
     parser.add_argument("--window-s", type=float, default=10.0)
     parser.add_argument("--changes", type=int, default=10)
     parser.add_argument("--new-bids", type=int, default=5, help="rounds of 1 and of 3 simultaneous new bids")
+    parser.add_argument("--beside", type=int, default=0,
+                        help="bids placed before the new-bid rounds and live throughout (their guests spin)")
     parser.add_argument("--prefix", default="bench-", help="the VMs' name prefix (the process id is added)")
     parser.add_argument("--cpuset", default=str((os.cpu_count() or 1) - 1))
     parser.add_argument("--uri", default="qemu:///system")
@@ -307,7 +323,7 @@ def main() -> int:
     new_bids = changes = shares = None
     try:
         if "new-bids" in parts:
-            new_bids = bench_new_bids(args.cpuset, f"{prefix}m-", args.new_bids, state_dir, args.uri)
+            new_bids = bench_new_bids(args.cpuset, f"{prefix}m-", args.new_bids, state_dir, args.uri, args.beside)
         if "changes" in parts:
             changes = bench_changes(hypervisor, args.cpuset, prefix, args.changes)
         if "shares" in parts:
