@@ -3,6 +3,7 @@ wire's rates, the market's document round trip in the embedded store, and the co
 tail, input taken once)."""
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 
 import pytest
@@ -99,6 +100,44 @@ def test_the_market_document_keeps_every_bid_and_the_pending_batch(tmp_path):
         assert [pair[0].bid_id for pair in market_store.records(owner_dn="/CN=Alice", include_ended=False,
                                                                  offset=0, limit=10)] == [bid_id]
         assert market_store.records(owner_dn="/CN=Bob", include_ended=True, offset=0, limit=10) == []
+
+
+def test_a_restart_with_a_new_configuration_applies_it_from_the_next_change_and_charges_what_ran_before(tmp_path,
+                                                                                                      caplog):
+    """The market document keeps the configuration it ran under: a host restarted with a raised reserve price
+    and two CPUs charges the time before under the old one and applies the new one from its first change on
+    (a bid now below the reserve pays nothing meanwhile); a new host id or interval is refused at start."""
+    old = AuctioneerConfig(host_id="host-a", owner_account="own", interval_s=10)
+    new = AuctioneerConfig(host_id="host-a", owner_account="own", interval_s=10, capacity_cpus=2,
+                           reserve_ucps=2_000_000)
+    start = 1_000_000_000_000_000
+    with open_store(StoreConfig(backend="embedded"), tmp_path, indexes=INDEXES) as store:
+        def place(bid, hold_id, rate_ucps, at_us):
+            def step(tx, market):
+                return core.place_bid(market, bid_id=bid, owner_dn="/CN=Alice", hold_id=hold_id, rate_ucps=rate_ucps,
+                                      max_duration_s=600, mode=core.Mode.CAPPED, hold_remaining=10_000,
+                                      hold_expires_us=start + 3_600_000_000, now_us=at_us), None
+            return step
+        before = MarketStore(store, market_config(old))
+        before.change(place("b-low", "h-1", 1_000_000, start), now_us=start)
+        before.change(place("b-high", "h-2", 3_000_000, start), now_us=start)
+        assert before.market(now_us=start + 1).config.reserve_ucps == 0
+
+        after = MarketStore(store, market_config(new))              # the restart, 4 s into the interval
+        view = after.market(now_us=start + 4_000_000)
+        assert view.config.capacity_cpus == 2 and view.allocation.below_reserve == ("b-low",)
+        with caplog.at_level("INFO", logger="gridcredit.auctioneer"):
+            after.change(lambda tx, market: (core.advance(market, now_us=start + 4_000_000), None),
+                         now_us=start + 4_000_000)
+        assert "reserve_ucps 0 → 2000000" in caplog.text and "capacity_cpus 1 → 2" in caplog.text
+        stored = MarketStore(store, market_config(new)).market(now_us=start + 5_000_000)
+        assert stored.config == market_config(new)
+        closing = after.change(lambda tx, market: (lambda c: (c.market, c))(
+            core.close_interval(market, interval=market.interval)), now_us=start + 10_000_000)
+        charged = {charge.bid_id: charge.amount for charge in closing.charges}
+        assert charged == {"b-low": 4, "b-high": 30}         # low: its 4 s before the restart only
+        with pytest.raises(ConfigError, match="cannot change"):
+            MarketStore(store, market_config(dataclasses.replace(new, interval_s=5)))
 
 
 def test_console_files_offsets_the_kept_tail_and_input_taken_once(tmp_path, monkeypatch):

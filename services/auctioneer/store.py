@@ -25,16 +25,19 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import logging
 import typing
 from dataclasses import dataclass
 from typing import Callable
 
 from lxml import etree
 
-from gridcredit.errors import invariant
+from gridcredit.errors import ConfigError, invariant
 from gridcredit.xmlstore import AttributeIndex, Transaction, XmlStore
 
 from . import market as core
+
+log = logging.getLogger("gridcredit.auctioneer")
 
 STATE = "market_state"
 BIDS = "market_bids"
@@ -148,9 +151,13 @@ def bid_from_xml(xml: bytes) -> tuple[BidRecord, core.Bid | None]:
 # -- the market's document ------------------------------------------------------------------------
 
 
+_CONFIG_ATTRIBUTES = ("capacity_cpus", "reserve_ucps", "interval_us", "period_us")   # of core.MarketConfig
+
+
 def market_xml(market: core.Market) -> bytes:
     root = etree.Element(_q("Market"), nsmap={None: NAMESPACE}, host=market.config.host_id,
                          interval=str(market.interval), through_us=str(market.through_us),
+                         **{name: str(getattr(market.config, name)) for name in _CONFIG_ATTRIBUTES},
                          **({} if market.pending_interval is None else {"pending_interval": str(market.pending_interval)}))
     for bid_id in sorted(market.bids):
         etree.SubElement(root, _q("Bid"), **_attributes(market.bids[bid_id]))
@@ -162,9 +169,13 @@ def market_xml(market: core.Market) -> bytes:
 
 
 def market_from_xml(xml: bytes, config: core.MarketConfig) -> core.Market:
+    """The stored market, under the configuration it was stored with (``config``, the host's present one,
+    for a document written before the configuration was stored with it)."""
     from types import MappingProxyType
 
     root = etree.fromstring(xml)
+    if root.get("capacity_cpus") is not None:
+        config = core.MarketConfig(root.get("host"), **{name: int(root.get(name)) for name in _CONFIG_ATTRIBUTES})
     bids = {}
     for element in root.iterfind(_q("Bid")):
         bid = _from_attributes(core.Bid, element)
@@ -243,10 +254,18 @@ class MarketStore:
         self.store = store
         self.config = config
         self.host = config.host_id
+        document = store.get(STATE, self.host)
+        if document is not None:     # a host id or interval the stored market cannot take: refused at start
+            stored = market_from_xml(document.xml, config).config
+            if (stored.host_id, stored.interval_us) != (config.host_id, config.interval_us):
+                raise ConfigError(f"auctioneer: host {self.host}'s market runs {stored.interval_us // 1_000_000} s "
+                                  f"intervals; interval_s = {config.interval_us // 1_000_000} cannot change under it: "
+                                  f"start with interval_s = {stored.interval_us // 1_000_000}, let its bids end "
+                                  f"(or cancel them), then change it")
 
     # the market
 
-    def _market_in(self, tx: Transaction, *, now_us: int) -> core.Market:
+    def _stored_in(self, tx: Transaction, *, now_us: int) -> core.Market:
         document = tx.get(STATE, self.host)
         if document is None:
             return core.open_market(self.config, now_us=now_us)
@@ -256,7 +275,15 @@ class MarketStore:
         document = self.store.get(STATE, self.host)
         if document is None:
             return core.open_market(self.config, now_us=now_us)
-        return market_from_xml(document.xml, self.config)
+        return self._configured(market_from_xml(document.xml, self.config), now_us)
+
+    def _configured(self, market: core.Market, now_us: int) -> core.Market:
+        """The market under the host's present configuration (a restart with a new capacity, reserve price or
+        scheduler period) from ``now_us`` on: what ran before was accrued under the one it had. An interval
+        already over is closed under its own first (the next change after that applies the new one)."""
+        if market.config == self.config or now_us >= market.interval_end_us:
+            return market
+        return core.reconfigure(market, self.config, now_us=now_us)
 
     def version(self) -> int:
         """The market document's version (changes with every transition)."""
@@ -265,11 +292,22 @@ class MarketStore:
 
     def change(self, step: Callable[[Transaction, core.Market], tuple[core.Market, object]], *, now_us: int):
         """``step(tx, market)`` → (the new market, an answer), stored in one transaction; the answer returned."""
+        reconfigured: list[core.Market] = []
+
         def apply(tx: Transaction):
-            market, answer = step(tx, self._market_in(tx, now_us=now_us))
+            stored = self._stored_in(tx, now_us=now_us)
+            market = self._configured(stored, now_us)
+            reconfigured[:] = [stored] if market.config != stored.config else []
+            market, answer = step(tx, market)
             tx.put(STATE, self.host, market_xml(market))
             return answer
-        return self.store.transact(apply)
+        answer = self.store.transact(apply)
+        for stored in reconfigured:
+            log.info("auctioneer: host %s's market runs under its new configuration from %d µs on (%s)", self.host,
+                     max(now_us, stored.through_us), ", ".join(
+                         f"{name} {getattr(stored.config, name)} → {getattr(self.config, name)}"
+                         for name in _CONFIG_ATTRIBUTES if getattr(stored.config, name) != getattr(self.config, name)))
+        return answer
 
     # bids
 
