@@ -11,7 +11,8 @@ bids). Measured:
 * **batch**: one client sends ``--batches`` ApplyBatch requests of ``--items`` ChargeHold items (1 credit
   from every hold each), one after another, each signed, its answer verified (signature and confirmation)
   and every item checked applied: ledger operations/s = items / the batch's round trip (p50 and the best),
-  and with two clients at once (throughput);
+  and with two clients at once, each charging its own holds on other bidders' accounts (two auctioneers' hosts:
+  a hold names one collector) — throughput;
 * **baseline**: the same ChargeHold items one per signed request, ``--clients`` threads in two processes for
   ``--seconds``: operations/s;
 * the ratio of the two, and the audit after (clean).
@@ -88,8 +89,9 @@ def make_accounts(url, admin, owner_dn: str, trust_dir, count: int, threads: int
         thread.join()
 
 
-def make_holds(url, credential, trust_dir, count: int, collector_dn: str, accounts: int, threads: int = 4) -> list[str]:
-    """``count`` holds spread over the ``accounts`` bidders' accounts."""
+def make_holds(url, credential, trust_dir, count: int, collector_dn: str, accounts: int, threads: int = 4, *,
+               first_account: int = 0) -> list[str]:
+    """``count`` holds spread over the ``accounts`` bidders' accounts from bidder-<first_account> on."""
     expires = (datetime.now(timezone.utc) + timedelta(hours=6)).isoformat()
     holds: list[str] = []
     lock = threading.Lock()
@@ -98,7 +100,7 @@ def make_holds(url, credential, trust_dir, count: int, collector_dn: str, accoun
         caller = Caller(f"{url}/bank", credential, trust_dir, signed=True)
         for index in range(first, count, threads):
             body = caller.call_envelope(bank_envelope(
-                "CreateHold", request_id=f"h-{uuid.uuid4().hex}", account_id=f"bidder-{index % accounts}",
+                "CreateHold", request_id=f"h-{uuid.uuid4().hex}", account_id=f"bidder-{first_account + index % accounts}",
                 amount=HOLD_AMOUNT, expires=expires, collector_dn=collector_dn, payee_account_id="site-bench"))
             with lock:
                 holds.append(body.findtext(f".//{{{BANK_NS}}}hold_id"))
@@ -323,12 +325,14 @@ def main() -> int:
     trust_dir = files.trust_dir
     lines = [f"Machine: {os.cpu_count()} cores; host: {args.workers} worker processes, host key P-256 (ECDSA), user "
              f"keys RSA-2048. Batch: {args.batches} ApplyBatch requests of {args.items} ChargeHold items (1 credit from "
-             f"each of {args.items} holds on {args.accounts} bidders' accounts, whose collector is the caller), one client, one after another, each "
-             f"signed and its signed answer verified; then two such clients at once. Baseline: the same ChargeHold "
+             f"each of {args.items} holds on {args.accounts} bidders' accounts, whose collector is the caller), one "
+             f"client, one after another, each signed and its signed answer verified; then two such clients at once, "
+             f"each charging its own {args.items} holds on {args.accounts} other bidders' accounts (two auctioneers' "
+             f"hosts). Baseline: the same ChargeHold "
              f"items one per signed request, {args.clients} client threads in 2 processes for {args.seconds:.0f} s. "
              f"Client and server share the machine's cores.",
              "", "| store | batch p50 / best (ms) | ops/s in batches, 1 client (p50 / best) | ops/s in batches, "
-                 "2 clients | ops/s one per request | ratio (1 client p50 / baseline) | target | load average "
+                 "2 clients (each its own holds) | ops/s one per request | ratio (1 client p50 / baseline) | target | load average "
                  "before / after (1 min) |",
              "|---|---|---|---|---|---|---|---|"]
     parts: list[str] = []
@@ -338,10 +342,12 @@ def main() -> int:
             admin = ServiceClient(url, "bank", credential=users["Bench Admin"][2], trust_dir=trust_dir)
             admin.call("CreateAccount", request_id="setup-2", account_id="site-bench", project="site",
                        owner_dn=users["Bench Admin"][2].identity_dn)
-            print(f"[{store}] making {args.accounts} bidders' accounts and {args.items} holds …", flush=True)
-            make_accounts(url, users["Bench Admin"][2], users["Bench Owner"][2].identity_dn, trust_dir, args.accounts)
-            holds = make_holds(url, users["Bench Owner"][2], trust_dir, args.items,
-                               users["Bench Auctioneer"][2].identity_dn, args.accounts)
+            print(f"[{store}] making 2 × {args.accounts} bidders' accounts and 2 × {args.items} holds …", flush=True)
+            make_accounts(url, users["Bench Admin"][2], users["Bench Owner"][2].identity_dn, trust_dir,
+                          2 * args.accounts)
+            holds, other_holds = (make_holds(url, users["Bench Owner"][2], trust_dir, args.items,
+                                             users["Bench Auctioneer"][2].identity_dn, args.accounts,
+                                             first_account=first) for first in (0, args.accounts))
             auctioneer = users["Bench Auctioneer"]
             load_before = os.getloadavg()[0]
             print(f"[{store}] warm-up batches …", flush=True)
@@ -351,11 +357,13 @@ def main() -> int:
             times = run_batches(url, auctioneer[2], trust_dir, holds, args.batches, "one", phases)
             print(f"[{store}] one client, p50 of each part of a batch's round trip: "
                   + ", ".join(f"{name} {statistics.median(values) * 1000:.1f} ms" for name, values in phases.items()))
-            print(f"[{store}] {args.batches} batches each from two clients at once …", flush=True)
+            print(f"[{store}] {args.batches} batches each from two clients at once, each on its own bidders' "
+                  f"holds …", flush=True)
             both: list[list[float]] = [[], []]
             started = time.perf_counter()
-            pool = [threading.Thread(target=lambda slot=slot: both[slot].extend(
-                run_batches(url, auctioneer[2], trust_dir, holds, args.batches, f"two{slot}"))) for slot in (0, 1)]
+            pool = [threading.Thread(target=lambda slot=slot, own=own: both[slot].extend(
+                run_batches(url, auctioneer[2], trust_dir, own, args.batches, f"two{slot}")))
+                for slot, own in enumerate((holds, other_holds))]
             for thread in pool:
                 thread.start()
             for thread in pool:
