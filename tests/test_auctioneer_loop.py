@@ -470,6 +470,82 @@ def test_a_bid_placed_while_a_vm_is_being_made_does_not_wait_for_it(host, people
     loop.boundary()
 
 
+class ListingEnforcer(SlowEnforcer):
+    """As libvirt: a listing (``names``) answers only once no VM is being made; ``listed`` says when each began."""
+
+    def __init__(self, create_s: float) -> None:
+        super().__init__(create_s)
+        self.making = 0
+        self.idle = threading.Condition()
+        self.listed: list[float] = []
+
+    def create(self, name, template, *, quota_us, period_us, weight):
+        with self.idle:
+            self.making += 1
+        try:
+            super().create(name, template, quota_us=quota_us, period_us=period_us, weight=weight)
+        finally:
+            with self.idle:
+                self.making -= 1
+                self.idle.notify_all()
+
+    def names(self):
+        self.listed.append(time.monotonic())
+        with self.idle:
+            self.idle.wait_for(lambda: self.making == 0)
+        return super().names()
+
+
+def test_the_loop_does_not_list_the_vms_while_one_is_being_made(host, people, loop_parts):
+    """The hypervisor's VMs are listed once an interval, but not while a VM is being made or removed: libvirt
+    answers a listing only once those are done (a removal here held one 2 s), and a bid placed meanwhile
+    waited for it. The listing is done at the first pass after them."""
+    part, client = loop_parts                     # interval 1 s: a listing is due every second
+    clock = Clock()
+    enforcer = ListingEnforcer(create_s=2.5)
+    loop = AllocationLoop(part, bank_of(client), enforcer, clock=clock)
+    stop = threading.Event()
+    runner = threading.Thread(target=loop.run, args=(stop,), daemon=True)
+    runner.start()
+    try:
+        first = place(host, people, part, clock, "alice", rate=CREDIT, amount=100)
+        deadline = time.monotonic() + 5
+        while vm_name(part.settings, first) not in enforcer.begun:
+            assert time.monotonic() < deadline, "the first bid's VM was not started"
+            time.sleep(0.02)
+        time.sleep(1.2)                           # a listing is due now
+        second = place(host, people, part, clock, "bob", rate=3 * CREDIT, amount=100)
+        placed = time.monotonic()
+        deadline = time.monotonic() + 10
+        while vm_name(part.settings, second) not in enforcer.begun:
+            assert time.monotonic() < deadline, "the second bid's VM was not started"
+            time.sleep(0.02)
+        begun = time.monotonic() - placed
+        while not all("capped at" in part.market.record(bid)[0].enforced for bid in (first, second)):
+            assert time.monotonic() < deadline, [part.market.record(bid)[0].enforced for bid in (first, second)]
+            time.sleep(0.05)
+        made = {entry[1]: entry for entry in enforcer.times if entry[0] == "create"}
+        names = [vm_name(part.settings, bid) for bid in (first, second)]
+        assert begun < 1.0 and made[names[1]][2] < made[names[0]][3], \
+            f"the second VM started {begun:.2f} s after its bid, after the first was made: {enforcer.times}"
+        last_made = max(entry[3] for entry in made.values())
+        deadline = time.monotonic() + 5
+        while not [at for at in enforcer.listed if at > last_made]:     # listed once nothing is being made
+            assert time.monotonic() < deadline, f"the VMs were not listed after they were made: {enforcer.listed}"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        runner.join(20)
+    making = [(entry[2], entry[3]) for entry in made.values()]
+    assert not [at for at in enforcer.listed if any(start < at < end for start, end in making)], \
+        f"listed while a VM was being made: {enforcer.listed} {making}"
+    for bid_id in (first, second):
+        cancel(part, clock, bid_id)
+    loop.enforce()
+    clock.to_boundary()
+    loop.boundary()
+
+
 def test_a_cancel_while_a_batch_awaits_the_bank_is_taken_and_paid_until_its_instant(host, people, loop_parts):
     """The Bank down: interval k's batch unanswered, k+1 cannot be closed. A cancel then is taken (it was refused,
     MarketBusy for the bidder, until the Bank answered): its VM goes at once, the other bid's cap rises; once the

@@ -641,7 +641,8 @@ class AllocationLoop:
         PlaceBid in any worker is seen within POLL_S) or a VM was made or removed; after a problem, again at
         the next interval at the latest. A pass does not wait for the VMs it starts or removes
         (``enforce(wait=False)``); the hypervisor's VMs are listed at the first pass, then at most once an
-        interval (the boundary's pass, as a rule) and after a problem."""
+        interval (the boundary's pass, as a rule) and after a problem — never while a VM of ours is being made
+        or removed (the first pass after)."""
         seen, retry_at, list_at = -1, 0.0, 0.0
         while not stop.is_set():
             try:
@@ -650,7 +651,9 @@ class AllocationLoop:
                 if version != seen or self.woken.is_set() or moment >= retry_at:
                     seen = version
                     self.woken.clear()
-                    listing = moment >= list_at
+                    # not while VMs are being made or removed: libvirt answers a listing only once they are
+                    # (a removal here held one 2 s, and a bid placed meanwhile waited for it); the next pass lists
+                    listing = moment >= list_at and not self._busy_now()
                     done = self.enforce(wait=False, listing=listing)
                     self._log(done, "enforcement")
                     moment = time.monotonic()
