@@ -19,7 +19,8 @@ from gridcredit.xmlstore._journal import Journal
 
 def test_public_names_are_pinned():
     assert sorted(xmlstore.__all__) == sorted(["open_store", "AttributeIndex", "Document", "QueryPage", "StoreLimits",
-                                               "Transaction", "XmlStore", "DEFAULT_LIMITS", "Backlog"])
+                                               "Transaction", "XmlStore", "DEFAULT_LIMITS", "Backlog",
+                                               "NormalXml"])
 
 
 def test_open_store_embedded_default(tmp_path):
