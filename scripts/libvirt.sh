@@ -18,7 +18,7 @@ usage: scripts/libvirt.sh [start|stop|status|install|--help]
            daemons a cgroup of their own (/hypervisor) with the same priority
            (GRIDCREDIT_HYPERVISOR_CPU_SHARES, default as the VMs'), and wait until
            `virsh -c qemu:///system version` answers.
-           Idempotent: a second run only checks.
+           Idempotent: a second run starts nothing (it checks, and moves the daemons to /hypervisor).
   stop     stop libvirtd and virtlogd (SIGTERM, then SIGKILL after 15 s). Running guests are left
            running (libvirtd finds them again when it starts).
   status   one line per daemon; exit 0 only when both run and qemu:///system answers.
