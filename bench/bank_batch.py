@@ -100,7 +100,8 @@ def make_holds(url, credential, trust_dir, count: int, collector_dn: str, accoun
         caller = Caller(f"{url}/bank", credential, trust_dir, signed=True)
         for index in range(first, count, threads):
             body = caller.call_envelope(bank_envelope(
-                "CreateHold", request_id=f"h-{uuid.uuid4().hex}", account_id=f"bidder-{first_account + index % accounts}",
+                "CreateHold", request_id=f"h-{uuid.uuid4().hex}",
+                account_id=f"bidder-{first_account + index % accounts}",
                 amount=HOLD_AMOUNT, expires=expires, collector_dn=collector_dn, payee_account_id="site-bench"))
             with lock:
                 holds.append(body.findtext(f".//{{{BANK_NS}}}hold_id"))

@@ -463,6 +463,7 @@ def run_with_retries(attempt: Callable[[], T], retries: int) -> T:
 
 
 __all__ = ["AttributeIndex", "Document", "QueryPage", "StoreLimits", "DEFAULT_LIMITS", "Transaction", "XmlStore",
-           "check_collection", "check_doc_id", "normalize", "normalize_with_attributes", "NormalXml", "normalized_for_put", "parse_untrusted", "check_query_args",
+           "check_collection", "check_doc_id", "normalize", "normalize_with_attributes", "NormalXml",
+           "normalized_for_put", "parse_untrusted", "check_query_args",
            "check_indexes", "check_where", "coverage", "Coverage", "root_attributes", "where_matches",
            "run_with_retries"]

@@ -42,9 +42,9 @@ from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
 from gridcredit.errors import ConflictError, QueryError, StoreError, invariant
 
-from ._api import (DEFAULT_LIMITS, DOC_ID_PATTERN, NOT_COVERED, AttributeIndex, Coverage, Document, QueryPage, StoreLimits,
-                   Transaction, XmlStore, check_collection, check_doc_id, check_indexes, check_query_args, check_where,
-                   coverage, normalized_for_put, parse_untrusted, root_attributes, run_with_retries,
+from ._api import (DEFAULT_LIMITS, DOC_ID_PATTERN, NOT_COVERED, AttributeIndex, Coverage, Document, QueryPage,
+                   StoreLimits, Transaction, XmlStore, check_collection, check_doc_id, check_indexes, check_query_args,
+                   check_where, coverage, normalized_for_put, parse_untrusted, root_attributes, run_with_retries,
                    where_matches)
 from ._sandbox import pool as sandbox_pool
 from ._xpath import TreeCache, check_xpath, compile_xpath, matches
