@@ -72,7 +72,13 @@ _LEGACY_SIGNATURE_HASHES = {RSA_SHA1: hashes.SHA1}
 NS = {"soap": SOAP11_NS, "soap12": SOAP12_NS, "wsse": WSSE_NS, "wsse11": WSSE11_NS, "wsu": WSU_NS,
       "ds": DS_NS, "ec": EXC_C14N}
 
-_ID_ATTRIBUTES = (f"{{{WSU_NS}}}Id", "Id", "ID", "id")
+# The attributes that name an element a signature may reference (wsu:Id, and unqualified Id, ID and id) on an
+# element and its descendants, and the Body's descendants with an unqualified href or id: found by libxml2
+# instead of a Python loop over every element.
+_ID_ATTRIBUTES_OF = etree.XPath(
+    f"descendant-or-self::*/@*[(namespace-uri() = '{WSU_NS}' and local-name() = 'Id') or "
+    f"(namespace-uri() = '' and (local-name() = 'Id' or local-name() = 'ID' or local-name() = 'id'))]")
+_REFERENCING_DESCENDANTS = etree.XPath("descendant::*[@href or @id]")
 _REFERENCES_MAX = 16
 _TOKENS_MAX = 8
 
@@ -428,24 +434,18 @@ class Verifier:
     @staticmethod
     def _collect_ids(envelope: etree._Element) -> dict[str, etree._Element]:
         identified: dict[str, etree._Element] = {}
-        for node in envelope.iter():
-            if not isinstance(node.tag, str):
-                continue
-            for attribute in _ID_ATTRIBUTES:
-                value = node.get(attribute)
-                if value is None:
-                    continue
-                if value in identified:
-                    raise SecurityError(f"the Id {value!r} appears more than once in the message", "InvalidSecurity")
-                identified[value] = node
+        for attribute in _ID_ATTRIBUTES_OF(envelope):     # in C: a 1,000-item Body has ~7,000 elements
+            value = str(attribute)
+            if value in identified:
+                raise SecurityError(f"the Id {value!r} appears more than once in the message", "InvalidSecurity")
+            identified[value] = attribute.getparent()
         return identified
 
     @staticmethod
     def _refuse_references_in_body(body: etree._Element) -> None:
         # SOAP encoding's href/id would let a framework copy content from outside the signed Body.
-        for node in body.iterdescendants():
-            if isinstance(node.tag, str) and (node.get("href") is not None or node.get("id") is not None):
-                raise SecurityError("href/id references are not accepted in a signed Body", "InvalidSecurity")
+        if _REFERENCING_DESCENDANTS(body):
+            raise SecurityError("href/id references are not accepted in a signed Body", "InvalidSecurity")
 
     def _check_timestamp(self, timestamp: etree._Element | None, now: float) -> tuple[datetime | None, float]:
         policy = self._policy
