@@ -267,8 +267,8 @@ STAGES = (("answer_to_qemu_started", "PlaceBid's answer → its QEMU process sta
                                      "libvirt preparing; /proc, 10 ms ticks)"),
           ("qemu_started_to_capped_seen", "QEMU started → its cap seen by the benchmark (QEMU's start and libvirt's "
                                           "CPU probe; libvirt's scheduler parameters polled every 10 ms)"),
-          ("capped_seen_to_created", "the cap seen → create_vm returned (the emulator pinned to the sold CPU, the "
-                                     "console secured; the host's log, ms)"),
+          ("capped_seen_to_created", "the cap seen → create_vm returned (the emulator pinned to the sold CPU; "
+                                     "the host's log, ms)"),
           ("capped_to_share", "a cap → the cap of its share (the loop re-capping once all the round's VMs run)"))
 
 

@@ -26,7 +26,7 @@ usage: scripts/libvirt.sh [start|stop|status|install|--help]
 
 libvirt-dev is installed for pip, which builds libvirt-python against it (`pip install -e .[test]`).
 Guests run as user libvirt-qemu (the QEMU driver's default on Debian): the Auctioneer's state directory
-(its console sockets and disk copies) must be reachable by that user; see services/auctioneer/hypervisor.py.
+(its disk copies) must be reachable by that user; see services/auctioneer/hypervisor.py.
 
 Exit codes: 0 done (status: all running); 1 a daemon did not start or did not answer (the message names
 the log); 2 usage; 3 status: not all running; 4 not root; 5 package install failed.

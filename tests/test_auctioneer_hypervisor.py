@@ -129,8 +129,8 @@ def test_a_state_dir_qemu_cannot_reach_is_refused(tmp_path):
 
 
 def test_the_domain_xml_pins_caps_and_has_no_network_nor_port(tmp_path, offline):
-    image, console = tmp_path / "vm" / "disk.img", tmp_path / "vm" / "console.sock"
-    xml = offline._domain_xml("gc-a", DEFAULT_TEMPLATES["spin"], "1", image, console, 12_500, 100_000, 1024)
+    image = tmp_path / "vm" / "disk.img"
+    xml = offline._domain_xml("gc-a", DEFAULT_TEMPLATES["spin"], "1", image, 12_500, 100_000, 1024)
     domain = ElementTree.fromstring(xml)
     assert domain.get("type") == "qemu" and domain.findtext("name") == "gc-a"
     assert domain.find("vcpu").get("cpuset") == "1" and domain.findtext("vcpu") == "1"
@@ -142,12 +142,12 @@ def test_the_domain_xml_pins_caps_and_has_no_network_nor_port(tmp_path, offline)
     assert [child.tag for child in devices] == ["disk", "serial", "controller", "memballoon"]
     assert devices.find("disk").get("device") == "floppy" and devices.find("disk/source").get("file") == str(image)
     serial = devices.find("serial")
-    assert serial.get("type") == "unix" and serial.find("source").attrib == {"mode": "bind", "path": str(console)}
+    assert serial.get("type") == "pty" and serial.find("source") is None     # reached through libvirt only
     uncapped = ElementTree.fromstring(
-        offline._domain_xml("gc-b", DEFAULT_TEMPLATES["idle"], "0-1", image, console, None, 100_000, 4096))
+        offline._domain_xml("gc-b", DEFAULT_TEMPLATES["idle"], "0-1", image, None, 100_000, 4096))
     assert uncapped.find("cputune/quota") is None and uncapped.findtext("cputune/shares") == "4096"
     starting = ElementTree.fromstring(        # the emulator starts off the sold CPU (pinned to it once up)
-        offline._domain_xml("gc-c", DEFAULT_TEMPLATES["spin"], "1", image, console, 12_500, 100_000, 1024, "0"))
+        offline._domain_xml("gc-c", DEFAULT_TEMPLATES["spin"], "1", image, 12_500, 100_000, 1024, "0"))
     assert starting.find("vcpu").get("cpuset") == "1" and starting.find("cputune/emulatorpin").get("cpuset") == "0"
 
 

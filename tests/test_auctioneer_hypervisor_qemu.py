@@ -159,35 +159,41 @@ def _listening_tcp_inodes() -> set[str]:
     return inodes
 
 
-def test_console_echo_through_the_unix_socket_and_no_network_no_port(vm_factory):
-    """The owner reaches the guest through its console socket (0600, in the VM's folder): it echoes. The VM
-    has no NIC (QEMU started with -nodefaults and no -netdev/-nic), no graphics, opens no TCP port, and
-    all its threads are pinned to the sold CPU."""
+def test_console_echo_through_libvirt_and_no_network_no_port(vm_factory):
+    """The owner reaches the guest through libvirt's console stream (its serial port is a pseudo-terminal of
+    QEMU's; no socket file in the VM's folder): it echoes. Another local user reaches neither libvirt nor the
+    terminal. The VM has no NIC (QEMU started with -nodefaults and no -netdev/-nic), no graphics, opens no TCP
+    port, and all its threads are pinned to the sold CPU."""
     hypervisor = vm_factory.hypervisor
     name = vm_factory.name("console")
-    handle = vm_factory.create(name, "spin", quota_us=50_000)
-    console = hypervisor.console_path(name)
-    assert handle.console_path == console and console.parent == vm_factory.state_dir / name
-    mode = console.stat().st_mode
-    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
-    answer = console_exchange(console, b"bid 42 says hello\r\n", until=b"bid 42 says hello\r\n", timeout_s=30,
-                              resend_every_s=1.0)
-    assert b"bid 42 says hello\r\n" in answer        # (once or more: it was sent until the guest answered)
-    # another local user (not root, not libvirt-qemu) cannot connect: the socket is 0600
-    stranger = subprocess.run(
-        ["runuser", "-u", "nobody", "--", "python3", "-c",
-         "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])", str(console)],
-        capture_output=True, text=True, timeout=30)
-    assert stranger.returncode != 0 and "PermissionError" in stranger.stderr, stranger.stderr
-    # once it runs, one message gets one echo, at once
-    started = time.monotonic()
-    assert console_exchange(console, b"0123456789" * 10, until=b"0123456789" * 10) == b"0123456789" * 10
-    assert time.monotonic() - started < 2
+    vm_factory.create(name, "spin", quota_us=50_000)
+    assert sorted(path.name for path in (vm_factory.state_dir / name).iterdir()) == ["disk.img"]
+    console = hypervisor.open_console(name)
+    try:
+        answer = console_exchange(console, b"bid 42 says hello\r\n", until=b"bid 42 says hello\r\n",
+                                  timeout_s=30, resend_every_s=1.0)
+        assert b"bid 42 says hello\r\n" in answer        # (once or more: it was sent until the guest answered)
+        # once it runs, one message gets one echo, at once
+        started = time.monotonic()
+        assert console_exchange(console, b"0123456789" * 10, until=b"0123456789" * 10) == b"0123456789" * 10
+        assert time.monotonic() - started < 2
+    finally:
+        console.close()
+    # another local user (not root, not libvirt-qemu): no libvirt connection, and the terminal is not theirs
+    pty = ElementTree.fromstring(hypervisor._call("XML", lambda c: c.lookupByName(name).XMLDesc(0), vm=name)).find(
+        "devices/serial/source").get("path")
+    assert pty.startswith("/dev/pts/")
+    for command in (["virsh", "-c", "qemu:///system", "list"],
+                    ["python3", "-c", "import sys; open(sys.argv[1], 'r+b')", pty]):
+        stranger = subprocess.run(["runuser", "-u", "nobody", "--", *command], capture_output=True, text=True,
+                                  timeout=30)
+        assert stranger.returncode != 0, (command, stranger.stdout, stranger.stderr)
+    assert "PermissionError" in stranger.stderr, stranger.stderr
 
     live = ElementTree.fromstring(hypervisor._call("XML", lambda c: c.lookupByName(name).XMLDesc(0), vm=name))
     devices = live.find("devices")
     assert devices.findall("interface") == [] and devices.findall("graphics") == []
-    assert [serial.get("type") for serial in devices.findall("serial")] == ["unix"]
+    assert [serial.get("type") for serial in devices.findall("serial")] == ["pty"]
     pid = hypervisor.qemu_pid(name)
     command_line = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert b"-nodefaults" in command_line
@@ -266,10 +272,13 @@ def test_a_create_that_timed_out_and_came_up_later_is_answered_by_the_retry_with
     while name not in hypervisor.list_vms(vm_factory.prefix) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert hypervisor.list_vms(vm_factory.prefix) == [name]
-    handle = vm_factory.create(name, "spin", quota_us=20_000)       # the retry
-    assert stat.S_IMODE(handle.console_path.stat().st_mode) == 0o600
-    assert b"late\r\n" in console_exchange(handle.console_path, b"late\r\n", until=b"late\r\n", timeout_s=30,
-                                           resend_every_s=1.0)
+    vm_factory.create(name, "spin", quota_us=20_000)       # the retry
+    console = hypervisor.open_console(name)
+    try:
+        assert b"late\r\n" in console_exchange(console, b"late\r\n", until=b"late\r\n", timeout_s=30,
+                                               resend_every_s=1.0)
+    finally:
+        console.close()
 
 
 def test_calls_on_a_vm_that_does_not_exist_raise_no_such_vm(vm_factory):

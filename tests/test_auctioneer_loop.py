@@ -112,8 +112,8 @@ class RecordingEnforcer:
             raise GridcreditError(f"NoSuchVm: {name}")
         return self.cpu_us.get(name, 0)
 
-    def console_path(self, name):
-        return Path("/nonexistent")
+    def open_console(self, name):
+        raise GridcreditError(f"no console for {name} here")
 
 
 class LosingBank:

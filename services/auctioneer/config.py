@@ -42,7 +42,7 @@ class AuctioneerConfig:
     # name=/absolute/template.toml (vcpus, memory_mib, image: a raw disk image, boot: fd | hd)
     templates: tuple[str, ...] = ()
     libvirt_uri: str = "qemu:///system"
-    vm_dir: str = ""                    # the VMs' disks and console sockets (empty: <state_dir>/auctioneer/vms;
+    vm_dir: str = ""                    # the VMs' disks (empty: <state_dir>/auctioneer/vms;
                                         # it and its parents must be o+x: QEMU runs as libvirt-qemu)
     console_dir: str = ""               # the consoles' relayed output (empty: <state_dir>/auctioneer/consoles)
     vm_prefix: str = "gcm-"             # VM names: <vm_prefix><host_id>-<bid id>

@@ -1,10 +1,11 @@
 """A bidder's VM console over the signed service: the relay (once per host) and the files it shares
 with every worker.
 
-Each VM's serial port is a Unix-socket chardev the hypervisor makes (mode 0600, in the state
-directory: nothing on the network). QEMU takes one client on it at a time, so one relay — a thread
-of the worker that runs the allocation loop — holds the connection of every live bid's VM and
-shares it with the workers through files in ``console_dir`` (mode 0700):
+Each VM's serial port is a pseudo-terminal of QEMU's, reached through libvirt's console stream
+(hypervisor.py ``open_console``: nothing on the network, no socket file, no need to run as root).
+libvirt gives a console to one holder at a time, so one relay — a thread of the worker that runs the
+allocation loop — holds the console of every live bid's VM and shares it with the workers through
+files in ``console_dir`` (mode 0700):
 
     <bid>.out    what the VM wrote, as received; offsets count from the VM's first byte. Kept to
                  OUTPUT_BYTES_MAX: beyond it the older half is dropped and ``<bid>.base`` says
@@ -20,14 +21,13 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import socket
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
-from gridcredit.errors import DomainError
+from gridcredit.errors import DomainError, GridcreditError
 
 log = logging.getLogger("gridcredit.services.auctioneer.console")
 OUTPUT_BYTES_MAX = 1 << 20            # kept of a VM's output
@@ -136,12 +136,12 @@ class ConsoleRelay:
     """Holds the console connection of each followed VM (``follow({bid: vm})``, from the loop) and
     moves bytes between it and the files, every POLL_S, in a thread of its own."""
 
-    def __init__(self, directory: Path, console_path: Callable[[str], Path]) -> None:
+    def __init__(self, directory: Path, open_console: Callable[[str], "Console"]) -> None:
         self.files = ConsoleFiles(directory)
         self.files.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.console_path = console_path
+        self.open_console = open_console
         self._followed: dict[str, str] = {}
-        self._sockets: dict[str, socket.socket] = {}
+        self._consoles: dict[str, Console] = {}
         self._lock = threading.Lock()
 
     def follow(self, vms: dict[str, str]) -> None:
@@ -163,59 +163,44 @@ class ConsoleRelay:
     def step(self) -> None:
         with self._lock:
             followed = dict(self._followed)
-        for bid_id in list(self._sockets):
+        for bid_id in list(self._consoles):
             if bid_id not in followed:
                 self._close(bid_id)
                 self.files.forget(bid_id)
         for bid_id, vm in followed.items():
-            connection = self._sockets.get(bid_id)
-            if connection is None:
-                connection = self._connect(bid_id, vm)
-                if connection is None:
+            console = self._consoles.get(bid_id)
+            if console is None:
+                console = self._open(bid_id, vm)
+                if console is None:
                     continue
             try:
-                while True:
-                    data = connection.recv(65536)
-                    if not data:
-                        self._close(bid_id)
-                        break
+                while (data := console.read()) is not None:
                     self.files.append_output(bid_id, data)
-            except BlockingIOError:
-                pass
-            except OSError as error:
+                pending = self.files.take_input(bid_id)
+                if pending:
+                    console.write(pending)
+            except GridcreditError as error:     # closed (the VM stopped) or failed: opened again at the next step
                 log.info("console of %s closed: %s", vm, error)
                 self._close(bid_id)
-                continue
-            pending = self.files.take_input(bid_id)
-            if pending and bid_id in self._sockets:
-                try:
-                    self._sockets[bid_id].setblocking(True)
-                    self._sockets[bid_id].settimeout(2.0)
-                    self._sockets[bid_id].sendall(pending)
-                except OSError as error:
-                    log.info("console of %s: input not delivered: %s", vm, error)
-                    self._close(bid_id)
-                finally:
-                    if bid_id in self._sockets:
-                        self._sockets[bid_id].setblocking(False)
 
-    def _connect(self, bid_id: str, vm: str) -> socket.socket | None:
+    def _open(self, bid_id: str, vm: str) -> Console | None:
         try:
-            path = self.console_path(vm)
-            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            connection.settimeout(1.0)
-            connection.connect(str(path))
-            connection.setblocking(False)
-        except (OSError, Exception) as error:  # noqa: BLE001 — not there yet: tried again at the next step
+            console = self.open_console(vm)
+        except GridcreditError as error:       # not there yet, or libvirt down: tried again at the next step
             log.debug("console of %s not reached: %s", vm, error)
             return None
-        self._sockets[bid_id] = connection
-        return connection
+        self._consoles[bid_id] = console
+        return console
 
     def _close(self, bid_id: str) -> None:
-        connection = self._sockets.pop(bid_id, None)
-        if connection is not None:
-            try:
-                connection.close()
-            except OSError:
-                pass
+        console = self._consoles.pop(bid_id, None)
+        if console is not None:
+            console.close()
+
+
+class Console(Protocol):
+    """A VM's console as the relay uses it (hypervisor.py's ``ConsoleStream``)."""
+
+    def read(self) -> bytes | None: ...           # what came (None: nothing now); GridcreditError once closed
+    def write(self, data: bytes) -> None: ...     # all of it, or GridcreditError
+    def close(self) -> None: ...

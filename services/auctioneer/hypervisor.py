@@ -29,7 +29,9 @@ destroyed VM leaves no configuration behind) built from a ``Template``, with
   of the paying guests (a guest sold the whole CPU got ~half of it while three VMs started) and queued
   behind them (three starts beside one spinning guest: 1.9-2.5 s; on the unsold CPU 1.3-1.4 s at load ~9);
 - their share from the start (``<cputune>`` period/quota or shares), so a new VM never runs uncapped;
-- the serial port as a Unix-socket chardev ``<state_dir>/<name>/console.sock`` (mode 0600; no TCP port),
+- the serial port on a pseudo-terminal of QEMU's (no TCP port), reached through libvirt's console stream
+  (``open_console``: ``virDomainOpenConsole``) — by whoever may manage the VM through libvirt: no socket file
+  in our folders, and no need to run as root or as QEMU's user to reach it,
 - **no network interface at all** (libvirt starts QEMU with ``-nodefaults``: no NIC, so no route to other
   VMs or from outside), no graphics (no VNC/SPICE port), no USB, no balloon;
 - their disk: a copy of the template's image (or a built-in guest written by ``guest.write_floppy``) in
@@ -53,7 +55,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import stat
 import threading
 import time
@@ -77,10 +78,8 @@ QUOTA_US_MIN = 1_000
 QUOTA_US_MAX = 17_592_186_044_415  # libvirt's upper bound for vcpu_quota
 SHARES_MIN, SHARES_MAX = 2, 262_144
 XEN_WEIGHT_MIN, XEN_WEIGHT_MAX = 1, 65_535
-SOCKET_PATH_BYTES_MAX = 107        # sockaddr_un.sun_path holds 108 bytes with the final NUL
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 METADATA_NS = "urn:gridcredit:auctioneer:vm:1"
-CONSOLE_FILE = "console.sock"
 QEMU_LOG_DIR = Path("/var/log/libvirt/qemu")   # where a local qemu:///system keeps a VM's QEMU log
 
 
@@ -160,7 +159,6 @@ DEFAULT_TEMPLATES = {
 class VmHandle:
     name: str
     uuid: str
-    console_path: Path
     directory: Path
 
 
@@ -374,9 +372,21 @@ class Hypervisor:
     def vm_directory(self, name: str) -> Path:
         return self.state_dir / self._check_name(name)
 
-    def console_path(self, name: str) -> Path:
-        """The VM's serial console: a Unix stream socket (mode 0600) QEMU listens on."""
-        return self.vm_directory(name) / CONSOLE_FILE
+    def open_console(self, name: str) -> "ConsoleStream":
+        """The VM's serial console as a non-blocking libvirt stream (taken over from any earlier holder, e.g.
+        the relay of an auctioneer that was restarted)."""
+        self._check_name(name)
+        libvirt = self._libvirt
+
+        def open_stream(connection):
+            stream = connection.newStream(libvirt.VIR_STREAM_NONBLOCK)
+            try:
+                connection.lookupByName(name).openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+            except BaseException:
+                _abort_quietly(libvirt, stream)
+                raise
+            return stream
+        return ConsoleStream(name, self._call(f"open the console of VM {name}", open_stream, vm=name), libvirt)
 
     def _prepare_state_dir(self) -> None:
         """The state dir must exist and be traversable by the user QEMU runs as (libvirt-qemu), who opens
@@ -390,8 +400,8 @@ class Hypervisor:
                     hint="QEMU runs as libvirt-qemu and must reach the VM's disk: use a folder whose parents "
                          "are all o+x (e.g. under /var/lib)")
 
-    def _domain_xml(self, name: str, template: Template, cpuset: str, image: Path, console: Path,
-                    quota_us: int | None, period_us: int, shares: int, start_cpuset: str | None = None) -> str:
+    def _domain_xml(self, name: str, template: Template, cpuset: str, image: Path, quota_us: int | None,
+                    period_us: int, shares: int, start_cpuset: str | None = None) -> str:
         """The domain XML; ``start_cpuset``: where the emulator threads start (default ``cpuset``)."""
         E = ElementTree.Element
         sub = ElementTree.SubElement
@@ -420,8 +430,7 @@ class Hypervisor:
         sub(disk, "source", file=str(image))
         floppy = template.boot == "fd"
         sub(disk, "target", dev="fda" if floppy else "hda", bus="fdc" if floppy else "ide")
-        serial = sub(devices, "serial", type="unix")
-        sub(serial, "source", mode="bind", path=str(console))
+        serial = sub(devices, "serial", type="pty")        # reached through libvirt only (open_console)
         sub(serial, "target", port="0")
         sub(devices, "controller", type="usb", model="none")
         sub(devices, "memballoon", model="none")
@@ -447,14 +456,9 @@ class Hypervisor:
                                        f"{template.name!r}", hint="remove it first, or choose another name")
             handle = self._handle(name)
             self._pin_emulator(name, cpus)              # a start that failed or outlived its call was not pinned
-            self._secure_console(handle.console_path)   # nor its console secured
             return handle
         self._prepare_state_dir()
         directory = self.vm_directory(name)
-        console = directory / CONSOLE_FILE
-        if len(os.fsencode(console)) > SOCKET_PATH_BYTES_MAX:
-            raise InvalidVmRequest(f"console socket path {console} is longer than {SOCKET_PATH_BYTES_MAX} bytes",
-                                   hint="use a shorter state dir or VM name")
         shutil.rmtree(directory, ignore_errors=True)    # left over from a VM that died without remove_vm
         directory.mkdir(mode=0o711)
         os.chmod(directory, 0o711)                      # mkdir's mode is masked by the umask
@@ -466,14 +470,13 @@ class Hypervisor:
                 shutil.copyfile(template.image, image)
                 os.chmod(image, 0o600)
             start_cpus = self._start_cpus(cpus)
-            xml = self._domain_xml(name, template, ",".join(map(str, cpus)), image, console, quota_us,
-                                   period_us, shares, ",".join(map(str, start_cpus)))
+            xml = self._domain_xml(name, template, ",".join(map(str, cpus)), image, quota_us, period_us, shares,
+                                   ",".join(map(str, start_cpus)))
             domain = self._call(f"create VM {name}", lambda connection: connection.createXML(xml, 0), vm=name)
             if start_cpus != cpus:
                 self._pin_emulator(name, cpus)
-            self._secure_console(console)
         except HypervisorTimeout:
-            # libvirtd may still start the VM: keep its disk and console. A retry finds it running (and
+            # libvirtd may still start the VM: keep its disk. A retry finds it running (and
             # answers it), or finds no VM and starts afresh; remove_leftovers removes the folder otherwise.
             raise
         except BaseException:
@@ -483,7 +486,7 @@ class Hypervisor:
         uuid = domain.UUIDString()
         log.info("hypervisor: created VM %s (%s) from template %s on CPUs %s, %s", name, uuid, template.name,
                  cpuset, f"cap {quota_us}/{period_us} us" if quota_us is not None else f"weight {shares}")
-        return VmHandle(name=name, uuid=uuid, console_path=console, directory=directory)
+        return VmHandle(name=name, uuid=uuid, directory=directory)
 
     def _start_cpus(self, sold: tuple[int, ...]) -> tuple[int, ...]:
         """The CPUs a VM's emulator threads start on: the host's online CPUs that are not sold (``sold`` when
@@ -504,16 +507,6 @@ class Hypervisor:
         flags = self._libvirt.VIR_DOMAIN_AFFECT_LIVE
         self._call(f"pin the emulator of VM {name} to CPUs {','.join(map(str, cpus))}",
                    lambda connection: connection.lookupByName(name).pinEmulator(cpumap, flags), vm=name)
-
-    def _secure_console(self, console: Path) -> None:
-        # libvirt opens the listening socket itself and hands it to QEMU; make it 0600 (owner only).
-        deadline = time.monotonic() + self.call_timeout_s
-        while not console.exists():
-            if time.monotonic() > deadline:
-                raise HypervisorError(f"the console socket {console} did not appear",
-                                      hint="see the VM's QEMU log in /var/log/libvirt/qemu/")
-            time.sleep(0.05)
-        os.chmod(console, 0o600)
 
     def _runs(self, name: str) -> bool:
         """Whether a VM ``name`` runs; when that cannot be told, True (then nothing of it is deleted)."""
@@ -537,11 +530,10 @@ class Hypervisor:
 
     def _handle(self, name: str) -> VmHandle:
         uuid = self._call(f"look up VM {name}", lambda connection: connection.lookupByName(name).UUIDString(), vm=name)
-        return VmHandle(name=name, uuid=uuid, console_path=self.console_path(name),
-                        directory=self.vm_directory(name))
+        return VmHandle(name=name, uuid=uuid, directory=self.vm_directory(name))
 
     def remove_vm(self, name: str) -> bool:
-        """Stop the VM and remove everything of it (its folder: disk copy and console socket; its QEMU log
+        """Stop the VM and remove everything of it (its folder: its disk copy; its QEMU log
         when local, unless keep_qemu_logs). Idempotent: True if a VM was running."""
         self._check_name(name)
         libvirt = self._libvirt
@@ -570,7 +562,7 @@ class Hypervisor:
         return existed
 
     def remove_leftovers(self, prefix: str = "") -> list[str]:
-        """Remove the folders (disk copy, console socket) and QEMU logs of VMs whose names start with
+        """Remove the folders (disk copy) and QEMU logs of VMs whose names start with
         ``prefix`` that no longer run (a guest that powered off or crashed, a VM destroyed behind our back, an
         auctioneer killed between creating a folder and starting its VM). Returns their names, sorted."""
         running = set(self.list_vms(prefix))
@@ -669,35 +661,78 @@ class Hypervisor:
             return None
 
 
-def console_exchange(path: str | os.PathLike, data: bytes, *, until: bytes, timeout_s: float = 10.0,
+class ConsoleStream:
+    """A VM's serial console through libvirt, non-blocking: ``read`` answers what came (None: nothing now),
+    ``write`` sends all of its bytes within a deadline. One holder at a time (libvirt gives the console to the
+    last opener)."""
+
+    def __init__(self, name: str, stream, libvirt) -> None:
+        self.name = name
+        self._stream = stream
+        self._libvirt = libvirt
+
+    def read(self, size: int = 65536) -> bytes | None:
+        """What the VM wrote since (None: nothing now); raises HypervisorError once the console is closed."""
+        try:
+            data = self._stream.recv(size)
+        except self._libvirt.libvirtError as error:
+            raise HypervisorError(f"the console of VM {self.name} failed: {error.get_error_message()}",
+                                  code=error.get_error_code()) from None
+        if data == -2:
+            return None
+        if not data:
+            raise HypervisorError(f"the console of VM {self.name} closed", hint="the VM stopped or was removed")
+        return data
+
+    def write(self, data: bytes, *, timeout_s: float = 2.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self._stream.send(bytes(view[:65536]))
+            except self._libvirt.libvirtError as error:
+                raise HypervisorError(f"the console of VM {self.name} failed: {error.get_error_message()}",
+                                      code=error.get_error_code()) from None
+            if sent == -2:                              # full for now
+                if time.monotonic() > deadline:
+                    raise HypervisorTimeout(f"the console of VM {self.name} took no input for {timeout_s:g} s")
+                time.sleep(0.01)
+                continue
+            view = view[sent:]
+
+    def close(self) -> None:
+        _abort_quietly(self._libvirt, self._stream)
+
+
+def _abort_quietly(libvirt, stream) -> None:
+    try:
+        stream.abort()
+    except libvirt.libvirtError:
+        pass            # already closed: the VM stopped, or the connection went
+
+
+def console_exchange(console: ConsoleStream, data: bytes, *, until: bytes, timeout_s: float = 10.0,
                      resend_every_s: float | None = None) -> bytes:
-    """Connect to a console socket, send ``data`` and read until ``until`` was received (or raise
-    HypervisorTimeout); returns what was read. With ``resend_every_s``, ``data`` is sent again at that pace
-    until the answer comes: a guest that is still booting loses what it is sent (the spin guest resets its
-    UART at boot), and what it printed before anyone connected is gone too. For tests and diagnostics; the
-    service's console relay is console.py's."""
+    """Send ``data`` to an open console and read until ``until`` was received (or raise HypervisorTimeout);
+    returns what was read. With ``resend_every_s``, ``data`` is sent again at that pace until the answer
+    comes: a guest that is still booting loses what it is sent (the spin guest resets its UART at boot), and
+    what it printed before anyone connected is gone too. For tests and diagnostics; the service's console
+    relay is console.py's."""
     deadline = time.monotonic() + timeout_s
     received = b""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-        connection.settimeout(timeout_s)
-        connection.connect(os.fspath(path))
-        connection.sendall(data)
-        sent_at = time.monotonic()
-        while until not in received:
-            now = time.monotonic()
-            if now >= deadline:
-                raise HypervisorTimeout(f"the console {path} did not answer {until!r} within {timeout_s:g} s",
-                                        hint=f"received: {received[-200:]!r}")
-            if resend_every_s is not None and now - sent_at >= resend_every_s:
-                connection.sendall(data)
-                sent_at = now
-            wait_s = deadline - now if resend_every_s is None else min(deadline - now, resend_every_s)
-            connection.settimeout(max(wait_s, 0.01))
-            try:
-                chunk = connection.recv(4096)
-            except socket.timeout:
-                continue
-            if not chunk:
-                raise HypervisorError(f"the console {path} closed", hint=f"received: {received[-200:]!r}")
-            received += chunk
+    console.write(data)
+    sent_at = time.monotonic()
+    while until not in received:
+        now = time.monotonic()
+        if now >= deadline:
+            raise HypervisorTimeout(f"the console of VM {console.name} did not answer {until!r} within "
+                                    f"{timeout_s:g} s", hint=f"received: {received[-200:]!r}")
+        if resend_every_s is not None and now - sent_at >= resend_every_s:
+            console.write(data)
+            sent_at = now
+        chunk = console.read()
+        if chunk is None:
+            time.sleep(0.01)
+            continue
+        received += chunk
     return received

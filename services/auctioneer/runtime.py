@@ -36,6 +36,7 @@ from gridcredit.contract import BuildContext, TaskContext
 from gridcredit.errors import ConfigError, DomainError, GridcreditError, StoreError
 from gridcredit.timeunits import now_us
 
+from . import console
 from . import market as core
 from .config import AuctioneerConfig
 from .policy import AuctioneerPolicy
@@ -162,7 +163,7 @@ class Enforcer(Protocol):
     def cap(self, name: str, quota_us: int, period_us: int) -> None: ...
     def weight(self, name: str, weight: int) -> None: ...
     def cpu_time_us(self, name: str) -> int: ...
-    def console_path(self, name: str) -> Path: ...
+    def open_console(self, name: str) -> console.Console: ...
 
 
 def enforcer_for(part: Auctioneer) -> Enforcer:
@@ -199,7 +200,7 @@ def enforcer_for(part: Auctioneer) -> Enforcer:
         cap = staticmethod(guarded(lambda name, quota_us, period_us: hypervisor().set_cap(name, quota_us, period_us)))
         weight = staticmethod(guarded(lambda name, weight: hypervisor().set_weight(name, weight)))
         cpu_time_us = staticmethod(guarded(lambda name: hypervisor().cpu_time_us(name)))
-        console_path = staticmethod(guarded(lambda name: hypervisor().console_path(name)))
+        open_console = staticmethod(guarded(lambda name: hypervisor().open_console(name)))
     return _Libvirt()
 
 
@@ -752,7 +753,7 @@ def allocate_forever(context: TaskContext) -> None:
     from .console import ConsoleRelay
 
     enforcer = enforcer_for(part)
-    relay = ConsoleRelay(part.console_dir, enforcer.console_path)
+    relay = ConsoleRelay(part.console_dir, enforcer.open_console)
     relay.start(context.stop)
     bank = None if part.bank is None else bank_of(part.bank)
     AllocationLoop(part, bank, enforcer, relay=relay, directory=directory_heartbeat(part, context.config)
