@@ -105,6 +105,31 @@ def offline():
     hypervisor.close()
 
 
+def test_threads_that_find_no_connection_open_one_and_share_it(monkeypatch):
+    """After the connection dropped, the loop's threads (VMs made in parallel, the console relay) each need
+    one at once: one is opened, the others wait for it."""
+    hypervisor = Hypervisor("test:///default", call_timeout_s=10, state_dir="/nonexistent/vms")
+    libvirt = hypervisor._libvirt
+    opened = []
+    real_open = libvirt.open
+
+    def slow_open(uri):
+        time.sleep(0.3)                          # a daemon that takes a moment to answer
+        opened.append(uri)
+        return real_open(uri)
+    monkeypatch.setattr(libvirt, "open", slow_open)
+    try:
+        connections = []
+        threads = [threading.Thread(target=lambda: connections.append(hypervisor._connect())) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(opened) == 1 and len({id(connection) for connection in connections}) == 1
+    finally:
+        hypervisor.close()
+
+
 def test_bad_names_and_parameters_are_refused_before_any_call(offline):
     for name in ("", "../x", "a/b", ".hidden", "x" * 65, "a b", "é"):
         with pytest.raises(InvalidVmRequest, match="VM name"):

@@ -246,6 +246,7 @@ class Hypervisor:
         self.keep_qemu_logs = keep_qemu_logs
         self._libvirt = _libvirt()
         self._lock = threading.Lock()
+        self._connecting = threading.Lock()      # one connection made at a time: the others wait and share it
         self._connection = None
         self._online_cpus: tuple[int, ...] | None = None   # the host's online CPUs (libvirt's getCPUMap), cached
         self._stuck = 0                   # worker threads still waiting on a call that timed out
@@ -289,6 +290,10 @@ class Hypervisor:
         return outcome.get("value")
 
     def _connect(self):
+        with self._connecting:
+            return self._connected()
+
+    def _connected(self):
         with self._lock:
             connection = self._connection
         if connection is not None:
