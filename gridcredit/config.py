@@ -36,6 +36,7 @@ NOT_SETTINGS = {
     "GRIDCREDIT_SLURM_DIR": "scripts/slurm.sh's cluster",
     "GRIDCREDIT_BENCH_KEEP": "bench/: keep the benchmark's state",
     "GRIDCREDIT_MACHINE_CPU_SHARES": "scripts/libvirt.sh: the VMs' cgroup priority",
+    "GRIDCREDIT_HYPERVISOR_CPU_SHARES": "scripts/libvirt.sh: libvirtd's and virtlogd's cgroup priority",
     "GRIDCREDIT_TEST_WORKERS": "scripts/test.sh: pytest-xdist workers of the parallel phase (1: one plain pytest)",
     "GRIDCREDIT_SCREENSHOT_DIR": "tests/test_web_browser.py (scripts/web-screenshots.sh): where page screenshots go",
 }
