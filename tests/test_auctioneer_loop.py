@@ -433,6 +433,35 @@ def test_running_vms_are_capped_again_first_then_new_ones_made_at_once(host, peo
     loop.boundary()
 
 
+@contextlib.contextmanager
+def running(loop: AllocationLoop):
+    """The loop running in a thread of its own (as the host runs it) while the block runs."""
+    stop = threading.Event()
+    runner = threading.Thread(target=loop.run, args=(stop,), daemon=True)
+    runner.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        runner.join(20)
+
+
+def wait_begun(enforcer: SlowEnforcer, part: Auctioneer, bid_id: str, *, within_s: float) -> None:
+    """Until the bid's VM is being made."""
+    deadline = time.monotonic() + within_s
+    while vm_name(part.settings, bid_id) not in enforcer.begun:
+        assert time.monotonic() < deadline, f"bid {bid_id}'s VM was not started within {within_s:g} s"
+        time.sleep(0.02)
+
+
+def wait_capped(part: Auctioneer, bid_ids, *, within_s: float) -> None:
+    """Until every bid's record says its VM is capped."""
+    deadline = time.monotonic() + within_s
+    while not all("capped at" in part.market.record(bid)[0].enforced for bid in bid_ids):
+        assert time.monotonic() < deadline, [part.market.record(bid)[0].enforced for bid in bid_ids]
+        time.sleep(0.05)
+
+
 def test_a_bid_placed_while_a_vm_is_being_made_does_not_wait_for_it(host, people, loop_parts):
     """The loop's enforcement thread starts a new bid's VM within a poll of the bid, even while another VM is being
     made (a pass does not wait for the VMs it starts), and records each VM once it is made."""
@@ -440,25 +469,13 @@ def test_a_bid_placed_while_a_vm_is_being_made_does_not_wait_for_it(host, people
     clock = Clock()
     enforcer = SlowEnforcer(create_s=2.5)
     loop = AllocationLoop(part, bank_of(client), enforcer, clock=clock)
-    stop = threading.Event()
-    runner = threading.Thread(target=loop.run, args=(stop,), daemon=True)
-    runner.start()
-    try:
+    with running(loop):
         first = place(host, people, part, clock, "alice", rate=CREDIT, amount=100)
-        deadline = time.monotonic() + 5
-        while vm_name(part.settings, first) not in enforcer.begun:
-            assert time.monotonic() < deadline, "the first bid's VM was not started"
-            time.sleep(0.02)
+        wait_begun(enforcer, part, first, within_s=5)
         second = place(host, people, part, clock, "bob", rate=3 * CREDIT, amount=100)
         placed = time.monotonic()
         names = [vm_name(part.settings, bid) for bid in (first, second)]
-        deadline = time.monotonic() + 10
-        while not all("capped at" in part.market.record(bid)[0].enforced for bid in (first, second)):
-            assert time.monotonic() < deadline, [part.market.record(bid)[0].enforced for bid in (first, second)]
-            time.sleep(0.05)
-    finally:
-        stop.set()
-        runner.join(20)
+        wait_capped(part, (first, second), within_s=10)
     made = {entry[1]: entry for entry in enforcer.times if entry[0] == "create"}
     assert made[names[1]][2] < made[names[0]][3], "the second VM was started only after the first was made"
     print(f"the second bid's VM started {made[names[1]][2] - placed:.2f} s after the bid was placed")
@@ -504,26 +521,15 @@ def test_the_loop_does_not_list_the_vms_while_one_is_being_made(host, people, lo
     clock = Clock()
     enforcer = ListingEnforcer(create_s=2.5)
     loop = AllocationLoop(part, bank_of(client), enforcer, clock=clock)
-    stop = threading.Event()
-    runner = threading.Thread(target=loop.run, args=(stop,), daemon=True)
-    runner.start()
-    try:
+    with running(loop):
         first = place(host, people, part, clock, "alice", rate=CREDIT, amount=100)
-        deadline = time.monotonic() + 5
-        while vm_name(part.settings, first) not in enforcer.begun:
-            assert time.monotonic() < deadline, "the first bid's VM was not started"
-            time.sleep(0.02)
+        wait_begun(enforcer, part, first, within_s=5)
         time.sleep(1.2)                           # a listing is due now
         second = place(host, people, part, clock, "bob", rate=3 * CREDIT, amount=100)
         placed = time.monotonic()
-        deadline = time.monotonic() + 10
-        while vm_name(part.settings, second) not in enforcer.begun:
-            assert time.monotonic() < deadline, "the second bid's VM was not started"
-            time.sleep(0.02)
+        wait_begun(enforcer, part, second, within_s=10)
         begun = time.monotonic() - placed
-        while not all("capped at" in part.market.record(bid)[0].enforced for bid in (first, second)):
-            assert time.monotonic() < deadline, [part.market.record(bid)[0].enforced for bid in (first, second)]
-            time.sleep(0.05)
+        wait_capped(part, (first, second), within_s=10)
         made = {entry[1]: entry for entry in enforcer.times if entry[0] == "create"}
         names = [vm_name(part.settings, bid) for bid in (first, second)]
         assert begun < 1.0 and made[names[1]][2] < made[names[0]][3], \
@@ -533,9 +539,6 @@ def test_the_loop_does_not_list_the_vms_while_one_is_being_made(host, people, lo
         while not [at for at in enforcer.listed if at > last_made]:     # listed once nothing is being made
             assert time.monotonic() < deadline, f"the VMs were not listed after they were made: {enforcer.listed}"
             time.sleep(0.05)
-    finally:
-        stop.set()
-        runner.join(20)
     making = [(entry[2], entry[3]) for entry in made.values()]
     assert not [at for at in enforcer.listed if any(start < at < end for start, end in making)], \
         f"listed while a VM was being made: {enforcer.listed} {making}"
@@ -601,10 +604,7 @@ def test_an_unanswered_batch_is_sent_again_within_a_second_not_at_the_next_bound
         loop = AllocationLoop(part, bank, RecordingEnforcer())
         interval_us = 6_000_000
         bid = place(host, people, part, now_us, "alice", rate=CREDIT, amount=100)
-        stop = threading.Event()
-        runner = threading.Thread(target=loop.run, args=(stop,), daemon=True)
-        runner.start()
-        try:
+        with running(loop):
             deadline = time.monotonic() + 10
             while part.market.market(now_us=now_us()).pending_interval is None:
                 assert time.monotonic() < deadline, "no batch was made"
@@ -618,6 +618,3 @@ def test_an_unanswered_batch_is_sent_again_within_a_second_not_at_the_next_bound
                 time.sleep(0.05)
             assert len(bank.sent) == 1
             cancel(part, now_us, bid)
-        finally:
-            stop.set()
-            runner.join(20)
