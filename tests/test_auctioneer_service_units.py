@@ -106,7 +106,8 @@ def test_a_restart_with_a_new_configuration_applies_it_from_the_next_change_and_
                                                                                                       caplog):
     """The market document keeps the configuration it ran under: a host restarted with a raised reserve price
     and two CPUs charges the time before under the old one and applies the new one from its first change on
-    (a bid now below the reserve pays nothing meanwhile); a new host id or interval is refused at start."""
+    (a bid now below the reserve pays nothing meanwhile); a new interval is refused at start while the market has
+    bids, and begins a new market when it has none."""
     old = AuctioneerConfig(host_id="host-a", owner_account="own", interval_s=10)
     new = AuctioneerConfig(host_id="host-a", owner_account="own", interval_s=10, capacity_cpus=2,
                            reserve_ucps=2_000_000)
@@ -138,6 +139,14 @@ def test_a_restart_with_a_new_configuration_applies_it_from_the_next_change_and_
         assert charged == {"b-low": 4, "b-high": 30}         # low: its 4 s before the restart only
         with pytest.raises(ConfigError, match="cannot change"):
             MarketStore(store, market_config(dataclasses.replace(new, interval_s=5)))
+    with open_store(StoreConfig(backend="embedded"), tmp_path / "empty", indexes=INDEXES) as store:
+        MarketStore(store, market_config(old)).change(
+            lambda tx, market: (core.advance(market, now_us=start), None), now_us=start)
+        shorter = MarketStore(store, market_config(dataclasses.replace(old, interval_s=5)))   # no bids: it may
+        shorter.change(lambda tx, market: (core.advance(market, now_us=start + 12_000_000), None),
+                       now_us=start + 12_000_000)
+        market = shorter.market(now_us=start + 12_000_000)
+        assert market.config.interval_us == 5_000_000 and market.interval == (start + 12_000_000) // 5_000_000
 
 
 def test_console_files_offsets_the_kept_tail_and_input_taken_once(tmp_path, monkeypatch):

@@ -247,6 +247,12 @@ class PriceSummary:
     samples: int
 
 
+def _empty(market: core.Market) -> bool:
+    """No bid (live or not yet forgotten) and nothing awaiting the Bank: a market that may begin anew."""
+    return not market.bids and market.pending_interval is None and not market.pending_charges \
+        and not market.cancels_due
+
+
 class MarketStore:
     """The market, bids, intervals and price samples of the hosts over the shared store."""
 
@@ -255,13 +261,14 @@ class MarketStore:
         self.config = config
         self.host = config.host_id
         document = store.get(STATE, self.host)
-        if document is not None:     # a host id or interval the stored market cannot take: refused at start
-            stored = market_from_xml(document.xml, config).config
-            if (stored.host_id, stored.interval_us) != (config.host_id, config.interval_us):
+        if document is not None:     # an interval a market with bids cannot take: refused at start
+            market = market_from_xml(document.xml, config)
+            stored = market.config
+            if stored.interval_us != config.interval_us and not _empty(market):
                 raise ConfigError(f"auctioneer: host {self.host}'s market runs {stored.interval_us // 1_000_000} s "
                                   f"intervals; interval_s = {config.interval_us // 1_000_000} cannot change under it: "
                                   f"start with interval_s = {stored.interval_us // 1_000_000}, let its bids end "
-                                  f"(or cancel them), then change it")
+                                  f"(or cancel them) and be charged, then change it")
 
     # the market
 
@@ -281,7 +288,11 @@ class MarketStore:
         """The market under the host's present configuration (a restart with a new capacity, reserve price or
         scheduler period) from ``now_us`` on: what ran before was accrued under the one it had. An interval
         already over is closed under its own first (the next change after that applies the new one)."""
-        if market.config == self.config or now_us >= market.interval_end_us:
+        if market.config == self.config:
+            return market
+        if market.config.interval_us != self.config.interval_us and _empty(market):
+            return core.open_market(self.config, now_us=now_us)      # nothing to carry over: a new market
+        if now_us >= market.interval_end_us:
             return market
         return core.reconfigure(market, self.config, now_us=now_us)
 
