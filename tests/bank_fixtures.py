@@ -426,7 +426,8 @@ class LoadThread(threading.Thread):
                     hold["charged"] += arguments["amount"] if not value.replayed else 0
             elif operation in ("ReleaseHold", "SettleHold"):
                 self.holds.pop(arguments["hold_id"], None)
-            elif operation == "ExtendHold" and arguments["hold_id"] in self.holds:
+            elif operation == "ExtendHold" and arguments["hold_id"] in self.holds and not value.replayed:
+                # (a replayed extension is an earlier one: a later one may have raised the hold since)
                 hold = self.holds[arguments["hold_id"]]
                 if arguments.get("amount"):
                     hold["amount"] = arguments["amount"]

@@ -57,3 +57,23 @@ def test_concurrent_signed_clients(backend, pki, tmp_path):
         summary = verify_ledger(host, records, supply)
         print(f"{backend}: ledger {summary}")
         assert summary["expired"] > 0 and summary["settled"] > 0
+
+
+def test_the_loads_model_of_a_hold_ignores_an_extension_answered_as_a_replay():
+    """A retried ExtendHold is answered with the original (earlier) extension; the load's model of the hold must
+    keep the later, larger amount — it took the earlier one, its hold then looked charged beyond its amount and a
+    settlement drew from an empty range (a failure of the BaseX load test in a full run)."""
+    from datetime import datetime, timezone
+    from types import SimpleNamespace
+
+    from bank_fixtures import OK, LoadThread, OpRecord
+
+    load = LoadThread.__new__(LoadThread)
+    expires = datetime.now(timezone.utc)
+    load.holds = {"hold-1": {"account": "a", "amount": 300, "charged": 0, "expires": expires}}
+    answer = lambda replayed: SimpleNamespace(replayed=replayed, transaction=SimpleNamespace(hold_state="active"))
+    load.learn(OpRecord("/CN=x", "e1", "ExtendHold", {"hold_id": "hold-1", "amount": 400}), OK, answer(False))
+    load.learn(OpRecord("/CN=x", "c1", "ChargeHold", {"hold_id": "hold-1", "payee_account_id": "b", "amount": 350}),
+               OK, answer(False))
+    load.learn(OpRecord("/CN=x", "e0", "ExtendHold", {"hold_id": "hold-1", "amount": 320}), OK, answer(True))
+    assert load.holds["hold-1"]["amount"] == 400 and load.holds["hold-1"]["charged"] == 350
