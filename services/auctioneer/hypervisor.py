@@ -681,8 +681,7 @@ class ConsoleStream:
         try:
             data = self._stream.recv(size)
         except self._libvirt.libvirtError as error:
-            raise HypervisorError(f"the console of VM {self.name} failed: {error.get_error_message()}",
-                                  code=error.get_error_code()) from None
+            raise self._failed(error) from None
         if data == -2:
             return None
         if not data:
@@ -696,8 +695,7 @@ class ConsoleStream:
             try:
                 sent = self._stream.send(bytes(view[:65536]))
             except self._libvirt.libvirtError as error:
-                raise HypervisorError(f"the console of VM {self.name} failed: {error.get_error_message()}",
-                                      code=error.get_error_code()) from None
+                raise self._failed(error) from None
             if sent == -2:                              # full for now
                 if time.monotonic() > deadline:
                     raise HypervisorTimeout(f"the console of VM {self.name} took no input for {timeout_s:g} s")
@@ -707,6 +705,10 @@ class ConsoleStream:
 
     def close(self) -> None:
         _abort_quietly(self._libvirt, self._stream)
+
+    def _failed(self, error) -> HypervisorError:
+        return HypervisorError(f"the console of VM {self.name} failed: {error.get_error_message()}",
+                               code=error.get_error_code())
 
 
 def _abort_quietly(libvirt, stream) -> None:

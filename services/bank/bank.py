@@ -253,12 +253,11 @@ class _StoreView(ledger.LedgerView):
                     hold_ids.append(documents.numbered_document_id(hold_id))
         tx.prefetch(REQUESTS, keys)
         tx.prefetch(HOLDS_ACTIVE, hold_ids)
-        tx.prefetch(HOLDS_ENDED, [doc_id for doc_id in hold_ids if not tx.exists(HOLDS_ACTIVE, doc_id)])
-        for doc_id in hold_ids:
-            hold = self._load(HOLDS_ACTIVE, doc_id, documents.hold_from_xml) or self._load(
-                HOLDS_ENDED, doc_id, documents.hold_from_xml)
-            if hold is not None:
-                account_ids.append(hold.account_id)
+        active = {doc_id: self._load(HOLDS_ACTIVE, doc_id, documents.hold_from_xml) for doc_id in hold_ids}
+        ended = [doc_id for doc_id, hold in active.items() if hold is None]
+        tx.prefetch(HOLDS_ENDED, ended)
+        holds = [*active.values(), *(self._load(HOLDS_ENDED, doc_id, documents.hold_from_xml) for doc_id in ended)]
+        account_ids += [hold.account_id for hold in holds if hold is not None]
         tx.prefetch(ACCOUNTS, account_ids)
         # the transaction documents they may write (the store asks for the version of each new one)
         first = self.head().seq + 1
